@@ -1,0 +1,201 @@
+"""The one generative story, written once as a NumPyro model.
+
+.. code-block:: text
+
+    pi ~ Dirichlet(alpha)
+    (mu_k, Sigma_k) ~ Normal-Inverse-Wishart(m0, kappa0, nu0, Psi0)     k = 1..K
+    z_n ~ Categorical(pi)
+    x_n | z_n = k ~ N(mu_k, Sigma_k)                                       n = 1..N
+
+NUTS and SVI run :func:`gmm_model` itself (z summed out by ``MixtureSameFamily``, or kept as an
+enumerable discrete site with ``marginalize=False``). EM and closed-form VB cannot run a NumPyro
+function; they share the :class:`~bayesgmm.Prior` and are tied to this model by tests: the
+objective EM reports equals ``numpyro.infer.util.log_density`` of this model at the same point.
+
+Sample sites: ``weights`` (K,), ``covariances`` (stored per structure as scikit-learn does),
+``means`` (K, D), ``x`` (N, D) and, when not marginalised, ``z`` (N,).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro import handlers
+
+from ._stats import full_covariances, mixture_log_density
+from .params import GMMParams, PriorArrays, check_covariance_type
+
+
+def prior_distributions(prior: PriorArrays, num_components: int, covariance_type: str):
+    """The prior's pieces as NumPyro distributions.
+
+    Returns ``(weights_dist, covariances_dist, means_dist_given)`` where the last is a function of
+    the covariances. ``covariances_dist`` has batch shape (K,) except for ``tied`` (no batch).
+    Used by :func:`gmm_model` and :func:`log_prior`, so both are the same code.
+    """
+    alpha, m0, kappa0, nu0, psi = (jnp.asarray(a) for a in prior)
+    k = num_components
+    weights_dist = dist.Dirichlet(jnp.broadcast_to(alpha, (k,)))
+    d = m0.shape[0]
+    if covariance_type in ("full", "tied"):
+        cov_dist = dist.InverseWishart(nu0, scale_matrix=psi)
+        if covariance_type == "full":
+            cov_dist = cov_dist.expand((k,))
+
+        def means_given(cov):
+            return dist.MultivariateNormal(m0, covariance_matrix=jnp.broadcast_to(cov / kappa0, (k, d, d)))
+
+    elif covariance_type == "diag":
+        cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k, d))).to_event(1)
+
+        def means_given(cov):
+            return dist.Normal(m0, jnp.sqrt(cov / kappa0)).to_event(1)
+
+    else:
+        cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k,)))
+
+        def means_given(cov):
+            return dist.Normal(m0, jnp.sqrt(cov / kappa0)[:, None] * jnp.ones(d)).to_event(1)
+
+    return weights_dist, cov_dist, means_given
+
+
+def component_distribution(params: GMMParams, covariance_type: str):
+    """The K Gaussian components as one batched NumPyro distribution (batch shape (K,))."""
+    w, mu, cov = params
+    k, d = mu.shape
+    if covariance_type == "diag":
+        return dist.Normal(mu, jnp.sqrt(cov)).to_event(1)
+    if covariance_type == "spherical":
+        return dist.Normal(mu, jnp.sqrt(cov)[:, None] * jnp.ones(d)).to_event(1)
+    chol = jnp.linalg.cholesky(full_covariances(cov, covariance_type, k, d))
+    return dist.MultivariateNormal(mu, scale_tril=chol)
+
+
+def gmm_model(
+    x=None,
+    *,
+    num_components: int,
+    prior: PriorArrays,
+    covariance_type: str = "full",
+    num_obs: int | None = None,
+    marginalize: bool = True,
+    subsample_size: int | None = None,
+):
+    """NumPyro model of the Bayesian Gaussian mixture.
+
+    Parameters
+    ----------
+    x : array (N, D) or None
+        Observations; ``None`` simulates ``num_obs`` new ones.
+    num_components : int
+        K.
+    prior : PriorArrays
+        ``Prior.arrays(K, covariance_type)``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+    num_obs : int, optional
+        Number of observations to simulate when ``x`` is None.
+    marginalize : bool
+        True sums z out (``MixtureSameFamily``; what NUTS needs). False keeps ``z`` as a
+        discrete site marked for parallel enumeration (``infer_discrete``, ``TraceEnum_ELBO``) and
+        for forward simulation with labels.
+    subsample_size : int, optional
+        Minibatch size of the ``obs`` plate (SVI on large N); the likelihood is rescaled.
+    """
+    k = num_components
+    weights_dist, cov_dist, means_given = prior_distributions(prior, k, covariance_type)
+    if k == 1:
+        weights = numpyro.deterministic("weights", jnp.ones(1))
+    else:
+        weights = numpyro.sample("weights", weights_dist)
+    covariances = numpyro.sample("covariances", cov_dist)
+    means = numpyro.sample("means", means_given(covariances))
+    components = component_distribution(GMMParams(weights, means, covariances), covariance_type)
+    n = x.shape[0] if x is not None else num_obs
+    if n is None:
+        raise ValueError("gmm_model needs data x or num_obs to simulate.")
+    with numpyro.plate("obs", n, subsample_size=subsample_size) as idx:
+        x_batch = None if x is None else x[idx] if subsample_size is not None else x
+        if marginalize:
+            numpyro.sample("x", dist.MixtureSameFamily(dist.Categorical(probs=weights), components), obs=x_batch)
+        else:
+            z = numpyro.sample("z", dist.Categorical(probs=weights), infer={"enumerate": "parallel"})
+            mu_z = means[z]
+            if covariance_type == "diag":
+                comp = dist.Normal(mu_z, jnp.sqrt(covariances[z])).to_event(1)
+            elif covariance_type == "spherical":
+                comp = dist.Normal(mu_z, jnp.sqrt(covariances[z])[..., None] * jnp.ones(mu_z.shape[-1])).to_event(1)
+            else:
+                comp = dist.MultivariateNormal(mu_z, scale_tril=components.scale_tril[z])
+            numpyro.sample("x", comp, obs=x_batch)
+
+
+def model_kwargs(num_components, prior: PriorArrays, covariance_type: str, **extra) -> dict:
+    return dict(num_components=num_components, prior=prior, covariance_type=covariance_type, **extra)
+
+
+def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str):
+    """log p(pi) + sum_k log p(mu_k, Sigma_k): the prior terms of :func:`gmm_model`."""
+    check_covariance_type(covariance_type)
+    k = params.means.shape[0]
+    weights_dist, cov_dist, means_given = prior_distributions(prior, k, covariance_type)
+    lp = jnp.sum(cov_dist.log_prob(params.covariances)) + jnp.sum(means_given(params.covariances).log_prob(params.means))
+    if k > 1:
+        lp = lp + weights_dist.log_prob(params.weights)
+    return lp
+
+
+def log_likelihood(x, params: GMMParams, covariance_type: str):
+    """Per-observation marginal log-likelihood (z summed out), shape (N,)."""
+    return mixture_log_density(x, params, covariance_type)
+
+
+def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str):
+    """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out)."""
+    from numpyro.infer.util import log_density
+
+    k = params.means.shape[0]
+    values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
+    lp, _ = log_density(gmm_model, (x,), model_kwargs(k, prior, covariance_type), values)
+    return lp
+
+
+def simulate(key, params: GMMParams, num_obs: int, covariance_type: str = "full"):
+    """Run the generative story forward at fixed parameters.
+
+    Returns ``(x, z)``: observations (N, D) and component labels (N,).
+    """
+    params = GMMParams(*(jnp.asarray(p) for p in params))
+    k, d = params.means.shape
+    dummy = PriorArrays(jnp.ones(k), jnp.zeros(d), jnp.ones(()), jnp.asarray(d + 2.0), _unit_scale(d, covariance_type))
+    data = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
+    with handlers.seed(rng_seed=key), handlers.condition(data=data):
+        tr = handlers.trace(gmm_model).get_trace(
+            None, **model_kwargs(k, dummy, covariance_type, num_obs=num_obs, marginalize=False)
+        )
+    return tr["x"]["value"], tr["z"]["value"]
+
+
+def _unit_scale(d, covariance_type):
+    return {"full": jnp.eye(d), "tied": jnp.eye(d), "diag": jnp.ones(d), "spherical": jnp.ones(())}[covariance_type]
+
+
+def sample_prior(key, prior: PriorArrays, num_components: int, covariance_type: str = "full") -> GMMParams:
+    """Draw one set of mixture parameters from the prior (the model's own sites)."""
+    with handlers.seed(rng_seed=key), handlers.block(hide=["x"]):
+        tr = handlers.trace(gmm_model).get_trace(
+            None, **model_kwargs(num_components, prior, covariance_type, num_obs=1)
+        )
+    return GMMParams(tr["weights"]["value"], tr["means"]["value"], tr["covariances"]["value"])
+
+
+__all__ = [
+    "gmm_model",
+    "log_joint",
+    "log_likelihood",
+    "log_prior",
+    "prior_distributions",
+    "sample_prior",
+    "simulate",
+]

@@ -1,0 +1,328 @@
+"""Parameters, priors and input validation shared by every engine.
+
+Shapes follow scikit-learn's conventions for each covariance structure:
+
+==============  =====================
+structure       ``covariances`` shape
+==============  =====================
+``"full"``      ``(K, D, D)``
+``"diag"``      ``(K, D)``
+``"spherical"`` ``(K,)``
+``"tied"``      ``(D, D)``
+==============  =====================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import numpy as np
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative fit stopped at ``max_iter`` before meeting its tolerance, or a sampler
+    reported divergences or low effective sample size."""
+
+
+class DegenerateComponentWarning(UserWarning):
+    """A component holds (almost) no data or its covariance collapsed onto the regularisation floor."""
+
+
+class GMMParams(NamedTuple):
+    """Parameters of a Gaussian mixture, an immutable pytree.
+
+    Attributes
+    ----------
+    weights : array, shape (K,)
+        Mixing proportions, summing to one.
+    means : array, shape (K, D)
+        Component means.
+    covariances : array
+        Covariances stored as scikit-learn stores each structure (see module docstring).
+    """
+
+    weights: Any
+    means: Any
+    covariances: Any
+
+
+def check_covariance_type(covariance_type: str) -> str:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."
+        )
+    return covariance_type
+
+
+def check_num_components(num_components, num_obs: int | None = None) -> int:
+    if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)):
+        raise ValueError(
+            f"num_components must be a positive integer, got {num_components!r}."
+        )
+    k = int(num_components)
+    if k < 1:
+        raise ValueError(f"num_components must be at least 1, got {k}.")
+    if num_obs is not None and num_obs < k:
+        raise ValueError(
+            f"x has {num_obs} observations but num_components={k}: a mixture needs at least "
+            "as many observations as components. Use fewer components or more data."
+        )
+    return k
+
+
+def check_data(x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False):
+    """Validate a data matrix and return it as a float array with its column names.
+
+    A 1-D input is read as ``N`` observations of one feature. pandas DataFrames keep their
+    column names (they become ArviZ ``feature`` coordinates). Integer input is converted to
+    float64; float32 input stays float32 (computations then run in float32).
+
+    Returns
+    -------
+    array : np.ndarray, shape (N, D)
+    feature_names : tuple of str
+    """
+    feature_names = None
+    if hasattr(x, "columns") and hasattr(x, "dtypes"):  # pandas DataFrame, without importing pandas
+        bad = [str(c) for c, t in zip(x.columns, x.dtypes) if not np.issubdtype(np.dtype(t), np.number) or np.dtype(t) == np.bool_]
+        if bad:
+            raise ValueError(
+                f"{name} has non-numeric column(s) {bad}; select numeric columns only, "
+                "or encode them as numbers."
+            )
+        feature_names = tuple(str(c) for c in x.columns)
+        x = x.to_numpy()
+    elif hasattr(x, "to_numpy") and hasattr(x, "name"):  # pandas Series
+        feature_names = (str(x.name),) if x.name is not None else None
+        x = x.to_numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(
+            f"{name} must be numeric, got an array of dtype {arr.dtype}; convert it with "
+            "np.asarray(x, dtype=float) after removing non-numeric columns."
+        )
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real-valued, got complex dtype {arr.dtype}.")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    elif arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (n_obs, n_features) or a 1-D array of one "
+            f"feature, got {arr.ndim} dimensions with shape {arr.shape}."
+        )
+    n, d = arr.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least one observation and one feature.")
+    if num_features is not None and d != num_features:
+        raise ValueError(
+            f"{name} has {d} feature(s) but the model was fitted on {num_features}; pass data "
+            "with the same columns as the training data."
+        )
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f"{name} contains NaN or infinite values in {rows.size} row(s) (first: row {rows[0]}); "
+            "remove or impute them before fitting."
+        )
+    if feature_names is None:
+        feature_names = tuple(f"x{j}" for j in range(d))
+    if not allow_constant:
+        if n < 2:
+            raise ValueError(f"{name} has a single observation; at least two are needed to fit a mixture.")
+        span = arr.max(axis=0) - arr.min(axis=0)
+        const = np.flatnonzero(span == 0)
+        if const.size:
+            names = [feature_names[j] for j in const]
+            raise ValueError(
+                f"{name} has constant column(s) {names}: their variance is zero, so no covariance "
+                "is defined. Drop them before fitting."
+            )
+    return arr, feature_names
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    r"""Conjugate prior of the Bayesian Gaussian mixture, shared by every engine.
+
+    .. math::
+
+        \pi \sim \mathrm{Dirichlet}(\alpha), \qquad
+        \Sigma_k \sim \mathcal{W}^{-1}(\nu_0, \Psi_0), \qquad
+        \mu_k \mid \Sigma_k \sim \mathcal{N}(m_0, \Sigma_k / \kappa_0).
+
+    The restricted structures use the matching conjugate pieces of the same numbers:
+
+    * ``diag``: each variance :math:`\sigma^2_{kj} \sim \mathrm{InvGamma}(\nu_0/2, \Psi_{0,jj}/2)`,
+      and :math:`\mu_{kj} \mid \sigma^2_{kj} \sim \mathcal{N}(m_{0j}, \sigma^2_{kj}/\kappa_0)`;
+    * ``spherical``: :math:`\sigma^2_k \sim \mathrm{InvGamma}(\nu_0/2, \bar\psi/2)` with
+      :math:`\bar\psi = \mathrm{tr}(\Psi_0)/D`, and :math:`\mu_k \mid \sigma^2_k \sim \mathcal{N}(m_0, \sigma^2_k I/\kappa_0)`;
+    * ``tied``: one :math:`\Sigma \sim \mathcal{W}^{-1}(\nu_0, \Psi_0)` shared by all components.
+
+    Parameters
+    ----------
+    weight_concentration : float or array of shape (K,)
+        Dirichlet concentration :math:`\alpha` (> 0). 1 is uniform; values well below 1
+        favour sparse mixtures (use with :func:`bayesgmm.fit_vb` to empty extra components).
+    mean : array of shape (D,)
+        Prior mean :math:`m_0` of the component means.
+    mean_precision : float
+        Shrinkage :math:`\kappa_0 > 0`: the prior on a mean is worth :math:`\kappa_0` observations.
+    degrees_of_freedom : float
+        :math:`\nu_0 > D - 1`.
+    scale : array of shape (D, D)
+        Symmetric positive definite scale matrix :math:`\Psi_0`.
+    """
+
+    weight_concentration: Any
+    mean: Any
+    mean_precision: float
+    degrees_of_freedom: float
+    scale: Any
+
+    def __post_init__(self):
+        mean = np.atleast_1d(np.asarray(self.mean, dtype=np.float64))
+        if mean.ndim != 1:
+            raise ValueError(f"Prior mean must be a vector of shape (D,), got shape {mean.shape}.")
+        d = mean.shape[0]
+        scale = np.asarray(self.scale, dtype=np.float64)
+        if scale.ndim == 0:
+            scale = scale * np.eye(d)
+        elif scale.ndim == 1 and scale.shape == (d,):
+            scale = np.diag(scale)
+        if scale.shape != (d, d):
+            raise ValueError(f"Prior scale must have shape ({d}, {d}) to match the mean, got {scale.shape}.")
+        if not np.allclose(scale, scale.T, rtol=1e-10, atol=0):
+            raise ValueError("Prior scale must be a symmetric matrix.")
+        if not np.all(np.isfinite(scale)) or np.linalg.eigvalsh(scale).min() <= 0:
+            raise ValueError("Prior scale must be a finite positive definite matrix.")
+        alpha = np.asarray(self.weight_concentration, dtype=np.float64)
+        if alpha.ndim > 1 or not np.all(np.isfinite(alpha)) or np.any(alpha <= 0):
+            raise ValueError(
+                "Prior weight_concentration must be a positive scalar or a positive vector of shape (K,)."
+            )
+        if not np.isfinite(mean).all():
+            raise ValueError("Prior mean must be finite.")
+        if not (np.isfinite(self.mean_precision) and self.mean_precision > 0):
+            raise ValueError(f"Prior mean_precision must be > 0, got {self.mean_precision}.")
+        if not (np.isfinite(self.degrees_of_freedom) and self.degrees_of_freedom > d - 1):
+            raise ValueError(
+                f"Prior degrees_of_freedom must exceed D - 1 = {d - 1}, got {self.degrees_of_freedom}."
+            )
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "weight_concentration", alpha if alpha.ndim else float(alpha))
+        object.__setattr__(self, "mean_precision", float(self.mean_precision))
+        object.__setattr__(self, "degrees_of_freedom", float(self.degrees_of_freedom))
+
+    @property
+    def num_features(self) -> int:
+        return self.mean.shape[0]
+
+    @classmethod
+    def default(cls, x, num_components: int, *, weight_concentration: float = 1.0) -> "Prior":
+        """A weak, data-scaled default (mclust's default conjugate prior; Fraley & Raftery 2007).
+
+        ``mean`` = the data mean, ``mean_precision`` = 0.01, ``degrees_of_freedom`` = D + 2,
+        ``scale`` = cov(x) / K^(2/D), and a uniform Dirichlet (``weight_concentration=1``).
+        MAP-EM under this prior never collapses a covariance onto a point.
+        """
+        arr, _ = check_data(x)
+        k = check_num_components(num_components, arr.shape[0])
+        d = arr.shape[1]
+        cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
+        return cls(
+            weight_concentration=weight_concentration,
+            mean=arr.mean(axis=0).astype(np.float64),
+            mean_precision=0.01,
+            degrees_of_freedom=d + 2.0,
+            scale=cov / k ** (2.0 / d),
+        )
+
+    def concentration(self, num_components: int) -> np.ndarray:
+        """The Dirichlet concentration as a vector of length ``num_components``."""
+        alpha = np.asarray(self.weight_concentration, dtype=np.float64)
+        if alpha.ndim == 0:
+            return np.full(num_components, float(alpha))
+        if alpha.shape != (num_components,):
+            raise ValueError(
+                f"Prior weight_concentration has {alpha.shape[0]} entries but num_components={num_components}."
+            )
+        return alpha
+
+    def standardised(self, shift, scale) -> "Prior":
+        """The same prior expressed for data ``(x - shift) / scale`` (an affine change of units)."""
+        shift = np.asarray(shift, dtype=np.float64)
+        scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), shift.shape)
+        return dataclasses.replace(
+            self,
+            mean=(self.mean - shift) / scale,
+            scale=self.scale / np.outer(scale, scale),
+        )
+
+    def arrays(self, num_components: int, covariance_type: str, dtype=np.float64) -> "PriorArrays":
+        """The prior as a pytree of arrays for the given structure (what jitted code receives)."""
+        check_covariance_type(covariance_type)
+        if covariance_type in ("full", "tied"):
+            psi = self.scale
+        elif covariance_type == "diag":
+            psi = np.diag(self.scale).copy()
+        else:
+            psi = np.asarray(np.trace(self.scale) / self.num_features)
+        return PriorArrays(
+            concentration=np.asarray(self.concentration(num_components), dtype=dtype),
+            mean=np.asarray(self.mean, dtype=dtype),
+            mean_precision=np.asarray(self.mean_precision, dtype=dtype),
+            degrees_of_freedom=np.asarray(self.degrees_of_freedom, dtype=dtype),
+            scale=np.asarray(psi, dtype=dtype),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "weight_concentration": np.asarray(self.weight_concentration).tolist(),
+            "mean": self.mean.tolist(),
+            "mean_precision": self.mean_precision,
+            "degrees_of_freedom": self.degrees_of_freedom,
+            "scale": self.scale.tolist(),
+        }
+
+
+class PriorArrays(NamedTuple):
+    """A :class:`Prior` resolved for one structure and K, as arrays.
+
+    ``scale`` is (D, D) for full/tied, (D,) for diag and a scalar for spherical.
+    """
+
+    concentration: Any
+    mean: Any
+    mean_precision: Any
+    degrees_of_freedom: Any
+    scale: Any
+
+
+def check_params(params: GMMParams, covariance_type: str) -> GMMParams:
+    """Validate user-given mixture parameters and return them as float arrays."""
+    check_covariance_type(covariance_type)
+    w = np.asarray(params.weights, dtype=np.float64)
+    m = np.asarray(params.means, dtype=np.float64)
+    c = np.asarray(params.covariances, dtype=np.float64)
+    if w.ndim != 1 or m.ndim != 2 or m.shape[0] != w.shape[0]:
+        raise ValueError(f"weights must be (K,) and means (K, D); got {w.shape} and {m.shape}.")
+    k, d = m.shape
+    if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6):
+        raise ValueError("weights must be non-negative and sum to 1.")
+    expected = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}[covariance_type]
+    if c.shape != expected:
+        raise ValueError(f"covariances for covariance_type={covariance_type!r} must have shape {expected}, got {c.shape}.")
+    if covariance_type in ("full", "tied"):
+        mats = c.reshape(-1, d, d)
+        if not np.allclose(mats, np.swapaxes(mats, -1, -2)) or np.linalg.eigvalsh(mats).min() <= 0:
+            raise ValueError("covariances must be symmetric positive definite.")
+    elif np.any(c <= 0):
+        raise ValueError("variances must be positive.")
+    return GMMParams(w, m, c)

@@ -1,0 +1,40 @@
+"""Test configuration.
+
+The suite runs with 64-bit JAX so that oracle comparisons (scikit-learn, closed forms) can be
+tight; float32 behaviour is tested by passing float32 arrays explicitly. Warnings are errors
+(pyproject.toml), so every expected warning is asserted with ``pytest.warns``.
+"""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import bayesgmm as bg  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def faithful():
+    return bg.datasets.load_faithful()
+
+
+@pytest.fixture(scope="session")
+def faithful_std(faithful):
+    return (faithful - faithful.mean(0)) / faithful.std(0)
+
+
+@pytest.fixture(scope="session")
+def sim3():
+    """Well-separated simulated data with known truth: N=600, D=2, K=3."""
+    return bg.datasets.make_mixture(600, 3, 2, separation=5.0, seed=3)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
