@@ -32,6 +32,11 @@ from .params import (
     check_covariance_type,
     check_data,
     check_num_components,
+    log_jacobians,
+    params_to_original,
+    params_to_standard,
+    seed_to_key,
+    standardisation,
 )
 from .results import FitResult
 
@@ -154,55 +159,6 @@ def _fit_restarts(xs, keys, user_init, prior, tol, reg_covar, *, config: EMConfi
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
-def _standardisation(arr: np.ndarray, covariance_type: str):
-    shift = arr.mean(axis=0)
-    sd = arr.std(axis=0)
-    if covariance_type == "spherical":
-        sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
-    return shift, sd
-
-
-def _to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
-    w, m, c = params
-    m = (m - shift) / sd
-    if covariance_type in ("full", "tied"):
-        c = c / np.outer(sd, sd)
-    elif covariance_type == "diag":
-        c = c / sd**2
-    else:
-        c = c / sd[0] ** 2
-    return GMMParams(w, m, c)
-
-
-def _to_original(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
-    w, m, c = (np.asarray(p, dtype=np.float64) for p in params)
-    m = m * sd + shift
-    if covariance_type in ("full", "tied"):
-        c = c * np.outer(sd, sd)
-    elif covariance_type == "diag":
-        c = c * sd**2
-    else:
-        c = c * sd[0] ** 2
-    return GMMParams(w, m, c)
-
-
-def _log_jacobians(sd, num_obs, num_components, covariance_type):
-    """Change of the log-likelihood and of the log prior density from standardised to original units."""
-    log_sd = np.log(sd)
-    d, k = sd.shape[0], num_components
-    ll_shift = -num_obs * np.sum(log_sd)
-    mean_jac = -k * np.sum(log_sd)
-    if covariance_type == "full":
-        cov_jac = -k * (d + 1) * np.sum(log_sd)
-    elif covariance_type == "tied":
-        cov_jac = -(d + 1) * np.sum(log_sd)
-    elif covariance_type == "diag":
-        cov_jac = -2 * k * np.sum(log_sd)
-    else:
-        cov_jac = -2 * k * log_sd[0]
-    return ll_shift, mean_jac + cov_jac
-
-
 def _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, shift, sd, dtype):
     """User-given starting parameters (scikit-learn's names), standardised; None where not given."""
     w = m = c = None
@@ -233,7 +189,7 @@ def _user_init(weights_init, means_init, precisions_init, k, d, covariance_type,
         m if m is not None else np.zeros((k, d)) + shift,
         c if c is not None else (np.ones((k, d)) if covariance_type == "diag" else np.ones(k) if covariance_type == "spherical" else np.eye(d) if covariance_type == "tied" else np.tile(np.eye(d), (k, 1, 1))),
     )
-    std = _to_standard(placeholder, shift, sd, covariance_type)
+    std = params_to_standard(placeholder, shift, sd, covariance_type)
     return tuple(None if given is None else jnp.asarray(v, dtype) for given, v in zip((w, m, c), std))
 
 
@@ -337,7 +293,7 @@ def fit_em(
             )
 
     dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
-    shift, sd = _standardisation(arr.astype(np.float64), covariance_type)
+    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
     xs = jnp.asarray(((arr - shift) / sd).astype(dtype))
     prior_arrays = None
     if prior is not None:
@@ -345,7 +301,7 @@ def fit_em(
             lambda a: jnp.asarray(a, dtype), prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np.float64)
         )
     user_init = _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, shift, sd, dtype)
-    key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+    key = seed_to_key(seed)
     config = EMConfig(k, covariance_type, bool(hard), prior is not None)
 
     start = time.perf_counter()
@@ -374,9 +330,9 @@ def fit_em(
     params_std = GMMParams(*(pick(p) for p in state.params))
     n_iter = int(pick(state.n_iter))
     converged = bool(pick(state.converged))
-    ll_shift, prior_shift = _log_jacobians(sd, n, k, covariance_type)
+    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
     trace = pick(state.trace).astype(np.float64)[: n_iter + 1] + ll_shift + (prior_shift if prior is not None else 0.0)
-    params = _to_original(params_std, shift, sd, covariance_type)
+    params = params_to_original(params_std, shift, sd, covariance_type)
 
     log_lik = float(np.asarray(log_liks[best], np.float64) + ll_shift)
     degenerate = _degenerate(params_std, pick(nks), reg_covar, covariance_type, dtype)

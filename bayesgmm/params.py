@@ -305,6 +305,81 @@ class PriorArrays(NamedTuple):
     scale: Any
 
 
+# ----------------------------------------------------------------------------------------------
+# Units: every engine fits standardised data and reports on the original scale
+# ----------------------------------------------------------------------------------------------
+def seed_to_key(seed):
+    """A JAX PRNG key from an integer seed (or a key, returned as is)."""
+    import jax
+
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return jax.random.key(int(seed))
+    if hasattr(seed, "dtype"):
+        return seed
+    raise ValueError(f"seed must be an integer or a jax.random key, got {seed!r}.")
+
+
+def standardisation(arr: np.ndarray, covariance_type: str):
+    """Shift and scale that standardise the data: ``(x - shift) / scale``.
+
+    Each feature is divided by its own standard deviation, except for ``spherical`` (one common
+    scale, the root mean variance, so that a spherical covariance stays spherical).
+    """
+    shift = arr.mean(axis=0)
+    sd = arr.std(axis=0)
+    if covariance_type == "spherical":
+        sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
+    return shift, sd
+
+
+def params_to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
+    w, m, c = params
+    m = (m - shift) / sd
+    if covariance_type in ("full", "tied"):
+        c = c / np.outer(sd, sd)
+    elif covariance_type == "diag":
+        c = c / sd**2
+    else:
+        c = c / sd[0] ** 2
+    return GMMParams(w, m, c)
+
+
+def params_to_original(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
+    w, m, c = (np.asarray(p, dtype=np.float64) for p in params)
+    m = m * sd + shift
+    if covariance_type in ("full", "tied"):
+        c = c * np.outer(sd, sd)
+    elif covariance_type == "diag":
+        c = c * sd**2
+    else:
+        c = c * sd[0] ** 2
+    return GMMParams(w, m, c)
+
+
+def log_jacobians(sd, num_obs, num_components, covariance_type):
+    """Additive changes ``(log-likelihood, log prior density)`` from standardised to original units.
+
+    The data map ``x -> (x - shift)/sd`` has log-Jacobian ``-sum(log sd)`` per observation. For
+    the parameters, each mean contributes ``-sum(log sd)``; each covariance ``-(D+1) sum(log sd)``
+    (full and tied, since Sigma -> S^-1 Sigma S^-1 has Jacobian |S|^-(D+1)), ``-2 sum(log sd)``
+    (diag) or ``-2 log sd`` (spherical: one variance).
+    """
+    log_sd = np.log(sd)
+    d, k = sd.shape[0], num_components
+    ll_shift = -num_obs * np.sum(log_sd)
+    mean_jac = -k * np.sum(log_sd)
+    if covariance_type == "full":
+        cov_jac = -k * (d + 1) * np.sum(log_sd)
+    elif covariance_type == "tied":
+        cov_jac = -(d + 1) * np.sum(log_sd)
+    elif covariance_type == "diag":
+        cov_jac = -2 * k * np.sum(log_sd)
+    else:
+        cov_jac = -2 * k * log_sd[0]
+    return ll_shift, mean_jac + cov_jac
+
+
+
 def check_params(params: GMMParams, covariance_type: str) -> GMMParams:
     """Validate user-given mixture parameters and return them as float arrays."""
     check_covariance_type(covariance_type)
