@@ -60,7 +60,7 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None):
     first = jax.random.randint(key0, (), 0, n)
     closest = jnp.sum((x - x[first]) ** 2, 1)
     centers = jnp.zeros((k, d), x.dtype).at[0].set(x[first])
-    indices = jnp.zeros((k,), jnp.int32).at[0].set(first)
+    indices = jnp.zeros((k,), first.dtype).at[0].set(first)
 
     def body(c, carry):
         centers, indices, closest = carry

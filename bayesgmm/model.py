@@ -18,10 +18,14 @@ Sample sites: ``weights`` (K,), ``covariances`` (stored per structure as scikit-
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
+from numpyro.infer.util import log_density
 
 from ._stats import full_covariances, mixture_log_density
 from .params import GMMParams, PriorArrays, check_covariance_type
@@ -151,10 +155,9 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
     return mixture_log_density(x, params, covariance_type)
 
 
+@functools.partial(jax.jit, static_argnames=("covariance_type",))
 def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str):
     """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out)."""
-    from numpyro.infer.util import log_density
-
     k = params.means.shape[0]
     values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
     lp, _ = log_density(gmm_model, (x,), model_kwargs(k, prior, covariance_type), values)

@@ -73,6 +73,14 @@ def check_num_components(num_components, num_obs: int | None = None) -> int:
     return k
 
 
+def _is_numeric_dtype(t) -> bool:
+    try:
+        t = np.dtype(t)
+    except TypeError:  # pandas extension dtypes (strings, categoricals)
+        return False
+    return np.issubdtype(t, np.number) and t != np.bool_
+
+
 def check_data(x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False):
     """Validate a data matrix and return it as a float array with its column names.
 
@@ -87,7 +95,7 @@ def check_data(x, *, name: str = "x", num_features: int | None = None, allow_con
     """
     feature_names = None
     if hasattr(x, "columns") and hasattr(x, "dtypes"):  # pandas DataFrame, without importing pandas
-        bad = [str(c) for c, t in zip(x.columns, x.dtypes) if not np.issubdtype(np.dtype(t), np.number) or np.dtype(t) == np.bool_]
+        bad = [str(c) for c, t in zip(x.columns, x.dtypes) if not _is_numeric_dtype(t)]
         if bad:
             raise ValueError(
                 f"{name} has non-numeric column(s) {bad}; select numeric columns only, "

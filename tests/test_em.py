@@ -1,0 +1,381 @@
+"""EM against independent references: scikit-learn, brute-force enumeration, NumPyro, known truth."""
+
+import itertools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.optimize import linear_sum_assignment
+from sklearn.mixture import GaussianMixture
+
+import bayesgmm as bg
+from bayesgmm import _stats, em, model
+from bayesgmm.params import GMMParams
+
+COV_TYPES = ("full", "diag", "spherical", "tied")
+
+
+def random_params(rng, k, d, covariance_type):
+    w = rng.dirichlet(np.full(k, 3.0))
+    m = rng.normal(size=(k, d))
+
+    def spd():
+        a = rng.normal(size=(d, d))
+        return a @ a.T + 0.5 * np.eye(d)
+
+    c = {
+        "full": lambda: np.stack([spd() for _ in range(k)]),
+        "tied": spd,
+        "diag": lambda: rng.uniform(0.3, 2.0, (k, d)),
+        "spherical": lambda: rng.uniform(0.3, 2.0, k),
+    }[covariance_type]()
+    return GMMParams(w, m, c)
+
+
+def scipy_log_lik(x, params, covariance_type):
+    """Independent reference: scipy densities summed over components."""
+    w, m, c = params
+    k, d = m.shape
+    full = {
+        "full": lambda: c,
+        "tied": lambda: np.broadcast_to(c, (k, d, d)),
+        "diag": lambda: np.stack([np.diag(v) for v in c]),
+        "spherical": lambda: np.stack([v * np.eye(d) for v in c]),
+    }[covariance_type]()
+    dens = np.stack([w[j] * stats.multivariate_normal(m[j], full[j]).pdf(x).reshape(-1) for j in range(k)], 1)
+    return np.log(dens.sum(1))
+
+
+def scipy_log_prior(params, prior: bg.Prior, covariance_type):
+    w, m, c = params
+    k, d = m.shape
+    arr = prior.arrays(k, covariance_type)
+    lp = stats.dirichlet(arr.concentration).logpdf(w) if k > 1 else 0.0
+    if covariance_type in ("full", "tied"):
+        covs = c if covariance_type == "full" else [c]
+        lp += sum(stats.invwishart(df=float(arr.degrees_of_freedom), scale=arr.scale).logpdf(s) for s in covs)
+        full = c if covariance_type == "full" else [c] * k
+        lp += sum(stats.multivariate_normal(arr.mean, full[j] / float(arr.mean_precision)).logpdf(m[j]) for j in range(k))
+    else:
+        var = c if covariance_type == "diag" else np.repeat(c[:, None], d, 1)
+        scale = np.broadcast_to(arr.scale, (d,))
+        if covariance_type == "diag":
+            lp += stats.invgamma(float(arr.degrees_of_freedom) / 2, scale=scale / 2).logpdf(var).sum()
+        else:
+            lp += stats.invgamma(float(arr.degrees_of_freedom) / 2, scale=float(arr.scale) / 2).logpdf(c).sum()
+        lp += stats.norm(arr.mean, np.sqrt(var / float(arr.mean_precision))).logpdf(m).sum()
+    return lp
+
+
+# ----------------------------------------------------------------------------------------------
+# One model, one truth
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_em_objective_equals_numpyro_log_density(covariance_type, rng):
+    x = rng.normal(size=(40, 3)) * [1.0, 2.0, 0.5]
+    params = random_params(rng, 3, 3, covariance_type)
+    prior = bg.Prior.default(x, 3)
+    arrays = prior.arrays(3, covariance_type)
+    # What EM computes on its hot path: exponential-family features times natural parameters.
+    z = _stats.suff_features(jnp.asarray(x), covariance_type)
+    em_ll = float(jnp.sum(_stats.e_step(z, _stats.natural_params(GMMParams(*map(jnp.asarray, params)), covariance_type))[1]))
+    joint = float(model.log_joint(jnp.asarray(x), GMMParams(*map(jnp.asarray, params)), arrays, covariance_type))
+    lprior = float(model.log_prior(GMMParams(*map(jnp.asarray, params)), arrays, covariance_type))
+    np.testing.assert_allclose(em_ll, joint - lprior, rtol=1e-10)
+    # Both against scipy, written independently.
+    np.testing.assert_allclose(em_ll, scipy_log_lik(x, params, covariance_type).sum(), rtol=1e-10)
+    np.testing.assert_allclose(lprior, scipy_log_prior(params, prior, covariance_type), rtol=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_reported_objective_is_the_model_log_density(covariance_type, faithful):
+    """MAP-EM's final objective (original units) equals NumPyro's log joint at the fitted point."""
+    prior = bg.Prior.default(faithful, 2)
+    r = bg.fit_em(faithful, 2, covariance_type=covariance_type, prior=prior, seed=0)
+    p = GMMParams(*map(jnp.asarray, r.params))
+    joint = float(model.log_joint(jnp.asarray(faithful), p, prior.arrays(2, covariance_type), covariance_type))
+    np.testing.assert_allclose(r.trace[-1], joint, rtol=1e-9)
+    np.testing.assert_allclose(r.log_likelihood, scipy_log_lik(faithful, r.params, covariance_type).sum(), rtol=1e-9)
+    ml = bg.fit_em(faithful, 2, covariance_type=covariance_type, seed=0)
+    np.testing.assert_allclose(ml.trace[-1], ml.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(ml.log_likelihood, ml.score(faithful) * len(faithful), rtol=1e-9)
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (5, 3), (6, 2)])
+def test_marginal_likelihood_matches_brute_force_enumeration(n, k, rng):
+    x = rng.normal(size=(n, 2))
+    params = random_params(rng, k, 2, "full")
+    w, m, c = params
+    total = 0.0
+    for z in itertools.product(range(k), repeat=n):  # every assignment of the N points
+        total += np.prod([w[zn] * stats.multivariate_normal(m[zn], c[zn]).pdf(x[i]) for i, zn in enumerate(z)])
+    ll = float(jnp.sum(model.log_likelihood(jnp.asarray(x), GMMParams(*map(jnp.asarray, params)), "full")))
+    np.testing.assert_allclose(ll, np.log(total), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with scikit-learn from the same initial parameters
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_parity_with_sklearn(covariance_type, tol, faithful_std):
+    x = faithful_std
+    k = 3
+    rng = np.random.default_rng(1)
+    init = random_params(rng, k, 2, covariance_type)
+    w0, m0, c0 = init
+    m0 = x[rng.choice(len(x), k, replace=False)]
+    prec0 = np.linalg.inv(c0) if covariance_type in ("full", "tied") else 1.0 / c0
+    sk = GaussianMixture(
+        k, covariance_type=covariance_type, weights_init=w0, means_init=m0, precisions_init=prec0,
+        tol=tol, max_iter=1000, reg_covar=1e-6,
+    ).fit(x)
+    r = bg.fit_em(
+        x, k, covariance_type=covariance_type, weights_init=w0, means_init=m0, precisions_init=prec0,
+        tol=tol, max_iter=1000, reg_covar=1e-6,
+    )
+    assert r.n_iter == sk.n_iter_
+    np.testing.assert_allclose(r.log_likelihood, sk.score(x) * len(x), rtol=1e-8)
+    np.testing.assert_allclose(r.means, sk.means_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(r.covariances, sk.covariances_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(r.predict_proba(x), sk.predict_proba(x), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties of the iteration
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("mode", ["ml", "map", "hard"])
+def test_objective_never_decreases(covariance_type, mode, sim3):
+    x = sim3.x
+    prior = bg.Prior.default(x, 3) if mode == "map" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        r = bg.fit_em(x, 3, covariance_type=covariance_type, prior=prior, hard=mode == "hard",
+                      reg_covar=0.0, tol=0.0, max_iter=40, seed=2,
+                      init_params="kmeans" if mode == "hard" else "random")
+    steps = np.diff(r.trace)
+    assert np.all(steps >= -1e-9 * np.abs(r.trace[1:])), steps.min()
+    if mode != "hard":  # hard EM from k-means may start at its fixed point
+        assert r.trace[-1] > r.trace[0]
+
+
+def test_recovers_known_parameters(sim3):
+    r = bg.fit_em(sim3.x, 3, n_init=3, seed=0)
+    truth = sim3.params
+    cost = ((r.means[:, None] - truth.means[None]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    n = len(sim3.x)
+    for i, j in zip(rows, cols):
+        se = np.sqrt(np.diag(truth.covariances[j]) / (n * truth.weights[j]))
+        assert np.all(np.abs(r.means[i] - truth.means[j]) < 5 * se)
+        assert abs(r.weights[i] - truth.weights[j]) < 5 * np.sqrt(truth.weights[j] * (1 - truth.weights[j]) / n)
+        np.testing.assert_allclose(r.covariances[i], truth.covariances[j], atol=0.35)
+    labels = r.predict(sim3.x)
+    assert np.mean(cols[labels] == sim3.labels) > 0.97
+
+
+def test_more_restarts_never_worse_and_same_seed_is_identical(faithful):
+    fits = [bg.fit_em(faithful, 4, n_init=n, init_params="random", seed=5) for n in (1, 4, 12)]
+    objs = [f.log_likelihood for f in fits]
+    assert objs[0] <= objs[1] + 1e-9 <= objs[2] + 2e-9
+    again = bg.fit_em(faithful, 4, n_init=12, init_params="random", seed=5)
+    for a, b in zip(fits[2].params, again.params):
+        assert np.array_equal(a, b)
+    assert np.array_equal(fits[2].trace, again.trace)
+    other = bg.fit_em(faithful, 4, n_init=12, init_params="random", seed=6)
+    assert not np.array_equal(other.means, again.means)
+
+
+@pytest.mark.parametrize("init", em.INIT_METHODS)
+def test_every_initialisation_reaches_the_two_cluster_optimum(init, faithful):
+    # "random" starts every component near the global mean and leaves that plateau slowly
+    # (scikit-learn too stops there at tol=1e-3), hence the tighter tol.
+    r = bg.fit_em(faithful, 2, init_params=init, n_init=3, seed=0, tol=1e-6, max_iter=500)
+    ref = GaussianMixture(2, n_init=5, random_state=0, tol=1e-6).fit(faithful)
+    np.testing.assert_allclose(r.log_likelihood, ref.score(faithful) * len(faithful), rtol=1e-6)
+
+
+def test_second_fit_with_same_shapes_does_not_retrace(faithful):
+    bg.fit_em(faithful, 2, n_init=2, seed=0, max_iter=50)
+    before = em._TRACE_COUNT["fit"]
+    bg.fit_em(faithful[::-1].copy(), 2, n_init=2, seed=1, max_iter=50, tol=1e-4, reg_covar=1e-5)
+    bg.fit_em(faithful + 1.0, 2, n_init=2, seed=2, max_iter=50)
+    assert em._TRACE_COUNT["fit"] == before
+
+
+# ----------------------------------------------------------------------------------------------
+# Units and precision
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-8), (np.float32, 2e-3)])
+def test_fit_does_not_depend_on_units(dtype, rtol):
+    v = bg.datasets.load_galaxies().astype(dtype)
+    a = bg.fit_em(v, 3, n_init=4, seed=0)
+    b = bg.fit_em(v / dtype(1000), 3, n_init=4, seed=0)
+    order_a, order_b = np.argsort(a.means[:, 0]), np.argsort(b.means[:, 0])
+    np.testing.assert_allclose(a.means[order_a] / 1000, b.means[order_b], rtol=rtol)
+    np.testing.assert_allclose(a.weights[order_a], b.weights[order_b], rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(a.covariances[order_a] / 1e6, b.covariances[order_b], rtol=5 * rtol)
+    np.testing.assert_allclose(a.log_likelihood - b.log_likelihood, -len(v) * np.log(1000), rtol=rtol)
+    assert a.info["dtype"] == np.dtype(dtype).name
+
+
+def test_float32_agrees_with_float64(faithful):
+    a = bg.fit_em(faithful, 2, seed=0)
+    b = bg.fit_em(faithful.astype(np.float32), 2, seed=0)
+    assert b.info["dtype"] == "float32"
+    np.testing.assert_allclose(b.log_likelihood, a.log_likelihood, rtol=1e-5)
+    np.testing.assert_allclose(np.sort(b.means, 0), np.sort(a.means, 0), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Result API
+# ----------------------------------------------------------------------------------------------
+def test_result_methods_against_sklearn(faithful):
+    r = bg.fit_em(faithful, 2, n_init=3, seed=0)
+    prec = np.linalg.inv(r.covariances)
+    sk = GaussianMixture(2, weights_init=r.weights, means_init=r.means, precisions_init=prec, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns that one iteration did not converge
+        sk.fit(faithful)
+    # Evaluate sklearn at exactly our parameters.
+    sk.weights_, sk.means_, sk.covariances_ = r.weights, r.means, r.covariances
+    sk.precisions_cholesky_ = np.linalg.cholesky(prec)
+    np.testing.assert_allclose(r.score_samples(faithful), sk.score_samples(faithful), rtol=1e-10)
+    np.testing.assert_allclose(r.predict_proba(faithful), sk.predict_proba(faithful), atol=1e-10)
+    np.testing.assert_array_equal(r.predict(faithful), sk.predict(faithful))
+    np.testing.assert_allclose(r.bic(faithful), sk.bic(faithful), rtol=1e-10)
+    np.testing.assert_allclose(r.aic(faithful), sk.aic(faithful), rtol=1e-10)
+    xs, zs = r.sample(20000, seed=1)
+    assert xs.shape == (20000, 2) and zs.shape == (20000,)
+    for j in range(2):  # simulated data reproduce the fitted components within Monte Carlo error
+        sel = xs[zs == j]
+        se = np.sqrt(np.diag(r.covariances[j]) / len(sel))
+        assert np.all(np.abs(sel.mean(0) - r.means[j]) < 4 * se)
+        assert abs(len(sel) / 20000 - r.weights[j]) < 4 * np.sqrt(r.weights[j] * (1 - r.weights[j]) / 20000)
+    xs2, _ = r.sample(20000, seed=1)
+    assert np.array_equal(xs, xs2)
+
+
+def test_result_is_immutable_and_json_round_trips(faithful, tmp_path):
+    r = bg.fit_em(faithful, 2, seed=0)
+    with pytest.raises(AttributeError):
+        r.weights = None
+    path = tmp_path / "fit.json"
+    r.to_json(path)
+    back = bg.FitResult.from_json(path)
+    np.testing.assert_array_equal(back.means, r.means)
+    np.testing.assert_array_equal(back.predict_proba(faithful), r.predict_proba(faithful))
+
+
+def test_map_prior_prevents_collapse_on_tied_points(faithful):
+    """K=5 full on Old Faithful: ML can collapse onto integer-valued `waiting`; MAP never does."""
+    prior = bg.Prior.default(faithful, 5)
+    r = bg.fit_em(faithful, 5, prior=prior, n_init=5, seed=0)
+    assert r.degenerate_components == ()
+    assert np.linalg.eigvalsh(r.covariances).min() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear error (or documented handling) per case
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "x,k,match",
+    [
+        (np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 1.0]]), 2, "NaN or infinite"),
+        (np.array([[0.0, 1.0], [np.inf, 2.0], [3.0, 1.0]]), 2, "NaN or infinite"),
+        (np.zeros((3, 2, 2)), 2, "2-D array"),
+        (np.random.default_rng(0).normal(size=(3, 2)), 4, "at least as many observations"),
+        (np.random.default_rng(0).normal(size=(10, 2)), 0, "at least 1"),
+        (np.random.default_rng(0).normal(size=(10, 2)), 2.5, "positive integer"),
+        (np.c_[np.random.default_rng(0).normal(size=10), np.ones(10)], 2, "constant column"),
+        (np.array([["a", "b"], ["c", "d"]]), 1, "numeric"),
+        (np.zeros((0, 2)), 1, "empty"),
+    ],
+)
+def test_bad_input_raises_clear_error(x, k, match):
+    with pytest.raises(ValueError, match=match):
+        bg.fit_em(x, k)
+
+
+def test_non_numeric_dataframe_column_is_named():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "species": ["x", "y", "x", "y"]})
+    with pytest.raises(ValueError, match="species"):
+        bg.fit_em(df, 2)
+
+
+def test_one_dimensional_input_is_one_feature():
+    v = bg.datasets.load_galaxies()[:, 0]
+    r = bg.fit_em(v, 2, seed=0)
+    assert r.means.shape == (2, 1) and r.covariances.shape == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(covariance_type="banana"), "covariance_type"),
+        (dict(init_params="magic"), "init_params"),
+        (dict(n_init=0), "n_init"),
+        (dict(max_iter=0), "max_iter"),
+        (dict(tol=-1.0), "tol"),
+        (dict(reg_covar=-1.0), "reg_covar"),
+        (dict(means_init=np.zeros((3, 2))), "means_init"),
+        (dict(weights_init=np.array([0.2, 0.2])), "weights_init"),
+        (dict(precisions_init=-np.ones((2, 2, 2))), "positive definite"),
+        (dict(prior=bg.Prior(1.0, np.zeros(3), 0.01, 5.0, np.eye(3))), "feature"),
+        (dict(prior=bg.Prior(0.5, np.zeros(2), 0.01, 4.0, np.eye(2))), "weight_concentration >= 1"),
+        (dict(seed="abc"), "seed"),
+    ],
+)
+def test_bad_options_raise_clear_error(kwargs, match, faithful):
+    with pytest.raises(ValueError, match=match):
+        bg.fit_em(faithful, 2, **kwargs)
+
+
+def test_invalid_prior_is_rejected_on_construction():
+    with pytest.raises(ValueError, match="positive definite"):
+        bg.Prior(1.0, np.zeros(2), 0.01, 4.0, -np.eye(2))
+    with pytest.raises(ValueError, match="degrees_of_freedom"):
+        bg.Prior(1.0, np.zeros(3), 0.01, 1.0, np.eye(3))
+    with pytest.raises(ValueError, match="mean_precision"):
+        bg.Prior(1.0, np.zeros(2), 0.0, 4.0, np.eye(2))
+
+
+def test_duplicated_points_collapse_is_flagged_or_raises():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(size=(30, 2)), np.tile([[5.0, 5.0]], (10, 1))]  # 10 copies of one point
+    with pytest.warns(bg.DegenerateComponentWarning, match="degenerate"):
+        r = bg.fit_em(x, 2, seed=0)
+    assert r.degenerate_components != ()
+    assert np.all(np.isfinite(r.covariances))
+    with pytest.raises(ValueError, match="reg_covar"):
+        bg.fit_em(x, 2, seed=0, reg_covar=0.0)
+    # The conjugate prior keeps the covariance well defined: no warning.
+    r_map = bg.fit_em(x, 2, seed=0, prior=bg.Prior.default(x, 2))
+    assert r_map.degenerate_components == ()
+
+
+def test_not_converged_warns_and_is_flagged(faithful):
+    with pytest.warns(bg.ConvergenceWarning, match="max_iter"):
+        r = bg.fit_em(faithful, 2, max_iter=1, tol=1e-12, seed=0)
+    assert not r.converged and r.n_iter == 1
+
+
+def test_kmeans_matches_sklearn(sim3):
+    from sklearn.cluster import KMeans
+
+    km = bg.kmeans(sim3.x, 3, n_init=5, seed=0)
+    ref = KMeans(3, n_init=5, random_state=0).fit(sim3.x)
+    np.testing.assert_allclose(km.inertia, ref.inertia_, rtol=1e-6)
+    np.testing.assert_array_equal(km.predict(sim3.x), km.labels)
+    assert km.converged
+
+
+def test_jax_key_seed_is_accepted(faithful):
+    a = bg.fit_em(faithful, 2, seed=jax.random.key(3))
+    b = bg.fit_em(faithful, 2, seed=3)
+    assert np.array_equal(a.means, b.means)
