@@ -64,7 +64,10 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None):
 
     def body(c, carry):
         centers, indices, closest = carry
-        cand = jax.random.choice(jax.random.fold_in(key_rest, c), n, (trials,), p=closest / jnp.sum(closest))
+        # inverse-CDF draws of `trials` candidates with probability proportional to `closest`
+        cdf = jnp.cumsum(closest)
+        u = jax.random.uniform(jax.random.fold_in(key_rest, c), (trials,), cdf.dtype) * cdf[-1]
+        cand = jnp.minimum(jnp.searchsorted(cdf, u, side="right", method="compare_all"), n - 1)
         d_cand = jnp.minimum(sq_distances(x, x[cand]).T, closest[None])  # (trials, N)
         best = jnp.argmin(jnp.sum(d_cand, 1))
         return centers.at[c].set(x[cand[best]]), indices.at[c].set(cand[best]), d_cand[best]
