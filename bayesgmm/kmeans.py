@@ -56,8 +56,9 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None):
     n, d = x.shape
     k = num_components
     trials = num_trials or 2 + int(math.log(k))
-    key0, key_rest = jax.random.split(key)
-    first = jax.random.randint(key0, (), 0, n)
+    # Every uniform number the seeding needs, drawn at once (one PRNG call keeps the program small).
+    u = jax.random.uniform(key, (k, trials), x.dtype)
+    first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
     closest = jnp.sum((x - x[first]) ** 2, 1)
     centers = jnp.zeros((k, d), x.dtype).at[0].set(x[first])
     indices = jnp.zeros((k,), first.dtype).at[0].set(first)
@@ -66,8 +67,8 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None):
         centers, indices, closest = carry
         # inverse-CDF draws of `trials` candidates with probability proportional to `closest`
         cdf = jnp.cumsum(closest)
-        u = jax.random.uniform(jax.random.fold_in(key_rest, c), (trials,), cdf.dtype) * cdf[-1]
-        cand = jnp.minimum(jnp.searchsorted(cdf, u, side="right", method="compare_all"), n - 1)
+        cand = jnp.searchsorted(cdf, u[c] * cdf[-1], side="right", method="compare_all")
+        cand = jnp.minimum(cand, n - 1).astype(first.dtype)
         d_cand = jnp.minimum(sq_distances(x, x[cand]).T, closest[None])  # (trials, N)
         best = jnp.argmin(jnp.sum(d_cand, 1))
         return centers.at[c].set(x[cand[best]]), indices.at[c].set(cand[best]), d_cand[best]
