@@ -8,6 +8,7 @@ and MAP), closed-form variational Bayes, NumPyro SVI and NUTS. Every engine retu
 
 from . import datasets
 from .em import fit_em
+from .vb import fit_vb
 from .kmeans import KMeansResult, kmeans
 from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, Prior
 from .results import FitResult
@@ -23,5 +24,6 @@ __all__ = [
     "Prior",
     "datasets",
     "fit_em",
+    "fit_vb",
     "kmeans",
 ]

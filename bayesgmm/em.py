@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _stats
-from .kmeans import kmeans_labels, kmeans_plusplus
+from .kmeans import INIT_METHODS, initial_responsibilities
 from .model import log_prior
 from .params import (
     ConvergenceWarning,
@@ -39,8 +39,6 @@ from .params import (
     standardisation,
 )
 from .results import FitResult
-
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 # Incremented each time the EM driver is traced; tests use it to prove "compile once per shape".
 _TRACE_COUNT = {"fit": 0}
@@ -111,23 +109,6 @@ def em_step(state: EMState, z, prior, tol, reg_covar, config: EMConfig) -> EMSta
         converged=converged,
         trace=state.trace.at[state.n_iter].set(total),
     )
-
-
-def initial_responsibilities(key, xs, num_components: int, method: str):
-    """Starting responsibilities (N, K), scikit-learn's four ``init_params`` methods."""
-    n = xs.shape[0]
-    k = num_components
-    dtype = xs.dtype
-    if method == "kmeans":
-        return jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=dtype)
-    if method == "k-means++":
-        _, idx = kmeans_plusplus(key, xs, k)
-        return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
-    if method == "random":
-        r = jax.random.uniform(key, (n, k), dtype)
-        return r / jnp.sum(r, 1, keepdims=True)
-    idx = jax.random.choice(key, n, (k,), replace=False)
-    return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "init_method", "max_iter"))

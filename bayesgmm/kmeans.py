@@ -125,6 +125,30 @@ def kmeans_labels(key, x, num_components: int, max_iter: int = 300, tol: float =
     return lloyd(x, centers, max_iter, tol_abs)[1]
 
 
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def initial_responsibilities(key, x, num_components: int, method: str):
+    """Starting responsibilities (N, K) for EM and VB: scikit-learn's four ``init_params``.
+
+    ``"kmeans"``: one-hot k-means labels; ``"k-means++"``: one-hot on the K seeds only;
+    ``"random"``: uniform random, normalised; ``"random_from_data"``: one-hot on K random points.
+    """
+    n = x.shape[0]
+    k = num_components
+    dtype = x.dtype
+    if method == "kmeans":
+        return jax.nn.one_hot(kmeans_labels(key, x, k), k, dtype=dtype)
+    if method == "k-means++":
+        _, idx = kmeans_plusplus(key, x, k)
+        return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
+    if method == "random":
+        r = jax.random.uniform(key, (n, k), dtype)
+        return r / jnp.sum(r, 1, keepdims=True)
+    idx = jax.random.choice(key, n, (k,), replace=False)
+    return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
+
+
 def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4, seed: int = 0) -> KMeansResult:
     """k-means clustering: ``n_init`` k-means++ seedings refined by Lloyd's algorithm, run as one
     vmapped compiled call; the run of lowest inertia is kept.

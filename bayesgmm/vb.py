@@ -56,10 +56,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma, gammaln, multigammaln
-from jax.scipy.special import logsumexp
 
 from . import _stats
-from .kmeans import kmeans_labels, kmeans_plusplus
+from .kmeans import INIT_METHODS, initial_responsibilities
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
@@ -75,12 +74,11 @@ from .params import (
 )
 from .results import FitResult, StudentTMixture
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 VB_COVARIANCE_TYPES = ("full", "diag")
 LOG_2 = math.log(2.0)
 
 # Incremented each time a VB program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"fit": 0, "draws": 0}
+_TRACE_COUNT = {"fit": 0}
 
 
 class VBParams(NamedTuple):
@@ -232,27 +230,13 @@ def vb_step(state: VBState, z, prior, tol, reg_covar, config: VBConfig) -> VBSta
     )
 
 
-def _initial_responsibilities(key, xs, num_components: int, method: str):
-    """Starting responsibilities (N, K), scikit-learn's four ``init_params`` methods (as EM)."""
-    n = xs.shape[0]
-    k = num_components
-    dtype = xs.dtype
-    if method == "kmeans":
-        return jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=dtype)
-    if method == "k-means++":
-        _, idx = kmeans_plusplus(key, xs, k)
-        return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
-    if method == "random":
-        r = jax.random.uniform(key, (n, k), dtype)
-        return r / jnp.sum(r, 1, keepdims=True)
-    idx = jax.random.choice(key, n, (k,), replace=False)
-    return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "init_method", "max_iter"))
-def _fit_restarts(xs, keys, resp_given, prior, tol, reg_covar, *, config: VBConfig, init_method: str, max_iter: int):
-    """All restarts of one VB fit as a single compiled program (vmapped over ``keys``)."""
+@functools.partial(jax.jit, static_argnames=("config", "init_method", "max_iter", "num_draws", "num_restarts"))
+def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, *, config: VBConfig, init_method: str, max_iter: int,
+                  num_draws: int, num_restarts: int):
+    """All restarts of one VB fit, and the draws from the best one, as a single compiled program."""
     _TRACE_COUNT["fit"] += 1
+    init_key, draw_key = jax.random.split(key)
+    keys = jax.random.split(init_key, num_restarts)
     z = _stats.suff_features(xs, config.covariance_type)
     ct = config.covariance_type
 
@@ -260,7 +244,7 @@ def _fit_restarts(xs, keys, resp_given, prior, tol, reg_covar, *, config: VBConf
         if init_method == "given":
             resp0 = resp_given
         else:
-            resp0 = _initial_responsibilities(key, xs, config.num_components, init_method)
+            resp0 = initial_responsibilities(key, xs, config.num_components, init_method)
         q0 = m_step_from_resp(z, resp0, prior, reg_covar, ct)
         state = jax.lax.while_loop(
             lambda s: (s.n_iter < max_iter) & ~s.converged,
@@ -270,27 +254,60 @@ def _fit_restarts(xs, keys, resp_given, prior, tol, reg_covar, *, config: VBConf
         resp, final = vb_e_step(z, state.q, prior, ct)
         return state._replace(trace=state.trace.at[state.n_iter].set(final)), final, jnp.sum(resp, 0)
 
-    return jax.vmap(run_one)(keys)
+    state, finals, nks = jax.vmap(run_one)(keys)
+    best = jnp.argmax(jnp.where(jnp.isfinite(finals), finals, -jnp.inf))
+    state_best, nk_best = jax.tree_util.tree_map(lambda a: a[best], (state, nks))
+    point, has_mean = point_estimate(state_best.q, ct)
+    log_lik = jnp.sum(_stats.e_step(z, _stats.natural_params(point, ct))[1])
+    draws = _sample_q(draw_key, state_best.q, covariance_type=ct, num_draws=num_draws)
+    return {"state": state_best, "finals": finals, "nk": nk_best, "best": best, "point": point,
+            "has_mean": has_mean, "log_lik": log_lik, "draws": draws}
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type", "num_draws"))
+def point_estimate(q: VBParams, covariance_type: str):
+    """Posterior means E[pi], m_k and E[Sigma_k] = Psi_k / (nu_k - D - 1) (diag: / (nu_k - 2)) where
+    that mean exists, else Psi_k / nu_k (= E[Sigma_k^-1]^-1); returns (GMMParams, has_mean (K,))."""
+    alpha, _, m, nu, psi = q
+    d = m.shape[1]
+    extra = d + 1.0 if covariance_type == "full" else 2.0
+    has_mean = nu > extra
+    denom = jnp.where(has_mean, nu - extra, nu)
+    cov = psi / (denom[:, None, None] if covariance_type == "full" else denom[:, None])
+    return GMMParams(alpha / jnp.sum(alpha), m, cov), has_mean
+
+
 def _sample_q(key, q: VBParams, *, covariance_type: str, num_draws: int):
-    """``num_draws`` joint draws of (pi, mu, Sigma) from q (standardised scale)."""
-    import numpyro.distributions as dist
+    """``num_draws`` joint draws of (pi, mu, Sigma) from q (standardised scale).
 
-    _TRACE_COUNT["draws"] += 1
-    k_w, k_c, k_m = jax.random.split(key, 3)
+    One ``loggamma`` call serves the Dirichlet (normalised gammas, in log space so that tiny
+    concentrations do not underflow) and the covariances: Bartlett's decomposition for full
+    (Sigma = U A^-T A^-1 U^T with Psi = U U^T, A lower triangular, A_ii^2 ~ chi2(nu - i),
+    A_ij ~ N(0, 1) below the diagonal), inverse gammas for diag. One sampler to compile.
+    """
+    k_g, k_n = jax.random.split(key)
     alpha, beta, m, nu, psi = q
     k, d = m.shape
-    weights = jax.random.dirichlet(k_w, alpha, (num_draws,), dtype=m.dtype)
-    eps = jax.random.normal(k_m, (num_draws, k, d), m.dtype)
+    dtype = m.dtype
+    s = num_draws
     if covariance_type == "full":
-        cov = dist.InverseWishart(nu, scale_matrix=psi).sample(k_c, (num_draws,))
-        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-        chol = jnp.linalg.cholesky(cov)
-        means = m[None] + jnp.einsum("skij,skj->ski", chol, eps) / jnp.sqrt(beta)[None, :, None]
+        shape_cov = (nu[:, None] - jnp.arange(d, dtype=dtype)[None]) / 2.0  # (K, D)
     else:
-        g = jax.random.gamma(k_c, jnp.broadcast_to((nu / 2.0)[:, None], (num_draws, k, d)), dtype=m.dtype)
+        shape_cov = jnp.broadcast_to((nu / 2.0)[:, None], (k, d))
+    conc = jnp.concatenate([alpha, shape_cov.reshape(-1)])
+    log_g = jax.random.loggamma(k_g, jnp.broadcast_to(conc, (s, conc.shape[0])), dtype=dtype)
+    weights = jax.nn.softmax(log_g[:, :k], axis=1)
+    g = jnp.exp(log_g[:, k:]).reshape(s, k, d)
+    normals = jax.random.normal(k_n, (s, k, d + d * d), dtype)
+    eps = normals[..., :d]
+    if covariance_type == "full":
+        below = jnp.tril(normals[..., d:].reshape(s, k, d, d), -1)
+        a = below + jax.vmap(jax.vmap(jnp.diag))(jnp.sqrt(2.0 * g))  # (S, K, D, D)
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), a.shape)
+        a_inv = jax.scipy.linalg.solve_triangular(a, eye, lower=True)
+        factor = jnp.linalg.cholesky(psi)[None] @ jnp.swapaxes(a_inv, -1, -2)  # Sigma = F F^T
+        cov = factor @ jnp.swapaxes(factor, -1, -2)
+        means = m[None] + jnp.einsum("skij,skj->ski", factor, eps) / jnp.sqrt(beta)[None, :, None]
+    else:
         cov = (psi[None] / 2.0) / g
         means = m[None] + jnp.sqrt(cov / beta[None, :, None]) * eps
     return weights, means, cov
@@ -427,51 +444,46 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     if resp_init is not None and resp_init.shape != (n, k):
         raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
 
-    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    dtype = jax.dtypes.canonicalize_dtype(arr.dtype)  # float32 unless jax_enable_x64 and float64 input
     shift, sd = standardisation(arr.astype(np.float64), covariance_type)
-    xs = jnp.asarray(((arr - shift) / sd).astype(dtype))
+    xs = ((arr - shift) / sd).astype(dtype)
     prior_std = prior.standardised(shift, sd)
-    prior_arrays = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), prior_std.arrays(k, covariance_type, dtype=np.float64))
+    prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)  # NumPy; jit transfers it
     key = seed_to_key(seed)
-    init_key, draw_key = jax.random.split(key)
     config = VBConfig(k, covariance_type)
     given = resp_init is not None
-    resp_given = jnp.asarray(resp_init if given else np.zeros((1, k)), dtype)
+    resp_given = np.asarray(resp_init if given else np.zeros((1, k)), dtype)
 
     start = time.perf_counter()
-    state, finals, nks = _fit_restarts(
-        xs, jax.random.split(init_key, 1 if given else n_init), resp_given, prior_arrays,
-        jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype),
+    out = _fit_restarts(
+        xs, key, resp_given, prior_arrays, np.asarray(tol, dtype), np.asarray(reg_covar, dtype),
         config=config, init_method="given" if given else init_params, max_iter=int(max_iter),
+        num_draws=int(num_draws), num_restarts=1 if given else int(n_init),
     )
-    finals = np.asarray(finals, dtype=np.float64)
-    ok = np.isfinite(finals)
-    if not ok.any():
+    out = jax.device_get(out)  # one transfer; everything below is NumPy
+    elapsed = time.perf_counter() - start
+    finals = np.asarray(out["finals"], dtype=np.float64)
+    if not np.isfinite(finals).any():
         raise ValueError(
             "VB failed: the ELBO is not finite in any restart (a variational scale matrix became "
             "singular). Increase reg_covar or the prior scale, or use fewer components."
         )
-    best = int(np.argmax(np.where(ok, finals, -np.inf)))
-    q_std = VBParams(*(p[best] for p in state.q))
-    w_d, m_d, c_d = _sample_q(draw_key, q_std, covariance_type=covariance_type, num_draws=int(num_draws))
-    q = VBParams(*(np.asarray(p, np.float64) for p in q_std))
-    elapsed = time.perf_counter() - start
-
-    pick = lambda a: np.asarray(a[best])  # noqa: E731
-    n_iter = int(pick(state.n_iter))
-    converged = bool(pick(state.converged))
+    best = int(out["best"])
+    st = out["state"]
+    q = VBParams(*(np.asarray(p, np.float64) for p in st.q))
+    n_iter = int(st.n_iter)
+    converged = bool(st.converged)
     ll_shift, _ = log_jacobians(sd, n, k, covariance_type)
-    trace = pick(state.trace).astype(np.float64)[: n_iter + 1] + ll_shift
+    trace = np.asarray(st.trace, np.float64)[: n_iter + 1] + ll_shift
     elbo = float(finals[best] + ll_shift)
 
-    # ---- point estimate (standardised, then original scale)
+    # ---- point estimate (computed in the compiled program), original scale
     alpha, beta, m, nu, psi = q
-    extra = d + 1.0 if covariance_type == "full" else 2.0
-    has_mean = nu > extra
-    denom = np.where(has_mean, nu - extra, nu)
-    cov_std = psi / (denom[:, None, None] if covariance_type == "full" else denom[:, None])
-    params_std = GMMParams(alpha / alpha.sum(), m, cov_std)
-    log_lik = float(np.sum(np.asarray(_stats.mixture_log_density(xs, GMMParams(*(jnp.asarray(p, dtype) for p in params_std)), covariance_type), np.float64)) + ll_shift)
+    params_std = GMMParams(*(np.asarray(p, np.float64) for p in out["point"]))
+    cov_std = params_std.covariances
+    has_mean = np.asarray(out["has_mean"])
+    log_lik = float(out["log_lik"]) + ll_shift
+    w_d, m_d, c_d = out["draws"]
     params = params_to_original(params_std, shift, sd, covariance_type)
     psi_orig = params_to_original(GMMParams(alpha, m, psi), shift, sd, covariance_type).covariances
 
@@ -486,7 +498,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
 
     # ---- diagnostics
     alpha0 = prior.concentration(k)
-    n_expected = np.asarray(pick(nks), np.float64)
+    n_expected = np.asarray(out["nk"], np.float64)
     thresh = max(0.01, 1.0 / n)
     effective = int(np.sum(params.weights >= thresh))
     empty = tuple(int(i) for i in np.flatnonzero(n_expected < 1.0))
