@@ -130,8 +130,10 @@ def _fit_restarts(xs, keys, user_init, prior, tol, reg_covar, *, config: EMConfi
         )
         resp, final = objective_terms(z, state.params, prior, config)
         trace = state.trace.at[state.n_iter].set(final)
-        theta = _stats.natural_params(state.params, config.covariance_type)
-        log_lik = jnp.sum(_stats.e_step(z, theta)[1])  # marginal, also for hard EM
+        log_lik = final
+        if config.hard or config.use_prior:  # the marginal log-likelihood alone
+            theta = _stats.natural_params(state.params, config.covariance_type)
+            log_lik = jnp.sum(_stats.e_step(z, theta)[1])
         return state._replace(trace=trace), final, log_lik, jnp.sum(resp, 0)
 
     return jax.vmap(run_one)(keys)
@@ -165,10 +167,11 @@ def _user_init(weights_init, means_init, precisions_init, k, d, covariance_type,
             if np.any(p <= 0):
                 raise ValueError("precisions_init must be positive.")
             c = 1.0 / p
-    placeholder = GMMParams(
+    unit_cov = {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}
+    placeholder = GMMParams(  # standardised piecewise; the pieces not given stay None
         w if w is not None else np.full(k, 1.0 / k),
         m if m is not None else np.zeros((k, d)) + shift,
-        c if c is not None else (np.ones((k, d)) if covariance_type == "diag" else np.ones(k) if covariance_type == "spherical" else np.eye(d) if covariance_type == "tied" else np.tile(np.eye(d), (k, 1, 1))),
+        c if c is not None else unit_cov[covariance_type],
     )
     std = params_to_standard(placeholder, shift, sd, covariance_type)
     return tuple(None if given is None else jnp.asarray(v, dtype) for given, v in zip((w, m, c), std))
