@@ -38,7 +38,8 @@ def _fit(x, k, method, covariance_type, seed, n_init):
     return fit_mcmc(x, k, covariance_type=covariance_type, seed=seed)
 
 
-def _print_fit(result, out=sys.stdout):
+def _print_fit(result, out=None):
+    out = sys.stdout if out is None else out
     names = result.feature_names
     print(f"{result.method} fit, K={result.num_components}, covariance_type={result.covariance_type}: "
           f"log-likelihood {result.log_likelihood:.3f}, converged={result.converged} after {result.n_iter} iterations",
