@@ -1,0 +1,131 @@
+"""Label alignment and label-invariant summaries (bayesgmm.labels), against brute force."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from bayesgmm.labels import (
+    align_draws,
+    assignment_costs,
+    invariant_summaries,
+    mixture_moments,
+    permute_draws,
+    sort_components,
+)
+from bayesgmm.params import GMMParams
+
+COV_TYPES = ("full", "diag", "spherical", "tied")
+
+
+def _pivot(covariance_type, k=3, d=2):
+    means = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [6.0, 6.0]])[:k, :d]
+    full = np.stack([np.array([[1.0, 0.3], [0.3, 0.8]]) * (1 + 0.5 * j) for j in range(k)])
+    cov = {"full": full, "diag": full[:, [0, 1], [0, 1]], "spherical": full[:, 0, 0], "tied": full[0]}[covariance_type]
+    return GMMParams(np.array([0.2, 0.3, 0.5, 0.0])[:k] / np.array([0.2, 0.3, 0.5, 0.0])[:k].sum(), means, cov)
+
+
+def _draws_near(pivot, covariance_type, rng, lead=(3, 40)):
+    """Draws scattered tightly around the pivot, in the pivot's labelling."""
+    w = np.broadcast_to(pivot.weights, lead + pivot.weights.shape) * np.exp(0.05 * rng.standard_normal(lead + pivot.weights.shape))
+    m = pivot.means + 0.2 * rng.standard_normal(lead + pivot.means.shape)
+    scale = np.exp(0.05 * rng.standard_normal(lead + (pivot.means.shape[0] if covariance_type != "tied" else 1,)))
+    if covariance_type in ("full",):
+        c = pivot.covariances * scale[..., None, None]
+    elif covariance_type == "diag":
+        c = pivot.covariances * scale[..., None]
+    elif covariance_type == "spherical":
+        c = pivot.covariances * scale
+    else:
+        c = pivot.covariances * scale[..., None]  # (lead, 1, 1) broadcast: still (D, D) per draw
+    return {"weights": w / w.sum(-1, keepdims=True), "means": m, "covariances": np.asarray(c)}
+
+
+def _random_perms(rng, lead, k):
+    return np.stack([rng.permutation(k) for _ in range(int(np.prod(lead)))]).reshape(lead + (k,))
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_alignment_recovers_the_identity_labelling(covariance_type, rng):
+    pivot = _pivot(covariance_type)
+    draws = _draws_near(pivot, covariance_type, rng)
+    perms = _random_perms(rng, (3, 40), 3)
+    scrambled = permute_draws(draws, perms, covariance_type)
+    assert not np.array_equal(scrambled["means"], draws["means"])  # the scramble did something
+    aligned, found = align_draws(scrambled, pivot, covariance_type)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(aligned[name], draws[name])
+    # found[k] is the scrambled component that carries true label k: the inverse permutation
+    np.testing.assert_array_equal(np.take_along_axis(perms, found, -1), np.broadcast_to(np.arange(3), perms.shape))
+    if covariance_type == "tied":
+        np.testing.assert_array_equal(aligned["covariances"], scrambled["covariances"])
+
+
+@pytest.mark.parametrize("cost", ["kl", "mahalanobis"])
+def test_hungarian_matches_brute_force_over_all_permutations(cost, rng):
+    k = 4
+    pivot = _pivot("full", k=k)
+    draws = {
+        "weights": rng.dirichlet(np.ones(k), size=(2, 50)),
+        "means": 3 + 4 * rng.standard_normal((2, 50, k, 2)),  # far from the pivot: real choices
+        "covariances": np.broadcast_to(np.eye(2), (2, 50, k, 2, 2)) * rng.uniform(0.2, 3, (2, 50, k, 1, 1)),
+    }
+    _, found = align_draws(draws, pivot, "full", cost=cost)
+    costs = assignment_costs(draws, pivot, "full", cost=cost)  # [..., j, k]
+    all_perms = np.array(list(itertools.permutations(range(k))))  # perm[k_label] = j
+    totals = costs[..., all_perms, np.arange(k)].sum(-1)  # (..., K!)
+    best = totals.min(-1)
+    chosen_total = costs[  # sum_k cost[j = found[k], k]
+       np.arange(2)[:, None, None], np.arange(50)[None, :, None], found, np.arange(k)].sum(-1)
+    np.testing.assert_allclose(chosen_total, best, rtol=1e-12)
+
+
+def test_kl_cost_separates_components_with_equal_means():
+    """A scale mixture: equal means, covariances 1 and 25. Mean distance cannot tell them apart."""
+    pivot = GMMParams(np.array([0.5, 0.5]), np.zeros((2, 1)), np.array([1.0, 25.0]))
+    draws = {
+        "weights": np.array([[[0.5, 0.5]]]),
+        "means": np.array([[[[0.05], [-0.05]]]]),
+        "covariances": np.array([[[24.0, 1.1]]]),  # labels swapped
+    }
+    aligned, perm = align_draws(draws, pivot, "spherical", cost="kl")
+    np.testing.assert_array_equal(perm, [[[1, 0]]])
+    np.testing.assert_allclose(aligned["covariances"], [[[1.1, 24.0]]])
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_summaries_are_invariant_to_relabelling(covariance_type, rng):
+    pivot = _pivot(covariance_type)
+    draws = _draws_near(pivot, covariance_type, rng)
+    scrambled = permute_draws(draws, _random_perms(rng, (3, 40), 3), covariance_type)
+    a, b = invariant_summaries(draws, covariance_type), invariant_summaries(scrambled, covariance_type)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-12)
+    s1, s2 = sort_components(draws, covariance_type), sort_components(scrambled, covariance_type)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(s1[name], s2[name])
+
+
+def test_mixture_moments_against_monte_carlo(rng):
+    pivot = _pivot("full")
+    draws = {n: np.asarray(v)[None, None] for n, v in zip(("weights", "means", "covariances"), pivot)}
+    mean, cov = mixture_moments(draws, "full")
+    z = rng.choice(3, size=200_000, p=pivot.weights)
+    chol = np.linalg.cholesky(pivot.covariances)
+    x = pivot.means[z] + np.einsum("nij,nj->ni", chol[z], rng.standard_normal((z.size, 2)))
+    se = np.sqrt(np.diag(cov[0, 0]) / z.size)
+    assert np.all(np.abs(mean[0, 0] - x.mean(0)) < 5 * se)
+    np.testing.assert_allclose(cov[0, 0], np.cov(x.T), rtol=0.03, atol=0.05)
+
+
+def test_bad_inputs_raise():
+    pivot = _pivot("full")
+    draws = {"weights": np.ones((1, 2, 3)) / 3, "means": np.zeros((1, 2, 3, 2)), "covariances": np.zeros((1, 2, 3, 2))}
+    with pytest.raises(ValueError, match="covariances"):
+        align_draws(draws, pivot, "full")
+    with pytest.raises(ValueError, match="lacks"):
+        align_draws({"weights": draws["weights"]}, pivot, "full")
+    with pytest.raises(ValueError, match="cost"):
+        assignment_costs(draws, pivot, "diag", cost="euclid")
+    with pytest.raises(ValueError, match="permutations"):
+        permute_draws({**draws, "covariances": np.ones((1, 2, 3, 2))}, np.zeros((1, 2)), "diag")
