@@ -1,0 +1,524 @@
+"""Stochastic variational inference on the one model: NumPyro's SVI on :func:`bayesgmm.model.gmm_model`.
+
+The component labels ``z`` are summed out (``marginalize=True``), so the guide covers only the
+continuous sites ``weights``, ``covariances`` and ``means``; the loss is NumPyro's
+``Trace_ELBO`` (one particle per step). Guides:
+
+``"normal"``
+    ``AutoNormal``: mean field, one independent normal per unconstrained coordinate.
+``"mvn"``
+    ``AutoMultivariateNormal``: one full-covariance normal over all unconstrained coordinates
+    (captures the correlation of a mean with its covariance, and of the weights).
+``"delta"``
+    ``AutoDelta``: a point mass, i.e. MAP estimation by gradient ascent on
+    ``log p(x, theta)``, the same objective as MAP-EM (:func:`bayesgmm.fit_em` with a prior).
+
+or a user-supplied guide (see :func:`fit_svi`).
+
+One compiled program per shape
+------------------------------
+With ``progress_bar=False`` (the default) everything runs in one ``jax.jit``-ed program,
+compiled once per data shape, K, structure, guide and settings (later fits of same-shaped data
+reuse it; ``learning_rate``, the data, the prior and the seed are traced arguments):
+
+1. a MAP start in standardised units: k-means (4 seedings) each followed by a fixed number of
+   closed-form MAP-EM iterations (:mod:`bayesgmm._stats` in a ``lax.fori_loop``), best log
+   posterior kept. The guide is centred there (``init_to_value``); without it the ELBO
+   optimisation can settle in poor local optima (merged or empty components). The start also
+   fixes which component is which;
+2. ``SVI.run`` (its ``lax.scan`` over ``SVI.update``);
+3. ``num_draws`` draws from the fitted guide (``Predictive``), the guide's median, and an
+   unbiased estimate of the ELBO at the final parameters with ``num_draws`` particles.
+
+With ``progress_bar=True`` the same function runs un-jitted so that ``SVI.run`` can show its
+tqdm bar (slower: NumPyro's set-up runs eagerly and nothing is cached).
+
+Units and the ELBO
+------------------
+The data are standardised internally, ``x_s = (x - shift) / sd``, and everything is mapped back.
+Write ``theta_s = T(theta)`` for the matching (affine) map of the parameters. The model's joint
+density picks up both Jacobians: ``log p(x, theta) = log p_s(x_s, theta_s) + J_x + J_theta``
+(``J_x, J_theta = params.log_jacobians(...)``). The variational density is pushed forward by the
+same map, ``log q(theta) = log q_s(theta_s) + J_theta``. So in
+``ELBO = E_q[log p(x, theta) - log q(theta)]`` the parameter Jacobian cancels *exactly*, and
+
+    ELBO (original units) = ELBO (standardised) + J_x,
+
+the same shift as the log evidence ``log p(x) = log p_s(x_s) + J_x``; the gap
+``log p(x) - ELBO = KL(q || posterior)`` does not depend on units. For ``guide="delta"`` there is
+no entropy term: the loss is ``-log p_s(x_s, theta_s)``, a log posterior *density*, which does
+not cancel, so its trace is reported as ``objective="log_posterior"`` shifted by
+``J_x + J_theta`` (the units of MAP-EM's trace).
+
+Precision: float32 unless ``jax_enable_x64`` is on and ``x`` is float64 (library code never
+changes JAX's configuration). Results are NumPy float64 on the original scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_value
+from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal, AutoNormal
+
+from . import _stats
+from .kmeans import kmeans_labels
+from .model import gmm_model, log_prior, model_kwargs
+from .params import (
+    ConvergenceWarning,
+    DegenerateComponentWarning,
+    GMMParams,
+    Prior,
+    check_covariance_type,
+    check_data,
+    check_num_components,
+    check_params,
+    log_jacobians,
+    params_to_original,
+    params_to_standard,
+    seed_to_key,
+    standardisation,
+)
+from .results import FitResult
+
+try:  # written by another module owner; SVI works without it (no relabelling then)
+    from .labels import align_draws
+except ImportError:  # pragma: no cover
+    align_draws = None
+
+__all__ = ["GUIDES", "fit_svi"]
+
+GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "delta": AutoDelta}
+INIT_METHODS = ("map", "uniform")
+#: k-means seedings of the MAP start, and MAP-EM iterations after each.
+_MAP_STARTS = 4
+_MAP_ITERS = 50
+#: Convergence: drift of the smoothed ELBO over the last 10% of steps, in nats per observation.
+_CONV_TOL = 1e-3
+
+# Incremented when the SVI program is traced; tests use it to prove "compile once per shape".
+_TRACE_COUNT = {"fit": 0}
+
+
+class _Config(NamedTuple):
+    """Static choices of one SVI program (hashable: the jit cache key)."""
+
+    num_components: int
+    covariance_type: str
+    guide: Any
+    num_steps: int
+    num_draws: int
+    subsample_size: int | None
+    init_mode: str
+    optimizer: Any
+    progress_bar: bool
+
+
+def _site_values(params: GMMParams, k: int) -> dict:
+    values = {"means": params.means, "covariances": params.covariances}
+    if k > 1:
+        values["weights"] = params.weights
+    return values
+
+
+def _map_start(keys, xs, prior, k: int, covariance_type: str) -> GMMParams:
+    """k-means seedings each refined by ``_MAP_ITERS`` closed-form MAP-EM iterations; best log posterior.
+
+    The Dirichlet concentration is floored at 1 here (the MAP weights are undefined below 1); it
+    only moves the start, never the objective SVI optimises.
+    """
+    d = xs.shape[1]
+    z = _stats.suff_features(xs, covariance_type)
+    prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
+
+    def m_step(resp):
+        return _stats.m_step(*_stats.suff_stats(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
+
+    def e_step(params):
+        return _stats.e_step(z, _stats.natural_params(params, covariance_type))
+
+    def one(key):
+        params = m_step(jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=xs.dtype))
+        params = jax.lax.fori_loop(0, _MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
+        obj = jnp.sum(e_step(params)[1]) + log_prior(params, prior_map, covariance_type)
+        return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
+
+    params, obj = jax.vmap(one)(keys)
+    best = jnp.argmax(obj)
+    return jax.tree_util.tree_map(lambda a: a[best], params)
+
+
+def _make_guide(spec, init_loc_fn):
+    """The guide object for one fit (a fresh one each time: guides keep set-up state)."""
+    if isinstance(spec, str):
+        return GUIDES[spec](gmm_model, init_loc_fn=init_loc_fn)
+    if isinstance(spec, type) and issubclass(spec, AutoGuide):
+        return spec(gmm_model, init_loc_fn=init_loc_fn)
+    if isinstance(spec, AutoGuide):
+        return copy.deepcopy(spec)  # never mutate (set up) the user's object
+    return spec
+
+
+def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
+    """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller)."""
+    _TRACE_COUNT["fit"] += 1
+    k, cov_type = config.num_components, config.covariance_type
+    key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
+    start = _map_start(jax.random.split(key_start, _MAP_STARTS), xs, prior, k, cov_type)
+    if config.init_mode == "user":
+        start = user_init
+    init_loc_fn = init_to_uniform if config.init_mode == "uniform" else init_to_value(values=_site_values(start, k))
+    guide = _make_guide(config.guide, init_loc_fn)
+    optimizer = config.optimizer if config.optimizer is not None else numpyro.optim.Adam(learning_rate)
+    kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size)
+    svi = SVI(gmm_model, guide, optimizer, loss=Trace_ELBO())
+    result = svi.run(key_svi, config.num_steps, xs, progress_bar=config.progress_bar, **kwargs)
+    params = result.params
+
+    sites = ["weights", "means", "covariances"]
+    draws = Predictive(gmm_model, guide=guide, params=params, num_samples=config.num_draws, return_sites=sites)(
+        key_draws, xs, **kwargs
+    )
+    draws = GMMParams(*(draws[s] for s in sites))
+    median = start
+    if isinstance(guide, AutoGuide):
+        try:
+            med = guide.median(params)
+        except NotImplementedError:
+            med = {}
+        if all(s in med for s in sites[1:]):
+            median = GMMParams(med["weights"] if k > 1 else jnp.ones(1, xs.dtype), med["means"], med["covariances"])
+    # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates.
+    one_elbo = lambda kk: -Trace_ELBO().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
+    elbo_final = jax.vmap(one_elbo)(jax.random.split(key_elbo, config.num_draws))
+    return start, median, draws, -result.losses, elbo_final
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _program_jit(xs, prior, key, learning_rate, user_init, *, config: _Config):
+    return _program(xs, prior, key, learning_rate, user_init, config=config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers of the public entry point
+# ----------------------------------------------------------------------------------------------
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_guide(guide):
+    if isinstance(guide, str):
+        if guide not in GUIDES:
+            raise ValueError(
+                f"guide must be one of {tuple(GUIDES)}, a numpyro AutoGuide class or instance, or a guide "
+                f"function with the model's signature; got {guide!r}."
+            )
+        return guide
+    if callable(guide):
+        return guide
+    raise ValueError(f"guide must be a string in {tuple(GUIDES)} or a callable numpyro guide, got {guide!r}.")
+
+
+def _user_init(init, k, d, covariance_type, shift, sd, dtype) -> GMMParams:
+    if not isinstance(init, GMMParams):
+        raise ValueError(f"init must be one of {INIT_METHODS} or a bayesgmm.GMMParams, got {init!r}.")
+    p = check_params(init, covariance_type)
+    if p.means.shape != (k, d):
+        raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
+    std = params_to_standard(p, shift, sd, covariance_type)
+    return GMMParams(*(np.asarray(a, dtype=dtype) for a in std))
+
+
+def _placeholder_init(k, d, covariance_type, dtype) -> GMMParams:
+    cov = {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}
+    return GMMParams(np.full(k, 1.0 / k, dtype), np.zeros((k, d), dtype), cov[covariance_type].astype(dtype))
+
+
+def _numpy_log_likelihood(x, params: GMMParams, covariance_type: str) -> float:
+    """Total log-likelihood at one parameter set, in float64 NumPy (no JAX compile)."""
+    w, m, c = (np.asarray(a, np.float64) for a in params)
+    k, d = m.shape
+    if covariance_type == "tied":
+        cov = np.broadcast_to(c, (k, d, d))
+    elif covariance_type == "diag":
+        cov = c[:, :, None] * np.eye(d)
+    elif covariance_type == "spherical":
+        cov = c[:, None, None] * np.eye(d)
+    else:
+        cov = c
+    chol = np.linalg.cholesky(cov)
+    diff = x[None] - m[:, None]  # (K, N, D)
+    y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))  # (K, D, N)
+    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    logp = -0.5 * (np.sum(y**2, -2) + logdet[:, None] + d * np.log(2 * np.pi)) + np.log(w)[:, None]
+    mx = logp.max(0)
+    return float(np.sum(mx + np.log(np.exp(logp - mx).sum(0))))
+
+
+def _convergence(trace, num_obs):
+    """Drift of the smoothed ELBO over the last 10% of the steps.
+
+    The last ``max(num_steps // 10, 2)`` values are split into halves; the drift is the
+    difference of the half means, minus twice its standard error (the one-particle ELBO is
+    noisy, more so with minibatches), per observation. Converged when this is below
+    ``_CONV_TOL`` = 1e-3 nats per observation. Per observation, not relative to the ELBO:
+    the ELBO's level moves with the data's units (``N * sum(log sd)``), its changes do not.
+    """
+    w = max(len(trace) // 10, 2)
+    tail = np.asarray(trace[-w:], np.float64)
+    a, b = tail[: w // 2], tail[w // 2 :]
+    if not np.all(np.isfinite(tail)):
+        return False, float("nan")
+    se = np.sqrt(np.var(a) / len(a) + np.var(b) / len(b))
+    drift = max(abs(b.mean() - a.mean()) - 2 * se, 0.0) / num_obs
+    return bool(drift < _CONV_TOL), float(drift)
+
+
+def fit_svi(
+    x,
+    num_components: int,
+    *,
+    covariance_type: str = "full",
+    prior: Prior | None = None,
+    guide="normal",
+    num_steps: int = 5000,
+    learning_rate: float = 0.01,
+    optimizer=None,
+    subsample_size: int | None = None,
+    num_draws: int = 500,
+    init="map",
+    seed=0,
+    progress_bar: bool = False,
+) -> FitResult:
+    """Fit the Bayesian Gaussian mixture by stochastic variational inference (NumPyro SVI).
+
+    Parameters
+    ----------
+    x : array-like (N, D) or (N,)
+        Data; DataFrame column names become feature names.
+    num_components : int
+        K.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        All four structures of :func:`bayesgmm.model.gmm_model` run; ``full`` and ``diag`` are
+        the tested ones (``spherical`` and ``tied`` are tested for running and recovering the
+        truth only).
+    prior : Prior, optional
+        Defaults to ``Prior.default(x, K)`` (mclust's weak conjugate prior).
+    guide : {"normal", "mvn", "delta"} or numpyro guide
+        ``"normal"`` (AutoNormal, mean field), ``"mvn"`` (AutoMultivariateNormal) or ``"delta"``
+        (AutoDelta: MAP by gradient). Also accepted: an ``AutoGuide`` subclass (built here as
+        ``cls(gmm_model, init_loc_fn=<MAP start>)``, e.g. ``AutoLowRankMultivariateNormal``); an
+        unused ``AutoGuide`` instance built on :func:`bayesgmm.model.gmm_model` (copied, used as
+        is, with its own ``init_loc_fn``); or a guide function with the model's signature
+        ``guide(x, *, num_components, prior, covariance_type, subsample_size, ...)`` sampling
+        ``weights`` (when K > 1), ``covariances`` and ``means`` on the *standardised* scale.
+    num_steps : int
+        Optimisation steps (static: changing it recompiles).
+    learning_rate : float
+        Step size of the default optimizer, ``numpyro.optim.Adam(learning_rate)``.
+    optimizer : numpyro optimizer or optax GradientTransformation, optional
+        Replaces the default (``learning_rate`` is then ignored).
+    subsample_size : int, optional
+        Minibatch size: the model's ``obs`` plate subsamples and rescales the likelihood, so each
+        step uses an unbiased estimate of the ELBO's gradient from ``subsample_size`` points.
+    num_draws : int
+        Draws from the fitted guide (``draws``) and particles of the final ELBO estimate.
+    init : {"map", "uniform"} or GMMParams
+        ``"map"`` (default): the guide is centred at a MAP solution (k-means, then closed-form
+        MAP-EM). ``"uniform"``: NumPyro's ``init_to_uniform`` (often a poor local optimum). A
+        ``GMMParams`` (original scale) centres the guide there.
+    seed : int or jax key
+        Same seed, same result, bit for bit.
+    progress_bar : bool
+        Show ``SVI.run``'s tqdm bar; the fit then runs outside ``jit`` (slower, not cached).
+
+    Returns
+    -------
+    FitResult
+        ``method="svi"``, ``objective="elbo"`` (``"log_posterior"`` for ``guide="delta"``, see the
+        module docstring). ``trace``: the one-particle ELBO estimate of every step, original
+        units. ``draws``: ``num_draws`` guide draws, shape (1, S, ...), label-aligned to the
+        guide's median (:func:`bayesgmm.labels.align_draws`); ``raw_draws`` before alignment.
+        Point estimate: the mean of the aligned draws (the guide's median, i.e. the MAP, for
+        ``"delta"``); ``log_likelihood`` the training log-likelihood there. ``converged``: the
+        drift of the ELBO over the last 10% of steps is below 1e-3 nats per observation after
+        allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
+        the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
+        guide parameters from ``num_draws`` particles), ``elbo_drift_per_obs``,
+        ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, timings and settings.
+
+    Warns
+    -----
+    ConvergenceWarning
+        When the ELBO still drifts over the last 10% of the steps.
+    DegenerateComponentWarning
+        When a component's posterior-mean weight holds less than one observation.
+
+    Raises
+    ------
+    ValueError
+        Invalid input (unknown guide, ``subsample_size`` > N, ``num_steps`` < 1, ...), or a
+        non-finite ELBO at the end (lower ``learning_rate``).
+    """
+    arr, names = check_data(x)
+    n, d = arr.shape
+    k = check_num_components(num_components, n)
+    check_covariance_type(covariance_type)
+    guide = _check_guide(guide)
+    num_steps = _check_int("num_steps", num_steps, 1)
+    num_draws = _check_int("num_draws", num_draws, 1)
+    if subsample_size is not None:
+        subsample_size = _check_int("subsample_size", subsample_size, 1)
+        if subsample_size > n:
+            raise ValueError(
+                f"subsample_size={subsample_size} exceeds the number of observations N={n}; use "
+                "subsample_size <= N, or None for full-batch SVI."
+            )
+        if subsample_size == n:
+            subsample_size = None
+    if isinstance(learning_rate, bool) or not (isinstance(learning_rate, (int, float, np.floating)) and np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
+    if optimizer is not None and not (isinstance(optimizer, numpyro.optim._NumPyroOptim) or hasattr(optimizer, "update")):
+        raise ValueError(
+            "optimizer must be a numpyro.optim optimizer or an optax GradientTransformation, "
+            f"got {optimizer!r}."
+        )
+    if not isinstance(progress_bar, (bool, np.bool_)):
+        raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
+    if prior is None:
+        prior = Prior.default(arr, k)
+    elif not isinstance(prior, Prior):
+        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
+    if prior.num_features != d:
+        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}.")
+    if guide == "delta" and k > 1 and np.any(prior.concentration(k) < 1):
+        raise ValueError(
+            "guide='delta' (MAP) needs weight_concentration >= 1 (the Dirichlet density is unbounded "
+            "below 1, so there is no MAP); use guide='normal' or 'mvn', or fit_vb."
+        )
+    prior.concentration(k)  # raises when its length is not K
+
+    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    np_dtype = np.dtype(dtype)
+    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
+    xs = ((arr - shift) / sd).astype(np_dtype)
+    prior_arrays = prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np_dtype)
+    if isinstance(init, str):
+        if init not in INIT_METHODS:
+            raise ValueError(f"init must be one of {INIT_METHODS} or a bayesgmm.GMMParams, got {init!r}.")
+        init_mode = init
+        user_init = _placeholder_init(k, d, covariance_type, np_dtype)
+    else:
+        init_mode = "user"
+        user_init = _user_init(init, k, d, covariance_type, shift, sd, np_dtype)
+    key = seed_to_key(seed)
+    config = _Config(k, covariance_type, guide, num_steps, num_draws, subsample_size, init_mode, optimizer, bool(progress_bar))
+    try:
+        hash(config)
+        cacheable = not progress_bar
+    except TypeError:  # an unhashable user guide/optimizer: compile for this call only
+        cacheable = False
+    lr = np.asarray(learning_rate, np_dtype)
+
+    start_time = time.perf_counter()
+    if cacheable:
+        out = _program_jit(xs, prior_arrays, key, lr, user_init, config=config)
+    elif progress_bar:
+        out = _program(xs, prior_arrays, key, lr, user_init, config=config)
+    else:
+        out = jax.jit(functools.partial(_program, config=config))(xs, prior_arrays, key, lr, user_init)
+    start_std, median_std, draws_std, elbo_std, elbo_final = jax.block_until_ready(out)
+    fit_seconds = time.perf_counter() - start_time
+
+    # ---- back to the original scale (NumPy float64)
+    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
+    is_delta = isinstance(guide, str) and guide == "delta"
+    shift_obj = ll_shift + (prior_shift if is_delta else 0.0)
+    trace = np.asarray(elbo_std, np.float64) + shift_obj
+    elbo_final = np.asarray(elbo_final, np.float64) + shift_obj
+    if not np.isfinite(trace[-1]) or not all(np.all(np.isfinite(np.asarray(a))) for a in draws_std):
+        raise ValueError(
+            "SVI diverged: the ELBO or the guide's draws are not finite at the end. Lower "
+            "learning_rate, or start from init='map'."
+        )
+    to_orig = lambda p: params_to_original(GMMParams(*(np.asarray(a) for a in p)), shift, sd, covariance_type)  # noqa: E731
+    start = to_orig(start_std)
+    median = to_orig(median_std)
+    raw = to_orig(draws_std)
+    raw_draws = {name: v[None] for name, v in zip(("weights", "means", "covariances"), raw)}
+    switched = 0.0
+    if align_draws is not None and k > 1 and not is_delta:
+        draws, perms = align_draws(raw_draws, median, covariance_type)
+        switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
+    else:
+        draws = dict(raw_draws)
+    if is_delta:
+        point = median
+    else:
+        point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
+    arr64 = arr.astype(np.float64)
+    log_lik = _numpy_log_likelihood(arr64, point, covariance_type)
+    converged, drift = _convergence(trace, n)
+    tail = trace[-max(num_steps // 10, 1):]
+    degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
+
+    if not converged:
+        warnings.warn(
+            f"SVI may not have converged: the ELBO drifted by {drift:.2e} nats per observation over "
+            f"the last 10% of {num_steps} steps (threshold {_CONV_TOL:g}). Increase num_steps or "
+            "learning_rate, or use an optimizer with a decaying step size.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    if degenerate:
+        warnings.warn(
+            f"SVI component(s) {list(degenerate)} hold less than one observation's weight; use fewer "
+            "components.",
+            DegenerateComponentWarning,
+            stacklevel=2,
+        )
+    return FitResult(
+        method="svi",
+        covariance_type=covariance_type,
+        weights=point.weights,
+        means=point.means,
+        covariances=point.covariances,
+        log_likelihood=log_lik,
+        converged=converged,
+        n_iter=num_steps,
+        trace=trace,
+        objective="log_posterior" if is_delta else "elbo",
+        feature_names=names,
+        num_obs=n,
+        degenerate_components=degenerate,
+        prior=prior,
+        draws=draws,
+        raw_draws=raw_draws,
+        info={
+            "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
+            "guide": guide if isinstance(guide, str) else getattr(guide, "__name__", type(guide).__name__),
+            "elbo": float(np.mean(tail)),
+            "elbo_final": float(np.mean(elbo_final)),
+            "elbo_final_se": float(np.std(elbo_final) / np.sqrt(elbo_final.size)),
+            "elbo_drift_per_obs": drift,
+            "num_steps": num_steps,
+            "learning_rate": float(learning_rate) if optimizer is None else None,
+            "subsample_size": subsample_size,
+            "num_draws": num_draws,
+            "init": init_mode,
+            "map_log_likelihood": _numpy_log_likelihood(arr64, start, covariance_type),
+            "label_switch_fraction": switched,
+            "fit_seconds": fit_seconds,
+            "dtype": str(dtype),
+        },
+    )
