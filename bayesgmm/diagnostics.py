@@ -1,0 +1,457 @@
+"""ArviZ conversion of any :class:`~bayesgmm.FitResult`, and a NetCDF round trip.
+
+:func:`to_inference_data` builds an ``arviz.InferenceData`` from the fields of a result only, so
+it works for every engine. Groups:
+
+==========================  ============================================================================
+group                       content
+==========================  ============================================================================
+``posterior``               ``weights`` (chain, draw, component), ``means`` (chain, draw, component,
+                            feature), ``covariances`` with dims by structure (below). Label-aligned
+                            ``draws``; a point estimate (EM) is one chain of one draw.
+``sample_stats``            sampler statistics under ArviZ's names (``lp``, ``diverging``,
+                            ``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``, ``energy``),
+                            plus ``lp`` = log p(x, theta) when it can be computed.
+``log_likelihood``          ``x`` (chain, draw, obs): per-observation marginal log-likelihood,
+                            z summed out, so ``az.loo`` / ``az.waic`` are right (needs ``x``).
+``observed_data``           ``x`` (obs, feature) (needs ``x``).
+``posterior_predictive``    ``x`` (chain, draw, obs, feature): data sets simulated from the model at
+                            each draw (``posterior_predictive=True``).
+``point_estimate``          the result's ``weights``, ``means``, ``covariances`` (exact round trip).
+``fit_trace``               ``objective`` (iteration): the engine's objective trace (see ``attrs``).
+``raw_posterior``           ``raw_draws`` before label alignment, when they differ from ``draws``.
+``predictive``              the closed-form Student-t mixture predictive (VB), when present.
+==========================  ============================================================================
+
+``covariances`` dims: ``(component, feature, feature_bis)`` full, ``(component, feature)`` diag,
+``(component,)`` spherical, ``(feature, feature_bis)`` tied. Coordinates: ``component`` 0..K-1,
+``feature`` and ``feature_bis`` the result's feature names (DataFrame column names when given).
+
+``idata.attrs`` holds ``inference_library="bayesgmm"``, its version, ``method``,
+``covariance_type`` and one JSON string ``bayesgmm_result`` with every remaining field (prior,
+info, convergence facts), so :func:`from_inference_data` rebuilds the result exactly.
+:func:`save_result` / :func:`load_result` write and read that as NetCDF; nothing is pickled.
+
+ArviZ and xarray are imported inside the functions, so ``import bayesgmm`` stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._stats import mixture_log_density
+from .params import GMMParams, Prior, check_data, seed_to_key
+
+__all__ = ["from_inference_data", "load_result", "save_result", "to_inference_data"]
+
+#: NumPyro ``extra_fields`` name -> (ArviZ name, sign), as arviz.io_numpyro renames them.
+NUMPYRO_STAT_NAMES = {
+    "potential_energy": ("lp", -1.0),
+    "accept_prob": ("acceptance_rate", 1.0),
+    "adapt_state.step_size": ("step_size", 1.0),
+    "num_steps": ("n_steps", 1.0),
+}
+
+_META_KEY = "bayesgmm_result"
+_FORMAT_VERSION = 1
+# Upper bound on the elements of one batch's (draws, K, N, D) temporaries in the log-likelihood.
+_MAX_BATCH_ELEMENTS = 2**25
+
+
+def _cov_dims(covariance_type: str) -> list[str]:
+    return {
+        "full": ["component", "feature", "feature_bis"],
+        "diag": ["component", "feature"],
+        "spherical": ["component"],
+        "tied": ["feature", "feature_bis"],
+    }[covariance_type]
+
+
+def _param_dims(covariance_type: str, lead=()) -> dict:
+    lead = list(lead)
+    return {
+        "weights": lead + ["component"],
+        "means": lead + ["component", "feature"],
+        "covariances": lead + _cov_dims(covariance_type),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Jitted kernels (one compiled program per shape; draws are vmapped, never looped)
+# ----------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("covariance_type", "batch_size"))
+def _pointwise_log_likelihood(x, weights, means, covariances, covariance_type, batch_size):
+    """log sum_k pi_k N(x_n | mu_k, Sigma_k) for every draw (S leading) and row: shape (S, N)."""
+
+    def one(p):
+        return mixture_log_density(x, GMMParams(*p), covariance_type)
+
+    return jax.lax.map(one, (weights, means, covariances), batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type",))
+def _log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
+    from .model import log_prior
+
+    return jax.vmap(lambda w, m, c: log_prior(GMMParams(w, m, c), prior_arrays, covariance_type))(
+        weights, means, covariances
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("num_obs", "covariance_type"))
+def _simulate_draws(keys, weights, means, covariances, num_obs, covariance_type):
+    """One simulated data set (num_obs, D) per draw: the model run forward, vmapped over draws."""
+    from .model import simulate
+
+    def one(key, w, m, c):
+        return simulate(key, GMMParams(w, m, c), num_obs, covariance_type)[0]
+
+    return jax.vmap(one)(keys, weights, means, covariances)
+
+
+def _batch_size(num_draws, k, n, d):
+    return int(max(1, min(num_draws, _MAX_BATCH_ELEMENTS // max(1, k * n * d))))
+
+
+# ----------------------------------------------------------------------------------------------
+# FitResult -> InferenceData
+# ----------------------------------------------------------------------------------------------
+def _posterior_arrays(result):
+    """Draws as (C, S, ...) float64 arrays; a point estimate becomes one chain of one draw."""
+    if result.draws is None:
+        names = ("weights", "means", "covariances")
+        return {name: np.asarray(v, dtype=np.float64)[None, None] for name, v in zip(names, result.params)}
+    missing = [n for n in ("weights", "means", "covariances") if n not in result.draws]
+    if missing:
+        raise ValueError(f"result.draws lacks {missing}; draws need 'weights', 'means' and 'covariances'.")
+    out = {n: np.asarray(result.draws[n], dtype=np.float64) for n in ("weights", "means", "covariances")}
+    k, d = result.num_components, result.num_features
+    w, m, c = out["weights"], out["means"], out["covariances"]
+    expected_cov = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}[result.covariance_type]
+    if w.ndim != 3 or w.shape[2:] != (k,) or m.shape != w.shape[:2] + (k, d) or c.shape != w.shape[:2] + expected_cov:
+        raise ValueError(
+            "result.draws must hold arrays of shape (chains, draws, ...): weights (C, S, K), means "
+            f"(C, S, K, D), covariances (C, S) + {expected_cov} for covariance_type="
+            f"{result.covariance_type!r}; got {w.shape}, {m.shape}, {c.shape}."
+        )
+    return out
+
+
+def _flat(a):
+    return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+
+
+def _sample_stats_arrays(result, chains, draws):
+    """Rename NumPyro's statistics to ArviZ's; returns (data, [[original, stored, sign], ...])."""
+    data, mapping = {}, []
+    stats = dict(result.sample_stats or {})
+    for name, value in stats.items():
+        value = np.asarray(value)
+        if value.shape[:2] != (chains, draws):
+            raise ValueError(
+                f"result.sample_stats[{name!r}] has shape {value.shape}; sampler statistics must have "
+                f"leading shape (chains, draws) = {(chains, draws)}."
+            )
+        target, sign = NUMPYRO_STAT_NAMES.get(name, (name, 1.0))
+        if target != name and (target in stats or target in data):
+            target, sign = name, 1.0  # the engine already gave ArviZ's name: keep both as they are
+        data[target] = -value if sign < 0 else value
+        mapping.append([name, target, sign])
+    if "num_steps" in stats and "tree_depth" not in data:
+        data["tree_depth"] = np.log2(np.maximum(np.asarray(stats["num_steps"]), 1)).astype(int) + 1
+    return data, mapping
+
+
+def _metadata(result, sample_stats_map, raw_mode) -> str:
+    from .results import _jsonable
+
+    meta = {
+        "format_version": _FORMAT_VERSION,
+        "method": result.method,
+        "covariance_type": result.covariance_type,
+        "log_likelihood": float(result.log_likelihood),
+        "converged": bool(result.converged),
+        "n_iter": int(result.n_iter),
+        "objective": result.objective,
+        "feature_names": list(result.feature_names),
+        "num_obs": int(result.num_obs),
+        "degenerate_components": [int(i) for i in result.degenerate_components],
+        "prior": None if result.prior is None else result.prior.to_dict(),
+        "info": {str(k): _jsonable(v) for k, v in dict(result.info).items()},
+        "has_draws": result.draws is not None,
+        "raw_draws": raw_mode,
+        "sample_stats_map": sample_stats_map,
+        "has_predictive": result.predictive is not None,
+    }
+    return json.dumps(meta, default=repr)
+
+
+def _raw_mode(result) -> str:
+    if result.raw_draws is None:
+        return "none"
+    if result.draws is not None and all(
+        n in result.raw_draws and np.array_equal(np.asarray(result.raw_draws[n]), np.asarray(result.draws[n]))
+        for n in ("weights", "means", "covariances")
+    ):
+        return "same"
+    return "stored"
+
+
+def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num_predictive=None, seed=0):
+    """ArviZ ``InferenceData`` of a fit (see the module docstring for the groups and dims).
+
+    Parameters
+    ----------
+    result : FitResult
+        Any engine's result. With ``draws`` the posterior is the label-aligned draws; without
+        (EM) it is the point estimate as one chain of one draw, so ArviZ's summaries and
+        criteria still apply (LOO of one draw is the plug-in log-likelihood).
+    x : array (N, D) or DataFrame, optional
+        Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).
+        ``log_likelihood`` is the per-observation marginal density with z summed out, computed
+        for all draws in one jitted, vmapped call.
+    posterior_predictive : bool
+        Add a ``posterior_predictive`` group: one data set of N rows (N of ``x``, else the
+        training size) simulated from the model at each draw.
+    num_predictive : int, optional
+        Draws per chain to simulate from (evenly thinned; all by default). For a point estimate
+        it is the number of replicated data sets (default 1).
+    seed : int or jax key
+        Seed of the posterior predictive simulation; the same seed gives the same data sets.
+
+    Returns
+    -------
+    arviz.InferenceData
+
+    Notes
+    -----
+    ``sample_stats.lp``: the engine's value under ArviZ's name (``lp = -potential_energy`` for
+    NumPyro, in the engine's own parameterisation) when present; otherwise, when computable,
+    ``log p(x | theta) + log p(theta)`` on the original scale (the log prior only when the result
+    has a prior; without ``x`` only for a point estimate, from ``result.log_likelihood``).
+    """
+    import arviz as az
+
+    import bayesgmm
+
+    ct = result.covariance_type
+    k, d = result.num_components, result.num_features
+    post = _posterior_arrays(result)
+    chains, draws = post["weights"].shape[:2]
+    names = [str(n) for n in result.feature_names]
+    coords = {"component": np.arange(k), "feature": names, "feature_bis": names}
+    lib = {"inference_library": "bayesgmm", "inference_library_version": bayesgmm.__version__}
+    attrs = dict(lib, method=result.method, covariance_type=ct)
+    dims = _param_dims(ct, ())
+
+    def dataset(data, dims_, default_dims=None, extra_coords=None, extra_attrs=None):
+        return az.dict_to_dataset(
+            data,
+            attrs=dict(attrs, **(extra_attrs or {})),
+            coords=dict(coords, **(extra_coords or {})),
+            dims=dims_,
+            default_dims=default_dims,
+        )
+
+    groups = {"posterior": dataset(post, dims)}
+
+    # Compute in the data's precision (float32 unless jax_enable_x64 is on); never flip the config.
+    xj = None
+    if x is not None:
+        arr, _ = check_data(x, num_features=d, allow_constant=True)
+        xj = jnp.asarray(arr)
+    dtype = xj.dtype if xj is not None else jnp.asarray(0.0).dtype
+    flat = [jnp.asarray(_flat(post[n]), dtype) for n in ("weights", "means", "covariances")]
+
+    stats, stats_map = _sample_stats_arrays(result, chains, draws)
+    loglik = None
+    if xj is not None:
+        n = xj.shape[0]
+        loglik = np.asarray(
+            _pointwise_log_likelihood(xj, *flat, covariance_type=ct, batch_size=_batch_size(chains * draws, k, n, d))
+        ).reshape(chains, draws, n)
+        groups["log_likelihood"] = dataset({"x": loglik}, {"x": ["obs"]}, extra_coords={"obs": np.arange(n)})
+        groups["observed_data"] = dataset(
+            {"x": np.asarray(arr)}, {"x": ["obs", "feature"]}, default_dims=[], extra_coords={"obs": np.arange(n)}
+        )
+    if "lp" not in stats:
+        total = None
+        if loglik is not None:
+            total = loglik.sum(axis=-1)
+        elif result.draws is None:
+            total = np.full((1, 1), float(result.log_likelihood))
+        if total is not None:
+            if result.prior is not None:
+                pa = result.prior.arrays(k, ct, dtype=dtype)
+                total = total + np.asarray(_log_prior_draws(*flat, pa, covariance_type=ct)).reshape(chains, draws)
+            stats["lp"] = total
+    if stats:
+        groups["sample_stats"] = dataset(stats, None)
+
+    if posterior_predictive:
+        groups["posterior_predictive"] = _posterior_predictive(
+            result, post, xj.shape[0] if xj is not None else result.num_obs, num_predictive, seed, dataset
+        )
+
+    groups["point_estimate"] = dataset(
+        {n: np.asarray(v, dtype=np.float64) for n, v in zip(("weights", "means", "covariances"), result.params)},
+        dims,
+        default_dims=[],
+    )
+    trace = np.asarray(result.trace, dtype=np.float64).reshape(-1)
+    groups["fit_trace"] = dataset(
+        {"objective": trace},
+        {"objective": ["iteration"]},
+        default_dims=[],
+        extra_coords={"iteration": np.arange(trace.shape[0])},
+        extra_attrs={"objective": result.objective},
+    )
+    raw_mode = _raw_mode(result)
+    if raw_mode == "stored":
+        raw = {n: np.asarray(result.raw_draws[n], dtype=np.float64) for n in ("weights", "means", "covariances")}
+        groups["raw_posterior"] = dataset(raw, dims)
+    if result.predictive is not None:
+        w, loc, scale, df = (np.asarray(a, dtype=np.float64) for a in result.predictive)
+        groups["predictive"] = dataset(
+            {"weights": w, "loc": loc, "scale": scale, "df": df},
+            {
+                "weights": ["component"],
+                "loc": ["component", "feature"],
+                "scale": ["component", "feature", "feature_bis"],
+                "df": ["component"],
+            },
+            default_dims=[],
+        )
+    idata_attrs = dict(attrs, **{_META_KEY: _metadata(result, stats_map, raw_mode)})
+    return az.InferenceData(attrs=idata_attrs, **groups)
+
+
+def _posterior_predictive(result, post, num_obs, num_predictive, seed, dataset):
+    chains, draws = post["weights"].shape[:2]
+    if num_predictive is None:
+        idx = np.arange(draws)
+    else:
+        if isinstance(num_predictive, bool) or not isinstance(num_predictive, (int, np.integer)) or num_predictive < 1:
+            raise ValueError(f"num_predictive must be a positive integer or None, got {num_predictive!r}.")
+        if draws == 1:
+            idx = np.zeros(int(num_predictive), dtype=int)  # replicated data sets from one point
+        elif num_predictive > draws:
+            raise ValueError(
+                f"num_predictive={num_predictive} exceeds the {draws} draws per chain; pass at most "
+                f"{draws} (or None for all)."
+            )
+        else:
+            idx = np.unique(np.round(np.linspace(0, draws - 1, int(num_predictive))).astype(int))
+    sel = {n: v[:, idx] for n, v in post.items()}
+    m = idx.shape[0]
+    keys = jax.random.split(seed_to_key(seed), chains * m)
+    sims = _simulate_draws(
+        keys,
+        *(jnp.asarray(_flat(sel[n])) for n in ("weights", "means", "covariances")),
+        num_obs=int(num_obs),
+        covariance_type=result.covariance_type,
+    )
+    sims = np.asarray(sims).reshape(chains, m, num_obs, result.num_features)
+    draw_coord = idx if draws > 1 else np.arange(m)
+    return dataset(
+        {"x": sims},
+        {"x": ["obs", "feature"]},
+        extra_coords={"obs": np.arange(num_obs), "draw": draw_coord},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# InferenceData -> FitResult, NetCDF
+# ----------------------------------------------------------------------------------------------
+def _group_arrays(idata, group, names):
+    ds = idata[group]
+    return {n: np.asarray(ds[n].values) for n in names}
+
+
+def from_inference_data(idata):
+    """Rebuild the :class:`~bayesgmm.FitResult` written by :func:`to_inference_data`.
+
+    Restores the point estimate, draws (aligned and raw), sampler statistics under their
+    original names, the objective trace, the prior, the closed-form predictive and ``info`` (as
+    JSON types: arrays come back as lists), so ``predict``, ``predict_proba`` and
+    ``score_samples`` give the same numbers as the original result.
+    """
+    from .results import FitResult, StudentTMixture
+
+    attrs = getattr(idata, "attrs", None) or {}
+    if _META_KEY not in attrs or "point_estimate" not in getattr(idata, "groups", lambda: [])():
+        raise ValueError(
+            "This InferenceData was not written by bayesgmm.to_inference_data (it lacks the "
+            f"'{_META_KEY}' attribute or the 'point_estimate' group); only such objects, or files "
+            "written by bayesgmm.save_result, can be turned back into a FitResult."
+        )
+    meta = json.loads(attrs[_META_KEY])
+    if meta.get("format_version", 0) > _FORMAT_VERSION:
+        raise ValueError(
+            f"This file uses bayesgmm result format {meta['format_version']}, newer than this version "
+            f"reads ({_FORMAT_VERSION}); upgrade bayesgmm to load it."
+        )
+    pnames = ("weights", "means", "covariances")
+    point = _group_arrays(idata, "point_estimate", pnames)
+    draws = _group_arrays(idata, "posterior", pnames) if meta["has_draws"] else None
+    raw = None
+    if meta["raw_draws"] == "same":
+        raw = dict(draws)
+    elif meta["raw_draws"] == "stored":
+        raw = _group_arrays(idata, "raw_posterior", pnames)
+    sample_stats = None
+    if meta["sample_stats_map"]:
+        ss = idata["sample_stats"]
+        sample_stats = {}
+        for original, stored, sign in meta["sample_stats_map"]:
+            v = np.asarray(ss[stored].values)
+            sample_stats[original] = -v if sign < 0 else v
+    predictive = None
+    if meta["has_predictive"]:
+        p = idata["predictive"]
+        predictive = StudentTMixture(*(np.asarray(p[n].values) for n in ("weights", "loc", "scale", "df")))
+    return FitResult(
+        method=meta["method"],
+        covariance_type=meta["covariance_type"],
+        weights=point["weights"],
+        means=point["means"],
+        covariances=point["covariances"],
+        log_likelihood=float(meta["log_likelihood"]),
+        converged=bool(meta["converged"]),
+        n_iter=int(meta["n_iter"]),
+        trace=np.asarray(idata["fit_trace"]["objective"].values),
+        objective=meta["objective"],
+        feature_names=tuple(meta["feature_names"]),
+        num_obs=int(meta["num_obs"]),
+        degenerate_components=tuple(meta["degenerate_components"]),
+        prior=None if meta["prior"] is None else Prior(**meta["prior"]),
+        draws=draws,
+        raw_draws=raw,
+        sample_stats=sample_stats,
+        predictive=predictive,
+        info=meta["info"],
+    )
+
+
+def save_result(result, path, x=None, **kwargs):
+    """Write a result as NetCDF (via ArviZ); ``x`` adds log-likelihood and observed data.
+
+    ``kwargs`` go to :func:`to_inference_data` (e.g. ``posterior_predictive=True``). Returns the
+    path. Read it back with :func:`load_result`.
+    """
+    idata = to_inference_data(result, x, **kwargs)
+    return idata.to_netcdf(str(path))
+
+
+def load_result(path):
+    """Read a result written by :func:`save_result` (all arrays loaded, the file closed)."""
+    import arviz as az
+
+    with az.rc_context({"data.load": "eager"}):
+        idata = az.from_netcdf(str(path))
+    return from_inference_data(idata)
