@@ -1,0 +1,748 @@
+"""Publication-quality matplotlib figures of fitted Gaussian mixtures.
+
+This module imports matplotlib at its top, so it is *not* imported by ``import bayesgmm``;
+import it explicitly (``from bayesgmm import plotting``) when figures are wanted.
+
+Conventions shared by every function:
+
+- Component ``k`` has the same colour in every figure (:func:`component_colors`), so panels of
+  different engines or iterations can be compared by eye.
+- Each function takes an optional ``ax`` (or ``axes``); when omitted it creates a figure with
+  constrained layout. Single-panel functions return the ``Axes`` (its figure is ``ax.figure``);
+  multi-panel functions return ``(figure, axes)`` (plus the fits they ran, where they run any).
+- Axis labels are the result's ``feature_names``; fit on a pandas DataFrame whose column names
+  carry units (e.g. ``"waiting (min)"``) to get units on the axes.
+- The density and ellipses drawn are those of the point estimate (MLE/MAP, or the posterior
+  mean for Bayesian engines); :func:`plot_posterior_ellipses` shows the posterior spread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import matplotlib.pyplot as plt
+from matplotlib import patheffects
+import numpy as np
+from matplotlib.colors import to_rgb
+from matplotlib.lines import Line2D
+from matplotlib.patches import Ellipse
+
+from .params import ConvergenceWarning, check_data
+from .results import FitResult
+
+__all__ = [
+    "component_colors",
+    "covariance_ellipse",
+    "em_iteration_fits",
+    "legend_handles",
+    "match_components",
+    "plot_clusters_2d",
+    "plot_density_1d",
+    "plot_em_iterations",
+    "plot_engines",
+    "plot_posterior_ellipses",
+    "plot_trace",
+]
+
+# Colour-blind-safe qualitative colours chosen so that blends of two of them (points coloured by
+# responsibility) stay distinguishable from both: blue + red blend to purple, not grey.
+_PALETTE = ("#2166ac", "#c0392b", "#1b7837", "#e08214", "#762a83", "#35978f", "#8c510a", "#4d4d4d")
+
+_OBJECTIVE_LABELS = {
+    "log_likelihood": "log-likelihood",
+    "log_posterior": "log posterior (unnormalised)",
+    "classification_log_likelihood": "classification log-likelihood",
+    "elbo": "ELBO",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+def component_colors(num_components: int) -> np.ndarray:
+    """RGB colours (K, 3) of components 0..K-1, the same in every figure of this module."""
+    if num_components <= len(_PALETTE):
+        return np.array([to_rgb(c) for c in _PALETTE[:num_components]])
+    cmap = plt.get_cmap("tab20")
+    return np.array([cmap(k % 20)[:3] for k in range(num_components)])
+
+
+def _new_axes(ax, figsize=(4.8, 3.6)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def _style(ax) -> None:
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.tick_params(direction="out", length=3)
+
+
+def _data(x, result: FitResult) -> np.ndarray:
+    arr, _ = check_data(x, num_features=result.num_features, allow_constant=True)
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _full_covs(covariances, covariance_type: str, k: int, d: int) -> np.ndarray:
+    """Covariances as (..., K, D, D) in NumPy; a leading draw axis is kept."""
+    c = np.asarray(covariances, dtype=np.float64)
+    if covariance_type == "full":
+        return c
+    if covariance_type == "tied":
+        return np.broadcast_to(c[..., None, :, :], c.shape[:-2] + (k, d, d))
+    if covariance_type == "diag":
+        return c[..., :, None] * np.eye(d)
+    if covariance_type == "spherical":
+        return c[..., :, None, None] * np.eye(d)
+    raise ValueError(f"unknown covariance_type {covariance_type!r}; use 'full', 'diag', 'spherical' or 'tied'.")
+
+
+def _check_features(features, d: int) -> tuple[int, int]:
+    if d < 2:
+        raise ValueError("this plot needs at least 2 features; for 1-D data use plot_density_1d.")
+    f = tuple(int(i) for i in features)
+    if len(f) != 2 or f[0] == f[1] or min(f) < 0 or max(f) >= d:
+        raise ValueError(f"features must be two different column indices in [0, {d}), got {features!r}.")
+    return f
+
+
+def _padded_limits(values: np.ndarray, pad: float = 0.08) -> tuple[float, float]:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    span = hi - lo if hi > lo else max(abs(lo), 1.0)
+    return lo - pad * span, hi + pad * span
+
+
+def covariance_ellipse(mean, cov, n_std: float = 1.0, **kwargs) -> Ellipse:
+    """The ``n_std`` Mahalanobis contour of a 2-D Gaussian as a matplotlib ``Ellipse``.
+
+    The axes follow the eigen-decomposition ``cov = V diag(lambda) V^T``: semi-axes
+    ``n_std * sqrt(lambda_i)`` along the eigenvectors.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.shape != (2, 2):
+        raise ValueError(f"cov must be a 2x2 matrix, got shape {cov.shape}.")
+    vals, vecs = np.linalg.eigh(cov)
+    vals = np.clip(vals, 0.0, None)
+    angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))  # direction of the major axis
+    width, height = 2 * n_std * np.sqrt(vals[1]), 2 * n_std * np.sqrt(vals[0])
+    kwargs.setdefault("fill", False)
+    return Ellipse(xy=tuple(np.asarray(mean, dtype=np.float64)), width=width, height=height, angle=angle, **kwargs)
+
+
+def legend_handles(num_components: int, kind: str = "clusters", n_std=(1.0, 2.0)) -> list:
+    """Legend entries shared by the panels of one figure (for a figure-level legend).
+
+    ``kind="density"``: data, each component and the mixture density (as drawn by
+    :func:`plot_density_1d`); ``kind="clusters"``: each component and the ``n_std`` contour
+    styles (as drawn by :func:`plot_clusters_2d`).
+    """
+    colors = component_colors(num_components)
+    if kind == "density":
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor="0.8", edgecolor="white", label="data")]
+        handles += [Line2D([], [], color=colors[j], lw=1.3, label=f"component {j + 1}") for j in range(num_components)]
+        return handles + [Line2D([], [], color="black", lw=1.6, ls=(0, (4, 1.5)), label="mixture density")]
+    if kind == "clusters":
+        styles = ("-", "--", ":", "-.")
+        handles = [Line2D([], [], color=colors[j], marker="o", ls="none", ms=6, label=f"component {j + 1}") for j in range(num_components)]
+        handles.append(Line2D([], [], color="0.5", mec="black", marker="X", ls="none", ms=8, label="mean"))
+        return handles + [Line2D([], [], color="0.3", ls=styles[q % 4], label=f"{s:g} sd") for q, s in enumerate(n_std)]
+    raise ValueError(f"kind must be 'density' or 'clusters', got {kind!r}.")
+
+
+def _normal_pdf(grid, mean, var):
+    return np.exp(-0.5 * (grid - mean) ** 2 / var) / np.sqrt(2 * np.pi * var)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-D density
+# ----------------------------------------------------------------------------------------------
+def plot_density_1d(
+    result: FitResult,
+    x,
+    ax=None,
+    *,
+    feature: int = 0,
+    bins="auto",
+    components: bool = True,
+    legend: bool = True,
+    xlim=None,
+    num_grid: int = 512,
+    hist: bool = True,
+):
+    """Histogram of one feature with the fitted mixture density and each weighted component.
+
+    For D > 1 the curve is the mixture's marginal density of ``feature`` (a Gaussian mixture
+    with means ``means[:, feature]`` and variances ``covariances[:, feature, feature]``).
+
+    Parameters
+    ----------
+    result : FitResult
+    x : array (N,) or (N, D)
+        Data to histogram (normally the training data).
+    ax : matplotlib Axes, optional
+    feature : int
+        Column to plot.
+    bins : int, sequence or str
+        Histogram bins (``numpy.histogram_bin_edges`` rules).
+    components : bool
+        Also draw each weighted component ``pi_k N(x | mu_k, sigma_k^2)``.
+    legend : bool
+    xlim : (float, float), optional
+        Range of the density grid and the x axis; default: the data range padded by 15%.
+    num_grid : int
+        Points of the density grid.
+    hist : bool
+        Draw the histogram (False to overlay curves on an existing one).
+
+    Returns
+    -------
+    matplotlib Axes
+        The mixture curve is the line labelled ``"mixture density"``.
+    """
+    arr = _data(x, result)
+    d = result.num_features
+    if not 0 <= int(feature) < d:
+        raise ValueError(f"feature must be a column index in [0, {d}), got {feature!r}.")
+    values = arr[:, int(feature)]
+    ax = _new_axes(ax)
+    k = result.num_components
+    colors = component_colors(k)
+    covs = _full_covs(result.covariances, result.covariance_type, k, d)
+    mu = result.means[:, feature]
+    var = covs[:, feature, feature]
+    lo, hi = xlim if xlim is not None else _padded_limits(values, 0.15)
+    grid = np.linspace(lo, hi, int(num_grid))
+    comp = result.weights[:, None] * _normal_pdf(grid[None], mu[:, None], var[:, None])  # (K, G)
+
+    if hist:
+        ax.hist(values, bins=bins, range=(lo, hi), density=True, color="0.8", edgecolor="white", linewidth=0.4, label="data")
+    if components:
+        for j in range(k):
+            ax.fill_between(grid, comp[j], color=colors[j], alpha=0.18, lw=0)
+            ax.plot(grid, comp[j], color=colors[j], lw=1.3, label=f"component {j + 1} ($\\pi$ = {result.weights[j]:.2f})")
+    ax.plot(grid, comp.sum(0), color="black", lw=1.6, ls=(0, (4, 1.5)), label="mixture density")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(result.feature_names[feature])
+    ax.set_ylabel("density")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    _style(ax)
+    if legend:
+        ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-D clusters
+# ----------------------------------------------------------------------------------------------
+def _draw_ellipses(ax, means, covs, colors, n_std, *, lw=1.6, alpha=1.0, zorder=3, halo=False):
+    styles = ("-", "--", ":", "-.")
+    patches = []
+    for j in range(means.shape[0]):
+        for i, s in enumerate(n_std):
+            width = lw if i == 0 else 0.8 * lw
+            e = covariance_ellipse(
+                means[j], covs[j], s, edgecolor=colors[j], lw=width,
+                ls=styles[i % len(styles)], alpha=alpha, zorder=zorder,
+            )
+            if halo:  # a white outline keeps the contour visible over dense points of its own colour
+                e.set_path_effects([patheffects.Stroke(linewidth=width + 2.0, foreground="white", alpha=0.9), patheffects.Normal()])
+            ax.add_patch(e)
+            patches.append(e)
+    return patches
+
+
+def plot_clusters_2d(
+    result: FitResult,
+    x,
+    ax=None,
+    features=(0, 1),
+    *,
+    n_std=(1.0, 2.0),
+    legend: bool = True,
+    limits=None,
+    point_size: float | None = None,
+):
+    """Points coloured by responsibility, component ellipses and means, for two features.
+
+    Each point's colour is the blend ``sum_k r_nk c_k`` of the component colours weighted by
+    its responsibilities (``result.predict_proba``), so uncertain points between components
+    show a mixed colour. Ellipses are the ``n_std`` Mahalanobis contours of each component's
+    covariance restricted to ``features`` (eigen-decomposition); means are marked with crosses.
+
+    Parameters
+    ----------
+    result : FitResult
+    x : array (N, D)
+    ax : matplotlib Axes, optional
+    features : (int, int)
+        Columns on the x and y axes.
+    n_std : sequence of float
+        Contour levels in standard deviations (solid, dashed, ...).
+    legend : bool
+    limits : ((x0, x1), (y0, y1)), optional
+        Axis limits; default: the data range padded by 8% (ellipses may extend beyond it).
+    point_size : float, optional
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    arr = _data(x, result)
+    i, j = _check_features(features, result.num_features)
+    ax = _new_axes(ax, figsize=(4.6, 4.0))
+    k = result.num_components
+    colors = component_colors(k)
+    resp = np.asarray(result.predict_proba(arr), dtype=np.float64)
+    point_colors = np.clip(resp @ colors, 0.0, 1.0)
+    size = point_size if point_size is not None else float(np.clip(3000.0 / arr.shape[0], 4.0, 30.0))
+    ax.scatter(arr[:, i], arr[:, j], c=point_colors, s=size, lw=0, alpha=0.85, zorder=2, rasterized=arr.shape[0] > 5000)
+    covs = _full_covs(result.covariances, result.covariance_type, k, result.num_features)[:, [i, j]][:, :, [i, j]]
+    means = result.means[:, [i, j]]
+    _draw_ellipses(ax, means, covs, colors, tuple(n_std), halo=True)
+    ax.scatter(means[:, 0], means[:, 1], marker="X", s=110, c=colors, edgecolors="black", linewidths=0.8, zorder=6)
+    xlim, ylim = limits if limits is not None else (_padded_limits(arr[:, i]), _padded_limits(arr[:, j]))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(result.feature_names[i])
+    ax.set_ylabel(result.feature_names[j])
+    _style(ax)
+    if legend:
+        handles = [
+            Line2D([], [], color=colors[c], marker="o", ls="none", ms=6, label=f"component {c + 1} ($\\pi$ = {result.weights[c]:.2f})")
+            for c in range(k)
+        ]
+        styles = ("-", "--", ":", "-.")
+        handles += [Line2D([], [], color="0.3", ls=styles[q % 4], label=f"{s:g} sd") for q, s in enumerate(n_std)]
+        ax.legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small", loc="best")
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# EM iterations
+# ----------------------------------------------------------------------------------------------
+def _start_result(x, weights_init, means_init, precisions_init, covariance_type) -> FitResult:
+    """A FitResult holding EM's starting parameters (iteration 0)."""
+    arr, names = check_data(x)
+    p = np.asarray(precisions_init, dtype=np.float64)
+    cov = np.linalg.inv(p) if covariance_type in ("full", "tied") else 1.0 / p
+    start = FitResult(
+        method="init",
+        covariance_type=covariance_type,
+        weights=np.asarray(weights_init, dtype=np.float64),
+        means=np.asarray(means_init, dtype=np.float64).reshape(-1, arr.shape[1]),
+        covariances=cov,
+        log_likelihood=float("nan"),
+        converged=False,
+        n_iter=0,
+        trace=np.zeros(0),
+        objective="log_likelihood",
+        feature_names=names,
+        num_obs=arr.shape[0],
+    )
+    return dataclasses.replace(start, log_likelihood=float(np.sum(start.log_likelihood_samples(arr))))
+
+
+def em_iteration_fits(
+    x,
+    num_components: int,
+    iterations,
+    *,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    covariance_type: str = "full",
+    hard: bool = False,
+    prior=None,
+    reg_covar: float = 1e-6,
+    seed=0,
+) -> dict:
+    """EM's parameters after each of ``iterations`` M-steps, all from the same start.
+
+    Runs :func:`bayesgmm.fit_em` with ``max_iter=t, tol=0`` for each ``t`` (one compiled program
+    per distinct ``t``); reaching ``max_iter`` is intended here, so the ``ConvergenceWarning``
+    is silenced. Pieces of the start not given are fit_em's own (deterministic for a fixed
+    ``seed``). ``t = 0`` (the start itself) needs all three ``*_init`` arrays.
+
+    Returns
+    -------
+    dict int -> FitResult
+    """
+    from .em import fit_em
+
+    its = [int(t) for t in np.atleast_1d(iterations)]
+    if not its or min(its) < 0 or len(set(its)) != len(its):
+        raise ValueError(f"iterations must be distinct non-negative integers, got {iterations!r}.")
+    given = [a is not None for a in (weights_init, means_init, precisions_init)]
+    fits = {}
+    for t in its:
+        if t == 0:
+            if not all(given):
+                raise ValueError(
+                    "iteration 0 (the starting point) needs weights_init, means_init and "
+                    "precisions_init; pass all three or drop 0 from iterations."
+                )
+            fits[t] = _start_result(x, weights_init, means_init, precisions_init, covariance_type)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits[t] = fit_em(
+                x,
+                num_components,
+                covariance_type=covariance_type,
+                prior=prior,
+                weights_init=weights_init,
+                means_init=means_init,
+                precisions_init=precisions_init,
+                max_iter=t,
+                tol=0.0,
+                reg_covar=reg_covar,
+                hard=hard,
+                seed=seed,
+            )
+    return fits
+
+
+def plot_em_iterations(
+    x,
+    num_components: int,
+    iterations=(1, 2, 5, 20),
+    *,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    covariance_type: str = "full",
+    hard: bool = False,
+    prior=None,
+    reg_covar: float = 1e-6,
+    seed=0,
+    features=(0, 1),
+    axes=None,
+    bins="auto",
+    labels=None,
+    legend: bool = True,
+):
+    """Panels of EM after chosen numbers of iterations, from one common starting point.
+
+    1-D data get histogram + density panels (:func:`plot_density_1d`); D >= 2 data get
+    responsibility-coloured scatter panels with ellipses (:func:`plot_clusters_2d`). All
+    panels share axis limits; each is titled with its iteration and log-likelihood.
+
+    Parameters
+    ----------
+    x : array (N,) or (N, D), or DataFrame (column names become axis labels)
+    num_components : int
+    iterations : sequence of int
+        Numbers of EM iterations (M-steps) to show; 0 is the start (needs all ``*_init``).
+    weights_init, means_init, precisions_init : array, optional
+        Starting parameters on the original scale, as for :func:`bayesgmm.fit_em`.
+    covariance_type, hard, prior, reg_covar, seed
+        Passed to :func:`bayesgmm.fit_em`.
+    features : (int, int)
+        Columns shown for D >= 2.
+    axes : sequence of Axes, optional
+        One per iteration; default a new row of panels.
+    bins
+        Histogram bins for 1-D data.
+    labels : sequence of str, optional
+        Panel titles (default ``"start"`` / ``"iteration t"``).
+    legend : bool
+        Add one legend: below the panels when this function creates the figure, else in
+        the first of the given ``axes``.
+
+    Returns
+    -------
+    fig, axes, fits
+        ``fits`` maps each iteration to its :class:`FitResult`.
+    """
+    fits = em_iteration_fits(
+        x, num_components, iterations, weights_init=weights_init, means_init=means_init,
+        precisions_init=precisions_init, covariance_type=covariance_type, hard=hard, prior=prior,
+        reg_covar=reg_covar, seed=seed,
+    )
+    arr, _ = check_data(x, allow_constant=True)
+    arr = np.asarray(arr, dtype=np.float64)
+    its = list(fits)
+    own_figure = axes is None
+    if own_figure:
+        fig, axes = plt.subplots(1, len(its), figsize=(3.2 * len(its), 3.3), layout="constrained", squeeze=False)
+        axes = axes[0]
+    else:
+        axes = np.asarray(axes, dtype=object).ravel()
+        if axes.size != len(its):
+            raise ValueError(f"axes must hold one Axes per iteration ({len(its)}), got {axes.size}.")
+        fig = axes[0].figure
+    if labels is not None and len(labels) != len(its):
+        raise ValueError(f"labels must hold one title per iteration ({len(its)}), got {len(labels)}.")
+    one_d = arr.shape[1] == 1
+    if one_d:
+        xlim = _padded_limits(arr[:, 0], 0.15)
+        edges = np.histogram_bin_edges(arr[:, 0], bins=bins, range=xlim)
+        ymax = 0.0
+    else:
+        f = _check_features(features, arr.shape[1])
+        limits = (_padded_limits(arr[:, f[0]]), _padded_limits(arr[:, f[1]]))
+    for n, (t, ax) in enumerate(zip(its, axes)):
+        r = fits[t]
+        if one_d:
+            plot_density_1d(r, arr, ax=ax, bins=edges, xlim=xlim, legend=False)
+            ymax = max(ymax, ax.get_ylim()[1])
+        else:
+            plot_clusters_2d(r, arr, ax=ax, features=f, legend=False, limits=limits)
+        title = labels[n] if labels is not None else ("start" if t == 0 else f"iteration {t}")
+        ax.set_title(title, fontsize="medium")
+        weights = ", ".join(f"{w:.2f}" for w in r.weights)
+        ax.text(
+            0.98, 0.98, f"log L = {r.log_likelihood:.1f}\n$\\pi$ = ({weights})", transform=ax.transAxes,
+            ha="right", va="top", fontsize="x-small", bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5),
+            zorder=5,
+        )
+        if n > 0:
+            ax.set_ylabel("")
+    if one_d:
+        for ax in axes:
+            ax.set_ylim(0, ymax * 1.12)  # head room for the panel text
+    if legend:
+        handles = legend_handles(num_components, "density" if one_d else "clusters")
+        if own_figure:
+            fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize="small")
+        else:
+            axes[0].legend(handles=handles, frameon=False, fontsize="x-small", loc="upper left")
+    return fig, axes, fits
+
+
+# ----------------------------------------------------------------------------------------------
+# Objective trace
+# ----------------------------------------------------------------------------------------------
+def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0):
+    """The objective (log-likelihood, log posterior or ELBO) against iteration.
+
+    Parameters
+    ----------
+    result : FitResult
+    ax : matplotlib Axes, optional
+    gap : bool
+        Plot ``final - objective`` on a log axis instead, which shows the convergence rate
+        (linear convergence is a straight line); non-positive gaps are left out.
+    first : int
+        First iteration shown (e.g. 1 to leave out a poor starting point that would squash
+        the scale).
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    trace = np.asarray(result.trace, dtype=np.float64)
+    finite = np.isfinite(trace)
+    if not finite.any():
+        raise ValueError("result.trace holds no finite values; nothing to plot.")
+    if not 0 <= int(first) < trace.size:
+        raise ValueError(f"first must be an iteration index in [0, {trace.size}), got {first!r}.")
+    ax = _new_axes(ax, figsize=(4.6, 3.2))
+    steps = np.arange(trace.size)
+    finite = finite & (steps >= int(first))
+    label = _OBJECTIVE_LABELS.get(result.objective, result.objective)
+    marker = "o" if trace.size <= 60 else None
+    if gap:
+        g = trace[finite][-1] - trace
+        keep = finite & (g > 0)
+        ax.semilogy(steps[keep], g[keep], color="black", marker=marker, ms=3, lw=1.4)
+        ax.set_ylabel(f"final {label} $-$ {label}")
+    else:
+        ax.plot(steps[finite], trace[finite], color="black", marker=marker, ms=3, lw=1.4)
+        ax.set_ylabel(label)
+    ax.set_xlabel("optimisation step" if result.method == "svi" else "iteration")
+    status = "converged" if result.converged else "not converged"
+    ax.set_title(f"{result.method}: {status} after {result.n_iter} iterations", fontsize="medium")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _style(ax)
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Posterior draws
+# ----------------------------------------------------------------------------------------------
+def _flat_draws(result: FitResult, num_draws: int):
+    if result.draws is None:
+        raise ValueError(
+            f"result (method={result.method!r}) has no posterior draws; fit with a Bayesian engine "
+            "that stores draws (fit_mcmc, fit_svi), or use plot_clusters_2d for a point estimate."
+        )
+    if int(num_draws) < 1:
+        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}.")
+    w, m, c = (np.asarray(result.draws[name], dtype=np.float64) for name in ("weights", "means", "covariances"))
+    lead = w.shape[0] * w.shape[1]
+    w, m, c = w.reshape(lead, *w.shape[2:]), m.reshape(lead, *m.shape[2:]), c.reshape(lead, *c.shape[2:])
+    idx = np.unique(np.linspace(0, lead - 1, min(int(num_draws), lead)).round().astype(int))  # evenly thinned
+    return w[idx], m[idx], c[idx]
+
+
+def plot_posterior_ellipses(
+    result: FitResult,
+    x,
+    num_draws: int = 50,
+    ax=None,
+    *,
+    features=(0, 1),
+    n_std: float = 2.0,
+    legend: bool = True,
+):
+    """Posterior uncertainty of the components: one ellipse per draw and component.
+
+    ``num_draws`` label-aligned posterior draws (``result.draws``, evenly thinned over chains
+    and draws) each contribute a faint ``n_std`` contour per component, over the data in grey;
+    the point estimate's contour and mean are drawn bold. For 1-D results the analogue is
+    drawn instead: the mixture density of each draw over the histogram.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    arr = _data(x, result)
+    w, m, c = _flat_draws(result, num_draws)
+    k, d = result.num_components, result.num_features
+    colors = component_colors(k)
+    covs = _full_covs(c, result.covariance_type, k, d)  # (S, K, D, D)
+    alpha = float(np.clip(6.0 / len(w), 0.05, 0.5))
+    if d == 1:
+        ax = _new_axes(ax)
+        lo, hi = _padded_limits(arr[:, 0], 0.15)
+        grid = np.linspace(lo, hi, 512)
+        ax.hist(arr[:, 0], bins="auto", range=(lo, hi), density=True, color="0.82", edgecolor="white", linewidth=0.5)
+        dens = np.sum(w[:, :, None] * _normal_pdf(grid, m[:, :, 0, None], covs[:, :, 0, 0, None]), axis=1)
+        ax.plot(grid, dens.T, color=colors[0], lw=0.8, alpha=alpha)
+        plot_density_1d(result, arr, ax=ax, components=False, legend=False, xlim=(lo, hi), hist=False)
+        ax.set_title(f"{len(w)} posterior draws of the density", fontsize="medium")
+        return ax
+    i, j = _check_features(features, d)
+    ax = _new_axes(ax, figsize=(4.6, 4.0))
+    ax.scatter(arr[:, i], arr[:, j], s=float(np.clip(3000.0 / arr.shape[0], 4.0, 30.0)), c="0.65", lw=0, zorder=1)
+    sub = covs[:, :, [i, j]][:, :, :, [i, j]]
+    for s in range(len(w)):
+        _draw_ellipses(ax, m[s][:, [i, j]], sub[s], colors, (n_std,), lw=0.7, alpha=alpha, zorder=2)
+    point_covs = _full_covs(result.covariances, result.covariance_type, k, d)[:, [i, j]][:, :, [i, j]]
+    _draw_ellipses(ax, result.means[:, [i, j]], point_covs, np.zeros((k, 3)), (n_std,), lw=1.6, zorder=4, halo=True)
+    ax.scatter(m[:, :, i].ravel(), m[:, :, j].ravel(), s=3, c=np.tile(colors, (len(w), 1)), lw=0, alpha=min(1.0, 3 * alpha), zorder=3)
+    ax.set_xlim(*_padded_limits(arr[:, i]))
+    ax.set_ylim(*_padded_limits(arr[:, j]))
+    ax.set_xlabel(result.feature_names[i])
+    ax.set_ylabel(result.feature_names[j])
+    _style(ax)
+    if legend:
+        handles = [Line2D([], [], color=colors[q], lw=1.2, label=f"component {q + 1}: draws") for q in range(k)]
+        handles.append(Line2D([], [], color="black", lw=1.6, label="point estimate"))
+        ax.legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small", loc="best")
+    ax.set_title(f"{len(w)} posterior draws, {n_std:g}-sd contours", fontsize="medium")
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines side by side
+# ----------------------------------------------------------------------------------------------
+def match_components(result: FitResult, reference: FitResult) -> FitResult:
+    """``result`` with its components reordered to match ``reference``'s (same colours).
+
+    Components are matched by the Hungarian algorithm on the squared distances between means,
+    scaled by the reference's per-feature spread; weights, means, covariances and draws are
+    permuted together. Needs the same number of components and features.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if result.means.shape != reference.means.shape:
+        raise ValueError(
+            f"cannot match components: means of shape {result.means.shape} and {reference.means.shape}; "
+            "compare fits with the same number of components and features."
+        )
+    scale = np.sqrt(np.mean(np.diagonal(reference.full_covariances, axis1=1, axis2=2), axis=0))
+    cost = np.sum(((reference.means[:, None] - result.means[None]) / scale) ** 2, axis=2)  # (ref k, result j)
+    perm = linear_sum_assignment(cost)[1]
+    if np.array_equal(perm, np.arange(perm.size)):
+        return result
+    tied = result.covariance_type == "tied"
+
+    def permute_draws(draws):
+        if draws is None:
+            return None
+        out = dict(draws)
+        for name in ("weights", "means") + (() if tied else ("covariances",)):
+            out[name] = np.asarray(draws[name])[:, :, perm]
+        return out
+
+    return dataclasses.replace(
+        result,
+        weights=result.weights[perm],
+        means=result.means[perm],
+        covariances=result.covariances if tied else result.covariances[perm],
+        draws=permute_draws(result.draws),
+    )
+
+
+
+# ----------------------------------------------------------------------------------------------
+def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, align: bool = True, axes=None):
+    """One panel per engine, same axes, same component colours.
+
+    D >= 2: :func:`plot_clusters_2d` panels, with faint posterior-draw ellipses added for
+    results that carry ``draws``; D = 1: :func:`plot_density_1d` panels. Each panel is titled
+    with its name and training log-likelihood at the point estimate.
+
+    Parameters
+    ----------
+    results : dict str -> FitResult
+        Panel title -> fit; all fitted on the same features.
+    x : array (N, D)
+    features : (int, int)
+    num_draws : int
+        Posterior draws shown per Bayesian panel (0 to show none).
+    align : bool
+        Reorder each fit's components to match the first fit's (:func:`match_components`),
+        so a component has the same colour in every panel.
+    axes : sequence of Axes, optional
+
+    Returns
+    -------
+    fig, axes
+    """
+    if not isinstance(results, dict) or not results:
+        raise ValueError("results must be a non-empty dict mapping a panel name to a FitResult.")
+    dims = {r.num_features for r in results.values()}
+    if len(dims) != 1:
+        raise ValueError(f"all results must be fitted on the same number of features, got {sorted(dims)}.")
+    first = next(iter(results.values()))
+    arr = _data(x, first)
+    if align:
+        ks = {r.num_components for r in results.values()}
+        if len(ks) == 1:
+            results = {name: match_components(r, first) for name, r in results.items()}
+    n = len(results)
+    if axes is None:
+        fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), layout="constrained", squeeze=False, sharex=True, sharey=True)
+        axes = axes[0]
+    else:
+        axes = np.asarray(axes, dtype=object).ravel()
+        if axes.size != n:
+            raise ValueError(f"axes must hold one Axes per result ({n}), got {axes.size}.")
+        fig = axes[0].figure
+    one_d = arr.shape[1] == 1
+    if not one_d:
+        f = _check_features(features, arr.shape[1])
+        limits = (_padded_limits(arr[:, f[0]]), _padded_limits(arr[:, f[1]]))
+    for q, ((name, r), ax) in enumerate(zip(results.items(), axes)):
+        if one_d:
+            plot_density_1d(r, arr, ax=ax, legend=q == 0)
+        else:
+            if r.draws is not None and num_draws > 0:
+                w, m, c = _flat_draws(r, num_draws)
+                k = r.num_components
+                sub = _full_covs(c, r.covariance_type, k, r.num_features)[:, :, list(f)][:, :, :, list(f)]
+                for s in range(len(w)):
+                    _draw_ellipses(ax, m[s][:, list(f)], sub[s], component_colors(k), (2.0,), lw=0.6, alpha=0.15, zorder=1)
+            plot_clusters_2d(r, arr, ax=ax, features=f, legend=q == 0, limits=limits)
+        ax.set_title(f"{name}\nlog L = {r.log_likelihood:.1f}", fontsize="medium")
+        if q > 0:
+            ax.set_ylabel("")
+    return fig, axes

@@ -1,0 +1,254 @@
+"""Figures of bayesgmm.plotting: rendered to files (Agg) and checked against what they must show.
+
+Each test checks the drawn numbers, not only that a file appears: density curves integrate to
+one and equal an independent scipy mixture density, ellipses lie on the Mahalanobis contour of
+the covariance, point colours are the responsibility-weighted blend, EM panels reproduce the
+iterations of one longer run.
+"""
+
+import dataclasses
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.patches import Ellipse  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import bayesgmm as bg  # noqa: E402
+from bayesgmm import plotting  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def faithful_frame():
+    return bg.datasets.load_faithful(as_frame=True).rename(columns={"eruptions": "eruptions (min)", "waiting": "waiting (min)"})
+
+
+@pytest.fixture(scope="module")
+def em2(faithful_frame):
+    return bg.fit_em(faithful_frame, 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def feet():
+    rng = np.random.default_rng(1)
+    return np.concatenate([rng.normal(240, 7, 350), rng.normal(270, 6, 150)])
+
+
+FEET_INIT = dict(weights_init=[0.5, 0.5], means_init=[[210.0], [290.0]], precisions_init=1 / np.array([12.0, 15.0])[:, None, None] ** 2)
+
+
+@pytest.fixture(scope="module")
+def feet_panels(feet):
+    """Hard-EM panels of the 1-D data: start and one iteration (one compiled EM program)."""
+    return plotting.plot_em_iterations(feet, 2, (0, 1), hard=True, **FEET_INIT)
+
+
+@pytest.fixture(scope="module")
+def em1d(feet_panels):
+    return feet_panels[2][1]
+
+
+def _saved(fig, path):
+    fig.savefig(path, dpi=60)
+    assert path.stat().st_size > 5_000
+    return path
+
+
+def _ellipses(ax):
+    return [p for p in ax.patches if isinstance(p, Ellipse)]
+
+
+def _mahalanobis_of_outline(ellipse, mean, cov):
+    """Mahalanobis distance of points on the drawn outline (data coordinates) from ``mean``."""
+    # An Ellipse patch is the unit circle mapped by its patch transform (centre, axes, angle).
+    t = np.linspace(0.0, 2 * np.pi, 64)
+    pts = ellipse.get_patch_transform().transform(np.column_stack([np.cos(t), np.sin(t)]))
+    diff = pts - mean
+    return np.sqrt(np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff))
+
+
+def test_component_colors_are_stable_and_distinct():
+    c3, c8, c12 = (plotting.component_colors(k) for k in (3, 8, 12))
+    np.testing.assert_array_equal(c3, c8[:3])  # component k has one colour whatever K
+    assert c12.shape == (12, 3)
+    assert len({tuple(row) for row in c8}) == 8
+
+
+def test_covariance_ellipse_lies_on_the_mahalanobis_contour():
+    cov = np.array([[2.0, 1.2], [1.2, 1.5]])
+    mean = np.array([1.0, -2.0])
+    for n_std in (1.0, 2.0):
+        d = _mahalanobis_of_outline(plotting.covariance_ellipse(mean, cov, n_std), mean, cov)
+        np.testing.assert_allclose(d, n_std, rtol=1e-10)
+    with pytest.raises(ValueError, match="2x2"):
+        plotting.covariance_ellipse(mean, np.eye(3))
+
+
+def test_density_1d_matches_scipy_and_integrates_to_one(em1d, feet, tmp_path):
+    ax = plotting.plot_density_1d(em1d, feet)
+    _saved(ax.figure, tmp_path / "density.png")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    mix = lines["mixture density"]
+    grid, dens = mix.get_xdata(), mix.get_ydata()
+    sd = np.sqrt(em1d.covariances[:, 0, 0])
+    ref = sum(w * stats.norm.pdf(grid, m, s) for w, m, s in zip(em1d.weights, em1d.means[:, 0], sd))
+    np.testing.assert_allclose(dens, ref, rtol=1e-10, atol=1e-14)
+    assert abs(np.trapezoid(dens, grid) - 1.0) < 2e-3  # the plotted range holds the mass
+    comps = [line for name, line in lines.items() if name.startswith("component")]
+    assert len(comps) == 2
+    np.testing.assert_allclose(sum(c.get_ydata() for c in comps), dens, rtol=1e-12)
+    heights = np.array([p.get_height() for p in ax.patches])
+    widths = np.array([p.get_width() for p in ax.patches])
+    assert abs(np.sum(heights * widths) - 1.0) < 1e-9  # density histogram
+    assert ax.get_xlabel() == "x0" and ax.get_ylabel() == "density"
+    assert ax.get_legend() is not None
+    with pytest.raises(ValueError, match="feature"):
+        plotting.plot_density_1d(em1d, feet, feature=1)
+
+
+def test_clusters_2d_ellipses_colours_and_labels(em2, faithful_frame, tmp_path):
+    x = faithful_frame.to_numpy()
+    ax = plotting.plot_clusters_2d(em2, x)
+    _saved(ax.figure, tmp_path / "clusters.png")
+    ells = _ellipses(ax)
+    assert len(ells) == 2 * em2.num_components  # 1 and 2 sd per component
+    levels = []
+    for e in ells:  # each outline is a 1- or 2-sd contour of exactly one fitted component
+        dists = [_mahalanobis_of_outline(e, m, c) for m, c in zip(em2.means, em2.covariances)]
+        on = [d for d in dists if np.ptp(d) < 1e-8]
+        assert len(on) == 1
+        levels.append(round(float(on[0].mean()), 8))
+    assert sorted(levels) == [1.0, 1.0, 2.0, 2.0]
+    expected = em2.predict_proba(x) @ plotting.component_colors(2)
+    np.testing.assert_allclose(ax.collections[0].get_facecolors()[:, :3], expected, atol=1e-6)
+    assert ax.get_xlabel() == "eruptions (min)" and ax.get_ylabel() == "waiting (min)"
+    with pytest.raises(ValueError, match="features"):
+        plotting.plot_clusters_2d(em2, x, features=(0, 0))
+
+
+def _numpy_em(x, weights, means, covs, num_steps):
+    """Plain NumPy/SciPy EM (reference): ``num_steps`` E- and M-steps for full covariances."""
+    for _ in range(num_steps):
+        dens = np.column_stack([w * stats.multivariate_normal(m, c).pdf(x) for w, m, c in zip(weights, means, covs)])
+        resp = dens / dens.sum(1, keepdims=True)
+        nk = resp.sum(0)
+        weights, means = nk / len(x), (resp.T @ x) / nk[:, None]
+        covs = np.stack([((x - m).T * r) @ (x - m) / n for m, r, n in zip(means, resp.T, nk)])
+    return weights, means, covs
+
+
+def test_em_iterations_match_a_reference_em(faithful_std, tmp_path):
+    init = dict(weights_init=np.array([0.5, 0.5]), means_init=np.array([[-1.5, 1.0], [1.5, -1.0]]),
+                precisions_init=np.tile(np.eye(2) / 0.3, (2, 1, 1)))
+    fig, axes, fits = plotting.plot_em_iterations(faithful_std, 2, (0, 1, 3), reg_covar=0.0, **init)  # no warning escapes
+    _saved(fig, tmp_path / "iterations.png")
+    assert [ax.get_title() for ax in axes] == ["start", "iteration 1", "iteration 3"]
+    assert all(len(_ellipses(ax)) == 4 for ax in axes)
+    np.testing.assert_allclose(fits[0].means, init["means_init"])
+    assert [fits[t].n_iter for t in (1, 3)] == [1, 3]
+    for t in (1, 3):  # each panel's parameters are t EM steps from the common start
+        w, m, c = _numpy_em(faithful_std, init["weights_init"], init["means_init"], np.tile(0.3 * np.eye(2), (2, 1, 1)), t)
+        np.testing.assert_allclose(fits[t].weights, w, rtol=1e-9)
+        np.testing.assert_allclose(fits[t].means, m, atol=1e-9)
+        np.testing.assert_allclose(fits[t].covariances, c, atol=1e-9)
+    np.testing.assert_allclose(fits[3].trace[:2], fits[1].trace, rtol=1e-10)  # one path, not separate runs
+    ref_ll = np.sum(np.log(sum(0.5 * stats.multivariate_normal(m, 0.3 * np.eye(2)).pdf(faithful_std) for m in init["means_init"])))
+    np.testing.assert_allclose(fits[0].log_likelihood, ref_ll, rtol=1e-10)
+    assert fits[0].log_likelihood < fits[1].log_likelihood < fits[3].log_likelihood
+    with pytest.raises(ValueError, match="iteration 0"):
+        plotting.plot_em_iterations(faithful_std, 2, (0, 1))
+    with pytest.raises(ValueError, match="distinct non-negative"):
+        plotting.em_iteration_fits(faithful_std, 2, (1, 1))
+
+
+def test_em_iterations_1d_share_axes(feet_panels, tmp_path):
+    fig, axes, fits = feet_panels
+    _saved(fig, tmp_path / "iterations_1d.png")
+    assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_ylim() == axes[1].get_ylim()
+    assert fits[1].method == "hard-em" and fits[0].method == "init"
+    assert len(fig.legends) == 1
+
+
+def test_trace_plots_the_objective(em2, tmp_path):
+    ax = plotting.plot_trace(em2)
+    _saved(ax.figure, tmp_path / "trace.png")
+    line = ax.get_lines()[0]
+    np.testing.assert_array_equal(line.get_ydata(), em2.trace)
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(len(em2.trace)))
+    assert ax.get_ylabel() == "log-likelihood" and ax.get_xlabel() == "iteration"
+    ax = plotting.plot_trace(em2, gap=True)
+    assert ax.get_yscale() == "log"
+    assert np.all(ax.get_lines()[0].get_ydata() > 0)
+
+
+def _with_draws(result, num_draws, seed=0):
+    """An EM result given fake posterior draws: jittered means, scaled covariances, shape (1, S, ...)."""
+    rng = np.random.default_rng(seed)
+    k, d = result.means.shape
+    means = result.means + 0.05 * rng.normal(size=(1, num_draws, k, d)) * np.sqrt(np.diagonal(result.covariances, axis1=1, axis2=2))
+    covs = result.covariances * rng.uniform(0.9, 1.1, size=(1, num_draws, k, 1, 1))
+    weights = np.broadcast_to(result.weights, (1, num_draws, k))
+    draws = {"weights": weights, "means": means, "covariances": covs}
+    return dataclasses.replace(result, method="mcmc", draws=draws, raw_draws=draws)
+
+
+def test_posterior_ellipses_one_per_draw_and_component(em2, faithful_frame, tmp_path):
+    x = faithful_frame.to_numpy()
+    fake = _with_draws(em2, 40)
+    ax = plotting.plot_posterior_ellipses(fake, x, num_draws=10)
+    _saved(ax.figure, tmp_path / "posterior.png")
+    ells = _ellipses(ax)
+    assert len(ells) == 10 * 2 + 2  # every drawn ellipse, plus the point estimate's
+    centres = np.array([e.center for e in ells[:-2]])
+    drawn = fake.draws["means"][0][np.unique(np.linspace(0, 39, 10).round().astype(int))].reshape(-1, 2)
+    np.testing.assert_allclose(centres, drawn)
+    with pytest.raises(ValueError, match="no posterior draws"):
+        plotting.plot_posterior_ellipses(em2, x)
+
+
+def test_posterior_draws_1d_are_densities(em1d, feet):
+    ax = plotting.plot_posterior_ellipses(_with_draws(em1d, 12), feet, num_draws=12)
+    curves = [line for line in ax.get_lines() if line.get_label() != "mixture density"]
+    assert len(curves) == 12
+    for c in curves:
+        assert abs(np.trapezoid(c.get_ydata(), c.get_xdata()) - 1.0) < 5e-3
+
+
+def test_engines_side_by_side(em2, faithful_frame, tmp_path):
+    x = faithful_frame.to_numpy()
+    results = {"EM": em2, "posterior (fake draws)": _with_draws(em2, 20)}
+    fig, axes = plotting.plot_engines(results, x, num_draws=5)
+    _saved(fig, tmp_path / "engines.png")
+    assert len(axes) == 2
+    assert [ax.get_title().split("\n")[0] for ax in axes] == list(results)
+    assert axes[0].get_xlim() == axes[1].get_xlim()
+    assert len(_ellipses(axes[0])) == 4 and len(_ellipses(axes[1])) == 4 + 5 * 2
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plotting.plot_engines({}, x)
+
+
+def test_engines_align_component_colours(em2, faithful_frame):
+    x = faithful_frame.to_numpy()
+    fake = _with_draws(em2, 6)
+    rev = np.array([1, 0])
+    swapped = dataclasses.replace(fake, weights=fake.weights[rev], means=fake.means[rev], covariances=fake.covariances[rev],
+                                  draws={k: np.asarray(v)[:, :, rev] for k, v in fake.draws.items()})
+    back = plotting.match_components(swapped, em2)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(fake, name))
+        np.testing.assert_array_equal(back.draws[name], fake.draws[name])
+    fig, axes = plotting.plot_engines({"EM": em2, "swapped": swapped}, x, num_draws=0)
+    colour_at = [{tuple(np.round(e.center, 6)): e.get_edgecolor() for e in _ellipses(ax)} for ax in axes]
+    assert colour_at[0] == colour_at[1]  # the same component has the same colour in both panels
+    with pytest.raises(ValueError, match="same number of components"):
+        plotting.match_components(em2, dataclasses.replace(em2, means=em2.means[:1]))
