@@ -194,19 +194,33 @@ def scatter(nk, sx, sxx, covariance_type: str):
     return nk_safe, xbar, s
 
 
-def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None):
+def mask_components(theta, active):
+    """Natural parameters with inactive components switched off (log weight -inf).
+
+    ``active`` is a (K,) boolean mask or None (every component active). Switched-off components
+    get zero responsibility and contribute nothing to the log-likelihood, so one compiled
+    program serves every K up to the array's K (model-selection grids run batched).
+    """
+    if active is None:
+        return theta
+    return theta.at[:, -1].set(jnp.where(active, theta[:, -1], -jnp.inf))
+
+
+def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None):
     """Maximum-likelihood (``prior=None``) or MAP M-step, in closed form.
 
     ``prior`` is a :class:`bayesgmm.params.PriorArrays`. The MAP covariance of the conjugate
     prior is ``(Psi0 + S_k + kappa0 N_k/(kappa0 + N_k) (xbar_k - m0)(...)^T) / (nu0 + N_k + D + 2)``
     (full; the other structures use their own denominators, see :class:`bayesgmm.Prior`).
     ``reg_covar`` is added to every variance afterwards, as scikit-learn does.
+    ``active`` (K,) boolean, optional: inactive components get weight 0, mean 0 and unit
+    covariance (finite placeholders that :func:`mask_components` switches off).
     """
     k, d = sx.shape
     nk_safe, xbar, s = scatter(nk, sx, sxx, covariance_type)
     n = jnp.sum(nk)
     if prior is None:
-        weights = nk_safe / jnp.sum(nk_safe)
+        weights = nk_safe / jnp.sum(nk_safe if active is None else nk_safe * active)
         means = xbar
         if covariance_type == "full":
             cov = s / nk_safe[:, None, None]
@@ -218,7 +232,12 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None):
             cov = s / (nk_safe * d)
     else:
         alpha, m0, kappa0, nu0, psi = prior
-        weights = (nk + alpha - 1.0) / (n + jnp.sum(alpha) - k)
+        alpha = jnp.broadcast_to(alpha, (k,))
+        if active is None:
+            k_active, alpha_total = k, jnp.sum(alpha)
+        else:
+            k_active, alpha_total = jnp.sum(active), jnp.sum(jnp.where(active, alpha, 0.0))
+        weights = (nk + alpha - 1.0) / (n + alpha_total - k_active)
         kappa_n = kappa0 + nk
         means = (sx + kappa0 * m0[None]) / kappa_n[:, None]
         dev = xbar - m0[None]
@@ -228,7 +247,9 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None):
             if covariance_type == "full":
                 cov = (psi[None] + b) / (nu0 + nk + d + 2.0)[:, None, None]
             else:
-                cov = (psi + jnp.sum(b, 0)) / (nu0 + d + 1.0 + k + n)
+                if active is not None:
+                    b = jnp.where(active[:, None, None], b, 0.0)
+                cov = (psi + jnp.sum(b, 0)) / (nu0 + d + 1.0 + k_active + n)
         elif covariance_type == "diag":
             cov = (psi[None] + s + shrink[:, None] * dev**2) / (nu0 + nk + 3.0)[:, None]
         else:
@@ -237,4 +258,11 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None):
         cov = cov + reg_covar * jnp.eye(d, dtype=cov.dtype)
     else:
         cov = cov + reg_covar
+    if active is not None:
+        weights = jnp.where(active, weights, 0.0)
+        means = jnp.where(active[:, None], means, 0.0)
+        if covariance_type == "full":
+            cov = jnp.where(active[:, None, None], cov, jnp.eye(d, dtype=cov.dtype))
+        elif covariance_type in ("diag", "spherical"):
+            cov = jnp.where(active.reshape((k,) + (1,) * (cov.ndim - 1)), cov, 1.0)
     return GMMParams(weights, means, cov)

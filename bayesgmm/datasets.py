@@ -79,9 +79,10 @@ def make_mixture(
 ) -> MixtureData:
     """Draw data from a Gaussian mixture with known parameters and labels.
 
-    Component covariances have average variance 1 (random orientation and mild anisotropy for
-    ``full``); means are drawn with standard deviation ``separation`` per coordinate, so
-    larger values give better separated clusters. The data are produced by running
+    Component covariances have average variance 1 (for ``full`` and ``tied``: a random
+    orientation with eigenvalues drawn from [0.5, 1.5] before scaling, so never near-singular);
+    means are drawn with standard deviation ``separation`` per coordinate, so larger values give
+    better separated clusters. The data are produced by running
     :func:`bayesgmm.model.gmm_model` forward at these parameters.
 
     Parameters
@@ -112,8 +113,10 @@ def make_mixture(
     means = rng.normal(0.0, separation, size=(k, d))
 
     def random_cov():
-        a = np.eye(d) + 0.4 * rng.normal(size=(d, d))
-        c = a @ a.T
+        # a random orientation with eigenvalues in [0.5, 1.5]: anisotropic, never near-singular
+        q, r = np.linalg.qr(rng.normal(size=(d, d)))
+        q = q * np.sign(np.diag(r))
+        c = (q * rng.uniform(0.5, 1.5, size=d)) @ q.T
         return c / np.mean(np.diag(c))
 
     if covariance_type == "full":

@@ -1,9 +1,16 @@
 """Expectation-maximisation for Gaussian mixtures, compiled with JAX.
 
 Structure (after blackjax): a pure :func:`em_init` and :func:`em_step` over an immutable
-:class:`EMState`; a ``lax.while_loop`` driver; restarts ``vmap``-ped so ``n_init`` runs are one
-compiled call. Shapes, K, the covariance structure, ``max_iter`` and the initialisation method
-are static, so a second fit on same-shaped data reuses the compiled program.
+:class:`EMState` and the fitted :class:`EMProblem`; a ``lax.while_loop`` driver
+(:func:`run_em`); restarts ``vmap``-ped so ``n_init`` runs are one compiled call
+(:data:`PROGRAM`, compiled ahead of time so that compile and run times are reported apart).
+Shapes, K, the covariance structure, ``max_iter`` and the initialisation method are static, so
+a second fit on same-shaped data reuses the compiled program.
+
+The same program serves the rest of the library: row weights (``sample_weight``: frequency
+weights, bootstrap counts, padding rows of a sharded fit) and a traced mask of active
+components (one program for a whole grid of K in model selection), and a batch axis over data
+sets (parametric bootstrap).
 
 The data are standardised internally (centred; divided by each feature's standard deviation, or
 by one common scale for ``spherical``), so the fit does not depend on the units; everything
@@ -12,8 +19,6 @@ reported is on the original scale.
 
 from __future__ import annotations
 
-import functools
-import time
 import warnings
 from typing import NamedTuple
 
@@ -21,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _stats
+from . import _sharding, _stats
+from ._compile import CompiledProgram
 from .kmeans import INIT_METHODS, initial_responsibilities
 from .model import log_prior
 from .params import (
@@ -32,6 +38,7 @@ from .params import (
     check_covariance_type,
     check_data,
     check_num_components,
+    check_sample_weight,
     log_jacobians,
     params_to_original,
     params_to_standard,
@@ -63,24 +70,69 @@ class EMConfig(NamedTuple):
     """Static choices of one EM program."""
 
     num_components: int
+    num_features: int
     covariance_type: str
     hard: bool
     use_prior: bool
 
 
-def objective_terms(z, params: GMMParams, prior, config: EMConfig):
-    """E-step: responsibilities and the total objective (log-likelihood [+ log prior])."""
-    theta = _stats.natural_params(params, config.covariance_type)
-    resp, ll = _stats.e_step(z, theta, hard=config.hard)
-    total = jnp.sum(ll)
+class EMProblem(NamedTuple):
+    """What one EM run fits (a pytree; every field traced).
+
+    Attributes
+    ----------
+    z : (N, p) exponential-family features of the standardised data (:func:`_stats.suff_features`)
+    sample_weight : (N,) row weights, or None (all 1). Bootstrap counts; 0 for padding rows.
+    active : (K,) bool, or None (all active). Components switched off, so that fits of every
+        K' <= K run in one program (model-selection grids).
+    prior : PriorArrays or None (maximum likelihood)
+    tol, reg_covar : scalars
+    """
+
+    z: jax.Array
+    sample_weight: jax.Array | None
+    active: jax.Array | None
+    prior: object
+    tol: jax.Array
+    reg_covar: jax.Array
+
+    @property
+    def num_obs(self):
+        return self.z.shape[0] if self.sample_weight is None else jnp.sum(self.sample_weight)
+
+
+class EMOutput(NamedTuple):
+    """Per restart: final state, objective, marginal log-likelihood, expected counts N_k and the
+    entropy of the responsibilities, -sum r log r (for ICL), all on the standardised scale."""
+
+    state: EMState
+    objective: jax.Array
+    log_likelihood: jax.Array
+    counts: jax.Array
+    entropy: jax.Array
+
+
+def _weighted_sum(values, sample_weight):
+    return jnp.sum(values) if sample_weight is None else values @ sample_weight
+
+
+def objective_terms(params: GMMParams, problem: EMProblem, config: EMConfig):
+    """E-step: responsibilities (N, K) and the total objective (log-likelihood [+ log prior])."""
+    theta = _stats.mask_components(_stats.natural_params(params, config.covariance_type), problem.active)
+    resp, ll = _stats.e_step(problem.z, theta, hard=config.hard)
+    total = _weighted_sum(ll, problem.sample_weight)
     if config.use_prior:
-        total = total + log_prior(params, prior, config.covariance_type)
+        total = total + log_prior(params, problem.prior, config.covariance_type, problem.active)
     return resp, total
 
 
-def m_step(z, resp, prior, reg_covar, config: EMConfig, num_features: int) -> GMMParams:
-    stats = _stats.suff_stats(resp, z, num_features, config.covariance_type)
-    return _stats.m_step(*stats, config.covariance_type, reg_covar, prior if config.use_prior else None)
+def m_step(resp, problem: EMProblem, config: EMConfig) -> GMMParams:
+    """Closed-form M-step from responsibilities (weighted by ``sample_weight``)."""
+    if problem.sample_weight is not None:
+        resp = resp * problem.sample_weight[:, None]
+    stats = _stats.suff_stats(resp, problem.z, config.num_features, config.covariance_type)
+    prior = problem.prior if config.use_prior else None
+    return _stats.m_step(*stats, config.covariance_type, problem.reg_covar, prior, problem.active)
 
 
 def em_init(params: GMMParams, max_iter: int) -> EMState:
@@ -94,14 +146,12 @@ def em_init(params: GMMParams, max_iter: int) -> EMState:
     )
 
 
-def em_step(state: EMState, z, prior, tol, reg_covar, config: EMConfig) -> EMState:
+def em_step(state: EMState, problem: EMProblem, config: EMConfig) -> EMState:
     """One E-step and M-step; the tolerance test is on the change of the mean objective."""
-    n, _ = z.shape
-    d = state.params.means.shape[1]
-    resp, total = objective_terms(z, state.params, prior, config)
-    new_params = m_step(z, resp, prior, reg_covar, config, d)
-    mean_obj = total / n
-    converged = jnp.abs(mean_obj - state.objective) < tol
+    resp, total = objective_terms(state.params, problem, config)
+    new_params = m_step(resp, problem, config)
+    mean_obj = total / problem.num_obs
+    converged = jnp.abs(mean_obj - state.objective) < problem.tol
     return EMState(
         params=new_params,
         objective=mean_obj,
@@ -111,32 +161,53 @@ def em_step(state: EMState, z, prior, tol, reg_covar, config: EMConfig) -> EMSta
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "init_method", "max_iter"))
-def _fit_restarts(xs, keys, user_init, prior, tol, reg_covar, *, config: EMConfig, init_method: str, max_iter: int):
-    """All restarts of one EM fit as a single compiled program (vmapped over ``keys``)."""
+def run_em(params0: GMMParams, problem: EMProblem, config: EMConfig, max_iter: int) -> EMOutput:
+    """EM from ``params0`` until ``tol`` or ``max_iter``: a ``lax.while_loop`` (traceable, vmappable)."""
+    state = jax.lax.while_loop(
+        lambda s: (s.n_iter < max_iter) & ~s.converged,
+        lambda s: em_step(s, problem, config),
+        em_init(params0, max_iter),
+    )
+    resp, final = objective_terms(state.params, problem, config)
+    trace = state.trace.at[state.n_iter].set(final)
+    log_lik = final
+    if config.hard or config.use_prior:  # the marginal log-likelihood alone
+        theta = _stats.mask_components(_stats.natural_params(state.params, config.covariance_type), problem.active)
+        resp, ll = _stats.e_step(problem.z, theta)
+        log_lik = _weighted_sum(ll, problem.sample_weight)
+    entropy = -_weighted_sum(jnp.sum(jax.scipy.special.xlogy(resp, resp), axis=1), problem.sample_weight)
+    weighted = resp if problem.sample_weight is None else resp * problem.sample_weight[:, None]
+    return EMOutput(state._replace(trace=trace), final, log_lik, jnp.sum(weighted, 0), entropy)
+
+
+def _fit_batch(xs, keys, user_init, prior, tol, reg_covar, sample_weight, active, *, config: EMConfig, init_method: str, max_iter: int):
+    """A batch of EM runs as one program, ``vmap``-ped over the leading axis of ``keys``.
+
+    ``xs`` is (N, D) shared by every run, or (B, N, D) one data set per run (parametric
+    bootstrap); ``sample_weight`` is None, (N,) shared or (B, N) per run (nonparametric
+    bootstrap as multinomial counts); ``active`` is None or (B, K) (model-selection grids).
+    ``user_init`` holds standardised starting weights/means/covariances or None for each.
+    """
     _TRACE_COUNT["fit"] += 1
-    d = xs.shape[1]
-    z = _stats.suff_features(xs, config.covariance_type)
+    k = config.num_components
     ml_config = config._replace(use_prior=False, hard=False)
 
-    def run_one(key):
-        resp0 = initial_responsibilities(key, xs, config.num_components, init_method)
-        params0 = m_step(z, resp0, prior, reg_covar, ml_config, d)
+    def run_one(x_one, key, weight, act):
+        problem = EMProblem(_stats.suff_features(x_one, config.covariance_type), weight, act, prior, tol, reg_covar)
+        resp0 = initial_responsibilities(key, x_one, k, init_method, sample_weight=weight, active=act)
+        params0 = m_step(resp0, problem._replace(prior=None), ml_config)
         params0 = GMMParams(*(p if u is None else u for p, u in zip(params0, user_init)))
-        state = jax.lax.while_loop(
-            lambda s: (s.n_iter < max_iter) & ~s.converged,
-            lambda s: em_step(s, z, prior, tol, reg_covar, config),
-            em_init(params0, max_iter),
-        )
-        resp, final = objective_terms(z, state.params, prior, config)
-        trace = state.trace.at[state.n_iter].set(final)
-        log_lik = final
-        if config.hard or config.use_prior:  # the marginal log-likelihood alone
-            theta = _stats.natural_params(state.params, config.covariance_type)
-            log_lik = jnp.sum(_stats.e_step(z, theta)[1])
-        return state._replace(trace=trace), final, log_lik, jnp.sum(resp, 0)
+        return run_em(params0, problem, config, max_iter)
 
-    return jax.vmap(run_one)(keys)
+    def axis(a, batched_ndim):
+        return None if a is None or a.ndim < batched_ndim else 0
+
+    in_axes = (axis(xs, 3), 0, axis(sample_weight, 2), axis(active, 2))
+    return jax.vmap(run_one, in_axes=in_axes)(xs, keys, sample_weight, active)
+
+
+#: The EM program, compiled ahead of time once per shapes and static settings.
+PROGRAM = CompiledProgram(_fit_batch, static_argnames=("config", "init_method", "max_iter"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,6 +263,142 @@ def _degenerate(params: GMMParams, nk, reg_covar, covariance_type, dtype) -> tup
     return tuple(int(i) for i in np.flatnonzero(bad))
 
 
+class Prepared(NamedTuple):
+    """Validated, standardised inputs of an EM fit (the host-side half of :func:`fit_em`)."""
+
+    arr: np.ndarray
+    feature_names: tuple
+    num_components: int
+    covariance_type: str
+    prior: Prior | None
+    shift: np.ndarray
+    sd: np.ndarray
+    xs: np.ndarray  # standardised data in the compute dtype
+    prior_arrays: object
+    dtype: object
+
+    @property
+    def num_obs(self) -> int:
+        return self.arr.shape[0]
+
+
+def _check_options(init_params, n_init, max_iter, tol, reg_covar):
+    if init_params not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
+    for name, v in (("n_init", n_init), ("max_iter", max_iter)):
+        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
+    if not (np.isfinite(reg_covar) and reg_covar >= 0):
+        raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
+
+
+def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None) -> Prepared:
+    """Validate the data and prior and standardise both (see the module docstring).
+
+    ``max_components`` (model-selection grids) is the K the arrays are built for.
+    ``sample_weight`` (validated) weights the standardising moments.
+    """
+    arr, names = check_data(x)
+    n, d = arr.shape
+    k = check_num_components(num_components, n)
+    check_covariance_type(covariance_type)
+    k_arrays = k if max_components is None else max_components
+    if prior is not None:
+        if not isinstance(prior, Prior):
+            raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)).")
+        if prior.num_features != d:
+            raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}.")
+        if np.any(prior.concentration(k_arrays) < 1):
+            raise ValueError(
+                "MAP-EM needs weight_concentration >= 1 (the Dirichlet mode is undefined below 1); "
+                "use fit_vb for sparse priors that empty components."
+            )
+    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    shift, sd = standardisation(arr.astype(np.float64), covariance_type, sample_weight)
+    if np.any(sd == 0):
+        raise ValueError("x has a constant column among the rows of positive sample_weight; drop it before fitting.")
+    xs = ((arr - shift) / sd).astype(dtype)
+    prior_arrays = None
+    if prior is not None:
+        prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, covariance_type, dtype=np.dtype(dtype))
+    return Prepared(arr, names, k, covariance_type, prior, shift, sd, xs, prior_arrays, dtype)
+
+
+def package(
+    prep: Prepared,
+    out: EMOutput,
+    index,
+    *,
+    hard: bool,
+    reg_covar: float,
+    num_components: int | None = None,
+    sample_weight=None,
+    info: dict,
+    warn: bool = True,
+    max_iter: int,
+    tol: float,
+) -> FitResult:
+    """One run of a batched EM output as a :class:`FitResult` on the original scale.
+
+    ``index`` selects the run; ``num_components`` (model-selection grids) keeps only the first
+    K active components of a K_max-sized program.
+    """
+    k = prep.num_components if num_components is None else num_components
+    ct = prep.covariance_type
+    n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
+    pick = lambda a: np.asarray(a[index])  # noqa: E731
+    params_std = GMMParams(*(pick(p) for p in out.state.params))
+    if params_std.means.shape[0] != k:  # a K-sized fit inside a larger program: first K components
+        c = params_std.covariances if ct == "tied" else params_std.covariances[:k]
+        params_std = GMMParams(params_std.weights[:k], params_std.means[:k], c)
+    n_iter = int(pick(out.state.n_iter))
+    converged = bool(pick(out.state.converged))
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, ct)
+    obj_shift = ll_shift + (prior_shift if prep.prior is not None else 0.0)
+    trace = pick(out.state.trace).astype(np.float64)[: n_iter + 1] + obj_shift
+    params = params_to_original(params_std, prep.shift, prep.sd, ct)
+    log_lik = float(np.asarray(out.log_likelihood[index], np.float64) + ll_shift)
+    counts = pick(out.counts)[:k]
+    degenerate = _degenerate(params_std, counts, reg_covar, ct, prep.dtype)
+    if warn and degenerate:
+        warnings.warn(
+            f"EM component(s) {list(degenerate)} are degenerate (almost no data, or a covariance "
+            "collapsed onto the regularisation floor). Use fewer components, increase reg_covar, "
+            "or fit MAP-EM with prior=bayesgmm.Prior.default(x, K).",
+            DegenerateComponentWarning,
+            stacklevel=3,
+        )
+    if warn and not converged:
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (tol={tol}); increase "
+            "max_iter or tol, or check the initialisation.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    method = "hard-em" if hard else ("map-em" if prep.prior is not None else "em")
+    objective = "classification_log_likelihood" if hard else ("log_posterior" if prep.prior is not None else "log_likelihood")
+    return FitResult(
+        method=method,
+        covariance_type=ct,
+        weights=params.weights,
+        means=params.means,
+        covariances=params.covariances,
+        log_likelihood=log_lik,
+        converged=converged,
+        n_iter=n_iter,
+        trace=trace,
+        objective=objective,
+        feature_names=prep.feature_names,
+        num_obs=prep.num_obs,
+        degenerate_components=degenerate,
+        prior=prep.prior,
+        info={**info, "entropy": float(pick(out.entropy)), "expected_counts": counts.astype(np.float64).tolist(),
+              "dtype": str(prep.dtype), "reg_covar": float(reg_covar), "tol": float(tol)},
+    )
+
+
 def fit_em(
     x,
     num_components: int,
@@ -207,6 +414,8 @@ def fit_em(
     max_iter: int = 100,
     reg_covar: float = 1e-6,
     hard: bool = False,
+    sample_weight=None,
+    devices=None,
     seed=0,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: maximum likelihood, or MAP when a ``prior`` is given.
@@ -238,70 +447,54 @@ def fit_em(
     hard : bool
         Classification EM: hard assignments in the E-step (the classification likelihood is
         the objective).
+    sample_weight : array (N,), optional
+        Non-negative row weights (frequency weights, bootstrap counts): row ``n`` counts
+        ``sample_weight[n]`` times in every sum. The log-likelihood reported is the weighted one.
+    devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
+        Shard the rows over these devices (data parallelism; see :mod:`bayesgmm._sharding`).
+        None: no sharding. The result equals the single-device fit up to floating-point
+        reduction order.
     seed : int or jax key
         Same seed, same result, bit for bit.
 
     Returns
     -------
     FitResult
-        ``method`` is "em", "map-em" or "hard-em".
+        ``method`` is "em", "map-em" or "hard-em". ``info`` holds ``compile_seconds`` (0.0 when
+        the compiled program was reused), ``run_seconds``, the objective of every restart and
+        ``entropy`` (of the final responsibilities, for ICL).
 
     Raises
     ------
     ValueError
         Invalid input, or every restart ended with a singular covariance.
     """
-    arr, names = check_data(x)
-    n, d = arr.shape
-    k = check_num_components(num_components, n)
-    check_covariance_type(covariance_type)
-    if init_params not in INIT_METHODS:
-        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
-    if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
-        raise ValueError(f"n_init must be a positive integer, got {n_init!r}.")
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}.")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
-    if not (np.isfinite(reg_covar) and reg_covar >= 0):
-        raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
-    if prior is not None:
-        if not isinstance(prior, Prior):
-            raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)).")
-        if prior.num_features != d:
-            raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}.")
-        if np.any(prior.concentration(k) < 1):
-            raise ValueError(
-                "MAP-EM needs weight_concentration >= 1 (the Dirichlet mode is undefined below 1); "
-                "use fit_vb for sparse priors that empty components."
-            )
-
-    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
-    xs = jnp.asarray(((arr - shift) / sd).astype(dtype))
-    prior_arrays = None
-    if prior is not None:
-        prior_arrays = jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, dtype), prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np.float64)
-        )
-    user_init = _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, shift, sd, dtype)
+    arr, _ = check_data(x)
+    weight = check_sample_weight(sample_weight, arr.shape[0])
+    prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight)
+    _check_options(init_params, n_init, max_iter, tol, reg_covar)
+    n, d = prep.arr.shape
+    k = prep.num_components
+    user_init = _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, prep.shift, prep.sd, prep.dtype)
+    rows = _sharding.resolve(devices, n)
+    xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
     key = seed_to_key(seed)
-    config = EMConfig(k, covariance_type, bool(hard), prior is not None)
-
-    start = time.perf_counter()
-    state, finals, log_liks, nks = _fit_restarts(
+    config = EMConfig(k, d, covariance_type, bool(hard), prior is not None)
+    timed = PROGRAM(
         xs,
         jax.random.split(key, n_init),
         user_init,
-        prior_arrays,
-        jnp.asarray(tol, dtype),
-        jnp.asarray(reg_covar, dtype),
+        prep.prior_arrays,
+        np.asarray(tol, prep.dtype),
+        np.asarray(reg_covar, prep.dtype),
+        weight_dev,
+        None,
         config=config,
         init_method=init_params,
         max_iter=int(max_iter),
     )
-    finals = np.asarray(finals, dtype=np.float64)
-    elapsed = time.perf_counter() - start
+    out = jax.device_get(timed.outputs)
+    finals = np.asarray(out.objective, dtype=np.float64)
     ok = np.isfinite(finals)
     if not ok.any():
         raise ValueError(
@@ -310,57 +503,18 @@ def fit_em(
             "reg_covar, use fewer components, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)."
         )
     best = int(np.argmax(np.where(ok, finals, -np.inf)))
-    pick = lambda a: np.asarray(a[best])  # noqa: E731
-    params_std = GMMParams(*(pick(p) for p in state.params))
-    n_iter = int(pick(state.n_iter))
-    converged = bool(pick(state.converged))
-    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
-    trace = pick(state.trace).astype(np.float64)[: n_iter + 1] + ll_shift + (prior_shift if prior is not None else 0.0)
-    params = params_to_original(params_std, shift, sd, covariance_type)
-
-    log_lik = float(np.asarray(log_liks[best], np.float64) + ll_shift)
-    degenerate = _degenerate(params_std, pick(nks), reg_covar, covariance_type, dtype)
-    if degenerate:
-        warnings.warn(
-            f"EM component(s) {list(degenerate)} are degenerate (almost no data, or a covariance "
-            "collapsed onto the regularisation floor). Use fewer components, increase reg_covar, "
-            "or fit MAP-EM with prior=bayesgmm.Prior.default(x, K).",
-            DegenerateComponentWarning,
-            stacklevel=2,
-        )
-    if not converged:
-        warnings.warn(
-            f"EM did not converge in max_iter={max_iter} iterations (tol={tol}); increase "
-            "max_iter or tol, or check the initialisation.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    method = "hard-em" if hard else ("map-em" if prior is not None else "em")
-    objective = "classification_log_likelihood" if hard else ("log_posterior" if prior is not None else "log_likelihood")
-    return FitResult(
-        method=method,
-        covariance_type=covariance_type,
-        weights=params.weights,
-        means=params.means,
-        covariances=params.covariances,
-        log_likelihood=log_lik,
-        converged=converged,
-        n_iter=n_iter,
-        trace=trace,
-        objective=objective,
-        feature_names=names,
-        num_obs=n,
-        degenerate_components=degenerate,
-        prior=prior,
-        info={
-            "seed": seed if isinstance(seed, (int, np.integer)) else None,
-            "n_init": int(n_init),
-            "init_params": init_params,
-            "best_restart": best,
-            "restart_objectives": (finals + ll_shift + (prior_shift if prior is not None else 0.0)).tolist(),
-            "tol": float(tol),
-            "reg_covar": float(reg_covar),
-            "fit_seconds": elapsed,
-            "dtype": str(dtype),
-        },
-    )
+    n_eff = n if weight is None else float(weight.sum())
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, covariance_type)
+    obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
+    info = {
+        "seed": seed if isinstance(seed, (int, np.integer)) else None,
+        "n_init": int(n_init),
+        "init_params": init_params,
+        "best_restart": best,
+        "restart_objectives": (finals + obj_shift).tolist(),
+        "compile_seconds": timed.compile_seconds,
+        "run_seconds": timed.run_seconds,
+        "fit_seconds": timed.compile_seconds + timed.run_seconds,
+        "num_devices": rows.num_devices,
+    }
+    return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter, tol=tol)

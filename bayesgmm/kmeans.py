@@ -42,11 +42,25 @@ def sq_distances(x, centers):
     return jnp.maximum(d2, 0.0)
 
 
-def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None):
+def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None, *, sample_weight=None, active=None):
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007), as scikit-learn does it.
 
     Each new centre is the best of ``num_trials`` (default ``2 + log K``) candidates drawn with
-    probability proportional to the squared distance to the nearest chosen centre.
+    probability proportional to the (weighted) squared distance to the nearest chosen centre.
+
+    Parameters
+    ----------
+    key : jax key
+    x : array (N, D)
+    num_components : int
+        K (static).
+    num_trials : int, optional
+    sample_weight : array (N,), optional
+        Non-negative row weights (bootstrap counts; 0 for padding rows, which are never chosen).
+        With 0/1 weights and the zero rows at the end the seeding equals that of the unpadded data.
+    active : bool array (K,), optional
+        Components to seed; inactive ones (a traced mask, so one program serves every K up to
+        ``num_components``) keep a placeholder centre and never influence the others.
 
     Returns
     -------
@@ -58,40 +72,53 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None):
     trials = num_trials or 2 + int(math.log(k))
     # Every uniform number the seeding needs, drawn at once (one PRNG call keeps the program small).
     u = jax.random.uniform(key, (k, trials), x.dtype)
-    first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
+    if sample_weight is None:
+        first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
+    else:
+        cdf_w = jnp.cumsum(sample_weight)
+        first = jnp.searchsorted(cdf_w, u[0, 0] * cdf_w[-1], side="right", method="compare_all")
+        first = jnp.minimum(first, n - 1).astype(jnp.int32)
     closest = jnp.sum((x - x[first]) ** 2, 1)
     centers = jnp.zeros((k, d), x.dtype).at[0].set(x[first])
     indices = jnp.zeros((k,), first.dtype).at[0].set(first)
 
     def body(c, carry):
         centers, indices, closest = carry
-        # inverse-CDF draws of `trials` candidates with probability proportional to `closest`
-        cdf = jnp.cumsum(closest)
+        # inverse-CDF draws of `trials` candidates with probability proportional to w * `closest`
+        cdf = jnp.cumsum(closest if sample_weight is None else closest * sample_weight)
         cand = jnp.searchsorted(cdf, u[c] * cdf[-1], side="right", method="compare_all")
         cand = jnp.minimum(cand, n - 1).astype(first.dtype)
         d_cand = jnp.minimum(sq_distances(x, x[cand]).T, closest[None])  # (trials, N)
-        best = jnp.argmin(jnp.sum(d_cand, 1))
-        return centers.at[c].set(x[cand[best]]), indices.at[c].set(cand[best]), d_cand[best]
+        best = jnp.argmin(jnp.sum(d_cand, 1) if sample_weight is None else d_cand @ sample_weight)
+        new = (centers.at[c].set(x[cand[best]]), indices.at[c].set(cand[best]), d_cand[best])
+        if active is None:
+            return new
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(active[c], a, b), new, carry)
 
     centers, indices, _ = jax.lax.fori_loop(1, k, body, (centers, indices, closest))
     return centers, indices
 
 
-def lloyd(x, centers, max_iter: int, tol):
+def lloyd(x, centers, max_iter: int, tol, *, sample_weight=None, active=None):
     """Lloyd iterations until the squared centre shift is at most ``tol``.
 
-    Returns ``(centers, labels, inertia, n_iter, converged)``.
+    ``sample_weight`` (N,) weights the rows; ``active`` (K,) masks out centres (see
+    :func:`kmeans_plusplus`). Returns ``(centers, labels, inertia, n_iter, converged)``.
     """
     k = centers.shape[0]
 
     def assign(c):
         d2 = sq_distances(x, c)
+        if active is not None:
+            d2 = jnp.where(active[None], d2, jnp.inf)
         return jnp.argmin(d2, 1), jnp.min(d2, 1)
 
     def update(c, labels):
         onehot = jax.nn.one_hot(labels, k, dtype=x.dtype)
+        if sample_weight is not None:
+            onehot = onehot * sample_weight[:, None]
         counts = jnp.sum(onehot, 0)
-        new = (onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]
+        new = (onehot.T @ x) / jnp.maximum(counts, jnp.finfo(x.dtype).tiny)[:, None]
         return jnp.where(counts[:, None] > 0, new, c)  # an empty cluster keeps its centre
 
     def cond(state):
@@ -106,7 +133,8 @@ def lloyd(x, centers, max_iter: int, tol):
 
     c, n_iter, shift = jax.lax.while_loop(cond, body, (centers, jnp.int32(0), jnp.asarray(jnp.inf, x.dtype)))
     labels, d2 = assign(c)
-    return c, labels, jnp.sum(d2), n_iter, shift <= tol
+    inertia = jnp.sum(d2) if sample_weight is None else d2 @ sample_weight
+    return c, labels, inertia, n_iter, shift <= tol
 
 
 @functools.partial(jax.jit, static_argnames=("num_components", "max_iter"))
@@ -118,35 +146,52 @@ def _kmeans_restarts(keys, x, tol, *, num_components, max_iter):
     return jax.vmap(one)(keys)
 
 
-def kmeans_labels(key, x, num_components: int, max_iter: int = 300, tol: float = 1e-4):
-    """One k-means++ + Lloyd run inside jit (EM's ``init_params="kmeans"``); returns labels (N,)."""
-    centers, _ = kmeans_plusplus(key, x, num_components)
-    tol_abs = tol * jnp.mean(jnp.var(x, 0))
-    return lloyd(x, centers, max_iter, tol_abs)[1]
+def kmeans_labels(key, x, num_components: int, max_iter: int = 300, tol: float = 1e-4, *, sample_weight=None, active=None):
+    """One k-means++ + Lloyd run inside jit (EM's ``init_params="kmeans"``); returns labels (N,).
+
+    ``sample_weight`` and ``active`` as in :func:`kmeans_plusplus`.
+    """
+    centers, _ = kmeans_plusplus(key, x, num_components, sample_weight=sample_weight, active=active)
+    if sample_weight is None:
+        var = jnp.var(x, 0)
+    else:
+        total = jnp.sum(sample_weight)
+        mean = (sample_weight @ x) / total
+        var = (sample_weight @ (x - mean) ** 2) / total
+    tol_abs = tol * jnp.mean(var)
+    return lloyd(x, centers, max_iter, tol_abs, sample_weight=sample_weight, active=active)[1]
 
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
-def initial_responsibilities(key, x, num_components: int, method: str):
+def initial_responsibilities(key, x, num_components: int, method: str, *, sample_weight=None, active=None):
     """Starting responsibilities (N, K) for EM and VB: scikit-learn's four ``init_params``.
 
     ``"kmeans"``: one-hot k-means labels; ``"k-means++"``: one-hot on the K seeds only;
-    ``"random"``: uniform random, normalised; ``"random_from_data"``: one-hot on K random points.
+    ``"random"``: uniform random, normalised; ``"random_from_data"``: one-hot on K random points
+    (drawn with probability proportional to ``sample_weight`` when given). Inactive components
+    (``active``, a traced (K,) mask) get no responsibility.
     """
     n = x.shape[0]
     k = num_components
     dtype = x.dtype
     if method == "kmeans":
-        return jax.nn.one_hot(kmeans_labels(key, x, k), k, dtype=dtype)
+        labels = kmeans_labels(key, x, k, sample_weight=sample_weight, active=active)
+        return jax.nn.one_hot(labels, k, dtype=dtype)
     if method == "k-means++":
-        _, idx = kmeans_plusplus(key, x, k)
-        return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
+        _, idx = kmeans_plusplus(key, x, k, sample_weight=sample_weight, active=active)
+        hot = jnp.arange(k) if active is None else jnp.where(active, jnp.arange(k), k)  # k: dropped
+        return jnp.zeros((n, k), dtype).at[idx, hot].set(1.0, mode="drop")
     if method == "random":
         r = jax.random.uniform(key, (n, k), dtype)
+        if active is not None:
+            r = r * active
         return r / jnp.sum(r, 1, keepdims=True)
-    idx = jax.random.choice(key, n, (k,), replace=False)
-    return jnp.zeros((n, k), dtype).at[idx, jnp.arange(k)].set(1.0)
+    p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
+    idx = jax.random.choice(key, n, (k,), replace=False, p=p)
+    hot = jnp.arange(k) if active is None else jnp.where(active, jnp.arange(k), k)
+    return jnp.zeros((n, k), dtype).at[idx, hot].set(1.0, mode="drop")
 
 
 def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4, seed: int = 0) -> KMeansResult:

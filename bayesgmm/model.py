@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.special import gammaln
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
@@ -139,15 +140,35 @@ def model_kwargs(num_components, prior: PriorArrays, covariance_type: str, **ext
     return dict(num_components=num_components, prior=prior, covariance_type=covariance_type, **extra)
 
 
-def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str):
-    """log p(pi) + sum_k log p(mu_k, Sigma_k): the prior terms of :func:`gmm_model`."""
+def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, active=None):
+    """log p(pi) + sum_k log p(mu_k, Sigma_k): the prior terms of :func:`gmm_model`.
+
+    ``active`` (K,) boolean, optional: evaluate the prior of the sub-model made of the active
+    components only (what a K' < K fit inside a K-sized program needs; see
+    :func:`bayesgmm._stats.mask_components`). The Dirichlet term is then that of the active
+    weights, written out since a traced mask cannot select a NumPyro distribution's size.
+    """
     check_covariance_type(covariance_type)
     k = params.means.shape[0]
     weights_dist, cov_dist, means_given = prior_distributions(prior, k, covariance_type)
-    lp = jnp.sum(cov_dist.log_prob(params.covariances)) + jnp.sum(means_given(params.covariances).log_prob(params.means))
-    if k > 1:
-        lp = lp + weights_dist.log_prob(params.weights)
-    return lp
+    lp_cov = cov_dist.log_prob(params.covariances)  # (K,), or () for tied
+    lp_means = means_given(params.covariances).log_prob(params.means)  # (K,)
+    if active is None:
+        lp = jnp.sum(lp_cov) + jnp.sum(lp_means)
+        if k > 1:
+            lp = lp + weights_dist.log_prob(params.weights)
+        return lp
+    if lp_cov.ndim:
+        lp_cov = jnp.where(active, lp_cov, 0.0)
+    lp = jnp.sum(lp_cov) + jnp.sum(jnp.where(active, lp_means, 0.0))
+    alpha = weights_dist.concentration
+    log_w = jnp.log(jnp.where(active, params.weights, 1.0))
+    log_dirichlet = (
+        gammaln(jnp.sum(jnp.where(active, alpha, 0.0)))
+        - jnp.sum(jnp.where(active, gammaln(alpha), 0.0))
+        + jnp.sum(jnp.where(active, (alpha - 1.0) * log_w, 0.0))
+    )
+    return lp + jnp.where(jnp.sum(active) > 1, log_dirichlet, 0.0)
 
 
 def log_likelihood(x, params: GMMParams, covariance_type: str):

@@ -154,6 +154,18 @@ def check_data(x, *, name: str = "x", num_features: int | None = None, allow_con
     return arr, feature_names
 
 
+def check_sample_weight(sample_weight, num_obs: int):
+    """Validate row weights: None, or a finite non-negative (N,) vector with a positive sum."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (num_obs,):
+        raise ValueError(f"sample_weight must have shape ({num_obs},) (one weight per row of x), got {w.shape}.")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("sample_weight must be finite and non-negative with a positive sum.")
+    return w
+
+
 @dataclasses.dataclass(frozen=True)
 class Prior:
     r"""Conjugate prior of the Bayesian Gaussian mixture, shared by every engine.
@@ -327,14 +339,15 @@ def seed_to_key(seed):
     raise ValueError(f"seed must be an integer or a jax.random key, got {seed!r}.")
 
 
-def standardisation(arr: np.ndarray, covariance_type: str):
+def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     """Shift and scale that standardise the data: ``(x - shift) / scale``.
 
     Each feature is divided by its own standard deviation, except for ``spherical`` (one common
-    scale, the root mean variance, so that a spherical covariance stays spherical).
+    scale, the root mean variance, so that a spherical covariance stays spherical). With
+    ``sample_weight`` the moments are weighted (frequency weights act as repeated rows).
     """
-    shift = arr.mean(axis=0)
-    sd = arr.std(axis=0)
+    shift = np.average(arr, axis=0, weights=sample_weight)
+    sd = np.sqrt(np.average((arr - shift) ** 2, axis=0, weights=sample_weight))
     if covariance_type == "spherical":
         sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
     return shift, sd

@@ -46,9 +46,7 @@ reuses the compiled program).
 
 from __future__ import annotations
 
-import functools
 import math
-import time
 import warnings
 from typing import NamedTuple
 
@@ -57,7 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma, gammaln, multigammaln
 
-from . import _stats
+from . import _sharding, _stats
+from ._compile import CompiledProgram
 from .kmeans import INIT_METHODS, initial_responsibilities
 from .params import (
     ConvergenceWarning,
@@ -67,6 +66,7 @@ from .params import (
     check_covariance_type,
     check_data,
     check_num_components,
+    check_sample_weight,
     log_jacobians,
     params_to_original,
     seed_to_key,
@@ -197,15 +197,24 @@ def expected_natural_params(q: VBParams, prior, covariance_type: str):
     return theta.at[:, -1].add(adjust)
 
 
-def vb_e_step(z, q: VBParams, prior, covariance_type: str):
-    """Responsibilities (N, K) and the complete ELBO of q (with q(z) optimal)."""
+def _weighted_sum(values, sample_weight):
+    return jnp.sum(values) if sample_weight is None else values @ sample_weight
+
+
+def vb_e_step(z, q: VBParams, prior, covariance_type: str, sample_weight=None):
+    """Responsibilities (N, K) and the complete ELBO of q (with q(z) optimal).
+
+    ``sample_weight`` (N,), optional: row weights (frequency weights; 0 for padding rows).
+    """
     theta = expected_natural_params(q, prior, covariance_type)
     resp, ll = _stats.e_step(z, theta)
-    return resp, jnp.sum(ll) - kl_divergence(q, prior, covariance_type)
+    return resp, _weighted_sum(ll, sample_weight) - kl_divergence(q, prior, covariance_type)
 
 
-def m_step_from_resp(z, resp, prior, reg_covar, covariance_type: str) -> VBParams:
+def m_step_from_resp(z, resp, prior, reg_covar, covariance_type: str, sample_weight=None) -> VBParams:
     d = prior.mean.shape[0]
+    if sample_weight is not None:
+        resp = resp * sample_weight[:, None]
     nk, sx, sxx = _stats.suff_stats(resp, z, d, covariance_type)
     return vb_m_step(nk, sx, sxx, prior, reg_covar, covariance_type)
 
@@ -215,11 +224,11 @@ def vb_init(q: VBParams, max_iter: int) -> VBState:
     return VBState(q, jnp.asarray(-jnp.inf, dtype), jnp.int32(0), jnp.asarray(False), jnp.full((max_iter + 1,), jnp.nan, dtype))
 
 
-def vb_step(state: VBState, z, prior, tol, reg_covar, config: VBConfig) -> VBState:
+def vb_step(state: VBState, z, prior, tol, reg_covar, config: VBConfig, sample_weight=None) -> VBState:
     """One CAVI sweep: q(z) given q(theta) (records the ELBO of q(theta)), then q(theta) given q(z)."""
-    n = z.shape[0]
-    resp, elbo = vb_e_step(z, state.q, prior, config.covariance_type)
-    q_new = m_step_from_resp(z, resp, prior, reg_covar, config.covariance_type)
+    n = z.shape[0] if sample_weight is None else jnp.sum(sample_weight)
+    resp, elbo = vb_e_step(z, state.q, prior, config.covariance_type, sample_weight)
+    q_new = m_step_from_resp(z, resp, prior, reg_covar, config.covariance_type, sample_weight)
     mean_elbo = elbo / n
     return VBState(
         q=q_new,
@@ -230,10 +239,12 @@ def vb_step(state: VBState, z, prior, tol, reg_covar, config: VBConfig) -> VBSta
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "init_method", "max_iter", "num_draws", "num_restarts"))
-def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, *, config: VBConfig, init_method: str, max_iter: int,
-                  num_draws: int, num_restarts: int):
-    """All restarts of one VB fit, and the draws from the best one, as a single compiled program."""
+def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, sample_weight, *, config: VBConfig, init_method: str,
+                  max_iter: int, num_draws: int, num_restarts: int):
+    """All restarts of one VB fit, and the draws from the best one, as a single compiled program.
+
+    ``sample_weight`` (N,) or None: row weights (0 for the padding rows of a sharded fit).
+    """
     _TRACE_COUNT["fit"] += 1
     init_key, draw_key = jax.random.split(key)
     keys = jax.random.split(init_key, num_restarts)
@@ -244,24 +255,32 @@ def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, *, config: VBConfi
         if init_method == "given":
             resp0 = resp_given
         else:
-            resp0 = initial_responsibilities(key, xs, config.num_components, init_method)
-        q0 = m_step_from_resp(z, resp0, prior, reg_covar, ct)
+            resp0 = initial_responsibilities(key, xs, config.num_components, init_method, sample_weight=sample_weight)
+        q0 = m_step_from_resp(z, resp0, prior, reg_covar, ct, sample_weight)
         state = jax.lax.while_loop(
             lambda s: (s.n_iter < max_iter) & ~s.converged,
-            lambda s: vb_step(s, z, prior, tol, reg_covar, config),
+            lambda s: vb_step(s, z, prior, tol, reg_covar, config, sample_weight),
             vb_init(q0, max_iter),
         )
-        resp, final = vb_e_step(z, state.q, prior, ct)
+        resp, final = vb_e_step(z, state.q, prior, ct, sample_weight)
+        if sample_weight is not None:
+            resp = resp * sample_weight[:, None]
         return state._replace(trace=state.trace.at[state.n_iter].set(final)), final, jnp.sum(resp, 0)
 
     state, finals, nks = jax.vmap(run_one)(keys)
     best = jnp.argmax(jnp.where(jnp.isfinite(finals), finals, -jnp.inf))
     state_best, nk_best = jax.tree_util.tree_map(lambda a: a[best], (state, nks))
     point, has_mean = point_estimate(state_best.q, ct)
-    log_lik = jnp.sum(_stats.e_step(z, _stats.natural_params(point, ct))[1])
+    log_lik = _weighted_sum(_stats.e_step(z, _stats.natural_params(point, ct))[1], sample_weight)
     draws = _sample_q(draw_key, state_best.q, covariance_type=ct, num_draws=num_draws)
     return {"state": state_best, "finals": finals, "nk": nk_best, "best": best, "point": point,
             "has_mean": has_mean, "log_lik": log_lik, "draws": draws}
+
+
+#: The VB program, compiled ahead of time once per shapes and static settings.
+PROGRAM = CompiledProgram(
+    _fit_restarts, static_argnames=("config", "init_method", "max_iter", "num_draws", "num_restarts")
+)
 
 
 def point_estimate(q: VBParams, covariance_type: str):
@@ -327,6 +346,8 @@ def fit_vb(
     tol: float = 1e-3,
     max_iter: int = 100,
     reg_covar: float = 1e-6,
+    sample_weight=None,
+    devices=None,
     seed=0,
     num_draws: int = 500,
 ) -> FitResult:
@@ -356,6 +377,12 @@ def fit_vb(
     reg_covar : float
         ``N_k * reg_covar`` is added to the diagonal of each ``Psi_k`` (scikit-learn's
         convention), in units of each feature's variance. 0 gives exact CAVI.
+    sample_weight : array (N,), optional
+        Non-negative row weights (frequency weights): row ``n`` counts ``sample_weight[n]``
+        times in every sufficient statistic and in the ELBO.
+    devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
+        Shard the rows over these devices (data parallelism, as :func:`bayesgmm.fit_em`); the
+        result equals the single-device fit up to floating-point reduction order.
     seed : int or jax key
         Same seed, same result (including the draws), bit for bit.
     num_draws : int
@@ -395,7 +422,7 @@ def fit_vb(
     return _fit_vb(
         x, num_components, covariance_type=covariance_type, prior=prior, n_init=n_init,
         init_params=init_params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
-        num_draws=num_draws, resp_init=None,
+        num_draws=num_draws, resp_init=None, sample_weight=sample_weight, devices=devices,
     )
 
 
@@ -429,7 +456,8 @@ def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar
         raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
 
 
-def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, tol, max_iter, reg_covar, seed, num_draws, resp_init):
+def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, tol, max_iter, reg_covar, seed, num_draws,
+            resp_init, sample_weight=None, devices=None):
     arr, names = check_data(x)
     n, d = arr.shape
     k = check_num_components(num_components, n)
@@ -443,9 +471,13 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     prior.concentration(k)  # validates a vector concentration against K
     if resp_init is not None and resp_init.shape != (n, k):
         raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
+    rows = _sharding.resolve(devices, n)
+    if resp_init is not None and rows.mesh is not None:
+        raise ValueError("starting responsibilities cannot be combined with devices=; shard without them.")
 
+    weight = check_sample_weight(sample_weight, n)
     dtype = jax.dtypes.canonicalize_dtype(arr.dtype)  # float32 unless jax_enable_x64 and float64 input
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
+    shift, sd = standardisation(arr.astype(np.float64), covariance_type, weight)
     xs = ((arr - shift) / sd).astype(dtype)
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)  # NumPy; jit transfers it
@@ -454,14 +486,13 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     given = resp_init is not None
     resp_given = np.asarray(resp_init if given else np.zeros((1, k)), dtype)
 
-    start = time.perf_counter()
-    out = _fit_restarts(
-        xs, key, resp_given, prior_arrays, np.asarray(tol, dtype), np.asarray(reg_covar, dtype),
+    xs, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(xs.dtype))
+    timed = PROGRAM(
+        xs, key, resp_given, prior_arrays, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev,
         config=config, init_method="given" if given else init_params, max_iter=int(max_iter),
         num_draws=int(num_draws), num_restarts=1 if given else int(n_init),
     )
-    out = jax.device_get(out)  # one transfer; everything below is NumPy
-    elapsed = time.perf_counter() - start
+    out = jax.device_get(timed.outputs)  # one transfer; everything below is NumPy
     finals = np.asarray(out["finals"], dtype=np.float64)
     if not np.isfinite(finals).any():
         raise ValueError(
@@ -473,7 +504,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     q = VBParams(*(np.asarray(p, np.float64) for p in st.q))
     n_iter = int(st.n_iter)
     converged = bool(st.converged)
-    ll_shift, _ = log_jacobians(sd, n, k, covariance_type)
+    ll_shift, _ = log_jacobians(sd, n if weight is None else float(weight.sum()), k, covariance_type)
     trace = np.asarray(st.trace, np.float64)[: n_iter + 1] + ll_shift
     elbo = float(finals[best] + ll_shift)
 
@@ -559,7 +590,10 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
             "tol": float(tol),
             "reg_covar": float(reg_covar),
             "num_draws": int(num_draws),
-            "fit_seconds": elapsed,
+            "compile_seconds": timed.compile_seconds,
+            "run_seconds": timed.run_seconds,
+            "fit_seconds": timed.compile_seconds + timed.run_seconds,
+            "num_devices": rows.num_devices,
             "dtype": str(dtype),
         },
     )

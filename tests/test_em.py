@@ -379,3 +379,111 @@ def test_jax_key_seed_is_accepted(faithful):
     a = bg.fit_em(faithful, 2, seed=jax.random.key(3))
     b = bg.fit_em(faithful, 2, seed=3)
     assert np.array_equal(a.means, b.means)
+
+
+# ----------------------------------------------------------------------------------------------
+# Row weights, component masks, compile timing (the machinery model selection, bootstrap,
+# sharding and streaming build on)
+# ----------------------------------------------------------------------------------------------
+def _few_iterations(x, k, covariance_type, iters):
+    """A deliberately unconverged fit, used as a common starting point."""
+    with pytest.warns(bg.ConvergenceWarning):
+        return bg.fit_em(x, k, covariance_type=covariance_type, seed=0, max_iter=iters, tol=0.0)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("use_prior", [False, True])
+def test_integer_weights_equal_repeated_rows(covariance_type, use_prior, sim3):
+    """Frequency weights are the same fit as the data with each row repeated that many times."""
+    rng = np.random.default_rng(5)
+    x = sim3.x[:200]
+    counts = rng.integers(0, 4, size=len(x))
+    repeated = np.repeat(x, counts, axis=0)
+    # one start for both (given parameters), the prior defined once, on the original scale
+    start = _few_iterations(x, 3, covariance_type, 2)
+    prior = bg.Prior.default(repeated, 3) if use_prior else None
+    prec = {"full": np.linalg.inv, "tied": np.linalg.inv}.get(covariance_type, lambda c: 1.0 / c)(start.covariances)
+    kw = dict(covariance_type=covariance_type, prior=prior, weights_init=start.weights, means_init=start.means,
+              precisions_init=prec, tol=1e-10, max_iter=300, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        a = bg.fit_em(repeated, 3, **kw)
+        # the standardisation differs (weighted vs repeated moments) but the fit is affine invariant
+        b = bg.fit_em(x, 3, sample_weight=counts, **kw)
+    np.testing.assert_allclose(b.log_likelihood, a.log_likelihood, rtol=1e-9)
+    np.testing.assert_allclose(b.means, a.means, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.covariances, a.covariances, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(b.weights, a.weights, rtol=1e-6)
+
+
+def test_zero_weight_rows_are_absent_from_the_kmeans_start(faithful):
+    """k-means / k-means++ ignore weight-0 rows appended at the end (the padding of a sharded fit)."""
+    pad = np.vstack([faithful, np.full((5, 2), 1e3)])  # far outliers, weight 0
+    w = np.r_[np.ones(len(faithful)), np.zeros(5)]
+    a = bg.fit_em(faithful, 2, n_init=3, seed=4)
+    b = bg.fit_em(pad, 2, n_init=3, seed=4, sample_weight=w)
+    # the standardisation sees the outliers (a different affine map), so compare to 1e-7
+    np.testing.assert_allclose(b.log_likelihood, a.log_likelihood, rtol=1e-7)
+    np.testing.assert_allclose(b.means, a.means, rtol=1e-6)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("use_prior", [False, True])
+def test_masked_components_equal_a_smaller_fit(covariance_type, use_prior, sim3):
+    """A K=2 fit inside a K=4 program (two components masked off) is the K=2 fit."""
+    x = sim3.x
+    prior = bg.Prior.default(x, 2) if use_prior else None
+    prep2 = em.prepare(x, 2, covariance_type, prior)
+    prep4 = em.prepare(x, 2, covariance_type, prior, max_components=4)
+    start = _few_iterations(x, 2, covariance_type, 3)
+    from bayesgmm.params import params_to_standard
+
+    s = params_to_standard(start.params, prep2.shift, prep2.sd, covariance_type)
+    pad_cov = {"full": np.tile(np.eye(2), (2, 1, 1)), "diag": np.ones((2, 2)), "spherical": np.ones(2)}
+    cov4 = s.covariances if covariance_type == "tied" else np.concatenate([s.covariances, pad_cov[covariance_type]])
+    init4 = (np.r_[s.weights, 0.0, 0.0], np.vstack([s.means, np.zeros((2, 2))]), cov4)
+    common = (np.asarray(1e-9), np.asarray(1e-6), None)
+    key = jax.random.split(jax.random.key(0), 1)
+
+    def run(prep, k, init, active):
+        cfg = em.EMConfig(k, 2, covariance_type, False, prior is not None)
+        return em.PROGRAM(prep.xs, key, tuple(jnp.asarray(a) for a in init), prep.prior_arrays, *common, active,
+                          config=cfg, init_method="kmeans", max_iter=200).outputs
+
+    out2 = run(prep2, 2, tuple(s), None)
+    out4 = run(prep4, 4, init4, np.array([[True, True, False, False]]))
+    np.testing.assert_allclose(out4.objective, out2.objective, rtol=1e-10)
+    np.testing.assert_allclose(out4.log_likelihood, out2.log_likelihood, rtol=1e-10)
+    np.testing.assert_allclose(out4.state.params.means[0, :2], out2.state.params.means[0], rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(out4.state.params.weights[0, 2:], 0.0)
+    assert int(out4.state.n_iter[0]) == int(out2.state.n_iter[0])
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_masked_log_prior_is_the_sub_model_prior(covariance_type, rng):
+    full = random_params(rng, 4, 3, covariance_type)
+    keep = np.array([True, False, True, False])
+    sub_w = full.weights[keep] / full.weights[keep].sum()
+    sub_c = full.covariances if covariance_type == "tied" else full.covariances[keep]
+    sub = GMMParams(sub_w, full.means[keep], sub_c)
+    masked = GMMParams(np.where(keep, full.weights, 0.0) / full.weights[keep].sum(), full.means, full.covariances)
+    prior = bg.Prior(2.0, np.zeros(3), 0.5, 5.0, np.eye(3))
+    ref = scipy_log_prior(sub, prior, covariance_type)
+    got = model.log_prior(GMMParams(*map(jnp.asarray, masked)), prior.arrays(4, covariance_type), covariance_type, jnp.asarray(keep))
+    np.testing.assert_allclose(float(got), ref, rtol=1e-10)
+    every = model.log_prior(GMMParams(*map(jnp.asarray, full)), prior.arrays(4, covariance_type), covariance_type, jnp.ones(4, bool))
+    np.testing.assert_allclose(float(every), scipy_log_prior(full, prior, covariance_type), rtol=1e-10)
+
+
+def test_compile_and_run_seconds_are_reported(faithful):
+    x = faithful[:101]  # a shape no other test compiles
+    first = bg.fit_em(x, 2, n_init=2, seed=0)
+    again = bg.fit_em(x + 1.0, 2, n_init=2, seed=0)
+    assert first.info["compile_seconds"] > 0 and again.info["compile_seconds"] == 0.0
+    assert 0 < again.info["run_seconds"] < first.info["compile_seconds"] + first.info["run_seconds"]
+
+
+def test_bad_sample_weight_raises(faithful):
+    for w, match in [(np.ones(3), r"shape \(272,\)"), (-np.ones(272), "non-negative"), (np.zeros(272), "positive sum")]:
+        with pytest.raises(ValueError, match=match):
+            bg.fit_em(faithful, 2, sample_weight=w)

@@ -1,0 +1,97 @@
+"""Data parallelism over JAX devices: rows of the data sharded over a one-axis ``Mesh``.
+
+EM and VB are sums over observations: every sufficient statistic is ``resp.T @ Z`` and the
+objective a sum of per-row terms. With the rows sharded over a mesh axis ``"obs"``, XLA's SPMD
+partitioner computes each shard's statistics on its own device and all-reduces the (K, p) sums;
+parameters (kilobytes) are replicated. No engine code changes: the compiled program is the same
+function, compiled for sharded inputs.
+
+The row count is padded up to a multiple of the device count with zero rows of weight 0, so
+they add nothing to any statistic. k-means / k-means++ initialisation treat weight-0 rows as
+absent, so a sharded fit equals the single-device fit up to floating-point reduction order
+(``init_params="random"`` draws its random numbers per row and then differs).
+
+Several hosts: start every process with ``jax.distributed.initialize()``; ``jax.devices()`` then
+lists the devices of all hosts and ``devices="all"`` shards over all of them. Each process must
+hold the whole data set (it is sharded from there); for data that no single host can hold, see
+:mod:`bayesgmm.streaming`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+AXIS = "obs"
+
+
+class RowSharding(NamedTuple):
+    """Where the rows go: the mesh (None: one device, no sharding) and the padded row count."""
+
+    mesh: object
+    num_rows: int
+    num_padded: int
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.devices.size
+
+
+def resolve(devices, num_rows: int) -> RowSharding:
+    """Turn the public ``devices`` argument into a :class:`RowSharding`.
+
+    ``devices``: None (no sharding), ``"all"`` (every device of ``jax.devices()``), an int (the
+    first that many devices), a sequence of ``jax.Device`` or a one-axis ``jax.sharding.Mesh``.
+    """
+    from jax.sharding import Mesh
+
+    if devices is None:
+        return RowSharding(None, num_rows, num_rows)
+    if isinstance(devices, Mesh):
+        if len(devices.axis_names) != 1:
+            raise ValueError(
+                f"devices: a Mesh must have exactly one axis (the rows are sharded over it); got axes "
+                f"{devices.axis_names}. Build it as jax.sharding.Mesh(np.array(jax.devices()), ('obs',))."
+            )
+        mesh = Mesh(devices.devices.reshape(-1), (AXIS,))
+    else:
+        available = jax.devices()
+        if isinstance(devices, str):
+            if devices != "all":
+                raise ValueError(f"devices must be None, 'all', an int, a list of jax devices or a Mesh; got {devices!r}.")
+            chosen = available
+        elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+            if not 1 <= devices <= len(available):
+                raise ValueError(
+                    f"devices={devices} but {len(available)} JAX device(s) are available; pass a number "
+                    f"from 1 to {len(available)} (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                    "before importing JAX to get N devices)."
+                )
+            chosen = available[: int(devices)]
+        else:
+            chosen = list(devices)
+            if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
+                raise ValueError("devices must be None, 'all', an int, a non-empty list of jax devices or a Mesh.")
+        mesh = Mesh(np.array(chosen), (AXIS,))
+    size = mesh.devices.size
+    return RowSharding(mesh, num_rows, -(-num_rows // size) * size)
+
+
+def shard_rows(sharding: RowSharding, x: np.ndarray, sample_weight):
+    """Pad ``x`` (N, D) and its weights to the padded row count and place them on the mesh.
+
+    Returns ``(x, sample_weight)``: JAX arrays sharded by rows, or the inputs unchanged when
+    there is no mesh. Padding rows are zeros with weight 0.
+    """
+    if sharding.mesh is None:
+        return x, sample_weight
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    pad = sharding.num_padded - sharding.num_rows
+    w = np.ones(sharding.num_rows, x.dtype) if sample_weight is None else np.asarray(sample_weight, x.dtype)
+    x = np.concatenate([x, np.zeros((pad, x.shape[1]), x.dtype)]) if pad else x
+    w = np.concatenate([w, np.zeros(pad, x.dtype)]) if pad else w
+    rows = NamedSharding(sharding.mesh, PartitionSpec(AXIS))
+    return jax.device_put(x, rows), jax.device_put(w, rows)
