@@ -185,15 +185,16 @@ def _fit_batch(xs, keys, user_init, prior, tol, reg_covar, sample_weight, active
 
     ``xs`` is (N, D) shared by every run, or (B, N, D) one data set per run (parametric
     bootstrap); ``sample_weight`` is None, (N,) shared or (B, N) per run (nonparametric
-    bootstrap as multinomial counts); ``active`` is None or (B, K) (model-selection grids).
+    bootstrap as multinomial counts); ``active`` is None or (B, K) (model-selection grids);
+    ``prior`` is None, shared, or batched with a leading B on every leaf (``mean`` (B, D)).
     ``user_init`` holds standardised starting weights/means/covariances or None for each.
     """
     _TRACE_COUNT["fit"] += 1
     k = config.num_components
     ml_config = config._replace(use_prior=False, hard=False)
 
-    def run_one(x_one, key, weight, act):
-        problem = EMProblem(_stats.suff_features(x_one, config.covariance_type), weight, act, prior, tol, reg_covar)
+    def run_one(x_one, key, weight, act, prior_one):
+        problem = EMProblem(_stats.suff_features(x_one, config.covariance_type), weight, act, prior_one, tol, reg_covar)
         resp0 = initial_responsibilities(key, x_one, k, init_method, sample_weight=weight, active=act)
         params0 = m_step(resp0, problem._replace(prior=None), ml_config)
         params0 = GMMParams(*(p if u is None else u for p, u in zip(params0, user_init)))
@@ -202,8 +203,9 @@ def _fit_batch(xs, keys, user_init, prior, tol, reg_covar, sample_weight, active
     def axis(a, batched_ndim):
         return None if a is None or a.ndim < batched_ndim else 0
 
-    in_axes = (axis(xs, 3), 0, axis(sample_weight, 2), axis(active, 2))
-    return jax.vmap(run_one, in_axes=in_axes)(xs, keys, sample_weight, active)
+    prior_axis = None if prior is None else axis(prior.mean, 2)
+    in_axes = (axis(xs, 3), 0, axis(sample_weight, 2), axis(active, 2), prior_axis)
+    return jax.vmap(run_one, in_axes=in_axes)(xs, keys, sample_weight, active, prior)
 
 
 #: The EM program, compiled ahead of time once per shapes and static settings.

@@ -1,0 +1,294 @@
+"""Choosing the number of components and the covariance structure.
+
+:func:`select` fits every (K, structure) of a grid by EM and tabulates BIC, AIC and ICL, the
+mclust way. The K grid of one structure runs as **one** compiled, vmapped program: every fit
+uses arrays sized for the largest K, with the components beyond its own K switched off by a
+traced mask (:func:`bayesgmm._stats.mask_components`), so the grid costs one compilation per
+structure instead of one per (K, structure), and all its restarts run together.
+
+Sign convention (scikit-learn's): **lower is better** for every criterion here,
+
+* ``bic = -2 log L + p log N``;
+* ``aic = -2 log L + 2 p``;
+* ``icl = bic + 2 * entropy``, with ``entropy = -sum_n sum_k r_nk log r_nk`` of the fitted
+  responsibilities (Biernacki, Celeux & Govaert 2000): BIC penalised for overlapping components.
+
+(mclust reports ``-bic`` and ``-icl``, higher better.) ``p`` counts free parameters as
+scikit-learn does (:func:`bayesgmm._stats.num_free_parameters`).
+
+:func:`select_bayesian` compares K for the Bayesian engines by PSIS-LOO and WAIC (ArviZ,
+from the per-observation marginal log-likelihood of each posterior draw) and reports the
+effective number of components of an overfitted sparse mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from . import em
+from ._stats import num_free_parameters
+from .params import COVARIANCE_TYPES, DegenerateComponentWarning, Prior, check_covariance_type, check_data, seed_to_key
+from .results import FitResult
+
+__all__ = ["SelectionResult", "select", "select_bayesian"]
+
+CRITERIA = ("bic", "aic", "icl")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SelectionResult:
+    """The fits of a model-selection grid and their criteria.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per (covariance_type, num_components): ``log_likelihood``, ``num_parameters``,
+        ``bic``, ``aic``, ``icl`` (lower is better), ``entropy``, ``converged``, ``n_iter``,
+        ``degenerate`` (a component collapsed or emptied: its criteria are unreliable).
+    fits : mapping
+        ``(covariance_type, num_components) -> FitResult``.
+    info : mapping
+        Timing (``seconds``, ``compile_seconds`` per structure) and settings.
+    """
+
+    table: Any
+    fits: Mapping[tuple, FitResult]
+    info: Mapping[str, Any]
+
+    def best(self, criterion: str = "bic", *, allow_degenerate: bool = False) -> FitResult:
+        """The fit with the lowest ``criterion`` (skipping degenerate fits unless allowed)."""
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
+        table = self.table if allow_degenerate else self.table[~self.table["degenerate"]]
+        if table.empty:
+            raise ValueError("every fit of the grid is degenerate; pass allow_degenerate=True or use prior='default'.")
+        row = table.loc[table[criterion].idxmin()]
+        return self.fits[(row["covariance_type"], int(row["num_components"]))]
+
+    def plot(self, criterion: str = "bic", ax=None):
+        """The mclust-style criterion-versus-K plot (:func:`bayesgmm.plotting.plot_selection`)."""
+        from .plotting import plot_selection
+
+        return plot_selection(self.table, criterion=criterion, ax=ax)
+
+
+def _check_k_range(k_range, num_obs: int) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in k_range})
+    except TypeError:
+        raise ValueError(f"k_range must be an iterable of positive integers, got {k_range!r}.") from None
+    if not ks or ks[0] < 1 or any(int(k) != k for k in k_range):
+        raise ValueError(f"k_range must hold positive integers, got {list(k_range)!r}.")
+    if ks[-1] > num_obs:
+        raise ValueError(
+            f"k_range goes up to {ks[-1]} components but x has {num_obs} observations; use fewer components."
+        )
+    return ks
+
+
+def _grid_prior(prior, x, ks, k_max, covariance_type, prep, repeats):
+    """The prior arrays for a batch of runs: None, one shared prior, or mclust's per-K default."""
+    if prior is None:
+        return None
+    if isinstance(prior, str):
+        priors = [Prior.default(x, k) for k in ks]
+    else:
+        priors = [prior] * len(ks)
+    arrays = [p.standardised(prep.shift, prep.sd).arrays(k_max, covariance_type, dtype=np.dtype(prep.dtype)) for p in priors]
+    return jax.tree_util.tree_map(lambda *a: np.repeat(np.stack(a), repeats, axis=0), *arrays)
+
+
+def select(
+    x,
+    k_range=range(1, 6),
+    *,
+    covariance_types=COVARIANCE_TYPES,
+    prior=None,
+    n_init: int = 5,
+    init_params: str = "kmeans",
+    tol: float = 1e-3,
+    max_iter: int = 200,
+    reg_covar: float = 1e-6,
+    seed=0,
+) -> SelectionResult:
+    """BIC, AIC and ICL of EM fits over a grid of K and covariance structures.
+
+    Parameters
+    ----------
+    x : array-like (N, D) or (N,)
+    k_range : iterable of int
+        Numbers of components to try.
+    covariance_types : iterable of {"full", "diag", "spherical", "tied"}
+    prior : None, "default" or Prior
+        None: maximum likelihood. ``"default"``: MAP-EM with mclust's default prior for each K
+        (``Prior.default(x, K)``), which keeps covariances from collapsing at large K (mclust's
+        ``priorControl()``); the criteria then use the log-likelihood at the MAP estimate, as
+        mclust does. A :class:`Prior` is used for every K.
+    n_init : int
+        Restarts per (K, structure); the best objective is kept.
+    init_params, tol, max_iter, reg_covar, seed
+        As :func:`bayesgmm.fit_em`. Each K uses its own split of the seed's key.
+
+    Returns
+    -------
+    SelectionResult
+        ``table`` sorted by structure and K; criteria are lower-is-better.
+    """
+    import pandas as pd
+
+    arr, names = check_data(x)
+    n = arr.shape[0]
+    ks = _check_k_range(k_range, n)
+    types = [check_covariance_type(c) for c in covariance_types]
+    if not types:
+        raise ValueError("covariance_types is empty; pass at least one of " + str(COVARIANCE_TYPES) + ".")
+    if prior is not None and not (isinstance(prior, Prior) or prior == "default"):
+        raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
+    em._check_options(init_params, n_init, max_iter, tol, reg_covar)
+    k_max = ks[-1]
+    d = arr.shape[1]
+    keys = jax.random.split(seed_to_key(seed), (len(ks), n_init)).reshape(-1)
+    active = np.repeat(np.arange(k_max)[None] < np.asarray(ks)[:, None], n_init, axis=0)
+    rows, fits, compile_seconds = [], {}, {}
+    start = time.perf_counter()
+    for ct in types:
+        shared_prior = prior if isinstance(prior, Prior) else None
+        prep = em.prepare(arr, k_max, ct, shared_prior, max_components=k_max)
+        prior_arrays = _grid_prior(prior, arr, ks, k_max, ct, prep, n_init)
+        config = em.EMConfig(k_max, d, ct, False, prior is not None)
+        timed = em.PROGRAM(
+            prep.xs, keys, (None, None, None), prior_arrays, np.asarray(tol, prep.dtype),
+            np.asarray(reg_covar, prep.dtype), None, active,
+            config=config, init_method=init_params, max_iter=int(max_iter),
+        )
+        compile_seconds[ct] = timed.compile_seconds
+        out = jax.device_get(timed.outputs)
+        objective = np.asarray(out.objective, np.float64).reshape(len(ks), n_init)
+        for j, k in enumerate(ks):
+            finite = np.isfinite(objective[j])
+            best = int(np.argmax(np.where(finite, objective[j], -np.inf)))
+            index = j * n_init + best
+            k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
+            prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
+            fit = em.package(
+                prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
+                max_iter=max_iter, tol=tol,
+                info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(n_init),
+                      "init_params": init_params, "best_restart": best,
+                      "restart_objectives": objective[j].tolist(), "selection_grid": True},
+            )
+            fits[(ct, k)] = fit
+            p = num_free_parameters(k, d, ct)
+            ll = fit.log_likelihood if finite.any() else -np.inf
+            bic = -2 * ll + p * np.log(n)
+            entropy = fit.info["entropy"]
+            rows.append({
+                "covariance_type": ct, "num_components": k, "log_likelihood": ll, "num_parameters": p,
+                "bic": bic, "aic": -2 * ll + 2 * p, "icl": bic + 2 * entropy, "entropy": entropy,
+                "converged": fit.converged, "n_iter": fit.n_iter,
+                "degenerate": bool(fit.degenerate_components) or not finite.any(),
+            })
+    table = pd.DataFrame(rows)
+    seconds = time.perf_counter() - start
+    degenerate = table[table["degenerate"]]
+    if len(degenerate):
+        cases = ", ".join(f"{r.covariance_type} K={r.num_components}" for r in degenerate.itertuples())
+        warnings.warn(
+            f"degenerate fits in the grid ({cases}): a component emptied or its covariance collapsed, "
+            "so their criteria are unreliable. Use prior='default' (MAP-EM never collapses) or a larger reg_covar.",
+            DegenerateComponentWarning,
+            stacklevel=2,
+        )
+    info = {"seconds": seconds, "compile_seconds": compile_seconds, "n_init": int(n_init), "k_range": ks,
+            "covariance_types": types, "prior": None if prior is None else ("default" if prior == "default" else "given")}
+    return SelectionResult(table=table, fits=fits, info=info)
+
+
+def select_bayesian(
+    x,
+    k_range=range(1, 5),
+    *,
+    method: str = "vb",
+    covariance_type: str = "full",
+    prior=None,
+    overfit_components: int | None = None,
+    sparse_concentration: float = 1e-3,
+    seed=0,
+    **engine_kwargs,
+):
+    """Compare K for a Bayesian engine by PSIS-LOO and WAIC, and estimate the effective K.
+
+    Every K is fitted with ``method`` (``prior=None`` uses ``Prior.default(x, K)`` for each K),
+    converted to ArviZ with the per-observation marginal log-likelihood of every posterior
+    draw, and compared with ``arviz.compare`` (ELPD, higher is better). Separately, an
+    overfitted mixture with ``overfit_components`` (default ``max(k_range) + 2``) components and
+    a sparse Dirichlet prior (``weight_concentration = sparse_concentration``) is fitted by
+    closed-form VB; the number of components it keeps (weight >= max(1%, 1/N)) is the
+    effective K (Rousseau & Mengersen 2011).
+
+    Parameters
+    ----------
+    x : array-like (N, D)
+    k_range : iterable of int
+    method : {"vb", "svi", "mcmc"}
+    covariance_type : str
+        ``"full"`` or ``"diag"`` for VB; any structure for SVI/MCMC.
+    prior : Prior, optional
+        One prior for every K (its concentration must be a scalar); default per-K ``Prior.default``.
+    overfit_components : int, optional
+    sparse_concentration : float
+    seed : int
+    **engine_kwargs
+        Passed to the engine (e.g. ``num_samples=500`` for MCMC, ``num_steps=3000`` for SVI).
+
+    Returns
+    -------
+    comparison : pandas.DataFrame
+        ``arviz.compare`` (LOO) indexed by ``"K=<k>"``, with ``elpd_waic`` and ``p_waic`` columns
+        added and, for VB, the ``elbo``.
+    fits : dict
+        ``K -> FitResult``.
+    effective : dict
+        ``effective_components``, the sparse fit's ``weights`` and the ``fit`` itself.
+    """
+    import arviz as az
+
+    arr, _ = check_data(x)
+    ks = _check_k_range(k_range, arr.shape[0])
+    engines = {"vb": ("vb", "fit_vb"), "svi": ("svi", "fit_svi"), "mcmc": ("mcmc", "fit_mcmc")}
+    if method not in engines:
+        raise ValueError(f"method must be one of {tuple(engines)} for Bayesian model comparison, got {method!r}.")
+    import importlib
+
+    module, name = engines[method]
+    fit_fn = getattr(importlib.import_module(f".{module}", __package__), name)
+    fits, idatas, rows = {}, {}, {}
+    for k in ks:
+        fit = fit_fn(arr, k, covariance_type=covariance_type, prior=prior if prior is not None else Prior.default(arr, k),
+                     seed=seed, **engine_kwargs)
+        fits[k] = fit
+        idatas[f"K={k}"] = fit.to_inference_data(arr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ArviZ's Pareto-k / WAIC variance notes
+        comparison = az.compare(idatas, ic="loo")
+        for label, idata in idatas.items():
+            waic = az.waic(idata)
+            rows[label] = (float(waic.elpd_waic), float(waic.p_waic))
+    comparison["elpd_waic"] = [rows[i][0] for i in comparison.index]
+    comparison["p_waic"] = [rows[i][1] for i in comparison.index]
+    if method == "vb":
+        comparison["elbo"] = [fits[int(i.split("=")[1])].info["elbo"] for i in comparison.index]
+    from .vb import fit_vb
+
+    k_over = overfit_components or ks[-1] + 2
+    sparse_prior = Prior.default(arr, k_over, weight_concentration=sparse_concentration)
+    sparse = fit_vb(arr, k_over, covariance_type="diag" if covariance_type == "diag" else "full",
+                    prior=sparse_prior, n_init=8, init_params="random", max_iter=500, tol=1e-6, seed=seed)
+    effective = {"effective_components": sparse.effective_components, "weights": sparse.weights, "fit": sparse}
+    return comparison, fits, effective
