@@ -1,0 +1,374 @@
+r"""Standard errors and intervals for EM estimates: bootstrap and observed information.
+
+:func:`bootstrap` refits EM on resampled data. All replicates run as **one** compiled, vmapped
+call of the EM program (:data:`bayesgmm.em.PROGRAM`):
+
+* ``kind="nonparametric"``: resampling rows with replacement is the same as refitting with
+  multinomial counts as row weights, so every replicate keeps the data's shape and only the
+  (B, N) weight matrix differs;
+* ``kind="parametric"``: B data sets are simulated from the fitted mixture (the generative story
+  run forward) and refitted, a (B, N, D) batch.
+
+Each refit starts at the original estimate (the usual choice: it finds the replicate's optimum
+near the original one and keeps the labels). Replicates are then aligned to the original fit by
+the Hungarian relabelling of :mod:`bayesgmm.labels`, in case a refit swapped two components.
+
+:func:`observed_information` inverts the Hessian of the log-likelihood (log posterior for
+MAP-EM) at the estimate, computed by automatic differentiation in an unconstrained
+parameterisation (weight logits relative to the last component, means, and log-Cholesky factors
+or log variances), and carries the covariance to weights, means and covariances by the delta
+method. Computations follow JAX's precision: enable ``jax_enable_x64`` for accurate Hessians.
+
+Both return a :class:`ParameterUncertainty` whose ``table`` has one row per scalar parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _stats, em
+from .labels import align_draws
+from .model import log_prior
+from .params import (
+    ConvergenceWarning,
+    GMMParams,
+    check_data,
+    params_to_original,
+    params_to_standard,
+    seed_to_key,
+    standardisation,
+)
+from .results import FitResult
+
+__all__ = ["ParameterUncertainty", "bootstrap", "observed_information"]
+
+KINDS = ("nonparametric", "parametric")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ParameterUncertainty:
+    """Standard errors and intervals of a fit's weights, means and covariances.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per scalar parameter: ``parameter`` ("weights", "means", "covariances"),
+        ``component``, ``feature``, ``feature_bis`` (-1 where not applicable), ``estimate``,
+        ``se``, ``lower``, ``upper`` (bootstrap percentiles, or Wald intervals).
+    method : str
+        ``"bootstrap-nonparametric"``, ``"bootstrap-parametric"`` or ``"observed-information"``.
+    level : float
+        Interval coverage.
+    draws : mapping or None
+        Bootstrap replicates (label-aligned) as ``{"weights": (1, B, K), "means": (1, B, K, D),
+        "covariances": (1, B, ...)}``, the layout of posterior draws.
+    covariance : np.ndarray or None
+        Observed information: the covariance of the unconstrained parameters, ``inv(-H)``.
+    info : mapping
+        Timing and facts (``compile_seconds``, ``run_seconds``, ``converged_fraction``, ...).
+    """
+
+    table: Any
+    method: str
+    level: float
+    draws: Mapping[str, np.ndarray] | None = None
+    covariance: np.ndarray | None = None
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def standard_errors(self) -> GMMParams:
+        """Standard errors with the shapes of the fit's ``weights``, ``means``, ``covariances``."""
+        shapes = self.info["shapes"]
+        out = []
+        for name in ("weights", "means", "covariances"):
+            rows = self.table[self.table["parameter"] == name]
+            out.append(rows["se"].to_numpy().reshape(shapes[name]))
+        return GMMParams(*out)
+
+
+def _parameter_index(params: GMMParams, covariance_type: str):
+    """(parameter, component, feature, feature_bis) labels of every flattened scalar."""
+    k, d = params.means.shape
+    rows = [("weights", j, -1, -1) for j in range(k)]
+    rows += [("means", j, a, -1) for j in range(k) for a in range(d)]
+    if covariance_type == "full":
+        rows += [("covariances", j, a, b) for j in range(k) for a in range(d) for b in range(d)]
+    elif covariance_type == "diag":
+        rows += [("covariances", j, a, -1) for j in range(k) for a in range(d)]
+    elif covariance_type == "spherical":
+        rows += [("covariances", j, -1, -1) for j in range(k)]
+    else:
+        rows += [("covariances", -1, a, b) for a in range(d) for b in range(d)]
+    return rows
+
+
+def _flat(params: GMMParams):
+    return np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in params])
+
+
+def _table(fit: FitResult, estimate, se, lower, upper):
+    import pandas as pd
+
+    labels = _parameter_index(fit.params, fit.covariance_type)
+    table = pd.DataFrame(labels, columns=["parameter", "component", "feature", "feature_bis"])
+    names = list(fit.feature_names)
+    table["feature_name"] = [names[f] if f >= 0 else "" for f in table["feature"]]
+    table["feature_bis_name"] = [names[f] if f >= 0 else "" for f in table["feature_bis"]]
+    table["estimate"], table["se"], table["lower"], table["upper"] = estimate, se, lower, upper
+    return table
+
+
+def _check_fit(fit, x):
+    if not isinstance(fit, FitResult) or fit.method not in ("em", "map-em"):
+        raise ValueError(
+            "fit must be a FitResult of bayesgmm.fit_em (maximum likelihood or MAP, soft EM); "
+            f"got {getattr(fit, 'method', type(fit).__name__)!r}. Bayesian engines carry posterior draws instead."
+        )
+    arr, _ = check_data(x, num_features=fit.num_features)
+    if arr.shape[0] != fit.num_obs:
+        raise ValueError(f"x has {arr.shape[0]} rows but the fit was made on {fit.num_obs}; pass the training data.")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# Bootstrap
+# ----------------------------------------------------------------------------------------------
+def bootstrap(
+    fit: FitResult,
+    x,
+    *,
+    num_replicates: int = 200,
+    kind: str = "nonparametric",
+    level: float = 0.95,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    batch_size: int | None = None,
+    seed=0,
+) -> ParameterUncertainty:
+    """Bootstrap standard errors and percentile intervals of an EM fit.
+
+    Parameters
+    ----------
+    fit : FitResult
+        From :func:`bayesgmm.fit_em` (ML or MAP) on ``x``; its covariance structure, prior and
+        ``reg_covar`` are reused.
+    x : array-like (N, D)
+        The training data.
+    num_replicates : int
+        B, the number of refits.
+    kind : {"nonparametric", "parametric"}
+        Resample rows (multinomial counts as row weights), or simulate from the fitted mixture.
+    level : float
+        Coverage of the percentile intervals.
+    max_iter, tol : int, float
+        EM settings of each refit (started at the original estimate).
+    batch_size : int, optional
+        Replicates per compiled call (default: all at once). Lower it for large N: a batch holds
+        B x N responsibilities (and B x N x D simulated data for ``parametric``).
+    seed : int or jax key
+
+    Returns
+    -------
+    ParameterUncertainty
+        ``draws`` holds the aligned replicates; ``info["converged_fraction"]`` the share of refits
+        that met ``tol`` (the rest are kept, at ``max_iter``).
+    """
+    arr = _check_fit(fit, x)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    for name, v in (("num_replicates", num_replicates), ("max_iter", max_iter)):
+        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 2 - (name == "max_iter")):
+            raise ValueError(f"{name} must be an integer >= {2 - (name == 'max_iter')}, got {v!r}.")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}.")
+    batch = int(batch_size or num_replicates)
+    if batch < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    n, d = arr.shape
+    k, ct = fit.num_components, fit.covariance_type
+    reg_covar = float(fit.info.get("reg_covar", 1e-6))
+    prep = em.prepare(arr, k, ct, fit.prior)
+    start = params_to_standard(fit.params, prep.shift, prep.sd, ct)
+    user_init = tuple(jnp.asarray(p, prep.dtype) for p in start)
+    config = em.EMConfig(k, d, ct, False, fit.prior is not None)
+    key_resample, key_runs = jax.random.split(seed_to_key(seed))
+    num_batches = -(-num_replicates // batch)
+    resample_keys = jax.random.split(key_resample, num_batches)
+    run_keys = jax.random.split(key_runs, num_batches * batch).reshape(num_batches, batch)
+    if kind == "parametric":
+        from .model import simulate
+
+        simulate_batch = jax.jit(jax.vmap(lambda kk: simulate(kk, fit.params, n, ct)[0]))
+
+    def batch_data(b):
+        """Replicates b*batch ... (b+1)*batch - 1, generated only when their turn comes."""
+        if kind == "nonparametric":
+            idx = jax.random.randint(resample_keys[b], (batch, n), 0, n)
+            return prep.xs, np.asarray(jax.vmap(lambda i: jnp.bincount(i, length=n))(idx), prep.dtype)
+        sims = np.asarray(simulate_batch(jax.random.split(resample_keys[b], batch)), np.float64)
+        return ((sims - prep.shift) / prep.sd).astype(prep.dtype), None
+
+    outs, compile_seconds, run_seconds = [], 0.0, 0.0
+    for b in range(num_batches):
+        xs, weights = batch_data(b)
+        timed = em.PROGRAM(
+            xs, run_keys[b], user_init, prep.prior_arrays, np.asarray(tol, prep.dtype),
+            np.asarray(reg_covar, prep.dtype), weights, None, config=config, init_method="kmeans", max_iter=int(max_iter),
+        )
+        compile_seconds += timed.compile_seconds
+        run_seconds += timed.run_seconds
+        outs.append(jax.device_get(timed.outputs))
+    params = [np.concatenate([np.asarray(getattr(o.state.params, f)) for o in outs])[:num_replicates] for f in GMMParams._fields]
+    converged = np.concatenate([np.asarray(o.state.converged) for o in outs])[:num_replicates]
+    objective = np.concatenate([np.asarray(o.objective) for o in outs])[:num_replicates]
+    ok = np.isfinite(objective)
+    if not ok.all():
+        warnings.warn(
+            f"{int((~ok).sum())} of {num_replicates} bootstrap refits ended with a singular covariance and were "
+            "dropped; the standard errors use the rest. Consider MAP-EM (prior=Prior.default(x, K)).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    orig = params_to_original(GMMParams(*(p[ok] for p in params)), prep.shift, prep.sd, ct)
+    draws = {"weights": orig.weights[None], "means": orig.means[None], "covariances": orig.covariances[None]}
+    if k > 1:
+        draws, _ = align_draws(draws, fit.params, ct)
+    flat = np.concatenate([draws[name].reshape(draws[name].shape[1], -1) for name in ("weights", "means", "covariances")], 1)
+    alpha = (1 - level) / 2
+    table = _table(fit, _flat(fit.params), flat.std(0, ddof=1), np.quantile(flat, alpha, 0), np.quantile(flat, 1 - alpha, 0))
+    info = {
+        "kind": kind, "num_replicates": int(num_replicates), "num_used": int(ok.sum()),
+        "converged_fraction": float(converged[ok].mean()) if ok.any() else 0.0,
+        "compile_seconds": compile_seconds, "run_seconds": run_seconds, "batch_size": batch,
+        "shapes": {"weights": fit.weights.shape, "means": fit.means.shape, "covariances": fit.covariances.shape},
+    }
+    return ParameterUncertainty(table, f"bootstrap-{kind}", level, draws=draws, info=info)
+
+
+# ----------------------------------------------------------------------------------------------
+# Observed information
+# ----------------------------------------------------------------------------------------------
+def _to_unconstrained(params: GMMParams, covariance_type: str):
+    w, m, c = params
+    logits = jnp.log(w[:-1]) - jnp.log(w[-1])
+    if covariance_type in ("full", "tied"):
+        chol = jnp.linalg.cholesky(c)
+        d = m.shape[1]
+        i, j = np.tril_indices(d)
+        chol = chol.at[..., np.arange(d), np.arange(d)].set(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)))
+        cov_free = chol[..., i, j]
+    else:
+        cov_free = jnp.log(c)
+    return jnp.concatenate([logits, jnp.ravel(m), jnp.ravel(cov_free)])
+
+
+def _from_unconstrained(theta, k: int, d: int, covariance_type: str) -> GMMParams:
+    logits = jnp.concatenate([theta[: k - 1], jnp.zeros(1, theta.dtype)])
+    w = jax.nn.softmax(logits)
+    m = theta[k - 1 : k - 1 + k * d].reshape(k, d)
+    rest = theta[k - 1 + k * d :]
+    if covariance_type in ("full", "tied"):
+        i, j = np.tril_indices(d)
+        lead = (k,) if covariance_type == "full" else ()
+        chol = jnp.zeros(lead + (d, d), theta.dtype).at[..., i, j].set(rest.reshape(lead + (-1,)))
+        diag = jnp.exp(jnp.diagonal(chol, axis1=-2, axis2=-1))
+        chol = chol.at[..., np.arange(d), np.arange(d)].set(diag)
+        c = chol @ jnp.swapaxes(chol, -1, -2)
+    else:
+        c = jnp.exp(rest).reshape((k, d) if covariance_type == "diag" else (k,))
+    return GMMParams(w, m, c)
+
+
+def _objective(theta, xs, prior, k, d, covariance_type):
+    params = _from_unconstrained(theta, k, d, covariance_type)
+    total = jnp.sum(_stats.mixture_log_density(xs, params, covariance_type))
+    if prior is not None:
+        total = total + log_prior(params, prior, covariance_type)
+    return total
+
+
+def observed_information(fit: FitResult, x, *, level: float = 0.95) -> ParameterUncertainty:
+    """Standard errors from the inverse observed information (Hessian of the log-likelihood).
+
+    For MAP-EM the Hessian is that of the log posterior (a Laplace approximation).
+
+    Parameters
+    ----------
+    fit : FitResult
+        From :func:`bayesgmm.fit_em` on ``x``, converged.
+    x : array-like (N, D)
+    level : float
+        Coverage of the Wald intervals ``estimate +- z * se``.
+
+    Returns
+    -------
+    ParameterUncertainty
+        ``covariance`` is ``inv(-H)`` of the unconstrained parameters; ``info["min_eigenvalue"]``
+        the smallest eigenvalue of ``-H`` (must be positive at a maximum).
+
+    Warns
+    -----
+    ConvergenceWarning
+        ``-H`` is not positive definite (not at a strict maximum: unconverged, a degenerate
+        component, or non-identified parameters); the standard errors are then NaN.
+    """
+    from scipy.stats import norm
+
+    arr = _check_fit(fit, x)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}.")
+    k, ct = fit.num_components, fit.covariance_type
+    d = fit.num_features
+    start = time.perf_counter()
+    shift, sd = standardisation(arr.astype(np.float64), ct)
+    dtype = jnp.asarray(arr[:1]).dtype
+    xs = jnp.asarray((arr - shift) / sd, dtype)
+    std = GMMParams(*(jnp.asarray(p, dtype) for p in params_to_standard(fit.params, shift, sd, ct)))
+    prior = None
+    if fit.prior is not None:
+        prior = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), fit.prior.standardised(shift, sd).arrays(k, ct))
+    theta = _to_unconstrained(std, ct)
+    hessian = jax.jit(jax.hessian(_objective), static_argnums=(3, 4, 5))(theta, xs, prior, k, d, ct)
+    neg_h = -np.asarray(hessian, np.float64)
+    neg_h = (neg_h + neg_h.T) / 2
+    eig = np.linalg.eigvalsh(neg_h)
+    if eig[0] <= 0:
+        warnings.warn(
+            f"the observed information is not positive definite (smallest eigenvalue {eig[0]:.3g}): the fit is not "
+            "at a strict maximum (unconverged, a degenerate component, or non-identified parameters). Standard "
+            "errors are NaN; refit with a tighter tol or use bootstrap().",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+        cov_theta = np.full_like(neg_h, np.nan)
+    else:
+        cov_theta = np.linalg.inv(neg_h)
+
+    def natural(t):  # standardised-scale (weights, means, covariances) -> original scale, flattened
+        p = _from_unconstrained(t, k, d, ct)
+        m = p.means * sd + shift
+        if ct in ("full", "tied"):
+            c = p.covariances * np.outer(sd, sd)
+        elif ct == "diag":
+            c = p.covariances * sd**2
+        else:
+            c = p.covariances * sd[0] ** 2
+        return jnp.concatenate([p.weights, jnp.ravel(m), jnp.ravel(c)])
+
+    jac = np.asarray(jax.jacobian(natural)(theta), np.float64)
+    cov_nat = jac @ cov_theta @ jac.T
+    se = np.sqrt(np.clip(np.diag(cov_nat), 0, None)) if eig[0] > 0 else np.full(cov_nat.shape[0], np.nan)
+    est = _flat(fit.params)
+    z = norm.ppf(0.5 + level / 2)
+    table = _table(fit, est, se, est - z * se, est + z * se)
+    info = {
+        "seconds": time.perf_counter() - start, "min_eigenvalue": float(eig[0]), "dtype": str(dtype),
+        "shapes": {"weights": fit.weights.shape, "means": fit.means.shape, "covariances": fit.covariances.shape},
+    }
+    return ParameterUncertainty(table, "observed-information", level, covariance=cov_theta, info=info)

@@ -1,0 +1,127 @@
+"""EM standard errors: closed forms for one Gaussian, finite differences, bootstrap vs information."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import bayesgmm as bg
+from bayesgmm import em
+from bayesgmm.uncertainty import _from_unconstrained, _to_unconstrained, bootstrap, observed_information
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    rng = np.random.default_rng(0)
+    cov = np.array([[2.0, 0.6], [0.6, 1.0]])
+    x = rng.multivariate_normal([1.0, -2.0], cov, size=500)
+    return x, bg.fit_em(x, 1, seed=0)
+
+
+def _gaussian_se(fit, n):
+    """Closed forms at the MLE of one Gaussian: se(mu_j)^2 = S_jj / n,
+    se(S_ij)^2 = (S_ii S_jj + S_ij^2) / n (which is 2 S_ii^2 / n on the diagonal)."""
+    s = fit.covariances[0]
+    return np.sqrt(np.diag(s) / n), np.sqrt((np.outer(np.diag(s), np.diag(s)) + s**2) / n)
+
+
+def test_observed_information_equals_the_gaussian_closed_form(gaussian):
+    x, fit = gaussian
+    se = observed_information(fit, x).standard_errors()
+    se_mean, se_cov = _gaussian_se(fit, len(x))
+    np.testing.assert_allclose(se.means[0], se_mean, rtol=1e-6)
+    np.testing.assert_allclose(se.covariances[0], se_cov, rtol=1e-6)
+    assert se.weights[0] == 0.0  # one component: the weight is fixed at 1
+
+
+@pytest.mark.parametrize("kind", ["nonparametric", "parametric"])
+def test_bootstrap_matches_the_closed_form_within_monte_carlo_error(gaussian, kind):
+    x, fit = gaussian
+    b = 400
+    boot = bootstrap(fit, x, num_replicates=b, kind=kind, seed=1)
+    se = boot.standard_errors()
+    se_mean, se_cov = _gaussian_se(fit, len(x))
+    # relative sd of an sd estimated from B draws ~ 1/sqrt(2B) = 3.5%; 4 of them, plus kurtosis slack
+    np.testing.assert_allclose(se.means[0], se_mean, rtol=4 / np.sqrt(2 * b) + 0.02)
+    np.testing.assert_allclose(se.covariances[0], se_cov, rtol=4 / np.sqrt(2 * b) + 0.05)
+    assert boot.info["converged_fraction"] == 1.0 and boot.draws["means"].shape == (1, b, 1, 2)
+
+
+def test_autodiff_hessian_matches_finite_differences():
+    """The Hessian behind observed_information against central differences of an independent
+    scipy log-likelihood in the same unconstrained parameterisation (K=2, diag)."""
+    import jax
+
+    data = bg.datasets.make_mixture(200, 2, 2, covariance_type="diag", separation=3.0, seed=4)
+    fit = bg.fit_em(data.x, 2, covariance_type="diag", seed=0, tol=1e-10, max_iter=1000)
+    theta0 = np.asarray(_to_unconstrained(bg.GMMParams(*map(np.asarray, fit.params)), "diag"), np.float64)
+
+    def loglik(t):
+        w, m, c = (np.asarray(a, np.float64) for a in _from_unconstrained(jax.numpy.asarray(t), 2, 2, "diag"))
+        dens = sum(w[j] * stats.multivariate_normal(m[j], np.diag(c[j])).pdf(data.x) for j in range(2))
+        return np.log(dens).sum()
+
+    h = 1e-4
+    p = theta0.size
+    fd = np.zeros((p, p))
+    for i in range(p):
+        for j in range(p):
+            e_i, e_j = np.eye(p)[i] * h, np.eye(p)[j] * h
+            fd[i, j] = (loglik(theta0 + e_i + e_j) - loglik(theta0 + e_i - e_j) - loglik(theta0 - e_i + e_j)
+                        + loglik(theta0 - e_i - e_j)) / (4 * h * h)
+    cov = np.linalg.inv(-fd)  # of (logit, means (2x2), log variances (2x2)) on the original scale
+    w = fit.weights
+    se_weight = w[0] * w[1] * np.sqrt(cov[0, 0])  # d softmax([t, 0])_0 / dt = w0 w1
+    se_means = np.sqrt(np.diag(cov)[1:5]).reshape(2, 2)
+    se_vars = fit.covariances * np.sqrt(np.diag(cov)[5:]).reshape(2, 2)  # d exp(t) = exp(t) dt
+    got = observed_information(fit, data.x).standard_errors()
+    np.testing.assert_allclose(got.weights, [se_weight, se_weight], rtol=2e-3)
+    np.testing.assert_allclose(got.means, se_means, rtol=2e-3)
+    np.testing.assert_allclose(got.covariances, se_vars, rtol=2e-3)
+
+
+def test_bootstrap_and_information_agree_on_old_faithful(faithful):
+    fit = bg.fit_em(faithful, 2, n_init=3, seed=0, tol=1e-8, max_iter=500)
+    boot = bootstrap(fit, faithful, num_replicates=200, kind="parametric", seed=0)
+    info = observed_information(fit, faithful)
+    ratio = boot.table["se"] / info.table["se"]
+    keep = info.table["se"] > 0
+    assert np.all(np.abs(np.log(ratio[keep])) < np.log(1.3)), ratio[keep].round(3).tolist()
+    inside = (boot.table["lower"] <= boot.table["estimate"]) & (boot.table["estimate"] <= boot.table["upper"])
+    assert inside.all()
+
+
+def test_two_hundred_refits_compile_once_and_are_reproducible(faithful):
+    fit = bg.fit_em(faithful, 2, seed=0, tol=1e-8, max_iter=500)
+    a = bootstrap(fit, faithful, num_replicates=50, seed=3)
+    before = em._TRACE_COUNT["fit"]
+    b = bootstrap(fit, faithful, num_replicates=50, seed=3)
+    c = bootstrap(fit, faithful, num_replicates=50, seed=3, batch_size=25)  # two calls of a new batch shape
+    assert em._TRACE_COUNT["fit"] - before == 1 and b.info["compile_seconds"] == 0.0
+    np.testing.assert_array_equal(a.table["se"], b.table["se"])
+    d = bootstrap(fit, faithful, num_replicates=50, seed=3, batch_size=25)
+    np.testing.assert_array_equal(c.table["se"], d.table["se"])  # batches draw their own resamples, seeded
+    np.testing.assert_allclose(c.table["se"], a.table["se"], rtol=0.5)  # same distribution
+
+
+def test_map_fit_uses_the_log_posterior(faithful):
+    prior = bg.Prior.default(faithful, 2)
+    fit = bg.fit_em(faithful, 2, prior=prior, seed=0, tol=1e-8, max_iter=500)
+    ml = bg.fit_em(faithful, 2, seed=0, tol=1e-8, max_iter=500)
+    se_map = observed_information(fit, faithful).standard_errors()
+    se_ml = observed_information(ml, faithful).standard_errors()
+    assert np.all(np.isfinite(se_map.covariances))
+    # the weak prior barely changes the curvature of 272 observations
+    np.testing.assert_allclose(np.sort(se_map.means, 0), np.sort(se_ml.means, 0), rtol=0.05)
+
+
+def test_errors(faithful, gaussian):
+    x, fit = gaussian
+    vb = bg.fit_vb(x, 1, seed=0, num_draws=10)
+    with pytest.raises(ValueError, match="FitResult of bayesgmm.fit_em"):
+        bootstrap(vb, x)
+    with pytest.raises(ValueError, match="pass the training data"):
+        observed_information(fit, x[:100])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        bootstrap(fit, x, kind="jackknife")
+    with pytest.raises(ValueError, match="num_replicates must be an integer >= 2"):
+        bootstrap(fit, x, num_replicates=1)
