@@ -42,6 +42,8 @@ __all__ = [
     "plot_em_iterations",
     "plot_engines",
     "plot_posterior_ellipses",
+    "plot_sbc_ranks",
+    "plot_selection",
     "plot_trace",
 ]
 
@@ -746,3 +748,267 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
         if q > 0:
             ax.set_ylabel("")
     return fig, axes
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulation-based calibration
+# ----------------------------------------------------------------------------------------------
+_SBC_KINDS = ("hist", "ecdf")
+_BAND_COLOR = "0.82"
+
+
+def _sbc_panels(results, quantities):
+    """``{row name: SBCResult}`` and the quantities shown (in the first result's order)."""
+    from .calibration import SBCResult
+
+    if isinstance(results, SBCResult):
+        results = {None: results}
+    if not isinstance(results, dict) or not results or not all(isinstance(r, SBCResult) for r in results.values()):
+        raise ValueError("result must be an SBCResult or a non-empty dict mapping a row name to an SBCResult.")
+    first = next(iter(results.values()))
+    if quantities is None:
+        quantities = [q for q in first.quantities if all(q in r.quantities for r in results.values())]
+    else:
+        quantities = [quantities] if isinstance(quantities, str) else list(quantities)
+        missing = sorted({q for q in quantities for r in results.values() if q not in r.quantities})
+        if missing:
+            raise ValueError(f"quantities {missing} are not in every result; choose from {list(first.quantities)}.")
+    if not quantities:
+        raise ValueError("no test quantity to plot (the results share none).")
+    return results, quantities
+
+
+def _sbc_hist_panel(ax, ranks, num_ranks, edges, prob, pvalue, color):
+    """Rank histogram with the pointwise (prob) band of each bin's count under uniformity."""
+    from scipy import stats
+
+    r = ranks.size
+    widths = np.diff(edges)
+    counts = np.bincount(np.searchsorted(edges, ranks, side="right") - 1, minlength=widths.size)
+    p_bin = widths / (num_ranks + 1.0)
+    lo = stats.binom.ppf((1.0 - prob) / 2.0, r, p_bin)
+    hi = stats.binom.ppf(1.0 - (1.0 - prob) / 2.0, r, p_bin)
+    band = ax.fill_between(edges, np.r_[lo, lo[-1]], np.r_[hi, hi[-1]], step="post", color=_BAND_COLOR, lw=0, zorder=1,
+                           label=f"{prob:.0%} band per bin")
+    band.set_gid("band")
+    for edge in (lo, hi):  # the band's limits stay visible over the bars
+        ax.step(edges, np.r_[edge, edge[-1]], where="post", color="0.55", lw=0.6, zorder=3)
+    ax.bar(edges[:-1], counts, width=widths, align="edge", color=color, alpha=0.85, edgecolor="white", linewidth=0.5, zorder=2)
+    exp = r * p_bin
+    ax.step(edges, np.r_[exp, exp[-1]], where="post", color="black", lw=0.9, ls=(0, (3, 2)), zorder=3, label="expected")
+    ax.set_xlim(0, num_ranks + 1)
+    ax.set_ylim(0, max(np.max(hi), np.max(counts)) * 1.18)
+    _panel_pvalue(ax, r"$\chi^2$", pvalue)
+
+
+def _sbc_ecdf_panel(ax, ranks, num_ranks, band, prob, pvalue, color):
+    """ECDF minus the uniform CDF at the band's points, with the band."""
+    r = ranks.size
+    z = band.z
+    j = np.round(z * (num_ranks + 1)).astype(np.int64)
+    ecdf = np.sum(ranks[:, None] < j[None], axis=0) / r
+    zz = np.r_[0.0, z, 1.0]
+    kind = "simultaneous" if band.simultaneous else "pointwise"
+    fill = ax.fill_between(zz, np.r_[0.0, band.lower - z, 0.0], np.r_[0.0, band.upper - z, 0.0], step="post",
+                           color=_BAND_COLOR, lw=0, zorder=1, label=f"{prob:.0%} {kind} band")
+    fill.set_gid("band")
+    ax.step(zz, np.r_[0.0, ecdf - z, 0.0], where="post", color=color, lw=1.3, zorder=3, label="ECDF $-$ uniform")
+    ax.axhline(0.0, color="black", lw=0.6, zorder=2)
+    ax.set_xlim(0, 1)
+    lim = 1.15 * max(np.max(np.abs(band.lower - z)), np.max(np.abs(band.upper - z)), np.max(np.abs(ecdf - z)))
+    ax.set_ylim(-lim, lim)
+    _panel_pvalue(ax, "ECDF", pvalue)
+
+
+def _panel_pvalue(ax, name, pvalue):
+    weight = "bold" if pvalue < 0.01 else "normal"
+    text = f"{name} p < 0.001" if pvalue < 0.001 else f"{name} p = {pvalue:.2g}"
+    ax.text(0.97, 0.96, text, transform=ax.transAxes, ha="right", va="top", fontsize="x-small",
+            fontweight=weight, bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.0), zorder=5)
+
+
+def plot_sbc_ranks(
+    result,
+    kind: str = "hist",
+    *,
+    quantities=None,
+    prob: float = 0.95,
+    simultaneous: bool = True,
+    bins=None,
+    ncols: int | None = None,
+    axes=None,
+    legend: bool = True,
+):
+    """Simulation-based calibration ranks: histograms or ECDF differences, one panel per quantity.
+
+    ``kind="hist"`` (Talts et al. 2018): the rank histogram with, shaded, the central ``prob``
+    interval of each bin's count under uniformity (Binomial(R, width / (L + 1)) quantiles, a
+    *pointwise* band: with B bins about ``B (1 - prob)`` bars leave it by chance), and the
+    expected count dashed.
+
+    ``kind="ecdf"`` (Säilynoja, Bürkner & Vehtari 2022): the ECDF of the fractional ranks
+    ``z = j / (L + 1)`` minus the uniform CDF, with a band of probability ``prob``:
+    *simultaneous* by default (the whole curve of a calibrated engine stays inside with
+    probability ``prob``, :func:`bayesgmm.calibration.ecdf_band`), or pointwise binomial quantiles
+    (``simultaneous=False``). A curve above zero means ranks too small (the posterior sits
+    above the truth), a hump or valley in the middle a posterior too wide or too narrow.
+
+    Each panel shows the p-value of the matching test (chi-square or ECDF; bold below 0.01).
+
+    Parameters
+    ----------
+    result : SBCResult or dict str -> SBCResult
+        One result (panels wrap over ``ncols`` columns), or several (one row each, named by the
+        dict keys, e.g. engines side by side).
+    kind : {"hist", "ecdf"}
+    quantities : sequence of str, optional
+        Columns of ``result.ranks`` to show (default: all, or those shared by every result).
+    prob : float in (0, 1)
+        Probability of the bands.
+    simultaneous : bool
+        ECDF band simultaneous (True) or pointwise (False).
+    bins : int, optional
+        Histogram bins (default: the chi-square bins of the result, ``result.bin_edges``).
+    ncols : int, optional
+        Panels per row for a single result (default up to 4).
+    axes : array of Axes, optional
+        One per panel, in row-major order.
+    legend : bool
+        Legend of the band and the reference line: below the panels when this function creates
+        the figure, else in the first panel.
+
+    Returns
+    -------
+    fig, axes
+        ``axes`` is a 2-D array (rows, columns).
+    """
+    from .calibration import ecdf_band, rank_bins
+
+    if kind not in _SBC_KINDS:
+        raise ValueError(f"kind must be one of {_SBC_KINDS}, got {kind!r}.")
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob!r}.")
+    results, quantities = _sbc_panels(result, quantities)
+    nq, nr = len(quantities), len(results)
+    if nr == 1:
+        ncols = min(nq, 4) if ncols is None else int(ncols)
+        if ncols < 1:
+            raise ValueError(f"ncols must be a positive integer, got {ncols!r}.")
+        nrows = -(-nq // ncols)
+    else:
+        nrows, ncols = nr, nq
+    own_figure = axes is None
+    if own_figure:
+        fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.1 * nrows + 0.5), layout="constrained", squeeze=False)
+    else:
+        axes = np.asarray(axes, dtype=object)
+        if axes.size < nq * nr:
+            raise ValueError(f"axes must hold at least {nq * nr} Axes (one per panel, row-major), got {axes.size}.")
+        fig = axes.flat[0].figure
+    flat = axes.ravel()
+    color = _PALETTE[0]
+    what = "count" if kind == "hist" else "ECDF $-$ uniform"
+    for row, (name, res) in enumerate(results.items()):
+        num_ranks = res.num_ranks
+        p = res.p_values
+        if kind == "ecdf":
+            band = ecdf_band(len(res.ranks), num_ranks, prob=prob, simultaneous=simultaneous, seed=res.settings["null_seed"])
+        for col, q in enumerate(quantities):
+            ax = flat[row * nq + col]
+            ranks = res.ranks[q].to_numpy()
+            if kind == "hist":
+                edges = res.bin_edges if bins is None else rank_bins(num_ranks, len(ranks), int(bins))
+                _sbc_hist_panel(ax, ranks, num_ranks, edges, prob, float(p.loc[q, "chi2"]), color)
+                ax.set_xlabel("rank")
+            else:
+                _sbc_ecdf_panel(ax, ranks, num_ranks, band, prob, float(p.loc[q, "ecdf"]), color)
+                ax.set_xlabel("fractional rank")
+            ax.set_title(q, fontsize="medium")
+            ax.tick_params(labelsize="small")
+            _style(ax)
+            first_in_row = col == 0 if (nr > 1 or axes.ndim == 1) else col % axes.shape[1] == 0
+            if first_in_row:
+                ax.set_ylabel(what if name is None else f"{name}\n{what}")
+    for ax in flat[nq * nr:]:
+        ax.set_visible(False)
+    if legend:
+        handles, labels = flat[0].get_legend_handles_labels()
+        if own_figure:
+            fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False, fontsize="small")
+        else:
+            flat[0].legend(handles, labels, fontsize="xx-small", frameon=False, loc="lower right")
+    return fig, axes
+
+
+# ----------------------------------------------------------------------------------------------
+# Model selection
+# ----------------------------------------------------------------------------------------------
+_CRITERIA = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
+_TYPE_STYLE = {"full": (0, "o"), "diag": (1, "s"), "spherical": (2, "^"), "tied": (3, "D")}
+
+
+def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = True, legend: bool = True):
+    """Information criterion against the number of components, one line per covariance structure.
+
+    The mclust-style model-selection plot, with scikit-learn's sign: *lower is better*
+    (``bic = -2 log L + p log N``, ``aic = -2 log L + 2 p``, ``icl = bic + 2 * entropy``). The
+    best model of the table (smallest criterion) is ringed and named.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per fitted model, with columns ``covariance_type``, ``num_components`` and
+        ``criterion`` (e.g. the model-selection table of :mod:`bayesgmm.selection`, with
+        ``log_likelihood``, ``num_parameters``, ``bic``, ``aic``, ``icl``). Rows whose criterion
+        is NaN (failed fits) are left out.
+    criterion : {"bic", "aic", "icl"}
+    ax : matplotlib Axes, optional
+    mark_best : bool
+    legend : bool
+
+    Returns
+    -------
+    matplotlib Axes
+        One line per covariance structure (labelled with it, with the ``full``/``diag``/
+        ``spherical``/``tied`` colours and markers of this module), plus the best-model ring
+        (label ``"best"``).
+    """
+    if criterion not in _CRITERIA:
+        raise ValueError(f"criterion must be one of {tuple(_CRITERIA)}, got {criterion!r}.")
+    if not (hasattr(table, "columns") and hasattr(table, "groupby")):
+        raise ValueError("table must be a pandas DataFrame with columns covariance_type, num_components and the criterion.")
+    missing = [c for c in ("covariance_type", "num_components", criterion) if c not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks column(s) {missing}; it needs covariance_type, num_components and {criterion!r}.")
+    data = table[["covariance_type", "num_components", criterion]].copy()
+    data[criterion] = data[criterion].astype(float)
+    data = data[np.isfinite(data[criterion].to_numpy())]
+    if data.empty:
+        raise ValueError(f"table has no finite {criterion!r} value to plot.")
+    ax = _new_axes(ax, figsize=(4.8, 3.6))
+    seen = list(dict.fromkeys(data["covariance_type"]))
+    types = sorted(seen, key=lambda t: _TYPE_STYLE[t][0] if t in _TYPE_STYLE else len(_TYPE_STYLE) + seen.index(t))
+    extra = len(_TYPE_STYLE)
+    for t in types:
+        sub = data[data["covariance_type"] == t].sort_values("num_components")
+        if t in _TYPE_STYLE:
+            ci, marker = _TYPE_STYLE[t]
+        else:
+            ci, marker, extra = extra, "v", extra + 1
+        ax.plot(sub["num_components"].to_numpy(), sub[criterion].to_numpy(), color=_PALETTE[ci % len(_PALETTE)],
+                marker=marker, ms=5, lw=1.4, label=str(t))
+    if mark_best:
+        best = data.iloc[int(np.argmin(data[criterion].to_numpy()))]
+        ax.plot([best["num_components"]], [best[criterion]], ls="none", marker="o", ms=14, mfc="none", mec="black",
+                mew=1.4, label="best", zorder=5)
+        ax.annotate(f"best: {best['covariance_type']}, K = {int(best['num_components'])}",
+                    (best["num_components"], best[criterion]), xytext=(0, -13), textcoords="offset points",
+                    ha="center", va="top", fontsize="x-small")
+    ax.set_xlabel("number of components $K$")
+    ax.set_ylabel(f"{_CRITERIA[criterion]} (lower is better)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.margins(y=0.15)
+    _style(ax)
+    if legend:
+        ax.legend(frameon=False, fontsize="small", title="covariance", title_fontsize="small")
+    return ax

@@ -43,7 +43,7 @@ def assert_real_figure(path, min_width=400):
     assert np.mean(rgb.min(axis=1) < 200) > 0.01  # a non-white share of the pixels
 
 
-@pytest.mark.parametrize("name", ["foot_size", "em_steps", "kmeans_vs_gmm"])
+@pytest.mark.parametrize("name", ["foot_size", "em_steps", "kmeans_vs_gmm", "sbc_calibration"])
 def test_example_is_a_documented_script(name):
     module = load(name)
     assert module.__doc__ and len(module.__doc__) > 200
@@ -113,3 +113,20 @@ def test_kmeans_vs_gmm(tmp_path, capsys):
     _, sk_acc = module.best_permutation(out["truth"], sk.labels_, 2)
     assert abs(sk_acc - out["kmeans_accuracy"]) < 0.01
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_sbc_calibration(tmp_path, capsys):
+    module = load("sbc_calibration")
+    out = module.main(["--num-features", "1", "--num-obs", "30", "--replications", "12", "--num-ranks", "9",
+                       "--mcmc-warmup", "100", "--mcmc-samples", "30", "--mcmc-chains", "1", "--dpi", "70",
+                       "--out", str(tmp_path)])
+    for path in out["figures"]:
+        assert_real_figure(path)
+    assert set(out["results"]) == {"NUTS", "VB"}
+    for name, res in out["results"].items():
+        assert res.ranks.shape == (12, 6) and res.ranks.to_numpy().min() >= 0 and res.ranks.to_numpy().max() <= 9
+        assert res.settings["prior"] == module.make_prior(1).to_dict()  # the fits got the simulating prior
+        np.testing.assert_array_equal(out["p_values"][name].to_numpy(), res.p_values.to_numpy())
+    assert out["results"]["NUTS"].settings["engine_kwargs"] == {"num_warmup": 100, "num_samples": 30, "num_chains": 1}
+    printed = capsys.readouterr().out
+    assert "Uniformity p-values" in printed and "sorted_means[0]" in printed and "NUTS:" in printed

@@ -252,3 +252,151 @@ def test_engines_align_component_colours(em2, faithful_frame):
     assert colour_at[0] == colour_at[1]  # the same component has the same colour in both panels
     with pytest.raises(ValueError, match="same number of components"):
         plotting.match_components(em2, dataclasses.replace(em2, means=em2.means[:1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulation-based calibration and model selection
+# ----------------------------------------------------------------------------------------------
+def _fake_sbc(ranks: dict, num_ranks: int, seed=(0, 1)):
+    """An SBCResult holding given ranks (no fits): the plots need ranks, tests and settings only."""
+    import pandas as pd
+
+    from bayesgmm.calibration import SBCResult, rank_bins, uniformity_tests
+
+    frame = pd.DataFrame(ranks)
+    frame.index.name = "replication"
+    edges = rank_bins(num_ranks, len(frame))
+    tests = uniformity_tests(frame, num_ranks, bin_edges=edges, seed=list(seed))
+    reps = pd.DataFrame({"num_warnings": np.zeros(len(frame), int), "error": [""] * len(frame)}, index=frame.index)
+    settings = {"method": "fake", "covariance_type": "full", "num_components": 2, "num_features": 1, "num_obs": 10,
+                "num_replications": len(frame), "num_ranks": num_ranks, "bin_edges": edges.tolist(), "null_seed": list(seed)}
+    return SBCResult(frame, tests, reps, frame.astype(float), {}, settings)
+
+
+@pytest.fixture(scope="module")
+def sbc_fake():
+    rng = np.random.default_rng(0)
+    r, num_ranks = 200, 99
+    ranks = {
+        "uniform": rng.integers(0, num_ranks + 1, r),
+        "too narrow": np.where(rng.random(r) < 0.3, rng.choice([0, num_ranks], r), rng.integers(0, num_ranks + 1, r)),
+        "biased": rng.integers(0, 70, r),
+    }
+    return _fake_sbc(ranks, num_ranks)
+
+
+def _band_vertices(ax):
+    (band,) = [c for c in ax.collections if c.get_gid() == "band"]
+    return np.concatenate([p.vertices for p in band.get_paths()])
+
+
+def test_sbc_rank_histograms(sbc_fake, tmp_path):
+    fig, axes = plotting.plot_sbc_ranks(sbc_fake, ncols=2)
+    _saved(fig, tmp_path / "sbc_hist.png")
+    assert axes.shape == (2, 2) and not axes[1, 1].get_visible()  # 3 panels on a 2 x 2 grid
+    edges = sbc_fake.bin_edges
+    assert len(edges) == 21  # 20 bins of 5 rank values (R = 200)
+    r = len(sbc_fake.ranks)
+    lo, hi = stats.binom.ppf([0.025, 0.975], r, 1 / 20)
+    for ax, q in zip(axes.flat, sbc_fake.quantities):
+        assert ax.get_title() == q
+        bars = [p for p in ax.patches if p.get_height() >= 0 and p.get_width() > 0]
+        assert len(bars) == 20
+        np.testing.assert_array_equal([b.get_height() for b in bars], np.histogram(sbc_fake.ranks[q], bins=edges)[0])
+        np.testing.assert_array_equal([b.get_x() for b in bars], edges[:-1])
+        ys = np.unique(_band_vertices(ax)[:, 1])
+        np.testing.assert_array_equal(ys, [lo, hi])  # the 95% band of each count: binomial quantiles
+        texts = " ".join(t.get_text() for t in ax.texts)
+        p = sbc_fake.p_values.loc[q, "chi2"]
+        assert (f"p = {p:.2g}" in texts) if p >= 0.001 else ("p < 0.001" in texts)
+    assert axes[0, 0].get_ylabel() == "count" and axes[1, 0].get_ylabel() == "count"
+    assert len(fig.legends) == 1
+
+
+def test_sbc_ecdf_difference_and_bands(sbc_fake, tmp_path):
+    from bayesgmm.calibration import ecdf_band
+
+    r, num_ranks = len(sbc_fake.ranks), sbc_fake.num_ranks
+    for simultaneous in (True, False):
+        fig, axes = plotting.plot_sbc_ranks(sbc_fake, "ecdf", simultaneous=simultaneous, prob=0.9)
+        _saved(fig, tmp_path / f"sbc_ecdf_{simultaneous}.png")
+        assert axes.shape == (1, 3)
+        band = ecdf_band(r, num_ranks, prob=0.9, simultaneous=simultaneous, seed=sbc_fake.settings["null_seed"])
+        z = band.z
+        if not simultaneous:  # pointwise: the 5% and 95% binomial quantiles at each point
+            np.testing.assert_allclose(band.lower * r, stats.binom.ppf(0.05, r, z), rtol=1e-12)
+            np.testing.assert_allclose(band.upper * r, stats.binom.ppf(0.95, r, z), rtol=1e-12)
+        for ax, q in zip(axes.flat, sbc_fake.quantities):
+            (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "ECDF $-$ uniform"]
+            ecdf = np.array([np.mean(sbc_fake.ranks[q].to_numpy() < zz * (num_ranks + 1) - 1e-9) for zz in z])
+            np.testing.assert_allclose(line.get_ydata()[1:-1], ecdf - z, atol=1e-12)
+            np.testing.assert_allclose(line.get_xdata()[1:-1], z)
+            v = _band_vertices(ax)
+            for zz, lo, hi in zip(z, band.lower, band.upper):
+                at = v[np.isclose(v[:, 0], zz), 1]
+                assert np.isclose(at, lo - zz).any() and np.isclose(at, hi - zz).any()
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels[0] == f"90% {'simultaneous' if simultaneous else 'pointwise'} band"
+    # the simultaneous band is wider than the pointwise one at every point
+    sim = ecdf_band(r, num_ranks, prob=0.9, seed=[0, 1])
+    point = ecdf_band(r, num_ranks, prob=0.9, simultaneous=False, seed=[0, 1])
+    assert np.all(sim.lower <= point.lower) and np.all(sim.upper >= point.upper) and sim.gamma < point.gamma
+    # the biased ranks leave the band, the uniform ones stay inside
+    ecdf = lambda q: np.array([np.mean(sbc_fake.ranks[q].to_numpy() < zz * (num_ranks + 1) - 1e-9) for zz in sim.z])  # noqa: E731
+    assert np.all((ecdf("uniform") >= sim.lower) & (ecdf("uniform") <= sim.upper))
+    assert not np.all((ecdf("biased") >= sim.lower) & (ecdf("biased") <= sim.upper))
+
+
+def test_sbc_rows_for_several_results(sbc_fake, tmp_path):
+    other = _fake_sbc({"uniform": np.arange(200) % 100, "biased": np.arange(200) % 60}, 99)
+    fig, axes = plotting.plot_sbc_ranks({"VB": sbc_fake, "MCMC": other}, "hist")
+    _saved(fig, tmp_path / "sbc_rows.png")
+    assert axes.shape == (2, 2)  # the shared quantities only
+    assert [ax.get_title() for ax in axes[1]] == ["uniform", "biased"]
+    assert axes[0, 0].get_ylabel() == "VB\ncount" and axes[1, 0].get_ylabel() == "MCMC\ncount"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        plotting.plot_sbc_ranks(sbc_fake, "violin")
+    with pytest.raises(ValueError, match="not in every result"):
+        plotting.plot_sbc_ranks({"VB": sbc_fake, "MCMC": other}, quantities=["too narrow"])
+    with pytest.raises(ValueError, match="SBCResult"):
+        plotting.plot_sbc_ranks({})
+
+
+def _selection_table():
+    import pandas as pd
+
+    rows = []
+    for ct, shift in (("full", 0.0), ("diag", 15.0), ("spherical", 40.0), ("tied", 5.0)):
+        for k in (3, 1, 2, 4):  # unsorted on purpose
+            rows.append({"covariance_type": ct, "num_components": k, "log_likelihood": -400.0 + 10 * k,
+                         "num_parameters": 5 * k, "bic": 1000 - 60 * min(k, 2) + 12 * k + shift,
+                         "aic": 900 - 50 * min(k, 3) + 10 * k + shift, "icl": 1010 - 60 * min(k, 2) + 15 * k + shift})
+    table = pd.DataFrame(rows)
+    table.loc[(table.covariance_type == "tied") & (table.num_components == 4), "bic"] = np.nan  # a failed fit
+    return table
+
+
+def test_selection_curves(tmp_path):
+    table = _selection_table()
+    ax = plotting.plot_selection(table)
+    _saved(ax.figure, tmp_path / "selection.png")
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"full", "diag", "spherical", "tied", "best"}
+    for ct in ("full", "diag", "spherical", "tied"):
+        sub = table[(table.covariance_type == ct) & table.bic.notna()].sort_values("num_components")
+        np.testing.assert_array_equal(lines[ct].get_xdata(), sub.num_components)
+        np.testing.assert_array_equal(lines[ct].get_ydata(), sub.bic)
+    best = table.loc[table.bic.idxmin()]
+    assert (best.covariance_type, best.num_components) == ("full", 2)
+    np.testing.assert_array_equal(lines["best"].get_xdata(), [2])
+    np.testing.assert_array_equal(lines["best"].get_ydata(), [best.bic])
+    assert "best: full, K = 2" in [t.get_text() for t in ax.texts]
+    assert ax.get_ylabel() == "BIC (lower is better)"
+    assert len({tuple(ln.get_color()) if not isinstance(ln.get_color(), str) else ln.get_color() for ln in lines.values()}) == 5
+    ax = plotting.plot_selection(table, "aic")
+    best = {ln.get_label(): ln for ln in ax.get_lines()}["best"]
+    assert best.get_xdata()[0] == 3 and ax.get_ylabel() == "AIC (lower is better)"
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        plotting.plot_selection(table, "loo")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['icl'\]"):
+        plotting.plot_selection(table.drop(columns="icl"), "icl")

@@ -1,0 +1,404 @@
+"""Simulation-based calibration (bayesgmm.calibration) against references it does not use.
+
+* Exactness: with K = 1 and the conjugate prior, closed-form VB's q *is* the Normal-Inverse-
+  Wishart posterior (tests/test_vb.py checks it against the closed form), so SBC of fit_vb must
+  find uniform ranks; and SBC must flag a posterior whose spread is halved, or a fit given a
+  different prior than the one the parameters were drawn from.
+* The tests themselves: the chi-square statistic equals scipy's, p-values of uniform ranks are
+  not small and those of piled-up ranks are, the simultaneous ECDF band covers independently
+  simulated uniform ECDFs with its nominal probability, and the pointwise band is made of
+  binomial quantiles.
+* Mechanics: ranks lie in 0..L, same seed gives the same ranks, the replication loop compiles
+  nothing new, engine warnings are collected once, failures are recorded or raised, errors name
+  the problem.
+"""
+
+import dataclasses
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import bayesgmm as bg
+from bayesgmm import mcmc, vb
+from bayesgmm.model import log_likelihood as model_log_likelihood
+from bayesgmm.params import ConvergenceWarning, DegenerateComponentWarning, GMMParams
+from bayesgmm.calibration import (
+    QUANTITIES,
+    SBCResult,
+    _ranks,
+    _TRACE_COUNT,
+    _total_log_likelihood,
+    ecdf_band,
+    rank_bins,
+    sbc,
+    uniformity_tests,
+)
+
+D = 2
+L = 49  # posterior draws per replication: ranks in 0..49, 50 values, bins of equal width
+N = 20
+
+
+def make_prior(d=D, **changes):
+    base = dict(weight_concentration=5.0, mean=np.zeros(d), mean_precision=0.2, degrees_of_freedom=d + 4.0,
+                scale=(d + 3.0) * np.eye(d))
+    base.update(changes)
+    return bg.Prior(**base)
+
+
+PRIOR = make_prior()
+EXACT = dict(prior=PRIOR, method="vb", num_ranks=L, engine_kwargs={"reg_covar": 0.0})
+
+
+@pytest.fixture(scope="module")
+def exact_run():
+    """SBC of VB for K = 1 (the exact posterior): 200 replications (compiles VB once, then ~1 ms a fit)."""
+    return sbc(1, N, num_replications=200, seed=0, **EXACT)
+
+
+def halved_spread(x, num_components, **kwargs):
+    """fit_vb with every draw pulled halfway to the draws' mean: a posterior too narrow by 2x."""
+    r = bg.fit_vb(x, num_components, **kwargs)
+    draws = {}
+    for name, a in r.draws.items():
+        a = np.asarray(a)
+        draws[name] = a.mean(axis=(0, 1), keepdims=True) + 0.5 * (a - a.mean(axis=(0, 1), keepdims=True))
+    return dataclasses.replace(r, draws=draws, raw_draws=draws)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference: exact posterior calibrated, broken ones detected
+# ----------------------------------------------------------------------------------------------
+def test_exact_posterior_gives_uniform_ranks(exact_run):
+    p = exact_run.p_values
+    assert list(p.index) == ["sorted_means[0]", "log_likelihood", "mixture_mean[0]", "mixture_mean[1]",
+                             "mixture_variance[0]", "mixture_variance[1]"]
+    # 6 quantities x 2 tests: under uniformity the smallest of 12 p-values is below 0.001 with
+    # probability < 1.2%; a miscalibration of the size detected below gives p < 1e-6.
+    assert p.to_numpy().min() > 1e-3, p
+    assert exact_run.num_failed == 0 and (exact_run.replications["num_warnings"] == 0).all()
+    assert exact_run.replications["converged"].all()
+
+
+def test_halved_posterior_spread_is_detected():
+    res = sbc(1, N, num_replications=200, seed=0, prior=PRIOR, method=halved_spread, num_ranks=L,
+              engine_kwargs={"reg_covar": 0.0, "num_draws": L})
+    p = res.p_values
+    for q in ("sorted_means[0]", "mixture_mean[1]", "mixture_variance[0]"):
+        assert p.loc[q, "chi2"] < 1e-6 and p.loc[q, "ecdf"] < 1e-3, p
+    # Too narrow: the truth falls outside the draws, so the extreme ranks pile up (a U shape).
+    ranks = res.ranks["sorted_means[0]"]
+    assert np.mean((ranks == 0) | (ranks == L)) > 0.25  # 2 / 50 = 0.04 if calibrated
+    assert res.settings["method"] == "halved_spread"
+
+
+def test_wrong_prior_in_the_fit_is_detected():
+    strong = make_prior(mean=np.full(D, 1.5), mean_precision=4.0)  # draws came from mean 0, kappa 0.2
+
+    def fit_with_wrong_prior(x, num_components, *, prior, **kwargs):
+        return bg.fit_vb(x, num_components, prior=strong, **kwargs)
+
+    res = sbc(1, N, num_replications=200, seed=0, prior=PRIOR, method=fit_with_wrong_prior, num_ranks=L,
+              engine_kwargs={"reg_covar": 0.0, "num_draws": L})
+    p = res.p_values
+    assert p.loc["sorted_means[0]", "chi2"] < 1e-6 and p.loc["mixture_mean[1]", "ecdf"] < 1e-3, p
+    # Pulled towards 1.5 > 0 on average: the posterior sits above the truth, ranks are small.
+    assert res.ranks["mixture_mean[1]"].mean() < 0.4 * L
+
+
+@pytest.mark.slow
+def test_exact_posterior_diag_gives_uniform_ranks():
+    res = sbc(1, N, num_replications=300, seed=1, covariance_type="diag", **EXACT)
+    assert res.p_values.to_numpy().min() > 1e-3, res.p_values
+
+
+# ----------------------------------------------------------------------------------------------
+# Mechanics
+# ----------------------------------------------------------------------------------------------
+def test_ranks_frames_and_facts(exact_run):
+    r = exact_run
+    assert isinstance(r, SBCResult)
+    assert r.ranks.shape == (200, 6) and r.ranks.index.name == "replication"
+    assert all(str(t) == "int64" for t in r.ranks.dtypes)
+    assert r.ranks.to_numpy().min() >= 0 and r.ranks.to_numpy().max() <= L
+    assert r.ranks.to_numpy().max() == L and r.ranks.to_numpy().min() == 0  # both ends are reached
+    assert r.true_values.shape == r.ranks.shape
+    w, m, c = (r.prior_draws[n] for n in ("weights", "means", "covariances"))
+    assert w.shape == (200, 1) and m.shape == (200, 1, D) and c.shape == (200, 1, D, D)
+    np.testing.assert_array_equal(w, 1.0)
+    np.testing.assert_allclose(r.true_values["sorted_means[0]"], m[:, 0, 0])
+    np.testing.assert_allclose(r.true_values["mixture_variance[1]"], c[:, 0, 1, 1])
+    assert {"converged", "n_iter", "fit_seconds", "min_component_count", "num_warnings", "warnings", "error",
+            "elbo"} <= set(r.replications.columns)
+    assert (r.replications["min_component_count"] == N).all()  # K = 1: every point in the one component
+    assert r.settings["num_ranks"] == L and r.settings["prior"] == PRIOR.to_dict()
+    assert r.settings["engine_kwargs"] == {"reg_covar": 0.0, "num_draws": L}
+    np.testing.assert_array_equal(r.bin_edges, np.arange(0, L + 2, 5))  # 10 bins of 5 rank values
+    assert "sorted_means[0]" in r.summary() and "SBCResult(method='vb'" in repr(r)
+
+
+def test_prior_draws_follow_the_prior(exact_run):
+    """Means ~ N(0, Sigma / kappa0) given Sigma: the standardised means are N(0, 1) (KS test)."""
+    m = exact_run.prior_draws["means"][:, 0]
+    c = exact_run.prior_draws["covariances"][:, 0]
+    z = m[:, 0] / np.sqrt(c[:, 0, 0] / PRIOR.mean_precision)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    # Sigma_00 ~ InvGamma((nu0 - D + 1) / 2, psi_00 / 2) (marginal of the inverse Wishart).
+    a = (PRIOR.degrees_of_freedom - D + 1) / 2
+    assert stats.kstest(c[:, 0, 0], stats.invgamma(a, scale=PRIOR.scale[0, 0] / 2).cdf).pvalue > 1e-3
+
+
+def test_same_seed_same_ranks_and_prefix_property():
+    a = sbc(1, N, num_replications=20, seed=3, **EXACT)
+    b = sbc(1, N, num_replications=20, seed=3, **EXACT)
+    pd.testing.assert_frame_equal(a.ranks, b.ranks)
+    pd.testing.assert_frame_equal(a.tests, b.tests)
+    for name in a.prior_draws:
+        np.testing.assert_array_equal(a.prior_draws[name], b.prior_draws[name])
+    shorter = sbc(1, N, num_replications=8, seed=3, **EXACT)
+    pd.testing.assert_frame_equal(shorter.ranks, a.ranks.iloc[:8])  # replication r does not depend on R
+    other = sbc(1, N, num_replications=20, seed=4, **EXACT)
+    assert not np.array_equal(other.ranks.to_numpy(), a.ranks.to_numpy())
+
+
+def test_progress_bar_changes_nothing_but_stderr(capsys):
+    quiet = sbc(1, N, num_replications=6, seed=8, **EXACT)
+    shown = sbc(1, N, num_replications=6, seed=8, progress_bar=True, **EXACT)
+    pd.testing.assert_frame_equal(quiet.ranks, shown.ranks)
+    assert "SBC (vb)" in capsys.readouterr().err
+
+
+def test_replications_compile_nothing_new():
+    sbc(1, N, num_replications=2, seed=5, **EXACT)  # compiles (or reuses) the programs of this shape
+    before = (vb._TRACE_COUNT["fit"], _TRACE_COUNT["simulate"])
+    sbc(1, N, num_replications=12, seed=6, **EXACT)
+    assert (vb._TRACE_COUNT["fit"], _TRACE_COUNT["simulate"]) == before
+
+
+def test_ranks_break_ties_at_random():
+    post = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, 3.0], [1.0, 1.0, 4.0], [2.0, 1.0, 5.0]])  # L = 4 draws, 3 quantities
+    truth = np.array([1.0, 1.0, 0.0])  # quantity 0: one below, two equal; 1: all equal; 2: below all
+    ranks = np.array([_ranks(post, truth, np.random.default_rng(s)) for s in range(4000)])
+    assert set(ranks[:, 0]) == {1, 2, 3} and set(ranks[:, 1]) == {0, 1, 2, 3, 4}
+    np.testing.assert_array_equal(ranks[:, 2], 0)
+    counts = np.bincount(ranks[:, 1], minlength=5)
+    assert stats.chisquare(counts).pvalue > 1e-3  # uniform over 0..L when the truth ties every draw
+    np.testing.assert_array_equal(_ranks(post, np.array([9.0, 9.0, 9.0]), np.random.default_rng(0)), 4)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+def test_log_likelihood_quantity_matches_the_model(covariance_type, rng):
+    k, d, n, p = 3, 2, 15, 4
+    x = rng.normal(size=(n, d))
+    w = rng.dirichlet(np.ones(k), size=p)
+    m = rng.normal(size=(p, k, d))
+    a = rng.normal(size=(p, k, d, d))
+    full = a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(d)
+    cov = {"full": full, "diag": full[..., 0, 0, None] * np.ones(d) + np.arange(d), "spherical": full[..., 0, 0],
+           "tied": full[:, 0]}[covariance_type]
+    ours = _total_log_likelihood(x, w, m, cov, covariance_type)
+    ref = [float(np.sum(model_log_likelihood(x, GMMParams(w[i], m[i], cov[i]), covariance_type))) for i in range(p)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Warnings and failures of the engine
+# ----------------------------------------------------------------------------------------------
+def test_engine_warnings_are_collected_and_summarised_once():
+    def noisy(x, num_components, **kwargs):
+        warnings.warn("not converged (test)", ConvergenceWarning)
+        if x[0, 0] > 0:
+            warnings.warn("degenerate (test)", DegenerateComponentWarning)
+        return bg.fit_vb(x, num_components, **kwargs)
+
+    with pytest.warns(UserWarning) as record:
+        res = sbc(1, N, num_replications=10, seed=0, prior=PRIOR, method=noisy, num_ranks=L,
+                  engine_kwargs={"reg_covar": 0.0, "num_draws": L})
+    cats = [w.category for w in record]
+    assert cats.count(ConvergenceWarning) == 1 and cats.count(DegenerateComponentWarning) == 1
+    conv = next(w for w in record if w.category is ConvergenceWarning)
+    assert "in 10 of 10 SBC replications" in str(conv.message)
+    reps = res.replications
+    assert reps["warnings"].str.contains("ConvergenceWarning: not converged (test)", regex=False).all()
+    assert (reps["num_warnings"] == 1 + reps["warnings"].str.contains("Degenerate").astype(int)).all()
+    assert len(res.ranks) == 10  # warned fits are kept
+
+
+def test_failed_fits_are_recorded_or_raised():
+    def flaky(x, num_components, **kwargs):
+        if x[0, 0] > 0:
+            raise ValueError("simulated failure")
+        return bg.fit_vb(x, num_components, **kwargs)
+
+    kw = dict(num_replications=12, seed=0, prior=PRIOR, method=flaky, num_ranks=L, engine_kwargs={"num_draws": L})
+    with pytest.raises(ValueError, match="simulated failure") as info:
+        sbc(1, N, **kw)
+    assert any("SBC replication" in note for note in info.value.__notes__)
+    with pytest.warns(ConvergenceWarning, match="failed and are left out"):
+        res = sbc(1, N, on_error="record", **kw)
+    failed = res.replications["error"] != ""
+    assert 0 < failed.sum() < 12 and res.num_failed == failed.sum()
+    assert (res.replications.loc[failed, "error"] == "ValueError: simulated failure").all()
+    assert list(res.ranks.index) == list(res.replications.index[~failed])
+    assert (res.prior_draws["means"][failed.to_numpy(), 0, 0] > -np.inf).all()  # prior draws of every replication
+
+
+# ----------------------------------------------------------------------------------------------
+# Uniformity tests and bands
+# ----------------------------------------------------------------------------------------------
+def test_chi_square_matches_scipy_and_ecdf_test_has_power():
+    rng = np.random.default_rng(0)
+    num_ranks, r = 99, 300
+    uniform = rng.integers(0, num_ranks + 1, size=r)
+    piled = np.clip(np.round(rng.normal(50, 12, size=r)), 0, num_ranks).astype(int)  # too wide a posterior
+    biased = rng.integers(0, 70, size=r)  # posterior above the truth too often
+    t = uniformity_tests(pd.DataFrame({"u": uniform, "piled": piled, "biased": biased}), num_ranks, seed=[1, 2])
+    edges = rank_bins(num_ranks, r)
+    assert len(edges) == 21  # 20 bins of 5 rank values: R / 20 = 15 expected per bin
+    for q, v in (("u", uniform), ("piled", piled), ("biased", biased)):
+        ref = stats.chisquare(np.histogram(v, bins=edges)[0])
+        np.testing.assert_allclose(t.loc[q, "chi2"], ref.statistic, rtol=1e-12)
+        np.testing.assert_allclose(t.loc[q, "chi2_pvalue"], ref.pvalue, rtol=1e-10)
+    assert t.loc["u", "chi2_pvalue"] > 0.01 and t.loc["u", "ecdf_pvalue"] > 0.01
+    assert t.loc["piled", "ecdf_pvalue"] < 1e-3 and t.loc["biased", "ecdf_pvalue"] < 1e-3
+    assert t.loc["piled", "chi2_pvalue"] < 1e-6 and t.loc["biased", "chi2_pvalue"] < 1e-6
+    # Under uniformity the ECDF p-value is itself (about) uniform.
+    p = [uniformity_tests(rng.integers(0, 20, size=(60, 1)), 19, seed=[0]).loc["0", "ecdf_pvalue"] for _ in range(200)]
+    assert 0.06 < np.mean(np.asarray(p) < 0.1) < 0.15 and stats.kstest(p, "uniform").pvalue > 1e-3
+    with pytest.raises(ValueError, match="integers in 0..num_ranks"):
+        uniformity_tests(np.array([[0], [100]]), 99, seed=0)
+
+
+def test_rank_bins():
+    np.testing.assert_array_equal(rank_bins(99, 200), np.arange(0, 101, 5))  # 20 equal bins
+    np.testing.assert_array_equal(rank_bins(99, 50), np.arange(0, 101, 20))  # R / 10 = 5 bins
+    edges = rank_bins(100, 200)  # 101 values (prime): no equal-width split, widths differ by <= 1
+    assert edges[0] == 0 and edges[-1] == 101 and len(edges) == 21 and set(np.diff(edges)) <= {5, 6}
+    assert len(rank_bins(9, 5)) == 3  # at least 2 bins
+
+
+def test_simultaneous_ecdf_band_has_its_coverage():
+    r, num_ranks = 100, 49
+    band = ecdf_band(r, num_ranks, prob=0.95, seed=7)
+    # Independent check with fresh uniform ranks: the whole ECDF stays inside ~95% of the time.
+    rng = np.random.default_rng(123)
+    j = np.round(band.z * (num_ranks + 1)).astype(int)
+    ranks = rng.integers(0, num_ranks + 1, size=(4000, r))
+    ecdf = np.stack([np.sum(ranks < jj, axis=1) for jj in j], axis=1) / r
+    inside = np.mean(np.all((ecdf >= band.lower - 1e-12) & (ecdf <= band.upper + 1e-12), axis=1))
+    assert abs(inside - band.coverage) < 4 * np.sqrt(0.05 * 0.95 / 4000) + 0.01
+    assert 0.93 < inside < 0.975
+    pointwise = ecdf_band(r, num_ranks, prob=0.95, simultaneous=False, seed=7)
+    np.testing.assert_array_equal(pointwise.lower, stats.binom.ppf(0.025, r, band.z) / r)
+    np.testing.assert_array_equal(pointwise.upper, stats.binom.ppf(0.975, r, band.z) / r)
+    assert pointwise.coverage < 0.7  # a pointwise band is left somewhere far more often than 5%
+    assert np.all(band.lower <= pointwise.lower) and np.all(band.upper >= pointwise.upper)
+    np.testing.assert_array_equal(band.lower, stats.binom.ppf(band.gamma / 2, r, band.z) / r)
+
+
+# ----------------------------------------------------------------------------------------------
+# Other engines
+# ----------------------------------------------------------------------------------------------
+def test_mcmc_small_sbc():
+    """NUTS on K = 2 (fast variant: few draws and replications; the slow test below has power)."""
+    before = mcmc._TRACE_COUNT["fit"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # short chains may warn; recorded per replication
+        res = sbc(2, 30, prior=make_prior(1), method="mcmc", num_replications=40, num_ranks=19, seed=0,
+                  engine_kwargs={"num_warmup": 150, "num_samples": 100, "num_chains": 1})
+    assert mcmc._TRACE_COUNT["fit"] - before <= 1  # one program for all 40 replications
+    assert list(res.ranks.columns) == ["sorted_means[0]", "sorted_means[1]", "sorted_weights[0]", "log_likelihood",
+                                       "mixture_mean[0]", "mixture_variance[0]"]
+    assert res.ranks.shape == (40, 6) and 0 <= res.ranks.to_numpy().min() and res.ranks.to_numpy().max() <= 19
+    assert {"num_divergences", "max_rhat", "min_ess_bulk"} <= set(res.replications.columns)
+    assert res.p_values.to_numpy().min() > 1e-3, res.p_values
+    assert res.settings["engine_kwargs"] == {"num_warmup": 150, "num_samples": 100, "num_chains": 1}
+
+
+@pytest.mark.slow
+def test_mcmc_sbc_calibrated_k2():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = sbc(2, 50, prior=make_prior(1), method="mcmc", num_replications=150, num_ranks=49, seed=1)
+    assert res.p_values.to_numpy().min() > 1e-3, res.p_values
+
+
+def test_svi_runs_through_sbc():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = sbc(1, 15, prior=make_prior(1), method="svi", num_replications=3, num_ranks=9, seed=0,
+                  engine_kwargs={"num_steps": 200})
+    assert res.ranks.shape == (3, 4) and res.settings["engine_kwargs"]["num_draws"] == 9
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors, persistence, import weight
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prior=None), "needs an explicit prior"),
+        (dict(prior={"mean": 0}), "must be a bayesgmm.Prior"),
+        (dict(num_components=0), "at least 1"),
+        (dict(num_components=1.5), "positive integer"),
+        (dict(num_obs=1), "num_obs must be an integer >= 2"),
+        (dict(method="em"), "point estimate, not posterior draws"),
+        (dict(method="nuts"), "method must be one of"),
+        (dict(covariance_type="tied"), "not supported by closed-form VB"),
+        (dict(covariance_type="banded"), "covariance_type must be one of"),
+        (dict(prior=make_prior(weight_concentration=[1.0, 2.0, 3.0])), "has 3 entries but num_components=2"),
+        (dict(engine_kwargs={"seed": 1}), r"must not set \['seed'\]"),
+        (dict(engine_kwargs={"prior": PRIOR}), r"must not set \['prior'\]"),
+        (dict(engine_kwargs={"num_draws": 10}), "fewer than num_ranks=49"),
+        (dict(method="mcmc", engine_kwargs={"num_samples": 10, "num_chains": 2}), "num_samples \\* num_chains = 20"),
+        (dict(num_replications=1), "num_replications must be an integer >= 2"),
+        (dict(num_ranks=0), "num_ranks must be an integer >= 1"),
+        (dict(quantities=("sorted_variances",)), "quantities must be a non-empty selection"),
+        (dict(feature=2), "feature must index one of the prior's 2 feature"),
+        (dict(on_error="skip"), "on_error must be"),
+        (dict(num_components=1, quantities="sorted_weights"), "sorted_weights needs K >= 2"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    args = dict(num_components=2, num_obs=N, prior=PRIOR, num_ranks=L, num_replications=10)
+    args.update(kwargs)
+    k, n = args.pop("num_components"), args.pop("num_obs")
+    with pytest.raises(ValueError, match=match):
+        sbc(k, n, **args)
+
+
+def test_engine_without_draws_is_rejected():
+    def point_estimate(x, num_components, *, prior, **kwargs):
+        return bg.fit_em(x, num_components, prior=prior, seed=0)
+
+    with pytest.raises(ValueError, match="returned no posterior draws"):
+        sbc(1, N, prior=PRIOR, method=point_estimate, num_ranks=L, num_replications=3)
+
+
+def test_json_round_trip(exact_run, tmp_path):
+    path = tmp_path / "sbc.json"
+    exact_run.to_json(path)
+    back = SBCResult.from_json(path)
+    for name in ("ranks", "tests", "replications", "true_values"):
+        pd.testing.assert_frame_equal(getattr(back, name), getattr(exact_run, name))
+    for name, a in exact_run.prior_draws.items():
+        np.testing.assert_array_equal(back.prior_draws[name], a)
+    assert back.settings == exact_run.settings
+    pd.testing.assert_frame_equal(back.p_values, exact_run.p_values)
+    with pytest.raises(ValueError, match="not an SBCResult"):
+        SBCResult.from_json('{"format": "other"}')
+
+
+def test_module_import_is_light():
+    code = "import sys, bayesgmm.calibration; print(sorted(m for m in ('arviz', 'matplotlib', 'pandas', 'sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_quantities_cover_the_documented_set():
+    assert QUANTITIES == ("sorted_means", "sorted_weights", "log_likelihood", "mixture_mean", "mixture_variance")
