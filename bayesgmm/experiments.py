@@ -1,0 +1,393 @@
+"""Experiments across engines: one comparison table, and simulation studies.
+
+This is the one module that knows every engine. :func:`compare` fits the same data with each
+requested engine and returns one tidy row per engine; :func:`simulation_study` repeats that on
+many data sets drawn from the generative story with known parameters and stacks the rows;
+:func:`summarise_study` aggregates them (coverage, error, time).
+
+Every engine returns a :class:`~bayesgmm.FitResult`, so nothing here branches on the method
+except to call it and to read engine-specific facts (ESS for NUTS, the ELBO for VI) from
+``info``.
+
+Columns of the comparison (NaN where a column does not apply):
+
+``method``, ``fit_seconds`` (wall time of the call, compilation included), ``run_seconds``
+(without compilation, as the engine reports it), ``compile_seconds``, ``log_likelihood``
+(training data, at the point estimate), ``test_lpd`` (mean held-out log predictive density per
+observation: the plug-in density for EM and k-means-free engines without draws, the posterior
+predictive for VB/SVI/NUTS), ``ari`` / ``nmi`` (against ``labels``), ``min_ess_bulk``,
+``ess_per_second`` (NUTS: minimum bulk ESS over parameters per second of sampling),
+``divergences``, ``max_rhat``, ``elbo`` (VB, SVI), ``effective_components``, ``converged``;
+with ``truth``: ``weights_error``, ``means_error``, ``covariances_error`` (RMSE of the point
+estimate after aligning its labels to the truth) and ``coverage_weights``, ``coverage_means``,
+``coverage_covariances`` (share of the scalar parameters of that kind inside the central
+``interval``-level interval: posterior quantiles for the Bayesian engines, bootstrap percentile
+intervals for EM).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from .labels import align_draws
+from .params import GMMParams, Prior, check_data, check_num_components
+from .results import FitResult
+
+__all__ = [
+    "METHODS",
+    "adjusted_rand_index",
+    "compare",
+    "fit",
+    "normalized_mutual_info",
+    "simulation_study",
+    "summarise_study",
+]
+
+#: method name -> (module, function, default keyword arguments)
+_ENGINES = {
+    "em": ("em", "fit_em", {"n_init": 5}),
+    "map-em": ("em", "fit_em", {"n_init": 5}),
+    "vb": ("vb", "fit_vb", {"n_init": 3}),
+    "svi": ("svi", "fit_svi", {}),
+    "mcmc": ("mcmc", "fit_mcmc", {}),
+}
+METHODS = tuple(_ENGINES) + ("kmeans",)
+_BAYESIAN = ("vb", "svi", "mcmc")
+
+
+# ----------------------------------------------------------------------------------------------
+# Clustering agreement (NumPy; scikit-learn is not a dependency of the library)
+# ----------------------------------------------------------------------------------------------
+def _contingency(a, b):
+    a = np.unique(np.asarray(a), return_inverse=True)[1]
+    b = np.unique(np.asarray(b), return_inverse=True)[1]
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+    return table
+
+
+def adjusted_rand_index(labels_true, labels_pred) -> float:
+    """Adjusted Rand index (Hubert & Arabie 1985): 1 for identical partitions, ~0 for chance."""
+    table = _contingency(labels_true, labels_pred)
+    n = table.sum()
+    comb = lambda v: v * (v - 1) / 2  # noqa: E731
+    index = comb(table).sum()
+    rows, cols = comb(table.sum(1)).sum(), comb(table.sum(0)).sum()
+    expected = rows * cols / comb(n)
+    best = (rows + cols) / 2
+    if best == expected:  # both partitions trivial (one cluster each, or all singletons)
+        return 1.0
+    return float((index - expected) / (best - expected))
+
+
+def normalized_mutual_info(labels_true, labels_pred) -> float:
+    """Normalised mutual information (arithmetic-mean normalisation, scikit-learn's default)."""
+    table = _contingency(labels_true, labels_pred)
+    p = table / table.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float(np.sum(p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])))
+    ha = -float(np.sum(pa * np.log(pa)))
+    hb = -float(np.sum(pb * np.log(pb)))
+    if ha == 0 and hb == 0:
+        return 1.0
+    return mi / max((ha + hb) / 2, np.finfo(float).tiny)
+
+
+# ----------------------------------------------------------------------------------------------
+# One engine call
+# ----------------------------------------------------------------------------------------------
+def _check_methods(methods) -> tuple:
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"methods must be a non-empty selection of {METHODS}; got {list(methods)!r}.")
+    return methods
+
+
+def fit(x, num_components: int, method: str, *, covariance_type: str = "full", prior: Prior | None = None,
+        seed=0, **kwargs) -> FitResult:
+    """Fit ``x`` with the engine named ``method`` ("em", "map-em", "vb", "svi" or "mcmc").
+
+    ``"map-em"`` is EM with ``prior`` (default ``Prior.default(x, K)``); the Bayesian engines
+    receive ``prior`` too (their own default when None). ``kwargs`` go to the engine, over the
+    defaults of this module (``n_init=5`` for EM, ``n_init=3`` for VB).
+    """
+    if method not in _ENGINES:
+        raise ValueError(f"method must be one of {tuple(_ENGINES)}, got {method!r}.")
+    module, name, defaults = _ENGINES[method]
+    engine = getattr(importlib.import_module(f".{module}", __package__), name)
+    kw = {**defaults, **kwargs}
+    if method == "map-em":
+        kw["prior"] = prior if prior is not None else Prior.default(x, num_components)
+    elif method != "em":
+        kw["prior"] = prior
+    return engine(x, num_components, covariance_type=covariance_type, seed=seed, **kw)
+
+
+def _align_to(draws: Mapping, truth: GMMParams, covariance_type: str) -> dict:
+    if truth.means.shape[0] == 1:
+        return dict(draws)
+    return align_draws(draws, truth, covariance_type)[0]
+
+
+def _point_draws(result: FitResult) -> dict:
+    return {"weights": result.weights[None, None], "means": result.means[None, None],
+            "covariances": result.covariances[None, None]}
+
+
+def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed, bootstrap_replicates: int) -> dict:
+    """Errors of the aligned point estimate and coverage of the central intervals."""
+    ct = result.covariance_type
+    truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
+    point = _align_to(_point_draws(result), truth, ct)
+    out = {}
+    for name in ("weights", "means", "covariances"):
+        diff = np.asarray(point[name][0, 0]) - getattr(truth, name)
+        out[f"{name}_error"] = float(np.sqrt(np.mean(diff**2)))
+    draws = None
+    if result.draws is not None:
+        draws = _align_to(result.draws, truth, ct)
+    elif result.method in ("em", "map-em") and bootstrap_replicates:
+        from .uncertainty import bootstrap
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            draws = bootstrap(result, x, num_replicates=bootstrap_replicates, seed=seed).draws
+        draws = _align_to(draws, truth, ct)
+    alpha = (1 - interval) / 2
+    for name in ("weights", "means", "covariances"):
+        if draws is None:
+            out[f"coverage_{name}"] = np.nan
+            continue
+        flat = np.asarray(draws[name]).reshape((-1,) + getattr(truth, name).shape)
+        lo, hi = np.quantile(flat, alpha, axis=0), np.quantile(flat, 1 - alpha, axis=0)
+        value = getattr(truth, name)
+        out[f"coverage_{name}"] = float(np.mean((lo <= value) & (value <= hi)))
+    return out
+
+
+def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, bootstrap_replicates) -> dict:
+    info = result.info if isinstance(result, FitResult) else {}
+    row = {"method": method, "fit_seconds": seconds}
+    if not isinstance(result, FitResult):  # k-means
+        row.update(run_seconds=seconds, compile_seconds=np.nan)
+        if labels is not None:
+            row["ari"] = adjusted_rand_index(labels, result.labels)
+            row["nmi"] = normalized_mutual_info(labels, result.labels)
+        row["converged"] = bool(result.converged)
+        return row
+    row["run_seconds"] = info.get("run_seconds", info.get("fit_seconds", np.nan))
+    row["compile_seconds"] = info.get("compile_seconds", np.nan)
+    row["log_likelihood"] = result.log_likelihood
+    if x_test is not None:
+        row["test_lpd"] = result.score(x_test)
+    if labels is not None:
+        pred = result.predict(x)
+        row["ari"] = adjusted_rand_index(labels, pred)
+        row["nmi"] = normalized_mutual_info(labels, pred)
+    if result.method == "mcmc":
+        run = info.get("sampling_seconds", row["run_seconds"])
+        row["min_ess_bulk"] = info.get("min_ess_bulk", np.nan)
+        row["ess_per_second"] = row["min_ess_bulk"] / run if run else np.nan
+        row["divergences"] = info.get("num_divergences", np.nan)
+        row["max_rhat"] = info.get("max_rhat", np.nan)
+    if "elbo" in info:
+        row["elbo"] = info["elbo"]
+    row["effective_components"] = result.effective_components
+    row["converged"] = bool(result.converged)
+    if truth is not None:
+        row.update(_truth_columns(result, x, truth, interval, seed, bootstrap_replicates))
+    return row
+
+
+def compare(
+    x,
+    num_components: int,
+    *,
+    methods=("em", "vb", "svi", "mcmc"),
+    covariance_type: str = "full",
+    prior: Prior | None = None,
+    x_test=None,
+    labels=None,
+    truth: GMMParams | None = None,
+    interval: float = 0.9,
+    bootstrap_replicates: int = 200,
+    engine_kwargs: Mapping[str, Mapping] | None = None,
+    seed=0,
+    progress_bar: bool = False,
+    return_fits: bool = False,
+):
+    """Fit the same data with several engines; one tidy row per engine.
+
+    Parameters
+    ----------
+    x : array-like (N, D)
+        Training data.
+    num_components : int
+    methods : sequence of {"em", "map-em", "vb", "svi", "mcmc", "kmeans"}
+    covariance_type : str
+        Used by every engine (VB covers "full" and "diag").
+    prior : Prior, optional
+        The prior of the Bayesian engines and of "map-em"; default ``Prior.default(x, K)``,
+        the same for all of them, so they are compared on one model.
+    x_test : array-like, optional
+        Held-out data for ``test_lpd``.
+    labels : array-like (N,), optional
+        True components of ``x``, for ``ari`` and ``nmi``.
+    truth : GMMParams, optional
+        True parameters (simulated data), for errors and interval coverage after label alignment.
+    interval : float
+        Level of the central intervals whose coverage is reported (0.9: 5%-95%).
+    bootstrap_replicates : int
+        Nonparametric bootstrap refits for EM's intervals (0: no EM coverage).
+    engine_kwargs : mapping, optional
+        Per-method keyword arguments, e.g. ``{"mcmc": {"num_samples": 500}, "svi": {"num_steps": 3000}}``.
+    seed : int
+        Every engine gets this seed.
+    progress_bar : bool
+        tqdm bar over the methods.
+    return_fits : bool
+        Also return ``{method: FitResult}``.
+
+    Returns
+    -------
+    pandas.DataFrame (and the fits when ``return_fits``)
+        Columns described in the module docstring. Engine warnings (e.g. convergence) are
+        collected in a ``warnings`` column instead of being raised.
+    """
+    import pandas as pd
+
+    arr, _ = check_data(x)
+    k = check_num_components(num_components, arr.shape[0])
+    methods = _check_methods(methods)
+    engine_kwargs = dict(engine_kwargs or {})
+    unknown = set(engine_kwargs) - set(METHODS)
+    if unknown:
+        raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (arr.shape[0],):
+            raise ValueError(f"labels must have shape ({arr.shape[0]},), one per row of x; got {labels.shape}.")
+    if truth is not None:
+        truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
+        if truth.means.shape != (k, arr.shape[1]):
+            raise ValueError(f"truth.means must have shape ({k}, {arr.shape[1]}), got {truth.means.shape}.")
+    if x_test is not None:
+        x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True)
+    if not 0 < interval < 1:
+        raise ValueError(f"interval must be in (0, 1), got {interval!r}.")
+    prior = prior if prior is not None else Prior.default(arr, k)
+    rows, fits = [], {}
+    iterator = methods
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(methods, desc="compare", unit="engine")
+    for method in iterator:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            start = time.perf_counter()
+            if method == "kmeans":
+                from .kmeans import kmeans
+
+                kw = {"n_init": 10, **engine_kwargs.get("kmeans", {})}
+                result = kmeans(x, k, seed=seed, **kw)
+            else:
+                result = fit(x, k, method, covariance_type=covariance_type, prior=prior, seed=seed,
+                             **engine_kwargs.get(method, {}))
+            seconds = time.perf_counter() - start
+            row = _row(method, result, seconds, x_test, labels, arr, truth, interval, seed, bootstrap_replicates)
+        row["warnings"] = "; ".join(sorted({f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught}))
+        rows.append(row)
+        fits[method] = result
+    table = pd.DataFrame(rows)
+    return (table, fits) if return_fits else table
+
+
+def simulation_study(
+    num_datasets: int = 20,
+    *,
+    num_obs=(200,),
+    separation=(3.0,),
+    num_components=(2,),
+    num_features: int = 2,
+    methods=("em", "vb", "mcmc"),
+    covariance_type: str = "full",
+    test_size: int = 500,
+    interval: float = 0.9,
+    bootstrap_replicates: int = 100,
+    engine_kwargs: Mapping[str, Mapping] | None = None,
+    seed: int = 0,
+    progress_bar: bool = True,
+):
+    """Run :func:`compare` on many simulated data sets with known truth; rows stacked.
+
+    For every combination of ``num_obs`` x ``separation`` x ``num_components`` (a grid) and each
+    of ``num_datasets`` replicates, a data set is drawn from the generative story at known
+    parameters (:func:`bayesgmm.datasets.make_mixture`), with ``test_size`` held-out points from
+    the same mixture, and every method is fitted. Engines compile once per shape, so the
+    replicates of one grid cell reuse the compiled programs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The :func:`compare` columns plus ``dataset``, ``num_obs``, ``separation``,
+        ``num_components``. Aggregate with :func:`summarise_study`.
+    """
+    import pandas as pd
+
+    from .datasets import make_mixture
+
+    if isinstance(num_datasets, bool) or not isinstance(num_datasets, (int, np.integer)) or num_datasets < 1:
+        raise ValueError(f"num_datasets must be a positive integer, got {num_datasets!r}.")
+    grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]
+    cells = [(cell, r) for cell in grid for r in range(num_datasets)]
+    iterator = cells
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(cells, desc="simulation study", unit="data set")
+    frames = []
+    for index, ((n, s, k), r) in enumerate(iterator):
+        data_seed = seed * 1_000_003 + index
+        data = make_mixture(int(n) + test_size, int(k), num_features, covariance_type=covariance_type,
+                            separation=float(s), seed=data_seed)
+        x, x_test, labels = data.x[: int(n)], data.x[int(n):], data.labels[: int(n)]
+        table = compare(
+            x, int(k), methods=methods, covariance_type=covariance_type, x_test=x_test if test_size else None,
+            labels=labels, truth=data.params, interval=interval, bootstrap_replicates=bootstrap_replicates,
+            engine_kwargs=engine_kwargs, seed=data_seed,
+        )
+        table.insert(0, "dataset", r)
+        table.insert(1, "num_obs", int(n))
+        table.insert(2, "separation", float(s))
+        table.insert(3, "num_components", int(k))
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise_study(study):
+    """Aggregate a :func:`simulation_study` table per method and grid cell.
+
+    Returns a DataFrame with the mean of every numeric column (a coverage column becomes the
+    empirical coverage of the nominal intervals), a Monte Carlo standard error of each coverage,
+    ``sqrt(c (1 - c) / num_datasets)`` (conservative: the scalars of one data set are
+    correlated, so they are not counted as independent), and ``num_datasets``.
+    """
+    keys = ["method", "num_obs", "separation", "num_components"]
+    numeric = [c for c in study.columns if c not in keys + ["dataset", "warnings"] and study[c].dtype != object]
+    grouped = study.groupby(keys, sort=False)
+    out = grouped[numeric].mean()
+    out["num_datasets"] = grouped.size()
+    for name in ("weights", "means", "covariances"):
+        col = f"coverage_{name}"
+        if col in out:
+            n = out["num_datasets"]
+            out[f"{col}_mcse"] = np.sqrt(out[col] * (1 - out[col]) / n)
+    return out.reset_index()

@@ -1,0 +1,120 @@
+"""Engine comparison and simulation studies: metrics against scikit-learn, truth alignment,
+coverage bookkeeping, aggregation, errors."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+import bayesgmm as bg
+from bayesgmm.experiments import (
+    adjusted_rand_index,
+    compare,
+    normalized_mutual_info,
+    simulation_study,
+    summarise_study,
+)
+from bayesgmm.params import GMMParams
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_agreement_metrics_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 4, 300)
+    b = np.where(rng.random(300) < 0.7, a, rng.integers(0, 5, 300))
+    assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    assert normalized_mutual_info(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-12)
+    perm = np.array([3, 1, 0, 2])[a]  # relabelling does not matter
+    assert adjusted_rand_index(a, perm) == pytest.approx(1.0) and normalized_mutual_info(a, perm) == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    data = bg.datasets.make_mixture(900, 3, 2, separation=6.0, seed=8)
+    return data.x[:600], data.x[600:], data.labels[:600], data.params
+
+
+@pytest.fixture(scope="module")
+def table(sim):
+    x, xt, labels, truth = sim
+    return compare(x, 3, methods=("kmeans", "em", "map-em", "vb"), x_test=xt, labels=labels, truth=truth,
+                   bootstrap_replicates=100, seed=0)
+
+
+def test_one_row_per_method_with_the_facts_of_each(table, sim):
+    x, xt, labels, truth = sim
+    assert list(table["method"]) == ["kmeans", "em", "map-em", "vb"]
+    em_row = table.set_index("method").loc["em"]
+    fit = bg.fit_em(x, 3, n_init=5, seed=0)
+    assert em_row.log_likelihood == pytest.approx(fit.log_likelihood, rel=1e-12)
+    assert em_row.test_lpd == pytest.approx(fit.score(xt), rel=1e-12)
+    assert em_row.fit_seconds >= em_row.run_seconds > 0
+    vb_row = table.set_index("method").loc["vb"]
+    assert np.isfinite(vb_row.elbo) and vb_row.elbo < vb_row.log_likelihood
+    # well separated: every engine recovers the partition and the truth
+    assert (table["ari"] > 0.95).all()
+    assert (table.dropna(subset=["means_error"])["means_error"] < 0.2).all()
+
+
+def test_truth_alignment_is_label_invariant(sim):
+    """Permuting the truth's labels changes nothing: the point estimate is aligned to it first."""
+    x, _, _, truth = sim
+    perm = np.array([2, 0, 1])
+    shuffled = GMMParams(truth.weights[perm], truth.means[perm], truth.covariances[perm])
+    a = compare(x, 3, methods=("em",), truth=truth, bootstrap_replicates=0, seed=0)
+    b = compare(x, 3, methods=("em",), truth=shuffled, bootstrap_replicates=0, seed=0)
+    for col in ("weights_error", "means_error", "covariances_error"):
+        assert a[col].iloc[0] == pytest.approx(b[col].iloc[0], rel=1e-12)
+    assert np.isnan(a["coverage_means"].iloc[0])  # no bootstrap: no EM intervals
+
+
+def test_coverage_is_the_share_of_true_values_inside_the_intervals(sim):
+    """Recompute VB's coverage from its draws directly."""
+    x, _, _, truth = sim
+    table, fits = compare(x, 3, methods=("vb",), truth=truth, interval=0.5, seed=0, return_fits=True)
+    from bayesgmm.labels import align_draws
+
+    draws = align_draws(fits["vb"].draws, truth, "full")[0]
+    lo, hi = np.quantile(draws["means"][0], [0.25, 0.75], axis=0)
+    expected = np.mean((lo <= truth.means) & (truth.means <= hi))
+    assert table["coverage_means"].iloc[0] == pytest.approx(expected)
+
+
+def test_mcmc_row_reports_ess_and_divergences(sim):
+    x, _, _, _ = sim
+    table = compare(x[:200], 3, methods=("mcmc",), seed=0,
+                    engine_kwargs={"mcmc": {"num_warmup": 150, "num_samples": 150, "num_chains": 2}})
+    row = table.iloc[0]
+    assert row.min_ess_bulk > 0 and row.ess_per_second == pytest.approx(row.min_ess_bulk / row.run_seconds, rel=0.5)
+    assert row.divergences >= 0 and row.max_rhat >= 0.99
+
+
+def test_simulation_study_stacks_and_summarises():
+    study = simulation_study(3, num_obs=(150,), separation=(2.0, 6.0), methods=("em", "vb"), test_size=100,
+                             bootstrap_replicates=30, progress_bar=False, seed=1)
+    assert len(study) == 2 * 3 * 2
+    assert set(study["separation"]) == {2.0, 6.0}
+    summary = summarise_study(study)
+    assert len(summary) == 4 and (summary["num_datasets"] == 3).all()
+    by_sep = summary.set_index(["method", "separation"])
+    # better separated clusters are recovered better
+    assert by_sep.loc[("em", 6.0), "ari"] > by_sep.loc[("em", 2.0), "ari"]
+    assert (summary["coverage_means"].between(0, 1)).all() and "coverage_means_mcse" in summary
+    again = simulation_study(3, num_obs=(150,), separation=(2.0, 6.0), methods=("em", "vb"), test_size=100,
+                             bootstrap_replicates=30, progress_bar=False, seed=1)
+    same_seed = [c for c in study.select_dtypes("number") if "seconds" not in c]  # timings aside
+    np.testing.assert_array_equal(study[same_seed].to_numpy(), again[same_seed].to_numpy())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(methods=("em", "gibbs")), "methods must be a non-empty selection"),
+        (dict(labels=np.zeros(5)), r"labels must have shape \(272,\)"),
+        (dict(engine_kwargs={"nuts": {}}), "not methods of"),
+        (dict(interval=1.5), "interval must be in"),
+        (dict(truth=GMMParams(np.ones(3) / 3, np.zeros((3, 2)), np.tile(np.eye(2), (3, 1, 1)))), r"truth.means must have shape \(2, 2\)"),
+    ],
+)
+def test_bad_arguments(kwargs, match, faithful):
+    with pytest.raises(ValueError, match=match):
+        compare(faithful, 2, **{"methods": ("em",), **kwargs})
