@@ -2,16 +2,27 @@
 
 One generative story, written once as a NumPyro model (:mod:`bayesgmm.model`), fitted by
 several engines that share its prior and parameterisation: JIT-compiled EM (maximum likelihood
-and MAP), closed-form variational Bayes, NumPyro SVI and NUTS. Every engine returns the same
-:class:`FitResult`.
+and MAP; also streamed out of core), closed-form variational Bayes, NumPyro SVI and NUTS. Every
+engine returns the same :class:`FitResult`; :func:`compare`, :func:`select` and :func:`sbc` run
+the experiments researchers do with them.
+
+``import bayesgmm`` stays light: ArviZ, pandas, matplotlib and scikit-learn are imported only
+by the functions that need them (:class:`GaussianMixture`, the scikit-learn estimator, is
+loaded on first use; figures live in :mod:`bayesgmm.plotting`).
 """
 
 from . import datasets
+from .calibration import sbc
 from .em import fit_em
-from .vb import fit_vb
+from .experiments import compare, simulation_study
 from .kmeans import KMeansResult, kmeans
+from .mcmc import fit_mcmc
 from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, Prior
 from .results import FitResult
+from .selection import select, select_bayesian
+from .svi import fit_svi
+from .uncertainty import bootstrap, observed_information
+from .vb import fit_vb
 
 __version__ = "0.1.0"
 
@@ -20,10 +31,32 @@ __all__ = [
     "DegenerateComponentWarning",
     "FitResult",
     "GMMParams",
+    "GaussianMixture",
     "KMeansResult",
     "Prior",
+    "bootstrap",
+    "compare",
     "datasets",
     "fit_em",
+    "fit_mcmc",
+    "fit_svi",
     "fit_vb",
     "kmeans",
+    "observed_information",
+    "sbc",
+    "select",
+    "select_bayesian",
+    "simulation_study",
 ]
+
+
+def __getattr__(name):
+    if name == "GaussianMixture":  # imports scikit-learn's base classes when available
+        from .estimator import GaussianMixture
+
+        return GaussianMixture
+    raise AttributeError(f"module 'bayesgmm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"GaussianMixture"})

@@ -69,3 +69,27 @@ class CompiledProgram:
     def jitted(self, *args, **static):
         """Call through ``jax.jit`` (for use inside other traced code, e.g. under ``vmap``)."""
         return self._jitted(*args, **static)
+
+
+def enable_compilation_cache(path, *, min_compile_time_secs: float = 1.0) -> None:
+    """Opt in to JAX's persistent compilation cache in ``path`` (off unless you call this).
+
+    With the cache, a fresh process reuses programs compiled by an earlier process for the same
+    shapes and settings instead of compiling them again (the EM, VB, SVI and NUTS programs of
+    bayesgmm all qualify). This changes JAX's global configuration for the whole process, which
+    is why the library never does it by itself; the ``bayesgmm`` command does it when given
+    ``--compile-cache DIR`` or ``BAYESGMM_COMPILE_CACHE``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Directory for the cache (created if needed).
+    min_compile_time_secs : float
+        Only programs that took at least this long to compile are cached.
+    """
+    import os
+
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

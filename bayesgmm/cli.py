@@ -1,41 +1,119 @@
-"""The ``bayesgmm`` command line.
+"""The ``bayesgmm`` command line: batch experiments on top of :mod:`bayesgmm.experiments`.
 
-Subcommands
------------
-``demo``  EM on the bundled Old Faithful data: prints the fitted parameters, writes a figure and
-          the fit as JSON.
-``fit``   Fit a mixture to a CSV file (column selection), writing JSON (and NetCDF for engines
-          with ArviZ support) plus a figure.
+Commands
+--------
+``demo``      Old Faithful, every engine: the comparison table printed, figures and fits written.
+``fit``       Fit one engine to a CSV/Parquet file: JSON summary, NetCDF (ArviZ), PNG.
+``compare``   Several engines on the same data: CSV/JSON table, engines figure, NetCDF per fit.
+``select``    BIC/AIC/ICL over a grid of K and covariance structures: CSV table, BIC plot.
+``simulate``  Draw a data set from the generative story: CSV (with the true component) + truth JSON.
+``study``     A simulation study (many simulated data sets, every engine): CSV rows + summary.
+``sbc``       Simulation-based calibration of a Bayesian engine: ranks CSV, p-values, rank plot.
+``run``       Any of the above from a TOML file, so a study is one reproducible command.
 
-Exit codes: 0 success, 2 bad usage or input (missing file, unknown column, invalid option).
+Every command takes ``--out DIR`` and writes its files there (nothing is pickled). Options
+given on the command line and in a TOML file have the same names (``--num-components`` is
+``num_components``). Engine options go in ``[engines.<method>]`` tables of the TOML file, or
+``--engine-option mcmc.num_samples=500`` on the command line.
+
+Exit codes: 0 success; 2 invalid usage, input, data or configuration (a one-line message on
+stderr names the problem); 1 an unexpected internal error (with its traceback).
+
+``--compile-cache DIR`` (or the environment variable ``BAYESGMM_COMPILE_CACHE``) turns on
+JAX's persistent compilation cache, so repeated commands skip most compilation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tomllib
+import traceback
 from pathlib import Path
 
-ENGINES = ("em", "vb", "svi", "mcmc")
+ENGINES = ("em", "map-em", "vb", "svi", "mcmc")
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+DATASETS = ("faithful", "galaxies")
+DEMO_ENGINES = {"mcmc": {"num_warmup": 500, "num_samples": 500}, "svi": {"num_steps": 3000}}
 
 
-def _fit(x, k, method, covariance_type, seed, n_init):
+class UsageError(ValueError):
+    """Invalid command-line or configuration input (exit code 2)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data in, files out
+# ----------------------------------------------------------------------------------------------
+def _read_table(path, columns=None):
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"input file {str(path)!r} does not exist.")
+    if p.suffix.lower() in (".parquet", ".pq"):
+        try:
+            df = pd.read_parquet(p)
+        except ImportError as err:
+            raise UsageError(f"reading Parquet needs pyarrow ({err}); pip install pyarrow, or convert to CSV.") from None
+    elif p.suffix.lower() in (".csv", ".txt", ".tsv"):
+        df = pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",")
+    else:
+        raise UsageError(f"input file {str(path)!r}: unknown format {p.suffix!r}; use .csv, .tsv or .parquet.")
+    if columns:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise UsageError(f"column(s) {missing} not in {str(path)!r}; available: {list(df.columns)}.")
+    return df
+
+
+def load_data(spec: dict):
+    """Features (DataFrame) and labels (array or None) from a data spec.
+
+    ``spec``: ``dataset`` (a bundled data set) or ``path`` (CSV/Parquet), optional ``columns``
+    (features; default all numeric columns but the label) and ``label_column``.
+    """
     import bayesgmm as bg
 
-    if method == "em":
-        return bg.fit_em(x, k, covariance_type=covariance_type, n_init=n_init, seed=seed)
-    if method == "vb":
-        from .vb import fit_vb
+    allowed = {"dataset", "path", "columns", "label_column"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise UsageError(f"unknown data option(s) {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    if bool(spec.get("dataset")) == bool(spec.get("path")):
+        raise UsageError("give exactly one data source: an input file (path) or --dataset " + "|".join(DATASETS) + ".")
+    if spec.get("dataset"):
+        name = spec["dataset"]
+        if name not in DATASETS:
+            raise UsageError(f"unknown dataset {name!r}; bundled: {DATASETS}.")
+        df = bg.datasets.load_faithful(as_frame=True) if name == "faithful" else bg.datasets.load_galaxies(as_frame=True)
+    else:
+        df = _read_table(spec["path"], list(spec.get("columns") or []) + ([spec["label_column"]] if spec.get("label_column") else []))
+    labels = None
+    label = spec.get("label_column")
+    if label:
+        if label not in df.columns:
+            raise UsageError(f"label column {label!r} not in the data; available: {list(df.columns)}.")
+        labels = df[label].to_numpy()
+        df = df.drop(columns=[label])
+    columns = spec.get("columns")
+    if columns:
+        df = df[list(columns)]
+    return df, labels
 
-        return fit_vb(x, k, covariance_type=covariance_type, n_init=n_init, seed=seed)
-    if method == "svi":
-        from .svi import fit_svi
 
-        return fit_svi(x, k, covariance_type=covariance_type, seed=seed)
-    from .mcmc import fit_mcmc
+def _out_dir(path) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    return fit_mcmc(x, k, covariance_type=covariance_type, seed=seed)
+
+def _figure(fig, path, written):
+    fig.savefig(path, dpi=150)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    written.append(path)
 
 
 def _print_fit(result, out=None):
@@ -47,107 +125,481 @@ def _print_fit(result, out=None):
     for k in range(result.num_components):
         mean = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, result.means[k]))
         print(f"  component {k}: weight {result.weights[k]:.4f}, mean ({mean})", file=out)
-        cov = result.full_covariances[k]
-        sd = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, cov.diagonal() ** 0.5))
+        sd = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, result.full_covariances[k].diagonal() ** 0.5))
         print(f"               sd ({sd})", file=out)
 
 
-def _figure(result, x, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _fit_figure(result, x):
     from . import plotting
 
-    if x.shape[1] == 1:
-        fig = plotting.plot_density_1d(result, x).figure
-    else:
-        fig = plotting.plot_clusters_2d(result, x).figure
-    fig.savefig(path, dpi=150)
-    return path
+    arr = x.to_numpy(dtype=float) if hasattr(x, "to_numpy") else x
+    ax = plotting.plot_density_1d(result, arr) if arr.shape[1] == 1 else plotting.plot_clusters_2d(result, arr)
+    return ax.figure
 
 
-def cmd_demo(args) -> int:
-    import bayesgmm as bg
-
-    x = bg.datasets.load_faithful(as_frame=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = bg.fit_em(x, 2, n_init=args.n_init, seed=args.seed)
-    print("Old Faithful (272 eruptions; eruption length and waiting time, minutes)")
-    _print_fit(result)
-    print(f"  BIC {result.bic(x):.2f}")
-    result.to_json(out / "faithful_em.json")
-    fig = _figure(result, x.to_numpy(), out / "faithful_em.png")
-    print(f"wrote {out / 'faithful_em.json'} and {fig}")
-    return 0
-
-
-def _read_table(path, columns):
+def _print_table(table, columns, out=None):
+    out = sys.stdout if out is None else out
     import pandas as pd
 
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"input file {path!r} does not exist.")
-    df = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
-    if columns:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise ValueError(f"column(s) {missing} not in {path!r}; available: {list(df.columns)}.")
-        df = df[columns]
-    return df
+    shown = table[[c for c in columns if c in table.columns]]
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(shown.to_string(index=False), file=out)
 
 
-def cmd_fit(args) -> int:
-    df = _read_table(args.input, args.columns)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = _fit(df, args.num_components, args.method, args.covariance_type, args.seed, args.n_init)
+def _wrote(written):
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands: each takes a dict of options (from argparse or a TOML file)
+# ----------------------------------------------------------------------------------------------
+def _engine_kwargs(opts, method):
+    return dict(opts.get("engines", {}).get(method, {}))
+
+
+def run_fit(opts) -> int:
+    from .diagnostics import save_result
+    from .experiments import fit
+
+    x, _ = load_data(opts["data"])
+    out = _out_dir(opts["out"])
+    method = opts["method"]
+    result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"],
+                 **_engine_kwargs(opts, method))
     _print_fit(result)
-    stem = f"{args.method}_k{args.num_components}"
-    result.to_json(out / f"{stem}.json")
+    stem = f"{method}_k{opts['num_components']}"
     written = [out / f"{stem}.json"]
-    if result.draws is not None or args.netcdf:
-        from .diagnostics import save_result
-
-        save_result(result, out / f"{stem}.nc", x=df)
-        written.append(out / f"{stem}.nc")
-    if not args.no_plot:
-        written.append(_figure(result, df.to_numpy(dtype=float), out / f"{stem}.png"))
-    print("wrote " + ", ".join(map(str, written)))
+    result.to_json(written[0])
+    save_result(result, out / f"{stem}.nc", x=x)
+    written.append(out / f"{stem}.nc")
+    if opts["plot"]:
+        _figure(_fit_figure(result, x), out / f"{stem}.png", written)
+    _wrote(written)
     return 0
+
+
+COMPARE_COLUMNS = ("method", "fit_seconds", "run_seconds", "log_likelihood", "test_lpd", "ari", "nmi", "elbo",
+                   "ess_per_second", "divergences", "max_rhat", "effective_components", "converged")
+
+
+def run_compare(opts, *, title=None) -> int:
+    import numpy as np
+
+    from .diagnostics import save_result
+    from .experiments import compare
+
+    x, labels = load_data(opts["data"])
+    out = _out_dir(opts["out"])
+    frac = float(opts["test_fraction"])
+    if not 0 <= frac < 1:
+        raise UsageError(f"test_fraction must be in [0, 1), got {frac}.")
+    x_train, x_test, lab_train = x, None, labels
+    if frac > 0:
+        rng = np.random.default_rng(opts["seed"])
+        test = rng.permutation(len(x))[: int(round(frac * len(x)))]
+        mask = np.zeros(len(x), bool)
+        mask[test] = True
+        x_train, x_test = x[~mask], x[mask]
+        lab_train = None if labels is None else labels[~mask]
+    engines = dict(opts.get("engines", {}))
+    table, fits = compare(
+        x_train, opts["num_components"], methods=opts["methods"], covariance_type=opts["covariance_type"],
+        x_test=x_test, labels=lab_train, engine_kwargs=engines, seed=opts["seed"], progress_bar=opts["progress"],
+        return_fits=True,
+    )
+    if title:
+        print(title)
+    _print_table(table, COMPARE_COLUMNS)
+    for row in table.itertuples():
+        if row.warnings:
+            print(f"  {row.method}: {row.warnings}", file=sys.stderr)
+    written = [out / "comparison.csv", out / "comparison.json"]
+    table.to_csv(written[0], index=False)
+    written[1].write_text(table.to_json(orient="records", indent=2))
+    for method, result in fits.items():
+        if hasattr(result, "to_json"):
+            result.to_json(out / f"{method}.json")
+            save_result(result, out / f"{method}.nc", x=x_train)
+            written.append(out / f"{method}.nc")
+    if opts["plot"]:
+        from . import plotting
+
+        panels = {m: r for m, r in fits.items() if hasattr(r, "to_json")}
+        if panels:
+            fig, _ = plotting.plot_engines(panels, x_train.to_numpy(dtype=float))
+            _figure(fig, out / "engines.png", written)
+        if "em" in fits:
+            _figure(_fit_figure(fits["em"], x_train), out / "em_clusters.png", written)
+    _wrote(written)
+    return 0
+
+
+def run_select(opts) -> int:
+    from .selection import select
+
+    x, _ = load_data(opts["data"])
+    out = _out_dir(opts["out"])
+    ks = opts["k"]
+    prior = {"none": None, "default": "default"}.get(opts["prior"])
+    if opts["prior"] not in ("none", "default"):
+        raise UsageError(f"prior must be 'none' or 'default', got {opts['prior']!r}.")
+    result = select(x, ks, covariance_types=opts["covariance_types"], prior=prior, n_init=opts["n_init"], seed=opts["seed"])
+    _print_table(result.table, ("covariance_type", "num_components", "log_likelihood", "num_parameters", "bic", "aic",
+                                "icl", "converged", "degenerate"))
+    best = result.best("bic")
+    print(f"best by BIC (lower is better): {best.covariance_type}, K={best.num_components}  "
+          f"({result.info['seconds']:.2f} s for {len(result.table)} fits)")
+    written = [out / "selection.csv", out / "best_bic.json"]
+    result.table.to_csv(written[0], index=False)
+    best.to_json(written[1])
+    if opts["plot"]:
+        _figure(result.plot("bic").figure, out / "selection_bic.png", written)
+    _wrote(written)
+    return 0
+
+
+def run_simulate(opts) -> int:
+    import pandas as pd
+
+    from .datasets import make_mixture
+
+    data = make_mixture(opts["num_obs"], opts["num_components"], opts["num_features"],
+                        covariance_type=opts["covariance_type"], separation=opts["separation"], seed=opts["seed"])
+    out = _out_dir(opts["out"])
+    df = pd.DataFrame(data.x, columns=[f"x{j}" for j in range(data.x.shape[1])])
+    df["component"] = data.labels
+    written = [out / "data.csv", out / "truth.json"]
+    df.to_csv(written[0], index=False)
+    truth = {"covariance_type": opts["covariance_type"], "weights": data.params.weights.tolist(),
+             "means": data.params.means.tolist(), "covariances": data.params.covariances.tolist(), "seed": opts["seed"]}
+    written[1].write_text(json.dumps(truth, indent=2))
+    print(f"simulated {opts['num_obs']} observations of a {opts['num_components']}-component mixture "
+          f"(D={opts['num_features']}, separation {opts['separation']}); label column 'component'")
+    _wrote(written)
+    return 0
+
+
+def run_study(opts) -> int:
+    from .experiments import simulation_study, summarise_study
+
+    out = _out_dir(opts["out"])
+    study = simulation_study(
+        opts["num_datasets"], num_obs=opts["num_obs"], separation=opts["separation"],
+        num_components=opts["num_components"], num_features=opts["num_features"], methods=opts["methods"],
+        covariance_type=opts["covariance_type"], engine_kwargs=dict(opts.get("engines", {})), seed=opts["seed"],
+        progress_bar=opts["progress"],
+    )
+    summary = summarise_study(study)
+    _print_table(summary, ("method", "num_obs", "separation", "num_components", "ari", "means_error",
+                           "coverage_weights", "coverage_means", "coverage_covariances", "fit_seconds", "num_datasets"))
+    written = [out / "study.csv", out / "summary.csv"]
+    study.to_csv(written[0], index=False)
+    summary.to_csv(written[1], index=False)
+    _wrote(written)
+    return 0
+
+
+def sbc_prior(num_features: int, overrides: dict | None = None):
+    """The SBC default prior of :func:`bayesgmm.sbc`'s docstring, with TOML ``[prior]`` overrides."""
+    import numpy as np
+
+    from .params import Prior
+
+    d = num_features
+    spec = dict(weight_concentration=5.0, mean=np.zeros(d), mean_precision=0.2, degrees_of_freedom=d + 4.0,
+                scale=(d + 3.0) * np.eye(d))
+    unknown = set(overrides or {}) - set(spec)
+    if unknown:
+        raise UsageError(f"unknown prior option(s) {sorted(unknown)}; allowed: {sorted(spec)}.")
+    spec.update(overrides or {})
+    return Prior(**spec)
+
+
+def run_sbc(opts) -> int:
+    from .calibration import sbc
+
+    out = _out_dir(opts["out"])
+    prior = sbc_prior(opts["num_features"], opts.get("prior"))
+    result = sbc(opts["num_components"], opts["num_obs"], prior=prior, method=opts["method"],
+                 covariance_type=opts["covariance_type"], num_replications=opts["replications"],
+                 num_ranks=opts["num_ranks"], engine_kwargs=_engine_kwargs(opts, opts["method"]), seed=opts["seed"],
+                 progress_bar=opts["progress"])
+    print(result.summary())
+    written = [out / "sbc_ranks.csv", out / "sbc.json"]
+    result.ranks.to_csv(written[0], index=False)
+    result.to_json(written[1])
+    if opts["plot"]:
+        from . import plotting
+
+        fig, _ = plotting.plot_sbc_ranks(result, "hist")
+        _figure(fig, out / "sbc_ranks.png", written)
+        fig, _ = plotting.plot_sbc_ranks(result, "ecdf")
+        _figure(fig, out / "sbc_ecdf.png", written)
+    _wrote(written)
+    return 0
+
+
+def run_demo(opts) -> int:
+    engines = {m: dict(v) for m, v in DEMO_ENGINES.items()}
+    for method, kw in opts.get("engines", {}).items():
+        engines.setdefault(method, {}).update(kw)
+    demo = {
+        "data": {"dataset": "faithful"}, "num_components": 2, "methods": ("kmeans",) + tuple(opts["methods"]),
+        "covariance_type": "full", "test_fraction": 0.25, "seed": opts["seed"], "out": opts["out"],
+        "engines": engines, "plot": True, "progress": opts["progress"],
+    }
+    return run_compare(demo, title="Old Faithful (272 eruptions: eruption length and waiting time, minutes), K=2, "
+                                   "75% training / 25% held out")
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument parsing and TOML configuration
+# ----------------------------------------------------------------------------------------------
+def _parse_engine_options(items) -> dict:
+    """``["mcmc.num_samples=500", ...]`` -> ``{"mcmc": {"num_samples": 500}}`` (TOML values)."""
+    engines: dict = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UsageError(f"--engine-option {item!r}: write METHOD.NAME=VALUE, e.g. mcmc.num_samples=500.")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare string
+        engines.setdefault(method.strip(), {})[name.strip()] = parsed
+    return engines
+
+
+def _data_spec(args) -> dict:
+    spec = {}
+    for key in ("dataset", "columns", "label_column"):
+        if getattr(args, key, None):
+            spec[key] = getattr(args, key)
+    if getattr(args, "input", None):
+        spec["path"] = args.input
+    return spec
+
+
+def _common(p, *, out_default):
+    p.add_argument("--out", default=out_default, help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+
+def _data_args(p, *, labels=False):
+    p.add_argument("input", nargs="?", help="CSV, TSV or Parquet file (or use --dataset)")
+    p.add_argument("--dataset", choices=DATASETS, help="a bundled data set instead of a file")
+    p.add_argument("--columns", nargs="+", help="feature columns (default: all but the label column)")
+    if labels:
+        p.add_argument("--label-column", help="column of true labels (for ARI/NMI; not a feature)")
+
+
+def _plot_args(p):
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="EM on the bundled Old Faithful data; prints parameters, writes a figure.")
-    demo.add_argument("--out", default="bayesgmm_demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--n-init", type=int, default=5)
-    demo.set_defaults(func=cmd_demo)
-    fit = sub.add_parser("fit", help="fit a mixture to a CSV or Parquet file")
-    fit.add_argument("input", help="CSV or Parquet file")
+    ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
+                                 epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error.")
+    ap.add_argument("--compile-cache", default=os.environ.get("BAYESGMM_COMPILE_CACHE"),
+                    help="folder for JAX's persistent compilation cache (default: $BAYESGMM_COMPILE_CACHE; off if unset)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="Old Faithful with every engine: comparison table, figures, fits")
+    _common(demo, out_default="bayesgmm_demo")
+    demo.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "svi", "mcmc"])
+    demo.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.set_defaults(handler=run_demo)
+
+    fit = sub.add_parser("fit", help="fit one engine to a data file")
+    _data_args(fit)
     fit.add_argument("-k", "--num-components", type=int, required=True)
-    fit.add_argument("--columns", nargs="+", help="columns to use (default: all)")
     fit.add_argument("--method", choices=ENGINES, default="em")
-    fit.add_argument("--covariance-type", choices=("full", "diag", "spherical", "tied"), default="full")
-    fit.add_argument("--n-init", type=int, default=5)
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", default="bayesgmm_out", help="output folder (default: %(default)s)")
-    fit.add_argument("--netcdf", action="store_true", help="also write ArviZ NetCDF for point fits")
-    fit.add_argument("--no-plot", action="store_true")
-    fit.set_defaults(func=cmd_fit)
+    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    fit.add_argument("--engine-option", action="append", metavar="NAME=VALUE",
+                     help="engine keyword argument, e.g. n_init=10 or num_samples=500 (repeatable)")
+    _common(fit, out_default="bayesgmm_out")
+    _plot_args(fit)
+    fit.set_defaults(handler=run_fit)
+
+    cmp_ = sub.add_parser("compare", help="several engines on the same data: one table")
+    _data_args(cmp_, labels=True)
+    cmp_.add_argument("-k", "--num-components", type=int, required=True)
+    cmp_.add_argument("--methods", nargs="+", choices=ENGINES + ("kmeans",), default=["em", "vb", "svi", "mcmc"])
+    cmp_.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    cmp_.add_argument("--test-fraction", type=float, default=0.0, help="share of rows held out for test_lpd")
+    cmp_.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
+    cmp_.add_argument("--no-progress", dest="progress", action="store_false")
+    _common(cmp_, out_default="bayesgmm_compare")
+    _plot_args(cmp_)
+    cmp_.set_defaults(handler=run_compare)
+
+    sel = sub.add_parser("select", help="BIC/AIC/ICL over K and covariance structures")
+    _data_args(sel)
+    sel.add_argument("-k", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="numbers of components (default: 1..5)")
+    sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES, default=list(COVARIANCE_TYPES))
+    sel.add_argument("--prior", choices=("none", "default"), default="none",
+                     help="none: maximum likelihood; default: MAP-EM with mclust's default prior per K")
+    sel.add_argument("--n-init", type=int, default=5)
+    _common(sel, out_default="bayesgmm_select")
+    _plot_args(sel)
+    sel.set_defaults(handler=run_select)
+
+    sim = sub.add_parser("simulate", help="draw a data set from the generative story")
+    sim.add_argument("-n", "--num-obs", type=int, default=500)
+    sim.add_argument("-k", "--num-components", type=int, default=3)
+    sim.add_argument("-d", "--num-features", type=int, default=2)
+    sim.add_argument("--separation", type=float, default=4.0)
+    sim.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    _common(sim, out_default="bayesgmm_simulated")
+    sim.set_defaults(handler=run_simulate)
+
+    study = sub.add_parser("study", help="simulation study: every engine on many simulated data sets")
+    study.add_argument("--num-datasets", type=int, default=20)
+    study.add_argument("-n", "--num-obs", type=int, nargs="+", default=[200])
+    study.add_argument("--separation", type=float, nargs="+", default=[3.0])
+    study.add_argument("-k", "--num-components", type=int, nargs="+", default=[2])
+    study.add_argument("-d", "--num-features", type=int, default=2)
+    study.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "mcmc"])
+    study.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    study.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
+    study.add_argument("--no-progress", dest="progress", action="store_false")
+    _common(study, out_default="bayesgmm_study")
+    study.set_defaults(handler=run_study)
+
+    sb = sub.add_parser("sbc", help="simulation-based calibration of a Bayesian engine")
+    sb.add_argument("-k", "--num-components", type=int, default=2)
+    sb.add_argument("-n", "--num-obs", type=int, default=100)
+    sb.add_argument("-d", "--num-features", type=int, default=1)
+    sb.add_argument("--method", choices=("vb", "svi", "mcmc"), default="vb")
+    sb.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    sb.add_argument("--replications", type=int, default=100)
+    sb.add_argument("--num-ranks", type=int, default=99)
+    sb.add_argument("--engine-option", action="append", metavar="NAME=VALUE")
+    sb.add_argument("--no-progress", dest="progress", action="store_false")
+    _common(sb, out_default="bayesgmm_sbc")
+    _plot_args(sb)
+    sb.set_defaults(handler=run_sbc)
+
+    run = sub.add_parser("run", help="run a command described by a TOML file",
+                         description="Run an experiment described by a TOML file: a 'command' key (fit, compare, select, "
+                                     "simulate, study, sbc, demo), the command's options by their long names "
+                                     "(num_components = 3), a [data] table (dataset or path, columns, label_column), "
+                                     "[engines.<method>] tables and, for sbc, a [prior] table.")
+    run.add_argument("config", help="TOML file")
+    run.add_argument("--out", help="output folder (overrides the file's 'out')")
+    run.set_defaults(handler=None)
     return ap
+
+
+#: options each command takes (argparse dest names), besides data/engines
+_OPTIONS = {
+    "demo": ("out", "seed", "methods", "progress"),
+    "fit": ("num_components", "method", "covariance_type", "out", "seed", "plot"),
+    "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "seed", "plot", "progress"),
+    "select": ("k", "covariance_types", "prior", "n_init", "out", "seed", "plot"),
+    "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "seed"),
+    "study": ("num_datasets", "num_obs", "separation", "num_components", "num_features", "methods", "covariance_type",
+              "out", "seed", "progress"),
+    "sbc": ("num_components", "num_obs", "num_features", "method", "covariance_type", "replications", "num_ranks",
+            "out", "seed", "plot", "progress"),
+}
+_HANDLERS = {"demo": run_demo, "fit": run_fit, "compare": run_compare, "select": run_select,
+             "simulate": run_simulate, "study": run_study, "sbc": run_sbc}
+_TAKES_DATA = ("fit", "compare", "select")
+
+
+def options_from_args(args) -> dict:
+    opts = {name: getattr(args, name) for name in _OPTIONS[args.command]}
+    if args.command in _TAKES_DATA:
+        opts["data"] = _data_spec(args)
+    items = getattr(args, "engine_option", None) or ()
+    if args.command in ("fit", "sbc"):  # one engine: NAME=VALUE without a method prefix
+        for item in items:
+            if "=" not in item:
+                raise UsageError(f"--engine-option {item!r}: write NAME=VALUE, e.g. num_samples=500.")
+        opts["engines"] = _parse_engine_options([f"{opts['method']}.{item}" for item in items])
+    else:
+        opts["engines"] = _parse_engine_options(items)
+    return opts
+
+
+def options_from_toml(path, out=None) -> dict:
+    """The options dict of a TOML experiment file (see ``bayesgmm run --help``)."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"config file {str(path)!r} does not exist.")
+    try:
+        config = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"config file {str(path)!r} is not valid TOML: {err}.") from None
+    command = config.pop("command", None)
+    if command not in _HANDLERS:
+        raise UsageError(f"config file {str(path)!r}: 'command' must be one of {sorted(_HANDLERS)}, got {command!r}.")
+    parser = build_parser()
+    argv = [command] + (["--dataset", "faithful"] if command in _TAKES_DATA else [])
+    argv += {"fit": ["-k", "1"], "compare": ["-k", "1"]}.get(command, [])
+    defaults = options_from_args(parser.parse_args(argv))  # the command-line defaults
+    data = config.pop("data", None)
+    engines = config.pop("engines", {})
+    prior = config.pop("prior", None)
+    unknown = set(config) - set(_OPTIONS[command])
+    if unknown:
+        raise UsageError(
+            f"config file {str(path)!r}: unknown option(s) {sorted(unknown)} for {command!r}; allowed: "
+            f"{sorted(_OPTIONS[command])} and the tables [data], [engines.<method>]" + (", [prior]" if command == "sbc" else "") + "."
+        )
+    if command in _TAKES_DATA:
+        if not isinstance(data, dict):
+            raise UsageError(f"config file {str(path)!r}: a [data] table (dataset or path) is required for {command!r}.")
+        defaults["data"] = data
+    elif data is not None:
+        raise UsageError(f"config file {str(path)!r}: {command!r} takes no [data] table.")
+    if command in ("fit", "compare") and "num_components" not in config:
+        raise UsageError(f"config file {str(path)!r}: num_components is required for {command!r}.")
+    if not isinstance(engines, dict) or not all(isinstance(v, dict) for v in engines.values()):
+        raise UsageError(f"config file {str(path)!r}: engine options go in tables like [engines.mcmc].")
+    defaults.update(config)
+    defaults["engines"] = engines
+    if prior is not None:
+        if command != "sbc":
+            raise UsageError(f"config file {str(path)!r}: a [prior] table is only read by 'sbc'.")
+        defaults["prior"] = prior
+    if out is not None:
+        defaults["out"] = out
+    defaults["command"] = command
+    return defaults
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except ValueError as err:
+        if args.compile_cache:
+            from ._compile import enable_compilation_cache
+
+            enable_compilation_cache(args.compile_cache)
+        if args.command == "run":
+            opts = options_from_toml(args.config, args.out)
+            handler = _HANDLERS[opts.pop("command")]
+        else:
+            opts = options_from_args(args)
+            handler = args.handler
+        return handler(opts)
+    except ValueError as err:  # UsageError and the library's input validation
         print(f"bayesgmm: error: {err}", file=sys.stderr)
         return 2
+    except TypeError as err:
+        if "unexpected keyword argument" in str(err):  # a misspelt engine option
+            print(f"bayesgmm: error: engine option not accepted: {err}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        return 1
+    except Exception:  # noqa: BLE001 - report, with the traceback, as an internal error
+        traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":

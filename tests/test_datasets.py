@@ -1,0 +1,36 @@
+"""Bundled data and simulation from the model."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import bayesgmm as bg
+
+
+def test_bundled_data_match_their_provenance():
+    x = bg.datasets.load_faithful()
+    assert x.shape == (272, 2)
+    np.testing.assert_allclose(x.mean(0), [3.487783, 70.897059], atol=1e-6)
+    df = bg.datasets.load_faithful(as_frame=True)
+    assert list(df.columns) == ["eruptions", "waiting"]
+    g = bg.datasets.load_galaxies()
+    assert g.shape == (82, 1) and g.min() == 9172 and g.max() == 34279
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+def test_make_mixture_draws_from_the_stated_parameters(covariance_type):
+    data = bg.datasets.make_mixture(20000, 3, 2, covariance_type=covariance_type, seed=4)
+    w, m, c = data.params
+    full = bg.FitResult(
+        "truth", covariance_type, w, m, c, 0.0, True, 0, np.zeros(1), "log_likelihood", ("a", "b"), 1
+    ).full_covariances
+    counts = np.bincount(data.labels, minlength=3)
+    # label frequencies: chi-square goodness of fit against the weights
+    assert stats.chisquare(counts, 20000 * w).pvalue > 1e-3
+    for k in range(3):
+        xk = data.x[data.labels == k]
+        se = np.sqrt(np.diag(full[k]) / len(xk))
+        assert np.all(np.abs(xk.mean(0) - m[k]) < 4.5 * se)
+        np.testing.assert_allclose(np.cov(xk.T), full[k], atol=6 * np.sqrt(2 / len(xk)) * full[k].diagonal().max())
+    again = bg.datasets.make_mixture(20000, 3, 2, covariance_type=covariance_type, seed=4)
+    assert np.array_equal(again.x, data.x)
