@@ -43,7 +43,7 @@ def assert_real_figure(path, min_width=400):
     assert np.mean(rgb.min(axis=1) < 200) > 0.01  # a non-white share of the pixels
 
 
-@pytest.mark.parametrize("name", ["foot_size", "em_steps", "kmeans_vs_gmm", "sbc_calibration"])
+@pytest.mark.parametrize("name", ["foot_size", "em_steps", "kmeans_vs_gmm", "sbc_calibration", "em_uncertainty"])
 def test_example_is_a_documented_script(name):
     module = load(name)
     assert module.__doc__ and len(module.__doc__) > 200
@@ -130,3 +130,22 @@ def test_sbc_calibration(tmp_path, capsys):
     assert out["results"]["NUTS"].settings["engine_kwargs"] == {"num_warmup": 100, "num_samples": 30, "num_chains": 1}
     printed = capsys.readouterr().out
     assert "Uniformity p-values" in printed and "sorted_means[0]" in printed and "NUTS:" in printed
+
+
+def test_em_uncertainty(tmp_path, capsys):
+    """Small run: every method's standard errors are within a factor 2 of the observed
+    information's (they estimate the same sampling spread), and the information SE of the
+    weights is the binomial one, sqrt(w (1 - w) / N), up to the uncertainty of the assignments."""
+    module = load("em_uncertainty")
+    out = module.main(["--replicates", "40", "--num-samples", "200", "--num-chains", "2", "--dpi", "80",
+                       "--out", str(tmp_path)])
+    table = out["table"]
+    for col in ("se_bootstrap", "se_parametric", "sd_posterior"):
+        ratio = table[col] / table["se_information"]
+        assert ratio.between(0.5, 2.0).all(), (col, ratio.round(2).tolist())
+    w = table[table.name == "w[0]"].iloc[0]
+    binomial = np.sqrt(w.estimate * (1 - w.estimate) / 272)
+    assert binomial <= w.se_information < 1.2 * binomial
+    assert out["bootstrap_info"]["converged_fraction"] == 1.0
+    assert "bootstrap refits" in capsys.readouterr().out
+    assert_real_figure(out["figures"][0])
