@@ -20,6 +20,7 @@ from .mcmc import fit_mcmc
 from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, Prior
 from .results import FitResult
 from .selection import select, select_bayesian
+from .streaming import fit_em_stream
 from .svi import fit_svi
 from .uncertainty import bootstrap, observed_information
 from .vb import fit_vb
@@ -38,6 +39,7 @@ __all__ = [
     "compare",
     "datasets",
     "fit_em",
+    "fit_em_stream",
     "fit_mcmc",
     "fit_svi",
     "fit_vb",

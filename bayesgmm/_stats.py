@@ -161,8 +161,12 @@ def e_step(z, theta, *, hard: bool = False):
 
 def suff_stats(resp, z, num_features: int, covariance_type: str):
     """All sufficient statistics in one product ``resp.T @ z``; returns ``(nk, sx, sxx)``."""
+    return unpack_stats(resp.T @ z, num_features, covariance_type)
+
+
+def unpack_stats(s, num_features: int, covariance_type: str):
+    """``(nk, sx, sxx)`` from summed statistics ``s = resp.T @ Z`` of shape (K, p)."""
     d = num_features
-    s = resp.T @ z  # (K, p)
     nq = num_suff_features(d, covariance_type) - d - 1
     quad, sx, nk = s[:, :nq], s[:, nq : nq + d], s[:, -1]
     if covariance_type in ("full", "tied"):
@@ -174,6 +178,21 @@ def suff_stats(resp, z, num_features: int, covariance_type: str):
     else:
         sxx = quad[:, 0]
     return nk, sx, sxx
+
+
+def degenerate_components(params: GMMParams, counts, reg_covar: float, covariance_type: str, dtype) -> tuple:
+    """Components holding less than one observation's worth, or whose smallest variance sits on
+    the regularisation floor ``max(10 reg_covar, 100 eps)`` (standardised scale; NumPy, host side)."""
+    _, m, c = (np.asarray(p, np.float64) for p in params)
+    k, d = m.shape
+    if covariance_type in ("full", "tied"):
+        smallest = np.linalg.eigvalsh(np.broadcast_to(c, (k, d, d)))[..., 0]
+    elif covariance_type == "diag":
+        smallest = c.min(axis=1)
+    else:
+        smallest = c
+    floor = max(10 * reg_covar, 100 * np.finfo(dtype).eps)
+    return tuple(int(i) for i in np.flatnonzero((np.asarray(counts) < 1.0) | (smallest <= floor)))
 
 
 def scatter(nk, sx, sxx, covariance_type: str):

@@ -1,9 +1,10 @@
 """Expectation-maximisation for Gaussian mixtures, compiled with JAX.
 
-Structure (after blackjax): a pure :func:`em_init` and :func:`em_step` over an immutable
-:class:`EMState` and the fitted :class:`EMProblem`; a ``lax.while_loop`` driver
-(:func:`run_em`); restarts ``vmap``-ped so ``n_init`` runs are one compiled call
-(:data:`PROGRAM`, compiled ahead of time so that compile and run times are reported apart).
+Structure (after blackjax, in :mod:`bayesgmm._em_core`): a pure :func:`em_init` and
+:func:`em_step` over an immutable :class:`EMState` and the fitted :class:`EMProblem`; a
+``lax.while_loop`` driver (:func:`run_em`); restarts ``vmap``-ped so ``n_init`` runs are one
+compiled call (:data:`PROGRAM`, compiled ahead of time so that compile and run times are
+reported apart). This module is the host side: validation, units, packaging the result.
 Shapes, K, the covariance structure, ``max_iter`` and the initialisation method are static, so
 a second fit on same-shaped data reuses the compiled program.
 
@@ -26,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sharding, _stats
-from ._compile import CompiledProgram
-from .kmeans import INIT_METHODS, initial_responsibilities
-from .model import log_prior
+from . import _sharding
+from ._stats import degenerate_components
+from ._em_core import _TRACE_COUNT, PROGRAM, EMConfig, EMOutput  # noqa: F401 (the program and its trace counter, for callers and tests)
+from .kmeans import INIT_METHODS
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
@@ -38,6 +39,7 @@ from .params import (
     check_covariance_type,
     check_data,
     check_num_components,
+    check_prior_for_map,
     check_sample_weight,
     log_jacobians,
     params_to_original,
@@ -46,171 +48,6 @@ from .params import (
     standardisation,
 )
 from .results import FitResult
-
-# Incremented each time the EM driver is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"fit": 0}
-
-
-class EMState(NamedTuple):
-    """Loop carry of the EM driver (standardised scale).
-
-    ``objective`` is the mean per-observation objective at ``params`` *before* the last M-step
-    (scikit-learn's convention for the tolerance test); ``trace[t]`` is the total objective
-    after ``t`` M-steps.
-    """
-
-    params: GMMParams
-    objective: jax.Array
-    n_iter: jax.Array
-    converged: jax.Array
-    trace: jax.Array
-
-
-class EMConfig(NamedTuple):
-    """Static choices of one EM program."""
-
-    num_components: int
-    num_features: int
-    covariance_type: str
-    hard: bool
-    use_prior: bool
-
-
-class EMProblem(NamedTuple):
-    """What one EM run fits (a pytree; every field traced).
-
-    Attributes
-    ----------
-    z : (N, p) exponential-family features of the standardised data (:func:`_stats.suff_features`)
-    sample_weight : (N,) row weights, or None (all 1). Bootstrap counts; 0 for padding rows.
-    active : (K,) bool, or None (all active). Components switched off, so that fits of every
-        K' <= K run in one program (model-selection grids).
-    prior : PriorArrays or None (maximum likelihood)
-    tol, reg_covar : scalars
-    """
-
-    z: jax.Array
-    sample_weight: jax.Array | None
-    active: jax.Array | None
-    prior: object
-    tol: jax.Array
-    reg_covar: jax.Array
-
-    @property
-    def num_obs(self):
-        return self.z.shape[0] if self.sample_weight is None else jnp.sum(self.sample_weight)
-
-
-class EMOutput(NamedTuple):
-    """Per restart: final state, objective, marginal log-likelihood, expected counts N_k and the
-    entropy of the responsibilities, -sum r log r (for ICL), all on the standardised scale."""
-
-    state: EMState
-    objective: jax.Array
-    log_likelihood: jax.Array
-    counts: jax.Array
-    entropy: jax.Array
-
-
-def _weighted_sum(values, sample_weight):
-    return jnp.sum(values) if sample_weight is None else values @ sample_weight
-
-
-def objective_terms(params: GMMParams, problem: EMProblem, config: EMConfig):
-    """E-step: responsibilities (N, K) and the total objective (log-likelihood [+ log prior])."""
-    theta = _stats.mask_components(_stats.natural_params(params, config.covariance_type), problem.active)
-    resp, ll = _stats.e_step(problem.z, theta, hard=config.hard)
-    total = _weighted_sum(ll, problem.sample_weight)
-    if config.use_prior:
-        total = total + log_prior(params, problem.prior, config.covariance_type, problem.active)
-    return resp, total
-
-
-def m_step(resp, problem: EMProblem, config: EMConfig) -> GMMParams:
-    """Closed-form M-step from responsibilities (weighted by ``sample_weight``)."""
-    if problem.sample_weight is not None:
-        resp = resp * problem.sample_weight[:, None]
-    stats = _stats.suff_stats(resp, problem.z, config.num_features, config.covariance_type)
-    prior = problem.prior if config.use_prior else None
-    return _stats.m_step(*stats, config.covariance_type, problem.reg_covar, prior, problem.active)
-
-
-def em_init(params: GMMParams, max_iter: int) -> EMState:
-    dtype = params.means.dtype
-    return EMState(
-        params=params,
-        objective=jnp.asarray(-jnp.inf, dtype),
-        n_iter=jnp.int32(0),
-        converged=jnp.asarray(False),
-        trace=jnp.full((max_iter + 1,), jnp.nan, dtype),
-    )
-
-
-def em_step(state: EMState, problem: EMProblem, config: EMConfig) -> EMState:
-    """One E-step and M-step; the tolerance test is on the change of the mean objective."""
-    resp, total = objective_terms(state.params, problem, config)
-    new_params = m_step(resp, problem, config)
-    mean_obj = total / problem.num_obs
-    converged = jnp.abs(mean_obj - state.objective) < problem.tol
-    return EMState(
-        params=new_params,
-        objective=mean_obj,
-        n_iter=state.n_iter + 1,
-        converged=converged,
-        trace=state.trace.at[state.n_iter].set(total),
-    )
-
-
-def run_em(params0: GMMParams, problem: EMProblem, config: EMConfig, max_iter: int) -> EMOutput:
-    """EM from ``params0`` until ``tol`` or ``max_iter``: a ``lax.while_loop`` (traceable, vmappable)."""
-    state = jax.lax.while_loop(
-        lambda s: (s.n_iter < max_iter) & ~s.converged,
-        lambda s: em_step(s, problem, config),
-        em_init(params0, max_iter),
-    )
-    resp, final = objective_terms(state.params, problem, config)
-    trace = state.trace.at[state.n_iter].set(final)
-    log_lik = final
-    if config.hard or config.use_prior:  # the marginal log-likelihood alone
-        theta = _stats.mask_components(_stats.natural_params(state.params, config.covariance_type), problem.active)
-        resp, ll = _stats.e_step(problem.z, theta)
-        log_lik = _weighted_sum(ll, problem.sample_weight)
-    entropy = -_weighted_sum(jnp.sum(jax.scipy.special.xlogy(resp, resp), axis=1), problem.sample_weight)
-    weighted = resp if problem.sample_weight is None else resp * problem.sample_weight[:, None]
-    return EMOutput(state._replace(trace=trace), final, log_lik, jnp.sum(weighted, 0), entropy)
-
-
-def _fit_batch(xs, keys, user_init, prior, tol, reg_covar, sample_weight, active, *, config: EMConfig, init_method: str, max_iter: int):
-    """A batch of EM runs as one program, ``vmap``-ped over the leading axis of ``keys``.
-
-    ``xs`` is (N, D) shared by every run, or (B, N, D) one data set per run (parametric
-    bootstrap); ``sample_weight`` is None, (N,) shared or (B, N) per run (nonparametric
-    bootstrap as multinomial counts); ``active`` is None or (B, K) (model-selection grids);
-    ``prior`` is None, shared, or batched with a leading B on every leaf (``mean`` (B, D)).
-    ``user_init`` holds standardised starting weights/means/covariances or None for each.
-    """
-    _TRACE_COUNT["fit"] += 1
-    k = config.num_components
-    ml_config = config._replace(use_prior=False, hard=False)
-
-    def run_one(x_one, key, weight, act, prior_one):
-        problem = EMProblem(_stats.suff_features(x_one, config.covariance_type), weight, act, prior_one, tol, reg_covar)
-        resp0 = initial_responsibilities(key, x_one, k, init_method, sample_weight=weight, active=act)
-        params0 = m_step(resp0, problem._replace(prior=None), ml_config)
-        params0 = GMMParams(*(p if u is None else u for p, u in zip(params0, user_init)))
-        return run_em(params0, problem, config, max_iter)
-
-    def axis(a, batched_ndim):
-        return None if a is None or a.ndim < batched_ndim else 0
-
-    prior_axis = None if prior is None else axis(prior.mean, 2)
-    in_axes = (axis(xs, 3), 0, axis(sample_weight, 2), axis(active, 2), prior_axis)
-    return jax.vmap(run_one, in_axes=in_axes)(xs, keys, sample_weight, active, prior)
-
-
-#: The EM program, compiled ahead of time once per shapes and static settings.
-PROGRAM = CompiledProgram(_fit_batch, static_argnames=("config", "init_method", "max_iter"))
-
 
 # ----------------------------------------------------------------------------------------------
 # Public entry point
@@ -248,21 +85,6 @@ def _user_init(weights_init, means_init, precisions_init, k, d, covariance_type,
     )
     std = params_to_standard(placeholder, shift, sd, covariance_type)
     return tuple(None if given is None else jnp.asarray(v, dtype) for given, v in zip((w, m, c), std))
-
-
-def _degenerate(params: GMMParams, nk, reg_covar, covariance_type, dtype) -> tuple:
-    """Components that hold less than one observation's worth or whose variance hit the floor."""
-    w, m, c = (np.asarray(p, np.float64) for p in params)
-    k, d = m.shape
-    if covariance_type in ("full", "tied"):
-        eig = np.linalg.eigvalsh(np.broadcast_to(c, (k, d, d)))[..., 0]
-    elif covariance_type == "diag":
-        eig = c.min(axis=1)
-    else:
-        eig = c
-    floor = max(10 * reg_covar, 100 * np.finfo(dtype).eps)
-    bad = (np.asarray(nk) < 1.0) | (eig <= floor)
-    return tuple(int(i) for i in np.flatnonzero(bad))
 
 
 class Prepared(NamedTuple):
@@ -307,16 +129,7 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
     k_arrays = k if max_components is None else max_components
-    if prior is not None:
-        if not isinstance(prior, Prior):
-            raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)).")
-        if prior.num_features != d:
-            raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}.")
-        if np.any(prior.concentration(k_arrays) < 1):
-            raise ValueError(
-                "MAP-EM needs weight_concentration >= 1 (the Dirichlet mode is undefined below 1); "
-                "use fit_vb for sparse priors that empty components."
-            )
+    check_prior_for_map(prior, d, k_arrays)
     dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
     shift, sd = standardisation(arr.astype(np.float64), covariance_type, sample_weight)
     if np.any(sd == 0):
@@ -363,7 +176,7 @@ def package(
     params = params_to_original(params_std, prep.shift, prep.sd, ct)
     log_lik = float(np.asarray(out.log_likelihood[index], np.float64) + ll_shift)
     counts = pick(out.counts)[:k]
-    degenerate = _degenerate(params_std, counts, reg_covar, ct, prep.dtype)
+    degenerate = degenerate_components(params_std, counts, reg_covar, ct, prep.dtype)
     if warn and degenerate:
         warnings.warn(
             f"EM component(s) {list(degenerate)} are degenerate (almost no data, or a covariance "

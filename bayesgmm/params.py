@@ -166,6 +166,22 @@ def check_sample_weight(sample_weight, num_obs: int):
     return w
 
 
+def check_prior_for_map(prior, num_features: int, num_components: int):
+    """Validate a prior for MAP-EM: a :class:`Prior` (or None) for D features, concentration >= 1."""
+    if prior is None:
+        return None
+    if not isinstance(prior, Prior):
+        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)).")
+    if prior.num_features != num_features:
+        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {num_features}.")
+    if np.any(prior.concentration(num_components) < 1):
+        raise ValueError(
+            "MAP-EM needs weight_concentration >= 1 (the Dirichlet mode is undefined below 1); "
+            "use fit_vb for sparse priors that empty components."
+        )
+    return prior
+
+
 @dataclasses.dataclass(frozen=True)
 class Prior:
     r"""Conjugate prior of the Bayesian Gaussian mixture, shared by every engine.

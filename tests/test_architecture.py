@@ -10,7 +10,7 @@ import pytest
 import bayesgmm as bg
 
 PKG = pathlib.Path(bg.__file__).parent
-FITTERS = ("em", "vb", "svi", "mcmc")
+FITTERS = ("em", "streaming", "vb", "svi", "mcmc")
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:

@@ -1,0 +1,1025 @@
+"""Streaming (out-of-core) EM: fit data that do not fit in memory, one chunk at a time.
+
+:func:`fit_em_stream` reads its data in chunks of ``batch_size`` rows from an array, an
+``np.memmap``, a ``.npy`` file (read with seek + ``readinto`` into one preallocated buffer,
+never loaded whole) or a Parquet file (``pyarrow``, optional), so memory does not grow with N.
+
+Passes over the data:
+
+1. **Moments** (host, float64): N, each feature's mean and standard deviation (Chan et al.'s
+   pairwise update), a check for NaN/inf naming the chunk and row, and a random subsample of
+   ``num_init_rows`` rows drawn reproducibly from the seed.
+2. **Initialisation** in memory on the subsample, standardised with the full-data moments: the
+   same k-means start and ``n_init`` vmapped restarts as :func:`bayesgmm.fit_em`, EM to ``tol``.
+3. **EM**, on standardised chunks, by one of two methods:
+
+   * ``"batch"``: exact EM. Each iteration is one pass accumulating ``resp.T @ Z`` (every
+     sufficient statistic, :mod:`bayesgmm._stats`) and the log-likelihood chunk by chunk, then the
+     closed-form M-step. From the same starting point it is the same algorithm as
+     :func:`bayesgmm.fit_em` (same tolerance test on the mean objective per observation, same
+     ``n_iter``, ``trace`` and ``converged``) and equals it up to floating-point summation order.
+   * ``"online"``: stepwise EM (Cappé & Moulines 2009). After each chunk the per-observation
+     statistics are updated, ``s <- (1 - g_t) s + g_t s_chunk`` with ``g_t = (t + 2)^(-rho)``
+     (``rho = step_exponent``), and the parameters are the M-step of ``N s``. Several passes
+     may run; the chunk order is shuffled every pass where the source allows random access.
+     Converges to a stationary point of the full-data likelihood with O(passes) reads instead of
+     O(iterations), at the price of a stochastic approximation.
+4. **Final pass**: the exact full-data log-likelihood at the returned parameters.
+
+Every chunk has the same shape (the last one is padded with weight-0 rows), so the chunk
+function is compiled once per (batch size, D, K, structure) -- plus once for the final pass,
+which also sums the entropy of the responsibilities. With ``devices=`` each chunk's rows are
+sharded over a device mesh (:mod:`bayesgmm._sharding`). On CPU a chunk is processed in
+sub-blocks of a few thousand rows (a ``lax.scan``) whose features stay in cache. Reading the
+next chunk overlaps the (asynchronously dispatched) computation on this one; at most two chunks
+are in flight, so memory is bounded by the chunk size, not by N.
+
+Everything is reported on the original scale, as by :func:`bayesgmm.fit_em`.
+
+Float policy: float32 data are fitted in float32 and float64 data in float64 when
+``jax_enable_x64`` is on (float32 otherwise); other dtypes (integers, float16) are standardised
+on the host in float64 and fitted in JAX's default float type. Statistics are accumulated over
+chunks in that dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _sharding, _stats
+from ._em_core import PROGRAM, EMConfig
+from .kmeans import INIT_METHODS
+from .model import log_prior
+from .params import (
+    ConvergenceWarning,
+    DegenerateComponentWarning,
+    GMMParams,
+    Prior,
+    check_covariance_type,
+    check_data,
+    check_num_components,
+    check_params,
+    check_prior_for_map,
+    log_jacobians,
+    params_to_original,
+    params_to_standard,
+    seed_to_key,
+)
+from .results import FitResult
+
+METHODS = ("batch", "online")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+# Incremented each time a program is traced; tests use it to prove "compile once per shape".
+_TRACE_COUNT = {"chunk": 0, "update": 0, "online": 0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: rows of a data matrix, chunk by chunk
+# ----------------------------------------------------------------------------------------------
+class _Source:
+    """Rows of an (N, D) matrix read in chunks (storage dtype, selected columns).
+
+    ``chunks(batch_size, order)`` yields ``(index, start_row, rows)``; ``rows`` may be a view of a
+    buffer that the next step of the iteration overwrites. ``random_access`` sources read the
+    chunks in any ``order``; the others read them in file order.
+    """
+
+    name: str
+    num_rows: int
+    num_features: int
+    dtype: np.dtype
+    feature_names: tuple
+    random_access: bool = True
+
+    def num_chunks(self, batch_size: int) -> int:
+        return -(-self.num_rows // batch_size)
+
+
+def _select_columns(columns, num_all: int, name: str):
+    """Integer column indices of an array source (None: every column)."""
+    if columns is None:
+        return None
+    cols = list(columns) if not isinstance(columns, (int, np.integer, str)) else [columns]
+    if not cols or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in cols):
+        raise ValueError(
+            f"columns for an array or .npy source must be a non-empty list of integer column indices, got {columns!r}."
+        )
+    bad = [int(c) for c in cols if not -num_all <= c < num_all]
+    if bad:
+        raise ValueError(f"{name} has {num_all} column(s) (0 to {num_all - 1}); unknown column(s) {bad}.")
+    return np.asarray([int(c) % num_all for c in cols])
+
+
+def _storage_dtype(dtype, name: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.hasobject or dtype.fields is not None or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise ValueError(f"{name} must hold numbers, got dtype {dtype}; convert it to float32 or float64.")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real-valued, got complex dtype {dtype}.")
+    return dtype
+
+
+class _ArraySource(_Source):
+    """An in-memory array (or an ``np.memmap``: the OS then counts the pages read towards RSS)."""
+
+    def __init__(self, arr: np.ndarray, columns, name: str = "source", feature_names=None):
+        self.name = name
+        self.dtype = _storage_dtype(arr.dtype, name)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ValueError(
+                f"{name} must be a 2-D array of shape (n_obs, n_features) or a 1-D array of one feature, "
+                f"got {arr.ndim} dimensions with shape {arr.shape}."
+            )
+        self.cols = _select_columns(columns, arr.shape[1], name)
+        self.arr = arr
+        self.num_rows = arr.shape[0]
+        self.num_features = arr.shape[1] if self.cols is None else len(self.cols)
+        if feature_names is None:
+            idx = range(arr.shape[1]) if self.cols is None else self.cols
+            feature_names = tuple(f"x{j}" for j in idx)
+        self.feature_names = tuple(feature_names)
+
+    def chunks(self, batch_size, order):
+        for i in order:
+            start = int(i) * batch_size
+            rows = self.arr[start : start + batch_size]
+            yield int(i), start, rows if self.cols is None else rows[:, self.cols]
+
+
+class _NpySource(_Source):
+    """A ``.npy`` file: header parsed with ``np.lib.format``, rows read with seek + ``readinto``."""
+
+    def __init__(self, path: str, columns):
+        self.path = path
+        self.name = repr(str(path))
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in reader:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, fortran_order, dtype = reader[version](f)
+            except ValueError as err:
+                raise ValueError(f"{self.name} is not a readable .npy file ({err}); write it with np.save.") from None
+            self.offset = f.tell()
+        self.dtype = _storage_dtype(dtype, self.name)
+        if len(shape) != 2:
+            raise ValueError(
+                f"{self.name} holds an array of shape {shape}; streaming needs a 2-D array (n_obs, "
+                "n_features): save x.reshape(len(x), -1)."
+            )
+        if fortran_order and shape[1] > 1:
+            raise ValueError(
+                f"{self.name} is stored in Fortran (column-major) order, so rows are not contiguous; "
+                "re-save it with np.save(path, np.ascontiguousarray(x))."
+            )
+        self.shape = tuple(int(s) for s in shape)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        size = os.path.getsize(path)
+        if size < self.offset + self.shape[0] * self.row_bytes:
+            raise ValueError(f"{self.name} is truncated: its header promises shape {shape} but the file has {size} bytes.")
+        self.cols = _select_columns(columns, self.shape[1], self.name)
+        self.num_rows = self.shape[0]
+        self.num_features = self.shape[1] if self.cols is None else len(self.cols)
+        idx = range(self.shape[1]) if self.cols is None else self.cols
+        self.feature_names = tuple(f"x{j}" for j in idx)
+
+    def chunks(self, batch_size, order):
+        raw = np.empty((batch_size, self.shape[1]), self.dtype)
+        flat = raw.reshape(-1).view(np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            for i in order:
+                start = int(i) * batch_size
+                m = min(batch_size, self.num_rows - start)
+                f.seek(self.offset + start * self.row_bytes)
+                want = m * self.row_bytes
+                got = f.readinto(memoryview(flat)[:want])
+                if got != want:
+                    raise ValueError(f"{self.name}: short read at row {start} (the file changed while fitting?).")
+                rows = raw[:m]
+                yield int(i), start, rows if self.cols is None else rows[:, self.cols]
+
+
+def _import_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(
+            "Reading Parquet files needs pyarrow: pip install pyarrow (or convert the data to a .npy file)."
+        ) from None
+    return pq
+
+
+class _ParquetSource(_Source):
+    """A Parquet file read with ``pyarrow.parquet.ParquetFile.iter_batches`` (file order only)."""
+
+    random_access = False
+
+    def __init__(self, path: str, columns):
+        pq = _import_parquet()
+        import pyarrow as pa
+        self.path = path
+        self.name = repr(str(path))
+        try:
+            self.file = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises its own ArrowInvalid
+            raise ValueError(f"{self.name} is not a readable Parquet file ({err}).") from None
+        schema = self.file.schema_arrow
+        names = list(schema.names)
+        if columns is None:
+            cols = names
+        else:
+            cols = [columns] if isinstance(columns, str) else list(columns)
+            if not cols or not all(isinstance(c, str) for c in cols):
+                raise ValueError(f"columns for a Parquet source must be a non-empty list of column names, got {columns!r}.")
+            unknown = [c for c in cols if c not in names]
+            if unknown:
+                raise ValueError(f"{self.name} has no column(s) {unknown}; its columns are {names}.")
+        types = {c: schema.field(c).type for c in cols}
+        bad = [c for c, t in types.items() if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))]
+        if bad:
+            raise ValueError(f"{self.name} has non-numeric column(s) {bad}; pass columns=[...] with numeric columns only.")
+        self.cols = cols
+        self.dtype = np.dtype(np.float32) if all(t == pa.float32() for t in types.values()) else np.dtype(np.float64)
+        self.num_rows = int(self.file.metadata.num_rows)
+        self.num_features = len(cols)
+        self.feature_names = tuple(cols)
+
+    def chunks(self, batch_size, order):
+        del order  # Parquet is read in file order
+        buf = np.empty((batch_size, self.num_features), self.dtype)
+        fill = start = index = 0
+        for batch in self.file.iter_batches(batch_size=batch_size, columns=self.cols):
+            arrays = [batch.column(j).to_numpy(zero_copy_only=False) for j in range(self.num_features)]
+            n, pos = batch.num_rows, 0
+            while pos < n:
+                take = min(batch_size - fill, n - pos)
+                for j, a in enumerate(arrays):
+                    buf[fill : fill + take, j] = a[pos : pos + take]
+                fill, pos = fill + take, pos + take
+                if fill == batch_size:
+                    yield index, start, buf
+                    index, start, fill = index + 1, start + batch_size, 0
+        if fill:
+            yield index, start, buf[:fill]
+
+
+def _npy_path_of_memmap(arr) -> str | None:
+    """The ``.npy`` file behind a whole-array ``np.memmap`` (``np.load(path, mmap_mode="r")``).
+
+    Reading that file with ``readinto`` keeps RSS bounded, where touching the mapping would count
+    every page read towards it.
+    """
+    path = getattr(arr, "filename", None)
+    if not path or not str(path).endswith(".npy") or not arr.flags.c_contiguous:
+        return None
+    try:
+        src = _NpySource(path, None)
+    except (ValueError, OSError):
+        return None
+    if src.shape == arr.shape and src.dtype == arr.dtype and getattr(arr, "offset", None) == src.offset:
+        return path
+    return None
+
+
+def open_source(source, columns=None) -> _Source:
+    """The :class:`_Source` for the public ``source`` argument of :func:`fit_em_stream`."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in (".npy",) + PARQUET_SUFFIXES:
+            raise ValueError(
+                f"source file {path!r} must be a .npy or .parquet file (got extension {suffix or 'none'!r}); "
+                "save the data with np.save or DataFrame.to_parquet, or pass an array."
+            )
+        if suffix in PARQUET_SUFFIXES:
+            _import_parquet()  # the missing-dependency message comes before the missing-file one
+        if not os.path.isfile(path):
+            raise ValueError(f"source file {path!r} does not exist.")
+        return _NpySource(path, columns) if suffix == ".npy" else _ParquetSource(path, columns)
+    if isinstance(source, np.memmap):
+        path = _npy_path_of_memmap(source)
+        if path is not None:
+            return _NpySource(path, columns)
+        return _ArraySource(source, columns)
+    if isinstance(source, np.ndarray):
+        return _ArraySource(source, columns)
+    if hasattr(source, "columns") and hasattr(source, "dtypes"):  # pandas DataFrame, in memory
+        if columns is not None:
+            cols = [columns] if isinstance(columns, str) else list(columns)
+            unknown = [c for c in cols if c not in source.columns]
+            if unknown:
+                raise ValueError(f"source has no column(s) {unknown}; its columns are {list(source.columns)}.")
+            source = source[cols]
+        arr, names = check_data(source, name="source", allow_constant=True)
+        return _ArraySource(arr, None, feature_names=names)
+    arr, names = check_data(source, name="source", allow_constant=True)
+    return _ArraySource(arr, columns)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pass 1: moments, NaN check, subsample
+# ----------------------------------------------------------------------------------------------
+class _Moments(NamedTuple):
+    num_obs: int
+    mean: np.ndarray
+    sd: np.ndarray
+    subsample: np.ndarray | None  # (m, D) float64, the rows of ``rows`` in row order
+
+
+def _scan(src: _Source, batch_size: int, rows: np.ndarray | None, progress) -> _Moments:
+    """One pass: float64 mean and variance (pairwise combination of chunk moments), NaN/inf
+    check, and the subsample ``rows`` (sorted row indices)."""
+    d = src.num_features
+    n, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    sub = None if rows is None else np.empty((len(rows), d))
+    for i, start, chunk in progress.chunks(src.chunks(batch_size, range(src.num_chunks(batch_size))), "moments"):
+        c = np.asarray(chunk, dtype=np.float64)
+        m = c.shape[0]
+        finite = np.isfinite(c)
+        if not finite.all():
+            bad = start + int(np.flatnonzero(~finite.all(axis=1))[0])
+            raise ValueError(
+                f"{src.name} contains NaN or infinite values in chunk {i} (rows {start} to {start + m - 1}; "
+                f"first bad row: {bad}); remove or impute them before fitting."
+            )
+        c_mean = c.mean(axis=0)
+        c_m2 = np.sum((c - c_mean) ** 2, axis=0)
+        delta = c_mean - mean
+        total = n + m
+        mean = mean + delta * (m / total)
+        m2 = m2 + c_m2 + delta**2 * (n * m / total)
+        n = total
+        if sub is not None:
+            lo, hi = np.searchsorted(rows, [start, start + m])
+            sub[lo:hi] = c[rows[lo:hi] - start]
+    if n != src.num_rows:
+        raise ValueError(f"{src.name} announced {src.num_rows} rows but {n} were read.")
+    return _Moments(n, mean, np.sqrt(m2 / n), sub)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled pieces (pure functions; shapes and structure static)
+# ----------------------------------------------------------------------------------------------
+class StreamConfig(NamedTuple):
+    """Static choices of the streaming programs."""
+
+    num_components: int
+    num_features: int
+    covariance_type: str
+    use_prior: bool
+
+
+class ChunkStats(NamedTuple):
+    """Sums over the rows seen so far: ``resp.T @ Z`` (K, p), log-likelihood and entropy."""
+
+    stats: jax.Array
+    log_lik: jax.Array
+    entropy: jax.Array
+
+
+def _zero_stats(config: StreamConfig, dtype) -> ChunkStats:
+    p = _stats.num_suff_features(config.num_features, config.covariance_type)
+    zero = jnp.zeros((), dtype)
+    return ChunkStats(jnp.zeros((config.num_components, p), dtype), zero, zero)
+
+
+def quad_features(x, covariance_type: str):
+    """The quadratic block of :func:`bayesgmm._stats.suff_features` (the same numbers), (rows, q).
+
+    For ``full`` and ``tied`` the products ``x_i x_j`` (i <= j) are formed from two one-hot
+    matrix products, ``(x @ S_i) * (x @ S_j)``, instead of a column gather: exact (each entry is
+    one ``x_i`` times 1; ``HIGHEST`` precision so that no TF32 rounding applies on GPUs) and, on
+    CPU, several times faster than XLA's gather when done for every chunk of every pass.
+    """
+    if covariance_type == "diag":
+        return x * x
+    if covariance_type == "spherical":
+        return jnp.sum(x * x, axis=1, keepdims=True)
+    d = x.shape[1]
+    i, j = np.triu_indices(d)
+    eye = np.eye(d, dtype=x.dtype)
+    hi = jax.lax.Precision.HIGHEST
+    return jnp.dot(x, eye[:, i], precision=hi) * jnp.dot(x, eye[:, j], precision=hi)
+
+
+def _block_stats(x, weight, shift, scale, theta, covariance_type, with_entropy):
+    """E-step sums of one sub-block: ``Z @ theta.T`` and ``resp.T @ Z`` with ``Z = [quad | x | 1]``
+    taken block by block, so that Z itself is never assembled."""
+    keep = weight[:, None] > 0
+    xs = jnp.where(keep, (x - shift) / scale, 0.0)  # padding rows: finite whatever the buffer holds
+    quad = quad_features(xs, covariance_type)
+    q, d = quad.shape[1], xs.shape[1]
+    logp = quad @ theta[:, :q].T + xs @ theta[:, q : q + d].T + theta[:, -1]
+    ll = jax.scipy.special.logsumexp(logp, axis=1)
+    resp = jnp.exp(logp - ll[:, None])
+    rw = resp * weight[:, None]
+    stats = jnp.concatenate([rw.T @ quad, rw.T @ xs, jnp.sum(rw, axis=0)[:, None]], axis=1)
+    entropy = jnp.zeros((), x.dtype)
+    if with_entropy:
+        entropy = -jax.scipy.special.xlogy(resp, resp).sum(axis=1) @ weight
+    return ChunkStats(stats, ll @ weight, entropy)
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type", "block_rows", "strided", "with_entropy"))
+def chunk_stats(acc: ChunkStats, x, weight, shift, scale, theta, *, covariance_type: str, block_rows: int,
+                strided: bool, with_entropy: bool = False) -> ChunkStats:
+    """``acc`` plus one chunk's E-step sums (the entropy of the responsibilities only
+    ``with_entropy``: the final pass; ~8% of a chunk's time on CPU).
+
+    ``x`` (B, D) raw rows, ``weight`` (B,) 1 or 0 (padding), ``(x - shift) / scale`` the
+    standardised rows, ``theta`` the natural parameters. The chunk is processed in sub-blocks of
+    ``block_rows`` rows (a ``lax.scan``), so that the (rows, p) features of a sub-block stay in
+    cache: on CPU that makes the per-chunk feature construction as cheap as reading precomputed
+    features. ``strided``: sub-block ``s`` holds rows ``s, s + B/block_rows, ...``, so that with
+    the rows sharded over devices in contiguous blocks every sub-block spans every device.
+    """
+    _TRACE_COUNT["chunk"] += 1
+    b, d = block_rows, x.shape[1]
+    if strided:
+        xb, wb = x.reshape(b, -1, d).swapaxes(0, 1), weight.reshape(b, -1).T
+    else:
+        xb, wb = x.reshape(-1, b, d), weight.reshape(-1, b)
+
+    def body(carry, block):
+        s = _block_stats(*block, shift, scale, theta, covariance_type, with_entropy)
+        return ChunkStats(*(a + v for a, v in zip(carry, s))), None
+
+    return jax.lax.scan(body, acc, (xb, wb))[0]
+
+
+def _params_from_stats(s, prior, reg_covar, config: StreamConfig) -> GMMParams:
+    """Closed-form M-step from summed statistics ``s`` (K, p) (ML, or MAP with ``prior``)."""
+    d, ct = config.num_features, config.covariance_type
+    nk, sx, sxx = _stats.unpack_stats(s, d, ct)
+    return _stats.m_step(nk, sx, sxx, ct, reg_covar, prior if config.use_prior else None)
+
+
+def _objective(params, log_lik, prior, config: StreamConfig):
+    if not config.use_prior:
+        return log_lik
+    return log_lik + log_prior(params, prior, config.covariance_type)
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type",))
+def _natural(params, *, covariance_type):
+    return _stats.natural_params(params, covariance_type)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def batch_update(params, acc: ChunkStats, previous, num_obs, prior, tol, reg_covar, *, config: StreamConfig):
+    """End of a batch pass, as :func:`bayesgmm.em.em_step`: the objective at ``params`` (whose
+    E-step ``acc`` holds), the M-step, and the tolerance test on the mean objective.
+
+    Returns ``(new_params, natural_params(new_params), objective, mean_objective, converged)``.
+    """
+    _TRACE_COUNT["update"] += 1
+    total = _objective(params, acc.log_lik, prior, config)
+    new = _params_from_stats(acc.stats, prior, reg_covar, config)
+    mean = total / num_obs
+    return new, _stats.natural_params(new, config.covariance_type), total, mean, jnp.abs(mean - previous) < tol
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _objective_jit(params, log_lik, prior, *, config):
+    return _objective(params, log_lik, prior, config)
+
+
+def expected_stats(params: GMMParams, covariance_type: str):
+    """Per-observation sufficient statistics implied by ``params``: ``E[resp.T @ Z] / N`` under
+    the mixture itself, shape (K, p). The M-step of ``N`` times them returns ``params`` (plus
+    ``reg_covar``): the starting point of online EM."""
+    w, mu, cov = params
+    k, d = mu.shape
+    if covariance_type in ("full", "tied"):
+        second = _stats.full_covariances(cov, covariance_type, k, d) + mu[:, :, None] * mu[:, None, :]
+        i, j = np.triu_indices(d)
+        quad = second[:, i, j]
+    elif covariance_type == "diag":
+        quad = cov + mu**2
+    else:
+        quad = (d * cov + jnp.sum(mu**2, -1))[:, None]
+    return w[:, None] * jnp.concatenate([quad, mu, jnp.ones((k, 1), mu.dtype)], axis=1)
+
+
+_expected_stats_jit = jax.jit(expected_stats, static_argnames=("covariance_type",))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def online_update(s, acc: ChunkStats, gamma, chunk_rows, num_obs, prior, reg_covar, *, config: StreamConfig):
+    """Stepwise EM: ``s <- (1 - gamma) s + gamma acc.stats / chunk_rows``; parameters from ``N s``.
+
+    Returns ``(s, params, natural_params(params))``.
+    """
+    _TRACE_COUNT["online"] += 1
+    s = (1.0 - gamma) * s + gamma * (acc.stats / chunk_rows)
+    params = _params_from_stats(num_obs * s, prior, reg_covar, config)
+    return s, params, _stats.natural_params(params, config.covariance_type)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side helpers
+# ----------------------------------------------------------------------------------------------
+def _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    for name, v in (("batch_size", batch_size), ("n_init", n_init), ("max_iter", max_iter), ("num_init_rows", num_init_rows)):
+        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
+    if not (np.isfinite(reg_covar) and reg_covar >= 0):
+        raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
+    if not (isinstance(step_exponent, (int, float, np.floating)) and 0.5 < step_exponent <= 1.0):
+        raise ValueError(
+            f"step_exponent must be in (0.5, 1] (Cappé & Moulines' condition for the step sizes "
+            f"(t + 2)^-step_exponent), got {step_exponent!r}."
+        )
+    if isinstance(init_params, str):
+        if init_params not in INIT_METHODS:
+            raise ValueError(f"init_params must be one of {INIT_METHODS}, a GMMParams or a FitResult; got {init_params!r}.")
+    elif not isinstance(init_params, (GMMParams, FitResult)):
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, a GMMParams or a FitResult; got {init_params!r}.")
+
+
+def _given_start(init, k, d, covariance_type, shift, sd):
+    """A user-given starting point (original scale), validated and standardised."""
+    if isinstance(init, FitResult):
+        if init.covariance_type != covariance_type:
+            raise ValueError(
+                f"init_params is a {init.covariance_type!r} fit but covariance_type={covariance_type!r}."
+            )
+        init = init.params
+    params = check_params(init, covariance_type)
+    if params.means.shape != (k, d):
+        raise ValueError(f"init_params has means of shape {params.means.shape}; expected ({k}, {d}).")
+    return params_to_standard(params, shift, sd, covariance_type)
+
+
+def _compute_dtype(storage: np.dtype):
+    """JAX's dtype for the fit: the storage float type if JAX has it, else its default float."""
+    wanted = storage if storage in (np.float32, np.float64) else np.float64
+    return np.dtype(jax.dtypes.canonicalize_dtype(wanted))
+
+
+#: Rows per sub-block of a chunk on CPU: the (rows, p) features of a sub-block stay in cache.
+CPU_BLOCK_ROWS = 8192
+
+
+def _blocking(batch_size: int, num_devices: int, platform: str) -> tuple[int, int]:
+    """``(block_rows, padded_rows)`` of a chunk: sub-blocks of about :data:`CPU_BLOCK_ROWS` rows on
+    CPU (one block on accelerators, which want large products), each a multiple of the device
+    count; the chunk is padded with weight-0 rows to a whole number of sub-blocks."""
+    target = CPU_BLOCK_ROWS if platform == "cpu" else batch_size
+    num_blocks = -(-batch_size // target)
+    rows = -(-batch_size // num_blocks)
+    block = -(-rows // num_devices) * num_devices
+    return block, block * num_blocks
+
+
+def _numpy_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded from a JAX key (row subsample, chunk order: host-side draws)."""
+    return np.random.default_rng(np.asarray(jax.random.bits(key, (4,), jnp.uint32)))
+
+
+def _put(x, sharding):
+    """Copy a host array to the device(s), so that the host buffer can be refilled at once.
+
+    The copy is explicit: on CPU, ``jax.device_put`` may alias an aligned NumPy buffer (even with
+    ``may_alias=False`` in JAX 0.10), and the next chunk read into it would then race with the
+    computation still running on this one.
+    """
+    return jax.device_put(np.array(x, copy=True), sharding)
+
+
+class _Progress:
+    """tqdm bars over passes and over the chunks of a pass; does nothing when disabled."""
+
+    def __init__(self, enabled: bool, num_chunks: int, max_passes: int):
+        self.enabled, self.num_chunks = enabled, num_chunks
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm
+            self.outer = tqdm(total=max_passes, desc="streaming EM", unit="pass")
+
+    def chunks(self, iterable, desc: str):
+        if not self.enabled:
+            return iterable
+        return self._tqdm(iterable, total=self.num_chunks, desc=desc, unit="chunk", leave=False)
+
+    def pass_done(self, **postfix):
+        if self.enabled:
+            self.outer.update(1)
+            self.outer.set_postfix(postfix, refresh=False)
+
+    def close(self):
+        if self.enabled:
+            self.outer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The passes: a feeder puts standardisable chunks on the device(s); two loops drive them
+# ----------------------------------------------------------------------------------------------
+class _Feeder:
+    """Reads chunks from a source and places them, padded, on the device(s).
+
+    On the host: one buffer of ``padded`` rows (conversion and padding) and one copy per chunk in
+    flight; at most two chunks are in flight, so memory does not grow with N.
+    """
+
+    def __init__(self, src: _Source, batch_size: int, config: StreamConfig, dtype, shift, sd, devices, progress):
+        self.src, self.batch_size, self.config, self.dtype, self.progress = src, batch_size, config, dtype, progress
+        self.num_chunks = src.num_chunks(batch_size)
+        rows = _sharding.resolve(devices, batch_size)
+        self.num_devices = rows.num_devices
+        platform = jax.devices()[0].platform if rows.mesh is None else rows.mesh.devices.flat[0].platform
+        block_rows, self.padded = _blocking(batch_size, rows.num_devices, platform)
+        self.chunk_kw = dict(covariance_type=config.covariance_type, block_rows=block_rows, strided=rows.mesh is not None)
+        self.sharding = None
+        if rows.mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            self.sharding = NamedSharding(rows.mesh, PartitionSpec(_sharding.AXIS))
+        d = config.num_features
+        self.buffer = np.zeros((self.padded, d), dtype)
+        self.weight_full = _put(np.ones(self.padded, dtype), self.sharding)
+        # integers, or float64 data without jax_enable_x64: standardise on the host in float64
+        self.host_standardise = src.dtype != dtype
+        self.shift, self.sd = shift, sd
+        if self.host_standardise:
+            self.shift_dev, self.scale_dev = jnp.zeros(d, dtype), jnp.ones(d, dtype)
+        else:
+            self.shift_dev, self.scale_dev = jnp.asarray(shift, dtype), jnp.asarray(sd, dtype)
+
+    def chunks(self, order, desc):
+        """Yield ``(rows, x, weight)`` on the device(s), in ``order`` (file order if not random access)."""
+        for _, _, chunk in self.progress.chunks(self.src.chunks(self.batch_size, order), desc):
+            m = chunk.shape[0]
+            if self.host_standardise:
+                self.buffer[:m] = (chunk - self.shift) / self.sd
+                host = self.buffer
+            elif m == self.padded and chunk.dtype == self.dtype and chunk.flags.c_contiguous:
+                host = chunk  # straight from the read buffer (or the user's array); _put copies it
+            else:
+                self.buffer[:m] = chunk
+                host = self.buffer
+            weight = self.weight_full
+            if m < self.padded:
+                weight = _put((np.arange(self.padded) < m).astype(self.dtype), self.sharding)
+            yield m, _put(host, self.sharding), weight
+
+    def stats(self, acc, x, weight, theta, with_entropy=False):
+        return chunk_stats(acc, x, weight, self.shift_dev, self.scale_dev, theta, with_entropy=with_entropy,
+                           **self.chunk_kw)
+
+    def full_pass(self, theta, desc, with_entropy=False) -> ChunkStats:
+        """The E-step sums of every row at ``theta``."""
+        acc = _zero_stats(self.config, self.dtype)
+        for _, x, weight in self.chunks(range(self.num_chunks), desc):
+            previous = acc
+            acc = self.stats(acc, x, weight, theta, with_entropy)
+            # At most two chunks in flight: the next read overlaps this chunk's computation, and
+            # memory stays bounded however fast the reads outpace the device.
+            jax.block_until_ready(previous)
+        return acc
+
+
+class _Passes(NamedTuple):
+    params: GMMParams
+    trace: list
+    n_iter: int
+    converged: bool
+    num_updates: int
+    pass_seconds: list
+
+
+def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_obs) -> _Passes:
+    """Exact EM: one full pass per iteration, then the M-step and the tolerance test (as fit_em)."""
+    as_dtype = functools.partial(np.asarray, dtype=feeder.dtype)
+    theta = _natural(params, covariance_type=feeder.config.covariance_type)
+    previous, trace, seconds, converged = as_dtype(-np.inf), [], [], False
+    for it in range(max_iter):
+        start = time.perf_counter()
+        acc = feeder.full_pass(theta, f"iteration {it + 1}")
+        params, theta, total, previous, done = batch_update(
+            params, acc, previous, as_dtype(num_obs), prior, as_dtype(tol), as_dtype(reg_covar), config=feeder.config
+        )
+        trace.append(float(total))
+        seconds.append(time.perf_counter() - start)
+        feeder.progress.pass_done(objective_per_obs=trace[-1] / num_obs)
+        if bool(done) or not np.isfinite(trace[-1]):
+            converged = bool(done)
+            break
+    return _Passes(params, trace, len(trace), converged, len(trace), seconds)
+
+
+def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_obs, step_exponent, rng, shuffle) -> _Passes:
+    """Stepwise EM (Cappé & Moulines 2009): an M-step after every chunk. The tolerance test is on
+    the change between passes of the running objective (each chunk at the parameters in force)."""
+    as_dtype = functools.partial(np.asarray, dtype=feeder.dtype)
+    config, src = feeder.config, feeder.src
+    theta = _natural(params, covariance_type=config.covariance_type)
+    s = _expected_stats_jit(params, covariance_type=config.covariance_type)
+    previous, trace, seconds, converged, t = -np.inf, [], [], False, 0
+    for it in range(max_iter):
+        start = time.perf_counter()
+        order = rng.permutation(feeder.num_chunks) if (shuffle and src.random_access) else range(feeder.num_chunks)
+        running = jnp.zeros((), feeder.dtype)
+        for m, x, weight in feeder.chunks(order, f"pass {it + 1}"):
+            acc = feeder.stats(_zero_stats(config, feeder.dtype), x, weight, theta)
+            gamma = (t + 2.0) ** -step_exponent * (m / feeder.batch_size)
+            previous_theta = theta
+            s, params, theta = online_update(
+                s, acc, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
+            )
+            jax.block_until_ready(previous_theta)  # at most two chunks in flight (see _Feeder.full_pass)
+            running = running + acc.log_lik
+            t += 1
+        trace.append(float(_objective_jit(params, running, prior, config=config)))
+        seconds.append(time.perf_counter() - start)
+        feeder.progress.pass_done(objective_per_obs=trace[-1] / num_obs)
+        if not np.isfinite(trace[-1]):
+            break
+        if abs(trace[-1] / num_obs - previous) < tol:
+            converged = True
+            break
+        previous = trace[-1] / num_obs
+    return _Passes(params, trace, len(trace), converged, t, seconds)
+
+
+def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init, tol, reg_covar, max_iter, dtype):
+    """Standardised starting parameters, ``compile_seconds`` and the initial objective per row."""
+    k, d, ct = config.num_components, config.num_features, config.covariance_type
+    if not isinstance(init_params, str):
+        params = _given_start(init_params, k, d, ct, shift, sd)
+        return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None
+    xs = ((moments.subsample - shift) / sd).astype(dtype)
+    em_config = EMConfig(k, d, ct, False, config.use_prior)
+    timed = PROGRAM(
+        xs, jax.random.split(key, n_init), (None, None, None), prior, np.asarray(tol, dtype),
+        np.asarray(reg_covar, dtype), None, None, config=em_config, init_method=init_params, max_iter=int(max_iter),
+    )
+    out = jax.device_get(timed.outputs)
+    params_all, finals = out.state.params, out.objective
+    finals = np.asarray(finals, np.float64)
+    if not np.isfinite(finals).any():
+        raise ValueError(
+            "EM failed on the initialisation subsample: a covariance became singular in every restart. "
+            "Increase reg_covar or num_init_rows, use fewer components, or pass prior=bayesgmm.Prior.default(...)."
+        )
+    best = int(np.argmax(np.where(np.isfinite(finals), finals, -np.inf)))
+    params = GMMParams(*(jnp.asarray(p[best]) for p in params_all))
+    return params, timed.compile_seconds, float(finals[best]) / len(xs) - float(np.sum(np.log(sd)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
+def fit_em_stream(
+    source,
+    num_components: int,
+    *,
+    method: str = "batch",
+    batch_size: int = 65536,
+    covariance_type: str = "full",
+    prior: Prior | None = None,
+    n_init: int = 1,
+    init_params="kmeans",
+    num_init_rows: int = 100_000,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    reg_covar: float = 1e-6,
+    step_exponent: float = 0.6,
+    shuffle: bool = True,
+    columns=None,
+    devices=None,
+    seed=0,
+    progress_bar: bool = False,
+) -> FitResult:
+    """Fit a Gaussian mixture by EM, reading the data in chunks (out of core).
+
+    Memory holds two chunks in flight (plus the exponential-family features of a sub-block) and
+    the initialisation subsample, whatever the number of rows.
+
+    Parameters
+    ----------
+    source : array-like (N, D), np.memmap, or path to a ``.npy`` or ``.parquet`` file
+        The data. A ``.npy`` file must hold a 2-D C-order numeric array; it is read chunk by
+        chunk with seek + ``readinto`` (as is a memmap opened with ``np.load(path,
+        mmap_mode="r")``). Parquet needs ``pyarrow`` and is read in file order with
+        ``ParquetFile.iter_batches``; its column names become feature names.
+    num_components : int
+        K, the number of components.
+    method : {"batch", "online"}
+        ``"batch"``: exact EM, one pass over the data per iteration; equal to
+        :func:`bayesgmm.fit_em` from the same start. ``"online"``: stepwise EM (Cappé & Moulines
+        2009), one M-step per chunk; fewer passes, a stochastic approximation.
+    batch_size : int
+        Rows per chunk (static: the chunk program is compiled once per ``batch_size``, D, K and
+        structure). Memory grows with it, not with N.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+    prior : Prior, optional
+        Conjugate prior: MAP-EM on the full data (as :func:`bayesgmm.fit_em`). Omitted:
+        maximum likelihood.
+    n_init : int
+        Restarts of the initialisation on the subsample (vmapped); the best is kept.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, GMMParams or FitResult
+        A string: EM on a random subsample of ``num_init_rows`` rows, started as
+        :func:`bayesgmm.fit_em` starts (scikit-learn's meanings), gives the starting point.
+        A :class:`GMMParams` (original scale, covariances as scikit-learn stores them) or a
+        previous :class:`FitResult`: start there (a warm start; no subsample is drawn).
+    num_init_rows : int
+        Size of the initialisation subsample (all rows when N is smaller), drawn without
+        replacement, reproducibly from ``seed``.
+    tol : float
+        Convergence threshold on the change, between passes, of the mean objective per
+        observation (``"online"``: of its running estimate over the pass).
+    max_iter : int
+        Maximum passes over the data (``"batch"``: EM iterations), besides the moments pass
+        and the final log-likelihood pass. Also bounds the EM iterations of the initialisation.
+    reg_covar : float
+        Added to the diagonal of every covariance after each M-step, in units of each
+        feature's variance (as :func:`bayesgmm.fit_em`).
+    step_exponent : float
+        ``rho`` in the online step sizes ``(t + 2)^-rho``, t counting chunk updates; in
+        (0.5, 1]. A partial last chunk of m rows takes the step times ``m / batch_size``.
+    shuffle : bool
+        ``"online"``: visit the chunks in a new random order every pass (``.npy`` files, memmaps
+        and arrays; Parquet is read in file order). Ignored by ``"batch"``.
+    columns : list, optional
+        Columns to fit: names for Parquet and DataFrames, integer indices for arrays and
+        ``.npy`` files. Default all.
+    devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
+        Shard each chunk's rows over these devices (see :mod:`bayesgmm._sharding`); the chunk is
+        padded to a multiple of the device count with weight-0 rows.
+    seed : int or jax key
+        Same seed, same result, bit for bit (subsample, restarts and online chunk order).
+    progress_bar : bool
+        Show tqdm bars over passes and chunks.
+
+    Returns
+    -------
+    FitResult
+        ``method`` is "em" / "map-em" (batch) or "online-em" / "online-map-em".
+        ``log_likelihood`` is the exact full-data total at the returned parameters.
+        ``trace`` has one entry per pass: the objective at the parameters the pass started from
+        (batch; as :func:`bayesgmm.fit_em`) or the running estimate over the pass (online:
+        each chunk at the parameters in force when it was read), then the exact final value.
+        ``n_iter`` counts EM passes. ``info`` holds ``pass_seconds``, ``num_chunks``,
+        ``batch_size``, ``num_updates``, ``init_objective_per_obs`` (of the initialisation, on the
+        subsample) and the usual timing keys.
+
+    Raises
+    ------
+    ValueError
+        Missing file, unsupported extension, a ``.npy`` file that is not 2-D, unknown columns,
+        NaN or infinite values (the chunk and row are named), a constant column, fewer rows
+        than components, or invalid options.
+    ImportError
+        A Parquet source without pyarrow installed.
+    """
+    t_start = time.perf_counter()
+    check_covariance_type(covariance_type)
+    _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
+    if isinstance(init_params, str) and num_init_rows < num_components:
+        raise ValueError(f"num_init_rows={num_init_rows} must be at least num_components={num_components}.")
+    src = open_source(source, columns)
+    n, d = src.num_rows, src.num_features
+    if n == 0 or d == 0:
+        raise ValueError(f"{src.name} is empty (shape ({n}, {d})); pass at least one observation and one feature.")
+    k = check_num_components(num_components, n)
+    if n < 2:
+        raise ValueError(f"{src.name} has a single observation; at least two are needed to fit a mixture.")
+    check_prior_for_map(prior, d, k)
+    batch_size, max_iter = int(batch_size), int(max_iter)
+    dtype = _compute_dtype(src.dtype)
+    key_init, key_rows, key_order = jax.random.split(seed_to_key(seed), 3)
+    progress = _Progress(progress_bar, src.num_chunks(batch_size), max_iter + 2)
+
+    # pass 1: moments, NaN check, initialisation subsample
+    sample_rows = None
+    if isinstance(init_params, str):
+        m = min(int(num_init_rows), n)
+        sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
+    start = time.perf_counter()
+    moments = _scan(src, batch_size, sample_rows, progress)
+    moments_seconds = time.perf_counter() - start
+    progress.pass_done(step="moments")
+    const = np.flatnonzero(moments.sd == 0)
+    if const.size:
+        raise ValueError(
+            f"{src.name} has constant column(s) {[src.feature_names[j] for j in const]}: their variance is "
+            "zero, so no covariance is defined. Drop them before fitting (columns=...)."
+        )
+    shift, sd = moments.mean, moments.sd
+    if covariance_type == "spherical":
+        sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
+    config = StreamConfig(k, d, covariance_type, prior is not None)
+    prior_arrays = None
+    if prior is not None:
+        prior_arrays = jax.device_put(prior.standardised(shift, sd).arrays(k, covariance_type, dtype=dtype))
+
+    params, compile_seconds, init_objective = _initial_params(
+        init_params, moments, shift, sd, key_init, config, prior_arrays, n_init, tol, reg_covar, max_iter, dtype
+    )
+    feeder = _Feeder(src, batch_size, config, dtype, shift, sd, devices, progress)
+    if method == "batch":
+        passes = _batch_passes(feeder, params, prior_arrays, tol, reg_covar, max_iter, n)
+    else:
+        passes = _online_passes(feeder, params, prior_arrays, tol, reg_covar, max_iter, n, float(step_exponent),
+                                _numpy_rng(key_order), shuffle)
+
+    # final pass: the exact log-likelihood at the returned parameters
+    start = time.perf_counter()
+    params = passes.params
+    final = feeder.full_pass(_natural(params, covariance_type=covariance_type), "log-likelihood", with_entropy=True)
+    final_objective = float(_objective_jit(params, final.log_lik, prior_arrays, config=config))
+    final_seconds = time.perf_counter() - start
+    progress.pass_done(objective_per_obs=final_objective / n)
+    progress.close()
+    final = jax.device_get(final)
+    if not np.isfinite(final_objective):
+        raise ValueError(
+            "EM failed: a covariance became singular (ill-defined empirical covariance, e.g. duplicated points "
+            "or a component on too few points). Increase reg_covar, use fewer components, or fit MAP-EM with "
+            "prior=bayesgmm.Prior.default(...)."
+        )
+
+    # result on the original scale
+    params_std = GMMParams(*(np.asarray(p) for p in jax.device_get(params)))
+    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
+    obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
+    counts = np.asarray(final.stats[:, -1], np.float64)
+    degenerate = _stats.degenerate_components(params_std, counts, reg_covar, covariance_type, dtype)
+    if degenerate:
+        warnings.warn(
+            f"EM component(s) {list(degenerate)} are degenerate (almost no data, or a covariance "
+            "collapsed onto the regularisation floor). Use fewer components, increase reg_covar, "
+            "or fit MAP-EM with prior=bayesgmm.Prior(...).",
+            DegenerateComponentWarning,
+            stacklevel=2,
+        )
+    if not passes.converged:
+        warnings.warn(
+            f"Streaming EM ({method}) did not converge in max_iter={max_iter} passes (tol={tol}); increase "
+            "max_iter or tol.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    original = params_to_original(params_std, shift, sd, covariance_type)
+    run_seconds = time.perf_counter() - t_start - compile_seconds
+    info = {
+        "seed": seed if isinstance(seed, (int, np.integer)) else None,
+        "stream_method": method,
+        "batch_size": batch_size,
+        "num_chunks": feeder.num_chunks,
+        "num_updates": passes.num_updates,
+        "num_passes": passes.n_iter + 2,
+        "pass_seconds": passes.pass_seconds,
+        "moments_seconds": moments_seconds,
+        "final_pass_seconds": final_seconds,
+        "n_init": int(n_init),
+        "init_params": init_params if isinstance(init_params, str) else "given",
+        "num_init_rows": 0 if sample_rows is None else len(sample_rows),
+        "init_objective_per_obs": init_objective,
+        "compile_seconds": compile_seconds,
+        "run_seconds": run_seconds,
+        "fit_seconds": compile_seconds + run_seconds,
+        "num_devices": feeder.num_devices,
+        "entropy": float(final.entropy),
+        "expected_counts": counts.tolist(),
+        "dtype": str(dtype),
+        "reg_covar": float(reg_covar),
+        "tol": float(tol),
+    }
+    if method == "online":
+        info["step_exponent"] = float(step_exponent)
+    return FitResult(
+        method=("online-" if method == "online" else "") + ("map-em" if prior is not None else "em"),
+        covariance_type=covariance_type,
+        weights=original.weights,
+        means=original.means,
+        covariances=original.covariances,
+        log_likelihood=float(np.asarray(final.log_lik, np.float64) + ll_shift),
+        converged=passes.converged,
+        n_iter=passes.n_iter,
+        trace=np.asarray(passes.trace + [final_objective], np.float64) + obj_shift,
+        objective="log_posterior" if prior is not None else "log_likelihood",
+        feature_names=src.feature_names,
+        num_obs=n,
+        degenerate_components=degenerate,
+        prior=prior,
+        info=info,
+    )

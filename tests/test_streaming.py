@@ -1,0 +1,463 @@
+"""Streaming (out-of-core) EM: exact batch EM equals in-memory EM, online EM reaches the same
+optimum, every source reads the same rows, one compiled chunk program, bounded memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+import bayesgmm as bg
+from bayesgmm import streaming
+from bayesgmm.params import ConvergenceWarning, GMMParams
+from bayesgmm.streaming import fit_em_stream
+
+COV_TYPES = ("full", "diag", "spherical", "tied")
+
+
+@pytest.fixture(scope="module")
+def mix():
+    """N=1001, D=3, K=3, well separated; 1001 rows leave a one-row last chunk for batch_size=250."""
+    return bg.datasets.make_mixture(1001, 3, 3, separation=6.0, seed=2).x
+
+
+@pytest.fixture(scope="module")
+def files(mix, tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream")
+    paths = {"npy": d / "x.npy", "raw": d / "x.dat", "f32": d / "x32.npy"}
+    np.save(paths["npy"], mix)
+    np.save(paths["f32"], mix.astype(np.float32))
+    mix.tofile(paths["raw"])
+    return paths
+
+
+def _start(x, k, covariance_type):
+    """A deliberately rough start: K data rows as means, the data covariance for every component."""
+    d = x.shape[1]
+    cov = np.cov(x, rowvar=False)
+    c = {"full": np.tile(cov, (k, 1, 1)), "tied": cov, "diag": np.tile(np.diag(cov), (k, 1)),
+         "spherical": np.full(k, np.trace(cov) / d)}[covariance_type]
+    return GMMParams(np.full(k, 1.0 / k), x[[0, 1, 2]][:k] * 0.5, c)
+
+
+def _precisions(params, covariance_type):
+    c = params.covariances
+    return np.linalg.inv(c) if covariance_type in ("full", "tied") else 1.0 / c
+
+
+def _aligned_max_diff(a, b):
+    cost = ((a[:, None] - b[None]) ** 2).sum(-1)
+    r, c = linear_sum_assignment(cost)
+    return float(np.abs(a[r] - b[c]).max()), c
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact batch EM out of core = in-memory EM
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "covariance_type,use_prior", [("full", False), ("full", True), ("diag", True), ("spherical", False), ("tied", False)]
+)
+def test_batch_equals_fit_em_from_the_same_start(covariance_type, use_prior, mix):
+    k = 3
+    start = _start(mix, k, covariance_type)
+    prior = bg.Prior.default(mix, k) if use_prior else None
+    kw = dict(covariance_type=covariance_type, prior=prior, tol=1e-6, max_iter=300)
+    ref = bg.fit_em(mix, k, weights_init=start.weights, means_init=start.means,
+                    precisions_init=_precisions(start, covariance_type), **kw)
+    got = fit_em_stream(mix, k, init_params=start, batch_size=250, **kw)
+    assert ref.converged and got.converged
+    assert got.n_iter == ref.n_iter > 3
+    assert got.method == ref.method and got.objective == ref.objective
+    np.testing.assert_allclose(got.trace, ref.trace, rtol=1e-11)
+    assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-12)
+    np.testing.assert_allclose(got.weights, ref.weights, atol=1e-10)
+    np.testing.assert_allclose(got.means, ref.means, atol=1e-9)
+    np.testing.assert_allclose(got.covariances, ref.covariances, atol=1e-9)
+    np.testing.assert_allclose(got.info["expected_counts"], ref.info["expected_counts"], rtol=1e-9)
+    assert got.info["entropy"] == pytest.approx(ref.info["entropy"], rel=1e-9)
+    assert got.info["num_chunks"] == 5 and got.info["num_passes"] == got.n_iter + 2
+
+
+def test_initialisation_on_every_row_is_fit_em(mix):
+    """With num_init_rows >= N the subsample is the data: the initialisation is fit_em's run
+    (same restarts, same key) and the streaming passes then stop at once."""
+    key_init = jax.random.split(jax.random.key(0), 3)[0]  # fit_em_stream's key for the restarts
+    ref = bg.fit_em(mix, 3, n_init=3, tol=1e-6, seed=key_init)
+    got = fit_em_stream(mix, 3, n_init=3, tol=1e-6, num_init_rows=len(mix), batch_size=250, seed=0)
+    assert got.info["init_objective_per_obs"] == pytest.approx(ref.log_likelihood / len(mix), rel=1e-12)
+    assert got.log_likelihood == pytest.approx(ref.log_likelihood, abs=1e-6 * len(mix))
+    assert got.n_iter <= 3
+
+
+def test_chunk_program_is_compiled_once(mix):
+    counts = streaming._TRACE_COUNT
+    before = dict(counts)
+    start = _start(mix, 3, "full")
+    with pytest.warns(ConvergenceWarning):
+        first = fit_em_stream(mix, 3, init_params=start, batch_size=123, tol=0.0, max_iter=4)
+    assert first.info["num_chunks"] == 9 and first.n_iter == 4  # 9 chunks x 5 passes, last one partial
+    # one chunk program for the EM passes, one for the final pass (with the entropy)
+    assert counts["chunk"] - before["chunk"] <= 2 and counts["update"] - before["update"] <= 1
+    after_first = dict(counts)
+    other = bg.datasets.make_mixture(1500, 3, 3, separation=6.0, seed=5).x  # another N: same chunk shape
+    with pytest.warns(ConvergenceWarning):
+        fit_em_stream(other, 3, init_params=_start(other, 3, "full"), batch_size=123, tol=0.0, max_iter=4)
+    assert counts["chunk"] == after_first["chunk"] and counts["update"] == after_first["update"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+def test_every_source_reads_the_same_rows(mix, files, tmp_path):
+    pd = pytest.importorskip("pandas")
+    kw = dict(batch_size=250, tol=1e-6, num_init_rows=500, n_init=2, seed=3)
+    ref = fit_em_stream(mix, 3, **kw)
+    sources = {
+        "npy path": str(files["npy"]),
+        "pathlib": files["npy"],
+        "memmap of .npy": np.load(files["npy"], mmap_mode="r"),
+        "raw memmap": np.memmap(files["raw"], dtype=np.float64, mode="r", shape=mix.shape),
+        "big-endian .npy": _saved(tmp_path / "be.npy", mix.astype(">f8")),
+        "DataFrame": pd.DataFrame(mix, columns=["a", "b", "c"]),
+    }
+    if _has_pyarrow():
+        pq_path = tmp_path / "x.parquet"
+        pd.DataFrame(mix, columns=["a", "b", "c"]).to_parquet(pq_path, row_group_size=333)  # groups != chunks
+        sources["parquet"] = str(pq_path)
+    for name, src in sources.items():
+        got = fit_em_stream(src, 3, **kw)
+        assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-13), name
+        np.testing.assert_allclose(got.means, ref.means, rtol=1e-11, err_msg=name)
+        assert got.n_iter == ref.n_iter, name
+    assert isinstance(streaming.open_source(sources["memmap of .npy"]), streaming._NpySource)  # bounded RSS path
+    assert fit_em_stream(sources["DataFrame"], 3, **kw).feature_names == ("a", "b", "c")
+
+
+def _has_pyarrow():
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _saved(path, arr, **kwargs):
+    np.save(path, arr, **kwargs)
+    return str(path)
+
+
+def test_columns_select_features_by_index_and_by_name(mix, files, tmp_path):
+    kw = dict(batch_size=250, tol=1e-6, num_init_rows=500, seed=1)
+    ref = fit_em_stream(np.ascontiguousarray(mix[:, [2, 0]]), 2, **kw)
+    by_index = fit_em_stream(files["npy"], 2, columns=[2, 0], **kw)
+    assert by_index.feature_names == ("x2", "x0")
+    np.testing.assert_allclose(by_index.means, ref.means, rtol=1e-12)
+    if _has_pyarrow():
+        import pandas as pd
+
+        path = tmp_path / "named.parquet"
+        pd.DataFrame(mix, columns=["a", "b", "c"]).to_parquet(path)
+        by_name = fit_em_stream(path, 2, columns=["c", "a"], **kw)
+        assert by_name.feature_names == ("c", "a")
+        np.testing.assert_allclose(by_name.means, ref.means, rtol=1e-12)
+
+
+def test_float32_and_integer_storage(mix, files, tmp_path):
+    """float32 files are fitted in float32; integers are standardised on the host in float64 and
+    give the float64 fit of the same numbers."""
+    kw = dict(batch_size=250, tol=1e-6, num_init_rows=500, seed=1)
+    ref = fit_em_stream(mix, 3, **kw)
+    f32 = fit_em_stream(files["f32"], 3, **kw)
+    assert f32.info["dtype"] == "float32"
+    assert f32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+    ints = np.round(mix * 1000).astype(np.int32)
+    path = _saved(tmp_path / "ints.npy", ints)
+    got = fit_em_stream(path, 3, **kw)
+    exact = fit_em_stream(ints.astype(np.float64), 3, **kw)
+    assert got.info["dtype"] == "float64"
+    assert got.log_likelihood == pytest.approx(exact.log_likelihood, rel=1e-12)
+    np.testing.assert_allclose(got.means, exact.means, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Online EM
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def big_mix():
+    return bg.datasets.make_mixture(20_000, 3, 3, separation=6.0, seed=2).x
+
+
+def test_online_em_reaches_the_batch_optimum(big_mix):
+    n = len(big_mix)
+    best = bg.fit_em(big_mix, 3, n_init=3, tol=1e-9, max_iter=500, seed=0)
+    online = fit_em_stream(big_mix, 3, method="online", batch_size=1000, tol=1e-5, max_iter=30,
+                           num_init_rows=1000, seed=0)
+    assert online.method == "online-em" and online.converged
+    assert online.n_iter < 30 and online.info["num_updates"] == 20 * online.n_iter
+    gap = (best.log_likelihood - online.log_likelihood) / n
+    assert -1e-9 < gap < 1e-4  # never above the optimum, within 1e-4 nats per observation
+    diff, perm = _aligned_max_diff(best.means, online.means)
+    assert diff < 0.02
+    np.testing.assert_allclose(online.weights[perm], best.weights, atol=5e-3)
+    # trace: the running estimate per pass, then the exact final log-likelihood
+    assert len(online.trace) == online.n_iter + 1 and online.trace[-1] == pytest.approx(online.log_likelihood)
+    assert online.trace[-2] < online.trace[-1]  # the running estimate lags the final parameters
+
+
+def test_online_map_em_reaches_the_batch_map(big_mix):
+    prior = bg.Prior.default(big_mix, 3)
+    batch = fit_em_stream(big_mix, 3, prior=prior, batch_size=4000, tol=1e-9, max_iter=200, num_init_rows=1000)
+    online = fit_em_stream(big_mix, 3, prior=prior, method="online", batch_size=1000, tol=1e-5, max_iter=30,
+                           num_init_rows=1000, step_exponent=0.8)
+    assert online.method == "online-map-em" and online.objective == "log_posterior"
+    assert 0 <= (batch.trace[-1] - online.trace[-1]) / len(big_mix) < 1e-4
+    assert _aligned_max_diff(batch.means, online.means)[0] < 0.02
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_online_starts_from_the_statistics_of_the_start(covariance_type, rng):
+    """The M-step of N times expected_stats(params) returns params: the first online update
+    moves from the starting point, not from an arbitrary one."""
+    k, d, n = 3, 4, 1000.0
+    w = rng.dirichlet(np.full(k, 3.0))
+    m = rng.normal(size=(k, d))
+    a = rng.normal(size=(k, d, d))
+    c = {"full": a @ np.swapaxes(a, 1, 2) + np.eye(d), "tied": a[0] @ a[0].T + np.eye(d),
+         "diag": rng.uniform(0.5, 2, (k, d)), "spherical": rng.uniform(0.5, 2, k)}[covariance_type]
+    params = GMMParams(w, m, c)
+    s = streaming.expected_stats(params, covariance_type)
+    config = streaming.StreamConfig(k, d, covariance_type, False)
+    back = streaming._params_from_stats(n * s, None, 0.0, config)
+    for got, want in zip(back, params):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_chunk_features_are_the_exponential_family_features(covariance_type, rng):
+    """The per-chunk quadratic features (one-hot products, not a gather) are _stats' numbers, exactly."""
+    from bayesgmm import _stats
+
+    x = rng.normal(size=(50, 5)) * rng.uniform(0.1, 10, 5)
+    z = np.asarray(_stats.suff_features(x, covariance_type))
+    quad = np.asarray(streaming.quad_features(x, covariance_type))
+    np.testing.assert_array_equal(quad, z[:, : quad.shape[1]])
+    assert quad.shape[1] == z.shape[1] - 5 - 1
+
+
+def test_same_seed_same_result_bit_for_bit(mix):
+    kw = dict(method="online", batch_size=100, tol=1e-4, max_iter=30, num_init_rows=300, n_init=2)
+    a = fit_em_stream(mix, 3, seed=4, **kw)
+    b = fit_em_stream(mix, 3, seed=4, **kw)
+    c = fit_em_stream(mix, 3, seed=5, **kw)
+    assert a.converged and a.n_iter > 1
+    assert a.log_likelihood == b.log_likelihood and np.array_equal(a.trace, b.trace)
+    assert np.array_equal(a.means, b.means) and np.array_equal(a.covariances, b.covariances)
+    assert not np.array_equal(a.trace, c.trace)  # the seed sets the subsample and the chunk order
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices, memory, progress
+# ----------------------------------------------------------------------------------------------
+SHARDED = textwrap.dedent(
+    """
+    import json, warnings
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    import bayesgmm as bg
+    from bayesgmm.streaming import fit_em_stream
+
+    assert len(jax.devices()) == 4, jax.devices()
+    x = bg.datasets.make_mixture(1001, 3, 3, separation=6.0, seed=2).x
+    out = {}
+    for method in ("batch", "online"):
+        for batch_size in (200, 201):   # 201 rows: padded to 204 on 4 devices
+            kw = dict(method=method, batch_size=batch_size, tol=1e-6, max_iter=20, num_init_rows=500, seed=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                one = fit_em_stream(x, 3, **kw)
+                four = fit_em_stream(x, 3, devices="all", **kw)
+            out[f"{method}_{batch_size}"] = dict(
+                ll=[one.log_likelihood, four.log_likelihood], n_iter=[one.n_iter, four.n_iter],
+                means=float(np.abs(one.means - four.means).max()), devices=four.info["num_devices"])
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def sharded_results():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["batch_200", "batch_201", "online_200", "online_201"])
+def test_sharded_chunks_equal_single_device(sharded_results, case):
+    r = sharded_results[case]
+    one, four = r["ll"]
+    assert abs(one - four) <= 1e-9 * abs(one)
+    assert r["n_iter"][0] == r["n_iter"][1]
+    assert r["means"] < 1e-7
+    assert r["devices"] == 4
+
+
+RSS = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import numpy as np
+    from bayesgmm.streaming import fit_em_stream
+
+    def status(key):   # kB
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith(key)).split()[1]) * 1024
+
+    def reset_peak():  # Linux >= 4.0: VmHWM restarts from the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return status("VmRSS")
+
+    small, big = sys.argv[1:3]
+    kw = dict(batch_size=16384, max_iter=2, tol=0.0, num_init_rows=20000)
+    warnings.simplefilter("ignore")
+    fit_em_stream(small, 3, **kw)            # compiles every program for these shapes
+    base = reset_peak()
+    r = fit_em_stream(big, 3, **kw)
+    streamed = status("VmHWM") - base
+    base = reset_peak()
+    x = np.load(big)                         # control: the measurement sees a whole-file load
+    loaded = status("VmHWM") - base
+    print(json.dumps(dict(streamed=streamed, loaded=loaded, num_obs=r.num_obs)))
+    """
+)
+
+
+def _write_npy(path, n, d, seed):
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for s in range(0, n, 250_000):
+        m = min(250_000, n - s)
+        out[s : s + m] = rng.normal(size=(m, d)) + 4.0 * rng.integers(0, 3, size=(m, 1))
+    out.flush()
+    del out
+    return str(path)
+
+
+def test_peak_memory_does_not_grow_with_the_file(tmp_path):
+    """2e6 x 8 float32 (64 MB) streamed in 16384-row chunks: peak RSS grows by a small fraction
+    of the file (one chunk, its features and allocator slack), while loading it grows by all of it."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    n, d = 2_000_000, 8
+    big = _write_npy(tmp_path / "big.npy", n, d, 0)
+    small = _write_npy(tmp_path / "small.npy", 50_000, d, 1)
+    size = os.path.getsize(big)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", RSS, small, big], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["num_obs"] == n
+    assert r["loaded"] > 0.75 * size  # the measurement can see a file-sized allocation
+    assert r["streamed"] < 0.3 * size, r
+
+
+def test_progress_bar_shows_passes_and_chunks(mix, capsys):
+    kw = dict(batch_size=250, tol=1e-6, num_init_rows=500, seed=1)
+    quiet = fit_em_stream(mix, 3, **kw)
+    shown = fit_em_stream(mix, 3, progress_bar=True, **kw)
+    err = capsys.readouterr().err
+    assert "streaming EM" in err and "pass" in err and "chunk" in err
+    assert shown.log_likelihood == quiet.log_likelihood
+
+
+def test_not_converged_warns_and_is_flagged(mix):
+    with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=2 passes"):
+        r = fit_em_stream(mix, 3, batch_size=250, tol=0.0, max_iter=2, num_init_rows=500)
+    assert not r.converged and r.n_iter == 2 and len(r.trace) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+def _bad_npy(tmp_path, name, arr, **kw):
+    return _saved(tmp_path / name, arr, **kw)
+
+
+def test_file_errors_are_clear(tmp_path, files):
+    with pytest.raises(ValueError, match="does not exist"):
+        fit_em_stream(tmp_path / "nope.npy", 2)
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match=r"must be a \.npy or \.parquet file"):
+        fit_em_stream(tmp_path / "x.csv", 2)
+    with pytest.raises(ValueError, match=r"shape \(4, 5, 6\); streaming needs a 2-D array"):
+        fit_em_stream(_bad_npy(tmp_path, "three.npy", np.zeros((4, 5, 6))), 2)
+    with pytest.raises(ValueError, match="Fortran"):
+        fit_em_stream(_bad_npy(tmp_path, "f.npy", np.asfortranarray(np.ones((5, 3)))), 2)
+    (tmp_path / "junk.npy").write_bytes(b"not an npy file at all")
+    with pytest.raises(ValueError, match="not a readable .npy file"):
+        fit_em_stream(tmp_path / "junk.npy", 2)
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \[7\]"):
+        fit_em_stream(files["npy"], 2, columns=[0, 7])
+    with pytest.raises(ValueError, match="must hold numbers"):
+        fit_em_stream(np.array([["a", "b"], ["c", "d"]]), 2)
+
+
+def test_parquet_errors_are_clear(tmp_path, monkeypatch):
+    if _has_pyarrow():
+        import pandas as pd
+
+        path = tmp_path / "t.parquet"
+        pd.DataFrame({"a": [1.0, 2.0, 3.0], "s": ["x", "y", "z"]}).to_parquet(path)
+        with pytest.raises(ValueError, match=r"no column\(s\) \['b'\]; its columns are \['a', 's'\]"):
+            fit_em_stream(path, 2, columns=["a", "b"])
+        with pytest.raises(ValueError, match=r"non-numeric column\(s\) \['s'\]"):
+            fit_em_stream(path, 2)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        fit_em_stream(tmp_path / "t.parquet", 2)
+
+
+def test_data_errors_name_the_chunk_and_row(mix, tmp_path):
+    bad = mix.copy()
+    bad[777, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values in chunk 3 \(rows 750 to 999; first bad row: 777\)"):
+        fit_em_stream(_bad_npy(tmp_path, "nan.npy", bad), 3, batch_size=250)
+    const = mix.copy()
+    const[:, 1] = 2.5
+    with pytest.raises(ValueError, match=r"constant column\(s\) \['x1'\]"):
+        fit_em_stream(const, 3, batch_size=250)
+    with pytest.raises(ValueError, match="4 observations but num_components=5"):
+        fit_em_stream(mix[:4], 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="minibatch"), "method must be one of"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(max_iter=0), "max_iter must be a positive integer"),
+        (dict(step_exponent=0.5), r"step_exponent must be in \(0.5, 1\]"),
+        (dict(step_exponent=1.2), r"step_exponent must be in \(0.5, 1\]"),
+        (dict(num_init_rows=2), "num_init_rows=2 must be at least num_components=3"),
+        (dict(init_params="best"), "init_params must be one of"),
+        (dict(init_params=GMMParams(np.ones(2) / 2, np.zeros((2, 3)), np.tile(np.eye(3), (2, 1, 1)))),
+         r"means of shape \(2, 3\); expected \(3, 3\)"),
+        (dict(tol=-1.0), "tol must be a non-negative number"),
+        (dict(covariance_type="banded"), "covariance_type must be one of"),
+        (dict(prior=bg.Prior.default(np.random.default_rng(0).normal(size=(10, 2)), 3)), "prior is for 2 feature"),
+        (dict(devices=9), "devices=9 but"),
+    ],
+)
+def test_bad_options_raise_clear_error(kwargs, match, mix):
+    with pytest.raises(ValueError, match=match):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_em_stream(mix, 3, **kwargs)
