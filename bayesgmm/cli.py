@@ -3,7 +3,8 @@
 Commands
 --------
 ``demo``      Old Faithful, every engine: the comparison table printed, figures and fits written.
-``fit``       Fit one engine to a CSV/Parquet file: JSON summary, NetCDF (ArviZ), PNG.
+``fit``       Fit one engine to a CSV/Parquet file: JSON summary, NetCDF (ArviZ), PNG; with
+              ``--stream``, EM out of core on a .npy/Parquet file of any size.
 ``compare``   Several engines on the same data: CSV/JSON table, engines figure, NetCDF per fit.
 ``select``    BIC/AIC/ICL over a grid of K and covariance structures: CSV table, BIC plot.
 ``simulate``  Draw a data set from the generative story: CSV (with the true component) + truth JSON.
@@ -157,22 +158,49 @@ def _engine_kwargs(opts, method):
     return dict(opts.get("engines", {}).get(method, {}))
 
 
+def _fit_stream(opts):
+    """EM out of core on a .npy or Parquet file (``--stream``): the data never sit in memory."""
+    from .streaming import fit_em_stream
+
+    spec = opts["data"]
+    if not spec.get("path") or spec.get("label_column"):
+        raise UsageError("--stream reads a .npy or Parquet file given as the input path (no --dataset, no --label-column).")
+    if not Path(spec["path"]).exists():
+        raise UsageError(f"input file {spec['path']!r} does not exist.")
+    if opts["method"] not in ("em", "map-em"):
+        raise UsageError(f"--stream fits by EM; --method {opts['method']!r} needs the data in memory.")
+    kw = _engine_kwargs(opts, opts["method"])
+    if opts["method"] == "map-em" and "prior" not in kw:
+        raise UsageError("--stream with --method map-em needs a prior; stream with --method em instead.")
+    columns = spec.get("columns")
+    if columns and all(str(c).isdigit() for c in columns):
+        columns = [int(c) for c in columns]
+    return fit_em_stream(spec["path"], opts["num_components"], covariance_type=opts["covariance_type"],
+                         columns=columns, batch_size=opts["batch_size"], seed=opts["seed"],
+                         progress_bar=opts.get("progress", False), **kw)
+
+
 def run_fit(opts) -> int:
     from .diagnostics import save_result
     from .experiments import fit
 
-    x, _ = load_data(opts["data"])
     out = _out_dir(opts["out"])
     method = opts["method"]
-    result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"],
-                 **_engine_kwargs(opts, method))
-    _print_fit(result)
     stem = f"{method}_k{opts['num_components']}"
+    if opts.get("stream"):
+        x = None
+        result = _fit_stream(opts)
+        stem += "_stream"
+    else:
+        x, _ = load_data(opts["data"])
+        result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"],
+                     **_engine_kwargs(opts, method))
+    _print_fit(result)
     written = [out / f"{stem}.json"]
     result.to_json(written[0])
     save_result(result, out / f"{stem}.nc", x=x)
     written.append(out / f"{stem}.nc")
-    if opts["plot"]:
+    if opts["plot"] and x is not None:
         _figure(_fit_figure(result, x), out / f"{stem}.png", written)
     _wrote(written)
     return 0
@@ -419,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
     fit.add_argument("--engine-option", action="append", metavar="NAME=VALUE",
                      help="engine keyword argument, e.g. n_init=10 or num_samples=500 (repeatable)")
+    fit.add_argument("--stream", action="store_true",
+                     help="EM out of core: read a .npy or Parquet file in chunks (memory bounded by --batch-size)")
+    fit.add_argument("--batch-size", type=int, default=65536, help="rows per chunk with --stream (default: %(default)s)")
+    fit.add_argument("--no-progress", dest="progress", action="store_false")
     _common(fit, out_default="bayesgmm_out")
     _plot_args(fit)
     fit.set_defaults(handler=run_fit)
@@ -496,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: options each command takes (argparse dest names), besides data/engines
 _OPTIONS = {
     "demo": ("out", "seed", "methods", "progress"),
-    "fit": ("num_components", "method", "covariance_type", "out", "seed", "plot"),
+    "fit": ("num_components", "method", "covariance_type", "out", "seed", "plot", "stream", "batch_size", "progress"),
     "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "seed", "plot", "progress"),
     "select": ("k", "covariance_types", "prior", "n_init", "out", "seed", "plot"),
     "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "seed"),

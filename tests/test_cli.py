@@ -55,6 +55,20 @@ def test_fit_writes_json_netcdf_and_figure(csv, tmp_path, capsys):
     assert (tmp_path / "em_k2.png").exists()
 
 
+def test_fit_streams_a_npy_file_out_of_core(tmp_path, capsys):
+    data = bg.datasets.make_mixture(3000, 3, 2, separation=5.0, seed=2)
+    np.save(tmp_path / "big.npy", data.x)
+    rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--batch-size", "512",
+                   "--out", str(tmp_path / "o"), "--no-progress", "--engine-option", "n_init=3"])
+    assert rc == 0
+    fit = bg.FitResult.from_json(tmp_path / "o" / "em_k3_stream.json")
+    ref = bg.fit_em(data.x, 3, n_init=3, seed=0, tol=1e-6, max_iter=300)
+    assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-4)
+    assert fit.info["num_chunks"] == 6
+    rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "needs the data in memory" in capsys.readouterr().err
+
+
 def test_compare_with_labels_and_held_out_data(csv, tmp_path):
     rc = cli.main(["compare", str(csv), "-k", "2", "--columns", "eruptions", "waiting", "--label-column", "group",
                    "--methods", "em", "vb", "--test-fraction", "0.2", "--out", str(tmp_path), "--no-plot", "--no-progress"])
