@@ -13,9 +13,15 @@ K, structure and sampler settings (later fits of same-shaped data reuse it):
    :mod:`bayesgmm._stats`), the best log posterior kept;
 2. per chain, that start mapped to the unconstrained space (``unconstrain_fn``) and jittered;
 3. NUTS warmup (step size and diagonal mass matrix adaptation) and sampling, chains ``vmap``-ed
-   (``chain_method="vectorized"``) or run one after another (``"sequential"``);
+   (``chain_method="vectorized"``), run one after another (``"sequential"``), or spread over
+   several JAX devices (``"parallel"``: ``jax.shard_map`` over a one-axis ``Mesh`` of devices,
+   the chain axis sharded and the chains of one device ``vmap``-ed; see :func:`fit_mcmc`);
 4. draws mapped back to the constrained space (``constrain_fn``) and the log posterior
    ``log p(x, theta)`` of every draw.
+
+The program is compiled ahead of time (``jit(...).lower(...).compile()``), so the result's
+``info`` reports ``compile_seconds`` (0.0 when the program was reused) apart from
+``run_seconds``, the time of running it.
 
 Driving the NUTS kernel inside our own ``jit`` (instead of ``numpyro.infer.MCMC``) avoids the
 thousands of tiny eagerly compiled operations of NumPyro's model initialisation, which cost
@@ -31,7 +37,7 @@ changes JAX's configuration). Results are NumPy float64 on the original scale.
 from __future__ import annotations
 
 import functools
-import time
+import os
 import warnings
 from typing import NamedTuple
 
@@ -39,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _numpyro_common as shared
 from . import _stats
-from .kmeans import kmeans_labels
+from ._compile import CompiledProgram, enable_compilation_cache  # noqa: F401 (re-exported)
 from .labels import align_draws
 from .model import gmm_model, log_prior, model_kwargs
 from .params import (
@@ -50,22 +57,16 @@ from .params import (
     check_covariance_type,
     check_data,
     check_num_components,
-    check_params,
     log_jacobians,
     params_to_original,
-    params_to_standard,
     seed_to_key,
-    standardisation,
 )
 from .results import FitResult
 
 __all__ = ["enable_compilation_cache", "fit_mcmc"]
 
-CHAIN_METHODS = ("vectorized", "sequential")
+CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 INIT_METHODS = ("map", "uniform")
-#: k-means seedings of the MAP start, and MAP-EM iterations after each.
-_MAP_STARTS = 4
-_MAP_ITERS = 50
 #: Standard deviation of the per-chain jitter of the start, in unconstrained units.
 _JITTER = 0.1
 #: Thresholds of the warnings: max R-hat and min bulk ESS per chain.
@@ -74,29 +75,6 @@ _ESS_PER_CHAIN = 100
 
 # Incremented when the sampler program is traced; tests use it to prove "compile once per shape".
 _TRACE_COUNT = {"fit": 0}
-_COMPILED: dict = {}
-
-
-def enable_compilation_cache(path, *, min_compile_time_secs: float = 1.0) -> None:
-    """Opt in to JAX's persistent compilation cache in ``path`` (off unless you call this).
-
-    With the cache, a fresh process reuses the compiled NUTS program of an earlier process for
-    the same shapes and settings instead of compiling it again. This changes JAX's global
-    configuration for the whole process, which is why the library never does it by itself.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Directory for the cache (created if needed).
-    min_compile_time_secs : float
-        Only programs that took at least this long to compile are cached.
-    """
-    import os
-
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class _Config(NamedTuple):
@@ -110,74 +88,19 @@ class _Config(NamedTuple):
     chain_method: str
     target_accept_prob: float
     max_tree_depth: int
+    num_devices: int  # devices the chains are spread over ("parallel"), else 1
 
 
-def _site_values(params: GMMParams, k: int) -> dict:
-    values = {"means": params.means, "covariances": params.covariances}
-    if k > 1:
-        values["weights"] = params.weights
-    return values
+def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
+    """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
-
-def _map_start(keys, xs, prior, k: int, covariance_type: str) -> GMMParams:
-    """k-means seedings each refined by ``_MAP_ITERS`` MAP-EM iterations; the best log posterior.
-
-    The Dirichlet concentration is floored at 1 here (the MAP weights are undefined below 1);
-    this only affects where the chains start, never the posterior they sample.
+    Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
+    leading axes (chains, num_samples).
     """
-    d = xs.shape[1]
-    z = _stats.suff_features(xs, covariance_type)
-    prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
-    reg = 1e-6
-
-    def m_step(resp):
-        return _stats.m_step(*_stats.suff_stats(resp, z, d, covariance_type), covariance_type, reg, prior_map)
-
-    def one(key):
-        params = m_step(jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=xs.dtype))
-        params = jax.lax.fori_loop(
-            0, _MAP_ITERS, lambda i, p: m_step(_stats.e_step(z, _stats.natural_params(p, covariance_type))[0]), params
-        )
-        ll = jnp.sum(_stats.e_step(z, _stats.natural_params(params, covariance_type))[1])
-        obj = ll + log_prior(params, prior_map, covariance_type)
-        return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
-
-    params, obj = jax.vmap(one)(keys)
-    best = jnp.argmax(obj)
-    return jax.tree_util.tree_map(lambda a: a[best], params)
-
-
-def _program(xs, prior, key, init_code, user_init, *, config: _Config):
-    """The whole sampler as one traced function (see the module docstring)."""
     from numpyro.infer import NUTS
-    from numpyro.infer.util import constrain_fn, unconstrain_fn
-
-    _TRACE_COUNT["fit"] += 1
-    k, ct, c = config.num_components, config.covariance_type, config.num_chains
-    kwargs = model_kwargs(k, prior, ct)
-    args = (xs,)
-    key_map, key_jitter, key_chains = jax.random.split(key, 3)
-    pivot = _map_start(jax.random.split(key_map, _MAP_STARTS), xs, prior, k, ct)
-
-    def unconstrain(params):
-        return unconstrain_fn(gmm_model, args, kwargs, _site_values(params, k))
-
-    # All three starts are computed and one is selected by the (traced) init_code, so that
-    # "map", user-given and "uniform" starts share one compiled program.
-    z_map = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (c,) + a.shape), unconstrain(pivot))
-    z_user = jax.vmap(unconstrain)(user_init)
-    leaves, treedef = jax.tree_util.tree_flatten(z_map)
-    user_leaves = treedef.flatten_up_to(z_user)
-    keys = jax.random.split(key_jitter, 2 * len(leaves))
-    z0 = []
-    for i, (a, u) in enumerate(zip(leaves, user_leaves)):
-        jitter = _JITTER * jax.random.normal(keys[2 * i], a.shape, a.dtype)
-        uniform = jax.random.uniform(keys[2 * i + 1], a.shape, a.dtype, -2.0, 2.0)  # NumPyro's init_to_uniform
-        z0.append(jnp.select([init_code == 0, init_code == 1], [a + jitter, u + jitter], uniform))
-    z0 = jax.tree_util.tree_unflatten(treedef, z0)
 
     kernel = NUTS(
-        potential_fn=_potential_fn(xs, prior, k, ct),
+        potential_fn=_potential_fn(xs, prior, config.num_components, config.covariance_type),
         target_accept_prob=config.target_accept_prob,
         max_tree_depth=config.max_tree_depth,
     )
@@ -200,11 +123,88 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
         out = jax.lax.scan(step, state, None, length=config.num_warmup + config.num_samples)[1]
         return jax.tree_util.tree_map(lambda a: a[config.num_warmup :], out)
 
+    if config.chain_method == "sequential":
+        return jax.lax.map(lambda a: one_chain(*a), (chain_keys, z0))
+    return jax.vmap(one_chain)(chain_keys, z0)
+
+
+def _parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -> int:
+    """How many devices the chains are spread over; raises when they cannot be spread evenly.
+
+    ``"parallel"`` uses ``m = min(num_chains, jax.local_device_count())`` devices, and ``m``
+    must divide ``num_chains`` (every device runs the same number of chains). With one device
+    ``m = 1`` and "parallel" runs the ``"vectorized"`` program. Other methods use one device.
+    """
+    if chain_method != "parallel":
+        return 1
+    devices = jax.local_devices()
+    m = min(num_chains, len(devices))
+    if num_chains % m:
+        raise ValueError(
+            f"chain_method='parallel' runs the same number of chains on each of min(num_chains, devices) = {m} "
+            f"JAX devices ({devices[0].platform}), but num_chains={num_chains} is not a multiple of {m}. Use "
+            f"num_chains={-(-num_chains // m) * m} (any multiple of {m}, or at most {m}), or "
+            "chain_method='vectorized'."
+        )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if m > 1 and devices[0].platform == "cpu" and covariance_type in ("full", "tied") and m >= cores:
+        warnings.warn(
+            f"chain_method='parallel' on {m} CPU devices with only {cores} CPU core(s): jaxlib's batched "
+            "LAPACK kernels (used by full and tied covariances) share one thread pool of about one thread "
+            "per core and can deadlock when every device calls them at once. Use chain_method='vectorized' "
+            "on CPU (it is as fast there), or fewer devices than cores.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return m
+
+
+@shared.without_validation
+def _program(xs, prior, key, init_code, user_init, *, config: _Config):
+    """The whole sampler as one traced function (see the module docstring)."""
+    from numpyro.infer.util import constrain_fn, unconstrain_fn
+
+    _TRACE_COUNT["fit"] += 1
+    k, ct, c = config.num_components, config.covariance_type, config.num_chains
+    kwargs = model_kwargs(k, prior, ct)
+    args = (xs,)
+    key_map, key_jitter, key_chains = jax.random.split(key, 3)
+    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), xs, prior, k, ct)
+
+    def unconstrain(params):
+        return unconstrain_fn(gmm_model, args, kwargs, shared.site_values(params, k))
+
+    # All three starts are computed and one is selected by the (traced) init_code, so that
+    # "map", user-given and "uniform" starts share one compiled program.
+    z_map = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (c,) + a.shape), unconstrain(pivot))
+    z_user = jax.vmap(unconstrain)(user_init)
+    leaves, treedef = jax.tree_util.tree_flatten(z_map)
+    user_leaves = treedef.flatten_up_to(z_user)
+    keys = jax.random.split(key_jitter, 2 * len(leaves))
+    z0 = []
+    for i, (a, u) in enumerate(zip(leaves, user_leaves)):
+        jitter = _JITTER * jax.random.normal(keys[2 * i], a.shape, a.dtype)
+        uniform = jax.random.uniform(keys[2 * i + 1], a.shape, a.dtype, -2.0, 2.0)  # NumPyro's init_to_uniform
+        z0.append(jnp.select([init_code == 0, init_code == 1], [a + jitter, u + jitter], uniform))
+    z0 = jax.tree_util.tree_unflatten(treedef, z0)
+
     chain_keys = jax.random.split(key_chains, c)
-    if config.chain_method == "vectorized":
-        zs, stats = jax.vmap(one_chain)(chain_keys, z0)
-    else:
-        zs, stats = jax.lax.map(lambda a: one_chain(*a), (chain_keys, z0))
+    run_chains = functools.partial(_run_chains, config=config)
+    if config.num_devices > 1:
+        # "parallel": the chain axis sharded over a one-axis mesh of devices; each device runs
+        # its num_chains / num_devices chains vmap-ed. Data and prior are replicated.
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.array(jax.local_devices()[: config.num_devices]), ("chain",))
+        chains, replicated = PartitionSpec("chain"), PartitionSpec()
+        run_chains = jax.shard_map(
+            run_chains,
+            mesh=mesh,
+            in_specs=(chains, chains, replicated, replicated),
+            out_specs=chains,
+            check_vma=False,
+        )
+    zs, stats = run_chains(chain_keys, z0, xs, prior)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.num_samples, 1), xs.dtype)
@@ -249,31 +249,13 @@ def _potential_fn(xs, prior, k: int, covariance_type: str):
     return potential
 
 
-_program_jit = jax.jit(_program, static_argnames=("config",))
+#: The sampler, compiled ahead of time once per data shape, dtype and settings (so that the
+#: compile and run times are measured apart).
+PROGRAM = CompiledProgram(_program, static_argnames=("config",))
 
 
-def _compiled(xs, prior, key, init_code, user_init, config: _Config):
-    """The compiled program for these shapes and settings, and the seconds spent compiling it."""
-    spec = jax.tree_util.tree_map(lambda a: (jnp.shape(a), jnp.result_type(a)), (xs, prior, user_init))
-    cache_key = (config, repr(spec), str(jax.random.key_impl(key)) if hasattr(key, "dtype") else None)
-    if cache_key in _COMPILED:
-        return _COMPILED[cache_key], 0.0
-    start = time.perf_counter()
-    exe = _program_jit.lower(xs, prior, key, init_code, user_init, config=config).compile()
-    seconds = time.perf_counter() - start
-    _COMPILED[cache_key] = exe
-    return exe, seconds
-
-
-def _placeholder_init(k, d, num_chains, covariance_type, dtype) -> GMMParams:
-    """A valid (unused) per-chain start for when the user gives none."""
-    unit = {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}
-    one = GMMParams(np.full(k, 1.0 / k), np.zeros((k, d)), unit[covariance_type])
-    return GMMParams(*(np.broadcast_to(a, (num_chains,) + a.shape).astype(dtype) for a in one))
-
-
-def _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype):
-    """Per-chain starting parameters from a GMMParams (all chains) or a sequence of them."""
+def _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype) -> GMMParams:
+    """Per-chain starting parameters (standardised) from a GMMParams (all chains) or a sequence of them."""
     if isinstance(init, GMMParams):
         inits = [init] * num_chains
     else:
@@ -283,28 +265,8 @@ def _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype):
                 f"init must be 'map', 'uniform', a GMMParams or a sequence of num_chains={num_chains} "
                 "GMMParams (one start per chain)."
             )
-    std = []
-    for p in inits:
-        p = check_params(p, covariance_type)
-        if p.means.shape != (k, d):
-            raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
-        std.append(params_to_standard(p, shift, sd, covariance_type))
+    std = [shared.standard_init(p, k, d, covariance_type, shift, sd) for p in inits]
     return GMMParams(*(np.stack(a).astype(dtype) for a in zip(*std)))
-
-
-def _numpy_log_likelihood(x, params: GMMParams, covariance_type: str) -> float:
-    """Total log-likelihood at one parameter set, in float64 NumPy (no JAX compile)."""
-    k, d = params.means.shape
-    from .labels import _full
-
-    cov = _full(params.covariances, covariance_type, k, d)
-    chol = np.linalg.cholesky(cov)
-    diff = x[None] - params.means[:, None]  # (K, N, D)
-    y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))  # (K, D, N)
-    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-    logp = -0.5 * (np.sum(y**2, -2) + logdet[:, None] + d * np.log(2 * np.pi)) + np.log(params.weights)[:, None]
-    mx = logp.max(0)
-    return float(np.sum(mx + np.log(np.exp(logp - mx).sum(0))))
 
 
 def _diagnostics(draws: dict, num_chains: int):
@@ -328,12 +290,6 @@ def _diagnostics(draws: dict, num_chains: int):
     ess_min = float(np.nanmin(ess_v)) if np.isfinite(ess_v).any() else float("nan")
     rhat_max = float(np.nanmax(rhat_v)) if np.isfinite(rhat_v).any() else float("nan")
     return ess_min, rhat_max
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def fit_mcmc(
@@ -368,8 +324,15 @@ def fit_mcmc(
     num_warmup, num_samples : int
         Warmup (adaptation) iterations and kept draws per chain.
     num_chains : int
-    chain_method : {"vectorized", "sequential"}
-        Chains ``vmap``-ed in one program, or run one after another (``lax.map``).
+    chain_method : {"vectorized", "sequential", "parallel"}
+        Chains ``vmap``-ed in one program, run one after another (``lax.map``), or spread over
+        the local JAX devices (``jax.shard_map``, still one compiled program; e.g. several GPUs,
+        or CPU devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` set before
+        JAX is imported). ``"parallel"`` uses ``m = min(num_chains, jax.local_device_count())``
+        devices, each running ``num_chains / m`` chains ``vmap``-ed, and ``m`` must divide
+        ``num_chains`` (ValueError otherwise). With a single device it runs the
+        ``"vectorized"`` program (the same draws, bit for bit). See Notes for how its draws
+        compare on several devices.
     target_accept_prob : float in (0, 1)
         Step-size adaptation target; raise it (e.g. 0.95) when there are divergences.
     max_tree_depth : int
@@ -401,65 +364,78 @@ def fit_mcmc(
         unconstrained space) and ``lp`` (``log p(x, theta)``, original scale). ``converged`` is
         True when the maximum R-hat over all aligned parameters is below 1.01;
         ``n_iter = num_samples``. ``info``: ``num_divergences``, ``min_ess_bulk``, ``max_rhat``,
-        ``compile_seconds``, ``sampling_seconds``, ``seed``, ``label_switch_fraction`` (draws
-        whose best permutation is not the identity) and the settings.
+        ``seed``, ``label_switch_fraction`` (draws whose best permutation is not the
+        identity), ``num_devices`` (devices the chains ran on) and the settings. Timings: ``compile_seconds`` (tracing and compiling the sampler
+        program; 0.0 when a program compiled for the same shapes and settings was reused) and
+        ``run_seconds`` (running it: MAP start, warmup and sampling, without compilation and
+        without the NumPy post-processing; ``sampling_seconds`` is the same number, kept for
+        compatibility) and ``fit_seconds``, their sum.
 
     Warns
     -----
     ConvergenceWarning
         On divergent transitions after warmup, max R-hat >= 1.01 or min bulk ESS below 100 per chain.
+    RuntimeWarning
+        ``chain_method="parallel"`` with full or tied covariances on at least as many CPU
+        devices as CPU cores: jaxlib's batched LAPACK kernels can then deadlock (see Notes).
 
     Raises
     ------
     ValueError
-        Invalid input.
+        Invalid input, or ``chain_method="parallel"`` with ``num_chains`` not a multiple of the
+        number of devices used.
+
+    Notes
+    -----
+    ``"parallel"`` and ``"vectorized"`` start every chain from the same key and state, so their
+    draws agree up to floating-point rounding: the per-device programs batch fewer chains, which
+    changes the rounding of a few operations. NUTS amplifies such differences (the trajectories
+    are chaotic), so short runs agree to about 1e-8 while long runs are different but equally
+    valid draws of the same posterior.
+
+    CPU devices emulated with ``--xla_force_host_platform_device_count`` share the host's
+    cores; on a machine with no more cores than devices, full and tied covariances (whose
+    Cholesky solves run in jaxlib's LAPACK kernels, which wait on a shared thread pool) can
+    deadlock, and ``"vectorized"`` is as fast anyway. Real multi-GPU devices are not affected.
     """
     arr, names = check_data(x)
     n, d = arr.shape
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
-    num_warmup = _check_int("num_warmup", num_warmup, 0)
-    num_samples = _check_int("num_samples", num_samples, 1)
-    num_chains = _check_int("num_chains", num_chains, 1)
-    max_tree_depth = _check_int("max_tree_depth", max_tree_depth, 1)
+    num_warmup = shared.check_int("num_warmup", num_warmup, 0)
+    num_samples = shared.check_int("num_samples", num_samples, 1)
+    num_chains = shared.check_int("num_chains", num_chains, 1)
+    max_tree_depth = shared.check_int("max_tree_depth", max_tree_depth, 1)
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}.")
+    num_devices = _parallel_devices(num_chains, chain_method, covariance_type)
     if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
         raise ValueError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
     if progress_bar:
         raise ValueError("progress_bar=True is not supported: the sampler runs as one compiled program.")
-    if prior is None:
-        prior = Prior.default(arr, k)
-    elif not isinstance(prior, Prior):
-        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
-    if prior.num_features != d:
-        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}.")
-    prior.concentration(k)  # raises when its length is not K
+    prior = shared.check_prior(prior, arr, k)
 
-    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
-    np_dtype = np.dtype(dtype)
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
-    xs = ((arr - shift) / sd).astype(np_dtype)
-    prior_arrays = prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np_dtype)
+    std = shared.standardise(arr, k, covariance_type, prior)
+    xs, prior_arrays, shift, sd, dtype = std.xs, std.prior_arrays, std.shift, std.sd, std.dtype
     if isinstance(init, str):
         if init not in INIT_METHODS:
             raise ValueError(f"init must be one of {INIT_METHODS}, a GMMParams or a sequence of them; got {init!r}.")
         init_mode = init
-        user_init = _placeholder_init(k, d, num_chains, covariance_type, dtype)
+        user_init = shared.placeholder_init(k, d, covariance_type, dtype, num_chains)
     else:
         init_mode = "user"
         user_init = _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype)
     init_code = np.int32({"map": 0, "user": 1, "uniform": 2}[init_mode])
     key = seed_to_key(seed)
+    # "parallel" on one device is the "vectorized" program (the same compiled program and draws)
+    run_method = "vectorized" if chain_method == "parallel" and num_devices == 1 else chain_method
     config = _Config(
-        k, covariance_type, num_warmup, num_samples, num_chains, chain_method,
-        float(target_accept_prob), max_tree_depth,
+        k, covariance_type, num_warmup, num_samples, num_chains, run_method,
+        float(target_accept_prob), max_tree_depth, num_devices,
     )
 
-    exe, compile_seconds = _compiled(xs, prior_arrays, key, init_code, user_init, config)
-    start = time.perf_counter()
-    pivot_std, draws_std, stats, lp = jax.block_until_ready(exe(xs, prior_arrays, key, init_code, user_init))
-    sampling_seconds = time.perf_counter() - start
+    timed = PROGRAM(xs, prior_arrays, key, init_code, user_init, config=config)
+    pivot_std, draws_std, stats, lp = timed.outputs
 
     # ---- back to the original scale (NumPy float64, vectorised over chains and draws)
     pivot = params_to_original(GMMParams(*(np.asarray(a) for a in pivot_std)), shift, sd, covariance_type)
@@ -473,7 +449,7 @@ def fit_mcmc(
     else:
         draws, switched = dict(raw_draws), 0.0
     point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
-    log_lik = _numpy_log_likelihood(arr.astype(np.float64), point, covariance_type)
+    log_lik = shared.numpy_log_likelihood(arr.astype(np.float64), point, covariance_type)
 
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
@@ -519,16 +495,19 @@ def fit_mcmc(
             "num_divergences": num_div,
             "min_ess_bulk": ess_min,
             "max_rhat": rhat_max,
-            "compile_seconds": compile_seconds,
-            "sampling_seconds": sampling_seconds,
+            "compile_seconds": timed.compile_seconds,
+            "run_seconds": timed.run_seconds,
+            "fit_seconds": timed.compile_seconds + timed.run_seconds,
+            "sampling_seconds": timed.run_seconds,
             "label_switch_fraction": switched,
             "num_warmup": num_warmup,
             "num_samples": num_samples,
             "num_chains": num_chains,
             "chain_method": chain_method,
+            "num_devices": num_devices,
             "target_accept_prob": float(target_accept_prob),
             "init": init_mode,
-            "map_log_likelihood": _numpy_log_likelihood(arr.astype(np.float64), pivot, covariance_type),
+            "map_log_likelihood": shared.numpy_log_likelihood(arr.astype(np.float64), pivot, covariance_type),
             "mean_accept_prob": float(np.mean(stats["accept_prob"])),
             "dtype": str(dtype),
         },

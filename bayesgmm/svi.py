@@ -30,8 +30,14 @@ reuse it; ``learning_rate``, the data, the prior and the seed are traced argumen
 3. ``num_draws`` draws from the fitted guide (``Predictive``), the guide's median, and an
    unbiased estimate of the ELBO at the final parameters with ``num_draws`` particles.
 
+The program is compiled ahead of time (``jit(...).lower(...).compile()``, cached per shapes and
+settings), so the result's ``info`` reports ``compile_seconds`` (0.0 when the program was
+reused) apart from ``run_seconds``, the time of running it. A guide or optimizer that cannot be
+hashed is compiled for its one call (never cached).
+
 With ``progress_bar=True`` the same function runs un-jitted so that ``SVI.run`` can show its
-tqdm bar (slower: NumPyro's set-up runs eagerly and nothing is cached).
+tqdm bar (slower: NumPyro's set-up runs eagerly and nothing is cached; ``compile_seconds`` is
+then 0.0 and ``run_seconds`` includes the many small compilations of eager execution).
 
 Units and the ELBO
 ------------------
@@ -69,9 +75,9 @@ import numpyro
 from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal, AutoNormal
 
-from . import _stats
-from .kmeans import kmeans_labels
-from .model import gmm_model, log_prior, model_kwargs
+from . import _numpyro_common as shared
+from ._compile import CompiledProgram, Timed
+from .model import gmm_model, model_kwargs
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
@@ -80,12 +86,9 @@ from .params import (
     check_covariance_type,
     check_data,
     check_num_components,
-    check_params,
     log_jacobians,
     params_to_original,
-    params_to_standard,
     seed_to_key,
-    standardisation,
 )
 from .results import FitResult
 
@@ -98,9 +101,6 @@ __all__ = ["GUIDES", "fit_svi"]
 
 GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "delta": AutoDelta}
 INIT_METHODS = ("map", "uniform")
-#: k-means seedings of the MAP start, and MAP-EM iterations after each.
-_MAP_STARTS = 4
-_MAP_ITERS = 50
 #: Convergence: drift of the smoothed ELBO over the last 10% of steps, in nats per observation.
 _CONV_TOL = 1e-3
 
@@ -122,40 +122,6 @@ class _Config(NamedTuple):
     progress_bar: bool
 
 
-def _site_values(params: GMMParams, k: int) -> dict:
-    values = {"means": params.means, "covariances": params.covariances}
-    if k > 1:
-        values["weights"] = params.weights
-    return values
-
-
-def _map_start(keys, xs, prior, k: int, covariance_type: str) -> GMMParams:
-    """k-means seedings each refined by ``_MAP_ITERS`` closed-form MAP-EM iterations; best log posterior.
-
-    The Dirichlet concentration is floored at 1 here (the MAP weights are undefined below 1); it
-    only moves the start, never the objective SVI optimises.
-    """
-    d = xs.shape[1]
-    z = _stats.suff_features(xs, covariance_type)
-    prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
-
-    def m_step(resp):
-        return _stats.m_step(*_stats.suff_stats(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
-
-    def e_step(params):
-        return _stats.e_step(z, _stats.natural_params(params, covariance_type))
-
-    def one(key):
-        params = m_step(jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=xs.dtype))
-        params = jax.lax.fori_loop(0, _MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
-        obj = jnp.sum(e_step(params)[1]) + log_prior(params, prior_map, covariance_type)
-        return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
-
-    params, obj = jax.vmap(one)(keys)
-    best = jnp.argmax(obj)
-    return jax.tree_util.tree_map(lambda a: a[best], params)
-
-
 def _make_guide(spec, init_loc_fn):
     """The guide object for one fit (a fresh one each time: guides keep set-up state)."""
     if isinstance(spec, str):
@@ -167,15 +133,19 @@ def _make_guide(spec, init_loc_fn):
     return spec
 
 
+@shared.without_validation
 def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller)."""
     _TRACE_COUNT["fit"] += 1
     k, cov_type = config.num_components, config.covariance_type
     key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
-    start = _map_start(jax.random.split(key_start, _MAP_STARTS), xs, prior, k, cov_type)
+    start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), xs, prior, k, cov_type)
     if config.init_mode == "user":
         start = user_init
-    init_loc_fn = init_to_uniform if config.init_mode == "uniform" else init_to_value(values=_site_values(start, k))
+    if config.init_mode == "uniform":
+        init_loc_fn = init_to_uniform
+    else:
+        init_loc_fn = init_to_value(values=shared.site_values(start, k))
     guide = _make_guide(config.guide, init_loc_fn)
     optimizer = config.optimizer if config.optimizer is not None else numpyro.optim.Adam(learning_rate)
     kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size)
@@ -202,20 +172,13 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     return start, median, draws, -result.losses, elbo_final
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _program_jit(xs, prior, key, learning_rate, user_init, *, config: _Config):
-    return _program(xs, prior, key, learning_rate, user_init, config=config)
+#: The SVI program, compiled ahead of time once per data shape, dtype and (hashable) settings.
+PROGRAM = CompiledProgram(_program, static_argnames=("config",))
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers of the public entry point
 # ----------------------------------------------------------------------------------------------
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _check_guide(guide):
     if isinstance(guide, str):
         if guide not in GUIDES:
@@ -230,39 +193,11 @@ def _check_guide(guide):
 
 
 def _user_init(init, k, d, covariance_type, shift, sd, dtype) -> GMMParams:
+    """The user's start (one GMMParams, original scale) on the standardised scale."""
     if not isinstance(init, GMMParams):
         raise ValueError(f"init must be one of {INIT_METHODS} or a bayesgmm.GMMParams, got {init!r}.")
-    p = check_params(init, covariance_type)
-    if p.means.shape != (k, d):
-        raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
-    std = params_to_standard(p, shift, sd, covariance_type)
+    std = shared.standard_init(init, k, d, covariance_type, shift, sd)
     return GMMParams(*(np.asarray(a, dtype=dtype) for a in std))
-
-
-def _placeholder_init(k, d, covariance_type, dtype) -> GMMParams:
-    cov = {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}
-    return GMMParams(np.full(k, 1.0 / k, dtype), np.zeros((k, d), dtype), cov[covariance_type].astype(dtype))
-
-
-def _numpy_log_likelihood(x, params: GMMParams, covariance_type: str) -> float:
-    """Total log-likelihood at one parameter set, in float64 NumPy (no JAX compile)."""
-    w, m, c = (np.asarray(a, np.float64) for a in params)
-    k, d = m.shape
-    if covariance_type == "tied":
-        cov = np.broadcast_to(c, (k, d, d))
-    elif covariance_type == "diag":
-        cov = c[:, :, None] * np.eye(d)
-    elif covariance_type == "spherical":
-        cov = c[:, None, None] * np.eye(d)
-    else:
-        cov = c
-    chol = np.linalg.cholesky(cov)
-    diff = x[None] - m[:, None]  # (K, N, D)
-    y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))  # (K, D, N)
-    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-    logp = -0.5 * (np.sum(y**2, -2) + logdet[:, None] + d * np.log(2 * np.pi)) + np.log(w)[:, None]
-    mx = logp.max(0)
-    return float(np.sum(mx + np.log(np.exp(logp - mx).sum(0))))
 
 
 def _convergence(trace, num_obs):
@@ -355,7 +290,11 @@ def fit_svi(
         allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
         guide parameters from ``num_draws`` particles), ``elbo_drift_per_obs``,
-        ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, timings and settings.
+        ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, the settings, and
+        timings: ``compile_seconds`` (tracing and compiling the program; 0.0 when a program
+        compiled for the same shapes and settings was reused), ``run_seconds`` (running it:
+        MAP start, optimisation, guide draws and final ELBO, without compilation and without
+        the NumPy post-processing) and ``fit_seconds`` (their sum).
 
     Warns
     -----
@@ -375,10 +314,10 @@ def fit_svi(
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
     guide = _check_guide(guide)
-    num_steps = _check_int("num_steps", num_steps, 1)
-    num_draws = _check_int("num_draws", num_draws, 1)
+    num_steps = shared.check_int("num_steps", num_steps, 1)
+    num_draws = shared.check_int("num_draws", num_draws, 1)
     if subsample_size is not None:
-        subsample_size = _check_int("subsample_size", subsample_size, 1)
+        subsample_size = shared.check_int("subsample_size", subsample_size, 1)
         if subsample_size > n:
             raise ValueError(
                 f"subsample_size={subsample_size} exceeds the number of observations N={n}; use "
@@ -395,29 +334,21 @@ def fit_svi(
         )
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
-    if prior is None:
-        prior = Prior.default(arr, k)
-    elif not isinstance(prior, Prior):
-        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
-    if prior.num_features != d:
-        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}.")
+    prior = shared.check_prior(prior, arr, k)
     if guide == "delta" and k > 1 and np.any(prior.concentration(k) < 1):
         raise ValueError(
             "guide='delta' (MAP) needs weight_concentration >= 1 (the Dirichlet density is unbounded "
             "below 1, so there is no MAP); use guide='normal' or 'mvn', or fit_vb."
         )
-    prior.concentration(k)  # raises when its length is not K
 
-    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    std = shared.standardise(arr, k, covariance_type, prior)
+    xs, prior_arrays, shift, sd, dtype = std.xs, std.prior_arrays, std.shift, std.sd, std.dtype
     np_dtype = np.dtype(dtype)
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
-    xs = ((arr - shift) / sd).astype(np_dtype)
-    prior_arrays = prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np_dtype)
     if isinstance(init, str):
         if init not in INIT_METHODS:
             raise ValueError(f"init must be one of {INIT_METHODS} or a bayesgmm.GMMParams, got {init!r}.")
         init_mode = init
-        user_init = _placeholder_init(k, d, covariance_type, np_dtype)
+        user_init = shared.placeholder_init(k, d, covariance_type, np_dtype)
     else:
         init_mode = "user"
         user_init = _user_init(init, k, d, covariance_type, shift, sd, np_dtype)
@@ -429,16 +360,19 @@ def fit_svi(
     except TypeError:  # an unhashable user guide/optimizer: compile for this call only
         cacheable = False
     lr = np.asarray(learning_rate, np_dtype)
+    args = (xs, prior_arrays, key, lr, user_init)
 
-    start_time = time.perf_counter()
     if cacheable:
-        out = _program_jit(xs, prior_arrays, key, lr, user_init, config=config)
-    elif progress_bar:
-        out = _program(xs, prior_arrays, key, lr, user_init, config=config)
-    else:
-        out = jax.jit(functools.partial(_program, config=config))(xs, prior_arrays, key, lr, user_init)
-    start_std, median_std, draws_std, elbo_std, elbo_final = jax.block_until_ready(out)
-    fit_seconds = time.perf_counter() - start_time
+        timed = PROGRAM(*args, config=config)
+    elif progress_bar:  # eager (tqdm needs Python between steps): no separate compilation
+        start_time = time.perf_counter()
+        eager_args = jax.tree_util.tree_map(jnp.asarray, args)  # as jit would see them (JAX arrays)
+        out = jax.block_until_ready(_program(*eager_args, config=config))
+        timed = Timed(out, 0.0, time.perf_counter() - start_time)
+    else:  # an unhashable guide or optimizer: compiled for this call only
+        timed = CompiledProgram(functools.partial(_program, config=config), static_argnames=())(*args)
+    start_std, median_std, draws_std, elbo_std, elbo_final = timed.outputs
+    compile_seconds, run_seconds = timed.compile_seconds, timed.run_seconds
 
     # ---- back to the original scale (NumPy float64)
     ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
@@ -467,7 +401,7 @@ def fit_svi(
     else:
         point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
     arr64 = arr.astype(np.float64)
-    log_lik = _numpy_log_likelihood(arr64, point, covariance_type)
+    log_lik = shared.numpy_log_likelihood(arr64, point, covariance_type)
     converged, drift = _convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
@@ -516,9 +450,11 @@ def fit_svi(
             "subsample_size": subsample_size,
             "num_draws": num_draws,
             "init": init_mode,
-            "map_log_likelihood": _numpy_log_likelihood(arr64, start, covariance_type),
+            "map_log_likelihood": shared.numpy_log_likelihood(arr64, start, covariance_type),
             "label_switch_fraction": switched,
-            "fit_seconds": fit_seconds,
+            "compile_seconds": compile_seconds,
+            "run_seconds": run_seconds,
+            "fit_seconds": compile_seconds + run_seconds,
             "dtype": str(dtype),
         },
     )

@@ -1,9 +1,15 @@
 """NUTS on the one model (bayesgmm.mcmc): the target density, label switching, accuracy, determinism.
 
 Small runs (Old Faithful, a few hundred draws per chain); every fixture is module-scoped so each
-sampler program compiles once: one for full covariances (reused by three fits) and one for diag.
+sampler program compiles once: one for full covariances (reused by five fits: Old Faithful and
+simulated data of the same shape) and one for diag. The multi-device test runs in a subprocess.
 """
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import jax
@@ -13,9 +19,9 @@ import pytest
 from scipy import stats
 
 import bayesgmm as bg
-from bayesgmm import _stats, mcmc
+from bayesgmm import _numpyro_common, _stats, mcmc
 from bayesgmm.model import gmm_model, log_prior, model_kwargs
-from bayesgmm.params import ConvergenceWarning, GMMParams, Prior
+from bayesgmm.params import ConvergenceWarning, GMMParams, Prior, log_jacobians, params_to_standard
 
 NUM_WARMUP, NUM_SAMPLES, NUM_CHAINS = 300, 1000, 4
 SETTINGS = dict(num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS)
@@ -55,6 +61,33 @@ def full_fits(faithful, map_fit):
 @pytest.fixture(scope="module")
 def diag_fit(faithful):
     return _fit(faithful, 2, covariance_type="diag", seed=2, **SETTINGS)
+
+
+#: Known truth of the simulated data: two well-separated, correlated components in D=2.
+TRUTH = GMMParams(
+    np.array([0.35, 0.65]),
+    np.array([[-3.0, 1.0], [2.0, -1.0]]),
+    np.array([[[1.0, 0.5], [0.5, 2.0]], [[1.5, -0.6], [-0.6, 0.8]]]),
+)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    """N=272, D=2 (the shape of Old Faithful, so the full-covariance program is reused)."""
+    rng = np.random.default_rng(11)
+    z = rng.choice(2, size=272, p=TRUTH.weights)
+    x = np.stack([rng.multivariate_normal(TRUTH.means[j], TRUTH.covariances[j]) for j in z])
+    return x, z
+
+
+@pytest.fixture(scope="module")
+def simulated_fit(simulated, full_fits):
+    """4 chains started at the truth and at the truth with its labels swapped (1 and 3)."""
+    swapped = GMMParams(*(a[::-1] for a in TRUTH))
+    traces_before = mcmc._TRACE_COUNT["fit"]
+    result = _fit(simulated[0], 2, seed=3, init=[TRUTH, swapped, TRUTH, swapped], **SETTINGS)
+    assert mcmc._TRACE_COUNT["fit"] == traces_before  # the Old Faithful program, reused
+    return result
 
 
 def _sklearn_mle(x, covariance_type):
@@ -129,6 +162,53 @@ def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     np.testing.assert_allclose(-grad_z["means"], grad_obj, rtol=1e-9)
 
 
+def _vech_coordinates(values, covariance_type):
+    """The free coordinates of the constrained sites in which the model's densities are written."""
+    parts = [values["weights"][:-1], values["means"].ravel()]  # the Dirichlet's first K-1 coordinates
+    cov = values["covariances"]
+    if covariance_type == "full":  # the inverse Wishart is a density of the lower triangle
+        rows, cols = np.tril_indices(cov.shape[-1])
+        parts.append(cov[:, rows, cols].ravel())
+    else:
+        parts.append(cov.ravel())
+    return jnp.concatenate(parts)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_nuts_log_density_is_the_em_objective(covariance_type, faithful, map_fit):
+    """At MAP-EM's solution, the density NUTS samples (its potential, on the standardised scale
+    and in unconstrained coordinates) is exactly the objective EM reports (original scale).
+
+    The potential is ``-(log p_s(x_s, theta_s) + log|d theta_s / d u|)``. The Jacobian of
+    NumPyro's transforms is taken here by automatic differentiation (``jacfwd``), independently
+    of NumPyro's own log-determinant code, and the change of units by ``log_jacobians``.
+    """
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import constrain_fn, unconstrain_fn
+
+    prior = Prior.default(faithful, 2)
+    if covariance_type == "full":
+        em = map_fit
+    else:
+        em = bg.fit_em(faithful, 2, covariance_type="diag", prior=prior, seed=0)
+    assert em.objective == "log_posterior"
+    std = _numpyro_common.standardise(faithful, 2, covariance_type, prior)
+    theta = params_to_standard(em.params, std.shift, std.sd, covariance_type)
+    kwargs = model_kwargs(2, std.prior_arrays, covariance_type)
+    args = (std.xs,)
+    z = jax.jit(lambda v: unconstrain_fn(gmm_model, args, kwargs, v))(_numpyro_common.site_values(theta, 2))
+    flat, unravel = ravel_pytree(z)
+    jac = jax.jit(jax.jacfwd(
+        lambda u: _vech_coordinates(constrain_fn(gmm_model, args, kwargs, unravel(u)), covariance_type)
+    ))(flat)
+    assert jac.shape[0] == jac.shape[1]
+    log_jac = np.linalg.slogdet(np.asarray(jac))[1]
+    potential = jax.jit(mcmc._potential_fn(jnp.asarray(std.xs), std.prior_arrays, 2, covariance_type))(z)
+    ll_shift, prior_shift = log_jacobians(std.sd, faithful.shape[0], 2, covariance_type)
+    nuts_log_posterior = -float(potential) - log_jac + ll_shift + prior_shift
+    np.testing.assert_allclose(nuts_log_posterior, em.trace[-1], rtol=1e-10)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Label switching
 # --------------------------------------------------------------------------------------------
@@ -147,8 +227,52 @@ def test_label_switching_is_undone_by_alignment(full_fits):
     assert result.converged
 
 
+def test_label_switching_on_simulated_data(simulated_fit):
+    """Chains started in the two labellings of well-separated simulated data never switch back:
+    raw R-hat is huge; after alignment the chains agree."""
+    import arviz as az
+
+    result, _ = simulated_fit
+    raw_rhat = az.rhat(az.convert_to_dataset({"means": result.raw_draws["means"]}))["means"].values
+    assert np.min(raw_rhat) > 1.5, raw_rhat
+    assert result.info["label_switch_fraction"] == pytest.approx(0.5)
+    assert result.info["max_rhat"] <= 1.01 and result.converged
+
+
 # --------------------------------------------------------------------------------------------
-# 3. Accuracy against an independent reference (scikit-learn's MLE)
+# 3. Accuracy against an independent reference (scikit-learn's MLE), and known truth
+# --------------------------------------------------------------------------------------------
+def test_recovers_simulated_truth(simulated_fit, simulated):
+    """Aligned posterior means lie within 4 posterior sd of the parameters that made the data."""
+    result, _ = simulated_fit
+    order = np.argsort(result.means[:, 0])  # TRUTH's components are ordered by the first mean
+    for name in ("weights", "means", "covariances"):
+        d = np.asarray(result.draws[name])
+        d = d.reshape((-1,) + d.shape[2:])[:, order]
+        mean, sd = d.mean(0), d.std(0)
+        truth = getattr(TRUTH, name)
+        assert np.all(sd > 0) and np.all(sd < 0.5 * (np.abs(truth) + 0.1)), (name, sd)  # informative
+        np.testing.assert_array_less(np.abs(mean - truth), 4 * sd, err_msg=name)
+    # the clusters: (almost) every simulated label recovered, up to the label permutation
+    labels = simulated[1]
+    assert np.mean(order[result.predict(simulated[0])] == labels) > 0.97
+
+
+def test_vb_is_not_wider_than_nuts(full_fits, faithful):
+    """Closed-form VB (same prior) does not overstate the uncertainty: its posterior sd are at
+    most 1.2 x the NUTS sd (mean-field VB typically understates it)."""
+    result, _ = full_fits["map"]
+    vb = bg.vb.fit_vb(faithful, 2, prior=Prior.default(faithful, 2), tol=1e-8, max_iter=500, reg_covar=0.0,
+                      num_draws=4000, seed=0)
+    nuts_order, vb_order = np.argsort(result.means[:, 0]), np.argsort(vb.means[:, 0])
+    np.testing.assert_allclose(vb.means[vb_order], result.means[nuts_order], rtol=0.02)
+    for name in ("weights", "means", "covariances"):
+        sd_nuts = np.asarray(result.draws[name]).std(axis=(0, 1))[nuts_order]
+        sd_vb = np.asarray(vb.draws[name]).std(axis=(0, 1))[vb_order]
+        assert np.all(np.isfinite(sd_vb)) and np.all(sd_vb > 0)
+        np.testing.assert_array_less(sd_vb, 1.2 * sd_nuts, err_msg=name)
+
+
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["full", "diag"])
 def test_posterior_agrees_with_sklearn_mle(which, full_fits, diag_fit, faithful):
@@ -221,13 +345,93 @@ def test_same_seed_same_draws_and_one_compile(full_fits):
     assert not np.array_equal(a.raw_draws["means"], full_fits["permuted"][0].raw_draws["means"])
 
 
+def test_timing_facts(full_fits):
+    (first, _), (again, _) = full_fits["map"], full_fits["again"]
+    for result in (first, again):
+        info = result.info
+        assert info["run_seconds"] > 0 and info["compile_seconds"] >= 0
+        assert info["sampling_seconds"] == info["run_seconds"]  # the old name, kept
+        assert info["fit_seconds"] == info["compile_seconds"] + info["run_seconds"]
+    assert again.info["compile_seconds"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Chains on several devices
+# --------------------------------------------------------------------------------------------
+def test_parallel_on_one_device_is_the_vectorized_program(full_fits, faithful):
+    if jax.local_device_count() > 1:
+        pytest.skip("this test is about a single JAX device")
+    before = mcmc._TRACE_COUNT["fit"]
+    result, _ = _fit(faithful, 2, seed=0, chain_method="parallel", **SETTINGS)
+    assert mcmc._TRACE_COUNT["fit"] == before and result.info["compile_seconds"] == 0.0
+    assert result.info["num_devices"] == 1 and result.info["chain_method"] == "parallel"
+    reference, _ = full_fits["map"]
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(result.raw_draws[name], reference.raw_draws[name])
+
+
+PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, warnings
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    import bayesgmm as bg
+    from bayesgmm import mcmc
+
+    x = bg.datasets.load_faithful()
+    # diag: no LAPACK calls inside the chains (see fit_mcmc's Notes on emulated CPU devices)
+    kw = dict(covariance_type="diag", num_warmup=30, num_samples=30, seed=5)
+    out = {"devices": jax.local_device_count()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vec = mcmc.fit_mcmc(x, 2, num_chains=4, chain_method="vectorized", **kw)
+        par = mcmc.fit_mcmc(x, 2, num_chains=4, chain_method="parallel", **kw)
+    out["num_devices"] = par.info["num_devices"]
+    out["shape"] = list(par.raw_draws["means"].shape)
+    out["max_rel_diff"] = max(
+        float(np.max(np.abs(par.raw_draws[n] - vec.raw_draws[n]) / np.abs(vec.raw_draws[n])))
+        for n in ("weights", "means", "covariances")
+    )
+    out["same_num_steps"] = bool(np.array_equal(par.sample_stats["num_steps"], vec.sample_stats["num_steps"]))
+    try:
+        mcmc.fit_mcmc(x, 2, num_chains=6, chain_method="parallel", **kw)
+    except ValueError as exc:
+        out["error"] = str(exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc._parallel_devices(4, "parallel", "full")
+    out["cores"] = len(os.sched_getaffinity(0))
+    out["deadlock_warning"] = any("deadlock" in str(w.message) for w in caught)
+    print(json.dumps(out))
+    """
+)
+
+
+def test_parallel_chains_on_four_cpu_devices():
+    """In a fresh process with 4 emulated CPU devices: the chains are spread over them, and
+    the draws are the vectorized draws of the same seed up to floating-point rounding."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4 and out["num_devices"] == 4
+    assert out["shape"] == [4, 30, 2, 2]  # 4 chains x 30 draws x K x D
+    assert out["same_num_steps"]  # every tree the same size ...
+    assert out["max_rel_diff"] < 1e-6, out  # ... and the same draws up to rounding
+    assert "num_chains=6 is not a multiple of 4" in out["error"] and "num_chains=8" in out["error"]
+    assert out["deadlock_warning"] == (out["cores"] <= 4)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(num_samples=0), "num_samples"),
         (dict(num_warmup=-1), "num_warmup"),
         (dict(num_chains=2.5), "num_chains"),
-        (dict(chain_method="parallel"), "chain_method"),
+        (dict(chain_method="threads"), "chain_method"),
         (dict(target_accept_prob=1.5), "target_accept_prob"),
         (dict(init="kmeans"), "init"),
         (dict(init=[None, None]), "init"),

@@ -185,6 +185,17 @@ def test_units_and_compile_once(fit_normal, sim3):
     np.testing.assert_allclose(r.covariances, fit_normal.covariances * 1e6, rtol=1e-7)
 
 
+def test_timing_facts_and_ahead_of_time_compile(fit_normal, sim3):
+    """info reports compile and run seconds apart; a same-shaped fit reuses the compiled program."""
+    before = svi_module._TRACE_COUNT["fit"]
+    again = fit_svi(sim3.x * 2.0 + 1.0, 3, guide="normal", num_steps=1500, num_draws=300, seed=0)
+    assert svi_module._TRACE_COUNT["fit"] == before
+    assert again.info["compile_seconds"] == 0.0 and again.info["run_seconds"] > 0
+    info = fit_normal.info
+    assert info["compile_seconds"] >= 0 and info["run_seconds"] > 0
+    assert info["fit_seconds"] == info["compile_seconds"] + info["run_seconds"]
+
+
 def test_same_seed_same_result(fit_normal, sim3):
     again = fit_svi(sim3.x, 3, guide="normal", num_steps=1500, num_draws=300, seed=0)
     np.testing.assert_array_equal(again.trace, fit_normal.trace)

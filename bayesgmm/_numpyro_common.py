@@ -1,0 +1,361 @@
+"""Machinery shared by the two NumPyro engines, NUTS (:mod:`bayesgmm.mcmc`) and SVI (:mod:`bayesgmm.svi`).
+
+The engines never import each other; what they have in common lives here:
+
+* validation and standardisation at the public boundary (:func:`check_int`, :func:`check_prior`,
+  :func:`standardise`);
+* the model's sample-site values of a parameter set (:func:`site_values`);
+* the MAP start both engines centre their chains or guide on (:func:`map_start`, traced inside
+  their compiled programs);
+* user-given and placeholder starting parameters (:func:`standard_init`, :func:`placeholder_init`);
+* a float64 NumPy log-likelihood for reporting, which compiles nothing (:func:`numpy_log_likelihood`);
+* tracing the engines' programs without NumPyro's argument validation (:func:`without_validation`).
+
+(Compilation ahead of time, with its compile and run times, is :mod:`bayesgmm._compile`,
+shared by every engine.)
+
+Everything here is private to the package; its names may change without notice.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _stats
+from .kmeans import kmeans_labels
+from .model import log_prior
+from .params import GMMParams, Prior, PriorArrays, check_params, params_to_standard, standardisation
+
+__all__ = [
+    "MAP_ITERS",
+    "MAP_STARTS",
+    "Standardised",
+    "check_int",
+    "check_prior",
+    "map_start",
+    "numpy_log_likelihood",
+    "placeholder_init",
+    "site_values",
+    "standard_init",
+    "standardise",
+    "without_validation",
+]
+
+#: k-means seedings of the MAP start, and closed-form MAP-EM iterations after each.
+MAP_STARTS = 4
+MAP_ITERS = 50
+
+
+# ----------------------------------------------------------------------------------------------
+# The public boundary: validation and units
+# ----------------------------------------------------------------------------------------------
+def check_int(name: str, value, minimum: int) -> int:
+    """Validate an integer argument.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, used in the error message.
+    value : object
+        What the caller passed.
+    minimum : int
+        Smallest allowed value.
+
+    Returns
+    -------
+    int
+        ``value`` as a Python int.
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not an integer (``bool`` included) or is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+class Standardised(NamedTuple):
+    """One fit's inputs on the standardised scale, as the compiled programs receive them.
+
+    Attributes
+    ----------
+    prior : Prior
+        The validated prior on the original scale (the default one when none was given).
+    xs : np.ndarray, shape (N, D)
+        ``(x - shift) / sd`` in the computation dtype.
+    prior_arrays : PriorArrays
+        ``prior`` expressed for ``xs`` and resolved for K and the covariance structure.
+    shift, sd : np.ndarray, shape (D,)
+        The standardisation (:func:`bayesgmm.params.standardisation`), float64.
+    dtype : jnp.dtype
+        The computation dtype: float32 unless ``jax_enable_x64`` is on and ``x`` is float64.
+    """
+
+    prior: Prior
+    xs: np.ndarray
+    prior_arrays: PriorArrays
+    shift: np.ndarray
+    sd: np.ndarray
+    dtype: Any
+
+
+def check_prior(prior, arr: np.ndarray, num_components: int) -> Prior:
+    """The prior of a fit: ``Prior.default(arr, K)`` for None, else ``prior`` validated against the data.
+
+    Parameters
+    ----------
+    prior : Prior or None
+    arr : np.ndarray, shape (N, D)
+        The validated data (original scale).
+    num_components : int
+        K.
+
+    Returns
+    -------
+    Prior
+
+    Raises
+    ------
+    ValueError
+        When ``prior`` is not a :class:`~bayesgmm.Prior`, is for another number of features, or
+        its ``weight_concentration`` has a length other than K.
+    """
+    if prior is None:
+        prior = Prior.default(arr, num_components)
+    elif not isinstance(prior, Prior):
+        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
+    if prior.num_features != arr.shape[1]:
+        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {arr.shape[1]}.")
+    prior.concentration(num_components)  # raises when its length is not K
+    return prior
+
+
+def standardise(arr: np.ndarray, num_components: int, covariance_type: str, prior: Prior) -> Standardised:
+    """Standardise the data and express the prior on that scale.
+
+    Parameters
+    ----------
+    arr : np.ndarray, shape (N, D)
+        Validated data (:func:`bayesgmm.params.check_data`), float32 or float64.
+    num_components : int
+        K.
+    covariance_type : str
+        One of :data:`bayesgmm.params.COVARIANCE_TYPES` (spherical data get one common scale).
+    prior : Prior
+        A validated prior (:func:`check_prior`), original scale.
+
+    Returns
+    -------
+    Standardised
+    """
+    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    np_dtype = np.dtype(dtype)
+    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
+    xs = ((arr - shift) / sd).astype(np_dtype)
+    prior_arrays = prior.standardised(shift, sd).arrays(num_components, covariance_type, dtype=np_dtype)
+    return Standardised(prior, xs, prior_arrays, shift, sd, dtype)
+
+
+def without_validation(fn):
+    """Run ``fn`` (a program about to be traced) with NumPyro's argument validation switched off.
+
+    NumPyro validates distribution arguments by default. Inside a traced program the values
+    are tracers, so the checks cannot run, yet building them evaluates dozens of constraint
+    checks on the concrete constants eagerly (each a small compiled program): about 1.5 s of the
+    first NUTS fit's tracing. The arguments of :func:`bayesgmm.model.gmm_model` are validated at
+    the public boundary (:class:`~bayesgmm.Prior`, :func:`bayesgmm.params.check_data`), so
+    nothing is lost, and the compiled program is the same. ``numpyro.validation_enabled(False)``
+    restores the previous setting when ``fn`` returns.
+
+    Parameters
+    ----------
+    fn : callable
+
+    Returns
+    -------
+    callable
+        ``fn`` wrapped.
+    """
+    import numpyro
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with numpyro.validation_enabled(False):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters and starts
+# ----------------------------------------------------------------------------------------------
+def site_values(params: GMMParams, num_components: int) -> dict:
+    """The sample-site values of :func:`bayesgmm.model.gmm_model` for one parameter set.
+
+    Parameters
+    ----------
+    params : GMMParams
+    num_components : int
+        K. With K = 1 the model's ``weights`` is a deterministic site, so it is left out.
+
+    Returns
+    -------
+    dict
+        ``{"means", "covariances"}`` and, for K > 1, ``"weights"``.
+    """
+    values = {"means": params.means, "covariances": params.covariances}
+    if num_components > 1:
+        values["weights"] = params.weights
+    return values
+
+
+def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type: str) -> GMMParams:
+    """A MAP solution: k-means seedings, each refined by closed-form MAP-EM; the best log posterior.
+
+    Traced inside the engines' compiled programs (the seedings are ``vmap``-ed, the
+    :data:`MAP_ITERS` MAP-EM iterations run in a ``lax.fori_loop``). The Dirichlet
+    concentration is floored at 1 (the MAP weights are undefined below 1); this only moves the
+    start, never the posterior NUTS samples nor the objective SVI optimises.
+
+    Parameters
+    ----------
+    keys : jax key array, shape (S,)
+        One key per k-means seeding (the engines use :data:`MAP_STARTS`).
+    xs : array (N, D)
+        Standardised data.
+    prior : PriorArrays
+        The prior on the standardised scale.
+    num_components : int
+        K (static).
+    covariance_type : str
+        Covariance structure (static).
+
+    Returns
+    -------
+    GMMParams
+        Standardised scale; a seeding with a non-finite objective is never chosen unless all are.
+    """
+    k = num_components
+    d = xs.shape[1]
+    z = _stats.suff_features(xs, covariance_type)
+    prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
+
+    def m_step(resp):
+        return _stats.m_step(*_stats.suff_stats(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
+
+    def e_step(params):
+        return _stats.e_step(z, _stats.natural_params(params, covariance_type))
+
+    def one(key):
+        params = m_step(jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=xs.dtype))
+        params = jax.lax.fori_loop(0, MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
+        obj = jnp.sum(e_step(params)[1]) + log_prior(params, prior_map, covariance_type)
+        return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
+
+    params, obj = jax.vmap(one)(keys)
+    best = jnp.argmax(obj)
+    return jax.tree_util.tree_map(lambda a: a[best], params)
+
+
+def _unit_covariances(k: int, d: int, covariance_type: str) -> np.ndarray:
+    return {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}[
+        covariance_type
+    ]
+
+
+def placeholder_init(k: int, d: int, covariance_type: str, dtype, num_chains: int | None = None) -> GMMParams:
+    """A valid start that the programs receive (and ignore) when the user gives none.
+
+    User-given and automatic starts share one compiled program, so the program always takes a
+    start argument: equal weights, zero means, unit covariances.
+
+    Parameters
+    ----------
+    k, d : int
+        Components and features.
+    covariance_type : str
+    dtype : dtype
+        The computation dtype.
+    num_chains : int, optional
+        When given, every array gets a leading chain axis of this length (NUTS: one start per chain).
+
+    Returns
+    -------
+    GMMParams
+    """
+    one = GMMParams(np.full(k, 1.0 / k), np.zeros((k, d)), _unit_covariances(k, d, covariance_type))
+    lead = () if num_chains is None else (num_chains,)
+    return GMMParams(*(np.broadcast_to(a, lead + a.shape).astype(dtype) for a in one))
+
+
+def standard_init(params: GMMParams, k: int, d: int, covariance_type: str, shift, sd) -> GMMParams:
+    """Validate one user-given start (original scale) and map it to the standardised scale.
+
+    Parameters
+    ----------
+    params : GMMParams
+        Starting parameters on the original scale.
+    k, d : int
+        Components and features the fit expects.
+    covariance_type : str
+    shift, sd : np.ndarray, shape (D,)
+        The fit's standardisation.
+
+    Returns
+    -------
+    GMMParams
+        float64, standardised scale (the caller casts to the computation dtype).
+
+    Raises
+    ------
+    ValueError
+        Invalid parameters (:func:`bayesgmm.params.check_params`) or means not of shape (K, D).
+    """
+    p = check_params(params, covariance_type)
+    if p.means.shape != (k, d):
+        raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
+    return params_to_standard(p, shift, sd, covariance_type)
+
+
+def numpy_log_likelihood(x: np.ndarray, params: GMMParams, covariance_type: str) -> float:
+    """Total log-likelihood of ``x`` at one parameter set, in float64 NumPy (compiles nothing).
+
+    Used for the values reported on a result (at the point estimate and at the MAP start), on
+    the original scale, whatever the precision of the fit.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (N, D)
+    params : GMMParams
+        Covariances stored as ``covariance_type`` stores them.
+    covariance_type : str
+
+    Returns
+    -------
+    float
+        ``sum_n log sum_k w_k N(x_n | mu_k, Sigma_k)``.
+    """
+    w, m, c = (np.asarray(a, np.float64) for a in params)
+    k, d = m.shape
+    if covariance_type == "tied":
+        cov = np.broadcast_to(c, (k, d, d))
+    elif covariance_type == "diag":
+        cov = c[:, :, None] * np.eye(d)
+    elif covariance_type == "spherical":
+        cov = c[:, None, None] * np.eye(d)
+    else:
+        cov = c
+    chol = np.linalg.cholesky(cov)
+    diff = x[None] - m[:, None]  # (K, N, D)
+    y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))  # (K, D, N)
+    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    logp = -0.5 * (np.sum(y**2, -2) + logdet[:, None] + d * np.log(2 * np.pi)) + np.log(w)[:, None]
+    mx = logp.max(0)
+    return float(np.sum(mx + np.log(np.exp(logp - mx).sum(0))))
