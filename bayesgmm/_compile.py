@@ -93,3 +93,73 @@ def enable_compilation_cache(path, *, min_compile_time_secs: float = 1.0) -> Non
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress bars for compiled loops
+# ----------------------------------------------------------------------------------------------
+#: The bars of the runs in progress, by name. A compiled program is cached and reused, so its
+#: host callback cannot capture a bar object; it looks the bar up here at run time instead.
+_BARS: dict = {}
+
+
+def tick_interval(total: int) -> int:
+    """Steps between two ticks: about 100 updates of the bar per run."""
+    return max(int(total) // 100, 1)
+
+
+def tick_every(name: str, step, every: int) -> None:
+    """Inside traced code: advance the progress bar ``name`` by ``every`` when ``step + 1`` is a
+    multiple of ``every`` (a ``jax.debug.callback``; values computed are unchanged).
+
+    ``step`` must not depend on batched (``vmap``-ped) values, so that the condition stays a
+    real branch and the bar moves once per loop step, not once per chain.
+    """
+
+    def advance(_):
+        bar = _BARS.get(name)
+        if bar is not None:
+            bar.advance(every)
+
+    jax.lax.cond((step + 1) % every == 0, lambda: jax.debug.callback(advance, step), lambda: None)
+
+
+class progress:
+    """Context manager showing a tqdm bar that compiled loops advance with :func:`tick_every`.
+
+    The bar appears at the first tick, so the time spent compiling is not counted as steps.
+
+    Parameters
+    ----------
+    name : str
+        The name the traced code ticks.
+    total : int
+        Expected number of steps.
+    enabled : bool
+        False: a no-op.
+    desc : str
+    """
+
+    def __init__(self, name: str, total: int, *, enabled: bool, desc: str):
+        self.name, self.total, self.enabled, self.desc = name, total, enabled, desc
+        self._bar = None
+
+    def advance(self, steps: int) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.desc, unit="step")
+        self._bar.update(steps)
+
+    def __enter__(self):
+        if self.enabled:
+            _BARS[self.name] = self
+        return self
+
+    def __exit__(self, *exc):
+        _BARS.pop(self.name, None)
+        if self._bar is not None:
+            if exc[0] is None:
+                self._bar.update(self.total - self._bar.n)
+            self._bar.close()
+        return False

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _numpyro_common as shared
 from . import _stats
-from ._compile import CompiledProgram, enable_compilation_cache  # noqa: F401 (re-exported)
+from ._compile import CompiledProgram, enable_compilation_cache, progress, tick_every, tick_interval  # noqa: F401 (re-exported)
 from .labels import align_draws
 from .model import gmm_model, log_prior, model_kwargs
 from .params import (
@@ -89,6 +89,7 @@ class _Config(NamedTuple):
     target_accept_prob: float
     max_tree_depth: int
     num_devices: int  # devices the chains are spread over ("parallel"), else 1
+    progress_bar: bool  # tick a host-side bar from inside the program (values unchanged)
 
 
 def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
@@ -108,8 +109,12 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
     def one_chain(chain_key, z_init):
         state = kernel.init(chain_key, config.num_warmup, init_params=z_init)
 
-        def step(s, _):  # one NUTS body for warmup and sampling: it is compiled once
+        total = config.num_warmup + config.num_samples
+
+        def step(s, i):  # one NUTS body for warmup and sampling: it is compiled once
             s = kernel.sample(s, (), {})
+            if config.progress_bar:
+                tick_every("mcmc", i, tick_interval(total))
             stats = {
                 "diverging": s.diverging,
                 "num_steps": s.num_steps,
@@ -120,7 +125,7 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
             }
             return s, (s.z, stats)
 
-        out = jax.lax.scan(step, state, None, length=config.num_warmup + config.num_samples)[1]
+        out = jax.lax.scan(step, state, jnp.arange(total))[1]
         return jax.tree_util.tree_map(lambda a: a[config.num_warmup :], out)
 
     if config.chain_method == "sequential":
@@ -346,8 +351,9 @@ def fit_mcmc(
     seed : int or jax key
         Same seed, same draws, bit for bit.
     progress_bar : bool
-        Accepted for NumPyro compatibility; the sampler runs as one compiled program, so there
-        is no progress bar (True raises).
+        Show a tqdm progress bar of the warmup and sampling steps. The bar is advanced from
+        inside the compiled program (a host callback every 1% of the steps), so the draws are the
+        same with and without it; the program with the callback is compiled separately.
     align : bool
         Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`). False keeps
         ``draws`` equal to ``raw_draws`` (not recommended for K > 1).
@@ -411,8 +417,8 @@ def fit_mcmc(
     num_devices = _parallel_devices(num_chains, chain_method, covariance_type)
     if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
         raise ValueError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
-    if progress_bar:
-        raise ValueError("progress_bar=True is not supported: the sampler runs as one compiled program.")
+    if not isinstance(progress_bar, (bool, np.bool_)):
+        raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
     prior = shared.check_prior(prior, arr, k)
 
     std = shared.standardise(arr, k, covariance_type, prior)
@@ -431,10 +437,13 @@ def fit_mcmc(
     run_method = "vectorized" if chain_method == "parallel" and num_devices == 1 else chain_method
     config = _Config(
         k, covariance_type, num_warmup, num_samples, num_chains, run_method,
-        float(target_accept_prob), max_tree_depth, num_devices,
+        float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar),
     )
-
-    timed = PROGRAM(xs, prior_arrays, key, init_code, user_init, config=config)
+    steps = num_warmup + num_samples
+    # vectorized chains step together (one tick per step); sequential chains and devices each tick
+    ticks = steps * (num_chains if run_method == "sequential" else num_devices if run_method == "parallel" else 1)
+    with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
+        timed = PROGRAM(xs, prior_arrays, key, init_code, user_init, config=config)
     pivot_std, draws_std, stats, lp = timed.outputs
 
     # ---- back to the original scale (NumPy float64, vectorised over chains and draws)

@@ -17,7 +17,7 @@ or a user-supplied guide (see :func:`fit_svi`).
 
 One compiled program per shape
 ------------------------------
-With ``progress_bar=False`` (the default) everything runs in one ``jax.jit``-ed program,
+Everything runs in one ``jax.jit``-ed program,
 compiled once per data shape, K, structure, guide and settings (later fits of same-shaped data
 reuse it; ``learning_rate``, the data, the prior and the seed are traced arguments):
 
@@ -26,7 +26,8 @@ reuse it; ``learning_rate``, the data, the prior and the seed are traced argumen
    posterior kept. The guide is centred there (``init_to_value``); without it the ELBO
    optimisation can settle in poor local optima (merged or empty components). The start also
    fixes which component is which;
-2. ``SVI.run`` (its ``lax.scan`` over ``SVI.update``);
+2. a ``lax.scan`` over ``SVI.update`` (what ``SVI.run`` does), ticking a tqdm bar from inside
+   the program when ``progress_bar=True`` (a host callback; the fit is the same);
 3. ``num_draws`` draws from the fitted guide (``Predictive``), the guide's median, and an
    unbiased estimate of the ELBO at the final parameters with ``num_draws`` particles.
 
@@ -34,10 +35,6 @@ The program is compiled ahead of time (``jit(...).lower(...).compile()``, cached
 settings), so the result's ``info`` reports ``compile_seconds`` (0.0 when the program was
 reused) apart from ``run_seconds``, the time of running it. A guide or optimizer that cannot be
 hashed is compiled for its one call (never cached).
-
-With ``progress_bar=True`` the same function runs un-jitted so that ``SVI.run`` can show its
-tqdm bar (slower: NumPyro's set-up runs eagerly and nothing is cached; ``compile_seconds`` is
-then 0.0 and ``run_seconds`` includes the many small compilations of eager execution).
 
 Units and the ELBO
 ------------------
@@ -64,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
 import warnings
 from typing import Any, NamedTuple
 
@@ -76,7 +72,7 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_
 from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal, AutoNormal
 
 from . import _numpyro_common as shared
-from ._compile import CompiledProgram, Timed
+from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from .model import gmm_model, model_kwargs
 from .params import (
     ConvergenceWarning,
@@ -150,8 +146,7 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     optimizer = config.optimizer if config.optimizer is not None else numpyro.optim.Adam(learning_rate)
     kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size)
     svi = SVI(gmm_model, guide, optimizer, loss=Trace_ELBO())
-    result = svi.run(key_svi, config.num_steps, xs, progress_bar=config.progress_bar, **kwargs)
-    params = result.params
+    params, losses = _optimise(svi, key_svi, config.num_steps, xs, kwargs, progress_bar=config.progress_bar)
 
     sites = ["weights", "means", "covariances"]
     draws = Predictive(gmm_model, guide=guide, params=params, num_samples=config.num_draws, return_sites=sites)(
@@ -169,7 +164,23 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates.
     one_elbo = lambda kk: -Trace_ELBO().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
     elbo_final = jax.vmap(one_elbo)(jax.random.split(key_elbo, config.num_draws))
-    return start, median, draws, -result.losses, elbo_final
+    return start, median, draws, -losses, elbo_final
+
+
+def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
+    """``num_steps`` of ``SVI.update`` in a ``lax.scan`` (what ``SVI.run`` does without a bar),
+    ticking the host-side progress bar from inside when asked. Returns ``(params, losses)``."""
+    state = svi.init(key, xs, **kwargs)
+    every = tick_interval(num_steps)
+
+    def step(state, i):
+        state, loss = svi.update(state, xs, **kwargs)
+        if progress_bar:
+            tick_every("svi", i, every)
+        return state, loss
+
+    state, losses = jax.lax.scan(step, state, jnp.arange(num_steps))
+    return svi.get_params(state), losses
 
 
 #: The SVI program, compiled ahead of time once per data shape, dtype and (hashable) settings.
@@ -275,7 +286,8 @@ def fit_svi(
     seed : int or jax key
         Same seed, same result, bit for bit.
     progress_bar : bool
-        Show ``SVI.run``'s tqdm bar; the fit then runs outside ``jit`` (slower, not cached).
+        Show a tqdm bar of the optimisation steps, advanced from inside the compiled program
+        (a host callback every 1% of the steps): the fit is the same with and without it.
 
     Returns
     -------
@@ -356,21 +368,17 @@ def fit_svi(
     config = _Config(k, covariance_type, guide, num_steps, num_draws, subsample_size, init_mode, optimizer, bool(progress_bar))
     try:
         hash(config)
-        cacheable = not progress_bar
+        cacheable = True
     except TypeError:  # an unhashable user guide/optimizer: compile for this call only
         cacheable = False
     lr = np.asarray(learning_rate, np_dtype)
     args = (xs, prior_arrays, key, lr, user_init)
 
-    if cacheable:
-        timed = PROGRAM(*args, config=config)
-    elif progress_bar:  # eager (tqdm needs Python between steps): no separate compilation
-        start_time = time.perf_counter()
-        eager_args = jax.tree_util.tree_map(jnp.asarray, args)  # as jit would see them (JAX arrays)
-        out = jax.block_until_ready(_program(*eager_args, config=config))
-        timed = Timed(out, 0.0, time.perf_counter() - start_time)
-    else:  # an unhashable guide or optimizer: compiled for this call only
-        timed = CompiledProgram(functools.partial(_program, config=config), static_argnames=())(*args)
+    with progress("svi", num_steps, enabled=bool(progress_bar), desc=f"SVI {num_steps} steps"):
+        if cacheable:
+            timed = PROGRAM(*args, config=config)
+        else:  # an unhashable guide or optimizer: compiled for this call only
+            timed = CompiledProgram(functools.partial(_program, config=config), static_argnames=())(*args)
     start_std, median_std, draws_std, elbo_std, elbo_final = timed.outputs
     compile_seconds, run_seconds = timed.compile_seconds, timed.run_seconds
 

@@ -355,6 +355,16 @@ def test_timing_facts(full_fits):
     assert again.info["compile_seconds"] == 0.0
 
 
+def test_progress_bar_gives_the_same_draws(full_fits, faithful, capsys):
+    """The bar is ticked from inside the compiled program; the draws are those without it."""
+    (a, _) = full_fits["map"]
+    b, _ = _fit(faithful, 2, seed=0, progress_bar=True, **SETTINGS)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(b.raw_draws[name], a.raw_draws[name])
+    steps = NUM_WARMUP + NUM_SAMPLES
+    assert f"{steps}/{steps}" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # 5. Chains on several devices
 # --------------------------------------------------------------------------------------------
@@ -435,7 +445,7 @@ def test_parallel_chains_on_four_cpu_devices():
         (dict(target_accept_prob=1.5), "target_accept_prob"),
         (dict(init="kmeans"), "init"),
         (dict(init=[None, None]), "init"),
-        (dict(progress_bar=True), "progress_bar"),
+        (dict(progress_bar="yes"), "progress_bar must be True or False"),
         (dict(covariance_type="banded"), "covariance_type"),
         (dict(prior=Prior.default(np.random.default_rng(0).normal(size=(10, 3)), 2)), "feature"),
         (dict(prior="mclust"), "prior"),

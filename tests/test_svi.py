@@ -267,9 +267,10 @@ def test_delta_needs_concentration_at_least_one(two):
         fit_svi(two.x, 2, prior=prior, guide="delta")
 
 
-@pytest.mark.slow
-def test_progress_bar_runs_the_same_fit(two):
-    kw = dict(guide="mvn", num_steps=1000, num_draws=50, seed=0)
+def test_progress_bar_runs_the_same_fit(two, capsys):
+    kw = dict(guide="mvn", num_steps=300, num_draws=50, seed=0)
     a = fit_svi(two.x, 2, **kw)
     b = fit_svi(two.x, 2, progress_bar=True, **kw)
-    np.testing.assert_allclose(b.trace, a.trace, rtol=1e-6)
+    np.testing.assert_array_equal(b.trace, a.trace)
+    np.testing.assert_array_equal(b.means, a.means)
+    assert "300/300" in capsys.readouterr().err
