@@ -47,7 +47,7 @@ import numpy as np
 from ._stats import mixture_log_density
 from .params import GMMParams, Prior, check_data, seed_to_key
 
-__all__ = ["from_inference_data", "load_result", "save_result", "to_inference_data"]
+__all__ = ["ess_bulk", "from_inference_data", "load_result", "rhat", "save_result", "to_inference_data"]
 
 #: NumPyro ``extra_fields`` name -> (ArviZ name, sign), as arviz.io_numpyro renames them.
 NUMPYRO_STAT_NAMES = {
@@ -58,6 +58,125 @@ NUMPYRO_STAT_NAMES = {
 }
 
 _META_KEY = "bayesgmm_result"
+
+
+# ----------------------------------------------------------------------------------------------
+# Convergence diagnostics in NumPy (no ArviZ import on the sampler's path)
+# ----------------------------------------------------------------------------------------------
+def _chains_last(draws) -> np.ndarray:
+    """(chain, draw, ...) -> (chain, draw, P) float64, the scalars flattened."""
+    a = np.asarray(draws, dtype=np.float64)
+    if a.ndim < 2:
+        raise ValueError(f"draws must have leading (chain, draw) dimensions, got shape {a.shape}.")
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _split_chains(a: np.ndarray) -> np.ndarray:
+    """Each chain's first and last halves as two chains (the middle draw of an odd count dropped)."""
+    half = a.shape[1] // 2
+    return np.concatenate([a[:, :half], a[:, a.shape[1] - half :]], axis=0)
+
+
+def _z_scale(a: np.ndarray) -> np.ndarray:
+    """Rank normalisation per scalar over all chains and draws (average ranks for ties)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    c, s, p = a.shape
+    ranks = rankdata(a.reshape(c * s, p), method="average", axis=0).reshape(c, s, p)
+    return ndtri((ranks - 0.375) / (c * s + 0.25))
+
+
+def _autocovariance(a: np.ndarray) -> np.ndarray:
+    """Biased autocovariance of every chain and scalar along the draws (FFT), (C, S, P)."""
+    s = a.shape[1]
+    size = 1 << int(np.ceil(np.log2(2 * s)))
+    f = np.fft.rfft(a - a.mean(axis=1, keepdims=True), n=size, axis=1)
+    return np.fft.irfft(f * np.conj(f), n=size, axis=1)[:, :s] / s
+
+
+def _ess(a: np.ndarray) -> np.ndarray:
+    """Effective sample size of (C, S, P) draws: Stan's estimator (Geyer's initial positive and
+    monotone sequences on the multi-chain autocorrelation; Vehtari et al. 2021, eq. 10-12)."""
+    c, s, p = a.shape
+    acov = _autocovariance(a)
+    mean_var = acov[:, 0].mean(axis=0) * s / (s - 1.0)
+    var_plus = mean_var * (s - 1.0) / s
+    if c > 1:
+        var_plus = var_plus + a.mean(axis=1).var(axis=0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1.0 - (mean_var - acov.mean(axis=0)) / var_plus  # (S, P) autocorrelation at each lag
+    out = np.empty(p)
+    for j in range(p):
+        r = rho[:, j]
+        if not np.all(np.isfinite(r)):  # a constant scalar
+            out[j] = np.nan
+            continue
+        rho_hat = np.zeros(s)
+        rho_hat[0], rho_hat[1] = 1.0, r[1]
+        even, odd = 1.0, r[1]
+        t = 1
+        while t < s - 3 and even + odd > 0.0:  # initial positive sequence of pair sums
+            even, odd = r[t + 1], r[t + 2]
+            if even + odd >= 0.0:
+                rho_hat[t + 1], rho_hat[t + 2] = even, odd
+            t += 2
+        max_t = t - 2
+        if even > 0:
+            rho_hat[max_t + 1] = even
+        t = 1
+        while t <= max_t - 2:  # initial monotone sequence
+            if rho_hat[t + 1] + rho_hat[t + 2] > rho_hat[t - 1] + rho_hat[t]:
+                rho_hat[t + 1] = rho_hat[t + 2] = (rho_hat[t - 1] + rho_hat[t]) / 2.0
+            t += 2
+        tau = -1.0 + 2.0 * np.sum(rho_hat[: max_t + 1]) + np.sum(rho_hat[max_t + 1 : max_t + 2])
+        out[j] = c * s / max(tau, 1.0 / np.log10(c * s))
+    return out
+
+
+def ess_bulk(draws) -> np.ndarray:
+    """Bulk effective sample size of every scalar: the ESS of the rank-normalised split chains
+    (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021), as ``arviz.ess(method="bulk")``.
+
+    Parameters
+    ----------
+    draws : array (chain, draw, ...)
+
+    Returns
+    -------
+    np.ndarray
+        One value per scalar (the trailing dimensions flattened); NaN for a constant scalar.
+    """
+    return _ess(_z_scale(_split_chains(_chains_last(draws))))
+
+
+def rhat(draws) -> np.ndarray:
+    """Rank-normalised split R-hat of every scalar (Vehtari et al. 2021), as ``arviz.rhat``: the
+    larger of the R-hat of the rank-normalised split chains and of their folded version.
+
+    Parameters
+    ----------
+    draws : array (chain, draw, ...)
+
+    Returns
+    -------
+    np.ndarray
+        One value per scalar; NaN for a constant scalar.
+    """
+    a = _chains_last(draws)
+
+    def gelman_rubin(z):
+        c, s, _ = z.shape
+        within = z.var(axis=1, ddof=1).mean(axis=0)
+        between = s * z.mean(axis=1).var(axis=0, ddof=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(((s - 1.0) / s * within + between / s) / within)
+
+    split = _split_chains(a)
+    folded = _split_chains(np.abs(a - np.median(a, axis=(0, 1), keepdims=True)))
+    bulk, tail = gelman_rubin(_z_scale(split)), gelman_rubin(_z_scale(folded))
+    constant = np.ptp(a.reshape(-1, a.shape[2]), axis=0) == 0
+    return np.where(constant, np.nan, np.maximum(bulk, tail))
 _FORMAT_VERSION = 1
 # Upper bound on the elements of one batch's (draws, K, N, D) temporaries in the log-likelihood.
 _MAX_BATCH_ELEMENTS = 2**25

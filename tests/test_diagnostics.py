@@ -477,3 +477,33 @@ def test_log_likelihood_compiles_once_per_shape(em_fit, x):
     for f in fits[1:]:
         diagnostics.to_inference_data(f, x)
     assert diagnostics._pointwise_log_likelihood._cache_size() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy ESS and R-hat against ArviZ (the sampler uses them without importing ArviZ)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 500, 3), (2, 1001, 2), (3, 64, 1)])
+def test_ess_bulk_and_rhat_equal_arviz(shape):
+    from bayesgmm.diagnostics import ess_bulk, rhat
+
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.normal(size=shape)
+    x = np.zeros(shape)
+    for t in range(1, shape[1]):  # AR(1) chains with heavy-tailed noise and shifted chain means
+        x[:, t] = 0.8 * x[:, t - 1] + noise[:, t]
+    x += rng.standard_t(3, size=shape) + 0.1 * np.arange(shape[0])[:, None, None]
+    data = az.convert_to_dataset({"v": x})
+    np.testing.assert_allclose(ess_bulk(x), az.ess(data, method="bulk")["v"].values.ravel(), rtol=1e-10)
+    np.testing.assert_allclose(rhat(x), az.rhat(data)["v"].values.ravel(), rtol=1e-12)
+
+
+def test_rhat_sees_a_stuck_chain_and_constants_are_nan():
+    from bayesgmm.diagnostics import ess_bulk, rhat
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 400, 2))
+    x[3, :, 0] += 3.0  # one chain in another mode
+    x[:, :, 1] = 1.0  # a constant (the weight of K = 1)
+    r, e = rhat(x), ess_bulk(x)
+    assert r[0] > 1.3 and np.isnan(r[1]) and np.isnan(e[1])
+    assert np.isclose(rhat(rng.normal(size=(4, 400))), 1.0, atol=0.01)
