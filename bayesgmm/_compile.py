@@ -13,7 +13,9 @@ shape, dtype and sharding (an executable is specialised to all three), and the t
 
 from __future__ import annotations
 
+import collections
 import time
+import weakref
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -36,20 +38,33 @@ def _leaf_signature(leaf):
     return (arr.shape, str(arr.dtype), None)
 
 
+#: Every compiled program of the package, so that :func:`clear_caches` can empty them all.
+_PROGRAMS: list = []
+
+
 class CompiledProgram:
     """A jitted function compiled ahead of time once per abstract signature.
+
+    The executables are kept in a least-recently-used cache of ``max_entries`` signatures: a
+    compiled XLA:CPU program holds hundreds of memory mappings of generated code, and a process
+    that keeps thousands of them reaches the kernel's limit (``vm.max_map_count``, 65530 by
+    default) and aborts inside the compiler.
 
     Parameters
     ----------
     fn : callable
         The pure function; its keyword-only static arguments are named in ``static_argnames``.
     static_argnames : tuple of str
+    max_entries : int
+        Executables kept (least recently used dropped first).
     """
 
-    def __init__(self, fn: Callable, static_argnames: tuple[str, ...]):
+    def __init__(self, fn: Callable, static_argnames: tuple[str, ...], *, max_entries: int = 16):
         self._jitted = jax.jit(fn, static_argnames=static_argnames)
         self._static_argnames = tuple(static_argnames)
-        self._cache: dict = {}
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._max_entries = int(max_entries)
+        _PROGRAMS.append(weakref.ref(self))
 
     def __call__(self, *args, **static) -> Timed:
         """Run on ``args`` (arrays or pytrees of arrays; no Python scalars), compiling if needed."""
@@ -62,6 +77,10 @@ class CompiledProgram:
             exe = self._jitted.lower(*args, **static).compile()
             compile_seconds = time.perf_counter() - start
             self._cache[key] = exe
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
         start = time.perf_counter()
         outputs = jax.block_until_ready(exe(*args))
         return Timed(outputs, compile_seconds, time.perf_counter() - start)
@@ -69,6 +88,23 @@ class CompiledProgram:
     def jitted(self, *args, **static):
         """Call through ``jax.jit`` (for use inside other traced code, e.g. under ``vmap``)."""
         return self._jitted(*args, **static)
+
+    def clear(self) -> None:
+        """Drop every compiled executable of this program."""
+        self._cache.clear()
+
+
+def clear_caches() -> None:
+    """Drop every compiled program: bayesgmm's ahead-of-time caches and JAX's own
+    (``jax.clear_caches``). The next fit of each shape compiles again. Long-running processes
+    that fit very many different shapes can call it to release the compiled code."""
+    for ref in list(_PROGRAMS):
+        program = ref()
+        if program is None:
+            _PROGRAMS.remove(ref)
+        else:
+            program.clear()
+    jax.clear_caches()
 
 
 def enable_compilation_cache(path, *, min_compile_time_secs: float = 1.0) -> None:

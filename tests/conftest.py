@@ -19,6 +19,17 @@ import pytest  # noqa: E402
 import bayesgmm as bg  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Free every compiled program after each test module. One process compiling the whole
+    suite's programs would otherwise exceed the kernel's limit on memory mappings
+    (vm.max_map_count) and abort inside XLA's compiler."""
+    yield
+    from bayesgmm._compile import clear_caches
+
+    clear_caches()
+
+
 @pytest.fixture(scope="session")
 def faithful():
     return bg.datasets.load_faithful()
