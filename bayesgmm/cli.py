@@ -193,8 +193,10 @@ def run_fit(opts) -> int:
         stem += "_stream"
     else:
         x, _ = load_data(opts["data"])
-        result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"],
-                     **_engine_kwargs(opts, method))
+        kw = _engine_kwargs(opts, method)
+        if method in ("svi", "mcmc") and opts.get("progress", False):
+            kw.setdefault("progress_bar", True)
+        result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"], **kw)
     _print_fit(result)
     written = [out / f"{stem}.json"]
     result.to_json(written[0])
