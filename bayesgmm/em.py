@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _sharding
-from ._stats import degenerate_components
 from ._em_core import _TRACE_COUNT, PROGRAM, EMConfig, EMOutput  # noqa: F401 (the program and its trace counter, for callers and tests)
+from ._stats import degenerate_components
 from .kmeans import INIT_METHODS
 from .params import (
     ConvergenceWarning,
@@ -38,7 +38,9 @@ from .params import (
     Prior,
     check_covariance_type,
     check_data,
+    check_nonnegative,
     check_num_components,
+    check_positive_integers,
     check_prior_for_map,
     check_sample_weight,
     log_jacobians,
@@ -109,13 +111,8 @@ class Prepared(NamedTuple):
 def _check_options(init_params, n_init, max_iter, tol, reg_covar):
     if init_params not in INIT_METHODS:
         raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
-    for name, v in (("n_init", n_init), ("max_iter", max_iter)):
-        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
-    if not (np.isfinite(reg_covar) and reg_covar >= 0):
-        raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
+    check_positive_integers(n_init=n_init, max_iter=max_iter)
+    check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
 def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None) -> Prepared:

@@ -73,6 +73,20 @@ def check_num_components(num_components, num_obs: int | None = None) -> int:
     return k
 
 
+def check_positive_integers(**values) -> None:
+    """Raise a ValueError naming the first argument that is not a positive integer."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+
+
+def check_nonnegative(**values) -> None:
+    """Raise a ValueError naming the first argument that is not a finite number >= 0."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a non-negative number, got {v!r}.")
+
+
 def _is_numeric_dtype(t) -> bool:
     try:
         t = np.dtype(t)

@@ -65,8 +65,10 @@ from .params import (
     Prior,
     check_covariance_type,
     check_data,
+    check_nonnegative,
     check_num_components,
     check_params,
+    check_positive_integers,
     check_prior_for_map,
     log_jacobians,
     params_to_original,
@@ -534,13 +536,8 @@ def online_update(s, acc: ChunkStats, gamma, chunk_rows, num_obs, prior, reg_cov
 def _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    for name, v in (("batch_size", batch_size), ("n_init", n_init), ("max_iter", max_iter), ("num_init_rows", num_init_rows)):
-        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
-    if not (np.isfinite(reg_covar) and reg_covar >= 0):
-        raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
+    check_positive_integers(batch_size=batch_size, n_init=n_init, max_iter=max_iter, num_init_rows=num_init_rows)
+    check_nonnegative(tol=tol, reg_covar=reg_covar)
     if not (isinstance(step_exponent, (int, float, np.floating)) and 0.5 < step_exponent <= 1.0):
         raise ValueError(
             f"step_exponent must be in (0.5, 1] (Cappé & Moulines' condition for the step sizes "

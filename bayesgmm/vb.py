@@ -65,7 +65,9 @@ from .params import (
     Prior,
     check_covariance_type,
     check_data,
+    check_nonnegative,
     check_num_components,
+    check_positive_integers,
     check_sample_weight,
     log_jacobians,
     params_to_original,
@@ -447,13 +449,8 @@ def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar
         )
     if init_params not in INIT_METHODS:
         raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
-    for name, v in (("n_init", n_init), ("max_iter", max_iter), ("num_draws", num_draws)):
-        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
-    if not (np.isfinite(reg_covar) and reg_covar >= 0):
-        raise ValueError(f"reg_covar must be a non-negative number, got {reg_covar!r}.")
+    check_positive_integers(n_init=n_init, max_iter=max_iter, num_draws=num_draws)
+    check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
 def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, tol, max_iter, reg_covar, seed, num_draws,
