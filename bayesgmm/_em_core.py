@@ -167,12 +167,15 @@ def _fit_batch(xs, keys, user_init, prior, tol, reg_covar, sample_weight, active
     """
     _TRACE_COUNT["fit"] += 1
     k = config.num_components
-    ml_config = config._replace(use_prior=False, hard=False)
+    # The starting M-step is a soft M-step under the same objective: maximum likelihood (as
+    # scikit-learn, whose starts these are), or MAP when a prior is given, so that a start with one
+    # point per component ("k-means++", "random_from_data") still has proper covariances.
+    init_config = config._replace(hard=False)
 
     def run_one(x_one, key, weight, act, prior_one):
         problem = EMProblem(_stats.suff_features(x_one, config.covariance_type), weight, act, prior_one, tol, reg_covar)
         resp0 = initial_responsibilities(key, x_one, k, init_method, sample_weight=weight, active=act)
-        params0 = m_step(resp0, problem._replace(prior=None), ml_config)
+        params0 = m_step(resp0, problem, init_config)
         params0 = GMMParams(*(p if u is None else u for p, u in zip(params0, user_init)))
         return run_em(params0, problem, config, max_iter)
 

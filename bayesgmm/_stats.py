@@ -195,6 +195,20 @@ def degenerate_components(params: GMMParams, counts, reg_covar: float, covarianc
     return tuple(int(i) for i in np.flatnonzero((np.asarray(counts) < 1.0) | (smallest <= floor)))
 
 
+def degenerate_message(components, counts, map_fit: bool) -> str:
+    """The warning for :func:`degenerate_components`: which components, why, and what to do."""
+    counts = np.asarray(counts)
+    empty = [i for i in components if counts[i] < 1.0]
+    collapsed = [i for i in components if counts[i] >= 1.0]
+    parts = []
+    if empty:
+        parts.append(f"component(s) {empty} hold less than one observation (the data support fewer than K components)")
+    if collapsed:
+        parts.append(f"component(s) {collapsed} have a covariance collapsed onto the regularisation floor")
+    fixes = "use fewer components" + ("" if map_fit else ", increase reg_covar, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)")
+    return "EM " + "; ".join(parts) + f". If unintended, {fixes}."
+
+
 def scatter(nk, sx, sxx, covariance_type: str):
     """Weighted means and centred scatter matrices S_k = sum r (x - xbar)(x - xbar)^T.
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _sharding
 from ._em_core import _TRACE_COUNT, PROGRAM, EMConfig, EMOutput  # noqa: F401 (the program and its trace counter, for callers and tests)
-from ._stats import degenerate_components
+from ._stats import degenerate_components, degenerate_message
 from .kmeans import INIT_METHODS
 from .params import (
     ConvergenceWarning,
@@ -176,9 +176,7 @@ def package(
     degenerate = degenerate_components(params_std, counts, reg_covar, ct, prep.dtype)
     if warn and degenerate:
         warnings.warn(
-            f"EM component(s) {list(degenerate)} are degenerate (almost no data, or a covariance "
-            "collapsed onto the regularisation floor). Use fewer components, increase reg_covar, "
-            "or fit MAP-EM with prior=bayesgmm.Prior.default(x, K).",
+            degenerate_message(degenerate, counts, map_fit=prep.prior is not None),
             DegenerateComponentWarning,
             stacklevel=3,
         )

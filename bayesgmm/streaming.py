@@ -962,9 +962,7 @@ def fit_em_stream(
     degenerate = _stats.degenerate_components(params_std, counts, reg_covar, covariance_type, dtype)
     if degenerate:
         warnings.warn(
-            f"EM component(s) {list(degenerate)} are degenerate (almost no data, or a covariance "
-            "collapsed onto the regularisation floor). Use fewer components, increase reg_covar, "
-            "or fit MAP-EM with prior=bayesgmm.Prior(...).",
+            _stats.degenerate_message(degenerate, counts, map_fit=prior is not None),
             DegenerateComponentWarning,
             stacklevel=2,
         )
