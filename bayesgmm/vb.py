@@ -226,24 +226,45 @@ def vb_init(q: VBParams, max_iter: int) -> VBState:
     return VBState(q, jnp.asarray(-jnp.inf, dtype), jnp.int32(0), jnp.asarray(False), jnp.full((max_iter + 1,), jnp.nan, dtype))
 
 
-def vb_step(state: VBState, z, prior, tol, reg_covar, config: VBConfig, sample_weight=None) -> VBState:
-    """One CAVI sweep: q(z) given q(theta) (records the ELBO of q(theta)), then q(theta) given q(z)."""
+class VBLoop(NamedTuple):
+    """The ``while_loop`` carry: the CAVI state, whether the last E-step was the final one, and
+    that E-step's total ELBO and expected counts (weighted) N_k."""
+
+    state: VBState
+    done: jax.Array
+    elbo: jax.Array
+    counts: jax.Array
+
+
+def vb_step(loop: VBLoop, z, prior, tol, reg_covar, max_iter, config: VBConfig, sample_weight=None) -> VBLoop:
+    """One CAVI sweep: q(z) given q(theta), recording the ELBO of q(theta); then, unless that was
+    the last sweep (converged at the previous one, or ``max_iter`` M-steps made), q(theta) given q(z).
+
+    The final E-step is thus the loop's own, not a second copy after it: the program holds one
+    E-step, which is where most of its compile time goes.
+    """
+    state = loop.state
     n = z.shape[0] if sample_weight is None else jnp.sum(sample_weight)
     resp, elbo = vb_e_step(z, state.q, prior, config.covariance_type, sample_weight)
-    q_new = m_step_from_resp(z, resp, prior, reg_covar, config.covariance_type, sample_weight)
+    weighted = resp if sample_weight is None else resp * sample_weight[:, None]
+    done = state.converged | (state.n_iter >= max_iter)
+    trace = state.trace.at[state.n_iter].set(elbo)
     mean_elbo = elbo / n
-    return VBState(
-        q=q_new,
+    stepped = VBState(
+        q=m_step_from_resp(z, resp, prior, reg_covar, config.covariance_type, sample_weight),
         objective=mean_elbo,
         n_iter=state.n_iter + 1,
         converged=jnp.abs(mean_elbo - state.objective) < tol,
-        trace=state.trace.at[state.n_iter].set(elbo),
+        trace=trace,
     )
+    kept = jax.tree_util.tree_map(lambda old, new: jnp.where(done, old, new), state._replace(trace=trace), stepped)
+    return VBLoop(kept, done, elbo, jnp.sum(weighted, 0))
 
 
 def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, sample_weight, *, config: VBConfig, init_method: str,
-                  max_iter: int, num_draws: int, num_restarts: int):
-    """All restarts of one VB fit, and the draws from the best one, as a single compiled program.
+                  max_iter: int, num_restarts: int):
+    """All restarts of one VB fit as a single compiled program; returns the best one and the key
+    (as raw bits) from which the host draws from q.
 
     ``sample_weight`` (N,) or None: row weights (0 for the padding rows of a sharded fit).
     """
@@ -252,36 +273,34 @@ def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, sample_weight, *, 
     keys = jax.random.split(init_key, num_restarts)
     z = _stats.suff_features(xs, config.covariance_type)
     ct = config.covariance_type
+    k = config.num_components
 
     def run_one(key):
         if init_method == "given":
             resp0 = resp_given
         else:
-            resp0 = initial_responsibilities(key, xs, config.num_components, init_method, sample_weight=sample_weight)
+            resp0 = initial_responsibilities(key, xs, k, init_method, sample_weight=sample_weight)
         q0 = m_step_from_resp(z, resp0, prior, reg_covar, ct, sample_weight)
-        state = jax.lax.while_loop(
-            lambda s: (s.n_iter < max_iter) & ~s.converged,
-            lambda s: vb_step(s, z, prior, tol, reg_covar, config, sample_weight),
-            vb_init(q0, max_iter),
+        start = VBLoop(vb_init(q0, max_iter), jnp.asarray(False), jnp.asarray(-jnp.inf, xs.dtype), jnp.zeros(k, xs.dtype))
+        loop = jax.lax.while_loop(
+            lambda c: ~c.done,
+            lambda c: vb_step(c, z, prior, tol, reg_covar, max_iter, config, sample_weight),
+            start,
         )
-        resp, final = vb_e_step(z, state.q, prior, ct, sample_weight)
-        if sample_weight is not None:
-            resp = resp * sample_weight[:, None]
-        return state._replace(trace=state.trace.at[state.n_iter].set(final)), final, jnp.sum(resp, 0)
+        return loop.state, loop.elbo, loop.counts
 
     state, finals, nks = jax.vmap(run_one)(keys)
     best = jnp.argmax(jnp.where(jnp.isfinite(finals), finals, -jnp.inf))
     state_best, nk_best = jax.tree_util.tree_map(lambda a: a[best], (state, nks))
     point, has_mean = point_estimate(state_best.q, ct)
     log_lik = _weighted_sum(_stats.e_step(z, _stats.natural_params(point, ct))[1], sample_weight)
-    draws = _sample_q(draw_key, state_best.q, covariance_type=ct, num_draws=num_draws)
     return {"state": state_best, "finals": finals, "nk": nk_best, "best": best, "point": point,
-            "has_mean": has_mean, "log_lik": log_lik, "draws": draws}
+            "has_mean": has_mean, "log_lik": log_lik, "draw_key": jax.random.key_data(draw_key)}
 
 
 #: The VB program, compiled ahead of time once per shapes and static settings.
 PROGRAM = CompiledProgram(
-    _fit_restarts, static_argnames=("config", "init_method", "max_iter", "num_draws", "num_restarts")
+    _fit_restarts, static_argnames=("config", "init_method", "max_iter", "num_restarts")
 )
 
 
@@ -297,40 +316,33 @@ def point_estimate(q: VBParams, covariance_type: str):
     return GMMParams(alpha / jnp.sum(alpha), m, cov), has_mean
 
 
-def _sample_q(key, q: VBParams, *, covariance_type: str, num_draws: int):
-    """``num_draws`` joint draws of (pi, mu, Sigma) from q (standardised scale).
+def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_draws: int):
+    """``num_draws`` joint draws of (pi, mu, Sigma) from q (standardised scale; NumPy, host side).
 
-    One ``loggamma`` call serves the Dirichlet (normalised gammas, in log space so that tiny
-    concentrations do not underflow) and the covariances: Bartlett's decomposition for full
-    (Sigma = U A^-T A^-1 U^T with Psi = U U^T, A lower triangular, A_ii^2 ~ chi2(nu - i),
-    A_ij ~ N(0, 1) below the diagonal), inverse gammas for diag. One sampler to compile.
+    Drawn on the host rather than in the compiled program: XLA's gamma rejection sampler alone
+    took about 2 s to compile, more than the whole CAVI loop, for a millisecond of work.
+    Weights are normalised gammas drawn in log space (``log G(a) = log G(a + 1) + log(U) / a``)
+    so that tiny concentrations do not underflow. Full covariances use Bartlett's decomposition:
+    Sigma = U A^-T A^-1 U^T with Psi = U U^T, A lower triangular, A_ii^2 ~ chi2(nu - i),
+    A_ij ~ N(0, 1) below the diagonal; diagonal ones are inverse gammas.
     """
-    k_g, k_n = jax.random.split(key)
-    alpha, beta, m, nu, psi = q
+    alpha, beta, m, nu, psi = (np.asarray(a, np.float64) for a in q)
     k, d = m.shape
-    dtype = m.dtype
     s = num_draws
+    log_g = np.log(rng.gamma(alpha + 1.0, size=(s, k))) + np.log(rng.uniform(size=(s, k))) / alpha
+    log_g -= log_g.max(axis=1, keepdims=True)
+    weights = np.exp(log_g)
+    weights /= weights.sum(axis=1, keepdims=True)
+    eps = rng.standard_normal((s, k, d))
     if covariance_type == "full":
-        shape_cov = (nu[:, None] - jnp.arange(d, dtype=dtype)[None]) / 2.0  # (K, D)
+        chi2 = 2.0 * rng.gamma((nu[:, None] - np.arange(d)[None]) / 2.0, size=(s, k, d))
+        a = np.tril(rng.standard_normal((s, k, d, d)), -1) + np.sqrt(chi2)[..., None] * np.eye(d)
+        factor = np.linalg.cholesky(psi)[None] @ np.swapaxes(np.linalg.inv(a), -1, -2)  # Sigma = F F^T
+        cov = factor @ np.swapaxes(factor, -1, -2)
+        means = m[None] + np.einsum("skij,skj->ski", factor, eps) / np.sqrt(beta)[None, :, None]
     else:
-        shape_cov = jnp.broadcast_to((nu / 2.0)[:, None], (k, d))
-    conc = jnp.concatenate([alpha, shape_cov.reshape(-1)])
-    log_g = jax.random.loggamma(k_g, jnp.broadcast_to(conc, (s, conc.shape[0])), dtype=dtype)
-    weights = jax.nn.softmax(log_g[:, :k], axis=1)
-    g = jnp.exp(log_g[:, k:]).reshape(s, k, d)
-    normals = jax.random.normal(k_n, (s, k, d + d * d), dtype)
-    eps = normals[..., :d]
-    if covariance_type == "full":
-        below = jnp.tril(normals[..., d:].reshape(s, k, d, d), -1)
-        a = below + jax.vmap(jax.vmap(jnp.diag))(jnp.sqrt(2.0 * g))  # (S, K, D, D)
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), a.shape)
-        a_inv = jax.scipy.linalg.solve_triangular(a, eye, lower=True)
-        factor = jnp.linalg.cholesky(psi)[None] @ jnp.swapaxes(a_inv, -1, -2)  # Sigma = F F^T
-        cov = factor @ jnp.swapaxes(factor, -1, -2)
-        means = m[None] + jnp.einsum("skij,skj->ski", factor, eps) / jnp.sqrt(beta)[None, :, None]
-    else:
-        cov = (psi[None] / 2.0) / g
-        means = m[None] + jnp.sqrt(cov / beta[None, :, None]) * eps
+        cov = (psi[None] / 2.0) / rng.gamma(np.broadcast_to((nu / 2.0)[:, None], (k, d)), size=(s, k, d))
+        means = m[None] + np.sqrt(cov / beta[None, :, None]) * eps
     return weights, means, cov
 
 
@@ -487,7 +499,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     timed = PROGRAM(
         xs, key, resp_given, prior_arrays, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev,
         config=config, init_method="given" if given else init_params, max_iter=int(max_iter),
-        num_draws=int(num_draws), num_restarts=1 if given else int(n_init),
+        num_restarts=1 if given else int(n_init),
     )
     out = jax.device_get(timed.outputs)  # one transfer; everything below is NumPy
     finals = np.asarray(out["finals"], dtype=np.float64)
@@ -511,7 +523,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     cov_std = params_std.covariances
     has_mean = np.asarray(out["has_mean"])
     log_lik = float(out["log_lik"]) + ll_shift
-    w_d, m_d, c_d = out["draws"]
+    draw_rng = np.random.default_rng(np.asarray(out["draw_key"]).ravel().tolist())
+    w_d, m_d, c_d = sample_q(draw_rng, st.q, covariance_type, int(num_draws))
     params = params_to_original(params_std, shift, sd, covariance_type)
     psi_orig = params_to_original(GMMParams(alpha, m, psi), shift, sd, covariance_type).covariances
 
