@@ -239,6 +239,15 @@ def mask_components(theta, active):
     return theta.at[:, -1].set(jnp.where(active, theta[:, -1], -jnp.inf))
 
 
+def symmetrise(a):
+    """``(A + A^T) / 2`` over the last two axes: exactly symmetric in floating point.
+
+    Outer products written as ``n * x[:, None] * x[None, :]`` round differently in (i, j) and
+    (j, i); NumPyro's Wishart-family densities return -inf for a matrix that is not symmetric.
+    """
+    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+
+
 def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None):
     """Maximum-likelihood (``prior=None``) or MAP M-step, in closed form.
 
@@ -288,7 +297,7 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None
         else:
             cov = (psi + s + shrink * jnp.sum(dev**2, -1)) / (nu0 + 2.0 + d + nk * d)
     if covariance_type in ("full", "tied"):
-        cov = cov + reg_covar * jnp.eye(d, dtype=cov.dtype)
+        cov = symmetrise(cov + reg_covar * jnp.eye(d, dtype=cov.dtype))
     else:
         cov = cov + reg_covar
     if active is not None:

@@ -130,7 +130,9 @@ def vb_m_step(nk, sx, sxx, prior, reg_covar, covariance_type: str) -> VBParams:
     shrink = kappa0 * nk / beta
     if covariance_type == "full":
         eye = jnp.eye(d, dtype=sx.dtype)
-        scale = psi0[None] + s + (nk * reg_covar)[:, None, None] * eye + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
+        scale = _stats.symmetrise(
+            psi0[None] + s + (nk * reg_covar)[:, None, None] * eye + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
+        )
     else:
         scale = psi0[None] + s + (nk * reg_covar)[:, None] + shrink[:, None] * dev**2
     return VBParams(alpha0 + nk, beta, means, nu0 + nk, scale)
