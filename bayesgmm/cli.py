@@ -13,15 +13,19 @@ Commands
 ``run``       Any of the above from a TOML file, so a study is one reproducible command.
 
 Every command takes ``--out DIR`` and writes its files there (nothing is pickled). Options
-given on the command line and in a TOML file have the same names (``--num-components`` is
-``num_components``). Engine options go in ``[engines.<method>]`` tables of the TOML file, or
-``--engine-option mcmc.num_samples=500`` on the command line.
+given on the command line and in a TOML file have the same names and types (``--num-components``
+is ``num_components``, an integer; ``--no-plot`` is ``plot = false``); relative paths in a TOML
+file (``out``, ``[data] path``) are relative to the file's folder. Engine options go in
+``[engines.<method>]`` tables of the TOML file, or ``--engine-option mcmc.num_samples=500`` on
+the command line; they may not set what the command sets itself (the data, K, the covariance
+type, the seed), and only methods the command runs may have them.
 
 Exit codes: 0 success; 2 invalid usage, input, data or configuration (a one-line message on
 stderr names the problem); 1 an unexpected internal error (with its traceback).
 
-``--compile-cache DIR`` (or the environment variable ``BAYESGMM_COMPILE_CACHE``) turns on
-JAX's persistent compilation cache, so repeated commands skip most compilation.
+``--compile-cache DIR`` (before or after the command name; or the environment variable
+``BAYESGMM_COMPILE_CACHE``) turns on JAX's persistent compilation cache, so repeated commands
+skip most compilation.
 """
 
 from __future__ import annotations
@@ -47,40 +51,81 @@ class UsageError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Data in, files out
 # ----------------------------------------------------------------------------------------------
-def _read_table(path, columns=None):
+def _read_table(path):
+    """A DataFrame from a CSV/TSV/Parquet file; every problem with the file is a UsageError naming it."""
     import pandas as pd
 
     p = Path(path)
+    name = repr(str(path))
     if not p.exists():
-        raise UsageError(f"input file {str(path)!r} does not exist.")
-    if p.suffix.lower() in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(p)
-        except ImportError as err:
-            raise UsageError(f"reading Parquet needs pyarrow ({err}); pip install pyarrow, or convert to CSV.") from None
-    elif p.suffix.lower() in (".csv", ".txt", ".tsv"):
-        df = pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",")
-    else:
-        raise UsageError(f"input file {str(path)!r}: unknown format {p.suffix!r}; use .csv, .tsv or .parquet.")
-    if columns:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise UsageError(f"column(s) {missing} not in {str(path)!r}; available: {list(df.columns)}.")
+        raise UsageError(f"input file {name} does not exist.")
+    if p.is_dir():
+        raise UsageError(f"input {name} is a folder, not a data file.")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        raise UsageError(f"input file {name}: .npy files are read out of core with fit --stream; "
+                         "to fit in memory, use .csv, .tsv or .parquet.")
+    try:
+        if suffix in (".parquet", ".pq"):
+            try:
+                df = pd.read_parquet(p)
+            except ImportError as err:
+                raise UsageError(f"reading Parquet needs pyarrow ({err}); pip install pyarrow, or convert to CSV.") from None
+            except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+                raise UsageError(f"input file {name} is not a readable Parquet file: {_first_line(err)}") from None
+        elif suffix in (".csv", ".txt", ".tsv"):
+            try:
+                df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
+            except pd.errors.EmptyDataError:
+                raise UsageError(f"input file {name} is empty: no header and no rows.") from None
+            except UnicodeDecodeError:
+                raise UsageError(f"input file {name} is not a text file (not UTF-8); give a CSV/TSV text file "
+                                 "or a Parquet file.") from None
+            except pd.errors.ParserError as err:
+                raise UsageError(f"input file {name} could not be parsed as {suffix[1:].upper()}: {_first_line(err)}") from None
+        else:
+            raise UsageError(f"input file {name}: unknown format {p.suffix!r}; use .csv, .tsv or .parquet "
+                             "(.npy with fit --stream).")
+    except OSError as err:  # unreadable (permissions, I/O)
+        raise UsageError(f"cannot read input file {name}: {err.strerror or err}.") from None
+    if len(df) == 0:
+        raise UsageError(f"input file {name} has no data rows (only a header: {list(df.columns)}).")
     return df
+
+
+def _first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _as_names(value, what: str) -> list:
+    """Column names from a string or a list of strings (TOML or the command line)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UsageError(f"{what} must be a column name or a list of column names (strings), got {value!r}.")
 
 
 def load_data(spec: dict):
     """Features (DataFrame) and labels (array or None) from a data spec.
 
-    ``spec``: ``dataset`` (a bundled data set) or ``path`` (CSV/Parquet), optional ``columns``
-    (features; default all numeric columns but the label) and ``label_column``.
+    ``spec``: ``dataset`` (a bundled data set) or ``path`` (CSV/TSV/Parquet), optional
+    ``columns`` (the features: a name or a list of names; default every column except the label
+    column, all of which must then be numeric) and ``label_column`` (not a feature).
     """
     import bayesgmm as bg
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
+    if not isinstance(spec, dict):
+        raise UsageError(f"the data spec must be a table (dataset or path, columns, label_column), got {spec!r}.")
     allowed = {"dataset", "path", "columns", "label_column"}
     unknown = set(spec) - allowed
     if unknown:
         raise UsageError(f"unknown data option(s) {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    for key in ("dataset", "path", "label_column"):
+        if spec.get(key) is not None and not isinstance(spec[key], (str, os.PathLike)):
+            raise UsageError(f"data option {key!r} must be a string, got {spec[key]!r}.")
     if bool(spec.get("dataset")) == bool(spec.get("path")):
         raise UsageError("give exactly one data source: an input file (path) or --dataset " + "|".join(DATASETS) + ".")
     if spec.get("dataset"):
@@ -88,24 +133,43 @@ def load_data(spec: dict):
         if name not in DATASETS:
             raise UsageError(f"unknown dataset {name!r}; bundled: {DATASETS}.")
         df = bg.datasets.load_faithful(as_frame=True) if name == "faithful" else bg.datasets.load_galaxies(as_frame=True)
+        source = f"dataset {name!r}"
     else:
-        df = _read_table(spec["path"], list(spec.get("columns") or []) + ([spec["label_column"]] if spec.get("label_column") else []))
+        df = _read_table(spec["path"])
+        source = repr(str(spec["path"]))
+    columns = _as_names(spec["columns"], "columns") if spec.get("columns") else None
+    label = spec.get("label_column") or None
+    if label is not None and columns and label in columns:
+        raise UsageError(f"the label column {label!r} cannot also be a feature column; remove it from the columns "
+                         f"(the label column is used only for ARI/NMI).")
+    missing = [c for c in (columns or []) + ([label] if label else []) if c not in df.columns]
+    if missing:
+        raise UsageError(f"column(s) {missing} not in {source}; available: {[str(c) for c in df.columns]}.")
     labels = None
-    label = spec.get("label_column")
-    if label:
-        if label not in df.columns:
-            raise UsageError(f"label column {label!r} not in the data; available: {list(df.columns)}.")
+    if label is not None:
         labels = df[label].to_numpy()
         df = df.drop(columns=[label])
-    columns = spec.get("columns")
     if columns:
-        df = df[list(columns)]
+        df = df[columns]
+    bad = [str(c) for c, t in zip(df.columns, df.dtypes) if not is_numeric_dtype(t) or is_bool_dtype(t)]
+    if bad:
+        how = ("choose numeric columns" if columns else
+               "by default every column except the label column is a feature; choose numeric ones")
+        raise UsageError(f"non-numeric column(s) {bad} in {source}: {how} with --columns (columns in a TOML file's "
+                         "[data] table), or encode them as numbers.")
     return df, labels
 
 
 def _out_dir(path) -> Path:
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output folder {str(path)!r}: {err.strerror or err}.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {str(path)!r} is not writable.")
     return out
 
 
@@ -166,13 +230,15 @@ def _fit_stream(opts):
     if not spec.get("path") or spec.get("label_column"):
         raise UsageError("--stream reads a .npy or Parquet file given as the input path (no --dataset, no --label-column).")
     if not Path(spec["path"]).exists():
-        raise UsageError(f"input file {spec['path']!r} does not exist.")
+        raise UsageError(f"input file {str(spec['path'])!r} does not exist.")
+    if Path(spec["path"]).is_dir():
+        raise UsageError(f"input {str(spec['path'])!r} is a folder, not a data file.")
     if opts["method"] not in ("em", "map-em"):
         raise UsageError(f"--stream fits by EM; --method {opts['method']!r} needs the data in memory.")
     kw = _engine_kwargs(opts, opts["method"])
     if opts["method"] == "map-em" and "prior" not in kw:
         raise UsageError("--stream with --method map-em needs a prior; stream with --method em instead.")
-    columns = spec.get("columns")
+    columns = _as_names(spec["columns"], "columns") if spec.get("columns") else None
     if columns and all(str(c).isdigit() for c in columns):
         columns = [int(c) for c in columns]
     return fit_em_stream(spec["path"], opts["num_components"], covariance_type=opts["covariance_type"],
@@ -419,7 +485,9 @@ def _common(p, *, out_default):
 def _data_args(p, *, labels=False):
     p.add_argument("input", nargs="?", help="CSV, TSV or Parquet file (or use --dataset)")
     p.add_argument("--dataset", choices=DATASETS, help="a bundled data set instead of a file")
-    p.add_argument("--columns", nargs="+", help="feature columns (default: all but the label column)")
+    p.add_argument("--columns", nargs="+",
+                   help="feature columns, all numeric (default: every column except the label column; "
+                        "name the numeric ones if the file has others)")
     if labels:
         p.add_argument("--label-column", help="column of true labels (for ARI/NMI; not a feature)")
 
@@ -428,21 +496,30 @@ def _plot_args(p):
     p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write figures")
 
 
+_COMPILE_CACHE_HELP = "folder for JAX's persistent compilation cache (default: $BAYESGMM_COMPILE_CACHE; off if unset)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
                                  epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error.")
-    ap.add_argument("--compile-cache", default=os.environ.get("BAYESGMM_COMPILE_CACHE"),
-                    help="folder for JAX's persistent compilation cache (default: $BAYESGMM_COMPILE_CACHE; off if unset)")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ap.add_argument("--compile-cache", default=os.environ.get("BAYESGMM_COMPILE_CACHE"), help=_COMPILE_CACHE_HELP)
+    # --compile-cache also after the command; SUPPRESS keeps the value given before it (or the
+    # environment's) when the command's own parser does not see the option
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--compile-cache", default=argparse.SUPPRESS, help=_COMPILE_CACHE_HELP)
+    subparsers = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="Old Faithful with every engine: comparison table, figures, fits")
+    def command(name, **kwargs):
+        return subparsers.add_parser(name, parents=[shared], **kwargs)
+
+    demo = command("demo", help="Old Faithful with every engine: comparison table, figures, fits")
     _common(demo, out_default="bayesgmm_demo")
     demo.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "svi", "mcmc"])
     demo.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
     demo.add_argument("--no-progress", dest="progress", action="store_false")
     demo.set_defaults(handler=run_demo)
 
-    fit = sub.add_parser("fit", help="fit one engine to a data file")
+    fit = command("fit", help="fit one engine to a data file")
     _data_args(fit)
     fit.add_argument("-k", "--num-components", type=int, required=True)
     fit.add_argument("--method", choices=ENGINES, default="em")
@@ -457,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plot_args(fit)
     fit.set_defaults(handler=run_fit)
 
-    cmp_ = sub.add_parser("compare", help="several engines on the same data: one table")
+    cmp_ = command("compare", help="several engines on the same data: one table")
     _data_args(cmp_, labels=True)
     cmp_.add_argument("-k", "--num-components", type=int, required=True)
     cmp_.add_argument("--methods", nargs="+", choices=ENGINES + ("kmeans",), default=["em", "vb", "svi", "mcmc"])
@@ -469,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plot_args(cmp_)
     cmp_.set_defaults(handler=run_compare)
 
-    sel = sub.add_parser("select", help="BIC/AIC/ICL over K and covariance structures")
+    sel = command("select", help="BIC/AIC/ICL over K and covariance structures")
     _data_args(sel)
     sel.add_argument("-k", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="numbers of components (default: 1..5)")
     sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES, default=list(COVARIANCE_TYPES))
@@ -480,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plot_args(sel)
     sel.set_defaults(handler=run_select)
 
-    sim = sub.add_parser("simulate", help="draw a data set from the generative story")
+    sim = command("simulate", help="draw a data set from the generative story")
     sim.add_argument("-n", "--num-obs", type=int, default=500)
     sim.add_argument("-k", "--num-components", type=int, default=3)
     sim.add_argument("-d", "--num-features", type=int, default=2)
@@ -489,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sim, out_default="bayesgmm_simulated")
     sim.set_defaults(handler=run_simulate)
 
-    study = sub.add_parser("study", help="simulation study: every engine on many simulated data sets")
+    study = command("study", help="simulation study: every engine on many simulated data sets")
     study.add_argument("--num-datasets", type=int, default=20)
     study.add_argument("-n", "--num-obs", type=int, nargs="+", default=[200])
     study.add_argument("--separation", type=float, nargs="+", default=[3.0])
@@ -502,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(study, out_default="bayesgmm_study")
     study.set_defaults(handler=run_study)
 
-    sb = sub.add_parser("sbc", help="simulation-based calibration of a Bayesian engine")
+    sb = command("sbc", help="simulation-based calibration of a Bayesian engine")
     sb.add_argument("-k", "--num-components", type=int, default=2)
     sb.add_argument("-n", "--num-obs", type=int, default=100)
     sb.add_argument("-d", "--num-features", type=int, default=1)
@@ -516,11 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     _plot_args(sb)
     sb.set_defaults(handler=run_sbc)
 
-    run = sub.add_parser("run", help="run a command described by a TOML file",
-                         description="Run an experiment described by a TOML file: a 'command' key (fit, compare, select, "
-                                     "simulate, study, sbc, demo), the command's options by their long names "
-                                     "(num_components = 3), a [data] table (dataset or path, columns, label_column), "
-                                     "[engines.<method>] tables and, for sbc, a [prior] table.")
+    run = command("run", help="run a command described by a TOML file",
+                  description="Run an experiment described by a TOML file: a 'command' key (fit, compare, select, "
+                              "simulate, study, sbc, demo), the command's options by their long names "
+                              "(num_components = 3), a [data] table (dataset or path, columns, label_column), "
+                              "[engines.<method>] tables and, for sbc, a [prior] table. Values have the options' "
+                              "types (true/false for flags). Relative paths in the file (data path, out) are "
+                              "relative to the file's folder.")
     run.add_argument("config", help="TOML file")
     run.add_argument("--out", help="output folder (overrides the file's 'out')")
     run.set_defaults(handler=None)
@@ -544,66 +623,244 @@ _HANDLERS = {"demo": run_demo, "fit": run_fit, "compare": run_compare, "select":
 _TAKES_DATA = ("fit", "compare", "select")
 
 
+#: engine keyword arguments that a command sets itself, and the command's own option for each
+_OWN_FLAGS = {
+    "num_components": "-k/--num-components", "covariance_type": "--covariance-type", "seed": "--seed",
+    "method": "--method", "columns": "--columns", "batch_size": "--batch-size", "progress_bar": "--no-progress",
+}
+
+
+def _set_by_command(command, method, opts) -> dict:
+    """``{engine keyword: the command's own option (None: fixed by the command)}`` for ``method``."""
+    if command == "fit" and opts.get("stream"):
+        names = ("source", "num_components", "covariance_type", "columns", "batch_size", "seed", "progress_bar")
+    elif command == "fit":
+        names = ("x", "num_components", "method", "covariance_type", "seed")
+    elif command == "sbc":
+        names = ("x", "num_components", "prior", "covariance_type", "seed")
+    elif method == "kmeans":
+        names = ("x", "num_components", "seed")
+    else:  # compare, study, demo: one prior for every engine
+        names = ("x", "num_components", "method", "covariance_type", "prior", "seed")
+    flags = {name: _OWN_FLAGS.get(name) for name in names}
+    if command in ("compare", "study", "demo") and "method" in flags:
+        flags["method"] = "--methods"
+    if command == "demo":
+        flags.update(num_components=None, covariance_type=None)
+    if command == "sbc":
+        flags["prior"] = "the [prior] table of a TOML file"
+    return flags
+
+
+def check_engine_options(command, opts) -> None:
+    """Engine options only for the methods the command runs, and none that the command sets itself."""
+    engines = opts.get("engines") or {}
+    if command in ("fit", "sbc"):
+        methods = (opts["method"],)
+    else:
+        methods = (("kmeans",) if command == "demo" else ()) + tuple(opts.get("methods") or ())
+    idle = [m for m in engines if m not in methods]
+    if idle:
+        runs = f"--method is {opts['method']!r}" if command in ("fit", "sbc") else f"the methods run are {list(methods)}"
+        raise UsageError(f"engine options for {', '.join(map(repr, idle))}, which this command does not run "
+                         f"({runs}); remove them or run that method.")
+    for method, kwargs in engines.items():
+        own = _set_by_command(command, method, opts)
+        for name in kwargs:
+            if name not in own:
+                continue
+            label = name if command in ("fit", "sbc") else f"{method}.{name}"
+            if own[name] is None:
+                why = (": every engine gets the same default prior, so that they are compared on one model"
+                       if name == "prior" else "")
+                raise UsageError(f"engine option {label} is set by the {command!r} command itself and cannot be given{why}.")
+            by = f"the command's own flag {own[name]}" if own[name].startswith("-") else own[name]
+            raise UsageError(f"engine option {label} is set by {by}; use that.")
+
+
 def options_from_args(args) -> dict:
     opts = {name: getattr(args, name) for name in _OPTIONS[args.command]}
     if args.command in _TAKES_DATA:
         opts["data"] = _data_spec(args)
     items = getattr(args, "engine_option", None) or ()
-    if args.command in ("fit", "sbc"):  # one engine: NAME=VALUE without a method prefix
+    if args.command in ("fit", "sbc"):  # one engine: NAME=VALUE, the method prefix optional
         for item in items:
             if "=" not in item:
                 raise UsageError(f"--engine-option {item!r}: write NAME=VALUE, e.g. num_samples=500.")
-        opts["engines"] = _parse_engine_options([f"{opts['method']}.{item}" for item in items])
+        opts["engines"] = _parse_engine_options(
+            [item if item.partition(".")[0] in ENGINES else f"{opts['method']}.{item}" for item in items])
     else:
         opts["engines"] = _parse_engine_options(items)
     return opts
 
 
+def _option_kinds(parser, command) -> dict:
+    """``{option: (kind, type, choices)}`` of a command's options, read from its argparse parser:
+    kind is "bool" (a flag), "list" (``nargs="+"``) or "scalar"."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    kinds = {}
+    for action in sub._actions:
+        if action.dest in _OPTIONS[command]:
+            kind = "bool" if action.nargs == 0 else "list" if action.nargs in ("+", "*") else "scalar"
+            kinds[action.dest] = (kind, action.type or str, action.choices)
+    return kinds
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _toml_value(where, key, value, kind, typ, choices):
+    """``value`` checked against the command-line option's type (a scalar may stand for a list of one)."""
+    def bad(expected):
+        return UsageError(f"{where}: {key} must be {expected}, got {value!r}.")
+
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false (a TOML boolean)")
+        return value
+    items = value if kind == "list" and isinstance(value, list) else [value]
+    if kind == "list" and not items:
+        raise bad("a non-empty list")
+    checked = []
+    for item in items:
+        ok = (isinstance(item, str) if typ is str else
+              isinstance(item, int) and not isinstance(item, bool) if typ is int else
+              isinstance(item, (int, float)) and not isinstance(item, bool))
+        if not ok:
+            expected = _TYPE_NAMES.get(typ, typ.__name__)
+            raise bad(f"{expected} or a list of them" if kind == "list" else expected)
+        item = typ(item)
+        if choices is not None and item not in choices:
+            raise bad(("one or a list of " if kind == "list" else "one of ") + ", ".join(map(repr, choices)))
+        checked.append(item)
+    return checked if kind == "list" else checked[0]
+
+
+def _relative_to(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
 def options_from_toml(path, out=None) -> dict:
-    """The options dict of a TOML experiment file (see ``bayesgmm run --help``)."""
+    """The options dict of a TOML experiment file (see ``bayesgmm run --help``).
+
+    Relative paths in the file (``[data] path``, ``out``) are relative to the file's folder;
+    ``out`` given here (``run --out``) is used as it is.
+    """
     p = Path(path)
+    where = f"config file {str(path)!r}"
     if not p.exists():
-        raise UsageError(f"config file {str(path)!r} does not exist.")
+        raise UsageError(f"{where} does not exist.")
+    if p.is_dir():
+        raise UsageError(f"{where} is a folder, not a TOML file.")
     try:
-        config = tomllib.loads(p.read_text())
+        config = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"config file {str(path)!r} is not valid TOML: {err}.") from None
+        raise UsageError(f"{where} is not valid TOML: {err}.") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where} is not valid TOML: not UTF-8 text.") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {where}: {err.strerror or err}.") from None
     command = config.pop("command", None)
-    if command not in _HANDLERS:
-        raise UsageError(f"config file {str(path)!r}: 'command' must be one of {sorted(_HANDLERS)}, got {command!r}.")
+    if not isinstance(command, str) or command not in _HANDLERS:
+        raise UsageError(f"{where}: 'command' must be one of {sorted(_HANDLERS)}, got {command!r}.")
     parser = build_parser()
     argv = [command] + (["--dataset", "faithful"] if command in _TAKES_DATA else [])
     argv += {"fit": ["-k", "1"], "compare": ["-k", "1"]}.get(command, [])
     defaults = options_from_args(parser.parse_args(argv))  # the command-line defaults
     data = config.pop("data", None)
     engines = config.pop("engines", {})
-    prior = config.pop("prior", None)
+    prior = config.pop("prior", None) if command == "sbc" else None  # select's prior is an option
+    if isinstance(config.get("prior"), dict):
+        raise UsageError(f"{where}: a [prior] table is only read by 'sbc'.")
     unknown = set(config) - set(_OPTIONS[command])
     if unknown:
         raise UsageError(
-            f"config file {str(path)!r}: unknown option(s) {sorted(unknown)} for {command!r}; allowed: "
+            f"{where}: unknown option(s) {sorted(unknown)} for {command!r}; allowed: "
             f"{sorted(_OPTIONS[command])} and the tables [data], [engines.<method>]" + (", [prior]" if command == "sbc" else "") + "."
         )
+    kinds = _option_kinds(parser, command)
+    config = {key: _toml_value(where, key, value, *kinds[key]) for key, value in config.items()}
+    base = p.parent
+    if "out" in config:
+        config["out"] = _relative_to(base, config["out"])
     if command in _TAKES_DATA:
         if not isinstance(data, dict):
-            raise UsageError(f"config file {str(path)!r}: a [data] table (dataset or path) is required for {command!r}.")
+            raise UsageError(f"{where}: a [data] table (dataset or path) is required for {command!r}.")
+        data = dict(data)
+        if isinstance(data.get("path"), str):
+            data["path"] = _relative_to(base, data["path"])
         defaults["data"] = data
     elif data is not None:
-        raise UsageError(f"config file {str(path)!r}: {command!r} takes no [data] table.")
+        raise UsageError(f"{where}: {command!r} takes no [data] table.")
     if command in ("fit", "compare") and "num_components" not in config:
-        raise UsageError(f"config file {str(path)!r}: num_components is required for {command!r}.")
+        raise UsageError(f"{where}: num_components is required for {command!r}.")
     if not isinstance(engines, dict) or not all(isinstance(v, dict) for v in engines.values()):
-        raise UsageError(f"config file {str(path)!r}: engine options go in tables like [engines.mcmc].")
+        raise UsageError(f"{where}: engine options go in tables like [engines.mcmc].")
     defaults.update(config)
     defaults["engines"] = engines
     if prior is not None:
-        if command != "sbc":
-            raise UsageError(f"config file {str(path)!r}: a [prior] table is only read by 'sbc'.")
+        if not isinstance(prior, dict):
+            raise UsageError(f"{where}: the prior goes in a [prior] table.")
         defaults["prior"] = prior
     if out is not None:
         defaults["out"] = out
     defaults["command"] = command
     return defaults
+
+
+def _enable_compile_cache(path) -> None:
+    cache = Path(path)
+    if cache.exists() and not cache.is_dir():
+        raise UsageError(f"--compile-cache {str(path)!r} exists and is not a folder.")
+    from ._compile import enable_compilation_cache
+
+    try:
+        enable_compilation_cache(cache)
+    except OSError as err:
+        raise UsageError(f"cannot create the compile cache folder {str(path)!r}: {err.strerror or err}.") from None
+
+
+class _PipeSafeStdout:
+    """sys.stdout for the duration of a command: when the reader of a pipe goes away
+    (``bayesgmm fit ... | head``), the rest of the printed output is dropped and the command
+    still finishes its work (its files are written)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._break()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._break()
+
+    def _break(self):
+        self.broken = True
+        _quiet_stdout()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (``bayesgmm ... | head``): send what is left of stdout to /dev/null,
+    so that neither the handler nor Python's final flush reports the error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+        pass
 
 
 def main(argv=None) -> int:
@@ -612,22 +869,36 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.compile_cache:
-            from ._compile import enable_compilation_cache
-
-            enable_compilation_cache(args.compile_cache)
+            _enable_compile_cache(args.compile_cache)
         if args.command == "run":
             opts = options_from_toml(args.config, args.out)
-            handler = _HANDLERS[opts.pop("command")]
+            command = opts.pop("command")
         else:
             opts = options_from_args(args)
-            handler = args.handler
-        return handler(opts)
+            command = args.command
+        check_engine_options(command, opts)
+        stdout = sys.stdout = _PipeSafeStdout(sys.stdout)
+        try:
+            rc = _HANDLERS[command](opts)
+            stdout.flush()  # here, so that a closed pipe is not reported at exit
+        finally:
+            sys.stdout = stdout.stream
+        return rc
+    except BrokenPipeError:  # a closed pipe met outside sys.stdout: stop quietly, as Unix tools do
+        _quiet_stdout()
+        return 1
     except ValueError as err:  # UsageError and the library's input validation
         print(f"bayesgmm: error: {err}", file=sys.stderr)
         return 2
     except TypeError as err:
-        if "unexpected keyword argument" in str(err):  # a misspelt engine option
+        if "unexpected keyword argument" in str(err) or "multiple values for keyword argument" in str(err):
             print(f"bayesgmm: error: engine option not accepted: {err}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        return 1
+    except OSError as err:
+        if err.filename is not None:  # a file-system problem with a path the user gave
+            print(f"bayesgmm: error: {err.strerror or err}: {err.filename!r}.", file=sys.stderr)
             return 2
         traceback.print_exc()
         return 1

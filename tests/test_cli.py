@@ -185,3 +185,150 @@ def test_python_dash_m_entry_point():
 
     out = subprocess.run([sys.executable, "-m", "bayesgmm", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "simulate" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Review fixes: each invalid input is one clear line and exit 2
+# ----------------------------------------------------------------------------------------------
+def _usage_error(argv, capsys):
+    """Run the command, assert exit 2 with one clean error line, return that line."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bayesgmm: error:") and "Traceback" not in err and err.count("\n") == 1
+    return err
+
+
+def test_bundled_dataset_columns_are_checked(tmp_path, capsys):
+    err = _usage_error(["fit", "--dataset", "faithful", "--columns", "foo", "-k", "2", "--out", str(tmp_path)], capsys)
+    assert "column(s) ['foo'] not in dataset 'faithful'" in err and "available: ['eruptions', 'waiting']" in err
+
+
+def test_the_label_column_cannot_also_be_a_feature(tmp_path, capsys):
+    assert cli.main(["simulate", "-n", "60", "-k", "2", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    err = _usage_error(["compare", str(tmp_path / "data.csv"), "--columns", "x0", "component", "--label-column",
+                        "component", "-k", "2", "--methods", "em", "--out", str(tmp_path / "o")], capsys)
+    assert "the label column 'component' cannot also be a feature column" in err
+
+
+def test_toml_values_are_type_checked_and_a_single_column_is_accepted(tmp_path, capsys):
+    config = tmp_path / "one.toml"
+    config.write_text('command = "fit"\nnum_components = 2\nplot = false\nprogress = false\n'
+                      '[data]\ndataset = "faithful"\ncolumns = "eruptions"\n')
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "o")]) == 0
+    assert bg.FitResult.from_json(tmp_path / "o" / "em_k2.json").feature_names == ("eruptions",)
+    capsys.readouterr()
+    base = 'command = "select"\n[data]\ndataset = "faithful"\n'
+    for line, message in [('plot = "no"', "plot must be true or false"), ("seed = 1.5", "seed must be an integer"),
+                          ('k = [1, "2"]', "k must be an integer or a list of them"),
+                          ('prior = "flat"', "prior must be one of 'none', 'default'")]:
+        config.write_text(line + "\n" + base)
+        err = _usage_error(["run", str(config)], capsys)
+        assert f"config file {str(config)!r}: {message}" in err
+    config.write_text('prior = "default"\n' + base)  # select's prior option is not sbc's [prior] table
+    assert cli.options_from_toml(config)["prior"] == "default"
+    config.write_text('command = "fit"\nnum_components = 2.0\n[data]\ndataset = "faithful"\n')
+    assert "num_components must be an integer, got 2.0" in _usage_error(["run", str(config)], capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--engine-option", "seed=3"], "engine option seed is set by the command's own flag --seed; use that"),
+        (["fit", "--engine-option", "covariance_type=diag"], "flag --covariance-type; use that"),
+        (["compare", "--methods", "em", "--engine-option", "em.seed=1"], "engine option em.seed is set by the command's own flag --seed"),
+        (["compare", "--methods", "em", "--engine-option", "em.prior=default"], "em.prior is set by the 'compare' command itself"),
+    ],
+)
+def test_engine_options_cannot_set_the_commands_own_options(argv, message, tmp_path, capsys):
+    argv = argv[:1] + ["--dataset", "faithful", "-k", "2", "--out", str(tmp_path)] + argv[1:]
+    assert message in _usage_error(argv, capsys)
+
+
+def test_engine_options_for_a_method_not_run_are_rejected(tmp_path, capsys):
+    err = _usage_error(["compare", "--dataset", "faithful", "-k", "2", "--methods", "em", "--engine-option",
+                        "vb.n_init=3", "--out", str(tmp_path)], capsys)
+    assert "engine options for 'vb', which this command does not run" in err
+    err = _usage_error(["fit", "--dataset", "faithful", "-k", "2", "--engine-option", "vb.n_init=3",
+                        "--out", str(tmp_path)], capsys)
+    assert "--method is 'em'" in err
+
+
+def test_file_system_problems_are_usage_errors(csv, tmp_path, capsys):
+    fit = ["fit", "--dataset", "faithful", "-k", "1", "--no-plot"]
+    assert f"output folder {str(csv)!r} exists and is not a folder" in _usage_error(fit + ["--out", str(csv)], capsys)
+    assert "cannot create output folder '/proc/bayesgmm_xx'" in _usage_error(fit + ["--out", "/proc/bayesgmm_xx"], capsys)
+    err = _usage_error(fit + ["--out", str(tmp_path / "o"), "--compile-cache", str(csv)], capsys)
+    assert f"--compile-cache {str(csv)!r} exists and is not a folder" in err
+    assert "is a folder, not a data file" in _usage_error(["fit", str(tmp_path), "-k", "1", "--out", str(tmp_path / "o")], capsys)
+    assert "is a folder, not a TOML file" in _usage_error(["run", str(tmp_path)], capsys)
+
+
+def test_compile_cache_goes_before_or_after_the_command(monkeypatch, tmp_path):
+    from bayesgmm import _compile
+
+    seen = []
+    monkeypatch.setattr(_compile, "enable_compilation_cache", lambda path, **kw: seen.append(str(path)))
+    monkeypatch.delenv("BAYESGMM_COMPILE_CACHE", raising=False)
+    args = ["simulate", "-n", "20", "--out", str(tmp_path)]
+    assert cli.main(["--compile-cache", "before", *args]) == 0
+    assert cli.main([*args, "--compile-cache", "after"]) == 0
+    assert cli.main(args) == 0
+    assert seen == ["before", "after"]
+
+
+def test_toml_paths_are_relative_to_the_config_file(csv, tmp_path, monkeypatch):
+    folder = tmp_path / "experiments"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "faithful.csv").write_text(csv.read_text())
+    (folder / "exp.toml").write_text('command = "fit"\nnum_components = 2\nout = "results"\nplot = false\n'
+                                     'progress = false\n[data]\npath = "data/faithful.csv"\n'
+                                     'columns = ["eruptions", "waiting"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["run", "../experiments/exp.toml"]) == 0
+    assert (folder / "results" / "em_k2.json").exists() and not (elsewhere / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("header.csv", "a,b\n", "has no data rows"),
+        ("empty.csv", "", "is empty"),
+        ("binary.csv", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01" * 8, "is not a text file"),
+        ("big.npy", None, "read out of core with fit --stream"),
+    ],
+)
+def test_bad_files_are_named_in_one_line(name, content, message, tmp_path, capsys):
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.zeros((5, 2)))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    err = _usage_error(["fit", str(path), "-k", "1", "--out", str(tmp_path / "o")], capsys)
+    assert f"input file {str(path)!r}" in err and message in err
+
+
+def test_default_features_must_be_numeric(csv, tmp_path, capsys):
+    err = _usage_error(["fit", str(csv), "-k", "1", "--out", str(tmp_path)], capsys)
+    assert "non-numeric column(s) ['name']" in err and "every column except the label column" in err and "--columns" in err
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    assert "all numeric (default: every column except the label column" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_closed_pipe_is_quiet_and_the_files_are_written(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bayesgmm", "simulate", "-n", "20", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head` exiting before the command prints
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait() == 0
+    assert "Error" not in err and "Traceback" not in err
+    assert (tmp_path / "data.csv").exists()
