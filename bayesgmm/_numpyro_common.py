@@ -155,7 +155,9 @@ def standardise(arr: np.ndarray, num_components: int, covariance_type: str, prio
     -------
     Standardised
     """
-    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    # JAX's default float: NumPyro builds its transforms' and NUTS's constants in it, so float32
+    # data under jax_enable_x64 are computed in float64 (mixing the two fails inside NumPyro).
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
     np_dtype = np.dtype(dtype)
     shift, sd = standardisation(arr.astype(np.float64), covariance_type)
     xs = ((arr - shift) / sd).astype(np_dtype)

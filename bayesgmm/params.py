@@ -88,27 +88,56 @@ def check_nonnegative(**values) -> None:
 
 
 def _is_numeric_dtype(t) -> bool:
+    numpy_dtype = getattr(t, "numpy_dtype", None)  # pandas nullable numbers (Float64, Int64)
     try:
-        t = np.dtype(t)
-    except TypeError:  # pandas extension dtypes (strings, categoricals)
+        t = np.dtype(t) if numpy_dtype is None else np.dtype(numpy_dtype)
+    except TypeError:  # other pandas extension dtypes (strings, categoricals)
         return False
     return np.issubdtype(t, np.number) and t != np.bool_
 
 
-def check_data(x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False):
+def _is_default_names(names) -> bool:
+    return tuple(names) == tuple(f"x{j}" for j in range(len(names)))
+
+
+def _columns_as_fitted(frame, name: str, feature_names):
+    """``frame`` with its columns in the fitted order; a clear error when they are not the same."""
+    labels = {str(c): c for c in frame.columns}
+    if len(labels) != len(frame.columns):
+        duplicated = sorted({str(c) for c in frame.columns if list(map(str, frame.columns)).count(str(c)) > 1})
+        raise ValueError(f"{name} has duplicated column name(s) {duplicated}; give every column its own name.")
+    given = tuple(labels)
+    if feature_names is None or given == tuple(feature_names) or _is_default_names(feature_names):
+        return frame
+    if sorted(given) == sorted(feature_names):  # same columns, another order: use the fitted one
+        return frame[[labels[c] for c in feature_names]]
+    missing = [c for c in feature_names if c not in labels]
+    extra = [c for c in given if c not in set(feature_names)]
+    raise ValueError(
+        f"{name} has columns {list(given)} but the model was fitted on {list(feature_names)} "
+        f"(missing {missing}, unexpected {extra}); pass the training columns (in any order)."
+    )
+
+
+def check_data(
+    x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False, feature_names=None
+):
     """Validate a data matrix and return it as a float array with its column names.
 
     A 1-D input is read as ``N`` observations of one feature. pandas DataFrames keep their
-    column names (they become ArviZ ``feature`` coordinates). Integer input is converted to
-    float64; float32 input stays float32 (computations then run in float32).
+    column names (they become ArviZ ``feature`` coordinates); with ``feature_names`` (the names a
+    model was fitted on) a DataFrame's columns are matched by name, reordered if needed, and a
+    different set of names is an error. Integer input is converted to float64; float32 input
+    stays float32 (computations then run in float32).
 
     Returns
     -------
     array : np.ndarray, shape (N, D)
     feature_names : tuple of str
     """
-    feature_names = None
+    fitted_names, feature_names = feature_names, None
     if hasattr(x, "columns") and hasattr(x, "dtypes"):  # pandas DataFrame, without importing pandas
+        x = _columns_as_fitted(x, name, fitted_names)
         bad = [str(c) for c, t in zip(x.columns, x.dtypes) if not _is_numeric_dtype(t)]
         if bad:
             raise ValueError(
@@ -116,7 +145,9 @@ def check_data(x, *, name: str = "x", num_features: int | None = None, allow_con
                 "or encode them as numbers."
             )
         feature_names = tuple(str(c) for c in x.columns)
-        x = x.to_numpy()
+        x = (
+            x.to_numpy(dtype=np.float64, na_value=np.nan) if any(hasattr(t, "numpy_dtype") for t in x.dtypes) else x.to_numpy()
+        )
     elif hasattr(x, "to_numpy") and hasattr(x, "name"):  # pandas Series
         feature_names = (str(x.name),) if x.name is not None else None
         x = x.to_numpy()
@@ -150,7 +181,7 @@ def check_data(x, *, name: str = "x", num_features: int | None = None, allow_con
         rows = np.flatnonzero(~finite.all(axis=1))
         raise ValueError(
             f"{name} contains NaN or infinite values in {rows.size} row(s) (first: row {rows[0]}); "
-            "remove or impute them before fitting."
+            "remove or impute them."
         )
     if feature_names is None:
         feature_names = tuple(f"x{j}" for j in range(d))
@@ -196,7 +227,7 @@ def check_prior_for_map(prior, num_features: int, num_components: int):
     return prior
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Prior:
     r"""Conjugate prior of the Bayesian Gaussian mixture, shared by every engine.
 
@@ -270,6 +301,20 @@ class Prior:
         object.__setattr__(self, "mean_precision", float(self.mean_precision))
         object.__setattr__(self, "degrees_of_freedom", float(self.degrees_of_freedom))
 
+    def _identity(self) -> tuple:
+        alpha = np.asarray(self.weight_concentration, np.float64)
+        return (alpha.shape, alpha.tobytes(), self.mean.tobytes(), self.mean_precision, self.degrees_of_freedom,
+                self.scale.tobytes())
+
+    def __eq__(self, other) -> bool:
+        """Equal when every hyperparameter is equal (arrays compared elementwise, exactly)."""
+        if not isinstance(other, Prior):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
     @property
     def num_features(self) -> int:
         return self.mean.shape[0]
@@ -286,6 +331,14 @@ class Prior:
         k = check_num_components(num_components, arr.shape[0])
         d = arr.shape[1]
         cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
+        eig = np.linalg.eigvalsh(cov)
+        if eig[0] <= 1e-12 * eig[-1]:
+            raise ValueError(
+                "x has linearly dependent columns (one column is a linear combination of the others), so "
+                "its covariance is singular and the default prior scale cov(x) / K^(2/D) is not positive "
+                "definite. Drop the redundant column(s), or pass an explicit prior such as "
+                "Prior(1.0, x.mean(0), 0.01, D + 2, np.diag(x.var(0)))."
+            )
         return cls(
             weight_concentration=weight_concentration,
             mean=arr.mean(axis=0).astype(np.float64),
@@ -359,14 +412,25 @@ class PriorArrays(NamedTuple):
 # Units: every engine fits standardised data and reports on the original scale
 # ----------------------------------------------------------------------------------------------
 def seed_to_key(seed):
-    """A JAX PRNG key from an integer seed (or a key, returned as is)."""
+    """A JAX PRNG key from an integer seed (Python or NumPy integer, or a 0-d integer array), or a
+    JAX key (typed, or a legacy uint32 key of shape (2,)) returned as is."""
     import jax
 
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return jax.random.key(int(seed))
-    if hasattr(seed, "dtype"):
+    if isinstance(seed, (bool, np.bool_)):
+        raise ValueError(f"seed must be an integer or a jax.random key, got the boolean {seed!r}.")
+    dtype = getattr(seed, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return seed
-    raise ValueError(f"seed must be an integer or a jax.random key, got {seed!r}.")
+    if dtype is not None and np.shape(seed) == (2,) and np.dtype(dtype) == np.uint32:
+        return seed  # a legacy jax.random.PRNGKey
+    if isinstance(seed, (int, np.integer)) or (dtype is not None and np.shape(seed) == () and np.issubdtype(dtype, np.integer)):
+        value = int(seed)
+        if not -(2**63) <= value < 2**64:
+            raise ValueError(f"seed must fit in 64 bits, got {value}; use a smaller integer.")
+        return jax.random.key(value if value < 2**63 else value - 2**64)
+    raise ValueError(
+        f"seed must be an integer or a jax.random key (jax.random.key(n)), got {seed!r} of type {type(seed).__name__}."
+    )
 
 
 def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):

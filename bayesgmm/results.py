@@ -169,58 +169,70 @@ class FitResult:
         thresh = max(0.01, 1.0 / max(self.num_obs, 1))
         return int(np.sum(self.weights >= thresh))
 
+    def _origin(self) -> np.ndarray:
+        """The mixture mean, float64: data and means are centred on it on the host before the
+        device sees them, so that data far from zero (an offset of 1e8 in float32) lose nothing."""
+        return np.asarray(self.weights, np.float64) @ np.asarray(self.means, np.float64)
+
     def _check(self, x):
-        arr, _ = check_data(x, num_features=self.num_features, allow_constant=True)
-        return jnp.asarray(arr)
+        """Validated data (columns matched by name for DataFrames), centred on :meth:`_origin`."""
+        arr, _ = check_data(x, num_features=self.num_features, allow_constant=True, feature_names=self.feature_names)
+        return jnp.asarray((arr.astype(np.float64) - self._origin()).astype(arr.dtype))
+
+    def _centred_params(self, dtype):
+        w, m, c = self.params
+        return tuple(jnp.asarray(a, dtype) for a in (w, np.asarray(m, np.float64) - self._origin(), c))
 
     def _has_draws(self) -> bool:
         return self.draws is not None
 
-    def _flat_draws(self, max_draws: int = 200):
+    def _flat_draws(self, dtype, max_draws: int = 200):
+        """Up to ``max_draws`` evenly spaced draws, flattened over chains, means centred."""
         w, m, c = (np.asarray(self.draws[k]) for k in ("weights", "means", "covariances"))
         lead = w.shape[0] * w.shape[1]
         w, m, c = w.reshape(lead, *w.shape[2:]), m.reshape(lead, *m.shape[2:]), c.reshape(lead, *c.shape[2:])
         step = max(1, lead // max_draws)
-        return w[::step], m[::step], c[::step]
+        m = np.asarray(m[::step], np.float64) - self._origin()
+        return tuple(jnp.asarray(a, dtype) for a in (w[::step], m, c[::step]))
 
     # ------------------------------------------------------------------ prediction
     def predict_proba(self, x) -> np.ndarray:
-        """Posterior probability of each component for each row of ``x``, shape (N, K).
+        """Posterior probability of each component for each row of ``x``, shape (N, K), float64.
 
         Bayesian results average the responsibilities over (label-aligned) posterior draws, so
         the probabilities carry parameter uncertainty.
         """
         xj = self._check(x)
         if self._has_draws():
-            w, m, c = (jnp.asarray(a, xj.dtype) for a in self._flat_draws())
-            return np.asarray(_draws_log_density_and_resp(xj, w, m, c, self.covariance_type)[1])
-        lj = _log_joint_components(xj, *(jnp.asarray(a, xj.dtype) for a in self.params), self.covariance_type)
-        return np.asarray(jax.nn.softmax(lj, axis=1))
+            proba = _draws_log_density_and_resp(xj, *self._flat_draws(xj.dtype), self.covariance_type)[1]
+        else:
+            proba = jax.nn.softmax(_log_joint_components(xj, *self._centred_params(xj.dtype), self.covariance_type), axis=1)
+        return np.asarray(proba, np.float64)
 
     def predict(self, x) -> np.ndarray:
         """Most probable component of each row of ``x``, shape (N,)."""
         return np.argmax(self.predict_proba(x), axis=1)
 
     def score_samples(self, x) -> np.ndarray:
-        """Log predictive density of each row of ``x``, shape (N,).
+        """Log predictive density of each row of ``x``, shape (N,), float64.
 
         EM: the plug-in mixture density. VB: the closed-form Student-t mixture. SVI / MCMC: the
         posterior predictive, log of the density averaged over draws.
         """
         xj = self._check(x)
         if self.predictive is not None:
-            mix = StudentTMixture(*(jnp.asarray(a, xj.dtype) for a in self.predictive))
-            return np.asarray(_student_t_jit(xj, mix))
+            w, m, scale, df = self.predictive
+            mix = StudentTMixture(*(jnp.asarray(a, xj.dtype) for a in (w, np.asarray(m, np.float64) - self._origin(), scale, df)))
+            return np.asarray(_student_t_jit(xj, mix), np.float64)
         if self._has_draws():
-            w, m, c = (jnp.asarray(a, xj.dtype) for a in self._flat_draws())
-            return np.asarray(_draws_log_density_and_resp(xj, w, m, c, self.covariance_type)[0])
+            return np.asarray(_draws_log_density_and_resp(xj, *self._flat_draws(xj.dtype), self.covariance_type)[0], np.float64)
         return self.log_likelihood_samples(x)
 
     def log_likelihood_samples(self, x) -> np.ndarray:
-        """Per-observation log-likelihood at the point estimate (plug-in), shape (N,)."""
+        """Per-observation log-likelihood at the point estimate (plug-in), shape (N,), float64."""
         xj = self._check(x)
-        lj = _log_joint_components(xj, *(jnp.asarray(a, xj.dtype) for a in self.params), self.covariance_type)
-        return np.asarray(logsumexp(lj, axis=1))
+        lj = _log_joint_components(xj, *self._centred_params(xj.dtype), self.covariance_type)
+        return np.asarray(logsumexp(lj, axis=1), np.float64)
 
     def score(self, x) -> float:
         """Mean log predictive density per observation (scikit-learn's ``score``)."""
@@ -228,8 +240,8 @@ class FitResult:
 
     def bic(self, x) -> float:
         """Bayesian information criterion at the point estimate; lower is better."""
-        n = self._check(x).shape[0]
-        return float(-2 * np.sum(self.log_likelihood_samples(x)) + self.num_parameters * np.log(n))
+        ll = self.log_likelihood_samples(x)
+        return float(-2 * np.sum(ll) + self.num_parameters * np.log(ll.shape[0]))
 
     def aic(self, x) -> float:
         """Akaike information criterion at the point estimate; lower is better."""
@@ -238,13 +250,29 @@ class FitResult:
     def sample(self, n: int, *, seed=0):
         """Draw ``n`` new observations from the fitted mixture (the generative story run forward).
 
-        Returns ``(x, z)``: observations (n, D) and their component labels (n,).
+        Parameters
+        ----------
+        n : int
+            Number of observations, at least 1.
+        seed : int or jax key
+            Random seed; the same seed gives the same sample.
+
+        Returns
+        -------
+        x : np.ndarray, shape (n, D), float64
+        z : np.ndarray, shape (n,), int64
+            Component label of each observation.
         """
         from .model import simulate
+        from .params import check_positive_integers, seed_to_key
 
-        key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
-        x, z = simulate(key, self.params, int(n), self.covariance_type)
-        return np.asarray(x), np.asarray(z)
+        check_positive_integers(n=n)
+        key = seed_to_key(seed)
+        origin = self._origin()
+        dtype = jax.dtypes.canonicalize_dtype(np.float64)
+        params = GMMParams(*self._centred_params(dtype))
+        x, z = simulate(key, params, int(n), self.covariance_type)
+        return np.asarray(x, np.float64) + origin, np.asarray(z, np.int64)
 
     # ------------------------------------------------------------------ conversion
     def to_inference_data(self, x=None, **kwargs):

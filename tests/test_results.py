@@ -1,0 +1,145 @@
+"""The result API at its edges: data far from zero, columns by name, argument checks, seeds,
+priors as values, and the precision rules of the NumPyro engines."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesgmm as bg
+
+
+@pytest.fixture(scope="module")
+def two_blobs():
+    rng = np.random.default_rng(0)
+    return np.r_[rng.normal(-2, 1, (100, 2)), rng.normal(3, 0.5, (100, 2))]
+
+
+@pytest.fixture(scope="module")
+def em_fit(two_blobs):
+    return bg.fit_em(pd.DataFrame(two_blobs, columns=["a", "b"]), 2, seed=0)
+
+
+def test_data_far_from_zero_keep_their_precision_in_float32():
+    """In JAX's default float32, an offset of 1e8 once cost 30+ nats in score_samples and half of
+    the predicted labels, while the fit itself (standardised in float64) was right. Run in a fresh
+    process: the test session has x64 switched on."""
+    code = textwrap.dedent(
+        """
+        import json, numpy as np, bayesgmm as bg
+        rng = np.random.default_rng(0)
+        base = np.r_[rng.normal(-2, 1, (100, 2)), rng.normal(3, 0.5, (100, 2))]
+        out = {}
+        for name, fit in [("em", bg.fit_em), ("vb", bg.fit_vb)]:
+            r0, r = fit(base, 2, seed=0), fit(base + 1e8, 2, seed=0)
+            idata = r.to_inference_data(base + 1e8)
+            xs, _ = r.sample(1000, seed=0)
+            out[name] = {
+                "ll": [r0.log_likelihood, r.log_likelihood],
+                "ll_samples": [float(r0.log_likelihood_samples(base).sum()), float(r.log_likelihood_samples(base + 1e8).sum())],
+                "score": [float(r0.score_samples(base).sum()), float(r.score_samples(base + 1e8).sum())],
+                "same_labels": float(np.mean(r.predict(base + 1e8) == r0.predict(base))),
+                "idata_ll": [float(r0.to_inference_data(base).log_likelihood.x.mean(("chain", "draw")).sum()),
+                             float(idata.log_likelihood.x.mean(("chain", "draw")).sum())],
+                "dtypes": [str(r.predict_proba(base).dtype), str(r.score_samples(base).dtype), str(xs.dtype)],
+                "sample_mean": (xs.mean(0) - 1e8).tolist(),
+            }
+        print(json.dumps(out))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, o in out.items():
+        for key in ("ll", "ll_samples", "score", "idata_ll"):
+            a, b = o[key]
+            assert abs(a - b) < 0.05, (name, key, a, b)  # float32 round-off of 200 rows, not 30 nats
+        assert o["same_labels"] == 1.0
+        assert o["dtypes"] == ["float64"] * 3
+        # the mixture mean is 0.5; the sample keeps the offset exactly (no float32 rounding to 8)
+        assert np.all(np.abs(np.asarray(o["sample_mean"]) - 0.5) < 0.3), o["sample_mean"]
+
+
+def test_dataframe_columns_are_matched_by_name(em_fit, two_blobs):
+    df = pd.DataFrame(two_blobs, columns=["a", "b"])
+    np.testing.assert_array_equal(em_fit.score_samples(df[["b", "a"]]), em_fit.score_samples(df))
+    np.testing.assert_array_equal(em_fit.predict(df[["b", "a"]]), em_fit.predict(two_blobs))
+    with pytest.raises(ValueError, match=r"fitted on \['a', 'b'\] \(missing \['a'\], unexpected \['c'\]\)"):
+        em_fit.score(df.rename(columns={"a": "c"}))
+    with pytest.raises(ValueError, match="duplicated column name"):
+        bg.fit_em(pd.DataFrame(two_blobs, columns=["a", "a"]), 2)
+    # a result fitted on a plain array accepts any column names
+    plain = bg.fit_em(two_blobs, 2, seed=0)
+    np.testing.assert_allclose(plain.score_samples(df), plain.score_samples(two_blobs))
+
+
+def test_nullable_pandas_columns_are_numeric(two_blobs):
+    df = pd.DataFrame(two_blobs, columns=["a", "b"]).astype("Float64")
+    r = bg.fit_em(df, 2, seed=0)
+    ref = bg.fit_em(two_blobs, 2, seed=0)
+    np.testing.assert_allclose(r.means, ref.means, rtol=1e-12)  # memory layout may differ: round-off only
+    df.loc[3, "a"] = pd.NA
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 row"):
+        bg.fit_em(df, 2)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, "3", True])
+def test_sample_rejects_bad_sizes(em_fit, n):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        em_fit.sample(n)
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, True, 2**70, np.array([1, 2, 3])])
+def test_bad_seeds_raise_value_errors(em_fit, seed):
+    with pytest.raises(ValueError, match="seed must"):
+        em_fit.sample(5, seed=seed)
+
+
+def test_integer_seeds_of_every_kind_agree(two_blobs):
+    ref = bg.fit_em(two_blobs, 2, seed=3, init_params="random")
+    for seed in (np.int64(3), np.array(3), jax.numpy.int32(3), jax.random.key(3)):
+        r = bg.fit_em(two_blobs, 2, seed=seed, init_params="random")
+        np.testing.assert_array_equal(r.means, ref.means)
+    x1, z1 = ref.sample(50, seed=np.array(7))
+    x2, z2 = ref.sample(50, seed=7)
+    np.testing.assert_array_equal(x1, x2)
+    assert z1.dtype == np.int64 and x1.dtype == np.float64
+
+
+def test_priors_are_values(two_blobs):
+    a, b = bg.Prior.default(two_blobs, 2), bg.Prior.default(two_blobs, 2)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != bg.Prior.default(two_blobs, 3)
+    assert a != bg.Prior.default(two_blobs, 2, weight_concentration=0.5)
+    assert (a == "prior") is False
+
+
+def test_collinear_columns_get_a_clear_error_and_a_way_out():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    x = np.c_[a, 2 * a + 1, rng.normal(size=200)]
+    with pytest.raises(ValueError, match="linearly dependent columns"):
+        bg.fit_vb(x, 2, covariance_type="diag")
+    d = x.shape[1]
+    prior = bg.Prior(1.0, x.mean(0), 0.01, d + 2, np.diag(x.var(0)))  # the way out the message names
+    r = bg.fit_vb(x, 2, covariance_type="diag", prior=prior, seed=0)
+    assert np.all(np.isfinite(r.covariances))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_numpyro_engines_take_float32_data_under_x64(covariance_type):
+    """The suite runs with x64 on: float32 input once crashed NUTS and SVI (float32 data against
+    NumPyro's float64 constants). They now compute in JAX's default float, float64 here."""
+    x = bg.datasets.make_mixture(60, 2, 2, separation=4.0, seed=0).x.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        m = bg.fit_mcmc(x, 2, covariance_type=covariance_type, num_warmup=30, num_samples=30, num_chains=1, seed=0)
+        s = bg.fit_svi(x, 2, covariance_type=covariance_type, num_steps=30, seed=0)
+    assert m.info["dtype"] == s.info["dtype"] == "float64"
+    assert np.isfinite(m.log_likelihood) and np.isfinite(s.log_likelihood)
