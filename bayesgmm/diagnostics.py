@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._stats import mixture_log_density
-from .params import GMMParams, Prior, check_data, seed_to_key
+from .params import GMMParams, Prior, PriorArrays, check_data, seed_to_key
 
 __all__ = ["ess_bulk", "from_inference_data", "load_result", "rhat", "save_result", "to_inference_data"]
 
@@ -215,8 +215,11 @@ def _pointwise_log_likelihood(x, weights, means, covariances, covariance_type, b
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
 def _log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
+    """Log prior density per draw. Weights that underflowed to 0 (draws from a sparse Dirichlet,
+    concentration << 1) are floored at the smallest normal number: the density stays finite."""
     from .model import log_prior
 
+    weights = jnp.maximum(weights, jnp.finfo(weights.dtype).tiny)
     return jax.vmap(lambda w, m, c: log_prior(GMMParams(w, m, c), prior_arrays, covariance_type))(
         weights, means, covariances
     )
@@ -328,8 +331,11 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
     ----------
     result : FitResult
         Any engine's result. With ``draws`` the posterior is the label-aligned draws; without
-        (EM) it is the point estimate as one chain of one draw, so ArviZ's summaries and
-        criteria still apply (LOO of one draw is the plug-in log-likelihood).
+        (EM) it is the point estimate as one chain of one draw: ``az.summary`` and the plots
+        work, ``az.waic`` gives the plug-in log-likelihood (no spread, so no penalty), and
+        ``az.loo`` / ``az.compare`` refuse it, as they must (Pareto-smoothed importance sampling
+        needs posterior draws). Compare EM fits by :meth:`FitResult.bic` or
+        :func:`bayesgmm.select`, or fit a Bayesian engine for LOO.
     x : array (N, D) or DataFrame, optional
         Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).
         ``log_likelihood`` is the per-observation marginal density with z summed out, computed
@@ -380,12 +386,16 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
     groups = {"posterior": dataset(post, dims)}
 
     # Compute in the data's precision (float32 unless jax_enable_x64 is on); never flip the config.
+    # Data, means and the prior mean are centred on the mixture mean in float64 first: densities
+    # are translation invariant, and data far from zero keep their precision.
+    origin = result._origin()
     xj = None
     if x is not None:
-        arr, _ = check_data(x, num_features=d, allow_constant=True)
-        xj = jnp.asarray(arr)
+        arr, _ = check_data(x, num_features=d, allow_constant=True, feature_names=result.feature_names)
+        xj = jnp.asarray((arr.astype(np.float64) - origin).astype(arr.dtype))
     dtype = xj.dtype if xj is not None else jnp.asarray(0.0).dtype
-    flat = [jnp.asarray(_flat(post[n]), dtype) for n in ("weights", "means", "covariances")]
+    centred_means = np.asarray(_flat(post["means"]), np.float64) - origin
+    flat = [jnp.asarray(a, dtype) for a in (_flat(post["weights"]), centred_means, _flat(post["covariances"]))]
 
     stats, stats_map = _sample_stats_arrays(result, chains, draws)
     loglik = None
@@ -406,7 +416,8 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
             total = np.full((1, 1), float(result.log_likelihood))
         if total is not None:
             if result.prior is not None:
-                pa = result.prior.arrays(k, ct, dtype=dtype)
+                pa = result.prior.arrays(k, ct)
+                pa = PriorArrays(*(np.asarray(a, dtype) for a in pa._replace(mean=pa.mean - origin)))
                 total = total + np.asarray(_log_prior_draws(*flat, pa, covariance_type=ct)).reshape(chains, draws)
             stats["lp"] = total
     if stats:
@@ -469,13 +480,16 @@ def _posterior_predictive(result, post, num_obs, num_predictive, seed, dataset):
     sel = {n: v[:, idx] for n, v in post.items()}
     m = idx.shape[0]
     keys = jax.random.split(seed_to_key(seed), chains * m)
+    origin = result._origin()  # simulate around 0, shift back in float64 (see to_inference_data)
     sims = _simulate_draws(
         keys,
-        *(jnp.asarray(_flat(sel[n])) for n in ("weights", "means", "covariances")),
+        jnp.asarray(_flat(sel["weights"])),
+        jnp.asarray(np.asarray(_flat(sel["means"]), np.float64) - origin),
+        jnp.asarray(_flat(sel["covariances"])),
         num_obs=int(num_obs),
         covariance_type=result.covariance_type,
     )
-    sims = np.asarray(sims).reshape(chains, m, num_obs, result.num_features)
+    sims = np.asarray(sims, np.float64).reshape(chains, m, num_obs, result.num_features) + origin
     draw_coord = idx if draws > 1 else np.arange(m)
     return dataset(
         {"x": sims},

@@ -101,8 +101,8 @@ class VBParams(NamedTuple):
 
 
 class VBState(NamedTuple):
-    """Loop carry: ``q`` after ``n_iter`` M-steps; ``objective`` the mean per-observation ELBO of
-    the previous q (for the tolerance test); ``trace[t]`` the total ELBO of q after t M-steps."""
+    """Loop carry: ``q`` after ``n_iter`` M-steps; ``objective`` the total ELBO of the previous q
+    (for the tolerance test); ``trace[t]`` the total ELBO of q after t M-steps."""
 
     q: VBParams
     objective: jax.Array
@@ -246,17 +246,15 @@ def vb_step(loop: VBLoop, z, prior, tol, reg_covar, max_iter, config: VBConfig, 
     E-step, which is where most of its compile time goes.
     """
     state = loop.state
-    n = z.shape[0] if sample_weight is None else jnp.sum(sample_weight)
     resp, elbo = vb_e_step(z, state.q, prior, config.covariance_type, sample_weight)
     weighted = resp if sample_weight is None else resp * sample_weight[:, None]
     done = state.converged | (state.n_iter >= max_iter)
     trace = state.trace.at[state.n_iter].set(elbo)
-    mean_elbo = elbo / n
     stepped = VBState(
         q=m_step_from_resp(z, resp, prior, reg_covar, config.covariance_type, sample_weight),
-        objective=mean_elbo,
+        objective=elbo,
         n_iter=state.n_iter + 1,
-        converged=jnp.abs(mean_elbo - state.objective) < tol,
+        converged=jnp.abs(elbo - state.objective) < tol,  # the total ELBO, as scikit-learn's BGM
         trace=trace,
     )
     kept = jax.tree_util.tree_map(lambda old, new: jnp.where(done, old, new), state._replace(trace=trace), stepped)
@@ -387,7 +385,10 @@ def fit_vb(
         Starting responsibilities (scikit-learn's meanings); the first update of q is the
         conjugate update from them (scikit-learn's ``_initialize``).
     tol : float
-        Stop when the ELBO per observation changes by less than ``tol``.
+        Stop when the total ELBO changes by less than ``tol`` in a sweep (as scikit-learn's
+        ``BayesianGaussianMixture``, whose lower bound is a total; EM's ``tol``, like
+        ``GaussianMixture``'s, is per observation). A per-observation test stops sparse-prior
+        fits on the slow plateau before superfluous components have emptied.
     max_iter : int
         Maximum CAVI sweeps per restart (static: changing it recompiles).
     reg_covar : float
