@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .params import check_data, check_num_components
+from .params import check_data, check_nonnegative, check_num_components, check_positive_integers, seed_to_key
 
 
 class KMeansResult(NamedTuple):
@@ -217,9 +217,9 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     """
     arr, _ = check_data(x, allow_constant=True)
     k = check_num_components(num_components, arr.shape[0])
-    if n_init < 1:
-        raise ValueError(f"n_init must be at least 1, got {n_init}.")
-    key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+    check_positive_integers(n_init=n_init, max_iter=max_iter)
+    check_nonnegative(tol=tol)
+    key = seed_to_key(seed)
     xj = jnp.asarray(arr)
     tol_abs = tol * float(np.mean(np.var(arr, 0)))
     centers, labels, inertia, n_iter, converged = _kmeans_restarts(

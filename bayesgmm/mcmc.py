@@ -470,7 +470,7 @@ def fit_mcmc(
         )
     if not converged or not ess_min >= _ESS_PER_CHAIN * num_chains:
         warnings.warn(
-            f"NUTS chains may not have converged: max R-hat {rhat_max:.3f} (want < {_RHAT_MAX}), "
+            f"NUTS chains may not have converged: max R-hat {rhat_max:.4f} (want < {_RHAT_MAX}), "
             f"min bulk ESS {ess_min:.0f} (want >= {_ESS_PER_CHAIN * num_chains}). Run more "
             "num_warmup/num_samples or chains, and check the number of components.",
             ConvergenceWarning,

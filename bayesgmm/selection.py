@@ -187,7 +187,7 @@ def select(
             p = num_free_parameters(k, d, ct)
             ll = fit.log_likelihood if finite.any() else -np.inf
             bic = -2 * ll + p * np.log(n)
-            entropy = fit.info["entropy"]
+            entropy = max(float(fit.info["entropy"]), 0.0)  # -sum r log r >= 0; no "-0.0" from round-off
             rows.append({
                 "covariance_type": ct, "num_components": k, "log_likelihood": ll, "num_parameters": p,
                 "bic": bic, "aic": -2 * ll + 2 * p, "icl": bic + 2 * entropy, "entropy": entropy,

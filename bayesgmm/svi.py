@@ -214,13 +214,16 @@ def _user_init(init, k, d, covariance_type, shift, sd, dtype) -> GMMParams:
 def _convergence(trace, num_obs):
     """Drift of the smoothed ELBO over the last 10% of the steps.
 
-    The last ``max(num_steps // 10, 2)`` values are split into halves; the drift is the
+    The last ``max(num_steps // 10, 4)`` values are split into halves (fewer than 4 steps: not
+    converged, drift NaN); the drift is the
     difference of the half means, minus twice its standard error (the one-particle ELBO is
     noisy, more so with minibatches), per observation. Converged when this is below
     ``_CONV_TOL`` = 1e-3 nats per observation. Per observation, not relative to the ELBO:
     the ELBO's level moves with the data's units (``N * sum(log sd)``), its changes do not.
     """
-    w = max(len(trace) // 10, 2)
+    if len(trace) < 4:  # two halves of at least two values each
+        return False, float("nan")
+    w = max(len(trace) // 10, 4)
     tail = np.asarray(trace[-w:], np.float64)
     a, b = tail[: w // 2], tail[w // 2 :]
     if not np.all(np.isfinite(tail)):
@@ -415,10 +418,11 @@ def fit_svi(
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
 
     if not converged:
+        why = (f"the ELBO drifted by {drift:.2e} nats per observation over the last 10% of {num_steps} steps "
+               f"(threshold {_CONV_TOL:g})" if np.isfinite(drift) else f"{num_steps} steps are too few to judge")
         warnings.warn(
-            f"SVI may not have converged: the ELBO drifted by {drift:.2e} nats per observation over "
-            f"the last 10% of {num_steps} steps (threshold {_CONV_TOL:g}). Increase num_steps or "
-            "learning_rate, or use an optimizer with a decaying step size.",
+            f"SVI may not have converged: {why}. Increase num_steps or learning_rate, or use an optimizer "
+            "with a decaying step size.",
             ConvergenceWarning,
             stacklevel=2,
         )

@@ -274,3 +274,12 @@ def test_progress_bar_runs_the_same_fit(two, capsys):
     np.testing.assert_array_equal(b.trace, a.trace)
     np.testing.assert_array_equal(b.means, a.means)
     assert "300/300" in capsys.readouterr().err
+
+
+def test_too_few_steps_warn_without_nan_arithmetic():
+    """With fewer than 4 steps there is no drift to measure: a plain warning, not NumPy's
+    empty-slice RuntimeWarnings and 'drifted by nan' (warnings are errors in this suite)."""
+    x = np.random.default_rng(0).normal(size=(30, 1))
+    with pytest.warns(bg.ConvergenceWarning, match="3 steps are too few to judge"):
+        r = bg.fit_svi(x, 1, num_steps=3, seed=0)
+    assert not r.converged and math.isnan(r.info["elbo_drift_per_obs"])
