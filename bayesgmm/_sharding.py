@@ -71,7 +71,7 @@ def resolve(devices, num_rows: int) -> RowSharding:
                 )
             chosen = available[: int(devices)]
         else:
-            chosen = list(devices)
+            chosen = list(devices) if isinstance(devices, (list, tuple, np.ndarray)) else []
             if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
                 raise ValueError("devices must be None, 'all', an int, a non-empty list of jax devices or a Mesh.")
         mesh = Mesh(np.array(chosen), (AXIS,))

@@ -57,6 +57,9 @@ from .results import FitResult
 def _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, shift, sd, dtype):
     """User-given starting parameters (scikit-learn's names), standardised; None where not given."""
     w = m = c = None
+    for name, value in (("weights_init", weights_init), ("means_init", means_init), ("precisions_init", precisions_init)):
+        if value is not None and not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise ValueError(f"{name} contains NaN or infinite values; starting values must be finite.")
     if weights_init is not None:
         w = np.asarray(weights_init, dtype=np.float64)
         if w.shape != (k,) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
@@ -281,6 +284,11 @@ def fit_em(
     """
     arr, _ = check_data(x)
     weight = check_sample_weight(sample_weight, arr.shape[0])
+    if weight is not None and isinstance(num_components, (int, np.integer)) and np.count_nonzero(weight) < num_components:
+        raise ValueError(
+            f"sample_weight has {np.count_nonzero(weight)} row(s) of positive weight, fewer than the "
+            f"{num_components} components; give more rows positive weight or use fewer components."
+        )
     prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight)
     _check_options(init_params, n_init, max_iter, tol, reg_covar)
     n, d = prep.arr.shape
@@ -326,5 +334,6 @@ def fit_em(
         "run_seconds": timed.run_seconds,
         "fit_seconds": timed.compile_seconds + timed.run_seconds,
         "num_devices": rows.num_devices,
+        "sample_weighted": weight is not None,
     }
     return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter, tol=tol)

@@ -32,8 +32,24 @@ class KMeansResult(NamedTuple):
     converged: bool
 
     def predict(self, x) -> np.ndarray:
+        """Index of the nearest centre for each row of ``x``, shape (N,)."""
         arr, _ = check_data(x, num_features=self.centers.shape[1], allow_constant=True)
-        return np.asarray(jnp.argmin(sq_distances(jnp.asarray(arr), jnp.asarray(self.centers, arr.dtype)), axis=1))
+        shift, scale = _centre_and_scale(np.asarray(self.centers, np.float64))
+        xs = ((arr.astype(np.float64) - shift) / scale).astype(arr.dtype)
+        centers = ((np.asarray(self.centers, np.float64) - shift) / scale).astype(arr.dtype)
+        return np.asarray(jnp.argmin(sq_distances(jnp.asarray(xs), jnp.asarray(centers)), axis=1))
+
+
+def _centre_and_scale(arr: np.ndarray):
+    """Column means and one common scale (the root mean variance, or the largest absolute value
+    when that is 0), float64: Euclidean nearest-centre geometry is invariant to both, and the
+    one-product distance ``|x|^2 - 2 x.c + |c|^2`` then loses nothing to cancellation."""
+    shift = arr.mean(axis=0)
+    centred = arr - shift
+    scale = float(np.sqrt(np.mean(np.var(arr, axis=0))))
+    if not scale > 0:
+        scale = float(np.max(np.abs(centred))) or 1.0
+    return shift, scale
 
 
 def sq_distances(x, centers):
@@ -188,8 +204,10 @@ def initial_responsibilities(key, x, num_components: int, method: str, *, sample
         if active is not None:
             r = r * active
         return r / jnp.sum(r, 1, keepdims=True)
-    p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
-    idx = jax.random.choice(key, n, (k,), replace=False, p=p)
+    # always through probabilities (uniform without weights): a sharded fit passes 0/1 weights
+    # for its padding, and must draw the same rows as the unsharded one
+    weight = jnp.ones(n, dtype) if sample_weight is None else sample_weight
+    idx = jax.random.choice(key, n, (k,), replace=False, p=weight / jnp.sum(weight))
     hot = jnp.arange(k) if active is None else jnp.where(active, jnp.arange(k), k)
     return jnp.zeros((n, k), dtype).at[idx, hot].set(1.0, mode="drop")
 
@@ -220,12 +238,19 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     check_positive_integers(n_init=n_init, max_iter=max_iter)
     check_nonnegative(tol=tol)
     key = seed_to_key(seed)
-    xj = jnp.asarray(arr)
-    tol_abs = tol * float(np.mean(np.var(arr, 0)))
+    # centred and scaled in float64 first (as EM does): in float32 data far from zero, or on a
+    # tiny or huge scale, would lose the distances to cancellation, underflow or overflow
+    shift, scale = _centre_and_scale(arr.astype(np.float64))
+    xj = jnp.asarray(((arr.astype(np.float64) - shift) / scale).astype(arr.dtype))
+    tol_abs = tol * float(np.mean(np.var(arr.astype(np.float64), 0))) / scale**2
     centers, labels, inertia, n_iter, converged = _kmeans_restarts(
         jax.random.split(key, n_init), xj, tol_abs, num_components=k, max_iter=max_iter
     )
     best = int(jnp.argmin(inertia))
     return KMeansResult(
-        np.asarray(centers[best]), np.asarray(labels[best]), float(inertia[best]), int(n_iter[best]), bool(converged[best])
+        np.asarray(centers[best], np.float64) * scale + shift,
+        np.asarray(labels[best]),
+        float(inertia[best]) * scale**2,
+        int(n_iter[best]),
+        bool(converged[best]),
     )

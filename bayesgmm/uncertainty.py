@@ -130,7 +130,13 @@ def _check_fit(fit, x):
             "fit must be a FitResult of bayesgmm.fit_em (maximum likelihood or MAP, soft EM); "
             f"got {getattr(fit, 'method', type(fit).__name__)!r}. Bayesian engines carry posterior draws instead."
         )
-    arr, _ = check_data(x, num_features=fit.num_features)
+    if fit.info.get("sample_weighted"):
+        raise ValueError(
+            "fit was made with sample_weight; bootstrap and observed_information treat every row once, "
+            "so their standard errors would be those of the unweighted data. Refit without weights (with "
+            "integer weights, repeat each row that many times)."
+        )
+    arr, _ = check_data(x, num_features=fit.num_features, feature_names=fit.feature_names)
     if arr.shape[0] != fit.num_obs:
         raise ValueError(f"x has {arr.shape[0]} rows but the fit was made on {fit.num_obs}; pass the training data.")
     return arr
@@ -199,20 +205,22 @@ def bootstrap(
     config = em.EMConfig(k, d, ct, False, fit.prior is not None)
     key_resample, key_runs = jax.random.split(seed_to_key(seed))
     num_batches = -(-num_replicates // batch)
-    resample_keys = jax.random.split(key_resample, num_batches)
+    # one key per replicate, whatever the batching: batch_size changes memory, never the replicates
+    resample_keys = jax.random.split(key_resample, num_batches * batch).reshape(num_batches, batch)
     run_keys = jax.random.split(key_runs, num_batches * batch).reshape(num_batches, batch)
     if kind == "parametric":
         from .model import simulate
 
-        simulate_batch = jax.jit(jax.vmap(lambda kk: simulate(kk, fit.params, n, ct)[0]))
+        # simulate on the standardised scale (the fit's parameters mapped there in float64), so
+        # that data far from zero keep their precision in float32
+        simulate_batch = jax.jit(jax.vmap(lambda kk: simulate(kk, GMMParams(*user_init), n, ct)[0]))
 
     def batch_data(b):
         """Replicates b*batch ... (b+1)*batch - 1, generated only when their turn comes."""
         if kind == "nonparametric":
-            idx = jax.random.randint(resample_keys[b], (batch, n), 0, n)
+            idx = jax.vmap(lambda kk: jax.random.randint(kk, (n,), 0, n))(resample_keys[b])
             return prep.xs, np.asarray(jax.vmap(lambda i: jnp.bincount(i, length=n))(idx), prep.dtype)
-        sims = np.asarray(simulate_batch(jax.random.split(resample_keys[b], batch)), np.float64)
-        return ((sims - prep.shift) / prep.sd).astype(prep.dtype), None
+        return np.asarray(simulate_batch(resample_keys[b]), prep.dtype), None
 
     outs, compile_seconds, run_seconds = [], 0.0, 0.0
     for b in range(num_batches):
@@ -228,6 +236,11 @@ def bootstrap(
     converged = np.concatenate([np.asarray(o.state.converged) for o in outs])[:num_replicates]
     objective = np.concatenate([np.asarray(o.objective) for o in outs])[:num_replicates]
     ok = np.isfinite(objective)
+    if ok.sum() < 2:
+        raise ValueError(
+            f"{int((~ok).sum())} of {num_replicates} bootstrap refits ended with a singular covariance, leaving "
+            "fewer than two to estimate a spread. Fit MAP-EM (prior=Prior.default(x, K)) or fewer components."
+        )
     if not ok.all():
         warnings.warn(
             f"{int((~ok).sum())} of {num_replicates} bootstrap refits ended with a singular covariance and were "

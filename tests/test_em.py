@@ -35,6 +35,12 @@ def random_params(rng, k, d, covariance_type):
     return GMMParams(w, m, c)
 
 
+def adjusted_rand(a, b):
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(a, b)
+
+
 def scipy_log_lik(x, params, covariance_type):
     """Independent reference: scipy densities summed over components."""
     w, m, c = params
@@ -329,6 +335,10 @@ def test_one_dimensional_input_is_one_feature():
         (dict(prior=bg.Prior(1.0, np.zeros(3), 0.01, 5.0, np.eye(3))), "feature"),
         (dict(prior=bg.Prior(0.5, np.zeros(2), 0.01, 4.0, np.eye(2))), "weight_concentration >= 1"),
         (dict(seed="abc"), "seed"),
+        (dict(means_init=[[0.0, np.nan], [6.0, 6.0]]), "means_init contains NaN"),
+        (dict(covariance_type="diag", precisions_init=np.full((2, 2), np.inf)), "precisions_init contains NaN"),
+        (dict(devices=True), "devices must be"),
+        (dict(sample_weight=np.r_[1.0, np.zeros(271)]), "1 row\\(s\\) of positive weight, fewer than the 2"),
     ],
 )
 def test_bad_options_raise_clear_error(kwargs, match, faithful):
@@ -386,6 +396,19 @@ def test_kmeans_matches_sklearn(sim3):
     np.testing.assert_allclose(km.inertia, ref.inertia_, rtol=1e-6)
     np.testing.assert_array_equal(km.predict(sim3.x), km.labels)
     assert km.converged
+
+
+@pytest.mark.parametrize("offset,scale", [(1e5, 1.0), (0.0, 1e-20), (0.0, 1e20)])
+def test_kmeans_in_float32_far_from_zero_and_on_extreme_scales(offset, scale, sim3):
+    """In float32 the one-product distance once cancelled at an offset of 1e4 (wrong clusters)
+    and under/overflowed at scales 1e-20 / 1e20; k-means now centres and scales in float64."""
+    ref = bg.kmeans(sim3.x, 3, n_init=5, seed=0)
+    x = (sim3.x * scale + offset).astype(np.float32)
+    km = bg.kmeans(x, 3, n_init=5, seed=0)
+    assert adjusted_rand(km.labels, ref.labels) == 1.0
+    truth = sum(((x[km.labels == j].astype(np.float64) - x[km.labels == j].mean(0, dtype=np.float64)) ** 2).sum() for j in range(3))
+    np.testing.assert_allclose(km.inertia, truth, rtol=1e-3)
+    np.testing.assert_array_equal(km.predict(x), km.labels)
 
 
 def test_jax_key_seed_is_accepted(faithful):

@@ -36,10 +36,23 @@ SCRIPT = textwrap.dedent(
         four = bg.fit_vb(data.x, 3, covariance_type=ct, seed=0, n_init=2, devices=jax.devices())
         out["vb_" + ct] = dict(ll=[one.info["elbo"], four.info["elbo"]], n_iter=[one.n_iter, four.n_iter],
                                means=float(np.abs(one.means - four.means).max()), devices=four.info["num_devices"])
+    # one-hot starts on random rows: the padded, weighted draw must pick the same rows
+    one = bg.fit_em(data.x, 3, init_params="random_from_data", seed=1)
+    four = bg.fit_em(data.x, 3, init_params="random_from_data", seed=1, devices=4)
+    out["em_random_from_data"] = dict(ll=[one.log_likelihood, four.log_likelihood], n_iter=[one.n_iter, four.n_iter],
+                                      means=float(np.abs(one.means - four.means).max()), devices=four.info["num_devices"])
+    one = bg.fit_vb(data.x, 3, init_params="random_from_data", seed=1)
+    four = bg.fit_vb(data.x, 3, init_params="random_from_data", seed=1, devices=4)
+    out["vb_random_from_data"] = dict(ll=[one.info["elbo"], four.info["elbo"]], n_iter=[one.n_iter, four.n_iter],
+                                      means=float(np.abs(one.means - four.means).max()), devices=four.info["num_devices"])
     try:
         bg.fit_em(data.x, 3, devices=8)
     except ValueError as err:
         out["error"] = str(err)
+    try:
+        bg.fit_em(data.x, 3, devices=True)
+    except ValueError as err:
+        out["error_bool"] = str(err)
     print(json.dumps(out))
     """
 )
@@ -53,7 +66,10 @@ def sharded_results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["em_full", "em_diag", "em_spherical", "em_tied", "map", "vb_full", "vb_diag"])
+@pytest.mark.parametrize(
+    "case",
+    ["em_full", "em_diag", "em_spherical", "em_tied", "map", "vb_full", "vb_diag", "em_random_from_data", "vb_random_from_data"],
+)
 def test_sharded_fit_equals_single_device(sharded_results, case):
     r = sharded_results[case]
     one, many = r["ll"]
@@ -65,3 +81,4 @@ def test_sharded_fit_equals_single_device(sharded_results, case):
 
 def test_too_many_devices_is_a_clear_error(sharded_results):
     assert "devices=8 but 4 JAX device(s) are available" in sharded_results["error"]
+    assert "devices must be None, 'all', an int" in sharded_results["error_bool"]

@@ -125,3 +125,19 @@ def test_errors(faithful, gaussian):
         bootstrap(fit, x, kind="jackknife")
     with pytest.raises(ValueError, match="num_replicates must be an integer >= 2"):
         bootstrap(fit, x, num_replicates=1)
+
+
+def test_batch_size_changes_memory_not_replicates(faithful):
+    fit = bg.fit_em(faithful, 2, seed=0)
+    a = bg.bootstrap(fit, faithful, num_replicates=12, seed=5)
+    b = bg.bootstrap(fit, faithful, num_replicates=12, seed=5, batch_size=5)
+    np.testing.assert_allclose(a.table["se"], b.table["se"], rtol=1e-9)
+
+
+def test_weighted_fits_are_refused_not_misread(faithful):
+    w = np.ones(len(faithful))
+    w[:50] = 0.0
+    fit = bg.fit_em(faithful, 2, seed=0, sample_weight=w)
+    for call in (lambda: bg.bootstrap(fit, faithful, num_replicates=4), lambda: bg.observed_information(fit, faithful)):
+        with pytest.raises(ValueError, match="made with sample_weight"):
+            call()
