@@ -179,6 +179,12 @@ def bootstrap(
         B x N responsibilities (and B x N x D simulated data for ``parametric``).
     seed : int or jax key
 
+    Raises
+    ------
+    ValueError
+        For a fit made with ``sample_weight`` (the rows would be resampled as if unweighted), for
+        a non-EM fit, or when fewer than two refits end with finite covariances.
+
     Returns
     -------
     ParameterUncertainty
