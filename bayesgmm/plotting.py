@@ -167,7 +167,7 @@ def plot_density_1d(
     x,
     ax=None,
     *,
-    feature: int = 0,
+    feature: int | str = 0,
     bins="auto",
     components: bool = True,
     legend: bool = True,
@@ -186,8 +186,8 @@ def plot_density_1d(
     x : array (N,) or (N, D)
         Data to histogram (normally the training data).
     ax : matplotlib Axes, optional
-    feature : int
-        Column to plot.
+    feature : int or str
+        Column to plot: its index, or its name (the fit's ``feature_names``).
     bins : int, sequence or str
         Histogram bins (``numpy.histogram_bin_edges`` rules).
     components : bool
@@ -207,8 +207,13 @@ def plot_density_1d(
     """
     arr = _data(x, result)
     d = result.num_features
-    if not 0 <= int(feature) < d:
-        raise ValueError(f"feature must be a column index in [0, {d}), got {feature!r}.")
+    names = list(result.feature_names or ())
+    if isinstance(feature, str):
+        if feature not in names:
+            raise ValueError(f"feature {feature!r} is not one of the fit's features {names}.")
+        feature = names.index(feature)
+    if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < d:
+        raise ValueError(f"feature must be a column index in [0, {d}) or a feature name, got {feature!r}.")
     values = arr[:, int(feature)]
     ax = _new_axes(ax)
     k = result.num_components

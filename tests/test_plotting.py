@@ -114,6 +114,10 @@ def test_density_1d_matches_scipy_and_integrates_to_one(em1d, feet, tmp_path):
     assert ax.get_legend() is not None
     with pytest.raises(ValueError, match="feature"):
         plotting.plot_density_1d(em1d, feet, feature=1)
+    with pytest.raises(ValueError, match="not one of the fit's features"):
+        plotting.plot_density_1d(em1d, feet, feature="waiting")
+    by_name = plotting.plot_density_1d(em1d, feet, feature="x0")
+    np.testing.assert_array_equal(by_name.get_lines()[0].get_ydata(), ax.get_lines()[0].get_ydata())
 
 
 def test_clusters_2d_ellipses_colours_and_labels(em2, faithful_frame, tmp_path):
