@@ -422,7 +422,8 @@ def seed_to_key(seed):
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return seed
     if dtype is not None and np.shape(seed) == (2,) and np.dtype(dtype) == np.uint32:
-        return seed  # a legacy jax.random.PRNGKey
+        # a legacy jax.random.PRNGKey: the same bits as a typed key (same draws, same programs)
+        return jax.random.wrap_key_data(jax.numpy.asarray(seed))
     if isinstance(seed, (int, np.integer)) or (dtype is not None and np.shape(seed) == () and np.issubdtype(dtype, np.integer)):
         value = int(seed)
         if not -(2**63) <= value < 2**64:
