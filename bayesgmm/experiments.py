@@ -12,7 +12,7 @@ except to call it and to read engine-specific facts (ESS for NUTS, the ELBO for 
 Columns of the comparison (NaN where a column does not apply):
 
 ``method``, ``fit_seconds`` (wall time of the call, compilation included), ``run_seconds``
-(without compilation, as the engine reports it), ``compile_seconds``, ``log_likelihood``
+(without compilation, as the engine reports it; NaN for k-means, not timed apart), ``compile_seconds``, ``log_likelihood``
 (training data, at the point estimate), ``test_lpd`` (mean held-out log predictive density per
 observation: the plug-in density for EM and k-means-free engines without draws, the posterior
 predictive for VB/SVI/NUTS), ``ari`` / ``nmi`` (against ``labels``), ``min_ess_bulk``,
@@ -176,13 +176,13 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
     info = result.info if isinstance(result, FitResult) else {}
     row = {"method": method, "fit_seconds": seconds}
     if not isinstance(result, FitResult):  # k-means
-        row.update(run_seconds=seconds, compile_seconds=np.nan)
+        row.update(run_seconds=np.nan, compile_seconds=np.nan)  # not timed apart
         if labels is not None:
             row["ari"] = adjusted_rand_index(labels, result.labels)
             row["nmi"] = normalized_mutual_info(labels, result.labels)
         row["converged"] = bool(result.converged)
         return row
-    row["run_seconds"] = info.get("run_seconds", np.nan)  # NaN where compile and run are not timed apart (k-means)
+    row["run_seconds"] = info.get("run_seconds", np.nan)
     row["compile_seconds"] = info.get("compile_seconds", np.nan)
     row["log_likelihood"] = result.log_likelihood
     if x_test is not None:

@@ -48,6 +48,8 @@ def test_one_row_per_method_with_the_facts_of_each(table, sim):
     assert em_row.log_likelihood == pytest.approx(fit.log_likelihood, rel=1e-12)
     assert em_row.test_lpd == pytest.approx(fit.score(xt), rel=1e-12)
     assert em_row.fit_seconds >= em_row.run_seconds > 0
+    km_row = table.set_index("method").loc["kmeans"]
+    assert km_row.fit_seconds > 0 and np.isnan(km_row.run_seconds)  # k-means is not timed apart
     vb_row = table.set_index("method").loc["vb"]
     assert np.isfinite(vb_row.elbo) and vb_row.elbo < vb_row.log_likelihood
     # well separated: every engine recovers the partition and the truth
