@@ -10,7 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .params import check_data, check_nonnegative, check_num_components, check_positive_integers, seed_to_key
+from .params import (
+    check_data,
+    check_nonnegative,
+    check_num_components,
+    check_positive_integers,
+    seed_to_key,
+    standardisation,
+)
 
 
 class KMeansResult(NamedTuple):
@@ -41,15 +48,11 @@ class KMeansResult(NamedTuple):
 
 
 def _centre_and_scale(arr: np.ndarray):
-    """Column means and one common scale (the root mean variance, or the largest absolute value
-    when that is 0), float64: Euclidean nearest-centre geometry is invariant to both, and the
-    one-product distance ``|x|^2 - 2 x.c + |c|^2`` then loses nothing to cancellation."""
-    shift = arr.mean(axis=0)
-    centred = arr - shift
-    scale = float(np.sqrt(np.mean(np.var(arr, axis=0))))
-    if not scale > 0:
-        scale = float(np.max(np.abs(centred))) or 1.0
-    return shift, scale
+    """Column means and one common scale (the spherical standardisation; 1 for constant data),
+    float64: Euclidean nearest-centre geometry is invariant to both, and the one-product
+    distance ``|x|^2 - 2 x.c + |c|^2`` then loses nothing to cancellation."""
+    shift, sd = standardisation(arr, "spherical")
+    return shift, float(sd[0]) if sd[0] > 0 else 1.0
 
 
 def sq_distances(x, centers):
