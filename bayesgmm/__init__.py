@@ -17,7 +17,7 @@ from .em import fit_em
 from .experiments import compare, simulation_study
 from .kmeans import KMeansResult, kmeans
 from .mcmc import fit_mcmc
-from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, Prior
+from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, PrecisionWarning, Prior
 from .results import FitResult
 from .selection import select, select_bayesian
 from .streaming import fit_em_stream
@@ -34,6 +34,7 @@ __all__ = [
     "GMMParams",
     "GaussianMixture",
     "KMeansResult",
+    "PrecisionWarning",
     "Prior",
     "bootstrap",
     "compare",

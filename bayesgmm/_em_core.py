@@ -1,13 +1,25 @@
-"""The EM iteration itself: pure init / step / run over immutable pytrees, and the batched program.
+"""The EM iteration itself: pure pieces over immutable pytrees, one compiled program, and the
+search that drives it.
 
 Shared by :mod:`bayesgmm.em` (in-memory fits, model-selection grids, bootstraps) and
 :mod:`bayesgmm.streaming` (its in-memory initialisation), which never import each other.
+Everything here works on the standardised scale; units are the callers' business.
 
-Structure (after blackjax): a pure :func:`em_init` and :func:`em_step` over an immutable
-:class:`EMState` and the fitted :class:`EMProblem`; a ``lax.while_loop`` driver
-(:func:`run_em`); a batch of runs ``vmap``-ped into one program (:data:`PROGRAM`, compiled
-ahead of time so that compile and run times are reported apart). Everything here works on the
-standardised scale; units are the callers' business.
+**The program** (:data:`PROGRAM`) runs L lanes of EM in one :mod:`bayesgmm._iterate` loop (the
+Aitken convergence test; the precise step of :mod:`bayesgmm._stats` where the fast one would
+cancel). The lanes belong to G *groups* (one data set / row weighting / set of active components
+/ prior each: one fit, the K of a model-selection grid, bootstrap replicates), L / G lanes each.
+A call either starts its lanes afresh (from uniform numbers drawn on the host: k-means++ seeds by
+default, with user-given pieces substituted) or continues lanes a previous call returned, so one
+compiled program serves every number of starts, ``max_iter`` and starting values.
+
+**The search** (:func:`search`; the em-EM strategy of Biernacki, Celeux & Govaert 2003): R starts
+per group run ``init_iter`` iterations, L / G at a time; the best non-degenerate short runs of each
+group continue to convergence. Short runs rank the basins of attraction cheaply, so many starts
+cost little more than one long run, which is what finds the global optimum on the small,
+multimodal data sets researchers fit (Old Faithful, the galaxy velocities). With R equal to the
+lanes per group every start runs to convergence (independent restarts, scikit-learn's
+``n_init``).
 """
 
 from __future__ import annotations
@@ -16,30 +28,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import _stats
+from . import _iterate, _numerics, _stats
+from ._iterate import INIT_ITER, auto_starts, resolve_starts, trace_length  # noqa: F401 (re-exported)
 from ._compile import CompiledProgram
-from .kmeans import initial_responsibilities
+from .kmeans import initial_responsibilities, init_noise
 from .model import log_prior
 from .params import GMMParams
 
-# Incremented each time the EM driver is traced; tests use it to prove "compile once per shape".
+# Incremented each time the EM program is traced; tests use it to prove "compile once per shape".
 _TRACE_COUNT = {"fit": 0}
-
-
-class EMState(NamedTuple):
-    """Loop carry of the EM driver (standardised scale).
-
-    ``objective`` is the mean per-observation objective at ``params`` *before* the last M-step
-    (scikit-learn's convention for the tolerance test); ``trace[t]`` is the total objective
-    after ``t`` M-steps.
-    """
-
-    params: GMMParams
-    objective: jax.Array
-    n_iter: jax.Array
-    converged: jax.Array
-    trace: jax.Array
 
 
 class EMConfig(NamedTuple):
@@ -53,139 +52,219 @@ class EMConfig(NamedTuple):
 
 
 class EMProblem(NamedTuple):
-    """What one EM run fits (a pytree; every field traced).
+    """What one lane fits (a pytree; every field traced).
 
     Attributes
     ----------
     z : (N, p) exponential-family features of the standardised data (:func:`_stats.suff_features`)
+    x : (N, D) the standardised data (the precise step)
     sample_weight : (N,) row weights, or None (all 1). Bootstrap counts; 0 for padding rows.
     active : (K,) bool, or None (all active). Components switched off, so that fits of every
         K' <= K run in one program (model-selection grids).
     prior : PriorArrays or None (maximum likelihood)
-    tol, reg_covar : scalars
+    reg_covar : scalar
     """
 
     z: jax.Array
+    x: jax.Array
     sample_weight: jax.Array | None
     active: jax.Array | None
     prior: object
-    tol: jax.Array
     reg_covar: jax.Array
-
-    @property
-    def num_obs(self):
-        return self.z.shape[0] if self.sample_weight is None else jnp.sum(self.sample_weight)
 
 
 class EMOutput(NamedTuple):
-    """Per restart: final state, objective, marginal log-likelihood, expected counts N_k and the
-    entropy of the responsibilities, -sum r log r (for ICL), all on the standardised scale."""
+    """One call's lanes: the loop state (``lanes.params`` evaluated, ``lanes.objective`` their
+    objective, ``lanes.aux`` their expected counts N_k) and the degenerate components (L, K)."""
 
-    state: EMState
-    objective: jax.Array
-    log_likelihood: jax.Array
-    counts: jax.Array
-    entropy: jax.Array
+    lanes: _iterate.Lanes
+    degenerate: jax.Array
 
 
 def _weighted_sum(values, sample_weight):
     return jnp.sum(values) if sample_weight is None else values @ sample_weight
 
 
-def objective_terms(params: GMMParams, problem: EMProblem, config: EMConfig):
-    """E-step: responsibilities (N, K) and the total objective (log-likelihood [+ log prior])."""
-    theta = _stats.mask_components(_stats.natural_params(params, config.covariance_type), problem.active)
-    resp, ll = _stats.e_step(problem.z, theta, hard=config.hard)
-    total = _weighted_sum(ll, problem.sample_weight)
+def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise):
+    """E-step and the M-step's statistics at ``params``: ``(objective, magnitude, counts, stats)``.
+
+    The objective is the log-likelihood (plus the log prior for MAP; the classification
+    likelihood for hard EM), ``magnitude`` its ``sum |l_n|`` (the precision floor), ``stats``
+    the centred sufficient statistics ``(N_k, xbar_k, S_k)`` of the responsibilities.
+    ``precise``: the centred form (:func:`bayesgmm._stats.e_step_stats`).
+    """
+    ct = config.covariance_type
+    per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, params, ct, precise,
+                                         active=problem.active, hard=config.hard)
+    total = _weighted_sum(per_row, problem.sample_weight)
+    magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight)
     if config.use_prior:
-        total = total + log_prior(params, problem.prior, config.covariance_type, problem.active)
-    return resp, total
+        lp = log_prior(params, problem.prior, ct, problem.active)
+        total, magnitude = total + lp, magnitude + jnp.abs(lp)
+    counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
+    return total, magnitude, counts, stats
 
 
-def m_step(resp, problem: EMProblem, config: EMConfig) -> GMMParams:
-    """Closed-form M-step from responsibilities (weighted by ``sample_weight``)."""
-    if problem.sample_weight is not None:
-        resp = resp * problem.sample_weight[:, None]
-    stats = _stats.suff_stats(resp, problem.z, config.num_features, config.covariance_type)
+def m_step(stats, problem: EMProblem, config: EMConfig) -> GMMParams:
+    """Closed-form M-step (ML, or MAP under ``problem.prior``) from centred statistics."""
     prior = problem.prior if config.use_prior else None
     return _stats.m_step(*stats, config.covariance_type, problem.reg_covar, prior, problem.active)
 
 
-def em_init(params: GMMParams, max_iter: int) -> EMState:
-    dtype = params.means.dtype
-    return EMState(
-        params=params,
-        objective=jnp.asarray(-jnp.inf, dtype),
-        n_iter=jnp.int32(0),
-        converged=jnp.asarray(False),
-        trace=jnp.full((max_iter + 1,), jnp.nan, dtype),
-    )
+def em_step(params: GMMParams, problem: EMProblem, config: EMConfig, precise: bool):
+    """Evaluate ``params`` and update them: ``(objective, magnitude, counts, new_params)``."""
+    total, magnitude, counts, stats = e_and_stats(params, problem, config, precise)
+    return total, magnitude, counts, m_step(stats, problem, config)
 
 
-def em_step(state: EMState, problem: EMProblem, config: EMConfig) -> EMState:
-    """One E-step and M-step; the tolerance test is on the change of the mean objective."""
-    resp, total = objective_terms(state.params, problem, config)
-    new_params = m_step(resp, problem, config)
-    mean_obj = total / problem.num_obs
-    converged = jnp.abs(mean_obj - state.objective) < problem.tol
-    return EMState(
-        params=new_params,
-        objective=mean_obj,
-        n_iter=state.n_iter + 1,
-        converged=converged,
-        trace=state.trace.at[state.n_iter].set(total),
-    )
+def _lane_groups(num_lanes: int, num_groups: int):
+    return jnp.repeat(jnp.arange(num_groups), num_lanes // num_groups)
 
 
-def run_em(params0: GMMParams, problem: EMProblem, config: EMConfig, max_iter: int) -> EMOutput:
-    """EM from ``params0`` until ``tol`` or ``max_iter``: a ``lax.while_loop`` (traceable, vmappable)."""
-    state = jax.lax.while_loop(
-        lambda s: (s.n_iter < max_iter) & ~s.converged,
-        lambda s: em_step(s, problem, config),
-        em_init(params0, max_iter),
-    )
-    resp, final = objective_terms(state.params, problem, config)
-    trace = state.trace.at[state.n_iter].set(final)
-    log_lik = final
-    if config.hard or config.use_prior:  # the marginal log-likelihood alone
-        theta = _stats.mask_components(_stats.natural_params(state.params, config.covariance_type), problem.active)
-        resp, ll = _stats.e_step(problem.z, theta)
-        log_lik = _weighted_sum(ll, problem.sample_weight)
-    entropy = -_weighted_sum(jnp.sum(jax.scipy.special.xlogy(resp, resp), axis=1), problem.sample_weight)
-    weighted = resp if problem.sample_weight is None else resp * problem.sample_weight[:, None]
-    return EMOutput(state._replace(trace=trace), final, log_lik, jnp.sum(weighted, 0), entropy)
+def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, *,
+         config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True):
+    """L lanes of EM, G groups of L / G lanes (see the module docstring).
 
-
-def _fit_batch(xs, keys, user_init, prior, tol, reg_covar, sample_weight, active, *, config: EMConfig, init_method: str, max_iter: int):
-    """A batch of EM runs as one program, ``vmap``-ped over the leading axis of ``keys``.
-
-    ``xs`` is (N, D) shared by every run, or (B, N, D) one data set per run (parametric
-    bootstrap); ``sample_weight`` is None, (N,) shared or (B, N) per run (nonparametric
-    bootstrap as multinomial counts); ``active`` is None or (B, K) (model-selection grids);
-    ``prior`` is None, shared, or batched with a leading B on every leaf (``mean`` (B, D)).
-    ``user_init`` holds standardised starting weights/means/covariances or None for each.
+    ``xs`` is (N, D) shared or (G, N, D) one data set per group (parametric bootstrap);
+    ``sample_weight`` None, (N,) shared or (G, N); ``active`` None or (G, K); ``prior`` None,
+    shared, or with a leading G on every leaf. ``fresh`` (a traced bool) starts the lanes from
+    ``noise`` (L, ...) uniform numbers, with ``given`` (standardised weights / means / covariances
+    or None each, shared) substituted; otherwise the lanes continue from ``state``. ``tol`` is
+    per observation; ``max_iter`` counts updates since the lanes' start. ``adaptive`` (static):
+    switch to the precise step where needed; False keeps the fast form (sharded rows: XLA's CPU
+    devices deadlock on collectives inside a data-dependent branch).
     """
     _TRACE_COUNT["fit"] += 1
-    k = config.num_components
-    # The starting M-step is a soft M-step under the same objective: maximum likelihood (as
-    # scikit-learn, whose starts these are), or MAP when a prior is given, so that a start with one
-    # point per component ("k-means++", "random_from_data") still has proper covariances.
-    init_config = config._replace(hard=False)
+    k, ct = config.num_components, config.covariance_type
+    num_lanes = noise.shape[0]
+    groups = _lane_groups(num_lanes, num_groups)
+    data_batched = xs.ndim == 3
+    weight_batched = sample_weight is not None and sample_weight.ndim == 2
+    prior_batched = prior is not None and prior.mean.ndim == 2
 
-    def run_one(x_one, key, weight, act, prior_one):
-        problem = EMProblem(_stats.suff_features(x_one, config.covariance_type), weight, act, prior_one, tol, reg_covar)
-        resp0 = initial_responsibilities(key, x_one, k, init_method, sample_weight=weight, active=act)
-        params0 = m_step(resp0, problem, init_config)
-        params0 = GMMParams(*(p if u is None else u for p, u in zip(params0, user_init)))
-        return run_em(params0, problem, config, max_iter)
+    def per_lane(tree, batched):
+        return tree if tree is None or not batched else jax.tree_util.tree_map(lambda a: a[groups], tree)
 
-    def axis(a, batched_ndim):
-        return None if a is None or a.ndim < batched_ndim else 0
+    z = jax.vmap(_stats.suff_features, in_axes=(0, None))(xs, ct) if data_batched else _stats.suff_features(xs, ct)
+    problem = EMProblem(
+        z=per_lane(z, data_batched),
+        x=per_lane(xs, data_batched),
+        sample_weight=per_lane(sample_weight, weight_batched),
+        active=per_lane(active, active is not None),
+        prior=per_lane(prior, prior_batched),
+        reg_covar=reg_covar,
+    )
+    axes = EMProblem(
+        z=0 if data_batched else None,
+        x=0 if data_batched else None,
+        sample_weight=0 if weight_batched else None,
+        active=None if active is None else 0,
+        prior=None if prior is None else jax.tree_util.tree_map(lambda _: 0 if prior_batched else None, prior),
+        reg_covar=None,
+    )
+    if problem.sample_weight is None:
+        n_eff = jnp.full((num_lanes,), xs.shape[-2], xs.dtype)
+    elif weight_batched:
+        n_eff = jnp.sum(problem.sample_weight, axis=-1)
+    else:
+        n_eff = jnp.full((num_lanes,), jnp.sum(problem.sample_weight), xs.dtype)
 
-    prior_axis = None if prior is None else axis(prior.mean, 2)
-    in_axes = (axis(xs, 3), 0, axis(sample_weight, 2), axis(active, 2), prior_axis)
-    return jax.vmap(run_one, in_axes=in_axes)(xs, keys, sample_weight, active, prior)
+    def start_lanes(_):
+        """Fresh lanes: the initial responsibilities' M-step (MAP under a prior, so that one-point
+        starts such as k-means++ still have proper covariances), user pieces substituted."""
+        init_config = config._replace(hard=False)
+
+        def one(u, prob):
+            if init_method == "given":  # every piece given: nothing to compute
+                return GMMParams(*(jnp.asarray(g, xs.dtype) for g in given))
+            resp0 = initial_responsibilities(u, prob.x, k, init_method, sample_weight=prob.sample_weight, active=prob.active)
+            if prob.sample_weight is not None:
+                resp0 = resp0 * prob.sample_weight[:, None]
+            params0 = m_step(_stats.stats_precise(resp0, prob.x, ct), prob, init_config)
+            return GMMParams(*(p if g is None else jnp.broadcast_to(g, p.shape).astype(p.dtype) for p, g in zip(params0, given)))
+
+        params0 = jax.vmap(one, in_axes=(0, axes))(noise, problem)
+        return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
+
+    lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
+    step = jax.vmap(lambda p, prob, precise: em_step(p, prob, config, precise), in_axes=(0, axes, None))
+    needs = jax.vmap(lambda p, prob: _stats.needs_precise(p, ct, prob.active), in_axes=(0, axes))
+    tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
+    lanes = _iterate.iterate(lanes, lambda p, precise: step(p, problem, precise), tol_total, max_iter,
+                             (lambda p: needs(p, problem)) if adaptive else None)
+    eps = jnp.finfo(xs.dtype).eps
+    degenerate = jax.vmap(
+        lambda counts, cov, act: _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act),
+        in_axes=(0, 0, None if active is None else 0),
+    )(lanes.aux, lanes.params.covariances, problem.active)
+    return EMOutput(lanes, degenerate)
 
 
 #: The EM program, compiled ahead of time once per shapes and static settings.
-PROGRAM = CompiledProgram(_fit_batch, static_argnames=("config", "init_method", "max_iter"))
+PROGRAM = CompiledProgram(_run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The search (host side): starts in batches of lanes, the best short runs continued
+# ----------------------------------------------------------------------------------------------
+class SearchResult(NamedTuple):
+    """The kept lanes of a search (NumPy, G * kept lanes, group-major) and its bookkeeping.
+
+    ``start_objective`` (G, R) is each start's objective after its short run (after its full run
+    when every start is kept); ``compile_seconds`` / ``run_seconds`` sum over the calls.
+    """
+
+    output: EMOutput
+    start_objective: np.ndarray
+    compile_seconds: float
+    run_seconds: float
+
+
+def _placeholder_state(num_lanes, num_components, num_features, covariance_type, trace_len, dtype):
+    """A state of the right shapes for calls that start afresh (its values are never read)."""
+    k, d = num_components, num_features
+    cov_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    params = GMMParams(np.ones((num_lanes, k), dtype), np.zeros((num_lanes, k, d), dtype),
+                       np.ones((num_lanes,) + cov_shape, dtype))
+    return _iterate.Lanes(
+        params=params, next_params=params, objective=np.zeros(num_lanes, dtype), delta=np.zeros(num_lanes, dtype),
+        aux=np.zeros((num_lanes, k), dtype), n_iter=np.zeros(num_lanes, np.int32), close=np.zeros(num_lanes, bool),
+        converged=np.zeros(num_lanes, bool),
+        failed=np.zeros(num_lanes, bool), trace=np.zeros((num_lanes, trace_len), dtype), floor=np.zeros(num_lanes, dtype),
+    )
+
+
+def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_iter, init_iter, config: EMConfig,
+           init_method: str, num_groups: int, num_starts: int, num_kept: int, trace_len: int,
+           avoid_degenerate: bool = True, adaptive: bool = True, num_rows: int | None = None) -> SearchResult:
+    """The em-EM search of every group (:func:`bayesgmm._iterate.search`) with :data:`PROGRAM`.
+
+    ``key`` seeds every start's uniform numbers; group g's starts use its own split. With
+    ``num_kept == num_starts`` one call runs every start to convergence. ``num_rows``: the real
+    rows when ``xs`` is padded (sharded fits).
+    """
+    dtype = np.dtype(xs.dtype)
+    n = xs.shape[-2]
+    k, d = config.num_components, config.num_features
+    lanes_per_call = num_groups * num_kept
+    if init_method == "given":
+        noise = np.zeros((num_groups, num_starts, 1), dtype)
+    else:
+        keys = jax.random.split(key, num_groups)
+        noise = np.stack([init_noise(kk, init_method, num_starts, num_rows or n, k, dtype, n) for kk in keys])  # (G, R, ...)
+    placeholder = _placeholder_state(lanes_per_call, k, d, config.covariance_type, trace_len, dtype)
+    static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive)
+    common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
+    seconds = [0.0, 0.0]
+
+    def call(noise_block, state, limit, fresh):
+        timed = PROGRAM(xs, noise_block.reshape((lanes_per_call,) + noise_block.shape[2:]), given, state, *common,
+                        np.asarray(limit, np.int32), np.asarray(fresh), **static)
+        seconds[0] += timed.compile_seconds
+        seconds[1] += timed.run_seconds
+        return jax.device_get(timed.outputs)
+
+    out, start_objective = _iterate.search(call, noise, placeholder, num_groups=num_groups, num_starts=num_starts,
+                                           num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,
+                                           avoid_degenerate=avoid_degenerate)
+    return SearchResult(out, start_objective, seconds[0], seconds[1])

@@ -8,7 +8,6 @@ The engines never import each other; what they have in common lives here:
 * the MAP start both engines centre their chains or guide on (:func:`map_start`, traced inside
   their compiled programs);
 * user-given and placeholder starting parameters (:func:`standard_init`, :func:`placeholder_init`);
-* a float64 NumPy log-likelihood for reporting, which compiles nothing (:func:`numpy_log_likelihood`);
 * tracing the engines' programs without NumPyro's argument validation (:func:`without_validation`).
 
 (Compilation ahead of time, with its compile and run times, is :mod:`bayesgmm._compile`,
@@ -27,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _stats
-from .kmeans import kmeans_labels
+from .kmeans import kmeans_labels, num_trials
 from .model import log_prior
-from .params import GMMParams, Prior, PriorArrays, check_params, params_to_standard, standardisation
+from .params import GMMParams, Prior, PriorArrays, check_params, compute_dtype, params_to_standard, standardisation
 
 __all__ = [
     "MAP_ITERS",
@@ -38,7 +37,6 @@ __all__ = [
     "check_int",
     "check_prior",
     "map_start",
-    "numpy_log_likelihood",
     "placeholder_init",
     "site_values",
     "standard_init",
@@ -155,10 +153,9 @@ def standardise(arr: np.ndarray, num_components: int, covariance_type: str, prio
     -------
     Standardised
     """
-    # JAX's default float: NumPyro builds its transforms' and NUTS's constants in it, so float32
-    # data under jax_enable_x64 are computed in float64 (mixing the two fails inside NumPyro).
-    dtype = jax.dtypes.canonicalize_dtype(np.float64)
-    np_dtype = np.dtype(dtype)
+    # the package's float policy (NumPyro builds its constants in JAX's default float, too)
+    np_dtype = compute_dtype()
+    dtype = np_dtype
     shift, sd = standardisation(arr.astype(np.float64), covariance_type)
     xs = ((arr - shift) / sd).astype(np_dtype)
     prior_arrays = prior.standardised(shift, sd).arrays(num_components, covariance_type, dtype=np_dtype)
@@ -250,13 +247,14 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
     prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
 
     def m_step(resp):
-        return _stats.m_step(*_stats.suff_stats(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
+        return _stats.m_step(*_stats.stats_fast(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
 
     def e_step(params):
         return _stats.e_step(z, _stats.natural_params(params, covariance_type))
 
     def one(key):
-        params = m_step(jax.nn.one_hot(kmeans_labels(key, xs, k), k, dtype=xs.dtype))
+        u = jax.random.uniform(key, (k, num_trials(k)), xs.dtype)
+        params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k), k, dtype=xs.dtype))
         params = jax.lax.fori_loop(0, MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
         obj = jnp.sum(e_step(params)[1]) + log_prior(params, prior_map, covariance_type)
         return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
@@ -324,40 +322,3 @@ def standard_init(params: GMMParams, k: int, d: int, covariance_type: str, shift
     if p.means.shape != (k, d):
         raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
     return params_to_standard(p, shift, sd, covariance_type)
-
-
-def numpy_log_likelihood(x: np.ndarray, params: GMMParams, covariance_type: str) -> float:
-    """Total log-likelihood of ``x`` at one parameter set, in float64 NumPy (compiles nothing).
-
-    Used for the values reported on a result (at the point estimate and at the MAP start), on
-    the original scale, whatever the precision of the fit.
-
-    Parameters
-    ----------
-    x : np.ndarray, shape (N, D)
-    params : GMMParams
-        Covariances stored as ``covariance_type`` stores them.
-    covariance_type : str
-
-    Returns
-    -------
-    float
-        ``sum_n log sum_k w_k N(x_n | mu_k, Sigma_k)``.
-    """
-    w, m, c = (np.asarray(a, np.float64) for a in params)
-    k, d = m.shape
-    if covariance_type == "tied":
-        cov = np.broadcast_to(c, (k, d, d))
-    elif covariance_type == "diag":
-        cov = c[:, :, None] * np.eye(d)
-    elif covariance_type == "spherical":
-        cov = c[:, None, None] * np.eye(d)
-    else:
-        cov = c
-    chol = np.linalg.cholesky(cov)
-    diff = x[None] - m[:, None]  # (K, N, D)
-    y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))  # (K, D, N)
-    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-    logp = -0.5 * (np.sum(y**2, -2) + logdet[:, None] + d * np.log(2 * np.pi)) + np.log(w)[:, None]
-    mx = logp.max(0)
-    return float(np.sum(mx + np.log(np.exp(logp - mx).sum(0))))

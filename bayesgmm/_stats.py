@@ -1,90 +1,48 @@
-"""Pure JAX math shared by EM and VB: Gaussian log densities, responsibilities and sufficient statistics.
+"""The E-step and the sufficient statistics of the M-step, compiled with JAX: shared by EM, VB and
+streaming EM.
 
-The hot path uses the exponential-family form of the Gaussian. Each observation is mapped once
-per fit to features ``Z = [x_i x_j (i <= j) | x | 1]`` (full and tied), ``[x**2 | x | 1]`` (diag)
-or ``[|x|**2 | x | 1]`` (spherical). Then, for all components at once,
+Two forms of the same computation:
 
-* E-step: ``log pi_k + log N(x_n | mu_k, Sigma_k) = Z @ theta.T`` with ``theta`` the natural
-  parameters (one row per component, the log weight folded into the constant column);
-* M-step: ``R.T @ Z`` holds every sufficient statistic (``N_k``, ``sum r x``, ``sum r x x^T``).
+* **fast** (the exponential-family form). Each observation is mapped once per fit to features
+  ``Z = [x_i x_j (i <= j) | x | 1]`` (full and tied), ``[x**2 | x | 1]`` (diag) or
+  ``[|x|**2 | x | 1]`` (spherical). For all components at once the E-step is ``Z @ theta.T``
+  (``theta`` the natural parameters, the log weight folded into the constant column) and the
+  M-step statistics are ``R.T @ Z``: two skinny matrix products per iteration and no (N, K, D)
+  temporary.
+* **precise** (the centred form): ``log N`` through ``L^-1 (x - mu_k)`` and scatter matrices
+  ``sum r (x - xbar_k)(x - xbar_k)^T`` about each component's own mean, one component at a time
+  (``lax.map``). About twice the work, and exact where the fast form cancels.
 
-Two skinny matrix products per iteration and no (N, K, D) temporary. Data should be centred and
-scaled first (the callers standardise) so that the moment form does not cancel in float32.
+The fast form loses precision when a component is tight and far from the data's centre: the
+scatter ``sum r x x^T - N xbar xbar^T`` then cancels, with a relative error of about
+``eps * (|mu|^2 + tr Sigma) tr Sigma^-1`` (float32: a component of sd 1e-3 at 1 loses 10% of its
+variance). :func:`needs_precise` measures that factor; the drivers switch to the precise form
+while any component needs it, so tight, far-apart clusters and heavy outliers are fitted as
+accurately as ordinary data, at the fast form's speed otherwise.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from . import _numerics
 from .params import GMMParams
 
-LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = _numerics.LOG_2PI
+
+#: Round-off floor of full and tied covariances, in ulps of their mean variance (see m_step).
+ROUNDOFF_ULPS = 16.0
+
+#: The fast form is used while ``eps * (|mu|^2 + tr Sigma) tr Sigma^-1`` stays below this for every
+#: component (relative error of the moment-form covariance, up to a factor D).
+PRECISE_THRESHOLD = 1e-4
 
 
 # ----------------------------------------------------------------------------------------------
-# Covariance structures
-# ----------------------------------------------------------------------------------------------
-def full_covariances(covariances, covariance_type: str, num_components: int, num_features: int):
-    """Expand stored covariances to shape (K, D, D)."""
-    if covariance_type == "full":
-        return covariances
-    if covariance_type == "tied":
-        return jnp.broadcast_to(covariances, (num_components, num_features, num_features))
-    if covariance_type == "diag":
-        return jax.vmap(jnp.diag)(covariances)
-    eye = jnp.eye(num_features, dtype=covariances.dtype)
-    return covariances[:, None, None] * eye
-
-
-def num_free_parameters(num_components: int, num_features: int, covariance_type: str) -> int:
-    """Free parameters of a K-component mixture (for BIC/AIC), as scikit-learn counts them."""
-    k, d = num_components, num_features
-    cov = {"full": k * d * (d + 1) / 2, "diag": k * d, "spherical": k, "tied": d * (d + 1) / 2}[covariance_type]
-    return int(cov + k * d + k - 1)
-
-
-def component_log_density(x, means, covariances, covariance_type: str):
-    """log N(x_n | mu_k, Sigma_k) for every observation and component, shape (N, K).
-
-    Direct Cholesky form (no moment cancellation); used off the hot path and as a reference.
-    """
-    k, d = means.shape
-    if covariance_type == "diag":
-        var = covariances
-        quad = jnp.sum(((x[:, None, :] - means[None]) ** 2) / var[None], axis=-1)
-        return -0.5 * (quad + jnp.sum(jnp.log(var), -1)[None] + d * LOG_2PI)
-    if covariance_type == "spherical":
-        var = covariances
-        quad = jnp.sum((x[:, None, :] - means[None]) ** 2, axis=-1) / var[None]
-        return -0.5 * (quad + d * jnp.log(var)[None] + d * LOG_2PI)
-    cov = full_covariances(covariances, covariance_type, k, d)
-    chol = jnp.linalg.cholesky(cov)  # (K, D, D)
-    diff = x[None, :, :] - means[:, None, :]  # (K, N, D)
-    y = jax.scipy.linalg.solve_triangular(chol, jnp.swapaxes(diff, -1, -2), lower=True)  # (K, D, N)
-    quad = jnp.sum(y**2, axis=-2)  # (K, N)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)  # (K,)
-    return (-0.5 * (quad + logdet[:, None] + d * LOG_2PI)).T
-
-
-def mixture_log_density(x, params: GMMParams, covariance_type: str):
-    """Per-observation marginal log density log sum_k pi_k N(x_n | mu_k, Sigma_k), shape (N,)."""
-    logp = component_log_density(x, params.means, params.covariances, covariance_type)
-    return logsumexp(logp + jnp.log(params.weights)[None], axis=-1)
-
-
-def log_responsibilities(x, params: GMMParams, covariance_type: str):
-    """log p(z_n = k | x_n), shape (N, K)."""
-    logp = component_log_density(x, params.means, params.covariances, covariance_type) + jnp.log(params.weights)
-    return logp - logsumexp(logp, axis=-1, keepdims=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Exponential-family features and natural parameters
+# Exponential-family features and natural parameters (the fast form)
 # ----------------------------------------------------------------------------------------------
 def _triu(d: int):
     return np.triu_indices(d)
@@ -109,61 +67,103 @@ def suff_features(x, covariance_type: str):
     return jnp.concatenate([quad, x, jnp.ones((n, 1), x.dtype)], axis=1)
 
 
+def _precisions(covariances, covariance_type: str, k: int, d: int):
+    """Precision matrices (K, D, D) (full/tied) or precisions (K, D) / (K,), and half log|prec|."""
+    if covariance_type in ("full", "tied"):
+        cov_k = _numerics.expand_covariances(covariances, covariance_type, k, d)
+        chol = jnp.linalg.cholesky(cov_k)
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_k.dtype), cov_k.shape)
+        chol_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # L^{-1}
+        prec = jnp.swapaxes(chol_inv, -1, -2) @ chol_inv
+        return prec, -jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+    prec = 1.0 / covariances
+    half = 0.5 * jnp.sum(jnp.log(prec), -1) if covariance_type == "diag" else 0.5 * d * jnp.log(prec)
+    return prec, half
+
+
 def natural_params(params: GMMParams, covariance_type: str):
     """Rows theta_k with Z @ theta_k = log pi_k + log N(x | mu_k, Sigma_k); shape (K, p)."""
     w, mu, cov = params
     k, d = mu.shape
+    prec, half_logdet_prec = _precisions(cov, covariance_type, k, d)
     if covariance_type in ("full", "tied"):
-        cov_k = full_covariances(cov, covariance_type, k, d)
-        chol = jnp.linalg.cholesky(cov_k)
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=mu.dtype), cov_k.shape)
-        chol_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # L^{-1}
-        prec = jnp.swapaxes(chol_inv, -1, -2) @ chol_inv  # Sigma^{-1}
         prec_mu = jnp.einsum("kij,kj->ki", prec, mu)
         i, j = _triu(d)
-        mult = jnp.where(i == j, -0.5, -1.0).astype(mu.dtype)
-        quad = prec[:, i, j] * mult
-        half_logdet_prec = -jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-        mu_prec_mu = jnp.sum(prec_mu * mu, -1)
+        quad = prec[:, i, j] * jnp.where(i == j, -0.5, -1.0).astype(mu.dtype)
     elif covariance_type == "diag":
-        prec = 1.0 / cov
         prec_mu = prec * mu
         quad = -0.5 * prec
-        half_logdet_prec = 0.5 * jnp.sum(jnp.log(prec), -1)
-        mu_prec_mu = jnp.sum(prec_mu * mu, -1)
     else:
-        prec = 1.0 / cov
         prec_mu = prec[:, None] * mu
         quad = -0.5 * prec[:, None]
-        half_logdet_prec = 0.5 * d * jnp.log(prec)
-        mu_prec_mu = jnp.sum(prec_mu * mu, -1)
-    const = jnp.log(w) - 0.5 * mu_prec_mu + half_logdet_prec - 0.5 * d * LOG_2PI
+    const = jnp.log(w) - 0.5 * jnp.sum(prec_mu * mu, -1) + half_logdet_prec - 0.5 * d * LOG_2PI
     return jnp.concatenate([quad, prec_mu, const[:, None]], axis=1)
 
 
-def e_step(z, theta, *, hard: bool = False):
-    """Responsibilities and per-observation log-likelihood from features and natural parameters.
+def mask_components(theta, active):
+    """Natural parameters with inactive components switched off (log weight -inf).
 
-    Returns
-    -------
-    resp : (N, K) responsibilities (one-hot when ``hard``)
-    log_lik : (N,) marginal log density (for ``hard``: the classification log-likelihood,
-        max_k log pi_k N(x_n | k))
+    ``active`` is a (K,) boolean mask or None (every component active). Switched-off components
+    get zero responsibility and contribute nothing to the log-likelihood, so one compiled
+    program serves every K up to the array's K (model-selection grids run batched).
     """
-    logp = z @ theta.T
+    if active is None:
+        return theta
+    return theta.at[:, -1].set(jnp.where(active, theta[:, -1], -jnp.inf))
+
+
+def log_joint_fast(z, params: GMMParams, covariance_type: str, active=None, const_shift=None):
+    """``log pi_k + log N(x_n | k)`` (N, K) in the fast form; ``const_shift`` (K,) is added to
+    each component's constant (VB's expectation terms)."""
+    theta = natural_params(params, covariance_type)
+    if const_shift is not None:
+        theta = theta.at[:, -1].add(const_shift)
+    return z @ mask_components(theta, active).T
+
+
+def log_joint_precise(x, params: GMMParams, covariance_type: str, active=None, const_shift=None):
+    """``log pi_k + log N(x_n | k)`` (N, K) in the centred form, one component at a time."""
+    w, mu, cov = params
+    k, d = mu.shape
+    if covariance_type in ("full", "tied"):
+        per_component = _numerics.expand_covariances(cov, covariance_type, k, d)
+        form = "full"
+    else:
+        per_component, form = cov, covariance_type
+
+    def one(args):
+        m, c = args
+        return _numerics.component_log_density(x, m[None], c[None], form)[:, 0]
+
+    logp = jax.lax.map(one, (mu, per_component)).T  # (N, K)
+    log_w = jnp.log(w) if const_shift is None else jnp.log(w) + const_shift
+    logp = logp + log_w[None]
+    if active is not None:
+        logp = jnp.where(active[None], logp, -jnp.inf)
+    return logp
+
+
+def responsibilities(logp, *, hard: bool = False):
+    """Responsibilities and the per-row objective from ``log pi_k + log N`` (N, K).
+
+    Returns ``(resp, per_row)``: soft responsibilities and ``log sum_k`` (the marginal log
+    density), or for ``hard`` one-hot assignments and ``max_k`` (the classification likelihood).
+    """
     if hard:
         best = jnp.argmax(logp, axis=1)
-        resp = jax.nn.one_hot(best, logp.shape[1], dtype=logp.dtype)
-        return resp, jnp.max(logp, axis=1)
+        return jax.nn.one_hot(best, logp.shape[1], dtype=logp.dtype), jnp.max(logp, axis=1)
     ll = logsumexp(logp, axis=1)
     return jnp.exp(logp - ll[:, None]), ll
 
 
-def suff_stats(resp, z, num_features: int, covariance_type: str):
-    """All sufficient statistics in one product ``resp.T @ z``; returns ``(nk, sx, sxx)``."""
-    return unpack_stats(resp.T @ z, num_features, covariance_type)
+def e_step(z, theta, *, hard: bool = False):
+    """Fast E-step from features and natural parameters: ``(resp (N, K), per-row objective (N,))``."""
+    return responsibilities(z @ theta.T, hard=hard)
 
 
+# ----------------------------------------------------------------------------------------------
+# Sufficient statistics: counts, means and scatter matrices about each component's mean
+# ----------------------------------------------------------------------------------------------
 def unpack_stats(s, num_features: int, covariance_type: str):
     """``(nk, sx, sxx)`` from summed statistics ``s = resp.T @ Z`` of shape (K, p)."""
     d = num_features
@@ -180,43 +180,14 @@ def unpack_stats(s, num_features: int, covariance_type: str):
     return nk, sx, sxx
 
 
-def degenerate_components(params: GMMParams, counts, reg_covar: float, covariance_type: str, dtype) -> tuple:
-    """Components holding less than one observation's worth, or whose smallest variance sits on
-    the regularisation floor ``max(10 reg_covar, 100 eps)`` (standardised scale; NumPy, host side)."""
-    _, m, c = (np.asarray(p, np.float64) for p in params)
-    k, d = m.shape
-    if covariance_type in ("full", "tied"):
-        smallest = np.linalg.eigvalsh(np.broadcast_to(c, (k, d, d)))[..., 0]
-    elif covariance_type == "diag":
-        smallest = c.min(axis=1)
-    else:
-        smallest = c
-    floor = max(10 * reg_covar, 100 * np.finfo(dtype).eps)
-    return tuple(int(i) for i in np.flatnonzero((np.asarray(counts) < 1.0) | (smallest <= floor)))
-
-
-def degenerate_message(components, counts, map_fit: bool) -> str:
-    """The warning for :func:`degenerate_components`: which components, why, and what to do."""
-    counts = np.asarray(counts)
-    empty = [i for i in components if counts[i] < 1.0]
-    collapsed = [i for i in components if counts[i] >= 1.0]
-    parts = []
-    if empty:
-        parts.append(f"component(s) {empty} hold less than one observation (the data support fewer than K components)")
-    if collapsed:
-        parts.append(f"component(s) {collapsed} have a covariance collapsed onto the regularisation floor")
-    fixes = "use fewer components" + ("" if map_fit else ", increase reg_covar, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)")
-    return "EM " + "; ".join(parts) + f". If unintended, {fixes}."
+def _safe_counts(nk):
+    return nk + 10 * jnp.finfo(nk.dtype).eps  # as scikit-learn: an empty component stays finite
 
 
 def scatter(nk, sx, sxx, covariance_type: str):
-    """Weighted means and centred scatter matrices S_k = sum r (x - xbar)(x - xbar)^T.
-
-    Returns ``(nk_safe, xbar, scatter)`` with ``nk_safe = nk + 10 eps`` (as scikit-learn) so
-    that an empty component stays finite.
-    """
-    eps = 10 * jnp.finfo(nk.dtype).eps
-    nk_safe = nk + eps
+    """Centred statistics ``(nk_safe, xbar, S)`` from moment sums (the fast form):
+    ``S_k = sum r x x^T - N_k xbar xbar^T`` (diag: per feature; spherical: summed over features)."""
+    nk_safe = _safe_counts(nk)
     xbar = sx / nk_safe[:, None]
     if covariance_type in ("full", "tied"):
         s = sxx - nk_safe[:, None, None] * xbar[:, :, None] * xbar[:, None, :]
@@ -227,18 +198,104 @@ def scatter(nk, sx, sxx, covariance_type: str):
     return nk_safe, xbar, s
 
 
-def mask_components(theta, active):
-    """Natural parameters with inactive components switched off (log weight -inf).
+def stats_fast(resp_weighted, z, num_features: int, covariance_type: str):
+    """Centred statistics from one product ``resp.T @ Z`` (rows already weighted)."""
+    return scatter(*unpack_stats(resp_weighted.T @ z, num_features, covariance_type), covariance_type)
 
-    ``active`` is a (K,) boolean mask or None (every component active). Switched-off components
-    get zero responsibility and contribute nothing to the log-likelihood, so one compiled
-    program serves every K up to the array's K (model-selection grids run batched).
+
+def stats_precise(resp_weighted, x, covariance_type: str, centres=None):
+    """Centred statistics ``(nk_safe, xbar, S)`` with every scatter taken about a centre near the
+    component's mean, one component at a time (no cancellation).
+
+    ``centres`` (K, D): the shifts; None computes the weighted means first (two passes over the
+    rows, exact). With given centres (one pass, e.g. the previous means while streaming) the
+    scatter about the new mean is ``S(c) - N_k (xbar - c)(xbar - c)^T``, a small correction.
     """
-    if active is None:
-        return theta
-    return theta.at[:, -1].set(jnp.where(active, theta[:, -1], -jnp.inf))
+    nk = jnp.sum(resp_weighted, axis=0)
+    nk_safe = _safe_counts(nk)
+    if centres is None:  # the exact weighted mean (one point's mean is that point), unless empty
+        centres = (resp_weighted.T @ x) / jnp.where(nk > 0, nk, nk_safe)[:, None]
+
+    def one(args):
+        r, c = args
+        diff = x - c[None]
+        first = r @ diff
+        if covariance_type in ("full", "tied"):
+            second = (diff * r[:, None]).T @ diff
+        elif covariance_type == "diag":
+            second = r @ (diff * diff)
+        else:
+            second = r @ jnp.sum(diff * diff, axis=1)
+        return first, second
+
+    first, second = jax.lax.map(one, (resp_weighted.T, centres))
+    delta = first / nk_safe[:, None]
+    xbar = centres + delta
+    if covariance_type in ("full", "tied"):
+        s = second - nk_safe[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    elif covariance_type == "diag":
+        s = second - nk_safe[:, None] * delta**2
+    else:
+        s = second - nk_safe * jnp.sum(delta**2, -1)
+    return nk_safe, xbar, s
 
 
+def e_step_stats(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
+                 const_shift=None, hard: bool = False):
+    """The E-step and the M-step's statistics at ``params``: ``(per_row, stats)``.
+
+    ``per_row`` (N,) is each row's ``log sum_k`` (``max_k`` for ``hard``) of
+    ``log pi_k + log N(x_n | k) (+ const_shift_k)``; ``stats`` the centred statistics
+    ``(N_k, xbar_k, S_k)`` of the (row-weighted) responsibilities. ``precise`` (a Python or traced
+    bool) selects the centred form; a traced one is a real branch (``lax.cond``), so only the form
+    taken is computed and everything that does not depend on it stays outside.
+    """
+    d = x.shape[1]
+
+    def branch(use_precise):
+        def run(_):
+            if use_precise:
+                logp = log_joint_precise(x, params, covariance_type, active, const_shift)
+            else:
+                logp = log_joint_fast(z, params, covariance_type, active, const_shift)
+            resp, per_row = responsibilities(logp, hard=hard)
+            if sample_weight is not None:
+                resp = resp * sample_weight[:, None]
+            stats = stats_precise(resp, x, covariance_type) if use_precise else stats_fast(resp, z, d, covariance_type)
+            return per_row, stats
+
+        return run
+
+    if isinstance(precise, bool):
+        return branch(precise)(None)
+    return jax.lax.cond(precise, branch(True), branch(False), None)
+
+
+def needs_precise(params: GMMParams, covariance_type: str, active=None):
+    """Whether the fast form would lose precision on any (active) component: true when
+    ``eps * (|mu_k|^2 + tr Sigma_k) * tr Sigma_k^-1 > PRECISE_THRESHOLD`` (standardised scale)."""
+    _, mu, cov = params
+    k, d = mu.shape
+    eps = jnp.finfo(mu.dtype).eps
+    if covariance_type in ("full", "tied"):
+        cov_k = _numerics.expand_covariances(cov, covariance_type, k, d)
+        chol = jnp.linalg.cholesky(cov_k)
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_k.dtype), cov_k.shape)
+        inv_trace = jnp.sum(jax.scipy.linalg.solve_triangular(chol, eye, lower=True) ** 2, axis=(-2, -1))
+        trace = jnp.trace(cov_k, axis1=-2, axis2=-1)
+    else:
+        var = _numerics.diagonal_variances(cov, covariance_type, k, d)
+        inv_trace, trace = jnp.sum(1.0 / var, -1), jnp.sum(var, -1)
+    factor = eps * (jnp.sum(mu**2, -1) + trace) * inv_trace
+    bad = ~(factor <= PRECISE_THRESHOLD)  # NaN counts as bad
+    if active is not None:
+        bad = bad & active
+    return jnp.any(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# The closed-form M-step
+# ----------------------------------------------------------------------------------------------
 def symmetrise(a):
     """``(A + A^T) / 2`` over the last two axes: exactly symmetric in floating point.
 
@@ -248,8 +305,8 @@ def symmetrise(a):
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
-def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None):
-    """Maximum-likelihood (``prior=None``) or MAP M-step, in closed form.
+def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active=None):
+    """Maximum-likelihood (``prior=None``) or MAP M-step, in closed form, from centred statistics.
 
     ``prior`` is a :class:`bayesgmm.params.PriorArrays`. The MAP covariance of the conjugate
     prior is ``(Psi0 + S_k + kappa0 N_k/(kappa0 + N_k) (xbar_k - m0)(...)^T) / (nu0 + N_k + D + 2)``
@@ -258,8 +315,8 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None
     ``active`` (K,) boolean, optional: inactive components get weight 0, mean 0 and unit
     covariance (finite placeholders that :func:`mask_components` switches off).
     """
-    k, d = sx.shape
-    nk_safe, xbar, s = scatter(nk, sx, sxx, covariance_type)
+    k, d = xbar.shape
+    nk = nk_safe - 10 * jnp.finfo(nk_safe.dtype).eps
     n = jnp.sum(nk)
     if prior is None:
         weights = nk_safe / jnp.sum(nk_safe if active is None else nk_safe * active)
@@ -267,7 +324,8 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None
         if covariance_type == "full":
             cov = s / nk_safe[:, None, None]
         elif covariance_type == "tied":
-            cov = jnp.sum(s, 0) / jnp.sum(nk_safe)
+            s_all = s if active is None else jnp.where(active[:, None, None], s, 0.0)
+            cov = jnp.sum(s_all, 0) / jnp.sum(nk_safe if active is None else nk_safe * active)
         elif covariance_type == "diag":
             cov = s / nk_safe[:, None]
         else:
@@ -281,7 +339,7 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None
             k_active, alpha_total = jnp.sum(active), jnp.sum(jnp.where(active, alpha, 0.0))
         weights = (nk + alpha - 1.0) / (n + alpha_total - k_active)
         kappa_n = kappa0 + nk
-        means = (sx + kappa0 * m0[None]) / kappa_n[:, None]
+        means = (nk[:, None] * xbar + kappa0 * m0[None]) / kappa_n[:, None]
         dev = xbar - m0[None]
         shrink = kappa0 * nk / kappa_n
         if covariance_type in ("full", "tied"):
@@ -297,7 +355,12 @@ def m_step(nk, sx, sxx, covariance_type: str, reg_covar, prior=None, active=None
         else:
             cov = (psi + s + shrink * jnp.sum(dev**2, -1)) / (nu0 + 2.0 + d + nk * d)
     if covariance_type in ("full", "tied"):
-        cov = symmetrise(cov + reg_covar * jnp.eye(d, dtype=cov.dtype))
+        # a round-off floor relative to the component's own scale keeps a rank-deficient scatter
+        # (few points, collinear points) positive definite in floating point without widening it
+        # (float32: 2e-6 of its mean variance); reg_covar, in the data's units, handles collapse
+        eye = jnp.eye(d, dtype=cov.dtype)
+        roundoff = ROUNDOFF_ULPS * jnp.finfo(cov.dtype).eps * jnp.trace(cov, axis1=-2, axis2=-1) / d
+        cov = symmetrise(cov + (reg_covar + roundoff)[..., None, None] * eye)
     else:
         cov = cov + reg_covar
     if active is not None:

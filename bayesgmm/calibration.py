@@ -59,7 +59,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple
@@ -67,7 +66,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import numpy as np
 
-from .labels import _full, invariant_summaries
+from . import _numerics
+from .labels import invariant_summaries
 from .model import sample_prior, simulate
 from .params import (
     ConvergenceWarning,
@@ -102,7 +102,6 @@ _INFO_FACTS = ("num_divergences", "max_rhat", "min_ess_bulk", "elbo", "label_swi
 _MAX_ECDF_POINTS = 200
 _NUM_SIMULATIONS = 10_000
 _RECORDED_ERRORS = (ValueError, FloatingPointError, np.linalg.LinAlgError)
-_LOG_2PI = math.log(2.0 * math.pi)
 
 # Incremented when the simulation program is traced; tests use it to prove "compile once per shape".
 _TRACE_COUNT = {"simulate": 0}
@@ -502,16 +501,7 @@ def uniformity_tests(ranks, num_ranks: int, *, bin_edges=None, num_simulations: 
 # ----------------------------------------------------------------------------------------------
 def _total_log_likelihood(x: np.ndarray, weights, means, covariances, covariance_type: str) -> np.ndarray:
     """log p(x | theta_p) summed over observations for P parameter sets, float64 NumPy, shape (P,)."""
-    p, k, d = means.shape
-    chol = np.linalg.cholesky(_full(covariances, covariance_type, k, d))  # (P, K, D, D)
-    diff = x[None, None] - means[:, :, None, :]  # (P, K, N, D)
-    y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))  # (P, K, D, N)
-    logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # (P, K)
-    with np.errstate(divide="ignore"):
-        log_w = np.log(weights)
-    comp = -0.5 * (np.sum(y**2, axis=-2) + logdet[..., None] + d * _LOG_2PI) + log_w[..., None]  # (P, K, N)
-    top = np.max(comp, axis=1, keepdims=True)
-    return np.sum(top[:, 0] + np.log(np.sum(np.exp(comp - top), axis=1)), axis=-1)
+    return _numerics.draws_log_density(x, weights, means, covariances, covariance_type).sum(axis=-1)
 
 
 def _quantity_names(quantities, k: int, d: int) -> list:

@@ -51,6 +51,19 @@ class UsageError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Data in, files out
 # ----------------------------------------------------------------------------------------------
+
+def _n_init(text: str):
+    """``--n-init``: "auto" or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return value
+
 def _read_table(path):
     """A DataFrame from a CSV/TSV/Parquet file; every problem with the file is a UsageError naming it."""
     import pandas as pd
@@ -552,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES, default=list(COVARIANCE_TYPES))
     sel.add_argument("--prior", choices=("none", "default"), default="none",
                      help="none: maximum likelihood; default: MAP-EM with mclust's default prior per K")
-    sel.add_argument("--n-init", type=int, default=5)
+    sel.add_argument("--n-init", type=_n_init, default="auto",
+                     help="starts per model: 'auto' (the default search of fit_em) or an integer")
     _common(sel, out_default="bayesgmm_select")
     _plot_args(sel)
     sel.set_defaults(handler=run_select)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._stats import mixture_log_density
+from . import _numerics
 from .params import GMMParams, Prior, PriorArrays, check_data, seed_to_key
 
 __all__ = ["ess_bulk", "from_inference_data", "load_result", "rhat", "save_result", "to_inference_data"]
@@ -177,9 +177,9 @@ def rhat(draws) -> np.ndarray:
     bulk, tail = gelman_rubin(_z_scale(split)), gelman_rubin(_z_scale(folded))
     constant = np.ptp(a.reshape(-1, a.shape[2]), axis=0) == 0
     return np.where(constant, np.nan, np.maximum(bulk, tail))
+
+
 _FORMAT_VERSION = 1
-# Upper bound on the elements of one batch's (draws, K, N, D) temporaries in the log-likelihood.
-_MAX_BATCH_ELEMENTS = 2**25
 
 
 def _cov_dims(covariance_type: str) -> list[str]:
@@ -203,16 +203,6 @@ def _param_dims(covariance_type: str, lead=()) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Jitted kernels (one compiled program per shape; draws are vmapped, never looped)
 # ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("covariance_type", "batch_size"))
-def _pointwise_log_likelihood(x, weights, means, covariances, covariance_type, batch_size):
-    """log sum_k pi_k N(x_n | mu_k, Sigma_k) for every draw (S leading) and row: shape (S, N)."""
-
-    def one(p):
-        return mixture_log_density(x, GMMParams(*p), covariance_type)
-
-    return jax.lax.map(one, (weights, means, covariances), batch_size=batch_size)
-
-
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
 def _log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
     """Log prior density per draw. Weights that underflowed to 0 (draws from a sparse Dirichlet,
@@ -234,10 +224,6 @@ def _simulate_draws(keys, weights, means, covariances, num_obs, covariance_type)
         return simulate(key, GMMParams(w, m, c), num_obs, covariance_type)[0]
 
     return jax.vmap(one)(keys, weights, means, covariances)
-
-
-def _batch_size(num_draws, k, n, d):
-    return int(max(1, min(num_draws, _MAX_BATCH_ELEMENTS // max(1, k * n * d))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,22 +374,23 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
     # Compute in the data's precision (float32 unless jax_enable_x64 is on); never flip the config.
     # Data, means and the prior mean are centred on the mixture mean in float64 first: densities
     # are translation invariant, and data far from zero keep their precision.
-    origin = result._origin()
-    xj = None
+    frame = result._frame()
+    origin = frame.shift
+    arr = None
     if x is not None:
         arr, _ = check_data(x, num_features=d, allow_constant=True, feature_names=result.feature_names)
-        xj = jnp.asarray((arr.astype(np.float64) - origin).astype(arr.dtype))
-    dtype = xj.dtype if xj is not None else jnp.asarray(0.0).dtype
+    dtype = jax.dtypes.canonicalize_dtype(arr.dtype if arr is not None else np.float64)
     centred_means = np.asarray(_flat(post["means"]), np.float64) - origin
     flat = [jnp.asarray(a, dtype) for a in (_flat(post["weights"]), centred_means, _flat(post["covariances"]))]
 
     stats, stats_map = _sample_stats_arrays(result, chains, draws)
     loglik = None
-    if xj is not None:
-        n = xj.shape[0]
-        loglik = np.asarray(
-            _pointwise_log_likelihood(xj, *flat, covariance_type=ct, batch_size=_batch_size(chains * draws, k, n, d))
-        ).reshape(chains, draws, n)
+    if arr is not None:
+        # per draw and row, float64 on the host (no compilation, whatever N): LOO and WAIC read these
+        n = arr.shape[0]
+        loglik = _numerics.draws_log_density(
+            arr, *(np.asarray(_flat(post[name]), np.float64) for name in ("weights", "means", "covariances")), ct,
+            frame=frame).reshape(chains, draws, n)
         groups["log_likelihood"] = dataset({"x": loglik}, {"x": ["obs"]}, extra_coords={"obs": np.arange(n)})
         groups["observed_data"] = dataset(
             {"x": np.asarray(arr)}, {"x": ["obs", "feature"]}, default_dims=[], extra_coords={"obs": np.arange(n)}
@@ -425,7 +412,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
 
     if posterior_predictive:
         groups["posterior_predictive"] = _posterior_predictive(
-            result, post, xj.shape[0] if xj is not None else result.num_obs, num_predictive, seed, dataset
+            result, post, arr.shape[0] if arr is not None else result.num_obs, num_predictive, seed, dataset
         )
 
     groups["point_estimate"] = dataset(
@@ -480,7 +467,7 @@ def _posterior_predictive(result, post, num_obs, num_predictive, seed, dataset):
     sel = {n: v[:, idx] for n, v in post.items()}
     m = idx.shape[0]
     keys = jax.random.split(seed_to_key(seed), chains * m)
-    origin = result._origin()  # simulate around 0, shift back in float64 (see to_inference_data)
+    origin = result._frame().shift  # simulate around 0, shift back in float64 (see to_inference_data)
     sims = _simulate_draws(
         keys,
         jnp.asarray(_flat(sel["weights"])),

@@ -1,21 +1,22 @@
 """Expectation-maximisation for Gaussian mixtures, compiled with JAX.
 
-Structure (after blackjax, in :mod:`bayesgmm._em_core`): a pure :func:`em_init` and
-:func:`em_step` over an immutable :class:`EMState` and the fitted :class:`EMProblem`; a
-``lax.while_loop`` driver (:func:`run_em`); restarts ``vmap``-ped so ``n_init`` runs are one
-compiled call (:data:`PROGRAM`, compiled ahead of time so that compile and run times are
-reported apart). This module is the host side: validation, units, packaging the result.
-Shapes, K, the covariance structure, ``max_iter`` and the initialisation method are static, so
-a second fit on same-shaped data reuses the compiled program.
+The iteration and the batched program live in :mod:`bayesgmm._em_core`; this module is the
+host side: validation, units, the default search, and packaging the result.
 
-The same program serves the rest of the library: row weights (``sample_weight``: frequency
-weights, bootstrap counts, padding rows of a sharded fit) and a traced mask of active
-components (one program for a whole grid of K in model selection), and a batch axis over data
-sets (parametric bootstrap).
+**Defaults that reach the optimum.** ``fit_em(x, K)`` runs the em-EM search of
+:mod:`bayesgmm._em_core`: ``n_init="auto"`` k-means++ starts (up to 256 on small data, fewer as
+the data grow, see :func:`auto_starts`) each run :data:`INIT_ITER` iterations, and the best few
+continue until the Aitken-projected remaining gain of the objective is below ``tol`` per
+observation (:mod:`bayesgmm._iterate`). The fit kept is the best *non-degenerate* one
+(:func:`bayesgmm._numerics.degenerate_mask`). Every reported total is recomputed in float64 from
+the returned parameters (:mod:`bayesgmm._numerics`), whatever the compute precision.
 
-The data are standardised internally (centred; divided by each feature's standard deviation, or
-by one common scale for ``spherical``), so the fit does not depend on the units; everything
-reported is on the original scale.
+**Compile once.** K, D, the covariance structure, the number of starts and the trace's size
+bucket are static; ``max_iter``, ``tol``, ``reg_covar``, the data values, the starting values
+and the seed are not, so fits differing only in those reuse the compiled program.
+
+**Units.** The data are standardised internally (:func:`bayesgmm.params.standardisation`), so
+the fit does not depend on the units; everything reported is on the original scale.
 """
 
 from __future__ import annotations
@@ -23,18 +24,27 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sharding
-from ._em_core import _TRACE_COUNT, PROGRAM, EMConfig, EMOutput  # noqa: F401 (the program and its trace counter, for callers and tests)
-from ._stats import degenerate_components, degenerate_message
+from . import _numerics, _sharding
+from ._em_core import (  # noqa: F401 (the program and its trace counter, for callers and tests)
+    _TRACE_COUNT,
+    INIT_ITER,
+    PROGRAM,
+    EMConfig,
+    EMOutput,
+    auto_starts,
+    resolve_starts,
+    search,
+    trace_length,
+)
 from .kmeans import INIT_METHODS
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
     GMMParams,
+    PrecisionWarning,
     Prior,
     check_covariance_type,
     check_data,
@@ -43,6 +53,7 @@ from .params import (
     check_positive_integers,
     check_prior_for_map,
     check_sample_weight,
+    compute_dtype,
     log_jacobians,
     params_to_original,
     params_to_standard,
@@ -51,8 +62,12 @@ from .params import (
 )
 from .results import FitResult
 
+#: Default convergence tolerance: projected remaining gain of the mean objective per observation.
+DEFAULT_TOL = 1e-5
+
+
 # ----------------------------------------------------------------------------------------------
-# Public entry point
+# Validation and units
 # ----------------------------------------------------------------------------------------------
 def _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, shift, sd, dtype):
     """User-given starting parameters (scikit-learn's names), standardised; None where not given."""
@@ -114,7 +129,11 @@ class Prepared(NamedTuple):
 def _check_options(init_params, n_init, max_iter, tol, reg_covar):
     if init_params not in INIT_METHODS:
         raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
-    check_positive_integers(n_init=n_init, max_iter=max_iter)
+    if not (isinstance(n_init, str) and n_init == "auto"):
+        if isinstance(n_init, str):
+            raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
+        check_positive_integers(n_init=n_init)
+    check_positive_integers(max_iter=max_iter)
     check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
@@ -122,7 +141,7 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     """Validate the data and prior and standardise both (see the module docstring).
 
     ``max_components`` (model-selection grids) is the K the arrays are built for.
-    ``sample_weight`` (validated) weights the standardising moments.
+    ``sample_weight`` (validated) weights the standardising statistics.
     """
     arr, names = check_data(x)
     n, d = arr.shape
@@ -130,7 +149,7 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     check_covariance_type(covariance_type)
     k_arrays = k if max_components is None else max_components
     check_prior_for_map(prior, d, k_arrays)
-    dtype = jnp.asarray(arr[:1]).dtype  # float32 unless jax_enable_x64 and float64 input
+    dtype = compute_dtype()
     shift, sd = standardisation(arr.astype(np.float64), covariance_type, sample_weight)
     if np.any(sd == 0):
         raise ValueError("x has a constant column among the rows of positive sample_weight; drop it before fitting.")
@@ -139,6 +158,54 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     if prior is not None:
         prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, covariance_type, dtype=np.dtype(dtype))
     return Prepared(arr, names, k, covariance_type, prior, shift, sd, xs, prior_arrays, dtype)
+
+
+def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, sample_weight, active, max_iter,
+               config: EMConfig, init_method: str, num_groups: int, num_starts: int, num_kept: int, data=None,
+               allow_degenerate: bool = False, sharded: bool = False):
+    """:func:`bayesgmm._em_core.search` with host arguments in the compute dtype."""
+    if all(u is not None for u in user_init):
+        init_method = "given"  # every piece given: the starts are the user's
+    return search(
+        prep.xs if data is None else data, key, user_init, prior_arrays, tol=tol, reg_covar=reg_covar,
+        sample_weight=sample_weight, active=active, max_iter=int(max_iter), init_iter=INIT_ITER, config=config,
+        init_method=init_method, num_groups=num_groups, num_starts=num_starts, num_kept=num_kept,
+        trace_len=trace_length(max_iter), avoid_degenerate=not allow_degenerate, adaptive=not sharded,
+        num_rows=prep.num_obs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# From the program's output to a FitResult
+# ----------------------------------------------------------------------------------------------
+def choose_run(objective, degenerate, *, allow_degenerate: bool = False) -> int:
+    """Index of the run kept: the highest finite objective among the non-degenerate runs (among
+    all runs when every one is degenerate, or with ``allow_degenerate``); -1 if none is finite."""
+    objective = np.asarray(objective, np.float64)
+    finite = np.isfinite(objective)
+    if not finite.any():
+        return -1
+    clean = finite & ~np.asarray(degenerate).any(axis=-1)
+    pool = clean if (clean.any() and not allow_degenerate) else finite
+    return int(np.argmax(np.where(pool, objective, -np.inf)))
+
+
+def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
+    """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, entropy, counts)``.
+
+    The objective is the log-likelihood, plus the log prior density for MAP fits, or the
+    classification log-likelihood ``sum_n max_k log pi_k N(x_n | k)`` for hard EM.
+    """
+    k, ct = params.means.shape[0], prep.covariance_type
+    totals = _numerics.totals(prep.arr, *params, ct, sample_weight)
+    objective = totals.log_likelihood
+    if hard:
+        rows = _numerics.score_rows(prep.arr, *params, ct, responsibilities=True)
+        best = rows.log_density + np.max(rows.log_resp, axis=1)
+        objective = float(best.sum() if sample_weight is None else best @ sample_weight)
+    if prep.prior is not None:
+        objective += _numerics.log_prior(params, prep.prior.arrays(k, ct), ct)
+    return totals.log_likelihood, objective, totals.entropy, totals.counts
 
 
 def package(
@@ -154,44 +221,61 @@ def package(
     warn: bool = True,
     max_iter: int,
     tol: float,
+    tol_explicit: bool = False,
 ) -> FitResult:
     """One run of a batched EM output as a :class:`FitResult` on the original scale.
 
     ``index`` selects the run; ``num_components`` (model-selection grids) keeps only the first
-    K active components of a K_max-sized program.
+    K active components of a K_max-sized program. Reported totals are float64 recomputations.
     """
     k = prep.num_components if num_components is None else num_components
     ct = prep.covariance_type
     n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
     pick = lambda a: np.asarray(a[index])  # noqa: E731
-    params_std = GMMParams(*(pick(p) for p in out.state.params))
+    lanes = out.lanes
+    params_std = GMMParams(*(pick(p) for p in lanes.params))
     if params_std.means.shape[0] != k:  # a K-sized fit inside a larger program: first K components
         c = params_std.covariances if ct == "tied" else params_std.covariances[:k]
         params_std = GMMParams(params_std.weights[:k], params_std.means[:k], c)
-    n_iter = int(pick(out.state.n_iter))
-    converged = bool(pick(out.state.converged))
+    n_iter = int(pick(lanes.n_iter))
+    converged = bool(pick(lanes.converged))
     ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, ct)
     obj_shift = ll_shift + (prior_shift if prep.prior is not None else 0.0)
-    trace = pick(out.state.trace).astype(np.float64)[: n_iter + 1] + obj_shift
     params = params_to_original(params_std, prep.shift, prep.sd, ct)
-    log_lik = float(np.asarray(out.log_likelihood[index], np.float64) + ll_shift)
-    counts = pick(out.counts)[:k]
-    degenerate = degenerate_components(params_std, counts, reg_covar, ct, prep.dtype)
+    log_lik, objective, entropy, counts = exact_objective(prep, params, sample_weight, hard)
+    trace = pick(lanes.trace).astype(np.float64)[: n_iter + 1] + obj_shift
+    trace[-1] = objective  # the float64 value at the returned parameters
+    eps = float(np.finfo(prep.dtype).eps)
+    degenerate_mask = _numerics.degenerate_mask(
+        counts, np.asarray(params_std.covariances, np.float64), ct, reg_covar, eps, prep.arr.shape[1])
+    degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
+    floor = float(pick(lanes.floor)) / n_eff
     if warn and degenerate:
+        smallest = _numerics.smallest_variances(np.asarray(params_std.covariances, np.float64), ct, k, prep.arr.shape[1])
         warnings.warn(
-            degenerate_message(degenerate, counts, map_fit=prep.prior is not None),
+            _numerics.degenerate_message(degenerate, counts, smallest, reg_covar, eps, prep.arr.shape[1],
+                                         map_fit=prep.prior is not None),
             DegenerateComponentWarning,
             stacklevel=3,
         )
     if warn and not converged:
         warnings.warn(
-            f"EM did not converge in max_iter={max_iter} iterations (tol={tol}); increase "
+            f"EM did not converge in max_iter={max_iter} iterations (tol={tol:g} per observation); increase "
             "max_iter or tol, or check the initialisation.",
             ConvergenceWarning,
             stacklevel=3,
         )
+    elif warn and tol_explicit and converged and floor > tol:
+        warnings.warn(
+            f"tol={tol:g} per observation is finer than {np.dtype(prep.dtype).name} arithmetic resolves for these "
+            f"data (about {floor:.1g} per observation): EM stopped when the objective stopped changing at that "
+            "precision. For a finer tolerance fit in float64 (jax.config.update('jax_enable_x64', True) and "
+            "float64 data).",
+            PrecisionWarning,
+            stacklevel=3,
+        )
     method = "hard-em" if hard else ("map-em" if prep.prior is not None else "em")
-    objective = "classification_log_likelihood" if hard else ("log_posterior" if prep.prior is not None else "log_likelihood")
+    objective_name = "classification_log_likelihood" if hard else ("log_posterior" if prep.prior is not None else "log_likelihood")
     return FitResult(
         method=method,
         covariance_type=ct,
@@ -202,36 +286,45 @@ def package(
         converged=converged,
         n_iter=n_iter,
         trace=trace,
-        objective=objective,
+        objective=objective_name,
         feature_names=prep.feature_names,
         num_obs=prep.num_obs,
         degenerate_components=degenerate,
         prior=prep.prior,
-        info={**info, "entropy": float(pick(out.entropy)), "expected_counts": counts.astype(np.float64).tolist(),
-              "dtype": str(prep.dtype), "reg_covar": float(reg_covar), "tol": float(tol)},
+        info={**info, "entropy": entropy, "expected_counts": counts.tolist(), "objective_value": objective,
+              "dtype": str(prep.dtype), "reg_covar": float(reg_covar), "tol": float(tol),
+              "precision_floor_per_obs": floor},
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
 def fit_em(
     x,
     num_components: int,
     *,
     covariance_type: str = "full",
     prior: Prior | None = None,
-    n_init: int = 1,
-    init_params: str = "kmeans",
+    n_init="auto",
+    init_params: str = "k-means++",
     weights_init=None,
     means_init=None,
     precisions_init=None,
-    tol: float = 1e-3,
-    max_iter: int = 100,
-    reg_covar: float = 1e-6,
+    tol: float | None = None,
+    max_iter: int = 1000,
+    reg_covar: float = 1e-10,
     hard: bool = False,
+    allow_degenerate: bool = False,
     sample_weight=None,
     devices=None,
     seed=0,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: maximum likelihood, or MAP when a ``prior`` is given.
+
+    With the defaults the fit reaches the best optimum that many restarts find (see the
+    module docstring): many k-means++ starts run :data:`INIT_ITER` iterations each, the best
+    continue to convergence, and the best non-degenerate one is returned.
 
     Parameters
     ----------
@@ -244,22 +337,38 @@ def fit_em(
         Conjugate prior (e.g. ``Prior.default(x, K)``). Given: MAP-EM, maximising
         log-likelihood + log prior density of :func:`bayesgmm.model.gmm_model`; the
         Dirichlet concentration must then be >= 1. Omitted: maximum likelihood.
-    n_init : int
-        Restarts, run together as one vmapped program; the best final objective is kept.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}
-        Starting responsibilities, with scikit-learn's meanings.
+    n_init : "auto" or int
+        ``"auto"``: the em-EM search, as many starts as the data size makes cheap
+        (:func:`auto_starts`: 256 on data of a few hundred rows, 4 for N=1e5, D=16, K=16), of
+        which the best :data:`INIT_ITER`-iteration runs continue. An int: that many independent
+        restarts, each run to convergence (scikit-learn's meaning). All run as one program.
+    init_params : {"k-means++", "kmeans", "random", "random_from_data"}
+        Starting responsibilities, with scikit-learn's meanings. The default seeds each start at
+        K data points chosen by k-means++ (different per start and per seed); ``"kmeans"``
+        refines them by Lloyd's algorithm first, which makes most starts alike.
     weights_init, means_init, precisions_init : array, optional
         User-given starting parameters (original scale), overriding ``init_params`` piecewise.
-    tol : float
-        Convergence threshold on the change of the mean per-observation objective.
+    tol : float, optional
+        Convergence threshold per observation on the projected remaining gain of the objective
+        (Aitken acceleration: ``(l_t - l_{t-1}) / (1 - a_t)`` with ``a_t`` the ratio of the last
+        two gains), default :data:`DEFAULT_TOL`. Unlike a test on the last gain alone it is not
+        fooled by a slow start. A tolerance finer than the compute precision resolves is met at
+        that precision (``info["precision_floor_per_obs"]``), with a :class:`PrecisionWarning`
+        when it was asked for explicitly.
     max_iter : int
-        Maximum EM iterations per restart (static: changing it recompiles).
+        Maximum EM iterations per run (short runs included).
     reg_covar : float
         Added to the diagonal of every covariance after each M-step, in units of each
-        feature's variance (the data are standardised internally), so it does not depend on units.
+        feature's robust variance (the data are standardised internally), so it depends on
+        neither the units nor a few outliers. The default only keeps covariances positive
+        definite; it does not widen tight components.
     hard : bool
         Classification EM: hard assignments in the E-step (the classification likelihood is
         the objective).
+    allow_degenerate : bool
+        Keep the run of highest objective even when it is degenerate (an empty, collapsed or
+        spurious component; :func:`bayesgmm._numerics.degenerate_mask`). By default the best
+        non-degenerate run is kept and a degenerate one only when every run is.
     sample_weight : array (N,), optional
         Non-negative row weights (frequency weights, bootstrap counts): row ``n`` counts
         ``sample_weight[n]`` times in every sum. The log-likelihood reported is the weighted one.
@@ -273,14 +382,17 @@ def fit_em(
     Returns
     -------
     FitResult
-        ``method`` is "em", "map-em" or "hard-em". ``info`` holds ``compile_seconds`` (0.0 when
-        the compiled program was reused), ``run_seconds``, the objective of every restart and
-        ``entropy`` (of the final responsibilities, for ICL).
+        ``method`` is "em", "map-em" or "hard-em". ``log_likelihood``, ``trace[-1]`` and
+        ``info["entropy"]`` are float64 recomputations at the returned parameters; earlier
+        ``trace`` entries are in the compute precision. ``info`` holds ``compile_seconds`` (0.0
+        when the compiled program was reused), ``run_seconds``, ``n_init`` (starts) and
+        ``num_kept``, the final objective of every kept run (``restart_objectives``) and of every
+        start after its short run (``start_objectives``).
 
     Raises
     ------
     ValueError
-        Invalid input, or every restart ended with a singular covariance.
+        Invalid input, or every run ended with a singular covariance.
     """
     arr, _ = check_data(x)
     weight = check_sample_weight(sample_weight, arr.shape[0])
@@ -289,51 +401,52 @@ def fit_em(
             f"sample_weight has {np.count_nonzero(weight)} row(s) of positive weight, fewer than the "
             f"{num_components} components; give more rows positive weight or use fewer components."
         )
+    tol_explicit = tol is not None
+    tol = DEFAULT_TOL if tol is None else tol
     prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight)
     _check_options(init_params, n_init, max_iter, tol, reg_covar)
     n, d = prep.arr.shape
     k = prep.num_components
+    starts, kept = resolve_starts(n_init, n, k, d, covariance_type)
     user_init = _user_init(weights_init, means_init, precisions_init, k, d, covariance_type, prep.shift, prep.sd, prep.dtype)
+    if n_init == "auto" and all(u is not None for u in user_init):
+        starts = kept = 1  # one given start: nothing to search
+    key = seed_to_key(seed)
     rows = _sharding.resolve(devices, n)
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
-    key = seed_to_key(seed)
     config = EMConfig(k, d, covariance_type, bool(hard), prior is not None)
-    timed = PROGRAM(
-        xs,
-        jax.random.split(key, n_init),
-        user_init,
-        prep.prior_arrays,
-        np.asarray(tol, prep.dtype),
-        np.asarray(reg_covar, prep.dtype),
-        weight_dev,
-        None,
-        config=config,
-        init_method=init_params,
-        max_iter=int(max_iter),
+    found = run_search(
+        prep, key, user_init, prep.prior_arrays, tol=tol, reg_covar=reg_covar, sample_weight=weight_dev, active=None,
+        max_iter=max_iter, config=config, init_method=init_params, num_groups=1, num_starts=starts, num_kept=kept,
+        data=xs, allow_degenerate=allow_degenerate, sharded=rows.mesh is not None,
     )
-    out = jax.device_get(timed.outputs)
-    finals = np.asarray(out.objective, dtype=np.float64)
-    ok = np.isfinite(finals)
-    if not ok.any():
+    out = found.output
+    finals = np.asarray(out.lanes.objective, dtype=np.float64)
+    best = choose_run(finals, out.degenerate, allow_degenerate=allow_degenerate)
+    if best < 0:
         raise ValueError(
-            "EM failed: a covariance became singular in every restart (ill-defined empirical "
+            "EM failed: a covariance became singular in every run (ill-defined empirical "
             "covariance, e.g. duplicated points or a component on too few points). Increase "
             "reg_covar, use fewer components, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)."
         )
-    best = int(np.argmax(np.where(ok, finals, -np.inf)))
     n_eff = n if weight is None else float(weight.sum())
     ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, covariance_type)
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
     info = {
         "seed": seed if isinstance(seed, (int, np.integer)) else None,
-        "n_init": int(n_init),
+        "n_init": int(starts),
+        "num_kept": int(kept),
+        "init_iter": INIT_ITER,
         "init_params": init_params,
         "best_restart": best,
         "restart_objectives": (finals + obj_shift).tolist(),
-        "compile_seconds": timed.compile_seconds,
-        "run_seconds": timed.run_seconds,
-        "fit_seconds": timed.compile_seconds + timed.run_seconds,
+        "restart_degenerate": np.asarray(out.degenerate).any(axis=-1).tolist(),
+        "start_objectives": (found.start_objective[0] + obj_shift).tolist(),
+        "compile_seconds": found.compile_seconds,
+        "run_seconds": found.run_seconds,
+        "fit_seconds": found.compile_seconds + found.run_seconds,
         "num_devices": rows.num_devices,
         "sample_weighted": weight is not None,
     }
-    return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter, tol=tol)
+    return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter,
+                   tol=tol, tol_explicit=tol_explicit)

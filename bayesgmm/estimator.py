@@ -168,9 +168,13 @@ class GaussianMixture(_DensityMixin, _Base):
         As scikit-learn; the Bayesian engines may support only some structures (they raise a
         ValueError saying which).
     tol, reg_covar, max_iter, n_init, init_params
-        scikit-learn's meanings; handed to the engine when its signature takes them (EM and VB
-        take all of them). Setting one away from its default for an engine that does not take
-        it (e.g. ``max_iter`` with ``method="mcmc"``) warns that it is ignored.
+        Handed to the engine when its signature takes them (EM and VB take all of them), with
+        the engines' defaults, which reach the optimum (see :func:`bayesgmm.fit_em`): ``tol=None``
+        (the engine's), ``n_init="auto"`` (the em-EM search), ``init_params="k-means++"``,
+        ``max_iter=1000``, ``reg_covar=1e-10`` (relative to each feature's robust variance).
+        scikit-learn's own defaults (``n_init=1``, ``tol=1e-3``, ``max_iter=100``) stop early on
+        ordinary data. Setting one away from its default for an engine that does not take it
+        (e.g. ``max_iter`` with ``method="mcmc"``) warns that it is ignored.
     prior : None, "default" or bayesgmm.Prior, default=None
         ``None``: the engine's default (EM: maximum likelihood; Bayesian engines:
         ``Prior.default(X, K)``). ``"default"``: ``Prior.default(X, n_components)`` computed on
@@ -221,11 +225,11 @@ class GaussianMixture(_DensityMixin, _Base):
         *,
         method="em",
         covariance_type="full",
-        tol=1e-3,
-        reg_covar=1e-6,
-        max_iter=100,
-        n_init=1,
-        init_params="kmeans",
+        tol=None,
+        reg_covar=1e-10,
+        max_iter=1000,
+        n_init="auto",
+        init_params="k-means++",
         prior=None,
         random_state=None,
         engine_kwargs=None,

@@ -50,9 +50,9 @@ __all__ = [
 
 #: method name -> (module, function, default keyword arguments)
 _ENGINES = {
-    "em": ("em", "fit_em", {"n_init": 5}),
-    "map-em": ("em", "fit_em", {"n_init": 5}),
-    "vb": ("vb", "fit_vb", {"n_init": 3}),
+    "em": ("em", "fit_em", {}),
+    "map-em": ("em", "fit_em", {}),
+    "vb": ("vb", "fit_vb", {}),
     "svi": ("svi", "fit_svi", {}),
     "mcmc": ("mcmc", "fit_mcmc", {}),
 }
@@ -115,8 +115,8 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     """Fit ``x`` with the engine named ``method`` ("em", "map-em", "vb", "svi" or "mcmc").
 
     ``"map-em"`` is EM with ``prior`` (default ``Prior.default(x, K)``); the Bayesian engines
-    receive ``prior`` too (their own default when None). ``kwargs`` go to the engine, over the
-    defaults of this module (``n_init=5`` for EM, ``n_init=3`` for VB).
+    receive ``prior`` too (their own default when None). ``kwargs`` go to the engine, whose own
+    defaults (the em-EM search for EM and VB) apply otherwise.
     """
     if method not in _ENGINES:
         raise ValueError(f"method must be one of {tuple(_ENGINES)}, got {method!r}.")

@@ -15,6 +15,7 @@ from .params import (
     check_nonnegative,
     check_num_components,
     check_positive_integers,
+    compute_dtype,
     seed_to_key,
     standardisation,
 )
@@ -42,8 +43,8 @@ class KMeansResult(NamedTuple):
         """Index of the nearest centre for each row of ``x``, shape (N,)."""
         arr, _ = check_data(x, num_features=self.centers.shape[1], allow_constant=True)
         shift, scale = _centre_and_scale(np.asarray(self.centers, np.float64))
-        xs = ((arr.astype(np.float64) - shift) / scale).astype(arr.dtype)
-        centers = ((np.asarray(self.centers, np.float64) - shift) / scale).astype(arr.dtype)
+        xs = ((arr.astype(np.float64) - shift) / scale).astype(compute_dtype())
+        centers = ((np.asarray(self.centers, np.float64) - shift) / scale).astype(compute_dtype())
         return np.asarray(jnp.argmin(sq_distances(jnp.asarray(xs), jnp.asarray(centers)), axis=1))
 
 
@@ -61,19 +62,26 @@ def sq_distances(x, centers):
     return jnp.maximum(d2, 0.0)
 
 
-def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None, *, sample_weight=None, active=None):
+def num_trials(num_components: int) -> int:
+    """Candidates per new centre in greedy k-means++: ``2 + log K`` (scikit-learn's choice)."""
+    return 2 + int(math.log(num_components))
+
+
+def kmeans_plusplus(u, x, num_components: int, *, sample_weight=None, active=None):
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007), as scikit-learn does it.
 
-    Each new centre is the best of ``num_trials`` (default ``2 + log K``) candidates drawn with
-    probability proportional to the (weighted) squared distance to the nearest chosen centre.
+    Each new centre is the best of ``num_trials(K)`` candidates drawn with probability
+    proportional to the (weighted) squared distance to the nearest chosen centre.
 
     Parameters
     ----------
-    key : jax key
+    u : array (K, num_trials(K))
+        Uniform numbers in [0, 1): every draw the seeding makes. Passed in rather than drawn, so
+        that the compiled programs hold no random-number generator (whose compilation costs more
+        than the seeding itself); :func:`init_noise` draws them on the host from the fit's key.
     x : array (N, D)
     num_components : int
         K (static).
-    num_trials : int, optional
     sample_weight : array (N,), optional
         Non-negative row weights (bootstrap counts; 0 for padding rows, which are never chosen).
         With 0/1 weights and the zero rows at the end the seeding equals that of the unpadded data.
@@ -88,9 +96,7 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None, 
     """
     n, d = x.shape
     k = num_components
-    trials = num_trials or 2 + int(math.log(k))
-    # Every uniform number the seeding needs, drawn at once (one PRNG call keeps the program small).
-    u = jax.random.uniform(key, (k, trials), x.dtype)
+    u = u.astype(x.dtype)
     if sample_weight is None:
         first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
     else:
@@ -103,7 +109,7 @@ def kmeans_plusplus(key, x, num_components: int, num_trials: int | None = None, 
 
     def body(c, carry):
         centers, indices, closest = carry
-        # inverse-CDF draws of `trials` candidates with probability proportional to w * `closest`
+        # inverse-CDF draws of the candidates with probability proportional to w * `closest`
         cdf = jnp.cumsum(closest if sample_weight is None else closest * sample_weight)
         cand = jnp.searchsorted(cdf, u[c] * cdf[-1], side="right", method="compare_all")
         cand = jnp.minimum(cand, n - 1).astype(first.dtype)
@@ -157,20 +163,20 @@ def lloyd(x, centers, max_iter: int, tol, *, sample_weight=None, active=None):
 
 
 @functools.partial(jax.jit, static_argnames=("num_components", "max_iter"))
-def _kmeans_restarts(keys, x, tol, *, num_components, max_iter):
-    def one(key):
-        centers, _ = kmeans_plusplus(key, x, num_components)
+def _kmeans_restarts(u, x, tol, *, num_components, max_iter):
+    def one(u_one):
+        centers, _ = kmeans_plusplus(u_one, x, num_components)
         return lloyd(x, centers, max_iter, tol)
 
-    return jax.vmap(one)(keys)
+    return jax.vmap(one)(u)
 
 
-def kmeans_labels(key, x, num_components: int, max_iter: int = 300, tol: float = 1e-4, *, sample_weight=None, active=None):
+def kmeans_labels(u, x, num_components: int, max_iter: int = 300, tol: float = 1e-4, *, sample_weight=None, active=None):
     """One k-means++ + Lloyd run inside jit (EM's ``init_params="kmeans"``); returns labels (N,).
 
-    ``sample_weight`` and ``active`` as in :func:`kmeans_plusplus`.
+    ``u``, ``sample_weight`` and ``active`` as in :func:`kmeans_plusplus`.
     """
-    centers, _ = kmeans_plusplus(key, x, num_components, sample_weight=sample_weight, active=active)
+    centers, _ = kmeans_plusplus(u, x, num_components, sample_weight=sample_weight, active=active)
     if sample_weight is None:
         var = jnp.var(x, 0)
     else:
@@ -181,37 +187,68 @@ def kmeans_labels(key, x, num_components: int, max_iter: int = 300, tol: float =
     return lloyd(x, centers, max_iter, tol_abs, sample_weight=sample_weight, active=active)[1]
 
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_METHODS = ("k-means++", "kmeans", "random", "random_from_data")
 
 
-def initial_responsibilities(key, x, num_components: int, method: str, *, sample_weight=None, active=None):
+def init_noise_shape(method: str, num_obs: int, num_components: int) -> tuple:
+    """Shape of the uniform numbers one start of ``method`` consumes (see :func:`initial_responsibilities`)."""
+    if method in ("kmeans", "k-means++"):
+        return (num_components, num_trials(num_components))
+    if method == "random":
+        return (num_obs, num_components)
+    return (num_obs,)
+
+
+def host_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded from the bits of a JAX key: the host side of a fit's randomness."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def init_noise(key, method: str, num_starts: int, num_obs: int, num_components: int, dtype,
+               num_padded: int | None = None) -> np.ndarray:
+    """The uniform numbers of ``num_starts`` starts, shape (num_starts, *init_noise_shape(...)),
+    drawn on the host from ``key`` (the same key, the same starts, bit for bit).
+
+    ``num_padded``: rows of the data as the program sees them (a sharded fit pads with weight-0
+    rows); per-row numbers are drawn for the ``num_obs`` real rows only and padded with 0.5, so a
+    sharded fit starts exactly where the unsharded one does.
+    """
+    u = host_rng(key).random((num_starts,) + init_noise_shape(method, num_obs, num_components)).astype(dtype)
+    pad = 0 if num_padded is None else num_padded - num_obs
+    if pad and method in ("random", "random_from_data"):
+        u = np.concatenate([u, np.full((num_starts, pad) + u.shape[2:], 0.5, dtype)], axis=1)
+    return u
+
+
+def initial_responsibilities(u, x, num_components: int, method: str, *, sample_weight=None, active=None):
     """Starting responsibilities (N, K) for EM and VB: scikit-learn's four ``init_params``.
 
-    ``"kmeans"``: one-hot k-means labels; ``"k-means++"``: one-hot on the K seeds only;
-    ``"random"``: uniform random, normalised; ``"random_from_data"``: one-hot on K random points
-    (drawn with probability proportional to ``sample_weight`` when given). Inactive components
-    (``active``, a traced (K,) mask) get no responsibility.
+    ``"k-means++"``: one-hot on the K seeds only; ``"kmeans"``: one-hot k-means labels (the seeds
+    refined by Lloyd's algorithm); ``"random"``: uniform random, normalised; ``"random_from_data"``:
+    one-hot on K random points (drawn with probability proportional to ``sample_weight`` when
+    given, by the Gumbel-top-k trick). Inactive components (``active``, a traced (K,) mask) get no
+    responsibility. ``u`` holds the uniform numbers of the start (:func:`init_noise_shape`).
     """
     n = x.shape[0]
     k = num_components
     dtype = x.dtype
+    hot = jnp.arange(k) if active is None else jnp.where(active, jnp.arange(k), k)  # k: dropped
     if method == "kmeans":
-        labels = kmeans_labels(key, x, k, sample_weight=sample_weight, active=active)
+        labels = kmeans_labels(u, x, k, sample_weight=sample_weight, active=active)
         return jax.nn.one_hot(labels, k, dtype=dtype)
     if method == "k-means++":
-        _, idx = kmeans_plusplus(key, x, k, sample_weight=sample_weight, active=active)
-        hot = jnp.arange(k) if active is None else jnp.where(active, jnp.arange(k), k)  # k: dropped
+        _, idx = kmeans_plusplus(u, x, k, sample_weight=sample_weight, active=active)
         return jnp.zeros((n, k), dtype).at[idx, hot].set(1.0, mode="drop")
     if method == "random":
-        r = jax.random.uniform(key, (n, k), dtype)
+        r = u.astype(dtype)
         if active is not None:
             r = r * active
         return r / jnp.sum(r, 1, keepdims=True)
-    # always through probabilities (uniform without weights): a sharded fit passes 0/1 weights
-    # for its padding, and must draw the same rows as the unsharded one
+    # Gumbel-top-k: K distinct rows drawn with probability proportional to the weights, in order
     weight = jnp.ones(n, dtype) if sample_weight is None else sample_weight
-    idx = jax.random.choice(key, n, (k,), replace=False, p=weight / jnp.sum(weight))
-    hot = jnp.arange(k) if active is None else jnp.where(active, jnp.arange(k), k)
+    gumbel = -jnp.log(-jnp.log(jnp.clip(u.astype(dtype), jnp.finfo(dtype).tiny, 1.0 - jnp.finfo(dtype).epsneg)))
+    score = jnp.where(weight > 0, jnp.log(jnp.where(weight > 0, weight, 1.0)) + gumbel, -jnp.inf)
+    _, idx = jax.lax.top_k(score, k)
     return jnp.zeros((n, k), dtype).at[idx, hot].set(1.0, mode="drop")
 
 
@@ -240,14 +277,14 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     k = check_num_components(num_components, arr.shape[0])
     check_positive_integers(n_init=n_init, max_iter=max_iter)
     check_nonnegative(tol=tol)
-    key = seed_to_key(seed)
+    u = init_noise(seed_to_key(seed), "k-means++", n_init, arr.shape[0], k, np.float64)
     # centred and scaled in float64 first (as EM does): in float32 data far from zero, or on a
     # tiny or huge scale, would lose the distances to cancellation, underflow or overflow
     shift, scale = _centre_and_scale(arr.astype(np.float64))
-    xj = jnp.asarray(((arr.astype(np.float64) - shift) / scale).astype(arr.dtype))
+    xj = jnp.asarray(((arr.astype(np.float64) - shift) / scale).astype(compute_dtype()))
     tol_abs = tol * float(np.mean(np.var(arr.astype(np.float64), 0))) / scale**2
     centers, labels, inertia, n_iter, converged = _kmeans_restarts(
-        jax.random.split(key, n_init), xj, tol_abs, num_components=k, max_iter=max_iter
+        jnp.asarray(u, xj.dtype), xj, tol_abs, num_components=k, max_iter=max_iter
     )
     best = int(jnp.argmin(inertia))
     return KMeansResult(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._numerics import expand_covariances
 from .params import GMMParams, check_covariance_type
 
 __all__ = [
@@ -47,15 +48,8 @@ _COSTS = ("kl", "mahalanobis")
 
 
 def _full(cov, covariance_type: str, k: int, d: int) -> np.ndarray:
-    """Covariances (..., K, D, D) from any stored structure (leading batch dimensions kept)."""
-    cov = np.asarray(cov, dtype=np.float64)
-    if covariance_type == "full":
-        return cov
-    if covariance_type == "tied":
-        return np.broadcast_to(cov[..., None, :, :], cov.shape[:-2] + (k, d, d))
-    if covariance_type == "diag":
-        return cov[..., :, None] * np.eye(d)
-    return cov[..., None, None] * np.eye(d)
+    """Covariances (..., K, D, D), float64 (:func:`bayesgmm._numerics.expand_covariances`)."""
+    return expand_covariances(np.asarray(cov, dtype=np.float64), covariance_type, k, d)
 
 
 def _check_draws(draws, covariance_type: str):

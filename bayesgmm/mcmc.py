@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _numpyro_common as shared
-from . import _stats
+from . import _numerics
 from ._compile import CompiledProgram, enable_compilation_cache, progress, tick_every, tick_interval  # noqa: F401 (re-exported)
 from .labels import align_draws
 from .model import gmm_model, log_prior, model_kwargs
@@ -217,7 +217,7 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
 
     def log_post(w, m, cov):
         p = GMMParams(w, m, cov)
-        return jnp.sum(_stats.mixture_log_density(xs, p, ct)) + log_prior(p, prior, ct)
+        return jnp.sum(_numerics.mixture_log_density(xs, *p, ct)) + log_prior(p, prior, ct)
 
     lp = jax.vmap(jax.vmap(log_post))(*draws)
     return pivot, draws, stats, lp
@@ -452,7 +452,7 @@ def fit_mcmc(
     else:
         draws, switched = dict(raw_draws), 0.0
     point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
-    log_lik = shared.numpy_log_likelihood(arr.astype(np.float64), point, covariance_type)
+    log_lik = _numerics.totals(arr.astype(np.float64), *point, covariance_type).log_likelihood
 
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
@@ -510,7 +510,7 @@ def fit_mcmc(
             "num_devices": num_devices,
             "target_accept_prob": float(target_accept_prob),
             "init": init_mode,
-            "map_log_likelihood": shared.numpy_log_likelihood(arr.astype(np.float64), pivot, covariance_type),
+            "map_log_likelihood": _numerics.totals(arr.astype(np.float64), *pivot, covariance_type).log_likelihood,
             "mean_accept_prob": float(np.mean(stats["accept_prob"])),
             "dtype": str(dtype),
         },

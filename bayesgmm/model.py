@@ -28,7 +28,7 @@ from jax.scipy.special import gammaln
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
-from ._stats import full_covariances, mixture_log_density
+from ._numerics import expand_covariances, mixture_log_density
 from .params import GMMParams, PriorArrays, check_covariance_type
 
 
@@ -74,7 +74,7 @@ def component_distribution(params: GMMParams, covariance_type: str):
         return dist.Normal(mu, jnp.sqrt(cov)).to_event(1)
     if covariance_type == "spherical":
         return dist.Normal(mu, jnp.sqrt(cov)[:, None] * jnp.ones(d)).to_event(1)
-    chol = jnp.linalg.cholesky(full_covariances(cov, covariance_type, k, d))
+    chol = jnp.linalg.cholesky(expand_covariances(cov, covariance_type, k, d))
     return dist.MultivariateNormal(mu, scale_tril=chol)
 
 
@@ -173,7 +173,7 @@ def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, activ
 
 def log_likelihood(x, params: GMMParams, covariance_type: str):
     """Per-observation marginal log-likelihood (z summed out), shape (N,)."""
-    return mixture_log_density(x, params, covariance_type)
+    return mixture_log_density(x, *params, covariance_type)
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))

@@ -28,7 +28,12 @@ class ConvergenceWarning(UserWarning):
 
 
 class DegenerateComponentWarning(UserWarning):
-    """A component holds (almost) no data or its covariance collapsed onto the regularisation floor."""
+    """A component holds (almost) no data, its covariance collapsed onto the regularisation
+    floor, or it is a spurious maximiser resting on a handful of points."""
+
+
+class PrecisionWarning(UserWarning):
+    """A requested tolerance is finer than the compute precision can resolve for the data."""
 
 
 class GMMParams(NamedTuple):
@@ -331,7 +336,8 @@ class Prior:
         k = check_num_components(num_components, arr.shape[0])
         d = arr.shape[1]
         cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
-        eig = np.linalg.eigvalsh(cov)
+        sd = np.sqrt(np.diag(cov))
+        eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))  # the correlation matrix: unit-free
         if eig[0] <= 1e-12 * eig[-1]:
             raise ValueError(
                 "x has linearly dependent columns (one column is a linear combination of the others), so "
@@ -411,6 +417,20 @@ class PriorArrays(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # Units: every engine fits standardised data and reports on the original scale
 # ----------------------------------------------------------------------------------------------
+def compute_dtype() -> np.dtype:
+    """The float type every engine computes in: JAX's default, float64 when ``jax_enable_x64`` is
+    on (globally, or in a ``with jax.enable_x64(True):`` block) and float32 otherwise.
+
+    The one float policy of the package: data of any dtype are standardised on the host in
+    float64 and then converted to this type; NumPyro, the EM/VB programs and the k-means start
+    all run in it; every number a result reports (log-likelihood, ELBO, criteria, scores) is
+    recomputed in float64 from the returned parameters. bayesgmm never changes the setting.
+    """
+    import jax
+
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
 def seed_to_key(seed):
     """A JAX PRNG key from an integer seed (Python or NumPy integer, or a 0-d integer array), or a
     JAX key (typed, or a legacy uint32 key of shape (2,)) returned as is."""
@@ -434,18 +454,47 @@ def seed_to_key(seed):
     )
 
 
-def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
-    """Shift and scale that standardise the data: ``(x - shift) / scale``.
+def weighted_median(arr: np.ndarray, sample_weight=None) -> np.ndarray:
+    """Column medians of ``arr`` (N, D); with row weights, the weighted median (the mean of the
+    lower and upper weighted medians, so integer weights give the median of repeated rows)."""
+    if sample_weight is None:
+        return np.median(arr, axis=0)
+    w = np.asarray(sample_weight, np.float64)
+    order = np.argsort(arr, axis=0, kind="stable")
+    values = np.take_along_axis(arr, order, axis=0)
+    cum = np.cumsum(w[order], axis=0)
+    half = 0.5 * cum[-1]
+    lower = np.argmax(cum >= half * (1 - 1e-12), axis=0)
+    upper = np.argmax(cum > half * (1 + 1e-12), axis=0)
+    cols = np.arange(arr.shape[1])
+    return 0.5 * (values[lower, cols] + values[upper, cols])
 
-    Each feature is divided by its own standard deviation, except for ``spherical`` (one common
-    scale, the root mean variance, so that a spherical covariance stays spherical). With
-    ``sample_weight`` the moments are weighted (frequency weights act as repeated rows).
+
+#: Scales the median absolute deviation to the standard deviation of a normal distribution.
+MAD_TO_SD = 1.482602218505602
+
+
+def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
+    """Shift and scale that standardise the data: ``(x - shift) / scale`` (float64).
+
+    Robust: each feature is centred on its median and divided by its median absolute deviation
+    (times 1.4826, the standard deviation for normal data), or by its standard deviation where
+    more than half of the values are equal (MAD 0). A few far outliers, or clusters far apart,
+    therefore do not squeeze the bulk of the data into a sliver of the unit scale, where float32
+    would lose it. ``spherical`` uses one common scale (the root mean square of the features'),
+    so that a spherical covariance stays spherical. With ``sample_weight`` the statistics are
+    weighted (frequency weights act as repeated rows).
     """
-    shift = np.average(arr, axis=0, weights=sample_weight)
-    sd = np.sqrt(np.average((arr - shift) ** 2, axis=0, weights=sample_weight))
+    arr = np.asarray(arr, np.float64)
+    shift = weighted_median(arr, sample_weight)
+    scale = MAD_TO_SD * weighted_median(np.abs(arr - shift), sample_weight)
+    flat = ~(scale > 0)
+    if flat.any():
+        mean = np.average(arr[:, flat], axis=0, weights=sample_weight)
+        scale[flat] = np.sqrt(np.average((arr[:, flat] - mean) ** 2, axis=0, weights=sample_weight))
     if covariance_type == "spherical":
-        sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
-    return shift, sd
+        scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
+    return shift, scale
 
 
 def params_to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
@@ -461,7 +510,12 @@ def params_to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMPara
 
 
 def params_to_original(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
+    """Parameters on the original scale, float64; the weights renormalised to sum to one in
+    float64 (a float32 fit's weights sum to 1 only to float32 precision), so that every reported
+    number is that of a proper mixture (leading batch axes, e.g. draws, allowed)."""
     w, m, c = (np.asarray(p, dtype=np.float64) for p in params)
+    total = w.sum(axis=-1, keepdims=True)
+    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), w)
     m = m * sd + shift
     if covariance_type in ("full", "tied"):
         c = c * np.outer(sd, sd)

@@ -28,6 +28,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
 
+from .labels import _full
 from .params import ConvergenceWarning, check_data
 from .results import FitResult
 
@@ -85,20 +86,6 @@ def _style(ax) -> None:
 def _data(x, result: FitResult) -> np.ndarray:
     arr, _ = check_data(x, num_features=result.num_features, allow_constant=True)
     return np.asarray(arr, dtype=np.float64)
-
-
-def _full_covs(covariances, covariance_type: str, k: int, d: int) -> np.ndarray:
-    """Covariances as (..., K, D, D) in NumPy; a leading draw axis is kept."""
-    c = np.asarray(covariances, dtype=np.float64)
-    if covariance_type == "full":
-        return c
-    if covariance_type == "tied":
-        return np.broadcast_to(c[..., None, :, :], c.shape[:-2] + (k, d, d))
-    if covariance_type == "diag":
-        return c[..., :, None] * np.eye(d)
-    if covariance_type == "spherical":
-        return c[..., :, None, None] * np.eye(d)
-    raise ValueError(f"unknown covariance_type {covariance_type!r}; use 'full', 'diag', 'spherical' or 'tied'.")
 
 
 def _check_features(features, d: int) -> tuple[int, int]:
@@ -218,7 +205,7 @@ def plot_density_1d(
     ax = _new_axes(ax)
     k = result.num_components
     colors = component_colors(k)
-    covs = _full_covs(result.covariances, result.covariance_type, k, d)
+    covs = _full(result.covariances, result.covariance_type, k, d)
     mu = result.means[:, feature]
     var = covs[:, feature, feature]
     lo, hi = xlim if xlim is not None else _padded_limits(values, 0.15)
@@ -308,7 +295,7 @@ def plot_clusters_2d(
     point_colors = np.clip(resp @ colors, 0.0, 1.0)
     size = point_size if point_size is not None else float(np.clip(3000.0 / arr.shape[0], 4.0, 30.0))
     ax.scatter(arr[:, i], arr[:, j], c=point_colors, s=size, lw=0, alpha=0.85, zorder=2, rasterized=arr.shape[0] > 5000)
-    covs = _full_covs(result.covariances, result.covariance_type, k, result.num_features)[:, [i, j]][:, :, [i, j]]
+    covs = _full(result.covariances, result.covariance_type, k, result.num_features)[:, [i, j]][:, :, [i, j]]
     means = result.means[:, [i, j]]
     _draw_ellipses(ax, means, covs, colors, tuple(n_std), halo=True)
     ax.scatter(means[:, 0], means[:, 1], marker="X", s=110, c=colors, edgecolors="black", linewidths=0.8, zorder=6)
@@ -365,7 +352,7 @@ def em_iteration_fits(
     covariance_type: str = "full",
     hard: bool = False,
     prior=None,
-    reg_covar: float = 1e-6,
+    reg_covar: float = 1e-10,
     seed=0,
 ) -> dict:
     """EM's parameters after each of ``iterations`` M-steps, all from the same start.
@@ -425,7 +412,7 @@ def plot_em_iterations(
     covariance_type: str = "full",
     hard: bool = False,
     prior=None,
-    reg_covar: float = 1e-6,
+    reg_covar: float = 1e-10,
     seed=0,
     features=(0, 1),
     axes=None,
@@ -613,7 +600,7 @@ def plot_posterior_ellipses(
     w, m, c = _flat_draws(result, num_draws)
     k, d = result.num_components, result.num_features
     colors = component_colors(k)
-    covs = _full_covs(c, result.covariance_type, k, d)  # (S, K, D, D)
+    covs = _full(c, result.covariance_type, k, d)  # (S, K, D, D)
     alpha = float(np.clip(6.0 / len(w), 0.05, 0.5))
     if d == 1:
         ax = _new_axes(ax)
@@ -631,7 +618,7 @@ def plot_posterior_ellipses(
     sub = covs[:, :, [i, j]][:, :, :, [i, j]]
     for s in range(len(w)):
         _draw_ellipses(ax, m[s][:, [i, j]], sub[s], colors, (n_std,), lw=0.7, alpha=alpha, zorder=2)
-    point_covs = _full_covs(result.covariances, result.covariance_type, k, d)[:, [i, j]][:, :, [i, j]]
+    point_covs = _full(result.covariances, result.covariance_type, k, d)[:, [i, j]][:, :, [i, j]]
     _draw_ellipses(ax, result.means[:, [i, j]], point_covs, np.zeros((k, 3)), (n_std,), lw=1.6, zorder=4, halo=True)
     ax.scatter(m[:, :, i].ravel(), m[:, :, j].ravel(), s=3, c=np.tile(colors, (len(w), 1)), lw=0, alpha=min(1.0, 3 * alpha), zorder=3)
     ax.set_xlim(*_padded_limits(arr[:, i]))
@@ -745,7 +732,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
             if r.draws is not None and num_draws > 0:
                 w, m, c = _flat_draws(r, num_draws)
                 k = r.num_components
-                sub = _full_covs(c, r.covariance_type, k, r.num_features)[:, :, list(f)][:, :, :, list(f)]
+                sub = _full(c, r.covariance_type, k, r.num_features)[:, :, list(f)][:, :, :, list(f)]
                 for s in range(len(w)):
                     _draw_ellipses(ax, m[s][:, list(f)], sub[s], component_colors(k), (2.0,), lw=0.6, alpha=0.15, zorder=1)
             plot_clusters_2d(r, arr, ax=ax, features=f, legend=q == 0, limits=limits)
@@ -957,7 +944,9 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
 
     The mclust-style model-selection plot, with scikit-learn's sign: *lower is better*
     (``bic = -2 log L + p log N``, ``aic = -2 log L + 2 p``, ``icl = bic + 2 * entropy``). The
-    best model of the table (smallest criterion) is ringed and named.
+    best model of the table (smallest criterion among the fits not flagged ``degenerate``, the
+    model :meth:`bayesgmm.selection.SelectionResult.best` returns) is ringed and named; degenerate
+    fits are crossed out.
 
     Parameters
     ----------
@@ -985,7 +974,8 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     missing = [c for c in ("covariance_type", "num_components", criterion) if c not in table.columns]
     if missing:
         raise ValueError(f"table lacks column(s) {missing}; it needs covariance_type, num_components and {criterion!r}.")
-    data = table[["covariance_type", "num_components", criterion]].copy()
+    columns = ["covariance_type", "num_components", criterion] + (["degenerate"] if "degenerate" in table.columns else [])
+    data = table[columns].copy()
     data[criterion] = data[criterion].astype(float)
     data = data[np.isfinite(data[criterion].to_numpy())]
     if data.empty:
@@ -1002,8 +992,14 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
             ci, marker, extra = extra, "v", extra + 1
         ax.plot(sub["num_components"].to_numpy(), sub[criterion].to_numpy(), color=_PALETTE[ci % len(_PALETTE)],
                 marker=marker, ms=5, lw=1.4, label=str(t))
+    degenerate = data["degenerate"].to_numpy(bool) if "degenerate" in data.columns else np.zeros(len(data), bool)
+    if degenerate.any():  # criteria of degenerate fits are unreliable: crossed out, never "best"
+        flagged = data[degenerate]
+        ax.plot(flagged["num_components"].to_numpy(), flagged[criterion].to_numpy(), ls="none", marker="x", ms=9,
+                color="0.35", mew=1.2, label="degenerate", zorder=4)
     if mark_best:
-        best = data.iloc[int(np.argmin(data[criterion].to_numpy()))]
+        candidates = data[~degenerate] if (~degenerate).any() else data
+        best = candidates.iloc[int(np.argmin(candidates[criterion].to_numpy()))]
         ax.plot([best["num_components"]], [best[criterion]], ls="none", marker="o", ms=14, mfc="none", mec="black",
                 mew=1.4, label="best", zorder=5)
         ax.annotate(f"best: {best['covariance_type']}, K = {int(best['num_components'])}",

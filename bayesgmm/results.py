@@ -12,16 +12,12 @@ are NumPy float64 copies on the original data scale.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from typing import Any, Mapping, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln, logsumexp
 
-from ._stats import component_log_density, full_covariances, num_free_parameters
+from . import _numerics
 from .params import GMMParams, Prior, check_data
 
 
@@ -37,45 +33,28 @@ class StudentTMixture(NamedTuple):
     df: Any
 
 
-def _student_t_log_density(x, mix: StudentTMixture):
-    w, loc, scale, df = mix
+def _student_t_log_density(x, mix: StudentTMixture, frame: _numerics.Frame):
+    """log of the Student-t mixture density of every row of ``x`` (float64, evaluated in ``frame``)."""
+    from scipy.special import gammaln
+
+    w, loc, scale, df = (np.asarray(a, np.float64) for a in mix)
     d = loc.shape[1]
-    chol = jnp.linalg.cholesky(scale)
-    diff = x[None] - loc[:, None]  # (K, N, D)
-    y = jax.scipy.linalg.solve_triangular(chol, jnp.swapaxes(diff, -1, -2), lower=True)
-    maha = jnp.sum(y**2, -2)  # (K, N)
-    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-    dfk = df[:, None]
-    logp = (
-        gammaln((dfk + d) / 2)
-        - gammaln(dfk / 2)
-        - 0.5 * d * jnp.log(dfk * jnp.pi)
-        - 0.5 * logdet[:, None]
-        - 0.5 * (dfk + d) * jnp.log1p(maha / dfk)
-    )
-    return logsumexp(logp.T + jnp.log(w)[None], axis=1)
-
-
-@functools.partial(jax.jit, static_argnames=("covariance_type",))
-def _log_joint_components(x, weights, means, covariances, covariance_type):
-    return component_log_density(x, means, covariances, covariance_type) + jnp.log(weights)[None]
-
-
-@functools.partial(jax.jit, static_argnames=("covariance_type",))
-def _draws_log_density_and_resp(x, weights, means, covariances, covariance_type):
-    """Posterior predictive log density and responsibilities averaged over draws (S leading)."""
-
-    def one(w, m, c):
-        lj = component_log_density(x, m, c, covariance_type) + jnp.log(w)[None]
-        ll = logsumexp(lj, axis=1)
-        return ll, jnp.exp(lj - ll[:, None])
-
-    ll, resp = jax.lax.map(lambda a: one(*a), (weights, means, covariances))
-    s = weights.shape[0]
-    return logsumexp(ll, axis=0) - jnp.log(s), jnp.mean(resp, axis=0)
-
-
-_student_t_jit = jax.jit(_student_t_log_density)
+    loc = (loc - frame.shift) / frame.scale
+    scale = scale / np.multiply.outer(frame.scale, frame.scale)
+    chol = np.linalg.cholesky(scale)
+    logdet = 2 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), -1)
+    const = gammaln((df + d) / 2) - gammaln(df / 2) - 0.5 * d * np.log(df * np.pi) - 0.5 * logdet
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)
+    out = np.empty(len(x))
+    for start in range(0, len(x), _numerics.HOST_BLOCK_ROWS):
+        xs = (np.asarray(x[start : start + _numerics.HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+        diff = xs[None] - loc[:, None]  # (K, n, D)
+        y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))
+        maha = np.sum(y**2, -2)  # (K, n)
+        logp = const[:, None] - 0.5 * (df[:, None] + d) * np.log1p(maha / df[:, None]) + log_w[:, None]
+        out[start : start + len(xs)] = _numerics.logsumexp(logp, axis=0)
+    return out - np.sum(np.log(frame.scale))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -155,59 +134,83 @@ class FitResult:
     @property
     def full_covariances(self) -> np.ndarray:
         """Covariances as (K, D, D) whatever the structure."""
-        return np.asarray(
-            full_covariances(jnp.asarray(self.covariances), self.covariance_type, self.num_components, self.num_features)
-        )
+        return np.array(_numerics.expand_covariances(
+            np.asarray(self.covariances, np.float64), self.covariance_type, self.num_components, self.num_features))
 
     @property
     def num_parameters(self) -> int:
-        return num_free_parameters(self.num_components, self.num_features, self.covariance_type)
+        return _numerics.num_free_parameters(self.num_components, self.num_features, self.covariance_type)
 
     @property
     def effective_components(self) -> int:
-        """Components holding at least 1% of the weight (or at least one observation's worth)."""
-        thresh = max(0.01, 1.0 / max(self.num_obs, 1))
-        return int(np.sum(self.weights >= thresh))
+        """Components holding at least one observation's worth of the data.
 
-    def _origin(self) -> np.ndarray:
-        """The mixture mean, float64: data and means are centred on it on the host before the
-        device sees them, so that data far from zero (an offset of 1e8 in float32) lose nothing."""
-        return np.asarray(self.weights, np.float64) @ np.asarray(self.means, np.float64)
+        The expected counts ``N_k`` are the engine's (``info["expected_counts"]``: EM, VB,
+        streaming) or, for posterior-mean weights under a Dirichlet prior, ``N_k = w_k (N +
+        sum(alpha)) - alpha_k``: the prior's pseudo-counts are not data, so a component that only
+        keeps its Dirichlet floor (weight ``alpha_k / (N + sum(alpha))``, 1/(N + K) for alpha = 1)
+        does not count.
+        """
+        return int(np.sum(self.expected_counts() >= 1.0))
 
-    def _check(self, x):
-        """Validated data (columns matched by name for DataFrames), centred on :meth:`_origin`."""
+    def expected_counts(self) -> np.ndarray:
+        """Observations' worth of the training data each component holds, ``N_k`` (K,), float64
+        (see :attr:`effective_components`)."""
+        counts = self.info.get("expected_counts") if isinstance(self.info, Mapping) else None
+        if counts is not None and len(counts) == self.num_components:
+            return np.asarray(counts, np.float64)
+        w = np.asarray(self.weights, np.float64)
+        if self.prior is not None and self.draws is not None:
+            alpha = self.prior.concentration(self.num_components)
+            return w * (self.num_obs + alpha.sum()) - alpha
+        return w * self.num_obs
+
+    def _check(self, x) -> np.ndarray:
+        """Validated data (columns matched by name for DataFrames)."""
         arr, _ = check_data(x, num_features=self.num_features, allow_constant=True, feature_names=self.feature_names)
-        return jnp.asarray((arr.astype(np.float64) - self._origin()).astype(arr.dtype))
+        return arr
 
-    def _centred_params(self, dtype):
-        w, m, c = self.params
-        return tuple(jnp.asarray(a, dtype) for a in (w, np.asarray(m, np.float64) - self._origin(), c))
+    def _frame(self) -> _numerics.Frame:
+        """The mixture's own centre and per-feature scale: everything is evaluated in that frame
+        (float64, host), so data in any units, far from zero or on mixed scales, lose nothing."""
+        return _numerics.mixture_frame(self.weights, self.means, self.covariances, self.covariance_type)
 
     def _has_draws(self) -> bool:
         return self.draws is not None
 
-    def _flat_draws(self, dtype, max_draws: int = 200):
-        """Up to ``max_draws`` evenly spaced draws, flattened over chains, means centred."""
-        w, m, c = (np.asarray(self.draws[k]) for k in ("weights", "means", "covariances"))
+    def _flat_draws(self, max_draws: int = 200):
+        """Up to ``max_draws`` evenly spaced draws, flattened over chains (float64)."""
+        w, m, c = (np.asarray(self.draws[k], np.float64) for k in ("weights", "means", "covariances"))
         lead = w.shape[0] * w.shape[1]
         w, m, c = w.reshape(lead, *w.shape[2:]), m.reshape(lead, *m.shape[2:]), c.reshape(lead, *c.shape[2:])
         step = max(1, lead // max_draws)
-        m = np.asarray(m[::step], np.float64) - self._origin()
-        return tuple(jnp.asarray(a, dtype) for a in (w[::step], m, c[::step]))
+        return w[::step], m[::step], c[::step]
+
+    def _draws_log_density_and_proba(self, arr):
+        """Posterior predictive log density (N,) and responsibilities averaged over draws (N, K)."""
+        w, m, c = self._flat_draws()
+        frame = self._frame()
+        density = np.empty(len(arr))
+        proba = np.zeros((len(arr), self.num_components))
+        for s in range(w.shape[0]):
+            rows = _numerics.score_rows(arr, w[s], m[s], c[s], self.covariance_type, responsibilities=True, frame=frame)
+            density = rows.log_density if s == 0 else np.logaddexp(density, rows.log_density)
+            proba += np.exp(rows.log_resp)
+        return density - np.log(w.shape[0]), proba / w.shape[0]
 
     # ------------------------------------------------------------------ prediction
     def predict_proba(self, x) -> np.ndarray:
         """Posterior probability of each component for each row of ``x``, shape (N, K), float64.
 
         Bayesian results average the responsibilities over (label-aligned) posterior draws, so
-        the probabilities carry parameter uncertainty.
+        the probabilities carry parameter uncertainty. Evaluated on the host in float64: no
+        compilation, whatever the number of rows.
         """
-        xj = self._check(x)
+        arr = self._check(x)
         if self._has_draws():
-            proba = _draws_log_density_and_resp(xj, *self._flat_draws(xj.dtype), self.covariance_type)[1]
-        else:
-            proba = jax.nn.softmax(_log_joint_components(xj, *self._centred_params(xj.dtype), self.covariance_type), axis=1)
-        return np.asarray(proba, np.float64)
+            return self._draws_log_density_and_proba(arr)[1]
+        rows = _numerics.score_rows(arr, *self.params, self.covariance_type, responsibilities=True, frame=self._frame())
+        return np.exp(rows.log_resp)
 
     def predict(self, x) -> np.ndarray:
         """Most probable component of each row of ``x``, shape (N,)."""
@@ -219,20 +222,17 @@ class FitResult:
         EM: the plug-in mixture density. VB: the closed-form Student-t mixture. SVI / MCMC: the
         posterior predictive, log of the density averaged over draws.
         """
-        xj = self._check(x)
+        arr = self._check(x)
         if self.predictive is not None:
-            w, m, scale, df = self.predictive
-            mix = StudentTMixture(*(jnp.asarray(a, xj.dtype) for a in (w, np.asarray(m, np.float64) - self._origin(), scale, df)))
-            return np.asarray(_student_t_jit(xj, mix), np.float64)
+            return _student_t_log_density(arr, self.predictive, self._frame())
         if self._has_draws():
-            return np.asarray(_draws_log_density_and_resp(xj, *self._flat_draws(xj.dtype), self.covariance_type)[0], np.float64)
-        return self.log_likelihood_samples(x)
+            return self._draws_log_density_and_proba(arr)[0]
+        return self.log_likelihood_samples(arr)
 
     def log_likelihood_samples(self, x) -> np.ndarray:
         """Per-observation log-likelihood at the point estimate (plug-in), shape (N,), float64."""
-        xj = self._check(x)
-        lj = _log_joint_components(xj, *self._centred_params(xj.dtype), self.covariance_type)
-        return np.asarray(logsumexp(lj, axis=1), np.float64)
+        arr = self._check(x)
+        return _numerics.score_rows(arr, *self.params, self.covariance_type, frame=self._frame()).log_density
 
     def score(self, x) -> float:
         """Mean log predictive density per observation (scikit-learn's ``score``)."""
@@ -268,11 +268,11 @@ class FitResult:
 
         check_positive_integers(n=n)
         key = seed_to_key(seed)
-        origin = self._origin()
-        dtype = jax.dtypes.canonicalize_dtype(np.float64)
-        params = GMMParams(*self._centred_params(dtype))
-        x, z = simulate(key, params, int(n), self.covariance_type)
-        return np.asarray(x, np.float64) + origin, np.asarray(z, np.int64)
+        # the story run forward in the mixture's own frame (unit scale, any precision), mapped back in float64
+        frame = self._frame()
+        w, m, c, ct = _numerics.to_frame(frame, *self.params, self.covariance_type)
+        x, z = simulate(key, GMMParams(w, m, c), int(n), ct)
+        return np.asarray(x, np.float64) * frame.scale + frame.shift, np.asarray(z, np.int64)
 
     # ------------------------------------------------------------------ conversion
     def to_inference_data(self, x=None, **kwargs):

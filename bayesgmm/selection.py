@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from . import em
-from ._stats import num_free_parameters
+from ._numerics import num_free_parameters
 from .params import COVARIANCE_TYPES, DegenerateComponentWarning, Prior, check_covariance_type, check_data, seed_to_key
 from .results import FitResult
 
@@ -92,8 +92,8 @@ def _check_k_range(k_range, num_obs: int) -> list[int]:
     return ks
 
 
-def _grid_prior(prior, x, ks, k_max, covariance_type, prep, repeats):
-    """The prior arrays for a batch of runs: None, one shared prior, or mclust's per-K default."""
+def _grid_prior(prior, x, ks, k_max, covariance_type, prep):
+    """The prior arrays for the grid's groups: None, one shared prior, or mclust's per-K default."""
     if prior is None:
         return None
     if isinstance(prior, str):
@@ -101,7 +101,7 @@ def _grid_prior(prior, x, ks, k_max, covariance_type, prep, repeats):
     else:
         priors = [prior] * len(ks)
     arrays = [p.standardised(prep.shift, prep.sd).arrays(k_max, covariance_type, dtype=np.dtype(prep.dtype)) for p in priors]
-    return jax.tree_util.tree_map(lambda *a: np.repeat(np.stack(a), repeats, axis=0), *arrays)
+    return jax.tree_util.tree_map(lambda *a: np.stack(a), *arrays)
 
 
 def select(
@@ -110,14 +110,19 @@ def select(
     *,
     covariance_types=COVARIANCE_TYPES,
     prior=None,
-    n_init: int = 5,
-    init_params: str = "kmeans",
-    tol: float = 1e-3,
-    max_iter: int = 200,
-    reg_covar: float = 1e-6,
+    n_init="auto",
+    init_params: str = "k-means++",
+    tol: float | None = None,
+    max_iter: int = 1000,
+    reg_covar: float = 1e-10,
+    allow_degenerate: bool = False,
     seed=0,
 ) -> SelectionResult:
     """BIC, AIC and ICL of EM fits over a grid of K and covariance structures.
+
+    Every (K, structure) is fitted as :func:`bayesgmm.fit_em` fits it with the same options
+    (the default em-EM search, the best non-degenerate run kept), and its criteria are computed
+    in float64 from the returned parameters.
 
     Parameters
     ----------
@@ -130,15 +135,17 @@ def select(
         (``Prior.default(x, K)``), which keeps covariances from collapsing at large K (mclust's
         ``priorControl()``); the criteria then use the log-likelihood at the MAP estimate, as
         mclust does. A :class:`Prior` is used for every K.
-    n_init : int
-        Restarts per (K, structure); the best objective is kept.
-    init_params, tol, max_iter, reg_covar, seed
+    n_init : "auto" or int
+        Starts per (K, structure), as :func:`bayesgmm.fit_em` (``"auto"`` sizes them for the
+        largest K).
+    init_params, tol, max_iter, reg_covar, allow_degenerate, seed
         As :func:`bayesgmm.fit_em`. Each K uses its own split of the seed's key.
 
     Returns
     -------
     SelectionResult
-        ``table`` sorted by structure and K; criteria are lower-is-better.
+        ``table`` sorted by structure and K; criteria are lower-is-better. A row whose every run
+        was degenerate has ``degenerate=True`` (its criteria are unreliable).
     """
     import pandas as pd
 
@@ -150,49 +157,50 @@ def select(
         raise ValueError("covariance_types is empty; pass at least one of " + str(COVARIANCE_TYPES) + ".")
     if prior is not None and not (isinstance(prior, Prior) or prior == "default"):
         raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
+    tol = em.DEFAULT_TOL if tol is None else tol
     em._check_options(init_params, n_init, max_iter, tol, reg_covar)
     k_max = ks[-1]
     d = arr.shape[1]
-    keys = jax.random.split(seed_to_key(seed), (len(ks), n_init)).reshape(-1)
-    active = np.repeat(np.arange(k_max)[None] < np.asarray(ks)[:, None], n_init, axis=0)
     rows, fits, compile_seconds = [], {}, {}
     start = time.perf_counter()
     for ct in types:
+        starts, kept = em.resolve_starts(n_init, n, k_max, d, ct)
+        active = np.arange(k_max)[None] < np.asarray(ks)[:, None]
         shared_prior = prior if isinstance(prior, Prior) else None
         prep = em.prepare(arr, k_max, ct, shared_prior, max_components=k_max)
-        prior_arrays = _grid_prior(prior, arr, ks, k_max, ct, prep, n_init)
+        prior_arrays = _grid_prior(prior, arr, ks, k_max, ct, prep)
         config = em.EMConfig(k_max, d, ct, False, prior is not None)
-        timed = em.PROGRAM(
-            prep.xs, keys, (None, None, None), prior_arrays, np.asarray(tol, prep.dtype),
-            np.asarray(reg_covar, prep.dtype), None, active,
-            config=config, init_method=init_params, max_iter=int(max_iter),
+        found = em.run_search(
+            prep, seed_to_key(seed), (None, None, None), prior_arrays, tol=tol, reg_covar=reg_covar,
+            sample_weight=None, active=active, max_iter=max_iter, config=config, init_method=init_params,
+            num_groups=len(ks), num_starts=starts, num_kept=kept, allow_degenerate=allow_degenerate,
         )
-        compile_seconds[ct] = timed.compile_seconds
-        out = jax.device_get(timed.outputs)
-        objective = np.asarray(out.objective, np.float64).reshape(len(ks), n_init)
+        compile_seconds[ct] = found.compile_seconds
+        out = found.output
+        objective = np.asarray(out.lanes.objective, np.float64).reshape(len(ks), kept)
+        degenerate = np.asarray(out.degenerate).reshape(len(ks), kept, k_max)
         for j, k in enumerate(ks):
-            finite = np.isfinite(objective[j])
-            best = int(np.argmax(np.where(finite, objective[j], -np.inf)))
-            index = j * n_init + best
+            best = em.choose_run(objective[j], degenerate[j], allow_degenerate=allow_degenerate)
+            index = j * kept + max(best, 0)
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
             fit = em.package(
                 prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
                 max_iter=max_iter, tol=tol,
-                info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(n_init),
-                      "init_params": init_params, "best_restart": best,
+                info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
+                      "num_kept": int(kept), "init_params": init_params, "best_restart": best,
                       "restart_objectives": objective[j].tolist(), "selection_grid": True},
             )
             fits[(ct, k)] = fit
             p = num_free_parameters(k, d, ct)
-            ll = fit.log_likelihood if finite.any() else -np.inf
+            ll = fit.log_likelihood if best >= 0 else -np.inf
             bic = -2 * ll + p * np.log(n)
-            entropy = max(float(fit.info["entropy"]), 0.0)  # -sum r log r >= 0; no "-0.0" from round-off
+            entropy = float(fit.info["entropy"])
             rows.append({
                 "covariance_type": ct, "num_components": k, "log_likelihood": ll, "num_parameters": p,
                 "bic": bic, "aic": -2 * ll + 2 * p, "icl": bic + 2 * entropy, "entropy": entropy,
                 "converged": fit.converged, "n_iter": fit.n_iter,
-                "degenerate": bool(fit.degenerate_components) or not finite.any(),
+                "degenerate": bool(fit.degenerate_components) or best < 0,
             })
     table = pd.DataFrame(rows)
     seconds = time.perf_counter() - start
@@ -200,12 +208,12 @@ def select(
     if len(degenerate):
         cases = ", ".join(f"{r.covariance_type} K={r.num_components}" for r in degenerate.itertuples())
         warnings.warn(
-            f"degenerate fits in the grid ({cases}): a component emptied or its covariance collapsed, "
-            "so their criteria are unreliable. Use prior='default' (MAP-EM never collapses) or a larger reg_covar.",
+            f"degenerate fits in the grid ({cases}): every run left a component empty, collapsed or resting on a "
+            "handful of points, so their criteria are unreliable. Use prior='default' (MAP-EM) or fewer components.",
             DegenerateComponentWarning,
             stacklevel=2,
         )
-    info = {"seconds": seconds, "compile_seconds": compile_seconds, "n_init": int(n_init), "k_range": ks,
+    info = {"seconds": seconds, "compile_seconds": compile_seconds, "n_init": n_init, "k_range": ks,
             "covariance_types": types, "prior": None if prior is None else ("default" if prior == "default" else "given")}
     return SelectionResult(table=table, fits=fits, info=info)
 
@@ -229,8 +237,9 @@ def select_bayesian(
     draw, and compared with ``arviz.compare`` (ELPD, higher is better). Separately, an
     overfitted mixture with ``overfit_components`` (default ``max(k_range) + 2``) components and
     a sparse Dirichlet prior (``weight_concentration = sparse_concentration``) is fitted by
-    closed-form VB; the number of components it keeps (weight >= max(1%, 1/N)) is the
-    effective K (Rousseau & Mengersen 2011).
+    closed-form VB with its default search; the number of components it keeps (expected count
+    ``N_k >= 1``, :attr:`bayesgmm.FitResult.effective_components`) is the effective K (Rousseau &
+    Mengersen 2011).
 
     Parameters
     ----------
@@ -289,6 +298,6 @@ def select_bayesian(
     k_over = overfit_components or ks[-1] + 2
     sparse_prior = Prior.default(arr, k_over, weight_concentration=sparse_concentration)
     sparse = fit_vb(arr, k_over, covariance_type="diag" if covariance_type == "diag" else "full",
-                    prior=sparse_prior, n_init=8, init_params="random", max_iter=500, tol=1e-6, seed=seed)
+                    prior=sparse_prior, seed=seed)
     effective = {"effective_components": sparse.effective_components, "weights": sparse.weights, "fit": sparse}
     return comparison, fits, effective

@@ -54,13 +54,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sharding, _stats
-from ._em_core import PROGRAM, EMConfig
+from . import _iterate, _numerics, _sharding, _stats
+from ._iterate import FLOOR_ULPS
+from ._em_core import EMConfig, search
+from ._iterate import INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
-from .model import log_prior
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
+    PrecisionWarning,
     GMMParams,
     Prior,
     check_covariance_type,
@@ -70,10 +72,12 @@ from .params import (
     check_params,
     check_positive_integers,
     check_prior_for_map,
+    compute_dtype,
     log_jacobians,
     params_to_original,
     params_to_standard,
     seed_to_key,
+    standardisation,
 )
 from .results import FitResult
 
@@ -384,17 +388,19 @@ class StreamConfig(NamedTuple):
 
 
 class ChunkStats(NamedTuple):
-    """Sums over the rows seen so far: ``resp.T @ Z`` (K, p), log-likelihood and entropy."""
+    """``resp.T @ Z`` (K, p) summed over the rows seen so far; the log-likelihood, its magnitude
+    ``sum |l_n|`` (the precision floor) and the responsibilities' entropy of the last chunk (the
+    host adds those up in float64)."""
 
     stats: jax.Array
     log_lik: jax.Array
+    magnitude: jax.Array
     entropy: jax.Array
 
 
-def _zero_stats(config: StreamConfig, dtype) -> ChunkStats:
+def _zero_stats(config: StreamConfig, dtype) -> jax.Array:
     p = _stats.num_suff_features(config.num_features, config.covariance_type)
-    zero = jnp.zeros((), dtype)
-    return ChunkStats(jnp.zeros((config.num_components, p), dtype), zero, zero)
+    return jnp.zeros((config.num_components, p), dtype)
 
 
 def quad_features(x, covariance_type: str):
@@ -431,14 +437,14 @@ def _block_stats(x, weight, shift, scale, theta, covariance_type, with_entropy):
     entropy = jnp.zeros((), x.dtype)
     if with_entropy:
         entropy = -jax.scipy.special.xlogy(resp, resp).sum(axis=1) @ weight
-    return ChunkStats(stats, ll @ weight, entropy)
+    return ChunkStats(stats, ll @ weight, jnp.abs(ll) @ weight, entropy)
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type", "block_rows", "strided", "with_entropy"))
-def chunk_stats(acc: ChunkStats, x, weight, shift, scale, theta, *, covariance_type: str, block_rows: int,
+def chunk_stats(acc, x, weight, shift, scale, theta, *, covariance_type: str, block_rows: int,
                 strided: bool, with_entropy: bool = False) -> ChunkStats:
-    """``acc`` plus one chunk's E-step sums (the entropy of the responsibilities only
-    ``with_entropy``: the final pass; ~8% of a chunk's time on CPU).
+    """``acc`` (summed statistics, (K, p)) plus one chunk's, and the chunk's log-likelihood sums
+    (the entropy of the responsibilities only ``with_entropy``; ~8% of a chunk's time on CPU).
 
     ``x`` (B, D) raw rows, ``weight`` (B,) 1 or 0 (padding), ``(x - shift) / scale`` the
     standardised rows, ``theta`` the natural parameters. The chunk is processed in sub-blocks of
@@ -458,20 +464,15 @@ def chunk_stats(acc: ChunkStats, x, weight, shift, scale, theta, *, covariance_t
         s = _block_stats(*block, shift, scale, theta, covariance_type, with_entropy)
         return ChunkStats(*(a + v for a, v in zip(carry, s))), None
 
-    return jax.lax.scan(body, acc, (xb, wb))[0]
+    zero = jnp.zeros((), x.dtype)
+    return jax.lax.scan(body, ChunkStats(acc, zero, zero, zero), (xb, wb))[0]
 
 
 def _params_from_stats(s, prior, reg_covar, config: StreamConfig) -> GMMParams:
     """Closed-form M-step from summed statistics ``s`` (K, p) (ML, or MAP with ``prior``)."""
     d, ct = config.num_features, config.covariance_type
-    nk, sx, sxx = _stats.unpack_stats(s, d, ct)
-    return _stats.m_step(nk, sx, sxx, ct, reg_covar, prior if config.use_prior else None)
-
-
-def _objective(params, log_lik, prior, config: StreamConfig):
-    if not config.use_prior:
-        return log_lik
-    return log_lik + log_prior(params, prior, config.covariance_type)
+    stats = _stats.scatter(*_stats.unpack_stats(s, d, ct), ct)
+    return _stats.m_step(*stats, ct, reg_covar, prior if config.use_prior else None)
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
@@ -480,22 +481,12 @@ def _natural(params, *, covariance_type):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def batch_update(params, acc: ChunkStats, previous, num_obs, prior, tol, reg_covar, *, config: StreamConfig):
-    """End of a batch pass, as :func:`bayesgmm.em.em_step`: the objective at ``params`` (whose
-    E-step ``acc`` holds), the M-step, and the tolerance test on the mean objective.
-
-    Returns ``(new_params, natural_params(new_params), objective, mean_objective, converged)``.
-    """
+def batch_update(stats, prior, reg_covar, *, config: StreamConfig):
+    """End of a batch pass, as :func:`bayesgmm._em_core.em_step`: the M-step from the summed
+    statistics. Returns ``(new_params, natural_params(new_params))``."""
     _TRACE_COUNT["update"] += 1
-    total = _objective(params, acc.log_lik, prior, config)
-    new = _params_from_stats(acc.stats, prior, reg_covar, config)
-    mean = total / num_obs
-    return new, _stats.natural_params(new, config.covariance_type), total, mean, jnp.abs(mean - previous) < tol
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _objective_jit(params, log_lik, prior, *, config):
-    return _objective(params, log_lik, prior, config)
+    new = _params_from_stats(stats, prior, reg_covar, config)
+    return new, _stats.natural_params(new, config.covariance_type)
 
 
 def expected_stats(params: GMMParams, covariance_type: str):
@@ -505,7 +496,7 @@ def expected_stats(params: GMMParams, covariance_type: str):
     w, mu, cov = params
     k, d = mu.shape
     if covariance_type in ("full", "tied"):
-        second = _stats.full_covariances(cov, covariance_type, k, d) + mu[:, :, None] * mu[:, None, :]
+        second = _numerics.expand_covariances(cov, covariance_type, k, d) + mu[:, :, None] * mu[:, None, :]
         i, j = np.triu_indices(d)
         quad = second[:, i, j]
     elif covariance_type == "diag":
@@ -519,13 +510,13 @@ _expected_stats_jit = jax.jit(expected_stats, static_argnames=("covariance_type"
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def online_update(s, acc: ChunkStats, gamma, chunk_rows, num_obs, prior, reg_covar, *, config: StreamConfig):
-    """Stepwise EM: ``s <- (1 - gamma) s + gamma acc.stats / chunk_rows``; parameters from ``N s``.
+def online_update(s, chunk, gamma, chunk_rows, num_obs, prior, reg_covar, *, config: StreamConfig):
+    """Stepwise EM: ``s <- (1 - gamma) s + gamma chunk / chunk_rows``; parameters from ``N s``.
 
     Returns ``(s, params, natural_params(params))``.
     """
     _TRACE_COUNT["online"] += 1
-    s = (1.0 - gamma) * s + gamma * (acc.stats / chunk_rows)
+    s = (1.0 - gamma) * s + gamma * (chunk / chunk_rows)
     params = _params_from_stats(num_obs * s, prior, reg_covar, config)
     return s, params, _stats.natural_params(params, config.covariance_type)
 
@@ -536,7 +527,11 @@ def online_update(s, acc: ChunkStats, gamma, chunk_rows, num_obs, prior, reg_cov
 def _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    check_positive_integers(batch_size=batch_size, n_init=n_init, max_iter=max_iter, num_init_rows=num_init_rows)
+    check_positive_integers(batch_size=batch_size, max_iter=max_iter, num_init_rows=num_init_rows)
+    if not (isinstance(n_init, str) and n_init == "auto"):
+        if isinstance(n_init, str):
+            raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
+        check_positive_integers(n_init=n_init)
     check_nonnegative(tol=tol, reg_covar=reg_covar)
     if not (isinstance(step_exponent, (int, float, np.floating)) and 0.5 < step_exponent <= 1.0):
         raise ValueError(
@@ -565,9 +560,10 @@ def _given_start(init, k, d, covariance_type, shift, sd):
 
 
 def _compute_dtype(storage: np.dtype):
-    """JAX's dtype for the fit: the storage float type if JAX has it, else its default float."""
-    wanted = storage if storage in (np.float32, np.float64) else np.float64
-    return np.dtype(jax.dtypes.canonicalize_dtype(wanted))
+    """The fit's dtype: the package's float policy (:func:`bayesgmm.params.compute_dtype`);
+    chunks stored in another type are standardised on the host in float64."""
+    del storage
+    return compute_dtype()
 
 
 #: Rows per sub-block of a chunk on CPU: the (rows, p) features of a sub-block stay in cache.
@@ -681,16 +677,33 @@ class _Feeder:
         return chunk_stats(acc, x, weight, self.shift_dev, self.scale_dev, theta, with_entropy=with_entropy,
                            **self.chunk_kw)
 
-    def full_pass(self, theta, desc, with_entropy=False) -> ChunkStats:
-        """The E-step sums of every row at ``theta``."""
+    def full_pass(self, theta, desc):
+        """The E-step sums of every row at ``theta``: ``(stats, log_lik, magnitude)``, the scalars
+        added up over chunks in float64 on the host."""
         acc = _zero_stats(self.config, self.dtype)
+        log_lik = magnitude = 0.0
+        previous = None
         for _, x, weight in self.chunks(range(self.num_chunks), desc):
-            previous = acc
-            acc = self.stats(acc, x, weight, theta, with_entropy)
-            # At most two chunks in flight: the next read overlaps this chunk's computation, and
-            # memory stays bounded however fast the reads outpace the device.
-            jax.block_until_ready(previous)
-        return acc
+            out = self.stats(acc, x, weight, theta)
+            if previous is not None:
+                # At most two chunks in flight: the next read overlaps this chunk's computation, and
+                # memory stays bounded however fast the reads outpace the device.
+                log_lik += float(previous.log_lik)
+                magnitude += float(previous.magnitude)
+            acc, previous = out.stats, out
+        log_lik += float(previous.log_lik)
+        magnitude += float(previous.magnitude)
+        return acc, log_lik, magnitude
+
+    def exact_totals(self, params: GMMParams):
+        """Float64 totals at ``params`` (original scale) over every row, on the host: the
+        log-likelihood, the responsibilities' entropy and the expected counts."""
+        ll = entropy = 0.0
+        counts = np.zeros(self.config.num_components)
+        for _, _, chunk in self.progress.chunks(self.src.chunks(self.batch_size, range(self.num_chunks)), "log-likelihood"):
+            t = _numerics.totals(chunk, *params, self.config.covariance_type)
+            ll, entropy, counts = ll + t.log_likelihood, entropy + t.entropy, counts + t.counts
+        return ll, entropy, counts
 
 
 class _Passes(NamedTuple):
@@ -700,31 +713,43 @@ class _Passes(NamedTuple):
     converged: bool
     num_updates: int
     pass_seconds: list
+    floor_per_obs: float
 
 
 def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_obs) -> _Passes:
-    """Exact EM: one full pass per iteration, then the M-step and the tolerance test (as fit_em)."""
+    """Exact EM, one full pass per iteration, as :func:`bayesgmm.fit_em` iterates: each pass
+    evaluates the current parameters (objective in float64 over the chunks), then the Aitken test
+    (:func:`bayesgmm._iterate.convergence`), then the M-step. Returns the last evaluated parameters."""
     as_dtype = functools.partial(np.asarray, dtype=feeder.dtype)
-    theta = _natural(params, covariance_type=feeder.config.covariance_type)
-    previous, trace, seconds, converged = as_dtype(-np.inf), [], [], False
-    for it in range(max_iter):
+    ct = feeder.config.covariance_type
+    eps = float(np.finfo(feeder.dtype).eps)
+    tol_total = tol * num_obs if tol > 0 else -1.0
+    evaluated, objective, delta, close = params, -np.inf, np.inf, False
+    trace, seconds, converged, magnitude = [], [], False, 0.0
+    for t in range(max_iter + 1):
         start = time.perf_counter()
-        acc = feeder.full_pass(theta, f"iteration {it + 1}")
-        params, theta, total, previous, done = batch_update(
-            params, acc, previous, as_dtype(num_obs), prior, as_dtype(tol), as_dtype(reg_covar), config=feeder.config
-        )
-        trace.append(float(total))
+        stats, total, magnitude = feeder.full_pass(_natural(params, covariance_type=ct), f"iteration {t + 1}")
+        if prior is not None:
+            lp = _numerics.log_prior(jax.device_get(params), prior, ct)
+            total, magnitude = total + lp, magnitude + abs(lp)
+        step = total - objective
+        close, converged = (bool(v) for v in _iterate.convergence(
+            np.float64(delta), np.float64(step), t, tol_total, FLOOR_ULPS * eps * magnitude, close))
+        evaluated, objective, delta = params, total, step
+        trace.append(total)
         seconds.append(time.perf_counter() - start)
-        feeder.progress.pass_done(objective_per_obs=trace[-1] / num_obs)
-        if bool(done) or not np.isfinite(trace[-1]):
-            converged = bool(done)
+        feeder.progress.pass_done(objective_per_obs=total / num_obs)
+        if converged or not np.isfinite(total) or t == max_iter:
             break
-    return _Passes(params, trace, len(trace), converged, len(trace), seconds)
+        params, _ = batch_update(stats, prior, as_dtype(reg_covar), config=feeder.config)
+    floor = FLOOR_ULPS * eps * magnitude / num_obs
+    return _Passes(evaluated, trace, len(trace) - 1, converged, len(trace), seconds, floor)
 
 
 def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_obs, step_exponent, rng, shuffle) -> _Passes:
     """Stepwise EM (Cappé & Moulines 2009): an M-step after every chunk. The tolerance test is on
-    the change between passes of the running objective (each chunk at the parameters in force)."""
+    the change between passes of the running objective per observation (each chunk at the
+    parameters in force), which the step sizes make noisy: no extrapolation is attempted."""
     as_dtype = functools.partial(np.asarray, dtype=feeder.dtype)
     config, src = feeder.config, feeder.src
     theta = _natural(params, covariance_type=config.covariance_type)
@@ -733,18 +758,18 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
     for it in range(max_iter):
         start = time.perf_counter()
         order = rng.permutation(feeder.num_chunks) if (shuffle and src.random_access) else range(feeder.num_chunks)
-        running = jnp.zeros((), feeder.dtype)
+        running = 0.0
         for m, x, weight in feeder.chunks(order, f"pass {it + 1}"):
             acc = feeder.stats(_zero_stats(config, feeder.dtype), x, weight, theta)
             gamma = (t + 2.0) ** -step_exponent * (m / feeder.batch_size)
-            previous_theta = theta
             s, params, theta = online_update(
-                s, acc, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
+                s, acc.stats, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
             )
-            jax.block_until_ready(previous_theta)  # at most two chunks in flight (see _Feeder.full_pass)
-            running = running + acc.log_lik
+            running += float(acc.log_lik)  # also keeps at most two chunks in flight (see _Feeder.full_pass)
             t += 1
-        trace.append(float(_objective_jit(params, running, prior, config=config)))
+        if prior is not None:
+            running += _numerics.log_prior(jax.device_get(params), prior, config.covariance_type)
+        trace.append(running)
         seconds.append(time.perf_counter() - start)
         feeder.progress.pass_done(objective_per_obs=trace[-1] / num_obs)
         if not np.isfinite(trace[-1]):
@@ -753,7 +778,7 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
             converged = True
             break
         previous = trace[-1] / num_obs
-    return _Passes(params, trace, len(trace), converged, t, seconds)
+    return _Passes(params, trace, len(trace), converged, t, seconds, float("nan"))
 
 
 def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init, tol, reg_covar, max_iter, dtype):
@@ -764,12 +789,14 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
         return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None
     xs = ((moments.subsample - shift) / sd).astype(dtype)
     em_config = EMConfig(k, d, ct, False, config.use_prior)
-    timed = PROGRAM(
-        xs, jax.random.split(key, n_init), (None, None, None), prior, np.asarray(tol, dtype),
-        np.asarray(reg_covar, dtype), None, None, config=em_config, init_method=init_params, max_iter=int(max_iter),
+    starts, kept = resolve_starts(n_init, len(xs), k, d, ct)
+    found = search(
+        xs, key, (None, None, None), prior, tol=tol, reg_covar=reg_covar, sample_weight=None, active=None,
+        max_iter=int(max_iter), init_iter=INIT_ITER, config=em_config, init_method=init_params, num_groups=1,
+        num_starts=starts, num_kept=kept, trace_len=trace_length(max_iter),
     )
-    out = jax.device_get(timed.outputs)
-    params_all, finals = out.state.params, out.objective
+    out = found.output
+    params_all, finals = out.lanes.params, out.lanes.objective
     finals = np.asarray(finals, np.float64)
     if not np.isfinite(finals).any():
         raise ValueError(
@@ -778,7 +805,7 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
         )
     best = int(np.argmax(np.where(np.isfinite(finals), finals, -np.inf)))
     params = GMMParams(*(jnp.asarray(p[best]) for p in params_all))
-    return params, timed.compile_seconds, float(finals[best]) / len(xs) - float(np.sum(np.log(sd)))
+    return params, found.compile_seconds, float(finals[best]) / len(xs) - float(np.sum(np.log(sd)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -792,12 +819,12 @@ def fit_em_stream(
     batch_size: int = 65536,
     covariance_type: str = "full",
     prior: Prior | None = None,
-    n_init: int = 1,
-    init_params="kmeans",
+    n_init="auto",
+    init_params="k-means++",
     num_init_rows: int = 100_000,
-    tol: float = 1e-3,
-    max_iter: int = 100,
-    reg_covar: float = 1e-6,
+    tol: float | None = None,
+    max_iter: int = 500,
+    reg_covar: float = 1e-10,
     step_exponent: float = 0.6,
     shuffle: bool = True,
     columns=None,
@@ -830,9 +857,10 @@ def fit_em_stream(
     prior : Prior, optional
         Conjugate prior: MAP-EM on the full data (as :func:`bayesgmm.fit_em`). Omitted:
         maximum likelihood.
-    n_init : int
-        Restarts of the initialisation on the subsample (vmapped); the best is kept.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, GMMParams or FitResult
+    n_init : "auto" or int
+        Starts of the initialisation on the subsample, searched as :func:`bayesgmm.fit_em`
+        searches them (``"auto"``: em-EM with as many starts as the subsample makes cheap).
+    init_params : {"k-means++", "kmeans", "random", "random_from_data"}, GMMParams or FitResult
         A string: EM on a random subsample of ``num_init_rows`` rows, started as
         :func:`bayesgmm.fit_em` starts (scikit-learn's meanings), gives the starting point.
         A :class:`GMMParams` (original scale, covariances as scikit-learn stores them) or a
@@ -840,15 +868,18 @@ def fit_em_stream(
     num_init_rows : int
         Size of the initialisation subsample (all rows when N is smaller), drawn without
         replacement, reproducibly from ``seed``.
-    tol : float
-        Convergence threshold on the change, between passes, of the mean objective per
-        observation (``"online"``: of its running estimate over the pass).
+    tol : float, optional
+        ``"batch"``: the convergence threshold of :func:`bayesgmm.fit_em` (the Aitken-projected
+        remaining gain of the objective per observation, default 1e-5), on the objective summed
+        over the chunks in float64. ``"online"``: on the change between passes of the running
+        estimate per observation.
     max_iter : int
-        Maximum passes over the data (``"batch"``: EM iterations), besides the moments pass
-        and the final log-likelihood pass. Also bounds the EM iterations of the initialisation.
+        Maximum EM updates (``"batch"``: passes over the data after the first, each evaluating
+        the parameters it starts from; ``"online"``: passes), besides the moments pass and the
+        final log-likelihood pass. Also bounds the EM iterations of the initialisation.
     reg_covar : float
         Added to the diagonal of every covariance after each M-step, in units of each
-        feature's variance (as :func:`bayesgmm.fit_em`).
+        feature's robust variance (as :func:`bayesgmm.fit_em`).
     step_exponent : float
         ``rho`` in the online step sizes ``(t + 2)^-rho``, t counting chunk updates; in
         (0.5, 1]. A partial last chunk of m rows takes the step times ``m / batch_size``.
@@ -888,6 +919,8 @@ def fit_em_stream(
         A Parquet source without pyarrow installed.
     """
     t_start = time.perf_counter()
+    tol_explicit = tol is not None
+    tol = 1e-5 if tol is None else tol
     check_covariance_type(covariance_type)
     _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
     if isinstance(init_params, str) and num_init_rows < num_components:
@@ -920,7 +953,13 @@ def fit_em_stream(
             f"{src.name} has constant column(s) {[src.feature_names[j] for j in const]}: their variance is "
             "zero, so no covariance is defined. Drop them before fitting (columns=...)."
         )
-    shift, sd = moments.mean, moments.sd
+    # the robust standardisation of fit_em, from the subsample (all rows when N <= num_init_rows);
+    # without one (a given start), the float64 moments of the first pass
+    if moments.subsample is not None:
+        shift, sd = standardisation(moments.subsample, covariance_type)
+        sd = np.where(sd > 0, sd, moments.sd)
+    else:
+        shift, sd = moments.mean, moments.sd
     if covariance_type == "spherical":
         sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
     config = StreamConfig(k, d, covariance_type, prior is not None)
@@ -938,15 +977,17 @@ def fit_em_stream(
         passes = _online_passes(feeder, params, prior_arrays, tol, reg_covar, max_iter, n, float(step_exponent),
                                 _numpy_rng(key_order), shuffle)
 
-    # final pass: the exact log-likelihood at the returned parameters
+    # final pass: float64 totals at the returned parameters, on the host
     start = time.perf_counter()
-    params = passes.params
-    final = feeder.full_pass(_natural(params, covariance_type=covariance_type), "log-likelihood", with_entropy=True)
-    final_objective = float(_objective_jit(params, final.log_lik, prior_arrays, config=config))
+    params_std = GMMParams(*(np.asarray(p, np.float64) for p in jax.device_get(passes.params)))
+    original = params_to_original(params_std, shift, sd, covariance_type)
+    log_lik, entropy, counts = feeder.exact_totals(original)
+    final_objective = log_lik
+    if prior is not None:
+        final_objective += _numerics.log_prior(original, prior.arrays(k, covariance_type), covariance_type)
     final_seconds = time.perf_counter() - start
     progress.pass_done(objective_per_obs=final_objective / n)
     progress.close()
-    final = jax.device_get(final)
     if not np.isfinite(final_objective):
         raise ValueError(
             "EM failed: a covariance became singular (ill-defined empirical covariance, e.g. duplicated points "
@@ -955,25 +996,40 @@ def fit_em_stream(
         )
 
     # result on the original scale
-    params_std = GMMParams(*(np.asarray(p) for p in jax.device_get(params)))
     ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
-    counts = np.asarray(final.stats[:, -1], np.float64)
-    degenerate = _stats.degenerate_components(params_std, counts, reg_covar, covariance_type, dtype)
+    eps = float(np.finfo(dtype).eps)
+    cov_std = np.asarray(params_std.covariances, np.float64)
+    degenerate = tuple(int(i) for i in np.flatnonzero(
+        _numerics.degenerate_mask(counts, cov_std, covariance_type, reg_covar, eps, d)))
     if degenerate:
+        smallest = _numerics.smallest_variances(cov_std, covariance_type, k, d)
         warnings.warn(
-            _stats.degenerate_message(degenerate, counts, map_fit=prior is not None),
+            _numerics.degenerate_message(degenerate, counts, smallest, reg_covar, eps, d, engine="Streaming EM",
+                                         map_fit=prior is not None),
             DegenerateComponentWarning,
             stacklevel=2,
         )
+    if method == "batch":  # the last pass evaluated the returned parameters: its entry becomes exact
+        trace = np.asarray(passes.trace, np.float64) + obj_shift
+        trace[-1] = final_objective
+    else:  # online: the running estimate of every pass, then the exact value at the final parameters
+        trace = np.r_[np.asarray(passes.trace, np.float64) + obj_shift, final_objective]
     if not passes.converged:
         warnings.warn(
-            f"Streaming EM ({method}) did not converge in max_iter={max_iter} passes (tol={tol}); increase "
-            "max_iter or tol.",
+            f"Streaming EM ({method}) did not converge in max_iter={max_iter} passes (tol={tol:g} per observation); "
+            "increase max_iter or tol.",
             ConvergenceWarning,
             stacklevel=2,
         )
-    original = params_to_original(params_std, shift, sd, covariance_type)
+    elif tol_explicit and passes.floor_per_obs > tol:
+        warnings.warn(
+            f"tol={tol:g} per observation is finer than {np.dtype(dtype).name} arithmetic resolves for these data "
+            f"(about {passes.floor_per_obs:.1g} per observation): streaming EM stopped when the objective stopped "
+            "changing at that precision. For a finer tolerance fit in float64.",
+            PrecisionWarning,
+            stacklevel=2,
+        )
     run_seconds = time.perf_counter() - t_start - compile_seconds
     info = {
         "seed": seed if isinstance(seed, (int, np.integer)) else None,
@@ -981,11 +1037,11 @@ def fit_em_stream(
         "batch_size": batch_size,
         "num_chunks": feeder.num_chunks,
         "num_updates": passes.num_updates,
-        "num_passes": passes.n_iter + 2,
+        "num_passes": len(passes.trace) + 2,
         "pass_seconds": passes.pass_seconds,
         "moments_seconds": moments_seconds,
         "final_pass_seconds": final_seconds,
-        "n_init": int(n_init),
+        "n_init": n_init,
         "init_params": init_params if isinstance(init_params, str) else "given",
         "num_init_rows": 0 if sample_rows is None else len(sample_rows),
         "init_objective_per_obs": init_objective,
@@ -993,7 +1049,8 @@ def fit_em_stream(
         "run_seconds": run_seconds,
         "fit_seconds": compile_seconds + run_seconds,
         "num_devices": feeder.num_devices,
-        "entropy": float(final.entropy),
+        "entropy": float(entropy),
+        "precision_floor_per_obs": passes.floor_per_obs,
         "expected_counts": counts.tolist(),
         "dtype": str(dtype),
         "reg_covar": float(reg_covar),
@@ -1007,10 +1064,10 @@ def fit_em_stream(
         weights=original.weights,
         means=original.means,
         covariances=original.covariances,
-        log_likelihood=float(np.asarray(final.log_lik, np.float64) + ll_shift),
+        log_likelihood=log_lik,
         converged=passes.converged,
         n_iter=passes.n_iter,
-        trace=np.asarray(passes.trace + [final_objective], np.float64) + obj_shift,
+        trace=trace,
         objective="log_posterior" if prior is not None else "log_likelihood",
         feature_names=src.feature_names,
         num_obs=n,

@@ -71,6 +71,7 @@ import numpyro
 from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal, AutoNormal
 
+from . import _numerics
 from . import _numpyro_common as shared
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from .model import gmm_model, model_kwargs
@@ -412,7 +413,7 @@ def fit_svi(
     else:
         point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
     arr64 = arr.astype(np.float64)
-    log_lik = shared.numpy_log_likelihood(arr64, point, covariance_type)
+    log_lik = _numerics.totals(arr64, *point, covariance_type).log_likelihood
     converged, drift = _convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
@@ -462,7 +463,7 @@ def fit_svi(
             "subsample_size": subsample_size,
             "num_draws": num_draws,
             "init": init_mode,
-            "map_log_likelihood": shared.numpy_log_likelihood(arr64, start, covariance_type),
+            "map_log_likelihood": _numerics.totals(arr64, *start, covariance_type).log_likelihood,
             "label_switch_fraction": switched,
             "compile_seconds": compile_seconds,
             "run_seconds": run_seconds,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _stats, em
+from . import _numerics, em
 from .labels import align_draws
 from .model import log_prior
 from .params import (
@@ -204,7 +204,7 @@ def bootstrap(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
-    reg_covar = float(fit.info.get("reg_covar", 1e-6))
+    reg_covar = float(fit.info.get("reg_covar", 1e-10))
     prep = em.prepare(arr, k, ct, fit.prior)
     start = params_to_standard(fit.params, prep.shift, prep.sd, ct)
     user_init = tuple(jnp.asarray(p, prep.dtype) for p in start)
@@ -231,16 +231,17 @@ def bootstrap(
     outs, compile_seconds, run_seconds = [], 0.0, 0.0
     for b in range(num_batches):
         xs, weights = batch_data(b)
-        timed = em.PROGRAM(
-            xs, run_keys[b], user_init, prep.prior_arrays, np.asarray(tol, prep.dtype),
-            np.asarray(reg_covar, prep.dtype), weights, None, config=config, init_method="kmeans", max_iter=int(max_iter),
+        found = em.run_search(
+            prep, run_keys[b][0], user_init, prep.prior_arrays, tol=tol, reg_covar=reg_covar,
+            sample_weight=weights, active=None, max_iter=int(max_iter), config=config, init_method="given",
+            num_groups=batch, num_starts=1, num_kept=1, data=xs,
         )
-        compile_seconds += timed.compile_seconds
-        run_seconds += timed.run_seconds
-        outs.append(jax.device_get(timed.outputs))
-    params = [np.concatenate([np.asarray(getattr(o.state.params, f)) for o in outs])[:num_replicates] for f in GMMParams._fields]
-    converged = np.concatenate([np.asarray(o.state.converged) for o in outs])[:num_replicates]
-    objective = np.concatenate([np.asarray(o.objective) for o in outs])[:num_replicates]
+        compile_seconds += found.compile_seconds
+        run_seconds += found.run_seconds
+        outs.append(found.output)
+    params = [np.concatenate([np.asarray(getattr(o.lanes.params, f)) for o in outs])[:num_replicates] for f in GMMParams._fields]
+    converged = np.concatenate([np.asarray(o.lanes.converged) for o in outs])[:num_replicates]
+    objective = np.concatenate([np.asarray(o.lanes.objective) for o in outs])[:num_replicates]
     ok = np.isfinite(objective)
     if ok.sum() < 2:
         raise ValueError(
@@ -306,7 +307,7 @@ def _from_unconstrained(theta, k: int, d: int, covariance_type: str) -> GMMParam
 
 def _objective(theta, xs, prior, k, d, covariance_type):
     params = _from_unconstrained(theta, k, d, covariance_type)
-    total = jnp.sum(_stats.mixture_log_density(xs, params, covariance_type))
+    total = jnp.sum(_numerics.mixture_log_density(xs, *params, covariance_type))
     if prior is not None:
         total = total + log_prior(params, prior, covariance_type)
     return total

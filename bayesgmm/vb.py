@@ -21,7 +21,8 @@ Updates (all from the shared sufficient statistics of :mod:`bayesgmm._stats`)::
     Psi_k   = Psi0 + S_k + N_k reg_covar I + kappa0 N_k / beta_k (xbar_k - m0)(xbar_k - m0)^T
 
 (``reg_covar`` enters exactly as in scikit-learn's ``BayesianGaussianMixture``; with
-``reg_covar=0`` the updates are exact CAVI and the ELBO never decreases.)
+``reg_covar=0`` the updates are exact CAVI and the ELBO never decreases.) The functions below take
+NumPy or JAX arrays alike: the compiled loop runs them on the device, the host in float64.
 
 The ELBO is complete: :math:`\mathbb{E}_q[\log p(x, z, \pi, \mu, \Sigma)] - \mathbb{E}_q[\log q]`,
 no constant dropped, so it is a lower bound on the log marginal likelihood :math:`\log p(x)` and
@@ -39,9 +40,14 @@ parameter-space Jacobians appear in ``log p`` and in ``log q`` alike and cancel,
 original scale is the standardised ELBO plus the data log-Jacobian ``-N sum(log sd)`` only
 (checked in the tests against the closed-form evidence on unstandardised data).
 
-Structure as :mod:`bayesgmm.em`: pure :func:`vb_m_step` / :func:`vb_e_step`, a jitted
-``lax.while_loop`` driver, ``vmap``-ped restarts, static shapes (a second fit on same-shaped data
-reuses the compiled program).
+Structure as :mod:`bayesgmm.em`: a pure :func:`vb_step` (E-step, complete ELBO, conjugate update)
+in one :mod:`bayesgmm._iterate` loop over a batch of lanes (the Aitken convergence test, the precise
+form of :mod:`bayesgmm._stats` where the fast one would cancel), driven by the em-EM search of
+:func:`bayesgmm._iterate.search`. Its starts seed *different numbers of components* (all K down to
+one), so that an overfitted mixture under a sparse Dirichlet reaches the solution of highest ELBO
+however many components it keeps, instead of the local optimum its start happened to be near.
+The reported ELBO and log-likelihood are float64 recomputations from the returned ``q``
+(:func:`exact_elbo`), whatever the compute precision.
 """
 
 from __future__ import annotations
@@ -53,15 +59,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import digamma, gammaln, multigammaln
 
-from . import _sharding, _stats
+from . import _iterate, _numerics, _sharding, _stats
 from ._compile import CompiledProgram
-from .kmeans import INIT_METHODS, initial_responsibilities
+from ._iterate import INIT_ITER, resolve_starts, trace_length
+from .kmeans import INIT_METHODS, init_noise, initial_responsibilities
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
     GMMParams,
+    PrecisionWarning,
     Prior,
     check_covariance_type,
     check_data,
@@ -69,6 +76,7 @@ from .params import (
     check_num_components,
     check_positive_integers,
     check_sample_weight,
+    compute_dtype,
     log_jacobians,
     params_to_original,
     seed_to_key,
@@ -78,6 +86,8 @@ from .results import FitResult, StudentTMixture
 
 VB_COVARIANCE_TYPES = ("full", "diag")
 LOG_2 = math.log(2.0)
+#: Default convergence tolerance: projected remaining gain of the ELBO per observation.
+DEFAULT_TOL = 1e-5
 
 # Incremented each time a VB program is traced; tests use it to prove "compile once per shape".
 _TRACE_COUNT = {"fit": 0}
@@ -100,39 +110,29 @@ class VBParams(NamedTuple):
     scale: jax.Array
 
 
-class VBState(NamedTuple):
-    """Loop carry: ``q`` after ``n_iter`` M-steps; ``objective`` the total ELBO of the previous q
-    (for the tolerance test); ``trace[t]`` the total ELBO of q after t M-steps."""
-
-    q: VBParams
-    objective: jax.Array
-    n_iter: jax.Array
-    converged: jax.Array
-    trace: jax.Array
-
-
 class VBConfig(NamedTuple):
     num_components: int
+    num_features: int
     covariance_type: str
 
 
 # ----------------------------------------------------------------------------------------------
-# Pure pieces
+# Pure pieces (NumPy or JAX)
 # ----------------------------------------------------------------------------------------------
-def vb_m_step(nk, sx, sxx, prior, reg_covar, covariance_type: str) -> VBParams:
-    """Conjugate update of q(pi, mu, Sigma) from sufficient statistics (PRML 10.58-10.63)."""
+def vb_m_step(nk_safe, xbar, s, prior, reg_covar, covariance_type: str) -> VBParams:
+    """Conjugate update of q(pi, mu, Sigma) from centred statistics (PRML 10.58-10.63)."""
+    xp, _ = _numerics._namespace(nk_safe, xbar, s)
     alpha0, m0, kappa0, nu0, psi0 = prior
-    nk, xbar, s = _stats.scatter(nk, sx, sxx, covariance_type)  # nk + 10 eps, as scikit-learn
-    d = sx.shape[1]
+    d = xbar.shape[1]
+    nk = nk_safe
     beta = kappa0 + nk
     means = (kappa0 * m0[None] + nk[:, None] * xbar) / beta[:, None]
     dev = xbar - m0[None]
     shrink = kappa0 * nk / beta
     if covariance_type == "full":
-        eye = jnp.eye(d, dtype=sx.dtype)
-        scale = _stats.symmetrise(
-            psi0[None] + s + (nk * reg_covar)[:, None, None] * eye + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
-        )
+        eye = xp.eye(d, dtype=xbar.dtype)
+        scale = psi0[None] + s + (nk * reg_covar)[:, None, None] * eye + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
+        scale = 0.5 * (scale + xp.swapaxes(scale, -1, -2))
     else:
         scale = psi0[None] + s + (nk * reg_covar)[:, None] + shrink[:, None] * dev**2
     return VBParams(alpha0 + nk, beta, means, nu0 + nk, scale)
@@ -141,28 +141,30 @@ def vb_m_step(nk, sx, sxx, prior, reg_covar, covariance_type: str) -> VBParams:
 def _precision_terms(q: VBParams, prior, covariance_type: str):
     """Per-component log|Psi_k|, tr(Psi0 Psi_k^-1), (m_k - m0)^T Psi_k^-1 (m_k - m0),
     E[log|Lambda_k|] + log|Psi_k| (= multivariate digamma + D log 2) and log Gamma_D(nu_k/2)."""
+    xp, sp = _numerics._namespace(*q)
     _, m0, _, nu0, psi0 = prior
     nu = q.degrees_of_freedom
     k, d = q.means.shape
     dev = q.means - m0[None]
+    digamma, gammaln, multigammaln = sp.special.digamma, sp.special.gammaln, sp.special.multigammaln
     if covariance_type == "full":
-        chol = jnp.linalg.cholesky(q.scale)
-        chol0 = jnp.linalg.cholesky(psi0)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-        logdet0 = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol0)))
-        a = jax.scipy.linalg.solve_triangular(chol, jnp.broadcast_to(chol0, (k, d, d)), lower=True)
-        trace = jnp.sum(a**2, axis=(-2, -1))
-        y = jax.scipy.linalg.solve_triangular(chol, dev[:, :, None], lower=True)[..., 0]
-        maha = jnp.sum(y**2, -1)
-        half = jnp.arange(d, dtype=nu.dtype) / 2.0
-        mvdigamma = jnp.sum(digamma(nu[:, None] / 2.0 - half[None]), -1) + d * LOG_2
+        chol = xp.linalg.cholesky(q.scale)
+        chol0 = xp.linalg.cholesky(psi0)
+        logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+        logdet0 = 2.0 * xp.sum(xp.log(xp.diagonal(chol0)))
+        a = sp.linalg.solve_triangular(chol, xp.broadcast_to(chol0, (k, d, d)), lower=True)
+        trace = xp.sum(a**2, axis=(-2, -1))
+        y = sp.linalg.solve_triangular(chol, dev[:, :, None], lower=True)[..., 0]
+        maha = xp.sum(y**2, -1)
+        half = xp.arange(d, dtype=nu.dtype) / 2.0
+        mvdigamma = xp.sum(digamma(nu[:, None] / 2.0 - half[None]), -1) + d * LOG_2
         lgam = multigammaln(nu / 2.0, d)
         lgam0 = multigammaln(nu0 / 2.0, d)
     else:
-        logdet = jnp.sum(jnp.log(q.scale), -1)
-        logdet0 = jnp.sum(jnp.log(psi0))
-        trace = jnp.sum(psi0[None] / q.scale, -1)
-        maha = jnp.sum(dev**2 / q.scale, -1)
+        logdet = xp.sum(xp.log(q.scale), -1)
+        logdet0 = xp.sum(xp.log(psi0))
+        trace = xp.sum(psi0[None] / q.scale, -1)
+        maha = xp.sum(dev**2 / q.scale, -1)
         mvdigamma = d * (digamma(nu / 2.0) + LOG_2)
         lgam = d * gammaln(nu / 2.0)
         lgam0 = d * gammaln(nu0 / 2.0)
@@ -171,149 +173,162 @@ def _precision_terms(q: VBParams, prior, covariance_type: str):
 
 def kl_divergence(q: VBParams, prior, covariance_type: str):
     """KL(q(pi, mu, Sigma) || p(pi, mu, Sigma)), complete (no dropped constants)."""
+    xp, sp = _numerics._namespace(*q)
+    digamma, gammaln = sp.special.digamma, sp.special.gammaln
     alpha0, _, kappa0, nu0, _ = prior
     alpha, beta, nu = q.concentration, q.mean_precision, q.degrees_of_freedom
+    alpha0 = alpha0 + 0.0 * alpha  # a scalar concentration, as a vector
     d = q.means.shape[1]
-    a_sum = jnp.sum(alpha)
+    a_sum = xp.sum(alpha)
     kl_dir = (
-        gammaln(a_sum) - jnp.sum(gammaln(alpha)) - gammaln(jnp.sum(alpha0)) + jnp.sum(gammaln(alpha0))
-        + jnp.sum((alpha - alpha0) * (digamma(alpha) - digamma(a_sum)))
+        gammaln(a_sum) - xp.sum(gammaln(alpha)) - gammaln(xp.sum(alpha0)) + xp.sum(gammaln(alpha0))
+        + xp.sum((alpha - alpha0) * (digamma(alpha) - digamma(a_sum)))
     )
     logdet, logdet0, trace, maha, mvdigamma, lgam, lgam0 = _precision_terms(q, prior, covariance_type)
-    kl_mean = 0.5 * (d * kappa0 / beta - d + d * jnp.log(beta / kappa0) + kappa0 * nu * maha)
+    kl_mean = 0.5 * (d * kappa0 / beta - d + d * xp.log(beta / kappa0) + kappa0 * nu * maha)
     e_logdet_prec = mvdigamma - logdet
     kl_prec = (
         0.5 * (nu - nu0) * e_logdet_prec - 0.5 * nu * d + 0.5 * nu * trace - 0.5 * (nu - nu0) * d * LOG_2
         + 0.5 * nu * logdet - 0.5 * nu0 * logdet0 - lgam + lgam0
     )
-    return kl_dir + jnp.sum(kl_mean + kl_prec)
+    return kl_dir + xp.sum(kl_mean + kl_prec)
 
 
-def expected_natural_params(q: VBParams, prior, covariance_type: str):
-    """Rows theta_k with Z @ theta_k = E_q[log pi_k + log N(x | mu_k, Sigma_k)] (PRML 10.46)."""
+def expected_components(q: VBParams, prior, covariance_type: str):
+    """``(GMMParams(1, m_k, Psi_k / nu_k), shift_k)``: ``log N(x | m_k, Psi_k / nu_k) + shift_k`` is
+    ``E_q[log pi_k + log N(x | mu_k, Sigma_k)]`` (PRML 10.46; the covariance is E[Lambda_k]^-1)."""
+    xp, sp = _numerics._namespace(*q)
     alpha, beta, m, nu, psi = q
-    k, d = m.shape
-    cov = psi / (nu[:, None, None] if covariance_type == "full" else nu[:, None])  # inv(E[Lambda_k])
-    theta = _stats.natural_params(GMMParams(jnp.ones_like(alpha), m, cov), covariance_type)
+    d = m.shape[1]
+    cov = psi / (nu[:, None, None] if covariance_type == "full" else nu[:, None])
     _, _, _, _, mvdigamma, _, _ = _precision_terms(q, prior, covariance_type)
-    e_log_pi = digamma(alpha) - digamma(jnp.sum(alpha))
-    adjust = e_log_pi + 0.5 * (mvdigamma - d * jnp.log(nu)) - 0.5 * d / beta
-    return theta.at[:, -1].add(adjust)
+    e_log_pi = sp.special.digamma(alpha) - sp.special.digamma(xp.sum(alpha))
+    shift = e_log_pi + 0.5 * (mvdigamma - d * xp.log(nu)) - 0.5 * d / beta
+    return GMMParams(xp.ones_like(alpha), m, cov), shift
 
 
 def _weighted_sum(values, sample_weight):
     return jnp.sum(values) if sample_weight is None else values @ sample_weight
 
 
-def vb_e_step(z, q: VBParams, prior, covariance_type: str, sample_weight=None):
-    """Responsibilities (N, K) and the complete ELBO of q (with q(z) optimal).
+class VBProblem(NamedTuple):
+    """What one lane fits: features, standardised data, row weights (or None), prior, reg_covar."""
 
-    ``sample_weight`` (N,), optional: row weights (frequency weights; 0 for padding rows).
+    z: jax.Array
+    x: jax.Array
+    sample_weight: jax.Array | None
+    prior: object
+    reg_covar: jax.Array
+
+
+def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
+    """One CAVI sweep at ``q``: ``(ELBO of q, its magnitude, expected counts, updated q)``.
+
+    The E-step sets q(z) optimal for q(theta), where the complete ELBO is evaluated; the conjugate
+    update of q(theta) from the resulting statistics follows.
     """
-    theta = expected_natural_params(q, prior, covariance_type)
-    resp, ll = _stats.e_step(z, theta)
-    return resp, _weighted_sum(ll, sample_weight) - kl_divergence(q, prior, covariance_type)
-
-
-def m_step_from_resp(z, resp, prior, reg_covar, covariance_type: str, sample_weight=None) -> VBParams:
-    d = prior.mean.shape[0]
-    if sample_weight is not None:
-        resp = resp * sample_weight[:, None]
-    nk, sx, sxx = _stats.suff_stats(resp, z, d, covariance_type)
-    return vb_m_step(nk, sx, sxx, prior, reg_covar, covariance_type)
-
-
-def vb_init(q: VBParams, max_iter: int) -> VBState:
-    dtype = q.means.dtype
-    return VBState(q, jnp.asarray(-jnp.inf, dtype), jnp.int32(0), jnp.asarray(False), jnp.full((max_iter + 1,), jnp.nan, dtype))
-
-
-class VBLoop(NamedTuple):
-    """The ``while_loop`` carry: the CAVI state, whether the last E-step was the final one, and
-    that E-step's total ELBO and expected counts (weighted) N_k."""
-
-    state: VBState
-    done: jax.Array
-    elbo: jax.Array
-    counts: jax.Array
-
-
-def vb_step(loop: VBLoop, z, prior, tol, reg_covar, max_iter, config: VBConfig, sample_weight=None) -> VBLoop:
-    """One CAVI sweep: q(z) given q(theta), recording the ELBO of q(theta); then, unless that was
-    the last sweep (converged at the previous one, or ``max_iter`` M-steps made), q(theta) given q(z).
-
-    The final E-step is thus the loop's own, not a second copy after it: the program holds one
-    E-step, which is where most of its compile time goes.
-    """
-    state = loop.state
-    resp, elbo = vb_e_step(z, state.q, prior, config.covariance_type, sample_weight)
-    weighted = resp if sample_weight is None else resp * sample_weight[:, None]
-    done = state.converged | (state.n_iter >= max_iter)
-    trace = state.trace.at[state.n_iter].set(elbo)
-    stepped = VBState(
-        q=m_step_from_resp(z, resp, prior, reg_covar, config.covariance_type, sample_weight),
-        objective=elbo,
-        n_iter=state.n_iter + 1,
-        converged=jnp.abs(elbo - state.objective) < tol,  # the total ELBO, as scikit-learn's BGM
-        trace=trace,
-    )
-    kept = jax.tree_util.tree_map(lambda old, new: jnp.where(done, old, new), state._replace(trace=trace), stepped)
-    return VBLoop(kept, done, elbo, jnp.sum(weighted, 0))
-
-
-def _fit_restarts(xs, key, resp_given, prior, tol, reg_covar, sample_weight, *, config: VBConfig, init_method: str,
-                  max_iter: int, num_restarts: int):
-    """All restarts of one VB fit as a single compiled program; returns the best one and the key
-    (as raw bits) from which the host draws from q.
-
-    ``sample_weight`` (N,) or None: row weights (0 for the padding rows of a sharded fit).
-    """
-    _TRACE_COUNT["fit"] += 1
-    init_key, draw_key = jax.random.split(key)
-    keys = jax.random.split(init_key, num_restarts)
-    z = _stats.suff_features(xs, config.covariance_type)
     ct = config.covariance_type
-    k = config.num_components
-
-    def run_one(key):
-        if init_method == "given":
-            resp0 = resp_given
-        else:
-            resp0 = initial_responsibilities(key, xs, k, init_method, sample_weight=sample_weight)
-        q0 = m_step_from_resp(z, resp0, prior, reg_covar, ct, sample_weight)
-        start = VBLoop(vb_init(q0, max_iter), jnp.asarray(False), jnp.asarray(-jnp.inf, xs.dtype), jnp.zeros(k, xs.dtype))
-        loop = jax.lax.while_loop(
-            lambda c: ~c.done,
-            lambda c: vb_step(c, z, prior, tol, reg_covar, max_iter, config, sample_weight),
-            start,
-        )
-        return loop.state, loop.elbo, loop.counts
-
-    state, finals, nks = jax.vmap(run_one)(keys)
-    best = jnp.argmax(jnp.where(jnp.isfinite(finals), finals, -jnp.inf))
-    state_best, nk_best = jax.tree_util.tree_map(lambda a: a[best], (state, nks))
-    point, has_mean = point_estimate(state_best.q, ct)
-    log_lik = _weighted_sum(_stats.e_step(z, _stats.natural_params(point, ct))[1], sample_weight)
-    return {"state": state_best, "finals": finals, "nk": nk_best, "best": best, "point": point,
-            "has_mean": has_mean, "log_lik": log_lik, "draw_key": jax.random.key_data(draw_key)}
-
-
-#: The VB program, compiled ahead of time once per shapes and static settings.
-PROGRAM = CompiledProgram(
-    _fit_restarts, static_argnames=("config", "init_method", "max_iter", "num_restarts")
-)
+    components, shift = expected_components(q, problem.prior, ct)
+    per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, components, ct, precise,
+                                         const_shift=shift)
+    kl = kl_divergence(q, problem.prior, ct)
+    elbo = _weighted_sum(per_row, problem.sample_weight) - kl
+    magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight) + jnp.abs(kl)
+    counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
+    return elbo, magnitude, counts, vb_m_step(*stats, problem.prior, problem.reg_covar, ct)
 
 
 def point_estimate(q: VBParams, covariance_type: str):
     """Posterior means E[pi], m_k and E[Sigma_k] = Psi_k / (nu_k - D - 1) (diag: / (nu_k - 2)) where
     that mean exists, else Psi_k / nu_k (= E[Sigma_k^-1]^-1); returns (GMMParams, has_mean (K,))."""
+    xp, _ = _numerics._namespace(*q)
     alpha, _, m, nu, psi = q
     d = m.shape[1]
     extra = d + 1.0 if covariance_type == "full" else 2.0
     has_mean = nu > extra
-    denom = jnp.where(has_mean, nu - extra, nu)
+    denom = xp.where(has_mean, nu - extra, nu)
     cov = psi / (denom[:, None, None] if covariance_type == "full" else denom[:, None])
-    return GMMParams(alpha / jnp.sum(alpha), m, cov), has_mean
+    return GMMParams(alpha / xp.sum(alpha), m, cov), has_mean
+
+
+class VBOutput(NamedTuple):
+    """One call's lanes (``lanes.params`` the evaluated q, ``lanes.objective`` its ELBO,
+    ``lanes.aux`` the expected counts) and the collapsed components (L, K)."""
+
+    lanes: _iterate.Lanes
+    degenerate: jax.Array
+
+
+def occupancy(num_starts: int, num_components: int) -> np.ndarray:
+    """Components each start seeds, (R, K) bool: start j seeds the first ``K - floor(j K / R)``
+    (all K for the first start, down to one), the others start empty (q = prior)."""
+    seeded = num_components - (np.arange(num_starts) * num_components) // num_starts
+    return np.arange(num_components)[None] < seeded[:, None]
+
+
+def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_iter, fresh, *, config: VBConfig,
+         init_method: str, trace_len: int, adaptive: bool = True):
+    """L lanes of CAVI in one loop: fresh ones from ``noise`` (L, ...) uniform numbers seeding the
+    components ``seeded`` (L, K) marks, or ``state`` continued. ``tol`` is per observation."""
+    _TRACE_COUNT["fit"] += 1
+    ct, k = config.covariance_type, config.num_components
+    num_lanes = noise.shape[0]
+    problem = VBProblem(_stats.suff_features(xs, ct), xs, sample_weight, prior, reg_covar)
+    n_eff = xs.shape[0] if sample_weight is None else jnp.sum(sample_weight)
+
+    def start_lanes(_):
+        def one(u, act):
+            resp0 = initial_responsibilities(u, xs, k, init_method, sample_weight=sample_weight, active=act)
+            if sample_weight is not None:
+                resp0 = resp0 * sample_weight[:, None]
+            return vb_m_step(*_stats.stats_precise(resp0, xs, ct), prior, reg_covar, ct)
+
+        return _iterate.start(jax.vmap(one)(noise, seeded), state.aux, num_lanes, trace_len, xs.dtype)
+
+    lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
+    step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
+
+    def needs(q):
+        return jax.vmap(lambda one: _stats.needs_precise(expected_components(one, prior, ct)[0], ct))(q)
+
+    tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
+    lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)
+    eps = jnp.finfo(xs.dtype).eps
+    points = jax.vmap(lambda q: point_estimate(q, ct)[0].covariances)(lanes.params)
+    degenerate = jax.vmap(
+        lambda cov: _numerics.degenerate_mask(jnp.full((k,), jnp.inf, xs.dtype), cov, ct, reg_covar, eps, config.num_features)
+    )(points)  # collapsed covariances only: components that empty out are VB's intended behaviour
+    return VBOutput(lanes, degenerate)
+
+
+#: The VB program, compiled ahead of time once per shapes and static settings.
+PROGRAM = CompiledProgram(_run, static_argnames=("config", "init_method", "trace_len", "adaptive"))
+
+
+def exact_elbo(arr, q: VBParams, prior, covariance_type: str, sample_weight=None) -> float:
+    """The complete ELBO of ``q`` in float64 on the host (original scale; ``prior`` as arrays).
+
+    ``sum_n log sum_k exp E_q[log pi_k N(x_n | mu_k, Sigma_k)] - KL(q || p)``, the data term in the
+    frame of ``q``'s point estimate so that no units lose precision.
+    """
+    q = VBParams(*(np.asarray(a, np.float64) for a in q))
+    prior = type(prior)(*(np.asarray(a, np.float64) for a in prior))
+    components, shift = expected_components(q, prior, covariance_type)
+    frame = _numerics.mixture_frame(*point_estimate(q, covariance_type)[0], covariance_type)
+    rows = _numerics.score_rows(arr, np.exp(shift), components.means, components.covariances, covariance_type,
+                                frame=frame)
+    data = rows.log_density.sum() if sample_weight is None else rows.log_density @ sample_weight
+    return float(data - kl_divergence(q, prior, covariance_type))
+
+
+def _placeholder_state(num_lanes, k, d, covariance_type, trace_len, dtype) -> _iterate.Lanes:
+    scale_shape = (k, d, d) if covariance_type == "full" else (k, d)
+    q = VBParams(np.ones((num_lanes, k), dtype), np.ones((num_lanes, k), dtype), np.zeros((num_lanes, k, d), dtype),
+                 np.full((num_lanes, k), d + 2.0, dtype), np.ones((num_lanes,) + scale_shape, dtype))
+    zeros = np.zeros(num_lanes, dtype)
+    flags = np.zeros(num_lanes, bool)
+    return _iterate.Lanes(q, q, zeros, zeros, np.zeros((num_lanes, k), dtype), np.zeros(num_lanes, np.int32), flags,
+                          flags, flags, np.zeros((num_lanes, trace_len), dtype), zeros)
 
 
 def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_draws: int):
@@ -346,6 +361,8 @@ def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_dr
     return weights, means, cov
 
 
+
+
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
@@ -355,17 +372,23 @@ def fit_vb(
     *,
     covariance_type: str = "full",
     prior: Prior | None = None,
-    n_init: int = 1,
-    init_params: str = "kmeans",
-    tol: float = 1e-3,
-    max_iter: int = 100,
-    reg_covar: float = 1e-6,
+    n_init="auto",
+    init_params: str = "k-means++",
+    tol: float | None = None,
+    max_iter: int = 1000,
+    reg_covar: float = 1e-10,
     sample_weight=None,
     devices=None,
     seed=0,
     num_draws: int = 500,
 ) -> FitResult:
     r"""Fit a Bayesian Gaussian mixture by closed-form coordinate-ascent variational Bayes.
+
+    With the defaults the fit reaches the q of highest ELBO that many starts find: starts seeding
+    every number of components from K down to one each run :data:`bayesgmm.em.INIT_ITER` sweeps,
+    and the best continue to convergence (see the module docstring). An overfitted mixture under
+    a sparse Dirichlet (``Prior.default(x, K, weight_concentration=1e-3)``) thus keeps the
+    components the data support, not those its start happened to seed.
 
     Parameters
     ----------
@@ -379,21 +402,25 @@ def fit_vb(
         :func:`bayesgmm.fit_em` (MAP with a prior) or the NumPyro engines for them.
     prior : Prior, optional
         Conjugate prior; default ``Prior.default(x, K)``. Any ``weight_concentration > 0``.
-    n_init : int
-        Restarts, run together as one vmapped program; the one with the highest final ELBO is kept.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}
+    n_init : "auto" or int
+        ``"auto"``: as many starts as the data size makes cheap (as :func:`bayesgmm.fit_em`),
+        the best of their short runs continued. An int: that many independent starts, each run
+        to convergence; the highest final ELBO is kept. Either way the starts seed K, K - 1, ...,
+        1 components in turn (the first seeds all K).
+    init_params : {"k-means++", "kmeans", "random", "random_from_data"}
         Starting responsibilities (scikit-learn's meanings); the first update of q is the
         conjugate update from them (scikit-learn's ``_initialize``).
-    tol : float
-        Stop when the total ELBO changes by less than ``tol`` in a sweep (as scikit-learn's
-        ``BayesianGaussianMixture``, whose lower bound is a total; EM's ``tol``, like
-        ``GaussianMixture``'s, is per observation). A per-observation test stops sparse-prior
-        fits on the slow plateau before superfluous components have emptied.
+    tol : float, optional
+        Convergence threshold per observation on the projected remaining gain of the ELBO (Aitken
+        acceleration, as :func:`bayesgmm.fit_em`; default :data:`DEFAULT_TOL`), so a slow plateau
+        (sparse priors emptying components) does not stop the fit. scikit-learn's
+        ``BayesianGaussianMixture`` tests the last change of the total instead. ``tol=0`` runs
+        exactly ``max_iter`` sweeps.
     max_iter : int
-        Maximum CAVI sweeps per restart (static: changing it recompiles).
+        Maximum CAVI sweeps per start (short runs included).
     reg_covar : float
         ``N_k * reg_covar`` is added to the diagonal of each ``Psi_k`` (scikit-learn's
-        convention), in units of each feature's variance. 0 gives exact CAVI.
+        convention), in units of each feature's robust variance. 0 gives exact CAVI.
     sample_weight : array (N,), optional
         Non-negative row weights (frequency weights): row ``n`` counts ``sample_weight[n]``
         times in every sufficient statistic and in the ELBO.
@@ -410,18 +437,19 @@ def fit_vb(
     FitResult
         ``method="vb"``, ``objective="elbo"``; ``trace`` is the complete ELBO of q after each
         sweep (original scale), ``trace[0]`` that of the q initialised from the starting
-        responsibilities. Point estimate: ``weights = E[pi]``, ``means = m_k`` (= E[mu_k]),
+        responsibilities; ``trace[-1]`` and ``info["elbo"]`` are float64 recomputations at the
+        returned q. Point estimate: ``weights = E[pi]``, ``means = m_k`` (= E[mu_k]),
         ``covariances = E[Sigma_k] = Psi_k / (nu_k - D - 1)`` (diag: ``Psi_k / (nu_k - 2)``)
         when that mean exists, else ``Psi_k / nu_k = E[Sigma_k^{-1}]^{-1}`` (listed in
         ``info["covariance_estimate"]``). ``log_likelihood`` is the training log-likelihood
-        at that point. ``predictive`` is the exact posterior predictive, a Student-t mixture
-        (PRML 10.81) for ``full``; for ``diag`` the exact predictive is a product of univariate
-        t's per coordinate, which ``StudentTMixture`` cannot express, so ``predictive=None``
-        and ``score_samples`` averages the Gaussian mixture density over ``draws``. ``info`` holds
-        ``elbo``, ``effective_components`` (components with ``E[pi_k] >= max(1%, 1/N)``, the
-        same rule as :attr:`FitResult.effective_components`), ``empty_components`` (expected
-        count ``N_k = alpha_k - alpha0_k < 1``) and the variational parameters ``alpha``,
-        ``beta``, ``m``, ``nu``, ``psi`` (original scale; ``W_k = inv(psi_k)``).
+        at that point (float64). ``predictive`` is the exact posterior predictive, a Student-t
+        mixture (PRML 10.81) for ``full``; for ``diag`` the exact predictive is a product of
+        univariate t's per coordinate, which ``StudentTMixture`` cannot express, so
+        ``predictive=None`` and ``score_samples`` averages the Gaussian mixture density over
+        ``draws``. ``info`` holds ``elbo``, ``expected_counts`` (``N_k = alpha_k - alpha0_k``),
+        ``effective_components`` (``N_k >= 1``), ``empty_components`` (``N_k < 1``) and the
+        variational parameters ``alpha``, ``beta``, ``m``, ``nu``, ``psi`` (original scale;
+        ``W_k = inv(psi_k)``).
 
     Warns
     -----
@@ -430,6 +458,8 @@ def fit_vb(
     DegenerateComponentWarning
         A covariance point estimate collapsed onto the regularisation floor. Components that
         merely empty out are the intended behaviour of VB and are not warned about.
+    PrecisionWarning
+        An explicit ``tol`` finer than the compute precision resolves (met at that precision).
 
     Raises
     ------
@@ -446,11 +476,12 @@ def fit_vb(
 def _fit_vb_from_resp(x, resp, **kwargs) -> FitResult:
     """VB started from given responsibilities (N, K) (scikit-learn's ``_initialize(X, resp)``).
 
-    Private: used by the scikit-learn oracle tests. ``kwargs`` as :func:`fit_vb`.
+    Private: used by the scikit-learn oracle tests. ``kwargs`` as :func:`fit_vb` (one start).
     """
     resp = np.asarray(resp, dtype=np.float64)
     if resp.ndim != 2 or np.any(resp < 0) or not np.allclose(resp.sum(1), 1.0):
         raise ValueError("resp must be an (N, K) array of non-negative rows summing to 1.")
+    kwargs.update(n_init=1, init_params="random")
     return _fit_vb(x, resp.shape[1], resp_init=resp, **kwargs)
 
 
@@ -464,7 +495,11 @@ def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar
         )
     if init_params not in INIT_METHODS:
         raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
-    check_positive_integers(n_init=n_init, max_iter=max_iter, num_draws=num_draws)
+    if not (isinstance(n_init, str) and n_init == "auto"):
+        if isinstance(n_init, str):
+            raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
+        check_positive_integers(n_init=n_init)
+    check_positive_integers(max_iter=max_iter, num_draws=num_draws)
     check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
@@ -473,6 +508,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     arr, names = check_data(x)
     n, d = arr.shape
     k = check_num_components(num_components, n)
+    tol_explicit = tol is not None
+    tol = DEFAULT_TOL if tol is None else tol
     _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar, num_draws)
     if prior is None:
         prior = Prior.default(arr, k)
@@ -488,70 +525,84 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
         raise ValueError("starting responsibilities cannot be combined with devices=; shard without them.")
 
     weight = check_sample_weight(sample_weight, n)
-    dtype = jax.dtypes.canonicalize_dtype(arr.dtype)  # float32 unless jax_enable_x64 and float64 input
+    dtype = compute_dtype()
     shift, sd = standardisation(arr.astype(np.float64), covariance_type, weight)
     xs = ((arr - shift) / sd).astype(dtype)
     prior_std = prior.standardised(shift, sd)
-    prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)  # NumPy; jit transfers it
+    prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)
-    config = VBConfig(k, covariance_type)
-    given = resp_init is not None
-    resp_given = np.asarray(resp_init if given else np.zeros((1, k)), dtype)
+    starts, kept = resolve_starts(n_init, n, k, d, covariance_type)
+    init_key, draw_key = jax.random.split(key)
+    if resp_init is not None:
+        noise = np.asarray(resp_init, dtype)[None, None]
+        seeded = np.ones((1, 1, k), bool)
+    else:
+        noise = init_noise(init_key, init_params, starts, n, k, dtype, rows.num_padded)[None]
+        seeded = occupancy(starts, k)[None]
+    config = VBConfig(k, d, covariance_type)
+    trace_len = trace_length(max_iter)
+    xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
+    # sharded rows keep the fast form (see bayesgmm._em_core._run)
+    static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
+    common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
+    placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype)
+    seconds = [0.0, 0.0]
 
-    xs, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(xs.dtype))
-    timed = PROGRAM(
-        xs, key, resp_given, prior_arrays, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev,
-        config=config, init_method="given" if given else init_params, max_iter=int(max_iter),
-        num_restarts=1 if given else int(n_init),
-    )
-    out = jax.device_get(timed.outputs)  # one transfer; everything below is NumPy
-    finals = np.asarray(out["finals"], dtype=np.float64)
+    def call(block, state, limit, fresh):
+        u, act = block
+        timed = PROGRAM(xs_dev, u.reshape((-1,) + u.shape[2:]), act.reshape(-1, k), state, *common,
+                        np.asarray(limit, np.int32), np.asarray(fresh), **static)
+        seconds[0] += timed.compile_seconds
+        seconds[1] += timed.run_seconds
+        return jax.device_get(timed.outputs)
+
+    out, start_elbos = _iterate.search(call, (noise, seeded), placeholder, num_groups=1, num_starts=starts,
+                                       num_kept=kept, init_iter=INIT_ITER, max_iter=int(max_iter))
+    lanes = out.lanes
+    finals = np.asarray(lanes.objective, dtype=np.float64)
     if not np.isfinite(finals).any():
         raise ValueError(
-            "VB failed: the ELBO is not finite in any restart (a variational scale matrix became "
+            "VB failed: the ELBO is not finite in any start (a variational scale matrix became "
             "singular). Increase reg_covar or the prior scale, or use fewer components."
         )
-    best = int(out["best"])
-    st = out["state"]
-    q = VBParams(*(np.asarray(p, np.float64) for p in st.q))
-    n_iter = int(st.n_iter)
-    converged = bool(st.converged)
-    ll_shift, _ = log_jacobians(sd, n if weight is None else float(weight.sum()), k, covariance_type)
-    trace = np.asarray(st.trace, np.float64)[: n_iter + 1] + ll_shift
-    elbo = float(finals[best] + ll_shift)
+    best = int(np.argmax(_iterate.rank(finals, out.degenerate)))
+    q = VBParams(*(np.asarray(p[best], np.float64) for p in lanes.params))
+    n_iter = int(lanes.n_iter[best])
+    converged = bool(lanes.converged[best])
+    n_eff = n if weight is None else float(weight.sum())
+    ll_shift, _ = log_jacobians(sd, n_eff, k, covariance_type)
 
-    # ---- point estimate (computed in the compiled program), original scale
-    alpha, beta, m, nu, psi = q
-    params_std = GMMParams(*(np.asarray(p, np.float64) for p in out["point"]))
-    cov_std = params_std.covariances
-    has_mean = np.asarray(out["has_mean"])
-    log_lik = float(out["log_lik"]) + ll_shift
-    draw_rng = np.random.default_rng(np.asarray(out["draw_key"]).ravel().tolist())
-    w_d, m_d, c_d = sample_q(draw_rng, st.q, covariance_type, int(num_draws))
-    params = params_to_original(params_std, shift, sd, covariance_type)
-    psi_orig = params_to_original(GMMParams(alpha, m, psi), shift, sd, covariance_type).covariances
-
-    draws_orig = params_to_original(GMMParams(*(np.asarray(a, np.float64) for a in (w_d, m_d, c_d))), shift, sd, covariance_type)
+    # ---- q, point estimate and draws on the original scale; reported totals in float64
+    alpha, beta, m_std, nu, psi_std = q
+    params_std, has_mean = point_estimate(q, covariance_type)
+    params = params_to_original(GMMParams(*params_std), shift, sd, covariance_type)
+    psi = params_to_original(GMMParams(alpha, m_std, psi_std), shift, sd, covariance_type).covariances
+    q_orig = VBParams(alpha, beta, params.means, nu, psi)
+    prior_orig = prior.arrays(k, covariance_type)
+    elbo = exact_elbo(arr, q_orig, prior_orig, covariance_type, weight)
+    totals = _numerics.totals(arr, *params, covariance_type, weight)
+    trace = np.asarray(lanes.trace[best], np.float64)[: n_iter + 1] + ll_shift
+    trace[-1] = elbo
+    draw_rng = np.random.default_rng(np.asarray(jax.random.key_data(draw_key)).ravel().tolist())
+    w_d, m_d, c_d = sample_q(draw_rng, q, covariance_type, int(num_draws))
+    draws_orig = params_to_original(GMMParams(w_d, m_d, c_d), shift, sd, covariance_type)
     draws = {"weights": draws_orig.weights[None], "means": draws_orig.means[None], "covariances": draws_orig.covariances[None]}
 
     predictive = None
     if covariance_type == "full":
         df = nu + 1.0 - d
-        t_scale = psi_orig * ((1.0 + beta) / (beta * df))[:, None, None]
+        t_scale = psi * ((1.0 + beta) / (beta * df))[:, None, None]
         predictive = StudentTMixture(alpha / alpha.sum(), params.means, t_scale, df)
 
     # ---- diagnostics
     alpha0 = prior.concentration(k)
-    n_expected = np.asarray(out["nk"], np.float64)
-    thresh = max(0.01, 1.0 / n)
-    effective = int(np.sum(params.weights >= thresh))
+    n_expected = alpha - alpha0
     empty = tuple(int(i) for i in np.flatnonzero(n_expected < 1.0))
-    if covariance_type == "full":
-        min_eig = np.linalg.eigvalsh(cov_std)[:, 0]
-    else:
-        min_eig = cov_std.min(axis=1)
-    floor = max(10 * reg_covar, 100 * np.finfo(np.dtype(dtype)).eps)
-    degenerate = tuple(int(i) for i in np.flatnonzero(min_eig <= floor))
+    effective = int(np.sum(n_expected >= 1.0))
+    eps = float(np.finfo(dtype).eps)
+    degenerate = tuple(int(i) for i in np.flatnonzero(_numerics.degenerate_mask(
+        np.full(k, np.inf), np.asarray(params_std.covariances, np.float64), covariance_type, reg_covar, eps, d)))
+    floor = float(lanes.floor[best]) / n_eff
     if degenerate:
         warnings.warn(
             f"VB component(s) {list(degenerate)} have a covariance collapsed onto the regularisation "
@@ -561,8 +612,17 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
         )
     if not converged:
         warnings.warn(
-            f"VB did not converge in max_iter={max_iter} iterations (tol={tol}); increase max_iter or tol.",
+            f"VB did not converge in max_iter={max_iter} iterations (tol={tol:g} per observation); increase "
+            "max_iter or tol.",
             ConvergenceWarning,
+            stacklevel=3,
+        )
+    elif tol_explicit and floor > tol:
+        warnings.warn(
+            f"tol={tol:g} per observation is finer than {dtype.name} arithmetic resolves for these data (about "
+            f"{floor:.1g} per observation): VB stopped when the ELBO stopped changing at that precision. For a "
+            "finer tolerance fit in float64 (jax.config.update('jax_enable_x64', True) and float64 data).",
+            PrecisionWarning,
             stacklevel=3,
         )
     return FitResult(
@@ -571,7 +631,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
         weights=params.weights,
         means=params.means,
         covariances=params.covariances,
-        log_likelihood=log_lik,
+        log_likelihood=totals.log_likelihood,
         converged=converged,
         n_iter=n_iter,
         trace=trace,
@@ -592,20 +652,23 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
             "beta": beta.tolist(),
             "m": params.means.tolist(),
             "nu": nu.tolist(),
-            "psi": psi_orig.tolist(),
+            "psi": psi.tolist(),
             "alpha0": alpha0.tolist(),
-            "covariance_estimate": ["posterior_mean" if h else "inverse_expected_precision" for h in has_mean],
+            "covariance_estimate": ["posterior_mean" if h else "inverse_expected_precision" for h in np.asarray(has_mean)],
             "seed": seed if isinstance(seed, (int, np.integer)) else None,
-            "n_init": int(n_init),
-            "init_params": "given" if given else init_params,
+            "n_init": int(starts) if resp_init is None else 1,
+            "num_kept": int(kept),
+            "init_params": "given" if resp_init is not None else init_params,
             "best_restart": best,
             "restart_elbos": (finals + ll_shift).tolist(),
+            "start_elbos": (start_elbos[0] + ll_shift).tolist(),
             "tol": float(tol),
+            "precision_floor_per_obs": floor,
             "reg_covar": float(reg_covar),
             "num_draws": int(num_draws),
-            "compile_seconds": timed.compile_seconds,
-            "run_seconds": timed.run_seconds,
-            "fit_seconds": timed.compile_seconds + timed.run_seconds,
+            "compile_seconds": seconds[0],
+            "run_seconds": seconds[1],
+            "fit_seconds": seconds[0] + seconds[1],
             "num_devices": rows.num_devices,
             "dtype": str(dtype),
         },

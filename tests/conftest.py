@@ -1,7 +1,8 @@
 """Test configuration.
 
 The suite runs with 64-bit JAX so that oracle comparisons (scikit-learn, closed forms) can be
-tight; float32 behaviour is tested by passing float32 arrays explicitly. Warnings are errors
+tight; float32 behaviour is tested inside ``with jax.enable_x64(False):`` (the package computes in
+JAX's default float, :func:`bayesgmm.params.compute_dtype`), e.g. through :func:`precision`. Warnings are errors
 (pyproject.toml), so every expected warning is asserted with ``pytest.warns``.
 """
 
@@ -17,6 +18,40 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import bayesgmm as bg  # noqa: E402
+
+
+class CompileCounter:
+    """Counts XLA compilations (``backend_compile`` events of ``jax.monitoring``) while active."""
+
+    count = 0
+    active = False
+    _registered = False
+
+    def __enter__(self):
+        if not CompileCounter._registered:
+            import jax.monitoring
+
+            def listener(name, duration, **kwargs):
+                if CompileCounter.active and name.endswith("backend_compile_duration"):
+                    CompileCounter.count += 1
+
+            jax.monitoring.register_event_duration_secs_listener(listener)
+            CompileCounter._registered = True
+        CompileCounter.count, CompileCounter.active = 0, True
+        return self
+
+    def __exit__(self, *exc):
+        CompileCounter.active = False
+        return False
+
+    @property
+    def compiles(self) -> int:
+        return CompileCounter.count
+
+
+def precision(dtype):
+    """A context in which JAX's default float, and so every engine's compute type, is ``dtype``."""
+    return jax.enable_x64(np.dtype(dtype) == np.float64)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -470,13 +470,22 @@ def test_bad_inputs_raise(em_fit, mc_fit, x):
         diagnostics.to_inference_data(bad, x)
 
 
-def test_log_likelihood_compiles_once_per_shape(em_fit, x):
-    fits = [mcmc_like(em_fit, seed=s, chains=1, draws=7) for s in (20, 21, 22)]
-    diagnostics.to_inference_data(fits[0], x)
-    before = diagnostics._pointwise_log_likelihood._cache_size()
-    for f in fits[1:]:
-        diagnostics.to_inference_data(f, x)
-    assert diagnostics._pointwise_log_likelihood._cache_size() == before
+def test_pointwise_log_likelihood_is_float64_and_compiles_nothing(em_fit, x):
+    """The log_likelihood group is computed on the host in float64: exact per draw and row, and a
+    new row count or number of draws costs no compilation."""
+    from conftest import CompileCounter
+
+    fit = mcmc_like(em_fit, seed=20, chains=2, draws=7)
+    diagnostics.to_inference_data(fit, x)
+    with CompileCounter() as counter:
+        idata = diagnostics.to_inference_data(mcmc_like(em_fit, seed=21, chains=1, draws=5), x[:57])
+    assert counter.compiles == 0
+    ll = idata.log_likelihood["x"].values
+    draws = {k: np.asarray(v)[0] for k, v in mcmc_like(em_fit, seed=21, chains=1, draws=5).draws.items()}
+    for s in range(ll.shape[1]):
+        dens = sum(w * stats.multivariate_normal(m, c).pdf(x[:57]) for w, m, c in
+                   zip(draws["weights"][s], draws["means"][s], draws["covariances"][s]))
+        np.testing.assert_allclose(ll[0, s], np.log(dens), rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------

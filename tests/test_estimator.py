@@ -64,34 +64,30 @@ INIT_PRECISIONS = {
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
 def test_matches_sklearn_from_same_start(faithful_std, covariance_type):
-    """Same standardised data, same starting parameters -> the same EM path as scikit-learn.
-
-    On standardised data bayesgmm's internal standardisation is the identity, so ``reg_covar``
-    means the same in both; tol is tight so that both run to the same fixed point.
-    """
+    """Same data, same starting parameters, both run to a tight tolerance -> scikit-learn's fixed
+    point (reg_covar = 0 in both: bayesgmm's is relative to each feature's robust variance)."""
     x = np.asarray(faithful_std)
     init = dict(weights_init=np.array([0.4, 0.6]), means_init=x[[0, 1]], precisions_init=INIT_PRECISIONS[covariance_type])
-    common = dict(covariance_type=covariance_type, tol=1e-8, max_iter=100, reg_covar=1e-6, random_state=0)
-    ours = GaussianMixture(2, engine_kwargs=init, **common).fit(x)
-    ref = SkGaussianMixture(2, **init, **common).fit(x)
+    common = dict(covariance_type=covariance_type, max_iter=5000, reg_covar=0.0, random_state=0)
+    ours = GaussianMixture(2, engine_kwargs=init, tol=1e-12, **common).fit(x)
+    ref = SkGaussianMixture(2, **init, tol=1e-13, **common).fit(x)
 
     assert ours.converged_ and ref.converged_
     if covariance_type in ("full", "tied"):
         pc = ours.precisions_cholesky_
         np.testing.assert_array_equal(pc, np.triu(pc))  # upper triangular, scikit-learn's convention
-    assert ours.n_iter_ == ref.n_iter_
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
         np.testing.assert_allclose(getattr(ours, name), getattr(ref, name), rtol=1e-6, atol=1e-6, err_msg=name)
         assert getattr(ours, name).shape == getattr(ref, name).shape, name
     np.testing.assert_allclose(ours.predict_proba(x), ref.predict_proba(x), atol=1e-6)
     np.testing.assert_array_equal(ours.predict(x), ref.predict(x))
     np.testing.assert_allclose(ours.score_samples(x), ref.score_samples(x), atol=1e-6)
-    np.testing.assert_allclose(ours.score(x), ref.score(x), atol=1e-8)
+    np.testing.assert_allclose(ours.score(x), ref.score(x), atol=1e-9)
     np.testing.assert_allclose(ours.bic(x), ref.bic(x), rtol=1e-10)
     np.testing.assert_allclose(ours.aic(x), ref.aic(x), rtol=1e-10)
-    # ours is the objective at the returned parameters, scikit-learn's the one before the last
-    # M-step; at a tolerance of 1e-8 they agree to that order
-    np.testing.assert_allclose(ours.lower_bound_, ref.lower_bound_, atol=1e-7)
+    # ours is the objective at the returned parameters, scikit-learn's the one before its last
+    # M-step; at these tolerances they agree to that order
+    np.testing.assert_allclose(ours.lower_bound_, ref.lower_bound_, atol=1e-9)
     np.testing.assert_allclose(ours.lower_bounds_[-1], ours.lower_bound_)
     assert ours.lower_bounds_.shape == (ours.n_iter_ + 1,)
     assert np.all(np.diff(ours.lower_bounds_) >= -1e-12)  # EM never decreases the likelihood
@@ -119,7 +115,11 @@ def test_pipeline_scaling_is_a_change_of_variables(blobs):
     raw = GaussianMixture(3, random_state=0).fit(x)
     log_jac = np.sum(np.log(pipe[0].scale_))
     np.testing.assert_allclose(pipe.score(x) - log_jac, raw.score(x), rtol=0, atol=1e-8)
-    np.testing.assert_allclose(pipe.predict_proba(x), raw.predict_proba(x), atol=1e-8)
+    # the same fit up to the order of the components (the search may keep another of its equal runs)
+    a, b = pipe.predict_proba(x), raw.predict_proba(x)
+    perm = np.argmax(a.T @ b, axis=1)
+    assert sorted(perm) == [0, 1, 2]
+    np.testing.assert_allclose(a, b[:, perm], atol=1e-8)
     assert adjusted_rand_score(labels, pipe.predict(x)) > 0.95
 
 

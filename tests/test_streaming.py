@@ -14,6 +14,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 import bayesgmm as bg
+from conftest import precision
 from bayesgmm import streaming
 from bayesgmm.params import ConvergenceWarning, GMMParams
 from bayesgmm.streaming import fit_em_stream
@@ -67,21 +68,22 @@ def test_batch_equals_fit_em_from_the_same_start(covariance_type, use_prior, mix
     k = 3
     start = _start(mix, k, covariance_type)
     prior = bg.Prior.default(mix, k) if use_prior else None
-    kw = dict(covariance_type=covariance_type, prior=prior, tol=1e-6, max_iter=300)
+    kw = dict(covariance_type=covariance_type, prior=prior, tol=1e-6, max_iter=1000)
     ref = bg.fit_em(mix, k, weights_init=start.weights, means_init=start.means,
                     precisions_init=_precisions(start, covariance_type), **kw)
     got = fit_em_stream(mix, k, init_params=start, batch_size=250, **kw)
     assert ref.converged and got.converged
     assert got.n_iter == ref.n_iter > 3
     assert got.method == ref.method and got.objective == ref.objective
-    np.testing.assert_allclose(got.trace, ref.trace, rtol=1e-11)
-    assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-12)
+    # chunked sums add up in another order; fast phases of EM amplify that to ~1e-10
+    np.testing.assert_allclose(got.trace, ref.trace, rtol=1e-9)
+    assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-10)
     np.testing.assert_allclose(got.weights, ref.weights, atol=1e-10)
     np.testing.assert_allclose(got.means, ref.means, atol=1e-9)
     np.testing.assert_allclose(got.covariances, ref.covariances, atol=1e-9)
-    np.testing.assert_allclose(got.info["expected_counts"], ref.info["expected_counts"], rtol=1e-9)
-    assert got.info["entropy"] == pytest.approx(ref.info["entropy"], rel=1e-9)
-    assert got.info["num_chunks"] == 5 and got.info["num_passes"] == got.n_iter + 2
+    np.testing.assert_allclose(got.info["expected_counts"], ref.info["expected_counts"], rtol=1e-8)
+    assert got.info["entropy"] == pytest.approx(ref.info["entropy"], rel=1e-8)
+    assert got.info["num_chunks"] == 5 and got.info["num_passes"] == got.n_iter + 3
 
 
 def test_initialisation_on_every_row_is_fit_em(mix):
@@ -173,8 +175,13 @@ def test_float32_and_integer_storage(mix, files, tmp_path):
     give the float64 fit of the same numbers."""
     kw = dict(batch_size=250, tol=1e-6, num_init_rows=500, seed=1)
     ref = fit_em_stream(mix, 3, **kw)
-    f32 = fit_em_stream(files["f32"], 3, **kw)
-    assert f32.info["dtype"] == "float32"
+    f32 = fit_em_stream(files["f32"], 3, **kw)  # computed in JAX's default float (float64 here)
+    assert f32.info["dtype"] == "float64"
+    assert f32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+    with precision(np.float32), pytest.warns(bg.PrecisionWarning, match="finer than float32"):
+        f32 = fit_em_stream(files["f32"], 3, **kw)  # said plainly, and met at that floor
+    assert f32.info["dtype"] == "float32" and f32.converged
+    assert f32.info["precision_floor_per_obs"] > 1e-6
     assert f32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
     ints = np.round(mix * 1000).astype(np.int32)
     path = _saved(tmp_path / "ints.npy", ints)

@@ -19,8 +19,9 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import digamma, gammaln, logsumexp, multigammaln
 
 import bayesgmm as bg
+from conftest import precision
 from bayesgmm import vb
-from bayesgmm.params import ConvergenceWarning
+from bayesgmm.params import ConvergenceWarning, standardisation
 from bayesgmm.results import StudentTMixture
 
 
@@ -180,10 +181,12 @@ def test_matches_unpatched_sklearn_diag_in_one_dimension(faithful_std, random_re
     x = faithful_std[:, :1]
     prior = bg.Prior(weight_concentration=2.0, mean=[0.3], mean_precision=0.05, degrees_of_freedom=3.0, scale=[[0.2]])
     bgm = sklearn_bgm(x, random_resp, prior, "diag", NUM_ITER, 1e-3)
+    # bayesgmm's reg_covar is in units of the feature's robust variance, scikit-learn's absolute
+    robust_sd = standardisation(x, "diag")[1][0]
     with pytest.warns(ConvergenceWarning):
         r = vb._fit_vb_from_resp(
             x, random_resp, covariance_type="diag", prior=prior, n_init=1, init_params="kmeans",
-            tol=0.0, max_iter=NUM_ITER, reg_covar=1e-3, seed=0, num_draws=50,
+            tol=0.0, max_iter=NUM_ITER, reg_covar=1e-3 / robust_sd**2, seed=0, num_draws=50,
         )
     _compare_to_sklearn(r, bgm, "diag")
 
@@ -339,7 +342,7 @@ def test_sparse_dirichlet_finds_true_number_of_components(covariance_type):
     prior = bg.Prior.default(data.x, 6, weight_concentration=1e-3)
     r = bg_fit(data.x, 6, covariance_type=covariance_type, prior=prior, max_iter=300, tol=1e-6, seed=0,
                n_init=16, init_params="random")
-    assert r.converged and r.info["elbo"] == max(r.info["restart_elbos"])
+    assert r.converged and r.info["elbo"] == pytest.approx(max(r.info["restart_elbos"]), rel=1e-9)
     assert r.info["effective_components"] == 2 == r.effective_components
     assert len(r.info["empty_components"]) == 4
     np.testing.assert_allclose(np.sort(r.weights)[-2:], np.sort(data.params.weights), atol=0.06)
@@ -416,22 +419,25 @@ def test_bad_data_errors(faithful):
 
 def test_float32_input_runs_in_float32_and_agrees(faithful):
     r64 = bg_fit(faithful, 2, n_init=2)
-    r32 = bg_fit(faithful.astype(np.float32), 2, n_init=2)
+    with precision(np.float32):
+        r32 = bg_fit(faithful, 2, n_init=2)
     assert r32.info["dtype"] == "float32"
     assert r32.info["elbo"] == pytest.approx(r64.info["elbo"], rel=1e-5)
     np.testing.assert_allclose(r32.means, r64.means, rtol=1e-4)
 
 
-def test_sparse_prior_default_tolerance_runs_past_the_plateau():
-    """The tolerance is on the total ELBO (scikit-learn's BayesianGaussianMixture). Per observation
-    it stopped this fit after 7 sweeps on the plateau, 40 nats below where it goes on to."""
+def test_sparse_prior_default_settings_reach_the_best_elbo_a_long_search_finds():
+    """Default settings on an overfitted sparse mixture: converged, at the highest ELBO that 64
+    independent starts run to a tight tolerance find (a test on the last ELBO change alone once
+    stopped this fit on the plateau after 7 sweeps, 40 nats lower)."""
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(-2, 1, (100, 2)), rng.normal(3, 0.5, (100, 2))]
-    r = bg.fit_vb(x, 6, prior=bg.Prior.default(x, 6, weight_concentration=1e-3), seed=0, num_draws=20)
-    assert r.converged and r.n_iter > 20
-    steps = np.diff(r.trace)
-    assert abs(steps[-2]) < 1e-3 <= np.max(np.abs(steps))  # stopped by the total-ELBO test
-    assert r.trace[-1] - r.trace[7] > 10.0
+    prior = bg.Prior.default(x, 6, weight_concentration=1e-3)
+    r = bg.fit_vb(x, 6, prior=prior, seed=0, num_draws=20)
+    ref = bg.fit_vb(x, 6, prior=prior, seed=1, num_draws=20, n_init=64, tol=1e-10, max_iter=5000)
+    assert r.converged and ref.converged
+    assert r.info["elbo"] >= max(ref.info["restart_elbos"]) - 0.02
+    assert r.info["effective_components"] == 2
 
 
 def test_log_prior_of_draws_with_underflowed_weights_is_finite():

@@ -1,0 +1,289 @@
+"""Many fixed-point iterations (EM, CAVI) run together in one compiled loop, with a convergence
+test on the objective that a slow start cannot fool.
+
+A batch of *lanes* (restarts, bootstrap replicates, the K of a model-selection grid) shares one
+``lax.while_loop`` that runs while any lane is still going; finished lanes keep their state.
+The loop is written over the whole batch rather than ``vmap``-ped, so that the choice between
+the fast and the precise form of a step (:mod:`bayesgmm._stats`) is one real branch for the
+batch, taken only when some lane needs it.
+
+Each iteration *evaluates* the lane's next parameters (E-step: the objective ``l_t`` and
+whatever the caller records, such as the expected counts) and computes their update (M-step).
+The parameters a lane ends with are therefore always ones whose objective was computed: the
+reported objective, trace and counts belong to the returned parameters, with no extra E-step.
+
+**Convergence** (Aitken acceleration; Böhning et al. 1994, McNicholas et al. 2010). EM and CAVI
+increase their objective monotonically and, near a fixed point, linearly:
+``l_{t+1} - l_t ~ a (l_t - l_{t-1})`` with rate ``0 < a < 1``. The projected remaining gain is
+``(l_t - l_{t-1}) / (1 - a_t)`` with ``a_t = (l_t - l_{t-1}) / (l_{t-1} - l_{t-2})``, and a lane
+has converged when that projection is below the tolerance. On a slow plateau the rate is near 1
+(or the steps grow), the projection is large and the iteration goes on, where a test on the last
+step alone (scikit-learn's) stops early. A lane whose objective no longer changes by more than
+its rounding error (the *precision floor*, a few ulps of ``sum_n |l_n|``) has converged too: a
+tolerance finer than the compute precision can resolve is met at that floor, and the drivers say
+so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _numerics
+
+#: The precision floor of an objective ``sum_n l_n`` is ``FLOOR_ULPS * eps * sum_n |l_n|``.
+FLOOR_ULPS = 8.0
+
+
+class Lanes(NamedTuple):
+    """Loop state of a batch of L iterations (every field has a leading lane axis).
+
+    params : the last evaluated parameters, ``theta_t`` (t = ``n_iter``)
+    next_params : their update ``theta_{t+1}`` (not yet evaluated)
+    objective : ``l_t``, the objective at ``params``
+    delta : ``l_t - l_{t-1}``
+    aux : what the step records at ``params`` (e.g. the expected counts)
+    n_iter : t, the updates that led to ``params`` (-1 before the first evaluation)
+    close : the projected remaining gain was below the tolerance at the last evaluation
+    converged, failed : stopped by the convergence test / by a non-finite objective
+    trace : (L, T) ``trace[t] = l_t`` (NaN beyond ``n_iter``)
+    floor : the precision floor of ``l_t``
+    """
+
+    params: Any
+    next_params: Any
+    objective: jax.Array
+    delta: jax.Array
+    aux: Any
+    n_iter: jax.Array
+    close: jax.Array
+    converged: jax.Array
+    failed: jax.Array
+    trace: jax.Array
+    floor: jax.Array
+
+
+def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
+    """Lanes that will evaluate ``params`` first (``aux``: a placeholder of the recorded shape)."""
+    return Lanes(
+        params=params,
+        next_params=params,
+        objective=jnp.full((num_lanes,), -jnp.inf, dtype),
+        delta=jnp.full((num_lanes,), jnp.inf, dtype),
+        aux=aux,
+        n_iter=jnp.full((num_lanes,), -1, jnp.int32),
+        close=jnp.zeros((num_lanes,), bool),
+        converged=jnp.zeros((num_lanes,), bool),
+        failed=jnp.zeros((num_lanes,), bool),
+        trace=jnp.full((num_lanes, trace_len), jnp.nan, dtype),
+        floor=jnp.zeros((num_lanes,), dtype),
+    )
+
+
+def convergence(delta_prev, delta, step_index, tol, floor, close_before):
+    """The convergence test after the objective ``l_t`` (``t = step_index``) was computed.
+
+    ``delta = l_t - l_{t-1}``, ``delta_prev = l_{t-1} - l_{t-2}``; ``tol`` and ``floor`` are
+    totals (same units as the objective). Returns ``(close, converged)``: whether the projected
+    remaining gain is below ``max(tol, floor)`` now, and whether it was at two evaluations in a
+    row (one small ratio, e.g. after the large first step from a one-point start, cannot stop a
+    run), or the objective has settled within its precision floor.
+    """
+    xp, _ = _numerics._namespace(delta_prev, delta, tol, floor)  # NumPy on the host (streaming EM), else JAX
+    threshold = xp.maximum(tol, floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = delta / delta_prev
+        projected = xp.where((delta > 0) & (delta_prev > 0) & (rate < 1), delta / (1 - rate), np.inf)
+    remaining = xp.where(delta <= 0, -delta, projected)  # a decrease: only rounding or reg_covar
+    close = (step_index >= 2) & (remaining <= threshold)
+    settled = (step_index >= 2) & (xp.abs(delta) <= floor) & (xp.abs(delta_prev) <= floor)
+    return close, ((close & close_before) | settled) & (tol >= 0)
+
+
+def running(lanes: Lanes, max_iter):
+    """Lanes that have not converged or failed and may still be updated."""
+    return ~lanes.converged & ~lanes.failed & (lanes.n_iter < max_iter)
+
+
+def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable | None = None) -> Lanes:
+    """Evaluate and update every lane until it converges, fails or has made ``max_iter`` updates.
+
+    Parameters
+    ----------
+    lanes : Lanes
+    step : callable ``(params, precise) -> (objective, magnitude, aux, updated_params)``
+        For every lane (batched): the objective at ``params``, ``sum_n |l_n|`` of it (for the
+        precision floor), what to record and the updated parameters. ``precise`` is a traced bool
+        for the whole batch (or False): the step branches on it (``lax.cond``) around the part
+        that differs, :func:`bayesgmm._stats.e_step_stats`.
+    tol : array (L,) or scalar
+        Tolerance on the projected remaining gain of the objective (a total); negative: no test
+        (every lane makes ``max_iter`` updates).
+    max_iter : int or traced int
+        Updates per lane in all (a second call continues where the first stopped).
+    needs_precise : callable ``params -> (L,) bool``, optional
+        Lanes whose step would lose precision in the fast form; while any running lane does, the
+        batch takes the precise form.
+    """
+    eps = jnp.finfo(lanes.objective.dtype).eps
+    lane_index = jnp.arange(lanes.n_iter.shape[0])
+
+    def body(s):
+        go = running(s, max_iter)
+        precise = False if needs_precise is None else jnp.any(go & needs_precise(s.next_params))
+        total, magnitude, aux, updated = step(s.next_params, precise)
+        t = s.n_iter + 1
+        delta = total - s.objective
+        floor = FLOOR_ULPS * eps * magnitude
+        close, done = convergence(s.delta, delta, t, tol, floor, s.close)
+        stepped = Lanes(
+            params=s.next_params,
+            next_params=updated,
+            objective=total,
+            delta=delta,
+            aux=aux,
+            n_iter=t,
+            close=close,
+            converged=done,
+            failed=~jnp.isfinite(total),
+            trace=s.trace.at[lane_index, t].set(total, mode="drop"),
+            floor=floor,
+        )
+
+        def keep(new, old):
+            mask = go.reshape(go.shape + (1,) * (new.ndim - 1))
+            return jnp.where(mask, new, old)
+
+        return jax.tree_util.tree_map(keep, stepped, s)
+
+    return jax.lax.while_loop(lambda s: jnp.any(running(s, max_iter)), body, lanes)
+
+
+def take(tree, index):
+    """Lanes (or any batched pytree) at ``index`` along the lane axis (NumPy or JAX)."""
+    return jax.tree_util.tree_map(lambda a: a[index], tree)
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The search (host side): starts in batches of lanes, the best short runs continued
+# ----------------------------------------------------------------------------------------------
+#: Iterations of every start before the best ones are kept (the em-EM short runs).
+INIT_ITER = 20
+#: Bounds of the automatic number of starts (powers of two in between).
+MIN_STARTS, MAX_STARTS = 4, 256
+#: Work of the short runs under ``n_init="auto"``: starts x INIT_ITER x N x K x p at most this.
+START_BUDGET = 2e8
+
+
+def auto_starts(num_obs: int, num_components: int, num_features: int, covariance_type: str) -> tuple[int, int]:
+    """``(starts, kept)`` of ``n_init="auto"``.
+
+    As many k-means++ starts as fit in :data:`START_BUDGET` (a power of two between 4 and 256:
+    256 on Old Faithful, 4 for N=1e5, D=16, K=16), and one kept run per 16 starts (at least one,
+    at most 16).
+    """
+    from ._stats import num_suff_features
+
+    cost = INIT_ITER * num_obs * num_components * num_suff_features(num_features, covariance_type)
+    fit = max(START_BUDGET / cost, 1.0)
+    starts = int(min(MAX_STARTS, max(MIN_STARTS, 2 ** math.floor(math.log2(fit)))))
+    return starts, int(min(16, max(1, starts // 16)))
+
+
+def resolve_starts(n_init, num_obs, num_components, num_features, covariance_type) -> tuple[int, int]:
+    """``(starts, kept)`` for the public ``n_init``: ``"auto"`` (:func:`auto_starts`) or an int
+    (that many independent restarts, each run to convergence, as scikit-learn)."""
+    if isinstance(n_init, str):
+        if n_init != "auto":
+            raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
+        return auto_starts(num_obs, num_components, num_features, covariance_type)
+    from .params import check_positive_integers
+
+    check_positive_integers(n_init=n_init)
+    return int(n_init), int(n_init)
+
+
+def trace_length(max_iter: int) -> int:
+    """Static length of the objective trace: a power of two above ``max_iter`` (at least 64),
+    so that ``max_iter`` itself is traced and most changes of it reuse the program."""
+    return max(64, 2 ** math.ceil(math.log2(int(max_iter) + 1)))
+
+
+def rank(objective, degenerate):
+    """Scores for choosing runs (NumPy): non-degenerate before degenerate, then by objective."""
+    import numpy as np
+
+    score = np.where(np.isfinite(objective), np.asarray(objective, np.float64), -np.inf)
+    return np.where(np.asarray(degenerate).any(axis=-1), score - 1e300, score)
+
+
+def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_kept: int, init_iter: int,
+           max_iter: int, avoid_degenerate: bool = True):
+    """The em-EM search of G groups (Biernacki, Celeux & Govaert 2003), driving a compiled program.
+
+    Parameters
+    ----------
+    call : callable ``(starts_block, state, limit, fresh) -> output``
+        Runs ``G * num_kept`` lanes (group-major): afresh from ``starts_block`` (a pytree with
+        leading axes (G, num_kept)) when ``fresh``, else continuing ``state``, until ``limit``
+        updates; returns host (NumPy) output with ``.lanes`` (:class:`Lanes`) and ``.degenerate``
+        (lanes, K).
+    starts : pytree with leading axes (G, num_starts)
+        What each start begins from (uniform numbers, ...).
+    placeholder : Lanes
+        A state of the lanes' shapes for the fresh calls (never read).
+    avoid_degenerate : bool
+        When every continued run of a group ends degenerate, continue its next-best short runs
+        too (``num_kept`` at a time, with the same compiled program) until one does not or the
+        starts run out: a spurious maximiser often has the highest likelihood, so the best
+        non-degenerate optimum can lie in a basin the short runs ranked lower.
+
+    Returns
+    -------
+    output : G * num_kept lanes, per group the best of every run continued (non-degenerate first)
+    start_objective : (G, num_starts) each start's objective after its short run (after its full
+        run when ``num_kept == num_starts``: then one call runs every start to convergence)
+    """
+    import numpy as np
+
+    if num_kept == num_starts:
+        out = call(starts, placeholder, max_iter, True)
+        return out, np.asarray(out.lanes.objective, np.float64).reshape(num_groups, num_starts)
+
+    def block(b):
+        return jax.tree_util.tree_map(lambda a: a[:, b * num_kept : (b + 1) * num_kept], starts)
+
+    def by_group(tree):  # (G * kept, ...) -> (G, kept, ...)
+        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups, num_kept) + a.shape[1:]), tree)
+
+    def flat(tree):  # (G, kept, ...) -> (G * kept, ...)
+        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups * num_kept,) + a.shape[2:]), tree)
+
+    def pick(tree, index):  # per group, the runs at index (G, kept)
+        return jax.tree_util.tree_map(
+            lambda a: np.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1), tree)
+
+    shorts = [by_group(call(block(b), placeholder, min(init_iter, max_iter), True))
+              for b in range(num_starts // num_kept)]
+    shorts = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), *shorts)  # (G, R, ...)
+    start_objective = np.asarray(shorts.lanes.objective, np.float64)
+    order = np.argsort(-rank(start_objective, shorts.degenerate), axis=1, kind="stable")
+    done = by_group(call(block(0), flat(pick(shorts.lanes, order[:, :num_kept])), max_iter, False))
+    rounds = 1
+    while avoid_degenerate and rounds * num_kept < num_starts:
+        clean = ~np.asarray(done.degenerate).any(axis=-1) & np.isfinite(np.asarray(done.lanes.objective))
+        if clean.any(axis=1).all():
+            break
+        chosen = order[:, rounds * num_kept : (rounds + 1) * num_kept]
+        more = by_group(call(block(0), flat(pick(shorts.lanes, chosen)), max_iter, False))
+        both = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), done, more)  # (G, 2 kept, ...)
+        keep = np.argsort(-rank(np.asarray(both.lanes.objective), both.degenerate), axis=1, kind="stable")[:, :num_kept]
+        done = pick(both, keep)
+        rounds += 1
+    return flat(done), start_objective

@@ -1,0 +1,411 @@
+"""Mixture numerics written once, for both array back ends, and the float64 evaluation of every
+number a result reports.
+
+The functions here take NumPy or JAX arrays alike (``xp`` is the array namespace, found from the
+arguments): the compiled engines call them on device arrays inside ``jit``, and the host calls
+them on float64 NumPy arrays to *report* numbers. Reported totals (log-likelihood, BIC/AIC/ICL
+entropy, scores, the MAP objective) are therefore recomputed here in float64 from the returned
+parameters, whatever precision the fit ran in, and compile nothing (a new row count costs no
+compilation).
+
+Host evaluation standardises first: data and parameters are centred on the mixture mean and
+divided by the mixture's standard deviation per feature, and the log-Jacobian is added back. So
+data in any units (1e-30 ... 1e30, or one column in 1e-6 and another in 1e6) are scored as
+accurately as unit-scale data.
+
+The direct (Cholesky) Gaussian log density is used: ``-0.5 |L^-1 (x - mu)|^2 - log|L| - D/2 log 2pi``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+#: Rows evaluated at once on the host (bounds the (K, rows, D) temporaries).
+HOST_BLOCK_ROWS = 16384
+
+
+def _namespace(*arrays):
+    """``(xp, scipy-like)`` for the arrays: NumPy + SciPy, or jax.numpy + jax.scipy."""
+    for a in arrays:
+        if type(a).__module__.startswith(("jax", "jaxlib")):
+            import jax.numpy as jnp
+            import jax.scipy as jsp
+
+            return jnp, jsp
+    import scipy.linalg
+    import scipy.special
+
+    class _SciPy:
+        linalg = scipy.linalg
+        special = scipy.special
+
+    return np, _SciPy
+
+
+# ----------------------------------------------------------------------------------------------
+# Covariance structures
+# ----------------------------------------------------------------------------------------------
+def expand_covariances(covariances, covariance_type: str, num_components: int, num_features: int):
+    """Covariances as ``(..., K, D, D)`` whatever the structure (leading batch axes allowed).
+
+    ``full`` (..., K, D, D) is returned as is; ``tied`` (..., D, D) is broadcast over K;
+    ``diag`` (..., K, D) and ``spherical`` (..., K) become diagonal matrices.
+    """
+    xp, _ = _namespace(covariances)
+    c = covariances
+    k, d = num_components, num_features
+    if covariance_type == "full":
+        return c
+    if covariance_type == "tied":
+        return xp.broadcast_to(c[..., None, :, :], c.shape[:-2] + (k, d, d))
+    eye = xp.eye(d, dtype=c.dtype)
+    if covariance_type == "diag":
+        return c[..., :, :, None] * eye
+    return c[..., :, None, None] * eye
+
+
+def diagonal_variances(covariances, covariance_type: str, num_components: int, num_features: int):
+    """Per-component variances of each feature, ``(..., K, D)``."""
+    xp, _ = _namespace(covariances)
+    c = covariances
+    if covariance_type == "full":
+        return xp.diagonal(c, axis1=-2, axis2=-1)
+    if covariance_type == "tied":
+        v = xp.diagonal(c, axis1=-2, axis2=-1)
+        return xp.broadcast_to(v[..., None, :], v.shape[:-1] + (num_components, num_features))
+    if covariance_type == "diag":
+        return c
+    return xp.broadcast_to(c[..., :, None], c.shape + (num_features,))
+
+
+def num_free_parameters(num_components: int, num_features: int, covariance_type: str) -> int:
+    """Free parameters of a K-component mixture (for BIC/AIC), as scikit-learn counts them."""
+    k, d = num_components, num_features
+    cov = {"full": k * d * (d + 1) / 2, "diag": k * d, "spherical": k, "tied": d * (d + 1) / 2}[covariance_type]
+    return int(cov + k * d + k - 1)
+
+
+def smallest_variances(covariances, covariance_type: str, num_components: int, num_features: int):
+    """Smallest eigenvalue of each component's covariance, ``(..., K)``."""
+    xp, _ = _namespace(covariances)
+    if covariance_type in ("full", "tied"):
+        return xp.linalg.eigvalsh(expand_covariances(covariances, covariance_type, num_components, num_features))[..., 0]
+    return xp.min(diagonal_variances(covariances, covariance_type, num_components, num_features), axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian log densities (direct Cholesky form)
+# ----------------------------------------------------------------------------------------------
+def component_log_density(x, means, covariances, covariance_type: str):
+    """``log N(x_n | mu_k, Sigma_k)`` for every row and component.
+
+    Parameters
+    ----------
+    x : array (N, D)
+    means : array (..., K, D)
+    covariances : array, stored for ``covariance_type`` with the same leading axes as ``means``
+    covariance_type : str
+
+    Returns
+    -------
+    array (..., N, K)
+    """
+    xp, sp = _namespace(x, means, covariances)
+    k, d = means.shape[-2:]
+    diff = x[..., None, :, :] - means[..., :, None, :]  # (..., K, N, D)
+    if covariance_type in ("diag", "spherical"):
+        var = diagonal_variances(covariances, covariance_type, k, d)  # (..., K, D)
+        quad = xp.sum(diff**2 / var[..., :, None, :], axis=-1)
+        logdet = xp.sum(xp.log(var), axis=-1)
+    else:
+        chol = xp.linalg.cholesky(expand_covariances(covariances, covariance_type, k, d))  # (..., K, D, D)
+        y = sp.linalg.solve_triangular(chol, xp.swapaxes(diff, -1, -2), lower=True)  # (..., K, D, N)
+        quad = xp.sum(y**2, axis=-2)
+        logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
+    return xp.swapaxes(logp, -1, -2)
+
+
+def log_joint_components(x, weights, means, covariances, covariance_type: str):
+    """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape (..., N, K); empty components give -inf."""
+    xp, _ = _namespace(x, weights, means, covariances)
+    with np.errstate(divide="ignore"):
+        log_w = xp.log(weights)
+    return component_log_density(x, means, covariances, covariance_type) + log_w[..., None, :]
+
+
+def logsumexp(a, axis):
+    xp, sp = _namespace(a)
+    return sp.special.logsumexp(a, axis=axis)
+
+
+def mixture_log_density(x, weights, means, covariances, covariance_type: str):
+    """Per-row marginal log density ``log sum_k pi_k N(x_n | mu_k, Sigma_k)``, shape (..., N)."""
+    return logsumexp(log_joint_components(x, weights, means, covariances, covariance_type), axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host evaluation in float64: standardised, in row blocks
+# ----------------------------------------------------------------------------------------------
+class Frame(NamedTuple):
+    """An affine frame ``x -> (x - shift) / scale`` (float64, per feature) used to evaluate a
+    mixture accurately whatever the data's units."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+
+def mixture_frame(weights, means, covariances, covariance_type: str) -> Frame:
+    """The mixture's own mean and per-feature standard deviation (its total covariance's diagonal).
+
+    With leading batch axes (posterior draws), the frame of their average.
+    """
+    w, m, c = (np.asarray(a, np.float64) for a in (weights, means, covariances))
+    k, d = m.shape[-2:]
+    var = diagonal_variances(c, covariance_type, k, d)
+    w2 = w.reshape(-1, k)
+    m2 = m.reshape(-1, k, d)
+    v2 = var.reshape(-1, k, d)
+    shift = np.einsum("sk,skd->d", w2, m2) / w2.shape[0]
+    second = np.einsum("sk,skd->d", w2, v2 + (m2 - shift) ** 2) / w2.shape[0]
+    scale = np.sqrt(second)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return Frame(shift, scale)
+
+
+def to_frame(frame: Frame, weights, means, covariances, covariance_type: str):
+    """Parameters (float64) expressed in ``frame``; diag/spherical become per-feature variances
+    (a spherical covariance is not spherical in a per-feature frame). Returns ``(w, m, c, ct)``."""
+    w, m, c = (np.asarray(a, np.float64) for a in (weights, means, covariances))
+    k, d = m.shape[-2:]
+    m = (m - frame.shift) / frame.scale
+    if covariance_type in ("full", "tied"):
+        c = c / np.multiply.outer(frame.scale, frame.scale)
+        return w, m, c, covariance_type
+    var = diagonal_variances(c, covariance_type, k, d) / frame.scale**2
+    return w, m, var, "diag"
+
+
+class RowScores(NamedTuple):
+    """Float64 per-row evaluation of a mixture on data (original units).
+
+    log_density : (N,) ``log p(x_n)``
+    log_resp : (N, K) ``log p(z_n = k | x_n)``, or None when not asked for
+    """
+
+    log_density: np.ndarray
+    log_resp: np.ndarray | None
+
+
+def score_rows(x, weights, means, covariances, covariance_type: str, *, responsibilities: bool = False,
+               frame: Frame | None = None) -> RowScores:
+    """Float64 log density of every row (and, optionally, log responsibilities), in row blocks.
+
+    A single parameter set (no batch axes). Compiles nothing.
+    """
+    x = np.asarray(x)
+    frame = frame or mixture_frame(weights, means, covariances, covariance_type)
+    w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
+    log_jac = -float(np.sum(np.log(frame.scale)))
+    n = x.shape[0]
+    dens = np.empty(n)
+    resp = np.empty((n, m.shape[0])) if responsibilities else None
+    for start in range(0, n, HOST_BLOCK_ROWS):
+        xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+        lj = log_joint_components(xs, w, m, c, ct)
+        ll = logsumexp(lj, axis=-1)
+        dens[start : start + len(xs)] = ll + log_jac
+        if resp is not None:
+            with np.errstate(invalid="ignore"):
+                resp[start : start + len(xs)] = lj - ll[:, None]
+    return RowScores(dens, resp)
+
+
+class Totals(NamedTuple):
+    """Weighted sums over rows in float64: log-likelihood, responsibility entropy, counts N_k."""
+
+    log_likelihood: float
+    entropy: float
+    counts: np.ndarray
+
+
+def totals(x, weights, means, covariances, covariance_type: str, sample_weight=None) -> Totals:
+    """``sum_n w_n log p(x_n)``, the entropy ``-sum_n w_n sum_k r_nk log r_nk`` (for ICL) and the
+    expected counts ``N_k = sum_n w_n r_nk``, all in float64 from the given parameters."""
+    rows = score_rows(x, weights, means, covariances, covariance_type, responsibilities=True)
+    w = np.ones(len(rows.log_density)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    r = np.exp(rows.log_resp)
+    with np.errstate(invalid="ignore"):
+        plogp = np.where(r > 0, r * rows.log_resp, 0.0)
+    return Totals(float(w @ rows.log_density), float(max(-(w @ plogp.sum(1)), 0.0)), w @ r)
+
+
+def draws_log_density(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
+    """Float64 ``log p(x_n | theta_s)`` for S parameter sets (leading axis), shape (S, N)."""
+    x = np.asarray(x)
+    frame = frame or mixture_frame(weights, means, covariances, covariance_type)
+    w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
+    log_jac = -float(np.sum(np.log(frame.scale)))
+    s, n = w.shape[0], x.shape[0]
+    out = np.empty((s, n))
+    block = max(1, HOST_BLOCK_ROWS // max(1, s))
+    for start in range(0, n, block):
+        xs = (np.asarray(x[start : start + block], np.float64) - frame.shift) / frame.scale
+        out[:, start : start + len(xs)] = mixture_log_density(xs, w, m, c, ct) + log_jac
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The conjugate prior's log density, float64 on the host
+# ----------------------------------------------------------------------------------------------
+def _log_inverse_wishart(sigma, df, psi):
+    from scipy.special import multigammaln
+
+    d = psi.shape[-1]
+    chol_s = np.linalg.cholesky(sigma)
+    chol_p = np.linalg.cholesky(psi)
+    logdet_s = 2.0 * np.sum(np.log(np.diagonal(chol_s, axis1=-2, axis2=-1)), -1)
+    logdet_p = 2.0 * np.sum(np.log(np.diagonal(chol_p)))
+    a = np.linalg.solve(chol_s, np.broadcast_to(chol_p, sigma.shape))  # L_s^-1 L_p
+    trace = np.sum(a**2, axis=(-2, -1))  # tr(Sigma^-1 Psi)
+    return (0.5 * df * logdet_p - 0.5 * df * d * math.log(2.0) - multigammaln(0.5 * df, d)
+            - 0.5 * (df + d + 1) * logdet_s - 0.5 * trace)
+
+
+def _log_inverse_gamma(v, shape, rate):
+    from scipy.special import gammaln
+
+    return shape * np.log(rate) - gammaln(shape) - (shape + 1) * np.log(v) - rate / v
+
+
+def log_prior(params, prior, covariance_type: str, active=None) -> float:
+    """``log p(pi) + sum_k log p(mu_k, Sigma_k)`` in float64 (the prior terms of the model).
+
+    ``prior`` is a :class:`bayesgmm.params.PriorArrays` for the same units as ``params``;
+    ``active`` (K,) bool restricts the prior to the sub-model of the active components (as
+    :func:`bayesgmm.model.log_prior`). The same density as the NumPyro model's (tested).
+    """
+    from scipy.special import gammaln
+
+    w, m, c = (np.asarray(a, np.float64) for a in params)
+    alpha, m0, kappa0, nu0, psi = (np.asarray(a, np.float64) for a in prior)
+    k, d = m.shape
+    act = np.ones(k, bool) if active is None else np.asarray(active, bool)
+    alpha = np.broadcast_to(alpha, (k,))
+    lp = 0.0
+    if act.sum() > 1:
+        a = alpha[act]
+        with np.errstate(divide="ignore"):
+            lp += gammaln(a.sum()) - gammaln(a).sum() + np.sum((a - 1.0) * np.log(w[act]))
+    if covariance_type in ("full", "tied"):
+        if covariance_type == "full":
+            lp += float(np.sum(_log_inverse_wishart(c[act], nu0, psi)))
+        else:
+            lp += float(_log_inverse_wishart(c, nu0, psi))
+        covs = expand_covariances(c, covariance_type, k, d)[act] / kappa0
+        chol = np.linalg.cholesky(covs)
+        y = np.linalg.solve(chol, (m[act] - m0)[..., None])[..., 0]
+        logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), -1)
+        lp += float(np.sum(-0.5 * (np.sum(y**2, -1) + logdet + d * LOG_2PI)))
+    else:
+        var = diagonal_variances(c, covariance_type, k, d)[act]
+        rate = 0.5 * np.broadcast_to(psi, (d,)) if covariance_type == "diag" else 0.5 * float(psi)
+        ig = _log_inverse_gamma(var if covariance_type == "diag" else var[:, 0], 0.5 * nu0, rate)
+        lp += float(np.sum(ig))
+        mvar = var / kappa0
+        lp += float(np.sum(-0.5 * ((m[act] - m0) ** 2 / mvar + np.log(mvar) + LOG_2PI)))
+    return float(lp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Degeneracy: empty, collapsed and spurious components
+# ----------------------------------------------------------------------------------------------
+#: A component resting on fewer than 2 (D + 1) observations' worth of responsibility whose smallest
+#: variance is below this fraction of the data's (standardised scale) is a spurious maximiser.
+SPURIOUS_VARIANCE_RATIO = 1e-2
+
+
+def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, num_features: int, active=None):
+    """Which components are degenerate, on the standardised scale (data variance 1 per feature).
+
+    A component is degenerate when it is
+
+    * **empty**: it holds less than one observation's worth of responsibility (``N_k < 1``);
+    * **collapsed**: its smallest variance sits on the regularisation floor
+      ``max(10 reg_covar, 100 eps^2)``;
+    * **spurious**: it rests on fewer than ``2 (D + 1)`` observations (twice what a full covariance
+      needs) with a smallest variance below :data:`SPURIOUS_VARIANCE_RATIO` of the data's, the classic
+      spurious local maximiser of the mixture likelihood (a component fitted to a handful of
+      nearby points; McLachlan & Peel 2000, section 3.10). Not applied to ``tied``, whose
+      covariance is shared.
+
+    Works on NumPy and JAX arrays (``(..., K)`` counts); inactive components are never flagged.
+    """
+    xp, _ = _namespace(counts, covariances)
+    k, d = counts.shape[-1], num_features
+    smallest = smallest_variances(covariances, covariance_type, k, d)
+    floor = xp.maximum(10.0 * reg_covar, 100.0 * eps**2)
+    empty = counts < 1.0
+    collapsed = smallest <= floor
+    flagged = empty | collapsed
+    if covariance_type != "tied":
+        flagged = flagged | ((counts < 2.0 * (d + 1)) & (smallest < SPURIOUS_VARIANCE_RATIO))
+    if active is not None:
+        flagged = flagged & active
+    return flagged
+
+
+def degenerate_message(components, counts, smallest, reg_covar: float, eps: float, num_features: int,
+                       engine: str = "EM", map_fit: bool = False) -> str:
+    """The warning for degenerate components: which, why, and what to do."""
+    counts = np.asarray(counts, np.float64)
+    smallest = np.asarray(smallest, np.float64)
+    floor = max(10.0 * reg_covar, 100.0 * eps**2)
+    empty = [i for i in components if counts[i] < 1.0]
+    collapsed = [i for i in components if counts[i] >= 1.0 and smallest[i] <= floor]
+    spurious = [i for i in components if i not in empty and i not in collapsed]
+    parts = []
+    if empty:
+        parts.append(f"component(s) {empty} hold less than one observation (the data support fewer than K components)")
+    if collapsed:
+        parts.append(f"component(s) {collapsed} have a covariance collapsed onto the regularisation floor")
+    if spurious:
+        held = ", ".join(f"{counts[i]:.1f}" for i in spurious)
+        parts.append(
+            f"component(s) {spurious} rest on {held} observation(s) with a variance below "
+            f"{SPURIOUS_VARIANCE_RATIO:g} of the data's (a spurious maximiser)"
+        )
+    fixes = ["use fewer components"]
+    if not map_fit:
+        fixes.append("fit MAP-EM with prior=bayesgmm.Prior.default(x, K)")
+    if collapsed and not map_fit:
+        fixes.append("increase reg_covar")
+    return f"{engine} " + "; ".join(parts) + ". If unintended, " + ", ".join(fixes[:-1]) + (
+        " or " if len(fixes) > 1 else "") + fixes[-1] + "."
+
+
+__all__ = [
+    "Frame",
+    "RowScores",
+    "Totals",
+    "component_log_density",
+    "degenerate_mask",
+    "degenerate_message",
+    "diagonal_variances",
+    "draws_log_density",
+    "expand_covariances",
+    "log_joint_components",
+    "log_prior",
+    "mixture_frame",
+    "mixture_log_density",
+    "num_free_parameters",
+    "score_rows",
+    "smallest_variances",
+    "to_frame",
+    "totals",
+]
