@@ -223,8 +223,9 @@ def init_noise(key, method: str, num_starts: int, num_obs: int, num_components: 
 def initial_responsibilities(u, x, num_components: int, method: str, *, sample_weight=None, active=None):
     """Starting responsibilities (N, K) for EM and VB: scikit-learn's four ``init_params``.
 
-    ``"k-means++"``: one-hot on the K seeds only; ``"kmeans"``: one-hot k-means labels (the seeds
-    refined by Lloyd's algorithm); ``"random"``: uniform random, normalised; ``"random_from_data"``:
+    ``"k-means++"``: every row one-hot on its nearest seed (one assignment step: what EM's first
+    E-step does from scikit-learn's one-point starts, without their near-singular covariances);
+    ``"kmeans"``: one-hot k-means labels (the seeds refined by Lloyd's algorithm); ``"random"``: uniform random, normalised; ``"random_from_data"``:
     one-hot on K random points (drawn with probability proportional to ``sample_weight`` when
     given, by the Gumbel-top-k trick). Inactive components (``active``, a traced (K,) mask) get no
     responsibility. ``u`` holds the uniform numbers of the start (:func:`init_noise_shape`).
@@ -236,9 +237,14 @@ def initial_responsibilities(u, x, num_components: int, method: str, *, sample_w
     if method == "kmeans":
         labels = kmeans_labels(u, x, k, sample_weight=sample_weight, active=active)
         return jax.nn.one_hot(labels, k, dtype=dtype)
-    if method == "k-means++":
-        _, idx = kmeans_plusplus(u, x, k, sample_weight=sample_weight, active=active)
-        return jnp.zeros((n, k), dtype).at[idx, hot].set(1.0, mode="drop")
+    if method == "k-means++":  # every row to its nearest seed (what EM's first E-step does from
+        # one-point starts, whose covariances are only reg_covar; done here without those
+        # near-singular covariances, which cost precision, and an iteration)
+        centers, _ = kmeans_plusplus(u, x, k, sample_weight=sample_weight, active=active)
+        d2 = sq_distances(x, centers)
+        if active is not None:
+            d2 = jnp.where(active[None], d2, jnp.inf)
+        return jax.nn.one_hot(jnp.argmin(d2, axis=1), k, dtype=dtype)
     if method == "random":
         r = u.astype(dtype)
         if active is not None:
