@@ -12,6 +12,7 @@ loaded on first use; figures live in :mod:`bayesgmm.plotting`).
 """
 
 from . import datasets
+from ._compile import InsufficientMemoryError
 from .calibration import sbc
 from .em import fit_em
 from .experiments import compare, simulation_study
@@ -33,6 +34,7 @@ __all__ = [
     "FitResult",
     "GMMParams",
     "GaussianMixture",
+    "InsufficientMemoryError",
     "KMeansResult",
     "PrecisionWarning",
     "Prior",

@@ -22,6 +22,50 @@ import jax
 import numpy as np
 
 
+class InsufficientMemoryError(ValueError, MemoryError):
+    """A compiled program needs more memory than the device has free (checked before it runs,
+    from XLA's own account of the program's buffers). The message says what to do instead."""
+
+
+#: Programs smaller than this are never refused: a machine without this much free memory is
+#: short of it for reasons the fit cannot explain (and such a shortage is often momentary).
+MEMORY_CHECK_MIN = 2**28
+
+
+def available_memory(device) -> int | None:
+    """Bytes free for a program on ``device``: the accelerator's limit less what is in use, or on
+    the CPU the host's available memory (``MemAvailable``); None when unknown."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def program_memory(executable) -> int | None:
+    """Bytes a compiled program holds while it runs: its arguments, outputs and temporaries, as
+    XLA's buffer assignment counts them (None where the backend does not say)."""
+    try:
+        stats = executable.memory_analysis()
+    except Exception:  # noqa: BLE001 (backends without the analysis)
+        return None
+    if stats is None:
+        return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+               - stats.alias_size_in_bytes)
+
+
 class Timed(NamedTuple):
     """Outputs of one call of a compiled program and where the time went."""
 
@@ -57,10 +101,18 @@ class CompiledProgram:
     static_argnames : tuple of str
     max_entries : int
         Executables kept (least recently used dropped first).
+    memory_advice : str or None
+        With it, every call first compares the program's memory (:func:`program_memory`) with
+        what the device has free (:func:`available_memory`) and, when it does not fit, raises
+        :class:`InsufficientMemoryError` ending with this advice, instead of letting XLA die with
+        ``RESOURCE_EXHAUSTED`` (or the host swap) mid-run.
     """
 
-    def __init__(self, fn: Callable, static_argnames: tuple[str, ...], *, max_entries: int = 16):
+    def __init__(self, fn: Callable, static_argnames: tuple[str, ...], *, max_entries: int = 16,
+                 memory_advice: str | None = None):
         self._jitted = jax.jit(fn, static_argnames=static_argnames)
+        self._memory_advice = memory_advice
+        self._memory: dict = {}
         self._static_argnames = tuple(static_argnames)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._max_entries = int(max_entries)
@@ -81,9 +133,25 @@ class CompiledProgram:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
+        if self._memory_advice is not None:
+            self._check_memory(key, exe, leaves)
         start = time.perf_counter()
         outputs = jax.block_until_ready(exe(*args))
         return Timed(outputs, compile_seconds, time.perf_counter() - start)
+
+    def _check_memory(self, key, exe, leaves) -> None:
+        if key not in self._memory:
+            self._memory[key] = program_memory(exe)
+        need = self._memory[key]
+        devices = [d for a in leaves if isinstance(a, jax.Array) for d in a.devices()] or jax.devices()[:1]
+        free = available_memory(devices[0])
+        if need is None or free is None or need <= free or need < MEMORY_CHECK_MIN:
+            return
+        raise InsufficientMemoryError(
+            f"This fit needs about {need / 2**30:.1f} GiB of memory on {devices[0].platform.upper()} "
+            f"({sum(getattr(a, 'nbytes', 0) for a in leaves) / 2**30:.1f} GiB of it for the inputs), "
+            f"but only {free / 2**30:.1f} GiB are free. {self._memory_advice}"
+        )
 
     def jitted(self, *args, **static):
         """Call through ``jax.jit`` (for use inside other traced code, e.g. under ``vmap``)."""
@@ -92,6 +160,7 @@ class CompiledProgram:
     def clear(self) -> None:
         """Drop every compiled executable of this program."""
         self._cache.clear()
+        self._memory.clear()
 
 
 def clear_caches() -> None:

@@ -49,6 +49,7 @@ class EMConfig(NamedTuple):
     covariance_type: str
     hard: bool
     use_prior: bool
+    block_rows: int | None = None  # the E-step's row blocks (:func:`bayesgmm._stats.block_rows`)
 
 
 class EMProblem(NamedTuple):
@@ -81,10 +82,6 @@ class EMOutput(NamedTuple):
     degenerate: jax.Array
 
 
-def _weighted_sum(values, sample_weight):
-    return jnp.sum(values) if sample_weight is None else values @ sample_weight
-
-
 def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise):
     """E-step and the M-step's statistics at ``params``: ``(objective, magnitude, counts, stats)``.
 
@@ -94,10 +91,9 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
     ``precise``: the centred form (:func:`bayesgmm._stats.e_step_stats`).
     """
     ct = config.covariance_type
-    per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, params, ct, precise,
-                                         active=problem.active, hard=config.hard)
-    total = _weighted_sum(per_row, problem.sample_weight)
-    magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight)
+    total, magnitude, stats = _stats.e_step_totals(problem.z, problem.x, problem.sample_weight, params, ct, precise,
+                                                   active=problem.active, hard=config.hard,
+                                                   block_rows=config.block_rows)
     if config.use_prior:
         lp = log_prior(params, problem.prior, ct, problem.active)
         total, magnitude = total + lp, magnitude + jnp.abs(lp)
@@ -145,7 +141,12 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     def per_lane(tree, batched):
         return tree if tree is None or not batched else jax.tree_util.tree_map(lambda a: a[groups], tree)
 
-    z = jax.vmap(_stats.suff_features, in_axes=(0, None))(xs, ct) if data_batched else _stats.suff_features(xs, ct)
+    if config.block_rows is not None:  # features made block by block inside the E-step
+        z = None
+    elif data_batched:
+        z = jax.vmap(_stats.suff_features, in_axes=(0, None))(xs, ct)
+    else:
+        z = _stats.suff_features(xs, ct)
     problem = EMProblem(
         z=per_lane(z, data_batched),
         x=per_lane(xs, data_batched),
@@ -155,7 +156,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         reg_covar=reg_covar,
     )
     axes = EMProblem(
-        z=0 if data_batched else None,
+        z=0 if data_batched and z is not None else None,
         x=0 if data_batched else None,
         sample_weight=0 if weight_batched else None,
         active=None if active is None else 0,
@@ -188,7 +189,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
     step = jax.vmap(lambda p, prob, precise: em_step(p, prob, config, precise), in_axes=(0, axes, None))
-    needs = jax.vmap(lambda p, prob: _stats.needs_precise(p, ct, prob.active), in_axes=(0, axes))
+    needs = jax.vmap(lambda p, prob: _stats.needs_precise(p, ct, prob.active, prob.reg_covar), in_axes=(0, axes))
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     lanes = _iterate.iterate(lanes, lambda p, precise: step(p, problem, precise), tol_total, max_iter,
                              (lambda p: needs(p, problem)) if adaptive else None)
@@ -201,7 +202,11 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
 
 
 #: The EM program, compiled ahead of time once per shapes and static settings.
-PROGRAM = CompiledProgram(_run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive"))
+PROGRAM = CompiledProgram(
+    _run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive"),
+    memory_advice="Fit out of core with bayesgmm.fit_em_stream(x, K) (command line: bayesgmm fit --stream "
+                  "on a .npy or Parquet file), or fit a subsample.",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +251,9 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     dtype = np.dtype(xs.dtype)
     n = xs.shape[-2]
     k, d = config.num_components, config.num_features
+    if adaptive:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
+        config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type))
+    xs = jax.device_put(xs)  # once for every call of the search (a no-op for device arrays)
     lanes_per_call = num_groups * num_kept
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)

@@ -330,14 +330,32 @@ def log_prior(params, prior, covariance_type: str, active=None) -> float:
 SPURIOUS_VARIANCE_RATIO = 1e-2
 
 
+#: Round-off floor of full and tied covariances, in ulps of their mean variance: the M-step adds
+#: it (:func:`bayesgmm._stats.m_step`), and a smallest variance within a few times of it is collapsed.
+ROUNDOFF_ULPS = 16.0
+
+
+def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_components: int, num_features: int):
+    """Components whose smallest variance sits on a floor, ``(..., K)`` (standardised scale): the
+    regularisation ``10 reg_covar``, the resolution ``100 eps^2``, or for full and tied
+    covariances 4 times the M-step's round-off floor ``ROUNDOFF_ULPS eps tr(Sigma) / D``."""
+    xp, _ = _namespace(covariances)
+    k, d = num_components, num_features
+    smallest = smallest_variances(covariances, covariance_type, k, d)
+    floor = xp.maximum(10.0 * reg_covar, 100.0 * eps**2)
+    if covariance_type in ("full", "tied"):
+        trace = xp.trace(expand_covariances(covariances, covariance_type, k, d), axis1=-2, axis2=-1)
+        floor = xp.maximum(floor, 4.0 * ROUNDOFF_ULPS * eps * trace / d)
+    return smallest <= floor
+
+
 def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, num_features: int, active=None):
     """Which components are degenerate, on the standardised scale (data variance 1 per feature).
 
     A component is degenerate when it is
 
     * **empty**: it holds less than one observation's worth of responsibility (``N_k < 1``);
-    * **collapsed**: its smallest variance sits on the regularisation floor
-      ``max(10 reg_covar, 100 eps^2)``;
+    * **collapsed**: its smallest variance sits on a floor (:func:`collapsed_mask`);
     * **spurious**: it rests on fewer than ``2 (D + 1)`` observations (twice what a full covariance
       needs) with a smallest variance below :data:`SPURIOUS_VARIANCE_RATIO` of the data's, the classic
       spurious local maximiser of the mixture likelihood (a component fitted to a handful of
@@ -349,10 +367,8 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
     xp, _ = _namespace(counts, covariances)
     k, d = counts.shape[-1], num_features
     smallest = smallest_variances(covariances, covariance_type, k, d)
-    floor = xp.maximum(10.0 * reg_covar, 100.0 * eps**2)
     empty = counts < 1.0
-    collapsed = smallest <= floor
-    flagged = empty | collapsed
+    flagged = empty | collapsed_mask(covariances, covariance_type, reg_covar, eps, k, d)
     if covariance_type != "tied":
         flagged = flagged | ((counts < 2.0 * (d + 1)) & (smallest < SPURIOUS_VARIANCE_RATIO))
     if active is not None:
@@ -360,14 +376,14 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
     return flagged
 
 
-def degenerate_message(components, counts, smallest, reg_covar: float, eps: float, num_features: int,
-                       engine: str = "EM", map_fit: bool = False) -> str:
-    """The warning for degenerate components: which, why, and what to do."""
+def degenerate_message(components, counts, covariances, covariance_type: str, reg_covar: float, eps: float,
+                       num_features: int, engine: str = "EM", map_fit: bool = False) -> str:
+    """The warning for degenerate components (standardised covariances): which, why, and what to do."""
     counts = np.asarray(counts, np.float64)
-    smallest = np.asarray(smallest, np.float64)
-    floor = max(10.0 * reg_covar, 100.0 * eps**2)
+    on_floor = collapsed_mask(np.asarray(covariances, np.float64), covariance_type, reg_covar, eps, len(counts),
+                              num_features)
     empty = [i for i in components if counts[i] < 1.0]
-    collapsed = [i for i in components if counts[i] >= 1.0 and smallest[i] <= floor]
+    collapsed = [i for i in components if counts[i] >= 1.0 and on_floor[i]]
     spurious = [i for i in components if i not in empty and i not in collapsed]
     parts = []
     if empty:
@@ -395,6 +411,7 @@ __all__ = [
     "Totals",
     "component_log_density",
     "degenerate_mask",
+    "collapsed_mask",
     "degenerate_message",
     "diagonal_variances",
     "draws_log_density",

@@ -23,6 +23,8 @@ accurately as ordinary data, at the fast form's speed otherwise.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +35,7 @@ from .params import GMMParams
 
 LOG_2PI = _numerics.LOG_2PI
 
-#: Round-off floor of full and tied covariances, in ulps of their mean variance (see m_step).
-ROUNDOFF_ULPS = 16.0
+ROUNDOFF_ULPS = _numerics.ROUNDOFF_ULPS  # the round-off floor of full and tied covariances (m_step)
 
 #: The fast form is used while ``eps * (|mu|^2 + tr Sigma) tr Sigma^-1`` stays below this for every
 #: component (relative error of the moment-form covariance, up to a factor D).
@@ -203,18 +204,10 @@ def stats_fast(resp_weighted, z, num_features: int, covariance_type: str):
     return scatter(*unpack_stats(resp_weighted.T @ z, num_features, covariance_type), covariance_type)
 
 
-def stats_precise(resp_weighted, x, covariance_type: str, centres=None):
-    """Centred statistics ``(nk_safe, xbar, S)`` with every scatter taken about a centre near the
-    component's mean, one component at a time (no cancellation).
-
-    ``centres`` (K, D): the shifts; None computes the weighted means first (two passes over the
-    rows, exact). With given centres (one pass, e.g. the previous means while streaming) the
-    scatter about the new mean is ``S(c) - N_k (xbar - c)(xbar - c)^T``, a small correction.
-    """
-    nk = jnp.sum(resp_weighted, axis=0)
-    nk_safe = _safe_counts(nk)
-    if centres is None:  # the exact weighted mean (one point's mean is that point), unless empty
-        centres = (resp_weighted.T @ x) / jnp.where(nk > 0, nk, nk_safe)[:, None]
+def centred_moments(resp_weighted, x, covariance_type: str, centres):
+    """Moments about given ``centres`` (K, D): ``(N_k, sum_n r x~, sum_n r x~ x~^T)`` with
+    ``x~ = x - c_k``, one component at a time (diag: per feature; spherical: summed). Sums over
+    row blocks add up; :func:`finish_centred` turns them into centred statistics."""
 
     def one(args):
         r, c = args
@@ -229,6 +222,13 @@ def stats_precise(resp_weighted, x, covariance_type: str, centres=None):
         return first, second
 
     first, second = jax.lax.map(one, (resp_weighted.T, centres))
+    return jnp.sum(resp_weighted, axis=0), first, second
+
+
+def finish_centred(nk, first, second, centres, covariance_type: str):
+    """Centred statistics ``(nk_safe, xbar, S)`` from moments about ``centres``: the scatter about
+    the mean is ``S(c) - N_k (xbar - c)(xbar - c)^T``, a small correction when c is near it."""
+    nk_safe = _safe_counts(nk)
     delta = first / nk_safe[:, None]
     xbar = centres + delta
     if covariance_type in ("full", "tied"):
@@ -238,6 +238,20 @@ def stats_precise(resp_weighted, x, covariance_type: str, centres=None):
     else:
         s = second - nk_safe * jnp.sum(delta**2, -1)
     return nk_safe, xbar, s
+
+
+def stats_precise(resp_weighted, x, covariance_type: str, centres=None):
+    """Centred statistics ``(nk_safe, xbar, S)`` with every scatter taken about a centre near the
+    component's mean, one component at a time (no cancellation).
+
+    ``centres`` (K, D): the shifts; None computes the weighted means first (two passes over the
+    rows, exact). With given centres (one pass, e.g. the previous means while streaming) the
+    scatter about the new mean is ``S(c) - N_k (xbar - c)(xbar - c)^T``, a small correction.
+    """
+    if centres is None:  # the exact weighted mean (one point's mean is that point), unless empty
+        nk = jnp.sum(resp_weighted, axis=0)
+        centres = (resp_weighted.T @ x) / jnp.where(nk > 0, nk, _safe_counts(nk))[:, None]
+    return finish_centred(*centred_moments(resp_weighted, x, covariance_type, centres), centres, covariance_type)
 
 
 def e_step_stats(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
@@ -271,9 +285,93 @@ def e_step_stats(z, x, sample_weight, params: GMMParams, covariance_type: str, p
     return jax.lax.cond(precise, branch(True), branch(False), None)
 
 
-def needs_precise(params: GMMParams, covariance_type: str, active=None):
+#: Rows per block of the blocked E-step: the features of a block take about this many elements.
+BLOCK_ELEMENTS = 2**22
+
+
+def block_rows(num_obs: int, num_features: int, covariance_type: str) -> int | None:
+    """Rows per block for :func:`e_step_totals` (static), or None for one block.
+
+    The fast form works on the features Z (N, p), p = 1 + D + D(D+1)/2 for full covariances:
+    materialised whole they take p / D times the data (9.6 times at D = 16). Above
+    2 * :data:`BLOCK_ELEMENTS` elements the E-step runs over row blocks of about
+    :data:`BLOCK_ELEMENTS` (a power of two of rows), making its features block by block, so that
+    peak memory stays a small multiple of the data.
+    """
+    p = num_suff_features(num_features, covariance_type)
+    if num_obs * p <= 2 * BLOCK_ELEMENTS:
+        return None
+    return 2 ** max(10, int(math.floor(math.log2(BLOCK_ELEMENTS / p))))
+
+
+def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
+                  hard: bool = False, block_rows: int | None = None):
+    """The E-step's totals and the M-step's statistics at ``params``: ``(total, magnitude, stats)``.
+
+    ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective and
+    ``magnitude`` the sum of its absolute values. With ``block_rows`` (static; ``z`` then unused,
+    may be None) the rows are visited in blocks of that many by a loop that makes each block's
+    features on the fly and sums moments (about the current means in the precise form), so no
+    (N, p) array exists; the last block overlaps the one before it and counts only its new rows.
+    """
+    if block_rows is None:
+        per_row, stats = e_step_stats(z, x, sample_weight, params, covariance_type, precise, active=active, hard=hard)
+        if sample_weight is None:
+            return jnp.sum(per_row), jnp.sum(jnp.abs(per_row)), stats
+        return per_row @ sample_weight, jnp.abs(per_row) @ sample_weight, stats
+    n, d = x.shape
+    num_blocks = -(-n // block_rows)
+    centres = params.means
+    weight = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
+
+    def branch(use_precise):
+        def run(_):
+            def body(i, acc):
+                start = jnp.minimum(i * block_rows, n - block_rows)
+                xb = jax.lax.dynamic_slice_in_dim(x, start, block_rows)
+                new = (start + jnp.arange(block_rows)) >= i * block_rows
+                wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, block_rows), 0.0)
+                if use_precise:
+                    logp = log_joint_precise(xb, params, covariance_type, active)
+                else:
+                    zb = suff_features(xb, covariance_type)
+                    logp = log_joint_fast(zb, params, covariance_type, active)
+                resp, per_row = responsibilities(logp, hard=hard)
+                resp = resp * wb[:, None]
+                per_row = jnp.where(wb > 0, per_row, 0.0)
+                moments = centred_moments(resp, xb, covariance_type, centres) if use_precise else (resp.T @ zb,)
+                total, magnitude, summed = acc
+                return (total + per_row @ wb, magnitude + jnp.abs(per_row) @ wb,
+                        tuple(a + b for a, b in zip(summed, moments)))
+
+            k = params.means.shape[0]
+            if use_precise:
+                zero_moments = jax.eval_shape(lambda: centred_moments(jnp.zeros((1, k), x.dtype), x[:1], covariance_type, centres))
+            else:
+                zero_moments = (jax.ShapeDtypeStruct((k, num_suff_features(d, covariance_type)), x.dtype),)
+            zero = jnp.zeros((), x.dtype)
+            acc0 = (zero, zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
+            total, magnitude, moments = jax.lax.fori_loop(0, num_blocks, body, acc0)
+            if use_precise:
+                stats = finish_centred(*moments, centres, covariance_type)
+            else:
+                stats = scatter(*unpack_stats(moments[0], d, covariance_type), covariance_type)
+            return total, magnitude, stats
+
+        return run
+
+    if isinstance(precise, bool):
+        return branch(precise)(None)
+    return jax.lax.cond(precise, branch(True), branch(False), None)
+
+
+def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_covar=0.0):
     """Whether the fast form would lose precision on any (active) component: true when
-    ``eps * (|mu_k|^2 + tr Sigma_k) * tr Sigma_k^-1 > PRECISE_THRESHOLD`` (standardised scale)."""
+    ``eps * (|mu_k|^2 + tr Sigma_k) * tr Sigma_k^-1 > PRECISE_THRESHOLD`` (standardised scale).
+
+    Components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
+    not count: their run is degenerate and discarded, and must not drag every other run of the
+    batch into the slower form."""
     _, mu, cov = params
     k, d = mu.shape
     eps = jnp.finfo(mu.dtype).eps
@@ -288,6 +386,8 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None):
         inv_trace, trace = jnp.sum(1.0 / var, -1), jnp.sum(var, -1)
     factor = eps * (jnp.sum(mu**2, -1) + trace) * inv_trace
     bad = ~(factor <= PRECISE_THRESHOLD)  # NaN counts as bad
+    if covariance_type != "tied":
+        bad = bad & ~(_numerics.smallest_variances(cov, covariance_type, k, d) <= 10.0 * reg_covar)
     if active is not None:
         bad = bad & active
     return jnp.any(bad)

@@ -150,10 +150,12 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     k_arrays = k if max_components is None else max_components
     check_prior_for_map(prior, d, k_arrays)
     dtype = compute_dtype()
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type, sample_weight)
+    shift, sd = standardisation(arr, covariance_type, sample_weight)
     if np.any(sd == 0):
         raise ValueError("x has a constant column among the rows of positive sample_weight; drop it before fitting.")
-    xs = ((arr - shift) / sd).astype(dtype)
+    xs = arr - shift  # one new array, scaled in place: the data are copied once
+    xs /= sd
+    xs = xs.astype(dtype, copy=False)
     prior_arrays = None
     if prior is not None:
         prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, covariance_type, dtype=np.dtype(dtype))
@@ -251,9 +253,8 @@ def package(
     degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
     floor = float(pick(lanes.floor)) / n_eff
     if warn and degenerate:
-        smallest = _numerics.smallest_variances(np.asarray(params_std.covariances, np.float64), ct, k, prep.arr.shape[1])
         warnings.warn(
-            _numerics.degenerate_message(degenerate, counts, smallest, reg_covar, eps, prep.arr.shape[1],
+            _numerics.degenerate_message(degenerate, counts, params_std.covariances, ct, reg_covar, eps, prep.arr.shape[1],
                                          map_fit=prep.prior is not None),
             DegenerateComponentWarning,
             stacklevel=3,
@@ -423,7 +424,10 @@ def fit_em(
     out = found.output
     finals = np.asarray(out.lanes.objective, dtype=np.float64)
     best = choose_run(finals, out.degenerate, allow_degenerate=allow_degenerate)
-    if best < 0:
+    unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
+        np.asarray(out.lanes.params.covariances[best], np.float64), covariance_type, 0.0,
+        float(np.finfo(prep.dtype).eps), k, d)))  # without regularisation the likelihood has no maximum there
+    if best < 0 or unbounded:
         raise ValueError(
             "EM failed: a covariance became singular in every run (ill-defined empirical "
             "covariance, e.g. duplicated points or a component on too few points). Increase "

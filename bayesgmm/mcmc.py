@@ -256,7 +256,10 @@ def _potential_fn(xs, prior, k: int, covariance_type: str):
 
 #: The sampler, compiled ahead of time once per data shape, dtype and settings (so that the
 #: compile and run times are measured apart).
-PROGRAM = CompiledProgram(_program, static_argnames=("config",))
+PROGRAM = CompiledProgram(
+    _program, static_argnames=("config",),
+    memory_advice="Use fewer chains or draws, or a subsample (NUTS evaluates every row at every step).",
+)
 
 
 def _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype) -> GMMParams:

@@ -454,11 +454,12 @@ def seed_to_key(seed):
     )
 
 
-def weighted_median(arr: np.ndarray, sample_weight=None) -> np.ndarray:
+def weighted_median(arr: np.ndarray, sample_weight=None, *, overwrite: bool = False) -> np.ndarray:
     """Column medians of ``arr`` (N, D); with row weights, the weighted median (the mean of the
-    lower and upper weighted medians, so integer weights give the median of repeated rows)."""
+    lower and upper weighted medians, so integer weights give the median of repeated rows).
+    ``overwrite``: ``arr`` may be reordered in place (no copy of the data)."""
     if sample_weight is None:
-        return np.median(arr, axis=0)
+        return np.median(arr, axis=0, overwrite_input=overwrite)
     w = np.asarray(sample_weight, np.float64)
     order = np.argsort(arr, axis=0, kind="stable")
     values = np.take_along_axis(arr, order, axis=0)
@@ -487,7 +488,10 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     """
     arr = np.asarray(arr, np.float64)
     shift = weighted_median(arr, sample_weight)
-    scale = MAD_TO_SD * weighted_median(np.abs(arr - shift), sample_weight)
+    deviation = arr - shift
+    np.abs(deviation, out=deviation)
+    scale = MAD_TO_SD * weighted_median(deviation, sample_weight, overwrite=True)
+    del deviation
     flat = ~(scale > 0)
     if flat.any():
         mean = np.average(arr[:, flat], axis=0, weights=sample_weight)

@@ -1003,9 +1003,9 @@ def fit_em_stream(
     degenerate = tuple(int(i) for i in np.flatnonzero(
         _numerics.degenerate_mask(counts, cov_std, covariance_type, reg_covar, eps, d)))
     if degenerate:
-        smallest = _numerics.smallest_variances(cov_std, covariance_type, k, d)
         warnings.warn(
-            _numerics.degenerate_message(degenerate, counts, smallest, reg_covar, eps, d, engine="Streaming EM",
+            _numerics.degenerate_message(degenerate, counts, cov_std, covariance_type, reg_covar, eps, d,
+                                         engine="Streaming EM",
                                          map_fit=prior is not None),
             DegenerateComponentWarning,
             stacklevel=2,

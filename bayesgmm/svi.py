@@ -185,7 +185,10 @@ def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
 
 
 #: The SVI program, compiled ahead of time once per data shape, dtype and (hashable) settings.
-PROGRAM = CompiledProgram(_program, static_argnames=("config",))
+PROGRAM = CompiledProgram(
+    _program, static_argnames=("config",),
+    memory_advice="Use minibatches (subsample_size=...), or a subsample of the rows.",
+)
 
 
 # ----------------------------------------------------------------------------------------------

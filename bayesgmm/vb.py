@@ -289,7 +289,7 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
     step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
 
     def needs(q):
-        return jax.vmap(lambda one: _stats.needs_precise(expected_components(one, prior, ct)[0], ct))(q)
+        return jax.vmap(lambda one: _stats.needs_precise(expected_components(one, prior, ct)[0], ct, None, reg_covar))(q)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)
@@ -302,7 +302,11 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
 
 
 #: The VB program, compiled ahead of time once per shapes and static settings.
-PROGRAM = CompiledProgram(_run, static_argnames=("config", "init_method", "trace_len", "adaptive"))
+PROGRAM = CompiledProgram(
+    _run, static_argnames=("config", "init_method", "trace_len", "adaptive"),
+    memory_advice="Fit a subsample by VB, or fit the whole data by EM out of core with "
+                  "bayesgmm.fit_em_stream(x, K).",
+)
 
 
 def exact_elbo(arr, q: VBParams, prior, covariance_type: str, sample_weight=None) -> float:

@@ -527,11 +527,31 @@ def test_masked_log_prior_is_the_sub_model_prior(covariance_type, rng):
 
 
 def test_compile_and_run_seconds_are_reported(faithful):
-    x = faithful[:101]  # a shape no other test compiles
+    from bayesgmm._compile import clear_caches
+
+    x = faithful[:101]
+    clear_caches()
     first = bg.fit_em(x, 2, n_init=2, seed=0)
     again = bg.fit_em(x + 1.0, 2, n_init=2, seed=0)
     assert first.info["compile_seconds"] > 0 and again.info["compile_seconds"] == 0.0
     assert 0 < again.info["run_seconds"] < first.info["compile_seconds"] + first.info["run_seconds"]
+
+
+def test_new_row_counts_and_max_iter_compile_nothing(faithful):
+    """Rows are padded to a bucket (weight-0 rows) and max_iter is traced: a new N or max_iter
+    reuses the program, and the padded fit is the fit of the data alone (scikit-learn from the
+    same start)."""
+    from conftest import CompileCounter
+
+    bg.fit_em(faithful[:150], 2, n_init=2, seed=0)
+    with CompileCounter() as counter:
+        short = bg.fit_em(faithful[:200], 2, n_init=2, seed=1, max_iter=50)
+        long = bg.fit_em(faithful[:250], 2, n_init=2, seed=1, max_iter=300, tol=1e-9)
+    assert counter.compiles == 0 and short.n_iter <= 50
+    ref = GaussianMixture(2, weights_init=long.weights, means_init=long.means,
+                          precisions_init=np.linalg.inv(long.covariances), tol=1e-12, reg_covar=0.0).fit(faithful[:250])
+    np.testing.assert_allclose(ref.means_, long.means, rtol=1e-6)
+    np.testing.assert_allclose(ref.score(faithful[:250]) * 250, long.log_likelihood, rtol=1e-9)
 
 
 def test_bad_sample_weight_raises(faithful):

@@ -1,0 +1,62 @@
+"""Compile once per structure: fits on new N and new ``max_iter`` after a first fit, one process.
+
+For EM and VB: a first fit on N=999 rows (compilation included), then six fits on N in
+1100-2000 with ``max_iter`` in 37-250 (default options otherwise, K=3, D=2, full); prints each
+time, the number of XLA compilations, and the ratio (six fits) / (first fit) (target <= 0.5).
+
+Usage: ``python benchmarks/compile_once.py`` (float64; BLAS threads pinned to 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.monitoring  # noqa: E402
+import numpy as np  # noqa: E402
+
+import bayesgmm as bg  # noqa: E402
+
+COMPILES = [0]
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, duration, **kw: COMPILES.__setitem__(0, COMPILES[0] + name.endswith("backend_compile_duration")))
+
+SIZES = [1100, 1300, 1500, 1700, 1850, 2000]
+MAX_ITERS = [37, 60, 100, 150, 200, 250]
+
+
+def data(n: int, seed: int) -> np.ndarray:
+    return bg.datasets.make_mixture(n, 3, 2, seed=seed).x
+
+
+def timed(fit, x, **kw):
+    before = COMPILES[0]
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(x, 3, **kw)
+    return time.perf_counter() - start, COMPILES[0] - before
+
+
+def main() -> None:
+    print(f"load average {os.getloadavg()[0]:.2f}; K=3, D=2, full, float64")
+    for name, fit in (("fit_em", bg.fit_em), ("fit_vb", bg.fit_vb)):
+        first, first_compiles = timed(fit, data(999, 0))
+        rest = [timed(fit, data(n, i + 1), max_iter=m) for i, (n, m) in enumerate(zip(SIZES, MAX_ITERS))]
+        total = sum(t for t, _ in rest)
+        print(f"{name}: first fit (N=999) {first:.2f} s, {first_compiles} compilations; six fits (N 1100-2000, "
+              f"max_iter 37-250) {total:.2f} s, {sum(c for _, c in rest)} compilations "
+              f"[{', '.join(f'{t:.2f}' for t, _ in rest)}]; ratio {total / first:.2f}")
+
+
+if __name__ == "__main__":
+    main()
