@@ -13,6 +13,7 @@ loaded on first use; figures live in :mod:`bayesgmm.plotting`).
 
 from . import datasets
 from .calibration import sbc
+from .diagnostics import load_result, save_result
 from .em import fit_em
 from .experiments import compare, simulation_study
 from .kmeans import KMeansResult, kmeans
@@ -45,7 +46,9 @@ __all__ = [
     "fit_svi",
     "fit_vb",
     "kmeans",
+    "load_result",
     "observed_information",
+    "save_result",
     "sbc",
     "select",
     "select_bayesian",

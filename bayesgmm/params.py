@@ -334,8 +334,17 @@ class Prior:
         """
         arr, _ = check_data(x)
         k = check_num_components(num_components, arr.shape[0])
-        d = arr.shape[1]
         cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
+        return cls.from_moments(arr.mean(axis=0), cov, k, weight_concentration=weight_concentration)
+
+    @classmethod
+    def from_moments(cls, mean, cov, num_components: int, *, weight_concentration: float = 1.0) -> "Prior":
+        """:meth:`default` from the data's mean (D,) and sample covariance (D, D) (``ddof=1``), as
+        an out-of-core fit computes them in one pass over the data."""
+        mean = np.atleast_1d(np.asarray(mean, np.float64))
+        cov = np.atleast_2d(np.asarray(cov, np.float64))
+        k = int(num_components)
+        d = mean.shape[0]
         sd = np.sqrt(np.diag(cov))
         eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))  # the correlation matrix: unit-free
         if eig[0] <= 1e-12 * eig[-1]:
@@ -347,7 +356,7 @@ class Prior:
             )
         return cls(
             weight_concentration=weight_concentration,
-            mean=arr.mean(axis=0).astype(np.float64),
+            mean=mean,
             mean_precision=0.01,
             degrees_of_freedom=d + 2.0,
             scale=cov / k ** (2.0 / d),
