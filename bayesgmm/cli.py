@@ -389,6 +389,12 @@ def _prior_option(value, x, k):
     if isinstance(value, str) and value == "default":
         return "default" if x is None else Prior.default(x, k)
     if isinstance(value, dict):
+        fields = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
+        missing, unknown = [f for f in fields if f not in value], sorted(set(value) - set(fields))
+        if missing or unknown:
+            what = "; ".join(([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else []))
+            raise UsageError(f"engine option prior: a prior table has exactly the fields {list(fields)} ({what}); "
+                             "or give prior=default.")
         try:
             return Prior(**value)
         except (TypeError, ValueError) as err:

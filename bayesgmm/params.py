@@ -232,6 +232,17 @@ def check_prior_for_map(prior, num_features: int, num_components: int):
     return prior
 
 
+def _check_numbers(what: str, value) -> None:
+    """``value`` is a number or a (nested) sequence/array of numbers, or a ValueError naming ``what``."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise ValueError(f"{what} must be a number or an array of numbers of equal lengths, got {value!r}.") from None
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        raise ValueError(f"{what} must be a number or a non-empty array of numbers (not strings, booleans or None), "
+                         f"got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Prior:
     r"""Conjugate prior of the Bayesian Gaussian mixture, shared by every engine.
@@ -272,6 +283,8 @@ class Prior:
     scale: Any
 
     def __post_init__(self):
+        for name in ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale"):
+            _check_numbers(f"Prior {name}", getattr(self, name))
         mean = np.atleast_1d(np.asarray(self.mean, dtype=np.float64))
         if mean.ndim != 1:
             raise ValueError(f"Prior mean must be a vector of shape (D,), got shape {mean.shape}.")
