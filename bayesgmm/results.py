@@ -424,11 +424,12 @@ def _is_number(v) -> bool:
 
 
 def _number_array(where, name, value, ndim) -> np.ndarray:
-    """A JSON array of numbers with ``ndim`` dimensions as float64, or a ValueError naming the field."""
+    """A JSON array of numbers with ``ndim`` dimensions (None: any) as float64, or a ValueError naming the field."""
     def bad(what):
         return ValueError(f"{where}: field {name!r} must be {what}; got {_short(value)}.")
 
-    expected = {1: "a list of numbers", 2: "a list of lists of numbers", 3: "a list of lists of lists of numbers"}[ndim]
+    expected = {None: "a list of numbers or of lists of numbers", 1: "a list of numbers", 2: "a list of lists of numbers",
+                3: "a list of lists of lists of numbers"}[ndim]
     if not isinstance(value, list):
         raise bad(expected)
     try:
@@ -437,6 +438,8 @@ def _number_array(where, name, value, ndim) -> np.ndarray:
         raise bad(expected + " of equal lengths") from None
     if raw.size and raw.dtype.kind not in "iuf":
         raise bad(expected + " (not strings, booleans or null)")
+    if ndim is None:
+        return raw.astype(np.float64)
     if raw.ndim != ndim and not (raw.size == 0 and ndim == 1):
         raise bad(f"{expected} ({ndim}-dimensional), not {raw.ndim}-dimensional with shape {raw.shape}")
     return raw.astype(np.float64).reshape(raw.shape if raw.size else (0,) * ndim)
@@ -488,7 +491,7 @@ def _validated_summary(d, where: str) -> dict:
                          f"got shape {means.shape}.")
     dim = means.shape[1]
     cov_shape = {"full": (k, dim, dim), "diag": (k, dim), "spherical": (k,), "tied": (dim, dim)}[ct]
-    covariances = _number_array(where, "covariances", d["covariances"], len(cov_shape))
+    covariances = _number_array(where, "covariances", d["covariances"], None)
     if covariances.shape != cov_shape:
         raise ValueError(f"{where}: field 'covariances' must have shape {cov_shape} for covariance_type={ct!r} with "
                          f"K={k}, D={dim}; got shape {covariances.shape}.")
