@@ -221,10 +221,13 @@ class OutputFolder:
 
     A folder that is not empty is refused unless ``overwrite``: then the files of the earlier
     run listed in its manifest (and stale staging folders of killed runs) are deleted when the
-    new files are moved in, so runs are never mixed; files bayesgmm did not write are left alone.
+    new files are moved in, so runs are never mixed; files bayesgmm did not write, and the
+    command's own ``inputs`` (e.g. ``data.csv`` of an earlier ``simulate`` fitted in place), are
+    left alone.
     """
 
-    def __init__(self, path, *, overwrite: bool = False, command: str = "", options: dict | None = None):
+    def __init__(self, path, *, overwrite: bool = False, command: str = "", options: dict | None = None,
+                 inputs=()):
         out = Path(path)
         if out.exists() and not out.is_dir():
             raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
@@ -245,6 +248,7 @@ class OutputFolder:
         self.out = out
         self.command = command
         self.options = options or {}
+        self.inputs = {Path(p).resolve() for p in inputs}
         self.previous = self._previous_files() if entries else []
         self.stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
         self.names: list[str] = []
@@ -260,8 +264,11 @@ class OutputFolder:
             except (ValueError, OSError, AttributeError):
                 listed = []
             for name in listed:
-                if isinstance(name, str) and name == Path(name).name:  # a plain file name, never a path
-                    found.append(self.out / name)
+                if not (isinstance(name, str) and name == Path(name).name):  # a plain file name, never a path
+                    continue
+                if (self.out / name).resolve() in self.inputs:  # this command reads it: kept
+                    continue
+                found.append(self.out / name)
             found.append(manifest)
         return found
 
@@ -288,7 +295,7 @@ class OutputFolder:
         manifest = {"bayesgmm_version": __version__, "command": self.command,
                     "options": self.options, "files": list(self.names)}
         text = json.dumps(manifest, indent=2, default=str)
-        with _no_interrupt():
+        with _COMMIT_LOCK, _no_interrupt():
             for old in self.previous:
                 if old.is_dir() and old.name.startswith(_STAGING_PREFIX):
                     shutil.rmtree(old, ignore_errors=True)
@@ -306,6 +313,12 @@ class OutputFolder:
         if self.created and not self.committed:
             with contextlib.suppress(OSError):
                 self.out.rmdir()
+
+
+#: held while an output folder is committed: the interrupt watcher of :func:`console_main` waits for it
+_COMMIT_LOCK = threading.Lock()
+#: the output folder of the command running now (for the interrupt watcher)
+_ACTIVE: list = []
 
 
 @contextlib.contextmanager
@@ -1171,8 +1184,10 @@ def _run(args) -> int:
         opts = options_from_args(args)
         command = args.command
     check_engine_options(command, opts)
+    inputs = [p for p in ((opts.get("data") or {}).get("path"), getattr(args, "config", None)) if p]
     out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command,
-                       options={k: v for k, v in opts.items() if k != "progress"})
+                       options={k: v for k, v in opts.items() if k != "progress"}, inputs=inputs)
+    _ACTIVE.append(out)
     try:
         stdout = sys.stdout = _PipeSafeStdout(sys.stdout)
         try:
@@ -1184,20 +1199,67 @@ def _run(args) -> int:
         finally:
             sys.stdout = stdout.stream
     finally:
+        _ACTIVE.remove(out)
         out.discard()
     return rc
 
 
+def _exit_now(rc: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(rc)
+
+
+def _watch_interrupts(read_fd: int) -> None:
+    """Thread body: on SIGINT, delete the running command's staged files, print one line and
+    exit 130 at once, whatever the main thread is doing (an XLA compilation or run, a NetCDF
+    write, Python's garbage collector, which would swallow a ``KeyboardInterrupt``). Waits for a
+    commit in progress; after a commit the command is done and finishes normally."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        if signal.SIGINT in data:
+            break
+    with _COMMIT_LOCK:
+        active = list(_ACTIVE)
+        if any(out.committed for out in active):
+            return
+        for out in active:
+            for _ in range(3):  # the main thread may still be creating files in the staging folder
+                out.discard()
+                if not out.stage.exists():
+                    break
+        _interrupted()
+        _exit_now(130)
+
+
+def _install_interrupt_watcher() -> None:
+    """SIGINT wakes :func:`_watch_interrupts` (through :func:`signal.set_wakeup_fd`, written by
+    the C-level handler the moment the signal arrives) instead of raising KeyboardInterrupt."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)  # the watcher acts, not the main thread
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_interrupts, args=(read_fd,), name="bayesgmm-interrupt", daemon=True).start()
+
+
 def console_main() -> int:
-    """The ``bayesgmm`` executable and ``python -m bayesgmm``: :func:`main`, and after Ctrl-C
-    an immediate exit (status 130) that skips interpreter shutdown, which could otherwise crash
-    (SIGSEGV) while XLA threads are still compiling or running."""
+    """The ``bayesgmm`` executable and ``python -m bayesgmm``: :func:`main`, with Ctrl-C handled
+    by a watcher thread that exits at once (status 130, one line, no partial files) and skips
+    interpreter shutdown, which could otherwise crash (SIGSEGV) while XLA threads are still
+    compiling or running."""
+    try:
+        _install_interrupt_watcher()
+    except (OSError, ValueError):  # no pipe, or not the main thread: KeyboardInterrupt as in main()
+        pass
     rc = main()
     if rc == 130:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(130)
+        _exit_now(130)
     return rc
 
 
