@@ -12,7 +12,10 @@ Commands
 ``sbc``       Simulation-based calibration of a Bayesian engine: ranks CSV, p-values, rank plot.
 ``run``       Any of the above from a TOML file, so a study is one reproducible command.
 
-Every command takes ``--out DIR`` and writes its files there (nothing is pickled). Options
+Every command takes ``--out DIR`` and writes its files there (nothing is pickled): a new or
+empty folder, or with ``--overwrite`` one holding an earlier run, whose files (listed in its
+manifest, :data:`MANIFEST`) are replaced; the files appear only when the command succeeds
+(:class:`OutputFolder`). Options
 given on the command line and in a TOML file have the same names and types (``--num-components``
 is ``num_components``, an integer; ``--no-plot`` is ``plot = false``); relative paths in a TOML
 file (``out``, ``[data] path``) are relative to the file's folder. Engine options go in
@@ -21,7 +24,8 @@ the command line; they may not set what the command sets itself (the data, K, th
 type, the seed), and only methods the command runs may have them.
 
 Exit codes: 0 success; 2 invalid usage, input, data or configuration (a one-line message on
-stderr names the problem); 1 an unexpected internal error (with its traceback).
+stderr names the problem); 1 an unexpected internal error (with its traceback); 130 interrupted
+(Ctrl-C: one line, no files written).
 
 ``--compile-cache DIR`` (before or after the command name; or the environment variable
 ``BAYESGMM_COMPILE_CACHE``) turns on JAX's persistent compilation cache, so repeated commands
