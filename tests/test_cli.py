@@ -74,7 +74,7 @@ def test_fit_streams_a_npy_file_out_of_core(tmp_path, capsys):
     ref = bg.fit_em(data.x, 3, n_init=3, seed=0, tol=1e-6, max_iter=300)
     assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-4)
     assert fit.info["num_chunks"] == 6
-    rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o")])
+    rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "needs the data in memory" in capsys.readouterr().err
 
 
@@ -157,7 +157,8 @@ n_init = 2
         (["fit", "{csv}", "-k", "2", "--columns", "nope"], "not in"),
         (["fit", "{csv}", "-k", "0", "--columns", "eruptions", "waiting"], "at least 1"),
         (["fit", "{csv}", "-k", "2", "--columns", "name"], "numeric"),
-        (["fit", "{csv}", "-k", "2", "--columns", "eruptions", "--engine-option", "n_iters=3"], "engine option not accepted"),
+        (["fit", "{csv}", "-k", "2", "--columns", "eruptions", "--engine-option", "n_iters=3"],
+         "engine option(s) ['n_iters'] are not options of method 'em'"),
         (["fit", "{csv}", "--dataset", "faithful", "-k", "2"], "exactly one data source"),
         (["compare", "{csv}", "-k", "2", "--label-column", "zzz"], "column(s) ['zzz'] not in"),
         (["compare", "{csv}", "-k", "2", "--test-fraction", "1.5", "--columns", "eruptions"], "test_fraction must be in"),
@@ -279,7 +280,7 @@ def test_compile_cache_goes_before_or_after_the_command(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(_compile, "enable_compilation_cache", lambda path, **kw: seen.append(str(path)))
     monkeypatch.delenv("BAYESGMM_COMPILE_CACHE", raising=False)
-    args = ["simulate", "-n", "20", "--out", str(tmp_path)]
+    args = ["simulate", "-n", "20", "--out", str(tmp_path), "--overwrite"]
     assert cli.main(["--compile-cache", "before", *args]) == 0
     assert cli.main([*args, "--compile-cache", "after"]) == 0
     assert cli.main(args) == 0
