@@ -14,6 +14,7 @@ loaded on first use; figures live in :mod:`bayesgmm.plotting`).
 from . import datasets
 from ._compile import InsufficientMemoryError
 from .calibration import sbc
+from .diagnostics import load_result, save_result
 from .em import fit_em
 from .experiments import compare, simulation_study
 from .kmeans import KMeansResult, kmeans
@@ -47,7 +48,9 @@ __all__ = [
     "fit_svi",
     "fit_vb",
     "kmeans",
+    "load_result",
     "observed_information",
+    "save_result",
     "sbc",
     "select",
     "select_bayesian",

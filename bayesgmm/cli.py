@@ -12,7 +12,10 @@ Commands
 ``sbc``       Simulation-based calibration of a Bayesian engine: ranks CSV, p-values, rank plot.
 ``run``       Any of the above from a TOML file, so a study is one reproducible command.
 
-Every command takes ``--out DIR`` and writes its files there (nothing is pickled). Options
+Every command takes ``--out DIR`` and writes its files there (nothing is pickled): a new or
+empty folder, or with ``--overwrite`` one holding an earlier run, whose files (listed in its
+manifest, :data:`MANIFEST`) are replaced; the files appear only when the command succeeds
+(:class:`OutputFolder`). Options
 given on the command line and in a TOML file have the same names and types (``--num-components``
 is ``num_components``, an integer; ``--no-plot`` is ``plot = false``); relative paths in a TOML
 file (``out``, ``[data] path``) are relative to the file's folder. Engine options go in
@@ -21,7 +24,8 @@ the command line; they may not set what the command sets itself (the data, K, th
 type, the seed), and only methods the command runs may have them.
 
 Exit codes: 0 success; 2 invalid usage, input, data or configuration (a one-line message on
-stderr names the problem); 1 an unexpected internal error (with its traceback).
+stderr names the problem); 1 an unexpected internal error (with its traceback); 130 interrupted
+(Ctrl-C: one line, no files written).
 
 ``--compile-cache DIR`` (before or after the command name; or the environment variable
 ``BAYESGMM_COMPILE_CACHE``) turns on JAX's persistent compilation cache, so repeated commands
@@ -31,11 +35,17 @@ skip most compilation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import tomllib
 import traceback
+import warnings
 from pathlib import Path
 
 ENGINES = ("em", "map-em", "vb", "svi", "mcmc")
@@ -101,9 +111,35 @@ def _read_table(path):
                              "(.npy with fit --stream).")
     except OSError as err:  # unreadable (permissions, I/O)
         raise UsageError(f"cannot read input file {name}: {err.strerror or err}.") from None
+    if suffix in (".csv", ".txt", ".tsv"):
+        _check_header(p, name, "\t" if suffix == ".tsv" else ",")
     if len(df) == 0:
         raise UsageError(f"input file {name} has no data rows (only a header: {list(df.columns)}).")
     return df
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_header(path: Path, name: str, sep: str) -> None:
+    """A CSV/TSV file's first line must name the columns: a first line of numbers is a data row,
+    which would otherwise silently become the column names (one observation lost)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        first = next(csv.reader(f, delimiter=sep), [])
+    fields = [field.strip() for field in first]
+    if fields and all(field and _is_number(field) for field in fields):
+        shown = sep.join(fields) if len(fields) <= 8 else sep.join(fields[:8]) + sep + "..."
+        example = sep.join(f"x{j}" for j in range(min(len(fields), 8))) + (sep + "..." if len(fields) > 8 else "")
+        raise UsageError(f"input file {name} has no header row: its first line ({shown}) is numbers, a data row, "
+                         f"not column names. Add a first line naming the columns (e.g. {example}); if those numbers "
+                         "really are column names, rename them so that they are not numbers.")
 
 
 def _first_line(err) -> str:
@@ -173,25 +209,140 @@ def load_data(spec: dict):
     return df, labels
 
 
-def _out_dir(path) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
+MANIFEST = "bayesgmm_run.json"
+_STAGING_PREFIX = ".bayesgmm-staging-"
+
+
+class OutputFolder:
+    """The ``--out`` folder of one command: one run's files, complete, or nothing.
+
+    Every file is first written into a hidden staging folder inside ``--out``; when the
+    command has finished, the files are moved into place together (one ``os.replace`` each,
+    atomic per file, with Ctrl-C held off for those few milliseconds) and :data:`MANIFEST`
+    records the command and the files it wrote. On an error or Ctrl-C the staging folder is
+    deleted: no truncated or partial file is ever left, and an earlier run's files stay as
+    they were.
+
+    A folder that is not empty is refused unless ``overwrite``: then the files of the earlier
+    run listed in its manifest (and stale staging folders of killed runs) are deleted when the
+    new files are moved in, so runs are never mixed; files bayesgmm did not write, and the
+    command's own ``inputs`` (e.g. ``data.csv`` of an earlier ``simulate`` fitted in place), are
+    left alone.
+    """
+
+    def __init__(self, path, *, overwrite: bool = False, command: str = "", options: dict | None = None,
+                 inputs=()):
+        out = Path(path)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot create output folder {str(path)!r}: {err.strerror or err}.") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UsageError(f"output folder {str(path)!r} is not writable.")
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
+            shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+            raise UsageError(
+                f"output folder {str(path)!r} is not empty ({shown}); give a new or empty folder with --out, or "
+                "--overwrite to replace the files of the earlier bayesgmm run there (overwrite = true in a TOML file)."
+            )
+        self.out = out
+        self.command = command
+        self.options = options or {}
+        self.inputs = {Path(p).resolve() for p in inputs}
+        self.previous = self._previous_files() if entries else []
+        self.stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+        self.names: list[str] = []
+        self.committed = False
+
+    def _previous_files(self) -> list[Path]:
+        """Files of the earlier run (its manifest and what it lists) and stale staging folders."""
+        found = [p for p in self.out.iterdir() if p.name.startswith(_STAGING_PREFIX) and p.is_dir()]
+        manifest = self.out / MANIFEST
+        if manifest.is_file():
+            try:
+                listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+            except (ValueError, OSError, AttributeError):
+                listed = []
+            for name in listed:
+                if not (isinstance(name, str) and name == Path(name).name):  # a plain file name, never a path
+                    continue
+                if (self.out / name).resolve() in self.inputs:  # this command reads it: kept
+                    continue
+                found.append(self.out / name)
+            found.append(manifest)
+        return found
+
+    def path(self, name: str) -> Path:
+        """Where to write the output file ``name`` (inside the staging folder)."""
+        if name in self.names:
+            raise RuntimeError(f"output file {name!r} written twice")
+        self.names.append(name)
+        return self.stage / name
+
+    @property
+    def files(self) -> list[Path]:
+        """The final paths of the files written, in the order written, the manifest last."""
+        return [self.out / name for name in self.names] + ([self.out / MANIFEST] if self.committed else [])
+
+    def commit(self) -> None:
+        """Move the staged files into ``--out`` (removing the earlier run's) and write the manifest."""
+        from . import __version__
+        from ._files import write_text
+
+        missing = [n for n in self.names if not (self.stage / n).is_file()]
+        if missing:
+            raise RuntimeError(f"output file(s) {missing} were announced but not written")
+        manifest = {"bayesgmm_version": __version__, "command": self.command,
+                    "options": self.options, "files": list(self.names)}
+        text = json.dumps(manifest, indent=2, default=str)
+        with _COMMIT_LOCK, _no_interrupt():
+            for old in self.previous:
+                if old.is_dir() and old.name.startswith(_STAGING_PREFIX):
+                    shutil.rmtree(old, ignore_errors=True)
+                elif (old.is_file() or old.is_symlink()) and old.name not in self.names:
+                    old.unlink()
+            for name in self.names:
+                os.replace(self.stage / name, self.out / name)
+            write_text(self.out / MANIFEST, text)
+            self.committed = True
+            self.discard()
+
+    def discard(self) -> None:
+        """Delete the staging folder (and ``--out`` itself if this command created it and it is empty)."""
+        shutil.rmtree(self.stage, ignore_errors=True)
+        if self.created and not self.committed:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
+
+
+#: held while an output folder is committed: the interrupt watcher of :func:`console_main` waits for it
+_COMMIT_LOCK = threading.Lock()
+#: the output folder of the command running now (for the interrupt watcher)
+_ACTIVE: list = []
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """Hold Ctrl-C off (SIGINT ignored) for a short critical section; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create output folder {str(path)!r}: {err.strerror or err}.") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {str(path)!r} is not writable.")
-    return out
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _figure(fig, path, written):
+def _figure(fig, path):
     fig.savefig(path, dpi=150)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    written.append(path)
 
 
 def _print_fit(result, out=None):
@@ -228,11 +379,55 @@ def _wrote(written):
     print("wrote " + ", ".join(str(p) for p in written))
 
 
+def _print_features(x, labels_column=None, out=None):
+    """Say which columns are the features (and which one holds the labels)."""
+    out = sys.stdout if out is None else out
+    names = [str(c) for c in x.columns]
+    label = f"; label column {labels_column!r} (not a feature)" if labels_column else ""
+    print(f"features ({len(names)}): {', '.join(names)}{label}; {len(x)} rows", file=out)
+
+
 # ----------------------------------------------------------------------------------------------
 # Commands: each takes a dict of options (from argparse or a TOML file)
 # ----------------------------------------------------------------------------------------------
 def _engine_kwargs(opts, method):
     return dict(opts.get("engines", {}).get(method, {}))
+
+
+_EM_NO_PRIOR = ("--method em is maximum likelihood and takes no prior (engine option prior); for MAP-EM use "
+                "--method map-em, which uses the default prior (mclust's, Prior.default) unless prior= is given.")
+
+
+def _prior_option(value, x, k):
+    """The engine option ``prior``: "default" (Prior.default of the data; for a stream, resolved by
+    the streaming engine from its first pass) or a table of Prior fields."""
+    from .params import Prior
+
+    if isinstance(value, str) and value == "default":
+        return "default" if x is None else Prior.default(x, k)
+    if isinstance(value, dict):
+        fields = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
+        missing, unknown = [f for f in fields if f not in value], sorted(set(value) - set(fields))
+        if missing or unknown:
+            what = "; ".join(([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else []))
+            raise UsageError(f"engine option prior: a prior table has exactly the fields {list(fields)} ({what}); "
+                             "or give prior=default.")
+        try:
+            return Prior(**value)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"engine option prior: not a valid prior table ({_first_line(err)}); give prior=default or "
+                             "prior={weight_concentration=..., mean=[...], mean_precision=..., "
+                             "degrees_of_freedom=..., scale=[[...]]}.") from None
+    raise UsageError(f"engine option prior must be 'default' or a table of Prior fields, got {value!r}.")
+
+
+def _resolve_prior(kw, method, x, k):
+    """Engine options with ``prior`` resolved; ``prior`` with ``--method em`` is an error, never dropped."""
+    if "prior" not in kw:
+        return kw
+    if method == "em":
+        raise UsageError(_EM_NO_PRIOR)
+    return {**kw, "prior": _prior_option(kw["prior"], x, k)}
 
 
 def _fit_stream(opts):
@@ -247,10 +442,11 @@ def _fit_stream(opts):
     if Path(spec["path"]).is_dir():
         raise UsageError(f"input {str(spec['path'])!r} is a folder, not a data file.")
     if opts["method"] not in ("em", "map-em"):
-        raise UsageError(f"--stream fits by EM; --method {opts['method']!r} needs the data in memory.")
+        raise UsageError(f"--stream fits by EM or MAP-EM; --method {opts['method']!r} needs the data in memory.")
     kw = _engine_kwargs(opts, opts["method"])
-    if opts["method"] == "map-em" and "prior" not in kw:
-        raise UsageError("--stream with --method map-em needs a prior; stream with --method em instead.")
+    if opts["method"] == "map-em":
+        kw.setdefault("prior", "default")  # the default prior, from the stream's first pass
+    kw = _resolve_prior(kw, opts["method"], None, opts["num_components"])
     columns = _as_names(spec["columns"], "columns") if spec.get("columns") else None
     if columns and all(str(c).isdigit() for c in columns):
         columns = [int(c) for c in columns]
@@ -259,11 +455,10 @@ def _fit_stream(opts):
                          progress_bar=opts.get("progress", False), **kw)
 
 
-def run_fit(opts) -> int:
+def run_fit(opts, out: OutputFolder) -> int:
     from .diagnostics import save_result
     from .experiments import fit
 
-    out = _out_dir(opts["out"])
     method = opts["method"]
     stem = f"{method}_k{opts['num_components']}"
     if opts.get("stream"):
@@ -272,18 +467,17 @@ def run_fit(opts) -> int:
         stem += "_stream"
     else:
         x, _ = load_data(opts["data"])
+        _print_features(x, opts["data"].get("label_column"))
         kw = _engine_kwargs(opts, method)
         if method in ("svi", "mcmc") and opts.get("progress", False):
             kw.setdefault("progress_bar", True)
+        kw = _resolve_prior(kw, method, x, opts["num_components"])
         result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"], **kw)
     _print_fit(result)
-    written = [out / f"{stem}.json"]
-    result.to_json(written[0])
-    save_result(result, out / f"{stem}.nc", x=x)
-    written.append(out / f"{stem}.nc")
+    result.to_json(out.path(f"{stem}.json"))
+    save_result(result, out.path(f"{stem}.nc"), x=x)
     if opts["plot"] and x is not None:
-        _figure(_fit_figure(result, x), out / f"{stem}.png", written)
-    _wrote(written)
+        _figure(_fit_figure(result, x), out.path(f"{stem}.png"))
     return 0
 
 
@@ -291,14 +485,16 @@ COMPARE_COLUMNS = ("method", "fit_seconds", "run_seconds", "log_likelihood", "te
                    "ess_per_second", "divergences", "max_rhat", "effective_components", "converged")
 
 
-def run_compare(opts, *, title=None) -> int:
+def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     import numpy as np
 
     from .diagnostics import save_result
     from .experiments import compare
 
     x, labels = load_data(opts["data"])
-    out = _out_dir(opts["out"])
+    if title:
+        print(title)
+    _print_features(x, opts["data"].get("label_column"))
     frac = float(opts["test_fraction"])
     if not 0 <= frac < 1:
         raise UsageError(f"test_fraction must be in [0, 1), got {frac}.")
@@ -316,38 +512,33 @@ def run_compare(opts, *, title=None) -> int:
         x_test=x_test, labels=lab_train, engine_kwargs=engines, seed=opts["seed"], progress_bar=opts["progress"],
         return_fits=True,
     )
-    if title:
-        print(title)
     _print_table(table, COMPARE_COLUMNS)
     for row in table.itertuples():
         if row.warnings:
             print(f"  {row.method}: {row.warnings}", file=sys.stderr)
-    written = [out / "comparison.csv", out / "comparison.json"]
-    table.to_csv(written[0], index=False)
-    written[1].write_text(table.to_json(orient="records", indent=2))
+    table.to_csv(out.path("comparison.csv"), index=False)
+    out.path("comparison.json").write_text(table.to_json(orient="records", indent=2))
     for method, result in fits.items():
         if hasattr(result, "to_json"):
-            result.to_json(out / f"{method}.json")
-            save_result(result, out / f"{method}.nc", x=x_train)
-            written.append(out / f"{method}.nc")
+            result.to_json(out.path(f"{method}.json"))
+            save_result(result, out.path(f"{method}.nc"), x=x_train)
     if opts["plot"]:
         from . import plotting
 
         panels = {m: r for m, r in fits.items() if hasattr(r, "to_json")}
         if panels:
             fig, _ = plotting.plot_engines(panels, x_train.to_numpy(dtype=float))
-            _figure(fig, out / "engines.png", written)
+            _figure(fig, out.path("engines.png"))
         if "em" in fits:
-            _figure(_fit_figure(fits["em"], x_train), out / "em_clusters.png", written)
-    _wrote(written)
+            _figure(_fit_figure(fits["em"], x_train), out.path("em_clusters.png"))
     return 0
 
 
-def run_select(opts) -> int:
+def run_select(opts, out: OutputFolder) -> int:
     from .selection import select
 
-    x, _ = load_data(opts["data"])
-    out = _out_dir(opts["out"])
+    x, labels = load_data(opts["data"])
+    _print_features(x, opts["data"].get("label_column"))
     ks = opts["k"]
     prior = {"none": None, "default": "default"}.get(opts["prior"])
     if opts["prior"] not in ("none", "default"):
@@ -356,42 +547,42 @@ def run_select(opts) -> int:
     _print_table(result.table, ("covariance_type", "num_components", "log_likelihood", "num_parameters", "bic", "aic",
                                 "icl", "converged", "degenerate"))
     best = result.best("bic")
-    print(f"best by BIC (lower is better): {best.covariance_type}, K={best.num_components}  "
+    agreement = ""
+    if labels is not None:
+        from .experiments import adjusted_rand_index
+
+        ari = adjusted_rand_index(labels, best.predict(x))
+        agreement = f"; adjusted Rand index against {opts['data']['label_column']!r}: {ari:.3f}"
+    print(f"best by BIC (lower is better): {best.covariance_type}, K={best.num_components}{agreement}  "
           f"({result.info['seconds']:.2f} s for {len(result.table)} fits)")
-    written = [out / "selection.csv", out / "best_bic.json"]
-    result.table.to_csv(written[0], index=False)
-    best.to_json(written[1])
+    result.table.to_csv(out.path("selection.csv"), index=False)
+    best.to_json(out.path("best_bic.json"))
     if opts["plot"]:
-        _figure(result.plot("bic").figure, out / "selection_bic.png", written)
-    _wrote(written)
+        _figure(result.plot("bic").figure, out.path("selection_bic.png"))
     return 0
 
 
-def run_simulate(opts) -> int:
+def run_simulate(opts, out: OutputFolder) -> int:
     import pandas as pd
 
     from .datasets import make_mixture
 
     data = make_mixture(opts["num_obs"], opts["num_components"], opts["num_features"],
                         covariance_type=opts["covariance_type"], separation=opts["separation"], seed=opts["seed"])
-    out = _out_dir(opts["out"])
     df = pd.DataFrame(data.x, columns=[f"x{j}" for j in range(data.x.shape[1])])
     df["component"] = data.labels
-    written = [out / "data.csv", out / "truth.json"]
-    df.to_csv(written[0], index=False)
+    df.to_csv(out.path("data.csv"), index=False)
     truth = {"covariance_type": opts["covariance_type"], "weights": data.params.weights.tolist(),
              "means": data.params.means.tolist(), "covariances": data.params.covariances.tolist(), "seed": opts["seed"]}
-    written[1].write_text(json.dumps(truth, indent=2))
+    out.path("truth.json").write_text(json.dumps(truth, indent=2))
     print(f"simulated {opts['num_obs']} observations of a {opts['num_components']}-component mixture "
           f"(D={opts['num_features']}, separation {opts['separation']}); label column 'component'")
-    _wrote(written)
     return 0
 
 
-def run_study(opts) -> int:
+def run_study(opts, out: OutputFolder) -> int:
     from .experiments import simulation_study, summarise_study
 
-    out = _out_dir(opts["out"])
     study = simulation_study(
         opts["num_datasets"], num_obs=opts["num_obs"], separation=opts["separation"],
         num_components=opts["num_components"], num_features=opts["num_features"], methods=opts["methods"],
@@ -401,10 +592,8 @@ def run_study(opts) -> int:
     summary = summarise_study(study)
     _print_table(summary, ("method", "num_obs", "separation", "num_components", "ari", "means_error",
                            "coverage_weights", "coverage_means", "coverage_covariances", "fit_seconds", "num_datasets"))
-    written = [out / "study.csv", out / "summary.csv"]
-    study.to_csv(written[0], index=False)
-    summary.to_csv(written[1], index=False)
-    _wrote(written)
+    study.to_csv(out.path("study.csv"), index=False)
+    summary.to_csv(out.path("summary.csv"), index=False)
     return 0
 
 
@@ -424,31 +613,28 @@ def sbc_prior(num_features: int, overrides: dict | None = None):
     return Prior(**spec)
 
 
-def run_sbc(opts) -> int:
+def run_sbc(opts, out: OutputFolder) -> int:
     from .calibration import sbc
 
-    out = _out_dir(opts["out"])
     prior = sbc_prior(opts["num_features"], opts.get("prior"))
     result = sbc(opts["num_components"], opts["num_obs"], prior=prior, method=opts["method"],
                  covariance_type=opts["covariance_type"], num_replications=opts["replications"],
                  num_ranks=opts["num_ranks"], engine_kwargs=_engine_kwargs(opts, opts["method"]), seed=opts["seed"],
                  progress_bar=opts["progress"])
     print(result.summary())
-    written = [out / "sbc_ranks.csv", out / "sbc.json"]
-    result.ranks.to_csv(written[0], index=False)
-    result.to_json(written[1])
+    result.ranks.to_csv(out.path("sbc_ranks.csv"), index=False)
+    result.to_json(out.path("sbc.json"))
     if opts["plot"]:
         from . import plotting
 
         fig, _ = plotting.plot_sbc_ranks(result, "hist")
-        _figure(fig, out / "sbc_ranks.png", written)
+        _figure(fig, out.path("sbc_ranks.png"))
         fig, _ = plotting.plot_sbc_ranks(result, "ecdf")
-        _figure(fig, out / "sbc_ecdf.png", written)
-    _wrote(written)
+        _figure(fig, out.path("sbc_ecdf.png"))
     return 0
 
 
-def run_demo(opts) -> int:
+def run_demo(opts, out: OutputFolder) -> int:
     engines = {m: dict(v) for m, v in DEMO_ENGINES.items()}
     for method, kw in opts.get("engines", {}).items():
         engines.setdefault(method, {}).update(kw)
@@ -457,7 +643,7 @@ def run_demo(opts) -> int:
         "covariance_type": "full", "test_fraction": 0.25, "seed": opts["seed"], "out": opts["out"],
         "engines": engines, "plot": True, "progress": opts["progress"],
     }
-    return run_compare(demo, title="Old Faithful (272 eruptions: eruption length and waiting time, minutes), K=2, "
+    return run_compare(demo, out, title="Old Faithful (272 eruptions: eruption length and waiting time, minutes), K=2, "
                                    "75% training / 25% held out")
 
 
@@ -491,30 +677,55 @@ def _data_spec(args) -> dict:
 
 
 def _common(p, *, out_default):
-    p.add_argument("--out", default=out_default, help="output folder (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", default=out_default,
+                   help="output folder; must be new or empty unless --overwrite (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out folder, replacing the files of the earlier bayesgmm run there "
+                        "(listed in its " + MANIFEST + "); other files are left alone (default: refuse a non-empty folder)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same results (default: %(default)s)")
 
 
 def _data_args(p, *, labels=False):
-    p.add_argument("input", nargs="?", help="CSV, TSV or Parquet file (or use --dataset)")
-    p.add_argument("--dataset", choices=DATASETS, help="a bundled data set instead of a file")
+    p.add_argument("input", nargs="?",
+                   help="CSV, TSV or Parquet file with a header row of column names (default: none; or use --dataset)")
+    p.add_argument("--dataset", choices=DATASETS, help="a bundled data set instead of a file (default: none)")
     p.add_argument("--columns", nargs="+",
                    help="feature columns, all numeric (default: every column except the label column; "
                         "name the numeric ones if the file has others)")
     if labels:
-        p.add_argument("--label-column", help="column of true labels (for ARI/NMI; not a feature)")
+        p.add_argument("--label-column",
+                       help="column of true labels: not a feature, used only to score the clustering (ARI/NMI) "
+                            "(default: none)")
 
 
 def _plot_args(p):
-    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write figures")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write figures (default: write them)")
+
+
+def _progress_args(p):
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide progress bars (default: show them)")
+
+
+def _engine_option_args(p, *, one_engine: bool):
+    if one_engine:
+        p.add_argument("--engine-option", action="append", metavar="NAME=VALUE",
+                       help="keyword argument of the engine, a TOML value, e.g. n_init=10, num_samples=500, "
+                            "prior=default (repeatable; default: the engine's defaults)")
+    else:
+        p.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE",
+                       help="keyword argument of one engine, a TOML value, e.g. mcmc.num_samples=500 "
+                            "(repeatable; default: the engines' defaults)")
 
 
 _COMPILE_CACHE_HELP = "folder for JAX's persistent compilation cache (default: $BAYESGMM_COMPILE_CACHE; off if unset)"
+_K_HELP = "number of mixture components K"
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
-                                 epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error.")
+                                 epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error, "
+                                        "130 interrupted (Ctrl-C; no files written).")
     ap.add_argument("--compile-cache", default=os.environ.get("BAYESGMM_COMPILE_CACHE"), help=_COMPILE_CACHE_HELP)
     # --compile-cache also after the command; SUPPRESS keeps the value given before it (or the
     # environment's) when the command's own parser does not see the option
@@ -527,82 +738,105 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="Old Faithful with every engine: comparison table, figures, fits")
     _common(demo, out_default="bayesgmm_demo")
-    demo.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "svi", "mcmc"])
-    demo.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
-    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "svi", "mcmc"],
+                      help="engines to run besides k-means (default: %(default)s)")
+    _engine_option_args(demo, one_engine=False)
+    _progress_args(demo)
     demo.set_defaults(handler=run_demo)
 
     fit = command("fit", help="fit one engine to a data file")
     _data_args(fit)
-    fit.add_argument("-k", "--num-components", type=int, required=True)
-    fit.add_argument("--method", choices=ENGINES, default="em")
-    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
-    fit.add_argument("--engine-option", action="append", metavar="NAME=VALUE",
-                     help="engine keyword argument, e.g. n_init=10 or num_samples=500 (repeatable)")
+    fit.add_argument("-k", "--num-components", type=int, required=True, help=_K_HELP + " (required)")
+    fit.add_argument("--method", choices=ENGINES, default="em",
+                     help="engine: em (maximum likelihood), map-em (MAP-EM, default prior unless prior= is given), "
+                          "vb, svi or mcmc (default: %(default)s)")
+    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
+                     help="covariance structure (default: %(default)s)")
+    _engine_option_args(fit, one_engine=True)
     fit.add_argument("--stream", action="store_true",
-                     help="EM out of core: read a .npy or Parquet file in chunks (memory bounded by --batch-size)")
+                     help="EM or MAP-EM out of core: read a .npy or Parquet file in chunks (memory bounded by "
+                          "--batch-size) (default: in memory)")
     fit.add_argument("--batch-size", type=int, default=65536, help="rows per chunk with --stream (default: %(default)s)")
-    fit.add_argument("--no-progress", dest="progress", action="store_false")
+    _progress_args(fit)
     _common(fit, out_default="bayesgmm_out")
     _plot_args(fit)
     fit.set_defaults(handler=run_fit)
 
     cmp_ = command("compare", help="several engines on the same data: one table")
     _data_args(cmp_, labels=True)
-    cmp_.add_argument("-k", "--num-components", type=int, required=True)
-    cmp_.add_argument("--methods", nargs="+", choices=ENGINES + ("kmeans",), default=["em", "vb", "svi", "mcmc"])
-    cmp_.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
-    cmp_.add_argument("--test-fraction", type=float, default=0.0, help="share of rows held out for test_lpd")
-    cmp_.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
-    cmp_.add_argument("--no-progress", dest="progress", action="store_false")
+    cmp_.add_argument("-k", "--num-components", type=int, required=True, help=_K_HELP + " (required)")
+    cmp_.add_argument("--methods", nargs="+", choices=ENGINES + ("kmeans",), default=["em", "vb", "svi", "mcmc"],
+                      help="engines to compare (default: %(default)s)")
+    cmp_.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
+                      help="covariance structure (default: %(default)s)")
+    cmp_.add_argument("--test-fraction", type=float, default=0.0,
+                      help="share of rows held out to score the held-out log predictive density (default: %(default)s)")
+    _engine_option_args(cmp_, one_engine=False)
+    _progress_args(cmp_)
     _common(cmp_, out_default="bayesgmm_compare")
     _plot_args(cmp_)
     cmp_.set_defaults(handler=run_compare)
 
     sel = command("select", help="BIC/AIC/ICL over K and covariance structures")
-    _data_args(sel)
-    sel.add_argument("-k", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="numbers of components (default: 1..5)")
-    sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES, default=list(COVARIANCE_TYPES))
+    _data_args(sel, labels=True)
+    sel.add_argument("-k", nargs="+", type=int, default=[1, 2, 3, 4, 5],
+                     help="numbers of components to compare (default: 1 2 3 4 5)")
+    sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES, default=list(COVARIANCE_TYPES),
+                     help="covariance structures to compare (default: all four)")
     sel.add_argument("--prior", choices=("none", "default"), default="none",
-                     help="none: maximum likelihood; default: MAP-EM with mclust's default prior per K")
+                     help="none: maximum likelihood; default: MAP-EM with mclust's default prior per K "
+                          "(default: %(default)s)")
     sel.add_argument("--n-init", type=_n_init, default="auto",
-                     help="starts per model: 'auto' (the default search of fit_em) or an integer")
+                     help="starts per model: 'auto' (the default search of fit_em) or an integer (default: %(default)s)")
     _common(sel, out_default="bayesgmm_select")
     _plot_args(sel)
     sel.set_defaults(handler=run_select)
 
     sim = command("simulate", help="draw a data set from the generative story")
-    sim.add_argument("-n", "--num-obs", type=int, default=500)
-    sim.add_argument("-k", "--num-components", type=int, default=3)
-    sim.add_argument("-d", "--num-features", type=int, default=2)
-    sim.add_argument("--separation", type=float, default=4.0)
-    sim.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    sim.add_argument("-n", "--num-obs", type=int, default=500, help="number of observations (default: %(default)s)")
+    sim.add_argument("-k", "--num-components", type=int, default=3, help=_K_HELP + " (default: %(default)s)")
+    sim.add_argument("-d", "--num-features", type=int, default=2, help="number of features D (default: %(default)s)")
+    sim.add_argument("--separation", type=float, default=4.0,
+                     help="distance between component means in units of their spread (default: %(default)s)")
+    sim.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
+                     help="covariance structure (default: %(default)s)")
     _common(sim, out_default="bayesgmm_simulated")
     sim.set_defaults(handler=run_simulate)
 
     study = command("study", help="simulation study: every engine on many simulated data sets")
-    study.add_argument("--num-datasets", type=int, default=20)
-    study.add_argument("-n", "--num-obs", type=int, nargs="+", default=[200])
-    study.add_argument("--separation", type=float, nargs="+", default=[3.0])
-    study.add_argument("-k", "--num-components", type=int, nargs="+", default=[2])
-    study.add_argument("-d", "--num-features", type=int, default=2)
-    study.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "mcmc"])
-    study.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
-    study.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE")
-    study.add_argument("--no-progress", dest="progress", action="store_false")
+    study.add_argument("--num-datasets", type=int, default=20,
+                       help="simulated data sets per setting (default: %(default)s)")
+    study.add_argument("-n", "--num-obs", type=int, nargs="+", default=[200],
+                       help="numbers of observations to try (default: 200)")
+    study.add_argument("--separation", type=float, nargs="+", default=[3.0],
+                       help="separations of the component means to try (default: 3.0)")
+    study.add_argument("-k", "--num-components", type=int, nargs="+", default=[2],
+                       help="numbers of components to try (default: 2)")
+    study.add_argument("-d", "--num-features", type=int, default=2, help="number of features D (default: %(default)s)")
+    study.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "mcmc"],
+                       help="engines to run on every data set (default: %(default)s)")
+    study.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
+                       help="covariance structure (default: %(default)s)")
+    _engine_option_args(study, one_engine=False)
+    _progress_args(study)
     _common(study, out_default="bayesgmm_study")
     study.set_defaults(handler=run_study)
 
     sb = command("sbc", help="simulation-based calibration of a Bayesian engine")
-    sb.add_argument("-k", "--num-components", type=int, default=2)
-    sb.add_argument("-n", "--num-obs", type=int, default=100)
-    sb.add_argument("-d", "--num-features", type=int, default=1)
-    sb.add_argument("--method", choices=("vb", "svi", "mcmc"), default="vb")
-    sb.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
-    sb.add_argument("--replications", type=int, default=100)
-    sb.add_argument("--num-ranks", type=int, default=99)
-    sb.add_argument("--engine-option", action="append", metavar="NAME=VALUE")
-    sb.add_argument("--no-progress", dest="progress", action="store_false")
+    sb.add_argument("-k", "--num-components", type=int, default=2, help=_K_HELP + " (default: %(default)s)")
+    sb.add_argument("-n", "--num-obs", type=int, default=100,
+                    help="observations per simulated data set (default: %(default)s)")
+    sb.add_argument("-d", "--num-features", type=int, default=1, help="number of features D (default: %(default)s)")
+    sb.add_argument("--method", choices=("vb", "svi", "mcmc"), default="vb",
+                    help="Bayesian engine to calibrate (default: %(default)s)")
+    sb.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
+                    help="covariance structure (default: %(default)s)")
+    sb.add_argument("--replications", type=int, default=100,
+                    help="simulated data sets, one rank each (default: %(default)s)")
+    sb.add_argument("--num-ranks", type=int, default=99,
+                    help="posterior draws each rank is computed from (default: %(default)s)")
+    _engine_option_args(sb, one_engine=True)
+    _progress_args(sb)
     _common(sb, out_default="bayesgmm_sbc")
     _plot_args(sb)
     sb.set_defaults(handler=run_sbc)
@@ -614,23 +848,28 @@ def build_parser() -> argparse.ArgumentParser:
                               "[engines.<method>] tables and, for sbc, a [prior] table. Values have the options' "
                               "types (true/false for flags). Relative paths in the file (data path, out) are "
                               "relative to the file's folder.")
-    run.add_argument("config", help="TOML file")
-    run.add_argument("--out", help="output folder (overrides the file's 'out')")
+    run.add_argument("config", help="TOML file (required)")
+    run.add_argument("--out", help="output folder (default: the file's 'out', else the command's default folder)")
+    run.add_argument("--overwrite", action="store_true", default=None,
+                     help="as the command's --overwrite (default: the file's 'overwrite', else false)")
     run.set_defaults(handler=None)
     return ap
 
 
 #: options each command takes (argparse dest names), besides data/engines
 _OPTIONS = {
-    "demo": ("out", "seed", "methods", "progress"),
-    "fit": ("num_components", "method", "covariance_type", "out", "seed", "plot", "stream", "batch_size", "progress"),
-    "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "seed", "plot", "progress"),
-    "select": ("k", "covariance_types", "prior", "n_init", "out", "seed", "plot"),
-    "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "seed"),
+    "demo": ("out", "overwrite", "seed", "methods", "progress"),
+    "fit": ("num_components", "method", "covariance_type", "out", "overwrite", "seed", "plot", "stream", "batch_size",
+            "progress"),
+    "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "overwrite", "seed", "plot",
+                "progress"),
+    "select": ("k", "covariance_types", "prior", "n_init", "out", "overwrite", "seed", "plot"),
+    "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "overwrite",
+                 "seed"),
     "study": ("num_datasets", "num_obs", "separation", "num_components", "num_features", "methods", "covariance_type",
-              "out", "seed", "progress"),
+              "out", "overwrite", "seed", "progress"),
     "sbc": ("num_components", "num_obs", "num_features", "method", "covariance_type", "replications", "num_ranks",
-            "out", "seed", "plot", "progress"),
+            "out", "overwrite", "seed", "plot", "progress"),
 }
 _HANDLERS = {"demo": run_demo, "fit": run_fit, "compare": run_compare, "select": run_select,
              "simulate": run_simulate, "study": run_study, "sbc": run_sbc}
@@ -755,11 +994,12 @@ def _relative_to(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def options_from_toml(path, out=None) -> dict:
+def options_from_toml(path, out=None, overwrite=None) -> dict:
     """The options dict of a TOML experiment file (see ``bayesgmm run --help``).
 
     Relative paths in the file (``[data] path``, ``out``) are relative to the file's folder;
-    ``out`` given here (``run --out``) is used as it is.
+    ``out`` given here (``run --out``) is used as it is, and ``overwrite`` (``run
+    --overwrite``), when not None, replaces the file's.
     """
     p = Path(path)
     where = f"config file {str(path)!r}"
@@ -819,6 +1059,8 @@ def options_from_toml(path, out=None) -> dict:
         defaults["prior"] = prior
     if out is not None:
         defaults["out"] = out
+    if overwrite is not None:
+        defaults["overwrite"] = overwrite
     defaults["command"] = command
     return defaults
 
@@ -877,36 +1119,47 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings during a command: one line on stderr, no Python source line."""
+    text = " ".join(str(message).split())
+    try:
+        print(f"bayesgmm: warning: {category.__name__}: {text}", file=sys.stderr if file is None else file)
+    except (OSError, ValueError):  # stderr closed
+        pass
+
+
+def _interrupted() -> int:
+    print("bayesgmm: interrupted (Ctrl-C); no files were written.", file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (0, 1, 2, or 130 after Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # anywhere, even while parsing or importing
+        return _interrupted()
+
+
+def _main(argv) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.compile_cache:
-            _enable_compile_cache(args.compile_cache)
-        if args.command == "run":
-            opts = options_from_toml(args.config, args.out)
-            command = opts.pop("command")
-        else:
-            opts = options_from_args(args)
-            command = args.command
-        check_engine_options(command, opts)
-        stdout = sys.stdout = _PipeSafeStdout(sys.stdout)
-        try:
-            rc = _HANDLERS[command](opts)
-            stdout.flush()  # here, so that a closed pipe is not reported at exit
-        finally:
-            sys.stdout = stdout.stream
-        return rc
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _run(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except BrokenPipeError:  # a closed pipe met outside sys.stdout: stop quietly, as Unix tools do
         _quiet_stdout()
         return 1
     except ValueError as err:  # UsageError and the library's input validation
-        print(f"bayesgmm: error: {err}", file=sys.stderr)
+        print(f"bayesgmm: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except TypeError as err:
         if "unexpected keyword argument" in str(err) or "multiple values for keyword argument" in str(err):
-            print(f"bayesgmm: error: engine option not accepted: {err}", file=sys.stderr)
+            print(f"bayesgmm: error: engine option not accepted: {_one_line(err)}", file=sys.stderr)
             return 2
         traceback.print_exc()
         return 1
@@ -921,5 +1174,98 @@ def main(argv=None) -> int:
         return 1
 
 
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
+
+
+def _run(args) -> int:
+    if args.compile_cache:
+        _enable_compile_cache(args.compile_cache)
+    if args.command == "run":
+        opts = options_from_toml(args.config, args.out, args.overwrite)
+        command = opts.pop("command")
+    else:
+        opts = options_from_args(args)
+        command = args.command
+    check_engine_options(command, opts)
+    inputs = [p for p in ((opts.get("data") or {}).get("path"), getattr(args, "config", None)) if p]
+    out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command,
+                       options={k: v for k, v in opts.items() if k != "progress"}, inputs=inputs)
+    _ACTIVE.append(out)
+    try:
+        stdout = sys.stdout = _PipeSafeStdout(sys.stdout)
+        try:
+            rc = _HANDLERS[command](opts, out)
+            if rc == 0:
+                out.commit()
+                _wrote(out.files)
+            stdout.flush()  # here, so that a closed pipe is not reported at exit
+        finally:
+            sys.stdout = stdout.stream
+    finally:
+        _ACTIVE.remove(out)
+        out.discard()
+    return rc
+
+
+def _exit_now(rc: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(rc)
+
+
+def _watch_interrupts(read_fd: int) -> None:
+    """Thread body: on SIGINT, delete the running command's staged files, print one line and
+    exit 130 at once, whatever the main thread is doing (an XLA compilation or run, a NetCDF
+    write, Python's garbage collector, which would swallow a ``KeyboardInterrupt``). Waits for a
+    commit in progress; after a commit the command is done and finishes normally."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        if signal.SIGINT in data:
+            break
+    with _COMMIT_LOCK:
+        active = list(_ACTIVE)
+        if any(out.committed for out in active):
+            return
+        for out in active:
+            for _ in range(3):  # the main thread may still be creating files in the staging folder
+                out.discard()
+                if not out.stage.exists():
+                    break
+        _interrupted()
+        _exit_now(130)
+
+
+def _install_interrupt_watcher() -> None:
+    """SIGINT wakes :func:`_watch_interrupts` (through :func:`signal.set_wakeup_fd`, written by
+    the C-level handler the moment the signal arrives) instead of raising KeyboardInterrupt."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)  # the watcher acts, not the main thread
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_interrupts, args=(read_fd,), name="bayesgmm-interrupt", daemon=True).start()
+
+
+def console_main() -> int:
+    """The ``bayesgmm`` executable and ``python -m bayesgmm``: :func:`main`, with Ctrl-C handled
+    by a watcher thread that exits at once (status 130, one line, no partial files) and skips
+    interpreter shutdown, which could otherwise crash (SIGSEGV) while XLA threads are still
+    compiling or running."""
+    try:
+        _install_interrupt_watcher()
+    except (OSError, ValueError):  # no pipe, or not the main thread: KeyboardInterrupt as in main()
+        pass
+    rc = main()
+    if rc == 130:
+        _exit_now(130)
+    return rc
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -90,7 +90,8 @@ def make_mixture(
     num_obs, num_components, num_features : int
     covariance_type : {"full", "diag", "spherical", "tied"}
     separation : float
-        Spread of the means relative to the within-component standard deviation.
+        Spread of the means relative to the within-component standard deviation (finite, >= 0;
+        0 puts every mean at the origin).
     weights : array (K,), optional
         Mixing weights; default a Dirichlet(10) draw (roughly balanced).
     seed : int
@@ -104,6 +105,10 @@ def make_mixture(
     d = int(num_features)
     if d < 1 or num_obs < 1:
         raise ValueError("num_obs and num_features must be positive.")
+    if isinstance(separation, bool) or not isinstance(separation, (int, float, np.integer, np.floating)) or not (
+        np.isfinite(separation) and separation >= 0
+    ):
+        raise ValueError(f"separation must be a finite number >= 0 (the spread of the component means), got {separation!r}.")
     rng = np.random.default_rng(seed)
     if weights is None:
         weights = rng.dirichlet(np.full(k, 10.0))

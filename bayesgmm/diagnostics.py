@@ -559,17 +559,59 @@ def from_inference_data(idata):
 
 
 def save_result(result, path, x=None, **kwargs):
-    """Write a result as NetCDF (via ArviZ); ``x`` adds log-likelihood and observed data.
+    """Write a result as NetCDF (via ArviZ): everything it holds, draws and predictive included.
 
-    ``kwargs`` go to :func:`to_inference_data` (e.g. ``posterior_predictive=True``). Returns the
-    path. Read it back with :func:`load_result`.
+    Parameters
+    ----------
+    result : FitResult
+    path : str or os.PathLike
+        The NetCDF file (``.nc``). It is written atomically: a temporary file beside it is
+        renamed onto ``path`` when complete, so an interrupted write leaves no truncated file.
+    x : array-like, optional
+        Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).
+    **kwargs
+        Passed to :func:`to_inference_data` (e.g. ``posterior_predictive=True``).
+
+    Returns
+    -------
+    str
+        The path. Read it back with :func:`load_result`: ``predict``, ``predict_proba`` and
+        ``score_samples`` of the loaded result equal the original's.
     """
+    from pathlib import Path
+
+    from ._files import atomic_path
+
+    if Path(path).suffix.lower() == ".json":
+        raise ValueError(f"save_result writes NetCDF, not JSON: give a path ending in .nc, not {str(path)!r} "
+                         "(the JSON summary, without posterior draws, is result.to_json(path)).")
     idata = to_inference_data(result, x, **kwargs)
-    return idata.to_netcdf(str(path))
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(str(tmp))
+    return str(path)
 
 
 def load_result(path):
-    """Read a result written by :func:`save_result` (all arrays loaded, the file closed)."""
+    """Read a result saved by :func:`save_result` (NetCDF) or :meth:`FitResult.to_json` (JSON).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.json`` file is read by :meth:`FitResult.from_json` (the point estimate only: a
+        Bayesian result comes back without draws, flagged by ``posterior_omitted``, with a
+        warning). Any other file is read as NetCDF, with every array loaded and the file closed:
+        the full result, draws, sampler statistics and VB predictive included.
+
+    Returns
+    -------
+    FitResult
+    """
+    from pathlib import Path
+
+    if Path(path).suffix.lower() == ".json":
+        from .results import FitResult
+
+        return FitResult.from_json(Path(path))
     import arviz as az
 
     with az.rc_context({"data.load": "eager"}):

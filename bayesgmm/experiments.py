@@ -115,19 +115,48 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     """Fit ``x`` with the engine named ``method`` ("em", "map-em", "vb", "svi" or "mcmc").
 
     ``"map-em"`` is EM with ``prior`` (default ``Prior.default(x, K)``); the Bayesian engines
-    receive ``prior`` too (their own default when None). ``kwargs`` go to the engine, whose own
-    defaults (the em-EM search for EM and VB) apply otherwise.
+    receive ``prior`` too (their own default when None). ``prior="default"`` is
+    ``Prior.default(x, K)``. ``"em"`` is maximum likelihood: giving it a prior is an error
+    (use "map-em"), never silently dropped. ``kwargs`` go to the engine, whose own defaults
+    (the em-EM search for EM and VB) apply otherwise; an option the engine does not take is a
+    ValueError listing the options it does take.
     """
     if method not in _ENGINES:
         raise ValueError(f"method must be one of {tuple(_ENGINES)}, got {method!r}.")
     module, name, defaults = _ENGINES[method]
     engine = getattr(importlib.import_module(f".{module}", __package__), name)
+    _check_engine_kwargs(engine, method, kwargs)
     kw = {**defaults, **kwargs}
+    if isinstance(prior, str):
+        if prior != "default":
+            raise ValueError(f"prior must be a bayesgmm.Prior, 'default' or None, got {prior!r}.")
+        prior = Prior.default(x, num_components)
+    if method == "em" and prior is not None:
+        raise ValueError("method 'em' is maximum likelihood and takes no prior; use method 'map-em' for MAP-EM "
+                         "with a prior (the default prior when none is given).")
     if method == "map-em":
         kw["prior"] = prior if prior is not None else Prior.default(x, num_components)
     elif method != "em":
         kw["prior"] = prior
     return engine(x, num_components, covariance_type=covariance_type, seed=seed, **kw)
+
+
+#: keyword arguments the callers of an engine set themselves (not engine options)
+_SET_BY_CALLER = ("x", "num_components", "covariance_type", "seed", "prior")
+
+
+def _check_engine_kwargs(engine, method: str, kwargs: Mapping) -> None:
+    """Engine options the engine takes, or a ValueError naming the others and listing the valid ones."""
+    import inspect
+
+    params = inspect.signature(engine).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        options = sorted(set(params) - set(_SET_BY_CALLER) - {"source"})
+        raise ValueError(f"engine option(s) {unknown} are not options of method {method!r} ({engine.__name__}); "
+                         f"its options are {options}.")
 
 
 def _align_to(draws: Mapping, truth: GMMParams, covariance_type: str) -> dict:
@@ -270,6 +299,19 @@ def compare(
     unknown = set(engine_kwargs) - set(METHODS)
     if unknown:
         raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
+    for method, kw in engine_kwargs.items():  # every engine's options checked before anything runs
+        if not isinstance(kw, Mapping):
+            raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
+        own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(_SET_BY_CALLER)))
+        if own:
+            raise ValueError(f"engine_kwargs[{method!r}] sets {own}, which compare sets itself (its own arguments "
+                             "x, num_components, covariance_type, prior, seed); pass them to compare.")
+        if method == "kmeans":
+            from .kmeans import kmeans as engine
+        else:
+            module, name, _ = _ENGINES[method]
+            engine = getattr(importlib.import_module(f".{module}", __package__), name)
+        _check_engine_kwargs(engine, method, kw)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (arr.shape[0],):
@@ -299,8 +341,8 @@ def compare(
                 kw = {"n_init": 10, **engine_kwargs.get("kmeans", {})}
                 result = kmeans(x, k, seed=seed, **kw)
             else:
-                result = fit(x, k, method, covariance_type=covariance_type, prior=prior, seed=seed,
-                             **engine_kwargs.get(method, {}))
+                result = fit(x, k, method, covariance_type=covariance_type, prior=None if method == "em" else prior,
+                             seed=seed, **engine_kwargs.get(method, {}))
             seconds = time.perf_counter() - start
             row = _row(method, result, seconds, x_test, labels, arr, truth, interval, seed, bootstrap_replicates)
         row["warnings"] = "; ".join(sorted({f"{w.category.__name__}: {w.message}" for w in caught}))

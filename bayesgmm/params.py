@@ -232,6 +232,17 @@ def check_prior_for_map(prior, num_features: int, num_components: int):
     return prior
 
 
+def _check_numbers(what: str, value) -> None:
+    """``value`` is a number or a (nested) sequence/array of numbers, or a ValueError naming ``what``."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise ValueError(f"{what} must be a number or an array of numbers of equal lengths, got {value!r}.") from None
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        raise ValueError(f"{what} must be a number or a non-empty array of numbers (not strings, booleans or None), "
+                         f"got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Prior:
     r"""Conjugate prior of the Bayesian Gaussian mixture, shared by every engine.
@@ -272,6 +283,8 @@ class Prior:
     scale: Any
 
     def __post_init__(self):
+        for name in ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale"):
+            _check_numbers(f"Prior {name}", getattr(self, name))
         mean = np.atleast_1d(np.asarray(self.mean, dtype=np.float64))
         if mean.ndim != 1:
             raise ValueError(f"Prior mean must be a vector of shape (D,), got shape {mean.shape}.")
@@ -334,8 +347,17 @@ class Prior:
         """
         arr, _ = check_data(x)
         k = check_num_components(num_components, arr.shape[0])
-        d = arr.shape[1]
         cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
+        return cls.from_moments(arr.mean(axis=0), cov, k, weight_concentration=weight_concentration)
+
+    @classmethod
+    def from_moments(cls, mean, cov, num_components: int, *, weight_concentration: float = 1.0) -> "Prior":
+        """:meth:`default` from the data's mean (D,) and sample covariance (D, D) (``ddof=1``), as
+        an out-of-core fit computes them in one pass over the data."""
+        mean = np.atleast_1d(np.asarray(mean, np.float64))
+        cov = np.atleast_2d(np.asarray(cov, np.float64))
+        k = int(num_components)
+        d = mean.shape[0]
         sd = np.sqrt(np.diag(cov))
         eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))  # the correlation matrix: unit-free
         if eig[0] <= 1e-12 * eig[-1]:
@@ -347,7 +369,7 @@ class Prior:
             )
         return cls(
             weight_concentration=weight_concentration,
-            mean=arr.mean(axis=0).astype(np.float64),
+            mean=mean,
             mean_precision=0.01,
             degrees_of_freedom=d + 2.0,
             scale=cov / k ** (2.0 / d),

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from . import _numerics
-from .params import GMMParams, Prior, check_data
+from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
 
 class StudentTMixture(NamedTuple):
@@ -300,48 +301,92 @@ class FitResult:
             "degenerate_components": list(self.degenerate_components),
             "prior": None if self.prior is None else self.prior.to_dict(),
             "info": {k: _jsonable(v) for k, v in self.info.items()},
+            "posterior_omitted": self.posterior_omitted or self.draws is not None or self.predictive is not None,
         }
 
     def to_json(self, path=None) -> str:
-        """JSON text of :meth:`summary`; also written to ``path`` when given."""
+        """JSON text of :meth:`summary`; also written to ``path`` when given (atomically: the
+        file is complete or absent, never truncated).
+
+        JSON holds the point estimate and the fit facts, not posterior draws nor the VB
+        predictive: for a Bayesian result (VB, SVI, MCMC) the text says so
+        (``"posterior_omitted": true``) and :meth:`from_json` returns a result that predicts with
+        the plug-in point estimate, with a warning. Keep everything with
+        :func:`bayesgmm.save_result` (NetCDF) and :func:`bayesgmm.load_result`.
+        """
         text = json.dumps(self.summary(), indent=2)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            from ._files import write_text
+
+            write_text(path, text)
         return text
+
+    @property
+    def posterior_omitted(self) -> bool:
+        """True for a Bayesian result read back from JSON: its posterior draws and predictive
+        were not saved, so ``predict``, ``predict_proba`` and ``score_samples`` use the plug-in
+        point estimate instead of the posterior predictive of the original fit."""
+        return bool(isinstance(self.info, Mapping) and self.info.get("posterior_omitted", False))
 
     @classmethod
     def from_json(cls, source) -> "FitResult":
-        """Rebuild a point-estimate result from :meth:`to_json` text or a path to it."""
-        text = source
-        if not str(source).lstrip().startswith("{"):
-            with open(source) as f:
+        """Rebuild a result from :meth:`to_json` text or a path to it, validating every field.
+
+        Parameters
+        ----------
+        source : str or os.PathLike
+            JSON text (starting with ``{``) or the path of a file written by :meth:`to_json`.
+
+        Returns
+        -------
+        FitResult
+            The point estimate and fit facts. A Bayesian result (``method`` "vb", "svi" or
+            "mcmc") comes back without its draws and predictive: it keeps its method name,
+            :attr:`posterior_omitted` is True (``info["posterior_omitted"]``) and predictions use
+            the plug-in point estimate; a ``UserWarning`` says so. Read a NetCDF file written by
+            :func:`bayesgmm.save_result` with :func:`bayesgmm.load_result` for the full result.
+
+        Raises
+        ------
+        ValueError
+            The text is not JSON, or a field is missing or invalid (wrong type, unknown
+            ``method``, ``covariance_type`` or ``objective``, shapes that do not agree, weights
+            that are negative or do not sum to 1, covariances that are not positive definite,
+            ...); the message names the field.
+        OSError
+            The file cannot be read.
+        """
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            text, where = source, "FitResult JSON text"
+        else:
+            where = f"FitResult JSON file {str(source)!r}"
+            with open(source, encoding="utf-8") as f:
                 text = f.read()
-        d = json.loads(text)
-        prior = None if d["prior"] is None else Prior(**d["prior"])
-        return cls(
-            method=d["method"],
-            covariance_type=d["covariance_type"],
-            weights=np.asarray(d["weights"], float),
-            means=np.asarray(d["means"], float),
-            covariances=np.asarray(d["covariances"], float),
-            log_likelihood=float(d["log_likelihood"]),
-            converged=bool(d["converged"]),
-            n_iter=int(d["n_iter"]),
-            trace=np.asarray(d["trace"], float),
-            objective=d["objective"],
-            feature_names=tuple(d["feature_names"]),
-            num_obs=int(d["num_obs"]),
-            degenerate_components=tuple(d["degenerate_components"]),
-            prior=prior,
-            info=d.get("info", {}),
-        )
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not valid JSON ({err}); is the file truncated? Write it again with "
+                             "FitResult.to_json.") from None
+        fields = _validated_summary(d, where)
+        if fields["method"] in _BAYESIAN_METHODS or d.get("posterior_omitted") is True:
+            fields["info"] = {**fields["info"], "posterior_omitted": True}
+            warnings.warn(
+                f"{where} holds only the point estimate of a {fields['method']!r} fit: JSON does not keep the "
+                "posterior draws or predictive, so predict, predict_proba and score_samples of the loaded result use "
+                "the plug-in point estimate, not the posterior predictive of the original fit "
+                "(result.posterior_omitted is True). Save with bayesgmm.save_result(result, 'fit.nc') and read "
+                "with bayesgmm.load_result('fit.nc') to keep everything.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return cls(**fields)
 
     def __repr__(self) -> str:
         return (
             f"FitResult(method={self.method!r}, covariance_type={self.covariance_type!r}, "
             f"K={self.num_components}, D={self.num_features}, log_likelihood={self.log_likelihood:.6g}, "
-            f"converged={self.converged}, n_iter={self.n_iter})"
+            f"converged={self.converged}, n_iter={self.n_iter}"
+            + (", posterior omitted: point estimate only" if self.posterior_omitted else "") + ")"
         )
 
 
@@ -355,3 +400,156 @@ def _jsonable(v):
     if isinstance(v, dict):
         return {k: _jsonable(a) for k, a in v.items()}
     return v
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation of a JSON summary (FitResult.from_json)
+# ----------------------------------------------------------------------------------------------
+#: every ``method`` an engine reports
+_METHODS = ("em", "map-em", "hard-em", "online-em", "online-map-em", "vb", "svi", "mcmc")
+_BAYESIAN_METHODS = ("vb", "svi", "mcmc")
+_OBJECTIVES = ("log_likelihood", "log_posterior", "classification_log_likelihood", "elbo")
+_REQUIRED = ("method", "covariance_type", "weights", "means", "covariances", "log_likelihood", "converged", "n_iter",
+             "trace", "objective", "feature_names", "num_obs")
+#: tolerance on the sum of the weights (float32 fits round to ~1e-7)
+_WEIGHT_SUM_TOL = 1e-5
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number_array(where, name, value, ndim) -> np.ndarray:
+    """A JSON array of numbers with ``ndim`` dimensions (None: any) as float64, or a ValueError naming the field."""
+    def bad(what):
+        return ValueError(f"{where}: field {name!r} must be {what}; got {_short(value)}.")
+
+    expected = {None: "a list of numbers or of lists of numbers", 1: "a list of numbers", 2: "a list of lists of numbers",
+                3: "a list of lists of lists of numbers"}[ndim]
+    if not isinstance(value, list):
+        raise bad(expected)
+    try:
+        raw = np.asarray(value)
+    except ValueError:  # ragged
+        raise bad(expected + " of equal lengths") from None
+    if raw.size and raw.dtype.kind not in "iuf":
+        raise bad(expected + " (not strings, booleans or null)")
+    if ndim is None:
+        return raw.astype(np.float64)
+    if raw.ndim != ndim and not (raw.size == 0 and ndim == 1):
+        raise bad(f"{expected} ({ndim}-dimensional), not {raw.ndim}-dimensional with shape {raw.shape}")
+    return raw.astype(np.float64).reshape(raw.shape if raw.size else (0,) * ndim)
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value) if not isinstance(value, np.ndarray) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _validated_summary(d, where: str) -> dict:
+    """The :class:`FitResult` fields of a :meth:`FitResult.summary` dict, every one checked.
+
+    Raises a ValueError naming the first bad field.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must hold a JSON object (as FitResult.to_json writes), got {type(d).__name__}.")
+    missing = [key for key in _REQUIRED if key not in d]
+    if missing:
+        raise ValueError(f"{where} lacks the field(s) {missing}; a FitResult JSON has {list(_REQUIRED)} "
+                         "(and optionally degenerate_components, prior, info).")
+
+    def bad(name, what):
+        return ValueError(f"{where}: field {name!r} must be {what}; got {_short(d[name])}.")
+
+    method, ct, objective = d["method"], d["covariance_type"], d["objective"]
+    if method not in _METHODS:
+        raise bad("method", "one of " + ", ".join(map(repr, _METHODS)))
+    if ct not in COVARIANCE_TYPES:
+        raise bad("covariance_type", "one of " + ", ".join(map(repr, COVARIANCE_TYPES)))
+    if objective not in _OBJECTIVES:
+        raise bad("objective", "one of " + ", ".join(map(repr, _OBJECTIVES)))
+    if not isinstance(d["converged"], bool):
+        raise bad("converged", "true or false (a JSON boolean)")
+    if not (_is_int(d["n_iter"]) and d["n_iter"] >= 0):
+        raise bad("n_iter", "a non-negative integer")
+    if not (_is_int(d["num_obs"]) and d["num_obs"] >= 1):
+        raise bad("num_obs", "a positive integer")
+    if not (_is_number(d["log_likelihood"]) and np.isfinite(d["log_likelihood"])):
+        raise bad("log_likelihood", "a finite number")
+
+    weights = _number_array(where, "weights", d["weights"], 1)
+    means = _number_array(where, "means", d["means"], 2)
+    k = weights.shape[0]
+    if k < 1:
+        raise bad("weights", "a non-empty list (one weight per component)")
+    if means.shape[0] != k or means.shape[1] < 1:
+        raise ValueError(f"{where}: field 'means' must have shape (K, D) = ({k}, D) with D >= 1, one row per weight; "
+                         f"got shape {means.shape}.")
+    dim = means.shape[1]
+    cov_shape = {"full": (k, dim, dim), "diag": (k, dim), "spherical": (k,), "tied": (dim, dim)}[ct]
+    covariances = _number_array(where, "covariances", d["covariances"], None)
+    if covariances.shape != cov_shape:
+        raise ValueError(f"{where}: field 'covariances' must have shape {cov_shape} for covariance_type={ct!r} with "
+                         f"K={k}, D={dim}; got shape {covariances.shape}.")
+    if "num_components" in d and d["num_components"] != k:
+        raise ValueError(f"{where}: field 'num_components' is {_short(d['num_components'])} but there are {k} weights.")
+
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise bad("weights", "finite and non-negative")
+    if abs(weights.sum() - 1.0) > _WEIGHT_SUM_TOL:
+        raise ValueError(f"{where}: field 'weights' must sum to 1 (mixture proportions); they sum to {weights.sum():.10g}.")
+    if not np.all(np.isfinite(means)):
+        raise bad("means", "finite numbers")
+    if not np.all(np.isfinite(covariances)):
+        raise bad("covariances", "finite numbers")
+    if ct in ("diag", "spherical"):
+        if np.any(covariances <= 0):
+            raise ValueError(f"{where}: field 'covariances' must be positive variances for covariance_type={ct!r}; "
+                             f"got a minimum of {covariances.min():.6g}.")
+    else:
+        mats = covariances.reshape(-1, dim, dim)
+        for j, m in enumerate(mats):
+            label = "the tied covariance" if ct == "tied" else f"the covariance of component {j}"
+            if not np.allclose(m, m.T, rtol=1e-6, atol=1e-12 * np.max(np.abs(m))):
+                raise ValueError(f"{where}: field 'covariances': {label} is not symmetric.")
+            try:
+                np.linalg.cholesky(m)
+            except np.linalg.LinAlgError:
+                raise ValueError(f"{where}: field 'covariances': {label} is not positive definite "
+                                 f"(smallest eigenvalue {np.linalg.eigvalsh(m)[0]:.6g}).") from None
+
+    trace = _number_array(where, "trace", d["trace"], 1)
+    names = d["feature_names"]
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise bad("feature_names", "a list of strings")
+    if len(names) != dim or len(set(names)) != dim:
+        raise ValueError(f"{where}: field 'feature_names' must name the D={dim} features once each; got {_short(names)}.")
+    degenerate = d.get("degenerate_components", [])
+    if not (isinstance(degenerate, list) and all(_is_int(i) and 0 <= i < k for i in degenerate)):
+        raise ValueError(f"{where}: field 'degenerate_components' must be a list of component indices in [0, {k}); "
+                         f"got {_short(degenerate)}.")
+    prior = d.get("prior")
+    if prior is not None:
+        keys = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
+        if not isinstance(prior, dict) or set(prior) != set(keys):
+            raise ValueError(f"{where}: field 'prior' must be null or an object with the keys {list(keys)}; "
+                             f"got {_short(prior)}.")
+        try:
+            prior = Prior(**prior)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: field 'prior' is not a valid prior: {err}") from None
+        if prior.num_features != dim:
+            raise ValueError(f"{where}: field 'prior' is for {prior.num_features} feature(s), the fit for {dim}.")
+    info = d.get("info", {})
+    if not isinstance(info, dict):
+        raise ValueError(f"{where}: field 'info' must be a JSON object; got {_short(info)}.")
+    return dict(
+        method=method, covariance_type=ct, weights=weights, means=means, covariances=covariances,
+        log_likelihood=float(d["log_likelihood"]), converged=d["converged"], n_iter=d["n_iter"], trace=trace,
+        objective=objective, feature_names=tuple(names), num_obs=d["num_obs"], degenerate_components=tuple(degenerate),
+        prior=prior, info=info,
+    )

@@ -129,7 +129,8 @@ def select(
     x : array-like (N, D) or (N,)
     k_range : iterable of int
         Numbers of components to try.
-    covariance_types : iterable of {"full", "diag", "spherical", "tied"}
+    covariance_types : str or iterable of {"full", "diag", "spherical", "tied"}
+        Structures to try; a single name is one structure.
     prior : None, "default" or Prior
         None: maximum likelihood. ``"default"``: MAP-EM with mclust's default prior for each K
         (``Prior.default(x, K)``), which keeps covariances from collapsing at large K (mclust's
@@ -152,6 +153,8 @@ def select(
     arr, names = check_data(x)
     n = arr.shape[0]
     ks = _check_k_range(k_range, n)
+    if isinstance(covariance_types, str):  # one name, not its letters
+        covariance_types = [covariance_types]
     types = [check_covariance_type(c) for c in covariance_types]
     if not types:
         raise ValueError("covariance_types is empty; pass at least one of " + str(COVARIANCE_TYPES) + ".")

@@ -342,13 +342,16 @@ class _Moments(NamedTuple):
     mean: np.ndarray
     sd: np.ndarray
     subsample: np.ndarray | None  # (m, D) float64, the rows of ``rows`` in row order
+    cov: np.ndarray | None = None  # (D, D) sample covariance (ddof=1), when asked for
 
 
-def _scan(src: _Source, batch_size: int, rows: np.ndarray | None, progress) -> _Moments:
+def _scan(src: _Source, batch_size: int, rows: np.ndarray | None, progress, covariance: bool = False) -> _Moments:
     """One pass: float64 mean and variance (pairwise combination of chunk moments), NaN/inf
-    check, and the subsample ``rows`` (sorted row indices)."""
+    check, the subsample ``rows`` (sorted row indices) and, with ``covariance``, the full
+    sample covariance (for the default prior)."""
     d = src.num_features
     n, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    cross = np.zeros((d, d)) if covariance else None
     sub = None if rows is None else np.empty((len(rows), d))
     for i, start, chunk in progress.chunks(src.chunks(batch_size, range(src.num_chunks(batch_size))), "moments"):
         c = np.asarray(chunk, dtype=np.float64)
@@ -364,6 +367,9 @@ def _scan(src: _Source, batch_size: int, rows: np.ndarray | None, progress) -> _
         c_m2 = np.sum((c - c_mean) ** 2, axis=0)
         delta = c_mean - mean
         total = n + m
+        if cross is not None:
+            centred = c - c_mean
+            cross = cross + centred.T @ centred + np.outer(delta, delta) * (n * m / total)
         mean = mean + delta * (m / total)
         m2 = m2 + c_m2 + delta**2 * (n * m / total)
         n = total
@@ -372,7 +378,8 @@ def _scan(src: _Source, batch_size: int, rows: np.ndarray | None, progress) -> _
             sub[lo:hi] = c[rows[lo:hi] - start]
     if n != src.num_rows:
         raise ValueError(f"{src.name} announced {src.num_rows} rows but {n} were read.")
-    return _Moments(n, mean, np.sqrt(m2 / n), sub)
+    cov = None if cross is None else cross / max(n - 1, 1)
+    return _Moments(n, mean, np.sqrt(m2 / n), sub, cov)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -818,7 +825,7 @@ def fit_em_stream(
     method: str = "batch",
     batch_size: int = 65536,
     covariance_type: str = "full",
-    prior: Prior | None = None,
+    prior: Prior | str | None = None,
     n_init="auto",
     init_params="k-means++",
     num_init_rows: int = 100_000,
@@ -854,9 +861,10 @@ def fit_em_stream(
         Rows per chunk (static: the chunk program is compiled once per ``batch_size``, D, K and
         structure). Memory grows with it, not with N.
     covariance_type : {"full", "diag", "spherical", "tied"}
-    prior : Prior, optional
-        Conjugate prior: MAP-EM on the full data (as :func:`bayesgmm.fit_em`). Omitted:
-        maximum likelihood.
+    prior : Prior or "default", optional
+        Conjugate prior: MAP-EM on the full data (as :func:`bayesgmm.fit_em`). ``"default"``:
+        ``Prior.default`` of the full data (its mean and covariance, accumulated in float64 in
+        the first pass). Omitted: maximum likelihood.
     n_init : "auto" or int
         Starts of the initialisation on the subsample, searched as :func:`bayesgmm.fit_em`
         searches them (``"auto"``: em-EM with as many starts as the subsample makes cheap).
@@ -932,7 +940,11 @@ def fit_em_stream(
     k = check_num_components(num_components, n)
     if n < 2:
         raise ValueError(f"{src.name} has a single observation; at least two are needed to fit a mixture.")
-    check_prior_for_map(prior, d, k)
+    default_prior = isinstance(prior, str) and prior == "default"
+    if isinstance(prior, str) and not default_prior:
+        raise ValueError(f"prior must be a bayesgmm.Prior, 'default' or None, got {prior!r}.")
+    if not default_prior:
+        check_prior_for_map(prior, d, k)
     batch_size, max_iter = int(batch_size), int(max_iter)
     dtype = _compute_dtype(src.dtype)
     key_init, key_rows, key_order = jax.random.split(seed_to_key(seed), 3)
@@ -944,7 +956,7 @@ def fit_em_stream(
         m = min(int(num_init_rows), n)
         sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
     start = time.perf_counter()
-    moments = _scan(src, batch_size, sample_rows, progress)
+    moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior)
     moments_seconds = time.perf_counter() - start
     progress.pass_done(step="moments")
     const = np.flatnonzero(moments.sd == 0)
@@ -962,6 +974,9 @@ def fit_em_stream(
         shift, sd = moments.mean, moments.sd
     if covariance_type == "spherical":
         sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
+    if default_prior:  # Prior.default of the full data, from the first pass
+        prior = Prior.from_moments(moments.mean, moments.cov, k)
+        check_prior_for_map(prior, d, k)
     config = StreamConfig(k, d, covariance_type, prior is not None)
     prior_arrays = None
     if prior is not None:

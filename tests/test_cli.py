@@ -1,5 +1,6 @@
 """The command line: every command end to end on small data, the TOML runner, exit codes."""
 
+import argparse
 import json
 
 import numpy as np
@@ -31,9 +32,17 @@ def test_demo_runs_every_engine_and_writes_the_table_and_figures(tmp_path, capsy
     assert list(table["method"]) == ["kmeans", "em", "vb", "svi", "mcmc"]
     for method in ("em", "vb", "svi", "mcmc"):
         assert method in out
-        restored = bg.FitResult.from_json(tmp_path / f"{method}.json")
+        if method == "em":
+            restored = bg.FitResult.from_json(tmp_path / f"{method}.json")
+        else:  # JSON keeps the point estimate of a Bayesian fit, and says so
+            with pytest.warns(UserWarning, match="holds only the point estimate"):
+                restored = bg.FitResult.from_json(tmp_path / f"{method}.json")
         assert restored.num_components == 2 and restored.feature_names == ("eruptions", "waiting")
-        assert (tmp_path / f"{method}.nc").stat().st_size > 1000
+        assert restored.posterior_omitted == (method != "em")
+        whole = bg.load_result(tmp_path / f"{method}.nc")  # NetCDF keeps the draws
+        assert not whole.posterior_omitted and (whole.draws is not None) == (method != "em")
+    wrote = [line for line in out.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 1 and set(wrote[0].removeprefix("wrote ").split(", ")) == {str(p) for p in tmp_path.iterdir()}
     # the held-out quarter: EM's plug-in LPD is close to the Bayesian predictive ones
     lpd = table.set_index("method")["test_lpd"]
     assert np.ptp(lpd[["em", "vb", "mcmc"]]) < 0.05
@@ -65,7 +74,7 @@ def test_fit_streams_a_npy_file_out_of_core(tmp_path, capsys):
     ref = bg.fit_em(data.x, 3, n_init=3, seed=0, tol=1e-6, max_iter=300)
     assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-4)
     assert fit.info["num_chunks"] == 6
-    rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o")])
+    rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "needs the data in memory" in capsys.readouterr().err
 
 
@@ -148,7 +157,8 @@ n_init = 2
         (["fit", "{csv}", "-k", "2", "--columns", "nope"], "not in"),
         (["fit", "{csv}", "-k", "0", "--columns", "eruptions", "waiting"], "at least 1"),
         (["fit", "{csv}", "-k", "2", "--columns", "name"], "numeric"),
-        (["fit", "{csv}", "-k", "2", "--columns", "eruptions", "--engine-option", "n_iters=3"], "engine option not accepted"),
+        (["fit", "{csv}", "-k", "2", "--columns", "eruptions", "--engine-option", "n_iters=3"],
+         "engine option(s) ['n_iters'] are not options of method 'em'"),
         (["fit", "{csv}", "--dataset", "faithful", "-k", "2"], "exactly one data source"),
         (["compare", "{csv}", "-k", "2", "--label-column", "zzz"], "column(s) ['zzz'] not in"),
         (["compare", "{csv}", "-k", "2", "--test-fraction", "1.5", "--columns", "eruptions"], "test_fraction must be in"),
@@ -270,7 +280,7 @@ def test_compile_cache_goes_before_or_after_the_command(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(_compile, "enable_compilation_cache", lambda path, **kw: seen.append(str(path)))
     monkeypatch.delenv("BAYESGMM_COMPILE_CACHE", raising=False)
-    args = ["simulate", "-n", "20", "--out", str(tmp_path)]
+    args = ["simulate", "-n", "20", "--out", str(tmp_path), "--overwrite"]
     assert cli.main(["--compile-cache", "before", *args]) == 0
     assert cli.main([*args, "--compile-cache", "after"]) == 0
     assert cli.main(args) == 0
@@ -332,3 +342,247 @@ def test_a_closed_pipe_is_quiet_and_the_files_are_written(tmp_path):
     assert proc.wait() == 0
     assert "Error" not in err and "Traceback" not in err
     assert (tmp_path / "data.csv").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and the command line never lose, fake or mix results (issue 11)
+# ----------------------------------------------------------------------------------------------
+def _listing(folder):
+    """{name: bytes} of every entry of ``folder`` (hidden ones included)."""
+    return {p.name: (p.read_bytes() if p.is_file() else None) for p in folder.iterdir()}
+
+
+def test_out_refuses_a_non_empty_folder_and_overwrite_never_mixes_runs(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli.main(["simulate", "-n", "40", "-k", "2", "--out", str(out)]) == 0
+    first = _listing(out)
+    assert set(first) == {"data.csv", "truth.json", cli.MANIFEST}
+    assert json.loads(first[cli.MANIFEST])["files"] == ["data.csv", "truth.json"]
+    capsys.readouterr()
+    err = _usage_error(["simulate", "-n", "50", "--out", str(out)], capsys)
+    assert f"output folder {str(out)!r} is not empty" in err and "--overwrite" in err
+    assert _listing(out) == first  # refused: nothing touched
+    (out / "notes.txt").write_text("mine")  # not written by bayesgmm: kept
+    rc = cli.main(["fit", str(out / "data.csv"), "-k", "1", "--columns", "x0", "x1", "--no-plot", "--overwrite",
+                   "--engine-option", "n_init=1", "--out", str(out)])
+    assert rc == 0
+    # the earlier run's files are gone, except data.csv, which this run read; the user's file stays
+    assert set(_listing(out)) == {"em_k1.json", "em_k1.nc", cli.MANIFEST, "notes.txt", "data.csv"}
+    assert (out / "data.csv").read_bytes() == first["data.csv"]
+    manifest = json.loads((out / cli.MANIFEST).read_text())
+    assert manifest["command"] == "fit" and manifest["files"] == ["em_k1.json", "em_k1.nc"]
+
+
+def test_a_command_that_fails_or_is_interrupted_leaves_the_earlier_run_untouched(tmp_path, capsys, monkeypatch):
+    from bayesgmm import diagnostics
+
+    out = tmp_path / "o"
+    fit = ["fit", "--dataset", "faithful", "-k", "1", "--no-plot", "--engine-option", "n_init=1", "--out", str(out)]
+    assert cli.main(fit) == 0
+    before = _listing(out)
+    capsys.readouterr()
+
+    def interrupted(result, path, x=None, **kwargs):  # the JSON is written by now, the NetCDF is half written
+        with open(path, "wb") as f:
+            f.write(b"CDF\x01 truncated")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diagnostics, "save_result", interrupted)
+    assert cli.main(fit + ["--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert err == "bayesgmm: interrupted (Ctrl-C); no files were written.\n"
+    assert _listing(out) == before  # no staging folder, no partial file, the earlier run intact
+
+    def broken(result, path, x=None, **kwargs):
+        raise ValueError("cannot encode")
+
+    monkeypatch.setattr(diagnostics, "save_result", broken)
+    assert cli.main(fit + ["--overwrite"]) == 2
+    assert _listing(out) == before
+    assert cli.main(fit[:-1] + [str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # a folder the command created is removed again
+
+
+def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp_path):
+    """SIGINT while NUTS is being compiled or run (a long XLA call): exit 130 at once, one line on
+    stderr, no traceback or crash, and the folder as it was (here: an earlier run's files, replaced
+    only on success)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    assert cli.main(["simulate", "-n", "60", "-k", "2", "--out", str(out)]) == 0
+    before = _listing(out)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bayesgmm", "fit", str(out / "data.csv"), "-k", "2", "--columns", "x0", "x1",
+         "--method", "mcmc", "--engine-option", "num_warmup=20000", "--engine-option", "num_samples=20000",
+         "--no-progress", "--overwrite", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    line = proc.stdout.readline()  # printed once the data are read, before the engine starts
+    assert line.startswith("features (2): x0, x1"), line + proc.stderr.read()
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    start = time.perf_counter()
+    stdout, stderr = proc.communicate(timeout=300)
+    assert time.perf_counter() - start < 20  # the 40000 NUTS steps would take minutes
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines() == ["bayesgmm: interrupted (Ctrl-C); no files were written."]
+    assert "wrote" not in stdout
+    assert _listing(out) == before
+
+
+def test_a_csv_without_a_header_row_is_refused(tmp_path, capsys):
+    path = tmp_path / "numbers.csv"
+    path.write_text("1.5,2\n3,4.25\n5,6\n")
+    err = _usage_error(["fit", str(path), "-k", "1", "--out", str(tmp_path / "o")], capsys)
+    assert f"input file {str(path)!r} has no header row: its first line (1.5,2) is numbers" in err
+    assert "Add a first line naming the columns (e.g. x0,x1)" in err
+    tsv = tmp_path / "numbers.tsv"
+    tsv.write_text("1\t-2e3\n3\t4\n")
+    assert "has no header row" in _usage_error(["fit", str(tsv), "-k", "1", "--out", str(tmp_path / "o")], capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_prior_is_never_dropped_and_map_em_streams(tmp_path, capsys):
+    err = _usage_error(["fit", "--dataset", "faithful", "-k", "2", "--engine-option", "prior=default",
+                        "--out", str(tmp_path / "a")], capsys)
+    assert "--method em is maximum likelihood and takes no prior" in err and "--method map-em" in err
+    with pytest.raises(ValueError, match="method 'em' is maximum likelihood and takes no prior"):
+        bg.experiments.fit(np.arange(20.0), 1, "em", prior="default")
+    data = bg.datasets.make_mixture(600, 2, 2, separation=5.0, seed=4)
+    np.save(tmp_path / "x.npy", data.x)
+    stream = ["fit", str(tmp_path / "x.npy"), "-k", "2", "--stream", "--batch-size", "256", "--no-progress",
+              "--engine-option", "n_init=2"]
+    err = _usage_error(stream + ["--engine-option", "prior=default", "--out", str(tmp_path / "b")], capsys)
+    assert "--method em is maximum likelihood and takes no prior" in err
+    assert cli.main(stream + ["--method", "map-em", "--out", str(tmp_path / "c")]) == 0
+    fit = bg.FitResult.from_json(tmp_path / "c" / "map-em_k2_stream.json")
+    assert fit.method == "map-em" and fit.objective == "log_posterior"
+    expected = bg.Prior.default(data.x, 2)  # the default prior of the whole stream, from its first pass
+    np.testing.assert_allclose(fit.prior.mean, expected.mean, rtol=1e-10)
+    np.testing.assert_allclose(fit.prior.scale, expected.scale, rtol=1e-10)
+    ref = bg.fit_em(data.x, 2, prior=expected, n_init=2, seed=0)
+    assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-4)
+
+
+def test_parquet_is_read_by_the_plain_install(csv, tmp_path, capsys):
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(dep.replace(" ", "").startswith("pyarrow") for dep in project["dependencies"])
+    df = pd.read_csv(csv)[["eruptions", "waiting", "group"]]
+    df.to_parquet(tmp_path / "faithful.parquet")
+    argv = ["-k", "2", "--columns", "eruptions", "waiting", "--no-plot", "--engine-option", "n_init=2"]
+    assert cli.main(["fit", str(tmp_path / "faithful.parquet"), *argv, "--out", str(tmp_path / "p")]) == 0
+    assert cli.main(["fit", str(csv), *argv, "--out", str(tmp_path / "c")]) == 0
+    from_parquet = bg.FitResult.from_json(tmp_path / "p" / "em_k2.json")
+    assert from_parquet.num_obs == 272
+    assert from_parquet.log_likelihood == bg.FitResult.from_json(tmp_path / "c" / "em_k2.json").log_likelihood
+
+
+def test_every_option_has_help_with_its_default(capsys):
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = []
+    for name, sub in [("bayesgmm", parser), *commands.items()]:
+        for action in sub._actions:
+            if action.dest == "help" or isinstance(action, argparse._SubParsersAction):
+                continue
+            text = " ".join((action.help or "").split())
+            if not ("default:" in text or "(required)" in text):
+                missing.append(f"{name} {action.option_strings or action.dest}: {text!r}")
+    assert missing == []
+    with pytest.raises(SystemExit):  # the defaults are filled in where the help shows them
+        cli.main(["select", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0)" in shown and "(default: auto)" in shown and "%(default)" not in shown
+
+
+def test_warnings_are_one_line_without_source(capsys, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as outside the test suite (which turns warnings into errors)
+        rc = cli.main(["fit", "--dataset", "faithful", "-k", "3", "--engine-option", "n_init=1",
+                       "--engine-option", "max_iter=2", "--no-plot", "--out", str(tmp_path)])
+    assert rc == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err and all(line.startswith("bayesgmm: warning: ") for line in err), err
+    assert any("ConvergenceWarning: " in line for line in err)
+    assert not any("warnings.warn" in line or ".py:" in line for line in err)
+
+
+def test_commands_say_which_columns_are_features(csv, tmp_path, capsys):
+    assert cli.main(["fit", str(csv), "-k", "1", "--columns", "waiting", "--no-plot", "--engine-option", "n_init=1",
+                     "--out", str(tmp_path / "f")]) == 0
+    assert "features (1): waiting; 272 rows" in capsys.readouterr().out
+    assert cli.main(["compare", str(csv), "-k", "2", "--columns", "eruptions", "waiting", "--label-column", "group",
+                     "--methods", "em", "--no-plot", "--no-progress", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "features (2): eruptions, waiting; label column 'group' (not a feature); 272 rows" in out
+
+
+def test_select_takes_a_label_column(csv, tmp_path, capsys):
+    rc = cli.main(["select", str(csv), "--columns", "eruptions", "waiting", "--label-column", "group", "-k", "1", "2",
+                   "--covariance-types", "full", "--n-init", "2", "--no-plot", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "label column 'group' (not a feature)" in out
+    assert "adjusted Rand index against 'group': " in out
+    ari = float(out.split("adjusted Rand index against 'group': ")[1].split()[0])
+    assert 0.5 < ari <= 1  # K=2 on Old Faithful matches waiting > 70 closely
+    assert bg.FitResult.from_json(tmp_path / "best_bic.json").feature_names == ("eruptions", "waiting")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["simulate", "--separation", "-1"], "separation must be a finite number >= 0 (the spread of the component means), got -1.0"),
+        (["simulate", "--separation", "nan"], "separation must be a finite number >= 0"),
+        (["compare", "--dataset", "faithful", "-k", "2", "--methods", "em", "--engine-option", "em.bogus=1"],
+         "engine option(s) ['bogus'] are not options of method 'em' (fit_em); its options are ["),
+        (["fit", "--dataset", "faithful", "-k", "2", "--method", "vb", "--engine-option", "prior={mean=[0, 0]}"],
+         "a prior table has exactly the fields ['weight_concentration', 'mean', 'mean_precision', "
+         "'degrees_of_freedom', 'scale'] (missing ['weight_concentration', 'mean_precision', "),
+        (["run", "{sbc_toml}"], "Prior weight_concentration must be a number or a non-empty array of numbers"),
+    ],
+)
+def test_internal_errors_become_clear_messages(argv, message, tmp_path, capsys):
+    config = tmp_path / "sbc.toml"
+    config.write_text('command = "sbc"\nreplications = 2\n[prior]\nweight_concentration = "a"\n')
+    argv = [str(config) if a == "{sbc_toml}" else a for a in argv]
+    err = _usage_error(argv + ["--out", str(tmp_path / "o")], capsys)
+    assert message in err
+    for leaked in ("scale < 0", "MultivariateNormal", "could not convert", "unexpected keyword", "__init__()"):
+        assert leaked not in err
+
+
+def test_the_python_api_names_bad_options_too():
+    x = bg.datasets.load_faithful()
+    with pytest.raises(ValueError, match=r"engine option\(s\) \['bogus'\] are not options of method 'em'"):
+        bg.compare(x, 2, methods=["em"], engine_kwargs={"em": {"bogus": 1}})
+    with pytest.raises(ValueError, match=r"engine_kwargs\['vb'\] sets \['seed'\], which compare sets itself"):
+        bg.compare(x, 2, methods=["vb"], engine_kwargs={"vb": {"seed": 1}})
+    with pytest.raises(ValueError, match="separation must be a finite number >= 0"):
+        bg.datasets.make_mixture(20, 2, separation=float("inf"))
+    one = bg.select(x, [1], covariance_types="tied", n_init=1)  # one name, not the letters 't', 'i', ...
+    assert list(one.table["covariance_type"]) == ["tied"]
+
+
+def test_every_file_written_is_listed(csv, tmp_path, capsys):
+    """The demo runs this command's code (run_compare): its 'wrote' line names every file."""
+    rc = cli.main(["compare", str(csv), "-k", "2", "--columns", "eruptions", "waiting", "--methods", "kmeans", "em",
+                   "--no-progress", "--engine-option", "em.n_init=1", "--out", str(tmp_path)])
+    assert rc == 0
+    wrote = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 1
+    listed = {p for p in wrote[0].removeprefix("wrote ").split(", ")}
+    assert listed == {str(p) for p in tmp_path.iterdir()}
+    assert {"comparison.csv", "comparison.json", "em.json", "em.nc", "engines.png", "em_clusters.png",
+            cli.MANIFEST} == {p.name for p in tmp_path.iterdir()}

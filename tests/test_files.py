@@ -1,0 +1,169 @@
+"""Result files: FitResult JSON validated on load, Bayesian results kept whole in NetCDF (and
+flagged when read from JSON), and files written whole or not at all."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import bayesgmm as bg
+from bayesgmm import _files
+
+
+@pytest.fixture(scope="module")
+def x():
+    rng = np.random.default_rng(0)
+    return np.r_[rng.normal(-2, 1, (40, 2)), rng.normal(3, 0.5, (40, 2))]
+
+
+@pytest.fixture(scope="module")
+def summary(x):
+    """A valid FitResult JSON dict (full covariances, MAP-EM so that it has a prior)."""
+    fit = bg.fit_em(x, 2, prior=bg.Prior.default(x, 2), n_init=2, seed=0)
+    return json.loads(fit.to_json())
+
+
+@pytest.fixture(scope="module")
+def vb_fit(x):
+    return bg.fit_vb(x, 2, seed=0)
+
+
+def _load(d):
+    return bg.FitResult.from_json(json.dumps(d))
+
+
+def test_a_valid_summary_loads_back_exactly(summary, x):
+    back = _load(summary)
+    assert back.weights.tolist() == summary["weights"] and back.covariances.tolist() == summary["covariances"]
+    assert back.prior is not None and back.converged is summary["converged"] and not back.posterior_omitted
+    assert np.isfinite(back.score_samples(x)).all()
+
+
+#: a field to remove from the summary (any other value replaces the field's)
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"weights": [1.0, 1.0]}, "field 'weights' must sum to 1"),
+        ({"weights": [1.5, -0.5]}, "field 'weights' must be finite and non-negative"),
+        ({"weights": [0.5, "0.5"]}, "field 'weights' must be a list of numbers (not strings"),
+        ({"weights": [0.2, 0.3, 0.5]}, "field 'means' must have shape (K, D) = (3, D)"),
+        ({"covariances": [[[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]]},
+         "the covariance of component 0 is not positive definite"),
+        ({"covariances": [[[1.0, 0.5], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]]},
+         "the covariance of component 0 is not symmetric"),
+        ({"covariances": [[1.0, 1.0], [1.0, 1.0]]}, "field 'covariances' must have shape (2, 2, 2)"),
+        ({"covariance_type": "diag"}, "field 'covariances' must have shape (2, 2) for covariance_type='diag'"),
+        ({"covariance_type": "fulll"}, "field 'covariance_type' must be one of 'full', 'diag', 'spherical', 'tied'"),
+        ({"converged": "false"}, "field 'converged' must be true or false (a JSON boolean); got \"false\""),
+        ({"n_iter": -1}, "field 'n_iter' must be a non-negative integer"),
+        ({"num_obs": 2.5}, "field 'num_obs' must be a positive integer"),
+        ({"log_likelihood": None}, "field 'log_likelihood' must be a finite number"),
+        ({"method": "gibbs"}, "field 'method' must be one of"),
+        ({"objective": "loss"}, "field 'objective' must be one of"),
+        ({"means": [[0.0, 1.0], [2.0]]}, "field 'means' must be a list of lists of numbers of equal lengths"),
+        ({"feature_names": ["a"]}, "field 'feature_names' must name the D=2 features once each"),
+        ({"degenerate_components": [5]}, "field 'degenerate_components' must be a list of component indices in [0, 2)"),
+        ({"prior": {"mean": [0, 0]}}, "field 'prior' must be null or an object with the keys"),
+        ({"info": [1]}, "field 'info' must be a JSON object"),
+        ({"weights": DELETE}, "lacks the field(s) ['weights']"),
+        ({"trace": DELETE, "converged": DELETE}, "lacks the field(s) ['converged', 'trace']"),
+    ],
+)
+def test_every_field_is_validated_on_load(summary, change, message):
+    d = json.loads(json.dumps(summary))
+    for key, value in change.items():
+        if value is DELETE:
+            del d[key]
+        else:
+            d[key] = value
+    with pytest.raises(ValueError) as err:
+        _load(d)
+    assert message in str(err.value)
+    assert str(err.value).startswith("FitResult JSON text")
+
+
+def test_a_truncated_or_foreign_json_file_is_named(summary, tmp_path):
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(summary)[:-40])
+    with pytest.raises(ValueError, match=r"FitResult JSON file '.*fit.json' is not valid JSON .* truncated"):
+        bg.FitResult.from_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        bg.load_result(path)
+
+
+@pytest.mark.parametrize("structure", ["diag", "spherical", "tied"])
+def test_other_structures_check_their_variances(x, structure):
+    d = json.loads(bg.fit_em(x, 2, covariance_type=structure, n_init=1, seed=0).to_json())
+    assert _load(d).covariance_type == structure
+    cov = np.asarray(d["covariances"])
+    d["covariances"] = (-cov).tolist() if structure != "tied" else [[1.0, 3.0], [3.0, 1.0]]
+    with pytest.raises(ValueError, match="positive variances|not positive definite"):
+        _load(d)
+
+
+def test_a_bayesian_result_from_json_says_it_is_a_point_estimate(x, vb_fit, tmp_path):
+    vb = vb_fit
+    path = tmp_path / "vb.json"
+    vb.to_json(path)
+    assert json.loads(path.read_text())["posterior_omitted"] is True
+    with pytest.warns(UserWarning, match="holds only the point estimate of a 'vb' fit"):
+        back = bg.load_result(path)  # .json goes through FitResult.from_json
+    assert back.method == "vb" and back.posterior_omitted and back.predictive is None and back.draws is None
+    assert "posterior omitted: point estimate only" in repr(back)
+    # it predicts with the plug-in point estimate, which differs from VB's Student-t predictive
+    plug_in = bg.FitResult.from_json(bg.fit_em(x, 2, n_init=1, seed=0).to_json())
+    assert not plug_in.posterior_omitted
+    assert not np.allclose(back.score_samples(x), vb.score_samples(x))
+
+
+@pytest.mark.parametrize("method", ["vb", "svi"])
+def test_netcdf_keeps_a_bayesian_result_whole(x, vb_fit, method, tmp_path):
+    fit = vb_fit if method == "vb" else bg.fit_svi(x, 2, num_steps=200, num_draws=50, seed=0)
+    path = bg.save_result(fit, tmp_path / f"{method}.nc", x=x)
+    back = bg.load_result(path)
+    assert back.method == method and not back.posterior_omitted
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(back.draws[name], fit.draws[name])
+    np.testing.assert_array_equal(back.predict_proba(x), fit.predict_proba(x))
+    np.testing.assert_array_equal(back.score_samples(x), fit.score_samples(x))
+    assert [p.name for p in tmp_path.iterdir()] == [f"{method}.nc"]  # no temporary file left
+    with pytest.raises(ValueError, match="save_result writes NetCDF, not JSON"):
+        bg.save_result(fit, tmp_path / "fit.json")
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "fit.json"
+    _files.write_text(path, "old")
+    with pytest.raises(RuntimeError, match="crash"):
+        with _files.atomic_path(path) as tmp:
+            assert tmp.parent == tmp_path and tmp.suffix == ".json" and tmp.name.startswith(".fit.tmp-")
+            tmp.write_text("half of the new")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["fit.json"]
+    with pytest.raises(KeyboardInterrupt):
+        with _files.atomic_path(tmp_path / "new.nc") as tmp:
+            tmp.write_bytes(b"partial")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == ["fit.json"]
+    _files.write_text(path, "new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["fit.json"]
+
+
+def test_to_json_is_atomic(x, tmp_path, monkeypatch):
+    fit = bg.fit_em(x, 2, n_init=1, seed=0)
+    path = tmp_path / "fit.json"
+    fit.to_json(path)
+    before = path.read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        bg.fit_em(x, 3, n_init=1, seed=0).to_json(path)
+    assert path.read_text() == before and os.listdir(tmp_path) == ["fit.json"]
