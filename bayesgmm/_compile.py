@@ -153,10 +153,6 @@ class CompiledProgram:
             f"but only {free / 2**30:.1f} GiB are free. {self._memory_advice}"
         )
 
-    def jitted(self, *args, **static):
-        """Call through ``jax.jit`` (for use inside other traced code, e.g. under ``vmap``)."""
-        return self._jitted(*args, **static)
-
     def clear(self) -> None:
         """Drop every compiled executable of this program."""
         self._cache.clear()

@@ -43,11 +43,15 @@ class RowSharding(NamedTuple):
 #: 2048 rows another.
 SMALL_BUCKETS = (512, 2048)
 
+#: Above this many rows the data are not padded: compilation is then a small part of a fit, and
+#: padding would copy the data.
+MAX_BUCKETED = 2**20
+
 
 def row_bucket(num_rows: int) -> int:
     """Rows the compiled program is built for: the first of :data:`SMALL_BUCKETS` that holds
     ``num_rows``, or above them the next multiple of 1/8 of the power of two below ``num_rows``
-    (8 buckets per octave: at most 12.5% padding).
+    (8 buckets per octave: at most 12.5% padding); ``num_rows`` itself above :data:`MAX_BUCKETED`.
 
     The data are padded with zero rows of weight 0, which add nothing to any statistic, so a new
     N within a bucket reuses the program instead of compiling one (a simulation study over N,
@@ -57,6 +61,8 @@ def row_bucket(num_rows: int) -> int:
     for bucket in SMALL_BUCKETS:
         if n <= bucket:
             return bucket
+    if n > MAX_BUCKETED:
+        return n
     step = 2 ** (n.bit_length() - 4)
     return -(-n // step) * step
 

@@ -371,8 +371,7 @@ def fit_mcmc(
         identity), ``num_devices`` (devices the chains ran on) and the settings. Timings: ``compile_seconds`` (tracing and compiling the sampler
         program; 0.0 when a program compiled for the same shapes and settings was reused) and
         ``run_seconds`` (running it: MAP start, warmup and sampling, without compilation and
-        without the NumPy post-processing; ``sampling_seconds`` is the same number, kept for
-        compatibility) and ``fit_seconds``, their sum.
+        without the NumPy post-processing) and ``fit_seconds``, their sum.
 
     Warns
     -----
@@ -504,7 +503,6 @@ def fit_mcmc(
             "compile_seconds": timed.compile_seconds,
             "run_seconds": timed.run_seconds,
             "fit_seconds": timed.compile_seconds + timed.run_seconds,
-            "sampling_seconds": timed.run_seconds,
             "label_switch_fraction": switched,
             "num_warmup": num_warmup,
             "num_samples": num_samples,

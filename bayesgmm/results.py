@@ -264,6 +264,9 @@ class FitResult:
         z : np.ndarray, shape (n,), int64
             Component label of each observation.
         """
+        import jax
+
+        from ._sharding import row_bucket
         from .model import simulate
         from .params import check_positive_integers, seed_to_key
 
@@ -272,8 +275,10 @@ class FitResult:
         # the story run forward in the mixture's own frame (unit scale, any precision), mapped back in float64
         frame = self._frame()
         w, m, c, ct = _numerics.to_frame(frame, *self.params, self.covariance_type)
-        x, z = simulate(key, GMMParams(w, m, c), int(n), ct)
-        return np.asarray(x, np.float64) * frame.scale + frame.shift, np.asarray(z, np.int64)
+        # drawn for the row bucket of n and cut to n, so a new n reuses the compiled draws
+        x, z = jax.jit(simulate, static_argnums=(2, 3))(key, GMMParams(w, m, c), row_bucket(int(n)), ct)
+        x, z = np.asarray(x, np.float64)[:n], np.asarray(z, np.int64)[:n]
+        return x * frame.scale + frame.shift, z
 
     # ------------------------------------------------------------------ conversion
     def to_inference_data(self, x=None, **kwargs):

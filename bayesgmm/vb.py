@@ -530,15 +530,18 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
 
     weight = check_sample_weight(sample_weight, n)
     dtype = compute_dtype()
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type, weight)
-    xs = ((arr - shift) / sd).astype(dtype)
+    shift, sd = standardisation(arr, covariance_type, weight)
+    xs = arr - shift  # one new array, scaled in place
+    xs /= sd
+    xs = xs.astype(dtype, copy=False)
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)
     starts, kept = resolve_starts(n_init, n, k, d, covariance_type)
     init_key, draw_key = jax.random.split(key)
-    if resp_init is not None:
-        noise = np.asarray(resp_init, dtype)[None, None]
+    if resp_init is not None:  # padding rows (weight 0) get uniform responsibilities
+        pad = np.full((rows.num_padded - n, k), 1.0 / k, dtype)
+        noise = np.concatenate([np.asarray(resp_init, dtype), pad])[None, None]
         seeded = np.ones((1, 1, k), bool)
     else:
         noise = init_noise(init_key, init_params, starts, n, k, dtype, rows.num_padded)[None]
