@@ -37,6 +37,11 @@ from .kmeans import initial_responsibilities, init_noise
 from .model import log_prior
 from .params import GMMParams
 
+#: Smallest reg_covar (standardised units) of the starts' M-step: k-means++ and random_from_data
+#: start each component at one point, whose covariance is reg_covar alone, so reg_covar=0 would make
+#: every start singular. The updates after it use reg_covar as given; the default (1e-10) is unchanged.
+INIT_REG_COVAR = 1e-10
+
 # Incremented each time the EM program is traced; tests use it to prove "compile once per shape".
 _TRACE_COUNT = {"fit": 0}
 
@@ -181,7 +186,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
             resp0 = initial_responsibilities(u, prob.x, k, init_method, sample_weight=prob.sample_weight, active=prob.active)
             if prob.sample_weight is not None:
                 resp0 = resp0 * prob.sample_weight[:, None]
-            params0 = m_step(_stats.stats_precise(resp0, prob.x, ct), prob, init_config)
+            # one-point starts have no scatter: at least INIT_REG_COVAR here, so reg_covar=0 is usable
+            floored = prob._replace(reg_covar=jnp.maximum(prob.reg_covar, INIT_REG_COVAR))
+            params0 = m_step(_stats.stats_precise(resp0, prob.x, ct), floored, init_config)
             return GMMParams(*(p if g is None else jnp.broadcast_to(g, p.shape).astype(p.dtype) for p, g in zip(params0, given)))
 
         params0 = jax.vmap(one, in_axes=(0, axes))(noise, problem)

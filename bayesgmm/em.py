@@ -252,14 +252,14 @@ def package(
         counts, np.asarray(params_std.covariances, np.float64), ct, reg_covar, eps, prep.arr.shape[1])
     degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
     floor = float(pick(lanes.floor)) / n_eff
-    if warn and degenerate:
+    if warn and degenerate and max_iter > 0:  # an initialisation (max_iter=0) is expected to be rough
         warnings.warn(
             _numerics.degenerate_message(degenerate, counts, params_std.covariances, ct, reg_covar, eps, prep.arr.shape[1],
                                          map_fit=prep.prior is not None),
             DegenerateComponentWarning,
             stacklevel=3,
         )
-    if warn and not converged:
+    if warn and not converged and max_iter > 0:  # max_iter=0 asks for the initialisation itself
         warnings.warn(
             f"EM did not converge in max_iter={max_iter} iterations (tol={tol:g} per observation); increase "
             "max_iter or tol, or check the initialisation.",
@@ -357,7 +357,9 @@ def fit_em(
         that precision (``info["precision_floor_per_obs"]``), with a :class:`PrecisionWarning`
         when it was asked for explicitly.
     max_iter : int
-        Maximum EM iterations per run (short runs included).
+        Maximum EM iterations per run (short runs included). 0 returns the initialisation: the
+        start of highest initial objective, not updated (``n_iter=0``; no ConvergenceWarning
+        nor DegenerateComponentWarning).
     reg_covar : float
         Added to the diagonal of every covariance after each M-step, in units of each
         feature's robust variance (the data are standardised internally), so it depends on
@@ -405,7 +407,8 @@ def fit_em(
     tol_explicit = tol is not None
     tol = DEFAULT_TOL if tol is None else tol
     prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight)
-    _check_options(init_params, n_init, max_iter, tol, reg_covar)
+    init_only = isinstance(max_iter, (int, np.integer)) and not isinstance(max_iter, bool) and max_iter == 0
+    _check_options(init_params, n_init, 1 if init_only else max_iter, tol, reg_covar)
     n, d = prep.arr.shape
     k = prep.num_components
     starts, kept = resolve_starts(n_init, n, k, d, covariance_type)

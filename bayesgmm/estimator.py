@@ -28,10 +28,12 @@ import warnings
 import numpy as np
 
 from .params import COVARIANCE_TYPES, Prior, check_data
+from .params import ConvergenceWarning as _ConvergenceWarning
 
 try:  # scikit-learn is optional
     from sklearn.base import BaseEstimator as _Base
     from sklearn.base import DensityMixin as _DensityMixin
+    from sklearn.exceptions import ConvergenceWarning as _SkConvergenceWarning
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -72,6 +74,23 @@ except ImportError:  # pragma: no cover - exercised only where scikit-learn is a
     class _DensityMixin:
         _estimator_type = "DensityEstimator"
 
+    class _SkConvergenceWarning(UserWarning):
+        """Stands in for scikit-learn's ConvergenceWarning when scikit-learn is absent."""
+
+
+class ConvergenceWarning(_ConvergenceWarning, _SkConvergenceWarning):
+    """The estimator's non-convergence warning: both :class:`bayesgmm.ConvergenceWarning` and
+    :class:`sklearn.exceptions.ConvergenceWarning` (when scikit-learn is installed), so filters on
+    either catch it (``warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)``)."""
+
+
+#: The first sentence of scikit-learn's warning, kept so that message filters written for
+#: scikit-learn (``"ignore:Best performing initialization did not converge"``) keep working.
+SKLEARN_CONVERGENCE_MESSAGE = (
+    "Best performing initialization did not converge. Try different init parameters, or increase "
+    "max_iter, tol, or check for degenerate data."
+)
+
 
 METHODS = ("em", "vb", "svi", "mcmc")
 _ENGINES = {
@@ -82,7 +101,8 @@ _ENGINES = {
 }
 # Estimator parameters handed to an engine when (and only when) its signature takes them.
 _SHARED = ("covariance_type", "prior", "n_init", "init_params", "tol", "max_iter", "reg_covar")
-_RESERVED = ("x", "num_components", "seed") + _SHARED
+_INITS = ("weights_init", "means_init", "precisions_init")  # the same, default None
+_RESERVED = ("x", "num_components", "seed") + _SHARED + _INITS
 _MAX_SEED = 2**32 - 1
 
 
@@ -125,6 +145,103 @@ def seed_from_random_state(random_state) -> int:
     )
 
 
+def _as_float_array(value, name):
+    arr = np.asarray(value)
+    if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
+        raise ValueError(f"The parameter {name!r} must be an array of real numbers, got dtype {arr.dtype}.")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"The parameter {name!r} contains NaN or infinite values; starting values must be finite.")
+    return arr
+
+
+def _check_shape(arr, shape, name):
+    if arr.shape != tuple(shape):
+        raise ValueError(f"The parameter {name!r} should have the shape of {tuple(shape)}, but got {arr.shape}.")
+
+
+def check_initial_parameters(weights_init, means_init, precisions_init, num_components, num_features,
+                             covariance_type):
+    """Validate user-given starting parameters as scikit-learn's ``GaussianMixture`` does.
+
+    The messages begin as scikit-learn's (``"The parameter 'weights' should have the shape of
+    ..."``, ``"'full precision' should be symmetric, positive-definite"``), except that the range
+    message reports the maximum as the maximum (scikit-learn's swaps them).
+
+    Parameters
+    ----------
+    weights_init, means_init, precisions_init : array-like or None
+        As :class:`GaussianMixture` takes them (``None``: not given).
+    num_components, num_features : int
+    covariance_type : {"full", "tied", "diag", "spherical"}
+
+    Raises
+    ------
+    ValueError
+        A wrong shape, weights outside [0, 1] or not summing to 1, precisions not symmetric
+        positive definite (full, tied) or not positive (diag, spherical), or non-finite values.
+    """
+    k, d = num_components, num_features
+    if weights_init is not None:
+        w = _as_float_array(weights_init, "weights")
+        _check_shape(w, (k,), "weights")
+        if np.any(w < 0) or np.any(w > 1):
+            raise ValueError(
+                f"The parameter 'weights' should be in the range [0, 1], but got max value {np.max(w):.5f}, "
+                f"min value {np.min(w):.5f}."
+            )
+        if not np.isclose(np.sum(w), 1.0, rtol=0.0, atol=1e-8):
+            raise ValueError(f"The parameter 'weights' should be normalized, but got sum(weights) = {np.sum(w):.5f}.")
+    if means_init is not None:
+        _check_shape(_as_float_array(means_init, "means"), (k, d), "means")
+    if precisions_init is not None:
+        name = f"{covariance_type} precision"
+        p = _as_float_array(precisions_init, name)
+        shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+        _check_shape(p, shape, name)
+        if covariance_type in ("full", "tied"):
+            mats = p.reshape(-1, d, d)
+            if not np.allclose(mats, np.swapaxes(mats, -1, -2)) or np.any(np.linalg.eigvalsh(mats) <= 0):
+                raise ValueError(f"{name!r} should be symmetric, positive-definite.")
+        elif np.any(p <= 0):
+            raise ValueError(f"{name!r} should be positive.")
+
+
+def _aitken_converged(history, tol_total: float, floor_total: float) -> bool:
+    """The engine's convergence test (:func:`bayesgmm._iterate.convergence`) at the end of an
+    objective history that spans several warm-started fits (totals, oldest first)."""
+    from ._iterate import convergence
+
+    close = False
+    converged = False
+    for t in range(2, len(history)):
+        delta_prev = np.float64(history[t - 1] - history[t - 2])
+        delta = np.float64(history[t] - history[t - 1])
+        close, converged = convergence(delta_prev, delta, t, np.float64(tol_total), np.float64(floor_total), close)
+        close, converged = bool(close), bool(converged)
+    return converged
+
+
+def _bucket(n: int) -> int:
+    """Sample sizes are drawn in buckets: 1024, then powers of two (one compiled sampler each)."""
+    return max(1024, 1 << max(int(n) - 1, 0).bit_length())
+
+
+_SIMULATE = None
+
+
+def _simulate(key, params, num_obs: int, covariance_type: str):
+    """:func:`bayesgmm.model.simulate` compiled once per (bucket size, structure, K, D)."""
+    global _SIMULATE
+    if _SIMULATE is None:
+        import jax
+
+        from .model import simulate
+
+        _SIMULATE = jax.jit(simulate, static_argnames=("num_obs", "covariance_type"))
+    return _SIMULATE(key, params, num_obs=num_obs, covariance_type=covariance_type)
+
+
 def precision_cholesky(covariances, covariance_type: str) -> np.ndarray:
     """scikit-learn's ``precisions_cholesky_`` from covariances (as ``_compute_precision_cholesky``).
 
@@ -157,6 +274,10 @@ def precisions_from_cholesky(prec_chol, covariance_type: str) -> np.ndarray:
 class GaussianMixture(_DensityMixin, _Base):
     """Gaussian mixture fitted by EM, variational Bayes, SVI or NUTS, as a scikit-learn estimator.
 
+    It takes every parameter of :class:`sklearn.mixture.GaussianMixture`, with the same meaning
+    except for the deliberate differences listed below, plus ``method``, ``prior`` and
+    ``engine_kwargs``.
+
     Parameters
     ----------
     n_components : int, default=1
@@ -172,9 +293,16 @@ class GaussianMixture(_DensityMixin, _Base):
         the engines' defaults, which reach the optimum (see :func:`bayesgmm.fit_em`): ``tol=None``
         (the engine's), ``n_init="auto"`` (the em-EM search), ``init_params="k-means++"``,
         ``max_iter=1000``, ``reg_covar=1e-10`` (relative to each feature's robust variance).
-        scikit-learn's own defaults (``n_init=1``, ``tol=1e-3``, ``max_iter=100``) stop early on
-        ordinary data. Setting one away from its default for an engine that does not take it
-        (e.g. ``max_iter`` with ``method="mcmc"``) warns that it is ignored.
+        ``max_iter=0`` (EM) returns the initialisation. Setting one away from its default for an
+        engine that does not take it (e.g. ``max_iter`` with ``method="mcmc"``) warns that it is
+        ignored.
+    weights_init : array (K,), optional
+        Starting weights (EM; scikit-learn's checks and meaning).
+    means_init : array (K, D), optional
+        Starting means (EM).
+    precisions_init : array, optional
+        Starting precisions (inverse covariances), shaped as scikit-learn shapes them for
+        ``covariance_type`` (EM). Pieces not given come from ``init_params``.
     prior : None, "default" or bayesgmm.Prior, default=None
         ``None``: the engine's default (EM: maximum likelihood; Bayesian engines:
         ``Prior.default(X, K)``). ``"default"``: ``Prior.default(X, n_components)`` computed on
@@ -184,10 +312,20 @@ class GaussianMixture(_DensityMixin, _Base):
         See :func:`seed_from_random_state`: an int is the engine's ``seed``; ``None`` draws a
         fresh seed from NumPy's global state at each ``fit`` (scikit-learn's convention), kept
         as ``seed_`` so the fit can be repeated exactly.
+    warm_start : bool, default=False
+        EM: a second ``fit`` continues from the parameters of the first (one start, the
+        ``*_init`` parameters and ``n_init`` are not used). Convergence is judged on the
+        objective's history over the successive fits, so fits of ``max_iter=1`` each converge
+        too.
+    verbose : int, default=0
+        1: one line per fit (initialisation, iterations, converged or not); 2 and more: also the
+        objective's change every ``verbose_interval`` iterations. Printed after the compiled
+        fit returns, from its trace (scikit-learn prints during its Python loop).
+    verbose_interval : int, default=10
+        Iterations between two progress lines when ``verbose >= 2``.
     engine_kwargs : dict, optional
         Further keyword arguments of the engine, e.g. ``{"num_samples": 500}`` for ``"mcmc"``
-        or ``{"means_init": m, "weights_init": w, "precisions_init": p}`` for ``"em"``. Must
-        not repeat an estimator parameter.
+        or ``{"hard": True}`` for ``"em"``. Must not repeat an estimator parameter.
 
     Attributes
     ----------
@@ -201,15 +339,19 @@ class GaussianMixture(_DensityMixin, _Base):
         Cholesky factors of the precisions (scikit-learn's convention, upper triangular).
     converged_ : bool
     n_iter_ : int
+        EM: the updates that led to the returned parameters (scikit-learn's meaning).
     lower_bound_ : float
-        Final value of the engine's objective per training observation (EM: mean
-        log-likelihood, or log posterior for MAP; VB: ELBO). Note: scikit-learn's
-        GaussianMixture reports the value *before* its last M-step; this is the value at the
-        returned parameters. For MCMC (no iterations to bound), the mean training
-        log-likelihood at the point estimate.
+        EM, as scikit-learn defines it: the objective per training observation (mean
+        log-likelihood, or log posterior for MAP) computed in the last E-step, i.e. at the
+        parameters *before* the last M-step (the returned parameters score at least as well;
+        their exact value is ``result_.log_likelihood``); ``-inf`` when ``max_iter=0``. VB: the
+        ELBO per observation at the returned parameters. MCMC (no iterations to bound): the
+        mean training log-likelihood at the point estimate. SVI: the last one-particle ELBO.
     lower_bounds_ : ndarray
-        ``result_.trace`` per training observation: the objective per iteration (EM, VB,
-        SVI), or the log posterior of each draw (MCMC).
+        EM: the objective per observation after each iteration of this ``fit`` (scikit-learn's
+        ``lower_bounds_``, ending with ``lower_bound_``). Otherwise ``result_.trace`` per
+        observation: the objective per iteration (VB, SVI), or the log posterior of each draw
+        (MCMC).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` was a DataFrame with string column names.
@@ -217,6 +359,36 @@ class GaussianMixture(_DensityMixin, _Base):
         The engine's full result (draws, diagnostics, ``to_inference_data()``).
     seed_ : int
         The integer seed the engine received.
+
+    Warns
+    -----
+    ConvergenceWarning
+        :class:`bayesgmm.estimator.ConvergenceWarning`, a subclass of both
+        :class:`bayesgmm.ConvergenceWarning` and scikit-learn's ``ConvergenceWarning``; for EM
+        its message begins with scikit-learn's sentence. The engines' other warnings pass through.
+
+    Notes
+    -----
+    Deliberate differences from :class:`sklearn.mixture.GaussianMixture` (scikit-learn's own
+    ``mixture/tests/test_gaussian_mixture.py`` runs against this class in bayesgmm's tests, with
+    these marked):
+
+    * **Units.** The data are standardised internally (per feature, robustly), so a fit does not
+      depend on the data's units; ``reg_covar`` is added in those units, i.e. relative to each
+      feature's robust variance, not in the data's units.
+    * **Defaults.** ``n_init="auto"`` (many short k-means++ starts, the best continued),
+      ``init_params="k-means++"``, ``max_iter=1000``, ``reg_covar=1e-10`` and ``tol`` as the
+      projected remaining gain of the objective per observation (Aitken), where scikit-learn
+      has one start, k-means labels, 100 iterations, ``1e-6`` and the last gain. scikit-learn's
+      defaults stop early on ordinary data; the results therefore differ from scikit-learn's
+      unless the same starting values and a tight ``tol`` are given. An explicit ``n_init=n``
+      runs n independent restarts, as scikit-learn, but the default's search is usually better
+      than a small n. The run kept is the best by the objective at the returned parameters
+      (scikit-learn: by ``lower_bound_``, the objective one M-step earlier).
+    * **Messages.** Errors and warnings have bayesgmm's wording (they name the fix); the checks
+      of ``*_init`` and the convergence warning begin as scikit-learn's.
+    * **Private API.** scikit-learn's private methods (``_initialize``, ``_set_parameters``,
+      ``_estimate_*``) do not exist; ``_n_parameters()`` does.
     """
 
     def __init__(
@@ -230,8 +402,14 @@ class GaussianMixture(_DensityMixin, _Base):
         max_iter=1000,
         n_init="auto",
         init_params="k-means++",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
         prior=None,
         random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
         engine_kwargs=None,
     ):
         self.n_components = n_components
@@ -242,8 +420,14 @@ class GaussianMixture(_DensityMixin, _Base):
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
         self.prior = prior
         self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.engine_kwargs = engine_kwargs
 
     # ------------------------------------------------------------------ validation
@@ -291,18 +475,31 @@ class GaussianMixture(_DensityMixin, _Base):
         elif prior is not None and not isinstance(prior, Prior):
             raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
 
+        for name in ("warm_start",):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        for name in ("verbose", "verbose_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "verbose" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'verbose' else 1}, got {value!r}.")
+        check_initial_parameters(self.weights_init, self.means_init, self.precisions_init, int(k), X.shape[1],
+                                 self.covariance_type)
+
         accepted = inspect.signature(fit_fn).parameters
-        values = {name: getattr(self, name) for name in _SHARED}
+        values = {name: getattr(self, name) for name in _SHARED + _INITS}
         values["prior"] = prior
         defaults = inspect.signature(type(self).__init__).parameters
         kwargs, ignored = {}, []
         for name, value in values.items():
             if name in accepted:
                 kwargs[name] = value
-            elif name != "prior" and value != defaults[name].default:
+            elif name in ("prior",) + _INITS:
+                if value is not None:
+                    ignored.append(name)
+            elif value != defaults[name].default:
                 ignored.append(name)
-            elif name == "prior" and value is not None:
-                ignored.append(name)
+        if self.warm_start and self.method != "em":
+            ignored.append("warm_start")
         if ignored:
             warnings.warn(
                 f"method={self.method!r} does not take {ignored}; they are ignored. Engine options "
@@ -329,6 +526,8 @@ class GaussianMixture(_DensityMixin, _Base):
     def fit(self, X, y=None):
         """Fit the mixture to ``X`` (n_samples, n_features); ``y`` is ignored.
 
+        With ``warm_start=True`` and a fitted EM estimator, continue from the fitted parameters.
+
         Returns
         -------
         self
@@ -336,13 +535,42 @@ class GaussianMixture(_DensityMixin, _Base):
         X = self._validate_X(X, reset=True)
         fit_fn, k, kwargs = self._engine_call(X)
         seed = seed_from_random_state(self.random_state)
-        result = fit_fn(X, k, seed=seed, **kwargs)
+        warm = self.method == "em" and self.warm_start and hasattr(self, "result_")
+        if warm:  # one start: the fitted parameters
+            if self.result_.covariance_type != self.covariance_type or self.means_.shape != (k, X.shape[1]):
+                raise ValueError(
+                    "warm_start=True continues the previous fit, which had a different n_components, "
+                    "covariance_type or number of features; set warm_start=False to start afresh."
+                )
+            kwargs.update(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_, n_init=1)
+        caught = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = fit_fn(X, k, seed=seed, **kwargs)
+        finally:  # outside the recording block: the caller's filters apply
+            self._reemit(caught)
         if hasattr(self, "feature_names_in_"):
             result = dataclasses.replace(result, feature_names=tuple(str(c) for c in self.feature_names_in_))
-        self._set_fitted(result, seed)
+        history = self._objective_history if warm else None
+        self._set_fitted(result, seed, history)
+        if self.verbose:
+            self._print_verbose(result)
         return self
 
-    def _set_fitted(self, result, seed):
+    def _reemit(self, caught):
+        """Re-issue the engine's warnings; non-convergence as this module's ConvergenceWarning."""
+        for record in caught:
+            category, message = record.category, str(record.message)
+            if issubclass(category, _ConvergenceWarning) and not issubclass(category, ConvergenceWarning):
+                category = ConvergenceWarning
+                if self.method == "em" and message.startswith("EM did not converge"):
+                    message = f"{SKLEARN_CONVERGENCE_MESSAGE} {message}"
+            warnings.warn(message, category, stacklevel=3)
+
+    def _set_fitted(self, result, seed, history=None):
+        """Fitted attributes from the engine's result (``history``: the objective totals of the
+        previous warm-started fits, EM)."""
         cov_type = result.covariance_type
         self.result_ = result
         self.seed_ = seed
@@ -355,12 +583,39 @@ class GaussianMixture(_DensityMixin, _Base):
         self.n_iter_ = int(result.n_iter)
         n = max(int(result.num_obs), 1)
         trace = np.asarray(result.trace, dtype=np.float64).ravel()
+        if self.method == "em":
+            # scikit-learn: the objective of the last E-step, i.e. at the parameters before the last
+            # M-step; trace[t] is the objective at the parameters after t updates
+            self.lower_bounds_ = trace[: self.n_iter_] / n
+            self.lower_bound_ = float(self.lower_bounds_[-1]) if self.n_iter_ else -np.inf
+            self._objective_history = trace if history is None else np.concatenate([history, trace[1:]])
+            if history is not None and not self.converged_ and self.n_iter_ > 0:
+                info = result.info
+                self.converged_ = _aitken_converged(self._objective_history, float(info["tol"]) * n,
+                                                    float(info.get("precision_floor_per_obs", 0.0)) * n)
+            return
         finite = trace[np.isfinite(trace)]
         self.lower_bounds_ = finite / n
         if result.method == "mcmc" or not finite.size:  # a sampler's trace is per draw, not per iteration
             self.lower_bound_ = float(result.log_likelihood) / n
         else:
             self.lower_bound_ = float(finite[-1] / n)
+
+    def _print_verbose(self, result):
+        """scikit-learn's progress lines, from the fit's trace (printed after the fit)."""
+        n = max(int(result.num_obs), 1)
+        trace = np.asarray(result.trace, dtype=np.float64).ravel() / n
+        print(f"Initialization: {result.info.get('n_init', 1)} start(s), {self.method} engine")
+        if self.verbose >= 2:
+            for t in range(self.verbose_interval, len(trace), self.verbose_interval):
+                print(f"  Iteration {t}\t objective change {trace[t] - trace[t - 1]:.5g} per observation")
+        state = "converged" if self.converged_ else "did not converge"
+        print(f"Initialization {state}: n_iter={self.n_iter_}, objective {trace[-1]:.6g} per observation.")
+
+    def _n_parameters(self):
+        """Number of free parameters of the fitted mixture (scikit-learn's private method)."""
+        self._check_fitted()
+        return int(self.result_.num_parameters)
 
     def fit_predict(self, X, y=None):
         """Fit, then return the most probable component of each training row."""
@@ -408,6 +663,9 @@ class GaussianMixture(_DensityMixin, _Base):
 
         The randomness comes from ``random_state`` as at ``fit`` (an int gives the same
         draws at every call, as scikit-learn), folded so it differs from the fit's stream.
+        The draws are i.i.d. in random order (scikit-learn's are grouped by component); the
+        sampler is compiled once per bucket of ``n_samples`` (up to 1024, then powers of two), so calls with many
+        different sizes stay fast.
 
         Returns
         -------
@@ -422,9 +680,17 @@ class GaussianMixture(_DensityMixin, _Base):
             )
         import jax
 
+        from . import _numerics
+        from .params import GMMParams
+
         key = jax.random.fold_in(jax.random.key(seed_from_random_state(self.random_state)), 1)
-        x, z = self.result_.sample(int(n_samples), seed=key)
-        return np.asarray(x, dtype=np.float64), np.asarray(z, dtype=np.int64)
+        # the story run forward in the mixture's own frame (as FitResult.sample), compiled once per
+        # power-of-two bucket of sizes: the first n_samples rows of a bucket's i.i.d. draws
+        frame = _numerics.mixture_frame(self.weights_, self.means_, self.covariances_, self.covariance_type)
+        w, m, c, ct = _numerics.to_frame(frame, self.weights_, self.means_, self.covariances_, self.covariance_type)
+        x, z = _simulate(key, GMMParams(w, m, c), _bucket(n_samples), ct)
+        x = np.asarray(x, np.float64)[:n_samples] * frame.scale + frame.shift
+        return x, np.asarray(z, dtype=np.int64)[:n_samples]
 
     def _transform_input(self, X):
         self._check_fitted()

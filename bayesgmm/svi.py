@@ -2,7 +2,8 @@
 
 The component labels ``z`` are summed out (``marginalize=True``), so the guide covers only the
 continuous sites ``weights``, ``covariances`` and ``means``; the loss is NumPyro's
-``Trace_ELBO`` (one particle per step). Guides:
+``Trace_ELBO`` (one particle per step), its per-site terms summed in a fixed order so that the
+ELBO values are bit-reproducible across processes (:class:`_SortedTraceELBO`). Guides:
 
 ``"normal"``
     ``AutoNormal``: mean field, one independent normal per unconstrained coordinate.
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import warnings
 from typing import Any, NamedTuple
 
@@ -119,6 +121,35 @@ class _Config(NamedTuple):
     progress_bar: bool
 
 
+class _SortedTraceELBO(Trace_ELBO):
+    """NumPyro's ``Trace_ELBO`` with the per-site terms summed in sorted site-name order.
+
+    NumPyro (since it gained ``sum_sites``) sums the sites' ``log p - log q`` terms in the
+    iteration order of a Python ``set`` of site names, which depends on the string hash seed
+    (``PYTHONHASHSEED``), different in every process. Floating-point addition is not
+    associative, so the ELBO *values* (the loss trace, the final ELBO estimate) differed in their
+    last bits between two processes with the same seed (the gradients, hence the fit, did not).
+    Summing in a fixed order makes them bit-reproducible. NumPyro versions without
+    ``sum_sites`` sum in the traces' (deterministic) order and are used unchanged.
+    """
+
+    def __init__(self, num_particles: int = 1):
+        super().__init__(num_particles=num_particles, sum_sites=False)
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+        terms = out["loss"]  # site name -> -(log p - log q), particles already averaged
+        loss = functools.reduce(jnp.add, (terms[name] for name in sorted(terms)))
+        return {**out, "loss": loss}
+
+
+def _elbo() -> Trace_ELBO:
+    """The loss of every SVI fit: a one-particle ``Trace_ELBO`` summed in a fixed site order."""
+    if "sum_sites" in inspect.signature(Trace_ELBO.__init__).parameters:
+        return _SortedTraceELBO()
+    return Trace_ELBO()  # pragma: no cover - older NumPyro: already summed in trace order
+
+
 def _make_guide(spec, init_loc_fn):
     """The guide object for one fit (a fresh one each time: guides keep set-up state)."""
     if isinstance(spec, str):
@@ -146,7 +177,7 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     guide = _make_guide(config.guide, init_loc_fn)
     optimizer = config.optimizer if config.optimizer is not None else numpyro.optim.Adam(learning_rate)
     kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size)
-    svi = SVI(gmm_model, guide, optimizer, loss=Trace_ELBO())
+    svi = SVI(gmm_model, guide, optimizer, loss=_elbo())
     params, losses = _optimise(svi, key_svi, config.num_steps, xs, kwargs, progress_bar=config.progress_bar)
 
     sites = ["weights", "means", "covariances"]
@@ -163,7 +194,7 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
         if all(s in med for s in sites[1:]):
             median = GMMParams(med["weights"] if k > 1 else jnp.ones(1, xs.dtype), med["means"], med["covariances"])
     # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates.
-    one_elbo = lambda kk: -Trace_ELBO().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
+    one_elbo = lambda kk: -_elbo().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
     elbo_final = jax.vmap(one_elbo)(jax.random.split(key_elbo, config.num_draws))
     return start, median, draws, -losses, elbo_final
 

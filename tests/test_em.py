@@ -558,3 +558,26 @@ def test_bad_sample_weight_raises(faithful):
     for w, match in [(np.ones(3), r"shape \(272,\)"), (-np.ones(272), "non-negative"), (np.zeros(272), "positive sum")]:
         with pytest.raises(ValueError, match=match):
             bg.fit_em(faithful, 2, sample_weight=w)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_reg_covar_zero_works_from_one_point_starts(faithful_std, covariance_type):
+    """k-means++ starts each component at one point; with reg_covar=0 the start used to be singular."""
+    x = np.asarray(faithful_std)
+    r = bg.fit_em(x, 2, covariance_type=covariance_type, reg_covar=0.0, n_init=2, seed=0)
+    default = bg.fit_em(x, 2, covariance_type=covariance_type, n_init=2, seed=0)
+    assert r.converged and np.isfinite(r.log_likelihood)
+    np.testing.assert_allclose(r.log_likelihood, default.log_likelihood, rtol=1e-6)
+
+
+def test_max_iter_zero_returns_the_start(faithful_std):
+    x = np.asarray(faithful_std)
+    means = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither ConvergenceWarning nor DegenerateComponentWarning
+        r = bg.fit_em(x, 2, max_iter=0, means_init=means, n_init=3, seed=0)
+    np.testing.assert_allclose(r.means, means, rtol=1e-12)
+    assert r.n_iter == 0 and not r.converged and r.trace.shape == (1,)
+    assert r.trace[0] == r.info["objective_value"]  # the objective of the start itself
+    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+        bg.fit_em(x, 2, max_iter=-1)

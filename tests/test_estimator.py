@@ -3,9 +3,11 @@ as an oracle, Pipeline / GridSearchCV use, random_state semantics, engine dispat
 fallback without scikit-learn."""
 
 import inspect
+import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -69,7 +71,7 @@ def test_matches_sklearn_from_same_start(faithful_std, covariance_type):
     x = np.asarray(faithful_std)
     init = dict(weights_init=np.array([0.4, 0.6]), means_init=x[[0, 1]], precisions_init=INIT_PRECISIONS[covariance_type])
     common = dict(covariance_type=covariance_type, max_iter=5000, reg_covar=0.0, random_state=0)
-    ours = GaussianMixture(2, engine_kwargs=init, tol=1e-12, **common).fit(x)
+    ours = GaussianMixture(2, **init, tol=1e-12, **common).fit(x)
     ref = SkGaussianMixture(2, **init, tol=1e-13, **common).fit(x)
 
     assert ours.converged_ and ref.converged_
@@ -85,11 +87,11 @@ def test_matches_sklearn_from_same_start(faithful_std, covariance_type):
     np.testing.assert_allclose(ours.score(x), ref.score(x), atol=1e-9)
     np.testing.assert_allclose(ours.bic(x), ref.bic(x), rtol=1e-10)
     np.testing.assert_allclose(ours.aic(x), ref.aic(x), rtol=1e-10)
-    # ours is the objective at the returned parameters, scikit-learn's the one before its last
-    # M-step; at these tolerances they agree to that order
+    # both the objective of the last E-step (before the last M-step), one per iteration
     np.testing.assert_allclose(ours.lower_bound_, ref.lower_bound_, atol=1e-9)
-    np.testing.assert_allclose(ours.lower_bounds_[-1], ours.lower_bound_)
-    assert ours.lower_bounds_.shape == (ours.n_iter_ + 1,)
+    assert ours.lower_bounds_[-1] == ours.lower_bound_
+    assert ours.lower_bounds_.shape == (ours.n_iter_,)
+    assert ours.lower_bound_ <= ours.result_.log_likelihood / len(x) + 1e-12  # a lower bound on the returned fit's
     assert np.all(np.diff(ours.lower_bounds_) >= -1e-12)  # EM never decreases the likelihood
 
 
@@ -204,7 +206,7 @@ def test_prior_default_is_map_em(faithful):
     r = bg.fit_em(faithful, 2, prior=bg.Prior.default(faithful, 2), seed=0)
     assert m.result_.method == "map-em" and r.method == "map-em"
     np.testing.assert_array_equal(m.means_, r.means)
-    np.testing.assert_allclose(m.lower_bound_, r.trace[-1] / len(faithful))
+    np.testing.assert_allclose(m.lower_bound_, r.trace[-2] / len(faithful))  # scikit-learn's: before the last M-step
 
 
 def test_errors_name_the_problem(faithful):
@@ -237,6 +239,113 @@ def test_errors_name_the_problem(faithful):
     # a documented difference from scikit-learn: constant columns are rejected, not fitted on reg_covar
     with pytest.raises(ValueError, match="constant column"):
         GaussianMixture(1).fit(np.column_stack([faithful[:, 0], np.ones(len(faithful))]))
+
+
+# ------------------------------------------------------------------ scikit-learn's whole constructor
+def test_takes_every_sklearn_parameter():
+    ours = set(inspect.signature(GaussianMixture).parameters)
+    theirs = set(inspect.signature(SkGaussianMixture).parameters)
+    assert theirs <= ours, theirs - ours
+
+
+def test_init_parameters_are_checked_as_sklearn_checks_them(faithful_std):
+    x = np.asarray(faithful_std)
+    for params, message in [
+        (dict(weights_init=np.ones((2, 1)) / 2), "The parameter 'weights' should have the shape of (2,)"),
+        (dict(weights_init=[1.5, -0.5]), "should be in the range [0, 1], but got max value 1.50000, min value -0.50000"),
+        (dict(weights_init=[0.3, 0.3]), "should be normalized, but got sum(weights) = 0.60000"),
+        (dict(means_init=np.zeros((3, 2))), "The parameter 'means' should have the shape of (2, 2)"),
+        (dict(precisions_init=np.ones((2, 2))), "The parameter 'full precision' should have the shape of (2, 2, 2)"),
+        (dict(precisions_init=np.stack([np.eye(2), -np.eye(2)])), "'full precision' should be symmetric, positive-definite"),
+        (dict(precisions_init=np.array([1.0, 0.0]), covariance_type="spherical"), "'spherical precision' should be positive"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            GaussianMixture(2, random_state=0, **params).fit(x)
+
+
+def test_max_iter_zero_returns_the_initialisation(faithful_std):
+    x = np.asarray(faithful_std)
+    means = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an initialisation is not a failure to converge
+        m = GaussianMixture(2, max_iter=0, means_init=means, random_state=0).fit(x)
+    np.testing.assert_allclose(m.means_, means, rtol=1e-12)
+    assert m.n_iter_ == 0 and not m.converged_
+    assert m.lower_bound_ == -np.inf and m.lower_bounds_.shape == (0,)  # scikit-learn's, after no iteration
+
+
+def test_convergence_warning_is_sklearns_and_bayesgmms(faithful_std):
+    from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+
+    x = np.asarray(faithful_std)
+    m = GaussianMixture(2, max_iter=2, n_init=1, random_state=0)
+    with pytest.warns(SkConvergenceWarning, match="Best performing initialization did not converge") as record:
+        m.fit(x)
+    assert all(issubclass(w.category, bg.ConvergenceWarning) for w in record if "converge" in str(w.message))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", SkConvergenceWarning)  # a scikit-learn user's filter silences it
+        m.fit(x)
+
+
+def test_lower_bound_is_sklearns_before_the_last_m_step(faithful_std):
+    x = np.asarray(faithful_std)
+    m = GaussianMixture(2, max_iter=3, n_init=1, random_state=0)
+    with pytest.warns(bg.ConvergenceWarning):
+        m.fit(x)
+    trace = m.result_.trace / len(x)  # trace[t]: the objective after t updates
+    assert m.n_iter_ == 3 and m.lower_bounds_.shape == (3,)
+    np.testing.assert_array_equal(m.lower_bounds_, trace[:3])
+    assert m.lower_bound_ == trace[2] < trace[3]  # EM improved after the last E-step
+
+
+def test_warm_start_continues_the_previous_fit(faithful_std):
+    """Two warm-started fits of one iteration are one fit of two; repeated ones converge."""
+    x = np.asarray(faithful_std)
+    common = dict(n_init=1, reg_covar=0.0, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        g = GaussianMixture(2, max_iter=2, **common).fit(x)
+        h = GaussianMixture(2, max_iter=1, warm_start=True, **common)
+        score1 = h.fit(x).score(x)
+        score2 = h.fit(x).score(x)
+        np.testing.assert_allclose(h.means_, g.means_, rtol=1e-9)
+        np.testing.assert_allclose(h.covariances_, g.covariances_, rtol=1e-9)
+        assert score2 > score1
+        for fits in range(1, 200):
+            h.fit(x)
+            if h.converged_:
+                break
+    assert h.converged_ and h.n_iter_ == 1
+    full = GaussianMixture(2, max_iter=1000, tol=1e-5, **common).fit(x)
+    assert full.converged_
+    np.testing.assert_allclose(h.score(x), full.score(x), atol=1e-5)
+    np.testing.assert_allclose(fits + 2, full.n_iter_, atol=3)  # about as many updates as in one fit
+
+
+def test_verbose_prints_progress(faithful_std, capsys):
+    GaussianMixture(2, n_init=1, random_state=0, verbose=2, verbose_interval=2).fit(np.asarray(faithful_std))
+    out = capsys.readouterr().out
+    assert "Iteration 2" in out and "Iteration 4" in out and "converged" in out
+
+
+def test_n_parameters_is_sklearns(faithful_std):
+    x = np.asarray(faithful_std)
+    for ct in ("full", "tied", "diag", "spherical"):
+        ours = GaussianMixture(2, covariance_type=ct, n_init=1, random_state=0).fit(x)
+        theirs = SkGaussianMixture(2, covariance_type=ct, random_state=0).fit(x)
+        assert ours._n_parameters() == theirs._n_parameters()
+
+
+def test_sample_sizes_share_one_compiled_sampler(faithful):
+    from conftest import CompileCounter
+
+    m = GaussianMixture(2, random_state=0).fit(faithful)
+    m.sample(3)
+    with CompileCounter() as counter:
+        shapes = [m.sample(n)[0].shape for n in range(1, 60)]
+    assert shapes == [(n, 2) for n in range(1, 60)]
+    assert counter.compiles == 0
 
 
 # ------------------------------------------------------------------ dispatch to the engines
@@ -313,6 +422,7 @@ def test_works_without_sklearn():
         import bayesgmm as bg
         from bayesgmm import estimator as e
         assert not e.HAVE_SKLEARN
+        assert issubclass(e.ConvergenceWarning, bg.ConvergenceWarning)
         x = bg.datasets.load_faithful()
         m = e.GaussianMixture(2, random_state=0)
         try:
