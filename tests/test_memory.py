@@ -18,7 +18,7 @@ def data():
 def test_block_rows_policy():
     """Small data run in one block (the fast program unchanged); large data in blocks whose
     features take about BLOCK_ELEMENTS, so the E-step's memory no longer grows with N * p."""
-    assert _stats.block_rows(10_000, 16, "full") is None
+    assert _stats.block_rows(100_000, 16, "full") is None
     rows = _stats.block_rows(5_000_000, 16, "full")
     p = _stats.num_suff_features(16, "full")
     assert rows is not None and _stats.BLOCK_ELEMENTS / (2 * p) < rows <= _stats.BLOCK_ELEMENTS / p
@@ -32,6 +32,7 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     x, w = data
     whole = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
     monkeypatch.setattr(_stats, "BLOCK_ELEMENTS", 2**8)  # blocks of 1024 rows: 1601 rows = 2 blocks
+    monkeypatch.setattr(_stats, "BLOCKED_ABOVE", 0)
     assert _stats.block_rows(len(x), 2, covariance_type) == 1024
     blocked = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
     assert blocked.n_iter == whole.n_iter and blocked.converged == whole.converged
