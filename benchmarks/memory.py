@@ -26,7 +26,7 @@ jax.config.update("jax_enable_x64", True)
 import bayesgmm as bg
 from bayesgmm import _em_core, _stats
 if whole:
-    _stats.BLOCK_ELEMENTS = 2**62
+    _stats.BLOCKED_ABOVE = 2**62
 x = np.random.default_rng(0).normal(size=(n, d))
 x[: n // 2] += 3.0
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
