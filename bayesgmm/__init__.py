@@ -9,10 +9,13 @@ the experiments researchers do with them.
 ``import bayesgmm`` stays light: ArviZ, pandas, matplotlib and scikit-learn are imported only
 by the functions that need them (:class:`GaussianMixture`, the scikit-learn estimator, is
 loaded on first use; figures live in :mod:`bayesgmm.plotting`).
+
+Importing bayesgmm turns on JAX's persistent compilation cache (:func:`set_compilation_cache`;
+off with ``BAYESGMM_COMPILE_CACHE=0``), so that a fresh process reuses compiled programs.
 """
 
 from . import datasets
-from ._compile import InsufficientMemoryError
+from ._compile import InsufficientMemoryError, configure_default_cache, set_compilation_cache
 from .calibration import sbc
 from .diagnostics import load_result, save_result
 from .em import fit_em
@@ -28,6 +31,8 @@ from .uncertainty import bootstrap, observed_information
 from .vb import fit_vb
 
 __version__ = "0.1.0"
+
+configure_default_cache()
 
 __all__ = [
     "ConvergenceWarning",
@@ -54,6 +59,7 @@ __all__ = [
     "sbc",
     "select",
     "select_bayesian",
+    "set_compilation_cache",
     "simulation_study",
 ]
 

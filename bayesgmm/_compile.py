@@ -14,6 +14,9 @@ shape, dtype and sharding (an executable is specialised to all three), and the t
 from __future__ import annotations
 
 import collections
+import importlib.util
+import os
+import pathlib
 import time
 import weakref
 from typing import Any, Callable, NamedTuple
@@ -46,8 +49,6 @@ def available_memory(device) -> int | None:
     except OSError:
         pass
     try:
-        import os
-
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
@@ -172,28 +173,77 @@ def clear_caches() -> None:
     jax.clear_caches()
 
 
-def enable_compilation_cache(path, *, min_compile_time_secs: float = 1.0) -> None:
-    """Opt in to JAX's persistent compilation cache in ``path`` (off unless you call this).
+#: Environment variable naming the persistent compilation cache's folder; ``0``, ``off``,
+#: ``false``, ``no`` or an empty value turn the cache off.
+CACHE_ENV = "BAYESGMM_COMPILE_CACHE"
+_OFF_VALUES = frozenset({"", "0", "off", "false", "no", "none"})
+#: Programs that compile faster than this are not written to the cache (tiny helper programs
+#: would only fill the folder); every engine's main program takes longer.
+CACHE_MIN_COMPILE_SECONDS = 0.25
+#: The folder's size limit; JAX evicts the least recently used programs beyond it.
+CACHE_MAX_BYTES = 2 * 2**30
 
-    With the cache, a fresh process reuses programs compiled by an earlier process for the same
-    shapes and settings instead of compiling them again (the EM, VB, SVI and NUTS programs of
-    bayesgmm all qualify). This changes JAX's global configuration for the whole process, which
-    is why the library never does it by itself; the ``bayesgmm`` command does it when given
-    ``--compile-cache DIR`` or ``BAYESGMM_COMPILE_CACHE``.
+
+def default_cache_dir() -> pathlib.Path:
+    """The user's cache folder for compiled programs: ``$XDG_CACHE_HOME/bayesgmm/xla`` (by default
+    ``~/.cache/bayesgmm/xla``), one sub-folder per JAX version (executables do not carry over)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "bayesgmm" / "xla" / f"jax-{jax.__version__}"
+
+
+def set_compilation_cache(path, *, min_compile_time_secs: float = CACHE_MIN_COMPILE_SECONDS) -> None:
+    """Turn JAX's persistent compilation cache on in ``path``, or off with ``path=None``.
+
+    bayesgmm turns the cache on when it is imported (in :func:`default_cache_dir`, or in
+    ``$BAYESGMM_COMPILE_CACHE``), unless that variable says ``0``/``off`` or JAX's own cache folder
+    (``JAX_COMPILATION_CACHE_DIR``) is already set. A fresh process then reuses the programs an
+    earlier process compiled for the same shapes and settings instead of compiling them again (a
+    first NUTS fit costs seconds of compilation). The setting is JAX's and applies to the whole
+    process; call this to move the cache or (``None``) to turn it off from Python.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        Directory for the cache (created if needed).
+    path : str, os.PathLike or None
+        Folder for the cache (created if needed); None turns the cache off.
     min_compile_time_secs : float
-        Only programs that took at least this long to compile are cached.
-    """
-    import os
+        Only programs that took at least this long to compile are written to the cache.
 
+    Raises
+    ------
+    OSError
+        When the folder cannot be created.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if path is None or path is False:
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
+        return
     os.makedirs(path, exist_ok=True)
+    if jax.config.jax_compilation_cache_dir != str(path):
+        compilation_cache.reset_cache()  # a cache already opened elsewhere keeps its folder otherwise
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if importlib.util.find_spec("filelock") is not None:  # JAX bounds the size only with it
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+
+
+def configure_default_cache() -> pathlib.Path | None:
+    """At import: the persistent cache in ``$BAYESGMM_COMPILE_CACHE`` or :func:`default_cache_dir`,
+    unless turned off there or JAX's own folder is set. A folder that cannot be created leaves
+    the cache off (a read-only home must not break the import). Returns the folder in use."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None and env.strip().lower() in _OFF_VALUES:
+        return None
+    if env is None and jax.config.jax_compilation_cache_dir:
+        return pathlib.Path(jax.config.jax_compilation_cache_dir)  # the user's own choice
+    folder = pathlib.Path(env) if env is not None else default_cache_dir()
+    try:
+        set_compilation_cache(folder)
+    except OSError:
+        return None
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ Exit codes: 0 success; 2 invalid usage, input, data or configuration (a one-line
 stderr names the problem); 1 an unexpected internal error (with its traceback); 130 interrupted
 (Ctrl-C: one line, no files written).
 
-``--compile-cache DIR`` (before or after the command name; or the environment variable
-``BAYESGMM_COMPILE_CACHE``) turns on JAX's persistent compilation cache, so repeated commands
-skip most compilation.
+JAX's persistent compilation cache is on (in ``~/.cache/bayesgmm/xla``), so repeated commands
+skip most compilation; ``--compile-cache DIR`` (before or after the command name; or the
+environment variable ``BAYESGMM_COMPILE_CACHE``) moves it, ``--compile-cache off`` turns it off.
 """
 
 from __future__ import annotations
@@ -718,7 +718,8 @@ def _engine_option_args(p, *, one_engine: bool):
                             "(repeatable; default: the engines' defaults)")
 
 
-_COMPILE_CACHE_HELP = "folder for JAX's persistent compilation cache (default: $BAYESGMM_COMPILE_CACHE; off if unset)"
+_COMPILE_CACHE_HELP = ("folder for JAX's persistent compilation cache, or 'off' "
+                       "(default: $BAYESGMM_COMPILE_CACHE, else ~/.cache/bayesgmm/xla)")
 _K_HELP = "number of mixture components K"
 
 
@@ -726,9 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
                                  epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error, "
                                         "130 interrupted (Ctrl-C; no files written).")
-    ap.add_argument("--compile-cache", default=os.environ.get("BAYESGMM_COMPILE_CACHE"), help=_COMPILE_CACHE_HELP)
+    ap.add_argument("--compile-cache", default=None, help=_COMPILE_CACHE_HELP)
     # --compile-cache also after the command; SUPPRESS keeps the value given before it (or the
-    # environment's) when the command's own parser does not see the option
+    # default, set on import from the environment) when the command's own parser does not see it
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--compile-cache", default=argparse.SUPPRESS, help=_COMPILE_CACHE_HELP)
     subparsers = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -1065,14 +1066,17 @@ def options_from_toml(path, out=None, overwrite=None) -> dict:
     return defaults
 
 
-def _enable_compile_cache(path) -> None:
+def _set_compile_cache(path) -> None:
+    from ._compile import _OFF_VALUES, set_compilation_cache
+
+    if str(path).strip().lower() in _OFF_VALUES:
+        set_compilation_cache(None)
+        return
     cache = Path(path)
     if cache.exists() and not cache.is_dir():
         raise UsageError(f"--compile-cache {str(path)!r} exists and is not a folder.")
-    from ._compile import enable_compilation_cache
-
     try:
-        enable_compilation_cache(cache)
+        set_compilation_cache(cache)
     except OSError as err:
         raise UsageError(f"cannot create the compile cache folder {str(path)!r}: {err.strerror or err}.") from None
 
@@ -1179,8 +1183,8 @@ def _one_line(err) -> str:
 
 
 def _run(args) -> int:
-    if args.compile_cache:
-        _enable_compile_cache(args.compile_cache)
+    if args.compile_cache is not None:
+        _set_compile_cache(args.compile_cache)
     if args.command == "run":
         opts = options_from_toml(args.config, args.out, args.overwrite)
         command = opts.pop("command")

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _numpyro_common as shared
 from . import _numerics
-from ._compile import CompiledProgram, enable_compilation_cache, progress, tick_every, tick_interval  # noqa: F401 (re-exported)
+from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from .labels import align_draws
 from .model import gmm_model, log_prior, model_kwargs
 from .params import (
@@ -63,7 +63,7 @@ from .params import (
 )
 from .results import FitResult
 
-__all__ = ["enable_compilation_cache", "fit_mcmc"]
+__all__ = ["fit_mcmc"]
 
 CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 INIT_METHODS = ("map", "uniform")

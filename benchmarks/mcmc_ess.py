@@ -12,7 +12,7 @@ Rows
   0.8, same warmup and draws), one chain, in a separate virtual environment
   (``.venv-pymc``, see below), run as a subprocess with OPENBLAS_NUM_THREADS=1.
 * The first ``fit_mcmc`` call in a fresh process (default settings: 4 chains x (1000 + 1000),
-  Old Faithful K=2), timed in a subprocess without and then with the opt-in persistent
+  Old Faithful K=2), timed in a subprocess without and then with the persistent
   compilation cache. Target: at most 10 s.
 
 Columns: ``compile`` (s; bayesgmm: ``info["compile_seconds"]``, PyMC: everything before
@@ -237,9 +237,7 @@ LATENCY_CODE = """
 import sys, time, warnings
 t0 = time.perf_counter()
 import bayesgmm as bg
-from bayesgmm.mcmc import fit_mcmc, enable_compilation_cache
-if len(sys.argv) > 1:
-    enable_compilation_cache(sys.argv[1])
+from bayesgmm import fit_mcmc
 x = bg.datasets.load_faithful()
 t1 = time.perf_counter()
 with warnings.catch_warnings():
@@ -251,8 +249,9 @@ print(f"{t1 - t0:.2f} {t2 - t1:.2f} {r.info['compile_seconds']:.2f} {r.info['run
 
 
 def first_call_latency(cache_dir=None):
-    args = [sys.executable, "-c", LATENCY_CODE] + ([cache_dir] if cache_dir else [])
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+    args = [sys.executable, "-c", LATENCY_CODE]
+    env = dict(os.environ, BAYESGMM_COMPILE_CACHE=cache_dir or "0")  # no cache unless given one
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout.split()
     return [float(v) for v in out]
 
 

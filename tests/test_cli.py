@@ -278,13 +278,13 @@ def test_compile_cache_goes_before_or_after_the_command(monkeypatch, tmp_path):
     from bayesgmm import _compile
 
     seen = []
-    monkeypatch.setattr(_compile, "enable_compilation_cache", lambda path, **kw: seen.append(str(path)))
-    monkeypatch.delenv("BAYESGMM_COMPILE_CACHE", raising=False)
+    monkeypatch.setattr(_compile, "set_compilation_cache", lambda path, **kw: seen.append(path and str(path)))
     args = ["simulate", "-n", "20", "--out", str(tmp_path), "--overwrite"]
     assert cli.main(["--compile-cache", "before", *args]) == 0
     assert cli.main([*args, "--compile-cache", "after"]) == 0
-    assert cli.main(args) == 0
-    assert seen == ["before", "after"]
+    assert cli.main(args) == 0  # the setting made on import stands
+    assert cli.main([*args, "--compile-cache", "off"]) == 0
+    assert seen == ["before", "after", None]
 
 
 def test_toml_paths_are_relative_to_the_config_file(csv, tmp_path, monkeypatch):
