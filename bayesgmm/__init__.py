@@ -17,7 +17,6 @@ off with ``BAYESGMM_COMPILE_CACHE=0``), so that a fresh process reuses compiled 
 from . import datasets
 from ._compile import InsufficientMemoryError, configure_default_cache, set_compilation_cache
 from .calibration import sbc
-from .diagnostics import load_result, save_result
 from .em import fit_em
 from .experiments import compare, simulation_study
 from .kmeans import KMeansResult, kmeans
@@ -25,6 +24,7 @@ from .mcmc import fit_mcmc
 from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, PrecisionWarning, Prior
 from .results import FitResult
 from .selection import select, select_bayesian
+from .storage import load_result, save_result
 from .streaming import fit_em_stream
 from .svi import fit_svi
 from .uncertainty import bootstrap, observed_information

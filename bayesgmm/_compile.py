@@ -176,7 +176,7 @@ def clear_caches() -> None:
 #: Environment variable naming the persistent compilation cache's folder; ``0``, ``off``,
 #: ``false``, ``no`` or an empty value turn the cache off.
 CACHE_ENV = "BAYESGMM_COMPILE_CACHE"
-_OFF_VALUES = frozenset({"", "0", "off", "false", "no", "none"})
+CACHE_OFF_VALUES = frozenset({"", "0", "off", "false", "no", "none"})
 #: Programs that compile faster than this are not written to the cache (tiny helper programs
 #: would only fill the folder); every engine's main program takes longer.
 CACHE_MIN_COMPILE_SECONDS = 0.25
@@ -234,7 +234,7 @@ def configure_default_cache() -> pathlib.Path | None:
     unless turned off there or JAX's own folder is set. A folder that cannot be created leaves
     the cache off (a read-only home must not break the import). Returns the folder in use."""
     env = os.environ.get(CACHE_ENV)
-    if env is not None and env.strip().lower() in _OFF_VALUES:
+    if env is not None and env.strip().lower() in CACHE_OFF_VALUES:
         return None
     if env is None and jax.config.jax_compilation_cache_dir:
         return pathlib.Path(jax.config.jax_compilation_cache_dir)  # the user's own choice

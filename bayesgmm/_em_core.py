@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _iterate, _numerics, _stats
-from ._iterate import INIT_ITER, auto_starts, resolve_starts, trace_length  # noqa: F401 (re-exported)
 from ._compile import CompiledProgram
-from .kmeans import initial_responsibilities, init_noise
+from ._iterate import INIT_ITER, auto_starts, resolve_starts, trace_length  # noqa: F401 (re-exported)
+from .kmeans import init_noise, initial_responsibilities
 from .model import log_prior
 from .params import GMMParams
 
@@ -41,9 +41,6 @@ from .params import GMMParams
 #: start each component at one point, whose covariance is reg_covar alone, so reg_covar=0 would make
 #: every start singular. The updates after it use reg_covar as given; the default (1e-10) is unchanged.
 INIT_REG_COVAR = 1e-10
-
-# Incremented each time the EM program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"fit": 0}
 
 
 class EMConfig(NamedTuple):
@@ -135,7 +132,6 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     switch to the precise step where needed; False keeps the fast form (sharded rows: XLA's CPU
     devices deadlock on collectives inside a data-dependent branch).
     """
-    _TRACE_COUNT["fit"] += 1
     k, ct = config.num_components, config.covariance_type
     num_lanes = noise.shape[0]
     groups = _lane_groups(num_lanes, num_groups)

@@ -13,8 +13,11 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import Mapping
 
-__all__ = ["atomic_path", "write_text"]
+import numpy as np
+
+__all__ = ["atomic_path", "jsonable", "write_text"]
 
 
 def temporary_name(path) -> Path:
@@ -55,3 +58,20 @@ def write_text(path, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return Path(path)
+
+
+def jsonable(value, *, default=None):
+    """``value`` with NumPy arrays and scalars turned into JSON's lists and numbers, recursively
+    through lists, tuples and mappings (keys become strings). Anything else JSON cannot hold is
+    returned as is, or passed through ``default`` (e.g. ``repr``) when given."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(a, default=default) for a in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(a, default=default) for k, a in value.items()}
+    return value if default is None else default(value)

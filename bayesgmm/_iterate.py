@@ -93,7 +93,7 @@ def convergence(delta_prev, delta, step_index, tol, floor, close_before):
     row (one small ratio, e.g. after the large first step from a one-point start, cannot stop a
     run), or the objective has settled within its precision floor.
     """
-    xp, _ = _numerics._namespace(delta_prev, delta, tol, floor)  # NumPy on the host (streaming EM), else JAX
+    xp, _ = _numerics.array_namespace(delta_prev, delta, tol, floor)  # NumPy on the host (streaming EM), else JAX
     threshold = xp.maximum(tol, floor)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = delta / delta_prev

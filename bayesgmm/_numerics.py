@@ -29,7 +29,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 HOST_BLOCK_ROWS = 16384
 
 
-def _namespace(*arrays):
+def array_namespace(*arrays):
     """``(xp, scipy-like)`` for the arrays: NumPy + SciPy, or jax.numpy + jax.scipy."""
     for a in arrays:
         if type(a).__module__.startswith(("jax", "jaxlib")):
@@ -50,13 +50,16 @@ def _namespace(*arrays):
 # ----------------------------------------------------------------------------------------------
 # Covariance structures
 # ----------------------------------------------------------------------------------------------
-def expand_covariances(covariances, covariance_type: str, num_components: int, num_features: int):
+def expand_covariances(covariances, covariance_type: str, num_components: int, num_features: int, *, dtype=None):
     """Covariances as ``(..., K, D, D)`` whatever the structure (leading batch axes allowed).
 
     ``full`` (..., K, D, D) is returned as is; ``tied`` (..., D, D) is broadcast over K;
-    ``diag`` (..., K, D) and ``spherical`` (..., K) become diagonal matrices.
+    ``diag`` (..., K, D) and ``spherical`` (..., K) become diagonal matrices. With ``dtype``
+    (NumPy), the covariances are first converted to a NumPy array of that type.
     """
-    xp, _ = _namespace(covariances)
+    if dtype is not None:
+        covariances = np.asarray(covariances, dtype=dtype)
+    xp, _ = array_namespace(covariances)
     c = covariances
     k, d = num_components, num_features
     if covariance_type == "full":
@@ -71,7 +74,7 @@ def expand_covariances(covariances, covariance_type: str, num_components: int, n
 
 def diagonal_variances(covariances, covariance_type: str, num_components: int, num_features: int):
     """Per-component variances of each feature, ``(..., K, D)``."""
-    xp, _ = _namespace(covariances)
+    xp, _ = array_namespace(covariances)
     c = covariances
     if covariance_type == "full":
         return xp.diagonal(c, axis1=-2, axis2=-1)
@@ -92,7 +95,7 @@ def num_free_parameters(num_components: int, num_features: int, covariance_type:
 
 def smallest_variances(covariances, covariance_type: str, num_components: int, num_features: int):
     """Smallest eigenvalue of each component's covariance, ``(..., K)``."""
-    xp, _ = _namespace(covariances)
+    xp, _ = array_namespace(covariances)
     if covariance_type in ("full", "tied"):
         return xp.linalg.eigvalsh(expand_covariances(covariances, covariance_type, num_components, num_features))[..., 0]
     return xp.min(diagonal_variances(covariances, covariance_type, num_components, num_features), axis=-1)
@@ -115,7 +118,7 @@ def component_log_density(x, means, covariances, covariance_type: str):
     -------
     array (..., N, K)
     """
-    xp, sp = _namespace(x, means, covariances)
+    xp, sp = array_namespace(x, means, covariances)
     k, d = means.shape[-2:]
     diff = x[..., None, :, :] - means[..., :, None, :]  # (..., K, N, D)
     if covariance_type in ("diag", "spherical"):
@@ -133,14 +136,14 @@ def component_log_density(x, means, covariances, covariance_type: str):
 
 def log_joint_components(x, weights, means, covariances, covariance_type: str):
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape (..., N, K); empty components give -inf."""
-    xp, _ = _namespace(x, weights, means, covariances)
+    xp, _ = array_namespace(x, weights, means, covariances)
     with np.errstate(divide="ignore"):
         log_w = xp.log(weights)
     return component_log_density(x, means, covariances, covariance_type) + log_w[..., None, :]
 
 
 def logsumexp(a, axis):
-    xp, sp = _namespace(a)
+    xp, sp = array_namespace(a)
     return sp.special.logsumexp(a, axis=axis)
 
 
@@ -339,7 +342,7 @@ def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_compon
     """Components whose smallest variance sits on a floor, ``(..., K)`` (standardised scale): the
     regularisation ``10 reg_covar``, the resolution ``100 eps^2``, or for full and tied
     covariances 4 times the M-step's round-off floor ``ROUNDOFF_ULPS eps tr(Sigma) / D``."""
-    xp, _ = _namespace(covariances)
+    xp, _ = array_namespace(covariances)
     k, d = num_components, num_features
     smallest = smallest_variances(covariances, covariance_type, k, d)
     floor = xp.maximum(10.0 * reg_covar, 100.0 * eps**2)
@@ -364,7 +367,7 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
 
     Works on NumPy and JAX arrays (``(..., K)`` counts); inactive components are never flagged.
     """
-    xp, _ = _namespace(counts, covariances)
+    xp, _ = array_namespace(counts, covariances)
     k, d = counts.shape[-1], num_features
     smallest = smallest_variances(covariances, covariance_type, k, d)
     empty = counts < 1.0

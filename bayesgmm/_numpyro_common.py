@@ -2,8 +2,8 @@
 
 The engines never import each other; what they have in common lives here:
 
-* validation and standardisation at the public boundary (:func:`check_int`, :func:`check_prior`,
-  :func:`standardise`);
+* the inputs on the standardised scale with the prior resolved (:func:`standardise`; validation
+  is :mod:`bayesgmm.params`');
 * the model's sample-site values of a parameter set (:func:`site_values`);
 * the MAP start both engines centre their chains or guide on (:func:`map_start`, traced inside
   their compiled programs);
@@ -28,14 +28,13 @@ import numpy as np
 from . import _stats
 from .kmeans import kmeans_labels, num_trials
 from .model import log_prior
-from .params import GMMParams, Prior, PriorArrays, check_params, compute_dtype, params_to_standard, standardisation
+from .params import GMMParams, Prior, PriorArrays, check_params, compute_dtype, params_to_standard
+from .params import standardise as params_standardise
 
 __all__ = [
     "MAP_ITERS",
     "MAP_STARTS",
     "Standardised",
-    "check_int",
-    "check_prior",
     "map_start",
     "placeholder_init",
     "site_values",
@@ -52,33 +51,6 @@ MAP_ITERS = 50
 # ----------------------------------------------------------------------------------------------
 # The public boundary: validation and units
 # ----------------------------------------------------------------------------------------------
-def check_int(name: str, value, minimum: int) -> int:
-    """Validate an integer argument.
-
-    Parameters
-    ----------
-    name : str
-        The argument's name, used in the error message.
-    value : object
-        What the caller passed.
-    minimum : int
-        Smallest allowed value.
-
-    Returns
-    -------
-    int
-        ``value`` as a Python int.
-
-    Raises
-    ------
-    ValueError
-        When ``value`` is not an integer (``bool`` included) or is below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 class Standardised(NamedTuple):
     """One fit's inputs on the standardised scale, as the compiled programs receive them.
 
@@ -104,37 +76,6 @@ class Standardised(NamedTuple):
     dtype: Any
 
 
-def check_prior(prior, arr: np.ndarray, num_components: int) -> Prior:
-    """The prior of a fit: ``Prior.default(arr, K)`` for None, else ``prior`` validated against the data.
-
-    Parameters
-    ----------
-    prior : Prior or None
-    arr : np.ndarray, shape (N, D)
-        The validated data (original scale).
-    num_components : int
-        K.
-
-    Returns
-    -------
-    Prior
-
-    Raises
-    ------
-    ValueError
-        When ``prior`` is not a :class:`~bayesgmm.Prior`, is for another number of features, or
-        its ``weight_concentration`` has a length other than K.
-    """
-    if prior is None:
-        prior = Prior.default(arr, num_components)
-    elif not isinstance(prior, Prior):
-        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
-    if prior.num_features != arr.shape[1]:
-        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {arr.shape[1]}.")
-    prior.concentration(num_components)  # raises when its length is not K
-    return prior
-
-
 def standardise(arr: np.ndarray, num_components: int, covariance_type: str, prior: Prior) -> Standardised:
     """Standardise the data and express the prior on that scale.
 
@@ -154,11 +95,9 @@ def standardise(arr: np.ndarray, num_components: int, covariance_type: str, prio
     Standardised
     """
     # the package's float policy (NumPyro builds its constants in JAX's default float, too)
-    np_dtype = compute_dtype()
-    dtype = np_dtype
-    shift, sd = standardisation(arr.astype(np.float64), covariance_type)
-    xs = ((arr - shift) / sd).astype(np_dtype)
-    prior_arrays = prior.standardised(shift, sd).arrays(num_components, covariance_type, dtype=np_dtype)
+    dtype = compute_dtype()
+    shift, sd, xs = params_standardise(arr, covariance_type, dtype=dtype)
+    prior_arrays = prior.standardised(shift, sd).arrays(num_components, covariance_type, dtype=dtype)
     return Standardised(prior, xs, prior_arrays, shift, sd, dtype)
 
 

@@ -48,8 +48,12 @@ import traceback
 import warnings
 from pathlib import Path
 
-ENGINES = ("em", "map-em", "vb", "svi", "mcmc")
-COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+from .engines import engine_names
+from .params import COVARIANCE_TYPES
+
+__all__ = ["UsageError", "build_parser", "console_main", "main"]
+
+ENGINES = engine_names()
 DATASETS = ("faithful", "galaxies")
 DEMO_ENGINES = {"mcmc": {"num_warmup": 500, "num_samples": 500}, "svi": {"num_steps": 3000}}
 
@@ -163,8 +167,9 @@ def load_data(spec: dict):
     ``columns`` (the features: a name or a list of names; default every column except the label
     column, all of which must then be numeric) and ``label_column`` (not a feature).
     """
-    import bayesgmm as bg
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    import bayesgmm as bg
 
     if not isinstance(spec, dict):
         raise UsageError(f"the data spec must be a table (dataset or path, columns, label_column), got {spec!r}.")
@@ -456,8 +461,8 @@ def _fit_stream(opts):
 
 
 def run_fit(opts, out: OutputFolder) -> int:
-    from .diagnostics import save_result
     from .experiments import fit
+    from .storage import save_result
 
     method = opts["method"]
     stem = f"{method}_k{opts['num_components']}"
@@ -488,8 +493,8 @@ COMPARE_COLUMNS = ("method", "fit_seconds", "run_seconds", "log_likelihood", "te
 def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     import numpy as np
 
-    from .diagnostics import save_result
     from .experiments import compare
+    from .storage import save_result
 
     x, labels = load_data(opts["data"])
     if title:
@@ -1067,9 +1072,9 @@ def options_from_toml(path, out=None, overwrite=None) -> dict:
 
 
 def _set_compile_cache(path) -> None:
-    from ._compile import _OFF_VALUES, set_compilation_cache
+    from ._compile import CACHE_OFF_VALUES, set_compilation_cache
 
-    if str(path).strip().lower() in _OFF_VALUES:
+    if str(path).strip().lower() in CACHE_OFF_VALUES:
         set_compilation_cache(None)
         return
     cache = Path(path)

@@ -9,6 +9,8 @@ import numpy as np
 
 from .params import GMMParams, check_covariance_type, check_num_components
 
+__all__ = ["MixtureData", "load_faithful", "load_galaxies", "make_mixture"]
+
 
 def _read_csv(name: str):
     with resources.files("bayesgmm").joinpath("data", name).open("r") as f:

@@ -1,4 +1,4 @@
-"""ArviZ conversion of any :class:`~bayesgmm.FitResult`, and a NetCDF round trip.
+"""ArviZ conversion of any :class:`~bayesgmm.FitResult`, and convergence diagnostics (ESS, R-hat).
 
 :func:`to_inference_data` builds an ``arviz.InferenceData`` from the fields of a result only, so
 it works for every engine. Groups:
@@ -29,8 +29,8 @@ group                       content
 
 ``idata.attrs`` holds ``inference_library="bayesgmm"``, its version, ``method``,
 ``covariance_type`` and one JSON string ``bayesgmm_result`` with every remaining field (prior,
-info, convergence facts), so :func:`from_inference_data` rebuilds the result exactly.
-:func:`save_result` / :func:`load_result` write and read that as NetCDF; nothing is pickled.
+info, convergence facts), so :func:`bayesgmm.storage.from_inference_data` rebuilds the result
+exactly; :mod:`bayesgmm.storage` writes and reads that as NetCDF (nothing is pickled).
 
 ArviZ and xarray are imported inside the functions, so ``import bayesgmm`` stays light.
 """
@@ -45,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _numerics
-from .params import GMMParams, Prior, PriorArrays, check_data, seed_to_key
+from ._files import jsonable
+from .params import GMMParams, PriorArrays, check_data, seed_to_key
 
-__all__ = ["ess_bulk", "from_inference_data", "load_result", "rhat", "save_result", "to_inference_data"]
+__all__ = ["ess_bulk", "rhat", "to_inference_data"]
 
 #: NumPyro ``extra_fields`` name -> (ArviZ name, sign), as arviz.io_numpyro renames them.
 NUMPYRO_STAT_NAMES = {
@@ -57,7 +58,7 @@ NUMPYRO_STAT_NAMES = {
     "num_steps": ("n_steps", 1.0),
 }
 
-_META_KEY = "bayesgmm_result"
+META_KEY = "bayesgmm_result"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def rhat(draws) -> np.ndarray:
     return np.where(constant, np.nan, np.maximum(bulk, tail))
 
 
-_FORMAT_VERSION = 1
+FORMAT_VERSION = 1
 
 
 def _cov_dims(covariance_type: str) -> list[str]:
@@ -276,10 +277,8 @@ def _sample_stats_arrays(result, chains, draws):
 
 
 def _metadata(result, sample_stats_map, raw_mode) -> str:
-    from .results import _jsonable
-
     meta = {
-        "format_version": _FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "method": result.method,
         "covariance_type": result.covariance_type,
         "log_likelihood": float(result.log_likelihood),
@@ -290,7 +289,7 @@ def _metadata(result, sample_stats_map, raw_mode) -> str:
         "num_obs": int(result.num_obs),
         "degenerate_components": [int(i) for i in result.degenerate_components],
         "prior": None if result.prior is None else result.prior.to_dict(),
-        "info": {str(k): _jsonable(v) for k, v in dict(result.info).items()},
+        "info": {str(k): jsonable(v) for k, v in dict(result.info).items()},
         "has_draws": result.draws is not None,
         "raw_draws": raw_mode,
         "sample_stats_map": sample_stats_map,
@@ -444,7 +443,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
             },
             default_dims=[],
         )
-    idata_attrs = dict(attrs, **{_META_KEY: _metadata(result, stats_map, raw_mode)})
+    idata_attrs = dict(attrs, **{META_KEY: _metadata(result, stats_map, raw_mode)})
     return az.InferenceData(attrs=idata_attrs, **groups)
 
 
@@ -483,137 +482,3 @@ def _posterior_predictive(result, post, num_obs, num_predictive, seed, dataset):
         {"x": ["obs", "feature"]},
         extra_coords={"obs": np.arange(num_obs), "draw": draw_coord},
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# InferenceData -> FitResult, NetCDF
-# ----------------------------------------------------------------------------------------------
-def _group_arrays(idata, group, names):
-    ds = idata[group]
-    return {n: np.asarray(ds[n].values) for n in names}
-
-
-def from_inference_data(idata):
-    """Rebuild the :class:`~bayesgmm.FitResult` written by :func:`to_inference_data`.
-
-    Restores the point estimate, draws (aligned and raw), sampler statistics under their
-    original names, the objective trace, the prior, the closed-form predictive and ``info`` (as
-    JSON types: arrays come back as lists), so ``predict``, ``predict_proba`` and
-    ``score_samples`` give the same numbers as the original result.
-    """
-    from .results import FitResult, StudentTMixture
-
-    attrs = getattr(idata, "attrs", None) or {}
-    if _META_KEY not in attrs or "point_estimate" not in getattr(idata, "groups", lambda: [])():
-        raise ValueError(
-            "This InferenceData was not written by bayesgmm.to_inference_data (it lacks the "
-            f"'{_META_KEY}' attribute or the 'point_estimate' group); only such objects, or files "
-            "written by bayesgmm.save_result, can be turned back into a FitResult."
-        )
-    meta = json.loads(attrs[_META_KEY])
-    if meta.get("format_version", 0) > _FORMAT_VERSION:
-        raise ValueError(
-            f"This file uses bayesgmm result format {meta['format_version']}, newer than this version "
-            f"reads ({_FORMAT_VERSION}); upgrade bayesgmm to load it."
-        )
-    pnames = ("weights", "means", "covariances")
-    point = _group_arrays(idata, "point_estimate", pnames)
-    draws = _group_arrays(idata, "posterior", pnames) if meta["has_draws"] else None
-    raw = None
-    if meta["raw_draws"] == "same":
-        raw = dict(draws)
-    elif meta["raw_draws"] == "stored":
-        raw = _group_arrays(idata, "raw_posterior", pnames)
-    sample_stats = None
-    if meta["sample_stats_map"]:
-        ss = idata["sample_stats"]
-        sample_stats = {}
-        for original, stored, sign in meta["sample_stats_map"]:
-            v = np.asarray(ss[stored].values)
-            sample_stats[original] = -v if sign < 0 else v
-    predictive = None
-    if meta["has_predictive"]:
-        p = idata["predictive"]
-        predictive = StudentTMixture(*(np.asarray(p[n].values) for n in ("weights", "loc", "scale", "df")))
-    return FitResult(
-        method=meta["method"],
-        covariance_type=meta["covariance_type"],
-        weights=point["weights"],
-        means=point["means"],
-        covariances=point["covariances"],
-        log_likelihood=float(meta["log_likelihood"]),
-        converged=bool(meta["converged"]),
-        n_iter=int(meta["n_iter"]),
-        trace=np.asarray(idata["fit_trace"]["objective"].values),
-        objective=meta["objective"],
-        feature_names=tuple(meta["feature_names"]),
-        num_obs=int(meta["num_obs"]),
-        degenerate_components=tuple(meta["degenerate_components"]),
-        prior=None if meta["prior"] is None else Prior(**meta["prior"]),
-        draws=draws,
-        raw_draws=raw,
-        sample_stats=sample_stats,
-        predictive=predictive,
-        info=meta["info"],
-    )
-
-
-def save_result(result, path, x=None, **kwargs):
-    """Write a result as NetCDF (via ArviZ): everything it holds, draws and predictive included.
-
-    Parameters
-    ----------
-    result : FitResult
-    path : str or os.PathLike
-        The NetCDF file (``.nc``). It is written atomically: a temporary file beside it is
-        renamed onto ``path`` when complete, so an interrupted write leaves no truncated file.
-    x : array-like, optional
-        Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).
-    **kwargs
-        Passed to :func:`to_inference_data` (e.g. ``posterior_predictive=True``).
-
-    Returns
-    -------
-    str
-        The path. Read it back with :func:`load_result`: ``predict``, ``predict_proba`` and
-        ``score_samples`` of the loaded result equal the original's.
-    """
-    from pathlib import Path
-
-    from ._files import atomic_path
-
-    if Path(path).suffix.lower() == ".json":
-        raise ValueError(f"save_result writes NetCDF, not JSON: give a path ending in .nc, not {str(path)!r} "
-                         "(the JSON summary, without posterior draws, is result.to_json(path)).")
-    idata = to_inference_data(result, x, **kwargs)
-    with atomic_path(path) as tmp:
-        idata.to_netcdf(str(tmp))
-    return str(path)
-
-
-def load_result(path):
-    """Read a result saved by :func:`save_result` (NetCDF) or :meth:`FitResult.to_json` (JSON).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A ``.json`` file is read by :meth:`FitResult.from_json` (the point estimate only: a
-        Bayesian result comes back without draws, flagged by ``posterior_omitted``, with a
-        warning). Any other file is read as NetCDF, with every array loaded and the file closed:
-        the full result, draws, sampler statistics and VB predictive included.
-
-    Returns
-    -------
-    FitResult
-    """
-    from pathlib import Path
-
-    if Path(path).suffix.lower() == ".json":
-        from .results import FitResult
-
-        return FitResult.from_json(Path(path))
-    import arviz as az
-
-    with az.rc_context({"data.load": "eager"}):
-        idata = az.from_netcdf(str(path))
-    return from_inference_data(idata)

@@ -21,14 +21,16 @@ Like :class:`sklearn.mixture.GaussianMixture`, it is a density estimator, not a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import warnings
 
 import numpy as np
 
+from .engines import engine_names, get_engine
 from .params import COVARIANCE_TYPES, Prior, check_data
 from .params import ConvergenceWarning as _ConvergenceWarning
+
+__all__ = ["ConvergenceWarning", "GaussianMixture"]
 
 try:  # scikit-learn is optional
     from sklearn.base import BaseEstimator as _Base
@@ -92,13 +94,8 @@ SKLEARN_CONVERGENCE_MESSAGE = (
 )
 
 
-METHODS = ("em", "vb", "svi", "mcmc")
-_ENGINES = {
-    "em": ("bayesgmm.em", "fit_em"),
-    "vb": ("bayesgmm.vb", "fit_vb"),
-    "svi": ("bayesgmm.svi", "fit_svi"),
-    "mcmc": ("bayesgmm.mcmc", "fit_mcmc"),
-}
+#: The registry's engines; MAP-EM is ``method="em"`` with a ``prior`` here, as in ``fit_em``.
+METHODS = tuple(name for name in engine_names() if name != "map-em")
 # Estimator parameters handed to an engine when (and only when) its signature takes them.
 _SHARED = ("covariance_type", "prior", "n_init", "init_params", "tol", "max_iter", "reg_covar")
 _INITS = ("weights_init", "means_init", "precisions_init")  # the same, default None
@@ -110,14 +107,7 @@ def _engine(method: str):
     """The engine function for ``method``, imported lazily (engines never import each other)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    module, name = _ENGINES[method]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"method={method!r} needs {module}.{name}, which this installation of bayesgmm "
-            f"does not provide ({err}). Use one of the other methods."
-        ) from err
+    return get_engine(method).load()
 
 
 def seed_from_random_state(random_state) -> int:
@@ -134,7 +124,7 @@ def seed_from_random_state(random_state) -> int:
             raise ValueError(f"random_state must be in [0, 2**32 - 1], got {random_state}.")
         return int(random_state)
     if random_state is None:
-        return int(np.random.randint(0, np.iinfo(np.int32).max))
+        return int(np.random.randint(0, np.iinfo(np.int32).max))  # noqa: NPY002 (scikit-learn: None is the global RNG)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):

@@ -27,15 +27,16 @@ intervals for EM).
 
 from __future__ import annotations
 
-import importlib
 import time
 import warnings
 from typing import Mapping
 
+import jax
 import numpy as np
 
+from .engines import engine_names, get_engine
 from .labels import align_draws
-from .params import GMMParams, Prior, check_data, check_num_components
+from .params import GMMParams, Prior, check_data, check_num_components, prepare_data
 from .results import FitResult
 
 __all__ = [
@@ -48,15 +49,8 @@ __all__ = [
     "summarise_study",
 ]
 
-#: method name -> (module, function, default keyword arguments)
-_ENGINES = {
-    "em": ("em", "fit_em", {}),
-    "map-em": ("em", "fit_em", {}),
-    "vb": ("vb", "fit_vb", {}),
-    "svi": ("svi", "fit_svi", {}),
-    "mcmc": ("mcmc", "fit_mcmc", {}),
-}
-METHODS = tuple(_ENGINES) + ("kmeans",)
+#: The registry's engines, and plain k-means as a baseline.
+METHODS = engine_names() + ("kmeans",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,22 +114,20 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     (the em-EM search for EM and VB) apply otherwise; an option the engine does not take is a
     ValueError listing the options it does take.
     """
-    if method not in _ENGINES:
-        raise ValueError(f"method must be one of {tuple(_ENGINES)}, got {method!r}.")
-    module, name, defaults = _ENGINES[method]
-    engine = getattr(importlib.import_module(f".{module}", __package__), name)
+    spec = get_engine(method)
+    engine = spec.load()
     _check_engine_kwargs(engine, method, kwargs)
-    kw = {**defaults, **kwargs}
+    kw = {**spec.options, **kwargs}
     if isinstance(prior, str):
         if prior != "default":
             raise ValueError(f"prior must be a bayesgmm.Prior, 'default' or None, got {prior!r}.")
         prior = Prior.default(x, num_components)
-    if method == "em" and prior is not None:
-        raise ValueError("method 'em' is maximum likelihood and takes no prior; use method 'map-em' for MAP-EM "
-                         "with a prior (the default prior when none is given).")
+    if spec.prior == "none" and prior is not None:
+        raise ValueError(f"method {method!r} is maximum likelihood and takes no prior; use method 'map-em' for "
+                         "MAP-EM with a prior (the default prior when none is given).")
     if method == "map-em":
         kw["prior"] = prior if prior is not None else Prior.default(x, num_components)
-    elif method != "em":
+    elif spec.prior != "none":
         kw["prior"] = prior
     return engine(x, num_components, covariance_type=covariance_type, seed=seed, **kw)
 
@@ -291,7 +283,8 @@ def compare(
     """
     import pandas as pd
 
-    arr, _ = check_data(x)
+    data = prepare_data(x)  # validated once; every engine takes the record and skips the checks
+    arr = data.values
     k = check_num_components(num_components, arr.shape[0])
     methods = _check_methods(methods)
     engine_kwargs = dict(engine_kwargs or {})
@@ -308,8 +301,7 @@ def compare(
         if method == "kmeans":
             from .kmeans import kmeans as engine
         else:
-            module, name, _ = _ENGINES[method]
-            engine = getattr(importlib.import_module(f".{module}", __package__), name)
+            engine = get_engine(method).load()
         _check_engine_kwargs(engine, method, kw)
     if labels is not None:
         labels = np.asarray(labels)
@@ -338,9 +330,9 @@ def compare(
                 from .kmeans import kmeans
 
                 kw = {"n_init": 10, **engine_kwargs.get("kmeans", {})}
-                result = kmeans(x, k, seed=seed, **kw)
+                result = kmeans(data, k, seed=seed, **kw)
             else:
-                result = fit(x, k, method, covariance_type=covariance_type, prior=None if method == "em" else prior,
+                result = fit(data, k, method, covariance_type=covariance_type, prior=None if method == "em" else prior,
                              seed=seed, **engine_kwargs.get(method, {}))
             seconds = time.perf_counter() - start
             row = _row(method, result, seconds, x_test, labels, arr, truth, interval, seed, bootstrap_replicates)
@@ -366,6 +358,7 @@ def simulation_study(
     engine_kwargs: Mapping[str, Mapping] | None = None,
     seed: int = 0,
     progress_bar: bool = True,
+    executor=None,
 ):
     """Run :func:`compare` on many simulated data sets with known truth; rows stacked.
 
@@ -375,6 +368,12 @@ def simulation_study(
     the same mixture, and every method is fitted. Engines compile once per shape, so the
     replicates of one grid cell reuse the compiled programs.
 
+    ``executor``: any :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, or a Dask
+    cluster's ``client.get_executor()``) runs the data sets in parallel, across cores or machines;
+    every data set is seeded by its position in the study, so the table equals the serial run's
+    (up to the timing columns). Each worker compiles the engines once per shape (the persistent
+    compilation cache shares the programs between processes on one machine).
+
     Returns
     -------
     pandas.DataFrame
@@ -383,34 +382,67 @@ def simulation_study(
     """
     import pandas as pd
 
-    from .datasets import make_mixture
-
     if isinstance(num_datasets, bool) or not isinstance(num_datasets, (int, np.integer)) or num_datasets < 1:
         raise ValueError(f"num_datasets must be a positive integer, got {num_datasets!r}.")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
     grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]
-    cells = [(cell, r) for cell in grid for r in range(num_datasets)]
-    iterator = cells
+    settings = dict(num_features=num_features, methods=tuple(methods), covariance_type=covariance_type,
+                    test_size=test_size, interval=interval, bootstrap_replicates=bootstrap_replicates,
+                    engine_kwargs=None if engine_kwargs is None else {m: dict(v) for m, v in engine_kwargs.items()},
+                    x64=bool(jax.config.jax_enable_x64))  # a worker computes in this process's precision
+    tasks = [(index, (int(n), float(s), int(k)), r, seed * 1_000_003 + index)
+             for index, ((n, s, k), r) in enumerate((cell, r) for cell in grid for r in range(num_datasets))]
+    bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(cells, desc="simulation study", unit="data set")
-    frames = []
-    for index, ((n, s, k), r) in enumerate(iterator):
-        data_seed = seed * 1_000_003 + index
-        data = make_mixture(int(n) + test_size, int(k), num_features, covariance_type=covariance_type,
-                            separation=float(s), seed=data_seed)
-        x, x_test, labels = data.x[: int(n)], data.x[int(n):], data.labels[: int(n)]
-        table = compare(
-            x, int(k), methods=methods, covariance_type=covariance_type, x_test=x_test if test_size else None,
-            labels=labels, truth=data.params, interval=interval, bootstrap_replicates=bootstrap_replicates,
-            engine_kwargs=engine_kwargs, seed=data_seed,
-        )
-        table.insert(0, "dataset", r)
-        table.insert(1, "num_obs", int(n))
-        table.insert(2, "separation", float(s))
-        table.insert(3, "num_components", int(k))
-        frames.append(table)
+        bar = tqdm(total=len(tasks), desc="simulation study", unit="data set")
+    try:
+        if executor is None:
+            frames = []
+            for task in tasks:
+                frames.append(_study_task(task, settings))
+                if bar is not None:
+                    bar.update(1)
+        else:  # each data set is independent and seeded by its index: the same rows as the serial run
+            futures = [executor.submit(_study_task, task, settings) for task in tasks]
+            frames = []
+            for future in futures:
+                frames.append(future.result())
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return pd.concat(frames, ignore_index=True)
+
+
+def _study_task(task, settings):
+    """One data set of :func:`simulation_study` (a module-level function, so process pools and
+    Dask can run it): simulate it from its seed, :func:`compare` the methods on it."""
+    from .datasets import make_mixture
+
+    with jax.enable_x64(settings["x64"]):
+        return _study_data_set(task, settings, make_mixture)
+
+
+def _study_data_set(task, settings, make_mixture):
+    index, (n, s, k), r, data_seed = task
+    test_size = settings["test_size"]
+    data = make_mixture(n + test_size, k, settings["num_features"], covariance_type=settings["covariance_type"],
+                        separation=s, seed=data_seed)
+    x, x_test, labels = data.x[:n], data.x[n:], data.labels[:n]
+    table = compare(
+        x, k, methods=settings["methods"], covariance_type=settings["covariance_type"], x_test=x_test if test_size else None,
+        labels=labels, truth=data.params, interval=settings["interval"], bootstrap_replicates=settings["bootstrap_replicates"],
+        engine_kwargs=settings["engine_kwargs"], seed=data_seed,
+    )
+    table.insert(0, "dataset", r)
+    table.insert(1, "num_obs", n)
+    table.insert(2, "separation", s)
+    table.insert(3, "num_components", k)
+    return table
 
 
 def summarise_study(study):

@@ -20,6 +20,8 @@ from .params import (
     standardisation,
 )
 
+__all__ = ["INIT_METHODS", "KMeansResult", "kmeans", "kmeans_plusplus"]
+
 
 class KMeansResult(NamedTuple):
     """Result of :func:`kmeans`.
@@ -225,7 +227,8 @@ def initial_responsibilities(u, x, num_components: int, method: str, *, sample_w
 
     ``"k-means++"``: every row one-hot on its nearest seed (one assignment step: what EM's first
     E-step does from scikit-learn's one-point starts, without their near-singular covariances);
-    ``"kmeans"``: one-hot k-means labels (the seeds refined by Lloyd's algorithm); ``"random"``: uniform random, normalised; ``"random_from_data"``:
+    ``"kmeans"``: one-hot k-means labels (the seeds refined by Lloyd's algorithm); ``"random"``:
+    uniform random, normalised; ``"random_from_data"``:
     one-hot on K random points (drawn with probability proportional to ``sample_weight`` when
     given, by the Gumbel-top-k trick). Inactive components (``active``, a traced (K,) mask) get no
     responsibility. ``u`` holds the uniform numbers of the start (:func:`init_noise_shape`).

@@ -47,11 +47,6 @@ __all__ = [
 _COSTS = ("kl", "mahalanobis")
 
 
-def _full(cov, covariance_type: str, k: int, d: int) -> np.ndarray:
-    """Covariances (..., K, D, D), float64 (:func:`bayesgmm._numerics.expand_covariances`)."""
-    return expand_covariances(np.asarray(cov, dtype=np.float64), covariance_type, k, d)
-
-
 def _check_draws(draws, covariance_type: str):
     missing = [n for n in ("weights", "means", "covariances") if n not in draws]
     if missing:
@@ -96,14 +91,14 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
     pm = np.asarray(pivot.means, dtype=np.float64)
     if pm.shape != (k, d):
         raise ValueError(f"pivot.means must have shape ({k}, {d}) like the draws, got {pm.shape}.")
-    pc = _full(pivot.covariances, covariance_type, k, d)
+    pc = expand_covariances(pivot.covariances, covariance_type, k, d, dtype=np.float64)
     chol = np.linalg.cholesky(pc)  # raises LinAlgError for a non-PD pivot
     chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(d), pc.shape))
     prec = np.swapaxes(chol_inv, -1, -2) @ chol_inv  # (K, D, D)
     diff = m[..., :, None, :] - pm  # (..., j, k, D)
     out = np.einsum("...jka,kab,...jkb->...jk", diff, prec, diff)
     if cost == "kl" and covariance_type != "tied":
-        out = out + np.einsum("kab,...jba->...jk", prec, _full(c, covariance_type, k, d))
+        out = out + np.einsum("kab,...jba->...jk", prec, expand_covariances(c, covariance_type, k, d, dtype=np.float64))
     return out
 
 
@@ -167,6 +162,51 @@ def align_draws(draws, pivot: GMMParams, covariance_type: str, *, cost: str = "k
     return permute_draws(draws, perms, covariance_type), perms
 
 
+def match_result(result, reference, *, cost: str = "kl"):
+    """``result`` with its components reordered to match ``reference``'s (e.g. the same colours
+    in figures of several engines).
+
+    The point estimates are matched by the Hungarian algorithm on :func:`assignment_costs`
+    (``cost`` as in :func:`align_draws`); weights, means, covariances and the aligned draws are
+    permuted together (``raw_draws``, before any alignment, are left as they are).
+
+    Parameters
+    ----------
+    result, reference : FitResult
+        Fits with the same number of components and features and the same covariance type.
+    cost : {"kl", "mahalanobis"}
+
+    Returns
+    -------
+    FitResult
+        ``result`` itself when its order already matches.
+    """
+    import dataclasses
+
+    if result.means.shape != reference.means.shape or result.covariance_type != reference.covariance_type:
+        raise ValueError(
+            f"cannot match components: {result.covariance_type!r} means of shape {result.means.shape} and "
+            f"{reference.covariance_type!r} means of shape {reference.means.shape}; compare fits with the "
+            "same number of components and features and the same covariance type."
+        )
+    ct = result.covariance_type
+    point = {"weights": result.weights[None], "means": result.means[None], "covariances": result.covariances[None]}
+    pivot = GMMParams(reference.weights, reference.means, reference.covariances)
+    aligned, perms = align_draws(point, pivot, ct, cost=cost)
+    perm = perms[0]
+    if np.array_equal(perm, np.arange(perm.size)):
+        return result
+
+    def permuted(draws):
+        if draws is None:
+            return None
+        lead = np.asarray(draws["weights"]).shape[:-1]
+        return permute_draws(draws, np.broadcast_to(perm, lead + perm.shape), ct)
+
+    return dataclasses.replace(result, weights=aligned["weights"][0], means=aligned["means"][0],
+                               covariances=aligned["covariances"][0], draws=permuted(result.draws))
+
+
 def sort_components(draws, covariance_type: str, *, by: str = "means", feature: int = 0) -> dict:
     """Relabel each draw by sorting its components (a label-invariant canonical order).
 
@@ -196,7 +236,8 @@ def mixture_moments(draws, covariance_type: str):
     w, m, c = _check_draws(draws, covariance_type)
     k, d = m.shape[-2:]
     mean = np.einsum("...k,...kd->...d", w, m)
-    second = np.einsum("...k,...kab->...ab", w, _full(c, covariance_type, k, d) + m[..., :, None] * m[..., None, :])
+    full = expand_covariances(c, covariance_type, k, d, dtype=np.float64)
+    second = np.einsum("...k,...kab->...ab", w, full + m[..., :, None] * m[..., None, :])
     return mean, second - mean[..., :, None] * mean[..., None, :]
 
 

@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _numpyro_common as shared
 from . import _numerics
+from . import _numpyro_common as shared
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from .labels import align_draws
 from .model import gmm_model, log_prior, model_kwargs
@@ -56,7 +56,9 @@ from .params import (
     Prior,
     check_covariance_type,
     check_data,
+    check_int,
     check_num_components,
+    check_prior,
     log_jacobians,
     params_to_original,
     seed_to_key,
@@ -368,7 +370,8 @@ def fit_mcmc(
         True when the maximum R-hat over all aligned parameters is below 1.01;
         ``n_iter = num_samples``. ``info``: ``num_divergences``, ``min_ess_bulk``, ``max_rhat``,
         ``seed``, ``label_switch_fraction`` (draws whose best permutation is not the
-        identity), ``num_devices`` (devices the chains ran on) and the settings. Timings: ``compile_seconds`` (tracing and compiling the sampler
+        identity), ``num_devices`` (devices the chains ran on) and the settings. Timings:
+        ``compile_seconds`` (tracing and compiling the sampler
         program; 0.0 when a program compiled for the same shapes and settings was reused) and
         ``run_seconds`` (running it: MAP start, warmup and sampling, without compilation and
         without the NumPy post-processing) and ``fit_seconds``, their sum.
@@ -404,10 +407,10 @@ def fit_mcmc(
     n, d = arr.shape
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
-    num_warmup = shared.check_int("num_warmup", num_warmup, 0)
-    num_samples = shared.check_int("num_samples", num_samples, 1)
-    num_chains = shared.check_int("num_chains", num_chains, 1)
-    max_tree_depth = shared.check_int("max_tree_depth", max_tree_depth, 1)
+    num_warmup = check_int("num_warmup", num_warmup, 0)
+    num_samples = check_int("num_samples", num_samples, 1)
+    num_chains = check_int("num_chains", num_chains, 1)
+    max_tree_depth = check_int("max_tree_depth", max_tree_depth, 1)
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}.")
     num_devices = _parallel_devices(num_chains, chain_method, covariance_type)
@@ -415,7 +418,7 @@ def fit_mcmc(
         raise ValueError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
-    prior = shared.check_prior(prior, arr, k)
+    prior = check_prior(prior, d, k, default_from=arr)
 
     std = shared.standardise(arr, k, covariance_type, prior)
     xs, prior_arrays, shift, sd, dtype = std.xs, std.prior_arrays, std.shift, std.sd, std.dtype

@@ -19,6 +19,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "COVARIANCE_TYPES",
+    "ConvergenceWarning",
+    "Data",
+    "DegenerateComponentWarning",
+    "GMMParams",
+    "PrecisionWarning",
+    "Prior",
+    "PriorArrays",
+    "check_data",
+    "compute_dtype",
+    "prepare_data",
+]
+
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
 
@@ -78,11 +92,25 @@ def check_num_components(num_components, num_obs: int | None = None) -> int:
     return k
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """An integer argument (``bool`` excluded) of at least ``minimum``, as a Python int.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: "must be a positive integer" (minimum 1), "a non-negative
+        integer" (minimum 0) or "an integer >= m".
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return int(value)
+
+
 def check_positive_integers(**values) -> None:
     """Raise a ValueError naming the first argument that is not a positive integer."""
     for name, v in values.items():
-        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        check_int(name, v, 1)
 
 
 def check_nonnegative(**values) -> None:
@@ -124,6 +152,39 @@ def _columns_as_fitted(frame, name: str, feature_names):
     )
 
 
+class Data(NamedTuple):
+    """Data validated once by :func:`prepare_data`.
+
+    Every engine, :func:`~bayesgmm.select`, :func:`~bayesgmm.bootstrap` and
+    :func:`~bayesgmm.compare` take it wherever they take ``x``, and then skip the checks: an
+    experiment that fits the same data many times validates them once.
+
+    Attributes
+    ----------
+    values : np.ndarray, shape (N, D)
+        float64, or float32 when given float32 (see :func:`compute_dtype` for the policy).
+    feature_names : tuple of str
+    allow_constant : bool
+        Whether constant columns were let through (then a fit checks again).
+    """
+
+    values: np.ndarray
+    feature_names: tuple
+    allow_constant: bool = False
+
+    @property
+    def shape(self) -> tuple:
+        return self.values.shape
+
+
+def prepare_data(x, *, name: str = "x", allow_constant: bool = False) -> Data:
+    """Validate ``x`` once (:func:`check_data`) into a :class:`Data` record; a record is returned as is."""
+    if isinstance(x, Data) and (allow_constant or not x.allow_constant):
+        return x
+    arr, names = check_data(x, name=name, allow_constant=allow_constant)
+    return Data(arr, names, allow_constant)
+
+
 def check_data(
     x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False, feature_names=None
 ):
@@ -140,6 +201,15 @@ def check_data(
     array : np.ndarray, shape (N, D)
     feature_names : tuple of str
     """
+    if isinstance(x, Data):  # validated before (prepare_data)
+        if num_features is not None and x.values.shape[1] != num_features:
+            raise ValueError(
+                f"{name} has {x.values.shape[1]} feature(s) but the model was fitted on {num_features}; pass data "
+                "with the same columns as the training data."
+            )
+        if (allow_constant or not x.allow_constant) and (feature_names is None or tuple(feature_names) == x.feature_names):
+            return x.values, x.feature_names
+        x = x.values
     fitted_names, feature_names = feature_names, None
     if hasattr(x, "columns") and hasattr(x, "dtypes"):  # pandas DataFrame, without importing pandas
         x = _columns_as_fitted(x, name, fitted_names)
@@ -216,15 +286,38 @@ def check_sample_weight(sample_weight, num_obs: int):
     return w
 
 
-def check_prior_for_map(prior, num_features: int, num_components: int):
-    """Validate a prior for MAP-EM: a :class:`Prior` (or None) for D features, concentration >= 1."""
+def check_prior(prior, num_features: int, num_components: int, *, default_from=None, map_estimate: bool = False):
+    """The prior of a fit, validated: the one check every engine uses.
+
+    Parameters
+    ----------
+    prior : Prior or None
+    num_features, num_components : int
+        D and K of the fit (a vector ``weight_concentration`` must have K entries).
+    default_from : array, optional
+        With it, None becomes ``Prior.default(default_from, K)`` (the Bayesian engines); without
+        it None stays None (maximum likelihood).
+    map_estimate : bool
+        MAP-EM: the Dirichlet mode needs ``weight_concentration >= 1``.
+
+    Returns
+    -------
+    Prior or None
+
+    Raises
+    ------
+    ValueError
+        Not a :class:`Prior`, a prior for another number of features, a concentration of
+        another length than K, or (MAP) a concentration below 1.
+    """
     if prior is None:
-        return None
+        return None if default_from is None else Prior.default(default_from, num_components)
     if not isinstance(prior, Prior):
-        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)).")
+        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
     if prior.num_features != num_features:
-        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {num_features}.")
-    if np.any(prior.concentration(num_components) < 1):
+        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {num_features}; build it from this x.")
+    concentration = prior.concentration(num_components)  # raises when its length is not K
+    if map_estimate and np.any(concentration < 1):
         raise ValueError(
             "MAP-EM needs weight_concentration >= 1 (the Dirichlet mode is undefined below 1); "
             "use fit_vb for sparse priors that empty components."
@@ -521,6 +614,25 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     if covariance_type == "spherical":
         scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
     return shift, scale
+
+
+def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dtype=None):
+    """The data on the unit scale every engine fits on: ``(shift, sd, xs)``.
+
+    ``shift`` and ``sd`` (float64) are :func:`standardisation`'s; ``xs = (arr - shift) / sd`` in
+    ``dtype`` (default :func:`compute_dtype`), computed in one new array.
+
+    Raises
+    ------
+    ValueError
+        A column is constant among the rows of positive ``sample_weight``.
+    """
+    shift, sd = standardisation(arr, covariance_type, sample_weight)
+    if np.any(sd == 0):
+        raise ValueError("x has a constant column among the rows of positive sample_weight; drop it before fitting.")
+    xs = arr - shift  # one new array, scaled in place: the data are copied once
+    xs /= sd
+    return shift, sd, xs.astype(compute_dtype() if dtype is None else dtype, copy=False)
 
 
 def params_to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMParams:

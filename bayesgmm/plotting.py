@@ -9,7 +9,7 @@ Conventions shared by every function:
   different engines or iterations can be compared by eye.
 - Each function takes an optional ``ax`` (or ``axes``); when omitted it creates a figure with
   constrained layout. Single-panel functions return the ``Axes`` (its figure is ``ax.figure``);
-  multi-panel functions return ``(figure, axes)`` (plus the fits they ran, where they run any).
+  multi-panel functions return ``(figure, axes)``; figures only draw (the fits they show are given).
 - Axis labels are the result's ``feature_names``; fit on a pandas DataFrame whose column names
   carry units (e.g. ``"waiting (min)"``) to get units on the axes.
 - The density and ellipses drawn are those of the point estimate (MLE/MAP, or the posterior
@@ -18,26 +18,27 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
+import functools
 
 import matplotlib.pyplot as plt
-from matplotlib import patheffects
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
 
-from .labels import _full
-from .params import ConvergenceWarning, check_data
+from ._numerics import expand_covariances
+from .labels import match_result
+from .params import check_data
 from .results import FitResult
+
+#: Covariances as float64 (..., K, D, D) whatever the structure.
+_expand = functools.partial(expand_covariances, dtype=np.float64)
 
 __all__ = [
     "component_colors",
     "covariance_ellipse",
-    "em_iteration_fits",
     "legend_handles",
-    "match_components",
     "plot_clusters_2d",
     "plot_density_1d",
     "plot_em_iterations",
@@ -205,7 +206,7 @@ def plot_density_1d(
     ax = _new_axes(ax)
     k = result.num_components
     colors = component_colors(k)
-    covs = _full(result.covariances, result.covariance_type, k, d)
+    covs = _expand(result.covariances, result.covariance_type, k, d)
     mu = result.means[:, feature]
     var = covs[:, feature, feature]
     lo, hi = xlim if xlim is not None else _padded_limits(values, 0.15)
@@ -295,7 +296,7 @@ def plot_clusters_2d(
     point_colors = np.clip(resp @ colors, 0.0, 1.0)
     size = point_size if point_size is not None else float(np.clip(3000.0 / arr.shape[0], 4.0, 30.0))
     ax.scatter(arr[:, i], arr[:, j], c=point_colors, s=size, lw=0, alpha=0.85, zorder=2, rasterized=arr.shape[0] > 5000)
-    covs = _full(result.covariances, result.covariance_type, k, result.num_features)[:, [i, j]][:, :, [i, j]]
+    covs = _expand(result.covariances, result.covariance_type, k, result.num_features)[:, [i, j]][:, :, [i, j]]
     means = result.means[:, [i, j]]
     _draw_ellipses(ax, means, covs, colors, tuple(n_std), halo=True)
     ax.scatter(means[:, 0], means[:, 1], marker="X", s=110, c=colors, edgecolors="black", linewidths=0.8, zorder=6)
@@ -319,108 +320,17 @@ def plot_clusters_2d(
 # ----------------------------------------------------------------------------------------------
 # EM iterations
 # ----------------------------------------------------------------------------------------------
-def _start_result(x, weights_init, means_init, precisions_init, covariance_type) -> FitResult:
-    """A FitResult holding EM's starting parameters (iteration 0)."""
-    arr, names = check_data(x)
-    p = np.asarray(precisions_init, dtype=np.float64)
-    cov = np.linalg.inv(p) if covariance_type in ("full", "tied") else 1.0 / p
-    start = FitResult(
-        method="init",
-        covariance_type=covariance_type,
-        weights=np.asarray(weights_init, dtype=np.float64),
-        means=np.asarray(means_init, dtype=np.float64).reshape(-1, arr.shape[1]),
-        covariances=cov,
-        log_likelihood=float("nan"),
-        converged=False,
-        n_iter=0,
-        trace=np.zeros(0),
-        objective="log_likelihood",
-        feature_names=names,
-        num_obs=arr.shape[0],
-    )
-    return dataclasses.replace(start, log_likelihood=float(np.sum(start.log_likelihood_samples(arr))))
-
-
-def em_iteration_fits(
-    x,
-    num_components: int,
-    iterations,
-    *,
-    weights_init=None,
-    means_init=None,
-    precisions_init=None,
-    covariance_type: str = "full",
-    hard: bool = False,
-    prior=None,
-    reg_covar: float = 1e-10,
-    seed=0,
-) -> dict:
-    """EM's parameters after each of ``iterations`` M-steps, all from the same start.
-
-    Runs :func:`bayesgmm.fit_em` with ``max_iter=t, tol=0`` for each ``t`` (one compiled program
-    per distinct ``t``); reaching ``max_iter`` is intended here, so the ``ConvergenceWarning``
-    is silenced. Pieces of the start not given are fit_em's own (deterministic for a fixed
-    ``seed``). ``t = 0`` (the start itself) needs all three ``*_init`` arrays.
-
-    Returns
-    -------
-    dict int -> FitResult
-    """
-    from .em import fit_em
-
-    its = [int(t) for t in np.atleast_1d(iterations)]
-    if not its or min(its) < 0 or len(set(its)) != len(its):
-        raise ValueError(f"iterations must be distinct non-negative integers, got {iterations!r}.")
-    given = [a is not None for a in (weights_init, means_init, precisions_init)]
-    fits = {}
-    for t in its:
-        if t == 0:
-            if not all(given):
-                raise ValueError(
-                    "iteration 0 (the starting point) needs weights_init, means_init and "
-                    "precisions_init; pass all three or drop 0 from iterations."
-                )
-            fits[t] = _start_result(x, weights_init, means_init, precisions_init, covariance_type)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits[t] = fit_em(
-                x,
-                num_components,
-                covariance_type=covariance_type,
-                prior=prior,
-                weights_init=weights_init,
-                means_init=means_init,
-                precisions_init=precisions_init,
-                max_iter=t,
-                tol=0.0,
-                reg_covar=reg_covar,
-                hard=hard,
-                seed=seed,
-            )
-    return fits
-
-
 def plot_em_iterations(
     x,
-    num_components: int,
-    iterations=(1, 2, 5, 20),
+    fits,
     *,
-    weights_init=None,
-    means_init=None,
-    precisions_init=None,
-    covariance_type: str = "full",
-    hard: bool = False,
-    prior=None,
-    reg_covar: float = 1e-10,
-    seed=0,
     features=(0, 1),
     axes=None,
     bins="auto",
     labels=None,
     legend: bool = True,
 ):
-    """Panels of EM after chosen numbers of iterations, from one common starting point.
+    """Panels of EM after chosen numbers of iterations, e.g. from one common starting point.
 
     1-D data get histogram + density panels (:func:`plot_density_1d`); D >= 2 data get
     responsibility-coloured scatter panels with ellipses (:func:`plot_clusters_2d`). All
@@ -429,13 +339,8 @@ def plot_em_iterations(
     Parameters
     ----------
     x : array (N,) or (N, D), or DataFrame (column names become axis labels)
-    num_components : int
-    iterations : sequence of int
-        Numbers of EM iterations (M-steps) to show; 0 is the start (needs all ``*_init``).
-    weights_init, means_init, precisions_init : array, optional
-        Starting parameters on the original scale, as for :func:`bayesgmm.fit_em`.
-    covariance_type, hard, prior, reg_covar, seed
-        Passed to :func:`bayesgmm.fit_em`.
+    fits : dict int -> FitResult
+        The fit after each number of iterations, e.g. :func:`bayesgmm.em.fit_em_path`'s.
     features : (int, int)
         Columns shown for D >= 2.
     axes : sequence of Axes, optional
@@ -450,14 +355,11 @@ def plot_em_iterations(
 
     Returns
     -------
-    fig, axes, fits
-        ``fits`` maps each iteration to its :class:`FitResult`.
+    fig, axes
     """
-    fits = em_iteration_fits(
-        x, num_components, iterations, weights_init=weights_init, means_init=means_init,
-        precisions_init=precisions_init, covariance_type=covariance_type, hard=hard, prior=prior,
-        reg_covar=reg_covar, seed=seed,
-    )
+    if not isinstance(fits, dict) or not fits or not all(isinstance(r, FitResult) for r in fits.values()):
+        raise ValueError("fits must be a non-empty dict mapping an iteration to its FitResult "
+                         "(see bayesgmm.em.fit_em_path).")
     arr, _ = check_data(x, allow_constant=True)
     arr = np.asarray(arr, dtype=np.float64)
     its = list(fits)
@@ -501,12 +403,12 @@ def plot_em_iterations(
         for ax in axes:
             ax.set_ylim(0, ymax * 1.12)  # head room for the panel text
     if legend:
-        handles = legend_handles(num_components, "density" if one_d else "clusters")
+        handles = legend_handles(fits[its[0]].num_components, "density" if one_d else "clusters")
         if own_figure:
             fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize="small")
         else:
             axes[0].legend(handles=handles, frameon=False, fontsize="x-small", loc="upper left")
-    return fig, axes, fits
+    return fig, axes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,7 +502,7 @@ def plot_posterior_ellipses(
     w, m, c = _flat_draws(result, num_draws)
     k, d = result.num_components, result.num_features
     colors = component_colors(k)
-    covs = _full(c, result.covariance_type, k, d)  # (S, K, D, D)
+    covs = _expand(c, result.covariance_type, k, d)  # (S, K, D, D)
     alpha = float(np.clip(6.0 / len(w), 0.05, 0.5))
     if d == 1:
         ax = _new_axes(ax)
@@ -618,7 +520,7 @@ def plot_posterior_ellipses(
     sub = covs[:, :, [i, j]][:, :, :, [i, j]]
     for s in range(len(w)):
         _draw_ellipses(ax, m[s][:, [i, j]], sub[s], colors, (n_std,), lw=0.7, alpha=alpha, zorder=2)
-    point_covs = _full(result.covariances, result.covariance_type, k, d)[:, [i, j]][:, :, [i, j]]
+    point_covs = _expand(result.covariances, result.covariance_type, k, d)[:, [i, j]][:, :, [i, j]]
     _draw_ellipses(ax, result.means[:, [i, j]], point_covs, np.zeros((k, 3)), (n_std,), lw=1.6, zorder=4, halo=True)
     ax.scatter(m[:, :, i].ravel(), m[:, :, j].ravel(), s=3, c=np.tile(colors, (len(w), 1)), lw=0, alpha=min(1.0, 3 * alpha), zorder=3)
     ax.set_xlim(*_padded_limits(arr[:, i]))
@@ -637,45 +539,6 @@ def plot_posterior_ellipses(
 # ----------------------------------------------------------------------------------------------
 # Engines side by side
 # ----------------------------------------------------------------------------------------------
-def match_components(result: FitResult, reference: FitResult) -> FitResult:
-    """``result`` with its components reordered to match ``reference``'s (same colours).
-
-    Components are matched by the Hungarian algorithm on the squared distances between means,
-    scaled by the reference's per-feature spread; weights, means, covariances and draws are
-    permuted together. Needs the same number of components and features.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    if result.means.shape != reference.means.shape:
-        raise ValueError(
-            f"cannot match components: means of shape {result.means.shape} and {reference.means.shape}; "
-            "compare fits with the same number of components and features."
-        )
-    scale = np.sqrt(np.mean(np.diagonal(reference.full_covariances, axis1=1, axis2=2), axis=0))
-    cost = np.sum(((reference.means[:, None] - result.means[None]) / scale) ** 2, axis=2)  # (ref k, result j)
-    perm = linear_sum_assignment(cost)[1]
-    if np.array_equal(perm, np.arange(perm.size)):
-        return result
-    tied = result.covariance_type == "tied"
-
-    def permute_draws(draws):
-        if draws is None:
-            return None
-        out = dict(draws)
-        for name in ("weights", "means") + (() if tied else ("covariances",)):
-            out[name] = np.asarray(draws[name])[:, :, perm]
-        return out
-
-    return dataclasses.replace(
-        result,
-        weights=result.weights[perm],
-        means=result.means[perm],
-        covariances=result.covariances if tied else result.covariances[perm],
-        draws=permute_draws(result.draws),
-    )
-
-
-
 # ----------------------------------------------------------------------------------------------
 def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, align: bool = True, axes=None):
     """One panel per engine, same axes, same component colours.
@@ -693,7 +556,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
     num_draws : int
         Posterior draws shown per Bayesian panel (0 to show none).
     align : bool
-        Reorder each fit's components to match the first fit's (:func:`match_components`),
+        Reorder each fit's components to match the first fit's (:func:`bayesgmm.labels.match_result`),
         so a component has the same colour in every panel.
     axes : sequence of Axes, optional
 
@@ -711,7 +574,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
     if align:
         ks = {r.num_components for r in results.values()}
         if len(ks) == 1:
-            results = {name: match_components(r, first) for name, r in results.items()}
+            results = {name: match_result(r, first) for name, r in results.items()}
     n = len(results)
     if axes is None:
         fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), layout="constrained", squeeze=False, sharex=True, sharey=True)
@@ -732,7 +595,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
             if r.draws is not None and num_draws > 0:
                 w, m, c = _flat_draws(r, num_draws)
                 k = r.num_components
-                sub = _full(c, r.covariance_type, k, r.num_features)[:, :, list(f)][:, :, :, list(f)]
+                sub = _expand(c, r.covariance_type, k, r.num_features)[:, :, list(f)][:, :, :, list(f)]
                 for s in range(len(w)):
                     _draw_ellipses(ax, m[s][:, list(f)], sub[s], component_colors(k), (2.0,), lw=0.6, alpha=0.15, zorder=1)
             plot_clusters_2d(r, arr, ax=ax, features=f, legend=q == 0, limits=limits)
@@ -751,7 +614,7 @@ _BAND_COLOR = "0.82"
 
 def _sbc_panels(results, quantities):
     """``{row name: SBCResult}`` and the quantities shown (in the first result's order)."""
-    from .calibration import SBCResult
+    from .ranks import SBCResult
 
     if isinstance(results, SBCResult):
         results = {None: results}
@@ -874,7 +737,7 @@ def plot_sbc_ranks(
     fig, axes
         ``axes`` is a 2-D array (rows, columns).
     """
-    from .calibration import ecdf_band, rank_bins
+    from .ranks import ecdf_band, rank_bins
 
     if kind not in _SBC_KINDS:
         raise ValueError(f"kind must be one of {_SBC_KINDS}, got {kind!r}.")

@@ -19,7 +19,10 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from . import _numerics
+from ._files import jsonable
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
+
+__all__ = ["FitResult", "StudentTMixture"]
 
 
 class StudentTMixture(NamedTuple):
@@ -305,7 +308,7 @@ class FitResult:
             "trace": np.asarray(self.trace).tolist(),
             "degenerate_components": list(self.degenerate_components),
             "prior": None if self.prior is None else self.prior.to_dict(),
-            "info": {k: _jsonable(v) for k, v in self.info.items()},
+            "info": {k: jsonable(v) for k, v in self.info.items()},
             "posterior_omitted": self.posterior_omitted or self.draws is not None or self.predictive is not None,
         }
 
@@ -395,16 +398,6 @@ class FitResult:
         )
 
 
-def _jsonable(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(a) for a in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(a) for k, a in v.items()}
-    return v
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,9 +31,18 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from . import em
+from . import _em_core, _em_host
 from ._numerics import num_free_parameters
-from .params import COVARIANCE_TYPES, DegenerateComponentWarning, Prior, check_covariance_type, check_data, seed_to_key
+from .engines import get_engine
+from .params import (
+    COVARIANCE_TYPES,
+    DegenerateComponentWarning,
+    Prior,
+    check_covariance_type,
+    check_data,
+    prepare_data,
+    seed_to_key,
+)
 from .results import FitResult
 
 __all__ = ["SelectionResult", "select", "select_bayesian"]
@@ -160,20 +169,20 @@ def select(
         raise ValueError("covariance_types is empty; pass at least one of " + str(COVARIANCE_TYPES) + ".")
     if prior is not None and not (isinstance(prior, Prior) or prior == "default"):
         raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
-    tol = em.DEFAULT_TOL if tol is None else tol
-    em._check_options(init_params, n_init, max_iter, tol, reg_covar)
+    tol = _em_host.DEFAULT_TOL if tol is None else tol
+    _em_host.check_em_options(init_params, n_init, max_iter, tol, reg_covar)
     k_max = ks[-1]
     d = arr.shape[1]
     rows, fits, compile_seconds = [], {}, {}
     start = time.perf_counter()
     for ct in types:
-        starts, kept = em.resolve_starts(n_init, n, k_max, d, ct)
+        starts, kept = _em_core.resolve_starts(n_init, n, k_max, d, ct)
         active = np.arange(k_max)[None] < np.asarray(ks)[:, None]
         shared_prior = prior if isinstance(prior, Prior) else None
-        prep = em.prepare(arr, k_max, ct, shared_prior, max_components=k_max)
+        prep = _em_host.prepare(arr, k_max, ct, shared_prior, max_components=k_max)
         prior_arrays = _grid_prior(prior, arr, ks, k_max, ct, prep)
-        config = em.EMConfig(k_max, d, ct, False, prior is not None)
-        found = em.run_search(
+        config = _em_core.EMConfig(k_max, d, ct, False, prior is not None)
+        found = _em_host.run_search(
             prep, seed_to_key(seed), (None, None, None), prior_arrays, tol=tol, reg_covar=reg_covar,
             sample_weight=None, active=active, max_iter=max_iter, config=config, init_method=init_params,
             num_groups=len(ks), num_starts=starts, num_kept=kept, allow_degenerate=allow_degenerate,
@@ -183,11 +192,11 @@ def select(
         objective = np.asarray(out.lanes.objective, np.float64).reshape(len(ks), kept)
         degenerate = np.asarray(out.degenerate).reshape(len(ks), kept, k_max)
         for j, k in enumerate(ks):
-            best = em.choose_run(objective[j], degenerate[j], allow_degenerate=allow_degenerate)
+            best = _em_host.choose_run(objective[j], degenerate[j], allow_degenerate=allow_degenerate)
             index = j * kept + max(best, 0)
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
-            fit = em.package(
+            fit = _em_host.package(
                 prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
                 max_iter=max_iter, tol=tol,
                 info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
@@ -271,18 +280,15 @@ def select_bayesian(
     """
     import arviz as az
 
-    arr, _ = check_data(x)
+    data = prepare_data(x)  # validated once for every K
+    arr = data.values
     ks = _check_k_range(k_range, arr.shape[0])
-    engines = {"vb": ("vb", "fit_vb"), "svi": ("svi", "fit_svi"), "mcmc": ("mcmc", "fit_mcmc")}
-    if method not in engines:
-        raise ValueError(f"method must be one of {tuple(engines)} for Bayesian model comparison, got {method!r}.")
-    import importlib
-
-    module, name = engines[method]
-    fit_fn = getattr(importlib.import_module(f".{module}", __package__), name)
+    engine = get_engine(method, draws=True, purpose="for Bayesian model comparison")
+    engine.check_covariance_type(covariance_type)
+    fit_fn = engine.load()
     fits, idatas, rows = {}, {}, {}
     for k in ks:
-        fit = fit_fn(arr, k, covariance_type=covariance_type, prior=prior if prior is not None else Prior.default(arr, k),
+        fit = fit_fn(data, k, covariance_type=covariance_type, prior=prior if prior is not None else Prior.default(arr, k),
                      seed=seed, **engine_kwargs)
         fits[k] = fit
         idatas[f"K={k}"] = fit.to_inference_data(arr)
@@ -300,7 +306,7 @@ def select_bayesian(
 
     k_over = overfit_components or ks[-1] + 2
     sparse_prior = Prior.default(arr, k_over, weight_concentration=sparse_concentration)
-    sparse = fit_vb(arr, k_over, covariance_type="diag" if covariance_type == "diag" else "full",
+    sparse = fit_vb(data, k_over, covariance_type="diag" if covariance_type == "diag" else "full",
                     prior=sparse_prior, seed=seed)
     effective = {"effective_components": sparse.effective_components, "weights": sparse.weights, "fit": sparse}
     return comparison, fits, effective

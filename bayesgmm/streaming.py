@@ -55,15 +55,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _iterate, _numerics, _sharding, _stats
-from ._iterate import FLOOR_ULPS
 from ._em_core import EMConfig, search
-from ._iterate import INIT_ITER, resolve_starts, trace_length
+from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
-    PrecisionWarning,
     GMMParams,
+    PrecisionWarning,
     Prior,
     check_covariance_type,
     check_data,
@@ -71,7 +70,7 @@ from .params import (
     check_num_components,
     check_params,
     check_positive_integers,
-    check_prior_for_map,
+    check_prior,
     compute_dtype,
     log_jacobians,
     params_to_original,
@@ -80,6 +79,8 @@ from .params import (
     standardisation,
 )
 from .results import FitResult
+
+__all__ = ["fit_em_stream", "open_source"]
 
 METHODS = ("batch", "online")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -944,7 +945,7 @@ def fit_em_stream(
     if isinstance(prior, str) and not default_prior:
         raise ValueError(f"prior must be a bayesgmm.Prior, 'default' or None, got {prior!r}.")
     if not default_prior:
-        check_prior_for_map(prior, d, k)
+        check_prior(prior, d, k, map_estimate=True)
     batch_size, max_iter = int(batch_size), int(max_iter)
     dtype = _compute_dtype(src.dtype)
     key_init, key_rows, key_order = jax.random.split(seed_to_key(seed), 3)
@@ -976,7 +977,7 @@ def fit_em_stream(
         sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
     if default_prior:  # Prior.default of the full data, from the first pass
         prior = Prior.from_moments(moments.mean, moments.cov, k)
-        check_prior_for_map(prior, d, k)
+        check_prior(prior, d, k, map_estimate=True)
     config = StreamConfig(k, d, covariance_type, prior is not None)
     prior_arrays = None
     if prior is not None:

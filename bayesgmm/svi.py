@@ -76,6 +76,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal
 from . import _numerics
 from . import _numpyro_common as shared
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
+from .labels import align_draws
 from .model import gmm_model, model_kwargs
 from .params import (
     ConvergenceWarning,
@@ -84,17 +85,14 @@ from .params import (
     Prior,
     check_covariance_type,
     check_data,
+    check_int,
     check_num_components,
+    check_prior,
     log_jacobians,
     params_to_original,
     seed_to_key,
 )
 from .results import FitResult
-
-try:  # written by another module owner; SVI works without it (no relabelling then)
-    from .labels import align_draws
-except ImportError:  # pragma: no cover
-    align_draws = None
 
 __all__ = ["GUIDES", "fit_svi"]
 
@@ -364,10 +362,10 @@ def fit_svi(
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
     guide = _check_guide(guide)
-    num_steps = shared.check_int("num_steps", num_steps, 1)
-    num_draws = shared.check_int("num_draws", num_draws, 1)
+    num_steps = check_int("num_steps", num_steps, 1)
+    num_draws = check_int("num_draws", num_draws, 1)
     if subsample_size is not None:
-        subsample_size = shared.check_int("subsample_size", subsample_size, 1)
+        subsample_size = check_int("subsample_size", subsample_size, 1)
         if subsample_size > n:
             raise ValueError(
                 f"subsample_size={subsample_size} exceeds the number of observations N={n}; use "
@@ -375,7 +373,8 @@ def fit_svi(
             )
         if subsample_size == n:
             subsample_size = None
-    if isinstance(learning_rate, bool) or not (isinstance(learning_rate, (int, float, np.floating)) and np.isfinite(learning_rate) and learning_rate > 0):
+    numeric = isinstance(learning_rate, (int, float, np.floating)) and not isinstance(learning_rate, bool)
+    if not (numeric and np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
     if optimizer is not None and not (isinstance(optimizer, numpyro.optim._NumPyroOptim) or hasattr(optimizer, "update")):
         raise ValueError(
@@ -384,7 +383,7 @@ def fit_svi(
         )
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
-    prior = shared.check_prior(prior, arr, k)
+    prior = check_prior(prior, d, k, default_from=arr)
     if guide == "delta" and k > 1 and np.any(prior.concentration(k) < 1):
         raise ValueError(
             "guide='delta' (MAP) needs weight_concentration >= 1 (the Dirichlet density is unbounded "
@@ -437,7 +436,7 @@ def fit_svi(
     raw = to_orig(draws_std)
     raw_draws = {name: v[None] for name, v in zip(("weights", "means", "covariances"), raw)}
     switched = 0.0
-    if align_draws is not None and k > 1 and not is_delta:
+    if k > 1 and not is_delta:
         draws, perms = align_draws(raw_draws, median, covariance_type)
         switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
     else:

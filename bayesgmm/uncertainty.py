@@ -1,7 +1,7 @@
 r"""Standard errors and intervals for EM estimates: bootstrap and observed information.
 
 :func:`bootstrap` refits EM on resampled data. All replicates run as **one** compiled, vmapped
-call of the EM program (:data:`bayesgmm.em.PROGRAM`):
+call of the EM program (:data:`bayesgmm._em_core.PROGRAM`):
 
 * ``kind="nonparametric"``: resampling rows with replacement is the same as refitting with
   multinomial counts as row weights, so every replicate keeps the data's shape and only the
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _numerics, em
+from . import _em_core, _em_host, _numerics
 from .labels import align_draws
 from .model import log_prior
 from .params import (
@@ -205,10 +205,10 @@ def bootstrap(
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
     reg_covar = float(fit.info.get("reg_covar", 1e-10))
-    prep = em.prepare(arr, k, ct, fit.prior)
+    prep = _em_host.prepare(arr, k, ct, fit.prior)
     start = params_to_standard(fit.params, prep.shift, prep.sd, ct)
     user_init = tuple(jnp.asarray(p, prep.dtype) for p in start)
-    config = em.EMConfig(k, d, ct, False, fit.prior is not None)
+    config = _em_core.EMConfig(k, d, ct, False, fit.prior is not None)
     key_resample, key_runs = jax.random.split(seed_to_key(seed))
     num_batches = -(-num_replicates // batch)
     # one key per replicate, whatever the batching: batch_size changes memory, never the replicates
@@ -231,7 +231,7 @@ def bootstrap(
     outs, compile_seconds, run_seconds = [], 0.0, 0.0
     for b in range(num_batches):
         xs, weights = batch_data(b)
-        found = em.run_search(
+        found = _em_host.run_search(
             prep, run_keys[b][0], user_init, prep.prior_arrays, tol=tol, reg_covar=reg_covar,
             sample_weight=weights, active=None, max_iter=int(max_iter), config=config, init_method="given",
             num_groups=batch, num_starts=1, num_kept=1, data=xs,

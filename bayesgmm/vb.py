@@ -75,14 +75,17 @@ from .params import (
     check_nonnegative,
     check_num_components,
     check_positive_integers,
+    check_prior,
     check_sample_weight,
     compute_dtype,
     log_jacobians,
     params_to_original,
     seed_to_key,
-    standardisation,
+    standardise,
 )
 from .results import FitResult, StudentTMixture
+
+__all__ = ["VB_COVARIANCE_TYPES", "fit_vb"]
 
 VB_COVARIANCE_TYPES = ("full", "diag")
 LOG_2 = math.log(2.0)
@@ -121,7 +124,7 @@ class VBConfig(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 def vb_m_step(nk_safe, xbar, s, prior, reg_covar, covariance_type: str) -> VBParams:
     """Conjugate update of q(pi, mu, Sigma) from centred statistics (PRML 10.58-10.63)."""
-    xp, _ = _numerics._namespace(nk_safe, xbar, s)
+    xp, _ = _numerics.array_namespace(nk_safe, xbar, s)
     alpha0, m0, kappa0, nu0, psi0 = prior
     d = xbar.shape[1]
     nk = nk_safe
@@ -141,7 +144,7 @@ def vb_m_step(nk_safe, xbar, s, prior, reg_covar, covariance_type: str) -> VBPar
 def _precision_terms(q: VBParams, prior, covariance_type: str):
     """Per-component log|Psi_k|, tr(Psi0 Psi_k^-1), (m_k - m0)^T Psi_k^-1 (m_k - m0),
     E[log|Lambda_k|] + log|Psi_k| (= multivariate digamma + D log 2) and log Gamma_D(nu_k/2)."""
-    xp, sp = _numerics._namespace(*q)
+    xp, sp = _numerics.array_namespace(*q)
     _, m0, _, nu0, psi0 = prior
     nu = q.degrees_of_freedom
     k, d = q.means.shape
@@ -173,7 +176,7 @@ def _precision_terms(q: VBParams, prior, covariance_type: str):
 
 def kl_divergence(q: VBParams, prior, covariance_type: str):
     """KL(q(pi, mu, Sigma) || p(pi, mu, Sigma)), complete (no dropped constants)."""
-    xp, sp = _numerics._namespace(*q)
+    xp, sp = _numerics.array_namespace(*q)
     digamma, gammaln = sp.special.digamma, sp.special.gammaln
     alpha0, _, kappa0, nu0, _ = prior
     alpha, beta, nu = q.concentration, q.mean_precision, q.degrees_of_freedom
@@ -197,7 +200,7 @@ def kl_divergence(q: VBParams, prior, covariance_type: str):
 def expected_components(q: VBParams, prior, covariance_type: str):
     """``(GMMParams(1, m_k, Psi_k / nu_k), shift_k)``: ``log N(x | m_k, Psi_k / nu_k) + shift_k`` is
     ``E_q[log pi_k + log N(x | mu_k, Sigma_k)]`` (PRML 10.46; the covariance is E[Lambda_k]^-1)."""
-    xp, sp = _numerics._namespace(*q)
+    xp, sp = _numerics.array_namespace(*q)
     alpha, beta, m, nu, psi = q
     d = m.shape[1]
     cov = psi / (nu[:, None, None] if covariance_type == "full" else nu[:, None])
@@ -241,7 +244,7 @@ def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
 def point_estimate(q: VBParams, covariance_type: str):
     """Posterior means E[pi], m_k and E[Sigma_k] = Psi_k / (nu_k - D - 1) (diag: / (nu_k - 2)) where
     that mean exists, else Psi_k / nu_k (= E[Sigma_k^-1]^-1); returns (GMMParams, has_mean (K,))."""
-    xp, _ = _numerics._namespace(*q)
+    xp, _ = _numerics.array_namespace(*q)
     alpha, _, m, nu, psi = q
     d = m.shape[1]
     extra = d + 1.0 if covariance_type == "full" else 2.0
@@ -515,13 +518,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     tol_explicit = tol is not None
     tol = DEFAULT_TOL if tol is None else tol
     _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar, num_draws)
-    if prior is None:
-        prior = Prior.default(arr, k)
-    elif not isinstance(prior, Prior):
-        raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
-    if prior.num_features != d:
-        raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {d}; build it from this x.")
-    prior.concentration(k)  # validates a vector concentration against K
+    prior = check_prior(prior, d, k, default_from=arr)
     if resp_init is not None and resp_init.shape != (n, k):
         raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
     rows = _sharding.resolve(devices, n)
@@ -530,10 +527,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
 
     weight = check_sample_weight(sample_weight, n)
     dtype = compute_dtype()
-    shift, sd = standardisation(arr, covariance_type, weight)
-    xs = arr - shift  # one new array, scaled in place
-    xs /= sd
-    xs = xs.astype(dtype, copy=False)
+    shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)

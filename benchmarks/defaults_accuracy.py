@@ -88,8 +88,9 @@ def main():
 
     if not args.float32:
         jax.config.update("jax_enable_x64", True)
-    import bayesgmm as bg
     from sklearn.mixture import GaussianMixture
+
+    import bayesgmm as bg
 
     dtype = np.float32 if args.float32 else np.float64
     print(f"# bayesgmm {bg.__version__} defaults vs the reference optimum (scikit-learn, tol=1e-10, {args.restarts} "

@@ -2,7 +2,8 @@
 
 Both fit the same data with the same conjugate prior (``Prior.default(x, K)`` mapped one to one
 onto scikit-learn's parameters), full covariances, float64, k-means initialisation, one restart,
-``max_iter=100``. Both stop when the change of the total lower bound is below the same ``tol``. Repetitions are interleaved (sklearn, vb, sklearn, vb, ...)
+``max_iter=100``. Both stop when the change of the total lower bound is below the same ``tol``.
+Repetitions are interleaved (sklearn, vb, sklearn, vb, ...)
 with seed = repetition, so drifting machine load hits both alike; medians are reported. BLAS is
 limited to one thread for scikit-learn (threadpoolctl) and XLA to one CPU thread for JAX, so it
 is one core against one core. JAX compile time (first call per shape) is reported separately.
@@ -86,7 +87,8 @@ def main(argv=None):
     print(f"python {sys.version.split()[0]}, jax {jax.__version__}, cpu count {os.cpu_count()}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
     print(f"load average at start (1, 5, 15 min): {tuple(round(v, 2) for v in os.getloadavg())}")
-    print(f"reps={args.reps} (interleaved), tol={args.tol} on the total lower bound (0 in the '100it' rows), max_iter={args.max_iter}, num_draws={args.num_draws}")
+    print(f"reps={args.reps} (interleaved), tol={args.tol} on the total lower bound (0 in the '100it' rows), "
+          f"max_iter={args.max_iter}, num_draws={args.num_draws}")
     header = (f"{'data':<22}{'compile s':>10}{'vb ms':>9}{'vb run ms':>10}{'vb(S=1) ms':>11}{'sklearn ms':>11}"
               f"{'ratio':>7}{'vb it':>7}{'sk it':>7}{'|dELBO/N|':>11}{'load1':>7}")
     print(header)

@@ -45,6 +45,7 @@ def main(args=()):
 
     import bayesgmm as bg
     from bayesgmm import plotting
+    from bayesgmm.em import fit_em_path
 
     a = parse_args(list(args))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,8 @@ def main(args=()):
     nrows = -(-(len(its) + 1) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), layout="constrained", squeeze=False)
     axes = axes.ravel()
-    _, _, fits = plotting.plot_em_iterations(x, 2, its, axes=axes[: len(its)], labels=labels, legend=False, **init)
+    fits = fit_em_path(x, 2, its, **init)
+    plotting.plot_em_iterations(x, fits, axes=axes[: len(its)], labels=labels, legend=False)
     trace_ax = plotting.plot_trace(final, ax=axes[len(its)], first=1)
     trace_ax.set_title(f"log-likelihood (start: {final.trace[0]:.0f})", fontsize="medium")
     for t in its:

@@ -63,6 +63,7 @@ def main(args=()):
 
     import bayesgmm as bg
     from bayesgmm import plotting
+    from bayesgmm.em import fit_em_path
 
     a = parse_args(list(args))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def main(args=()):
     its = sorted(set(a.iterations))
     fig, axes = plt.subplots(2, len(its), figsize=(2.9 * len(its), 5.2), layout="constrained", sharex=True, squeeze=False)
     for row, (hard, name) in enumerate(((True, "hard EM"), (False, "soft EM"))):
-        plotting.plot_em_iterations(x, 2, its, hard=hard, axes=axes[row], bins=a.bins, legend=False, **init)
+        plotting.plot_em_iterations(x, fit_em_path(x, 2, its, hard=hard, **init), axes=axes[row], bins=a.bins, legend=False)
         axes[row, 0].set_ylabel(f"{name}\ndensity")
         if row == 0:
             for ax in axes[row]:

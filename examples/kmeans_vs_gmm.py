@@ -146,7 +146,8 @@ def main(args=()):
     print(f"N = {len(x)}: {a.n_tight} tight (sd {TIGHT_SD}) + {a.n_wide} wide (sd {WIDE_SD}), centres {SEPARATION} apart")
     print(f"accuracy  k-means {km_acc:.3f}   Gaussian mixture {gmm_acc:.3f}   Bayes-optimal (true parameters) {bayes_acc:.3f}")
     print(f"misassigned  k-means {np.sum(km_labels != truth)}   Gaussian mixture {np.sum(gmm_labels != truth)}")
-    print(f"mixture weights {np.round(gmm.weights, 3)}, sds {np.round(np.sqrt(np.diagonal(gmm.covariances, axis1=1, axis2=2)), 2).tolist()}")
+    sds = np.sqrt(np.diagonal(gmm.covariances, axis1=1, axis2=2))
+    print(f"mixture weights {np.round(gmm.weights, 3)}, sds {np.round(sds, 2).tolist()}")
     print(f"figure: {path}")
     return {
         "kmeans_accuracy": km_acc,

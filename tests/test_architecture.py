@@ -1,7 +1,16 @@
-"""Architecture rules that keep the code base honest."""
+"""Architecture rules that keep the code base honest (the layering of DESIGN.md, issue 12).
+
+* engines (``em``, ``streaming``, ``vb``, ``svi``, ``mcmc``) never import one another;
+* no import cycles between the package's modules (lazy imports inside functions included);
+* no module reaches for another module's private names (``from .x import _name``, ``x._name``);
+* views compute nothing: ``plotting`` imports no engine and no experiment;
+* every public module says what it exports (``__all__``), and every exported name exists;
+* the code passes the linter configured in pyproject.toml (ruff), when ruff is installed.
+"""
 
 import ast
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -10,31 +19,91 @@ import pytest
 import bayesgmm as bg
 
 PKG = pathlib.Path(bg.__file__).parent
+MODULES = {p.stem: p for p in PKG.glob("*.py")}
 FITTERS = ("em", "streaming", "vb", "svi", "mcmc")
+EXPERIMENTS = ("experiments", "selection", "calibration", "uncertainty", "cli", "estimator")
 
 
-def imported_modules(path: pathlib.Path) -> set[str]:
+def _imports(path: pathlib.Path):
+    """(module imported, names taken from it, private attribute uses) for every relative import."""
     tree = ast.parse(path.read_text())
-    names = set()
+    modules, private = set(), []
+    aliases = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                names.add((node.module or "").split(".")[0])
-                names.update(a.name for a in node.names if node.module is None)
-            elif node.module and node.module.startswith("bayesgmm"):
-                names.add(node.module.split(".")[1] if "." in node.module else "")
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("bayesgmm")):
+            module = node.module or ""
+            module = module.split(".", 1)[1] if module.startswith("bayesgmm.") else ("" if module == "bayesgmm" else module)
+            if not module:  # from . import x
+                for a in node.names:
+                    modules.add(a.name)
+                    aliases[a.asname or a.name] = a.name
+            else:
+                target = module.split(".")[0]
+                modules.add(target)
+                private += [(target, a.name) for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
         elif isinstance(node, ast.Import):
-            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("bayesgmm."))
-    return names
+            modules.update(a.name.split(".")[1] for a in node.names if a.name.startswith("bayesgmm."))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            private.append((aliases[node.value.id], node.attr))
+    return modules & set(MODULES), private
+
+
+GRAPH = {name: _imports(path) for name, path in MODULES.items()}
 
 
 @pytest.mark.parametrize("fitter", FITTERS)
 def test_fitters_do_not_import_each_other(fitter):
-    path = PKG / f"{fitter}.py"
-    if not path.exists():
-        pytest.skip(f"{fitter}.py not present")
-    others = set(FITTERS) - {fitter}
-    assert not imported_modules(path) & others
+    assert not GRAPH[fitter][0] & (set(FITTERS) - {fitter})
+
+
+def test_no_import_cycles():
+    """Tarjan's strongly connected components over the import graph (``__init__`` excluded)."""
+    graph = {m: GRAPH[m][0] - {"__init__", m} for m in MODULES if m != "__init__"}
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_no_module_uses_another_modules_private_names():
+    offences = [(m, target, name) for m, (_, private) in GRAPH.items() for target, name in private if target != m]
+    assert offences == []
+
+
+def test_views_compute_nothing():
+    assert not GRAPH["plotting"][0] & (set(FITTERS) | set(EXPERIMENTS))
+
+
+def test_public_modules_declare_their_exports():
+    public = [m for m in MODULES if not m.startswith("_")]
+    missing = [m for m in public if "__all__" not in MODULES[m].read_text()]
+    assert missing == []
 
 
 def test_import_is_light():
@@ -48,3 +117,13 @@ def test_public_api_is_explicit():
     for name in bg.__all__:
         assert hasattr(bg, name), name
     assert len(bg.__all__) <= 26
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not (pathlib.Path(sys.executable).parent / "ruff").exists(),
+                    reason="ruff is not installed (pip install '.[test]')")
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
+    root = PKG.parent
+    out = subprocess.run([ruff, "check", "--no-cache", "bayesgmm", "tests", "benchmarks", "examples"], cwd=root,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -25,19 +25,19 @@ from scipy import stats
 
 import bayesgmm as bg
 from bayesgmm import mcmc, vb
-from bayesgmm.model import log_likelihood as model_log_likelihood
-from bayesgmm.params import ConvergenceWarning, DegenerateComponentWarning, GMMParams
 from bayesgmm.calibration import (
+    _TRACE_COUNT,
     QUANTITIES,
     SBCResult,
     _ranks,
-    _TRACE_COUNT,
     _total_log_likelihood,
     ecdf_band,
     rank_bins,
     sbc,
     uniformity_tests,
 )
+from bayesgmm.model import log_likelihood as model_log_likelihood
+from bayesgmm.params import ConvergenceWarning, DegenerateComponentWarning, GMMParams
 
 D = 2
 L = 49  # posterior draws per replication: ranks in 0..49, 50 values, bins of equal width
@@ -211,9 +211,9 @@ def test_log_likelihood_quantity_matches_the_model(covariance_type, rng):
 # ----------------------------------------------------------------------------------------------
 def test_engine_warnings_are_collected_and_summarised_once():
     def noisy(x, num_components, **kwargs):
-        warnings.warn("not converged (test)", ConvergenceWarning)
+        warnings.warn("not converged (test)", ConvergenceWarning, stacklevel=2)
         if x[0, 0] > 0:
-            warnings.warn("degenerate (test)", DegenerateComponentWarning)
+            warnings.warn("degenerate (test)", DegenerateComponentWarning, stacklevel=2)
         return bg.fit_vb(x, num_components, **kwargs)
 
     with pytest.warns(UserWarning) as record:
@@ -357,7 +357,7 @@ def test_svi_runs_through_sbc():
         (dict(engine_kwargs={"num_draws": 10}), "fewer than num_ranks=49"),
         (dict(method="mcmc", engine_kwargs={"num_samples": 10, "num_chains": 2}), "num_samples \\* num_chains = 20"),
         (dict(num_replications=1), "num_replications must be an integer >= 2"),
-        (dict(num_ranks=0), "num_ranks must be an integer >= 1"),
+        (dict(num_ranks=0), "num_ranks must be a positive integer"),
         (dict(quantities=("sorted_variances",)), "quantities must be a non-empty selection"),
         (dict(feature=2), "feature must index one of the prior's 2 feature"),
         (dict(on_error="skip"), "on_error must be"),

@@ -57,7 +57,7 @@ def test_fit_writes_json_netcdf_and_figure(csv, tmp_path, capsys):
     fit = bg.FitResult.from_json(tmp_path / "em_k2.json")
     ref = bg.fit_em(pd.read_csv(csv)[["eruptions", "waiting"]], 2, n_init=3, seed=0)
     np.testing.assert_allclose(fit.log_likelihood, ref.log_likelihood, rtol=1e-12)
-    from bayesgmm.diagnostics import load_result
+    from bayesgmm.storage import load_result
 
     again = load_result(tmp_path / "em_k2.nc")
     np.testing.assert_allclose(again.means, fit.means)

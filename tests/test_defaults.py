@@ -10,11 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import precision
 from scipy import stats
 
 import bayesgmm as bg
 from bayesgmm.streaming import fit_em_stream
-from conftest import precision
 
 
 def _simulated():

@@ -15,7 +15,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 import bayesgmm as bg
-from bayesgmm import diagnostics
+from bayesgmm import diagnostics, storage
 from bayesgmm.results import StudentTMixture
 
 arviz = pytest.importorskip("arviz")
@@ -407,8 +407,8 @@ def assert_same_fields(a, b):
 
 def test_round_trip_point_fit_with_prior(df, x, tmp_path):
     fit = bg.fit_em(df, 2, prior=bg.Prior.default(x, 2), seed=0)
-    path = diagnostics.save_result(fit, tmp_path / "map.nc", x=df)
-    back = diagnostics.load_result(path)
+    path = storage.save_result(fit, tmp_path / "map.nc", x=df)
+    back = storage.load_result(path)
     assert_same_fields(fit, back)
     assert back.draws is None and back.raw_draws is None and back.sample_stats is None and back.predictive is None
     assert back.info["n_init"] == fit.info["n_init"]
@@ -418,8 +418,8 @@ def test_round_trip_point_fit_with_prior(df, x, tmp_path):
 
 
 def test_round_trip_draws(mc_fit, x, tmp_path):
-    path = diagnostics.save_result(mc_fit, tmp_path / "mc.nc", x=x, posterior_predictive=True, num_predictive=2)
-    back = diagnostics.load_result(path)
+    path = storage.save_result(mc_fit, tmp_path / "mc.nc", x=x, posterior_predictive=True, num_predictive=2)
+    back = storage.load_result(path)
     assert_same_fields(mc_fit, back)
     for name in PARAMS:
         np.testing.assert_array_equal(back.draws[name], mc_fit.draws[name])
@@ -441,8 +441,8 @@ def test_round_trip_student_t_predictive_and_same_raw_draws(em_fit, x, tmp_path)
     idata = diagnostics.to_inference_data(vb_like)
     assert "raw_posterior" not in idata.groups()  # identical to draws: stored once
     assert idata.predictive["scale"].dims == ("component", "feature", "feature_bis")
-    path = diagnostics.save_result(vb_like, tmp_path / "vb.nc")
-    back = diagnostics.load_result(path)
+    path = storage.save_result(vb_like, tmp_path / "vb.nc")
+    back = storage.load_result(path)
     assert_same_fields(vb_like, back)
     for a, b in zip(pred, back.predictive):
         np.testing.assert_array_equal(a, b)
@@ -456,7 +456,7 @@ def test_round_trip_student_t_predictive_and_same_raw_draws(em_fit, x, tmp_path)
 def test_from_inference_data_rejects_foreign_objects():
     foreign = az.from_dict(posterior={"mu": np.zeros((2, 10))})
     with pytest.raises(ValueError, match="not written by bayesgmm.to_inference_data"):
-        diagnostics.from_inference_data(foreign)
+        storage.from_inference_data(foreign)
 
 
 def test_bad_inputs_raise(em_fit, mc_fit, x):

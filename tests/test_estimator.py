@@ -312,7 +312,7 @@ def test_warm_start_continues_the_previous_fit(faithful_std):
         np.testing.assert_allclose(h.means_, g.means_, rtol=1e-9)
         np.testing.assert_allclose(h.covariances_, g.covariances_, rtol=1e-9)
         assert score2 > score1
-        for fits in range(1, 200):
+        for fits in range(1, 200):  # noqa: B007 (the number of fits is read after the loop)
             h.fit(x)
             if h.converged_:
                 break

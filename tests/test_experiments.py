@@ -101,10 +101,19 @@ def test_simulation_study_stacks_and_summarises():
     # better separated clusters are recovered better
     assert by_sep.loc[("em", 6.0), "ari"] > by_sep.loc[("em", 2.0), "ari"]
     assert (summary["coverage_means"].between(0, 1)).all() and "coverage_means_mcse" in summary
-    again = simulation_study(3, num_obs=(150,), separation=(2.0, 6.0), methods=("em", "vb"), test_size=100,
-                             bootstrap_replicates=30, progress_bar=False, seed=1)
+    # the same study on a pool of two fresh processes (spawned: JAX must not be forked) is the same table
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        again = simulation_study(3, num_obs=(150,), separation=(2.0, 6.0), methods=("em", "vb"), test_size=100,
+                                 bootstrap_replicates=30, progress_bar=False, seed=1, executor=pool)
+    assert list(again.columns) == list(study.columns)
     same_seed = [c for c in study.select_dtypes("number") if "seconds" not in c]  # timings aside
     np.testing.assert_array_equal(study[same_seed].to_numpy(), again[same_seed].to_numpy())
+    assert (study["method"] == again["method"]).all()
+    with pytest.raises(ValueError, match="executor must be a concurrent.futures.Executor"):
+        simulation_study(1, executor="pool", progress_bar=False)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ from scipy import stats  # noqa: E402
 
 import bayesgmm as bg  # noqa: E402
 from bayesgmm import plotting  # noqa: E402
+from bayesgmm.em import fit_em_path  # noqa: E402
+from bayesgmm.labels import match_result  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +52,8 @@ FEET_INIT = dict(weights_init=[0.5, 0.5], means_init=[[210.0], [290.0]], precisi
 @pytest.fixture(scope="module")
 def feet_panels(feet):
     """Hard-EM panels of the 1-D data: start and one iteration (one compiled EM program)."""
-    return plotting.plot_em_iterations(feet, 2, (0, 1), hard=True, **FEET_INIT)
+    fits = fit_em_path(feet, 2, (0, 1), hard=True, **FEET_INIT)
+    return (*plotting.plot_em_iterations(feet, fits), fits)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +157,8 @@ def _numpy_em(x, weights, means, covs, num_steps):
 def test_em_iterations_match_a_reference_em(faithful_std, tmp_path):
     init = dict(weights_init=np.array([0.5, 0.5]), means_init=np.array([[-1.5, 1.0], [1.5, -1.0]]),
                 precisions_init=np.tile(np.eye(2) / 0.3, (2, 1, 1)))
-    fig, axes, fits = plotting.plot_em_iterations(faithful_std, 2, (0, 1, 3), reg_covar=0.0, **init)  # no warning escapes
+    fits = fit_em_path(faithful_std, 2, (0, 1, 3), reg_covar=0.0, **init)  # no warning escapes
+    fig, axes = plotting.plot_em_iterations(faithful_std, fits)
     _saved(fig, tmp_path / "iterations.png")
     assert [ax.get_title() for ax in axes] == ["start", "iteration 1", "iteration 3"]
     assert all(len(_ellipses(ax)) == 4 for ax in axes)
@@ -170,16 +174,18 @@ def test_em_iterations_match_a_reference_em(faithful_std, tmp_path):
     np.testing.assert_allclose(fits[0].log_likelihood, ref_ll, rtol=1e-10)
     assert fits[0].log_likelihood < fits[1].log_likelihood < fits[3].log_likelihood
     with pytest.raises(ValueError, match="iteration 0"):
-        plotting.plot_em_iterations(faithful_std, 2, (0, 1))
+        fit_em_path(faithful_std, 2, (0, 1))
     with pytest.raises(ValueError, match="distinct non-negative"):
-        plotting.em_iteration_fits(faithful_std, 2, (1, 1))
+        fit_em_path(faithful_std, 2, (1, 1))
+    with pytest.raises(ValueError, match="fits must be a non-empty dict"):
+        plotting.plot_em_iterations(faithful_std, {})
 
 
 def test_em_iterations_1d_share_axes(feet_panels, tmp_path):
     fig, axes, fits = feet_panels
     _saved(fig, tmp_path / "iterations_1d.png")
     assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_ylim() == axes[1].get_ylim()
-    assert fits[1].method == "hard-em" and fits[0].method == "init"
+    assert fits[1].method == "hard-em" and fits[0].n_iter == 0 and fits[1].n_iter == 1
     assert len(fig.legends) == 1
 
 
@@ -247,7 +253,7 @@ def test_engines_align_component_colours(em2, faithful_frame):
     rev = np.array([1, 0])
     swapped = dataclasses.replace(fake, weights=fake.weights[rev], means=fake.means[rev], covariances=fake.covariances[rev],
                                   draws={k: np.asarray(v)[:, :, rev] for k, v in fake.draws.items()})
-    back = plotting.match_components(swapped, em2)
+    back = match_result(swapped, em2)
     for name in ("weights", "means", "covariances"):
         np.testing.assert_array_equal(getattr(back, name), getattr(fake, name))
         np.testing.assert_array_equal(back.draws[name], fake.draws[name])
@@ -255,7 +261,7 @@ def test_engines_align_component_colours(em2, faithful_frame):
     colour_at = [{tuple(np.round(e.center, 6)): e.get_edgecolor() for e in _ellipses(ax)} for ax in axes]
     assert colour_at[0] == colour_at[1]  # the same component has the same colour in both panels
     with pytest.raises(ValueError, match="same number of components"):
-        plotting.match_components(em2, dataclasses.replace(em2, means=em2.means[:1]))
+        match_result(em2, dataclasses.replace(em2, means=em2.means[:1]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from conftest import precision
 from scipy.optimize import linear_sum_assignment
 
 import bayesgmm as bg
-from conftest import precision
 from bayesgmm import streaming
 from bayesgmm.params import ConvergenceWarning, GMMParams
 from bayesgmm.streaming import fit_em_stream

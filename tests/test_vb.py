@@ -14,12 +14,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import precision
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import digamma, gammaln, logsumexp, multigammaln
 
 import bayesgmm as bg
-from conftest import precision
 from bayesgmm import vb
 from bayesgmm.params import ConvergenceWarning, standardisation
 from bayesgmm.results import StudentTMixture

@@ -1,0 +1,280 @@
+"""The host side of an EM fit, shared by :func:`bayesgmm.fit_em`, :func:`bayesgmm.select` and
+:func:`bayesgmm.bootstrap`: options and starting values checked, data and prior on the unit
+scale (:class:`Prepared`), the search of :mod:`bayesgmm._em_core` run on them, the best run chosen
+and packaged as a :class:`~bayesgmm.FitResult` with every total recomputed in float64.
+
+Private to the package; the public entry points are in :mod:`bayesgmm.em`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import _numerics
+from ._em_core import (
+    INIT_ITER,
+    EMConfig,
+    EMOutput,
+    search,
+    trace_length,
+)
+from .kmeans import INIT_METHODS
+from .params import (
+    ConvergenceWarning,
+    DegenerateComponentWarning,
+    GMMParams,
+    PrecisionWarning,
+    Prior,
+    check_covariance_type,
+    check_data,
+    check_nonnegative,
+    check_num_components,
+    check_positive_integers,
+    check_prior,
+    compute_dtype,
+    log_jacobians,
+    params_to_original,
+    params_to_standard,
+    standardise,
+)
+from .results import FitResult
+
+#: Default convergence tolerance: projected remaining gain of the mean objective per observation.
+DEFAULT_TOL = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and units
+# ----------------------------------------------------------------------------------------------
+def user_init(weights_init, means_init, precisions_init, k, d, covariance_type, shift, sd, dtype):
+    """User-given starting parameters (scikit-learn's names), standardised; None where not given."""
+    w = m = c = None
+    for name, value in (("weights_init", weights_init), ("means_init", means_init), ("precisions_init", precisions_init)):
+        if value is not None and not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise ValueError(f"{name} contains NaN or infinite values; starting values must be finite.")
+    if weights_init is not None:
+        w = np.asarray(weights_init, dtype=np.float64)
+        if w.shape != (k,) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
+            raise ValueError(f"weights_init must be a non-negative vector of shape ({k},) summing to 1.")
+    if means_init is not None:
+        m = np.asarray(means_init, dtype=np.float64)
+        if m.shape != (k, d):
+            raise ValueError(f"means_init must have shape ({k}, {d}), got {m.shape}.")
+    if precisions_init is not None:
+        p = np.asarray(precisions_init, dtype=np.float64)
+        shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+        if p.shape != shape:
+            raise ValueError(f"precisions_init for covariance_type={covariance_type!r} must have shape {shape}, got {p.shape}.")
+        if covariance_type in ("full", "tied"):
+            mats = p.reshape(-1, d, d)
+            if not np.allclose(mats, np.swapaxes(mats, -1, -2)) or np.linalg.eigvalsh(mats).min() <= 0:
+                raise ValueError("precisions_init must be symmetric positive definite.")
+            c = np.linalg.inv(p)
+        else:
+            if np.any(p <= 0):
+                raise ValueError("precisions_init must be positive.")
+            c = 1.0 / p
+    unit_cov = {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}
+    placeholder = GMMParams(  # standardised piecewise; the pieces not given stay None
+        w if w is not None else np.full(k, 1.0 / k),
+        m if m is not None else np.zeros((k, d)) + shift,
+        c if c is not None else unit_cov[covariance_type],
+    )
+    std = params_to_standard(placeholder, shift, sd, covariance_type)
+    return tuple(None if given is None else jnp.asarray(v, dtype) for given, v in zip((w, m, c), std))
+
+
+class Prepared(NamedTuple):
+    """Validated, standardised inputs of an EM fit (the host-side half of :func:`fit_em`)."""
+
+    arr: np.ndarray
+    feature_names: tuple
+    num_components: int
+    covariance_type: str
+    prior: Prior | None
+    shift: np.ndarray
+    sd: np.ndarray
+    xs: np.ndarray  # standardised data in the compute dtype
+    prior_arrays: object
+    dtype: object
+
+    @property
+    def num_obs(self) -> int:
+        return self.arr.shape[0]
+
+
+def check_em_options(init_params, n_init, max_iter, tol, reg_covar) -> None:
+    """Validate EM's search options (shared by :func:`fit_em` and :func:`bayesgmm.select`)."""
+    if init_params not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
+    if not (isinstance(n_init, str) and n_init == "auto"):
+        if isinstance(n_init, str):
+            raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
+        check_positive_integers(n_init=n_init)
+    check_positive_integers(max_iter=max_iter)
+    check_nonnegative(tol=tol, reg_covar=reg_covar)
+
+
+def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None) -> Prepared:
+    """Validate the data and prior and standardise both (see the module docstring).
+
+    ``max_components`` (model-selection grids) is the K the arrays are built for.
+    ``sample_weight`` (validated) weights the standardising statistics.
+    """
+    arr, names = check_data(x)
+    n, d = arr.shape
+    k = check_num_components(num_components, n)
+    check_covariance_type(covariance_type)
+    k_arrays = k if max_components is None else max_components
+    check_prior(prior, d, k_arrays, map_estimate=True)
+    dtype = compute_dtype()
+    shift, sd, xs = standardise(arr, covariance_type, sample_weight, dtype=dtype)
+    prior_arrays = None
+    if prior is not None:
+        prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, covariance_type, dtype=np.dtype(dtype))
+    return Prepared(arr, names, k, covariance_type, prior, shift, sd, xs, prior_arrays, dtype)
+
+
+def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, sample_weight, active, max_iter,
+               config: EMConfig, init_method: str, num_groups: int, num_starts: int, num_kept: int, data=None,
+               allow_degenerate: bool = False, sharded: bool = False):
+    """:func:`bayesgmm._em_core.search` with host arguments in the compute dtype."""
+    if all(u is not None for u in user_init):
+        init_method = "given"  # every piece given: the starts are the user's
+    return search(
+        prep.xs if data is None else data, key, user_init, prior_arrays, tol=tol, reg_covar=reg_covar,
+        sample_weight=sample_weight, active=active, max_iter=int(max_iter), init_iter=INIT_ITER, config=config,
+        init_method=init_method, num_groups=num_groups, num_starts=num_starts, num_kept=num_kept,
+        trace_len=trace_length(max_iter), avoid_degenerate=not allow_degenerate, adaptive=not sharded,
+        num_rows=prep.num_obs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# From the program's output to a FitResult
+# ----------------------------------------------------------------------------------------------
+def choose_run(objective, degenerate, *, allow_degenerate: bool = False) -> int:
+    """Index of the run kept: the highest finite objective among the non-degenerate runs (among
+    all runs when every one is degenerate, or with ``allow_degenerate``); -1 if none is finite."""
+    objective = np.asarray(objective, np.float64)
+    finite = np.isfinite(objective)
+    if not finite.any():
+        return -1
+    clean = finite & ~np.asarray(degenerate).any(axis=-1)
+    pool = clean if (clean.any() and not allow_degenerate) else finite
+    return int(np.argmax(np.where(pool, objective, -np.inf)))
+
+
+def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
+    """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, entropy, counts)``.
+
+    The objective is the log-likelihood, plus the log prior density for MAP fits, or the
+    classification log-likelihood ``sum_n max_k log pi_k N(x_n | k)`` for hard EM.
+    """
+    k, ct = params.means.shape[0], prep.covariance_type
+    totals = _numerics.totals(prep.arr, *params, ct, sample_weight)
+    objective = totals.log_likelihood
+    if hard:
+        rows = _numerics.score_rows(prep.arr, *params, ct, responsibilities=True)
+        best = rows.log_density + np.max(rows.log_resp, axis=1)
+        objective = float(best.sum() if sample_weight is None else best @ sample_weight)
+    if prep.prior is not None:
+        objective += _numerics.log_prior(params, prep.prior.arrays(k, ct), ct)
+    return totals.log_likelihood, objective, totals.entropy, totals.counts
+
+
+def package(
+    prep: Prepared,
+    out: EMOutput,
+    index,
+    *,
+    hard: bool,
+    reg_covar: float,
+    num_components: int | None = None,
+    sample_weight=None,
+    info: dict,
+    warn: bool = True,
+    max_iter: int,
+    tol: float,
+    tol_explicit: bool = False,
+) -> FitResult:
+    """One run of a batched EM output as a :class:`FitResult` on the original scale.
+
+    ``index`` selects the run; ``num_components`` (model-selection grids) keeps only the first
+    K active components of a K_max-sized program. Reported totals are float64 recomputations.
+    """
+    k = prep.num_components if num_components is None else num_components
+    ct = prep.covariance_type
+    n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
+    pick = lambda a: np.asarray(a[index])  # noqa: E731
+    lanes = out.lanes
+    params_std = GMMParams(*(pick(p) for p in lanes.params))
+    if params_std.means.shape[0] != k:  # a K-sized fit inside a larger program: first K components
+        c = params_std.covariances if ct == "tied" else params_std.covariances[:k]
+        params_std = GMMParams(params_std.weights[:k], params_std.means[:k], c)
+    n_iter = int(pick(lanes.n_iter))
+    converged = bool(pick(lanes.converged))
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, ct)
+    obj_shift = ll_shift + (prior_shift if prep.prior is not None else 0.0)
+    params = params_to_original(params_std, prep.shift, prep.sd, ct)
+    log_lik, objective, entropy, counts = exact_objective(prep, params, sample_weight, hard)
+    trace = pick(lanes.trace).astype(np.float64)[: n_iter + 1] + obj_shift
+    trace[-1] = objective  # the float64 value at the returned parameters
+    eps = float(np.finfo(prep.dtype).eps)
+    degenerate_mask = _numerics.degenerate_mask(
+        counts, np.asarray(params_std.covariances, np.float64), ct, reg_covar, eps, prep.arr.shape[1])
+    degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
+    floor = float(pick(lanes.floor)) / n_eff
+    if warn and degenerate and max_iter > 0:  # an initialisation (max_iter=0) is expected to be rough
+        warnings.warn(
+            _numerics.degenerate_message(degenerate, counts, params_std.covariances, ct, reg_covar, eps, prep.arr.shape[1],
+                                         map_fit=prep.prior is not None),
+            DegenerateComponentWarning,
+            stacklevel=3,
+        )
+    if warn and not converged and max_iter > 0:  # max_iter=0 asks for the initialisation itself
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (tol={tol:g} per observation); increase "
+            "max_iter or tol, or check the initialisation.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    elif warn and tol_explicit and converged and floor > tol:
+        warnings.warn(
+            f"tol={tol:g} per observation is finer than {np.dtype(prep.dtype).name} arithmetic resolves for these "
+            f"data (about {floor:.1g} per observation): EM stopped when the objective stopped changing at that "
+            "precision. For a finer tolerance fit in float64 (jax.config.update('jax_enable_x64', True) and "
+            "float64 data).",
+            PrecisionWarning,
+            stacklevel=3,
+        )
+    method = "hard-em" if hard else ("map-em" if prep.prior is not None else "em")
+    objective_name = "classification_log_likelihood" if hard else ("log_posterior" if prep.prior is not None else "log_likelihood")
+    return FitResult(
+        method=method,
+        covariance_type=ct,
+        weights=params.weights,
+        means=params.means,
+        covariances=params.covariances,
+        log_likelihood=log_lik,
+        converged=converged,
+        n_iter=n_iter,
+        trace=trace,
+        objective=objective_name,
+        feature_names=prep.feature_names,
+        num_obs=prep.num_obs,
+        degenerate_components=degenerate,
+        prior=prep.prior,
+        info={**info, "entropy": entropy, "expected_counts": counts.tolist(), "objective_value": objective,
+              "dtype": str(prep.dtype), "reg_covar": float(reg_covar), "tol": float(tol),
+              "precision_floor_per_obs": floor},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Results on disk: NetCDF (through ArviZ) and JSON, read back into a :class:`~bayesgmm.FitResult`.
+
+:func:`save_result` writes everything a result holds (draws, sampler statistics, the VB
+predictive) as the ``InferenceData`` of :func:`bayesgmm.diagnostics.to_inference_data`;
+:func:`load_result` reads that, or the JSON of :meth:`FitResult.to_json`, back;
+:func:`from_inference_data` rebuilds a result from such an ``InferenceData`` in memory. Files are
+written atomically; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .diagnostics import FORMAT_VERSION, META_KEY, to_inference_data
+from .params import Prior
+from .results import FitResult, StudentTMixture
+
+__all__ = ["from_inference_data", "load_result", "save_result"]
+
+
+# ----------------------------------------------------------------------------------------------
+# InferenceData -> FitResult, NetCDF
+# ----------------------------------------------------------------------------------------------
+def _group_arrays(idata, group, names):
+    ds = idata[group]
+    return {n: np.asarray(ds[n].values) for n in names}
+
+
+def from_inference_data(idata):
+    """Rebuild the :class:`~bayesgmm.FitResult` written by :func:`to_inference_data`.
+
+    Restores the point estimate, draws (aligned and raw), sampler statistics under their
+    original names, the objective trace, the prior, the closed-form predictive and ``info`` (as
+    JSON types: arrays come back as lists), so ``predict``, ``predict_proba`` and
+    ``score_samples`` give the same numbers as the original result.
+    """
+    attrs = getattr(idata, "attrs", None) or {}
+    if META_KEY not in attrs or "point_estimate" not in getattr(idata, "groups", lambda: [])():
+        raise ValueError(
+            "This InferenceData was not written by bayesgmm.to_inference_data (it lacks the "
+            f"'{META_KEY}' attribute or the 'point_estimate' group); only such objects, or files "
+            "written by bayesgmm.save_result, can be turned back into a FitResult."
+        )
+    meta = json.loads(attrs[META_KEY])
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"This file uses bayesgmm result format {meta['format_version']}, newer than this version "
+            f"reads ({FORMAT_VERSION}); upgrade bayesgmm to load it."
+        )
+    pnames = ("weights", "means", "covariances")
+    point = _group_arrays(idata, "point_estimate", pnames)
+    draws = _group_arrays(idata, "posterior", pnames) if meta["has_draws"] else None
+    raw = None
+    if meta["raw_draws"] == "same":
+        raw = dict(draws)
+    elif meta["raw_draws"] == "stored":
+        raw = _group_arrays(idata, "raw_posterior", pnames)
+    sample_stats = None
+    if meta["sample_stats_map"]:
+        ss = idata["sample_stats"]
+        sample_stats = {}
+        for original, stored, sign in meta["sample_stats_map"]:
+            v = np.asarray(ss[stored].values)
+            sample_stats[original] = -v if sign < 0 else v
+    predictive = None
+    if meta["has_predictive"]:
+        p = idata["predictive"]
+        predictive = StudentTMixture(*(np.asarray(p[n].values) for n in ("weights", "loc", "scale", "df")))
+    return FitResult(
+        method=meta["method"],
+        covariance_type=meta["covariance_type"],
+        weights=point["weights"],
+        means=point["means"],
+        covariances=point["covariances"],
+        log_likelihood=float(meta["log_likelihood"]),
+        converged=bool(meta["converged"]),
+        n_iter=int(meta["n_iter"]),
+        trace=np.asarray(idata["fit_trace"]["objective"].values),
+        objective=meta["objective"],
+        feature_names=tuple(meta["feature_names"]),
+        num_obs=int(meta["num_obs"]),
+        degenerate_components=tuple(meta["degenerate_components"]),
+        prior=None if meta["prior"] is None else Prior(**meta["prior"]),
+        draws=draws,
+        raw_draws=raw,
+        sample_stats=sample_stats,
+        predictive=predictive,
+        info=meta["info"],
+    )
+
+
+def save_result(result, path, x=None, **kwargs):
+    """Write a result as NetCDF (via ArviZ): everything it holds, draws and predictive included.
+
+    Parameters
+    ----------
+    result : FitResult
+    path : str or os.PathLike
+        The NetCDF file (``.nc``). It is written atomically: a temporary file beside it is
+        renamed onto ``path`` when complete, so an interrupted write leaves no truncated file.
+    x : array-like, optional
+        Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).
+    **kwargs
+        Passed to :func:`to_inference_data` (e.g. ``posterior_predictive=True``).
+
+    Returns
+    -------
+    str
+        The path. Read it back with :func:`load_result`: ``predict``, ``predict_proba`` and
+        ``score_samples`` of the loaded result equal the original's.
+    """
+    from pathlib import Path
+
+    from ._files import atomic_path
+
+    if Path(path).suffix.lower() == ".json":
+        raise ValueError(f"save_result writes NetCDF, not JSON: give a path ending in .nc, not {str(path)!r} "
+                         "(the JSON summary, without posterior draws, is result.to_json(path)).")
+    idata = to_inference_data(result, x, **kwargs)
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(str(tmp))
+    return str(path)
+
+
+def load_result(path):
+    """Read a result saved by :func:`save_result` (NetCDF) or :meth:`FitResult.to_json` (JSON).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.json`` file is read by :meth:`FitResult.from_json` (the point estimate only: a
+        Bayesian result comes back without draws, flagged by ``posterior_omitted``, with a
+        warning). Any other file is read as NetCDF, with every array loaded and the file closed:
+        the full result, draws, sampler statistics and VB predictive included.
+
+    Returns
+    -------
+    FitResult
+    """
+    from pathlib import Path
+
+    if Path(path).suffix.lower() == ".json":
+        return FitResult.from_json(Path(path))
+    import arviz as az
+
+    with az.rc_context({"data.load": "eager"}):
+        idata = az.from_netcdf(str(path))
+    return from_inference_data(idata)
