@@ -11,11 +11,12 @@
 """
 
 import math
+import warnings
 
 import numpy as np
 import numpyro
 import pytest
-from numpyro.infer.autoguide import AutoDiagonalNormal
+from numpyro.infer.autoguide import AutoDelta, AutoDiagonalNormal
 from scipy.optimize import linear_sum_assignment
 from scipy.special import gammaln, multigammaln
 
@@ -126,6 +127,53 @@ def test_delta_reaches_map_em_fixed_point(two, cov_type):
     np.testing.assert_allclose((r.means - em.means) / sd, 0.0, atol=2e-4)
     np.testing.assert_allclose(r.covariances, em.covariances, rtol=2e-3, atol=2e-4 * np.abs(em.covariances).max())
     assert abs(r.log_likelihood - em.log_likelihood) < 1e-2
+
+
+@pytest.fixture(scope="module")
+def delta_by_name(two):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        return fit_svi(two.x, 2, guide="delta", num_steps=300, num_draws=4, seed=0)
+
+
+def test_autodelta_class_is_the_delta_guide(two, delta_by_name):
+    """``guide=AutoDelta`` (the class) once ran as a generic guide: its trace was labelled an ELBO
+    and lacked the parameters' log-Jacobian, so it was neither the ELBO nor MAP-EM's objective.
+    The class and the name are now one fit, and its objective is the model's log joint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        by_class = fit_svi(two.x, 2, guide=AutoDelta, num_steps=300, num_draws=4, seed=0)
+    by_name = delta_by_name
+    assert by_class.objective == by_name.objective == "log_posterior"
+    assert by_class.info["guide"] == by_name.info["guide"] == "delta"
+    np.testing.assert_array_equal(by_class.trace, by_name.trace)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(getattr(by_class, name), getattr(by_name, name))
+    assert by_class.info["elbo_final"] == by_name.info["elbo_final"]
+    assert by_class.log_likelihood == by_name.log_likelihood
+    # a point mass: the final objective is log p(x, theta) at the returned MAP point (original units)
+    prior = bg.Prior.default(two.x, 2)
+    joint = float(log_joint(two.x, GMMParams(*by_class.params), prior.arrays(2, "full"), "full"))
+    assert by_class.info["elbo_final"] == pytest.approx(joint, rel=1e-10)
+    sparse = bg.Prior.default(two.x, 2, weight_concentration=0.5)
+    with pytest.raises(ValueError, match="weight_concentration >= 1"):
+        fit_svi(two.x, 2, prior=sparse, guide=AutoDelta)
+
+
+def test_autodelta_subclass_reports_the_log_joint(two, delta_by_name):
+    """Any AutoDelta (here a subclass: its own program) is a point mass with the MAP objective."""
+
+    class PointMass(AutoDelta):
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        r = fit_svi(two.x, 2, guide=PointMass, num_steps=300, num_draws=4, seed=0)
+    assert r.objective == "log_posterior" and r.info["guide"] == "PointMass"
+    prior = bg.Prior.default(two.x, 2)
+    joint = float(log_joint(two.x, GMMParams(*r.params), prior.arrays(2, "full"), "full"))
+    assert r.info["elbo_final"] == pytest.approx(joint, rel=1e-10)
+    np.testing.assert_allclose(r.trace, delta_by_name.trace, rtol=1e-9)  # the same optimisation
 
 
 # ----------------------------------------------------------------------------------------------
