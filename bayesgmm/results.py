@@ -203,6 +203,11 @@ class FitResult:
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
         object.__setattr__(self, "degenerate_components", tuple(self.degenerate_components))
 
+    def __reduce__(self):
+        """Pickled and copied through the constructor, so that the copy is frozen too (an
+        unpickled NumPy array would otherwise come back writable)."""
+        return (type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
     # ------------------------------------------------------------------ basic facts
     @property
     def num_components(self) -> int:
