@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 import bayesgmm as bg
 from bayesgmm import _numerics, _numpyro_common, mcmc
 from bayesgmm.model import gmm_model, log_prior, model_kwargs
 from bayesgmm.params import ConvergenceWarning, GMMParams, Prior, log_jacobians, params_to_standard
+from _references import log_joint
 
 NUM_WARMUP, NUM_SAMPLES, NUM_CHAINS = 300, 1000, 4
 SETTINGS = dict(num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS)
@@ -101,25 +101,6 @@ def _sklearn_mle(x, covariance_type):
 # --------------------------------------------------------------------------------------------
 # 1. One model, one truth: the density NUTS samples is the model's joint density
 # --------------------------------------------------------------------------------------------
-def _scipy_log_joint(x, params, prior, covariance_type):
-    w, mu, cov = (np.asarray(a, np.float64) for a in params)
-    k = w.shape[0]
-    if covariance_type == "full":
-        dens = sum(w[j] * stats.multivariate_normal(mu[j], cov[j]).pdf(x) for j in range(k))
-        lp = sum(
-            stats.invwishart(df=prior.degrees_of_freedom, scale=prior.scale).logpdf(cov[j])
-            + stats.multivariate_normal(prior.mean, cov[j] / prior.mean_precision).logpdf(mu[j])
-            for j in range(k)
-        )
-    else:  # diag
-        dens = sum(w[j] * np.prod(stats.norm(mu[j], np.sqrt(cov[j])).pdf(x), axis=1) for j in range(k))
-        psi = np.diag(prior.scale)
-        lp = np.sum(stats.invgamma(a=prior.degrees_of_freedom / 2, scale=psi / 2).logpdf(cov)) + np.sum(
-            stats.norm(prior.mean, np.sqrt(cov / prior.mean_precision)).logpdf(mu)
-        )
-    return np.sum(np.log(dens)) + lp + stats.dirichlet(prior.concentration(k)).logpdf(w)
-
-
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
@@ -139,7 +120,7 @@ def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     ours = jax.jit(
         lambda p: jnp.sum(_numerics.mixture_log_density(x, *p, covariance_type)) + log_prior(p, pa, covariance_type)
     )(params)
-    reference = _scipy_log_joint(x, params, prior, covariance_type)
+    reference = log_joint(x, params, prior, covariance_type)  # scipy
     np.testing.assert_allclose(ld, reference, rtol=1e-10)
     np.testing.assert_allclose(ours, reference, rtol=1e-10)  # the EM objective (MAP) is the same number
 
