@@ -330,10 +330,12 @@ def test_timing_facts(full_fits):
     (first, _), (again, _) = full_fits["map"], full_fits["again"]
     for result in (first, again):
         info = result.info
-        assert info["run_seconds"] > 0 and info["compile_seconds"] >= 0
+        assert info["run_seconds"] > 0
         assert "sampling_seconds" not in info  # one name for one number
         assert info["fit_seconds"] == info["compile_seconds"] + info["run_seconds"]
-    assert again.info["compile_seconds"] == 0.0
+    # the module's first full-covariance fit compiled the program (its caches are emptied between
+    # modules); the same-shaped fit after it reused it
+    assert first.info["compile_seconds"] > 0 and again.info["compile_seconds"] == 0.0
 
 
 def test_progress_bar_gives_the_same_draws(full_fits, faithful, capsys):
