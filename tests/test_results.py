@@ -139,6 +139,62 @@ def test_collinear_columns_get_a_clear_error_and_a_way_out():
     assert np.all(np.isfinite(r.covariances))
 
 
+X64_OFF_SCRIPT = textwrap.dedent(
+    """
+    import json, warnings
+    import jax
+    import numpy as np
+    import bayesgmm as bg
+    from _references import log_joint, mixture_log_density
+
+    x = bg.datasets.load_faithful()
+    prior = bg.Prior.default(x, 2)
+    out = {"x64": bool(jax.config.jax_enable_x64)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # tiny runs
+        fits = {"mcmc": bg.fit_mcmc(x, 2, num_warmup=30, num_samples=30, num_chains=1, seed=0),
+                "svi": bg.fit_svi(x, 2, num_steps=100, num_draws=10, seed=0)}
+    for name, r in fits.items():
+        out[name] = {
+            "dtype": r.info["dtype"],
+            "result_dtypes": sorted({str(a.dtype) for a in (r.weights, r.means, r.covariances, r.trace,
+                                                             *r.draws.values())}),
+            "log_likelihood": r.log_likelihood,
+            "reference": float(mixture_log_density(x, *r.params, "full").sum()),
+        }
+    m = fits["mcmc"]
+    out["mcmc"]["lp"] = [[float(m.sample_stats["lp"][0, s]),
+                          log_joint(x, [m.raw_draws[n][0, s] for n in ("weights", "means", "covariances")], prior)]
+                         for s in (0, 14, 29)]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_nuts_and_svi_compute_in_float32_without_x64():
+    """JAX's default precision (x64 off, as users run it), in a fresh process: NUTS and SVI
+    compute in float32, return float64 arrays, report the log-likelihood of the returned point
+    as a float64 recomputation (scipy) gives it, and NUTS's per-draw log posterior (computed in
+    float32) agrees with scipy's float64 log joint at the same draw."""
+    import os
+    import pathlib
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    tests = str(pathlib.Path(__file__).parent)
+    env["PYTHONPATH"] = os.pathsep.join([tests] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, "-c", X64_OFF_SCRIPT], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["x64"] is False
+    for name in ("mcmc", "svi"):
+        o = out[name]
+        assert o["dtype"] == "float32" and o["result_dtypes"] == ["float64"], (name, o)
+        assert o["log_likelihood"] == pytest.approx(o["reference"], rel=1e-6), name
+    for reported, exact in out["mcmc"]["lp"]:
+        assert reported == pytest.approx(exact, rel=1e-6)  # float32 round-off of ~1e3 nats: ~1e-4
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_numpyro_engines_take_float32_data_under_x64(covariance_type):
     """The suite runs with x64 on: float32 input once crashed NUTS and SVI (float32 data against
