@@ -564,9 +564,10 @@ class GaussianMixture(_DensityMixin, _Base):
         cov_type = result.covariance_type
         self.result_ = result
         self.seed_ = seed
-        self.weights_ = np.asarray(result.weights, dtype=np.float64)
-        self.means_ = np.asarray(result.means, dtype=np.float64)
-        self.covariances_ = np.asarray(result.covariances, dtype=np.float64)
+        # writable copies, as scikit-learn's fitted attributes are (the result's arrays are read-only)
+        self.weights_ = np.array(result.weights, dtype=np.float64)
+        self.means_ = np.array(result.means, dtype=np.float64)
+        self.covariances_ = np.array(result.covariances, dtype=np.float64)
         self.precisions_cholesky_ = precision_cholesky(self.covariances_, cov_type)
         self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, cov_type)
         self.converged_ = bool(result.converged)

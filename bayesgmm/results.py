@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,69 @@ class StudentTMixture(NamedTuple):
     loc: Any
     scale: Any
     df: Any
+
+
+class FrozenMapping(Mapping):
+    """A read-only mapping: the ``info``, ``draws``, ``raw_draws`` and ``sample_stats`` of a
+    :class:`FitResult`.
+
+    It reads like a ``dict`` (``m[key]``, ``m.get``, ``dict(m)``, ``{**m}``, comparison with a
+    dict) but has no ``__setitem__``, ``update``, ``pop`` or ``clear``. Unlike
+    ``types.MappingProxyType`` it can be pickled and deep-copied (scikit-learn pickles and copies
+    estimators, whose ``result_`` holds one).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data=()):
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+    def __reduce__(self):
+        return (type(self), (self._data,))
+
+
+def _frozen_array(value) -> np.ndarray:
+    """A read-only NumPy array holding ``value``: a read-only array that owns its memory is kept,
+    anything else is copied first (so that no caller's array is frozen, nor can change it)."""
+    if isinstance(value, np.ndarray) and not value.flags.writeable and value.base is None:
+        return value
+    arr = np.array(value, copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+def _frozen(value):
+    """``value`` made deeply immutable: arrays read-only, mappings :class:`FrozenMapping`, lists
+    and tuples tuples (named tuples keep their type), sets frozensets; other values (numbers,
+    strings, NumPy scalars, a Prior) unchanged."""
+    if isinstance(value, np.ndarray):
+        return _frozen_array(value)
+    if isinstance(value, Mapping):
+        return FrozenMapping((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_frozen(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    if not isinstance(value, np.generic) and hasattr(value, "__array__") and hasattr(value, "shape"):
+        return _frozen_array(value)  # e.g. a JAX array
+    return value
 
 
 def _student_t_log_density(x, mix: StudentTMixture, frame: _numerics.Frame):
@@ -100,6 +164,12 @@ class FitResult:
         Closed-form posterior predictive (VB); otherwise the predictive averages over ``draws``.
     info : mapping
         Engine-specific scalars (ELBO, divergences, compile time, seed, ...).
+
+    The result is deeply immutable: its arrays (also those inside ``draws``, ``raw_draws``,
+    ``sample_stats``, ``predictive`` and ``info``) are read-only NumPy copies, its mappings are
+    read-only (:class:`FrozenMapping`) and the sequences inside ``info`` are tuples. Derive a
+    changed result with ``dataclasses.replace``; copy an array (``np.array(result.means)``) to
+    change it.
     """
 
     method: str
@@ -121,6 +191,25 @@ class FitResult:
     sample_stats: Mapping[str, np.ndarray] | None = None
     predictive: StudentTMixture | None = None
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        """Deep immutability: every array is a read-only copy, every mapping a
+        :class:`FrozenMapping`, every sequence a tuple (``dataclasses.replace`` freezes anew)."""
+        for name in ("weights", "means", "covariances", "trace"):
+            object.__setattr__(self, name, _frozen_array(getattr(self, name)))
+        for name in ("draws", "raw_draws", "sample_stats", "info"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _frozen(value))
+        if self.predictive is not None:
+            object.__setattr__(self, "predictive", StudentTMixture(*(_frozen_array(a) for a in self.predictive)))
+        object.__setattr__(self, "feature_names", tuple(self.feature_names))
+        object.__setattr__(self, "degenerate_components", tuple(self.degenerate_components))
+
+    def __reduce__(self):
+        """Pickled and copied through the constructor, so that the copy is frozen too (an
+        unpickled NumPy array would otherwise come back writable)."""
+        return (type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
 
     # ------------------------------------------------------------------ basic facts
     @property

@@ -49,7 +49,8 @@ same map, ``log q(theta) = log q_s(theta_s) + J_theta``. So in
     ELBO (original units) = ELBO (standardised) + J_x,
 
 the same shift as the log evidence ``log p(x) = log p_s(x_s) + J_x``; the gap
-``log p(x) - ELBO = KL(q || posterior)`` does not depend on units. For ``guide="delta"`` there is
+``log p(x) - ELBO = KL(q || posterior)`` does not depend on units. For ``guide="delta"`` (and
+any ``AutoDelta`` class or instance) there is
 no entropy term: the loss is ``-log p_s(x_s, theta_s)``, a log posterior *density*, which does
 not cancel, so its trace is reported as ``objective="log_posterior"`` shifted by
 ``J_x + J_theta`` (the units of MAP-EM's trace).
@@ -223,7 +224,21 @@ PROGRAM = CompiledProgram(
 # ----------------------------------------------------------------------------------------------
 # Helpers of the public entry point
 # ----------------------------------------------------------------------------------------------
+def _is_delta(guide) -> bool:
+    """A point-mass guide (``"delta"``, ``AutoDelta`` or a subclass, or an instance of one): its
+    objective is the log joint ``log p(x, theta)`` (MAP), not an ELBO (module docstring)."""
+    if isinstance(guide, str):
+        return guide == "delta"
+    return (isinstance(guide, type) and issubclass(guide, AutoDelta)) or isinstance(guide, AutoDelta)
+
+
 def _check_guide(guide):
+    """The guide as :func:`fit_svi` uses it: a name of :data:`GUIDES`, with the built-in classes
+    themselves (``AutoNormal``, ``AutoMultivariateNormal``, ``AutoDelta``) mapped to their names
+    so that the class and the string are one fit (same program, objective and result)."""
+    for name, cls in GUIDES.items():
+        if guide is cls:
+            return name
     if isinstance(guide, str):
         if guide not in GUIDES:
             raise ValueError(
@@ -298,7 +313,9 @@ def fit_svi(
         Defaults to ``Prior.default(x, K)`` (mclust's weak conjugate prior).
     guide : {"normal", "mvn", "delta"} or numpyro guide
         ``"normal"`` (AutoNormal, mean field), ``"mvn"`` (AutoMultivariateNormal) or ``"delta"``
-        (AutoDelta: MAP by gradient). Also accepted: an ``AutoGuide`` subclass (built here as
+        (AutoDelta: MAP by gradient). The classes ``AutoNormal``, ``AutoMultivariateNormal``
+        and ``AutoDelta`` themselves are the same fits as their names. Also accepted: an
+        ``AutoGuide`` subclass (built here as
         ``cls(gmm_model, init_loc_fn=<MAP start>)``, e.g. ``AutoLowRankMultivariateNormal``); an
         unused ``AutoGuide`` instance built on :func:`bayesgmm.model.gmm_model` (copied, used as
         is, with its own ``init_loc_fn``); or a guide function with the model's signature
@@ -328,12 +345,13 @@ def fit_svi(
     Returns
     -------
     FitResult
-        ``method="svi"``, ``objective="elbo"`` (``"log_posterior"`` for ``guide="delta"``, see the
-        module docstring). ``trace``: the one-particle ELBO estimate of every step, original
-        units. ``draws``: ``num_draws`` guide draws, shape (1, S, ...), label-aligned to the
-        guide's median (:func:`bayesgmm.labels.align_draws`); ``raw_draws`` before alignment.
-        Point estimate: the mean of the aligned draws (the guide's median, i.e. the MAP, for
-        ``"delta"``); ``log_likelihood`` the training log-likelihood there. ``converged``: the
+        ``method="svi"``, ``objective="elbo"`` (``"log_posterior"`` for ``guide="delta"`` and any
+        ``AutoDelta`` class or instance, see the module docstring). ``trace``: the one-particle
+        ELBO estimate of every step, original units. ``draws``: ``num_draws`` guide draws,
+        shape (1, S, ...), label-aligned to the guide's median
+        (:func:`bayesgmm.labels.align_draws`); ``raw_draws`` before alignment. Point estimate:
+        the mean of the aligned draws (the guide's median, i.e. the MAP, for ``"delta"``);
+        ``log_likelihood`` the training log-likelihood there. ``converged``: the
         drift of the ELBO over the last 10% of steps is below 1e-3 nats per observation after
         allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
@@ -384,7 +402,8 @@ def fit_svi(
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
     prior = check_prior(prior, d, k, default_from=arr)
-    if guide == "delta" and k > 1 and np.any(prior.concentration(k) < 1):
+    is_delta = _is_delta(guide)
+    if is_delta and k > 1 and np.any(prior.concentration(k) < 1):
         raise ValueError(
             "guide='delta' (MAP) needs weight_concentration >= 1 (the Dirichlet density is unbounded "
             "below 1, so there is no MAP); use guide='normal' or 'mvn', or fit_vb."
@@ -421,7 +440,6 @@ def fit_svi(
 
     # ---- back to the original scale (NumPy float64)
     ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
-    is_delta = isinstance(guide, str) and guide == "delta"
     shift_obj = ll_shift + (prior_shift if is_delta else 0.0)
     trace = np.asarray(elbo_std, np.float64) + shift_obj
     elbo_final = np.asarray(elbo_final, np.float64) + shift_obj

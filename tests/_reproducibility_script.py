@@ -16,6 +16,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 
 import jax
 
@@ -48,12 +49,12 @@ def _flatten(prefix: str, value, out: dict) -> None:
     elif hasattr(value, "_fields"):  # NamedTuple (GMMParams, KMeansResult)
         for name in value._fields:
             _flatten(f"{prefix}.{name}", getattr(value, name), out)
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):  # dicts, and a FitResult's read-only mappings
         for key in sorted(value, key=str):
             if str(key).endswith("_seconds"):
                 continue
             _flatten(f"{prefix}.{key}", value[key], out)
-    elif isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple, np.ndarray, float)) for v in value):
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple, np.ndarray, float)) for v in value):
         for i, item in enumerate(value):
             _flatten(f"{prefix}[{i}]", item, out)
     else:

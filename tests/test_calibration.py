@@ -400,5 +400,19 @@ def test_module_import_is_light():
     assert out.strip() == "[]"
 
 
-def test_quantities_cover_the_documented_set():
-    assert QUANTITIES == ("sorted_means", "sorted_weights", "log_likelihood", "mixture_mean", "mixture_variance")
+def test_quantities_are_the_documented_and_computed_set(exact_run):
+    """QUANTITIES, the module docstring's list of test quantities, sbc's default and the columns a
+    default run writes name the same quantities in the same order (K = 1 has no sorted weights)."""
+    import inspect
+    import re
+
+    from bayesgmm import calibration
+
+    doc = calibration.__doc__
+    section = doc[doc.index("Test quantities\n"):doc.index("Uniformity tests\n")]
+    documented = [name for line in section.splitlines() if line.startswith("``")
+                  for name in re.findall(r"``(\w+)(?:\[\w\])?``", line)]
+    assert tuple(documented) == QUANTITIES
+    assert inspect.signature(sbc).parameters["quantities"].default == QUANTITIES
+    written = list(dict.fromkeys(c.split("[")[0] for c in exact_run.ranks.columns))
+    assert written == [q for q in QUANTITIES if q != "sorted_weights"]

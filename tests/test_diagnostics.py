@@ -1,7 +1,7 @@
 """ArviZ conversion and NetCDF round trip (bayesgmm.diagnostics).
 
 References are independent of the library: scipy.stats densities for the log-likelihood and the
-log prior, the WAIC formula written out by hand, and the mixture's moments for simulated data.
+log prior (tests/_references.py), the WAIC formula written out by hand, and the mixture's moments for simulated data.
 Posterior draws are built by hand (jittered EM estimates), so no sampler is needed.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from scipy import stats
+from _references import log_joint, log_prior, mixture_log_density
 from scipy.special import logsumexp
 
 import bayesgmm as bg
@@ -28,26 +28,6 @@ PARAMS = ("weights", "means", "covariances")
 # ----------------------------------------------------------------------------------------------
 # helpers and fixtures
 # ----------------------------------------------------------------------------------------------
-def full_cov(cov, covariance_type, k, d):
-    """Independent numpy expansion of stored covariances to (..., K, D, D)."""
-    cov = np.asarray(cov)
-    if covariance_type == "full":
-        return cov
-    if covariance_type == "tied":
-        return np.broadcast_to(cov[..., None, :, :], cov.shape[:-2] + (k, d, d))
-    if covariance_type == "diag":
-        return cov[..., :, None] * np.eye(d)
-    return cov[..., None, None] * np.eye(d)
-
-
-def scipy_loglik(x, w, m, c, covariance_type):
-    """log sum_k w_k N(x | m_k, C_k) with scipy, one draw."""
-    k, d = m.shape
-    covs = full_cov(c, covariance_type, k, d)
-    comp = np.stack([stats.multivariate_normal(m[j], covs[j]).logpdf(x) for j in range(k)], axis=1)
-    return logsumexp(comp + np.log(w), axis=1)
-
-
 def jittered_draws(result, chains, draws, seed, scale=0.02):
     """Posterior-like draws around a point estimate (seeded), shapes (C, S, ...)."""
     rng = np.random.default_rng(seed)
@@ -139,7 +119,7 @@ def mc_scipy_loglik(mc_fit, x):
     c, s = d["weights"].shape[:2]
     return np.array(
         [
-            [scipy_loglik(x, *(d[n][i, j] for n in PARAMS), "full") for j in range(s)]
+            [mixture_log_density(x, *(d[n][i, j] for n in PARAMS), "full") for j in range(s)]
             for i in range(c)
         ]
     )
@@ -211,7 +191,7 @@ def test_covariance_dims_and_log_likelihood_per_structure(df, x, covariance_type
         post = idata.posterior
         for j in range(post.sizes["draw"]):
             w, m = post["weights"].values[0, j], post["means"].values[0, j]
-            ref = scipy_loglik(x, w, m, cov.values[0, j], covariance_type)
+            ref = mixture_log_density(x, w, m, cov.values[0, j], covariance_type)
             np.testing.assert_allclose(ll[0, j], ref, rtol=1e-10, atol=1e-10)
 
 
@@ -251,20 +231,10 @@ def test_lp_with_prior_is_log_joint(df, x):
     result = dataclasses.replace(fit, draws=draws, method="mcmc")
     lp = diagnostics.to_inference_data(result, df).sample_stats["lp"].values
     for j in range(2):
-        w, m, c = (draws[n][0, j] for n in PARAMS)
-        ref = scipy_loglik(x, w, m, c, "full").sum() + stats.dirichlet(np.ones(2)).logpdf(w)
-        for k in range(2):
-            ref += stats.invwishart(prior.degrees_of_freedom, prior.scale).logpdf(c[k])
-            ref += stats.multivariate_normal(prior.mean, c[k] / prior.mean_precision).logpdf(m[k])
-        np.testing.assert_allclose(lp[0, j], ref, rtol=1e-10)
+        np.testing.assert_allclose(lp[0, j], log_joint(x, [draws[n][0, j] for n in PARAMS], prior, "full"), rtol=1e-10)
     # a point fit without x: lp from the stored log-likelihood plus the same log prior
     lp_point = diagnostics.to_inference_data(fit).sample_stats["lp"].values[0, 0]
-    w, m, c = fit.params
-    ref = fit.log_likelihood + stats.dirichlet(np.ones(2)).logpdf(w)
-    for k in range(2):
-        ref += stats.invwishart(prior.degrees_of_freedom, prior.scale).logpdf(c[k])
-        ref += stats.multivariate_normal(prior.mean, c[k] / prior.mean_precision).logpdf(m[k])
-    np.testing.assert_allclose(lp_point, ref, rtol=1e-10)
+    np.testing.assert_allclose(lp_point, fit.log_likelihood + log_prior(fit.params, prior, "full"), rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,7 +382,7 @@ def test_round_trip_point_fit_with_prior(df, x, tmp_path):
     assert_same_fields(fit, back)
     assert back.draws is None and back.raw_draws is None and back.sample_stats is None and back.predictive is None
     assert back.info["n_init"] == fit.info["n_init"]
-    assert back.info["restart_objectives"] == list(fit.info["restart_objectives"])
+    assert back.info["restart_objectives"] == fit.info["restart_objectives"]  # tuples: the result is immutable
     assert_same_predictions(fit, back, x)
     assert back.bic(x) == fit.bic(x)
 
@@ -483,9 +453,8 @@ def test_pointwise_log_likelihood_is_float64_and_compiles_nothing(em_fit, x):
     ll = idata.log_likelihood["x"].values
     draws = {k: np.asarray(v)[0] for k, v in mcmc_like(em_fit, seed=21, chains=1, draws=5).draws.items()}
     for s in range(ll.shape[1]):
-        dens = sum(w * stats.multivariate_normal(m, c).pdf(x[:57]) for w, m, c in
-                   zip(draws["weights"][s], draws["means"][s], draws["covariances"][s]))
-        np.testing.assert_allclose(ll[0, s], np.log(dens), rtol=1e-10)
+        ref = mixture_log_density(x[:57], *(draws[n][s] for n in PARAMS), "full")
+        np.testing.assert_allclose(ll[0, s], ref, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """EM against independent references: scikit-learn, brute-force enumeration, NumPyro, known truth."""
 
-import itertools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _references import enumerated_log_likelihood, log_prior, mixture_log_density
 from conftest import precision
-from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
@@ -43,41 +42,6 @@ def adjusted_rand(a, b):
     return adjusted_rand_score(a, b)
 
 
-def scipy_log_lik(x, params, covariance_type):
-    """Independent reference: scipy densities summed over components."""
-    w, m, c = params
-    k, d = m.shape
-    full = {
-        "full": lambda: c,
-        "tied": lambda: np.broadcast_to(c, (k, d, d)),
-        "diag": lambda: np.stack([np.diag(v) for v in c]),
-        "spherical": lambda: np.stack([v * np.eye(d) for v in c]),
-    }[covariance_type]()
-    dens = np.stack([w[j] * stats.multivariate_normal(m[j], full[j]).pdf(x).reshape(-1) for j in range(k)], 1)
-    return np.log(dens.sum(1))
-
-
-def scipy_log_prior(params, prior: bg.Prior, covariance_type):
-    w, m, c = params
-    k, d = m.shape
-    arr = prior.arrays(k, covariance_type)
-    lp = stats.dirichlet(arr.concentration).logpdf(w) if k > 1 else 0.0
-    if covariance_type in ("full", "tied"):
-        covs = c if covariance_type == "full" else [c]
-        lp += sum(stats.invwishart(df=float(arr.degrees_of_freedom), scale=arr.scale).logpdf(s) for s in covs)
-        full = c if covariance_type == "full" else [c] * k
-        lp += sum(stats.multivariate_normal(arr.mean, full[j] / float(arr.mean_precision)).logpdf(m[j]) for j in range(k))
-    else:
-        var = c if covariance_type == "diag" else np.repeat(c[:, None], d, 1)
-        scale = np.broadcast_to(arr.scale, (d,))
-        if covariance_type == "diag":
-            lp += stats.invgamma(float(arr.degrees_of_freedom) / 2, scale=scale / 2).logpdf(var).sum()
-        else:
-            lp += stats.invgamma(float(arr.degrees_of_freedom) / 2, scale=float(arr.scale) / 2).logpdf(c).sum()
-        lp += stats.norm(arr.mean, np.sqrt(var / float(arr.mean_precision))).logpdf(m).sum()
-    return lp
-
-
 # ----------------------------------------------------------------------------------------------
 # One model, one truth
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +58,8 @@ def test_em_objective_equals_numpyro_log_density(covariance_type, rng):
     lprior = float(model.log_prior(GMMParams(*map(jnp.asarray, params)), arrays, covariance_type))
     np.testing.assert_allclose(em_ll, joint - lprior, rtol=1e-10)
     # Both against scipy, written independently.
-    np.testing.assert_allclose(em_ll, scipy_log_lik(x, params, covariance_type).sum(), rtol=1e-10)
-    np.testing.assert_allclose(lprior, scipy_log_prior(params, prior, covariance_type), rtol=1e-10)
+    np.testing.assert_allclose(em_ll, mixture_log_density(x, *params, covariance_type).sum(), rtol=1e-10)
+    np.testing.assert_allclose(lprior, log_prior(params, prior, covariance_type), rtol=1e-10)
 
 
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
@@ -106,7 +70,7 @@ def test_reported_objective_is_the_model_log_density(covariance_type, faithful):
     p = GMMParams(*map(jnp.asarray, r.params))
     joint = float(model.log_joint(jnp.asarray(faithful), p, prior.arrays(2, covariance_type), covariance_type))
     np.testing.assert_allclose(r.trace[-1], joint, rtol=1e-9)
-    np.testing.assert_allclose(r.log_likelihood, scipy_log_lik(faithful, r.params, covariance_type).sum(), rtol=1e-9)
+    np.testing.assert_allclose(r.log_likelihood, mixture_log_density(faithful, *r.params, covariance_type).sum(), rtol=1e-9)
     ml = bg.fit_em(faithful, 2, covariance_type=covariance_type, seed=0)
     np.testing.assert_allclose(ml.trace[-1], ml.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(ml.log_likelihood, ml.score(faithful) * len(faithful), rtol=1e-9)
@@ -116,12 +80,8 @@ def test_reported_objective_is_the_model_log_density(covariance_type, faithful):
 def test_marginal_likelihood_matches_brute_force_enumeration(n, k, rng):
     x = rng.normal(size=(n, 2))
     params = random_params(rng, k, 2, "full")
-    w, m, c = params
-    total = 0.0
-    for z in itertools.product(range(k), repeat=n):  # every assignment of the N points
-        total += np.prod([w[zn] * stats.multivariate_normal(m[zn], c[zn]).pdf(x[i]) for i, zn in enumerate(z)])
     ll = float(jnp.sum(model.log_likelihood(jnp.asarray(x), GMMParams(*map(jnp.asarray, params)), "full")))
-    np.testing.assert_allclose(ll, np.log(total), rtol=1e-10)
+    np.testing.assert_allclose(ll, enumerated_log_likelihood(x, *params, "full"), rtol=1e-10)  # every assignment of the N points
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,11 +482,11 @@ def test_masked_log_prior_is_the_sub_model_prior(covariance_type, rng):
     sub = GMMParams(sub_w, full.means[keep], sub_c)
     masked = GMMParams(np.where(keep, full.weights, 0.0) / full.weights[keep].sum(), full.means, full.covariances)
     prior = bg.Prior(2.0, np.zeros(3), 0.5, 5.0, np.eye(3))
-    ref = scipy_log_prior(sub, prior, covariance_type)
+    ref = log_prior(sub, prior, covariance_type)
     got = model.log_prior(GMMParams(*map(jnp.asarray, masked)), prior.arrays(4, covariance_type), covariance_type, jnp.asarray(keep))
     np.testing.assert_allclose(float(got), ref, rtol=1e-10)
     every = model.log_prior(GMMParams(*map(jnp.asarray, full)), prior.arrays(4, covariance_type), covariance_type, jnp.ones(4, bool))
-    np.testing.assert_allclose(float(every), scipy_log_prior(full, prior, covariance_type), rtol=1e-10)
+    np.testing.assert_allclose(float(every), log_prior(full, prior, covariance_type), rtol=1e-10)
 
 
 def test_compile_and_run_seconds_are_reported(faithful):

@@ -1,8 +1,10 @@
 """Result files: FitResult JSON validated on load, Bayesian results kept whole in NetCDF (and
 flagged when read from JSON), and files written whole or not at all."""
 
+import dataclasses
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -134,6 +136,57 @@ def test_netcdf_keeps_a_bayesian_result_whole(x, vb_fit, method, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [f"{method}.nc"]  # no temporary file left
     with pytest.raises(ValueError, match="save_result writes NetCDF, not JSON"):
         bg.save_result(fit, tmp_path / "fit.json")
+
+
+@pytest.fixture(scope="module")
+def mcmc_fit(x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # short chains
+        return bg.fit_mcmc(x, 2, num_warmup=100, num_samples=100, num_chains=2, seed=0)
+
+
+def _assert_same_point_and_facts(back, fit):
+    for name in ("method", "covariance_type", "log_likelihood", "converged", "n_iter", "objective", "feature_names",
+                 "num_obs", "degenerate_components"):
+        assert getattr(back, name) == getattr(fit, name), name
+    for name in ("weights", "means", "covariances", "trace"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(fit, name), err_msg=name)
+    assert back.prior == fit.prior
+
+
+@pytest.mark.parametrize("method", ["vb", "mcmc"])
+def test_bayesian_round_trips_keep_the_numbers(x, vb_fit, mcmc_fit, method, tmp_path):
+    """A real VB and NUTS result: NetCDF gives back every number (draws, sampler statistics, the
+    closed-form predictive, info) and the same predictions, bit for bit; JSON gives back the point
+    estimate and fit facts exactly, and predicts with that point estimate (the plug-in mixture)."""
+    fit = vb_fit if method == "vb" else mcmc_fit
+    back = bg.load_result(bg.save_result(fit, tmp_path / "fit.nc", x=x))
+    _assert_same_point_and_facts(back, fit)
+    assert back.summary() == fit.summary()  # info included
+    for group in ("draws", "raw_draws", "sample_stats"):
+        a, b = getattr(fit, group), getattr(back, group)
+        assert (a is None) == (b is None), group
+        if a is not None:
+            assert set(b) == set(a), group
+            for name in a:
+                np.testing.assert_array_equal(b[name], a[name], err_msg=f"{group}[{name}]")
+                assert b[name].dtype == a[name].dtype, (group, name)
+    assert (back.predictive is None) == (fit.predictive is None) == (method != "vb")
+    for a, b in zip(fit.predictive or (), back.predictive or ()):
+        np.testing.assert_array_equal(b, a)
+    for call in ("predict", "predict_proba", "score_samples"):
+        np.testing.assert_array_equal(getattr(back, call)(x), getattr(fit, call)(x), err_msg=call)
+
+    with pytest.warns(UserWarning, match=f"holds only the point estimate of a '{method}' fit"):
+        point = bg.FitResult.from_json(fit.to_json())
+    _assert_same_point_and_facts(point, fit)
+    assert point.posterior_omitted and point.draws is None and point.predictive is None
+    assert {k: v for k, v in point.summary()["info"].items() if k != "posterior_omitted"} == fit.summary()["info"]
+    plug_in = dataclasses.replace(fit, draws=None, raw_draws=None, predictive=None)
+    for call in ("predict", "predict_proba", "score_samples"):
+        np.testing.assert_array_equal(getattr(point, call)(x), getattr(plug_in, call)(x), err_msg=call)
+    np.testing.assert_array_equal(point.score_samples(x), fit.log_likelihood_samples(x))
+    assert np.sum(point.score_samples(x)) == pytest.approx(fit.log_likelihood, rel=1e-12)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

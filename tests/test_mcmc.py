@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
+from _references import log_joint, mixture_log_density
 
 import bayesgmm as bg
 from bayesgmm import _numerics, _numpyro_common, mcmc
@@ -101,25 +101,6 @@ def _sklearn_mle(x, covariance_type):
 # --------------------------------------------------------------------------------------------
 # 1. One model, one truth: the density NUTS samples is the model's joint density
 # --------------------------------------------------------------------------------------------
-def _scipy_log_joint(x, params, prior, covariance_type):
-    w, mu, cov = (np.asarray(a, np.float64) for a in params)
-    k = w.shape[0]
-    if covariance_type == "full":
-        dens = sum(w[j] * stats.multivariate_normal(mu[j], cov[j]).pdf(x) for j in range(k))
-        lp = sum(
-            stats.invwishart(df=prior.degrees_of_freedom, scale=prior.scale).logpdf(cov[j])
-            + stats.multivariate_normal(prior.mean, cov[j] / prior.mean_precision).logpdf(mu[j])
-            for j in range(k)
-        )
-    else:  # diag
-        dens = sum(w[j] * np.prod(stats.norm(mu[j], np.sqrt(cov[j])).pdf(x), axis=1) for j in range(k))
-        psi = np.diag(prior.scale)
-        lp = np.sum(stats.invgamma(a=prior.degrees_of_freedom / 2, scale=psi / 2).logpdf(cov)) + np.sum(
-            stats.norm(prior.mean, np.sqrt(cov / prior.mean_precision)).logpdf(mu)
-        )
-    return np.sum(np.log(dens)) + lp + stats.dirichlet(prior.concentration(k)).logpdf(w)
-
-
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
@@ -139,7 +120,7 @@ def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     ours = jax.jit(
         lambda p: jnp.sum(_numerics.mixture_log_density(x, *p, covariance_type)) + log_prior(p, pa, covariance_type)
     )(params)
-    reference = _scipy_log_joint(x, params, prior, covariance_type)
+    reference = log_joint(x, params, prior, covariance_type)  # scipy
     np.testing.assert_allclose(ld, reference, rtol=1e-10)
     np.testing.assert_allclose(ours, reference, rtol=1e-10)  # the EM objective (MAP) is the same number
 
@@ -294,6 +275,40 @@ def test_posterior_agrees_with_sklearn_mle(which, full_fits, diag_fit, faithful)
     np.testing.assert_allclose(result.log_likelihood, plug_in, rtol=1e-10)
 
 
+@pytest.mark.parametrize("covariance_type", ["tied", pytest.param("spherical", marks=pytest.mark.slow)])
+def test_tied_and_spherical_posteriors(covariance_type):
+    """The other two structures, on well-separated simulated data: the log posterior NUTS reports
+    for a draw is scipy's log joint there (the structure's own prior: one inverse-Wishart for tied,
+    inverse-gamma variances for spherical), and the posterior means of the aligned draws lie
+    within Monte Carlo error plus 2 posterior sd of the maximum-likelihood estimate. (~30 s each
+    here, mostly compiling one sampler program per structure: spherical runs under ``-m slow``.)"""
+    data = bg.datasets.make_mixture(200, 2, 2, covariance_type=covariance_type, separation=6.0, seed=5)
+    x = data.x
+    result, _ = _fit(x, 2, covariance_type=covariance_type, num_warmup=150, num_samples=150, num_chains=2, seed=0)
+    c, s = 2, 150
+    cov_shape = {"spherical": (c, s, 2), "tied": (c, s, 2, 2)}[covariance_type]
+    assert result.covariance_type == covariance_type and result.draws["covariances"].shape == cov_shape
+    prior = Prior.default(x, 2)
+    for chain, draw in [(0, 0), (1, 75), (1, 149)]:
+        theta = [result.raw_draws[n][chain, draw] for n in ("weights", "means", "covariances")]
+        np.testing.assert_allclose(result.sample_stats["lp"][chain, draw], log_joint(x, theta, prior, covariance_type),
+                                   rtol=1e-10)
+    np.testing.assert_allclose(result.log_likelihood, mixture_log_density(x, *result.params, covariance_type).sum(),
+                               rtol=1e-10)
+    mle = bg.fit_em(x, 2, covariance_type=covariance_type, n_init=3, seed=0, tol=1e-10, max_iter=1000)
+    perm = np.argsort(result.means[:, 0])[np.argsort(np.argsort(mle.means[:, 0]))]  # result's component for each MLE one
+    mcse_factor = 4 / np.sqrt(result.info["min_ess_bulk"])  # 4 Monte Carlo standard errors, per sd
+    for name in ("weights", "means", "covariances"):
+        d = np.asarray(result.draws[name]).reshape((-1,) + result.draws[name].shape[2:])
+        point = np.asarray(getattr(result, name))
+        if not (name == "covariances" and covariance_type == "tied"):  # the tied covariance has no label
+            d, point = d[:, perm], point[perm]
+        mean, sd = d.mean(0), d.std(0)
+        np.testing.assert_allclose(point, mean, rtol=1e-12)  # the point estimate is the posterior mean
+        assert np.all(sd > 0), name
+        np.testing.assert_array_less(np.abs(mean - getattr(mle, name)), (2 + mcse_factor) * sd, err_msg=name)
+
+
 def test_result_shapes_stats_and_warnings(full_fits, diag_fit):
     for result, caught in (full_fits["map"], full_fits["permuted"], diag_fit):
         c, s = NUM_CHAINS, NUM_SAMPLES
@@ -349,10 +364,12 @@ def test_timing_facts(full_fits):
     (first, _), (again, _) = full_fits["map"], full_fits["again"]
     for result in (first, again):
         info = result.info
-        assert info["run_seconds"] > 0 and info["compile_seconds"] >= 0
+        assert info["run_seconds"] > 0
         assert "sampling_seconds" not in info  # one name for one number
         assert info["fit_seconds"] == info["compile_seconds"] + info["run_seconds"]
-    assert again.info["compile_seconds"] == 0.0
+    # the module's first full-covariance fit compiled the program (its caches are emptied between
+    # modules); the same-shaped fit after it reused it
+    assert first.info["compile_seconds"] > 0 and again.info["compile_seconds"] == 0.0
 
 
 def test_progress_bar_gives_the_same_draws(full_fits, faithful, capsys):

@@ -1,7 +1,10 @@
 """The result API at its edges: data far from zero, columns by name, argument checks, seeds,
 priors as values, and the precision rules of the NumPyro engines."""
 
+import copy
+import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -138,6 +141,62 @@ def test_collinear_columns_get_a_clear_error_and_a_way_out():
     assert np.all(np.isfinite(r.covariances))
 
 
+X64_OFF_SCRIPT = textwrap.dedent(
+    """
+    import json, warnings
+    import jax
+    import numpy as np
+    import bayesgmm as bg
+    from _references import log_joint, mixture_log_density
+
+    x = bg.datasets.load_faithful()
+    prior = bg.Prior.default(x, 2)
+    out = {"x64": bool(jax.config.jax_enable_x64)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # tiny runs
+        fits = {"mcmc": bg.fit_mcmc(x, 2, num_warmup=30, num_samples=30, num_chains=1, seed=0),
+                "svi": bg.fit_svi(x, 2, num_steps=100, num_draws=10, seed=0)}
+    for name, r in fits.items():
+        out[name] = {
+            "dtype": r.info["dtype"],
+            "result_dtypes": sorted({str(a.dtype) for a in (r.weights, r.means, r.covariances, r.trace,
+                                                             *r.draws.values())}),
+            "log_likelihood": r.log_likelihood,
+            "reference": float(mixture_log_density(x, *r.params, "full").sum()),
+        }
+    m = fits["mcmc"]
+    out["mcmc"]["lp"] = [[float(m.sample_stats["lp"][0, s]),
+                          log_joint(x, [m.raw_draws[n][0, s] for n in ("weights", "means", "covariances")], prior)]
+                         for s in (0, 14, 29)]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_nuts_and_svi_compute_in_float32_without_x64():
+    """JAX's default precision (x64 off, as users run it), in a fresh process: NUTS and SVI
+    compute in float32, return float64 arrays, report the log-likelihood of the returned point
+    as a float64 recomputation (scipy) gives it, and NUTS's per-draw log posterior (computed in
+    float32) agrees with scipy's float64 log joint at the same draw."""
+    import os
+    import pathlib
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    tests = str(pathlib.Path(__file__).parent)
+    env["PYTHONPATH"] = os.pathsep.join([tests] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, "-c", X64_OFF_SCRIPT], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["x64"] is False
+    for name in ("mcmc", "svi"):
+        o = out[name]
+        assert o["dtype"] == "float32" and o["result_dtypes"] == ["float64"], (name, o)
+        assert o["log_likelihood"] == pytest.approx(o["reference"], rel=1e-6), name
+    for reported, exact in out["mcmc"]["lp"]:
+        assert reported == pytest.approx(exact, rel=1e-6)  # float32 round-off of ~1e3 nats: ~1e-4
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_numpyro_engines_take_float32_data_under_x64(covariance_type):
     """The suite runs with x64 on: float32 input once crashed NUTS and SVI (float32 data against
@@ -149,3 +208,55 @@ def test_numpyro_engines_take_float32_data_under_x64(covariance_type):
         s = bg.fit_svi(x, 2, covariance_type=covariance_type, num_steps=30, seed=0)
     assert m.info["dtype"] == s.info["dtype"] == "float64"
     assert np.isfinite(m.log_likelihood) and np.isfinite(s.log_likelihood)
+
+
+def test_results_are_deeply_immutable(two_blobs):
+    """Every array of a result is read-only, every mapping is read-only, down to the values inside
+    ``info``; a result built from the caller's arrays copies them (the caller's stay writable and
+    changing them changes nothing); and every method still works on the frozen result."""
+    from collections.abc import Mapping
+
+    vb = bg.fit_vb(two_blobs, 2, seed=0, num_draws=20)
+    arrays = [vb.weights, vb.means, vb.covariances, vb.trace, *vb.draws.values(), *vb.raw_draws.values(),
+              *vb.predictive]
+    for arr in arrays:
+        assert isinstance(arr, np.ndarray) and not arr.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            arr[...] = 0
+    for mapping in (vb.draws, vb.raw_draws, vb.info):
+        assert isinstance(mapping, Mapping)
+        with pytest.raises(TypeError):
+            mapping["new"] = 1
+        with pytest.raises(TypeError):
+            del mapping[next(iter(mapping))]
+        assert not any(hasattr(mapping, m) for m in ("update", "pop", "clear", "setdefault", "__setitem__"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        vb.means = np.zeros((2, 2))
+
+    stats = {"diverging": np.zeros((1, 20), bool)}
+    info = {"nested": {"values": [1.0, 2.0], "array": np.arange(3.0)}, "empty": []}
+    r = dataclasses.replace(vb, sample_stats=stats, info=info)
+    assert stats["diverging"].flags.writeable and info["nested"]["array"].flags.writeable  # not frozen
+    stats["diverging"][0, 0] = True
+    info["nested"]["array"][0] = 99.0
+    info["nested"]["values"].append(3.0)
+    assert not r.sample_stats["diverging"].any() and r.info["nested"]["array"][0] == 0.0
+    assert r.info["nested"]["values"] == (1.0, 2.0) and r.info["empty"] == ()
+    assert not r.sample_stats["diverging"].flags.writeable and not r.info["nested"]["array"].flags.writeable
+    with pytest.raises(TypeError):
+        r.info["nested"]["other"] = 1
+    assert r.info["nested"].keys() == {"values", "array"} and r.info.keys() == {"nested", "empty"}
+
+    # everything the package does with a result reads it only (a write would raise here)
+    x = two_blobs
+    np.testing.assert_array_equal(r.predict(x), vb.predict(x))
+    assert np.isfinite(r.score(x)) and np.isfinite(r.bic(x)) and np.isfinite(r.aic(x))
+    assert r.sample(5, seed=0)[0].shape == (5, 2) and r.full_covariances.shape == (2, 2, 2)
+    assert r.expected_counts().sum() == pytest.approx(len(x))
+    r.to_inference_data(x)
+    assert json.loads(r.to_json())["info"]["nested"]["values"] == [1.0, 2.0]
+    # frozen results pickle and deep-copy (scikit-learn pickles estimators holding one)
+    for back in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert back.summary() == r.summary() and not back.means.flags.writeable
+        assert isinstance(back.info["nested"], Mapping) and not back.info["nested"]["array"].flags.writeable
+        np.testing.assert_array_equal(back.score_samples(x), r.score_samples(x))
