@@ -102,8 +102,6 @@ _RESERVED = ("x", "num_components", "prior", "covariance_type", "seed")
 _INFO_FACTS = ("num_divergences", "max_rhat", "min_ess_bulk", "elbo", "label_switch_fraction")
 _RECORDED_ERRORS = (ValueError, FloatingPointError, np.linalg.LinAlgError)
 
-# Incremented when the simulation program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"simulate": 0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +172,6 @@ def _simulate_replication(key, replication, prior, *, num_components: int, covar
     The replication's key is ``fold_in(key, replication)``, so replication r is the same whatever
     the number of replications. Returns ``(params, x (N, D), z (N,), fit_key, tie_key)``.
     """
-    _TRACE_COUNT["simulate"] += 1
     k_prior, k_data, k_fit, k_tie = jax.random.split(jax.random.fold_in(key, replication), 4)
     params = sample_prior(k_prior, prior, num_components, covariance_type)
     x, z = simulate(k_data, params, num_obs, covariance_type)

@@ -75,8 +75,6 @@ _JITTER = 0.1
 _RHAT_MAX = 1.01
 _ESS_PER_CHAIN = 100
 
-# Incremented when the sampler program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"fit": 0}
 
 
 class _Config(NamedTuple):
@@ -171,7 +169,6 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
     """The whole sampler as one traced function (see the module docstring)."""
     from numpyro.infer.util import constrain_fn, unconstrain_fn
 
-    _TRACE_COUNT["fit"] += 1
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     kwargs = model_kwargs(k, prior, ct)
     args = (xs,)

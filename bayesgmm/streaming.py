@@ -85,8 +85,6 @@ __all__ = ["fit_em_stream", "open_source"]
 METHODS = ("batch", "online")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
-# Incremented each time a program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"chunk": 0, "update": 0, "online": 0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,7 +459,6 @@ def chunk_stats(acc, x, weight, shift, scale, theta, *, covariance_type: str, bl
     features. ``strided``: sub-block ``s`` holds rows ``s, s + B/block_rows, ...``, so that with
     the rows sharded over devices in contiguous blocks every sub-block spans every device.
     """
-    _TRACE_COUNT["chunk"] += 1
     b, d = block_rows, x.shape[1]
     if strided:
         xb, wb = x.reshape(b, -1, d).swapaxes(0, 1), weight.reshape(b, -1).T
@@ -492,7 +489,6 @@ def _natural(params, *, covariance_type):
 def batch_update(stats, prior, reg_covar, *, config: StreamConfig):
     """End of a batch pass, as :func:`bayesgmm._em_core.em_step`: the M-step from the summed
     statistics. Returns ``(new_params, natural_params(new_params))``."""
-    _TRACE_COUNT["update"] += 1
     new = _params_from_stats(stats, prior, reg_covar, config)
     return new, _stats.natural_params(new, config.covariance_type)
 
@@ -523,7 +519,6 @@ def online_update(s, chunk, gamma, chunk_rows, num_obs, prior, reg_covar, *, con
 
     Returns ``(s, params, natural_params(params))``.
     """
-    _TRACE_COUNT["online"] += 1
     s = (1.0 - gamma) * s + gamma * (chunk / chunk_rows)
     params = _params_from_stats(num_obs * s, prior, reg_covar, config)
     return s, params, _stats.natural_params(params, config.covariance_type)

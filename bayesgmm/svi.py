@@ -102,8 +102,6 @@ INIT_METHODS = ("map", "uniform")
 #: Convergence: drift of the smoothed ELBO over the last 10% of steps, in nats per observation.
 _CONV_TOL = 1e-3
 
-# Incremented when the SVI program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"fit": 0}
 
 
 class _Config(NamedTuple):
@@ -163,7 +161,6 @@ def _make_guide(spec, init_loc_fn):
 @shared.without_validation
 def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller)."""
-    _TRACE_COUNT["fit"] += 1
     k, cov_type = config.num_components, config.covariance_type
     key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
     start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), xs, prior, k, cov_type)

@@ -92,8 +92,6 @@ LOG_2 = math.log(2.0)
 #: Default convergence tolerance: projected remaining gain of the ELBO per observation.
 DEFAULT_TOL = 1e-5
 
-# Incremented each time a VB program is traced; tests use it to prove "compile once per shape".
-_TRACE_COUNT = {"fit": 0}
 
 
 class VBParams(NamedTuple):
@@ -273,7 +271,6 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
          init_method: str, trace_len: int, adaptive: bool = True):
     """L lanes of CAVI in one loop: fresh ones from ``noise`` (L, ...) uniform numbers seeding the
     components ``seeded`` (L, K) marks, or ``state`` continued. ``tol`` is per observation."""
-    _TRACE_COUNT["fit"] += 1
     ct, k = config.covariance_type, config.num_components
     num_lanes = noise.shape[0]
     problem = VBProblem(_stats.suff_features(xs, ct), xs, sample_weight, prior, reg_covar)
