@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 import bayesgmm as bg
 from bayesgmm import streaming
 from bayesgmm.params import ConvergenceWarning, GMMParams
+from bayesgmm.sources import NpySource, open_source
 from bayesgmm.streaming import fit_em_stream
 
 COV_TYPES = ("full", "diag", "spherical", "tied")
@@ -136,7 +137,7 @@ def test_every_source_reads_the_same_rows(mix, files, tmp_path):
         assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-13), name
         np.testing.assert_allclose(got.means, ref.means, rtol=1e-11, err_msg=name)
         assert got.n_iter == ref.n_iter, name
-    assert isinstance(streaming.open_source(sources["memmap of .npy"]), streaming._NpySource)  # bounded RSS path
+    assert isinstance(open_source(sources["memmap of .npy"]), NpySource)  # bounded RSS path
     assert fit_em_stream(sources["DataFrame"], 3, **kw).feature_names == ("a", "b", "c")
 
 
@@ -239,7 +240,7 @@ def test_online_starts_from_the_statistics_of_the_start(covariance_type, rng):
     params = GMMParams(w, m, c)
     s = streaming.expected_stats(params, covariance_type)
     config = streaming.StreamConfig(k, d, covariance_type, False)
-    back = streaming._params_from_stats(n * s, None, 0.0, config)
+    back = streaming.params_from_stats(n * s, None, 0.0, config)
     for got, want in zip(back, params):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 

@@ -1,0 +1,266 @@
+"""Sources of data rows read chunk by chunk: in-memory arrays, ``.npy`` files (by file offsets,
+memory maps included) and Parquet files (by row batches).
+
+:func:`open_source` turns what a user gives into a :class:`Source`; the out-of-core EM of
+:mod:`bayesgmm.streaming` reads its passes from one, so memory is bounded by a chunk.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .params import check_data
+
+__all__ = ["PARQUET_SUFFIXES", "ArraySource", "NpySource", "ParquetSource", "Source", "open_source"]
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: rows of a data matrix, chunk by chunk
+# ----------------------------------------------------------------------------------------------
+class Source:
+    """Rows of an (N, D) matrix read in chunks (storage dtype, selected columns).
+
+    ``chunks(batch_size, order)`` yields ``(index, start_row, rows)``; ``rows`` may be a view of a
+    buffer that the next step of the iteration overwrites. ``random_access`` sources read the
+    chunks in any ``order``; the others read them in file order.
+    """
+
+    name: str
+    num_rows: int
+    num_features: int
+    dtype: np.dtype
+    feature_names: tuple
+    random_access: bool = True
+
+    def num_chunks(self, batch_size: int) -> int:
+        return -(-self.num_rows // batch_size)
+
+
+def _select_columns(columns, num_all: int, name: str):
+    """Integer column indices of an array source (None: every column)."""
+    if columns is None:
+        return None
+    cols = list(columns) if not isinstance(columns, (int, np.integer, str)) else [columns]
+    if not cols or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in cols):
+        raise ValueError(
+            f"columns for an array or .npy source must be a non-empty list of integer column indices, got {columns!r}."
+        )
+    bad = [int(c) for c in cols if not -num_all <= c < num_all]
+    if bad:
+        raise ValueError(f"{name} has {num_all} column(s) (0 to {num_all - 1}); unknown column(s) {bad}.")
+    return np.asarray([int(c) % num_all for c in cols])
+
+
+def _storage_dtype(dtype, name: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.hasobject or dtype.fields is not None or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise ValueError(f"{name} must hold numbers, got dtype {dtype}; convert it to float32 or float64.")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real-valued, got complex dtype {dtype}.")
+    return dtype
+
+
+class ArraySource(Source):
+    """An in-memory array (or an ``np.memmap``: the OS then counts the pages read towards RSS)."""
+
+    def __init__(self, arr: np.ndarray, columns, name: str = "source", feature_names=None):
+        self.name = name
+        self.dtype = _storage_dtype(arr.dtype, name)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ValueError(
+                f"{name} must be a 2-D array of shape (n_obs, n_features) or a 1-D array of one feature, "
+                f"got {arr.ndim} dimensions with shape {arr.shape}."
+            )
+        self.cols = _select_columns(columns, arr.shape[1], name)
+        self.arr = arr
+        self.num_rows = arr.shape[0]
+        self.num_features = arr.shape[1] if self.cols is None else len(self.cols)
+        if feature_names is None:
+            idx = range(arr.shape[1]) if self.cols is None else self.cols
+            feature_names = tuple(f"x{j}" for j in idx)
+        self.feature_names = tuple(feature_names)
+
+    def chunks(self, batch_size, order):
+        for i in order:
+            start = int(i) * batch_size
+            rows = self.arr[start : start + batch_size]
+            yield int(i), start, rows if self.cols is None else rows[:, self.cols]
+
+
+class NpySource(Source):
+    """A ``.npy`` file: header parsed with ``np.lib.format``, rows read with seek + ``readinto``."""
+
+    def __init__(self, path: str, columns):
+        self.path = path
+        self.name = repr(str(path))
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in reader:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, fortran_order, dtype = reader[version](f)
+            except ValueError as err:
+                raise ValueError(f"{self.name} is not a readable .npy file ({err}); write it with np.save.") from None
+            self.offset = f.tell()
+        self.dtype = _storage_dtype(dtype, self.name)
+        if len(shape) != 2:
+            raise ValueError(
+                f"{self.name} holds an array of shape {shape}; streaming needs a 2-D array (n_obs, "
+                "n_features): save x.reshape(len(x), -1)."
+            )
+        if fortran_order and shape[1] > 1:
+            raise ValueError(
+                f"{self.name} is stored in Fortran (column-major) order, so rows are not contiguous; "
+                "re-save it with np.save(path, np.ascontiguousarray(x))."
+            )
+        self.shape = tuple(int(s) for s in shape)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        size = os.path.getsize(path)
+        if size < self.offset + self.shape[0] * self.row_bytes:
+            raise ValueError(f"{self.name} is truncated: its header promises shape {shape} but the file has {size} bytes.")
+        self.cols = _select_columns(columns, self.shape[1], self.name)
+        self.num_rows = self.shape[0]
+        self.num_features = self.shape[1] if self.cols is None else len(self.cols)
+        idx = range(self.shape[1]) if self.cols is None else self.cols
+        self.feature_names = tuple(f"x{j}" for j in idx)
+
+    def chunks(self, batch_size, order):
+        raw = np.empty((batch_size, self.shape[1]), self.dtype)
+        flat = raw.reshape(-1).view(np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            for i in order:
+                start = int(i) * batch_size
+                m = min(batch_size, self.num_rows - start)
+                f.seek(self.offset + start * self.row_bytes)
+                want = m * self.row_bytes
+                got = f.readinto(memoryview(flat)[:want])
+                if got != want:
+                    raise ValueError(f"{self.name}: short read at row {start} (the file changed while fitting?).")
+                rows = raw[:m]
+                yield int(i), start, rows if self.cols is None else rows[:, self.cols]
+
+
+def _import_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(
+            "Reading Parquet files needs pyarrow: pip install pyarrow (or convert the data to a .npy file)."
+        ) from None
+    return pq
+
+
+class ParquetSource(Source):
+    """A Parquet file read with ``pyarrow.parquet.ParquetFile.iter_batches`` (file order only)."""
+
+    random_access = False
+
+    def __init__(self, path: str, columns):
+        pq = _import_parquet()
+        import pyarrow as pa
+        self.path = path
+        self.name = repr(str(path))
+        try:
+            self.file = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises its own ArrowInvalid
+            raise ValueError(f"{self.name} is not a readable Parquet file ({err}).") from None
+        schema = self.file.schema_arrow
+        names = list(schema.names)
+        if columns is None:
+            cols = names
+        else:
+            cols = [columns] if isinstance(columns, str) else list(columns)
+            if not cols or not all(isinstance(c, str) for c in cols):
+                raise ValueError(f"columns for a Parquet source must be a non-empty list of column names, got {columns!r}.")
+            unknown = [c for c in cols if c not in names]
+            if unknown:
+                raise ValueError(f"{self.name} has no column(s) {unknown}; its columns are {names}.")
+        types = {c: schema.field(c).type for c in cols}
+        bad = [c for c, t in types.items() if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))]
+        if bad:
+            raise ValueError(f"{self.name} has non-numeric column(s) {bad}; pass columns=[...] with numeric columns only.")
+        self.cols = cols
+        self.dtype = np.dtype(np.float32) if all(t == pa.float32() for t in types.values()) else np.dtype(np.float64)
+        self.num_rows = int(self.file.metadata.num_rows)
+        self.num_features = len(cols)
+        self.feature_names = tuple(cols)
+
+    def chunks(self, batch_size, order):
+        del order  # Parquet is read in file order
+        buf = np.empty((batch_size, self.num_features), self.dtype)
+        fill = start = index = 0
+        for batch in self.file.iter_batches(batch_size=batch_size, columns=self.cols):
+            arrays = [batch.column(j).to_numpy(zero_copy_only=False) for j in range(self.num_features)]
+            n, pos = batch.num_rows, 0
+            while pos < n:
+                take = min(batch_size - fill, n - pos)
+                for j, a in enumerate(arrays):
+                    buf[fill : fill + take, j] = a[pos : pos + take]
+                fill, pos = fill + take, pos + take
+                if fill == batch_size:
+                    yield index, start, buf
+                    index, start, fill = index + 1, start + batch_size, 0
+        if fill:
+            yield index, start, buf[:fill]
+
+
+def _npy_path_of_memmap(arr) -> str | None:
+    """The ``.npy`` file behind a whole-array ``np.memmap`` (``np.load(path, mmap_mode="r")``).
+
+    Reading that file with ``readinto`` keeps RSS bounded, where touching the mapping would count
+    every page read towards it.
+    """
+    path = getattr(arr, "filename", None)
+    if not path or not str(path).endswith(".npy") or not arr.flags.c_contiguous:
+        return None
+    try:
+        src = NpySource(path, None)
+    except (ValueError, OSError):
+        return None
+    if src.shape == arr.shape and src.dtype == arr.dtype and getattr(arr, "offset", None) == src.offset:
+        return path
+    return None
+
+
+def open_source(source, columns=None) -> Source:
+    """The :class:`Source` for the public ``source`` argument of :func:`fit_em_stream`."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in (".npy",) + PARQUET_SUFFIXES:
+            raise ValueError(
+                f"source file {path!r} must be a .npy or .parquet file (got extension {suffix or 'none'!r}); "
+                "save the data with np.save or DataFrame.to_parquet, or pass an array."
+            )
+        if suffix in PARQUET_SUFFIXES:
+            _import_parquet()  # the missing-dependency message comes before the missing-file one
+        if not os.path.isfile(path):
+            raise ValueError(f"source file {path!r} does not exist.")
+        return NpySource(path, columns) if suffix == ".npy" else ParquetSource(path, columns)
+    if isinstance(source, np.memmap):
+        path = _npy_path_of_memmap(source)
+        if path is not None:
+            return NpySource(path, columns)
+        return ArraySource(source, columns)
+    if isinstance(source, np.ndarray):
+        return ArraySource(source, columns)
+    if hasattr(source, "columns") and hasattr(source, "dtypes"):  # pandas DataFrame, in memory
+        if columns is not None:
+            cols = [columns] if isinstance(columns, str) else list(columns)
+            unknown = [c for c in cols if c not in source.columns]
+            if unknown:
+                raise ValueError(f"source has no column(s) {unknown}; its columns are {list(source.columns)}.")
+            source = source[cols]
+        arr, names = check_data(source, name="source", allow_constant=True)
+        return ArraySource(arr, None, feature_names=names)
+    arr, names = check_data(source, name="source", allow_constant=True)
+    return ArraySource(arr, columns)
+
+
