@@ -348,9 +348,9 @@ def fit_svi(
         shape (1, S, ...), label-aligned to the guide's median
         (:func:`bayesgmm.labels.align_draws`); ``raw_draws`` before alignment. Point estimate:
         the mean of the aligned draws (the guide's median, i.e. the MAP, for ``"delta"``);
-        ``log_likelihood`` the training log-likelihood there. ``converged``: the
-        drift of the ELBO over the last 10% of steps is below 1e-3 nats per observation after
-        allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
+        ``log_likelihood`` the training log-likelihood there. ``converged``: the drift of the
+        ELBO over the last 10% of steps is below 1e-3 nats per observation after allowing for
+        its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
         guide parameters from ``num_draws`` particles), ``elbo_drift_per_obs``,
         ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, the settings, and
