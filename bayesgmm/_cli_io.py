@@ -1,0 +1,359 @@
+"""The command line's data in and files out: reading tables and bundled data sets, the output
+folder written whole or not at all (with its manifest), and the printed tables.
+
+Private to :mod:`bayesgmm.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from .engines import engine_names
+
+ENGINES = engine_names()
+DATASETS = ("faithful", "galaxies")
+DEMO_ENGINES = {"mcmc": {"num_warmup": 500, "num_samples": 500}, "svi": {"num_steps": 3000}}
+
+
+class UsageError(ValueError):
+    """Invalid command-line or configuration input (exit code 2)."""
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Data in, files out
+# ----------------------------------------------------------------------------------------------
+
+def n_init(text: str):
+    """``--n-init``: "auto" or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return value
+
+def _read_table(path):
+    """A DataFrame from a CSV/TSV/Parquet file; every problem with the file is a UsageError naming it."""
+    import pandas as pd
+
+    p = Path(path)
+    name = repr(str(path))
+    if not p.exists():
+        raise UsageError(f"input file {name} does not exist.")
+    if p.is_dir():
+        raise UsageError(f"input {name} is a folder, not a data file.")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        raise UsageError(f"input file {name}: .npy files are read out of core with fit --stream; "
+                         "to fit in memory, use .csv, .tsv or .parquet.")
+    try:
+        if suffix in (".parquet", ".pq"):
+            try:
+                df = pd.read_parquet(p)
+            except ImportError as err:
+                raise UsageError(f"reading Parquet needs pyarrow ({err}); pip install pyarrow, or convert to CSV.") from None
+            except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+                raise UsageError(f"input file {name} is not a readable Parquet file: {first_line(err)}") from None
+        elif suffix in (".csv", ".txt", ".tsv"):
+            try:
+                df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
+            except pd.errors.EmptyDataError:
+                raise UsageError(f"input file {name} is empty: no header and no rows.") from None
+            except UnicodeDecodeError:
+                raise UsageError(f"input file {name} is not a text file (not UTF-8); give a CSV/TSV text file "
+                                 "or a Parquet file.") from None
+            except pd.errors.ParserError as err:
+                raise UsageError(f"input file {name} could not be parsed as {suffix[1:].upper()}: {first_line(err)}") from None
+        else:
+            raise UsageError(f"input file {name}: unknown format {p.suffix!r}; use .csv, .tsv or .parquet "
+                             "(.npy with fit --stream).")
+    except OSError as err:  # unreadable (permissions, I/O)
+        raise UsageError(f"cannot read input file {name}: {err.strerror or err}.") from None
+    if suffix in (".csv", ".txt", ".tsv"):
+        _check_header(p, name, "\t" if suffix == ".tsv" else ",")
+    if len(df) == 0:
+        raise UsageError(f"input file {name} has no data rows (only a header: {list(df.columns)}).")
+    return df
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_header(path: Path, name: str, sep: str) -> None:
+    """A CSV/TSV file's first line must name the columns: a first line of numbers is a data row,
+    which would otherwise silently become the column names (one observation lost)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        first = next(csv.reader(f, delimiter=sep), [])
+    fields = [field.strip() for field in first]
+    if fields and all(field and _is_number(field) for field in fields):
+        shown = sep.join(fields) if len(fields) <= 8 else sep.join(fields[:8]) + sep + "..."
+        example = sep.join(f"x{j}" for j in range(min(len(fields), 8))) + (sep + "..." if len(fields) > 8 else "")
+        raise UsageError(f"input file {name} has no header row: its first line ({shown}) is numbers, a data row, "
+                         f"not column names. Add a first line naming the columns (e.g. {example}); if those numbers "
+                         "really are column names, rename them so that they are not numbers.")
+
+
+def first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def as_names(value, what: str) -> list:
+    """Column names from a string or a list of strings (TOML or the command line)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UsageError(f"{what} must be a column name or a list of column names (strings), got {value!r}.")
+
+
+def load_data(spec: dict):
+    """Features (DataFrame) and labels (array or None) from a data spec.
+
+    ``spec``: ``dataset`` (a bundled data set) or ``path`` (CSV/TSV/Parquet), optional
+    ``columns`` (the features: a name or a list of names; default every column except the label
+    column, all of which must then be numeric) and ``label_column`` (not a feature).
+    """
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    import bayesgmm as bg
+
+    if not isinstance(spec, dict):
+        raise UsageError(f"the data spec must be a table (dataset or path, columns, label_column), got {spec!r}.")
+    allowed = {"dataset", "path", "columns", "label_column"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise UsageError(f"unknown data option(s) {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    for key in ("dataset", "path", "label_column"):
+        if spec.get(key) is not None and not isinstance(spec[key], (str, os.PathLike)):
+            raise UsageError(f"data option {key!r} must be a string, got {spec[key]!r}.")
+    if bool(spec.get("dataset")) == bool(spec.get("path")):
+        raise UsageError("give exactly one data source: an input file (path) or --dataset " + "|".join(DATASETS) + ".")
+    if spec.get("dataset"):
+        name = spec["dataset"]
+        if name not in DATASETS:
+            raise UsageError(f"unknown dataset {name!r}; bundled: {DATASETS}.")
+        df = bg.datasets.load_faithful(as_frame=True) if name == "faithful" else bg.datasets.load_galaxies(as_frame=True)
+        source = f"dataset {name!r}"
+    else:
+        df = _read_table(spec["path"])
+        source = repr(str(spec["path"]))
+    columns = as_names(spec["columns"], "columns") if spec.get("columns") else None
+    label = spec.get("label_column") or None
+    if label is not None and columns and label in columns:
+        raise UsageError(f"the label column {label!r} cannot also be a feature column; remove it from the columns "
+                         f"(the label column is used only for ARI/NMI).")
+    missing = [c for c in (columns or []) + ([label] if label else []) if c not in df.columns]
+    if missing:
+        raise UsageError(f"column(s) {missing} not in {source}; available: {[str(c) for c in df.columns]}.")
+    labels = None
+    if label is not None:
+        labels = df[label].to_numpy()
+        df = df.drop(columns=[label])
+    if columns:
+        df = df[columns]
+    bad = [str(c) for c, t in zip(df.columns, df.dtypes) if not is_numeric_dtype(t) or is_bool_dtype(t)]
+    if bad:
+        how = ("choose numeric columns" if columns else
+               "by default every column except the label column is a feature; choose numeric ones")
+        raise UsageError(f"non-numeric column(s) {bad} in {source}: {how} with --columns (columns in a TOML file's "
+                         "[data] table), or encode them as numbers.")
+    return df, labels
+
+
+MANIFEST = "bayesgmm_run.json"
+_STAGING_PREFIX = ".bayesgmm-staging-"
+
+
+class OutputFolder:
+    """The ``--out`` folder of one command: one run's files, complete, or nothing.
+
+    Every file is first written into a hidden staging folder inside ``--out``; when the
+    command has finished, the files are moved into place together (one ``os.replace`` each,
+    atomic per file, with Ctrl-C held off for those few milliseconds) and :data:`MANIFEST`
+    records the command and the files it wrote. On an error or Ctrl-C the staging folder is
+    deleted: no truncated or partial file is ever left, and an earlier run's files stay as
+    they were.
+
+    A folder that is not empty is refused unless ``overwrite``: then the files of the earlier
+    run listed in its manifest (and stale staging folders of killed runs) are deleted when the
+    new files are moved in, so runs are never mixed; files bayesgmm did not write, and the
+    command's own ``inputs`` (e.g. ``data.csv`` of an earlier ``simulate`` fitted in place), are
+    left alone.
+    """
+
+    def __init__(self, path, *, overwrite: bool = False, command: str = "", options: dict | None = None,
+                 inputs=()):
+        out = Path(path)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot create output folder {str(path)!r}: {err.strerror or err}.") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UsageError(f"output folder {str(path)!r} is not writable.")
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
+            shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+            raise UsageError(
+                f"output folder {str(path)!r} is not empty ({shown}); give a new or empty folder with --out, or "
+                "--overwrite to replace the files of the earlier bayesgmm run there (overwrite = true in a TOML file)."
+            )
+        self.out = out
+        self.command = command
+        self.options = options or {}
+        self.inputs = {Path(p).resolve() for p in inputs}
+        self.previous = self._previous_files() if entries else []
+        self.stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+        self.names: list[str] = []
+        self.committed = False
+
+    def _previous_files(self) -> list[Path]:
+        """Files of the earlier run (its manifest and what it lists) and stale staging folders."""
+        found = [p for p in self.out.iterdir() if p.name.startswith(_STAGING_PREFIX) and p.is_dir()]
+        manifest = self.out / MANIFEST
+        if manifest.is_file():
+            try:
+                listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+            except (ValueError, OSError, AttributeError):
+                listed = []
+            for name in listed:
+                if not (isinstance(name, str) and name == Path(name).name):  # a plain file name, never a path
+                    continue
+                if (self.out / name).resolve() in self.inputs:  # this command reads it: kept
+                    continue
+                found.append(self.out / name)
+            found.append(manifest)
+        return found
+
+    def path(self, name: str) -> Path:
+        """Where to write the output file ``name`` (inside the staging folder)."""
+        if name in self.names:
+            raise RuntimeError(f"output file {name!r} written twice")
+        self.names.append(name)
+        return self.stage / name
+
+    @property
+    def files(self) -> list[Path]:
+        """The final paths of the files written, in the order written, the manifest last."""
+        return [self.out / name for name in self.names] + ([self.out / MANIFEST] if self.committed else [])
+
+    def commit(self) -> None:
+        """Move the staged files into ``--out`` (removing the earlier run's) and write the manifest."""
+        from . import __version__
+        from ._files import write_text
+
+        missing = [n for n in self.names if not (self.stage / n).is_file()]
+        if missing:
+            raise RuntimeError(f"output file(s) {missing} were announced but not written")
+        manifest = {"bayesgmm_version": __version__, "command": self.command,
+                    "options": self.options, "files": list(self.names)}
+        text = json.dumps(manifest, indent=2, default=str)
+        with COMMIT_LOCK, _no_interrupt():
+            for old in self.previous:
+                if old.is_dir() and old.name.startswith(_STAGING_PREFIX):
+                    shutil.rmtree(old, ignore_errors=True)
+                elif (old.is_file() or old.is_symlink()) and old.name not in self.names:
+                    old.unlink()
+            for name in self.names:
+                os.replace(self.stage / name, self.out / name)
+            write_text(self.out / MANIFEST, text)
+            self.committed = True
+            self.discard()
+
+    def discard(self) -> None:
+        """Delete the staging folder (and ``--out`` itself if this command created it and it is empty)."""
+        shutil.rmtree(self.stage, ignore_errors=True)
+        if self.created and not self.committed:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
+
+
+#: held while an output folder is committed: the interrupt watcher of :func:`console_main` waits for it
+COMMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """Hold Ctrl-C off (SIGINT ignored) for a short critical section; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def figure(fig, path):
+    fig.savefig(path, dpi=150)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def print_fit(result, out=None):
+    out = sys.stdout if out is None else out
+    names = result.feature_names
+    print(f"{result.method} fit, K={result.num_components}, covariance_type={result.covariance_type}: "
+          f"log-likelihood {result.log_likelihood:.3f}, converged={result.converged} after {result.n_iter} iterations",
+          file=out)
+    for k in range(result.num_components):
+        mean = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, result.means[k]))
+        print(f"  component {k}: weight {result.weights[k]:.4f}, mean ({mean})", file=out)
+        sd = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, result.full_covariances[k].diagonal() ** 0.5))
+        print(f"               sd ({sd})", file=out)
+
+
+def fit_figure(result, x):
+    from . import plotting
+
+    arr = x.to_numpy(dtype=float) if hasattr(x, "to_numpy") else x
+    ax = plotting.plot_density_1d(result, arr) if arr.shape[1] == 1 else plotting.plot_clusters_2d(result, arr)
+    return ax.figure
+
+
+def print_table(table, columns, out=None):
+    out = sys.stdout if out is None else out
+    import pandas as pd
+
+    shown = table[[c for c in columns if c in table.columns]]
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(shown.to_string(index=False), file=out)
+
+
+def wrote(written):
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def print_features(x, labels_column=None, out=None):
+    """Say which columns are the features (and which one holds the labels)."""
+    out = sys.stdout if out is None else out
+    names = [str(c) for c in x.columns]
+    label = f"; label column {labels_column!r} (not a feature)" if labels_column else ""
+    print(f"features ({len(names)}): {', '.join(names)}{label}; {len(x)} rows", file=out)
+
+
