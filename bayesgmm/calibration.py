@@ -406,9 +406,11 @@ def sbc(
             fact["fit_seconds"] = time.perf_counter() - start
             fact["converged"] = bool(res.converged)
             fact["n_iter"] = int(res.n_iter)
+            facts = res.diagnostics
             for name in _INFO_FACTS:
-                if name in res.info:
-                    fact[name] = jsonable(res.info[name], default=repr)
+                value = getattr(facts, name)
+                if not np.isnan(value):
+                    fact[name] = value
             if caught:
                 fact["num_warnings"] = len(caught)
                 fact["warnings"] = " | ".join(f"{w.category.__name__}: {w.message}" for w in caught)

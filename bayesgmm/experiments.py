@@ -193,7 +193,6 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
 
 
 def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, bootstrap_replicates) -> dict:
-    info = result.info if isinstance(result, FitResult) else {}
     row = {"method": method, "fit_seconds": seconds}
     if not isinstance(result, FitResult):  # k-means
         row.update(run_seconds=np.nan, compile_seconds=np.nan)  # not timed apart
@@ -202,8 +201,9 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
             row["nmi"] = normalized_mutual_info(labels, result.labels)
         row["converged"] = bool(result.converged)
         return row
-    row["run_seconds"] = info.get("run_seconds", np.nan)
-    row["compile_seconds"] = info.get("compile_seconds", np.nan)
+    facts = result.diagnostics  # the same typed facts for every engine, NaN where not applicable
+    row["run_seconds"] = facts.run_seconds
+    row["compile_seconds"] = facts.compile_seconds
     row["log_likelihood"] = result.log_likelihood
     if x_test is not None:
         row["test_lpd"] = result.score(x_test)
@@ -211,14 +211,11 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
         pred = result.predict(x)
         row["ari"] = adjusted_rand_index(labels, pred)
         row["nmi"] = normalized_mutual_info(labels, pred)
-    if result.method == "mcmc":
-        run = row["run_seconds"]
-        row["min_ess_bulk"] = info.get("min_ess_bulk", np.nan)
-        row["ess_per_second"] = row["min_ess_bulk"] / run if run else np.nan
-        row["divergences"] = info.get("num_divergences", np.nan)
-        row["max_rhat"] = info.get("max_rhat", np.nan)
-    if "elbo" in info:
-        row["elbo"] = info["elbo"]
+    row["min_ess_bulk"] = facts.min_ess_bulk
+    row["ess_per_second"] = facts.ess_per_second
+    row["divergences"] = facts.num_divergences
+    row["max_rhat"] = facts.max_rhat
+    row["elbo"] = facts.elbo
     row["effective_components"] = result.effective_components
     row["converged"] = bool(result.converged)
     if truth is not None:

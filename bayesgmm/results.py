@@ -23,7 +23,7 @@ from . import _numerics
 from ._files import jsonable
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
-__all__ = ["FitResult", "StudentTMixture"]
+__all__ = ["FitDiagnostics", "FitResult", "StudentTMixture"]
 
 
 class StudentTMixture(NamedTuple):
@@ -125,6 +125,58 @@ def _student_t_log_density(x, mix: StudentTMixture, frame: _numerics.Frame):
     return out - np.sum(np.log(frame.scale))
 
 
+@dataclasses.dataclass(frozen=True)
+class FitDiagnostics:
+    """The facts every engine's fit reports, under one name each; NaN where a fact does not apply.
+
+    Read from :attr:`FitResult.diagnostics`, so that code comparing engines never branches on
+    the method (``info`` keeps each engine's further details).
+
+    Attributes
+    ----------
+    compile_seconds : float
+        Tracing and compiling (0.0 when a compiled program was reused).
+    run_seconds : float
+        Running, compilation excluded (NUTS: the MAP start, warmup and sampling).
+    elbo : float
+        The evidence lower bound at the end (VB: of the final q; SVI: the mean of the last
+        10% of steps); NaN for EM and NUTS.
+    num_divergences : float
+        NUTS's divergent transitions after warmup; NaN for the other engines.
+    max_rhat, min_ess_bulk : float
+        NUTS's worst split R-hat and smallest bulk ESS over the parameters (on label-aligned
+        draws); NaN for the other engines.
+    label_switch_fraction : float
+        Share of draws relabelled to match the pivot (NUTS, SVI); NaN otherwise.
+    """
+
+    compile_seconds: float = float("nan")
+    run_seconds: float = float("nan")
+    elbo: float = float("nan")
+    num_divergences: float = float("nan")
+    max_rhat: float = float("nan")
+    min_ess_bulk: float = float("nan")
+    label_switch_fraction: float = float("nan")
+
+    @property
+    def fit_seconds(self) -> float:
+        """Compile plus run seconds."""
+        return self.compile_seconds + self.run_seconds
+
+    @property
+    def ess_per_second(self) -> float:
+        """``min_ess_bulk / run_seconds`` (NaN without draws or a run time)."""
+        return self.min_ess_bulk / self.run_seconds if self.run_seconds > 0 else float("nan")
+
+
+def _fact(info, name) -> float:
+    value = info.get(name)
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # absent (None), or a non-number in a hand-made info
+        return float("nan")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class FitResult:
     """A fitted Gaussian mixture, the same shape for every engine.
@@ -212,6 +264,11 @@ class FitResult:
         return (type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
 
     # ------------------------------------------------------------------ basic facts
+    @property
+    def diagnostics(self) -> FitDiagnostics:
+        """The typed facts of the fit (:class:`FitDiagnostics`; NaN where not applicable)."""
+        return FitDiagnostics(**{f.name: _fact(self.info, f.name) for f in dataclasses.fields(FitDiagnostics)})
+
     @property
     def num_components(self) -> int:
         return self.means.shape[0]

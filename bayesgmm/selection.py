@@ -301,7 +301,7 @@ def select_bayesian(
     comparison["elpd_waic"] = [rows[i][0] for i in comparison.index]
     comparison["p_waic"] = [rows[i][1] for i in comparison.index]
     if method == "vb":
-        comparison["elbo"] = [fits[int(i.split("=")[1])].info["elbo"] for i in comparison.index]
+        comparison["elbo"] = [fits[int(i.split("=")[1])].diagnostics.elbo for i in comparison.index]
     from .vb import fit_vb
 
     k_over = overfit_components or ks[-1] + 2

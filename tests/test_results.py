@@ -260,3 +260,22 @@ def test_results_are_deeply_immutable(two_blobs):
         assert back.summary() == r.summary() and not back.means.flags.writeable
         assert isinstance(back.info["nested"], Mapping) and not back.info["nested"]["array"].flags.writeable
         np.testing.assert_array_equal(back.score_samples(x), r.score_samples(x))
+
+
+def test_typed_diagnostics_are_the_engines_facts_and_nan_elsewhere(faithful):
+    """FitResult.diagnostics: one typed record for every engine; NaN where a fact does not apply."""
+    from bayesgmm.results import FitDiagnostics
+
+    em_fit = bg.fit_em(faithful, 2, n_init=2, seed=0)
+    vb_fit = bg.fit_vb(faithful, 2, n_init=2, seed=0)
+    for fit in (em_fit, vb_fit):
+        facts = fit.diagnostics
+        assert isinstance(facts, FitDiagnostics)
+        assert facts.compile_seconds == fit.info["compile_seconds"] and facts.run_seconds == fit.info["run_seconds"]
+        assert facts.fit_seconds == facts.compile_seconds + facts.run_seconds
+        assert np.isnan([facts.num_divergences, facts.max_rhat, facts.min_ess_bulk, facts.ess_per_second]).all()
+    assert np.isnan(em_fit.diagnostics.elbo) and vb_fit.diagnostics.elbo == vb_fit.info["elbo"]
+    made = dataclasses.replace(em_fit, info={"min_ess_bulk": 400.0, "run_seconds": 2.0, "num_divergences": 3})
+    assert made.diagnostics.ess_per_second == 200.0 and made.diagnostics.num_divergences == 3.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.diagnostics.elbo = 1.0
