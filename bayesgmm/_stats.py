@@ -55,17 +55,20 @@ def num_suff_features(num_features: int, covariance_type: str) -> int:
     return quad + d + 1
 
 
+def quad_features(x, covariance_type: str):
+    """The quadratic block of the features, (N, q): ``x_i x_j`` (i <= j, :func:`numpy.triu_indices`
+    order) for full and tied, ``x^2`` for diag, ``sum x^2`` for spherical."""
+    if covariance_type in ("full", "tied"):  # the upper triangle row by row, from static slices:
+        # XLA fuses them, where an index gather runs slowly on CPU
+        return jnp.concatenate([x[:, i : i + 1] * x[:, i:] for i in range(x.shape[1])], axis=1)
+    if covariance_type == "diag":
+        return x * x
+    return jnp.sum(x * x, axis=1, keepdims=True)
+
+
 def suff_features(x, covariance_type: str):
-    """Map observations to exponential-family features Z, shape (N, p)."""
-    n, d = x.shape
-    if covariance_type in ("full", "tied"):  # the upper triangle row by row (np.triu_indices order),
-        # from static slices: XLA fuses them, where an index gather runs slowly on CPU
-        quad = jnp.concatenate([x[:, i : i + 1] * x[:, i:] for i in range(d)], axis=1)
-    elif covariance_type == "diag":
-        quad = x * x
-    else:
-        quad = jnp.sum(x * x, axis=1, keepdims=True)
-    return jnp.concatenate([quad, x, jnp.ones((n, 1), x.dtype)], axis=1)
+    """Map observations to exponential-family features Z = [quad | x | 1], shape (N, p)."""
+    return jnp.concatenate([quad_features(x, covariance_type), x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
 
 
 def _precisions(covariances, covariance_type: str, k: int, d: int):

@@ -161,35 +161,15 @@ def _zero_stats(config: StreamConfig, dtype) -> jax.Array:
     return jnp.zeros((config.num_components, p), dtype)
 
 
-def quad_features(x, covariance_type: str):
-    """The quadratic block of :func:`bayesgmm._stats.suff_features` (the same numbers), (rows, q).
-
-    For ``full`` and ``tied`` the products ``x_i x_j`` (i <= j) are formed from two one-hot
-    matrix products, ``(x @ S_i) * (x @ S_j)``, instead of a column gather: exact (each entry is
-    one ``x_i`` times 1; ``HIGHEST`` precision so that no TF32 rounding applies on GPUs) and, on
-    CPU, several times faster than XLA's gather when done for every chunk of every pass.
-    """
-    if covariance_type == "diag":
-        return x * x
-    if covariance_type == "spherical":
-        return jnp.sum(x * x, axis=1, keepdims=True)
-    d = x.shape[1]
-    i, j = np.triu_indices(d)
-    eye = np.eye(d, dtype=x.dtype)
-    hi = jax.lax.Precision.HIGHEST
-    return jnp.dot(x, eye[:, i], precision=hi) * jnp.dot(x, eye[:, j], precision=hi)
-
-
 def _block_stats(x, weight, shift, scale, theta, covariance_type, with_entropy):
     """E-step sums of one sub-block: ``Z @ theta.T`` and ``resp.T @ Z`` with ``Z = [quad | x | 1]``
     taken block by block, so that Z itself is never assembled."""
     keep = weight[:, None] > 0
     xs = jnp.where(keep, (x - shift) / scale, 0.0)  # padding rows: finite whatever the buffer holds
-    quad = quad_features(xs, covariance_type)
+    quad = _stats.quad_features(xs, covariance_type)
     q, d = quad.shape[1], xs.shape[1]
     logp = quad @ theta[:, :q].T + xs @ theta[:, q : q + d].T + theta[:, -1]
-    ll = jax.scipy.special.logsumexp(logp, axis=1)
-    resp = jnp.exp(logp - ll[:, None])
+    resp, ll = _stats.responsibilities(logp)
     rw = resp * weight[:, None]
     stats = jnp.concatenate([rw.T @ quad, rw.T @ xs, jnp.sum(rw, axis=0)[:, None]], axis=1)
     entropy = jnp.zeros((), x.dtype)
