@@ -406,9 +406,9 @@ def sbc(
             fact["fit_seconds"] = time.perf_counter() - start
             fact["converged"] = bool(res.converged)
             fact["n_iter"] = int(res.n_iter)
-            facts = res.diagnostics
+            diagnostics = res.diagnostics
             for name in _INFO_FACTS:
-                value = getattr(facts, name)
+                value = getattr(diagnostics, name)
                 if not np.isnan(value):
                     fact[name] = value
             if caught:

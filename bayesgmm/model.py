@@ -28,7 +28,7 @@ from jax.scipy.special import gammaln
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
-from ._numerics import expand_covariances, mixture_log_density
+from ._numerics import expand_covariances
 from .params import GMMParams, PriorArrays, check_covariance_type
 
 
@@ -172,8 +172,18 @@ def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, activ
 
 
 def log_likelihood(x, params: GMMParams, covariance_type: str):
-    """Per-observation marginal log-likelihood (z summed out), shape (N,)."""
-    return mixture_log_density(x, *params, covariance_type)
+    """Per-observation marginal log-likelihood of :func:`gmm_model` (z summed out), shape (N,).
+
+    NumPyro's log density of the observed site ``x`` at ``params``
+    (``numpyro.infer.util.log_likelihood``); the prior plays no part in it.
+    """
+    from numpyro.infer.util import log_likelihood as site_log_likelihood
+
+    params = GMMParams(*(jnp.asarray(p) for p in params))
+    k, d = params.means.shape
+    values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
+    kwargs = model_kwargs(k, _placeholder_prior(k, d, covariance_type), covariance_type)
+    return site_log_likelihood(gmm_model, values, jnp.asarray(x), batch_ndims=0, **kwargs)["x"]
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
@@ -192,7 +202,7 @@ def simulate(key, params: GMMParams, num_obs: int, covariance_type: str = "full"
     """
     params = GMMParams(*(jnp.asarray(p) for p in params))
     k, d = params.means.shape
-    dummy = PriorArrays(jnp.ones(k), jnp.zeros(d), jnp.ones(()), jnp.asarray(d + 2.0), _unit_scale(d, covariance_type))
+    dummy = _placeholder_prior(k, d, covariance_type)
     data = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
     with handlers.seed(rng_seed=key), handlers.condition(data=data):
         tr = handlers.trace(gmm_model).get_trace(
@@ -201,8 +211,11 @@ def simulate(key, params: GMMParams, num_obs: int, covariance_type: str = "full"
     return tr["x"]["value"], tr["z"]["value"]
 
 
-def _unit_scale(d, covariance_type):
-    return {"full": jnp.eye(d), "tied": jnp.eye(d), "diag": jnp.ones(d), "spherical": jnp.ones(())}[covariance_type]
+def _placeholder_prior(k: int, d: int, covariance_type: str) -> PriorArrays:
+    """A valid prior for running the model where the prior plays no part (the likelihood,
+    simulation at given parameters)."""
+    scale = {"full": jnp.eye(d), "tied": jnp.eye(d), "diag": jnp.ones(d), "spherical": jnp.ones(())}[covariance_type]
+    return PriorArrays(jnp.ones(k), jnp.zeros(d), jnp.ones(()), jnp.asarray(d + 2.0), scale)
 
 
 def sample_prior(key, prior: PriorArrays, num_components: int, covariance_type: str = "full") -> GMMParams:
