@@ -101,7 +101,7 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
     from numpyro.infer import NUTS
 
     kernel = NUTS(
-        potential_fn=_potential_fn(xs, prior, config.num_components, config.covariance_type),
+        potential_fn=potential_fn(xs, prior, config.num_components, config.covariance_type),
         target_accept_prob=config.target_accept_prob,
         max_tree_depth=config.max_tree_depth,
     )
@@ -133,7 +133,7 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
     return jax.vmap(one_chain)(chain_keys, z0)
 
 
-def _parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -> int:
+def parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -> int:
     """How many devices the chains are spread over; raises when they cannot be spread evenly.
 
     ``"parallel"`` uses ``m = min(num_chains, jax.local_device_count())`` devices, and ``m``
@@ -231,7 +231,7 @@ def _potential_and_grad(z, xs, prior, k: int, covariance_type: str):
     return jax.value_and_grad(lambda u: potential_energy(gmm_model, (xs,), kwargs, u))(z)
 
 
-def _potential_fn(xs, prior, k: int, covariance_type: str):
+def potential_fn(xs, prior, k: int, covariance_type: str):
     """The potential as a ``custom_vjp`` around one jitted value-and-gradient.
 
     NUTS evaluates the potential's gradient at several places (initialisation, step-size
@@ -410,7 +410,7 @@ def fit_mcmc(
     max_tree_depth = check_int("max_tree_depth", max_tree_depth, 1)
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}.")
-    num_devices = _parallel_devices(num_chains, chain_method, covariance_type)
+    num_devices = parallel_devices(num_chains, chain_method, covariance_type)
     if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
         raise ValueError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
     if not isinstance(progress_bar, (bool, np.bool_)):

@@ -385,6 +385,7 @@ def fit_vb(
     devices=None,
     seed=0,
     num_draws: int = 500,
+    resp_init=None,
 ) -> FitResult:
     r"""Fit a Bayesian Gaussian mixture by closed-form coordinate-ascent variational Bayes.
 
@@ -435,6 +436,9 @@ def fit_vb(
         Same seed, same result (including the draws), bit for bit.
     num_draws : int
         Draws S from q stored in ``draws`` (shape (1, S, ...)).
+    resp_init : array (N, K), optional
+        Starting responsibilities (non-negative rows summing to 1; scikit-learn's
+        ``_initialize(X, resp)``): one start from them, ``n_init`` and ``init_params`` unused.
 
     Returns
     -------
@@ -470,23 +474,16 @@ def fit_vb(
     ValueError
         Invalid input or an unsupported ``covariance_type``.
     """
+    if resp_init is not None:
+        resp_init = np.asarray(resp_init, dtype=np.float64)
+        if resp_init.ndim != 2 or np.any(resp_init < 0) or not np.allclose(resp_init.sum(1), 1.0):
+            raise ValueError("resp_init must be an (N, K) array of non-negative rows summing to 1.")
+        n_init, init_params = 1, "random"  # one start: the given responsibilities
     return _fit_vb(
         x, num_components, covariance_type=covariance_type, prior=prior, n_init=n_init,
         init_params=init_params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
-        num_draws=num_draws, resp_init=None, sample_weight=sample_weight, devices=devices,
+        num_draws=num_draws, resp_init=resp_init, sample_weight=sample_weight, devices=devices,
     )
-
-
-def _fit_vb_from_resp(x, resp, **kwargs) -> FitResult:
-    """VB started from given responsibilities (N, K) (scikit-learn's ``_initialize(X, resp)``).
-
-    Private: used by the scikit-learn oracle tests. ``kwargs`` as :func:`fit_vb` (one start).
-    """
-    resp = np.asarray(resp, dtype=np.float64)
-    if resp.ndim != 2 or np.any(resp < 0) or not np.allclose(resp.sum(1), 1.0):
-        raise ValueError("resp must be an (N, K) array of non-negative rows summing to 1.")
-    kwargs.update(n_init=1, init_params="random")
-    return _fit_vb(x, resp.shape[1], resp_init=resp, **kwargs)
 
 
 def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar, num_draws):

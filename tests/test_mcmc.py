@@ -124,7 +124,7 @@ def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     # The potential NUTS uses (a custom_vjp around one jitted value-and-grad) is NumPyro's
     # potential of the model in the unconstrained space: -(log joint + log|Jacobian|).
     z = jax.jit(lambda v: unconstrain_fn(gmm_model, (x,), kwargs, v))(values)
-    potential = jax.jit(mcmc._potential_fn(jnp.asarray(x), pa, 2, covariance_type))
+    potential = jax.jit(mcmc.potential_fn(jnp.asarray(x), pa, 2, covariance_type))
     numpyro_pe = jax.jit(lambda u: potential_energy(gmm_model, (x,), kwargs, u))(z)
     np.testing.assert_allclose(potential(z), numpyro_pe, rtol=1e-12)
     if covariance_type == "diag":
@@ -181,7 +181,7 @@ def test_nuts_log_density_is_the_em_objective(covariance_type, faithful, map_fit
     ))(flat)
     assert jac.shape[0] == jac.shape[1]
     log_jac = np.linalg.slogdet(np.asarray(jac))[1]
-    potential = jax.jit(mcmc._potential_fn(jnp.asarray(std.xs), std.prior_arrays, 2, covariance_type))(z)
+    potential = jax.jit(mcmc.potential_fn(jnp.asarray(std.xs), std.prior_arrays, 2, covariance_type))(z)
     ll_shift, prior_shift = log_jacobians(std.sd, faithful.shape[0], 2, covariance_type)
     nuts_log_posterior = -float(potential) - log_jac + ll_shift + prior_shift
     np.testing.assert_allclose(nuts_log_posterior, em.trace[-1], rtol=1e-10)
@@ -424,7 +424,7 @@ PARALLEL_SCRIPT = textwrap.dedent(
         out["error"] = str(exc)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mcmc._parallel_devices(4, "parallel", "full")
+        mcmc.parallel_devices(4, "parallel", "full")
     out["cores"] = len(os.sched_getaffinity(0))
     out["deadlock_warning"] = any("deadlock" in str(w.message) for w in caught)
     print(json.dumps(out))

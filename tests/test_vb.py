@@ -107,8 +107,8 @@ def oracle_fits(request, faithful_std, random_resp, oracle_prior):
     ct = request.param
     bgm = sklearn_bgm(faithful_std, random_resp, oracle_prior, ct, NUM_ITER, 0.0, patch_diag=ct == "diag")
     with pytest.warns(ConvergenceWarning):
-        r = vb._fit_vb_from_resp(
-            faithful_std, random_resp, covariance_type=ct, prior=oracle_prior, n_init=1,
+        r = vb.fit_vb(
+            faithful_std, random_resp.shape[1], resp_init=random_resp, covariance_type=ct, prior=oracle_prior, n_init=1,
             init_params="kmeans", tol=0.0, max_iter=NUM_ITER, reg_covar=0.0, seed=0, num_draws=50,
         )
     return ct, r, bgm
@@ -150,8 +150,8 @@ def test_matches_unpatched_sklearn_diag_in_one_dimension(faithful_std, random_re
     # bayesgmm's reg_covar is in units of the feature's robust variance, scikit-learn's absolute
     robust_sd = standardisation(x, "diag")[1][0]
     with pytest.warns(ConvergenceWarning):
-        r = vb._fit_vb_from_resp(
-            x, random_resp, covariance_type="diag", prior=prior, n_init=1, init_params="kmeans",
+        r = vb.fit_vb(
+            x, random_resp.shape[1], resp_init=random_resp, covariance_type="diag", prior=prior, n_init=1, init_params="kmeans",
             tol=0.0, max_iter=NUM_ITER, reg_covar=1e-3 / robust_sd**2, seed=0, num_draws=50,
         )
     _compare_to_sklearn(r, bgm, "diag")
