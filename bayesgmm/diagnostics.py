@@ -205,7 +205,7 @@ def _param_dims(covariance_type: str, lead=()) -> dict:
 # Jitted kernels (one compiled program per shape; draws are vmapped, never looped)
 # ----------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
-def _log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
+def log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
     """Log prior density per draw. Weights that underflowed to 0 (draws from a sparse Dirichlet,
     concentration << 1) are floored at the smallest normal number: the density stays finite."""
     from .model import log_prior
@@ -404,7 +404,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
             if result.prior is not None:
                 pa = result.prior.arrays(k, ct)
                 pa = PriorArrays(*(np.asarray(a, dtype) for a in pa._replace(mean=pa.mean - origin)))
-                total = total + np.asarray(_log_prior_draws(*flat, pa, covariance_type=ct)).reshape(chains, draws)
+                total = total + np.asarray(log_prior_draws(*flat, pa, covariance_type=ct)).reshape(chains, draws)
             stats["lp"] = total
     if stats:
         groups["sample_stats"] = dataset(stats, None)

@@ -274,7 +274,7 @@ def bootstrap(
 # ----------------------------------------------------------------------------------------------
 # Observed information
 # ----------------------------------------------------------------------------------------------
-def _to_unconstrained(params: GMMParams, covariance_type: str):
+def to_unconstrained(params: GMMParams, covariance_type: str):
     w, m, c = params
     logits = jnp.log(w[:-1]) - jnp.log(w[-1])
     if covariance_type in ("full", "tied"):
@@ -288,7 +288,7 @@ def _to_unconstrained(params: GMMParams, covariance_type: str):
     return jnp.concatenate([logits, jnp.ravel(m), jnp.ravel(cov_free)])
 
 
-def _from_unconstrained(theta, k: int, d: int, covariance_type: str) -> GMMParams:
+def from_unconstrained(theta, k: int, d: int, covariance_type: str) -> GMMParams:
     logits = jnp.concatenate([theta[: k - 1], jnp.zeros(1, theta.dtype)])
     w = jax.nn.softmax(logits)
     m = theta[k - 1 : k - 1 + k * d].reshape(k, d)
@@ -306,7 +306,7 @@ def _from_unconstrained(theta, k: int, d: int, covariance_type: str) -> GMMParam
 
 
 def _objective(theta, xs, prior, k, d, covariance_type):
-    params = _from_unconstrained(theta, k, d, covariance_type)
+    params = from_unconstrained(theta, k, d, covariance_type)
     total = jnp.sum(_numerics.mixture_log_density(xs, *params, covariance_type))
     if prior is not None:
         total = total + log_prior(params, prior, covariance_type)
@@ -353,7 +353,7 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     prior = None
     if fit.prior is not None:
         prior = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), fit.prior.standardised(shift, sd).arrays(k, ct))
-    theta = _to_unconstrained(std, ct)
+    theta = to_unconstrained(std, ct)
     hessian = jax.jit(jax.hessian(_objective), static_argnums=(3, 4, 5))(theta, xs, prior, k, d, ct)
     neg_h = -np.asarray(hessian, np.float64)
     neg_h = (neg_h + neg_h.T) / 2
@@ -371,7 +371,7 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
         cov_theta = np.linalg.inv(neg_h)
 
     def natural(t):  # standardised-scale (weights, means, covariances) -> original scale, flattened
-        p = _from_unconstrained(t, k, d, ct)
+        p = from_unconstrained(t, k, d, ct)
         m = p.means * sd + shift
         if ct in ("full", "tied"):
             c = p.covariances * np.outer(sd, sd)

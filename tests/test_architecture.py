@@ -127,3 +127,21 @@ def test_ruff_is_clean():
     out = subprocess.run([ruff, "check", "--no-cache", "bayesgmm", "tests", "benchmarks", "examples"], cwd=root,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_tests_use_no_private_names_of_the_package():
+    """Tests reach the package through its names; private modules (unit tests of ``_stats`` and
+    the like) are fine, private names inside a module are not."""
+    import re
+
+    public_modules = "|".join(m for m in MODULES if not m.startswith("_"))
+    namedtuple_api = ("_replace", "_fields", "_asdict", "_make")
+    attribute = re.compile(rf"(?<![\w.])(?:bg\.)?(?:{public_modules})\.(_(?!_)[a-z]\w*)")
+    imported = re.compile(rf"from bayesgmm\.(?:{public_modules}) import ([^\n]*)")
+    offences = []
+    for path in sorted((PKG.parent / "tests").glob("*.py")):
+        text = path.read_text()
+        names = [n.strip().split(" as ")[0] for line in imported.findall(text) for n in line.strip("()").split(",")]
+        found = attribute.findall(text) + [n for n in names if n.startswith("_") and not n.startswith("__")]
+        offences += [f"{path.name}: {name}" for name in found if name not in namedtuple_api]
+    assert offences == []

@@ -5,7 +5,7 @@ import pytest
 from _references import mixture_log_density
 
 import bayesgmm as bg
-from bayesgmm.uncertainty import _from_unconstrained, _to_unconstrained, bootstrap, observed_information
+from bayesgmm.uncertainty import bootstrap, from_unconstrained, observed_information, to_unconstrained
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,10 @@ def test_autodiff_hessian_matches_finite_differences():
 
     data = bg.datasets.make_mixture(200, 2, 2, covariance_type="diag", separation=3.0, seed=4)
     fit = bg.fit_em(data.x, 2, covariance_type="diag", seed=0, tol=1e-10, max_iter=1000)
-    theta0 = np.asarray(_to_unconstrained(bg.GMMParams(*map(np.asarray, fit.params)), "diag"), np.float64)
+    theta0 = np.asarray(to_unconstrained(bg.GMMParams(*map(np.asarray, fit.params)), "diag"), np.float64)
 
     def loglik(t):
-        w, m, c = (np.asarray(a, np.float64) for a in _from_unconstrained(jax.numpy.asarray(t), 2, 2, "diag"))
+        w, m, c = (np.asarray(a, np.float64) for a in from_unconstrained(jax.numpy.asarray(t), 2, 2, "diag"))
         return mixture_log_density(data.x, w, m, c, "diag").sum()
 
     h = 1e-4

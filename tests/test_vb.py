@@ -416,12 +416,12 @@ def test_sparse_prior_default_settings_reach_the_best_elbo_a_long_search_finds()
 def test_log_prior_of_draws_with_underflowed_weights_is_finite():
     """Draws from a sparse Dirichlet (concentration << 1) have weights that underflow to exactly
     0; the prior density (alpha - 1) log w once made sample_stats.lp +inf."""
-    from bayesgmm.diagnostics import _log_prior_draws
+    from bayesgmm.diagnostics import log_prior_draws
 
     x = np.random.default_rng(0).normal(size=(50, 2))
     pa = bg.Prior.default(x, 3, weight_concentration=1e-3).arrays(3, "full")
     w = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
     m = np.zeros((2, 3, 2))
     c = np.broadcast_to(np.eye(2), (2, 3, 2, 2))
-    lp = np.asarray(_log_prior_draws(w, m, c, pa, covariance_type="full"))
+    lp = np.asarray(log_prior_draws(w, m, c, pa, covariance_type="full"))
     assert np.all(np.isfinite(lp)) and lp[0] > lp[1]  # the near-empty draw is the likelier one
