@@ -48,6 +48,8 @@ from ._cli_config import build_parser, check_engine_options, options_from_args, 
 from ._cli_io import (
     COMMIT_LOCK,
     DEMO_ENGINES,
+    ENGINES,
+    MANIFEST,
     OutputFolder,
     UsageError,
     as_names,
@@ -61,7 +63,7 @@ from ._cli_io import (
     wrote,
 )
 
-__all__ = ["UsageError", "build_parser", "console_main", "main"]
+__all__ = ["ENGINES", "MANIFEST", "UsageError", "build_parser", "console_main", "main"]
 
 # ----------------------------------------------------------------------------------------------
 # Commands: each takes a dict of options (from argparse or a TOML file)

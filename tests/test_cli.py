@@ -374,7 +374,7 @@ def test_out_refuses_a_non_empty_folder_and_overwrite_never_mixes_runs(tmp_path,
 
 
 def test_a_command_that_fails_or_is_interrupted_leaves_the_earlier_run_untouched(tmp_path, capsys, monkeypatch):
-    from bayesgmm import diagnostics
+    from bayesgmm import storage
 
     out = tmp_path / "o"
     fit = ["fit", "--dataset", "faithful", "-k", "1", "--no-plot", "--engine-option", "n_init=1", "--out", str(out)]
@@ -387,7 +387,7 @@ def test_a_command_that_fails_or_is_interrupted_leaves_the_earlier_run_untouched
             f.write(b"CDF\x01 truncated")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(diagnostics, "save_result", interrupted)
+    monkeypatch.setattr(storage, "save_result", interrupted)
     assert cli.main(fit + ["--overwrite"]) == 130
     err = capsys.readouterr().err
     assert err == "bayesgmm: interrupted (Ctrl-C); no files were written.\n"
@@ -396,7 +396,7 @@ def test_a_command_that_fails_or_is_interrupted_leaves_the_earlier_run_untouched
     def broken(result, path, x=None, **kwargs):
         raise ValueError("cannot encode")
 
-    monkeypatch.setattr(diagnostics, "save_result", broken)
+    monkeypatch.setattr(storage, "save_result", broken)
     assert cli.main(fit + ["--overwrite"]) == 2
     assert _listing(out) == before
     assert cli.main(fit[:-1] + [str(tmp_path / "new")]) == 2
