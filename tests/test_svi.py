@@ -267,7 +267,7 @@ def test_minibatch_agrees_with_full_batch():
         (dict(guide="laplace"), "guide must be one of"),
         (dict(guide=3), "guide must be"),
         (dict(subsample_size=1000), "subsample_size=1000 exceeds"),
-        (dict(subsample_size=0), "subsample_size must be an integer"),
+        (dict(subsample_size=0), "subsample_size must be a positive integer"),
         (dict(num_steps=0), "num_steps must be a positive integer"),
         (dict(num_draws=0), "num_draws must be a positive integer"),
         (dict(learning_rate=-0.1), "learning_rate must be a positive number"),
