@@ -19,6 +19,7 @@ from ._compile import InsufficientMemoryError, configure_default_cache, set_comp
 from .calibration import sbc
 from .em import fit_em
 from .experiments import compare, simulation_study
+from .gibbs import fit_gibbs
 from .kmeans import KMeansResult, kmeans
 from .mcmc import fit_mcmc
 from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, PrecisionWarning, Prior
@@ -49,6 +50,7 @@ __all__ = [
     "datasets",
     "fit_em",
     "fit_em_stream",
+    "fit_gibbs",
     "fit_mcmc",
     "fit_svi",
     "fit_vb",

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 from ._cli_io import DATASETS, ENGINES, MANIFEST, UsageError, n_init
+from .engines import engine_names
 from .params import COVARIANCE_TYPES
 
 
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("-n", "--num-obs", type=int, default=100,
                     help="observations per simulated data set (default: %(default)s)")
     sb.add_argument("-d", "--num-features", type=int, default=1, help="number of features D (default: %(default)s)")
-    sb.add_argument("--method", choices=("vb", "svi", "mcmc"), default="vb",
+    sb.add_argument("--method", choices=engine_names(draws=True), default="vb",
                     help="Bayesian engine to calibrate (default: %(default)s)")
     sb.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
                     help="covariance structure (default: %(default)s)")

@@ -97,6 +97,7 @@ _ENGINE_DEFAULTS = {
     "vb": {},
     "svi": {},
     "mcmc": {"num_warmup": 500, "num_samples": 500, "num_chains": 2},
+    "gibbs": {"num_warmup": 200, "num_samples": 500, "num_chains": 2},
 }
 _RESERVED = ("x", "num_components", "prior", "covariance_type", "seed")
 _INFO_FACTS = ("num_divergences", "max_rhat", "min_ess_bulk", "elbo", "label_switch_fraction")

@@ -147,7 +147,7 @@ def run_fit(opts, out: OutputFolder) -> int:
         x, _ = load_data(opts["data"])
         print_features(x, opts["data"].get("label_column"))
         kw = _engine_kwargs(opts, method)
-        if method in ("svi", "mcmc") and opts.get("progress", False):
+        if method in ("svi", "mcmc", "gibbs") and opts.get("progress", False):
             kw.setdefault("progress_bar", True)
         kw = _resolve_prior(kw, method, x, opts["num_components"])
         result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"], **kw)

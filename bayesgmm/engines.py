@@ -10,6 +10,7 @@ the registry itself imports no engine (and engines never import each other).
 - ``vb``: :func:`~bayesgmm.fit_vb`, closed-form variational Bayes; full and diag; draws.
 - ``svi``: :func:`~bayesgmm.fit_svi`, NumPyro SVI; every structure; draws.
 - ``mcmc``: :func:`~bayesgmm.fit_mcmc`, NumPyro NUTS; every structure; draws.
+- ``gibbs``: :func:`~bayesgmm.fit_gibbs`, conjugate Gibbs sampling; every structure; draws.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ ENGINES: Mapping[str, Engine] = types.MappingProxyType({
                summary="NumPyro SVI on the model (autoguides, minibatches)"),
         Engine("mcmc", "mcmc", "fit_mcmc", COVARIANCE_TYPES, "default", True,
                summary="NumPyro NUTS on the model, z summed out"),
+        Engine("gibbs", "gibbs", "fit_gibbs", COVARIANCE_TYPES, "default", True,
+               summary="conjugate Gibbs sampling, z sampled with the parameters"),
     )
 })
 

@@ -587,7 +587,7 @@ class GaussianMixture(_DensityMixin, _Base):
             return
         finite = trace[np.isfinite(trace)]
         self.lower_bounds_ = finite / n
-        if result.method == "mcmc" or not finite.size:  # a sampler's trace is per draw, not per iteration
+        if result.sample_stats or not finite.size:  # a sampler's trace is per draw, not per iteration
             self.lower_bound_ = float(result.log_likelihood) / n
         else:
             self.lower_bound_ = float(finite[-1] / n)

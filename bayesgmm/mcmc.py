@@ -47,8 +47,8 @@ import numpy as np
 
 from . import _numerics
 from . import _numpyro_common as shared
+from ._chains import chain_diagnostics, chain_starts, finish_draws, training_log_likelihood, warn_if_unconverged
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
-from .labels import align_draws
 from .model import gmm_model, log_prior, model_kwargs
 from .params import (
     ConvergenceWarning,
@@ -59,8 +59,6 @@ from .params import (
     check_int,
     check_num_components,
     check_prior,
-    log_jacobians,
-    params_to_original,
     seed_to_key,
 )
 from .results import FitResult
@@ -71,11 +69,6 @@ CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 INIT_METHODS = ("map", "uniform")
 #: Standard deviation of the per-chain jitter of the start, in unconstrained units.
 _JITTER = 0.1
-#: Thresholds of the warnings: max R-hat and min bulk ESS per chain.
-_RHAT_MAX = 1.01
-_ESS_PER_CHAIN = 100
-
-
 
 class _Config(NamedTuple):
     """Static choices of one sampler program."""
@@ -261,38 +254,6 @@ PROGRAM = CompiledProgram(
 )
 
 
-def _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype) -> GMMParams:
-    """Per-chain starting parameters (standardised) from a GMMParams (all chains) or a sequence of them."""
-    if isinstance(init, GMMParams):
-        inits = [init] * num_chains
-    else:
-        inits = list(init)
-        if len(inits) != num_chains or not all(isinstance(p, GMMParams) for p in inits):
-            raise ValueError(
-                f"init must be 'map', 'uniform', a GMMParams or a sequence of num_chains={num_chains} "
-                "GMMParams (one start per chain)."
-            )
-    std = [shared.standard_init(p, k, d, covariance_type, shift, sd) for p in inits]
-    return GMMParams(*(np.stack(a).astype(dtype) for a in zip(*std)))
-
-
-def _diagnostics(draws: dict, num_chains: int):
-    """Min bulk ESS and max rank-normalised R-hat over every scalar of the (aligned) draws.
-
-    NumPy implementations that equal ArviZ's (:func:`bayesgmm.diagnostics.ess_bulk`,
-    :func:`~bayesgmm.diagnostics.rhat`; importing ArviZ would add ~1 s to the first fit of a
-    process). With one chain, R-hat compares its two halves. Constant scalars (the weight of a
-    one-component mixture) are skipped.
-    """
-    from .diagnostics import ess_bulk, rhat
-
-    ess = np.concatenate([ess_bulk(v) for v in draws.values()])
-    rh = np.concatenate([rhat(v) for v in draws.values()])
-    ess_min = float(np.nanmin(ess)) if np.isfinite(ess).any() else float("nan")
-    rhat_max = float(np.nanmax(rh)) if np.isfinite(rh).any() else float("nan")
-    return ess_min, rhat_max
-
-
 def fit_mcmc(
     x,
     num_components: int,
@@ -426,7 +387,7 @@ def fit_mcmc(
         user_init = shared.placeholder_init(k, d, covariance_type, dtype, num_chains)
     else:
         init_mode = "user"
-        user_init = _user_init(init, k, d, num_chains, covariance_type, shift, sd, dtype)
+        user_init = chain_starts(init, k, d, num_chains, covariance_type, shift, sd, dtype)
     init_code = np.int32({"map": 0, "user": 1, "uniform": 2}[init_mode])
     key = seed_to_key(seed)
     # "parallel" on one device is the "vectorized" program (the same compiled program and draws)
@@ -442,27 +403,12 @@ def fit_mcmc(
         timed = PROGRAM(xs, prior_arrays, key, init_code, user_init, config=config)
     pivot_std, draws_std, stats, lp = timed.outputs
 
-    # ---- back to the original scale (NumPy float64, vectorised over chains and draws)
-    pivot = params_to_original(GMMParams(*(np.asarray(a) for a in pivot_std)), shift, sd, covariance_type)
-    raw = params_to_original(GMMParams(*(np.asarray(a) for a in draws_std)), shift, sd, covariance_type)
-    raw_draws = {"weights": raw.weights, "means": raw.means, "covariances": raw.covariances}
-    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
-    lp = np.asarray(lp, np.float64) + ll_shift + prior_shift
-    if align and k > 1:
-        draws, perms = align_draws(raw_draws, pivot, covariance_type)
-        switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
-    else:
-        draws, switched = dict(raw_draws), 0.0
-    point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
-    log_lik = _numerics.totals(arr.astype(np.float64), *point, covariance_type).log_likelihood
-
+    done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
-    stats["lp"] = lp
+    stats["lp"] = done.log_posterior
     num_div = int(stats["diverging"].sum())
-    ess_min, rhat_max = _diagnostics(draws, num_chains)
-    converged = bool(rhat_max < _RHAT_MAX) if np.isfinite(rhat_max) else False
-
+    ess_min, rhat_max = chain_diagnostics(done.draws)
     if num_div:
         warnings.warn(
             f"NUTS had {num_div} divergent transition(s) after warmup (of {num_chains * num_samples}); "
@@ -470,30 +416,26 @@ def fit_mcmc(
             ConvergenceWarning,
             stacklevel=2,
         )
-    if not converged or not ess_min >= _ESS_PER_CHAIN * num_chains:
-        warnings.warn(
-            f"NUTS chains may not have converged: max R-hat {rhat_max:.4f} (want < {_RHAT_MAX}), "
-            f"min bulk ESS {ess_min:.0f} (want >= {_ESS_PER_CHAIN * num_chains}). Run more "
-            "num_warmup/num_samples or chains, and check the number of components.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+    converged = warn_if_unconverged(
+        "NUTS", rhat_max, ess_min, num_chains,
+        "Run more num_warmup/num_samples or chains, and check the number of components.",
+    )
     return FitResult(
         method="mcmc",
         covariance_type=covariance_type,
-        weights=point.weights,
-        means=point.means,
-        covariances=point.covariances,
-        log_likelihood=log_lik,
+        weights=done.point.weights,
+        means=done.point.means,
+        covariances=done.point.covariances,
+        log_likelihood=training_log_likelihood(arr, done.point, covariance_type),
         converged=converged,
         n_iter=num_samples,
-        trace=lp.reshape(-1),
+        trace=done.log_posterior.reshape(-1),
         objective="log_posterior",
         feature_names=names,
         num_obs=n,
         prior=prior,
-        draws=draws,
-        raw_draws=raw_draws,
+        draws=done.draws,
+        raw_draws=done.raw_draws,
         sample_stats=stats,
         info={
             "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
@@ -503,7 +445,7 @@ def fit_mcmc(
             "compile_seconds": timed.compile_seconds,
             "run_seconds": timed.run_seconds,
             "fit_seconds": timed.compile_seconds + timed.run_seconds,
-            "label_switch_fraction": switched,
+            "label_switch_fraction": done.label_switch_fraction,
             "num_warmup": num_warmup,
             "num_samples": num_samples,
             "num_chains": num_chains,
@@ -511,7 +453,7 @@ def fit_mcmc(
             "num_devices": num_devices,
             "target_accept_prob": float(target_accept_prob),
             "init": init_mode,
-            "map_log_likelihood": _numerics.totals(arr.astype(np.float64), *pivot, covariance_type).log_likelihood,
+            "map_log_likelihood": training_log_likelihood(arr, done.pivot, covariance_type),
             "mean_accept_prob": float(np.mean(stats["accept_prob"])),
             "dtype": str(dtype),
         },

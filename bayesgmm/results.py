@@ -184,7 +184,7 @@ class FitResult:
     Attributes
     ----------
     method : str
-        ``"em"``, ``"map-em"``, ``"hard-em"``, ``"vb"``, ``"svi"`` or ``"mcmc"``.
+        ``"em"``, ``"map-em"``, ``"hard-em"``, ``"vb"``, ``"svi"``, ``"mcmc"`` or ``"gibbs"``.
     covariance_type : str
     weights, means, covariances : np.ndarray
         Point estimate on the original scale: MLE/MAP (EM), posterior mean after label alignment
@@ -550,8 +550,8 @@ class FitResult:
 # Validation of a JSON summary (FitResult.from_json)
 # ----------------------------------------------------------------------------------------------
 #: every ``method`` an engine reports
-_METHODS = ("em", "map-em", "hard-em", "online-em", "online-map-em", "vb", "svi", "mcmc")
-_BAYESIAN_METHODS = ("vb", "svi", "mcmc")
+_METHODS = ("em", "map-em", "hard-em", "online-em", "online-map-em", "vb", "svi", "mcmc", "gibbs")
+_BAYESIAN_METHODS = ("vb", "svi", "mcmc", "gibbs")
 _OBJECTIVES = ("log_likelihood", "log_posterior", "classification_log_likelihood", "elbo")
 _REQUIRED = ("method", "covariance_type", "weights", "means", "covariances", "log_likelihood", "converged", "n_iter",
              "trace", "objective", "feature_names", "num_obs")

@@ -81,6 +81,16 @@ def sim3():
     return bg.datasets.make_mixture(600, 3, 2, separation=5.0, seed=3)
 
 
+#: Gibbs settings of the session's Old Faithful fit (test_gibbs.py, and test_mcmc.py against NUTS).
+GIBBS_SETTINGS = dict(num_warmup=200, num_samples=1000, num_chains=4)
+
+
+@pytest.fixture(scope="session")
+def faithful_gibbs(faithful):
+    """Conjugate Gibbs on Old Faithful, K = 2, the default prior (as test_mcmc's NUTS fits)."""
+    return bg.fit_gibbs(faithful, 2, seed=0, **GIBBS_SETTINGS)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

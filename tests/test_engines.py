@@ -45,7 +45,7 @@ def test_engines_without_draws_are_refused_where_draws_are_needed(faithful):
     with pytest.raises(ValueError, match="is not supported by method 'vb'.*'mcmc'"):
         bg.select_bayesian(faithful, [1, 2], method="vb", covariance_type="tied")
     with pytest.raises(ValueError, match="method must be one of"):
-        get_engine("gibbs")
+        get_engine("hamiltonian")
 
 
 def test_registry_is_read_only():

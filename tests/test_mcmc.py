@@ -20,6 +20,7 @@ from _references import log_joint, mixture_log_density
 
 import bayesgmm as bg
 from bayesgmm import _numerics, _numpyro_common, mcmc
+from bayesgmm.diagnostics import ess_bulk
 from bayesgmm.model import gmm_model, log_prior, model_kwargs
 from bayesgmm.params import ConvergenceWarning, GMMParams, Prior, log_jacobians, params_to_standard
 
@@ -476,3 +477,21 @@ def test_bad_data_raise(faithful):
         mcmc.fit_mcmc(bad, 2)
     with pytest.raises(ValueError, match="num_components"):
         mcmc.fit_mcmc(faithful, 0)
+
+
+def test_gibbs_agrees_with_nuts_on_the_same_model_and_prior(faithful_gibbs, full_fits):
+    """K = 2 on Old Faithful: posterior means and sds of every aligned parameter agree with NUTS
+    (z summed out) within Monte Carlo error."""
+    gibbs, nuts = faithful_gibbs, full_fits["map"][0]
+    np.testing.assert_allclose(gibbs.prior.scale, nuts.prior.scale)  # the same default prior
+    for name in ("weights", "means", "covariances"):
+        a, b = gibbs.draws[name], nuts.draws[name]
+        if name == "weights":
+            a, b = a[..., :1], b[..., :1]  # the weights sum to one
+        ess_a, ess_b = ess_bulk(a), ess_bulk(b)
+        sd_a, sd_b = a.std(axis=(0, 1)).ravel(), b.std(axis=(0, 1)).ravel()
+        se = np.sqrt(sd_a**2 / ess_a + sd_b**2 / ess_b)
+        diff = np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1))).ravel()
+        assert np.all(diff < 4.5 * se), (name, diff / se)
+        # posterior sds: relative standard error about 1 / sqrt(2 ESS) each
+        np.testing.assert_allclose(sd_a, sd_b, rtol=4.5 * np.sqrt(1 / (2 * ess_a) + 1 / (2 * ess_b)).max())

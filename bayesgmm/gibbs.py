@@ -1,0 +1,379 @@
+"""Gibbs sampling of the one model by conjugate data augmentation.
+
+The classic sampler for mixtures (Diebolt & Robert 1994): the labels ``z`` are sampled along with
+the parameters, and every full conditional of :func:`bayesgmm.model.gmm_model` is a known
+distribution, so each sweep draws exactly from them:
+
+.. code-block:: text
+
+    z_n | theta, x        ~ Categorical(pi_k N(x_n | mu_k, Sigma_k) / sum_j ...)
+    pi | z                ~ Dirichlet(alpha + N_k)
+    Sigma_k | z, x        ~ Inverse-Wishart(nu0 + N_k, Psi0 + S_k + kappa0 N_k/kappa_k (xbar_k - m0)(...)^T)
+    mu_k | Sigma_k, z, x  ~ N((kappa0 m0 + N_k xbar_k) / kappa_k, Sigma_k / kappa_k),   kappa_k = kappa0 + N_k
+
+(``S_k`` the scatter of the rows labelled k about their mean ``xbar_k``; ``Sigma_k`` is drawn
+with ``mu_k`` integrated out, then ``mu_k`` given it: a blocked draw of the pair.) The other
+structures use the same prior's analogues: ``diag`` draws each variance from an inverse gamma with
+shape ``(nu0 + N_k)/2``, ``spherical`` one variance per component with shape
+``(nu0 + N_k D)/2``, and ``tied`` one covariance from ``IW(nu0 + N, Psi0 + sum_k ...)``.
+The stationary distribution is the model's posterior, the one NUTS samples with ``z`` summed out
+(:mod:`bayesgmm.mcmc`); the tests compare the two, check the K = 1 case against the closed-form
+posterior, and run simulation-based calibration.
+
+One compiled program per data shape, K, structure and sampler settings: the MAP start (k-means
+and MAP-EM, as NUTS), then every chain's sweeps as one ``lax.scan`` over a pure step function,
+the chains ``vmap``-ed. Each sweep evaluates the mixture density once: the component log
+densities that give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in
+NumPy: back to the original scale, relabelling to the MAP pivot
+(:func:`bayesgmm.labels.align_draws`) and R-hat/ESS.
+
+Precision: float32 unless ``jax_enable_x64`` is on and ``x`` is float64; results are NumPy
+float64 on the original scale.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+
+from . import _numerics, _stats
+from . import _numpyro_common as shared
+from ._chains import chain_diagnostics, chain_starts, finish_draws, training_log_likelihood, warn_if_unconverged
+from ._compile import CompiledProgram, progress, tick_every, tick_interval
+from .model import log_prior
+from .params import (
+    GMMParams,
+    Prior,
+    PriorArrays,
+    check_covariance_type,
+    check_data,
+    check_int,
+    check_num_components,
+    check_prior,
+    seed_to_key,
+)
+from .results import FitResult
+
+__all__ = ["fit_gibbs", "gibbs_sweep", "sample_assignments", "sample_parameters"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The full conditionals (pure JAX, standardised scale)
+# ----------------------------------------------------------------------------------------------
+def sample_assignments(key, log_joint):
+    """Draw ``z_n`` from its full conditional, given ``log pi_k + log N(x_n | mu_k, Sigma_k)`` (N, K)."""
+    return jax.random.categorical(key, log_joint, axis=-1)
+
+
+def _log_gamma_draws(key, shapes):
+    """``log Gamma(shape, 1)`` draws for every array in ``shapes``, in one call.
+
+    One ``jax.random.loggamma`` over all of them: each call of JAX's gamma sampler (a rejection
+    loop) costs seconds of compilation, and the log scale keeps shapes far below 1 (a sparse
+    Dirichlet) from underflowing to zero.
+    """
+    flat = jnp.concatenate([jnp.ravel(a) for a in shapes])
+    draws = jax.random.loggamma(key, flat, dtype=flat.dtype)
+    out, start = [], 0
+    for a in shapes:
+        out.append(draws[start : start + a.size].reshape(a.shape))
+        start += a.size
+    return out
+
+
+def _inverse_wishart(log_gamma, key, scale):
+    """``IW(df, scale)`` draws by Bartlett's decomposition, ``scale`` (..., D, D), given
+    ``log_gamma`` (..., D): ``log Gamma((df - i)/2)`` draws, i = 0..D-1 (so ``2 exp(.)`` are the
+    chi-square variates ``A_ii^2``).
+
+    With ``W = A A^T ~ Wishart(df, I)`` (A lower triangular, ``A_ii^2 ~ chi2(df - i)``,
+    ``A_ij ~ N(0, 1)`` below the diagonal), ``W^-1 ~ IW(df, I)`` and for ``scale = C C^T``,
+    ``C W^-1 C^T = M^T M ~ IW(df, scale)`` with ``M = A^-1 C^T``.
+    """
+    d = scale.shape[-1]
+    a = jnp.tril(jax.random.normal(key, scale.shape, dtype=scale.dtype), -1)
+    a = a + jnp.sqrt(2.0 * jnp.exp(log_gamma))[..., None] * jnp.eye(d, dtype=scale.dtype)
+    c = jnp.linalg.cholesky(scale)
+    m = solve_triangular(a, jnp.swapaxes(c, -1, -2), lower=True)
+    return _stats.symmetrise(jnp.swapaxes(m, -1, -2) @ m)
+
+
+def _half_dfs(df, d: int, dtype):
+    """``(df - i)/2`` for i = 0..D-1: the shapes of the Bartlett chi-square variates."""
+    return 0.5 * (df[..., None] - jnp.arange(d, dtype=dtype))
+
+
+def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covariance_type: str) -> GMMParams:
+    """Draw ``(pi, mu, Sigma)`` from their full conditional given the labels ``z`` (N,).
+
+    Parameters
+    ----------
+    key : jax key
+    xs : array (N, D)
+        Data (standardised in :func:`fit_gibbs`).
+    z : int array (N,)
+        Component labels.
+    prior : PriorArrays
+        The conjugate prior on the scale of ``xs``.
+    num_components : int
+        K (static).
+    covariance_type : str
+        Structure (static).
+
+    Returns
+    -------
+    GMMParams
+        An exact draw; an empty component's parameters come from the prior.
+    """
+    alpha, m0, kappa0, nu0, psi = prior
+    k, ct = num_components, covariance_type
+    dtype = xs.dtype
+    labels = jax.nn.one_hot(z, k, dtype=dtype)
+    nk = jnp.sum(labels, axis=0)
+    _, xbar, scatter = _stats.stats_precise(labels, xs, ct)
+    kappa_n = kappa0 + nk
+    centre = (kappa0 * m0[None] + nk[:, None] * xbar) / kappa_n[:, None]
+    dev = xbar - m0[None]
+    shrink = kappa0 * nk / kappa_n
+    d = xs.shape[1]
+    key_gamma, key_lower, key_mu = jax.random.split(key, 3)
+    concentration = jnp.broadcast_to(alpha, (k,)) + nk
+    if ct == "full":
+        shapes = _half_dfs(nu0 + nk, d, dtype)
+    elif ct == "tied":
+        shapes = _half_dfs(jnp.reshape(nu0 + jnp.sum(nk), (1,)), d, dtype)
+    elif ct == "diag":
+        shapes = 0.5 * (nu0 + nk)[:, None] * jnp.ones_like(xbar)
+    else:
+        shapes = 0.5 * (nu0 + nk * d)
+    log_w, log_g = _log_gamma_draws(key_gamma, [concentration, shapes])
+    weights = jax.nn.softmax(log_w) if k > 1 else jnp.ones(1, dtype)  # a Dirichlet draw
+    if ct in ("full", "tied"):
+        spread = scatter + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
+        if ct == "full":
+            cov = _inverse_wishart(log_g, key_lower, psi[None] + spread)
+            chol = jnp.linalg.cholesky(cov / kappa_n[:, None, None])
+        else:
+            cov = _inverse_wishart(log_g[0], key_lower, psi + jnp.sum(spread, axis=0))
+            chol = jnp.linalg.cholesky(cov[None] / kappa_n[:, None, None])
+        means = centre + jnp.einsum("kij,kj->ki", chol, jax.random.normal(key_mu, xbar.shape, dtype))
+        return GMMParams(weights, means, cov)
+    if ct == "diag":
+        cov = 0.5 * (psi[None] + scatter + shrink[:, None] * dev**2) * jnp.exp(-log_g)  # inverse gamma
+        sd_mean = jnp.sqrt(cov / kappa_n[:, None])
+    else:
+        cov = 0.5 * (psi + scatter + shrink * jnp.sum(dev**2, axis=-1)) * jnp.exp(-log_g)
+        sd_mean = jnp.sqrt(cov / kappa_n)[:, None]
+    means = centre + sd_mean * jax.random.normal(key_mu, xbar.shape, dtype)
+    return GMMParams(weights, means, cov)
+
+
+class SweepState(NamedTuple):
+    """A chain's state between sweeps: the parameters and their component log joint (N, K)."""
+
+    params: GMMParams
+    log_joint: jax.Array
+
+
+def start_state(xs, params: GMMParams, covariance_type: str) -> SweepState:
+    return SweepState(params, _numerics.log_joint_components(xs, *params, covariance_type))
+
+
+def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: int, covariance_type: str):
+    """One sweep: labels given the parameters, then the parameters given the labels.
+
+    Returns ``(new_state, (params, log_posterior, num_nonempty))`` where ``log_posterior`` is
+    ``log p(x, theta)`` of the new parameters (z summed out) and ``num_nonempty`` the number of
+    components the sampled labels occupy.
+    """
+    key_z, key_theta = jax.random.split(key)
+    z = sample_assignments(key_z, state.log_joint)
+    params = sample_parameters(key_theta, xs, z, prior, num_components, covariance_type)
+    log_joint = _numerics.log_joint_components(xs, *params, covariance_type)
+    lp = jnp.sum(jax.nn.logsumexp(log_joint, axis=-1)) + log_prior(params, prior, covariance_type)
+    num_nonempty = jnp.sum(jnp.bincount(z, length=num_components) > 0)
+    return SweepState(params, log_joint), (params, lp, num_nonempty)
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled sampler
+# ----------------------------------------------------------------------------------------------
+class _Config(NamedTuple):
+    """Static choices of one sampler program."""
+
+    num_components: int
+    covariance_type: str
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    progress_bar: bool
+
+
+@shared.without_validation
+def _program(xs, prior, key, use_user_init, user_init, *, config: _Config):
+    k, ct, c = config.num_components, config.covariance_type, config.num_chains
+    total = config.num_warmup + config.num_samples
+    key_map, key_chains = jax.random.split(key)
+    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), xs, prior, k, ct)
+    starts = jax.tree_util.tree_map(
+        lambda p, u: jnp.where(use_user_init, u, jnp.broadcast_to(p, u.shape)), pivot, user_init
+    )
+
+    def one_chain(chain_key, params0):
+        def step(state, inputs):
+            i, step_key = inputs
+            state, out = gibbs_sweep(step_key, state, xs, prior, k, ct)
+            if config.progress_bar:
+                tick_every("gibbs", i, tick_interval(total))
+            return state, out
+
+        steps = (jnp.arange(total), jax.random.split(chain_key, total))
+        _, out = jax.lax.scan(step, start_state(xs, params0, ct), steps)
+        return jax.tree_util.tree_map(lambda a: a[config.num_warmup:], out)
+
+    draws, lp, nonempty = jax.vmap(one_chain)(jax.random.split(key_chains, c), starts)
+    return pivot, draws, lp, nonempty
+
+
+#: The sampler, compiled ahead of time once per data shape, dtype and settings.
+PROGRAM = CompiledProgram(
+    _program, static_argnames=("config",),
+    memory_advice="Use fewer chains or draws, or a subsample (every sweep evaluates every row).",
+)
+
+
+def fit_gibbs(
+    x,
+    num_components: int,
+    *,
+    covariance_type: str = "full",
+    prior: Prior | None = None,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    init="map",
+    seed=0,
+    progress_bar: bool = False,
+    align: bool = True,
+) -> FitResult:
+    """Sample the posterior of the Bayesian Gaussian mixture by conjugate Gibbs sampling.
+
+    Parameters
+    ----------
+    x : array-like (N, D) or (N,)
+        Data; DataFrame column names become feature names.
+    num_components : int
+        K.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+    prior : Prior, optional
+        The conjugate prior; ``Prior.default(x, K)`` (mclust's weak prior) when None.
+    num_warmup, num_samples : int
+        Sweeps discarded as burn-in and sweeps kept, per chain. A sweep is cheap (one pass over
+        the rows) but its draws are more autocorrelated than NUTS's; check ``min_ess_bulk``.
+    num_chains : int
+        Chains, run ``vmap``-ed in one program.
+    init : "map", GMMParams or sequence of GMMParams
+        ``"map"`` (default): every chain starts at the MAP solution (k-means, then MAP-EM), as
+        NUTS does; the chains then differ through their labels' draws. A ``GMMParams``
+        (original scale) starts every chain there; a sequence of ``num_chains`` gives one each.
+    seed : int or jax key
+        Same seed, same draws, bit for bit.
+    progress_bar : bool
+        A tqdm bar of the sweeps, advanced from inside the compiled program (draws unchanged).
+    align : bool
+        Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`).
+
+    Returns
+    -------
+    FitResult
+        ``method="gibbs"``, shaped as NUTS's: ``draws`` (aligned) and ``raw_draws`` with axes
+        (chains, draws); the point estimate is the posterior mean of the aligned draws and
+        ``log_likelihood`` the training log-likelihood there; ``trace`` is ``log p(x, theta)``
+        of every draw (``objective="log_posterior"``). ``sample_stats``: ``lp`` and
+        ``num_nonempty`` (components the sampled labels occupy). ``converged`` is True when the
+        max R-hat is below 1.01. ``info``: ``min_ess_bulk``, ``max_rhat``,
+        ``label_switch_fraction``, ``compile_seconds``, ``run_seconds``, ``fit_seconds`` and
+        the settings.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Max R-hat >= 1.01 or min bulk ESS below 100 per chain.
+
+    Raises
+    ------
+    ValueError
+        Invalid data, settings, prior or starting values.
+
+    See Also
+    --------
+    bayesgmm.fit_mcmc : NUTS on the same model and prior, z summed out.
+    """
+    arr, names = check_data(x)
+    n, d = arr.shape
+    k = check_num_components(num_components, n)
+    check_covariance_type(covariance_type)
+    num_warmup = check_int("num_warmup", num_warmup, 0)
+    num_samples = check_int("num_samples", num_samples, 1)
+    num_chains = check_int("num_chains", num_chains, 1)
+    if not isinstance(progress_bar, (bool, np.bool_)):
+        raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
+    prior = check_prior(prior, d, k, default_from=arr)
+    std = shared.standardise(arr, k, covariance_type, prior)
+    if isinstance(init, str) and init == "map":
+        user_init = shared.placeholder_init(k, d, covariance_type, std.dtype, num_chains)
+    elif isinstance(init, str):
+        raise ValueError(f"init must be 'map', a GMMParams or a sequence of them; got {init!r}.")
+    else:
+        user_init = chain_starts(init, k, d, num_chains, covariance_type, std.shift, std.sd, std.dtype)
+    config = _Config(k, covariance_type, num_warmup, num_samples, num_chains, bool(progress_bar))
+    steps = num_warmup + num_samples
+    with progress("gibbs", steps, enabled=bool(progress_bar), desc=f"Gibbs {num_chains} chain(s) x {steps} sweeps"):
+        timed = PROGRAM(std.xs, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)), user_init,
+                        config=config)
+    pivot_std, draws_std, lp, nonempty = timed.outputs
+
+    done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)
+    stats = {"lp": done.log_posterior, "num_nonempty": np.asarray(nonempty, np.int64)}
+    ess_min, rhat_max = chain_diagnostics(done.draws)
+    converged = warn_if_unconverged(
+        "Gibbs", rhat_max, ess_min, num_chains,
+        "Run more num_warmup/num_samples or chains, and check the number of components.",
+    )
+    return FitResult(
+        method="gibbs",
+        covariance_type=covariance_type,
+        weights=done.point.weights,
+        means=done.point.means,
+        covariances=done.point.covariances,
+        log_likelihood=training_log_likelihood(arr, done.point, covariance_type),
+        converged=converged,
+        n_iter=num_samples,
+        trace=done.log_posterior.reshape(-1),
+        objective="log_posterior",
+        feature_names=names,
+        num_obs=n,
+        prior=prior,
+        draws=done.draws,
+        raw_draws=done.raw_draws,
+        sample_stats=stats,
+        info={
+            "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
+            "min_ess_bulk": ess_min,
+            "max_rhat": rhat_max,
+            "compile_seconds": timed.compile_seconds,
+            "run_seconds": timed.run_seconds,
+            "fit_seconds": timed.compile_seconds + timed.run_seconds,
+            "label_switch_fraction": done.label_switch_fraction,
+            "num_warmup": num_warmup,
+            "num_samples": num_samples,
+            "num_chains": num_chains,
+            "init": "map" if isinstance(init, str) else "user",
+            "map_log_likelihood": training_log_likelihood(arr, done.pivot, covariance_type),
+            "dtype": str(std.dtype),
+        },
+    )

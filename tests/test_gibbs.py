@@ -1,0 +1,166 @@
+"""The conjugate Gibbs sampler against independent references: the closed-form posterior of one
+Gaussian (K = 1, where every sweep is an exact independent posterior draw) and simulation-based
+calibration. The comparison with NUTS on the same data and prior (K = 2, z summed out there and
+sampled here) is in test_mcmc.py, beside the NUTS fit it uses.
+
+Tolerances are Monte Carlo errors: 4.5 standard errors from the draws' own ESS."""
+
+import warnings
+
+import numpy as np
+import pytest
+from _references import niw_posterior
+from conftest import GIBBS_SETTINGS as SETTINGS
+
+import bayesgmm as bg
+from bayesgmm.diagnostics import ess_bulk
+from bayesgmm.params import ConvergenceWarning, GMMParams, Prior
+
+
+def _quiet(fit, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def one_gaussian():
+    rng = np.random.default_rng(5)
+    x = rng.multivariate_normal([1.0, -2.0], [[2.0, 0.6], [0.6, 0.5]], size=40)
+    prior = Prior(weight_concentration=1.0, mean=np.array([0.5, 0.0]), mean_precision=0.5,
+                  degrees_of_freedom=5.0, scale=np.array([[1.5, 0.2], [0.2, 0.8]]))
+    return x, prior
+
+
+def _closed_form(x, prior, covariance_type):
+    """Posterior mean of mu, its marginal variance, and the posterior mean of the covariance
+    parameter as stored for ``covariance_type`` (K = 1)."""
+    m0, k0, nu0, psi0 = prior.mean, prior.mean_precision, prior.degrees_of_freedom, prior.scale
+    n, d = x.shape
+    if covariance_type == "full":
+        mn, kn, nun, psin = niw_posterior(x, m0, k0, nu0, psi0)
+        mean_cov = psin / (nun - d - 1)
+        return mn, np.diag(mean_cov) / kn, mean_cov
+    xbar = x.mean(0)
+    kn = k0 + n
+    mn = (k0 * m0 + n * xbar) / kn
+    dev2 = k0 * n / kn * (xbar - m0) ** 2
+    s = ((x - xbar) ** 2).sum(0)
+    if covariance_type == "diag":  # one inverse gamma per feature
+        shape, rate = 0.5 * (nu0 + n), 0.5 * (np.diag(psi0) + s + dev2)
+    else:  # spherical: one variance, the prior scale's mean diagonal
+        shape, rate = 0.5 * (nu0 + n * d), 0.5 * (np.trace(psi0) / d + s.sum() + dev2.sum())
+    mean_var = rate / (shape - 1)
+    return mn, np.broadcast_to(mean_var, (d,)) / kn, mean_var
+
+
+@pytest.mark.parametrize("covariance_type", ["full", pytest.param("diag", marks=pytest.mark.slow),
+                                             pytest.param("spherical", marks=pytest.mark.slow)])
+def test_one_component_draws_the_closed_form_posterior(one_gaussian, covariance_type):
+    """K = 1: the labels are trivial, each sweep is an exact draw of (mu, Sigma) | x."""
+    x, prior = one_gaussian
+    res = bg.fit_gibbs(x, 1, covariance_type=covariance_type, prior=prior, seed=0, **SETTINGS)
+    mu_mean, mu_var, cov_mean = _closed_form(x, prior, covariance_type)
+    means = res.draws["means"][..., 0, :]  # (chains, draws, D)
+    covs = res.draws["covariances"][:, :, 0]  # (chains, draws) + the stored shape of one covariance
+    num = means.shape[0] * means.shape[1]
+    se_mu = means.std(axis=(0, 1)) / np.sqrt(num)
+    assert np.all(np.abs(means.mean(axis=(0, 1)) - mu_mean) < 4.5 * se_mu)
+    # the variance of the draws: relative standard error about sqrt(2 / num) (+ heavier tails)
+    np.testing.assert_allclose(means.var(axis=(0, 1)), mu_var, rtol=0.12)
+    se_cov = covs.std(axis=(0, 1)) / np.sqrt(num)
+    assert np.all(np.abs(covs.mean(axis=(0, 1)) - cov_mean) < 4.5 * se_cov + 1e-12)
+    assert np.all(ess_bulk(means) > 0.5 * num)  # independent draws
+    assert res.converged and res.method == "gibbs"
+
+
+def test_tied_one_component_is_the_full_posterior(one_gaussian):
+    """With K = 1 a tied covariance is the full one: the same closed form."""
+    x, prior = one_gaussian
+    res = bg.fit_gibbs(x, 1, covariance_type="tied", prior=prior, seed=1, num_warmup=50, num_samples=1000,
+                       num_chains=4)
+    mu_mean, _, cov_mean = _closed_form(x, prior, "full")
+    covs = res.draws["covariances"]
+    se = covs.std(axis=(0, 1)) / np.sqrt(covs.shape[0] * covs.shape[1])
+    assert np.all(np.abs(covs.mean(axis=(0, 1)) - cov_mean) < 4.5 * se)
+    means = res.draws["means"][..., 0, :]
+    assert np.all(np.abs(means.mean(axis=(0, 1)) - mu_mean) < 4.5 * means.std(axis=(0, 1)) / np.sqrt(4000))
+
+
+def test_result_diagnostics_and_arviz(faithful_gibbs, faithful):
+    import arviz as az
+
+    res = faithful_gibbs
+    assert res.draws["means"].shape == (4, 1000, 2, 2) and res.raw_draws["means"].shape == (4, 1000, 2, 2)
+    assert res.sample_stats["lp"].shape == (4, 1000) and set(np.unique(res.sample_stats["num_nonempty"])) == {2}
+    # lp is log p(x, theta) of each draw, on the original scale: recompute one in float64
+    from _references import log_joint
+
+    c, s = 2, 17
+    draw = GMMParams(*(res.raw_draws[n][c, s] for n in ("weights", "means", "covariances")))
+    np.testing.assert_allclose(res.sample_stats["lp"][c, s], log_joint(faithful, draw, res.prior), rtol=1e-9)
+    assert res.diagnostics.max_rhat < 1.01 and res.diagnostics.min_ess_bulk > 400
+    assert np.isnan(res.diagnostics.num_divergences) and res.converged
+    idata = res.to_inference_data(faithful)
+    assert idata.log_likelihood["x"].shape == (4, 1000, 272)
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo) and abs(loo.elpd_loo - res.log_likelihood) < 20
+
+
+def test_same_seed_same_draws_one_program(faithful_gibbs, faithful):
+    bg.fit_gibbs(faithful, 2, seed=0, **SETTINGS)  # compiled here if the session's fit was in another module
+    again = bg.fit_gibbs(faithful, 2, seed=0, **SETTINGS)
+    assert again.info["compile_seconds"] == 0.0
+    np.testing.assert_array_equal(again.raw_draws["means"], faithful_gibbs.raw_draws["means"])
+    other = bg.fit_gibbs(faithful, 2, seed=1, **SETTINGS)
+    assert not np.array_equal(other.raw_draws["means"], faithful_gibbs.raw_draws["means"])
+    # given starts: one program with the MAP start; permuted starts end aligned to the same labels
+    p = faithful_gibbs.params
+    swapped = GMMParams(p.weights[::-1], p.means[::-1], p.covariances[::-1])
+    permuted = bg.fit_gibbs(faithful, 2, seed=0, init=[p, swapped, p, swapped], **SETTINGS)
+    assert permuted.info["compile_seconds"] == 0.0
+    np.testing.assert_allclose(permuted.means, faithful_gibbs.means, rtol=0.02)
+
+
+def test_registered_engine_in_compare_and_estimator(faithful, faithful_gibbs):
+    from bayesgmm.estimator import GaussianMixture
+
+    est = GaussianMixture(2, method="gibbs", random_state=0, engine_kwargs=SETTINGS).fit(faithful)
+    np.testing.assert_array_equal(est.means_, faithful_gibbs.means)
+    assert np.isfinite(est.score(faithful)) and est.predict(faithful).shape == (272,)
+    table = _quiet(bg.compare, faithful, 2, methods=["em", "gibbs"], seed=0, engine_kwargs={"gibbs": SETTINGS})
+    assert list(table["method"]) == ["em", "gibbs"]
+
+
+def test_sbc_is_calibrated_fast():
+    """K = 2, D = 1 (few replications: catches gross errors; the slow test has power)."""
+    prior = Prior(weight_concentration=5.0, mean=np.zeros(1), mean_precision=0.2, degrees_of_freedom=5.0,
+                  scale=4.0 * np.eye(1))
+    res = _quiet(bg.sbc, 2, 30, prior=prior, method="gibbs", num_replications=60, num_ranks=19, seed=0,
+                 engine_kwargs={"num_warmup": 100, "num_samples": 400, "num_chains": 1})
+    assert res.ranks.shape == (60, 6)
+    assert res.p_values.to_numpy().min() > 1e-3, res.p_values
+
+
+@pytest.mark.slow
+def test_sbc_is_calibrated():
+    prior = Prior(weight_concentration=5.0, mean=np.zeros(2), mean_precision=0.2, degrees_of_freedom=6.0,
+                  scale=5.0 * np.eye(2))
+    res = _quiet(bg.sbc, 2, 50, prior=prior, method="gibbs", num_replications=300, num_ranks=49, seed=1)
+    assert res.p_values.to_numpy().min() > 1e-3, res.p_values
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_samples=0), "num_samples"),
+        (dict(num_chains=1.5), "num_chains"),
+        (dict(init="uniform"), "init must be 'map'"),
+        (dict(init=[1, 2]), "sequence of num_chains"),
+        (dict(covariance_type="banded"), "covariance_type"),
+        (dict(progress_bar="yes"), "progress_bar"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match, faithful):
+    with pytest.raises(ValueError, match=match):
+        bg.fit_gibbs(faithful, 2, **kwargs)
