@@ -43,6 +43,7 @@ __all__ = [
     "plot_density_1d",
     "plot_em_iterations",
     "plot_engines",
+    "plot_num_components",
     "plot_posterior_ellipses",
     "plot_sbc_ranks",
     "plot_selection",
@@ -455,6 +456,36 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
     status = "converged" if result.converged else "not converged"
     ax.set_title(f"{result.method}: {status} after {result.n_iter} iterations", fontsize="medium")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    _style(ax)
+    return ax
+
+
+def plot_num_components(posterior, ax=None, *, title: str | None = None):
+    """Bar chart of the posterior of the number of non-empty components.
+
+    Parameters
+    ----------
+    posterior : pandas.Series
+        ``FitResult.num_components_posterior(...)``: probabilities indexed by k = 1..K.
+    ax : matplotlib Axes, optional
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    probs = np.asarray(posterior, dtype=np.float64)
+    ks = np.asarray(getattr(posterior, "index", np.arange(1, probs.size + 1)), dtype=int)
+    if probs.ndim != 1 or probs.size == 0 or not np.all(np.isfinite(probs)) or np.any(probs < 0):
+        raise ValueError("posterior must be the probabilities of FitResult.num_components_posterior (a Series).")
+    ax = _new_axes(ax, figsize=(4.6, 3.2))
+    mode = int(ks[np.argmax(probs)])
+    ax.bar(ks, probs, color=[_PALETTE[1] if k == mode else _PALETTE[0] for k in ks], width=0.7)
+    ax.set_xticks(ks)
+    ax.set_xlabel("number of non-empty components $K_+$")
+    ax.set_ylabel("posterior probability")
+    ax.set_ylim(0, max(1e-9, probs.max()) * 1.12)
+    ax.set_title(title or f"posterior of $K_+$ (mode {mode}, P = {probs.max():.2f})", fontsize="medium")
     _style(ax)
     return ax
 

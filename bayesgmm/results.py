@@ -348,6 +348,76 @@ class FitResult:
             proba += np.exp(rows.log_resp)
         return density - np.log(w.shape[0]), proba / w.shape[0]
 
+    def num_components_posterior(self, x=None, *, max_draws: int = 4000, seed=0):
+        """Posterior distribution of the number of non-empty components, ``K+``.
+
+        From an overfitted mixture (K larger than the data need) under a sparse prior on the
+        weights (``Prior(weight_concentration=0.01)`` or so: Malsiner-Walli, Frühwirth-Schnatter &
+        Grün 2016), the posterior of ``K+``, the number of components the labels ``z`` occupy,
+        estimates how many clusters the data support. A Gibbs fit (:func:`bayesgmm.fit_gibbs`)
+        samples the labels and records ``K+`` per draw (``sample_stats["num_nonempty"]``); for
+        the other engines' draws (NUTS, SVI, VB) pass ``x``: the labels are then drawn from
+        ``p(z | x, theta)`` once per draw (up to ``max_draws`` evenly spaced draws).
+
+        Parameters
+        ----------
+        x : array-like (N, D), optional
+            The training data; needed unless the fit sampled its labels.
+        max_draws : int
+            Draws used when labels are drawn here.
+        seed : int
+            Seed of those label draws.
+
+        Returns
+        -------
+        pandas.Series
+            ``P(K+ = k | x)`` for k = 1..K (index ``num_nonempty``), summing to one.
+
+        Raises
+        ------
+        ValueError
+            A point estimate (no draws), or draws without labels and no ``x``.
+
+        Notes
+        -----
+        Caveats (Frühwirth-Schnatter & Malsiner-Walli 2019): ``K+`` is the number of *filled*
+        components of one overfitted model, not the number of components K under a prior on K;
+        its posterior depends on the weight concentration (smaller values empty more components)
+        and on the component prior; a cluster that is not Gaussian is covered by several
+        components, so ``K+`` counts components, which are clusters only when the Gaussian
+        shape fits them. Label switching does not matter (``K+`` is invariant to it).
+        """
+        import pandas as pd
+
+        k = self.num_components
+        stats = self.sample_stats or {}
+        if "num_nonempty" in stats:
+            counts = np.asarray(stats["num_nonempty"]).ravel()
+        elif not self._has_draws():
+            raise ValueError(
+                f"num_components_posterior needs posterior draws; this {self.method!r} fit is a point estimate. "
+                "Fit an overfitted K with a sparse prior by fit_gibbs (or fit_mcmc, fit_vb) instead."
+            )
+        elif x is None:
+            raise ValueError(
+                f"num_components_posterior of a {self.method!r} fit needs the training data x: its draws carry no "
+                "labels, so they are drawn from p(z | x, theta) for each draw. Pass x (fit_gibbs records them)."
+            )
+        else:
+            arr = self._check(x)
+            w, m, c = self._flat_draws(max_draws)
+            rng = np.random.default_rng(seed)
+            frame = self._frame()
+            counts = np.empty(w.shape[0], np.int64)
+            for s in range(w.shape[0]):
+                rows = _numerics.score_rows(arr, w[s], m[s], c[s], self.covariance_type, responsibilities=True,
+                                            frame=frame)
+                cdf = np.cumsum(np.exp(rows.log_resp), axis=1)
+                labels = np.minimum(np.sum(cdf < rng.uniform(size=(len(arr), 1)) * cdf[:, -1:], axis=1), k - 1)
+                counts[s] = np.unique(labels).size
+        probs = np.bincount(counts, minlength=k + 1)[1 : k + 1] / counts.size
+        return pd.Series(probs, index=pd.RangeIndex(1, k + 1, name="num_nonempty"), name="probability")
+
     # ------------------------------------------------------------------ prediction
     def predict_proba(self, x) -> np.ndarray:
         """Posterior probability of each component for each row of ``x``, shape (N, K), float64.

@@ -1,4 +1,5 @@
-"""NUTS efficiency of ``bayesgmm.fit_mcmc`` against PyMC: compile time, sampling time, min ESS per second.
+"""NUTS efficiency of ``bayesgmm.fit_mcmc`` against PyMC, and the Gibbs sampler ``bayesgmm.fit_gibbs``
+against NUTS: compile time, sampling time, min ESS per second.
 
 Cases: Old Faithful (N=272, D=2) with K=2, and simulated data (``make_mixture``, N=1000, D=2,
 K=3); full covariances, the default prior ``Prior.default(x, K)``.
@@ -8,6 +9,9 @@ Rows
 * ``bayesgmm 1 chain f32``: the measured reference of the issue, ONE chain of ``fit_mcmc``
   (num_warmup=1000, num_samples=1000) in float32 (JAX's default precision);
   ``bayesgmm 4 chains f32``: the default 4 chains, ``vmap``-ed in one program.
+* ``bayesgmm Gibbs 4 chains f32``: ``fit_gibbs`` with the same warmup and draws per chain (a
+  sweep is far cheaper than a NUTS trajectory, its draws more autocorrelated); the row adds
+  ``Gibbs/NUTS``, the ratio of its min-ESS/s to that of the 4 NUTS chains.
 * ``PyMC 1 chain f64``: PyMC's default NUTS (``pm.sample``: jitter+adapt_diag, target_accept
   0.8, same warmup and draws), one chain, in a separate virtual environment
   (``.venv-pymc``, see below), run as a subprocess with OPENBLAS_NUM_THREADS=1.
@@ -61,6 +65,8 @@ Run::
 
     .venv/bin/python benchmarks/mcmc_ess.py [--num-warmup 1000] [--num-samples 1000]
         [--skip-pymc] [--skip-latency] [--pymc-python PATH]
+
+(``--skip-pymc --skip-latency``: the bayesgmm rows only, NUTS and Gibbs.)
 """
 
 from __future__ import annotations
@@ -194,6 +200,18 @@ def run_bayesgmm(x, k, chains, args):
     return dict(compile=i["compile_seconds"], sample=i["run_seconds"], ess=ess, div=i["num_divergences"], rhat=rhat)
 
 
+def run_gibbs(x, k, chains, args):
+    from bayesgmm.gibbs import fit_gibbs
+    from bayesgmm.params import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        r = fit_gibbs(x, k, num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=chains, seed=0)
+    ess, rhat = min_ess_max_rhat(r.draws)
+    i = r.info
+    return dict(compile=i["compile_seconds"], sample=i["run_seconds"], ess=ess, div=0, rhat=rhat)
+
+
 def run_pymc(x, k, args):
     """PyMC's NUTS on the same model, prior and standardised data, in its own environment."""
     import bayesgmm as bg
@@ -258,9 +276,10 @@ def first_call_latency(cache_dir=None):
 HEADER = f"{'run':<44} {'compile':>8} {'sample':>8} {'minESS':>8} {'ESS/s':>8} {'div':>5} {'R-hat':>7} {'load1':>6}"
 
 
-def fmt(name, r, ref=None):
+def fmt(name, r, ref=None, versus="bayesgmm/PyMC", invert=True):
     rate = r["ess"] / r["sample"]
-    ratio = "" if ref is None else f"  bayesgmm/PyMC = {(ref['ess'] / ref['sample']) / rate:.1f}x"
+    ref_rate = None if ref is None else ref["ess"] / ref["sample"]
+    ratio = "" if ref is None else f"  {versus} = {(ref_rate / rate if invert else rate / ref_rate):.1f}x"
     return (f"{name:<44} {r['compile']:8.2f} {r['sample']:8.2f} {r['ess']:8.0f} {rate:8.1f} "
             f"{r['div']:5d} {r['rhat']:7.3f} {os.getloadavg()[0]:6.2f}{ratio}")
 
@@ -279,7 +298,10 @@ def main(args):
     for name, x, k in cases():
         ref = run_bayesgmm(x, k, 1, args)
         print(fmt(f"{name} bayesgmm 1 chain f32", ref), flush=True)
-        print(fmt(f"{name} bayesgmm 4 chains f32", run_bayesgmm(x, k, 4, args)), flush=True)
+        nuts4 = run_bayesgmm(x, k, 4, args)
+        print(fmt(f"{name} bayesgmm 4 chains f32", nuts4), flush=True)
+        print(fmt(f"{name} bayesgmm Gibbs 4 chains f32", run_gibbs(x, k, 4, args), nuts4, "Gibbs/NUTS", False),
+              flush=True)
         if not pymc_ok:
             print(f"{name} PyMC not available ({args.pymc_python} missing or --skip-pymc)", flush=True)
             continue

@@ -164,3 +164,45 @@ def test_sbc_is_calibrated():
 def test_bad_arguments_raise(kwargs, match, faithful):
     with pytest.raises(ValueError, match=match):
         bg.fit_gibbs(faithful, 2, **kwargs)
+
+
+def test_posterior_of_the_number_of_components_on_galaxies():
+    """Overfitted K = 10 under a sparse Dirichlet (0.01) on the galaxy velocities: the posterior of
+    K+ has its mode in 3..7 and almost no mass at k <= 2 (Frühwirth-Schnatter & Malsiner-Walli 2019)."""
+    import matplotlib.pyplot as plt
+
+    from bayesgmm.plotting import plot_num_components
+
+    x = bg.datasets.load_galaxies()
+    prior = Prior.default(x, 10, weight_concentration=0.01)
+    fit = _quiet(bg.fit_gibbs, x, 10, prior=prior, seed=0, num_warmup=500, num_samples=1000)
+    post = fit.num_components_posterior()
+    assert list(post.index) == list(range(1, 11)) and post.sum() == pytest.approx(1.0)
+    assert 3 <= post.idxmax() <= 7 and post.loc[:2].sum() < 0.01, post
+    ax = plot_num_components(post)
+    assert len(ax.patches) == 10 and str(post.idxmax()) in ax.get_title()
+    plt.close(ax.figure)
+
+
+def test_drawn_labels_give_the_exact_occupancy_probabilities(faithful_gibbs):
+    """Without recorded labels (NUTS, VB draws) K+ is counted from labels drawn per draw: with every
+    draw at one theta, P(K+ = 1) = prod_n r_n1 + prod_n r_n2 exactly (rows between the clusters)."""
+    import dataclasses
+
+    from _references import responsibilities
+
+    p = faithful_gibbs.params
+    x = np.array([[3.0, 65.0], [3.2, 67.0], [3.4, 69.0], [2.9, 66.0]])
+    r = responsibilities(x, p.weights, p.means, p.covariances)
+    exact_one = np.prod(r[:, 0]) + np.prod(r[:, 1])
+    assert 0.05 < exact_one < 0.95  # the rows really are shared
+    s = 4000
+    draws = {name: np.broadcast_to(v, (1, s) + v.shape).copy() for name, v in zip(("weights", "means", "covariances"), p)}
+    fit = dataclasses.replace(faithful_gibbs, draws=draws, raw_draws=draws, sample_stats=None)
+    with pytest.raises(ValueError, match="needs the training data x"):
+        fit.num_components_posterior()
+    post = fit.num_components_posterior(x, seed=3)
+    assert abs(post.loc[1] - exact_one) < 4.5 * np.sqrt(exact_one * (1 - exact_one) / s)
+    assert post.loc[1] + post.loc[2] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="point estimate"):
+        bg.fit_em(x, 1).num_components_posterior(x)
