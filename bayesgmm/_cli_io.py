@@ -326,6 +326,10 @@ def print_fit(result, out=None):
         print(f"  component {k}: weight {result.weights[k]:.4f}, mean ({mean})", file=out)
         sd = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, result.full_covariances[k].diagonal() ** 0.5))
         print(f"               sd ({sd})", file=out)
+    if result.sample_stats and "num_nonempty" in result.sample_stats:
+        post = result.num_components_posterior()
+        shown = ", ".join(f"{k}: {p:.3f}" for k, p in post.items() if p >= 0.0005)
+        print(f"  posterior of the number of non-empty components: {shown}", file=out)
 
 
 def fit_figure(result, x):

@@ -78,24 +78,32 @@ _EM_NO_PRIOR = ("--method em is maximum likelihood and takes no prior (engine op
 
 def _prior_option(value, x, k):
     """The engine option ``prior``: "default" (Prior.default of the data; for a stream, resolved by
-    the streaming engine from its first pass) or a table of Prior fields."""
+    the streaming engine from its first pass) or a table of Prior fields, the fields it leaves out
+    taken from Prior.default (``prior={weight_concentration=0.01}``: the sparse prior of an
+    overfitted mixture)."""
+    import dataclasses
+
     from .params import Prior
 
     if isinstance(value, str) and value == "default":
         return "default" if x is None else Prior.default(x, k)
     if isinstance(value, dict):
         fields = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
-        missing, unknown = [f for f in fields if f not in value], sorted(set(value) - set(fields))
-        if missing or unknown:
-            what = "; ".join(([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else []))
-            raise UsageError(f"engine option prior: a prior table has exactly the fields {list(fields)} ({what}); "
-                             "or give prior=default.")
+        unknown = sorted(set(value) - set(fields))
+        if unknown or not value:
+            raise UsageError(f"engine option prior: a prior table takes the fields {list(fields)} (unknown {unknown}); "
+                             "those it leaves out are Prior.default's. Or give prior=default.")
         try:
-            return Prior(**value)
+            if all(f in value for f in fields):
+                return Prior(**value)
+            if x is None:
+                raise UsageError(f"engine option prior: with --stream a prior table needs every field {list(fields)}, "
+                                 "or give prior=default.")
+            return Prior(**{**dataclasses.asdict(Prior.default(x, k)), **value})
         except (TypeError, ValueError) as err:
             raise UsageError(f"engine option prior: not a valid prior table ({first_line(err)}); give prior=default or "
                              "prior={weight_concentration=..., mean=[...], mean_precision=..., "
-                             "degrees_of_freedom=..., scale=[[...]]}.") from None
+                             "degrees_of_freedom=..., scale=[[...]]} (fields left out are Prior.default's).") from None
     raise UsageError(f"engine option prior must be 'default' or a table of Prior fields, got {value!r}.")
 
 

@@ -1,6 +1,7 @@
 """The command line: every command end to end on small data, the TOML runner, exit codes."""
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -470,6 +471,25 @@ def test_a_prior_is_never_dropped_and_map_em_streams(tmp_path, capsys):
     assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-4)
 
 
+def test_gibbs_with_a_partial_prior_table_reports_the_number_of_components(tmp_path, capsys):
+    """An overfitted sparse Gibbs fit from the command line: the prior table's missing fields are
+    Prior.default's, and the posterior of K+ is printed and kept in the NetCDF file."""
+    out = tmp_path / "g"
+    argv = ["fit", "--dataset", "galaxies", "-k", "10", "--method", "gibbs", "--engine-option", "num_warmup=500",
+            "--engine-option", "num_samples=1000", "--engine-option", "prior={weight_concentration=0.01}",
+            "--no-progress", "--no-plot", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    fit = bg.load_result(out / "gibbs_k10.nc")
+    x = bg.datasets.load_galaxies()
+    expected = dataclasses.replace(bg.Prior.default(x, 10), weight_concentration=0.01)
+    np.testing.assert_allclose(fit.prior.scale, expected.scale)
+    assert float(np.asarray(fit.prior.weight_concentration)) == 0.01
+    post = fit.num_components_posterior()
+    line = next(li for li in printed.splitlines() if "posterior of the number of non-empty components" in li)
+    assert f"{post.idxmax()}: {post.max():.3f}" in line
+
+
 def test_parquet_is_read_by_the_plain_install(csv, tmp_path, capsys):
     import tomllib
     from pathlib import Path
@@ -554,9 +574,9 @@ def test_select_takes_a_label_column(csv, tmp_path, capsys):
         (["simulate", "--separation", "nan"], "separation must be a finite number >= 0"),
         (["compare", "--dataset", "faithful", "-k", "2", "--methods", "em", "--engine-option", "em.bogus=1"],
          "engine option(s) ['bogus'] are not options of method 'em' (fit_em); its options are ["),
-        (["fit", "--dataset", "faithful", "-k", "2", "--method", "vb", "--engine-option", "prior={mean=[0, 0]}"],
-         "a prior table has exactly the fields ['weight_concentration', 'mean', 'mean_precision', "
-         "'degrees_of_freedom', 'scale'] (missing ['weight_concentration', 'mean_precision', "),
+        (["fit", "--dataset", "faithful", "-k", "2", "--method", "vb", "--engine-option", "prior={concentration=1}"],
+         "a prior table takes the fields ['weight_concentration', 'mean', 'mean_precision', "
+         "'degrees_of_freedom', 'scale'] (unknown ['concentration']); those it leaves out are Prior.default's"),
         (["run", "{sbc_toml}"], "Prior weight_concentration must be a number or a non-empty array of numbers"),
     ],
 )
