@@ -273,14 +273,14 @@ def first_call_latency(cache_dir=None):
     return [float(v) for v in out]
 
 
-HEADER = f"{'run':<44} {'compile':>8} {'sample':>8} {'minESS':>8} {'ESS/s':>8} {'div':>5} {'R-hat':>7} {'load1':>6}"
+HEADER = f"{'run':<48} {'compile':>8} {'sample':>8} {'minESS':>8} {'ESS/s':>8} {'div':>5} {'R-hat':>7} {'load1':>6}"
 
 
 def fmt(name, r, ref=None, versus="bayesgmm/PyMC", invert=True):
     rate = r["ess"] / r["sample"]
     ref_rate = None if ref is None else ref["ess"] / ref["sample"]
     ratio = "" if ref is None else f"  {versus} = {(ref_rate / rate if invert else rate / ref_rate):.1f}x"
-    return (f"{name:<44} {r['compile']:8.2f} {r['sample']:8.2f} {r['ess']:8.0f} {rate:8.1f} "
+    return (f"{name:<48} {r['compile']:8.2f} {r['sample']:8.2f} {r['ess']:8.0f} {rate:8.1f} "
             f"{r['div']:5d} {r['rhat']:7.3f} {os.getloadavg()[0]:6.2f}{ratio}")
 
 
