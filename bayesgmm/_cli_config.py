@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="Old Faithful with every engine: comparison table, figures, fits")
     _common(demo, out_default="bayesgmm_demo")
-    demo.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "svi", "mcmc"],
+    demo.add_argument("--methods", nargs="+", choices=ENGINES, default=["em", "vb", "svi", "mcmc", "gibbs"],
                       help="engines to run besides k-means (default: %(default)s)")
     _engine_option_args(demo, one_engine=False)
     _progress_args(demo)

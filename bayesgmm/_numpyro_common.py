@@ -154,7 +154,7 @@ def site_values(params: GMMParams, num_components: int) -> dict:
     return values
 
 
-def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type: str) -> GMMParams:
+def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type: str, row_weight=None) -> GMMParams:
     """A MAP solution: k-means seedings, each refined by closed-form MAP-EM; the best log posterior.
 
     Traced inside the engines' compiled programs (the seedings are ``vmap``-ed, the
@@ -174,6 +174,8 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
         K (static).
     covariance_type : str
         Covariance structure (static).
+    row_weight : array (N,), optional
+        1 for the data's rows, 0 for padding rows (a program built for a row bucket).
 
     Returns
     -------
@@ -184,8 +186,10 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
     d = xs.shape[1]
     z = _stats.suff_features(xs, covariance_type)
     prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
+    w = None if row_weight is None else row_weight.astype(xs.dtype)
 
     def m_step(resp):
+        resp = resp if w is None else resp * w[:, None]
         return _stats.m_step(*_stats.stats_fast(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
 
     def e_step(params):
@@ -193,9 +197,10 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
 
     def one(key):
         u = jax.random.uniform(key, (k, num_trials(k)), xs.dtype)
-        params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k), k, dtype=xs.dtype))
+        params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k, sample_weight=w), k, dtype=xs.dtype))
         params = jax.lax.fori_loop(0, MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
-        obj = jnp.sum(e_step(params)[1]) + log_prior(params, prior_map, covariance_type)
+        per_row = e_step(params)[1]
+        obj = jnp.sum(per_row if w is None else w * per_row) + log_prior(params, prior_map, covariance_type)
         return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
 
     params, obj = jax.vmap(one)(keys)

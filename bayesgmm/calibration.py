@@ -266,7 +266,7 @@ def sbc(
         (Dirichlet concentration of 5: no near-empty components; ``E[Sigma_k] = I``; the means
         spread about 2.2 standard deviations of a component, so components overlap moderately.)
         The number of features D is that of the prior.
-    method : {"vb", "svi", "mcmc"} or callable
+    method : {"vb", "svi", "mcmc", "gibbs"} or callable
         Engine: :func:`bayesgmm.fit_vb`, :func:`bayesgmm.fit_svi` or :func:`bayesgmm.fit_mcmc`.
         A callable ``fit(x, num_components, *, covariance_type, prior, seed, **engine_kwargs)``
         returning a :class:`~bayesgmm.FitResult` with ``draws`` calibrates any other engine

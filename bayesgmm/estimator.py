@@ -272,9 +272,9 @@ class GaussianMixture(_DensityMixin, _Base):
     ----------
     n_components : int, default=1
         Number of mixture components K.
-    method : {"em", "vb", "svi", "mcmc"}, default="em"
+    method : {"em", "vb", "svi", "mcmc", "gibbs"}, default="em"
         Engine: :func:`bayesgmm.fit_em` (maximum likelihood, or MAP with a ``prior``),
-        :func:`bayesgmm.fit_vb`, ``bayesgmm.fit_svi``, :func:`bayesgmm.fit_mcmc`.
+        :func:`bayesgmm.fit_vb`, :func:`bayesgmm.fit_svi`, :func:`bayesgmm.fit_mcmc` (NUTS), :func:`bayesgmm.fit_gibbs`.
     covariance_type : {"full", "diag", "spherical", "tied"}, default="full"
         As scikit-learn; the Bayesian engines may support only some structures (they raise a
         ValueError saying which).

@@ -105,7 +105,7 @@ def _check_methods(methods) -> tuple:
 
 def fit(x, num_components: int, method: str, *, covariance_type: str = "full", prior: Prior | None = None,
         seed=0, **kwargs) -> FitResult:
-    """Fit ``x`` with the engine named ``method`` ("em", "map-em", "vb", "svi" or "mcmc").
+    """Fit ``x`` with the engine named ``method`` ("em", "map-em", "vb", "svi", "mcmc" or "gibbs").
 
     ``"map-em"`` is EM with ``prior`` (default ``Prior.default(x, K)``); the Bayesian engines
     receive ``prior`` too (their own default when None). ``prior="default"`` is
@@ -247,7 +247,7 @@ def compare(
     x : array-like (N, D)
         Training data.
     num_components : int
-    methods : sequence of {"em", "map-em", "vb", "svi", "mcmc", "kmeans"}
+    methods : sequence of {"em", "map-em", "vb", "svi", "mcmc", "gibbs", "kmeans"}
     covariance_type : str
         Used by every engine (VB covers "full" and "diag").
     prior : Prior, optional

@@ -20,7 +20,8 @@ The stationary distribution is the model's posterior, the one NUTS samples with 
 (:mod:`bayesgmm.mcmc`); the tests compare the two, check the K = 1 case against the closed-form
 posterior, and run simulation-based calibration.
 
-One compiled program per data shape, K, structure and sampler settings: the MAP start (k-means
+One compiled program per row bucket (the data padded with rows of weight 0, as EM and VB do, so
+a new N in the bucket reuses it), D, K, structure and sampler settings: the MAP start (k-means
 and MAP-EM, as NUTS), then every chain's sweeps as one ``lax.scan`` over a pure step function,
 the chains ``vmap``-ed. Each sweep evaluates the mixture density once: the component log
 densities that give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in
@@ -44,6 +45,7 @@ from . import _numerics, _stats
 from . import _numpyro_common as shared
 from ._chains import chain_diagnostics, chain_starts, finish_draws, training_log_likelihood, warn_if_unconverged
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
+from ._sharding import resolve, shard_rows
 from .model import log_prior
 from .params import (
     GMMParams,
@@ -107,7 +109,8 @@ def _half_dfs(df, d: int, dtype):
     return 0.5 * (df[..., None] - jnp.arange(d, dtype=dtype))
 
 
-def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covariance_type: str) -> GMMParams:
+def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covariance_type: str,
+                      row_weight=None) -> GMMParams:
     """Draw ``(pi, mu, Sigma)`` from their full conditional given the labels ``z`` (N,).
 
     Parameters
@@ -123,6 +126,8 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
         K (static).
     covariance_type : str
         Structure (static).
+    row_weight : array (N,), optional
+        1 for the data's rows, 0 for padding rows (which then count for nothing).
 
     Returns
     -------
@@ -133,6 +138,8 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
     k, ct = num_components, covariance_type
     dtype = xs.dtype
     labels = jax.nn.one_hot(z, k, dtype=dtype)
+    if row_weight is not None:
+        labels = labels * row_weight[:, None]
     nk = jnp.sum(labels, axis=0)
     _, xbar, scatter = _stats.stats_precise(labels, xs, ct)
     kappa_n = kappa0 + nk
@@ -183,19 +190,21 @@ def start_state(xs, params: GMMParams, covariance_type: str) -> SweepState:
     return SweepState(params, _numerics.log_joint_components(xs, *params, covariance_type))
 
 
-def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: int, covariance_type: str):
+def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: int, covariance_type: str,
+                row_weight=None):
     """One sweep: labels given the parameters, then the parameters given the labels.
 
     Returns ``(new_state, (params, log_posterior, num_nonempty))`` where ``log_posterior`` is
     ``log p(x, theta)`` of the new parameters (z summed out) and ``num_nonempty`` the number of
-    components the sampled labels occupy.
+    components the sampled labels occupy. ``row_weight`` (N,): 0 marks padding rows.
     """
     key_z, key_theta = jax.random.split(key)
     z = sample_assignments(key_z, state.log_joint)
-    params = sample_parameters(key_theta, xs, z, prior, num_components, covariance_type)
+    params = sample_parameters(key_theta, xs, z, prior, num_components, covariance_type, row_weight)
     log_joint = _numerics.log_joint_components(xs, *params, covariance_type)
-    lp = jnp.sum(jax.nn.logsumexp(log_joint, axis=-1)) + log_prior(params, prior, covariance_type)
-    num_nonempty = jnp.sum(jnp.bincount(z, length=num_components) > 0)
+    per_row = jax.nn.logsumexp(log_joint, axis=-1)
+    lp = jnp.sum(per_row if row_weight is None else row_weight * per_row) + log_prior(params, prior, covariance_type)
+    num_nonempty = jnp.sum(jnp.bincount(z, weights=row_weight, length=num_components) > 0)
     return SweepState(params, log_joint), (params, lp, num_nonempty)
 
 
@@ -214,11 +223,11 @@ class _Config(NamedTuple):
 
 
 @shared.without_validation
-def _program(xs, prior, key, use_user_init, user_init, *, config: _Config):
+def _program(xs, row_weight, prior, key, use_user_init, user_init, *, config: _Config):
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     total = config.num_warmup + config.num_samples
     key_map, key_chains = jax.random.split(key)
-    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), xs, prior, k, ct)
+    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), xs, prior, k, ct, row_weight)
     starts = jax.tree_util.tree_map(
         lambda p, u: jnp.where(use_user_init, u, jnp.broadcast_to(p, u.shape)), pivot, user_init
     )
@@ -226,7 +235,7 @@ def _program(xs, prior, key, use_user_init, user_init, *, config: _Config):
     def one_chain(chain_key, params0):
         def step(state, inputs):
             i, step_key = inputs
-            state, out = gibbs_sweep(step_key, state, xs, prior, k, ct)
+            state, out = gibbs_sweep(step_key, state, xs, prior, k, ct, row_weight)
             if config.progress_bar:
                 tick_every("gibbs", i, tick_interval(total))
             return state, out
@@ -333,8 +342,11 @@ def fit_gibbs(
     config = _Config(k, covariance_type, num_warmup, num_samples, num_chains, bool(progress_bar))
     steps = num_warmup + num_samples
     with progress("gibbs", steps, enabled=bool(progress_bar), desc=f"Gibbs {num_chains} chain(s) x {steps} sweeps"):
-        timed = PROGRAM(std.xs, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)), user_init,
-                        config=config)
+        # padded to the row bucket (zero rows of weight 0): a new N in the bucket reuses the program
+        xs, row_weight = shard_rows(resolve(None, n), std.xs, None)
+        row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
+        timed = PROGRAM(xs, row_weight, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)),
+                        user_init, config=config)
     pivot_std, draws_std, lp, nonempty = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)

@@ -257,7 +257,7 @@ def select_bayesian(
     ----------
     x : array-like (N, D)
     k_range : iterable of int
-    method : {"vb", "svi", "mcmc"}
+    method : {"vb", "svi", "mcmc", "gibbs"}
     covariance_type : str
         ``"full"`` or ``"diag"`` for VB; any structure for SVI/MCMC.
     prior : Prior, optional

@@ -49,6 +49,20 @@ class CompileCounter:
         return CompileCounter.count
 
 
+def grid(names, values, fast):
+    """``pytest.mark.parametrize`` over every combination in ``values``, those not in ``fast``
+    marked slow: the default run checks a subset that still covers each value of each axis, and
+    ``-m slow`` the rest of the grid."""
+    import itertools
+
+    cases = list(itertools.product(*values))
+    missing = [c for c in fast if c not in cases]
+    assert not missing, missing
+    return pytest.mark.parametrize(
+        names, [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
+    )
+
+
 def precision(dtype):
     """A context in which JAX's default float, and so every engine's compute type, is ``dtype``."""
     return jax.enable_x64(np.dtype(dtype) == np.float64)

@@ -12,7 +12,8 @@ import bayesgmm as bg
 from bayesgmm import cli
 
 FAST = ["--engine-option", "mcmc.num_warmup=100", "--engine-option", "mcmc.num_samples=100",
-        "--engine-option", "mcmc.num_chains=2", "--engine-option", "svi.num_steps=300", "--no-progress"]
+        "--engine-option", "mcmc.num_chains=2", "--engine-option", "svi.num_steps=300", "--engine-option", "gibbs.num_warmup=100",
+        "--engine-option", "gibbs.num_samples=300", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def test_demo_runs_every_engine_and_writes_the_table_and_figures(tmp_path, capsy
     out = capsys.readouterr().out
     assert "Old Faithful" in out
     table = pd.read_csv(tmp_path / "comparison.csv")
-    assert list(table["method"]) == ["kmeans", "em", "vb", "svi", "mcmc"]
-    for method in ("em", "vb", "svi", "mcmc"):
+    assert list(table["method"]) == ["kmeans", "em", "vb", "svi", "mcmc", "gibbs"]
+    for method in ("em", "vb", "svi", "mcmc", "gibbs"):
         assert method in out
         if method == "em":
             restored = bg.FitResult.from_json(tmp_path / f"{method}.json")
@@ -46,7 +47,7 @@ def test_demo_runs_every_engine_and_writes_the_table_and_figures(tmp_path, capsy
     assert len(wrote) == 1 and set(wrote[0].removeprefix("wrote ").split(", ")) == {str(p) for p in tmp_path.iterdir()}
     # the held-out quarter: EM's plug-in LPD is close to the Bayesian predictive ones
     lpd = table.set_index("method")["test_lpd"]
-    assert np.ptp(lpd[["em", "vb", "mcmc"]]) < 0.05
+    assert np.ptp(lpd[["em", "vb", "mcmc", "gibbs"]]) < 0.05
     assert (tmp_path / "engines.png").stat().st_size > 20_000 and (tmp_path / "em_clusters.png").exists()
 
 

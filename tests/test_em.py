@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _references import enumerated_log_likelihood, log_prior, mixture_log_density
-from conftest import precision
+from conftest import grid, precision
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
@@ -76,7 +76,7 @@ def test_reported_objective_is_the_model_log_density(covariance_type, faithful):
     np.testing.assert_allclose(ml.log_likelihood, ml.score(faithful) * len(faithful), rtol=1e-9)
 
 
-@pytest.mark.parametrize("n,k", [(4, 2), (5, 3), (6, 2)])
+@grid("n,k", [[4, 5, 6], [2, 3]], fast=[(4, 2), (5, 3)])
 def test_marginal_likelihood_matches_brute_force_enumeration(n, k, rng):
     x = rng.normal(size=(n, 2))
     params = random_params(rng, k, 2, "full")
@@ -128,8 +128,8 @@ def test_converged_fit_equals_sklearn_run_to_tight_tolerance(covariance_type, fa
 # ----------------------------------------------------------------------------------------------
 # Properties of the iteration
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("covariance_type", COV_TYPES)
-@pytest.mark.parametrize("mode", ["ml", "map", "hard"])
+@grid("covariance_type,mode", [COV_TYPES, ["ml", "map", "hard"]],
+      fast=[("full", "ml"), ("diag", "map"), ("spherical", "hard"), ("tied", "map"), ("full", "hard")])
 def test_objective_never_decreases(covariance_type, mode, sim3):
     x = sim3.x
     prior = bg.Prior.default(x, 3) if mode == "map" else None
@@ -407,8 +407,8 @@ def _few_iterations(x, k, covariance_type, iters):
         return bg.fit_em(x, k, covariance_type=covariance_type, seed=0, max_iter=iters, tol=0.0)
 
 
-@pytest.mark.parametrize("covariance_type", COV_TYPES)
-@pytest.mark.parametrize("use_prior", [False, True])
+@grid("covariance_type,use_prior", [COV_TYPES, [False, True]],
+      fast=[("full", False), ("diag", True), ("spherical", False), ("tied", True)])
 def test_integer_weights_equal_repeated_rows(covariance_type, use_prior, sim3):
     """Frequency weights are the same fit as the data with each row repeated that many times."""
     rng = np.random.default_rng(5)
@@ -443,8 +443,8 @@ def test_zero_weight_rows_are_absent_from_the_kmeans_start(faithful):
     np.testing.assert_allclose(b.means, a.means, rtol=1e-6)
 
 
-@pytest.mark.parametrize("covariance_type", COV_TYPES)
-@pytest.mark.parametrize("use_prior", [False, True])
+@grid("covariance_type,use_prior", [COV_TYPES, [False, True]],
+      fast=[("full", True), ("diag", False), ("spherical", True), ("tied", False)])
 def test_masked_components_equal_a_smaller_fit(covariance_type, use_prior, sim3):
     """A K=2 fit inside a K=4 program (two components masked off) is the K=2 fit."""
     x = sim3.x

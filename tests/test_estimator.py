@@ -216,7 +216,7 @@ def test_errors_name_the_problem(faithful):
     with pytest.raises(NotFittedError):
         m.sample(3)
     with pytest.raises(ValueError, match="method must be one of"):
-        GaussianMixture(2, method="gibbs").fit(faithful)
+        GaussianMixture(2, method="metropolis").fit(faithful)
     with pytest.raises(ValueError, match="n_components must be a positive integer"):
         GaussianMixture(0).fit(faithful)
     with pytest.raises(ValueError, match="Expected n_samples >= n_components"):

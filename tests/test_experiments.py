@@ -136,7 +136,7 @@ def test_simulation_study_stacks_and_summarises():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(methods=("em", "gibbs")), "methods must be a non-empty selection"),
+        (dict(methods=("em", "metropolis")), "methods must be a non-empty selection"),
         (dict(labels=np.zeros(5)), r"labels must have shape \(272,\)"),
         (dict(engine_kwargs={"nuts": {}}), "not methods of"),
         (dict(interval=1.5), "interval must be in"),

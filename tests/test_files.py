@@ -64,7 +64,7 @@ DELETE = object()
         ({"n_iter": -1}, "field 'n_iter' must be a non-negative integer"),
         ({"num_obs": 2.5}, "field 'num_obs' must be a positive integer"),
         ({"log_likelihood": None}, "field 'log_likelihood' must be a finite number"),
-        ({"method": "gibbs"}, "field 'method' must be one of"),
+        ({"method": "metropolis"}, "field 'method' must be one of"),
         ({"objective": "loss"}, "field 'objective' must be one of"),
         ({"means": [[0.0, 1.0], [2.0]]}, "field 'means' must be a list of lists of numbers of equal lengths"),
         ({"feature_names": ["a"]}, "field 'feature_names' must name the D=2 features once each"),

@@ -114,6 +114,9 @@ def test_same_seed_same_draws_one_program(faithful_gibbs, faithful):
     np.testing.assert_array_equal(again.raw_draws["means"], faithful_gibbs.raw_draws["means"])
     other = bg.fit_gibbs(faithful, 2, seed=1, **SETTINGS)
     assert not np.array_equal(other.raw_draws["means"], faithful_gibbs.raw_draws["means"])
+    # another N in the same row bucket (up to 512 rows): the same program, padding rows count for nothing
+    fewer = _quiet(bg.fit_gibbs, faithful[:250], 2, seed=0, **SETTINGS)
+    assert fewer.info["compile_seconds"] == 0.0 and fewer.num_obs == 250
     # given starts: one program with the MAP start; permuted starts end aligned to the same labels
     p = faithful_gibbs.params
     swapped = GMMParams(p.weights[::-1], p.means[::-1], p.covariances[::-1])
@@ -206,3 +209,13 @@ def test_drawn_labels_give_the_exact_occupancy_probabilities(faithful_gibbs):
     assert post.loc[1] + post.loc[2] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="point estimate"):
         bg.fit_em(x, 1).num_components_posterior(x)
+
+
+def test_progress_bar_gives_the_same_draws(one_gaussian, capsys):
+    """The bar is advanced from inside the compiled program; the draws are unchanged."""
+    x, prior = one_gaussian
+    settings = dict(prior=prior, seed=4, num_warmup=20, num_samples=200, num_chains=2)
+    quiet = _quiet(bg.fit_gibbs, x, 1, **settings)
+    shown = _quiet(bg.fit_gibbs, x, 1, progress_bar=True, **settings)
+    np.testing.assert_array_equal(quiet.raw_draws["covariances"], shown.raw_draws["covariances"])
+    assert "Gibbs 2 chain(s) x 220 sweeps" in capsys.readouterr().err

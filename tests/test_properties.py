@@ -39,15 +39,16 @@ def draw_params(rng, k, d, covariance_type):
     return GMMParams(w, m, c)
 
 
-@PROPERTY
-@given(
+LABELLINGS = dict(
     n=st.integers(1, 6),
     k=st.integers(1, 3),
     d=st.integers(1, 3),
     covariance_type=st.sampled_from(COV_TYPES),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_marginal_likelihood_is_the_sum_over_every_labelling(n, k, d, covariance_type, seed):
+
+
+def _check_sum_over_labellings(n, k, d, covariance_type, seed):
     """p(x) = sum over all K^N labellings z of prod_n pi_{z_n} N(x_n | mu_{z_n}, Sigma_{z_n})."""
     rng = np.random.default_rng(seed)
     x = 1.5 * rng.normal(size=(n, d))
@@ -56,6 +57,21 @@ def test_marginal_likelihood_is_the_sum_over_every_labelling(n, k, d, covariance
     reference = enumerated_log_likelihood(x, *params, covariance_type)
     got = float(jnp.sum(model.log_likelihood(jnp.asarray(x), GMMParams(*map(jnp.asarray, params)), covariance_type)))
     np.testing.assert_allclose(got, reference, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, database=None)
+@given(**LABELLINGS)
+def test_marginal_likelihood_is_the_sum_over_every_labelling(n, k, d, covariance_type, seed):
+    """Ten shapes (each evaluates NumPyro's density eagerly, a compilation per shape); the slow
+    variant checks sixty."""
+    _check_sum_over_labellings(n, k, d, covariance_type, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(**LABELLINGS)
+def test_marginal_likelihood_is_the_sum_over_every_labelling_many_shapes(n, k, d, covariance_type, seed):
+    _check_sum_over_labellings(n, k, d, covariance_type, seed)
 
 
 # ---------------------------------------------------------------------------------------------
