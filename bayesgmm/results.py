@@ -144,10 +144,10 @@ class FitDiagnostics:
     num_divergences : float
         NUTS's divergent transitions after warmup; NaN for the other engines.
     max_rhat, min_ess_bulk : float
-        NUTS's worst split R-hat and smallest bulk ESS over the parameters (on label-aligned
-        draws); NaN for the other engines.
+        The samplers' (NUTS, Gibbs) worst split R-hat and smallest bulk ESS over the parameters
+        (on label-aligned draws); NaN for the other engines.
     label_switch_fraction : float
-        Share of draws relabelled to match the pivot (NUTS, SVI); NaN otherwise.
+        Share of draws relabelled to match the pivot (NUTS, Gibbs, SVI); NaN otherwise.
     """
 
     compile_seconds: float = float("nan")
