@@ -4,7 +4,8 @@
 * per-chain starting values given by the user (:func:`chain_starts`);
 * draws back to the original scale, relabelled to the MAP pivot, with the posterior-mean point
   estimate (:func:`finish_draws`);
-* convergence diagnostics and their warnings (:func:`chain_diagnostics`, :func:`warn_if_unconverged`).
+* convergence diagnostics and their warnings (:func:`chain_diagnostics`, :func:`warn_if_unconverged`);
+* the :class:`~bayesgmm.FitResult` of a sampler's fit (:func:`sampler_result`).
 
 The samplers never import each other; everything they share after sampling lives here. Private
 to the package; its names may change without notice.
@@ -21,9 +22,10 @@ from . import _numerics
 from ._numpyro_common import standard_init
 from .labels import align_draws
 from .params import ConvergenceWarning, GMMParams, log_jacobians, params_to_original
+from .results import FitResult
 
 __all__ = ["ESS_PER_CHAIN", "RHAT_MAX", "FinishedDraws", "chain_diagnostics", "chain_starts", "finish_draws",
-           "training_log_likelihood", "warn_if_unconverged"]
+           "sampler_result", "training_log_likelihood", "warn_if_unconverged"]
 
 #: Thresholds of the convergence warnings: max R-hat and min bulk ESS per chain.
 RHAT_MAX = 1.01
@@ -120,16 +122,18 @@ def chain_diagnostics(draws: dict) -> tuple[float, float]:
     return ess_min, rhat_max
 
 
-def warn_if_unconverged(sampler: str, rhat_max: float, ess_min: float, num_chains: int, advice: str) -> bool:
+def warn_if_unconverged(sampler: str, rhat_max: float, ess_min: float, num_chains: int, advice: str,
+                        stacklevel: int = 3) -> bool:
     """Warn (``ConvergenceWarning``) when max R-hat >= :data:`RHAT_MAX` or the min bulk ESS is
-    below :data:`ESS_PER_CHAIN` per chain; return whether R-hat says converged."""
+    below :data:`ESS_PER_CHAIN` per chain; return whether R-hat says converged. ``stacklevel``
+    as :func:`warnings.warn`'s, counted from this function (3: the caller of the caller)."""
     converged = bool(rhat_max < RHAT_MAX) if np.isfinite(rhat_max) else False
     if not converged or not ess_min >= ESS_PER_CHAIN * num_chains:
         warnings.warn(
             f"{sampler} chains may not have converged: max R-hat {rhat_max:.4f} (want < {RHAT_MAX}), "
             f"min bulk ESS {ess_min:.0f} (want >= {ESS_PER_CHAIN * num_chains}). {advice}",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return converged
 
@@ -137,3 +141,52 @@ def warn_if_unconverged(sampler: str, rhat_max: float, ess_min: float, num_chain
 def training_log_likelihood(arr, params: GMMParams, covariance_type: str) -> float:
     """The float64 log-likelihood of the data at ``params`` (what a sampler's result reports)."""
     return _numerics.totals(np.asarray(arr, np.float64), *params, covariance_type).log_likelihood
+
+
+def sampler_result(method: str, sampler: str, *, arr, feature_names, prior, covariance_type: str,
+                   done: FinishedDraws, sample_stats: dict, timed, seed, num_warmup: int, num_samples: int,
+                   num_chains: int, init: str, dtype, info: dict) -> FitResult:
+    """A sampler's :class:`~bayesgmm.FitResult`: the posterior-mean point estimate of the aligned
+    draws with its float64 training log-likelihood, ``log p(x, theta)`` of every draw as the trace,
+    R-hat and bulk ESS (a ``ConvergenceWarning`` at the user's call when they are poor), the
+    timings of the compiled program ``timed``, the common settings and the sampler's own ``info``.
+    """
+    ess_min, rhat_max = chain_diagnostics(done.draws)
+    converged = warn_if_unconverged(
+        sampler, rhat_max, ess_min, num_chains,
+        "Run more num_warmup/num_samples or chains, and check the number of components.", stacklevel=4,
+    )
+    return FitResult(
+        method=method,
+        covariance_type=covariance_type,
+        weights=done.point.weights,
+        means=done.point.means,
+        covariances=done.point.covariances,
+        log_likelihood=training_log_likelihood(arr, done.point, covariance_type),
+        converged=converged,
+        n_iter=num_samples,
+        trace=done.log_posterior.reshape(-1),
+        objective="log_posterior",
+        feature_names=feature_names,
+        num_obs=arr.shape[0],
+        prior=prior,
+        draws=done.draws,
+        raw_draws=done.raw_draws,
+        sample_stats=sample_stats,
+        info={
+            "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
+            "min_ess_bulk": ess_min,
+            "max_rhat": rhat_max,
+            "compile_seconds": timed.compile_seconds,
+            "run_seconds": timed.run_seconds,
+            "fit_seconds": timed.compile_seconds + timed.run_seconds,
+            "label_switch_fraction": done.label_switch_fraction,
+            "num_warmup": num_warmup,
+            "num_samples": num_samples,
+            "num_chains": num_chains,
+            "init": init,
+            "map_log_likelihood": training_log_likelihood(arr, done.pivot, covariance_type),
+            "dtype": str(dtype),
+            **info,
+        },
+    )

@@ -43,7 +43,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import _numerics, _stats
 from . import _numpyro_common as shared
-from ._chains import chain_diagnostics, chain_starts, finish_draws, training_log_likelihood, warn_if_unconverged
+from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from ._sharding import resolve, shard_rows
 from .model import log_prior
@@ -351,41 +351,8 @@ def fit_gibbs(
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)
     stats = {"lp": done.log_posterior, "num_nonempty": np.asarray(nonempty, np.int64)}
-    ess_min, rhat_max = chain_diagnostics(done.draws)
-    converged = warn_if_unconverged(
-        "Gibbs", rhat_max, ess_min, num_chains,
-        "Run more num_warmup/num_samples or chains, and check the number of components.",
-    )
-    return FitResult(
-        method="gibbs",
-        covariance_type=covariance_type,
-        weights=done.point.weights,
-        means=done.point.means,
-        covariances=done.point.covariances,
-        log_likelihood=training_log_likelihood(arr, done.point, covariance_type),
-        converged=converged,
-        n_iter=num_samples,
-        trace=done.log_posterior.reshape(-1),
-        objective="log_posterior",
-        feature_names=names,
-        num_obs=n,
-        prior=prior,
-        draws=done.draws,
-        raw_draws=done.raw_draws,
-        sample_stats=stats,
-        info={
-            "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
-            "min_ess_bulk": ess_min,
-            "max_rhat": rhat_max,
-            "compile_seconds": timed.compile_seconds,
-            "run_seconds": timed.run_seconds,
-            "fit_seconds": timed.compile_seconds + timed.run_seconds,
-            "label_switch_fraction": done.label_switch_fraction,
-            "num_warmup": num_warmup,
-            "num_samples": num_samples,
-            "num_chains": num_chains,
-            "init": "map" if isinstance(init, str) else "user",
-            "map_log_likelihood": training_log_likelihood(arr, done.pivot, covariance_type),
-            "dtype": str(std.dtype),
-        },
+    return sampler_result(
+        "gibbs", "Gibbs", arr=arr, feature_names=names, prior=prior, covariance_type=covariance_type, done=done,
+        sample_stats=stats, timed=timed, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
+        num_chains=num_chains, init="map" if isinstance(init, str) else "user", dtype=std.dtype, info={},
     )

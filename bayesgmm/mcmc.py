@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._chains import chain_diagnostics, chain_starts, finish_draws, training_log_likelihood, warn_if_unconverged
+from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from .model import gmm_model, log_prior, model_kwargs
 from .params import (
@@ -408,7 +408,6 @@ def fit_mcmc(
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
     stats["lp"] = done.log_posterior
     num_div = int(stats["diverging"].sum())
-    ess_min, rhat_max = chain_diagnostics(done.draws)
     if num_div:
         warnings.warn(
             f"NUTS had {num_div} divergent transition(s) after warmup (of {num_chains * num_samples}); "
@@ -416,45 +415,15 @@ def fit_mcmc(
             ConvergenceWarning,
             stacklevel=2,
         )
-    converged = warn_if_unconverged(
-        "NUTS", rhat_max, ess_min, num_chains,
-        "Run more num_warmup/num_samples or chains, and check the number of components.",
-    )
-    return FitResult(
-        method="mcmc",
-        covariance_type=covariance_type,
-        weights=done.point.weights,
-        means=done.point.means,
-        covariances=done.point.covariances,
-        log_likelihood=training_log_likelihood(arr, done.point, covariance_type),
-        converged=converged,
-        n_iter=num_samples,
-        trace=done.log_posterior.reshape(-1),
-        objective="log_posterior",
-        feature_names=names,
-        num_obs=n,
-        prior=prior,
-        draws=done.draws,
-        raw_draws=done.raw_draws,
-        sample_stats=stats,
+    return sampler_result(
+        "mcmc", "NUTS", arr=arr, feature_names=names, prior=prior, covariance_type=covariance_type, done=done,
+        sample_stats=stats, timed=timed, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
+        num_chains=num_chains, init=init_mode, dtype=dtype,
         info={
-            "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
             "num_divergences": num_div,
-            "min_ess_bulk": ess_min,
-            "max_rhat": rhat_max,
-            "compile_seconds": timed.compile_seconds,
-            "run_seconds": timed.run_seconds,
-            "fit_seconds": timed.compile_seconds + timed.run_seconds,
-            "label_switch_fraction": done.label_switch_fraction,
-            "num_warmup": num_warmup,
-            "num_samples": num_samples,
-            "num_chains": num_chains,
             "chain_method": chain_method,
             "num_devices": num_devices,
             "target_accept_prob": float(target_accept_prob),
-            "init": init_mode,
-            "map_log_likelihood": training_log_likelihood(arr, done.pivot, covariance_type),
             "mean_accept_prob": float(np.mean(stats["accept_prob"])),
-            "dtype": str(dtype),
         },
     )

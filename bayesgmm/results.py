@@ -405,16 +405,18 @@ class FitResult:
             )
         else:
             arr = self._check(x)
-            w, m, c = self._flat_draws(max_draws)
-            rng = np.random.default_rng(seed)
             frame = self._frame()
+            w, m, c, ct = _numerics.to_frame(frame, *self._flat_draws(max_draws), self.covariance_type)
+            xs = (np.asarray(arr, np.float64) - frame.shift) / frame.scale
+            u = np.random.default_rng(seed).uniform(size=(w.shape[0], len(arr), 1))
             counts = np.empty(w.shape[0], np.int64)
-            for s in range(w.shape[0]):
-                rows = _numerics.score_rows(arr, w[s], m[s], c[s], self.covariance_type, responsibilities=True,
-                                            frame=frame)
-                cdf = np.cumsum(np.exp(rows.log_resp), axis=1)
-                labels = np.minimum(np.sum(cdf < rng.uniform(size=(len(arr), 1)) * cdf[:, -1:], axis=1), k - 1)
-                counts[s] = np.unique(labels).size
+            block = max(1, _numerics.HOST_BLOCK_ROWS // len(arr))  # draws evaluated together
+            for start in range(0, w.shape[0], block):
+                part = slice(start, start + block)
+                log_joint = _numerics.log_joint_components(xs, w[part], m[part], c[part], ct)  # (draws, N, K)
+                cdf = np.cumsum(np.exp(log_joint - _numerics.logsumexp(log_joint, axis=-1)[..., None]), axis=-1)
+                labels = np.minimum(np.sum(cdf < u[part] * cdf[..., -1:], axis=-1), k - 1)  # (draws, N)
+                counts[part] = np.sum(np.any(labels[..., None] == np.arange(k), axis=1), axis=-1)
         probs = np.bincount(counts, minlength=k + 1)[1 : k + 1] / counts.size
         return pd.Series(probs, index=pd.RangeIndex(1, k + 1, name="num_nonempty"), name="probability")
 
