@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _stats
+from . import _stats, _sticks
 from .kmeans import kmeans_labels, num_trials
 from .model import log_prior
 from .params import GMMParams, Prior, PriorArrays, check_params, compute_dtype, params_to_standard
@@ -159,7 +159,8 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
 
     Traced inside the engines' compiled programs (the seedings are ``vmap``-ed, the
     :data:`MAP_ITERS` MAP-EM iterations run in a ``lax.fori_loop``). The Dirichlet
-    concentration is floored at 1 (the MAP weights are undefined below 1); this only moves the
+    concentration is floored at 1 (the MAP weights are undefined below 1; stick-breaking weights
+    start from the uniform Dirichlet's); this only moves the
     start, never the posterior NUTS samples nor the objective SVI optimises.
 
     Parameters
@@ -185,7 +186,9 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
     k = num_components
     d = xs.shape[1]
     z = _stats.suff_features(xs, covariance_type)
-    prior_map = prior._replace(concentration=jnp.maximum(prior.concentration, 1.0))
+    # a stick-breaking prior (a Dirichlet process) starts from the uniform Dirichlet's MAP
+    start_weights = jnp.ones(k, xs.dtype) if _sticks.is_sticks(prior.concentration) else prior.concentration
+    prior_map = prior._replace(concentration=jnp.maximum(start_weights, 1.0))
     w = None if row_weight is None else row_weight.astype(xs.dtype)
 
     def m_step(resp):

@@ -80,7 +80,7 @@ def _prior_option(value, x, k):
     """The engine option ``prior``: "default" (Prior.default of the data; for a stream, resolved by
     the streaming engine from its first pass) or a table of Prior fields, the fields it leaves out
     taken from Prior.default (``prior={weight_concentration=0.01}``: the sparse prior of an
-    overfitted mixture)."""
+    overfitted mixture; ``prior={weight_prior="dirichlet_process"}``: Dirichlet-process weights)."""
     import dataclasses
 
     from .params import Prior
@@ -88,16 +88,17 @@ def _prior_option(value, x, k):
     if isinstance(value, str) and value == "default":
         return "default" if x is None else Prior.default(x, k)
     if isinstance(value, dict):
-        fields = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
+        required = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
+        fields = required + ("weight_prior",)
         unknown = sorted(set(value) - set(fields))
         if unknown or not value:
             raise UsageError(f"engine option prior: a prior table takes the fields {list(fields)} (unknown {unknown}); "
                              "those it leaves out are Prior.default's. Or give prior=default.")
         try:
-            if all(f in value for f in fields):
+            if all(f in value for f in required):
                 return Prior(**value)
             if x is None:
-                raise UsageError(f"engine option prior: with --stream a prior table needs every field {list(fields)}, "
+                raise UsageError(f"engine option prior: with --stream a prior table needs every field {list(required)}, "
                                  "or give prior=default.")
             return Prior(**{**dataclasses.asdict(Prior.default(x, k)), **value})
         except (TypeError, ValueError) as err:

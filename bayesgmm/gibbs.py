@@ -8,6 +8,7 @@ distribution, so each sweep draws exactly from them:
 
     z_n | theta, x        ~ Categorical(pi_k N(x_n | mu_k, Sigma_k) / sum_j ...)
     pi | z                ~ Dirichlet(alpha + N_k)
+                            (stick-breaking: v_k | z ~ Beta(a_k + N_k, b_k + sum_{j>k} N_j))
     Sigma_k | z, x        ~ Inverse-Wishart(nu0 + N_k, Psi0 + S_k + kappa0 N_k/kappa_k (xbar_k - m0)(...)^T)
     mu_k | Sigma_k, z, x  ~ N((kappa0 m0 + N_k xbar_k) / kappa_k, Sigma_k / kappa_k),   kappa_k = kappa0 + N_k
 
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from . import _numerics, _stats
+from . import _numerics, _stats, _sticks
 from . import _numpyro_common as shared
 from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
@@ -148,7 +149,11 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
     shrink = kappa0 * nk / kappa_n
     d = xs.shape[1]
     key_gamma, key_lower, key_mu = jax.random.split(key, 3)
-    concentration = jnp.broadcast_to(alpha, (k,)) + nk
+    if _sticks.is_sticks(alpha):  # Beta sticks: two gamma shapes each
+        sticks = _sticks.posterior(alpha, nk)
+        weight_shapes = [sticks[:, 0], sticks[:, 1]]
+    else:
+        weight_shapes = [jnp.broadcast_to(alpha, (k,)) + nk]
     if ct == "full":
         shapes = _half_dfs(nu0 + nk, d, dtype)
     elif ct == "tied":
@@ -157,8 +162,14 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
         shapes = 0.5 * (nu0 + nk)[:, None] * jnp.ones_like(xbar)
     else:
         shapes = 0.5 * (nu0 + nk * d)
-    log_w, log_g = _log_gamma_draws(key_gamma, [concentration, shapes])
-    weights = jax.nn.softmax(log_w) if k > 1 else jnp.ones(1, dtype)  # a Dirichlet draw
+    *log_w, log_g = _log_gamma_draws(key_gamma, weight_shapes + [shapes])
+    if k == 1:
+        weights = jnp.ones(1, dtype)
+    elif len(log_w) == 2:  # v_k = G_a / (G_a + G_b) ~ Beta(a, b), composed into weights
+        log_total = jnp.logaddexp(*log_w)
+        weights = jnp.exp(_sticks.compose_log_weights(log_w[0] - log_total, log_w[1] - log_total))
+    else:
+        weights = jax.nn.softmax(log_w[0])  # a Dirichlet draw
     if ct in ("full", "tied"):
         spread = scatter + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
         if ct == "full":

@@ -2,7 +2,7 @@
 
 .. code-block:: text
 
-    pi ~ Dirichlet(alpha)
+    pi ~ Dirichlet(alpha)            (or truncated stick-breaking: a Dirichlet process)
     (mu_k, Sigma_k) ~ Normal-Inverse-Wishart(m0, kappa0, nu0, Psi0)     k = 1..K
     z_n ~ Categorical(pi)
     x_n | z_n = k ~ N(mu_k, Sigma_k)                                       n = 1..N
@@ -28,8 +28,52 @@ from jax.scipy.special import gammaln
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
+from . import _sticks
 from ._numerics import expand_covariances
 from .params import GMMParams, PriorArrays, check_covariance_type
+
+
+class StickBreaking(dist.Distribution):
+    """Truncated stick-breaking weights on the simplex (a generalised Dirichlet).
+
+    ``sticks`` (K - 1, 2) holds the Beta parameters ``(a_k, b_k)`` of the free sticks; the last
+    stick is 1. ``(1, gamma)`` for every stick is the Dirichlet process DP(gamma) truncated at K
+    components. The density is :func:`bayesgmm._sticks.log_density` (with respect to the same
+    measure as NumPyro's ``Dirichlet``), and its support is the simplex, so NUTS and the SVI
+    autoguides sample it through NumPyro's stick-breaking bijection like a Dirichlet.
+    """
+
+    arg_constraints = {"sticks": dist.constraints.positive}
+    support = dist.constraints.simplex
+    reparametrized_params = []
+
+    def __init__(self, sticks, *, validate_args=None):
+        self.sticks = sticks
+        super().__init__(batch_shape=(), event_shape=(sticks.shape[0] + 1,), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        shape = sample_shape + (self.sticks.shape[0],)
+        key_a, key_b = jax.random.split(key)
+        log_a = jax.random.loggamma(key_a, jnp.broadcast_to(self.sticks[:, 0], shape))
+        log_b = jax.random.loggamma(key_b, jnp.broadcast_to(self.sticks[:, 1], shape))
+        log_total = jnp.logaddexp(log_a, log_b)
+        return jnp.exp(_sticks.compose_log_weights(log_a - log_total, log_b - log_total))
+
+    @dist.util.validate_sample
+    def log_prob(self, value):
+        return _sticks.log_density(value, self.sticks)
+
+    @property
+    def mean(self):
+        return _sticks.mean_weights(self.sticks)
+
+
+def weights_distribution(concentration, num_components: int):
+    """The prior of the weights: ``Dirichlet(alpha)`` for a (K,) concentration, or
+    :class:`StickBreaking` for (K - 1, 2) stick parameters (a Dirichlet-process prior)."""
+    if _sticks.is_sticks(concentration):
+        return StickBreaking(concentration)
+    return dist.Dirichlet(jnp.broadcast_to(concentration, (num_components,)))
 
 
 def prior_distributions(prior: PriorArrays, num_components: int, covariance_type: str):
@@ -41,7 +85,7 @@ def prior_distributions(prior: PriorArrays, num_components: int, covariance_type
     """
     alpha, m0, kappa0, nu0, psi = (jnp.asarray(a) for a in prior)
     k = num_components
-    weights_dist = dist.Dirichlet(jnp.broadcast_to(alpha, (k,)))
+    weights_dist = weights_distribution(alpha, k)
     d = m0.shape[0]
     if covariance_type in ("full", "tied"):
         cov_dist = dist.InverseWishart(nu0, scale_matrix=psi)
@@ -158,6 +202,8 @@ def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, activ
         if k > 1:
             lp = lp + weights_dist.log_prob(params.weights)
         return lp
+    if _sticks.is_sticks(prior.concentration):
+        raise ValueError("A sub-model of active components is defined for Dirichlet weights only.")
     if lp_cov.ndim:
         lp_cov = jnp.where(active, lp_cov, 0.0)
     lp = jnp.sum(lp_cov) + jnp.sum(jnp.where(active, lp_means, 0.0))
@@ -228,6 +274,7 @@ def sample_prior(key, prior: PriorArrays, num_components: int, covariance_type: 
 
 
 __all__ = [
+    "StickBreaking",
     "gmm_model",
     "log_joint",
     "log_likelihood",

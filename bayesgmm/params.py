@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+#: The weight priors of :class:`Prior`: a Dirichlet, or truncated stick-breaking (a Dirichlet process).
+WEIGHT_PRIORS = ("dirichlet", "dirichlet_process")
 
 
 class ConvergenceWarning(UserWarning):
@@ -316,6 +318,14 @@ def check_prior(prior, num_features: int, num_components: int, *, default_from=N
         raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
     if prior.num_features != num_features:
         raise ValueError(f"prior is for {prior.num_features} feature(s) but x has {num_features}; build it from this x.")
+    if map_estimate and prior.weight_prior == "dirichlet_process":
+        raise ValueError(
+            "MAP-EM is not defined under weight_prior='dirichlet_process' (the stick-breaking density of the "
+            "weights is unbounded as the last components empty); fit it with fit_vb, fit_gibbs or fit_mcmc, or "
+            "use a Dirichlet prior (weight_prior='dirichlet') for MAP-EM."
+        )
+    if prior.weight_prior == "dirichlet_process":
+        return prior
     concentration = prior.concentration(num_components)  # raises when its length is not K
     if map_estimate and np.any(concentration < 1):
         raise ValueError(
@@ -346,6 +356,19 @@ class Prior:
         \Sigma_k \sim \mathcal{W}^{-1}(\nu_0, \Psi_0), \qquad
         \mu_k \mid \Sigma_k \sim \mathcal{N}(m_0, \Sigma_k / \kappa_0).
 
+    With ``weight_prior="dirichlet_process"`` the weights follow the truncated stick-breaking
+    construction of a Dirichlet process with concentration :math:`\gamma` =
+    ``weight_concentration`` (Sethuraman 1994; Ishwaran & James 2001):
+
+    .. math::
+
+        v_k \sim \mathrm{Beta}(1, \gamma) \quad (k < K), \qquad v_K = 1, \qquad
+        \pi_k = v_k \prod_{j<k} (1 - v_j),
+
+    so the weights sum to one and favour few, early components (the expected weight of component
+    k decays like :math:`(\gamma / (1 + \gamma))^{k-1}`); an overfitted K then leaves the
+    components the data do not support empty.
+
     The restricted structures use the matching conjugate pieces of the same numbers:
 
     * ``diag``: each variance :math:`\sigma^2_{kj} \sim \mathrm{InvGamma}(\nu_0/2, \Psi_{0,jj}/2)`,
@@ -359,6 +382,8 @@ class Prior:
     weight_concentration : float or array of shape (K,)
         Dirichlet concentration :math:`\alpha` (> 0). 1 is uniform; values well below 1
         favour sparse mixtures (use with :func:`bayesgmm.fit_vb` to empty extra components).
+        Under ``weight_prior="dirichlet_process"``: the process concentration :math:`\gamma`
+        (> 0, a scalar); smaller values favour fewer components.
     mean : array of shape (D,)
         Prior mean :math:`m_0` of the component means.
     mean_precision : float
@@ -367,6 +392,11 @@ class Prior:
         :math:`\nu_0 > D - 1`.
     scale : array of shape (D, D)
         Symmetric positive definite scale matrix :math:`\Psi_0`.
+    weight_prior : {"dirichlet", "dirichlet_process"}
+        The prior of the weights: a Dirichlet (default) or truncated stick-breaking
+        (scikit-learn's ``weight_concentration_prior_type="dirichlet_process"``, except that the
+        last stick is 1 so the weights sum to one; Blei & Jordan 2006). Every Bayesian engine
+        (VB, Gibbs, NUTS, SVI) fits either; MAP-EM and SVI's ``guide="delta"`` need a Dirichlet.
     """
 
     weight_concentration: Any
@@ -374,8 +404,11 @@ class Prior:
     mean_precision: float
     degrees_of_freedom: float
     scale: Any
+    weight_prior: str = "dirichlet"
 
     def __post_init__(self):
+        if self.weight_prior not in WEIGHT_PRIORS:
+            raise ValueError(f"Prior weight_prior must be one of {WEIGHT_PRIORS}, got {self.weight_prior!r}.")
         for name in ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale"):
             _check_numbers(f"Prior {name}", getattr(self, name))
         mean = np.atleast_1d(np.asarray(self.mean, dtype=np.float64))
@@ -398,6 +431,11 @@ class Prior:
             raise ValueError(
                 "Prior weight_concentration must be a positive scalar or a positive vector of shape (K,)."
             )
+        if self.weight_prior == "dirichlet_process" and alpha.ndim:
+            raise ValueError(
+                "Prior weight_concentration must be a scalar (the process concentration gamma) under "
+                f"weight_prior='dirichlet_process', got shape {alpha.shape}."
+            )
         if not np.isfinite(mean).all():
             raise ValueError("Prior mean must be finite.")
         if not (np.isfinite(self.mean_precision) and self.mean_precision > 0):
@@ -415,7 +453,7 @@ class Prior:
     def _identity(self) -> tuple:
         alpha = np.asarray(self.weight_concentration, np.float64)
         return (alpha.shape, alpha.tobytes(), self.mean.tobytes(), self.mean_precision, self.degrees_of_freedom,
-                self.scale.tobytes())
+                self.scale.tobytes(), self.weight_prior)
 
     def __eq__(self, other) -> bool:
         """Equal when every hyperparameter is equal (arrays compared elementwise, exactly)."""
@@ -431,20 +469,25 @@ class Prior:
         return self.mean.shape[0]
 
     @classmethod
-    def default(cls, x, num_components: int, *, weight_concentration: float = 1.0) -> "Prior":
+    def default(cls, x, num_components: int, *, weight_concentration: float = 1.0,
+                weight_prior: str = "dirichlet") -> "Prior":
         """A weak, data-scaled default (mclust's default conjugate prior; Fraley & Raftery 2007).
 
         ``mean`` = the data mean, ``mean_precision`` = 0.01, ``degrees_of_freedom`` = D + 2,
-        ``scale`` = cov(x) / K^(2/D), and a uniform Dirichlet (``weight_concentration=1``).
+        ``scale`` = cov(x) / K^(2/D), and a uniform Dirichlet (``weight_concentration=1``), or with
+        ``weight_prior="dirichlet_process"`` stick-breaking weights of concentration
+        ``weight_concentration`` (1 by default: a priori about log N occupied components).
         MAP-EM under this prior never collapses a covariance onto a point.
         """
         arr, _ = check_data(x)
         k = check_num_components(num_components, arr.shape[0])
         cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
-        return cls.from_moments(arr.mean(axis=0), cov, k, weight_concentration=weight_concentration)
+        return cls.from_moments(arr.mean(axis=0), cov, k, weight_concentration=weight_concentration,
+                                weight_prior=weight_prior)
 
     @classmethod
-    def from_moments(cls, mean, cov, num_components: int, *, weight_concentration: float = 1.0) -> "Prior":
+    def from_moments(cls, mean, cov, num_components: int, *, weight_concentration: float = 1.0,
+                     weight_prior: str = "dirichlet") -> "Prior":
         """:meth:`default` from the data's mean (D,) and sample covariance (D, D) (``ddof=1``), as
         an out-of-core fit computes them in one pass over the data."""
         mean = np.atleast_1d(np.asarray(mean, np.float64))
@@ -466,10 +509,15 @@ class Prior:
             mean_precision=0.01,
             degrees_of_freedom=d + 2.0,
             scale=cov / k ** (2.0 / d),
+            weight_prior=weight_prior,
         )
 
     def concentration(self, num_components: int) -> np.ndarray:
-        """The Dirichlet concentration as a vector of length ``num_components``."""
+        """The Dirichlet concentration as a vector of length ``num_components`` (a Dirichlet
+        prior only; see :meth:`stick_parameters` for the Dirichlet process)."""
+        if self.weight_prior != "dirichlet":
+            raise ValueError("concentration() is the Dirichlet's; this prior has stick-breaking weights "
+                             "(use stick_parameters(K)).")
         alpha = np.asarray(self.weight_concentration, dtype=np.float64)
         if alpha.ndim == 0:
             return np.full(num_components, float(alpha))
@@ -478,6 +526,23 @@ class Prior:
                 f"Prior weight_concentration has {alpha.shape[0]} entries but num_components={num_components}."
             )
         return alpha
+
+    def stick_parameters(self, num_components: int) -> np.ndarray:
+        """The Beta parameters ``(a_k, b_k) = (1, gamma)`` of the K - 1 sticks, shape (K - 1, 2)
+        (a Dirichlet-process prior only)."""
+        if self.weight_prior != "dirichlet_process":
+            raise ValueError("stick_parameters() is the Dirichlet process's; this prior has Dirichlet weights.")
+        sticks = np.empty((int(num_components) - 1, 2))
+        sticks[:, 0] = 1.0
+        sticks[:, 1] = float(self.weight_concentration)
+        return sticks
+
+    def weight_parameters(self, num_components: int) -> np.ndarray:
+        """What jitted code receives as ``PriorArrays.concentration``: the Dirichlet's (K,) vector,
+        or the (K - 1, 2) stick parameters (its shape tells the two apart)."""
+        if self.weight_prior == "dirichlet_process":
+            return self.stick_parameters(num_components)
+        return self.concentration(num_components)
 
     def standardised(self, shift, scale) -> "Prior":
         """The same prior expressed for data ``(x - shift) / scale`` (an affine change of units)."""
@@ -499,7 +564,7 @@ class Prior:
         else:
             psi = np.asarray(np.trace(self.scale) / self.num_features)
         return PriorArrays(
-            concentration=np.asarray(self.concentration(num_components), dtype=dtype),
+            concentration=np.asarray(self.weight_parameters(num_components), dtype=dtype),
             mean=np.asarray(self.mean, dtype=dtype),
             mean_precision=np.asarray(self.mean_precision, dtype=dtype),
             degrees_of_freedom=np.asarray(self.degrees_of_freedom, dtype=dtype),
@@ -513,13 +578,16 @@ class Prior:
             "mean_precision": self.mean_precision,
             "degrees_of_freedom": self.degrees_of_freedom,
             "scale": self.scale.tolist(),
+            "weight_prior": self.weight_prior,
         }
 
 
 class PriorArrays(NamedTuple):
     """A :class:`Prior` resolved for one structure and K, as arrays.
 
-    ``scale`` is (D, D) for full/tied, (D,) for diag and a scalar for spherical.
+    ``concentration`` is the Dirichlet's (K,) vector, or for Dirichlet-process weights the (K - 1, 2)
+    Beta parameters of the sticks (:mod:`bayesgmm._sticks`; the shape, static under ``jit``, selects
+    the weight prior). ``scale`` is (D, D) for full/tied, (D,) for diag and a scalar for spherical.
     """
 
     concentration: Any

@@ -310,7 +310,7 @@ class FitResult:
         if counts is not None and len(counts) == self.num_components:
             return np.asarray(counts, np.float64)
         w = np.asarray(self.weights, np.float64)
-        if self.prior is not None and self.draws is not None:
+        if self.prior is not None and self.draws is not None and self.prior.weight_prior == "dirichlet":
             alpha = self.prior.concentration(self.num_components)
             return w * (self.num_obs + alpha.sum()) - alpha
         return w * self.num_obs
@@ -751,7 +751,7 @@ def _validated_summary(d, where: str) -> dict:
     prior = d.get("prior")
     if prior is not None:
         keys = ("weight_concentration", "mean", "mean_precision", "degrees_of_freedom", "scale")
-        if not isinstance(prior, dict) or set(prior) != set(keys):
+        if not isinstance(prior, dict) or not set(keys) <= set(prior) <= set(keys) | {"weight_prior"}:
             raise ValueError(f"{where}: field 'prior' must be null or an object with the keys {list(keys)}; "
                              f"got {_short(prior)}.")
         try:

@@ -400,6 +400,11 @@ def fit_svi(
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
     prior = check_prior(prior, d, k, default_from=arr)
     is_delta = _is_delta(guide)
+    if is_delta and k > 1 and prior.weight_prior == "dirichlet_process":
+        raise ValueError(
+            "guide='delta' (MAP) is not defined under weight_prior='dirichlet_process' (the stick-breaking "
+            "density of the weights is unbounded as the last components empty); use guide='normal' or 'mvn'."
+        )
     if is_delta and k > 1 and np.any(prior.concentration(k) < 1):
         raise ValueError(
             "guide='delta' (MAP) needs weight_concentration >= 1 (the Dirichlet density is unbounded "

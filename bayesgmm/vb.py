@@ -14,9 +14,16 @@ has its own Normal-InverseGamma factor: :math:`\sigma^2_{kj} \sim \mathrm{InvGam
 :math:`\mu_{kj} \mid \sigma^2_{kj} \sim \mathcal{N}(m_{kj}, \sigma^2_{kj}/\beta_k)` (the one-dimensional
 case of the same formulas, applied per coordinate).
 
+Under Dirichlet-process weights (``Prior(..., weight_prior="dirichlet_process")``) the Dirichlet
+factor is replaced by independent Beta sticks :math:`q(v_k) = \mathrm{Beta}(a_k, b_k)`,
+:math:`k < K`, with the last stick 1 as in the model (Blei & Jordan 2006; scikit-learn's
+``weight_concentration_prior_type="dirichlet_process"`` keeps a K-th stick instead, and leaves its
+remainder unassigned).
+
 Updates (all from the shared sufficient statistics of :mod:`bayesgmm._stats`)::
 
     alpha_k = alpha0 + N_k          beta_k = kappa0 + N_k        nu_k = nu0 + N_k
+    (sticks: a_k = 1 + N_k, b_k = gamma + sum_{j>k} N_j)
     m_k     = (kappa0 m0 + N_k xbar_k) / beta_k
     Psi_k   = Psi0 + S_k + N_k reg_covar I + kappa0 N_k / beta_k (xbar_k - m0)(xbar_k - m0)^T
 
@@ -60,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _numerics, _sharding, _stats
+from . import _iterate, _numerics, _sharding, _stats, _sticks
 from ._compile import CompiledProgram
 from ._iterate import INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS, init_noise, initial_responsibilities
@@ -136,7 +143,45 @@ def vb_m_step(nk_safe, xbar, s, prior, reg_covar, covariance_type: str) -> VBPar
         scale = 0.5 * (scale + xp.swapaxes(scale, -1, -2))
     else:
         scale = psi0[None] + s + (nk * reg_covar)[:, None] + shrink[:, None] * dev**2
-    return VBParams(alpha0 + nk, beta, means, nu0 + nk, scale)
+    return VBParams(weights_update(alpha0, nk), beta, means, nu0 + nk, scale)
+
+
+# ---- q(pi): a Dirichlet (concentration (K,)) or independent Beta sticks ((K - 1, 2); a
+# Dirichlet-process prior, Blei & Jordan 2006). The shape of the prior's array selects the form.
+def weights_update(prior_weights, counts):
+    """Conjugate update of q(pi) from expected counts N_k."""
+    return _sticks.posterior(prior_weights, counts) if _sticks.is_sticks(prior_weights) else prior_weights + counts
+
+
+def expected_log_weights(q_weights):
+    """E_q[log pi_k] (K,)."""
+    if _sticks.is_sticks(q_weights):
+        return _sticks.expected_log_weights(q_weights)
+    xp, sp = _numerics.array_namespace(q_weights)
+    return sp.special.digamma(q_weights) - sp.special.digamma(xp.sum(q_weights))
+
+
+def mean_weights(q_weights):
+    """E_q[pi] (K,)."""
+    if _sticks.is_sticks(q_weights):
+        return _sticks.mean_weights(q_weights)
+    xp, _ = _numerics.array_namespace(q_weights)
+    return q_weights / xp.sum(q_weights)
+
+
+def weights_kl(q_weights, prior_weights):
+    """KL(q(pi) || p(pi)), complete."""
+    if _sticks.is_sticks(q_weights):
+        return _sticks.kl_divergence(q_weights, prior_weights)
+    xp, sp = _numerics.array_namespace(q_weights, prior_weights)
+    digamma, gammaln = sp.special.digamma, sp.special.gammaln
+    alpha = q_weights
+    alpha0 = prior_weights + 0.0 * alpha  # a scalar concentration, as a vector
+    a_sum = xp.sum(alpha)
+    return (
+        gammaln(a_sum) - xp.sum(gammaln(alpha)) - gammaln(xp.sum(alpha0)) + xp.sum(gammaln(alpha0))
+        + xp.sum((alpha - alpha0) * (digamma(alpha) - digamma(a_sum)))
+    )
 
 
 def _precision_terms(q: VBParams, prior, covariance_type: str):
@@ -174,17 +219,11 @@ def _precision_terms(q: VBParams, prior, covariance_type: str):
 
 def kl_divergence(q: VBParams, prior, covariance_type: str):
     """KL(q(pi, mu, Sigma) || p(pi, mu, Sigma)), complete (no dropped constants)."""
-    xp, sp = _numerics.array_namespace(*q)
-    digamma, gammaln = sp.special.digamma, sp.special.gammaln
+    xp, _ = _numerics.array_namespace(*q)
     alpha0, _, kappa0, nu0, _ = prior
-    alpha, beta, nu = q.concentration, q.mean_precision, q.degrees_of_freedom
-    alpha0 = alpha0 + 0.0 * alpha  # a scalar concentration, as a vector
+    beta, nu = q.mean_precision, q.degrees_of_freedom
     d = q.means.shape[1]
-    a_sum = xp.sum(alpha)
-    kl_dir = (
-        gammaln(a_sum) - xp.sum(gammaln(alpha)) - gammaln(xp.sum(alpha0)) + xp.sum(gammaln(alpha0))
-        + xp.sum((alpha - alpha0) * (digamma(alpha) - digamma(a_sum)))
-    )
+    kl_dir = weights_kl(q.concentration, alpha0)
     logdet, logdet0, trace, maha, mvdigamma, lgam, lgam0 = _precision_terms(q, prior, covariance_type)
     kl_mean = 0.5 * (d * kappa0 / beta - d + d * xp.log(beta / kappa0) + kappa0 * nu * maha)
     e_logdet_prec = mvdigamma - logdet
@@ -203,9 +242,8 @@ def expected_components(q: VBParams, prior, covariance_type: str):
     d = m.shape[1]
     cov = psi / (nu[:, None, None] if covariance_type == "full" else nu[:, None])
     _, _, _, _, mvdigamma, _, _ = _precision_terms(q, prior, covariance_type)
-    e_log_pi = sp.special.digamma(alpha) - sp.special.digamma(xp.sum(alpha))
-    shift = e_log_pi + 0.5 * (mvdigamma - d * xp.log(nu)) - 0.5 * d / beta
-    return GMMParams(xp.ones_like(alpha), m, cov), shift
+    shift = expected_log_weights(alpha) + 0.5 * (mvdigamma - d * xp.log(nu)) - 0.5 * d / beta
+    return GMMParams(xp.ones_like(nu), m, cov), shift
 
 
 def _weighted_sum(values, sample_weight):
@@ -249,7 +287,7 @@ def point_estimate(q: VBParams, covariance_type: str):
     has_mean = nu > extra
     denom = xp.where(has_mean, nu - extra, nu)
     cov = psi / (denom[:, None, None] if covariance_type == "full" else denom[:, None])
-    return GMMParams(alpha / xp.sum(alpha), m, cov), has_mean
+    return GMMParams(mean_weights(alpha), m, cov), has_mean
 
 
 class VBOutput(NamedTuple):
@@ -325,9 +363,9 @@ def exact_elbo(arr, q: VBParams, prior, covariance_type: str, sample_weight=None
     return float(data - kl_divergence(q, prior, covariance_type))
 
 
-def _placeholder_state(num_lanes, k, d, covariance_type, trace_len, dtype) -> _iterate.Lanes:
+def _placeholder_state(num_lanes, k, d, covariance_type, trace_len, dtype, weights_shape) -> _iterate.Lanes:
     scale_shape = (k, d, d) if covariance_type == "full" else (k, d)
-    q = VBParams(np.ones((num_lanes, k), dtype), np.ones((num_lanes, k), dtype), np.zeros((num_lanes, k, d), dtype),
+    q = VBParams(np.ones((num_lanes,) + weights_shape, dtype), np.ones((num_lanes, k), dtype), np.zeros((num_lanes, k, d), dtype),
                  np.full((num_lanes, k), d + 2.0, dtype), np.ones((num_lanes,) + scale_shape, dtype))
     zeros = np.zeros(num_lanes, dtype)
     flags = np.zeros(num_lanes, bool)
@@ -341,17 +379,26 @@ def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_dr
     Drawn on the host rather than in the compiled program: XLA's gamma rejection sampler alone
     took about 2 s to compile, more than the whole CAVI loop, for a millisecond of work.
     Weights are normalised gammas drawn in log space (``log G(a) = log G(a + 1) + log(U) / a``)
-    so that tiny concentrations do not underflow. Full covariances use Bartlett's decomposition:
+    so that tiny concentrations do not underflow; Beta sticks are pairs of them. Full covariances use Bartlett's decomposition:
     Sigma = U A^-T A^-1 U^T with Psi = U U^T, A lower triangular, A_ii^2 ~ chi2(nu - i),
     A_ij ~ N(0, 1) below the diagonal; diagonal ones are inverse gammas.
     """
     alpha, beta, m, nu, psi = (np.asarray(a, np.float64) for a in q)
     k, d = m.shape
     s = num_draws
-    log_g = np.log(rng.gamma(alpha + 1.0, size=(s, k))) + np.log(rng.uniform(size=(s, k))) / alpha
-    log_g -= log_g.max(axis=1, keepdims=True)
-    weights = np.exp(log_g)
-    weights /= weights.sum(axis=1, keepdims=True)
+
+    def log_gamma(shape):
+        return np.log(rng.gamma(shape + 1.0, size=(s,) + shape.shape)) + np.log(rng.uniform(size=(s,) + shape.shape)) / shape
+
+    if _sticks.is_sticks(alpha):
+        log_a, log_b = log_gamma(alpha[:, 0]), log_gamma(alpha[:, 1])
+        log_total = np.logaddexp(log_a, log_b)
+        weights = np.exp(_sticks.compose_log_weights(log_a - log_total, log_b - log_total))
+    else:
+        log_g = log_gamma(alpha)
+        log_g -= log_g.max(axis=1, keepdims=True)
+        weights = np.exp(log_g)
+        weights /= weights.sum(axis=1, keepdims=True)
     eps = rng.standard_normal((s, k, d))
     if covariance_type == "full":
         chi2 = 2.0 * rng.gamma((nu[:, None] - np.arange(d)[None]) / 2.0, size=(s, k, d))
@@ -406,7 +453,8 @@ def fit_vb(
         ``"spherical"`` and ``"tied"`` are not supported by VB (ValueError); use
         :func:`bayesgmm.fit_em` (MAP with a prior) or the NumPyro engines for them.
     prior : Prior, optional
-        Conjugate prior; default ``Prior.default(x, K)``. Any ``weight_concentration > 0``.
+        Conjugate prior; default ``Prior.default(x, K)``. Any ``weight_concentration > 0``, Dirichlet
+        or Dirichlet-process weights (``Prior.default(x, K, weight_prior="dirichlet_process")``).
     n_init : "auto" or int
         ``"auto"``: as many starts as the data size makes cheap (as :func:`bayesgmm.fit_em`),
         the best of their short runs continued. An int: that many independent starts, each run
@@ -454,7 +502,8 @@ def fit_vb(
         mixture (PRML 10.81) for ``full``; for ``diag`` the exact predictive is a product of
         univariate t's per coordinate, which ``StudentTMixture`` cannot express, so
         ``predictive=None`` and ``score_samples`` averages the Gaussian mixture density over
-        ``draws``. ``info`` holds ``elbo``, ``expected_counts`` (``N_k = alpha_k - alpha0_k``),
+        ``draws``. ``info`` holds ``elbo``, ``expected_counts`` (``N_k = alpha_k - alpha0_k``; under
+        a Dirichlet process ``alpha`` and ``alpha0`` are the (K - 1, 2) Beta parameters of the sticks),
         ``effective_components`` (``N_k >= 1``), ``empty_components`` (``N_k < 1``) and the
         variational parameters ``alpha``, ``beta``, ``m``, ``nu``, ``psi`` (original scale;
         ``W_k = inv(psi_k)``).
@@ -540,7 +589,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
     static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
-    placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype)
+    placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
     seconds = [0.0, 0.0]
 
     def call(block, state, limit, fresh):
@@ -587,11 +636,11 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     if covariance_type == "full":
         df = nu + 1.0 - d
         t_scale = psi * ((1.0 + beta) / (beta * df))[:, None, None]
-        predictive = StudentTMixture(alpha / alpha.sum(), params.means, t_scale, df)
+        predictive = StudentTMixture(params.weights, params.means, t_scale, df)
 
     # ---- diagnostics
-    alpha0 = prior.concentration(k)
-    n_expected = alpha - alpha0
+    alpha0 = prior.weight_parameters(k)
+    n_expected = alpha - alpha0 if alpha.ndim == 1 else _sticks.expected_counts(alpha, alpha0, n_eff)
     empty = tuple(int(i) for i in np.flatnonzero(n_expected < 1.0))
     effective = int(np.sum(n_expected >= 1.0))
     eps = float(np.finfo(dtype).eps)

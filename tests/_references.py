@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 from scipy import stats
-from scipy.special import gammaln, logsumexp, multigammaln
+from scipy.special import betaln, gammaln, logsumexp, multigammaln
 
 __all__ = [
     "component_log_densities",
@@ -167,12 +167,21 @@ def log_evidence_nig_diag(x, m0, k0, nu0, psi0_diag):
 def enumerated_log_evidence_terms(x, k, alpha0, m0, k0, nu0, psi0):
     """``log p(x, z)`` of every labelling z of ``x`` into K clusters under a symmetric
     Dirichlet(alpha0) on the weights (Dirichlet-multinomial) and NIW clusters; the log evidence
-    is their logsumexp (tiny N only)."""
+    is their logsumexp (tiny N only). ``alpha0`` of shape (K - 1, 2): Beta(a_k, b_k) sticks
+    instead (stick-breaking weights, ``v_K = 1``), where ``p(z)`` is a product of Beta functions
+    ``B(a_k + N_k, b_k + sum_{j>k} N_j) / B(a_k, b_k)``."""
     x = np.asarray(x, np.float64)
+    sticks = np.asarray(alpha0, np.float64)
     terms = []
     for z in itertools.product(range(k), repeat=x.shape[0]):
         z = np.array(z)
         counts = np.bincount(z, minlength=k)
-        log_pz = gammaln(k * alpha0) - gammaln(len(z) + k * alpha0) + np.sum(gammaln(alpha0 + counts) - gammaln(alpha0))
+        if sticks.ndim == 2:
+            later = np.cumsum(counts[::-1])[::-1] - counts
+            a, b = sticks[:, 0], sticks[:, 1]
+            log_pz = np.sum(betaln(a + counts[:-1], b + later[:-1]) - betaln(a, b))
+        else:
+            log_pz = (gammaln(k * alpha0) - gammaln(len(z) + k * alpha0)
+                      + np.sum(gammaln(alpha0 + counts) - gammaln(alpha0)))
         terms.append(log_pz + sum(log_evidence_niw(x[z == j], m0, k0, nu0, psi0) for j in range(k)))
     return np.array(terms)

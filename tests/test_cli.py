@@ -491,6 +491,18 @@ def test_gibbs_with_a_partial_prior_table_reports_the_number_of_components(tmp_p
     assert f"{post.idxmax()}: {post.max():.3f}" in line
 
 
+def test_dirichlet_process_weights_from_a_partial_prior_table(tmp_path, capsys):
+    """``prior={weight_prior="dirichlet_process"}``: Prior.default's other fields, DP(1) weights,
+    kept in the result file; the overfitted VB fit keeps the two clusters of Old Faithful."""
+    out = tmp_path / "dp"
+    argv = ["fit", "--dataset", "faithful", "-k", "10", "--method", "vb", "--engine-option",
+            'prior={weight_prior="dirichlet_process"}', "--no-progress", "--no-plot", "--out", str(out)]
+    assert cli.main(argv) == 0
+    fit = bg.load_result(out / "vb_k10.nc")
+    assert fit.prior == bg.Prior.default(bg.datasets.load_faithful(), 10, weight_prior="dirichlet_process")
+    assert fit.info["effective_components"] == 2
+
+
 def test_parquet_is_read_by_the_plain_install(csv, tmp_path, capsys):
     import tomllib
     from pathlib import Path
@@ -577,7 +589,7 @@ def test_select_takes_a_label_column(csv, tmp_path, capsys):
          "engine option(s) ['bogus'] are not options of method 'em' (fit_em); its options are ["),
         (["fit", "--dataset", "faithful", "-k", "2", "--method", "vb", "--engine-option", "prior={concentration=1}"],
          "a prior table takes the fields ['weight_concentration', 'mean', 'mean_precision', "
-         "'degrees_of_freedom', 'scale'] (unknown ['concentration']); those it leaves out are Prior.default's"),
+         "'degrees_of_freedom', 'scale', 'weight_prior'] (unknown ['concentration']); those it leaves out are Prior.default's"),
         (["run", "{sbc_toml}"], "Prior weight_concentration must be a number or a non-empty array of numbers"),
     ],
 )

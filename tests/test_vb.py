@@ -9,6 +9,7 @@
 * Known truth of simulated data; Monte Carlo checks with tolerances from their standard errors.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -28,7 +29,7 @@ from bayesgmm.results import StudentTMixture
 # ----------------------------------------------------------------------------------------------
 # Independent references (numpy / scipy)
 # ----------------------------------------------------------------------------------------------
-def sklearn_bgm(x, resp, prior, covariance_type, num_iter, reg_covar, patch_diag=False):
+def sklearn_bgm(x, resp, prior, covariance_type, num_iter, reg_covar, patch_diag=False, patch_truncation=True):
     """scikit-learn's VB from given responsibilities: ``_initialize(X, resp)`` then ``num_iter``
     (E, M) sweeps, exactly its ``fit`` loop body.
 
@@ -41,6 +42,11 @@ def sklearn_bgm(x, resp, prior, covariance_type, num_iter, reg_covar, patch_diag
     sum_i psi((nu - i)/2) in E[log |Lambda|], while its diag M-step (and our model) is an
     independent Gamma(nu/2) per coordinate whose E[log lambda_j] has psi(nu/2). For D = 1 both
     agree; for D > 1 we replace that single term by the per-coordinate one.
+
+    ``patch_truncation`` (Dirichlet-process weights): scikit-learn keeps a K-th stick
+    ``v_K ~ Beta(1 + N_K, gamma)`` and leaves its remainder unassigned, so its ``E[log pi_K]``
+    holds ``E[log v_K] < 0``; the truncated process (our model, Blei & Jordan 2006) has ``v_K = 1``.
+    We remove that single term; its other K - 1 sticks are compared one to one.
     """
     from sklearn.mixture import BayesianGaussianMixture
     from sklearn.mixture._gaussian_mixture import _estimate_log_gaussian_prob
@@ -48,7 +54,8 @@ def sklearn_bgm(x, resp, prior, covariance_type, num_iter, reg_covar, patch_diag
     bgm = BayesianGaussianMixture(
         n_components=resp.shape[1],
         covariance_type=covariance_type,
-        weight_concentration_prior_type="dirichlet_distribution",
+        weight_concentration_prior_type=(
+            "dirichlet_process" if prior.weight_prior == "dirichlet_process" else "dirichlet_distribution"),
         weight_concentration_prior=prior.weight_concentration,
         mean_prior=prior.mean,
         mean_precision_prior=prior.mean_precision,
@@ -67,6 +74,14 @@ def sklearn_bgm(x, resp, prior, covariance_type, num_iter, reg_covar, patch_diag
             return log_gauss + 0.5 * (log_lambda - d / bgm.mean_precision_)
 
         bgm._estimate_log_prob = estimate_log_prob
+    if prior.weight_prior == "dirichlet_process" and patch_truncation:
+        shipped = bgm._estimate_log_weights
+
+        def estimate_log_weights(xp=None):
+            a, b = bgm.weight_concentration_
+            return shipped(xp=xp) - np.eye(len(a))[-1] * (digamma(a[-1]) - digamma(a[-1] + b[-1]))
+
+        bgm._estimate_log_weights = estimate_log_weights
     bgm._initialize(x, resp)
     for _ in range(num_iter):
         _, log_resp = bgm._e_step(x)
@@ -101,14 +116,17 @@ def random_resp(faithful_std):
 NUM_ITER = 15
 
 
-@pytest.fixture(scope="module", params=["full", "diag"])
+@pytest.fixture(scope="module", params=[("full", "dirichlet"), ("diag", "dirichlet"), ("full", "dirichlet_process"),
+                                        ("diag", "dirichlet_process")], ids="-".join)
 def oracle_fits(request, faithful_std, random_resp, oracle_prior):
-    """Ours and scikit-learn's, K = 3 from the same random responsibilities, reg_covar = 0."""
-    ct = request.param
-    bgm = sklearn_bgm(faithful_std, random_resp, oracle_prior, ct, NUM_ITER, 0.0, patch_diag=ct == "diag")
+    """Ours and scikit-learn's, K = 3 from the same random responsibilities, reg_covar = 0, under a
+    Dirichlet and under Dirichlet-process weights."""
+    ct, weight_prior = request.param
+    prior = dataclasses.replace(oracle_prior, weight_prior=weight_prior)
+    bgm = sklearn_bgm(faithful_std, random_resp, prior, ct, NUM_ITER, 0.0, patch_diag=ct == "diag")
     with pytest.warns(ConvergenceWarning):
         r = vb.fit_vb(
-            faithful_std, random_resp.shape[1], resp_init=random_resp, covariance_type=ct, prior=oracle_prior, n_init=1,
+            faithful_std, random_resp.shape[1], resp_init=random_resp, covariance_type=ct, prior=prior, n_init=1,
             init_params="kmeans", tol=0.0, max_iter=NUM_ITER, reg_covar=0.0, seed=0, num_draws=50,
         )
     return ct, r, bgm
@@ -118,7 +136,13 @@ def _compare_to_sklearn(r, bgm, covariance_type, tol=1e-6):
     info = r.info
     nu = bgm.degrees_of_freedom_
     sk_psi = bgm.covariances_ * (nu[:, None, None] if covariance_type == "full" else nu[:, None])
-    assert rel_err(info["alpha"], bgm.weight_concentration_) < tol
+    if isinstance(bgm.weight_concentration_, tuple):  # sticks: its first K - 1 are ours
+        a, b = bgm.weight_concentration_
+        assert rel_err(info["alpha"], np.stack([a[:-1], b[:-1]], axis=-1)) < tol
+        assert rel_err(info["expected_counts"], a - 1.0) < tol
+        assert rel_err(r.weights, np.asarray(info["expected_counts"]) / r.num_obs) < 0.1  # E[pi] ~ N_k / N
+    else:
+        assert rel_err(info["alpha"], bgm.weight_concentration_) < tol
     assert rel_err(info["beta"], bgm.mean_precision_) < tol
     assert rel_err(info["m"], bgm.means_) < tol
     assert rel_err(info["nu"], nu) < tol

@@ -1,0 +1,193 @@
+"""Dirichlet-process (truncated stick-breaking) weights against independent references.
+
+* The stick-breaking distribution with ``a_k = alpha_k, b_k = sum_{j>k} alpha_j`` is the
+  Dirichlet(alpha) (Connor & Mosimann 1969): NumPyro's Dirichlet is the reference density.
+* The model's prior on the weights, recomputed from SciPy's Beta densities of the sticks and the
+  Jacobian of the stick-breaking map.
+* Brute-force enumeration of every labelling of tiny data under the stick-breaking prior on z: the
+  complete VB ELBO equals the log joint of the captured labelling.
+* The Gibbs conditional of the weights against the sticks' Beta posteriors (Monte Carlo error),
+  and simulation-based calibration of the Gibbs sampler under a DP prior.
+* scikit-learn's ``BayesianGaussianMixture(weight_concentration_prior_type="dirichlet_process")``
+  from the same start is in test_vb.py (the oracle fixture runs both weight priors).
+"""
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from _references import enumerated_log_evidence_terms
+from scipy import stats
+from scipy.special import logsumexp
+
+import bayesgmm as bg
+from bayesgmm import _sticks
+from bayesgmm.model import StickBreaking, log_joint, log_likelihood, log_prior
+from bayesgmm.params import ConvergenceWarning, GMMParams, Prior
+
+
+def _quiet(fit, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit(*args, **kwargs)
+
+
+def _dirichlet_as_sticks(alpha):
+    alpha = np.asarray(alpha, np.float64)
+    later = np.cumsum(alpha[::-1])[::-1] - alpha
+    return np.stack([alpha[:-1], later[:-1]], axis=-1)
+
+
+def test_stick_breaking_with_dirichlet_parameters_is_the_dirichlet():
+    alpha = np.array([0.7, 2.0, 1.3, 0.4])
+    sticks = StickBreaking(jnp.asarray(_dirichlet_as_sticks(alpha)))
+    w = np.asarray(dist.Dirichlet(jnp.asarray(alpha)).sample(jax.random.key(0), (6,)))
+    np.testing.assert_allclose(sticks.log_prob(jnp.asarray(w)), dist.Dirichlet(jnp.asarray(alpha)).log_prob(w),
+                               rtol=1e-5)
+    np.testing.assert_allclose(sticks.mean, alpha / alpha.sum(), rtol=1e-6)
+    draws = np.asarray(sticks.sample(jax.random.key(1), (20000,)), np.float64)
+    assert draws.shape == (20000, 4) and np.allclose(draws.sum(1), 1.0, atol=1e-5)
+    se = draws.std(0) / np.sqrt(draws.shape[0])
+    assert np.all(np.abs(draws.mean(0) - alpha / alpha.sum()) < 4.5 * se)
+
+
+def test_model_prior_of_the_weights_is_beta_sticks_times_the_jacobian():
+    """log p(pi) = sum_k log Beta(v_k; 1, gamma) - sum_k log r_k, r_k = pi_k + ... + pi_K."""
+    gamma, k = 0.8, 4
+    prior = Prior(gamma, np.zeros(2), 0.1, 4.0, np.eye(2), weight_prior="dirichlet_process")
+    w = np.array([0.5, 0.3, 0.15, 0.05])
+    tails = np.cumsum(w[::-1])[::-1]
+    v = w[:-1] / tails[:-1]
+    expected_weights = np.sum(stats.beta.logpdf(v, 1.0, gamma)) - np.sum(np.log(tails[:-1]))
+    rng = np.random.default_rng(0)
+    params = GMMParams(w, rng.normal(size=(k, 2)), np.broadcast_to(np.eye(2), (k, 2, 2)) * 0.5)
+    pa = prior.arrays(k, "full")
+    assert pa.concentration.shape == (k - 1, 2)
+    dirichlet_pa = dataclasses.replace(prior, weight_prior="dirichlet", weight_concentration=1.0).arrays(k, "full")
+    with jax.enable_x64(True):
+        as_jax = GMMParams(*(jnp.asarray(a) for a in params))
+        lp = float(log_prior(as_jax, pa, "full"))
+        uniform = float(log_prior(as_jax, dirichlet_pa, "full"))  # log Gamma(K) for the uniform Dirichlet
+        np.testing.assert_allclose(lp - uniform, expected_weights - np.log(6.0), rtol=1e-10)
+        # the NumPyro model's log joint: likelihood + this prior
+        x = jnp.asarray(rng.normal(size=(7, 2)))
+        total = float(log_joint(x, as_jax, pa, "full"))
+        np.testing.assert_allclose(total, lp + float(jnp.sum(log_likelihood(x, as_jax, "full"))), rtol=1e-10)
+
+
+def test_stick_helpers_match_their_definitions():
+    sticks = np.array([[1.5, 2.0], [0.7, 3.0], [2.0, 0.5]])
+    counts = np.array([4.0, 0.0, 2.0, 3.0])
+    post = _sticks.posterior(sticks, counts)
+    np.testing.assert_allclose(post, [[5.5, 7.0], [0.7, 8.0], [4.0, 3.5]])
+    np.testing.assert_allclose(_sticks.expected_counts(post, sticks, 9.0), counts)
+    # E[log pi] by Monte Carlo from Beta draws
+    rng = np.random.default_rng(1)
+    v = rng.beta(post[:, 0], post[:, 1], size=(200000, 3))
+    log_pi = np.log(np.concatenate([v, np.ones((v.shape[0], 1))], 1)) + np.concatenate(
+        [np.zeros((v.shape[0], 1)), np.cumsum(np.log1p(-v), 1)], 1)
+    se = log_pi.std(0) / np.sqrt(v.shape[0])
+    assert np.all(np.abs(_sticks.expected_log_weights(post) - log_pi.mean(0)) < 4.5 * se)
+    # KL of the sticks: scipy's Beta entropy and cross-entropy by quadrature
+    grid = np.linspace(1e-6, 1 - 1e-6, 200001)
+    kl = 0.0
+    for (a, b), (a0, b0) in zip(post, sticks):
+        q = stats.beta.pdf(grid, a, b)
+        kl += np.trapezoid(q * (stats.beta.logpdf(grid, a, b) - stats.beta.logpdf(grid, a0, b0)), grid)
+    assert _sticks.kl_divergence(post, sticks) == pytest.approx(kl, rel=1e-4)
+
+
+def test_elbo_equals_the_captured_labelling_by_enumeration():
+    """Two clusters 40 sd apart, N = 8, K = 2: log p(x, z) of every labelling under the
+    stick-breaking prior on z (a Beta-binomial per stick) and NIW clusters. q captures one labelling,
+    so the complete ELBO equals its log joint and falls short of log p(x)."""
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(size=(5, 2)) - 20.0, rng.normal(size=(3, 2)) + 20.0])
+    prior = Prior(0.7, x.mean(0), 0.01, 4.0, np.eye(2), weight_prior="dirichlet_process")
+    terms = enumerated_log_evidence_terms(x, 2, prior.stick_parameters(2), prior.mean, prior.mean_precision,
+                                          prior.degrees_of_freedom, prior.scale)
+    r = bg.fit_vb(x, 2, prior=prior, reg_covar=0.0, tol=1e-10, max_iter=50, num_draws=10)
+    assert r.info["elbo"] == pytest.approx(max(terms), abs=1e-6)
+    assert r.info["elbo"] < logsumexp(terms)
+    # the larger cluster takes the first stick (the DP's size-biased order): the best labelling
+    assert r.weights[0] > r.weights[1]
+
+
+def test_overfitted_vb_keeps_the_two_clusters_of_old_faithful(faithful):
+    """K = 10 with the default DP prior (gamma = 1) and default settings: two components hold the data."""
+    prior = Prior.default(faithful, 10, weight_prior="dirichlet_process")
+    r = bg.fit_vb(faithful, 10, prior=prior)
+    assert r.converged and r.info["effective_components"] == 2
+    kept = np.sort(r.weights)[::-1][:2]
+    np.testing.assert_allclose(kept, [0.644, 0.356], atol=0.01)  # the K = 2 fit's weights (EM: 0.644 / 0.356)
+    assert np.isclose(r.weights.sum(), 1.0) and np.isclose(np.sum(r.expected_counts()), 272.0)
+
+
+def test_gibbs_weights_conditional_is_the_sticks_beta_posterior():
+    from bayesgmm.gibbs import sample_parameters
+
+    k, gamma = 4, 1.5
+    prior = Prior(gamma, np.zeros(1), 0.5, 3.0, np.eye(1), weight_prior="dirichlet_process")
+    pa = prior.arrays(k, "spherical")
+    z = jnp.asarray(np.repeat([0, 1, 3], [6, 2, 3]))
+    xs = jnp.asarray(np.random.default_rng(0).normal(size=(11, 1)), jnp.float32)
+    draw = jax.jit(jax.vmap(lambda key: sample_parameters(key, xs, z, pa, k, "spherical").weights))
+    w = np.asarray(draw(jax.random.split(jax.random.key(3), 20000)), np.float64)
+    post = _sticks.posterior(prior.stick_parameters(k), np.array([6.0, 2.0, 0.0, 3.0]))
+    se = w.std(0) / np.sqrt(w.shape[0])
+    assert np.all(np.abs(w.mean(0) - _sticks.mean_weights(post)) < 4.5 * se)
+    a, b = post[0]  # pi_1 = v_1 ~ Beta(1 + 6, gamma + 5)
+    assert w[:, 0].var() == pytest.approx(a * b / ((a + b) ** 2 * (a + b + 1)), rel=0.05)
+
+
+def test_gibbs_sbc_under_a_dirichlet_process_prior():
+    """K = 3, D = 1 under DP(2) weights: ranks of label-invariant quantities are uniform (few
+    replications: catches gross errors in the stick conditional)."""
+    prior = Prior(weight_concentration=2.0, mean=np.zeros(1), mean_precision=0.2, degrees_of_freedom=5.0,
+                  scale=4.0 * np.eye(1), weight_prior="dirichlet_process")
+    res = _quiet(bg.sbc, 3, 30, prior=prior, method="gibbs", num_replications=60, num_ranks=19, seed=0,
+                 engine_kwargs={"num_warmup": 100, "num_samples": 400, "num_chains": 1})
+    assert res.p_values.to_numpy().min() > 1e-3, res.p_values
+
+
+@pytest.mark.slow
+def test_nuts_and_gibbs_agree_under_a_dirichlet_process_prior(faithful):
+    """The same posterior by two samplers (K = 3 on Old Faithful, DP(1)): the sorted weights'
+    posterior means agree within Monte Carlo error."""
+    prior = Prior.default(faithful, 3, weight_prior="dirichlet_process")
+    gibbs = _quiet(bg.fit_gibbs, faithful, 3, prior=prior, num_warmup=500, num_samples=2000, num_chains=4, seed=0)
+    nuts = _quiet(bg.fit_mcmc, faithful, 3, prior=prior, num_warmup=500, num_samples=1000, num_chains=4, seed=0)
+
+    def sorted_weights(r):
+        w = np.sort(np.asarray(r.raw_draws["weights"], np.float64).reshape(-1, 3), axis=1)[:, ::-1]
+        return w.mean(0), w.std(0) / np.sqrt(min(r.info["min_ess_bulk"], w.shape[0]))
+
+    (mg, sg), (mn, sn) = sorted_weights(gibbs), sorted_weights(nuts)
+    assert np.all(np.abs(mg - mn) < 4.5 * np.hypot(sg, sn) + 2e-3), (mg, mn)
+
+
+def test_dirichlet_process_prior_checks_and_round_trip(faithful, tmp_path):
+    with pytest.raises(ValueError, match="weight_prior must be one of"):
+        Prior.default(faithful, 2, weight_prior="pitman_yor")
+    with pytest.raises(ValueError, match="scalar"):
+        Prior([1.0, 2.0], np.zeros(2), 0.1, 4.0, np.eye(2), weight_prior="dirichlet_process")
+    prior = Prior.default(faithful, 3, weight_prior="dirichlet_process")
+    with pytest.raises(ValueError, match="MAP-EM is not defined"):
+        bg.fit_em(faithful, 3, prior=prior)
+    with pytest.raises(ValueError, match="guide='delta'"):
+        bg.fit_svi(faithful, 3, prior=prior, guide="delta")
+    with pytest.raises(ValueError, match="stick_parameters"):
+        prior.concentration(3)
+    assert prior != dataclasses.replace(prior, weight_prior="dirichlet")
+    r = bg.fit_vb(faithful, 3, prior=prior, num_draws=20)
+    assert np.asarray(r.info["alpha"]).shape == (2, 2)
+    path = tmp_path / "fit.nc"
+    bg.save_result(r, path)
+    assert bg.load_result(path).prior == prior
+    with pytest.warns(UserWarning, match="point estimate"):
+        loaded = bg.FitResult.from_json(r.to_json())
+    assert loaded.prior == prior and loaded.prior.weight_prior == "dirichlet_process"
