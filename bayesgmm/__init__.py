@@ -23,6 +23,7 @@ from .gibbs import fit_gibbs
 from .kmeans import KMeansResult, kmeans
 from .mcmc import fit_mcmc
 from .params import ConvergenceWarning, DegenerateComponentWarning, GMMParams, PrecisionWarning, Prior
+from .reporting import parameter_table
 from .results import FitResult
 from .selection import select, select_bayesian
 from .storage import load_result, save_result
@@ -57,6 +58,7 @@ __all__ = [
     "kmeans",
     "load_result",
     "observed_information",
+    "parameter_table",
     "save_result",
     "sbc",
     "select",

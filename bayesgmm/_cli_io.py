@@ -340,6 +340,16 @@ def fit_figure(result, x):
     return ax.figure
 
 
+def write_table(table, out: "OutputFolder", stem: str) -> None:
+    """``stem.csv`` (every column, full precision) and, for papers, ``stem.md`` and ``stem.tex``
+    (:func:`bayesgmm.reporting.to_markdown` / :func:`~bayesgmm.reporting.to_latex`)."""
+    from .reporting import to_latex, to_markdown
+
+    table.to_csv(out.path(f"{stem}.csv"), index=False)
+    out.path(f"{stem}.md").write_text(to_markdown(table))
+    out.path(f"{stem}.tex").write_text(to_latex(table, caption=stem.replace("_", " "), label=f"tab:{stem}"))
+
+
 def print_table(table, columns, out=None):
     out = sys.stdout if out is None else out
     import pandas as pd

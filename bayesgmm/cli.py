@@ -60,6 +60,7 @@ from ._cli_io import (
     print_features,
     print_fit,
     print_table,
+    write_table,
     wrote,
 )
 
@@ -203,12 +204,13 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     for row in table.itertuples():
         if row.warnings:
             print(f"  {row.method}: {row.warnings}", file=sys.stderr)
-    table.to_csv(out.path("comparison.csv"), index=False)
+    write_table(table, out, "comparison")
     out.path("comparison.json").write_text(table.to_json(orient="records", indent=2))
     for method, result in fits.items():
         if hasattr(result, "to_json"):
             result.to_json(out.path(f"{method}.json"))
             save_result(result, out.path(f"{method}.nc"), x=x_train)
+    write_table(_parameters(fits, x_train), out, "parameters")
     if opts["plot"]:
         from . import plotting
 
@@ -219,6 +221,19 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
         if "em" in fits:
             figure(fit_figure(fits["em"], x_train), out.path("em_clusters.png"))
     return 0
+
+
+def _parameters(fits: dict, x):
+    """Every fit's parameters in one table (:func:`bayesgmm.parameter_table`), EM's standard errors
+    from the observed information where it can be inverted."""
+    from .reporting import parameter_table
+    from .results import FitResult
+
+    results = {m: r for m, r in fits.items() if isinstance(r, FitResult)}
+    try:
+        return parameter_table(results, x)
+    except ValueError:  # e.g. a singular observed information: the estimates without EM's errors
+        return parameter_table(results, x, em_intervals=None)
 
 
 def run_select(opts, out: OutputFolder) -> int:
@@ -242,7 +257,7 @@ def run_select(opts, out: OutputFolder) -> int:
         agreement = f"; adjusted Rand index against {opts['data']['label_column']!r}: {ari:.3f}"
     print(f"best by BIC (lower is better): {best.covariance_type}, K={best.num_components}{agreement}  "
           f"({result.info['seconds']:.2f} s for {len(result.table)} fits)")
-    result.table.to_csv(out.path("selection.csv"), index=False)
+    write_table(result.table, out, "selection")
     best.to_json(out.path("best_bic.json"))
     if opts["plot"]:
         figure(result.plot("bic").figure, out.path("selection_bic.png"))
@@ -280,7 +295,7 @@ def run_study(opts, out: OutputFolder) -> int:
     print_table(summary, ("method", "num_obs", "separation", "num_components", "ari", "means_error",
                            "coverage_weights", "coverage_means", "coverage_covariances", "fit_seconds", "num_datasets"))
     study.to_csv(out.path("study.csv"), index=False)
-    summary.to_csv(out.path("summary.csv"), index=False)
+    write_table(summary, out, "summary")
     return 0
 
 

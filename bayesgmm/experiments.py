@@ -183,12 +183,13 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
     alpha = (1 - interval) / 2
     for name in ("weights", "means", "covariances"):
         if draws is None:
-            out[f"coverage_{name}"] = np.nan
+            out[f"coverage_{name}"] = out[f"width_{name}"] = np.nan
             continue
         flat = np.asarray(draws[name]).reshape((-1,) + getattr(truth, name).shape)
         lo, hi = np.quantile(flat, alpha, axis=0), np.quantile(flat, 1 - alpha, axis=0)
         value = getattr(truth, name)
         out[f"coverage_{name}"] = float(np.mean((lo <= value) & (value <= hi)))
+        out[f"width_{name}"] = float(np.mean(hi - lo))
     return out
 
 
@@ -204,6 +205,8 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
     facts = result.diagnostics  # the same typed facts for every engine, NaN where not applicable
     row["run_seconds"] = facts.run_seconds
     row["compile_seconds"] = facts.compile_seconds
+    row["warmup_seconds"] = facts.warmup_seconds
+    row["sampling_seconds"] = facts.sampling_seconds
     row["log_likelihood"] = result.log_likelihood
     if x_test is not None:
         row["test_lpd"] = result.score(x_test)
@@ -442,22 +445,48 @@ def _study_data_set(task, settings, make_mixture):
     return table
 
 
-def summarise_study(study):
-    """Aggregate a :func:`simulation_study` table per method and grid cell.
+def summarise_study(study, *, exclude_flagged: bool = False):
+    """Aggregate a :func:`simulation_study` table per method and grid cell, with Monte Carlo
+    standard errors.
 
-    Returns a DataFrame with the mean of every numeric column (a coverage column becomes the
-    empirical coverage of the nominal intervals), a Monte Carlo standard error of each coverage,
-    ``sqrt(c (1 - c) / num_datasets)`` (conservative: the scalars of one data set are
-    correlated, so they are not counted as independent), and ``num_datasets``.
+    Every numeric column is averaged over the cell's data sets (a coverage column becomes the
+    empirical coverage of the nominal intervals, beside ``width_*``, the intervals' mean width) and
+    gets a ``<column>_mcse`` beside it: the standard deviation over the data sets divided by the
+    square root of their number (data sets are independent; the scalars within one are not, so
+    they are never counted separately). Fits that did not converge or raised a warning are
+    counted per cell (``num_flagged``, ``flagged_share``, out of ``num_fits``) and, with
+    ``exclude_flagged=True``, left out of the averages (``num_datasets`` counts what was averaged).
+
+    Parameters
+    ----------
+    study : pandas.DataFrame
+        From :func:`simulation_study`.
+    exclude_flagged : bool
+        Average only the fits that converged without a warning.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (method, num_obs, separation, num_components).
     """
+    import pandas as pd
+
     keys = ["method", "num_obs", "separation", "num_components"]
-    numeric = [c for c in study.columns if c not in keys + ["dataset", "warnings"] and study[c].dtype != object]
-    grouped = study.groupby(keys, sort=False)
-    out = grouped[numeric].mean()
-    out["num_datasets"] = grouped.size()
-    for name in ("weights", "means", "covariances"):
-        col = f"coverage_{name}"
-        if col in out:
-            n = out["num_datasets"]
-            out[f"{col}_mcse"] = np.sqrt(out[col] * (1 - out[col]) / n)
+    converged = study["converged"].astype(bool) if "converged" in study else pd.Series(True, index=study.index)
+    warned = study["warnings"].fillna("").astype(str) != "" if "warnings" in study else False
+    flagged = ~converged | warned
+    counts = study.assign(_flagged=flagged).groupby(keys, sort=False)["_flagged"].agg(["size", "sum"])
+    kept = study[~flagged] if exclude_flagged else study
+    numeric = [c for c in study.columns
+               if c not in keys + ["dataset", "warnings"] and pd.api.types.is_numeric_dtype(study[c])]
+    grouped = kept.assign(**{c: kept[c].astype(float) for c in numeric}).groupby(keys, sort=False)
+    means, sds, sizes = grouped[numeric].mean(), grouped[numeric].std(ddof=1), grouped.size()
+    out = pd.DataFrame(index=counts.index)
+    for c in numeric:
+        out[c] = means[c]
+        out[f"{c}_mcse"] = sds[c] / np.sqrt(sizes)
+    out["num_datasets"] = sizes.reindex(counts.index).fillna(0).astype(int)
+    out["num_fits"] = counts["size"].astype(int)
+    out["num_flagged"] = counts["sum"].astype(int)
+    out["flagged_share"] = counts["sum"] / counts["size"]
     return out.reset_index()

@@ -365,5 +365,6 @@ def fit_gibbs(
     return sampler_result(
         "gibbs", "Gibbs", arr=arr, feature_names=names, prior=prior, covariance_type=covariance_type, done=done,
         sample_stats=stats, timed=timed, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
-        num_chains=num_chains, init="map" if isinstance(init, str) else "user", dtype=std.dtype, info={},
+        num_chains=num_chains, init="map" if isinstance(init, str) else "user", dtype=std.dtype,
+        warmup_share=num_warmup / (num_warmup + num_samples), info={},
     )

@@ -164,11 +164,7 @@ def align_draws(draws, pivot: GMMParams, covariance_type: str, *, cost: str = "k
 
 def match_result(result, reference, *, cost: str = "kl"):
     """``result`` with its components reordered to match ``reference``'s (e.g. the same colours
-    in figures of several engines).
-
-    The point estimates are matched by the Hungarian algorithm on :func:`assignment_costs`
-    (``cost`` as in :func:`align_draws`); weights, means, covariances and the aligned draws are
-    permuted together (``raw_draws``, before any alignment, are left as they are).
+    in figures of several engines): :meth:`bayesgmm.FitResult.align_to`.
 
     Parameters
     ----------
@@ -181,30 +177,7 @@ def match_result(result, reference, *, cost: str = "kl"):
     FitResult
         ``result`` itself when its order already matches.
     """
-    import dataclasses
-
-    if result.means.shape != reference.means.shape or result.covariance_type != reference.covariance_type:
-        raise ValueError(
-            f"cannot match components: {result.covariance_type!r} means of shape {result.means.shape} and "
-            f"{reference.covariance_type!r} means of shape {reference.means.shape}; compare fits with the "
-            "same number of components and features and the same covariance type."
-        )
-    ct = result.covariance_type
-    point = {"weights": result.weights[None], "means": result.means[None], "covariances": result.covariances[None]}
-    pivot = GMMParams(reference.weights, reference.means, reference.covariances)
-    aligned, perms = align_draws(point, pivot, ct, cost=cost)
-    perm = perms[0]
-    if np.array_equal(perm, np.arange(perm.size)):
-        return result
-
-    def permuted(draws):
-        if draws is None:
-            return None
-        lead = np.asarray(draws["weights"]).shape[:-1]
-        return permute_draws(draws, np.broadcast_to(perm, lead + perm.shape), ct)
-
-    return dataclasses.replace(result, weights=aligned["weights"][0], means=aligned["means"][0],
-                               covariances=aligned["covariances"][0], draws=permuted(result.draws))
+    return result.align_to(reference, cost=cost)
 
 
 def sort_components(draws, covariance_type: str, *, by: str = "means", feature: int = 0) -> dict:

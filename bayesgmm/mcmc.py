@@ -89,7 +89,7 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
     """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
     Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
-    leading axes (chains, num_samples).
+    leading axes (chains, num_samples), and each chain's leapfrog steps during warmup (chains,).
     """
     from numpyro.infer import NUTS
 
@@ -119,7 +119,8 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
             return s, (s.z, stats)
 
         out = jax.lax.scan(step, state, jnp.arange(total))[1]
-        return jax.tree_util.tree_map(lambda a: a[config.num_warmup :], out)
+        warmup_steps = jnp.sum(out[1]["num_steps"][: config.num_warmup])  # leapfrog steps spent warming up
+        return jax.tree_util.tree_map(lambda a: a[config.num_warmup :], out) + (warmup_steps,)
 
     if config.chain_method == "sequential":
         return jax.lax.map(lambda a: one_chain(*a), (chain_keys, z0))
@@ -201,7 +202,7 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
             out_specs=chains,
             check_vma=False,
         )
-    zs, stats = run_chains(chain_keys, z0, xs, prior)
+    zs, stats, warmup_steps = run_chains(chain_keys, z0, xs, prior)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.num_samples, 1), xs.dtype)
@@ -212,7 +213,7 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
         return jnp.sum(_numerics.mixture_log_density(xs, *p, ct)) + log_prior(p, prior, ct)
 
     lp = jax.vmap(jax.vmap(log_post))(*draws)
-    return pivot, draws, stats, lp
+    return pivot, draws, stats, lp, warmup_steps
 
 
 @functools.partial(jax.jit, static_argnames=("k", "covariance_type"))
@@ -401,12 +402,14 @@ def fit_mcmc(
     ticks = steps * (num_chains if run_method == "sequential" else num_devices if run_method == "parallel" else 1)
     with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
         timed = PROGRAM(xs, prior_arrays, key, init_code, user_init, config=config)
-    pivot_std, draws_std, stats, lp = timed.outputs
+    pivot_std, draws_std, stats, lp, warmup_steps = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
     stats["lp"] = done.log_posterior
+    warmup_steps = float(np.sum(warmup_steps))
+    warmup_share = warmup_steps / max(warmup_steps + float(np.sum(stats["num_steps"])), 1.0)
     num_div = int(stats["diverging"].sum())
     if num_div:
         warnings.warn(
@@ -418,9 +421,10 @@ def fit_mcmc(
     return sampler_result(
         "mcmc", "NUTS", arr=arr, feature_names=names, prior=prior, covariance_type=covariance_type, done=done,
         sample_stats=stats, timed=timed, seed=seed, num_warmup=num_warmup, num_samples=num_samples,
-        num_chains=num_chains, init=init_mode, dtype=dtype,
+        num_chains=num_chains, init=init_mode, dtype=dtype, warmup_share=warmup_share,
         info={
             "num_divergences": num_div,
+            "warmup_leapfrog_steps": int(warmup_steps),
             "chain_method": chain_method,
             "num_devices": num_devices,
             "target_accept_prob": float(target_accept_prob),

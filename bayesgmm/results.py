@@ -138,6 +138,10 @@ class FitDiagnostics:
         Tracing and compiling (0.0 when a compiled program was reused).
     run_seconds : float
         Running, compilation excluded (NUTS: the MAP start, warmup and sampling).
+    warmup_seconds, sampling_seconds : float
+        The samplers' (NUTS, Gibbs) ``run_seconds`` split between warmup (with the MAP start) and
+        sampling, in proportion to the work of each phase (NUTS: leapfrog steps; Gibbs: sweeps),
+        since one compiled program runs both; NaN for the other engines.
     elbo : float
         The evidence lower bound at the end (VB: of the final q; SVI: the mean of the last
         10% of steps); NaN for EM and NUTS.
@@ -152,6 +156,8 @@ class FitDiagnostics:
 
     compile_seconds: float = float("nan")
     run_seconds: float = float("nan")
+    warmup_seconds: float = float("nan")
+    sampling_seconds: float = float("nan")
     elbo: float = float("nan")
     num_divergences: float = float("nan")
     max_rhat: float = float("nan")
@@ -502,14 +508,138 @@ class FitResult:
         return x * frame.scale + frame.shift, z
 
     # ------------------------------------------------------------------ conversion
+    def relabel(self, order) -> "FitResult":
+        """The same fit with its components reordered: component ``j`` of the result is component
+        ``order[j]`` of this one.
+
+        Permuted together: the point estimate, the aligned ``draws``, the closed-form
+        ``predictive``, ``degenerate_components`` and the per-component entries of ``info``
+        (``expected_counts``, VB's variational parameters, ``empty_components``). ``raw_draws``
+        (before any alignment) and ``sample_stats`` are kept as they are. Stick-breaking
+        parameters (a Dirichlet-process prior) are ordered by definition, so they are dropped from
+        ``info`` by a non-trivial reordering. ``info["order"]`` records the composed reordering
+        relative to the fitted order.
+
+        Parameters
+        ----------
+        order : sequence of int
+            A permutation of ``range(K)``.
+
+        Returns
+        -------
+        FitResult
+            ``self`` when ``order`` is the identity.
+
+        Raises
+        ------
+        ValueError
+            ``order`` is not a permutation of ``range(K)``.
+        """
+        from .labels import permute_draws
+
+        k = self.num_components
+        try:
+            perm = np.asarray(order)
+        except (TypeError, ValueError):
+            perm = np.empty(0)
+        if perm.shape != (k,) or perm.dtype.kind not in "iu" or not np.array_equal(np.sort(perm), np.arange(k)):
+            raise ValueError(f"order must be a permutation of range({k}) (component j of the result is component "
+                             f"order[j]), got {_short(order)}.")
+        if np.array_equal(perm, np.arange(k)):
+            return self
+        ct = self.covariance_type
+        inverse = np.argsort(perm)  # old index -> new index
+        point = permute_draws({"weights": self.weights, "means": self.means, "covariances": self.covariances}, perm, ct)
+        draws = None
+        if self.draws is not None:
+            lead = np.asarray(self.draws["weights"]).shape[:-1]
+            draws = permute_draws(self.draws, np.broadcast_to(perm, lead + (k,)), ct)
+        predictive = None if self.predictive is None else StudentTMixture(*(np.asarray(a)[perm] for a in self.predictive))
+        info = dict(self.info)
+        for key in ("expected_counts", "beta", "m", "nu", "psi", "covariance_estimate", "alpha", "alpha0"):
+            if key not in info:
+                continue
+            arr = np.asarray(info[key])
+            if arr.shape[:1] == (k,):
+                info[key] = arr[perm].tolist()
+            else:
+                del info[key]  # (K - 1, 2) sticks: no meaning in another order
+        if "empty_components" in info:
+            info["empty_components"] = sorted(int(inverse[i]) for i in info["empty_components"])
+        info["order"] = np.asarray(info.get("order", np.arange(k)))[perm].tolist()
+        return dataclasses.replace(
+            self, weights=point["weights"], means=point["means"], covariances=point["covariances"], draws=draws,
+            predictive=predictive, info=info,
+            degenerate_components=tuple(sorted(int(inverse[i]) for i in self.degenerate_components)),
+        )
+
+    def align_to(self, reference: "FitResult", *, cost: str = "kl") -> "FitResult":
+        """This fit relabelled to match ``reference``'s components (e.g. to tabulate or draw several
+        engines' fits in one order).
+
+        The point estimates are matched by the Hungarian algorithm on
+        :func:`bayesgmm.labels.assignment_costs` (``cost="kl"``: the KL divergence between the
+        Gaussians; ``"mahalanobis"``: the means' distance); see :meth:`relabel` for what moves.
+
+        Parameters
+        ----------
+        reference : FitResult
+            The same number of components and features and the same covariance type.
+        cost : {"kl", "mahalanobis"}
+
+        Returns
+        -------
+        FitResult
+        """
+        from .labels import align_draws
+
+        if not isinstance(reference, FitResult):
+            raise ValueError(f"reference must be a FitResult, got {type(reference).__name__}.")
+        if self.means.shape != reference.means.shape or self.covariance_type != reference.covariance_type:
+            raise ValueError(
+                f"cannot match components: {self.covariance_type!r} means of shape {self.means.shape} and "
+                f"{reference.covariance_type!r} means of shape {reference.means.shape}; compare fits with the "
+                "same number of components and features and the same covariance type."
+            )
+        point = {"weights": self.weights[None], "means": self.means[None], "covariances": self.covariances[None]}
+        _, perms = align_draws(point, reference.params, self.covariance_type, cost=cost)
+        return self.relabel(perms[0])
+
     def to_inference_data(self, x=None, **kwargs):
         """ArviZ ``InferenceData`` of this fit (see :func:`bayesgmm.diagnostics.to_inference_data`)."""
         from .diagnostics import to_inference_data
 
         return to_inference_data(self, x, **kwargs)
 
-    def summary(self) -> dict:
-        """Point estimate and fit facts as plain JSON-serialisable Python objects."""
+    def summary(self):
+        """A compact table of the fit: a row per component with its weight, means and standard
+        deviations per feature (square roots of the covariance diagonal), and for fits with
+        posterior draws the posterior sd of the weight and of each mean (``..._sd`` columns, from
+        the aligned draws). ``attrs`` hold the method, covariance type, log-likelihood,
+        convergence and number of observations; :meth:`to_dict` has everything."""
+        import pandas as pd
+
+        names = self.feature_names
+        sd = np.sqrt(np.diagonal(self.full_covariances, axis1=-2, axis2=-1))
+        table = pd.DataFrame({"weight": self.weights}, index=pd.RangeIndex(self.num_components, name="component"))
+        draws = self.draws
+        if draws is not None:
+            flat_w = np.asarray(draws["weights"], np.float64).reshape(-1, self.num_components)
+            flat_m = np.asarray(draws["means"], np.float64).reshape(-1, self.num_components, self.num_features)
+            table["weight_sd"] = flat_w.std(axis=0, ddof=1)
+        for j, name in enumerate(names):
+            table[f"mean[{name}]"] = self.means[:, j]
+            if draws is not None:
+                table[f"mean[{name}]_sd"] = flat_m[:, :, j].std(axis=0, ddof=1)
+        for j, name in enumerate(names):
+            table[f"sd[{name}]"] = sd[:, j]
+        table.attrs.update(method=self.method, covariance_type=self.covariance_type, log_likelihood=self.log_likelihood,
+                           converged=self.converged, num_obs=self.num_obs)
+        return table
+
+    def to_dict(self) -> dict:
+        """Point estimate and fit facts as plain JSON-serialisable Python objects (what
+        :meth:`to_json` writes)."""
         return {
             "method": self.method,
             "covariance_type": self.covariance_type,
@@ -531,7 +661,7 @@ class FitResult:
         }
 
     def to_json(self, path=None) -> str:
-        """JSON text of :meth:`summary`; also written to ``path`` when given (atomically: the
+        """JSON text of :meth:`to_dict`; also written to ``path`` when given (atomically: the
         file is complete or absent, never truncated).
 
         JSON holds the point estimate and the fit facts, not posterior draws nor the VB
@@ -540,7 +670,7 @@ class FitResult:
         the plug-in point estimate, with a warning. Keep everything with
         :func:`bayesgmm.save_result` (NetCDF) and :func:`bayesgmm.load_result`.
         """
-        text = json.dumps(self.summary(), indent=2)
+        text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             from ._files import write_text
 

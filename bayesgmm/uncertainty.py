@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _em_core, _em_host, _numerics
+from ._tables import flatten_parameters, parameter_frame
 from .labels import align_draws
 from .model import log_prior
 from .params import (
@@ -90,38 +91,6 @@ class ParameterUncertainty:
             rows = self.table[self.table["parameter"] == name]
             out.append(rows["se"].to_numpy().reshape(shapes[name]))
         return GMMParams(*out)
-
-
-def _parameter_index(params: GMMParams, covariance_type: str):
-    """(parameter, component, feature, feature_bis) labels of every flattened scalar."""
-    k, d = params.means.shape
-    rows = [("weights", j, -1, -1) for j in range(k)]
-    rows += [("means", j, a, -1) for j in range(k) for a in range(d)]
-    if covariance_type == "full":
-        rows += [("covariances", j, a, b) for j in range(k) for a in range(d) for b in range(d)]
-    elif covariance_type == "diag":
-        rows += [("covariances", j, a, -1) for j in range(k) for a in range(d)]
-    elif covariance_type == "spherical":
-        rows += [("covariances", j, -1, -1) for j in range(k)]
-    else:
-        rows += [("covariances", -1, a, b) for a in range(d) for b in range(d)]
-    return rows
-
-
-def _flat(params: GMMParams):
-    return np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in params])
-
-
-def _table(fit: FitResult, estimate, se, lower, upper):
-    import pandas as pd
-
-    labels = _parameter_index(fit.params, fit.covariance_type)
-    table = pd.DataFrame(labels, columns=["parameter", "component", "feature", "feature_bis"])
-    names = list(fit.feature_names)
-    table["feature_name"] = [names[f] if f >= 0 else "" for f in table["feature"]]
-    table["feature_bis_name"] = [names[f] if f >= 0 else "" for f in table["feature_bis"]]
-    table["estimate"], table["se"], table["lower"], table["upper"] = estimate, se, lower, upper
-    return table
 
 
 def _check_fit(fit, x):
@@ -261,7 +230,8 @@ def bootstrap(
         draws, _ = align_draws(draws, fit.params, ct)
     flat = np.concatenate([draws[name].reshape(draws[name].shape[1], -1) for name in ("weights", "means", "covariances")], 1)
     alpha = (1 - level) / 2
-    table = _table(fit, _flat(fit.params), flat.std(0, ddof=1), np.quantile(flat, alpha, 0), np.quantile(flat, 1 - alpha, 0))
+    table = parameter_frame(fit, flatten_parameters(fit.params), flat.std(0, ddof=1), np.quantile(flat, alpha, 0),
+                            np.quantile(flat, 1 - alpha, 0))
     info = {
         "kind": kind, "num_replicates": int(num_replicates), "num_used": int(ok.sum()),
         "converged_fraction": float(converged[ok].mean()) if ok.any() else 0.0,
@@ -384,9 +354,9 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     jac = np.asarray(jax.jacobian(natural)(theta), np.float64)
     cov_nat = jac @ cov_theta @ jac.T
     se = np.sqrt(np.clip(np.diag(cov_nat), 0, None)) if eig[0] > 0 else np.full(cov_nat.shape[0], np.nan)
-    est = _flat(fit.params)
+    est = flatten_parameters(fit.params)
     z = norm.ppf(0.5 + level / 2)
-    table = _table(fit, est, se, est - z * se, est + z * se)
+    table = parameter_frame(fit, est, se, est - z * se, est + z * se)
     info = {
         "seconds": time.perf_counter() - start, "min_eigenvalue": float(eig[0]), "dtype": str(dtype),
         "shapes": {"weights": fit.weights.shape, "means": fit.means.shape, "covariances": fit.covariances.shape},

@@ -624,5 +624,6 @@ def test_every_file_written_is_listed(csv, tmp_path, capsys):
     assert len(wrote) == 1
     listed = {p for p in wrote[0].removeprefix("wrote ").split(", ")}
     assert listed == {str(p) for p in tmp_path.iterdir()}
-    assert {"comparison.csv", "comparison.json", "em.json", "em.nc", "engines.png", "em_clusters.png",
+    assert {"comparison.csv", "comparison.md", "comparison.tex", "comparison.json", "em.json", "em.nc", "engines.png",
+            "em_clusters.png", "parameters.csv", "parameters.md", "parameters.tex",
             cli.MANIFEST} == {p.name for p in tmp_path.iterdir()}

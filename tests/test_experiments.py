@@ -111,13 +111,27 @@ def test_simulation_study_stacks_and_summarises():
     # better separated clusters are recovered better
     assert by_sep.loc[("em", 6.0), "ari"] > by_sep.loc[("em", 2.0), "ari"]
     # coverage: per data set the share of the K x D = 2 x 2 true means inside their intervals, then
-    # the mean over the 3 data sets of a cell, with the binomial Monte Carlo standard error
+    # the mean over the 3 data sets of a cell; every averaged quantity with its Monte Carlo
+    # standard error (sd over the data sets / sqrt(3)), recomputed here
     share = study["coverage_means"].to_numpy() * 4
     np.testing.assert_allclose(share, np.round(share), atol=1e-9)
-    mean = study.groupby(["method", "separation"])["coverage_means"].mean()
-    np.testing.assert_allclose(by_sep["coverage_means"].to_numpy(), mean.loc[by_sep.index].to_numpy(), rtol=1e-12)
-    np.testing.assert_allclose(by_sep["coverage_means_mcse"].to_numpy(),
-                               np.sqrt(mean.loc[by_sep.index] * (1 - mean.loc[by_sep.index]) / 3).to_numpy(), rtol=1e-12)
+    cells = study.groupby(["method", "separation"])
+    for column in ("coverage_means", "width_means", "ari", "means_error", "test_lpd"):
+        np.testing.assert_allclose(by_sep[column].to_numpy(), cells[column].mean().loc[by_sep.index].to_numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(by_sep[f"{column}_mcse"].to_numpy(),
+                                   (cells[column].std(ddof=1) / np.sqrt(3)).loc[by_sep.index].to_numpy(), rtol=1e-12)
+    assert (study["width_means"] > 0).all()
+    # fits that did not converge or warned are counted per cell, and can be left out
+    flagged = study.assign(converged=[False] + [True] * (len(study) - 1))
+    counted = summarise_study(flagged)
+    first = (counted["method"] == study["method"][0]) & (counted["separation"] == study["separation"][0])
+    assert counted.loc[first, "num_flagged"].item() == 1 and counted.loc[first, "flagged_share"].item() == 1 / 3
+    assert (counted.loc[~first, "num_flagged"] == 0).all() and (counted["num_fits"] == 3).all()
+    without = summarise_study(flagged, exclude_flagged=True)
+    assert without.loc[first, "num_datasets"].item() == 2
+    same_cell = (study["method"] == study["method"][0]) & (study["separation"] == study["separation"][0])
+    assert without.loc[first, "ari"].item() == pytest.approx(study.loc[same_cell, "ari"].iloc[1:].mean())
     # the same study on a pool of two fresh processes (spawned: JAX must not be forked) is the same table
     import concurrent.futures
     import multiprocessing

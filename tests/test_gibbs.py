@@ -101,6 +101,10 @@ def test_result_diagnostics_and_arviz(faithful_gibbs, faithful):
     np.testing.assert_allclose(res.sample_stats["lp"][c, s], log_joint(faithful, draw, res.prior), rtol=1e-9)
     assert res.diagnostics.max_rhat < 1.01 and res.diagnostics.min_ess_bulk > 400
     assert np.isnan(res.diagnostics.num_divergences) and res.converged
+    # run time split by sweeps (all cost the same): warmup's share is num_warmup / all sweeps
+    facts, total = res.diagnostics, SETTINGS["num_warmup"] + SETTINGS["num_samples"]
+    assert facts.warmup_seconds == pytest.approx(facts.run_seconds * SETTINGS["num_warmup"] / total, rel=1e-12)
+    assert facts.warmup_seconds + facts.sampling_seconds == pytest.approx(facts.run_seconds, rel=1e-12)
     idata = res.to_inference_data(faithful)
     assert idata.log_likelihood["x"].shape == (4, 1000, 272)
     loo = az.loo(idata)

@@ -321,6 +321,12 @@ def test_result_shapes_stats_and_warnings(full_fits, diag_fit):
         assert result.trace.shape == (c * s,) and np.all(np.isfinite(result.trace))
         info = result.info
         assert info["num_divergences"] == int(result.sample_stats["diverging"].sum())
+        # run time split between warmup and sampling by their leapfrog steps (gradient evaluations)
+        facts, sampling_steps = result.diagnostics, int(result.sample_stats["num_steps"].sum())
+        assert info["warmup_leapfrog_steps"] > 0
+        share = info["warmup_leapfrog_steps"] / (info["warmup_leapfrog_steps"] + sampling_steps)
+        assert facts.warmup_seconds == pytest.approx(facts.run_seconds * share, rel=1e-9)
+        assert facts.warmup_seconds + facts.sampling_seconds == pytest.approx(facts.run_seconds, rel=1e-12)
         assert result.converged == (info["max_rhat"] < 1.01)
         messages = " ".join(str(w.message) for w in caught)
         assert ("divergent" in messages) == (info["num_divergences"] > 0)
@@ -363,7 +369,8 @@ def test_timing_facts(full_fits):
     for result in (first, again):
         info = result.info
         assert info["run_seconds"] > 0
-        assert "sampling_seconds" not in info  # one name for one number
+        # the sampling phase only (run_seconds also holds the MAP start and warmup)
+        assert 0 < info["sampling_seconds"] < info["run_seconds"]
         assert info["fit_seconds"] == info["compile_seconds"] + info["run_seconds"]
     # the module's first full-covariance fit compiled the program (its caches are emptied between
     # modules); the same-shaped fit after it reused it

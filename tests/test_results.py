@@ -257,7 +257,7 @@ def test_results_are_deeply_immutable(two_blobs):
     assert json.loads(r.to_json())["info"]["nested"]["values"] == [1.0, 2.0]
     # frozen results pickle and deep-copy (scikit-learn pickles estimators holding one)
     for back in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
-        assert back.summary() == r.summary() and not back.means.flags.writeable
+        assert back.to_dict() == r.to_dict() and not back.means.flags.writeable
         assert isinstance(back.info["nested"], Mapping) and not back.info["nested"]["array"].flags.writeable
         np.testing.assert_array_equal(back.score_samples(x), r.score_samples(x))
 

@@ -1,0 +1,293 @@
+"""Tables for papers: every engine's parameters in one tidy frame, in one component order.
+
+:func:`parameter_table` puts the estimates of several fits (EM, VB, SVI, NUTS, Gibbs, ...) side by
+side with their uncertainty, each stated for what it is (a posterior sd and credible interval for
+the Bayesian engines; an observed-information or bootstrap standard error and interval for EM),
+and with the truth and the error when the data were simulated. Fits label their components
+arbitrarily, so every fit is first relabelled to one canonical order (:meth:`FitResult.align_to`).
+:func:`to_markdown` and :func:`to_latex` write any of the package's tables for a paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._tables import flatten_parameters, parameter_frame
+from .params import GMMParams
+from .results import FitResult
+
+__all__ = ["DISPLAY_NAMES", "parameter_table", "to_latex", "to_markdown"]
+
+#: How the engines are named in tables and figures.
+DISPLAY_NAMES = {
+    "em": "EM", "map-em": "MAP-EM", "hard-em": "hard EM", "kmeans": "k-means", "vb": "VB", "svi": "SVI",
+    "mcmc": "NUTS", "gibbs": "Gibbs",
+}
+
+EM_INTERVALS = ("observed-information", "bootstrap", None)
+
+
+def _named_fits(fits) -> dict:
+    if isinstance(fits, FitResult):
+        fits = [fits]
+    if isinstance(fits, Mapping):
+        named = dict(fits)
+    else:
+        named, seen = {}, {}
+        for fit in fits:
+            base = DISPLAY_NAMES.get(getattr(fit, "method", None), getattr(fit, "method", "?"))
+            seen[base] = seen.get(base, 0) + 1
+            named[base if seen[base] == 1 else f"{base} #{seen[base]}"] = fit
+    if not named or not all(isinstance(f, FitResult) for f in named.values()):
+        raise ValueError("fits must be a FitResult, a sequence of them or a mapping name -> FitResult.")
+    return named
+
+
+class _Truth:
+    """True parameters and their covariance structure (from a FitResult, or inferred from the
+    shape of the covariances, the first fit's structure preferred when its shape fits)."""
+
+    def __init__(self, truth, first: FitResult):
+        k, d = first.num_components, first.num_features
+        covariance_type = truth.covariance_type if isinstance(truth, FitResult) else None
+        if isinstance(truth, FitResult):
+            truth = truth.params
+        try:
+            params = GMMParams(*(np.asarray(a, np.float64) for a in truth))
+        except (TypeError, ValueError):
+            raise ValueError("truth must be a GMMParams (weights, means, covariances) or a FitResult.") from None
+        if params.weights.shape != (k,) or params.means.shape != (k, d):
+            raise ValueError(f"truth must have {k} components and {d} features like the fits, got weights of shape "
+                             f"{params.weights.shape} and means of shape {params.means.shape}.")
+        if covariance_type is None:
+            shapes = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}
+            fitting = [ct for ct, shape in shapes.items() if shape == params.covariances.shape]
+            if not fitting:
+                raise ValueError(f"truth covariances of shape {params.covariances.shape} fit no covariance structure "
+                                 f"with K={k}, D={d}.")
+            covariance_type = first.covariance_type if first.covariance_type in fitting else fitting[0]
+        self.params, self.covariance_type = params, covariance_type
+
+
+def _order_by_means(fit: FitResult, reference_means) -> np.ndarray:
+    """The permutation matching ``fit``'s means to ``reference_means`` (Hungarian algorithm on the
+    squared distance in units of the reference's spread): used across covariance structures."""
+    from scipy.optimize import linear_sum_assignment
+
+    scale = np.std(reference_means, axis=0) + 1e-300
+    cost = np.sum(((reference_means[:, None] - fit.means[None]) / scale) ** 2, axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    order = np.empty(len(rows), int)
+    order[rows] = cols
+    return order
+
+
+def _canonical(named: dict, truth: _Truth | None, cost: str) -> dict:
+    """Every fit relabelled to one order: the truth's, or else the first fit's sorted by the mean of
+    the first feature. Fits of the reference's structure are matched by :meth:`FitResult.align_to`,
+    others by their means."""
+    import dataclasses
+
+    first = next(iter(named.values()))
+    if truth is None:
+        reference = first.relabel(np.argsort(first.means[:, 0], kind="stable"))
+    else:
+        reference = dataclasses.replace(first, covariance_type=truth.covariance_type, weights=truth.params.weights,
+                                        means=truth.params.means, covariances=truth.params.covariances, draws=None,
+                                        raw_draws=None, predictive=None)
+    out = {}
+    for name, fit in named.items():
+        if fit.covariance_type == reference.covariance_type:
+            out[name] = fit.align_to(reference, cost=cost)
+        else:
+            out[name] = fit.relabel(_order_by_means(fit, reference.means))
+    return out
+
+
+def _posterior_columns(fit: FitResult, level: float):
+    w, m, c = (np.asarray(fit.draws[name], np.float64) for name in ("weights", "means", "covariances"))
+    flat = np.stack([flatten_parameters(GMMParams(*p)) for p in zip(w.reshape((-1,) + w.shape[2:]), m.reshape((-1,) + m.shape[2:]),
+                                                      c.reshape((-1,) + c.shape[2:]))])
+    tail = (1.0 - level) / 2.0
+    return flat.std(axis=0, ddof=1), np.quantile(flat, tail, axis=0), np.quantile(flat, 1.0 - tail, axis=0)
+
+
+def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_intervals="observed-information",
+                    num_replicates: int = 200, seed=0, cost: str = "kl"):
+    """One tidy table of the parameters of several fits, components in one order.
+
+    Parameters
+    ----------
+    fits : FitResult, sequence of FitResult or mapping name -> FitResult
+        Fits of the same data with the same K and D (any engines and covariance structures). A
+        sequence is named by engine ("EM", "VB", "NUTS", ...; repeats numbered).
+    x : array-like (N, D), optional
+        The training data: needed for EM's standard errors (``em_intervals``).
+    truth : GMMParams or FitResult, optional
+        The true parameters of simulated data: adds ``truth`` and ``error = estimate - truth``,
+        and the components take the truth's order.
+    level : float
+        Coverage of every interval (posterior quantiles, Wald or bootstrap percentiles).
+    em_intervals : {"observed-information", "bootstrap", None}
+        How maximum-likelihood and MAP fits get their standard errors and intervals (with ``x``):
+        :func:`bayesgmm.observed_information` (Wald) or :func:`bayesgmm.bootstrap`
+        (``num_replicates`` nonparametric replicates, percentile intervals).
+    num_replicates : int
+        Replicates when ``em_intervals="bootstrap"``.
+    seed : int
+        Seed of the bootstrap.
+    cost : {"kl", "mahalanobis"}
+        How components are matched across fits of one structure (:meth:`FitResult.align_to`);
+        fits of another structure than the first are matched by their means.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A row per (method, parameter, component, feature[, feature_bis]): ``method``,
+        ``parameter`` ("weights", "means", "covariances"), ``component``, ``feature``,
+        ``feature_bis`` (-1 where not applicable; tied covariances have component -1),
+        ``feature_name``, ``feature_bis_name``, ``estimate`` (the fit's point estimate: MLE/MAP, or
+        the posterior mean of the aligned draws), ``se`` (standard error, or posterior sd),
+        ``lower``, ``upper``, ``interval`` ("posterior", "observed-information", "bootstrap" or
+        "none"), ``level``, and with ``truth`` also ``truth`` and ``error``. Components are in the
+        truth's order, or else in the order of the first fit's means of the first feature.
+
+    Raises
+    ------
+    ValueError
+        Fits of different K or D, a ``truth`` of another shape, or invalid options.
+
+    Examples
+    --------
+    >>> x = bg.datasets.load_faithful()
+    >>> table = bg.parameter_table([bg.fit_em(x, 2), bg.fit_vb(x, 2)], x)
+    >>> print(bg.reporting.to_markdown(table.query("parameter == 'means'")))  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from .uncertainty import bootstrap, observed_information
+
+    named = _named_fits(fits)
+    first = next(iter(named.values()))
+    k, d = first.num_components, first.num_features
+    for name, fit in named.items():
+        if (fit.num_components, fit.num_features) != (k, d):
+            raise ValueError(f"fit {name!r} has K={fit.num_components}, D={fit.num_features}; the first has K={k}, "
+                             f"D={d}. Tabulate fits of one K and D together.")
+    if not (isinstance(level, float | int) and 0.0 < level < 1.0):
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
+    if em_intervals not in EM_INTERVALS:
+        raise ValueError(f"em_intervals must be one of {EM_INTERVALS}, got {em_intervals!r}.")
+    true = None if truth is None else _Truth(truth, first)
+    frames = []
+    for name, fit in _canonical(named, true, cost).items():
+        estimate = flatten_parameters(fit.params)
+        nan = np.full(estimate.shape, np.nan)
+        se, lower, upper, interval = nan, nan, nan, "none"
+        if fit.draws is not None:
+            se, lower, upper = _posterior_columns(fit, level)
+            interval = "posterior"
+        elif x is not None and em_intervals is not None and fit.method in ("em", "map-em"):
+            if em_intervals == "bootstrap":
+                unc = bootstrap(fit, x, num_replicates=num_replicates, level=level, seed=seed)
+            else:
+                unc = observed_information(fit, x, level=level)
+            se, lower, upper = (unc.table[c].to_numpy() for c in ("se", "lower", "upper"))
+            interval = em_intervals
+        table = parameter_frame(fit, estimate, se, lower, upper)
+        table.insert(0, "method", name)
+        table["interval"], table["level"] = interval, float(level)
+        if true is not None:
+            if true.covariance_type == fit.covariance_type:
+                truth_flat = flatten_parameters(true.params)
+            else:  # another structure: weights and means only
+                truth_flat = np.concatenate([true.params.weights, true.params.means.ravel(),
+                                             np.full(estimate.size - k - k * d, np.nan)])
+            table["truth"] = truth_flat
+            table["error"] = table["estimate"] - table["truth"]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writers
+# ----------------------------------------------------------------------------------------------
+def _cell(value, digits: int) -> str:
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        if math.isnan(v):
+            return ""
+        if v != 0.0 and (abs(v) >= 10 ** (digits + 2) or abs(v) < 10 ** -(digits - 1)):
+            return f"{v:.{digits}g}"
+        return f"{v:.{digits}f}"
+    return str(value)
+
+
+def _cells(table, digits: int):
+    import pandas as pd
+
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"table must be a pandas DataFrame, got {type(table).__name__}.")
+    header = [str(c) for c in table.columns]
+    rows = [[_cell(v, digits) for v in row] for row in table.itertuples(index=False, name=None)]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) for c in table.columns]
+    return header, rows, numeric
+
+
+def to_markdown(table, *, digits: int = 4) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown table (numbers right-aligned, NaN blank).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Any of the package's tables (``compare``, ``parameter_table``, ``summarise_study``,
+        ``select(...).table``); the index is not written (``reset_index()`` first to keep it).
+    digits : int
+        Digits after the decimal point (significant digits for very large or small numbers).
+    """
+    header, rows, numeric = _cells(table, digits)
+    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(escape(h) for h in header) + " |",
+             "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
+    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str | None = None) -> str:
+    """A DataFrame as a LaTeX ``tabular`` in a ``table`` float (booktabs rules; special characters
+    escaped; numbers right-aligned; NaN blank). Needs ``\\usepackage{booktabs}``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    digits : int
+        As :func:`to_markdown`.
+    caption, label : str, optional
+        ``\\caption`` and ``\\label`` of the float.
+    """
+    header, rows, numeric = _cells(table, digits)
+
+    def escape(text):
+        return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+    lines = [r"\begin{table}[ht]", r"\centering"]
+    if caption:
+        lines.append(r"\caption{" + escape(caption) + "}")
+    if label:
+        lines.append(r"\label{" + label + "}")
+    lines += [r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", r"\toprule",
+              " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(escape(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

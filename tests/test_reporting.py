@@ -1,0 +1,129 @@
+"""Research output: relabelling, the cross-engine parameter table, the compact summary and the
+Markdown / LaTeX writers, checked against direct recomputation from the fits and known truth."""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesgmm as bg
+from bayesgmm.params import ConvergenceWarning, GMMParams
+from bayesgmm.reporting import to_latex, to_markdown
+
+
+@pytest.fixture(scope="module")
+def fits(faithful):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        em = bg.fit_em(faithful, 2, seed=0)
+        vb = bg.fit_vb(faithful, 2, seed=0, num_draws=400)
+    return em, vb
+
+
+def test_relabel_moves_everything_of_a_component_together(fits, faithful):
+    _, vb = fits
+    swapped = vb.relabel([1, 0])
+    np.testing.assert_array_equal(swapped.weights, vb.weights[::-1])
+    np.testing.assert_array_equal(swapped.means, vb.means[::-1])
+    np.testing.assert_array_equal(swapped.draws["means"], np.asarray(vb.draws["means"])[:, :, ::-1])
+    np.testing.assert_array_equal(swapped.info["expected_counts"], vb.info["expected_counts"][::-1])
+    # predictions follow the new labels; densities do not change
+    np.testing.assert_allclose(swapped.predict_proba(faithful), vb.predict_proba(faithful)[:, ::-1], rtol=1e-12)
+    np.testing.assert_array_equal(swapped.predict(faithful), 1 - vb.predict(faithful))
+    np.testing.assert_allclose(swapped.score_samples(faithful), vb.score_samples(faithful), rtol=1e-12)
+    assert tuple(swapped.info["order"]) == (1, 0) and swapped.relabel([1, 0]).info["order"] == (0, 1)
+    assert vb.relabel([0, 1]) is vb
+    for bad in ([0, 0], [0, 1, 2], [0.0, 1.0], "01"):
+        with pytest.raises(ValueError, match="permutation of range"):
+            vb.relabel(bad)
+
+
+def test_align_to_undoes_a_relabelling(fits):
+    em, vb = fits
+    back = vb.relabel([1, 0]).align_to(vb)
+    np.testing.assert_array_equal(back.means, vb.means)
+    assert np.allclose(em.align_to(vb).means, vb.means, rtol=0.01)
+    with pytest.raises(ValueError, match="cannot match components"):
+        em.align_to(dataclasses.replace(em, means=em.means[:1]))
+
+
+def test_parameter_table_puts_engines_side_by_side_in_one_order(fits, faithful):
+    em, vb = fits
+    table = bg.parameter_table({"EM": em.relabel([1, 0]), "VB": vb}, faithful, level=0.8)
+    assert set(table["method"]) == {"EM", "VB"}
+    means = table[(table["parameter"] == "means") & (table["feature"] == 0)].set_index(["method", "component"])
+    # one canonical order: the first fit's components sorted by the first feature's mean
+    assert means.loc[("EM", 0), "estimate"] < means.loc[("EM", 1), "estimate"]
+    assert means.loc[("VB", 0), "estimate"] < means.loc[("VB", 1), "estimate"]
+    # EM: the observed information's Wald intervals of the relabelled fit
+    em_sorted = em.relabel(np.argsort(em.means[:, 0]))
+    info = bg.observed_information(em_sorted, faithful, level=0.8).table
+    em_rows = table[table["method"] == "EM"].reset_index(drop=True)
+    np.testing.assert_allclose(em_rows["se"], info["se"], rtol=1e-10)
+    np.testing.assert_allclose(em_rows["lower"], info["lower"], rtol=1e-10)
+    assert set(em_rows["interval"]) == {"observed-information"}
+    # VB: the posterior sd and 10% / 90% quantiles of its aligned draws
+    vb_sorted = vb.relabel(np.argsort(vb.means[:, 0]))
+    draws = np.asarray(vb_sorted.draws["means"], np.float64).reshape(-1, 2, 2)[:, :, 0]
+    np.testing.assert_allclose(means.xs("VB")["se"], draws.std(0, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(means.xs("VB")["upper"], np.quantile(draws, 0.9, axis=0), rtol=1e-10)
+    assert set(table.loc[table["method"] == "VB", "interval"]) == {"posterior"}
+    assert (table["level"] == 0.8).all() and len(table) == 2 * (2 + 4 + 8)
+    # without data, EM's uncertainty is absent, not invented
+    bare = bg.parameter_table([em, vb])
+    assert list(bare["method"].unique()) == ["EM", "VB"]
+    assert bare.loc[bare["method"] == "EM", "se"].isna().all()
+    assert set(bare.loc[bare["method"] == "EM", "interval"]) == {"none"}
+
+
+def test_parameter_table_with_truth_reports_errors_in_the_truth_order():
+    data = bg.datasets.make_mixture(400, 3, 2, separation=5.0, seed=3)
+    fit = bg.fit_em(data.x, 3, seed=0)
+    flipped = fit.relabel([2, 0, 1])
+    table = bg.parameter_table([flipped], truth=data.params)
+    weights = table[table["parameter"] == "weights"]
+    np.testing.assert_allclose(weights["truth"], data.params.weights)
+    np.testing.assert_allclose(weights["error"], weights["estimate"] - weights["truth"])
+    assert np.abs(weights["error"]).max() < 0.05  # matched to the right true components
+    means = table[table["parameter"] == "means"]
+    assert np.abs(means["error"]).max() < 0.5
+    # a fit of another structure: weights and means compared, covariances left blank
+    diag = bg.fit_em(data.x, 3, covariance_type="diag", seed=0)
+    mixed = bg.parameter_table({"full": fit, "diag": diag}, truth=data.params)
+    diag_rows = mixed[mixed["method"] == "diag"]
+    assert diag_rows.loc[diag_rows["parameter"] == "covariances", "truth"].isna().all()
+    assert np.abs(diag_rows.loc[diag_rows["parameter"] == "means", "error"]).max() < 0.5
+    with pytest.raises(ValueError, match="truth must have 3 components"):
+        bg.parameter_table([fit], truth=GMMParams(np.ones(2) / 2, np.zeros((2, 2)), np.ones((2, 2))))
+    with pytest.raises(ValueError, match="K=2"):
+        bg.parameter_table([fit, bg.fit_em(data.x, 2, seed=0)])
+    with pytest.raises(ValueError, match="em_intervals"):
+        bg.parameter_table([fit], data.x, em_intervals="jackknife")
+
+
+def test_summary_is_a_compact_table(fits):
+    em, vb = fits
+    s = vb.summary()
+    assert list(s.index) == [0, 1] and s.attrs["method"] == "vb"
+    np.testing.assert_allclose(s["weight"], vb.weights)
+    np.testing.assert_allclose(s["mean[x1]"], vb.means[:, 1])
+    np.testing.assert_allclose(s["sd[x0]"], np.sqrt(vb.covariances[:, 0, 0]))
+    np.testing.assert_allclose(s["weight_sd"], np.asarray(vb.draws["weights"]).reshape(-1, 2).std(0, ddof=1))
+    assert "weight_sd" not in em.summary() and em.summary().shape == (2, 5)
+
+
+def test_markdown_and_latex_writers():
+    table = pd.DataFrame({"method": ["EM", "a_b & c"], "value": [1.234567, np.nan], "n": [3, 4],
+                          "ok": [True, False]})
+    md = to_markdown(table, digits=3)
+    lines = md.strip().splitlines()
+    assert lines[0] == "| method | value | n | ok |" and lines[1] == "| --- | ---: | ---: | --- |"
+    assert lines[2] == "| EM | 1.235 | 3 | True |" and lines[3] == "| a_b & c |  | 4 | False |"
+    tex = to_latex(table, digits=2, caption="Fits of x_1", label="tab:fits")
+    assert r"\begin{tabular}{lrrl}" in tex and r"a\_b \& c &  & 4 & False \\" in tex
+    assert r"\caption{Fits of x\_1}" in tex and r"\label{tab:fits}" in tex and "1.23" in tex
+    assert to_markdown(pd.DataFrame({"x": [1e-9, 123456789.0]})).splitlines()[2:] == ["| 1e-09 |", "| 1.235e+08 |"]
+    with pytest.raises(ValueError, match="DataFrame"):
+        to_markdown([[1, 2]])
