@@ -454,7 +454,7 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
         ax.set_ylabel(label)
     ax.set_xlabel("optimisation step" if result.method == "svi" else "iteration")
     status = "converged" if result.converged else "not converged"
-    ax.set_title(f"{result.method}: {status} after {result.n_iter} iterations", fontsize="medium")
+    ax.set_title(f"{display_name(result.method)}: {status} after {result.n_iter} iterations", fontsize="medium")
     ax.xaxis.get_major_locator().set_params(integer=True)
     _style(ax)
     return ax
@@ -619,21 +619,38 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
     if not one_d:
         f = _check_features(features, arr.shape[1])
         limits = (_padded_limits(arr[:, f[0]]), _padded_limits(arr[:, f[1]]))
+    draws_legend = False
     for q, ((name, r), ax) in enumerate(zip(results.items(), axes)):
         if one_d:
             plot_density_1d(r, arr, ax=ax, legend=q == 0)
         else:
-            if r.draws is not None and num_draws > 0:
+            with_draws = r.draws is not None and num_draws > 0
+            if with_draws:
                 w, m, c = _flat_draws(r, num_draws)
                 k = r.num_components
                 sub = _expand(c, r.covariance_type, k, r.num_features)[:, :, list(f)][:, :, :, list(f)]
                 for s in range(len(w)):
                     _draw_ellipses(ax, m[s][:, list(f)], sub[s], component_colors(k), (2.0,), lw=0.6, alpha=0.15, zorder=1)
             plot_clusters_2d(r, arr, ax=ax, features=f, legend=q == 0, limits=limits)
-        ax.set_title(f"{name}\nlog L = {r.log_likelihood:.1f}", fontsize="medium")
+            if with_draws and not draws_legend:  # say once what the faint ellipses are
+                draws_legend = True
+                if ax.get_legend() is not None:
+                    ax.add_artist(ax.get_legend())
+                entry = Line2D([], [], color="0.45", lw=0.8, alpha=0.6, label=f"{len(w)} posterior draws (2 sd)")
+                ax.legend(handles=[entry], frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small",
+                          loc="lower right")
+        ax.set_title(f"{display_name(name)}\nlog L = {r.log_likelihood:.1f}", fontsize="medium")
         if q > 0:
             ax.set_ylabel("")
     return fig, axes
+
+
+def display_name(method: str) -> str:
+    """How an engine is named in figures and tables ("NUTS" for ``"mcmc"``, "EM" for ``"em"``,
+    ...); other names unchanged."""
+    from .reporting import DISPLAY_NAMES
+
+    return DISPLAY_NAMES.get(method, method)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,6 +679,22 @@ def _sbc_panels(results, quantities):
     if not quantities:
         raise ValueError("no test quantity to plot (the results share none).")
     return results, quantities
+
+
+def _sbc_title(results: dict) -> str:
+    """"SBC of <engine>: K = ., D = ., N = ., R replications, L ranks" (the design shared by the
+    results; engines listed when several)."""
+    settings = [res.settings for res in results.values()]
+    engines = ", ".join(dict.fromkeys(display_name(str(st.get("method", "?"))) for st in settings))
+    parts = []
+    for key, label in (("num_components", "K"), ("num_features", "D"), ("num_obs", "N")):
+        values = sorted({st.get(key) for st in settings if st.get(key) is not None})
+        if values:
+            parts.append(f"{label} = {'/'.join(str(v) for v in values)}")
+    reps = sorted({st.get("num_replications") for st in settings if st.get("num_replications") is not None})
+    if reps:
+        parts.append(f"{'/'.join(str(v) for v in reps)} replications")
+    return f"SBC of {engines}: " + ", ".join(parts)
 
 
 def _sbc_hist_panel(ax, ranks, num_ranks, edges, prob, pvalue, color):
@@ -817,6 +850,8 @@ def plot_sbc_ranks(
                 ax.set_ylabel(what if name is None else f"{name}\n{what}")
     for ax in flat[nq * nr:]:
         ax.set_visible(False)
+    if own_figure:
+        fig.suptitle(_sbc_title(results), fontsize="medium")
     if legend:
         handles, labels = flat[0].get_legend_handles_labels()
         if own_figure:
@@ -903,6 +938,15 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     ax.set_ylabel(f"{_CRITERIA[criterion]} (lower is better)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.margins(y=0.15)
+    values = data[criterion].to_numpy()
+    low, typical = values.min(), np.quantile(values, 0.5)
+    if values.max() - low > 4.0 * max(typical - low, 1e-12 * abs(low)):
+        # far worse models (a poor structure) would squash the region of the minimum: keep the
+        # better half of the models in view and say that others are off the scale
+        span = typical - low
+        ax.set_ylim(low - 0.35 * span, typical + 0.6 * span)
+        ax.text(0.98, 0.98, "worse models off the scale", transform=ax.transAxes, ha="right", va="top",
+                fontsize="xx-small", color="0.35")
     _style(ax)
     if legend:
         ax.legend(frameon=False, fontsize="small", title="covariance", title_fontsize="small")

@@ -37,7 +37,7 @@ def parse_args(args):
     p.add_argument("--num-samples", type=int, default=1000, help="NUTS draws per chain (default: %(default)s)")
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("."), help="folder for the figure")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
     p.add_argument("--dpi", type=int, default=150)
     return p.parse_args(args)
 

@@ -242,6 +242,12 @@ def test_engines_side_by_side(em2, faithful_frame, tmp_path):
     assert [ax.get_title().split("\n")[0] for ax in axes] == list(results)
     assert axes[0].get_xlim() == axes[1].get_xlim()
     assert len(_ellipses(axes[0])) == 4 and len(_ellipses(axes[1])) == 4 + 5 * 2
+    # the faint ellipses are named in a legend of their own
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["5 posterior draws (2 sd)"]
+    # engines keyed by method are shown by their display names
+    fig, axes = plotting.plot_engines({"em": em2, "mcmc": _with_draws(em2, 20)}, x, num_draws=5)
+    _saved(fig, tmp_path / "engines_named.png")
+    assert [ax.get_title().split("\n")[0] for ax in axes] == ["EM", "NUTS"]
     with pytest.raises(ValueError, match="non-empty dict"):
         plotting.plot_engines({}, x)
 
@@ -303,6 +309,7 @@ def test_sbc_rank_histograms(sbc_fake, tmp_path):
     fig, axes = plotting.plot_sbc_ranks(sbc_fake, ncols=2)
     _saved(fig, tmp_path / "sbc_hist.png")
     assert axes.shape == (2, 2) and not axes[1, 1].get_visible()  # 3 panels on a 2 x 2 grid
+    assert fig.get_suptitle() == "SBC of fake: K = 2, D = 1, N = 10, 200 replications"
     edges = sbc_fake.bin_edges
     assert len(edges) == 21  # 20 bins of 5 rank values (R = 200)
     r = len(sbc_fake.ranks)
@@ -409,3 +416,10 @@ def test_selection_curves(tmp_path):
         plotting.plot_selection(table, "loo")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['icl'\]"):
         plotting.plot_selection(table.drop(columns="icl"), "icl")
+    # a structure far worse than the rest no longer sets the y-range: the minimum stays readable
+    worse = table.assign(bic=np.where(table.covariance_type == "spherical", table.bic + 5000.0, table.bic))
+    ax = plotting.plot_selection(worse)
+    bottom, top = ax.get_ylim()
+    good = worse.loc[worse.covariance_type != "spherical", "bic"].dropna()
+    assert bottom < good.min() and top < worse.bic.max() - 1000.0
+    assert "worse models off the scale" in [t.get_text() for t in ax.texts]
