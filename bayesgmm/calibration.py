@@ -59,7 +59,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -223,6 +223,108 @@ def _key_data(key) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
+class _ReplicationTask(NamedTuple):
+    """What every SBC replication needs (picklable, so that a process pool or a Dask cluster runs
+    replications as the serial loop does)."""
+
+    key_data: np.ndarray
+    key_impl: str
+    num_components: int
+    num_obs: int
+    covariance_type: str
+    prior: Prior
+    method: object
+    engine_kwargs: dict | None
+    num_ranks: int
+    quantities: tuple
+    feature: int
+    on_error: str
+    x64: bool
+    num_replications: int
+
+
+class _ReplicationOutcome(NamedTuple):
+    theta: GMMParams
+    fact: dict
+    caught: list  # (warning category, message)
+    ranks: np.ndarray | None  # None for a failed replication (on_error="record")
+    at_truth: np.ndarray | None
+
+
+def _run_replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
+    """Replication ``r`` of :func:`sbc`: draw from the prior, simulate, fit, rank (a module-level
+    function, so executors can run it; in this process's precision of the caller)."""
+    with jax.enable_x64(task.x64):
+        return _replication(task, r)
+
+
+def _replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
+    k, ct, num_ranks = task.num_components, task.covariance_type, task.num_ranks
+    fit, kwargs, method_name = _engine(task.method, ct, num_ranks, task.engine_kwargs)
+    dtype = np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+    prior_arrays = task.prior.arrays(k, ct, dtype=dtype)
+    k_reps = jax.random.wrap_key_data(np.asarray(task.key_data, np.uint32), impl=task.key_impl)
+    params, x, z, fit_key, tie_key = _simulate_replication(
+        k_reps, np.int32(r), prior_arrays, num_components=k, covariance_type=ct, num_obs=task.num_obs
+    )
+    theta = GMMParams(*(np.asarray(a, dtype=np.float64) for a in jax.device_get(params)))
+    x = np.asarray(x)
+    fact = {
+        "converged": False,
+        "n_iter": 0,
+        "fit_seconds": float("nan"),
+        "min_component_count": int(np.bincount(np.asarray(z), minlength=k).min()),
+        "num_warnings": 0,
+        "warnings": "",
+        "error": "",
+    }
+    caught_messages = []
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = fit(x, k, covariance_type=ct, prior=task.prior, seed=fit_key, **kwargs)
+        fact["fit_seconds"] = time.perf_counter() - start
+        fact["converged"] = bool(res.converged)
+        fact["n_iter"] = int(res.n_iter)
+        diagnostics = res.diagnostics
+        for name in _INFO_FACTS:
+            value = getattr(diagnostics, name)
+            if not np.isnan(value):
+                fact[name] = value
+        if caught:
+            fact["num_warnings"] = len(caught)
+            fact["warnings"] = " | ".join(f"{w.category.__name__}: {w.message}" for w in caught)
+            caught_messages = [(w.category, str(w.message)) for w in caught]
+        if res.draws is None:
+            raise ValueError(
+                f"the engine ({method_name}) returned no posterior draws; SBC needs an engine whose "
+                "FitResult carries draws."
+            )
+        w_d, m_d, c_d = (np.asarray(res.draws[name], dtype=np.float64) for name in ("weights", "means", "covariances"))
+        total = w_d.shape[0] * w_d.shape[1]
+        if total < num_ranks:
+            raise ValueError(
+                f"the engine returned {total} posterior draws but num_ranks={num_ranks}; ask the "
+                "engine for more draws (engine_kwargs) or lower num_ranks."
+            )
+        idx = (np.arange(num_ranks) * total) // num_ranks  # evenly thinned over chains and draws
+        flat = [a.reshape((total,) + a.shape[2:])[idx] for a in (w_d, m_d, c_d)]
+        x64 = np.asarray(x, dtype=np.float64)
+        post = _test_quantities(x64, *flat, ct, task.quantities, task.feature)
+        at_truth = _test_quantities(x64, *(a[None] for a in theta), ct, task.quantities, task.feature)[0]
+        if not (np.all(np.isfinite(post)) and np.all(np.isfinite(at_truth))):
+            raise ValueError("a test quantity is not finite (a posterior draw with a singular covariance?).")
+    except _RECORDED_ERRORS as err:
+        if task.on_error == "raise":
+            err.add_note(f"(in SBC replication {r} of {task.num_replications}, method {method_name!r})")
+            raise
+        fact["error"] = f"{type(err).__name__}: {err}"
+        return _ReplicationOutcome(theta, fact, caught_messages, None, None)
+    ranks = _ranks(post, at_truth, np.random.default_rng(_key_data(tie_key).tolist()))
+    return _ReplicationOutcome(theta, fact, caught_messages, ranks, at_truth)
+
+
 def sbc(
     num_components: int,
     num_obs: int,
@@ -238,6 +340,7 @@ def sbc(
     seed=0,
     on_error: str = "raise",
     progress_bar: bool = False,
+    executor=None,
 ) -> SBCResult:
     r"""Simulation-based calibration of a Bayesian engine on the model (Talts et al. 2018).
 
@@ -299,6 +402,12 @@ def sbc(
         biases SBC if failures depend on the parameters, and a warning says how many failed).
     progress_bar : bool
         Show a tqdm progress bar over the replications.
+    executor : concurrent.futures.Executor, optional
+        Runs the replications in parallel (a ``ProcessPoolExecutor`` with the ``"spawn"`` context,
+        or a Dask cluster's ``client.get_executor()``); each replication is seeded by its index,
+        so the ranks equal the serial run's. ``method`` must then be a name or a picklable
+        function. Each worker compiles the engine once per shape (the persistent compilation
+        cache shares programs between processes on one machine).
 
     Returns
     -------
@@ -372,81 +481,39 @@ def sbc(
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}.")
     fit, kwargs, method_name = _engine(method, covariance_type, num_ranks, engine_kwargs)
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
 
     # ---- keys: replication r (prior draw, data, fit, ties) from fold_in(k_reps, r); the ECDF null
     k_reps, k_null = jax.random.split(seed_to_key(seed))
     null_seed = [int(a) for a in _key_data(k_null).ravel()]
     dtype = np.dtype(jax.dtypes.canonicalize_dtype(np.float64))  # float32 unless jax_enable_x64
-    prior_arrays = prior.arrays(k, covariance_type, dtype=dtype)
+    task = _ReplicationTask(
+        key_data=np.asarray(_key_data(k_reps)), key_impl=str(jax.random.key_impl(k_reps)), num_components=k,
+        num_obs=n, covariance_type=covariance_type,
+        prior=prior, method=method, engine_kwargs=None if engine_kwargs is None else dict(engine_kwargs),
+        num_ranks=num_ranks, quantities=quantities, feature=int(feature), on_error=on_error,
+        x64=bool(jax.config.jax_enable_x64), num_replications=r_total,
+    )
+    if executor is None:
+        outcomes = (_run_replication(task, r) for r in range(r_total))
+    else:  # each replication is seeded by its index: the same outcomes as the serial run
+        futures = [executor.submit(_run_replication, task, r) for r in range(r_total)]
+        outcomes = (future.result() for future in futures)
     true_w, true_m, true_c = [], [], []
-
     rank_rows, true_rows, facts, ok = [], [], [], []
     caught_by_category: dict = {}
-    for r in tqdm(range(r_total), disable=not progress_bar, desc=f"SBC ({method_name})", unit="fit"):
-        params, x, z, fit_key, tie_key = _simulate_replication(
-            k_reps, np.int32(r), prior_arrays, num_components=k, covariance_type=covariance_type, num_obs=n
-        )
-        theta = GMMParams(*(np.asarray(a, dtype=np.float64) for a in jax.device_get(params)))
-        for store, a in zip((true_w, true_m, true_c), theta):
+    for r, out in enumerate(tqdm(outcomes, total=r_total, disable=not progress_bar, desc=f"SBC ({method_name})",
+                                 unit="fit")):
+        for store, a in zip((true_w, true_m, true_c), out.theta):
             store.append(a)
-        x = np.asarray(x)
-        fact = {
-            "converged": False,
-            "n_iter": 0,
-            "fit_seconds": float("nan"),
-            "min_component_count": int(np.bincount(np.asarray(z), minlength=k).min()),
-            "num_warnings": 0,
-            "warnings": "",
-            "error": "",
-        }
-        start = time.perf_counter()
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                res = fit(x, k, covariance_type=covariance_type, prior=prior, seed=fit_key, **kwargs)
-            fact["fit_seconds"] = time.perf_counter() - start
-            fact["converged"] = bool(res.converged)
-            fact["n_iter"] = int(res.n_iter)
-            diagnostics = res.diagnostics
-            for name in _INFO_FACTS:
-                value = getattr(diagnostics, name)
-                if not np.isnan(value):
-                    fact[name] = value
-            if caught:
-                fact["num_warnings"] = len(caught)
-                fact["warnings"] = " | ".join(f"{w.category.__name__}: {w.message}" for w in caught)
-                for w in caught:
-                    caught_by_category.setdefault(w.category, {}).setdefault(r, str(w.message))
-            if res.draws is None:
-                raise ValueError(
-                    f"the engine ({method_name}) returned no posterior draws; SBC needs an engine whose "
-                    "FitResult carries draws."
-                )
-            w_d, m_d, c_d = (np.asarray(res.draws[name], dtype=np.float64) for name in ("weights", "means", "covariances"))
-            total = w_d.shape[0] * w_d.shape[1]
-            if total < num_ranks:
-                raise ValueError(
-                    f"the engine returned {total} posterior draws but num_ranks={num_ranks}; ask the "
-                    "engine for more draws (engine_kwargs) or lower num_ranks."
-                )
-            idx = (np.arange(num_ranks) * total) // num_ranks  # evenly thinned over chains and draws
-            flat = [a.reshape((total,) + a.shape[2:])[idx] for a in (w_d, m_d, c_d)]
-            x64 = np.asarray(x, dtype=np.float64)
-            post = _test_quantities(x64, *flat, covariance_type, quantities, feature)
-            at_truth = _test_quantities(x64, *(a[None] for a in theta), covariance_type, quantities, feature)[0]
-            if not (np.all(np.isfinite(post)) and np.all(np.isfinite(at_truth))):
-                raise ValueError("a test quantity is not finite (a posterior draw with a singular covariance?).")
-        except _RECORDED_ERRORS as err:
-            if on_error == "raise":
-                err.add_note(f"(in SBC replication {r} of {r_total}, method {method_name!r})")
-                raise
-            fact["error"] = f"{type(err).__name__}: {err}"
-            facts.append(fact)
-            continue
-        rank_rows.append(_ranks(post, at_truth, np.random.default_rng(_key_data(tie_key).tolist())))
-        true_rows.append(at_truth)
-        ok.append(r)
-        facts.append(fact)
+        for category, message in out.caught:
+            caught_by_category.setdefault(category, {}).setdefault(r, message)
+        facts.append(out.fact)
+        if out.ranks is not None:
+            rank_rows.append(out.ranks)
+            true_rows.append(out.at_truth)
+            ok.append(r)
 
     index = pd.Index(ok, name="replication")
     ranks = pd.DataFrame(np.asarray(rank_rows, dtype=np.int64).reshape(len(ok), len(names)), index=index, columns=names)

@@ -218,6 +218,7 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
     row["ess_per_second"] = facts.ess_per_second
     row["divergences"] = facts.num_divergences
     row["max_rhat"] = facts.max_rhat
+    row["label_switch_fraction"] = facts.label_switch_fraction
     row["elbo"] = facts.elbo
     row["effective_components"] = result.effective_components
     row["converged"] = bool(result.converged)

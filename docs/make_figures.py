@@ -23,7 +23,7 @@ EXAMPLES = DOCS.parent / "examples"
 
 
 def _cli(*args: str, out: Path) -> None:
-    subprocess.run([sys.executable, "-m", "bayesgmm", *args, "--no-progress", "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "bayesgmm", *args, "--out", str(out)], check=True)
 
 
 def _example(name: str, out: Path) -> None:
@@ -33,7 +33,7 @@ def _example(name: str, out: Path) -> None:
 
 FIGURES = {
     # the demo: Old Faithful with every engine on one set of axes
-    "engines": lambda out: _cli("demo", out=out),
+    "engines": lambda out: _cli("demo", "--no-progress", out=out),
     # BIC of every structure and K on Old Faithful
     "selection": lambda out: _cli("select", "--dataset", "faithful", "-k", "1", "2", "3", "4", "5", "--covariance-types",
                                   "full", "diag", "spherical", "tied", out=out),

@@ -164,6 +164,25 @@ def test_same_seed_same_ranks_and_prefix_property():
     assert not np.array_equal(other.ranks.to_numpy(), a.ranks.to_numpy())
 
 
+def test_replications_run_on_a_process_pool_as_in_the_serial_loop():
+    """An executor (two spawned processes: JAX must not be forked) gives the serial run's ranks, prior
+    draws and facts (timings aside)."""
+    import concurrent.futures
+    import multiprocessing
+
+    serial = sbc(1, N, num_replications=6, seed=3, **EXACT)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pooled = sbc(1, N, num_replications=6, seed=3, executor=pool, **EXACT)
+    pd.testing.assert_frame_equal(pooled.ranks, serial.ranks)
+    pd.testing.assert_frame_equal(pooled.true_values, serial.true_values)
+    for name in serial.prior_draws:
+        np.testing.assert_array_equal(pooled.prior_draws[name], serial.prior_draws[name])
+    facts = [c for c in serial.replications.columns if "seconds" not in c]
+    pd.testing.assert_frame_equal(pooled.replications[facts], serial.replications[facts])
+    with pytest.raises(ValueError, match="executor must be a concurrent.futures.Executor"):
+        sbc(1, N, num_replications=2, executor="pool", **EXACT)
+
+
 def test_progress_bar_changes_nothing_but_stderr(capsys):
     quiet = sbc(1, N, num_replications=6, seed=8, **EXACT)
     shown = sbc(1, N, num_replications=6, seed=8, progress_bar=True, **EXACT)

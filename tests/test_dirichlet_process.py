@@ -154,6 +154,35 @@ def test_gibbs_sbc_under_a_dirichlet_process_prior():
     assert res.p_values.to_numpy().min() > 1e-3, res.p_values
 
 
+def test_model_samples_stick_breaking_weights_for_nuts_and_svi():
+    """The model's weights site under a DP prior: a StickBreaking distribution on the simplex, so
+    NUTS and the SVI autoguides transform it as they transform a Dirichlet."""
+    from numpyro import handlers
+
+    from bayesgmm.model import gmm_model
+
+    prior = Prior(0.5, np.zeros(2), 0.1, 4.0, np.eye(2), weight_prior="dirichlet_process")
+    with handlers.seed(rng_seed=0):
+        tr = handlers.trace(gmm_model).get_trace(None, num_components=5, prior=prior.arrays(5, "diag"),
+                                                 covariance_type="diag", num_obs=3)
+    site = tr["weights"]
+    assert isinstance(site["fn"], StickBreaking) and site["fn"].support is dist.constraints.simplex
+    w = np.asarray(site["value"])
+    assert w.shape == (5,) and np.isclose(w.sum(), 1.0, atol=1e-6) and np.all(w > 0)
+
+
+@pytest.mark.slow
+def test_svi_under_a_dirichlet_process_prior_agrees_with_vb(faithful):
+    """K = 2 (at K = 3 the two optimise different families and may settle on different optima:
+    SVI's splits the long-eruption cluster, VB's empties the third component)."""
+    prior = Prior.default(faithful, 2, weight_prior="dirichlet_process")
+    vb = bg.fit_vb(faithful, 2, prior=prior)
+    svi = _quiet(bg.fit_svi, faithful, 2, prior=prior, num_steps=3000, seed=0).align_to(vb)
+    np.testing.assert_allclose(svi.weights, vb.weights, atol=0.02)
+    np.testing.assert_allclose(svi.means, vb.means, rtol=0.02)
+    assert np.isfinite(svi.info["elbo"]) and np.isclose(svi.weights.sum(), 1.0)
+
+
 @pytest.mark.slow
 def test_nuts_and_gibbs_agree_under_a_dirichlet_process_prior(faithful):
     """The same posterior by two samplers (K = 3 on Old Faithful, DP(1)): the sorted weights'

@@ -98,6 +98,10 @@ def test_mcmc_row_reports_ess_and_divergences(sim):
     assert row.min_ess_bulk == pytest.approx(np.nanmin(ess), rel=1e-10)
     assert row.run_seconds == fit.info["run_seconds"] > 0
     assert row.ess_per_second == pytest.approx(row.min_ess_bulk / row.run_seconds, rel=1e-12)
+    # the share of draws relabelled by the alignment: aligned and raw draws differ exactly there
+    moved = np.any(np.asarray(fit.draws["means"]) != np.asarray(fit.raw_draws["means"]), axis=(-2, -1))
+    assert row.label_switch_fraction == pytest.approx(moved.mean(), abs=1e-12)
+    assert row.warmup_seconds + row.sampling_seconds == pytest.approx(row.run_seconds, rel=1e-12)
 
 
 def test_simulation_study_stacks_and_summarises():
