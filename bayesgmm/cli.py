@@ -210,7 +210,9 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
         if hasattr(result, "to_json"):
             result.to_json(out.path(f"{method}.json"))
             save_result(result, out.path(f"{method}.nc"), x=x_train)
-    write_table(_parameters(fits, x_train), out, "parameters")
+    parameters = _parameters(fits, x_train)
+    if parameters is not None:
+        write_table(parameters, out, "parameters")
     if opts["plot"]:
         from . import plotting
 
@@ -225,14 +227,18 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
 
 def _parameters(fits: dict, x):
     """Every fit's parameters in one table (:func:`bayesgmm.parameter_table`), EM's standard errors
-    from the observed information where it can be inverted."""
+    from the observed information where it can be inverted; None when no fit is a mixture."""
+    import numpy as np
+
     from .reporting import parameter_table
     from .results import FitResult
 
     results = {m: r for m, r in fits.items() if isinstance(r, FitResult)}
+    if not results:  # k-means only: no mixture parameters to tabulate
+        return None
     try:
         return parameter_table(results, x)
-    except ValueError:  # e.g. a singular observed information: the estimates without EM's errors
+    except (ValueError, np.linalg.LinAlgError):  # a singular observed information: EM's estimates without errors
         return parameter_table(results, x, em_intervals=None)
 
 
