@@ -50,6 +50,18 @@ from .params import GMMParams, PriorArrays, check_data, seed_to_key
 
 __all__ = ["ess_bulk", "rhat", "to_inference_data"]
 
+def import_arviz():
+    """ArviZ, imported without its import-time ``FutureWarning`` about its coming refactor (ArviZ
+    0.22-0.23 print it on every import; it says nothing about the user's fit)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ArviZ is undergoing a major refactor", category=FutureWarning)
+        import arviz
+
+    return arviz
+
+
 #: NumPyro ``extra_fields`` name -> (ArviZ name, sign), as arviz.io_numpyro renames them.
 NUMPYRO_STAT_NAMES = {
     "potential_energy": ("lp", -1.0),
@@ -345,7 +357,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
     ``log p(x | theta) + log p(theta)`` on the original scale (the log prior only when the result
     has a prior; without ``x`` only for a point estimate, from ``result.log_likelihood``).
     """
-    import arviz as az
+    az = import_arviz()
 
     import bayesgmm
 

@@ -278,8 +278,9 @@ def select_bayesian(
     effective : dict
         ``effective_components``, the sparse fit's ``weights`` and the ``fit`` itself.
     """
-    import arviz as az
+    from .diagnostics import import_arviz
 
+    az = import_arviz()
     data = prepare_data(x)  # validated once for every K
     arr = data.values
     ks = _check_k_range(k_range, arr.shape[0])

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from .diagnostics import FORMAT_VERSION, META_KEY, to_inference_data
+from .diagnostics import FORMAT_VERSION, META_KEY, import_arviz, to_inference_data
 from .params import Prior
 from .results import FitResult, StudentTMixture
 
@@ -143,8 +143,7 @@ def load_result(path):
 
     if Path(path).suffix.lower() == ".json":
         return FitResult.from_json(Path(path))
-    import arviz as az
-
+    az = import_arviz()
     with az.rc_context({"data.load": "eager"}):
         idata = az.from_netcdf(str(path))
     return from_inference_data(idata)
