@@ -657,7 +657,8 @@ def display_name(method: str) -> str:
 # Simulation-based calibration
 # ----------------------------------------------------------------------------------------------
 _SBC_KINDS = ("hist", "ecdf")
-_BAND_COLOR = "0.82"
+_BAND_COLOR = "0.82"  # the histograms' pointwise band
+_ECDF_BAND_COLOR = "#f1ddb0"  # the ECDF's band: another tone, so the two kinds are told apart in one figure
 
 
 def _sbc_panels(results, quantities):
@@ -729,7 +730,7 @@ def _sbc_ecdf_panel(ax, ranks, num_ranks, band, prob, pvalue, color):
     zz = np.r_[0.0, z, 1.0]
     kind = "simultaneous" if band.simultaneous else "pointwise"
     fill = ax.fill_between(zz, np.r_[0.0, band.lower - z, 0.0], np.r_[0.0, band.upper - z, 0.0], step="post",
-                           color=_BAND_COLOR, lw=0, zorder=1, label=f"{prob:.0%} {kind} band")
+                           color=_ECDF_BAND_COLOR, lw=0, zorder=1, label=f"{prob:.0%} {kind} band")
     fill.set_gid("band")
     ax.step(zz, np.r_[0.0, ecdf - z, 0.0], where="post", color=color, lw=1.3, zorder=3, label="ECDF $-$ uniform")
     ax.axhline(0.0, color="black", lw=0.6, zorder=2)
