@@ -35,6 +35,15 @@ def compose_log_weights(log_v, log_1mv):
     return xp.concatenate([log_v, zero], axis=-1) + before
 
 
+def weights_from_log_gammas(log_a, log_b):
+    """Weights (..., K) from ``log G_a`` and ``log G_b`` (..., K - 1), independent gamma draws of
+    shapes ``a_k`` and ``b_k``: ``v_k = G_a / (G_a + G_b) ~ Beta(a_k, b_k)``, composed in log space
+    (tiny shapes do not underflow)."""
+    xp, _ = _numerics.array_namespace(log_a, log_b)
+    log_total = xp.logaddexp(log_a, log_b)
+    return xp.exp(compose_log_weights(log_a - log_total, log_b - log_total))
+
+
 def posterior(sticks, counts):
     """Conjugate update: ``(a_k + N_k, b_k + sum_{j>k} N_j)`` for counts ``N`` (K,)."""
     xp, _ = _numerics.array_namespace(sticks, counts)

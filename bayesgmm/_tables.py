@@ -30,6 +30,15 @@ def flatten_parameters(params: GMMParams) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in params])
 
 
+def flatten_draws(draws) -> np.ndarray:
+    """Draws ``{"weights": (C, S, K), "means": ..., "covariances": ...}`` as one float64 row per
+    draw (C * S rows), in the order of :func:`flatten_parameters`."""
+    names = ("weights", "means", "covariances")
+    w = np.asarray(draws["weights"])
+    num_draws = w.shape[0] * w.shape[1]
+    return np.concatenate([np.asarray(draws[n], np.float64).reshape(num_draws, -1) for n in names], axis=1)
+
+
 def parameter_frame(fit, estimate, se, lower, upper):
     """The rows of one fit's parameter table: labels, feature names and the given columns."""
     import pandas as pd

@@ -166,8 +166,7 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
     if k == 1:
         weights = jnp.ones(1, dtype)
     elif len(log_w) == 2:  # v_k = G_a / (G_a + G_b) ~ Beta(a, b), composed into weights
-        log_total = jnp.logaddexp(*log_w)
-        weights = jnp.exp(_sticks.compose_log_weights(log_w[0] - log_total, log_w[1] - log_total))
+        weights = _sticks.weights_from_log_gammas(*log_w)
     else:
         weights = jax.nn.softmax(log_w[0])  # a Dirichlet draw
     if ct in ("full", "tied"):

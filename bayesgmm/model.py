@@ -56,8 +56,7 @@ class StickBreaking(dist.Distribution):
         key_a, key_b = jax.random.split(key)
         log_a = jax.random.loggamma(key_a, jnp.broadcast_to(self.sticks[:, 0], shape))
         log_b = jax.random.loggamma(key_b, jnp.broadcast_to(self.sticks[:, 1], shape))
-        log_total = jnp.logaddexp(log_a, log_b)
-        return jnp.exp(_sticks.compose_log_weights(log_a - log_total, log_b - log_total))
+        return _sticks.weights_from_log_gammas(log_a, log_b)
 
     @dist.util.validate_sample
     def log_prob(self, value):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._tables import flatten_parameters, parameter_frame
+from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .params import GMMParams
 from .results import FitResult
 
@@ -108,9 +108,7 @@ def _canonical(named: dict, truth: _Truth | None, cost: str) -> dict:
 
 
 def _posterior_columns(fit: FitResult, level: float):
-    w, m, c = (np.asarray(fit.draws[name], np.float64) for name in ("weights", "means", "covariances"))
-    flat = np.stack([flatten_parameters(GMMParams(*p)) for p in zip(w.reshape((-1,) + w.shape[2:]), m.reshape((-1,) + m.shape[2:]),
-                                                      c.reshape((-1,) + c.shape[2:]))])
+    flat = flatten_draws(fit.draws)
     tail = (1.0 - level) / 2.0
     return flat.std(axis=0, ddof=1), np.quantile(flat, tail, axis=0), np.quantile(flat, 1.0 - tail, axis=0)
 

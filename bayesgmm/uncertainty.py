@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _em_core, _em_host, _numerics
-from ._tables import flatten_parameters, parameter_frame
+from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .labels import align_draws
 from .model import log_prior
 from .params import (
@@ -228,7 +228,7 @@ def bootstrap(
     draws = {"weights": orig.weights[None], "means": orig.means[None], "covariances": orig.covariances[None]}
     if k > 1:
         draws, _ = align_draws(draws, fit.params, ct)
-    flat = np.concatenate([draws[name].reshape(draws[name].shape[1], -1) for name in ("weights", "means", "covariances")], 1)
+    flat = flatten_draws(draws)
     alpha = (1 - level) / 2
     table = parameter_frame(fit, flatten_parameters(fit.params), flat.std(0, ddof=1), np.quantile(flat, alpha, 0),
                             np.quantile(flat, 1 - alpha, 0))

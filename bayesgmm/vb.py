@@ -391,9 +391,7 @@ def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_dr
         return np.log(rng.gamma(shape + 1.0, size=(s,) + shape.shape)) + np.log(rng.uniform(size=(s,) + shape.shape)) / shape
 
     if _sticks.is_sticks(alpha):
-        log_a, log_b = log_gamma(alpha[:, 0]), log_gamma(alpha[:, 1])
-        log_total = np.logaddexp(log_a, log_b)
-        weights = np.exp(_sticks.compose_log_weights(log_a - log_total, log_b - log_total))
+        weights = _sticks.weights_from_log_gammas(log_gamma(alpha[:, 0]), log_gamma(alpha[:, 1]))
     else:
         log_g = log_gamma(alpha)
         log_g -= log_g.max(axis=1, keepdims=True)
