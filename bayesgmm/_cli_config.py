@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 from ._cli_io import DATASETS, ENGINES, MANIFEST, UsageError, n_init
+from ._covariance_models import MODELS
 from .engines import engine_names
 from .params import COVARIANCE_TYPES
 
@@ -118,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", choices=ENGINES, default="em",
                      help="engine: em (maximum likelihood), map-em (MAP-EM, default prior unless prior= is given), "
                           "vb, svi or mcmc (default: %(default)s)")
-    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
-                     help="covariance structure (default: %(default)s)")
+    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES + MODELS, default="full", metavar="TYPE",
+                     help="covariance structure: full, diag, spherical, tied, or with --method em one of mclust's "
+                          "models EII ... VVV (default: %(default)s)")
     _engine_option_args(fit, one_engine=True)
     fit.add_argument("--stream", action="store_true",
                      help="EM or MAP-EM out of core: read a .npy or Parquet file in chunks (memory bounded by "
@@ -147,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(sel, labels=True)
     sel.add_argument("-k", nargs="+", type=int, default=[1, 2, 3, 4, 5],
                      help="numbers of components to compare (default: 1 2 3 4 5)")
-    sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES, default=list(COVARIANCE_TYPES),
-                     help="covariance structures to compare (default: all four)")
+    sel.add_argument("--covariance-types", nargs="+", choices=COVARIANCE_TYPES + MODELS + ("all",),
+                     default=list(COVARIANCE_TYPES), metavar="TYPE",
+                     help="covariance structures to compare: full, diag, spherical, tied, mclust's models EII ... VVV, "
+                          "or all (mclust's 14) (default: full diag spherical tied)")
     sel.add_argument("--prior", choices=("none", "default"), default="none",
                      help="none: maximum likelihood; default: MAP-EM with mclust's default prior per K "
                           "(default: %(default)s)")

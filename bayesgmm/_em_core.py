@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _iterate, _numerics, _stats
 from ._compile import CompiledProgram
+from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, trace_length  # noqa: F401 (re-exported)
 from .kmeans import init_noise, initial_responsibilities
 from .model import log_prior
@@ -48,10 +49,28 @@ class EMConfig(NamedTuple):
 
     num_components: int
     num_features: int
-    covariance_type: str
+    covariance_type: str  # the covariances' layout (scikit-learn's structure names)
     hard: bool
     use_prior: bool
     block_rows: int | None = None  # the E-step's row blocks (:func:`bayesgmm._stats.block_rows`)
+    covariance_model: str | None = None  # an mclust model in that layout (None: the layout's own)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the model is one of mclust's constrained ones (not the layout's own)."""
+        return self.covariance_model is not None and self.covariance_model not in NATIVE
+
+    def program_config(self) -> "EMConfig":
+        """The static part of the compiled program: every constrained model of a layout shares
+        one program (:data:`CONSTRAINED`; the model is the traced ``EMProblem.model_index``)."""
+        return self._replace(covariance_model=CONSTRAINED if self.constrained else None)
+
+    def model_index(self) -> int:
+        return constrained_models(self.covariance_type).index(self.covariance_model) if self.constrained else 0
+
+
+#: ``EMConfig.covariance_model`` of a program that serves every constrained model of its layout.
+CONSTRAINED = "constrained"
 
 
 class EMProblem(NamedTuple):
@@ -66,6 +85,7 @@ class EMProblem(NamedTuple):
         K' <= K run in one program (model-selection grids).
     prior : PriorArrays or None (maximum likelihood)
     reg_covar : scalar
+    model_index : int32 scalar, the constrained model's index in its layout (EMConfig.model_index)
     """
 
     z: jax.Array
@@ -74,6 +94,7 @@ class EMProblem(NamedTuple):
     active: jax.Array | None
     prior: object
     reg_covar: jax.Array
+    model_index: jax.Array = 0
 
 
 class EMOutput(NamedTuple):
@@ -103,23 +124,26 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
     return total, magnitude, counts, stats
 
 
-def m_step(stats, problem: EMProblem, config: EMConfig) -> GMMParams:
-    """Closed-form M-step (ML, or MAP under ``problem.prior``) from centred statistics."""
+def m_step(stats, problem: EMProblem, config: EMConfig, previous: GMMParams | None = None) -> GMMParams:
+    """M-step (ML, or MAP under ``problem.prior``) from centred statistics: closed form, or for
+    the iterative mclust models inner updates started from ``previous`` (a generalised EM)."""
     prior = problem.prior if config.use_prior else None
-    return _stats.m_step(*stats, config.covariance_type, problem.reg_covar, prior, problem.active)
+    return _stats.m_step(*stats, config.covariance_type, problem.reg_covar, prior, problem.active,
+                         constrained=config.covariance_model == CONSTRAINED, model_index=problem.model_index,
+                         previous=None if previous is None else previous.covariances)
 
 
 def em_step(params: GMMParams, problem: EMProblem, config: EMConfig, precise: bool):
     """Evaluate ``params`` and update them: ``(objective, magnitude, counts, new_params)``."""
     total, magnitude, counts, stats = e_and_stats(params, problem, config, precise)
-    return total, magnitude, counts, m_step(stats, problem, config)
+    return total, magnitude, counts, m_step(stats, problem, config, params)
 
 
 def _lane_groups(num_lanes: int, num_groups: int):
     return jnp.repeat(jnp.arange(num_groups), num_lanes // num_groups)
 
 
-def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, *,
+def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, model_index, *,
          config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True):
     """L lanes of EM, G groups of L / G lanes (see the module docstring).
 
@@ -155,6 +179,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         active=per_lane(active, active is not None),
         prior=per_lane(prior, prior_batched),
         reg_covar=reg_covar,
+        model_index=model_index,
     )
     axes = EMProblem(
         z=0 if data_batched and z is not None else None,
@@ -163,6 +188,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         active=None if active is None else 0,
         prior=None if prior is None else jax.tree_util.tree_map(lambda _: 0 if prior_batched else None, prior),
         reg_covar=None,
+        model_index=None,
     )
     if problem.sample_weight is None:
         n_eff = jnp.full((num_lanes,), xs.shape[-2], xs.dtype)
@@ -264,13 +290,15 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         keys = jax.random.split(key, num_groups)
         noise = np.stack([init_noise(kk, init_method, num_starts, num_rows or n, k, dtype, n) for kk in keys])  # (G, R, ...)
     placeholder = _placeholder_state(lanes_per_call, k, d, config.covariance_type, trace_len, dtype)
+    model_index = np.int32(config.model_index())
+    config = config.program_config()
     static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive)
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
 
     def call(noise_block, state, limit, fresh):
         timed = PROGRAM(xs, noise_block.reshape((lanes_per_call,) + noise_block.shape[2:]), given, state, *common,
-                        np.asarray(limit, np.int32), np.asarray(fresh), **static)
+                        np.asarray(limit, np.int32), np.asarray(fresh), model_index, **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)

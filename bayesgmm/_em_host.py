@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from . import _numerics
+from . import _covariance_models, _numerics
 from ._em_core import (
     INIT_ITER,
     EMConfig,
@@ -29,7 +29,6 @@ from .params import (
     GMMParams,
     PrecisionWarning,
     Prior,
-    check_covariance_type,
     check_data,
     check_nonnegative,
     check_num_components,
@@ -101,6 +100,7 @@ class Prepared(NamedTuple):
     xs: np.ndarray  # standardised data in the compute dtype
     prior_arrays: object
     dtype: object
+    covariance_model: str = "VVV"  # the mclust model fitted, stored in the covariance_type layout
 
     @property
     def num_obs(self) -> int:
@@ -119,24 +119,39 @@ def check_em_options(init_params, n_init, max_iter, tol, reg_covar) -> None:
     check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
+def check_map_structure(with_prior: bool, covariance_type: str) -> None:
+    """MAP-EM takes the conjugate prior's structures only: a ValueError for the other mclust models."""
+    model = _covariance_models.resolve(covariance_type)[1]
+    if with_prior and model not in _covariance_models.NATIVE:
+        raise ValueError(
+            f"MAP-EM (a prior) covers the structures the conjugate prior is conjugate to, VII/VVI/EEE/VVV "
+            f"('spherical', 'diag', 'tied', 'full'), not the constrained model {model!r}: fit it by maximum "
+            "likelihood (prior=None)."
+        )
+
+
 def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None) -> Prepared:
     """Validate the data and prior and standardise both (see the module docstring).
 
     ``max_components`` (model-selection grids) is the K the arrays are built for.
-    ``sample_weight`` (validated) weights the standardising statistics.
+    ``sample_weight`` (validated) weights the standardising statistics. ``covariance_type`` is
+    a scikit-learn structure or an mclust model (:mod:`bayesgmm._covariance_models`); the
+    record holds its layout and its model.
     """
     arr, names = check_data(x)
     n, d = arr.shape
     k = check_num_components(num_components, n)
-    check_covariance_type(covariance_type)
+    layout, model = _covariance_models.resolve(covariance_type)
+    check_map_structure(prior is not None, model)
     k_arrays = k if max_components is None else max_components
     check_prior(prior, d, k_arrays, map_estimate=True)
     dtype = compute_dtype()
-    shift, sd, xs = standardise(arr, covariance_type, sample_weight, dtype=dtype)
+    scale_as = "spherical" if _covariance_models.common_scale(model) else layout
+    shift, sd, xs = standardise(arr, scale_as, sample_weight, dtype=dtype)
     prior_arrays = None
     if prior is not None:
-        prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, covariance_type, dtype=np.dtype(dtype))
-    return Prepared(arr, names, k, covariance_type, prior, shift, sd, xs, prior_arrays, dtype)
+        prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, layout, dtype=np.dtype(dtype))
+    return Prepared(arr, names, k, layout, prior, shift, sd, xs, prior_arrays, dtype, model)
 
 
 def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, sample_weight, active, max_iter,
@@ -257,6 +272,7 @@ def package(
     return FitResult(
         method=method,
         covariance_type=ct,
+        covariance_model=prep.covariance_model,
         weights=params.weights,
         means=params.means,
         covariances=params.covariances,

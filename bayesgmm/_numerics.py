@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._covariance_models import num_covariance_parameters
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 #: Rows evaluated at once on the host (bounds the (K, rows, D) temporaries).
@@ -87,10 +89,11 @@ def diagonal_variances(covariances, covariance_type: str, num_components: int, n
 
 
 def num_free_parameters(num_components: int, num_features: int, covariance_type: str) -> int:
-    """Free parameters of a K-component mixture (for BIC/AIC), as scikit-learn counts them."""
+    """Free parameters of a K-component mixture (for BIC/AIC): weights, means and the covariance
+    structure's or mclust model's own (:func:`bayesgmm._covariance_models.num_covariance_parameters`;
+    scikit-learn and mclust count the four shared structures alike)."""
     k, d = num_components, num_features
-    cov = {"full": k * d * (d + 1) / 2, "diag": k * d, "spherical": k, "tied": d * (d + 1) / 2}[covariance_type]
-    return int(cov + k * d + k - 1)
+    return num_covariance_parameters(covariance_type, k, d) + k * d + k - 1
 
 
 def smallest_variances(covariances, covariance_type: str, num_components: int, num_features: int):

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from . import _numerics
+from . import _constrained, _numerics
+from ._covariance_models import constrained_models
 from .params import GMMParams
 
 LOG_2PI = _numerics.LOG_2PI
@@ -412,8 +413,14 @@ def symmetrise(a):
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
-def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active=None):
+def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active=None, *, constrained: bool = False,
+           model_index=0, previous=None):
     """Maximum-likelihood (``prior=None``) or MAP M-step, in closed form, from centred statistics.
+
+    ``constrained``: fit the mclust model ``constrained_models(covariance_type)[model_index]``
+    (:mod:`bayesgmm._covariance_models`; ``model_index`` may be traced, so one program serves
+    every model of the layout) by :func:`bayesgmm._constrained.covariances` (maximum likelihood
+    only), started from ``previous`` (the covariances being updated) where it iterates.
 
     ``prior`` is a :class:`bayesgmm.params.PriorArrays`. The MAP covariance of the conjugate
     prior is ``(Psi0 + S_k + kappa0 N_k/(kappa0 + N_k) (xbar_k - m0)(...)^T) / (nu0 + N_k + D + 2)``
@@ -425,7 +432,13 @@ def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active
     k, d = xbar.shape
     nk = nk_safe - 10 * jnp.finfo(nk_safe.dtype).eps
     n = jnp.sum(nk)
-    if prior is None:
+    if constrained:
+        weights = nk_safe / jnp.sum(nk_safe if active is None else nk_safe * active)
+        means = xbar
+        branches = [lambda m=m: _constrained.covariances(nk_safe, s, m, d, reg_covar, active, previous)
+                    for m in constrained_models(covariance_type)]
+        cov = jax.lax.switch(model_index, branches)
+    elif prior is None:
         weights = nk_safe / jnp.sum(nk_safe if active is None else nk_safe * active)
         means = xbar
         if covariance_type == "full":
@@ -467,8 +480,9 @@ def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active
         # (float32: 2e-6 of its mean variance); reg_covar, in the data's units, handles collapse
         eye = jnp.eye(d, dtype=cov.dtype)
         roundoff = ROUNDOFF_ULPS * jnp.finfo(cov.dtype).eps * jnp.trace(cov, axis1=-2, axis2=-1) / d
-        cov = symmetrise(cov + (reg_covar + roundoff)[..., None, None] * eye)
-    else:
+        floor = 0.0 if constrained else reg_covar + roundoff  # the constrained M-steps floor the scatter themselves
+        cov = symmetrise(cov + jnp.asarray(floor)[..., None, None] * eye)
+    elif not constrained:  # the constrained M-steps regularise the scatter themselves
         cov = cov + reg_covar
     if active is not None:
         weights = jnp.where(active, weights, 0.0)

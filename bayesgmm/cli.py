@@ -63,6 +63,7 @@ from ._cli_io import (
     write_table,
     wrote,
 )
+from ._covariance_models import ALIASES
 
 __all__ = ["ENGINES", "MANIFEST", "UsageError", "build_parser", "console_main", "main"]
 
@@ -251,7 +252,9 @@ def run_select(opts, out: OutputFolder) -> int:
     prior = {"none": None, "default": "default"}.get(opts["prior"])
     if opts["prior"] not in ("none", "default"):
         raise UsageError(f"prior must be 'none' or 'default', got {opts['prior']!r}.")
-    result = select(x, ks, covariance_types=opts["covariance_types"], prior=prior, n_init=opts["n_init"], seed=opts["seed"])
+    types = opts["covariance_types"]
+    types = "all" if "all" in ([types] if isinstance(types, str) else types) else types
+    result = select(x, ks, covariance_types=types, prior=prior, n_init=opts["n_init"], seed=opts["seed"])
     print_table(result.table, ("covariance_type", "num_components", "log_likelihood", "num_parameters", "bic", "aic",
                                 "icl", "converged", "degenerate"))
     best = result.best("bic")
@@ -261,9 +264,11 @@ def run_select(opts, out: OutputFolder) -> int:
 
         ari = adjusted_rand_index(labels, best.predict(x))
         agreement = f"; adjusted Rand index against {opts['data']['label_column']!r}: {ari:.3f}"
-    print(f"best by BIC (lower is better): {best.covariance_type}, K={best.num_components}{agreement}  "
+    name = best.covariance_type if best.covariance_model == ALIASES.get(best.covariance_type) else best.covariance_model
+    print(f"best by BIC (lower is better): {name}, K={best.num_components}{agreement}  "
           f"({result.info['seconds']:.2f} s for {len(result.table)} fits)")
     write_table(result.table, out, "selection")
+    write_table(result.criterion_table("bic").reset_index(), out, "bic_table")  # mclust's layout: K by structure
     best.to_json(out.path("best_bic.json"))
     if opts["plot"]:
         figure(result.plot("bic").figure, out.path("selection_bic.png"))

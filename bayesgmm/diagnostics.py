@@ -293,6 +293,7 @@ def _metadata(result, sample_stats_map, raw_mode) -> str:
         "format_version": FORMAT_VERSION,
         "method": result.method,
         "covariance_type": result.covariance_type,
+        "covariance_model": result.covariance_model,
         "log_likelihood": float(result.log_likelihood),
         "converged": bool(result.converged),
         "n_iter": int(result.n_iter),
@@ -368,7 +369,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
     names = [str(n) for n in result.feature_names]
     coords = {"component": np.arange(k), "feature": names, "feature_bis": names}
     lib = {"inference_library": "bayesgmm", "inference_library_version": bayesgmm.__version__}
-    attrs = dict(lib, method=result.method, covariance_type=ct)
+    attrs = dict(lib, method=result.method, covariance_type=ct, covariance_model=result.covariance_model)
     dims = _param_dims(ct, ())
 
     def dataset(data, dims_, default_dims=None, extra_coords=None, extra_attrs=None):

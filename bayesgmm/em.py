@@ -152,14 +152,15 @@ def fit_em(
     check_em_options(init_params, n_init, 1 if init_only else max_iter, tol, reg_covar)
     n, d = prep.arr.shape
     k = prep.num_components
-    starts, kept = resolve_starts(n_init, n, k, d, covariance_type)
-    given = user_init(weights_init, means_init, precisions_init, k, d, covariance_type, prep.shift, prep.sd, prep.dtype)
+    layout = prep.covariance_type  # the covariances' layout; covariance_type may name an mclust model
+    starts, kept = resolve_starts(n_init, n, k, d, layout)
+    given = user_init(weights_init, means_init, precisions_init, k, d, layout, prep.shift, prep.sd, prep.dtype)
     if n_init == "auto" and all(u is not None for u in given):
         starts = kept = 1  # one given start: nothing to search
     key = seed_to_key(seed)
     rows = _sharding.resolve(devices, n)
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
-    config = EMConfig(k, d, covariance_type, bool(hard), prior is not None)
+    config = EMConfig(k, d, layout, bool(hard), prior is not None, covariance_model=prep.covariance_model)
     found = run_search(
         prep, key, given, prep.prior_arrays, tol=tol, reg_covar=reg_covar, sample_weight=weight_dev, active=None,
         max_iter=max_iter, config=config, init_method=init_params, num_groups=1, num_starts=starts, num_kept=kept,
@@ -169,7 +170,7 @@ def fit_em(
     finals = np.asarray(out.lanes.objective, dtype=np.float64)
     best = choose_run(finals, out.degenerate, allow_degenerate=allow_degenerate)
     unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
-        np.asarray(out.lanes.params.covariances[best], np.float64), covariance_type, 0.0,
+        np.asarray(out.lanes.params.covariances[best], np.float64), layout, 0.0,
         float(np.finfo(prep.dtype).eps), k, d)))  # without regularisation the likelihood has no maximum there
     if best < 0 or unbounded:
         raise ValueError(
@@ -178,7 +179,7 @@ def fit_em(
             "reg_covar, use fewer components, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)."
         )
     n_eff = n if weight is None else float(weight.sum())
-    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, covariance_type)
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, layout)
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
     info = {
         "seed": seed if isinstance(seed, (int, np.integer)) else None,

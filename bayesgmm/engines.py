@@ -20,7 +20,8 @@ import importlib
 import types
 from typing import Callable, Mapping
 
-from .params import COVARIANCE_TYPES
+from ._covariance_models import ALIASES
+from .params import COVARIANCE_MODELS, COVARIANCE_TYPES
 
 __all__ = ["ENGINES", "Engine", "get_engine", "engine_names"]
 
@@ -75,9 +76,9 @@ class Engine:
 ENGINES: Mapping[str, Engine] = types.MappingProxyType({
     e.name: e
     for e in (
-        Engine("em", "em", "fit_em", COVARIANCE_TYPES, "none", False,
+        Engine("em", "em", "fit_em", COVARIANCE_TYPES + COVARIANCE_MODELS, "none", False,
                summary="maximum likelihood by EM (em-EM restarts, k-means++ starts)"),
-        Engine("map-em", "em", "fit_em", COVARIANCE_TYPES, "default", False,
+        Engine("map-em", "em", "fit_em", COVARIANCE_TYPES + tuple(ALIASES.values()), "default", False,
                summary="MAP by EM under the conjugate prior"),
         Engine("vb", "vb", "fit_vb", ("full", "diag"), "default", True,
                summary="closed-form coordinate-ascent variational Bayes"),

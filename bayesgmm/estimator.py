@@ -26,8 +26,9 @@ import warnings
 
 import numpy as np
 
+from . import _covariance_models
 from .engines import engine_names, get_engine
-from .params import COVARIANCE_TYPES, Prior, check_data
+from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data
 from .params import ConvergenceWarning as _ConvergenceWarning
 
 __all__ = ["ConvergenceWarning", "GaussianMixture"]
@@ -452,8 +453,11 @@ class GaussianMixture(_DensityMixin, _Base):
         k = self.n_components
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"n_components must be a positive integer, got {k!r}.")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}.")
+        if self.covariance_type not in COVARIANCE_TYPES + COVARIANCE_MODELS:
+            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES} or mclust's models "
+                             f"{COVARIANCE_MODELS}, got {self.covariance_type!r}.")
+        get_engine(self.method).check_covariance_type(self.covariance_type)
+        layout = _covariance_models.storage(self.covariance_type)
         if X.shape[0] < k:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = {k}, "
@@ -473,7 +477,7 @@ class GaussianMixture(_DensityMixin, _Base):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "verbose" else 1):
                 raise ValueError(f"{name} must be an integer >= {0 if name == 'verbose' else 1}, got {value!r}.")
         check_initial_parameters(self.weights_init, self.means_init, self.precisions_init, int(k), X.shape[1],
-                                 self.covariance_type)
+                                 layout)
 
         accepted = inspect.signature(fit_fn).parameters
         values = {name: getattr(self, name) for name in _SHARED + _INITS}
@@ -527,7 +531,8 @@ class GaussianMixture(_DensityMixin, _Base):
         seed = seed_from_random_state(self.random_state)
         warm = self.method == "em" and self.warm_start and hasattr(self, "result_")
         if warm:  # one start: the fitted parameters
-            if self.result_.covariance_type != self.covariance_type or self.means_.shape != (k, X.shape[1]):
+            if (self.result_.covariance_model != _covariance_models.resolve(self.covariance_type)[1]
+                    or self.means_.shape != (k, X.shape[1])):
                 raise ValueError(
                     "warm_start=True continues the previous fit, which had a different n_components, "
                     "covariance_type or number of features; set warm_start=False to start afresh."
@@ -677,8 +682,9 @@ class GaussianMixture(_DensityMixin, _Base):
         key = jax.random.fold_in(jax.random.key(seed_from_random_state(self.random_state)), 1)
         # the story run forward in the mixture's own frame (as FitResult.sample), compiled once per
         # power-of-two bucket of sizes: the first n_samples rows of a bucket's i.i.d. draws
-        frame = _numerics.mixture_frame(self.weights_, self.means_, self.covariances_, self.covariance_type)
-        w, m, c, ct = _numerics.to_frame(frame, self.weights_, self.means_, self.covariances_, self.covariance_type)
+        layout = self.result_.covariance_type
+        frame = _numerics.mixture_frame(self.weights_, self.means_, self.covariances_, layout)
+        w, m, c, ct = _numerics.to_frame(frame, self.weights_, self.means_, self.covariances_, layout)
         x, z = _simulate(key, GMMParams(w, m, c), _bucket(n_samples), ct)
         x = np.asarray(x, np.float64)[:n_samples] * frame.scale + frame.shift
         return x, np.asarray(z, dtype=np.int64)[:n_samples]

@@ -19,7 +19,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._covariance_models import ALIASES, MODELS
+
 __all__ = [
+    "COVARIANCE_MODELS",
     "COVARIANCE_TYPES",
     "ConvergenceWarning",
     "Data",
@@ -34,6 +37,8 @@ __all__ = [
 ]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+#: mclust's 14 covariance models (EM fits them all; :mod:`bayesgmm._covariance_models`).
+COVARIANCE_MODELS = MODELS
 #: The weight priors of :class:`Prior`: a Dirichlet, or truncated stick-breaking (a Dirichlet process).
 WEIGHT_PRIORS = ("dirichlet", "dirichlet_process")
 
@@ -71,7 +76,15 @@ class GMMParams(NamedTuple):
 
 
 def check_covariance_type(covariance_type: str) -> str:
+    """One of scikit-learn's four structures (what every engine fits), or a ValueError that says
+    where mclust's other models are fitted."""
     if covariance_type not in COVARIANCE_TYPES:
+        if covariance_type in MODELS:
+            native = {m: layout for layout, m in ALIASES.items()}
+            hint = (f"it is mclust's name for {native[covariance_type]!r}; pass that" if covariance_type in native else
+                    "mclust's constrained models are fitted by maximum-likelihood EM (bayesgmm.fit_em, bayesgmm.select, "
+                    "GaussianMixture(method='em'))")
+            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES} here, got {covariance_type!r}: {hint}.")
         raise ValueError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."
         )

@@ -867,6 +867,24 @@ def plot_sbc_ranks(
 # ----------------------------------------------------------------------------------------------
 _CRITERIA = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
 _TYPE_STYLE = {"full": (0, "o"), "diag": (1, "s"), "spherical": (2, "^"), "tied": (3, "D")}
+#: mclust's models: a colour each, the marker of their layout (spherical, diagonal, ellipsoidal),
+#: solid lines for varying volume and dashed for equal volume.
+_MODEL_COLORS = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896",
+                 "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#7f7f7f")
+_LAYOUT_MARKERS = {"spherical": "^", "diag": "s", "tied": "D", "full": "o"}
+
+
+def _selection_style(name: str, position: int) -> dict:
+    """Colour, marker and line style of one structure's line in :func:`plot_selection`."""
+    from ._covariance_models import MODELS, storage
+
+    if name in _TYPE_STYLE:
+        ci, marker = _TYPE_STYLE[name]
+        return dict(color=_PALETTE[ci], marker=marker, ls="-")
+    if name in MODELS:
+        return dict(color=_MODEL_COLORS[MODELS.index(name)], marker=_LAYOUT_MARKERS[storage(name)],
+                    ls="--" if name[0] == "E" else "-")
+    return dict(color=_PALETTE[(len(_TYPE_STYLE) + position) % len(_PALETTE)], marker="v", ls="-")
 
 
 def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = True, legend: bool = True):
@@ -894,7 +912,8 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     -------
     matplotlib Axes
         One line per covariance structure (labelled with it, with the ``full``/``diag``/
-        ``spherical``/``tied`` colours and markers of this module), plus the best-model ring
+        ``spherical``/``tied`` colours and markers of this module; mclust's models a colour each,
+        the marker of their layout, dashed when the volume is equal), plus the best-model ring
         (label ``"best"``).
     """
     if criterion not in _CRITERIA:
@@ -913,15 +932,10 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     ax = _new_axes(ax, figsize=(4.8, 3.6))
     seen = list(dict.fromkeys(data["covariance_type"]))
     types = sorted(seen, key=lambda t: _TYPE_STYLE[t][0] if t in _TYPE_STYLE else len(_TYPE_STYLE) + seen.index(t))
-    extra = len(_TYPE_STYLE)
-    for t in types:
+    for position, t in enumerate(types):
         sub = data[data["covariance_type"] == t].sort_values("num_components")
-        if t in _TYPE_STYLE:
-            ci, marker = _TYPE_STYLE[t]
-        else:
-            ci, marker, extra = extra, "v", extra + 1
-        ax.plot(sub["num_components"].to_numpy(), sub[criterion].to_numpy(), color=_PALETTE[ci % len(_PALETTE)],
-                marker=marker, ms=5, lw=1.4, label=str(t))
+        ax.plot(sub["num_components"].to_numpy(), sub[criterion].to_numpy(), ms=5, lw=1.4, label=str(t),
+                **_selection_style(str(t), position))
     degenerate = data["degenerate"].to_numpy(bool) if "degenerate" in data.columns else np.zeros(len(data), bool)
     if degenerate.any():  # criteria of degenerate fits are unreliable: crossed out, never "best"
         flagged = data[degenerate]
@@ -950,5 +964,7 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
                 fontsize="xx-small", color="0.35")
     _style(ax)
     if legend:
-        ax.legend(frameon=False, fontsize="small", title="covariance", title_fontsize="small")
+        many = len(types) > 6  # mclust's 14 models: two columns beside the axes
+        ax.legend(frameon=False, fontsize="x-small" if many else "small", title="covariance", title_fontsize="small",
+                  ncol=2 if many else 1, **(dict(loc="upper left", bbox_to_anchor=(1.0, 1.0)) if many else {}))
     return ax

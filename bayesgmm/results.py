@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _numerics
+from . import _covariance_models, _numerics
 from ._files import jsonable
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
@@ -222,6 +222,11 @@ class FitResult:
         Closed-form posterior predictive (VB); otherwise the predictive averages over ``draws``.
     info : mapping
         Engine-specific scalars (ELBO, divergences, compile time, seed, ...).
+    covariance_model : str
+        The mclust model fitted (:mod:`bayesgmm._covariance_models`; e.g. ``"VEV"``), whose
+        covariances are stored in the ``covariance_type`` layout. Defaults to the layout's own
+        model: VVV (full), VVI (diag), VII (spherical), EEE (tied). It sets
+        :attr:`num_parameters`, hence BIC and AIC.
 
     The result is deeply immutable: its arrays (also those inside ``draws``, ``raw_draws``,
     ``sample_stats``, ``predictive`` and ``info``) are read-only NumPy copies, its mappings are
@@ -249,10 +254,18 @@ class FitResult:
     sample_stats: Mapping[str, np.ndarray] | None = None
     predictive: StudentTMixture | None = None
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    covariance_model: str | None = None
 
     def __post_init__(self):
         """Deep immutability: every array is a read-only copy, every mapping a
         :class:`FrozenMapping`, every sequence a tuple (``dataclasses.replace`` freezes anew)."""
+        if self.covariance_model is None:
+            object.__setattr__(self, "covariance_model", _covariance_models.ALIASES.get(self.covariance_type))
+        elif _covariance_models.resolve(self.covariance_model) != (self.covariance_type, self.covariance_model):
+            raise ValueError(
+                f"covariance_model={self.covariance_model!r} is not stored in the covariance_type="
+                f"{self.covariance_type!r} layout (its layout is {_covariance_models.storage(self.covariance_model)!r})."
+            )
         for name in ("weights", "means", "covariances", "trace"):
             object.__setattr__(self, name, _frozen_array(getattr(self, name)))
         for name in ("draws", "raw_draws", "sample_stats", "info"):
@@ -295,7 +308,7 @@ class FitResult:
 
     @property
     def num_parameters(self) -> int:
-        return _numerics.num_free_parameters(self.num_components, self.num_features, self.covariance_type)
+        return _numerics.num_free_parameters(self.num_components, self.num_features, self.covariance_model)
 
     @property
     def effective_components(self) -> int:
@@ -643,6 +656,7 @@ class FitResult:
         return {
             "method": self.method,
             "covariance_type": self.covariance_type,
+            "covariance_model": self.covariance_model,
             "num_components": self.num_components,
             "feature_names": list(self.feature_names),
             "num_obs": self.num_obs,
@@ -740,7 +754,9 @@ class FitResult:
     def __repr__(self) -> str:
         return (
             f"FitResult(method={self.method!r}, covariance_type={self.covariance_type!r}, "
-            f"K={self.num_components}, D={self.num_features}, log_likelihood={self.log_likelihood:.6g}, "
+            + (f"covariance_model={self.covariance_model!r}, "
+               if self.covariance_model != _covariance_models.ALIASES.get(self.covariance_type) else "")
+            + f"K={self.num_components}, D={self.num_features}, log_likelihood={self.log_likelihood:.6g}, "
             f"converged={self.converged}, n_iter={self.n_iter}"
             + (", posterior omitted: point estimate only" if self.posterior_omitted else "") + ")"
         )
@@ -893,9 +909,13 @@ def _validated_summary(d, where: str) -> dict:
     info = d.get("info", {})
     if not isinstance(info, dict):
         raise ValueError(f"{where}: field 'info' must be a JSON object; got {_short(info)}.")
+    model = d.get("covariance_model", _covariance_models.ALIASES[ct])
+    if model not in _covariance_models.MODELS or _covariance_models.storage(model) != ct:
+        stored = [m for m in _covariance_models.MODELS if _covariance_models.storage(m) == ct]
+        raise bad("covariance_model", f"one of the mclust models stored as {ct!r}: " + ", ".join(map(repr, stored)))
     return dict(
         method=method, covariance_type=ct, weights=weights, means=means, covariances=covariances,
         log_likelihood=float(d["log_likelihood"]), converged=d["converged"], n_iter=d["n_iter"], trace=trace,
         objective=objective, feature_names=tuple(names), num_obs=d["num_obs"], degenerate_components=tuple(degenerate),
-        prior=prior, info=info,
+        prior=prior, info=info, covariance_model=model,
     )

@@ -31,14 +31,15 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from . import _em_core, _em_host
+from . import _covariance_models, _em_core, _em_host
+from ._covariance_models import MODELS
 from ._numerics import num_free_parameters
+from .em import fit_em
 from .engines import get_engine
 from .params import (
     COVARIANCE_TYPES,
     DegenerateComponentWarning,
     Prior,
-    check_covariance_type,
     check_data,
     prepare_data,
     seed_to_key,
@@ -80,6 +81,32 @@ class SelectionResult:
         row = table.loc[table[criterion].idxmin()]
         return self.fits[(row["covariance_type"], int(row["num_components"]))]
 
+    def criterion_table(self, criterion: str = "bic", *, mclust_sign: bool = False):
+        """The criterion as a K-by-structure table, mclust's ``mclustBIC`` layout.
+
+        Parameters
+        ----------
+        criterion : {"bic", "aic", "icl"}
+        mclust_sign : bool
+            False: lower is better (this module's sign). True: ``-criterion``, higher is better,
+            the numbers ``mclustBIC`` / ``mclustICL`` print.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index ``num_components``, one column per structure in the grid's order. A fit whose
+            every run was degenerate is NaN (mclust's NA).
+        """
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
+        table = self.table.copy()
+        values = table[criterion].where(~table["degenerate"])
+        table[criterion] = -values if mclust_sign else values
+        wide = table.pivot(index="num_components", columns="covariance_type", values=criterion)
+        wide = wide[list(dict.fromkeys(self.table["covariance_type"]))]
+        wide.columns.name = None
+        return wide
+
     def plot(self, criterion: str = "bic", ax=None):
         """The mclust-style criterion-versus-K plot (:func:`bayesgmm.plotting.plot_selection`)."""
         from .plotting import plot_selection
@@ -113,6 +140,47 @@ def _grid_prior(prior, x, ks, k_max, covariance_type, prep):
     return jax.tree_util.tree_map(lambda *a: np.stack(a), *arrays)
 
 
+def _precisions_init(fit: FitResult, layout: str) -> np.ndarray:
+    """The inverse covariances of ``fit`` in ``layout`` (a nested model's fit as a feasible start)."""
+    cov = fit.full_covariances
+    if layout == "full":
+        return np.linalg.inv(cov)
+    if layout == "tied":
+        return np.linalg.inv(cov[0])
+    variances = np.einsum("kii->ki", cov)
+    return 1.0 / (variances if layout == "diag" else variances[:, 0])
+
+
+def _climb_nested(x, fits, failed, types, ks, **options) -> None:
+    """Where a model's fit is worse than that of a model nested in it (whose optimum is a point of
+    the larger model), refit the larger from the smaller's fit, a feasible start, so that EM can
+    only climb from there: the table then orders nested models' likelihoods as their optima do."""
+    names = {_covariance_models.resolve(t)[1]: t for t in types}
+    for _ in range(3):  # a few passes: an improved fit can lift the models above it in turn
+        changed = False
+        for small, large in _covariance_models.NESTED:
+            if small not in names or large not in names:
+                continue
+            for k in ks:
+                a, b = (names[small], k), (names[large], k)
+                if failed[a] or fits[b].log_likelihood >= fits[a].log_likelihood - 1e-9 * abs(fits[a].log_likelihood):
+                    continue
+                start = fits[a]
+                layout = _covariance_models.storage(large)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    refit = fit_em(x, k, covariance_type=names[large], weights_init=start.weights,
+                                   means_init=start.means, precisions_init=_precisions_init(start, layout), n_init=1,
+                                   **options)
+                if refit.log_likelihood > fits[b].log_likelihood:
+                    info = {**refit.info, "selection_grid": True, "started_from": f"{small}, K={k}"}
+                    fits[b] = dataclasses.replace(refit, info=info)
+                    failed[b] = False
+                    changed = True
+        if not changed:
+            return
+
+
 def select(
     x,
     k_range=range(1, 6),
@@ -138,8 +206,11 @@ def select(
     x : array-like (N, D) or (N,)
     k_range : iterable of int
         Numbers of components to try.
-    covariance_types : str or iterable of {"full", "diag", "spherical", "tied"}
-        Structures to try; a single name is one structure.
+    covariance_types : str or iterable of str
+        Structures to try: scikit-learn's ``"full"``, ``"diag"``, ``"spherical"``, ``"tied"``
+        and mclust's 14 models (``"EII"`` ... ``"VVV"``, :data:`bayesgmm.params.COVARIANCE_MODELS`);
+        ``"all"`` is mclust's 14, so the table and :meth:`SelectionResult.bic_table` are
+        mclust's BIC table. A single name is one structure.
     prior : None, "default" or Prior
         None: maximum likelihood. ``"default"``: MAP-EM with mclust's default prior for each K
         (``Prior.default(x, K)``), which keeps covariances from collapsing at large K (mclust's
@@ -163,25 +234,29 @@ def select(
     n = arr.shape[0]
     ks = _check_k_range(k_range, n)
     if isinstance(covariance_types, str):  # one name, not its letters
-        covariance_types = [covariance_types]
-    types = [check_covariance_type(c) for c in covariance_types]
+        covariance_types = MODELS if covariance_types == "all" else [covariance_types]
+    types = list(dict.fromkeys(covariance_types))
+    for name in types:
+        _covariance_models.resolve(name)  # a ValueError listing the valid names
     if not types:
-        raise ValueError("covariance_types is empty; pass at least one of " + str(COVARIANCE_TYPES) + ".")
+        raise ValueError("covariance_types is empty; pass 'all' or at least one of " + str(COVARIANCE_TYPES + MODELS) + ".")
     if prior is not None and not (isinstance(prior, Prior) or prior == "default"):
         raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
     tol = _em_host.DEFAULT_TOL if tol is None else tol
     _em_host.check_em_options(init_params, n_init, max_iter, tol, reg_covar)
     k_max = ks[-1]
     d = arr.shape[1]
-    rows, fits, compile_seconds = [], {}, {}
+    rows, fits, failed, compile_seconds = [], {}, {}, {}
     start = time.perf_counter()
     for ct in types:
-        starts, kept = _em_core.resolve_starts(n_init, n, k_max, d, ct)
         active = np.arange(k_max)[None] < np.asarray(ks)[:, None]
         shared_prior = prior if isinstance(prior, Prior) else None
+        _em_host.check_map_structure(prior is not None, ct)
         prep = _em_host.prepare(arr, k_max, ct, shared_prior, max_components=k_max)
-        prior_arrays = _grid_prior(prior, arr, ks, k_max, ct, prep)
-        config = _em_core.EMConfig(k_max, d, ct, False, prior is not None)
+        layout = prep.covariance_type
+        starts, kept = _em_core.resolve_starts(n_init, n, k_max, d, layout)
+        prior_arrays = _grid_prior(prior, arr, ks, k_max, layout, prep)
+        config = _em_core.EMConfig(k_max, d, layout, False, prior is not None, covariance_model=prep.covariance_model)
         found = _em_host.run_search(
             prep, seed_to_key(seed), (None, None, None), prior_arrays, tol=tol, reg_covar=reg_covar,
             sample_weight=None, active=active, max_iter=max_iter, config=config, init_method=init_params,
@@ -204,15 +279,21 @@ def select(
                       "restart_objectives": objective[j].tolist(), "selection_grid": True},
             )
             fits[(ct, k)] = fit
+            failed[(ct, k)] = best < 0
+    if prior is None:
+        _climb_nested(x, fits, failed, types, ks, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed)
+    for ct in types:
+        for k in ks:
+            fit = fits[(ct, k)]
             p = num_free_parameters(k, d, ct)
-            ll = fit.log_likelihood if best >= 0 else -np.inf
+            ll = fit.log_likelihood if not failed[(ct, k)] else -np.inf
             bic = -2 * ll + p * np.log(n)
             entropy = float(fit.info["entropy"])
             rows.append({
                 "covariance_type": ct, "num_components": k, "log_likelihood": ll, "num_parameters": p,
                 "bic": bic, "aic": -2 * ll + 2 * p, "icl": bic + 2 * entropy, "entropy": entropy,
                 "converged": fit.converged, "n_iter": fit.n_iter,
-                "degenerate": bool(fit.degenerate_components) or best < 0,
+                "degenerate": bool(fit.degenerate_components) or failed[(ct, k)],
             })
     table = pd.DataFrame(rows)
     seconds = time.perf_counter() - start

@@ -71,6 +71,7 @@ def from_inference_data(idata):
     return FitResult(
         method=meta["method"],
         covariance_type=meta["covariance_type"],
+        covariance_model=meta.get("covariance_model"),  # absent in files written before mclust's models
         weights=point["weights"],
         means=point["means"],
         covariances=point["covariances"],

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _em_core, _em_host, _numerics
+from . import _covariance_models, _em_core, _em_host, _numerics
 from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .labels import align_draws
 from .model import log_prior
@@ -174,10 +174,10 @@ def bootstrap(
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
     reg_covar = float(fit.info.get("reg_covar", 1e-10))
-    prep = _em_host.prepare(arr, k, ct, fit.prior)
+    prep = _em_host.prepare(arr, k, fit.covariance_model, fit.prior)  # refits keep the fit's mclust model
     start = params_to_standard(fit.params, prep.shift, prep.sd, ct)
     user_init = tuple(jnp.asarray(p, prep.dtype) for p in start)
-    config = _em_core.EMConfig(k, d, ct, False, fit.prior is not None)
+    config = _em_core.EMConfig(k, d, ct, False, fit.prior is not None, covariance_model=fit.covariance_model)
     key_resample, key_runs = jax.random.split(seed_to_key(seed))
     num_batches = -(-num_replicates // batch)
     # one key per replicate, whatever the batching: batch_size changes memory, never the replicates
@@ -313,6 +313,12 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     arr = _check_fit(fit, x)
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
+    if fit.covariance_model != _covariance_models.ALIASES.get(fit.covariance_type):
+        raise ValueError(
+            f"observed_information parameterises the four scikit-learn structures, not mclust's constrained model "
+            f"{fit.covariance_model!r} (its free parameters are fewer than its stored covariances'); use "
+            "bayesgmm.bootstrap(fit, x), which refits the same model."
+        )
     k, ct = fit.num_components, fit.covariance_type
     d = fit.num_features
     start = time.perf_counter()
