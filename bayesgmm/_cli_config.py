@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="covariance structure: full, diag, spherical, tied, or with --method em one of mclust's "
                           "models EII ... VVV (default: %(default)s)")
     _engine_option_args(fit, one_engine=True)
+    fit.add_argument("--missing", choices=("error", "marginalize"), default="error",
+                     help="NaN cells (empty CSV cells): refuse them, or treat them as missing at random and fit the "
+                          "observed-data likelihood (every engine but --stream) (default: %(default)s)")
     fit.add_argument("--stream", action="store_true",
                      help="EM or MAP-EM out of core: read a .npy or Parquet file in chunks (memory bounded by "
                           "--batch-size) (default: in memory)")
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTIONS = {
     "demo": ("out", "overwrite", "seed", "methods", "progress"),
     "fit": ("num_components", "method", "covariance_type", "out", "overwrite", "seed", "plot", "stream", "batch_size",
-            "progress"),
+            "progress", "missing"),
     "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "overwrite", "seed", "plot",
                 "progress"),
     "select": ("k", "covariance_types", "prior", "n_init", "out", "overwrite", "seed", "plot"),

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _numerics, _stats
+from . import _iterate, _missing, _numerics, _stats
 from ._compile import CompiledProgram
 from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, trace_length  # noqa: F401 (re-exported)
@@ -86,6 +86,8 @@ class EMProblem(NamedTuple):
     prior : PriorArrays or None (maximum likelihood)
     reg_covar : scalar
     model_index : int32 scalar, the constrained model's index in its layout (EMConfig.model_index)
+    observed : (N, D) bool, or None (nothing missing). False marks a missing entry (its value in
+        ``x`` is a placeholder): the E-step is then :func:`bayesgmm._missing.e_step_stats`.
     """
 
     z: jax.Array
@@ -95,6 +97,7 @@ class EMProblem(NamedTuple):
     prior: object
     reg_covar: jax.Array
     model_index: jax.Array = 0
+    observed: jax.Array | None = None
 
 
 class EMOutput(NamedTuple):
@@ -114,9 +117,15 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
     ``precise``: the centred form (:func:`bayesgmm._stats.e_step_stats`).
     """
     ct = config.covariance_type
-    total, magnitude, stats = _stats.e_step_totals(problem.z, problem.x, problem.sample_weight, params, ct, precise,
-                                                   active=problem.active, hard=config.hard,
-                                                   block_rows=config.block_rows)
+    if problem.observed is not None:  # missing values: the exact conditional E-step (no fast form)
+        per_row, stats = _missing.e_step_stats(problem.x, problem.observed, problem.sample_weight, params, ct,
+                                               active=problem.active, hard=config.hard)
+        weighted = per_row if problem.sample_weight is None else per_row * problem.sample_weight
+        total, magnitude = jnp.sum(weighted), jnp.sum(jnp.abs(weighted))
+    else:
+        total, magnitude, stats = _stats.e_step_totals(problem.z, problem.x, problem.sample_weight, params, ct,
+                                                       precise, active=problem.active, hard=config.hard,
+                                                       block_rows=config.block_rows)
     if config.use_prior:
         lp = log_prior(params, problem.prior, ct, problem.active)
         total, magnitude = total + lp, magnitude + jnp.abs(lp)
@@ -143,7 +152,7 @@ def _lane_groups(num_lanes: int, num_groups: int):
     return jnp.repeat(jnp.arange(num_groups), num_lanes // num_groups)
 
 
-def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, model_index, *,
+def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, model_index, observed, *,
          config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True):
     """L lanes of EM, G groups of L / G lanes (see the module docstring).
 
@@ -166,7 +175,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     def per_lane(tree, batched):
         return tree if tree is None or not batched else jax.tree_util.tree_map(lambda a: a[groups], tree)
 
-    if config.block_rows is not None:  # features made block by block inside the E-step
+    if config.block_rows is not None or observed is not None:  # made block by block inside the E-step, or unused
         z = None
     elif data_batched:
         z = jax.vmap(_stats.suff_features, in_axes=(0, None))(xs, ct)
@@ -180,6 +189,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         prior=per_lane(prior, prior_batched),
         reg_covar=reg_covar,
         model_index=model_index,
+        observed=observed,
     )
     axes = EMProblem(
         z=0 if data_batched and z is not None else None,
@@ -189,6 +199,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         prior=None if prior is None else jax.tree_util.tree_map(lambda _: 0 if prior_batched else None, prior),
         reg_covar=None,
         model_index=None,
+        observed=None,
     )
     if problem.sample_weight is None:
         n_eff = jnp.full((num_lanes,), xs.shape[-2], xs.dtype)
@@ -270,17 +281,19 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
 
 def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_iter, init_iter, config: EMConfig,
            init_method: str, num_groups: int, num_starts: int, num_kept: int, trace_len: int,
-           avoid_degenerate: bool = True, adaptive: bool = True, num_rows: int | None = None) -> SearchResult:
+           avoid_degenerate: bool = True, adaptive: bool = True, num_rows: int | None = None,
+           observed=None) -> SearchResult:
     """The em-EM search of every group (:func:`bayesgmm._iterate.search`) with :data:`PROGRAM`.
 
     ``key`` seeds every start's uniform numbers; group g's starts use its own split. With
     ``num_kept == num_starts`` one call runs every start to convergence. ``num_rows``: the real
-    rows when ``xs`` is padded (sharded fits).
+    rows when ``xs`` is padded (sharded fits). ``observed`` (N, D) bool: missing values (False),
+    whose entries of ``xs`` are placeholders (shared data only).
     """
     dtype = np.dtype(xs.dtype)
     n = xs.shape[-2]
     k, d = config.num_components, config.num_features
-    if adaptive:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
+    if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
         config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type))
     xs = jax.device_put(xs)  # once for every call of the search (a no-op for device arrays)
     lanes_per_call = num_groups * num_kept
@@ -298,7 +311,7 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
 
     def call(noise_block, state, limit, fresh):
         timed = PROGRAM(xs, noise_block.reshape((lanes_per_call,) + noise_block.shape[2:]), given, state, *common,
-                        np.asarray(limit, np.int32), np.asarray(fresh), model_index, **static)
+                        np.asarray(limit, np.int32), np.asarray(fresh), model_index, observed, **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)

@@ -101,6 +101,7 @@ class Prepared(NamedTuple):
     prior_arrays: object
     dtype: object
     covariance_model: str = "VVV"  # the mclust model fitted, stored in the covariance_type layout
+    observed: np.ndarray | None = None  # (N, D) bool, False at missing entries (0 in xs); None: none missing
 
     @property
     def num_obs(self) -> int:
@@ -119,6 +120,21 @@ def check_em_options(init_params, n_init, max_iter, tol, reg_covar) -> None:
     check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
+def search_rows(prep: Prepared) -> int:
+    """The row count the default search sizes its starts by: with missing values the conditional
+    E-step (a D x D Cholesky factor per row and component) costs about 4 D times the complete-data
+    one per row, so fewer starts fit the same budget."""
+    n, d = prep.arr.shape
+    return n if prep.observed is None else n * 4 * d
+
+
+def observed_counts(prep: Prepared, sample_weight=None):
+    """Per feature, the (weighted) number of observed entries; None when nothing is missing."""
+    if prep.observed is None:
+        return None
+    return (prep.observed if sample_weight is None else prep.observed * np.asarray(sample_weight)[:, None]).sum(0)
+
+
 def check_map_structure(with_prior: bool, covariance_type: str) -> None:
     """MAP-EM takes the conjugate prior's structures only: a ValueError for the other mclust models."""
     model = _covariance_models.resolve(covariance_type)[1]
@@ -130,15 +146,17 @@ def check_map_structure(with_prior: bool, covariance_type: str) -> None:
         )
 
 
-def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None) -> Prepared:
+def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None,
+            missing: str = "error") -> Prepared:
     """Validate the data and prior and standardise both (see the module docstring).
 
     ``max_components`` (model-selection grids) is the K the arrays are built for.
     ``sample_weight`` (validated) weights the standardising statistics. ``covariance_type`` is
     a scikit-learn structure or an mclust model (:mod:`bayesgmm._covariance_models`); the
-    record holds its layout and its model.
+    record holds its layout and its model. ``missing="marginalize"``: NaN entries are missing at
+    random; ``xs`` holds 0 there and ``observed`` marks them.
     """
-    arr, names = check_data(x)
+    arr, names = check_data(x, missing=missing)
     n, d = arr.shape
     k = check_num_components(num_components, n)
     layout, model = _covariance_models.resolve(covariance_type)
@@ -148,16 +166,21 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     dtype = compute_dtype()
     scale_as = "spherical" if _covariance_models.common_scale(model) else layout
     shift, sd, xs = standardise(arr, scale_as, sample_weight, dtype=dtype)
+    observed = None
+    if np.isnan(xs).any():
+        observed = ~np.isnan(xs)
+        xs = np.where(observed, xs, 0).astype(xs.dtype)  # placeholders: the column's median
     prior_arrays = None
     if prior is not None:
         prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, layout, dtype=np.dtype(dtype))
-    return Prepared(arr, names, k, layout, prior, shift, sd, xs, prior_arrays, dtype, model)
+    return Prepared(arr, names, k, layout, prior, shift, sd, xs, prior_arrays, dtype, model, observed)
 
 
 def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, sample_weight, active, max_iter,
                config: EMConfig, init_method: str, num_groups: int, num_starts: int, num_kept: int, data=None,
-               allow_degenerate: bool = False, sharded: bool = False):
-    """:func:`bayesgmm._em_core.search` with host arguments in the compute dtype."""
+               allow_degenerate: bool = False, sharded: bool = False, observed=None):
+    """:func:`bayesgmm._em_core.search` with host arguments in the compute dtype (``observed``:
+    the missing-value mask of ``data`` when it is padded, else ``prep.observed``)."""
     if all(u is not None for u in user_init):
         init_method = "given"  # every piece given: the starts are the user's
     return search(
@@ -165,7 +188,7 @@ def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, 
         sample_weight=sample_weight, active=active, max_iter=int(max_iter), init_iter=INIT_ITER, config=config,
         init_method=init_method, num_groups=num_groups, num_starts=num_starts, num_kept=num_kept,
         trace_len=trace_length(max_iter), avoid_degenerate=not allow_degenerate, adaptive=not sharded,
-        num_rows=prep.num_obs,
+        num_rows=prep.num_obs, observed=prep.observed if observed is None else observed,
     )
 
 
@@ -233,7 +256,7 @@ def package(
         params_std = GMMParams(params_std.weights[:k], params_std.means[:k], c)
     n_iter = int(pick(lanes.n_iter))
     converged = bool(pick(lanes.converged))
-    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, ct)
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, ct, observed_counts(prep, sample_weight))
     obj_shift = ll_shift + (prior_shift if prep.prior is not None else 0.0)
     params = params_to_original(params_std, prep.shift, prep.sd, ct)
     log_lik, objective, entropy, counts = exact_objective(prep, params, sample_weight, hard)

@@ -120,8 +120,12 @@ def component_log_density(x, means, covariances, covariance_type: str):
     Returns
     -------
     array (..., N, K)
+        NaN entries of ``x`` (NumPy) are missing values: a row's density is then the marginal
+        density of its observed columns (:func:`observed_log_density`).
     """
     xp, sp = array_namespace(x, means, covariances)
+    if xp is np and np.isnan(x).any():
+        return observed_log_density(x, means, covariances, covariance_type)
     k, d = means.shape[-2:]
     diff = x[..., None, :, :] - means[..., :, None, :]  # (..., K, N, D)
     if covariance_type in ("diag", "spherical"):
@@ -140,6 +144,36 @@ def component_log_density(x, means, covariances, covariance_type: str):
         logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
     logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
     return xp.swapaxes(logp, -1, -2)
+
+
+def observed_log_density(x, means, covariances, covariance_type: str):
+    """``log N(x_n,o | mu_k,o, Sigma_k,oo)`` over each row's observed (non-NaN) columns ``o``,
+    shape (..., N, K): rows are grouped by their pattern of observed columns, and each group is
+    scored with the marginal Gaussians of those columns (sub-vectors and sub-matrices)."""
+    k, d = means.shape[-2:]
+    if covariance_type == "spherical":
+        covariances, covariance_type = diagonal_variances(covariances, "spherical", k, d), "diag"
+    observed = ~np.isnan(x)
+    patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+    out = np.empty(means.shape[:-2] + (x.shape[0], k))
+    for p, pattern in enumerate(patterns):
+        rows, cols = np.flatnonzero(inverse.ravel() == p), np.flatnonzero(pattern)
+        if covariance_type == "diag":
+            sub = covariances[..., cols]
+        elif covariance_type == "full":
+            sub = covariances[..., cols, :][..., :, cols]
+        else:  # tied
+            sub = covariances[..., cols, :][..., cols]
+        out[..., rows, :] = component_log_density(x[np.ix_(rows, cols)], means[..., cols], sub, covariance_type)
+    return out
+
+
+def observed_log_jacobian(x, scale) -> np.ndarray | float:
+    """``-sum_o log scale_o`` over each row's observed columns: the log-Jacobian of ``(x - shift) /
+    scale`` for the densities of the observed columns (a float when nothing is missing)."""
+    log_scale = np.log(scale)
+    observed = ~np.isnan(x)
+    return -float(np.sum(log_scale)) if observed.all() else -(observed @ log_scale)
 
 
 def log_joint_components(x, weights, means, covariances, covariance_type: str):
@@ -222,7 +256,6 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
     x = np.asarray(x)
     frame = frame or mixture_frame(weights, means, covariances, covariance_type)
     w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
-    log_jac = -float(np.sum(np.log(frame.scale)))
     n = x.shape[0]
     dens = np.empty(n)
     resp = np.empty((n, m.shape[0])) if responsibilities else None
@@ -230,7 +263,7 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
         xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
         lj = log_joint_components(xs, w, m, c, ct)
         ll = logsumexp(lj, axis=-1)
-        dens[start : start + len(xs)] = ll + log_jac
+        dens[start : start + len(xs)] = ll + observed_log_jacobian(xs, frame.scale)
         if resp is not None:
             with np.errstate(invalid="ignore"):
                 resp[start : start + len(xs)] = lj - ll[:, None]
@@ -261,13 +294,12 @@ def draws_log_density(x, weights, means, covariances, covariance_type: str, *, f
     x = np.asarray(x)
     frame = frame or mixture_frame(weights, means, covariances, covariance_type)
     w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
-    log_jac = -float(np.sum(np.log(frame.scale)))
     s, n = w.shape[0], x.shape[0]
     out = np.empty((s, n))
     block = max(1, HOST_BLOCK_ROWS // max(1, s))
     for start in range(0, n, block):
         xs = (np.asarray(x[start : start + block], np.float64) - frame.shift) / frame.scale
-        out[:, start : start + len(xs)] = mixture_log_density(xs, w, m, c, ct) + log_jac
+        out[:, start : start + len(xs)] = mixture_log_density(xs, w, m, c, ct) + observed_log_jacobian(xs, frame.scale)
     return out
 
 

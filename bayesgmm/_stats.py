@@ -185,14 +185,14 @@ def unpack_stats(s, num_features: int, covariance_type: str):
     return nk, sx, sxx
 
 
-def _safe_counts(nk):
+def safe_counts(nk):
     return nk + 10 * jnp.finfo(nk.dtype).eps  # as scikit-learn: an empty component stays finite
 
 
 def scatter(nk, sx, sxx, covariance_type: str):
     """Centred statistics ``(nk_safe, xbar, S)`` from moment sums (the fast form):
     ``S_k = sum r x x^T - N_k xbar xbar^T`` (diag: per feature; spherical: summed over features)."""
-    nk_safe = _safe_counts(nk)
+    nk_safe = safe_counts(nk)
     xbar = sx / nk_safe[:, None]
     if covariance_type in ("full", "tied"):
         s = sxx - nk_safe[:, None, None] * xbar[:, :, None] * xbar[:, None, :]
@@ -232,7 +232,7 @@ def centred_moments(resp_weighted, x, covariance_type: str, centres):
 def finish_centred(nk, first, second, centres, covariance_type: str):
     """Centred statistics ``(nk_safe, xbar, S)`` from moments about ``centres``: the scatter about
     the mean is ``S(c) - N_k (xbar - c)(xbar - c)^T``, a small correction when c is near it."""
-    nk_safe = _safe_counts(nk)
+    nk_safe = safe_counts(nk)
     delta = first / nk_safe[:, None]
     xbar = centres + delta
     if covariance_type in ("full", "tied"):
@@ -254,7 +254,7 @@ def stats_precise(resp_weighted, x, covariance_type: str, centres=None):
     """
     if centres is None:  # the exact weighted mean (one point's mean is that point), unless empty
         nk = jnp.sum(resp_weighted, axis=0)
-        centres = (resp_weighted.T @ x) / jnp.where(nk > 0, nk, _safe_counts(nk))[:, None]
+        centres = (resp_weighted.T @ x) / jnp.where(nk > 0, nk, safe_counts(nk))[:, None]
     return finish_centred(*centred_moments(resp_weighted, x, covariance_type, centres), centres, covariance_type)
 
 

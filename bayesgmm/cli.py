@@ -160,6 +160,8 @@ def run_fit(opts, out: OutputFolder) -> int:
         kw = _engine_kwargs(opts, method)
         if method in ("svi", "mcmc", "gibbs") and opts.get("progress", False):
             kw.setdefault("progress_bar", True)
+        if opts.get("missing", "error") != "error":
+            kw["missing"] = opts["missing"]
         kw = _resolve_prior(kw, method, x, opts["num_components"])
         result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"], **kw)
     print_fit(result)

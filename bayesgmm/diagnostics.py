@@ -390,7 +390,8 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
     origin = frame.shift
     arr = None
     if x is not None:
-        arr, _ = check_data(x, num_features=d, allow_constant=True, feature_names=result.feature_names)
+        arr, _ = check_data(x, num_features=d, allow_constant=True, feature_names=result.feature_names,
+                        missing="marginalize")  # NaN: missing values, each row scored on its observed columns
     dtype = jax.dtypes.canonicalize_dtype(arr.dtype if arr is not None else np.float64)
     centred_means = np.asarray(_flat(post["means"]), np.float64) - origin
     flat = [jnp.asarray(a, dtype) for a in (_flat(post["weights"]), centred_means, _flat(post["covariances"]))]

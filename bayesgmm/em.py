@@ -27,7 +27,17 @@ import numpy as np
 
 from . import _numerics, _sharding
 from ._em_core import INIT_ITER, EMConfig, auto_starts, resolve_starts  # noqa: F401 (auto_starts: the docs)
-from ._em_host import DEFAULT_TOL, check_em_options, choose_run, package, prepare, run_search, user_init
+from ._em_host import (
+    DEFAULT_TOL,
+    check_em_options,
+    choose_run,
+    observed_counts,
+    package,
+    prepare,
+    run_search,
+    search_rows,
+    user_init,
+)
 from .params import (
     ConvergenceWarning,
     Prior,
@@ -59,6 +69,7 @@ def fit_em(
     allow_degenerate: bool = False,
     sample_weight=None,
     devices=None,
+    missing: str = "error",
     seed=0,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: maximum likelihood, or MAP when a ``prior`` is given.
@@ -119,6 +130,11 @@ def fit_em(
         Shard the rows over these devices (data parallelism; see :mod:`bayesgmm._sharding`).
         None: no sharding. The result equals the single-device fit up to floating-point
         reduction order.
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing at random, and EM maximises the observed-data
+        likelihood (each row's density is the mixture of the Gaussians' marginals over its
+        observed columns) with the exact conditional E-step of :mod:`bayesgmm._missing`; the
+        reported ``log_likelihood`` is the observed-data one. The default refuses NaN.
     seed : int or jax key
         Same seed, same result, bit for bit.
 
@@ -137,7 +153,7 @@ def fit_em(
     ValueError
         Invalid input, or every run ended with a singular covariance.
     """
-    arr, _ = check_data(x)
+    arr, _ = check_data(x, missing=missing)
     weight = check_sample_weight(sample_weight, arr.shape[0])
     if weight is not None and isinstance(num_components, (int, np.integer)) and np.count_nonzero(weight) < num_components:
         raise ValueError(
@@ -146,25 +162,30 @@ def fit_em(
         )
     tol_explicit = tol is not None
     tol = DEFAULT_TOL if tol is None else tol
-    prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight)
+    prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight, missing=missing)
     max_iter = check_int("max_iter", max_iter, 0)
     init_only = max_iter == 0
     check_em_options(init_params, n_init, 1 if init_only else max_iter, tol, reg_covar)
     n, d = prep.arr.shape
     k = prep.num_components
     layout = prep.covariance_type  # the covariances' layout; covariance_type may name an mclust model
-    starts, kept = resolve_starts(n_init, n, k, d, layout)
+    starts, kept = resolve_starts(n_init, search_rows(prep), k, d, layout)
     given = user_init(weights_init, means_init, precisions_init, k, d, layout, prep.shift, prep.sd, prep.dtype)
     if n_init == "auto" and all(u is not None for u in given):
         starts = kept = 1  # one given start: nothing to search
     key = seed_to_key(seed)
     rows = _sharding.resolve(devices, n)
+    if rows.mesh is not None and prep.observed is not None:
+        raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
+    observed = prep.observed
+    if observed is not None and xs.shape[0] > n:  # padding rows are observed zeros of weight 0
+        observed = np.concatenate([observed, np.ones((xs.shape[0] - n, d), bool)])
     config = EMConfig(k, d, layout, bool(hard), prior is not None, covariance_model=prep.covariance_model)
     found = run_search(
         prep, key, given, prep.prior_arrays, tol=tol, reg_covar=reg_covar, sample_weight=weight_dev, active=None,
         max_iter=max_iter, config=config, init_method=init_params, num_groups=1, num_starts=starts, num_kept=kept,
-        data=xs, allow_degenerate=allow_degenerate, sharded=rows.mesh is not None,
+        data=xs, allow_degenerate=allow_degenerate, sharded=rows.mesh is not None, observed=observed,
     )
     out = found.output
     finals = np.asarray(out.lanes.objective, dtype=np.float64)
@@ -179,7 +200,7 @@ def fit_em(
             "reg_covar, use fewer components, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)."
         )
     n_eff = n if weight is None else float(weight.sum())
-    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, layout)
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, layout, observed_counts(prep, weight))
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
     info = {
         "seed": seed if isinstance(seed, (int, np.integer)) else None,
@@ -196,6 +217,8 @@ def fit_em(
         "fit_seconds": found.compile_seconds + found.run_seconds,
         "num_devices": rows.num_devices,
         "sample_weighted": weight is not None,
+        "missing": missing,
+        "num_missing": 0 if prep.observed is None else int((~prep.observed).sum()),
     }
     return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter,
                    tol=tol, tol_explicit=tol_explicit)

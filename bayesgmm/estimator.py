@@ -98,7 +98,7 @@ SKLEARN_CONVERGENCE_MESSAGE = (
 #: The registry's engines; MAP-EM is ``method="em"`` with a ``prior`` here, as in ``fit_em``.
 METHODS = tuple(name for name in engine_names() if name != "map-em")
 # Estimator parameters handed to an engine when (and only when) its signature takes them.
-_SHARED = ("covariance_type", "prior", "n_init", "init_params", "tol", "max_iter", "reg_covar")
+_SHARED = ("covariance_type", "prior", "n_init", "init_params", "tol", "max_iter", "reg_covar", "missing")
 _INITS = ("weights_init", "means_init", "precisions_init")  # the same, default None
 _RESERVED = ("x", "num_components", "seed") + _SHARED + _INITS
 _MAX_SEED = 2**32 - 1
@@ -317,6 +317,10 @@ class GaussianMixture(_DensityMixin, _Base):
     engine_kwargs : dict, optional
         Further keyword arguments of the engine, e.g. ``{"num_samples": 500}`` for ``"mcmc"``
         or ``{"hard": True}`` for ``"em"``. Must not repeat an estimator parameter.
+    missing : {"error", "marginalize"}, default="error"
+        ``"marginalize"``: NaN entries of ``X`` are missing at random; every engine fits the
+        observed-data likelihood, and ``predict``, ``predict_proba`` and ``score_samples`` score
+        each row on its observed columns. The default refuses NaN, as scikit-learn does.
 
     Attributes
     ----------
@@ -402,6 +406,7 @@ class GaussianMixture(_DensityMixin, _Base):
         verbose=0,
         verbose_interval=10,
         engine_kwargs=None,
+        missing="error",
     ):
         self.n_components = n_components
         self.method = method
@@ -420,22 +425,29 @@ class GaussianMixture(_DensityMixin, _Base):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.engine_kwargs = engine_kwargs
+        self.missing = missing
 
     # ------------------------------------------------------------------ validation
     def _validate_X(self, X, *, reset: bool):
         if HAVE_SKLEARN:
-            return _sk_validate_data(
-                self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=2 if reset else 1
-            )
+            try:
+                return _sk_validate_data(
+                    self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=2 if reset else 1,
+                    ensure_all_finite="allow-nan" if self.missing == "marginalize" else True,
+                )
+            except ValueError as err:
+                if "NaN" not in str(err) or self.missing == "marginalize":
+                    raise
+                raise ValueError(f"{err} To treat NaN entries as missing at random, pass missing='marginalize'.") from None
         if reset:
-            arr, _ = check_data(X, name="X", allow_constant=True)
+            arr, _ = check_data(X, name="X", allow_constant=True, missing=self.missing)
             self.n_features_in_ = arr.shape[1]
             if hasattr(X, "columns") and all(isinstance(c, str) for c in X.columns):
                 self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
             elif hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             return arr
-        arr, _ = check_data(X, name="X", num_features=self.n_features_in_, allow_constant=True)
+        arr, _ = check_data(X, name="X", num_features=self.n_features_in_, allow_constant=True, missing=self.missing)
         return arr
 
     def _check_fitted(self):

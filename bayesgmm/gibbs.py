@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from . import _numerics, _stats, _sticks
+from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
 from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
@@ -196,22 +196,52 @@ class SweepState(NamedTuple):
     log_joint: jax.Array
 
 
-def start_state(xs, params: GMMParams, covariance_type: str) -> SweepState:
-    return SweepState(params, _numerics.log_joint_components(xs, *params, covariance_type))
+def _log_joint(xs, params: GMMParams, covariance_type: str, observed=None):
+    """``log pi_k + log N(x_n | k)`` (N, K); with ``observed`` (missing values), of each row's
+    observed columns."""
+    if observed is None:
+        return _numerics.log_joint_components(xs, *params, covariance_type)
+    return _missing.observed_log_density(xs, observed, params, covariance_type) + jnp.log(params.weights)[None]
+
+
+def start_state(xs, params: GMMParams, covariance_type: str, observed=None) -> SweepState:
+    return SweepState(params, _log_joint(xs, params, covariance_type, observed))
+
+
+def sample_missing(key, xs, observed, z, params: GMMParams, covariance_type: str):
+    """Draw the missing entries from ``p(x_m | x_o, z, theta)`` (the conditional Gaussian of each
+    row's component): the data augmentation step of the missing values. Observed entries stay."""
+    _, completed, conditional = _missing.conditional_components(xs, observed, params, covariance_type)
+    rows = jnp.arange(xs.shape[0])
+    mean, cond = completed[rows, z], conditional[rows, z]
+    noise = jax.random.normal(key, xs.shape, xs.dtype)
+    o = observed.astype(xs.dtype)
+    if covariance_type in ("diag", "spherical"):
+        return mean + jnp.sqrt(cond) * noise * (1.0 - o)
+    # the conditional covariance is zero on the observed block: the identity there keeps its
+    # Cholesky factor defined, and the observed entries get no noise
+    chol = jnp.linalg.cholesky(cond + o[:, :, None] * jnp.eye(xs.shape[1], dtype=xs.dtype))
+    return mean + (1.0 - o) * jnp.einsum("nij,nj->ni", chol, noise)
 
 
 def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: int, covariance_type: str,
-                row_weight=None):
+                row_weight=None, observed=None):
     """One sweep: labels given the parameters, then the parameters given the labels.
 
     Returns ``(new_state, (params, log_posterior, num_nonempty))`` where ``log_posterior`` is
     ``log p(x, theta)`` of the new parameters (z summed out) and ``num_nonempty`` the number of
     components the sampled labels occupy. ``row_weight`` (N,): 0 marks padding rows.
+    ``observed`` (N, D) bool: missing values (False; placeholders in ``xs``). The labels are then
+    drawn given the observed entries, the missing entries given the labels (data augmentation),
+    and the parameters given both: a blocked Gibbs sweep of ``(z, x_m)`` and ``theta``.
     """
     key_z, key_theta = jax.random.split(key)
+    if observed is not None:
+        key_z, key_x = jax.random.split(key_z)
     z = sample_assignments(key_z, state.log_joint)
-    params = sample_parameters(key_theta, xs, z, prior, num_components, covariance_type, row_weight)
-    log_joint = _numerics.log_joint_components(xs, *params, covariance_type)
+    completed = xs if observed is None else sample_missing(key_x, xs, observed, z, state.params, covariance_type)
+    params = sample_parameters(key_theta, completed, z, prior, num_components, covariance_type, row_weight)
+    log_joint = _log_joint(xs, params, covariance_type, observed)
     per_row = jax.nn.logsumexp(log_joint, axis=-1)
     lp = jnp.sum(per_row if row_weight is None else row_weight * per_row) + log_prior(params, prior, covariance_type)
     num_nonempty = jnp.sum(jnp.bincount(z, weights=row_weight, length=num_components) > 0)
@@ -233,7 +263,7 @@ class _Config(NamedTuple):
 
 
 @shared.without_validation
-def _program(xs, row_weight, prior, key, use_user_init, user_init, *, config: _Config):
+def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, *, config: _Config):
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     total = config.num_warmup + config.num_samples
     key_map, key_chains = jax.random.split(key)
@@ -245,13 +275,13 @@ def _program(xs, row_weight, prior, key, use_user_init, user_init, *, config: _C
     def one_chain(chain_key, params0):
         def step(state, inputs):
             i, step_key = inputs
-            state, out = gibbs_sweep(step_key, state, xs, prior, k, ct, row_weight)
+            state, out = gibbs_sweep(step_key, state, xs, prior, k, ct, row_weight, observed)
             if config.progress_bar:
                 tick_every("gibbs", i, tick_interval(total))
             return state, out
 
         steps = (jnp.arange(total), jax.random.split(chain_key, total))
-        _, out = jax.lax.scan(step, start_state(xs, params0, ct), steps)
+        _, out = jax.lax.scan(step, start_state(xs, params0, ct, observed), steps)
         return jax.tree_util.tree_map(lambda a: a[config.num_warmup:], out)
 
     draws, lp, nonempty = jax.vmap(one_chain)(jax.random.split(key_chains, c), starts)
@@ -278,6 +308,7 @@ def fit_gibbs(
     seed=0,
     progress_bar: bool = False,
     align: bool = True,
+    missing: str = "error",
 ) -> FitResult:
     """Sample the posterior of the Bayesian Gaussian mixture by conjugate Gibbs sampling.
 
@@ -303,6 +334,11 @@ def fit_gibbs(
         Same seed, same draws, bit for bit.
     progress_bar : bool
         A tqdm bar of the sweeps, advanced from inside the compiled program (draws unchanged).
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing at random; each sweep draws the labels given
+        the observed entries, then the missing entries from their conditional Gaussian given the
+        labels (data augmentation), then the parameters: the chain's stationary distribution is
+        the posterior of the observed-data likelihood. The default refuses NaN.
     align : bool
         Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`).
 
@@ -332,7 +368,7 @@ def fit_gibbs(
     --------
     bayesgmm.fit_mcmc : NUTS on the same model and prior, z summed out.
     """
-    arr, names = check_data(x)
+    arr, names = check_data(x, missing=missing)
     n, d = arr.shape
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
@@ -353,10 +389,16 @@ def fit_gibbs(
     steps = num_warmup + num_samples
     with progress("gibbs", steps, enabled=bool(progress_bar), desc=f"Gibbs {num_chains} chain(s) x {steps} sweeps"):
         # padded to the row bucket (zero rows of weight 0): a new N in the bucket reuses the program
+        observed = None
+        if np.isnan(std.xs).any():  # missing values: placeholders (the median), marked, padding rows observed
+            observed = ~np.isnan(std.xs)
+            std = std._replace(xs=np.where(observed, std.xs, 0).astype(std.xs.dtype))
         xs, row_weight = shard_rows(resolve(None, n), std.xs, None)
         row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
+        if observed is not None:
+            observed = np.concatenate([observed, np.ones((xs.shape[0] - n, d), bool)])
         timed = PROGRAM(xs, row_weight, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)),
-                        user_init, config=config)
+                        user_init, observed, config=config)
     pivot_std, draws_std, lp, nonempty = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)

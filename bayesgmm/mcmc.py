@@ -49,7 +49,7 @@ from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
-from .model import gmm_model, log_prior, model_kwargs
+from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
     ConvergenceWarning,
     GMMParams,
@@ -83,6 +83,7 @@ class _Config(NamedTuple):
     max_tree_depth: int
     num_devices: int  # devices the chains are spread over ("parallel"), else 1
     progress_bar: bool  # tick a host-side bar from inside the program (values unchanged)
+    missing: bool = False  # NaN entries of the data are missing values (the model's MarginalMixture)
 
 
 def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
@@ -94,7 +95,7 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
     from numpyro.infer import NUTS
 
     kernel = NUTS(
-        potential_fn=potential_fn(xs, prior, config.num_components, config.covariance_type),
+        potential_fn=potential_fn(xs, prior, config.num_components, config.covariance_type, config.missing),
         target_accept_prob=config.target_accept_prob,
         max_tree_depth=config.max_tree_depth,
     )
@@ -164,10 +165,11 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
     from numpyro.infer.util import constrain_fn, unconstrain_fn
 
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
-    kwargs = model_kwargs(k, prior, ct)
+    kwargs = model_kwargs(k, prior, ct, missing=config.missing)
     args = (xs,)
     key_map, key_jitter, key_chains = jax.random.split(key, 3)
-    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), xs, prior, k, ct)
+    filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
+    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), filled, prior, k, ct)
 
     def unconstrain(params):
         return unconstrain_fn(gmm_model, args, kwargs, shared.site_values(params, k))
@@ -210,22 +212,23 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
 
     def log_post(w, m, cov):
         p = GMMParams(w, m, cov)
-        return jnp.sum(_numerics.mixture_log_density(xs, *p, ct)) + log_prior(p, prior, ct)
+        rows = observed_mixture_log_density(xs, p, ct) if config.missing else _numerics.mixture_log_density(xs, *p, ct)
+        return jnp.sum(rows) + log_prior(p, prior, ct)
 
     lp = jax.vmap(jax.vmap(log_post))(*draws)
     return pivot, draws, stats, lp, warmup_steps
 
 
-@functools.partial(jax.jit, static_argnames=("k", "covariance_type"))
-def _potential_and_grad(z, xs, prior, k: int, covariance_type: str):
+@functools.partial(jax.jit, static_argnames=("k", "covariance_type", "missing"))
+def _potential_and_grad(z, xs, prior, k: int, covariance_type: str, missing: bool = False):
     """NumPyro's potential energy of :func:`gmm_model` (and its gradient) at unconstrained ``z``."""
     from numpyro.infer.util import potential_energy
 
-    kwargs = model_kwargs(k, prior, covariance_type)
+    kwargs = model_kwargs(k, prior, covariance_type, missing=missing)
     return jax.value_and_grad(lambda u: potential_energy(gmm_model, (xs,), kwargs, u))(z)
 
 
-def potential_fn(xs, prior, k: int, covariance_type: str):
+def potential_fn(xs, prior, k: int, covariance_type: str, missing: bool = False):
     """The potential as a ``custom_vjp`` around one jitted value-and-gradient.
 
     NUTS evaluates the potential's gradient at several places (initialisation, step-size
@@ -235,10 +238,10 @@ def potential_fn(xs, prior, k: int, covariance_type: str):
 
     @jax.custom_vjp
     def potential(z):
-        return _potential_and_grad(z, xs, prior, k, covariance_type)[0]
+        return _potential_and_grad(z, xs, prior, k, covariance_type, missing)[0]
 
     def fwd(z):
-        return _potential_and_grad(z, xs, prior, k, covariance_type)
+        return _potential_and_grad(z, xs, prior, k, covariance_type, missing)
 
     def bwd(grad, g):
         return (jax.tree_util.tree_map(lambda a: g * a, grad),)
@@ -271,6 +274,7 @@ def fit_mcmc(
     seed=0,
     progress_bar: bool = False,
     align: bool = True,
+    missing: str = "error",
 ) -> FitResult:
     """Sample the posterior of the Bayesian Gaussian mixture with NumPyro's NUTS.
 
@@ -312,6 +316,11 @@ def fit_mcmc(
         Show a tqdm progress bar of the warmup and sampling steps. The bar is advanced from
         inside the compiled program (a host callback every 1% of the steps), so the draws are the
         same with and without it; the program with the callback is compiled separately.
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing at random; NUTS samples the posterior of the
+        observed-data likelihood (:class:`bayesgmm.model.MarginalMixture`: each row's density is
+        that of its observed columns), and the ``log_likelihood`` group holds each row's
+        observed-data density. The default refuses NaN.
     align : bool
         Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`). False keeps
         ``draws`` equal to ``raw_draws`` (not recommended for K > 1).
@@ -362,7 +371,7 @@ def fit_mcmc(
     Cholesky solves run in jaxlib's LAPACK kernels, which wait on a shared thread pool) can
     deadlock, and ``"vectorized"`` is as fast anyway. Real multi-GPU devices are not affected.
     """
-    arr, names = check_data(x)
+    arr, names = check_data(x, missing=missing)
     n, d = arr.shape
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
@@ -395,7 +404,7 @@ def fit_mcmc(
     run_method = "vectorized" if chain_method == "parallel" and num_devices == 1 else chain_method
     config = _Config(
         k, covariance_type, num_warmup, num_samples, num_chains, run_method,
-        float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar),
+        float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),
     )
     steps = num_warmup + num_samples
     # vectorized chains step together (one tick per step); sequential chains and devices each tick

@@ -28,7 +28,7 @@ from jax.scipy.special import gammaln
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
-from . import _sticks
+from . import _missing, _sticks
 from ._numerics import expand_covariances
 from .params import GMMParams, PriorArrays, check_covariance_type
 
@@ -65,6 +65,40 @@ class StickBreaking(dist.Distribution):
     @property
     def mean(self):
         return _sticks.mean_weights(self.sticks)
+
+
+def observed_mixture_log_density(x, params: GMMParams, covariance_type: str):
+    """Per-row ``log sum_k pi_k N(x_n,o | mu_k,o, Sigma_k,oo)`` over each row's observed columns
+    (NaN entries of ``x`` are missing), shape (N,): one program for every missingness pattern
+    (:func:`bayesgmm._missing.observed_log_density`)."""
+    observed = ~jnp.isnan(x)
+    filled = jnp.where(observed, x, 0.0)
+    log_density = _missing.observed_log_density(filled, observed, params, covariance_type)
+    return jax.scipy.special.logsumexp(log_density + jnp.log(params.weights), axis=-1)
+
+
+class MarginalMixture(dist.Distribution):
+    """The Gaussian mixture with missing values: a row's density is that of its observed columns.
+
+    NaN entries of the value are missing at random, so the log density of a row is
+    ``log sum_k pi_k N(x_o | mu_k,o, Sigma_k,oo)`` (the missing columns integrated out); a row
+    with nothing missing gets the plain mixture density. Sampling draws complete rows.
+    """
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self, params: GMMParams, covariance_type: str, num_obs: int, *, validate_args=None):
+        self.params, self.covariance_type = params, covariance_type
+        super().__init__(batch_shape=(num_obs,), event_shape=params.means.shape[-1:], validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        mixture = dist.MixtureSameFamily(dist.Categorical(probs=self.params.weights),
+                                         component_distribution(self.params, self.covariance_type))
+        return mixture.sample(key, sample_shape + self.batch_shape)
+
+    def log_prob(self, value):
+        return observed_mixture_log_density(value, self.params, self.covariance_type)
 
 
 def weights_distribution(concentration, num_components: int):
@@ -130,6 +164,7 @@ def gmm_model(
     num_obs: int | None = None,
     marginalize: bool = True,
     subsample_size: int | None = None,
+    missing: bool = False,
 ):
     """NumPyro model of the Bayesian Gaussian mixture.
 
@@ -150,6 +185,9 @@ def gmm_model(
         for forward simulation with labels.
     subsample_size : int, optional
         Minibatch size of the ``obs`` plate (SVI on large N); the likelihood is rescaled.
+    missing : bool
+        NaN entries of ``x`` are missing at random: each row's likelihood is the mixture of the
+        Gaussians' marginals over its observed columns (:class:`MarginalMixture`; z summed out).
     """
     k = num_components
     weights_dist, cov_dist, means_given = prior_distributions(prior, k, covariance_type)
@@ -165,7 +203,12 @@ def gmm_model(
         raise ValueError("gmm_model needs data x or num_obs to simulate.")
     with numpyro.plate("obs", n, subsample_size=subsample_size) as idx:
         x_batch = None if x is None else x[idx] if subsample_size is not None else x
-        if marginalize:
+        if missing:
+            if not marginalize:
+                raise ValueError("missing values need z summed out (marginalize=True).")
+            numpyro.sample("x", MarginalMixture(GMMParams(weights, means, covariances), covariance_type,
+                                                n if subsample_size is None else subsample_size), obs=x_batch)
+        elif marginalize:
             numpyro.sample("x", dist.MixtureSameFamily(dist.Categorical(probs=weights), components), obs=x_batch)
         else:
             z = numpyro.sample("z", dist.Categorical(probs=weights), infer={"enumerate": "parallel"})
@@ -219,6 +262,8 @@ def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, activ
 def log_likelihood(x, params: GMMParams, covariance_type: str):
     """Per-observation marginal log-likelihood of :func:`gmm_model` (z summed out), shape (N,).
 
+    NaN entries of ``x`` are missing values: a row's density is then that of its observed columns.
+
     NumPyro's log density of the observed site ``x`` at ``params``
     (``numpyro.infer.util.log_likelihood``); the prior plays no part in it.
     """
@@ -227,8 +272,9 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
     params = GMMParams(*(jnp.asarray(p) for p in params))
     k, d = params.means.shape
     values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
-    kwargs = model_kwargs(k, _placeholder_prior(k, d, covariance_type), covariance_type)
-    return site_log_likelihood(gmm_model, values, jnp.asarray(x), batch_ndims=0, **kwargs)["x"]
+    x = jnp.asarray(x)
+    kwargs = model_kwargs(k, _placeholder_prior(k, d, covariance_type), covariance_type, missing=bool(jnp.isnan(x).any()))
+    return site_log_likelihood(gmm_model, values, x, batch_ndims=0, **kwargs)["x"]
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
@@ -273,11 +319,13 @@ def sample_prior(key, prior: PriorArrays, num_components: int, covariance_type: 
 
 
 __all__ = [
+    "MarginalMixture",
     "StickBreaking",
     "gmm_model",
     "log_joint",
     "log_likelihood",
     "log_prior",
+    "observed_mixture_log_density",
     "prior_distributions",
     "sample_prior",
     "simulate",

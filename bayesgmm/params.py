@@ -181,29 +181,51 @@ class Data(NamedTuple):
     feature_names : tuple of str
     allow_constant : bool
         Whether constant columns were let through (then a fit checks again).
+    missing : bool
+        Whether ``values`` hold NaN entries (missing at random) let through by
+        ``missing="marginalize"``.
     """
 
     values: np.ndarray
     feature_names: tuple
     allow_constant: bool = False
+    missing: bool = False
 
     @property
     def shape(self) -> tuple:
         return self.values.shape
 
 
-def prepare_data(x, *, name: str = "x", allow_constant: bool = False) -> Data:
+def prepare_data(x, *, name: str = "x", allow_constant: bool = False, missing: str = "error") -> Data:
     """Validate ``x`` once (:func:`check_data`) into a :class:`Data` record; a record is returned as is."""
-    if isinstance(x, Data) and (allow_constant or not x.allow_constant):
+    if isinstance(x, Data) and (allow_constant or not x.allow_constant) and (missing == "marginalize" or not x.missing):
         return x
-    arr, names = check_data(x, name=name, allow_constant=allow_constant)
-    return Data(arr, names, allow_constant)
+    arr, names = check_data(x, name=name, allow_constant=allow_constant, missing=missing)
+    return Data(arr, names, allow_constant, bool(np.isnan(arr).any()))
+
+
+#: What an engine does with NaN entries: refuse them, or treat them as missing at random.
+MISSING_POLICIES = ("error", "marginalize")
+
+
+def missing_error(name: str, rows, what: str = "NaN") -> ValueError:
+    """The error for NaN entries under ``missing="error"``: it names the option that accepts them."""
+    return ValueError(
+        f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}). To treat NaN entries as "
+        "missing at random, pass missing='marginalize' (every row's likelihood is then the mixture of the "
+        "Gaussians' marginals over its observed columns); otherwise remove or impute them."
+    )
 
 
 def check_data(
-    x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False, feature_names=None
+    x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False, feature_names=None,
+    missing: str = "error",
 ):
     """Validate a data matrix and return it as a float array with its column names.
+
+    ``missing="marginalize"`` lets NaN entries through (missing at random); each row needs one
+    observed value and each column two (infinite values are refused either way). The default
+    refuses NaN with an error that names that option.
 
     A 1-D input is read as ``N`` observations of one feature. pandas DataFrames keep their
     column names (they become ArviZ ``feature`` coordinates); with ``feature_names`` (the names a
@@ -216,7 +238,11 @@ def check_data(
     array : np.ndarray, shape (N, D)
     feature_names : tuple of str
     """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
     if isinstance(x, Data):  # validated before (prepare_data)
+        if x.missing and missing != "marginalize":
+            raise missing_error(name, np.flatnonzero(np.isnan(x.values).any(axis=1)))
         if num_features is not None and x.values.shape[1] != num_features:
             raise ValueError(
                 f"{name} has {x.values.shape[1]} feature(s) but the model was fitted on {num_features}; pass data "
@@ -268,17 +294,28 @@ def check_data(
         )
     finite = np.isfinite(arr)
     if not finite.all():
-        rows = np.flatnonzero(~finite.all(axis=1))
-        raise ValueError(
-            f"{name} contains NaN or infinite values in {rows.size} row(s) (first: row {rows[0]}); "
-            "remove or impute them."
-        )
+        infinite = np.isinf(arr)
+        if infinite.any():
+            rows = np.flatnonzero(infinite.any(axis=1))
+            raise ValueError(f"{name} contains infinite values in {rows.size} row(s) (first: row {rows[0]}); "
+                             "remove them, or set them to NaN to treat them as missing (missing='marginalize').")
+        if missing != "marginalize":
+            raise missing_error(name, np.flatnonzero(~finite.all(axis=1)))
+        empty = np.flatnonzero(~finite.any(axis=1))
+        if empty.size:
+            raise ValueError(f"{name} has {empty.size} row(s) with no observed value (first: row {empty[0]}); "
+                             "they carry no information about the mixture: drop them.")
     if feature_names is None:
         feature_names = tuple(f"x{j}" for j in range(d))
+    if not finite.all() and not allow_constant:
+        sparse = np.flatnonzero(finite.sum(axis=0) < 2)
+        if sparse.size:
+            raise ValueError(f"{name} has column(s) {[feature_names[j] for j in sparse]} with fewer than two observed "
+                             "values; no variance can be estimated for them: drop them.")
     if not allow_constant:
         if n < 2:
             raise ValueError(f"{name} has a single observation; at least two are needed to fit a mixture.")
-        span = arr.max(axis=0) - arr.min(axis=0)
+        span = np.nanmax(arr, axis=0) - np.nanmin(arr, axis=0)
         const = np.flatnonzero(span == 0)
         if const.size:
             names = [feature_names[j] for j in const]
@@ -490,13 +527,21 @@ class Prior:
         ``scale`` = cov(x) / K^(2/D), and a uniform Dirichlet (``weight_concentration=1``), or with
         ``weight_prior="dirichlet_process"`` stick-breaking weights of concentration
         ``weight_concentration`` (1 by default: a priori about log N occupied components).
-        MAP-EM under this prior never collapses a covariance onto a point.
+        MAP-EM under this prior never collapses a covariance onto a point. NaN entries (missing
+        values) are left out: the mean and covariance use each pair of columns' observed rows
+        (the variances alone where those do not make a positive definite matrix).
         """
-        arr, _ = check_data(x)
+        arr, _ = check_data(x, missing="marginalize")
         k = check_num_components(num_components, arr.shape[0])
-        cov = np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
-        return cls.from_moments(arr.mean(axis=0), cov, k, weight_concentration=weight_concentration,
-                                weight_prior=weight_prior)
+        if np.isnan(arr).any():
+            masked = np.ma.masked_invalid(arr)
+            mean = masked.mean(axis=0).filled(np.nan)
+            cov = np.atleast_2d(np.ma.cov(masked, rowvar=False).filled(np.nan))
+            if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(cov)[0] <= 0:
+                cov = np.diag(np.nanvar(arr, axis=0, ddof=1))
+        else:
+            mean, cov = arr.mean(axis=0), np.atleast_2d(np.cov(arr, rowvar=False).astype(np.float64))
+        return cls.from_moments(mean, cov, k, weight_concentration=weight_concentration, weight_prior=weight_prior)
 
     @classmethod
     def from_moments(cls, mean, cov, num_components: int, *, weight_concentration: float = 1.0,
@@ -654,6 +699,10 @@ def weighted_median(arr: np.ndarray, sample_weight=None, *, overwrite: bool = Fa
     """Column medians of ``arr`` (N, D); with row weights, the weighted median (the mean of the
     lower and upper weighted medians, so integer weights give the median of repeated rows).
     ``overwrite``: ``arr`` may be reordered in place (no copy of the data)."""
+    if np.isnan(arr).any():  # missing entries: each column's median over its observed rows
+        return np.array([weighted_median(col[keep][:, None], None if sample_weight is None else
+                                         np.asarray(sample_weight)[keep])[0]
+                         for col, keep in ((arr[:, j], ~np.isnan(arr[:, j])) for j in range(arr.shape[1]))])
     if sample_weight is None:
         return np.median(arr, axis=0, overwrite_input=overwrite)
     w = np.asarray(sample_weight, np.float64)
@@ -680,7 +729,8 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     therefore do not squeeze the bulk of the data into a sliver of the unit scale, where float32
     would lose it. ``spherical`` uses one common scale (the root mean square of the features'),
     so that a spherical covariance stays spherical. With ``sample_weight`` the statistics are
-    weighted (frequency weights act as repeated rows).
+    weighted (frequency weights act as repeated rows). NaN entries (missing values) are left out
+    of their column's statistics.
     """
     arr = np.asarray(arr, np.float64)
     shift = weighted_median(arr, sample_weight)
@@ -689,9 +739,11 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     scale = MAD_TO_SD * weighted_median(deviation, sample_weight, overwrite=True)
     del deviation
     flat = ~(scale > 0)
-    if flat.any():
-        mean = np.average(arr[:, flat], axis=0, weights=sample_weight)
-        scale[flat] = np.sqrt(np.average((arr[:, flat] - mean) ** 2, axis=0, weights=sample_weight))
+    for j in np.flatnonzero(flat):
+        keep = ~np.isnan(arr[:, j])
+        w = None if sample_weight is None else np.asarray(sample_weight)[keep]
+        mean = np.average(arr[keep, j], weights=w)
+        scale[j] = np.sqrt(np.average((arr[keep, j] - mean) ** 2, weights=w))
     if covariance_type == "spherical":
         scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
     return shift, scale
@@ -745,17 +797,19 @@ def params_to_original(params: GMMParams, shift, sd, covariance_type) -> GMMPara
     return GMMParams(w, m, c)
 
 
-def log_jacobians(sd, num_obs, num_components, covariance_type):
+def log_jacobians(sd, num_obs, num_components, covariance_type, observed_counts=None):
     """Additive changes ``(log-likelihood, log prior density)`` from standardised to original units.
 
     The data map ``x -> (x - shift)/sd`` has log-Jacobian ``-sum(log sd)`` per observation. For
     the parameters, each mean contributes ``-sum(log sd)``; each covariance ``-(D+1) sum(log sd)``
     (full and tied, since Sigma -> S^-1 Sigma S^-1 has Jacobian |S|^-(D+1)), ``-2 sum(log sd)``
-    (diag) or ``-2 log sd`` (spherical: one variance).
+    (diag) or ``-2 log sd`` (spherical: one variance). ``observed_counts`` (D,): with missing
+    values, the number of observed entries per feature (the data's log-Jacobian counts those).
     """
     log_sd = np.log(sd)
     d, k = sd.shape[0], num_components
-    ll_shift = -num_obs * np.sum(log_sd)
+    # with missing values each observed entry of feature j contributes -log sd_j
+    ll_shift = -num_obs * np.sum(log_sd) if observed_counts is None else -float(np.asarray(observed_counts) @ log_sd)
     mean_jac = -k * np.sum(log_sd)
     if covariance_type == "full":
         cov_jac = -k * (d + 1) * np.sum(log_sd)

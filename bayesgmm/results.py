@@ -102,10 +102,20 @@ def _frozen(value):
 
 
 def _student_t_log_density(x, mix: StudentTMixture, frame: _numerics.Frame):
-    """log of the Student-t mixture density of every row of ``x`` (float64, evaluated in ``frame``)."""
+    """log of the Student-t mixture density of every row of ``x`` (float64, evaluated in ``frame``);
+    a row with NaN entries gets the density of its observed columns (the marginal Student-t)."""
     from scipy.special import gammaln
 
     w, loc, scale, df = (np.asarray(a, np.float64) for a in mix)
+    if np.isnan(x).any():
+        patterns, inverse = np.unique(~np.isnan(x), axis=0, return_inverse=True)
+        out = np.empty(len(x))
+        for p, pattern in enumerate(patterns):
+            rows, cols = np.flatnonzero(inverse.ravel() == p), np.flatnonzero(pattern)
+            sub = StudentTMixture(w, loc[:, cols], scale[:, cols][:, :, cols], df)
+            out[rows] = _student_t_log_density(x[np.ix_(rows, cols)], sub,
+                                               _numerics.Frame(frame.shift[cols], frame.scale[cols]))
+        return out
     d = loc.shape[1]
     loc = (loc - frame.shift) / frame.scale
     scale = scale / np.multiply.outer(frame.scale, frame.scale)
@@ -335,8 +345,10 @@ class FitResult:
         return w * self.num_obs
 
     def _check(self, x) -> np.ndarray:
-        """Validated data (columns matched by name for DataFrames)."""
-        arr, _ = check_data(x, num_features=self.num_features, allow_constant=True, feature_names=self.feature_names)
+        """Validated data (columns matched by name for DataFrames). NaN entries are missing
+        values: every density and probability then uses the row's observed columns."""
+        arr, _ = check_data(x, num_features=self.num_features, allow_constant=True, feature_names=self.feature_names,
+                            missing="marginalize")
         return arr
 
     def _frame(self) -> _numerics.Frame:
@@ -452,6 +464,19 @@ class FitResult:
             return self._draws_log_density_and_proba(arr)[1]
         rows = _numerics.score_rows(arr, *self.params, self.covariance_type, responsibilities=True, frame=self._frame())
         return np.exp(rows.log_resp)
+
+    def impute(self, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
+        """``x`` with its NaN entries filled from the fitted mixture (:mod:`bayesgmm.imputation`).
+
+        ``num_draws=None``: the conditional means ``E[x_m | x_o]`` (N, D), averaged over
+        posterior draws for Bayesian fits. ``num_draws=m``: ``m`` multiple imputations (m, N, D)
+        drawn from the posterior predictive of the missing entries given the observed ones (for
+        Bayesian fits each uses its own posterior draw of the parameters, the input to Rubin's
+        rules; for EM the plug-in predictive, which ignores the parameters' uncertainty).
+        """
+        from .imputation import impute
+
+        return impute(self, x, num_draws=num_draws, seed=seed)
 
     def predict(self, x) -> np.ndarray:
         """Most probable component of each row of ``x``, shape (N,)."""

@@ -193,6 +193,7 @@ def select(
     max_iter: int = 1000,
     reg_covar: float = 1e-10,
     allow_degenerate: bool = False,
+    missing: str = "error",
     seed=0,
 ) -> SelectionResult:
     """BIC, AIC and ICL of EM fits over a grid of K and covariance structures.
@@ -219,8 +220,9 @@ def select(
     n_init : "auto" or int
         Starts per (K, structure), as :func:`bayesgmm.fit_em` (``"auto"`` sizes them for the
         largest K).
-    init_params, tol, max_iter, reg_covar, allow_degenerate, seed
-        As :func:`bayesgmm.fit_em`. Each K uses its own split of the seed's key.
+    init_params, tol, max_iter, reg_covar, allow_degenerate, missing, seed
+        As :func:`bayesgmm.fit_em` (``missing="marginalize"``: the criteria use the observed-data
+        log-likelihood). Each K uses its own split of the seed's key.
 
     Returns
     -------
@@ -230,7 +232,7 @@ def select(
     """
     import pandas as pd
 
-    arr, names = check_data(x)
+    arr, names = check_data(x, missing=missing)
     n = arr.shape[0]
     ks = _check_k_range(k_range, n)
     if isinstance(covariance_types, str):  # one name, not its letters
@@ -252,9 +254,9 @@ def select(
         active = np.arange(k_max)[None] < np.asarray(ks)[:, None]
         shared_prior = prior if isinstance(prior, Prior) else None
         _em_host.check_map_structure(prior is not None, ct)
-        prep = _em_host.prepare(arr, k_max, ct, shared_prior, max_components=k_max)
+        prep = _em_host.prepare(arr, k_max, ct, shared_prior, max_components=k_max, missing=missing)
         layout = prep.covariance_type
-        starts, kept = _em_core.resolve_starts(n_init, n, k_max, d, layout)
+        starts, kept = _em_core.resolve_starts(n_init, _em_host.search_rows(prep), k_max, d, layout)
         prior_arrays = _grid_prior(prior, arr, ks, k_max, layout, prep)
         config = _em_core.EMConfig(k_max, d, layout, False, prior is not None, covariance_model=prep.covariance_model)
         found = _em_host.run_search(
@@ -281,7 +283,8 @@ def select(
             fits[(ct, k)] = fit
             failed[(ct, k)] = best < 0
     if prior is None:
-        _climb_nested(x, fits, failed, types, ks, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed)
+        _climb_nested(x, fits, failed, types, ks, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
+                      missing=missing)
     for ct in types:
         for k in ks:
             fit = fits[(ct, k)]

@@ -116,6 +116,7 @@ class _Config(NamedTuple):
     init_mode: str
     optimizer: Any
     progress_bar: bool
+    missing: bool = False  # NaN entries of the data are missing values (the model's MarginalMixture)
 
 
 class _SortedTraceELBO(Trace_ELBO):
@@ -163,7 +164,8 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
     """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller)."""
     k, cov_type = config.num_components, config.covariance_type
     key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
-    start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), xs, prior, k, cov_type)
+    filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
+    start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), filled, prior, k, cov_type)
     if config.init_mode == "user":
         start = user_init
     if config.init_mode == "uniform":
@@ -172,7 +174,7 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
         init_loc_fn = init_to_value(values=shared.site_values(start, k))
     guide = _make_guide(config.guide, init_loc_fn)
     optimizer = config.optimizer if config.optimizer is not None else numpyro.optim.Adam(learning_rate)
-    kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size)
+    kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size, missing=config.missing)
     svi = SVI(gmm_model, guide, optimizer, loss=_elbo())
     params, losses = _optimise(svi, key_svi, config.num_steps, xs, kwargs, progress_bar=config.progress_bar)
 
@@ -293,6 +295,7 @@ def fit_svi(
     init="map",
     seed=0,
     progress_bar: bool = False,
+    missing: str = "error",
 ) -> FitResult:
     """Fit the Bayesian Gaussian mixture by stochastic variational inference (NumPyro SVI).
 
@@ -338,6 +341,9 @@ def fit_svi(
     progress_bar : bool
         Show a tqdm bar of the optimisation steps, advanced from inside the compiled program
         (a host callback every 1% of the steps): the fit is the same with and without it.
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing at random; SVI fits the observed-data
+        likelihood of the model (:class:`bayesgmm.model.MarginalMixture`). The default refuses NaN.
 
     Returns
     -------
@@ -372,7 +378,7 @@ def fit_svi(
         Invalid input (unknown guide, ``subsample_size`` > N, ``num_steps`` < 1, ...), or a
         non-finite ELBO at the end (lower ``learning_rate``).
     """
-    arr, names = check_data(x)
+    arr, names = check_data(x, missing=missing)
     n, d = arr.shape
     k = check_num_components(num_components, n)
     check_covariance_type(covariance_type)
@@ -423,7 +429,8 @@ def fit_svi(
         init_mode = "user"
         user_init = _user_init(init, k, d, covariance_type, shift, sd, np_dtype)
     key = seed_to_key(seed)
-    config = _Config(k, covariance_type, guide, num_steps, num_draws, subsample_size, init_mode, optimizer, bool(progress_bar))
+    config = _Config(k, covariance_type, guide, num_steps, num_draws, subsample_size, init_mode, optimizer,
+                     bool(progress_bar), bool(np.isnan(arr).any()))
     try:
         hash(config)
         cacheable = True

@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _numerics, _sharding, _stats, _sticks
+from . import _iterate, _missing, _numerics, _sharding, _stats, _sticks
 from ._compile import CompiledProgram
 from ._iterate import INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS, init_noise, initial_responsibilities
@@ -253,11 +253,12 @@ def _weighted_sum(values, sample_weight):
 class VBProblem(NamedTuple):
     """What one lane fits: features, standardised data, row weights (or None), prior, reg_covar."""
 
-    z: jax.Array
+    z: jax.Array | None
     x: jax.Array
     sample_weight: jax.Array | None
     prior: object
     reg_covar: jax.Array
+    observed: jax.Array | None = None  # (N, D) bool, False at missing entries (placeholders in x)
 
 
 def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
@@ -268,8 +269,12 @@ def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
     """
     ct = config.covariance_type
     components, shift = expected_components(q, problem.prior, ct)
-    per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, components, ct, precise,
-                                         const_shift=shift)
+    if problem.observed is not None:  # missing values: q(x_m | z) is the conditional of N(m_k, E[Lambda_k]^-1)
+        per_row, stats = _missing.e_step_stats(problem.x, problem.observed, problem.sample_weight, components, ct,
+                                               const_shift=shift)
+    else:
+        per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, components, ct, precise,
+                                             const_shift=shift)
     kl = kl_divergence(q, problem.prior, ct)
     elbo = _weighted_sum(per_row, problem.sample_weight) - kl
     magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight) + jnp.abs(kl)
@@ -305,13 +310,14 @@ def occupancy(num_starts: int, num_components: int) -> np.ndarray:
     return np.arange(num_components)[None] < seeded[:, None]
 
 
-def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_iter, fresh, *, config: VBConfig,
-         init_method: str, trace_len: int, adaptive: bool = True):
+def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_iter, fresh, observed=None, *,
+         config: VBConfig, init_method: str, trace_len: int, adaptive: bool = True):
     """L lanes of CAVI in one loop: fresh ones from ``noise`` (L, ...) uniform numbers seeding the
     components ``seeded`` (L, K) marks, or ``state`` continued. ``tol`` is per observation."""
     ct, k = config.covariance_type, config.num_components
     num_lanes = noise.shape[0]
-    problem = VBProblem(_stats.suff_features(xs, ct), xs, sample_weight, prior, reg_covar)
+    features = None if observed is not None else _stats.suff_features(xs, ct)
+    problem = VBProblem(features, xs, sample_weight, prior, reg_covar, observed)
     n_eff = xs.shape[0] if sample_weight is None else jnp.sum(sample_weight)
 
     def start_lanes(_):
@@ -431,6 +437,7 @@ def fit_vb(
     seed=0,
     num_draws: int = 500,
     resp_init=None,
+    missing: str = "error",
 ) -> FitResult:
     r"""Fit a Bayesian Gaussian mixture by closed-form coordinate-ascent variational Bayes.
 
@@ -480,6 +487,11 @@ def fit_vb(
         result equals the single-device fit up to floating-point reduction order.
     seed : int or jax key
         Same seed, same result (including the draws), bit for bit.
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing at random. The variational family gains
+        ``q(x_m | z)`` for the missing entries; its optimum given ``q(theta)`` is the conditional of
+        ``N(m_k, E_q[Lambda_k]^-1)`` given the observed entries, so the updates stay closed form
+        (:mod:`bayesgmm._missing`) and the ELBO is that of the observed data. The default refuses NaN.
     num_draws : int
         Draws S from q stored in ``draws`` (shape (1, S, ...)).
     resp_init : array (N, K), optional
@@ -529,7 +541,7 @@ def fit_vb(
     return _fit_vb(
         x, num_components, covariance_type=covariance_type, prior=prior, n_init=n_init,
         init_params=init_params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
-        num_draws=num_draws, resp_init=resp_init, sample_weight=sample_weight, devices=devices,
+        num_draws=num_draws, resp_init=resp_init, sample_weight=sample_weight, devices=devices, missing=missing,
     )
 
 
@@ -552,8 +564,8 @@ def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar
 
 
 def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, tol, max_iter, reg_covar, seed, num_draws,
-            resp_init, sample_weight=None, devices=None):
-    arr, names = check_data(x)
+            resp_init, sample_weight=None, devices=None, missing="error"):
+    arr, names = check_data(x, missing=missing)
     n, d = arr.shape
     k = check_num_components(num_components, n)
     tol_explicit = tol is not None
@@ -569,6 +581,12 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     weight = check_sample_weight(sample_weight, n)
     dtype = compute_dtype()
     shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
+    observed = None
+    if np.isnan(xs).any():  # missing values: placeholders (the median), marked
+        if rows.mesh is not None:
+            raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
+        observed = ~np.isnan(xs)
+        xs = np.where(observed, xs, 0).astype(xs.dtype)
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)
@@ -584,6 +602,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     config = VBConfig(k, d, covariance_type)
     trace_len = trace_length(max_iter)
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
+    if observed is not None and xs_dev.shape[0] > n:  # padding rows are observed zeros of weight 0
+        observed = np.concatenate([observed, np.ones((xs_dev.shape[0] - n, d), bool)])
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
     static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
@@ -593,7 +613,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     def call(block, state, limit, fresh):
         u, act = block
         timed = PROGRAM(xs_dev, u.reshape((-1,) + u.shape[2:]), act.reshape(-1, k), state, *common,
-                        np.asarray(limit, np.int32), np.asarray(fresh), **static)
+                        np.asarray(limit, np.int32), np.asarray(fresh), observed, **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
@@ -612,7 +632,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     n_iter = int(lanes.n_iter[best])
     converged = bool(lanes.converged[best])
     n_eff = n if weight is None else float(weight.sum())
-    ll_shift, _ = log_jacobians(sd, n_eff, k, covariance_type)
+    counts = None if observed is None else (observed[:n] if weight is None else observed[:n] * weight[:, None]).sum(0)
+    ll_shift, _ = log_jacobians(sd, n_eff, k, covariance_type, counts)
 
     # ---- q, point estimate and draws on the original scale; reported totals in float64
     alpha, beta, m_std, nu, psi_std = q

@@ -14,7 +14,8 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
 import bayesgmm as bg
-from bayesgmm._covariance_models import ALIASES, MODELS, NESTED as LIBRARY_NESTED, num_covariance_parameters, resolve, storage
+from bayesgmm._covariance_models import ALIASES, MODELS, num_covariance_parameters, resolve, storage
+from bayesgmm._covariance_models import NESTED as LIBRARY_NESTED
 
 #: ``summary(mclustBIC(faithful))`` of mclust 5 (R's ``faithful``, 272 rows; mclust's sign, higher
 #: is better), rows K = 1..4, columns in mclust's order (MODELS). Default hierarchical start.

@@ -1,0 +1,100 @@
+"""Imputing missing values from a fitted mixture: conditional means and multiple imputations.
+
+Under a Gaussian mixture, a row's missing coordinates ``m`` given its observed ones ``o`` follow
+the mixture of the components' conditional Gaussians, weighted by the responsibilities of the
+observed part:
+
+* ``p(z = k | x_o) ∝ pi_k N(x_o | mu_k,o, Sigma_k,oo)``,
+* ``x_m | x_o, z = k ~ N(mu_k,m + Sigma_k,mo Sigma_k,oo^-1 (x_o - mu_k,o), Sigma_k,mm - Sigma_k,mo
+  Sigma_k,oo^-1 Sigma_k,om)``.
+
+:func:`impute` returns the conditional mean ``E[x_m | x_o]`` (averaged over posterior draws for
+Bayesian fits) or ``m`` draws of ``x_m`` for multiple imputation: for a Bayesian fit each draw
+first picks a posterior draw of the parameters, so the imputations carry the parameters'
+uncertainty, as Rubin's rules require (Little & Rubin 2019, chapter 10). Everything runs on the
+host in float64, one missingness pattern at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _numerics
+
+__all__ = ["impute"]
+
+
+def _conditionals(x_rows, cols, miss, weights, means, covariances):
+    """For rows of one pattern (observed ``cols``, missing ``miss``) and one parameter set (full
+    covariances (K, D, D)): responsibilities (n, K), conditional means (n, K, |m|) and the
+    Cholesky factors of the conditional covariances (K, |m|, |m|)."""
+    s_oo = covariances[:, cols][:, :, cols]
+    s_mo = covariances[:, miss][:, :, cols]
+    s_mm = covariances[:, miss][:, :, miss]
+    diff = x_rows[None] - means[:, None, cols]  # (K, n, |o|)
+    gain = np.linalg.solve(s_oo, np.swapaxes(s_mo, -1, -2))  # Sigma_oo^-1 Sigma_om: (K, |o|, |m|)
+    cond_means = means[:, None, miss] + diff @ gain  # (K, n, |m|)
+    cond_cov = s_mm - s_mo @ gain
+    log_joint = _numerics.log_joint_components(x_rows, weights, means[:, cols], s_oo, "full")  # (n, K)
+    resp = np.exp(log_joint - _numerics.logsumexp(log_joint, axis=-1)[:, None])
+    chol = np.linalg.cholesky(0.5 * (cond_cov + np.swapaxes(cond_cov, -1, -2)))
+    return resp, np.swapaxes(cond_means, 0, 1), chol
+
+
+def impute(result, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
+    """Fill the NaN entries of ``x`` from a fitted mixture (see the module docstring).
+
+    Parameters
+    ----------
+    result : FitResult
+    x : array-like (N, D), NaN where missing
+    num_draws : int, optional
+        None: the conditional means, shape (N, D). An int ``m``: ``m`` imputations drawn from
+        the (posterior) predictive of the missing entries given the observed ones, shape
+        (m, N, D). For a point estimate (EM) the draws ignore the parameters' uncertainty.
+    seed : int
+        Seeds the draws (the same seed gives the same imputations).
+
+    Returns
+    -------
+    np.ndarray
+        ``x`` with its missing entries filled (observed entries unchanged).
+    """
+    arr = result._check(x)
+    if num_draws is not None and (isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer))
+                                  or num_draws < 1):
+        raise ValueError(f"num_draws must be None or a positive integer, got {num_draws!r}.")
+    k, d = result.num_components, result.num_features
+    if result._has_draws():
+        flat = result._flat_draws(200 if num_draws is None else 10**9)  # every draw for imputations
+        params = [(w, m, _numerics.expand_covariances(c, result.covariance_type, k, d)) for w, m, c in zip(*flat)]
+    else:
+        params = [(result.weights, result.means, result.full_covariances)]
+    params = [tuple(np.asarray(a, np.float64) for a in p) for p in params]
+    rng = np.random.default_rng(seed)
+    draws = 1 if num_draws is None else int(num_draws)
+    out = np.repeat(np.asarray(arr, np.float64)[None], draws, axis=0)
+    observed = ~np.isnan(arr)
+    patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+    for p, pattern in enumerate(patterns):
+        if pattern.all():
+            continue
+        rows = np.flatnonzero(inverse.ravel() == p)
+        cols, miss = np.flatnonzero(pattern), np.flatnonzero(~pattern)
+        x_rows = arr[np.ix_(rows, cols)].astype(np.float64)
+        if num_draws is None:  # E[x_m | x_o], averaged over the parameter draws
+            total = np.zeros((len(rows), len(miss)))
+            for w, m, c in params:
+                resp, cond_means, _ = _conditionals(x_rows, cols, miss, w, m, c)
+                total += np.einsum("nk,nkj->nj", resp, cond_means)
+            out[0][np.ix_(rows, miss)] = total / len(params)
+            continue
+        which = rng.integers(len(params), size=draws) if len(params) > 1 else np.zeros(draws, int)
+        for j in range(draws):
+            resp, cond_means, chol = _conditionals(x_rows, cols, miss, *params[which[j]])
+            u = rng.uniform(size=(len(rows), 1))
+            z = np.minimum((np.cumsum(resp, axis=1) < u).sum(axis=1), k - 1)
+            noise = rng.standard_normal((len(rows), len(miss)))
+            sample = cond_means[np.arange(len(rows)), z] + np.einsum("nij,nj->ni", chol[z], noise)
+            out[j][np.ix_(rows, miss)] = sample
+    return out[0] if num_draws is None else out

@@ -1,0 +1,291 @@
+"""Missing values (missing at random) in every engine: observed-data likelihoods against scipy,
+EM's fixed point against a numerical optimiser, the one model's NumPyro density, MCAR and MAR
+simulations against complete-case analysis, imputation against closed forms, and errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+import bayesgmm as bg
+from bayesgmm.model import log_likelihood as model_log_likelihood
+
+STRUCTURES = ("full", "diag", "spherical", "tied")
+
+
+def _with_missing(x, share, seed):
+    """``x`` with a share of its entries set to NaN completely at random (every row keeps one)."""
+    rng = np.random.default_rng(seed)
+    out = np.array(x, np.float64)
+    hole = rng.random(out.shape) < share
+    hole[hole.all(axis=1), 0] = False
+    out[hole] = np.nan
+    return out
+
+
+def _observed_log_likelihood(x, weights, means, full_covariances):
+    """Per row: log sum_k pi_k N(x_o | mu_k,o, Sigma_k,oo) by scipy on the observed sub-vectors
+    (rows grouped by their pattern of observed columns)."""
+    observed = ~np.isnan(x)
+    out = np.empty(len(x))
+    for pattern in np.unique(observed, axis=0):
+        rows = np.flatnonzero((observed == pattern).all(axis=1))
+        o = pattern
+        terms = [np.log(w) + np.atleast_1d(multivariate_normal(m[o], c[np.ix_(o, o)]).logpdf(x[np.ix_(rows, o)]))
+                 for w, m, c in zip(weights, means, full_covariances)]
+        out[rows] = logsumexp(np.stack(terms, axis=1), axis=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def faithful_missing(faithful):
+    return _with_missing(faithful, 0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def em_fits(faithful_missing):
+    return {ct: bg.fit_em(faithful_missing, 2, covariance_type=ct, missing="marginalize") for ct in STRUCTURES}
+
+
+def test_reported_log_likelihood_is_the_observed_data_one(em_fits, faithful_missing):
+    """For every structure: the reported total and score_samples equal scipy's row-by-row
+    recomputation over the observed columns; the NumPyro model's per-observation density (its
+    MarginalMixture site) is the same number."""
+    for ct, fit in em_fits.items():
+        assert fit.converged and fit.info["num_missing"] == int(np.isnan(faithful_missing).sum())
+        rows = _observed_log_likelihood(faithful_missing, fit.weights, fit.means, fit.full_covariances)
+        np.testing.assert_allclose(fit.log_likelihood, rows.sum(), rtol=1e-10, err_msg=ct)
+        np.testing.assert_allclose(fit.score_samples(faithful_missing), rows, rtol=1e-9, atol=1e-9, err_msg=ct)
+        numpyro_rows = np.asarray(model_log_likelihood(faithful_missing, fit.params, ct))
+        np.testing.assert_allclose(numpyro_rows, rows, rtol=1e-9, atol=1e-9, err_msg=ct)
+        assert np.all(np.diff(fit.trace[:-1]) > -1e-8), ct  # EM climbs the observed-data likelihood
+
+
+def test_marginalised_fit_beats_the_complete_case_fit_on_the_observed_data(em_fits, faithful_missing):
+    complete = faithful_missing[~np.isnan(faithful_missing).any(axis=1)]
+    for ct, fit in em_fits.items():
+        cc = bg.fit_em(complete, 2, covariance_type=ct)
+        assert fit.log_likelihood >= cc.log_likelihood_samples(faithful_missing).sum() - 1e-9, ct
+
+
+def test_nothing_missing_is_the_complete_data_fit(faithful):
+    a = bg.fit_em(faithful, 2)
+    b = bg.fit_em(faithful, 2, missing="marginalize")
+    np.testing.assert_array_equal(a.means, b.means)
+    assert a.log_likelihood == b.log_likelihood
+
+
+def _unpack(theta, k, d):
+    logits = np.concatenate([[0.0], theta[: k - 1]])
+    means = theta[k - 1 : k - 1 + k * d].reshape(k, d)
+    tri = np.tril_indices(d)
+    chols = np.zeros((k, d, d))
+    for j, t in enumerate(theta[k - 1 + k * d :].reshape(k, -1)):
+        chols[j][tri] = t
+        chols[j][np.diag_indices(d)] = np.exp(np.diag(chols[j]))
+    return np.exp(logits - logsumexp(logits)), means, chols @ np.swapaxes(chols, -1, -2)
+
+
+def _pack(weights, means, covariances):
+    chols = np.linalg.cholesky(covariances)
+    tri = np.tril_indices(means.shape[1])
+    blocks = []
+    for c in chols:
+        c = c.copy()
+        c[np.diag_indices(len(c))] = np.log(np.diag(c))
+        blocks.append(c[tri])
+    return np.concatenate([np.log(weights[1:] / weights[0]), means.ravel(), np.concatenate(blocks)])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_em_fixed_point_is_a_maximum_of_the_observed_data_likelihood(k):
+    """BFGS on an independent (Cholesky) parameterisation of the observed-data likelihood, from
+    EM's fit run to tol=1e-10, finds nothing higher: EM's conditional E-step climbs the right
+    function. (A wrong conditional expectation gives a fixed point that is not stationary.)"""
+    rng = np.random.default_rng(3)
+    x = np.vstack([rng.multivariate_normal([0, 0, 0], [[1, .6, .3], [.6, 1, .5], [.3, .5, 1]], 30),
+                   rng.multivariate_normal([3, 1, -2], [[.5, -.2, 0], [-.2, 1, .3], [0, .3, .8]], 20)])
+    x = _with_missing(x, 0.3, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bg.fit_em(x, k, missing="marginalize", tol=1e-10, max_iter=5000)
+
+    def negative(theta):
+        return -_observed_log_likelihood(x, *_unpack(theta, k, 3)).sum()
+
+    theta = _pack(fit.weights, fit.means, fit.full_covariances)
+    np.testing.assert_allclose(-negative(theta), fit.log_likelihood, rtol=1e-10)
+    better = minimize(negative, theta, method="BFGS", options={"gtol": 1e-7})
+    assert negative(theta) - better.fun < 1e-6
+
+
+def test_mar_missingness_biases_complete_cases_not_the_marginalised_fit():
+    """Two clusters; the second feature goes missing (at random given the first, MAR) mostly in the
+    right-hand cluster, so complete cases under-represent it. The marginalised fit recovers the
+    weights and means within a few Monte Carlo standard errors; complete-case analysis does not."""
+    rng = np.random.default_rng(11)
+    n, w_true = 1500, 0.5
+    z = rng.random(n) < w_true
+    means = np.array([[-2.0, 0.0], [2.0, 3.0]])
+    x = means[z.astype(int)] + rng.normal(size=(n, 2)) * 0.8
+    p_missing = 1 / (1 + np.exp(-3 * x[:, 0]))  # depends on the observed first feature only
+    xm = x.copy()
+    xm[rng.random(n) < 0.9 * p_missing, 1] = np.nan
+    marg = bg.fit_em(xm, 2, missing="marginalize", seed=0)
+    cc = bg.fit_em(xm[~np.isnan(xm[:, 1])], 2, seed=0)
+    right = lambda f: int(np.argmax(f.means[:, 0]))  # noqa: E731
+    se = np.sqrt(w_true * (1 - w_true) / n)
+    assert abs(marg.weights[right(marg)] - w_true) < 4 * se
+    np.testing.assert_allclose(marg.means[right(marg)], means[1], atol=0.1)
+    assert cc.weights[right(cc)] < w_true - 20 * se  # complete cases lost most of the right cluster
+
+
+def test_mcar_missingness_recovers_the_truth():
+    data = bg.datasets.make_mixture(600, 3, 3, separation=4.0, seed=5)
+    xm = _with_missing(data.x, 0.25, seed=6)
+    fit = bg.fit_em(xm, 3, missing="marginalize", seed=0)
+    order = [int(np.argmin(np.linalg.norm(fit.means - m, axis=1))) for m in data.params.means]
+    assert sorted(order) == [0, 1, 2]
+    np.testing.assert_allclose(fit.means[order], data.params.means, atol=0.2)
+    np.testing.assert_allclose(fit.weights[order], data.params.weights, atol=0.04)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Bayesian engines
+# ----------------------------------------------------------------------------------------------
+def test_vb_with_missing_values(faithful_missing, faithful):
+    """Closed-form VB: the ELBO climbs, nothing missing equals the complete-data fit, and the
+    posterior means agree with the EM fit's and with Gibbs sampling's on the same data."""
+    vb = bg.fit_vb(faithful_missing, 2, missing="marginalize")
+    assert vb.converged and np.all(np.diff(vb.trace[:-1]) > -1e-8)
+    a, b = bg.fit_vb(faithful, 2), bg.fit_vb(faithful, 2, missing="marginalize")
+    assert a.diagnostics.elbo == b.diagnostics.elbo
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # a short chain's ESS note
+        gibbs = bg.fit_gibbs(faithful_missing, 2, missing="marginalize", num_warmup=150, num_samples=400,
+                             num_chains=2)
+    em = bg.fit_em(faithful_missing, 2, missing="marginalize")
+    for other in (gibbs, em):
+        aligned = other.align_to(vb)
+        np.testing.assert_allclose(aligned.means, vb.means, rtol=0.01)
+        np.testing.assert_allclose(aligned.weights, vb.weights, atol=0.02)
+    sd_gibbs = gibbs.align_to(vb).draws["means"].reshape(-1, 2, 2).std(axis=0)
+    sd_vb = vb.draws["means"].reshape(-1, 2, 2).std(axis=0)
+    assert np.all(sd_gibbs > 0.5 * sd_vb) and np.all(sd_gibbs < 2.0 * sd_vb)
+
+
+def _nuts_log_likelihood_group_is_observed_data_density(x, num):
+    from bayesgmm.diagnostics import import_arviz
+
+    az = import_arviz()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nuts = bg.fit_mcmc(x, 2, missing="marginalize", num_warmup=num, num_samples=num, num_chains=1)
+    idata = nuts.to_inference_data(x)
+    ll = idata.log_likelihood["x"].values.reshape(-1, len(x))
+    draw = {name: np.asarray(nuts.draws[name]).reshape((-1,) + np.shape(nuts.draws[name])[2:])[0]
+            for name in ("weights", "means", "covariances")}
+    expected = _observed_log_likelihood(x, draw["weights"], draw["means"], draw["covariances"])
+    np.testing.assert_allclose(ll[0], expected, rtol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto-k notes on short runs
+        assert np.isfinite(az.loo(idata).elpd_loo)
+    return nuts
+
+
+def test_nuts_log_likelihood_group_fast(faithful_missing):
+    """A short NUTS run on 60 rows: the ArviZ log_likelihood group holds each row's observed-data
+    density at every draw, so LOO works (the fast variant of the test below)."""
+    _nuts_log_likelihood_group_is_observed_data_density(faithful_missing[:60], 60)
+
+
+@pytest.mark.slow
+def test_nuts_and_svi_fit_the_marginal_model(faithful_missing):
+    """NUTS and SVI run the NumPyro model's MarginalMixture and agree with the EM fit."""
+    em = bg.fit_em(faithful_missing, 2, missing="marginalize")
+    nuts = _nuts_log_likelihood_group_is_observed_data_density(faithful_missing, 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        svi = bg.fit_svi(faithful_missing, 2, missing="marginalize", num_steps=1500, num_draws=100)
+    for fit in (nuts, svi):
+        np.testing.assert_allclose(fit.align_to(em).means, em.means, rtol=0.02)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction and imputation
+# ----------------------------------------------------------------------------------------------
+def test_predict_proba_uses_the_observed_columns(em_fits, faithful_missing):
+    fit = em_fits["full"]
+    rows = faithful_missing[:20]
+    proba = fit.predict_proba(rows)
+    for row, p in zip(rows, proba):
+        o = ~np.isnan(row)
+        joint = np.array([w * multivariate_normal(m[o], c[np.ix_(o, o)]).pdf(row[o])
+                          for w, m, c in zip(fit.weights, fit.means, fit.full_covariances)])
+        np.testing.assert_allclose(p, joint / joint.sum(), rtol=1e-9)
+
+
+def test_impute_conditional_means_and_multiple_imputations(em_fits, faithful_missing):
+    """Conditional means by the regression formula written out; multiple imputations whose mean
+    and variance over many draws match the mixture's conditional mean and variance."""
+    fit = em_fits["full"]
+    rows = faithful_missing[np.isnan(faithful_missing).any(axis=1)][:10]
+    filled = fit.impute(rows)
+    assert not np.isnan(filled).any()
+    np.testing.assert_array_equal(filled[~np.isnan(rows)], rows[~np.isnan(rows)])
+    draws = fit.impute(rows, num_draws=4000, seed=2)
+    assert draws.shape == (4000,) + rows.shape
+    for i, row in enumerate(rows):
+        o, m = ~np.isnan(row), np.isnan(row)
+        joint = np.array([w * multivariate_normal(mu[o], c[np.ix_(o, o)]).pdf(row[o])
+                          for w, mu, c in zip(fit.weights, fit.means, fit.full_covariances)])
+        resp = joint / joint.sum()
+        cond_mean = np.array([mu[m] + c[np.ix_(m, o)] @ np.linalg.solve(c[np.ix_(o, o)], row[o] - mu[o])
+                              for mu, c in zip(fit.means, fit.full_covariances)])
+        cond_var = np.array([c[np.ix_(m, m)] - c[np.ix_(m, o)] @ np.linalg.solve(c[np.ix_(o, o)], c[np.ix_(o, m)])
+                             for c in fit.full_covariances])
+        mean = resp @ cond_mean
+        np.testing.assert_allclose(filled[i, m], mean, rtol=1e-9)
+        total_var = resp @ (cond_var[:, 0, 0] + cond_mean[:, 0] ** 2) - mean[0] ** 2
+        sample = draws[:, i, m][:, 0]
+        assert abs(sample.mean() - mean[0]) < 5 * np.sqrt(total_var / len(sample))
+        assert abs(sample.var() / total_var - 1) < 5 * np.sqrt(2 / len(sample))
+
+
+def test_bayesian_imputations_carry_parameter_uncertainty(faithful_missing):
+    vb = bg.fit_vb(faithful_missing, 2, missing="marginalize")
+    rows = faithful_missing[np.isnan(faithful_missing).any(axis=1)][:5]
+    draws = vb.impute(rows, num_draws=50, seed=0)
+    again = vb.impute(rows, num_draws=50, seed=0)
+    np.testing.assert_array_equal(draws, again)
+    assert np.all(np.isfinite(draws)) and np.all(draws.std(axis=0)[np.isnan(rows)] > 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+def test_errors_name_the_option_and_the_problem(faithful):
+    x = np.array(faithful, np.float64)
+    x[3, 1] = np.nan
+    for fit in (bg.fit_em, bg.fit_vb, bg.fit_gibbs):
+        with pytest.raises(ValueError, match="missing='marginalize'"):
+            fit(x, 2)
+    empty = x.copy()
+    empty[5] = np.nan
+    with pytest.raises(ValueError, match="no observed value"):
+        bg.fit_em(empty, 2, missing="marginalize")
+    sparse = np.array(faithful, np.float64)
+    sparse[1:, 0] = np.nan
+    with pytest.raises(ValueError, match="fewer than two observed"):
+        bg.fit_em(sparse, 2, missing="marginalize")
+    infinite = x.copy()
+    infinite[2, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        bg.fit_em(infinite, 2, missing="marginalize")
+    with pytest.raises(ValueError, match="missing must be one of"):
+        bg.fit_em(x, 2, missing="drop")
+    with pytest.raises(ValueError, match="NaN"):
+        bg.fit_em_stream(x, 2)
