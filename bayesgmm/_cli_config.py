@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_option_args(fit, one_engine=True)
     fit.add_argument("--missing", choices=("error", "marginalize"), default="error",
                      help="NaN cells (empty CSV cells): refuse them, or treat them as missing at random and fit the "
-                          "observed-data likelihood (every engine but --stream) (default: %(default)s)")
+                          "observed-data likelihood (every engine, --stream too) (default: %(default)s)")
     fit.add_argument("--stream", action="store_true",
                      help="EM or MAP-EM out of core: read a .npy or Parquet file in chunks (memory bounded by "
                           "--batch-size) (default: in memory)")

@@ -139,6 +139,8 @@ def _fit_stream(opts):
     columns = as_names(spec["columns"], "columns") if spec.get("columns") else None
     if columns and all(str(c).isdigit() for c in columns):
         columns = [int(c) for c in columns]
+    if opts.get("missing", "error") != "error":
+        kw["missing"] = opts["missing"]
     return fit_em_stream(spec["path"], opts["num_components"], covariance_type=opts["covariance_type"],
                          columns=columns, batch_size=opts["batch_size"], seed=opts["seed"],
                          progress_bar=opts.get("progress", False), **kw)

@@ -53,11 +53,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _numerics, _sharding, _stats
+from . import _iterate, _missing, _numerics, _sharding, _stats
 from ._em_core import EMConfig, search
 from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
 from .params import (
+    MISSING_POLICIES,
     ConvergenceWarning,
     DegenerateComponentWarning,
     GMMParams,
@@ -94,14 +95,18 @@ class _Moments(NamedTuple):
     sd: np.ndarray
     subsample: np.ndarray | None  # (m, D) float64, the rows of ``rows`` in row order
     cov: np.ndarray | None = None  # (D, D) sample covariance (ddof=1), when asked for
+    observed: np.ndarray | None = None  # (D,) observed entries per column, when values are missing
 
 
-def _scan(src: Source, batch_size: int, rows: np.ndarray | None, progress, covariance: bool = False) -> _Moments:
+def _scan(src: Source, batch_size: int, rows: np.ndarray | None, progress, covariance: bool = False,
+          missing: bool = False) -> _Moments:
     """One pass: float64 mean and variance (pairwise combination of chunk moments), NaN/inf
     check, the subsample ``rows`` (sorted row indices) and, with ``covariance``, the full
-    sample covariance (for the default prior)."""
+    sample covariance (for the default prior). ``missing``: NaN entries are missing values; each
+    column's moments are then those of its observed entries (and the covariance is diagonal)."""
     d = src.num_features
     n, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    counts = np.zeros(d)
     cross = np.zeros((d, d)) if covariance else None
     sub = None if rows is None else np.empty((len(rows), d))
     for i, start, chunk in progress.chunks(src.chunks(batch_size, range(src.num_chunks(batch_size))), "moments"):
@@ -109,11 +114,30 @@ def _scan(src: Source, batch_size: int, rows: np.ndarray | None, progress, covar
         m = c.shape[0]
         finite = np.isfinite(c)
         if not finite.all():
-            bad = start + int(np.flatnonzero(~finite.all(axis=1))[0])
-            raise ValueError(
-                f"{src.name} contains NaN or infinite values in chunk {i} (rows {start} to {start + m - 1}; "
-                f"first bad row: {bad}); remove or impute them before fitting."
-            )
+            bad_rows = np.flatnonzero((~finite.all(axis=1)) if not missing else
+                                      (np.isinf(c).any(axis=1) | ~finite.any(axis=1)))
+            if bad_rows.size:
+                what = "NaN or infinite values" if not missing else "infinite values or rows with no observed value"
+                hint = ("To treat NaN entries as missing at random, pass missing='marginalize'; otherwise remove or "
+                        "impute them." if not missing else "Remove those rows, or set infinite entries to NaN.")
+                raise ValueError(f"{src.name} contains {what} in chunk {i} (rows {start} to {start + m - 1}; first "
+                                 f"bad row: {start + int(bad_rows[0])}). {hint}")
+        if missing:  # per column, over its observed entries (Chan et al.'s pairwise update per column)
+            seen = finite.sum(axis=0)
+            safe = np.maximum(seen, 1)
+            c_mean = np.where(finite, c, 0.0).sum(axis=0) / safe
+            c_m2 = np.where(finite, (c - c_mean) ** 2, 0.0).sum(axis=0)
+            total = counts + seen
+            share = np.where(total > 0, seen / np.maximum(total, 1), 0.0)
+            delta = c_mean - mean
+            m2 = m2 + c_m2 + delta**2 * counts * share
+            mean = mean + delta * share
+            counts = total
+            n += m
+            if sub is not None:
+                lo, hi = np.searchsorted(rows, [start, start + m])
+                sub[lo:hi] = c[rows[lo:hi] - start]
+            continue
         c_mean = c.mean(axis=0)
         c_m2 = np.sum((c - c_mean) ** 2, axis=0)
         delta = c_mean - mean
@@ -129,6 +153,12 @@ def _scan(src: Source, batch_size: int, rows: np.ndarray | None, progress, covar
             sub[lo:hi] = c[rows[lo:hi] - start]
     if n != src.num_rows:
         raise ValueError(f"{src.name} announced {src.num_rows} rows but {n} were read.")
+    if missing:
+        if np.any(counts < 2):
+            names = [src.feature_names[j] for j in np.flatnonzero(counts < 2)]
+            raise ValueError(f"{src.name} has column(s) {names} with fewer than two observed values; drop them.")
+        cov = np.diag(m2 / np.maximum(counts - 1, 1)) if covariance else None
+        return _Moments(n, mean, np.sqrt(m2 / counts), sub, cov, counts if np.any(counts < n) else None)
     cov = None if cross is None else cross / max(n - 1, 1)
     return _Moments(n, mean, np.sqrt(m2 / n), sub, cov)
 
@@ -143,6 +173,7 @@ class StreamConfig(NamedTuple):
     num_features: int
     covariance_type: str
     use_prior: bool
+    missing: bool = False  # NaN entries are missing values: the E-step of bayesgmm._missing
 
 
 class ChunkStats(NamedTuple):
@@ -178,9 +209,37 @@ def _block_stats(x, weight, shift, scale, theta, covariance_type, with_entropy):
     return ChunkStats(stats, ll @ weight, jnp.abs(ll) @ weight, entropy)
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type", "block_rows", "strided", "with_entropy"))
+def _block_stats_missing(x, weight, shift, scale, params, covariance_type, with_entropy):
+    """:func:`_block_stats` for rows with NaN entries (missing values): the exact conditional
+    E-step of :mod:`bayesgmm._missing` at ``params``, whose expected features ``E[Z | x_o, k]``
+    (the completed row and its second moments, conditional covariances included) are summed in
+    the same layout, so every M-step and the online update apply unchanged."""
+    keep = weight[:, None] > 0
+    xs = (x - shift) / scale
+    observed = keep & ~jnp.isnan(xs)
+    xs = jnp.where(observed, xs, 0.0)
+    log_density, completed, conditional = _missing.conditional_components(xs, observed, params, covariance_type)
+    resp, ll = _stats.responsibilities(log_density + jnp.log(params.weights)[None])
+    rw = resp * weight[:, None]
+    if covariance_type in ("full", "tied"):
+        second = completed[..., :, None] * completed[..., None, :] + conditional  # (B, K, D, D)
+        i, j = np.triu_indices(xs.shape[1])
+        quad = second[..., i, j]
+    else:
+        quad = completed * completed + conditional
+        if covariance_type == "spherical":
+            quad = jnp.sum(quad, axis=-1, keepdims=True)
+    stats = jnp.concatenate([jnp.einsum("nk,nkq->kq", rw, quad), jnp.einsum("nk,nkd->kd", rw, completed),
+                             jnp.sum(rw, axis=0)[:, None]], axis=1)
+    entropy = jnp.zeros((), x.dtype)
+    if with_entropy:
+        entropy = -jax.scipy.special.xlogy(resp, resp).sum(axis=1) @ weight
+    return ChunkStats(stats, ll @ weight, jnp.abs(ll) @ weight, entropy)
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type", "block_rows", "strided", "with_entropy", "missing"))
 def chunk_stats(acc, x, weight, shift, scale, theta, *, covariance_type: str, block_rows: int,
-                strided: bool, with_entropy: bool = False) -> ChunkStats:
+                strided: bool, with_entropy: bool = False, missing: bool = False) -> ChunkStats:
     """``acc`` (summed statistics, (K, p)) plus one chunk's, and the chunk's log-likelihood sums
     (the entropy of the responsibilities only ``with_entropy``; ~8% of a chunk's time on CPU).
 
@@ -190,6 +249,8 @@ def chunk_stats(acc, x, weight, shift, scale, theta, *, covariance_type: str, bl
     cache: on CPU that makes the per-chunk feature construction as cheap as reading precomputed
     features. ``strided``: sub-block ``s`` holds rows ``s, s + B/block_rows, ...``, so that with
     the rows sharded over devices in contiguous blocks every sub-block spans every device.
+    ``missing``: NaN entries of ``x`` are missing values and ``theta`` is the (standardised)
+    :class:`GMMParams` itself (:func:`_block_stats_missing`).
     """
     b, d = block_rows, x.shape[1]
     if strided:
@@ -197,8 +258,10 @@ def chunk_stats(acc, x, weight, shift, scale, theta, *, covariance_type: str, bl
     else:
         xb, wb = x.reshape(-1, b, d), weight.reshape(-1, b)
 
+    block_fn = _block_stats_missing if missing else _block_stats
+
     def body(carry, block):
-        s = _block_stats(*block, shift, scale, theta, covariance_type, with_entropy)
+        s = block_fn(*block, shift, scale, theta, covariance_type, with_entropy)
         return ChunkStats(*(a + v for a, v in zip(carry, s))), None
 
     zero = jnp.zeros((), x.dtype)
@@ -374,7 +437,8 @@ class _Feeder:
         self.num_devices = rows.num_devices
         platform = jax.devices()[0].platform if rows.mesh is None else rows.mesh.devices.flat[0].platform
         block_rows, self.padded = _blocking(batch_size, rows.num_devices, platform)
-        self.chunk_kw = dict(covariance_type=config.covariance_type, block_rows=block_rows, strided=rows.mesh is not None)
+        self.chunk_kw = dict(covariance_type=config.covariance_type, block_rows=block_rows, strided=rows.mesh is not None,
+                             missing=config.missing)
         self.sharding = None
         if rows.mesh is not None:
             from jax.sharding import NamedSharding, PartitionSpec
@@ -407,6 +471,11 @@ class _Feeder:
             if m < self.padded:
                 weight = _put((np.arange(self.padded) < m).astype(self.dtype), self.sharding)
             yield m, _put(host, self.sharding), weight
+
+    def state_of(self, params):
+        """What :func:`chunk_stats` evaluates the rows at: the natural parameters, or with missing
+        values the parameters themselves."""
+        return params if self.config.missing else _natural(params, covariance_type=self.config.covariance_type)
 
     def stats(self, acc, x, weight, theta, with_entropy=False):
         return chunk_stats(acc, x, weight, self.shift_dev, self.scale_dev, theta, with_entropy=with_entropy,
@@ -463,7 +532,7 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
     trace, seconds, converged, magnitude = [], [], False, 0.0
     for t in range(max_iter + 1):
         start = time.perf_counter()
-        stats, total, magnitude = feeder.full_pass(_natural(params, covariance_type=ct), f"iteration {t + 1}")
+        stats, total, magnitude = feeder.full_pass(feeder.state_of(params), f"iteration {t + 1}")
         if prior is not None:
             lp = _numerics.log_prior(jax.device_get(params), prior, ct)
             total, magnitude = total + lp, magnitude + abs(lp)
@@ -487,7 +556,7 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
     parameters in force), which the step sizes make noisy: no extrapolation is attempted."""
     as_dtype = functools.partial(np.asarray, dtype=feeder.dtype)
     config, src = feeder.config, feeder.src
-    theta = _natural(params, covariance_type=config.covariance_type)
+    theta = feeder.state_of(params)
     s = _expected_stats_jit(params, covariance_type=config.covariance_type)
     previous, trace, seconds, converged, t = -np.inf, [], [], False, 0
     for it in range(max_iter):
@@ -500,6 +569,8 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
             s, params, theta = online_update(
                 s, acc.stats, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
             )
+            if config.missing:
+                theta = params
             running += float(acc.log_lik)  # also keeps at most two chunks in flight (see _Feeder.full_pass)
             t += 1
         if prior is not None:
@@ -523,12 +594,16 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
         params = _given_start(init_params, k, d, ct, shift, sd)
         return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None
     xs = ((moments.subsample - shift) / sd).astype(dtype)
+    observed = None
+    if config.missing and np.isnan(xs).any():  # the subsample's missing entries: EM's conditional E-step
+        observed = ~np.isnan(xs)
+        xs = np.where(observed, xs, 0).astype(dtype)
     em_config = EMConfig(k, d, ct, False, config.use_prior)
-    starts, kept = resolve_starts(n_init, len(xs), k, d, ct)
+    starts, kept = resolve_starts(n_init, len(xs) * (1 if observed is None else 4 * d), k, d, ct)
     found = search(
         xs, key, (None, None, None), prior, tol=tol, reg_covar=reg_covar, sample_weight=None, active=None,
         max_iter=int(max_iter), init_iter=INIT_ITER, config=em_config, init_method=init_params, num_groups=1,
-        num_starts=starts, num_kept=kept, trace_len=trace_length(max_iter),
+        num_starts=starts, num_kept=kept, trace_len=trace_length(max_iter), observed=observed,
     )
     out = found.output
     params_all, finals = out.lanes.params, out.lanes.objective
@@ -566,6 +641,7 @@ def fit_em_stream(
     devices=None,
     seed=0,
     progress_bar: bool = False,
+    missing: str = "error",
 ) -> FitResult:
     """Fit a Gaussian mixture by EM, reading the data in chunks (out of core).
 
@@ -632,6 +708,10 @@ def fit_em_stream(
         Same seed, same result, bit for bit (subsample, restarts and online chunk order).
     progress_bar : bool
         Show tqdm bars over passes and chunks.
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing at random, as in :func:`bayesgmm.fit_em`: each
+        chunk's E-step is the exact conditional one (:mod:`bayesgmm._missing`), and the reported
+        log-likelihood is the observed-data one. The default refuses NaN.
 
     Returns
     -------
@@ -658,6 +738,8 @@ def fit_em_stream(
     tol_explicit = tol is not None
     tol = 1e-5 if tol is None else tol
     check_covariance_type(covariance_type)
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
     _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
     if isinstance(init_params, str) and num_init_rows < num_components:
         raise ValueError(f"num_init_rows={num_init_rows} must be at least num_components={num_components}.")
@@ -684,7 +766,7 @@ def fit_em_stream(
         m = min(int(num_init_rows), n)
         sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
     start = time.perf_counter()
-    moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior)
+    moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior, missing=missing == "marginalize")
     moments_seconds = time.perf_counter() - start
     progress.pass_done(step="moments")
     const = np.flatnonzero(moments.sd == 0)
@@ -705,7 +787,7 @@ def fit_em_stream(
     if default_prior:  # Prior.default of the full data, from the first pass
         prior = Prior.from_moments(moments.mean, moments.cov, k)
         check_prior(prior, d, k, map_estimate=True)
-    config = StreamConfig(k, d, covariance_type, prior is not None)
+    config = StreamConfig(k, d, covariance_type, prior is not None, moments.observed is not None)
     prior_arrays = None
     if prior is not None:
         prior_arrays = jax.device_put(prior.standardised(shift, sd).arrays(k, covariance_type, dtype=dtype))
@@ -739,7 +821,7 @@ def fit_em_stream(
         )
 
     # result on the original scale
-    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
+    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type, moments.observed)
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
     eps = float(np.finfo(dtype).eps)
     cov_std = np.asarray(params_std.covariances, np.float64)
