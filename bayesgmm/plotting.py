@@ -929,9 +929,10 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     data = data[np.isfinite(data[criterion].to_numpy())]
     if data.empty:
         raise ValueError(f"table has no finite {criterion!r} value to plot.")
-    ax = _new_axes(ax, figsize=(4.8, 3.6))
     seen = list(dict.fromkeys(data["covariance_type"]))
     types = sorted(seen, key=lambda t: _TYPE_STYLE[t][0] if t in _TYPE_STYLE else len(_TYPE_STYLE) + seen.index(t))
+    many = legend and len(types) > 6  # mclust's 14 models: a two-column legend beside the axes
+    ax = _new_axes(ax, figsize=(7.4, 4.0) if many else (4.8, 3.6))
     for position, t in enumerate(types):
         sub = data[data["covariance_type"] == t].sort_values("num_components")
         ax.plot(sub["num_components"].to_numpy(), sub[criterion].to_numpy(), ms=5, lw=1.4, label=str(t),
@@ -960,11 +961,10 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
         # better half of the models in view and say that others are off the scale
         span = typical - low
         ax.set_ylim(low - 0.35 * span, typical + 0.6 * span)
-        ax.text(0.98, 0.98, "worse models off the scale", transform=ax.transAxes, ha="right", va="top",
-                fontsize="xx-small", color="0.35")
+        ax.text(0.02 if many else 0.98, 0.98, "worse models off the scale", transform=ax.transAxes,
+                ha="left" if many else "right", va="top", fontsize="xx-small", color="0.35")
     _style(ax)
     if legend:
-        many = len(types) > 6  # mclust's 14 models: two columns beside the axes
         ax.legend(frameon=False, fontsize="x-small" if many else "small", title="covariance", title_fontsize="small",
                   ncol=2 if many else 1, **(dict(loc="upper left", bbox_to_anchor=(1.0, 1.0)) if many else {}))
     return ax

@@ -1,10 +1,11 @@
 """Regenerate every figure in ``docs/`` from the code, so that they show what it produces.
 
-    python docs/make_figures.py            # all four (the SBC run takes longest)
-    python docs/make_figures.py engines    # a selection: engines, selection, em_uncertainty, sbc
+    python docs/make_figures.py            # all six (the SBC run takes longest)
+    python docs/make_figures.py engines    # a selection: engines, selection, mclust, em_uncertainty, sbc,
+                                           # missing_values
 
 Each figure is made by the command or example a reader would run (the demo, ``bayesgmm select``,
-``examples/em_uncertainty.py``, ``examples/sbc_calibration.py``) in a temporary folder and
+``examples/em_uncertainty.py``, ``examples/sbc_calibration.py``, ``examples/missing_values.py``) in a temporary folder and
 copied here.
 """
 
@@ -37,12 +38,18 @@ FIGURES = {
     # BIC of every structure and K on Old Faithful
     "selection": lambda out: _cli("select", "--dataset", "faithful", "-k", "1", "2", "3", "4", "5", "--covariance-types",
                                   "full", "diag", "spherical", "tied", out=out),
+    # mclust's 14 covariance models
+    "mclust": lambda out: _cli("select", "--dataset", "faithful", "-k", "1", "2", "3", "4", "5", "--covariance-types",
+                               "all", out=out),
     "em_uncertainty": lambda out: _example("em_uncertainty", out),
     "sbc": lambda out: _example("sbc_calibration", out),
+    "missing_values": lambda out: _example("missing_values", out),
 }
 #: The file each step writes, and its name in docs/.
 FILES = {"engines": ("engines.png", "engines.png"), "selection": ("selection_bic.png", "selection_bic.png"),
-         "em_uncertainty": ("em_uncertainty.png", "em_uncertainty.png"), "sbc": ("sbc_ranks.png", "sbc_ranks.png")}
+         "mclust": ("selection_bic.png", "selection_mclust.png"),
+         "em_uncertainty": ("em_uncertainty.png", "em_uncertainty.png"), "sbc": ("sbc_ranks.png", "sbc_ranks.png"),
+         "missing_values": ("missing_values.png", "missing_values.png")}
 
 
 def main(names) -> None:
