@@ -105,7 +105,8 @@ def _check_fit(fit, x):
             "so their standard errors would be those of the unweighted data. Refit without weights (with "
             "integer weights, repeat each row that many times)."
         )
-    arr, _ = check_data(x, num_features=fit.num_features, feature_names=fit.feature_names)
+    arr, _ = check_data(x, num_features=fit.num_features, feature_names=fit.feature_names,
+                        missing=fit.info.get("missing", "error"))  # a fit made with missing values takes them
     if arr.shape[0] != fit.num_obs:
         raise ValueError(f"x has {arr.shape[0]} rows but the fit was made on {fit.num_obs}; pass the training data.")
     return arr
@@ -174,7 +175,11 @@ def bootstrap(
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
     reg_covar = float(fit.info.get("reg_covar", 1e-10))
-    prep = _em_host.prepare(arr, k, fit.covariance_model, fit.prior)  # refits keep the fit's mclust model
+    if kind == "parametric" and np.isnan(arr).any():
+        raise ValueError("a parametric bootstrap simulates complete data sets; with missing values use "
+                         "kind='nonparametric' (rows resampled with their missing entries).")
+    prep = _em_host.prepare(arr, k, fit.covariance_model, fit.prior,  # refits keep the fit's mclust model
+                            missing=fit.info.get("missing", "error"))
     start = params_to_standard(fit.params, prep.shift, prep.sd, ct)
     user_init = tuple(jnp.asarray(p, prep.dtype) for p in start)
     config = _em_core.EMConfig(k, d, ct, False, fit.prior is not None, covariance_model=fit.covariance_model)
@@ -319,6 +324,9 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
             f"{fit.covariance_model!r} (its free parameters are fewer than its stored covariances'); use "
             "bayesgmm.bootstrap(fit, x), which refits the same model."
         )
+    if np.isnan(arr).any():
+        raise ValueError("observed_information differentiates the complete-data likelihood; with missing values "
+                         "use bayesgmm.bootstrap(fit, x) (nonparametric), which refits the observed-data one.")
     k, ct = fit.num_components, fit.covariance_type
     d = fit.num_features
     start = time.perf_counter()

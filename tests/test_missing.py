@@ -310,3 +310,19 @@ def test_streaming_batch_em_equals_in_memory_em(covariance_type):
     np.testing.assert_allclose(got.covariances, ref.covariances, atol=1e-8)
     online = bg.fit_em_stream(xm, 3, init_params=start, batch_size=300, method="online", **kw)
     assert abs(online.log_likelihood - ref.log_likelihood) < 1e-3 * len(xm)
+
+
+def test_bootstrap_of_a_fit_with_missing_values(em_fits, faithful_missing):
+    """The nonparametric bootstrap refits the observed-data likelihood on resampled rows; its
+    spread is of the order of the observed information's where nothing is missing, and the
+    parametric bootstrap and the observed information say what to use instead."""
+    fit = em_fits["full"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        boot = bg.bootstrap(fit, faithful_missing, num_replicates=20, seed=0)
+    sd = boot.draws["means"].reshape(-1, 2, 2).std(axis=0)
+    assert np.all(np.isfinite(sd)) and np.all(sd > 0) and np.all(sd < 0.2 * np.abs(fit.means))
+    with pytest.raises(ValueError, match="nonparametric"):
+        bg.bootstrap(fit, faithful_missing, kind="parametric", num_replicates=4)
+    with pytest.raises(ValueError, match="bootstrap"):
+        bg.observed_information(fit, faithful_missing)
