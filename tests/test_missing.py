@@ -326,3 +326,24 @@ def test_bootstrap_of_a_fit_with_missing_values(em_fits, faithful_missing):
         bg.bootstrap(fit, faithful_missing, kind="parametric", num_replicates=4)
     with pytest.raises(ValueError, match="bootstrap"):
         bg.observed_information(fit, faithful_missing)
+
+
+def test_estimator_and_command_line(em_fits, faithful_missing, tmp_path):
+    import json
+
+    from bayesgmm.cli import main
+    from bayesgmm.estimator import GaussianMixture as Estimator
+
+    gm = Estimator(2, missing="marginalize", random_state=0).fit(faithful_missing)
+    np.testing.assert_allclose(gm.result_.log_likelihood, em_fits["full"].log_likelihood, rtol=1e-9)
+    assert gm.predict(faithful_missing).shape == (len(faithful_missing),)
+    with pytest.raises(ValueError, match="missing='marginalize'"):
+        Estimator(2).fit(faithful_missing)
+    path = tmp_path / "gaps.csv"
+    np.savetxt(path, faithful_missing, delimiter=",", header="eruptions,waiting", comments="")  # NaN -> "nan"
+    text = path.read_text().replace("nan", "")  # empty cells, as spreadsheets write them
+    path.write_text(text)
+    assert main(["fit", str(path), "-k", "2", "--missing", "marginalize", "--out", str(tmp_path / "out"),
+                 "--no-plot"]) == 0
+    record = json.loads((tmp_path / "out" / "em_k2.json").read_text())
+    assert record["log_likelihood"] == pytest.approx(em_fits["full"].log_likelihood, rel=1e-9)
