@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 from _references import mixture_log_density
-from conftest import grid
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
@@ -213,7 +212,8 @@ def small_data():
 
 #: The default run covers each kind of M-step: closed form (EII, EEV), volume-shape alternation
 #: (VEI, VEE) and the Jacobi rotations of a shared orientation (EVE); ``-m slow`` the other nine.
-@grid("model", [MODELS], fast=[("EII",), ("VEI",), ("VEE",), ("EVE",), ("EEV",)])
+@pytest.mark.parametrize("model", [m if m in ("EII", "VEI", "VEE", "EVE", "EEV") else
+                                   pytest.param(m, marks=pytest.mark.slow) for m in MODELS])
 def test_em_optimum_is_a_stationary_maximum_of_the_constrained_likelihood(model, small_data):
     """BFGS on the model's own parameterisation, started at the EM fit (run to tol=1e-10), finds
     nothing better (a stationary point: the gradient vanishes), and from eight other starts (near
