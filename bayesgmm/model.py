@@ -277,12 +277,13 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
     return site_log_likelihood(gmm_model, values, x, batch_ndims=0, **kwargs)["x"]
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type",))
-def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str):
-    """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out)."""
+@functools.partial(jax.jit, static_argnames=("covariance_type", "missing"))
+def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str, missing: bool = False):
+    """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out); ``missing``: NaN
+    entries of ``x`` are missing values (the observed-data density)."""
     k = params.means.shape[0]
     values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
-    lp, _ = log_density(gmm_model, (x,), model_kwargs(k, prior, covariance_type), values)
+    lp, _ = log_density(gmm_model, (x,), model_kwargs(k, prior, covariance_type, missing=missing), values)
     return lp
 
 
