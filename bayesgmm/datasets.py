@@ -27,6 +27,11 @@ def _frame_or_array(values, header, as_frame):
     return values
 
 
+#: Axis labels with units for the bundled data sets' columns (figures use them; a DataFrame of
+#: your own carries units in its column names, e.g. ``"waiting (min)"``).
+AXIS_LABELS = {"eruptions": "eruptions (min)", "waiting": "waiting (min)", "velocity_km_s": "velocity (km/s)"}
+
+
 def load_faithful(*, as_frame: bool = False):
     """Old Faithful geyser eruptions: 272 rows of ``eruptions`` and ``waiting`` (minutes).
 

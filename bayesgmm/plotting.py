@@ -10,8 +10,9 @@ Conventions shared by every function:
 - Each function takes an optional ``ax`` (or ``axes``); when omitted it creates a figure with
   constrained layout. Single-panel functions return the ``Axes`` (its figure is ``ax.figure``);
   multi-panel functions return ``(figure, axes)``; figures only draw (the fits they show are given).
-- Axis labels are the result's ``feature_names``; fit on a pandas DataFrame whose column names
-  carry units (e.g. ``"waiting (min)"``) to get units on the axes.
+- Axis labels are the result's ``feature_names``, with units for the bundled data sets' columns
+  (:data:`bayesgmm.datasets.AXIS_LABELS`: ``"waiting (min)"``, ``"velocity (km/s)"``); fit on a
+  pandas DataFrame whose column names carry units to get units on the axes of your own data.
 - The density and ellipses drawn are those of the point estimate (MLE/MAP, or the posterior
   mean for Bayesian engines); :func:`plot_posterior_ellipses` shows the posterior spread.
 """
@@ -223,7 +224,7 @@ def plot_density_1d(
     ax.plot(grid, comp.sum(0), color="black", lw=1.6, ls=(0, (4, 1.5)), label="mixture density")
     ax.set_xlim(lo, hi)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(result.feature_names[feature])
+    ax.set_xlabel(_axis_label(result.feature_names[feature]))
     ax.set_ylabel("density")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     _style(ax)
@@ -304,8 +305,8 @@ def plot_clusters_2d(
     xlim, ylim = limits if limits is not None else (_padded_limits(arr[:, i]), _padded_limits(arr[:, j]))
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_xlabel(result.feature_names[i])
-    ax.set_ylabel(result.feature_names[j])
+    ax.set_xlabel(_axis_label(result.feature_names[i]))
+    ax.set_ylabel(_axis_label(result.feature_names[j]))
     _style(ax)
     if legend:
         handles = [
@@ -556,8 +557,8 @@ def plot_posterior_ellipses(
     ax.scatter(m[:, :, i].ravel(), m[:, :, j].ravel(), s=3, c=np.tile(colors, (len(w), 1)), lw=0, alpha=min(1.0, 3 * alpha), zorder=3)
     ax.set_xlim(*_padded_limits(arr[:, i]))
     ax.set_ylim(*_padded_limits(arr[:, j]))
-    ax.set_xlabel(result.feature_names[i])
-    ax.set_ylabel(result.feature_names[j])
+    ax.set_xlabel(_axis_label(result.feature_names[i]))
+    ax.set_ylabel(_axis_label(result.feature_names[j]))
     _style(ax)
     if legend:
         handles = [Line2D([], [], color=colors[q], lw=1.2, label=f"component {q + 1}: draws") for q in range(k)]
@@ -866,6 +867,13 @@ def plot_sbc_ranks(
 # Model selection
 # ----------------------------------------------------------------------------------------------
 _CRITERIA = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
+def _axis_label(name: str) -> str:
+    """A feature's axis label: with its unit for the bundled data sets' columns."""
+    from .datasets import AXIS_LABELS
+
+    return AXIS_LABELS.get(str(name), str(name))
+
+
 _TYPE_STYLE = {"full": (0, "o"), "diag": (1, "s"), "spherical": (2, "^"), "tied": (3, "D")}
 #: mclust's models: a colour each, the marker of their layout (spherical, diagonal, ellipsoidal),
 #: solid lines for varying volume and dashed for equal volume.

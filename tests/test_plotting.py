@@ -423,3 +423,10 @@ def test_selection_curves(tmp_path):
     good = worse.loc[worse.covariance_type != "spherical", "bic"].dropna()
     assert bottom < good.min() and top < worse.bic.max() - 1000.0
     assert "worse models off the scale" in [t.get_text() for t in ax.texts]
+
+
+def test_bundled_data_get_units_on_the_axes():
+    galaxies = bg.datasets.load_galaxies(as_frame=True)
+    fit = bg.fit_em(galaxies, 2)
+    assert plotting.plot_density_1d(fit, galaxies).get_xlabel() == "velocity (km/s)"
+    assert bg.datasets.AXIS_LABELS["waiting"] == "waiting (min)"
