@@ -76,12 +76,74 @@ def _masked(x, observed, params: GMMParams, covariance_type: str) -> _Masked:
     return _Masked(o, resid, log_density, chol, half)
 
 
+#: Largest D whose factorisation is written out entry by entry: elementwise code over the (N, K)
+#: batch, which XLA fuses, is several times faster on the CPU than batched LAPACK calls on tiny
+#: matrices (D = 2: about 10x for the Cholesky factor). Larger D uses ``jnp.linalg``.
+UNROLL_MAX = 4
+
+
+def _unrolled(x, observed, params: GMMParams, covariance_type: str):
+    """:func:`conditional_components` for full and tied covariances, entry by entry (D small).
+
+    Every entry is an (N, K) array: ``S~``'s Cholesky factor ``L``, the forward solve ``L^-1 r``,
+    the backward solve for the completed row and the forward solves of ``O Sigma``'s columns for
+    the conditional covariance. Under ``jit`` the outputs not used are never computed."""
+    means = params.means
+    k, d = means.shape
+    cov = _full(params.covariances, covariance_type, k)
+    o = observed.astype(x.dtype)
+    oc = [o[:, i : i + 1] for i in range(d)]  # (N, 1) each
+    c = [[cov[None, :, i, j] for j in range(d)] for i in range(d)]  # (1, K) each
+
+    def forward(lower, b):
+        y = []
+        for i in range(d):
+            v = b[i]
+            for j in range(i):
+                v = v - lower[i][j] * y[j]
+            y.append(v / lower[i][i])
+        return y
+
+    lower = [[None] * d for _ in range(d)]
+    for j in range(d):
+        v = oc[j] * oc[j] * c[j][j] + (1.0 - oc[j])
+        for m in range(j):
+            v = v - lower[j][m] ** 2
+        lower[j][j] = jnp.sqrt(v)
+        for i in range(j + 1, d):
+            v = oc[i] * oc[j] * c[i][j]
+            for m in range(j):
+                v = v - lower[i][m] * lower[j][m]
+            lower[i][j] = v / lower[j][j]
+    resid = [oc[i] * (x[:, None, i] - means[None, :, i]) for i in range(d)]
+    half = forward(lower, resid)
+    logdet = 2.0 * sum(jnp.log(lower[i][i]) for i in range(d))
+    log_density = -0.5 * (sum(h * h for h in half) + logdet + jnp.sum(o, -1, keepdims=True) * LOG_2PI)
+    solved = [None] * d
+    for i in reversed(range(d)):
+        v = half[i]
+        for j in range(i + 1, d):
+            v = v - lower[j][i] * solved[j]
+        solved[i] = v / lower[i][i]
+    completed = jnp.stack([means[None, :, i] + sum(c[i][j] * solved[j] for j in range(d)) for i in range(d)], -1)
+    columns = [forward(lower, [oc[i] * c[i][col] for i in range(d)]) for col in range(d)]  # L^-1 (O Sigma)
+    conditional = jnp.stack([jnp.stack([c[i][m] - sum(columns[i][j] * columns[m][j] for j in range(d))
+                                        for m in range(d)], -1) for i in range(d)], -2)
+    return log_density, completed, conditional
+
+
+def _written_out(covariance_type: str, num_features: int) -> bool:
+    return covariance_type in ("full", "tied") and num_features <= UNROLL_MAX
+
+
 def observed_log_density(x, observed, params: GMMParams, covariance_type: str):
     """``log N(x_o | mu_k,o, Sigma_k,oo)`` for every row and component, shape (N, K).
 
     ``x`` (N, D) holds any finite value at its missing entries; ``observed`` (N, D) bool is True
     where it is observed. One program for every missingness pattern (the module docstring).
     """
+    if _written_out(covariance_type, params.means.shape[1]):
+        return _unrolled(x, observed, params, covariance_type)[0]
     return _masked(x, observed, params, covariance_type).log_density
 
 
@@ -101,6 +163,8 @@ def conditional_components(x, observed, params: GMMParams, covariance_type: str)
     conditional : (N, K, D, D) conditional covariances (full and tied), or (N, K, D) variances
         (diag and spherical), zero on the observed coordinates
     """
+    if _written_out(covariance_type, params.means.shape[1]):
+        return _unrolled(x, observed, params, covariance_type)
     m = _masked(x, observed, params, covariance_type)
     means = params.means
     if covariance_type in ("diag", "spherical"):
