@@ -36,6 +36,7 @@ from .params import (
     check_prior,
     compute_dtype,
     log_jacobians,
+    mark_missing,
     params_to_original,
     params_to_standard,
     standardise,
@@ -166,10 +167,7 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     dtype = compute_dtype()
     scale_as = "spherical" if _covariance_models.common_scale(model) else layout
     shift, sd, xs = standardise(arr, scale_as, sample_weight, dtype=dtype)
-    observed = None
-    if np.isnan(xs).any():
-        observed = ~np.isnan(xs)
-        xs = np.where(observed, xs, 0).astype(xs.dtype)  # placeholders: the column's median
+    xs, observed = mark_missing(xs)
     prior_arrays = None
     if prior is not None:
         prior_arrays = prior.standardised(shift, sd).arrays(k_arrays, layout, dtype=np.dtype(dtype))

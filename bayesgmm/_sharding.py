@@ -107,6 +107,14 @@ def resolve(devices, num_rows: int) -> RowSharding:
     return RowSharding(mesh, num_rows, -(-num_rows // size) * size)
 
 
+def pad_observed(observed, num_padded: int):
+    """A missing-value mask (N, D) (or None) extended to ``num_padded`` rows: padding rows count as
+    observed (they are zeros of weight 0, as :func:`shard_rows` makes them)."""
+    if observed is None or observed.shape[0] >= num_padded:
+        return observed
+    return np.concatenate([observed, np.ones((num_padded - observed.shape[0], observed.shape[1]), bool)])
+
+
 def shard_rows(sharding: RowSharding, x: np.ndarray, sample_weight):
     """Pad ``x`` (N, D) and its weights to the padded row count and place them on the mesh.
 

@@ -178,9 +178,7 @@ def fit_em(
     if rows.mesh is not None and prep.observed is not None:
         raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
-    observed = prep.observed
-    if observed is not None and xs.shape[0] > n:  # padding rows are observed zeros of weight 0
-        observed = np.concatenate([observed, np.ones((xs.shape[0] - n, d), bool)])
+    observed = _sharding.pad_observed(prep.observed, xs.shape[0])
     config = EMConfig(k, d, layout, bool(hard), prior is not None, covariance_model=prep.covariance_model)
     found = run_search(
         prep, key, given, prep.prior_arrays, tol=tol, reg_covar=reg_covar, sample_weight=weight_dev, active=None,

@@ -46,7 +46,7 @@ from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
 from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
-from ._sharding import resolve, shard_rows
+from ._sharding import pad_observed, resolve, shard_rows
 from .model import log_prior
 from .params import (
     GMMParams,
@@ -57,6 +57,7 @@ from .params import (
     check_int,
     check_num_components,
     check_prior,
+    mark_missing,
     seed_to_key,
 )
 from .results import FitResult
@@ -389,14 +390,11 @@ def fit_gibbs(
     steps = num_warmup + num_samples
     with progress("gibbs", steps, enabled=bool(progress_bar), desc=f"Gibbs {num_chains} chain(s) x {steps} sweeps"):
         # padded to the row bucket (zero rows of weight 0): a new N in the bucket reuses the program
-        observed = None
-        if np.isnan(std.xs).any():  # missing values: placeholders (the median), marked, padding rows observed
-            observed = ~np.isnan(std.xs)
-            std = std._replace(xs=np.where(observed, std.xs, 0).astype(std.xs.dtype))
+        filled, observed = mark_missing(std.xs)  # missing values: placeholders, marked
+        std = std._replace(xs=filled)
         xs, row_weight = shard_rows(resolve(None, n), std.xs, None)
         row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
-        if observed is not None:
-            observed = np.concatenate([observed, np.ones((xs.shape[0] - n, d), bool)])
+        observed = pad_observed(observed, xs.shape[0])
         timed = PROGRAM(xs, row_weight, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)),
                         user_init, observed, config=config)
     pivot_std, draws_std, lp, nonempty = timed.outputs

@@ -33,6 +33,7 @@ __all__ = [
     "PriorArrays",
     "check_data",
     "compute_dtype",
+    "mark_missing",
     "prepare_data",
 ]
 
@@ -747,6 +748,16 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     if covariance_type == "spherical":
         scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
     return shift, scale
+
+
+def mark_missing(xs: np.ndarray):
+    """``(filled, observed)``: standardised data with their NaN entries (missing values) set to 0,
+    the column's median and the placeholder every engine's missing-value code expects, and the
+    (N, D) mask of observed entries; ``observed`` is None when nothing is missing."""
+    missing = np.isnan(xs)
+    if not missing.any():
+        return xs, None
+    return np.where(missing, 0, xs).astype(xs.dtype), ~missing
 
 
 def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dtype=None):

@@ -72,6 +72,7 @@ from .params import (
     check_prior,
     compute_dtype,
     log_jacobians,
+    mark_missing,
     params_to_original,
     params_to_standard,
     seed_to_key,
@@ -594,10 +595,7 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
         params = _given_start(init_params, k, d, ct, shift, sd)
         return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None
     xs = ((moments.subsample - shift) / sd).astype(dtype)
-    observed = None
-    if config.missing and np.isnan(xs).any():  # the subsample's missing entries: EM's conditional E-step
-        observed = ~np.isnan(xs)
-        xs = np.where(observed, xs, 0).astype(dtype)
+    xs, observed = mark_missing(xs)  # the subsample's missing entries: EM's conditional E-step
     em_config = EMConfig(k, d, ct, False, config.use_prior)
     starts, kept = resolve_starts(n_init, len(xs) * (1 if observed is None else 4 * d), k, d, ct)
     found = search(

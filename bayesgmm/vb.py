@@ -86,6 +86,7 @@ from .params import (
     check_sample_weight,
     compute_dtype,
     log_jacobians,
+    mark_missing,
     params_to_original,
     seed_to_key,
     standardise,
@@ -581,12 +582,9 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     weight = check_sample_weight(sample_weight, n)
     dtype = compute_dtype()
     shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
-    observed = None
-    if np.isnan(xs).any():  # missing values: placeholders (the median), marked
-        if rows.mesh is not None:
-            raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
-        observed = ~np.isnan(xs)
-        xs = np.where(observed, xs, 0).astype(xs.dtype)
+    xs, observed = mark_missing(xs)
+    if observed is not None and rows.mesh is not None:
+        raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)
@@ -602,8 +600,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     config = VBConfig(k, d, covariance_type)
     trace_len = trace_length(max_iter)
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
-    if observed is not None and xs_dev.shape[0] > n:  # padding rows are observed zeros of weight 0
-        observed = np.concatenate([observed, np.ones((xs_dev.shape[0] - n, d), bool)])
+    observed = _sharding.pad_observed(observed, xs_dev.shape[0])
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
     static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
