@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .engines import engine_names
 
+#: The engines the command line runs (``--method``), from the registry.
 ENGINES = engine_names()
 DATASETS = ("faithful", "galaxies")
 DEMO_ENGINES = {"mcmc": {"num_warmup": 500, "num_samples": 500}, "svi": {"num_steps": 3000}}
@@ -181,6 +182,7 @@ def load_data(spec: dict):
     return df, labels
 
 
+#: The file every command writes into ``--out``: the command, its options and the files it wrote.
 MANIFEST = "bayesgmm_run.json"
 _STAGING_PREFIX = ".bayesgmm-staging-"
 

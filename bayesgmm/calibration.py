@@ -91,7 +91,9 @@ __all__ = [
     "uniformity_tests",
 ]
 
+#: The engines SBC calibrates: those that return posterior draws.
 METHODS = engine_names(draws=True)
+#: The label-invariant test quantities whose ranks SBC checks.
 QUANTITIES = ("sorted_means", "sorted_weights", "log_likelihood", "mixture_mean", "mixture_variance")
 _ENGINE_DEFAULTS = {
     "vb": {},

@@ -2,15 +2,23 @@
 
 Commands
 --------
-``demo``      Old Faithful, every engine: the comparison table printed, figures and fits written.
-``fit``       Fit one engine to a CSV/Parquet file: JSON summary, NetCDF (ArviZ), PNG; with
-              ``--stream``, EM out of core on a .npy/Parquet file of any size.
-``compare``   Several engines on the same data: CSV/JSON table, engines figure, NetCDF per fit.
-``select``    BIC/AIC/ICL over a grid of K and covariance structures: CSV table, BIC plot.
-``simulate``  Draw a data set from the generative story: CSV (with the true component) + truth JSON.
-``study``     A simulation study (many simulated data sets, every engine): CSV rows + summary.
-``sbc``       Simulation-based calibration of a Bayesian engine: ranks CSV, p-values, rank plot.
-``run``       Any of the above from a TOML file, so a study is one reproducible command.
+``demo``
+    Old Faithful, every engine: the comparison table printed, figures and fits written.
+``fit``
+    Fit one engine to a CSV/Parquet file: JSON summary, NetCDF (ArviZ), PNG; with ``--stream``,
+    EM out of core on a .npy/Parquet file of any size.
+``compare``
+    Several engines on the same data: CSV/JSON table, engines figure, NetCDF per fit.
+``select``
+    BIC/AIC/ICL over a grid of K and covariance structures: CSV table, BIC plot.
+``simulate``
+    Draw a data set from the generative story: CSV (with the true component) + truth JSON.
+``study``
+    A simulation study (many simulated data sets, every engine): CSV rows + summary.
+``sbc``
+    Simulation-based calibration of a Bayesian engine: ranks CSV, p-values, rank plot.
+``run``
+    Any of the above from a TOML file, so a study is one reproducible command.
 
 Every command takes ``--out DIR`` and writes its files there (nothing is pickled): a new or
 empty folder, or with ``--overwrite`` one holding an earlier run, whose files (listed in its

@@ -73,6 +73,7 @@ class Engine:
             )
 
 
+#: Engine name -> :class:`Engine`; the estimator, ``compare``, ``select_bayesian``, ``sbc`` and the CLI read it.
 ENGINES: Mapping[str, Engine] = types.MappingProxyType({
     e.name: e
     for e in (

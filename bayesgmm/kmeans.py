@@ -189,6 +189,7 @@ def kmeans_labels(u, x, num_components: int, max_iter: int = 300, tol: float = 1
     return lloyd(x, centers, max_iter, tol_abs, sample_weight=sample_weight, active=active)[1]
 
 
+#: Starting-centre methods of :func:`kmeans` (and of EM's starts).
 INIT_METHODS = ("k-means++", "kmeans", "random", "random_from_data")
 
 

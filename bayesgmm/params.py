@@ -2,14 +2,14 @@
 
 Shapes follow scikit-learn's conventions for each covariance structure:
 
-==============  =====================
-structure       ``covariances`` shape
-==============  =====================
-``"full"``      ``(K, D, D)``
-``"diag"``      ``(K, D)``
-``"spherical"`` ``(K,)``
-``"tied"``      ``(D, D)``
-==============  =====================
+=================  =====================
+structure          ``covariances`` shape
+=================  =====================
+``"full"``         ``(K, D, D)``
+``"diag"``         ``(K, D)``
+``"spherical"``    ``(K,)``
+``"tied"``         ``(D, D)``
+=================  =====================
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "prepare_data",
 ]
 
+#: scikit-learn's four covariance structures (mclust's VVV, VVI, VII and EEE).
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 #: mclust's 14 covariance models (EM fits them all; :mod:`bayesgmm._covariance_models`).
 COVARIANCE_MODELS = MODELS

@@ -15,6 +15,7 @@ from .params import check_data
 
 __all__ = ["PARQUET_SUFFIXES", "ArraySource", "NpySource", "ParquetSource", "Source", "open_source"]
 
+#: File name endings read as Parquet.
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 

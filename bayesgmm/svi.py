@@ -97,6 +97,7 @@ from .results import FitResult
 
 __all__ = ["GUIDES", "fit_svi"]
 
+#: ``guide=`` name -> NumPyro autoguide class.
 GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "delta": AutoDelta}
 INIT_METHODS = ("map", "uniform")
 #: Convergence: drift of the smoothed ELBO over the last 10% of steps, in nats per observation.

@@ -95,6 +95,7 @@ from .results import FitResult, StudentTMixture
 
 __all__ = ["VB_COVARIANCE_TYPES", "fit_vb"]
 
+#: Covariance structures of closed-form VB.
 VB_COVARIANCE_TYPES = ("full", "diag")
 LOG_2 = math.log(2.0)
 #: Default convergence tolerance: projected remaining gain of the ELBO per observation.

@@ -1,4 +1,5 @@
 """EM step by step on the Old Faithful eruptions (after Bishop, PRML Figure 9.8).
+==============================================================================
 
 The 272 eruptions of Old Faithful (duration and waiting time, in minutes) are standardised and
 fitted with a two-component full-covariance Gaussian mixture by EM, started from a deliberately
@@ -23,15 +24,19 @@ import numpy as np
 START_MEANS = ((-1.5, 1.0), (1.5, -1.0))
 START_VARIANCE = 0.3
 
+# this folder's output/; sphinx-gallery runs the script without __doc__ and __file__
+OUTPUT = pathlib.Path(globals().get("__file__", sys.argv[0])).resolve().parent / "output"
+
 
 def parse_args(args):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     p.add_argument("--iterations", type=int, nargs="+", default=[0, 1, 2, 5], help="EM iterations shown before the final fit")
     p.add_argument("--max-iter", type=int, default=500, help="iteration limit of the final fit")
-    p.add_argument("--tol", type=float, default=1e-6, help="convergence tolerance (change of mean log-likelihood)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="convergence tolerance per observation (default: fit_em's, 1e-5)")
     p.add_argument("--num-obs", type=int, default=None, help="use only the first NUM_OBS eruptions (for quick runs)")
     p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
+    p.add_argument("--out", type=pathlib.Path, default=OUTPUT, help="output folder")
     return p.parse_args(args)
 
 

@@ -1,4 +1,5 @@
 """How uncertain are EM's estimates? Bootstrap, observed information and the NUTS posterior.
+=========================================================================================
 
 EM gives a point estimate. Three ways to put error bars on it, on the Old Faithful data with
 K = 2 full-covariance components:
@@ -30,14 +31,17 @@ import warnings
 
 import numpy as np
 
+# this folder's output/; sphinx-gallery runs the script without __doc__ and __file__
+OUTPUT = pathlib.Path(globals().get("__file__", sys.argv[0])).resolve().parent / "output"
+
 
 def parse_args(args):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     p.add_argument("--replicates", type=int, default=200, help="bootstrap refits (default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=1000, help="NUTS draws per chain (default: %(default)s)")
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
+    p.add_argument("--out", type=pathlib.Path, default=OUTPUT, help="output folder")
     p.add_argument("--dpi", type=int, default=150)
     return p.parse_args(args)
 

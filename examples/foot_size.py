@@ -1,4 +1,5 @@
 """Hard versus soft EM on a one-dimensional two-group mixture (foot lengths).
+==========================================================================
 
 A population of adult foot lengths is simulated as two groups: 700 draws from N(240, 7^2) mm
 and 300 from N(270, 6^2) mm. Both variants of EM start from the same deliberately poor guess,
@@ -33,6 +34,9 @@ TRUE_MEANS = (240.0, 270.0)
 TRUE_SDS = (7.0, 6.0)
 START = {"means": (210.0, 290.0), "sds": (12.0, 15.0), "weights": (0.5, 0.5)}
 
+# this folder's output/; sphinx-gallery runs the script without __doc__ and __file__
+OUTPUT = pathlib.Path(globals().get("__file__", sys.argv[0])).resolve().parent / "output"
+
 
 def simulate(n1: int, n2: int, seed: int) -> np.ndarray:
     """Foot lengths (mm): n1 draws from N(240, 7^2) then n2 from N(270, 6^2)."""
@@ -41,7 +45,7 @@ def simulate(n1: int, n2: int, seed: int) -> np.ndarray:
 
 
 def parse_args(args):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     p.add_argument("--n1", type=int, default=700, help="size of the N(240, 7^2) group")
     p.add_argument("--n2", type=int, default=300, help="size of the N(270, 6^2) group")
     p.add_argument("--iterations", type=int, nargs="+", default=[0, 1, 2, 5, 20], help="EM iterations shown as columns")
@@ -49,7 +53,7 @@ def parse_args(args):
     p.add_argument("--bins", type=int, default=40, help="histogram bins")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
+    p.add_argument("--out", type=pathlib.Path, default=OUTPUT, help="output folder")
     return p.parse_args(args)
 
 

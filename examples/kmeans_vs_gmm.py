@@ -1,4 +1,5 @@
 """k-means against a Gaussian mixture when the clusters differ in spread and size.
+===============================================================================
 
 Simulated data (seeded): a large, tight cluster (750 points, standard deviation 0.5) beside a
 small, wide one (250 points, standard deviation 2.0), centres 3 apart. k-means assigns every
@@ -27,6 +28,9 @@ import numpy as np
 
 TIGHT_SD, WIDE_SD, SEPARATION = 0.5, 2.0, 3.0
 
+# this folder's output/; sphinx-gallery runs the script without __doc__ and __file__
+OUTPUT = pathlib.Path(globals().get("__file__", sys.argv[0])).resolve().parent / "output"
+
 
 def simulate(n_tight: int, n_wide: int, seed: int):
     """Points (N, 2) and true labels (0 = tight cluster at the origin, 1 = wide cluster)."""
@@ -54,14 +58,14 @@ def bayes_optimal_labels(x, n_tight: int, n_wide: int):
 
 
 def parse_args(args):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     p.add_argument("--n-tight", type=int, default=750, help="points in the tight cluster")
     p.add_argument("--n-wide", type=int, default=250, help="points in the wide cluster")
     p.add_argument("--n-init", type=int, default=5, help="restarts of k-means and EM")
     p.add_argument("--grid", type=int, default=300, help="grid points per axis for the decision boundaries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
+    p.add_argument("--out", type=pathlib.Path, default=OUTPUT, help="output folder")
     return p.parse_args(args)
 
 

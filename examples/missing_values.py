@@ -1,4 +1,5 @@
 """Missing values: the marginalised mixture against complete cases and mean imputation.
+====================================================================================
 
 Simulated data (seeded): two Gaussian clusters in two dimensions, equal shares, the right-hand
 one higher on the second feature. The second feature then goes missing in two ways:
@@ -32,6 +33,9 @@ import numpy as np
 MEANS = np.array([[-2.0, 0.0], [2.0, 3.0]])
 SD = 0.8
 
+# this folder's output/; sphinx-gallery runs the script without __doc__ and __file__
+OUTPUT = pathlib.Path(globals().get("__file__", sys.argv[0])).resolve().parent / "output"
+
 
 def simulate(n: int, seed: int):
     """Points (N, 2) from two equal clusters and their labels."""
@@ -62,12 +66,12 @@ def errors(fit):
 
 
 def parse_args(args):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     p.add_argument("-n", type=int, default=2000, help="points per data set")
     p.add_argument("--share", type=float, default=0.4, help="share of the second feature that goes missing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figure")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
+    p.add_argument("--out", type=pathlib.Path, default=OUTPUT, help="output folder")
     return p.parse_args(args)
 
 

@@ -1,4 +1,5 @@
 """Simulation-based calibration of NUTS and closed-form VB on a two-component mixture.
+===================================================================================
 
 Simulation-based calibration (SBC; Talts et al. 2018, arXiv:1804.06788) checks an inference
 engine against the model it claims to invert: draw parameters from the prior, simulate a data
@@ -44,6 +45,9 @@ import numpy as np
 
 ENGINES = {"mcmc": "NUTS", "vb": "VB"}
 
+# this folder's output/; sphinx-gallery runs the script without __doc__ and __file__
+OUTPUT = pathlib.Path(globals().get("__file__", sys.argv[0])).resolve().parent / "output"
+
 
 def make_prior(num_features: int):
     """The prior of the simulations (see the module docstring)."""
@@ -55,7 +59,7 @@ def make_prior(num_features: int):
 
 
 def parse_args(args):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     p.add_argument("--num-components", type=int, default=2, help="K")
     p.add_argument("--num-features", type=int, default=2, help="D")
     p.add_argument("--num-obs", type=int, default=100, help="observations per simulated data set (N)")
@@ -68,7 +72,7 @@ def parse_args(args):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress-bar", action="store_true")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG figure")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "output", help="output folder")
+    p.add_argument("--out", type=pathlib.Path, default=OUTPUT, help="output folder")
     return p.parse_args(args)
 
 

@@ -124,7 +124,7 @@ def test_public_api_is_explicit():
 def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
     root = PKG.parent
-    out = subprocess.run([ruff, "check", "--no-cache", "bayesgmm", "tests", "benchmarks", "examples"], cwd=root,
+    out = subprocess.run([ruff, "check", "--no-cache", "bayesgmm", "tests", "benchmarks", "examples", "docs"], cwd=root,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
