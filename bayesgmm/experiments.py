@@ -251,6 +251,7 @@ def compare(
     x : array-like (N, D)
         Training data.
     num_components : int
+        K, the same for every engine.
     methods : sequence of {"em", "map-em", "vb", "svi", "mcmc", "gibbs", "kmeans"}
     covariance_type : str
         Used by every engine (VB covers "full" and "diag").
@@ -272,7 +273,7 @@ def compare(
     seed : int
         Every engine gets this seed.
     progress_bar : bool
-        tqdm bar over the methods.
+        Show a tqdm bar over the methods.
     return_fits : bool
         Also return ``{method: FitResult}``.
 
@@ -374,6 +375,35 @@ def simulation_study(
     every data set is seeded by its position in the study, so the table equals the serial run's
     (up to the timing columns). Each worker compiles the engines once per shape (the persistent
     compilation cache shares the programs between processes on one machine).
+
+    Parameters
+    ----------
+    num_datasets : int
+        Simulated data sets per grid cell.
+    num_obs, separation, num_components : int, float, int or sequences of them
+        The grid: training rows per data set, separation of the component means (as in
+        :func:`bayesgmm.datasets.make_mixture`) and number of components. Every combination is
+        a cell.
+    num_features : int
+        Dimension D of every simulated data set.
+    methods : sequence of str
+        Engines to fit (names of :data:`METHODS`).
+    covariance_type : str
+        Covariance structure of the simulated truth and of every fit.
+    test_size : int
+        Held-out rows per data set, for the test log predictive density.
+    interval : float
+        Nominal level of the intervals whose coverage of the truth is reported.
+    bootstrap_replicates : int
+        Bootstrap refits behind EM's intervals (0: no intervals for EM).
+    engine_kwargs : mapping of str to mapping, optional
+        Options per engine, e.g. ``{"mcmc": {"num_samples": 500}}``.
+    seed : int
+        Seed of the study; data set ``i`` is seeded by ``seed`` and its position ``i``.
+    progress_bar : bool
+        Show a progress bar over the data sets.
+    executor : concurrent.futures.Executor, optional
+        Runs the data sets in parallel (see above); serial when omitted.
 
     Returns
     -------

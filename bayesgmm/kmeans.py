@@ -269,7 +269,9 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     Parameters
     ----------
     x : array (N, D)
+        Data.
     num_components : int
+        Number of clusters K.
     n_init : int
         Number of seedings.
     max_iter : int
@@ -278,6 +280,7 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
         Convergence when the squared centre shift is below ``tol`` times the mean feature
         variance (scikit-learn's convention).
     seed : int or jax key
+        Same seed, same result, bit for bit.
 
     Returns
     -------

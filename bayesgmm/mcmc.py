@@ -291,6 +291,7 @@ def fit_mcmc(
     num_warmup, num_samples : int
         Warmup (adaptation) iterations and kept draws per chain.
     num_chains : int
+        Independent chains (R-hat needs at least 2).
     chain_method : {"vectorized", "sequential", "parallel"}
         Chains ``vmap``-ed in one program, run one after another (``lax.map``), or spread over
         the local JAX devices (``jax.shard_map``, still one compiled program; e.g. several GPUs,

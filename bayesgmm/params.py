@@ -532,6 +532,21 @@ class Prior:
         MAP-EM under this prior never collapses a covariance onto a point. NaN entries (missing
         values) are left out: the mean and covariance use each pair of columns' observed rows
         (the variances alone where those do not make a positive definite matrix).
+
+        Parameters
+        ----------
+        x : array-like (N, D)
+            The data the prior is scaled to.
+        num_components : int
+            K.
+        weight_concentration : float
+            Dirichlet concentration of every weight (or the stick-breaking concentration).
+        weight_prior : {"dirichlet", "dirichlet_process"}
+            Finite Dirichlet weights, or truncated stick-breaking.
+
+        Returns
+        -------
+        Prior
         """
         arr, _ = check_data(x, missing="marginalize")
         k = check_num_components(num_components, arr.shape[0])

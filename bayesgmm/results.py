@@ -458,6 +458,16 @@ class FitResult:
         Bayesian results average the responsibilities over (label-aligned) posterior draws, so
         the probabilities carry parameter uncertainty. Evaluated on the host in float64: no
         compilation, whatever the number of rows.
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        numpy.ndarray (N, K)
         """
         arr = self._check(x)
         if self._has_draws():
@@ -473,13 +483,37 @@ class FitResult:
         drawn from the posterior predictive of the missing entries given the observed ones (for
         Bayesian fits each uses its own posterior draw of the parameters, the input to Rubin's
         rules; for EM the plug-in predictive, which ignores the parameters' uncertainty).
+
+        Parameters
+        ----------
+        x : array-like (N, D)
+            Data with NaN entries to fill.
+        num_draws : int, optional
+            Number of multiple imputations; the conditional means when omitted.
+        seed : int or jax key
+            Seed of the multiple imputations.
+
+        Returns
+        -------
+        numpy.ndarray (N, D), or (num_draws, N, D)
         """
         from .imputation import impute
 
         return impute(self, x, num_draws=num_draws, seed=seed)
 
     def predict(self, x) -> np.ndarray:
-        """Most probable component of each row of ``x``, shape (N,)."""
+        """Most probable component of each row of ``x``.
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        numpy.ndarray (N,) of int
+        """
         return np.argmax(self.predict_proba(x), axis=1)
 
     def score_samples(self, x) -> np.ndarray:
@@ -487,6 +521,16 @@ class FitResult:
 
         EM: the plug-in mixture density. VB: the closed-form Student-t mixture. SVI / MCMC: the
         posterior predictive, log of the density averaged over draws.
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        numpy.ndarray (N,)
         """
         arr = self._check(x)
         if self.predictive is not None:
@@ -496,21 +540,67 @@ class FitResult:
         return self.log_likelihood_samples(arr)
 
     def log_likelihood_samples(self, x) -> np.ndarray:
-        """Per-observation log-likelihood at the point estimate (plug-in), shape (N,), float64."""
+        """Per-observation log-likelihood at the point estimate (plug-in), float64.
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        numpy.ndarray (N,)
+        """
         arr = self._check(x)
         return _numerics.score_rows(arr, *self.params, self.covariance_type, frame=self._frame()).log_density
 
     def score(self, x) -> float:
-        """Mean log predictive density per observation (scikit-learn's ``score``)."""
+        """Mean log predictive density per observation (scikit-learn's ``score``).
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        float
+        """
         return float(np.mean(self.score_samples(x)))
 
     def bic(self, x) -> float:
-        """Bayesian information criterion at the point estimate; lower is better."""
+        """Bayesian information criterion at the point estimate; lower is better.
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        float
+            ``-2 log L + p log N``, ``p`` counted as :attr:`num_parameters`.
+        """
         ll = self.log_likelihood_samples(x)
         return float(-2 * np.sum(ll) + self.num_parameters * np.log(ll.shape[0]))
 
     def aic(self, x) -> float:
-        """Akaike information criterion at the point estimate; lower is better."""
+        """Akaike information criterion at the point estimate; lower is better.
+
+        Parameters
+        ----------
+        x : array-like (N, D) or (N,)
+            Rows to score, in the units of the training data; with ``missing="marginalize"``
+            fits, NaN entries are missing (each row is scored on its observed columns).
+
+        Returns
+        -------
+        float
+            ``-2 log L + 2 p``.
+        """
         return float(-2 * np.sum(self.log_likelihood_samples(x)) + 2 * self.num_parameters)
 
     def sample(self, n: int, *, seed=0):
@@ -644,7 +734,19 @@ class FitResult:
         return self.relabel(perms[0])
 
     def to_inference_data(self, x=None, **kwargs):
-        """ArviZ ``InferenceData`` of this fit (see :func:`bayesgmm.diagnostics.to_inference_data`)."""
+        """ArviZ ``InferenceData`` of this fit.
+
+        Parameters
+        ----------
+        x : array-like (N, D), optional
+            Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).
+        **kwargs
+            Passed to :func:`bayesgmm.diagnostics.to_inference_data`.
+
+        Returns
+        -------
+        arviz.InferenceData
+        """
         from .diagnostics import to_inference_data
 
         return to_inference_data(self, x, **kwargs)
@@ -654,7 +756,13 @@ class FitResult:
         deviations per feature (square roots of the covariance diagonal), and for fits with
         posterior draws the posterior sd of the weight and of each mean (``..._sd`` columns, from
         the aligned draws). ``attrs`` hold the method, covariance type, log-likelihood,
-        convergence and number of observations; :meth:`to_dict` has everything."""
+        convergence and number of observations; :meth:`to_dict` has everything.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per component.
+        """
         import pandas as pd
 
         names = self.feature_names
@@ -676,8 +784,13 @@ class FitResult:
         return table
 
     def to_dict(self) -> dict:
-        """Point estimate and fit facts as plain JSON-serialisable Python objects (what
-        :meth:`to_json` writes)."""
+        """Point estimate and fit facts as plain JSON-serialisable Python objects.
+
+        Returns
+        -------
+        dict
+            What :meth:`to_json` writes.
+        """
         return {
             "method": self.method,
             "covariance_type": self.covariance_type,
@@ -708,6 +821,16 @@ class FitResult:
         (``"posterior_omitted": true``) and :meth:`from_json` returns a result that predicts with
         the plug-in point estimate, with a warning. Keep everything with
         :func:`bayesgmm.save_result` (NetCDF) and :func:`bayesgmm.load_result`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            File to write.
+
+        Returns
+        -------
+        str
+            The JSON text.
         """
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:

@@ -205,6 +205,7 @@ def select(
     Parameters
     ----------
     x : array-like (N, D) or (N,)
+        Data; DataFrame column names become feature names.
     k_range : iterable of int
         Numbers of components to try.
     covariance_types : str or iterable of str
@@ -340,15 +341,21 @@ def select_bayesian(
     Parameters
     ----------
     x : array-like (N, D)
+        Data.
     k_range : iterable of int
+        Numbers of components to compare.
     method : {"vb", "svi", "mcmc", "gibbs"}
     covariance_type : str
         ``"full"`` or ``"diag"`` for VB; any structure for SVI/MCMC.
     prior : Prior, optional
         One prior for every K (its concentration must be a scalar); default per-K ``Prior.default``.
     overfit_components : int, optional
+        Components of the overfitted mixture whose effective K is reported; default
+        ``max(k_range) + 2``.
     sparse_concentration : float
+        Dirichlet concentration of the overfitted mixture's sparse prior.
     seed : int
+        Every fit gets this seed.
     **engine_kwargs
         Passed to the engine (e.g. ``num_samples=500`` for MCMC, ``num_steps=3000`` for SVI).
 

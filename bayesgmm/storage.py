@@ -98,6 +98,7 @@ def save_result(result, path, x=None, **kwargs):
     Parameters
     ----------
     result : FitResult
+        The fit to save, from any engine.
     path : str or os.PathLike
         The NetCDF file (``.nc``). It is written atomically: a temporary file beside it is
         renamed onto ``path`` when complete, so an interrupted write leaves no truncated file.

@@ -148,6 +148,7 @@ def bootstrap(
         Replicates per compiled call (default: all at once). Lower it for large N: a batch holds
         B x N responsibilities (and B x N x D simulated data for ``parametric``).
     seed : int or jax key
+        Seed of the resampling (and of the parametric bootstrap's simulations).
 
     Raises
     ------
@@ -298,6 +299,7 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     fit : FitResult
         From :func:`bayesgmm.fit_em` on ``x``, converged.
     x : array-like (N, D)
+        The data ``result`` was fitted to.
     level : float
         Coverage of the Wald intervals ``estimate +- z * se``.
 

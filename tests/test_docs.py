@@ -118,3 +118,21 @@ def test_the_readme_links_to_the_site_and_says_how_to_build_it():
     assert "docs/_build/html/index.html" in readme
     assert "sphinx-build -W -b html docs docs/_build/html" in readme
     assert 'pip install ".[docs]"' in readme
+
+
+def test_the_main_api_documents_every_parameter():
+    """numpydoc's own checks on what most users call: every function at the package's top level
+    and every public method of FitResult documents each of its parameters, with a description."""
+    import inspect
+
+    from numpydoc.validate import validate
+
+    names = [f"{obj.__module__}.{obj.__qualname__}" for obj in map(lambda n: getattr(bayesgmm, n), bayesgmm.__all__)
+             if inspect.isfunction(obj)]
+    names += [f"bayesgmm.results.FitResult.{name}" for name, member in vars(bayesgmm.FitResult).items()
+              if not name.startswith("_") and inspect.isfunction(member)]
+    names.append("bayesgmm.params.Prior.default")
+    problems = {name: [f"{code}: {message}" for code, message in validate(name)["errors"]
+                       if code in ("GL08", "PR01", "PR02", "PR07")] for name in names}
+    assert len(names) > 30
+    assert not {name: errors for name, errors in problems.items() if errors}
