@@ -323,6 +323,7 @@ def test_simultaneous_ecdf_band_has_its_coverage():
 # ----------------------------------------------------------------------------------------------
 # Other engines
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow  # fast variant: tests/test_gibbs.py::test_sbc_is_calibrated_fast (a sampler through SBC)
 def test_mcmc_small_sbc():
     """NUTS on K = 2 (fast variant: few draws and replications; the slow test below has power)."""
     from conftest import CompileCounter
@@ -348,6 +349,7 @@ def test_mcmc_sbc_calibrated_k2():
     assert res.p_values.to_numpy().min() > 1e-3, res.p_values
 
 
+@pytest.mark.slow  # fast variant: the VB and Gibbs runs through SBC
 def test_svi_runs_through_sbc():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -144,6 +144,7 @@ def test_gibbs_weights_conditional_is_the_sticks_beta_posterior():
     assert w[:, 0].var() == pytest.approx(a * b / ((a + b) ** 2 * (a + b + 1)), rel=0.05)
 
 
+@pytest.mark.slow  # fast variant: tests/test_gibbs.py::test_sbc_is_calibrated_fast, and this file's Dirichlet-process Gibbs tests
 def test_gibbs_sbc_under_a_dirichlet_process_prior():
     """K = 3, D = 1 under DP(2) weights: ranks of label-invariant quantities are uniform (few
     replications: catches gross errors in the stick conditional)."""

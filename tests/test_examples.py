@@ -116,6 +116,7 @@ def test_kmeans_vs_gmm(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # fast variant: tests/test_calibration.py; test_example_is_a_documented_script
 def test_sbc_calibration(tmp_path, capsys):
     module = load("sbc_calibration")
     out = module.main(["--num-features", "1", "--num-obs", "30", "--replications", "12", "--num-ranks", "9",
@@ -133,6 +134,7 @@ def test_sbc_calibration(tmp_path, capsys):
     assert "Uniformity p-values" in printed and "sorted_means[0]" in printed and "NUTS:" in printed
 
 
+@pytest.mark.slow  # fast variant: tests/test_uncertainty.py; test_example_is_a_documented_script
 def test_em_uncertainty(tmp_path, capsys):
     """Small run: every method's standard errors are within a factor 2 of the observed
     information's (they estimate the same sampling spread), and the information SE of the

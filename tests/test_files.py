@@ -123,7 +123,7 @@ def test_a_bayesian_result_from_json_says_it_is_a_point_estimate(x, vb_fit, tmp_
     assert not np.allclose(back.score_samples(x), vb.score_samples(x))
 
 
-@pytest.mark.parametrize("method", ["vb", "svi"])
+@pytest.mark.parametrize("method", ["vb", pytest.param("svi", marks=pytest.mark.slow)])
 def test_netcdf_keeps_a_bayesian_result_whole(x, vb_fit, method, tmp_path):
     fit = vb_fit if method == "vb" else bg.fit_svi(x, 2, num_steps=200, num_draws=50, seed=0)
     path = bg.save_result(fit, tmp_path / f"{method}.nc", x=x)

@@ -377,6 +377,7 @@ def test_timing_facts(full_fits):
     assert first.info["compile_seconds"] > 0 and again.info["compile_seconds"] == 0.0
 
 
+@pytest.mark.slow  # fast variant: tests/test_gibbs.py's progress-bar test
 def test_progress_bar_gives_the_same_draws(full_fits, faithful, capsys):
     """The bar is ticked from inside the compiled program; the draws are those without it."""
     (a, _) = full_fits["map"]
@@ -440,6 +441,7 @@ PARALLEL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # fast variant: the parallel chain method on one device, above
 def test_parallel_chains_on_four_cpu_devices():
     """In a fresh process with 4 emulated CPU devices: the chains are spread over them, and
     the draws are the vectorized draws of the same seed up to floating-point rounding."""

@@ -197,7 +197,8 @@ def test_nuts_and_svi_compute_in_float32_without_x64():
         assert reported == pytest.approx(exact, rel=1e-6)  # float32 round-off of ~1e3 nats: ~1e-4
 
 
-@pytest.mark.parametrize("covariance_type", ["full", pytest.param("diag", marks=pytest.mark.slow)])
+@pytest.mark.slow  # float32 compute in NUTS and SVI: test_nuts_and_svi_compute_in_float32_without_x64
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_numpyro_engines_take_float32_data_under_x64(covariance_type):
     """The suite runs with x64 on: float32 input once crashed NUTS and SVI (float32 data against
     NumPyro's float64 constants). They now compute in JAX's default float, float64 here."""

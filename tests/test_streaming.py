@@ -309,6 +309,7 @@ def sharded_results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # fast variant: tests/test_sharding.py (the same all-reduce of sufficient statistics, in memory)
 @pytest.mark.parametrize("case", ["batch_200", "batch_201", "online_200", "online_201"])
 def test_sharded_chunks_equal_single_device(sharded_results, case):
     r = sharded_results[case]

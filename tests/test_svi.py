@@ -68,7 +68,8 @@ def fit_normal(sim3):
 # 1. AutoDelta = MAP: the closed-form MAP-EM fixed point
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "cov_type", ["full", "diag", pytest.param("spherical", marks=pytest.mark.slow), pytest.param("tied", marks=pytest.mark.slow)]
+    "cov_type", ["full", pytest.param("diag", marks=pytest.mark.slow), pytest.param("spherical", marks=pytest.mark.slow),
+                 pytest.param("tied", marks=pytest.mark.slow)]
 )
 def test_delta_reaches_map_em_fixed_point(two, cov_type):
     x = two.x
@@ -289,6 +290,7 @@ def test_delta_needs_concentration_at_least_one(two):
         fit_svi(two.x, 2, prior=prior, guide="delta")
 
 
+@pytest.mark.slow  # fast variant: the progress-bar tests of Gibbs and SBC
 def test_progress_bar_runs_the_same_fit(two, capsys):
     kw = dict(guide="mvn", num_steps=300, num_draws=50, seed=0)
     a = fit_svi(two.x, 2, **kw)
