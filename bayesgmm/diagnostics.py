@@ -52,11 +52,12 @@ __all__ = ["ess_bulk", "rhat", "to_inference_data"]
 
 def import_arviz():
     """ArviZ, imported without its import-time ``FutureWarning`` about its coming refactor (ArviZ
-    0.22-0.23 print it on every import; it says nothing about the user's fit)."""
+    0.22-0.23 print it on the first import of each day; it says nothing about the user's fit). Its
+    message starts with a newline."""
     import warnings
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ArviZ is undergoing a major refactor", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
         import arviz
 
     return arviz

@@ -485,3 +485,15 @@ def test_rhat_sees_a_stuck_chain_and_constants_are_nan():
     r, e = rhat(x), ess_bulk(x)
     assert r[0] > 1.3 and np.isnan(r[1]) and np.isnan(e[1])
     assert np.isclose(rhat(rng.normal(size=(4, 400))), 1.0, atol=0.01)
+
+
+def test_arviz_import_is_quiet_on_its_first_import_of_the_day(tmp_path):
+    """ArviZ 0.22-0.23 warn about their refactor on the first import of each day (a stamp in the
+    user's cache folder); with an empty cache folder the warning is due, and bayesgmm hides it."""
+    import os
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), BAYESGMM_COMPILE_CACHE="0")
+    code = "from bayesgmm.diagnostics import import_arviz; import_arviz(); print('quiet')"
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "quiet", proc.stderr[-2000:]
