@@ -16,6 +16,7 @@ off with ``BAYESGMM_COMPILE_CACHE=0``), so that a fresh process reuses compiled 
 
 from . import datasets
 from ._compile import InsufficientMemoryError, configure_default_cache, set_compilation_cache
+from ._sharding import initialize_distributed
 from .calibration import sbc
 from .em import fit_em
 from .experiments import compare, simulation_study
@@ -55,6 +56,7 @@ __all__ = [
     "fit_mcmc",
     "fit_svi",
     "fit_vb",
+    "initialize_distributed",
     "kmeans",
     "load_result",
     "observed_information",

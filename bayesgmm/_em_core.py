@@ -295,7 +295,8 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     k, d = config.num_components, config.num_features
     if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
         config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type))
-    xs = jax.device_put(xs)  # once for every call of the search (a no-op for device arrays)
+    if not isinstance(xs, jax.Array):  # once for every call of the search (sharded rows are placed already)
+        xs = jax.device_put(xs)
     lanes_per_call = num_groups * num_kept
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)

@@ -11,20 +11,82 @@ they add nothing to any statistic. k-means / k-means++ initialisation treat weig
 absent, so a sharded fit equals the single-device fit up to floating-point reduction order
 (``init_params="random"`` draws its random numbers per row and then differs).
 
-Several hosts: start every process with ``jax.distributed.initialize()``; ``jax.devices()`` then
-lists the devices of all hosts and ``devices="all"`` shards over all of them. Each process must
-hold the whole data set (it is sharded from there); for data that no single host can hold, see
-:mod:`bayesgmm.streaming`.
+Several processes or hosts (multi-controller JAX): start one process per host, call
+:func:`initialize_distributed` in each before any other JAX work, then run the same script in
+every process; ``jax.devices()`` lists the devices of all processes and ``devices="all"`` shards
+the rows over all of them, each process computing its own rows' statistics and the sums crossing
+processes by all-reduce (gloo on CPU, NCCL on GPU). Every process passes the whole data set (each
+places its own rows from it) and receives the same result. For data that no single host can
+hold, see :mod:`bayesgmm.streaming`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
 AXIS = "obs"
+
+#: XLA:CPU's concurrency-optimised scheduler may order a program's independent all-reduces
+#: differently in each process, and gloo then pairs collectives of different sizes (an abort:
+#: "collective mismatch"). :func:`initialize_distributed` turns it off.
+CPU_COLLECTIVE_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, *, local_device_ids=None,
+                           initialization_timeout: int = 300) -> None:
+    """Join this process to a multi-process JAX run: the way to fit EM and VB on a cluster.
+
+    Start one process per host (or several on one machine), each running the same script, and
+    call this in every process before any other JAX work. ``jax.devices()`` then lists the
+    devices of every process, and ``fit_em(x, K, devices="all")`` or ``fit_vb(...,
+    devices="all")`` shards the rows over all of them: each process computes its own rows'
+    sufficient statistics and the sums cross processes by all-reduce. Every process passes the
+    whole data set and gets the same :class:`~bayesgmm.FitResult`, equal to a one-process fit up
+    to floating-point summation order.
+
+    On CPU it selects gloo collectives (``jax_cpu_collectives_implementation``) and appends
+    :data:`CPU_COLLECTIVE_FLAG` to ``XLA_FLAGS``, without which XLA:CPU may run a program's
+    all-reduces in different orders in different processes.
+
+    Parameters
+    ----------
+    coordinator_address : str, optional
+        ``"host:port"`` of process 0, which every process can reach. None: detected from the
+        cluster environment (SLURM, Open MPI, ...) as :func:`jax.distributed.initialize` does.
+    num_processes : int, optional
+        How many processes take part (None: detected).
+    process_id : int, optional
+        This process's number, 0 to ``num_processes - 1`` (None: detected).
+    local_device_ids : sequence of int, optional
+        The local devices this process uses (None: all of them).
+    initialization_timeout : int, default 300
+        Seconds to wait for every process to join.
+
+    Raises
+    ------
+    RuntimeError
+        From :func:`jax.distributed.initialize` when JAX has already computed something in this
+        process, or when the processes cannot reach each other in time.
+
+    Examples
+    --------
+    In each of two processes (``process_id`` 0 and 1)::
+
+        import bayesgmm as bg
+        bg.initialize_distributed("10.0.0.1:1234", num_processes=2, process_id=RANK)
+        fit = bg.fit_em(x, 3, devices="all")   # the same result in both processes
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if CPU_COLLECTIVE_FLAG.split("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_COLLECTIVE_FLAG}".strip()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout)
 
 
 class RowSharding(NamedTuple):
