@@ -14,7 +14,12 @@ Importing bayesgmm turns on JAX's persistent compilation cache (:func:`set_compi
 off with ``BAYESGMM_COMPILE_CACHE=0``), so that a fresh process reuses compiled programs.
 """
 
-from . import datasets
+from . import _startup
+
+if _startup.launched_as_command_line():  # before the seconds of importing JAX: Ctrl-C exits 130 at once
+    _startup.exit_on_interrupt_while_starting()
+
+from . import datasets  # noqa: E402
 from ._compile import InsufficientMemoryError, configure_default_cache, set_compilation_cache
 from ._sharding import initialize_distributed
 from .calibration import sbc

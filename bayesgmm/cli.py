@@ -72,6 +72,7 @@ from ._cli_io import (
     wrote,
 )
 from ._covariance_models import ALIASES
+from ._startup import INTERRUPTED
 
 __all__ = ["ENGINES", "MANIFEST", "UsageError", "build_parser", "console_main", "main"]
 
@@ -446,7 +447,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _interrupted() -> int:
-    print("bayesgmm: interrupted (Ctrl-C); no files were written.", file=sys.stderr)
+    print(INTERRUPTED, file=sys.stderr)
     return 130
 
 

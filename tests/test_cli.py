@@ -444,6 +444,33 @@ def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp
     assert _listing(out) == before
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, delay):
+    """SIGINT while `import bayesgmm` is still loading JAX (the first seconds): exit 130 and one
+    line, not an import traceback, and not a KeyboardInterrupt swallowed by a garbage-collector
+    callback after which the command ran to the end. The executable and `python -m`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    executable = Path(sys.executable).with_name("bayesgmm")  # the installed console script
+    launchers = [[sys.executable, "-m", "bayesgmm"]] + ([[str(executable)]] if executable.exists() else [])
+    for number, launcher in enumerate(launchers):
+        out = tmp_path / f"o{number}"
+        proc = subprocess.Popen(launcher + ["fit", "--dataset", "faithful", "-k", "2", "--no-plot", "--out", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "MPLBACKEND": "Agg"})
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (launcher, stderr[-3000:])
+        assert stderr.splitlines() == ["bayesgmm: interrupted (Ctrl-C); no files were written."], stderr[-3000:]
+        assert not out.exists()
+
+
 def test_a_csv_without_a_header_row_is_refused(tmp_path, capsys):
     path = tmp_path / "numbers.csv"
     path.write_text("1.5,2\n3,4.25\n5,6\n")
