@@ -136,17 +136,6 @@ def observed_counts(prep: Prepared, sample_weight=None):
     return (prep.observed if sample_weight is None else prep.observed * np.asarray(sample_weight)[:, None]).sum(0)
 
 
-def check_map_structure(with_prior: bool, covariance_type: str) -> None:
-    """MAP-EM takes the conjugate prior's structures only: a ValueError for the other mclust models."""
-    model = _covariance_models.resolve(covariance_type)[1]
-    if with_prior and model not in _covariance_models.NATIVE:
-        raise ValueError(
-            f"MAP-EM (a prior) covers the structures the conjugate prior is conjugate to, VII/VVI/EEE/VVV "
-            f"('spherical', 'diag', 'tied', 'full'), not the constrained model {model!r}: fit it by maximum "
-            "likelihood (prior=None)."
-        )
-
-
 def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max_components=None, sample_weight=None,
             missing: str = "error") -> Prepared:
     """Validate the data and prior and standardise both (see the module docstring).
@@ -161,7 +150,6 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
     n, d = arr.shape
     k = check_num_components(num_components, n)
     layout, model = _covariance_models.resolve(covariance_type)
-    check_map_structure(prior is not None, model)
     k_arrays = k if max_components is None else max_components
     check_prior(prior, d, k_arrays, map_estimate=True)
     dtype = compute_dtype()

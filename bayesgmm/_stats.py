@@ -413,14 +413,62 @@ def symmetrise(a):
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
+def _map_weights_and_means(nk, xbar, prior, active):
+    """The conjugate prior's MAP weights (Dirichlet) and means (Normal given the covariance), with
+    the means' shrinkage ``kappa0 N_k / (kappa0 + N_k)`` and deviations ``xbar_k - m0``."""
+    k = xbar.shape[0]
+    alpha, m0, kappa0 = prior.concentration, prior.mean, prior.mean_precision
+    alpha = jnp.broadcast_to(alpha, (k,))
+    if active is None:
+        k_active, alpha_total = k, jnp.sum(alpha)
+    else:
+        k_active, alpha_total = jnp.sum(active), jnp.sum(jnp.where(active, alpha, 0.0))
+    weights = (nk + alpha - 1.0) / (jnp.sum(nk) + alpha_total - k_active)
+    kappa_n = kappa0 + nk
+    means = (nk[:, None] * xbar + kappa0 * m0[None]) / kappa_n[:, None]
+    return weights, means, kappa0 * nk / kappa_n, xbar - m0[None]
+
+
+def _map_constrained_statistics(nk, nk_safe, xbar, s, layout: str, prior, active):
+    """MAP of a constrained model: weights, means, and the counts and scatter that turn the
+    constrained maximum-likelihood M-step into the MAP one.
+
+    A constrained model's prior is its storage layout's prior (:func:`bayesgmm.model.log_prior`)
+    restricted to the model's constraint set: every component's covariance has the conjugate
+    density (inverse-Wishart in the full layout, inverse-gamma per variance in the diagonal one,
+    inverse-gamma in the spherical one) and its mean the Normal given that covariance. Each adds
+    to ``-N_k/2 log|Sigma_k| - 1/2 tr(S_k Sigma_k^-1)`` a term of the same form, so the MAP
+    covariances are the constrained ML ones with ``N_k`` raised by the prior's degrees of freedom
+    (``nu0 + D + 2`` full, ``nu0 + 3`` per diagonal entry, ``(nu0 + 2 + D) / D`` spherical) and
+    ``S_k`` by ``Psi0 + kappa0 N_k/(kappa0 + N_k) (xbar_k - m0)(xbar_k - m0)^T`` (the classic
+    MAP covariance of VVV, VVI and VII is the case without constraint). Shared parts (a common
+    volume, shape or orientation) thus carry one prior term per component, where mclust's
+    priors (Fraley & Raftery 2007) count one per parameter.
+    """
+    d = xbar.shape[1]
+    nu0, psi = prior.degrees_of_freedom, prior.scale
+    weights, means, shrink, dev = _map_weights_and_means(nk, xbar, prior, active)
+    if layout == "full":
+        counts = nk_safe + nu0 + d + 2.0
+        scatter = s + psi[None] + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
+    elif layout == "diag":
+        counts = nk_safe + nu0 + 3.0
+        scatter = s + psi[None] + shrink[:, None] * dev**2
+    else:
+        counts = nk_safe + (nu0 + 2.0 + d) / d
+        scatter = s + psi + shrink * jnp.sum(dev**2, -1)
+    return weights, means, counts, scatter
+
+
 def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active=None, *, constrained: bool = False,
            model_index=0, previous=None):
     """Maximum-likelihood (``prior=None``) or MAP M-step, in closed form, from centred statistics.
 
     ``constrained``: fit the mclust model ``constrained_models(covariance_type)[model_index]``
     (:mod:`bayesgmm._covariance_models`; ``model_index`` may be traced, so one program serves
-    every model of the layout) by :func:`bayesgmm._constrained.covariances` (maximum likelihood
-    only), started from ``previous`` (the covariances being updated) where it iterates.
+    every model of the layout) by :func:`bayesgmm._constrained.covariances`, started from
+    ``previous`` (the covariances being updated) where it iterates; under a prior, from the MAP
+    statistics of :func:`_map_constrained_statistics`.
 
     ``prior`` is a :class:`bayesgmm.params.PriorArrays`. The MAP covariance of the conjugate
     prior is ``(Psi0 + S_k + kappa0 N_k/(kappa0 + N_k) (xbar_k - m0)(...)^T) / (nu0 + N_k + D + 2)``
@@ -433,9 +481,13 @@ def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active
     nk = nk_safe - 10 * jnp.finfo(nk_safe.dtype).eps
     n = jnp.sum(nk)
     if constrained:
-        weights = nk_safe / jnp.sum(nk_safe if active is None else nk_safe * active)
-        means = xbar
-        branches = [lambda m=m: _constrained.covariances(nk_safe, s, m, d, reg_covar, active, previous)
+        if prior is None:
+            weights = nk_safe / jnp.sum(nk_safe if active is None else nk_safe * active)
+            means, counts, scatter = xbar, nk_safe, s
+        else:
+            weights, means, counts, scatter = _map_constrained_statistics(nk, nk_safe, xbar, s, covariance_type,
+                                                                          prior, active)
+        branches = [lambda m=m: _constrained.covariances(counts, scatter, m, d, reg_covar, active, previous)
                     for m in constrained_models(covariance_type)]
         cov = jax.lax.switch(model_index, branches)
     elif prior is None:
@@ -451,17 +503,9 @@ def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active
         else:
             cov = s / (nk_safe * d)
     else:
-        alpha, m0, kappa0, nu0, psi = prior
-        alpha = jnp.broadcast_to(alpha, (k,))
-        if active is None:
-            k_active, alpha_total = k, jnp.sum(alpha)
-        else:
-            k_active, alpha_total = jnp.sum(active), jnp.sum(jnp.where(active, alpha, 0.0))
-        weights = (nk + alpha - 1.0) / (n + alpha_total - k_active)
-        kappa_n = kappa0 + nk
-        means = (nk[:, None] * xbar + kappa0 * m0[None]) / kappa_n[:, None]
-        dev = xbar - m0[None]
-        shrink = kappa0 * nk / kappa_n
+        nu0, psi = prior.degrees_of_freedom, prior.scale
+        k_active = k if active is None else jnp.sum(active)
+        weights, means, shrink, dev = _map_weights_and_means(nk, xbar, prior, active)
         if covariance_type in ("full", "tied"):
             b = s + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
             if covariance_type == "full":

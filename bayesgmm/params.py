@@ -84,8 +84,8 @@ def check_covariance_type(covariance_type: str) -> str:
         if covariance_type in MODELS:
             native = {m: layout for layout, m in ALIASES.items()}
             hint = (f"it is mclust's name for {native[covariance_type]!r}; pass that" if covariance_type in native else
-                    "mclust's constrained models are fitted by maximum-likelihood EM (bayesgmm.fit_em, bayesgmm.select, "
-                    "GaussianMixture(method='em'))")
+                    "mclust's constrained models are fitted by in-memory EM, maximum likelihood or MAP (bayesgmm.fit_em, "
+                    "bayesgmm.select, GaussianMixture(method='em'))")
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES} here, got {covariance_type!r}: {hint}.")
         raise ValueError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."

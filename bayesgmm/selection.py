@@ -254,7 +254,6 @@ def select(
     for ct in types:
         active = np.arange(k_max)[None] < np.asarray(ks)[:, None]
         shared_prior = prior if isinstance(prior, Prior) else None
-        _em_host.check_map_structure(prior is not None, ct)
         prep = _em_host.prepare(arr, k_max, ct, shared_prior, max_components=k_max, missing=missing)
         layout = prep.covariance_type
         starts, kept = _em_core.resolve_starts(n_init, _em_host.search_rows(prep), k_max, d, layout)
