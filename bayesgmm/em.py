@@ -90,7 +90,8 @@ def fit_em(
         log-likelihood + log prior density of :func:`bayesgmm.model.gmm_model`; the
         Dirichlet concentration must then be >= 1. For mclust's constrained models the prior
         is that of the storage layout restricted to the model's constraint set (one conjugate
-        term per component; see "The model and how each engine fits it" in the documentation). Omitted: maximum likelihood.
+        term per component; see "The model and how each engine fits it" in the documentation).
+        Omitted: maximum likelihood.
     n_init : "auto" or int
         ``"auto"``: the em-EM search, as many starts as the data size makes cheap
         (:func:`auto_starts`: 256 on data of a few hundred rows, 4 for N=1e5, D=16, K=16), of
