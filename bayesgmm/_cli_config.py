@@ -93,6 +93,16 @@ _K_HELP = "number of mixture components K"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's argument parser: the global ``--compile-cache`` option and one
+    sub-command per task (``demo``, ``fit``, ``compare``, ``select``, ``simulate``, ``study``,
+    ``sbc``, ``run``), each with its options and their defaults in its help.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        A new parser; ``parse_args`` gives the namespace :func:`bayesgmm.cli.main` runs, the
+        sub-command in its ``command`` attribute.
+    """
     ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
                                  epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error, "
                                         "130 interrupted (Ctrl-C; no files written).")

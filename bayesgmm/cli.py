@@ -452,7 +452,20 @@ def _interrupted() -> int:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit code (0, 1, 2, or 130 after Ctrl-C)."""
+    """Run the command line; returns the exit code (0, 1, 2, or 130 after Ctrl-C).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program's name, e.g. ``["fit", "data.csv", "-k", "3"]``;
+        default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 for invalid input or configuration (one ``bayesgmm: error:`` line on
+        stderr), 1 for an internal error (with its traceback), 130 when interrupted.
+    """
     try:
         return _main(argv)
     except KeyboardInterrupt:  # anywhere, even while parsing or importing

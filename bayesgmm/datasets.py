@@ -57,6 +57,12 @@ def load_galaxies(*, as_frame: bool = False):
     confidence sets exemplified by superclusters and voids in the galaxies", *JASA* 85, 617-624;
     used by Richardson & Green (1997). MASS notes that observation 78 (26690) should read 26960;
     the value is kept as published. Values span 9172 to 34279 km/s, a test of scale handling.
+
+    Parameters
+    ----------
+    as_frame : bool
+        Return a pandas DataFrame with the single column ``velocity_km_s`` instead of a float64
+        array of shape (82, 1).
     """
     values, header = _read_csv("galaxies_mass.csv")
     return _frame_or_array(values, header, as_frame)
@@ -65,8 +71,15 @@ def load_galaxies(*, as_frame: bool = False):
 class MixtureData(NamedTuple):
     """Data simulated from the generative story, with the truth that produced it.
 
-    x : (N, D) observations; labels : (N,) true components; params : GMMParams (true weights,
-    means, covariances stored for ``covariance_type``).
+    Attributes
+    ----------
+    x : np.ndarray (N, D)
+        The observations, float64.
+    labels : np.ndarray (N,)
+        The true component of each observation, in ``0 .. K-1``.
+    params : GMMParams
+        The true weights, means and covariances, the covariances stored in the layout of the
+        ``covariance_type`` they were drawn for.
     """
 
     x: np.ndarray
@@ -94,14 +107,23 @@ def make_mixture(
 
     Parameters
     ----------
-    num_obs, num_components, num_features : int
+    num_obs : int
+        N, the number of observations drawn.
+    num_components : int
+        K, the number of components.
+    num_features : int
+        D, the number of features.
     covariance_type : {"full", "diag", "spherical", "tied"}
+        Structure of the true covariances, and the layout ``params.covariances`` is stored in.
     separation : float
+
         Spread of the means relative to the within-component standard deviation (finite, >= 0;
         0 puts every mean at the origin).
     weights : array (K,), optional
         Mixing weights; default a Dirichlet(10) draw (roughly balanced).
     seed : int
+        Seeds both the parameters (weights, means, covariances) and the data drawn from them:
+        the same seed gives the same data.
     """
     import jax
 

@@ -155,6 +155,8 @@ def ess_bulk(draws) -> np.ndarray:
     Parameters
     ----------
     draws : array (chain, draw, ...)
+        Posterior draws of one quantity, chains first; every trailing position is a separate
+        scalar. At least two dimensions.
 
     Returns
     -------
@@ -171,11 +173,14 @@ def rhat(draws) -> np.ndarray:
     Parameters
     ----------
     draws : array (chain, draw, ...)
+        Posterior draws of one quantity, chains first; every trailing position is a separate
+        scalar. At least two dimensions.
 
     Returns
     -------
     np.ndarray
         One value per scalar; NaN for a constant scalar.
+
     """
     a = _chains_last(draws)
 

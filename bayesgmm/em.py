@@ -84,7 +84,11 @@ def fit_em(
         Data; a 1-D array is one feature. DataFrame column names become feature names.
     num_components : int
         K, the number of components.
-    covariance_type : {"full", "diag", "spherical", "tied"}
+    covariance_type : {"full", "diag", "spherical", "tied"} or str
+        Covariance structure, as scikit-learn names it, or one of mclust's 14 models
+        (:data:`bayesgmm.params.COVARIANCE_MODELS`, ``"EII"`` ... ``"VVV"``), whose
+        covariances are stored in the layout of the smallest of the four structures that holds
+        them (``FitResult.covariance_model`` keeps the model).
     prior : Prior, optional
         Conjugate prior (e.g. ``Prior.default(x, K)``). Given: MAP-EM, maximising
         log-likelihood + log prior density of :func:`bayesgmm.model.gmm_model`; the
@@ -237,8 +241,11 @@ def fit_em_path(x, num_components: int, iterations, **options) -> dict:
     Parameters
     ----------
     x : array-like or Data
+        The data, as :func:`fit_em` takes them.
     num_components : int
+        K, the number of components.
     iterations : sequence of int
+
         Distinct numbers of EM steps (M-steps), 0 for the start.
     **options
         Passed to :func:`fit_em` (``weights_init``, ``means_init``, ``precisions_init``,

@@ -63,7 +63,18 @@ class Engine:
         return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.function)
 
     def check_covariance_type(self, covariance_type: str) -> None:
-        """Raise a ValueError naming the engines that fit ``covariance_type`` when this one does not."""
+        """Raise a ValueError naming the engines that fit ``covariance_type`` when this one does not.
+
+        Parameters
+        ----------
+        covariance_type : str
+            A covariance structure (``"full"``, ...) or mclust model name (``"VEV"``, ...).
+
+        Raises
+        ------
+        ValueError
+            When ``covariance_type`` is not in :attr:`covariance_types`.
+        """
         if covariance_type not in self.covariance_types:
             others = [e.name for e in ENGINES.values() if covariance_type in e.covariance_types]
             raise ValueError(
@@ -94,7 +105,19 @@ ENGINES: Mapping[str, Engine] = types.MappingProxyType({
 
 
 def engine_names(*, draws: bool | None = None) -> tuple[str, ...]:
-    """Names of the registered engines, optionally only those that do (or do not) give draws."""
+    """Names of the registered engines, optionally only those that do (or do not) give draws.
+
+    Parameters
+    ----------
+    draws : bool, optional
+        True: only the engines whose results carry posterior draws; False: only those that
+        give a point estimate; None (default): every engine.
+
+    Returns
+    -------
+    tuple of str
+        The names, in the registry's order.
+    """
     return tuple(n for n, e in ENGINES.items() if draws is None or e.draws == draws)
 
 
@@ -104,7 +127,9 @@ def get_engine(name: str, *, draws: bool | None = None, purpose: str = "") -> En
     Parameters
     ----------
     name : str
+        A registered engine's name (a key of :data:`ENGINES`), e.g. ``"vb"``.
     draws : bool, optional
+
         Require an engine that gives posterior draws (True) or not (False).
     purpose : str
         Said in the error, e.g. ``"for SBC"``.

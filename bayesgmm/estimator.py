@@ -267,7 +267,12 @@ class GaussianMixture(_DensityMixin, _Base):
 
     It takes every parameter of :class:`sklearn.mixture.GaussianMixture`, with the same meaning
     except for the deliberate differences listed below, plus ``method``, ``prior`` and
-    ``engine_kwargs``.
+    ``engine_kwargs``. The engine's options among them (``tol``, ``reg_covar``, ``max_iter``,
+    ``n_init`` and ``init_params``, which EM and VB take; the ``*_init`` starting values, which
+    EM takes) are handed to it when its signature takes them, and their defaults are the
+    engines' own, which reach the optimum (see :func:`bayesgmm.fit_em`). Setting one away from
+    its default for an engine that does not take it (e.g. ``max_iter`` with ``method="mcmc"``)
+    warns that it is ignored.
 
     Parameters
     ----------
@@ -279,14 +284,19 @@ class GaussianMixture(_DensityMixin, _Base):
     covariance_type : {"full", "diag", "spherical", "tied"}, default="full"
         As scikit-learn; the Bayesian engines may support only some structures (they raise a
         ValueError saying which).
-    tol, reg_covar, max_iter, n_init, init_params
-        Handed to the engine when its signature takes them (EM and VB take all of them), with
-        the engines' defaults, which reach the optimum (see :func:`bayesgmm.fit_em`): ``tol=None``
-        (the engine's), ``n_init="auto"`` (the em-EM search), ``init_params="k-means++"``,
-        ``max_iter=1000``, ``reg_covar=1e-10`` (relative to each feature's robust variance).
-        ``max_iter=0`` (EM) returns the initialisation. Setting one away from its default for an
-        engine that does not take it (e.g. ``max_iter`` with ``method="mcmc"``) warns that it is
-        ignored.
+    tol : float, optional
+        Convergence threshold per observation on the Aitken-projected remaining gain of the
+        objective (see :func:`bayesgmm.fit_em`); None (default): the engine's own, 1e-5.
+    reg_covar : float, default=1e-10
+        Added to the diagonal of every covariance after each update, relative to each feature's
+        robust variance (not in the data's units).
+    max_iter : int, default=1000
+        Maximum iterations per run. ``max_iter=0`` (EM) returns the initialisation.
+    n_init : "auto" or int, default="auto"
+        ``"auto"``: the em-EM search (many short starts, the best continued); an int: that many
+        independent restarts, each run to convergence (scikit-learn's meaning).
+    init_params : {"k-means++", "kmeans", "random", "random_from_data"}, default="k-means++"
+        How the starts are drawn, with scikit-learn's meanings.
     weights_init : array (K,), optional
         Starting weights (EM; scikit-learn's checks and meaning).
     means_init : array (K, D), optional
@@ -534,6 +544,15 @@ class GaussianMixture(_DensityMixin, _Base):
 
         With ``warm_start=True`` and a fitted EM estimator, continue from the fitted parameters.
 
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Training data, at least two rows and ``n_components`` of them; a DataFrame's string
+            column names become ``feature_names_in_``. NaN entries only with
+            ``missing="marginalize"``.
+        y : None
+            Ignored; accepted for scikit-learn's API (pipelines pass it).
+
         Returns
         -------
         self
@@ -626,12 +645,36 @@ class GaussianMixture(_DensityMixin, _Base):
         return int(self.result_.num_parameters)
 
     def fit_predict(self, X, y=None):
-        """Fit, then return the most probable component of each training row."""
+        """Fit, then return the most probable component of each training row.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Training data, as :meth:`fit` takes them.
+        y : None
+            Ignored; accepted for scikit-learn's API.
+
+        Returns
+        -------
+        ndarray (n_samples,)
+            The component of highest posterior probability of each row of ``X``.
+        """
         return self.fit(X, y).predict(X)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, X):
-        """Most probable component of each row, shape (n_samples,)."""
+        """Most probable component of each row, shape (n_samples,).
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Data with the features the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray (n_samples,)
+            Component indices in ``0 .. n_components - 1``.
+        """
         X = self._transform_input(X)
         return self.result_.predict(X)
 
@@ -639,6 +682,16 @@ class GaussianMixture(_DensityMixin, _Base):
         """Posterior component probabilities, shape (n_samples, n_components).
 
         Bayesian methods average them over the (label-aligned) posterior draws.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Data with the features the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray (n_samples, n_components)
+            Each row sums to one.
         """
         X = self._transform_input(X)
         return self.result_.predict_proba(X)
@@ -648,21 +701,66 @@ class GaussianMixture(_DensityMixin, _Base):
 
         EM: the plug-in mixture density (as scikit-learn); Bayesian methods: the posterior
         predictive (see :meth:`bayesgmm.FitResult.score_samples`).
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Data with the features the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray (n_samples,)
+            Natural-log densities.
         """
         X = self._transform_input(X)
         return self.result_.score_samples(X)
 
     def score(self, X, y=None):
-        """Mean log (predictive) density per row; higher is better (GridSearchCV's default score)."""
+        """Mean log (predictive) density per row; higher is better (GridSearchCV's default score).
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Data with the features the estimator was fitted on.
+        y : None
+            Ignored; accepted for scikit-learn's API.
+
+        Returns
+        -------
+        float
+            The mean of :meth:`score_samples` over the rows of ``X``.
+        """
         return float(np.mean(self.score_samples(X)))
 
     def bic(self, X):
-        """Bayesian information criterion at the point estimate; lower is better."""
+        """Bayesian information criterion at the point estimate; lower is better.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            The data to score, usually the training data.
+
+        Returns
+        -------
+        float
+            ``-2 log L + p log N``, with ``p`` the fitted model's free parameters.
+        """
         X = self._transform_input(X)
         return self.result_.bic(X)
 
     def aic(self, X):
-        """Akaike information criterion at the point estimate; lower is better."""
+        """Akaike information criterion at the point estimate; lower is better.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            The data to score, usually the training data.
+
+        Returns
+        -------
+        float
+            ``-2 log L + 2 p``, with ``p`` the fitted model's free parameters.
+        """
         X = self._transform_input(X)
         return self.result_.aic(X)
 
@@ -675,9 +773,15 @@ class GaussianMixture(_DensityMixin, _Base):
         sampler is compiled once per bucket of ``n_samples`` (up to 1024, then powers of two), so calls with many
         different sizes stay fast.
 
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of observations to draw, at least one.
+
         Returns
         -------
         X : ndarray (n_samples, n_features)
+            The observations drawn, in the units of the training data.
         y : ndarray (n_samples,)
             Component of each draw.
         """

@@ -65,7 +65,22 @@ def _contingency(a, b):
 
 
 def adjusted_rand_index(labels_true, labels_pred) -> float:
-    """Adjusted Rand index (Hubert & Arabie 1985): 1 for identical partitions, ~0 for chance."""
+    """Adjusted Rand index (Hubert & Arabie 1985): 1 for identical partitions, ~0 for chance.
+
+    Parameters
+    ----------
+    labels_true : array-like (N,)
+        One partition of the N items, e.g. the true components; any hashable labels.
+    labels_pred : array-like (N,)
+        The other, e.g. the fitted assignments. The index does not depend on how either
+        partition's labels are named, and is symmetric in the two.
+
+    Returns
+    -------
+    float
+        At most 1; negative when the agreement is below chance. 1 when both partitions are
+        trivial (one cluster each, or all singletons).
+    """
     table = _contingency(labels_true, labels_pred)
     n = table.sum()
     comb = lambda v: v * (v - 1) / 2  # noqa: E731
@@ -79,7 +94,22 @@ def adjusted_rand_index(labels_true, labels_pred) -> float:
 
 
 def normalized_mutual_info(labels_true, labels_pred) -> float:
-    """Normalised mutual information (arithmetic-mean normalisation, scikit-learn's default)."""
+    """Normalised mutual information (arithmetic-mean normalisation, scikit-learn's default).
+
+    Parameters
+    ----------
+    labels_true : array-like (N,)
+        One partition of the N items, e.g. the true components; any hashable labels.
+    labels_pred : array-like (N,)
+        The other, e.g. the fitted assignments; the score does not depend on how either
+        partition's labels are named, and is symmetric in the two.
+
+    Returns
+    -------
+    float
+        In [0, 1]: the mutual information divided by the mean of the two entropies; 1 when both
+        partitions are a single cluster.
+    """
     table = _contingency(labels_true, labels_pred)
     p = table / table.sum()
     pa, pb = p.sum(1), p.sum(0)
@@ -113,6 +143,29 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     (use "map-em"), never silently dropped. ``kwargs`` go to the engine, whose own defaults
     (the em-EM search for EM and VB) apply otherwise; an option the engine does not take is a
     ValueError listing the options it does take.
+
+    Parameters
+    ----------
+    x : array-like (N, D) or Data
+        The data.
+    num_components : int
+        K, the number of components.
+    method : str
+        A registered engine's name (:func:`bayesgmm.engines.engine_names`).
+    covariance_type : str
+        Covariance structure, handed to the engine (which may cover only some structures).
+    prior : Prior, "default" or None
+        The prior of ``"map-em"`` and of the Bayesian engines; ``"default"``:
+        ``Prior.default(x, K)``; None: the engine's own default. Must be None for ``"em"``.
+    seed : int or jax key
+        The engine's seed.
+    **kwargs
+        Further options of the engine (e.g. ``num_samples=500`` for ``"mcmc"``).
+
+    Returns
+    -------
+    FitResult
+        The engine's result.
     """
     spec = get_engine(method)
     engine = spec.load()
@@ -253,7 +306,10 @@ def compare(
     num_components : int
         K, the same for every engine.
     methods : sequence of {"em", "map-em", "vb", "svi", "mcmc", "gibbs", "kmeans"}
+        The engines to run (names of :data:`METHODS`), in the order of the table's rows; one name
+        alone is also accepted. ``"kmeans"`` is :func:`bayesgmm.kmeans` (10 starts by default).
     covariance_type : str
+
         Used by every engine (VB covers "full" and "diag").
     prior : Prior, optional
         The prior of the Bayesian engines and of "map-em"; default ``Prior.default(x, K)``,

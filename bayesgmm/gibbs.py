@@ -69,7 +69,21 @@ __all__ = ["fit_gibbs", "gibbs_sweep", "sample_assignments", "sample_parameters"
 # The full conditionals (pure JAX, standardised scale)
 # ----------------------------------------------------------------------------------------------
 def sample_assignments(key, log_joint):
-    """Draw ``z_n`` from its full conditional, given ``log pi_k + log N(x_n | mu_k, Sigma_k)`` (N, K)."""
+    """Draw ``z_n`` from its full conditional, given ``log pi_k + log N(x_n | mu_k, Sigma_k)`` (N, K).
+
+    Parameters
+    ----------
+    key : jax key
+        Random key.
+    log_joint : array (N, K)
+        Each row's unnormalised log probabilities of the components, ``log pi_k + log N(x_n |
+        mu_k, Sigma_k)``; the normalisation over ``k`` is done here.
+
+    Returns
+    -------
+    int array (N,)
+        One component per row, drawn independently.
+    """
     return jax.random.categorical(key, log_joint, axis=-1)
 
 
@@ -118,6 +132,7 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
     Parameters
     ----------
     key : jax key
+        Random key (split here for the weights, the covariances and the means).
     xs : array (N, D)
         Data (standardised in :func:`fit_gibbs`).
     z : int array (N,)
@@ -229,12 +244,36 @@ def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: 
                 row_weight=None, observed=None):
     """One sweep: labels given the parameters, then the parameters given the labels.
 
-    Returns ``(new_state, (params, log_posterior, num_nonempty))`` where ``log_posterior`` is
-    ``log p(x, theta)`` of the new parameters (z summed out) and ``num_nonempty`` the number of
-    components the sampled labels occupy. ``row_weight`` (N,): 0 marks padding rows.
-    ``observed`` (N, D) bool: missing values (False; placeholders in ``xs``). The labels are then
-    drawn given the observed entries, the missing entries given the labels (data augmentation),
-    and the parameters given both: a blocked Gibbs sweep of ``(z, x_m)`` and ``theta``.
+    With missing values (``observed``) the labels are drawn given the observed entries, the
+    missing entries given the labels (data augmentation), and the parameters given both: a
+    blocked Gibbs sweep of ``(z, x_m)`` and ``theta``.
+
+    Parameters
+    ----------
+    key : jax key
+        Random key of this sweep.
+    state : SweepState
+        The chain's state after the previous sweep: the parameters and their component log
+        joint ``log pi_k + log N(x_n | k)`` (N, K), from which the labels are drawn.
+    xs : array (N, D)
+        Data (standardised in :func:`fit_gibbs`); placeholders where ``observed`` is False.
+    prior : PriorArrays
+        The conjugate prior on the scale of ``xs``.
+    num_components : int
+        K (static).
+    covariance_type : str
+        Structure (static).
+    row_weight : array (N,), optional
+        1 for the data's rows, 0 for padding rows (which then count for nothing).
+    observed : bool array (N, D), optional
+        False marks a missing entry; None: every entry is observed.
+
+    Returns
+    -------
+    tuple
+        ``(new_state, (params, log_posterior, num_nonempty))``: the state for the next sweep;
+        the new parameters; ``log p(x, theta)`` of the new parameters (z summed out); and the
+        number of components the sampled labels occupy.
     """
     key_z, key_theta = jax.random.split(key)
     if observed is not None:
@@ -320,8 +359,10 @@ def fit_gibbs(
     num_components : int
         K.
     covariance_type : {"full", "diag", "spherical", "tied"}
+        Covariance structure; every one has a conjugate full conditional (module docstring).
     prior : Prior, optional
         The conjugate prior; ``Prior.default(x, K)`` (mclust's weak prior) when None.
+
     num_warmup, num_samples : int
         Sweeps discarded as burn-in and sweeps kept, per chain. A sweep is cheap (one pass over
         the rows) but its draws are more autocorrelated than NUTS's; check ``min_ess_bulk``.

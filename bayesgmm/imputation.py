@@ -47,8 +47,13 @@ def impute(result, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
     Parameters
     ----------
     result : FitResult
-    x : array-like (N, D), NaN where missing
+        A fitted mixture, from any engine; a result with posterior draws (Bayesian engines)
+        averages over, or draws from, its draws of the parameters.
+    x : array-like (N, D)
+        Rows with the features the result was fitted on (a DataFrame's columns are matched by
+        name), NaN where a value is missing.
     num_draws : int, optional
+
         None: the conditional means, shape (N, D). An int ``m``: ``m`` imputations drawn from
         the (posterior) predictive of the missing entries given the observed ones, shape
         (m, N, D). For a point estimate (EM) the draws ignore the parameters' uncertainty.

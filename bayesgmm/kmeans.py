@@ -28,11 +28,17 @@ class KMeansResult(NamedTuple):
 
     Attributes
     ----------
-    centers : (K, D) cluster centres
-    labels : (N,) index of the nearest centre
-    inertia : float, sum of squared distances to the nearest centre
-    n_iter : int, Lloyd iterations of the best run
+    centers : np.ndarray (K, D)
+        The cluster centres, in the data's units.
+    labels : np.ndarray (N,)
+        Index of the nearest centre of each training row.
+    inertia : float
+        Sum of squared Euclidean distances of the training rows to their nearest centre.
+    n_iter : int
+        Lloyd iterations of the best run (the run kept).
     converged : bool
+        Whether the best run's centres stopped moving (squared shift below the tolerance)
+        within ``max_iter`` iterations.
     """
 
     centers: np.ndarray
@@ -42,7 +48,19 @@ class KMeansResult(NamedTuple):
     converged: bool
 
     def predict(self, x) -> np.ndarray:
-        """Index of the nearest centre for each row of ``x``, shape (N,)."""
+        """Index of the nearest centre for each row of ``x``, shape (N,).
+
+        Parameters
+        ----------
+        x : array-like (N, D)
+            Rows to assign, with the features (and units) of the data the centres were fitted
+            on.
+
+        Returns
+        -------
+        np.ndarray (N,)
+            Index into ``centers`` of each row's nearest centre (Euclidean distance).
+        """
         arr, _ = check_data(x, num_features=self.centers.shape[1], allow_constant=True)
         shift, scale = _centre_and_scale(np.asarray(self.centers, np.float64))
         xs = ((arr.astype(np.float64) - shift) / scale).astype(compute_dtype())
@@ -82,7 +100,10 @@ def kmeans_plusplus(u, x, num_components: int, *, sample_weight=None, active=Non
         that the compiled programs hold no random-number generator (whose compilation costs more
         than the seeding itself); :func:`init_noise` draws them on the host from the fit's key.
     x : array (N, D)
+        The rows to choose the centres from (the callers pass standardised data); distances
+        are Euclidean in these units.
     num_components : int
+
         K (static).
     sample_weight : array (N,), optional
         Non-negative row weights (bootstrap counts; 0 for padding rows, which are never chosen).

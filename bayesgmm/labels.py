@@ -80,8 +80,14 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
     pivot : GMMParams
         The reference labelling (one parameter set, no leading dimensions).
     covariance_type : {"full", "diag", "spherical", "tied"}
+        The layout of the draws' and the pivot's covariances.
     cost : {"kl", "mahalanobis"}
         See the module docstring.
+
+    Returns
+    -------
+    np.ndarray (..., K, K)
+        ``[..., j, k]``: the cost of giving draw component ``j`` the pivot label ``k``.
     """
     check_covariance_type(covariance_type)
     if cost not in _COSTS:
@@ -105,7 +111,20 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
 def permute_draws(draws, permutations, covariance_type: str) -> dict:
     """Relabel draws: component ``k`` of the result is component ``permutations[..., k]`` of ``draws``.
 
-    ``permutations`` has the draws' leading shape plus (K,). Tied covariances are not permuted.
+    Parameters
+    ----------
+    draws : mapping
+        ``{"weights": (..., K), "means": (..., K, D), "covariances": (..., <structure>)}``; other
+        keys are passed through unchanged.
+    permutations : int array (..., K)
+        One permutation of ``0 .. K-1`` per draw: the draws' leading shape plus (K,).
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The layout of the covariances. Tied covariances are shared, so they are not permuted.
+
+    Returns
+    -------
+    dict
+        The relabelled draws, same keys and shapes.
     """
     check_covariance_type(covariance_type)
     w, m, c = _check_draws(draws, covariance_type)
@@ -137,6 +156,7 @@ def align_draws(draws, pivot: GMMParams, covariance_type: str, *, cost: str = "k
     pivot : GMMParams
         Reference labelling, e.g. the MAP solution, on the same scale as the draws.
     covariance_type : {"full", "diag", "spherical", "tied"}
+        The layout of the draws' and the pivot's covariances.
     cost : {"kl", "mahalanobis"}
         Assignment cost (module docstring): the KL divergence from each draw component to each
         pivot component up to permutation-invariant terms (default), or the squared Mahalanobis
@@ -187,6 +207,23 @@ def sort_components(draws, covariance_type: str, *, by: str = "means", feature: 
     identifiability constraint is a poor alignment when components overlap in that coordinate,
     but every statistic of the sorted draws is invariant to relabelling, which is what
     simulation-based calibration needs.
+
+    Parameters
+    ----------
+    draws : mapping
+        ``{"weights": (..., K), "means": (..., K, D), "covariances": (..., <structure>)}``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The layout of the covariances.
+    by : {"means", "weights"}
+        Sort by the mean of ``feature`` or by the weight, ascending (ties keep their order).
+    feature : int
+        The feature whose means are sorted when ``by="means"`` (negative indices count from
+        the end).
+
+    Returns
+    -------
+    dict
+        The relabelled draws, as :func:`permute_draws` returns them.
     """
     w, m, _ = _check_draws(draws, covariance_type)
     if by == "means":
@@ -205,6 +242,20 @@ def mixture_moments(draws, covariance_type: str):
 
     ``E x = sum_k pi_k mu_k`` and ``Cov x = sum_k pi_k (Sigma_k + mu_k mu_k^T) - E x E x^T``:
     both are invariant to relabelling.
+
+    Parameters
+    ----------
+    draws : mapping
+        ``{"weights": (..., K), "means": (..., K, D), "covariances": (..., <structure>)}``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The layout of the covariances.
+
+    Returns
+    -------
+    mean : np.ndarray (..., D)
+        The mixture's mean for each draw.
+    cov : np.ndarray (..., D, D)
+        The mixture's covariance for each draw.
     """
     w, m, c = _check_draws(draws, covariance_type)
     k, d = m.shape[-2:]
@@ -217,9 +268,21 @@ def mixture_moments(draws, covariance_type: str):
 def invariant_summaries(draws, covariance_type: str, *, feature: int = 0) -> dict:
     """Label-invariant scalar and vector summaries of each draw (for SBC and diagnostics).
 
-    Returns a dict of arrays with the draws' leading dimensions:
-    ``sorted_weights`` (..., K) ascending; ``sorted_means`` (..., K) means of ``feature`` ascending;
-    ``mixture_mean`` (..., D); ``mixture_cov`` (..., D, D); ``max_weight`` (...).
+    Parameters
+    ----------
+    draws : mapping
+        ``{"weights": (..., K), "means": (..., K, D), "covariances": (..., <structure>)}``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The layout of the covariances.
+    feature : int
+        The feature whose component means are summarised in ``sorted_means``.
+
+    Returns
+    -------
+    dict
+        Arrays with the draws' leading dimensions: ``sorted_weights`` (..., K) ascending;
+        ``sorted_means`` (..., K) means of ``feature`` ascending; ``mixture_mean`` (..., D);
+        ``mixture_cov`` (..., D, D); ``max_weight`` (...).
     """
     w, m, _ = _check_draws(draws, covariance_type)
     mean, cov = mixture_moments(draws, covariance_type)

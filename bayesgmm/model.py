@@ -41,6 +41,13 @@ class StickBreaking(dist.Distribution):
     components. The density is :func:`bayesgmm._sticks.log_density` (with respect to the same
     measure as NumPyro's ``Dirichlet``), and its support is the simplex, so NUTS and the SVI
     autoguides sample it through NumPyro's stick-breaking bijection like a Dirichlet.
+
+    Parameters
+    ----------
+    sticks : array (K - 1, 2)
+        Positive Beta parameters ``(a_k, b_k)`` of the K - 1 free sticks.
+    validate_args : bool, optional
+        NumPyro's argument and sample validation; None: NumPyro's global setting.
     """
 
     arg_constraints = {"sticks": dist.constraints.positive}
@@ -52,6 +59,21 @@ class StickBreaking(dist.Distribution):
         super().__init__(batch_shape=(), event_shape=(sticks.shape[0] + 1,), validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
+        """Draw weights by breaking sticks: ``v_k ~ Beta(a_k, b_k)``, ``pi_k = v_k prod_{j<k} (1 - v_j)``.
+
+        Parameters
+        ----------
+        key : jax key
+            Random key.
+        sample_shape : tuple of int
+            Leading shape of independent draws.
+
+        Returns
+        -------
+        array ``sample_shape + (K,)``
+            Weights on the simplex (the Beta draws are made on the log scale, so sparse sticks
+            do not underflow).
+        """
         shape = sample_shape + (self.sticks.shape[0],)
         key_a, key_b = jax.random.split(key)
         log_a = jax.random.loggamma(key_a, jnp.broadcast_to(self.sticks[:, 0], shape))
@@ -60,17 +82,47 @@ class StickBreaking(dist.Distribution):
 
     @dist.util.validate_sample
     def log_prob(self, value):
+        """Log density of weights, with respect to the same measure as NumPyro's ``Dirichlet``.
+
+        Parameters
+        ----------
+        value : array (..., K)
+            Weights on the simplex.
+
+        Returns
+        -------
+        array (...)
+            The log density of each weight vector (:func:`bayesgmm._sticks.log_density`).
+        """
         return _sticks.log_density(value, self.sticks)
 
     @property
     def mean(self):
+        """Expected weights (K,): ``E pi_k = E v_k prod_{j<k} E(1 - v_j)``, the sticks being independent."""
         return _sticks.mean_weights(self.sticks)
 
 
 def observed_mixture_log_density(x, params: GMMParams, covariance_type: str):
     """Per-row ``log sum_k pi_k N(x_n,o | mu_k,o, Sigma_k,oo)`` over each row's observed columns
     (NaN entries of ``x`` are missing), shape (N,): one program for every missingness pattern
-    (:func:`bayesgmm._missing.observed_log_density`)."""
+    (:func:`bayesgmm._missing.observed_log_density`).
+
+    Parameters
+    ----------
+    x : array (N, D)
+        Rows, NaN where a value is missing.
+    params : GMMParams
+        Weights (K,), means (K, D) and covariances in the layout of ``covariance_type``, in the
+        units of ``x``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The covariances' layout.
+
+    Returns
+    -------
+    array (N,)
+        Each row's log density over its observed columns (the plain mixture density for a row
+        with nothing missing).
+    """
     observed = ~jnp.isnan(x)
     filled = jnp.where(observed, x, 0.0)
     log_density = _missing.observed_log_density(filled, observed, params, covariance_type)
@@ -83,6 +135,17 @@ class MarginalMixture(dist.Distribution):
     NaN entries of the value are missing at random, so the log density of a row is
     ``log sum_k pi_k N(x_o | mu_k,o, Sigma_k,oo)`` (the missing columns integrated out); a row
     with nothing missing gets the plain mixture density. Sampling draws complete rows.
+
+    Parameters
+    ----------
+    params : GMMParams
+        Weights (K,), means (K, D) and covariances in the layout of ``covariance_type``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The covariances' layout.
+    num_obs : int
+        N, the batch shape: the distribution is over N rows of D values.
+    validate_args : bool, optional
+        NumPyro's argument and sample validation; None: NumPyro's global setting.
     """
 
     arg_constraints = {}
@@ -93,11 +156,37 @@ class MarginalMixture(dist.Distribution):
         super().__init__(batch_shape=(num_obs,), event_shape=params.means.shape[-1:], validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
+        """Draw complete rows from the mixture (nothing missing).
+
+        Parameters
+        ----------
+        key : jax key
+            Random key.
+        sample_shape : tuple of int
+            Leading shape of independent draws of the N rows.
+
+        Returns
+        -------
+        array ``sample_shape + (N, D)``
+            The rows drawn.
+        """
         mixture = dist.MixtureSameFamily(dist.Categorical(probs=self.params.weights),
                                          component_distribution(self.params, self.covariance_type))
         return mixture.sample(key, sample_shape + self.batch_shape)
 
     def log_prob(self, value):
+        """Each row's log density over its observed columns (:func:`observed_mixture_log_density`).
+
+        Parameters
+        ----------
+        value : array (N, D)
+            Rows, NaN where a value is missing.
+
+        Returns
+        -------
+        array (N,)
+            ``log sum_k pi_k N(x_n,o | mu_k,o, Sigma_k,oo)`` for each row.
+        """
         return observed_mixture_log_density(value, self.params, self.covariance_type)
 
 
@@ -112,9 +201,24 @@ def weights_distribution(concentration, num_components: int):
 def prior_distributions(prior: PriorArrays, num_components: int, covariance_type: str):
     """The prior's pieces as NumPyro distributions.
 
-    Returns ``(weights_dist, covariances_dist, means_dist_given)`` where the last is a function of
-    the covariances. ``covariances_dist`` has batch shape (K,) except for ``tied`` (no batch).
     Used by :func:`gmm_model` and :func:`log_prior`, so both are the same code.
+
+    Parameters
+    ----------
+    prior : PriorArrays
+        The prior's arrays for this K and structure (``Prior.arrays(K, covariance_type)``); a
+        (K - 1, 2) concentration gives stick-breaking weights.
+    num_components : int
+        K.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        Structure: Inverse-Wishart covariances (full, tied) or inverse-gamma variances (diag,
+        spherical).
+
+    Returns
+    -------
+    tuple
+        ``(weights_dist, covariances_dist, means_dist_given)`` where the last is a function of
+        the covariances. ``covariances_dist`` has batch shape (K,) except for ``tied`` (no batch).
     """
     alpha, m0, kappa0, nu0, psi = (jnp.asarray(a) for a in prior)
     k = num_components
@@ -177,6 +281,8 @@ def gmm_model(
     prior : PriorArrays
         ``Prior.arrays(K, covariance_type)``.
     covariance_type : {"full", "diag", "spherical", "tied"}
+        Covariance structure (the ``covariances`` site's shape: full (K, D, D), tied (D, D),
+        diag (K, D), spherical (K,)).
     num_obs : int, optional
         Number of observations to simulate when ``x`` is None.
     marginalize : bool
@@ -229,10 +335,26 @@ def model_kwargs(num_components, prior: PriorArrays, covariance_type: str, **ext
 def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, active=None):
     """log p(pi) + sum_k log p(mu_k, Sigma_k): the prior terms of :func:`gmm_model`.
 
-    ``active`` (K,) boolean, optional: evaluate the prior of the sub-model made of the active
-    components only (what a K' < K fit inside a K-sized program needs; see
-    :func:`bayesgmm._stats.mask_components`). The Dirichlet term is then that of the active
-    weights, written out since a traced mask cannot select a NumPyro distribution's size.
+    Parameters
+    ----------
+    params : GMMParams
+        Weights (K,), means (K, D) and covariances in the layout of ``covariance_type``.
+    prior : PriorArrays
+        The prior's arrays for this K and structure, in the units of ``params``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The covariances' layout.
+    active : bool array (K,), optional
+        Evaluate the prior of the sub-model made of the active components only (what a K' < K
+        fit inside a K-sized program needs; see :func:`bayesgmm._stats.mask_components`). The
+        Dirichlet term is then that of the active weights, written out since a traced mask
+        cannot select a NumPyro distribution's size. Dirichlet weights only (not sticks).
+
+    Returns
+    -------
+    scalar array
+        The log prior density (without a weights term when one component is active, or K = 1:
+        its weight is then fixed at 1).
+
     """
     check_covariance_type(covariance_type)
     k = params.means.shape[0]
@@ -266,6 +388,21 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
 
     NumPyro's log density of the observed site ``x`` at ``params``
     (``numpyro.infer.util.log_likelihood``); the prior plays no part in it.
+
+    Parameters
+    ----------
+    x : array (N, D)
+        Observations, NaN where a value is missing.
+    params : GMMParams
+        Weights (K,), means (K, D) and covariances in the layout of ``covariance_type``, in the
+        units of ``x``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The covariances' layout.
+
+    Returns
+    -------
+    array (N,)
+        ``log sum_k pi_k N(x_n | mu_k, Sigma_k)`` for each row.
     """
     from numpyro.infer.util import log_likelihood as site_log_likelihood
 
@@ -279,8 +416,28 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
 
 @functools.partial(jax.jit, static_argnames=("covariance_type", "missing"))
 def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str, missing: bool = False):
-    """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out); ``missing``: NaN
-    entries of ``x`` are missing values (the observed-data density)."""
+    """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out), compiled.
+
+    Parameters
+    ----------
+    x : array (N, D)
+        Observations.
+    params : GMMParams
+        Weights (K,), means (K, D) and covariances in the layout of ``covariance_type``, in the
+        units of ``x``.
+    prior : PriorArrays
+        The prior's arrays for this K and structure, in the units of ``x``.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The covariances' layout (static).
+    missing : bool
+        NaN entries of ``x`` are missing values: the likelihood is the observed-data density
+        (static).
+
+    Returns
+    -------
+    scalar array
+        Log prior density plus log-likelihood.
+    """
     k = params.means.shape[0]
     values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
     lp, _ = log_density(gmm_model, (x,), model_kwargs(k, prior, covariance_type, missing=missing), values)
@@ -290,7 +447,23 @@ def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str, mi
 def simulate(key, params: GMMParams, num_obs: int, covariance_type: str = "full"):
     """Run the generative story forward at fixed parameters.
 
-    Returns ``(x, z)``: observations (N, D) and component labels (N,).
+    Parameters
+    ----------
+    key : jax key
+        Random key.
+    params : GMMParams
+        Weights (K,), means (K, D) and covariances in the layout of ``covariance_type``.
+    num_obs : int
+        N, the number of observations.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        The covariances' layout.
+
+    Returns
+    -------
+    x : array (N, D)
+        The observations.
+    z : int array (N,)
+        The component of each observation.
     """
     params = GMMParams(*(jnp.asarray(p) for p in params))
     k, d = params.means.shape
@@ -311,7 +484,25 @@ def _placeholder_prior(k: int, d: int, covariance_type: str) -> PriorArrays:
 
 
 def sample_prior(key, prior: PriorArrays, num_components: int, covariance_type: str = "full") -> GMMParams:
-    """Draw one set of mixture parameters from the prior (the model's own sites)."""
+    """Draw one set of mixture parameters from the prior (the model's own sites).
+
+    Parameters
+    ----------
+    key : jax key
+        Random key.
+    prior : PriorArrays
+        The prior's arrays for this K and structure (``Prior.arrays(K, covariance_type)``).
+    num_components : int
+        K.
+    covariance_type : {"full", "diag", "spherical", "tied"}
+        Covariance structure of the draw.
+
+    Returns
+    -------
+    GMMParams
+        Weights (K,) (all 1 when K = 1), means (K, D) and covariances in the layout of
+        ``covariance_type``.
+    """
     with handlers.seed(rng_seed=key), handlers.block(hide=["x"]):
         tr = handlers.trace(gmm_model).get_trace(
             None, **model_kwargs(num_components, prior, covariance_type, num_obs=1)

@@ -181,6 +181,8 @@ class Data(NamedTuple):
     values : np.ndarray, shape (N, D)
         float64, or float32 when given float32 (see :func:`compute_dtype` for the policy).
     feature_names : tuple of str
+        One name per column: a DataFrame's column names (or a Series' name), else ``x0``,
+        ``x1``, ...
     allow_constant : bool
         Whether constant columns were let through (then a fit checks again).
     missing : bool
@@ -195,11 +197,31 @@ class Data(NamedTuple):
 
     @property
     def shape(self) -> tuple:
+        """``(N, D)``, the shape of :attr:`values`."""
         return self.values.shape
 
 
 def prepare_data(x, *, name: str = "x", allow_constant: bool = False, missing: str = "error") -> Data:
-    """Validate ``x`` once (:func:`check_data`) into a :class:`Data` record; a record is returned as is."""
+    """Validate ``x`` once (:func:`check_data`) into a :class:`Data` record; a record is returned as is.
+
+    Parameters
+    ----------
+    x : array-like (N, D) or (N,), DataFrame, Series or Data
+        The data. A :class:`Data` record that already passed checks at least as strict
+        (``allow_constant``, ``missing``) is returned unchanged.
+    name : str
+        The argument's name in error messages.
+    allow_constant : bool
+        Let constant columns and a single row through (a fit checks again).
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing values, let through; ``"error"``: NaN is
+        refused with an error that names that option.
+
+    Returns
+    -------
+    Data
+        The validated values, their feature names and what was let through.
+    """
     if isinstance(x, Data) and (allow_constant or not x.allow_constant) and (missing == "marginalize" or not x.missing):
         return x
     arr, names = check_data(x, name=name, allow_constant=allow_constant, missing=missing)
@@ -235,10 +257,30 @@ def check_data(
     different set of names is an error. Integer input is converted to float64; float32 input
     stays float32 (computations then run in float32).
 
+    Parameters
+    ----------
+    x : array-like (N, D) or (N,), DataFrame, Series or Data
+        The data; numeric (booleans and integers become float64), finite or NaN.
+    name : str
+        The argument's name in error messages.
+    num_features : int, optional
+        The number of columns required (D of a fitted model); None: any.
+    allow_constant : bool
+        Let constant columns, a single row and (with missing values) columns of fewer than two
+        observed values through, as scoring new data may; a fit needs variance in every column.
+    feature_names : sequence of str, optional
+        The names a model was fitted on: a DataFrame's columns are matched to them by name (and
+        reordered); default names (``x0``, ``x1``, ...) match any columns.
+    missing : {"error", "marginalize"}
+        ``"marginalize"``: NaN entries are missing values, let through; ``"error"``: NaN is
+        refused.
+
     Returns
     -------
     array : np.ndarray, shape (N, D)
+        float64, or float32 for float32 input.
     feature_names : tuple of str
+        The column names: a DataFrame's or Series' own, else ``x0``, ``x1``, ...
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
@@ -518,6 +560,7 @@ class Prior:
 
     @property
     def num_features(self) -> int:
+        """D, the number of features the prior is for (the length of :attr:`mean`)."""
         return self.mean.shape[0]
 
     @classmethod
@@ -564,7 +607,27 @@ class Prior:
     def from_moments(cls, mean, cov, num_components: int, *, weight_concentration: float = 1.0,
                      weight_prior: str = "dirichlet") -> "Prior":
         """:meth:`default` from the data's mean (D,) and sample covariance (D, D) (``ddof=1``), as
-        an out-of-core fit computes them in one pass over the data."""
+        an out-of-core fit computes them in one pass over the data.
+
+        Parameters
+        ----------
+        mean : array (D,)
+            The data's mean: the prior mean of the components' means.
+        cov : array (D, D)
+            The data's sample covariance; ``scale`` is ``cov / K^(2/D)``. Must be positive
+            definite (no column a linear combination of the others).
+        num_components : int
+            K.
+        weight_concentration : float
+            Dirichlet concentration of every weight (or the stick-breaking concentration).
+        weight_prior : {"dirichlet", "dirichlet_process"}
+            Finite Dirichlet weights, or truncated stick-breaking.
+
+        Returns
+        -------
+        Prior
+            With ``mean_precision`` 0.01 and ``degrees_of_freedom`` D + 2, as :meth:`default`.
+        """
         mean = np.atleast_1d(np.asarray(mean, np.float64))
         cov = np.atleast_2d(np.asarray(cov, np.float64))
         k = int(num_components)
@@ -589,7 +652,18 @@ class Prior:
 
     def concentration(self, num_components: int) -> np.ndarray:
         """The Dirichlet concentration as a vector of length ``num_components`` (a Dirichlet
-        prior only; see :meth:`stick_parameters` for the Dirichlet process)."""
+        prior only; see :meth:`stick_parameters` for the Dirichlet process).
+
+        Parameters
+        ----------
+        num_components : int
+            K; a vector ``weight_concentration`` must have K entries, a scalar is repeated.
+
+        Returns
+        -------
+        np.ndarray (K,)
+            The concentration :math:`\\alpha` of each weight.
+        """
         if self.weight_prior != "dirichlet":
             raise ValueError("concentration() is the Dirichlet's; this prior has stick-breaking weights "
                              "(use stick_parameters(K)).")
@@ -604,7 +678,18 @@ class Prior:
 
     def stick_parameters(self, num_components: int) -> np.ndarray:
         """The Beta parameters ``(a_k, b_k) = (1, gamma)`` of the K - 1 sticks, shape (K - 1, 2)
-        (a Dirichlet-process prior only)."""
+        (a Dirichlet-process prior only).
+
+        Parameters
+        ----------
+        num_components : int
+            K, the truncation level (the last stick is 1, so it has no parameters).
+
+        Returns
+        -------
+        np.ndarray (K - 1, 2)
+            One row ``(1, gamma)`` per free stick.
+        """
         if self.weight_prior != "dirichlet_process":
             raise ValueError("stick_parameters() is the Dirichlet process's; this prior has Dirichlet weights.")
         sticks = np.empty((int(num_components) - 1, 2))
@@ -614,13 +699,39 @@ class Prior:
 
     def weight_parameters(self, num_components: int) -> np.ndarray:
         """What jitted code receives as ``PriorArrays.concentration``: the Dirichlet's (K,) vector,
-        or the (K - 1, 2) stick parameters (its shape tells the two apart)."""
+        or the (K - 1, 2) stick parameters (its shape tells the two apart).
+
+        Parameters
+        ----------
+        num_components : int
+            K.
+
+        Returns
+        -------
+        np.ndarray (K,) or (K - 1, 2)
+            :meth:`concentration` or :meth:`stick_parameters`, by ``weight_prior``.
+        """
         if self.weight_prior == "dirichlet_process":
             return self.stick_parameters(num_components)
         return self.concentration(num_components)
 
     def standardised(self, shift, scale) -> "Prior":
-        """The same prior expressed for data ``(x - shift) / scale`` (an affine change of units)."""
+        """The same prior expressed for data ``(x - shift) / scale`` (an affine change of units).
+
+        Parameters
+        ----------
+        shift : array (D,)
+            Subtracted from each feature.
+        scale : float or array (D,)
+            Each feature is then divided by it (positive).
+
+        Returns
+        -------
+        Prior
+            ``mean`` becomes ``(mean - shift) / scale`` and the scale matrix
+            ``scale_matrix / outer(scale, scale)``; the other hyperparameters are unit-free and
+            stay.
+        """
         shift = np.asarray(shift, dtype=np.float64)
         scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), shift.shape)
         return dataclasses.replace(
@@ -630,7 +741,24 @@ class Prior:
         )
 
     def arrays(self, num_components: int, covariance_type: str, dtype=np.float64) -> "PriorArrays":
-        """The prior as a pytree of arrays for the given structure (what jitted code receives)."""
+        """The prior as a pytree of arrays for the given structure (what jitted code receives).
+
+        Parameters
+        ----------
+        num_components : int
+            K.
+        covariance_type : {"full", "diag", "spherical", "tied"}
+            The structure; it sets the shape of the scale: the (D, D) matrix for full and tied,
+            its diagonal (D,) for diag, its mean diagonal (a scalar) for spherical.
+        dtype : numpy dtype
+            Dtype of every array (the compute precision).
+
+        Returns
+        -------
+        PriorArrays
+            The concentration as :meth:`weight_parameters` gives it, and the other
+            hyperparameters as arrays.
+        """
         check_covariance_type(covariance_type)
         if covariance_type in ("full", "tied"):
             psi = self.scale
@@ -647,6 +775,13 @@ class Prior:
         )
 
     def to_dict(self) -> dict:
+        """The hyperparameters as plain Python numbers and lists (JSON-ready).
+
+        Returns
+        -------
+        dict
+            ``Prior(**d)`` rebuilds an equal prior.
+        """
         return {
             "weight_concentration": np.asarray(self.weight_concentration).tolist(),
             "mean": self.mean.tolist(),
@@ -658,11 +793,23 @@ class Prior:
 
 
 class PriorArrays(NamedTuple):
-    """A :class:`Prior` resolved for one structure and K, as arrays.
+    """A :class:`Prior` resolved for one structure and K, as arrays (:meth:`Prior.arrays`).
 
-    ``concentration`` is the Dirichlet's (K,) vector, or for Dirichlet-process weights the (K - 1, 2)
-    Beta parameters of the sticks (:mod:`bayesgmm._sticks`; the shape, static under ``jit``, selects
-    the weight prior). ``scale`` is (D, D) for full/tied, (D,) for diag and a scalar for spherical.
+    Attributes
+    ----------
+    concentration : array (K,) or (K - 1, 2)
+        The Dirichlet's (K,) vector, or for Dirichlet-process weights the (K - 1, 2) Beta
+        parameters of the sticks (:mod:`bayesgmm._sticks`; the shape, static under ``jit``,
+        selects the weight prior).
+    mean : array (D,)
+        Prior mean :math:`m_0` of the component means.
+    mean_precision : scalar array
+        Shrinkage :math:`\\kappa_0`.
+    degrees_of_freedom : scalar array
+        :math:`\\nu_0`.
+    scale : array
+        The scale :math:`\\Psi_0` for the structure: (D, D) for full/tied, its diagonal (D,) for
+        diag and its mean diagonal (a scalar) for spherical.
     """
 
     concentration: Any
@@ -769,7 +916,20 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
 def mark_missing(xs: np.ndarray):
     """``(filled, observed)``: standardised data with their NaN entries (missing values) set to 0,
     the column's median and the placeholder every engine's missing-value code expects, and the
-    (N, D) mask of observed entries; ``observed`` is None when nothing is missing."""
+    (N, D) mask of observed entries; ``observed`` is None when nothing is missing.
+
+    Parameters
+    ----------
+    xs : np.ndarray (N, D)
+        Standardised data (each column's median at 0), NaN where a value is missing.
+
+    Returns
+    -------
+    filled : np.ndarray (N, D)
+        ``xs`` with 0 in place of NaN, same dtype (``xs`` itself when nothing is missing).
+    observed : bool np.ndarray (N, D) or None
+        True where a value was observed; None when nothing is missing.
+    """
     missing = np.isnan(xs)
     if not missing.any():
         return xs, None

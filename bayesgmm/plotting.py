@@ -67,7 +67,19 @@ _OBJECTIVE_LABELS = {
 # Helpers
 # ----------------------------------------------------------------------------------------------
 def component_colors(num_components: int) -> np.ndarray:
-    """RGB colours (K, 3) of components 0..K-1, the same in every figure of this module."""
+    """RGB colours (K, 3) of components 0..K-1, the same in every figure of this module.
+
+    Parameters
+    ----------
+    num_components : int
+        K. Up to 8 components the module's own palette; beyond that, matplotlib's ``tab20``
+        colours (repeating after 20).
+
+    Returns
+    -------
+    np.ndarray (K, 3)
+        RGB values in [0, 1].
+    """
     if num_components <= len(_PALETTE):
         return np.array([to_rgb(c) for c in _PALETTE[:num_components]])
     cmap = plt.get_cmap("tab20")
@@ -111,6 +123,23 @@ def covariance_ellipse(mean, cov, n_std: float = 1.0, **kwargs) -> Ellipse:
 
     The axes follow the eigen-decomposition ``cov = V diag(lambda) V^T``: semi-axes
     ``n_std * sqrt(lambda_i)`` along the eigenvectors.
+
+    Parameters
+    ----------
+    mean : array (2,)
+        Centre of the ellipse.
+    cov : array (2, 2)
+        Covariance matrix (symmetric; negative eigenvalues from round-off are clipped to 0).
+    n_std : float
+        The contour drawn, in standard deviations (Mahalanobis distance).
+    **kwargs
+        Passed to ``matplotlib.patches.Ellipse`` (``edgecolor``, ``lw``, ...); ``fill`` defaults
+        to False.
+
+    Returns
+    -------
+    matplotlib.patches.Ellipse
+        Not yet added to any axes (``ax.add_patch``).
     """
     cov = np.asarray(cov, dtype=np.float64)
     if cov.shape != (2, 2):
@@ -126,9 +155,22 @@ def covariance_ellipse(mean, cov, n_std: float = 1.0, **kwargs) -> Ellipse:
 def legend_handles(num_components: int, kind: str = "clusters", n_std=(1.0, 2.0)) -> list:
     """Legend entries shared by the panels of one figure (for a figure-level legend).
 
-    ``kind="density"``: data, each component and the mixture density (as drawn by
-    :func:`plot_density_1d`); ``kind="clusters"``: each component and the ``n_std`` contour
-    styles (as drawn by :func:`plot_clusters_2d`).
+    Parameters
+    ----------
+    num_components : int
+        K: one entry per component, in :func:`component_colors`.
+    kind : {"clusters", "density"}
+        ``"density"``: data, each component and the mixture density (as drawn by
+        :func:`plot_density_1d`); ``"clusters"``: each component, the mean marker and the
+        ``n_std`` contour styles (as drawn by :func:`plot_clusters_2d`).
+    n_std : sequence of float
+        The contour levels, in standard deviations, whose line styles are listed
+        (``"clusters"`` only).
+
+    Returns
+    -------
+    list of matplotlib artists
+        Handles for ``fig.legend(handles=...)``.
     """
     colors = component_colors(num_components)
     if kind == "density":
@@ -173,9 +215,11 @@ def plot_density_1d(
     Parameters
     ----------
     result : FitResult
+        The fit whose density is drawn.
     x : array (N,) or (N, D)
         Data to histogram (normally the training data).
     ax : matplotlib Axes, optional
+        Axes to draw in; default a new figure.
     feature : int or str
         Column to plot: its index, or its name (the fit's ``feature_names``).
     bins : int, sequence or str
@@ -183,6 +227,7 @@ def plot_density_1d(
     components : bool
         Also draw each weighted component ``pi_k N(x | mu_k, sigma_k^2)``.
     legend : bool
+        Add a legend (data, components with their weights, mixture density).
     xlim : (float, float), optional
         Range of the density grid and the x axis; default: the data range padded by 15%.
     num_grid : int
@@ -274,16 +319,22 @@ def plot_clusters_2d(
     Parameters
     ----------
     result : FitResult
+        The fit: its responsibilities colour the points, its components give the ellipses.
     x : array (N, D)
+        Data to plot (normally the training data), with the fit's features.
     ax : matplotlib Axes, optional
+        Axes to draw in; default a new figure.
     features : (int, int)
         Columns on the x and y axes.
     n_std : sequence of float
         Contour levels in standard deviations (solid, dashed, ...).
     legend : bool
+        Add a legend (components with their weights, contour levels).
     limits : ((x0, x1), (y0, y1)), optional
         Axis limits; default: the data range padded by 8% (ellipses may extend beyond it).
     point_size : float, optional
+        Marker area of the points (matplotlib's ``s``); default scaled to the number of rows,
+        from 30 for small data down to 4.
 
     Returns
     -------
@@ -340,14 +391,15 @@ def plot_em_iterations(
 
     Parameters
     ----------
-    x : array (N,) or (N, D), or DataFrame (column names become axis labels)
+    x : array (N,) or (N, D), or DataFrame
+        The data the fits were made on (a DataFrame's column names become axis labels).
     fits : dict int -> FitResult
         The fit after each number of iterations, e.g. :func:`bayesgmm.em.fit_em_path`'s.
     features : (int, int)
         Columns shown for D >= 2.
     axes : sequence of Axes, optional
         One per iteration; default a new row of panels.
-    bins
+    bins : int, sequence or str
         Histogram bins for 1-D data.
     labels : sequence of str, optional
         Panel titles (default ``"start"`` / ``"iteration t"``).
@@ -422,7 +474,9 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
     Parameters
     ----------
     result : FitResult
+        The fit whose ``trace`` is drawn.
     ax : matplotlib Axes, optional
+        Axes to draw in; default a new figure.
     gap : bool
         Plot ``final - objective`` on a log axis instead, which shows the convergence rate
         (linear convergence is a straight line); non-positive gaps are left out.
@@ -469,7 +523,9 @@ def plot_num_components(posterior, ax=None, *, title: str | None = None):
     posterior : pandas.Series
         ``FitResult.num_components_posterior(...)``: probabilities indexed by k = 1..K.
     ax : matplotlib Axes, optional
+        Axes to draw in; default a new figure.
     title : str, optional
+        Axes title; default names the mode and its probability.
 
     Returns
     -------
@@ -525,6 +581,23 @@ def plot_posterior_ellipses(
     and draws) each contribute a faint ``n_std`` contour per component, over the data in grey;
     the point estimate's contour and mean are drawn bold. For 1-D results the analogue is
     drawn instead: the mixture density of each draw over the histogram.
+
+    Parameters
+    ----------
+    result : FitResult
+        A fit with posterior draws (VB, SVI, MCMC, Gibbs).
+    x : array (N, D)
+        Data drawn in grey underneath (normally the training data).
+    num_draws : int
+        Number of draws shown (evenly thinned; all of them when there are fewer).
+    ax : matplotlib Axes, optional
+        Axes to draw in; default a new figure.
+    features : (int, int)
+        Columns on the x and y axes (D >= 2).
+    n_std : float
+        The contour drawn, in standard deviations.
+    legend : bool
+        Add a legend (components' draws, point estimate); D >= 2.
 
     Returns
     -------
@@ -584,13 +657,16 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
     results : dict str -> FitResult
         Panel title -> fit; all fitted on the same features.
     x : array (N, D)
+        Data drawn in every panel (normally the training data).
     features : (int, int)
+        Columns on the x and y axes (D >= 2).
     num_draws : int
         Posterior draws shown per Bayesian panel (0 to show none).
     align : bool
         Reorder each fit's components to match the first fit's (:func:`bayesgmm.labels.match_result`),
         so a component has the same colour in every panel.
     axes : sequence of Axes, optional
+        One per result; default a new row of panels sharing their axes.
 
     Returns
     -------
@@ -782,6 +858,7 @@ def plot_sbc_ranks(
         One result (panels wrap over ``ncols`` columns), or several (one row each, named by the
         dict keys, e.g. engines side by side).
     kind : {"hist", "ecdf"}
+        Rank histograms or ECDF differences (see above).
     quantities : sequence of str, optional
         Columns of ``result.ranks`` to show (default: all, or those shared by every result).
     prob : float in (0, 1)
@@ -912,9 +989,14 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
         ``log_likelihood``, ``num_parameters``, ``bic``, ``aic``, ``icl``). Rows whose criterion
         is NaN (failed fits) are left out.
     criterion : {"bic", "aic", "icl"}
+        The column plotted (and minimised for the best model).
     ax : matplotlib Axes, optional
+        Axes to draw in; default a new figure.
     mark_best : bool
+        Ring and name the best model.
     legend : bool
+        Add a legend of the covariance structures (beside the axes when there are more than
+        six of them).
 
     Returns
     -------

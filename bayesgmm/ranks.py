@@ -115,7 +115,18 @@ class SBCResult:
 
     # ------------------------------------------------------------------ persistence (JSON)
     def to_json(self, path=None) -> str:
-        """JSON text of the whole result; also written to ``path`` when given (no pickle)."""
+        """JSON text of the whole result; also written to ``path`` when given (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like, optional
+            File to write the text to (overwritten); None: only return it.
+
+        Returns
+        -------
+        str
+            The JSON document (format ``"bayesgmm.SBCResult/1"``), which :meth:`from_json` reads.
+        """
         doc = {
             "format": "bayesgmm.SBCResult/1",
             "ranks": _frame_to_dict(self.ranks),
@@ -133,7 +144,24 @@ class SBCResult:
 
     @classmethod
     def from_json(cls, source) -> "SBCResult":
-        """Rebuild a result from :meth:`to_json` text or a path to it."""
+        """Rebuild a result from :meth:`to_json` text or a path to it.
+
+        Parameters
+        ----------
+        source : str or path-like
+            The JSON text itself (recognised by its leading ``{``), or the path of a file
+            holding it.
+
+        Returns
+        -------
+        SBCResult
+            The result :meth:`to_json` wrote: the same tables, prior draws and settings.
+
+        Raises
+        ------
+        ValueError
+            When the text is not an SBCResult document.
+        """
         text = source
         if not str(source).lstrip().startswith("{"):
             with open(source) as f:
@@ -174,11 +202,18 @@ def _frame_from_dict(d: dict):
 class ECDFBand(NamedTuple):
     """A confidence band of the rank ECDF under uniformity (see :func:`ecdf_band`).
 
-    z : (J,) evaluation points ``i / (L + 1)``
-    lower, upper : (J,) band limits as ECDF values (counts divided by R)
-    gamma : pointwise level: each limit is a ``gamma / 2`` / ``1 - gamma / 2`` binomial quantile
-    coverage : simulated probability that the whole ECDF of uniform ranks lies inside the band
-    simultaneous : whether ``gamma`` was adjusted for simultaneous coverage
+    Attributes
+    ----------
+    z : np.ndarray (J,)
+        Evaluation points ``i / (L + 1)``.
+    lower, upper : np.ndarray (J,)
+        Band limits as ECDF values (counts divided by R).
+    gamma : float
+        Pointwise level: each limit is a ``gamma / 2`` / ``1 - gamma / 2`` binomial quantile.
+    coverage : float
+        Simulated probability that the whole ECDF of uniform ranks lies inside the band.
+    simultaneous : bool
+        Whether ``gamma`` was adjusted for simultaneous coverage.
     """
 
     z: np.ndarray
@@ -320,7 +355,10 @@ def ecdf_band(
     num_replications, num_ranks : int
         R and L.
     prob : float in (0, 1)
+        Probability that the band is meant to hold: the whole ECDF (simultaneous) or each point
+        (pointwise).
     simultaneous : bool
+        Adjust ``gamma`` for simultaneous coverage (True) or use ``1 - prob`` at each point.
     num_simulations : int
         Simulated ECDFs of uniform ranks.
     seed : int or sequence of int

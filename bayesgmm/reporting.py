@@ -269,6 +269,8 @@ def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str |
     Parameters
     ----------
     table : pandas.DataFrame
+        Any of the package's tables, as :func:`to_markdown` takes them; the index is not
+        written.
     digits : int
         As :func:`to_markdown`.
     caption, label : str, optional

@@ -29,7 +29,17 @@ __all__ = ["FitDiagnostics", "FitResult", "StudentTMixture"]
 class StudentTMixture(NamedTuple):
     """A mixture of multivariate Student-t densities (the VB posterior predictive, PRML 10.81).
 
-    weights (K,), loc (K, D), scale (K, D, D) shape matrices, df (K,) degrees of freedom.
+    Attributes
+    ----------
+    weights : array (K,)
+        Mixing weights, summing to one.
+    loc : array (K, D)
+        Location of each component.
+    scale : array (K, D, D)
+        Shape (scale) matrix of each component: the density falls with the Mahalanobis
+        distance ``(x - loc)^T scale^-1 (x - loc)``.
+    df : array (K,)
+        Degrees of freedom of each component.
     """
 
     weights: Any
@@ -202,19 +212,26 @@ class FitResult:
     method : str
         ``"em"``, ``"map-em"``, ``"hard-em"``, ``"vb"``, ``"svi"``, ``"mcmc"`` or ``"gibbs"``.
     covariance_type : str
+        The layout the covariances are stored in: ``"full"`` (K, D, D), ``"tied"`` (D, D),
+        ``"diag"`` (K, D) or ``"spherical"`` (K,) (see ``covariance_model`` for the model).
     weights, means, covariances : np.ndarray
         Point estimate on the original scale: MLE/MAP (EM), posterior mean after label alignment
         (VB, SVI, MCMC). Shapes as scikit-learn stores them.
     log_likelihood : float
         Total log-likelihood of the training data at the point estimate (z summed out).
     converged : bool
+        Whether the fit met its convergence criterion: the tolerance (EM, VB), a small drift of
+        the ELBO over the last steps (SVI), or R-hat and bulk ESS (the samplers).
     n_iter : int
+        Iterations (EM, VB; passes for streamed EM), optimisation steps (SVI) or draws per chain
+        (the samplers).
     trace : np.ndarray
         The objective per iteration (see ``objective``), on the original data scale.
     objective : str
         What ``trace`` holds: ``"log_likelihood"``, ``"log_posterior"``,
         ``"classification_log_likelihood"`` or ``"elbo"``.
     feature_names : tuple of str
+        One name per feature: a DataFrame's column names, else ``x0``, ``x1``, ...
     num_obs : int
         Number of training observations.
     degenerate_components : tuple of int
@@ -300,14 +317,18 @@ class FitResult:
 
     @property
     def num_components(self) -> int:
+        """K, the number of components (empty ones included)."""
         return self.means.shape[0]
 
     @property
     def num_features(self) -> int:
+        """D, the number of features."""
         return self.means.shape[1]
 
     @property
     def params(self) -> GMMParams:
+        """The point estimate as :class:`~bayesgmm.GMMParams` (weights, means, covariances in the
+        ``covariance_type`` layout)."""
         return GMMParams(self.weights, self.means, self.covariances)
 
     @property
@@ -318,6 +339,8 @@ class FitResult:
 
     @property
     def num_parameters(self) -> int:
+        """Free parameters of the fitted model (``covariance_model``): K - 1 weights, K D means
+        and the covariance model's own count; the ``p`` of :meth:`bic` and :meth:`aic`."""
         return _numerics.num_free_parameters(self.num_components, self.num_features, self.covariance_model)
 
     @property
@@ -714,6 +737,8 @@ class FitResult:
         reference : FitResult
             The same number of components and features and the same covariance type.
         cost : {"kl", "mahalanobis"}
+            The assignment cost: the KL divergence between the Gaussians (default), or the
+            squared Mahalanobis distance of the means.
 
         Returns
         -------

@@ -72,7 +72,26 @@ class SelectionResult:
     info: Mapping[str, Any]
 
     def best(self, criterion: str = "bic", *, allow_degenerate: bool = False) -> FitResult:
-        """The fit with the lowest ``criterion`` (skipping degenerate fits unless allowed)."""
+        """The fit with the lowest ``criterion`` (skipping degenerate fits unless allowed).
+
+        Parameters
+        ----------
+        criterion : {"bic", "aic", "icl"}
+            The criterion minimised (lower is better).
+        allow_degenerate : bool
+            Also consider fits flagged ``degenerate`` in :attr:`table`, whose criteria are
+            unreliable.
+
+        Returns
+        -------
+        FitResult
+            The fit of the best (covariance_type, num_components) cell.
+
+        Raises
+        ------
+        ValueError
+            An unknown criterion, or every fit degenerate while ``allow_degenerate`` is False.
+        """
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
         table = self.table if allow_degenerate else self.table[~self.table["degenerate"]]
@@ -87,6 +106,7 @@ class SelectionResult:
         Parameters
         ----------
         criterion : {"bic", "aic", "icl"}
+            The criterion tabulated.
         mclust_sign : bool
             False: lower is better (this module's sign). True: ``-criterion``, higher is better,
             the numbers ``mclustBIC`` / ``mclustICL`` print.
@@ -108,7 +128,19 @@ class SelectionResult:
         return wide
 
     def plot(self, criterion: str = "bic", ax=None):
-        """The mclust-style criterion-versus-K plot (:func:`bayesgmm.plotting.plot_selection`)."""
+        """The mclust-style criterion-versus-K plot (:func:`bayesgmm.plotting.plot_selection`).
+
+        Parameters
+        ----------
+        criterion : {"bic", "aic", "icl"}
+            The criterion plotted; the best model by it is ringed.
+        ax : matplotlib Axes, optional
+            Axes to draw in; default a new figure.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
         from .plotting import plot_selection
 
         return plot_selection(self.table, criterion=criterion, ax=ax)
@@ -344,6 +376,7 @@ def select_bayesian(
     k_range : iterable of int
         Numbers of components to compare.
     method : {"vb", "svi", "mcmc", "gibbs"}
+        The Bayesian engine fitted at every K (the overfitted mixture is always fitted by VB).
     covariance_type : str
         ``"full"`` or ``"diag"`` for VB; any structure for SVI/MCMC.
     prior : Prior, optional

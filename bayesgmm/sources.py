@@ -38,6 +38,18 @@ class Source:
     random_access: bool = True
 
     def num_chunks(self, batch_size: int) -> int:
+        """Chunks of ``batch_size`` rows that hold all the rows (the last may be partial).
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per chunk.
+
+        Returns
+        -------
+        int
+            ``ceil(num_rows / batch_size)``.
+        """
         return -(-self.num_rows // batch_size)
 
 
@@ -66,7 +78,19 @@ def _storage_dtype(dtype, name: str) -> np.dtype:
 
 
 class ArraySource(Source):
-    """An in-memory array (or an ``np.memmap``: the OS then counts the pages read towards RSS)."""
+    """An in-memory array (or an ``np.memmap``: the OS then counts the pages read towards RSS).
+
+    Parameters
+    ----------
+    arr : np.ndarray (N, D) or (N,)
+        The data, numeric, kept as given (a 1-D array is one feature).
+    columns : list of int or None
+        Column indices to read (negative ones count from the end); None: every column.
+    name : str
+        How error messages name the source.
+    feature_names : sequence of str, optional
+        One name per selected column; default ``x<j>`` with ``j`` the column's index in ``arr``.
+    """
 
     def __init__(self, arr: np.ndarray, columns, name: str = "source", feature_names=None):
         self.name = name
@@ -88,6 +112,22 @@ class ArraySource(Source):
         self.feature_names = tuple(feature_names)
 
     def chunks(self, batch_size, order):
+        """The chunks of ``batch_size`` rows, in ``order``: slices of the array (copies when
+        ``columns`` selects some).
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per chunk (the last chunk may be shorter).
+        order : iterable of int
+            Chunk indices, in ``0 .. num_chunks(batch_size) - 1``, in the order to read them.
+
+        Yields
+        ------
+        tuple
+            ``(index, start_row, rows)``, ``rows`` of shape (m, num_features) in the storage
+            dtype.
+        """
         for i in order:
             start = int(i) * batch_size
             rows = self.arr[start : start + batch_size]
@@ -95,7 +135,15 @@ class ArraySource(Source):
 
 
 class NpySource(Source):
-    """A ``.npy`` file: header parsed with ``np.lib.format``, rows read with seek + ``readinto``."""
+    """A ``.npy`` file: header parsed with ``np.lib.format``, rows read with seek + ``readinto``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npy`` file holding a 2-D numeric array in C order (as ``np.save`` writes it).
+    columns : list of int or None
+        Column indices to read (negative ones count from the end); None: every column.
+    """
 
     def __init__(self, path: str, columns):
         self.path = path
@@ -133,6 +181,21 @@ class NpySource(Source):
         self.feature_names = tuple(f"x{j}" for j in idx)
 
     def chunks(self, batch_size, order):
+        """The chunks of ``batch_size`` rows, in ``order``, each read from the file into one buffer.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per chunk (the last chunk may be shorter).
+        order : iterable of int
+            Chunk indices, in ``0 .. num_chunks(batch_size) - 1``, in the order to read them.
+
+        Yields
+        ------
+        tuple
+            ``(index, start_row, rows)``, ``rows`` of shape (m, num_features) in the storage
+            dtype: a view of the buffer, overwritten by the next chunk.
+        """
         raw = np.empty((batch_size, self.shape[1]), self.dtype)
         flat = raw.reshape(-1).view(np.uint8)
         with open(self.path, "rb", buffering=0) as f:
@@ -159,7 +222,16 @@ def _import_parquet():
 
 
 class ParquetSource(Source):
-    """A Parquet file read with ``pyarrow.parquet.ParquetFile.iter_batches`` (file order only)."""
+    """A Parquet file read with ``pyarrow.parquet.ParquetFile.iter_batches`` (file order only).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A Parquet file (needs ``pyarrow``).
+    columns : str, list of str or None
+        Names of the numeric columns to read; None: every column (all must then be numeric).
+        float32 when every column read is float32, float64 otherwise.
+    """
 
     random_access = False
 
@@ -194,6 +266,21 @@ class ParquetSource(Source):
         self.feature_names = tuple(cols)
 
     def chunks(self, batch_size, order):
+        """The chunks of ``batch_size`` rows in file order, gathered from the file's row batches.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per chunk (the last chunk may be shorter).
+        order : iterable of int
+            Ignored: a Parquet file is read in file order (``random_access`` is False).
+
+        Yields
+        ------
+        tuple
+            ``(index, start_row, rows)``, ``rows`` of shape (m, num_features) in the storage
+            dtype, held in a buffer that the next chunk overwrites.
+        """
         del order  # Parquet is read in file order
         buf = np.empty((batch_size, self.num_features), self.dtype)
         fill = start = index = 0
@@ -231,7 +318,29 @@ def _npy_path_of_memmap(arr) -> str | None:
 
 
 def open_source(source, columns=None) -> Source:
-    """The :class:`Source` for the public ``source`` argument of :func:`fit_em_stream`."""
+    """The :class:`Source` for the public ``source`` argument of :func:`fit_em_stream`.
+
+    Parameters
+    ----------
+    source : array-like, np.memmap, DataFrame, or path to a ``.npy`` or ``.parquet`` file
+        The data. A memmap of a whole ``.npy`` file is read from the file (so pages read do not
+        count towards RSS); other arrays and DataFrames are validated in memory.
+    columns : list, optional
+        Columns to read: names for Parquet files and DataFrames, integer indices for arrays
+        and ``.npy`` files. Default all.
+
+    Returns
+    -------
+    Source
+        An :class:`NpySource`, :class:`ParquetSource` or :class:`ArraySource`.
+
+    Raises
+    ------
+    ValueError
+        An unsupported file extension, a missing or unreadable file, or unknown columns.
+    ImportError
+        A Parquet file without pyarrow installed.
+    """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         suffix = os.path.splitext(path)[1].lower()

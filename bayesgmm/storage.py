@@ -35,6 +35,22 @@ def from_inference_data(idata):
     original names, the objective trace, the prior, the closed-form predictive and ``info`` (as
     JSON types: arrays come back as lists), so ``predict``, ``predict_proba`` and
     ``score_samples`` give the same numbers as the original result.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        Written by :meth:`bayesgmm.FitResult.to_inference_data` (or read back from a file
+        :func:`save_result` wrote): it carries the ``point_estimate`` group and bayesgmm's
+        metadata attribute.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ValueError
+        An InferenceData not written by bayesgmm, or written by a newer format version.
     """
     attrs = getattr(idata, "attrs", None) or {}
     if META_KEY not in attrs or "point_estimate" not in getattr(idata, "groups", lambda: [])():

@@ -663,7 +663,10 @@ def fit_em_stream(
         Rows per chunk (static: the chunk program is compiled once per ``batch_size``, D, K and
         structure). Memory grows with it, not with N.
     covariance_type : {"full", "diag", "spherical", "tied"}
+        Covariance structure, as scikit-learn names it (mclust's other models are fitted by
+        :func:`bayesgmm.fit_em` only).
     prior : Prior or "default", optional
+
         Conjugate prior: MAP-EM on the full data (as :func:`bayesgmm.fit_em`). ``"default"``:
         ``Prior.default`` of the full data (its mean and covariance, accumulated in float64 in
         the first pass). Omitted: maximum likelihood.
