@@ -136,11 +136,18 @@ def component_log_density(x, means, covariances, covariance_type: str):
         chol = xp.linalg.cholesky(expand_covariances(covariances, covariance_type, k, d))  # (..., K, D, D)
         if xp is np:
             # SciPy's solve_triangular loops over a batch in Python (minutes for thousands of
-            # draws); NumPy inverts a batch of triangles in compiled code, then one matmul
-            y = np.linalg.inv(chol) @ np.swapaxes(diff, -1, -2)  # (..., K, D, N)
+            # draws); NumPy inverts a batch of triangles in compiled code, then one matmul in the
+            # rows' own (N, D) layout (3.5x faster than through a (D, N) transpose at D = 16)
+            y = diff @ np.swapaxes(np.linalg.inv(chol), -1, -2)  # (..., K, N, D)
+            quad = np.einsum("...nd,...nd->...n", y, y)
         else:
-            y = sp.linalg.solve_triangular(chol, xp.swapaxes(diff, -1, -2), lower=True)
-        quad = xp.sum(y**2, axis=-2)
+            # L^-1 (D x D, per component), then one matrix product over the rows in (N, D) layout:
+            # XLA:CPU's triangular solve with N right-hand sides, and any (D, N) layout, run 20-40
+            # times slower (the precise E-step of float32 EM spent 0.7 s per iteration there at
+            # N=1e5, D=K=16); the rows stay centred on each mean, so nothing cancels
+            eye = xp.broadcast_to(xp.eye(d, dtype=chol.dtype), chol.shape)
+            inverse = sp.linalg.solve_triangular(chol, eye, lower=True)  # (..., K, D, D)
+            quad = xp.sum((diff @ xp.swapaxes(inverse, -1, -2)) ** 2, axis=-1)  # (..., K, N)
         logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
     logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
     return xp.swapaxes(logp, -1, -2)

@@ -217,8 +217,8 @@ def centred_moments(resp_weighted, x, covariance_type: str, centres):
         r, c = args
         diff = x - c[None]
         first = r @ diff
-        if covariance_type in ("full", "tied"):
-            second = (diff * r[:, None]).T @ diff
+        if covariance_type in ("full", "tied"):  # contracting the rows directly: no (D, N) transpose
+            second = jax.lax.dot_general(diff * r[:, None], diff, (((0,), (0,)), ((), ())))
         elif covariance_type == "diag":
             second = r @ (diff * diff)
         else:
