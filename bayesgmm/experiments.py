@@ -296,8 +296,14 @@ def compare(
     seed=0,
     progress_bar: bool = False,
     return_fits: bool = False,
+    executor=None,
 ):
     """Fit the same data with several engines; one tidy row per engine.
+
+    ``executor``: any :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor`` made with
+    the "spawn" context, or a Dask cluster's ``client.get_executor()``) fits the engines in
+    parallel, one task per engine. Every engine is seeded by ``seed`` alone, so the table equals
+    the serial run's, in the same row order (up to the timing columns).
 
     Parameters
     ----------
@@ -331,7 +337,10 @@ def compare(
     progress_bar : bool
         Show a tqdm bar over the methods.
     return_fits : bool
-        Also return ``{method: FitResult}``.
+        Also return ``{method: FitResult}`` (fitted in the workers and sent back when an
+        ``executor`` runs them).
+    executor : concurrent.futures.Executor, optional
+        Runs the engines in parallel (see above); serial when omitted.
 
     Returns
     -------
@@ -341,6 +350,8 @@ def compare(
     """
     import pandas as pd
 
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
     data = prepare_data(x)  # validated once; every engine takes the record and skips the checks
     arr = data.values
     k = check_num_components(num_components, arr.shape[0])
@@ -374,13 +385,44 @@ def compare(
     if not 0 < interval < 1:
         raise ValueError(f"interval must be in (0, 1), got {interval!r}.")
     prior = prior if prior is not None else Prior.default(arr, k)
-    rows, fits = [], {}
-    iterator = methods
+    settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,
+                    truth=truth, interval=interval, bootstrap_replicates=bootstrap_replicates, seed=seed,
+                    engine_kwargs=engine_kwargs, return_fit=return_fits, x64=bool(jax.config.jax_enable_x64))
+    bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(methods, desc="compare", unit="engine")
-    for method in iterator:
+        bar = tqdm(total=len(methods), desc="compare", unit="engine")
+    try:
+        if executor is None:
+            outcomes = []
+            for method in methods:
+                outcomes.append(_compare_task(method, data, settings))
+                if bar is not None:
+                    bar.update(1)
+        else:  # every engine is seeded by `seed` alone: the same rows as the serial run, in its order
+            futures = [executor.submit(_compare_task, method, data, settings) for method in methods]
+            outcomes = []
+            for future in futures:
+                outcomes.append(future.result())
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = [row for row, _ in outcomes]
+    fits = {method: result for method, (_, result) in zip(methods, outcomes)}
+    table = pd.DataFrame(rows)
+    return (table, fits) if return_fits else table
+
+
+def _compare_task(method, data, settings):
+    """One engine of :func:`compare` (a module-level function, so process pools and Dask can run
+    it): fit the validated ``data`` record with ``method`` and build its row; returns
+    ``(row, result or None)``."""
+    with jax.enable_x64(settings["x64"]):
+        k, seed, engine_kwargs = settings["num_components"], settings["seed"], settings["engine_kwargs"]
+        arr = data.values
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             start = time.perf_counter()
@@ -390,15 +432,14 @@ def compare(
                 kw = {"n_init": 10, **engine_kwargs.get("kmeans", {})}
                 result = kmeans(data, k, seed=seed, **kw)
             else:
-                result = fit(data, k, method, covariance_type=covariance_type, prior=None if method == "em" else prior,
-                             seed=seed, **engine_kwargs.get(method, {}))
+                result = fit(data, k, method, covariance_type=settings["covariance_type"],
+                             prior=None if method == "em" else settings["prior"], seed=seed,
+                             **engine_kwargs.get(method, {}))
             seconds = time.perf_counter() - start
-            row = _row(method, result, seconds, x_test, labels, arr, truth, interval, seed, bootstrap_replicates)
+            row = _row(method, result, seconds, settings["x_test"], settings["labels"], arr, settings["truth"],
+                       settings["interval"], seed, settings["bootstrap_replicates"])
         row["warnings"] = "; ".join(sorted({f"{w.category.__name__}: {w.message}" for w in caught}))
-        rows.append(row)
-        fits[method] = result
-    table = pd.DataFrame(rows)
-    return (table, fits) if return_fits else table
+        return row, (result if settings["return_fit"] else None)
 
 
 def simulation_study(

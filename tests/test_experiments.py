@@ -104,7 +104,7 @@ def test_mcmc_row_reports_ess_and_divergences(sim):
     assert row.warmup_seconds + row.sampling_seconds == pytest.approx(row.run_seconds, rel=1e-12)
 
 
-def test_simulation_study_stacks_and_summarises():
+def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
     study = simulation_study(3, num_obs=(150,), separation=(2.0, 6.0), methods=("em", "vb"), test_size=100,
                              bootstrap_replicates=30, progress_bar=False, seed=1)
     assert len(study) == 2 * 3 * 2
@@ -140,9 +140,26 @@ def test_simulation_study_stacks_and_summarises():
     import concurrent.futures
     import multiprocessing
 
+    data = bg.datasets.make_mixture(250, 2, 2, separation=2.0, seed=4)
+    x, x_test, labels = data.x[:150], data.x[150:], data.labels[:150]
+    options = dict(methods=("em", "vb", "kmeans"), x_test=x_test, labels=labels, truth=data.params,
+                   bootstrap_replicates=30, seed=2, return_fits=True)
+    serial, serial_fits = compare(x, 2, **options)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         again = simulation_study(3, num_obs=(150,), separation=(2.0, 6.0), methods=("em", "vb"), test_size=100,
                                  bootstrap_replicates=30, progress_bar=False, seed=1, executor=pool)
+        # compare's engines, one task each on the pool: the serial table and fits, in the same order
+        pooled, pooled_fits = compare(x, 2, executor=pool, **options)
+    assert list(pooled.columns) == list(serial.columns) and list(pooled["method"]) == ["em", "vb", "kmeans"]
+    numbers = [c for c in serial.select_dtypes("number") if "seconds" not in c]
+    np.testing.assert_array_equal(serial[numbers].to_numpy(), pooled[numbers].to_numpy())
+    assert (serial["warnings"] == pooled["warnings"]).all()
+    for method in ("em", "vb"):
+        np.testing.assert_array_equal(serial_fits[method].params.means, pooled_fits[method].params.means)
+        assert serial_fits[method].log_likelihood == pooled_fits[method].log_likelihood
+    np.testing.assert_array_equal(serial_fits["kmeans"].labels, pooled_fits["kmeans"].labels)
+    with pytest.raises(ValueError, match="executor must be a concurrent.futures.Executor"):
+        compare(x, 2, methods="em", executor=object())
     assert list(again.columns) == list(study.columns)
     same_seed = [c for c in study.select_dtypes("number") if "seconds" not in c]  # timings aside
     np.testing.assert_array_equal(study[same_seed].to_numpy(), again[same_seed].to_numpy())
