@@ -101,6 +101,34 @@ def standardise(arr: np.ndarray, num_components: int, covariance_type: str, prio
     return Standardised(prior, xs, prior_arrays, shift, sd, dtype)
 
 
+def pad_rows(xs: np.ndarray):
+    """``xs`` (N, D) padded with zero rows to its row bucket, and the mask of its data rows.
+
+    The samplers' programs are built for the bucket (:func:`bayesgmm._sharding.sampler_row_bucket`), so a
+    new N in the same bucket reuses the compiled program; the model's ``row_mask`` keeps the
+    padding out of every log density. Zero rows are finite, and observed even when the data
+    have missing values.
+
+    Parameters
+    ----------
+    xs : np.ndarray, shape (N, D)
+        Standardised data (NaN where a value is missing).
+
+    Returns
+    -------
+    padded : np.ndarray, shape (B, D)
+        The rows of ``xs`` then ``B - N`` zero rows, where B is N's row bucket.
+    row_mask : np.ndarray of bool, shape (B,)
+        True for the data's rows.
+    """
+    from ._sharding import sampler_row_bucket
+
+    n = xs.shape[0]
+    bucket = sampler_row_bucket(n)
+    padded = np.concatenate([xs, np.zeros((bucket - n, xs.shape[1]), xs.dtype)]) if bucket > n else xs
+    return padded, np.arange(bucket) < n
+
+
 def without_validation(fn):
     """Run ``fn`` (a program about to be traced) with NumPyro's argument validation switched off.
 

@@ -22,8 +22,9 @@ The stationary distribution is the model's posterior, the one NUTS samples with 
 posterior, and run simulation-based calibration.
 
 One compiled program per row bucket (the data padded with rows of weight 0, as EM and VB do, so
-a new N in the bucket reuses it), D, K, structure and sampler settings: the MAP start (k-means
-and MAP-EM, as NUTS), then every chain's sweeps as one ``lax.scan`` over a pure step function,
+a new N in the bucket reuses it; the samplers' buckets are
+:func:`bayesgmm._sharding.sampler_row_bucket`), D, K, structure and sampler settings: the MAP
+start (k-means and MAP-EM, as NUTS), then every chain's sweeps as one ``lax.scan`` over a pure step function,
 the chains ``vmap``-ed. Each sweep evaluates the mixture density once: the component log
 densities that give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in
 NumPy: back to the original scale, relabelling to the MAP pivot
@@ -46,7 +47,7 @@ from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
 from ._chains import chain_starts, finish_draws, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
-from ._sharding import pad_observed, resolve, shard_rows
+from ._sharding import RowSharding, pad_observed, sampler_row_bucket, shard_rows
 from .model import log_prior
 from .params import (
     GMMParams,
@@ -433,7 +434,7 @@ def fit_gibbs(
         # padded to the row bucket (zero rows of weight 0): a new N in the bucket reuses the program
         filled, observed = mark_missing(std.xs)  # missing values: placeholders, marked
         std = std._replace(xs=filled)
-        xs, row_weight = shard_rows(resolve(None, n), std.xs, None)
+        xs, row_weight = shard_rows(RowSharding(None, n, sampler_row_bucket(n)), std.xs, None)
         row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
         observed = pad_observed(observed, xs.shape[0])
         timed = PROGRAM(xs, row_weight, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)),

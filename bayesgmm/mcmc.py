@@ -86,7 +86,7 @@ class _Config(NamedTuple):
     missing: bool = False  # NaN entries of the data are missing values (the model's MarginalMixture)
 
 
-def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
+def _run_chains(chain_keys, z0, xs, row_mask, prior, *, config: _Config):
     """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
     Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
@@ -95,7 +95,7 @@ def _run_chains(chain_keys, z0, xs, prior, *, config: _Config):
     from numpyro.infer import NUTS
 
     kernel = NUTS(
-        potential_fn=potential_fn(xs, prior, config.num_components, config.covariance_type, config.missing),
+        potential_fn=potential_fn(xs, row_mask, prior, config.num_components, config.covariance_type, config.missing),
         target_accept_prob=config.target_accept_prob,
         max_tree_depth=config.max_tree_depth,
     )
@@ -160,16 +160,17 @@ def parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -
 
 
 @shared.without_validation
-def _program(xs, prior, key, init_code, user_init, *, config: _Config):
-    """The whole sampler as one traced function (see the module docstring)."""
+def _program(xs, row_mask, prior, key, init_code, user_init, *, config: _Config):
+    """The whole sampler as one traced function (see the module docstring). ``xs`` holds the
+    standardised data padded to the row bucket; ``row_mask`` marks its data rows."""
     from numpyro.infer.util import constrain_fn, unconstrain_fn
 
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
-    kwargs = model_kwargs(k, prior, ct, missing=config.missing)
+    kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
     args = (xs,)
     key_map, key_jitter, key_chains = jax.random.split(key, 3)
     filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
-    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), filled, prior, k, ct)
+    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), filled, prior, k, ct, row_weight=row_mask)
 
     def unconstrain(params):
         return unconstrain_fn(gmm_model, args, kwargs, shared.site_values(params, k))
@@ -200,11 +201,11 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
         run_chains = jax.shard_map(
             run_chains,
             mesh=mesh,
-            in_specs=(chains, chains, replicated, replicated),
+            in_specs=(chains, chains, replicated, replicated, replicated),
             out_specs=chains,
             check_vma=False,
         )
-    zs, stats, warmup_steps = run_chains(chain_keys, z0, xs, prior)
+    zs, stats, warmup_steps = run_chains(chain_keys, z0, xs, row_mask, prior)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.num_samples, 1), xs.dtype)
@@ -213,22 +214,23 @@ def _program(xs, prior, key, init_code, user_init, *, config: _Config):
     def log_post(w, m, cov):
         p = GMMParams(w, m, cov)
         rows = observed_mixture_log_density(xs, p, ct) if config.missing else _numerics.mixture_log_density(xs, *p, ct)
-        return jnp.sum(rows) + log_prior(p, prior, ct)
+        return jnp.sum(jnp.where(row_mask, rows, 0.0)) + log_prior(p, prior, ct)
 
     lp = jax.vmap(jax.vmap(log_post))(*draws)
     return pivot, draws, stats, lp, warmup_steps
 
 
 @functools.partial(jax.jit, static_argnames=("k", "covariance_type", "missing"))
-def _potential_and_grad(z, xs, prior, k: int, covariance_type: str, missing: bool = False):
-    """NumPyro's potential energy of :func:`gmm_model` (and its gradient) at unconstrained ``z``."""
+def _potential_and_grad(z, xs, row_mask, prior, k: int, covariance_type: str, missing: bool = False):
+    """NumPyro's potential energy of :func:`gmm_model` (and its gradient) at unconstrained ``z``;
+    the rows of ``xs`` outside ``row_mask`` (padding) add nothing."""
     from numpyro.infer.util import potential_energy
 
-    kwargs = model_kwargs(k, prior, covariance_type, missing=missing)
+    kwargs = model_kwargs(k, prior, covariance_type, missing=missing, row_mask=row_mask)
     return jax.value_and_grad(lambda u: potential_energy(gmm_model, (xs,), kwargs, u))(z)
 
 
-def potential_fn(xs, prior, k: int, covariance_type: str, missing: bool = False):
+def potential_fn(xs, row_mask, prior, k: int, covariance_type: str, missing: bool = False):
     """The potential as a ``custom_vjp`` around one jitted value-and-gradient.
 
     NUTS evaluates the potential's gradient at several places (initialisation, step-size
@@ -238,10 +240,10 @@ def potential_fn(xs, prior, k: int, covariance_type: str, missing: bool = False)
 
     @jax.custom_vjp
     def potential(z):
-        return _potential_and_grad(z, xs, prior, k, covariance_type, missing)[0]
+        return _potential_and_grad(z, xs, row_mask, prior, k, covariance_type, missing)[0]
 
     def fwd(z):
-        return _potential_and_grad(z, xs, prior, k, covariance_type, missing)
+        return _potential_and_grad(z, xs, row_mask, prior, k, covariance_type, missing)
 
     def bwd(grad, g):
         return (jax.tree_util.tree_map(lambda a: g * a, grad),)
@@ -411,7 +413,8 @@ def fit_mcmc(
     # vectorized chains step together (one tick per step); sequential chains and devices each tick
     ticks = steps * (num_chains if run_method == "sequential" else num_devices if run_method == "parallel" else 1)
     with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
-        timed = PROGRAM(xs, prior_arrays, key, init_code, user_init, config=config)
+        xs_padded, row_mask = shared.pad_rows(xs)
+        timed = PROGRAM(xs_padded, row_mask, prior_arrays, key, init_code, user_init, config=config)
     pivot_std, draws_std, stats, lp, warmup_steps = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)

@@ -18,6 +18,7 @@ Sample sites: ``weights`` (K,), ``covariances`` (stored per structure as scikit-
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -269,6 +270,7 @@ def gmm_model(
     marginalize: bool = True,
     subsample_size: int | None = None,
     missing: bool = False,
+    row_mask=None,
 ):
     """NumPyro model of the Bayesian Gaussian mixture.
 
@@ -294,6 +296,10 @@ def gmm_model(
     missing : bool
         NaN entries of ``x`` are missing at random: each row's likelihood is the mixture of the
         Gaussians' marginals over its observed columns (:class:`MarginalMixture`; z summed out).
+    row_mask : bool array (N,), optional
+        Rows of ``x`` that are data; the others (padding of a program built for a row bucket,
+        see :func:`bayesgmm._sharding.row_bucket`) add nothing to the log density. Not with
+        ``subsample_size``.
     """
     k = num_components
     weights_dist, cov_dist, means_given = prior_distributions(prior, k, covariance_type)
@@ -307,7 +313,8 @@ def gmm_model(
     n = x.shape[0] if x is not None else num_obs
     if n is None:
         raise ValueError("gmm_model needs data x or num_obs to simulate.")
-    with numpyro.plate("obs", n, subsample_size=subsample_size) as idx:
+    padded = contextlib.nullcontext() if row_mask is None else handlers.mask(mask=row_mask)
+    with numpyro.plate("obs", n, subsample_size=subsample_size) as idx, padded:
         x_batch = None if x is None else x[idx] if subsample_size is not None else x
         if missing:
             if not marginalize:

@@ -161,12 +161,16 @@ def _make_guide(spec, init_loc_fn):
 
 
 @shared.without_validation
-def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
-    """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller)."""
+def _program(xs, row_mask, prior, key, learning_rate, user_init, *, config: _Config):
+    """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller).
+
+    Without minibatches ``xs`` is padded to its row bucket and ``row_mask`` marks the data rows
+    (the padding is masked out of the model); with them ``row_mask`` is None."""
     k, cov_type = config.num_components, config.covariance_type
     key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
     filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
-    start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), filled, prior, k, cov_type)
+    start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), filled, prior, k, cov_type,
+                             row_weight=row_mask)
     if config.init_mode == "user":
         start = user_init
     if config.init_mode == "uniform":
@@ -175,7 +179,8 @@ def _program(xs, prior, key, learning_rate, user_init, *, config: _Config):
         init_loc_fn = init_to_value(values=shared.site_values(start, k))
     guide = _make_guide(config.guide, init_loc_fn)
     optimizer = config.optimizer if config.optimizer is not None else numpyro.optim.Adam(learning_rate)
-    kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size, missing=config.missing)
+    kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size, missing=config.missing,
+                          row_mask=row_mask)
     svi = SVI(gmm_model, guide, optimizer, loss=_elbo())
     params, losses = _optimise(svi, key_svi, config.num_steps, xs, kwargs, progress_bar=config.progress_bar)
 
@@ -438,7 +443,10 @@ def fit_svi(
     except TypeError:  # an unhashable user guide/optimizer: compile for this call only
         cacheable = False
     lr = np.asarray(learning_rate, np_dtype)
-    args = (xs, prior_arrays, key, lr, user_init)
+    # full batches: padded to the row bucket, so a new N in the bucket reuses the program (a
+    # minibatch plate draws its indices from all N rows, so minibatched data are not padded)
+    xs, row_mask = shared.pad_rows(xs) if subsample_size is None else (xs, None)
+    args = (xs, row_mask, prior_arrays, key, lr, user_init)
 
     with progress("svi", num_steps, enabled=bool(progress_bar), desc=f"SVI {num_steps} steps"):
         if cacheable:

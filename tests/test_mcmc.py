@@ -72,9 +72,10 @@ TRUTH = GMMParams(
 
 @pytest.fixture(scope="module")
 def simulated():
-    """N=272, D=2 (the shape of Old Faithful, so the full-covariance program is reused)."""
+    """N=250, D=2: in the row bucket of Old Faithful's 272 rows, so its full-covariance program is
+    reused (the data are padded to the bucket and the padding masked out of the model)."""
     rng = np.random.default_rng(11)
-    z = rng.choice(2, size=272, p=TRUTH.weights)
+    z = rng.choice(2, size=250, p=TRUTH.weights)
     x = np.stack([rng.multivariate_normal(TRUTH.means[j], TRUTH.covariances[j]) for j in z])
     return x, z
 
@@ -84,7 +85,7 @@ def simulated_fit(simulated, full_fits):
     """4 chains started at the truth and at the truth with its labels swapped (1 and 3)."""
     swapped = GMMParams(*(a[::-1] for a in TRUTH))
     result = _fit(simulated[0], 2, seed=3, init=[TRUTH, swapped, TRUTH, swapped], **SETTINGS)
-    assert result[0].info["compile_seconds"] == 0.0  # the Old Faithful program, reused
+    assert result[0].info["compile_seconds"] == 0.0  # the Old Faithful program, reused at a new N
     return result
 
 
@@ -125,9 +126,14 @@ def test_nuts_potential_is_the_model_joint_density(covariance_type, rng):
     # The potential NUTS uses (a custom_vjp around one jitted value-and-grad) is NumPyro's
     # potential of the model in the unconstrained space: -(log joint + log|Jacobian|).
     z = jax.jit(lambda v: unconstrain_fn(gmm_model, (x,), kwargs, v))(values)
-    potential = jax.jit(mcmc.potential_fn(jnp.asarray(x), pa, 2, covariance_type))
+    potential = jax.jit(mcmc.potential_fn(jnp.asarray(x), None, pa, 2, covariance_type))
     numpyro_pe = jax.jit(lambda u: potential_energy(gmm_model, (x,), kwargs, u))(z)
     np.testing.assert_allclose(potential(z), numpyro_pe, rtol=1e-12)
+    # padded to a row bucket (rows of other values, masked out): the same potential and gradient
+    padded, mask = np.concatenate([x, rng.normal(size=(24, 2)) * 50]), np.arange(64) < 40
+    masked = mcmc.potential_fn(jnp.asarray(padded), jnp.asarray(mask), pa, 2, covariance_type)
+    for a, b in zip(jax.jit(jax.value_and_grad(masked))(z), jax.jit(jax.value_and_grad(potential))(z)):
+        jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12), a, b)
     if covariance_type == "diag":
         # closed-form Jacobians: variances = exp(z); weights (K=2) = stick-breaking sigmoid
         log_jac = np.sum(np.log(cov)) + np.sum(np.log(params.weights))
@@ -182,7 +188,7 @@ def test_nuts_log_density_is_the_em_objective(covariance_type, faithful, map_fit
     ))(flat)
     assert jac.shape[0] == jac.shape[1]
     log_jac = np.linalg.slogdet(np.asarray(jac))[1]
-    potential = jax.jit(mcmc.potential_fn(jnp.asarray(std.xs), std.prior_arrays, 2, covariance_type))(z)
+    potential = jax.jit(mcmc.potential_fn(jnp.asarray(std.xs), None, std.prior_arrays, 2, covariance_type))(z)
     ll_shift, prior_shift = log_jacobians(std.sd, faithful.shape[0], 2, covariance_type)
     nuts_log_posterior = -float(potential) - log_jac + ll_shift + prior_shift
     np.testing.assert_allclose(nuts_log_posterior, em.trace[-1], rtol=1e-10)
