@@ -110,17 +110,18 @@ SMALL_BUCKETS = (512, 2048)
 MAX_BUCKETED = 2**20
 
 
-def row_bucket(num_rows: int) -> int:
-    """Rows the compiled program is built for: the first of :data:`SMALL_BUCKETS` that holds
-    ``num_rows``, or above them the next multiple of 1/8 of the power of two below ``num_rows``
-    (8 buckets per octave: at most 12.5% padding); ``num_rows`` itself above :data:`MAX_BUCKETED`.
+def row_bucket(num_rows: int, small_buckets: tuple = SMALL_BUCKETS) -> int:
+    """Rows the compiled program is built for: the first of ``small_buckets`` (default
+    :data:`SMALL_BUCKETS`) that holds ``num_rows``, or above them the next multiple of 1/8 of the
+    power of two below ``num_rows`` (8 buckets per octave: at most 12.5% padding); ``num_rows``
+    itself above :data:`MAX_BUCKETED`.
 
     The data are padded with zero rows of weight 0, which add nothing to any statistic, so a new
     N within a bucket reuses the program instead of compiling one (a simulation study over N,
     bootstrap subsets, a test suite). The price is the padding's arithmetic: small, except on
     tiny data sets, where a warm fit then takes about twice as long (tenths of a second)."""
     n = int(num_rows)
-    for bucket in SMALL_BUCKETS:
+    for bucket in small_buckets:
         if n <= bucket:
             return bucket
     if n > MAX_BUCKETED:
@@ -137,31 +138,29 @@ def row_bucket(num_rows: int) -> int:
 SAMPLER_SMALL_BUCKET = 511
 
 
-def sampler_row_bucket(num_rows: int) -> int:
-    """Rows a sampler's compiled program is built for: :data:`SAMPLER_SMALL_BUCKET` for small
-    data, above it the next multiple of 1/8 of the power of two below ``num_rows`` (as
-    :func:`row_bucket`), ``num_rows`` itself above :data:`MAX_BUCKETED`.
+def sampler_row_bucket(num_rows: int, *, coarse: bool = False) -> int:
+    """Rows a sampler's compiled program is built for: every N up to
+    :data:`SAMPLER_SMALL_BUCKET` shares one program; above it, :func:`row_bucket`'s 8 buckets per
+    octave (at most 12.5% padding), or with ``coarse`` first one bucket up to 2048 rows (as EM).
 
-    A sampler evaluates the rows thousands of times, so its buckets are finer than EM's (at most
-    12.5% padding above the small bucket); below it a step's cost hardly depends on the rows.
+    NUTS and SVI evaluate every row at each of thousands of gradient steps, so padding costs
+    them in proportion and their buckets are fine; a Gibbs sweep is cheap beside compiling its
+    program, so it takes the coarse buckets. Below the small bucket a step's cost hardly depends
+    on the rows.
 
     Parameters
     ----------
     num_rows : int
         N, the data's rows.
+    coarse : bool
+        One bucket for 512 to 2048 rows.
 
     Returns
     -------
     int
         The padded row count (at least ``num_rows``).
     """
-    n = int(num_rows)
-    if n <= SAMPLER_SMALL_BUCKET:
-        return SAMPLER_SMALL_BUCKET
-    if n > MAX_BUCKETED:
-        return n
-    step = 2 ** (n.bit_length() - 4)
-    return -(-n // step) * step
+    return row_bucket(num_rows, (SAMPLER_SMALL_BUCKET, 2048) if coarse else (SAMPLER_SMALL_BUCKET,))
 
 
 def resolve(devices, num_rows: int) -> RowSharding:

@@ -434,7 +434,7 @@ def fit_gibbs(
         # padded to the row bucket (zero rows of weight 0): a new N in the bucket reuses the program
         filled, observed = mark_missing(std.xs)  # missing values: placeholders, marked
         std = std._replace(xs=filled)
-        xs, row_weight = shard_rows(RowSharding(None, n, sampler_row_bucket(n)), std.xs, None)
+        xs, row_weight = shard_rows(RowSharding(None, n, sampler_row_bucket(n, coarse=True)), std.xs, None)
         row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
         observed = pad_observed(observed, xs.shape[0])
         timed = PROGRAM(xs, row_weight, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)),

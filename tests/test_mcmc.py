@@ -400,10 +400,12 @@ def test_progress_bar_gives_the_same_draws(full_fits, faithful, capsys):
 def test_parallel_on_one_device_is_the_vectorized_program(full_fits, faithful):
     if jax.local_device_count() > 1:
         pytest.skip("this test is about a single JAX device")
-    result, _ = _fit(faithful, 2, seed=0, chain_method="parallel", **SETTINGS)
-    assert result.info["compile_seconds"] == 0.0  # the vectorized program of full_fits
+    assert full_fits["map"][0].info["chain_method"] == "sequential"  # "auto" on CPU
+    short = dict(num_warmup=100, num_samples=100, num_chains=4)
+    reference, _ = _fit(faithful, 2, seed=0, chain_method="vectorized", **short)
+    result, _ = _fit(faithful, 2, seed=0, chain_method="parallel", **short)
+    assert result.info["compile_seconds"] == 0.0  # the vectorized program
     assert result.info["num_devices"] == 1 and result.info["chain_method"] == "parallel"
-    reference, _ = full_fits["map"]
     for name in ("weights", "means", "covariances"):
         np.testing.assert_array_equal(result.raw_draws[name], reference.raw_draws[name])
 

@@ -113,3 +113,24 @@ def test_sharded_fit_equals_single_device_every_structure(sharded_results_slow, 
 def test_too_many_devices_is_a_clear_error(sharded_results):
     assert "devices=8 but 4 JAX device(s) are available" in sharded_results["errors"]["error"]
     assert "devices must be None, 'all', an int" in sharded_results["errors"]["error_bool"]
+
+
+def test_row_buckets_hold_the_rows_with_bounded_padding():
+    """Every N maps to a bucket that holds it; EM's small buckets are 512 and 2048 rows, the
+    samplers' 511 (NUTS and SVI then 8 per octave, Gibbs 2048 first); above the small buckets the
+    padding is at most 1/8 of N; above 2^20 rows nothing is padded."""
+    from bayesgmm._sharding import MAX_BUCKETED, row_bucket, sampler_row_bucket
+
+    sizes = list(range(1, 5000, 7)) + [511, 512, 2047, 2048, 2049, 10**5, MAX_BUCKETED, MAX_BUCKETED + 3]
+    for n in sizes:
+        em, fine, coarse = row_bucket(n), sampler_row_bucket(n), sampler_row_bucket(n, coarse=True)
+        assert min(em, fine, coarse) >= n
+        assert em == (512 if n <= 512 else 2048 if n <= 2048 else em)
+        assert fine == 511 if n <= 511 else fine - n < n / 8
+        assert coarse == (511 if n <= 511 else 2048 if n <= 2048 else fine)
+        if n > 2048:
+            assert em == fine and em - n < n / 8
+        if n > MAX_BUCKETED:
+            assert em == fine == coarse == n
+    assert len({row_bucket(n) for n in range(1100, 2001)}) == 1  # the compile-once benchmark's sizes
+    assert sampler_row_bucket(250) == sampler_row_bucket(272)  # NUTS on a subset of Old Faithful
