@@ -458,9 +458,14 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, delay
 
     executable = Path(sys.executable).with_name("bayesgmm")  # the installed console script
     launchers = [[sys.executable, "-m", "bayesgmm"]] + ([[str(executable)]] if executable.exists() else [])
+    # as from a terminal: SIGINT at its default, whatever this process inherited (a background job
+    # of a non-interactive shell runs with SIGINT ignored, and its children inherit that)
+    terminal = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execv(sys.argv[1], sys.argv[1:])"]
     for number, launcher in enumerate(launchers):
         out = tmp_path / f"o{number}"
-        proc = subprocess.Popen(launcher + ["fit", "--dataset", "faithful", "-k", "2", "--no-plot", "--out", str(out)],
+        argv = terminal + launcher
+        proc = subprocess.Popen(argv + ["fit", "--dataset", "faithful", "-k", "2", "--no-plot", "--out", str(out)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "MPLBACKEND": "Agg"})
         time.sleep(delay)
