@@ -388,32 +388,34 @@ def compare(
     settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,
                     truth=truth, interval=interval, bootstrap_replicates=bootstrap_replicates, seed=seed,
                     engine_kwargs=engine_kwargs, return_fit=return_fits, x64=bool(jax.config.jax_enable_x64))
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(methods), desc="compare", unit="engine")
-    try:
-        if executor is None:
-            outcomes = []
-            for method in methods:
-                outcomes.append(_compare_task(method, data, settings))
-                if bar is not None:
-                    bar.update(1)
-        else:  # every engine is seeded by `seed` alone: the same rows as the serial run, in its order
-            futures = [executor.submit(_compare_task, method, data, settings) for method in methods]
-            outcomes = []
-            for future in futures:
-                outcomes.append(future.result())
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    # every engine is seeded by `seed` alone: on an executor, the same rows as the serial run, in its order
+    outcomes = _run_in_order(_compare_task, methods, (data, settings), executor,
+                             ("compare", "engine") if progress_bar else None)
     rows = [row for row, _ in outcomes]
     fits = {method: result for method, (_, result) in zip(methods, outcomes)}
     table = pd.DataFrame(rows)
     return (table, fits) if return_fits else table
+
+
+def _run_in_order(fn, items, args, executor, bar_labels):
+    """``[fn(item, *args) for item in items]``, in this process or submitted to ``executor``
+    (results collected in the items' order), with a tqdm bar ``(desc, unit)`` when asked."""
+    bar = None
+    if bar_labels is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=bar_labels[0], unit=bar_labels[1])
+    try:
+        futures = None if executor is None else [executor.submit(fn, item, *args) for item in items]
+        results = []
+        for i, item in enumerate(items):
+            results.append(fn(item, *args) if futures is None else futures[i].result())
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
 
 
 def _compare_task(method, data, settings):
@@ -521,28 +523,9 @@ def simulation_study(
                     x64=bool(jax.config.jax_enable_x64))  # a worker computes in this process's precision
     tasks = [(index, (int(n), float(s), int(k)), r, seed * 1_000_003 + index)
              for index, ((n, s, k), r) in enumerate((cell, r) for cell in grid for r in range(num_datasets))]
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), desc="simulation study", unit="data set")
-    try:
-        if executor is None:
-            frames = []
-            for task in tasks:
-                frames.append(_study_task(task, settings))
-                if bar is not None:
-                    bar.update(1)
-        else:  # each data set is independent and seeded by its index: the same rows as the serial run
-            futures = [executor.submit(_study_task, task, settings) for task in tasks]
-            frames = []
-            for future in futures:
-                frames.append(future.result())
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    # each data set is independent and seeded by its index: on an executor, the same rows as the serial run
+    frames = _run_in_order(_study_task, tasks, (settings,), executor,
+                           ("simulation study", "data set") if progress_bar else None)
     return pd.concat(frames, ignore_index=True)
 
 
