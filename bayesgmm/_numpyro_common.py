@@ -121,12 +121,11 @@ def pad_rows(xs: np.ndarray):
     row_mask : np.ndarray of bool, shape (B,)
         True for the data's rows.
     """
-    from ._sharding import sampler_row_bucket
+    from ._sharding import RowSharding, sampler_row_bucket, shard_rows
 
     n = xs.shape[0]
-    bucket = sampler_row_bucket(n)
-    padded = np.concatenate([xs, np.zeros((bucket - n, xs.shape[1]), xs.dtype)]) if bucket > n else xs
-    return padded, np.arange(bucket) < n
+    padded, weight = shard_rows(RowSharding(None, n, sampler_row_bucket(n)), xs, None)
+    return padded, (np.ones(n, bool) if weight is None else weight > 0)
 
 
 def without_validation(fn):
