@@ -221,7 +221,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
                 resp0 = resp0 * prob.sample_weight[:, None]
             # one-point starts have no scatter: at least INIT_REG_COVAR here, so reg_covar=0 is usable
             floored = prob._replace(reg_covar=jnp.maximum(prob.reg_covar, INIT_REG_COVAR))
-            params0 = m_step(_stats.stats_precise(resp0, prob.x, ct), floored, init_config)
+            params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct), floored, init_config)
             return GMMParams(*(p if g is None else jnp.broadcast_to(g, p.shape).astype(p.dtype) for p, g in zip(params0, given)))
 
         params0 = jax.vmap(one, in_axes=(0, axes))(noise, problem)

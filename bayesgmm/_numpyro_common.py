@@ -219,7 +219,7 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
     w = None if row_weight is None else row_weight.astype(xs.dtype)
 
     def m_step(resp):
-        resp = resp if w is None else resp * w[:, None]
+        resp = resp if w is None else resp * w[None]  # (K, N)
         return _stats.m_step(*_stats.stats_fast(resp, z, d, covariance_type), covariance_type, 1e-6, prior_map)
 
     def e_step(params):
@@ -227,7 +227,7 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
 
     def one(key):
         u = jax.random.uniform(key, (k, num_trials(k)), xs.dtype)
-        params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k, sample_weight=w), k, dtype=xs.dtype))
+        params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k, sample_weight=w), k, dtype=xs.dtype, axis=0))
         params = jax.lax.fori_loop(0, MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
         per_row = e_step(params)[1]
         obj = jnp.sum(per_row if w is None else w * per_row) + log_prior(params, prior_map, covariance_type)

@@ -155,10 +155,10 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
     alpha, m0, kappa0, nu0, psi = prior
     k, ct = num_components, covariance_type
     dtype = xs.dtype
-    labels = jax.nn.one_hot(z, k, dtype=dtype)
+    labels = jax.nn.one_hot(z, k, dtype=dtype, axis=0)  # (K, N), as the E-step's responsibilities
     if row_weight is not None:
-        labels = labels * row_weight[:, None]
-    nk = jnp.sum(labels, axis=0)
+        labels = labels * row_weight[None]
+    nk = jnp.sum(labels, axis=1)
     _, xbar, scatter = _stats.stats_precise(labels, xs, ct)
     kappa_n = kappa0 + nk
     centre = (kappa0 * m0[None] + nk[:, None] * xbar) / kappa_n[:, None]

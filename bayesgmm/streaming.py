@@ -194,19 +194,20 @@ def _zero_stats(config: StreamConfig, dtype) -> jax.Array:
 
 
 def _block_stats(x, weight, shift, scale, theta, covariance_type, with_entropy):
-    """E-step sums of one sub-block: ``Z @ theta.T`` and ``resp.T @ Z`` with ``Z = [quad | x | 1]``
-    taken block by block, so that Z itself is never assembled."""
+    """E-step sums of one sub-block: ``theta @ Z.T`` and ``R @ Z`` (component-major, as
+    :mod:`bayesgmm._stats`) with ``Z = [quad | x | 1]`` taken block by block, so that Z itself is
+    never assembled."""
     keep = weight[:, None] > 0
     xs = jnp.where(keep, (x - shift) / scale, 0.0)  # padding rows: finite whatever the buffer holds
     quad = _stats.quad_features(xs, covariance_type)
     q, d = quad.shape[1], xs.shape[1]
-    logp = quad @ theta[:, :q].T + xs @ theta[:, q : q + d].T + theta[:, -1]
+    logp = theta[:, :q] @ quad.T + theta[:, q : q + d] @ xs.T + theta[:, -1:]  # (K, B)
     resp, ll = _stats.responsibilities(logp)
-    rw = resp * weight[:, None]
-    stats = jnp.concatenate([rw.T @ quad, rw.T @ xs, jnp.sum(rw, axis=0)[:, None]], axis=1)
+    rw = resp * weight[None]
+    stats = jnp.concatenate([rw @ quad, rw @ xs, jnp.sum(rw, axis=1)[:, None]], axis=1)
     entropy = jnp.zeros((), x.dtype)
     if with_entropy:
-        entropy = -jax.scipy.special.xlogy(resp, resp).sum(axis=1) @ weight
+        entropy = -jax.scipy.special.xlogy(resp, resp).sum(axis=0) @ weight
     return ChunkStats(stats, ll @ weight, jnp.abs(ll) @ weight, entropy)
 
 
@@ -220,7 +221,8 @@ def _block_stats_missing(x, weight, shift, scale, params, covariance_type, with_
     observed = keep & ~jnp.isnan(xs)
     xs = jnp.where(observed, xs, 0.0)
     log_density, completed, conditional = _missing.conditional_components(xs, observed, params, covariance_type)
-    resp, ll = _stats.responsibilities(log_density + jnp.log(params.weights)[None])
+    resp, ll = _stats.responsibilities((log_density + jnp.log(params.weights)[None]).T)
+    resp = resp.T  # (B, K): this rarer path keeps the rows' layout of the conditional moments
     rw = resp * weight[:, None]
     if covariance_type in ("full", "tied"):
         second = completed[..., :, None] * completed[..., None, :] + conditional  # (B, K, D, D)

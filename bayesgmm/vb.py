@@ -327,7 +327,7 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
             resp0 = initial_responsibilities(u, xs, k, init_method, sample_weight=sample_weight, active=act)
             if sample_weight is not None:
                 resp0 = resp0 * sample_weight[:, None]
-            return vb_m_step(*_stats.stats_precise(resp0, xs, ct), prior, reg_covar, ct)
+            return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct), prior, reg_covar, ct)
 
         return _iterate.start(jax.vmap(one)(noise, seeded), state.aux, num_lanes, trace_len, xs.dtype)
 
