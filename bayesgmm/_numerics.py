@@ -30,6 +30,11 @@ LOG_2PI = math.log(2.0 * math.pi)
 #: Rows evaluated at once on the host (bounds the (K, rows, D) temporaries).
 HOST_BLOCK_ROWS = 16384
 
+#: Inside :func:`component_log_density` (NumPy) the (..., K, rows, D) temporaries are kept to about
+#: this many elements (2 MiB in float64), so that they stay in cache: at N=1e5, D=K=16 that ran
+#: 2.3 times faster than one block of HOST_BLOCK_ROWS rows.
+HOST_CACHE_ELEMENTS = 2**18
+
 
 def array_namespace(*arrays):
     """``(xp, scipy-like)`` for the arrays: NumPy + SciPy, or jax.numpy + jax.scipy."""
@@ -127,28 +132,45 @@ def component_log_density(x, means, covariances, covariance_type: str):
     if xp is np and np.isnan(x).any():
         return observed_log_density(x, means, covariances, covariance_type)
     k, d = means.shape[-2:]
-    diff = x[..., None, :, :] - means[..., :, None, :]  # (..., K, N, D)
     if covariance_type in ("diag", "spherical"):
         var = diagonal_variances(covariances, covariance_type, k, d)  # (..., K, D)
-        quad = xp.sum(diff**2 / var[..., :, None, :], axis=-1)
         logdet = xp.sum(xp.log(var), axis=-1)
+        factor = var
     else:
         chol = xp.linalg.cholesky(expand_covariances(covariances, covariance_type, k, d))  # (..., K, D, D)
+        logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         if xp is np:
             # SciPy's solve_triangular loops over a batch in Python (minutes for thousands of
             # draws); NumPy inverts a batch of triangles in compiled code, then one matmul in the
             # rows' own (N, D) layout (3.5x faster than through a (D, N) transpose at D = 16)
-            y = diff @ np.swapaxes(np.linalg.inv(chol), -1, -2)  # (..., K, N, D)
-            quad = np.einsum("...nd,...nd->...n", y, y)
+            factor = np.swapaxes(np.linalg.inv(chol), -1, -2)
         else:
             # L^-1 (D x D, per component), then one matrix product over the rows in (N, D) layout:
             # XLA:CPU's triangular solve with N right-hand sides, and any (D, N) layout, run 20-40
             # times slower (the precise E-step of float32 EM spent 0.7 s per iteration there at
             # N=1e5, D=K=16); the rows stay centred on each mean, so nothing cancels
             eye = xp.broadcast_to(xp.eye(d, dtype=chol.dtype), chol.shape)
-            inverse = sp.linalg.solve_triangular(chol, eye, lower=True)  # (..., K, D, D)
-            quad = xp.sum((diff @ xp.swapaxes(inverse, -1, -2)) ** 2, axis=-1)  # (..., K, N)
-        logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+            factor = xp.swapaxes(sp.linalg.solve_triangular(chol, eye, lower=True), -1, -2)
+
+    def mahalanobis(rows):  # (..., K, rows) from rows (..., B, D), centred on each mean
+        diff = rows[..., None, :, :] - means[..., :, None, :]  # (..., K, B, D)
+        if covariance_type in ("diag", "spherical"):
+            if xp is np:
+                return (diff * diff) @ (1.0 / factor)[..., :, :, None]
+            return xp.sum(diff**2 / factor[..., :, None, :], axis=-1)
+        y = diff @ factor
+        return (y * y) @ xp.ones(d, y.dtype) if xp is np else xp.sum(y**2, axis=-1)
+
+    if xp is np:  # in row blocks whose temporaries stay in cache (HOST_CACHE_ELEMENTS)
+        n = x.shape[-2]
+        batch = max(1, int(np.prod(means.shape[:-2])))
+        block = max(64, HOST_CACHE_ELEMENTS // (batch * k * d))
+        quad = np.empty(np.broadcast_shapes(x.shape[:-2], means.shape[:-2]) + (k, n))
+        for start in range(0, n, block):
+            part = mahalanobis(x[..., start : start + block, :])
+            quad[..., start : start + block] = part[..., 0] if part.ndim > quad.ndim else part
+    else:
+        quad = mahalanobis(x)
     logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
     return xp.swapaxes(logp, -1, -2)
 
@@ -192,8 +214,15 @@ def log_joint_components(x, weights, means, covariances, covariance_type: str):
 
 
 def logsumexp(a, axis):
+    """``log sum exp`` along ``axis`` (NumPy: written out, three times faster than SciPy's on
+    (N, K) arrays; a slice of -inf gives -inf)."""
     xp, sp = array_namespace(a)
-    return sp.special.logsumexp(a, axis=axis)
+    if xp is not np:
+        return sp.special.logsumexp(a, axis=axis)
+    top = np.max(a, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True)) + top, axis=axis)
 
 
 def mixture_log_density(x, weights, means, covariances, covariance_type: str):

