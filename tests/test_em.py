@@ -299,6 +299,17 @@ def test_one_dimensional_input_is_one_feature():
     assert r.means.shape == (2, 1) and r.covariances.shape == (2, 1, 1)
 
 
+def test_read_only_and_column_ordered_data_are_left_untouched(faithful):
+    """The standardisation copies before it reorders (a regression: the column medians once
+    partitioned a read-only or Fortran-ordered input in place)."""
+    fortran = np.asfortranarray(faithful)
+    fortran.flags.writeable = False
+    before = fortran.copy()
+    r = bg.fit_em(fortran, 2, seed=0)
+    assert np.array_equal(fortran, before)
+    assert r.log_likelihood == bg.fit_em(np.ascontiguousarray(faithful), 2, seed=0).log_likelihood
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
