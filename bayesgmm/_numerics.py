@@ -156,7 +156,7 @@ def component_log_density(x, means, covariances, covariance_type: str):
         diff = rows[..., None, :, :] - means[..., :, None, :]  # (..., K, B, D)
         if covariance_type in ("diag", "spherical"):
             if xp is np:
-                return (diff * diff) @ (1.0 / factor)[..., :, :, None]
+                return ((diff * diff) @ (1.0 / factor)[..., :, :, None])[..., 0]
             return xp.sum(diff**2 / factor[..., :, None, :], axis=-1)
         y = diff @ factor
         return (y * y) @ xp.ones(d, y.dtype) if xp is np else xp.sum(y**2, axis=-1)
@@ -167,8 +167,7 @@ def component_log_density(x, means, covariances, covariance_type: str):
         block = max(64, HOST_CACHE_ELEMENTS // (batch * k * d))
         quad = np.empty(np.broadcast_shapes(x.shape[:-2], means.shape[:-2]) + (k, n))
         for start in range(0, n, block):
-            part = mahalanobis(x[..., start : start + block, :])
-            quad[..., start : start + block] = part[..., 0] if part.ndim > quad.ndim else part
+            quad[..., start : start + block] = mahalanobis(x[..., start : start + block, :])
     else:
         quad = mahalanobis(x)
     logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)

@@ -10,15 +10,16 @@ Two forms of the same computation:
   M-step statistics are ``R.T @ Z``: two skinny matrix products per iteration and no (N, K, D)
   temporary.
 
+* **precise** (the centred form): ``log N`` through ``L^-1 (x - mu_k)`` and scatter matrices
+  ``sum r (x - xbar_k)(x - xbar_k)^T`` about each component's own mean, one component at a time
+  (``lax.map``). About twice the work, and exact where the fast form cancels.
+
 **Layout.** Inside the E-step the per-component arrays are *component-major*, (K, N): the
 log densities ``theta @ Z.T``, the responsibilities and their products with ``Z`` or ``x``. The
 sums over components are then K-fold elementwise operations on rows of length N, which XLA
 vectorises and splits over threads along N. In the row-major (N, K) layout they are reductions
 over a minor axis of a few elements: measured on two cores, the E-step of N=1500, K=3 with 16
 lanes ran 3.6 times slower, and of N=1e5, D=16, K=16 1.3 times slower.
-* **precise** (the centred form): ``log N`` through ``L^-1 (x - mu_k)`` and scatter matrices
-  ``sum r (x - xbar_k)(x - xbar_k)^T`` about each component's own mean, one component at a time
-  (``lax.map``). About twice the work, and exact where the fast form cancels.
 
 The fast form loses precision when a component is tight and far from the data's centre: the
 scatter ``sum r x x^T - N xbar xbar^T`` then cancels, with a relative error of about
@@ -78,15 +79,23 @@ def suff_features(x, covariance_type: str):
     return jnp.concatenate([quad_features(x, covariance_type), x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
 
 
+def _inverse_factors(covariances, covariance_type: str, k: int, d: int):
+    """Per component ``L^-1`` (K, D, D) of ``Sigma_k = L L^T`` and ``log |Sigma_k|`` (full and
+    tied), or the variances (K, D) and their log determinants (diag and spherical)."""
+    if covariance_type in ("full", "tied"):
+        chol = jnp.linalg.cholesky(_numerics.expand_covariances(covariances, covariance_type, k, d))
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=chol.dtype), chol.shape)
+        inverse = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+        return inverse, 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+    var = _numerics.diagonal_variances(covariances, covariance_type, k, d)
+    return var, jnp.sum(jnp.log(var), -1)
+
+
 def _precisions(covariances, covariance_type: str, k: int, d: int):
     """Precision matrices (K, D, D) (full/tied) or precisions (K, D) / (K,), and half log|prec|."""
     if covariance_type in ("full", "tied"):
-        cov_k = _numerics.expand_covariances(covariances, covariance_type, k, d)
-        chol = jnp.linalg.cholesky(cov_k)
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_k.dtype), cov_k.shape)
-        chol_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # L^{-1}
-        prec = jnp.swapaxes(chol_inv, -1, -2) @ chol_inv
-        return prec, -jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+        chol_inv, logdet = _inverse_factors(covariances, covariance_type, k, d)
+        return jnp.swapaxes(chol_inv, -1, -2) @ chol_inv, -0.5 * logdet
     prec = 1.0 / covariances
     half = 0.5 * jnp.sum(jnp.log(prec), -1) if covariance_type == "diag" else 0.5 * d * jnp.log(prec)
     return prec, half
@@ -138,18 +147,6 @@ def log_joint_fast(z, params: GMMParams, covariance_type: str, active=None, cons
 #: against the matrix-product form (:func:`bayesgmm._numerics.component_log_density`): 6-13 times
 #: faster at D <= 8, twice as fast at N=1e5, D=K=16.
 UNROLLED_FEATURES = 16
-
-
-def _inverse_factors(covariances, covariance_type: str, k: int, d: int):
-    """Per component ``L^-1`` (K, D, D) of ``Sigma_k = L L^T`` and ``log |Sigma_k|`` (full and
-    tied), or the variances (K, D) and their log determinants (diag and spherical)."""
-    if covariance_type in ("full", "tied"):
-        chol = jnp.linalg.cholesky(_numerics.expand_covariances(covariances, covariance_type, k, d))
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=chol.dtype), chol.shape)
-        inverse = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
-        return inverse, 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-    var = _numerics.diagonal_variances(covariances, covariance_type, k, d)
-    return var, jnp.sum(jnp.log(var), -1)
 
 
 def _mahalanobis_rows(xt, mean, factor, covariance_type: str):
@@ -454,11 +451,9 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
     k, d = mu.shape
     eps = jnp.finfo(mu.dtype).eps
     if covariance_type in ("full", "tied"):
-        cov_k = _numerics.expand_covariances(cov, covariance_type, k, d)
-        chol = jnp.linalg.cholesky(cov_k)
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_k.dtype), cov_k.shape)
-        inv_trace = jnp.sum(jax.scipy.linalg.solve_triangular(chol, eye, lower=True) ** 2, axis=(-2, -1))
-        trace = jnp.trace(cov_k, axis1=-2, axis2=-1)
+        chol_inv, _ = _inverse_factors(cov, covariance_type, k, d)
+        inv_trace = jnp.sum(chol_inv**2, axis=(-2, -1))
+        trace = jnp.sum(_numerics.diagonal_variances(cov, covariance_type, k, d), -1)
     else:
         var = _numerics.diagonal_variances(cov, covariance_type, k, d)
         inv_trace, trace = jnp.sum(1.0 / var, -1), jnp.sum(var, -1)
