@@ -33,7 +33,7 @@ import numpy as np
 from . import _iterate, _missing, _numerics, _stats
 from ._compile import CompiledProgram
 from ._covariance_models import NATIVE, constrained_models
-from ._iterate import INIT_ITER, auto_starts, resolve_starts, trace_length  # noqa: F401 (re-exported)
+from ._iterate import INIT_ITER, auto_starts, resolve_starts, short_run_length, trace_length  # noqa: F401 (re-exported)
 from .kmeans import init_noise, initial_responsibilities
 from .model import log_prior
 from .params import GMMParams

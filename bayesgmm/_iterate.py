@@ -196,9 +196,11 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
     return starts, int(min(16, max(1, starts // 16)))
 
 
-def resolve_starts(n_init, num_obs, num_components, num_features, covariance_type) -> tuple[int, int]:
-    """``(starts, kept)`` for the public ``n_init``: ``"auto"`` (:func:`auto_starts`) or an int
-    (that many independent restarts, each run to convergence, as scikit-learn)."""
+def resolve_starts(n_init, num_obs, num_components, num_features, covariance_type,
+                   init_iter: int | None = None) -> tuple[int, int]:
+    """``(starts, kept)`` for the public ``n_init``: ``"auto"`` (:func:`auto_starts`) or an int:
+    that many independent restarts, each run to convergence (scikit-learn's meaning), or with
+    ``init_iter`` given the em-EM search over them (:func:`kept_runs` continued)."""
     if isinstance(n_init, str):
         if n_init != "auto":
             raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
@@ -206,7 +208,25 @@ def resolve_starts(n_init, num_obs, num_components, num_features, covariance_typ
     from .params import check_positive_integers
 
     check_positive_integers(n_init=n_init)
-    return int(n_init), int(n_init)
+    starts = int(n_init)
+    return starts, starts if init_iter is None else kept_runs(starts)
+
+
+def kept_runs(starts: int) -> int:
+    """Runs continued after the short runs of an explicit em-EM search over ``starts``: about one
+    per 16 starts (1 to 16), a divisor of ``starts`` so that every start runs."""
+    target = min(16, max(1, starts // 16))
+    return max(r for r in range(1, target + 1) if starts % r == 0)
+
+
+def short_run_length(init_iter) -> int:
+    """The em-EM short runs' length: ``init_iter`` checked (a positive int), :data:`INIT_ITER` when None."""
+    if init_iter is None:
+        return INIT_ITER
+    from .params import check_positive_integers
+
+    check_positive_integers(init_iter=init_iter)
+    return int(init_iter)
 
 
 #: Shortest objective trace: every ``max_iter`` below it (the defaults' 1000 included) shares one

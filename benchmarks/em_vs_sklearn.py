@@ -11,6 +11,7 @@ Usage::
     python benchmarks/em_vs_sklearn.py            # the full table of the issue
     python benchmarks/em_vs_sklearn.py --quick    # small sizes, seconds
     python benchmarks/em_vs_sklearn.py --no-large # without the N=1e6 case
+    python benchmarks/em_vs_sklearn.py --restarts-only  # 1 start vs 10 restarts, independent and em-EM
 """
 
 from __future__ import annotations
@@ -145,25 +146,32 @@ def _limited(threads, fn, *args):
         return fn(*args)
 
 
+#: Short-run length of the em-EM restarts timed beside independent ones.
+SHORT_RUNS = 2
+
+
 def restarts_ratio(n, d, k, dtype, iters, reps):
-    """Whole fits (k-means++ seeding + fixed iterations) with 1 and 10 vmapped restarts."""
+    """Whole fits (k-means++ seeding + fixed iterations): 1 start, 10 independent restarts (every
+    start runs ``iters`` iterations, scikit-learn's ``n_init``) and 10 starts searched em-EM
+    (``init_iter=SHORT_RUNS``: every start runs that many, the best continues to ``iters``),
+    interleaved. Returns the median seconds and the compile seconds of each."""
     rng = np.random.default_rng(2)
     centres = rng.normal(0, 3, size=(k, d))
     x = (centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(dtype)
+    kinds = {"one": dict(n_init=1), "independent": dict(n_init=10), "em-EM": dict(n_init=10, init_iter=SHORT_RUNS)}
 
-    def fit(r):
+    def fit(kind):
         with in_precision(dtype):
-            return bg.fit_em(x, k, init_params="k-means++", tol=0.0, max_iter=iters, n_init=r, seed=0)
+            return bg.fit_em(x, k, init_params="k-means++", tol=0.0, max_iter=iters, seed=0, **kinds[kind])
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compile_one = fit(1).info["compile_seconds"]
-        compile_ten = fit(10).info["compile_seconds"]
-        one, ten = [], []
+        compile_seconds = {kind: fit(kind).info["compile_seconds"] for kind in kinds}
+        times = {kind: [] for kind in kinds}
         for _ in range(reps):
-            one.append(_timed(lambda: fit(1)))
-            ten.append(_timed(lambda: fit(10)))
-    return statistics.median(one), statistics.median(ten), compile_one, compile_ten
+            for kind in kinds:
+                times[kind].append(_timed(lambda kind=kind: fit(kind)))
+    return {kind: statistics.median(t) for kind, t in times.items()}, compile_seconds
 
 
 def fresh_process_latency():
@@ -194,6 +202,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-large", action="store_true", help="skip the N=1e6 case (minutes of scikit-learn)")
+    ap.add_argument("--restarts-only", action="store_true", help="only the restarts lines")
     args = ap.parse_args(argv)
     if args.quick:
         cases = [(2_000, 2, 3, 10), (20_000, 8, 8, 6)]
@@ -210,7 +219,7 @@ def main(argv=None):
               f"{'sk2 ms/it':>9} | {'ratio':>6} | {'GFLOP/s':>7} {'%peak':>6} | {'compile s':>9} | {'ll rel diff':>11} | load")
     print(header)
     print("-" * len(header))
-    for n, d, k, iters in cases:
+    for n, d, k, iters in [] if args.restarts_only else cases:
         for dtype in (np.float64, np.float32):
             for cov in ("full", "diag"):
                 r = bench_case(n, d, k, dtype, cov, iters, args.reps)
@@ -222,10 +231,13 @@ def main(argv=None):
                       f"{100 * gf / peak[dtype]:>5.0f}% | {r['compile']:>9.2f} | {r['rel']:>11.1e} | {load()}", flush=True)
     print()
     for n, d, k, iters in cases[:2]:  # the small case is overhead-bound, the mid case compute-bound
-        one, ten, c1, c10 = restarts_ratio(n, d, k, np.float32, iters, args.reps)
-        print(f"restarts (N={n}, D={d}, K={k}, float32, full, k-means++ start, {iters} iterations): 1 restart "
-              f"{one*1e3:.0f} ms, 10 vmapped restarts {ten*1e3:.0f} ms, ratio {ten / one:.2f}x; compile "
-              f"{c1:.2f} s / {c10:.2f} s  (load {load()})")
+        seconds, compiled = restarts_ratio(n, d, k, np.float32, iters, args.reps)
+        one = seconds["one"]
+        print(f"restarts (N={n}, D={d}, K={k}, float32, full, k-means++ starts, {iters} iterations): 1 start "
+              f"{one*1e3:.0f} ms; 10 independent restarts {seconds['independent']*1e3:.0f} ms, ratio "
+              f"{seconds['independent'] / one:.2f}x; 10 starts em-EM (init_iter={SHORT_RUNS}) "
+              f"{seconds['em-EM']*1e3:.0f} ms, ratio {seconds['em-EM'] / one:.2f}x; compile "
+              + " / ".join(f"{c:.2f}" for c in compiled.values()) + f" s  (load {load()})", flush=True)
     imp, fit = fresh_process_latency()
     print(f"fresh process: import bayesgmm {imp:.2f} s, first fit_em (faithful, K=2) {fit:.2f} s after import  (load {load()})")
     print("\nratio = faster scikit-learn setting / bayesgmm per iteration; GFLOP/s counts 4*N*K*D^2 "

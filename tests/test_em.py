@@ -171,6 +171,25 @@ def test_more_restarts_never_worse_and_same_seed_is_identical(faithful):
     assert not np.array_equal(other.means, again.means)
 
 
+@pytest.mark.filterwarnings("ignore::bayesgmm.ConvergenceWarning")  # max_iter is the point here
+def test_em_em_short_runs_over_explicit_starts(faithful):
+    """``n_init=R, init_iter=s``: every start runs s iterations (counted in max_iter), the best
+    short run continues, and with s = max_iter it is exactly R independent restarts."""
+    kw = dict(init_params="random", seed=5, tol=0.0)
+    independent = bg.fit_em(faithful, 4, n_init=8, max_iter=6, **kw)
+    whole = bg.fit_em(faithful, 4, n_init=8, init_iter=6, max_iter=6, **kw)
+    assert whole.info["num_kept"] == 1 and independent.info["num_kept"] == 8
+    assert whole.log_likelihood == pytest.approx(independent.log_likelihood, rel=1e-12)  # 1 lane vs 8: summation order
+    short = bg.fit_em(faithful, 4, n_init=8, init_iter=2, max_iter=6, **kw)
+    assert short.n_iter == 6 and short.info["init_iter"] == 2 and len(short.info["start_objectives"]) == 8
+    # the continued run is the best short run, and EM only climbs from it
+    best_short = max(short.info["start_objectives"])
+    assert short.log_likelihood >= best_short - 1e-6 * abs(best_short)
+    # the short runs are the independent runs' first iterations: the same starts, ranked early
+    two = bg.fit_em(faithful, 4, n_init=8, max_iter=2, **kw)
+    np.testing.assert_allclose(short.info["start_objectives"], two.info["restart_objectives"], rtol=1e-9)
+
+
 @pytest.mark.parametrize("init", INIT_METHODS)
 def test_every_initialisation_reaches_the_two_cluster_optimum(init, faithful):
     # "random" starts every component near the global mean and leaves that plateau slowly
@@ -316,6 +335,7 @@ def test_read_only_and_column_ordered_data_are_left_untouched(faithful):
         (dict(covariance_type="banana"), "covariance_type"),
         (dict(init_params="magic"), "init_params"),
         (dict(n_init=0), "n_init"),
+        (dict(n_init=4, init_iter=0), "init_iter"),
         (dict(max_iter=-1), "max_iter"),  # max_iter=0 returns the initialisation
         (dict(tol=-1.0), "tol"),
         (dict(reg_covar=-1.0), "reg_covar"),
