@@ -146,19 +146,15 @@ def _limited(threads, fn, *args):
         return fn(*args)
 
 
-#: Short-run length of the em-EM restarts timed beside independent ones.
-SHORT_RUNS = 2
-
-
-def restarts_ratio(n, d, k, dtype, iters, reps):
+def restarts_ratio(n, d, k, dtype, iters, reps, short_runs):
     """Whole fits (k-means++ seeding + fixed iterations): 1 start, 10 independent restarts (every
     start runs ``iters`` iterations, scikit-learn's ``n_init``) and 10 starts searched em-EM
-    (``init_iter=SHORT_RUNS``: every start runs that many, the best continues to ``iters``),
+    (``init_iter=short_runs``: every start runs that many, the best continues to ``iters``),
     interleaved. Returns the median seconds and the compile seconds of each."""
     rng = np.random.default_rng(2)
     centres = rng.normal(0, 3, size=(k, d))
     x = (centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(dtype)
-    kinds = {"one": dict(n_init=1), "independent": dict(n_init=10), "em-EM": dict(n_init=10, init_iter=SHORT_RUNS)}
+    kinds = {"one": dict(n_init=1), "independent": dict(n_init=10), "em-EM": dict(n_init=10, init_iter=short_runs)}
 
     def fit(kind):
         with in_precision(dtype):
@@ -203,6 +199,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-large", action="store_true", help="skip the N=1e6 case (minutes of scikit-learn)")
     ap.add_argument("--restarts-only", action="store_true", help="only the restarts lines")
+    ap.add_argument("--init-iter", type=int, default=2, help="short-run length of the em-EM restarts (default 2)")
     args = ap.parse_args(argv)
     if args.quick:
         cases = [(2_000, 2, 3, 10), (20_000, 8, 8, 6)]
@@ -231,11 +228,11 @@ def main(argv=None):
                       f"{100 * gf / peak[dtype]:>5.0f}% | {r['compile']:>9.2f} | {r['rel']:>11.1e} | {load()}", flush=True)
     print()
     for n, d, k, iters in cases[:2]:  # the small case is overhead-bound, the mid case compute-bound
-        seconds, compiled = restarts_ratio(n, d, k, np.float32, iters, args.reps)
+        seconds, compiled = restarts_ratio(n, d, k, np.float32, iters, args.reps, args.init_iter)
         one = seconds["one"]
         print(f"restarts (N={n}, D={d}, K={k}, float32, full, k-means++ starts, {iters} iterations): 1 start "
               f"{one*1e3:.0f} ms; 10 independent restarts {seconds['independent']*1e3:.0f} ms, ratio "
-              f"{seconds['independent'] / one:.2f}x; 10 starts em-EM (init_iter={SHORT_RUNS}) "
+              f"{seconds['independent'] / one:.2f}x; 10 starts em-EM (init_iter={args.init_iter}) "
               f"{seconds['em-EM']*1e3:.0f} ms, ratio {seconds['em-EM'] / one:.2f}x; compile "
               + " / ".join(f"{c:.2f}" for c in compiled.values()) + f" s  (load {load()})", flush=True)
     imp, fit = fresh_process_latency()
