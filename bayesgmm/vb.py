@@ -69,7 +69,7 @@ import numpy as np
 
 from . import _iterate, _missing, _numerics, _sharding, _stats, _sticks
 from ._compile import CompiledProgram
-from ._iterate import INIT_ITER, resolve_starts, trace_length
+from ._iterate import resolve_starts, short_run_length, trace_length
 from .kmeans import INIT_METHODS, init_noise, initial_responsibilities
 from .params import (
     ConvergenceWarning,
@@ -430,6 +430,7 @@ def fit_vb(
     covariance_type: str = "full",
     prior: Prior | None = None,
     n_init="auto",
+    init_iter: int | None = None,
     init_params: str = "k-means++",
     tol: float | None = None,
     max_iter: int = 1000,
@@ -467,6 +468,11 @@ def fit_vb(
         the best of their short runs continued. An int: that many independent starts, each run
         to convergence; the highest final ELBO is kept. Either way the starts seed K, K - 1, ...,
         1 components in turn (the first seeds all K).
+    init_iter : int, optional
+        Length of the short runs (as :func:`bayesgmm.fit_em`): with an int ``n_init``, the
+        starts run ``init_iter`` sweeps each (counted in ``max_iter``) and only the best (about
+        one in 16) continue. Default: :data:`bayesgmm.em.INIT_ITER` under ``"auto"``, and every
+        start to convergence under an int.
     init_params : {"k-means++", "kmeans", "random", "random_from_data"}
         Starting responsibilities (scikit-learn's meanings); the first update of q is the
         conjugate update from them (scikit-learn's ``_initialize``).
@@ -541,7 +547,7 @@ def fit_vb(
             raise ValueError("resp_init must be an (N, K) array of non-negative rows summing to 1.")
         n_init, init_params = 1, "random"  # one start: the given responsibilities
     return _fit_vb(
-        x, num_components, covariance_type=covariance_type, prior=prior, n_init=n_init,
+        x, num_components, covariance_type=covariance_type, prior=prior, n_init=n_init, init_iter=init_iter,
         init_params=init_params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
         num_draws=num_draws, resp_init=resp_init, sample_weight=sample_weight, devices=devices, missing=missing,
     )
@@ -565,7 +571,7 @@ def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar
     check_nonnegative(tol=tol, reg_covar=reg_covar)
 
 
-def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, tol, max_iter, reg_covar, seed, num_draws,
+def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, init_params, tol, max_iter, reg_covar, seed, num_draws,
             resp_init, sample_weight=None, devices=None, missing="error"):
     arr, names = check_data(x, missing=missing)
     n, d = arr.shape
@@ -589,7 +595,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)
-    starts, kept = resolve_starts(n_init, n, k, d, covariance_type)
+    short_iter = short_run_length(init_iter)
+    starts, kept = resolve_starts(n_init, n, k, d, covariance_type, init_iter)
     init_key, draw_key = jax.random.split(key)
     if resp_init is not None:  # padding rows (weight 0) get uniform responsibilities
         pad = np.full((rows.num_padded - n, k), 1.0 / k, dtype)
@@ -617,7 +624,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
         return jax.device_get(timed.outputs)
 
     out, start_elbos = _iterate.search(call, (noise, seeded), placeholder, num_groups=1, num_starts=starts,
-                                       num_kept=kept, init_iter=INIT_ITER, max_iter=int(max_iter))
+                                       num_kept=kept, init_iter=short_iter, max_iter=int(max_iter))
     lanes = out.lanes
     finals = np.asarray(lanes.objective, dtype=np.float64)
     if not np.isfinite(finals).any():
@@ -719,6 +726,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_params, t
             "seed": seed if isinstance(seed, (int, np.integer)) else None,
             "n_init": int(starts) if resp_init is None else 1,
             "num_kept": int(kept),
+            "init_iter": short_iter if kept < starts else None,
             "init_params": "given" if resp_init is not None else init_params,
             "best_restart": best,
             "restart_elbos": (finals + ll_shift).tolist(),

@@ -344,6 +344,24 @@ def test_sparse_dirichlet_finds_true_number_of_components(covariance_type):
     assert np.all(np.isfinite(r.draws["weights"])) and np.allclose(r.draws["weights"].sum(-1), 1.0)
 
 
+@pytest.mark.filterwarnings("ignore::bayesgmm.ConvergenceWarning")  # max_iter is the point here
+def test_short_runs_over_explicit_starts(faithful):
+    """``n_init=R, init_iter=s`` ranks R starts by their ELBO after s sweeps and continues the
+    best; with s = max_iter it is R independent starts."""
+    kw = dict(init_params="random", seed=3, tol=0.0)
+    independent = bg_fit(faithful, 3, n_init=8, max_iter=5, **kw)
+    whole = bg_fit(faithful, 3, n_init=8, init_iter=5, max_iter=5, **kw)
+    assert whole.info["num_kept"] == 1 and independent.info["num_kept"] == 8
+    assert whole.info["elbo"] == pytest.approx(independent.info["elbo"], rel=1e-12)
+    short = bg_fit(faithful, 3, n_init=8, init_iter=2, max_iter=5, **kw)
+    assert short.n_iter == 5 and short.info["init_iter"] == 2 and len(short.info["start_elbos"]) == 8
+    assert short.info["elbo"] >= max(short.info["start_elbos"]) - 1e-9 * abs(short.info["elbo"])
+    two = bg_fit(faithful, 3, n_init=8, max_iter=2, **kw)
+    np.testing.assert_allclose(short.info["start_elbos"], two.info["restart_elbos"], rtol=1e-9)
+    with pytest.raises(ValueError, match="init_iter"):
+        bg_fit(faithful, 3, n_init=8, init_iter=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. Recovery, determinism, compile-once, errors
 # ----------------------------------------------------------------------------------------------
