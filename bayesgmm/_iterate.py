@@ -181,7 +181,8 @@ MIN_STARTS, MAX_STARTS = 4, 256
 START_BUDGET = 2e8
 
 
-def auto_starts(num_obs: int, num_components: int, num_features: int, covariance_type: str) -> tuple[int, int]:
+def auto_starts(num_obs: int, num_components: int, num_features: int, covariance_type: str,
+                init_iter: int = INIT_ITER) -> tuple[int, int]:
     """``(starts, kept)`` of ``n_init="auto"``.
 
     As many k-means++ starts as fit in :data:`START_BUDGET` (a power of two between 4 and 256:
@@ -190,7 +191,7 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
     """
     from ._stats import num_suff_features
 
-    cost = INIT_ITER * num_obs * num_components * num_suff_features(num_features, covariance_type)
+    cost = init_iter * num_obs * num_components * num_suff_features(num_features, covariance_type)
     fit = max(START_BUDGET / cost, 1.0)
     starts = int(min(MAX_STARTS, max(MIN_STARTS, 2 ** math.floor(math.log2(fit)))))
     return starts, int(min(16, max(1, starts // 16)))
@@ -198,13 +199,14 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
 
 def resolve_starts(n_init, num_obs, num_components, num_features, covariance_type,
                    init_iter: int | None = None) -> tuple[int, int]:
-    """``(starts, kept)`` for the public ``n_init``: ``"auto"`` (:func:`auto_starts`) or an int:
-    that many independent restarts, each run to convergence (scikit-learn's meaning), or with
-    ``init_iter`` given the em-EM search over them (:func:`kept_runs` continued)."""
+    """``(starts, kept)`` for the public ``n_init``: ``"auto"`` (:func:`auto_starts`, sized for
+    short runs of ``init_iter``) or an int: that many independent restarts, each run to
+    convergence (scikit-learn's meaning), or with ``init_iter`` given the em-EM search over them
+    (:func:`kept_runs` continued)."""
     if isinstance(n_init, str):
         if n_init != "auto":
             raise ValueError(f"n_init must be 'auto' or a positive integer, got {n_init!r}.")
-        return auto_starts(num_obs, num_components, num_features, covariance_type)
+        return auto_starts(num_obs, num_components, num_features, covariance_type, short_run_length(init_iter))
     from .params import check_positive_integers
 
     check_positive_integers(n_init=n_init)
@@ -213,10 +215,10 @@ def resolve_starts(n_init, num_obs, num_components, num_features, covariance_typ
 
 
 def kept_runs(starts: int) -> int:
-    """Runs continued after the short runs of an explicit em-EM search over ``starts``: about one
-    per 16 starts (1 to 16), a divisor of ``starts`` so that every start runs."""
-    target = min(16, max(1, starts // 16))
-    return max(r for r in range(1, target + 1) if starts % r == 0)
+    """Runs continued after the short runs of an explicit em-EM search over ``starts``: one per
+    16 starts, at least 1 and at most 16 (the short runs go in blocks of that many lanes, the
+    last block filled up with repeated starts)."""
+    return min(16, max(1, starts // 16))
 
 
 def short_run_length(init_iter) -> int:
@@ -281,8 +283,9 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         out = call(starts, placeholder, max_iter, True)
         return out, np.asarray(out.lanes.objective, np.float64).reshape(num_groups, num_starts)
 
-    def block(b):
-        return jax.tree_util.tree_map(lambda a: a[:, b * num_kept : (b + 1) * num_kept], starts)
+    def block(b):  # the last block is filled up with the first starts (their runs are dropped)
+        index = np.arange(b * num_kept, (b + 1) * num_kept) % num_starts
+        return jax.tree_util.tree_map(lambda a: a[:, index], starts)
 
     def by_group(tree):  # (G * kept, ...) -> (G, kept, ...)
         return jax.tree_util.tree_map(lambda a: a.reshape((num_groups, num_kept) + a.shape[1:]), tree)
@@ -295,8 +298,8 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
             lambda a: np.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1), tree)
 
     shorts = [by_group(call(block(b), placeholder, min(init_iter, max_iter), True))
-              for b in range(num_starts // num_kept)]
-    shorts = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), *shorts)  # (G, R, ...)
+              for b in range(-(-num_starts // num_kept))]
+    shorts = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1)[:, :num_starts], *shorts)  # (G, R, ...)
     start_objective = np.asarray(shorts.lanes.objective, np.float64)
     order = np.argsort(-rank(start_objective, shorts.degenerate), axis=1, kind="stable")
     done = by_group(call(block(0), flat(pick(shorts.lanes, order[:, :num_kept])), max_iter, False))
@@ -305,7 +308,7 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         clean = ~np.asarray(done.degenerate).any(axis=-1) & np.isfinite(np.asarray(done.lanes.objective))
         if clean.any(axis=1).all():
             break
-        chosen = order[:, rounds * num_kept : (rounds + 1) * num_kept]
+        chosen = order[:, np.arange(rounds * num_kept, (rounds + 1) * num_kept) % num_starts]  # filled up as block()
         more = by_group(call(block(0), flat(pick(shorts.lanes, chosen)), max_iter, False))
         both = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), done, more)  # (G, 2 kept, ...)
         keep = np.argsort(-rank(np.asarray(both.lanes.objective), both.degenerate), axis=1, kind="stable")[:, :num_kept]

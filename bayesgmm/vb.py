@@ -466,12 +466,13 @@ def fit_vb(
     n_init : "auto" or int
         ``"auto"``: as many starts as the data size makes cheap (as :func:`bayesgmm.fit_em`),
         the best of their short runs continued. An int: that many independent starts, each run
-        to convergence; the highest final ELBO is kept. Either way the starts seed K, K - 1, ...,
-        1 components in turn (the first seeds all K).
+        to convergence (unless ``init_iter`` is given); the highest final ELBO is kept. Either
+        way the starts seed K, K - 1, ..., 1 components in turn (the first seeds all K).
     init_iter : int, optional
         Length of the short runs (as :func:`bayesgmm.fit_em`): with an int ``n_init``, the
-        starts run ``init_iter`` sweeps each (counted in ``max_iter``) and only the best (about
-        one in 16) continue. Default: :data:`bayesgmm.em.INIT_ITER` under ``"auto"``, and every
+        starts run ``init_iter`` sweeps each (counted in ``max_iter``) and the best one in 16
+        (at least one, at most 16) continue; ``info["init_iter"]`` is None when every start ran
+        to convergence. Default: :data:`bayesgmm.em.INIT_ITER` under ``"auto"``, and every
         start to convergence under an int.
     init_params : {"k-means++", "kmeans", "random", "random_from_data"}
         Starting responsibilities (scikit-learn's meanings); the first update of q is the
@@ -726,7 +727,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
             "seed": seed if isinstance(seed, (int, np.integer)) else None,
             "n_init": int(starts) if resp_init is None else 1,
             "num_kept": int(kept),
-            "init_iter": short_iter if kept < starts else None,
+            "init_iter": min(short_iter, int(max_iter)) if kept < starts else None,
             "init_params": "given" if resp_init is not None else init_params,
             "best_restart": best,
             "restart_elbos": (finals + ll_shift).tolist(),

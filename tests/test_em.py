@@ -188,6 +188,15 @@ def test_em_em_short_runs_over_explicit_starts(faithful):
     # the short runs are the independent runs' first iterations: the same starts, ranked early
     two = bg.fit_em(faithful, 4, n_init=8, max_iter=2, **kw)
     np.testing.assert_allclose(short.info["start_objectives"], two.info["restart_objectives"], rtol=1e-9)
+    # and the run continued is the best short run: where that start's independent run ends
+    best = int(np.argmax(short.info["start_objectives"]))
+    assert short.info["restart_objectives"][0] == pytest.approx(independent.info["restart_objectives"][best], rel=1e-9)
+    # 37 starts (prime): two kept, the short runs in 19 blocks of two, the last one filled up
+    many = bg.fit_em(faithful, 4, n_init=37, init_iter=2, max_iter=2, **kw)
+    assert many.info["num_kept"] == 2 and many.info["n_init"] == 37
+    assert len(set(many.info["start_objectives"])) == 37  # every start ran, none twice
+    alone = bg.fit_em(faithful, 4, n_init=37, max_iter=2, **kw)
+    np.testing.assert_allclose(many.info["start_objectives"], alone.info["restart_objectives"], rtol=1e-9)
 
 
 @pytest.mark.parametrize("init", INIT_METHODS)

@@ -358,6 +358,8 @@ def test_short_runs_over_explicit_starts(faithful):
     assert short.info["elbo"] >= max(short.info["start_elbos"]) - 1e-9 * abs(short.info["elbo"])
     two = bg_fit(faithful, 3, n_init=8, max_iter=2, **kw)
     np.testing.assert_allclose(short.info["start_elbos"], two.info["restart_elbos"], rtol=1e-9)
+    best = int(np.argmax(short.info["start_elbos"]))  # the continued run is the best short run
+    assert short.info["restart_elbos"][0] == pytest.approx(independent.info["restart_elbos"][best], rel=1e-9)
     with pytest.raises(ValueError, match="init_iter"):
         bg_fit(faithful, 3, n_init=8, init_iter=0)
 
