@@ -194,7 +194,7 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
     cost = init_iter * num_obs * num_components * num_suff_features(num_features, covariance_type)
     fit = max(START_BUDGET / cost, 1.0)
     starts = int(min(MAX_STARTS, max(MIN_STARTS, 2 ** math.floor(math.log2(fit)))))
-    return starts, int(min(16, max(1, starts // 16)))
+    return starts, kept_runs(starts)
 
 
 def resolve_starts(n_init, num_obs, num_components, num_features, covariance_type,
@@ -215,7 +215,7 @@ def resolve_starts(n_init, num_obs, num_components, num_features, covariance_typ
 
 
 def kept_runs(starts: int) -> int:
-    """Runs continued after the short runs of an explicit em-EM search over ``starts``: one per
+    """Runs continued after the short runs of an em-EM search over ``starts``: one per
     16 starts, at least 1 and at most 16 (the short runs go in blocks of that many lanes, the
     last block filled up with repeated starts)."""
     return min(16, max(1, starts // 16))
