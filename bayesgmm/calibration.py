@@ -65,6 +65,7 @@ import jax
 import numpy as np
 
 from . import _numerics
+from ._compile import jit
 from ._files import jsonable
 from .engines import engine_names, get_engine
 from .labels import invariant_summaries
@@ -168,7 +169,7 @@ def _ranks(post: np.ndarray, at_truth: np.ndarray, rng: np.random.Generator) -> 
 # ----------------------------------------------------------------------------------------------
 # Simulation of each replication: one compiled program per shape
 # ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("num_components", "covariance_type", "num_obs"))
+@functools.partial(jit, static_argnames=("num_components", "covariance_type", "num_obs"))
 def _simulate_replication(key, replication, prior, *, num_components: int, covariance_type: str, num_obs: int):
     """Replication ``replication``'s prior draw, data set and keys, as one compiled program.
 

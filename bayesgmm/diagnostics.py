@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _numerics
+from ._compile import jit
 from ._files import jsonable
 from .params import GMMParams, PriorArrays, check_data, seed_to_key
 
@@ -222,7 +223,7 @@ def _param_dims(covariance_type: str, lead=()) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Jitted kernels (one compiled program per shape; draws are vmapped, never looped)
 # ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("covariance_type",))
+@functools.partial(jit, static_argnames=("covariance_type",))
 def log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
     """Log prior density per draw. Weights that underflowed to 0 (draws from a sparse Dirichlet,
     concentration << 1) are floored at the smallest normal number: the density stays finite."""
@@ -234,7 +235,7 @@ def log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("num_obs", "covariance_type"))
+@functools.partial(jit, static_argnames=("num_obs", "covariance_type"))
 def _simulate_draws(keys, weights, means, covariances, num_obs, covariance_type):
     """One simulated data set (num_obs, D) per draw: the model run forward, vmapped over draws."""
     from .model import simulate

@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from . import _covariance_models
+from ._compile import jit
 from .engines import engine_names, get_engine
 from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data
 from .params import ConvergenceWarning as _ConvergenceWarning
@@ -225,11 +226,9 @@ def _simulate(key, params, num_obs: int, covariance_type: str):
     """:func:`bayesgmm.model.simulate` compiled once per (bucket size, structure, K, D)."""
     global _SIMULATE
     if _SIMULATE is None:
-        import jax
-
         from .model import simulate
 
-        _SIMULATE = jax.jit(simulate, static_argnames=("num_obs", "covariance_type"))
+        _SIMULATE = jit(simulate, static_argnames=("num_obs", "covariance_type"))
     return _SIMULATE(key, params, num_obs=num_obs, covariance_type=covariance_type)
 
 

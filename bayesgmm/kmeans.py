@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import jit
 from .params import (
     check_data,
     check_nonnegative,
@@ -185,7 +186,7 @@ def lloyd(x, centers, max_iter: int, tol, *, sample_weight=None, active=None):
     return c, labels, inertia, n_iter, shift <= tol
 
 
-@functools.partial(jax.jit, static_argnames=("num_components", "max_iter"))
+@functools.partial(jit, static_argnames=("num_components", "max_iter"))
 def _kmeans_restarts(u, x, tol, *, num_components, max_iter):
     def one(u_one):
         centers, _ = kmeans_plusplus(u_one, x, num_components)

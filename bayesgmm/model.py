@@ -30,6 +30,7 @@ from numpyro import handlers
 from numpyro.infer.util import log_density
 
 from . import _missing, _sticks
+from ._compile import jit
 from ._numerics import expand_covariances
 from .params import GMMParams, PriorArrays, check_covariance_type
 
@@ -421,7 +422,7 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
     return site_log_likelihood(gmm_model, values, x, batch_ndims=0, **kwargs)["x"]
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type", "missing"))
+@functools.partial(jit, static_argnames=("covariance_type", "missing"))
 def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str, missing: bool = False):
     """log p(x, params) of :func:`gmm_model` evaluated by NumPyro (z summed out), compiled.
 

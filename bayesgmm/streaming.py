@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _iterate, _missing, _numerics, _sharding, _stats
+from ._compile import jit
 from ._em_core import EMConfig, search
 from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
@@ -240,7 +241,7 @@ def _block_stats_missing(x, weight, shift, scale, params, covariance_type, with_
     return ChunkStats(stats, ll @ weight, jnp.abs(ll) @ weight, entropy)
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type", "block_rows", "strided", "with_entropy", "missing"))
+@functools.partial(jit, static_argnames=("covariance_type", "block_rows", "strided", "with_entropy", "missing"))
 def chunk_stats(acc, x, weight, shift, scale, theta, *, covariance_type: str, block_rows: int,
                 strided: bool, with_entropy: bool = False, missing: bool = False) -> ChunkStats:
     """``acc`` (summed statistics, (K, p)) plus one chunk's, and the chunk's log-likelihood sums
@@ -278,12 +279,12 @@ def params_from_stats(s, prior, reg_covar, config: StreamConfig) -> GMMParams:
     return _stats.m_step(*stats, ct, reg_covar, prior if config.use_prior else None)
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type",))
+@functools.partial(jit, static_argnames=("covariance_type",))
 def _natural(params, *, covariance_type):
     return _stats.natural_params(params, covariance_type)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jit, static_argnames=("config",))
 def batch_update(stats, prior, reg_covar, *, config: StreamConfig):
     """End of a batch pass, as :func:`bayesgmm._em_core.em_step`: the M-step from the summed
     statistics. Returns ``(new_params, natural_params(new_params))``."""
@@ -308,10 +309,10 @@ def expected_stats(params: GMMParams, covariance_type: str):
     return w[:, None] * jnp.concatenate([quad, mu, jnp.ones((k, 1), mu.dtype)], axis=1)
 
 
-_expected_stats_jit = jax.jit(expected_stats, static_argnames=("covariance_type",))
+_expected_stats_jit = jit(expected_stats, static_argnames=("covariance_type",))
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jit, static_argnames=("config",))
 def online_update(s, chunk, gamma, chunk_rows, num_obs, prior, reg_covar, *, config: StreamConfig):
     """Stepwise EM: ``s <- (1 - gamma) s + gamma chunk / chunk_rows``; parameters from ``N s``.
 

@@ -221,7 +221,7 @@ def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
 
 #: The SVI program, compiled ahead of time once per data shape, dtype and (hashable) settings.
 PROGRAM = CompiledProgram(
-    _program, static_argnames=("config",),
+    _program, static_argnames=("config",), fast_compile=False,  # sampling runs faster with XLA's default emitters
     memory_advice="Use minibatches (subsample_size=...), or a subsample of the rows.",
 )
 
@@ -452,7 +452,7 @@ def fit_svi(
         if cacheable:
             timed = PROGRAM(*args, config=config)
         else:  # an unhashable guide or optimizer: compiled for this call only
-            timed = CompiledProgram(functools.partial(_program, config=config), static_argnames=())(*args)
+            timed = CompiledProgram(functools.partial(_program, config=config), static_argnames=(), fast_compile=False)(*args)
     start_std, median_std, draws_std, elbo_std, elbo_final = timed.outputs
     compile_seconds, run_seconds = timed.compile_seconds, timed.run_seconds
 

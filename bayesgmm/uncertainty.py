@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _covariance_models, _em_core, _em_host, _numerics
+from ._compile import jit
 from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .labels import align_draws
 from .model import log_prior
@@ -194,7 +195,7 @@ def bootstrap(
 
         # simulate on the standardised scale (the fit's parameters mapped there in float64), so
         # that data far from zero keep their precision in float32
-        simulate_batch = jax.jit(jax.vmap(lambda kk: simulate(kk, GMMParams(*user_init), n, ct)[0]))
+        simulate_batch = jit(jax.vmap(lambda kk: simulate(kk, GMMParams(*user_init), n, ct)[0]))
 
     def batch_data(b):
         """Replicates b*batch ... (b+1)*batch - 1, generated only when their turn comes."""
@@ -340,7 +341,7 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     if fit.prior is not None:
         prior = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), fit.prior.standardised(shift, sd).arrays(k, ct))
     theta = to_unconstrained(std, ct)
-    hessian = jax.jit(jax.hessian(_objective), static_argnums=(3, 4, 5))(theta, xs, prior, k, d, ct)
+    hessian = jit(jax.hessian(_objective), static_argnums=(3, 4, 5))(theta, xs, prior, k, d, ct)
     neg_h = -np.asarray(hessian, np.float64)
     neg_h = (neg_h + neg_h.T) / 2
     eig = np.linalg.eigvalsh(neg_h)

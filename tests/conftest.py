@@ -9,6 +9,9 @@ JAX's default float, :func:`bayesgmm.params.compute_dtype`), e.g. through :func:
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Compile every program, the samplers' too, with the fast-compiling XLA options (bayesgmm._compile):
+# the suite's time is mostly compilation, and its sampler runs are short. Subprocesses inherit it.
+os.environ.setdefault("BAYESGMM_COMPILE_MODE", "fast-compile")
 
 import jax  # noqa: E402
 
@@ -108,3 +111,62 @@ def faithful_gibbs(faithful):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Opt-in profile of where the suite's time goes: BAYESGMM_TEST_PROFILE=folder writes, per worker,
+# a JSON line per test with its wall time and the seconds spent tracing, lowering and compiling
+# (and the persistent-cache hits). `python tests/_profile_report.py folder` sums them per file.
+# ----------------------------------------------------------------------------------------------
+_PROFILE_DIR = os.environ.get("BAYESGMM_TEST_PROFILE")
+_PROFILE = {"test": None, "totals": {}, "programs": {}}
+_PROFILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+    "/jax/core/compile/backend_compile_duration": "compile",
+}
+
+if _PROFILE_DIR:
+    import json
+    import time
+
+    import jax.monitoring
+
+    def _profile_duration(name, duration, **kwargs):
+        kind = _PROFILE_EVENTS.get(name)
+        if kind is not None and _PROFILE["test"] is not None:
+            totals = _PROFILE["totals"].setdefault(_PROFILE["test"], {})
+            totals[kind] = totals.get(kind, 0.0) + duration
+            if kind == "compile":
+                totals["compiles"] = totals.get("compiles", 0) + 1
+                program = _PROFILE["programs"].setdefault(kwargs.get("fun_name", "?"), [0, 0.0])
+                program[0] += 1
+                program[1] += duration
+
+    def _profile_event(name, **kwargs):
+        if name == "/jax/compilation_cache/cache_hits" and _PROFILE["test"] is not None:
+            totals = _PROFILE["totals"].setdefault(_PROFILE["test"], {})
+            totals["cache_hits"] = totals.get("cache_hits", 0) + 1
+
+    jax.monitoring.register_event_duration_secs_listener(_profile_duration)
+    jax.monitoring.register_event_listener(_profile_event)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        _PROFILE["test"] = item.nodeid
+        start = time.perf_counter()
+        yield
+        totals = _PROFILE["totals"].setdefault(item.nodeid, {})
+        totals["wall"] = time.perf_counter() - start
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        os.makedirs(_PROFILE_DIR, exist_ok=True)
+        with open(os.path.join(_PROFILE_DIR, f"{worker}.jsonl"), "a") as out:
+            out.write(json.dumps({"test": item.nodeid, **totals}) + "\n")
+        _PROFILE["test"] = None
+
+    def pytest_sessionfinish(session):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        if _PROFILE["programs"]:
+            os.makedirs(_PROFILE_DIR, exist_ok=True)
+            with open(os.path.join(_PROFILE_DIR, f"{worker}.programs.json"), "w") as out:
+                json.dump(_PROFILE["programs"], out)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 import bayesgmm as bg
@@ -71,3 +72,48 @@ def test_set_compilation_cache_moves_and_turns_off(tmp_path, monkeypatch):
         assert _compile.configure_default_cache() is None
     finally:
         bg.set_compilation_cache(before)
+
+
+def test_compile_modes_choose_the_xla_options(monkeypatch):
+    """``auto``: EM-like programs ask for the fast-compiling emitters, samplers keep XLA's
+    defaults; ``fast-compile`` / ``fast-run`` force either; anything else is a clear error."""
+    expected = {"auto": (_compile.FAST_COMPILE_OPTIONS, None), "fast-compile": (_compile.FAST_COMPILE_OPTIONS,) * 2,
+                "fast-run": (None, None)}
+    for mode, (fast, default) in expected.items():
+        monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
+        assert (_compile.compiler_options(True), _compile.compiler_options(False)) == (fast, default), mode
+    monkeypatch.setenv(_compile.COMPILE_MODE_ENV, "quick")
+    with pytest.raises(ValueError, match="BAYESGMM_COMPILE_MODE.*auto, fast-compile, fast-run"):
+        _compile.compiler_options(True)
+
+
+def test_the_options_reach_xla_and_an_xla_without_them_still_compiles(monkeypatch):
+    """An option this XLA does not know is refused by XLA itself (so the options are really
+    passed); the program then compiles with the defaults, and later programs skip the options."""
+    import jax.numpy as jnp
+
+    monkeypatch.setenv(_compile.COMPILE_MODE_ENV, "fast-compile")
+    monkeypatch.setattr(_compile, "FAST_COMPILE_OPTIONS", {"xla_cpu_no_such_option_in_any_xla": False})
+    monkeypatch.setattr(_compile, "_OPTIONS_UNSUPPORTED", False)
+    program = _compile.CompiledProgram(lambda a: jnp.sin(a) * 3.0, static_argnames=())
+    assert float(program(jnp.asarray(0.5)).outputs) == pytest.approx(3 * np.sin(0.5))
+    assert _compile._OPTIONS_UNSUPPORTED and _compile.compiler_options(True) is None
+
+    monkeypatch.setattr(_compile, "_OPTIONS_UNSUPPORTED", False)
+    jitted = _compile.jit(lambda a: jnp.cos(a) * 2.0)
+    assert float(jitted(jnp.asarray(0.5))) == pytest.approx(2 * np.cos(0.5))
+    assert _compile._OPTIONS_UNSUPPORTED
+
+
+def test_both_compile_modes_give_the_same_fit(monkeypatch):
+    """The emitters change the machine code, not the computation: EM's fit agrees to round-off."""
+    x = bg.datasets.load_faithful()
+    fits = {}
+    for mode in ("fast-run", "fast-compile"):
+        monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
+        _compile.clear_caches()
+        fits[mode] = bg.fit_em(x, 2, n_init=2, seed=0)
+    a, b = fits.values()
+    assert a.n_iter == b.n_iter
+    assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-12)
+    np.testing.assert_allclose(a.means, b.means, rtol=1e-9)
