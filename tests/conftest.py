@@ -71,15 +71,34 @@ def precision(dtype):
     return jax.enable_x64(np.dtype(dtype) == np.float64)
 
 
+#: Memory mappings of this process above which the compiled programs are freed after a module.
+MAX_MAPPINGS = 24000
+
+
+def _memory_mappings() -> int | None:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
-    """Free every compiled program after each test module. One process compiling the whole
-    suite's programs would otherwise exceed the kernel's limit on memory mappings
-    (vm.max_map_count) and abort inside XLA's compiler."""
+    """Free every compiled program after a test module once this process holds many memory
+    mappings (each XLA:CPU executable holds hundreds): one process keeping the whole suite's
+    programs would exceed the kernel's limit (vm.max_map_count, 65530 by default) and abort
+    inside XLA's compiler. Below that, later modules reuse the programs earlier ones compiled.
+    Without /proc (not Linux) they are freed after every module."""
     yield
-    from bayesgmm._compile import clear_caches
+    mappings = _memory_mappings()
+    if os.environ.get("BAYESGMM_TEST_MAPS"):
+        with open(os.environ["BAYESGMM_TEST_MAPS"], "a") as out:
+            out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {mappings}\n")
+    if mappings is None or mappings > MAX_MAPPINGS:
+        from bayesgmm._compile import clear_caches
 
-    clear_caches()
+        clear_caches()
 
 
 @pytest.fixture(scope="session")
