@@ -49,7 +49,7 @@ import numpy as np
 from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import chain_starts, finish_draws, sampler_result
-from ._compile import CompiledProgram, progress, tick_every, tick_interval
+from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
     ConvergenceWarning,
@@ -256,7 +256,7 @@ def potential_fn(xs, row_mask, prior, k: int, covariance_type: str, missing: boo
 #: The sampler, compiled ahead of time once per data shape, dtype and settings (so that the
 #: compile and run times are measured apart).
 PROGRAM = CompiledProgram(
-    _program, static_argnames=("config",), fast_compile=False,  # sampling runs faster with XLA's default emitters
+    _program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
     memory_advice="Use fewer chains or draws, or a subsample (NUTS evaluates every row at every step).",
 )
 

@@ -76,7 +76,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._compile import CompiledProgram, progress, tick_every, tick_interval
+from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
 from .labels import align_draws
 from .model import gmm_model, model_kwargs
 from .params import (
@@ -221,7 +221,7 @@ def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
 
 #: The SVI program, compiled ahead of time once per data shape, dtype and (hashable) settings.
 PROGRAM = CompiledProgram(
-    _program, static_argnames=("config",), fast_compile=False,  # sampling runs faster with XLA's default emitters
+    _program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
     memory_advice="Use minibatches (subsample_size=...), or a subsample of the rows.",
 )
 

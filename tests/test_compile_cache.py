@@ -82,6 +82,8 @@ def test_compile_modes_choose_the_xla_options(monkeypatch):
     for mode, (fast, default) in expected.items():
         monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
         assert (_compile.compiler_options(True), _compile.compiler_options(False)) == (fast, default), mode
+    # NUTS and full-batch SVI compile fast on small data only (their steps run slower that way)
+    assert _compile.small_rows(np.zeros((511, 2))) and not _compile.small_rows(np.zeros((512, 2)))
     monkeypatch.setenv(_compile.COMPILE_MODE_ENV, "quick")
     with pytest.raises(ValueError, match="BAYESGMM_COMPILE_MODE.*auto, fast-compile, fast-run"):
         _compile.compiler_options(True)
