@@ -16,8 +16,9 @@ EM and VB programs but takes 35-45% longer to compile than its classic ones. Pro
 the samplers (NUTS, SVI, Gibbs), whose draws run 8-25% faster with the new ones, keep XLA's
 default, except NUTS and full-batch SVI on at most :data:`SAMPLER_FAST_COMPILE_ROWS` (padded)
 rows, where the compile time saved (about 4 s of a first NUTS fit on Old Faithful) outweighs the
-slower steps (0.2 s of its 4 chains x 2000 draws). ``$BAYESGMM_COMPILE_MODE`` overrides the choice: ``fast-compile`` for every program
-(short scripts, the test suite), ``fast-run`` for none, ``auto`` (the default) as above.
+slower steps (0.2 s of its 4 chains x 2000 draws). ``$BAYESGMM_COMPILE_MODE`` overrides the
+choice: ``fast-compile`` for every program (short scripts, the test suite), ``fast-run`` for
+none, ``auto`` (the default) as above.
 """
 
 from __future__ import annotations

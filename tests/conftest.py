@@ -92,9 +92,6 @@ def _release_compiled_programs():
     Without /proc (not Linux) they are freed after every module."""
     yield
     mappings = _memory_mappings()
-    if os.environ.get("BAYESGMM_TEST_MAPS"):
-        with open(os.environ["BAYESGMM_TEST_MAPS"], "a") as out:
-            out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {mappings}\n")
     if mappings is None or mappings > MAX_MAPPINGS:
         from bayesgmm._compile import clear_caches
 
