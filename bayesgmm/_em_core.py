@@ -159,8 +159,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     ``xs`` is (N, D) shared or (G, N, D) one data set per group (parametric bootstrap);
     ``sample_weight`` None, (N,) shared or (G, N); ``active`` None or (G, K); ``prior`` None,
     shared, or with a leading G on every leaf. ``fresh`` (a traced bool) starts the lanes from
-    ``noise`` (L, ...) uniform numbers, with ``given`` (standardised weights / means / covariances
-    or None each, shared) substituted; otherwise the lanes continue from ``state``. ``tol`` is
+    ``noise`` (L, ...) uniform numbers, with the pieces of ``given`` (:func:`given_start`: the
+    standardised weights / means / covariances and a (3,) mask of those given, shared)
+    substituted; otherwise the lanes continue from ``state``. ``tol`` is
     per observation; ``max_iter`` counts updates since the lanes' start. ``adaptive`` (static):
     switch to the precise step where needed; False keeps the fast form (sharded rows: XLA's CPU
     devices deadlock on collectives inside a data-dependent branch).
@@ -214,15 +215,16 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         init_config = config._replace(hard=False)
 
         def one(u, prob):
+            values, mask = given
             if init_method == "given":  # every piece given: nothing to compute
-                return GMMParams(*(jnp.asarray(g, xs.dtype) for g in given))
+                return GMMParams(*(jnp.asarray(g, xs.dtype) for g in values))
             resp0 = initial_responsibilities(u, prob.x, k, init_method, sample_weight=prob.sample_weight, active=prob.active)
             if prob.sample_weight is not None:
                 resp0 = resp0 * prob.sample_weight[:, None]
             # one-point starts have no scatter: at least INIT_REG_COVAR here, so reg_covar=0 is usable
             floored = prob._replace(reg_covar=jnp.maximum(prob.reg_covar, INIT_REG_COVAR))
             params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct), floored, init_config)
-            return GMMParams(*(p if g is None else jnp.broadcast_to(g, p.shape).astype(p.dtype) for p, g in zip(params0, given)))
+            return GMMParams(*(jnp.where(m, jnp.asarray(g, p.dtype), p) for p, g, m in zip(params0, values, mask)))
 
         params0 = jax.vmap(one, in_axes=(0, axes))(noise, problem)
         return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
@@ -265,10 +267,25 @@ class SearchResult(NamedTuple):
     run_seconds: float
 
 
+def _covariance_shape(num_components, num_features, covariance_type) -> tuple:
+    k, d = num_components, num_features
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
+def given_start(given, num_components, num_features, covariance_type, dtype):
+    """User-given starting pieces ``(weights, means, covariances)``, None where not given, as the
+    program takes them: every piece an array (zeros where not given) and a (3,) bool mask of the
+    given ones. One pytree for every combination, so given and computed starts share a program."""
+    shapes = ((num_components,), (num_components, num_features),
+              _covariance_shape(num_components, num_features, covariance_type))
+    values = tuple(np.zeros(shape, dtype) if g is None else g for g, shape in zip(given, shapes))
+    return values, np.array([g is not None for g in given])
+
+
 def _placeholder_state(num_lanes, num_components, num_features, covariance_type, trace_len, dtype):
     """A state of the right shapes for calls that start afresh (its values are never read)."""
     k, d = num_components, num_features
-    cov_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    cov_shape = _covariance_shape(k, d, covariance_type)
     params = GMMParams(np.ones((num_lanes, k), dtype), np.zeros((num_lanes, k, d), dtype),
                        np.ones((num_lanes,) + cov_shape, dtype))
     return _iterate.Lanes(
@@ -288,7 +305,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     ``key`` seeds every start's uniform numbers; group g's starts use its own split. With
     ``num_kept == num_starts`` one call runs every start to convergence. ``num_rows``: the real
     rows when ``xs`` is padded (sharded fits). ``observed`` (N, D) bool: missing values (False),
-    whose entries of ``xs`` are placeholders (shared data only).
+    whose entries of ``xs`` are placeholders (shared data only). ``given``: the user's starting
+    pieces, None where not given. One group's lanes are padded to :func:`_iterate.lane_bucket`
+    (repeats of its first lanes, dropped from the output), so that ``n_init`` up to the bucket
+    and given starts reuse the default fit's program.
     """
     dtype = np.dtype(xs.dtype)
     n = xs.shape[-2]
@@ -298,12 +318,15 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     if not isinstance(xs, jax.Array):  # once for every call of the search (sharded rows are placed already)
         xs = jax.device_put(xs)
     lanes_per_call = num_groups * num_kept
+    rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
+    lanes_run = lanes_per_call if num_groups > 1 else _iterate.lane_bucket(lanes_per_call, rows, k, d, config.covariance_type)
+    given = given_start(given, k, d, config.covariance_type, dtype)
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
     else:
         keys = jax.random.split(key, num_groups)
         noise = np.stack([init_noise(kk, init_method, num_starts, num_rows or n, k, dtype, n) for kk in keys])  # (G, R, ...)
-    placeholder = _placeholder_state(lanes_per_call, k, d, config.covariance_type, trace_len, dtype)
+    placeholder = _placeholder_state(lanes_run, k, d, config.covariance_type, trace_len, dtype)
     model_index = np.int32(config.model_index())
     config = config.program_config()
     static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive)
@@ -311,12 +334,13 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     seconds = [0.0, 0.0]
 
     def call(noise_block, state, limit, fresh):
-        timed = PROGRAM(xs, noise_block.reshape((lanes_per_call,) + noise_block.shape[2:]), given, state, *common,
+        timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), given, state, *common,
                         np.asarray(limit, np.int32), np.asarray(fresh), model_index, observed, **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
 
+    call = _iterate.padded_lanes(call, lanes_per_call, lanes_run)
     out, start_objective = _iterate.search(call, noise, placeholder, num_groups=num_groups, num_starts=num_starts,
                                            num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,
                                            avoid_degenerate=avoid_degenerate)

@@ -168,8 +168,6 @@ def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, 
                allow_degenerate: bool = False, sharded: bool = False, observed=None):
     """:func:`bayesgmm._em_core.search` with host arguments in the compute dtype (``observed``:
     the missing-value mask of ``data`` when it is padded, else ``prep.observed``)."""
-    if all(u is not None for u in user_init):
-        init_method = "given"  # every piece given: the starts are the user's
     return search(
         prep.xs if data is None else data, key, user_init, prior_arrays, tol=tol, reg_covar=reg_covar,
         sample_weight=sample_weight, active=active, max_iter=int(max_iter), init_iter=int(init_iter), config=config,

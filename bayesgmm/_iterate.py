@@ -221,6 +221,44 @@ def kept_runs(starts: int) -> int:
     return min(16, max(1, starts // 16))
 
 
+def lane_bucket(num_lanes: int, num_obs: int, num_components: int, num_features: int, covariance_type: str) -> int:
+    """Lanes the compiled program runs when a search needs ``num_lanes`` (one group).
+
+    Every number of lanes up to the default search's (:func:`auto_starts`' kept runs for this
+    size) runs that many, so the default fit, ``n_init`` from 1 up to it and given starts share
+    one program; where that is the maximum (small data, where compiling costs far more than a
+    lane) larger numbers go up to the next power of two. Elsewhere lanes are not padded: each
+    costs a full E-step, and an explicit ``n_init`` on large data must not pay for extra ones.
+    The extra lanes repeat the first ones and their results are dropped.
+    """
+    default = auto_starts(num_obs, num_components, num_features, covariance_type)[1]
+    if num_lanes <= default:
+        return default
+    if default == kept_runs(MAX_STARTS):
+        return 2 ** math.ceil(math.log2(num_lanes))
+    return num_lanes
+
+
+def padded_lanes(call, num_lanes: int, num_run: int):
+    """A :func:`search` ``call`` of one group that runs ``num_run`` program lanes
+    (:func:`lane_bucket`) for the search's ``num_lanes``: the extra lanes repeat the first ones,
+    in the starts block (axes (1, lanes, ...)) and the continued state, and are dropped from the
+    output. The placeholder state passed with fresh calls must have ``num_run`` lanes."""
+    if num_run == num_lanes:
+        return call
+    import numpy as np
+
+    repeat = np.arange(num_run) % num_lanes
+
+    def padded(block, state, limit, fresh):
+        block = jax.tree_util.tree_map(lambda a: a[:, repeat], block)
+        if not fresh:
+            state = take(state, repeat)
+        return take(call(block, state, limit, fresh), slice(0, num_lanes))
+
+    return padded
+
+
 def short_run_length(init_iter) -> int:
     """The em-EM short runs' length: ``init_iter`` checked (a positive int), :data:`INIT_ITER` when None."""
     if init_iter is None:

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from . import _covariance_models, _em_core, _em_host
+from . import _covariance_models, _em_core, _em_host, _sharding
 from ._covariance_models import MODELS
 from ._numerics import num_free_parameters
 from .em import fit_em
@@ -291,10 +291,13 @@ def select(
         starts, kept = _em_core.resolve_starts(n_init, _em_host.search_rows(prep), k_max, d, layout)
         prior_arrays = _grid_prior(prior, arr, ks, k_max, layout, prep)
         config = _em_core.EMConfig(k_max, d, layout, False, prior is not None, covariance_model=prep.covariance_model)
+        # rows padded to fit_em's bucket (weight 0): grids on other N of the bucket reuse the program
+        xs, row_weight = _sharding.shard_rows(_sharding.resolve(None, n), prep.xs, None)
         found = _em_host.run_search(
             prep, seed_to_key(seed), (None, None, None), prior_arrays, tol=tol, reg_covar=reg_covar,
-            sample_weight=None, active=active, max_iter=max_iter, config=config, init_method=init_params,
+            sample_weight=row_weight, active=active, max_iter=max_iter, config=config, init_method=init_params,
             num_groups=len(ks), num_starts=starts, num_kept=kept, allow_degenerate=allow_degenerate,
+            data=xs, observed=_sharding.pad_observed(prep.observed, xs.shape[0]),
         )
         compile_seconds[ct] = found.compile_seconds
         out = found.output

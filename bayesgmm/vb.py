@@ -613,7 +613,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
     static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
-    placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
+    lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type)  # n_init up to the default's lanes: one program
+    placeholder = _placeholder_state(lanes_run, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
     seconds = [0.0, 0.0]
 
     def call(block, state, limit, fresh):
@@ -624,6 +625,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
 
+    call = _iterate.padded_lanes(call, kept, lanes_run)
     out, start_elbos = _iterate.search(call, (noise, seeded), placeholder, num_groups=1, num_starts=starts,
                                        num_kept=kept, init_iter=short_iter, max_iter=int(max_iter))
     lanes = out.lanes

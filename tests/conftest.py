@@ -167,6 +167,27 @@ if _PROFILE_DIR:
     jax.monitoring.register_event_duration_secs_listener(_profile_duration)
     jax.monitoring.register_event_listener(_profile_event)
 
+    from bayesgmm import _compile
+
+    _call_program = _compile.CompiledProgram.__call__
+
+    def _logged_call(self, *args, **static):
+        """Every new signature of a package program, with the test that compiled it (JSON lines)."""
+        timed = _call_program(self, *args, **static)
+        if timed.compile_seconds > 0:
+            leaves, treedef = jax.tree_util.tree_flatten(args, is_leaf=lambda a: a is None)
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            row = {"test": _PROFILE["test"], "program": self._jitted.__name__, "seconds": timed.compile_seconds,
+                   "static": {k: repr(v) for k, v in sorted(static.items())},
+                   "args": [None if a is None else [list(np.shape(a)), str(np.asarray(a).dtype) if not hasattr(a, "dtype")
+                                                   else str(a.dtype)] for a in leaves]}
+            os.makedirs(_PROFILE_DIR, exist_ok=True)
+            with open(os.path.join(_PROFILE_DIR, f"{worker}.signatures.jsonl"), "a") as out:
+                out.write(json.dumps(row) + "\n")
+        return timed
+
+    _compile.CompiledProgram.__call__ = _logged_call
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):
         _PROFILE["test"] = item.nodeid

@@ -211,11 +211,16 @@ def test_every_initialisation_reaches_the_two_cluster_optimum(init, faithful):
 def test_second_fit_with_same_shapes_does_not_retrace(faithful):
     from conftest import CompileCounter
 
-    bg.fit_em(faithful, 2, n_init=2, seed=0, max_iter=50)
+    first = bg.fit_em(faithful, 2, seed=0)
     with CompileCounter() as counter:
         bg.fit_em(faithful[::-1].copy(), 2, n_init=2, seed=1, max_iter=50, tol=1e-4, reg_covar=1e-5)
-        bg.fit_em(faithful + 1.0, 2, n_init=2, seed=2, max_iter=50)
-    assert counter.compiles == 0
+        bg.fit_em(faithful[:250] + 1.0, 2, n_init=16, seed=2, max_iter=50)
+        bg.fit_em(faithful, 2, n_init=1, means_init=first.params.means, seed=3)  # given pieces
+        given = bg.fit_em(faithful, 2, weights_init=first.params.weights, means_init=first.params.means,
+                          precisions_init=np.linalg.inv(first.params.covariances))  # every piece given
+    assert counter.compiles == 0  # n_init up to the default's 16 lanes and given starts: its program
+    assert given.info["n_init"] == 1 and len(given.info["restart_objectives"]) == 1
+    np.testing.assert_allclose(given.log_likelihood, first.log_likelihood, rtol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------
