@@ -319,7 +319,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         xs = jax.device_put(xs)
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
-    lanes_run = lanes_per_call if num_groups > 1 else _iterate.lane_bucket(lanes_per_call, rows, k, d, config.covariance_type)
+    # one group on one device: lanes padded to a bucket (not over several devices, whose
+    # collectives can deadlock XLA:CPU's shared thread pool on larger per-device work)
+    padded = num_groups == 1 and len(xs.sharding.device_set) == 1
+    lanes_run = _iterate.lane_bucket(lanes_per_call, rows, k, d, config.covariance_type) if padded else lanes_per_call
     given = given_start(given, k, d, config.covariance_type, dtype)
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)

@@ -613,7 +613,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
     static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
-    lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type)  # n_init up to the default's lanes: one program
+    # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search)
+    lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
     placeholder = _placeholder_state(lanes_run, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
     seconds = [0.0, 0.0]
 
