@@ -224,19 +224,18 @@ def kept_runs(starts: int) -> int:
 def lane_bucket(num_lanes: int, num_obs: int, num_components: int, num_features: int, covariance_type: str) -> int:
     """Lanes the compiled program runs when a search needs ``num_lanes`` (one group).
 
-    Every number of lanes up to the default search's (:func:`auto_starts`' kept runs for this
-    size) runs that many, so the default fit, ``n_init`` from 1 up to it and given starts share
-    one program; where that is the maximum (small data, where compiling costs far more than a
-    lane) larger numbers go up to the next power of two. Elsewhere lanes are not padded: each
-    costs a full E-step, and an explicit ``n_init`` on large data must not pay for extra ones.
-    The extra lanes repeat the first ones and their results are dropped.
+    On small data, where the default search runs its maximum of 16 lanes (:func:`auto_starts`;
+    N x K x p up to about 39,000) and a lane's iteration costs microseconds against a second or
+    more of compiling, every number of lanes up to 16 runs 16 and larger numbers the next power
+    of two: the default fit, ``n_init`` up to 16 and given starts share one program. Elsewhere
+    lanes are not padded: each costs a full E-step, and ``n_init=1`` on larger data must not pay
+    for extra ones. The extra lanes repeat the first ones and their results are dropped
+    (:func:`padded_lanes`).
     """
-    default = auto_starts(num_obs, num_components, num_features, covariance_type)[1]
-    if num_lanes <= default:
-        return default
-    if default == kept_runs(MAX_STARTS):
-        return 2 ** math.ceil(math.log2(num_lanes))
-    return num_lanes
+    most = kept_runs(MAX_STARTS)
+    if auto_starts(num_obs, num_components, num_features, covariance_type)[1] < most:
+        return num_lanes
+    return max(most, 2 ** math.ceil(math.log2(num_lanes)))
 
 
 def padded_lanes(call, num_lanes: int, num_run: int):
