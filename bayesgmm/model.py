@@ -220,7 +220,9 @@ def prior_distributions(prior: PriorArrays, num_components: int, covariance_type
     -------
     tuple
         ``(weights_dist, covariances_dist, means_dist_given)`` where the last is a function of
-        the covariances. ``covariances_dist`` has batch shape (K,) except for ``tied`` (no batch).
+        the covariances (and, for full and tied, optionally their Cholesky factors (K, D, D),
+        :func:`covariance_factors`, so that a caller that has them does not factor again).
+        ``covariances_dist`` has batch shape (K,) except for ``tied`` (no batch).
     """
     alpha, m0, kappa0, nu0, psi = (jnp.asarray(a) for a in prior)
     k = num_components
@@ -231,34 +233,42 @@ def prior_distributions(prior: PriorArrays, num_components: int, covariance_type
         if covariance_type == "full":
             cov_dist = cov_dist.expand((k,))
 
-        def means_given(cov):
-            return dist.MultivariateNormal(m0, covariance_matrix=jnp.broadcast_to(cov / kappa0, (k, d, d)))
+        def means_given(cov, factors=None):
+            factors = covariance_factors(cov, covariance_type, k) if factors is None else factors
+            return dist.MultivariateNormal(m0, scale_tril=factors / jnp.sqrt(kappa0))
 
     elif covariance_type == "diag":
         cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k, d))).to_event(1)
 
-        def means_given(cov):
+        def means_given(cov, factors=None):
             return dist.Normal(m0, jnp.sqrt(cov / kappa0)).to_event(1)
 
     else:
         cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k,)))
 
-        def means_given(cov):
+        def means_given(cov, factors=None):
             return dist.Normal(m0, jnp.sqrt(cov / kappa0)[:, None] * jnp.ones(d)).to_event(1)
 
     return weights_dist, cov_dist, means_given
 
 
-def component_distribution(params: GMMParams, covariance_type: str):
-    """The K Gaussian components as one batched NumPyro distribution (batch shape (K,))."""
+def covariance_factors(covariances, covariance_type: str, num_components: int):
+    """Lower Cholesky factors (K, D, D) of full or tied covariances (tied: one, broadcast over K)."""
+    d = covariances.shape[-1]
+    return jnp.linalg.cholesky(expand_covariances(covariances, covariance_type, num_components, d))
+
+
+def component_distribution(params: GMMParams, covariance_type: str, factors=None):
+    """The K Gaussian components as one batched NumPyro distribution (batch shape (K,));
+    ``factors``: the full or tied covariances' Cholesky factors when already computed."""
     w, mu, cov = params
     k, d = mu.shape
     if covariance_type == "diag":
         return dist.Normal(mu, jnp.sqrt(cov)).to_event(1)
     if covariance_type == "spherical":
         return dist.Normal(mu, jnp.sqrt(cov)[:, None] * jnp.ones(d)).to_event(1)
-    chol = jnp.linalg.cholesky(expand_covariances(cov, covariance_type, k, d))
-    return dist.MultivariateNormal(mu, scale_tril=chol)
+    factors = covariance_factors(cov, covariance_type, k) if factors is None else factors
+    return dist.MultivariateNormal(mu, scale_tril=factors)
 
 
 def gmm_model(
@@ -309,8 +319,10 @@ def gmm_model(
     else:
         weights = numpyro.sample("weights", weights_dist)
     covariances = numpyro.sample("covariances", cov_dist)
-    means = numpyro.sample("means", means_given(covariances))
-    components = component_distribution(GMMParams(weights, means, covariances), covariance_type)
+    # full and tied: one Cholesky factorisation for the means' prior and the components
+    factors = covariance_factors(covariances, covariance_type, k) if covariance_type in ("full", "tied") else None
+    means = numpyro.sample("means", means_given(covariances, factors))
+    components = component_distribution(GMMParams(weights, means, covariances), covariance_type, factors)
     n = x.shape[0] if x is not None else num_obs
     if n is None:
         raise ValueError("gmm_model needs data x or num_obs to simulate.")
