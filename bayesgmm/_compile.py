@@ -216,8 +216,12 @@ class CompiledProgram:
         self._max_entries = int(max_entries)
         _PROGRAMS.append(weakref.ref(self))
 
-    def __call__(self, *args, **static) -> Timed:
-        """Run on ``args`` (arrays or pytrees of arrays; no Python scalars), compiling if needed."""
+    def compile(self, *args, **static) -> float:
+        """Compile for ``args`` without running (so that several threads can then run the
+        program at once); returns the seconds it took, 0.0 when already compiled."""
+        return self._executable(args, static)[2]
+
+    def _executable(self, args, static):
         leaves, treedef = jax.tree_util.tree_flatten(args)
         key = (tuple(sorted(static.items())), treedef, tuple(_leaf_signature(a) for a in leaves))
         compile_seconds = 0.0
@@ -232,6 +236,12 @@ class CompiledProgram:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
+        return key, exe, compile_seconds
+
+    def __call__(self, *args, **static) -> Timed:
+        """Run on ``args`` (arrays or pytrees of arrays; no Python scalars), compiling if needed."""
+        key, exe, compile_seconds = self._executable(args, static)
+        leaves = jax.tree_util.tree_leaves(args)
         if self._memory_advice is not None:
             self._check_memory(key, exe, leaves)
         start = time.perf_counter()

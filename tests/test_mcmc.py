@@ -413,6 +413,21 @@ def test_parallel_on_one_device_is_the_vectorized_program(full_fits, faithful):
         np.testing.assert_array_equal(result.raw_draws[name], reference.raw_draws[name])
 
 
+def test_sequential_chains_on_threads_are_the_draws_of_one_run(full_fits, faithful, monkeypatch):
+    """"sequential" chains run as concurrent_runs() threads of chains_per_run chains (2 x 2 on two
+    cores); splitting them differently (here one run of all four, or two of two on one core)
+    gives the same draws, bit for bit."""
+    reference, _ = full_fits["map"]
+    default = mcmc.concurrent_runs(SETTINGS["num_chains"])
+    other = 2 if default == 1 else 1
+    monkeypatch.setattr(mcmc, "concurrent_runs", lambda num_chains: other)
+    result, _ = _fit(faithful, 2, seed=0, **SETTINGS)
+    assert result.info["compile_seconds"] > 0  # another program: chains split otherwise
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(result.raw_draws[name], reference.raw_draws[name])
+    np.testing.assert_array_equal(result.sample_stats["num_steps"], reference.sample_stats["num_steps"])
+
+
 PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, os, warnings
