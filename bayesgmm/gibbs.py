@@ -25,8 +25,10 @@ One compiled program per row bucket (the data padded with rows of weight 0, as E
 a new N in the bucket reuses it; the samplers' buckets are
 :func:`bayesgmm._sharding.sampler_row_bucket`), D, K, structure and sampler settings: the MAP
 start (k-means and MAP-EM, as NUTS), then every chain's sweeps as one ``lax.scan`` over a pure step function,
-the chains ``vmap``-ed. Each sweep evaluates the mixture density once: the component log
-densities that give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in
+the chains ``vmap``-ed; on a machine with several cores, disjoint sets of chains run on as many
+threads at once (:func:`bayesgmm._chains.run_chain_groups`, the same draws bit for bit). Each
+sweep evaluates the mixture density once: the component log densities that give the next labels
+also give this draw's ``log p(x, theta)``. Afterwards, in
 NumPy: back to the original scale, relabelling to the MAP pivot
 (:func:`bayesgmm.labels.align_draws`) and R-hat/ESS.
 
@@ -45,7 +47,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
-from ._chains import chain_starts, finish_draws, sampler_result
+from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from ._sharding import RowSharding, pad_observed, sampler_row_bucket, shard_rows
 from .model import log_prior
@@ -301,10 +303,14 @@ class _Config(NamedTuple):
     num_samples: int
     num_chains: int
     progress_bar: bool
+    chains_per_run: int | None = None  # chains of one run (runs go on threads, _chains.run_chain_groups); None: all
 
 
 @shared.without_validation
-def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, *, config: _Config):
+def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, first_chain, *, config: _Config):
+    """The sampler: MAP pivot, then every chain's sweeps (``vmap``-ed); with
+    ``config.chains_per_run`` only the chains from ``first_chain`` (traced) on, with the starts and
+    keys of the run of every chain."""
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     total = config.num_warmup + config.num_samples
     key_map, key_chains = jax.random.split(key)
@@ -325,7 +331,11 @@ def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, *, 
         _, out = jax.lax.scan(step, start_state(xs, params0, ct, observed), steps)
         return jax.tree_util.tree_map(lambda a: a[config.num_warmup:], out)
 
-    draws, lp, nonempty = jax.vmap(one_chain)(jax.random.split(key_chains, c), starts)
+    chain_keys = jax.random.split(key_chains, c)
+    if config.chains_per_run is not None:  # this run's chains
+        starts, chain_keys = jax.tree_util.tree_map(
+            lambda a: jax.lax.dynamic_slice_in_dim(a, first_chain, config.chains_per_run), (starts, chain_keys))
+    draws, lp, nonempty = jax.vmap(one_chain)(chain_keys, starts)
     return pivot, draws, lp, nonempty
 
 
@@ -428,17 +438,20 @@ def fit_gibbs(
         raise ValueError(f"init must be 'map', a GMMParams or a sequence of them; got {init!r}.")
     else:
         user_init = chain_starts(init, k, d, num_chains, covariance_type, std.shift, std.sd, std.dtype)
-    config = _Config(k, covariance_type, num_warmup, num_samples, num_chains, bool(progress_bar))
+    runs = concurrent_runs(num_chains)  # runs of chains at once, one thread each
+    config = _Config(k, covariance_type, num_warmup, num_samples, num_chains, bool(progress_bar),
+                     num_chains // runs if runs > 1 else None)
     steps = num_warmup + num_samples
-    with progress("gibbs", steps, enabled=bool(progress_bar), desc=f"Gibbs {num_chains} chain(s) x {steps} sweeps"):
+    # each run's vmapped chains tick once per sweep
+    with progress("gibbs", steps * runs, enabled=bool(progress_bar), desc=f"Gibbs {num_chains} chain(s) x {steps} sweeps"):
         # padded to the row bucket (zero rows of weight 0): a new N in the bucket reuses the program
         filled, observed = mark_missing(std.xs)  # missing values: placeholders, marked
         std = std._replace(xs=filled)
         xs, row_weight = shard_rows(RowSharding(None, n, sampler_row_bucket(n, coarse=True)), std.xs, None)
         row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
         observed = pad_observed(observed, xs.shape[0])
-        timed = PROGRAM(xs, row_weight, std.prior_arrays, seed_to_key(seed), np.bool_(not isinstance(init, str)),
-                        user_init, observed, config=config)
+        timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, seed_to_key(seed),
+                                           np.bool_(not isinstance(init, str)), user_init, observed), config, runs)
     pivot_std, draws_std, lp, nonempty = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)

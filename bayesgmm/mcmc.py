@@ -49,8 +49,8 @@ import numpy as np
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._chains import chain_starts, finish_draws, sampler_result
-from ._compile import CompiledProgram, Timed, progress, small_rows, tick_every, tick_interval
+from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result
+from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
     ConvergenceWarning,
@@ -261,35 +261,6 @@ def potential_fn(xs, row_mask, prior, k: int, covariance_type: str, missing: boo
     return potential
 
 
-def concurrent_runs(num_chains: int) -> int:
-    """Runs of ``"sequential"`` chains at once, each on a thread of its own: the largest divisor
-    of ``num_chains`` that is at most the number of CPU cores this process may use. A sequential
-    chain's small steps keep one core busy, so on two cores 4 chains take about half as long as
-    one after another (Old Faithful, 2 x 2000 steps twice: 3.5 s on two threads, 6.1 s in turn)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(r for r in range(1, min(num_chains, cores) + 1) if num_chains % r == 0)
-
-
-def run_program(args: tuple, config: _Config, runs: int) -> Timed:
-    """:data:`PROGRAM` on ``args``; with ``runs > 1`` compiled once, then run for ``runs``
-    disjoint sets of ``config.chains_per_run`` chains on as many threads at once (XLA runs
-    programs outside Python's lock), the outputs joined along the chain axis: the draws of one
-    run of every chain, bit for bit."""
-    if runs == 1:
-        return PROGRAM(*args, np.int32(0), config=config)
-    import concurrent.futures
-    import time
-
-    m = config.chains_per_run
-    compile_seconds = PROGRAM.compile(*args, np.int32(0), config=config)
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(runs) as pool:
-        parts = list(pool.map(lambda r: PROGRAM(*args, np.int32(r * m), config=config).outputs, range(runs)))
-    pivot = parts[0][0]  # the same MAP start in every run
-    chains = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *(p[1:] for p in parts))
-    return Timed((pivot, *chains), compile_seconds, time.perf_counter() - start)
-
-
 #: The sampler, compiled ahead of time once per data shape, dtype and settings (so that the
 #: compile and run times are measured apart).
 PROGRAM = CompiledProgram(
@@ -338,7 +309,7 @@ def fit_mcmc(
         accelerator runs in parallel but a CPU pays for: on two CPU cores the sequential program
         compiled 30-50% faster and ran as fast on Old Faithful (4.4 s against 3.8 s) and about
         twice as fast on N=2000, D=4, K=3 (38 s against 73-87 s). Sequential chains run on as many
-        threads at once as the process has cores (:func:`concurrent_runs`: 4 chains on 2 cores run
+        threads at once as the process has cores (``_chains.concurrent_runs``: 4 chains on 2 cores run
         as two threads of two, the same draws bit for bit), which halves a default fit's sampling
         time on two cores (Old Faithful, 4 x 2000 steps: 3.5 s instead of 6.0 s).
         Otherwise: chains ``vmap``-ed in one program, run one after another (``lax.map``), or spread over
@@ -464,7 +435,7 @@ def fit_mcmc(
     ticks = steps * (num_chains if run_method == "sequential" else num_devices if run_method == "parallel" else 1)
     with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
         xs_padded, row_mask = shared.pad_rows(xs)
-        timed = run_program((xs_padded, row_mask, prior_arrays, key, init_code, user_init), config, runs)
+        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init), config, runs)
     pivot_std, draws_std, stats, lp, warmup_steps = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)

@@ -129,6 +129,20 @@ def test_same_seed_same_draws_one_program(faithful_gibbs, faithful):
     np.testing.assert_allclose(permuted.means, faithful_gibbs.means, rtol=0.02)
 
 
+def test_chains_on_threads_are_the_draws_of_one_run(faithful_gibbs, faithful, monkeypatch):
+    """The chains run as concurrent_runs() threads of chains_per_run chains (2 x 2 on two cores);
+    splitting them otherwise (one run of all four, or two of two on one core) gives the same
+    draws, bit for bit."""
+    from bayesgmm import gibbs
+
+    other = 2 if gibbs.concurrent_runs(SETTINGS["num_chains"]) == 1 else 1
+    monkeypatch.setattr(gibbs, "concurrent_runs", lambda num_chains: other)  # the name fit_gibbs calls
+    result = bg.fit_gibbs(faithful, 2, seed=0, **SETTINGS)
+    assert result.info["compile_seconds"] > 0  # another program: the chains split otherwise
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(result.raw_draws[name], faithful_gibbs.raw_draws[name])
+
+
 def test_registered_engine_in_compare_and_estimator(faithful, faithful_gibbs):
     from bayesgmm.estimator import GaussianMixture
 
