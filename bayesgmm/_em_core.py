@@ -36,7 +36,7 @@ from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, short_run_length, trace_length  # noqa: F401 (re-exported)
 from .kmeans import init_noise, initial_responsibilities
 from .model import log_prior
-from .params import GMMParams
+from .params import GMMParams, covariance_shape
 
 #: Smallest reg_covar (standardised units) of the starts' M-step: k-means++ and random_from_data
 #: start each component at one point, whose covariance is reg_covar alone, so reg_covar=0 would make
@@ -267,17 +267,12 @@ class SearchResult(NamedTuple):
     run_seconds: float
 
 
-def _covariance_shape(num_components, num_features, covariance_type) -> tuple:
-    k, d = num_components, num_features
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
-
-
 def given_start(given, num_components, num_features, covariance_type, dtype):
     """User-given starting pieces ``(weights, means, covariances)``, None where not given, as the
     program takes them: every piece an array (zeros where not given) and a (3,) bool mask of the
     given ones. One pytree for every combination, so given and computed starts share a program."""
     shapes = ((num_components,), (num_components, num_features),
-              _covariance_shape(num_components, num_features, covariance_type))
+              covariance_shape(num_components, num_features, covariance_type))
     values = tuple(np.zeros(shape, dtype) if g is None else g for g, shape in zip(given, shapes))
     return values, np.array([g is not None for g in given])
 
@@ -285,7 +280,7 @@ def given_start(given, num_components, num_features, covariance_type, dtype):
 def _placeholder_state(num_lanes, num_components, num_features, covariance_type, trace_len, dtype):
     """A state of the right shapes for calls that start afresh (its values are never read)."""
     k, d = num_components, num_features
-    cov_shape = _covariance_shape(k, d, covariance_type)
+    cov_shape = covariance_shape(k, d, covariance_type)
     params = GMMParams(np.ones((num_lanes, k), dtype), np.zeros((num_lanes, k, d), dtype),
                        np.ones((num_lanes,) + cov_shape, dtype))
     return _iterate.Lanes(

@@ -1013,6 +1013,12 @@ def log_jacobians(sd, num_obs, num_components, covariance_type, observed_counts=
 
 
 
+def covariance_shape(num_components: int, num_features: int, covariance_type: str) -> tuple:
+    """Shape of the ``covariances`` of K components in D features for a covariance structure."""
+    k, d = num_components, num_features
+    return {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}[covariance_type]
+
+
 def check_params(params: GMMParams, covariance_type: str) -> GMMParams:
     """Validate user-given mixture parameters and return them as float arrays."""
     check_covariance_type(covariance_type)
@@ -1024,7 +1030,7 @@ def check_params(params: GMMParams, covariance_type: str) -> GMMParams:
     k, d = m.shape
     if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6):
         raise ValueError("weights must be non-negative and sum to 1.")
-    expected = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}[covariance_type]
+    expected = covariance_shape(k, d, covariance_type)
     if c.shape != expected:
         raise ValueError(f"covariances for covariance_type={covariance_type!r} must have shape {expected}, got {c.shape}.")
     if covariance_type in ("full", "tied"):
