@@ -54,12 +54,19 @@ __all__ = ["ess_bulk", "rhat", "to_inference_data"]
 def import_arviz():
     """ArviZ, imported without its import-time ``FutureWarning`` about its coming refactor (ArviZ
     0.22-0.23 print it on the first import of each day; it says nothing about the user's fit). Its
-    message starts with a newline."""
+    message starts with a newline.
+
+    That first import also writes a day stamp in the user's cache folder, by a rename that fails
+    with ``FileNotFoundError`` when another process writes it at the same moment (parallel test
+    workers, a process pool). The stamp is then there, and a second import succeeds."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
-        import arviz
+        try:
+            import arviz
+        except FileNotFoundError:  # another process renamed the stamp first: it is written
+            import arviz
 
     return arviz
 

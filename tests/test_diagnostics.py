@@ -18,7 +18,7 @@ import bayesgmm as bg
 from bayesgmm import diagnostics, storage
 from bayesgmm.results import StudentTMixture
 
-arviz = pytest.importorskip("arviz")
+arviz = diagnostics.import_arviz()
 az = arviz
 
 COLUMNS = ["eruptions", "waiting"]
@@ -497,3 +497,29 @@ def test_arviz_import_is_quiet_on_its_first_import_of_the_day(tmp_path):
     proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "quiet", proc.stderr[-2000:]
+
+
+def test_arviz_import_survives_another_process_writing_its_day_stamp(tmp_path):
+    """Two processes importing ArviZ for the first time that day (two test workers, a process
+    pool) both write its day stamp; the slower one's rename fails with FileNotFoundError. Here
+    the other process is simulated: the rename writes today's stamp, then fails as it would."""
+    import os
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), BAYESGMM_COMPILE_CACHE="0")
+    code = (
+        "import datetime, pathlib\n"
+        "real = pathlib.Path.replace\n"
+        "def raced(self, target):\n"
+        "    if self.name == 'daily_warning.tmp':\n"
+        "        pathlib.Path(target).write_text(datetime.date.today().isoformat())\n"
+        "        self.unlink()\n"
+        "        raise FileNotFoundError(2, 'No such file or directory', str(self))\n"
+        "    return real(self, target)\n"
+        "pathlib.Path.replace = raced\n"
+        "from bayesgmm.diagnostics import import_arviz\n"
+        "az = import_arviz()\n"
+        "print(az.InferenceData.__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "InferenceData", proc.stderr[-2000:]

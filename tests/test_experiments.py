@@ -84,7 +84,7 @@ def test_coverage_is_the_share_of_true_values_inside_the_intervals(sim):
 def test_mcmc_row_reports_ess_and_divergences(sim):
     """The NUTS facts of the row are those of the returned fit, recomputed: divergences counted in
     its sample_stats, R-hat and bulk ESS by ArviZ on its InferenceData, ESS per second of run."""
-    import arviz as az
+    az = bg.diagnostics.import_arviz()
 
     x, _, _, _ = sim
     table, fits = compare(x[:200], 3, methods=("mcmc",), seed=0, return_fits=True,

@@ -88,7 +88,7 @@ def test_tied_one_component_is_the_full_posterior(one_gaussian):
 
 
 def test_result_diagnostics_and_arviz(faithful_gibbs, faithful):
-    import arviz as az
+    az = bg.diagnostics.import_arviz()
 
     res = faithful_gibbs
     assert res.draws["means"].shape == (4, 1000, 2, 2) and res.raw_draws["means"].shape == (4, 1000, 2, 2)

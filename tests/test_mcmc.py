@@ -201,7 +201,7 @@ def test_nuts_log_density_is_the_em_objective(covariance_type, faithful, map_fit
 # 2. Label switching
 # --------------------------------------------------------------------------------------------
 def test_label_switching_is_undone_by_alignment(full_fits):
-    import arviz as az
+    az = bg.diagnostics.import_arviz()
 
     result, _ = full_fits["permuted"]
     raw_rhat = az.rhat(az.convert_to_dataset({"means": result.raw_draws["means"]}))["means"].values
@@ -218,7 +218,7 @@ def test_label_switching_is_undone_by_alignment(full_fits):
 def test_label_switching_on_simulated_data(simulated_fit):
     """Chains started in the two labellings of well-separated simulated data never switch back:
     raw R-hat is huge; after alignment the chains agree."""
-    import arviz as az
+    az = bg.diagnostics.import_arviz()
 
     result, _ = simulated_fit
     raw_rhat = az.rhat(az.convert_to_dataset({"means": result.raw_draws["means"]}))["means"].values

@@ -399,7 +399,7 @@ def test_same_seed_bit_identical_and_compiles_once(faithful):
 
 
 def test_arviz_summary_of_draws(faithful):
-    import arviz as az
+    az = bg.diagnostics.import_arviz()
 
     r = bg_fit(faithful, 2, seed=0, n_init=2)
     s = az.summary({k: r.draws[k] for k in ("weights", "means")}, kind="stats")
