@@ -352,6 +352,7 @@ def model_kwargs(num_components, prior: PriorArrays, covariance_type: str, **ext
     return dict(num_components=num_components, prior=prior, covariance_type=covariance_type, **extra)
 
 
+@functools.partial(jit, static_argnames=("covariance_type",))
 def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, active=None):
     """log p(pi) + sum_k log p(mu_k, Sigma_k): the prior terms of :func:`gmm_model`.
 
@@ -424,13 +425,19 @@ def log_likelihood(x, params: GMMParams, covariance_type: str):
     array (N,)
         ``log sum_k pi_k N(x_n | mu_k, Sigma_k)`` for each row.
     """
+    params = GMMParams(*(jnp.asarray(p) for p in params))
+    x = jnp.asarray(x)
+    return _site_log_likelihood(x, params, covariance_type, bool(jnp.isnan(x).any()))
+
+
+@functools.partial(jit, static_argnames=("covariance_type", "missing"))
+def _site_log_likelihood(x, params: GMMParams, covariance_type: str, missing: bool):
+    """:func:`log_likelihood`, compiled (one program per shape, not one per NumPyro operation)."""
     from numpyro.infer.util import log_likelihood as site_log_likelihood
 
-    params = GMMParams(*(jnp.asarray(p) for p in params))
     k, d = params.means.shape
     values = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
-    x = jnp.asarray(x)
-    kwargs = model_kwargs(k, _placeholder_prior(k, d, covariance_type), covariance_type, missing=bool(jnp.isnan(x).any()))
+    kwargs = model_kwargs(k, _placeholder_prior(k, d, covariance_type), covariance_type, missing=missing)
     return site_log_likelihood(gmm_model, values, x, batch_ndims=0, **kwargs)["x"]
 
 
@@ -464,6 +471,7 @@ def log_joint(x, params: GMMParams, prior: PriorArrays, covariance_type: str, mi
     return lp
 
 
+@functools.partial(jit, static_argnames=("num_obs", "covariance_type"))
 def simulate(key, params: GMMParams, num_obs: int, covariance_type: str = "full"):
     """Run the generative story forward at fixed parameters.
 
