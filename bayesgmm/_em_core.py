@@ -152,7 +152,8 @@ def _lane_groups(num_lanes: int, num_groups: int):
     return jnp.repeat(jnp.arange(num_groups), num_lanes // num_groups)
 
 
-def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, model_index, observed, *,
+def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, abandon_after, model_index,
+         observed, *,
          config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True):
     """L lanes of EM, G groups of L / G lanes (see the module docstring).
 
@@ -162,7 +163,8 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     ``noise`` (L, ...) uniform numbers, with the pieces of ``given`` (:func:`given_start`: the
     standardised weights / means / covariances and a (3,) mask of those given, shared)
     substituted; otherwise the lanes continue from ``state``. ``tol`` is
-    per observation; ``max_iter`` counts updates since the lanes' start. ``adaptive`` (static):
+    per observation; ``max_iter`` counts updates since the lanes' start. A lane whose parameters
+    are degenerate after ``abandon_after`` updates is stopped there (see :func:`_iterate.search`). ``adaptive`` (static):
     switch to the precise step where needed; False keeps the fast form (sharded rows: XLA's CPU
     devices deadlock on collectives inside a data-dependent branch).
     """
@@ -233,14 +235,18 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     step = jax.vmap(lambda p, prob, precise: em_step(p, prob, config, precise), in_axes=(0, axes, None))
     needs = jax.vmap(lambda p, prob: _stats.needs_precise(p, ct, prob.active, prob.reg_covar), in_axes=(0, axes))
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
-    lanes = _iterate.iterate(lanes, lambda p, precise: step(p, problem, precise), tol_total, max_iter,
-                             (lambda p: needs(p, problem)) if adaptive else None)
     eps = jnp.finfo(xs.dtype).eps
-    degenerate = jax.vmap(
-        lambda counts, cov, act: _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act),
-        in_axes=(0, 0, None if active is None else 0),
-    )(lanes.aux, lanes.params.covariances, problem.active)
-    return EMOutput(lanes, degenerate)
+
+    def degenerate(s):  # (L, K) at the lanes' evaluated parameters, from their expected counts
+        return jax.vmap(
+            lambda counts, cov, act: _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act),
+            in_axes=(0, 0, None if active is None else 0),
+        )(s.aux, s.params.covariances, problem.active)
+
+    lanes = _iterate.iterate(lanes, lambda p, precise: step(p, problem, precise), tol_total, max_iter,
+                             (lambda p: needs(p, problem)) if adaptive else None,
+                             abandon=lambda s: (s.n_iter >= abandon_after) & jnp.any(degenerate(s), axis=-1))
+    return EMOutput(lanes, degenerate(lanes))
 
 
 #: The EM program, compiled ahead of time once per shapes and static settings.
@@ -331,9 +337,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
 
-    def call(noise_block, state, limit, fresh):
+    def call(noise_block, state, limit, fresh, abandon_after):
         timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), given, state, *common,
-                        np.asarray(limit, np.int32), np.asarray(fresh), model_index, observed, **static)
+                        np.asarray(limit, np.int32), np.asarray(fresh), np.asarray(abandon_after, np.int32), model_index,
+                        observed, **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)

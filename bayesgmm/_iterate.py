@@ -109,7 +109,8 @@ def running(lanes: Lanes, max_iter):
     return ~lanes.converged & ~lanes.failed & (lanes.n_iter < max_iter)
 
 
-def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable | None = None) -> Lanes:
+def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable | None = None,
+            abandon: Callable | None = None) -> Lanes:
     """Evaluate and update every lane until it converges, fails or has made ``max_iter`` updates.
 
     Parameters
@@ -128,12 +129,20 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
     needs_precise : callable ``params -> (L,) bool``, optional
         Lanes whose step would lose precision in the fast form; while any running lane does, the
         batch takes the precise form.
+    abandon : callable ``Lanes -> (L,) bool``, optional
+        Lanes to stop although they have neither converged nor failed (a search for
+        non-degenerate optima stops lanes that have become degenerate). Such a lane ends with
+        ``converged`` False and ``n_iter`` below ``max_iter``; the caller must not report it as a fit.
     """
     eps = jnp.finfo(lanes.objective.dtype).eps
     lane_index = jnp.arange(lanes.n_iter.shape[0])
 
-    def body(s):
+    def going(s):
         go = running(s, max_iter)
+        return go if abandon is None else go & ~abandon(s)
+
+    def body(s):
+        go = going(s)
         precise = False if needs_precise is None else jnp.any(go & needs_precise(s.next_params))
         total, magnitude, aux, updated = step(s.next_params, precise)
         t = s.n_iter + 1
@@ -160,7 +169,7 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
 
         return jax.tree_util.tree_map(keep, stepped, s)
 
-    return jax.lax.while_loop(lambda s: jnp.any(running(s, max_iter)), body, lanes)
+    return jax.lax.while_loop(lambda s: jnp.any(going(s)), body, lanes)
 
 
 def take(tree, index):
@@ -249,11 +258,11 @@ def padded_lanes(call, num_lanes: int, num_run: int):
 
     repeat = np.arange(num_run) % num_lanes
 
-    def padded(block, state, limit, fresh):
+    def padded(block, state, limit, fresh, abandon_after):
         block = jax.tree_util.tree_map(lambda a: a[:, repeat], block)
         if not fresh:
             state = take(state, repeat)
-        return take(call(block, state, limit, fresh), slice(0, num_lanes))
+        return take(call(block, state, limit, fresh, abandon_after), slice(0, num_lanes))
 
     return padded
 
@@ -279,12 +288,22 @@ def trace_length(max_iter: int) -> int:
     return max(MIN_TRACE, 2 ** math.ceil(math.log2(int(max_iter) + 1)))
 
 
-def rank(objective, degenerate):
-    """Scores for choosing runs (NumPy): non-degenerate before degenerate, then by objective."""
+def best_first(objective, degenerate, excluded=None):
+    """Indices that order runs best first along the last axis (NumPy): non-degenerate runs, then
+    degenerate ones, then those with a non-finite objective or ``excluded``; within each, by
+    objective (ties keep their order)."""
     import numpy as np
 
-    score = np.where(np.isfinite(objective), np.asarray(objective, np.float64), -np.inf)
-    return np.where(np.asarray(degenerate).any(axis=-1), score - 1e300, score)
+    score = np.asarray(objective, np.float64)
+    finite = np.isfinite(score)
+    tier = np.where(finite, np.asarray(degenerate).any(axis=-1).astype(int), 2)
+    if excluded is not None:
+        tier = np.where(excluded, 2, tier)
+    return np.lexsort((-np.where(tier < 2, score, 0.0), tier), axis=-1)
+
+
+#: ``abandon_after`` of a call that must run every lane to convergence or its limit.
+NEVER = np.iinfo(np.int32).max
 
 
 def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_kept: int, init_iter: int,
@@ -293,11 +312,13 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
 
     Parameters
     ----------
-    call : callable ``(starts_block, state, limit, fresh) -> output``
+    call : callable ``(starts_block, state, limit, fresh, abandon_after) -> output``
         Runs ``G * num_kept`` lanes (group-major): afresh from ``starts_block`` (a pytree with
         leading axes (G, num_kept)) when ``fresh``, else continuing ``state``, until ``limit``
         updates; returns host (NumPy) output with ``.lanes`` (:class:`Lanes`) and ``.degenerate``
-        (lanes, K).
+        (lanes, K). A call may stop a lane that is degenerate after ``abandon_after`` updates
+        (:data:`NEVER`: it must not); the search asks for that only when it looks for
+        non-degenerate runs, and then never reports a degenerate one.
     starts : pytree with leading axes (G, num_starts)
         What each start begins from (uniform numbers, ...).
     placeholder : Lanes
@@ -306,7 +327,11 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         When every continued run of a group ends degenerate, continue its next-best short runs
         too (``num_kept`` at a time, with the same compiled program) until one does not or the
         starts run out: a spurious maximiser often has the highest likelihood, so the best
-        non-degenerate optimum can lie in a basin the short runs ranked lower.
+        non-degenerate optimum can lie in a basin the short runs ranked lower. These further
+        runs are looking for a non-degenerate optimum only: one that is still degenerate
+        ``init_iter`` updates after its short run is stopped there (``abandon_after``), and a
+        degenerate one never replaces a run continued first. When none is found, the group
+        keeps the best of its first continued runs, each run to convergence.
 
     Returns
     -------
@@ -317,7 +342,7 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
     import numpy as np
 
     if num_kept == num_starts:
-        out = call(starts, placeholder, max_iter, True)
+        out = call(starts, placeholder, max_iter, True, NEVER)
         return out, np.asarray(out.lanes.objective, np.float64).reshape(num_groups, num_starts)
 
     def block(b):  # the last block is filled up with the first starts (their runs are dropped)
@@ -334,21 +359,23 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         return jax.tree_util.tree_map(
             lambda a: np.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1), tree)
 
-    shorts = [by_group(call(block(b), placeholder, min(init_iter, max_iter), True))
+    shorts = [by_group(call(block(b), placeholder, min(init_iter, max_iter), True, NEVER))
               for b in range(-(-num_starts // num_kept))]
     shorts = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1)[:, :num_starts], *shorts)  # (G, R, ...)
     start_objective = np.asarray(shorts.lanes.objective, np.float64)
-    order = np.argsort(-rank(start_objective, shorts.degenerate), axis=1, kind="stable")
-    done = by_group(call(block(0), flat(pick(shorts.lanes, order[:, :num_kept])), max_iter, False))
+    order = best_first(start_objective, shorts.degenerate)
+    done = by_group(call(block(0), flat(pick(shorts.lanes, order[:, :num_kept])), max_iter, False, NEVER))
     rounds = 1
     while avoid_degenerate and rounds * num_kept < num_starts:
         clean = ~np.asarray(done.degenerate).any(axis=-1) & np.isfinite(np.asarray(done.lanes.objective))
         if clean.any(axis=1).all():
             break
         chosen = order[:, np.arange(rounds * num_kept, (rounds + 1) * num_kept) % num_starts]  # filled up as block()
-        more = by_group(call(block(0), flat(pick(shorts.lanes, chosen)), max_iter, False))
+        more = by_group(call(block(0), flat(pick(shorts.lanes, chosen)), max_iter, False, 2 * min(init_iter, max_iter)))
         both = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), done, more)  # (G, 2 kept, ...)
-        keep = np.argsort(-rank(np.asarray(both.lanes.objective), both.degenerate), axis=1, kind="stable")[:, :num_kept]
+        # a degenerate further run (possibly stopped before converging) never replaces a first one
+        excluded = np.concatenate([np.zeros(clean.shape, bool), np.asarray(more.degenerate).any(axis=-1)], axis=1)
+        keep = best_first(both.lanes.objective, both.degenerate, excluded)[:, :num_kept]
         done = pick(both, keep)
         rounds += 1
     return flat(done), start_objective

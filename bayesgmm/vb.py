@@ -618,7 +618,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     placeholder = _placeholder_state(lanes_run, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
     seconds = [0.0, 0.0]
 
-    def call(block, state, limit, fresh):
+    def call(block, state, limit, fresh, abandon_after):  # VB runs every lane to the end (abandon_after unused)
         u, act = block
         timed = PROGRAM(xs_dev, u.reshape((-1,) + u.shape[2:]), act.reshape(-1, k), state, *common,
                         np.asarray(limit, np.int32), np.asarray(fresh), observed, **static)
@@ -636,7 +636,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
             "VB failed: the ELBO is not finite in any start (a variational scale matrix became "
             "singular). Increase reg_covar or the prior scale, or use fewer components."
         )
-    best = int(np.argmax(_iterate.rank(finals, out.degenerate)))
+    best = int(_iterate.best_first(finals, out.degenerate)[0])
     q = VBParams(*(np.asarray(p[best], np.float64) for p in lanes.params))
     n_iter = int(lanes.n_iter[best])
     converged = bool(lanes.converged[best])

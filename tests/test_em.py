@@ -589,3 +589,44 @@ def test_max_iter_zero_returns_the_start(faithful_std):
     assert r.trace[0] == r.info["objective_value"]  # the objective of the start itself
     with pytest.raises(ValueError, match="max_iter must be a non-negative integer"):
         bg.fit_em(x, 2, max_iter=-1)
+
+
+def test_further_runs_look_for_a_non_degenerate_optimum_only():
+    """When every continued run is degenerate, the search continues the next-best short runs,
+    asking the program to stop those still degenerate ``init_iter`` updates after their short
+    run; a degenerate further run never replaces a first one (it may have been stopped before
+    converging), and the first non-degenerate one ends the search. A scripted program
+    stands in for EM: two lanes per call, eight starts."""
+    from typing import NamedTuple
+
+    from bayesgmm import _iterate
+
+    class State(NamedTuple):
+        objective: np.ndarray
+        start: np.ndarray
+
+    class Output(NamedTuple):
+        lanes: State
+        degenerate: np.ndarray
+
+    degenerate = np.array([True, True, True, True, False, True, True, True])  # only start 4 is clean
+    final = np.array([5.0, 6.0, 9.0, 8.0, 1.0, 7.0, 0.0, 0.0])  # the degenerate runs climb higher
+    calls = []
+
+    def call(block, state, limit, fresh, abandon_after):
+        calls.append((fresh, limit, abandon_after))
+        start = block.reshape(-1) if fresh else state.start
+        if fresh:  # the short runs: none degenerate yet, ranked by their start
+            return Output(State(-start.astype(float), start), np.zeros((2, 2), bool))
+        return Output(State(final[start], start), np.stack([degenerate[start], np.zeros(2, bool)], axis=1))
+
+    starts = np.arange(8).reshape(1, 8)
+    placeholder = State(np.zeros(2), np.zeros(2, int))
+    out, start_objective = _iterate.search(call, starts, placeholder, num_groups=1, num_starts=8, num_kept=2,
+                                           init_iter=20, max_iter=1000)
+    # short runs rank the starts 0, 1, ..., 7; the first continued pair (0, 1) is degenerate, the
+    # further pairs (2, 3) degenerate with a higher objective, then (4, 5): start 4 is clean
+    assert [c[0] for c in calls] == [True] * 4 + [False] * 3
+    assert [c[2] for c in calls[:5]] == [_iterate.NEVER] * 5 and [c[2] for c in calls[5:]] == [40, 40]
+    assert out.lanes.start.tolist() == [4, 1] and out.lanes.objective.tolist() == [1.0, 6.0]
+    np.testing.assert_array_equal(start_objective, -np.arange(8.0)[None])
