@@ -292,8 +292,8 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
     return _iterate.Lanes(
         params=params, next_params=params, objective=np.zeros(num_lanes, dtype), delta=np.zeros(num_lanes, dtype),
         aux=np.zeros((num_lanes, k), dtype), n_iter=np.zeros(num_lanes, np.int32), close=np.zeros(num_lanes, bool),
-        converged=np.zeros(num_lanes, bool),
-        failed=np.zeros(num_lanes, bool), trace=np.zeros((num_lanes, trace_len), dtype), floor=np.zeros(num_lanes, dtype),
+        converged=np.zeros(num_lanes, bool), failed=np.zeros(num_lanes, bool), stopped=np.zeros(num_lanes, bool),
+        trace=np.zeros((num_lanes, trace_len), dtype), floor=np.zeros(num_lanes, dtype),
     )
 
 

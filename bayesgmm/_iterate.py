@@ -50,6 +50,7 @@ class Lanes(NamedTuple):
     n_iter : t, the updates that led to ``params`` (-1 before the first evaluation)
     close : the projected remaining gain was below the tolerance at the last evaluation
     converged, failed : stopped by the convergence test / by a non-finite objective
+    stopped : stopped by the caller's rule (``abandon`` of :func:`iterate`)
     trace : (L, T) ``trace[t] = l_t`` (NaN beyond ``n_iter``)
     floor : the precision floor of ``l_t``
     """
@@ -63,6 +64,7 @@ class Lanes(NamedTuple):
     close: jax.Array
     converged: jax.Array
     failed: jax.Array
+    stopped: jax.Array
     trace: jax.Array
     floor: jax.Array
 
@@ -79,6 +81,7 @@ def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
         close=jnp.zeros((num_lanes,), bool),
         converged=jnp.zeros((num_lanes,), bool),
         failed=jnp.zeros((num_lanes,), bool),
+        stopped=jnp.zeros((num_lanes,), bool),
         trace=jnp.full((num_lanes, trace_len), jnp.nan, dtype),
         floor=jnp.zeros((num_lanes,), dtype),
     )
@@ -105,8 +108,8 @@ def convergence(delta_prev, delta, step_index, tol, floor, close_before):
 
 
 def running(lanes: Lanes, max_iter):
-    """Lanes that have not converged or failed and may still be updated."""
-    return ~lanes.converged & ~lanes.failed & (lanes.n_iter < max_iter)
+    """Lanes that have not converged, failed or been stopped and may still be updated."""
+    return ~lanes.converged & ~lanes.failed & ~lanes.stopped & (lanes.n_iter < max_iter)
 
 
 def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable | None = None,
@@ -130,19 +133,16 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
         Lanes whose step would lose precision in the fast form; while any running lane does, the
         batch takes the precise form.
     abandon : callable ``Lanes -> (L,) bool``, optional
-        Lanes to stop although they have neither converged nor failed (a search for
-        non-degenerate optima stops lanes that have become degenerate). Such a lane ends with
-        ``converged`` False and ``n_iter`` below ``max_iter``; the caller must not report it as a fit.
+        Evaluated after each update on the lanes just evaluated: those to stop although they
+        have neither converged nor failed (a search for non-degenerate optima stops lanes that
+        have become degenerate). Such a lane ends ``stopped``, with ``converged`` False and
+        ``n_iter`` below ``max_iter``; the caller must not report it as a fit.
     """
     eps = jnp.finfo(lanes.objective.dtype).eps
     lane_index = jnp.arange(lanes.n_iter.shape[0])
 
-    def going(s):
-        go = running(s, max_iter)
-        return go if abandon is None else go & ~abandon(s)
-
     def body(s):
-        go = going(s)
+        go = running(s, max_iter)
         precise = False if needs_precise is None else jnp.any(go & needs_precise(s.next_params))
         total, magnitude, aux, updated = step(s.next_params, precise)
         t = s.n_iter + 1
@@ -159,9 +159,12 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
             close=close,
             converged=done,
             failed=~jnp.isfinite(total),
+            stopped=s.stopped,
             trace=s.trace.at[lane_index, t].set(total, mode="drop"),
             floor=floor,
         )
+        if abandon is not None:
+            stepped = stepped._replace(stopped=abandon(stepped))
 
         def keep(new, old):
             mask = go.reshape(go.shape + (1,) * (new.ndim - 1))
@@ -169,7 +172,7 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
 
         return jax.tree_util.tree_map(keep, stepped, s)
 
-    return jax.lax.while_loop(lambda s: jnp.any(going(s)), body, lanes)
+    return jax.lax.while_loop(lambda s: jnp.any(running(s, max_iter)), body, lanes)
 
 
 def take(tree, index):
@@ -374,7 +377,8 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         more = by_group(call(block(0), flat(pick(shorts.lanes, chosen)), max_iter, False, 2 * min(init_iter, max_iter)))
         both = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), done, more)  # (G, 2 kept, ...)
         # a degenerate further run (possibly stopped before converging) never replaces a first one
-        excluded = np.concatenate([np.zeros(clean.shape, bool), np.asarray(more.degenerate).any(axis=-1)], axis=1)
+        set_aside = np.asarray(more.degenerate).any(axis=-1) | np.asarray(more.lanes.stopped)
+        excluded = np.concatenate([np.zeros(clean.shape, bool), set_aside], axis=1)
         keep = best_first(both.lanes.objective, both.degenerate, excluded)[:, :num_kept]
         done = pick(both, keep)
         rounds += 1

@@ -604,6 +604,7 @@ def test_further_runs_look_for_a_non_degenerate_optimum_only():
     class State(NamedTuple):
         objective: np.ndarray
         start: np.ndarray
+        stopped: np.ndarray
 
     class Output(NamedTuple):
         lanes: State
@@ -617,11 +618,12 @@ def test_further_runs_look_for_a_non_degenerate_optimum_only():
         calls.append((fresh, limit, abandon_after))
         start = block.reshape(-1) if fresh else state.start
         if fresh:  # the short runs: none degenerate yet, ranked by their start
-            return Output(State(-start.astype(float), start), np.zeros((2, 2), bool))
-        return Output(State(final[start], start), np.stack([degenerate[start], np.zeros(2, bool)], axis=1))
+            return Output(State(-start.astype(float), start, np.zeros(2, bool)), np.zeros((2, 2), bool))
+        stopped = degenerate[start] & (abandon_after < limit)
+        return Output(State(final[start], start, stopped), np.stack([degenerate[start], np.zeros(2, bool)], axis=1))
 
     starts = np.arange(8).reshape(1, 8)
-    placeholder = State(np.zeros(2), np.zeros(2, int))
+    placeholder = State(np.zeros(2), np.zeros(2, int), np.zeros(2, bool))
     out, start_objective = _iterate.search(call, starts, placeholder, num_groups=1, num_starts=8, num_kept=2,
                                            init_iter=20, max_iter=1000)
     # short runs rank the starts 0, 1, ..., 7; the first continued pair (0, 1) is degenerate, the
@@ -630,3 +632,34 @@ def test_further_runs_look_for_a_non_degenerate_optimum_only():
     assert [c[2] for c in calls[:5]] == [_iterate.NEVER] * 5 and [c[2] for c in calls[5:]] == [40, 40]
     assert out.lanes.start.tolist() == [4, 1] and out.lanes.objective.tolist() == [1.0, 6.0]
     np.testing.assert_array_equal(start_objective, -np.arange(8.0)[None])
+
+
+def test_the_program_stops_degenerate_further_runs(monkeypatch):
+    """Galaxies, K=6: every continued run is degenerate, so further runs look for a
+    non-degenerate optimum; the program stops those still degenerate after their allowance,
+    before converging. None is found, and the fit reported is the best first run, converged."""
+    from bayesgmm import _iterate
+
+    calls = []
+    search = _iterate.search
+
+    def recorded(call, *args, **kwargs):
+        def recording(block, state, limit, fresh, abandon_after):
+            out = call(block, state, limit, fresh, abandon_after)
+            calls.append((abandon_after, out))
+            return out
+
+        return search(recording, *args, **kwargs)
+
+    monkeypatch.setattr(_iterate, "search", recorded)
+    with pytest.warns(bg.DegenerateComponentWarning):
+        fit = bg.fit_em(bg.datasets.load_galaxies(), 6)
+    further = [out for after, out in calls if after != _iterate.NEVER]
+    assert further and all(after == 40 for after, _ in calls if after != _iterate.NEVER)
+    stopped = np.concatenate([out.lanes.stopped for out in further])
+    assert stopped.any() and not any(out.lanes.stopped.any() for after, out in calls if after == _iterate.NEVER)
+    for out in further:
+        s = out.lanes.stopped
+        assert out.degenerate[s].any(axis=-1).all() and not out.lanes.converged[s].any()
+        assert (out.lanes.n_iter[s] >= 40).all() and (out.lanes.n_iter[s] < 1000).all()
+    assert fit.converged and fit.degenerate_components
