@@ -25,6 +25,7 @@ Both return a :class:`ParameterUncertainty` whose ``table`` has one row per scal
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from typing import Any, Mapping
@@ -290,6 +291,31 @@ def _objective(theta, xs, prior, k, d, covariance_type):
     return total
 
 
+@functools.partial(jit, static_argnums=(3, 4, 5))
+def _objective_hessian(theta, xs, prior, k, d, covariance_type):
+    """The Hessian of :func:`_objective` in the unconstrained parameters, compiled once per shape."""
+    return jax.hessian(_objective)(theta, xs, prior, k, d, covariance_type)
+
+
+@functools.partial(jit, static_argnums=(3, 4, 5))
+def _natural_jacobian(theta, shift, sd, k, d, covariance_type):
+    """d(weights, means, covariances on the data's scale, flattened) / d(unconstrained standardised
+    parameters), compiled once per shape (the delta method's Jacobian)."""
+
+    def natural(t):
+        p = from_unconstrained(t, k, d, covariance_type)
+        m = p.means * sd + shift
+        if covariance_type in ("full", "tied"):
+            c = p.covariances * jnp.outer(sd, sd)
+        elif covariance_type == "diag":
+            c = p.covariances * sd**2
+        else:
+            c = p.covariances * sd[0] ** 2
+        return jnp.concatenate([p.weights, jnp.ravel(m), jnp.ravel(c)])
+
+    return jax.jacobian(natural)(theta)
+
+
 def observed_information(fit: FitResult, x, *, level: float = 0.95) -> ParameterUncertainty:
     """Standard errors from the inverse observed information (Hessian of the log-likelihood).
 
@@ -341,7 +367,7 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     if fit.prior is not None:
         prior = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), fit.prior.standardised(shift, sd).arrays(k, ct))
     theta = to_unconstrained(std, ct)
-    hessian = jit(jax.hessian(_objective), static_argnums=(3, 4, 5))(theta, xs, prior, k, d, ct)
+    hessian = _objective_hessian(theta, xs, prior, k, d, ct)
     neg_h = -np.asarray(hessian, np.float64)
     neg_h = (neg_h + neg_h.T) / 2
     eig = np.linalg.eigvalsh(neg_h)
@@ -357,18 +383,7 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     else:
         cov_theta = np.linalg.inv(neg_h)
 
-    def natural(t):  # standardised-scale (weights, means, covariances) -> original scale, flattened
-        p = from_unconstrained(t, k, d, ct)
-        m = p.means * sd + shift
-        if ct in ("full", "tied"):
-            c = p.covariances * np.outer(sd, sd)
-        elif ct == "diag":
-            c = p.covariances * sd**2
-        else:
-            c = p.covariances * sd[0] ** 2
-        return jnp.concatenate([p.weights, jnp.ravel(m), jnp.ravel(c)])
-
-    jac = np.asarray(jax.jacobian(natural)(theta), np.float64)
+    jac = np.asarray(_natural_jacobian(theta, jnp.asarray(shift, dtype), jnp.asarray(sd, dtype), k, d, ct), np.float64)
     cov_nat = jac @ cov_theta @ jac.T
     se = np.sqrt(np.clip(np.diag(cov_nat), 0, None)) if eig[0] > 0 else np.full(cov_nat.shape[0], np.nan)
     est = flatten_parameters(fit.params)
