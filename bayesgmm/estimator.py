@@ -27,7 +27,6 @@ import warnings
 import numpy as np
 
 from . import _covariance_models
-from ._compile import jit
 from .engines import engine_names, get_engine
 from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data
 from .params import ConvergenceWarning as _ConvergenceWarning
@@ -219,17 +218,11 @@ def _bucket(n: int) -> int:
     return max(1024, 1 << max(int(n) - 1, 0).bit_length())
 
 
-_SIMULATE = None
-
-
 def _simulate(key, params, num_obs: int, covariance_type: str):
-    """:func:`bayesgmm.model.simulate` compiled once per (bucket size, structure, K, D)."""
-    global _SIMULATE
-    if _SIMULATE is None:
-        from .model import simulate
+    """:func:`bayesgmm.model.simulate` (compiled once per bucket size, structure, K and D)."""
+    from .model import simulate
 
-        _SIMULATE = jit(simulate, static_argnames=("num_obs", "covariance_type"))
-    return _SIMULATE(key, params, num_obs=num_obs, covariance_type=covariance_type)
+    return simulate(key, params, num_obs, covariance_type)
 
 
 def precision_cholesky(covariances, covariance_type: str) -> np.ndarray:

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _covariance_models, _numerics
-from ._compile import jit
 from ._files import jsonable
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
@@ -654,7 +653,7 @@ class FitResult:
         frame = self._frame()
         w, m, c, ct = _numerics.to_frame(frame, *self.params, self.covariance_type)
         # drawn for the row bucket of n and cut to n, so a new n reuses the compiled draws
-        x, z = jit(simulate, static_argnums=(2, 3))(key, GMMParams(w, m, c), row_bucket(int(n)), ct)
+        x, z = simulate(key, GMMParams(w, m, c), row_bucket(int(n)), ct)  # compiled once per bucket and shapes
         x, z = np.asarray(x, np.float64)[:n], np.asarray(z, np.int64)[:n]
         return x * frame.scale + frame.shift, z
 

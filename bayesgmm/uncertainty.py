@@ -191,19 +191,14 @@ def bootstrap(
     # one key per replicate, whatever the batching: batch_size changes memory, never the replicates
     resample_keys = jax.random.split(key_resample, num_batches * batch).reshape(num_batches, batch)
     run_keys = jax.random.split(key_runs, num_batches * batch).reshape(num_batches, batch)
-    if kind == "parametric":
-        from .model import simulate
-
-        # simulate on the standardised scale (the fit's parameters mapped there in float64), so
-        # that data far from zero keep their precision in float32
-        simulate_batch = jit(jax.vmap(lambda kk: simulate(kk, GMMParams(*user_init), n, ct)[0]))
 
     def batch_data(b):
         """Replicates b*batch ... (b+1)*batch - 1, generated only when their turn comes."""
         if kind == "nonparametric":
-            idx = jax.vmap(lambda kk: jax.random.randint(kk, (n,), 0, n))(resample_keys[b])
-            return prep.xs, np.asarray(jax.vmap(lambda i: jnp.bincount(i, length=n))(idx), prep.dtype)
-        return np.asarray(simulate_batch(resample_keys[b]), prep.dtype), None
+            return prep.xs, np.asarray(_resample_counts(resample_keys[b], n), prep.dtype)
+        # simulated on the standardised scale (the fit's parameters mapped there in float64), so
+        # that data far from zero keep their precision in float32
+        return np.asarray(_simulate_replicates(resample_keys[b], GMMParams(*user_init), n, ct), prep.dtype), None
 
     outs, compile_seconds, run_seconds = [], 0.0, 0.0
     for b in range(num_batches):
@@ -289,6 +284,22 @@ def _objective(theta, xs, prior, k, d, covariance_type):
     if prior is not None:
         total = total + log_prior(params, prior, covariance_type)
     return total
+
+
+@functools.partial(jit, static_argnames=("num_obs",))
+def _resample_counts(keys, num_obs: int):
+    """A nonparametric bootstrap's row weights: per key, how often each of the rows is drawn in
+    ``num_obs`` draws with replacement (one compiled program per batch shape)."""
+    rows = jax.vmap(lambda key: jax.random.randint(key, (num_obs,), 0, num_obs))(keys)
+    return jax.vmap(lambda r: jnp.bincount(r, length=num_obs))(rows)
+
+
+@functools.partial(jit, static_argnames=("num_obs", "covariance_type"))
+def _simulate_replicates(keys, params: GMMParams, num_obs: int, covariance_type: str):
+    """A parametric bootstrap's data sets, one per key, from the model at ``params``."""
+    from .model import simulate
+
+    return jax.vmap(lambda key: simulate(key, params, num_obs, covariance_type)[0])(keys)
 
 
 @functools.partial(jit, static_argnums=(3, 4, 5))
