@@ -164,9 +164,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     standardised weights / means / covariances and a (3,) mask of those given, shared)
     substituted; otherwise the lanes continue from ``state``. ``tol`` is
     per observation; ``max_iter`` counts updates since the lanes' start. A lane whose parameters
-    are degenerate after ``abandon_after`` updates is stopped there (see :func:`_iterate.search`). ``adaptive`` (static):
-    switch to the precise step where needed; False keeps the fast form (sharded rows: XLA's CPU
-    devices deadlock on collectives inside a data-dependent branch).
+    are degenerate after ``abandon_after`` updates is stopped there (see :func:`_iterate.search`).
+    ``adaptive`` (static): switch to the precise step where needed; False keeps the fast form
+    (sharded rows: XLA's CPU devices deadlock on collectives inside a data-dependent branch).
     """
     k, ct = config.num_components, config.covariance_type
     num_lanes = noise.shape[0]

@@ -114,7 +114,8 @@ def running(lanes: Lanes, max_iter):
 
 def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable | None = None,
             abandon: Callable | None = None) -> Lanes:
-    """Evaluate and update every lane until it converges, fails or has made ``max_iter`` updates.
+    """Evaluate and update every lane until it converges, fails, is stopped (``abandon``) or has
+    made ``max_iter`` updates.
 
     Parameters
     ----------
