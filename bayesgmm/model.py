@@ -34,6 +34,13 @@ from ._compile import jit
 from ._numerics import expand_covariances
 from .params import GMMParams, PriorArrays, check_covariance_type
 
+#: NumPyro (0.22) validates every distribution's arguments by default. Inside a compiled program
+#: the checks are traced and then dropped; on constant arguments each of their operations is
+#: compiled on its own (some 25 small programs per process for the Inverse-Wishart alone, about a
+#: second). The model's arguments are checked where they enter bayesgmm (``Prior``, data and
+#: parameter checks), so its distributions skip NumPyro's.
+UNCHECKED = {"validate_args": False}
+
 
 class StickBreaking(dist.Distribution):
     """Truncated stick-breaking weights on the simplex (a generalised Dirichlet).
@@ -172,8 +179,8 @@ class MarginalMixture(dist.Distribution):
         array ``sample_shape + (N, D)``
             The rows drawn.
         """
-        mixture = dist.MixtureSameFamily(dist.Categorical(probs=self.params.weights),
-                                         component_distribution(self.params, self.covariance_type))
+        mixture = dist.MixtureSameFamily(dist.Categorical(probs=self.params.weights, **UNCHECKED),
+                                         component_distribution(self.params, self.covariance_type), **UNCHECKED)
         return mixture.sample(key, sample_shape + self.batch_shape)
 
     def log_prob(self, value):
@@ -196,8 +203,8 @@ def weights_distribution(concentration, num_components: int):
     """The prior of the weights: ``Dirichlet(alpha)`` for a (K,) concentration, or
     :class:`StickBreaking` for (K - 1, 2) stick parameters (a Dirichlet-process prior)."""
     if _sticks.is_sticks(concentration):
-        return StickBreaking(concentration)
-    return dist.Dirichlet(jnp.broadcast_to(concentration, (num_components,)))
+        return StickBreaking(concentration, **UNCHECKED)
+    return dist.Dirichlet(jnp.broadcast_to(concentration, (num_components,)), **UNCHECKED)
 
 
 def prior_distributions(prior: PriorArrays, num_components: int, covariance_type: str):
@@ -229,25 +236,25 @@ def prior_distributions(prior: PriorArrays, num_components: int, covariance_type
     weights_dist = weights_distribution(alpha, k)
     d = m0.shape[0]
     if covariance_type in ("full", "tied"):
-        cov_dist = dist.InverseWishart(nu0, scale_matrix=psi)
+        cov_dist = dist.InverseWishart(nu0, scale_matrix=psi, **UNCHECKED)
         if covariance_type == "full":
             cov_dist = cov_dist.expand((k,))
 
         def means_given(cov, factors=None):
             factors = covariance_factors(cov, covariance_type, k) if factors is None else factors
-            return dist.MultivariateNormal(m0, scale_tril=factors / jnp.sqrt(kappa0))
+            return dist.MultivariateNormal(m0, scale_tril=factors / jnp.sqrt(kappa0), **UNCHECKED)
 
     elif covariance_type == "diag":
-        cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k, d))).to_event(1)
+        cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k, d)), **UNCHECKED).to_event(1)
 
         def means_given(cov, factors=None):
-            return dist.Normal(m0, jnp.sqrt(cov / kappa0)).to_event(1)
+            return dist.Normal(m0, jnp.sqrt(cov / kappa0), **UNCHECKED).to_event(1)
 
     else:
-        cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k,)))
+        cov_dist = dist.InverseGamma(0.5 * nu0, 0.5 * jnp.broadcast_to(psi, (k,)), **UNCHECKED)
 
         def means_given(cov, factors=None):
-            return dist.Normal(m0, jnp.sqrt(cov / kappa0)[:, None] * jnp.ones(d)).to_event(1)
+            return dist.Normal(m0, jnp.sqrt(cov / kappa0)[:, None] * jnp.ones(d), **UNCHECKED).to_event(1)
 
     return weights_dist, cov_dist, means_given
 
@@ -264,11 +271,11 @@ def component_distribution(params: GMMParams, covariance_type: str, factors=None
     w, mu, cov = params
     k, d = mu.shape
     if covariance_type == "diag":
-        return dist.Normal(mu, jnp.sqrt(cov)).to_event(1)
+        return dist.Normal(mu, jnp.sqrt(cov), **UNCHECKED).to_event(1)
     if covariance_type == "spherical":
-        return dist.Normal(mu, jnp.sqrt(cov)[:, None] * jnp.ones(d)).to_event(1)
+        return dist.Normal(mu, jnp.sqrt(cov)[:, None] * jnp.ones(d), **UNCHECKED).to_event(1)
     factors = covariance_factors(cov, covariance_type, k) if factors is None else factors
-    return dist.MultivariateNormal(mu, scale_tril=factors)
+    return dist.MultivariateNormal(mu, scale_tril=factors, **UNCHECKED)
 
 
 def gmm_model(
@@ -333,18 +340,19 @@ def gmm_model(
             if not marginalize:
                 raise ValueError("missing values need z summed out (marginalize=True).")
             numpyro.sample("x", MarginalMixture(GMMParams(weights, means, covariances), covariance_type,
-                                                n if subsample_size is None else subsample_size), obs=x_batch)
+                                                n if subsample_size is None else subsample_size, **UNCHECKED), obs=x_batch)
         elif marginalize:
-            numpyro.sample("x", dist.MixtureSameFamily(dist.Categorical(probs=weights), components), obs=x_batch)
+            numpyro.sample("x", dist.MixtureSameFamily(dist.Categorical(probs=weights, **UNCHECKED), components, **UNCHECKED),
+                           obs=x_batch)
         else:
-            z = numpyro.sample("z", dist.Categorical(probs=weights), infer={"enumerate": "parallel"})
+            z = numpyro.sample("z", dist.Categorical(probs=weights, **UNCHECKED), infer={"enumerate": "parallel"})
             mu_z = means[z]
             if covariance_type == "diag":
-                comp = dist.Normal(mu_z, jnp.sqrt(covariances[z])).to_event(1)
+                comp = dist.Normal(mu_z, jnp.sqrt(covariances[z]), **UNCHECKED).to_event(1)
             elif covariance_type == "spherical":
-                comp = dist.Normal(mu_z, jnp.sqrt(covariances[z])[..., None] * jnp.ones(mu_z.shape[-1])).to_event(1)
+                comp = dist.Normal(mu_z, jnp.sqrt(covariances[z])[..., None] * jnp.ones(mu_z.shape[-1]), **UNCHECKED).to_event(1)
             else:
-                comp = dist.MultivariateNormal(mu_z, scale_tril=components.scale_tril[z])
+                comp = dist.MultivariateNormal(mu_z, scale_tril=components.scale_tril[z], **UNCHECKED)
             numpyro.sample("x", comp, obs=x_batch)
 
 

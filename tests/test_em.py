@@ -663,3 +663,21 @@ def test_the_program_stops_degenerate_further_runs(monkeypatch):
         assert out.degenerate[s].any(axis=-1).all() and not out.lanes.converged[s].any()
         assert (out.lanes.n_iter[s] >= 40).all() and (out.lanes.n_iter[s] < 1000).all()
     assert fit.converged and fit.degenerate_components
+
+
+def test_the_models_distributions_skip_numpyros_argument_checks():
+    """NumPyro 0.22 validates distribution arguments by default, compiling each check's
+    operations on constant arguments (some 25 programs for an Inverse-Wishart). The model's
+    distributions skip them: built from constant prior arrays of a new shape, what compiles is
+    the arrays' placement, the Cholesky factorisation and the Inverse-Wishart's reshapes (7 for
+    full covariances; 48 with NumPyro's checks)."""
+    from conftest import CompileCounter
+
+    d, k = 7, 3  # shapes no other test uses, so nothing is compiled already
+    prior = bg.Prior.default(np.random.default_rng(0).normal(size=(50, d)), k)
+    for covariance_type in ("full", "diag"):
+        arrays = prior.arrays(k, covariance_type)
+        with CompileCounter() as counter:
+            weights_dist, cov_dist, means_given = model.prior_distributions(arrays, k, covariance_type)
+        assert counter.compiles <= 10, (covariance_type, counter.compiles)
+        assert not weights_dist._validate_args and not cov_dist.base_dist._validate_args
