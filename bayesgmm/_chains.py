@@ -32,20 +32,25 @@ from .params import ConvergenceWarning, GMMParams, log_jacobians, params_to_orig
 from .results import FitResult
 
 __all__ = ["ESS_PER_CHAIN", "RHAT_MAX", "FinishedDraws", "chain_diagnostics", "chain_starts", "concurrent_runs",
-           "finish_draws", "run_chain_groups", "sampler_result", "training_log_likelihood", "warn_if_unconverged"]
+           "finish_draws", "run_chain_groups", "sampler_result", "training_log_likelihood", "usable_cores",
+           "warn_if_unconverged"]
 
 #: Thresholds of the convergence warnings: max R-hat and min bulk ESS per chain.
 RHAT_MAX = 1.01
 ESS_PER_CHAIN = 100
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def concurrent_runs(num_chains: int) -> int:
     """Runs of chains at once, each on a thread of its own: the largest divisor of ``num_chains``
-    that is at most the number of CPU cores this process may use. A chain's small sequential steps
-    keep about one core busy, so on two cores 4 chains take about half as long as in one run (NUTS
-    on Old Faithful, 2 x 2000 steps twice: 3.5 s on two threads, 6.1 s in turn)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(r for r in range(1, min(num_chains, cores) + 1) if num_chains % r == 0)
+    that is at most :func:`usable_cores`. A chain's small sequential steps keep about one core
+    busy, so on two cores 4 chains take about half as long as in one run (NUTS on Old Faithful,
+    2 x 2000 steps twice: 3.5 s on two threads, 6.1 s in turn)."""
+    return max(r for r in range(1, min(num_chains, usable_cores()) + 1) if num_chains % r == 0)
 
 
 def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int) -> Timed:

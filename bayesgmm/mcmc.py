@@ -39,7 +39,6 @@ changes JAX's configuration). Results are NumPy float64 on the original scale.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import NamedTuple
 
@@ -49,7 +48,7 @@ import numpy as np
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result
+from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result, usable_cores
 from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
@@ -149,7 +148,7 @@ def parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -
             f"num_chains={-(-num_chains // m) * m} (any multiple of {m}, or at most {m}), or "
             "chain_method='vectorized'."
         )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if m > 1 and devices[0].platform == "cpu" and covariance_type in ("full", "tied") and m >= cores:
         warnings.warn(
             f"chain_method='parallel' on {m} CPU devices with only {cores} CPU core(s): jaxlib's batched "

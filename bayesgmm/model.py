@@ -38,7 +38,10 @@ from .params import GMMParams, PriorArrays, check_covariance_type
 #: the checks are traced and then dropped; on constant arguments each of their operations is
 #: compiled on its own (some 25 small programs per process for the Inverse-Wishart alone, about a
 #: second). The model's arguments are checked where they enter bayesgmm (``Prior``, data and
-#: parameter checks), so its distributions skip NumPyro's.
+#: parameter checks), so its distributions skip NumPyro's wherever the model is used (EM's MAP
+#: prior, simulation, likelihoods). The NUTS, Gibbs and SVI programs are also traced under
+#: :func:`bayesgmm._numpyro_common.without_validation`, which covers the distributions they build
+#: beside the model's (SVI's guides).
 UNCHECKED = {"validate_args": False}
 
 
