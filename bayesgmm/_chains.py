@@ -16,7 +16,6 @@ to the package; its names may change without notice.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 import warnings
 from typing import NamedTuple
@@ -27,22 +26,18 @@ import numpy as np
 from . import _numerics
 from ._compile import CompiledProgram, Timed
 from ._numpyro_common import standard_init
+from ._threads import usable_cores
 from .labels import align_draws
 from .params import ConvergenceWarning, GMMParams, log_jacobians, params_to_original
 from .results import FitResult
 
 __all__ = ["ESS_PER_CHAIN", "RHAT_MAX", "FinishedDraws", "chain_diagnostics", "chain_starts", "concurrent_runs",
-           "finish_draws", "run_chain_groups", "sampler_result", "training_log_likelihood", "usable_cores",
+           "finish_draws", "run_chain_groups", "sampler_result", "training_log_likelihood",
            "warn_if_unconverged"]
 
 #: Thresholds of the convergence warnings: max R-hat and min bulk ESS per chain.
 RHAT_MAX = 1.01
 ESS_PER_CHAIN = 100
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def concurrent_runs(num_chains: int) -> int:

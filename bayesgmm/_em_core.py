@@ -228,7 +228,13 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
             params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct), floored, init_config)
             return GMMParams(*(jnp.where(m, jnp.asarray(g, p.dtype), p) for p, g, m in zip(params0, values, mask)))
 
-        params0 = jax.vmap(one, in_axes=(0, axes))(noise, problem)
+        def every_piece_given(_):  # the user's start in every lane: no seeding, no M-step
+            return GMMParams(*(jnp.broadcast_to(jnp.asarray(g, xs.dtype), (num_lanes,) + jnp.shape(g)) for g in given[0]))
+
+        # a traced choice, so that given and computed starts share the program; seeding (K passes
+        # over the rows) and its M-step cost more than an EM iteration on large data
+        params0 = jax.lax.cond(jnp.all(given[1]), every_piece_given,
+                               lambda _: jax.vmap(one, in_axes=(0, axes))(noise, problem), None)
         return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)

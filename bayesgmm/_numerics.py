@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._covariance_models import num_covariance_parameters
+from ._threads import map_pieces
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -286,7 +287,8 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
                frame: Frame | None = None) -> RowScores:
     """Float64 log density of every row (and, optionally, log responsibilities), in row blocks.
 
-    A single parameter set (no batch axes). Compiles nothing.
+    A single parameter set (no batch axes). Compiles nothing; the blocks run on threads
+    (:func:`bayesgmm._threads.map_pieces`), with the same numbers as in turn.
     """
     x = np.asarray(x)
     frame = frame or mixture_frame(weights, means, covariances, covariance_type)
@@ -294,7 +296,8 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
     n = x.shape[0]
     dens = np.empty(n)
     resp = np.empty((n, m.shape[0])) if responsibilities else None
-    for start in range(0, n, HOST_BLOCK_ROWS):
+
+    def block(start):  # each block writes its own rows (blocks run on threads)
         xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
         lj = log_joint_components(xs, w, m, c, ct)
         ll = logsumexp(lj, axis=-1)
@@ -302,6 +305,8 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
         if resp is not None:
             with np.errstate(invalid="ignore"):
                 resp[start : start + len(xs)] = lj - ll[:, None]
+
+    map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
     return RowScores(dens, resp)
 
 
@@ -332,9 +337,12 @@ def draws_log_density(x, weights, means, covariances, covariance_type: str, *, f
     s, n = w.shape[0], x.shape[0]
     out = np.empty((s, n))
     block = max(1, HOST_BLOCK_ROWS // max(1, s))
-    for start in range(0, n, block):
+
+    def rows(start):  # each block writes its own columns (blocks run on threads)
         xs = (np.asarray(x[start : start + block], np.float64) - frame.shift) / frame.scale
         out[:, start : start + len(xs)] = mixture_log_density(xs, w, m, c, ct) + observed_log_jacobian(xs, frame.scale)
+
+    map_pieces(rows, range(0, n, block))
     return out
 
 

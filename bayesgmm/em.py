@@ -41,10 +41,10 @@ from ._em_host import (
 from .params import (
     ConvergenceWarning,
     Prior,
-    check_data,
     check_int,
     check_sample_weight,
     log_jacobians,
+    prepare_data,
     seed_to_key,
 )
 from .results import FitResult
@@ -173,7 +173,8 @@ def fit_em(
     ValueError
         Invalid input, or every run ended with a singular covariance.
     """
-    arr, _ = check_data(x, missing=missing)
+    x = prepare_data(x, missing=missing)  # validated once: prepare() below takes the record as is
+    arr = x.values
     weight = check_sample_weight(sample_weight, arr.shape[0])
     if weight is not None and isinstance(num_components, (int, np.integer)) and np.count_nonzero(weight) < num_components:
         raise ValueError(

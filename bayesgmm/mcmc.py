@@ -48,8 +48,9 @@ import numpy as np
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result, usable_cores
+from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result
 from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
+from ._threads import usable_cores
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
     ConvergenceWarning,

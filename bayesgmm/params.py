@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._covariance_models import ALIASES, MODELS
+from ._threads import map_pieces
 
 __all__ = [
     "COVARIANCE_MODELS",
@@ -859,19 +860,22 @@ def seed_to_key(seed):
     )
 
 
-def weighted_median(arr: np.ndarray, sample_weight=None, *, overwrite: bool = False) -> np.ndarray:
+def row_medians(rows: np.ndarray) -> np.ndarray:
+    """The median of each row of ``rows`` (D, N), C-ordered, which it reorders in place: each row
+    is contiguous (partitioning runs 1.5 times faster than down a strided axis), and the rows are
+    partitioned on threads (:func:`bayesgmm._threads.map_pieces`)."""
+    return np.array(map_pieces(lambda row: np.median(row, overwrite_input=True), rows), np.float64)
+
+
+def weighted_median(arr: np.ndarray, sample_weight=None) -> np.ndarray:
     """Column medians of ``arr`` (N, D); with row weights, the weighted median (the mean of the
-    lower and upper weighted medians, so integer weights give the median of repeated rows).
-    ``overwrite``: ``arr`` may be reordered in place (no copy of the data)."""
+    lower and upper weighted medians, so integer weights give the median of repeated rows)."""
     if np.isnan(arr).any():  # missing entries: each column's median over its observed rows
         return np.array([weighted_median(col[keep][:, None], None if sample_weight is None else
                                          np.asarray(sample_weight)[keep])[0]
                          for col, keep in ((arr[:, j], ~np.isnan(arr[:, j])) for j in range(arr.shape[1]))])
-    if sample_weight is None and overwrite:
-        return np.median(arr, axis=0, overwrite_input=True)
-    if sample_weight is None:  # the copy np.median makes anyway, with each column contiguous:
-        # partitioning it runs 1.5 times faster than down the strided axis
-        return np.median(np.array(arr.T, order="C"), axis=1, overwrite_input=True)  # always a copy
+    if sample_weight is None:  # the copy np.median makes anyway, with each column contiguous
+        return row_medians(np.array(arr.T, order="C"))
     w = np.asarray(sample_weight, np.float64)
     order = np.argsort(arr, axis=0, kind="stable")
     values = np.take_along_axis(arr, order, axis=0)
@@ -900,11 +904,18 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     of their column's statistics.
     """
     arr = np.asarray(arr, np.float64)
-    shift = weighted_median(arr, sample_weight)
-    deviation = arr - shift
-    np.abs(deviation, out=deviation)
-    scale = MAD_TO_SD * weighted_median(deviation, sample_weight, overwrite=True)
-    del deviation
+    if sample_weight is None and not np.isnan(arr).any():  # one copy, feature by feature: the
+        columns = np.array(arr.T, order="C")  # first median reorders it, which the second does not mind
+        shift = row_medians(columns)
+        columns -= shift[:, None]
+        np.abs(columns, out=columns)
+        scale = MAD_TO_SD * row_medians(columns)
+        del columns
+    else:
+        shift = weighted_median(arr, sample_weight)
+        deviation = np.abs(arr - shift)
+        scale = MAD_TO_SD * weighted_median(deviation, sample_weight)
+        del deviation
     flat = ~(scale > 0)
     for j in np.flatnonzero(flat):
         keep = ~np.isnan(arr[:, j])
