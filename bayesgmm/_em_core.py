@@ -239,7 +239,8 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
     step = jax.vmap(lambda p, prob, precise: em_step(p, prob, config, precise), in_axes=(0, axes, None))
-    needs = jax.vmap(lambda p, prob: _stats.needs_precise(p, ct, prob.active, prob.reg_covar), in_axes=(0, axes))
+    def needs(p, prob):  # the whole batch at once (see _stats.needs_precise)
+        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar)
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     eps = jnp.finfo(xs.dtype).eps
 

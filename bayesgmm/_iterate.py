@@ -144,8 +144,12 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
 
     def body(s):
         go = running(s, max_iter)
-        precise = False if needs_precise is None else jnp.any(go & needs_precise(s.next_params))
-        total, magnitude, aux, updated = step(s.next_params, precise)
+        if needs_precise is None:
+            precise, params = False, s.next_params
+        else:  # the step's LAPACK calls after the check's (_numerics.in_turn)
+            precise = jnp.any(go & needs_precise(s.next_params))
+            params = _numerics.in_turn(precise, s.next_params)
+        total, magnitude, aux, updated = step(params, precise)
         t = s.n_iter + 1
         delta = total - s.objective
         floor = FLOOR_ULPS * eps * magnitude
@@ -165,7 +169,13 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
             floor=floor,
         )
         if abandon is not None:
-            stepped = stepped._replace(stopped=abandon(stepped))
+            # the rule sees the lanes only once the whole step is computed: its batched LAPACK
+            # call (the degenerate check's eigenvalues) must not run beside the step's (Cholesky
+            # factors). jaxlib 0.10's CPU LAPACK kernels split large batches (lanes x K matrices
+            # of D x D past about 2e5 flops) into pieces on XLA's thread pool and wait there for
+            # them; two such calls at once occupy every thread of two cores and wait forever.
+            seen = stepped._replace(params=_numerics.in_turn(total, stepped.params))
+            stepped = stepped._replace(stopped=abandon(seen))
 
         def keep(new, old):
             mask = go.reshape(go.shape + (1,) * (new.ndim - 1))

@@ -102,6 +102,29 @@ def num_free_parameters(num_components: int, num_features: int, covariance_type:
     return num_covariance_parameters(covariance_type, k, d) + k * d + k - 1
 
 
+def in_turn(first, then):
+    """``then`` (an array or a pytree of float arrays), with the same values, but computed from
+    ``first`` too, so that whatever uses it runs after ``first`` (NumPy: ``then`` as is).
+
+    For compiled programs with several batched LAPACK calls (Cholesky factors, eigenvalues,
+    triangular solves) that do not depend on each other. XLA may run such calls at once, and
+    jaxlib 0.10's CPU kernels split a large batch (lanes x K matrices of D x D, past about 2e5
+    flops) into pieces on XLA's thread pool and wait there for them: two such calls at once
+    occupy every thread of a two-core machine and wait for each other forever. Passing the
+    second call's input through ``in_turn(first_result, input)`` orders them. The dependency is
+    arithmetic (``then + 0 * sum(first)``, the sum made finite), which XLA keeps; an optimisation
+    barrier, or a conditional with equal branches, does not survive compilation.
+    """
+    xp, _ = array_namespace(first)
+    if xp is np:
+        return then
+    import jax
+
+    total = xp.sum(xp.asarray(first, np.float32))
+    nothing = 0.0 * xp.where(xp.isfinite(total), total, 0.0)  # +-0, computed (XLA does not fold 0 * x)
+    return jax.tree_util.tree_map(lambda a: a + nothing.astype(a.dtype), then)
+
+
 def smallest_variances(covariances, covariance_type: str, num_components: int, num_features: int):
     """Smallest eigenvalue of each component's covariance, ``(..., K)``."""
     xp, _ = array_namespace(covariances)
@@ -322,11 +345,20 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     """``sum_n w_n log p(x_n)``, the entropy ``-sum_n w_n sum_k r_nk log r_nk`` (for ICL) and the
     expected counts ``N_k = sum_n w_n r_nk``, all in float64 from the given parameters."""
     rows = score_rows(x, weights, means, covariances, covariance_type, responsibilities=True)
-    w = np.ones(len(rows.log_density)) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    r = np.exp(rows.log_resp)
-    with np.errstate(invalid="ignore"):
-        plogp = np.where(r > 0, r * rows.log_resp, 0.0)
-    return Totals(float(w @ rows.log_density), float(max(-(w @ plogp.sum(1)), 0.0)), w @ r)
+    n = len(rows.log_density)
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    r = np.empty_like(rows.log_resp)
+    row_entropy = np.empty(n)  # sum_k r_nk log r_nk
+
+    def block(start):  # each block writes its own rows (blocks run on threads); the sums below see all rows
+        log_r = rows.log_resp[start : start + HOST_BLOCK_ROWS]
+        r[start : start + HOST_BLOCK_ROWS] = np.exp(log_r)
+        with np.errstate(invalid="ignore"):
+            row_entropy[start : start + HOST_BLOCK_ROWS] = np.where(
+                r[start : start + HOST_BLOCK_ROWS] > 0, r[start : start + HOST_BLOCK_ROWS] * log_r, 0.0).sum(1)
+
+    map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
+    return Totals(float(w @ rows.log_density), float(max(-(w @ row_entropy), 0.0)), w @ r)
 
 
 def draws_log_density(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):

@@ -441,29 +441,38 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
 
 
 def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_covar=0.0):
-    """Whether the fast form would lose precision on any (active) component: true when
+    """For every lane (``params`` with a leading lane axis, L), whether the fast form would lose
+    precision on any (active) component: true when
     ``eps * (|mu_k|^2 + tr Sigma_k) * tr Sigma_k^-1 > PRECISE_THRESHOLD`` (standardised scale).
+    ``active``: None, (K,) or (L, K). Returns (L,) bool.
 
     Components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
     not count: their run is degenerate and discarded, and must not drag every other run of the
-    batch into the slower form."""
+    batch into the slower form. Their eigenvalues are computed after the Cholesky factors
+    (:func:`bayesgmm._numerics.in_turn`, outside any ``vmap``: call this on the whole batch)."""
     _, mu, cov = params
-    k, d = mu.shape
+    k, d = mu.shape[-2:]
     eps = jnp.finfo(mu.dtype).eps
-    if covariance_type in ("full", "tied"):
-        chol_inv, _ = _inverse_factors(cov, covariance_type, k, d)
-        inv_trace = jnp.sum(chol_inv**2, axis=(-2, -1))
-        trace = jnp.sum(_numerics.diagonal_variances(cov, covariance_type, k, d), -1)
-    else:
-        var = _numerics.diagonal_variances(cov, covariance_type, k, d)
-        inv_trace, trace = jnp.sum(1.0 / var, -1), jnp.sum(var, -1)
-    factor = eps * (jnp.sum(mu**2, -1) + trace) * inv_trace
+
+    def error_factor(mu, cov):  # (K,)
+        if covariance_type in ("full", "tied"):
+            chol_inv, _ = _inverse_factors(cov, covariance_type, k, d)
+            inv_trace = jnp.sum(chol_inv**2, axis=(-2, -1))
+            trace = jnp.sum(_numerics.diagonal_variances(cov, covariance_type, k, d), -1)
+        else:
+            var = _numerics.diagonal_variances(cov, covariance_type, k, d)
+            inv_trace, trace = jnp.sum(1.0 / var, -1), jnp.sum(var, -1)
+        return eps * (jnp.sum(mu**2, -1) + trace) * inv_trace
+
+    factor = jax.vmap(error_factor)(mu, cov)  # (L, K)
     bad = ~(factor <= PRECISE_THRESHOLD)  # NaN counts as bad
     if covariance_type != "tied":
-        bad = bad & ~(_numerics.smallest_variances(cov, covariance_type, k, d) <= 10.0 * reg_covar)
+        cov = _numerics.in_turn(factor, cov)  # one batched LAPACK call at a time
+        smallest = jax.vmap(lambda c: _numerics.smallest_variances(c, covariance_type, k, d))(cov)
+        bad = bad & ~(smallest <= 10.0 * reg_covar)
     if active is not None:
         bad = bad & active
-    return jnp.any(bad)
+    return jnp.any(bad, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -202,6 +202,7 @@ def _precision_terms(q: VBParams, prior, covariance_type: str):
         logdet0 = 2.0 * xp.sum(xp.log(xp.diagonal(chol0)))
         a = sp.linalg.solve_triangular(chol, xp.broadcast_to(chol0, (k, d, d)), lower=True)
         trace = xp.sum(a**2, axis=(-2, -1))
+        dev = _numerics.in_turn(a, dev)  # one batched LAPACK call at a time (_numerics.in_turn)
         y = sp.linalg.solve_triangular(chol, dev[:, :, None], lower=True)[..., 0]
         maha = xp.sum(y**2, -1)
         half = xp.arange(d, dtype=nu.dtype) / 2.0
@@ -242,8 +243,9 @@ def expected_components(q: VBParams, prior, covariance_type: str):
     xp, sp = _numerics.array_namespace(*q)
     alpha, beta, m, nu, psi = q
     d = m.shape[1]
-    cov = psi / (nu[:, None, None] if covariance_type == "full" else nu[:, None])
-    _, _, _, _, mvdigamma, _, _ = _precision_terms(q, prior, covariance_type)
+    logdet, _, trace, maha, mvdigamma, _, _ = _precision_terms(q, prior, covariance_type)
+    # the E-step factors this covariance after the terms' factors: one batched LAPACK call at a time
+    cov = _numerics.in_turn(logdet + trace + maha, psi / (nu[:, None, None] if covariance_type == "full" else nu[:, None]))
     shift = expected_log_weights(alpha) + 0.5 * (mvdigamma - d * xp.log(nu)) - 0.5 * d / beta
     return GMMParams(xp.ones_like(nu), m, cov), shift
 
@@ -270,14 +272,15 @@ def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
     update of q(theta) from the resulting statistics follows.
     """
     ct = config.covariance_type
-    components, shift = expected_components(q, problem.prior, ct)
+    kl = kl_divergence(q, problem.prior, ct)
+    # the expected components' LAPACK calls after the divergence's (the same factors, not shared by XLA)
+    components, shift = expected_components(_numerics.in_turn(kl, q), problem.prior, ct)
     if problem.observed is not None:  # missing values: q(x_m | z) is the conditional of N(m_k, E[Lambda_k]^-1)
         per_row, stats = _missing.e_step_stats(problem.x, problem.observed, problem.sample_weight, components, ct,
                                                const_shift=shift)
     else:
         per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, components, ct, precise,
                                              const_shift=shift)
-    kl = kl_divergence(q, problem.prior, ct)
     elbo = _weighted_sum(per_row, problem.sample_weight) - kl
     magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight) + jnp.abs(kl)
     counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
@@ -335,7 +338,7 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
     step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
 
     def needs(q):
-        return jax.vmap(lambda one: _stats.needs_precise(expected_components(one, prior, ct)[0], ct, None, reg_covar))(q)
+        return _stats.needs_precise(jax.vmap(lambda one: expected_components(one, prior, ct)[0])(q), ct, None, reg_covar)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)

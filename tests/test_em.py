@@ -681,3 +681,54 @@ def test_the_models_distributions_skip_numpyros_argument_checks():
             weights_dist, cov_dist, means_given = model.prior_distributions(arrays, k, covariance_type)
         assert counter.compiles <= 10, (covariance_type, counter.compiles)
         assert not weights_dist._validate_args and not cov_dist.base_dist._validate_args
+
+
+#: EM with 10 lanes and VB with 16 on D = K = 16: their Cholesky factors, triangular solves and
+#: eigenvalues come in batches large enough (lanes x K matrices of 16 x 16) for jaxlib 0.10's CPU
+#: LAPACK kernels to split them over XLA's thread pool and wait there.
+_MANY_LARGE_LAPACK_BATCHES = """
+import numpy as np, warnings
+import bayesgmm as bg
+warnings.simplefilter("ignore")
+x = np.random.default_rng(2).normal(size=(600, 16))
+bg.fit_em(x, 16, n_init=10, max_iter=4, tol=0.0)
+bg.fit_vb(x, 16, n_init=16, max_iter=4)
+print("done")
+"""
+
+
+def test_large_batches_of_lapack_calls_do_not_deadlock():
+    """Two large batched LAPACK calls that XLA may run at once (the degenerate check's eigenvalues
+    beside the E-step's Cholesky factors, VB's triangular solves of the divergence beside the
+    expected components') each wait on XLA's thread pool for their pieces; on two cores both
+    threads then waited forever (``n_init=10`` on N=1e5, D=K=16 hung). ``_numerics.in_turn`` orders
+    them. Run in a fresh process with a time limit, so that a regression fails instead of hanging."""
+    import os
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _MANY_LARGE_LAPACK_BATCHES], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        pytest.fail("EM or VB with many lanes of 16 x 16 covariances hung (LAPACK calls waiting on each other)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("done")
+
+
+def test_in_turn_keeps_the_values_and_orders_by_a_real_dependency():
+    """``in_turn(first, then)`` returns ``then``'s values (NaN or infinite ``first`` included), and
+    in the compiled program ``then`` is computed from ``first`` (the dependency survives XLA's
+    simplifications, where an optimisation barrier or a conditional with equal branches does not)."""
+    import re
+
+    from bayesgmm import _numerics
+
+    then = jnp.asarray([1.5, -0.0, 3.0e-300, -2.0])
+    for first in (jnp.asarray([1.0, 2.0]), jnp.asarray([jnp.nan]), jnp.asarray([-jnp.inf, 1.0]), jnp.asarray(True)):
+        np.testing.assert_array_equal(np.asarray(jax.jit(_numerics.in_turn)(first, then)), np.asarray(then))
+    hlo = jax.jit(_numerics.in_turn).lower(jnp.ones(2), then).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    first_param = re.search(r"(%[\w.\-]+) = f(32|64)\[2\]\{0\} parameter\(0\)", entry).group(1)
+    assert entry.count(first_param) > 1, entry  # used, not dropped
+    assert _numerics.in_turn(np.ones(2), np.arange(3.0)) is not None
