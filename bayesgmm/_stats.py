@@ -449,7 +449,7 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
     Components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
     not count: their run is degenerate and discarded, and must not drag every other run of the
     batch into the slower form. Their eigenvalues are computed after the Cholesky factors
-    (:func:`bayesgmm._numerics.in_turn`, outside any ``vmap``: call this on the whole batch)."""
+    (:func:`bayesgmm._numerics.in_turn`: one batched LAPACK call at a time)."""
     _, mu, cov = params
     k, d = mu.shape[-2:]
     eps = jnp.finfo(mu.dtype).eps
