@@ -31,8 +31,8 @@ from .labels import align_draws
 from .params import ConvergenceWarning, GMMParams, log_jacobians, params_to_original
 from .results import FitResult
 
-__all__ = ["ESS_PER_CHAIN", "RHAT_MAX", "FinishedDraws", "chain_diagnostics", "chain_starts", "concurrent_runs",
-           "finish_draws", "run_chain_groups", "sampler_result", "training_log_likelihood",
+__all__ = ["ESS_PER_CHAIN", "LAPACK_SPLIT_FLOPS", "RHAT_MAX", "FinishedDraws", "chain_diagnostics", "chain_starts", "concurrent_runs",
+           "finish_draws", "lapack_flops_per_chain", "run_chain_groups", "sampler_result", "training_log_likelihood",
            "warn_if_unconverged"]
 
 #: Thresholds of the convergence warnings: max R-hat and min bulk ESS per chain.
@@ -40,11 +40,29 @@ RHAT_MAX = 1.01
 ESS_PER_CHAIN = 100
 
 
-def concurrent_runs(num_chains: int) -> int:
+#: A batched LAPACK call worth at least this many flops is split by jaxlib 0.10 over XLA's thread
+#: pool, and the call waits there for its pieces (``jaxlib/cpu/lapack_kernels.cc``).
+LAPACK_SPLIT_FLOPS = 2e5
+
+
+def lapack_flops_per_chain(num_components: int, num_features: int, rows_with_missing: int = 0) -> float:
+    """An upper bound on the flops of one batched LAPACK call (Cholesky factor, triangular solve)
+    of one chain's step: K matrices of D x D, and one per row and component with missing values."""
+    return float((num_components + rows_with_missing * num_components) * num_features**3)
+
+
+def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:
     """Runs of chains at once, each on a thread of its own: the largest divisor of ``num_chains``
     that is at most :func:`usable_cores`. A chain's small sequential steps keep about one core
     busy, so on two cores 4 chains take about half as long as in one run (NUTS on Old Faithful,
-    2 x 2000 steps twice: 3.5 s on two threads, 6.1 s in turn)."""
+    2 x 2000 steps twice: 3.5 s on two threads, 6.1 s in turn).
+
+    ``lapack_flops`` (:func:`lapack_flops_per_chain`): when the chains' batched LAPACK calls may
+    be split over XLA's thread pool (:data:`LAPACK_SPLIT_FLOPS`), one run: two programs, each
+    waiting in such a call for pieces queued behind the other's, would hold both threads of a
+    two-core machine forever (a Gibbs sampler with missing values did)."""
+    if num_chains * lapack_flops >= LAPACK_SPLIT_FLOPS:
+        return 1
     return max(r for r in range(1, min(num_chains, usable_cores()) + 1) if num_chains % r == 0)
 
 

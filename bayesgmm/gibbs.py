@@ -47,7 +47,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
-from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result
+from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
 from ._compile import CompiledProgram, progress, tick_every, tick_interval
 from ._sharding import RowSharding, pad_observed, sampler_row_bucket, shard_rows
 from .model import log_prior
@@ -438,7 +438,8 @@ def fit_gibbs(
         raise ValueError(f"init must be 'map', a GMMParams or a sequence of them; got {init!r}.")
     else:
         user_init = chain_starts(init, k, d, num_chains, covariance_type, std.shift, std.sd, std.dtype)
-    runs = concurrent_runs(num_chains)  # runs of chains at once, one thread each
+    # runs of chains at once, one thread each (one run where LAPACK calls could wait on each other)
+    runs = concurrent_runs(num_chains, lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum())))
     config = _Config(k, covariance_type, num_warmup, num_samples, num_chains, bool(progress_bar),
                      num_chains // runs if runs > 1 else None)
     steps = num_warmup + num_samples

@@ -48,7 +48,7 @@ import numpy as np
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._chains import chain_starts, concurrent_runs, finish_draws, run_chain_groups, sampler_result
+from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
 from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
 from ._threads import usable_cores
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
@@ -424,7 +424,8 @@ def fit_mcmc(
     key = seed_to_key(seed)
     # "parallel" on one device is the "vectorized" program (the same compiled program and draws)
     run_method = "vectorized" if chain_method == "parallel" and num_devices == 1 else chain_method
-    runs = concurrent_runs(num_chains) if run_method == "sequential" else 1
+    lapack_flops = lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum()))
+    runs = concurrent_runs(num_chains, lapack_flops) if run_method == "sequential" else 1
     config = _Config(
         k, covariance_type, num_warmup, num_samples, num_chains, run_method,
         float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),

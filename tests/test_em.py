@@ -693,6 +693,8 @@ warnings.simplefilter("ignore")
 x = np.random.default_rng(2).normal(size=(600, 16))
 bg.fit_em(x, 16, n_init=10, max_iter=4, tol=0.0)
 bg.fit_vb(x, 16, n_init=16, max_iter=4)
+x[np.random.default_rng(3).random(x.shape) < 0.1] = np.nan  # Gibbs: two chains' runs on threads, each
+bg.fit_gibbs(x[:300], 8, missing="marginalize", num_warmup=5, num_samples=5, num_chains=2)  # factoring per row
 print("done")
 """
 
@@ -702,7 +704,9 @@ def test_large_batches_of_lapack_calls_do_not_deadlock():
     beside the E-step's Cholesky factors, VB's triangular solves of the divergence beside the
     expected components') each wait on XLA's thread pool for their pieces; on two cores both
     threads then waited forever (``n_init=10`` on N=1e5, D=K=16 hung). ``_numerics.in_turn`` orders
-    them. Run in a fresh process with a time limit, so that a regression fails instead of hanging."""
+    them; so did two Gibbs runs of chains on threads, each factoring a covariance per row with missing
+    values (such samplers now run their chains in one run). Run in a fresh process with a time
+    limit, so that a regression fails instead of hanging."""
     import os
     import subprocess
     import sys
@@ -732,3 +736,14 @@ def test_in_turn_keeps_the_values_and_orders_by_a_real_dependency():
     first_param = re.search(r"(%[\w.\-]+) = f(32|64)\[2\]\{0\} parameter\(0\)", entry).group(1)
     assert entry.count(first_param) > 1, entry  # used, not dropped
     assert _numerics.in_turn(np.ones(2), np.arange(3.0)) is not None
+
+
+def test_chains_share_threads_only_when_their_lapack_calls_cannot_wait_on_each_other():
+    """The samplers run chains on threads (``_chains.concurrent_runs``) only when no batched LAPACK
+    call of theirs is large enough for jaxlib to split it over XLA's thread pool."""
+    from bayesgmm import _chains, _threads
+
+    on_threads = max(r for r in range(1, min(4, _threads.usable_cores()) + 1) if 4 % r == 0)
+    assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(2, 2)) == on_threads  # Old Faithful: as before
+    assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(8, 16, rows_with_missing=200)) == 1
+    assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(16, 32)) == 1

@@ -420,7 +420,7 @@ def test_sequential_chains_on_threads_are_the_draws_of_one_run(full_fits, faithf
     reference, _ = full_fits["map"]
     default = mcmc.concurrent_runs(SETTINGS["num_chains"])
     other = 2 if default == 1 else 1
-    monkeypatch.setattr(mcmc, "concurrent_runs", lambda num_chains: other)  # the name fit_mcmc calls
+    monkeypatch.setattr(mcmc, "concurrent_runs", lambda num_chains, lapack_flops=0.0: other)  # the name fit_mcmc calls
     result, _ = _fit(faithful, 2, seed=0, **SETTINGS)
     assert result.info["compile_seconds"] > 0  # another program: chains split otherwise
     for name in ("weights", "means", "covariances"):
