@@ -351,11 +351,11 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     row_entropy = np.empty(n)  # sum_k r_nk log r_nk
 
     def block(start):  # each block writes its own rows (blocks run on threads); the sums below see all rows
-        log_r = rows.log_resp[start : start + HOST_BLOCK_ROWS]
-        r[start : start + HOST_BLOCK_ROWS] = np.exp(log_r)
+        rows_here = slice(start, start + HOST_BLOCK_ROWS)
+        log_r = rows.log_resp[rows_here]
+        r_here = r[rows_here] = np.exp(log_r)
         with np.errstate(invalid="ignore"):
-            row_entropy[start : start + HOST_BLOCK_ROWS] = np.where(
-                r[start : start + HOST_BLOCK_ROWS] > 0, r[start : start + HOST_BLOCK_ROWS] * log_r, 0.0).sum(1)
+            row_entropy[rows_here] = np.where(r_here > 0, r_here * log_r, 0.0).sum(1)
 
     map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
     return Totals(float(w @ rows.log_density), float(max(-(w @ row_entropy), 0.0)), w @ r)
