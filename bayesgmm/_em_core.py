@@ -148,6 +148,44 @@ def em_step(params: GMMParams, problem: EMProblem, config: EMConfig, precise: bo
     return total, magnitude, counts, m_step(stats, problem, config, params)
 
 
+def lane_problem(problem: EMProblem, axes: EMProblem, lane) -> EMProblem:
+    """One lane's problem: the fields batched over lanes (``axes`` 0) taken at ``lane``."""
+    return jax.tree_util.tree_map(lambda axis, field: field if axis is None else field[lane], axes, problem,
+                                  is_leaf=lambda a: a is None)
+
+
+def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: EMConfig, precise):
+    """:func:`em_step` of every lane (``params`` and the fields of ``problem`` whose ``axes``
+    are 0 have a leading lane axis). ``precise``: False, or a traced (L,) bool, the lanes whose
+    step needs the precise form.
+
+    While no lane needs it, the lanes run together in the fast form (``vmap``: their products
+    share the passes over the rows). Otherwise every lane takes the precise form, one lane after
+    another (``lax.map``): batched, its centred intermediates (lanes x K x N x D) leave the
+    caches, and ten lanes took twice as long per lane as one (N=1e5, D=K=16, float32). A choice
+    per lane would spare lanes that do not need it, but compiling both forms inside the loop
+    over lanes made every EM program about 0.2 s slower to compile. The M-step, the same either
+    way, follows once for the batch.
+    """
+    def batched(form):
+        return jax.vmap(lambda p, prob: e_and_stats(p, prob, config, form), in_axes=(0, axes))
+
+    def lane_by_lane(params):
+        def one(args):
+            lane_params, lane = args
+            return e_and_stats(lane_params, lane_problem(problem, axes, lane), config, True)
+
+        return jax.lax.map(one, (params, jnp.arange(params.means.shape[0])))
+
+    if problem.observed is not None or isinstance(precise, bool):  # missing values: one form only
+        evaluated = batched(False if problem.observed is not None else precise)(params, problem)
+    else:
+        evaluated = jax.lax.cond(jnp.any(precise), lane_by_lane, lambda p: batched(False)(p, problem), params)
+    total, magnitude, counts, stats = evaluated
+    updated = jax.vmap(lambda s, prob, p: m_step(s, prob, config, p), in_axes=(0, axes, 0))(stats, problem, params)
+    return total, magnitude, counts, updated
+
+
 def _lane_groups(num_lanes: int, num_groups: int):
     return jnp.repeat(jnp.arange(num_groups), num_lanes // num_groups)
 
@@ -234,11 +272,11 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         # a traced choice, so that given and computed starts share the program; seeding (K passes
         # over the rows) and its M-step cost more than an EM iteration on large data
         params0 = jax.lax.cond(jnp.all(given[1]), every_piece_given,
-                               lambda _: jax.vmap(one, in_axes=(0, axes))(noise, problem), None)
+                               lambda _: jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])),
+                                                     (noise, jnp.arange(num_lanes))), None)
         return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
-    step = jax.vmap(lambda p, prob, precise: em_step(p, prob, config, precise), in_axes=(0, axes, None))
     def needs(p, prob):  # the whole batch at once (see _stats.needs_precise)
         return _stats.needs_precise(p, ct, prob.active, prob.reg_covar)
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
@@ -250,7 +288,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
             in_axes=(0, 0, None if active is None else 0),
         )(s.aux, s.params.covariances, problem.active)
 
-    lanes = _iterate.iterate(lanes, lambda p, precise: step(p, problem, precise), tol_total, max_iter,
+    lanes = _iterate.iterate(lanes, lambda p, precise: lanes_step(p, problem, axes, config, precise), tol_total, max_iter,
                              (lambda p: needs(p, problem)) if adaptive else None,
                              abandon=lambda s: (s.n_iter >= abandon_after) & jnp.any(degenerate(s), axis=-1))
     return EMOutput(lanes, degenerate(lanes))
@@ -329,15 +367,19 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
     # one group on one device: lanes padded to a bucket (not over several devices, whose
     # collectives can deadlock XLA:CPU's shared thread pool on larger per-device work)
-    padded = num_groups == 1 and len(xs.sharding.device_set) == 1
-    lanes_run = _iterate.lane_bucket(lanes_per_call, rows, k, d, config.covariance_type) if padded else lanes_per_call
+    single = num_groups == 1 and len(xs.sharding.device_set) == 1
+    lanes_run = _iterate.lane_bucket(lanes_per_call, rows, k, d, config.covariance_type) if single else lanes_per_call
+    padded = lanes_run > lanes_per_call
+    # the short runs: as many starts per call as the padded program holds, or on larger data (one
+    # group, one device) blocks of them in a program of their own
+    short_lanes = lanes_run if padded else (_iterate.short_run_lanes(rows, k) if single else None)
     given = given_start(given, k, d, config.covariance_type, dtype)
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
     else:
         keys = jax.random.split(key, num_groups)
         noise = np.stack([init_noise(kk, init_method, num_starts, num_rows or n, k, dtype, n) for kk in keys])  # (G, R, ...)
-    placeholder = _placeholder_state(lanes_run, k, d, config.covariance_type, trace_len, dtype)
+    placeholder = _placeholder_state(lanes_per_call, k, d, config.covariance_type, trace_len, dtype)
     model_index = np.int32(config.model_index())
     config = config.program_config()
     static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive)
@@ -352,8 +394,9 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
 
-    call = _iterate.padded_lanes(call, lanes_per_call, lanes_run)
+    if padded:
+        call = _iterate.padded_lanes(call, lanes_run)
     out, start_objective = _iterate.search(call, noise, placeholder, num_groups=num_groups, num_starts=num_starts,
                                            num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,
-                                           avoid_degenerate=avoid_degenerate)
+                                           avoid_degenerate=avoid_degenerate, short_lanes=short_lanes)
     return SearchResult(out, start_objective, seconds[0], seconds[1])

@@ -4,8 +4,8 @@ test on the objective that a slow start cannot fool.
 A batch of *lanes* (restarts, bootstrap replicates, the K of a model-selection grid) shares one
 ``lax.while_loop`` that runs while any lane is still going; finished lanes keep their state.
 The loop is written over the whole batch rather than ``vmap``-ped, so that the choice between
-the fast and the precise form of a step (:mod:`bayesgmm._stats`) is one real branch for the
-batch, taken only when some lane needs it.
+the fast and the precise form of a step (:mod:`bayesgmm._stats`) is a real branch, taken only
+where some lane needs it.
 
 Each iteration *evaluates* the lane's next parameters (E-step: the objective ``l_t`` and
 whatever the caller records, such as the expected counts) and computes their update (M-step).
@@ -122,17 +122,18 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
     lanes : Lanes
     step : callable ``(params, precise) -> (objective, magnitude, aux, updated_params)``
         For every lane (batched): the objective at ``params``, ``sum_n |l_n|`` of it (for the
-        precision floor), what to record and the updated parameters. ``precise`` is a traced bool
-        for the whole batch (or False): the step branches on it (``lax.cond``) around the part
-        that differs, :func:`bayesgmm._stats.e_step_stats`.
+        precision floor), what to record and the updated parameters. ``precise`` is False, or a
+        traced (L,) bool: the running lanes whose step needs the precise form. The step branches
+        on it (``lax.cond``) around the part that differs, :func:`bayesgmm._stats.e_step_stats`,
+        for the whole batch or lane by lane.
     tol : array (L,) or scalar
         Tolerance on the projected remaining gain of the objective (a total); negative: no test
         (every lane makes ``max_iter`` updates).
     max_iter : int or traced int
         Updates per lane in all (a second call continues where the first stopped).
     needs_precise : callable ``params -> (L,) bool``, optional
-        Lanes whose step would lose precision in the fast form; while any running lane does, the
-        batch takes the precise form.
+        Lanes whose step would lose precision in the fast form (passed on to ``step``, running
+        lanes only).
     abandon : callable ``Lanes -> (L,) bool``, optional
         Evaluated after each update on the lanes just evaluated: those to stop although they
         have neither converged nor failed (a search for non-degenerate optima stops lanes that
@@ -147,7 +148,7 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
         if needs_precise is None:
             precise, params = False, s.next_params
         else:  # the step's LAPACK calls after the check's (_numerics.in_turn)
-            precise = jnp.any(go & needs_precise(s.next_params))
+            precise = go & needs_precise(s.next_params)
             params = _numerics.in_turn(precise, s.next_params)
         total, magnitude, aux, updated = step(params, precise)
         t = s.n_iter + 1
@@ -261,22 +262,33 @@ def lane_bucket(num_lanes: int, num_obs: int, num_components: int, num_features:
     return max(most, 2 ** math.ceil(math.log2(num_lanes)))
 
 
-def padded_lanes(call, num_lanes: int, num_run: int):
-    """A :func:`search` ``call`` of one group that runs ``num_run`` program lanes
-    (:func:`lane_bucket`) for the search's ``num_lanes``: the extra lanes repeat the first ones,
-    in the starts block (axes (1, lanes, ...)) and the continued state, and are dropped from the
-    output. The placeholder state passed with fresh calls must have ``num_run`` lanes."""
-    if num_run == num_lanes:
-        return call
+#: Most lanes of a short-run block on larger data (:func:`short_run_lanes`).
+MAX_SHORT_RUN_LANES = 16
+#: Elements of the per-lane temporaries (a few (K, N) arrays per lane) a short-run block may hold.
+SHORT_RUN_ELEMENTS = 2**27
+
+
+def short_run_lanes(num_obs: int, num_components: int) -> int:
+    """Lanes of the em-EM short runs' blocks where the program is not padded (larger data): up to
+    :data:`MAX_SHORT_RUN_LANES`, fewer when their responsibilities, about ``4 N K`` elements a lane,
+    would pass :data:`SHORT_RUN_ELEMENTS` (1 GiB in float64); 1 at N K >= 2^25."""
+    return max(1, min(MAX_SHORT_RUN_LANES, SHORT_RUN_ELEMENTS // (4 * num_obs * num_components)))
+
+
+def padded_lanes(call, num_run: int):
+    """A :func:`search` ``call`` of one group whose program runs ``num_run`` lanes
+    (:func:`lane_bucket`) whatever number of lanes, at most that, a call asks for: the extra lanes
+    repeat the first ones, in the starts block (axes (1, lanes, ...)) and the state, and are
+    dropped from the output."""
     import numpy as np
 
-    repeat = np.arange(num_run) % num_lanes
-
     def padded(block, state, limit, fresh, abandon_after):
+        num_lanes = jax.tree_util.tree_leaves(block)[0].shape[1]
+        if num_lanes >= num_run:
+            return call(block, state, limit, fresh, abandon_after)
+        repeat = np.arange(num_run) % num_lanes
         block = jax.tree_util.tree_map(lambda a: a[:, repeat], block)
-        if not fresh:
-            state = take(state, repeat)
-        return take(call(block, state, limit, fresh, abandon_after), slice(0, num_lanes))
+        return take(call(block, take(state, repeat), limit, fresh, abandon_after), slice(0, num_lanes))
 
     return padded
 
@@ -321,14 +333,14 @@ NEVER = np.iinfo(np.int32).max
 
 
 def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_kept: int, init_iter: int,
-           max_iter: int, avoid_degenerate: bool = True):
+           max_iter: int, avoid_degenerate: bool = True, short_lanes: int | None = None):
     """The em-EM search of G groups (Biernacki, Celeux & Govaert 2003), driving a compiled program.
 
     Parameters
     ----------
     call : callable ``(starts_block, state, limit, fresh, abandon_after) -> output``
-        Runs ``G * num_kept`` lanes (group-major): afresh from ``starts_block`` (a pytree with
-        leading axes (G, num_kept)) when ``fresh``, else continuing ``state``, until ``limit``
+        Runs ``G * lanes`` lanes (group-major): afresh from ``starts_block`` (a pytree with
+        leading axes (G, lanes)) when ``fresh``, else continuing ``state``, until ``limit``
         updates; returns host (NumPy) output with ``.lanes`` (:class:`Lanes`) and ``.degenerate``
         (lanes, K). A call may stop a lane that is degenerate after ``abandon_after`` updates
         (:data:`NEVER`: it must not); the search asks for that only when it looks for
@@ -336,7 +348,8 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
     starts : pytree with leading axes (G, num_starts)
         What each start begins from (uniform numbers, ...).
     placeholder : Lanes
-        A state of the lanes' shapes for the fresh calls (never read).
+        A state of the lanes' shapes (any number of lanes; never read), repeated to the lanes of
+        each fresh call.
     avoid_degenerate : bool
         When every continued run of a group ends degenerate, continue its next-best short runs
         too (``num_kept`` at a time, with the same compiled program) until one does not or the
@@ -346,6 +359,11 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         ``init_iter`` updates after its short run is stopped there (``abandon_after``), and a
         degenerate one never replaces a run continued first. When none is found, the group
         keeps the best of its first continued runs, each run to convergence.
+    short_lanes : int, optional
+        Lanes per group of the short runs' calls (at least ``num_kept``, at most ``num_starts``;
+        default ``num_kept``). More lanes make fewer calls: each call's set-up (the features of
+        the rows, a host round trip) is paid once for the block, and the fast form's passes over
+        the rows serve every lane of it.
 
     Returns
     -------
@@ -355,37 +373,43 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
     """
     import numpy as np
 
-    if num_kept == num_starts:
-        out = call(starts, placeholder, max_iter, True, NEVER)
-        return out, np.asarray(out.lanes.objective, np.float64).reshape(num_groups, num_starts)
+    num_placeholder = np.shape(jax.tree_util.tree_leaves(placeholder)[0])[0]
 
-    def block(b):  # the last block is filled up with the first starts (their runs are dropped)
-        index = np.arange(b * num_kept, (b + 1) * num_kept) % num_starts
+    def blank(lanes):  # the placeholder state of a fresh call of ``lanes`` lanes per group
+        return take(placeholder, np.arange(num_groups * lanes) % num_placeholder)
+
+    if num_kept == num_starts:
+        out = call(starts, blank(num_starts), max_iter, True, NEVER)
+        return out, np.asarray(out.lanes.objective, np.float64).reshape(num_groups, num_starts)
+    short = num_kept if short_lanes is None else min(num_starts, max(num_kept, short_lanes))
+
+    def block(b, lanes):  # the last block is filled up with the first starts (their runs are dropped)
+        index = np.arange(b * lanes, (b + 1) * lanes) % num_starts
         return jax.tree_util.tree_map(lambda a: a[:, index], starts)
 
-    def by_group(tree):  # (G * kept, ...) -> (G, kept, ...)
-        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups, num_kept) + a.shape[1:]), tree)
+    def by_group(tree):  # (G * lanes, ...) -> (G, lanes, ...)
+        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups, -1) + a.shape[1:]), tree)
 
-    def flat(tree):  # (G, kept, ...) -> (G * kept, ...)
-        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups * num_kept,) + a.shape[2:]), tree)
+    def flat(tree):  # (G, lanes, ...) -> (G * lanes, ...)
+        return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), tree)
 
-    def pick(tree, index):  # per group, the runs at index (G, kept)
+    def pick(tree, index):  # per group, the runs at index (G, lanes)
         return jax.tree_util.tree_map(
             lambda a: np.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1), tree)
 
-    shorts = [by_group(call(block(b), placeholder, min(init_iter, max_iter), True, NEVER))
-              for b in range(-(-num_starts // num_kept))]
+    shorts = [by_group(call(block(b, short), blank(short), min(init_iter, max_iter), True, NEVER))
+              for b in range(-(-num_starts // short))]
     shorts = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1)[:, :num_starts], *shorts)  # (G, R, ...)
     start_objective = np.asarray(shorts.lanes.objective, np.float64)
     order = best_first(start_objective, shorts.degenerate)
-    done = by_group(call(block(0), flat(pick(shorts.lanes, order[:, :num_kept])), max_iter, False, NEVER))
+    done = by_group(call(block(0, num_kept), flat(pick(shorts.lanes, order[:, :num_kept])), max_iter, False, NEVER))
     rounds = 1
     while avoid_degenerate and rounds * num_kept < num_starts:
         clean = ~np.asarray(done.degenerate).any(axis=-1) & np.isfinite(np.asarray(done.lanes.objective))
         if clean.any(axis=1).all():
             break
         chosen = order[:, np.arange(rounds * num_kept, (rounds + 1) * num_kept) % num_starts]  # filled up as block()
-        more = by_group(call(block(0), flat(pick(shorts.lanes, chosen)), max_iter, False, 2 * min(init_iter, max_iter)))
+        more = by_group(call(block(0, num_kept), flat(pick(shorts.lanes, chosen)), max_iter, False, 2 * min(init_iter, max_iter)))
         both = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=1), done, more)  # (G, 2 kept, ...)
         # a degenerate further run (possibly stopped before converging) never replaces a first one
         set_aside = np.asarray(more.degenerate).any(axis=-1) | np.asarray(more.lanes.stopped)

@@ -335,7 +335,10 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
         return _iterate.start(jax.vmap(one)(noise, seeded), state.aux, num_lanes, trace_len, xs.dtype)
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
-    step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
+    batch_step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
+
+    def step(q, precise):  # the precise form for the whole batch when any running lane needs it
+        return batch_step(q, precise if isinstance(precise, bool) else jnp.any(precise))
 
     def needs(q):
         return _stats.needs_precise(jax.vmap(lambda one: expected_components(one, prior, ct)[0])(q), ct, None, reg_covar)
@@ -618,7 +621,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search)
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
-    placeholder = _placeholder_state(lanes_run, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
+    placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
     seconds = [0.0, 0.0]
 
     def call(block, state, limit, fresh, abandon_after):  # VB runs every lane to the end (abandon_after unused)
@@ -629,9 +632,9 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
 
-    call = _iterate.padded_lanes(call, kept, lanes_run)
+    call = _iterate.padded_lanes(call, lanes_run)  # the short runs fill the padded program's lanes
     out, start_elbos = _iterate.search(call, (noise, seeded), placeholder, num_groups=1, num_starts=starts,
-                                       num_kept=kept, init_iter=short_iter, max_iter=int(max_iter))
+                                       num_kept=kept, init_iter=short_iter, max_iter=int(max_iter), short_lanes=lanes_run)
     lanes = out.lanes
     finals = np.asarray(lanes.objective, dtype=np.float64)
     if not np.isfinite(finals).any():

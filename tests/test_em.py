@@ -591,12 +591,71 @@ def test_max_iter_zero_returns_the_start(faithful_std):
         bg.fit_em(x, 2, max_iter=-1)
 
 
-def test_further_runs_look_for_a_non_degenerate_optimum_only():
+def test_a_batch_takes_the_precise_form_lane_by_lane_when_any_lane_needs_it(rng):
+    """When some lane needs the precise form, every lane of the batch takes it, one after another,
+    and equals that lane stepped alone in the precise form; when none does, the batch runs the
+    fast form. The data sit far from the origin, where the two forms' rounding differs visibly
+    (a lane given the fast form would miss by about 1e-8)."""
+    offset = 3e4
+    x = jnp.asarray(rng.normal(size=(60, 2)) + offset)
+    config = _em_core.EMConfig(3, 2, "full", hard=False, use_prior=False)
+    problem = _em_core.EMProblem(z=_stats.suff_features(x, "full"), x=x, sample_weight=None, active=None, prior=None,
+                                 reg_covar=jnp.asarray(1e-6))
+    axes = _em_core.EMProblem(z=None, x=None, sample_weight=None, active=None, prior=None, reg_covar=None,
+                              model_index=None, observed=None)
+    lanes = []
+    for _ in range(3):
+        w, m, c = random_params(rng, 3, 2, "full")
+        lanes.append(GMMParams(*map(jnp.asarray, (w, m + offset, c))))
+    batch = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *lanes)
+    fast, precise = (float(_em_core.em_step(lanes[0], problem, config, form)[0]) for form in (False, True))
+    assert abs(fast - precise) > 1e-9 * abs(precise)  # the forms are told apart
+    step = jax.jit(lambda p, precise: _em_core.lanes_step(p, problem, axes, config, precise))
+    for flags in ([True, False, False], [False, False, True], [False, False, False]):
+        got = step(batch, jnp.asarray(flags))
+        for lane, params in enumerate(lanes):
+            flag = any(flags)
+            alone = jax.jit(lambda p, form=flag: _em_core.em_step(p, problem, config, form))(params)
+            for a, b in zip(jax.tree_util.tree_leaves(alone), jax.tree_util.tree_leaves(got)):
+                # the precise form to the last bits; the fast one up to its cancellation here
+                np.testing.assert_allclose(b[lane], a, rtol=1e-12 if flag else 1e-4, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore::bayesgmm.ConvergenceWarning")  # max_iter is the point here
+def test_short_runs_on_larger_data_run_in_blocks(monkeypatch):
+    """On data too large for the padded program the short runs of an em-EM search go in blocks
+    of several starts (one call each) and the best continues in a program of its own lanes: the
+    same starts, short-run objectives and fit as one start per call."""
+    x = bg.datasets.make_mixture(3000, 3, 2, separation=2.0, seed=1).x
+    kw = dict(init_params="k-means++", seed=3, tol=0.0, max_iter=6, n_init=8)
+    lanes_per_call = []
+    program_call = type(_em_core.PROGRAM).__call__
+
+    def counted(self, xs, noise, *args, **static):
+        lanes_per_call.append(noise.shape[0])
+        return program_call(self, xs, noise, *args, **static)
+
+    monkeypatch.setattr(type(_em_core.PROGRAM), "__call__", counted)
+    blocked = bg.fit_em(x, 3, init_iter=2, **kw)
+    assert lanes_per_call == [8, 1]
+    lanes_per_call.clear()
+    monkeypatch.setattr(_em_core._iterate, "short_run_lanes", lambda num_obs, k: 1)
+    one_by_one = bg.fit_em(x, 3, init_iter=2, **kw)
+    assert lanes_per_call == [1] * 8 + [1]
+    np.testing.assert_allclose(blocked.info["start_objectives"], one_by_one.info["start_objectives"], rtol=1e-10)
+    np.testing.assert_allclose(blocked.log_likelihood, one_by_one.log_likelihood, rtol=1e-10)
+    for a, b in zip(blocked.params, one_by_one.params):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("short_lanes", [None, 3, 8])
+def test_further_runs_look_for_a_non_degenerate_optimum_only(short_lanes):
     """When every continued run is degenerate, the search continues the next-best short runs,
     asking the program to stop those still degenerate ``init_iter`` updates after their short
     run; a degenerate further run never replaces a first one (it may have been stopped before
     converging), and the first non-degenerate one ends the search. A scripted program
-    stands in for EM: two lanes per call, eight starts."""
+    stands in for EM: two lanes per continued call, eight starts, their short runs two, three
+    or eight per call (``short_lanes``; the last block filled up with the first starts)."""
     from typing import NamedTuple
 
     from bayesgmm import _iterate
@@ -617,19 +676,24 @@ def test_further_runs_look_for_a_non_degenerate_optimum_only():
     def call(block, state, limit, fresh, abandon_after):
         calls.append((fresh, limit, abandon_after))
         start = block.reshape(-1) if fresh else state.start
+        assert len(start) == len(state.start)
         if fresh:  # the short runs: none degenerate yet, ranked by their start
-            return Output(State(-start.astype(float), start, np.zeros(2, bool)), np.zeros((2, 2), bool))
+            lanes = len(start)
+            return Output(State(-start.astype(float), start, np.zeros(lanes, bool)), np.zeros((lanes, 2), bool))
         stopped = degenerate[start] & (abandon_after < limit)
         return Output(State(final[start], start, stopped), np.stack([degenerate[start], np.zeros(2, bool)], axis=1))
 
     starts = np.arange(8).reshape(1, 8)
     placeholder = State(np.zeros(2), np.zeros(2, int), np.zeros(2, bool))
     out, start_objective = _iterate.search(call, starts, placeholder, num_groups=1, num_starts=8, num_kept=2,
-                                           init_iter=20, max_iter=1000)
+                                           init_iter=20, max_iter=1000, short_lanes=short_lanes)
     # short runs rank the starts 0, 1, ..., 7; the first continued pair (0, 1) is degenerate, the
     # further pairs (2, 3) degenerate with a higher objective, then (4, 5): start 4 is clean
-    assert [c[0] for c in calls] == [True] * 4 + [False] * 3
-    assert [c[2] for c in calls[:5]] == [_iterate.NEVER] * 5 and [c[2] for c in calls[5:]] == [40, 40]
+    short_calls = {None: 4, 3: 3, 8: 1}[short_lanes]
+    assert [c[0] for c in calls] == [True] * short_calls + [False] * 3
+    assert [c[1] for c in calls[:short_calls]] == [20] * short_calls
+    assert [c[2] for c in calls[:short_calls + 1]] == [_iterate.NEVER] * (short_calls + 1)
+    assert [c[2] for c in calls[short_calls + 1:]] == [40, 40]
     assert out.lanes.start.tolist() == [4, 1] and out.lanes.objective.tolist() == [1.0, 6.0]
     np.testing.assert_array_equal(start_objective, -np.arange(8.0)[None])
 
