@@ -154,18 +154,32 @@ def lane_problem(problem: EMProblem, axes: EMProblem, lane) -> EMProblem:
                                   is_leaf=lambda a: a is None)
 
 
+#: Lanes go one after another (``lax.map``) in the precise step and the fresh starts when a lane's
+#: centred intermediates, N x K x D elements, reach this (2 MiB in float64, about a core's cache);
+#: below it the batch is cheaper ``vmap``-ped (10 lanes at N=1e4, D=2, K=3 took 1.6x as long one
+#: after another).
+LANE_BY_LANE_ELEMENTS = 2**18
+
+
+def one_lane_at_a_time(num_rows: int, config: EMConfig) -> bool:
+    """Whether lanes of this size run one after another (:data:`LANE_BY_LANE_ELEMENTS`)."""
+    return num_rows * config.num_components * config.num_features >= LANE_BY_LANE_ELEMENTS
+
+
 def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: EMConfig, precise):
     """:func:`em_step` of every lane (``params`` and the fields of ``problem`` whose ``axes``
     are 0 have a leading lane axis). ``precise``: False, or a traced (L,) bool, the lanes whose
     step needs the precise form.
 
     While no lane needs it, the lanes run together in the fast form (``vmap``: their products
-    share the passes over the rows). Otherwise every lane takes the precise form, one lane after
-    another (``lax.map``): batched, its centred intermediates (lanes x K x N x D) leave the
-    caches, and ten lanes took twice as long per lane as one (N=1e5, D=K=16, float32). A choice
-    per lane would spare lanes that do not need it, but compiling both forms inside the loop
-    over lanes made every EM program about 0.2 s slower to compile. The M-step, the same either
-    way, follows once for the batch.
+    share the passes over the rows). Otherwise every lane takes the precise form: on larger data
+    one lane after another (``lax.map``, :func:`one_lane_at_a_time`), since batched its centred
+    intermediates (lanes x K x N x D) leave the caches and ten lanes took twice as long per lane
+    as one (N=1e5, D=K=16, float32); on smaller data batched, the form chosen inside the E-step
+    (:func:`bayesgmm._stats.e_step_stats`), which measured faster there than a choice around it.
+    A choice per lane would spare lanes that do not need the precise form, but compiling both
+    forms inside the loop over lanes made every EM program about 0.2 s slower to compile. The
+    M-step, the same either way, follows once for the batch.
     """
     def batched(form):
         return jax.vmap(lambda p, prob: e_and_stats(p, prob, config, form), in_axes=(0, axes))
@@ -180,7 +194,10 @@ def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: E
     if problem.observed is not None or isinstance(precise, bool):  # missing values: one form only
         evaluated = batched(False if problem.observed is not None else precise)(params, problem)
     else:
-        evaluated = jax.lax.cond(jnp.any(precise), lane_by_lane, lambda p: batched(False)(p, problem), params)
+        if one_lane_at_a_time(problem.x.shape[-2], config):
+            evaluated = jax.lax.cond(jnp.any(precise), lane_by_lane, lambda p: batched(False)(p, problem), params)
+        else:  # the form chosen inside the E-step (_stats.e_step_stats), for the batch
+            evaluated = batched(jnp.any(precise))(params, problem)
     total, magnitude, counts, stats = evaluated
     updated = jax.vmap(lambda s, prob, p: m_step(s, prob, config, p), in_axes=(0, axes, 0))(stats, problem, params)
     return total, magnitude, counts, updated
@@ -271,9 +288,12 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
 
         # a traced choice, so that given and computed starts share the program; seeding (K passes
         # over the rows) and its M-step cost more than an EM iteration on large data
-        params0 = jax.lax.cond(jnp.all(given[1]), every_piece_given,
-                               lambda _: jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])),
-                                                     (noise, jnp.arange(num_lanes))), None)
+        def computed(_):  # seeding and the M-step: one lane at a time on larger data (as lanes_step)
+            if one_lane_at_a_time(xs.shape[-2], config):
+                return jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])), (noise, jnp.arange(num_lanes)))
+            return jax.vmap(one, in_axes=(0, axes))(noise, problem)
+
+        params0 = jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
         return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)

@@ -591,11 +591,15 @@ def test_max_iter_zero_returns_the_start(faithful_std):
         bg.fit_em(x, 2, max_iter=-1)
 
 
-def test_a_batch_takes_the_precise_form_lane_by_lane_when_any_lane_needs_it(rng):
-    """When some lane needs the precise form, every lane of the batch takes it, one after another,
-    and equals that lane stepped alone in the precise form; when none does, the batch runs the
-    fast form. The data sit far from the origin, where the two forms' rounding differs visibly
-    (a lane given the fast form would miss by about 1e-8)."""
+@pytest.mark.parametrize("lane_by_lane", [False, True])
+def test_a_batch_takes_the_precise_form_when_any_lane_needs_it(rng, monkeypatch, lane_by_lane):
+    """When some lane needs the precise form, every lane of the batch takes it (batched on small
+    data, one lane after another on larger data: forced here) and equals that lane stepped
+    alone in the precise form; when none does, the batch runs the fast form. The data sit far
+    from the origin, where the two forms' rounding differs visibly (a lane given the fast form
+    would miss by about 1e-8)."""
+    if lane_by_lane:
+        monkeypatch.setattr(_em_core, "LANE_BY_LANE_ELEMENTS", 0)
     offset = 3e4
     x = jnp.asarray(rng.normal(size=(60, 2)) + offset)
     config = _em_core.EMConfig(3, 2, "full", hard=False, use_prior=False)
