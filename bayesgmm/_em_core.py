@@ -166,7 +166,8 @@ def one_lane_at_a_time(num_rows: int, config: EMConfig) -> bool:
     return num_rows * config.num_components * config.num_features >= LANE_BY_LANE_ELEMENTS
 
 
-def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: EMConfig, precise):
+def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: EMConfig, precise,
+               lanes_apart: bool = False):
     """:func:`em_step` of every lane (``params`` and the fields of ``problem`` whose ``axes``
     are 0 have a leading lane axis). ``precise``: False, or a traced (L,) bool, the lanes whose
     step needs the precise form.
@@ -180,6 +181,9 @@ def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: E
     A choice per lane would spare lanes that do not need the precise form, but compiling both
     forms inside the loop over lanes made every EM program about 0.2 s slower to compile. The
     M-step, the same either way, follows once for the batch.
+
+    ``lanes_apart`` (static): every lane's E- and M-step one after another, so that each LAPACK
+    call factors one lane's K matrices (rows sharded over CPU devices; see :func:`_run`).
     """
     def batched(form):
         return jax.vmap(lambda p, prob: e_and_stats(p, prob, config, form), in_axes=(0, axes))
@@ -191,6 +195,14 @@ def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: E
 
         return jax.lax.map(one, (params, jnp.arange(params.means.shape[0])))
 
+    if lanes_apart:
+        def apart(args):
+            lane_params, lane = args
+            prob = lane_problem(problem, axes, lane)
+            total, magnitude, counts, stats = e_and_stats(lane_params, prob, config, False)
+            return total, magnitude, counts, m_step(stats, prob, config, lane_params)
+
+        return jax.lax.map(apart, (params, jnp.arange(params.means.shape[0])))
     if problem.observed is not None or isinstance(precise, bool):  # missing values: one form only
         evaluated = batched(False if problem.observed is not None else precise)(params, problem)
     else:
@@ -209,7 +221,8 @@ def _lane_groups(num_lanes: int, num_groups: int):
 
 def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, abandon_after, model_index,
          observed, *,
-         config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True):
+         config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True,
+         lanes_apart: bool = False):
     """L lanes of EM, G groups of L / G lanes (see the module docstring).
 
     ``xs`` is (N, D) shared or (G, N, D) one data set per group (parametric bootstrap);
@@ -222,6 +235,13 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     are degenerate after ``abandon_after`` updates is stopped there (see :func:`_iterate.search`).
     ``adaptive`` (static): switch to the precise step where needed; False keeps the fast form
     (sharded rows: XLA's CPU devices deadlock on collectives inside a data-dependent branch).
+    ``lanes_apart`` (static): the lanes' steps, starts and checks one after another (rows sharded
+    over several CPU devices of this process). Every device runs the replicated M-step at once,
+    and jaxlib's CPU LAPACK kernels split a large batch of factorisations over the shared thread
+    pool and wait there (:func:`bayesgmm._numerics.in_turn`): with as many devices as cores all
+    of them waited forever (N=2e4, D=K=16, ``n_init=10`` on two CPU devices, two cores). One
+    lane's K factorisations stay below the split (up to K D^3 of about 6e5), and the degenerate
+    check's eigenvalues go one component at a time.
     """
     k, ct = config.num_components, config.covariance_type
     num_lanes = noise.shape[0]
@@ -289,7 +309,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         # a traced choice, so that given and computed starts share the program; seeding (K passes
         # over the rows) and its M-step cost more than an EM iteration on large data
         def computed(_):  # seeding and the M-step: one lane at a time on larger data (as lanes_step)
-            if one_lane_at_a_time(xs.shape[-2], config):
+            if lanes_apart or one_lane_at_a_time(xs.shape[-2], config):
                 return jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])), (noise, jnp.arange(num_lanes)))
             return jax.vmap(one, in_axes=(0, axes))(noise, problem)
 
@@ -303,12 +323,23 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     eps = jnp.finfo(xs.dtype).eps
 
     def degenerate(s):  # (L, K) at the lanes' evaluated parameters, from their expected counts
-        return jax.vmap(
-            lambda counts, cov, act: _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act),
-            in_axes=(0, 0, None if active is None else 0),
-        )(s.aux, s.params.covariances, problem.active)
+        def mask(counts, cov, act):
+            return _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act)
 
-    lanes = _iterate.iterate(lanes, lambda p, precise: lanes_step(p, problem, axes, config, precise), tol_total, max_iter,
+        if lanes_apart:  # one component at a time: an eigendecomposition per LAPACK call
+            counts, cov = s.aux.reshape(-1, 1), s.params.covariances
+            if ct != "tied":
+                cov = cov.reshape((-1, 1) + cov.shape[2:])
+            act = problem.active
+            act = None if act is None else jnp.broadcast_to(act, (num_lanes, k)).reshape(-1, 1)
+            flagged = jax.lax.map(lambda a: mask(a[0], cov[a[1] // k if ct == "tied" else a[1]],
+                                                 None if act is None else act[a[1]]),
+                                  (counts, jnp.arange(num_lanes * k)))
+            return flagged.reshape(num_lanes, k)
+        return jax.vmap(mask, in_axes=(0, 0, None if active is None else 0))(s.aux, s.params.covariances, problem.active)
+
+    lanes = _iterate.iterate(lanes, lambda p, precise: lanes_step(p, problem, axes, config, precise, lanes_apart),
+                             tol_total, max_iter,
                              (lambda p: needs(p, problem)) if adaptive else None,
                              abandon=lambda s: (s.n_iter >= abandon_after) & jnp.any(degenerate(s), axis=-1))
     return EMOutput(lanes, degenerate(lanes))
@@ -316,7 +347,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
 
 #: The EM program, compiled ahead of time once per shapes and static settings.
 PROGRAM = CompiledProgram(
-    _run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive"),
+    _run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive", "lanes_apart"),
     memory_advice="Fit out of core with bayesgmm.fit_em_stream(x, K) (command line: bayesgmm fit --stream "
                   "on a .npy or Parquet file), or fit a subsample.",
 )
@@ -402,7 +433,11 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     placeholder = _placeholder_state(lanes_per_call, k, d, config.covariance_type, trace_len, dtype)
     model_index = np.int32(config.model_index())
     config = config.program_config()
-    static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive)
+    # rows on several CPU devices of this process: one lane at a time (see _run)
+    devices = xs.sharding.device_set
+    lanes_apart = len(devices) > 1 and all(device.platform == "cpu" for device in devices)
+    static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive,
+                  lanes_apart=lanes_apart)
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
 

@@ -18,6 +18,11 @@ the rows over all of them, each process computing its own rows' statistics and t
 processes by all-reduce (gloo on CPU, NCCL on GPU). Every process passes the whole data set (each
 places its own rows from it) and receives the same result. For data that no single host can
 hold, see :mod:`bayesgmm.streaming`.
+
+CPU devices emulated in one process (``--xla_force_host_platform_device_count``) need
+:data:`CPU_COLLECTIVE_FLAG` in ``XLA_FLAGS`` too, and EM and VB run their lanes one at a time on
+them (``lanes_apart`` of :func:`bayesgmm._em_core._run`): they share one thread pool, on which
+jaxlib's LAPACK kernels wait.
 """
 
 from __future__ import annotations
@@ -190,8 +195,8 @@ def resolve(devices, num_rows: int) -> RowSharding:
             if not 1 <= devices <= len(available):
                 raise ValueError(
                     f"devices={devices} but {len(available)} JAX device(s) are available; pass a number "
-                    f"from 1 to {len(available)} (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N "
-                    "before importing JAX to get N devices)."
+                    f"from 1 to {len(available)} (on CPU, set XLA_FLAGS='--xla_force_host_platform_device_count=N "
+                    f"{CPU_COLLECTIVE_FLAG}' before importing JAX to get N devices whose collectives run in one order)."
                 )
             chosen = available[: int(devices)]
         else:

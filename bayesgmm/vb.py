@@ -316,9 +316,11 @@ def occupancy(num_starts: int, num_components: int) -> np.ndarray:
 
 
 def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_iter, fresh, observed=None, *,
-         config: VBConfig, init_method: str, trace_len: int, adaptive: bool = True):
+         config: VBConfig, init_method: str, trace_len: int, adaptive: bool = True, lanes_apart: bool = False):
     """L lanes of CAVI in one loop: fresh ones from ``noise`` (L, ...) uniform numbers seeding the
-    components ``seeded`` (L, K) marks, or ``state`` continued. ``tol`` is per observation."""
+    components ``seeded`` (L, K) marks, or ``state`` continued. ``tol`` is per observation.
+    ``lanes_apart`` (static): the lanes one after another, and the collapse check one component
+    at a time (rows sharded over several CPU devices: see :func:`bayesgmm._em_core._run`)."""
     ct, k = config.covariance_type, config.num_components
     num_lanes = noise.shape[0]
     features = None if observed is not None else _stats.suff_features(xs, ct)
@@ -332,12 +334,15 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
                 resp0 = resp0 * sample_weight[:, None]
             return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct), prior, reg_covar, ct)
 
-        return _iterate.start(jax.vmap(one)(noise, seeded), state.aux, num_lanes, trace_len, xs.dtype)
+        started = jax.lax.map(lambda a: one(*a), (noise, seeded)) if lanes_apart else jax.vmap(one)(noise, seeded)
+        return _iterate.start(started, state.aux, num_lanes, trace_len, xs.dtype)
 
     lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
     batch_step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
 
     def step(q, precise):  # the precise form for the whole batch when any running lane needs it
+        if lanes_apart:
+            return jax.lax.map(lambda one: vb_step(one, problem, config, False), q)
         return batch_step(q, precise if isinstance(precise, bool) else jnp.any(precise))
 
     def needs(q):
@@ -347,15 +352,20 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
     lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)
     eps = jnp.finfo(xs.dtype).eps
     points = jax.vmap(lambda q: point_estimate(q, ct)[0].covariances)(lanes.params)
-    degenerate = jax.vmap(
-        lambda cov: _numerics.degenerate_mask(jnp.full((k,), jnp.inf, xs.dtype), cov, ct, reg_covar, eps, config.num_features)
-    )(points)  # collapsed covariances only: components that empty out are VB's intended behaviour
+    def collapsed(cov):  # collapsed covariances only: components that empty out are VB's intended behaviour
+        return _numerics.degenerate_mask(jnp.full((cov.shape[0],), jnp.inf, xs.dtype), cov, ct, reg_covar, eps,
+                                         config.num_features)
+
+    if lanes_apart:  # one eigendecomposition per LAPACK call
+        degenerate = jax.lax.map(collapsed, points.reshape((-1, 1) + points.shape[2:])).reshape(num_lanes, k)
+    else:
+        degenerate = jax.vmap(collapsed)(points)
     return VBOutput(lanes, degenerate)
 
 
 #: The VB program, compiled ahead of time once per shapes and static settings.
 PROGRAM = CompiledProgram(
-    _run, static_argnames=("config", "init_method", "trace_len", "adaptive"),
+    _run, static_argnames=("config", "init_method", "trace_len", "adaptive", "lanes_apart"),
     memory_advice="Fit a subsample by VB, or fit the whole data by EM out of core with "
                   "bayesgmm.fit_em_stream(x, K).",
 )
@@ -617,7 +627,10 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0])
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
-    static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None)
+    # rows on several CPU devices: one lane at a time (see _run)
+    devices = xs_dev.sharding.device_set if isinstance(xs_dev, jax.Array) else set()
+    static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None,
+                  lanes_apart=len(devices) > 1 and all(device.platform == "cpu" for device in devices))
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search)
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
