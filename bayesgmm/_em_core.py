@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _missing, _numerics, _stats
+from . import _iterate, _missing, _numerics, _sharding, _stats
 from ._compile import CompiledProgram
 from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, short_run_length, trace_length  # noqa: F401 (re-exported)
@@ -156,7 +156,7 @@ def lane_problem(problem: EMProblem, axes: EMProblem, lane) -> EMProblem:
 
 #: Lanes go one after another (``lax.map``) in the precise step and the fresh starts when a lane's
 #: centred intermediates, N x K x D elements, reach this (2 MiB in float64, about a core's cache);
-#: below it the batch is cheaper ``vmap``-ped (10 lanes at N=1e4, D=2, K=3 took 1.6x as long one
+#: below it the batch is cheaper ``vmap``-ped (10 lanes at N=1e4, D=2, K=3 took 1.3x as long one
 #: after another).
 LANE_BY_LANE_ELEMENTS = 2**18
 
@@ -196,13 +196,8 @@ def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: E
         return jax.lax.map(one, (params, jnp.arange(params.means.shape[0])))
 
     if lanes_apart:
-        def apart(args):
-            lane_params, lane = args
-            prob = lane_problem(problem, axes, lane)
-            total, magnitude, counts, stats = e_and_stats(lane_params, prob, config, False)
-            return total, magnitude, counts, m_step(stats, prob, config, lane_params)
-
-        return jax.lax.map(apart, (params, jnp.arange(params.means.shape[0])))
+        return jax.lax.map(lambda a: em_step(a[0], lane_problem(problem, axes, a[1]), config, False),
+                           (params, jnp.arange(params.means.shape[0])))
     if problem.observed is not None or isinstance(precise, bool):  # missing values: one form only
         evaluated = batched(False if problem.observed is not None else precise)(params, problem)
     else:
@@ -433,11 +428,8 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     placeholder = _placeholder_state(lanes_per_call, k, d, config.covariance_type, trace_len, dtype)
     model_index = np.int32(config.model_index())
     config = config.program_config()
-    # rows on several CPU devices of this process: one lane at a time (see _run)
-    devices = xs.sharding.device_set
-    lanes_apart = len(devices) > 1 and all(device.platform == "cpu" for device in devices)
     static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive,
-                  lanes_apart=lanes_apart)
+                  lanes_apart=_sharding.on_shared_cpu_threads(xs))
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
 

@@ -41,6 +41,17 @@ AXIS = "obs"
 CPU_COLLECTIVE_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
+def on_shared_cpu_threads(array) -> bool:
+    """Whether ``array`` lies on more than one CPU device of this process. Such devices are
+    emulated (``--xla_force_host_platform_device_count``) and run on one thread pool, on which
+    jaxlib's LAPACK kernels wait: EM and VB then run their lanes one after another
+    (``lanes_apart`` of :func:`bayesgmm._em_core._run`). Devices of other processes do not count."""
+    if not isinstance(array, jax.Array):
+        return False
+    here = jax.process_index()
+    return sum(d.platform == "cpu" and d.process_index == here for d in array.sharding.device_set) > 1
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, local_device_ids=None,
                            initialization_timeout: int = 300) -> None:

@@ -627,10 +627,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0])
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
-    # rows on several CPU devices: one lane at a time (see _run)
-    devices = xs_dev.sharding.device_set if isinstance(xs_dev, jax.Array) else set()
     static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None,
-                  lanes_apart=len(devices) > 1 and all(device.platform == "cpu" for device in devices))
+                  lanes_apart=_sharding.on_shared_cpu_threads(xs_dev))
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search)
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
