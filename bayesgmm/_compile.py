@@ -252,11 +252,13 @@ class CompiledProgram:
         if key not in self._memory:
             self._memory[key] = program_memory(exe)
         need = self._memory[key]
+        if need is None or need < MEMORY_CHECK_MIN:  # never refused: no need to ask the system (every call)
+            return
         here = jax.process_index()  # several processes (jax.distributed): this process's devices
         devices = [d for a in leaves if isinstance(a, jax.Array) for d in a.devices() if d.process_index == here]
         devices = devices or jax.local_devices()[:1]
         free = available_memory(devices[0])
-        if need is None or free is None or need <= free or need < MEMORY_CHECK_MIN:
+        if free is None or need <= free:
             return
         raise InsufficientMemoryError(
             f"This fit needs about {need / 2**30:.1f} GiB of memory on {devices[0].platform.upper()} "
