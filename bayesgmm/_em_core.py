@@ -214,7 +214,7 @@ def _lane_groups(num_lanes: int, num_groups: int):
     return jnp.repeat(jnp.arange(num_groups), num_lanes // num_groups)
 
 
-def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, abandon_after, model_index,
+def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, abandon_after, loose, model_index,
          observed, *,
          config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True,
          lanes_apart: bool = False):
@@ -228,6 +228,10 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     substituted; otherwise the lanes continue from ``state``. ``tol`` is
     per observation; ``max_iter`` counts updates since the lanes' start. A lane whose parameters
     are degenerate after ``abandon_after`` updates is stopped there (see :func:`_iterate.search`).
+    ``loose`` (a traced bool): a fresh call runs em-EM short runs, under the looser precision
+    guard :data:`bayesgmm._stats.SHORT_RUN_PRECISE_THRESHOLD` (they only rank the starts); a
+    continuing call continues such runs, so lanes whose last evaluation would now take the precise
+    form start their convergence test afresh (:func:`_iterate.restart_convergence`).
     ``adaptive`` (static): switch to the precise step where needed; False keeps the fast form
     (sharded rows: XLA's CPU devices deadlock on collectives inside a data-dependent branch).
     ``lanes_apart`` (static): the lanes' steps, starts and checks one after another (rows sharded
@@ -311,9 +315,17 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         params0 = jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
         return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
 
-    lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
+    threshold = jnp.where(fresh & loose, _stats.SHORT_RUN_PRECISE_THRESHOLD, _stats.PRECISE_THRESHOLD)
+
     def needs(p, prob):  # the whole batch at once (see _stats.needs_precise)
-        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar)
+        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold)
+
+    lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
+    if adaptive and observed is None:  # continuing short runs: their last objective may be the fast form's
+        def forget(s):
+            return _iterate.restart_convergence(s, needs(s.params, problem) | needs(s.next_params, problem), max_iter)
+
+        lanes = jax.lax.cond(~fresh & loose, forget, lambda s: s, lanes)
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     eps = jnp.finfo(xs.dtype).eps
 
@@ -336,8 +348,18 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     lanes = _iterate.iterate(lanes, lambda p, precise: lanes_step(p, problem, axes, config, precise, lanes_apart),
                              tol_total, max_iter,
                              (lambda p: needs(p, problem)) if adaptive else None,
-                             abandon=lambda s: (s.n_iter >= abandon_after) & jnp.any(degenerate(s), axis=-1))
+                             abandon=lambda s: abandoned(s, abandon_after, degenerate))
     return EMOutput(lanes, degenerate(lanes))
+
+
+def abandoned(s, abandon_after, degenerate):
+    """Lanes to stop: degenerate after ``abandon_after`` updates. The degenerate check (an
+    eigendecomposition per lane and component) runs only once some lane has made that many
+    updates: most calls never abandon (:data:`bayesgmm._iterate.NEVER`), and on small data the
+    check was about a fifth of an iteration."""
+    due = s.n_iter >= abandon_after
+    return jax.lax.cond(jnp.any(due), lambda _: due & jnp.any(degenerate(s), axis=-1), lambda _: jnp.zeros_like(due),
+                        None)
 
 
 #: The EM program, compiled ahead of time once per shapes and static settings.
@@ -434,9 +456,12 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     seconds = [0.0, 0.0]
 
     def call(noise_block, state, limit, fresh, abandon_after):
+        # the search's fresh calls short of max_iter are em-EM short runs, and its continuing calls
+        # continue them: those short runs take the looser precision guard (see _run)
+        loose = limit < max_iter if fresh else init_iter < max_iter
         timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), given, state, *common,
-                        np.asarray(limit, np.int32), np.asarray(fresh), np.asarray(abandon_after, np.int32), model_index,
-                        observed, **static)
+                        np.asarray(limit, np.int32), np.asarray(fresh), np.asarray(abandon_after, np.int32),
+                        np.asarray(loose), model_index, observed, **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)

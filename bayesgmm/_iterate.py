@@ -187,6 +187,18 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
     return jax.lax.while_loop(lambda s: jnp.any(running(s, max_iter)), body, lanes)
 
 
+def restart_convergence(lanes: Lanes, mask, max_iter) -> Lanes:
+    """``lanes`` whose convergence test starts afresh where ``mask`` (L,) is set: their last
+    objective was computed under a looser precision guard (the em-EM short runs) and a difference
+    across the two forms must not count. Such a lane forgets its objective and its last change
+    (NaN: neither can make the next two evaluations close) and runs again if it had converged,
+    unless it has failed, been stopped or made ``max_iter`` updates."""
+    reset = mask & ~lanes.failed & ~lanes.stopped & (lanes.n_iter < max_iter)
+    nan = jnp.full_like(lanes.objective, jnp.nan)
+    return lanes._replace(objective=jnp.where(reset, nan, lanes.objective), delta=jnp.where(reset, nan, lanes.delta),
+                          close=lanes.close & ~reset, converged=lanes.converged & ~reset)
+
+
 def take(tree, index):
     """Lanes (or any batched pytree) at ``index`` along the lane axis (NumPy or JAX)."""
     return jax.tree_util.tree_map(lambda a: a[index], tree)

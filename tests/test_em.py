@@ -1,5 +1,6 @@
 """EM against independent references: scikit-learn, brute-force enumeration, NumPyro, known truth."""
 
+import functools
 import warnings
 
 import jax
@@ -650,6 +651,46 @@ def test_short_runs_on_larger_data_run_in_blocks(monkeypatch):
     np.testing.assert_allclose(blocked.log_likelihood, one_by_one.log_likelihood, rtol=1e-10)
     for a, b in zip(blocked.params, one_by_one.params):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_short_runs_take_the_looser_precision_guard_and_continued_runs_test_convergence_afresh(monkeypatch):
+    """The em-EM short runs only rank the starts: they keep the fast form up to the looser guard
+    (SHORT_RUN_PRECISE_THRESHOLD), the runs continued from them take the strict one. A continued
+    run whose last objective came from the other form must not count the difference between the
+    two forms as convergence: it runs again. Forced here with a strict threshold of 0 (every
+    evaluation precise) and a loose one of inf (short runs always fast), on well separated data
+    whose short runs converge within init_iter; the default guard (float64: always fast) is the
+    reference."""
+    rng = np.random.default_rng(1)
+    x = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])[rng.integers(0, 3, 600)] + rng.normal(size=(600, 2))
+    kw = dict(n_init=16, init_iter=20, seed=2)
+    loose_per_call = []
+    program_call = type(_em_core.PROGRAM).__call__
+
+    def spied(self, *args, **static):
+        loose_per_call.append((bool(args[10]), bool(args[12])))  # (fresh, loose)
+        return program_call(self, *args, **static)
+
+    monkeypatch.setattr(type(_em_core.PROGRAM), "__call__", spied)
+    reference = bg.fit_em(x, 3, **kw)
+    assert loose_per_call == [(True, True), (False, True)]  # the short runs' call, then the continued run's
+    assert reference.converged and reference.n_iter < 20  # the best short run had converged
+    loose_per_call.clear()
+    bg.fit_em(x, 3, n_init=4)  # independent restarts: every run to convergence, strict guard
+    assert loose_per_call == [(True, False)]
+
+    # the thresholds are constants of the traced program: a program of its own, traced with them
+    monkeypatch.setattr(_stats, "PRECISE_THRESHOLD", 0.0)
+    monkeypatch.setattr(_stats, "SHORT_RUN_PRECISE_THRESHOLD", np.inf)
+    retraced = functools.wraps(_em_core._run)(lambda *args, **static: _em_core._run(*args, **static))
+    monkeypatch.setattr(_em_core, "PROGRAM", type(_em_core.PROGRAM)(retraced, _em_core.PROGRAM._static_argnames))
+    forced = bg.fit_em(x, 3, **kw)
+    assert forced.converged and forced.n_iter >= reference.n_iter + 2  # two evaluations before a new test
+    np.testing.assert_allclose(forced.info["start_objectives"], reference.info["start_objectives"], rtol=1e-9)
+    # the same optimum; the forced run made more updates, so it is nearer it
+    assert reference.log_likelihood - 1e-9 <= forced.log_likelihood <= reference.log_likelihood + 1e-3
+    for a, b in zip(forced.params, reference.params):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("short_lanes", [None, 3, 8])
