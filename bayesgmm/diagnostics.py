@@ -99,13 +99,32 @@ def _split_chains(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[:, :half], a[:, a.shape[1] - half :]], axis=0)
 
 
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of every column of ``a`` (n, p), tied values sharing their average rank, and
+    NaN for a column with a NaN (as ``scipy.stats.rankdata(a, method="average", axis=0)``,
+    without importing ``scipy.stats``, which took 0.4 s of a first sampler fit)."""
+    n = a.shape[0]
+    order = np.argsort(a, axis=0, kind="stable")
+    ordered = np.take_along_axis(a, order, axis=0)
+    position = np.broadcast_to(np.arange(n)[:, None], a.shape)
+    starts = np.ones(a.shape, bool)
+    starts[1:] = ordered[1:] != ordered[:-1]  # the first of each run of equal values
+    ends = np.ones(a.shape, bool)
+    ends[:-1] = starts[1:]  # the last of each run
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=0)
+    last = (n - 1) - np.maximum.accumulate(np.where(ends, n - 1 - position, 0)[::-1], axis=0)[::-1]
+    ranks = np.empty(a.shape, np.float64)
+    np.put_along_axis(ranks, order, 0.5 * (first + last) + 1.0, axis=0)
+    ranks[:, np.isnan(a).any(axis=0)] = np.nan  # as rankdata's default nan_policy ("propagate")
+    return ranks
+
+
 def _z_scale(a: np.ndarray) -> np.ndarray:
     """Rank normalisation per scalar over all chains and draws (average ranks for ties)."""
     from scipy.special import ndtri
-    from scipy.stats import rankdata
 
     c, s, p = a.shape
-    ranks = rankdata(a.reshape(c * s, p), method="average", axis=0).reshape(c, s, p)
+    ranks = average_ranks(a.reshape(c * s, p)).reshape(c, s, p)
     return ndtri((ranks - 0.375) / (c * s + 0.25))
 
 

@@ -475,6 +475,27 @@ def test_ess_bulk_and_rhat_equal_arviz(shape):
     np.testing.assert_allclose(rhat(x), az.rhat(data)["v"].values.ravel(), rtol=1e-12)
 
 
+def test_average_ranks_equal_scipy_with_ties_and_nan():
+    """The rank normalisation's ranks (NumPy, so that a first sampler fit does not import
+    scipy.stats) against scipy.stats.rankdata: continuous draws, runs of ties (a draw repeated
+    by rejected proposals, discrete values), a constant column, NaN."""
+    from scipy.stats import rankdata
+
+    from bayesgmm.diagnostics import average_ranks
+
+    rng = np.random.default_rng(0)
+    ties = rng.integers(0, 4, (57, 6)).astype(float)
+    with_nan = rng.normal(size=(30, 3))
+    with_nan[5, 1] = np.nan
+    for a in (rng.normal(size=(1000, 5)), ties, np.repeat(rng.normal(size=(20, 2)), 3, axis=0), np.ones((10, 2)),
+              with_nan, rng.normal(size=(1, 3))):
+        np.testing.assert_array_equal(average_ranks(a), rankdata(a, method="average", axis=0))
+    code = ("import sys, numpy as np, bayesgmm.diagnostics as d; d.rhat(np.random.default_rng(0).normal(size=(4, 50))); "
+            "print('scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
+
+
 def test_rhat_sees_a_stuck_chain_and_constants_are_nan():
     from bayesgmm.diagnostics import ess_bulk, rhat
 
