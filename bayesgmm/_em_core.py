@@ -427,10 +427,11 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     dtype = np.dtype(xs.dtype)
     n = xs.shape[-2]
     k, d = config.num_components, config.num_features
-    if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
-        config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type))
     if not isinstance(xs, jax.Array):  # once for every call of the search (sharded rows are placed already)
         xs = jax.device_put(xs)
+    if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
+        on_cpu = all(device.platform == "cpu" for device in xs.devices())
+        config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type, cpu=on_cpu))
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
     # one group on one device: lanes padded to a bucket (not over several devices, whose

@@ -371,7 +371,15 @@ BLOCK_ELEMENTS = 2**24
 BLOCKED_ABOVE = 2**27
 
 
-def block_rows(num_obs: int, num_features: int, covariance_type: str) -> int | None:
+#: On the CPU, features that would take more elements than this, and at least
+#: :data:`CACHE_BLOCKED_RATIO` times the data, are made block by block in blocks of about
+#: :data:`CACHE_BLOCK_ELEMENTS` (see :func:`block_rows`).
+CACHE_BLOCKED_ABOVE = 2**23
+CACHE_BLOCKED_RATIO = 4
+CACHE_BLOCK_ELEMENTS = 2**18
+
+
+def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bool = False) -> int | None:
     """Rows per block for :func:`e_step_totals` (static), or None for one block.
 
     The fast form works on the features Z (N, p), p = 1 + D + D(D+1)/2 for full covariances:
@@ -379,8 +387,21 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str) -> int | N
     :data:`BLOCKED_ABOVE` elements the E-step runs over row blocks of about
     :data:`BLOCK_ELEMENTS` (a power of two of rows), making its features block by block, so that
     peak memory stays a small multiple of the data.
+
+    On the CPU (``cpu``), where the features are much larger than the data (p at least
+    :data:`CACHE_BLOCKED_RATIO` D: full and tied covariances from D = 5) and would take more than
+    :data:`CACHE_BLOCKED_ABOVE` elements, the blocks are small enough to stay in a core's cache
+    (about :data:`CACHE_BLOCK_ELEMENTS` elements of features, 1024 rows at D = 16): both products
+    of an iteration then read each block's features from the cache instead of all of Z from
+    memory twice, and no Z is written. Measured on two cores (N = 1e5, D = K = 16, 8 iterations,
+    whole ``fit_em`` calls, interleaved): 0.52 s instead of 0.68 s in float64, 0.37-0.47 s
+    instead of 0.51-0.66 s in float32. Where the features are not much larger than the data it
+    did not pay: N = 1e6, D = 2, K = 3 took 0.68 s in blocks against 0.44 s; N = 2e4, D = K = 8
+    0.050 s against 0.042 s. On accelerators the whole-data products are faster.
     """
     p = num_suff_features(num_features, covariance_type)
+    if cpu and p >= CACHE_BLOCKED_RATIO * num_features and num_obs * p > CACHE_BLOCKED_ABOVE:
+        return 2 ** max(9, int(math.floor(math.log2(CACHE_BLOCK_ELEMENTS / p))))
     if num_obs * p <= BLOCKED_ABOVE:
         return None
     return 2 ** max(10, int(math.floor(math.log2(BLOCK_ELEMENTS / p))))

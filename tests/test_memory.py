@@ -17,12 +17,19 @@ def data():
 
 def test_block_rows_policy():
     """Small data run in one block (the fast program unchanged); large data in blocks whose
-    features take about BLOCK_ELEMENTS, so the E-step's memory no longer grows with N * p."""
+    features take about BLOCK_ELEMENTS, so the E-step's memory no longer grows with N * p; on the
+    CPU, features much larger than the data in blocks of about CACHE_BLOCK_ELEMENTS."""
     assert _stats.block_rows(100_000, 16, "full") is None
     rows = _stats.block_rows(5_000_000, 16, "full")
     p = _stats.num_suff_features(16, "full")
     assert rows is not None and _stats.BLOCK_ELEMENTS / (2 * p) < rows <= _stats.BLOCK_ELEMENTS / p
     assert rows & (rows - 1) == 0
+    # on the CPU, features much larger than the data go in blocks that stay in cache
+    assert _stats.block_rows(100_000, 16, "full", cpu=True) == 1024  # Z 15.3M elements, p / D = 9.6
+    assert _stats.block_rows(5_000_000, 16, "full", cpu=True) == 1024
+    assert _stats.block_rows(30_000, 16, "full", cpu=True) is None  # Z 4.6M elements: made once
+    assert _stats.block_rows(1_000_000, 2, "full", cpu=True) is None  # p / D = 3: blocks did not pay
+    assert _stats.block_rows(1_000_000, 16, "diag", cpu=True) is None  # p / D = 2
 
 
 @pytest.mark.parametrize("covariance_type, hard", [("full", False), ("diag", True)])
