@@ -356,7 +356,8 @@ def abandoned(s, abandon_after, degenerate):
     """Lanes to stop: degenerate after ``abandon_after`` updates. The degenerate check (an
     eigendecomposition per lane and component) runs only once some lane has made that many
     updates: most calls never abandon (:data:`bayesgmm._iterate.NEVER`), and on small data the
-    check was about a fifth of an iteration."""
+    check cost about a tenth of an iteration (16 lanes, N=2048, K=3, D=2: 63 us against about
+    0.75 ms for the E-step, M-step and precision check, each timed alone)."""
     due = s.n_iter >= abandon_after
     return jax.lax.cond(jnp.any(due), lambda _: due & jnp.any(degenerate(s), axis=-1), lambda _: jnp.zeros_like(due),
                         None)

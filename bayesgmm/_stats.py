@@ -477,7 +477,8 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
     Components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
     not count: their run is degenerate and discarded, and must not drag every other run of the
     batch into the slower form. Their eigenvalues are computed only when some component's factor
-    is past the threshold (a conditional: on small data they were about a tenth of an iteration),
+    is past the threshold (a conditional: on small data the check cost about a tenth of an
+    iteration),
     and after the Cholesky factors (:func:`bayesgmm._numerics.in_turn`: one batched LAPACK call at
     a time)."""
     _, mu, cov = params
