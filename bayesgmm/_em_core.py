@@ -285,6 +285,11 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     else:
         n_eff = jnp.full((num_lanes,), jnp.sum(problem.sample_weight), xs.dtype)
 
+    # the start's M-step in row blocks where the memory bound blocks the E-step (the CPU's
+    # cache-sized blocks are there for speed, and the start was not measured in them)
+    memory_bound = xs.shape[-2] * _stats.num_suff_features(config.num_features, ct) > _stats.BLOCKED_ABOVE
+    start_blocks = config.block_rows if memory_bound else None
+
     def start_lanes(_):
         """Fresh lanes: the initial responsibilities' M-step (MAP under a prior, so that one-point
         starts such as k-means++ still have proper covariances), user pieces substituted."""
@@ -299,7 +304,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
                 resp0 = resp0 * prob.sample_weight[:, None]
             # one-point starts have no scatter: at least INIT_REG_COVAR here, so reg_covar=0 is usable
             floored = prob._replace(reg_covar=jnp.maximum(prob.reg_covar, INIT_REG_COVAR))
-            params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct), floored, init_config)
+            params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct, block_rows=start_blocks), floored, init_config)
             return GMMParams(*(jnp.where(m, jnp.asarray(g, p.dtype), p) for p, g, m in zip(params0, values, mask)))
 
         def every_piece_given(_):  # the user's start in every lane: no seeding, no M-step

@@ -48,6 +48,21 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     np.testing.assert_allclose(blocked.params.covariances, whole.params.covariances, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_blocked_centred_statistics_equal_whole(data, covariance_type):
+    """A start's M-step statistics in row blocks (the last block overlapping the one before it)
+    equal those of all rows at once: counts, means and scatter matrices to round-off."""
+    import jax.numpy as jnp
+
+    x, w = data
+    rng = np.random.default_rng(5)
+    resp = rng.dirichlet(np.ones(3), size=len(x)).T * w[None]  # (K, N), rows weighted, some weight 0
+    whole = _stats.stats_precise(jnp.asarray(resp), jnp.asarray(x), covariance_type)
+    blocked = _stats.stats_precise(jnp.asarray(resp), jnp.asarray(x), covariance_type, block_rows=256)  # 1601 rows: 7 blocks
+    for a, b in zip(blocked, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_fit_larger_than_free_memory_is_refused(data, monkeypatch):
     """XLA's account of the program is compared with the free memory before the run: too little
     raises a ValueError (and MemoryError) that names the size and points to fit_em_stream."""
