@@ -285,10 +285,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     else:
         n_eff = jnp.full((num_lanes,), jnp.sum(problem.sample_weight), xs.dtype)
 
-    # the start's M-step in row blocks where the memory bound blocks the E-step (the CPU's
-    # cache-sized blocks are there for speed, and the start was not measured in them)
-    memory_bound = xs.shape[-2] * _stats.num_suff_features(config.num_features, ct) > _stats.BLOCKED_ABOVE
-    start_blocks = config.block_rows if memory_bound else None
+    # the start's M-step in the memory bound's row blocks where the E-step runs in blocks (the
+    # CPU's cache-sized blocks are there for speed, and the start was not measured in them)
+    start_blocks = None if config.block_rows is None else _stats.block_rows(xs.shape[-2], config.num_features, ct)
 
     def start_lanes(_):
         """Fresh lanes: the initial responsibilities' M-step (MAP under a prior, so that one-point

@@ -318,6 +318,17 @@ def finish_centred(nk, first, second, centres, covariance_type: str):
     return nk_safe, xbar, s
 
 
+def fold_row_blocks(num_rows: int, block_rows: int, step, init):
+    """``step(start, new, acc)`` folded over the row blocks ``[start, start + block_rows)`` of
+    ``num_rows`` rows (``lax.fori_loop``): the last block overlaps the one before it, and ``new``
+    (block_rows,) marks the rows not counted by an earlier block."""
+    def body(i, acc):
+        start = jnp.minimum(i * block_rows, num_rows - block_rows)
+        return step(start, (start + jnp.arange(block_rows)) >= i * block_rows, acc)
+
+    return jax.lax.fori_loop(0, -(-num_rows // block_rows), body, init)
+
+
 def stats_precise(resp_weighted, x, covariance_type: str, centres=None, block_rows: int | None = None):
     """Centred statistics ``(nk_safe, xbar, S)`` of responsibilities (K, N), every scatter taken
     about a centre near the component's mean, one component at a time (no cancellation).
@@ -334,17 +345,14 @@ def stats_precise(resp_weighted, x, covariance_type: str, centres=None, block_ro
         centres = (resp_weighted @ x) / jnp.where(nk > 0, nk, safe_counts(nk))[:, None]
     if block_rows is None or block_rows >= x.shape[0]:
         return finish_centred(*centred_moments(resp_weighted, x, covariance_type, centres), centres, covariance_type)
-    n = x.shape[0]
 
-    def body(i, acc):
-        start = jnp.minimum(i * block_rows, n - block_rows)
-        new = (start + jnp.arange(block_rows)) >= i * block_rows
+    def step(start, new, acc):
         rb = jnp.where(new[None], jax.lax.dynamic_slice_in_dim(resp_weighted, start, block_rows, axis=1), 0.0)
         moments = centred_moments(rb, jax.lax.dynamic_slice_in_dim(x, start, block_rows), covariance_type, centres)
         return tuple(a + b for a, b in zip(acc, moments))
 
     shapes = jax.eval_shape(lambda: centred_moments(resp_weighted[:, :1], x[:1], covariance_type, centres))
-    moments = jax.lax.fori_loop(0, -(-n // block_rows), body, tuple(jnp.zeros(m.shape, m.dtype) for m in shapes))
+    moments = fold_row_blocks(x.shape[0], block_rows, step, tuple(jnp.zeros(m.shape, m.dtype) for m in shapes))
     return finish_centred(*moments, centres, covariance_type)
 
 
@@ -439,16 +447,13 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
             return jnp.sum(per_row), jnp.sum(jnp.abs(per_row)), stats
         return per_row @ sample_weight, jnp.abs(per_row) @ sample_weight, stats
     n, d = x.shape
-    num_blocks = -(-n // block_rows)
     centres = params.means
     weight = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
 
     def branch(use_precise):
         def run(_):
-            def body(i, acc):
-                start = jnp.minimum(i * block_rows, n - block_rows)
+            def step(start, new, acc):
                 xb = jax.lax.dynamic_slice_in_dim(x, start, block_rows)
-                new = (start + jnp.arange(block_rows)) >= i * block_rows
                 wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, block_rows), 0.0)
                 if use_precise:
                     logp = log_joint_precise(xb, params, covariance_type, active)
@@ -470,7 +475,7 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                 zero_moments = (jax.ShapeDtypeStruct((k, num_suff_features(d, covariance_type)), x.dtype),)
             zero = jnp.zeros((), x.dtype)
             acc0 = (zero, zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
-            total, magnitude, moments = jax.lax.fori_loop(0, num_blocks, body, acc0)
+            total, magnitude, moments = fold_row_blocks(n, block_rows, step, acc0)
             if use_precise:
                 stats = finish_centred(*moments, centres, covariance_type)
             else:
