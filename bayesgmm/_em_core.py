@@ -15,7 +15,10 @@ compiled program serves every number of starts, ``max_iter`` and starting values
 
 **The search** (:func:`search`; the em-EM strategy of Biernacki, Celeux & Govaert 2003): R starts
 per group run ``init_iter`` iterations, L / G at a time; the best non-degenerate short runs of each
-group continue to convergence. Short runs rank the basins of attraction cheaply, so many starts
+group continue to convergence. On small data (one group) the R starts are one queue, worked through
+by a pool of L lanes in one call, a lane that is done taking the next start
+(:func:`bayesgmm._iterate.iterate_queue`): most short runs there converge in a few updates, and a
+batch of L would wait for its slowest one. Short runs rank the basins of attraction cheaply, so many starts
 cost little more than one long run, which is what finds the global optimum on the small,
 multimodal data sets researchers fit (Old Faithful, the galaxy velocities). With R equal to the
 lanes per group every start runs to convergence (independent restarts, scikit-learn's
@@ -24,6 +27,7 @@ lanes per group every start runs to convergence (independent restarts, scikit-le
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -215,9 +219,9 @@ def _lane_groups(num_lanes: int, num_groups: int):
 
 
 def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, max_iter, fresh, abandon_after, loose, model_index,
-         observed, *,
+         observed, num_queued, *,
          config: EMConfig, init_method: str, num_groups: int, trace_len: int, adaptive: bool = True,
-         lanes_apart: bool = False):
+         lanes_apart: bool = False, pool_lanes: int | None = None):
     """L lanes of EM, G groups of L / G lanes (see the module docstring).
 
     ``xs`` is (N, D) shared or (G, N, D) one data set per group (parametric bootstrap);
@@ -241,10 +245,15 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     of them waited forever (N=2e4, D=K=16, ``n_init=10`` on two CPU devices, two cores). One
     lane's K factorisations stay below the split (up to K D^3 of about 6e5), and the degenerate
     check's eigenvalues go one component at a time.
+    ``pool_lanes`` (static; one group, shared data): the L lanes of ``noise`` and ``state`` are a
+    queue, of which the first ``num_queued`` (traced) run, ``pool_lanes`` at a time
+    (:func:`bayesgmm._iterate.iterate_queue`); L is a multiple of ``pool_lanes``, and the starts
+    are seeded ``pool_lanes`` at a time, only as many blocks as the queued lanes need.
     """
     k, ct = config.num_components, config.covariance_type
     num_lanes = noise.shape[0]
-    groups = _lane_groups(num_lanes, num_groups)
+    # the lanes the steps run at once: all of them, or (a queue) the pool's, of the one group
+    groups = _lane_groups(num_lanes if pool_lanes is None else pool_lanes, num_groups)
     data_batched = xs.ndim == 3
     weight_batched = sample_weight is not None and sample_weight.ndim == 2
     prior_batched = prior is not None and prior.mean.ndim == 2
@@ -279,19 +288,19 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         observed=None,
     )
     if problem.sample_weight is None:
-        n_eff = jnp.full((num_lanes,), xs.shape[-2], xs.dtype)
+        n_eff = jnp.full(groups.shape, xs.shape[-2], xs.dtype)
     elif weight_batched:
         n_eff = jnp.sum(problem.sample_weight, axis=-1)
     else:
-        n_eff = jnp.full((num_lanes,), jnp.sum(problem.sample_weight), xs.dtype)
+        n_eff = jnp.full(groups.shape, jnp.sum(problem.sample_weight), xs.dtype)
 
     # the start's M-step in the memory bound's row blocks where the E-step runs in blocks (the
     # CPU's cache-sized blocks are there for speed, and the start was not measured in them)
     start_blocks = None if config.block_rows is None else _stats.block_rows(xs.shape[-2], config.num_features, ct)
 
-    def start_lanes(_):
-        """Fresh lanes: the initial responsibilities' M-step (MAP under a prior, so that one-point
-        starts such as k-means++ still have proper covariances), user pieces substituted."""
+    def start_params(_):
+        """Fresh lanes' parameters: the initial responsibilities' M-step (MAP under a prior, so that
+        one-point starts such as k-means++ still have proper covariances), user pieces substituted."""
         init_config = config._replace(hard=False)
 
         def one(u, prob):
@@ -312,24 +321,35 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         # a traced choice, so that given and computed starts share the program; seeding (K passes
         # over the rows) and its M-step cost more than an EM iteration on large data
         def computed(_):  # seeding and the M-step: one lane at a time on larger data (as lanes_step)
+            if pool_lanes is not None:  # a block of pool_lanes starts at a time, as many as are queued
+                blocks = noise.reshape((num_lanes // pool_lanes, pool_lanes) + noise.shape[1:])
+
+                def seed(b, params):
+                    block = jax.vmap(one, in_axes=(0, axes))(blocks[b], problem)
+                    return jax.tree_util.tree_map(
+                        lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, b * pool_lanes, 0), params, block)
+
+                empty = jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
+                return jax.lax.fori_loop(0, (num_queued + pool_lanes - 1) // pool_lanes, seed, empty)
             if lanes_apart or one_lane_at_a_time(xs.shape[-2], config):
                 return jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])), (noise, jnp.arange(num_lanes)))
             return jax.vmap(one, in_axes=(0, axes))(noise, problem)
 
-        params0 = jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
-        return _iterate.start(params0, state.aux, num_lanes, trace_len, xs.dtype)
+        return jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
+
+    def fresh_lanes(params):
+        return _iterate.start(params, state.aux, jnp.shape(params.weights)[0], trace_len, xs.dtype)
 
     threshold = jnp.where(fresh & loose, _stats.SHORT_RUN_PRECISE_THRESHOLD, _stats.PRECISE_THRESHOLD)
 
     def needs(p, prob):  # the whole batch at once (see _stats.needs_precise)
         return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold)
 
-    lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
-    if adaptive and observed is None:  # continuing short runs: their last objective may be the fast form's
-        def forget(s):
-            return _iterate.restart_convergence(s, needs(s.params, problem) | needs(s.next_params, problem), max_iter)
+    def forget(s):  # continuing short runs: their last objective may be the fast form's
+        if not adaptive or observed is not None:
+            return s
+        return _iterate.restart_convergence(s, needs(s.params, problem) | needs(s.next_params, problem), max_iter)
 
-        lanes = jax.lax.cond(~fresh & loose, forget, lambda s: s, lanes)
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     eps = jnp.finfo(xs.dtype).eps
 
@@ -347,13 +367,36 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
                                                  None if act is None else act[a[1]]),
                                   (counts, jnp.arange(num_lanes * k)))
             return flagged.reshape(num_lanes, k)
-        return jax.vmap(mask, in_axes=(0, 0, None if active is None else 0))(s.aux, s.params.covariances, problem.active)
+        act = problem.active
+        if act is not None and act.shape[0] != s.aux.shape[0]:  # a queue's lanes: its one group's components
+            act = jnp.broadcast_to(act[0], s.aux.shape)
+        return jax.vmap(mask, in_axes=(0, 0, None if active is None else 0))(s.aux, s.params.covariances, act)
 
-    lanes = _iterate.iterate(lanes, lambda p, precise: lanes_step(p, problem, axes, config, precise, lanes_apart),
-                             tol_total, max_iter,
-                             (lambda p: needs(p, problem)) if adaptive else None,
-                             abandon=lambda s: abandoned(s, abandon_after, degenerate))
-    return EMOutput(lanes, degenerate(lanes))
+    def step(p, precise):
+        return lanes_step(p, problem, axes, config, precise, lanes_apart)
+
+    check = (lambda p: needs(p, problem)) if adaptive else None
+    abandon = functools.partial(abandoned, abandon_after=abandon_after, degenerate=degenerate)
+    if pool_lanes is None:
+        lanes = jax.lax.cond(fresh, lambda _: fresh_lanes(start_params(None)), lambda _: state, None)
+        lanes = jax.lax.cond(~fresh & loose, forget, lambda s: s, lanes)
+        lanes = _iterate.iterate(lanes, step, tol_total, max_iter, check, abandon=abandon)
+        return EMOutput(lanes, degenerate(lanes))
+
+    # a queue of num_lanes lanes through the pool: fresh calls queue their starts (seeded before
+    # the loop, every lane of the pool started from the next one waiting); a continuing call
+    # queues at most pool_lanes lanes, its state, all in the pool at once
+    starts = jax.lax.cond(fresh, start_params, lambda _: jax.tree_util.tree_map(
+        lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params), None)
+
+    def incoming(slots):
+        return fresh_lanes(_iterate.take(starts, slots))
+
+    pool = jax.lax.cond(fresh, lambda _: incoming(jnp.arange(pool_lanes)), lambda _: state, None)
+    pool = jax.lax.cond(~fresh & loose, forget, lambda s: s, pool)
+    done = _iterate.iterate_queue(pool, incoming, num_queued, num_lanes, step, tol_total, max_iter, check,
+                                  abandon=abandon)
+    return EMOutput(done, degenerate(done))
 
 
 def abandoned(s, abandon_after, degenerate):
@@ -369,7 +412,7 @@ def abandoned(s, abandon_after, degenerate):
 
 #: The EM program, compiled ahead of time once per shapes and static settings.
 PROGRAM = CompiledProgram(
-    _run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive", "lanes_apart"),
+    _run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive", "lanes_apart", "pool_lanes"),
     memory_advice="Fit out of core with bayesgmm.fit_em_stream(x, K) (command line: bayesgmm fit --stream "
                   "on a .npy or Parquet file), or fit a subsample.",
 )
@@ -427,7 +470,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     whose entries of ``xs`` are placeholders (shared data only). ``given``: the user's starting
     pieces, None where not given. One group's lanes are padded to :func:`_iterate.lane_bucket`
     (repeats of its first lanes, dropped from the output), so that ``n_init`` up to the bucket
-    and given starts reuse the default fit's program.
+    and given starts reuse the default fit's program; on small data (:func:`_iterate.pooled`)
+    that many lanes are the pool through which every call queues its lanes
+    (:func:`_iterate.queued_lanes`): one call for all the short runs, and one program for every
+    call of the search.
     """
     dtype = np.dtype(xs.dtype)
     n = xs.shape[-2]
@@ -443,10 +489,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     # collectives can deadlock XLA:CPU's shared thread pool on larger per-device work)
     single = num_groups == 1 and len(xs.sharding.device_set) == 1
     lanes_run = _iterate.lane_bucket(lanes_per_call, rows, k, d, config.covariance_type) if single else lanes_per_call
-    padded = lanes_run > lanes_per_call
-    # the short runs: as many starts per call as the padded program holds, or on larger data (one
-    # group, one device) blocks of them in a program of their own
-    short_lanes = lanes_run if padded else (_iterate.short_run_lanes(rows, k) if single else None)
+    # small data: every call runs its lanes as a queue through a pool of lanes_run (one call for
+    # every short run); larger data (one group, one device): the short runs in blocks of lanes
+    pooled = single and _iterate.pooled(rows, k, d, config.covariance_type)
+    short_lanes = num_starts if pooled else (_iterate.short_run_lanes(rows, k) if single else None)
     given = given_start(given, k, d, config.covariance_type, dtype)
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
@@ -457,22 +503,25 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     model_index = np.int32(config.model_index())
     config = config.program_config()
     static = dict(config=config, init_method=init_method, num_groups=num_groups, trace_len=trace_len, adaptive=adaptive,
-                  lanes_apart=_sharding.on_shared_cpu_threads(xs))
+                  lanes_apart=_sharding.on_shared_cpu_threads(xs), pool_lanes=lanes_run if pooled else None)
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
 
-    def call(noise_block, state, limit, fresh, abandon_after):
+    def call(noise_block, state, limit, fresh, abandon_after, num_queued=None):
         # the search's fresh calls short of max_iter are em-EM short runs, and its continuing calls
         # continue them: those short runs take the looser precision guard (see _run)
         loose = limit < max_iter if fresh else init_iter < max_iter
+        num_queued = noise_block.shape[1] if num_queued is None else num_queued
         timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), given, state, *common,
                         np.asarray(limit, np.int32), np.asarray(fresh), np.asarray(abandon_after, np.int32),
-                        np.asarray(loose), model_index, observed, **static)
+                        np.asarray(loose), model_index, observed, np.asarray(num_queued, np.int32), **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
 
-    if padded:
+    if pooled:
+        call = _iterate.queued_lanes(call, lanes_run)
+    elif lanes_run > lanes_per_call:
         call = _iterate.padded_lanes(call, lanes_run)
     out, start_objective = _iterate.search(call, noise, placeholder, num_groups=num_groups, num_starts=num_starts,
                                            num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,

@@ -26,6 +26,7 @@ so.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -140,51 +141,130 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
         have become degenerate). Such a lane ends ``stopped``, with ``converged`` False and
         ``n_iter`` below ``max_iter``; the caller must not report it as a fit.
     """
-    eps = jnp.finfo(lanes.objective.dtype).eps
-    lane_index = jnp.arange(lanes.n_iter.shape[0])
+    advance = functools.partial(_advance, step=step, tol=tol, max_iter=max_iter, needs_precise=needs_precise,
+                                abandon=abandon)
+    return jax.lax.while_loop(lambda s: jnp.any(running(s, max_iter)), advance, lanes)
 
-    def body(s):
-        go = running(s, max_iter)
-        if needs_precise is None:
-            precise, params = False, s.next_params
-        else:  # the step's LAPACK calls after the check's (_numerics.in_turn)
-            precise = go & needs_precise(s.next_params)
-            params = _numerics.in_turn(precise, s.next_params)
-        total, magnitude, aux, updated = step(params, precise)
-        t = s.n_iter + 1
-        delta = total - s.objective
-        floor = FLOOR_ULPS * eps * magnitude
-        close, done = convergence(s.delta, delta, t, tol, floor, s.close)
-        stepped = Lanes(
-            params=s.next_params,
-            next_params=updated,
-            objective=total,
-            delta=delta,
-            aux=aux,
-            n_iter=t,
-            close=close,
-            converged=done,
-            failed=~jnp.isfinite(total),
-            stopped=s.stopped,
-            trace=s.trace.at[lane_index, t].set(total, mode="drop"),
-            floor=floor,
-        )
-        if abandon is not None:
-            # the rule sees the lanes only once the whole step is computed: its batched LAPACK
-            # call (the degenerate check's eigenvalues) must not run beside the step's (Cholesky
-            # factors). jaxlib 0.10's CPU LAPACK kernels split large batches (lanes x K matrices
-            # of D x D past about 2e5 flops) into pieces on XLA's thread pool and wait there for
-            # them; two such calls at once occupy every thread of two cores and wait forever.
-            seen = stepped._replace(params=_numerics.in_turn(total, stepped.params))
-            stepped = stepped._replace(stopped=abandon(seen))
 
-        def keep(new, old):
-            mask = go.reshape(go.shape + (1,) * (new.ndim - 1))
-            return jnp.where(mask, new, old)
+def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
+    """One evaluation and update of the running lanes of ``s`` (see :func:`iterate`)."""
+    eps = jnp.finfo(s.objective.dtype).eps
+    lane_index = jnp.arange(s.n_iter.shape[0])
+    go = running(s, max_iter)
+    if needs_precise is None:
+        precise, params = False, s.next_params
+    else:  # the step's LAPACK calls after the check's (_numerics.in_turn)
+        precise = go & needs_precise(s.next_params)
+        params = _numerics.in_turn(precise, s.next_params)
+    total, magnitude, aux, updated = step(params, precise)
+    t = s.n_iter + 1
+    delta = total - s.objective
+    floor = FLOOR_ULPS * eps * magnitude
+    close, done = convergence(s.delta, delta, t, tol, floor, s.close)
+    stepped = Lanes(
+        params=s.next_params,
+        next_params=updated,
+        objective=total,
+        delta=delta,
+        aux=aux,
+        n_iter=t,
+        close=close,
+        converged=done,
+        failed=~jnp.isfinite(total),
+        stopped=s.stopped,
+        trace=s.trace.at[lane_index, t].set(total, mode="drop"),
+        floor=floor,
+    )
+    if abandon is not None:
+        # the rule sees the lanes only once the whole step is computed: its batched LAPACK
+        # call (the degenerate check's eigenvalues) must not run beside the step's (Cholesky
+        # factors). jaxlib 0.10's CPU LAPACK kernels split large batches (lanes x K matrices
+        # of D x D past about 2e5 flops) into pieces on XLA's thread pool and wait there for
+        # them; two such calls at once occupy every thread of two cores and wait forever.
+        seen = stepped._replace(params=_numerics.in_turn(total, stepped.params))
+        stepped = stepped._replace(stopped=abandon(seen))
 
-        return jax.tree_util.tree_map(keep, stepped, s)
+    def keep(new, old):
+        mask = go.reshape(go.shape + (1,) * (new.ndim - 1))
+        return jnp.where(mask, new, old)
 
-    return jax.lax.while_loop(lambda s: jnp.any(running(s, max_iter)), body, lanes)
+    return jax.tree_util.tree_map(keep, stepped, s)
+
+
+def iterate_queue(pool: Lanes, incoming: Callable, num_queued, size: int, step: Callable, tol, max_iter,
+                  needs_precise: Callable | None = None, abandon: Callable | None = None,
+                  record: Callable = lambda lanes: lanes):
+    """:func:`iterate` over a queue of ``num_queued`` lanes, ``L`` at a time: a lane that is done
+    hands its place in the pool to the next one waiting.
+
+    :func:`iterate` runs until its slowest lane is done, and the lanes already done ride along
+    meanwhile: on small, easy data most em-EM short runs converge within 3-5 updates while one
+    lane of 16 needs all 20, so most of a batch's work goes to finished lanes. Here a pool of L
+    lanes works through the queue; a lane that converges, fails, is stopped or reaches
+    ``max_iter`` is recorded at its place in the queue and replaced by the next lane waiting,
+    until none waits and none runs. Every lane goes through the updates :func:`iterate` would
+    give it (the pool shares the choice of the precise form, as a batch of :func:`iterate` does).
+
+    Parameters
+    ----------
+    pool : Lanes
+        L lanes: the first ``min(num_queued, L)`` lanes of the queue, ready to run.
+    incoming : callable ``slots (L,) int -> Lanes``
+        The lanes of the queue at ``slots``, ready to run (called for queues longer than L).
+    num_queued : int or traced int
+        Lanes in the queue, at most ``size``.
+    size : int
+        Static length of the queue (of the records returned).
+    record : callable ``Lanes -> pytree``
+        What is kept of finished lanes (batched over the pool's lanes); default the lanes.
+    step, tol, max_iter, needs_precise, abandon
+        As in :func:`iterate`, applied to the pool (``tol`` a scalar or (L,)).
+
+    Returns
+    -------
+    pytree
+        ``record`` of each queued lane when it was done, with a leading axis of ``size`` (the
+        entries from ``num_queued`` on are zeros).
+    """
+    from jax.flatten_util import ravel_pytree
+
+    num_lanes = pool.n_iter.shape[0]
+    first = jnp.arange(num_lanes, dtype=jnp.int32)
+    slot = jnp.where(first < num_queued, first, size)  # the queue lane each pool lane runs (size: none)
+    pool = pool._replace(stopped=pool.stopped | (slot >= size))  # idle lanes never run
+    # each record as one row: one scatter per iteration instead of one per field (XLA:CPU
+    # expands every scatter into a loop of its own, each adding to the compile time)
+    unravel = ravel_pytree(take(record(pool), 0))[1]
+
+    def rows(lanes):
+        return jax.vmap(lambda r: ravel_pytree(r)[0])(record(lanes))
+
+    advance = functools.partial(_advance, step=step, tol=tol, max_iter=max_iter, needs_precise=needs_precise,
+                                abandon=abandon)
+
+    def body(carry):
+        pool, slot, waiting, done = carry
+        pool = advance(pool)
+        finished = ~running(pool, max_iter) & (slot < size)
+        done = jax.lax.cond(jnp.any(finished), lambda d: d.at[jnp.where(finished, slot, size)].set(rows(pool), mode="drop"),
+                            lambda d: d, done)
+        new_slot = waiting + jnp.cumsum(finished, dtype=jnp.int32) - 1  # the next lanes waiting, in pool order
+        refill = finished & (new_slot < num_queued)
+
+        def load(pool):
+            new = incoming(jnp.clip(new_slot, 0, size - 1))
+            return jax.tree_util.tree_map(
+                lambda a, b: jnp.where(refill.reshape(refill.shape + (1,) * (a.ndim - 1)), a, b), new, pool)
+
+        pool = jax.lax.cond(jnp.any(refill), load, lambda p: p, pool)
+        slot = jnp.where(finished, jnp.where(refill, new_slot, size), slot)
+        return pool, slot, waiting + jnp.sum(finished, dtype=jnp.int32), done
+
+    waiting = jnp.minimum(num_queued, num_lanes).astype(jnp.int32)
+    width = jax.eval_shape(rows, pool)
+    empty = jnp.zeros((size, width.shape[1]), width.dtype)
+    done = jax.lax.while_loop(lambda c: jnp.any(c[1] < size), body, (pool, slot, waiting, empty))[3]
+    return jax.vmap(unravel)(done)
 
 
 def restart_convergence(lanes: Lanes, mask, max_iter) -> Lanes:
@@ -202,8 +282,6 @@ def restart_convergence(lanes: Lanes, mask, max_iter) -> Lanes:
 def take(tree, index):
     """Lanes (or any batched pytree) at ``index`` along the lane axis (NumPy or JAX)."""
     return jax.tree_util.tree_map(lambda a: a[index], tree)
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,10 +346,16 @@ def lane_bucket(num_lanes: int, num_obs: int, num_components: int, num_features:
     for extra ones. The extra lanes repeat the first ones and their results are dropped
     (:func:`padded_lanes`).
     """
-    most = kept_runs(MAX_STARTS)
-    if auto_starts(num_obs, num_components, num_features, covariance_type)[1] < most:
+    if not pooled(num_obs, num_components, num_features, covariance_type):
         return num_lanes
-    return max(most, 2 ** math.ceil(math.log2(num_lanes)))
+    return max(kept_runs(MAX_STARTS), 2 ** math.ceil(math.log2(num_lanes)))
+
+
+def pooled(num_obs: int, num_components: int, num_features: int, covariance_type: str) -> bool:
+    """Small data, where the default search runs :data:`MAX_STARTS` starts and keeps 16 runs: a
+    call's lanes are padded (:func:`lane_bucket`), and one group's lanes run as a queue through
+    that pool (:func:`queued_lanes`)."""
+    return auto_starts(num_obs, num_components, num_features, covariance_type)[1] >= kept_runs(MAX_STARTS)
 
 
 #: Most lanes of a short-run block on larger data (:func:`short_run_lanes`).
@@ -303,6 +387,30 @@ def padded_lanes(call, num_run: int):
         return take(call(block, take(state, repeat), limit, fresh, abandon_after), slice(0, num_lanes))
 
     return padded
+
+
+def queued_lanes(call, pool_lanes: int, queue_size: int = MAX_STARTS):
+    """A :func:`search` ``call`` of one group whose program runs any number of lanes as a queue
+    through a pool of ``pool_lanes`` (:func:`iterate_queue`): the starts asked for are padded (with
+    repeats) to ``queue_size``, or the power of two above, the state (continuing calls, at most
+    ``pool_lanes`` lanes) to the pool, and the number asked for is passed as ``num_queued``; the
+    padding never runs and is dropped from the output. One program then serves every call of the
+    search: all of its short runs in one call, the continued runs, and ``n_init`` restarts up to
+    ``queue_size``."""
+    import numpy as np
+
+    def queued(block, state, limit, fresh, abandon_after):
+        num_lanes = jax.tree_util.tree_leaves(block)[0].shape[1]
+        if not fresh and num_lanes > pool_lanes:
+            raise ValueError(f"a continuing call queues at most {pool_lanes} lanes, got {num_lanes}")
+        size = max(queue_size, 2 ** math.ceil(math.log2(num_lanes)))
+        size = -(-size // pool_lanes) * pool_lanes
+        block = jax.tree_util.tree_map(lambda a: a[:, np.arange(size) % num_lanes], block)
+        state = take(state, np.arange(pool_lanes) % num_lanes)
+        out = call(block, state, limit, fresh, abandon_after, num_queued=num_lanes)
+        return take(out, slice(0, num_lanes))
+
+    return queued
 
 
 def short_run_length(init_iter) -> int:

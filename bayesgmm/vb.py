@@ -315,29 +315,54 @@ def occupancy(num_starts: int, num_components: int) -> np.ndarray:
     return np.arange(num_components)[None] < seeded[:, None]
 
 
-def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_iter, fresh, observed=None, *,
-         config: VBConfig, init_method: str, trace_len: int, adaptive: bool = True, lanes_apart: bool = False):
+def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_iter, fresh, observed=None, num_queued=None,
+         *, config: VBConfig, init_method: str, trace_len: int, adaptive: bool = True, lanes_apart: bool = False,
+         pool_lanes: int | None = None):
     """L lanes of CAVI in one loop: fresh ones from ``noise`` (L, ...) uniform numbers seeding the
     components ``seeded`` (L, K) marks, or ``state`` continued. ``tol`` is per observation.
     ``lanes_apart`` (static): the lanes one after another, and the collapse check one component
-    at a time (rows sharded over several CPU devices: see :func:`bayesgmm._em_core._run`)."""
+    at a time (rows sharded over several CPU devices: see :func:`bayesgmm._em_core._run`).
+    ``pool_lanes`` (static): the L lanes of ``noise`` are a queue of which the first
+    ``num_queued`` (traced) run, ``pool_lanes`` at a time (as in :func:`bayesgmm._em_core._run`);
+    ``state`` then has ``pool_lanes`` lanes."""
     ct, k = config.covariance_type, config.num_components
     num_lanes = noise.shape[0]
     features = None if observed is not None else _stats.suff_features(xs, ct)
     problem = VBProblem(features, xs, sample_weight, prior, reg_covar, observed)
     n_eff = xs.shape[0] if sample_weight is None else jnp.sum(sample_weight)
 
-    def start_lanes(_):
-        def one(u, act):
-            resp0 = initial_responsibilities(u, xs, k, init_method, sample_weight=sample_weight, active=act)
-            if sample_weight is not None:
-                resp0 = resp0 * sample_weight[:, None]
-            return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct), prior, reg_covar, ct)
+    def one(u, act):
+        resp0 = initial_responsibilities(u, xs, k, init_method, sample_weight=sample_weight, active=act)
+        if sample_weight is not None:
+            resp0 = resp0 * sample_weight[:, None]
+        return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct), prior, reg_covar, ct)
 
+    def start_lanes(_):
         started = jax.lax.map(lambda a: one(*a), (noise, seeded)) if lanes_apart else jax.vmap(one)(noise, seeded)
         return _iterate.start(started, state.aux, num_lanes, trace_len, xs.dtype)
 
-    lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
+    def queued_starts(_):  # a block of pool_lanes starts at a time, as many as are queued
+        blocks = [a.reshape((num_lanes // pool_lanes, pool_lanes) + a.shape[1:]) for a in (noise, seeded)]
+
+        def seed(b, params):
+            block = jax.vmap(one)(blocks[0][b], blocks[1][b])
+            return jax.tree_util.tree_map(lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, b * pool_lanes, 0),
+                                          params, block)
+
+        return jax.lax.fori_loop(0, (num_queued + pool_lanes - 1) // pool_lanes, seed, empty_starts(None))
+
+    def empty_starts(_):
+        return jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
+
+    if pool_lanes is None:
+        lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
+    else:
+        starts = jax.lax.cond(fresh, queued_starts, empty_starts, None)
+
+        def incoming(slots):
+            return _iterate.start(_iterate.take(starts, slots), state.aux, pool_lanes, trace_len, xs.dtype)
+
+        lanes = jax.lax.cond(fresh, lambda _: incoming(jnp.arange(pool_lanes)), lambda _: state, None)
     batch_step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
 
     def step(q, precise):  # the precise form for the whole batch when any running lane needs it
@@ -349,7 +374,11 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
         return _stats.needs_precise(jax.vmap(lambda one: expected_components(one, prior, ct)[0])(q), ct, None, reg_covar)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
-    lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)
+    if pool_lanes is None:
+        lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)
+    else:
+        lanes = _iterate.iterate_queue(lanes, incoming, num_queued, num_lanes, step, tol_total, max_iter,
+                                       needs if adaptive else None)
     eps = jnp.finfo(xs.dtype).eps
     points = jax.vmap(lambda q: point_estimate(q, ct)[0].covariances)(lanes.params)
     def collapsed(cov):  # collapsed covariances only: components that empty out are VB's intended behaviour
@@ -365,7 +394,7 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
 
 #: The VB program, compiled ahead of time once per shapes and static settings.
 PROGRAM = CompiledProgram(
-    _run, static_argnames=("config", "init_method", "trace_len", "adaptive", "lanes_apart"),
+    _run, static_argnames=("config", "init_method", "trace_len", "adaptive", "lanes_apart", "pool_lanes"),
     memory_advice="Fit a subsample by VB, or fit the whole data by EM out of core with "
                   "bayesgmm.fit_em_stream(x, K).",
 )
@@ -627,25 +656,33 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0])
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
-    static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None,
-                  lanes_apart=_sharding.on_shared_cpu_threads(xs_dev))
-    common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
-    # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search)
+    # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);
+    # on small data every call queues its lanes through that pool: one call for all short runs
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
+    pooled = rows.mesh is None and _iterate.pooled(n, k, d, covariance_type)
+    static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None,
+                  lanes_apart=_sharding.on_shared_cpu_threads(xs_dev), pool_lanes=lanes_run if pooled else None)
+    common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
     placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)
     seconds = [0.0, 0.0]
 
-    def call(block, state, limit, fresh, abandon_after):  # VB runs every lane to the end (abandon_after unused)
+    def call(block, state, limit, fresh, abandon_after, num_queued=None):  # VB runs every lane to the end
         u, act = block
+        num_queued = u.shape[1] if num_queued is None else num_queued
         timed = PROGRAM(xs_dev, u.reshape((-1,) + u.shape[2:]), act.reshape(-1, k), state, *common,
-                        np.asarray(limit, np.int32), np.asarray(fresh), observed, **static)
+                        np.asarray(limit, np.int32), np.asarray(fresh), observed, np.asarray(num_queued, np.int32),
+                        **static)
         seconds[0] += timed.compile_seconds
         seconds[1] += timed.run_seconds
         return jax.device_get(timed.outputs)
 
-    call = _iterate.padded_lanes(call, lanes_run)  # the short runs fill the padded program's lanes
+    if pooled:
+        call = _iterate.queued_lanes(call, lanes_run)
+    else:
+        call = _iterate.padded_lanes(call, lanes_run)  # the short runs fill the padded program's lanes
     out, start_elbos = _iterate.search(call, (noise, seeded), placeholder, num_groups=1, num_starts=starts,
-                                       num_kept=kept, init_iter=short_iter, max_iter=int(max_iter), short_lanes=lanes_run)
+                                       num_kept=kept, init_iter=short_iter, max_iter=int(max_iter),
+                                       short_lanes=starts if pooled else lanes_run)
     lanes = out.lanes
     finals = np.asarray(lanes.objective, dtype=np.float64)
     if not np.isfinite(finals).any():

@@ -653,6 +653,84 @@ def test_short_runs_on_larger_data_run_in_blocks(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
+def _geometric_lanes(rates, trace_len=32):
+    """Lanes of a toy fixed-point iteration ``x <- r x`` with objective ``-x^2`` (rate ``r^2``
+    per lane): they converge after different numbers of updates, or not within ``max_iter``."""
+    from bayesgmm import _iterate
+
+    params = (jnp.ones(len(rates)), jnp.asarray(rates))
+    return _iterate.start(params, jnp.zeros(len(rates)), len(rates), trace_len, jnp.float64)
+
+
+def _geometric_step(params, precise):
+    x, r = params
+    return -(x**2), x**2, x, (r * x, r)
+
+
+def test_a_queue_gives_every_lane_the_updates_iterate_gives_it():
+    """``iterate_queue`` (a pool of 3 lanes working through 8 of a queue of 12) records every
+    lane exactly as ``iterate`` leaves it when all 8 run in one batch: objective, trace, counts
+    of updates and flags, converged or stopped at max_iter. Lanes beyond the queued ones are
+    zeros. A continuing call (3 lanes in the pool, nothing waiting) equals ``iterate`` too."""
+    from bayesgmm import _iterate
+
+    rates = np.array([0.1, 0.95, 0.5, 0.3, 0.99, 0.7, 0.2, 0.9, 0.4, 0.6, 0.8, 0.05])
+    tol, max_iter = 1e-8, 25
+    queue = _geometric_lanes(rates)
+
+    @jax.jit
+    def queued(queue, num_queued):
+        def incoming(slots):
+            return _iterate.take(queue, slots)
+
+        return _iterate.iterate_queue(_iterate.take(queue, jnp.arange(3)), incoming, num_queued, 12, _geometric_step,
+                                      tol, max_iter)
+
+    batch = jax.jit(lambda lanes: _iterate.iterate(lanes, _geometric_step, tol, max_iter))
+    got = queued(queue, 8)
+    want = batch(_iterate.take(queue, np.arange(8)))
+    n_iter = np.asarray(want.n_iter)
+    assert n_iter.min() < 10 and n_iter.max() == max_iter and np.asarray(want.converged).sum() >= 4  # lanes differ
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a)[:8], b)
+        assert not np.asarray(a)[8:].any()
+
+    # continuing: half-run lanes (5 updates each) in the pool, none waiting
+    half = jax.jit(lambda lanes: _iterate.iterate(lanes, _geometric_step, tol, 5))(_iterate.take(queue, np.arange(3)))
+    resumed = jax.jit(lambda pool: _iterate.iterate_queue(pool, lambda slots: _iterate.take(pool, slots), 3, 12,
+                                                          _geometric_step, tol, max_iter))(half)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(batch(half))):
+        np.testing.assert_array_equal(np.asarray(a)[:3], b)
+
+
+def test_small_data_run_the_search_as_one_queue(monkeypatch):
+    """On small data every call of the default search queues its lanes through the pool: one
+    call runs all 256 short runs, one continues the best 16. The fit, its start objectives and
+    its parameters equal those of the search in blocks of 16 short runs (17 calls); only the
+    shared choice of the precise form can differ between the two groupings, which float64 on
+    these data never takes."""
+    x = bg.datasets.load_faithful()
+    lanes_per_call = []
+    program_call = type(_em_core.PROGRAM).__call__
+
+    def counted(self, xs, noise, given, state, *args, **static):
+        lanes_per_call.append((noise.shape[0], int(args[-1]), static["pool_lanes"]))  # queue, queued, pool
+        return program_call(self, xs, noise, given, state, *args, **static)
+
+    monkeypatch.setattr(type(_em_core.PROGRAM), "__call__", counted)
+    queued = bg.fit_em(x, 2, seed=4)
+    assert lanes_per_call == [(256, 256, 16), (256, 16, 16)]
+    lanes_per_call.clear()
+    monkeypatch.setattr(_em_core._iterate, "pooled", lambda *args: False)
+    blocks = bg.fit_em(x, 2, seed=4)
+    assert lanes_per_call == [(16, 16, None)] * 17
+    np.testing.assert_allclose(queued.info["start_objectives"], blocks.info["start_objectives"], rtol=1e-12)
+    assert queued.n_iter == blocks.n_iter
+    np.testing.assert_allclose(queued.log_likelihood, blocks.log_likelihood, rtol=1e-14)
+    for a, b in zip(queued.params, blocks.params):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_short_runs_take_the_looser_precision_guard_and_continued_runs_test_convergence_afresh(monkeypatch):
     """The em-EM short runs only rank the starts: they keep the fast form up to the looser guard
     (SHORT_RUN_PRECISE_THRESHOLD), the runs continued from them take the strict one. A continued

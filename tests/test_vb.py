@@ -364,6 +364,32 @@ def test_short_runs_over_explicit_starts(faithful):
         bg_fit(faithful, 3, n_init=8, init_iter=0)
 
 
+def test_small_data_run_the_search_as_one_queue(faithful, monkeypatch):
+    """As EM's (``test_em.py``): on small data the default search queues its 256 short runs
+    through a pool of 16 lanes in one call, then continues the best 16 in a second; the fit
+    equals the search in blocks of 16 short runs (17 calls)."""
+    from bayesgmm import _iterate
+
+    lanes_per_call = []
+    program_call = type(vb.PROGRAM).__call__
+
+    def counted(self, xs, noise, *args, **static):
+        lanes_per_call.append((noise.shape[0], static["pool_lanes"]))
+        return program_call(self, xs, noise, *args, **static)
+
+    monkeypatch.setattr(type(vb.PROGRAM), "__call__", counted)
+    queued = bg.fit_vb(faithful, 3, seed=1)
+    assert lanes_per_call == [(256, 16), (256, 16)]
+    lanes_per_call.clear()
+    monkeypatch.setattr(_iterate, "pooled", lambda *args: False)
+    blocks = bg.fit_vb(faithful, 3, seed=1)
+    assert lanes_per_call == [(16, None)] * 17
+    np.testing.assert_allclose(queued.info["start_elbos"], blocks.info["start_elbos"], rtol=1e-12)
+    assert queued.n_iter == blocks.n_iter and queued.info["elbo"] == pytest.approx(blocks.info["elbo"], rel=1e-14)
+    for a, b in zip(queued.params, blocks.params):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. Recovery, determinism, compile-once, errors
 # ----------------------------------------------------------------------------------------------
