@@ -36,6 +36,7 @@ __all__ = [
     "MAP_STARTS",
     "Standardised",
     "map_start",
+    "map_start_noise",
     "placeholder_init",
     "site_values",
     "standard_init",
@@ -181,7 +182,13 @@ def site_values(params: GMMParams, num_components: int) -> dict:
     return values
 
 
-def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type: str, row_weight=None) -> GMMParams:
+def map_start_noise(key, num_components: int, dtype):
+    """The uniform numbers of :func:`map_start`'s :data:`MAP_STARTS` seedings, shape (S, K, trials), from ``key``."""
+    return jax.vmap(lambda kk: jax.random.uniform(kk, (num_components, num_trials(num_components)), dtype))(
+        jax.random.split(key, MAP_STARTS))
+
+
+def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: str, row_weight=None) -> GMMParams:
     """A MAP solution: k-means seedings, each refined by closed-form MAP-EM; the best log posterior.
 
     Traced inside the engines' compiled programs (the seedings are ``vmap``-ed, the
@@ -192,8 +199,9 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
 
     Parameters
     ----------
-    keys : jax key array, shape (S,)
-        One key per k-means seeding (the engines use :data:`MAP_STARTS`).
+    u : array (S, K, num_trials(K))
+        The uniform numbers of S k-means++ seedings (the engines use :data:`MAP_STARTS`;
+        :func:`map_start_noise`).
     xs : array (N, D)
         Standardised data.
     prior : PriorArrays
@@ -225,15 +233,14 @@ def map_start(keys, xs, prior: PriorArrays, num_components: int, covariance_type
     def e_step(params):
         return _stats.e_step(z, _stats.natural_params(params, covariance_type))
 
-    def one(key):
-        u = jax.random.uniform(key, (k, num_trials(k)), xs.dtype)
+    def one(u):
         params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k, sample_weight=w), k, dtype=xs.dtype, axis=0))
         params = jax.lax.fori_loop(0, MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
         per_row = e_step(params)[1]
         obj = jnp.sum(per_row if w is None else w * per_row) + log_prior(params, prior_map, covariance_type)
         return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
 
-    params, obj = jax.vmap(one)(keys)
+    params, obj = jax.vmap(one)(u.astype(xs.dtype))
     best = jnp.argmax(obj)
     return jax.tree_util.tree_map(lambda a: a[best], params)
 

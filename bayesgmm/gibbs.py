@@ -314,7 +314,7 @@ def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, fir
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     total = config.num_warmup + config.num_samples
     key_map, key_chains = jax.random.split(key)
-    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), xs, prior, k, ct, row_weight)
+    pivot = shared.map_start(shared.map_start_noise(key_map, k, xs.dtype), xs, prior, k, ct, row_weight)
     starts = jax.tree_util.tree_map(
         lambda p, u: jnp.where(use_user_init, u, jnp.broadcast_to(p, u.shape)), pivot, user_init
     )

@@ -39,18 +39,21 @@ changes JAX's configuration). Results are NumPy float64 on the original scale.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
 from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
 from ._threads import usable_cores
+from .kmeans import num_trials
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
     ConvergenceWarning,
@@ -174,28 +177,30 @@ def _program(xs, row_mask, prior, key, init_code, user_init, first_chain, *, con
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
     args = (xs,)
-    key_map, key_jitter, key_chains = jax.random.split(key, 3)
+    # every random number the program draws outside NUTS comes from one uniform draw, and every
+    # chain's key from one split: each draw (a threefry loop) adds to the program's compile time
+    keys = jax.random.split(key, 1 + c)
+    key_noise, chain_keys = keys[0], keys[1:]
+    map_shape = (shared.MAP_STARTS, k, num_trials(k))
     filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
-    pivot = shared.map_start(jax.random.split(key_map, shared.MAP_STARTS), filled, prior, k, ct, row_weight=row_mask)
+    num_map = math.prod(map_shape)
 
     def unconstrain(params):
         return unconstrain_fn(gmm_model, args, kwargs, shared.site_values(params, k))
 
     # All three starts are computed and one is selected by the (traced) init_code, so that
     # "map", user-given and "uniform" starts share one compiled program.
-    z_map = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (c,) + a.shape), unconstrain(pivot))
     z_user = jax.vmap(unconstrain)(user_init)
-    leaves, treedef = jax.tree_util.tree_flatten(z_map)
-    user_leaves = treedef.flatten_up_to(z_user)
-    keys = jax.random.split(key_jitter, 2 * len(leaves))
-    z0 = []
-    for i, (a, u) in enumerate(zip(leaves, user_leaves)):
-        jitter = _JITTER * jax.random.normal(keys[2 * i], a.shape, a.dtype)
-        uniform = jax.random.uniform(keys[2 * i + 1], a.shape, a.dtype, -2.0, 2.0)  # NumPyro's init_to_uniform
-        z0.append(jnp.select([init_code == 0, init_code == 1], [a + jitter, u + jitter], uniform))
-    z0 = jax.tree_util.tree_unflatten(treedef, z0)
-
-    chain_keys = jax.random.split(key_chains, c)
+    unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], z_user))[1]
+    flat_user = jax.vmap(lambda z: ravel_pytree(z)[0])(z_user)  # (C, P)
+    noise = jax.random.uniform(key_noise, (num_map + 2 * flat_user.size,), xs.dtype)
+    pivot = shared.map_start(noise[:num_map].reshape(map_shape), filled, prior, k, ct, row_weight=row_mask)
+    flat_map = jnp.broadcast_to(ravel_pytree(unconstrain(pivot))[0], flat_user.shape)
+    u_jitter, u_init = noise[num_map:].reshape((2,) + flat_user.shape)
+    tiny = jnp.finfo(xs.dtype).tiny
+    jitter = _JITTER * jax.scipy.special.ndtri(jnp.clip(u_jitter, tiny, 1.0 - jnp.finfo(xs.dtype).epsneg))  # normal
+    uniform = 4.0 * u_init - 2.0  # NumPyro's init_to_uniform: uniform(-2, 2)
+    z0 = jax.vmap(unravel)(jnp.select([init_code == 0, init_code == 1], [flat_map + jitter, flat_user + jitter], uniform))
     if config.chains_per_run is not None:  # this run's chains
         c = config.chains_per_run
         z0, chain_keys = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, first_chain, c), (z0, chain_keys))

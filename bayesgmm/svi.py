@@ -169,7 +169,7 @@ def _program(xs, row_mask, prior, key, learning_rate, user_init, *, config: _Con
     k, cov_type = config.num_components, config.covariance_type
     key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
     filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
-    start = shared.map_start(jax.random.split(key_start, shared.MAP_STARTS), filled, prior, k, cov_type,
+    start = shared.map_start(shared.map_start_noise(key_start, k, filled.dtype), filled, prior, k, cov_type,
                              row_weight=row_mask)
     if config.init_mode == "user":
         start = user_init
