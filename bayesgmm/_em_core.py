@@ -322,20 +322,16 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         # over the rows) and its M-step cost more than an EM iteration on large data
         def computed(_):  # seeding and the M-step: one lane at a time on larger data (as lanes_step)
             if pool_lanes is not None:  # a block of pool_lanes starts at a time, as many as are queued
-                blocks = noise.reshape((num_lanes // pool_lanes, pool_lanes) + noise.shape[1:])
-
-                def seed(b, params):
-                    block = jax.vmap(one, in_axes=(0, axes))(blocks[b], problem)
-                    return jax.tree_util.tree_map(
-                        lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, b * pool_lanes, 0), params, block)
-
-                empty = jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
-                return jax.lax.fori_loop(0, (num_queued + pool_lanes - 1) // pool_lanes, seed, empty)
+                return _iterate.in_blocks(lambda u: jax.vmap(one, in_axes=(0, axes))(u, problem), noise, pool_lanes,
+                                          num_queued, no_starts(None))
             if lanes_apart or one_lane_at_a_time(xs.shape[-2], config):
                 return jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])), (noise, jnp.arange(num_lanes)))
             return jax.vmap(one, in_axes=(0, axes))(noise, problem)
 
         return jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
+
+    def no_starts(_):  # zeros in place of a queue's starts
+        return jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
 
     def fresh_lanes(params):
         return _iterate.start(params, state.aux, jnp.shape(params.weights)[0], trace_len, xs.dtype)
@@ -386,8 +382,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     # a queue of num_lanes lanes through the pool: fresh calls queue their starts (seeded before
     # the loop, every lane of the pool started from the next one waiting); a continuing call
     # queues at most pool_lanes lanes, its state, all in the pool at once
-    starts = jax.lax.cond(fresh, start_params, lambda _: jax.tree_util.tree_map(
-        lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params), None)
+    starts = jax.lax.cond(fresh, start_params, no_starts, None)
 
     def incoming(slots):
         return fresh_lanes(_iterate.take(starts, slots))

@@ -267,6 +267,24 @@ def iterate_queue(pool: Lanes, incoming: Callable, num_queued, size: int, step: 
     return jax.vmap(unravel)(done)
 
 
+def in_blocks(fn: Callable, inputs, block_lanes: int, num_queued, out):
+    """``fn`` of the first ``num_queued`` lanes of ``inputs``, ``block_lanes`` lanes at a time,
+    written into ``out``: a queue's starts computed only as far as it is queued.
+
+    ``inputs`` has a leading axis of L lanes (a multiple of ``block_lanes``), ``fn`` maps a block
+    of them to a block of ``out``'s lanes (L of them); the blocks past ``num_queued`` (traced)
+    are not computed and keep ``out``'s values.
+    """
+    num_lanes = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    blocks = jax.tree_util.tree_map(lambda a: a.reshape((num_lanes // block_lanes, block_lanes) + a.shape[1:]), inputs)
+
+    def one_block(b, done):
+        new = fn(jax.tree_util.tree_map(lambda a: a[b], blocks))
+        return jax.tree_util.tree_map(lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, b * block_lanes, 0), done, new)
+
+    return jax.lax.fori_loop(0, (num_queued + block_lanes - 1) // block_lanes, one_block, out)
+
+
 def restart_convergence(lanes: Lanes, mask, max_iter) -> Lanes:
     """``lanes`` whose convergence test starts afresh where ``mask`` (L,) is set: their last
     objective was computed under a looser precision guard (the em-EM short runs) and a difference

@@ -342,14 +342,8 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
         return _iterate.start(started, state.aux, num_lanes, trace_len, xs.dtype)
 
     def queued_starts(_):  # a block of pool_lanes starts at a time, as many as are queued
-        blocks = [a.reshape((num_lanes // pool_lanes, pool_lanes) + a.shape[1:]) for a in (noise, seeded)]
-
-        def seed(b, params):
-            block = jax.vmap(one)(blocks[0][b], blocks[1][b])
-            return jax.tree_util.tree_map(lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, b * pool_lanes, 0),
-                                          params, block)
-
-        return jax.lax.fori_loop(0, (num_queued + pool_lanes - 1) // pool_lanes, seed, empty_starts(None))
+        return _iterate.in_blocks(lambda block: jax.vmap(one)(*block), (noise, seeded), pool_lanes, num_queued,
+                                  empty_starts(None))
 
     def empty_starts(_):
         return jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
