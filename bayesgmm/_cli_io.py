@@ -22,7 +22,9 @@ from .engines import engine_names
 #: The engines the command line runs (``--method``), from the registry.
 ENGINES = engine_names()
 DATASETS = ("faithful", "galaxies")
-DEMO_ENGINES = {"mcmc": {"num_warmup": 500, "num_samples": 500}, "svi": {"num_steps": 3000}}
+#: The demo's engine options: NUTS at its defaults (4 chains x (1000 + 1000)); with 500 + 500 the
+#: largest R-hat of the demo's fit ranged 1.003-1.013 over ten seeds, so the 1.01 rule flagged some.
+DEMO_ENGINES = {"svi": {"num_steps": 3000}}
 
 
 class UsageError(ValueError):
