@@ -348,8 +348,9 @@ def resolve_starts(n_init, num_obs, num_components, num_features, covariance_typ
 
 def kept_runs(starts: int) -> int:
     """Runs continued after the short runs of an em-EM search over ``starts``: one per
-    16 starts, at least 1 and at most 16 (the short runs go in blocks of that many lanes, the
-    last block filled up with repeated starts)."""
+    16 starts, at least 1 and at most 16 (on larger data the short runs go in blocks of that many
+    lanes, the last block filled up with repeated starts; on small data that many lanes are the
+    pool of the queue, :func:`queued_lanes`)."""
     return min(16, max(1, starts // 16))
 
 
