@@ -323,18 +323,12 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         def computed(_):  # seeding and the M-step: one lane at a time on larger data (as lanes_step)
             if pool_lanes is not None:  # a block of pool_lanes starts at a time, as many as are queued
                 return _iterate.in_blocks(lambda u: jax.vmap(one, in_axes=(0, axes))(u, problem), noise, pool_lanes,
-                                          num_queued, no_starts(None))
+                                          num_queued)
             if lanes_apart or one_lane_at_a_time(xs.shape[-2], config):
                 return jax.lax.map(lambda a: one(a[0], lane_problem(problem, axes, a[1])), (noise, jnp.arange(num_lanes)))
             return jax.vmap(one, in_axes=(0, axes))(noise, problem)
 
         return jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
-
-    def no_starts(_):  # zeros in place of a queue's starts
-        return jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
-
-    def fresh_lanes(params):
-        return _iterate.start(params, state.aux, jnp.shape(params.weights)[0], trace_len, xs.dtype)
 
     threshold = jnp.where(fresh & loose, _stats.SHORT_RUN_PRECISE_THRESHOLD, _stats.PRECISE_THRESHOLD)
 
@@ -374,7 +368,8 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     check = (lambda p: needs(p, problem)) if adaptive else None
     abandon = functools.partial(abandoned, abandon_after=abandon_after, degenerate=degenerate)
     if pool_lanes is None:
-        lanes = jax.lax.cond(fresh, lambda _: fresh_lanes(start_params(None)), lambda _: state, None)
+        lanes = jax.lax.cond(fresh, lambda _: _iterate.start(start_params(None), state.aux, num_lanes, trace_len, xs.dtype),
+                             lambda _: state, None)
         lanes = jax.lax.cond(~fresh & loose, forget, lambda s: s, lanes)
         lanes = _iterate.iterate(lanes, step, tol_total, max_iter, check, abandon=abandon)
         return EMOutput(lanes, degenerate(lanes))
@@ -382,12 +377,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     # a queue of num_lanes lanes through the pool: fresh calls queue their starts (seeded before
     # the loop, every lane of the pool started from the next one waiting); a continuing call
     # queues at most pool_lanes lanes, its state, all in the pool at once
-    starts = jax.lax.cond(fresh, start_params, no_starts, None)
-
-    def incoming(slots):
-        return fresh_lanes(_iterate.take(starts, slots))
-
-    pool = jax.lax.cond(fresh, lambda _: incoming(jnp.arange(pool_lanes)), lambda _: state, None)
+    pool, incoming = _iterate.queue_start(fresh, start_params, state, num_lanes, trace_len)
     pool = jax.lax.cond(~fresh & loose, forget, lambda s: s, pool)
     done = _iterate.iterate_queue(pool, incoming, num_queued, num_lanes, step, tol_total, max_iter, check,
                                   abandon=abandon)

@@ -192,8 +192,7 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
 
 
 def iterate_queue(pool: Lanes, incoming: Callable, num_queued, size: int, step: Callable, tol, max_iter,
-                  needs_precise: Callable | None = None, abandon: Callable | None = None,
-                  record: Callable = lambda lanes: lanes):
+                  needs_precise: Callable | None = None, abandon: Callable | None = None) -> Lanes:
     """:func:`iterate` over a queue of ``num_queued`` lanes, ``L`` at a time: a lane that is done
     hands its place in the pool to the next one waiting.
 
@@ -214,17 +213,15 @@ def iterate_queue(pool: Lanes, incoming: Callable, num_queued, size: int, step: 
     num_queued : int or traced int
         Lanes in the queue, at most ``size``.
     size : int
-        Static length of the queue (of the records returned).
-    record : callable ``Lanes -> pytree``
-        What is kept of finished lanes (batched over the pool's lanes); default the lanes.
+        Static length of the queue (of the lanes returned).
     step, tol, max_iter, needs_precise, abandon
         As in :func:`iterate`, applied to the pool (``tol`` a scalar or (L,)).
 
     Returns
     -------
-    pytree
-        ``record`` of each queued lane when it was done, with a leading axis of ``size`` (the
-        entries from ``num_queued`` on are zeros).
+    Lanes
+        ``size`` lanes: each queued lane as it was when done (the lanes from ``num_queued`` on are
+        zeros).
     """
     from jax.flatten_util import ravel_pytree
 
@@ -232,12 +229,12 @@ def iterate_queue(pool: Lanes, incoming: Callable, num_queued, size: int, step: 
     first = jnp.arange(num_lanes, dtype=jnp.int32)
     slot = jnp.where(first < num_queued, first, size)  # the queue lane each pool lane runs (size: none)
     pool = pool._replace(stopped=pool.stopped | (slot >= size))  # idle lanes never run
-    # each record as one row: one scatter per iteration instead of one per field (XLA:CPU
+    # each finished lane as one row: one scatter per iteration instead of one per field (XLA:CPU
     # expands every scatter into a loop of its own, each adding to the compile time)
-    unravel = ravel_pytree(take(record(pool), 0))[1]
+    unravel = ravel_pytree(take(pool, 0))[1]
 
     def rows(lanes):
-        return jax.vmap(lambda r: ravel_pytree(r)[0])(record(lanes))
+        return jax.vmap(lambda lane: ravel_pytree(lane)[0])(lanes)
 
     advance = functools.partial(_advance, step=step, tol=tol, max_iter=max_iter, needs_precise=needs_precise,
                                 abandon=abandon)
@@ -267,22 +264,47 @@ def iterate_queue(pool: Lanes, incoming: Callable, num_queued, size: int, step: 
     return jax.vmap(unravel)(done)
 
 
-def in_blocks(fn: Callable, inputs, block_lanes: int, num_queued, out):
-    """``fn`` of the first ``num_queued`` lanes of ``inputs``, ``block_lanes`` lanes at a time,
-    written into ``out``: a queue's starts computed only as far as it is queued.
+def in_blocks(fn: Callable, inputs, block_lanes: int, num_queued):
+    """``fn`` of the first ``num_queued`` lanes of ``inputs``, ``block_lanes`` lanes at a time: a
+    queue's starts computed only as far as it is queued.
 
     ``inputs`` has a leading axis of L lanes (a multiple of ``block_lanes``), ``fn`` maps a block
-    of them to a block of ``out``'s lanes (L of them); the blocks past ``num_queued`` (traced)
-    are not computed and keep ``out``'s values.
+    of them to a block of L output lanes; the blocks past ``num_queued`` (traced) are not
+    computed and stay zeros.
     """
     num_lanes = jax.tree_util.tree_leaves(inputs)[0].shape[0]
     blocks = jax.tree_util.tree_map(lambda a: a.reshape((num_lanes // block_lanes, block_lanes) + a.shape[1:]), inputs)
+    shapes = jax.eval_shape(fn, jax.tree_util.tree_map(lambda a: a[0], blocks))
+    out = jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), shapes)
 
     def one_block(b, done):
         new = fn(jax.tree_util.tree_map(lambda a: a[b], blocks))
         return jax.tree_util.tree_map(lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, b * block_lanes, 0), done, new)
 
     return jax.lax.fori_loop(0, (num_queued + block_lanes - 1) // block_lanes, one_block, out)
+
+
+def queue_start(fresh, start_params: Callable, state: Lanes, size: int, trace_len: int):
+    """The pool and the refills of :func:`iterate_queue` for a call that either starts its queue
+    afresh or continues ``state``.
+
+    ``start_params(None)`` gives the ``size`` starts' parameters (traced, used where ``fresh``);
+    a continuing call's queue is ``state`` itself, the pool's L lanes. Returns ``(pool,
+    incoming)``: the pool's first lanes (the first L starts, or ``state``) and the
+    ``incoming(slots)`` of :func:`iterate_queue` (fresh lanes of the starts at ``slots``).
+    """
+    num_lanes = state.n_iter.shape[0]
+
+    def no_starts(_):  # a continuing call queues no starts
+        return jax.tree_util.tree_map(lambda a: jnp.zeros((size,) + a.shape[1:], a.dtype), state.params)
+
+    starts = jax.lax.cond(fresh, start_params, no_starts, None)
+
+    def incoming(slots):
+        return start(take(starts, slots), state.aux, num_lanes, trace_len, state.objective.dtype)
+
+    pool = jax.lax.cond(fresh, lambda _: incoming(jnp.arange(num_lanes)), lambda _: state, None)
+    return pool, incoming
 
 
 def restart_convergence(lanes: Lanes, mask, max_iter) -> Lanes:

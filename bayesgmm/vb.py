@@ -342,21 +342,12 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
         return _iterate.start(started, state.aux, num_lanes, trace_len, xs.dtype)
 
     def queued_starts(_):  # a block of pool_lanes starts at a time, as many as are queued
-        return _iterate.in_blocks(lambda block: jax.vmap(one)(*block), (noise, seeded), pool_lanes, num_queued,
-                                  empty_starts(None))
-
-    def empty_starts(_):
-        return jax.tree_util.tree_map(lambda a: jnp.zeros((num_lanes,) + a.shape[1:], a.dtype), state.params)
+        return _iterate.in_blocks(lambda block: jax.vmap(one)(*block), (noise, seeded), pool_lanes, num_queued)
 
     if pool_lanes is None:
         lanes = jax.lax.cond(fresh, start_lanes, lambda _: state, None)
     else:
-        starts = jax.lax.cond(fresh, queued_starts, empty_starts, None)
-
-        def incoming(slots):
-            return _iterate.start(_iterate.take(starts, slots), state.aux, pool_lanes, trace_len, xs.dtype)
-
-        lanes = jax.lax.cond(fresh, lambda _: incoming(jnp.arange(pool_lanes)), lambda _: state, None)
+        lanes, incoming = _iterate.queue_start(fresh, queued_starts, state, num_lanes, trace_len)
     batch_step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
 
     def step(q, precise):  # the precise form for the whole batch when any running lane needs it
