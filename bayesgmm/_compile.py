@@ -24,6 +24,7 @@ none, ``auto`` (the default) as above.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import importlib.util
 import os
@@ -87,6 +88,8 @@ class Timed(NamedTuple):
 
 
 def _leaf_signature(leaf):
+    if isinstance(leaf, jax.ShapeDtypeStruct):  # an output of another program, not computed yet
+        return (leaf.shape, str(leaf.dtype), None)
     if isinstance(leaf, jax.Array):
         sharding = leaf.sharding if getattr(leaf, "committed", False) else None
         return (leaf.shape, str(leaf.dtype), sharding)
@@ -217,13 +220,54 @@ class CompiledProgram:
         _PROGRAMS.append(weakref.ref(self))
 
     def compile(self, *args, **static) -> float:
-        """Compile for ``args`` without running (so that several threads can then run the
-        program at once); returns the seconds it took, 0.0 when already compiled."""
+        """Compile for ``args`` (arrays, or ``jax.ShapeDtypeStruct`` for inputs not computed yet)
+        without running (so that several threads can then run the program at once); returns the
+        seconds it took, 0.0 when already compiled."""
         return self._executable(args, static)[2]
 
-    def _executable(self, args, static):
+    def compile_in_background(self, executor: concurrent.futures.Executor, *args, **static):
+        """Trace and lower for ``args`` on this thread, and leave XLA's compilation to ``executor``.
+
+        XLA compiles outside Python's lock, so this thread can meanwhile trace and compile
+        another program: :func:`bayesgmm._chains.run_chain_groups` traces and compiles the
+        samplers' chains while their starting program compiles.
+
+        Returns
+        -------
+        out_info : pytree of jax.ShapeDtypeStruct
+            The program's outputs (arguments of a program to compile next).
+        compiled : concurrent.futures.Future
+            Resolves to the seconds of tracing, lowering and compiling (0.0 when already compiled).
+        """
+        key = self._key(args, static)
+        exe = self._cache.get(key)
+        if exe is not None:
+            self._cache.move_to_end(key)
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            done.set_result(0.0)
+            return exe.out_info, done
+        start = time.perf_counter()
+        traced = self._jitted.trace(*args, **static)
+        lowered = traced.lower()
+        fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
+
+        def compile_and_keep() -> float:
+            self._keep(key, compile_lowered(lowered, fast))
+            return time.perf_counter() - start
+
+        return traced.out_info, executor.submit(compile_and_keep)
+
+    def _key(self, args, static):
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        key = (tuple(sorted(static.items())), treedef, tuple(_leaf_signature(a) for a in leaves))
+        return (tuple(sorted(static.items())), treedef, tuple(_leaf_signature(a) for a in leaves))
+
+    def _keep(self, key, exe) -> None:
+        self._cache[key] = exe
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+
+    def _executable(self, args, static):
+        key = self._key(args, static)
         compile_seconds = 0.0
         exe = self._cache.get(key)
         if exe is None:
@@ -231,9 +275,7 @@ class CompiledProgram:
             fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
             exe = compile_lowered(self._jitted.lower(*args, **static), fast)
             compile_seconds = time.perf_counter() - start
-            self._cache[key] = exe
-            while len(self._cache) > self._max_entries:
-                self._cache.popitem(last=False)
+            self._keep(key, exe)
         else:
             self._cache.move_to_end(key)
         return key, exe, compile_seconds

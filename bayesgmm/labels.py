@@ -146,7 +146,8 @@ def permute_draws(draws, permutations, covariance_type: str) -> dict:
 
 
 def align_draws(draws, pivot: GMMParams, covariance_type: str, *, cost: str = "kl"):
-    """Relabel every draw by the permutation that best matches the pivot (Hungarian algorithm).
+    """Relabel every draw by the permutation that best matches the pivot (all K! permutations
+    tried up to :data:`ENUMERATE_MAX_K`, the Hungarian algorithm above).
 
     Parameters
     ----------
@@ -169,17 +170,46 @@ def align_draws(draws, pivot: GMMParams, covariance_type: str, *, cost: str = "k
     permutations : np.ndarray of int, shape (..., K)
         ``aligned[..., k] = draws[..., permutations[..., k]]``.
     """
-    from scipy.optimize import linear_sum_assignment  # imported here: scipy.optimize costs 0.25 s at import
-
     costs = assignment_costs(draws, pivot, covariance_type, cost=cost)  # (..., j, k)
     lead, k = costs.shape[:-2], costs.shape[-1]
     flat = costs.reshape(-1, k, k)
-    perms = np.empty((flat.shape[0], k), dtype=np.int64)
-    for i, cm in enumerate(flat):  # one tiny K x K assignment per draw (~10 us each)
-        rows, cols = linear_sum_assignment(cm)
-        perms[i, cols] = rows  # pivot label cols[r] gets draw component rows[r]
+    perms = _all_permutations_best(flat) if k <= ENUMERATE_MAX_K else _hungarian_best(flat)
     perms = perms.reshape(lead + (k,))
     return permute_draws(draws, perms, covariance_type), perms
+
+
+#: Up to this K, :func:`align_draws` tries all K! permutations of every draw at once (NumPy);
+#: above it, one Hungarian assignment per draw (SciPy, whose ``scipy.optimize`` takes 0.25-0.4 s
+#: to import: a tenth of a first NUTS fit's sampling on Old Faithful).
+ENUMERATE_MAX_K = 5
+_DRAWS_PER_BLOCK = 4096
+
+
+def _all_permutations_best(costs: np.ndarray) -> np.ndarray:
+    """For every (K, K) cost matrix ``costs[i, j, k]`` (draw component j to pivot label k), the
+    permutation ``p`` minimising ``sum_k costs[i, p[k], k]``; ties go to the first permutation in
+    lexicographic order, so the identity wins a tie."""
+    import itertools
+
+    k = costs.shape[-1]
+    candidates = np.array(list(itertools.permutations(range(k))), dtype=np.int64).reshape(-1, k)  # (K!, K)
+    best = np.empty((costs.shape[0],), dtype=np.int64)
+    for lo in range(0, costs.shape[0], _DRAWS_PER_BLOCK):  # (draws, K!) totals, a block of draws at a time
+        block = costs[lo:lo + _DRAWS_PER_BLOCK]
+        totals = sum(block[:, candidates[:, label], label] for label in range(k))
+        best[lo:lo + _DRAWS_PER_BLOCK] = np.argmin(totals, axis=-1)
+    return candidates[best]
+
+
+def _hungarian_best(costs: np.ndarray) -> np.ndarray:
+    """:func:`_all_permutations_best` by one Hungarian assignment per draw (~10 us each)."""
+    from scipy.optimize import linear_sum_assignment  # imported here: scipy.optimize takes 0.25-0.4 s to import
+
+    perms = np.empty(costs.shape[:2], dtype=np.int64)
+    for i, cm in enumerate(costs):
+        rows, cols = linear_sum_assignment(cm)
+        perms[i, cols] = rows  # pivot label cols[r] gets draw component rows[r]
+    return perms
 
 
 def match_result(result, reference, *, cost: str = "kl"):

@@ -4,15 +4,17 @@ The component labels ``z`` are summed out (``marginalize=True``), so NUTS sample
 parameters (weights, means, covariances) in NumPyro's unconstrained space of the model's own
 sample sites: the potential energy is ``numpyro.infer.util.potential_energy(gmm_model, ...)``.
 
-One compiled program per shape
-------------------------------
-Everything that touches JAX runs inside one ``jax.jit``-ed program, compiled once per data shape,
-K, structure and sampler settings (later fits of same-shaped data reuse it):
+Two compiled programs per shape
+-------------------------------
+Everything that touches JAX runs inside two ``jax.jit``-ed programs, compiled once per data
+shape, K, structure and sampler settings (later fits of same-shaped data reuse them):
 
-1. a MAP start: k-means (4 seedings) and a fixed number of MAP-EM iterations (closed form, from
-   :mod:`bayesgmm._stats`), the best log posterior kept;
-2. per chain, that start mapped to the unconstrained space (``unconstrain_fn``) and jittered;
-3. NUTS warmup (step size and diagonal mass matrix adaptation) and sampling, chains ``vmap``-ed
+1. the starts (:func:`_start_program`): a MAP start, k-means (4 seedings) and a fixed number of
+   MAP-EM iterations (closed form, from :mod:`bayesgmm._stats`), the best log posterior kept;
+2. per chain, that start mapped to the unconstrained space (``unconstrain_fn``) and jittered,
+   with the model's potential energy and gradient there (a ``ParamInfo``);
+3. the chains (:func:`_chains_program`): NUTS warmup (step size and diagonal mass matrix
+   adaptation) and sampling from those starts, chains ``vmap``-ed
    (``chain_method="vectorized"``, the default on GPU and TPU), run one after another
    (``"sequential"``, the default on CPU; as many such runs of disjoint chains at once as there
    are cores, on threads, with the same draws), or spread over
@@ -21,7 +23,13 @@ K, structure and sampler settings (later fits of same-shaped data reuse it):
 4. draws mapped back to the constrained space (``constrain_fn``) and the log posterior
    ``log p(x, theta)`` of every draw.
 
-The program is compiled ahead of time (``jit(...).lower(...).compile()``), so the result's
+Why two: given the start's potential and gradient, NUTS's initialisation evaluates nothing, so
+the chains' program holds one copy of the model's gradient (the leapfrog's) where one program
+held two (XLA inlines every call), and the starts' program compiles on a second thread while the
+chains' program is traced and compiled (:func:`bayesgmm._chains.run_chain_groups`). A first fit
+on Old Faithful compiles about a second sooner on two cores.
+
+The programs are compiled ahead of time (``jit(...).lower(...).compile()``), so the result's
 ``info`` reports ``compile_seconds`` (0.0 when the program was reused) apart from
 ``run_seconds``, the time of running it.
 
@@ -92,7 +100,7 @@ class _Config(NamedTuple):
     chains_per_run: int | None = None  # "sequential": chains of one run (runs go on threads); None: all
 
 
-def _run_chains(chain_keys, z0, xs, row_mask, prior, *, config: _Config):
+def _run_chains(chain_keys, starts, xs, row_mask, prior, *, config: _Config):
     """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
     Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
@@ -106,8 +114,8 @@ def _run_chains(chain_keys, z0, xs, row_mask, prior, *, config: _Config):
         max_tree_depth=config.max_tree_depth,
     )
 
-    def one_chain(chain_key, z_init):
-        state = kernel.init(chain_key, config.num_warmup, init_params=z_init)
+    def one_chain(chain_key, start):  # start: a ParamInfo (the potential and gradient given)
+        state = kernel.init(chain_key, config.num_warmup, init_params=start)
 
         total = config.num_warmup + config.num_samples
 
@@ -130,8 +138,8 @@ def _run_chains(chain_keys, z0, xs, row_mask, prior, *, config: _Config):
         return jax.tree_util.tree_map(lambda a: a[config.num_warmup :], out) + (warmup_steps,)
 
     if config.chain_method == "sequential":
-        return jax.lax.map(lambda a: one_chain(*a), (chain_keys, z0))
-    return jax.vmap(one_chain)(chain_keys, z0)
+        return jax.lax.map(lambda a: one_chain(*a), (chain_keys, starts))
+    return jax.vmap(one_chain)(chain_keys, starts)
 
 
 def parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -> int:
@@ -165,22 +173,39 @@ def parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -
     return m
 
 
+class _StartConfig(NamedTuple):
+    """Static choices of the starting program (shared by sampler settings that differ in the rest)."""
+
+    num_components: int
+    covariance_type: str
+    num_chains: int
+    missing: bool = False
+
+
+def _split_keys(key, num_chains: int):
+    """The key of the random numbers outside the sampler and every chain's key: one split."""
+    keys = jax.random.split(key, 1 + num_chains)
+    return keys[0], keys[1:]
+
+
 @shared.without_validation
-def _program(xs, row_mask, prior, key, init_code, user_init, first_chain, *, config: _Config):
-    """The whole sampler as one traced function (see the module docstring). ``xs`` holds the
-    standardised data padded to the row bucket; ``row_mask`` marks its data rows. With
-    ``config.chains_per_run`` it runs that many chains from ``first_chain`` (a traced int) on:
-    each chain's start and key are those of the run of every chain, so runs of disjoint chains,
-    concatenated, are that run's draws."""
-    from numpyro.infer.util import constrain_fn, unconstrain_fn
+def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _StartConfig):
+    """Every chain's start (steps 1 and 2 of the module docstring), as a program of its own.
+
+    Returns the MAP pivot and a ``ParamInfo`` (unconstrained start, potential energy, gradient)
+    with a leading chain axis. NUTS starts from the potential and gradient given, so the chains'
+    program holds one copy of the model's gradient (the leapfrog's) instead of two, and the two
+    programs compile at the same time (:func:`bayesgmm._chains.run_chain_groups`). ``xs`` holds
+    the standardised data padded to the row bucket; ``row_mask`` marks its data rows.
+    """
+    from numpyro.infer.util import ParamInfo, unconstrain_fn
 
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
     args = (xs,)
-    # every random number the program draws outside NUTS comes from one uniform draw, and every
-    # chain's key from one split: each draw (a threefry loop) adds to the program's compile time
-    keys = jax.random.split(key, 1 + c)
-    key_noise, chain_keys = keys[0], keys[1:]
+    # every random number the programs draw outside NUTS comes from one uniform draw, and every
+    # chain's key from one split: each draw (a threefry loop) adds to the compile time
+    key_noise = _split_keys(key, c)[0]
     map_shape = (shared.MAP_STARTS, k, num_trials(k))
     filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
     num_map = math.prod(map_shape)
@@ -201,9 +226,27 @@ def _program(xs, row_mask, prior, key, init_code, user_init, first_chain, *, con
     jitter = _JITTER * jax.scipy.special.ndtri(jnp.clip(u_jitter, tiny, 1.0 - jnp.finfo(xs.dtype).epsneg))  # normal
     uniform = 4.0 * u_init - 2.0  # NumPyro's init_to_uniform: uniform(-2, 2)
     z0 = jax.vmap(unravel)(jnp.select([init_code == 0, init_code == 1], [flat_map + jitter, flat_user + jitter], uniform))
+    energy, grad = jax.vmap(lambda z: _potential_and_grad(z, xs, row_mask, prior, k, ct, config.missing))(z0)
+    return pivot, ParamInfo(z0, energy, grad)
+
+
+@shared.without_validation
+def _chains_program(xs, row_mask, prior, key, starts, first_chain, *, config: _Config):
+    """Warmup, sampling and the draws' log posterior (steps 3 and 4 of the module docstring) from
+    ``starts`` (:func:`_start_program`'s ``ParamInfo``). With ``config.chains_per_run`` it runs
+    that many chains from ``first_chain`` (a traced int) on: each chain's start and key are those
+    of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws."""
+    from numpyro.infer.util import constrain_fn
+
+    k, ct, c = config.num_components, config.covariance_type, config.num_chains
+    kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
+    args = (xs,)
+    chain_keys = _split_keys(key, c)[1]
     if config.chains_per_run is not None:  # this run's chains
         c = config.chains_per_run
-        z0, chain_keys = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, first_chain, c), (z0, chain_keys))
+        starts, chain_keys = jax.tree_util.tree_map(
+            lambda a: jax.lax.dynamic_slice_in_dim(a, first_chain, c), (starts, chain_keys)
+        )
     run_chains = functools.partial(_run_chains, config=config)
     if config.num_devices > 1:
         # "parallel": the chain axis sharded over a one-axis mesh of devices; each device runs
@@ -219,7 +262,7 @@ def _program(xs, row_mask, prior, key, init_code, user_init, first_chain, *, con
             out_specs=chains,
             check_vma=False,
         )
-    zs, stats, warmup_steps = run_chains(chain_keys, z0, xs, row_mask, prior)
+    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.num_samples, 1), xs.dtype)
@@ -231,7 +274,7 @@ def _program(xs, row_mask, prior, key, init_code, user_init, first_chain, *, con
         return jnp.sum(jnp.where(row_mask, rows, 0.0)) + log_prior(p, prior, ct)
 
     lp = jax.vmap(jax.vmap(log_post))(*draws)
-    return pivot, draws, stats, lp, warmup_steps
+    return draws, stats, lp, warmup_steps
 
 
 @functools.partial(jax.jit, static_argnames=("k", "covariance_type", "missing"))
@@ -266,10 +309,11 @@ def potential_fn(xs, row_mask, prior, k: int, covariance_type: str, missing: boo
     return potential
 
 
-#: The sampler, compiled ahead of time once per data shape, dtype and settings (so that the
-#: compile and run times are measured apart).
+#: The chains' starts and the sampler, each compiled ahead of time once per data shape, dtype and
+#: settings (so that the compile and run times are measured apart).
+START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows)
 PROGRAM = CompiledProgram(
-    _program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
+    _chains_program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
     memory_advice="Use fewer chains or draws, or a subsample (NUTS evaluates every row at every step).",
 )
 
@@ -441,7 +485,9 @@ def fit_mcmc(
     ticks = steps * (num_chains if run_method == "sequential" else num_devices if run_method == "parallel" else 1)
     with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
         xs_padded, row_mask = shared.pad_rows(xs)
-        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init), config, runs)
+        start = (START_PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init),
+                 _StartConfig(k, covariance_type, num_chains, config.missing))
+        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key), config, runs, start=start)
     pivot_std, draws_std, stats, lp, warmup_steps = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)

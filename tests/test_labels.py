@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from bayesgmm import labels
 from bayesgmm.labels import (
     align_draws,
     assignment_costs,
@@ -62,9 +63,10 @@ def test_alignment_recovers_the_identity_labelling(covariance_type, rng):
 
 
 @pytest.mark.parametrize("cost", ["kl", "mahalanobis"])
-def test_hungarian_matches_brute_force_over_all_permutations(cost, rng):
-    k = 4
-    pivot = _pivot("full", k=k)
+@pytest.mark.parametrize("k", [4, labels.ENUMERATE_MAX_K + 1])  # all K! tried at once; Hungarian per draw
+def test_alignment_finds_the_cheapest_of_all_permutations(cost, k, rng):
+    grid = 6.0 * np.stack([np.arange(k) % 3, np.arange(k) // 3], axis=-1)  # K means on a grid
+    pivot = GMMParams(np.full(k, 1.0 / k), grid, np.eye(2) * (1 + 0.5 * np.arange(k))[:, None, None])
     draws = {
         "weights": rng.dirichlet(np.ones(k), size=(2, 50)),
         "means": 3 + 4 * rng.standard_normal((2, 50, k, 2)),  # far from the pivot: real choices
@@ -78,6 +80,15 @@ def test_hungarian_matches_brute_force_over_all_permutations(cost, rng):
     chosen_total = costs[  # sum_k cost[j = found[k], k]
        np.arange(2)[:, None, None], np.arange(50)[None, :, None], found, np.arange(k)].sum(-1)
     np.testing.assert_allclose(chosen_total, best, rtol=1e-12)
+
+
+def test_enumeration_and_hungarian_choose_the_same_permutations(rng):
+    k = labels.ENUMERATE_MAX_K
+    costs = rng.standard_normal((300, k, k))
+    costs[:5] = 1.0  # all permutations tie: enumeration keeps the identity
+    enumerated = labels._all_permutations_best(costs)
+    np.testing.assert_array_equal(enumerated[:5], np.broadcast_to(np.arange(k), (5, k)))
+    np.testing.assert_array_equal(enumerated[5:], labels._hungarian_best(costs[5:]))
 
 
 def test_kl_cost_separates_components_with_equal_means():
