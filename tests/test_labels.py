@@ -82,13 +82,23 @@ def test_alignment_finds_the_cheapest_of_all_permutations(cost, k, rng):
     np.testing.assert_allclose(chosen_total, best, rtol=1e-12)
 
 
-def test_enumeration_and_hungarian_choose_the_same_permutations(rng):
+def test_enumeration_and_hungarian_choose_the_same_permutations(rng, monkeypatch):
     k = labels.ENUMERATE_MAX_K
-    costs = rng.standard_normal((300, k, k))
-    costs[:5] = 1.0  # all permutations tie: enumeration keeps the identity
-    enumerated = labels._all_permutations_best(costs)
-    np.testing.assert_array_equal(enumerated[:5], np.broadcast_to(np.arange(k), (5, k)))
-    np.testing.assert_array_equal(enumerated[5:], labels._hungarian_best(costs[5:]))
+    grid = 6.0 * np.stack([np.arange(k) % 3, np.arange(k) // 3], axis=-1)
+    pivot = GMMParams(np.full(k, 1.0 / k), grid, np.eye(2) * (1 + 0.5 * np.arange(k))[:, None, None])
+    draws = {
+        "weights": rng.dirichlet(np.ones(k), size=(3, 100)),
+        "means": 3 + 4 * rng.standard_normal((3, 100, k, 2)),
+        "covariances": np.broadcast_to(np.eye(2), (3, 100, k, 2, 2)) * rng.uniform(0.2, 3, (3, 100, k, 1, 1)),
+    }
+    draws["means"][0, :5] = draws["means"][0, :5, :1]  # five draws whose components are all alike ...
+    draws["covariances"][0, :5] = draws["covariances"][0, :5, :1]
+    draws["weights"][0, :5] = 1.0 / k
+    _, enumerated = align_draws(draws, pivot, "full")
+    np.testing.assert_array_equal(enumerated[0, :5], np.broadcast_to(np.arange(k), (5, k)))  # ... keep their labels
+    monkeypatch.setattr(labels, "ENUMERATE_MAX_K", 0)  # the Hungarian algorithm for every K
+    _, hungarian = align_draws(draws, pivot, "full")
+    np.testing.assert_array_equal(enumerated[:, 5:], hungarian[:, 5:])
 
 
 def test_kl_cost_separates_components_with_equal_means():

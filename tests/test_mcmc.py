@@ -386,35 +386,40 @@ def test_timing_facts(full_fits):
     assert first.info["compile_seconds"] > 0 and again.info["compile_seconds"] == 0.0
 
 
-def test_nuts_starts_from_numpyros_potential_and_gradient_and_holds_the_gradient_once(full_fits, faithful):
+def test_nuts_starts_from_numpyros_potential_and_gradient_and_holds_the_gradient_once(full_fits, faithful, monkeypatch):
     """The start program hands NUTS every chain's unconstrained start with its potential energy and
     gradient: they are NumPyro's ``potential_energy`` of the model there (evaluated here on its
     own) and its gradient, so the chains' program needs the model's gradient only in the leapfrog."""
     from numpyro.infer.util import potential_energy
 
-    k, ct = 2, "full"
-    prior = Prior.default(faithful, k)
-    std = _numpyro_common.standardise(np.asarray(faithful, float), k, ct, prior)
-    xs, row_mask = _numpyro_common.pad_rows(std.xs)
-    start_args = (xs, row_mask, std.prior_arrays, jax.random.key(3), np.int32(0),
-                  _numpyro_common.placeholder_init(k, 2, ct, std.dtype, NUM_CHAINS))
-    start_config = mcmc._StartConfig(k, ct, NUM_CHAINS)
-    timed = mcmc.START_PROGRAM(*start_args, config=start_config)
-    assert timed.compile_seconds == 0.0  # the fixture's fits compiled it
-    _, starts = timed.outputs
-    kwargs = model_kwargs(k, std.prior_arrays, ct, row_mask=row_mask)
+    from bayesgmm import _compile
+
+    programs, starts = [], []
+    compile_lowered, call = _compile.compile_lowered, type(mcmc.START_PROGRAM).__call__
+
+    def recorded(lowered, fast):
+        programs.append(lowered.as_text())
+        return compile_lowered(lowered, fast)
+
+    def spied(self, *args, **static):
+        timed = call(self, *args, **static)
+        if self is mcmc.START_PROGRAM:
+            starts.append((args, timed.outputs[1]))
+        return timed
+
+    monkeypatch.setattr(_compile, "compile_lowered", recorded)
+    monkeypatch.setattr(type(mcmc.START_PROGRAM), "__call__", spied)
+    _fit(faithful, 2, seed=3, num_warmup=10, num_samples=10)
+    assert len(programs) == 1  # the chains' program (the starts' is the fixture fits')
+    assert programs[0].count("func.func private @_potential_and_grad") == 1
+    (xs, row_mask, prior_arrays, *_), info = starts[0]
+    kwargs = model_kwargs(2, prior_arrays, "full", row_mask=row_mask)
     reference = jax.jit(jax.value_and_grad(lambda z: potential_energy(gmm_model, (xs,), kwargs, z)))
     for chain in range(NUM_CHAINS):
-        z = jax.tree_util.tree_map(lambda a, c=chain: a[c], starts.z)
-        energy, grad = reference(z)
-        np.testing.assert_allclose(starts.potential_energy[chain], energy, rtol=1e-5)
+        energy, grad = reference(jax.tree_util.tree_map(lambda a, c=chain: a[c], info.z))
+        np.testing.assert_allclose(info.potential_energy[chain], energy, rtol=1e-5)
         for site in grad:
-            np.testing.assert_allclose(starts.z_grad[site][chain], grad[site], rtol=1e-4, atol=1e-3)
-    config = full_fits["map"][0].info  # the chains' program of the fixture's fits
-    chains_config = mcmc._Config(k, ct, NUM_WARMUP, NUM_SAMPLES, NUM_CHAINS, config["chain_method"], 0.8, 10, 1, False)
-    hlo = jax.jit(mcmc._chains_program, static_argnames="config").lower(
-        xs, row_mask, std.prior_arrays, jax.random.key(3), starts, np.int32(0), config=chains_config).as_text()
-    assert hlo.count("func.func private @_potential_and_grad") == 1
+            np.testing.assert_allclose(info.z_grad[site][chain], grad[site], rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.slow  # fast variant: tests/test_gibbs.py's progress-bar test
