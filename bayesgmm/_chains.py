@@ -66,41 +66,40 @@ def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:
     return max(r for r in range(1, min(num_chains, usable_cores()) + 1) if num_chains % r == 0)
 
 
-def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, start=None) -> Timed:
-    """``program(*args, first_chain, config=config)`` for every chain: with ``runs > 1`` compiled
-    once, then run for ``runs`` disjoint sets of ``config.chains_per_run`` chains on as many
-    threads at once (XLA runs a program outside Python's lock). The program's first output (the
-    MAP pivot) is the same in every run; the others have the chain axis first and are joined
-    along it, so the result is that of one run of every chain, bit for bit.
+def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, start: tuple) -> Timed:
+    """Compile and run a sampler's two programs: its starts, then its chains.
 
-    ``start``: ``(start_program, start_args, start_config)``, a program that computes the MAP
-    pivot and the chains' starts, which ``program`` takes after ``args``. It is traced first and
-    compiled on a second thread while ``program`` is traced and compiled on this one (on two cores
-    a first NUTS fit compiles about a second sooner), then run once; ``program``'s outputs are
-    then the chains' only, and the pivot comes first in the result as before."""
-    run_seconds = 0.0
-    if start is None:
-        compile_seconds = program.compile(*args, np.int32(0), config=config)
-    else:
-        start_program, start_args, start_config = start
-        began = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-            out_info, start_compiled = start_program.compile_in_background(compiler, *start_args, config=start_config)
-            chains_compiled = program.compile(*args, *out_info[1:], np.int32(0), config=config)
-            compiled = start_compiled.result() or chains_compiled
-        compile_seconds = time.perf_counter() - began if compiled else 0.0
-        started = start_program(*start_args, config=start_config)
-        pivot, *starts = started.outputs
-        args, run_seconds = (*args, *starts), started.run_seconds
+    ``start = (start_program, start_args, start_config)``: a program returning the MAP pivot and
+    then the chains' starts, the arguments ``program`` takes after ``args``. It is traced first and
+    compiled on a second thread while ``program`` is traced and compiled on this one (XLA compiles
+    outside Python's lock: on two cores a first NUTS fit compiles about a second sooner), then run
+    once. ``program(*args, *starts, first_chain, config=config)`` then runs every chain: with
+    ``runs > 1`` for ``runs`` disjoint sets of ``config.chains_per_run`` chains on as many threads
+    at once, its outputs (chain axis first) joined along the chains, so that the result is that of
+    one run of every chain, bit for bit.
+
+    Returns
+    -------
+    Timed
+        ``(pivot, *program's outputs)``; ``compile_seconds`` is the wall time of compiling both
+        (0.0 when both were compiled before), ``run_seconds`` that of running them.
+    """
+    start_program, start_args, start_config = start
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(1) as compiler:
+        out_info, start_compiled = start_program.compile_in_background(compiler, *start_args, config=start_config)
+        chains_compiled = program.compile(*args, *out_info[1:], np.int32(0), config=config)
+        compiled = start_compiled.result() or chains_compiled
+    compile_seconds = time.perf_counter() - began if compiled else 0.0
+    started = start_program(*start_args, config=start_config)
+    pivot, *starts = started.outputs
     m = config.chains_per_run if runs > 1 else 0
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(runs) as pool:
-        parts = list(pool.map(lambda r: program(*args, np.int32(r * m), config=config).outputs, range(runs)))
-    if start is None:  # the program's first output: the pivot, the same in every run
-        pivot, parts = parts[0][0], [p[1:] for p in parts]
+        parts = list(pool.map(lambda r: program(*args, *starts, np.int32(r * m), config=config).outputs, range(runs)))
     chains = parts[0] if runs == 1 else jax.tree_util.tree_map(
         lambda *a: np.concatenate([np.asarray(b) for b in a]), *parts)
-    return Timed((pivot, *chains), compile_seconds, run_seconds + time.perf_counter() - began)
+    return Timed((pivot, *chains), compile_seconds, started.run_seconds + time.perf_counter() - began)
 
 
 def chain_starts(init, k: int, d: int, num_chains: int, covariance_type: str, shift, sd, dtype) -> GMMParams:

@@ -21,11 +21,12 @@ The stationary distribution is the model's posterior, the one NUTS samples with 
 (:mod:`bayesgmm.mcmc`); the tests compare the two, check the K = 1 case against the closed-form
 posterior, and run simulation-based calibration.
 
-One compiled program per row bucket (the data padded with rows of weight 0, as EM and VB do, so
-a new N in the bucket reuses it; the samplers' buckets are
+Two compiled programs per row bucket (the data padded with rows of weight 0, as EM and VB do, so
+a new N in the bucket reuses them; the samplers' buckets are
 :func:`bayesgmm._sharding.sampler_row_bucket`), D, K, structure and sampler settings: the MAP
-start (k-means and MAP-EM, as NUTS), then every chain's sweeps as one ``lax.scan`` over a pure step function,
-the chains ``vmap``-ed; on a machine with several cores, disjoint sets of chains run on as many
+start (k-means and MAP-EM, as NUTS) with the chains' starts, and every chain's sweeps as one
+``lax.scan`` over a pure step function, the chains ``vmap``-ed. As for NUTS, the starts' program
+compiles on a second thread while the chains' program is traced and compiled; on a machine with several cores, disjoint sets of chains run on as many
 threads at once (:func:`bayesgmm._chains.run_chain_groups`, the same draws bit for bit). Each
 sweep evaluates the mixture density once: the component log densities that give the next labels
 also give this draw's ``log p(x, theta)``. Afterwards, in
@@ -306,18 +307,35 @@ class _Config(NamedTuple):
     chains_per_run: int | None = None  # chains of one run (runs go on threads, _chains.run_chain_groups); None: all
 
 
+class _StartConfig(NamedTuple):
+    """Static choices of the starting program (shared by sampler settings that differ in the rest)."""
+
+    num_components: int
+    covariance_type: str
+
+
 @shared.without_validation
-def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, first_chain, *, config: _Config):
-    """The sampler: MAP pivot, then every chain's sweeps (``vmap``-ed); with
-    ``config.chains_per_run`` only the chains from ``first_chain`` (traced) on, with the starts and
-    keys of the run of every chain."""
-    k, ct, c = config.num_components, config.covariance_type, config.num_chains
-    total = config.num_warmup + config.num_samples
-    key_map, key_chains = jax.random.split(key)
+def _start_program(xs, row_weight, prior, key, use_user_init, user_init, *, config: _StartConfig):
+    """The MAP pivot and every chain's start (the user's, or the pivot): a program of its own, which
+    compiles on a second thread while the chains' program is traced and compiled
+    (:func:`bayesgmm._chains.run_chain_groups`)."""
+    k, ct = config.num_components, config.covariance_type
+    key_map = jax.random.split(key)[0]
     pivot = shared.map_start(shared.map_start_noise(key_map, k, xs.dtype), xs, prior, k, ct, row_weight)
     starts = jax.tree_util.tree_map(
         lambda p, u: jnp.where(use_user_init, u, jnp.broadcast_to(p, u.shape)), pivot, user_init
     )
+    return pivot, starts
+
+
+@shared.without_validation
+def _chains_program(xs, row_weight, prior, key, observed, starts, first_chain, *, config: _Config):
+    """Every chain's sweeps (``vmap``-ed) from ``starts`` (:func:`_start_program`'s); with
+    ``config.chains_per_run`` only the chains from ``first_chain`` (traced) on, with the starts and
+    keys of the run of every chain."""
+    k, ct, c = config.num_components, config.covariance_type, config.num_chains
+    total = config.num_warmup + config.num_samples
+    key_chains = jax.random.split(key)[1]
 
     def one_chain(chain_key, params0):
         def step(state, inputs):
@@ -335,13 +353,13 @@ def _program(xs, row_weight, prior, key, use_user_init, user_init, observed, fir
     if config.chains_per_run is not None:  # this run's chains
         starts, chain_keys = jax.tree_util.tree_map(
             lambda a: jax.lax.dynamic_slice_in_dim(a, first_chain, config.chains_per_run), (starts, chain_keys))
-    draws, lp, nonempty = jax.vmap(one_chain)(chain_keys, starts)
-    return pivot, draws, lp, nonempty
+    return jax.vmap(one_chain)(chain_keys, starts)
 
 
-#: The sampler, compiled ahead of time once per data shape, dtype and settings.
+#: The starts and the sampler, each compiled ahead of time once per data shape, dtype and settings.
+START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",))
 PROGRAM = CompiledProgram(
-    _program, static_argnames=("config",), fast_compile=False,  # sampling runs faster with XLA's default emitters
+    _chains_program, static_argnames=("config",), fast_compile=False,  # sampling runs faster with XLA's default emitters
     memory_advice="Use fewer chains or draws, or a subsample (every sweep evaluates every row).",
 )
 
@@ -451,8 +469,10 @@ def fit_gibbs(
         xs, row_weight = shard_rows(RowSharding(None, n, sampler_row_bucket(n, coarse=True)), std.xs, None)
         row_weight = np.ones(n, xs.dtype) if row_weight is None else row_weight  # one program with or without padding
         observed = pad_observed(observed, xs.shape[0])
-        timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, seed_to_key(seed),
-                                           np.bool_(not isinstance(init, str)), user_init, observed), config, runs)
+        key = seed_to_key(seed)
+        start = (START_PROGRAM, (xs, row_weight, std.prior_arrays, key, np.bool_(not isinstance(init, str)), user_init),
+                 _StartConfig(k, covariance_type))
+        timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, key, observed), config, runs, start=start)
     pivot_std, draws_std, lp, nonempty = timed.outputs
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)
