@@ -25,12 +25,13 @@ Two compiled programs per row bucket (the data padded with rows of weight 0, as 
 a new N in the bucket reuses them; the samplers' buckets are
 :func:`bayesgmm._sharding.sampler_row_bucket`), D, K, structure and sampler settings: the MAP
 start (k-means and MAP-EM, as NUTS) with the chains' starts, and every chain's sweeps as one
-``lax.scan`` over a pure step function, the chains ``vmap``-ed. As for NUTS, the starts' program
-compiles on a second thread while the chains' program is traced and compiled; on a machine with several cores, disjoint sets of chains run on as many
-threads at once (:func:`bayesgmm._chains.run_chain_groups`, the same draws bit for bit). Each
-sweep evaluates the mixture density once: the component log densities that give the next labels
-also give this draw's ``log p(x, theta)``. Afterwards, in
-NumPy: back to the original scale, relabelling to the MAP pivot
+``lax.scan`` over a pure step function, the chains ``vmap``-ed. As for NUTS, the starts'
+program compiles on a second thread while the chains' program is traced and compiled (a first fit
+on Old Faithful takes about a second less); on a machine with several cores, disjoint sets of
+chains run on as many threads at once (:func:`bayesgmm._chains.run_chain_groups`, the same draws
+bit for bit). Each sweep evaluates the mixture density once: the component log densities that
+give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in NumPy: back to the
+original scale, relabelling to the MAP pivot
 (:func:`bayesgmm.labels.align_draws`) and R-hat/ESS.
 
 Precision: float32 unless ``jax_enable_x64`` is on and ``x`` is float64; results are NumPy
