@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from . import _numerics
-from ._compile import CompiledProgram, Timed
+from ._compile import CompiledProgram, Timed, compile_together
 from ._numpyro_common import standard_init
 from ._threads import usable_cores
 from .labels import align_draws
@@ -70,13 +70,12 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
     """Compile and run a sampler's two programs: its starts, then its chains.
 
     ``start = (start_program, start_args, start_config)``: a program returning the MAP pivot and
-    then the chains' starts, the arguments ``program`` takes after ``args``. It is traced first and
-    compiled on a second thread while ``program`` is traced and compiled on this one (XLA compiles
-    outside Python's lock: on two cores a first NUTS fit compiles about a second sooner), then run
-    once. ``program(*args, *starts, first_chain, config=config)`` then runs every chain: with
-    ``runs > 1`` for ``runs`` disjoint sets of ``config.chains_per_run`` chains on as many threads
-    at once, its outputs (chain axis first) joined along the chains, so that the result is that of
-    one run of every chain, bit for bit.
+    then the chains' starts, the arguments ``program`` takes after ``args``. The two compile at
+    once (:func:`bayesgmm._compile.compile_together`); the starts' program then runs once, and
+    ``program(*args, *starts, first_chain, config=config)`` runs every chain: with ``runs > 1``
+    for ``runs`` disjoint sets of ``config.chains_per_run`` chains on as many threads at once, its
+    outputs (chain axis first) joined along the chains, so that the result is that of one run of
+    every chain, bit for bit.
 
     Returns
     -------
@@ -85,12 +84,8 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
         (0.0 when both were compiled before), ``run_seconds`` that of running them.
     """
     start_program, start_args, start_config = start
-    began = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-        out_info, start_compiled = start_program.compile_in_background(compiler, *start_args, config=start_config)
-        chains_compiled = program.compile(*args, *out_info[1:], np.int32(0), config=config)
-        compiled = start_compiled.result() or chains_compiled
-    compile_seconds = time.perf_counter() - began if compiled else 0.0
+    compile_seconds = compile_together(start_program, start_args, {"config": start_config}, program,
+                                       lambda outputs: (*args, *outputs[1:], np.int32(0)), {"config": config})
     started = start_program(*start_args, config=start_config)
     pivot, *starts = started.outputs
     m = config.chains_per_run if runs > 1 else 0

@@ -229,8 +229,7 @@ class CompiledProgram:
         """Trace and lower for ``args`` on this thread, and leave XLA's compilation to ``executor``.
 
         XLA compiles outside Python's lock, so this thread can meanwhile trace and compile
-        another program: :func:`bayesgmm._chains.run_chain_groups` traces and compiles the
-        samplers' chains while their starting program compiles.
+        another program (:func:`compile_together`).
 
         Returns
         -------
@@ -312,6 +311,29 @@ class CompiledProgram:
         """Drop every compiled executable of this program."""
         self._cache.clear()
         self._memory.clear()
+
+
+def compile_together(first: CompiledProgram, first_args: tuple, first_static: dict, second: CompiledProgram,
+                     second_args: Callable[[Any], tuple], second_static: dict) -> float:
+    """Compile two programs at once, the second taking the first's outputs.
+
+    ``first`` is traced and lowered on this thread, then compiled on a second one while ``second``
+    is traced and compiled here for the arguments ``second_args(outputs)``, where ``outputs`` are
+    ``first``'s outputs as ``jax.ShapeDtypeStruct`` (XLA compiles outside Python's lock). The
+    samplers and SVI compile their starting program (the MAP start) this way beside their main
+    one: on two cores a first NUTS fit on Old Faithful compiles about a second sooner.
+
+    Returns
+    -------
+    float
+        The wall seconds, 0.0 when both programs were compiled before.
+    """
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(1) as compiler:
+        out_info, first_compiled = first.compile_in_background(compiler, *first_args, **first_static)
+        second_compiled = second.compile(*second_args(out_info), **second_static)
+        compiled = first_compiled.result() or second_compiled
+    return time.perf_counter() - began if compiled else 0.0
 
 
 def clear_caches() -> None:

@@ -76,7 +76,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
+from ._compile import CompiledProgram, compile_together, progress, small_rows, tick_every, tick_interval
 from .labels import align_draws
 from .model import gmm_model, model_kwargs
 from .params import (
@@ -160,19 +160,34 @@ def _make_guide(spec, init_loc_fn):
     return spec
 
 
+class _StartConfig(NamedTuple):
+    """Static choices of the MAP start's program (shared by SVI settings that differ in the rest)."""
+
+    num_components: int
+    covariance_type: str
+    missing: bool
+
+
 @shared.without_validation
-def _program(xs, row_mask, prior, key, learning_rate, user_init, *, config: _Config):
-    """MAP start, SVI, guide draws and final ELBO estimate: one function (jitted by the caller).
+def _start_program(xs, row_mask, prior, key, *, config: _StartConfig):
+    """The MAP start (:func:`bayesgmm._numpyro_common.map_start`), a program of its own that
+    compiles on a second thread while :func:`_program` is traced and compiled
+    (:func:`bayesgmm._compile.compile_together`)."""
+    key_start = jax.random.split(key, 4)[0]
+    filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
+    return shared.map_start(shared.map_start_noise(key_start, config.num_components, filled.dtype), filled, prior,
+                            config.num_components, config.covariance_type, row_weight=row_mask)
+
+
+@shared.without_validation
+def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config):
+    """SVI from ``start`` (the MAP start or the user's), guide draws and final ELBO estimate: one
+    function (jitted by the caller).
 
     Without minibatches ``xs`` is padded to its row bucket and ``row_mask`` marks the data rows
     (the padding is masked out of the model); with them ``row_mask`` is None."""
     k, cov_type = config.num_components, config.covariance_type
-    key_start, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
-    filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
-    start = shared.map_start(shared.map_start_noise(key_start, k, filled.dtype), filled, prior, k, cov_type,
-                             row_weight=row_mask)
-    if config.init_mode == "user":
-        start = user_init
+    _, key_svi, key_draws, key_elbo = jax.random.split(key, 4)
     if config.init_mode == "uniform":
         init_loc_fn = init_to_uniform
     else:
@@ -219,7 +234,9 @@ def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
     return svi.get_params(state), losses
 
 
-#: The SVI program, compiled ahead of time once per data shape, dtype and (hashable) settings.
+#: The MAP start and the SVI program, compiled ahead of time once per data shape, dtype and
+#: (hashable) settings.
+START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows)
 PROGRAM = CompiledProgram(
     _program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
     memory_advice="Use minibatches (subsample_size=...), or a subsample of the rows.",
@@ -446,15 +463,26 @@ def fit_svi(
     # full batches: padded to the row bucket, so a new N in the bucket reuses the program (a
     # minibatch plate draws its indices from all N rows, so minibatched data are not padded)
     xs, row_mask = shared.pad_rows(xs) if subsample_size is None else (xs, None)
-    args = (xs, row_mask, prior_arrays, key, lr, user_init)
+    args = (xs, row_mask, prior_arrays, key, lr)
+    program, static = PROGRAM, {"config": config}
+    if not cacheable:  # an unhashable guide or optimizer: compiled for this call only
+        program, static = CompiledProgram(functools.partial(_program, config=config), static_argnames=(),
+                                          fast_compile=False), {}
 
     with progress("svi", num_steps, enabled=bool(progress_bar), desc=f"SVI {num_steps} steps"):
-        if cacheable:
-            timed = PROGRAM(*args, config=config)
-        else:  # an unhashable guide or optimizer: compiled for this call only
-            timed = CompiledProgram(functools.partial(_program, config=config), static_argnames=(), fast_compile=False)(*args)
+        compile_seconds = run_seconds = 0.0
+        if init_mode == "user":
+            start = user_init
+        else:  # the MAP start's program compiles beside the SVI program, then runs
+            start_args, start_static = (xs, row_mask, prior_arrays, key), {"config": _StartConfig(k, covariance_type,
+                                                                                                  config.missing)}
+            compile_seconds = compile_together(START_PROGRAM, start_args, start_static, program,
+                                               lambda outputs: (*args, outputs), static)
+            started = START_PROGRAM(*start_args, **start_static)
+            start, run_seconds = started.outputs, started.run_seconds
+        timed = program(*args, start, **static)
     start_std, median_std, draws_std, elbo_std, elbo_final = timed.outputs
-    compile_seconds, run_seconds = timed.compile_seconds, timed.run_seconds
+    compile_seconds, run_seconds = compile_seconds + timed.compile_seconds, run_seconds + timed.run_seconds
 
     # ---- back to the original scale (NumPy float64)
     ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
