@@ -91,9 +91,11 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
     m = config.chains_per_run if runs > 1 else 0
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(runs) as pool:
-        parts = list(pool.map(lambda r: program(*args, *starts, np.int32(r * m), config=config).outputs, range(runs)))
+        timed = list(pool.map(lambda r: program(*args, *starts, np.int32(r * m), config=config), range(runs)))
+    parts = [t.outputs for t in timed]
     chains = parts[0] if runs == 1 else jax.tree_util.tree_map(
         lambda *a: np.concatenate([np.asarray(b) for b in a]), *parts)
+    compile_seconds += started.compile_seconds + max(t.compile_seconds for t in timed)  # 0.0 unless the shapes differed
     return Timed((pivot, *chains), compile_seconds, started.run_seconds + time.perf_counter() - began)
 
 

@@ -119,3 +119,23 @@ def test_both_compile_modes_give_the_same_fit(monkeypatch):
     assert a.n_iter == b.n_iter
     assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-12)
     np.testing.assert_allclose(a.means, b.means, rtol=1e-9)
+
+
+def test_compile_together_compiles_both_once_and_their_runs_reuse_them(monkeypatch):
+    """The second program is compiled for the first's outputs as shapes; running it on the
+    computed outputs then finds that executable (no compilation at run time), and a second
+    ``compile_together`` compiles nothing."""
+    compiled = []
+    compile_lowered = _compile.compile_lowered
+    monkeypatch.setattr(_compile, "compile_lowered", lambda lowered, fast: compiled.append(1) or compile_lowered(lowered, fast))
+    first = _compile.CompiledProgram(lambda x, *, scale: {"y": x * scale, "n": x.sum()}, static_argnames=("scale",))
+    second = _compile.CompiledProgram(lambda x, outputs, *, power: outputs["y"] ** power + outputs["n"] - x,
+                                      static_argnames=("power",))
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    seconds = _compile.compile_together(first, (x,), {"scale": 2.0}, second, lambda out: (x, out), {"power": 2})
+    assert seconds > 0 and len(compiled) == 2
+    outputs = first(x, scale=2.0)
+    result = second(x, outputs.outputs, power=2)
+    assert outputs.compile_seconds == result.compile_seconds == 0.0 and len(compiled) == 2
+    np.testing.assert_allclose(result.outputs, (2 * x) ** 2 + x.sum() - x)
+    assert _compile.compile_together(first, (x,), {"scale": 2.0}, second, lambda out: (x, out), {"power": 2}) == 0.0
