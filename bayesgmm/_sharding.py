@@ -161,8 +161,10 @@ def sampler_row_bucket(num_rows: int, *, coarse: bool = False) -> int:
 
     NUTS and SVI evaluate every row at each of thousands of gradient steps, so padding costs
     them in proportion and their buckets are fine; a Gibbs sweep is cheap beside compiling its
-    program, so it takes the coarse buckets. Below the small bucket a step's cost hardly depends
-    on the rows.
+    program, so it takes the coarse buckets. Below the small bucket a step's cost grows less than
+    the rows, but it does grow: NUTS on Old Faithful (272 rows) samples 4 x 2000 steps in 1.1-1.4 s
+    unpadded and 1.5-2.1 s padded to 511 (3fc0faf, load 1.6-2). One program for every small N is
+    the trade: a second small data set of another size then compiles nothing.
 
     Parameters
     ----------
