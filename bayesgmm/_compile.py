@@ -97,6 +97,13 @@ def _leaf_signature(leaf):
     return (arr.shape, str(arr.dtype), None)
 
 
+def _shapes_only(out_info):
+    """Outputs' shapes and dtypes without the devices they were placed on: a compiled program's
+    ``out_info`` names its device, and a program compiled for it would be tied to that device
+    (NUTS's chains spread over several devices take the starts' program's outputs)."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type), out_info)
+
+
 #: XLA options of a ``fast_compile`` program on the CPU: the classic elemental emitters.
 FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 #: NUTS and full-batch SVI compile fast on data of at most this many (padded) rows.
@@ -244,7 +251,7 @@ class CompiledProgram:
             self._cache.move_to_end(key)
             done: concurrent.futures.Future = concurrent.futures.Future()
             done.set_result(0.0)
-            return exe.out_info, done
+            return _shapes_only(exe.out_info), done
         start = time.perf_counter()
         traced = self._jitted.trace(*args, **static)
         lowered = traced.lower()
@@ -254,7 +261,7 @@ class CompiledProgram:
             self._keep(key, compile_lowered(lowered, fast))
             return time.perf_counter() - start
 
-        return traced.out_info, executor.submit(compile_and_keep)
+        return _shapes_only(traced.out_info), executor.submit(compile_and_keep)
 
     def _key(self, args, static):
         leaves, treedef = jax.tree_util.tree_flatten(args)

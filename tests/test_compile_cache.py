@@ -4,6 +4,7 @@ programs an earlier one compiled, with identical results; the environment variab
 
 Each check runs in a fresh interpreter, where the import-time setting happens."""
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -139,3 +140,8 @@ def test_compile_together_compiles_both_once_and_their_runs_reuse_them(monkeypat
     assert outputs.compile_seconds == result.compile_seconds == 0.0 and len(compiled) == 2
     np.testing.assert_allclose(result.outputs, (2 * x) ** 2 + x.sum() - x)
     assert _compile.compile_together(first, (x,), {"scale": 2.0}, second, lambda out: (x, out), {"power": 2}) == 0.0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # compiled before: the shapes come from the executable
+        out_info, done = first.compile_in_background(pool, x, scale=2.0)
+        assert done.result() == 0.0
+    # ... without its device, so that a program compiled for them may run on other devices
+    assert [(a.shape, a.sharding) for a in jax.tree_util.tree_leaves(out_info)] == [((), None), ((2, 3), None)]
