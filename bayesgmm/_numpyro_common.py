@@ -233,10 +233,17 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
     def e_step(params):
         return _stats.e_step(z, _stats.natural_params(params, covariance_type))
 
+    def m_then_e(i, carry):  # one copy of each step in the program: the loop starts from the k-means labels
+        params = m_step(carry[0])
+        return *e_step(params), params
+
     def one(u):
-        params = m_step(jax.nn.one_hot(kmeans_labels(u, xs, k, sample_weight=w), k, dtype=xs.dtype, axis=0))
-        params = jax.lax.fori_loop(0, MAP_ITERS, lambda i, p: m_step(e_step(p)[0]), params)
-        per_row = e_step(params)[1]
+        resp = jax.nn.one_hot(kmeans_labels(u, xs, k, sample_weight=w), k, dtype=xs.dtype, axis=0)
+        shapes = jax.eval_shape(lambda r: m_then_e(0, (r, None, None)), resp)
+        # M, then MAP_ITERS times (E, M), then E: the objective is that of the last parameters
+        _, per_row, params = jax.lax.fori_loop(
+            0, MAP_ITERS + 1, m_then_e, (resp,) + tuple(jax.tree_util.tree_map(
+                lambda a: jnp.zeros(a.shape, a.dtype), shapes[1:])))
         obj = jnp.sum(per_row if w is None else w * per_row) + log_prior(params, prior_map, covariance_type)
         return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
 

@@ -22,7 +22,7 @@ import bayesgmm as bg
 from bayesgmm import _numerics, _numpyro_common, mcmc
 from bayesgmm.diagnostics import ess_bulk
 from bayesgmm.model import gmm_model, log_prior, model_kwargs
-from bayesgmm.params import ConvergenceWarning, GMMParams, Prior, log_jacobians, params_to_standard
+from bayesgmm.params import ConvergenceWarning, GMMParams, Prior, log_jacobians, params_to_original, params_to_standard
 
 NUM_WARMUP, NUM_SAMPLES, NUM_CHAINS = 300, 1000, 4
 SETTINGS = dict(num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS)
@@ -200,6 +200,26 @@ def test_nuts_log_density_is_the_em_objective(covariance_type, faithful, map_fit
 # --------------------------------------------------------------------------------------------
 # 2. Label switching
 # --------------------------------------------------------------------------------------------
+def test_the_map_start_is_the_map_em_optimum_and_holds_one_e_step(faithful, map_fit):
+    """The MAP start (k-means, then M, (E, M) x MAP_ITERS, E in one loop) reaches the MAP that
+    fit_em finds with the same prior, and its program holds one E-step (the loop starts from the
+    k-means labels, so the steps are not written out again before and after it)."""
+    from bayesgmm.kmeans import num_trials
+
+    k, ct = 2, "full"
+    std = _numpyro_common.standardise(np.asarray(faithful, float), k, ct, Prior.default(faithful, k))
+    u = np.random.default_rng(0).random((_numpyro_common.MAP_STARTS, k, num_trials(k))).astype(std.xs.dtype)
+    start = jax.jit(lambda u, xs, prior: _numpyro_common.map_start(u, xs, prior, k, ct))
+    pivot = GMMParams(*(np.asarray(a, np.float64) for a in start(u, std.xs, std.prior_arrays)))
+    found = params_to_original(pivot, std.shift, std.sd, ct)
+    order, ref = np.argsort(found.means[:, 0]), np.argsort(map_fit.means[:, 0])
+    np.testing.assert_allclose(found.weights[order], map_fit.weights[ref], rtol=1e-3)
+    np.testing.assert_allclose(found.means[order], map_fit.means[ref], rtol=1e-3)
+    np.testing.assert_allclose(found.covariances[order], map_fit.covariances[ref], rtol=2e-3)
+    hlo = start.lower(u, std.xs, std.prior_arrays).as_text()
+    assert hlo.count("potrf_ffi") == 2  # LAPACK Cholesky: the E-step's factors and the log prior's
+
+
 def test_label_switching_is_undone_by_alignment(full_fits):
     az = bg.diagnostics.import_arviz()
 
