@@ -153,32 +153,39 @@ def row_bucket(num_rows: int, small_buckets: tuple = SMALL_BUCKETS) -> int:
 #: two cores; up to 7x beside other busy processes).
 SAMPLER_SMALL_BUCKET = 511
 
+#: NUTS's and full-batch SVI's buckets of small data: up to 320 rows (the classic small data sets:
+#: Old Faithful's 272 rows and subsets of it, iris, the galaxies), then up to
+#: :data:`SAMPLER_SMALL_BUCKET`.
+SAMPLER_FINE_BUCKETS = (320, SAMPLER_SMALL_BUCKET)
+
 
 def sampler_row_bucket(num_rows: int, *, coarse: bool = False) -> int:
-    """Rows a sampler's compiled program is built for: every N up to
-    :data:`SAMPLER_SMALL_BUCKET` shares one program; above it, :func:`row_bucket`'s 8 buckets per
-    octave (at most 12.5% padding), or with ``coarse`` first one bucket up to 2048 rows (as EM).
+    """Rows a sampler's compiled program is built for: :data:`SAMPLER_FINE_BUCKETS` (every N up
+    to 320 rows shares one program, every N of 321 to 511 rows another); above them,
+    :func:`row_bucket`'s 8 buckets per octave (at most 12.5% padding). With ``coarse``, every N up
+    to :data:`SAMPLER_SMALL_BUCKET` shares one program, then one bucket up to 2048 rows (as EM).
 
     NUTS and SVI evaluate every row at each of thousands of gradient steps, so padding costs
     them in proportion and their buckets are fine; a Gibbs sweep is cheap beside compiling its
-    program, so it takes the coarse buckets. Below the small bucket a step's cost grows less than
-    the rows, but it does grow: NUTS on Old Faithful (272 rows) samples 4 x 2000 steps in 1.1-1.4 s
-    unpadded and 1.5-2.1 s padded to 511 (3fc0faf, load 1.6-2). One program for every small N is
-    the trade: a second small data set of another size then compiles nothing.
+    program, so it takes the coarse buckets. NUTS on Old Faithful (272 rows, K=2, 4 x 2000
+    steps) samples in 1.0-1.2 s padded to 320 rows and in 1.35-1.9 s padded to 511; on its first
+    150 rows the bucket of 320 takes 0.96-1.4 s against 1.2-1.9 s at 511 (three warm fits per
+    setting, two rounds). The price of the second bucket is one more program for studies whose
+    sizes straddle 320 rows.
 
     Parameters
     ----------
     num_rows : int
         N, the data's rows.
     coarse : bool
-        One bucket for 512 to 2048 rows.
+        Gibbs's buckets: one up to 511 rows, one up to 2048.
 
     Returns
     -------
     int
         The padded row count (at least ``num_rows``).
     """
-    return row_bucket(num_rows, (SAMPLER_SMALL_BUCKET, 2048) if coarse else (SAMPLER_SMALL_BUCKET,))
+    return row_bucket(num_rows, (SAMPLER_SMALL_BUCKET, 2048) if coarse else SAMPLER_FINE_BUCKETS)
 
 
 def resolve(devices, num_rows: int) -> RowSharding:

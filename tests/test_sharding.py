@@ -129,17 +129,17 @@ def test_too_many_devices_is_a_clear_error(sharded_results):
 
 
 def test_row_buckets_hold_the_rows_with_bounded_padding():
-    """Every N maps to a bucket that holds it; EM's small buckets are 512 and 2048 rows, the
-    samplers' 511 (NUTS and SVI then 8 per octave, Gibbs 2048 first); above the small buckets the
+    """Every N maps to a bucket that holds it; EM's small buckets are 512 and 2048 rows, NUTS's and
+    SVI's 320 and 511 (then 8 per octave), Gibbs's 511 and 2048; above the small buckets the
     padding is at most 1/8 of N; above 2^20 rows nothing is padded."""
     from bayesgmm._sharding import MAX_BUCKETED, row_bucket, sampler_row_bucket
 
-    sizes = list(range(1, 5000, 7)) + [511, 512, 2047, 2048, 2049, 10**5, MAX_BUCKETED, MAX_BUCKETED + 3]
+    sizes = list(range(1, 5000, 7)) + [320, 321, 511, 512, 2047, 2048, 2049, 10**5, MAX_BUCKETED, MAX_BUCKETED + 3]
     for n in sizes:
         em, fine, coarse = row_bucket(n), sampler_row_bucket(n), sampler_row_bucket(n, coarse=True)
         assert min(em, fine, coarse) >= n
         assert em == (512 if n <= 512 else 2048 if n <= 2048 else em)
-        assert fine == 511 if n <= 511 else fine - n < n / 8
+        assert fine == 320 if n <= 320 else fine == 511 if n <= 511 else fine - n < n / 8
         assert coarse == (511 if n <= 511 else 2048 if n <= 2048 else fine)
         if n > 2048:
             assert em == fine and em - n < n / 8
