@@ -36,6 +36,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
+from . import _program_store
+
 
 class InsufficientMemoryError(ValueError, MemoryError):
     """A compiled program needs more memory than the device has free (checked before it runs,
@@ -218,6 +220,7 @@ class CompiledProgram:
     def __init__(self, fn: Callable, static_argnames: tuple[str, ...], *, max_entries: int = 16,
                  fast_compile: bool | Callable[..., bool] = True, memory_advice: str | None = None):
         self._jitted = jax.jit(fn, static_argnames=static_argnames)
+        self._stored_name = _program_store.storable(fn)
         self._fast_compile = fast_compile
         self._memory_advice = memory_advice
         self._memory: dict = {}
@@ -246,26 +249,52 @@ class CompiledProgram:
             Resolves to the seconds of tracing, lowering and compiling (0.0 when already compiled).
         """
         key = self._key(args, static)
+        start = time.perf_counter()
+        seconds = 0.0
         exe = self._cache.get(key)
         if exe is not None:
             self._cache.move_to_end(key)
-            done: concurrent.futures.Future = concurrent.futures.Future()
-            done.set_result(0.0)
-            return _shapes_only(exe.out_info), done
-        start = time.perf_counter()
-        traced = self._jitted.trace(*args, **static)
-        lowered = traced.lower()
-        fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
+        else:
+            fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
+            stored = self._stored_signature(key, fast)
+            exe = _program_store.load(stored) if stored is not None else None
+            if exe is None:
+                traced = self._jitted.trace(*args, **static)
+                lowered = traced.lower()
 
-        def compile_and_keep() -> float:
-            self._keep(key, compile_lowered(lowered, fast))
-            return time.perf_counter() - start
+                def compile_and_keep() -> float:
+                    compiled = self._compile_and_store(lowered, fast, stored, start)
+                    self._keep(key, compiled)
+                    return time.perf_counter() - start
 
-        return _shapes_only(traced.out_info), executor.submit(compile_and_keep)
+                return _shapes_only(traced.out_info), executor.submit(compile_and_keep)
+            self._keep(key, exe)
+            seconds = time.perf_counter() - start
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        done.set_result(seconds)
+        return _shapes_only(exe.out_info), done
 
     def _key(self, args, static):
         leaves, treedef = jax.tree_util.tree_flatten(args)
         return (tuple(sorted(static.items())), treedef, tuple(_leaf_signature(a) for a in leaves))
+
+    def _stored_signature(self, key, fast: bool) -> str | None:
+        """What the program is filed under in :mod:`bayesgmm._program_store` (None: not stored)."""
+        if self._stored_name is None or _program_store.folder() is None:
+            return None
+        static, treedef, leaves = key
+        return _program_store.signature(self._stored_name, dict(static), treedef, leaves, compiler_options(fast))
+
+    @staticmethod
+    def _compile_and_store(lowered, fast: bool, stored: str | None, start: float):
+        """XLA's executable, kept in the program store when it was compiled here (not taken
+        from JAX's cache) and took at least :data:`CACHE_MIN_COMPILE_SECONDS`."""
+        hits = _program_store.jax_cache_hits() if stored is not None else 0
+        exe = compile_lowered(lowered, fast)
+        if (stored is not None and time.perf_counter() - start >= CACHE_MIN_COMPILE_SECONDS
+                and _program_store.jax_cache_hits() == hits):
+            _program_store.save(stored, exe)
+        return exe
 
     def _keep(self, key, exe) -> None:
         self._cache[key] = exe
@@ -279,7 +308,10 @@ class CompiledProgram:
         if exe is None:
             start = time.perf_counter()
             fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
-            exe = compile_lowered(self._jitted.lower(*args, **static), fast)
+            stored = self._stored_signature(key, fast)
+            exe = _program_store.load(stored) if stored is not None else None
+            if exe is None:
+                exe = self._compile_and_store(self._jitted.lower(*args, **static), fast, stored, start)
             compile_seconds = time.perf_counter() - start
             self._keep(key, exe)
         else:

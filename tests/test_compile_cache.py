@@ -18,32 +18,100 @@ import bayesgmm as bg
 from bayesgmm import _compile
 
 FIT = """
-import json, jax, jax.monitoring
+import json, sys, jax, jax.monitoring
 jax.config.update("jax_enable_x64", True)
-events = []
+events, traced = [], []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, seconds, **kw: traced.append(kw.get("fun_name")) if name == "/jax/core/compile/jaxpr_trace_duration" else None)
 import bayesgmm as bg
+from bayesgmm import _program_store
+_program_store.ENABLED = sys.argv[1] == "store"
 x = bg.datasets.load_faithful()
 r = bg.fit_em(x, 2, n_init=2, seed=0)
-print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, "loglik": r.log_likelihood.hex(),
+print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, "loglik": r.log_likelihood.hex(), "traced": traced,
                   "hits": events.count("/jax/compilation_cache/cache_hits")}))
 """
 
 
-def _run(code, **env):
+def _run(code, *args, **env):
     full = {k: v for k, v in os.environ.items() if k not in ("BAYESGMM_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
     full.update(env)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=True)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_a_second_process_reuses_the_first_ones_programs(tmp_path):
+    """Without the program store, JAX's cache serves the EM program (after tracing it again);
+    with it, a second process loads the program without tracing it. Every fit equals the first,
+    bit for bit. A program JAX's cache served is not stored (it would load without its code)."""
     folder = tmp_path / "cache"
-    first = _run(FIT, BAYESGMM_COMPILE_CACHE=str(folder))
-    assert first["dir"] == str(folder) and any(folder.iterdir())
-    second = _run(FIT, BAYESGMM_COMPILE_CACHE=str(folder))
-    assert second["hits"] >= 1  # the EM program came from the cache
-    assert second["loglik"] == first["loglik"]  # bit for bit
+    first = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert first["dir"] == str(folder) and any(folder.iterdir()) and "_run" in first["traced"]
+    second = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert second["hits"] >= 1 and "_run" in second["traced"]  # the EM program came from JAX's cache
+    served = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert served["hits"] >= 1 and not (folder / "programs").exists()
+
+    other = tmp_path / "other"
+    third = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(other))  # compiled here, so stored
+    assert "_run" in third["traced"] and len(list((other / "programs").glob("*.bin"))) == 1
+    fourth = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(other))
+    assert "_run" not in fourth["traced"] and fourth["hits"] == 0  # loaded, neither traced nor looked up
+    assert first["loglik"] == second["loglik"] == served["loglik"] == third["loglik"] == fourth["loglik"]
+
+
+def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, monkeypatch):
+    """A stored program is loaded by a new :class:`CompiledProgram` (no compilation, the same
+    outputs bit for bit), also through ``compile_in_background``; a damaged file is ignored and
+    the program compiled again; lambdas, closures and partials are never stored, nor calls with
+    static arguments that are not plain values or arguments placed on a device."""
+    import functools
+
+    from bayesgmm import _program_store, _stats
+
+    compiled = []
+    compile_lowered = _compile.compile_lowered
+    monkeypatch.setattr(_compile, "compile_lowered", lambda lowered, fast: compiled.append(1) or compile_lowered(lowered, fast))
+    monkeypatch.setattr(_compile, "CACHE_MIN_COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(_program_store, "ENABLED", True)
+    before = jax.config.jax_compilation_cache_dir
+    x = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
+
+    def fresh():
+        return _compile.CompiledProgram(_stats.suff_features, static_argnames=("covariance_type",))
+
+    try:
+        bg.set_compilation_cache(tmp_path / "cache")
+        expected = fresh()(x, covariance_type="full").outputs
+        assert len(compiled) == 1
+        (stored,) = (tmp_path / "cache" / "programs").glob("*.bin")
+        loaded = fresh()(x, covariance_type="full")
+        assert len(compiled) == 1 and loaded.compile_seconds > 0
+        np.testing.assert_array_equal(loaded.outputs, expected)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            out_info, done = fresh().compile_in_background(pool, x, covariance_type="full")
+            assert done.result() > 0 and len(compiled) == 1
+        assert (out_info.shape, out_info.dtype) == (expected.shape, expected.dtype)
+
+        stored.write_bytes(b"not a program")
+        np.testing.assert_array_equal(fresh()(x, covariance_type="full").outputs, expected)
+        assert len(compiled) == 2  # compiled again, and stored again
+        assert fresh()(x, covariance_type="full").compile_seconds > 0 and len(compiled) == 2
+
+        assert _program_store.storable(_stats.suff_features) == "bayesgmm._stats.suff_features"
+        assert _program_store.storable(lambda a: a) is None
+        assert _program_store.storable(functools.partial(_stats.suff_features, covariance_type="full")) is None
+        assert _program_store.storable(_compile.jit) == "bayesgmm._compile.jit"
+        assert _program_store.storable(fresh) is None  # a function of the tests
+        leaves = (((7, 3), "float32", None),)
+        assert _program_store.signature("p", {"config": ("full", 2, None, 1.5)}, "T", leaves, None) is not None
+        assert _program_store.signature("p", {"config": object()}, "T", leaves, None) is None
+        assert _program_store.signature("p", {}, "T", (((7, 3), "float32", "a sharding"),), None) is None
+        bg.set_compilation_cache(None)  # off with the persistent cache
+        assert _program_store.folder() is None
+    finally:
+        bg.set_compilation_cache(before)
 
 
 def test_on_by_default_in_the_users_cache_folder_and_off_on_request(tmp_path):

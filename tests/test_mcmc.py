@@ -412,7 +412,7 @@ def test_nuts_starts_from_numpyros_potential_and_gradient_and_holds_the_gradient
     own) and its gradient, so the chains' program needs the model's gradient only in the leapfrog."""
     from numpyro.infer.util import potential_energy
 
-    from bayesgmm import _compile
+    from bayesgmm import _compile, _program_store
 
     programs, starts = [], []
     compile_lowered, call = _compile.compile_lowered, type(mcmc.START_PROGRAM).__call__
@@ -428,6 +428,7 @@ def test_nuts_starts_from_numpyros_potential_and_gradient_and_holds_the_gradient
         return timed
 
     monkeypatch.setattr(_compile, "compile_lowered", recorded)
+    monkeypatch.setattr(_program_store, "ENABLED", False)  # compiled here, not loaded from an earlier run
     monkeypatch.setattr(type(mcmc.START_PROGRAM), "__call__", spied)
     _fit(faithful, 2, seed=3, num_warmup=10, num_samples=10)
     assert len(programs) == 1  # the chains' program (the starts' is the fixture fits')

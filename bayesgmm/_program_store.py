@@ -1,0 +1,245 @@
+"""Compiled programs on disk, found by the signature known before tracing.
+
+JAX's persistent compilation cache (on by default, :func:`bayesgmm._compile.configure_default_cache`)
+keys an executable by its lowered program, so a new process must still trace and lower each
+program to find it there: 1.3-1.6 s of a first NUTS fit on Old Faithful in a process whose
+cache is warm. This store keys the serialized executable by what
+:class:`bayesgmm._compile.CompiledProgram` knows *before* tracing: the program (its module and
+name), its static arguments, the arguments' tree, shapes and dtypes, the XLA options, and a
+fingerprint of everything else that shapes the program (the package's own source, the versions
+of Python, NumPy, JAX, jaxlib and NumPyro, JAX's tracing configuration, ``XLA_FLAGS``, the
+devices and the CPU). A process that finds its program here loads it without tracing.
+
+What is stored, and when:
+
+* only the package's own programs: module-level functions of ``bayesgmm`` without closures
+  (:func:`storable`), whose behaviour the source digest covers; static arguments made of plain
+  values (numbers, strings, None and tuples of them, such as the engines' configuration
+  records), whose ``repr`` says everything about them;
+* only programs XLA compiled in this process (not those JAX's cache served: see
+  :func:`jax_cache_hits`), on one CPU device, whose arguments are not placed on a device, and
+  without host callbacks (progress bars); sharded programs, ``jax.distributed`` runs and
+  accelerators compile as before;
+* only while the persistent cache is on (``jax_compilation_cache_dir`` set): the store is the
+  folder's ``programs`` sub-folder, so the cache's switches (``BAYESGMM_COMPILE_CACHE=0``,
+  :func:`bayesgmm.set_compilation_cache`) turn it off too; it keeps the most recently used
+  programs, :data:`MAX_BYTES` of them.
+
+A file that cannot be read, or was written for another signature, is ignored (and the program
+compiled again). Like JAX's cache, the folder is trusted: a file in it is code this process runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import inspect
+import os
+import pathlib
+import pickle
+import platform
+import sys
+import tempfile
+import threading
+
+import jax
+import jax.monitoring
+import numpy as np
+
+#: Version of the files' layout; files of another version are ignored.
+FORMAT = 1
+#: Sub-folder of the persistent compilation cache's folder.
+SUBDIR = "programs"
+#: Bytes kept (a program takes 0.2-2 MB); the least recently used beyond it are removed.
+MAX_BYTES = 2**29
+#: Tests that inspect what XLA compiles turn the store off.
+ENABLED = True
+
+
+def storable(fn) -> str | None:
+    """The stored name of a program's function (``module.qualname``), or None when it is not one
+    the store may hold: a lambda, a closure, a ``functools.partial`` or a function outside the
+    package (their behaviour is not covered by the package's source digest)."""
+    inner = inspect.unwrap(fn)
+    module = getattr(inner, "__module__", "") or ""
+    if not inspect.isfunction(inner) or inner.__closure__ is not None or not module.startswith("bayesgmm."):
+        return None
+    if "<" in inner.__qualname__:  # <lambda>, <locals>
+        return None
+    return f"{module}.{inner.__qualname__}"
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+        return True
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def folder() -> pathlib.Path | None:
+    """The store's folder, or None when it is off (also off the CPU, tested there only, and with
+    another default device than JAX's first)."""
+    base = jax.config.jax_compilation_cache_dir
+    if not ENABLED or not base or jax.default_backend() != "cpu" or jax.config.jax_default_device is not None:
+        return None
+    return pathlib.Path(base) / SUBDIR
+
+
+@functools.lru_cache(maxsize=1)
+def _prepare_runtime() -> None:
+    """What lowering would have set up before a program runs: jaxlib loads its LAPACK kernels
+    when it lowers the first linear-algebra operation, and a loaded program calling them before
+    that crashes the process."""
+    from jax._src.lib import lapack
+
+    lapack._lapack.initialize()
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+@functools.lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """What besides the signature shapes a program, as one digest (computed once per process)."""
+    package = pathlib.Path(__file__).parent
+    source = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        source.update(path.relative_to(package).as_posix().encode())
+        source.update(path.read_bytes())
+    try:
+        from jax._src.config import trace_context
+
+        tracing = tuple(v for v in trace_context() if _plain(v) or isinstance(v, enum.Enum))
+    except Exception:  # noqa: BLE001 (a JAX without it: the public switches that change tracing)
+        tracing = (jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)
+    numpyro = sys.modules.get("numpyro")
+    parts = (
+        source.hexdigest(), sys.version_info[:2], np.__version__, jax.__version__,
+        _jaxlib_version(),
+        getattr(numpyro, "__version__", None), repr(tracing), os.environ.get("XLA_FLAGS", ""),
+        tuple((d.platform, d.device_kind) for d in jax.devices()), jax.process_count(), platform.machine(), _cpu(),
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _jaxlib_version() -> str:
+    import jaxlib
+
+    return getattr(getattr(jaxlib, "version", None), "__version__", "?")
+
+
+def signature(name: str, static: dict, treedef, leaves: tuple, options) -> str | None:
+    """The text a stored program is filed under, or None when the call is not storable (static
+    arguments that are not plain values, or arguments placed on devices)."""
+    if not all(_plain(v) for v in static.values()):
+        return None
+    if any(sharding is not None for *_, sharding in leaves):
+        return None
+    shapes = tuple((tuple(shape), dtype) for shape, dtype, _ in leaves)
+    return repr((FORMAT, name, tuple(sorted(static.items())), str(treedef), shapes, options, fingerprint()))
+
+
+def _path(where: pathlib.Path, text: str) -> pathlib.Path:
+    return where / f"{hashlib.sha256(text.encode()).hexdigest()}.bin"
+
+
+def load(text: str):
+    """The executable stored under ``text`` (a ``jax.stages.Compiled``), or None."""
+    where = folder()
+    if where is None:
+        return None
+    path = _path(where, text)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        from jax.experimental import serialize_executable
+
+        layout, stored_text, payload, in_tree, out_tree = pickle.loads(data)
+        if layout != FORMAT or stored_text != text:
+            return None
+        _prepare_runtime()
+        # the programs stored run on one device: the default one (JAX's own choice is every device)
+        executable = serialize_executable.deserialize_and_load(payload, in_tree, out_tree,
+                                                               execution_devices=jax.devices()[:1])
+    except Exception:  # noqa: BLE001 (a damaged or foreign file: compile instead)
+        return None
+    try:
+        os.utime(path)  # most recently used
+    except OSError:
+        pass
+    return executable
+
+
+_THIS_THREAD = threading.local()
+_LISTENING: list = []
+
+
+def _count_cache_hit(name: str, **kwargs) -> None:
+    if name == "/jax/compilation_cache/cache_hits":
+        _THIS_THREAD.hits = getattr(_THIS_THREAD, "hits", 0) + 1
+
+
+def jax_cache_hits() -> int:
+    """How many programs this thread has so far taken from JAX's persistent cache. An executable
+    loaded from there cannot be serialised again whole (its code would be missing in the process
+    that loads it), so :func:`save` is only given programs XLA compiled in this process."""
+    if not _LISTENING:
+        _LISTENING.append(jax.monitoring.register_event_listener(_count_cache_hit))
+    return getattr(_THIS_THREAD, "hits", 0)
+
+
+def _portable(executable) -> bool:
+    """Whether a program may be stored: on one device, and without host callbacks (a progress
+    bar's ticks), whose addresses in the compiling process would be meaningless in another."""
+    try:
+        shardings = jax.tree_util.tree_leaves((executable.input_shardings, executable.output_shardings))
+        if len({device for s in shardings for device in s.device_set}) > 1:
+            return False
+        return "callback" not in executable.as_text()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def save(text: str, executable) -> bool:
+    """Store ``executable`` under ``text`` (atomically; nothing on any error). Returns whether it did."""
+    where = folder()
+    if where is None or not _portable(executable):
+        return False
+    try:
+        from jax.experimental import serialize_executable
+
+        payload, in_tree, out_tree = serialize_executable.serialize(executable)
+        data = pickle.dumps((FORMAT, text, payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL)
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as tmp:
+            tmp.write(data)
+        try:
+            os.replace(tmp.name, _path(where, text))
+        finally:
+            pathlib.Path(tmp.name).unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 (a program XLA cannot serialise, a full or read-only disk)
+        return False
+    _evict(where)
+    return True
+
+
+def _evict(where: pathlib.Path) -> None:
+    try:
+        files = sorted(((p.stat(), p) for p in where.glob("*.bin")), key=lambda f: f[0].st_mtime, reverse=True)
+        kept = 0
+        for stat, path in files:  # newest first
+            kept += stat.st_size
+            if kept > MAX_BYTES:
+                path.unlink(missing_ok=True)
+    except OSError:
+        pass
