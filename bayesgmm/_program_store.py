@@ -205,7 +205,9 @@ def _portable(executable) -> bool:
         shardings = jax.tree_util.tree_leaves((executable.input_shardings, executable.output_shardings))
         if len({device for s in shardings for device in s.device_set}) > 1:
             return False
-        return "callback" not in executable.as_text()
+        unloaded = getattr(executable._executable, "_unloaded_executable", None)  # what serialize() stores
+        callbacks = getattr(unloaded, "host_callbacks", None)
+        return not callbacks if callbacks is not None else "callback" not in executable.as_text()
     except Exception:  # noqa: BLE001
         return False
 

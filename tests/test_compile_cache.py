@@ -65,7 +65,8 @@ def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, m
     """A stored program is loaded by a new :class:`CompiledProgram` (no compilation, the same
     outputs bit for bit), also through ``compile_in_background``; a damaged file is ignored and
     the program compiled again; lambdas, closures and partials are never stored, nor calls with
-    static arguments that are not plain values or arguments placed on a device."""
+    static arguments that are not plain values or arguments placed on a device, nor programs
+    with host callbacks (a progress bar's)."""
     import functools
 
     from bayesgmm import _program_store, _stats
@@ -108,6 +109,8 @@ def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, m
         assert _program_store.signature("p", {"config": ("full", 2, None, 1.5)}, "T", leaves, None) is not None
         assert _program_store.signature("p", {"config": object()}, "T", leaves, None) is None
         assert _program_store.signature("p", {}, "T", (((7, 3), "float32", "a sharding"),), None) is None
+        ticking = jax.jit(lambda a: jax.debug.callback(lambda v: None, a) or a * 2).lower(x).compile()
+        assert not _program_store.save("a progress bar's program", ticking)  # its callback lives in this process
         bg.set_compilation_cache(None)  # off with the persistent cache
         assert _program_store.folder() is None
     finally:
