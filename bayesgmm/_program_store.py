@@ -79,10 +79,11 @@ def _plain(value) -> bool:
 
 
 def folder() -> pathlib.Path | None:
-    """The store's folder, or None when it is off (also off the CPU, tested there only, and with
-    another default device than JAX's first)."""
+    """The store's folder, or None when it is off (also off the CPU, tested there only, with
+    another default device than JAX's first, and in ``jax.distributed`` runs)."""
     base = jax.config.jax_compilation_cache_dir
-    if not ENABLED or not base or jax.default_backend() != "cpu" or jax.config.jax_default_device is not None:
+    if (not ENABLED or not base or jax.default_backend() != "cpu" or jax.config.jax_default_device is not None
+            or jax.process_count() > 1):
         return None
     return pathlib.Path(base) / SUBDIR
 
