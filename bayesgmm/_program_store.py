@@ -59,15 +59,31 @@ ENABLED = True
 
 def storable(fn) -> str | None:
     """The stored name of a program's function (``module.qualname``), or None when it is not one
-    the store may hold: a lambda, a closure, a ``functools.partial`` or a function outside the
-    package (their behaviour is not covered by the package's source digest)."""
-    inner = inspect.unwrap(fn)
-    module = getattr(inner, "__module__", "") or ""
-    if not inspect.isfunction(inner) or inner.__closure__ is not None or not module.startswith("bayesgmm."):
+    the store may hold. It must be the package's own code (:func:`_package_code`): a lambda, a
+    ``functools.partial``, a function defined elsewhere (even one dressed as a package function
+    by ``functools.wraps``), or a closure over anything but package functions and modules reads
+    state that the package's source digest does not cover."""
+    if not _package_code(fn):
         return None
-    if "<" in inner.__qualname__:  # <lambda>, <locals>
-        return None
-    return f"{module}.{inner.__qualname__}"
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+
+
+def _package_code(fn, depth: int = 0) -> bool:
+    """Whether ``fn`` is a function whose code is in the package's files, not a lambda, and whose
+    closure holds only modules and such functions (a decorator's wrapper)."""
+    code = getattr(fn, "__code__", None)
+    if not inspect.isfunction(fn) or code is None or code.co_name == "<lambda>" or depth > 2:
+        return False
+    try:
+        if not pathlib.Path(code.co_filename).resolve().is_relative_to(_PACKAGE):
+            return False
+    except (OSError, ValueError):
+        return False
+    return all(inspect.ismodule(c.cell_contents) or _package_code(c.cell_contents, depth + 1)
+               for c in fn.__closure__ or ())
 
 
 def _plain(value) -> bool:

@@ -105,6 +105,11 @@ def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, m
         assert _program_store.storable(functools.partial(_stats.suff_features, covariance_type="full")) is None
         assert _program_store.storable(_compile.jit) == "bayesgmm._compile.jit"
         assert _program_store.storable(fresh) is None  # a function of the tests
+        dressed = functools.wraps(_stats.suff_features)(lambda *a, **k: _stats.suff_features(*a, **k))
+        assert dressed.__qualname__ == "suff_features" and _program_store.storable(dressed) is None
+        from bayesgmm import mcmc
+
+        assert mcmc.START_PROGRAM._stored_name == "bayesgmm.mcmc._start_program"  # through its decorator's wrapper
         leaves = (((7, 3), "float32", None),)
         assert _program_store.signature("p", {"config": ("full", 2, None, 1.5)}, "T", leaves, None) is not None
         assert _program_store.signature("p", {"config": object()}, "T", leaves, None) is None
