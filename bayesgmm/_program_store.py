@@ -42,16 +42,17 @@ import platform
 import sys
 import tempfile
 import threading
+import zlib
 
 import jax
 import jax.monitoring
 import numpy as np
 
 #: Version of the files' layout; files of another version are ignored.
-FORMAT = 1
+FORMAT = 2
 #: Sub-folder of the persistent compilation cache's folder.
 SUBDIR = "programs"
-#: Bytes kept (a program takes 0.2-2 MB); the least recently used beyond it are removed.
+#: Bytes kept (a program takes up to about 0.8 MB compressed); the least recently used beyond it are removed.
 MAX_BYTES = 2**29
 #: Tests that inspect what XLA compiles turn the store off.
 ENABLED = True
@@ -181,7 +182,7 @@ def load(text: str):
     try:
         from jax.experimental import serialize_executable
 
-        layout, stored_text, payload, in_tree, out_tree = pickle.loads(data)
+        layout, stored_text, payload, in_tree, out_tree = pickle.loads(zlib.decompress(data))
         if layout != FORMAT or stored_text != text:
             return None
         _prepare_runtime()
@@ -238,7 +239,8 @@ def save(text: str, executable) -> bool:
         from jax.experimental import serialize_executable
 
         payload, in_tree, out_tree = serialize_executable.serialize(executable)
-        data = pickle.dumps((FORMAT, text, payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL)
+        # zlib at level 1: a fifth of the size, for about 15 ms per program (7 ms to read)
+        data = zlib.compress(pickle.dumps((FORMAT, text, payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL), 1)
         where.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as tmp:
             tmp.write(data)
