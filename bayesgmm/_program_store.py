@@ -26,7 +26,10 @@ What is stored, and when:
   programs, :data:`MAX_BYTES` of them.
 
 A file that cannot be read, or was written for another signature, is ignored (and the program
-compiled again). Like JAX's cache, the folder is trusted: a file in it is code this process runs.
+compiled again). Module constants the programs read while they are traced count as source: a
+process that changes one at run time (a test's ``monkeypatch``) must turn the store off
+(:data:`ENABLED`), or it loads the program traced with the constant as written. Like JAX's
+cache, the folder is trusted: a file in it is code this process runs.
 """
 
 from __future__ import annotations
