@@ -255,9 +255,7 @@ class CompiledProgram:
         if exe is not None:
             self._cache.move_to_end(key)
         else:
-            fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
-            stored = self._stored_signature(key, fast)
-            exe = _program_store.load(stored) if stored is not None else None
+            fast, stored, exe = self._from_store(key, args)
             if exe is None:
                 traced = self._jitted.trace(*args, **static)
                 lowered = traced.lower()
@@ -278,12 +276,16 @@ class CompiledProgram:
         leaves, treedef = jax.tree_util.tree_flatten(args)
         return (tuple(sorted(static.items())), treedef, tuple(_leaf_signature(a) for a in leaves))
 
-    def _stored_signature(self, key, fast: bool) -> str | None:
-        """What the program is filed under in :mod:`bayesgmm._program_store` (None: not stored)."""
+    def _from_store(self, key, args):
+        """For a signature not compiled in this process: ``(fast, stored, executable)``, whether
+        it compiles with :func:`compiler_options`, what it is filed under in
+        :mod:`bayesgmm._program_store` (None: not stored), and the executable found there (or None)."""
+        fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
         if self._stored_name is None or _program_store.folder() is None:
-            return None
+            return fast, None, None
         static, treedef, leaves = key
-        return _program_store.signature(self._stored_name, dict(static), treedef, leaves, compiler_options(fast))
+        stored = _program_store.signature(self._stored_name, dict(static), treedef, leaves, compiler_options(fast))
+        return fast, stored, _program_store.load(stored) if stored is not None else None
 
     @staticmethod
     def _compile_and_store(lowered, fast: bool, stored: str | None, start: float):
@@ -307,9 +309,7 @@ class CompiledProgram:
         exe = self._cache.get(key)
         if exe is None:
             start = time.perf_counter()
-            fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
-            stored = self._stored_signature(key, fast)
-            exe = _program_store.load(stored) if stored is not None else None
+            fast, stored, exe = self._from_store(key, args)
             if exe is None:
                 exe = self._compile_and_store(self._jitted.lower(*args, **static), fast, stored, start)
             compile_seconds = time.perf_counter() - start
@@ -377,7 +377,8 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
 
 def clear_caches() -> None:
     """Drop every compiled program: bayesgmm's ahead-of-time caches and JAX's own
-    (``jax.clear_caches``). The next fit of each shape compiles again. Long-running processes
+    (``jax.clear_caches``). The next fit of each shape compiles again (or loads the program from
+    :mod:`bayesgmm._program_store`, as a new process would). Long-running processes
     that fit very many different shapes can call it to release the compiled code."""
     for ref in list(_PROGRAMS):
         program = ref()

@@ -12,8 +12,9 @@ devices and the CPU). A process that finds its program here loads it without tra
 
 What is stored, and when:
 
-* only the package's own programs: module-level functions of ``bayesgmm`` without closures
-  (:func:`storable`), whose behaviour the source digest covers; static arguments made of plain
+* only the package's own programs: functions whose code is in the package's files, not lambdas,
+  closing over nothing but package functions and modules (:func:`storable`: a decorator's
+  wrapper qualifies), whose behaviour the source digest covers; static arguments made of plain
   values (numbers, strings, None and tuples of them, such as the engines' configuration
   records), whose ``repr`` says everything about them;
 * only programs XLA compiled in this process (not those JAX's cache served: see
@@ -130,10 +131,9 @@ def _cpu() -> str:
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> str:
     """What besides the signature shapes a program, as one digest (computed once per process)."""
-    package = pathlib.Path(__file__).parent
     source = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        source.update(path.relative_to(package).as_posix().encode())
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        source.update(path.relative_to(_PACKAGE).as_posix().encode())
         source.update(path.read_bytes())
     try:
         from jax._src.config import trace_context

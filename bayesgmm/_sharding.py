@@ -146,11 +146,12 @@ def row_bucket(num_rows: int, small_buckets: tuple = SMALL_BUCKETS) -> int:
     return -(-n // step) * step
 
 
-#: The samplers' (NUTS, SVI, Gibbs) bucket of small data: every fit of up to this many rows runs
-#: one program. Not 512: at 512 rows XLA:CPU splits the per-row loops of the gradient over its
-#: threads, and a sampler's thousands of small sequential steps then wait on the threads at each
-#: step (Old Faithful, K=2: 150-200 us per leapfrog step at 272-511 rows, 490 us at 512 rows on
-#: two cores; up to 7x beside other busy processes).
+#: The samplers' (NUTS, SVI, Gibbs) largest bucket of small data: every Gibbs fit of up to this
+#: many rows runs one program (NUTS and SVI split it at 320 rows, :data:`SAMPLER_FINE_BUCKETS`).
+#: Not 512: at 512 rows XLA:CPU splits the per-row loops of the gradient over its threads, and a
+#: sampler's thousands of small sequential steps then wait on the threads at each step (Old
+#: Faithful, K=2: 150-200 us per leapfrog step at 272-511 rows, 490 us at 512 rows on two cores;
+#: up to 7x beside other busy processes).
 SAMPLER_SMALL_BUCKET = 511
 
 #: NUTS's and full-batch SVI's buckets of small data: up to 320 rows (the classic small data sets:
