@@ -16,9 +16,13 @@ EM and VB programs but takes 35-45% longer to compile than its classic ones. Pro
 the samplers (NUTS, SVI, Gibbs), whose draws run 8-25% faster with the new ones, keep XLA's
 default, except NUTS and full-batch SVI on at most :data:`SAMPLER_FAST_COMPILE_ROWS` (padded)
 rows, where the compile time saved (about 4 s of a first NUTS fit on Old Faithful) outweighs the
-slower steps (0.2 s of its 4 chains x 2000 draws). ``$BAYESGMM_COMPILE_MODE`` overrides the
-choice: ``fast-compile`` for every program (short scripts, the test suite), ``fast-run`` for
-none, ``auto`` (the default) as above.
+slower steps (0.2 s of its 4 chains x 2000 draws). The programs that run once per fit, the
+samplers' and SVI's starts (the MAP start, the chains' first potential and gradient), compile on
+such data with ``fast_compile=FASTEST`` (:func:`small_rows_once`): LLVM does not optimise their
+code either, which halves their compile time (1.9 s to 0.85 s on Old Faithful) for a run of
+milliseconds. ``$BAYESGMM_COMPILE_MODE`` overrides the choice: ``fast-compile`` for every program
+(short scripts, the test suite; the starts keep ``FASTEST``), ``fast-run`` for none, ``auto``
+(the default) as above.
 """
 
 from __future__ import annotations
@@ -108,6 +112,11 @@ def _shapes_only(out_info):
 
 #: XLA options of a ``fast_compile`` program on the CPU: the classic elemental emitters.
 FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#: ``fast_compile`` value of a program that runs once per fit: :data:`FASTEST_COMPILE_OPTIONS`.
+FASTEST = 2
+#: XLA options of a ``fast_compile=FASTEST`` program on the CPU: also no LLVM optimisation (code
+#: about 4.5 times slower, compiled in about half the time).
+FASTEST_COMPILE_OPTIONS = {**FAST_COMPILE_OPTIONS, "xla_backend_optimization_level": 0}
 #: NUTS and full-batch SVI compile fast on data of at most this many (padded) rows.
 SAMPLER_FAST_COMPILE_ROWS = 511
 
@@ -118,6 +127,13 @@ def small_rows(xs, *args) -> bool:
     return xs.shape[-2] <= SAMPLER_FAST_COMPILE_ROWS
 
 
+def small_rows_once(xs, *args) -> bool | int:
+    """``fast_compile`` of the samplers' starts (programs that run once per fit):
+    :data:`FASTEST` on data of at most :data:`SAMPLER_FAST_COMPILE_ROWS` rows, where their run
+    takes milliseconds even unoptimised; XLA's defaults above."""
+    return FASTEST if small_rows(xs) else False
+
+
 #: Environment variable choosing which programs compile with :data:`FAST_COMPILE_OPTIONS`.
 COMPILE_MODE_ENV = "BAYESGMM_COMPILE_MODE"
 COMPILE_MODES = ("auto", "fast-compile", "fast-run")
@@ -125,22 +141,23 @@ COMPILE_MODES = ("auto", "fast-compile", "fast-run")
 _OPTIONS_UNSUPPORTED = False
 
 
-def compiler_options(fast_compile: bool) -> dict | None:
-    """The XLA compile options for a program (None: XLA's defaults); see the module docstring."""
+def compiler_options(fast_compile: bool | int) -> dict | None:
+    """The XLA compile options for a program (None: XLA's defaults); see the module docstring.
+    ``fast_compile``: False, True or :data:`FASTEST`."""
     mode = os.environ.get(COMPILE_MODE_ENV, "auto").strip().lower() or "auto"
     if mode not in COMPILE_MODES:
         raise ValueError(f"{COMPILE_MODE_ENV}={mode!r} is not a compile mode; use one of {', '.join(COMPILE_MODES)}.")
     wanted = mode == "fast-compile" or (mode == "auto" and fast_compile)
     if not wanted or _OPTIONS_UNSUPPORTED or jax.default_backend() != "cpu":
         return None
-    return dict(FAST_COMPILE_OPTIONS)
+    return dict(FASTEST_COMPILE_OPTIONS if fast_compile == FASTEST else FAST_COMPILE_OPTIONS)
 
 
 def _unknown_option(err: Exception) -> bool:
     return "No such compile option" in str(err)
 
 
-def compile_lowered(lowered, fast_compile: bool):
+def compile_lowered(lowered, fast_compile: bool | int):
     """``lowered.compile()`` with :func:`compiler_options`; an XLA without them compiles as usual."""
     global _OPTIONS_UNSUPPORTED
     options = compiler_options(fast_compile)
@@ -206,20 +223,27 @@ class CompiledProgram:
     static_argnames : tuple of str
     max_entries : int
         Executables kept (least recently used dropped first).
-    fast_compile : bool or callable
+    fast_compile : bool, FASTEST or callable
         Compile with :func:`compiler_options` (see the module docstring): for programs whose
-        run time does not suffer from it. A callable decides per signature from the traced
-        arguments (e.g. by the number of rows).
+        run time does not suffer from it (:data:`FASTEST`: that run once per fit, on small
+        data). A callable decides per signature from the traced arguments (e.g. by the number
+        of rows).
     memory_advice : str or None
         With it, every call first compares the program's memory (:func:`program_memory`) with
         what the device has free (:func:`available_memory`) and, when it does not fit, raises
         :class:`InsufficientMemoryError` ending with this advice, instead of letting XLA die with
         ``RESOURCE_EXHAUSTED`` (or the host swap) mid-run.
+    out_shapes : callable or None
+        ``out_shapes(*args, **static)``: the outputs' ``jax.ShapeDtypeStruct`` found without
+        tracing ``fn`` (which may take half a second), so that a program taking them can be
+        traced and compiled first (:func:`compile_together`).
     """
 
     def __init__(self, fn: Callable, static_argnames: tuple[str, ...], *, max_entries: int = 16,
-                 fast_compile: bool | Callable[..., bool] = True, memory_advice: str | None = None):
+                 fast_compile: bool | int | Callable[..., bool | int] = True, memory_advice: str | None = None,
+                 out_shapes: Callable | None = None):
         self._jitted = jax.jit(fn, static_argnames=static_argnames)
+        self.out_shapes = out_shapes
         self._stored_name = _program_store.storable(fn)
         self._fast_compile = fast_compile
         self._memory_advice = memory_advice
@@ -234,6 +258,18 @@ class CompiledProgram:
         without running (so that several threads can then run the program at once); returns the
         seconds it took, 0.0 when already compiled."""
         return self._executable(args, static)[2]
+
+    def compiled_out_shapes(self, *args, **static):
+        """The outputs' shapes and dtypes of the executable compiled for ``args`` (compiling it if needed)."""
+        return _shapes_only(self._executable(args, static)[1].out_info)
+
+    def eval_out_shapes(self, *args, **static):
+        """The outputs' shapes and dtypes from a trace of the program (no compilation)."""
+        return _shapes_only(self._jitted.eval_shape(*args, **static))
+
+    def is_compiled(self, *args, **static) -> bool:
+        """Whether this process holds the executable for ``args`` (compiled or loaded)."""
+        return self._key(args, static) in self._cache
 
     def compile_in_background(self, executor: concurrent.futures.Executor, *args, **static):
         """Trace and lower for ``args`` on this thread, and leave XLA's compilation to ``executor``.
@@ -280,7 +316,7 @@ class CompiledProgram:
         """For a signature not compiled in this process: ``(fast, stored, executable)``, whether
         it compiles with :func:`compiler_options`, what it is filed under in
         :mod:`bayesgmm._program_store` (None: not stored), and the executable found there (or None)."""
-        fast = self._fast_compile(*args) if callable(self._fast_compile) else bool(self._fast_compile)
+        fast = self._fast_compile(*args) if callable(self._fast_compile) else self._fast_compile
         if self._stored_name is None or _program_store.folder() is None:
             return fast, None, None
         static, treedef, leaves = key
@@ -358,7 +394,10 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
 
     ``first`` is traced and lowered on this thread, then compiled on a second one while ``second``
     is traced and compiled here for the arguments ``second_args(outputs)``, where ``outputs`` are
-    ``first``'s outputs as ``jax.ShapeDtypeStruct`` (XLA compiles outside Python's lock). The
+    ``first``'s outputs as ``jax.ShapeDtypeStruct`` (XLA compiles outside Python's lock). When
+    ``first`` knows its outputs' shapes without a trace (``out_shapes``), the order turns round:
+    ``second`` (the larger) is traced, lowered and compiled on the second thread from the
+    start, and ``first`` is traced and compiled here meanwhile. The
     samplers and SVI compile their starting program (the MAP start) this way beside their main
     one: on two cores a first NUTS fit on Old Faithful compiles about a second sooner.
 
@@ -369,10 +408,28 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
     """
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-        out_info, first_compiled = first.compile_in_background(compiler, *first_args, **first_static)
-        second_compiled = second.compile(*second_args(out_info), **second_static)
-        compiled = first_compiled.result() or second_compiled
+        if first.out_shapes is not None and not first.is_compiled(*first_args, **first_static):
+            # the second program's compilation starts first, before the first is even traced:
+            # the first (a start, of short compile) is traced, lowered and compiled meanwhile
+            guess = first.out_shapes(*first_args, **first_static)
+            second_compiled = second.compile_in_background(compiler, *second_args(guess), **second_static)[1]
+            first_compiled = first.compile(*first_args, **first_static)
+            compiled = second_compiled.result() or first_compiled
+            if not _same_shapes(first.compiled_out_shapes(*first_args, **first_static), guess):
+                compiled = second.compile(*second_args(first.compiled_out_shapes(*first_args, **first_static)),
+                                          **second_static) or compiled  # out_shapes erred: a compile lost
+        else:
+            out_info, first_compiled = first.compile_in_background(compiler, *first_args, **first_static)
+            second_compiled = second.compile(*second_args(out_info), **second_static)
+            compiled = first_compiled.result() or second_compiled
     return time.perf_counter() - began if compiled else 0.0
+
+
+def _same_shapes(a, b) -> bool:
+    """Whether two pytrees of arrays or ``jax.ShapeDtypeStruct`` have one structure, shapes and dtypes."""
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    return tree_a == tree_b and all(_leaf_signature(x)[:2] == _leaf_signature(y)[:2] for x, y in zip(leaves_a, leaves_b))
 
 
 def clear_caches() -> None:

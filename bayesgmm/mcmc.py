@@ -59,7 +59,7 @@ from jax.flatten_util import ravel_pytree
 from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
-from ._compile import CompiledProgram, progress, small_rows, tick_every, tick_interval
+from ._compile import CompiledProgram, progress, small_rows, small_rows_once, tick_every, tick_interval
 from ._threads import usable_cores
 from .kmeans import num_trials
 from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
@@ -198,11 +198,9 @@ def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _S
     programs compile at the same time (:func:`bayesgmm._chains.run_chain_groups`). ``xs`` holds
     the standardised data padded to the row bucket; ``row_mask`` marks its data rows.
     """
-    from numpyro.infer.util import ParamInfo, unconstrain_fn
+    from numpyro.infer.util import ParamInfo
 
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
-    kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
-    args = (xs,)
     # every random number the programs draw outside NUTS comes from one uniform draw, and every
     # chain's key from one split: each draw (a threefry loop) adds to the compile time
     key_noise = _split_keys(key, c)[0]
@@ -211,7 +209,7 @@ def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _S
     num_map = math.prod(map_shape)
 
     def unconstrain(params):
-        return unconstrain_fn(gmm_model, args, kwargs, shared.site_values(params, k))
+        return _unconstrain(params, xs, row_mask, prior, config)
 
     # All three starts are computed and one is selected by the (traced) init_code, so that
     # "map", user-given and "uniform" starts share one compiled program.
@@ -228,6 +226,25 @@ def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _S
     z0 = jax.vmap(unravel)(jnp.select([init_code == 0, init_code == 1], [flat_map + jitter, flat_user + jitter], uniform))
     energy, grad = jax.vmap(lambda z: _potential_and_grad(z, xs, row_mask, prior, k, ct, config.missing))(z0)
     return pivot, ParamInfo(z0, energy, grad)
+
+
+def _unconstrain(params, xs, row_mask, prior, config: _StartConfig):
+    """One start ``params`` (standardised ``GMMParams``) as NumPyro's unconstrained sites."""
+    from numpyro.infer.util import unconstrain_fn
+
+    k = config.num_components
+    kwargs = model_kwargs(k, prior, config.covariance_type, missing=config.missing, row_mask=row_mask)
+    return unconstrain_fn(gmm_model, (xs,), kwargs, shared.site_values(params, k))
+
+
+def _start_shapes(xs, row_mask, prior, key, init_code, user_init, *, config: _StartConfig):
+    """:func:`_start_program`'s outputs' shapes and dtypes from a trace of the model's transform
+    alone (not of the whole program), so that the chains' program compiles first."""
+    from numpyro.infer.util import ParamInfo
+
+    z = jax.eval_shape(jax.vmap(lambda p: _unconstrain(p, xs, row_mask, prior, config)), user_init)
+    pivot = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], xs.dtype), user_init)
+    return pivot, ParamInfo(z, jax.ShapeDtypeStruct((config.num_chains,), xs.dtype), z)
 
 
 @shared.without_validation
@@ -311,7 +328,8 @@ def potential_fn(xs, row_mask, prior, k: int, covariance_type: str, missing: boo
 
 #: The chains' starts and the sampler, each compiled ahead of time once per data shape, dtype and
 #: settings (so that the compile and run times are measured apart).
-START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows)
+START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows_once,
+                                out_shapes=_start_shapes)
 PROGRAM = CompiledProgram(
     _chains_program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
     memory_advice="Use fewer chains or draws, or a subsample (NUTS evaluates every row at every step).",

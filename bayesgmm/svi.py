@@ -76,7 +76,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._compile import CompiledProgram, compile_together, progress, small_rows, tick_every, tick_interval
+from ._compile import CompiledProgram, compile_together, progress, small_rows, small_rows_once, tick_every, tick_interval
 from .labels import align_draws
 from .model import gmm_model, model_kwargs
 from .params import (
@@ -179,6 +179,13 @@ def _start_program(xs, row_mask, prior, key, *, config: _StartConfig):
                             config.num_components, config.covariance_type, row_weight=row_mask)
 
 
+def _start_shapes(xs, row_mask, prior, key, *, config: _StartConfig):
+    """:func:`_start_program`'s outputs' shapes and dtypes without tracing it, so that the SVI
+    program compiles first."""
+    start = shared.placeholder_init(config.num_components, xs.shape[1], config.covariance_type, xs.dtype)
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, xs.dtype), start)
+
+
 @shared.without_validation
 def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config):
     """SVI from ``start`` (the MAP start or the user's), guide draws and final ELBO estimate: one
@@ -236,7 +243,8 @@ def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
 
 #: The MAP start and the SVI program, compiled ahead of time once per data shape, dtype and
 #: (hashable) settings.
-START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows)
+START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows_once,
+                                out_shapes=_start_shapes)
 PROGRAM = CompiledProgram(
     _program, static_argnames=("config",), fast_compile=small_rows,  # XLA's default emitters above 511 rows
     memory_advice="Use minibatches (subsample_size=...), or a subsample of the rows.",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -196,6 +197,59 @@ def test_both_compile_modes_give_the_same_fit(monkeypatch):
     assert a.n_iter == b.n_iter
     assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-12)
     np.testing.assert_allclose(a.means, b.means, rtol=1e-9)
+
+
+@pytest.mark.parametrize("guess", ["right", "wrong"])
+def test_compile_together_with_known_output_shapes_compiles_the_second_first(guess, monkeypatch):
+    """With ``out_shapes`` the second program compiles first, for the shapes given; when they
+    were wrong it compiles again for the real ones, so a run never compiles."""
+    order = []
+    compile_lowered = _compile.compile_lowered
+    monkeypatch.setattr(_compile, "compile_lowered",
+                        lambda lowered, fast: order.append(lowered.as_text().count("sqrt")) or compile_lowered(lowered, fast))
+    rows = 2 if guess == "right" else 3
+    first = _compile.CompiledProgram(lambda x: x * 2.0, static_argnames=(),
+                                     out_shapes=lambda x: jax.ShapeDtypeStruct((rows, 3), x.dtype))
+    second = _compile.CompiledProgram(lambda y: jnp.sqrt(y), static_argnames=())
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    assert _compile.compile_together(first, (x,), {}, second, lambda out: (out,), {}) > 0
+    assert order[0] == 1  # the second program (with its sqrt) was compiled first
+    assert len(order) == (2 if guess == "right" else 3)
+    assert second(first(x).outputs).compile_seconds == 0.0
+    np.testing.assert_allclose(second(first(x).outputs).outputs, np.sqrt(2 * x))
+
+
+@pytest.mark.parametrize("engine", ["mcmc", "svi"])
+def test_the_samplers_start_programs_know_their_output_shapes(engine, monkeypatch):
+    """NUTS's and SVI's start programs tell their outputs' shapes without a trace (so that the
+    main program compiles first); those equal the traced program's for every covariance
+    structure, K = 1 and missing values."""
+    from bayesgmm import _chains, svi
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def record(first, first_args, first_static, *rest):
+        calls.append((first, first_args, first_static))
+        raise Stop
+
+    monkeypatch.setattr(_chains if engine == "mcmc" else svi, "compile_together", record)
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    x_missing = x.copy()
+    x_missing[3, 1] = np.nan
+    cases = [(ct, 2, x) for ct in ("full", "diag", "spherical", "tied")] + [("full", 1, x), ("diag", 2, x_missing)]
+    for ct, k, data in cases:
+        with pytest.raises(Stop):
+            if engine == "mcmc":
+                bg.fit_mcmc(data, k, covariance_type=ct, num_warmup=5, num_samples=5, num_chains=2, seed=0,
+                            missing="marginalize")
+            else:
+                bg.fit_svi(data, k, covariance_type=ct, num_steps=5, seed=0, missing="marginalize")
+    assert len(calls) == len(cases)
+    for first, args, static in calls:
+        assert _compile._same_shapes(first.out_shapes(*args, **static), first.eval_out_shapes(*args, **static))
 
 
 def test_compile_together_compiles_both_once_and_their_runs_reuse_them(monkeypatch):
