@@ -50,7 +50,7 @@ from jax.scipy.linalg import solve_triangular
 from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
 from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
-from ._compile import CompiledProgram, progress, tick_every, tick_interval
+from ._compile import CompiledProgram, progress, small_rows_once, tick_every, tick_interval
 from ._sharding import RowSharding, pad_observed, sampler_row_bucket, shard_rows
 from .model import log_prior
 from .params import (
@@ -329,6 +329,13 @@ def _start_program(xs, row_weight, prior, key, use_user_init, user_init, *, conf
     return pivot, starts
 
 
+def _start_shapes(xs, row_weight, prior, key, use_user_init, user_init, *, config: _StartConfig):
+    """:func:`_start_program`'s outputs' shapes and dtypes without tracing it, so that the chains'
+    program compiles first."""
+    starts = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, xs.dtype), user_init)
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), starts), starts
+
+
 @shared.without_validation
 def _chains_program(xs, row_weight, prior, key, observed, starts, first_chain, *, config: _Config):
     """Every chain's sweeps (``vmap``-ed) from ``starts`` (:func:`_start_program`'s); with
@@ -358,7 +365,8 @@ def _chains_program(xs, row_weight, prior, key, observed, starts, first_chain, *
 
 
 #: The starts and the sampler, each compiled ahead of time once per data shape, dtype and settings.
-START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",))
+START_PROGRAM = CompiledProgram(_start_program, static_argnames=("config",), fast_compile=small_rows_once,
+                                out_shapes=_start_shapes)
 PROGRAM = CompiledProgram(
     _chains_program, static_argnames=("config",), fast_compile=False,  # sampling runs faster with XLA's default emitters
     memory_advice="Use fewer chains or draws, or a subsample (every sweep evaluates every row).",

@@ -219,9 +219,9 @@ def test_compile_together_with_known_output_shapes_compiles_the_second_first(gue
     np.testing.assert_allclose(second(first(x).outputs).outputs, np.sqrt(2 * x))
 
 
-@pytest.mark.parametrize("engine", ["mcmc", "svi"])
+@pytest.mark.parametrize("engine", ["mcmc", "svi", "gibbs"])
 def test_the_samplers_start_programs_know_their_output_shapes(engine, monkeypatch):
-    """NUTS's and SVI's start programs tell their outputs' shapes without a trace (so that the
+    """NUTS's, Gibbs's and SVI's start programs tell their outputs' shapes without a trace (so that the
     main program compiles first); those equal the traced program's for every covariance
     structure, K = 1 and missing values."""
     from bayesgmm import _chains, svi
@@ -235,7 +235,7 @@ def test_the_samplers_start_programs_know_their_output_shapes(engine, monkeypatc
         calls.append((first, first_args, first_static))
         raise Stop
 
-    monkeypatch.setattr(_chains if engine == "mcmc" else svi, "compile_together", record)
+    monkeypatch.setattr(svi if engine == "svi" else _chains, "compile_together", record)
     x = np.random.default_rng(0).normal(size=(40, 2))
     x_missing = x.copy()
     x_missing[3, 1] = np.nan
@@ -245,6 +245,9 @@ def test_the_samplers_start_programs_know_their_output_shapes(engine, monkeypatc
             if engine == "mcmc":
                 bg.fit_mcmc(data, k, covariance_type=ct, num_warmup=5, num_samples=5, num_chains=2, seed=0,
                             missing="marginalize")
+            elif engine == "gibbs":
+                bg.fit_gibbs(data, k, covariance_type=ct, num_warmup=5, num_samples=5, num_chains=2, seed=0,
+                             missing="marginalize")
             else:
                 bg.fit_svi(data, k, covariance_type=ct, num_steps=5, seed=0, missing="marginalize")
     assert len(calls) == len(cases)
