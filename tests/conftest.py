@@ -9,9 +9,11 @@ JAX's default float, :func:`bayesgmm.params.compute_dtype`), e.g. through :func:
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Compile every program, the samplers' too, with the fast-compiling XLA options (bayesgmm._compile):
-# the suite's time is mostly compilation, and its sampler runs are short. Subprocesses inherit it.
-os.environ.setdefault("BAYESGMM_COMPILE_MODE", "fast-compile")
+# Compile every program with the fast-compiling XLA options (bayesgmm._compile), the samplers' too,
+# and EM, VB, k-means and the helpers without LLVM's optimisation: the suite's time is mostly
+# compilation (a third less this way), its data are small and its sampler runs short. Subprocesses
+# inherit it.
+os.environ.setdefault("BAYESGMM_COMPILE_MODE", "fastest-compile")
 
 import jax  # noqa: E402
 

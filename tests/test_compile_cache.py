@@ -154,16 +154,26 @@ def test_set_compilation_cache_moves_and_turns_off(tmp_path, monkeypatch):
 
 def test_compile_modes_choose_the_xla_options(monkeypatch):
     """``auto``: EM-like programs ask for the fast-compiling emitters, samplers keep XLA's
-    defaults; ``fast-compile`` / ``fast-run`` force either; anything else is a clear error."""
-    expected = {"auto": (_compile.FAST_COMPILE_OPTIONS, None), "fast-compile": (_compile.FAST_COMPILE_OPTIONS,) * 2,
-                "fast-run": (None, None)}
-    for mode, (fast, default) in expected.items():
+    defaults, their starts on small data compile unoptimised (``FASTEST``); ``fast-compile`` /
+    ``fast-run`` force either; ``fastest-compile`` also takes EM-like programs to ``FASTEST``
+    (not the samplers); anything else is a clear error."""
+    fast, fastest = _compile.FAST_COMPILE_OPTIONS, _compile.FASTEST_COMPILE_OPTIONS
+    sampler = _compile.small_rows  # NUTS and full-batch SVI: fast on small data only
+    settings = (True, False, sampler, _compile.small_rows_once)
+    small, large = np.zeros((511, 2)), np.zeros((512, 2))
+    # order: True, False, sampler, start on small data; sampler, start on large data
+    expected = {"auto": (fast, None, fast, fastest, None, None),
+                "fast-compile": (fast, fast, fast, fastest, fast, fast),
+                "fastest-compile": (fastest, fast, fast, fastest, fast, fast),
+                "fast-run": (None,) * 6}
+    for mode, options in expected.items():
         monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
-        assert (_compile.compiler_options(True), _compile.compiler_options(False)) == (fast, default), mode
-    # NUTS and full-batch SVI compile fast on small data only (their steps run slower that way)
-    assert _compile.small_rows(np.zeros((511, 2))) and not _compile.small_rows(np.zeros((512, 2)))
+        got = [_compile.compiler_options(_compile.resolve_fast_compile(s, small)) for s in settings]
+        got += [_compile.compiler_options(_compile.resolve_fast_compile(s, large)) for s in settings[2:]]
+        assert tuple(got) == options, mode
+    assert fastest["xla_backend_optimization_level"] == 0
     monkeypatch.setenv(_compile.COMPILE_MODE_ENV, "quick")
-    with pytest.raises(ValueError, match="BAYESGMM_COMPILE_MODE.*auto, fast-compile, fast-run"):
+    with pytest.raises(ValueError, match="BAYESGMM_COMPILE_MODE.*auto, fast-compile, fastest-compile, fast-run"):
         _compile.compiler_options(True)
 
 
@@ -186,17 +196,19 @@ def test_the_options_reach_xla_and_an_xla_without_them_still_compiles(monkeypatc
 
 
 def test_both_compile_modes_give_the_same_fit(monkeypatch):
-    """The emitters change the machine code, not the computation: EM's fit agrees to round-off."""
+    """The emitters and LLVM's optimisation change the machine code, not the computation: EM's
+    fit agrees to round-off."""
     x = bg.datasets.load_faithful()
     fits = {}
-    for mode in ("fast-run", "fast-compile"):
+    for mode in ("fast-run", "fast-compile", "fastest-compile"):
         monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
         _compile.clear_caches()
         fits[mode] = bg.fit_em(x, 2, n_init=2, seed=0)
-    a, b = fits.values()
-    assert a.n_iter == b.n_iter
-    assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-12)
-    np.testing.assert_allclose(a.means, b.means, rtol=1e-9)
+    a = fits["fast-run"]
+    for b in fits.values():
+        assert a.n_iter == b.n_iter
+        assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-12)
+        np.testing.assert_allclose(a.means, b.means, rtol=1e-9)
 
 
 @pytest.mark.parametrize("guess", ["right", "wrong"])
