@@ -96,12 +96,19 @@ def convergence(delta_prev, delta, step_index, tol, floor, close_before):
     remaining gain is below ``max(tol, floor)`` now, and whether it was at two evaluations in a
     row (one small ratio, e.g. after the large first step from a one-point start, cannot stop a
     run), or the objective has settled within its precision floor.
+
+    A gain after a decrease (rounding at a fixed point, where the objective can alternate by a
+    few units in its last place, or ``reg_covar``) has no rate to project with: the gain itself
+    is the remaining one. Without this rule a run at its fixed point whose objective alternates
+    by more than the floor never converged (found by scikit-learn's warm-start test when the
+    summation order changed).
     """
     xp, _ = _numerics.array_namespace(delta_prev, delta, tol, floor)  # NumPy on the host (streaming EM), else JAX
     threshold = xp.maximum(tol, floor)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = delta / delta_prev
         projected = xp.where((delta > 0) & (delta_prev > 0) & (rate < 1), delta / (1 - rate), np.inf)
+        projected = xp.where((delta > 0) & (delta_prev <= 0), delta, projected)
     remaining = xp.where(delta <= 0, -delta, projected)  # a decrease: only rounding or reg_covar
     close = (step_index >= 2) & (remaining <= threshold)
     settled = (step_index >= 2) & (xp.abs(delta) <= floor) & (xp.abs(delta_prev) <= floor)

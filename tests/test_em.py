@@ -413,6 +413,31 @@ def test_not_converged_warns_and_is_flagged(faithful):
     assert not r.converged and r.n_iter == 1
 
 
+def test_convergence_rule_at_a_fixed_point_and_on_a_climb():
+    """The convergence test: an objective alternating by rounding at its fixed point (gains after
+    decreases, above the precision floor but far below tol) converges after two such evaluations;
+    a steady climb whose projected remaining gain exceeds tol does not; nor does one small gain
+    after a decrease alone."""
+    from bayesgmm import _iterate
+
+    def run(objectives, tol, floor):
+        close = converged = False
+        for t in range(2, len(objectives)):
+            delta_prev, delta = np.diff(objectives[t - 2:t + 1])
+            close, converged = (bool(v) for v in _iterate.convergence(
+                np.float64(delta_prev), np.float64(delta), t, np.float64(tol), np.float64(floor), close))
+            if converged:
+                return t
+        return None
+
+    tol, floor = 1e-3 * 500, 1e-15 * 500
+    wiggle = -1000.0 + np.array([0.0, -3.4e-13, 3.4e-13, -6.8e-13, 6.8e-13, -6.8e-13])
+    assert run(wiggle, tol, floor) == 3  # two close evaluations in a row (was: never)
+    climb = -1000.0 + np.cumsum([0.0, 1.0, 0.9, 0.85, 0.82])  # rate ~0.95: ~16 still to gain
+    assert run(climb, tol, floor) is None
+    assert run(-1000.0 + np.array([0.0, -1e-13, 1e-4, 0.5, 1.0]), tol, floor) is None  # then climbs again
+
+
 def test_kmeans_matches_sklearn(sim3):
     from sklearn.cluster import KMeans
 
