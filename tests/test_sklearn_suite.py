@@ -48,12 +48,6 @@ DELIBERATE = {
                           "(scikit-learn's message swaps them, and its test expects the swap)",
     "test_multiple_init": "default n_init='auto' (a search over many starts) beats an explicit n_init=5",
     "test_regularisation": "message wording of the singular-covariance error",
-    "test_monotonic_likelihood": "default init differs: from this k-means++ start, 'tied' EM crawls along a "
-                                 "plateau (gain 1e-3 per iteration after 600); the likelihood does rise "
-                                 "monotonically, which is what the test is about",
-    "test_init": "the run kept is the best by the objective at the returned parameters; lower_bound_ is "
-                 "scikit-learn's, the objective before the last M-step, which ranks runs differently after "
-                 "max_iter=1 from one-point k-means++ starts",
 }
 
 #: Quick tests run by default (about 30 s; the rest of what they cover is in test_estimator.py):
