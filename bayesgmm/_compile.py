@@ -429,9 +429,9 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
             second_compiled = second.compile_in_background(compiler, *second_args(guess), **second_static)[1]
             first_compiled = first.compile(*first_args, **first_static)
             compiled = second_compiled.result() or first_compiled
-            if not _same_shapes(first.compiled_out_shapes(*first_args, **first_static), guess):
-                compiled = second.compile(*second_args(first.compiled_out_shapes(*first_args, **first_static)),
-                                          **second_static) or compiled  # out_shapes erred: a compile lost
+            outputs = first.compiled_out_shapes(*first_args, **first_static)
+            if not _same_shapes(outputs, guess):  # out_shapes erred: one compilation lost, no wrong program
+                compiled = second.compile(*second_args(outputs), **second_static) or compiled
         else:
             out_info, first_compiled = first.compile_in_background(compiler, *first_args, **first_static)
             second_compiled = second.compile(*second_args(out_info), **second_static)
