@@ -143,12 +143,18 @@ COMPILE_MODES = ("auto", "fast-compile", "fastest-compile", "fast-run")
 _OPTIONS_UNSUPPORTED = False
 
 
-def compiler_options(fast_compile: bool | int) -> dict | None:
-    """The XLA compile options for a program (None: XLA's defaults); see the module docstring.
-    ``fast_compile``: False, True or :data:`FASTEST`."""
+def compile_mode() -> str:
+    """``$BAYESGMM_COMPILE_MODE`` (one of :data:`COMPILE_MODES`; ``auto`` when unset)."""
     mode = os.environ.get(COMPILE_MODE_ENV, "auto").strip().lower() or "auto"
     if mode not in COMPILE_MODES:
         raise ValueError(f"{COMPILE_MODE_ENV}={mode!r} is not a compile mode; use one of {', '.join(COMPILE_MODES)}.")
+    return mode
+
+
+def compiler_options(fast_compile: bool | int) -> dict | None:
+    """The XLA compile options for a program (None: XLA's defaults); see the module docstring.
+    ``fast_compile``: False, True or :data:`FASTEST`."""
+    mode = compile_mode()
     wanted = mode in ("fast-compile", "fastest-compile") or (mode == "auto" and fast_compile)
     if not wanted or _OPTIONS_UNSUPPORTED or jax.default_backend() != "cpu":
         return None
@@ -162,7 +168,7 @@ def resolve_fast_compile(setting, *args) -> bool | int:
     grouped, which at the lowest optimisation they do) becomes :data:`FASTEST`."""
     if callable(setting):
         return setting(*args)
-    if setting is True and os.environ.get(COMPILE_MODE_ENV, "").strip().lower() == "fastest-compile":
+    if setting is True and compile_mode() == "fastest-compile":
         return FASTEST
     return setting
 
@@ -282,8 +288,15 @@ class CompiledProgram:
         return _shapes_only(self._jitted.eval_shape(*args, **static))
 
     def is_compiled(self, *args, **static) -> bool:
-        """Whether this process holds the executable for ``args`` (compiled or loaded)."""
-        return self._key(args, static) in self._cache
+        """Whether the executable for ``args`` is at hand: compiled in this process, or loaded
+        now from :mod:`bayesgmm._program_store` (and kept)."""
+        key = self._key(args, static)
+        if key in self._cache:
+            return True
+        exe = self._from_store(key, args)[2]
+        if exe is not None:
+            self._keep(key, exe)
+        return exe is not None
 
     def compile_in_background(self, executor: concurrent.futures.Executor, *args, **static):
         """Trace and lower for ``args`` on this thread, and leave XLA's compilation to ``executor``.
