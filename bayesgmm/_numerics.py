@@ -18,6 +18,7 @@ The direct (Cholesky) Gaussian log density is used: ``-0.5 |L^-1 (x - mu)|^2 - l
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -306,6 +307,15 @@ class RowScores(NamedTuple):
     log_resp: np.ndarray | None
 
 
+def _scored_block(x, start, frame: Frame, w, m, c, ct):
+    """Rows ``start:start + HOST_BLOCK_ROWS`` of ``x`` in the mixture's frame: their ``log pi_k +
+    log N`` (B, K) there, the log density of each row there (B,) and in the original units (B,)."""
+    xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+    lj = log_joint_components(xs, w, m, c, ct)
+    ll = logsumexp(lj, axis=-1)
+    return lj, ll, ll + observed_log_jacobian(xs, frame.scale)
+
+
 def score_rows(x, weights, means, covariances, covariance_type: str, *, responsibilities: bool = False,
                frame: Frame | None = None) -> RowScores:
     """Float64 log density of every row (and, optionally, log responsibilities), in row blocks.
@@ -321,13 +331,11 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
     resp = np.empty((n, m.shape[0])) if responsibilities else None
 
     def block(start):  # each block writes its own rows (blocks run on threads)
-        xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
-        lj = log_joint_components(xs, w, m, c, ct)
-        ll = logsumexp(lj, axis=-1)
-        dens[start : start + len(xs)] = ll + observed_log_jacobian(xs, frame.scale)
+        lj, ll, dens_here = _scored_block(x, start, frame, w, m, c, ct)
+        dens[start : start + len(ll)] = dens_here
         if resp is not None:
             with np.errstate(invalid="ignore"):
-                resp[start : start + len(xs)] = lj - ll[:, None]
+                resp[start : start + len(ll)] = lj - ll[:, None]
 
     map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
     return RowScores(dens, resp)
@@ -343,22 +351,34 @@ class Totals(NamedTuple):
 
 def totals(x, weights, means, covariances, covariance_type: str, sample_weight=None) -> Totals:
     """``sum_n w_n log p(x_n)``, the entropy ``-sum_n w_n sum_k r_nk log r_nk`` (for ICL) and the
-    expected counts ``N_k = sum_n w_n r_nk``, all in float64 from the given parameters."""
-    rows = score_rows(x, weights, means, covariances, covariance_type, responsibilities=True)
-    n = len(rows.log_density)
-    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    r = np.empty_like(rows.log_resp)
-    row_entropy = np.empty(n)  # sum_k r_nk log r_nk
+    expected counts ``N_k = sum_n w_n r_nk``, all in float64 from the given parameters.
 
-    def block(start):  # each block writes its own rows (blocks run on threads); the sums below see all rows
-        rows_here = slice(start, start + HOST_BLOCK_ROWS)
-        log_r = rows.log_resp[rows_here]
-        r_here = r[rows_here] = np.exp(log_r)
+    One pass over the rows: each row block (on threads, :func:`bayesgmm._threads.map_pieces`)
+    gives its three partial sums, added in block order, so the numbers do not depend on the
+    number of threads.
+    """
+    x = np.asarray(x)
+    frame = mixture_frame(weights, means, covariances, covariance_type)
+    w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
+    row_weight = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+
+    def block(start):
+        lj, ll, dens = _scored_block(x, start, frame, w, m, c, ct)
         with np.errstate(invalid="ignore"):
-            row_entropy[rows_here] = np.where(r_here > 0, r_here * log_r, 0.0).sum(1)
+            log_r = lj - ll[:, None]  # -inf for empty components (NaN where a row has no density)
+        r = np.exp(log_r)
+        with np.errstate(invalid="ignore"):
+            row_entropy = np.where(r > 0, r * log_r, 0.0).sum(1)  # sum_k r_nk log r_nk
+        if row_weight is None:
+            return float(np.sum(dens)), float(np.sum(row_entropy)), r.sum(0)
+        wb = row_weight[start : start + len(ll)]
+        return float(wb @ dens), float(wb @ row_entropy), wb @ r
 
-    map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
-    return Totals(float(w @ rows.log_density), float(max(-(w @ row_entropy), 0.0)), w @ r)
+    parts = map_pieces(block, range(0, x.shape[0], HOST_BLOCK_ROWS))
+    log_lik = sum(p[0] for p in parts)
+    entropy = -sum(p[1] for p in parts)
+    counts = functools.reduce(np.add, (p[2] for p in parts), np.zeros(m.shape[0]))
+    return Totals(float(log_lik), float(max(entropy, 0.0)), counts)
 
 
 def draws_log_density(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
