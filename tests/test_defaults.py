@@ -334,8 +334,9 @@ def test_selection_plot_marks_the_model_best_names():
     g = bg.datasets.load_galaxies()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bg.DegenerateComponentWarning)
-        grid = bg.select(g, [1, 2, 3, 4, 5, 6, 7], covariance_types=["full"])
+        grid = bg.select(g, [2, 3, 4], covariance_types=["full"])  # the best (K = 3) inside the grid
     best = grid.best()
+    assert best.num_components == 3
     ax = grid.plot()
     named = [t.get_text() for t in ax.texts if t.get_text().startswith("best:")]
     assert named == [f"best: {best.covariance_type}, K = {best.num_components}"]

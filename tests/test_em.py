@@ -1,6 +1,7 @@
 """EM against independent references: scikit-learn, brute-force enumeration, NumPyro, known truth."""
 
 import functools
+import os
 import warnings
 
 import jax
@@ -948,6 +949,32 @@ def test_in_turn_keeps_the_values_and_orders_by_a_real_dependency():
     first_param = re.search(r"(%[\w.\-]+) = f(32|64)\[2\]\{0\} parameter\(0\)", entry).group(1)
     assert entry.count(first_param) > 1, entry  # used, not dropped
     assert _numerics.in_turn(np.ones(2), np.arange(3.0)) is not None
+
+
+def test_host_pieces_share_one_pool_keep_their_order_and_may_nest():
+    """``_threads.map_pieces`` gives the serial loop's list, on one pool made once per process; a
+    piece that maps pieces of its own runs them in turn (a pool waiting on itself would hang:
+    checked with a time limit), and several threads of a user's may call it at once."""
+    import concurrent.futures
+
+    from bayesgmm import _threads
+
+    assert _threads.map_pieces(lambda i: i * i, range(50)) == [i * i for i in range(50)]
+    pool = _threads._POOL
+    assert _threads.map_pieces(str, range(9)) == [str(i) for i in range(9)]
+    assert _threads._POOL is pool  # no new threads per call
+    with concurrent.futures.ThreadPoolExecutor(4) as users:
+        nested = users.submit(_threads.map_pieces, lambda i: _threads.map_pieces(lambda j: 10 * i + j, range(3)), range(5))
+        assert nested.result(timeout=60) == [[10 * i + j for j in range(3)] for i in range(5)]
+        many = list(users.map(lambda a: _threads.map_pieces(lambda i: a * i, range(20)), range(8), timeout=60))
+    assert many == [[a * i for i in range(20)] for a in range(8)]
+    if hasattr(os, "fork"):  # a forked child (a process pool's worker) starts threads of its own
+        import multiprocessing
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JAX: fork() of a multithreaded process
+            with multiprocessing.get_context("fork").Pool(1) as child:
+                assert child.apply_async(_threads.map_pieces, (abs, range(-4, 4))).get(timeout=60) == [4, 3, 2, 1, 0, 1, 2, 3]
 
 
 def test_chains_share_threads_only_when_their_lapack_calls_cannot_wait_on_each_other():
