@@ -158,3 +158,31 @@ def test_large_lapack_batches_on_cpu_devices_finish(sharded_results):
     r = sharded_results["large_lapack"]
     for one, many in (r["em"], r["vb"]):
         assert abs(one - many) <= 1e-8 * abs(one)
+
+
+def test_padded_rows_are_placed_on_the_cpu_device_without_a_copy():
+    """Without a mesh, ``shard_rows`` pads into 64-byte-aligned memory, which XLA's CPU client uses
+    in place (NumPy's own 16-byte-aligned arrays are copied: 8-17 ms of a fit at N=1e5, D=16);
+    the padding rows are zeros of weight 0 and the given weights are kept."""
+    import jax
+    import numpy as np
+
+    from bayesgmm import _sharding
+
+    x = np.arange(1001 * 3, dtype=np.float64).reshape(1001, 3)[:, ::-1]  # not C-ordered
+    rows = _sharding.resolve(None, 1001)
+    for weight in (None, np.linspace(0.5, 2.0, 1001)):
+        padded, w = _sharding.shard_rows(rows, x, weight)
+        assert padded.shape == (rows.num_padded, 3) and rows.num_padded > 1001
+        np.testing.assert_array_equal(padded[:1001], x)
+        assert not padded[1001:].any() and not w[1001:].any()
+        np.testing.assert_array_equal(w[:1001], 1.0 if weight is None else weight)
+        for a in (padded, w):
+            assert a.ctypes.data % _sharding.CPU_ALIGNMENT == 0
+            if jax.default_backend() == "cpu":
+                assert jax.device_put(a).unsafe_buffer_pointer() == a.ctypes.data
+    exact = _sharding.resolve(None, 512)  # a bucket's own size: no padding, an aligned copy at most
+    ready, w = _sharding.shard_rows(exact, x[:512], None)
+    assert w is None and ready.ctypes.data % _sharding.CPU_ALIGNMENT == 0
+    np.testing.assert_array_equal(ready, x[:512])
+    assert _sharding.device_ready(ready) is ready
