@@ -18,7 +18,6 @@ The direct (Cholesky) Gaussian log density is used: ``-0.5 |L^-1 (x - mu)|^2 - l
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -377,7 +376,7 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     parts = map_pieces(block, range(0, x.shape[0], HOST_BLOCK_ROWS))
     log_lik = sum(p[0] for p in parts)
     entropy = -sum(p[1] for p in parts)
-    counts = functools.reduce(np.add, (p[2] for p in parts), np.zeros(m.shape[0]))
+    counts = sum((p[2] for p in parts), np.zeros(m.shape[0]))
     return Totals(float(log_lik), float(max(entropy, 0.0)), counts)
 
 

@@ -266,8 +266,9 @@ def shard_rows(sharding: RowSharding, x: np.ndarray, sample_weight):
     """Pad ``x`` (N, D) and its weights to the padded row count and place them on the mesh.
 
     Returns ``(x, sample_weight)``: JAX arrays sharded by rows, or without a mesh NumPy arrays
-    padded to the row bucket (the inputs unchanged when no padding is needed). Padding rows are
-    zeros with weight 0.
+    padded to the row bucket in memory a CPU device uses in place (:func:`aligned_empty`; when no
+    padding is needed, ``x`` itself if already so placed, else an aligned copy
+    (:func:`device_ready`), and ``sample_weight`` unchanged). Padding rows are zeros with weight 0.
     """
     pad = sharding.num_padded - sharding.num_rows
     if sharding.mesh is None and not pad:
