@@ -173,6 +173,26 @@ def resolve_fast_compile(setting, *args) -> bool | int:
     return setting
 
 
+#: The precision of float32 matrix products in every program of the package, unless the user
+#: chose one (``jax_default_matmul_precision``, globally or in a ``jax.default_matmul_precision``
+#: block). JAX's own default lets a GPU round float32 inputs of a product to TensorFloat-32 (10
+#: bits of mantissa, as on NVIDIA GPUs since Ampere) and a TPU to bfloat16; EM's expanded
+#: quadratic forms and statistics lose digits that float32 keeps (its precision guard assumes
+#: float32's rounding). On the CPU the setting changes nothing.
+FULL_PRECISION = "highest"
+
+
+def matmul_precision() -> str:
+    """The float32 product precision programs are traced with now: the user's
+    ``jax_default_matmul_precision`` if set, else :data:`FULL_PRECISION`."""
+    return jax.config.jax_default_matmul_precision or FULL_PRECISION
+
+
+def traced_precisely():
+    """The context every program of the package is traced in (:func:`matmul_precision`)."""
+    return jax.default_matmul_precision(matmul_precision())
+
+
 def _unknown_option(err: Exception) -> bool:
     return "No such compile option" in str(err)
 
@@ -211,18 +231,26 @@ def jit(fn: Callable | None = None, *, fast_compile: bool = True, **jit_kwargs):
         global _OPTIONS_UNSUPPORTED
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))):
             return plain(*args, **kwargs)  # inside another program: inlined there (options only at the top)
-        try:
-            return jitted()(*args, **kwargs)
-        except jax.errors.JaxRuntimeError as err:
-            if compiled["fn"] is plain or not _unknown_option(err):
-                raise
-            _OPTIONS_UNSUPPORTED = True
-            compiled["fn"] = plain
-            return plain(*args, **kwargs)
+        with traced_precisely():
+            try:
+                return jitted()(*args, **kwargs)
+            except jax.errors.JaxRuntimeError as err:
+                if compiled["fn"] is plain or not _unknown_option(err):
+                    raise
+                _OPTIONS_UNSUPPORTED = True
+                compiled["fn"] = plain
+                return plain(*args, **kwargs)
 
-    call.lower = lambda *args, **kwargs: jitted().lower(*args, **kwargs)
+    def lower(*args, **kwargs):
+        with traced_precisely():
+            return jitted().lower(*args, **kwargs)
+
+    call.lower = lower
     return call
 
+
+#: The entry of a program's signature (:meth:`CompiledProgram._key`) naming its product precision.
+_PRECISION_KEY = "matmul precision"
 
 #: Every compiled program of the package, so that :func:`clear_caches` can empty them all.
 _PROGRAMS: list = []
@@ -285,7 +313,8 @@ class CompiledProgram:
 
     def eval_out_shapes(self, *args, **static):
         """The outputs' shapes and dtypes from a trace of the program (no compilation)."""
-        return _shapes_only(self._jitted.eval_shape(*args, **static))
+        with traced_precisely():
+            return _shapes_only(self._jitted.eval_shape(*args, **static))
 
     def is_compiled(self, *args, **static) -> bool:
         """Whether the executable for ``args`` is at hand: compiled in this process, or loaded
@@ -320,8 +349,9 @@ class CompiledProgram:
         else:
             fast, stored, exe = self._from_store(key, args)
             if exe is None:
-                traced = self._jitted.trace(*args, **static)
-                lowered = traced.lower()
+                with traced_precisely():
+                    traced = self._jitted.trace(*args, **static)
+                    lowered = traced.lower()
 
                 def compile_and_keep() -> float:
                     compiled = self._compile_and_store(lowered, fast, stored, start)
@@ -336,8 +366,11 @@ class CompiledProgram:
         return _shapes_only(exe.out_info), done
 
     def _key(self, args, static):
+        """The signature an executable is kept under: the static arguments, the product
+        precision it is traced with (:func:`matmul_precision`), the tree and its leaves'."""
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        return (tuple(sorted(static.items())), treedef, tuple(_leaf_signature(a) for a in leaves))
+        static = tuple(sorted(static.items())) + ((_PRECISION_KEY, matmul_precision()),)
+        return (static, treedef, tuple(_leaf_signature(a) for a in leaves))
 
     def _from_store(self, key, args):
         """For a signature not compiled in this process: ``(fast, stored, executable)``, whether
@@ -374,7 +407,9 @@ class CompiledProgram:
             start = time.perf_counter()
             fast, stored, exe = self._from_store(key, args)
             if exe is None:
-                exe = self._compile_and_store(self._jitted.lower(*args, **static), fast, stored, start)
+                with traced_precisely():
+                    lowered = self._jitted.lower(*args, **static)
+                exe = self._compile_and_store(lowered, fast, stored, start)
             compile_seconds = time.perf_counter() - start
             self._keep(key, exe)
         else:

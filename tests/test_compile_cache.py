@@ -290,3 +290,32 @@ def test_compile_together_compiles_both_once_and_their_runs_reuse_them(monkeypat
         assert done.result() == 0.0
     # ... without its device, so that a program compiled for them may run on other devices
     assert [(a.shape, a.sharding) for a in jax.tree_util.tree_leaves(out_info)] == [((), None), ((2, 3), None)]
+
+
+def _dots(hlo_text: str) -> list[str]:
+    return [line for line in hlo_text.splitlines() if " dot(" in line]
+
+
+def test_float32_products_are_computed_in_full_precision_unless_the_user_chose_otherwise():
+    """JAX's default lets a GPU round a float32 product's inputs to TensorFloat-32 (10 bits) and a
+    TPU to bfloat16; every program of the package asks for full float32 products instead, EM's
+    included. A user's own ``jax.default_matmul_precision`` wins, and a program compiled under one
+    precision is not reused under another."""
+    x = bg.datasets.load_faithful().astype(np.float32)
+    with jax.enable_x64(False):
+        bg.fit_em(x, 2, seed=0)
+        compiled = [exe for ref in _compile._PROGRAMS if ref() is not None for exe in ref()._cache.values()]
+    dots = [line for exe in compiled for line in _dots(exe.as_text())]
+    assert dots and all("operand_precision={highest,highest}" in line for line in dots)
+
+    a = np.ones((3, 3), np.float32)
+    product = _compile.CompiledProgram(lambda u, v: u @ v, static_argnames=())
+    product.compile(a, a)
+    (full,) = product._cache.values()
+    assert all("operand_precision={highest,highest}" in line for line in _dots(full.as_text()))
+    with jax.default_matmul_precision("bfloat16"):
+        assert not product.is_compiled(a, a)
+        product.compile(a, a)
+        text = _compile.jit(lambda u, v: u @ v).lower(a, a).as_text()
+    assert "precision = [DEFAULT, DEFAULT]" in text
+    assert len(product._cache) == 2 and product.is_compiled(a, a)

@@ -1,0 +1,118 @@
+"""What full-float32 matrix products cost and buy on an accelerator.
+
+JAX lets a GPU compute a float32 product with TensorFloat-32 inputs (10 bits of mantissa) unless
+told otherwise; bayesgmm traces its programs with full float32 products unless the user chose a
+precision (``bayesgmm._compile.FULL_PRECISION``). This script fits the same float32 EM (N rows,
+D=16, K=16, full covariances, one fixed start, ``tol=0``) three ways, each in a fresh process:
+
+* ``full``: the package's default (full float32 products);
+* ``tf32``: ``JAX_DEFAULT_MATMUL_PRECISION=tensorfloat32``, JAX's own default on such a GPU;
+* ``float64``: the same fit in float64 (x64 on), the reference.
+
+and prints for each the time per EM iteration, ``(run(T) - run(1)) / (T - 1)`` with compile
+excluded, the log-likelihood after T iterations (every reported total is a float64 recomputation
+at the returned parameters, so the differences are the fits' own) and the largest difference
+of the means from the float64 fit's. On a CPU the three float32 settings compute the same
+numbers (XLA's CPU products are float32 whatever the setting).
+
+Usage::
+
+    python benchmarks/matmul_precision.py              # N=1e7 on a GPU, 1e5 elsewhere
+    python benchmarks/matmul_precision.py --n 1000000 --iters 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+D, K = 16, 16
+
+
+def worker(n: int, iters: int, reps: int, dtype: str) -> dict:
+    import warnings
+
+    import jax
+
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
+    import bayesgmm as bg
+
+    warnings.simplefilter("ignore")  # tol=0 runs to max_iter: ConvergenceWarning by design
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0.0, 3.0, size=(K, D))
+    x = (centres[rng.integers(0, K, n)] + rng.normal(size=(n, D))).astype(dtype)
+    head = np.asarray(x[: 20 * K], np.float64)
+    cov = np.cov(head, rowvar=False) + 1e-3 * np.eye(D)
+    start = dict(weights_init=np.full(K, 1.0 / K), means_init=head[::20][:K],
+                 precisions_init=np.tile(np.linalg.inv(cov), (K, 1, 1)))
+
+    def fit(t):
+        return bg.fit_em(x, K, **start, tol=0.0, max_iter=t, seed=0)
+
+    t0 = time.perf_counter()
+    first = fit(iters)
+    first_wall = time.perf_counter() - t0
+    fit(1)
+    long, short = [], []
+    for _ in range(reps):
+        long.append(fit(iters).info["run_seconds"])
+        short.append(fit(1).info["run_seconds"])
+    per_iter = max(statistics.median(long) - statistics.median(short), 1e-9) / (iters - 1)
+    return dict(device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}", per_iter=per_iter,
+                whole_fit=statistics.median(long), first_wall=first_wall, compile=first.info["compile_seconds"],
+                loglik=first.log_likelihood, means=np.asarray(first.params.means, np.float64).tolist(),
+                precision=jax.config.jax_default_matmul_precision)
+
+
+def run(setting: str, n: int, iters: int, reps: int) -> dict:
+    env = dict(os.environ)
+    env.pop("JAX_DEFAULT_MATMUL_PRECISION", None)
+    if setting == "tf32":
+        env["JAX_DEFAULT_MATMUL_PRECISION"] = "tensorfloat32"
+    dtype = "float64" if setting == "float64" else "float32"
+    args = [sys.executable, __file__, "--worker", json.dumps([n, iters, reps, dtype])]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{setting} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=None, help="rows (default 1e7 on a GPU, 1e5 elsewhere)")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*json.loads(args.worker))))
+        return
+    import numpy as np
+
+    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    n = args.n or (10_000_000 if probe == "gpu" else 100_000)
+    print(f"# float32 EM, N={n:.0e}, D={D}, K={K}, full, {args.iters} iterations from one start, tol=0; "
+          f"backend {probe}; load {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+    results = {s: run(s, n, args.iters, args.reps) for s in ("float64", "full", "tf32")}
+    ref = results["float64"]
+    print(f"{'products':<9} {'device':<24} | {'ms/iter':>8} {'fit s':>7} {'compile s':>9} | "
+          f"{'log-likelihood':>18} {'diff/row':>9} {'max |dmean|':>11}")
+    for name, r in results.items():
+        dmean = float(np.max(np.abs(np.asarray(r["means"]) - np.asarray(ref["means"]))))
+        print(f"{name:<9} {r['device']:<24} | {r['per_iter'] * 1e3:>8.2f} {r['whole_fit']:>7.3f} {r['compile']:>9.2f} | "
+              f"{r['loglik']:>18.6f} {(r['loglik'] - ref['loglik']) / n:>9.1e} {dmean:>11.1e}")
+    print("diff/row: (log-likelihood - float64's) / N after the same iterations; max |dmean|: largest "
+          "difference of a mean from the float64 fit's (data units: centres ~N(0, 3^2), unit noise).")
+
+
+if __name__ == "__main__":
+    main()
