@@ -875,6 +875,23 @@ def row_medians(rows: np.ndarray) -> np.ndarray:
     return np.array(map_pieces(median, rows), np.float64)
 
 
+#: Rows per block of :func:`columns_float64`'s transposing copy and :func:`standardise`'s scaling
+#: (a block's float64 copy stays in cache).
+TRANSPOSE_BLOCK_ROWS = 2048
+
+
+def columns_float64(arr: np.ndarray) -> np.ndarray:
+    """``arr`` (N, D), any real dtype, as a C-ordered float64 (D, N) copy: each feature's values
+    contiguous. Copied in blocks of :data:`TRANSPOSE_BLOCK_ROWS` rows, converting as it goes:
+    ``np.array(arr.T, order="C")`` walks the whole of ``arr`` once per output row and took 4.5
+    times as long at N=1e6, D=16 (163 ms against 36 ms from float32 data)."""
+    n = arr.shape[0]
+    out = np.empty(arr.shape[::-1], np.float64)
+    for start in range(0, n, TRANSPOSE_BLOCK_ROWS):
+        out[:, start : start + TRANSPOSE_BLOCK_ROWS] = arr[start : start + TRANSPOSE_BLOCK_ROWS].T
+    return out
+
+
 def weighted_median(arr: np.ndarray, sample_weight=None) -> np.ndarray:
     """Column medians of ``arr`` (N, D); with row weights, the weighted median (the mean of the
     lower and upper weighted medians, so integer weights give the median of repeated rows)."""
@@ -883,7 +900,7 @@ def weighted_median(arr: np.ndarray, sample_weight=None) -> np.ndarray:
                                          np.asarray(sample_weight)[keep])[0]
                          for col, keep in ((arr[:, j], ~np.isnan(arr[:, j])) for j in range(arr.shape[1]))])
     if sample_weight is None:  # the copy np.median makes anyway, with each column contiguous
-        return row_medians(np.array(arr.T, order="C"))
+        return row_medians(columns_float64(arr))
     w = np.asarray(sample_weight, np.float64)
     order = np.argsort(arr, axis=0, kind="stable")
     values = np.take_along_axis(arr, order, axis=0)
@@ -911,25 +928,29 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     weighted (frequency weights act as repeated rows). NaN entries (missing values) are left out
     of their column's statistics.
     """
-    arr = np.asarray(arr, np.float64)
-    if sample_weight is None and not np.isnan(arr).any():  # one copy, feature by feature: the
-        columns = np.array(arr.T, order="C")  # first median reorders it, which the second does not mind
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    if sample_weight is None and not np.isnan(arr).any():  # one float64 copy, feature by feature: the
+        columns = columns_float64(arr)  # first median reorders it, which the second does not mind
         shift = row_medians(columns)
         columns -= shift[:, None]
         np.abs(columns, out=columns)
         scale = MAD_TO_SD * row_medians(columns)
         del columns
     else:
+        arr = np.asarray(arr, np.float64)
         shift = weighted_median(arr, sample_weight)
         deviation = np.abs(arr - shift)
         scale = MAD_TO_SD * weighted_median(deviation, sample_weight)
         del deviation
     flat = ~(scale > 0)
     for j in np.flatnonzero(flat):
-        keep = ~np.isnan(arr[:, j])
+        column = np.asarray(arr[:, j], np.float64)
+        keep = ~np.isnan(column)
         w = None if sample_weight is None else np.asarray(sample_weight)[keep]
-        mean = np.average(arr[keep, j], weights=w)
-        scale[j] = np.sqrt(np.average((arr[keep, j] - mean) ** 2, weights=w))
+        mean = np.average(column[keep], weights=w)
+        scale[j] = np.sqrt(np.average((column[keep] - mean) ** 2, weights=w))
     if covariance_type == "spherical":
         scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
     return shift, scale
@@ -972,9 +993,12 @@ def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dt
     shift, sd = standardisation(arr, covariance_type, sample_weight)
     if np.any(sd == 0):
         raise ValueError("x has a constant column among the rows of positive sample_weight; drop it before fitting.")
-    xs = arr - shift  # one new array, scaled in place: the data are copied once
-    xs /= sd
-    return shift, sd, xs.astype(compute_dtype() if dtype is None else dtype, copy=False)
+    xs = np.empty(np.shape(arr), compute_dtype() if dtype is None else dtype)
+    for start in range(0, xs.shape[0], TRANSPOSE_BLOCK_ROWS):  # in float64, block by block (in cache)
+        block = arr[start : start + TRANSPOSE_BLOCK_ROWS] - shift
+        block /= sd
+        xs[start : start + TRANSPOSE_BLOCK_ROWS] = block
+    return shift, sd, xs
 
 
 def params_to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMParams:
