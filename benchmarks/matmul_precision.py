@@ -17,7 +17,7 @@ numbers (XLA's CPU products are float32 whatever the setting).
 
 Usage::
 
-    python benchmarks/matmul_precision.py              # N=1e7 on a GPU, 1e5 elsewhere
+    python benchmarks/matmul_precision.py              # N=2e6 on a GPU (about 100 s there), 1e5 elsewhere
     python benchmarks/matmul_precision.py --n 1000000 --iters 20
     python benchmarks/matmul_precision.py --centre-sd 1 --settings float64,full   # the fast form in float32
 """
@@ -88,7 +88,8 @@ def run(setting: str, n: int, iters: int, reps: int, centre_sd: float) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=None, help="rows (default 1e7 on a GPU, 1e5 elsewhere)")
+    ap.add_argument("--n", type=int, default=None, help="rows (default 2e6 on a GPU, 1e5 elsewhere; at 1e7 each "
+                    "setting's process takes over a minute on an H200's host, mostly host set-up)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--centre-sd", type=float, default=3.0,
@@ -103,7 +104,7 @@ def main(argv=None):
 
     probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
                            capture_output=True, text=True, check=True).stdout.strip()
-    n = args.n or (10_000_000 if probe == "gpu" else 100_000)
+    n = args.n or (2_000_000 if probe == "gpu" else 100_000)
     print(f"# float32 EM, N={n:.0e}, D={D}, K={K}, full, centres ~N(0, {args.centre_sd:g}^2), "
           f"{args.iters} iterations from one start, tol=0; "
           f"backend {probe}; load {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
