@@ -53,16 +53,6 @@ PRIOR = make_prior()
 EXACT = dict(prior=PRIOR, method="vb", num_ranks=L, engine_kwargs={"reg_covar": 0.0})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def optimised_programs():
-    """The SBC loops run a few small programs hundreds of times each, so this file compiles them
-    with XLA's optimisations (``BAYESGMM_COMPILE_MODE=auto``) rather than the suite's
-    fastest-compile mode: the file alone took 30-37 s instead of 35-42 s on two cores (three runs each)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BAYESGMM_COMPILE_MODE", "auto")
-        yield
-
-
 @pytest.fixture(scope="module")
 def exact_run():
     """SBC of VB for K = 1 (the exact posterior): 200 replications (compiles VB once, then ~1 ms a fit)."""
