@@ -990,10 +990,11 @@ def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dt
     ValueError
         A column is constant among the rows of positive ``sample_weight``.
     """
+    arr = np.asarray(arr)
     shift, sd = standardisation(arr, covariance_type, sample_weight)
     if np.any(sd == 0):
         raise ValueError("x has a constant column among the rows of positive sample_weight; drop it before fitting.")
-    xs = np.empty(np.shape(arr), compute_dtype() if dtype is None else dtype)
+    xs = np.empty(arr.shape, compute_dtype() if dtype is None else dtype)
     for start in range(0, xs.shape[0], TRANSPOSE_BLOCK_ROWS):  # in float64, block by block (in cache)
         block = arr[start : start + TRANSPOSE_BLOCK_ROWS] - shift
         block /= sd
