@@ -58,6 +58,7 @@ class EMConfig(NamedTuple):
     use_prior: bool
     block_rows: int | None = None  # the E-step's row blocks (:func:`bayesgmm._stats.block_rows`)
     covariance_model: str | None = None  # an mclust model in that layout (None: the layout's own)
+    components_together: bool = False  # the centred form's components at once (_stats.each_component)
 
     @property
     def constrained(self) -> bool:
@@ -129,7 +130,8 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
     else:
         total, magnitude, stats = _stats.e_step_totals(problem.z, problem.x, problem.sample_weight, params, ct,
                                                        precise, active=problem.active, hard=config.hard,
-                                                       block_rows=config.block_rows)
+                                                       block_rows=config.block_rows,
+                                                       together=config.components_together)
     if config.use_prior:
         lp = log_prior(params, problem.prior, ct, problem.active)
         total, magnitude = total + lp, magnitude + jnp.abs(lp)
@@ -312,7 +314,8 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
                 resp0 = resp0 * prob.sample_weight[:, None]
             # one-point starts have no scatter: at least INIT_REG_COVAR here, so reg_covar=0 is usable
             floored = prob._replace(reg_covar=jnp.maximum(prob.reg_covar, INIT_REG_COVAR))
-            params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct, block_rows=start_blocks), floored, init_config)
+            params0 = m_step(_stats.stats_precise(resp0.T, prob.x, ct, block_rows=start_blocks,
+                                                  together=config.components_together), floored, init_config)
             return GMMParams(*(jnp.where(m, jnp.asarray(g, p.dtype), p) for p, g, m in zip(params0, values, mask)))
 
         def every_piece_given(_):  # the user's start in every lane: no seeding, no M-step
@@ -443,6 +446,12 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
     )
 
 
+#: Whether the centred form computes its components at once (:func:`_stats.each_component`): None
+#: on accelerators only (the default), or True/False everywhere (``benchmarks/accelerator_em.py``
+#: compares the two on a GPU; the tests compare them on the CPU).
+COMPONENTS_TOGETHER: bool | None = None
+
+
 def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_iter, init_iter, config: EMConfig,
            init_method: str, num_groups: int, num_starts: int, num_kept: int, trace_len: int,
            avoid_degenerate: bool = True, adaptive: bool = True, num_rows: int | None = None,
@@ -465,8 +474,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     k, d = config.num_components, config.num_features
     if not isinstance(xs, jax.Array):  # once for every call of the search (sharded rows are placed already)
         xs = jax.device_put(xs)
+    on_cpu = all(device.platform == "cpu" for device in xs.devices())
+    together = not on_cpu if COMPONENTS_TOGETHER is None else COMPONENTS_TOGETHER
+    config = config._replace(components_together=together)
     if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
-        on_cpu = all(device.platform == "cpu" for device in xs.devices())
         config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type, cpu=on_cpu))
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them

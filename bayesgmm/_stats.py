@@ -156,6 +156,19 @@ def log_joint_fast(z, params: GMMParams, covariance_type: str, active=None, cons
 UNROLLED_FEATURES = 16
 
 
+def each_component(fn, args, together: bool = False):
+    """``fn`` of every component (the leading axis of ``args``): one after another (``lax.map``),
+    or with ``together`` all at once (``vmap``).
+
+    One after another suits the CPU: a component's centred intermediates stay in a core's cache.
+    On an accelerator every iteration of a loop costs kernel launches and a round trip to the host
+    for the loop's condition, and one component's rows are too little work to hide them: on an
+    H200 the float32 centred form of N=1e7, D=K=16 (153 row blocks of 16 components, twice an
+    iteration) took 61.6 ms an iteration one after another (see ``benchmarks/scale.py``).
+    """
+    return jax.vmap(fn)(args) if together else jax.lax.map(fn, args)
+
+
 def _mahalanobis_rows(xt, mean, factor, covariance_type: str):
     """``(x_n - mu)^T Sigma^-1 (x_n - mu)`` (N,) for one component from the features' rows
     ``xt`` (D, N), written out feature by feature (:data:`UNROLLED_FEATURES`)."""
@@ -167,14 +180,16 @@ def _mahalanobis_rows(xt, mean, factor, covariance_type: str):
     return sum(diff[j] * diff[j] / factor[j] for j in range(d))
 
 
-def log_joint_precise(x, params: GMMParams, covariance_type: str, active=None, const_shift=None):
-    """``log pi_k + log N(x_n | k)`` (K, N) in the centred form, one component at a time."""
+def log_joint_precise(x, params: GMMParams, covariance_type: str, active=None, const_shift=None, *,
+                      together: bool = False):
+    """``log pi_k + log N(x_n | k)`` (K, N) in the centred form, one component at a time (all at
+    once with ``together``, :func:`each_component`)."""
     w, mu, cov = params
     k, d = mu.shape
     if d <= UNROLLED_FEATURES:
         xt = x.T
         factors, logdet = _inverse_factors(cov, covariance_type, k, d)
-        quad = jax.lax.map(lambda args: _mahalanobis_rows(xt, *args, covariance_type), (mu, factors))
+        quad = each_component(lambda args: _mahalanobis_rows(xt, *args, covariance_type), (mu, factors), together)
         logp = -0.5 * (quad + logdet[:, None] + d * LOG_2PI)  # (K, N)
     else:
         if covariance_type in ("full", "tied"):
@@ -187,7 +202,7 @@ def log_joint_precise(x, params: GMMParams, covariance_type: str, active=None, c
             m, c = args
             return _numerics.component_log_density(x, m[None], c[None], form)[:, 0]
 
-        logp = jax.lax.map(one, (mu, per_component))  # (K, N)
+        logp = each_component(one, (mu, per_component), together)  # (K, N)
     log_w = jnp.log(w) if const_shift is None else jnp.log(w) + const_shift
     logp = logp + log_w[:, None]
     if active is not None:
@@ -268,11 +283,11 @@ def stats_fast(resp_weighted, z, num_features: int, covariance_type: str):
     return scatter(*unpack_stats(resp_weighted @ z, num_features, covariance_type), covariance_type)
 
 
-def centred_moments(resp_weighted, x, covariance_type: str, centres):
+def centred_moments(resp_weighted, x, covariance_type: str, centres, *, together: bool = False):
     """Moments about given ``centres`` (K, D) of responsibilities (K, N):
-    ``(N_k, sum_n r x~, sum_n r x~ x~^T)`` with ``x~ = x - c_k``, one component at a time (diag:
-    per feature; spherical: summed). Sums over row blocks add up; :func:`finish_centred` turns
-    them into centred statistics."""
+    ``(N_k, sum_n r x~, sum_n r x~ x~^T)`` with ``x~ = x - c_k``, one component at a time, or all
+    at once with ``together`` (:func:`each_component`) (diag: per feature; spherical: summed).
+    Sums over row blocks add up; :func:`finish_centred` turns them into centred statistics."""
     if x.shape[1] <= UNROLLED_FEATURES:  # the features' rows (D, N), as log_joint_precise
         xt = x.T
 
@@ -299,7 +314,7 @@ def centred_moments(resp_weighted, x, covariance_type: str, centres):
                 second = r @ jnp.sum(diff * diff, axis=1)
             return first, second
 
-    first, second = jax.lax.map(one, (resp_weighted, centres))
+    first, second = each_component(one, (resp_weighted, centres), together)
     return jnp.sum(resp_weighted, axis=1), first, second
 
 
@@ -329,7 +344,8 @@ def fold_row_blocks(num_rows: int, block_rows: int, step, init):
     return jax.lax.fori_loop(0, -(-num_rows // block_rows), body, init)
 
 
-def stats_precise(resp_weighted, x, covariance_type: str, centres=None, block_rows: int | None = None):
+def stats_precise(resp_weighted, x, covariance_type: str, centres=None, block_rows: int | None = None, *,
+                  together: bool = False):
     """Centred statistics ``(nk_safe, xbar, S)`` of responsibilities (K, N), every scatter taken
     about a centre near the component's mean, one component at a time (no cancellation).
 
@@ -338,17 +354,20 @@ def stats_precise(resp_weighted, x, covariance_type: str, centres=None, block_ro
     scatter about the new mean is ``S(c) - N_k (xbar - c)(xbar - c)^T``, a small correction.
     ``block_rows`` (static): the moments summed over row blocks of that many rows (the last block
     overlapping the one before it, counting only its new rows), so that the centred copies of the
-    data never exist whole (a start's M-step on N=5e6, D=16 held 1.1 GiB of them).
+    data never exist whole (a start's M-step on N=5e6, D=16 held 1.1 GiB of them). ``together``:
+    the components at once (:func:`each_component`).
     """
     if centres is None:  # the exact weighted mean (one point's mean is that point), unless empty
         nk = jnp.sum(resp_weighted, axis=1)
         centres = (resp_weighted @ x) / jnp.where(nk > 0, nk, safe_counts(nk))[:, None]
     if block_rows is None or block_rows >= x.shape[0]:
-        return finish_centred(*centred_moments(resp_weighted, x, covariance_type, centres), centres, covariance_type)
+        return finish_centred(*centred_moments(resp_weighted, x, covariance_type, centres, together=together),
+                              centres, covariance_type)
 
     def step(start, new, acc):
         rb = jnp.where(new[None], jax.lax.dynamic_slice_in_dim(resp_weighted, start, block_rows, axis=1), 0.0)
-        moments = centred_moments(rb, jax.lax.dynamic_slice_in_dim(x, start, block_rows), covariance_type, centres)
+        moments = centred_moments(rb, jax.lax.dynamic_slice_in_dim(x, start, block_rows), covariance_type, centres,
+                                  together=together)
         return tuple(a + b for a, b in zip(acc, moments))
 
     shapes = jax.eval_shape(lambda: centred_moments(resp_weighted[:, :1], x[:1], covariance_type, centres))
@@ -357,27 +376,31 @@ def stats_precise(resp_weighted, x, covariance_type: str, centres=None, block_ro
 
 
 def e_step_stats(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
-                 const_shift=None, hard: bool = False):
+                 const_shift=None, hard: bool = False, together: bool = False):
     """The E-step and the M-step's statistics at ``params``: ``(per_row, stats)``.
 
     ``per_row`` (N,) is each row's ``log sum_k`` (``max_k`` for ``hard``) of
     ``log pi_k + log N(x_n | k) (+ const_shift_k)``; ``stats`` the centred statistics
     ``(N_k, xbar_k, S_k)`` of the (row-weighted) responsibilities. ``precise`` (a Python or traced
     bool) selects the centred form; a traced one is a real branch (``lax.cond``), so only the form
-    taken is computed and everything that does not depend on it stays outside.
+    taken is computed and everything that does not depend on it stays outside. ``together``
+    (static): the centred form's components at once (:func:`each_component`).
     """
     d = x.shape[1]
 
     def branch(use_precise):
         def run(_):
             if use_precise:
-                logp = log_joint_precise(x, params, covariance_type, active, const_shift)
+                logp = log_joint_precise(x, params, covariance_type, active, const_shift, together=together)
             else:
                 logp = log_joint_fast(z, params, covariance_type, active, const_shift)
             resp, per_row = responsibilities(logp, hard=hard)
             if sample_weight is not None:
                 resp = resp * sample_weight[None]
-            stats = stats_precise(resp, x, covariance_type) if use_precise else stats_fast(resp, z, d, covariance_type)
+            if use_precise:
+                stats = stats_precise(resp, x, covariance_type, together=together)
+            else:
+                stats = stats_fast(resp, z, d, covariance_type)
             return per_row, stats
 
         return run
@@ -432,7 +455,7 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bo
 
 
 def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
-                  hard: bool = False, block_rows: int | None = None):
+                  hard: bool = False, block_rows: int | None = None, together: bool = False):
     """The E-step's totals and the M-step's statistics at ``params``: ``(total, magnitude, stats)``.
 
     ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective and
@@ -440,9 +463,11 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
     may be None) the rows are visited in blocks of that many by a loop that makes each block's
     features on the fly and sums moments (about the current means in the precise form), so no
     (N, p) array exists; the last block overlaps the one before it and counts only its new rows.
+    ``together`` (static): the centred form's components at once (:func:`each_component`).
     """
     if block_rows is None:
-        per_row, stats = e_step_stats(z, x, sample_weight, params, covariance_type, precise, active=active, hard=hard)
+        per_row, stats = e_step_stats(z, x, sample_weight, params, covariance_type, precise, active=active, hard=hard,
+                                      together=together)
         if sample_weight is None:
             return jnp.sum(per_row), jnp.sum(jnp.abs(per_row)), stats
         return per_row @ sample_weight, jnp.abs(per_row) @ sample_weight, stats
@@ -456,14 +481,17 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                 xb = jax.lax.dynamic_slice_in_dim(x, start, block_rows)
                 wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, block_rows), 0.0)
                 if use_precise:
-                    logp = log_joint_precise(xb, params, covariance_type, active)
+                    logp = log_joint_precise(xb, params, covariance_type, active, together=together)
                 else:
                     zb = suff_features(xb, covariance_type)
                     logp = log_joint_fast(zb, params, covariance_type, active)
                 resp, per_row = responsibilities(logp, hard=hard)
                 resp = resp * wb[None]
                 per_row = jnp.where(wb > 0, per_row, 0.0)
-                moments = centred_moments(resp, xb, covariance_type, centres) if use_precise else (resp @ zb,)
+                if use_precise:
+                    moments = centred_moments(resp, xb, covariance_type, centres, together=together)
+                else:
+                    moments = (resp @ zb,)
                 total, magnitude, summed = acc
                 return (total + per_row @ wb, magnitude + jnp.abs(per_row) @ wb,
                         tuple(a + b for a, b in zip(summed, moments)))

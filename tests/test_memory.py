@@ -87,3 +87,52 @@ def test_program_memory_is_counted():
     bg.fit_em(x, 2, n_init=1)
     sizes = [m for m in _em_core.PROGRAM._memory.values() if m is not None]
     assert sizes and min(sizes) >= x.nbytes
+
+
+@pytest.mark.parametrize("covariance_type, num_features", [("full", 3), ("diag", 3), ("spherical", 3), ("full", 17)])
+def test_components_together_equal_one_after_another(covariance_type, num_features):
+    """The centred form with every component at once (``vmap``, accelerators) computes what it
+    computes one component after another (``lax.map``, the CPU): log densities, statistics whole
+    and in row blocks, both for the written-out features (D <= 16) and the matrix form."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesgmm.params import GMMParams
+
+    rng = np.random.default_rng(8)
+    k, n, d = 3, 701, num_features
+    x = jnp.asarray(rng.normal(size=(n, d)) + 4.0 * rng.integers(0, k, size=(n, 1)))
+    a = rng.normal(size=(k, d, d)) / np.sqrt(d)
+    full = np.einsum("kij,klj->kil", a, a) + np.eye(d)
+    cov = {"full": full, "diag": np.abs(rng.normal(size=(k, d))) + 0.5,
+           "spherical": np.abs(rng.normal(size=k)) + 0.5}[covariance_type]
+    params = GMMParams(jnp.asarray([0.2, 0.3, 0.5]), jnp.asarray(rng.normal(size=(k, d))), jnp.asarray(cov))
+    resp = jnp.asarray(rng.dirichlet(np.ones(k), size=n).T)
+
+    def both(fn):
+        loops = [str(jax.make_jaxpr(lambda t=t: fn(t))()).count("scan[") for t in (False, True)]
+        assert loops[1] < loops[0]  # at once: no loop over components (the row blocks' remains)
+        apart, together = (jax.jit(lambda t=t: fn(t))() for t in (False, True))
+        jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12), apart, together)
+        return together
+
+    logp = both(lambda t: _stats.log_joint_precise(x, params, covariance_type, together=t))
+    assert logp.shape == (k, n) and np.all(np.isfinite(logp))
+    both(lambda t: _stats.stats_precise(resp, x, covariance_type, together=t))
+    both(lambda t: _stats.stats_precise(resp, x, covariance_type, block_rows=256, together=t))
+    both(lambda t: _stats.e_step_totals(None, x, None, params, covariance_type, True, block_rows=256, together=t))
+
+
+def test_fit_with_components_together_equals_the_default(monkeypatch):
+    """A float32 fit that takes the centred form (tight clusters far apart) gives the same fit
+    with the components at once (the accelerators' choice, forced here on the CPU)."""
+    from bayesgmm import _em_core
+
+    rng = np.random.default_rng(9)
+    x = (rng.normal(size=(600, 2)) * 0.2 + 50.0 * rng.integers(0, 3, size=(600, 1))).astype(np.float32)
+    default = bg.fit_em(x, 3, seed=2)
+    monkeypatch.setattr(_em_core, "COMPONENTS_TOGETHER", True)
+    together = bg.fit_em(x, 3, seed=2)
+    assert together.n_iter == default.n_iter and together.converged
+    np.testing.assert_allclose(together.log_likelihood, default.log_likelihood, rtol=1e-6)
+    np.testing.assert_allclose(together.params.covariances, default.params.covariances, rtol=1e-4)
