@@ -446,12 +446,6 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
     )
 
 
-#: Whether the centred form computes its components at once (:func:`_stats.each_component`): None
-#: on accelerators only (the default), or True/False everywhere (``benchmarks/accelerator_em.py``
-#: compares the two on a GPU; the tests compare them on the CPU).
-COMPONENTS_TOGETHER: bool | None = None
-
-
 def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_iter, init_iter, config: EMConfig,
            init_method: str, num_groups: int, num_starts: int, num_kept: int, trace_len: int,
            avoid_degenerate: bool = True, adaptive: bool = True, num_rows: int | None = None,
@@ -474,10 +468,9 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     k, d = config.num_components, config.num_features
     if not isinstance(xs, jax.Array):  # once for every call of the search (sharded rows are placed already)
         xs = jax.device_put(xs)
-    on_cpu = all(device.platform == "cpu" for device in xs.devices())
-    together = not on_cpu if COMPONENTS_TOGETHER is None else COMPONENTS_TOGETHER
-    config = config._replace(components_together=together)
+    config = config._replace(components_together=_stats.components_together(xs))
     if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
+        on_cpu = all(device.platform == "cpu" for device in xs.devices())
         config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type, cpu=on_cpu))
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them

@@ -169,6 +169,23 @@ def each_component(fn, args, together: bool = False):
     return jax.vmap(fn)(args) if together else jax.lax.map(fn, args)
 
 
+#: Whether the centred form computes its components at once (:func:`each_component`): None, off
+#: the CPU only (the default); True or False, everywhere (``benchmarks/accelerator_em.py`` compares
+#: the two on a GPU; the tests compare them on the CPU).
+COMPONENTS_TOGETHER: bool | None = None
+
+
+def components_together(array) -> bool:
+    """The centred form's layout for data placed as ``array`` (a ``jax.Array``, or a NumPy array
+    bound for the default device): every component at once off the CPU (:func:`each_component`,
+    :data:`COMPONENTS_TOGETHER`)."""
+    if COMPONENTS_TOGETHER is not None:
+        return COMPONENTS_TOGETHER
+    if not isinstance(array, jax.Array):
+        return jax.default_backend() != "cpu"
+    return any(device.platform != "cpu" for device in array.devices())
+
+
 def _mahalanobis_rows(xt, mean, factor, covariance_type: str):
     """``(x_n - mu)^T Sigma^-1 (x_n - mu)`` (N,) for one component from the features' rows
     ``xt`` (D, N), written out feature by feature (:data:`UNROLLED_FEATURES`)."""

@@ -124,6 +124,7 @@ class VBConfig(NamedTuple):
     num_components: int
     num_features: int
     covariance_type: str
+    components_together: bool = False  # the centred form's components at once (_stats.each_component)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
                                                const_shift=shift)
     else:
         per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, components, ct, precise,
-                                             const_shift=shift)
+                                             const_shift=shift, together=config.components_together)
     elbo = _weighted_sum(per_row, problem.sample_weight) - kl
     magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight) + jnp.abs(kl)
     counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
@@ -335,7 +336,8 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
         resp0 = initial_responsibilities(u, xs, k, init_method, sample_weight=sample_weight, active=act)
         if sample_weight is not None:
             resp0 = resp0 * sample_weight[:, None]
-        return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct), prior, reg_covar, ct)
+        return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct, together=config.components_together), prior,
+                         reg_covar, ct)
 
     def start_lanes(_):
         started = jax.lax.map(lambda a: one(*a), (noise, seeded)) if lanes_apart else jax.vmap(one)(noise, seeded)
@@ -636,9 +638,9 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     else:
         noise = init_noise(init_key, init_params, starts, n, k, dtype, rows.num_padded)[None]
         seeded = occupancy(starts, k)[None]
-    config = VBConfig(k, d, covariance_type)
     trace_len = trace_length(max_iter)
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
+    config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0])
     # sharded rows keep the fast form (see bayesgmm._em_core._run)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);

@@ -11,7 +11,7 @@ start, ``tol=0``) on two data sets, in one process:
 For each, the variants:
 
 * ``apart``: the centred form's components one after another (``lax.map``), as on the CPU and
-  as every device did before (``bayesgmm._em_core.COMPONENTS_TOGETHER = False``);
+  as every device did before (``bayesgmm._stats.COMPONENTS_TOGETHER = False``);
 * ``together``: all components at once (``vmap``), the default off the CPU;
 * ``together, blocks xN``: the same with row blocks N times as large
   (``bayesgmm._stats.BLOCK_ELEMENTS``).
@@ -89,7 +89,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import jax
 
-    from bayesgmm import _em_core, _stats
+    from bayesgmm import _stats
 
     warnings.simplefilter("ignore")  # tol=0 runs to max_iter: ConvergenceWarning by design
     device = jax.devices()[0]
@@ -107,7 +107,7 @@ def main(argv=None):
         for name, together, factor in variants:
             if data == "fast" and name == "apart":
                 continue  # the fast form has no per-component loop
-            _em_core.COMPONENTS_TOGETHER = together
+            _stats.COMPONENTS_TOGETHER = together
             _stats.BLOCK_ELEMENTS = base_elements * factor
             rows = _stats.block_rows(n, D, "full", cpu=device.platform == "cpu")
             r = per_iteration(x, args.iters, args.reps)
@@ -116,7 +116,7 @@ def main(argv=None):
                   f"{r['per_iter'] / reference:>5.2f}x | {r['compile']:>9.2f} {r['run1']:>12.3f} | "
                   f"{r['ll']:>18.6f} | {load()}", flush=True)
         del x
-    _em_core.COMPONENTS_TOGETHER, _stats.BLOCK_ELEMENTS = None, base_elements
+    _stats.COMPONENTS_TOGETHER, _stats.BLOCK_ELEMENTS = None, base_elements
     print("ratio: time per iteration / the first variant's on the same data; 1-iter run s: a 1-iteration fit's "
           "device time (its start E-step, one iteration and the final evaluation)")
 

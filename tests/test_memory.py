@@ -125,14 +125,18 @@ def test_components_together_equal_one_after_another(covariance_type, num_featur
 
 def test_fit_with_components_together_equals_the_default(monkeypatch):
     """A float32 fit that takes the centred form (tight clusters far apart) gives the same fit
-    with the components at once (the accelerators' choice, forced here on the CPU)."""
-    from bayesgmm import _em_core
-
+    with the components at once (the accelerators' choice, forced here on the CPU), in EM and VB."""
     rng = np.random.default_rng(9)
     x = (rng.normal(size=(600, 2)) * 0.2 + 50.0 * rng.integers(0, 3, size=(600, 1))).astype(np.float32)
     default = bg.fit_em(x, 3, seed=2)
-    monkeypatch.setattr(_em_core, "COMPONENTS_TOGETHER", True)
+    monkeypatch.setattr(_stats, "COMPONENTS_TOGETHER", True)
     together = bg.fit_em(x, 3, seed=2)
     assert together.n_iter == default.n_iter and together.converged
     np.testing.assert_allclose(together.log_likelihood, default.log_likelihood, rtol=1e-6)
     np.testing.assert_allclose(together.params.covariances, default.params.covariances, rtol=1e-4)
+    monkeypatch.setattr(_stats, "COMPONENTS_TOGETHER", None)
+    vb_default = bg.fit_vb(x, 3, seed=2, max_iter=30)
+    monkeypatch.setattr(_stats, "COMPONENTS_TOGETHER", True)
+    vb_together = bg.fit_vb(x, 3, seed=2, max_iter=30)
+    assert vb_together.n_iter == vb_default.n_iter
+    np.testing.assert_allclose(vb_together.info["elbo"], vb_default.info["elbo"], rtol=1e-6)
