@@ -321,6 +321,29 @@ def test_bad_input_raises_clear_error(x, k, match):
         bg.fit_em(x, k)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_large_input_is_checked_as_small_input(order):
+    """Data long enough for the folded extremes (:func:`bayesgmm.params.column_extremes`): NaN
+    and infinite values in the folded rows or the rows left over, and constant columns, are found
+    as in small data, in C and Fortran order; the extremes equal NumPy's."""
+    from bayesgmm.params import check_data, column_extremes
+
+    x = np.random.default_rng(4).normal(size=(64 * 5 + 3, 16)).astype(np.float32)
+    lowest, highest = column_extremes(np.asarray(x, order=order))
+    assert np.array_equal(lowest, x.min(axis=0)) and np.array_equal(highest, x.max(axis=0))
+    for row, value, match in [(-1, np.nan, "NaN values in 1 row"), (100, np.nan, "NaN values in 1 row"),
+                              (-2, np.inf, "infinite values in 1 row"), (7, -np.inf, "infinite values in 1 row")]:
+        bad = x.copy()
+        bad[row, 3] = value
+        with pytest.raises(ValueError, match=match):
+            check_data(np.asarray(bad, order=order))
+    constant = x.copy()
+    constant[:, 5] = 2.5
+    with pytest.raises(ValueError, match=r"constant column\(s\) \['x5'\]"):
+        check_data(np.asarray(constant, order=order))
+    assert check_data(np.asarray(x, order=order))[0] is not None
+
+
 def test_non_numeric_dataframe_column_is_named():
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "species": ["x", "y", "x", "y"]})
