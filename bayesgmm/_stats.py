@@ -12,7 +12,8 @@ Two forms of the same computation:
 
 * **precise** (the centred form): ``log N`` through ``L^-1 (x - mu_k)`` and scatter matrices
   ``sum r (x - xbar_k)(x - xbar_k)^T`` about each component's own mean, one component at a time
-  (``lax.map``). About twice the work, and exact where the fast form cancels.
+  (``lax.map``) on the CPU, all at once (``vmap``) on accelerators (:func:`each_component`).
+  About twice the work, and exact where the fast form cancels.
 
 **Layout.** Inside the E-step the per-component arrays are *component-major*, (K, N): the
 log densities ``theta @ Z.T``, the responsibilities and their products with ``Z`` or ``x``. The
