@@ -231,6 +231,23 @@ def _regularised_sample_covariance(cluster, x, reg_covar=1e-10):
     return np.cov(cluster, rowvar=False, ddof=0) + np.diag(reg_covar * scale**2)
 
 
+def test_standardisation_of_large_data_is_the_plain_formula():
+    """On rows enough for the host threads (row blocks in runs, :func:`bayesgmm.params.in_row_blocks`)
+    the standardised data are exactly ``(x - median) / (1.4826 * MAD)`` computed by plain NumPy
+    in float64, in every row (the threads' runs and the last, short block included)."""
+    from bayesgmm.params import MAD_TO_SD, THREADED_ROW_BLOCKS, TRANSPOSE_BLOCK_ROWS, standardise
+
+    n = 2 * THREADED_ROW_BLOCKS * TRANSPOSE_BLOCK_ROWS + 777
+    x = (np.random.default_rng(6).standard_t(3, size=(n, 3)) * [1.0, 50.0, 1e-3] + [0.0, 1e4, 7.0]).astype(np.float32)
+    shift, scale, xs = standardise(x, "full", dtype=np.float64)
+    x64 = x.astype(np.float64)
+    median = np.median(x64, axis=0)
+    mad = MAD_TO_SD * np.median(np.abs(x64 - median), axis=0)
+    np.testing.assert_array_equal(shift, median)
+    np.testing.assert_array_equal(scale, mad)
+    np.testing.assert_array_equal(xs, (x64 - median) / mad)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tight_clusters_far_apart(dtype):
     """Centres +-1000, sd 1: perfectly separated, so the ML covariances are each cluster's sample
