@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 import warnings
+
+from _em_timing import fixed_start, per_iteration
 
 D, K = 16, 16
 
@@ -54,29 +54,15 @@ def make_data(n: int, centre_sd: float, seed: int = 0):
     return x
 
 
-def per_iteration(x, iters: int, reps: int) -> dict:
-    import numpy as np
-
+def time_fit(x, iters: int, reps: int) -> dict:
     import bayesgmm as bg
 
-    head = np.asarray(x[: 20 * K], np.float64)
-    cov = np.cov(head, rowvar=False) + 1e-3 * np.eye(D)
-    start = dict(weights_init=np.full(K, 1.0 / K), means_init=head[::20][:K],
-                 precisions_init=np.tile(np.linalg.inv(cov), (K, 1, 1)))
-
-    def fit(t):
-        return bg.fit_em(x, K, **start, tol=0.0, max_iter=t, seed=0)
-
-    t0 = time.perf_counter()
-    first = fit(iters)
-    wall = time.perf_counter() - t0
-    long, short = [], []
-    for _ in range(reps):
-        long.append(fit(iters).info["run_seconds"])
-        short.append(fit(1).info["run_seconds"])
-    per = max(statistics.median(long) - statistics.median(short), 1e-9) / (iters - 1)
-    return dict(per_iter=per, compile=first.info["compile_seconds"], wall=wall, ll=first.log_likelihood,
-                run1=statistics.median(short))
+    start = fixed_start(x, K)
+    timed = per_iteration(lambda t: bg.fit_em(x, K, **start, tol=0.0, max_iter=t, seed=0), iters, reps,
+                          warm_short=False)
+    first = timed["first"]
+    return dict(per_iter=timed["per_iter"], compile=first.info["compile_seconds"], ll=first.log_likelihood,
+                run1=timed["short_fit"])
 
 
 def main(argv=None):
@@ -110,7 +96,7 @@ def main(argv=None):
             _stats.COMPONENTS_TOGETHER = together
             _stats.BLOCK_ELEMENTS = base_elements * factor
             rows = _stats.block_rows(n, D, "full", cpu=device.platform == "cpu")
-            r = per_iteration(x, args.iters, args.reps)
+            r = time_fit(x, args.iters, args.reps)
             reference = reference or r["per_iter"]
             print(f"{data:<8} {name:<22} {rows or n:>10} | {r['per_iter'] * 1e3:>8.2f} "
                   f"{r['per_iter'] / reference:>5.2f}x | {r['compile']:>9.2f} {r['run1']:>12.3f} | "

@@ -28,10 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+
+from _em_timing import fixed_start, per_iteration
 
 D, K = 16, 16
 
@@ -51,25 +51,11 @@ def worker(n: int, iters: int, reps: int, dtype: str, centre_sd: float) -> dict:
     rng = np.random.default_rng(0)
     centres = rng.normal(0.0, centre_sd, size=(K, D))
     x = (centres[rng.integers(0, K, n)] + rng.normal(size=(n, D))).astype(dtype)
-    head = np.asarray(x[: 20 * K], np.float64)
-    cov = np.cov(head, rowvar=False) + 1e-3 * np.eye(D)
-    start = dict(weights_init=np.full(K, 1.0 / K), means_init=head[::20][:K],
-                 precisions_init=np.tile(np.linalg.inv(cov), (K, 1, 1)))
-
-    def fit(t):
-        return bg.fit_em(x, K, **start, tol=0.0, max_iter=t, seed=0)
-
-    t0 = time.perf_counter()
-    first = fit(iters)
-    first_wall = time.perf_counter() - t0
-    fit(1)
-    long, short = [], []
-    for _ in range(reps):
-        long.append(fit(iters).info["run_seconds"])
-        short.append(fit(1).info["run_seconds"])
-    per_iter = max(statistics.median(long) - statistics.median(short), 1e-9) / (iters - 1)
+    start = fixed_start(x, K)
+    timed = per_iteration(lambda t: bg.fit_em(x, K, **start, tol=0.0, max_iter=t, seed=0), iters, reps)
+    first, per_iter = timed["first"], timed["per_iter"]
     return dict(device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}", per_iter=per_iter,
-                whole_fit=statistics.median(long), first_wall=first_wall, compile=first.info["compile_seconds"],
+                whole_fit=timed["whole_fit"], first_wall=timed["first_wall"], compile=first.info["compile_seconds"],
                 loglik=first.log_likelihood, means=np.asarray(first.params.means, np.float64).tolist(),
                 precision=jax.config.jax_default_matmul_precision)
 

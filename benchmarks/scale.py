@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+from _em_timing import first_rows_start, fixed_start, per_iteration
+
 D, K = 16, 16
 BLOCK = 250_000  # rows generated at a time, so generating data never needs a float64 copy of it all
 
@@ -83,13 +85,9 @@ def write_npy(path: str, n: int) -> None:
 
 def start_params(x):
     """A fixed start from the first rows (no initialisation cost in the timings)."""
-    import numpy as np
-
     from bayesgmm import GMMParams
 
-    head = np.asarray(x[: 20 * K], np.float64)
-    cov = np.cov(head, rowvar=False) + 1e-3 * np.eye(D)
-    return GMMParams(np.full(K, 1.0 / K), head[:: 20][:K], np.tile(cov, (K, 1, 1)))
+    return GMMParams(*first_rows_start(x, K))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,20 +114,14 @@ def worker(case: dict) -> dict:
     iters = case["iters"]
     if case["kind"] == "memory":
         x = make_data(case["n"])
-        w, m, c = start_params(x)
-        prec = np.linalg.inv(c)
+        start = fixed_start(x, K)
 
         def fit(t):
-            return bg.fit_em(x, K, weights_init=w, means_init=m, precisions_init=prec, init_params="random_from_data",
-                             tol=0.0, max_iter=t, devices=devices, seed=0)
+            return bg.fit_em(x, K, **start, init_params="random_from_data", tol=0.0, max_iter=t, devices=devices, seed=0)
 
-        first = fit(iters)
-        fit(1)
-        runs_t, runs_1 = [], []
-        for _ in range(case["reps"]):
-            runs_t.append(fit(iters).info["run_seconds"])
-            runs_1.append(fit(1).info["run_seconds"])
-        out["per_iter"] = max(statistics.median(runs_t) - statistics.median(runs_1), 1e-9) / (iters - 1)
+        timed = per_iteration(fit, iters, case["reps"])
+        first = timed["first"]
+        out["per_iter"] = timed["per_iter"]
         out["compile"] = first.info["compile_seconds"]
         out["ll"] = first.log_likelihood
     else:
