@@ -341,7 +341,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     def forget(s):  # continuing short runs: their last objective may be the fast form's
         if not adaptive or observed is not None:
             return s
-        return _iterate.restart_convergence(s, needs(s.params, problem) | needs(s.next_params, problem), max_iter)
+        evaluated = needs(s.params, problem)  # the two checks' batched LAPACK calls one after the other
+        return _iterate.restart_convergence(s, evaluated | needs(_numerics.in_turn(evaluated, s.next_params), problem),
+                                            max_iter)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     eps = jnp.finfo(xs.dtype).eps

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from . import _numerics
 from ._stats import safe_counts
 from .params import GMMParams
 
@@ -172,7 +173,10 @@ def conditional_components(x, observed, params: GMMParams, covariance_type: str)
     cov = _full(params.covariances, covariance_type, means.shape[0])
     solved = jax.scipy.linalg.solve_triangular(jnp.swapaxes(m.factor, -1, -2), m.half[..., None], lower=False)[..., 0]
     completed = means[None] + jnp.einsum("kij,nkj->nki", cov, solved)
-    b = jax.scipy.linalg.solve_triangular(m.factor, m.o[:, None, :, None] * cov[None], lower=True)  # L^-1 (O Sigma)
+    # L^-1 (O Sigma), after the solve above: two batches of N x K solves that XLA may otherwise run
+    # at once, each waiting on XLA's thread pool for its pieces (_numerics.in_turn)
+    b = jax.scipy.linalg.solve_triangular(m.factor, _numerics.in_turn(solved, m.o[:, None, :, None] * cov[None]),
+                                          lower=True)
     conditional = cov[None] - jnp.einsum("nkji,nkjl->nkil", b, b)
     return m.log_density, completed, conditional
 

@@ -286,9 +286,13 @@ def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: 
     z = sample_assignments(key_z, state.log_joint)
     completed = xs if observed is None else sample_missing(key_x, xs, observed, z, state.params, covariance_type)
     params = sample_parameters(key_theta, completed, z, prior, num_components, covariance_type, row_weight)
-    log_joint = _log_joint(xs, params, covariance_type, observed)
+    # every later batched LAPACK call after the draw's last (the means' factor; _numerics.in_turn)
+    log_joint = _log_joint(xs, _numerics.in_turn(params.means, params), covariance_type, observed)
     per_row = jax.nn.logsumexp(log_joint, axis=-1)
-    lp = jnp.sum(per_row if row_weight is None else row_weight * per_row) + log_prior(params, prior, covariance_type)
+    log_lik = jnp.sum(per_row if row_weight is None else row_weight * per_row)
+    # the prior's batched LAPACK calls after the likelihood's (_numerics.in_turn; chains x K
+    # factorisations are split over XLA's thread pool, and two such calls at once can hang)
+    lp = log_lik + log_prior(_numerics.in_turn(log_lik, params), prior, covariance_type)
     num_nonempty = jnp.sum(jnp.bincount(z, weights=row_weight, length=num_components) > 0)
     return SweepState(params, log_joint), (params, lp, num_nonempty)
 

@@ -213,18 +213,23 @@ def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _S
 
     # All three starts are computed and one is selected by the (traced) init_code, so that
     # "map", user-given and "uniform" starts share one compiled program.
-    z_user = jax.vmap(unconstrain)(user_init)
+    num_user = c * ravel_pytree(jax.eval_shape(unconstrain, jax.tree_util.tree_map(lambda a: a[0], user_init)))[0].size
+    noise = jax.random.uniform(key_noise, (num_map + 2 * num_user,), xs.dtype)
+    pivot = shared.map_start(noise[:num_map].reshape(map_shape), filled, prior, k, ct, row_weight=row_mask)
+    # Batched LAPACK calls one after another (_numerics.in_turn): the chains' transforms after the
+    # MAP search's, and the chains' gradients one chain at a time below. jaxlib 0.10 splits a
+    # batch of chains x K factorisations over XLA's thread pool and waits there; two such calls
+    # at once hung NUTS on D = K = 16 with 4 chains on two cores.
+    z_user = jax.vmap(unconstrain)(_numerics.in_turn(pivot.covariances, user_init))
     unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], z_user))[1]
     flat_user = jax.vmap(lambda z: ravel_pytree(z)[0])(z_user)  # (C, P)
-    noise = jax.random.uniform(key_noise, (num_map + 2 * flat_user.size,), xs.dtype)
-    pivot = shared.map_start(noise[:num_map].reshape(map_shape), filled, prior, k, ct, row_weight=row_mask)
     flat_map = jnp.broadcast_to(ravel_pytree(unconstrain(pivot))[0], flat_user.shape)
     u_jitter, u_init = noise[num_map:].reshape((2,) + flat_user.shape)
     tiny = jnp.finfo(xs.dtype).tiny
     jitter = _JITTER * jax.scipy.special.ndtri(jnp.clip(u_jitter, tiny, 1.0 - jnp.finfo(xs.dtype).epsneg))  # normal
     uniform = 4.0 * u_init - 2.0  # NumPyro's init_to_uniform: uniform(-2, 2)
     z0 = jax.vmap(unravel)(jnp.select([init_code == 0, init_code == 1], [flat_map + jitter, flat_user + jitter], uniform))
-    energy, grad = jax.vmap(lambda z: _potential_and_grad(z, xs, row_mask, prior, k, ct, config.missing))(z0)
+    energy, grad = jax.lax.map(lambda z: _potential_and_grad(z, xs, row_mask, prior, k, ct, config.missing), z0)
     return pivot, ParamInfo(z0, energy, grad)
 
 
@@ -288,7 +293,10 @@ def _chains_program(xs, row_mask, prior, key, starts, first_chain, *, config: _C
     def log_post(w, m, cov):
         p = GMMParams(w, m, cov)
         rows = observed_mixture_log_density(xs, p, ct) if config.missing else _numerics.mixture_log_density(xs, *p, ct)
-        return jnp.sum(jnp.where(row_mask, rows, 0.0)) + log_prior(p, prior, ct)
+        total = jnp.sum(jnp.where(row_mask, rows, 0.0))
+        # the prior's batched LAPACK calls after the likelihood's (_numerics.in_turn): over every
+        # chain and draw, each batch is split over XLA's thread pool, and two at once hung
+        return total + log_prior(_numerics.in_turn(total, p), prior, ct)
 
     lp = jax.vmap(jax.vmap(log_post))(*draws)
     return draws, stats, lp, warmup_steps

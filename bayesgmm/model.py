@@ -29,7 +29,7 @@ from jax.scipy.special import gammaln
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
-from . import _missing, _sticks
+from . import _missing, _numerics, _sticks
 from ._compile import jit
 from ._numerics import expand_covariances
 from .params import GMMParams, PriorArrays, check_covariance_type
@@ -392,7 +392,9 @@ def log_prior(params: GMMParams, prior: PriorArrays, covariance_type: str, activ
     k = params.means.shape[0]
     weights_dist, cov_dist, means_given = prior_distributions(prior, k, covariance_type)
     lp_cov = cov_dist.log_prob(params.covariances)  # (K,), or () for tied
-    lp_means = means_given(params.covariances).log_prob(params.means)  # (K,)
+    # the means' factorisations after the covariances' (batched LAPACK calls one at a time:
+    # _numerics.in_turn); NumPy arrays pass unchanged
+    lp_means = means_given(_numerics.in_turn(lp_cov, params.covariances)).log_prob(params.means)  # (K,)
     if active is None:
         lp = jnp.sum(lp_cov) + jnp.sum(lp_means)
         if k > 1:

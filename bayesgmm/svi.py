@@ -76,6 +76,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal
 
 from . import _numerics
 from . import _numpyro_common as shared
+from ._chains import LAPACK_SPLIT_FLOPS
 from ._compile import CompiledProgram, compile_together, progress, small_rows, small_rows_once, tick_every, tick_interval
 from .labels import align_draws
 from .model import gmm_model, model_kwargs
@@ -219,9 +220,14 @@ def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config)
             med = {}
         if all(s in med for s in sites[1:]):
             median = GMMParams(med["weights"] if k > 1 else jnp.ones(1, xs.dtype), med["means"], med["covariances"])
-    # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates.
+    # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates,
+    # vmap-ed in groups whose batched LAPACK calls (the likelihood's solves, groups x K x D^2 x N
+    # flops) jaxlib 0.10 does not split over XLA's thread pool: split calls wait there for their
+    # pieces, and two at once hung on two cores (D = K = 16, 400 rows; _numerics.in_turn)
     one_elbo = lambda kk: -_elbo().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
-    elbo_final = jax.vmap(one_elbo)(jax.random.split(key_elbo, config.num_draws))
+    per_draw = k * xs.shape[1] ** 2 * max(xs.shape[0], xs.shape[1])
+    group = int(min(config.num_draws, max(1, LAPACK_SPLIT_FLOPS // per_draw)))
+    elbo_final = jax.lax.map(one_elbo, jax.random.split(key_elbo, config.num_draws), batch_size=group)
     return start, median, draws, -losses, elbo_final
 
 

@@ -974,6 +974,37 @@ def test_in_turn_keeps_the_values_and_orders_by_a_real_dependency():
     assert _numerics.in_turn(np.ones(2), np.arange(3.0)) is not None
 
 
+def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
+    """The checker of compiled programs (tests/_lapack_order.py) lists two batched triangular
+    solves that do not depend on each other, also when one runs inside a loop, and no longer
+    once ``in_turn`` orders them; calls below the size asked for are not listed."""
+    from _lapack_order import unordered_lapack_calls
+    from jax.scipy.linalg import solve_triangular
+
+    from bayesgmm import _numerics
+
+    factors = jnp.linalg.cholesky(jnp.eye(5) * (1.0 + jnp.arange(40.0))[:, None, None])  # 40 factors of 5 x 5
+    rhs = jnp.ones((40, 5, 2))
+
+    def two_solves(f, b, ordered, looped):
+        first = solve_triangular(f, b, lower=True)
+        if looped:
+            first = jax.lax.fori_loop(0, 3, lambda i, y: solve_triangular(f, y, lower=True), b)
+        second = _numerics.in_turn(first, 2.0 * b) if ordered else 2.0 * b
+        return first, solve_triangular(1.5 * f, second, lower=True)
+
+    flops = 40 * 5**2 * 2  # batch x rows^2 x columns of each solve's result
+    for looped in (False, True):
+        found = {}
+        for ordered in (False, True):
+            program = jax.jit(functools.partial(two_solves, ordered=ordered, looped=looped))
+            found[ordered] = unordered_lapack_calls(program.lower(factors, rhs).compile().as_text())
+        assert len(found[False]) == 1 and found[False][0].flops == (flops, flops), found
+        assert found[True] == []
+        text = jax.jit(functools.partial(two_solves, ordered=False, looped=looped)).lower(factors, rhs).compile().as_text()
+        assert unordered_lapack_calls(text, min_flops=flops + 1) == []
+
+
 def test_host_pieces_share_one_pool_keep_their_order_and_may_nest():
     """``_threads.map_pieces`` gives the serial loop's list, on one pool made once per process; a
     piece that maps pieces of its own runs them in turn (a pool waiting on itself would hang:

@@ -369,3 +369,43 @@ def test_map_em_with_missing_values_climbs_the_models_log_joint(faithful_missing
     joint = float(model.log_joint(jnp.asarray(faithful_missing), point, prior.arrays(2, covariance_type),
                                   covariance_type, missing=True))
     np.testing.assert_allclose(trace[-1], joint, rtol=1e-9)
+
+
+def test_rows_factored_by_lapack_equal_the_written_out_form_one_batch_at_a_time():
+    """Above ``UNROLL_MAX`` features the per-row conditionals take batched LAPACK calls (N x K
+    Cholesky factors and triangular solves); they equal the entry-by-entry form. Such a batch
+    grows with N, and jaxlib 0.10 splits one past ``LAPACK_SPLIT_FLOPS`` over XLA's thread pool
+    and waits there for the pieces, so no two per-row batches may be free to run at once in a
+    compiled program (tests/_lapack_order.py): two were in Gibbs's sweep, and a sampler with
+    D = 16, K = 8 and missing values on 300 rows hung on two cores."""
+    import functools
+
+    import jax
+    from _lapack_order import unordered_lapack_calls
+
+    from bayesgmm import _missing, gibbs
+    from bayesgmm._chains import LAPACK_SPLIT_FLOPS
+    from bayesgmm.params import GMMParams
+
+    n, d, k = 400, _missing.UNROLL_MAX + 2, 3
+    per_row = n * k * d * d  # the smallest per-row call: a solve with one right-hand side
+    assert 300 * 8 * 16 * 16 >= LAPACK_SPLIT_FLOPS  # (the sampler that hung: every per-row call split)
+    rng = np.random.default_rng(5)
+    complete = rng.normal(size=(n, d)) + np.repeat(3.0 * np.eye(k, d), [n - 2 * (n // 3), n // 3, n // 3], axis=0)
+    x = _with_missing(complete, 0.15, seed=1)
+    observed = ~np.isnan(x)
+    xs = np.where(observed, x, 0.0)
+    a = rng.normal(size=(k, d, d))
+    params = GMMParams(np.array([0.5, 0.3, 0.2]), rng.normal(size=(k, d)), a @ a.transpose(0, 2, 1) / d + np.eye(d))
+    lapack = jax.jit(_missing.conditional_components, static_argnames="covariance_type")
+    written = jax.jit(_missing._unrolled, static_argnames="covariance_type")
+    for got, want in zip(lapack(xs, observed, params, covariance_type="full"), written(xs, observed, params, "full")):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-12)
+    compiled = lapack.lower(xs, observed, params, covariance_type="full").compile()
+    assert unordered_lapack_calls(compiled.as_text(), per_row) == []
+
+    prior = bg.Prior.default(complete, k).arrays(k, "full")
+    state = gibbs.start_state(xs, params, "full", observed)
+    sweep = jax.jit(functools.partial(gibbs.gibbs_sweep, num_components=k, covariance_type="full"))
+    compiled = sweep.lower(jax.random.key(0), state, xs, prior, observed=observed).compile()
+    assert unordered_lapack_calls(compiled.as_text(), per_row) == []
