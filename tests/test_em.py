@@ -995,14 +995,12 @@ def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
 
     flops = 40 * 5**2 * 2  # batch x rows^2 x columns of each solve's result
     for looped in (False, True):
-        found = {}
-        for ordered in (False, True):
-            program = jax.jit(functools.partial(two_solves, ordered=ordered, looped=looped))
-            found[ordered] = unordered_lapack_calls(program.lower(factors, rhs).compile().as_text())
-        assert len(found[False]) == 1 and found[False][0].flops == (flops, flops), found
-        assert found[True] == []
-        text = jax.jit(functools.partial(two_solves, ordered=False, looped=looped)).lower(factors, rhs).compile().as_text()
-        assert unordered_lapack_calls(text, min_flops=flops + 1) == []
+        texts = {ordered: jax.jit(functools.partial(two_solves, ordered=ordered, looped=looped))
+                 .lower(factors, rhs).compile().as_text() for ordered in (False, True)}
+        found = unordered_lapack_calls(texts[False])
+        assert len(found) == 1 and found[0].flops == (flops, flops), found
+        assert unordered_lapack_calls(texts[True]) == []
+        assert unordered_lapack_calls(texts[False], min_flops=flops + 1) == []
 
 
 def test_host_pieces_share_one_pool_keep_their_order_and_may_nest():
