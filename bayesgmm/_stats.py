@@ -588,6 +588,29 @@ def symmetrise(a):
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
+def raise_to_floor(params: GMMParams, covariance_type: str, reg_covar) -> GMMParams:
+    """Covariances with every variance (eigenvalue) at least the floor :func:`m_step` adds.
+
+    The moment form ``sum r x x^T - N_k xbar xbar^T`` (:func:`scatter`) cancels: for a component on
+    few points far from the origin its round-off (about ``eps |xbar|^2`` a variance, float32:
+    1e-6 of the data's variance) outgrows ``reg_covar`` and leaves eigenvalues below the floor, even
+    negative, and the next E-step NaN. Those eigenvalues are raised to the floor; a covariance
+    already above it is returned unchanged, bit for bit. The fit then reports the component as
+    collapsed (:func:`bayesgmm._numerics.collapsed_mask`), as it would from exact arithmetic.
+    """
+    w, mu, cov = params
+    if covariance_type in ("full", "tied"):
+        d = mu.shape[-1]
+        floor = reg_covar + ROUNDOFF_ULPS * jnp.finfo(cov.dtype).eps * jnp.trace(cov, axis1=-2, axis2=-1) / d
+        values, vectors = jnp.linalg.eigh(cov)
+        low = values[..., 0] < floor
+        raised = symmetrise((vectors * jnp.maximum(values, floor[..., None])[..., None, :]) @ jnp.swapaxes(vectors, -1, -2))
+        cov = jnp.where(low[..., None, None], raised, cov)
+    else:
+        cov = jnp.maximum(cov, reg_covar)
+    return GMMParams(w, mu, cov)
+
+
 def _map_weights_and_means(nk, xbar, prior, active):
     """The conjugate prior's MAP weights (Dirichlet) and means (Normal given the covariance), with
     the means' shrinkage ``kappa0 N_k / (kappa0 + N_k)`` and deviations ``xbar_k - m0``."""

@@ -276,7 +276,8 @@ def params_from_stats(s, prior, reg_covar, config: StreamConfig) -> GMMParams:
     """Closed-form M-step from summed statistics ``s`` (K, p) (ML, or MAP with ``prior``)."""
     d, ct = config.num_features, config.covariance_type
     stats = _stats.scatter(*_stats.unpack_stats(s, d, ct), ct)
-    return _stats.m_step(*stats, ct, reg_covar, prior if config.use_prior else None)
+    # one pass forms the scatter from moments about zero: floor what their cancellation leaves
+    return _stats.raise_to_floor(_stats.m_step(*stats, ct, reg_covar, prior if config.use_prior else None), ct, reg_covar)
 
 
 @functools.partial(jit, static_argnames=("covariance_type",))
@@ -810,9 +811,12 @@ def fit_em_stream(
     start = time.perf_counter()
     params_std = GMMParams(*(np.asarray(p, np.float64) for p in jax.device_get(passes.params)))
     original = params_to_original(params_std, shift, sd, covariance_type)
-    log_lik, entropy, counts = feeder.exact_totals(original)
+    try:
+        log_lik, entropy, counts = feeder.exact_totals(original)
+    except np.linalg.LinAlgError:  # a covariance not positive definite in float64: reported below
+        log_lik, entropy, counts = np.nan, np.nan, np.full(k, np.nan)
     final_objective = log_lik
-    if prior is not None:
+    if prior is not None and np.isfinite(final_objective):
         final_objective += _numerics.log_prior(original, prior.arrays(k, covariance_type), covariance_type)
     final_seconds = time.perf_counter() - start
     progress.pass_done(objective_per_obs=final_objective / n)

@@ -192,6 +192,50 @@ def test_float32_and_integer_storage(mix, files, tmp_path):
     np.testing.assert_allclose(got.means, exact.means, rtol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["batch", "online"])
+def test_float32_components_on_few_points_are_flagged_not_a_raw_linalg_error(method):
+    """One pass forms each scatter from moments about zero; in float32 their cancellation left a
+    covariance on a few far points with negative eigenvalues (NumPy's raw LinAlgError in the final
+    pass, found on 400 rows D=K=16). Now those eigenvalues sit on the floor, the component is
+    flagged, and the reported log-likelihood is the float64 density of the returned parameters."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    x = bg.datasets.make_mixture(60, 4, 4, separation=3.0, seed=6).x.astype(np.float32)
+    with precision(np.float32), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_em_stream(x, 4, method=method)
+    kinds = {type(w.message) for w in caught}
+    assert fit.info["dtype"] == "float32" and fit.degenerate_components and bg.DegenerateComponentWarning in kinds
+    assert fit.converged or ConvergenceWarning in kinds  # float32's fast E-step on a collapsed component may oscillate
+    assert min(np.linalg.eigvalsh(c).min() for c in fit.covariances) > 0
+    dens = [np.log(w) + multivariate_normal(m, c).logpdf(x.astype(np.float64))
+            for w, m, c in zip(fit.weights, fit.means, fit.covariances)]
+    assert fit.log_likelihood == pytest.approx(logsumexp(dens, axis=0).sum(), rel=1e-11)
+
+
+def test_raise_to_floor_lifts_only_the_eigenvalues_below_the_floor():
+    from bayesgmm import _stats
+
+    with precision(np.float32):
+        rows = np.array([[100.0, -70.0, 33.3], [100.5, -69.0, 33.55]], np.float32)  # 2 points in D=3, far out
+        r = np.ones(2, np.float32)
+        stats = _stats.scatter(r.sum()[None], (r @ rows)[None], (rows.T @ rows)[None], "full")
+        healthy = np.diag(np.array([1.0, 2.0, 3.0], np.float32))[None]
+        cov = np.concatenate([np.asarray(stats[2] / stats[0][:, None, None]), healthy])
+        params = GMMParams(np.full(2, 0.5, np.float32), np.zeros((2, 3), np.float32), cov)
+        floor = 1e-6 + _stats.ROUNDOFF_ULPS * np.finfo(np.float32).eps * np.trace(cov[0]) / 3
+        raised = np.asarray(_stats.raise_to_floor(params, "full", np.float32(1e-6)).covariances)
+        assert np.linalg.eigvalsh(cov[0].astype(np.float64)).min() < floor  # what the moments leave
+        values = np.linalg.eigvalsh(raised[0].astype(np.float64))
+        assert values.min() >= 0.99 * floor and values[1:] == pytest.approx(
+            np.linalg.eigvalsh((cov[0] + cov[0].T).astype(np.float64) / 2)[1:], rel=1e-4)
+        np.testing.assert_array_equal(raised[1], healthy[0])  # above the floor: untouched, bit for bit
+        diag = _stats.raise_to_floor(GMMParams(params.weights, params.means, np.array([[-1e-7, 1.0, 2.0]], np.float32)),
+                                     "diag", np.float32(1e-6)).covariances
+        np.testing.assert_array_equal(diag, np.array([[1e-6, 1.0, 2.0]], np.float32))
+
+
 # ----------------------------------------------------------------------------------------------
 # Online EM
 # ----------------------------------------------------------------------------------------------
