@@ -26,6 +26,7 @@ _REFERENCE = re.compile(r"%([\w.\-]+)")
 _CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_COMMENT = re.compile(r"/\*.*?\*/")
 _SHAPE = re.compile(r"[a-z]\w*\[([\d,]*)\]")
 
 
@@ -75,7 +76,7 @@ def parse(text: str) -> dict[str, dict[str, Instruction]]:
         if line.strip() == "}":
             current = None
             continue
-        match = _INSTRUCTION.match(line)
+        match = _INSTRUCTION.match(_COMMENT.sub("", line))  # tuple types carry /*index=5*/ comments
         if not match:
             continue
         name, rest = match.groups()

@@ -976,8 +976,9 @@ def test_in_turn_keeps_the_values_and_orders_by_a_real_dependency():
 
 def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
     """The checker of compiled programs (tests/_lapack_order.py) lists two batched triangular
-    solves that do not depend on each other, also when one runs inside a loop, and no longer
-    once ``in_turn`` orders them; calls below the size asked for are not listed."""
+    solves that do not depend on each other, also when one runs inside a loop (one carrying many
+    values too), and no longer once ``in_turn`` orders them; calls below the size asked for are
+    not listed."""
     from _lapack_order import unordered_lapack_calls
     from jax.scipy.linalg import solve_triangular
 
@@ -988,13 +989,18 @@ def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
 
     def two_solves(f, b, ordered, looped):
         first = solve_triangular(f, b, lower=True)
-        if looped:
+        if looped == "loop":
             first = jax.lax.fori_loop(0, 3, lambda i, y: solve_triangular(f, y, lower=True), b)
+        elif looped == "loop carrying 7 values":  # its tuple type is printed with /*index=5*/ comments
+            def body(i, carry):
+                return (solve_triangular(f, carry[0], lower=True),) + tuple(c * 1.5 for c in carry[1:])
+
+            first = sum(jax.lax.fori_loop(0, 3, body, (b,) + tuple(b + j for j in range(6))))
         second = _numerics.in_turn(first, 2.0 * b) if ordered else 2.0 * b
         return first, solve_triangular(1.5 * f, second, lower=True)
 
     flops = 40 * 5**2 * 2  # batch x rows^2 x columns of each solve's result
-    for looped in (False, True):
+    for looped in ("no loop", "loop", "loop carrying 7 values"):
         texts = {ordered: jax.jit(functools.partial(two_solves, ordered=ordered, looped=looped))
                  .lower(factors, rhs).compile().as_text() for ordered in (False, True)}
         found = unordered_lapack_calls(texts[False])
