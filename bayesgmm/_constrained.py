@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ._covariance_models import storage
-from ._numerics import ROUNDOFF_ULPS
+from ._numerics import ROUNDOFF_ULPS, in_turn
 
 __all__ = ["INNER_STEPS", "covariances"]
 
@@ -194,7 +194,7 @@ def covariances(counts, scatter, model: str, num_features: int, reg_covar, activ
             if previous is None:
                 start = jnp.sum(on[:, None] * values, 0)
             else:
-                prev_values = _eigh_descending(previous)[0]
+                prev_values = _eigh_descending(in_turn(values, previous))[0]  # one batched eigh at a time
                 start = _shared_from_previous(prev_values / _geometric_mean(prev_values)[:, None], on)
             volume, shape = _volume_shape_alternation(values, counts, on, d, start / _geometric_mean(_safe(start)))
             lam = volume[:, None] * shape[None]

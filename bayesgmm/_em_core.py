@@ -132,8 +132,8 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
                                                        precise, active=problem.active, hard=config.hard,
                                                        block_rows=config.block_rows,
                                                        together=config.components_together)
-    if config.use_prior:
-        lp = log_prior(params, problem.prior, ct, problem.active)
+    if config.use_prior:  # its factorisations after the E-step's (_numerics.in_turn)
+        lp = log_prior(_numerics.in_turn(total, params), problem.prior, ct, problem.active)
         total, magnitude = total + lp, magnitude + jnp.abs(lp)
     counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
     return total, magnitude, counts, stats

@@ -188,7 +188,8 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
         # factors). jaxlib 0.10's CPU LAPACK kernels split large batches (lanes x K matrices
         # of D x D past about 2e5 flops) into pieces on XLA's thread pool and wait there for
         # them; two such calls at once occupy every thread of two cores and wait forever.
-        seen = stepped._replace(params=_numerics.in_turn(total, stepped.params))
+        # A constrained model's M-step factors matrices too (eigenvalues): after it as well.
+        seen = stepped._replace(params=_numerics.in_turn(updated.covariances, _numerics.in_turn(total, stepped.params)))
         stepped = stepped._replace(stopped=abandon(seen))
 
     def keep(new, old):

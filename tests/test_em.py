@@ -1009,6 +1009,32 @@ def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
         assert unordered_lapack_calls(texts[False], min_flops=flops + 1) == []
 
 
+def test_map_and_mclust_em_order_their_large_lapack_calls():
+    """MAP-EM's log prior factored the lanes' covariances beside the E-step's factors, and an
+    mclust M-step (VEV: the eigenvalues of the scatter and of the previous covariances) beside
+    itself and the degenerate check's eigenvalues, each batch past jaxlib's split (10 lanes of 5
+    matrices 17 x 17, as D=K=16 fits): ordered now (2 unordered pairs in each program before)."""
+    from _lapack_order import unordered_lapack_calls
+
+    from bayesgmm import _compile
+    from bayesgmm._chains import LAPACK_SPLIT_FLOPS
+
+    x = bg.datasets.make_mixture(3200, 5, 17, separation=3.0, seed=2).x  # lanes run one at a time from N K D = 2^18
+
+    def programs():
+        return {id(e): e for r in _compile._PROGRAMS if (p := r()) is not None and p._jitted.__name__ == "_run"
+                for e in p._cache.values()}
+
+    for kw in (dict(prior=bg.Prior.default(x, 5)), dict(covariance_type="VEV")):
+        before = programs()
+        with pytest.warns(bg.ConvergenceWarning):  # two iterations: only the program matters here
+            bg.fit_em(x, 5, n_init=10, max_iter=2, tol=0.0, **kw)
+        new = [e for key, e in programs().items() if key not in before]
+        assert new, kw
+        for executable in new:
+            assert unordered_lapack_calls(executable.as_text(), LAPACK_SPLIT_FLOPS) == [], kw
+
+
 def test_host_pieces_share_one_pool_keep_their_order_and_may_nest():
     """``_threads.map_pieces`` gives the serial loop's list, on one pool made once per process; a
     piece that maps pieces of its own runs them in turn (a pool waiting on itself would hang:
