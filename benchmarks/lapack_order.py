@@ -8,6 +8,8 @@ programs of each engine and setting at a size where their batched calls pass the
 and prints for each program the pairs of such calls that neither depends on the other
 (``tests/_lapack_order.py``; it follows data dependencies only, so a listed pair may still be
 ordered through buffers, but an unlisted one cannot run at once). Expected output: 0 everywhere.
+Only the programs of :class:`bayesgmm._compile.CompiledProgram` are read (not streaming EM's
+chunk function, a plain ``jit``).
 
 Usage::
 
@@ -103,9 +105,10 @@ def main(argv):
             cases[name]()
         except _Compiled:
             pass
-        for program, exe in _executables():
-            if id(exe) in seen:
-                continue
+        new = [(program, exe) for program, exe in _executables() if id(exe) not in seen]
+        if not new:
+            print(f"{name:>15}: reuses programs listed above")
+        for program, exe in new:
             text = exe.as_text()
             pairs = unordered_lapack_calls(text, LAPACK_SPLIT_FLOPS)
             total += len(pairs)
