@@ -594,7 +594,7 @@ def raise_to_floor(params: GMMParams, covariance_type: str, reg_covar) -> GMMPar
     The moment form ``sum r x x^T - N_k xbar xbar^T`` (:func:`scatter`) cancels: for a component on
     few points far from the origin its round-off (about ``eps |xbar|^2`` a variance, float32:
     1e-6 of the data's variance) outgrows ``reg_covar`` and leaves eigenvalues below the floor, even
-    negative, and the next E-step NaN. Those eigenvalues are raised to the floor; a covariance
+    negative ones, which make the next E-step NaN. Those eigenvalues are raised to the floor; a covariance
     already above it is returned unchanged, bit for bit. The fit then reports the component as
     collapsed (:func:`bayesgmm._numerics.collapsed_mask`), as it would from exact arithmetic.
     """
