@@ -460,6 +460,12 @@ def test_convergence_rule_at_a_fixed_point_and_on_a_climb():
     climb = -1000.0 + np.cumsum([0.0, 1.0, 0.9, 0.85, 0.82])  # rate ~0.95: ~16 still to gain
     assert run(climb, tol, floor) is None
     assert run(-1000.0 + np.array([0.0, -1e-13, 1e-4, 0.5, 1.0]), tol, floor) is None  # then climbs again
+    # changes under the precision floor settle the run only where the floor hides the tolerance:
+    # a steady climb of 0.005 a step under a floor of 0.0049 but a tol of 0.02 (float32, 2000 rows)
+    # is progress (it stopped there with 30x tol left)
+    steady = -6000.0 + np.cumsum([0.0, 0.0049, 0.0049, 0.0049, 0.0049])
+    assert run(steady, tol=0.02, floor=0.0049) is None
+    assert run(steady, tol=0.002, floor=0.0049) == 2  # a tol finer than the floor: met at the floor
 
 
 def test_kmeans_matches_sklearn(sim3):
