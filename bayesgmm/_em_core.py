@@ -117,7 +117,8 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
     """E-step and the M-step's statistics at ``params``: ``(objective, magnitude, counts, stats)``.
 
     The objective is the log-likelihood (plus the log prior for MAP; the classification
-    likelihood for hard EM), ``magnitude`` its ``sum |l_n|`` (the precision floor), ``stats``
+    likelihood for hard EM) as a pair ``(high, low)`` (:func:`bayesgmm._numerics.compensated_sum`:
+    its changes resolved in float32 too), ``magnitude`` its ``sum |l_n|`` (the precision floor), ``stats``
     the centred sufficient statistics ``(N_k, xbar_k, S_k)`` of the responsibilities.
     ``precise``: the centred form (:func:`bayesgmm._stats.e_step_stats`).
     """
@@ -126,15 +127,15 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
         per_row, stats = _missing.e_step_stats(problem.x, problem.observed, problem.sample_weight, params, ct,
                                                active=problem.active, hard=config.hard)
         weighted = per_row if problem.sample_weight is None else per_row * problem.sample_weight
-        total, magnitude = jnp.sum(weighted), jnp.sum(jnp.abs(weighted))
+        total, magnitude = _numerics.compensated_sum(weighted), jnp.sum(jnp.abs(weighted))
     else:
         total, magnitude, stats = _stats.e_step_totals(problem.z, problem.x, problem.sample_weight, params, ct,
                                                        precise, active=problem.active, hard=config.hard,
                                                        block_rows=config.block_rows,
                                                        together=config.components_together)
     if config.use_prior:  # its factorisations after the E-step's (_numerics.in_turn)
-        lp = log_prior(_numerics.in_turn(total, params), problem.prior, ct, problem.active)
-        total, magnitude = total + lp, magnitude + jnp.abs(lp)
+        lp = log_prior(_numerics.in_turn(total[0], params), problem.prior, ct, problem.active)
+        total, magnitude = _numerics.add_to_pair(total, lp), magnitude + jnp.abs(lp)
     counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
     return total, magnitude, counts, stats
 
@@ -445,6 +446,7 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
         aux=np.zeros((num_lanes, k), dtype), n_iter=np.zeros(num_lanes, np.int32), close=np.zeros(num_lanes, bool),
         converged=np.zeros(num_lanes, bool), failed=np.zeros(num_lanes, bool), stopped=np.zeros(num_lanes, bool),
         trace=np.zeros((num_lanes, trace_len), dtype), floor=np.zeros(num_lanes, dtype),
+        objective_low=np.zeros(num_lanes, dtype),
     )
 
 

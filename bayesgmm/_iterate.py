@@ -55,6 +55,9 @@ class Lanes(NamedTuple):
     stopped : stopped by the caller's rule (``abandon`` of :func:`iterate`)
     trace : (L, T) ``trace[t] = l_t`` (NaN beyond ``n_iter``)
     floor : the precision floor of ``l_t``
+    objective_low : the rounding error of ``objective`` where the step gives its objective as a
+        pair ``(high, low)`` (:func:`bayesgmm._numerics.compensated_sum`), else 0: changes of
+        the objective are ``(high - high') + (low - low')``, resolved below its last place
     """
 
     params: Any
@@ -69,6 +72,7 @@ class Lanes(NamedTuple):
     stopped: jax.Array
     trace: jax.Array
     floor: jax.Array
+    objective_low: jax.Array
 
 
 def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
@@ -86,6 +90,7 @@ def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
         stopped=jnp.zeros((num_lanes,), bool),
         trace=jnp.full((num_lanes, trace_len), jnp.nan, dtype),
         floor=jnp.zeros((num_lanes,), dtype),
+        objective_low=jnp.zeros((num_lanes,), dtype),
     )
 
 
@@ -133,7 +138,8 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
     ----------
     lanes : Lanes
     step : callable ``(params, precise) -> (objective, magnitude, aux, updated_params)``
-        For every lane (batched): the objective at ``params``, ``sum_n |l_n|`` of it (for the
+        For every lane (batched): the objective at ``params`` (an array, or a pair ``(high,
+        low)`` of :func:`bayesgmm._numerics.compensated_sum`), ``sum_n |l_n|`` of it (for the
         precision floor), what to record and the updated parameters. ``precise`` is False, or a
         traced (L,) bool: the running lanes whose step needs the precise form. The step branches
         on it (``lax.cond``) around the part that differs, :func:`bayesgmm._stats.e_step_stats`,
@@ -168,8 +174,9 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
         precise = go & needs_precise(s.next_params)
         params = _numerics.in_turn(precise, s.next_params)
     total, magnitude, aux, updated = step(params, precise)
+    total, total_low = total if isinstance(total, tuple) else (total, jnp.zeros_like(total))
     t = s.n_iter + 1
-    delta = total - s.objective
+    delta = (total - s.objective) + (total_low - s.objective_low)
     floor = FLOOR_ULPS * eps * magnitude
     close, done = convergence(s.delta, delta, t, tol, floor, s.close)
     stepped = Lanes(
@@ -185,6 +192,7 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
         stopped=s.stopped,
         trace=s.trace.at[lane_index, t].set(total, mode="drop"),
         floor=floor,
+        objective_low=total_low,
     )
     if abandon is not None:
         # the rule sees the lanes only once the whole step is computed: its batched LAPACK

@@ -476,8 +476,9 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                   hard: bool = False, block_rows: int | None = None, together: bool = False):
     """The E-step's totals and the M-step's statistics at ``params``: ``(total, magnitude, stats)``.
 
-    ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective and
-    ``magnitude`` the sum of its absolute values. With ``block_rows`` (static; ``z`` then unused,
+    ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective, as a pair
+    ``(high, low)`` (:func:`bayesgmm._numerics.compensated_sum`), and ``magnitude`` the sum of its
+    absolute values. With ``block_rows`` (static; ``z`` then unused,
     may be None) the rows are visited in blocks of that many by a loop that makes each block's
     features on the fly and sums moments (about the current means in the precise form), so no
     (N, p) array exists; the last block overlaps the one before it and counts only its new rows.
@@ -487,8 +488,8 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
         per_row, stats = e_step_stats(z, x, sample_weight, params, covariance_type, precise, active=active, hard=hard,
                                       together=together)
         if sample_weight is None:
-            return jnp.sum(per_row), jnp.sum(jnp.abs(per_row)), stats
-        return per_row @ sample_weight, jnp.abs(per_row) @ sample_weight, stats
+            return _numerics.compensated_sum(per_row), jnp.sum(jnp.abs(per_row)), stats
+        return _numerics.compensated_sum(per_row * sample_weight), jnp.abs(per_row) @ sample_weight, stats
     n, d = x.shape
     centres = params.means
     weight = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
@@ -510,8 +511,10 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                     moments = centred_moments(resp, xb, covariance_type, centres, together=together)
                 else:
                     moments = (resp @ zb,)
-                total, magnitude, summed = acc
-                return (total + per_row @ wb, magnitude + jnp.abs(per_row) @ wb,
+                (high, low), magnitude, summed = acc
+                block_high, block_low = _numerics.compensated_sum(per_row * wb)
+                high, error = _numerics.two_sum(high, block_high)
+                return ((high, low + block_low + error), magnitude + jnp.abs(per_row) @ wb,
                         tuple(a + b for a, b in zip(summed, moments)))
 
             k = params.means.shape[0]
@@ -520,7 +523,7 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
             else:
                 zero_moments = (jax.ShapeDtypeStruct((k, num_suff_features(d, covariance_type)), x.dtype),)
             zero = jnp.zeros((), x.dtype)
-            acc0 = (zero, zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
+            acc0 = ((zero, zero), zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
             total, magnitude, moments = fold_row_blocks(n, block_rows, step, acc0)
             if use_precise:
                 stats = finish_centred(*moments, centres, covariance_type)

@@ -410,7 +410,7 @@ def _placeholder_state(num_lanes, k, d, covariance_type, trace_len, dtype, weigh
     zeros = np.zeros(num_lanes, dtype)
     flags = np.zeros(num_lanes, bool)
     return _iterate.Lanes(q, q, zeros, zeros, np.zeros((num_lanes, k), dtype), np.zeros(num_lanes, np.int32), flags,
-                          flags, flags, flags, np.zeros((num_lanes, trace_len), dtype), zeros)
+                          flags, flags, flags, np.zeros((num_lanes, trace_len), dtype), zeros, zeros)
 
 
 def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_draws: int):
