@@ -109,8 +109,9 @@ def two_sum(a, b):
     return s, (a - (s - b_virtual)) + (b - b_virtual)
 
 
-def compensated_sum(values):
-    """The sum over the last axis as an unevaluated pair ``(high, low)`` (JAX arrays).
+def compensated_sum(values, weights=None):
+    """The sum over the last axis (of ``values * weights`` with ``weights``) as an unevaluated pair
+    ``(high, low)`` (JAX arrays).
 
     Pairwise, each addition's rounding error kept (:func:`two_sum`) and the errors added up apart:
     ``high + low`` is the sum to about the rows' own rounding, where a plain float32 sum of 2,000
@@ -123,7 +124,10 @@ def compensated_sum(values):
     import jax.numpy as jnp
 
     if jnp.finfo(values.dtype).bits >= 64:  # float64 resolves the changes already: the plain sum
-        return jnp.sum(values, axis=-1), jnp.zeros(values.shape[:-1], values.dtype)
+        total = jnp.sum(values, axis=-1) if weights is None else values @ weights
+        return total, jnp.zeros(values.shape[:-1], values.dtype)
+    if weights is not None:
+        values = values * weights
     n = values.shape[-1]
     size = 1 << max(0, (n - 1).bit_length())
     v = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, size - n)])

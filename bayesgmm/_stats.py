@@ -489,10 +489,11 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                                       together=together)
         if sample_weight is None:
             return _numerics.compensated_sum(per_row), jnp.sum(jnp.abs(per_row)), stats
-        return _numerics.compensated_sum(per_row * sample_weight), jnp.abs(per_row) @ sample_weight, stats
+        return _numerics.compensated_sum(per_row, sample_weight), jnp.abs(per_row) @ sample_weight, stats
     n, d = x.shape
     centres = params.means
     weight = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
+    pairs = jnp.finfo(x.dtype).bits < 64  # as compensated_sum: float64 keeps its plain sum
 
     def branch(use_precise):
         def run(_):
@@ -512,9 +513,12 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                 else:
                     moments = (resp @ zb,)
                 (high, low), magnitude, summed = acc
-                block_high, block_low = _numerics.compensated_sum(per_row * wb)
-                high, error = _numerics.two_sum(high, block_high)
-                return ((high, low + block_low + error), magnitude + jnp.abs(per_row) @ wb,
+                if pairs:  # each row's slot a pair (elementwise TwoSum, fused with the block's work)
+                    high, error = _numerics.two_sum(high, per_row * wb)
+                    low = low + error
+                else:
+                    high = high + per_row @ wb
+                return ((high, low), magnitude + jnp.abs(per_row) @ wb,
                         tuple(a + b for a, b in zip(summed, moments)))
 
             k = params.means.shape[0]
@@ -523,8 +527,13 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
             else:
                 zero_moments = (jax.ShapeDtypeStruct((k, num_suff_features(d, covariance_type)), x.dtype),)
             zero = jnp.zeros((), x.dtype)
-            acc0 = ((zero, zero), zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
-            total, magnitude, moments = fold_row_blocks(n, block_rows, step, acc0)
+            slots = jnp.zeros((block_rows,) if pairs else (), x.dtype)
+            acc0 = ((slots, slots), zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
+            (high, low), magnitude, moments = fold_row_blocks(n, block_rows, step, acc0)
+            total = (high, low)
+            if pairs:  # the slots' pairs summed (compensated_sum's float32 case)
+                high, rounding = _numerics.compensated_sum(high)
+                total = (high, rounding + jnp.sum(low))
             if use_precise:
                 stats = finish_centred(*moments, centres, covariance_type)
             else:
