@@ -600,6 +600,13 @@ def symmetrise(a):
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
+def covariance_floor(cov, reg_covar):
+    """The variance floor :func:`m_step` adds to full and tied covariances: ``reg_covar`` plus a
+    round-off floor of :data:`ROUNDOFF_ULPS` ulps of each covariance's mean variance."""
+    d = cov.shape[-1]
+    return reg_covar + ROUNDOFF_ULPS * jnp.finfo(cov.dtype).eps * jnp.trace(cov, axis1=-2, axis2=-1) / d
+
+
 def raise_to_floor(params: GMMParams, covariance_type: str, reg_covar) -> GMMParams:
     """Covariances with every variance (eigenvalue) at least the floor :func:`m_step` adds.
 
@@ -612,8 +619,7 @@ def raise_to_floor(params: GMMParams, covariance_type: str, reg_covar) -> GMMPar
     """
     w, mu, cov = params
     if covariance_type in ("full", "tied"):
-        d = mu.shape[-1]
-        floor = reg_covar + ROUNDOFF_ULPS * jnp.finfo(cov.dtype).eps * jnp.trace(cov, axis1=-2, axis2=-1) / d
+        floor = covariance_floor(cov, reg_covar)
         values, vectors = jnp.linalg.eigh(cov)
         low = values[..., 0] < floor
         raised = symmetrise((vectors * jnp.maximum(values, floor[..., None])[..., None, :]) @ jnp.swapaxes(vectors, -1, -2))
@@ -733,8 +739,7 @@ def m_step(nk_safe, xbar, s, covariance_type: str, reg_covar, prior=None, active
         # (few points, collinear points) positive definite in floating point without widening it
         # (float32: 2e-6 of its mean variance); reg_covar, in the data's units, handles collapse
         eye = jnp.eye(d, dtype=cov.dtype)
-        roundoff = ROUNDOFF_ULPS * jnp.finfo(cov.dtype).eps * jnp.trace(cov, axis1=-2, axis2=-1) / d
-        floor = 0.0 if constrained else reg_covar + roundoff  # the constrained M-steps floor the scatter themselves
+        floor = 0.0 if constrained else covariance_floor(cov, reg_covar)  # the constrained M-steps floor the scatter themselves
         cov = symmetrise(cov + jnp.asarray(floor)[..., None, None] * eye)
     elif not constrained:  # the constrained M-steps regularise the scatter themselves
         cov = cov + reg_covar
