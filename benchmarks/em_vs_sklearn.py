@@ -49,11 +49,21 @@ def matmul_gflops(dtype, n=None, reps=5) -> float:
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)).astype(dtype))
     f = jax.jit(lambda u: jnp.matmul(u, u, precision="highest"))
     f(a).block_until_ready()
-    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
+    best = min(_timed(lambda: f(a).block_until_ready(), settle=0.0) for _ in range(reps))
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+#: Seconds of idle before every timed call. OpenBLAS's worker threads spin for a while after a
+#: scikit-learn call (and XLA's after one of ours) before they sleep; a call timed at once would
+#: share the two cores with the other side's spinning threads. (This VM also switches for
+#: minutes at a time between a fast and a slow regime, invisible in the load average: the same
+#: float32 fit ran 0.25 s, then 0.48 s, back to back. Interleaving puts both sides in each.)
+SETTLE_SECONDS = 0.5
+
+
+def _timed(fn, settle: float | None = None) -> float:
+    """Wall seconds of ``fn()``, after :data:`SETTLE_SECONDS` (or ``settle``) of idle."""
+    time.sleep(SETTLE_SECONDS if settle is None else settle)
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
