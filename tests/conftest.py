@@ -6,6 +6,7 @@ JAX's default float, :func:`bayesgmm.params.compute_dtype`), e.g. through :func:
 (pyproject.toml), so every expected warning is asserted with ``pytest.warns``.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -98,6 +99,44 @@ def _release_compiled_programs():
         from bayesgmm._compile import clear_caches
 
         clear_caches()
+
+
+@contextlib.contextmanager
+def compiled_afresh():
+    """Inside the block every package program compiles (or loads from the program store) as in a
+    new process; afterwards the programs compiled before it are kept again, beside those compiled
+    inside. :func:`bayesgmm._compile.clear_caches` alone would make every later test of this
+    worker compile its programs a second time (about 40 compilations of the suite did)."""
+    from bayesgmm import _compile
+
+    programs = [ref() for ref in list(_compile._PROGRAMS)]
+    kept = [(p, dict(p._cache), dict(p._memory)) for p in programs if p is not None]
+    _compile.clear_caches()
+    try:
+        yield
+    finally:
+        for program, cache, memory in kept:
+            for key, exe in cache.items():
+                if key not in program._cache:
+                    program._keep(key, exe)
+            for key, need in memory.items():
+                program._memory.setdefault(key, need)
+
+
+@contextlib.contextmanager
+def compile_mode(mode: str):
+    """``$BAYESGMM_COMPILE_MODE`` set to ``mode`` inside the block (:mod:`bayesgmm._compile`).
+    The suite compiles with ``fastest-compile``; a test whose programs run long (many models,
+    lanes and iterations) is quicker with LLVM's optimisation (``fast-compile``)."""
+    before = os.environ.get("BAYESGMM_COMPILE_MODE")
+    os.environ["BAYESGMM_COMPILE_MODE"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["BAYESGMM_COMPILE_MODE"]
+        else:
+            os.environ["BAYESGMM_COMPILE_MODE"] = before
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,13 @@ NESTED = [("EII", "VII"), ("EII", "EEI"), ("VII", "VEI"), ("EEI", "VEI"), ("EEI"
 
 @pytest.fixture(scope="module")
 def faithful_family(faithful):
-    """Every model, K = 1..4, on Old Faithful with select's defaults (one program per layout)."""
-    return bg.select(faithful, range(1, 5), covariance_types="all")
+    """Every model, K = 1..4, on Old Faithful with select's defaults (one program per layout).
+    Its programs run 14 models' searches: compiled with LLVM's optimisation the fixture took 17 s
+    instead of 22 s (4 s instead of 12 s once compiled)."""
+    from conftest import compile_mode
+
+    with compile_mode("fast-compile"):
+        return bg.select(faithful, range(1, 5), covariance_types="all")
 
 
 def test_names_layouts_and_parameter_counts():

@@ -44,11 +44,11 @@ def map_fit(faithful):
 @pytest.fixture(scope="module")
 def full_fits(faithful, map_fit):
     """Three fits of one compiled program: MAP start (twice, same seed) and permuted starts."""
-    from bayesgmm._compile import clear_caches
+    from conftest import compiled_afresh
 
-    clear_caches()  # the first fit compiles, whatever an earlier module of this process compiled
-    first = _fit(faithful, 2, seed=0, **SETTINGS)
-    again = _fit(faithful, 2, seed=0, **SETTINGS)
+    with compiled_afresh():  # the first fit compiles, whatever an earlier module of this process compiled
+        first = _fit(faithful, 2, seed=0, **SETTINGS)
+        again = _fit(faithful, 2, seed=0, **SETTINGS)
     p = map_fit.params
     swapped = GMMParams(p.weights[::-1], p.means[::-1], p.covariances[::-1])
     permuted = _fit(faithful, 2, seed=1, init=[p, swapped, p, swapped], **SETTINGS)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _references import enumerated_log_likelihood, responsibilities
+from conftest import compile_mode
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
@@ -107,7 +108,7 @@ def test_map_em_climbs_the_model_log_joint(kind, covariance_type, seed):
     the end is NumPyro's log joint of the model at the returned parameters, on any data."""
     x = random_data(kind, seed)
     prior = bg.Prior.default(x, K)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), compile_mode("fast-compile"):  # many examples: optimised code pays
         warnings.simplefilter("ignore", bg.ConvergenceWarning)
         warnings.simplefilter("ignore", bg.DegenerateComponentWarning)
         r = bg.fit_em(x, K, covariance_type=covariance_type, prior=prior, reg_covar=0.0,

@@ -61,10 +61,10 @@ def one_gaussian():
 
 @pytest.fixture(scope="module")
 def fit_normal(sim3):
-    from bayesgmm._compile import clear_caches
+    from conftest import compiled_afresh
 
-    clear_caches()  # compiled here, whatever an earlier module of this process compiled
-    return fit_svi(sim3.x, 3, guide="normal", num_steps=1500, num_draws=300, seed=0)
+    with compiled_afresh():  # compiled here, whatever an earlier module of this process compiled
+        return fit_svi(sim3.x, 3, guide="normal", num_steps=1500, num_draws=300, seed=0)
 
 
 # ----------------------------------------------------------------------------------------------
