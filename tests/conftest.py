@@ -86,6 +86,32 @@ def _memory_mappings() -> int | None:
         return None
 
 
+#: Signatures each package program keeps compiled in a worker (the package keeps 16, enough for a
+#: user's process): the suite's workers fit many more shapes, and with 16 a third of the EM
+#: program's compilations in a run were signatures compiled before and pushed out since.
+#: :func:`_release_compiled_programs` still bounds the memory mappings.
+PROGRAM_ENTRIES = 128
+
+
+def _keep_more_programs():
+    from bayesgmm import _compile
+
+    make = _compile.CompiledProgram.__init__
+
+    def make_keeping_more(self, *args, **kwargs):  # programs of modules imported later
+        make(self, *args, **kwargs)
+        self._max_entries = max(self._max_entries, PROGRAM_ENTRIES)
+
+    _compile.CompiledProgram.__init__ = make_keeping_more
+    for ref in list(_compile._PROGRAMS):  # those made already
+        program = ref()
+        if program is not None:
+            program._max_entries = max(program._max_entries, PROGRAM_ENTRIES)
+
+
+_keep_more_programs()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
     """Free every compiled program after a test module once this process holds many memory
