@@ -1012,8 +1012,6 @@ def test_in_turn_keeps_the_values_and_orders_by_a_real_dependency():
     simplifications, where an optimisation barrier or a conditional with equal branches does not)."""
     import re
 
-    from bayesgmm import _numerics
-
     then = jnp.asarray([1.5, -0.0, 3.0e-300, -2.0])
     for first in (jnp.asarray([1.0, 2.0]), jnp.asarray([jnp.nan]), jnp.asarray([-jnp.inf, 1.0]), jnp.asarray(True)):
         np.testing.assert_array_equal(np.asarray(jax.jit(_numerics.in_turn)(first, then)), np.asarray(then))
@@ -1028,8 +1026,6 @@ def test_compensated_sum_is_the_float64_sum_of_float32_rows():
     """EM's objective is summed as a ``(high, low)`` pair: in float32, 1e5 log densities near -25
     sum to within the float64 sum's own rounding, where a plain float32 sum is off by a tenth of
     a nat (the size of EM's last changes); any length, batched rows, and under jit."""
-    from bayesgmm import _numerics
-
     rng = np.random.default_rng(0)
     with precision(np.float32):
         for n in (1, 2, 3, 999, 100_000):  # float32: the pairwise sum
@@ -1051,8 +1047,6 @@ def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
     not listed."""
     from _lapack_order import unordered_lapack_calls
     from jax.scipy.linalg import solve_triangular
-
-    from bayesgmm import _numerics
 
     factors = jnp.linalg.cholesky(jnp.eye(5) * (1.0 + jnp.arange(40.0))[:, None, None])  # 40 factors of 5 x 5
     rhs = jnp.ones((40, 5, 2))
