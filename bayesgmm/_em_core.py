@@ -443,10 +443,10 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
                        np.ones((num_lanes,) + cov_shape, dtype))
     return _iterate.Lanes(
         params=params, next_params=params, objective=np.zeros(num_lanes, dtype), delta=np.zeros(num_lanes, dtype),
-        aux=np.zeros((num_lanes, k), dtype), n_iter=np.zeros(num_lanes, np.int32), close=np.zeros(num_lanes, bool),
+        aux=np.zeros((num_lanes, k), dtype), n_iter=np.zeros(num_lanes, np.int32), close=np.zeros(num_lanes, np.int32),
         converged=np.zeros(num_lanes, bool), failed=np.zeros(num_lanes, bool), stopped=np.zeros(num_lanes, bool),
         trace=np.zeros((num_lanes, trace_len), dtype), floor=np.zeros(num_lanes, dtype),
-        objective_low=np.zeros(num_lanes, dtype),
+        objective_low=np.zeros(num_lanes, dtype), since=np.zeros(num_lanes, np.int32),
     )
 
 

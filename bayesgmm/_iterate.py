@@ -16,13 +16,25 @@ reported objective, trace and counts belong to the returned parameters, with no 
 increase their objective monotonically and, near a fixed point, linearly:
 ``l_{t+1} - l_t ~ a (l_t - l_{t-1})`` with rate ``0 < a < 1``. The projected remaining gain is
 ``(l_t - l_{t-1}) / (1 - a_t)`` with ``a_t = (l_t - l_{t-1}) / (l_{t-1} - l_{t-2})``, and a lane
-has converged when that projection is below the tolerance. On a slow plateau the rate is near 1
-(or the steps grow), the projection is large and the iteration goes on, where a test on the last
-step alone (scikit-learn's) stops early. A lane whose objective no longer changes by more than
-its rounding error (the *precision floor*, a few ulps of ``sum_n |l_n|``) has converged too when
-that floor is above the tolerance: a tolerance finer than the compute precision can resolve is
-met at that floor, and the drivers say so. Below the tolerance, changes under the floor are left
-to the projection (in float32 a steady climb of such changes is often real progress).
+has converged when that projection is below the tolerance at two evaluations in a row. On a slow
+plateau the rate is near 1 (or the steps grow), the projection is large and the iteration goes
+on, where a test on the last step alone (scikit-learn's) stops early.
+
+**In float32 one step's rate is not enough.** A float32 iteration carries rounding in its steps
+themselves (the M-step's statistics, not only the objective's sum): on 20,000 rows, D = K = 16,
+consecutive gains of about 0.015 nats on a slow stretch scattered by +-0.003, so single-step rates
+of 0.8-1.2 where the smooth rate was 0.97, and the test stopped with 2.5 times the tolerance still
+to gain (2,000 rows, D = 2: 16 times). Where the compute precision is coarse the projection must
+hold at :data:`COARSE_PERSIST` evaluations in a row, and the Aitken projection over windows of
+:data:`COARSE_STRIDES` updates (``l_t - l_{t-m}`` against ``l_{t-m} - l_{t-2m}``, gains that stand
+well above the rounding) must be below the tolerance too (`benchmarks/float32_floor.py`).
+
+A lane whose objective no longer changes by more than its rounding error (the *precision floor*,
+:data:`FLOOR_ULPS` ulps of ``sum_n |l_n|``) has converged too when that floor is above the
+tolerance: a tolerance finer than the compute precision can resolve is met at that floor, and the
+drivers say so. In float32 the objective must also have stayed within the floor over the last two
+windows of a quarter of the run (at least :data:`SETTLE_WINDOW` updates each), so that a slow
+steady climb of changes under the floor is not taken for a standstill.
 """
 
 from __future__ import annotations
@@ -37,8 +49,23 @@ import numpy as np
 
 from . import _numerics
 
-#: The precision floor of an objective ``sum_n l_n`` is ``FLOOR_ULPS * eps * sum_n |l_n|``.
-FLOOR_ULPS = 8.0
+#: The precision floor of an objective ``sum_n l_n`` is ``FLOOR_ULPS * eps * sum_n |l_n|``: the
+#: rounding of one change of EM's float32 objective measured at most 2.8 ulps of it, with medians of
+#: 0.1-0.6 (`benchmarks/float32_floor.py`; it was 8 ulps, which on 20,000 rows of D = K = 16 put the
+#: floor above the default tolerance and stopped fits short).
+FLOOR_ULPS = 2.0
+
+#: Coarse precision (float32): evaluations in a row whose projections must be below the
+#: tolerance (2 otherwise), and the windows (updates) of the Aitken projections that must be too.
+COARSE_PERSIST = 4
+COARSE_STRIDES = (2, 8, 32)
+#: Coarse precision: the settled rule's windows are at least this many updates long.
+SETTLE_WINDOW = 8
+
+
+def coarse(dtype) -> bool:
+    """Whether ``dtype``'s arithmetic is coarse enough for the windowed convergence test (float32)."""
+    return bool(np.finfo(dtype).eps > 1e-10)
 
 
 class Lanes(NamedTuple):
@@ -50,7 +77,8 @@ class Lanes(NamedTuple):
     delta : ``l_t - l_{t-1}``
     aux : what the step records at ``params`` (e.g. the expected counts)
     n_iter : t, the updates that led to ``params`` (-1 before the first evaluation)
-    close : the projected remaining gain was below the tolerance at the last evaluation
+    close : evaluations in a row (ending with the last) whose projected remaining gain was below
+        the tolerance (int32)
     converged, failed : stopped by the convergence test / by a non-finite objective
     stopped : stopped by the caller's rule (``abandon`` of :func:`iterate`)
     trace : (L, T) ``trace[t] = l_t`` (NaN beyond ``n_iter``)
@@ -73,6 +101,7 @@ class Lanes(NamedTuple):
     trace: jax.Array
     floor: jax.Array
     objective_low: jax.Array
+    since: jax.Array
 
 
 def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
@@ -84,44 +113,85 @@ def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
         delta=jnp.full((num_lanes,), jnp.inf, dtype),
         aux=aux,
         n_iter=jnp.full((num_lanes,), -1, jnp.int32),
-        close=jnp.zeros((num_lanes,), bool),
+        close=jnp.zeros((num_lanes,), jnp.int32),
         converged=jnp.zeros((num_lanes,), bool),
         failed=jnp.zeros((num_lanes,), bool),
         stopped=jnp.zeros((num_lanes,), bool),
         trace=jnp.full((num_lanes, trace_len), jnp.nan, dtype),
         floor=jnp.zeros((num_lanes,), dtype),
         objective_low=jnp.zeros((num_lanes,), dtype),
+        since=jnp.zeros((num_lanes,), jnp.int32),
     )
 
 
-def convergence(delta_prev, delta, step_index, tol, floor, close_before):
+def convergence(delta_prev, delta, step_index, tol, floor, close_before, *, trace=None, since=0,
+                coarse_precision: bool = False):
     """The convergence test after the objective ``l_t`` (``t = step_index``) was computed.
 
     ``delta = l_t - l_{t-1}``, ``delta_prev = l_{t-1} - l_{t-2}``; ``tol`` and ``floor`` are
-    totals (same units as the objective). Returns ``(close, converged)``: whether the projected
-    remaining gain is below ``max(tol, floor)`` now, and whether it was at two evaluations in a
-    row (one small ratio, e.g. after the large first step from a one-point start, cannot stop a
-    run), or, where the floor is above ``tol``, the objective has settled within its precision
-    floor (two changes in a row no larger than it).
+    totals (same units as the objective); ``close_before`` counts the evaluations in a row before
+    this one whose projection was close. Returns ``(close, converged)``: that count with this
+    evaluation (0 if it is not close), and whether the projected remaining gain was below
+    ``max(tol, floor)`` at two evaluations in a row (one small ratio, e.g. after the large first
+    step from a one-point start, cannot stop a run), or, where the floor is above ``tol``, the
+    objective has settled within its precision floor (two changes in a row no larger than it).
 
     A gain after a decrease (rounding at a fixed point, where the objective can alternate by a
     few units in its last place, or ``reg_covar``) has no rate to project with: the gain itself
     is the remaining one. Without this rule a run at its fixed point whose objective alternates
     by more than the floor never converged (found by scikit-learn's warm-start test when the
     summation order changed).
+
+    ``coarse_precision`` (static; float32 arithmetic, see the module docstring): the projection
+    must be close at :data:`COARSE_PERSIST` evaluations in a row, and so must the Aitken
+    projections over the windows :data:`COARSE_STRIDES` of ``trace`` (``trace[..., i] = l_i``,
+    NumPy or JAX, one row per lane; windows reaching before ``since`` are skipped); the settled
+    rule also needs the objective within the floor over its last two windows of
+    ``max(SETTLE_WINDOW, t / 4)`` updates.
     """
-    xp, _ = _numerics.array_namespace(delta_prev, delta, tol, floor)  # NumPy on the host (streaming EM), else JAX
+    xp, _ = _numerics.array_namespace(delta_prev, delta, tol, floor, trace)  # NumPy on the host (streaming EM), else JAX
     threshold = xp.maximum(tol, floor)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = delta / delta_prev
-        projected = xp.where((delta > 0) & (delta_prev > 0) & (rate < 1), delta / (1 - rate), np.inf)
-        projected = xp.where((delta > 0) & (delta_prev <= 0), delta, projected)
-    remaining = xp.where(delta <= 0, -delta, projected)  # a decrease: only rounding or reg_covar
-    close = (step_index >= 2) & (remaining <= threshold)
+    # a decrease: only rounding or reg_covar; a gain after a decrease: that gain is what remains
+    close = (step_index >= 2) & (_projected(delta_prev, delta, xp, including_last=True) <= threshold)
     # only where the floor hides the tolerance: a steady climb of changes under a floor below tol
     # is progress the Aitken test measures (float32, 2000 rows: stopped with 30x tol left)
     settled = (step_index >= 2) & (xp.abs(delta) <= floor) & (xp.abs(delta_prev) <= floor) & (floor > tol)
-    return close, ((close & close_before) | settled) & (tol >= 0)
+    def windows(m):  # (l_t - l_{t-m}, l_{t-m} - l_{t-2m}) and whether they start at or after ``since``
+        at = [_at(trace, step_index - j * m, xp) for j in range(3)]
+        return at[0] - at[1], at[1] - at[2], step_index - 2 * m >= since
+
+    persist = 2
+    if coarse_precision:
+        persist = COARSE_PERSIST
+        for m in COARSE_STRIDES:
+            recent, earlier, available = windows(m)
+            close = close & (~available | (_projected(earlier, recent, xp, including_last=False) <= threshold))
+        quarter = xp.maximum(xp.asarray(step_index) // 4, 1).astype(float)
+        window = xp.maximum(SETTLE_WINDOW, xp.exp2(xp.floor(xp.log2(quarter)))).astype(np.int32)
+        recent, earlier, available = windows(window)
+        settled = settled & available & (xp.abs(recent) <= floor) & (xp.abs(earlier) <= floor)
+    close_count = xp.where(close, close_before + 1, 0)
+    return close_count, ((close_count >= persist) | settled) & (tol >= 0)
+
+
+def _projected(earlier, recent, xp, *, including_last: bool):
+    """The Aitken projection of the remaining gain from two successive changes ``earlier`` and
+    ``recent`` of the objective (of one update each, or of windows of updates): ``recent * r /
+    (1 - r)`` with the rate ``r = recent / earlier`` (``recent / (1 - r)`` with
+    ``including_last``, the gain ``recent`` counted too); a decrease projects its size, a gain
+    after a decrease the gain; infinite where the changes do not shrink."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = recent / earlier
+        ahead = recent / (1 - rate) if including_last else recent * rate / (1 - rate)
+        projected = xp.where((recent > 0) & (earlier > 0) & (rate < 1), ahead, np.inf)
+    projected = xp.where((recent > 0) & (earlier <= 0), recent, projected)
+    return xp.where(recent <= 0, -recent, projected)
+
+
+def _at(trace, index, xp):
+    """``trace[..., index]`` per lane (index clipped at 0)."""
+    index = xp.maximum(xp.asarray(index), 0)
+    return xp.take_along_axis(trace, index[..., None], axis=-1)[..., 0]
 
 
 def running(lanes: Lanes, max_iter):
@@ -178,7 +248,9 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
     t = s.n_iter + 1
     delta = (total - s.objective) + (total_low - s.objective_low)
     floor = FLOOR_ULPS * eps * magnitude
-    close, done = convergence(s.delta, delta, t, tol, floor, s.close)
+    trace = s.trace.at[lane_index, t].set(total, mode="drop")
+    close, done = convergence(s.delta, delta, t, tol, floor, s.close, trace=trace, since=s.since,
+                              coarse_precision=coarse(s.objective.dtype))
     stepped = Lanes(
         params=s.next_params,
         next_params=updated,
@@ -190,9 +262,10 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
         converged=done,
         failed=~jnp.isfinite(total),
         stopped=s.stopped,
-        trace=s.trace.at[lane_index, t].set(total, mode="drop"),
+        trace=trace,
         floor=floor,
         objective_low=total_low,
+        since=s.since,
     )
     if abandon is not None:
         # the rule sees the lanes only once the whole step is computed: its batched LAPACK
@@ -332,11 +405,13 @@ def restart_convergence(lanes: Lanes, mask, max_iter) -> Lanes:
     objective was computed under a looser precision guard (the em-EM short runs) and a difference
     across the two forms must not count. Such a lane forgets its objective and its last change
     (NaN: neither can make the next two evaluations close) and runs again if it had converged,
-    unless it has failed, been stopped or made ``max_iter`` updates."""
+    unless it has failed, been stopped or made ``max_iter`` updates; its windowed test (float32)
+    looks back no further than its next evaluation (``since``)."""
     reset = mask & ~lanes.failed & ~lanes.stopped & (lanes.n_iter < max_iter)
     nan = jnp.full_like(lanes.objective, jnp.nan)
     return lanes._replace(objective=jnp.where(reset, nan, lanes.objective), delta=jnp.where(reset, nan, lanes.delta),
-                          close=lanes.close & ~reset, converged=lanes.converged & ~reset)
+                          close=jnp.where(reset, 0, lanes.close), converged=lanes.converged & ~reset,
+                          since=jnp.where(reset, lanes.n_iter + 1, lanes.since))
 
 
 def take(tree, index):

@@ -35,8 +35,8 @@ tr(W |Sigma| W^T))`` with ``W = |L^-1|`` (rows within 2.4 of it, covariances wit
 tight, far, correlated components), let the same clusters take the fast form too, and its
 float32 objective then stopped the default fit after 89 iterations 31 nats (3e-4 a row) short of
 the float64 optimum, which the centred form reaches (336 iterations, 0.1 nats above): the
-objective's precision, not only the statistics', decides there (a centred endgame, with the float32
-precision floor settled, may allow it).
+objective's precision, not only the statistics', decides there (a centred endgame may allow it, now
+that float32's convergence test looks past single steps: :mod:`bayesgmm._iterate`).
 :func:`needs_precise` measures the factor; the drivers switch to the precise form while any
 component needs it, so tight, far-apart clusters and heavy outliers are fitted as accurately as
 ordinary data, at the fast form's speed otherwise. EM's em-EM short runs, which

@@ -198,18 +198,20 @@ def check_initial_parameters(weights_init, means_init, precisions_init, num_comp
             raise ValueError(f"{name!r} should be positive.")
 
 
-def _aitken_converged(history, tol_total: float, floor_total: float) -> bool:
-    """The engine's convergence test (:func:`bayesgmm._iterate.convergence`) at the end of an
-    objective history that spans several warm-started fits (totals, oldest first)."""
-    from ._iterate import convergence
+def _aitken_converged(history, tol_total: float, floor_total: float, dtype) -> bool:
+    """The engine's convergence test (:func:`bayesgmm._iterate.convergence`, for fits computed in
+    ``dtype``) at the end of an objective history that spans several warm-started fits (totals,
+    oldest first)."""
+    from ._iterate import coarse, convergence
 
-    close = False
-    converged = False
+    history = np.asarray(history, np.float64)
+    close, converged = 0, False
     for t in range(2, len(history)):
         delta_prev = np.float64(history[t - 1] - history[t - 2])
         delta = np.float64(history[t] - history[t - 1])
-        close, converged = convergence(delta_prev, delta, t, np.float64(tol_total), np.float64(floor_total), close)
-        close, converged = bool(close), bool(converged)
+        close, converged = convergence(delta_prev, delta, t, np.float64(tol_total), np.float64(floor_total), close,
+                                       trace=history[: t + 1], coarse_precision=coarse(dtype))
+        close, converged = int(close), bool(converged)
     return converged
 
 
@@ -611,7 +613,8 @@ class GaussianMixture(_DensityMixin, _Base):
             if history is not None and not self.converged_ and self.n_iter_ > 0:
                 info = result.info
                 self.converged_ = _aitken_converged(self._objective_history, float(info["tol"]) * n,
-                                                    float(info.get("precision_floor_per_obs", 0.0)) * n)
+                                                    float(info.get("precision_floor_per_obs", 0.0)) * n,
+                                                    np.dtype(info.get("dtype", "float64")))
             return
         finite = trace[np.isfinite(trace)]
         self.lower_bounds_ = finite / n

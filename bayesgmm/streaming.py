@@ -533,7 +533,7 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
     ct = feeder.config.covariance_type
     eps = float(np.finfo(feeder.dtype).eps)
     tol_total = tol * num_obs if tol > 0 else -1.0
-    evaluated, objective, delta, close = params, -np.inf, np.inf, False
+    evaluated, objective, delta, close = params, -np.inf, np.inf, 0
     trace, seconds, converged, magnitude = [], [], False, 0.0
     for t in range(max_iter + 1):
         start = time.perf_counter()
@@ -542,10 +542,12 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
             lp = _numerics.log_prior(jax.device_get(params), prior, ct)
             total, magnitude = total + lp, magnitude + abs(lp)
         step = total - objective
-        close, converged = (bool(v) for v in _iterate.convergence(
-            np.float64(delta), np.float64(step), t, tol_total, FLOOR_ULPS * eps * magnitude, close))
-        evaluated, objective, delta = params, total, step
         trace.append(total)
+        close, converged = _iterate.convergence(
+            np.float64(delta), np.float64(step), t, tol_total, FLOOR_ULPS * eps * magnitude, close,
+            trace=np.asarray(trace, np.float64), coarse_precision=_iterate.coarse(feeder.dtype))
+        close, converged = int(close), bool(converged)
+        evaluated, objective, delta = params, total, step
         seconds.append(time.perf_counter() - start)
         feeder.progress.pass_done(objective_per_obs=total / num_obs)
         if converged or not np.isfinite(total) or t == max_iter:

@@ -409,8 +409,9 @@ def _placeholder_state(num_lanes, k, d, covariance_type, trace_len, dtype, weigh
                  np.full((num_lanes, k), d + 2.0, dtype), np.ones((num_lanes,) + scale_shape, dtype))
     zeros = np.zeros(num_lanes, dtype)
     flags = np.zeros(num_lanes, bool)
-    return _iterate.Lanes(q, q, zeros, zeros, np.zeros((num_lanes, k), dtype), np.zeros(num_lanes, np.int32), flags,
-                          flags, flags, flags, np.zeros((num_lanes, trace_len), dtype), zeros, zeros)
+    counts = np.zeros(num_lanes, np.int32)
+    return _iterate.Lanes(q, q, zeros, zeros, np.zeros((num_lanes, k), dtype), counts, counts, flags, flags, flags,
+                          np.zeros((num_lanes, trace_len), dtype), zeros, zeros, counts)
 
 
 def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_draws: int):

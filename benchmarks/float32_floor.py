@@ -1,14 +1,16 @@
-"""How much float32 EM's objective changes are off, against the precision floor that stops it.
+"""Where float32 EM stops by default, and how much rounding its objective's changes carry.
 
-A float32 fit stops when two successive changes of its objective are below the precision floor
-``FLOOR_ULPS * eps * sum_n |l_n|`` (:func:`bayesgmm._iterate.convergence`, the "settled" rule),
-or when the projected remaining gain is below ``max(tol N, floor)``. This script measures, for a
-few data sets, (a) the rounding of the float32 objective's changes: along one float32 run from a
-common start, the change the program computed against the change of the float64 recomputation
-at the same parameters (each iterate is obtained by re-running with ``max_iter=t``), and (b) where
-the default fit stops: its iterations and the gain it leaves against a long float64 run from the
-same start. Prints the floor and the tolerance (totals), the largest rounding of a change, their
-ratio, and the gain left per observation (the default tol is 1e-5 per observation).
+float32 EM's steps carry rounding, in the objective's changes and in the iteration itself, so one
+step's Aitken rate scatters; the convergence test (:func:`bayesgmm._iterate.convergence`) then
+also asks for :data:`~bayesgmm._iterate.COARSE_PERSIST` close evaluations in a row and for the
+projections over windows of :data:`~bayesgmm._iterate.COARSE_STRIDES` updates. This script
+measures, for a few data sets, (a) the rounding of the float32 objective's changes: along one
+float32 run from a common start, the change the program computed against the change of the
+float64 recomputation at the same parameters (each iterate is obtained by re-running with
+``max_iter=t``), next to the precision floor ``FLOOR_ULPS * eps * sum_n |l_n|`` and the
+tolerance (totals); and (b) where the default fit stops: its iterations and the gain it leaves
+per observation against a long float64 run from the same start (the default tol is 1e-5 per
+observation), for float32 and for float64.
 
 Usage: ``python benchmarks/float32_floor.py [--iters 30]`` (JAX's default float32; minutes).
 """

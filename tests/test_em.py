@@ -445,11 +445,12 @@ def test_convergence_rule_at_a_fixed_point_and_on_a_climb():
     from bayesgmm import _iterate
 
     def run(objectives, tol, floor):
-        close = converged = False
+        close = 0
         for t in range(2, len(objectives)):
             delta_prev, delta = np.diff(objectives[t - 2:t + 1])
-            close, converged = (bool(v) for v in _iterate.convergence(
-                np.float64(delta_prev), np.float64(delta), t, np.float64(tol), np.float64(floor), close))
+            close, converged = _iterate.convergence(
+                np.float64(delta_prev), np.float64(delta), t, np.float64(tol), np.float64(floor), close)
+            close, converged = int(close), bool(converged)
             if converged:
                 return t
         return None

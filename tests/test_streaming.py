@@ -178,11 +178,16 @@ def test_float32_and_integer_storage(mix, files, tmp_path):
     f32 = fit_em_stream(files["f32"], 3, **kw)  # computed in JAX's default float (float64 here)
     assert f32.info["dtype"] == "float64"
     assert f32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
-    with precision(np.float32), pytest.warns(bg.PrecisionWarning, match="finer than float32"):
-        f32 = fit_em_stream(files["f32"], 3, **kw)  # said plainly, and met at that floor
+    with precision(np.float32), warnings.catch_warnings():
+        warnings.simplefilter("error", bg.PrecisionWarning)  # tol=1e-6 is above float32's floor here
+        f32 = fit_em_stream(files["f32"], 3, **kw)
     assert f32.info["dtype"] == "float32" and f32.converged
-    assert f32.info["precision_floor_per_obs"] > 1e-6
+    assert f32.info["precision_floor_per_obs"] < 1e-6
     assert f32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+    with precision(np.float32), pytest.warns(bg.PrecisionWarning, match="finer than float32"):
+        fine = fit_em_stream(files["f32"], 3, **{**kw, "tol": 1e-10})  # said plainly, and met at that floor
+    assert fine.converged and fine.info["precision_floor_per_obs"] > 1e-10
+    assert fine.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
     ints = np.round(mix * 1000).astype(np.int32)
     path = _saved(tmp_path / "ints.npy", ints)
     got = fit_em_stream(path, 3, **kw)
