@@ -335,16 +335,18 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         return jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
 
     threshold = jnp.where(fresh & loose, _stats.SHORT_RUN_PRECISE_THRESHOLD, _stats.PRECISE_THRESHOLD)
+    # the centred endgame (_stats.ENDGAME_THRESHOLD), not for the short runs, which only rank the starts
+    endgame_threshold = jnp.where(fresh & loose, jnp.inf, _stats.ENDGAME_THRESHOLD).astype(xs.dtype)
 
-    def needs(p, prob):  # the whole batch at once (see _stats.needs_precise)
-        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold)
+    def needs(p, prob):  # the whole batch at once (see _stats.needs_precise): (now, at the end)
+        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold, endgame_threshold=endgame_threshold)
 
     def forget(s):  # continuing short runs: their last objective may be the fast form's
         if not adaptive or observed is not None:
             return s
-        evaluated = needs(s.params, problem)  # the two checks' batched LAPACK calls one after the other
-        return _iterate.restart_convergence(s, evaluated | needs(_numerics.in_turn(evaluated, s.next_params), problem),
-                                            max_iter)
+        evaluated = needs(s.params, problem)[0]  # the two checks' batched LAPACK calls one after the other
+        later = needs(_numerics.in_turn(evaluated, s.next_params), problem)[0]
+        return _iterate.restart_convergence(s, evaluated | later, max_iter)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
     eps = jnp.finfo(xs.dtype).eps
@@ -447,6 +449,7 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
         converged=np.zeros(num_lanes, bool), failed=np.zeros(num_lanes, bool), stopped=np.zeros(num_lanes, bool),
         trace=np.zeros((num_lanes, trace_len), dtype), floor=np.zeros(num_lanes, dtype),
         objective_low=np.zeros(num_lanes, dtype), since=np.zeros(num_lanes, np.int32),
+        endgame=np.zeros(num_lanes, bool),
     )
 
 

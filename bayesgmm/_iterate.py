@@ -86,6 +86,9 @@ class Lanes(NamedTuple):
     objective_low : the rounding error of ``objective`` where the step gives its objective as a
         pair ``(high, low)`` (:func:`bayesgmm._numerics.compensated_sum`), else 0: changes of
         the objective are ``(high - high') + (low - low')``, resolved below its last place
+    since : the first index of ``trace`` comparable with the last objective (the windowed test
+        looks no further back; :func:`restart_convergence` and the endgame move it)
+    endgame : the lane runs the precise form to the end (see :func:`iterate`'s ``needs_precise``)
     """
 
     params: Any
@@ -102,6 +105,7 @@ class Lanes(NamedTuple):
     floor: jax.Array
     objective_low: jax.Array
     since: jax.Array
+    endgame: jax.Array
 
 
 def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
@@ -121,6 +125,7 @@ def start(params, aux, num_lanes: int, trace_len: int, dtype) -> Lanes:
         floor=jnp.zeros((num_lanes,), dtype),
         objective_low=jnp.zeros((num_lanes,), dtype),
         since=jnp.zeros((num_lanes,), jnp.int32),
+        endgame=jnp.zeros((num_lanes,), bool),
     )
 
 
@@ -221,7 +226,11 @@ def iterate(lanes: Lanes, step: Callable, tol, max_iter, needs_precise: Callable
         Updates per lane in all (a second call continues where the first stopped).
     needs_precise : callable ``params -> (L,) bool``, optional
         Lanes whose step would lose precision in the fast form (passed on to ``step``, running
-        lanes only).
+        lanes only). Or a pair of (L,) bools ``(now, at_the_end)``: the second marks lanes whose
+        fast form keeps the statistics but not the objective's precision near convergence. Such
+        a lane takes the fast form until its first close evaluation, then the precise form to
+        the end (its *endgame*); the change of form counts as no progress measured (its
+        convergence test starts afresh there, :func:`restart_convergence`'s way).
     abandon : callable ``Lanes -> (L,) bool``, optional
         Evaluated after each update on the lanes just evaluated: those to stop although they
         have neither converged nor failed (a search for non-degenerate optima stops lanes that
@@ -238,18 +247,27 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
     eps = jnp.finfo(s.objective.dtype).eps
     lane_index = jnp.arange(s.n_iter.shape[0])
     go = running(s, max_iter)
+    entering = jnp.zeros_like(go)
     if needs_precise is None:
         precise, params = False, s.next_params
     else:  # the step's LAPACK calls after the check's (_numerics.in_turn)
-        precise = go & needs_precise(s.next_params)
+        need = needs_precise(s.next_params)
+        if isinstance(need, tuple):  # (now, at the end): the endgame starts at a close evaluation
+            now, at_the_end = need
+            entering = go & at_the_end & ~now & ~s.endgame & (s.close > 0)
+            precise = go & (now | (at_the_end & (s.endgame | entering)))
+        else:
+            precise = go & need
         params = _numerics.in_turn(precise, s.next_params)
     total, magnitude, aux, updated = step(params, precise)
     total, total_low = total if isinstance(total, tuple) else (total, jnp.zeros_like(total))
     t = s.n_iter + 1
-    delta = (total - s.objective) + (total_low - s.objective_low)
+    # a lane entering its endgame has changed form: no progress measured, its test starts afresh
+    delta = jnp.where(entering, jnp.nan, (total - s.objective) + (total_low - s.objective_low))
+    since = jnp.where(entering, t, s.since)
     floor = FLOOR_ULPS * eps * magnitude
     trace = s.trace.at[lane_index, t].set(total, mode="drop")
-    close, done = convergence(s.delta, delta, t, tol, floor, s.close, trace=trace, since=s.since,
+    close, done = convergence(s.delta, delta, t, tol, floor, jnp.where(entering, 0, s.close), trace=trace, since=since,
                               coarse_precision=coarse(s.objective.dtype))
     stepped = Lanes(
         params=s.next_params,
@@ -265,7 +283,8 @@ def _advance(s: Lanes, *, step, tol, max_iter, needs_precise, abandon) -> Lanes:
         trace=trace,
         floor=floor,
         objective_low=total_low,
-        since=s.since,
+        since=since,
+        endgame=s.endgame | entering,
     )
     if abandon is not None:
         # the rule sees the lanes only once the whole step is computed: its batched LAPACK

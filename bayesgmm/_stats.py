@@ -29,14 +29,16 @@ variance). Diagonal and spherical covariances have no products across features: 
 about ``eps (mu_d^2 + var_d) / var_d`` and a row's log density about the sum of those over the
 features (in nats), so their factor is ``eps * sum_d (mu_d^2 + var_d) / var_d``; the formula
 above, a bound for full matrices, overstates it up to D-fold there (well-separated clusters with
-D = K = 16 took the centred form in float32 at 4e-4; they take the fast form at 3e-5). Full
-covariances keep the conservative bound on purpose: a tighter one, ``eps (|W |mu||^2 +
-tr(W |Sigma| W^T))`` with ``W = |L^-1|`` (rows within 2.4 of it, covariances within 4.5, on
-tight, far, correlated components), let the same clusters take the fast form too, and its
-float32 objective then stopped the default fit after 89 iterations 31 nats (3e-4 a row) short of
-the float64 optimum, which the centred form reaches (336 iterations, 0.1 nats above): the
-objective's precision, not only the statistics', decides there (a centred endgame may allow it, now
-that float32's convergence test looks past single steps: :mod:`bayesgmm._iterate`).
+D = K = 16 took the centred form in float32 at 4e-4; they take the fast form at 3e-5). For full
+covariances EM uses a tighter bound, ``eps (|W |mu||^2 + tr(W |Sigma| W^T))`` with ``W = |L^-1|``
+elementwise (rows within 2.4 of it, covariances within 4.5, on tight, far, correlated
+components), together with a *centred endgame*: a lane past :data:`ENDGAME_THRESHOLD` but not
+past :data:`PRECISE_THRESHOLD` runs the fast form until its convergence test is first close and
+the centred form from there to the end, so that the objective's last changes, which decide where
+the run stops, are the centred form's. (With that bound alone and the earlier single-step test,
+a float32 default fit on such clusters stopped 31 nats, 3e-4 a row, short of the float64
+optimum.) The float32 per-fit benchmark's clusters (N=1e5, D = K = 16) then run at about 21 ms
+an iteration instead of 33. VB keeps the conservative bound (no endgame).
 :func:`needs_precise` measures the factor; the drivers switch to the precise form while any
 component needs it, so tight, far-apart clusters and heavy outliers are fitted as accurately as
 ordinary data, at the fast form's speed otherwise. EM's em-EM short runs, which
@@ -68,6 +70,11 @@ PRECISE_THRESHOLD = 1e-4
 #: objective within about 1e-3 nats a row). Runs continued from them take :data:`PRECISE_THRESHOLD`
 #: and start their convergence test afresh (:func:`bayesgmm._iterate.restart_convergence`).
 SHORT_RUN_PRECISE_THRESHOLD = 1e-3
+
+#: EM's *centred endgame*: a lane whose factor (the tight bound of :func:`needs_precise`) passes
+#: this, though not :data:`PRECISE_THRESHOLD`, runs the fast form until its convergence test is
+#: first close and the centred form from there to the end (:func:`bayesgmm._iterate.iterate`).
+ENDGAME_THRESHOLD = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,12 +566,21 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
     return jax.lax.cond(precise, branch(True), branch(False), None)
 
 
-def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_covar=0.0, threshold=PRECISE_THRESHOLD):
+def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_covar=0.0, threshold=PRECISE_THRESHOLD,
+                  endgame_threshold=None):
     """For every lane (``params`` with a leading lane axis, L), whether the fast form would lose
     precision on any (active) component: true when
     ``eps * (|mu_k|^2 + tr Sigma_k) * tr Sigma_k^-1 > threshold`` (diag and spherical:
     ``eps * sum_d (mu_kd^2 + var_kd) / var_kd``; standardised scale; default
     :data:`PRECISE_THRESHOLD`, may be traced). ``active``: None, (K,) or (L, K). Returns (L,) bool.
+
+    With ``endgame_threshold`` (may be traced) full and tied covariances take the tight bound
+    ``eps (|W |mu||^2 + tr(W |Sigma| W^T))``, ``W = |L^-1|`` elementwise (it equals the diag
+    formula for diagonal matrices; on tight, far, correlated components the fast form's rows
+    stayed within 2.4 of it and its covariances within 4.5), and the result is a pair of (L,)
+    bools: the lanes past ``threshold`` (the precise form now) and those past
+    ``endgame_threshold`` (the precise form once close to convergence: the tight bound keeps the
+    statistics, not the objective's last digits, which decide where a run stops).
 
     Components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
     not count: their run is degenerate and discarded, and must not drag every other run of the
@@ -576,10 +592,16 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
     _, mu, cov = params
     k, d = mu.shape[-2:]
     eps = jnp.finfo(mu.dtype).eps
+    tight = endgame_threshold is not None
 
     def error_factor(mu, cov):  # (K,)
         if covariance_type in ("full", "tied"):
             chol_inv, _ = _inverse_factors(cov, covariance_type, k, d)
+            if tight:
+                w = jnp.abs(chol_inv)
+                spread = jnp.abs(_numerics.expand_covariances(cov, covariance_type, k, d))
+                centre = jnp.sum((w @ jnp.abs(mu)[..., None])[..., 0] ** 2, -1)
+                return eps * (centre + jnp.sum((w @ spread) * w, axis=(-2, -1)))
             inv_trace = jnp.sum(chol_inv**2, axis=(-2, -1))
             trace = jnp.sum(_numerics.diagonal_variances(cov, covariance_type, k, d), -1)
             return eps * (jnp.sum(mu**2, -1) + trace) * inv_trace
@@ -588,17 +610,20 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
         return eps * jnp.sum((mu**2 + var) / var, -1)
 
     factor = jax.vmap(error_factor)(mu, cov)  # (L, K)
-    bad = ~(factor <= threshold)  # NaN counts as bad
+    now = ~(factor <= threshold)  # NaN counts as bad
+    bad = (now | ~(factor <= endgame_threshold)) if tight else now
     if active is not None:
-        bad = bad & active
+        now, bad = now & active, bad & active
     if covariance_type != "tied":
-        def spare_collapsed(bad):  # only where some component would need the precise form
+        def spare_collapsed(masks):  # only where some component would need the precise form
             smallest = jax.vmap(lambda c: _numerics.smallest_variances(c, covariance_type, k, d))(
                 _numerics.in_turn(factor, cov))  # one batched LAPACK call at a time
-            return bad & ~(smallest <= 10.0 * reg_covar)
+            return tuple(m & ~(smallest <= 10.0 * reg_covar) for m in masks)
 
-        bad = jax.lax.cond(jnp.any(bad), spare_collapsed, lambda b: b, bad)
-    return jnp.any(bad, axis=-1)
+        now, bad = jax.lax.cond(jnp.any(bad), spare_collapsed, lambda m: m, (now, bad))
+    if tight:  # the lanes past the threshold, and those past the endgame's
+        return jnp.any(now, axis=-1), jnp.any(bad, axis=-1)
+    return jnp.any(now, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------

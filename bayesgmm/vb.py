@@ -411,7 +411,7 @@ def _placeholder_state(num_lanes, k, d, covariance_type, trace_len, dtype, weigh
     flags = np.zeros(num_lanes, bool)
     counts = np.zeros(num_lanes, np.int32)
     return _iterate.Lanes(q, q, zeros, zeros, np.zeros((num_lanes, k), dtype), counts, counts, flags, flags, flags,
-                          np.zeros((num_lanes, trace_len), dtype), zeros, zeros, counts)
+                          np.zeros((num_lanes, trace_len), dtype), zeros, zeros, counts, flags)
 
 
 def sample_q(rng: np.random.Generator, q: VBParams, covariance_type: str, num_draws: int):

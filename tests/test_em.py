@@ -16,7 +16,7 @@ from sklearn.mixture import GaussianMixture
 import bayesgmm as bg
 from bayesgmm import _em_core, _em_host, _numerics, _stats, model
 from bayesgmm.kmeans import INIT_METHODS
-from bayesgmm.params import GMMParams
+from bayesgmm.params import GMMParams, params_to_standard
 
 COV_TYPES = ("full", "diag", "spherical", "tied")
 
@@ -825,6 +825,55 @@ def test_short_runs_take_the_looser_precision_guard_and_continued_runs_test_conv
     assert reference.log_likelihood - 1e-9 <= forced.log_likelihood <= reference.log_likelihood + 1e-3
     for a, b in zip(forced.params, reference.params):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_endgame_takes_the_precise_form_from_the_first_close_evaluation_on():
+    """A lane marked for the endgame (``needs_precise`` gives ``(now, at_the_end)``) runs the fast
+    form until its test is first close, then the precise form to the end, its test started afresh
+    there (no progress measured across the change of form); a lane not marked never switches."""
+    from bayesgmm import _iterate
+
+    def step(theta, precise):  # l = -1000 theta^2, theta halves: converges at rate 1/4
+        total = -1000.0 * theta**2
+        used = jnp.broadcast_to(jnp.asarray(precise, jnp.float32), theta.shape)
+        return total, jnp.abs(total), used, 0.5 * theta
+
+    def needs(theta):
+        return jnp.zeros(2, bool), jnp.array([True, False])
+
+    lanes = _iterate.start(jnp.ones(2, jnp.float32), jnp.zeros(2, jnp.float32), 2, 64, jnp.float32)
+    out = jax.device_get(jax.jit(lambda s: _iterate.iterate(s, step, jnp.float32(1e-3), 50, needs))(lanes))
+    assert out.converged.all() and out.endgame.tolist() == [True, False]
+    assert out.aux.tolist() == [1.0, 0.0]  # the last evaluation: precise in the endgame only
+    # the endgame lane restarted its test where it changed form, and needed its closes after that
+    assert 0 < out.since[0] <= out.n_iter[0] - _iterate.COARSE_PERSIST and out.since[1] == 0
+    assert out.n_iter[0] > out.n_iter[1]
+
+
+def test_float32_full_fit_runs_the_fast_form_and_ends_at_the_float64_optimum():
+    """Well-separated full-covariance clusters (D = K = 16, centres far from the data's centre in
+    units of their spread): the tight guard lets float32 EM run the fast form (about 20 ms an
+    iteration instead of 30 at N=1e5), where the conservative one took the centred form
+    throughout, and the fit (its last evaluations centred, the endgame) ends within the default
+    tolerance of the float64 optimum."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 3, size=(16, 16))
+    x = centres[rng.integers(0, 16, 10_000)] + rng.normal(size=(10_000, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        start = bg.fit_em(x, 16, max_iter=3, n_init=1, seed=0)
+        given = dict(weights_init=start.weights, means_init=start.means,
+                     precisions_init=np.linalg.inv(start.covariances), n_init=1)
+        best = bg.fit_em(x, 16, **given, tol=0.0, max_iter=300).log_likelihood
+    with precision(np.float32):
+        fit = bg.fit_em(x.astype(np.float32), 16, **given)
+        prep = _em_host.prepare(x.astype(np.float32), 16, "full", None)
+    std = params_to_standard(GMMParams(*fit.params), prep.shift, prep.sd, "full")
+    lane = GMMParams(*(jnp.asarray(a, jnp.float32)[None] for a in std))
+    now, at_the_end = _stats.needs_precise(lane, "full", endgame_threshold=jnp.float32(_stats.ENDGAME_THRESHOLD))
+    assert not bool(now[0]) and bool(at_the_end[0])  # the fast form, then the endgame
+    assert bool(_stats.needs_precise(lane, "full")[0])  # the conservative guard would be centred throughout
+    assert fit.converged and (best - fit.log_likelihood) / len(x) <= 1e-5, (fit.n_iter, best - fit.log_likelihood)
 
 
 def test_diagonal_precision_guard_bounds_what_the_fast_form_loses():
