@@ -335,17 +335,24 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         return jax.lax.cond(jnp.all(given[1]), every_piece_given, computed, None)
 
     threshold = jnp.where(fresh & loose, _stats.SHORT_RUN_PRECISE_THRESHOLD, _stats.PRECISE_THRESHOLD)
-    # the centred endgame (_stats.ENDGAME_THRESHOLD), not for the short runs, which only rank the starts
-    endgame_threshold = jnp.where(fresh & loose, jnp.inf, _stats.ENDGAME_THRESHOLD).astype(xs.dtype)
+    # float32: the tight guard with the centred endgame (_stats.ENDGAME_THRESHOLD), not for the
+    # short runs, which only rank the starts; float64 keeps the conservative guard
+    endgame_threshold = None
+    if _iterate.coarse(xs.dtype):
+        endgame_threshold = jnp.where(fresh & loose, jnp.inf, _stats.ENDGAME_THRESHOLD).astype(xs.dtype)
 
-    def needs(p, prob):  # the whole batch at once (see _stats.needs_precise): (now, at the end)
+    def needs(p, prob):  # the whole batch at once (see _stats.needs_precise); float32: (now, at the end)
         return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold, endgame_threshold=endgame_threshold)
+
+    def needs_now(p, prob):
+        need = needs(p, prob)
+        return need[0] if isinstance(need, tuple) else need
 
     def forget(s):  # continuing short runs: their last objective may be the fast form's
         if not adaptive or observed is not None:
             return s
-        evaluated = needs(s.params, problem)[0]  # the two checks' batched LAPACK calls one after the other
-        later = needs(_numerics.in_turn(evaluated, s.next_params), problem)[0]
+        evaluated = needs_now(s.params, problem)  # the two checks' batched LAPACK calls one after the other
+        later = needs_now(_numerics.in_turn(evaluated, s.next_params), problem)
         return _iterate.restart_convergence(s, evaluated | later, max_iter)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates

@@ -30,7 +30,7 @@ about ``eps (mu_d^2 + var_d) / var_d`` and a row's log density about the sum of 
 features (in nats), so their factor is ``eps * sum_d (mu_d^2 + var_d) / var_d``; the formula
 above, a bound for full matrices, overstates it up to D-fold there (well-separated clusters with
 D = K = 16 took the centred form in float32 at 4e-4; they take the fast form at 3e-5). For full
-covariances EM uses a tighter bound, ``eps (|W |mu||^2 + tr(W |Sigma| W^T))`` with ``W = |L^-1|``
+covariances float32 EM uses a tighter bound, ``eps (|W |mu||^2 + tr(W |Sigma| W^T))`` with ``W = |L^-1|``
 elementwise (rows within 2.4 of it, covariances within 4.5, on tight, far, correlated
 components), together with a *centred endgame*: a lane past :data:`ENDGAME_THRESHOLD` but not
 past :data:`PRECISE_THRESHOLD` runs the fast form until its convergence test is first close and
@@ -38,7 +38,7 @@ the centred form from there to the end, so that the objective's last changes, wh
 the run stops, are the centred form's. (With that bound alone and the earlier single-step test,
 a float32 default fit on such clusters stopped 31 nats, 3e-4 a row, short of the float64
 optimum.) The float32 per-fit benchmark's clusters (N=1e5, D = K = 16) then run at about 21 ms
-an iteration instead of 33. VB keeps the conservative bound (no endgame).
+an iteration instead of 33. VB, and float64 EM, keep the conservative bound (no endgame).
 :func:`needs_precise` measures the factor; the drivers switch to the precise form while any
 component needs it, so tight, far-apart clusters and heavy outliers are fitted as accurately as
 ordinary data, at the fast form's speed otherwise. EM's em-EM short runs, which
