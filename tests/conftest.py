@@ -74,6 +74,28 @@ def precision(dtype):
     return jax.enable_x64(np.dtype(dtype) == np.float64)
 
 
+def separated_clusters(num_obs: int, num_components: int, num_features: int, seed: int = 1):
+    """Unit-variance clusters around centres drawn N(0, 3^2) per feature (float64), the data of
+    ``benchmarks/float32_floor.py`` and ``em_per_fit.py``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(num_components, num_features))
+    return centres[rng.integers(0, num_components, num_obs)] + rng.normal(size=(num_obs, num_features))
+
+
+def rough_start_and_optimum(x, num_components: int, max_iter: int):
+    """A common start (three EM iterations from one k-means++ start, as ``fit_em`` keyword
+    arguments) and the log-likelihood that ``max_iter`` float64 iterations from it reach."""
+    import warnings
+
+    with warnings.catch_warnings(), precision(np.float64):
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # a rough start, and a run with no tolerance
+        start = bg.fit_em(x, num_components, max_iter=3, n_init=1, seed=0)
+        given = dict(weights_init=start.weights, means_init=start.means,
+                     precisions_init=np.linalg.inv(start.covariances), n_init=1)
+        best = bg.fit_em(x, num_components, **given, tol=0.0, max_iter=max_iter).log_likelihood
+    return given, best
+
+
 #: Memory mappings of this process above which the compiled programs are freed after a module.
 MAX_MAPPINGS = 24000
 

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from _references import log_prior, mixture_log_density
-from conftest import grid, precision
+from conftest import grid, precision, rough_start_and_optimum, separated_clusters
 
 import bayesgmm as bg
 from bayesgmm.streaming import fit_em_stream
@@ -150,15 +150,8 @@ def test_float32_default_fit_is_converged_on_a_slow_climb():
     (rate about 0.992) after 243 iterations with 16 times the tolerance still to gain. The
     windowed test (``_iterate.COARSE_STRIDES``) reaches the tolerance; the gain left is measured
     against a long float64 run from the same start."""
-    rng = np.random.default_rng(1)
-    centres = rng.normal(0, 3, size=(3, 2))
-    x = centres[rng.integers(0, 3, 2000)] + rng.normal(size=(2000, 2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # a rough start, and a run with no tolerance
-        start = bg.fit_em(x, 3, max_iter=3, n_init=1, seed=0)
-        given = dict(weights_init=start.weights, means_init=start.means,
-                     precisions_init=np.linalg.inv(start.covariances), n_init=1)
-        best = bg.fit_em(x, 3, **given, tol=0.0, max_iter=1500).log_likelihood
+    x = separated_clusters(2000, 3, 2)
+    given, best = rough_start_and_optimum(x, 3, max_iter=1500)
     with precision(np.float32):
         fit = bg.fit_em(x.astype(np.float32), 3, **given)
     assert fit.info["dtype"] == "float32" and fit.converged

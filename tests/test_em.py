@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _references import enumerated_log_likelihood, log_prior, mixture_log_density
-from conftest import grid, precision
+from conftest import grid, precision, rough_start_and_optimum, separated_clusters
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
@@ -856,15 +856,8 @@ def test_float32_full_fit_runs_the_fast_form_and_ends_at_the_float64_optimum():
     iteration instead of 30 at N=1e5), where the conservative one took the centred form
     throughout, and the fit (its last evaluations centred, the endgame) ends within the default
     tolerance of the float64 optimum."""
-    rng = np.random.default_rng(1)
-    centres = rng.normal(0, 3, size=(16, 16))
-    x = centres[rng.integers(0, 16, 10_000)] + rng.normal(size=(10_000, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bg.ConvergenceWarning)
-        start = bg.fit_em(x, 16, max_iter=3, n_init=1, seed=0)
-        given = dict(weights_init=start.weights, means_init=start.means,
-                     precisions_init=np.linalg.inv(start.covariances), n_init=1)
-        best = bg.fit_em(x, 16, **given, tol=0.0, max_iter=300).log_likelihood
+    x = separated_clusters(10_000, 16, 16)
+    given, best = rough_start_and_optimum(x, 16, max_iter=300)
     with precision(np.float32):
         fit = bg.fit_em(x.astype(np.float32), 16, **given)
         prep = _em_host.prepare(x.astype(np.float32), 16, "full", None)
