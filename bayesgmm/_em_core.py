@@ -56,7 +56,7 @@ class EMConfig(NamedTuple):
     covariance_type: str  # the covariances' layout (scikit-learn's structure names)
     hard: bool
     use_prior: bool
-    block_rows: int | None = None  # the E-step's row blocks (:func:`bayesgmm._stats.block_rows`)
+    block_rows: _stats.RowBlocks | None = None  # the E-step's row blocks (:func:`bayesgmm._stats.block_rows`)
     covariance_model: str | None = None  # an mclust model in that layout (None: the layout's own)
     components_together: bool = False  # the centred form's components at once (_stats.each_component)
 
@@ -299,7 +299,8 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
 
     # the start's M-step in the memory bound's row blocks where the E-step runs in blocks (the
     # CPU's cache-sized blocks are there for speed, and the start was not measured in them)
-    start_blocks = None if config.block_rows is None else _stats.block_rows(xs.shape[-2], config.num_features, ct)
+    memory_blocks = None if config.block_rows is None else _stats.block_rows(xs.shape[-2], config.num_features, ct)
+    start_blocks = None if memory_blocks is None else memory_blocks.precise
 
     def start_params(_):
         """Fresh lanes' parameters: the initial responsibilities' M-step (MAP under a prior, so that
@@ -485,7 +486,8 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     config = config._replace(components_together=_stats.components_together(xs))
     if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
         on_cpu = all(device.platform == "cpu" for device in xs.devices())
-        config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type, cpu=on_cpu))
+        config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type, cpu=on_cpu,
+                                                              itemsize=dtype.itemsize))
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
     # one group on one device: lanes padded to a bucket (not over several devices, whose

@@ -48,6 +48,7 @@ only rank the starts, switch at a looser factor (:data:`SHORT_RUN_PRECISE_THRESH
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -456,14 +457,28 @@ BLOCKED_ABOVE = 2**27
 
 
 #: On the CPU, features that would take more elements than this, and at least
-#: :data:`CACHE_BLOCKED_RATIO` times the data, are made block by block in blocks of about
-#: :data:`CACHE_BLOCK_ELEMENTS` (see :func:`block_rows`).
+#: :data:`CACHE_BLOCKED_RATIO` times the data, are made block by block (see :func:`block_rows`):
+#: blocks of about :data:`CACHE_BLOCK_BYTES` of features in the fast form, of rows whose features
+#: would take about :data:`CACHE_BLOCK_ELEMENTS` elements in the centred form.
 CACHE_BLOCKED_ABOVE = 2**23
 CACHE_BLOCKED_RATIO = 4
+CACHE_BLOCK_BYTES = 2**23
 CACHE_BLOCK_ELEMENTS = 2**18
 
 
-def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bool = False) -> int | None:
+class RowBlocks(NamedTuple):
+    """Rows per block of the blocked E-step (:func:`e_step_totals`) in each form."""
+
+    fast: int
+    precise: int
+
+
+def _power_of_two_rows(elements: float, p: int, smallest: int) -> int:
+    return 2 ** max(smallest, int(math.floor(math.log2(elements / p))))
+
+
+def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bool = False,
+               itemsize: int = 8) -> RowBlocks | None:
     """Rows per block for :func:`e_step_totals` (static), or None for one block.
 
     The fast form works on the features Z (N, p), p = 1 + D + D(D+1)/2 for full covariances:
@@ -474,31 +489,41 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bo
 
     On the CPU (``cpu``), where the features are much larger than the data (p at least
     :data:`CACHE_BLOCKED_RATIO` D: full and tied covariances from D = 5) and would take more than
-    :data:`CACHE_BLOCKED_ABOVE` elements, the blocks are small enough to stay in a core's cache
-    (about :data:`CACHE_BLOCK_ELEMENTS` elements of features, 1024 rows at D = 16): both products
-    of an iteration then read each block's features from the cache instead of all of Z from
-    memory twice, and no Z is written. Measured on two cores (N = 1e5, D = K = 16, 8 iterations,
-    whole ``fit_em`` calls, interleaved): 0.52 s instead of 0.68 s in float64, 0.37-0.47 s
-    instead of 0.51-0.66 s in float32. Where the features are not much larger than the data it
-    did not pay: N = 1e6, D = 2, K = 3 took 0.68 s in blocks against 0.44 s; N = 2e4, D = K = 8
-    0.050 s against 0.042 s. On accelerators the whole-data products are faster.
+    :data:`CACHE_BLOCKED_ABOVE` elements, the blocks stay in the caches: both products of an
+    iteration then read each block's features from there instead of all of Z from memory twice,
+    and no Z is written. Measured on two cores (N = 1e5, D = K = 16, 8 iterations, whole
+    ``fit_em`` calls, interleaved): blocks of 1024 rows took 0.52 s instead of 0.68 s in float64,
+    0.37-0.47 s instead of 0.51-0.66 s in float32. Where the features are not much larger than
+    the data it did not pay: N = 1e6, D = 2, K = 3 took 0.68 s in blocks against 0.44 s; N = 2e4,
+    D = K = 8 0.050 s against 0.042 s. On accelerators the whole-data products are faster.
+
+    The two forms want different blocks. The fast form's products run faster on larger blocks,
+    up to about :data:`CACHE_BLOCK_BYTES` of features (``itemsize`` bytes an element): the
+    compiled program of the same fit (its 9 E-steps and 8 M-steps) took 0.160 s in blocks of
+    8192 rows in float32 against 0.197 s in 1024 (0.196 s in 4096, 0.182 s in 16384), and 0.271 s
+    in blocks of 4096 rows in float64 against 0.345 s in 1024 (0.305 s in 8192); medians of 7-11
+    interleaved calls. The centred form, a loop over components of elementwise passes, is fastest
+    on blocks of about :data:`CACHE_BLOCK_ELEMENTS` elements of features (1024 rows at D = 16:
+    0.283 s in float32 against 0.325 s in 8192-row blocks, 0.529 s against 0.561 s in float64).
     """
     p = num_suff_features(num_features, covariance_type)
     if cpu and p >= CACHE_BLOCKED_RATIO * num_features and num_obs * p > CACHE_BLOCKED_ABOVE:
-        return 2 ** max(9, int(math.floor(math.log2(CACHE_BLOCK_ELEMENTS / p))))
+        return RowBlocks(fast=_power_of_two_rows(CACHE_BLOCK_BYTES / itemsize, p, 9),
+                         precise=_power_of_two_rows(CACHE_BLOCK_ELEMENTS, p, 9))
     if num_obs * p <= BLOCKED_ABOVE:
         return None
-    return 2 ** max(10, int(math.floor(math.log2(BLOCK_ELEMENTS / p))))
+    rows = _power_of_two_rows(BLOCK_ELEMENTS, p, 10)
+    return RowBlocks(rows, rows)
 
 
 def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
-                  hard: bool = False, block_rows: int | None = None, together: bool = False):
+                  hard: bool = False, block_rows: RowBlocks | int | None = None, together: bool = False):
     """The E-step's totals and the M-step's statistics at ``params``: ``(total, magnitude, stats)``.
 
     ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective, as a pair
     ``(high, low)`` (:func:`bayesgmm._numerics.compensated_sum`), and ``magnitude`` the sum of its
-    absolute values. With ``block_rows`` (static; ``z`` then unused,
-    may be None) the rows are visited in blocks of that many by a loop that makes each block's
+    absolute values. With ``block_rows`` (static, :class:`RowBlocks` or one count for both forms;
+    ``z`` then unused, may be None) the rows are visited in blocks of that many by a loop that makes each block's
     features on the fly and sums moments (about the current means in the precise form), so no
     (N, p) array exists; the last block overlaps the one before it and counts only its new rows.
     ``together`` (static): the centred form's components at once (:func:`each_component`).
@@ -509,12 +534,15 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
         if sample_weight is None:
             return _numerics.compensated_sum(per_row), jnp.sum(jnp.abs(per_row)), stats
         return _numerics.compensated_sum(per_row, sample_weight), jnp.abs(per_row) @ sample_weight, stats
+    blocks = RowBlocks(block_rows, block_rows) if isinstance(block_rows, int) else block_rows
     n, d = x.shape
     centres = params.means
     weight = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
     pairs = jnp.finfo(x.dtype).bits < 64  # as compensated_sum: float64 keeps its plain sum
 
     def branch(use_precise):
+        block_rows = blocks.precise if use_precise else blocks.fast
+
         def run(_):
             def step(start, new, acc):
                 xb = jax.lax.dynamic_slice_in_dim(x, start, block_rows)

@@ -18,15 +18,19 @@ def data():
 def test_block_rows_policy():
     """Small data run in one block (the fast program unchanged); large data in blocks whose
     features take about BLOCK_ELEMENTS, so the E-step's memory no longer grows with N * p; on the
-    CPU, features much larger than the data in blocks of about CACHE_BLOCK_ELEMENTS."""
+    CPU, features much larger than the data in blocks that stay in the caches: about
+    CACHE_BLOCK_BYTES of features in the fast form, CACHE_BLOCK_ELEMENTS in the centred one."""
     assert _stats.block_rows(100_000, 16, "full") is None
-    rows = _stats.block_rows(5_000_000, 16, "full")
+    blocks = _stats.block_rows(5_000_000, 16, "full")
     p = _stats.num_suff_features(16, "full")
-    assert rows is not None and _stats.BLOCK_ELEMENTS / (2 * p) < rows <= _stats.BLOCK_ELEMENTS / p
-    assert rows & (rows - 1) == 0
-    # on the CPU, features much larger than the data go in blocks that stay in cache
-    assert _stats.block_rows(100_000, 16, "full", cpu=True) == 1024  # Z 15.3M elements, p / D = 9.6
-    assert _stats.block_rows(5_000_000, 16, "full", cpu=True) == 1024
+    assert blocks.fast == blocks.precise
+    assert _stats.BLOCK_ELEMENTS / (2 * p) < blocks.fast <= _stats.BLOCK_ELEMENTS / p
+    assert blocks.fast & (blocks.fast - 1) == 0
+    # on the CPU, features much larger than the data go in blocks that stay in the caches; the
+    # fast form's hold CACHE_BLOCK_BYTES (8 MiB: 4096 rows of 153 float64 features, 8192 of float32)
+    assert _stats.block_rows(100_000, 16, "full", cpu=True) == (4096, 1024)  # Z 15.3M elements, p / D = 9.6
+    assert _stats.block_rows(100_000, 16, "full", cpu=True, itemsize=4) == (8192, 1024)
+    assert _stats.block_rows(5_000_000, 16, "tied", cpu=True) == (4096, 1024)
     assert _stats.block_rows(30_000, 16, "full", cpu=True) is None  # Z 4.6M elements: made once
     assert _stats.block_rows(1_000_000, 2, "full", cpu=True) is None  # p / D = 3: blocks did not pay
     assert _stats.block_rows(1_000_000, 16, "diag", cpu=True) is None  # p / D = 2
@@ -40,12 +44,41 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     whole = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
     monkeypatch.setattr(_stats, "BLOCK_ELEMENTS", 2**8)  # blocks of 1024 rows: 1601 rows = 2 blocks
     monkeypatch.setattr(_stats, "BLOCKED_ABOVE", 0)
-    assert _stats.block_rows(len(x), 2, covariance_type) == 1024
+    assert _stats.block_rows(len(x), 2, covariance_type) == (1024, 1024)
     blocked = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
     assert blocked.n_iter == whole.n_iter and blocked.converged == whole.converged
     np.testing.assert_allclose(blocked.log_likelihood, whole.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(blocked.params.means, whole.params.means, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(blocked.params.covariances, whole.params.covariances, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("precise", [False, True])
+def test_each_form_runs_in_its_own_blocks(data, precise):
+    """The fast and the centred forms take their own row blocks (RowBlocks): the totals and the
+    statistics of either form in its blocks equal those of all rows at once."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesgmm.params import GMMParams
+
+    x, w = data
+    rng = np.random.default_rng(6)
+    params = GMMParams(jnp.asarray([0.3, 0.7]), jnp.asarray(rng.normal(size=(2, 2))),
+                       jnp.asarray([[[1.0, 0.3], [0.3, 0.8]], [[0.5, -0.1], [-0.1, 1.2]]]))
+
+    def totals(blocks):
+        z = _stats.suff_features(jnp.asarray(x), "full")
+        run = jax.jit(lambda z, x, w, p: _stats.e_step_totals(z, x, w, p, "full", precise, block_rows=blocks))
+        return run(z, jnp.asarray(x), jnp.asarray(w), params)
+
+    whole = totals(None)
+    # 1601 rows: 4 fast blocks of 512 or 7 centred blocks of 256, the last overlapping
+    blocked = totals(_stats.RowBlocks(fast=512, precise=256))
+    (high, low), magnitude, stats = blocked
+    np.testing.assert_allclose(float(high) + float(low), float(whole[0][0]) + float(whole[0][1]), rtol=1e-13)
+    np.testing.assert_allclose(magnitude, whole[1], rtol=1e-13)
+    for a, b in zip(stats, whole[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
