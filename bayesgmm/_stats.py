@@ -257,6 +257,26 @@ def _over_components(op, a):
     return rows[0]
 
 
+def responsibilities_by_row(logp, *, hard: bool = False):
+    """:func:`responsibilities` of row-major ``logp`` (N, K): ``(resp (N, K), per_row (N,))``.
+
+    The row blocks of the fast form (:func:`e_step_totals`) take this layout, with the statistics
+    ``resp^T Z``: one blocked fast E-step of N = 1e5, D = K = 16 (float32, blocks of 8192 rows)
+    took 14.8 ms against 18.1 ms component-major (medians of 9 interleaved calls). On whole small
+    data the component-major layout stayed faster (a loop of the same work: D = 2, K = 3 and
+    N = 1e5, 1.4 ms against 1.8 ms; D = K = 8 and N = 2e4, 1.1 ms against 1.3 ms), so the
+    unblocked forms keep it.
+    """
+    if hard:
+        best = jnp.argmax(logp, axis=1)
+        return jax.nn.one_hot(best, logp.shape[1], dtype=logp.dtype), jnp.max(logp, axis=1)
+    top = jnp.max(logp, axis=1)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)  # a row with every component at -inf: no shift
+    shifted = jnp.exp(logp - top[:, None])
+    total = jnp.sum(shifted, axis=1)
+    return shifted / total[:, None], top + jnp.log(total)
+
+
 def responsibilities(logp, *, hard: bool = False):
     """Responsibilities and the per-row objective from ``log pi_k + log N`` (K, N), component-major.
 
@@ -549,16 +569,14 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                 wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, block_rows), 0.0)
                 if use_precise:
                     logp = log_joint_precise(xb, params, covariance_type, active, together=together)
-                else:
+                    resp, per_row = responsibilities(logp, hard=hard)
+                    moments = centred_moments(resp * wb[None], xb, covariance_type, centres, together=together)
+                else:  # row-major (responsibilities_by_row)
                     zb = suff_features(xb, covariance_type)
-                    logp = log_joint_fast(zb, params, covariance_type, active)
-                resp, per_row = responsibilities(logp, hard=hard)
-                resp = resp * wb[None]
+                    theta = mask_components(natural_params(params, covariance_type), active)
+                    resp, per_row = responsibilities_by_row(zb @ theta.T, hard=hard)
+                    moments = (jax.lax.dot_general(resp * wb[:, None], zb, (((0,), (0,)), ((), ()))),)
                 per_row = jnp.where(wb > 0, per_row, 0.0)
-                if use_precise:
-                    moments = centred_moments(resp, xb, covariance_type, centres, together=together)
-                else:
-                    moments = (resp @ zb,)
                 (high, low), magnitude, summed = acc
                 if pairs:  # each row's slot a pair (elementwise TwoSum, fused with the block's work)
                     high, error = _numerics.two_sum(high, per_row * wb)
