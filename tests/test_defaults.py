@@ -245,6 +245,38 @@ def _regularised_sample_covariance(cluster, x, reg_covar=1e-10):
     return np.cov(cluster, rowvar=False, ddof=0) + np.diag(reg_covar * scale**2)
 
 
+@pytest.mark.parametrize("layout", ["random", "sorted", "ties", "constant", "odd", "short", "against_the_stride"])
+def test_exact_median_is_numpys(layout, monkeypatch):
+    """The bracketed median (a strided sample's bracket, then only the values inside it
+    partitioned) equals ``np.median`` bit for bit, also where the sample misleads: values ordered
+    against the stride make the bracket miss, and the whole array is partitioned instead."""
+    from bayesgmm import params
+
+    rng = np.random.default_rng(8)
+    v = rng.standard_t(3, size=100_000)
+    if layout == "sorted":
+        v = np.sort(v)[::-1].copy()
+    elif layout == "ties":
+        v = np.round(v, 1)
+    elif layout == "constant":
+        v = np.full(60_000, 2.5)
+    elif layout == "odd":
+        v = v[:99_999].copy()
+    elif layout == "short":  # below BRACKETED_MEDIAN_LENGTH: partitioned whole
+        v = v[: params.BRACKETED_MEDIAN_LENGTH - 1].copy()
+    elif layout == "against_the_stride":  # every sampled value far above the rest
+        v[:: len(v) // params.BRACKET_SAMPLE] += 1e3
+    partitioned = []  # the sizes np.partition was given (the bracket's values)
+    partition = np.partition
+    monkeypatch.setattr(np, "partition", lambda a, kth, **kw: partitioned.append(a.shape[0]) or partition(a, kth, **kw))
+    expected = np.median(v)
+    assert params.exact_median(v.copy()) == expected
+    if layout in ("random", "sorted", "odd"):  # the bracket held: only its values were partitioned
+        assert partitioned and max(partitioned) < 0.1 * len(v)
+    if layout == "against_the_stride":  # the bracket missed: the whole array partitioned in place
+        assert not partitioned
+
+
 def test_standardisation_of_large_data_is_the_plain_formula():
     """On rows enough for the host threads (row blocks in runs, :func:`bayesgmm.params.in_row_blocks`)
     the standardised data are exactly ``(x - median) / (1.4826 * MAD)`` computed by plain NumPy
