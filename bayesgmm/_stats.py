@@ -578,23 +578,26 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                     moments = (jax.lax.dot_general(resp * wb[:, None], zb, (((0,), (0,)), ((), ()))),)
                 per_row = jnp.where(wb > 0, per_row, 0.0)
                 (high, low), magnitude, summed = acc
-                if pairs:  # each row's slot a pair (elementwise TwoSum, fused with the block's work)
+                if pairs:  # each row's slot: a pair (elementwise TwoSum) and |l_n|, all elementwise, so
+                    # one fusion (|l_n| summed by a product cost 1.1 ms more an E-step at N=1e5,
+                    # D=K=16 in blocks of 8192 rows)
                     high, error = _numerics.two_sum(high, per_row * wb)
                     low = low + error
+                    magnitude = magnitude + jnp.abs(per_row) * wb
                 else:
                     high = high + per_row @ wb
-                return ((high, low), magnitude + jnp.abs(per_row) @ wb,
-                        tuple(a + b for a, b in zip(summed, moments)))
+                    magnitude = magnitude + jnp.abs(per_row) @ wb
+                return ((high, low), magnitude, tuple(a + b for a, b in zip(summed, moments)))
 
             k = params.means.shape[0]
             if use_precise:
                 zero_moments = jax.eval_shape(lambda: centred_moments(jnp.zeros((k, 1), x.dtype), x[:1], covariance_type, centres))
             else:
                 zero_moments = (jax.ShapeDtypeStruct((k, num_suff_features(d, covariance_type)), x.dtype),)
-            zero = jnp.zeros((), x.dtype)
             slots = jnp.zeros((block_rows,) if pairs else (), x.dtype)
-            acc0 = ((slots, slots), zero, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
+            acc0 = ((slots, slots), slots, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
             (high, low), magnitude, moments = fold_row_blocks(n, block_rows, step, acc0)
+            magnitude = jnp.sum(magnitude)
             total = (high, low)
             if pairs:  # the slots' pairs summed (compensated_sum's float32 case)
                 high, rounding = _numerics.compensated_sum(high)
