@@ -542,10 +542,11 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
 
     ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective, as a pair
     ``(high, low)`` (:func:`bayesgmm._numerics.compensated_sum`), and ``magnitude`` the sum of its
-    absolute values. With ``block_rows`` (static, :class:`RowBlocks` or one count for both forms;
-    ``z`` then unused, may be None) the rows are visited in blocks of that many by a loop that makes each block's
-    features on the fly and sums moments (about the current means in the precise form), so no
-    (N, p) array exists; the last block overlaps the one before it and counts only its new rows.
+    absolute values. With ``block_rows`` (static: :class:`RowBlocks`, or one count for both
+    forms; ``z`` then unused, may be None) the rows are visited in blocks of the form's count by
+    a loop that makes each block's features on the fly and sums moments (about the current means
+    in the precise form), so no (N, p) array exists; the last block overlaps the one before it
+    and counts only its new rows.
     ``together`` (static): the centred form's components at once (:func:`each_component`).
     """
     if block_rows is None:
@@ -561,12 +562,12 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
     pairs = jnp.finfo(x.dtype).bits < 64  # as compensated_sum: float64 keeps its plain sum
 
     def branch(use_precise):
-        block_rows = blocks.precise if use_precise else blocks.fast
+        rows = blocks.precise if use_precise else blocks.fast
 
         def run(_):
             def step(start, new, acc):
-                xb = jax.lax.dynamic_slice_in_dim(x, start, block_rows)
-                wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, block_rows), 0.0)
+                xb = jax.lax.dynamic_slice_in_dim(x, start, rows)
+                wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, rows), 0.0)
                 if use_precise:
                     logp = log_joint_precise(xb, params, covariance_type, active, together=together)
                     resp, per_row = responsibilities(logp, hard=hard)
@@ -594,9 +595,9 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                 zero_moments = jax.eval_shape(lambda: centred_moments(jnp.zeros((k, 1), x.dtype), x[:1], covariance_type, centres))
             else:
                 zero_moments = (jax.ShapeDtypeStruct((k, num_suff_features(d, covariance_type)), x.dtype),)
-            slots = jnp.zeros((block_rows,) if pairs else (), x.dtype)
+            slots = jnp.zeros((rows,) if pairs else (), x.dtype)
             acc0 = ((slots, slots), slots, tuple(jnp.zeros(m.shape, m.dtype) for m in zero_moments))
-            (high, low), magnitude, moments = fold_row_blocks(n, block_rows, step, acc0)
+            (high, low), magnitude, moments = fold_row_blocks(n, rows, step, acc0)
             magnitude = jnp.sum(magnitude)
             total = (high, low)
             if pairs:  # the slots' pairs summed (compensated_sum's float32 case)
