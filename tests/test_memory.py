@@ -28,9 +28,11 @@ def test_block_rows_policy():
     assert blocks.fast & (blocks.fast - 1) == 0
     # on the CPU, features much larger than the data go in blocks that stay in the caches; the
     # fast form's hold CACHE_BLOCK_BYTES (8 MiB: 4096 rows of 153 float64 features, 8192 of float32)
-    assert _stats.block_rows(100_000, 16, "full", cpu=True) == (4096, 1024)  # Z 15.3M elements, p / D = 9.6
-    assert _stats.block_rows(100_000, 16, "full", cpu=True, itemsize=4) == (8192, 1024)
-    assert _stats.block_rows(5_000_000, 16, "tied", cpu=True) == (4096, 1024)
+    cached = _stats.RowBlocks(4096, 1024, row_major=True)  # the CPU's blocks: row-major fast form
+    assert _stats.block_rows(100_000, 16, "full", cpu=True) == cached  # Z 15.3M elements, p / D = 9.6
+    assert _stats.block_rows(100_000, 16, "full", cpu=True, itemsize=4) == cached._replace(fast=8192)
+    assert _stats.block_rows(5_000_000, 16, "tied", cpu=True) == cached
+    assert not blocks.row_major  # accelerators: the whole-data form's layout
     assert _stats.block_rows(30_000, 16, "full", cpu=True) is None  # Z 4.6M elements: made once
     assert _stats.block_rows(1_000_000, 2, "full", cpu=True) is None  # p / D = 3: blocks did not pay
     assert _stats.block_rows(1_000_000, 16, "diag", cpu=True) is None  # p / D = 2
@@ -44,7 +46,7 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     whole = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
     monkeypatch.setattr(_stats, "BLOCK_ELEMENTS", 2**8)  # blocks of 1024 rows: 1601 rows = 2 blocks
     monkeypatch.setattr(_stats, "BLOCKED_ABOVE", 0)
-    assert _stats.block_rows(len(x), 2, covariance_type) == (1024, 1024)
+    assert _stats.block_rows(len(x), 2, covariance_type) == (1024, 1024, False)  # a fit on the CPU asks with cpu=True: row-major
     blocked = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
     assert blocked.n_iter == whole.n_iter and blocked.converged == whole.converged
     np.testing.assert_allclose(blocked.log_likelihood, whole.log_likelihood, rtol=1e-12)
@@ -52,11 +54,15 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     np.testing.assert_allclose(blocked.params.covariances, whole.params.covariances, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("precise, dtype", [(False, np.float64), (True, np.float64), (False, np.float32)])
-def test_each_form_runs_in_its_own_blocks(data, precise, dtype):
-    """The fast and the centred forms take their own row blocks (RowBlocks): the totals and the
-    statistics of either form in its blocks equal those of all rows at once (float32: the
-    blocks' per-row slots, a compensated pair and |l_n| each, to float32's rounding)."""
+@pytest.mark.parametrize("precise, dtype, row_major", [
+    (False, np.float64, True), (False, np.float64, False), (True, np.float64, False),
+    (False, np.float32, True), (False, np.float32, False),
+])
+def test_each_form_runs_in_its_own_blocks(data, precise, dtype, row_major):
+    """The fast and the centred forms take their own row blocks (RowBlocks), the fast form in
+    either layout: the totals and the statistics of either form in its blocks equal those of all
+    rows at once (float32: the blocks' per-row slots, a compensated pair and |l_n| each, to
+    float32's rounding)."""
     import jax
     import jax.numpy as jnp
 
@@ -74,7 +80,7 @@ def test_each_form_runs_in_its_own_blocks(data, precise, dtype):
 
     whole = totals(None)
     # 1601 rows: 4 fast blocks of 512 or 7 centred blocks of 256, the last overlapping
-    blocked = totals(_stats.RowBlocks(fast=512, precise=256))
+    blocked = totals(_stats.RowBlocks(fast=512, precise=256, row_major=row_major))
     (high, low), magnitude, stats = blocked
     rtol = 1e-13 if dtype == np.float64 else 1e-6
     np.testing.assert_allclose(float(high) + float(low), float(whole[0][0]) + float(whole[0][1]), rtol=rtol)
