@@ -988,17 +988,63 @@ def weighted_median(arr: np.ndarray, sample_weight=None) -> np.ndarray:
         return np.array([weighted_median(col[keep][:, None], None if sample_weight is None else
                                          np.asarray(sample_weight)[keep])[0]
                          for col, keep in ((arr[:, j], ~np.isnan(arr[:, j])) for j in range(arr.shape[1]))])
-    if sample_weight is None:  # the copy np.median makes anyway, with each column contiguous
-        return row_medians(columns_float64(arr))
+    return _column_medians(columns_float64(arr), sample_weight)  # each column contiguous
+
+
+def _column_medians(columns: np.ndarray, sample_weight=None) -> np.ndarray:
+    """The (weighted) median of each row of ``columns`` (D, N), finite, C-ordered; unweighted, it
+    reorders them in place (:func:`row_medians`); long rows go to threads."""
+    if sample_weight is None:
+        return row_medians(columns)
     w = np.asarray(sample_weight, np.float64)
-    order = np.argsort(arr, axis=0, kind="stable")
-    values = np.take_along_axis(arr, order, axis=0)
-    cum = np.cumsum(w[order], axis=0)
-    half = 0.5 * cum[-1]
-    lower = np.argmax(cum >= half * (1 - 1e-12), axis=0)
-    upper = np.argmax(cum > half * (1 + 1e-12), axis=0)
-    cols = np.arange(arr.shape[1])
-    return 0.5 * (values[lower, cols] + values[upper, cols])
+    total = float(np.sum(w))
+    median = lambda column: exact_weighted_median(column, w, total)  # noqa: E731
+    if columns.shape[-1] < THREADED_MEDIAN_LENGTH:
+        return np.array([median(column) for column in columns], np.float64)
+    return np.array(map_pieces(median, columns), np.float64)
+
+
+def _weighted_middle(values, weights, low_target, high_target, below=0.0):
+    """``(lower, upper)`` weighted medians of ``values`` (1-D) after ``below`` weight: the first
+    values, in ascending (stable) order, where the running weight reaches ``low_target`` and
+    exceeds ``high_target``; None where the running weight does not get there."""
+    order = np.argsort(values, kind="stable")
+    cum = below + np.cumsum(weights[order])
+    if not (cum.size and below < low_target and cum[-1] > high_target):
+        return None
+    return float(values[order[np.argmax(cum >= low_target)]]), float(values[order[np.argmax(cum > high_target)]])
+
+
+def exact_weighted_median(values: np.ndarray, weights: np.ndarray, total: float) -> float:
+    """The weighted median of finite ``values`` (1-D) under ``weights`` (non-negative, summing
+    to ``total``): the mean of the lower and upper weighted medians, the first values in
+    ascending order at which the running weight reaches half the total (less 1e-12 of it) and
+    exceeds it (by 1e-12 of it), so that integer weights give the median of repeated rows.
+
+    As :func:`exact_median`, long arrays are bracketed from a strided sample (its own weighted
+    median, a few standard deviations of a quantile's rank either side) and only the values
+    inside are sorted, after the weight below the bracket; where the bracket misses, the whole
+    array is. At N = 1e5 the 32 weighted medians of :func:`standardisation` on 1e5 x 16 data took
+    about 20 ms in all instead of about 430 ms (a stable argsort of every column).
+    """
+    low_target, high_target = 0.5 * total * (1 - 1e-12), 0.5 * total * (1 + 1e-12)
+    n = values.shape[0]
+    middle = None
+    if n >= BRACKETED_MEDIAN_LENGTH:
+        sample, sample_weight = values[:: n // BRACKET_SAMPLE], weights[:: n // BRACKET_SAMPLE]
+        order = np.argsort(sample, kind="stable")
+        cum = np.cumsum(sample_weight[order])
+        if cum[-1] > 0:
+            m = sample.shape[0]
+            centre = int(np.searchsorted(cum, 0.5 * cum[-1]))
+            margin = int(BRACKET_WIDTH * 0.5 * math.sqrt(m)) + 1
+            low, high = sample[order[max(0, centre - margin)]], sample[order[min(m - 1, centre + margin)]]
+            inside = (values >= low) & (values <= high)
+            below = float(np.sum(weights, where=values < low))
+            middle = _weighted_middle(values[inside], weights[inside], low_target, high_target, below)
+    if middle is None:
+        middle = _weighted_middle(values, weights, low_target, high_target)
+    return 0.5 * (middle[0] + middle[1])
 
 
 #: Scales the median absolute deviation to the standard deviation of a normal distribution.
@@ -1020,12 +1066,12 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     arr = np.asarray(arr)
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
-    if sample_weight is None and not np.isnan(arr).any():  # one float64 copy, feature by feature: the
-        columns = columns_float64(arr)  # first median reorders it, which the second does not mind
-        shift = row_medians(columns)
+    if not np.isnan(arr).any():  # one float64 copy, feature by feature: an unweighted first median
+        columns = columns_float64(arr)  # reorders it, which the second does not mind
+        shift = _column_medians(columns, sample_weight)
         columns -= shift[:, None]
         np.abs(columns, out=columns)
-        scale = MAD_TO_SD * row_medians(columns)
+        scale = MAD_TO_SD * _column_medians(columns, sample_weight)
         del columns
     else:
         arr = np.asarray(arr, np.float64)

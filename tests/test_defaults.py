@@ -277,6 +277,49 @@ def test_exact_median_is_numpys(layout, monkeypatch):
         assert not partitioned
 
 
+def _weighted_median_by_sorting(column, weights):
+    """The weighted median by a stable sort of the whole column (the definition)."""
+    order = np.argsort(column, kind="stable")
+    cum = np.cumsum(weights[order])
+    half = 0.5 * cum[-1]
+    lower, upper = np.argmax(cum >= half * (1 - 1e-12)), np.argmax(cum > half * (1 + 1e-12))
+    return 0.5 * (column[order[lower]] + column[order[upper]])
+
+
+@pytest.mark.parametrize("layout", ["integer_weights", "real_weights", "mostly_zero", "ties", "against_the_stride",
+                                    "short"])
+def test_exact_weighted_median_is_the_sorted_definition(layout):
+    """The bracketed weighted median equals the one of a stable sort of the whole column, with
+    integer weights (repeated rows), real weights, most weights zero, tied values, values
+    ordered against the sample's stride (the bracket misses) and short columns."""
+    from bayesgmm import params
+
+    rng = np.random.default_rng(9)
+    v = rng.standard_t(3, size=100_000)
+    w = rng.integers(0, 4, size=v.size).astype(float)
+    if layout == "real_weights":
+        w = rng.exponential(size=v.size)
+    elif layout == "mostly_zero":
+        w = np.where(rng.random(v.size) < 0.95, 0.0, w + 1.0)
+    elif layout == "ties":
+        v = np.round(v, 1)
+    elif layout == "against_the_stride":
+        v[:: len(v) // params.BRACKET_SAMPLE] += 1e3
+    elif layout == "short":
+        v, w = v[:999], w[:999]
+    expected = _weighted_median_by_sorting(v, w)
+    assert params.exact_weighted_median(v.copy(), w, float(np.sum(w))) == expected
+    # and through weighted_median's columns, on threads
+    x = np.stack([v, -v, 2 * v], axis=1)
+    np.testing.assert_array_equal(params.weighted_median(x, w), [expected, _weighted_median_by_sorting(-v, w),
+                                                                 _weighted_median_by_sorting(2 * v, w)])
+    # the weighted standardisation: weighted medians of the columns and of their absolute deviations
+    shift, scale = params.standardisation(x, "full", w)
+    mad = [_weighted_median_by_sorting(np.abs(x[:, j] - shift[j]), w) for j in range(3)]
+    np.testing.assert_array_equal(shift, [_weighted_median_by_sorting(x[:, j], w) for j in range(3)])
+    np.testing.assert_array_equal(scale, params.MAD_TO_SD * np.array(mad))
+
+
 def test_standardisation_of_large_data_is_the_plain_formula():
     """On rows enough for the host threads (row blocks in runs, :func:`bayesgmm.params.in_row_blocks`)
     the standardised data are exactly ``(x - median) / (1.4826 * MAD)`` computed by plain NumPy
