@@ -286,12 +286,13 @@ def _weighted_median_by_sorting(column, weights):
     return 0.5 * (column[order[lower]] + column[order[upper]])
 
 
-@pytest.mark.parametrize("layout", ["integer_weights", "real_weights", "mostly_zero", "ties", "against_the_stride",
-                                    "short"])
+@pytest.mark.parametrize("layout", ["integer_weights", "real_weights", "mostly_zero", "zero_on_the_stride", "ties",
+                                    "against_the_stride", "short"])
 def test_exact_weighted_median_is_the_sorted_definition(layout):
     """The bracketed weighted median equals the one of a stable sort of the whole column, with
     integer weights (repeated rows), real weights, most weights zero, tied values, values
-    ordered against the sample's stride (the bracket misses) and short columns."""
+    ordered against the sample's stride (the bracket misses), a sample without weight and short
+    columns."""
     from bayesgmm import params
 
     rng = np.random.default_rng(9)
@@ -301,6 +302,9 @@ def test_exact_weighted_median_is_the_sorted_definition(layout):
         w = rng.exponential(size=v.size)
     elif layout == "mostly_zero":
         w = np.where(rng.random(v.size) < 0.95, 0.0, w + 1.0)
+    elif layout == "zero_on_the_stride":  # the sample carries no weight: no bracket
+        w[:: len(v) // params.BRACKET_SAMPLE] = 0.0
+        w[1 :: len(v) // params.BRACKET_SAMPLE] += 1.0
     elif layout == "ties":
         v = np.round(v, 1)
     elif layout == "against_the_stride":
