@@ -95,10 +95,11 @@ def main(argv=None):
                 continue  # the fast form has no per-component loop
             _stats.COMPONENTS_TOGETHER = together
             _stats.BLOCK_ELEMENTS = base_elements * factor
-            rows = _stats.block_rows(n, D, "full", cpu=device.platform == "cpu")
+            blocks = _stats.block_rows(n, D, "full", cpu=device.platform == "cpu", itemsize=x.dtype.itemsize)
+            rows = n if blocks is None else (blocks.precise if data == "precise" else blocks.fast)
             r = time_fit(x, args.iters, args.reps)
             reference = reference or r["per_iter"]
-            print(f"{data:<8} {name:<22} {rows or n:>10} | {r['per_iter'] * 1e3:>8.2f} "
+            print(f"{data:<8} {name:<22} {rows:>10} | {r['per_iter'] * 1e3:>8.2f} "
                   f"{r['per_iter'] / reference:>5.2f}x | {r['compile']:>9.2f} {r['run1']:>12.3f} | "
                   f"{r['ll']:>18.6f} | {load()}", flush=True)
         del x
