@@ -915,9 +915,7 @@ def exact_median(values: np.ndarray) -> float:
     middle = [(n - 1) // 2, n // 2]
     if n >= BRACKETED_MEDIAN_LENGTH:
         sample = np.sort(values[:: n // BRACKET_SAMPLE])
-        m = sample.shape[0]
-        centre, margin = middle[0] * m // n, int(BRACKET_WIDTH * 0.5 * math.sqrt(m)) + 1
-        low, high = sample[max(0, centre - margin)], sample[min(m - 1, centre + margin)]
+        low, high = _bracket(sample, middle[0] * sample.shape[0] // n)
         below = int(np.count_nonzero(values < low))
         inside = values[(values >= low) & (values <= high)]
         first, second = middle[0] - below, middle[1] - below
@@ -925,6 +923,14 @@ def exact_median(values: np.ndarray) -> float:
             return _middle(np.partition(inside, [first, second]), first, second)
     values.partition(middle)
     return _middle(values, *middle)
+
+
+def _bracket(ordered, centre: int):
+    """The values :data:`BRACKET_WIDTH` standard deviations of a quantile's rank (``sqrt(m) / 2``
+    of the ``m`` ordered sample values) either side of position ``centre``."""
+    m = ordered.shape[0]
+    margin = int(BRACKET_WIDTH * 0.5 * math.sqrt(m)) + 1
+    return ordered[max(0, centre - margin)], ordered[min(m - 1, centre + margin)]
 
 
 def _middle(ordered, first: int, second: int) -> float:
@@ -1035,10 +1041,7 @@ def exact_weighted_median(values: np.ndarray, weights: np.ndarray, total: float)
         order = np.argsort(sample, kind="stable")
         cum = np.cumsum(sample_weight[order])
         if cum[-1] > 0:
-            m = sample.shape[0]
-            centre = int(np.searchsorted(cum, 0.5 * cum[-1]))
-            margin = int(BRACKET_WIDTH * 0.5 * math.sqrt(m)) + 1
-            low, high = sample[order[max(0, centre - margin)]], sample[order[min(m - 1, centre + margin)]]
+            low, high = _bracket(sample[order], int(np.searchsorted(cum, 0.5 * cum[-1])))
             inside = (values >= low) & (values <= high)
             below = float(np.sum(weights, where=values < low))
             middle = _weighted_middle(values[inside], weights[inside], low_target, high_target, below)
