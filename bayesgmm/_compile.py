@@ -386,11 +386,15 @@ class CompiledProgram:
     @staticmethod
     def _compile_and_store(lowered, fast: bool, stored: str | None, start: float):
         """XLA's executable, kept in the program store when it was compiled here (not taken
-        from JAX's cache) and took at least :data:`CACHE_MIN_COMPILE_SECONDS`."""
-        hits = _program_store.jax_cache_hits() if stored is not None else 0
-        exe = compile_lowered(lowered, fast)
-        if (stored is not None and time.perf_counter() - start >= CACHE_MIN_COMPILE_SECONDS
-                and _program_store.jax_cache_hits() == hits):
+        from JAX's cache: a storable program is looked up there under a key of its own,
+        :func:`bayesgmm._program_store.keyed_apart`) and took at least
+        :data:`CACHE_MIN_COMPILE_SECONDS`."""
+        if stored is None:
+            return compile_lowered(lowered, fast)
+        hits = _program_store.jax_cache_hits()
+        with _program_store.keyed_apart():
+            exe = compile_lowered(lowered, fast)
+        if time.perf_counter() - start >= CACHE_MIN_COMPILE_SECONDS and _program_store.jax_cache_hits() == hits:
             _program_store.save(stored, exe)
         return exe
 

@@ -44,22 +44,24 @@ def _run(code, *args, **env):
 
 def test_a_second_process_reuses_the_first_ones_programs(tmp_path):
     """Without the program store, JAX's cache serves the EM program (after tracing it again);
-    with it, a second process loads the program without tracing it. Every fit equals the first,
-    bit for bit. A program JAX's cache served is not stored (it would load without its code)."""
+    with it, a second process loads the program without tracing it. A program meant for the
+    store is compiled under a JAX cache key of its own: where JAX's cache already holds it under
+    its plain key (as after an upgrade of the package, whose store files no longer match), it is
+    compiled again and stored, not served from there unstorable (that left every later process
+    tracing it). Every fit equals the first, bit for bit."""
     folder = tmp_path / "cache"
     first = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
     assert first["dir"] == str(folder) and any(folder.iterdir()) and "_run" in first["traced"]
     second = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
     assert second["hits"] >= 1 and "_run" in second["traced"]  # the EM program came from JAX's cache
-    served = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(folder))
-    assert served["hits"] >= 1 and not (folder / "programs").exists()
-
-    other = tmp_path / "other"
-    third = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(other))  # compiled here, so stored
-    assert "_run" in third["traced"] and len(list((other / "programs").glob("*.bin"))) == 1
-    fourth = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(other))
-    assert "_run" not in fourth["traced"] and fourth["hits"] == 0  # loaded, neither traced nor looked up
-    assert first["loglik"] == second["loglik"] == served["loglik"] == third["loglik"] == fourth["loglik"]
+    upgraded = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert "_run" in upgraded["traced"] and upgraded["hits"] == 0  # compiled here, not served unstorable
+    assert len(list((folder / "programs").glob("*.bin"))) == 1
+    loaded = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert "_run" not in loaded["traced"] and loaded["hits"] == 0  # loaded, neither traced nor looked up
+    again = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert again["hits"] >= 1  # the plain key's entry is still JAX's to serve
+    assert first["loglik"] == second["loglik"] == upgraded["loglik"] == loaded["loglik"] == again["loglik"]
 
 
 def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, monkeypatch):
@@ -319,3 +321,20 @@ def test_float32_products_are_computed_in_full_precision_unless_the_user_chose_o
         text = _compile.jit(lambda u, v: u @ v).lower(a, a).as_text()
     assert "precision = [DEFAULT, DEFAULT]" in text
     assert len(product._cache) == 2 and product.is_compiled(a, a)
+
+
+def test_the_store_s_cache_key_salt_is_this_thread_s_only():
+    """:func:`keyed_apart` salts JAX's cache keys with the store's fingerprint in its own thread
+    only; other threads' compilations keep their plain keys (and JAX's cache for them)."""
+    from jax._src import cache_key
+
+    from bayesgmm import _program_store
+
+    plain = cache_key.custom_hook()
+    seen = {}
+    with _program_store.keyed_apart():
+        seen["here"] = cache_key.custom_hook()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            seen["other thread"] = pool.submit(cache_key.custom_hook).result()
+    assert seen["here"].endswith(_program_store.fingerprint()) and seen["here"] != plain
+    assert seen["other thread"] == plain == cache_key.custom_hook()
