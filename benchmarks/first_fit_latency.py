@@ -6,7 +6,11 @@ loads the programs the first one compiled. This benchmark runs, for each engine,
 processes (interleaved, ``--reps`` rounds):
 
 * ``no cache``: ``BAYESGMM_COMPILE_CACHE=0``;
-* ``warm cache``: a cache folder that an earlier process filled with the same fit.
+* ``warm cache``: a cache folder that an earlier process filled with the same fit;
+* ``upgraded 1st`` and ``upgraded``: a cache folder filled by a process with the program store
+  off, as an earlier version of the package leaves it for this one (JAX's cache holds the
+  programs, the store no file with this version's digest): the first process after the upgrade,
+  then the next one (before f44e498 every process stayed as slow as the first, tracing again).
 
 and prints the wall time of the whole script (import included), the fit's own
 ``compile_seconds`` and ``run_seconds``, and the ratio warm / no cache. The fits are the defaults
@@ -37,6 +41,8 @@ SCRIPT = """
 import sys, time, warnings
 t0 = time.perf_counter()
 import bayesgmm as bg
+from bayesgmm import _program_store
+_program_store.ENABLED = sys.argv[2:] != ["no-store"]
 x = bg.datasets.load_faithful()
 fit = {"em": bg.fit_em, "vb": bg.fit_vb, "mcmc": bg.fit_mcmc, "svi": bg.fit_svi}[sys.argv[1]]
 with warnings.catch_warnings():
@@ -81,9 +87,10 @@ def run_numpyro() -> tuple[float, float, float]:
     return tuple(float(v) for v in out.stdout.split())
 
 
-def run(engine: str, cache: str | None) -> tuple[float, float, float]:
+def run(engine: str, cache: str | None, *flags: str) -> tuple[float, float, float]:
     env = dict(os.environ, BAYESGMM_COMPILE_CACHE=cache or "0", OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, engine], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, engine, *flags], capture_output=True, text=True, env=env,
+                         check=True)
     wall, compile_s, run_s = (float(v) for v in out.stdout.split())
     return wall, compile_s, run_s
 
@@ -95,19 +102,24 @@ def main() -> None:
     ap.add_argument("--numpyro", action="store_true", help="also: first NUTS fit against plain NumPyro")
     args = ap.parse_args()
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; cores: {os.cpu_count()}")
-    print(f"{'engine':<6} {'setting':<11} {'wall s':>7} {'compile s':>9} {'run s':>7}")
+    print(f"{'engine':<6} {'setting':<12} {'wall s':>7} {'compile s':>9} {'run s':>7}")
     with tempfile.TemporaryDirectory() as folder:
         for engine in args.engines:
             cache = os.path.join(folder, engine)
             run(engine, cache)  # fills the cache
-            rows = {"no cache": [], "warm cache": []}
-            for _ in range(args.reps):  # interleaved
+            rows = {"no cache": [], "warm cache": [], "upgraded 1st": [], "upgraded": []}
+            for rep in range(args.reps):  # interleaved
                 rows["no cache"].append(run(engine, None))
                 rows["warm cache"].append(run(engine, cache))
+                upgraded = os.path.join(folder, f"{engine}-upgraded-{rep}")
+                run(engine, upgraded, "no-store")  # JAX's cache only, as the earlier version left it
+                rows["upgraded 1st"].append(run(engine, upgraded))
+                rows["upgraded"].append(run(engine, upgraded))
             med = {k: tuple(statistics.median(v[i] for v in r) for i in range(3)) for k, r in rows.items()}
             for setting, (wall, comp, run_s) in med.items():
-                print(f"{engine:<6} {setting:<11} {wall:7.2f} {comp:9.2f} {run_s:7.2f}")
-            print(f"{engine:<6} {'ratio':<11} {med['warm cache'][0] / med['no cache'][0]:7.2f}  (warm / no cache, wall)")
+                print(f"{engine:<6} {setting:<12} {wall:7.2f} {comp:9.2f} {run_s:7.2f}")
+            print(f"{engine:<6} {'ratio':<12} {med['warm cache'][0] / med['no cache'][0]:7.2f}  (warm / no cache, wall); "
+                  f"{med['upgraded'][0] / med['no cache'][0]:.2f} (upgraded / no cache)")
     if args.numpyro:
         walls = {"bayesgmm": [], "numpyro": []}
         for _ in range(args.reps):  # interleaved, each in its own fresh process, no persistent cache
