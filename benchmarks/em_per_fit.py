@@ -17,6 +17,7 @@ Usage::
 
     python benchmarks/em_per_fit.py             # N=1e5, D=16, K=16, 8 iterations
     python benchmarks/em_per_fit.py --quick     # N=2e4, D=8, K=8
+    python benchmarks/em_per_fit.py --cases float32-full --reps 7   # one row
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cases", nargs="*", default=["float64-full", "float64-diag", "float32-full", "float32-diag"],
+                    help="dtype-covariance rows to run")
     args = ap.parse_args(argv)
     n, d, k, iters = (20_000, 8, 8, 8) if args.quick else (100_000, 16, 16, 8)
     print(f"# whole fit_em calls, N={n}, D={d}, K={k}, {iters} iterations, same start, tol=0; load at start {load()}")
@@ -68,13 +71,13 @@ def main(argv=None):
               f"{'set-up s':>8} {'ms/iter':>8} {'device run s':>12} | {'compile s':>9} | load")
     print(header)
     print("-" * len(header))
-    for dtype in (np.float64, np.float32):
-        for cov in ("full", "diag"):
-            med, per_iteration, setup, compile_seconds, run_seconds, ratios = bench(n, d, k, dtype, cov, iters, args.reps)
-            ratio = f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
-            print(f"{np.dtype(dtype).name:>7} {cov:>5} | {med['ours']:>7.3f} {med['sk1']:>7.3f} {med['sk2']:>7.3f} | "
-                  f"{ratio:>15} | {setup:>8.3f} {per_iteration * 1e3:>8.1f} {run_seconds:>12.3f} | "
-                  f"{compile_seconds:>9.2f} | {load()}", flush=True)
+    for case in args.cases:
+        dtype, cov = case.split("-")
+        med, per_iteration, setup, compile_seconds, run_seconds, ratios = bench(n, d, k, dtype, cov, iters, args.reps)
+        ratio = f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
+        print(f"{np.dtype(dtype).name:>7} {cov:>5} | {med['ours']:>7.3f} {med['sk1']:>7.3f} {med['sk2']:>7.3f} | "
+              f"{ratio:>15} | {setup:>8.3f} {per_iteration * 1e3:>8.1f} {run_seconds:>12.3f} | "
+              f"{compile_seconds:>9.2f} | {load()}", flush=True)
     print("\nratio = faster scikit-learn setting / bayesgmm, per whole fit: the median over repetitions of each "
           "repetition's own ratio (range in brackets); times are medians. set-up = time of a 1-iteration call "
           "less one iteration; device run = the compiled program's own time in the last 8-iteration call.")
