@@ -39,7 +39,6 @@ from ._compile import CompiledProgram
 from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, short_run_length, trace_length  # noqa: F401 (re-exported)
 from .kmeans import init_noise, initial_responsibilities
-from .model import log_prior
 from .params import GMMParams, covariance_shape
 
 #: Smallest reg_covar (standardised units) of the starts' M-step: k-means++ and random_from_data
@@ -134,6 +133,8 @@ def e_and_stats(params: GMMParams, problem: EMProblem, config: EMConfig, precise
                                                        block_rows=config.block_rows,
                                                        together=config.components_together)
     if config.use_prior:  # its factorisations after the E-step's (_numerics.in_turn)
+        from .model import log_prior  # NumPyro's densities: imported by MAP fits only
+
         lp = log_prior(_numerics.in_turn(total[0], params), problem.prior, ct, problem.active)
         total, magnitude = _numerics.add_to_pair(total, lp), magnitude + jnp.abs(lp)
     counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps

@@ -43,6 +43,7 @@ import contextlib
 import enum
 import functools
 import hashlib
+import importlib.util
 import inspect
 import os
 import pathlib
@@ -146,14 +147,23 @@ def fingerprint() -> str:
         tracing = tuple(v for v in trace_context() if _plain(v) or isinstance(v, enum.Enum))
     except Exception:  # noqa: BLE001 (a JAX without it: the public switches that change tracing)
         tracing = (jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)
-    numpyro = sys.modules.get("numpyro")
     parts = (
         source.hexdigest(), sys.version_info[:2], np.__version__, jax.__version__,
         _jaxlib_version(),
-        getattr(numpyro, "__version__", None), repr(tracing), os.environ.get("XLA_FLAGS", ""),
+        _numpyro_version(), repr(tracing), os.environ.get("XLA_FLAGS", ""),
         tuple((d.platform, d.device_kind) for d in jax.devices()), jax.process_count(), platform.machine(), _cpu(),
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _numpyro_version() -> str | None:
+    """The installed NumPyro's version file, read without importing NumPyro (EM and VB do not
+    import it): the digest must not depend on whether this process happened to import it."""
+    try:
+        spec = importlib.util.find_spec("numpyro")
+        return (pathlib.Path(spec.origin).parent / "version.py").read_text() if spec and spec.origin else None
+    except (ImportError, OSError, ValueError):
+        return None
 
 
 def _jaxlib_version() -> str:

@@ -38,7 +38,6 @@ from . import _covariance_models, _em_core, _em_host, _numerics
 from ._compile import jit
 from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .labels import align_draws
-from .model import log_prior
 from .params import (
     ConvergenceWarning,
     GMMParams,
@@ -282,6 +281,8 @@ def _objective(theta, xs, prior, k, d, covariance_type):
     params = from_unconstrained(theta, k, d, covariance_type)
     total = jnp.sum(_numerics.mixture_log_density(xs, *params, covariance_type))
     if prior is not None:
+        from .model import log_prior  # NumPyro's densities: imported by MAP fits only
+
         total = total + log_prior(params, prior, covariance_type)
     return total
 

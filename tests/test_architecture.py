@@ -9,6 +9,8 @@
 """
 
 import ast
+import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -111,6 +113,30 @@ def test_import_is_light():
     code = "import sys, bayesgmm; print(sorted(m for m in ('arviz', 'matplotlib', 'pandas', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_numpyro_is_imported_by_the_engines_that_run_it_only():
+    """EM, VB and k-means do not import NumPyro (about a third of the import time): the samplers,
+    SVI and SBC load on first use. The program store's digest reads NumPyro's version without
+    importing it, so it is the same whether or not a process has imported NumPyro (else EM's
+    stored programs would be missed after a NumPyro engine ran first)."""
+    code = (
+        "import sys, json, warnings; warnings.simplefilter('ignore'); import bayesgmm as bg\n"
+        "from bayesgmm import _program_store\n"
+        "seen = {'import': 'numpyro' in sys.modules}\n"
+        "x = bg.datasets.load_faithful()\n"
+        "bg.fit_em(x, 2, n_init=1); bg.fit_vb(x, 2, n_init=1); bg.kmeans(x, 2)\n"
+        "seen['em, vb, kmeans'] = 'numpyro' in sys.modules\n"
+        "before = _program_store.fingerprint(); _program_store.fingerprint.cache_clear()\n"
+        "seen['fit_mcmc'] = bg.fit_mcmc.__module__\n"
+        "seen['after'] = 'numpyro' in sys.modules\n"
+        "seen['same digest'] = _program_store.fingerprint() == before\n"
+        "print(json.dumps(seen))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BAYESGMM_COMPILE_CACHE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "import": False, "em, vb, kmeans": False, "fit_mcmc": "bayesgmm.mcmc", "after": True, "same digest": True}
 
 
 def test_public_api_is_explicit():
