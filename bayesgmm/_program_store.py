@@ -21,10 +21,11 @@ What is stored, and when:
   :func:`jax_cache_hits`), on one CPU device, whose arguments are not placed on a device, and
   without host callbacks (progress bars); sharded programs, ``jax.distributed`` runs and
   accelerators compile as before. A program meant for the store is compiled under a JAX cache
-  key of its own (:func:`keyed_apart`: salted with :func:`fingerprint`), so that JAX's cache
-  cannot serve it the executable an earlier version of the package compiled for the same
-  lowered program, which could not be stored; without that, every process after an upgrade
-  traced such a program again (about 0.5 s for EM on Old Faithful, 1.2 s for NUTS);
+  key of its own (:func:`keyed_apart`: salted with :func:`fingerprint` and the store's
+  :func:`generation`), so that JAX's cache cannot serve it the executable an earlier version of
+  the package, or this one before the store removed the program's file, compiled for the same
+  lowered program, which could not be stored; without that, every later process traced such a
+  program again (about 0.5 s for EM on Old Faithful, 1.2 s for NUTS);
 * only while the persistent cache is on (``jax_compilation_cache_dir`` set): the store is the
   folder's ``programs`` sub-folder, so the cache's switches (``BAYESGMM_COMPILE_CACHE=0``,
   :func:`bayesgmm.set_compilation_cache`) turn it off too; it keeps the most recently used
@@ -64,6 +65,8 @@ FORMAT = 2
 SUBDIR = "programs"
 #: Bytes kept (a program takes up to about 0.8 MB compressed); the least recently used beyond it are removed.
 MAX_BYTES = 2**29
+#: The file holding the store's :func:`generation`.
+GENERATION_FILE = "generation"
 #: Tests that inspect what XLA compiles turn the store off.
 ENABLED = True
 
@@ -246,14 +249,16 @@ def _install_key_hook() -> bool:
 @contextlib.contextmanager
 def keyed_apart():
     """Within it, this thread's compilations are filed in JAX's persistent cache under keys
-    salted with :func:`fingerprint`: a program compiled for the store is either compiled here
-    (and can be stored) or served by JAX's cache from an entry this same fingerprint wrote
-    (only when the store lost its file). Other threads' keys are unchanged."""
-    if not _install_key_hook():
+    salted with :func:`fingerprint` and the store's :func:`generation`: a program compiled for
+    the store is compiled here (and can be stored) unless this version of the package, since the
+    store last removed files, put it in JAX's cache already (a program the store refused: one
+    with host callbacks). Other threads' keys are unchanged."""
+    where = folder()
+    if where is None or not _install_key_hook():
         yield
         return
     previous = getattr(_THIS_THREAD, "salt", None)
-    _THIS_THREAD.salt = fingerprint()
+    _THIS_THREAD.salt = f"{fingerprint()}/{generation(where)}"
     try:
         yield
     finally:
@@ -313,6 +318,9 @@ def save(text: str, executable) -> bool:
 
 
 def _evict(where: pathlib.Path) -> None:
+    """Remove the least recently used files beyond :data:`MAX_BYTES`, and then start a new
+    :func:`generation` (JAX's cache may still hold what was removed, under the old one's keys)."""
+    removed = False
     try:
         files = sorted(((p.stat(), p) for p in where.glob("*.bin")), key=lambda f: f[0].st_mtime, reverse=True)
         kept = 0
@@ -320,5 +328,32 @@ def _evict(where: pathlib.Path) -> None:
             kept += stat.st_size
             if kept > MAX_BYTES:
                 path.unlink(missing_ok=True)
+                removed = True
     except OSError:
         pass
+    if removed:
+        _new_generation(where)
+
+
+def generation(where: pathlib.Path) -> str:
+    """The store's generation: a random token kept in the folder, new whenever the store has
+    removed files (:func:`_evict`) or has lost the token (the folder deleted). It salts the JAX
+    cache keys of the programs compiled for the store (:func:`keyed_apart`), so that a program the
+    store no longer holds misses JAX's cache too, and is compiled and stored again, instead of
+    being served from there unstorable to every process."""
+    try:
+        return (where / GENERATION_FILE).read_text()
+    except OSError:
+        return _new_generation(where)
+
+
+def _new_generation(where: pathlib.Path) -> str:
+    token = os.urandom(8).hex()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=where, suffix=".tmp", delete=False) as tmp:
+            tmp.write(token)
+        os.replace(tmp.name, where / GENERATION_FILE)
+    except OSError:
+        pass
+    return token

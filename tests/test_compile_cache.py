@@ -48,7 +48,8 @@ def test_a_second_process_reuses_the_first_ones_programs(tmp_path):
     store is compiled under a JAX cache key of its own: where JAX's cache already holds it under
     its plain key (as after an upgrade of the package, whose store files no longer match), it is
     compiled again and stored, not served from there unstorable (that left every later process
-    tracing it). Every fit equals the first, bit for bit."""
+    tracing it); the same after the store's eviction (a new generation salts the keys). Every fit
+    equals the first, bit for bit."""
     folder = tmp_path / "cache"
     first = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
     assert first["dir"] == str(folder) and any(folder.iterdir()) and "_run" in first["traced"]
@@ -61,7 +62,14 @@ def test_a_second_process_reuses_the_first_ones_programs(tmp_path):
     assert "_run" not in loaded["traced"] and loaded["hits"] == 0  # loaded, neither traced nor looked up
     again = _run(FIT, "jax", BAYESGMM_COMPILE_CACHE=str(folder))
     assert again["hits"] >= 1  # the plain key's entry is still JAX's to serve
-    assert first["loglik"] == second["loglik"] == upgraded["loglik"] == loaded["loglik"] == again["loglik"]
+    for stored in (folder / "programs").glob("*.bin"):  # the store's eviction: its files go, a new generation
+        stored.unlink()
+    (folder / "programs" / "generation").write_text("after an eviction")
+    evicted = _run(FIT, "store", BAYESGMM_COMPILE_CACHE=str(folder))
+    assert "_run" in evicted["traced"] and evicted["hits"] == 0  # compiled again, not served unstorable
+    assert len(list((folder / "programs").glob("*.bin"))) == 1
+    assert (first["loglik"] == second["loglik"] == upgraded["loglik"] == loaded["loglik"] == again["loglik"]
+            == evicted["loglik"])
 
 
 def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, monkeypatch):
@@ -323,18 +331,34 @@ def test_float32_products_are_computed_in_full_precision_unless_the_user_chose_o
     assert len(product._cache) == 2 and product.is_compiled(a, a)
 
 
-def test_the_store_s_cache_key_salt_is_this_thread_s_only():
-    """:func:`keyed_apart` salts JAX's cache keys with the store's fingerprint in its own thread
-    only; other threads' compilations keep their plain keys (and JAX's cache for them)."""
+def test_the_store_s_cache_key_salt_is_this_thread_s_only(tmp_path, monkeypatch):
+    """:func:`keyed_apart` salts JAX's cache keys with the store's fingerprint and generation in
+    its own thread only; other threads' compilations keep their plain keys. The generation is
+    new when the store removes files (eviction) or loses its token."""
     from jax._src import cache_key
 
     from bayesgmm import _program_store
 
+    where = tmp_path / "programs"
+    monkeypatch.setattr(_program_store, "folder", lambda: where)
     plain = cache_key.custom_hook()
     seen = {}
     with _program_store.keyed_apart():
         seen["here"] = cache_key.custom_hook()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             seen["other thread"] = pool.submit(cache_key.custom_hook).result()
-    assert seen["here"].endswith(_program_store.fingerprint()) and seen["here"] != plain
+    first = _program_store.generation(where)
+    assert seen["here"].endswith(f"{_program_store.fingerprint()}/{first}") and seen["here"] != plain
     assert seen["other thread"] == plain == cache_key.custom_hook()
+    assert _program_store.generation(where) == first  # kept in the folder
+
+    for i in range(3):
+        (where / f"{i}.bin").write_bytes(b"x" * 10)
+    monkeypatch.setattr(_program_store, "MAX_BYTES", 25)
+    _program_store._evict(where)  # removes the oldest file
+    assert len(list(where.glob("*.bin"))) == 2 and _program_store.generation(where) != first
+    second = _program_store.generation(where)
+    _program_store._evict(where)  # nothing to remove: the same generation
+    assert _program_store.generation(where) == second
+    (where / _program_store.GENERATION_FILE).unlink()
+    assert _program_store.generation(where) not in (first, second)
