@@ -18,6 +18,7 @@ Usage::
     python benchmarks/em_per_fit.py             # N=1e5, D=16, K=16, 8 iterations
     python benchmarks/em_per_fit.py --quick     # N=2e4, D=8, K=8
     python benchmarks/em_per_fit.py --cases float32-full --reps 7   # one row
+    python benchmarks/em_per_fit.py --settle 0   # calls back to back, no idle before each
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from em_vs_sklearn import _limited, _timed, bayesgmm_fit, initial_params, load, sklearn_fit  # also sets x64
 
 
-def bench(n, d, k, dtype, covariance_type, iters, reps):
+def bench(n, d, k, dtype, covariance_type, iters, reps, settle=None):
     rng = np.random.default_rng(1)
     centres = rng.normal(0, 3, size=(k, d))
     x = (centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(dtype)
@@ -48,7 +49,7 @@ def bench(n, d, k, dtype, covariance_type, iters, reps):
         runs["ours_1"]()
         for _ in range(reps):
             for name, fn in runs.items():
-                times[name].append(_timed(fn))
+                times[name].append(_timed(fn, settle))
         fit = runs["ours"]()
     med = {name: statistics.median(v) for name, v in times.items()}
     per_iteration = (med["ours"] - med["ours_1"]) / (iters - 1)
@@ -62,18 +63,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=None,
+                    help="idle seconds before each call (default em_vs_sklearn.SETTLE_SECONDS, 0.5; on this VM "
+                         "an idle costs the next short call 20-35 ms while its cores wake, 0 measures calls "
+                         "back to back)")
     ap.add_argument("--cases", nargs="*", default=["float64-full", "float64-diag", "float32-full", "float32-diag"],
                     help="dtype-covariance rows to run")
     args = ap.parse_args(argv)
     n, d, k, iters = (20_000, 8, 8, 8) if args.quick else (100_000, 16, 16, 8)
-    print(f"# whole fit_em calls, N={n}, D={d}, K={k}, {iters} iterations, same start, tol=0; load at start {load()}")
+    settle = "0.5 s (default)" if args.settle is None else f"{args.settle:g} s"
+    print(f"# whole fit_em calls, N={n}, D={d}, K={k}, {iters} iterations, same start, tol=0, idle before each "
+          f"call {settle}; load at start {load()}")
     header = (f"{'dtype':>7} {'cov':>5} | {'ours s':>7} {'sk1 s':>7} {'sk2 s':>7} | {'ratio (range)':>15} | "
               f"{'set-up s':>8} {'ms/iter':>8} {'device run s':>12} | {'compile s':>9} | load")
     print(header)
     print("-" * len(header))
     for case in args.cases:
         dtype, cov = case.split("-")
-        med, per_iteration, setup, compile_seconds, run_seconds, ratios = bench(n, d, k, dtype, cov, iters, args.reps)
+        med, per_iteration, setup, compile_seconds, run_seconds, ratios = bench(n, d, k, dtype, cov, iters, args.reps,
+                                                                                args.settle)
         ratio = f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
         print(f"{np.dtype(dtype).name:>7} {cov:>5} | {med['ours']:>7.3f} {med['sk1']:>7.3f} {med['sk2']:>7.3f} | "
               f"{ratio:>15} | {setup:>8.3f} {per_iteration * 1e3:>8.1f} {run_seconds:>12.3f} | "
