@@ -59,6 +59,8 @@ import jax
 import jax.monitoring
 import numpy as np
 
+from ._files import write_text
+
 #: Version of the files' layout; files of another version are ignored.
 FORMAT = 2
 #: Sub-folder of the persistent compilation cache's folder.
@@ -351,9 +353,7 @@ def _new_generation(where: pathlib.Path) -> str:
     token = os.urandom(8).hex()
     try:
         where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=where, suffix=".tmp", delete=False) as tmp:
-            tmp.write(token)
-        os.replace(tmp.name, where / GENERATION_FILE)
+        write_text(where / GENERATION_FILE, token)
     except OSError:
         pass
     return token

@@ -568,6 +568,9 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
         rows = blocks.precise if use_precise else blocks.fast
 
         def run(_):
+            # the fast form's natural parameters (a factorisation per component) once, not per block
+            theta = None if use_precise else mask_components(natural_params(params, covariance_type), active)
+
             def step(start, new, acc):
                 xb = jax.lax.dynamic_slice_in_dim(x, start, rows)
                 wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, rows), 0.0)
@@ -577,12 +580,11 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
                     moments = centred_moments(resp * wb[None], xb, covariance_type, centres, together=together)
                 elif blocks.row_major:
                     zb = suff_features(xb, covariance_type)
-                    theta = mask_components(natural_params(params, covariance_type), active)
                     resp, per_row = responsibilities_by_row(zb @ theta.T, hard=hard)
                     moments = (jax.lax.dot_general(resp * wb[:, None], zb, (((0,), (0,)), ((), ()))),)
                 else:
                     zb = suff_features(xb, covariance_type)
-                    resp, per_row = responsibilities(log_joint_fast(zb, params, covariance_type, active), hard=hard)
+                    resp, per_row = responsibilities(theta @ zb.T, hard=hard)
                     moments = ((resp * wb[None]) @ zb,)
                 per_row = jnp.where(wb > 0, per_row, 0.0)
                 (high, low), magnitude, summed = acc
