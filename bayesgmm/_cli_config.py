@@ -76,11 +76,12 @@ def _progress_args(p):
                    help="hide progress bars (default: show them)")
 
 
-def _engine_option_args(p, *, one_engine: bool):
+def _engine_option_args(p, *, one_engine: bool, prior: bool = True):
     if one_engine:
+        example = "n_init=10, num_samples=500" + (", prior=default" if prior else "")
         p.add_argument("--engine-option", action="append", metavar="NAME=VALUE",
-                       help="keyword argument of the engine, a TOML value, e.g. n_init=10, num_samples=500, "
-                            "prior=default (repeatable; default: the engine's defaults)")
+                       help=f"keyword argument of the engine, a TOML value, e.g. {example} (repeatable; default: the "
+                            "engine's defaults)")
     else:
         p.add_argument("--engine-option", action="append", metavar="METHOD.NAME=VALUE",
                        help="keyword argument of one engine, a TOML value, e.g. mcmc.num_samples=500 "
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("-k", "--num-components", type=int, required=True, help=_K_HELP + " (required)")
     fit.add_argument("--method", choices=ENGINES, default="em",
                      help="engine: em (maximum likelihood), map-em (MAP-EM, default prior unless prior= is given), "
-                          "vb, svi or mcmc (default: %(default)s)")
+                          "vb, svi, mcmc or gibbs (default: %(default)s)")
     fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES + MODELS, default="full", metavar="TYPE",
                      help="covariance structure: full, diag, spherical, tied, or with --method em one of mclust's "
                           "models EII ... VVV (default: %(default)s)")
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated data sets, one rank each (default: %(default)s)")
     sb.add_argument("--num-ranks", type=int, default=99,
                     help="posterior draws each rank is computed from (default: %(default)s)")
-    _engine_option_args(sb, one_engine=True)
+    _engine_option_args(sb, one_engine=True, prior=False)
     _progress_args(sb)
     _common(sb, out_default="bayesgmm_sbc")
     _plot_args(sb)

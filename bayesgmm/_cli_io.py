@@ -105,10 +105,11 @@ def _check_header(path: Path, name: str, sep: str) -> None:
     which would otherwise silently become the column names (one observation lost)."""
     import csv
 
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # a byte-order mark (Excel's "CSV UTF-8") is no name
         first = next(csv.reader(f, delimiter=sep), [])
     fields = [field.strip() for field in first]
-    if fields and all(field and _is_number(field) for field in fields):
+    # numbers, or empty cells (a missing value in the first row), with at least one number
+    if any(fields) and all(not field or _is_number(field) for field in fields):
         shown = sep.join(fields) if len(fields) <= 8 else sep.join(fields[:8]) + sep + "..."
         example = sep.join(f"x{j}" for j in range(min(len(fields), 8))) + (sep + "..." if len(fields) > 8 else "")
         raise UsageError(f"input file {name} has no header row: its first line ({shown}) is numbers, a data row, "
@@ -137,6 +138,7 @@ def load_data(spec: dict):
     ``columns`` (the features: a name or a list of names; default every column except the label
     column, all of which must then be numeric) and ``label_column`` (not a feature).
     """
+    import numpy as np
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     import bayesgmm as bg
@@ -171,6 +173,12 @@ def load_data(spec: dict):
         raise UsageError(f"column(s) {missing} not in {source}; available: {[str(c) for c in df.columns]}.")
     labels = None
     if label is not None:
+        empty = df[label].isna().to_numpy()
+        if empty.any():
+            first = int(np.flatnonzero(empty)[0]) + 2  # the file's line: the header is line 1
+            where = f" (first: line {first} of the file)" if spec.get("path") else ""
+            raise UsageError(f"label column {label!r} has {int(empty.sum())} empty cell(s){where}; the labels score "
+                             "the clusters (ARI/NMI), so every row needs one: fill or drop those rows.")
         labels = df[label].to_numpy()
         df = df.drop(columns=[label])
     if columns:
@@ -189,21 +197,81 @@ MANIFEST = "bayesgmm_run.json"
 _STAGING_PREFIX = ".bayesgmm-staging-"
 
 
+def _host_tag() -> str:
+    """A short tag of this machine, in staging folders' names (a shared file system may hold
+    folders of runs on other machines, whose process ids mean nothing here)."""
+    import hashlib
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _staging_owner(folder: Path):
+    """``(host tag, pid)`` of the run a staging folder belongs to, None for an older name."""
+    parts = folder.name[len(_STAGING_PREFIX):].split("-")
+    if len(parts) >= 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return None
+
+
+def _stale(folder: Path) -> bool:
+    """Whether a staging folder was left by a run that is gone (killed before it could clean up):
+    its process no longer runs on this machine. A folder of a run on another machine is taken
+    as live; one named by an earlier version of bayesgmm (no owner in its name), as stale."""
+    owner = _staging_owner(folder)
+    if owner is None:
+        return True
+    host, pid = owner
+    if host != _host_tag():
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process: alive
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on ``folder`` between processes (``flock`` on the folder itself, so that
+    no lock file appears in it), held while a run's files are moved in; a no-op where the
+    platform has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class OutputFolder:
     """The ``--out`` folder of one command: one run's files, complete, or nothing.
 
-    Every file is first written into a hidden staging folder inside ``--out``; when the
-    command has finished, the files are moved into place together (one ``os.replace`` each,
-    atomic per file, with Ctrl-C held off for those few milliseconds) and :data:`MANIFEST`
-    records the command and the files it wrote. On an error or Ctrl-C the staging folder is
-    deleted: no truncated or partial file is ever left, and an earlier run's files stay as
-    they were.
+    Every file is first written into a hidden staging folder inside ``--out`` (named after this
+    machine and process); when the command has finished, the files are moved into place together
+    and :data:`MANIFEST` records the command and the files it wrote. The move is all or nothing:
+    the earlier run's files are set aside first, and put back if any step fails; Ctrl-C (and
+    SIGTERM) are held off for those few milliseconds, and other bayesgmm processes committing
+    into the same folder wait for it. On an error or an interruption the staging folder is
+    deleted: no truncated or partial file is ever left, and an earlier run's files stay as they
+    were.
 
     A folder that is not empty is refused unless ``overwrite``: then the files of the earlier
-    run listed in its manifest (and stale staging folders of killed runs) are deleted when the
-    new files are moved in, so runs are never mixed; files bayesgmm did not write, and the
-    command's own ``inputs`` (e.g. ``data.csv`` of an earlier ``simulate`` fitted in place), are
-    left alone.
+    run listed in its manifest (read when the new files are moved in) and staging folders of
+    killed runs are deleted, so runs are never mixed. Files bayesgmm did not write, the
+    command's own ``inputs`` (e.g. ``data.csv`` of an earlier ``simulate`` fitted in place) and
+    the staging folders of runs still going are left alone; a new file that would replace one
+    of them stops the command before anything is changed. Staging folders of killed runs alone
+    do not make a folder non-empty.
     """
 
     def __init__(self, path, *, overwrite: bool = False, command: str = "", options: dict | None = None,
@@ -211,50 +279,71 @@ class OutputFolder:
         out = Path(path)
         if out.exists() and not out.is_dir():
             raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
-        self.created = not out.exists()
+        missing = [p for p in (out, *out.parents) if not p.exists()]
+        self.created = missing[::-1]  # the folders this command creates, outermost first
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UsageError(f"cannot create output folder {str(path)!r}: {err.strerror or err}.") from None
         if not os.access(out, os.W_OK | os.X_OK):
             raise UsageError(f"output folder {str(path)!r} is not writable.")
-        entries = sorted(p.name for p in out.iterdir())
+        entries = sorted(p.name for p in out.iterdir()
+                         if not (p.name.startswith(_STAGING_PREFIX) and p.is_dir() and _stale(p)))
         if entries and not overwrite:
+            running = [n for n in entries if n.startswith(_STAGING_PREFIX)]
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+            also = (f"; {running[0]} is the staging folder of another bayesgmm run still writing there"
+                    if running else "")
             raise UsageError(
-                f"output folder {str(path)!r} is not empty ({shown}); give a new or empty folder with --out, or "
+                f"output folder {str(path)!r} is not empty ({shown}{also}); give a new or empty folder with --out, or "
                 "--overwrite to replace the files of the earlier bayesgmm run there (overwrite = true in a TOML file)."
             )
         self.out = out
         self.command = command
         self.options = options or {}
         self.inputs = {Path(p).resolve() for p in inputs}
-        self.previous = self._previous_files() if entries else []
-        self.stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+        self.stage = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{_host_tag()}-{os.getpid()}-", dir=out))
         self.names: list[str] = []
         self.committed = False
 
     def _previous_files(self) -> list[Path]:
-        """Files of the earlier run (its manifest and what it lists) and stale staging folders."""
-        found = [p for p in self.out.iterdir() if p.name.startswith(_STAGING_PREFIX) and p.is_dir()]
+        """Files of the earlier run now in the folder: its manifest and the files it lists
+        (those that exist and are not an input of this command)."""
         manifest = self.out / MANIFEST
-        if manifest.is_file():
-            try:
-                listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
-            except (ValueError, OSError, AttributeError):
-                listed = []
-            for name in listed:
-                if not (isinstance(name, str) and name == Path(name).name):  # a plain file name, never a path
-                    continue
-                if (self.out / name).resolve() in self.inputs:  # this command reads it: kept
-                    continue
-                found.append(self.out / name)
-            found.append(manifest)
+        if not manifest.is_file():
+            return []
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+        except (ValueError, OSError, AttributeError):
+            listed = []
+        found = []
+        for name in listed:
+            if not (isinstance(name, str) and name == Path(name).name and name != MANIFEST):  # a plain file name
+                continue
+            path = self.out / name
+            if (path.is_file() or path.is_symlink()) and path.resolve() not in self.inputs:  # an input is kept
+                found.append(path)
+        return found + [manifest]
+
+    def _conflicts(self, previous: list[Path]) -> list[str]:
+        """The new files that would replace something that is not the earlier run's file."""
+        ours = {p.name for p in previous}
+        found = []
+        for name in self.names:
+            dest = self.out / name
+            if not (dest.exists() or dest.is_symlink()):
+                continue
+            if dest.resolve() in self.inputs:
+                found.append(f"{name} (this command's input)")
+            elif dest.is_dir() and not dest.is_symlink():
+                found.append(f"{name} (a folder)")
+            elif name not in ours:
+                found.append(f"{name} (not written by the earlier bayesgmm run there)")
         return found
 
     def path(self, name: str) -> Path:
         """Where to write the output file ``name`` (inside the staging folder)."""
-        if name in self.names:
+        if name in self.names or name == MANIFEST:
             raise RuntimeError(f"output file {name!r} written twice")
         self.names.append(name)
         return self.stage / name
@@ -265,7 +354,15 @@ class OutputFolder:
         return [self.out / name for name in self.names] + ([self.out / MANIFEST] if self.committed else [])
 
     def commit(self) -> None:
-        """Move the staged files into ``--out`` (removing the earlier run's) and write the manifest."""
+        """Move the staged files into ``--out`` in place of the earlier run's, all or nothing,
+        and write the manifest.
+
+        Raises
+        ------
+        UsageError
+            A new file would replace a file bayesgmm did not write there, the command's input or
+            a folder (nothing is changed), or the file system refused a step (everything put back).
+        """
         from . import __version__
         from ._files import write_text
 
@@ -275,24 +372,49 @@ class OutputFolder:
         manifest = {"bayesgmm_version": __version__, "command": self.command,
                     "options": self.options, "files": list(self.names)}
         text = json.dumps(manifest, indent=2, default=str)
-        with COMMIT_LOCK, _no_interrupt():
-            for old in self.previous:
-                if old.is_dir() and old.name.startswith(_STAGING_PREFIX):
-                    shutil.rmtree(old, ignore_errors=True)
-                elif (old.is_file() or old.is_symlink()) and old.name not in self.names:
-                    old.unlink()
-            for name in self.names:
-                os.replace(self.stage / name, self.out / name)
-            write_text(self.out / MANIFEST, text)
+        with COMMIT_LOCK, _no_interrupt(), _folder_lock(self.out):
+            previous = self._previous_files()
+            conflicts = self._conflicts(previous)
+            if conflicts:
+                raise UsageError(
+                    f"output folder {str(self.out)!r}: the results would replace {', '.join(conflicts)}; nothing was "
+                    "written. Move or rename those, or give another folder with --out.")
+            aside = self.stage / ".earlier-run"  # the earlier run's files, until the new ones are in
+            aside.mkdir()
+            set_aside, moved_in = [], []
+            try:
+                for old in previous:
+                    os.replace(old, aside / old.name)
+                    set_aside.append(old)
+                for name in self.names:
+                    os.replace(self.stage / name, self.out / name)
+                    moved_in.append(name)
+                write_text(self.out / MANIFEST, text)
+            except OSError as err:
+                for name in reversed(moved_in):
+                    with contextlib.suppress(OSError):
+                        os.replace(self.out / name, self.stage / name)
+                for old in reversed(set_aside):
+                    with contextlib.suppress(OSError):
+                        os.replace(aside / old.name, old)
+                raise UsageError(f"could not move the results into {str(self.out)!r} ({err.strerror or err}); "
+                                 "nothing was changed there.") from None
             self.committed = True
+            for stale in self.out.iterdir():  # staging folders of killed runs
+                if stale.name.startswith(_STAGING_PREFIX) and stale != self.stage and stale.is_dir() and _stale(stale):
+                    shutil.rmtree(stale, ignore_errors=True)
             self.discard()
 
     def discard(self) -> None:
-        """Delete the staging folder (and ``--out`` itself if this command created it and it is empty)."""
+        """Delete the staging folder (and the folders this command created for ``--out``, if
+        nothing else is in them)."""
         shutil.rmtree(self.stage, ignore_errors=True)
-        if self.created and not self.committed:
-            with contextlib.suppress(OSError):
-                self.out.rmdir()
+        if not self.committed:
+            for folder in reversed(self.created):  # innermost first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 #: held while an output folder is committed: the interrupt watcher of :func:`console_main` waits for it

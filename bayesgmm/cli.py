@@ -146,8 +146,8 @@ def _fit_stream(opts):
         kw.setdefault("prior", "default")  # the default prior, from the stream's first pass
     kw = _resolve_prior(kw, opts["method"], None, opts["num_components"])
     columns = as_names(spec["columns"], "columns") if spec.get("columns") else None
-    if columns and all(str(c).isdigit() for c in columns):
-        columns = [int(c) for c in columns]
+    if columns and Path(spec["path"]).suffix.lower() == ".npy" and all(str(c).isdigit() for c in columns):
+        columns = [int(c) for c in columns]  # a .npy file's columns are numbered (Parquet's are named)
     if opts.get("missing", "error") != "error":
         kw["missing"] = opts["missing"]
     return fit_em_stream(spec["path"], opts["num_components"], covariance_type=opts["covariance_type"],
@@ -164,7 +164,7 @@ def run_fit(opts, out: OutputFolder) -> int:
     if opts.get("stream"):
         x = None
         result = _fit_stream(opts)
-        stem += "_stream"
+        stem = f"{result.method}_k{opts['num_components']}_stream"  # online-em when asked for
     else:
         x, _ = load_data(opts["data"])
         print_features(x, opts["data"].get("label_column"))
@@ -451,6 +451,11 @@ def _interrupted() -> int:
     return 130
 
 
+#: What the command line prints after SIGTERM (``kill``, ``timeout``, a batch scheduler's time
+#: limit), exiting with status 143 (128 + 15) as a process the signal killed would.
+TERMINATED = "bayesgmm: terminated (SIGTERM); no files were written."
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (0, 1, 2, or 130 after Ctrl-C).
 
@@ -486,7 +491,7 @@ def _main(argv) -> int:
         _quiet_stdout()
         return 1
     except ValueError as err:  # UsageError and the library's input validation
-        print(f"bayesgmm: error: {_one_line(err)}", file=sys.stderr)
+        print(f"bayesgmm: error: {_for_the_command_line(_one_line(err), args.command)}", file=sys.stderr)
         return 2
     except TypeError as err:
         if "unexpected keyword argument" in str(err) or "multiple values for keyword argument" in str(err):
@@ -509,6 +514,13 @@ def _one_line(err) -> str:
     return " ".join(str(err).split())
 
 
+def _for_the_command_line(message: str, command: str) -> str:
+    """A library message as the command line's user acts on it: its options by their flags."""
+    how = {"fit": "pass --missing marginalize (missing = \"marginalize\" in a TOML file)",
+           "compare": "pass --engine-option METHOD.missing=marginalize for each method"}.get(command)
+    return message if how is None else message.replace("pass missing='marginalize'", how)
+
+
 def _run(args) -> int:
     if args.compile_cache is not None:
         _set_compile_cache(args.compile_cache)
@@ -519,7 +531,8 @@ def _run(args) -> int:
         opts = options_from_args(args)
         command = args.command
     check_engine_options(command, opts)
-    inputs = [p for p in ((opts.get("data") or {}).get("path"), getattr(args, "config", None)) if p]
+    inputs = [p for p in ((opts.get("data") or {}).get("path"), getattr(args, "config", None))
+              if p and isinstance(p, (str, os.PathLike))]  # anything else: load_data's error, after
     out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command,
                        options={k: v for k, v in opts.items() if k != "progress"}, inputs=inputs)
     _ACTIVE.append(out)
@@ -547,10 +560,11 @@ def _exit_now(rc: int) -> None:
 
 
 def _watch_interrupts(read_fd: int) -> None:
-    """Thread body: on SIGINT, delete the running command's staged files, print one line and
-    exit 130 at once, whatever the main thread is doing (an XLA compilation or run, a NetCDF
-    write, Python's garbage collector, which would swallow a ``KeyboardInterrupt``). Waits for a
-    commit in progress; after a commit the command is done and finishes normally."""
+    """Thread body: on SIGINT (or SIGTERM), delete the running command's staged files, print one
+    line and exit 130 (143) at once, whatever the main thread is doing (an XLA compilation or
+    run, a NetCDF write, Python's garbage collector, which would swallow a
+    ``KeyboardInterrupt``). Waits for a commit in progress; after a commit the command is done
+    and finishes normally."""
     while True:
         try:
             data = os.read(read_fd, 64)
@@ -558,7 +572,8 @@ def _watch_interrupts(read_fd: int) -> None:
             continue
         if not data:
             return
-        if signal.SIGINT in data:
+        if signal.SIGINT in data or signal.SIGTERM in data:
+            terminated = signal.SIGINT not in data
             break
     with COMMIT_LOCK:
         active = list(_ACTIVE)
@@ -569,16 +584,22 @@ def _watch_interrupts(read_fd: int) -> None:
                 out.discard()
                 if not out.stage.exists():
                     break
+        if terminated:
+            with contextlib.suppress(Exception):
+                print(TERMINATED, file=sys.stderr)
+            _exit_now(128 + signal.SIGTERM)
         _interrupted()
         _exit_now(130)
 
 
 def _install_interrupt_watcher() -> None:
-    """SIGINT wakes :func:`_watch_interrupts` (through :func:`signal.set_wakeup_fd`, written by
-    the C-level handler the moment the signal arrives) instead of raising KeyboardInterrupt."""
+    """SIGINT and SIGTERM wake :func:`_watch_interrupts` (through :func:`signal.set_wakeup_fd`,
+    written by the C-level handler the moment the signal arrives) instead of raising
+    KeyboardInterrupt or killing the process with its staging folder left behind."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.signal(signal.SIGINT, lambda signum, frame: None)  # the watcher acts, not the main thread
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     threading.Thread(target=_watch_interrupts, args=(read_fd,), name="bayesgmm-interrupt", daemon=True).start()
 

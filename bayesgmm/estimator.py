@@ -613,7 +613,7 @@ class GaussianMixture(_DensityMixin, _Base):
             if history is not None and not self.converged_ and self.n_iter_ > 0:
                 info = result.info
                 self.converged_ = _aitken_converged(self._objective_history, float(info["tol"]) * n,
-                                                    float(info.get("precision_floor_per_obs", 0.0)) * n,
+                                                    float(info.get("precision_floor_per_obs") or 0.0) * n,
                                                     np.dtype(info.get("dtype", "float64")))
             return
         finite = trace[np.isfinite(trace)]

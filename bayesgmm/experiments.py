@@ -56,6 +56,13 @@ METHODS = engine_names() + ("kmeans",)
 # ----------------------------------------------------------------------------------------------
 # Clustering agreement (NumPy; scikit-learn is not a dependency of the library)
 # ----------------------------------------------------------------------------------------------
+def _missing_labels(labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: the labels that are missing (None, NaN, pandas' NA)."""
+    import pandas as pd
+
+    return np.asarray(pd.isna(labels), bool)
+
+
 def _contingency(a, b):
     a = np.unique(np.asarray(a), return_inverse=True)[1]
     b = np.unique(np.asarray(b), return_inverse=True)[1]
@@ -352,11 +359,14 @@ def compare(
 
     if executor is not None and not callable(getattr(executor, "submit", None)):
         raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
-    data = prepare_data(x)  # validated once; every engine takes the record and skips the checks
+    engine_kwargs = dict(engine_kwargs or {})
+    # validated once; every engine takes the record and skips the checks (NaN let through where an
+    # engine is told missing="marginalize"; the others then refuse them with their own message)
+    marginalize = any(isinstance(kw, Mapping) and kw.get("missing") == "marginalize" for kw in engine_kwargs.values())
+    data = prepare_data(x, missing="marginalize" if marginalize else "error")
     arr = data.values
     k = check_num_components(num_components, arr.shape[0])
     methods = _check_methods(methods)
-    engine_kwargs = dict(engine_kwargs or {})
     unknown = set(engine_kwargs) - set(METHODS)
     if unknown:
         raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
@@ -376,6 +386,11 @@ def compare(
         labels = np.asarray(labels)
         if labels.shape != (arr.shape[0],):
             raise ValueError(f"labels must have shape ({arr.shape[0]},), one per row of x; got {labels.shape}.")
+        empty = _missing_labels(labels)
+        if empty.any():
+            raise ValueError(f"labels has {int(empty.sum())} missing value(s) (None or NaN; first at row "
+                             f"{int(np.flatnonzero(empty)[0])}); every row needs a label to score the clusters "
+                             "(ARI/NMI): fill them, or drop those rows from x and labels.")
     if truth is not None:
         truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
         if truth.means.shape != (k, arr.shape[1]):

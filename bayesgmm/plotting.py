@@ -99,8 +99,14 @@ def _style(ax) -> None:
 
 
 def _data(x, result: FitResult) -> np.ndarray:
-    arr, _ = check_data(x, num_features=result.num_features, allow_constant=True)
-    return np.asarray(arr, dtype=np.float64)
+    """The rows to draw, float64: rows with missing values (NaN, as a fit with
+    ``missing="marginalize"`` takes them) are left out of the figures."""
+    arr, _ = check_data(x, num_features=result.num_features, allow_constant=True, missing="marginalize")
+    arr = np.asarray(arr, dtype=np.float64)
+    complete = ~np.isnan(arr).any(axis=1)
+    if not complete.any():
+        raise ValueError("every row of x has a missing value (NaN): there is no complete row to draw.")
+    return arr if complete.all() else arr[complete]
 
 
 def _check_features(features, d: int) -> tuple[int, int]:

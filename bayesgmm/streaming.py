@@ -885,7 +885,8 @@ def fit_em_stream(
         "fit_seconds": compile_seconds + run_seconds,
         "num_devices": feeder.num_devices,
         "entropy": float(entropy),
-        "precision_floor_per_obs": passes.floor_per_obs,
+        # online EM has no precision floor: None (JSON null; NaN is no JSON)
+        "precision_floor_per_obs": passes.floor_per_obs if np.isfinite(passes.floor_per_obs) else None,
         "expected_counts": counts.tolist(),
         "dtype": str(dtype),
         "reg_covar": float(reg_covar),

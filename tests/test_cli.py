@@ -411,10 +411,11 @@ def test_a_command_that_fails_or_is_interrupted_leaves_the_earlier_run_untouched
     assert not (tmp_path / "new").exists()  # a folder the command created is removed again
 
 
-def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp_path, signame):
     """SIGINT while NUTS is being compiled or run (a long XLA call): exit 130 at once, one line on
     stderr, no traceback or crash, and the folder as it was (here: an earlier run's files, replaced
-    only on success)."""
+    only on success). SIGTERM (``kill``, ``timeout``, a batch scheduler) the same way, status 143."""
     import os
     import signal
     import subprocess
@@ -434,12 +435,16 @@ def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp
     line = proc.stdout.readline()  # printed once the data are read, before the engine starts
     assert line.startswith("features (2): x0, x1"), line + proc.stderr.read()
     time.sleep(3.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     start = time.perf_counter()
     stdout, stderr = proc.communicate(timeout=300)
     assert time.perf_counter() - start < 20  # the 40000 NUTS steps would take minutes
-    assert proc.returncode == 130, stderr[-3000:]
-    assert stderr.splitlines() == ["bayesgmm: interrupted (Ctrl-C); no files were written."]
+    if signame == "SIGINT":
+        assert proc.returncode == 130, stderr[-3000:]
+        assert stderr.splitlines() == ["bayesgmm: interrupted (Ctrl-C); no files were written."]
+    else:
+        assert proc.returncode == 143, stderr[-3000:]
+        assert stderr.splitlines() == ["bayesgmm: terminated (SIGTERM); no files were written."]
     assert "wrote" not in stdout
     assert _listing(out) == before
 
@@ -476,6 +481,33 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, delay
         assert not out.exists()
 
 
+def test_overwrite_never_replaces_a_file_bayesgmm_did_not_write(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "data.csv").write_text("my own data\n")
+    err = _usage_error(["simulate", "-n", "40", "-k", "2", "--overwrite", "--out", str(out)], capsys)
+    assert "would replace data.csv (not written by the earlier bayesgmm run there); nothing was written" in err
+    assert _listing(out) == {"data.csv": b"my own data\n"}
+
+
+def test_labels_with_empty_cells_and_a_config_path_that_is_no_string_are_usage_errors(csv, tmp_path, capsys):
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    table["species"] = ["a", "b"] * (len(table) // 2) + ["a"] * (len(table) % 2)
+    table.loc[3, "species"] = None
+    path = tmp_path / "labelled.csv"
+    table.to_csv(path, index=False)
+    err = _usage_error(["compare", str(path), "-k", "2", "--label-column", "species", "--methods", "em",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert "label column 'species' has 1 empty cell(s) (first: line 5 of the file)" in err
+    config = tmp_path / "c.toml"
+    config.write_text('command = "fit"\nnum_components = 2\n[data]\npath = 5\n')
+    assert "data option 'path' must be a string, got 5" in _usage_error(["run", str(config), "--out",
+                                                                         str(tmp_path / "o")], capsys)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_csv_without_a_header_row_is_refused(tmp_path, capsys):
     path = tmp_path / "numbers.csv"
     path.write_text("1.5,2\n3,4.25\n5,6\n")
@@ -485,7 +517,21 @@ def test_a_csv_without_a_header_row_is_refused(tmp_path, capsys):
     tsv = tmp_path / "numbers.tsv"
     tsv.write_text("1\t-2e3\n3\t4\n")
     assert "has no header row" in _usage_error(["fit", str(tsv), "-k", "1", "--out", str(tmp_path / "o")], capsys)
-    assert not (tmp_path / "o").exists()
+    # a first row with an empty cell (a missing value), and Excel's "CSV UTF-8" (a byte-order mark)
+    gap = tmp_path / "gap.csv"
+    gap.write_text("1.5,,2.0\n3,4,5\n6,7,8.5\n")
+    assert "its first line (1.5,,2.0) is numbers" in _usage_error(["fit", str(gap), "-k", "1", "--out",
+                                                                   str(tmp_path / "o")], capsys)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("0.125,-0.5\n3,4\n6,7\n".encode("utf-8-sig"))
+    assert "its first line (0.125,-0.5) is numbers" in _usage_error(["fit", str(bom), "-k", "1", "--out",
+                                                                     str(tmp_path / "o")], capsys)
+    named = tmp_path / "named.csv"  # a header with a byte-order mark is a header
+    rows = "".join(f"{i % 7},{(i * 5) % 11 + 0.5}\n" for i in range(30))
+    named.write_bytes(("a,b\n" + rows).encode("utf-8-sig"))
+    assert cli.main(["fit", str(named), "-k", "1", "--no-plot", "--engine-option", "n_init=1", "--out",
+                     str(tmp_path / "o")]) == 0
+    assert "features (2): a, b;" in capsys.readouterr().out
 
 
 def test_a_prior_is_never_dropped_and_map_em_streams(tmp_path, capsys):
