@@ -178,9 +178,13 @@ def chain_diagnostics(draws: dict) -> tuple[float, float]:
     NumPy implementations that equal ArviZ's (:func:`bayesgmm.diagnostics.ess_bulk`,
     :func:`~bayesgmm.diagnostics.rhat`; importing ArviZ would add ~1 s to the first fit of a
     process). With one chain, R-hat compares its two halves. Constant scalars (the weight of a
-    one-component mixture) are skipped; NaN when nothing is left.
+    one-component mixture) are skipped; NaN when nothing is left, or with fewer than 4 draws per
+    chain (split R-hat needs two per half).
     """
     from .diagnostics import ess_bulk, rhat
+
+    if min(np.shape(v)[1] for v in draws.values()) < 4:
+        return float("nan"), float("nan")
 
     ess = np.concatenate([ess_bulk(v) for v in draws.values()])
     rh = np.concatenate([rhat(v) for v in draws.values()])

@@ -344,7 +344,8 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
         endgame_threshold = jnp.where(fresh & loose, jnp.inf, _stats.ENDGAME_THRESHOLD).astype(xs.dtype)
 
     def needs(p, prob):  # the whole batch at once (see _stats.needs_precise); float32: (now, at the end)
-        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold, endgame_threshold=endgame_threshold)
+        return _stats.needs_precise(p, ct, prob.active, prob.reg_covar, threshold, endgame_threshold=endgame_threshold,
+                                    spare_collapsed=fresh & loose)  # short runs only: a reported run never
 
     def needs_now(p, prob):
         need = needs(p, prob)

@@ -192,6 +192,24 @@ def choose_run(objective, degenerate, *, allow_degenerate: bool = False) -> int:
     return int(np.argmax(np.where(pool, objective, -np.inf)))
 
 
+def refuse_dependent_columns(prep: Prepared) -> None:
+    """Raise where full or tied covariances cannot exist: the data's columns are linearly
+    dependent (one a linear combination of the others), so every component's covariance is
+    singular, whatever the start (the Bayesian engines refuse such data through their default
+    prior). Called when a fit has no component left that is not degenerate."""
+    if prep.covariance_type not in ("full", "tied") or prep.observed is not None or prep.arr.shape[1] < 2:
+        return
+    arr = np.asarray(prep.arr, np.float64)
+    cov = np.atleast_2d(np.cov(arr, rowvar=False))
+    sd = np.sqrt(np.diag(cov))
+    eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))  # the correlation matrix: unit-free
+    if eig[0] <= max(1e-12, 100 * float(np.finfo(prep.arr.dtype).eps) ** 2) * eig[-1]:
+        raise ValueError(
+            f"x has linearly dependent columns (one is a linear combination of the others), so every "
+            f"{prep.covariance_type} covariance fitted to them is singular. Drop the redundant column(s), or use "
+            "covariance_type='diag'.")
+
+
 def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
     """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, entropy, counts)``.
 

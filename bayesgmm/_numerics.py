@@ -529,6 +529,32 @@ def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_compon
     return smallest <= floor
 
 
+#: :func:`unresolved_mask`: a component whose moment-form rounding reaches this share of its variance.
+UNRESOLVED_FACTOR = 0.1
+
+
+def unresolved_mask(means, covariances, covariance_type: str, eps) -> np.ndarray:
+    """(K,) bool, NumPy: components whose variance the fast (moment) form of the statistics
+    cannot resolve, on the standardised scale: its rounding, about ``eps (|mu_k|^2 + tr Sigma_k)
+    tr Sigma_k^-1`` relative (diag and spherical: ``eps sum_d (mu_kd^2 + var_kd) / var_kd``; see
+    :func:`bayesgmm._stats.needs_precise`), reaches :data:`UNRESOLVED_FACTOR`. For engines that
+    take that form only (streaming EM): in float32 a component on repeated values stays about
+    ``eps |mu|^2`` (1e-6) above zero there instead of collapsing, just above every other floor."""
+    mu = np.asarray(means, np.float64)
+    cov = np.asarray(covariances, np.float64)
+    k, d = mu.shape
+    if covariance_type in ("full", "tied"):
+        full = expand_covariances(cov, covariance_type, k, d)
+        with np.errstate(all="ignore"):
+            inv_trace = np.array([np.trace(np.linalg.pinv(c)) for c in full])
+        factor = eps * (np.sum(mu**2, -1) + np.trace(full, axis1=-2, axis2=-1)) * inv_trace
+    else:
+        var = diagonal_variances(cov, covariance_type, k, d)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = eps * np.sum((mu**2 + var) / var, -1)
+    return ~(factor < UNRESOLVED_FACTOR)
+
+
 def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, num_features: int, active=None):
     """Which components are degenerate, on the standardised scale (data variance 1 per feature).
 
@@ -593,6 +619,7 @@ __all__ = [
     "degenerate_mask",
     "collapsed_mask",
     "degenerate_message",
+    "unresolved_mask",
     "diagonal_variances",
     "draws_log_density",
     "expand_covariances",

@@ -310,3 +310,38 @@ def standard_init(params: GMMParams, k: int, d: int, covariance_type: str, shift
     if p.means.shape != (k, d):
         raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
     return params_to_standard(p, shift, sd, covariance_type)
+
+
+# ----------------------------------------------------------------------------------------------
+# SVI's convergence: the drift of its noisy ELBO
+# ----------------------------------------------------------------------------------------------
+#: The fewest steps :func:`elbo_convergence` looks back over (the whole run when shorter).
+ELBO_DRIFT_MIN_WINDOW = 200
+#: Converged below this drift of the smoothed ELBO, in nats per observation.
+ELBO_DRIFT_TOL = 1e-3
+
+
+def elbo_convergence(trace, num_obs):
+    """Drift of the smoothed ELBO over the last 10% of the steps, and at least the last
+    :data:`ELBO_DRIFT_MIN_WINDOW`.
+
+    Those values are split into halves (fewer than 4 steps: not converged, drift NaN); the drift
+    is the difference of the half means, minus twice its standard error (the one-particle ELBO
+    is noisy, more so with minibatches), per observation. Converged when this is below
+    :data:`ELBO_DRIFT_TOL` = 1e-3 nats per observation. Per observation, not relative to the ELBO:
+    the ELBO's level moves with the data's units (``N * sum(log sd)``), its changes do not.
+    The window does not shrink below :data:`ELBO_DRIFT_MIN_WINDOW` steps: over the last 10% of a
+    200-step run (halves of 10 values) the ELBO's noise (5-18 nats on 300 rows) hid a climb of
+    17 nats still to come, and runs of 200 and 500 steps said converged with posterior standard
+    deviations 2-4 times too wide.
+    """
+    if len(trace) < 4:  # two halves of at least two values each
+        return False, float("nan")
+    w = min(len(trace), max(len(trace) // 10, ELBO_DRIFT_MIN_WINDOW))
+    tail = np.asarray(trace[-w:], np.float64)
+    a, b = tail[: w // 2], tail[w // 2 :]
+    if not np.all(np.isfinite(tail)):
+        return False, float("nan")
+    se = np.sqrt(np.var(a) / len(a) + np.var(b) / len(b))
+    drift = max(abs(b.mean() - a.mean()) - 2 * se, 0.0) / num_obs
+    return bool(drift < ELBO_DRIFT_TOL), float(drift)

@@ -626,7 +626,7 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
 
 
 def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_covar=0.0, threshold=PRECISE_THRESHOLD,
-                  endgame_threshold=None):
+                  endgame_threshold=None, spare_collapsed=True):
     """For every lane (``params`` with a leading lane axis, L), whether the fast form would lose
     precision on any (active) component: true when
     ``eps * (|mu_k|^2 + tr Sigma_k) * tr Sigma_k^-1 > threshold`` (diag and spherical:
@@ -641,13 +641,18 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
     ``endgame_threshold`` (the precise form once close to convergence: the tight bound keeps the
     statistics, not the objective's last digits, which decide where a run stops).
 
-    Components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
-    not count: their run is degenerate and discarded, and must not drag every other run of the
+    With ``spare_collapsed`` (may be traced; the em-EM short runs, which only rank the starts),
+    components collapsed onto the regularisation floor (smallest variance <= 10 ``reg_covar``) do
+    not count: their run is degenerate and ranks last, and must not drag every other run of the
     batch into the slower form. Their eigenvalues are computed only when some component's factor
     is past the threshold (a conditional: on small data the check cost about a tenth of an
     iteration),
     and after the Cholesky factors (:func:`bayesgmm._numerics.in_turn`: one batched LAPACK call at
-    a time)."""
+    a time). A run that is reported must not spare them: in float32 the fast form cannot hold a
+    variance below its own rounding of the moments (about ``eps |mu|^2``), so a component on
+    repeated values, collapsed by the precise step, was lifted back to about 1e-6 by the fast one,
+    the run alternated between the two (its objective at the fast form's evaluations wild), and
+    the returned component sat just above every floor, unflagged."""
     _, mu, cov = params
     k, d = mu.shape[-2:]
     eps = jnp.finfo(mu.dtype).eps
@@ -673,13 +678,13 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
     bad = (now | ~(factor <= endgame_threshold)) if tight else now
     if active is not None:
         now, bad = now & active, bad & active
-    if covariance_type != "tied":
-        def spare_collapsed(masks):  # only where some component would need the precise form
+    if covariance_type != "tied" and spare_collapsed is not False:
+        def spare(masks):  # only where some component would need the precise form
             smallest = jax.vmap(lambda c: _numerics.smallest_variances(c, covariance_type, k, d))(
                 _numerics.in_turn(factor, cov))  # one batched LAPACK call at a time
-            return tuple(m & ~(smallest <= 10.0 * reg_covar) for m in masks)
+            return tuple(m & ~(spare_collapsed & (smallest <= 10.0 * reg_covar)) for m in masks)
 
-        now, bad = jax.lax.cond(jnp.any(bad), spare_collapsed, lambda m: m, (now, bad))
+        now, bad = jax.lax.cond(jnp.any(bad) & jnp.any(spare_collapsed), spare, lambda m: m, (now, bad))
     if tight:  # the lanes past the threshold, and those past the endgame's
         return jnp.any(now, axis=-1), jnp.any(bad, axis=-1)
     return jnp.any(now, axis=-1)

@@ -34,6 +34,7 @@ from ._em_host import (
     observed_counts,
     package,
     prepare,
+    refuse_dependent_columns,
     run_search,
     search_rows,
     user_init,
@@ -41,6 +42,7 @@ from ._em_host import (
 from .params import (
     ConvergenceWarning,
     Prior,
+    check_bool,
     check_int,
     check_sample_weight,
     log_jacobians,
@@ -185,6 +187,7 @@ def fit_em(
     tol = DEFAULT_TOL if tol is None else tol
     prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight, missing=missing)
     max_iter = check_int("max_iter", max_iter, 0)
+    hard, allow_degenerate = check_bool("hard", hard), check_bool("allow_degenerate", allow_degenerate)
     init_only = max_iter == 0
     check_em_options(init_params, n_init, 1 if init_only else max_iter, tol, reg_covar)
     n, d = prep.arr.shape
@@ -213,6 +216,8 @@ def fit_em(
     unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
         np.asarray(out.lanes.params.covariances[best], np.float64), layout, 0.0,
         float(np.finfo(prep.dtype).eps), k, d)))  # without regularisation the likelihood has no maximum there
+    if best < 0 or unbounded or np.asarray(out.degenerate[best]).all():
+        refuse_dependent_columns(prep)  # no component fits: say why when the columns are the reason
     if best < 0 or unbounded:
         raise ValueError(
             "EM failed: a covariance became singular in every run (ill-defined empirical "

@@ -442,7 +442,9 @@ class GaussianMixture(_DensityMixin, _Base):
             except ValueError as err:
                 if "NaN" not in str(err) or self.missing == "marginalize":
                     raise
-                raise ValueError(f"{err} To treat NaN entries as missing at random, pass missing='marginalize'.") from None
+                first = str(err).split(".")[0]  # "Input X contains NaN" (scikit-learn's own advice is not ours)
+                raise ValueError(f"{first}. To treat NaN entries as missing at random, pass missing='marginalize'; "
+                                 "otherwise remove or impute them.") from None
         if reset:
             arr, _ = check_data(X, name="X", allow_constant=True, missing=self.missing)
             self.n_features_in_ = arr.shape[1]

@@ -57,6 +57,7 @@ from .params import (
     GMMParams,
     Prior,
     PriorArrays,
+    check_bool,
     check_covariance_type,
     check_data,
     check_int,
@@ -458,6 +459,7 @@ def fit_gibbs(
     check_covariance_type(covariance_type)
     num_warmup = check_int("num_warmup", num_warmup, 0)
     num_samples = check_int("num_samples", num_samples, 1)
+    align = check_bool("align", align)
     num_chains = check_int("num_chains", num_chains, 1)
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")

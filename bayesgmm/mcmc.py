@@ -67,6 +67,7 @@ from .params import (
     ConvergenceWarning,
     GMMParams,
     Prior,
+    check_bool,
     check_covariance_type,
     check_data,
     check_int,
@@ -472,6 +473,7 @@ def fit_mcmc(
     check_covariance_type(covariance_type)
     num_warmup = check_int("num_warmup", num_warmup, 0)
     num_samples = check_int("num_samples", num_samples, 1)
+    align = check_bool("align", align)
     num_chains = check_int("num_chains", num_chains, 1)
     max_tree_depth = check_int("max_tree_depth", max_tree_depth, 1)
     if chain_method not in CHAIN_METHODS:

@@ -111,6 +111,14 @@ def check_num_components(num_components, num_obs: int | None = None) -> int:
     return k
 
 
+def check_bool(name: str, value) -> bool:
+    """A flag: True or False (NumPy's bool too); anything else, such as the string "no", which
+    Python would take as true, is an error."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_int(name: str, value, minimum: int = 1) -> int:
     """An integer argument (``bool`` excluded) of at least ``minimum``, as a Python int.
 
@@ -313,7 +321,12 @@ def check_data(
     elif hasattr(x, "to_numpy") and hasattr(x, "name"):  # pandas Series
         feature_names = (str(x.name),) if x.name is not None else None
         x = x.to_numpy()
-    arr = np.asarray(x)
+    if isinstance(x, np.ma.MaskedArray):  # masked entries are missing values (NaN), never their fill values
+        x = np.ma.filled(np.ma.asarray(x, np.float64), np.nan) if np.ma.is_masked(x) else np.ma.getdata(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as err:  # a ragged nested list
+        raise ValueError(f"{name} must be a rectangular array (N, D); NumPy could not make one of it ({err}).") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise ValueError(
             f"{name} must be numeric, got an array of dtype {arr.dtype}; convert it with "
@@ -396,6 +409,30 @@ def column_extremes(arr: np.ndarray):
     return lowest, highest
 
 
+def _weighted_moments(arr: np.ndarray, w: np.ndarray):
+    """Mean (D,) and sample covariance (D, D) of ``arr`` under frequency weights ``w``: those of
+    the rows repeated ``w_n`` times (``ddof=1`` on the total weight). NaN entries are left out:
+    each column's mean over its observed rows, each pair's covariance over the rows observing
+    both (the variances alone where that is not positive definite), as :meth:`Prior.default`."""
+    arr = np.asarray(arr, np.float64)
+    observed = ~np.isnan(arr)
+    wo = w[:, None] * observed
+    total = wo.sum(0)
+    if np.any(total <= 1.0):
+        raise ValueError("sample_weight: the rows of positive weight must weigh more than 1 in all (in every column "
+                         "with missing values) to scale the default prior; pass an explicit prior.")
+    mean = np.sum(wo * np.where(observed, arr, 0.0), axis=0) / total
+    centred = np.where(observed, arr - mean, 0.0)
+    pair_weight = wo.T @ observed.astype(np.float64)  # sum_n w_n [i and j observed]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = (centred * w[:, None]).T @ centred / (pair_weight - 1.0)
+    if observed.all():
+        return mean, cov
+    if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(cov)[0] <= 0:
+        cov = np.diag(np.diag(cov))
+    return mean, cov
+
+
 def check_sample_weight(sample_weight, num_obs: int):
     """Validate row weights: None, or a finite non-negative (N,) vector with a positive sum."""
     if sample_weight is None:
@@ -408,7 +445,8 @@ def check_sample_weight(sample_weight, num_obs: int):
     return w
 
 
-def check_prior(prior, num_features: int, num_components: int, *, default_from=None, map_estimate: bool = False):
+def check_prior(prior, num_features: int, num_components: int, *, default_from=None, default_weight=None,
+                map_estimate: bool = False):
     """The prior of a fit, validated: the one check every engine uses.
 
     Parameters
@@ -419,6 +457,8 @@ def check_prior(prior, num_features: int, num_components: int, *, default_from=N
     default_from : array, optional
         With it, None becomes ``Prior.default(default_from, K)`` (the Bayesian engines); without
         it None stays None (maximum likelihood).
+    default_weight : array (N,), optional
+        The fit's row weights, which that default prior's moments take too.
     map_estimate : bool
         MAP-EM: the Dirichlet mode needs ``weight_concentration >= 1``.
 
@@ -433,7 +473,8 @@ def check_prior(prior, num_features: int, num_components: int, *, default_from=N
         another length than K, or (MAP) a concentration below 1.
     """
     if prior is None:
-        return None if default_from is None else Prior.default(default_from, num_components)
+        return None if default_from is None else Prior.default(default_from, num_components,
+                                                               sample_weight=default_weight)
     if not isinstance(prior, Prior):
         raise ValueError("prior must be a bayesgmm.Prior (e.g. Prior.default(x, K)) or None.")
     if prior.num_features != num_features:
@@ -542,9 +583,11 @@ class Prior:
             scale = np.diag(scale)
         if scale.shape != (d, d):
             raise ValueError(f"Prior scale must have shape ({d}, {d}) to match the mean, got {scale.shape}.")
+        if not np.all(np.isfinite(scale)):
+            raise ValueError("Prior scale must be finite (it has NaN or infinite entries).")
         if not np.allclose(scale, scale.T, rtol=1e-10, atol=0):
             raise ValueError("Prior scale must be a symmetric matrix.")
-        if not np.all(np.isfinite(scale)) or np.linalg.eigvalsh(scale).min() <= 0:
+        if np.linalg.eigvalsh(scale).min() <= 0:
             raise ValueError("Prior scale must be a finite positive definite matrix.")
         alpha = np.asarray(self.weight_concentration, dtype=np.float64)
         if alpha.ndim > 1 or not np.all(np.isfinite(alpha)) or np.any(alpha <= 0):
@@ -558,6 +601,9 @@ class Prior:
             )
         if not np.isfinite(mean).all():
             raise ValueError("Prior mean must be finite.")
+        for name in ("mean_precision", "degrees_of_freedom"):
+            if np.ndim(getattr(self, name)) != 0:
+                raise ValueError(f"Prior {name} must be a scalar, got shape {np.shape(getattr(self, name))}.")
         if not (np.isfinite(self.mean_precision) and self.mean_precision > 0):
             raise ValueError(f"Prior mean_precision must be > 0, got {self.mean_precision}.")
         if not (np.isfinite(self.degrees_of_freedom) and self.degrees_of_freedom > d - 1):
@@ -591,7 +637,7 @@ class Prior:
 
     @classmethod
     def default(cls, x, num_components: int, *, weight_concentration: float = 1.0,
-                weight_prior: str = "dirichlet") -> "Prior":
+                weight_prior: str = "dirichlet", sample_weight=None) -> "Prior":
         """A weak, data-scaled default (mclust's default conjugate prior; Fraley & Raftery 2007).
 
         ``mean`` = the data mean, ``mean_precision`` = 0.01, ``degrees_of_freedom`` = D + 2,
@@ -612,6 +658,10 @@ class Prior:
             Dirichlet concentration of every weight (or the stick-breaking concentration).
         weight_prior : {"dirichlet", "dirichlet_process"}
             Finite Dirichlet weights, or truncated stick-breaking.
+        sample_weight : array (N,), optional
+            Frequency weights of the rows (as the fit's): the mean and covariance are those of
+            the data with row ``n`` repeated ``sample_weight[n]`` times (the covariance over a
+            total weight less one), so a row of weight 0 changes nothing.
 
         Returns
         -------
@@ -619,6 +669,9 @@ class Prior:
         """
         arr, _ = check_data(x, missing="marginalize")
         k = check_num_components(num_components, arr.shape[0])
+        if sample_weight is not None:
+            mean, cov = _weighted_moments(arr, check_sample_weight(sample_weight, arr.shape[0]))
+            return cls.from_moments(mean, cov, k, weight_concentration=weight_concentration, weight_prior=weight_prior)
         if np.isnan(arr).any():
             masked = np.ma.masked_invalid(arr)
             mean = masked.mean(axis=0).filled(np.nan)
@@ -1137,9 +1190,17 @@ def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dt
     def scale(start, stop):  # in float64, block by block (in cache)
         block = arr[start:stop] - shift
         block /= sd
-        xs[start:stop] = block
+        with np.errstate(over="ignore"):  # beyond the compute type's range: the error below
+            xs[start:stop] = block
 
     in_row_blocks(scale, xs.shape[0])
+    if xs.dtype != np.float64 and np.isinf(xs).any():
+        row, col = (int(i[0]) for i in np.nonzero(np.isinf(xs)))
+        raise ValueError(
+            f"x[{row}, {col}] = {float(arr[row, col]):g} lies {abs(float(arr[row, col]) - shift[col]) / sd[col]:.3g} robust "
+            f"standard deviations from its column's median, beyond the range of {np.dtype(xs.dtype).name}, the compute "
+            "type: an extreme outlier or a sentinel value. Remove it (or set it to NaN and pass missing='marginalize'), "
+            "or fit in float64 (jax.config.update('jax_enable_x64', True)).")
     return shift, sd, xs
 
 

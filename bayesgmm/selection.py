@@ -308,12 +308,15 @@ def select(
             index = j * kept + max(best, 0)
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
+            # the runs' objectives on the data's scale, as fit_em reports them (the program's are standardised)
+            ll_shift, prior_shift = _em_host.log_jacobians(prep.sd, n, k, ct, _em_host.observed_counts(prep_k))
+            shift = ll_shift + (prior_shift if k_prior is not None else 0.0)
             fit = _em_host.package(
                 prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
                 max_iter=max_iter, tol=tol,
                 info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
                       "num_kept": int(kept), "init_params": init_params, "best_restart": best,
-                      "restart_objectives": objective[j].tolist(), "selection_grid": True},
+                      "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True},
             )
             fits[(ct, k)] = fit
             failed[(ct, k)] = best < 0

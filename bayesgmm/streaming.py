@@ -56,6 +56,7 @@ import numpy as np
 from . import _iterate, _missing, _numerics, _sharding, _stats
 from ._compile import jit
 from ._em_core import EMConfig, search
+from ._em_host import choose_run
 from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
 from .params import (
@@ -617,7 +618,7 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
             "EM failed on the initialisation subsample: a covariance became singular in every restart. "
             "Increase reg_covar or num_init_rows, use fewer components, or pass prior=bayesgmm.Prior.default(...)."
         )
-    best = int(np.argmax(np.where(np.isfinite(finals), finals, -np.inf)))
+    best = choose_run(finals, out.degenerate)  # as fit_em: the best run that is not degenerate, if any
     params = GMMParams(*(jnp.asarray(p[best]) for p in params_all))
     return params, found.compile_seconds, float(finals[best]) / len(xs) - float(np.sum(np.log(sd)))
 
@@ -748,6 +749,7 @@ def fit_em_stream(
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
     _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
+    check_num_components(num_components)  # its type, before any comparison
     if isinstance(init_params, str) and num_init_rows < num_components:
         raise ValueError(f"num_init_rows={num_init_rows} must be at least num_components={num_components}.")
     src = open_source(source, columns)
@@ -835,13 +837,26 @@ def fit_em_stream(
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
     eps = float(np.finfo(dtype).eps)
     cov_std = np.asarray(params_std.covariances, np.float64)
-    degenerate = tuple(int(i) for i in np.flatnonzero(
-        _numerics.degenerate_mask(counts, cov_std, covariance_type, reg_covar, eps, d)))
-    if degenerate:
+    flagged = _numerics.degenerate_mask(counts, cov_std, covariance_type, reg_covar, eps, d)
+    # the stream's statistics are the fast (moment) form's: a variance within their rounding is
+    # not resolved (in float32, a component on repeated values stays about eps |mu|^2 above zero)
+    unresolved = _numerics.unresolved_mask(params_std.means, cov_std, covariance_type, eps) & ~flagged
+    degenerate = tuple(int(i) for i in np.flatnonzero(flagged | unresolved))
+    if flagged.any():
         warnings.warn(
-            _numerics.degenerate_message(degenerate, counts, cov_std, covariance_type, reg_covar, eps, d,
-                                         engine="Streaming EM",
+            _numerics.degenerate_message(tuple(int(i) for i in np.flatnonzero(flagged)), counts, cov_std,
+                                         covariance_type, reg_covar, eps, d, engine="Streaming EM",
                                          map_fit=prior is not None),
+            DegenerateComponentWarning,
+            stacklevel=2,
+        )
+    if unresolved.any():
+        warnings.warn(
+            f"Streaming EM component(s) {np.flatnonzero(unresolved).tolist()} have a variance that "
+            f"{np.dtype(dtype).name} streamed statistics cannot resolve (their rounding is over "
+            f"{_numerics.UNRESOLVED_FACTOR:g} of it): typically a component collapsed on repeated values. Fit in "
+            "float64 (jax.config.update('jax_enable_x64', True)), or in memory with fit_em, whose precise form "
+            "resolves it.",
             DegenerateComponentWarning,
             stacklevel=2,
         )

@@ -101,8 +101,6 @@ __all__ = ["GUIDES", "fit_svi"]
 #: ``guide=`` name -> NumPyro autoguide class.
 GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "delta": AutoDelta}
 INIT_METHODS = ("map", "uniform")
-#: Convergence: drift of the smoothed ELBO over the last 10% of steps, in nats per observation.
-_CONV_TOL = 1e-3
 
 
 
@@ -293,28 +291,6 @@ def _user_init(init, k, d, covariance_type, shift, sd, dtype) -> GMMParams:
         raise ValueError(f"init must be one of {INIT_METHODS} or a bayesgmm.GMMParams, got {init!r}.")
     std = shared.standard_init(init, k, d, covariance_type, shift, sd)
     return GMMParams(*(np.asarray(a, dtype=dtype) for a in std))
-
-
-def _convergence(trace, num_obs):
-    """Drift of the smoothed ELBO over the last 10% of the steps.
-
-    The last ``max(num_steps // 10, 4)`` values are split into halves (fewer than 4 steps: not
-    converged, drift NaN); the drift is the
-    difference of the half means, minus twice its standard error (the one-particle ELBO is
-    noisy, more so with minibatches), per observation. Converged when this is below
-    ``_CONV_TOL`` = 1e-3 nats per observation. Per observation, not relative to the ELBO:
-    the ELBO's level moves with the data's units (``N * sum(log sd)``), its changes do not.
-    """
-    if len(trace) < 4:  # two halves of at least two values each
-        return False, float("nan")
-    w = max(len(trace) // 10, 4)
-    tail = np.asarray(trace[-w:], np.float64)
-    a, b = tail[: w // 2], tail[w // 2 :]
-    if not np.all(np.isfinite(tail)):
-        return False, float("nan")
-    se = np.sqrt(np.var(a) / len(a) + np.var(b) / len(b))
-    drift = max(abs(b.mean() - a.mean()) - 2 * se, 0.0) / num_obs
-    return bool(drift < _CONV_TOL), float(drift)
 
 
 def fit_svi(
@@ -525,13 +501,13 @@ def fit_svi(
         point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
     arr64 = arr.astype(np.float64)
     log_lik = _numerics.totals(arr64, *point, covariance_type).log_likelihood
-    converged, drift = _convergence(trace, n)
+    converged, drift = shared.elbo_convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
 
     if not converged:
         why = (f"the ELBO drifted by {drift:.2e} nats per observation over the last 10% of {num_steps} steps "
-               f"(threshold {_CONV_TOL:g})" if np.isfinite(drift) else f"{num_steps} steps are too few to judge")
+               f"(threshold {shared.ELBO_DRIFT_TOL:g})" if np.isfinite(drift) else f"{num_steps} steps are too few to judge")
         warnings.warn(
             f"SVI may not have converged: {why}. Increase num_steps or learning_rate, or use an optimizer "
             "with a decaying step size.",

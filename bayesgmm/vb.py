@@ -613,14 +613,14 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     tol_explicit = tol is not None
     tol = DEFAULT_TOL if tol is None else tol
     _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar, num_draws)
-    prior = check_prior(prior, d, k, default_from=arr)
+    weight = check_sample_weight(sample_weight, n)
+    prior = check_prior(prior, d, k, default_from=arr, default_weight=weight)  # the default: of the weighted rows
     if resp_init is not None and resp_init.shape != (n, k):
         raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
     rows = _sharding.resolve(devices, n)
     if resp_init is not None and rows.mesh is not None:
         raise ValueError("starting responsibilities cannot be combined with devices=; shard without them.")
 
-    weight = check_sample_weight(sample_weight, n)
     dtype = compute_dtype()
     shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
     xs, observed = mark_missing(xs)

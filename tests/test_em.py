@@ -314,11 +314,21 @@ def test_map_prior_prevents_collapse_on_tied_points(faithful):
         (np.c_[np.random.default_rng(0).normal(size=10), np.ones(10)], 2, "constant column"),
         (np.array([["a", "b"], ["c", "d"]]), 1, "numeric"),
         (np.zeros((0, 2)), 1, "empty"),
+        # full covariances of linearly dependent columns are singular whatever the fit
+        (np.c_[np.arange(12.0) % 5, 2 * (np.arange(12.0) % 5) + 1], 2, "linearly dependent columns"),
     ],
 )
 def test_bad_input_raises_clear_error(x, k, match):
     with pytest.raises(ValueError, match=match):
         bg.fit_em(x, k)
+
+
+def test_a_value_beyond_the_compute_types_range_is_named():
+    """Finite, but beyond float32 (the compute type) once standardised: the value is named,
+    where the fit used to fail with "a covariance became singular in every run"."""
+    x = np.r_[np.random.default_rng(0).normal(size=(10, 2)), [[1e39, 0.0]]]
+    with precision(np.float32), pytest.raises(ValueError, match=r"x\[10, 0\] = 1e\+39 .* beyond the range of float32"):
+        bg.fit_em(x, 2)
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -416,6 +426,42 @@ def test_duplicated_points_collapse_is_flagged_or_raises():
     # The conjugate prior keeps the covariance well defined: no warning.
     r_map = bg.fit_em(x, 2, seed=0, prior=bg.Prior.default(x, 2))
     assert r_map.degenerate_components == ()
+
+
+def test_float32_flags_a_component_on_repeated_values_as_float64_does(tmp_path):
+    """In float32 the fast form cannot hold a variance below its rounding of the moments (about
+    eps |mu|^2): a component on 30 copies of one point, collapsed by the precise step, was lifted
+    back to about 1e-6 by the fast one, the run alternated between the two forms (an objective of
+    +1.2e5 at every other evaluation) and returned that component unflagged, as the best
+    non-degenerate fit. Now float32 returns float64's flagged fit; streaming EM, which takes the
+    fast form only, flags such a component as unresolved."""
+    rng = np.random.default_rng(3)
+    x = np.vstack([rng.normal(size=(300, 2)), np.tile([[3.0, -3.0]], (30, 1))])
+    fits = {}
+    for dtype in (np.float32, np.float64):
+        with warnings.catch_warnings(), precision(dtype):
+            warnings.simplefilter("ignore", bg.DegenerateComponentWarning)
+            fits[dtype] = bg.fit_em(x, 2, covariance_type="diag", seed=0)
+    f32, f64 = fits[np.float32], fits[np.float64]
+    assert f64.degenerate_components != () and f32.degenerate_components == f64.degenerate_components
+    assert f32.converged and abs(f32.log_likelihood - f64.log_likelihood) < 0.01
+    assert np.all(np.diff(f32.trace) > -1e-3 * np.abs(f32.trace[1:]))  # a climb, no alternation
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    with pytest.warns(bg.DegenerateComponentWarning, match="collapsed onto the regularisation floor|cannot resolve"):
+        streamed = bg.fit_em_stream(path, 2, covariance_type="diag", seed=0)
+    assert streamed.degenerate_components != ()
+    # the fast form's own floor: the float32 streamed state of that component (1.7e-6, 9.6e-7 at
+    # (3, -3) on the unit scale) is unresolved; a tight cluster it resolves is not, nor float64
+    from bayesgmm._numerics import unresolved_mask
+
+    means = np.array([[0.0, 0.0], [3.0, -3.0]])
+    eps32, eps64 = np.finfo(np.float32).eps, np.finfo(np.float64).eps
+    assert unresolved_mask(means, np.array([[0.9, 0.9], [1.7e-6, 9.6e-7]]), "diag", eps32).tolist() == [False, True]
+    assert not unresolved_mask(means, np.array([[0.9, 0.9], [1e-4, 1e-4]]), "diag", eps32).any()
+    assert not unresolved_mask(means, np.array([[0.9, 0.9], [1.7e-6, 9.6e-7]]), "diag", eps64).any()
+    full = np.array([np.eye(2) * 0.9, np.diag([1.7e-6, 9.6e-7])])
+    assert unresolved_mask(means, full, "full", eps32).tolist() == [False, True]
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])

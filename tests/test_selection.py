@@ -24,6 +24,8 @@ def test_criteria_recomputed_independently(faithful_grid, faithful):
         fit = faithful_grid.fits[(row.covariance_type, row.num_components)]
         ll = mixture_log_density(faithful, *fit.params, fit.covariance_type).sum()
         np.testing.assert_allclose(row.log_likelihood, ll, rtol=1e-9)
+        if fit.info.get("selection_grid"):  # the runs' objectives on the data's scale, as fit_em's
+            np.testing.assert_allclose(fit.info["restart_objectives"][fit.info["best_restart"]], ll, rtol=1e-5)
         gm = GaussianMixture(row.num_components, covariance_type=row.covariance_type)
         gm.means_ = fit.means
         assert row.num_parameters == gm._n_parameters()
@@ -80,6 +82,9 @@ def test_default_prior_grid_is_map_em(faithful):
         assert fit.method == "map-em" and fit.objective == "log_posterior"
         prior = bg.Prior.default(faithful, k)
         np.testing.assert_allclose(fit.trace[-1], log_joint(faithful, fit.params, prior, "full"), rtol=1e-9)
+        # the runs' objectives on the data's scale, as fit_em's (compute precision)
+        best = fit.info["restart_objectives"][fit.info["best_restart"]]
+        np.testing.assert_allclose(best, fit.trace[-1], rtol=1e-5)
 
 
 def test_degenerate_fits_are_flagged_not_hidden():

@@ -495,3 +495,25 @@ def test_log_prior_of_draws_with_underflowed_weights_is_finite():
     c = np.broadcast_to(np.eye(2), (2, 3, 2, 2))
     lp = np.asarray(log_prior_draws(w, m, c, pa, covariance_type="full"))
     assert np.all(np.isfinite(lp)) and lp[0] > lp[1]  # the near-empty draw is the likelier one
+
+
+def test_row_weights_count_rows_everywhere_the_default_prior_included(faithful):
+    """Frequency weights act as repeated rows in VB's default prior too (it was built from the
+    unweighted rows: a far row of weight 0 moved the ELBO from -1168.9 to -1759.1)."""
+    x = np.asarray(faithful, np.float64)
+    plain = bg.fit_vb(x, 2, seed=0)
+    padded = bg.fit_vb(np.vstack([x, [[1000.0, 70.0]]]), 2, seed=0, sample_weight=np.r_[np.ones(len(x)), 0.0])
+    np.testing.assert_allclose(padded.prior.scale, plain.prior.scale, rtol=1e-12)
+    np.testing.assert_allclose(padded.info["elbo"], plain.info["elbo"], rtol=1e-6)
+    counts = np.random.default_rng(0).integers(1, 4, len(x))
+    weighted = bg.fit_vb(x, 2, seed=0, sample_weight=counts.astype(float))
+    repeated = bg.fit_vb(np.repeat(x, counts, axis=0), 2, seed=0)
+    np.testing.assert_allclose(weighted.prior.scale, repeated.prior.scale, rtol=1e-12)
+    np.testing.assert_allclose(weighted.info["elbo"], repeated.info["elbo"], rtol=1e-6)
+    # with missing values: each column's and each pair's observed rows, as for repeated rows
+    gaps = x.copy()
+    gaps[::7, 0], gaps[1::7, 1] = np.nan, np.nan
+    by_weight = bg.Prior.default(gaps, 2, sample_weight=counts.astype(float))
+    by_rows = bg.Prior.default(np.repeat(gaps, counts, axis=0), 2)
+    np.testing.assert_allclose(by_weight.mean, by_rows.mean, rtol=1e-12)
+    np.testing.assert_allclose(by_weight.scale, by_rows.scale, rtol=1e-12)
