@@ -115,6 +115,10 @@ def _check_header(path: Path, name: str, sep: str) -> None:
         raise UsageError(f"input file {name} has no header row: its first line ({shown}) is numbers, a data row, "
                          f"not column names. Add a first line naming the columns (e.g. {example}); if those numbers "
                          "really are column names, rename them so that they are not numbers.")
+    named = [field for field in fields if field]
+    repeated = sorted({field for field in named if named.count(field) > 1})
+    if repeated:  # pandas would rename them (a, a.1) behind the user's back
+        raise UsageError(f"input file {name} names column(s) {repeated} more than once; give every column its own name.")
 
 
 def first_line(err) -> str:
@@ -183,6 +187,12 @@ def load_data(spec: dict):
         df = df.drop(columns=[label])
     if columns:
         df = df[columns]
+    else:  # every column is a feature by default: a nameless one is most often a written-out row index
+        nameless = [str(c) for c in df.columns if str(c).startswith("Unnamed: ")]
+        if nameless and spec.get("path"):
+            raise UsageError(f"{source} has column(s) without a name in its header ({nameless}; often a row index "
+                             "written by pandas' to_csv): name them, write the file with index=False, or choose the "
+                             "features with --columns (columns in a TOML file's [data] table).")
     bad = [str(c) for c, t in zip(df.columns, df.dtypes) if not is_numeric_dtype(t) or is_bool_dtype(t)]
     if bad:
         how = ("choose numeric columns" if columns else

@@ -200,6 +200,11 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     frac = float(opts["test_fraction"])
     if not 0 <= frac < 1:
         raise UsageError(f"test_fraction must be in [0, 1), got {frac}.")
+    num_test = int(round(frac * len(x)))
+    if frac > 0 and not 2 <= num_test <= len(x) - 2:
+        raise UsageError(f"--test-fraction {frac:g} of {len(x)} rows holds out {num_test} row(s); both the training "
+                         "and the held-out part need at least 2: choose a fraction between "
+                         f"{2 / len(x):.3g} and {1 - 2 / len(x):.3g}, or 0 to score on the training data.")
     x_train, x_test, lab_train = x, None, labels
     if frac > 0:
         rng = np.random.default_rng(opts["seed"])

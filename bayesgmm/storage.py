@@ -161,6 +161,14 @@ def load_result(path):
 
     if Path(path).suffix.lower() == ".json":
         return FitResult.from_json(Path(path))
+    if Path(path).is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; give a .nc file written by bayesgmm.save_result or a .json file "
+                         "written by FitResult.to_json.")
+    with open(path, "rb") as f:  # a missing file: FileNotFoundError, as open() says it
+        signature = f.read(8)
+    if not (signature.startswith(b"CDF") or signature.startswith(b"\x89HDF\r\n\x1a\n")):
+        raise ValueError(f"{str(path)!r} is not a NetCDF file (nor .json); give a file written by bayesgmm.save_result "
+                         "(NetCDF) or FitResult.to_json (.json).")
     az = import_arviz()
     with az.rc_context({"data.load": "eager"}):
         idata = az.from_netcdf(str(path))

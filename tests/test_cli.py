@@ -526,6 +526,14 @@ def test_a_csv_without_a_header_row_is_refused(tmp_path, capsys):
     bom.write_bytes("0.125,-0.5\n3,4\n6,7\n".encode("utf-8-sig"))
     assert "its first line (0.125,-0.5) is numbers" in _usage_error(["fit", str(bom), "-k", "1", "--out",
                                                                      str(tmp_path / "o")], capsys)
+    indexed = tmp_path / "indexed.csv"  # pandas' to_csv() with its index: a nameless first column
+    indexed.write_text(",a,b\n0,1,2\n1,4,5\n2,7,9\n")
+    assert "column(s) without a name in its header (['Unnamed: 0']" in _usage_error(
+        ["fit", str(indexed), "-k", "1", "--out", str(tmp_path / "o")], capsys)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("a,b,a\n1,2,3\n4,5,6\n")
+    assert "names column(s) ['a'] more than once" in _usage_error(["fit", str(twice), "-k", "1", "--out",
+                                                                   str(tmp_path / "o")], capsys)
     named = tmp_path / "named.csv"  # a header with a byte-order mark is a header
     rows = "".join(f"{i % 7},{(i * 5) % 11 + 0.5}\n" for i in range(30))
     named.write_bytes(("a,b\n" + rows).encode("utf-8-sig"))

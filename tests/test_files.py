@@ -96,6 +96,10 @@ def test_a_truncated_or_foreign_json_file_is_named(summary, tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a JSON object"):
         bg.load_result(path)
+    data = tmp_path / "data.csv"  # not a result file at all: named, not HDF5's "file signature not found"
+    data.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"'.*data.csv' is not a NetCDF file \(nor \.json\)"):
+        bg.load_result(data)
 
 
 @pytest.mark.parametrize("structure", ["diag", "spherical", "tied"])
