@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--stream", action="store_true",
                      help="EM or MAP-EM out of core: read a .npy or Parquet file in chunks (memory bounded by "
                           "--batch-size) (default: in memory)")
-    fit.add_argument("--batch-size", type=int, default=65536, help="rows per chunk with --stream (default: %(default)s)")
+    fit.add_argument("--batch-size", type=int, default=None,
+                     help=f"rows per chunk with --stream, and only there (default: {STREAM_BATCH_SIZE})")
     _progress_args(fit)
     _common(fit, out_default="bayesgmm_out")
     _plot_args(fit)
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="as the command's --overwrite (default: the file's 'overwrite', else false)")
     return ap
 
+
+#: ``fit --stream``'s rows per chunk unless ``--batch-size`` is given.
+STREAM_BATCH_SIZE = 65536
 
 #: options each command takes (argparse dest names), besides data/engines
 _OPTIONS = {

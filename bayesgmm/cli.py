@@ -52,7 +52,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from ._cli_config import build_parser, check_engine_options, options_from_args, options_from_toml
+from ._cli_config import STREAM_BATCH_SIZE, build_parser, check_engine_options, options_from_args, options_from_toml
 from ._cli_io import (
     COMMIT_LOCK,
     DEMO_ENGINES,
@@ -151,7 +151,8 @@ def _fit_stream(opts):
     if opts.get("missing", "error") != "error":
         kw["missing"] = opts["missing"]
     return fit_em_stream(spec["path"], opts["num_components"], covariance_type=opts["covariance_type"],
-                         columns=columns, batch_size=opts["batch_size"], seed=opts["seed"],
+                         columns=columns, batch_size=STREAM_BATCH_SIZE if opts.get("batch_size") is None else opts["batch_size"],
+                         seed=opts["seed"],
                          progress_bar=opts.get("progress", False), **kw)
 
 
@@ -166,6 +167,9 @@ def run_fit(opts, out: OutputFolder) -> int:
         result = _fit_stream(opts)
         stem = f"{result.method}_k{opts['num_components']}_stream"  # online-em when asked for
     else:
+        if opts.get("batch_size") is not None:
+            raise UsageError("--batch-size sets the rows per chunk of a streamed fit; add --stream, or leave it out "
+                             "(batch_size in a TOML file).")
         x, _ = load_data(opts["data"])
         print_features(x, opts["data"].get("label_column"))
         kw = _engine_kwargs(opts, method)

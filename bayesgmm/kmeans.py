@@ -322,6 +322,14 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
         jnp.asarray(u, xj.dtype), xj, tol_abs, num_components=k, max_iter=max_iter
     )
     best = int(jnp.argmin(inertia))
+    found = np.unique(np.asarray(labels[best])).size
+    if found < k:  # as scikit-learn: say so when some clusters are left empty
+        import warnings
+
+        distinct = np.unique(arr, axis=0).shape[0]
+        why = (f"x has only {distinct} distinct point(s)" if distinct < k else "k-means left the rest empty")
+        warnings.warn(f"k-means found {found} non-empty cluster(s), fewer than num_components={k}: {why}. Use fewer "
+                      "clusters.", UserWarning, stacklevel=2)
     return KMeansResult(
         np.asarray(centers[best], np.float64) * scale + shift,
         np.asarray(labels[best]),

@@ -525,6 +525,14 @@ def test_kmeans_matches_sklearn(sim3):
     assert km.converged
 
 
+def test_kmeans_says_when_clusters_are_left_empty():
+    """As scikit-learn: more clusters than distinct points leave some empty, with a warning."""
+    x = np.repeat(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]), 40, axis=0)
+    with pytest.warns(UserWarning, match="found 3 non-empty cluster.*only 3 distinct point"):
+        km = bg.kmeans(x, 4, seed=0)
+    assert np.bincount(km.labels, minlength=4).tolist().count(0) == 1
+
+
 @pytest.mark.parametrize("offset,scale", [(1e5, 1.0), (0.0, 1e-20), (0.0, 1e20)])
 def test_kmeans_in_float32_far_from_zero_and_on_extreme_scales(offset, scale, sim3):
     """In float32 the one-product distance once cancelled at an offset of 1e4 (wrong clusters)
