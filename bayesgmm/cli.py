@@ -419,6 +419,8 @@ class _PipeSafeStdout:
                 return self.stream.write(text)
             except BrokenPipeError:
                 self._break()
+            except OSError as err:  # a full disk behind a redirection, an I/O error: no traceback
+                self._fail(err)
         return len(text)
 
     def flush(self):
@@ -427,6 +429,13 @@ class _PipeSafeStdout:
                 self.stream.flush()
             except BrokenPipeError:
                 self._break()
+            except OSError as err:
+                self._fail(err)
+
+    def _fail(self, err):
+        self.broken = True
+        _quiet_stdout()
+        raise UsageError(f"cannot write to standard output ({err.strerror or err}); no files were written.") from None
 
     def _break(self):
         self.broken = True

@@ -1194,14 +1194,24 @@ def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dt
             xs[start:stop] = block
 
     in_row_blocks(scale, xs.shape[0])
-    if xs.dtype != np.float64 and np.isinf(xs).any():
-        row, col = (int(i[0]) for i in np.nonzero(np.isinf(xs)))
-        raise ValueError(
-            f"x[{row}, {col}] = {float(arr[row, col]):g} lies {abs(float(arr[row, col]) - shift[col]) / sd[col]:.3g} robust "
-            f"standard deviations from its column's median, beyond the range of {np.dtype(xs.dtype).name}, the compute "
-            "type: an extreme outlier or a sentinel value. Remove it (or set it to NaN and pass missing='marginalize'), "
-            "or fit in float64 (jax.config.update('jax_enable_x64', True)).")
+    refuse_out_of_range(xs, arr, shift, sd)
     return shift, sd, xs
+
+
+def refuse_out_of_range(xs: np.ndarray, arr: np.ndarray, shift, sd, name: str = "x") -> None:
+    """Raise where the standardised data ``xs`` (the compute type) overflowed: an entry of
+    ``arr`` so far from its column's median that it is beyond the compute type's range there
+    (float32: about 3.4e38 robust standard deviations), which every fit would otherwise meet as a
+    singular covariance."""
+    if xs.dtype == np.float64 or not np.isinf(xs).any():
+        return
+    row, col = (int(i[0]) for i in np.nonzero(np.isinf(xs)))
+    value = float(arr[row, col])
+    raise ValueError(
+        f"{name}[{row}, {col}] = {value:g} lies {abs(value - shift[col]) / sd[col]:.3g} robust standard deviations from "
+        f"its column's median, beyond the range of {np.dtype(xs.dtype).name}, the compute type: an extreme outlier or a "
+        "sentinel value. Remove it (or set it to NaN and pass missing='marginalize'), or fit in float64 "
+        "(jax.config.update('jax_enable_x64', True)).")
 
 
 def params_to_standard(params: GMMParams, shift, sd, covariance_type) -> GMMParams:

@@ -77,6 +77,7 @@ from .params import (
     mark_missing,
     params_to_original,
     params_to_standard,
+    refuse_out_of_range,
     seed_to_key,
     standardisation,
 )
@@ -601,7 +602,9 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
     if not isinstance(init_params, str):
         params = _given_start(init_params, k, d, ct, shift, sd)
         return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None
-    xs = ((moments.subsample - shift) / sd).astype(dtype)
+    with np.errstate(over="ignore"):  # beyond the compute type: named below
+        xs = ((moments.subsample - shift) / sd).astype(dtype)
+    refuse_out_of_range(xs, moments.subsample, shift, sd, name="the initialisation subsample")
     xs, observed = mark_missing(xs)  # the subsample's missing entries: EM's conditional E-step
     em_config = EMConfig(k, d, ct, False, config.use_prior)
     starts, kept = resolve_starts(n_init, len(xs) * (1 if observed is None else 4 * d), k, d, ct)

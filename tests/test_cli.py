@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -353,6 +354,20 @@ def test_a_closed_pipe_is_quiet_and_the_files_are_written(tmp_path):
     assert proc.wait() == 0
     assert "Error" not in err and "Traceback" not in err
     assert (tmp_path / "data.csv").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_standard_output_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "bayesgmm", "simulate", "-n", "20", "--out", str(tmp_path / "o")],
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["bayesgmm: error: cannot write to standard output (No space left on device); "
+                                        "no files were written."]
+    assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------------------------

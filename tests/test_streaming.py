@@ -521,3 +521,12 @@ def test_bad_options_raise_clear_error(kwargs, match, mix):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit_em_stream(mix, 3, **kwargs)
+
+
+def test_a_value_beyond_float32_is_named_not_singular(tmp_path, faithful):
+    """As fit_em: a finite value beyond float32 once standardised is named, not met as 'a
+    covariance became singular in every restart'."""
+    path = tmp_path / "far.npy"
+    np.save(path, np.r_[faithful, [[1e39, 70.0]]])
+    with precision(np.float32), pytest.raises(ValueError, match=r"\[272, 0\] = 1e\+39 .* beyond the range of float32"):
+        bg.fit_em_stream(path, 2)
