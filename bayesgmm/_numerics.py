@@ -373,14 +373,35 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
     resp = np.empty((n, m.shape[0])) if responsibilities else None
 
     def block(start):  # each block writes its own rows (blocks run on threads)
-        lj, ll, dens_here = _scored_block(x, start, frame, w, m, c, ct)
+        with np.errstate(over="ignore"):  # rows too far for float64: density 0, responsibilities below
+            lj, ll, dens_here = _scored_block(x, start, frame, w, m, c, ct)
         dens[start : start + len(ll)] = dens_here
         if resp is not None:
             with np.errstate(invalid="ignore"):
                 resp[start : start + len(ll)] = lj - ll[:, None]
+            for row in np.flatnonzero(np.isneginf(ll) & np.all(np.isfinite(x[start : start + len(ll)]), axis=1)):
+                resp[start + row] = _far_row_log_resp(x[start + row], frame, w, m, c, ct)
 
     map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
     return RowScores(dens, resp)
+
+
+def _far_row_log_resp(row, frame: Frame, w, m, c, ct) -> np.ndarray:
+    """Log responsibilities (K,) of a finite row so far from every component that each one's
+    squared Mahalanobis distance overflows (its density is 0 in float64, their ratios 0/0): the
+    limit along the row's direction, all of it on the component(s) with the smallest distance
+    relative to the row's size (``q_k / s^2``, ``s`` the row's largest standardised entry, is
+    finite where ``q_k`` is not)."""
+    xs = (np.asarray(row, np.float64) - frame.shift) / frame.scale
+    size = float(np.max(np.abs(xs)))
+    zero = np.zeros((1, xs.shape[0]))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        relative = -2.0 * (component_log_density(xs[None] / size, m / size, c, ct)[0]
+                           - component_log_density(zero, np.zeros_like(m), c, ct)[0])  # q_k / s^2
+    relative = np.where(w > 0, relative, np.inf)
+    nearest = relative <= np.min(relative) * (1 + 1e-12)
+    with np.errstate(divide="ignore"):
+        return np.log(nearest / np.sum(nearest))
 
 
 class Totals(NamedTuple):

@@ -69,6 +69,21 @@ def test_data_far_from_zero_keep_their_precision_in_float32():
         assert np.all(np.abs(np.asarray(o["sample_mean"]) - 0.5) < 0.3), o["sample_mean"]
 
 
+def test_rows_too_far_for_float64_get_the_limit_not_nan(em_fit, two_blobs):
+    """A finite row so far out that every squared Mahalanobis distance overflows has density 0
+    (score -inf) and responsibilities 0/0: they are the limit along its direction (all on the
+    nearest component relative to its size), not NaN, and agree with a row far out but finite."""
+    centre = two_blobs.mean(0)
+    direction = np.array([1.0, 0.3])
+    far = centre + np.outer([1e155, 1e200, -1e300], direction)
+    proba = em_fit.predict_proba(far)
+    assert np.all(np.isfinite(proba)) and np.allclose(proba.sum(1), 1.0)
+    assert np.all(np.isneginf(em_fit.score_samples(far)))
+    reachable = em_fit.predict_proba(centre + np.outer([1e6, -1e6], direction))  # finite densities
+    np.testing.assert_array_equal(proba[:2], np.repeat(np.round(reachable[:1]), 2, axis=0))
+    np.testing.assert_array_equal(proba[2], np.round(reachable[1]))
+
+
 def test_dataframe_columns_are_matched_by_name(em_fit, two_blobs):
     df = pd.DataFrame(two_blobs, columns=["a", "b"])
     np.testing.assert_array_equal(em_fit.score_samples(df[["b", "a"]]), em_fit.score_samples(df))
