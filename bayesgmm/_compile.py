@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import importlib.util
 import os
 import pathlib
+import threading
 import time
 import weakref
 from typing import Any, Callable, NamedTuple
@@ -566,6 +568,67 @@ def set_compilation_cache(path, *, min_compile_time_secs: float = CACHE_MIN_COMP
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if importlib.util.find_spec("filelock") is not None:  # JAX bounds the size only with it
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+        # later, off the importing thread (filelock's import and the folder's listing took 10-30 ms
+        # of `import bayesgmm`, and competed with it from a thread started at once)
+        repair = threading.Timer(REPAIR_DELAY_SECONDS, remove_orphan_entries, args=(path,))
+        repair.daemon = True  # never keeps a short script alive
+        repair.start()
+
+
+#: Seconds after the cache is turned on before :func:`remove_orphan_entries` looks at it.
+REPAIR_DELAY_SECONDS = 2.0
+
+
+#: JAX's size-bounded cache: every entry ``KEY-cache`` has its access time in ``KEY-atime``, and
+#: both are written under the folder's lock file.
+_CACHE_SUFFIX, _ATIME_SUFFIX, _CACHE_LOCK = "-cache", "-atime", ".lockfile"
+
+
+def remove_orphan_entries(path) -> list[str]:
+    """Remove the entries of JAX's size-bounded cache in ``path`` that have no access-time file
+    (left by a process killed between writing the two) and return their names.
+
+    JAX reads every entry's access time before it writes a new one, so a single orphan made every
+    later write into the folder fail, with a warning, in every process. Done under the cache's
+    lock (as JAX writes), so that an entry being written now is not taken for one.
+    """
+    import filelock
+
+    folder = pathlib.Path(path)
+    try:
+        with filelock.FileLock(folder / _CACHE_LOCK, timeout=5):
+            names = {entry.name for entry in os.scandir(folder)}
+            orphans = [n for n in names if n.endswith(_CACHE_SUFFIX) and n[: -len(_CACHE_SUFFIX)] + _ATIME_SUFFIX not in names]
+            for name in orphans:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()
+    except (OSError, filelock.Timeout):  # unreadable, or busy: JAX copes or warns as before
+        return []
+    return orphans
+
+
+@contextlib.contextmanager
+def cache_writes_finished(timeout: float = 5.0):
+    """Wait (up to ``timeout`` seconds) until no thread of any process is writing JAX's
+    size-bounded persistent cache, and hold that off while inside: for exiting at once
+    (:func:`os._exit` after Ctrl-C) without leaving a truncated entry or one without its access
+    time. A no-op without such a cache."""
+    folder = jax.config.jax_compilation_cache_dir
+    if not folder or jax.config.jax_compilation_cache_max_size == -1 or importlib.util.find_spec("filelock") is None:
+        yield
+        return
+    import filelock
+
+    lock = filelock.FileLock(pathlib.Path(folder) / _CACHE_LOCK, timeout=timeout, thread_local=False)
+    try:
+        lock.acquire()
+    except (OSError, filelock.Timeout):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def configure_default_cache() -> pathlib.Path | None:

@@ -605,9 +605,14 @@ def _watch_interrupts(read_fd: int) -> None:
         if terminated:
             with contextlib.suppress(Exception):
                 print(TERMINATED, file=sys.stderr)
-            _exit_now(128 + signal.SIGTERM)
-        _interrupted()
-        _exit_now(130)
+        else:
+            _interrupted()
+        # never in the middle of writing JAX's persistent cache: a truncated entry, or one without
+        # its access time, would make later processes warn on it, or fail every cache write there
+        from ._compile import cache_writes_finished
+
+        with cache_writes_finished():
+            _exit_now(128 + signal.SIGTERM if terminated else 130)
 
 
 def _install_interrupt_watcher() -> None:

@@ -443,7 +443,8 @@ def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp
     out = tmp_path / "o"
     assert cli.main(["simulate", "-n", "60", "-k", "2", "--out", str(out)]) == 0
     before = _listing(out)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    # a compile cache of its own: the process is killed, and the suite's cache is not its to risk
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "BAYESGMM_COMPILE_CACHE": str(tmp_path / "xla")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bayesgmm", "fit", str(out / "data.csv"), "-k", "2", "--columns", "x0", "x1",
          "--method", "mcmc", "--engine-option", "num_warmup=20000", "--engine-option", "num_samples=20000",

@@ -162,6 +162,22 @@ def test_set_compilation_cache_moves_and_turns_off(tmp_path, monkeypatch):
         bg.set_compilation_cache(before)
 
 
+def test_an_entry_a_killed_process_left_without_its_access_time_is_removed(tmp_path):
+    """JAX's size-bounded cache reads every entry's access-time file before it writes a new entry:
+    one entry without it (a process killed between the two writes) made every later cache write
+    in the folder fail with a warning, in every process. Such entries are removed (under the
+    cache's lock); complete entries and stray access times stay."""
+    (tmp_path / "complete-cache").write_bytes(b"program")
+    (tmp_path / "complete-atime").write_bytes((1).to_bytes(8, "little"))
+    (tmp_path / "orphan-cache").write_bytes(b"half a progr")
+    (tmp_path / "stray-atime").write_bytes((2).to_bytes(8, "little"))
+    assert _compile.remove_orphan_entries(tmp_path) == ["orphan-cache"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lockfile", "complete-atime", "complete-cache", "stray-atime"]
+    assert _compile.remove_orphan_entries(tmp_path / "gone") == []  # a folder removed meanwhile: nothing to do
+    with _compile.cache_writes_finished(timeout=1.0):  # the lock JAX writes under, from another thread too
+        pass
+
+
 def test_compile_modes_choose_the_xla_options(monkeypatch):
     """``auto``: EM-like programs ask for the fast-compiling emitters, samplers keep XLA's
     defaults, their starts on small data compile unoptimised (``FASTEST``); ``fast-compile`` /
