@@ -491,7 +491,8 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, delay
         argv = terminal + launcher
         proc = subprocess.Popen(argv + ["fit", "--dataset", "faithful", "-k", "2", "--no-plot", "--out", str(out)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "MPLBACKEND": "Agg"})
+                                env={**os.environ, "MPLBACKEND": "Agg",  # a killed process: a cache of its own
+                                     "BAYESGMM_COMPILE_CACHE": str(tmp_path / "xla")})
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
