@@ -479,14 +479,15 @@ class FitResult:
         """Posterior probability of each component for each row of ``x``, shape (N, K), float64.
 
         Bayesian results average the responsibilities over (label-aligned) posterior draws, so
-        the probabilities carry parameter uncertainty. Evaluated on the host in float64: no
-        compilation, whatever the number of rows.
+        the probabilities carry parameter uncertainty: over the stored draws thinned evenly to
+        about 200 (every ``S // 200``-th of S draws; all of them below 400). Evaluated on the host
+        in float64: no compilation, whatever the number of rows.
 
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
@@ -530,8 +531,8 @@ class FitResult:
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
@@ -542,14 +543,15 @@ class FitResult:
     def score_samples(self, x) -> np.ndarray:
         """Log predictive density of each row of ``x``, shape (N,), float64.
 
-        EM: the plug-in mixture density. VB: the closed-form Student-t mixture. SVI / MCMC: the
-        posterior predictive, log of the density averaged over draws.
+        EM: the plug-in mixture density. VB: the closed-form Student-t mixture. SVI / MCMC /
+        Gibbs: the posterior predictive, log of the density averaged over the stored draws thinned
+        evenly to about 200 (as :meth:`predict_proba`).
 
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
@@ -568,8 +570,8 @@ class FitResult:
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
@@ -584,8 +586,8 @@ class FitResult:
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
@@ -599,8 +601,8 @@ class FitResult:
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
@@ -616,8 +618,8 @@ class FitResult:
         Parameters
         ----------
         x : array-like (N, D) or (N,)
-            Rows to score, in the units of the training data; with ``missing="marginalize"``
-            fits, NaN entries are missing (each row is scored on its observed columns).
+            Rows to score, in the units of the training data; NaN entries are missing values
+            (each row is scored on its observed columns), whatever the fit's ``missing``.
 
         Returns
         -------
