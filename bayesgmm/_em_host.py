@@ -54,7 +54,13 @@ def user_init(weights_init, means_init, precisions_init, k, d, covariance_type, 
     """User-given starting parameters (scikit-learn's names), standardised; None where not given."""
     w = m = c = None
     for name, value in (("weights_init", weights_init), ("means_init", means_init), ("precisions_init", precisions_init)):
-        if value is not None and not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+        if value is None:
+            continue
+        try:
+            numbers = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an array of numbers, got {value!r}.") from None
+        if not np.all(np.isfinite(numbers)):
             raise ValueError(f"{name} contains NaN or infinite values; starting values must be finite.")
     if weights_init is not None:
         w = np.asarray(weights_init, dtype=np.float64)

@@ -112,6 +112,8 @@ def _prior_option(value, x, k):
                 raise UsageError(f"engine option prior: with --stream a prior table needs every field {list(required)}, "
                                  "or give prior=default.")
             return Prior(**{**dataclasses.asdict(Prior.default(x, k)), **value})
+        except UsageError:  # already says what to do
+            raise
         except (TypeError, ValueError) as err:
             raise UsageError(f"engine option prior: not a valid prior table ({first_line(err)}); give prior=default or "
                              "prior={weight_concentration=..., mean=[...], mean_precision=..., "

@@ -174,6 +174,8 @@ n_init = 2
         (["compare", "{csv}", "-k", "2", "--test-fraction", "0.001", "--columns", "eruptions"],
          "--test-fraction 0.001 of 272 rows holds out 0 row(s)"),
         (["fit", "{csv}", "-k", "2", "--columns", "eruptions", "--batch-size", "100"], "add --stream"),
+        (["fit", "{npy}", "-k", "2", "--stream", "--method", "map-em", "--engine-option",
+          "prior={weight_concentration=0.5}"], "engine option prior: with --stream a prior table needs every field"),
         (["run", "missing.toml"], "does not exist"),
         (["run", "{bad_toml}"], "is not valid TOML"),
         (["run", "{unknown_key}"], "unknown option(s) ['num_componets']"),
@@ -184,8 +186,9 @@ def test_errors_are_one_clear_line_and_exit_2(argv, message, csv, tmp_path, caps
     (tmp_path / "bad.toml").write_text("command = 'compare\n")
     (tmp_path / "unknown.toml").write_text("command = 'compare'\nnum_componets = 2\n[data]\ndataset = 'faithful'\n")
     (tmp_path / "none.toml").write_text("num_components = 2\n")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 2)))
     subs = {"{csv}": str(csv), "{bad_toml}": str(tmp_path / "bad.toml"), "{unknown_key}": str(tmp_path / "unknown.toml"),
-            "{no_command}": str(tmp_path / "none.toml")}
+            "{no_command}": str(tmp_path / "none.toml"), "{npy}": str(tmp_path / "x.npy")}
     argv = [subs.get(a, a) for a in argv]
     extra = ["--out", str(tmp_path / "o")] + (["--no-plot"] if argv[0] in ("fit", "compare") else [])
     assert cli.main(argv + (extra if argv[0] != "run" else [])) == 2

@@ -395,6 +395,7 @@ def test_read_only_and_column_ordered_data_are_left_untouched(faithful):
         (dict(prior=bg.Prior(0.5, np.zeros(2), 0.01, 4.0, np.eye(2))), "weight_concentration >= 1"),
         (dict(seed="abc"), "seed"),
         (dict(means_init=[[0.0, np.nan], [6.0, 6.0]]), "means_init contains NaN"),
+        (dict(means_init="x"), "means_init must be an array of numbers, got 'x'"),  # a command line's typo
         (dict(covariance_type="diag", precisions_init=np.full((2, 2), np.inf)), "precisions_init contains NaN"),
         (dict(devices=True), "devices must be"),
         (dict(sample_weight=np.r_[1.0, np.zeros(271)]), "1 row\\(s\\) of positive weight, fewer than the 2"),
