@@ -35,6 +35,7 @@ from .params import (
     check_positive_integers,
     check_prior,
     compute_dtype,
+    linearly_dependent,
     log_jacobians,
     mark_missing,
     params_to_original,
@@ -205,15 +206,22 @@ def refuse_dependent_columns(prep: Prepared) -> None:
     prior). Called when a fit has no component left that is not degenerate."""
     if prep.covariance_type not in ("full", "tied") or prep.observed is not None or prep.arr.shape[1] < 2:
         return
-    arr = np.asarray(prep.arr, np.float64)
-    cov = np.atleast_2d(np.cov(arr, rowvar=False))
-    sd = np.sqrt(np.diag(cov))
-    eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))  # the correlation matrix: unit-free
-    if eig[0] <= max(1e-12, 100 * float(np.finfo(prep.arr.dtype).eps) ** 2) * eig[-1]:
+    cov = np.cov(np.asarray(prep.arr, np.float64), rowvar=False)
+    # float32 data: their rounding (relative eps) is the least that dependent columns show
+    if linearly_dependent(cov, max(1e-12, 100 * float(np.finfo(prep.arr.dtype).eps) ** 2)):
         raise ValueError(
             f"x has linearly dependent columns (one is a linear combination of the others), so every "
             f"{prep.covariance_type} covariance fitted to them is singular. Drop the redundant column(s), or use "
             "covariance_type='diag'.")
+
+
+def objective_shift(prep: Prepared, num_components: int, sample_weight=None) -> float:
+    """What turns the program's objective (on the standardised scale) into the data's units: the
+    log-Jacobian of the standardisation, and for MAP fits (``prep.prior``) the prior's."""
+    n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
+    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, num_components, prep.covariance_type,
+                                          observed_counts(prep, sample_weight))
+    return ll_shift + (prior_shift if prep.prior is not None else 0.0)
 
 
 def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
@@ -265,8 +273,7 @@ def package(
         params_std = GMMParams(params_std.weights[:k], params_std.means[:k], c)
     n_iter = int(pick(lanes.n_iter))
     converged = bool(pick(lanes.converged))
-    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, ct, observed_counts(prep, sample_weight))
-    obj_shift = ll_shift + (prior_shift if prep.prior is not None else 0.0)
+    obj_shift = objective_shift(prep, k, sample_weight)
     params = params_to_original(params_std, prep.shift, prep.sd, ct)
     log_lik, objective, entropy, counts = exact_objective(prep, params, sample_weight, hard)
     trace = pick(lanes.trace).astype(np.float64)[: n_iter + 1] + obj_shift

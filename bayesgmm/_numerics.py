@@ -379,8 +379,9 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
         if resp is not None:
             with np.errstate(invalid="ignore"):
                 resp[start : start + len(ll)] = lj - ll[:, None]
-            for row in np.flatnonzero(np.isneginf(ll) & np.all(np.isfinite(x[start : start + len(ll)]), axis=1)):
-                resp[start + row] = _far_row_log_resp(x[start + row], frame, w, m, c, ct)
+            for row in np.flatnonzero(np.isneginf(ll)):  # rare: no pass over the block otherwise
+                if np.all(np.isfinite(x[start + row])):
+                    resp[start + row] = _far_row_log_resp(x[start + row], frame, w, m, c, ct)
 
     map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
     return RowScores(dens, resp)
@@ -550,29 +551,39 @@ def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_compon
     return smallest <= floor
 
 
+def fast_form_error(means, covariances, covariance_type: str, eps, inv_trace=None):
+    """The fast (moment) form's rounding of each component's statistics, relative, (..., K),
+    on the standardised scale: ``eps (|mu_k|^2 + tr Sigma_k) tr Sigma_k^-1`` for full and tied
+    covariances (``inv_trace``, ``tr Sigma_k^-1``, from the caller's factors), ``eps sum_d
+    (mu_kd^2 + var_kd) / var_kd`` for diag and spherical (each feature's terms on their own).
+    NumPy or JAX (:func:`bayesgmm._stats.needs_precise`, :func:`unresolved_mask`)."""
+    xp, _ = array_namespace(means, covariances)
+    k, d = means.shape[-2:]
+    var = diagonal_variances(covariances, covariance_type, k, d)
+    if covariance_type in ("full", "tied"):
+        return eps * (xp.sum(means**2, -1) + xp.sum(var, -1)) * inv_trace
+    return eps * xp.sum((means**2 + var) / var, -1)
+
+
 #: :func:`unresolved_mask`: a component whose moment-form rounding reaches this share of its variance.
 UNRESOLVED_FACTOR = 0.1
 
 
 def unresolved_mask(means, covariances, covariance_type: str, eps) -> np.ndarray:
     """(K,) bool, NumPy: components whose variance the fast (moment) form of the statistics
-    cannot resolve, on the standardised scale: its rounding, about ``eps (|mu_k|^2 + tr Sigma_k)
-    tr Sigma_k^-1`` relative (diag and spherical: ``eps sum_d (mu_kd^2 + var_kd) / var_kd``; see
-    :func:`bayesgmm._stats.needs_precise`), reaches :data:`UNRESOLVED_FACTOR`. For engines that
-    take that form only (streaming EM): in float32 a component on repeated values stays about
-    ``eps |mu|^2`` (1e-6) above zero there instead of collapsing, just above every other floor."""
+    cannot resolve, on the standardised scale: its rounding (:func:`fast_form_error`, the
+    quantity :func:`bayesgmm._stats.needs_precise` bounds) reaches :data:`UNRESOLVED_FACTOR`.
+    For engines that take that form only (streaming EM): in float32 a component on repeated
+    values stays about ``eps |mu|^2`` (1e-6) above zero there instead of collapsing, just above
+    every other floor."""
     mu = np.asarray(means, np.float64)
     cov = np.asarray(covariances, np.float64)
     k, d = mu.shape
-    if covariance_type in ("full", "tied"):
-        full = expand_covariances(cov, covariance_type, k, d)
-        with np.errstate(all="ignore"):
-            inv_trace = np.array([np.trace(np.linalg.pinv(c)) for c in full])
-        factor = eps * (np.sum(mu**2, -1) + np.trace(full, axis1=-2, axis2=-1)) * inv_trace
-    else:
-        var = diagonal_variances(cov, covariance_type, k, d)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factor = eps * np.sum((mu**2 + var) / var, -1)
+    with np.errstate(all="ignore"):
+        inv_trace = None
+        if covariance_type in ("full", "tied"):
+            inv_trace = np.array([np.trace(np.linalg.pinv(c)) for c in expand_covariances(cov, covariance_type, k, d)])
+        factor = fast_form_error(mu, cov, covariance_type, eps, inv_trace)
     return ~(factor < UNRESOLVED_FACTOR)
 
 
@@ -641,6 +652,7 @@ __all__ = [
     "collapsed_mask",
     "degenerate_message",
     "unresolved_mask",
+    "fast_form_error",
     "diagonal_variances",
     "draws_log_density",
     "expand_covariances",

@@ -666,12 +666,8 @@ def needs_precise(params: GMMParams, covariance_type: str, active=None, reg_cova
                 spread = jnp.abs(_numerics.expand_covariances(cov, covariance_type, k, d))
                 centre = jnp.sum((w @ jnp.abs(mu)[..., None])[..., 0] ** 2, -1)
                 return eps * (centre + jnp.sum((w @ spread) * w, axis=(-2, -1)))
-            inv_trace = jnp.sum(chol_inv**2, axis=(-2, -1))
-            trace = jnp.sum(_numerics.diagonal_variances(cov, covariance_type, k, d), -1)
-            return eps * (jnp.sum(mu**2, -1) + trace) * inv_trace
-        # diag and spherical: each feature's terms on their own (no products across features)
-        var = _numerics.diagonal_variances(cov, covariance_type, k, d)
-        return eps * jnp.sum((mu**2 + var) / var, -1)
+            return _numerics.fast_form_error(mu, cov, covariance_type, eps, jnp.sum(chol_inv**2, axis=(-2, -1)))
+        return _numerics.fast_form_error(mu, cov, covariance_type, eps)
 
     factor = jax.vmap(error_factor)(mu, cov)  # (L, K)
     now = ~(factor <= threshold)  # NaN counts as bad

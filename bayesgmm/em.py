@@ -31,7 +31,7 @@ from ._em_host import (
     DEFAULT_TOL,
     check_em_options,
     choose_run,
-    observed_counts,
+    objective_shift,
     package,
     prepare,
     refuse_dependent_columns,
@@ -45,7 +45,6 @@ from .params import (
     check_bool,
     check_int,
     check_sample_weight,
-    log_jacobians,
     prepare_data,
     seed_to_key,
 )
@@ -224,9 +223,7 @@ def fit_em(
             "covariance, e.g. duplicated points or a component on too few points). Increase "
             "reg_covar, use fewer components, or fit MAP-EM with prior=bayesgmm.Prior.default(x, K)."
         )
-    n_eff = n if weight is None else float(weight.sum())
-    ll_shift, prior_shift = log_jacobians(prep.sd, n_eff, k, layout, observed_counts(prep, weight))
-    obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
+    obj_shift = objective_shift(prep, k, weight)
     info = {
         "seed": seed if isinstance(seed, (int, np.integer)) else None,
         "n_init": int(starts),

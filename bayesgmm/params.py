@@ -433,6 +433,16 @@ def _weighted_moments(arr: np.ndarray, w: np.ndarray):
     return mean, cov
 
 
+def linearly_dependent(cov, tolerance: float = 1e-12) -> bool:
+    """Whether the columns a covariance (D, D) belongs to are linearly dependent (one a linear
+    combination of the others): the smallest eigenvalue of their correlation matrix (unit-free)
+    at most ``tolerance`` times the largest."""
+    cov = np.atleast_2d(np.asarray(cov, np.float64))
+    sd = np.sqrt(np.diag(cov))
+    eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))
+    return bool(eig[0] <= tolerance * eig[-1])
+
+
 def check_sample_weight(sample_weight, num_obs: int):
     """Validate row weights: None, or a finite non-negative (N,) vector with a positive sum."""
     if sample_weight is None:
@@ -711,9 +721,7 @@ class Prior:
         cov = np.atleast_2d(np.asarray(cov, np.float64))
         k = int(num_components)
         d = mean.shape[0]
-        sd = np.sqrt(np.diag(cov))
-        eig = np.linalg.eigvalsh(cov / np.outer(sd, sd))  # the correlation matrix: unit-free
-        if eig[0] <= 1e-12 * eig[-1]:
+        if linearly_dependent(cov):
             raise ValueError(
                 "x has linearly dependent columns (one column is a linear combination of the others), so "
                 "its covariance is singular and the default prior scale cov(x) / K^(2/D) is not positive "

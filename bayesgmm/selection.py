@@ -308,9 +308,7 @@ def select(
             index = j * kept + max(best, 0)
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
-            # the runs' objectives on the data's scale, as fit_em reports them (the program's are standardised)
-            ll_shift, prior_shift = _em_host.log_jacobians(prep.sd, n, k, ct, _em_host.observed_counts(prep_k))
-            shift = ll_shift + (prior_shift if k_prior is not None else 0.0)
+            shift = _em_host.objective_shift(prep_k, k)  # the runs' objectives in the data's units, as fit_em's
             fit = _em_host.package(
                 prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
                 max_iter=max_iter, tol=tol,
