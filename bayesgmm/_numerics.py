@@ -36,6 +36,12 @@ HOST_BLOCK_ROWS = 16384
 #: 2.3 times faster than one block of HOST_BLOCK_ROWS rows.
 HOST_CACHE_ELEMENTS = 2**18
 
+#: :func:`component_log_density` (NumPy, one set of rows, diagonal covariances) takes the
+#: *expanded* form of a row block's squared Mahalanobis distances (:func:`_expanded_quadratic`)
+#: where the bound on its rounding is below this, in the distance's units (twice nats); elsewhere
+#: the centred form ``(x - mu_k)``, which cannot cancel.
+EXPANDED_ROUNDING = 1e-9
+
 
 def array_namespace(*arrays):
     """``(xp, scipy-like)`` for the arrays: NumPy + SciPy, or jax.numpy + jax.scipy."""
@@ -145,6 +151,15 @@ def add_to_pair(pair, value):
     return high, pair[1] + error
 
 
+def floored_weights(weights):
+    """Mixture weights (any leading axes) with those that underflowed to 0 raised to the smallest
+    normal number, so that a Dirichlet's log density of them stays finite: draws from a sparse
+    Dirichlet (concentration << 1) underflow in float32 for the components they leave empty, and
+    ``(alpha - 1) log 0`` is +inf."""
+    xp, _ = array_namespace(weights)
+    return xp.maximum(weights, xp.finfo(weights.dtype).tiny)
+
+
 def in_turn(first, then):
     """``then`` (an array or a pytree of float arrays), with the same values, but computed from
     ``first`` too, so that whatever uses it runs after ``first`` (NumPy: ``then`` as is).
@@ -228,10 +243,18 @@ def component_log_density(x, means, covariances, covariance_type: str):
         y = diff @ factor
         return (y * y) @ xp.ones(d, y.dtype) if xp is np else xp.sum(y**2, axis=-1)
 
+    batch = max(1, int(np.prod(means.shape[:-2])))
+    block = max(64, HOST_CACHE_ELEMENTS // (batch * k * d))
+    if xp is np and x.ndim == 2 and covariance_type in ("diag", "spherical") and block * k * d <= HOST_CACHE_ELEMENTS:
+        expanded = _Expanded.of(means, factor)  # one set of rows: the expanded form where exact enough
+        quad = np.empty(means.shape[:-2] + (x.shape[0], k))  # (..., N, K)
+        for start in range(0, x.shape[0], block):
+            rows = x[start : start + block]
+            fast = _expanded_quadratic(rows, expanded)
+            quad[..., start : start + block, :] = fast if fast is not None else np.swapaxes(mahalanobis(rows), -1, -2)
+        return -0.5 * (quad + logdet[..., None, :] + d * LOG_2PI)
     if xp is np:  # in row blocks whose temporaries stay in cache (HOST_CACHE_ELEMENTS)
         n = x.shape[-2]
-        batch = max(1, int(np.prod(means.shape[:-2])))
-        block = max(64, HOST_CACHE_ELEMENTS // (batch * k * d))
         quad = np.empty(np.broadcast_shapes(x.shape[:-2], means.shape[:-2]) + (k, n))
         for start in range(0, n, block):
             quad[..., start : start + block] = mahalanobis(x[..., start : start + block, :])
@@ -239,6 +262,41 @@ def component_log_density(x, means, covariances, covariance_type: str):
         quad = mahalanobis(x)
     logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
     return xp.swapaxes(logp, -1, -2)
+
+
+class _Expanded(NamedTuple):
+    """Diagonal covariances' factors for :func:`_expanded_quadratic` (components (..., K))."""
+
+    precisions: np.ndarray  # transposed, (..., D, K)
+    cross: np.ndarray  # -2 mu P, transposed, (..., D, K)
+    constant: np.ndarray  # sum_d mu^2 P, (..., K)
+
+    @staticmethod
+    def of(means, variances) -> "_Expanded":
+        precision = 1.0 / variances
+        return _Expanded(np.swapaxes(precision, -1, -2), np.swapaxes(-2.0 * means * precision, -1, -2),
+                         np.sum(means * means * precision, axis=-1))
+
+
+def _expanded_quadratic(rows, expanded: _Expanded):
+    """Squared Mahalanobis distances (..., B, K) of ``rows`` (B, D) from components with diagonal
+    covariances, through products of the raw rows with all components at once:
+    ``x^2 P^T - 2 x (mu P)^T + sum_d mu^2 P`` (1.7 times faster than the centred form at
+    D = K = 16). The terms cancel where a component is tight and far from the rows' frame, so the
+    block's rounding is bounded first (dot products of D terms: at most about D eps times the sum
+    of their magnitudes, here ``2 (x^2 P + mu^2 P)``) and None is returned where the bound passes
+    :data:`EXPANDED_ROUNDING` (the caller then takes the centred form). The products have
+    B D K <= :data:`HOST_CACHE_ELEMENTS` multiply-adds, small enough that BLAS runs them on the
+    calling thread (OpenBLAS splits larger ones over its own threads, which, from several host
+    threads at once, ran ten times slower)."""
+    rounding = (2 * rows.shape[-1] + 4) * np.finfo(np.float64).eps
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = (rows * rows) @ expanded.precisions  # (..., B, K)
+        if not (np.max(squares, initial=0.0) + np.max(expanded.constant)) * rounding <= EXPANDED_ROUNDING:
+            return None
+    squares += rows @ expanded.cross
+    squares += expanded.constant[..., None, :]
+    return squares
 
 
 def observed_log_density(x, means, covariances, covariance_type: str):

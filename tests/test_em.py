@@ -924,6 +924,40 @@ def test_float32_full_fit_runs_the_fast_form_and_ends_at_the_float64_optimum():
     assert fit.converged and (best - fit.log_likelihood) / len(x) <= 1e-5, (fit.n_iter, best - fit.log_likelihood)
 
 
+def test_host_scoring_of_diagonal_covariances_equals_the_centred_formula():
+    """The float64 host evaluation of diagonal covariances takes the expanded form (products of
+    the raw rows) where its rounding bound allows and the centred one elsewhere: either way every
+    log density equals the centred formula, on ordinary data, on a component tight and far from
+    the frame (where the expanded form would cancel), with far outliers, for spherical
+    covariances and for a batch of parameter draws."""
+    rng = np.random.default_rng(7)
+    k, d, n = 4, 6, 3000
+
+    def centred(x, mu, var):  # (..., N, K)
+        q = np.sum((x[..., None, :] - mu[..., None, :, :]) ** 2 / var[..., None, :, :], -1)
+        return -0.5 * (q + np.sum(np.log(var), -1)[..., None, :] + d * np.log(2 * np.pi))
+
+    mu, var = rng.normal(0, 1, (k, d)), rng.uniform(0.3, 2.0, (k, d))
+    x = mu[rng.integers(0, k, n)] + rng.normal(size=(n, d)) * np.sqrt(var[0])
+    tight = mu.copy(), var.copy()
+    tight[0][1], tight[1][1] = 1e4, 1e-6  # far from the rows' frame and tight: the expanded form cancels
+    near_tight = np.concatenate([x, tight[0][1] + rng.normal(size=(200, d)) * 1e-3])  # rows on that component
+    outliers = x.copy()
+    outliers[::500] *= 1e5
+    block = x[: _numerics.HOST_CACHE_ELEMENTS // (k * d)]
+    assert _numerics._expanded_quadratic(block, _numerics._Expanded.of(mu, var)) is not None
+    assert _numerics._expanded_quadratic(near_tight[-64:], _numerics._Expanded.of(*tight)) is None
+    for rows, (m, v) in ((x, (mu, var)), (near_tight, tight), (outliers, (mu, var))):
+        got, want = _numerics.component_log_density(rows, m, v, "diag"), centred(rows, m, v)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-9)
+    spherical = var[:, 0]
+    np.testing.assert_allclose(_numerics.component_log_density(x, mu, spherical, "spherical"),
+                               centred(x, mu, np.repeat(spherical[:, None], d, 1)), rtol=1e-13, atol=1e-9)
+    draws_mu, draws_var = mu + rng.normal(0, 0.1, (5, k, d)), var * rng.uniform(0.8, 1.2, (5, k, d))
+    np.testing.assert_allclose(_numerics.component_log_density(x, draws_mu, draws_var, "diag"),
+                               centred(x, draws_mu, draws_var), rtol=1e-13, atol=1e-9)
+
+
 def test_diagonal_precision_guard_bounds_what_the_fast_form_loses():
     """Diagonal covariances have no products across features: the guard's factor there is
     ``eps * sum_d (mu_d^2 + var_d) / var_d`` (spherical: the same with one variance). In float32
