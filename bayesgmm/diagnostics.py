@@ -255,7 +255,7 @@ def log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
     concentration << 1) are floored at the smallest normal number: the density stays finite."""
     from .model import log_prior
 
-    weights = jnp.maximum(weights, jnp.finfo(weights.dtype).tiny)
+    weights = _numerics.floored_weights(weights)
     return jax.vmap(lambda w, m, c: log_prior(GMMParams(w, m, c), prior_arrays, covariance_type))(
         weights, means, covariances
     )

@@ -293,7 +293,9 @@ def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: 
     log_lik = jnp.sum(per_row if row_weight is None else row_weight * per_row)
     # the prior's batched LAPACK calls after the likelihood's (_numerics.in_turn; chains x K
     # factorisations are split over XLA's thread pool, and two such calls at once can hang)
-    lp = log_lik + log_prior(_numerics.in_turn(log_lik, params), prior, covariance_type)
+    # weights that underflowed to 0 (a sparse Dirichlet's empty components) floored: lp stays finite
+    floored = params._replace(weights=_numerics.floored_weights(params.weights))
+    lp = log_lik + log_prior(_numerics.in_turn(log_lik, floored), prior, covariance_type)
     num_nonempty = jnp.sum(jnp.bincount(z, weights=row_weight, length=num_components) > 0)
     return SweepState(params, log_joint), (params, lp, num_nonempty)
 

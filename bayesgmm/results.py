@@ -912,7 +912,9 @@ class FitResult:
             raise ValueError(f"{where} is not valid JSON ({err}); is the file truncated? Write it again with "
                              "FitResult.to_json.") from None
         fields = _validated_summary(d, where)
-        if fields["method"] in _BAYESIAN_METHODS or d.get("posterior_omitted") is True:
+        # files name what they left out; files without the field: every Bayesian result had draws
+        omitted = d["posterior_omitted"] is True if "posterior_omitted" in d else fields["method"] in _BAYESIAN_METHODS
+        if omitted:
             fields["info"] = {**fields["info"], "posterior_omitted": True}
             warnings.warn(
                 f"{where} holds only the point estimate of a {fields['method']!r} fit: JSON does not keep the "

@@ -365,7 +365,10 @@ def fit_svi(
         ``AutoDelta`` class or instance, see the module docstring). ``trace``: the one-particle
         ELBO estimate of every step, original units. ``draws``: ``num_draws`` guide draws,
         shape (1, S, ...), label-aligned to the guide's median
-        (:func:`bayesgmm.labels.align_draws`); ``raw_draws`` before alignment. Point estimate:
+        (:func:`bayesgmm.labels.align_draws`); ``raw_draws`` before alignment; both None for
+        a point-mass guide (``"delta"``), whose result is a point estimate as MAP-EM's (its
+        ``num_draws`` identical draws would pass for a posterior without spread, and
+        ``az.loo`` would score the training fit as out-of-sample). Point estimate:
         the mean of the aligned draws (the guide's median, i.e. the MAP, for ``"delta"``);
         ``log_likelihood`` the training log-likelihood there. ``converged``: the drift of the
         ELBO over the last 10% of steps is below 1e-3 nats per observation after allowing for
@@ -490,7 +493,9 @@ def fit_svi(
     raw = to_orig(draws_std)
     raw_draws = {name: v[None] for name, v in zip(("weights", "means", "covariances"), raw)}
     switched = 0.0
-    if k > 1 and not is_delta:
+    if is_delta:  # a point mass: no posterior, so no draws (as MAP-EM); az.loo / az.compare then refuse it
+        draws = raw_draws = None
+    elif k > 1:
         draws, perms = align_draws(raw_draws, median, covariance_type)
         switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
     else:

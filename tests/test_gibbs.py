@@ -205,6 +205,33 @@ def test_posterior_of_the_number_of_components_on_galaxies():
     plt.close(ax.figure)
 
 
+def test_sparse_dirichlet_log_posterior_stays_finite_in_float32():
+    """Under a sparse Dirichlet (0.01) most float32 draws leave some weight at exactly 0 (its
+    gamma draw underflows), and the Dirichlet term ``(alpha - 1) log 0`` made the draws' log
+    posterior (the trace, ArviZ's ``lp``) +inf for 98% of them. Floored at the smallest normal
+    weight, as :func:`bayesgmm.diagnostics.log_prior_draws` does, it stays finite and equals the
+    float64 log-likelihood plus that log prior."""
+    from conftest import precision
+
+    from bayesgmm import _numerics
+    from bayesgmm.diagnostics import log_prior_draws
+
+    x = bg.datasets.load_galaxies()
+    prior = Prior.default(x, 6, weight_concentration=0.01)
+    with precision(np.float32):
+        fit = _quiet(bg.fit_gibbs, x, 6, prior=prior, seed=0, num_chains=1, num_warmup=50, num_samples=100)
+    weights = np.asarray(fit.raw_draws["weights"])
+    assert (weights == 0).any(axis=-1).mean() > 0.5  # the case: weights that underflowed
+    lp = np.asarray(fit.to_inference_data(x).sample_stats["lp"], np.float64)
+    assert np.isfinite(fit.trace).all() and np.isfinite(lp).all()
+    flat = {name: np.asarray(v, np.float32).reshape((-1,) + v.shape[2:]) for name, v in fit.raw_draws.items()}
+    log_lik = np.array([_numerics.totals(x, w, m, c, "full").log_likelihood
+                        for w, m, c in zip(flat["weights"], flat["means"], flat["covariances"])])
+    exact = log_lik + np.asarray(log_prior_draws(flat["weights"], flat["means"], flat["covariances"],
+                                                 prior.arrays(6, "full", dtype=np.float32), "full"), np.float64)
+    np.testing.assert_allclose(lp.ravel(), exact, rtol=1e-4)
+
+
 def test_drawn_labels_give_the_exact_occupancy_probabilities(faithful_gibbs):
     """Without recorded labels (NUTS, VB draws) K+ is counted from labels drawn per draw: with every
     draw at one theta, P(K+ = 1) = prod_n r_n1 + prod_n r_n2 exactly (rows between the clusters)."""

@@ -135,6 +135,12 @@ def test_autodelta_class_is_the_delta_guide(two, delta_by_name):
     prior = bg.Prior.default(two.x, 2)
     joint = float(log_joint(two.x, GMMParams(*by_class.params), prior.arrays(2, "full"), "full"))
     assert by_class.info["elbo_final"] == pytest.approx(joint, rel=1e-10)
+    # a point estimate, as MAP-EM's: its identical "draws" passed for a posterior without spread,
+    # and az.loo scored the training fit as out-of-sample (it beat a NUTS posterior in az.compare)
+    assert by_class.draws is None and by_class.raw_draws is None
+    assert by_class.to_inference_data(two.x).posterior.sizes["draw"] == 1
+    reloaded = bg.FitResult.from_json(by_class.to_json())  # no "posterior omitted" warning: nothing was
+    assert not reloaded.posterior_omitted
     sparse = bg.Prior.default(two.x, 2, weight_concentration=0.5)
     with pytest.raises(ValueError, match="weight_concentration >= 1"):
         fit_svi(two.x, 2, prior=sparse, guide=AutoDelta)
