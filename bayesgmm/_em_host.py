@@ -225,7 +225,8 @@ def objective_shift(prep: Prepared, num_components: int, sample_weight=None) -> 
 
 
 def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
-    """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, entropy, counts)``.
+    """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, totals)``
+    (:class:`bayesgmm._numerics.Totals`).
 
     The objective is the log-likelihood, plus the log prior density for MAP fits, or the
     classification log-likelihood ``sum_n max_k log pi_k N(x_n | k)`` for hard EM.
@@ -239,7 +240,7 @@ def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard:
         objective = float(best.sum() if sample_weight is None else best @ sample_weight)
     if prep.prior is not None:
         objective += _numerics.log_prior(params, prep.prior.arrays(k, ct), ct)
-    return totals.log_likelihood, objective, totals.entropy, totals.counts
+    return totals.log_likelihood, objective, totals
 
 
 def package(
@@ -275,7 +276,8 @@ def package(
     converged = bool(pick(lanes.converged))
     obj_shift = objective_shift(prep, k, sample_weight)
     params = params_to_original(params_std, prep.shift, prep.sd, ct)
-    log_lik, objective, entropy, counts = exact_objective(prep, params, sample_weight, hard)
+    log_lik, objective, totals = exact_objective(prep, params, sample_weight, hard)
+    counts = totals.counts
     trace = pick(lanes.trace).astype(np.float64)[: n_iter + 1] + obj_shift
     trace[-1] = objective  # the float64 value at the returned parameters
     eps = float(np.finfo(prep.dtype).eps)
@@ -324,7 +326,8 @@ def package(
         num_obs=prep.num_obs,
         degenerate_components=degenerate,
         prior=prep.prior,
-        info={**info, "entropy": entropy, "expected_counts": counts.tolist(), "objective_value": objective,
+        info={**info, "entropy": totals.entropy, "classification_entropy": totals.classification_entropy,
+              "expected_counts": counts.tolist(), "objective_value": objective,
               "dtype": str(prep.dtype), "reg_covar": float(reg_covar), "tol": float(tol),
               "precision_floor_per_obs": floor},
     )

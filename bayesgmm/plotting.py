@@ -982,7 +982,7 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     """Information criterion against the number of components, one line per covariance structure.
 
     The mclust-style model-selection plot, with scikit-learn's sign: *lower is better*
-    (``bic = -2 log L + p log N``, ``aic = -2 log L + 2 p``, ``icl = bic + 2 * entropy``). The
+    (``bic = -2 log L + p log N``, ``aic = -2 log L + 2 p``, ``icl = bic - 2 sum_n log max_k r_nk``). The
     best model of the table (smallest criterion among the fits not flagged ``degenerate``, the
     model :meth:`bayesgmm.selection.SelectionResult.best` returns) is ringed and named; degenerate
     fits are crossed out.

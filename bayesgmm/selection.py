@@ -10,8 +10,11 @@ Sign convention (scikit-learn's): **lower is better** for every criterion here,
 
 * ``bic = -2 log L + p log N``;
 * ``aic = -2 log L + 2 p``;
-* ``icl = bic + 2 * entropy``, with ``entropy = -sum_n sum_k r_nk log r_nk`` of the fitted
-  responsibilities (Biernacki, Celeux & Govaert 2000): BIC penalised for overlapping components.
+* ``icl = bic - 2 sum_n log max_k r_nk``: BIC penalised by the log-probability of each row's most
+  probable label under the fitted responsibilities (the integrated completed likelihood of
+  Biernacki, Celeux & Govaert 2000, as mclust's ``icl`` computes it), so overlapping components
+  cost more. The ``entropy`` column is the responsibilities' entropy ``-sum_n sum_k r_nk log r_nk``
+  (McLachlan & Peel's ICL-BIC is ``bic + 2 * entropy``).
 
 (mclust reports ``-bic`` and ``-icl``, higher better.) ``p`` counts free parameters as
 scikit-learn does (:func:`bayesgmm._stats.num_free_parameters`).
@@ -59,7 +62,8 @@ class SelectionResult:
     ----------
     table : pandas.DataFrame
         One row per (covariance_type, num_components): ``log_likelihood``, ``num_parameters``,
-        ``bic``, ``aic``, ``icl`` (lower is better), ``entropy``, ``converged``, ``n_iter``,
+        ``bic``, ``aic``, ``icl`` (lower is better; the module docstring has their formulas),
+        ``entropy`` (of the responsibilities), ``converged``, ``n_iter``,
         ``degenerate`` (a component collapsed or emptied: its criteria are unreliable).
     fits : mapping
         ``(covariance_type, num_components) -> FitResult``.
@@ -148,6 +152,7 @@ class SelectionResult:
 
 def _check_k_range(k_range, num_obs: int) -> list[int]:
     try:
+        k_range = list(k_range)  # once: a generator is consumed by the first pass
         ks = sorted({int(k) for k in k_range})
     except TypeError:
         raise ValueError(f"k_range must be an iterable of positive integers, got {k_range!r}.") from None
@@ -230,9 +235,12 @@ def select(
 ) -> SelectionResult:
     """BIC, AIC and ICL of EM fits over a grid of K and covariance structures.
 
-    Every (K, structure) is fitted as :func:`bayesgmm.fit_em` fits it with the same options
+    Every (K, structure) is fitted by :func:`bayesgmm.fit_em`'s search with the same options
     (the default em-EM search, the best non-degenerate run kept), and its criteria are computed
-    in float64 from the returned parameters.
+    in float64 from the returned parameters. Its starts are its own (each K a split of the seed's
+    key, as many as the grid's largest K takes), not those of ``fit_em(x, K, seed=seed)``: where
+    a K has several optima of nearly equal likelihood, the grid and ``fit_em`` may return
+    different ones, and a grid of other K's may too.
 
     Parameters
     ----------
@@ -243,8 +251,8 @@ def select(
     covariance_types : str or iterable of str
         Structures to try: scikit-learn's ``"full"``, ``"diag"``, ``"spherical"``, ``"tied"``
         and mclust's 14 models (``"EII"`` ... ``"VVV"``, :data:`bayesgmm.params.COVARIANCE_MODELS`);
-        ``"all"`` is mclust's 14, so the table and :meth:`SelectionResult.bic_table` are
-        mclust's BIC table. A single name is one structure.
+        ``"all"`` is mclust's 14, so the table and ``criterion_table("bic", mclust_sign=True)``
+        are mclust's BIC table. A single name is one structure.
     prior : None, "default" or Prior
         None: maximum likelihood. ``"default"``: MAP-EM with mclust's default prior for each K
         (``Prior.default(x, K)``), which keeps covariances from collapsing at large K (mclust's
@@ -327,10 +335,10 @@ def select(
             p = num_free_parameters(k, d, ct)
             ll = fit.log_likelihood if not failed[(ct, k)] else -np.inf
             bic = -2 * ll + p * np.log(n)
-            entropy = float(fit.info["entropy"])
+            entropy, labels = float(fit.info["entropy"]), float(fit.info["classification_entropy"])
             rows.append({
                 "covariance_type": ct, "num_components": k, "log_likelihood": ll, "num_parameters": p,
-                "bic": bic, "aic": -2 * ll + 2 * p, "icl": bic + 2 * entropy, "entropy": entropy,
+                "bic": bic, "aic": -2 * ll + 2 * p, "icl": bic + 2 * labels, "entropy": entropy,
                 "converged": fit.converged, "n_iter": fit.n_iter,
                 "degenerate": bool(fit.degenerate_components) or failed[(ct, k)],
             })

@@ -430,6 +430,36 @@ def test_spurious_component_is_flagged_and_avoided_by_default():
     assert not grid.table["degenerate"].any()
 
 
+def test_a_component_on_a_few_points_nearly_on_a_line_is_spurious():
+    """60 points of two clusters (D = 2, float32): the default fit returned a component on 6.2
+    points whose smallest variance was 4.5e-4 of the data's (points nearly on a line), unflagged
+    since 6.2 is above the first rule's 2 (D + 1) = 6, with an adjusted Rand index of -0.08
+    against the truth. Fewer than 5 (D + 1) points with a variance below 1e-3 of the data's are
+    spurious too: the default now returns the regular optimum, the one a fit started at the
+    truth reaches."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from bayesgmm import _numerics
+
+    rotation = np.array([[0.6, -0.8], [0.8, 0.6]])
+    flat = rotation @ np.diag([4.5e-4, 0.85]) @ rotation.T
+    for counts, smallest, flagged in ((6.2, 4.5e-4, True), (14.9, 4.5e-4, True), (15.1, 4.5e-4, False),
+                                      (6.2, 2e-3, False), (5.9, 5e-3, True)):  # the last: the first rule
+        cov = np.stack([flat * smallest / 4.5e-4 if i == 0 else np.eye(2) for i in range(2)])
+        mask = _numerics.degenerate_mask(np.array([counts, 60 - counts]), cov, "full", 1e-10, 2.2e-16, 2)
+        assert list(mask) == [flagged, False], (counts, smallest)
+    with precision(np.float32):
+        data = bg.datasets.make_mixture(90, 2, 2, separation=3.0, seed=4)
+        x, labels = data.x[:60], data.labels[:60]
+        fit = bg.fit_em(x, 2, seed=4)
+        truth = data.params
+        start = bg.fit_em(x, 2, weights_init=truth.weights, means_init=truth.means,
+                          precisions_init=np.linalg.inv(truth.covariances), n_init=1)
+    assert fit.degenerate_components == ()
+    assert fit.log_likelihood == pytest.approx(start.log_likelihood, abs=1e-3)
+    assert adjusted_rand_score(labels, fit.predict(x)) > 0.5
+
+
 @grid("k,covariance_type", [[5, 8], ["diag", "full", "spherical"]], fast=[(8, "full"), (5, "diag")])
 def test_map_em_under_the_default_prior_never_fails_on_integer_valued_data(k, covariance_type):
     x = CASES[("faithful", 2, "full")]  # `waiting` is integer-valued
