@@ -16,7 +16,8 @@ Columns of the comparison (NaN where a column does not apply):
 (training data, at the point estimate), ``test_lpd`` (mean held-out log predictive density per
 observation: the plug-in density for EM and k-means-free engines without draws, the posterior
 predictive for VB/SVI/NUTS), ``ari`` / ``nmi`` (against ``labels``), ``min_ess_bulk``,
-``ess_per_second`` (NUTS: minimum bulk ESS over parameters per second of sampling),
+``ess_per_second`` (NUTS, Gibbs: minimum bulk ESS over parameters per second of the whole run, its
+start and warm-up included, as ``run_seconds``),
 ``divergences``, ``max_rhat``, ``elbo`` (VB, SVI), ``effective_components``, ``converged``;
 with ``truth``: ``weights_error``, ``means_error``, ``covariances_error`` (RMSE of the point
 estimate after aligning its labels to the truth) and ``coverage_weights``, ``coverage_means``,
@@ -36,7 +37,7 @@ import numpy as np
 
 from .engines import engine_names, get_engine
 from .labels import align_draws
-from .params import GMMParams, Prior, check_data, check_num_components, prepare_data
+from .params import GMMParams, Prior, check_data, check_int, check_num_components, prepare_data
 from .results import FitResult
 
 __all__ = [
@@ -527,8 +528,17 @@ def simulation_study(
     """
     import pandas as pd
 
-    if isinstance(num_datasets, bool) or not isinstance(num_datasets, (int, np.integer)) or num_datasets < 1:
-        raise ValueError(f"num_datasets must be a positive integer, got {num_datasets!r}.")
+    check_int("num_datasets", num_datasets)
+    check_int("num_features", num_features)
+    check_int("test_size", test_size, 0)
+    for name, values in (("num_obs", num_obs), ("num_components", num_components)):  # the design, as run
+        for value in np.atleast_1d(values).tolist():
+            check_int(name, value)
+    for value in np.atleast_1d(separation).tolist():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"separation must hold non-negative numbers, got {value!r}.")
+    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     if executor is not None and not callable(getattr(executor, "submit", None)):
         raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
     grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]

@@ -42,6 +42,8 @@ from .params import (
     ConvergenceWarning,
     GMMParams,
     check_data,
+    check_int,
+    check_nonnegative,
     params_to_original,
     params_to_standard,
     seed_to_key,
@@ -171,9 +173,8 @@ def bootstrap(
             raise ValueError(f"{name} must be an integer >= {2 - (name == 'max_iter')}, got {v!r}.")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
-    batch = int(batch_size or num_replicates)
-    if batch < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    check_nonnegative(tol=tol)
+    batch = num_replicates if batch_size is None else check_int("batch_size", batch_size)
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
     reg_covar = float(fit.info.get("reg_covar", 1e-10))

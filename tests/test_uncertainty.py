@@ -131,6 +131,11 @@ def test_errors(faithful, gaussian):
         bootstrap(fit, x, kind="jackknife")
     with pytest.raises(ValueError, match="num_replicates must be an integer >= 2"):
         bootstrap(fit, x, num_replicates=1)
+    # a negative tol ran every refit to max_iter; batch_size 0 meant "all", 2.5 was cut to 2
+    for bad, match in ((dict(tol=-1.0), "tol must be a non-negative number"), (dict(batch_size=0), "batch_size must be"),
+                       (dict(batch_size=2.5), "batch_size must be")):
+        with pytest.raises(ValueError, match=match):
+            bootstrap(fit, x, num_replicates=4, **bad)
 
 
 def test_batch_size_changes_memory_not_replicates(faithful):
