@@ -85,16 +85,25 @@ _ON_FIRST_USE = {
 }
 
 
+#: Public modules not imported by ``import bayesgmm`` (they import matplotlib, ArviZ or NumPyro),
+#: reachable as attributes all the same: ``bg.plotting.plot_num_components(...)`` imports
+#: :mod:`bayesgmm.plotting` on first use, as ``import bayesgmm.plotting`` would.
+_MODULES_ON_FIRST_USE = ("calibration", "cli", "diagnostics", "engines", "estimator", "gibbs", "imputation", "labels",
+                         "mcmc", "model", "plotting", "ranks", "sources", "svi")
+
+
 def __getattr__(name):
+    import importlib
+
+    if name in _MODULES_ON_FIRST_USE:
+        return importlib.import_module(f".{name}", __name__)  # the import binds it here too
     module = _ON_FIRST_USE.get(name)
     if module is None:
         raise AttributeError(f"module 'bayesgmm' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups find it without this hook
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_ON_FIRST_USE))
+    return sorted(set(globals()) | set(_ON_FIRST_USE) | set(_MODULES_ON_FIRST_USE))

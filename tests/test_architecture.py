@@ -115,6 +115,16 @@ def test_import_is_light():
     assert out.strip() == "[]"
 
 
+def test_every_public_module_is_an_attribute_of_the_package():
+    """``bg.plotting.plot_num_components(...)`` (as the docs write it) raised AttributeError in a
+    fresh process: the modules that ``import bayesgmm`` leaves out load on first use instead."""
+    code = ("import json, pkgutil, bayesgmm as bg\n"
+            "names = [m.name for m in pkgutil.iter_modules(bg.__path__) if not m.name.startswith('_')]\n"
+            "print(json.dumps([[n for n in names if not hasattr(bg, n)], bg.plotting.__name__]))")  # kmeans: the function
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [[], "bayesgmm.plotting"]
+
+
 def test_numpyro_is_imported_by_the_engines_that_run_it_only():
     """EM, VB and k-means do not import NumPyro (about a third of the import time): the samplers,
     SVI and SBC load on first use. The program store's digest reads NumPyro's version without
