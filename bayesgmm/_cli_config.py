@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
                                  epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error, "
-                                        "130 interrupted (Ctrl-C; no files written).")
+                                        "130 interrupted (Ctrl-C; no files written), 143 terminated (SIGTERM, "
+                                        "e.g. a job's time limit; no files written).")
     ap.add_argument("--compile-cache", default=None, help=_COMPILE_CACHE_HELP)
     # --compile-cache also after the command; SUPPRESS keeps the value given before it (or the
     # default, set on import from the environment) when the command's own parser does not see it

@@ -365,7 +365,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
         (EM) it is the point estimate as one chain of one draw: ``az.summary`` and the plots
         work, ``az.waic`` gives the plug-in log-likelihood (no spread, so no penalty), and
         ``az.loo`` / ``az.compare`` refuse it, as they must (Pareto-smoothed importance sampling
-        needs posterior draws). Compare EM fits by :meth:`FitResult.bic` or
+        needs posterior draws; ArviZ 0.23 raises an ``IndexError`` there). Compare EM fits by :meth:`FitResult.bic` or
         :func:`bayesgmm.select`, or fit a Bayesian engine for LOO.
     x : array (N, D) or DataFrame, optional
         Data for the ``log_likelihood`` and ``observed_data`` groups (usually the training data).

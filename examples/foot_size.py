@@ -59,6 +59,9 @@ def parse_args(args):
 
 def main(args=()):
     """Run the example; returns a dict of the final fits and the figure path."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64: the final fits' tol=1e-7 is finer than float32 resolves here
     import matplotlib
 
     matplotlib.use("Agg")
