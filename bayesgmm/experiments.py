@@ -608,6 +608,11 @@ def summarise_study(study, *, exclude_flagged: bool = False):
     import pandas as pd
 
     keys = ["method", "num_obs", "separation", "num_components"]
+    lacking = [] if not isinstance(study, pd.DataFrame) else [c for c in keys if c not in study.columns]
+    if not isinstance(study, pd.DataFrame) or lacking or study.empty:
+        what = "not a DataFrame" if not isinstance(study, pd.DataFrame) else (
+            f"lacks column(s) {lacking}" if lacking else "empty")
+        raise ValueError(f"study must be a table from simulation_study; it is {what}.")
     converged = study["converged"].astype(bool) if "converged" in study else pd.Series(True, index=study.index)
     warned = study["warnings"].fillna("").astype(str) != "" if "warnings" in study else False
     flagged = ~converged | warned

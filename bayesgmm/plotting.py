@@ -872,7 +872,8 @@ def plot_sbc_ranks(
     simultaneous : bool
         ECDF band simultaneous (True) or pointwise (False).
     bins : int, optional
-        Histogram bins (default: the chi-square bins of the result, ``result.bin_edges``).
+        Histogram bins (default: the chi-square bins of the result, ``result.bin_edges``); the
+        panel's chi-square p-value is that of the bins drawn.
     ncols : int, optional
         Panels per row for a single result (default up to 4).
     axes : array of Axes, optional
@@ -886,7 +887,7 @@ def plot_sbc_ranks(
     fig, axes
         ``axes`` is a 2-D array (rows, columns).
     """
-    from .ranks import ecdf_band, rank_bins
+    from .ranks import chi_square_test, ecdf_band, rank_bins
 
     if kind not in _SBC_KINDS:
         raise ValueError(f"kind must be one of {_SBC_KINDS}, got {kind!r}.")
@@ -921,8 +922,12 @@ def plot_sbc_ranks(
             ax = flat[row * nq + col]
             ranks = res.ranks[q].to_numpy()
             if kind == "hist":
-                edges = res.bin_edges if bins is None else rank_bins(num_ranks, len(ranks), int(bins))
-                _sbc_hist_panel(ax, ranks, num_ranks, edges, prob, float(p.loc[q, "chi2"]), color)
+                if bins is None:
+                    edges, p_chi2 = res.bin_edges, float(p.loc[q, "chi2"])
+                else:  # the p-value of the bins drawn
+                    edges = rank_bins(num_ranks, len(ranks), int(bins))
+                    p_chi2 = chi_square_test(ranks, num_ranks, edges)[2]
+                _sbc_hist_panel(ax, ranks, num_ranks, edges, prob, p_chi2, color)
                 ax.set_xlabel("rank")
             else:
                 _sbc_ecdf_panel(ax, ranks, num_ranks, band, prob, float(p.loc[q, "ecdf"]), color)

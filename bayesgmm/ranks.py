@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-__all__ = ["ECDFBand", "SBCResult", "ecdf_band", "rank_bins", "uniformity_tests"]
+__all__ = ["ECDFBand", "SBCResult", "chi_square_test", "ecdf_band", "rank_bins", "uniformity_tests"]
 
 #: Evaluation points of the ECDF test and band: at most this many.
 _MAX_ECDF_POINTS = 200
@@ -396,6 +396,34 @@ def ecdf_band(
     return ECDFBand(z, lo / r, hi / r, gamma, coverage(gamma), bool(simultaneous))
 
 
+def chi_square_test(ranks, num_ranks: int, bin_edges) -> tuple[float, int, float]:
+    """The chi-square test of uniformity of ranks over given bins.
+
+    Parameters
+    ----------
+    ranks : array of int (R,)
+        Ranks in ``0..num_ranks``.
+    num_ranks : int
+        L.
+    bin_edges : array of int
+        Bins, from 0 to L + 1 (:func:`rank_bins`).
+
+    Returns
+    -------
+    tuple
+        ``(chi2, df, p_value)``; the p-value is NaN with one bin.
+    """
+    from scipy import stats
+
+    edges = np.asarray(bin_edges, dtype=np.int64)
+    ranks = np.asarray(ranks, dtype=np.int64)
+    expected = ranks.size * np.diff(edges) / (num_ranks + 1.0)
+    observed = np.bincount(np.searchsorted(edges, ranks, side="right") - 1, minlength=edges.size - 1)
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    df = edges.size - 2
+    return chi2, df, float(stats.chi2.sf(chi2, df)) if df > 0 else float("nan")
+
+
 def uniformity_tests(ranks, num_ranks: int, *, bin_edges=None, num_simulations: int = NUM_SIMULATIONS, seed):
     """Chi-square and ECDF tests of uniformity of ranks on ``0..L``, one row per quantity.
 
@@ -419,7 +447,6 @@ def uniformity_tests(ranks, num_ranks: int, *, bin_edges=None, num_simulations: 
         The ECDF p-value is ``(1 + #{simulated gamma <= observed}) / (1 + num_simulations)``.
     """
     import pandas as pd
-    from scipy import stats
 
     frame = ranks if isinstance(ranks, pd.DataFrame) else pd.DataFrame(np.asarray(ranks))
     values = frame.to_numpy()
@@ -433,16 +460,12 @@ def uniformity_tests(ranks, num_ranks: int, *, bin_edges=None, num_simulations: 
     edges = rank_bins(num_ranks, r) if bin_edges is None else np.asarray(bin_edges, dtype=np.int64)
     if edges[0] != 0 or edges[-1] != num_ranks + 1 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"bin_edges must increase strictly from 0 to L + 1 = {num_ranks + 1}.")
-    expected = r * np.diff(edges) / (num_ranks + 1.0)
     j = _ecdf_points(num_ranks)
     null = _null_gamma(r, num_ranks, num_simulations, seed)
     rows = []
     for q in range(values.shape[1]):
         v = values[:, q]
-        observed = np.bincount(np.searchsorted(edges, v, side="right") - 1, minlength=edges.size - 1)
-        chi2 = float(np.sum((observed - expected) ** 2 / expected))
-        df = edges.size - 2
-        p_chi2 = float(stats.chi2.sf(chi2, df)) if df > 0 else float("nan")
+        chi2, df, p_chi2 = chi_square_test(v, num_ranks, edges)
         gamma = float(_gamma_statistic(np.sum(v[:, None] < j[None], axis=0), r, num_ranks))
         p_ecdf = (1.0 + np.sum(null <= gamma)) / (1.0 + null.size)
         rows.append((chi2, df, p_chi2, gamma, float(p_ecdf)))

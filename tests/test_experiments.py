@@ -2,6 +2,7 @@
 coverage bookkeeping, aggregation, errors."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -172,6 +173,8 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
                        (dict(seed=-1), "seed must be a non-negative integer")):
         with pytest.raises(ValueError, match=match):
             simulation_study(1, progress_bar=False, **bad)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['method'"):  # was KeyError: 'method'
+        summarise_study(pd.DataFrame())
 
 
 @pytest.mark.parametrize(

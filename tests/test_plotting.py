@@ -327,6 +327,17 @@ def test_sbc_rank_histograms(sbc_fake, tmp_path):
         assert (f"p = {p:.2g}" in texts) if p >= 0.001 else ("p < 0.001" in texts)
     assert axes[0, 0].get_ylabel() == "count" and axes[1, 0].get_ylabel() == "count"
     assert len(fig.legends) == 1
+    # other bins: the panel's p-value is that of the bins drawn (it was the result's 20 bins')
+    from bayesgmm.ranks import rank_bins
+
+    fig, axes = plotting.plot_sbc_ranks(sbc_fake, bins=5)
+    for ax, q in zip(axes.flat, sbc_fake.quantities):
+        ranks = sbc_fake.ranks[q].to_numpy()
+        counts = np.histogram(ranks, bins=rank_bins(sbc_fake.num_ranks, r, 5))[0]
+        p = stats.chisquare(counts).pvalue  # scipy's test on the drawn counts (equal bins: R = 200, L + 1 = 100)
+        texts = " ".join(t.get_text() for t in ax.texts)
+        assert (f"p = {p:.2g}" in texts) if p >= 0.001 else ("p < 0.001" in texts)
+    plt.close(fig)
 
 
 def test_sbc_ecdf_difference_and_bands(sbc_fake, tmp_path):
