@@ -470,7 +470,7 @@ class Totals(NamedTuple):
     log_likelihood: float
     entropy: float
     counts: np.ndarray
-    classification_entropy: float = 0.0
+    classification_entropy: float
 
 
 def totals(x, weights, means, covariances, covariance_type: str, sample_weight=None) -> Totals:
@@ -480,7 +480,7 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     each row's most probable label), all in float64 from the given parameters.
 
     One pass over the rows: each row block (on threads, :func:`bayesgmm._threads.map_pieces`)
-    gives its three partial sums, added in block order, so the numbers do not depend on the
+    gives its four partial sums, added in block order, so the numbers do not depend on the
     number of threads.
     """
     x = np.asarray(x)
