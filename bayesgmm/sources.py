@@ -317,7 +317,7 @@ def _npy_path_of_memmap(arr) -> str | None:
     return None
 
 
-def open_source(source, columns=None) -> Source:
+def open_source(source, columns=None, *, missing: str = "error") -> Source:
     """The :class:`Source` for the public ``source`` argument of :func:`fit_em_stream`.
 
     Parameters
@@ -328,6 +328,9 @@ def open_source(source, columns=None) -> Source:
     columns : list, optional
         Columns to read: names for Parquet files and DataFrames, integer indices for arrays
         and ``.npy`` files. Default all.
+    missing : {"error", "marginalize"}
+        The fit's missing-value policy, for the in-memory validation of array-likes and
+        DataFrames (``"marginalize"`` lets NaN entries through).
 
     Returns
     -------
@@ -368,9 +371,9 @@ def open_source(source, columns=None) -> Source:
             if unknown:
                 raise ValueError(f"source has no column(s) {unknown}; its columns are {list(source.columns)}.")
             source = source[cols]
-        arr, names = check_data(source, name="source", allow_constant=True)
+        arr, names = check_data(source, name="source", allow_constant=True, missing=missing)
         return ArraySource(arr, None, feature_names=names)
-    arr, names = check_data(source, name="source", allow_constant=True)
+    arr, names = check_data(source, name="source", allow_constant=True, missing=missing)
     return ArraySource(arr, columns)
 
 

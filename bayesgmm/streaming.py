@@ -359,6 +359,8 @@ def _given_start(init, k, d, covariance_type, shift, sd):
             )
         init = init.params
     params = check_params(init, covariance_type)
+    if not all(np.all(np.isfinite(a)) for a in params):
+        raise ValueError("init_params contains NaN or infinite values; starting values must be finite.")
     if params.means.shape != (k, d):
         raise ValueError(f"init_params has means of shape {params.means.shape}; expected ({k}, {d}).")
     return params_to_standard(params, shift, sd, covariance_type)
@@ -679,7 +681,11 @@ def fit_em_stream(
 
         Conjugate prior: MAP-EM on the full data (as :func:`bayesgmm.fit_em`). ``"default"``:
         ``Prior.default`` of the full data (its mean and covariance, accumulated in float64 in
-        the first pass). Omitted: maximum likelihood.
+        the first pass). With missing values (``missing="marginalize"``) that covariance is
+        diagonal, the columns' variances over their observed entries (the pass does not
+        accumulate products over pairs of observed entries), where ``Prior.default`` of the
+        data in memory uses pairwise covariances: pass ``Prior.default(x, K)`` for the in-memory
+        fit's prior. Omitted: maximum likelihood.
     n_init : "auto" or int
         Starts of the initialisation on the subsample, searched as :func:`bayesgmm.fit_em`
         searches them (``"auto"``: em-EM with as many starts as the subsample makes cheap).
@@ -755,7 +761,7 @@ def fit_em_stream(
     check_num_components(num_components)  # its type, before any comparison
     if isinstance(init_params, str) and num_init_rows < num_components:
         raise ValueError(f"num_init_rows={num_init_rows} must be at least num_components={num_components}.")
-    src = open_source(source, columns)
+    src = open_source(source, columns, missing=missing)
     n, d = src.num_rows, src.num_features
     if n == 0 or d == 0:
         raise ValueError(f"{src.name} is empty (shape ({n}, {d})); pass at least one observation and one feature.")
@@ -790,7 +796,19 @@ def fit_em_stream(
     # the robust standardisation of fit_em, from the subsample (all rows when N <= num_init_rows);
     # without one (a given start), the float64 moments of the first pass
     if moments.subsample is not None:
-        shift, sd = standardisation(moments.subsample, covariance_type)
+        unseen = np.all(np.isnan(moments.subsample), axis=0)  # observed only outside the subsample
+        if unseen.any():  # there, the first pass's mean and standard deviation
+            names = [src.feature_names[j] for j in np.flatnonzero(unseen)]
+            warnings.warn(
+                f"column(s) {names} have no observed value among the {len(moments.subsample)} rows of the "
+                "initialisation subsample, so the start knows nothing of them and the fit may end at a poorer "
+                f"optimum; raise num_init_rows (up to {n}, every row) so that the subsample observes them.",
+                UserWarning, stacklevel=2)
+            filled = np.where(unseen, moments.mean, moments.subsample)
+            shift, sd = standardisation(filled, "full")
+            shift, sd = np.where(unseen, moments.mean, shift), np.where(unseen, moments.sd, sd)
+        else:
+            shift, sd = standardisation(moments.subsample, covariance_type)
         sd = np.where(sd > 0, sd, moments.sd)
     else:
         shift, sd = moments.mean, moments.sd

@@ -312,6 +312,35 @@ def test_streaming_batch_em_equals_in_memory_em(covariance_type):
     assert abs(online.log_likelihood - ref.log_likelihood) < 1e-3 * len(xm)
 
 
+def test_streaming_takes_what_fit_em_takes():
+    """Three inputs fit_em takes that the stream refused or mishandled: a DataFrame with NaN
+    cells and missing="marginalize" (refused, telling the user to pass that option); a column
+    the initialisation subsample never observes (IndexError in the robust standardisation; now
+    the first pass's moments there, and a warning naming the column and the fix); a start with
+    NaN means (it returned NaN means with a finite log-likelihood; now refused as fit_em does)."""
+    import pandas as pd
+
+    data = bg.datasets.make_mixture(1000, 2, 3, separation=4.0, seed=5)
+    xm = _with_missing(data.x, 0.2, seed=6)
+    kw = dict(batch_size=250, missing="marginalize", seed=0)
+    array_fit = bg.fit_em_stream(xm, 2, **kw)
+    frame_fit = bg.fit_em_stream(pd.DataFrame(xm, columns=["a", "b", "c"]), 2, **kw)
+    assert frame_fit.log_likelihood == array_fit.log_likelihood and frame_fit.feature_names == ("a", "b", "c")
+    late = data.x.copy()
+    late[:-10, 2] = np.nan  # column 2 observed in the last 10 rows only (none of seed 0's 50-row subsample)
+    with pytest.warns(UserWarning, match=r"column\(s\) \['x2'\] have no observed value .* raise num_init_rows"):
+        fit = bg.fit_em_stream(late, 2, num_init_rows=50, **kw)
+    assert np.all(np.isfinite(fit.means)) and np.isfinite(fit.log_likelihood)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every row in the subsample: the column is seen
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)  # (checked first) 10 values of x2: EM is slow
+        every = bg.fit_em_stream(late, 2, num_init_rows=1000, **kw)
+    assert np.isfinite(every.log_likelihood)
+    bad = bg.GMMParams(np.array([0.5, 0.5]), np.array([[np.nan, 0.0, 0.0], [1.0, 1.0, 1.0]]), np.stack([np.eye(3)] * 2))
+    with pytest.raises(ValueError, match="init_params contains NaN or infinite values"):
+        bg.fit_em_stream(data.x, 2, init_params=bad)
+
+
 def test_bootstrap_of_a_fit_with_missing_values(em_fits, faithful_missing):
     """The nonparametric bootstrap refits the observed-data likelihood on resampled rows; its
     spread is of the order of the observed information's where nothing is missing, and the
