@@ -79,7 +79,9 @@ def _jacobi_sweep(orientation, projected, inverse_eigenvalues, on):
     and no large terms cancel (the minorise-maximise update ``F = sum_k (M_k D - W_k D
     Lambda_k^-1)`` of Browne & McNicholas loses float32's precision to ``M_k``)."""
     d = orientation.shape[0]
-    rows, cols = zip(*[(i, j) for i in range(d) for j in range(i + 1, d)]) if d > 1 else ((), ())
+    if d == 1:  # no plane to rotate in (and a loop over no pairs would still trace an index into none)
+        return orientation
+    rows, cols = zip(*[(i, j) for i in range(d) for j in range(i + 1, d)])
     rows, cols = jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32)
 
     def rotate(t, carry):

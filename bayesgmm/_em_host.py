@@ -225,22 +225,26 @@ def objective_shift(prep: Prepared, num_components: int, sample_weight=None) -> 
 
 
 def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
-    """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, totals)``
+    """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, totals, counts)``
     (:class:`bayesgmm._numerics.Totals`).
 
     The objective is the log-likelihood, plus the log prior density for MAP fits, or the
-    classification log-likelihood ``sum_n max_k log pi_k N(x_n | k)`` for hard EM.
+    classification log-likelihood ``sum_n max_k log pi_k N(x_n | k)`` for hard EM. ``counts``
+    are the components' (weighted) counts as the fit assigns rows: the expected counts
+    ``sum_n r_nk``, or for hard EM the rows each component wins.
     """
     k, ct = params.means.shape[0], prep.covariance_type
     totals = _numerics.totals(prep.arr, *params, ct, sample_weight)
-    objective = totals.log_likelihood
+    objective, counts = totals.log_likelihood, totals.counts
     if hard:
         rows = _numerics.score_rows(prep.arr, *params, ct, responsibilities=True)
-        best = rows.log_density + np.max(rows.log_resp, axis=1)
+        label = np.argmax(rows.log_resp, axis=1)
+        best = rows.log_density + rows.log_resp[np.arange(len(label)), label]
         objective = float(best.sum() if sample_weight is None else best @ sample_weight)
+        counts = np.bincount(label, weights=sample_weight, minlength=k).astype(np.float64)
     if prep.prior is not None:
         objective += _numerics.log_prior(params, prep.prior.arrays(k, ct), ct)
-    return totals.log_likelihood, objective, totals
+    return totals.log_likelihood, objective, totals, counts
 
 
 def package(
@@ -276,8 +280,7 @@ def package(
     converged = bool(pick(lanes.converged))
     obj_shift = objective_shift(prep, k, sample_weight)
     params = params_to_original(params_std, prep.shift, prep.sd, ct)
-    log_lik, objective, totals = exact_objective(prep, params, sample_weight, hard)
-    counts = totals.counts
+    log_lik, objective, totals, counts = exact_objective(prep, params, sample_weight, hard)
     trace = pick(lanes.trace).astype(np.float64)[: n_iter + 1] + obj_shift
     trace[-1] = objective  # the float64 value at the returned parameters
     eps = float(np.finfo(prep.dtype).eps)

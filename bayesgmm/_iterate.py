@@ -662,11 +662,11 @@ def search(call, starts, placeholder, *, num_groups: int, num_starts: int, num_k
         index = np.arange(b * lanes, (b + 1) * lanes) % num_starts
         return jax.tree_util.tree_map(lambda a: a[:, index], starts)
 
-    def by_group(tree):  # (G * lanes, ...) -> (G, lanes, ...)
-        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups, -1) + a.shape[1:]), tree)
+    def by_group(tree):  # (G * lanes, ...) -> (G, lanes, ...); explicit sizes: a leaf may be empty
+        return jax.tree_util.tree_map(lambda a: a.reshape((num_groups, a.shape[0] // num_groups) + a.shape[1:]), tree)
 
     def flat(tree):  # (G, lanes, ...) -> (G * lanes, ...)
-        return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), tree)
+        return jax.tree_util.tree_map(lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), tree)
 
     def pick(tree, index):  # per group, the runs at index (G, lanes)
         return jax.tree_util.tree_map(

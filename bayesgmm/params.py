@@ -242,8 +242,15 @@ def prepare_data(x, *, name: str = "x", allow_constant: bool = False, missing: s
 MISSING_POLICIES = ("error", "marginalize")
 
 
-def missing_error(name: str, rows, what: str = "NaN") -> ValueError:
-    """The error for NaN entries under ``missing="error"``: it names the option that accepts them."""
+def missing_error(name: str, rows, what: str = "NaN", *, takes_missing: bool = True) -> ValueError:
+    """The error for NaN entries under ``missing="error"``: it names the option that accepts them
+    (``takes_missing``), or, for a caller without one (k-means), where missing values are fitted."""
+    if not takes_missing:
+        return ValueError(
+            f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}); k-means takes complete rows "
+            "only: remove or impute them (bayesgmm.fit_em(x, K, missing='marginalize') fits a mixture to data with "
+            "missing values)."
+        )
     return ValueError(
         f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}). To treat NaN entries as "
         "missing at random, pass missing='marginalize' (every row's likelihood is then the mixture of the "
@@ -253,13 +260,14 @@ def missing_error(name: str, rows, what: str = "NaN") -> ValueError:
 
 def check_data(
     x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False, feature_names=None,
-    missing: str = "error",
+    missing: str = "error", takes_missing: bool = True,
 ):
     """Validate a data matrix and return it as a float array with its column names.
 
     ``missing="marginalize"`` lets NaN entries through (missing at random); each row needs one
     observed value and each column two (infinite values are refused either way). The default
-    refuses NaN with an error that names that option.
+    refuses NaN with an error that names that option (``takes_missing``; a caller without it,
+    k-means, says where missing values are fitted instead).
 
     A 1-D input is read as ``N`` observations of one feature. pandas DataFrames keep their
     column names (they become ArviZ ``feature`` coordinates); with ``feature_names`` (the names a
@@ -296,7 +304,7 @@ def check_data(
         raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
     if isinstance(x, Data):  # validated before (prepare_data)
         if x.missing and missing != "marginalize":
-            raise missing_error(name, np.flatnonzero(np.isnan(x.values).any(axis=1)))
+            raise missing_error(name, np.flatnonzero(np.isnan(x.values).any(axis=1)), takes_missing=takes_missing)
         if num_features is not None and x.values.shape[1] != num_features:
             raise ValueError(
                 f"{name} has {x.values.shape[1]} feature(s) but the model was fitted on {num_features}; pass data "
@@ -358,10 +366,11 @@ def check_data(
         infinite = np.isinf(arr)
         if infinite.any():
             rows = np.flatnonzero(infinite.any(axis=1))
+            treat = ", or set them to NaN to treat them as missing (missing='marginalize')" if takes_missing else ""
             raise ValueError(f"{name} contains infinite values in {rows.size} row(s) (first: row {rows[0]}); "
-                             "remove them, or set them to NaN to treat them as missing (missing='marginalize').")
+                             f"remove them{treat}.")
         if missing != "marginalize":
-            raise missing_error(name, np.flatnonzero(~finite.all(axis=1)))
+            raise missing_error(name, np.flatnonzero(~finite.all(axis=1)), takes_missing=takes_missing)
         empty = np.flatnonzero(~finite.any(axis=1))
         if empty.size:
             raise ValueError(f"{name} has {empty.size} row(s) with no observed value (first: row {empty[0]}); "

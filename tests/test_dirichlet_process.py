@@ -127,6 +127,15 @@ def test_overfitted_vb_keeps_the_two_clusters_of_old_faithful(faithful):
     assert np.isclose(r.weights.sum(), 1.0) and np.isclose(np.sum(r.expected_counts()), 272.0)
 
 
+def test_one_component_under_a_dirichlet_process_prior_is_the_dirichlet_fit(faithful):
+    """K = 1 has no sticks: its stick parameters are an empty (lanes, 0, 2) array, which the
+    default em-EM search could not reshape (ValueError, and select_bayesian over K = 1, 2 with
+    it). The fit is the Dirichlet prior's."""
+    dp = bg.fit_vb(faithful, 1, prior=Prior.default(faithful, 1, weight_prior="dirichlet_process"), seed=0)
+    dirichlet = bg.fit_vb(faithful, 1, prior=Prior.default(faithful, 1), seed=0)
+    assert dp.info["elbo"] == pytest.approx(dirichlet.info["elbo"], rel=1e-12) and dp.weights.tolist() == [1.0]
+
+
 def test_gibbs_weights_conditional_is_the_sticks_beta_posterior():
     from bayesgmm.gibbs import sample_parameters
 
