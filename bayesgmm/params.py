@@ -292,6 +292,9 @@ def check_data(
     missing : {"error", "marginalize"}
         ``"marginalize"``: NaN entries are missing values, let through; ``"error"``: NaN is
         refused.
+    takes_missing : bool
+        Whether the caller has the ``missing`` option for the error to name (k-means does not:
+        its error says where missing values are fitted instead).
 
     Returns
     -------
