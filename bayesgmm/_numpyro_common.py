@@ -306,7 +306,7 @@ def standard_init(params: GMMParams, k: int, d: int, covariance_type: str, shift
     ValueError
         Invalid parameters (:func:`bayesgmm.params.check_params`) or means not of shape (K, D).
     """
-    p = check_params(params, covariance_type)
+    p = check_params(params, covariance_type, name="init")
     if p.means.shape != (k, d):
         raise ValueError(f"init means must have shape ({k}, {d}), got {p.means.shape}.")
     return params_to_standard(p, shift, sd, covariance_type)

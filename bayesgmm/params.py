@@ -1295,12 +1295,16 @@ def covariance_shape(num_components: int, num_features: int, covariance_type: st
     return {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}[covariance_type]
 
 
-def check_params(params: GMMParams, covariance_type: str) -> GMMParams:
-    """Validate user-given mixture parameters and return them as float arrays."""
+def check_params(params: GMMParams, covariance_type: str, name: str = "the parameters") -> GMMParams:
+    """Validate user-given mixture parameters (finite, shaped for ``covariance_type``, weights on the
+    simplex, covariances positive definite) and return them as float arrays; ``name`` is the
+    argument the errors name."""
     check_covariance_type(covariance_type)
     w = np.asarray(params.weights, dtype=np.float64)
     m = np.asarray(params.means, dtype=np.float64)
     c = np.asarray(params.covariances, dtype=np.float64)
+    if not all(np.all(np.isfinite(a)) for a in (w, m, c)):
+        raise ValueError(f"{name} contains NaN or infinite values; starting values must be finite.")
     if w.ndim != 1 or m.ndim != 2 or m.shape[0] != w.shape[0]:
         raise ValueError(f"weights must be (K,) and means (K, D); got {w.shape} and {m.shape}.")
     k, d = m.shape

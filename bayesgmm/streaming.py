@@ -358,9 +358,7 @@ def _given_start(init, k, d, covariance_type, shift, sd):
                 f"init_params is a {init.covariance_type!r} fit but covariance_type={covariance_type!r}."
             )
         init = init.params
-    params = check_params(init, covariance_type)
-    if not all(np.all(np.isfinite(a)) for a in params):
-        raise ValueError("init_params contains NaN or infinite values; starting values must be finite.")
+    params = check_params(init, covariance_type, name="init_params")
     if params.means.shape != (k, d):
         raise ValueError(f"init_params has means of shape {params.means.shape}; expected ({k}, {d}).")
     return params_to_standard(params, shift, sd, covariance_type)

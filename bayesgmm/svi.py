@@ -371,8 +371,9 @@ def fit_svi(
         ``az.loo`` would score the training fit as out-of-sample). Point estimate:
         the mean of the aligned draws (the guide's median, i.e. the MAP, for ``"delta"``);
         ``log_likelihood`` the training log-likelihood there. ``converged``: the drift of the
-        ELBO over the last 10% of steps is below 1e-3 nats per observation after allowing for
-        its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
+        ELBO over the last 10% of steps, and at least the last 200
+        (:func:`bayesgmm._numpyro_common.elbo_convergence`), is below 1e-3 nats per observation
+        after allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
         guide parameters from ``num_draws`` particles), ``elbo_drift_per_obs``,
         ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, the settings, and
@@ -384,7 +385,7 @@ def fit_svi(
     Warns
     -----
     ConvergenceWarning
-        When the ELBO still drifts over the last 10% of the steps.
+        When the ELBO still drifts over the last 10% of the steps (at least the last 200).
     DegenerateComponentWarning
         When a component's posterior-mean weight holds less than one observation.
 
@@ -511,7 +512,8 @@ def fit_svi(
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
 
     if not converged:
-        why = (f"the ELBO drifted by {drift:.2e} nats per observation over the last 10% of {num_steps} steps "
+        window = min(num_steps, max(num_steps // 10, shared.ELBO_DRIFT_MIN_WINDOW))
+        why = (f"the ELBO drifted by {drift:.2e} nats per observation over the last {window} of {num_steps} steps "
                f"(threshold {shared.ELBO_DRIFT_TOL:g})" if np.isfinite(drift) else f"{num_steps} steps are too few to judge")
         warnings.warn(
             f"SVI may not have converged: {why}. Increase num_steps or learning_rate, or use an optimizer "
