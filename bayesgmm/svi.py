@@ -344,7 +344,8 @@ def fit_svi(
         Minibatch size: the model's ``obs`` plate subsamples and rescales the likelihood, so each
         step uses an unbiased estimate of the ELBO's gradient from ``subsample_size`` points.
     num_draws : int
-        Draws from the fitted guide (``draws``) and particles of the final ELBO estimate.
+        Draws from the fitted guide (``draws``) and particles of the final ELBO estimate (a
+        point-mass guide makes one of each: its draws and particles are all the same).
     init : {"map", "uniform"} or GMMParams
         ``"map"`` (default): the guide is centred at a MAP solution (k-means, then closed-form
         MAP-EM). ``"uniform"``: NumPyro's ``init_to_uniform`` (often a poor local optimum). A
@@ -375,7 +376,8 @@ def fit_svi(
         (:func:`bayesgmm._numpyro_common.elbo_convergence`), is below 1e-3 nats per observation
         after allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
-        guide parameters from ``num_draws`` particles), ``elbo_drift_per_obs``,
+        guide parameters from ``num_draws`` particles; for ``"delta"`` the log posterior density
+        there, exactly, with ``elbo_final_se`` 0 and ``num_draws`` None), ``elbo_drift_per_obs``,
         ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, the settings, and
         timings: ``compile_seconds`` (tracing and compiling the program; 0.0 when a program
         compiled for the same shapes and settings was reused), ``run_seconds`` (running it:
@@ -446,8 +448,9 @@ def fit_svi(
         init_mode = "user"
         user_init = _user_init(init, k, d, covariance_type, shift, sd, np_dtype)
     key = seed_to_key(seed)
-    config = _Config(k, covariance_type, guide, num_steps, num_draws, subsample_size, init_mode, optimizer,
-                     bool(progress_bar), bool(np.isnan(arr).any()))
+    # a point mass: every draw and every ELBO particle is the same, so the program makes one of each
+    config = _Config(k, covariance_type, guide, num_steps, 1 if is_delta else num_draws, subsample_size, init_mode,
+                     optimizer, bool(progress_bar), bool(np.isnan(arr).any()))
     try:
         hash(config)
         cacheable = True
@@ -555,7 +558,7 @@ def fit_svi(
             "num_steps": num_steps,
             "learning_rate": float(learning_rate) if optimizer is None else None,
             "subsample_size": subsample_size,
-            "num_draws": num_draws,
+            "num_draws": None if is_delta else num_draws,
             "init": init_mode,
             "map_log_likelihood": _numerics.totals(arr64, *start, covariance_type).log_likelihood,
             "label_switch_fraction": switched,

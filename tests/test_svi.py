@@ -135,6 +135,8 @@ def test_autodelta_class_is_the_delta_guide(two, delta_by_name):
     prior = bg.Prior.default(two.x, 2)
     joint = float(log_joint(two.x, GMMParams(*by_class.params), prior.arrays(2, "full"), "full"))
     assert by_class.info["elbo_final"] == pytest.approx(joint, rel=1e-10)
+    # one particle, one draw: a point mass's are all the same (it computed num_draws of each before)
+    assert by_class.info["elbo_final_se"] == 0.0 and by_class.info["num_draws"] is None
     # a point estimate, as MAP-EM's: its identical "draws" passed for a posterior without spread,
     # and az.loo scored the training fit as out-of-sample (it beat a NUTS posterior in az.compare)
     assert by_class.draws is None and by_class.raw_draws is None
