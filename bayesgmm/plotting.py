@@ -98,14 +98,18 @@ def _style(ax) -> None:
     ax.tick_params(direction="out", length=3)
 
 
-def _data(x, result: FitResult) -> np.ndarray:
-    """The rows to draw, float64: rows with missing values (NaN, as a fit with
-    ``missing="marginalize"`` takes them) are left out of the figures."""
-    arr, _ = check_data(x, num_features=result.num_features, allow_constant=True, missing="marginalize")
+def _data(x, result: FitResult, features=None) -> np.ndarray:
+    """The rows to draw, float64, with the fit's columns: a DataFrame's are matched to the fit's
+    feature names (reordered as the fit's, as ``predict_proba`` reads them). Rows with a missing
+    value (NaN, as a fit with ``missing="marginalize"`` takes them) in one of ``features`` (the
+    columns drawn; default all) are left out of the figures."""
+    arr, _ = check_data(x, num_features=result.num_features, allow_constant=True, missing="marginalize",
+                        feature_names=result.feature_names)
     arr = np.asarray(arr, dtype=np.float64)
-    complete = ~np.isnan(arr).any(axis=1)
+    drawn = arr if features is None else arr[:, list(features)]
+    complete = ~np.isnan(drawn).any(axis=1)
     if not complete.any():
-        raise ValueError("every row of x has a missing value (NaN): there is no complete row to draw.")
+        raise ValueError("every row of x has a missing value (NaN) in the columns drawn: there is no row to draw.")
     return arr if complete.all() else arr[complete]
 
 
@@ -229,7 +233,9 @@ def plot_density_1d(
     feature : int or str
         Column to plot: its index, or its name (the fit's ``feature_names``).
     bins : int, sequence or str
-        Histogram bins (``numpy.histogram_bin_edges`` rules).
+        Histogram bins (``numpy.histogram_bin_edges`` rules). The bars are the data's density,
+        ``count / (N * width)`` over all N rows (those with ``feature`` observed), on the curve's
+        scale: a window (``xlim``) narrower than the data does not rescale them.
     components : bool
         Also draw each weighted component ``pi_k N(x | mu_k, sigma_k^2)``.
     legend : bool
@@ -246,7 +252,6 @@ def plot_density_1d(
     matplotlib Axes
         The mixture curve is the line labelled ``"mixture density"``.
     """
-    arr = _data(x, result)
     d = result.num_features
     names = list(result.feature_names or ())
     if isinstance(feature, str):
@@ -255,7 +260,8 @@ def plot_density_1d(
         feature = names.index(feature)
     if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < d:
         raise ValueError(f"feature must be a column index in [0, {d}) or a feature name, got {feature!r}.")
-    values = arr[:, int(feature)]
+    feature = int(feature)
+    values = _data(x, result, (feature,))[:, feature]  # every row that observes the feature
     ax = _new_axes(ax)
     k = result.num_components
     colors = component_colors(k)
@@ -266,8 +272,11 @@ def plot_density_1d(
     grid = np.linspace(lo, hi, int(num_grid))
     comp = result.weights[:, None] * _normal_pdf(grid[None], mu[:, None], var[:, None])  # (K, G)
 
-    if hist:
-        ax.hist(values, bins=bins, range=(lo, hi), density=True, color="0.8", edgecolor="white", linewidth=0.4, label="data")
+    if hist:  # the data's density: counts over all rows and the bin width, as the curve's (whatever the window)
+        edges = np.histogram_bin_edges(values, bins=bins, range=(lo, hi))
+        counts, _ = np.histogram(values, bins=edges)
+        ax.hist(edges[:-1], bins=edges, weights=counts / (values.size * np.diff(edges)), color="0.8", edgecolor="white",
+                linewidth=0.4, label="data")
     if components:
         for j in range(k):
             ax.fill_between(grid, comp[j], color=colors[j], alpha=0.18, lw=0)
@@ -346,8 +355,8 @@ def plot_clusters_2d(
     -------
     matplotlib Axes
     """
-    arr = _data(x, result)
     i, j = _check_features(features, result.num_features)
+    arr = _data(x, result, (i, j))  # colours from every column observed (predict_proba marginalises the rest)
     ax = _new_axes(ax, figsize=(4.6, 4.0))
     k = result.num_components
     colors = component_colors(k)
@@ -398,7 +407,9 @@ def plot_em_iterations(
     Parameters
     ----------
     x : array (N,) or (N, D), or DataFrame
-        The data the fits were made on (a DataFrame's column names become axis labels).
+        The data the fits were made on. A DataFrame's columns are matched to the fits' feature
+        names (reordered as the fits'); the axis labels are the fits' feature names. Rows with
+        a missing value (NaN) in a column drawn are left out.
     fits : dict int -> FitResult
         The fit after each number of iterations, e.g. :func:`bayesgmm.em.fit_em_path`'s.
     features : (int, int)
@@ -420,9 +431,12 @@ def plot_em_iterations(
     if not isinstance(fits, dict) or not fits or not all(isinstance(r, FitResult) for r in fits.values()):
         raise ValueError("fits must be a non-empty dict mapping an iteration to its FitResult "
                          "(see bayesgmm.em.fit_em_path).")
-    arr, _ = check_data(x, allow_constant=True)
-    arr = np.asarray(arr, dtype=np.float64)
     its = list(fits)
+    first = fits[its[0]]
+    one_d = first.num_features == 1
+    if not one_d:
+        f = _check_features(features, first.num_features)
+    arr = _data(x, first, (0,) if one_d else f)
     own_figure = axes is None
     if own_figure:
         fig, axes = plt.subplots(1, len(its), figsize=(3.2 * len(its), 3.3), layout="constrained", squeeze=False)
@@ -434,13 +448,11 @@ def plot_em_iterations(
         fig = axes[0].figure
     if labels is not None and len(labels) != len(its):
         raise ValueError(f"labels must hold one title per iteration ({len(its)}), got {len(labels)}.")
-    one_d = arr.shape[1] == 1
     if one_d:
         xlim = _padded_limits(arr[:, 0], 0.15)
         edges = np.histogram_bin_edges(arr[:, 0], bins=bins, range=xlim)
         ymax = 0.0
     else:
-        f = _check_features(features, arr.shape[1])
         limits = (_padded_limits(arr[:, f[0]]), _padded_limits(arr[:, f[1]]))
     for n, (t, ax) in enumerate(zip(its, axes)):
         r = fits[t]
@@ -475,7 +487,8 @@ def plot_em_iterations(
 # Objective trace
 # ----------------------------------------------------------------------------------------------
 def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0):
-    """The objective (log-likelihood, log posterior or ELBO) against iteration.
+    """The objective (log-likelihood, log posterior or ELBO) against iteration; for a sampler
+    (NUTS, Gibbs) the log posterior density of each draw, one line per chain.
 
     Parameters
     ----------
@@ -485,10 +498,11 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
         Axes to draw in; default a new figure.
     gap : bool
         Plot ``final - objective`` on a log axis instead, which shows the convergence rate
-        (linear convergence is a straight line); non-positive gaps are left out.
+        (linear convergence is a straight line); non-positive gaps are left out. Optimisers
+        only (a sampler's draws do not converge to a final value).
     first : int
-        First iteration shown (e.g. 1 to leave out a poor starting point that would squash
-        the scale).
+        First iteration (draw, for a sampler) shown (e.g. 1 to leave out a poor starting point
+        that would squash the scale).
 
     Returns
     -------
@@ -498,8 +512,15 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
     finite = np.isfinite(trace)
     if not finite.any():
         raise ValueError("result.trace holds no finite values; nothing to plot.")
-    if not 0 <= int(first) < trace.size:
-        raise ValueError(f"first must be an iteration index in [0, {trace.size}), got {first!r}.")
+    chains = int(result.info.get("num_chains", 1)) if result.method in _SAMPLERS else 0
+    length = trace.size // chains if chains else trace.size
+    if not 0 <= int(first) < length:
+        raise ValueError(f"first must be an {'draw' if chains else 'iteration'} index in [0, {length}), got {first!r}.")
+    if chains:
+        if gap:
+            raise ValueError("gap=True plots an optimiser's distance to its final objective; a sampler's draws have "
+                             "none (plot gap=False).")
+        return _plot_chains(result, trace.reshape(chains, length), _new_axes(ax, figsize=(4.6, 3.2)), int(first))
     ax = _new_axes(ax, figsize=(4.6, 3.2))
     steps = np.arange(trace.size)
     finite = finite & (steps >= int(first))
@@ -516,6 +537,30 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
     ax.set_xlabel("optimisation step" if result.method == "svi" else "iteration")
     status = "converged" if result.converged else "not converged"
     ax.set_title(f"{display_name(result.method)}: {status} after {result.n_iter} iterations", fontsize="medium")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _style(ax)
+    return ax
+
+
+#: Methods whose ``trace`` is the log posterior density of every draw, chains concatenated.
+_SAMPLERS = ("mcmc", "gibbs")
+
+
+def _plot_chains(result: FitResult, trace, ax, first: int):
+    """:func:`plot_trace` of a sampler: each chain's log posterior density against the draw."""
+    label = _OBJECTIVE_LABELS.get(result.objective, result.objective)
+    chains, length = trace.shape
+    steps = np.arange(first, length)
+    colors = plt.get_cmap("tab10")(np.arange(chains) % 10)
+    for c in range(chains):
+        ax.plot(steps, trace[c, first:], color=colors[c] if chains > 1 else "black", lw=0.9, alpha=0.85,
+                label=f"chain {c + 1}")
+    ax.set_xlabel("draw (after warm-up)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{display_name(result.method)}: {chains} chain{'s' if chains > 1 else ''} of {length} draws",
+                 fontsize="medium")
+    if 1 < chains <= 10:
+        ax.legend(frameon=False, fontsize="x-small", ncols=min(chains, 4))
     ax.xaxis.get_major_locator().set_params(integer=True)
     _style(ax)
     return ax
@@ -609,9 +654,10 @@ def plot_posterior_ellipses(
     -------
     matplotlib Axes
     """
-    arr = _data(x, result)
-    w, m, c = _flat_draws(result, num_draws)
     k, d = result.num_components, result.num_features
+    drawn = (0,) if d == 1 else _check_features(features, d)
+    arr = _data(x, result, drawn)
+    w, m, c = _flat_draws(result, num_draws)
     colors = component_colors(k)
     covs = _expand(c, result.covariance_type, k, d)  # (S, K, D, D)
     alpha = float(np.clip(6.0 / len(w), 0.05, 0.5))
@@ -625,7 +671,7 @@ def plot_posterior_ellipses(
         plot_density_1d(result, arr, ax=ax, components=False, legend=False, xlim=(lo, hi), hist=False)
         ax.set_title(f"{len(w)} posterior draws of the density", fontsize="medium")
         return ax
-    i, j = _check_features(features, d)
+    i, j = drawn
     ax = _new_axes(ax, figsize=(4.6, 4.0))
     ax.scatter(arr[:, i], arr[:, j], s=float(np.clip(3000.0 / arr.shape[0], 4.0, 30.0)), c="0.65", lw=0, zorder=1)
     sub = covs[:, :, [i, j]][:, :, :, [i, j]]
@@ -684,7 +730,10 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
     if len(dims) != 1:
         raise ValueError(f"all results must be fitted on the same number of features, got {sorted(dims)}.")
     first = next(iter(results.values()))
-    arr = _data(x, first)
+    one_d = first.num_features == 1
+    if not one_d:
+        f = _check_features(features, first.num_features)
+    arr = _data(x, first, (0,) if one_d else f)
     if align:
         ks = {r.num_components for r in results.values()}
         if len(ks) == 1:
@@ -698,9 +747,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
         if axes.size != n:
             raise ValueError(f"axes must hold one Axes per result ({n}), got {axes.size}.")
         fig = axes[0].figure
-    one_d = arr.shape[1] == 1
     if not one_d:
-        f = _check_features(features, arr.shape[1])
         limits = (_padded_limits(arr[:, f[0]]), _padded_limits(arr[:, f[1]]))
     draws_legend = False
     for q, ((name, r), ax) in enumerate(zip(results.items(), axes)):
@@ -1043,9 +1090,9 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
         flagged = data[degenerate]
         ax.plot(flagged["num_components"].to_numpy(), flagged[criterion].to_numpy(), ls="none", marker="x", ms=9,
                 color="0.35", mew=1.2, label="degenerate", zorder=4)
+    candidates = data[~degenerate] if (~degenerate).any() else data
+    best = candidates.iloc[int(np.argmin(candidates[criterion].to_numpy()))]
     if mark_best:
-        candidates = data[~degenerate] if (~degenerate).any() else data
-        best = candidates.iloc[int(np.argmin(candidates[criterion].to_numpy()))]
         ax.plot([best["num_components"]], [best[criterion]], ls="none", marker="o", ms=14, mfc="none", mec="black",
                 mew=1.4, label="best", zorder=5)
         ax.annotate(f"best: {best['covariance_type']}, K = {int(best['num_components'])}",
@@ -1056,10 +1103,11 @@ def plot_selection(table, criterion: str = "bic", ax=None, *, mark_best: bool = 
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.margins(y=0.15)
     values = data[criterion].to_numpy()
-    low, typical = values.min(), np.quantile(values, 0.5)
+    # the better half of the models, and the best (lower criteria of degenerate fits aside)
+    low, typical = values.min(), max(np.quantile(values, 0.5), float(best[criterion]))
     if values.max() - low > 4.0 * max(typical - low, 1e-12 * abs(low)):
         # far worse models (a poor structure) would squash the region of the minimum: keep the
-        # better half of the models in view and say that others are off the scale
+        # better half of the models and the best in view and say that others are off the scale
         span = typical - low
         ax.set_ylim(low - 0.35 * span, typical + 0.6 * span)
         ax.text(0.02 if many else 0.98, 0.98, "worse models off the scale", transform=ax.transAxes,

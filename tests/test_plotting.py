@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from _references import mixture_log_density, responsibilities  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
@@ -123,6 +124,53 @@ def test_density_1d_matches_scipy_and_integrates_to_one(em1d, feet, tmp_path):
     np.testing.assert_array_equal(by_name.get_lines()[0].get_ydata(), ax.get_lines()[0].get_ydata())
 
 
+def test_a_frame_is_read_by_column_name(em2, faithful_frame):
+    """A DataFrame's columns are matched to the fit's names, as predict_proba reads them: one in
+    another order was drawn by position, with the axes swapped under the fit's labels."""
+    swapped = faithful_frame[["waiting (min)", "eruptions (min)"]]
+    ours, theirs = plotting.plot_clusters_2d(em2, faithful_frame), plotting.plot_clusters_2d(em2, swapped)
+    for a, b in zip(ours.collections[:1], theirs.collections[:1]):
+        np.testing.assert_array_equal(a.get_offsets(), b.get_offsets())
+        np.testing.assert_array_equal(a.get_facecolors(), b.get_facecolors())
+    np.testing.assert_array_equal(ours.collections[0].get_offsets()[0], faithful_frame.to_numpy()[0])
+    line = lambda ax: {ln.get_label(): ln for ln in ax.get_lines()}["mixture density"]  # noqa: E731
+    by_order = plotting.plot_density_1d(em2, faithful_frame, feature="waiting (min)")
+    by_name = plotting.plot_density_1d(em2, swapped, feature="waiting (min)")
+    assert by_name.get_xlim() == by_order.get_xlim() and by_name.get_xlabel() == "waiting (min)"
+    np.testing.assert_array_equal(line(by_name).get_ydata(), line(by_order).get_ydata())
+    fits = {0: em2}
+    fig, axes = plotting.plot_em_iterations(swapped, fits, legend=False)
+    np.testing.assert_array_equal(axes[0].collections[0].get_offsets(), ours.collections[0].get_offsets())
+
+
+def test_density_histogram_is_the_data_density_in_any_window(em2, faithful_frame):
+    """A window narrower than the data once rescaled the bars to the rows inside it (1.17 times
+    the data's density on the galaxies) while the curve kept the whole mixture's scale."""
+    x = faithful_frame.to_numpy()
+    edges = np.linspace(50.0, 80.0, 7)
+    ax = plotting.plot_density_1d(em2, faithful_frame, feature=1, xlim=(50.0, 80.0), bins=edges)
+    heights = np.array([p.get_height() for p in ax.patches])
+    counts, _ = np.histogram(x[:, 1], bins=edges)
+    np.testing.assert_allclose(heights, counts / (len(x) * np.diff(edges)), rtol=1e-12)
+    assert heights @ np.diff(edges) < 0.9  # rows outside the window count in N, not in the bars
+
+
+def test_rows_missing_another_column_are_drawn(em2, faithful_frame):
+    """Only a missing value in a column drawn leaves a row out (a 1-D histogram once lost every
+    row missing any column); plot_em_iterations takes such data as the fits do."""
+    x = faithful_frame.to_numpy().copy()
+    x[::5, 0] = np.nan
+    ax = plotting.plot_density_1d(em2, x, feature=1)
+    assert sum(p.get_height() * p.get_width() for p in ax.patches) == pytest.approx(1.0, abs=1e-9)
+    heights = np.array([p.get_height() for p in ax.patches])
+    edges = np.array([p.get_x() for p in ax.patches] + [ax.patches[-1].get_x() + ax.patches[-1].get_width()])
+    np.testing.assert_allclose(heights, np.histogram(x[:, 1], bins=edges)[0] / (len(x) * np.diff(edges)), rtol=1e-9)
+    ax = plotting.plot_clusters_2d(em2, x)
+    assert len(ax.collections[0].get_offsets()) == np.sum(~np.isnan(x).any(axis=1))
+    fig, axes = plotting.plot_em_iterations(x, {0: em2}, legend=False)
+    assert len(axes[0].collections[0].get_offsets()) == np.sum(~np.isnan(x).any(axis=1))
+
+
 def test_clusters_2d_ellipses_colours_and_labels(em2, faithful_frame, tmp_path):
     x = faithful_frame.to_numpy()
     ax = plotting.plot_clusters_2d(em2, x)
@@ -198,6 +246,26 @@ def test_trace_plots_the_objective(em2, tmp_path):
     ax = plotting.plot_trace(em2, gap=True)
     assert ax.get_yscale() == "log"
     assert np.all(ax.get_lines()[0].get_ydata() > 0)
+
+
+def test_trace_of_a_sampler_is_one_line_per_chain(em2):
+    """A sampler's trace (chains concatenated) was one line joining the chains, titled with
+    iterations; each chain is its own line over its draws, and gap=True is refused."""
+    lp = np.concatenate([np.linspace(-1200, -1150, 30), np.linspace(-1190, -1151, 30)])
+    fake = dataclasses.replace(em2, method="mcmc", objective="log_posterior", trace=lp, n_iter=30,
+                               info={**em2.info, "num_chains": 2})
+    ax = plotting.plot_trace(fake)
+    lines = ax.get_lines()
+    assert len(lines) == 2 and [ln.get_label() for ln in lines] == ["chain 1", "chain 2"]
+    for c, ln in enumerate(lines):
+        np.testing.assert_array_equal(ln.get_xdata(), np.arange(30))
+        np.testing.assert_array_equal(ln.get_ydata(), lp[30 * c: 30 * (c + 1)])
+    assert ax.get_xlabel() == "draw (after warm-up)" and ax.get_title() == "NUTS: 2 chains of 30 draws"
+    np.testing.assert_array_equal(plotting.plot_trace(fake, first=5).get_lines()[1].get_xdata(), np.arange(5, 30))
+    with pytest.raises(ValueError, match="sampler"):
+        plotting.plot_trace(fake, gap=True)
+    with pytest.raises(ValueError, match=r"draw index in \[0, 30\)"):
+        plotting.plot_trace(fake, first=30)
 
 
 def _with_draws(result, num_draws, seed=0):
@@ -434,6 +502,12 @@ def test_selection_curves(tmp_path):
     good = worse.loc[worse.covariance_type != "spherical", "bic"].dropna()
     assert bottom < good.min() and top < worse.bic.max() - 1000.0
     assert "worse models off the scale" in [t.get_text() for t in ax.texts]
+    # the lowest criteria from degenerate fits: the best (non-degenerate) stays inside the axes
+    flagged = pd.DataFrame({"covariance_type": ["full"] * 6, "num_components": [1, 2, 3, 4, 5, 6],
+                            "bic": [100.0, 60.0, 10.0, 9.0, 8.0, 7.0], "degenerate": [False, False] + [True] * 4})
+    ax = plotting.plot_selection(flagged)
+    bottom, top = ax.get_ylim()
+    assert "best: full, K = 2" in [t.get_text() for t in ax.texts] and bottom < 60.0 < top
 
 
 def test_bundled_data_get_units_on_the_axes():
