@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _covariance_models
 from .engines import engine_names, get_engine
-from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data
+from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data, check_sample_weight
 from .params import ConvergenceWarning as _ConvergenceWarning
 
 __all__ = ["ConvergenceWarning", "GaussianMixture"]
@@ -100,7 +100,7 @@ METHODS = tuple(name for name in engine_names() if name != "map-em")
 # Estimator parameters handed to an engine when (and only when) its signature takes them.
 _SHARED = ("covariance_type", "prior", "n_init", "init_params", "tol", "max_iter", "reg_covar", "missing")
 _INITS = ("weights_init", "means_init", "precisions_init")  # the same, default None
-_RESERVED = ("x", "num_components", "seed") + _SHARED + _INITS
+_RESERVED = ("x", "num_components", "seed", "sample_weight") + _SHARED + _INITS
 _MAX_SEED = 2**32 - 1
 
 
@@ -201,10 +201,19 @@ def check_initial_parameters(weights_init, means_init, precisions_init, num_comp
 def _aitken_converged(history, tol_total: float, floor_total: float, dtype) -> bool:
     """The engine's convergence test (:func:`bayesgmm._iterate.convergence`, for fits computed in
     ``dtype``) at the end of an objective history that spans several warm-started fits (totals,
-    oldest first)."""
-    from ._iterate import coarse, convergence
+    oldest first), or the history's last changes all within the fits' precision floor.
+
+    The history is of float64 totals at parameters computed in ``dtype``: at the fixed point its
+    changes are that arithmetic's rounding, of either sign and any ratio (float32, Old
+    Faithful: 1e-8 up and down, under a floor of 1e-4), where the Aitken projection of two
+    growing changes is infinite; the engine's own objective does not resolve them."""
+    from ._iterate import COARSE_PERSIST, coarse, convergence
 
     history = np.asarray(history, np.float64)
+    persist = COARSE_PERSIST if coarse(dtype) else 2
+    changes = np.diff(history)[-persist:]
+    if changes.size == persist and np.all(np.abs(changes) <= floor_total):
+        return True
     close, converged = 0, False
     for t in range(2, len(history)):
         delta_prev = np.float64(history[t - 1] - history[t - 2])
@@ -523,6 +532,9 @@ class GaussianMixture(_DensityMixin, _Base):
         if not isinstance(extra, dict):
             raise ValueError(f"engine_kwargs must be a dict or None, got {type(extra).__name__}.")
         for name in extra:
+            if name == "sample_weight":
+                raise ValueError("engine_kwargs must not set 'sample_weight': pass it to fit "
+                                 "(estimator.fit(X, sample_weight=w)), which scales lower_bound_ by it.")
             if name in _RESERVED:
                 raise ValueError(
                     f"engine_kwargs must not set {name!r}: it is set by the estimator "
@@ -535,7 +547,7 @@ class GaussianMixture(_DensityMixin, _Base):
         return fit_fn, int(k), kwargs
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit the mixture to ``X`` (n_samples, n_features); ``y`` is ignored.
 
         With ``warm_start=True`` and a fitted EM estimator, continue from the fitted parameters.
@@ -548,13 +560,24 @@ class GaussianMixture(_DensityMixin, _Base):
             ``missing="marginalize"``.
         y : None
             Ignored; accepted for scikit-learn's API (pipelines pass it).
+        sample_weight : array-like (n_samples,), optional
+            Non-negative row weights (frequency weights: weight 2 counts a row twice), for the
+            engines that take them (``"em"``, ``"vb"``); ``lower_bound_`` is then the objective
+            per unit of weight. scikit-learn's cross-validation slices it per fold
+            (``cross_val_score(..., params={"sample_weight": w})``).
 
         Returns
         -------
         self
         """
         X = self._validate_X(X, reset=True)
+        sample_weight = check_sample_weight(sample_weight, X.shape[0])  # before the default prior looks at X
         fit_fn, k, kwargs = self._engine_call(X)
+        if sample_weight is not None:
+            if "sample_weight" not in inspect.signature(fit_fn).parameters:
+                takes = [m for m in METHODS if "sample_weight" in inspect.signature(_engine(m)).parameters]
+                raise ValueError(f"method={self.method!r} does not take sample_weight; the methods that do: {takes}.")
+            kwargs["sample_weight"] = sample_weight
         seed = seed_from_random_state(self.random_state)
         warm = self.method == "em" and self.warm_start and hasattr(self, "result_")
         if warm:  # one start: the fitted parameters
@@ -570,29 +593,37 @@ class GaussianMixture(_DensityMixin, _Base):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = fit_fn(X, k, seed=seed, **kwargs)
-        finally:  # outside the recording block: the caller's filters apply
+        except BaseException:  # outside the recording block: the caller's filters apply
             self._reemit(caught)
+            raise
         if hasattr(self, "feature_names_in_"):
             result = dataclasses.replace(result, feature_names=tuple(str(c) for c in self.feature_names_in_))
         history = self._objective_history if warm else None
-        self._set_fitted(result, seed, history)
+        self._set_fitted(result, seed, history, None if sample_weight is None else float(np.sum(sample_weight)))
+        # a warm start is judged over the fits' joint history: one that converged there does not
+        # also warn that its last max_iter iterations did not
+        self._reemit(caught, converged=warm and self.converged_)
         if self.verbose:
-            self._print_verbose(result)
+            self._print_verbose(result, self._total_weight)
         return self
 
-    def _reemit(self, caught):
-        """Re-issue the engine's warnings; non-convergence as this module's ConvergenceWarning."""
+    def _reemit(self, caught, converged: bool = False):
+        """Re-issue the engine's warnings; non-convergence as this module's ConvergenceWarning,
+        and not at all where the estimator judged the fit ``converged`` (warm starts)."""
         for record in caught:
             category, message = record.category, str(record.message)
+            if converged and issubclass(category, _ConvergenceWarning):
+                continue
             if issubclass(category, _ConvergenceWarning) and not issubclass(category, ConvergenceWarning):
                 category = ConvergenceWarning
                 if self.method == "em" and message.startswith("EM did not converge"):
                     message = f"{SKLEARN_CONVERGENCE_MESSAGE} {message}"
             warnings.warn(message, category, stacklevel=3)
 
-    def _set_fitted(self, result, seed, history=None):
+    def _set_fitted(self, result, seed, history=None, total_weight=None):
         """Fitted attributes from the engine's result (``history``: the objective totals of the
-        previous warm-started fits, EM)."""
+        previous warm-started fits, EM; ``total_weight``: the sum of the row weights, which the
+        objective's totals are per unit of, when the fit was weighted)."""
         cov_type = result.covariance_type
         self.result_ = result
         self.seed_ = seed
@@ -604,7 +635,8 @@ class GaussianMixture(_DensityMixin, _Base):
         self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, cov_type)
         self.converged_ = bool(result.converged)
         self.n_iter_ = int(result.n_iter)
-        n = max(int(result.num_obs), 1)
+        self._total_weight = total_weight
+        n = max(int(result.num_obs), 1) if total_weight is None else total_weight
         trace = np.asarray(result.trace, dtype=np.float64).ravel()
         if self.method == "em":
             # scikit-learn: the objective of the last E-step, i.e. at the parameters before the last
@@ -625,9 +657,9 @@ class GaussianMixture(_DensityMixin, _Base):
         else:
             self.lower_bound_ = float(finite[-1] / n)
 
-    def _print_verbose(self, result):
+    def _print_verbose(self, result, total_weight=None):
         """scikit-learn's progress lines, from the fit's trace (printed after the fit)."""
-        n = max(int(result.num_obs), 1)
+        n = max(int(result.num_obs), 1) if total_weight is None else total_weight
         trace = np.asarray(result.trace, dtype=np.float64).ravel() / n
         print(f"Initialization: {result.info.get('n_init', 1)} start(s), {self.method} engine")
         if self.verbose >= 2:
@@ -641,7 +673,7 @@ class GaussianMixture(_DensityMixin, _Base):
         self._check_fitted()
         return int(self.result_.num_parameters)
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the most probable component of each training row.
 
         Parameters
@@ -650,13 +682,15 @@ class GaussianMixture(_DensityMixin, _Base):
             Training data, as :meth:`fit` takes them.
         y : None
             Ignored; accepted for scikit-learn's API.
+        sample_weight : array-like (n_samples,), optional
+            Row weights, as :meth:`fit` takes them.
 
         Returns
         -------
         ndarray (n_samples,)
             The component of highest posterior probability of each row of ``X``.
         """
-        return self.fit(X, y).predict(X)
+        return self.fit(X, y, sample_weight=sample_weight).predict(X)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, X):

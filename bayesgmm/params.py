@@ -462,8 +462,10 @@ def check_sample_weight(sample_weight, num_obs: int):
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.shape != (num_obs,):
         raise ValueError(f"sample_weight must have shape ({num_obs},) (one weight per row of x), got {w.shape}.")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("sample_weight must be finite and non-negative with a positive sum.")
+    if w.sum() <= 0:
+        raise ValueError("sample_weight is zero for every row: give at least one row a positive weight.")
     return w
 
 
