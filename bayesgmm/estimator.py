@@ -474,8 +474,9 @@ class GaussianMixture(_DensityMixin, _Base):
                 "appropriate arguments before using this estimator."
             )
 
-    def _engine_call(self, X):
-        """The engine function and its keyword arguments for this configuration."""
+    def _engine_call(self, X, sample_weight=None):
+        """The engine function and its keyword arguments for this configuration (``prior="default"``
+        from the rows as ``sample_weight`` weights them)."""
         fit_fn = _engine(self.method)
         k = self.n_components
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -492,7 +493,7 @@ class GaussianMixture(_DensityMixin, _Base):
             )
         prior = self.prior
         if isinstance(prior, str) and prior == "default":
-            prior = Prior.default(X, int(k))
+            prior = Prior.default(X, int(k), sample_weight=sample_weight)
         elif prior is not None and not isinstance(prior, Prior):
             raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
 
@@ -572,7 +573,7 @@ class GaussianMixture(_DensityMixin, _Base):
         """
         X = self._validate_X(X, reset=True)
         sample_weight = check_sample_weight(sample_weight, X.shape[0])  # before the default prior looks at X
-        fit_fn, k, kwargs = self._engine_call(X)
+        fit_fn, k, kwargs = self._engine_call(X, sample_weight)
         if sample_weight is not None:
             if "sample_weight" not in inspect.signature(fit_fn).parameters:
                 takes = [m for m in METHODS if "sample_weight" in inspect.signature(_engine(m)).parameters]

@@ -373,6 +373,11 @@ def test_sample_weight_counts_rows(faithful_std):
         total = weighted.result_.log_likelihood
         if method == "em":
             assert weighted.lower_bound_ == pytest.approx(total / w.sum(), rel=1e-6)
+    # prior="default": the prior of the weighted rows, as fit_em's with Prior.default(..., sample_weight=w)
+    map_fit = GaussianMixture(2, prior="default", **start).fit(x, sample_weight=w)
+    direct = bg.fit_em(x, 2, prior=bg.Prior.default(x, 2, sample_weight=w), sample_weight=w, seed=0,
+                       **{k: v for k, v in start.items() if k != "random_state"})
+    np.testing.assert_array_equal(map_fit.means_, direct.means)
     folds = cross_val_score(GaussianMixture(2, n_init=1, random_state=0), x, cv=KFold(3), params={"sample_weight": w})
     assert np.all(np.isfinite(folds))
     with pytest.raises(ValueError, match=r"does not take sample_weight; the methods that do: \['em', 'vb'\]"):
