@@ -56,7 +56,8 @@ def _common(p, *, out_default):
 
 def _data_args(p, *, labels=False):
     p.add_argument("input", nargs="?",
-                   help="CSV, TSV or Parquet file with a header row of column names (default: none; or use --dataset)")
+                   help="CSV, TSV or Parquet file with a header row of column names, or with --stream a .npy or "
+                        "Parquet file (default: none; or use --dataset)")
     p.add_argument("--dataset", choices=DATASETS, help="a bundled data set instead of a file (default: none)")
     p.add_argument("--columns", nargs="+",
                    help="feature columns, all numeric (default: every column except the label column; "
@@ -68,7 +69,8 @@ def _data_args(p, *, labels=False):
 
 
 def _plot_args(p):
-    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write figures (default: write them)")
+    p.add_argument("--no-plot", dest="plot", action="store_false",
+                   help="do not write figures (default: write them; a --stream fit's is its objective trace)")
 
 
 def _progress_args(p):

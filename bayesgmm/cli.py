@@ -43,6 +43,7 @@ environment variable ``BAYESGMM_COMPILE_CACHE``) moves it, ``--compile-cache off
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -184,8 +185,13 @@ def run_fit(opts, out: OutputFolder) -> int:
     print_fit(result)
     result.to_json(out.path(f"{stem}.json"))
     save_result(result, out.path(f"{stem}.nc"), x=x)
-    if opts["plot"] and x is not None:
-        figure(fit_figure(result, x), out.path(f"{stem}.png"))
+    if opts["plot"]:  # a streamed fit has no data in memory to draw: its objective's trace
+        if x is not None:
+            figure(fit_figure(result, x), out.path(f"{stem}.png"))
+        else:
+            from . import plotting
+
+            figure(plotting.plot_trace(result).figure, out.path(f"{stem}_trace.png"))
     return 0
 
 
@@ -457,9 +463,10 @@ def _quiet_stdout() -> None:
         pass
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings during a command: one line on stderr, no Python source line."""
-    text = " ".join(str(message).split())
+def _one_line_warning(message, category, filename, lineno, file=None, line=None, *, command=None):
+    """Warnings during a command: one line on stderr, no Python source line, the library's
+    advice in the command's flags."""
+    text = _for_the_command_line(" ".join(str(message).split()), command)
     try:
         print(f"bayesgmm: warning: {category.__name__}: {text}", file=sys.stderr if file is None else file)
     except (OSError, ValueError):  # stderr closed
@@ -503,7 +510,7 @@ def _main(argv) -> int:
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = functools.partial(_one_line_warning, command=args.command)
             return _run(args)
     except KeyboardInterrupt:
         return _interrupted()
@@ -534,11 +541,24 @@ def _one_line(err) -> str:
     return " ".join(str(err).split())
 
 
+#: Library advice (Python arguments) as the command line's flags, per command; ``None``: every command.
+_FLAGS = (
+    ("fit", "pass missing='marginalize'", "pass --missing marginalize (missing = \"marginalize\" in a TOML file)"),
+    ("fit", "(missing='marginalize')", "(--missing marginalize)"),
+    ("compare", "pass missing='marginalize'", "pass --engine-option METHOD.missing=marginalize for each method"),
+    ("compare", "(missing='marginalize')", "(--engine-option METHOD.missing=marginalize)"),
+    ("fit", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "fit MAP-EM (--method map-em)"),
+    (None, "pass columns=[...] with numeric columns only",
+     "choose numeric columns with --columns (columns in a TOML file's [data] table)"),
+)
+
+
 def _for_the_command_line(message: str, command: str) -> str:
     """A library message as the command line's user acts on it: its options by their flags."""
-    how = {"fit": "pass --missing marginalize (missing = \"marginalize\" in a TOML file)",
-           "compare": "pass --engine-option METHOD.missing=marginalize for each method"}.get(command)
-    return message if how is None else message.replace("pass missing='marginalize'", how)
+    for where, python, flag in _FLAGS:
+        if where is None or where == command:
+            message = message.replace(python, flag)
+    return message
 
 
 def _run(args) -> int:

@@ -256,9 +256,11 @@ class ParquetSource(Source):
             if unknown:
                 raise ValueError(f"{self.name} has no column(s) {unknown}; its columns are {names}.")
         types = {c: schema.field(c).type for c in cols}
-        bad = [c for c, t in types.items() if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))]
+        # as a DataFrame's columns in memory (check_data): booleans are not numbers to fit a Gaussian to
+        bad = [c for c, t in types.items() if not (pa.types.is_integer(t) or pa.types.is_floating(t))]
         if bad:
-            raise ValueError(f"{self.name} has non-numeric column(s) {bad}; pass columns=[...] with numeric columns only.")
+            raise ValueError(f"{self.name} has non-numeric column(s) {bad}; pass columns=[...] with numeric columns "
+                             "only, or encode them as numbers.")
         self.cols = cols
         self.dtype = np.dtype(np.float32) if all(t == pa.float32() for t in types.values()) else np.dtype(np.float64)
         self.num_rows = int(self.file.metadata.num_rows)

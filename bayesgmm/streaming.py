@@ -118,12 +118,17 @@ def _scan(src: Source, batch_size: int, rows: np.ndarray | None, progress, covar
         m = c.shape[0]
         finite = np.isfinite(c)
         if not finite.all():
-            bad_rows = np.flatnonzero((~finite.all(axis=1)) if not missing else
-                                      (np.isinf(c).any(axis=1) | ~finite.any(axis=1)))
-            if bad_rows.size:
-                what = "NaN or infinite values" if not missing else "infinite values or rows with no observed value"
+            infinite = np.isinf(c).any(axis=1)
+            if infinite.any():  # never missing values: named first, with the fix that works
+                bad_rows, what = np.flatnonzero(infinite), "infinite values"
+                hint = "Remove those rows, or set infinite entries to NaN " + (
+                    "(missing values)." if missing else "and pass missing='marginalize' to treat them as missing.")
+            else:
+                bad_rows = np.flatnonzero(~finite.all(axis=1) if not missing else ~finite.any(axis=1))
+                what = "NaN values" if not missing else "rows with no observed value"
                 hint = ("To treat NaN entries as missing at random, pass missing='marginalize'; otherwise remove or "
-                        "impute them." if not missing else "Remove those rows, or set infinite entries to NaN.")
+                        "impute them." if not missing else "Remove those rows.")
+            if bad_rows.size:
                 raise ValueError(f"{src.name} contains {what} in chunk {i} (rows {start} to {start + m - 1}; first "
                                  f"bad row: {start + int(bad_rows[0])}). {hint}")
         if missing:  # per column, over its observed entries (Chan et al.'s pairwise update per column)

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -83,8 +84,34 @@ def test_fit_streams_a_npy_file_out_of_core(tmp_path, capsys):
     ref = bg.fit_em(data.x, 3, n_init=3, seed=0, tol=1e-6, max_iter=300)
     assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-4)
     assert fit.info["num_chunks"] == 6
+    assert (tmp_path / "o" / "em_k3_stream_trace.png").exists()  # the figure of a fit without data in memory
     rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "needs the data in memory" in capsys.readouterr().err
+
+
+def test_errors_and_warnings_give_the_flags_not_python_arguments(tmp_path, capsys):
+    """The library's advice named Python arguments (columns=[...], missing='marginalize',
+    prior=bayesgmm.Prior.default(x, K)); the command line gives its flags."""
+    pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "s": list("wxyz")}).to_parquet(tmp_path / "s.parquet")
+    err = _usage_error(["fit", str(tmp_path / "s.parquet"), "-k", "2", "--stream", "--out", str(tmp_path / "o1")], capsys)
+    assert "choose numeric columns with --columns" in err and "columns=[" not in err
+    x = bg.datasets.make_mixture(300, 2, 2, seed=0).x.copy()
+    x[7, 1] = np.inf
+    pd.DataFrame(x, columns=["a", "b"]).to_csv(tmp_path / "inf.csv", index=False)
+    err = _usage_error(["fit", str(tmp_path / "inf.csv"), "-k", "2", "--out", str(tmp_path / "o2")], capsys)
+    assert "(--missing marginalize)" in err and "missing='marginalize'" not in err
+    np.save(tmp_path / "inf.npy", x)
+    err = _usage_error(["fit", str(tmp_path / "inf.npy"), "-k", "2", "--stream", "--no-progress", "--out",
+                        str(tmp_path / "o3")], capsys)
+    assert "infinite values" in err and "pass --missing marginalize" in err
+    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "b": [1.0, 0.0, 2.0, 1.0, 0.5, 3.0]}).to_csv(
+        tmp_path / "tiny.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside the test suite (which makes warnings errors)
+        rc = cli.main(["fit", str(tmp_path / "tiny.csv"), "-k", "3", "--no-plot", "--no-progress", "--out",
+                       str(tmp_path / "o4")])
+    err = capsys.readouterr().err
+    assert "fit MAP-EM (--method map-em)" in err and "Prior.default" not in err, (rc, err)
 
 
 def test_compare_with_labels_and_held_out_data(csv, tmp_path):

@@ -479,6 +479,12 @@ def test_parquet_errors_are_clear(tmp_path, monkeypatch):
             fit_em_stream(path, 2, columns=["a", "b"])
         with pytest.raises(ValueError, match=r"non-numeric column\(s\) \['s'\]"):
             fit_em_stream(path, 2)
+        # booleans, as in a DataFrame in memory (they were fitted as a 0/1 Gaussian feature)
+        pd.DataFrame({"a": [1.0, 2.0, 3.0], "flag": [True, False, True]}).to_parquet(path)
+        with pytest.raises(ValueError, match=r"non-numeric column\(s\) \['flag'\]"):
+            fit_em_stream(path, 2)
+        with pytest.raises(ValueError, match=r"non-numeric column\(s\) \['flag'\]"):
+            bg.fit_em(pd.read_parquet(path), 2)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match="pip install pyarrow"):
@@ -488,8 +494,15 @@ def test_parquet_errors_are_clear(tmp_path, monkeypatch):
 def test_data_errors_name_the_chunk_and_row(mix, tmp_path):
     bad = mix.copy()
     bad[777, 1] = np.nan
-    with pytest.raises(ValueError, match=r"NaN or infinite values in chunk 3 \(rows 750 to 999; first bad row: 777\)"):
+    with pytest.raises(ValueError, match=r"NaN values in chunk 3 \(rows 750 to 999; first bad row: 777\)"):
         fit_em_stream(_bad_npy(tmp_path, "nan.npy", bad), 3, batch_size=250)
+    # an infinite entry is never a missing value: the message says so, with or without the policy
+    # (it once advised missing='marginalize', which then refused the same entry)
+    bad[800, 0] = np.inf
+    for missing in ("error", "marginalize"):
+        with pytest.raises(ValueError, match=r"infinite values in chunk 3 \(rows 750 to 999; first bad row: 800\)\. "
+                                             r"Remove those rows, or set infinite entries to NaN"):
+            fit_em_stream(_bad_npy(tmp_path, "inf.npy", bad), 3, batch_size=250, missing=missing)
     const = mix.copy()
     const[:, 1] = 2.5
     with pytest.raises(ValueError, match=r"constant column\(s\) \['x1'\]"):
