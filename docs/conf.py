@@ -48,7 +48,9 @@ myst_heading_anchors = 3
 # API reference: one page per public name, from its numpydoc docstring
 autosummary_generate = True
 autosummary_imported_members = False
-autodoc_default_options = {"member-order": "bysource"}
+# scikit-learn generates set_fit_request (metadata routing, for fit's sample_weight); its docstring
+# refers to scikit-learn's own glossary
+autodoc_default_options = {"member-order": "bysource", "exclude-members": "set_fit_request"}
 autodoc_typehints = "none"  # numpydoc's Parameters sections say the types
 numpydoc_show_class_members = False  # the class template lists members itself
 numpydoc_class_members_toctree = False
