@@ -203,8 +203,9 @@ def lanes_step(params: GMMParams, problem: EMProblem, axes: EMProblem, config: E
 
         return jax.lax.map(one, (params, jnp.arange(params.means.shape[0])))
 
-    if lanes_apart:
-        return jax.lax.map(lambda a: em_step(a[0], lane_problem(problem, axes, a[1]), config, False),
+    if lanes_apart:  # sharded rows: one form, chosen statically (_iterate.fixed_form)
+        form = precise if isinstance(precise, bool) else False
+        return jax.lax.map(lambda a: em_step(a[0], lane_problem(problem, axes, a[1]), config, form),
                            (params, jnp.arange(params.means.shape[0])))
     if problem.observed is not None or isinstance(precise, bool):  # missing values: one form only
         evaluated = batched(False if problem.observed is not None else precise)(params, problem)
@@ -240,8 +241,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     guard :data:`bayesgmm._stats.SHORT_RUN_PRECISE_THRESHOLD` (they only rank the starts); a
     continuing call continues such runs, so lanes whose last evaluation would now take the precise
     form start their convergence test afresh (:func:`_iterate.restart_convergence`).
-    ``adaptive`` (static): switch to the precise step where needed; False keeps the fast form
-    (sharded rows: XLA's CPU devices deadlock on collectives inside a data-dependent branch).
+    ``adaptive`` (static): switch to the precise step where needed; False keeps one form
+    throughout, :func:`bayesgmm._iterate.fixed_form`'s (sharded rows: XLA's CPU devices deadlock on collectives
+    inside a data-dependent branch).
     ``lanes_apart`` (static): the lanes' steps, starts and checks one after another (rows sharded
     over several CPU devices of this process). Every device runs the replicated M-step at once,
     and jaxlib's CPU LAPACK kernels split a large batch of factorisations over the shared thread
@@ -383,7 +385,7 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     def step(p, precise):
         return lanes_step(p, problem, axes, config, precise, lanes_apart)
 
-    check = (lambda p: needs(p, problem)) if adaptive else None
+    check = (lambda p: needs(p, problem)) if adaptive else _iterate.fixed_form(xs.dtype, observed)
     abandon = functools.partial(abandoned, abandon_after=abandon_after, degenerate=degenerate)
     if pool_lanes is None:
         lanes = jax.lax.cond(fresh, lambda _: _iterate.start(start_params(None), state.aux, num_lanes, trace_len, xs.dtype),

@@ -353,19 +353,20 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
     batch_step = jax.vmap(lambda q, precise: vb_step(q, problem, config, precise), in_axes=(0, None))
 
     def step(q, precise):  # the precise form for the whole batch when any running lane needs it
-        if lanes_apart:
-            return jax.lax.map(lambda one: vb_step(one, problem, config, False), q)
+        if lanes_apart:  # sharded rows: one form, chosen statically (_iterate.fixed_form)
+            form = precise if isinstance(precise, bool) else False
+            return jax.lax.map(lambda one: vb_step(one, problem, config, form), q)
         return batch_step(q, precise if isinstance(precise, bool) else jnp.any(precise))
 
     def needs(q):
         return _stats.needs_precise(jax.vmap(lambda one: expected_components(one, prior, ct)[0])(q), ct, None, reg_covar)
 
     tol_total = jnp.where(tol > 0, tol * n_eff, -1.0)  # tol = 0: exactly max_iter updates
+    check = needs if adaptive else _iterate.fixed_form(xs.dtype, observed)
     if pool_lanes is None:
-        lanes = _iterate.iterate(lanes, step, tol_total, max_iter, needs if adaptive else None)
+        lanes = _iterate.iterate(lanes, step, tol_total, max_iter, check)
     else:
-        lanes = _iterate.iterate_queue(lanes, incoming, num_queued, num_lanes, step, tol_total, max_iter,
-                                       needs if adaptive else None)
+        lanes = _iterate.iterate_queue(lanes, incoming, num_queued, num_lanes, step, tol_total, max_iter, check)
     eps = jnp.finfo(xs.dtype).eps
     points = jax.vmap(lambda q: point_estimate(q, ct)[0].covariances)(lanes.params)
     def collapsed(cov):  # collapsed covariances only: components that empty out are VB's intended behaviour
@@ -643,7 +644,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0])
-    # sharded rows keep the fast form (see bayesgmm._em_core._run)
+    # sharded rows keep one form (bayesgmm._iterate.fixed_form: the centred one in float32)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);
     # on small data every call queues its lanes through that pool: one call for all short runs
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
