@@ -66,6 +66,7 @@ import numpy as np
 
 from . import _numerics
 from ._compile import jit
+from ._executors import check_executor, recorded_warnings
 from ._files import jsonable
 from .engines import engine_names, get_engine
 from .labels import invariant_summaries
@@ -284,8 +285,7 @@ def _replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
     caught_messages = []
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded_warnings() as caught:  # one replication at a time on threads (_executors)
             res = fit(x, k, covariance_type=ct, prior=task.prior, seed=fit_key, **kwargs)
         fact["fit_seconds"] = time.perf_counter() - start
         fact["converged"] = bool(res.converged)
@@ -410,7 +410,9 @@ def sbc(
         or a Dask cluster's ``client.get_executor()``); each replication is seeded by its index,
         so the ranks equal the serial run's. ``method`` must then be a name or a picklable
         function. Each worker compiles the engine once per shape (the persistent compilation
-        cache shares programs between processes on one machine).
+        cache shares programs between processes on one machine). A forking process pool is
+        refused (its workers wait forever once JAX has run here); on threads the replications
+        run one at a time, each recording its own warnings.
 
     Returns
     -------
@@ -484,8 +486,7 @@ def sbc(
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}.")
     fit, kwargs, method_name = _engine(method, covariance_type, num_ranks, engine_kwargs)
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
+    check_executor(executor)
 
     # ---- keys: replication r (prior draw, data, fit, ties) from fold_in(k_reps, r); the ECDF null
     k_reps, k_null = jax.random.split(seed_to_key(seed))

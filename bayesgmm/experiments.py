@@ -29,12 +29,12 @@ intervals for EM).
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Mapping
 
 import jax
 import numpy as np
 
+from ._executors import check_executor, recorded_warnings
 from .engines import engine_names, get_engine
 from .labels import align_draws
 from .params import GMMParams, Prior, check_data, check_int, check_num_components, prepare_data
@@ -237,8 +237,7 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
     elif result.method in ("em", "map-em") and bootstrap_replicates:
         from .uncertainty import bootstrap
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with recorded_warnings("ignore"):
             draws = bootstrap(result, x, num_replicates=bootstrap_replicates, seed=seed).draws
         draws = _align_to(draws, truth, ct)
     alpha = (1 - interval) / 2
@@ -348,7 +347,10 @@ def compare(
         Also return ``{method: FitResult}`` (fitted in the workers and sent back when an
         ``executor`` runs them).
     executor : concurrent.futures.Executor, optional
-        Runs the engines in parallel (see above); serial when omitted.
+        Runs the engines in parallel (see above); serial when omitted. A process pool must
+        spawn (a forking one is refused: forked workers of a process that has run JAX wait
+        forever); on threads (a ``ThreadPoolExecutor``, Dask's threaded workers) the tasks run one
+        at a time, since each records its warnings in the process-wide warnings module.
 
     Returns
     -------
@@ -358,8 +360,7 @@ def compare(
     """
     import pandas as pd
 
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
+    check_executor(executor)
     engine_kwargs = dict(engine_kwargs or {})
     # validated once; every engine takes the record and skips the checks (NaN let through where an
     # engine is told missing="marginalize"; the others then refuse them with their own message)
@@ -441,8 +442,7 @@ def _compare_task(method, data, settings):
     with jax.enable_x64(settings["x64"]):
         k, seed, engine_kwargs = settings["num_components"], settings["seed"], settings["engine_kwargs"]
         arr = data.values
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded_warnings() as caught:  # one task at a time on threads (_executors)
             start = time.perf_counter()
             if method == "kmeans":
                 from .kmeans import kmeans
@@ -485,10 +485,10 @@ def simulation_study(
     the same mixture, and every method is fitted. Engines compile once per shape, so the
     replicates of one grid cell reuse the compiled programs.
 
-    ``executor``: any :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, or a Dask
-    cluster's ``client.get_executor()``) runs the data sets in parallel, across cores or machines;
-    every data set is seeded by its position in the study, so the table equals the serial run's
-    (up to the timing columns). Each worker compiles the engines once per shape (the persistent
+    ``executor``: any :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor`` made with
+    the "spawn" context, or a Dask cluster's ``client.get_executor()``) runs the data sets in
+    parallel, across cores or machines; every data set is seeded by its position in the study,
+    so the table equals the serial run's (up to the timing columns). Each worker compiles the engines once per shape (the persistent
     compilation cache shares the programs between processes on one machine).
 
     Parameters
@@ -518,7 +518,8 @@ def simulation_study(
     progress_bar : bool
         Show a progress bar over the data sets.
     executor : concurrent.futures.Executor, optional
-        Runs the data sets in parallel (see above); serial when omitted.
+        Runs the data sets in parallel (see above); serial when omitted. A process pool must
+        spawn, and threads run the tasks one at a time (as :func:`compare`'s).
 
     Returns
     -------
@@ -539,8 +540,7 @@ def simulation_study(
             raise ValueError(f"separation must hold non-negative numbers, got {value!r}.")
     if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise ValueError(f"executor must be a concurrent.futures.Executor (or have its submit method), got {executor!r}.")
+    check_executor(executor)
     grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]
     settings = dict(num_features=num_features, methods=tuple(methods), covariance_type=covariance_type,
                     test_size=test_size, interval=interval, bootstrap_replicates=bootstrap_replicates,

@@ -181,6 +181,13 @@ def test_replications_run_on_a_process_pool_as_in_the_serial_loop():
     pd.testing.assert_frame_equal(pooled.replications[facts], serial.replications[facts])
     with pytest.raises(ValueError, match="executor must be a concurrent.futures.Executor"):
         sbc(1, N, num_replications=2, executor="pool", **EXACT)
+    # threads: each replication's warnings its own (they were swapped between replications)
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        threaded = sbc(1, N, num_replications=6, seed=3, executor=threads, **EXACT)
+    pd.testing.assert_frame_equal(threaded.replications[facts], serial.replications[facts])
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as forking:
+        with pytest.raises(ValueError, match="forks this process"):
+            sbc(1, N, num_replications=2, executor=forking, **EXACT)
 
 
 def test_progress_bar_changes_nothing_but_stderr(capsys):

@@ -1,6 +1,8 @@
 """Engine comparison and simulation studies: metrics against scikit-learn, truth alignment,
 coverage bookkeeping, aggregation, errors."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,6 +163,20 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
     np.testing.assert_array_equal(serial_fits["kmeans"].labels, pooled_fits["kmeans"].labels)
     with pytest.raises(ValueError, match="executor must be a concurrent.futures.Executor"):
         compare(x, 2, methods="em", executor=object())
+    # a forking pool waits forever once JAX has run here: refused, with the fix
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as forking:
+        with pytest.raises(ValueError, match="mp_context=multiprocessing.get_context\\('spawn'\\)"):
+            compare(x, 2, methods="em", executor=forking)
+    # threads share the warnings module: each row's warnings are its own (they were swapped between
+    # rows, or lost), and the caller's filters are as they were
+    short = dict(methods=("em", "vb"), engine_kwargs={"em": {"max_iter": 2}, "vb": {"max_iter": 2}}, seed=2)
+    alone = compare(x, 2, **short)
+    filters = list(warnings.filters)
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        threaded = compare(x, 2, executor=threads, **short)
+    assert list(warnings.filters) == filters
+    assert all("did not converge" in w for w in alone["warnings"])
+    assert (threaded["warnings"] == alone["warnings"]).all()
     assert list(again.columns) == list(study.columns)
     same_seed = [c for c in study.select_dtypes("number") if "seconds" not in c]  # timings aside
     np.testing.assert_array_equal(study[same_seed].to_numpy(), again[same_seed].to_numpy())
