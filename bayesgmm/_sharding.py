@@ -27,6 +27,7 @@ jaxlib's LAPACK kernels wait.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import NamedTuple
 
@@ -224,9 +225,78 @@ def resolve(devices, num_rows: int) -> RowSharding:
             chosen = list(devices) if isinstance(devices, (list, tuple, np.ndarray)) else []
             if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
                 raise ValueError("devices must be None, 'all', an int, a non-empty list of jax devices or a Mesh.")
+            if len(set(chosen)) != len(chosen):
+                raise ValueError(f"devices lists a device more than once ({chosen}); each shard of the rows needs a "
+                                 "device of its own.")
         mesh = Mesh(np.array(chosen), (AXIS,))
     size = mesh.devices.size
     return RowSharding(mesh, num_rows, -(-num_rows // size) * size)
+
+
+def spans_processes(mesh) -> bool:
+    """Whether ``mesh`` (or None) holds devices of more than one process (multi-controller JAX)."""
+    return mesh is not None and len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def put_rows(x: np.ndarray, sharding):
+    """``jax.device_put(x, sharding)`` for host rows. Across processes each process places its
+    own shards from its copy of ``x``: ``device_put`` would first check that every process holds
+    the same array by gathering all of ``x`` onto every process (N rows through the network per
+    fit, and per chunk of every pass when streaming). A fit checks its processes' agreement once,
+    from digests (:func:`agree_across_processes`)."""
+    if sharding is None or not spans_processes(getattr(sharding, "mesh", None)):
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: np.asarray(x[index]))
+
+
+def _digest(value) -> bytes:
+    """Eight bytes that identify ``value``: arrays by dtype, shape and contents, containers by
+    their items, anything else by its ``repr``."""
+    h = hashlib.blake2b(digest_size=8)
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        value = jax.random.key_data(value)  # a typed PRNG key: its raw numbers
+    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+        h.update(repr(value).encode())
+    elif isinstance(value, dict):
+        for name in sorted(value):
+            h.update(repr(name).encode() + _digest(value[name]))
+    elif isinstance(value, (list, tuple)):
+        h.update(b"seq")
+        for item in value:
+            h.update(_digest(item))
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):
+        arr = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    else:
+        leaves = jax.tree_util.tree_leaves(value)
+        if len(leaves) == 1 and leaves[0] is value:
+            h.update(repr(value).encode())
+        else:
+            h.update(_digest(list(leaves)))
+    return h.digest()
+
+
+def agree_across_processes(rows: RowSharding, what: str, **facts) -> None:
+    """Raise on every process where the processes of a multi-process fit (rows sharded over
+    several processes' devices) were not given the same call: ``facts`` (the data, the options,
+    the seed's key, ...) are compared by digests gathered from every process. Without this, a
+    difference ran on: different seeds returned a fit that was neither's, a different
+    ``reg_covar`` a different result in each process, a different K or tolerance waited forever,
+    a different N or structure aborted in gloo ("collective mismatch")."""
+    if not spans_processes(rows.mesh):
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(facts)
+    mine = np.frombuffer(b"".join(_digest(facts[name]) for name in names), np.uint8).reshape(len(names), 8)
+    every = np.asarray(multihost_utils.process_allgather(mine))  # (processes, facts, 8)
+    differ = [name for i, name in enumerate(names) if not (every[:, i] == every[:1, i]).all()]
+    if differ:
+        raise ValueError(
+            f"the processes of this multi-process {what} were called with different {', '.join(differ)} "
+            f"(process {jax.process_index()} of {jax.process_count()}): every process must run the same call "
+            "with the same data, options and seed (it places its own rows from the full data).")
 
 
 def pad_observed(observed, num_padded: int):
@@ -284,4 +354,4 @@ def shard_rows(sharding: RowSharding, x: np.ndarray, sample_weight):
     from jax.sharding import NamedSharding, PartitionSpec
 
     rows = NamedSharding(sharding.mesh, PartitionSpec(AXIS))
-    return jax.device_put(x, rows), jax.device_put(w, rows)
+    return put_rows(x, rows), put_rows(w, rows)

@@ -201,6 +201,11 @@ def fit_em(
     rows = _sharding.resolve(devices, n)
     if rows.mesh is not None and prep.observed is not None:
         raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
+    _sharding.agree_across_processes(
+        rows, "fit_em", data=prep.xs, sample_weight=weight, num_components=k, covariance_model=prep.covariance_model,
+        prior=prep.prior_arrays, start=given, key=key, options=dict(
+            init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+            hard=hard, allow_degenerate=allow_degenerate, init_iter=short_iter))
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
     observed = _sharding.pad_observed(prep.observed, xs.shape[0])
     config = EMConfig(k, d, layout, bool(hard), prior is not None, covariance_model=prep.covariance_model)

@@ -403,7 +403,7 @@ def _put(x, sharding):
     ``may_alias=False`` in JAX 0.10), and the next chunk read into it would then race with the
     computation still running on this one.
     """
-    return jax.device_put(np.array(x, copy=True), sharding)
+    return _sharding.put_rows(np.array(x, copy=True), sharding)
 
 
 class _Progress:
@@ -445,7 +445,7 @@ class _Feeder:
     def __init__(self, src: Source, batch_size: int, config: StreamConfig, dtype, shift, sd, devices, progress):
         self.src, self.batch_size, self.config, self.dtype, self.progress = src, batch_size, config, dtype, progress
         self.num_chunks = src.num_chunks(batch_size)
-        rows = _sharding.resolve(devices, batch_size)
+        rows = self.rows = _sharding.resolve(devices, batch_size)
         self.num_devices = rows.num_devices
         platform = jax.devices()[0].platform if rows.mesh is None else rows.mesh.devices.flat[0].platform
         block_rows, self.padded = _blocking(batch_size, rows.num_devices, platform)
@@ -829,6 +829,11 @@ def fit_em_stream(
         init_params, moments, shift, sd, key_init, config, prior_arrays, n_init, tol, reg_covar, max_iter, dtype
     )
     feeder = _Feeder(src, batch_size, config, dtype, shift, sd, devices, progress)
+    _sharding.agree_across_processes(  # the first pass's moments and the start stand for the data
+        feeder.rows, "fit_em_stream", shape=(n, d), dtype=str(src.dtype), mean=moments.mean, sd=moments.sd,
+        start=jax.device_get(params), num_components=k, covariance_type=covariance_type, prior=prior_arrays,
+        key=seed_to_key(seed), options=dict(method=method, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
+                                            batch_size=batch_size, step_exponent=step_exponent, shuffle=shuffle))
     if method == "batch":
         passes = _batch_passes(feeder, params, prior_arrays, tol, reg_covar, max_iter, n)
     else:

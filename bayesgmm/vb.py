@@ -641,6 +641,11 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         noise = init_noise(init_key, init_params, starts, n, k, dtype, rows.num_padded)[None]
         seeded = occupancy(starts, k)[None]
     trace_len = trace_length(max_iter)
+    _sharding.agree_across_processes(
+        rows, "fit_vb", data=xs, sample_weight=weight, num_components=k, covariance_type=covariance_type,
+        prior=prior_arrays, key=key, options=dict(
+            init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+            init_iter=short_iter, num_draws=num_draws))
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0])

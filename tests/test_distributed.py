@@ -34,6 +34,14 @@ SCRIPT = textwrap.dedent(
                            num_devices=fit.info.get("num_devices"))
 
     for case in cases.split(","):
+        if case == "mismatch":  # each process another seed, then another reg_covar: refused in every process
+            for name, kw in (("seed", dict(seed=rank)), ("reg_covar", dict(reg_covar=[1e-10, 0.5][rank], seed=0))):
+                try:
+                    bg.fit_em(data.x, 3, n_init=2, devices=devices, **kw)
+                    facts["mismatch_" + name] = "fitted"
+                except ValueError as err:
+                    facts["mismatch_" + name] = str(err)
+            continue
         engine, ct = case.split("_")
         if engine == "vb":
             fit = bg.fit_vb(data.x, 3, covariance_type=ct, n_init=2, seed=0, devices=devices)
@@ -87,7 +95,7 @@ def _run(folder, cases):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("distributed"), CASES)
+    return _run(tmp_path_factory.mktemp("distributed"), CASES + ("mismatch",))
 
 
 def test_two_processes_see_each_others_devices(runs):
@@ -101,6 +109,16 @@ def test_two_processes_see_each_others_devices(runs):
 def test_every_rank_gets_the_same_result(runs, case):
     """Both processes run one SPMD program and return bit-identical results."""
     assert runs["rank0"][case] == runs["rank1"][case]
+
+
+def test_processes_called_differently_are_refused(runs):
+    """A different seed in each process returned a fit that was neither seed's; a different
+    reg_covar a different result in each process (other differences hung or aborted in gloo).
+    Every process now compares the call's digests first and raises."""
+    for rank in ("rank0", "rank1"):
+        assert "called with different key" in runs[rank]["mismatch_seed"], runs[rank]["mismatch_seed"]
+        assert "called with different options" in runs[rank]["mismatch_reg_covar"]
+    assert runs["alone"]["mismatch_seed"] == runs["alone"]["mismatch_reg_covar"] == "fitted"
 
 
 def _assert_equal_fits(runs, case):
