@@ -149,7 +149,9 @@ def fit_em(
     devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
         Shard the rows over these devices (data parallelism; see :mod:`bayesgmm._sharding`).
         None: no sharding. The result equals the single-device fit up to floating-point
-        reduction order.
+        reduction order (in float32 the E-step then takes its centred form throughout). Not
+        with missing values. Across processes (:func:`bayesgmm.initialize_distributed`) every
+        process passes the same call; a difference is a ValueError in every process.
     missing : {"error", "marginalize"}
         ``"marginalize"``: NaN entries are missing at random, and EM maximises the observed-data
         likelihood (each row's density is the mixture of the Gaussians' marginals over its

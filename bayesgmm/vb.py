@@ -527,7 +527,8 @@ def fit_vb(
         times in every sufficient statistic and in the ELBO.
     devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
         Shard the rows over these devices (data parallelism, as :func:`bayesgmm.fit_em`); the
-        result equals the single-device fit up to floating-point reduction order.
+        result equals the single-device fit up to floating-point reduction order. Not with
+        missing values; across processes every process passes the same call.
     seed : int or jax key
         Same seed, same result (including the draws), bit for bit.
     missing : {"error", "marginalize"}
