@@ -10,8 +10,14 @@ Two things an executor's workers share with the caller are checked or guarded he
 * Python's warning capture (:class:`warnings.catch_warnings`) swaps process-wide state: two
   threads recording at once took each other's warnings (a thread pool's ``simulation_study``
   put its EM rows' ConvergenceWarning on VB rows, or lost it) and left an ``"always"`` filter
-  behind. Tasks record under one lock, so on a thread pool (or Dask's threads) they run one at
-  a time and report what the serial run reports; processes run them in parallel.
+  behind. Every place of the package that records or silences warnings does it under one lock
+  (:func:`recorded_warnings`), so on a thread pool (or Dask's threads) the tasks run one at a
+  time and report what the serial run reports; processes run them in parallel. A task that
+  itself runs an experiment on an executor (a user's engine calling ``compare``, say) runs
+  that one in its own thread (:func:`inside_task`): its workers would wait for the lock the
+  task holds while the task waits for them. A user's own ``warnings.catch_warnings`` in another
+  thread still shares the process-wide state with the package's (Python's warnings module
+  becomes context-local only in Python 3.14).
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ import warnings
 
 #: Held while a task records (or silences) warnings: the warnings module's state is process-wide.
 _WARNINGS_LOCK = threading.RLock()
+#: How many :func:`recorded_warnings` blocks this thread is inside.
+_DEPTH = threading.local()
+
+
+def inside_task() -> bool:
+    """Whether this thread is inside a :func:`recorded_warnings` block (holding the lock)."""
+    return getattr(_DEPTH, "value", 0) > 0
 
 
 def check_executor(executor) -> None:
@@ -40,10 +53,16 @@ def check_executor(executor) -> None:
 
 
 @contextlib.contextmanager
-def recorded_warnings(action: str = "always"):
-    """``warnings.catch_warnings(record=True)`` with ``simplefilter(action)``, one task at a time
-    in this process (:data:`_WARNINGS_LOCK`): yields the list of warnings recorded (empty with
-    ``action="ignore"``)."""
-    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter(action)
-        yield caught
+def recorded_warnings(action: str = "always", category=Warning, message: str = ""):
+    """``warnings.catch_warnings(record=True)`` with ``filterwarnings(action, message, category)``
+    (the caller's filters kept for other warnings when ``category`` or ``message`` narrows it),
+    one block at a time in this process (:data:`_WARNINGS_LOCK`): yields the list of warnings
+    recorded, which with an ``"ignore"`` action are the others that the caller's filters show."""
+    narrow = category is not Warning or message != ""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=not narrow) as caught:
+        _DEPTH.value = getattr(_DEPTH, "value", 0) + 1
+        try:
+            warnings.filterwarnings(action, message=message, category=category)
+            yield [] if caught is None else caught
+        finally:
+            _DEPTH.value -= 1

@@ -66,7 +66,7 @@ import numpy as np
 
 from . import _numerics
 from ._compile import jit
-from ._executors import check_executor, recorded_warnings
+from ._executors import check_executor, inside_task, recorded_warnings
 from ._files import jsonable
 from .engines import engine_names, get_engine
 from .labels import invariant_summaries
@@ -499,7 +499,7 @@ def sbc(
         num_ranks=num_ranks, quantities=quantities, feature=int(feature), on_error=on_error,
         x64=bool(jax.config.jax_enable_x64), num_replications=r_total,
     )
-    if executor is None:
+    if executor is None or inside_task():  # inside a task: its workers would wait for the task's lock
         outcomes = (_run_replication(task, r) for r in range(r_total))
     else:  # each replication is seeded by its index: the same outcomes as the serial run
         futures = [executor.submit(_run_replication, task, r) for r in range(r_total)]

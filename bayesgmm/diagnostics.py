@@ -59,10 +59,9 @@ def import_arviz():
     That first import also writes a day stamp in the user's cache folder, by a rename that fails
     with ``FileNotFoundError`` when another process writes it at the same moment (parallel test
     workers, a process pool). The stamp is then there, and a second import succeeds."""
-    import warnings
+    from ._executors import recorded_warnings
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    with recorded_warnings("ignore", FutureWarning, message=r"\s*ArviZ is undergoing a major refactor"):
         try:
             import arviz
         except FileNotFoundError:  # another process renamed the stamp first: it is written

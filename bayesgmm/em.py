@@ -21,8 +21,6 @@ the fit does not depend on the units; everything reported is on the original sca
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from . import _numerics, _sharding
@@ -39,6 +37,7 @@ from ._em_host import (
     search_rows,
     user_init,
 )
+from ._executors import recorded_warnings
 from .params import (
     ConvergenceWarning,
     Prior,
@@ -294,7 +293,6 @@ def fit_em_path(x, num_components: int, iterations, **options) -> dict:
         )
     fits = {}
     for t in its:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with recorded_warnings("ignore", ConvergenceWarning):  # one thread at a time (_executors)
             fits[t] = fit_em(x, num_components, max_iter=t, tol=0.0, **options)
     return fits

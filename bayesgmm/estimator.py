@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from . import _covariance_models
+from ._executors import recorded_warnings
 from .engines import engine_names, get_engine
 from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data, check_sample_weight
 from .params import ConvergenceWarning as _ConvergenceWarning
@@ -591,8 +592,7 @@ class GaussianMixture(_DensityMixin, _Base):
             kwargs.update(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_, n_init=1)
         caught = []
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with recorded_warnings() as caught:  # one thread at a time (_executors)
                 result = fit_fn(X, k, seed=seed, **kwargs)
         except BaseException:  # outside the recording block: the caller's filters apply
             self._reemit(caught)

@@ -34,7 +34,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from ._executors import check_executor, recorded_warnings
+from ._executors import check_executor, inside_task, recorded_warnings
 from .engines import engine_names, get_engine
 from .labels import align_draws
 from .params import GMMParams, Prior, check_data, check_int, check_num_components, prepare_data
@@ -422,6 +422,8 @@ def _run_in_order(fn, items, args, executor, bar_labels):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc=bar_labels[0], unit=bar_labels[1])
+    if inside_task():  # an experiment inside a task: its workers would wait for the task's lock
+        executor = None
     try:
         futures = None if executor is None else [executor.submit(fn, item, *args) for item in items]
         results = []

@@ -167,10 +167,12 @@ def _columns_as_fitted(frame, name: str, feature_names):
         duplicated = sorted({str(c) for c in frame.columns if list(map(str, frame.columns)).count(str(c)) > 1})
         raise ValueError(f"{name} has duplicated column name(s) {duplicated}; give every column its own name.")
     given = tuple(labels)
-    if feature_names is None or given == tuple(feature_names) or _is_default_names(feature_names):
+    if feature_names is None or given == tuple(feature_names):
         return frame
-    if sorted(given) == sorted(feature_names):  # same columns, another order: use the fitted one
+    if sorted(given) == sorted(feature_names):  # same columns, another order (x1, x0 too): the fitted one
         return frame[[labels[c] for c in feature_names]]
+    if _is_default_names(feature_names):  # fitted on an array: any columns, by position
+        return frame
     missing = [c for c in feature_names if c not in labels]
     extra = [c for c in given if c not in set(feature_names)]
     raise ValueError(
@@ -288,7 +290,8 @@ def check_data(
         observed values through, as scoring new data may; a fit needs variance in every column.
     feature_names : sequence of str, optional
         The names a model was fitted on: a DataFrame's columns are matched to them by name (and
-        reordered); default names (``x0``, ``x1``, ...) match any columns.
+        reordered); default names (``x0``, ``x1``, ...) match any columns, by position, unless
+        the columns are those very names in another order.
     missing : {"error", "marginalize"}
         ``"marginalize"``: NaN entries are missing values, let through; ``"error"``: NaN is
         refused.

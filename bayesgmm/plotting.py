@@ -103,14 +103,32 @@ def _data(x, result: FitResult, features=None) -> np.ndarray:
     feature names (reordered as the fit's, as ``predict_proba`` reads them). Rows with a missing
     value (NaN, as a fit with ``missing="marginalize"`` takes them) in one of ``features`` (the
     columns drawn; default all) are left out of the figures."""
-    arr, _ = check_data(x, num_features=result.num_features, allow_constant=True, missing="marginalize",
-                        feature_names=result.feature_names)
+    arr, _ = check_data(_without_empty_rows(x), num_features=result.num_features, allow_constant=True,
+                        missing="marginalize", feature_names=result.feature_names)
     arr = np.asarray(arr, dtype=np.float64)
     drawn = arr if features is None else arr[:, list(features)]
     complete = ~np.isnan(drawn).any(axis=1)
     if not complete.any():
         raise ValueError("every row of x has a missing value (NaN) in the columns drawn: there is no row to draw.")
     return arr if complete.all() else arr[complete]
+
+
+def _without_empty_rows(x):
+    """``x`` without its rows that observe nothing (all NaN; every row of 1-D data with NaN),
+    which :func:`bayesgmm.params.check_data` refuses and a figure leaves out anyway."""
+    if hasattr(x, "columns") and hasattr(x, "isna"):  # a DataFrame (names kept for matching)
+        empty = x.isna().to_numpy().all(axis=1)
+        return x[~empty] if empty.any() else x
+    if hasattr(x, "isna"):  # a Series: one feature
+        return x[~x.isna()]
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        return x  # check_data's error
+    if arr.ndim not in (1, 2) or not np.isnan(arr).any():
+        return x
+    empty = np.isnan(arr) if arr.ndim == 1 else np.isnan(arr).all(axis=1)
+    return arr[~empty]
 
 
 def _check_features(features, d: int) -> tuple[int, int]:

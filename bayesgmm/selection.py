@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _covariance_models, _em_core, _em_host, _sharding
 from ._covariance_models import MODELS
+from ._executors import recorded_warnings
 from ._numerics import num_free_parameters
 from .em import fit_em
 from .engines import get_engine
@@ -204,8 +205,7 @@ def _climb_nested(x, fits, failed, types, ks, **options) -> None:
                     continue
                 start = fits[a]
                 layout = _covariance_models.storage(large)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with recorded_warnings("ignore"):  # one thread at a time (_executors)
                     refit = fit_em(x, k, covariance_type=names[large], weights_init=start.weights,
                                    means_init=start.means, precisions_init=_precisions_init(start, layout), n_init=1,
                                    **options)
@@ -428,8 +428,7 @@ def select_bayesian(
                      seed=seed, **engine_kwargs)
         fits[k] = fit
         idatas[f"K={k}"] = fit.to_inference_data(arr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # ArviZ's Pareto-k / WAIC variance notes
+    with recorded_warnings("ignore", UserWarning):  # ArviZ's Pareto-k / WAIC variance notes
         comparison = az.compare(idatas, ic="loo")
         for label, idata in idatas.items():
             waic = az.waic(idata)

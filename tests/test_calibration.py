@@ -190,6 +190,28 @@ def test_replications_run_on_a_process_pool_as_in_the_serial_loop():
             sbc(1, N, num_replications=2, executor=forking, **EXACT)
 
 
+def test_an_experiment_inside_a_task_does_not_wait_for_itself():
+    """A replication holds the warnings lock while its engine runs; an engine that runs
+    ``compare`` on a thread pool had its workers wait for that lock while it waited for them
+    (forever). The inner experiment now runs in the task's own thread."""
+    import concurrent.futures
+    import threading
+
+    def engine(x, k, *, covariance_type, prior, seed, **kw):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            _, fits = bg.compare(x, k, methods=("vb",), covariance_type=covariance_type, prior=prior,
+                                 engine_kwargs={"vb": kw}, return_fits=True, executor=pool)
+        return fits["vb"]
+
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(r=sbc(1, N, num_replications=2, seed=0, prior=PRIOR,
+                                                               method=engine, num_ranks=L)), daemon=True)
+    worker.start()
+    worker.join(240)
+    assert not worker.is_alive(), "sbc with an engine running compare on a thread pool did not finish"
+    assert done["r"].replications.shape[0] == 2
+
+
 def test_progress_bar_changes_nothing_but_stderr(capsys):
     quiet = sbc(1, N, num_replications=6, seed=8, **EXACT)
     shown = sbc(1, N, num_replications=6, seed=8, progress_bar=True, **EXACT)

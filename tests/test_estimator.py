@@ -370,9 +370,10 @@ def test_sample_weight_counts_rows(faithful_std):
             repeated = GaussianMixture(2, **kw).fit(twice)
             np.testing.assert_allclose(weighted.means_, repeated.means_, rtol=1e-7)
             np.testing.assert_allclose(weighted.lower_bound_, repeated.lower_bound_, rtol=1e-9)
-        total = weighted.result_.log_likelihood
-        if method == "em":
-            assert weighted.lower_bound_ == pytest.approx(total / w.sum(), rel=1e-6)
+        total = weighted.result_.log_likelihood if method == "em" else weighted.result_.trace[-1]  # VB: the ELBO
+        assert weighted.lower_bound_ == pytest.approx(total / w.sum(), rel=1e-6)
+        unweighted = GaussianMixture(2, method=method, **kw).fit(x)
+        assert abs(unweighted.lower_bound_ - weighted.lower_bound_) > 1e-3  # the weights were used
     # prior="default": the prior of the weighted rows, as fit_em's with Prior.default(..., sample_weight=w)
     map_fit = GaussianMixture(2, prior="default", **start).fit(x, sample_weight=w)
     direct = bg.fit_em(x, 2, prior=bg.Prior.default(x, 2, sample_weight=w), sample_weight=w, seed=0,

@@ -169,6 +169,12 @@ def test_rows_missing_another_column_are_drawn(em2, faithful_frame):
     assert len(ax.collections[0].get_offsets()) == np.sum(~np.isnan(x).any(axis=1))
     fig, axes = plotting.plot_em_iterations(x, {0: em2}, legend=False)
     assert len(axes[0].collections[0].get_offsets()) == np.sum(~np.isnan(x).any(axis=1))
+    x[3] = np.nan  # a row that observes nothing (check_data refuses such rows): left out too
+    assert len(plotting.plot_clusters_2d(em2, x).collections[0].get_offsets()) == np.sum(~np.isnan(x).any(axis=1))
+    feet = np.array([230.0, np.nan, 241.0, 255.0, 262.0, np.nan, 270.0])  # 1-D: each NaN row is empty
+    fit1 = bg.fit_em(feet[~np.isnan(feet)], 1)
+    bars = plotting.plot_density_1d(fit1, feet).patches
+    assert sum(p.get_height() * p.get_width() for p in bars) == pytest.approx(1.0)
 
 
 def test_clusters_2d_ellipses_colours_and_labels(em2, faithful_frame, tmp_path):

@@ -95,6 +95,10 @@ def test_dataframe_columns_are_matched_by_name(em_fit, two_blobs):
     # a result fitted on a plain array accepts any column names
     plain = bg.fit_em(two_blobs, 2, seed=0)
     np.testing.assert_allclose(plain.score_samples(df), plain.score_samples(two_blobs))
+    # ... by position, unless they are its own names in another order (a frame with columns x1, x0
+    # was read by position, as if the names were placeholders)
+    named = pd.DataFrame(two_blobs, columns=["x0", "x1"])
+    np.testing.assert_array_equal(plain.score_samples(named[["x1", "x0"]]), plain.score_samples(two_blobs))
 
 
 def test_nullable_pandas_columns_are_numeric(two_blobs):
