@@ -699,7 +699,7 @@ def test_new_row_counts_and_max_iter_compile_nothing(faithful):
 
 
 def test_bad_sample_weight_raises(faithful):
-    for w, match in [(np.ones(3), r"shape \(272,\)"), (-np.ones(272), "non-negative"), (np.zeros(272), "positive sum")]:
+    for w, match in [(np.ones(3), r"shape \(272,\)"), (-np.ones(272), "non-negative"), (np.zeros(272), "zero for every row")]:
         with pytest.raises(ValueError, match=match):
             bg.fit_em(faithful, 2, sample_weight=w)
 
