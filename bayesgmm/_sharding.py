@@ -299,12 +299,17 @@ def agree_across_processes(rows: RowSharding, what: str, **facts) -> None:
             "with the same data, options and seed (it places its own rows from the full data).")
 
 
-def pad_observed(observed, num_padded: int):
+def pad_observed(observed, num_padded: int, sharding: "RowSharding | None" = None):
     """A missing-value mask (N, D) (or None) extended to ``num_padded`` rows: padding rows count as
-    observed (they are zeros of weight 0, as :func:`shard_rows` makes them)."""
-    if observed is None or observed.shape[0] >= num_padded:
+    observed (they are zeros of weight 0, as :func:`shard_rows` makes them); with a ``sharding``
+    that has a mesh, placed on it by rows as :func:`shard_rows` places the data."""
+    if observed is not None and observed.shape[0] < num_padded:
+        observed = np.concatenate([observed, np.ones((num_padded - observed.shape[0], observed.shape[1]), bool)])
+    if observed is None or sharding is None or sharding.mesh is None:
         return observed
-    return np.concatenate([observed, np.ones((num_padded - observed.shape[0], observed.shape[1]), bool)])
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return put_rows(observed, NamedSharding(sharding.mesh, PartitionSpec(AXIS)))
 
 
 #: Byte alignment at which XLA's CPU client takes a NumPy array's memory as it is.

@@ -148,8 +148,8 @@ def fit_em(
     devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
         Shard the rows over these devices (data parallelism; see :mod:`bayesgmm._sharding`).
         None: no sharding. The result equals the single-device fit up to floating-point
-        reduction order (in float32 the E-step then takes its centred form throughout). Not
-        with missing values. Across processes (:func:`bayesgmm.initialize_distributed`) every
+        reduction order (in float32 the E-step then takes its centred form throughout), missing
+        values included. Across processes (:func:`bayesgmm.initialize_distributed`) every
         process passes the same call; a difference is a ValueError in every process.
     missing : {"error", "marginalize"}
         ``"marginalize"``: NaN entries are missing at random, and EM maximises the observed-data
@@ -200,15 +200,14 @@ def fit_em(
         starts = kept = 1  # one given start: nothing to search (any other start would be the same)
     key = seed_to_key(seed)
     rows = _sharding.resolve(devices, n)
-    if rows.mesh is not None and prep.observed is not None:
-        raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
     _sharding.agree_across_processes(
-        rows, "fit_em", data=prep.xs, sample_weight=weight, num_components=k, covariance_model=prep.covariance_model,
+        rows, "fit_em", data=prep.xs, observed=prep.observed, sample_weight=weight, num_components=k,
+        covariance_model=prep.covariance_model,
         prior=prep.prior_arrays, start=given, key=key, options=dict(
             init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
             hard=hard, allow_degenerate=allow_degenerate, init_iter=short_iter))
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
-    observed = _sharding.pad_observed(prep.observed, xs.shape[0])
+    observed = _sharding.pad_observed(prep.observed, xs.shape[0], rows)
     config = EMConfig(k, d, layout, bool(hard), prior is not None, covariance_model=prep.covariance_model)
     found = run_search(
         prep, key, given, prep.prior_arrays, tol=tol, reg_covar=reg_covar, sample_weight=weight_dev, active=None,

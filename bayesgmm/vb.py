@@ -527,8 +527,8 @@ def fit_vb(
         times in every sufficient statistic and in the ELBO.
     devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
         Shard the rows over these devices (data parallelism, as :func:`bayesgmm.fit_em`); the
-        result equals the single-device fit up to floating-point reduction order. Not with
-        missing values; across processes every process passes the same call.
+        result equals the single-device fit up to floating-point reduction order, missing values
+        included; across processes every process passes the same call.
     seed : int or jax key
         Same seed, same result (including the draws), bit for bit.
     missing : {"error", "marginalize"}
@@ -626,8 +626,6 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     dtype = compute_dtype()
     shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
     xs, observed = mark_missing(xs)
-    if observed is not None and rows.mesh is not None:
-        raise ValueError("devices (sharded rows) does not take missing values yet; fit on one device (devices=None).")
     prior_std = prior.standardised(shift, sd)
     prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
     key = seed_to_key(seed)
@@ -643,13 +641,13 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         seeded = occupancy(starts, k)[None]
     trace_len = trace_length(max_iter)
     _sharding.agree_across_processes(
-        rows, "fit_vb", data=xs, sample_weight=weight, num_components=k, covariance_type=covariance_type,
+        rows, "fit_vb", data=xs, observed=observed, sample_weight=weight, num_components=k, covariance_type=covariance_type,
         prior=prior_arrays, key=key, options=dict(
             init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
             init_iter=short_iter, num_draws=num_draws))
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
-    observed = _sharding.pad_observed(observed, xs_dev.shape[0])
+    observed = _sharding.pad_observed(observed, xs_dev.shape[0], rows)
     # sharded rows keep one form (bayesgmm._iterate.fixed_form: the centred one in float32)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);
     # on small data every call queues its lanes through that pool: one call for all short runs

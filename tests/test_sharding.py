@@ -76,6 +76,17 @@ SCRIPT = textwrap.dedent(
             vb = [bg.fit_vb(x, 3, prior=prior, seed=0, devices=d).info["elbo"] for d in (None, 2)]
         return dict(em=em, vb=vb)
 
+    def missing():  # NaN entries: the mask sharded with the rows (devices= once refused them)
+        x = data.x.copy()
+        x[np.random.default_rng(0).random(x.shape) < 0.1] = np.nan
+        x[np.isnan(x).all(axis=1), 0] = 0.0
+        one = bg.fit_em(x, 3, seed=0, missing="marginalize")
+        four = bg.fit_em(x, 3, seed=0, missing="marginalize", devices="all")
+        em = facts(one, four, lambda r: r.log_likelihood)
+        one = bg.fit_vb(x, 3, covariance_type="diag", seed=0, missing="marginalize")
+        four = bg.fit_vb(x, 3, covariance_type="diag", seed=0, missing="marginalize", devices="all")
+        return dict(em=em, vb=facts(one, four, lambda r: r.info["elbo"]))
+
     def errors():
         out = {}
         for name, devices in (("error", 8), ("error_bool", True)):
@@ -87,7 +98,7 @@ SCRIPT = textwrap.dedent(
 
     cases = {"em_" + ct: em_case(ct) for ct in ("full", "diag", "spherical", "tied")}
     cases.update({"vb_" + ct: vb_case(ct) for ct in ("full", "diag")}, map=map_case, errors=errors, large_lapack=large_lapack,
-                 float32_tight=float32_tight,
+                 float32_tight=float32_tight, missing=missing,
                  em_random_from_data=random_case(bg.fit_em, lambda r: r.log_likelihood),
                  vb_random_from_data=random_case(bg.fit_vb, lambda r: r.info["elbo"]))
     print(json.dumps({name: cases[name]() for name in sys.argv[1:]}))
@@ -109,7 +120,7 @@ def _run(cases):
 
 @pytest.fixture(scope="module")
 def sharded_results():
-    return _run(FAST + ["errors", "large_lapack", "float32_tight"])
+    return _run(FAST + ["errors", "large_lapack", "float32_tight", "missing"])
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +155,13 @@ def test_sharded_float32_keeps_a_tight_component(sharded_results):
     for one, sharded in (r["em"], r["vb"]):
         assert abs(one - sharded) <= 1e-4 * abs(one), r
     assert r["em"][0] > -1980.0
+
+
+def test_sharded_fits_take_missing_values(sharded_results):
+    """The missing-value mask is sharded with the rows: EM (full) and VB (diag) equal the
+    one-device fits (devices= with missing='marginalize' was refused)."""
+    for engine in ("em", "vb"):
+        _check(sharded_results["missing"][engine], engine)
 
 
 def test_too_many_devices_is_a_clear_error(sharded_results):
