@@ -16,8 +16,9 @@ Two things an executor's workers share with the caller are checked or guarded he
   itself runs an experiment on an executor (a user's engine calling ``compare``, say) runs
   that one in its own thread (:func:`inside_task`): its workers would wait for the lock the
   task holds while the task waits for them. A user's own ``warnings.catch_warnings`` in another
-  thread still shares the process-wide state with the package's (Python's warnings module
-  becomes context-local only in Python 3.14).
+  thread, and a warning the package raises outside these blocks (a plain ``fit_em`` call's),
+  still share the process-wide state (Python's warnings module becomes context-local only in
+  Python 3.14). The estimator's fits on a user's threads run one at a time too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import threading
 import warnings
 
 #: Held while a task records (or silences) warnings: the warnings module's state is process-wide.
-_WARNINGS_LOCK = threading.RLock()
+WARNINGS_LOCK = threading.RLock()
 #: How many :func:`recorded_warnings` blocks this thread is inside.
 _DEPTH = threading.local()
 
@@ -55,11 +56,15 @@ def check_executor(executor) -> None:
 @contextlib.contextmanager
 def recorded_warnings(action: str = "always", category=Warning, message: str = ""):
     """``warnings.catch_warnings(record=True)`` with ``filterwarnings(action, message, category)``
-    (the caller's filters kept for other warnings when ``category`` or ``message`` narrows it),
-    one block at a time in this process (:data:`_WARNINGS_LOCK`): yields the list of warnings
-    recorded, which with an ``"ignore"`` action are the others that the caller's filters show."""
+    (the caller's filters and display kept for other warnings when ``category`` or ``message``
+    narrows it), one block at a time in this process (:data:`WARNINGS_LOCK`): yields the list of
+    warnings recorded (empty when narrowed: the others then reach the caller as before).
+
+    Only warnings raised inside such a block are kept apart: one that the package raises
+    elsewhere (a fit's own warning, outside any block) in one thread can still land in another
+    thread's recording, as any ``warnings.catch_warnings`` of the user's can."""
     narrow = category is not Warning or message != ""
-    with _WARNINGS_LOCK, warnings.catch_warnings(record=not narrow) as caught:
+    with WARNINGS_LOCK, warnings.catch_warnings(record=not narrow) as caught:
         _DEPTH.value = getattr(_DEPTH, "value", 0) + 1
         try:
             warnings.filterwarnings(action, message=message, category=category)

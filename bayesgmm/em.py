@@ -149,8 +149,10 @@ def fit_em(
         Shard the rows over these devices (data parallelism; see :mod:`bayesgmm._sharding`).
         None: no sharding. The result equals the single-device fit up to floating-point
         reduction order (in float32 the E-step then takes its centred form throughout), missing
-        values included. Across processes (:func:`bayesgmm.initialize_distributed`) every
-        process passes the same call; a difference is a ValueError in every process.
+        values included; in float32 that order can change the iteration count and, among
+        near-equal starts, which one wins (the components then come in another order). Across
+        processes (:func:`bayesgmm.initialize_distributed`) every process passes the same call;
+        a difference is a ValueError in every process.
     missing : {"error", "marginalize"}
         ``"marginalize"``: NaN entries are missing at random, and EM maximises the observed-data
         likelihood (each row's density is the mixture of the Gaussians' marginals over its

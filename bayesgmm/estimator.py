@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from . import _covariance_models
-from ._executors import recorded_warnings
+from ._executors import WARNINGS_LOCK, recorded_warnings
 from .engines import engine_names, get_engine
 from .params import COVARIANCE_MODELS, COVARIANCE_TYPES, Prior, check_data, check_sample_weight
 from .params import ConvergenceWarning as _ConvergenceWarning
@@ -595,7 +595,8 @@ class GaussianMixture(_DensityMixin, _Base):
             with recorded_warnings() as caught:  # one thread at a time (_executors)
                 result = fit_fn(X, k, seed=seed, **kwargs)
         except BaseException:  # outside the recording block: the caller's filters apply
-            self._reemit(caught)
+            with WARNINGS_LOCK:  # but not inside another thread's recording block
+                self._reemit(caught)
             raise
         if hasattr(self, "feature_names_in_"):
             result = dataclasses.replace(result, feature_names=tuple(str(c) for c in self.feature_names_in_))
@@ -603,7 +604,8 @@ class GaussianMixture(_DensityMixin, _Base):
         self._set_fitted(result, seed, history, None if sample_weight is None else float(np.sum(sample_weight)))
         # a warm start is judged over the fits' joint history: one that converged there does not
         # also warn that its last max_iter iterations did not
-        self._reemit(caught, converged=warm and self.converged_)
+        with WARNINGS_LOCK:  # the caller's filters, not another thread's recording block
+            self._reemit(caught, converged=warm and self.converged_)
         if self.verbose:
             self._print_verbose(result, self._total_weight)
         return self
