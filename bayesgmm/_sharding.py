@@ -233,6 +233,13 @@ def resolve(devices, num_rows: int) -> RowSharding:
     return RowSharding(mesh, num_rows, -(-num_rows // size) * size)
 
 
+def by_rows(mesh):
+    """The sharding that splits an array's leading (row) axis over ``mesh``'s one axis."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
 def spans_processes(mesh) -> bool:
     """Whether ``mesh`` (or None) holds devices of more than one process (multi-controller JAX)."""
     return mesh is not None and len({d.process_index for d in mesh.devices.flat}) > 1
@@ -307,9 +314,7 @@ def pad_observed(observed, num_padded: int, sharding: "RowSharding | None" = Non
         observed = np.concatenate([observed, np.ones((num_padded - observed.shape[0], observed.shape[1]), bool)])
     if observed is None or sharding is None or sharding.mesh is None:
         return observed
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    return put_rows(observed, NamedSharding(sharding.mesh, PartitionSpec(AXIS)))
+    return put_rows(observed, by_rows(sharding.mesh))
 
 
 #: Byte alignment at which XLA's CPU client takes a NumPy array's memory as it is.
@@ -356,7 +361,5 @@ def shard_rows(sharding: RowSharding, x: np.ndarray, sample_weight):
     w = np.ones(sharding.num_rows, x.dtype) if sample_weight is None else np.asarray(sample_weight, x.dtype)
     w = np.concatenate([w, np.zeros(pad, x.dtype)]) if pad else w
     x = np.concatenate([x, np.zeros((pad, x.shape[1]), x.dtype)]) if pad else x
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    rows = NamedSharding(sharding.mesh, PartitionSpec(AXIS))
+    rows = by_rows(sharding.mesh)
     return put_rows(x, rows), put_rows(w, rows)

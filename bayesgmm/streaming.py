@@ -455,11 +455,7 @@ class _Feeder:
         block_rows, self.padded = _blocking(batch_size, rows.num_devices, platform)
         self.chunk_kw = dict(covariance_type=config.covariance_type, block_rows=block_rows, strided=rows.mesh is not None,
                              missing=config.missing)
-        self.sharding = None
-        if rows.mesh is not None:
-            from jax.sharding import NamedSharding, PartitionSpec
-
-            self.sharding = NamedSharding(rows.mesh, PartitionSpec(_sharding.AXIS))
+        self.sharding = None if rows.mesh is None else _sharding.by_rows(rows.mesh)
         d = config.num_features
         self.buffer = np.zeros((self.padded, d), dtype)
         self.weight_full = _put(np.ones(self.padded, dtype), self.sharding)
@@ -835,8 +831,8 @@ def fit_em_stream(
     feeder = _Feeder(src, batch_size, config, dtype, shift, sd, devices, progress)
     _sharding.agree_across_processes(  # the first pass's moments and the start stand for the data
         feeder.rows, "fit_em_stream", shape=(n, d), dtype=str(src.dtype), mean=moments.mean, sd=moments.sd,
-        start=jax.device_get(params), num_components=k, covariance_type=covariance_type, prior=prior_arrays,
-        key=seed_to_key(seed), options=dict(method=method, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
+        start=params, num_components=k, covariance_type=covariance_type, prior=prior_arrays,
+        key=seed, options=dict(method=method, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
                                             batch_size=batch_size, step_exponent=step_exponent, shuffle=shuffle))
     if method == "batch":
         passes = _batch_passes(feeder, params, prior_arrays, tol, reg_covar, max_iter, n)
