@@ -288,11 +288,15 @@ def agree_across_processes(rows: RowSharding, what: str, **facts) -> None:
     """Raise on every process where the processes of a multi-process fit (rows sharded over
     several processes' devices) were not given the same call: ``facts`` (the data, the options,
     the seed's key, ...) are compared by digests gathered from every process. Without this, a
-    difference ran on: different seeds returned a fit that was neither's, a different
+    difference ran on: different seeds returned a fit that was neither seed's, a different
     ``reg_covar`` a different result in each process, a different K or tolerance waited forever,
-    a different N or structure aborted in gloo ("collective mismatch")."""
+    a different N or structure aborted in gloo ("collective mismatch").
+
+    First every process says whether it got this far (:class:`ProcessCall`: a process whose own
+    checks refused its call says so instead, and the others raise too)."""
     if not spans_processes(rows.mesh):
         return
+    _gather_refusals(what, refused=False)
     from jax.experimental import multihost_utils
 
     names = sorted(facts)
@@ -304,6 +308,52 @@ def agree_across_processes(rows: RowSharding, what: str, **facts) -> None:
             f"the processes of this multi-process {what} were called with different {', '.join(differ)} "
             f"(process {jax.process_index()} of {jax.process_count()}): every process must run the same call "
             "with the same data, options and seed (it places its own rows from the full data).")
+
+
+def _gather_refusals(what: str, *, refused: bool) -> None:
+    """Every process's word on whether its own checks let the call through (one byte each);
+    raises in a process whose checks passed where another's did not."""
+    from jax.experimental import multihost_utils
+
+    every = np.asarray(multihost_utils.process_allgather(np.array([refused], np.uint8))).reshape(-1)
+    others = [int(i) for i in np.flatnonzero(every) if i != jax.process_index()]
+    if others and not refused:
+        raise ValueError(
+            f"process(es) {others} of this multi-process {what} refused the call with an error of their own (see "
+            f"their output); process {jax.process_index()} stops too. Every process must run the same call with the "
+            "same data, options and seed.")
+
+
+class ProcessCall:
+    """The checks of a fit that may span processes, as a context whose last step is
+    :meth:`agree`: an exception raised inside it before that step (a process's own data found
+    invalid, say) is reported to the other processes, which raise too, instead of waiting forever
+    for this one where they compare their calls.
+
+    ``devices`` is the fit's argument; nothing is exchanged unless it names devices of several
+    processes.
+    """
+
+    def __init__(self, devices, what: str):
+        self.devices, self.what, self.compared = devices, what, False
+
+    def agree(self, rows: RowSharding, **facts) -> None:
+        """:func:`agree_across_processes` for this call."""
+        self.compared = True
+        agree_across_processes(rows, self.what, **facts)
+
+    def __enter__(self) -> "ProcessCall":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, Exception) and not self.compared and self.devices is not None and jax.process_count() > 1:
+            try:
+                mesh = resolve(self.devices, 1).mesh
+            except Exception:  # the devices themselves were refused: nothing is known of the others
+                mesh = None
+            if spans_processes(mesh):
+                _gather_refusals(self.what, refused=True)
+        return False
 
 
 def pad_observed(observed, num_padded: int, sharding: "RowSharding | None" = None):

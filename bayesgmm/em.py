@@ -177,37 +177,38 @@ def fit_em(
     ValueError
         Invalid input, or every run ended with a singular covariance.
     """
-    x = prepare_data(x, missing=missing)  # validated once: prepare() below takes the record as is
-    arr = x.values
-    weight = check_sample_weight(sample_weight, arr.shape[0])
-    if weight is not None and isinstance(num_components, (int, np.integer)) and np.count_nonzero(weight) < num_components:
-        raise ValueError(
-            f"sample_weight has {np.count_nonzero(weight)} row(s) of positive weight, fewer than the "
-            f"{num_components} components; give more rows positive weight or use fewer components."
-        )
-    tol_explicit = tol is not None
-    tol = DEFAULT_TOL if tol is None else tol
-    prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight, missing=missing)
-    max_iter = check_int("max_iter", max_iter, 0)
-    hard, allow_degenerate = check_bool("hard", hard), check_bool("allow_degenerate", allow_degenerate)
-    init_only = max_iter == 0
-    check_em_options(init_params, n_init, 1 if init_only else max_iter, tol, reg_covar)
-    n, d = prep.arr.shape
-    k = prep.num_components
-    layout = prep.covariance_type  # the covariances' layout; covariance_type may name an mclust model
-    short_iter = short_run_length(init_iter)
-    starts, kept = resolve_starts(n_init, search_rows(prep), k, d, layout, init_iter)
-    given = user_init(weights_init, means_init, precisions_init, k, d, layout, prep.shift, prep.sd, prep.dtype)
-    if all(u is not None for u in given):
-        starts = kept = 1  # one given start: nothing to search (any other start would be the same)
-    key = seed_to_key(seed)
-    rows = _sharding.resolve(devices, n)
-    _sharding.agree_across_processes(
-        rows, "fit_em", data=prep.xs, observed=prep.observed, sample_weight=weight, num_components=k,
-        covariance_model=prep.covariance_model,
-        prior=prep.prior_arrays, start=given, key=key, options=dict(
-            init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-            hard=hard, allow_degenerate=allow_degenerate, init_iter=short_iter))
+    with _sharding.ProcessCall(devices, "fit_em") as call:  # an error here stops every process
+        x = prepare_data(x, missing=missing)  # validated once: prepare() below takes the record as is
+        arr = x.values
+        weight = check_sample_weight(sample_weight, arr.shape[0])
+        if weight is not None and isinstance(num_components, (int, np.integer)) and np.count_nonzero(weight) < num_components:
+            raise ValueError(
+                f"sample_weight has {np.count_nonzero(weight)} row(s) of positive weight, fewer than the "
+                f"{num_components} components; give more rows positive weight or use fewer components."
+            )
+        tol_explicit = tol is not None
+        tol = DEFAULT_TOL if tol is None else tol
+        prep = prepare(x, num_components, covariance_type, prior, sample_weight=weight, missing=missing)
+        max_iter = check_int("max_iter", max_iter, 0)
+        hard, allow_degenerate = check_bool("hard", hard), check_bool("allow_degenerate", allow_degenerate)
+        init_only = max_iter == 0
+        check_em_options(init_params, n_init, 1 if init_only else max_iter, tol, reg_covar)
+        n, d = prep.arr.shape
+        k = prep.num_components
+        layout = prep.covariance_type  # the covariances' layout; covariance_type may name an mclust model
+        short_iter = short_run_length(init_iter)
+        starts, kept = resolve_starts(n_init, search_rows(prep), k, d, layout, init_iter)
+        given = user_init(weights_init, means_init, precisions_init, k, d, layout, prep.shift, prep.sd, prep.dtype)
+        if all(u is not None for u in given):
+            starts = kept = 1  # one given start: nothing to search (any other start would be the same)
+        key = seed_to_key(seed)
+        rows = _sharding.resolve(devices, n)
+        call.agree(
+            rows, data=prep.xs, observed=prep.observed, sample_weight=weight, num_components=k,
+            covariance_model=prep.covariance_model,
+            prior=prep.prior_arrays, start=given, key=key, options=dict(
+                init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+                hard=hard, allow_degenerate=allow_degenerate, init_iter=short_iter))
     xs, weight_dev = _sharding.shard_rows(rows, prep.xs, None if weight is None else weight.astype(prep.xs.dtype))
     observed = _sharding.pad_observed(prep.observed, xs.shape[0], rows)
     config = EMConfig(k, d, layout, bool(hard), prior is not None, covariance_model=prep.covariance_model)

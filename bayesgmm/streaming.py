@@ -755,85 +755,86 @@ def fit_em_stream(
         A Parquet source without pyarrow installed.
     """
     t_start = time.perf_counter()
-    tol_explicit = tol is not None
-    tol = 1e-5 if tol is None else tol
-    check_covariance_type(covariance_type)
-    if missing not in MISSING_POLICIES:
-        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
-    _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
-    check_num_components(num_components)  # its type, before any comparison
-    if isinstance(init_params, str) and num_init_rows < num_components:
-        raise ValueError(f"num_init_rows={num_init_rows} must be at least num_components={num_components}.")
-    src = open_source(source, columns, missing=missing)
-    n, d = src.num_rows, src.num_features
-    if n == 0 or d == 0:
-        raise ValueError(f"{src.name} is empty (shape ({n}, {d})); pass at least one observation and one feature.")
-    k = check_num_components(num_components, n)
-    if n < 2:
-        raise ValueError(f"{src.name} has a single observation; at least two are needed to fit a mixture.")
-    default_prior = isinstance(prior, str) and prior == "default"
-    if isinstance(prior, str) and not default_prior:
-        raise ValueError(f"prior must be a bayesgmm.Prior, 'default' or None, got {prior!r}.")
-    if not default_prior:
-        check_prior(prior, d, k, map_estimate=True)
-    batch_size, max_iter = int(batch_size), int(max_iter)
-    dtype = _compute_dtype(src.dtype)
-    key_init, key_rows, key_order = jax.random.split(seed_to_key(seed), 3)
-    progress = _Progress(progress_bar, src.num_chunks(batch_size), max_iter + 2)
+    with _sharding.ProcessCall(devices, "fit_em_stream") as call:  # an error here stops every process
+        tol_explicit = tol is not None
+        tol = 1e-5 if tol is None else tol
+        check_covariance_type(covariance_type)
+        if missing not in MISSING_POLICIES:
+            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
+        _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
+        check_num_components(num_components)  # its type, before any comparison
+        if isinstance(init_params, str) and num_init_rows < num_components:
+            raise ValueError(f"num_init_rows={num_init_rows} must be at least num_components={num_components}.")
+        src = open_source(source, columns, missing=missing)
+        n, d = src.num_rows, src.num_features
+        if n == 0 or d == 0:
+            raise ValueError(f"{src.name} is empty (shape ({n}, {d})); pass at least one observation and one feature.")
+        k = check_num_components(num_components, n)
+        if n < 2:
+            raise ValueError(f"{src.name} has a single observation; at least two are needed to fit a mixture.")
+        default_prior = isinstance(prior, str) and prior == "default"
+        if isinstance(prior, str) and not default_prior:
+            raise ValueError(f"prior must be a bayesgmm.Prior, 'default' or None, got {prior!r}.")
+        if not default_prior:
+            check_prior(prior, d, k, map_estimate=True)
+        batch_size, max_iter = int(batch_size), int(max_iter)
+        dtype = _compute_dtype(src.dtype)
+        key_init, key_rows, key_order = jax.random.split(seed_to_key(seed), 3)
+        progress = _Progress(progress_bar, src.num_chunks(batch_size), max_iter + 2)
 
-    # pass 1: moments, NaN check, initialisation subsample
-    sample_rows = None
-    if isinstance(init_params, str):
-        m = min(int(num_init_rows), n)
-        sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
-    start = time.perf_counter()
-    moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior, missing=missing == "marginalize")
-    moments_seconds = time.perf_counter() - start
-    progress.pass_done(step="moments")
-    const = np.flatnonzero(moments.sd == 0)
-    if const.size:
-        raise ValueError(
-            f"{src.name} has constant column(s) {[src.feature_names[j] for j in const]}: their variance is "
-            "zero, so no covariance is defined. Drop them before fitting (columns=...)."
-        )
-    # the robust standardisation of fit_em, from the subsample (all rows when N <= num_init_rows);
-    # without one (a given start), the float64 moments of the first pass
-    if moments.subsample is not None:
-        unseen = np.all(np.isnan(moments.subsample), axis=0)  # observed only outside the subsample
-        if unseen.any():  # there, the first pass's mean and standard deviation
-            names = [src.feature_names[j] for j in np.flatnonzero(unseen)]
-            warnings.warn(
-                f"column(s) {names} have no observed value among the {len(moments.subsample)} rows of the "
-                "initialisation subsample, so the start knows nothing of them and the fit may end at a poorer "
-                f"optimum; raise num_init_rows (up to {n}, every row) so that the subsample observes them.",
-                UserWarning, stacklevel=2)
-            filled = np.where(unseen, moments.mean, moments.subsample)
-            shift, sd = standardisation(filled, "full")
-            shift, sd = np.where(unseen, moments.mean, shift), np.where(unseen, moments.sd, sd)
+        # pass 1: moments, NaN check, initialisation subsample
+        sample_rows = None
+        if isinstance(init_params, str):
+            m = min(int(num_init_rows), n)
+            sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
+        start = time.perf_counter()
+        moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior, missing=missing == "marginalize")
+        moments_seconds = time.perf_counter() - start
+        progress.pass_done(step="moments")
+        const = np.flatnonzero(moments.sd == 0)
+        if const.size:
+            raise ValueError(
+                f"{src.name} has constant column(s) {[src.feature_names[j] for j in const]}: their variance is "
+                "zero, so no covariance is defined. Drop them before fitting (columns=...)."
+            )
+        # the robust standardisation of fit_em, from the subsample (all rows when N <= num_init_rows);
+        # without one (a given start), the float64 moments of the first pass
+        if moments.subsample is not None:
+            unseen = np.all(np.isnan(moments.subsample), axis=0)  # observed only outside the subsample
+            if unseen.any():  # there, the first pass's mean and standard deviation
+                names = [src.feature_names[j] for j in np.flatnonzero(unseen)]
+                warnings.warn(
+                    f"column(s) {names} have no observed value among the {len(moments.subsample)} rows of the "
+                    "initialisation subsample, so the start knows nothing of them and the fit may end at a poorer "
+                    f"optimum; raise num_init_rows (up to {n}, every row) so that the subsample observes them.",
+                    UserWarning, stacklevel=2)
+                filled = np.where(unseen, moments.mean, moments.subsample)
+                shift, sd = standardisation(filled, "full")
+                shift, sd = np.where(unseen, moments.mean, shift), np.where(unseen, moments.sd, sd)
+            else:
+                shift, sd = standardisation(moments.subsample, covariance_type)
+            sd = np.where(sd > 0, sd, moments.sd)
         else:
-            shift, sd = standardisation(moments.subsample, covariance_type)
-        sd = np.where(sd > 0, sd, moments.sd)
-    else:
-        shift, sd = moments.mean, moments.sd
-    if covariance_type == "spherical":
-        sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
-    if default_prior:  # Prior.default of the full data, from the first pass
-        prior = Prior.from_moments(moments.mean, moments.cov, k)
-        check_prior(prior, d, k, map_estimate=True)
-    config = StreamConfig(k, d, covariance_type, prior is not None, moments.observed is not None)
-    prior_arrays = None
-    if prior is not None:
-        prior_arrays = jax.device_put(prior.standardised(shift, sd).arrays(k, covariance_type, dtype=dtype))
+            shift, sd = moments.mean, moments.sd
+        if covariance_type == "spherical":
+            sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
+        if default_prior:  # Prior.default of the full data, from the first pass
+            prior = Prior.from_moments(moments.mean, moments.cov, k)
+            check_prior(prior, d, k, map_estimate=True)
+        config = StreamConfig(k, d, covariance_type, prior is not None, moments.observed is not None)
+        prior_arrays = None
+        if prior is not None:
+            prior_arrays = jax.device_put(prior.standardised(shift, sd).arrays(k, covariance_type, dtype=dtype))
 
-    params, compile_seconds, init_objective = _initial_params(
-        init_params, moments, shift, sd, key_init, config, prior_arrays, n_init, tol, reg_covar, max_iter, dtype
-    )
-    feeder = _Feeder(src, batch_size, config, dtype, shift, sd, devices, progress)
-    _sharding.agree_across_processes(  # the first pass's moments and the start stand for the data
-        feeder.rows, "fit_em_stream", shape=(n, d), dtype=str(src.dtype), mean=moments.mean, sd=moments.sd,
-        start=params, num_components=k, covariance_type=covariance_type, prior=prior_arrays,
-        key=seed, options=dict(method=method, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
-                                            batch_size=batch_size, step_exponent=step_exponent, shuffle=shuffle))
+        params, compile_seconds, init_objective = _initial_params(
+            init_params, moments, shift, sd, key_init, config, prior_arrays, n_init, tol, reg_covar, max_iter, dtype
+        )
+        feeder = _Feeder(src, batch_size, config, dtype, shift, sd, devices, progress)
+        call.agree(  # the first pass's moments and the start stand for the data
+            feeder.rows, shape=(n, d), dtype=str(src.dtype), mean=moments.mean, sd=moments.sd,
+            start=params, num_components=k, covariance_type=covariance_type, prior=prior_arrays,
+            key=seed, options=dict(method=method, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
+                                   batch_size=batch_size, step_exponent=step_exponent, shuffle=shuffle))
     if method == "batch":
         passes = _batch_passes(feeder, params, prior_arrays, tol, reg_covar, max_iter, n)
     else:

@@ -577,11 +577,6 @@ def fit_vb(
     ValueError
         Invalid input or an unsupported ``covariance_type``.
     """
-    if resp_init is not None:
-        resp_init = np.asarray(resp_init, dtype=np.float64)
-        if resp_init.ndim != 2 or np.any(resp_init < 0) or not np.allclose(resp_init.sum(1), 1.0):
-            raise ValueError("resp_init must be an (N, K) array of non-negative rows summing to 1.")
-        n_init, init_params = 1, "random"  # one start: the given responsibilities
     return _fit_vb(
         x, num_components, covariance_type=covariance_type, prior=prior, n_init=n_init, init_iter=init_iter,
         init_params=init_params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
@@ -609,42 +604,48 @@ def _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar
 
 def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, init_params, tol, max_iter, reg_covar, seed, num_draws,
             resp_init, sample_weight=None, devices=None, missing="error"):
-    arr, names = check_data(x, missing=missing)
-    n, d = arr.shape
-    k = check_num_components(num_components, n)
-    tol_explicit = tol is not None
-    tol = DEFAULT_TOL if tol is None else tol
-    _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar, num_draws)
-    weight = check_sample_weight(sample_weight, n)
-    prior = check_prior(prior, d, k, default_from=arr, default_weight=weight)  # the default: of the weighted rows
-    if resp_init is not None and resp_init.shape != (n, k):
-        raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
-    rows = _sharding.resolve(devices, n)
-    if resp_init is not None and rows.mesh is not None:
-        raise ValueError("starting responsibilities cannot be combined with devices=; shard without them.")
+    with _sharding.ProcessCall(devices, "fit_vb") as call:  # an error here stops every process
+        if resp_init is not None:
+            resp_init = np.asarray(resp_init, dtype=np.float64)
+            if resp_init.ndim != 2 or np.any(resp_init < 0) or not np.allclose(resp_init.sum(1), 1.0):
+                raise ValueError("resp_init must be an (N, K) array of non-negative rows summing to 1.")
+            n_init, init_params = 1, "random"  # one start: the given responsibilities
+        arr, names = check_data(x, missing=missing)
+        n, d = arr.shape
+        k = check_num_components(num_components, n)
+        tol_explicit = tol is not None
+        tol = DEFAULT_TOL if tol is None else tol
+        _check_inputs(covariance_type, init_params, n_init, max_iter, tol, reg_covar, num_draws)
+        weight = check_sample_weight(sample_weight, n)
+        prior = check_prior(prior, d, k, default_from=arr, default_weight=weight)  # the default: of the weighted rows
+        if resp_init is not None and resp_init.shape != (n, k):
+            raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
+        rows = _sharding.resolve(devices, n)
+        if resp_init is not None and rows.mesh is not None:
+            raise ValueError("starting responsibilities cannot be combined with devices=; shard without them.")
 
-    dtype = compute_dtype()
-    shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
-    xs, observed = mark_missing(xs)
-    prior_std = prior.standardised(shift, sd)
-    prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
-    key = seed_to_key(seed)
-    short_iter = short_run_length(init_iter)
-    starts, kept = resolve_starts(n_init, n, k, d, covariance_type, init_iter)
-    init_key, draw_key = jax.random.split(key)
-    if resp_init is not None:  # padding rows (weight 0) get uniform responsibilities
-        pad = np.full((rows.num_padded - n, k), 1.0 / k, dtype)
-        noise = np.concatenate([np.asarray(resp_init, dtype), pad])[None, None]
-        seeded = np.ones((1, 1, k), bool)
-    else:
-        noise = init_noise(init_key, init_params, starts, n, k, dtype, rows.num_padded)[None]
-        seeded = occupancy(starts, k)[None]
-    trace_len = trace_length(max_iter)
-    _sharding.agree_across_processes(
-        rows, "fit_vb", data=xs, observed=observed, sample_weight=weight, num_components=k, covariance_type=covariance_type,
-        prior=prior_arrays, key=key, options=dict(
-            init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-            init_iter=short_iter, num_draws=num_draws))
+        dtype = compute_dtype()
+        shift, sd, xs = standardise(arr, covariance_type, weight, dtype=dtype)
+        xs, observed = mark_missing(xs)
+        prior_std = prior.standardised(shift, sd)
+        prior_arrays = prior_std.arrays(k, covariance_type, dtype=dtype)
+        key = seed_to_key(seed)
+        short_iter = short_run_length(init_iter)
+        starts, kept = resolve_starts(n_init, n, k, d, covariance_type, init_iter)
+        init_key, draw_key = jax.random.split(key)
+        if resp_init is not None:  # padding rows (weight 0) get uniform responsibilities
+            pad = np.full((rows.num_padded - n, k), 1.0 / k, dtype)
+            noise = np.concatenate([np.asarray(resp_init, dtype), pad])[None, None]
+            seeded = np.ones((1, 1, k), bool)
+        else:
+            noise = init_noise(init_key, init_params, starts, n, k, dtype, rows.num_padded)[None]
+            seeded = occupancy(starts, k)[None]
+        trace_len = trace_length(max_iter)
+        call.agree(
+            rows, data=xs, observed=observed, sample_weight=weight, num_components=k, covariance_type=covariance_type,
+            prior=prior_arrays, key=key, options=dict(
+                init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+                init_iter=short_iter, num_draws=num_draws))
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0], rows)

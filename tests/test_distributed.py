@@ -42,6 +42,17 @@ SCRIPT = textwrap.dedent(
                 except ValueError as err:
                     facts["mismatch_" + name] = str(err)
             continue
+        if case == "refused":  # one process's own data invalid: every process raises (the other waited forever)
+            bad = data.x.copy()
+            if rank == 1:
+                bad[5, 0] = np.nan
+            for name, fit in (("em", bg.fit_em), ("vb", bg.fit_vb), ("stream", bg.fit_em_stream)):
+                try:
+                    fit(bad, 3, seed=0, devices=devices)
+                    facts["refused_" + name] = "fitted"
+                except ValueError as err:
+                    facts["refused_" + name] = str(err)
+            continue
         engine, ct = case.split("_")
         if engine == "vb":
             fit = bg.fit_vb(data.x, 3, covariance_type=ct, n_init=2, seed=0, devices=devices)
@@ -95,7 +106,7 @@ def _run(folder, cases):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("distributed"), CASES + ("mismatch",))
+    return _run(tmp_path_factory.mktemp("distributed"), CASES + ("mismatch", "refused"))
 
 
 def test_two_processes_see_each_others_devices(runs):
@@ -119,6 +130,16 @@ def test_processes_called_differently_are_refused(runs):
         assert "called with different key" in runs[rank]["mismatch_seed"], runs[rank]["mismatch_seed"]
         assert "called with different options" in runs[rank]["mismatch_reg_covar"]
     assert runs["alone"]["mismatch_seed"] == runs["alone"]["mismatch_reg_covar"] == "fitted"
+
+
+def test_a_process_refusing_its_call_stops_every_process(runs):
+    """A process whose own checks refuse the call (here its data hold a NaN) raises its error; the
+    other process, which found nothing wrong, waited forever where the processes compare their
+    calls: it now raises too, naming the process that refused."""
+    for name in ("em", "vb", "stream"):
+        assert "NaN" in runs["rank1"]["refused_" + name], runs["rank1"]["refused_" + name]
+        assert "process(es) [1]" in runs["rank0"]["refused_" + name], runs["rank0"]["refused_" + name]
+        assert runs["alone"]["refused_" + name] == "fitted"
 
 
 def _assert_equal_fits(runs, case):
