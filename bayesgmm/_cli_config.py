@@ -78,6 +78,18 @@ def _progress_args(p):
                    help="hide progress bars (default: show them)")
 
 
+#: The folder inside ``--out`` where ``study`` and ``sbc`` keep their finished data sets until the
+#: command has written its files (the library's ``checkpoint=``), for ``--resume``.
+CHECKPOINT_FOLDER = "checkpoint"
+
+_RESUME_HELP = (f"continue an interrupted run in --out: the data sets it finished (kept in OUT/{CHECKPOINT_FOLDER}) are "
+                "loaded and only the others run; the options must be the same (default: start afresh)")
+
+
+def _resume_args(p):
+    p.add_argument("--resume", action="store_true", help=_RESUME_HELP)
+
+
 def _engine_option_args(p, *, one_engine: bool, prior: bool = True):
     if one_engine:
         example = "n_init=10, num_samples=500" + (", prior=default" if prior else "")
@@ -109,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayesgmm", description="Bayesian Gaussian mixture models: fit, compare, select, calibrate.",
                                  epilog="Exit codes: 0 success, 2 invalid input or configuration, 1 internal error, "
                                         "130 interrupted (Ctrl-C; no files written), 143 terminated (SIGTERM, "
-                                        "e.g. a job's time limit; no files written).")
+                                        "e.g. a job's time limit; no files written). An interrupted study or sbc "
+                                        f"keeps the data sets it finished in OUT/{CHECKPOINT_FOLDER} for --resume.")
     ap.add_argument("--compile-cache", default=None, help=_COMPILE_CACHE_HELP)
     # --compile-cache also after the command; SUPPRESS keeps the value given before it (or the
     # default, set on import from the environment) when the command's own parser does not see it
@@ -206,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_option_args(study, one_engine=False)
     _progress_args(study)
     _common(study, out_default="bayesgmm_study")
+    _resume_args(study)
 
     sb = command("sbc", help="simulation-based calibration of a Bayesian engine")
     sb.add_argument("-k", "--num-components", type=int, default=2, help=_K_HELP + " (default: %(default)s)")
@@ -223,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_option_args(sb, one_engine=True, prior=False)
     _progress_args(sb)
     _common(sb, out_default="bayesgmm_sbc")
+    _resume_args(sb)
     _plot_args(sb)
 
     run = command("run", help="run a command described by a TOML file",
@@ -236,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: the file's 'out', else the command's default folder)")
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="as the command's --overwrite (default: the file's 'overwrite', else false)")
+    run.add_argument("--resume", action="store_true", default=None,
+                     help="as study's and sbc's --resume (default: the file's 'resume', else false)")
     return ap
 
 
@@ -253,9 +270,9 @@ _OPTIONS = {
     "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "overwrite",
                  "seed"),
     "study": ("num_datasets", "num_obs", "separation", "num_components", "num_features", "methods", "covariance_type",
-              "out", "overwrite", "seed", "progress"),
+              "out", "overwrite", "seed", "progress", "resume"),
     "sbc": ("num_components", "num_obs", "num_features", "method", "covariance_type", "replications", "num_ranks",
-            "out", "overwrite", "seed", "plot", "progress"),
+            "out", "overwrite", "seed", "plot", "progress", "resume"),
 }
 #: The commands (their functions are in :mod:`bayesgmm.cli`).
 COMMANDS = ("demo", "fit", "compare", "select", "simulate", "study", "sbc")
@@ -380,12 +397,12 @@ def _relative_to(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def options_from_toml(path, out=None, overwrite=None) -> dict:
+def options_from_toml(path, out=None, overwrite=None, resume=None) -> dict:
     """The options dict of a TOML experiment file (see ``bayesgmm run --help``).
 
     Relative paths in the file (``[data] path``, ``out``) are relative to the file's folder;
-    ``out`` given here (``run --out``) is used as it is, and ``overwrite`` (``run
-    --overwrite``), when not None, replaces the file's.
+    ``out`` given here (``run --out``) is used as it is, and ``overwrite`` and ``resume`` (``run
+    --overwrite``, ``run --resume``), when not None, replace the file's.
     """
     p = Path(path)
     where = f"config file {str(path)!r}"
@@ -447,6 +464,10 @@ def options_from_toml(path, out=None, overwrite=None) -> dict:
         defaults["out"] = out
     if overwrite is not None:
         defaults["overwrite"] = overwrite
+    if resume is not None:
+        if "resume" not in _OPTIONS[command]:
+            raise UsageError(f"--resume continues an interrupted study or sbc; {where} runs {command!r}.")
+        defaults["resume"] = resume
     defaults["command"] = command
     return defaults
 

@@ -285,7 +285,7 @@ class OutputFolder:
     """
 
     def __init__(self, path, *, overwrite: bool = False, command: str = "", options: dict | None = None,
-                 inputs=()):
+                 inputs=(), checkpoint: str | None = None, resume: bool = False):
         out = Path(path)
         if out.exists() and not out.is_dir():
             raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
@@ -298,12 +298,16 @@ class OutputFolder:
         if not os.access(out, os.W_OK | os.X_OK):
             raise UsageError(f"output folder {str(path)!r} is not writable.")
         entries = sorted(p.name for p in out.iterdir()
-                         if not (p.name.startswith(_STAGING_PREFIX) and p.is_dir() and _stale(p)))
+                         if not (p.name.startswith(_STAGING_PREFIX) and p.is_dir() and _stale(p))
+                         and not (resume and p.name == checkpoint))
         if entries and not overwrite:
             running = [n for n in entries if n.startswith(_STAGING_PREFIX)]
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
             also = (f"; {running[0]} is the staging folder of another bayesgmm run still writing there"
                     if running else "")
+            if checkpoint in entries and not resume:
+                also += (f"; {checkpoint} holds the data sets of an interrupted run: --resume continues it, "
+                         "--overwrite starts afresh")
             raise UsageError(
                 f"output folder {str(path)!r} is not empty ({shown}{also}); give a new or empty folder with --out, or "
                 "--overwrite to replace the files of the earlier bayesgmm run there (overwrite = true in a TOML file)."
@@ -312,6 +316,8 @@ class OutputFolder:
         self.command = command
         self.options = options or {}
         self.inputs = {Path(p).resolve() for p in inputs}
+        #: where the command keeps its finished tasks until it is done (``study``, ``sbc``), or None
+        self.checkpoint = None if checkpoint is None else out / checkpoint
         self.stage = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{_host_tag()}-{os.getpid()}-", dir=out))
         self.names: list[str] = []
         self.committed = False
@@ -414,6 +420,17 @@ class OutputFolder:
                 if stale.name.startswith(_STAGING_PREFIX) and stale != self.stage and stale.is_dir() and _stale(stale):
                     shutil.rmtree(stale, ignore_errors=True)
             self.discard()
+
+    def kept_note(self) -> str | None:
+        """The line an interrupted command prints about the tasks its checkpoint keeps (None
+        when it keeps none)."""
+        if self.checkpoint is None or not self.checkpoint.is_dir():
+            return None
+        done = sum(1 for p in self.checkpoint.iterdir() if p.name.startswith("task-"))
+        if not done:
+            return None
+        return (f"bayesgmm: the {done} data set(s) finished are kept in {str(self.checkpoint)!r}; run the same "
+                "command with --resume to continue.")
 
     def discard(self) -> None:
         """Delete the staging folder (and the folders this command created for ``--out``, if

@@ -71,3 +71,49 @@ def recorded_warnings(action: str = "always", category=Warning, message: str = "
             yield [] if caught is None else caught
         finally:
             _DEPTH.value -= 1
+
+
+def run_tasks(fn, items, args, executor, bar_labels, checkpoint=None) -> list:
+    """``[fn(item, *args) for item in items]``, in this process or submitted to ``executor``,
+    with a tqdm bar ``(desc, unit)`` when ``bar_labels`` is given.
+
+    ``checkpoint`` (a :class:`bayesgmm._checkpoint.Checkpoint`, optional): the tasks it holds are
+    loaded instead of run, and every other task's result is saved there as soon as it finishes
+    (on an executor, in the order they finish). On an error the tasks not yet started are
+    cancelled and the error is raised; the finished ones stay saved. Results come back in the
+    items' order whatever the order of finishing.
+    """
+    from concurrent.futures import as_completed
+
+    results = {} if checkpoint is None else checkpoint.finished()
+    todo = [i for i in range(len(items)) if i not in results]
+    bar = None
+    if bar_labels is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), initial=len(results), desc=bar_labels[0], unit=bar_labels[1])
+    if inside_task():  # an experiment inside a task: its workers would wait for the task's lock
+        executor = None
+
+    def finish(index, value):
+        if checkpoint is not None:
+            checkpoint.save(index, value)
+        results[index] = value
+        if bar is not None:
+            bar.update(1)
+
+    futures = {}
+    try:
+        if executor is None:
+            for i in todo:
+                finish(i, fn(items[i], *args))
+        else:
+            futures = {executor.submit(fn, items[i], *args): i for i in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    finally:
+        for future in futures:
+            future.cancel()  # those not started (a no-op for the finished and running ones)
+        if bar is not None:
+            bar.close()
+    return [results[i] for i in range(len(items))]

@@ -65,8 +65,9 @@ import jax
 import numpy as np
 
 from . import _numerics
+from ._checkpoint import category_name, json_codec, open_checkpoint, warning_category
 from ._compile import jit
-from ._executors import check_executor, inside_task, recorded_warnings
+from ._executors import check_executor, recorded_warnings, run_tasks
 from ._files import jsonable
 from .engines import engine_names, get_engine
 from .labels import invariant_summaries
@@ -255,7 +256,24 @@ class _ReplicationOutcome(NamedTuple):
     at_truth: np.ndarray | None
 
 
-def _run_replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
+def _encode_outcome(out: _ReplicationOutcome) -> dict:
+    return dict(theta=[np.asarray(a) for a in out.theta], fact=out.fact, ranks=out.ranks, at_truth=out.at_truth,
+                caught=[(category_name(category), message) for category, message in out.caught])
+
+
+def _decode_outcome(saved: dict) -> _ReplicationOutcome:
+    theta = GMMParams(*(np.asarray(a, np.float64) for a in saved["theta"]))
+    ranks, at_truth = saved["ranks"], saved["at_truth"]
+    return _ReplicationOutcome(
+        theta, saved["fact"], [(warning_category(name), message) for name, message in saved["caught"]],
+        None if ranks is None else np.asarray(ranks, np.int64), None if at_truth is None else np.asarray(at_truth, np.float64))
+
+
+#: A replication's outcome in a checkpoint folder (``sbc(checkpoint=...)``): JSON, every bit kept.
+_OUTCOME_CODEC = json_codec(_encode_outcome, _decode_outcome)
+
+
+def _run_replication(r: int, task: _ReplicationTask) -> _ReplicationOutcome:
     """Replication ``r`` of :func:`sbc`: draw from the prior, simulate, fit, rank (a module-level
     function, so executors can run it; in this process's precision of the caller)."""
     with jax.enable_x64(task.x64):
@@ -344,6 +362,7 @@ def sbc(
     on_error: str = "raise",
     progress_bar: bool = False,
     executor=None,
+    checkpoint=None,
 ) -> SBCResult:
     r"""Simulation-based calibration of a Bayesian engine on the model (Talts et al. 2018).
 
@@ -413,6 +432,15 @@ def sbc(
         cache shares programs between processes on one machine). A forking process pool is
         refused (its workers wait forever once JAX has run here); on threads the replications
         run one at a time, each recording its own warnings.
+    checkpoint : str or os.PathLike, optional
+        A folder (created if missing) where each replication's outcome is saved (JSON, every
+        float bit kept) as soon as it is computed. Called again with the same arguments and
+        folder (after a job's time limit, a crash or Ctrl-C), ``sbc`` loads the replications found
+        there and runs only the others: the result equals the uninterrupted run's (the
+        ``fit_seconds`` are those of the run that computed each). As replication ``r`` does not
+        depend on ``num_replications``, a larger ``num_replications`` extends a finished run. A
+        folder of another run (another prior, method, option, seed or bayesgmm version) is
+        refused; ``method`` is compared by its name (a function's module and qualified name).
 
     Returns
     -------
@@ -445,7 +473,6 @@ def sbc(
     >>> res.p_values  # doctest: +SKIP
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     k = check_num_components(num_components)
     n = check_int("num_obs", num_obs, 2)
@@ -499,16 +526,19 @@ def sbc(
         num_ranks=num_ranks, quantities=quantities, feature=int(feature), on_error=on_error,
         x64=bool(jax.config.jax_enable_x64), num_replications=r_total,
     )
-    if executor is None or inside_task():  # inside a task: its workers would wait for the task's lock
-        outcomes = (_run_replication(task, r) for r in range(r_total))
-    else:  # each replication is seeded by its index: the same outcomes as the serial run
-        futures = [executor.submit(_run_replication, task, r) for r in range(r_total)]
-        outcomes = (future.result() for future in futures)
+    saved = open_checkpoint(checkpoint, "sbc", dict(
+        method=method_name if isinstance(method, str) else f"{getattr(method, '__module__', '')}:"
+                                                           f"{getattr(method, '__qualname__', method_name)}",
+        num_components=k, num_obs=n, covariance_type=covariance_type, prior=prior.to_dict(),
+        engine_kwargs=engine_kwargs, num_ranks=num_ranks, quantities=quantities, feature=int(feature),
+        on_error=on_error, key=np.asarray(_key_data(k_reps)), x64=task.x64), r_total, _OUTCOME_CODEC, extendable=True)
+    # each replication is seeded by its index: on an executor, or loaded from the checkpoint, the same outcomes
+    outcomes = run_tasks(_run_replication, range(r_total), (task,), executor,
+                         (f"SBC ({method_name})", "fit") if progress_bar else None, saved)
     true_w, true_m, true_c = [], [], []
     rank_rows, true_rows, facts, ok = [], [], [], []
     caught_by_category: dict = {}
-    for r, out in enumerate(tqdm(outcomes, total=r_total, disable=not progress_bar, desc=f"SBC ({method_name})",
-                                 unit="fit")):
+    for r, out in enumerate(outcomes):
         for store, a in zip((true_w, true_m, true_c), out.theta):
             store.append(a)
         for category, message in out.caught:

@@ -23,7 +23,8 @@ Commands
 Every command takes ``--out DIR`` and writes its files there (nothing is pickled): a new or
 empty folder, or with ``--overwrite`` one holding an earlier run, whose files (listed in its
 manifest, :data:`MANIFEST`) are replaced; the files appear only when the command succeeds
-(:class:`OutputFolder`). Options
+(:class:`OutputFolder`); ``study`` and ``sbc`` keep the data sets they finish in
+``OUT/checkpoint`` until then, and ``--resume`` continues an interrupted run from them. Options
 given on the command line and in a TOML file have the same names and types (``--num-components``
 is ``num_components``, an integer; ``--no-plot`` is ``plot = false``); relative paths in a TOML
 file (``out``, ``[data] path``) are relative to the file's folder. Engine options go in
@@ -33,7 +34,8 @@ type, the seed), and only methods the command runs may have them.
 
 Exit codes: 0 success; 2 invalid usage, input, data or configuration (a one-line message on
 stderr names the problem); 1 an unexpected internal error (with its traceback); 130 interrupted
-(Ctrl-C: one line, no files written).
+(Ctrl-C: one line, no files written but a study's or sbc's checkpoint, named on a second line);
+143 terminated (SIGTERM), likewise.
 
 JAX's persistent compilation cache is on (in ``~/.cache/bayesgmm/xla``), so repeated commands
 skip most compilation; ``--compile-cache DIR`` (before or after the command name; or the
@@ -46,6 +48,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -53,7 +56,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from ._cli_config import STREAM_BATCH_SIZE, build_parser, check_engine_options, options_from_args, options_from_toml
+from ._cli_config import CHECKPOINT_FOLDER, STREAM_BATCH_SIZE, build_parser, check_engine_options, options_from_args, options_from_toml
 from ._cli_io import (
     COMMIT_LOCK,
     DEMO_ENGINES,
@@ -330,7 +333,7 @@ def run_study(opts, out: OutputFolder) -> int:
         opts["num_datasets"], num_obs=opts["num_obs"], separation=opts["separation"],
         num_components=opts["num_components"], num_features=opts["num_features"], methods=opts["methods"],
         covariance_type=opts["covariance_type"], engine_kwargs=dict(opts.get("engines", {})), seed=opts["seed"],
-        progress_bar=opts["progress"],
+        progress_bar=opts["progress"], checkpoint=opts.get("checkpoint"),
     )
     summary = summarise_study(study)
     print_table(summary, ("method", "num_obs", "separation", "num_components", "ari", "means_error",
@@ -363,7 +366,7 @@ def run_sbc(opts, out: OutputFolder) -> int:
     result = sbc(opts["num_components"], opts["num_obs"], prior=prior, method=opts["method"],
                  covariance_type=opts["covariance_type"], num_replications=opts["replications"],
                  num_ranks=opts["num_ranks"], engine_kwargs=_engine_kwargs(opts, opts["method"]), seed=opts["seed"],
-                 progress_bar=opts["progress"])
+                 progress_bar=opts["progress"], checkpoint=opts.get("checkpoint"))
     print(result.summary())
     result.ranks.to_csv(out.path("sbc_ranks.csv"), index=False)
     result.to_json(out.path("sbc.json"))
@@ -473,8 +476,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None,
         pass
 
 
+#: Lines an interrupted command prints after :data:`INTERRUPTED` (the tasks a checkpoint keeps).
+_KEPT_NOTES: list[str] = []
+
+
 def _interrupted() -> int:
     print(INTERRUPTED, file=sys.stderr)
+    for note in _KEPT_NOTES:
+        print(note, file=sys.stderr)
+    _KEPT_NOTES.clear()
     return 130
 
 
@@ -548,6 +558,10 @@ _FLAGS = (
     ("compare", "pass missing='marginalize'", "pass --engine-option METHOD.missing=marginalize for each method"),
     ("compare", "(missing='marginalize')", "(--engine-option METHOD.missing=marginalize)"),
     ("fit", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "fit MAP-EM (--method map-em)"),
+    ("study", "give a new folder, or delete this one to start again",
+     "give a new --out folder, or --overwrite without --resume to start again"),
+    ("sbc", "give a new folder, or delete this one to start again",
+     "give a new --out folder, or --overwrite without --resume to start again"),
     (None, "pass columns=[...] with numeric columns only",
      "choose numeric columns with --columns (columns in a TOML file's [data] table)"),
 )
@@ -565,7 +579,7 @@ def _run(args) -> int:
     if args.compile_cache is not None:
         _set_compile_cache(args.compile_cache)
     if args.command == "run":
-        opts = options_from_toml(args.config, args.out, args.overwrite)
+        opts = options_from_toml(args.config, args.out, args.overwrite, args.resume)
         command = opts.pop("command")
     else:
         opts = options_from_args(args)
@@ -573,8 +587,14 @@ def _run(args) -> int:
     check_engine_options(command, opts)
     inputs = [p for p in ((opts.get("data") or {}).get("path"), getattr(args, "config", None))
               if p and isinstance(p, (str, os.PathLike))]  # anything else: load_data's error, after
+    resumable = "resume" in opts  # study and sbc: finished data sets kept in OUT/checkpoint until done
     out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command,
-                       options={k: v for k, v in opts.items() if k != "progress"}, inputs=inputs)
+                       options={k: v for k, v in opts.items() if k not in ("progress", "resume")}, inputs=inputs,
+                       checkpoint=CHECKPOINT_FOLDER if resumable else None, resume=bool(opts.get("resume")))
+    checkpoint = out.out / CHECKPOINT_FOLDER
+    if resumable and not opts["resume"] and checkpoint.is_dir():  # --overwrite without --resume: start afresh
+        shutil.rmtree(checkpoint)
+    opts["checkpoint"] = checkpoint if resumable else None
     _ACTIVE.append(out)
     try:
         stdout = sys.stdout = _PipeSafeStdout(sys.stdout)
@@ -582,10 +602,17 @@ def _run(args) -> int:
             rc = HANDLERS[command](opts, out)
             if rc == 0:
                 out.commit()
+                if resumable:  # the command's files hold every data set now
+                    shutil.rmtree(checkpoint, ignore_errors=True)
                 wrote(out.files)
             stdout.flush()  # here, so that a closed pipe is not reported at exit
         finally:
             sys.stdout = stdout.stream
+    except KeyboardInterrupt:
+        note = out.kept_note()
+        if note:
+            _KEPT_NOTES.append(note)
+        raise
     finally:
         _ACTIVE.remove(out)
         out.discard()
@@ -624,9 +651,12 @@ def _watch_interrupts(read_fd: int) -> None:
                 out.discard()
                 if not out.stage.exists():
                     break
+        _KEPT_NOTES.extend(note for note in (out.kept_note() for out in active) if note)
         if terminated:
             with contextlib.suppress(Exception):
                 print(TERMINATED, file=sys.stderr)
+                for note in _KEPT_NOTES:
+                    print(note, file=sys.stderr)
         else:
             _interrupted()
         # never in the middle of writing JAX's persistent cache: a truncated entry, or one without

@@ -34,7 +34,8 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from ._executors import check_executor, inside_task, recorded_warnings
+from ._checkpoint import frame_codec, open_checkpoint
+from ._executors import check_executor, recorded_warnings, run_tasks
 from .engines import engine_names, get_engine
 from .labels import align_draws
 from .params import GMMParams, Prior, check_data, check_int, check_num_components, prepare_data
@@ -406,35 +407,12 @@ def compare(
                     truth=truth, interval=interval, bootstrap_replicates=bootstrap_replicates, seed=seed,
                     engine_kwargs=engine_kwargs, return_fit=return_fits, x64=bool(jax.config.jax_enable_x64))
     # every engine is seeded by `seed` alone: on an executor, the same rows as the serial run, in its order
-    outcomes = _run_in_order(_compare_task, methods, (data, settings), executor,
-                             ("compare", "engine") if progress_bar else None)
+    outcomes = run_tasks(_compare_task, methods, (data, settings), executor,
+                         ("compare", "engine") if progress_bar else None)
     rows = [row for row, _ in outcomes]
     fits = {method: result for method, (_, result) in zip(methods, outcomes)}
     table = pd.DataFrame(rows)
     return (table, fits) if return_fits else table
-
-
-def _run_in_order(fn, items, args, executor, bar_labels):
-    """``[fn(item, *args) for item in items]``, in this process or submitted to ``executor``
-    (results collected in the items' order), with a tqdm bar ``(desc, unit)`` when asked."""
-    bar = None
-    if bar_labels is not None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc=bar_labels[0], unit=bar_labels[1])
-    if inside_task():  # an experiment inside a task: its workers would wait for the task's lock
-        executor = None
-    try:
-        futures = None if executor is None else [executor.submit(fn, item, *args) for item in items]
-        results = []
-        for i, item in enumerate(items):
-            results.append(fn(item, *args) if futures is None else futures[i].result())
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return results
 
 
 def _compare_task(method, data, settings):
@@ -478,6 +456,7 @@ def simulation_study(
     seed: int = 0,
     progress_bar: bool = True,
     executor=None,
+    checkpoint=None,
 ):
     """Run :func:`compare` on many simulated data sets with known truth; rows stacked.
 
@@ -522,6 +501,13 @@ def simulation_study(
     executor : concurrent.futures.Executor, optional
         Runs the data sets in parallel (see above); serial when omitted. A process pool must
         spawn, and threads run the tasks one at a time (as :func:`compare`'s).
+    checkpoint : str or os.PathLike, optional
+        A folder (created if missing) where each data set's rows are saved, as a Parquet file,
+        as soon as they are computed. Called again with the same arguments and folder (after a
+        job's time limit, a crash or Ctrl-C), the study loads the data sets found there and runs
+        only the others: its table equals the uninterrupted run's (the timing columns are those
+        of the run that computed each row). A folder holding another study's data sets (another
+        seed, grid, engine option, precision or bayesgmm version) is refused.
 
     Returns
     -------
@@ -551,8 +537,10 @@ def simulation_study(
     tasks = [(index, (int(n), float(s), int(k)), r, seed * 1_000_003 + index)
              for index, ((n, s, k), r) in enumerate((cell, r) for cell in grid for r in range(num_datasets))]
     # each data set is independent and seeded by its index: on an executor, the same rows as the serial run
-    frames = _run_in_order(_study_task, tasks, (settings,), executor,
-                           ("simulation study", "data set") if progress_bar else None)
+    saved = open_checkpoint(checkpoint, "simulation_study", dict(
+        settings, num_datasets=num_datasets, grid=grid, seed=seed), len(tasks), frame_codec())
+    frames = run_tasks(_study_task, tasks, (settings,), executor,
+                       ("simulation study", "data set") if progress_bar else None, saved)
     return pd.concat(frames, ignore_index=True)
 
 

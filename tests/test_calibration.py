@@ -467,3 +467,44 @@ def test_quantities_are_the_documented_and_computed_set(exact_run):
     assert inspect.signature(sbc).parameters["quantities"].default == QUANTITIES
     written = list(dict.fromkeys(c.split("[")[0] for c in exact_run.ranks.columns))
     assert written == [q for q in QUANTITIES if q != "sorted_weights"]
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
+    """Each replication's outcome (draws of the truth, ranks, facts, warnings; failures too) is
+    saved as it finishes; a second call with the same arguments and folder loads them, runs only
+    the missing ones, and returns the uninterrupted run's result, warnings included. A larger
+    num_replications extends the run (replication r does not depend on R); another seed is refused."""
+
+    def noisy_or_failing(x, num_components, **kwargs):
+        warnings.warn("not converged (test)", ConvergenceWarning, stacklevel=2)
+        if x[0, 0] > 0:
+            raise ValueError("simulated failure")
+        return bg.fit_vb(x, num_components, **kwargs)
+
+    kw = dict(seed=5, prior=PRIOR, method=noisy_or_failing, num_ranks=L, on_error="record",
+              engine_kwargs={"reg_covar": 0.0, "num_draws": L})
+    folder = tmp_path / "checkpoint"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = sbc(1, N, num_replications=6, checkpoint=folder, **kw)
+    with pytest.warns(ConvergenceWarning) as expected:
+        plain = sbc(1, N, num_replications=9, **kw)
+    assert 0 < plain.num_failed < 9  # both kinds of outcome go through the folder
+    (folder / "task-000002.json").unlink()  # as if the run had stopped before it
+    with pytest.warns(ConvergenceWarning) as record:
+        resumed = sbc(1, N, num_replications=9, checkpoint=folder, **kw)
+    # the summary warnings count the loaded replications' warnings too, by their categories
+    assert [(w.category, str(w.message)) for w in record] == [(w.category, str(w.message)) for w in expected]
+    pd.testing.assert_frame_equal(resumed.ranks, plain.ranks)
+    pd.testing.assert_frame_equal(resumed.true_values, plain.true_values)
+    pd.testing.assert_frame_equal(resumed.tests, plain.tests)
+    pd.testing.assert_frame_equal(resumed.replications.drop(columns="fit_seconds"),
+                                  plain.replications.drop(columns="fit_seconds"))
+    for name in plain.prior_draws:
+        np.testing.assert_array_equal(resumed.prior_draws[name], plain.prior_draws[name])
+    seconds = resumed.replications["fit_seconds"]
+    kept = [0, 1, 3, 4, 5]
+    np.testing.assert_array_equal(seconds.loc[kept], first.replications["fit_seconds"].loc[kept])  # loaded
+    assert seconds.loc[2] != first.replications["fit_seconds"].loc[2]  # computed again
+    with pytest.raises(ValueError, match="differs in key"):
+        sbc(1, N, num_replications=9, checkpoint=folder, **dict(kw, seed=6))

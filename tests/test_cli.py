@@ -459,6 +459,45 @@ def test_a_command_that_fails_or_is_interrupted_leaves_the_earlier_run_untouched
     assert not (tmp_path / "new").exists()  # a folder the command created is removed again
 
 
+def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or a job's time limit) during ``study``: the data sets finished are kept in
+    OUT/checkpoint and named on stderr; the same command refuses the folder (naming --resume),
+    ``--resume`` runs only the other data sets and writes the study, whose loaded rows are the
+    first run's, and the checkpoint is removed once the files are written."""
+    from bayesgmm import experiments
+
+    out = tmp_path / "o"
+    study = ["study", "--num-datasets", "3", "-n", "60", "--methods", "em", "--engine-option", "em.n_init=1",
+             "--no-progress", "--out", str(out)]
+    compare, calls = experiments.compare, []
+
+    def stopping(*args, **kwargs):  # Ctrl-C while the third data set is fitted
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return compare(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "compare", stopping)
+    assert cli.main(study) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "bayesgmm: interrupted (Ctrl-C); no files were written.",
+        f"bayesgmm: the 2 data set(s) finished are kept in {str(out / 'checkpoint')!r}; run the same command with "
+        "--resume to continue."]
+    assert sorted(_listing(out)) == ["checkpoint"]
+    kept = pd.concat([pd.read_parquet(out / "checkpoint" / f"task-00000{i}.parquet") for i in (0, 1)])
+    assert cli.main(study) == 2
+    assert "--resume continues it" in capsys.readouterr().err
+    assert cli.main(study + ["--resume", "--seed", "1"]) == 2  # another study's data sets are never mixed in
+    assert "differs in seed); give a new --out folder, or --overwrite without --resume" in capsys.readouterr().err
+    calls.clear()
+    assert cli.main(study + ["--resume"]) == 0
+    assert len(calls) == 1  # only the data set not finished
+    assert sorted(_listing(out)) == sorted([cli.MANIFEST, "study.csv", "summary.csv", "summary.md", "summary.tex"])
+    table = pd.read_csv(out / "study.csv")
+    assert list(table["dataset"]) == [0, 1, 2]
+    np.testing.assert_allclose(table["fit_seconds"][:2], kept["fit_seconds"], rtol=1e-15)  # loaded, not refitted
+
+
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp_path, signame):
     """SIGINT while NUTS is being compiled or run (a long XLA call): exit 130 at once, one line on

@@ -206,3 +206,35 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
 def test_bad_arguments(kwargs, match, faithful):
     with pytest.raises(ValueError, match=match):
         compare(faithful, 2, **{"methods": ("em",), **kwargs})
+
+
+def test_an_interrupted_study_continues_from_its_checkpoint(tmp_path):
+    """Each data set's rows are saved as they finish; a second call with the same arguments and
+    folder loads them and runs only the missing ones (here on threads), and the table equals the
+    uninterrupted run's, dtypes and float bits included. Another study's folder is refused."""
+    import concurrent.futures
+
+    kw = dict(num_obs=(80,), separation=(2.0, 4.0), methods=("em", "vb"), test_size=40, bootstrap_replicates=0,
+              progress_bar=False, seed=4)
+    folder = tmp_path / "checkpoint"
+    first = simulation_study(2, checkpoint=folder, **kw)
+    plain = simulation_study(2, **kw)
+    timings = [c for c in first if "seconds" in c]
+    pd.testing.assert_frame_equal(first.drop(columns=timings), plain.drop(columns=timings))
+    saved = sorted(p.name for p in folder.iterdir())
+    assert saved == ["bayesgmm-checkpoint.json"] + [f"task-{i:06d}.parquet" for i in range(4)]
+    for name in ("task-000001.parquet", "task-000002.parquet"):  # as if the run had stopped before them
+        (folder / name).unlink()
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        resumed = simulation_study(2, checkpoint=folder, executor=threads, **kw)
+    pd.testing.assert_frame_equal(resumed.drop(columns=timings), first.drop(columns=timings))
+    task = (resumed["separation"] == 4.0).to_numpy() * 2 + resumed["dataset"].to_numpy()  # the data set's index
+    loaded = np.isin(task, [0, 3])
+    pd.testing.assert_frame_equal(resumed[loaded], first[loaded])  # loaded: their own timings too
+    assert (resumed.loc[~loaded, "fit_seconds"] != first.loc[~loaded, "fit_seconds"]).all()  # computed again
+    with pytest.raises(ValueError, match="holds the tasks of another run \\(it differs in seed\\)"):
+        simulation_study(2, checkpoint=folder, **dict(kw, seed=5))
+    with pytest.raises(ValueError, match="differs in num_tasks, num_datasets"):
+        simulation_study(3, checkpoint=folder, **kw)
+    with pytest.raises(ValueError, match="is a file"):
+        simulation_study(2, checkpoint=folder / "task-000000.parquet", **kw)

@@ -1,0 +1,165 @@
+"""An experiment's finished tasks kept in a folder, so that an interrupted run continues where it
+stopped (:func:`bayesgmm.simulation_study` and :func:`bayesgmm.sbc`, ``checkpoint=``).
+
+A study of hundreds of data sets runs for hours; a job's time limit, a lost connection or
+Ctrl-C used to lose every finished data set. With a checkpoint folder each task's result is
+written there as soon as it finishes (one file per task, written whole or not at all:
+:func:`bayesgmm._files.atomic_path`), and a later call with the same arguments and folder loads
+the finished tasks and runs only the others. Tasks are seeded by their position, so the table of
+a resumed run equals the uninterrupted run's (its timing columns are those of the run that
+computed each task).
+
+The folder's record (:data:`RECORD`) holds the experiment's name, the arguments that decide its
+results, the number of tasks and the package version; a call whose record differs (another
+seed, grid, engine option or version) is refused, so runs are never mixed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+from ._files import atomic_path, jsonable, write_text
+
+#: The record of the experiment whose tasks the folder holds.
+RECORD = "bayesgmm-checkpoint.json"
+
+_TASK = re.compile(r"task-(\d+)\.(\w+)$")
+
+
+class Codec(NamedTuple):
+    """How one task's result is stored: a file suffix, ``write(value, path)`` and ``read(path)``."""
+
+    suffix: str
+    write: Callable[[Any, Path], None]
+    read: Callable[[Path], Any]
+
+
+def _canonical(value) -> Any:
+    """``value`` as JSON would give it back (tuples as lists, NumPy values as numbers; anything
+    else by its ``repr``), so that a record read from disk compares equal to a new one."""
+    return json.loads(json.dumps(jsonable(value, default=repr)))
+
+
+class Checkpoint:
+    """A folder of one experiment's finished tasks.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Created if missing. Holds :data:`RECORD` and one ``task-NNNNNN`` file per finished task.
+    experiment : str
+        The experiment's name (``"simulation_study"``, ``"sbc"``).
+    settings : mapping
+        Everything that decides the tasks' results (arguments, seed, precision).
+    num_tasks : int
+    codec : Codec
+    extendable : bool
+        Task ``i``'s result does not depend on the number of tasks (SBC's replications): a run
+        with more (or fewer) tasks may use the folder, and the number is not compared.
+
+    Raises
+    ------
+    ValueError
+        The folder holds another experiment's tasks, or is not a folder.
+    """
+
+    def __init__(self, folder, experiment: str, settings: Mapping, num_tasks: int, codec: Codec, *,
+                 extendable: bool = False):
+        from . import __version__
+
+        self.folder, self.codec, self.num_tasks = Path(folder), codec, int(num_tasks)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"checkpoint {str(folder)!r} is a file; give a folder (created if missing).")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = _canonical({"experiment": experiment, "num_tasks": None if extendable else self.num_tasks,
+                             "bayesgmm_version": __version__, "settings": dict(settings)})
+        path = self.folder / RECORD
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"checkpoint record {str(path)!r} cannot be read ({err}); give a new folder.") from None
+            if found != record:
+                raise ValueError(
+                    f"checkpoint folder {str(folder)!r} holds the tasks of another run (it differs in "
+                    f"{', '.join(_differences(found, record))}); give a new folder, or delete this one to start again.")
+        else:
+            if any(self._task_files()):
+                raise ValueError(f"checkpoint folder {str(folder)!r} holds task files but no {RECORD}; give a new folder.")
+            write_text(path, json.dumps(record, indent=2, allow_nan=True))
+
+    def _task_files(self):
+        for path in self.folder.iterdir():
+            match = _TASK.match(path.name)
+            if match and path.suffix == self.codec.suffix and int(match.group(1)) < self.num_tasks:
+                yield int(match.group(1)), path
+
+    def finished(self) -> dict[int, Any]:
+        """The finished tasks' results, by task index."""
+        return {index: self.codec.read(path) for index, path in sorted(self._task_files())}
+
+    def save(self, index: int, value) -> None:
+        """Write task ``index``'s result (whole or not at all)."""
+        with atomic_path(self.folder / f"task-{index:06d}{self.codec.suffix}") as tmp:
+            self.codec.write(value, tmp)
+
+
+def _differences(found, record) -> list[str]:
+    """Names of the record's entries (settings by name) that differ."""
+    if not isinstance(found, dict):
+        return ["its record"]
+    names = [name for name in ("experiment", "num_tasks", "bayesgmm_version") if found.get(name) != record[name]]
+    settings, mine = found.get("settings"), record["settings"]
+    if not isinstance(settings, dict):
+        return names + ["settings"]
+    return names + [name for name in sorted(set(settings) | set(mine)) if settings.get(name) != mine.get(name)]
+
+
+def open_checkpoint(folder, experiment: str, settings: Mapping, num_tasks: int, codec: Codec, *,
+                    extendable: bool = False) -> Checkpoint | None:
+    """A :class:`Checkpoint`, or None when ``folder`` is None (no checkpoint)."""
+    if folder is None:
+        return None
+    return Checkpoint(folder, experiment, settings, num_tasks, codec, extendable=extendable)
+
+
+def frame_codec() -> Codec:
+    """pandas DataFrames as Parquet files (dtypes and every float bit kept)."""
+    import pandas as pd
+
+    return Codec(".parquet", lambda frame, path: frame.to_parquet(path, index=False), pd.read_parquet)
+
+
+def json_codec(encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> Codec:
+    """Results as JSON through ``encode`` (to JSON's values) and ``decode``; floats keep every bit
+    (Python writes the shortest repr that reads back exactly), NaN included."""
+
+    def write(value, path):
+        Path(path).write_text(json.dumps(jsonable(encode(value)), allow_nan=True), encoding="utf-8")
+
+    def read(path):
+        return decode(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    return Codec(".json", write, read)
+
+
+def warning_category(name: str) -> type:
+    """The warning class named ``module:qualname`` (as :func:`category_name` writes it);
+    UserWarning where it cannot be imported."""
+    module, _, qualname = name.partition(":")
+    try:
+        found = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return UserWarning
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
+
+
+def category_name(category: type) -> str:
+    """``module:qualname`` of a warning class (read back by :func:`warning_category`)."""
+    return f"{category.__module__}:{category.__qualname__}"
