@@ -38,10 +38,20 @@ class Codec(NamedTuple):
     read: Callable[[Path], Any]
 
 
+def _described(value) -> Any:
+    """An object JSON cannot hold, for a record: its ``to_dict()`` where it has one (a
+    :class:`bayesgmm.Prior`: every number exact, where its ``repr`` rounds arrays), else its
+    ``repr``."""
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return {"type": type(value).__qualname__, **jsonable(to_dict(), default=_described)}
+    return repr(value)
+
+
 def _canonical(value) -> Any:
-    """``value`` as JSON would give it back (tuples as lists, NumPy values as numbers; anything
-    else by its ``repr``), so that a record read from disk compares equal to a new one."""
-    return json.loads(json.dumps(jsonable(value, default=repr)))
+    """``value`` as JSON would give it back (tuples as lists, NumPy values as numbers, objects by
+    :func:`_described`), so that a record read from disk compares equal to a new one."""
+    return json.loads(json.dumps(jsonable(value, default=_described)))
 
 
 class Checkpoint:

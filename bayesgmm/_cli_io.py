@@ -17,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ._checkpoint import RECORD as CHECKPOINT_RECORD
 from .engines import engine_names
 
 #: The engines the command line runs (``--method``), from the registry.
@@ -305,7 +306,7 @@ class OutputFolder:
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
             also = (f"; {running[0]} is the staging folder of another bayesgmm run still writing there"
                     if running else "")
-            if checkpoint in entries and not resume:
+            if checkpoint in entries and not resume and (out / checkpoint / CHECKPOINT_RECORD).is_file():
                 also += (f"; {checkpoint} holds the data sets of an interrupted run: --resume continues it, "
                          "--overwrite starts afresh")
             raise UsageError(

@@ -56,6 +56,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from ._checkpoint import RECORD as CHECKPOINT_RECORD
 from ._cli_config import CHECKPOINT_FOLDER, STREAM_BATCH_SIZE, build_parser, check_engine_options, options_from_args, options_from_toml
 from ._cli_io import (
     COMMIT_LOCK,
@@ -592,8 +593,14 @@ def _run(args) -> int:
                        options={k: v for k, v in opts.items() if k not in ("progress", "resume")}, inputs=inputs,
                        checkpoint=CHECKPOINT_FOLDER if resumable else None, resume=bool(opts.get("resume")))
     checkpoint = out.out / CHECKPOINT_FOLDER
-    if resumable and not opts["resume"] and checkpoint.is_dir():  # --overwrite without --resume: start afresh
-        shutil.rmtree(checkpoint)
+    if resumable and (checkpoint.exists() or checkpoint.is_symlink()):
+        ours = checkpoint.is_dir() and not checkpoint.is_symlink() and (checkpoint / CHECKPOINT_RECORD).is_file()
+        if not ours and not (checkpoint.is_dir() and not any(checkpoint.iterdir())):
+            out.discard()
+            raise UsageError(f"{str(checkpoint)!r} is not a bayesgmm checkpoint, and {command} keeps its finished data "
+                             "sets there; move it, or give another --out folder.")
+        if ours and not opts["resume"]:  # --overwrite without --resume: start afresh
+            shutil.rmtree(checkpoint)
     opts["checkpoint"] = checkpoint if resumable else None
     _ACTIVE.append(out)
     try:

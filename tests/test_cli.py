@@ -496,6 +496,14 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
     table = pd.read_csv(out / "study.csv")
     assert list(table["dataset"]) == [0, 1, 2]
     np.testing.assert_allclose(table["fit_seconds"][:2], kept["fit_seconds"], rtol=1e-15)  # loaded, not refitted
+    # a folder of the user's own named checkpoint is neither used nor deleted
+    mine = tmp_path / "mine"
+    (mine / "checkpoint").mkdir(parents=True)
+    (mine / "checkpoint" / "notes.txt").write_text("mine")
+    for extra in (["--overwrite"], ["--overwrite", "--resume"]):
+        assert cli.main(study[:-1] + [str(mine)] + extra) == 2
+        assert "is not a bayesgmm checkpoint" in capsys.readouterr().err
+        assert sorted(_listing(mine)) == ["checkpoint"] and (mine / "checkpoint" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
