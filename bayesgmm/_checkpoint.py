@@ -16,11 +16,15 @@ seed, grid, engine option or version) is refused, so runs are never mixed.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
 
 from ._files import atomic_path, jsonable, write_text
 
@@ -28,6 +32,7 @@ from ._files import atomic_path, jsonable, write_text
 RECORD = "bayesgmm-checkpoint.json"
 
 _TASK = re.compile(r"task-(\d+)\.(\w+)$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 class Codec(NamedTuple):
@@ -38,20 +43,37 @@ class Codec(NamedTuple):
     read: Callable[[Path], Any]
 
 
-def _described(value) -> Any:
-    """An object JSON cannot hold, for a record: its ``to_dict()`` where it has one (a
-    :class:`bayesgmm.Prior`: every number exact, where its ``repr`` rounds arrays), else its
-    ``repr``."""
+def describe(value) -> Any:
+    """A stable description of an object JSON cannot hold, for a record (the same in every
+    process and session, where a ``repr`` may hold a memory address or round an array's numbers):
+    a function or class by ``module:qualname``, a :func:`functools.partial` by its function and
+    arguments, an array by its numbers, an object with ``to_dict()`` (a :class:`bayesgmm.Prior`)
+    by that, any other by its ``repr`` unless it holds an address, else by its type."""
+    if isinstance(value, functools.partial):
+        return {"partial": describe(value.func), "args": jsonable(list(value.args), default=describe),
+                "keywords": jsonable(dict(value.keywords), default=describe)}
+    if isinstance(value, type) or inspect.isroutine(value):
+        return f"{getattr(value, '__module__', '')}:{getattr(value, '__qualname__', repr(value))}"
+    if hasattr(value, "__array__") and hasattr(value, "dtype"):
+        return {"array": str(value.dtype), "values": np.asarray(value).tolist()}
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
-        return {"type": type(value).__qualname__, **jsonable(to_dict(), default=_described)}
-    return repr(value)
+        return {"type": type(value).__qualname__, **jsonable(to_dict(), default=describe)}
+    text = repr(value)
+    if _ADDRESS.search(text):
+        return f"{type(value).__module__}:{type(value).__qualname__}"
+    return text
 
 
 def _canonical(value) -> Any:
     """``value`` as JSON would give it back (tuples as lists, NumPy values as numbers, objects by
-    :func:`_described`), so that a record read from disk compares equal to a new one."""
-    return json.loads(json.dumps(jsonable(value, default=_described)))
+    :func:`describe`), so that a record read from disk compares with a new one."""
+    return json.loads(json.dumps(jsonable(value, default=describe)))
+
+
+def _same(a, b) -> bool:
+    """Records compared as JSON text (so that a NaN equals itself)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 class Checkpoint:
@@ -84,25 +106,28 @@ class Checkpoint:
         self.folder, self.codec, self.num_tasks = Path(folder), codec, int(num_tasks)
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"checkpoint {str(folder)!r} is a file; give a folder (created if missing).")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        record = _canonical({"experiment": experiment, "num_tasks": None if extendable else self.num_tasks,
-                             "bayesgmm_version": __version__, "settings": dict(settings)})
+        import jax
+
+        settings = {**settings, "backend": jax.default_backend()}  # another platform: other float bits
+        self.record = _canonical({"experiment": experiment, "num_tasks": None if extendable else self.num_tasks,
+                                  "bayesgmm_version": __version__, "settings": settings})
         path = self.folder / RECORD
-        if path.is_file():
+        self.recorded = path.is_file()
+        if self.recorded:
             try:
                 found = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
                 raise ValueError(f"checkpoint record {str(path)!r} cannot be read ({err}); give a new folder.") from None
-            if found != record:
+            if not _same(found, self.record):
                 raise ValueError(
                     f"checkpoint folder {str(folder)!r} holds the tasks of another run (it differs in "
-                    f"{', '.join(_differences(found, record))}); give a new folder, or delete this one to start again.")
-        else:
-            if any(self._task_files()):
-                raise ValueError(f"checkpoint folder {str(folder)!r} holds task files but no {RECORD}; give a new folder.")
-            write_text(path, json.dumps(record, indent=2, allow_nan=True))
+                    f"{', '.join(_differences(found, self.record))}); give a new folder, or delete this one to start again.")
+        elif self.folder.is_dir() and any(self._task_files()):
+            raise ValueError(f"checkpoint folder {str(folder)!r} holds task files but no {RECORD}; give a new folder.")
 
     def _task_files(self):
+        if not self.folder.is_dir():
+            return
         for path in self.folder.iterdir():
             match = _TASK.match(path.name)
             if match and path.suffix == self.codec.suffix and int(match.group(1)) < self.num_tasks:
@@ -113,7 +138,12 @@ class Checkpoint:
         return {index: self.codec.read(path) for index, path in sorted(self._task_files())}
 
     def save(self, index: int, value) -> None:
-        """Write task ``index``'s result (whole or not at all)."""
+        """Write task ``index``'s result (whole or not at all); the folder and its record are
+        written with the first task, so a run stopped before any task finished leaves nothing."""
+        if not self.recorded:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_text(self.folder / RECORD, json.dumps(self.record, indent=2, allow_nan=True))
+            self.recorded = True
         with atomic_path(self.folder / f"task-{index:06d}{self.codec.suffix}") as tmp:
             self.codec.write(value, tmp)
 
@@ -122,11 +152,11 @@ def _differences(found, record) -> list[str]:
     """Names of the record's entries (settings by name) that differ."""
     if not isinstance(found, dict):
         return ["its record"]
-    names = [name for name in ("experiment", "num_tasks", "bayesgmm_version") if found.get(name) != record[name]]
+    names = [name for name in ("experiment", "num_tasks", "bayesgmm_version") if not _same(found.get(name), record[name])]
     settings, mine = found.get("settings"), record["settings"]
     if not isinstance(settings, dict):
         return names + ["settings"]
-    return names + [name for name in sorted(set(settings) | set(mine)) if settings.get(name) != mine.get(name)]
+    return names + [name for name in sorted(set(settings) | set(mine)) if not _same(settings.get(name), mine.get(name))]
 
 
 def open_checkpoint(folder, experiment: str, settings: Mapping, num_tasks: int, codec: Codec, *,

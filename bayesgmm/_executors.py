@@ -79,12 +79,11 @@ def run_tasks(fn, items, args, executor, bar_labels, checkpoint=None) -> list:
 
     ``checkpoint`` (a :class:`bayesgmm._checkpoint.Checkpoint`, optional): the tasks it holds are
     loaded instead of run, and every other task's result is saved there as soon as it finishes
-    (on an executor, in the order they finish). On an error the tasks not yet started are
-    cancelled and the error is raised; the finished ones stay saved. Results come back in the
-    items' order whatever the order of finishing.
+    (on an executor, in the order they finish). Results come back in the items' order whatever
+    the order of finishing. On an error, as in the serial loop, the error of the first failing
+    task (by position) is raised; on an executor the tasks not yet started are cancelled first,
+    and those already running are waited for and, where they succeed, saved.
     """
-    from concurrent.futures import as_completed
-
     results = {} if checkpoint is None else checkpoint.finished()
     todo = [i for i in range(len(items)) if i not in results]
     bar = None
@@ -102,18 +101,44 @@ def run_tasks(fn, items, args, executor, bar_labels, checkpoint=None) -> list:
         if bar is not None:
             bar.update(1)
 
-    futures = {}
     try:
         if executor is None:
             for i in todo:
                 finish(i, fn(items[i], *args))
         else:
-            futures = {executor.submit(fn, items[i], *args): i for i in todo}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+            _run_on(executor, fn, items, args, todo, finish)
     finally:
-        for future in futures:
-            future.cancel()  # those not started (a no-op for the finished and running ones)
         if bar is not None:
             bar.close()
     return [results[i] for i in range(len(items))]
+
+
+def _run_on(executor, fn, items, args, todo, finish) -> None:
+    """:func:`run_tasks`' executor path: ``finish(index, value)`` as tasks succeed; after the first
+    failure, the tasks not started are cancelled, the running ones finished, and the failure of
+    the lowest position raised."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = {executor.submit(fn, items[i], *args): i for i in todo}
+    failed = {}
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=pending.get):
+                index = pending.pop(future)
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None:
+                    finish(index, future.result())
+                else:
+                    failed[index] = error
+            if failed:
+                for future in pending:
+                    future.cancel()  # a no-op for those already running: they are waited for next
+    except BaseException:  # Ctrl-C while waiting: nothing more is started
+        for future in pending:
+            future.cancel()
+        raise
+    if failed:
+        raise failed[min(failed)]

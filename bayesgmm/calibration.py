@@ -65,7 +65,7 @@ import jax
 import numpy as np
 
 from . import _numerics
-from ._checkpoint import category_name, json_codec, open_checkpoint, warning_category
+from ._checkpoint import category_name, describe, json_codec, open_checkpoint, warning_category
 from ._compile import jit
 from ._executors import check_executor, recorded_warnings, run_tasks
 from ._files import jsonable
@@ -440,7 +440,9 @@ def sbc(
         ``fit_seconds`` are those of the run that computed each). As replication ``r`` does not
         depend on ``num_replications``, a larger ``num_replications`` extends a finished run. A
         folder of another run (another prior, method, option, seed or bayesgmm version) is
-        refused; ``method`` is compared by its name (a function's module and qualified name).
+        refused; ``method`` is compared by its name (a function's module and qualified name, a
+        :func:`functools.partial` by its function and arguments), so an edited function of the
+        same name is not told apart.
 
     Returns
     -------
@@ -527,10 +529,9 @@ def sbc(
         x64=bool(jax.config.jax_enable_x64), num_replications=r_total,
     )
     saved = open_checkpoint(checkpoint, "sbc", dict(
-        method=method_name if isinstance(method, str) else f"{getattr(method, '__module__', '')}:"
-                                                           f"{getattr(method, '__qualname__', method_name)}",
+        method=method if isinstance(method, str) else describe(method),
         num_components=k, num_obs=n, covariance_type=covariance_type, prior=prior.to_dict(),
-        engine_kwargs=engine_kwargs, num_ranks=num_ranks, quantities=quantities, feature=int(feature),
+        engine_kwargs=dict(engine_kwargs or {}), num_ranks=num_ranks, quantities=quantities, feature=int(feature),
         on_error=on_error, key=np.asarray(_key_data(k_reps)), x64=task.x64), r_total, _OUTCOME_CODEC, extendable=True)
     # each replication is seeded by its index: on an executor, or loaded from the checkpoint, the same outcomes
     outcomes = run_tasks(_run_replication, range(r_total), (task,), executor,

@@ -589,12 +589,19 @@ def _run(args) -> int:
     inputs = [p for p in ((opts.get("data") or {}).get("path"), getattr(args, "config", None))
               if p and isinstance(p, (str, os.PathLike))]  # anything else: load_data's error, after
     resumable = "resume" in opts  # study and sbc: finished data sets kept in OUT/checkpoint until done
-    out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command,
-                       options={k: v for k, v in opts.items() if k not in ("progress", "resume")}, inputs=inputs,
-                       checkpoint=CHECKPOINT_FOLDER if resumable else None, resume=bool(opts.get("resume")))
+    recorded = {k: v for k, v in opts.items() if k not in ("progress", "resume")}  # the manifest's options
+    checkpoint = Path(opts["out"]) / CHECKPOINT_FOLDER
+    ours = checkpoint.is_dir() and not checkpoint.is_symlink() and (checkpoint / CHECKPOINT_RECORD).is_file()
+    if opts.get("resume") and _finished_here(opts["out"], command, recorded):  # a requeued job after the end
+        if ours:  # left by a process killed between writing its files and removing it
+            shutil.rmtree(checkpoint)
+        print(f"nothing to resume: {str(opts['out'])!r} holds this command's finished run ({MANIFEST}); "
+              "its files are unchanged.")
+        return 0
+    out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command, options=recorded,
+                       inputs=inputs, checkpoint=CHECKPOINT_FOLDER if resumable else None, resume=bool(opts.get("resume")))
     checkpoint = out.out / CHECKPOINT_FOLDER
     if resumable and (checkpoint.exists() or checkpoint.is_symlink()):
-        ours = checkpoint.is_dir() and not checkpoint.is_symlink() and (checkpoint / CHECKPOINT_RECORD).is_file()
         if not ours and not (checkpoint.is_dir() and not any(checkpoint.iterdir())):
             out.discard()
             raise UsageError(f"{str(checkpoint)!r} is not a bayesgmm checkpoint, and {command} keeps its finished data "
@@ -624,6 +631,16 @@ def _run(args) -> int:
         _ACTIVE.remove(out)
         out.discard()
     return rc
+
+
+def _finished_here(folder, command: str, options: dict) -> bool:
+    """Whether ``folder``'s manifest records a finished run of this command with these options."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    mine = json.loads(json.dumps(options, default=str))  # as the manifest writes them
+    return isinstance(manifest, dict) and manifest.get("command") == command and manifest.get("options") == mine
 
 
 def _exit_now(rc: int) -> None:

@@ -572,24 +572,29 @@ class GaussianMixture(_DensityMixin, _Base):
         -------
         self
         """
-        X = self._validate_X(X, reset=True)
-        sample_weight = check_sample_weight(sample_weight, X.shape[0])  # before the default prior looks at X
-        fit_fn, k, kwargs = self._engine_call(X, sample_weight)
-        if sample_weight is not None:
-            if "sample_weight" not in inspect.signature(fit_fn).parameters:
-                takes = [m for m in METHODS if "sample_weight" in inspect.signature(_engine(m)).parameters]
-                raise ValueError(f"method={self.method!r} does not take sample_weight; the methods that do: {takes}.")
-            kwargs["sample_weight"] = sample_weight
-        seed = seed_from_random_state(self.random_state)
-        warm = self.method == "em" and self.warm_start and hasattr(self, "result_")
-        if warm:  # one start: the fitted parameters
-            if (self.result_.covariance_model != _covariance_models.resolve(self.covariance_type)[1]
-                    or self.means_.shape != (k, X.shape[1])):
-                raise ValueError(
-                    "warm_start=True continues the previous fit, which had a different n_components, "
-                    "covariance_type or number of features; set warm_start=False to start afresh."
-                )
-            kwargs.update(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_, n_init=1)
+        from ._sharding import ProcessCall
+
+        devices = self.engine_kwargs.get("devices") if isinstance(self.engine_kwargs, dict) else None
+        with ProcessCall(devices, "BayesianGMM.fit"):  # across processes, one process's error stops all
+            X = self._validate_X(X, reset=True)
+            sample_weight = check_sample_weight(sample_weight, X.shape[0])  # before the default prior looks at X
+            fit_fn, k, kwargs = self._engine_call(X, sample_weight)
+            if sample_weight is not None:
+                if "sample_weight" not in inspect.signature(fit_fn).parameters:
+                    takes = [m for m in METHODS if "sample_weight" in inspect.signature(_engine(m)).parameters]
+                    raise ValueError(f"method={self.method!r} does not take sample_weight; the methods that do: {takes}.")
+                kwargs["sample_weight"] = sample_weight
+            seed = seed_from_random_state(self.random_state)
+            warm = self.method == "em" and self.warm_start and hasattr(self, "result_")
+            if warm:  # one start: the fitted parameters
+                if (self.result_.covariance_model != _covariance_models.resolve(self.covariance_type)[1]
+                        or self.means_.shape != (k, X.shape[1])):
+                    raise ValueError(
+                        "warm_start=True continues the previous fit, which had a different n_components, "
+                        "covariance_type or number of features; set warm_start=False to start afresh."
+                    )
+                kwargs.update(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_,
+                              n_init=1)
         caught = []
         try:
             with recorded_warnings() as caught:  # one thread at a time (_executors)

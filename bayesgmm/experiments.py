@@ -34,6 +34,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
+from . import _sharding
 from ._checkpoint import frame_codec, open_checkpoint
 from ._executors import check_executor, recorded_warnings, run_tasks
 from .engines import engine_names, get_engine
@@ -288,6 +289,18 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
     return row
 
 
+def _sharded_devices(methods, engine_kwargs: Mapping):
+    """The ``devices`` the first of ``methods`` given any in ``engine_kwargs`` shards over (None:
+    none): where they span processes, a process whose own checks refuse the call must tell the
+    others, which would otherwise wait for it in that engine (:class:`bayesgmm._sharding.ProcessCall`)."""
+    names = [methods] if isinstance(methods, str) else list(methods) if isinstance(methods, (list, tuple)) else []
+    for name in names:
+        kw = engine_kwargs.get(name) if isinstance(name, str) else None
+        if isinstance(kw, Mapping) and kw.get("devices") is not None:
+            return kw["devices"]
+    return None
+
+
 def compare(
     x,
     num_components: int,
@@ -363,46 +376,47 @@ def compare(
 
     check_executor(executor)
     engine_kwargs = dict(engine_kwargs or {})
-    # validated once; every engine takes the record and skips the checks (NaN let through where an
-    # engine is told missing="marginalize"; the others then refuse them with their own message)
-    marginalize = any(isinstance(kw, Mapping) and kw.get("missing") == "marginalize" for kw in engine_kwargs.values())
-    data = prepare_data(x, missing="marginalize" if marginalize else "error")
-    arr = data.values
-    k = check_num_components(num_components, arr.shape[0])
-    methods = _check_methods(methods)
-    unknown = set(engine_kwargs) - set(METHODS)
-    if unknown:
-        raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
-    for method, kw in engine_kwargs.items():  # every engine's options checked before anything runs
-        if not isinstance(kw, Mapping):
-            raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
-        own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(_SET_BY_CALLER)))
-        if own:
-            raise ValueError(f"engine_kwargs[{method!r}] sets {own}, which compare sets itself (its own arguments "
-                             "x, num_components, covariance_type, prior, seed); pass them to compare.")
-        if method == "kmeans":
-            from .kmeans import kmeans as engine
-        else:
-            engine = get_engine(method).load()
-        _check_engine_kwargs(engine, method, kw)
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (arr.shape[0],):
-            raise ValueError(f"labels must have shape ({arr.shape[0]},), one per row of x; got {labels.shape}.")
-        empty = _missing_labels(labels)
-        if empty.any():
-            raise ValueError(f"labels has {int(empty.sum())} missing value(s) (None or NaN; first at row "
-                             f"{int(np.flatnonzero(empty)[0])}); every row needs a label to score the clusters "
-                             "(ARI/NMI): fill them, or drop those rows from x and labels.")
-    if truth is not None:
-        truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
-        if truth.means.shape != (k, arr.shape[1]):
-            raise ValueError(f"truth.means must have shape ({k}, {arr.shape[1]}), got {truth.means.shape}.")
-    if x_test is not None:
-        x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True)
-    if not 0 < interval < 1:
-        raise ValueError(f"interval must be in (0, 1), got {interval!r}.")
-    prior = prior if prior is not None else Prior.default(arr, k)
+    with _sharding.ProcessCall(_sharded_devices(methods, engine_kwargs), "compare"):  # one stops all
+        # validated once; every engine takes the record and skips the checks (NaN let through where an
+        # engine is told missing="marginalize"; the others then refuse them with their own message)
+        marginalize = any(isinstance(kw, Mapping) and kw.get("missing") == "marginalize" for kw in engine_kwargs.values())
+        data = prepare_data(x, missing="marginalize" if marginalize else "error")
+        arr = data.values
+        k = check_num_components(num_components, arr.shape[0])
+        methods = _check_methods(methods)
+        unknown = set(engine_kwargs) - set(METHODS)
+        if unknown:
+            raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
+        for method, kw in engine_kwargs.items():  # every engine's options checked before anything runs
+            if not isinstance(kw, Mapping):
+                raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
+            own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(_SET_BY_CALLER)))
+            if own:
+                raise ValueError(f"engine_kwargs[{method!r}] sets {own}, which compare sets itself (its own arguments "
+                                 "x, num_components, covariance_type, prior, seed); pass them to compare.")
+            if method == "kmeans":
+                from .kmeans import kmeans as engine
+            else:
+                engine = get_engine(method).load()
+            _check_engine_kwargs(engine, method, kw)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (arr.shape[0],):
+                raise ValueError(f"labels must have shape ({arr.shape[0]},), one per row of x; got {labels.shape}.")
+            empty = _missing_labels(labels)
+            if empty.any():
+                raise ValueError(f"labels has {int(empty.sum())} missing value(s) (None or NaN; first at row "
+                                 f"{int(np.flatnonzero(empty)[0])}); every row needs a label to score the clusters "
+                                 "(ARI/NMI): fill them, or drop those rows from x and labels.")
+        if truth is not None:
+            truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
+            if truth.means.shape != (k, arr.shape[1]):
+                raise ValueError(f"truth.means must have shape ({k}, {arr.shape[1]}), got {truth.means.shape}.")
+        if x_test is not None:
+            x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True)
+        if not 0 < interval < 1:
+            raise ValueError(f"interval must be in (0, 1), got {interval!r}.")
+        prior = prior if prior is not None else Prior.default(arr, k)
     settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,
                     truth=truth, interval=interval, bootstrap_replicates=bootstrap_replicates, seed=seed,
                     engine_kwargs=engine_kwargs, return_fit=return_fits, x64=bool(jax.config.jax_enable_x64))
@@ -538,7 +552,8 @@ def simulation_study(
              for index, ((n, s, k), r) in enumerate((cell, r) for cell in grid for r in range(num_datasets))]
     # each data set is independent and seeded by its index: on an executor, the same rows as the serial run
     saved = open_checkpoint(checkpoint, "simulation_study", dict(
-        settings, num_datasets=num_datasets, grid=grid, seed=seed), len(tasks), frame_codec())
+        settings, engine_kwargs=settings["engine_kwargs"] or {}, num_datasets=num_datasets, grid=grid, seed=seed),
+        len(tasks), frame_codec())
     frames = run_tasks(_study_task, tasks, (settings,), executor,
                        ("simulation study", "data set") if progress_bar else None, saved)
     return pd.concat(frames, ignore_index=True)

@@ -416,12 +416,13 @@ def select_bayesian(
     from .diagnostics import import_arviz
 
     az = import_arviz()
-    data = prepare_data(x)  # validated once for every K
-    arr = data.values
-    ks = _check_k_range(k_range, arr.shape[0])
-    engine = get_engine(method, draws=True, purpose="for Bayesian model comparison")
-    engine.check_covariance_type(covariance_type)
-    fit_fn = engine.load()
+    with _sharding.ProcessCall(engine_kwargs.get("devices"), "select_bayesian"):  # one process's error stops all
+        data = prepare_data(x)  # validated once for every K
+        arr = data.values
+        ks = _check_k_range(k_range, arr.shape[0])
+        engine = get_engine(method, draws=True, purpose="for Bayesian model comparison")
+        engine.check_covariance_type(covariance_type)
+        fit_fn = engine.load()
     fits, idatas, rows = {}, {}, {}
     for k in ks:
         fit = fit_fn(data, k, covariance_type=covariance_type, prior=prior if prior is not None else Prior.default(arr, k),

@@ -477,6 +477,13 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
             raise KeyboardInterrupt
         return compare(*args, **kwargs)
 
+    def at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "compare", at_once)  # before any data set finished: nothing is left
+    assert cli.main(study) == 130
+    assert capsys.readouterr().err.splitlines() == ["bayesgmm: interrupted (Ctrl-C); no files were written."]
+    assert not out.exists()
     monkeypatch.setattr(experiments, "compare", stopping)
     assert cli.main(study) == 130
     assert capsys.readouterr().err.splitlines() == [
@@ -496,6 +503,11 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
     table = pd.read_csv(out / "study.csv")
     assert list(table["dataset"]) == [0, 1, 2]
     np.testing.assert_allclose(table["fit_seconds"][:2], kept["fit_seconds"], rtol=1e-15)  # loaded, not refitted
+    # a requeued job passing --resume after the end: nothing to do, the files untouched
+    finished = _listing(out)
+    capsys.readouterr()
+    assert cli.main(study + ["--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out and _listing(out) == finished
     # a folder of the user's own named checkpoint is neither used nor deleted
     mine = tmp_path / "mine"
     (mine / "checkpoint").mkdir(parents=True)

@@ -46,9 +46,18 @@ SCRIPT = textwrap.dedent(
             bad = data.x.copy()
             if rank == 1:
                 bad[5, 0] = np.nan
-            for name, fit in (("em", bg.fit_em), ("vb", bg.fit_vb), ("stream", bg.fit_em_stream)):
+            from bayesgmm.estimator import GaussianMixture
+
+            callers = (("em", lambda x: bg.fit_em(x, 3, seed=0, devices=devices)),
+                       ("vb", lambda x: bg.fit_vb(x, 3, seed=0, devices=devices)),
+                       ("stream", lambda x: bg.fit_em_stream(x, 3, seed=0, devices=devices)),
+                       # callers that check the data before an engine is given the devices
+                       ("compare", lambda x: bg.compare(x, 3, methods=("em",), bootstrap_replicates=0,
+                                                        engine_kwargs={"em": {"devices": devices}})),
+                       ("estimator", lambda x: GaussianMixture(3, engine_kwargs={"devices": devices}).fit(x)))
+            for name, fit in callers:
                 try:
-                    fit(bad, 3, seed=0, devices=devices)
+                    fit(bad)
                     facts["refused_" + name] = "fitted"
                 except ValueError as err:
                     facts["refused_" + name] = str(err)
@@ -135,8 +144,9 @@ def test_processes_called_differently_are_refused(runs):
 def test_a_process_refusing_its_call_stops_every_process(runs):
     """A process whose own checks refuse the call (here its data hold a NaN) raises its error; the
     other process, which found nothing wrong, waited forever where the processes compare their
-    calls: it now raises too, naming the process that refused."""
-    for name in ("em", "vb", "stream"):
+    calls: it now raises too, naming the process that refused. Also where a caller (compare, the
+    scikit-learn estimator) checks the data before its engine is given the devices."""
+    for name in ("em", "vb", "stream", "compare", "estimator"):
         assert "NaN" in runs["rank1"]["refused_" + name], runs["rank1"]["refused_" + name]
         assert "process(es) [1]" in runs["rank0"]["refused_" + name], runs["rank0"]["refused_" + name]
         assert runs["alone"]["refused_" + name] == "fitted"
