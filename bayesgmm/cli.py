@@ -273,7 +273,9 @@ def _parameters(fits: dict, x):
         return None
     try:
         return parameter_table(results, x)
-    except (ValueError, np.linalg.LinAlgError):  # a singular observed information: EM's estimates without errors
+    except (ValueError, np.linalg.LinAlgError) as err:  # the last resort: EM's estimates without errors, said
+        warnings.warn(f"EM's standard errors could not be computed ({err}); the parameter table leaves them blank.",
+                      UserWarning, stacklevel=2)
         return parameter_table(results, x, em_intervals=None)
 
 

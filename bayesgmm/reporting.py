@@ -11,10 +11,12 @@ arbitrarily, so every fit is first relabelled to one canonical order (:meth:`Fit
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
+from ._covariance_models import ALIASES
 from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .params import GMMParams
 from .results import FitResult
@@ -50,9 +52,10 @@ class _Truth:
     """True parameters and their covariance structure (from a FitResult, or inferred from the
     shape of the covariances, the first fit's structure preferred when its shape fits)."""
 
-    def __init__(self, truth, first: FitResult):
+    def __init__(self, truth, first: FitResult, covariance_type: str | None = None):
         k, d = first.num_components, first.num_features
-        covariance_type = truth.covariance_type if isinstance(truth, FitResult) else None
+        if isinstance(truth, FitResult):
+            covariance_type = truth.covariance_type
         if isinstance(truth, FitResult):
             truth = truth.params
         try:
@@ -62,12 +65,21 @@ class _Truth:
         if params.weights.shape != (k,) or params.means.shape != (k, d):
             raise ValueError(f"truth must have {k} components and {d} features like the fits, got weights of shape "
                              f"{params.weights.shape} and means of shape {params.means.shape}.")
-        if covariance_type is None:
-            shapes = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}
+        shapes = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}
+        if covariance_type is not None:
+            if covariance_type not in shapes:
+                raise ValueError(f"truth_covariance_type must be one of {list(shapes)}, got {covariance_type!r}.")
+            if params.covariances.shape != shapes[covariance_type]:
+                raise ValueError(f"truth covariances of shape {params.covariances.shape} are not {covariance_type!r} "
+                                 f"covariances for K={k}, D={d} (shape {shapes[covariance_type]}).")
+        else:
             fitting = [ct for ct, shape in shapes.items() if shape == params.covariances.shape]
             if not fitting:
                 raise ValueError(f"truth covariances of shape {params.covariances.shape} fit no covariance structure "
                                  f"with K={k}, D={d}.")
+            if first.covariance_type not in fitting and len(fitting) > 1:  # K = D: (K, D) is (D, D)
+                raise ValueError(f"truth covariances of shape {params.covariances.shape} may be {' or '.join(fitting)} "
+                                 f"covariances (K = D); say which with truth_covariance_type.")
             covariance_type = first.covariance_type if first.covariance_type in fitting else fitting[0]
         self.params, self.covariance_type = params, covariance_type
 
@@ -95,7 +107,8 @@ def _canonical(named: dict, truth: _Truth | None, cost: str) -> dict:
     if truth is None:
         reference = first.relabel(np.argsort(first.means[:, 0], kind="stable"))
     else:
-        reference = dataclasses.replace(first, covariance_type=truth.covariance_type, weights=truth.params.weights,
+        reference = dataclasses.replace(first, covariance_type=truth.covariance_type, covariance_model=None,
+                                        weights=truth.params.weights,
                                         means=truth.params.means, covariances=truth.params.covariances, draws=None,
                                         raw_draws=None, predictive=None)
     out = {}
@@ -114,7 +127,7 @@ def _posterior_columns(fit: FitResult, level: float):
 
 
 def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_intervals="observed-information",
-                    num_replicates: int = 200, seed=0, cost: str = "kl"):
+                    num_replicates: int = 200, seed=0, cost: str = "kl", truth_covariance_type: str | None = None):
     """One tidy table of the parameters of several fits, components in one order.
 
     Parameters
@@ -126,7 +139,8 @@ def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_interval
         The training data: needed for EM's standard errors (``em_intervals``).
     truth : GMMParams or FitResult, optional
         The true parameters of simulated data: adds ``truth`` and ``error = estimate - truth``,
-        and the components take the truth's order.
+        and the components take the truth's order. Fits of another structure than the truth's
+        get a truth for their weights and means only.
     level : float
         Coverage of every interval (posterior quantiles, Wald or bootstrap percentiles).
     em_intervals : {"observed-information", "bootstrap", None}
@@ -140,6 +154,10 @@ def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_interval
     cost : {"kl", "mahalanobis"}
         How components are matched across fits of one structure (:meth:`FitResult.align_to`);
         fits of another structure than the first are matched by their means.
+    truth_covariance_type : {"full", "diag", "spherical", "tied"}, optional
+        The layout of a GMMParams ``truth``'s covariances. By default read from their shape, the
+        first fit's structure preferred; where K = D a (D, D) array may be diag or tied
+        covariances, and if the first fit is neither that is refused unless this says which.
 
     Returns
     -------
@@ -179,7 +197,7 @@ def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_interval
         raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
     if em_intervals not in EM_INTERVALS:
         raise ValueError(f"em_intervals must be one of {EM_INTERVALS}, got {em_intervals!r}.")
-    true = None if truth is None else _Truth(truth, first)
+    true = None if truth is None else _Truth(truth, first, truth_covariance_type)
     frames = []
     for name, fit in _canonical(named, true, cost).items():
         estimate = flatten_parameters(fit.params)
@@ -188,6 +206,12 @@ def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_interval
         if fit.draws is not None:
             se, lower, upper = _posterior_columns(fit, level)
             interval = "posterior"
+        elif (x is not None and em_intervals == "observed-information" and fit.method in ("em", "map-em")
+              and fit.covariance_model != ALIASES.get(fit.covariance_type)):
+            warnings.warn(
+                f"fit {name!r} is mclust's constrained model {fit.covariance_model!r}, which observed_information does "
+                "not parameterise: its intervals are left blank; pass em_intervals='bootstrap' for them.",
+                UserWarning, stacklevel=2)
         elif x is not None and em_intervals is not None and fit.method in ("em", "map-em"):
             if em_intervals == "bootstrap":
                 unc = bootstrap(fit, x, num_replicates=num_replicates, level=level, seed=seed)
@@ -225,7 +249,9 @@ def _cell(value, digits: int) -> str:
         if v != 0.0 and (abs(v) >= 10 ** (digits + 2) or abs(v) < 10 ** -(digits - 1)):
             return f"{v:.{digits}g}"
         return f"{v:.{digits}f}"
-    return str(value)
+    if value is None or type(value).__name__ == "NAType":  # None and pandas' pd.NA: blank, as NaN
+        return ""
+    return " ".join(str(value).splitlines())  # a line break would end a table's row
 
 
 def _cells(table, digits: int):
@@ -259,7 +285,8 @@ def to_markdown(table, *, digits: int = 4) -> str:
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str | None = None) -> str:

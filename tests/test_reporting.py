@@ -95,6 +95,22 @@ def test_parameter_table_with_truth_reports_errors_in_the_truth_order():
     diag_rows = mixed[mixed["method"] == "diag"]
     assert diag_rows.loc[diag_rows["parameter"] == "covariances", "truth"].isna().all()
     assert np.abs(diag_rows.loc[diag_rows["parameter"] == "means", "error"]).max() < 0.5
+    # the first fit of another structure than the truth's (it raised: "covariance_model='VVI' is
+    # not stored in the covariance_type='full' layout")
+    first_diag = bg.parameter_table({"diag": diag, "full": fit}, truth=data.params)
+    pd.testing.assert_frame_equal(first_diag.set_index(["method", "parameter", "component", "feature", "feature_bis"])
+                                  .sort_index(), mixed.set_index(["method", "parameter", "component", "feature",
+                                                                  "feature_bis"]).sort_index())
+    # K = D: a (D, D) truth may be diag or tied covariances; a full first fit cannot tell, so say which
+    square = bg.datasets.make_mixture(300, 2, 2, covariance_type="diag", separation=5.0, seed=1)
+    square_fit = bg.fit_em(square.x, 2, seed=0)
+    with pytest.raises(ValueError, match="may be diag or tied covariances .* truth_covariance_type"):
+        bg.parameter_table([square_fit], truth=square.params)
+    told = bg.parameter_table([square_fit], truth=square.params, truth_covariance_type="diag")
+    assert told.loc[told["parameter"] == "covariances", "truth"].isna().all()
+    assert np.abs(told.loc[told["parameter"] == "means", "error"]).max() < 0.5
+    with pytest.raises(ValueError, match="not 'full' covariances"):
+        bg.parameter_table([square_fit], truth=square.params, truth_covariance_type="full")
     with pytest.raises(ValueError, match="truth must have 3 components"):
         bg.parameter_table([fit], truth=GMMParams(np.ones(2) / 2, np.zeros((2, 2)), np.ones((2, 2))))
     with pytest.raises(ValueError, match="K=2"):
@@ -127,3 +143,21 @@ def test_markdown_and_latex_writers():
     assert to_markdown(pd.DataFrame({"x": [1e-9, 123456789.0]})).splitlines()[2:] == ["| 1e-09 |", "| 1.235e+08 |"]
     with pytest.raises(ValueError, match="DataFrame"):
         to_markdown([[1, 2]])
+    # a line break (a third-party warning's text in compare's warnings column) split the row;
+    # None and pd.NA are blank as NaN is; LaTeX's < and > printed as other glyphs
+    odd = pd.DataFrame({"warnings": ["first line\nsecond <x>", None, pd.NA]})
+    assert to_markdown(odd).splitlines()[2:] == ["| first line second <x> |", "|  |", "|  |"]
+    assert r"first line second \textless{}x\textgreater{} \\" in to_latex(odd)
+
+
+def test_parameter_table_leaves_mclust_models_intervals_blank_and_keeps_the_others(faithful):
+    """An mclust constrained model's fit has no observed information: one such fit made the whole
+    table raise (and the command line then dropped every EM fit's intervals); now it warns and its
+    rows are blank, while the others keep theirs."""
+    em = bg.fit_em(faithful, 2, seed=0)
+    vev = bg.fit_em(faithful, 2, covariance_type="VEV", seed=0)
+    with pytest.warns(UserWarning, match="em_intervals='bootstrap'"):
+        table = bg.parameter_table({"EM": em, "VEV": vev}, faithful)
+    by = table.groupby("method")
+    assert by["interval"].first().to_dict() == {"EM": "observed-information", "VEV": "none"}
+    assert table.loc[table["method"] == "EM", "se"].notna().all() and table.loc[table["method"] == "VEV", "se"].isna().all()
