@@ -17,10 +17,12 @@ seed, grid, engine option or version) is refused, so runs are never mixed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import inspect
 import json
 import re
+import types
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -43,26 +45,70 @@ class Codec(NamedTuple):
     read: Callable[[Path], Any]
 
 
-def describe(value) -> Any:
-    """A stable description of an object JSON cannot hold, for a record (the same in every
-    process and session, where a ``repr`` may hold a memory address or round an array's numbers):
-    a function or class by ``module:qualname``, a :func:`functools.partial` by its function and
-    arguments, an array by its numbers, an object with ``to_dict()`` (a :class:`bayesgmm.Prior`)
-    by that, any other by its ``repr`` unless it holds an address, else by its type."""
+#: How deep :func:`describe` follows an object's attributes, closures and defaults.
+_DESCRIBE_DEPTH = 6
+
+
+def describe(value, _depth: int = 0) -> Any:
+    """A stable description of an object JSON cannot hold, for a record: the same in every
+    process and session (a ``repr`` may hold a memory address, or round an array's numbers) and
+    different where the object would act differently.
+
+    A class by ``module:qualname``; a function by that, a digest of its code and the
+    descriptions of its defaults and closure (an optimiser's step size lives in a closure); a
+    :func:`functools.partial` by its function and arguments; an array by its numbers; an object
+    with ``to_dict()`` (a :class:`bayesgmm.Prior`) by that; any other by its ``repr`` when that
+    holds no address, else by its type and attributes. Followed :data:`_DESCRIBE_DEPTH` levels
+    deep.
+    """
+    def inner(item):
+        if _depth >= _DESCRIBE_DEPTH:
+            return f"{type(item).__module__}:{type(item).__qualname__}"
+        return jsonable(item, default=lambda v: describe(v, _depth + 1))
+
     if isinstance(value, functools.partial):
-        return {"partial": describe(value.func), "args": jsonable(list(value.args), default=describe),
-                "keywords": jsonable(dict(value.keywords), default=describe)}
-    if isinstance(value, type) or inspect.isroutine(value):
-        return f"{getattr(value, '__module__', '')}:{getattr(value, '__qualname__', repr(value))}"
+        return {"partial": inner(value.func), "args": inner(list(value.args)), "keywords": inner(dict(value.keywords))}
+    name = f"{getattr(value, '__module__', '')}:{getattr(value, '__qualname__', type(value).__qualname__)}"
+    if isinstance(value, type):
+        return name
+    if inspect.isfunction(value):
+        code = value.__code__
+        digest = hashlib.blake2b(_code_bytes(code), digest_size=8).hexdigest()
+        closure = [cell.cell_contents for cell in value.__closure__ or () if _has_contents(cell)]
+        return {"function": name, "code": digest, "defaults": inner(list(value.__defaults__ or ())),
+                "closure": inner(closure)}
+    if inspect.ismethod(value):
+        return {"method": name, "of": inner(value.__self__)}
+    if inspect.isroutine(value):  # a builtin
+        return name
     if hasattr(value, "__array__") and hasattr(value, "dtype"):
         return {"array": str(value.dtype), "values": np.asarray(value).tolist()}
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
-        return {"type": type(value).__qualname__, **jsonable(to_dict(), default=describe)}
+        return {"type": type(value).__qualname__, **inner(to_dict())}
     text = repr(value)
-    if _ADDRESS.search(text):
-        return f"{type(value).__module__}:{type(value).__qualname__}"
-    return text
+    if not _ADDRESS.search(text):
+        return text
+    state = getattr(value, "__dict__", None)
+    kind = f"{type(value).__module__}:{type(value).__qualname__}"
+    return {"type": kind, "state": inner(dict(state))} if isinstance(state, dict) else kind
+
+
+def _code_bytes(code) -> bytes:
+    """A function's bytecode and constants, nested functions' code included, without the
+    addresses a code object's ``repr`` holds."""
+    parts = [code.co_code]
+    for const in code.co_consts:
+        parts.append(_code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode())
+    return b"\x00".join(parts)
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
 
 
 def _canonical(value) -> Any:

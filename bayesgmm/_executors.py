@@ -24,6 +24,7 @@ Two things an executor's workers share with the caller are checked or guarded he
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 
@@ -106,20 +107,36 @@ def run_tasks(fn, items, args, executor, bar_labels, checkpoint=None) -> list:
             for i in todo:
                 finish(i, fn(items[i], *args))
         else:
-            _run_on(executor, fn, items, args, todo, finish)
+            _run_on(executor, fn, items, args, todo, finish, None if checkpoint is None else checkpoint.save)
     finally:
         if bar is not None:
             bar.close()
     return [results[i] for i in range(len(items))]
 
 
-def _run_on(executor, fn, items, args, todo, finish) -> None:
+def _keep_later(keep, index, future) -> None:
+    """A task that was running when the caller was interrupted: save its result in the checkpoint
+    (its file is written whole) when it succeeded."""
+    if not future.cancelled() and future.exception() is None:
+        with contextlib.suppress(Exception):
+            keep(index, future.result())
+
+
+def _run_on(executor, fn, items, args, todo, finish, keep) -> None:
     """:func:`run_tasks`' executor path: ``finish(index, value)`` as tasks succeed; after the first
     failure, the tasks not started are cancelled, the running ones finished, and the failure of
-    the lowest position raised."""
-    from concurrent.futures import FIRST_COMPLETED, wait
+    the lowest position raised. Interrupted (Ctrl-C), the tasks not started are cancelled and the
+    running ones' results are given to ``keep(index, value)`` (the checkpoint's save) as they end."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-    pending = {executor.submit(fn, items[i], *args): i for i in todo}
+    pending = {}
+    for i in todo:
+        future = executor.submit(fn, items[i], *args)
+        if not isinstance(future, Future):
+            raise ValueError(f"executor.submit returned a {type(future).__name__}, not a concurrent.futures.Future; "
+                             "pass a concurrent.futures.Executor (a process or thread pool, or Dask's "
+                             "client.get_executor()).")
+        pending[future] = i
     failed = {}
     try:
         while pending:
@@ -136,9 +153,10 @@ def _run_on(executor, fn, items, args, todo, finish) -> None:
             if failed:
                 for future in pending:
                     future.cancel()  # a no-op for those already running: they are waited for next
-    except BaseException:  # Ctrl-C while waiting: nothing more is started
-        for future in pending:
-            future.cancel()
+    except BaseException:  # Ctrl-C while waiting: nothing more is started, and what is running is kept
+        for future, index in pending.items():
+            if not future.cancel() and keep is not None:  # running: its result is saved when it ends
+                future.add_done_callback(functools.partial(_keep_later, keep, index))
         raise
     if failed:
         raise failed[min(failed)]

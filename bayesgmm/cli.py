@@ -642,7 +642,10 @@ def _finished_here(folder, command: str, options: dict) -> bool:
     except (OSError, ValueError):
         return False
     mine = json.loads(json.dumps(options, default=str))  # as the manifest writes them
-    return isinstance(manifest, dict) and manifest.get("command") == command and manifest.get("options") == mine
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("options"), dict)):
+        return False
+    found = {k: v for k, v in manifest["options"].items() if k != "out"}  # the folder itself, however spelled
+    return manifest.get("command") == command and found == {k: v for k, v in mine.items() if k != "out"}
 
 
 def _exit_now(rc: int) -> None:

@@ -575,7 +575,7 @@ class GaussianMixture(_DensityMixin, _Base):
         from ._sharding import ProcessCall
 
         devices = self.engine_kwargs.get("devices") if isinstance(self.engine_kwargs, dict) else None
-        with ProcessCall(devices, "BayesianGMM.fit"):  # across processes, one process's error stops all
+        with ProcessCall(devices, "GaussianMixture.fit"):  # across processes, one process's error stops all
             X = self._validate_X(X, reset=True)
             sample_weight = check_sample_weight(sample_weight, X.shape[0])  # before the default prior looks at X
             fit_fn, k, kwargs = self._engine_call(X, sample_weight)

@@ -293,7 +293,7 @@ def _sharded_devices(methods, engine_kwargs: Mapping):
     """The ``devices`` the first of ``methods`` given any in ``engine_kwargs`` shards over (None:
     none): where they span processes, a process whose own checks refuse the call must tell the
     others, which would otherwise wait for it in that engine (:class:`bayesgmm._sharding.ProcessCall`)."""
-    names = [methods] if isinstance(methods, str) else list(methods) if isinstance(methods, (list, tuple)) else []
+    names = [methods] if isinstance(methods, str) else list(methods) if isinstance(methods, tuple) else []
     for name in names:
         kw = engine_kwargs.get(name) if isinstance(name, str) else None
         if isinstance(kw, Mapping) and kw.get("devices") is not None:
@@ -376,6 +376,8 @@ def compare(
 
     check_executor(executor)
     engine_kwargs = dict(engine_kwargs or {})
+    if not isinstance(methods, str) and hasattr(methods, "__iter__"):
+        methods = tuple(methods)  # a generator or an array read once, by both uses below
     with _sharding.ProcessCall(_sharded_devices(methods, engine_kwargs), "compare"):  # one stops all
         # validated once; every engine takes the record and skips the checks (NaN let through where an
         # engine is told missing="marginalize"; the others then refuse them with their own message)

@@ -55,6 +55,9 @@ class _Truth:
     def __init__(self, truth, first: FitResult, covariance_type: str | None = None):
         k, d = first.num_components, first.num_features
         if isinstance(truth, FitResult):
+            if covariance_type is not None and covariance_type != truth.covariance_type:
+                raise ValueError(f"truth_covariance_type={covariance_type!r} contradicts the truth FitResult's "
+                                 f"{truth.covariance_type!r} covariances; leave it out for a FitResult.")
             covariance_type = truth.covariance_type
         if isinstance(truth, FitResult):
             truth = truth.params
@@ -259,7 +262,7 @@ def _cells(table, digits: int):
 
     if not isinstance(table, pd.DataFrame):
         raise ValueError(f"table must be a pandas DataFrame, got {type(table).__name__}.")
-    header = [str(c) for c in table.columns]
+    header = [" ".join(str(c).splitlines()) for c in table.columns]
     rows = [[_cell(v, digits) for v in row] for row in table.itertuples(index=False, name=None)]
     numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) for c in table.columns]
     return header, rows, numeric
@@ -277,7 +280,7 @@ def to_markdown(table, *, digits: int = 4) -> str:
         Digits after the decimal point (significant digits for very large or small numbers).
     """
     header, rows, numeric = _cells(table, digits)
-    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
+    escape = lambda s: s.replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")  # noqa: E731 (no HTML)
     lines = ["| " + " | ".join(escape(h) for h in header) + " |",
              "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]

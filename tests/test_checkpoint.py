@@ -7,12 +7,13 @@ import functools
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import bayesgmm as bg
-from bayesgmm._checkpoint import RECORD, Checkpoint, describe, json_codec
+from bayesgmm._checkpoint import RECORD, Checkpoint, Codec, describe, json_codec
 from bayesgmm._executors import run_tasks
 
 CODEC = json_codec(lambda value: value, lambda saved: saved)
@@ -25,9 +26,36 @@ def test_settings_are_described_without_memory_addresses():
                   np.arange(3.0), bg.Prior.default(np.random.default_rng(0).normal(size=(20, 2)), 2)):
         text = json.dumps(describe(value) if not isinstance(value, dict) else {"cb": describe(value["cb"])})
         assert " at 0x" not in text, text
-    assert describe(functools.partial(bg.fit_vb, reg_covar=1e-6)) == {
-        "partial": "bayesgmm.vb:fit_vb", "args": [], "keywords": {"reg_covar": 1e-6}}
+    partial = describe(functools.partial(bg.fit_vb, reg_covar=1e-6))
+    assert partial["partial"]["function"] == "bayesgmm.vb:fit_vb" and partial["keywords"] == {"reg_covar": 1e-6}
     assert describe(np.array([0.1, 1 / 3]))["values"] == [0.1, 1 / 3]  # every bit, not a rounded repr
+
+
+def test_settings_that_act_differently_are_described_differently():
+    """Objects whose repr holds an address were described by their type alone, so a resumed study
+    with another optimiser step size (in a closure) or another lambda was accepted and mixed."""
+    import numpyro
+
+    def record(value):
+        return json.dumps(describe(value), sort_keys=True)
+
+    assert record(numpyro.optim.Adam(1e-3)) == record(numpyro.optim.Adam(1e-3))
+    assert record(numpyro.optim.Adam(1e-3)) != record(numpyro.optim.Adam(0.5))
+    assert record(lambda x: x + 1) == record(lambda x: x + 1) != record(lambda x: x + 2)
+
+    class Options:
+        def __init__(self, rate):
+            self.rate = rate
+
+    assert record(Options(1)) == record(Options(1)) != record(Options(2))
+    # the same in another process (no addresses, nested code objects included)
+    import subprocess
+    import sys
+
+    script = ("import json, numpyro; from bayesgmm._checkpoint import describe; "
+              "print(json.dumps(describe(numpyro.optim.Adam(1e-3)), sort_keys=True))")
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    assert other == record(numpyro.optim.Adam(1e-3))
 
 
 def test_a_record_is_written_with_the_first_task_and_compared_exactly(tmp_path):
@@ -74,3 +102,35 @@ def test_on_an_executor_a_failure_keeps_what_finished_and_raises_the_first_by_po
     with pytest.raises(ValueError, match="task 1"):
         run_tasks(task, list(range(8)), (), None, None, Checkpoint(folder2, "test", {}, 8, CODEC))
     assert Checkpoint(folder2, "test", {}, 8, CODEC).finished() == {0: 0}
+
+
+def test_interrupted_on_an_executor_the_running_tasks_are_still_saved(tmp_path):
+    """Ctrl-C while waiting: the tasks not started are cancelled, and those running are saved when
+    they end (they ran to the end anyway, as the pool shuts down, and were thrown away)."""
+
+    def stop_at_one(value, path):  # the interrupt arrives while task 1's result is being kept
+        if value == 1:
+            raise KeyboardInterrupt
+        Path(path).write_text(json.dumps(value))
+
+    codec = Codec(".json", stop_at_one, lambda p: json.loads(Path(p).read_text()))
+    folder = tmp_path / "ck"
+
+    def task(i):
+        time.sleep(0.4 if i == 0 else 0.0 if i == 1 else 0.2)
+        return i
+
+    with pytest.raises(KeyboardInterrupt):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            run_tasks(task, list(range(6)), (), pool, None, Checkpoint(folder, "test", {}, 6, codec))
+    saved = Checkpoint(folder, "test", {}, 6, codec).finished()
+    assert 0 in saved and 1 not in saved and len(saved) < 5  # 0 was running; most of the rest never started
+
+
+def test_an_executor_whose_futures_are_not_futures_is_refused_clearly():
+    class Odd:
+        def submit(self, fn, *args):
+            return object()
+
+    with pytest.raises(ValueError, match="not a concurrent.futures.Future"):
+        run_tasks(lambda i: i, [0, 1], (), Odd(), None)

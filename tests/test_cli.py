@@ -508,6 +508,8 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
     capsys.readouterr()
     assert cli.main(study + ["--resume"]) == 0
     assert "nothing to resume" in capsys.readouterr().out and _listing(out) == finished
+    assert cli.main(study[:-1] + [str(out) + "/", "--resume"]) == 0  # the folder however spelled
+    assert "nothing to resume" in capsys.readouterr().out and _listing(out) == finished
     # a folder of the user's own named checkpoint is neither used nor deleted
     mine = tmp_path / "mine"
     (mine / "checkpoint").mkdir(parents=True)

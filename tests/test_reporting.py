@@ -111,6 +111,8 @@ def test_parameter_table_with_truth_reports_errors_in_the_truth_order():
     assert np.abs(told.loc[told["parameter"] == "means", "error"]).max() < 0.5
     with pytest.raises(ValueError, match="not 'full' covariances"):
         bg.parameter_table([square_fit], truth=square.params, truth_covariance_type="full")
+    with pytest.raises(ValueError, match="contradicts the truth FitResult's 'full'"):
+        bg.parameter_table([square_fit], truth=square_fit, truth_covariance_type="diag")
     with pytest.raises(ValueError, match="truth must have 3 components"):
         bg.parameter_table([fit], truth=GMMParams(np.ones(2) / 2, np.zeros((2, 2)), np.ones((2, 2))))
     with pytest.raises(ValueError, match="K=2"):
@@ -146,7 +148,7 @@ def test_markdown_and_latex_writers():
     # a line break (a third-party warning's text in compare's warnings column) split the row;
     # None and pd.NA are blank as NaN is; LaTeX's < and > printed as other glyphs
     odd = pd.DataFrame({"warnings": ["first line\nsecond <x>", None, pd.NA]})
-    assert to_markdown(odd).splitlines()[2:] == ["| first line second <x> |", "|  |", "|  |"]
+    assert to_markdown(odd).splitlines()[2:] == ["| first line second \\<x\\> |", "|  |", "|  |"]  # no HTML either
     assert r"first line second \textless{}x\textgreater{} \\" in to_latex(odd)
 
 
