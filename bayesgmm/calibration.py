@@ -440,9 +440,8 @@ def sbc(
         ``fit_seconds`` are those of the run that computed each). As replication ``r`` does not
         depend on ``num_replications``, a larger ``num_replications`` extends a finished run. A
         folder of another run (another prior, method, option, seed or bayesgmm version) is
-        refused; ``method`` is compared by its name (a function's module and qualified name, a
-        :func:`functools.partial` by its function and arguments), so an edited function of the
-        same name is not told apart.
+        refused. Functions (``method``, engine options) are compared by name, code, defaults and
+        closure, other objects by their ``repr`` or attributes, so a changed option is refused.
 
     Returns
     -------
