@@ -128,7 +128,8 @@ class Checkpoint:
     Parameters
     ----------
     folder : str or os.PathLike
-        Created if missing. Holds :data:`RECORD` and one ``task-NNNNNN`` file per finished task.
+        Holds :data:`RECORD` and one ``task-NNNNNN`` file per finished task; created, with its
+        record, when the first task is saved.
     experiment : str
         The experiment's name (``"simulation_study"``, ``"sbc"``).
     settings : mapping

@@ -602,7 +602,6 @@ def _run(args) -> int:
         return 0
     out = OutputFolder(opts["out"], overwrite=opts.get("overwrite", False), command=command, options=recorded,
                        inputs=inputs, checkpoint=CHECKPOINT_FOLDER if resumable else None, resume=bool(opts.get("resume")))
-    checkpoint = out.out / CHECKPOINT_FOLDER
     if resumable and (checkpoint.exists() or checkpoint.is_symlink()):
         if not ours and not (checkpoint.is_dir() and not any(checkpoint.iterdir())):
             out.discard()

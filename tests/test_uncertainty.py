@@ -45,6 +45,18 @@ def test_bootstrap_matches_the_closed_form_within_monte_carlo_error(gaussian, ki
     assert boot.info["converged_fraction"] == 1.0 and boot.draws["means"].shape == (1, b, 1, 2)
 
 
+def _central_hessian(f, theta0, h=1e-4):
+    """Central second differences of ``f`` at ``theta0`` (an independent reference Hessian)."""
+    p = theta0.size
+    fd = np.zeros((p, p))
+    for i in range(p):
+        for j in range(p):
+            e_i, e_j = np.eye(p)[i] * h, np.eye(p)[j] * h
+            fd[i, j] = (f(theta0 + e_i + e_j) - f(theta0 + e_i - e_j) - f(theta0 - e_i + e_j)
+                        + f(theta0 - e_i - e_j)) / (4 * h * h)
+    return fd
+
+
 def test_autodiff_hessian_matches_finite_differences():
     """The Hessian behind observed_information against central differences of an independent
     scipy log-likelihood in the same unconstrained parameterisation (K=2, diag)."""
@@ -58,14 +70,7 @@ def test_autodiff_hessian_matches_finite_differences():
         w, m, c = (np.asarray(a, np.float64) for a in from_unconstrained(jax.numpy.asarray(t), 2, 2, "diag"))
         return mixture_log_density(data.x, w, m, c, "diag").sum()
 
-    h = 1e-4
-    p = theta0.size
-    fd = np.zeros((p, p))
-    for i in range(p):
-        for j in range(p):
-            e_i, e_j = np.eye(p)[i] * h, np.eye(p)[j] * h
-            fd[i, j] = (loglik(theta0 + e_i + e_j) - loglik(theta0 + e_i - e_j) - loglik(theta0 - e_i + e_j)
-                        + loglik(theta0 - e_i - e_j)) / (4 * h * h)
+    fd = _central_hessian(loglik, theta0)
     cov = np.linalg.inv(-fd)  # of (logit, means (2x2), log variances (2x2)) on the original scale
     w = fit.weights
     se_weight = w[0] * w[1] * np.sqrt(cov[0, 0])  # d softmax([t, 0])_0 / dt = w0 w1
@@ -99,14 +104,7 @@ def test_observed_information_with_missing_values_matches_finite_differences():
         joint = np.log(w) + np.sum(np.where(observed[:, None, :], per_column, 0.0), axis=-1)
         return logsumexp(joint, axis=1).sum()
 
-    h = 1e-4
-    p = theta0.size
-    fd = np.zeros((p, p))
-    for i in range(p):
-        for j in range(p):
-            e_i, e_j = np.eye(p)[i] * h, np.eye(p)[j] * h
-            fd[i, j] = (loglik(theta0 + e_i + e_j) - loglik(theta0 + e_i - e_j) - loglik(theta0 - e_i + e_j)
-                        + loglik(theta0 - e_i - e_j)) / (4 * h * h)
+    fd = _central_hessian(loglik, theta0)
     cov = np.linalg.inv(-fd)
     w = fit.weights
     got = observed_information(fit, x).standard_errors()
