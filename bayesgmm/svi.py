@@ -218,14 +218,18 @@ def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config)
             med = {}
         if all(s in med for s in sites[1:]):
             median = GMMParams(med["weights"] if k > 1 else jnp.ones(1, xs.dtype), med["means"], med["covariances"])
-    # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates,
-    # vmap-ed in groups whose batched LAPACK calls (the likelihood's solves, groups x K x D^2 x N
-    # flops) jaxlib 0.10 does not split over XLA's thread pool: split calls wait there for their
-    # pieces, and two at once hung on two cores (D = K = 16, 400 rows; _numerics.in_turn)
+    # Unbiased ELBO estimate at the final parameters: num_draws independent one-particle estimates.
+    # On the CPU one after another: vmap-ed in groups they ran no faster (N = 600 and 5000, 500
+    # draws) and took 0.9 s longer to compile, of a fit's 6 s; and jaxlib 0.10 splits a batched
+    # LAPACK call of more than LAPACK_SPLIT_FLOPS over XLA's thread pool, where two at once hung on
+    # two cores (D = K = 16, 400 rows; _numerics.in_turn). Elsewhere in groups below that size,
+    # the keys padded to whole groups (a remainder group is a second copy of the ELBO to compile).
     one_elbo = lambda kk: -_elbo().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
     per_draw = k * xs.shape[1] ** 2 * max(xs.shape[0], xs.shape[1])
-    group = int(min(config.num_draws, max(1, LAPACK_SPLIT_FLOPS // per_draw)))
-    elbo_final = jax.lax.map(one_elbo, jax.random.split(key_elbo, config.num_draws), batch_size=group)
+    group = 1 if jax.default_backend() == "cpu" else int(min(config.num_draws, max(1, LAPACK_SPLIT_FLOPS // per_draw)))
+    keys = jax.random.split(key_elbo, config.num_draws)
+    keys = jnp.concatenate([keys, keys[: -config.num_draws % group]])
+    elbo_final = jax.lax.map(one_elbo, keys, batch_size=group if group > 1 else None)[: config.num_draws]
     return start, median, draws, -losses, elbo_final
 
 
