@@ -1137,6 +1137,8 @@ bg.fit_em(x, 16, n_init=10, max_iter=4, tol=0.0)
 bg.fit_vb(x, 16, n_init=16, max_iter=4)
 x[np.random.default_rng(3).random(x.shape) < 0.1] = np.nan  # Gibbs: two chains' runs on threads, each
 bg.fit_gibbs(x[:300], 8, missing="marginalize", num_warmup=5, num_samples=5, num_chains=2)  # factoring per row
+y = bg.datasets.make_mixture(8000, 3, 4, separation=3.0, seed=0).x  # NUTS: two runs of chains on threads, each
+bg.fit_mcmc(y, 4, num_warmup=5, num_samples=5, num_chains=2)  # solving the rows against K factors
 print("done")
 """
 
@@ -1147,8 +1149,9 @@ def test_large_batches_of_lapack_calls_do_not_deadlock():
     expected components') each wait on XLA's thread pool for their pieces; on two cores both
     threads then waited forever (``n_init=10`` on N=1e5, D=K=16 hung). ``_numerics.in_turn`` orders
     them; so did two Gibbs runs of chains on threads, each factoring a covariance per row with missing
-    values (such samplers now run their chains in one run). Run in a fresh process with a time
-    limit, so that a regression fails instead of hanging."""
+    values, and two NUTS runs whose likelihoods solve every row against each component's factor
+    (N = 8000, D = 3, K = 4: hung every time); such samplers now run their chains in one run. Run in
+    a fresh process with a time limit, so that a regression fails instead of hanging."""
     import os
     import subprocess
     import sys
@@ -1157,7 +1160,7 @@ def test_large_batches_of_lapack_calls_do_not_deadlock():
         out = subprocess.run([sys.executable, "-c", _MANY_LARGE_LAPACK_BATCHES], capture_output=True, text=True,
                              timeout=300, env=dict(os.environ))
     except subprocess.TimeoutExpired:
-        pytest.fail("EM or VB with many lanes of 16 x 16 covariances hung (LAPACK calls waiting on each other)")
+        pytest.fail("EM, VB, Gibbs or NUTS hung (LAPACK calls waiting on each other)")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("done")
 

@@ -486,6 +486,19 @@ def test_sequential_chains_on_threads_are_the_draws_of_one_run(full_fits, faithf
     np.testing.assert_array_equal(result.sample_stats["num_steps"], reference.sample_stats["num_steps"])
 
 
+def test_chains_whose_likelihood_solves_are_split_run_in_one_run():
+    """NUTS's likelihood (NumPyro's MultivariateNormal) solves every row against each component's
+    Cholesky factor: on N = 8000, D = 3, K = 4 that call is large enough for jaxlib to split it
+    over XLA's thread pool, and two runs of chains on threads waited there forever (the bound
+    counted the factorisations only). Such chains now run in one run; Old Faithful's stay split
+    (the draws are the same either way: the test above)."""
+    from bayesgmm._chains import lapack_flops_per_chain
+    from bayesgmm._threads import usable_cores
+
+    assert mcmc.concurrent_runs(2, lapack_flops_per_chain(4, 3, solved_rows=8192)) == 1
+    assert mcmc.concurrent_runs(4, lapack_flops_per_chain(2, 2, solved_rows=320)) == min(2, usable_cores())
+
+
 PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, os, warnings
