@@ -180,22 +180,23 @@ def test_an_entry_a_killed_process_left_without_its_access_time_is_removed(tmp_p
 
 def test_compile_modes_choose_the_xla_options(monkeypatch):
     """``auto``: EM-like programs ask for the fast-compiling emitters, samplers keep XLA's
-    defaults, their starts on small data compile unoptimised (``FASTEST``); ``fast-compile`` /
+    defaults, their starts compile unoptimised (``FASTEST``) on up to 8192 rows; ``fast-compile`` /
     ``fast-run`` force either; ``fastest-compile`` also takes EM-like programs to ``FASTEST``
     (not the samplers); anything else is a clear error."""
     fast, fastest = _compile.FAST_COMPILE_OPTIONS, _compile.FASTEST_COMPILE_OPTIONS
     sampler = _compile.small_rows  # NUTS and full-batch SVI: fast on small data only
     settings = (True, False, sampler, _compile.small_rows_once)
-    small, large = np.zeros((511, 2)), np.zeros((512, 2))
-    # order: True, False, sampler, start on small data; sampler, start on large data
-    expected = {"auto": (fast, None, fast, fastest, None, None),
-                "fast-compile": (fast, fast, fast, fastest, fast, fast),
-                "fastest-compile": (fastest, fast, fast, fastest, fast, fast),
-                "fast-run": (None,) * 6}
+    small, large, larger = np.zeros((511, 2)), np.zeros((512, 2)), np.zeros((8193, 2))
+    # order: True, False, sampler, start on small data; sampler, start on large data; start on larger data
+    expected = {"auto": (fast, None, fast, fastest, None, fastest, None),
+                "fast-compile": (fast, fast, fast, fastest, fast, fastest, fast),
+                "fastest-compile": (fastest, fast, fast, fastest, fast, fastest, fast),
+                "fast-run": (None,) * 7}
     for mode, options in expected.items():
         monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
         got = [_compile.compiler_options(_compile.resolve_fast_compile(s, small)) for s in settings]
         got += [_compile.compiler_options(_compile.resolve_fast_compile(s, large)) for s in settings[2:]]
+        got.append(_compile.compiler_options(_compile.resolve_fast_compile(settings[3], larger)))
         assert tuple(got) == options, mode
     assert fastest["xla_backend_optimization_level"] == 0
     monkeypatch.setenv(_compile.COMPILE_MODE_ENV, "quick")
