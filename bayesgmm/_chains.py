@@ -45,15 +45,10 @@ ESS_PER_CHAIN = 100
 LAPACK_SPLIT_FLOPS = 2e5
 
 
-def lapack_flops_per_chain(num_components: int, num_features: int, rows_with_missing: int = 0,
-                           solved_rows: int = 0) -> float:
+def lapack_flops_per_chain(num_components: int, num_features: int, rows_with_missing: int = 0) -> float:
     """An upper bound on the flops of one batched LAPACK call (Cholesky factor, triangular solve)
-    of one chain's step: K matrices of D x D, one per row and component with missing values, and
-    the triangular solves of ``solved_rows`` rows against each component's factor (K x D^2 per
-    row: NumPyro's ``MultivariateNormal.log_prob``, NUTS's likelihood with full or tied
-    covariances; two runs of one chain each on N = 8000, D = 3, K = 4 waited there forever)."""
-    return float((num_components + rows_with_missing * num_components) * num_features**3
-                 + solved_rows * num_components * num_features**2)
+    of one chain's step: K matrices of D x D, and one per row and component with missing values."""
+    return float((num_components + rows_with_missing * num_components) * num_features**3)
 
 
 def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:

@@ -501,9 +501,7 @@ def fit_mcmc(
     key = seed_to_key(seed)
     # "parallel" on one device is the "vectorized" program (the same compiled program and draws)
     run_method = "vectorized" if chain_method == "parallel" and num_devices == 1 else chain_method
-    xs_padded, row_mask = shared.pad_rows(xs)
-    solved_rows = xs_padded.shape[0] if covariance_type in ("full", "tied") else 0  # the likelihood's solves
-    lapack_flops = lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum()), solved_rows)
+    lapack_flops = lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum()))
     runs = concurrent_runs(num_chains, lapack_flops) if run_method == "sequential" else 1
     config = _Config(
         k, covariance_type, num_warmup, num_samples, num_chains, run_method,
@@ -514,6 +512,7 @@ def fit_mcmc(
     # vectorized chains step together (one tick per step); sequential chains and devices each tick
     ticks = steps * (num_chains if run_method == "sequential" else num_devices if run_method == "parallel" else 1)
     with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
+        xs_padded, row_mask = shared.pad_rows(xs)
         start = (START_PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init),
                  _StartConfig(k, covariance_type, num_chains, config.missing))
         timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key), config, runs, start=start)

@@ -268,6 +268,38 @@ def covariance_factors(covariances, covariance_type: str, num_components: int):
     return jnp.linalg.cholesky(expand_covariances(covariances, covariance_type, num_components, d))
 
 
+class FactoredMultivariateNormal(dist.MultivariateNormal):
+    """K full-covariance Gaussians (batch shape (K,)) whose ``log_prob`` maps the rows through
+    the inverse Cholesky factors by one matrix product per component, as EM's E-step does
+    (:func:`bayesgmm._numerics.component_log_density`), instead of NumPyro's triangular solve
+    of every row against each factor. On the CPU that solve is a LAPACK call of K x D^2 x N
+    flops, which jaxlib splits over XLA's thread pool (two chains on threads waited there
+    forever), and which took 1.3-4.2x as long as this form with its gradient (N = 2048 to 8192;
+    D = 3, K = 4 and D = K = 16). The density is the same (to rounding); sampling is
+    NumPyro's."""
+
+    def log_prob(self, value):
+        """Log density of rows under each component.
+
+        Parameters
+        ----------
+        value : array (..., K, D)
+            Rows, broadcast against the K components (``MixtureSameFamily`` passes (N, 1, D)).
+
+        Returns
+        -------
+        array (..., K)
+            ``log N(x | mu_k, L_k L_k^T)``.
+        """
+        d = self.loc.shape[-1]
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=self.scale_tril.dtype), self.scale_tril.shape)
+        inverse = jax.scipy.linalg.solve_triangular(self.scale_tril, eye, lower=True)  # (K, D, D)
+        centred = value - self.loc  # (..., K, D)
+        rows = jnp.einsum("...kd,ked->...ke", centred, inverse)
+        half_log_det = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)), axis=-1)
+        return -0.5 * jnp.sum(rows * rows, axis=-1) - half_log_det - 0.5 * d * jnp.log(2.0 * jnp.pi)
+
+
 def component_distribution(params: GMMParams, covariance_type: str, factors=None):
     """The K Gaussian components as one batched NumPyro distribution (batch shape (K,));
     ``factors``: the full or tied covariances' Cholesky factors when already computed."""
@@ -278,7 +310,7 @@ def component_distribution(params: GMMParams, covariance_type: str, factors=None
     if covariance_type == "spherical":
         return dist.Normal(mu, jnp.sqrt(cov)[:, None] * jnp.ones(d), **UNCHECKED).to_event(1)
     factors = covariance_factors(cov, covariance_type, k) if factors is None else factors
-    return dist.MultivariateNormal(mu, scale_tril=factors, **UNCHECKED)
+    return FactoredMultivariateNormal(mu, scale_tril=factors, **UNCHECKED)
 
 
 def gmm_model(
@@ -552,6 +584,7 @@ def sample_prior(key, prior: PriorArrays, num_components: int, covariance_type: 
 
 
 __all__ = [
+    "FactoredMultivariateNormal",
     "MarginalMixture",
     "StickBreaking",
     "gmm_model",

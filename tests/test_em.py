@@ -1149,9 +1149,10 @@ def test_large_batches_of_lapack_calls_do_not_deadlock():
     expected components') each wait on XLA's thread pool for their pieces; on two cores both
     threads then waited forever (``n_init=10`` on N=1e5, D=K=16 hung). ``_numerics.in_turn`` orders
     them; so did two Gibbs runs of chains on threads, each factoring a covariance per row with missing
-    values, and two NUTS runs whose likelihoods solve every row against each component's factor
-    (N = 8000, D = 3, K = 4: hung every time); such samplers now run their chains in one run. Run in
-    a fresh process with a time limit, so that a regression fails instead of hanging."""
+    values (such samplers now run their chains in one run), and two NUTS runs whose likelihoods
+    solved every row against each component's factor (N = 8000, D = 3, K = 4: hung every time;
+    the rows now go through the inverse factors by matrix products). Run in a fresh process with
+    a time limit, so that a regression fails instead of hanging."""
     import os
     import subprocess
     import sys

@@ -19,7 +19,7 @@ import pytest
 from _references import log_joint, mixture_log_density
 
 import bayesgmm as bg
-from bayesgmm import _numerics, _numpyro_common, mcmc
+from bayesgmm import _numerics, _numpyro_common, mcmc, model
 from bayesgmm.diagnostics import ess_bulk
 from bayesgmm.model import gmm_model, log_prior, model_kwargs
 from bayesgmm.params import ConvergenceWarning, GMMParams, Prior, log_jacobians, params_to_original, params_to_standard
@@ -486,17 +486,30 @@ def test_sequential_chains_on_threads_are_the_draws_of_one_run(full_fits, faithf
     np.testing.assert_array_equal(result.sample_stats["num_steps"], reference.sample_stats["num_steps"])
 
 
-def test_chains_whose_likelihood_solves_are_split_run_in_one_run():
-    """NUTS's likelihood (NumPyro's MultivariateNormal) solves every row against each component's
-    Cholesky factor: on N = 8000, D = 3, K = 4 that call is large enough for jaxlib to split it
-    over XLA's thread pool, and two runs of chains on threads waited there forever (the bound
-    counted the factorisations only). Such chains now run in one run; Old Faithful's stay split
-    (the draws are the same either way: the test above)."""
-    from bayesgmm._chains import lapack_flops_per_chain
-    from bayesgmm._threads import usable_cores
+def test_components_density_is_numpyros_multivariate_normal():
+    """The model's full and tied components map the rows through the inverse Cholesky factors
+    (``FactoredMultivariateNormal``; NumPyro's triangular solve of every row was a LAPACK call
+    large enough for jaxlib to split over XLA's thread pool, where two runs of NUTS chains on
+    threads waited forever: N = 8000, D = 3, K = 4). Its log density is NumPyro's
+    ``MultivariateNormal.log_prob`` to rounding, rows broadcast against the K components as
+    ``MixtureSameFamily`` asks, and its gradient too."""
+    import numpyro.distributions as dist
 
-    assert mcmc.concurrent_runs(2, lapack_flops_per_chain(4, 3, solved_rows=8192)) == 1
-    assert mcmc.concurrent_runs(4, lapack_flops_per_chain(2, 2, solved_rows=320)) == min(2, usable_cores())
+    rng = np.random.default_rng(3)
+    k, d = 4, 3
+    means = rng.normal(size=(k, d))
+    a = rng.normal(size=(k, d, d))
+    covariances = a @ np.swapaxes(a, -1, -2) + 0.1 * np.eye(d)
+    rows = rng.normal(size=(50, 1, d)) * 3.0
+    for ct, cov in (("full", covariances), ("tied", covariances[0])):
+        params = bg.GMMParams(np.full(k, 1.0 / k), means, cov)
+        ours = model.component_distribution(params, ct)
+        full = covariances if ct == "full" else np.broadcast_to(cov, (k, d, d))
+        reference = dist.MultivariateNormal(means, covariance_matrix=full)
+        np.testing.assert_allclose(ours.log_prob(rows), reference.log_prob(rows), rtol=1e-12, atol=0)
+        grad = jax.grad(lambda m, p=params, c=ct: model.component_distribution(p._replace(means=m), c).log_prob(rows).sum())(means)
+        grad_ref = jax.grad(lambda m, f=full: dist.MultivariateNormal(m, covariance_matrix=f).log_prob(rows).sum())(means)
+        np.testing.assert_allclose(grad, grad_ref, rtol=1e-10, atol=1e-12)
 
 
 PARALLEL_SCRIPT = textwrap.dedent(
