@@ -276,7 +276,18 @@ class FactoredMultivariateNormal(dist.MultivariateNormal):
     flops, which jaxlib splits over XLA's thread pool (two chains on threads waited there
     forever), and which took 1.3-4.2x as long as this form with its gradient (N = 2048 to 8192;
     D = 3, K = 4 and D = K = 16). The density is the same (to rounding); sampling is
-    NumPyro's."""
+    NumPyro's.
+
+    Parameters
+    ----------
+    loc : array (K, D)
+        The components' means.
+    covariance_matrix, precision_matrix, scale_tril : array (K, D, D), optional
+        One of them, as for NumPyro's ``MultivariateNormal`` (the model passes ``scale_tril``,
+        the covariances' lower Cholesky factors).
+    validate_args : bool, optional
+        NumPyro's argument and sample validation; None: NumPyro's global setting.
+    """
 
     def log_prob(self, value):
         """Log density of rows under each component.
