@@ -200,6 +200,13 @@ def traced_precisely():
     return jax.default_matmul_precision(matmul_precision())
 
 
+#: Held while a program of the package is traced (one thread at a time, re-entrant). NumPyro's
+#: effect handlers are one process-wide stack: two NUTS fits compiling on two threads at once
+#: (a ``ThreadPoolExecutor`` given to the experiments) recorded each other's sample sites and
+#: raised "all sites must have unique names". Compiling and running stay concurrent.
+TRACE_LOCK = threading.RLock()
+
+
 def _unknown_option(err: Exception) -> bool:
     return "No such compile option" in str(err)
 
@@ -238,7 +245,7 @@ def jit(fn: Callable | None = None, *, fast_compile: bool = True, **jit_kwargs):
         global _OPTIONS_UNSUPPORTED
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))):
             return plain(*args, **kwargs)  # inside another program: inlined there (options only at the top)
-        with traced_precisely():
+        with TRACE_LOCK, traced_precisely():  # a first call traces (NumPyro's model: one thread at a time)
             try:
                 return jitted()(*args, **kwargs)
             except jax.errors.JaxRuntimeError as err:
@@ -249,7 +256,7 @@ def jit(fn: Callable | None = None, *, fast_compile: bool = True, **jit_kwargs):
                 return plain(*args, **kwargs)
 
     def lower(*args, **kwargs):
-        with traced_precisely():
+        with TRACE_LOCK, traced_precisely():
             return jitted().lower(*args, **kwargs)
 
     call.lower = lower
@@ -320,7 +327,7 @@ class CompiledProgram:
 
     def eval_out_shapes(self, *args, **static):
         """The outputs' shapes and dtypes from a trace of the program (no compilation)."""
-        with traced_precisely():
+        with TRACE_LOCK, traced_precisely():
             return _shapes_only(self._jitted.eval_shape(*args, **static))
 
     def is_compiled(self, *args, **static) -> bool:
@@ -356,7 +363,7 @@ class CompiledProgram:
         else:
             fast, stored, exe = self._from_store(key, args)
             if exe is None:
-                with traced_precisely():
+                with TRACE_LOCK, traced_precisely():
                     traced = self._jitted.trace(*args, **static)
                     lowered = traced.lower()
 
@@ -418,7 +425,7 @@ class CompiledProgram:
             start = time.perf_counter()
             fast, stored, exe = self._from_store(key, args)
             if exe is None:
-                with traced_precisely():
+                with TRACE_LOCK, traced_precisely():
                     lowered = self._jitted.lower(*args, **static)
                 exe = self._compile_and_store(lowered, fast, stored, start)
             compile_seconds = time.perf_counter() - start
@@ -484,7 +491,8 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
         if first.out_shapes is not None and not first.is_compiled(*first_args, **first_static):
             # the second program's compilation starts first, before the first is even traced:
             # the first (a start, of short compile) is traced, lowered and compiled meanwhile
-            guess = first.out_shapes(*first_args, **first_static)
+            with TRACE_LOCK:  # out_shapes may trace the model (NUTS's start)
+                guess = first.out_shapes(*first_args, **first_static)
             second_compiled = second.compile_in_background(compiler, *second_args(guess), **second_static)[1]
             first_compiled = first.compile(*first_args, **first_static)
             compiled = second_compiled.result() or first_compiled

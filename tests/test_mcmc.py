@@ -512,6 +512,40 @@ def test_components_density_is_numpyros_multivariate_normal():
         np.testing.assert_allclose(grad, grad_ref, rtol=1e-10, atol=1e-12)
 
 
+def test_two_threads_compiling_nuts_at_once(monkeypatch):
+    """NumPyro's effect handlers are one process-wide stack: two fits tracing the model on two
+    threads at once (a thread pool given to the experiments) recorded each other's sample sites
+    and one raised "all sites must have unique names". Programs are traced one thread at a time
+    (``_compile.TRACE_LOCK``); each thread's draws are those of the same fit alone."""
+    import concurrent.futures
+    import threading
+
+    from bayesgmm import _program_store
+
+    monkeypatch.setattr(_program_store, "ENABLED", False)  # traced here, not loaded from an earlier run
+    x = bg.datasets.make_mixture(120, 3, 3, separation=3.0, seed=4).x  # a shape no other test compiles
+    kw = dict(covariance_type="diag", num_warmup=10, num_samples=10, num_chains=1)
+    barrier = threading.Barrier(2)
+
+    def fit(seed):
+        barrier.wait()
+        return mcmc.fit_mcmc(x, 3, seed=seed, **kw)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave often (the race showed in 1 of 3 runs at 5 ms)
+    try:  # short chains warn; the filter is set here, once (catch_warnings is not thread-safe)
+        with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(2) as pool:
+            warnings.simplefilter("ignore")
+            fits = list(pool.map(fit, (0, 1)))
+    finally:
+        sys.setswitchinterval(switch)
+    for seed, result in zip((0, 1), fits):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alone = mcmc.fit_mcmc(x, 3, seed=seed, **kw)
+        np.testing.assert_array_equal(result.raw_draws["means"], alone.raw_draws["means"])
+
+
 PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, os, warnings
