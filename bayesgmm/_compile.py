@@ -201,9 +201,10 @@ def traced_precisely():
 
 
 #: Held while a program of the package is traced (one thread at a time, re-entrant). NumPyro's
-#: effect handlers are one process-wide stack: two NUTS fits compiling on two threads at once
-#: (a ``ThreadPoolExecutor`` given to the experiments) recorded each other's sample sites and
-#: raised "all sites must have unique names". Compiling and running stay concurrent.
+#: effect handlers are one process-wide stack: two NUTS fits compiling on a user's two threads at
+#: once recorded each other's sample sites and raised "all sites must have unique names" (the
+#: experiments' tasks on a thread pool already run one at a time: ``_executors``). Compiling and
+#: running stay concurrent.
 TRACE_LOCK = threading.RLock()
 
 

@@ -513,8 +513,8 @@ def test_components_density_is_numpyros_multivariate_normal():
 
 
 def test_two_threads_compiling_nuts_at_once(monkeypatch):
-    """NumPyro's effect handlers are one process-wide stack: two fits tracing the model on two
-    threads at once (a thread pool given to the experiments) recorded each other's sample sites
+    """NumPyro's effect handlers are one process-wide stack: two fits tracing the model on a
+    user's two threads at once recorded each other's sample sites
     and one raised "all sites must have unique names". Programs are traced one thread at a time
     (``_compile.TRACE_LOCK``); each thread's draws are those of the same fit alone."""
     import concurrent.futures
