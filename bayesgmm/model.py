@@ -302,13 +302,10 @@ class FactoredMultivariateNormal(dist.MultivariateNormal):
         array (..., K)
             ``log N(x | mu_k, L_k L_k^T)``.
         """
-        d = self.loc.shape[-1]
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=self.scale_tril.dtype), self.scale_tril.shape)
-        inverse = jax.scipy.linalg.solve_triangular(self.scale_tril, eye, lower=True)  # (K, D, D)
-        centred = value - self.loc  # (..., K, D)
-        rows = jnp.einsum("...kd,ked->...ke", centred, inverse)
+        inverse = _numerics.inverse_cholesky(self.scale_tril)  # (K, D, D)
+        rows = jnp.einsum("...kd,ked->...ke", value - self.loc, inverse)  # (..., K, D)
         half_log_det = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)), axis=-1)
-        return -0.5 * jnp.sum(rows * rows, axis=-1) - half_log_det - 0.5 * d * jnp.log(2.0 * jnp.pi)
+        return -0.5 * (jnp.sum(rows * rows, axis=-1) + self.loc.shape[-1] * _numerics.LOG_2PI) - half_log_det
 
 
 def component_distribution(params: GMMParams, covariance_type: str, factors=None):
