@@ -611,12 +611,17 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
         xs = ((moments.subsample - shift) / sd).astype(dtype)
     refuse_out_of_range(xs, moments.subsample, shift, sd, name="the initialisation subsample")
     xs, observed = mark_missing(xs)  # the subsample's missing entries: EM's conditional E-step
+    num_rows = xs.shape[0]
     em_config = EMConfig(k, d, ct, False, config.use_prior)
-    starts, kept = resolve_starts(n_init, len(xs) * (1 if observed is None else 4 * d), k, d, ct)
+    starts, kept = resolve_starts(n_init, num_rows * (1 if observed is None else 4 * d), k, d, ct)
+    # padded to fit_em's row bucket (zero rows of weight 0): a subsample of another size reuses the program
+    rows = _sharding.resolve(None, num_rows)
+    padded, weight = _sharding.shard_rows(rows, xs, None)
     found = search(
-        xs, key, (None, None, None), prior, tol=tol, reg_covar=reg_covar, sample_weight=None, active=None,
+        padded, key, (None, None, None), prior, tol=tol, reg_covar=reg_covar, sample_weight=weight, active=None,
         max_iter=int(max_iter), init_iter=INIT_ITER, config=em_config, init_method=init_params, num_groups=1,
-        num_starts=starts, num_kept=kept, trace_len=trace_length(max_iter), observed=observed,
+        num_starts=starts, num_kept=kept, trace_len=trace_length(max_iter), num_rows=num_rows,
+        observed=_sharding.pad_observed(observed, padded.shape[0]),
     )
     out = found.output
     params_all, finals = out.lanes.params, out.lanes.objective
@@ -628,7 +633,7 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
         )
     best = choose_run(finals, out.degenerate)  # as fit_em: the best run that is not degenerate, if any
     params = GMMParams(*(jnp.asarray(p[best]) for p in params_all))
-    return params, found.compile_seconds, float(finals[best]) / len(xs) - float(np.sum(np.log(sd)))
+    return params, found.compile_seconds, float(finals[best]) / num_rows - float(np.sum(np.log(sd)))
 
 
 # ----------------------------------------------------------------------------------------------

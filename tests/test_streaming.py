@@ -111,6 +111,12 @@ def test_chunk_program_is_compiled_once(mix):
     with pytest.warns(ConvergenceWarning), CompileCounter() as counter:
         fit_em_stream(other, 3, init_params=other_start, batch_size=123, tol=0.0, max_iter=4)
     assert counter.compiles == 0
+    # the initialisation's EM on a subsample of another size: padded to fit_em's row bucket
+    with pytest.warns(ConvergenceWarning):
+        fit_em_stream(mix, 3, batch_size=123, tol=0.0, max_iter=2, seed=0)
+    with pytest.warns(ConvergenceWarning), CompileCounter() as counter:
+        fit_em_stream(other[:1200], 3, batch_size=123, tol=0.0, max_iter=2, seed=0)
+    assert counter.compiles == 0
 
 
 # ----------------------------------------------------------------------------------------------
