@@ -255,19 +255,19 @@ def component_log_density(x, means, covariances, covariance_type: str):
 
     batch = max(1, int(np.prod(means.shape[:-2])))
     block = max(64, HOST_CACHE_ELEMENTS // (batch * k * d))
-    if xp is np and x.ndim == 2 and covariance_type in ("diag", "spherical") and block * k * d <= HOST_CACHE_ELEMENTS:
-        expanded = _Expanded.of(means, factor)  # one set of rows: the expanded form where exact enough
-        quad = np.empty(means.shape[:-2] + (x.shape[0], k))  # (..., N, K)
-        for start in range(0, x.shape[0], block):
-            rows = x[start : start + block]
-            fast = _expanded_quadratic(rows, expanded)
-            quad[..., start : start + block, :] = fast if fast is not None else np.swapaxes(mahalanobis(rows), -1, -2)
-        return -0.5 * (quad + logdet[..., None, :] + d * LOG_2PI)
     if xp is np:  # in row blocks whose temporaries stay in cache (HOST_CACHE_ELEMENTS)
         n = x.shape[-2]
+        # component-major (..., K, N), returned as its (..., N, K) view: the callers' reductions over
+        # components (logsumexp, max) then run along rows of N values (3-4 times faster than along
+        # rows of K values, measured at K = 16)
         quad = np.empty(np.broadcast_shapes(x.shape[:-2], means.shape[:-2]) + (k, n))
+        expanded = None
+        if x.ndim == 2 and covariance_type in ("diag", "spherical") and block * k * d <= HOST_CACHE_ELEMENTS:
+            expanded = _Expanded.of(means, factor)  # one set of rows: the expanded form where exact enough
         for start in range(0, n, block):
-            quad[..., start : start + block] = mahalanobis(x[..., start : start + block, :])
+            rows = x[..., start : start + block, :]
+            fast = None if expanded is None else _expanded_quadratic(rows, expanded)
+            quad[..., start : start + block] = fast if fast is not None else mahalanobis(rows)
     else:
         quad = mahalanobis(x)
     logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
@@ -277,19 +277,18 @@ def component_log_density(x, means, covariances, covariance_type: str):
 class _Expanded(NamedTuple):
     """Diagonal covariances' factors for :func:`_expanded_quadratic` (components (..., K))."""
 
-    precisions: np.ndarray  # transposed, (..., D, K)
-    cross: np.ndarray  # -2 mu P, transposed, (..., D, K)
+    precisions: np.ndarray  # (..., K, D)
+    cross: np.ndarray  # -2 mu P, (..., K, D)
     constant: np.ndarray  # sum_d mu^2 P, (..., K)
 
     @staticmethod
     def of(means, variances) -> "_Expanded":
         precision = 1.0 / variances
-        return _Expanded(np.swapaxes(precision, -1, -2), np.swapaxes(-2.0 * means * precision, -1, -2),
-                         np.sum(means * means * precision, axis=-1))
+        return _Expanded(precision, -2.0 * means * precision, np.sum(means * means * precision, axis=-1))
 
 
 def _expanded_quadratic(rows, expanded: _Expanded):
-    """Squared Mahalanobis distances (..., B, K) of ``rows`` (B, D) from components with diagonal
+    """Squared Mahalanobis distances (..., K, B) of ``rows`` (B, D) from components with diagonal
     covariances, through products of the raw rows with all components at once:
     ``x^2 P^T - 2 x (mu P)^T + sum_d mu^2 P`` (1.7 times faster than the centred form at
     D = K = 16). The terms cancel where a component is tight and far from the rows' frame, so the
@@ -301,11 +300,11 @@ def _expanded_quadratic(rows, expanded: _Expanded):
     threads at once, ran ten times slower)."""
     rounding = (2 * rows.shape[-1] + 4) * np.finfo(np.float64).eps
     with np.errstate(over="ignore", invalid="ignore"):
-        squares = (rows * rows) @ expanded.precisions  # (..., B, K)
+        squares = expanded.precisions @ (rows * rows).T  # (..., K, B)
         if not (np.max(squares, initial=0.0) + np.max(expanded.constant)) * rounding <= EXPANDED_ROUNDING:
             return None
-    squares += rows @ expanded.cross
-    squares += expanded.constant[..., None, :]
+    squares += expanded.cross @ rows.T
+    squares += expanded.constant[..., :, None]
     return squares
 
 
@@ -318,7 +317,7 @@ def observed_log_density(x, means, covariances, covariance_type: str):
         covariances, covariance_type = diagonal_variances(covariances, "spherical", k, d), "diag"
     observed = ~np.isnan(x)
     patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
-    out = np.empty(means.shape[:-2] + (x.shape[0], k))
+    out = np.empty(means.shape[:-2] + (k, x.shape[0]))  # component-major, as component_log_density's
     for p, pattern in enumerate(patterns):
         rows, cols = np.flatnonzero(inverse.ravel() == p), np.flatnonzero(pattern)
         if covariance_type == "diag":
@@ -327,8 +326,9 @@ def observed_log_density(x, means, covariances, covariance_type: str):
             sub = covariances[..., cols, :][..., :, cols]
         else:  # tied
             sub = covariances[..., cols, :][..., cols]
-        out[..., rows, :] = component_log_density(x[np.ix_(rows, cols)], means[..., cols], sub, covariance_type)
-    return out
+        density = component_log_density(x[np.ix_(rows, cols)], means[..., cols], sub, covariance_type)
+        out[..., rows] = np.swapaxes(density, -1, -2)
+    return np.swapaxes(out, -1, -2)
 
 
 def observed_log_jacobian(x, scale) -> np.ndarray | float:
