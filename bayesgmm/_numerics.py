@@ -247,11 +247,31 @@ def component_log_density(x, means, covariances, covariance_type: str):
     def mahalanobis(rows):  # (..., K, rows) from rows (..., B, D), centred on each mean
         diff = rows[..., None, :, :] - means[..., :, None, :]  # (..., K, B, D)
         if covariance_type in ("diag", "spherical"):
-            if xp is np:
-                return ((diff * diff) @ (1.0 / factor)[..., :, :, None])[..., 0]
             return xp.sum(diff**2 / factor[..., :, None, :], axis=-1)
-        y = diff @ factor
-        return (y * y) @ xp.ones(d, y.dtype) if xp is np else xp.sum(y**2, axis=-1)
+        return xp.sum((diff @ factor) ** 2, axis=-1)
+
+    scratch: dict = {}
+
+    def mahalanobis_into(rows, out):  # NumPy: mahalanobis(rows) written into out (..., K, B)
+        # the (..., K, B, D) temporaries are made once per call and reused by every block: a new
+        # array of a few MiB per block is new memory from the OS whenever the allocator has just
+        # returned the last one, and its page faults cost more than the arithmetic (44 ms instead of
+        # 7 ms for 16384 rows at D = K = 16)
+        shape = out.shape + (d,)
+        if scratch.get("shape") != shape:
+            scratch.update(shape=shape, diff=np.empty(shape), y=np.empty(shape), quad=np.empty(out.shape),
+                           factor=np.ascontiguousarray(1.0 / factor[..., :, :, None] if covariance_type in
+                                                       ("diag", "spherical") else factor))
+        diff, y, quad_block, weights = scratch["diff"], scratch["y"], scratch["quad"], scratch["factor"]
+        np.subtract(rows[..., None, :, :], means[..., :, None, :], out=diff)
+        if covariance_type in ("diag", "spherical"):
+            np.multiply(diff, diff, out=diff)
+            np.matmul(diff, weights, out=quad_block[..., None])
+        else:
+            np.matmul(diff, weights, out=y)
+            np.multiply(y, y, out=y)
+            np.matmul(y, np.ones(d), out=quad_block)
+        out[...] = quad_block
 
     batch = max(1, int(np.prod(means.shape[:-2])))
     block = max(64, HOST_CACHE_ELEMENTS // (batch * k * d))
@@ -267,10 +287,14 @@ def component_log_density(x, means, covariances, covariance_type: str):
         for start in range(0, n, block):
             rows = x[..., start : start + block, :]
             fast = None if expanded is None else _expanded_quadratic(rows, expanded)
-            quad[..., start : start + block] = fast if fast is not None else mahalanobis(rows)
-    else:
-        quad = mahalanobis(x)
-    logp = -0.5 * (quad + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
+            if fast is not None:
+                quad[..., start : start + block] = fast
+            else:
+                mahalanobis_into(rows, quad[..., start : start + block])
+        quad += logdet[..., :, None] + d * LOG_2PI  # in place (no second array of that size)
+        quad *= -0.5
+        return np.swapaxes(quad, -1, -2)
+    logp = -0.5 * (mahalanobis(x) + logdet[..., :, None] + d * LOG_2PI)  # (..., K, N)
     return xp.swapaxes(logp, -1, -2)
 
 
