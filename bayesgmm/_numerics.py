@@ -379,8 +379,10 @@ def logsumexp(a, axis):
         return sp.special.logsumexp(a, axis=axis)
     top = np.max(a, axis=axis, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
+    shifted = a - top
+    np.exp(shifted, out=shifted)  # in place: one temporary of a's size, not two
     with np.errstate(divide="ignore"):
-        return np.squeeze(np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True)) + top, axis=axis)
+        return np.squeeze(np.log(np.sum(shifted, axis=axis, keepdims=True)) + top, axis=axis)
 
 
 def mixture_log_density(x, weights, means, covariances, covariance_type: str):
@@ -524,16 +526,20 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
 
     def block(start):
         lj, ll, dens = _scored_block(x, start, frame, w, m, c, ct)
+        log_r = lj  # in place (lj is not used again): one new array of the block's size, r
         with np.errstate(invalid="ignore"):
-            log_r = lj - ll[:, None]  # -inf for empty components (NaN where a row has no density)
-        r = np.exp(log_r)
-        with np.errstate(invalid="ignore"):
-            row_entropy = np.where(r > 0, r * log_r, 0.0).sum(1)  # sum_k r_nk log r_nk
+            log_r -= ll[:, None]  # -inf for empty components (NaN where a row has no density)
             row_label = np.where(np.isfinite(ll), np.max(log_r, axis=1), 0.0)  # log max_k r_nk
-        if row_weight is None:
-            return float(np.sum(dens)), float(np.sum(row_entropy)), r.sum(0), float(np.sum(row_label))
-        wb = row_weight[start : start + len(ll)]
-        return float(wb @ dens), float(wb @ row_entropy), wb @ r, float(wb @ row_label)
+        r = np.exp(log_r)
+        wb = None if row_weight is None else row_weight[start : start + len(ll)]
+        counts = r.sum(0) if wb is None else wb @ r
+        positive = r > 0  # r log r where r > 0, else 0 (r = 0: log r = -inf; NaN: a row without density)
+        np.multiply(r, log_r, out=r, where=positive)
+        np.copyto(r, 0.0, where=~positive)
+        row_entropy = r.sum(1)  # sum_k r_nk log r_nk
+        if wb is None:
+            return float(np.sum(dens)), float(np.sum(row_entropy)), counts, float(np.sum(row_label))
+        return float(wb @ dens), float(wb @ row_entropy), counts, float(wb @ row_label)
 
     parts = map_pieces(block, range(0, x.shape[0], HOST_BLOCK_ROWS))
     log_lik = sum(p[0] for p in parts)
