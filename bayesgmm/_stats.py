@@ -485,6 +485,13 @@ CACHE_BLOCKED_RATIO = 4
 CACHE_BLOCK_BYTES = 2**23
 CACHE_BLOCK_ELEMENTS = 2**18
 
+#: On the CPU, features not much larger than the data (fewer than :data:`CACHE_BLOCKED_RATIO`
+#: times: diagonal and spherical covariances, full and tied up to D = 4) are made block by
+#: block, component-major, where all rows' would take more than this many elements, in blocks of
+#: rows whose features take about :data:`SMALL_FEATURES_BLOCK_ELEMENTS` (see :func:`block_rows`).
+SMALL_FEATURES_BLOCKED_ABOVE = 2**20
+SMALL_FEATURES_BLOCK_ELEMENTS = 2**19
+
 
 class RowBlocks(NamedTuple):
     """Rows per block of the blocked E-step (:func:`e_step_totals`) in each form, and the fast
@@ -517,7 +524,7 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bo
     and no Z is written. Measured on two cores (N = 1e5, D = K = 16, 8 iterations, whole
     ``fit_em`` calls, interleaved): blocks of 1024 rows took 0.52 s instead of 0.68 s in float64,
     0.37-0.47 s instead of 0.51-0.66 s in float32. Where the features are not much larger than
-    the data it did not pay: N = 1e6, D = 2, K = 3 took 0.68 s in blocks against 0.44 s; N = 2e4,
+    the data these row-major blocks of 1024 rows did not pay: N = 1e6, D = 2, K = 3 took 0.68 s in blocks against 0.44 s; N = 2e4,
     D = K = 8 0.050 s against 0.042 s. On accelerators the whole-data products are faster.
 
     The two forms want different blocks. The fast form's products run faster on larger blocks,
@@ -528,11 +535,29 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bo
     interleaved calls. The centred form, a loop over components of elementwise passes, is fastest
     on blocks of about :data:`CACHE_BLOCK_ELEMENTS` elements of features (1024 rows at D = 16:
     0.283 s in float32 against 0.325 s in 8192-row blocks, 0.529 s against 0.561 s in float64).
+
+    Features not much larger than the data (p below :data:`CACHE_BLOCKED_RATIO` D) go in blocks
+    too on the CPU above :data:`SMALL_FEATURES_BLOCKED_ABOVE` elements of features, of about
+    :data:`SMALL_FEATURES_BLOCK_ELEMENTS` in the fast form, component-major: made whole, the
+    features and the (K, N) log densities and responsibilities are new memory at every call of
+    the compiled program (14,000 page faults in a float64 fit at N = 1e5, D = K = 16, diagonal:
+    about 10 ms), and for few features the whole-data products are slow. Whole ``fit_em`` calls
+    of 8 iterations (medians of 5-11 interleaved in one process, two cores): diagonal at
+    N = 1e5, D = K = 16 108-110 ms in blocks of 8192 or 16384 rows against 116-117 ms in float64,
+    74-76 ms against 86-91 ms in float32 (row-major blocks: 89-93 ms); N = 1e5, D = K = 8 75 ms
+    against 84 ms (float64); N = 1e6, D = 2, K = 3 179 ms in blocks of 65536 rows against 224 ms
+    (float64) and 159 ms against 343 ms (float32); full covariances there 168 ms against 253 ms
+    (float64) and 135 ms against 326 ms (float32). Below the threshold the whole-data form
+    stayed as fast or faster: N = 3e4, D = K = 16 diagonal 38.5 ms against 40.4 ms, N = 2e4,
+    D = K = 8 15.7 ms against 17.1 ms.
     """
     p = num_suff_features(num_features, covariance_type)
     if cpu and p >= CACHE_BLOCKED_RATIO * num_features and num_obs * p > CACHE_BLOCKED_ABOVE:
         return RowBlocks(fast=_power_of_two_rows(CACHE_BLOCK_BYTES / itemsize, p, 9),
                          precise=_power_of_two_rows(CACHE_BLOCK_ELEMENTS, p, 9), row_major=True)
+    if cpu and p < CACHE_BLOCKED_RATIO * num_features and num_obs * p > SMALL_FEATURES_BLOCKED_ABOVE:
+        return RowBlocks(fast=_power_of_two_rows(SMALL_FEATURES_BLOCK_ELEMENTS, p, 9),
+                         precise=_power_of_two_rows(CACHE_BLOCK_ELEMENTS, p, 9), row_major=False)
     if num_obs * p <= BLOCKED_ABOVE:
         return None
     rows = _power_of_two_rows(BLOCK_ELEMENTS, p, 10)

@@ -34,8 +34,13 @@ def test_block_rows_policy():
     assert _stats.block_rows(5_000_000, 16, "tied", cpu=True) == cached
     assert not blocks.row_major  # accelerators: the whole-data form's layout
     assert _stats.block_rows(30_000, 16, "full", cpu=True) is None  # Z 4.6M elements: made once
-    assert _stats.block_rows(1_000_000, 2, "full", cpu=True) is None  # p / D = 3: blocks did not pay
-    assert _stats.block_rows(1_000_000, 16, "diag", cpu=True) is None  # p / D = 2
+    # features not much larger than the data (p / D below 4): component-major blocks of about
+    # SMALL_FEATURES_BLOCK_ELEMENTS features above SMALL_FEATURES_BLOCKED_ABOVE
+    assert _stats.block_rows(1_000_000, 2, "full", cpu=True) == _stats.RowBlocks(65536, 32768, row_major=False)
+    assert _stats.block_rows(100_000, 16, "diag", cpu=True) == _stats.RowBlocks(8192, 4096, row_major=False)
+    assert _stats.block_rows(100_000, 16, "diag", cpu=True, itemsize=4) == _stats.RowBlocks(8192, 4096)
+    assert _stats.block_rows(30_000, 16, "diag", cpu=True) is None  # 990,000 features: made once
+    assert _stats.block_rows(1_000_000, 16, "diag") is None  # accelerators: whole-data features up to BLOCKED_ABOVE
 
 
 @pytest.mark.parametrize("covariance_type, hard", [("full", False), ("diag", True)])
@@ -48,6 +53,25 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     monkeypatch.setattr(_stats, "BLOCKED_ABOVE", 0)
     assert _stats.block_rows(len(x), 2, covariance_type) == (1024, 1024, False)  # a fit on the CPU asks with cpu=True: row-major
     blocked = bg.fit_em(x, 2, covariance_type=covariance_type, hard=hard, sample_weight=w, n_init=2, seed=4)
+    assert blocked.n_iter == whole.n_iter and blocked.converged == whole.converged
+    np.testing.assert_allclose(blocked.log_likelihood, whole.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(blocked.params.means, whole.params.means, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(blocked.params.covariances, whole.params.covariances, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_cpu_blocks_of_few_features_equal_whole(data, monkeypatch, covariance_type):
+    """On the CPU, features not much larger than the data (D = 2) go in component-major blocks
+    above SMALL_FEATURES_BLOCKED_ABOVE: the fit equals the whole-data one (same iterations,
+    objective to round-off), and none of it runs in those blocks below the threshold."""
+    x, w = data
+    whole = bg.fit_em(x, 2, covariance_type=covariance_type, sample_weight=w, n_init=2, seed=4)
+    monkeypatch.setattr(_stats, "SMALL_FEATURES_BLOCKED_ABOVE", 1000)
+    monkeypatch.setattr(_stats, "SMALL_FEATURES_BLOCK_ELEMENTS", 2**12)  # fast form: 512 or 1024 rows
+    monkeypatch.setattr(_stats, "CACHE_BLOCK_ELEMENTS", 2**11)  # centred form: 512 rows (1601 rows in 2-4 blocks)
+    blocks = _stats.block_rows(len(x), 2, covariance_type, cpu=True)
+    assert blocks is not None and not blocks.row_major and blocks.fast < len(x)
+    blocked = bg.fit_em(x, 2, covariance_type=covariance_type, sample_weight=w, n_init=2, seed=4)
     assert blocked.n_iter == whole.n_iter and blocked.converged == whole.converged
     np.testing.assert_allclose(blocked.log_likelihood, whole.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(blocked.params.means, whole.params.means, rtol=1e-8, atol=1e-10)
