@@ -565,7 +565,8 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bo
 
 
 def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
-                  hard: bool = False, block_rows: RowBlocks | int | None = None, together: bool = False):
+                  const_shift=None, hard: bool = False, block_rows: RowBlocks | int | None = None,
+                  together: bool = False):
     """The E-step's totals and the M-step's statistics at ``params``: ``(total, magnitude, stats)``.
 
     ``total`` is the (row-weighted) sum of :func:`e_step_stats`'s per-row objective, as a pair
@@ -574,12 +575,13 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
     forms, component-major; ``z`` then unused, may be None) the rows are visited in blocks of the form's count by
     a loop that makes each block's features on the fly and sums moments (about the current means
     in the precise form), so no (N, p) array exists; the last block overlaps the one before it
-    and counts only its new rows.
+    and counts only its new rows. ``const_shift`` (K,) is added to each component's log density
+    (VB's expectation terms, as in :func:`e_step_stats`).
     ``together`` (static): the centred form's components at once (:func:`each_component`).
     """
     if block_rows is None:
-        per_row, stats = e_step_stats(z, x, sample_weight, params, covariance_type, precise, active=active, hard=hard,
-                                      together=together)
+        per_row, stats = e_step_stats(z, x, sample_weight, params, covariance_type, precise, active=active,
+                                      const_shift=const_shift, hard=hard, together=together)
         if sample_weight is None:
             return _numerics.compensated_sum(per_row), jnp.sum(jnp.abs(per_row)), stats
         return _numerics.compensated_sum(per_row, sample_weight), jnp.abs(per_row) @ sample_weight, stats
@@ -594,13 +596,19 @@ def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, 
 
         def run(_):
             # the fast form's natural parameters (a factorisation per component) once, not per block
-            theta = None if use_precise else mask_components(natural_params(params, covariance_type), active)
+            if use_precise:
+                theta = None
+            else:
+                theta = natural_params(params, covariance_type)
+                if const_shift is not None:
+                    theta = theta.at[:, -1].add(const_shift)
+                theta = mask_components(theta, active)
 
             def step(start, new, acc):
                 xb = jax.lax.dynamic_slice_in_dim(x, start, rows)
                 wb = jnp.where(new, jax.lax.dynamic_slice_in_dim(weight, start, rows), 0.0)
                 if use_precise:
-                    logp = log_joint_precise(xb, params, covariance_type, active, together=together)
+                    logp = log_joint_precise(xb, params, covariance_type, active, const_shift, together=together)
                     resp, per_row = responsibilities(logp, hard=hard)
                     moments = centred_moments(resp * wb[None], xb, covariance_type, centres, together=together)
                 elif blocks.row_major:

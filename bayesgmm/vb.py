@@ -125,6 +125,7 @@ class VBConfig(NamedTuple):
     num_features: int
     covariance_type: str
     components_together: bool = False  # the centred form's components at once (_stats.each_component)
+    block_rows: _stats.RowBlocks | None = None  # the E-step in row blocks (_stats.block_rows), as EM's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,14 +277,19 @@ def vb_step(q: VBParams, problem: VBProblem, config: VBConfig, precise: bool):
     kl = kl_divergence(q, problem.prior, ct)
     # the expected components' LAPACK calls after the divergence's (the same factors, not shared by XLA)
     components, shift = expected_components(_numerics.in_turn(kl, q), problem.prior, ct)
+    w = problem.sample_weight
     if problem.observed is not None:  # missing values: q(x_m | z) is the conditional of N(m_k, E[Lambda_k]^-1)
-        per_row, stats = _missing.e_step_stats(problem.x, problem.observed, problem.sample_weight, components, ct,
-                                               const_shift=shift)
+        per_row, stats = _missing.e_step_stats(problem.x, problem.observed, w, components, ct, const_shift=shift)
+        data, magnitude = _weighted_sum(per_row, w), _weighted_sum(jnp.abs(per_row), w)
+    elif config.block_rows is not None:  # row blocks: the data term summed block by block, as a pair
+        data, magnitude, stats = _stats.e_step_totals(None, problem.x, w, components, ct, precise, const_shift=shift,
+                                                      block_rows=config.block_rows, together=config.components_together)
     else:
-        per_row, stats = _stats.e_step_stats(problem.z, problem.x, problem.sample_weight, components, ct, precise,
-                                             const_shift=shift, together=config.components_together)
-    elbo = _weighted_sum(per_row, problem.sample_weight) - kl
-    magnitude = _weighted_sum(jnp.abs(per_row), problem.sample_weight) + jnp.abs(kl)
+        per_row, stats = _stats.e_step_stats(problem.z, problem.x, w, components, ct, precise, const_shift=shift,
+                                             together=config.components_together)
+        data, magnitude = _weighted_sum(per_row, w), _weighted_sum(jnp.abs(per_row), w)
+    elbo = _numerics.add_to_pair(data, -kl) if isinstance(data, tuple) else data - kl
+    magnitude = magnitude + jnp.abs(kl)
     counts = stats[0] - 10 * jnp.finfo(stats[0].dtype).eps
     return elbo, magnitude, counts, vb_m_step(*stats, problem.prior, problem.reg_covar, ct)
 
@@ -328,7 +334,7 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
     ``state`` then has ``pool_lanes`` lanes."""
     ct, k = config.covariance_type, config.num_components
     num_lanes = noise.shape[0]
-    features = None if observed is not None else _stats.suff_features(xs, ct)
+    features = None if observed is not None or config.block_rows is not None else _stats.suff_features(xs, ct)
     problem = VBProblem(features, xs, sample_weight, prior, reg_covar, observed)
     n_eff = xs.shape[0] if sample_weight is None else jnp.sum(sample_weight)
 
@@ -647,8 +653,14 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
                 init_params=init_params, starts=starts, kept=kept, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
                 init_iter=short_iter, num_draws=num_draws))
     xs_dev, weight_dev = _sharding.shard_rows(rows, xs, None if weight is None else weight.astype(dtype))
+    if not isinstance(xs_dev, jax.Array):  # placed once for every call of the search (as EM's)
+        xs_dev = jax.device_put(xs_dev)
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0], rows)
+    if rows.mesh is None and observed is None:  # EM's row blocks (not for sharded rows, see _em_core.search)
+        on_cpu = all(device.platform == "cpu" for device in xs_dev.devices())
+        config = config._replace(block_rows=_stats.block_rows(xs_dev.shape[0], d, covariance_type, cpu=on_cpu,
+                                                              itemsize=np.dtype(dtype).itemsize))
     # sharded rows keep one form (bayesgmm._iterate.fixed_form: the centred one in float32)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);
     # on small data every call queues its lanes through that pool: one call for all short runs
