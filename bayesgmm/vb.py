@@ -337,13 +337,16 @@ def _run(xs, noise, seeded, state, prior, tol, reg_covar, sample_weight, max_ite
     features = None if observed is not None or config.block_rows is not None else _stats.suff_features(xs, ct)
     problem = VBProblem(features, xs, sample_weight, prior, reg_covar, observed)
     n_eff = xs.shape[0] if sample_weight is None else jnp.sum(sample_weight)
+    # the start's statistics in the memory bound's row blocks where the E-step runs in blocks (as EM's)
+    memory_blocks = None if config.block_rows is None else _stats.block_rows(xs.shape[0], config.num_features, ct)
+    start_blocks = None if memory_blocks is None else memory_blocks.precise
 
     def one(u, act):
         resp0 = initial_responsibilities(u, xs, k, init_method, sample_weight=sample_weight, active=act)
         if sample_weight is not None:
             resp0 = resp0 * sample_weight[:, None]
-        return vb_m_step(*_stats.stats_precise(resp0.T, xs, ct, together=config.components_together), prior,
-                         reg_covar, ct)
+        stats = _stats.stats_precise(resp0.T, xs, ct, block_rows=start_blocks, together=config.components_together)
+        return vb_m_step(*stats, prior, reg_covar, ct)
 
     def start_lanes(_):
         started = jax.lax.map(lambda a: one(*a), (noise, seeded)) if lanes_apart else jax.vmap(one)(noise, seeded)
