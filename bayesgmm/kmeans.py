@@ -195,6 +195,57 @@ def _kmeans_restarts(u, x, tol, *, num_components, max_iter):
     return jax.vmap(one)(u)
 
 
+#: Seedings drawn per start kept by :func:`screened_seedings`, and the rows they are drawn on at most.
+SCREEN_CANDIDATES_PER_START = 8
+SCREEN_ROWS = 8192
+
+
+@functools.partial(jit, static_argnames=("num_components",))
+def _seeding_potentials(u, x, sample_weight, *, num_components):
+    def one(u_one):
+        centers, _ = kmeans_plusplus(u_one, x, num_components, sample_weight=sample_weight)
+        closest = jnp.min(sq_distances(x, centers), axis=1)
+        return (jnp.sum(closest) if sample_weight is None else closest @ sample_weight), centers
+
+    return jax.vmap(one)(u)
+
+
+def screened_seedings(u, x, num_keep: int, *, sample_weight=None) -> np.ndarray:
+    """The greedy k-means++ seedings of lowest k-means potential among those ``u`` draws.
+
+    A seeding that leaves a cluster without a centre pays for that cluster's rows in the
+    potential (the weighted sum of squared distances to the nearest centre): on 1e5 rows of 16
+    well-separated clusters in 16-D about 30% of seedings cover every cluster, and the 10 of
+    lowest potential among 64 all did. EM's default search screens its starts so where it runs
+    few of them (:func:`bayesgmm.fit_em`, ``n_init="auto"`` on larger data).
+
+    Parameters
+    ----------
+    u : array (M, K, num_trials(K))
+        Uniform numbers of M seedings (:func:`kmeans_plusplus`).
+    x : array (N, D)
+        The rows; every row up to :data:`SCREEN_ROWS`, evenly strided rows beyond, are seeded
+        and scored.
+    num_keep : int
+        Seedings kept.
+    sample_weight : array (N,), optional
+        Non-negative row weights (for the draws and the potential).
+
+    Returns
+    -------
+    np.ndarray (num_keep, K, D)
+        The kept seedings' centres in ``x``'s units and dtype, lowest potential first (ties
+        in draw order).
+    """
+    x = np.asarray(x)
+    step = max(1, -(-x.shape[0] // SCREEN_ROWS))
+    rows = x[::step]
+    weight = None if sample_weight is None else np.asarray(sample_weight, x.dtype)[::step]
+    potential, centers = _seeding_potentials(np.asarray(u, x.dtype), rows, weight, num_components=u.shape[1])
+    best = np.argsort(np.asarray(potential), kind="stable")[:num_keep]
+    return np.asarray(centers)[best]
+
+
 def kmeans_labels(u, x, num_components: int, max_iter: int = 300, tol: float = 1e-4, *, sample_weight=None, active=None):
     """One k-means++ + Lloyd run inside jit (EM's ``init_params="kmeans"``); returns labels (N,).
 
@@ -251,7 +302,8 @@ def initial_responsibilities(u, x, num_components: int, method: str, *, sample_w
     ``"k-means++"``: every row one-hot on its nearest seed (one assignment step: what EM's first
     E-step does from scikit-learn's one-point starts, without their near-singular covariances);
     ``"kmeans"``: one-hot k-means labels (the seeds refined by Lloyd's algorithm); ``"random"``:
-    uniform random, normalised; ``"random_from_data"``:
+    uniform random, normalised; ``"centres"``: one-hot on the nearest of the K centres ``u``
+    (K, D) holds (:func:`screened_seedings`); ``"random_from_data"``:
     one-hot on K random points (drawn with probability proportional to ``sample_weight`` when
     given, by the Gumbel-top-k trick). Inactive components (``active``, a traced (K,) mask) get no
     responsibility. ``u`` holds the uniform numbers of the start (:func:`init_noise_shape`).
@@ -263,10 +315,14 @@ def initial_responsibilities(u, x, num_components: int, method: str, *, sample_w
     if method == "kmeans":
         labels = kmeans_labels(u, x, k, sample_weight=sample_weight, active=active)
         return jax.nn.one_hot(labels, k, dtype=dtype)
-    if method == "k-means++":  # every row to its nearest seed (what EM's first E-step does from
-        # one-point starts, whose covariances are only reg_covar; done here without those
-        # near-singular covariances, which cost precision, and an iteration)
-        centers, _ = kmeans_plusplus(u, x, k, sample_weight=sample_weight, active=active)
+    if method in ("k-means++", "centres"):  # every row to its nearest seed (what EM's first E-step
+        # does from one-point starts, whose covariances are only reg_covar; done here without those
+        # near-singular covariances, which cost precision, and an iteration); "centres": the seeds
+        # given in u (K, D), screened k-means++ seedings (screened_seedings)
+        if method == "centres":
+            centers = u.astype(dtype)
+        else:
+            centers, _ = kmeans_plusplus(u, x, k, sample_weight=sample_weight, active=active)
         d2 = sq_distances(x, centers)
         if active is not None:
             d2 = jnp.where(active[None], d2, jnp.inf)
