@@ -38,7 +38,7 @@ from . import _iterate, _missing, _numerics, _sharding, _stats
 from ._compile import CompiledProgram
 from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, short_run_length, trace_length  # noqa: F401 (re-exported)
-from .kmeans import SCREEN_CANDIDATES_PER_START, init_noise, initial_responsibilities, screened_seedings
+from .kmeans import SCREEN_CANDIDATES, init_noise, initial_responsibilities, screened_seedings
 from .params import GMMParams, covariance_shape
 
 #: Smallest reg_covar (standardised units) of the starts' M-step: k-means++ and random_from_data
@@ -503,17 +503,16 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     pooled = single and _iterate.pooled(rows, k, d, config.covariance_type)
     short_lanes = num_starts if pooled else (_iterate.short_run_lanes(rows, k) if single else None)
     given = given_start(given, k, d, config.covariance_type, dtype)
-    # few em-EM starts of k-means++ (larger data, one kept run): each the best of
-    # SCREEN_CANDIDATES_PER_START seedings by their potential on a subsample of rows, so that a
-    # seeding that leaves a cluster without a centre is rarely among them (kmeans.screened_seedings)
+    # few em-EM starts of k-means++ (larger data, one kept run): the best of SCREEN_CANDIDATES
+    # seedings by their potential on a subsample of rows, so that a seeding that leaves a cluster
+    # without a centre is rarely among them (kmeans.screened_seedings)
     screened = (init_method == "k-means++" and single and not pooled and observed is None and active is None
-                and num_kept == 1 < num_starts)
+                and num_kept == 1 < num_starts <= SCREEN_CANDIDATES // 2)
     real = num_rows or n
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
     elif screened:
-        candidates = init_noise(jax.random.split(key, 1)[0], init_method, SCREEN_CANDIDATES_PER_START * num_starts,
-                                real, k, dtype)
+        candidates = init_noise(jax.random.split(key, 1)[0], init_method, SCREEN_CANDIDATES, real, k, dtype)
         weight = None if sample_weight is None else np.asarray(sample_weight)[:real]
         noise = screened_seedings(candidates, np.asarray(xs)[:real], num_starts, sample_weight=weight)[None]
         init_method = "centres"

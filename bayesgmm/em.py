@@ -101,9 +101,9 @@ def fit_em(
         ``"auto"``: the em-EM search, as many starts as the data size makes cheap
         (:func:`auto_starts`: 256 on data of a few hundred rows, 4 for N=1e5, D=16, K=16), of
         which the best short runs (``init_iter`` iterations) continue. Where one run continues
-        (16 starts or fewer: larger data), each k-means++ start is the best of 8 seedings by
-        their k-means potential on up to 8192 rows (:func:`bayesgmm.kmeans.screened_seedings`),
-        so that few starts still give every cluster a centre. An int: that many
+        (16 starts or fewer: larger data), the k-means++ starts are the best of 32 seedings by
+        their k-means potential on 8192 rows (:func:`bayesgmm.kmeans.screened_seedings`), so
+        that few starts still give every cluster a centre. An int: that many
         independent restarts, each run to convergence (scikit-learn's meaning), unless
         ``init_iter`` is given. One compiled program runs them all, in one call or, for the
         short runs, in calls of as many lanes as runs are kept. When ``weights_init``,
