@@ -203,16 +203,16 @@ SCREEN_ROWS = 8192
 
 
 @functools.partial(jit, static_argnames=("num_components",))
-def _seeding_potentials(u, x, sample_weight, *, num_components):
+def _seeding_potentials(u, x, sample_weight, active, *, num_components):
     def one(u_one):
-        centers, _ = kmeans_plusplus(u_one, x, num_components, sample_weight=sample_weight)
-        closest = jnp.min(sq_distances(x, centers), axis=1)
-        return (jnp.sum(closest) if sample_weight is None else closest @ sample_weight), centers
+        centers, _ = kmeans_plusplus(u_one, x, num_components, sample_weight=sample_weight, active=active)
+        closest = jnp.min(jnp.where(active[None], sq_distances(x, centers), jnp.inf), axis=1)
+        return closest @ sample_weight, centers
 
     return jax.vmap(one)(u)
 
 
-def screened_seedings(u, x, num_keep: int, *, sample_weight=None) -> np.ndarray:
+def screened_seedings(u, x, num_keep: int, *, sample_weight=None, active=None) -> np.ndarray:
     """The greedy k-means++ seedings of lowest k-means potential among those ``u`` draws.
 
     A seeding that leaves a cluster without a centre pays for that cluster's rows in the
@@ -233,6 +233,9 @@ def screened_seedings(u, x, num_keep: int, *, sample_weight=None) -> np.ndarray:
         Seedings kept.
     sample_weight : array (N,), optional
         Non-negative row weights (for the draws and the potential).
+    active : bool array (K,), optional
+        Components to seed (as :func:`kmeans_plusplus`; the others' placeholder centres are
+        left out of the potential).
 
     Returns
     -------
@@ -250,7 +253,9 @@ def screened_seedings(u, x, num_keep: int, *, sample_weight=None) -> np.ndarray:
     rows[: take.size] = x[take]
     row_weight = np.zeros(SCREEN_ROWS, x.dtype)
     row_weight[: take.size] = weight[take]
-    potential, centers = _seeding_potentials(np.asarray(u, x.dtype), rows, row_weight, num_components=u.shape[1])
+    k = u.shape[1]
+    mask = np.ones(k, bool) if active is None else np.asarray(active, bool)
+    potential, centers = _seeding_potentials(np.asarray(u, x.dtype), rows, row_weight, mask, num_components=k)
     best = np.argsort(np.asarray(potential), kind="stable")[:num_keep]
     return np.asarray(centers)[best]
 

@@ -94,6 +94,19 @@ def test_default_search_finds_every_separated_cluster_with_few_starts(covariance
     assert np.all(nearest < 0.5)
 
 
+def test_model_selection_grid_screens_its_starts_too():
+    """``select`` over K = 15 and 16 on the same data (one group of starts per K, each with its
+    own components active) screens each group's seedings as ``fit_em`` does: its K = 16 fit finds
+    every cluster. Without the screen seed 4 of this grid left two clusters merged."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 3, size=(16, 16))
+    x = np.concatenate([c + rng.normal(size=(1000, 16)) for c in centres])
+    fit = bg.select(x, [15, 16], covariance_types="diag", seed=4).fits[("diag", 16)]
+    assert fit.info["n_init"] == 4
+    nearest = np.min(np.linalg.norm(centres[:, None] - fit.means[None], axis=-1), axis=1)
+    assert np.all(nearest < 0.5)
+
+
 @pytest.mark.parametrize("case", list(REFERENCE), ids=lambda c: f"{c[0]}-K{c[1]}-{c[2]}")
 def test_default_em_reaches_the_reference_optimum(case):
     name, k, ct = case
