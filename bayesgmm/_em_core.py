@@ -506,7 +506,7 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     # few em-EM starts of k-means++ (larger data, one kept run): the best of SCREEN_CANDIDATES
     # seedings by their potential on a subsample of rows, so that a seeding that leaves a cluster
     # without a centre is rarely among them (kmeans.screened_seedings)
-    # (every group: a model-selection grid's K each, its own components active)
+    # (every group: a model-selection grid's K each, its first K components active)
     screened = (init_method == "k-means++" and len(xs.sharding.device_set) == 1 and observed is None
                 and not _iterate.pooled(rows, k, d, config.covariance_type)
                 and (sample_weight is None or np.ndim(sample_weight) == 1)
@@ -516,11 +516,12 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         noise = np.zeros((num_groups, num_starts, 1), dtype)
     elif screened:
         weight = None if sample_weight is None else np.asarray(sample_weight)[:real]
-        x_host = np.asarray(xs)[:real]
-        masks = [None] * num_groups if active is None else list(np.broadcast_to(np.asarray(active), (num_groups, k)))
-        noise = np.stack([screened_seedings(init_noise(kk, init_method, SCREEN_CANDIDATES, real, k, dtype), x_host,
-                                            num_starts, sample_weight=weight, active=mask)
-                          for kk, mask in zip(jax.random.split(key, num_groups), masks)])  # (G, R, K, D)
+        # one set of seedings for every group: a group's first m components active (a grid's K)
+        # are scored by the first m centres (screened_seedings' num_seeded)
+        seeded = [k] * num_groups if active is None else np.broadcast_to(np.asarray(active), (num_groups, k)).sum(1)
+        candidates = init_noise(jax.random.split(key, 1)[0], init_method, SCREEN_CANDIDATES, real, k, dtype)
+        noise = screened_seedings(candidates, np.asarray(xs)[:real], num_starts, sample_weight=weight,
+                                  num_seeded=seeded)  # (G, R, K, D)
         init_method = "centres"
     else:
         keys = jax.random.split(key, num_groups)

@@ -203,23 +203,23 @@ SCREEN_ROWS = 8192
 
 
 @functools.partial(jit, static_argnames=("num_components",))
-def _seeding_potentials(u, x, sample_weight, active, *, num_components):
+def _seeding_potentials(u, x, sample_weight, *, num_components):
     def one(u_one):
-        centers, _ = kmeans_plusplus(u_one, x, num_components, sample_weight=sample_weight, active=active)
-        closest = jnp.min(jnp.where(active[None], sq_distances(x, centers), jnp.inf), axis=1)
-        return closest @ sample_weight, centers
+        centers, _ = kmeans_plusplus(u_one, x, num_components, sample_weight=sample_weight)
+        nearest_of_first = jax.lax.cummin(sq_distances(x, centers), axis=1)  # (N, K): among the first m
+        return sample_weight @ nearest_of_first, centers
 
     return jax.vmap(one)(u)
 
 
-def screened_seedings(u, x, num_keep: int, *, sample_weight=None, active=None) -> np.ndarray:
+def screened_seedings(u, x, num_keep: int, *, sample_weight=None, num_seeded=None) -> np.ndarray:
     """The greedy k-means++ seedings of lowest k-means potential among those ``u`` draws.
 
     A seeding that leaves a cluster without a centre pays for that cluster's rows in the
     potential (the weighted sum of squared distances to the nearest centre): on 1e5 rows of 16
     well-separated clusters in 16-D about 30% of seedings cover every cluster, and the 10 of
-    lowest potential among 64 all did. EM's default search screens its starts so where it runs
-    few of them (:func:`bayesgmm.fit_em`, ``n_init="auto"`` on larger data).
+    lowest potential among 64 all did. EM's and VB's default searches screen their starts so
+    where they run few of them (:func:`bayesgmm.fit_em`, ``n_init="auto"`` on larger data).
 
     Parameters
     ----------
@@ -230,21 +230,23 @@ def screened_seedings(u, x, num_keep: int, *, sample_weight=None, active=None) -
         seeded and scored (always :data:`SCREEN_ROWS` rows, padded with rows of weight 0, so
         that one compiled program serves every N).
     num_keep : int
-        Seedings kept.
+        Seedings kept for each entry of ``num_seeded``.
     sample_weight : array (N,), optional
         Non-negative row weights (for the draws and the potential).
-    active : bool array (K,), optional
-        Components to seed (as :func:`kmeans_plusplus`; the others' placeholder centres are
-        left out of the potential).
+    num_seeded : sequence of int, optional
+        Numbers m of components seeded (default: all K). A seeding's first m centres are the
+        seeding of m components from the same draws (what :func:`kmeans_plusplus` gives with the
+        first m components active), scored by their own potential.
 
     Returns
     -------
-    np.ndarray (num_keep, K, D)
-        The kept seedings' centres in ``x``'s units and dtype, lowest potential first (ties
-        in draw order).
+    np.ndarray (len(num_seeded), num_keep, K, D)
+        For each m, the kept seedings' K centres (the first m of them seeded) in ``x``'s units
+        and dtype, lowest potential first (ties in draw order).
     """
     x = np.asarray(x)
     n = x.shape[0]
+    k = u.shape[1]
     # always SCREEN_ROWS rows, so that one compiled program serves every N: evenly spaced rows of
     # larger data, or all rows and zero-weight padding (never chosen, not counted) after them
     take = (np.arange(SCREEN_ROWS) * n) // SCREEN_ROWS if n >= SCREEN_ROWS else np.arange(n)
@@ -253,11 +255,10 @@ def screened_seedings(u, x, num_keep: int, *, sample_weight=None, active=None) -
     rows[: take.size] = x[take]
     row_weight = np.zeros(SCREEN_ROWS, x.dtype)
     row_weight[: take.size] = weight[take]
-    k = u.shape[1]
-    mask = np.ones(k, bool) if active is None else np.asarray(active, bool)
-    potential, centers = _seeding_potentials(np.asarray(u, x.dtype), rows, row_weight, mask, num_components=k)
-    best = np.argsort(np.asarray(potential), kind="stable")[:num_keep]
-    return np.asarray(centers)[best]
+    potential, centers = _seeding_potentials(np.asarray(u, x.dtype), rows, row_weight, num_components=k)
+    potential, centers = np.asarray(potential), np.asarray(centers)
+    seeded = [k] if num_seeded is None else [int(m) for m in num_seeded]
+    return np.stack([centers[np.argsort(potential[:, m - 1], kind="stable")[:num_keep]] for m in seeded])
 
 
 def kmeans_labels(u, x, num_components: int, max_iter: int = 300, tol: float = 1e-4, *, sample_weight=None, active=None):

@@ -70,7 +70,7 @@ import numpy as np
 from . import _iterate, _missing, _numerics, _sharding, _stats, _sticks
 from ._compile import CompiledProgram
 from ._iterate import resolve_starts, short_run_length, trace_length
-from .kmeans import INIT_METHODS, init_noise, initial_responsibilities
+from .kmeans import INIT_METHODS, SCREEN_CANDIDATES, init_noise, initial_responsibilities, screened_seedings
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
@@ -508,7 +508,9 @@ def fit_vb(
         or Dirichlet-process weights (``Prior.default(x, K, weight_prior="dirichlet_process")``).
     n_init : "auto" or int
         ``"auto"``: as many starts as the data size makes cheap (as :func:`bayesgmm.fit_em`),
-        the best of their short runs continued. An int: that many independent starts, each run
+        the best of their short runs continued; where one continues (16 starts or fewer), each
+        k-means++ start's seeding is the best of 32 by its k-means potential
+        (:func:`bayesgmm.kmeans.screened_seedings`). An int: that many independent starts, each run
         to convergence (unless ``init_iter`` is given); the highest final ELBO is kept. Either
         way the starts seed K, K - 1, ..., 1 components in turn (the first seeds all K).
     init_iter : int, optional
@@ -669,7 +671,15 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     # on small data every call queues its lanes through that pool: one call for all short runs
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
     pooled = rows.mesh is None and _iterate.pooled(n, k, d, covariance_type)
-    static = dict(config=config, init_method=init_params, trace_len=trace_len, adaptive=rows.mesh is None,
+    init_method = init_params
+    if (resp_init is None and init_params == "k-means++" and rows.mesh is None and observed is None and not pooled
+            and kept == 1 < starts <= SCREEN_CANDIDATES // 2):
+        # few starts (larger data), as EM's search: each start's seeding of its first components
+        # (occupancy) the best of SCREEN_CANDIDATES by their k-means potential (kmeans.screened_seedings)
+        candidates = init_noise(init_key, "k-means++", SCREEN_CANDIDATES, n, k, dtype)
+        noise = screened_seedings(candidates, xs, 1, sample_weight=weight, num_seeded=seeded[0].sum(1))[:, 0][None]
+        init_method = "centres"  # (1, R, K, D): start j's seeding of its first components
+    static = dict(config=config, init_method=init_method, trace_len=trace_len, adaptive=rows.mesh is None,
                   lanes_apart=_sharding.on_shared_cpu_threads(xs_dev), pool_lanes=lanes_run if pooled else None)
     common = (jax.device_put(prior_arrays), np.asarray(tol, dtype), np.asarray(reg_covar, dtype), weight_dev)
     placeholder = _placeholder_state(kept, k, d, covariance_type, trace_len, dtype, prior_arrays.concentration.shape)

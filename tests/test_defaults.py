@@ -66,7 +66,7 @@ def test_screened_seedings_keep_those_of_lowest_potential():
 
     x, centres = _grid_clusters(250)
     u = np.random.default_rng(1).random((32, 16, 4))
-    kept = screened_seedings(u, x, 4)
+    kept, first_eight = screened_seedings(u, x, 4, num_seeded=[16, 8])
     every = np.asarray(jax.vmap(lambda one: kmeans_plusplus(one, jax.numpy.asarray(x), 16)[0])(u))
     potential = np.array([np.sum(np.min(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)) for c in every])
     order = np.argsort(potential, kind="stable")
@@ -77,6 +77,9 @@ def test_screened_seedings_keep_those_of_lowest_potential():
 
     assert all(covered(c) == 16 for c in kept)
     assert min(covered(c) for c in every) < 16  # the screen had something to do
+    # 8 components seeded: scored by the first 8 centres of each seeding
+    first = np.array([np.sum(np.min(((x[:, None] - c[None, :8]) ** 2).sum(-1), axis=1)) for c in every])
+    np.testing.assert_array_equal(first_eight, every[np.argsort(first, kind="stable")[:4]])
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", pytest.param("full", marks=pytest.mark.slow)])
@@ -102,6 +105,19 @@ def test_model_selection_grid_screens_its_starts_too():
     centres = rng.normal(0, 3, size=(16, 16))
     x = np.concatenate([c + rng.normal(size=(1000, 16)) for c in centres])
     fit = bg.select(x, [15, 16], covariance_types="diag", seed=4).fits[("diag", 16)]
+    assert fit.info["n_init"] == 4
+    nearest = np.min(np.linalg.norm(centres[:, None] - fit.means[None], axis=-1), axis=1)
+    assert np.all(nearest < 0.5)
+
+
+def test_default_vb_search_screens_its_starts():
+    """fit_vb's default search on the same data (4 starts seeding 16, 12, 8 and 4 components)
+    takes each start's seeding of its components as the best of 32 by their potential, and
+    finds every cluster. Without the screen seed 2 found 13 of the 16."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 3, size=(16, 16))
+    x = np.concatenate([c + rng.normal(size=(1000, 16)) for c in centres])
+    fit = bg.fit_vb(x, 16, covariance_type="diag", seed=2, num_draws=10)
     assert fit.info["n_init"] == 4
     nearest = np.min(np.linalg.norm(centres[:, None] - fit.means[None], axis=-1), axis=1)
     assert np.all(nearest < 0.5)
