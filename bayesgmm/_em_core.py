@@ -38,7 +38,7 @@ from . import _iterate, _missing, _numerics, _sharding, _stats
 from ._compile import CompiledProgram
 from ._covariance_models import NATIVE, constrained_models
 from ._iterate import INIT_ITER, auto_starts, resolve_starts, short_run_length, trace_length  # noqa: F401 (re-exported)
-from .kmeans import SCREEN_CANDIDATES, init_noise, initial_responsibilities, screened_seedings
+from .kmeans import init_noise, initial_responsibilities, screened_starts, screens
 from .params import GMMParams, covariance_shape
 
 #: Smallest reg_covar (standardised units) of the starts' M-step: k-means++ and random_from_data
@@ -489,9 +489,7 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         xs = jax.device_put(xs)
     config = config._replace(components_together=_stats.components_together(xs))
     if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
-        on_cpu = all(device.platform == "cpu" for device in xs.devices())
-        config = config._replace(block_rows=_stats.block_rows(n, d, config.covariance_type, cpu=on_cpu,
-                                                              itemsize=dtype.itemsize))
+        config = config._replace(block_rows=_stats.block_rows_for(xs, d, config.covariance_type))
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
     # one group on one device: lanes padded to a bucket (not over several devices, whose
@@ -507,22 +505,20 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     # seedings by their potential on a subsample of rows, so that a seeding that leaves a cluster
     # without a centre is rarely among them (kmeans.screened_seedings)
     # (every group: a model-selection grid's K each, its first K components active)
-    screened = (init_method == "k-means++" and len(xs.sharding.device_set) == 1 and observed is None
+    screened = (len(xs.sharding.device_set) == 1 and observed is None
                 and not _iterate.pooled(rows, k, d, config.covariance_type)
                 and (sample_weight is None or np.ndim(sample_weight) == 1)
-                and num_kept == 1 < num_starts <= SCREEN_CANDIDATES // 2)
+                and screens(init_method, num_starts, num_kept))
     real = num_rows or n
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
     elif screened:
-        weight = None if sample_weight is None else np.asarray(sample_weight)[:real]
         # one set of seedings for every group: a group's first m components active (a grid's K)
-        # are scored by the first m centres (screened_seedings' num_seeded)
+        # are scored by the first m centres
         seeded = [k] * num_groups if active is None else np.broadcast_to(np.asarray(active), (num_groups, k)).sum(1)
-        candidates = init_noise(jax.random.split(key, 1)[0], init_method, SCREEN_CANDIDATES, real, k, dtype)
-        noise = screened_seedings(candidates, np.asarray(xs)[:real], num_starts, sample_weight=weight,
-                                  num_seeded=seeded)  # (G, R, K, D)
-        init_method = "centres"
+        noise = screened_starts(jax.random.split(key, 1)[0], np.asarray(xs)[:real], num_starts, k, seeded,
+                                sample_weight=None if sample_weight is None else np.asarray(sample_weight)[:real])
+        init_method = "centres"  # (G, R, K, D)
     else:
         keys = jax.random.split(key, num_groups)
         noise = np.stack([init_noise(kk, init_method, num_starts, real, k, dtype, n) for kk in keys])  # (G, R, ...)

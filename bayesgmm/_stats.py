@@ -564,6 +564,13 @@ def block_rows(num_obs: int, num_features: int, covariance_type: str, *, cpu: bo
     return RowBlocks(rows, rows, row_major=cpu)
 
 
+def block_rows_for(xs, num_features: int, covariance_type: str) -> RowBlocks | None:
+    """:func:`block_rows` for data ``xs`` as placed (a ``jax.Array``): its rows, its devices'
+    platform (the CPU's cache-sized blocks) and its dtype's size."""
+    on_cpu = all(device.platform == "cpu" for device in xs.devices())
+    return block_rows(xs.shape[-2], num_features, covariance_type, cpu=on_cpu, itemsize=np.dtype(xs.dtype).itemsize)
+
+
 def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
                   const_shift=None, hard: bool = False, block_rows: RowBlocks | int | None = None,
                   together: bool = False):

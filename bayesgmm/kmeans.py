@@ -261,6 +261,21 @@ def screened_seedings(u, x, num_keep: int, *, sample_weight=None, num_seeded=Non
     return np.stack([centers[np.argsort(potential[:, m - 1], kind="stable")[:num_keep]] for m in seeded])
 
 
+def screens(init_method: str, num_starts: int, num_kept: int) -> bool:
+    """Whether an em-EM search screens its starts (:func:`screened_starts`): k-means++ starts,
+    one run continued, and at most half of :data:`SCREEN_CANDIDATES` of them (larger data)."""
+    return init_method == "k-means++" and num_kept == 1 < num_starts <= SCREEN_CANDIDATES // 2
+
+
+def screened_starts(key, x, num_keep: int, num_components: int, num_seeded, *, sample_weight=None) -> np.ndarray:
+    """EM's and VB's screened starts: :data:`SCREEN_CANDIDATES` seedings drawn from ``key`` on the
+    rows ``x`` (:func:`init_noise`), the ``num_keep`` of lowest potential kept for each entry of
+    ``num_seeded`` (:func:`screened_seedings`), as centres (len(num_seeded), num_keep, K, D)."""
+    x = np.asarray(x)
+    candidates = init_noise(key, "k-means++", SCREEN_CANDIDATES, x.shape[0], num_components, x.dtype)
+    return screened_seedings(candidates, x, num_keep, sample_weight=sample_weight, num_seeded=num_seeded)
+
+
 def kmeans_labels(u, x, num_components: int, max_iter: int = 300, tol: float = 1e-4, *, sample_weight=None, active=None):
     """One k-means++ + Lloyd run inside jit (EM's ``init_params="kmeans"``); returns labels (N,).
 

@@ -70,7 +70,7 @@ import numpy as np
 from . import _iterate, _missing, _numerics, _sharding, _stats, _sticks
 from ._compile import CompiledProgram
 from ._iterate import resolve_starts, short_run_length, trace_length
-from .kmeans import INIT_METHODS, SCREEN_CANDIDATES, init_noise, initial_responsibilities, screened_seedings
+from .kmeans import INIT_METHODS, init_noise, initial_responsibilities, screened_starts, screens
 from .params import (
     ConvergenceWarning,
     DegenerateComponentWarning,
@@ -663,21 +663,17 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0], rows)
     if rows.mesh is None and observed is None:  # EM's row blocks (not for sharded rows, see _em_core.search)
-        on_cpu = all(device.platform == "cpu" for device in xs_dev.devices())
-        config = config._replace(block_rows=_stats.block_rows(xs_dev.shape[0], d, covariance_type, cpu=on_cpu,
-                                                              itemsize=np.dtype(dtype).itemsize))
+        config = config._replace(block_rows=_stats.block_rows_for(xs_dev, d, covariance_type))
     # sharded rows keep one form (bayesgmm._iterate.fixed_form: the centred one in float32)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);
     # on small data every call queues its lanes through that pool: one call for all short runs
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
     pooled = rows.mesh is None and _iterate.pooled(n, k, d, covariance_type)
     init_method = init_params
-    if (resp_init is None and init_params == "k-means++" and rows.mesh is None and observed is None and not pooled
-            and kept == 1 < starts <= SCREEN_CANDIDATES // 2):
+    if resp_init is None and rows.mesh is None and observed is None and not pooled and screens(init_params, starts, kept):
         # few starts (larger data), as EM's search: each start's seeding of its first components
-        # (occupancy) the best of SCREEN_CANDIDATES by their k-means potential (kmeans.screened_seedings)
-        candidates = init_noise(init_key, "k-means++", SCREEN_CANDIDATES, n, k, dtype)
-        noise = screened_seedings(candidates, xs, 1, sample_weight=weight, num_seeded=seeded[0].sum(1))[:, 0][None]
+        # (occupancy) the best of the screened ones
+        noise = screened_starts(init_key, xs, 1, k, seeded[0].sum(1), sample_weight=weight)[:, 0][None]
         init_method = "centres"  # (1, R, K, D): start j's seeding of its first components
     static = dict(config=config, init_method=init_method, trace_len=trace_len, adaptive=rows.mesh is None,
                   lanes_apart=_sharding.on_shared_cpu_threads(xs_dev), pool_lanes=lanes_run if pooled else None)
