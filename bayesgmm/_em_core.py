@@ -489,7 +489,7 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         xs = jax.device_put(xs)
     config = config._replace(components_together=_stats.components_together(xs))
     if adaptive and observed is None:  # row blocks bound the memory (not for sharded rows: blocks would cross devices)
-        config = config._replace(block_rows=_stats.block_rows_for(xs, d, config.covariance_type))
+        config = config._replace(block_rows=_stats.block_rows_for(xs, d, config.covariance_type, k))
     lanes_per_call = num_groups * num_kept
     rows = (num_rows or n) * (1 if observed is None else 4 * d)  # as the default search counts them
     # one group on one device: lanes padded to a bucket (not over several devices, whose

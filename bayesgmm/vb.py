@@ -663,7 +663,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     config = VBConfig(k, d, covariance_type, _stats.components_together(xs_dev))
     observed = _sharding.pad_observed(observed, xs_dev.shape[0], rows)
     if rows.mesh is None and observed is None:  # EM's row blocks (not for sharded rows, see _em_core.search)
-        config = config._replace(block_rows=_stats.block_rows_for(xs_dev, d, covariance_type))
+        config = config._replace(block_rows=_stats.block_rows_for(xs_dev, d, covariance_type, k))
     # sharded rows keep one form (bayesgmm._iterate.fixed_form: the centred one in float32)
     # n_init up to the default's lanes: one program (one device only; see bayesgmm._em_core.search);
     # on small data every call queues its lanes through that pool: one call for all short runs

@@ -41,6 +41,13 @@ def test_block_rows_policy():
     assert _stats.block_rows(100_000, 16, "diag", cpu=True, itemsize=4) == _stats.RowBlocks(8192, 4096)
     assert _stats.block_rows(30_000, 16, "diag", cpu=True) is None  # 990,000 features: made once
     assert _stats.block_rows(1_000_000, 16, "diag") is None  # accelerators: whole-data features up to BLOCKED_ABOVE
+    # many components in float64: those blocks row-major, of at most ROW_MAJOR_SMALL_FEATURES_ROWS rows
+    many = _stats.ROW_MAJOR_MIN_COMPONENTS
+    assert _stats.block_rows(100_000, 16, "diag", cpu=True, num_components=many) == _stats.RowBlocks(8192, 4096, True)
+    assert _stats.block_rows(1_000_000, 2, "full", cpu=True, num_components=many) == _stats.RowBlocks(16384, 32768, True)
+    assert _stats.block_rows(100_000, 16, "diag", cpu=True, num_components=many - 1) == _stats.RowBlocks(8192, 4096)
+    assert _stats.block_rows(100_000, 16, "diag", cpu=True, itemsize=4, num_components=many) == _stats.RowBlocks(8192, 4096)
+    assert _stats.block_rows(30_000, 16, "diag", cpu=True, num_components=many) is None
 
 
 @pytest.mark.parametrize("covariance_type, hard", [("full", False), ("diag", True)])
@@ -59,19 +66,24 @@ def test_blocked_e_step_equals_whole(data, monkeypatch, covariance_type, hard):
     np.testing.assert_allclose(blocked.params.covariances, whole.params.covariances, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("covariance_type", ["diag", "full"])
-def test_cpu_blocks_of_few_features_equal_whole(data, monkeypatch, covariance_type):
-    """On the CPU, features not much larger than the data (D = 2) go in component-major blocks
-    above SMALL_FEATURES_BLOCKED_ABOVE: the fit equals the whole-data one (same iterations,
-    objective to round-off), and none of it runs in those blocks below the threshold."""
+@pytest.mark.parametrize("covariance_type, row_major", [("diag", False), ("full", False), ("diag", True)])
+def test_cpu_blocks_of_few_features_equal_whole(data, monkeypatch, covariance_type, row_major):
+    """On the CPU, features not much larger than the data (D = 2) go in blocks above
+    SMALL_FEATURES_BLOCKED_ABOVE, component-major, or row-major for many components in float64
+    (here from K = 2): the fit runs in them and equals the whole-data one (same iterations,
+    objective to round-off)."""
     x, w = data
     whole = bg.fit_em(x, 2, covariance_type=covariance_type, sample_weight=w, n_init=2, seed=4)
     monkeypatch.setattr(_stats, "SMALL_FEATURES_BLOCKED_ABOVE", 1000)
     monkeypatch.setattr(_stats, "SMALL_FEATURES_BLOCK_ELEMENTS", 2**12)  # fast form: 512 or 1024 rows
     monkeypatch.setattr(_stats, "CACHE_BLOCK_ELEMENTS", 2**11)  # centred form: 512 rows (1601 rows in 2-4 blocks)
-    blocks = _stats.block_rows(len(x), 2, covariance_type, cpu=True)
-    assert blocks is not None and not blocks.row_major and blocks.fast < len(x)
+    monkeypatch.setattr(_stats, "ROW_MAJOR_MIN_COMPONENTS", 2 if row_major else 1000)
+    asked = []
+    policy = _stats.block_rows
+    monkeypatch.setattr(_stats, "block_rows", lambda *a, **kw: asked.append(policy(*a, **kw)) or asked[-1])
     blocked = bg.fit_em(x, 2, covariance_type=covariance_type, sample_weight=w, n_init=2, seed=4)
+    blocks = asked[0]  # what the fit ran in
+    assert blocks is not None and blocks.row_major == row_major and blocks.fast < len(x)
     assert blocked.n_iter == whole.n_iter and blocked.converged == whole.converged
     np.testing.assert_allclose(blocked.log_likelihood, whole.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(blocked.params.means, whole.params.means, rtol=1e-8, atol=1e-10)
