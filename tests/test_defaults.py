@@ -401,15 +401,31 @@ def test_exact_weighted_median_is_the_sorted_definition(layout):
 def test_standardisation_of_large_data_is_the_plain_formula():
     """On rows enough for the host threads (row blocks in runs, :func:`bayesgmm.params.in_row_blocks`)
     the standardised data are exactly ``(x - median) / (1.4826 * MAD)`` computed by plain NumPy
-    in float64, in every row (the threads' runs and the last, short block included)."""
-    from bayesgmm.params import MAD_TO_SD, THREADED_ROW_BLOCKS, TRANSPOSE_BLOCK_ROWS, standardise
+    in float64, in every row (the threads' runs and the last, short block included), the median
+    and MAD those of every ``ceil(N / STANDARDISATION_SAMPLE)``-th row (large unweighted data)."""
+    from bayesgmm.params import (
+        MAD_TO_SD,
+        STANDARDISATION_ROWS,
+        STANDARDISATION_SAMPLE,
+        THREADED_ROW_BLOCKS,
+        TRANSPOSE_BLOCK_ROWS,
+        standardise,
+    )
 
     n = 2 * THREADED_ROW_BLOCKS * TRANSPOSE_BLOCK_ROWS + 777
+    assert n > STANDARDISATION_ROWS
     x = (np.random.default_rng(6).standard_t(3, size=(n, 3)) * [1.0, 50.0, 1e-3] + [0.0, 1e4, 7.0]).astype(np.float32)
     shift, scale, xs = standardise(x, "full", dtype=np.float64)
     x64 = x.astype(np.float64)
-    median = np.median(x64, axis=0)
-    mad = MAD_TO_SD * np.median(np.abs(x64 - median), axis=0)
+    sample = x64[:: -(-n // STANDARDISATION_SAMPLE)]
+    assert STANDARDISATION_SAMPLE / 2 <= len(sample) <= STANDARDISATION_SAMPLE
+    median = np.median(sample, axis=0)
+    mad = MAD_TO_SD * np.median(np.abs(sample - median), axis=0)
+    # within a few standard errors of the whole data's (t(3) columns: a quantile's error ~ 1 / sqrt(n))
+    assert np.all(np.abs(shift - np.median(x64, axis=0)) < 4 * 1.6 * scale / np.sqrt(len(sample)))
+    # and exactly the whole data's below STANDARDISATION_ROWS rows
+    small = x64[: STANDARDISATION_ROWS]
+    np.testing.assert_array_equal(standardise(small, "full")[0], np.median(small, axis=0))
     np.testing.assert_array_equal(shift, median)
     np.testing.assert_array_equal(scale, mad)
     np.testing.assert_array_equal(xs, (x64 - median) / mad)
