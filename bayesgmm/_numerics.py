@@ -372,14 +372,20 @@ def log_joint_components(x, weights, means, covariances, covariance_type: str):
     return component_log_density(x, means, covariances, covariance_type) + log_w[..., None, :]
 
 
+def finite_max(a, axis, keepdims=False):
+    """``max`` along ``axis`` (NumPy), 0 where it is not finite (a slice of -inf: no shift), the
+    shift that keeps ``exp(a - max)`` in range."""
+    top = np.max(a, axis=axis, keepdims=keepdims)
+    return np.where(np.isfinite(top), top, 0.0)
+
+
 def logsumexp(a, axis):
     """``log sum exp`` along ``axis`` (NumPy: written out, three times faster than SciPy's on
     (N, K) arrays; a slice of -inf gives -inf)."""
     xp, sp = array_namespace(a)
     if xp is not np:
         return sp.special.logsumexp(a, axis=axis)
-    top = np.max(a, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
+    top = finite_max(a, axis=axis, keepdims=True)
     shifted = a - top
     np.exp(shifted, out=shifted)  # in place: one temporary of a's size, not two
     with np.errstate(divide="ignore"):
@@ -444,10 +450,15 @@ class RowScores(NamedTuple):
     log_resp: np.ndarray | None
 
 
+def rows_in_frame(x, start, frame: Frame):
+    """Rows ``start:start + HOST_BLOCK_ROWS`` of ``x`` in float64, in ``frame``."""
+    return (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+
+
 def _scored_block(x, start, frame: Frame, w, m, c, ct):
     """Rows ``start:start + HOST_BLOCK_ROWS`` of ``x`` in the mixture's frame: their ``log pi_k +
     log N`` (B, K) there, the log density of each row there (B,) and in the original units (B,)."""
-    xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+    xs = rows_in_frame(x, start, frame)
     lj = log_joint_components(xs, w, m, c, ct)
     ll = logsumexp(lj, axis=-1)
     return lj, ll, ll + observed_log_jacobian(xs, frame.scale)
@@ -532,10 +543,9 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     def block(start):
         # one exponential a row and component: r = exp(lj - top) / s, log s = ll - top, so
         # log r = (lj - top) - log s and max_k log r_nk = -log s
-        xs = (np.asarray(x[start : start + HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+        xs = rows_in_frame(x, start, frame)
         shifted = log_joint_components(xs, w, m, c, ct)  # a new array: shifted in place
-        top = np.max(shifted, axis=1)
-        top = np.where(np.isfinite(top), top, 0.0)  # a row with every component at -inf: no shift
+        top = finite_max(shifted, axis=1)
         shifted -= top[:, None]
         r = np.exp(shifted)
         sums = np.sum(r, axis=1)
