@@ -477,10 +477,13 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
 
     As many k-means++ starts as fit in :data:`START_BUDGET` (a power of two between 4 and 256:
     256 on Old Faithful, 4 for N=1e5, D=16, K=16), and one kept run per 16 starts (at least one,
-    at most 16).
+    at most 16). One component has one fit from every start (each row's responsibility is 1):
+    one start, ``(1, 1)``.
     """
     from ._stats import num_suff_features
 
+    if num_components == 1:
+        return 1, 1
     cost = init_iter * num_obs * num_components * num_suff_features(num_features, covariance_type)
     fit = max(START_BUDGET / cost, 1.0)
     starts = int(min(MAX_STARTS, max(MIN_STARTS, 2 ** math.floor(math.log2(fit)))))

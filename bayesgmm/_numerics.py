@@ -18,7 +18,9 @@ The direct (Cholesky) Gaussian log density is used: ``-0.5 |L^-1 (x - mu)|^2 - l
 
 from __future__ import annotations
 
+import functools
 import math
+import types
 from typing import NamedTuple
 
 import numpy as np
@@ -51,14 +53,16 @@ def array_namespace(*arrays):
             import jax.scipy as jsp
 
             return jnp, jsp
+    return np, _scipy()
+
+
+@functools.cache
+def _scipy():
+    """SciPy's ``linalg`` and ``special`` as one namespace (imported on first use)."""
     import scipy.linalg
     import scipy.special
 
-    class _SciPy:
-        linalg = scipy.linalg
-        special = scipy.special
-
-    return np, _SciPy
+    return types.SimpleNamespace(linalg=scipy.linalg, special=scipy.special)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +207,20 @@ def inverse_cholesky(chol):
 
     eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
     return solve_triangular(chol, eye, lower=True)
+
+
+def solve_lower(chol, rhs):
+    """``chol^-1 rhs`` for lower-triangular ``chol`` (..., D, D) and ``rhs`` (..., D, M).
+
+    JAX: a triangular solve. NumPy: :func:`numpy.linalg.solve`, which takes the batch in compiled
+    code; SciPy's ``solve_triangular`` loops over a batch in Python and, once JAX is imported,
+    took 2.7 ms a call for one 2 x 2 factor (80% of the VB KL divergence that every closed-form
+    VB fit reports).
+    """
+    xp, sp = array_namespace(chol, rhs)
+    if xp is np:
+        return np.linalg.solve(chol, rhs)
+    return sp.linalg.solve_triangular(chol, rhs, lower=True)
 
 
 def component_log_density(x, means, covariances, covariance_type: str):

@@ -202,10 +202,10 @@ def _precision_terms(q: VBParams, prior, covariance_type: str):
         chol0 = xp.linalg.cholesky(psi0)
         logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), -1)
         logdet0 = 2.0 * xp.sum(xp.log(xp.diagonal(chol0)))
-        a = sp.linalg.solve_triangular(chol, xp.broadcast_to(chol0, (k, d, d)), lower=True)
+        a = _numerics.solve_lower(chol, xp.broadcast_to(chol0, (k, d, d)))
         trace = xp.sum(a**2, axis=(-2, -1))
         dev = _numerics.in_turn(a, dev)  # one batched LAPACK call at a time (_numerics.in_turn)
-        y = sp.linalg.solve_triangular(chol, dev[:, :, None], lower=True)[..., 0]
+        y = _numerics.solve_lower(chol, dev[:, :, None])[..., 0]
         maha = xp.sum(y**2, -1)
         half = xp.arange(d, dtype=nu.dtype) / 2.0
         mvdigamma = xp.sum(digamma(nu[:, None] / 2.0 - half[None]), -1) + d * LOG_2
