@@ -37,10 +37,12 @@ SCRIPT = textwrap.dedent(
         if case == "mismatch":  # each process another seed, then another reg_covar: refused in every process
             for name, kw in (("seed", dict(seed=rank)), ("reg_covar", dict(reg_covar=[1e-10, 0.5][rank], seed=0))):
                 try:
-                    bg.fit_em(data.x, 3, n_init=2, devices=devices, **kw)
+                    bg.fit_em(data.x, 3, n_init=2, max_iter=50, devices=devices, **kw)
                     facts["mismatch_" + name] = "fitted"
                 except ValueError as err:
                     facts["mismatch_" + name] = str(err)
+            continue
+        if case == "refused" and num_processes == 1:  # five default fits (20 s) that show nothing here
             continue
         if case == "refused":  # one process's own data invalid: every process raises (the other waited forever)
             bad = data.x.copy()
@@ -149,7 +151,6 @@ def test_a_process_refusing_its_call_stops_every_process(runs):
     for name in ("em", "vb", "stream", "compare", "estimator"):
         assert "NaN" in runs["rank1"]["refused_" + name], runs["rank1"]["refused_" + name]
         assert "process(es) [1]" in runs["rank0"]["refused_" + name], runs["rank0"]["refused_" + name]
-        assert runs["alone"]["refused_" + name] == "fitted"
 
 
 def _assert_equal_fits(runs, case):
