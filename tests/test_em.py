@@ -1336,3 +1336,22 @@ def test_chains_share_threads_only_when_their_lapack_calls_cannot_wait_on_each_o
     assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(2, 2)) == on_threads  # Old Faithful: as before
     assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(8, 16, rows_with_missing=200)) == 1
     assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(16, 32)) == 1
+
+
+def test_one_component_runs_one_start_and_is_the_sample_moments(faithful):
+    """With K = 1 every start gives the same fit, so the default search runs one (it ran 256 on
+    Old Faithful), EM's and VB's; EM's fit is the closed-form maximum likelihood: the sample mean
+    and the sample covariance with divisor N (plus ``reg_covar``)."""
+    from scipy import stats
+
+    em = bg.fit_em(faithful, 1)
+    vb = bg.fit_vb(faithful, 1)
+    assert em.info["n_init"] == 1 and vb.info["n_init"] == 1
+    mean = faithful.mean(0)
+    scatter = np.cov(faithful.T, bias=True)
+    np.testing.assert_allclose(em.means[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(em.covariances[0], scatter + em.info["reg_covar"] * np.eye(2), rtol=1e-10)
+    expected = stats.multivariate_normal(mean, scatter + em.info["reg_covar"] * np.eye(2)).logpdf(faithful).sum()
+    assert em.log_likelihood == pytest.approx(expected, rel=1e-12)
+    several = bg.fit_em(faithful, 1, n_init=3)
+    assert several.log_likelihood == pytest.approx(em.log_likelihood, rel=1e-13)
