@@ -27,7 +27,6 @@ import numpy as np
 
 from . import _stats, _sticks
 from .kmeans import kmeans_labels, num_trials
-from .model import log_prior
 from .params import GMMParams, Prior, PriorArrays, check_params, compute_dtype, params_to_standard
 from .params import standardise as params_standardise
 
@@ -149,10 +148,11 @@ def without_validation(fn):
     callable
         ``fn`` wrapped.
     """
-    import numpyro
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
+        import numpyro  # on a call (a trace), not where a module decorates its programs
+
         with numpyro.validation_enabled(False):
             return fn(*args, **kwargs)
 
@@ -218,6 +218,8 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
     GMMParams
         Standardised scale; a seeding with a non-finite objective is never chosen unless all are.
     """
+    from . import model  # NumPyro's distributions: imported when a program is traced (see the module docstring)
+
     k = num_components
     d = xs.shape[1]
     z = _stats.suff_features(xs, covariance_type)
@@ -244,7 +246,7 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
         _, per_row, params = jax.lax.fori_loop(
             0, MAP_ITERS + 1, m_then_e, (resp,) + tuple(jax.tree_util.tree_map(
                 lambda a: jnp.zeros(a.shape, a.dtype), shapes[1:])))
-        obj = jnp.sum(per_row if w is None else w * per_row) + log_prior(params, prior_map, covariance_type)
+        obj = jnp.sum(per_row if w is None else w * per_row) + model.log_prior(params, prior_map, covariance_type)
         return params, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
 
     params, obj = jax.vmap(one)(u.astype(xs.dtype))

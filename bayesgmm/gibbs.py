@@ -52,7 +52,6 @@ from . import _numpyro_common as shared
 from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
 from ._compile import CompiledProgram, progress, small_rows_once, tick_every, tick_interval
 from ._sharding import RowSharding, pad_observed, sampler_row_bucket, shard_rows
-from .model import log_prior
 from .params import (
     GMMParams,
     Prior,
@@ -281,6 +280,8 @@ def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: 
         the new parameters; ``log p(x, theta)`` of the new parameters (z summed out); and the
         number of components the sampled labels occupy.
     """
+    from . import model  # NumPyro's distributions (the prior): imported when the sweep is traced
+
     key_z, key_theta = jax.random.split(key)
     if observed is not None:
         key_z, key_x = jax.random.split(key_z)
@@ -295,7 +296,7 @@ def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: 
     # factorisations are split over XLA's thread pool, and two such calls at once can hang)
     # weights that underflowed to 0 (a sparse Dirichlet's empty components) floored: lp stays finite
     floored = params._replace(weights=_numerics.floored_weights(params.weights))
-    lp = log_lik + log_prior(_numerics.in_turn(log_lik, floored), prior, covariance_type)
+    lp = log_lik + model.log_prior(_numerics.in_turn(log_lik, floored), prior, covariance_type)
     num_nonempty = jnp.sum(jnp.bincount(z, weights=row_weight, length=num_components) > 0)
     return SweepState(params, log_joint), (params, lp, num_nonempty)
 

@@ -12,7 +12,7 @@ shape, K, structure and sampler settings (later fits of same-shaped data reuse t
 1. the starts (:func:`_start_program`): a MAP start, k-means (4 seedings) and a fixed number of
    MAP-EM iterations (closed form, from :mod:`bayesgmm._stats`), the best log posterior kept;
 2. per chain, that start mapped to the unconstrained space (``unconstrain_fn``) and jittered,
-   with the model's potential energy and gradient there (a ``ParamInfo``);
+   with the model's potential energy and gradient there (the fields of NumPyro's ``ParamInfo``);
 3. the chains (:func:`_chains_program`): NUTS warmup (step size and diagonal mass matrix
    adaptation) and sampling from those starts, chains ``vmap``-ed
    (``chain_method="vectorized"``, the default on GPU and TPU), run one after another
@@ -62,7 +62,6 @@ from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_p
 from ._compile import CompiledProgram, progress, small_rows, small_rows_once, tick_every, tick_interval
 from ._threads import usable_cores
 from .kmeans import num_trials
-from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 from .params import (
     ConvergenceWarning,
     GMMParams,
@@ -108,6 +107,7 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, *, config: _Config):
     leading axes (chains, num_samples), and each chain's leapfrog steps during warmup (chains,).
     """
     from numpyro.infer import NUTS
+    from numpyro.infer.util import ParamInfo
 
     kernel = NUTS(
         potential_fn=potential_fn(xs, row_mask, prior, config.num_components, config.covariance_type, config.missing),
@@ -115,8 +115,8 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, *, config: _Config):
         max_tree_depth=config.max_tree_depth,
     )
 
-    def one_chain(chain_key, start):  # start: a ParamInfo (the potential and gradient given)
-        state = kernel.init(chain_key, config.num_warmup, init_params=start)
+    def one_chain(chain_key, start):  # start: (z, potential, gradient), as NumPyro's ParamInfo
+        state = kernel.init(chain_key, config.num_warmup, init_params=ParamInfo(*start))
 
         total = config.num_warmup + config.num_samples
 
@@ -193,14 +193,13 @@ def _split_keys(key, num_chains: int):
 def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _StartConfig):
     """Every chain's start (steps 1 and 2 of the module docstring), as a program of its own.
 
-    Returns the MAP pivot and a ``ParamInfo`` (unconstrained start, potential energy, gradient)
-    with a leading chain axis. NUTS starts from the potential and gradient given, so the chains'
+    Returns the MAP pivot and ``(z, potential energy, gradient)`` (the fields of NumPyro's
+    ``ParamInfo``; a plain tuple, so that loading the stored programs needs no NumPyro) with a
+    leading chain axis. NUTS starts from the potential and gradient given, so the chains'
     program holds one copy of the model's gradient (the leapfrog's) instead of two, and the two
     programs compile at the same time (:func:`bayesgmm._chains.run_chain_groups`). ``xs`` holds
     the standardised data padded to the row bucket; ``row_mask`` marks its data rows.
     """
-    from numpyro.infer.util import ParamInfo
-
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     # every random number the programs draw outside NUTS comes from one uniform draw, and every
     # chain's key from one split: each draw (a threefry loop) adds to the compile time
@@ -231,12 +230,14 @@ def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _S
     uniform = 4.0 * u_init - 2.0  # NumPyro's init_to_uniform: uniform(-2, 2)
     z0 = jax.vmap(unravel)(jnp.select([init_code == 0, init_code == 1], [flat_map + jitter, flat_user + jitter], uniform))
     energy, grad = jax.lax.map(lambda z: _potential_and_grad(z, xs, row_mask, prior, k, ct, config.missing), z0)
-    return pivot, ParamInfo(z0, energy, grad)
+    return pivot, (z0, energy, grad)
 
 
 def _unconstrain(params, xs, row_mask, prior, config: _StartConfig):
     """One start ``params`` (standardised ``GMMParams``) as NumPyro's unconstrained sites."""
     from numpyro.infer.util import unconstrain_fn
+
+    from .model import gmm_model, model_kwargs
 
     k = config.num_components
     kwargs = model_kwargs(k, prior, config.covariance_type, missing=config.missing, row_mask=row_mask)
@@ -246,20 +247,20 @@ def _unconstrain(params, xs, row_mask, prior, config: _StartConfig):
 def _start_shapes(xs, row_mask, prior, key, init_code, user_init, *, config: _StartConfig):
     """:func:`_start_program`'s outputs' shapes and dtypes from a trace of the model's transform
     alone (not of the whole program), so that the chains' program compiles first."""
-    from numpyro.infer.util import ParamInfo
-
     z = jax.eval_shape(jax.vmap(lambda p: _unconstrain(p, xs, row_mask, prior, config)), user_init)
     pivot = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], xs.dtype), user_init)
-    return pivot, ParamInfo(z, jax.ShapeDtypeStruct((config.num_chains,), xs.dtype), z)
+    return pivot, (z, jax.ShapeDtypeStruct((config.num_chains,), xs.dtype), z)
 
 
 @shared.without_validation
 def _chains_program(xs, row_mask, prior, key, starts, first_chain, *, config: _Config):
     """Warmup, sampling and the draws' log posterior (steps 3 and 4 of the module docstring) from
-    ``starts`` (:func:`_start_program`'s ``ParamInfo``). With ``config.chains_per_run`` it runs
+    ``starts`` (:func:`_start_program`'s ``(z, energy, grad)``). With ``config.chains_per_run`` it runs
     that many chains from ``first_chain`` (a traced int) on: each chain's start and key are those
     of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws."""
     from numpyro.infer.util import constrain_fn
+
+    from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
 
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
@@ -308,6 +309,8 @@ def _potential_and_grad(z, xs, row_mask, prior, k: int, covariance_type: str, mi
     """NumPyro's potential energy of :func:`gmm_model` (and its gradient) at unconstrained ``z``;
     the rows of ``xs`` outside ``row_mask`` (padding) add nothing."""
     from numpyro.infer.util import potential_energy
+
+    from .model import gmm_model, model_kwargs
 
     kwargs = model_kwargs(k, prior, covariance_type, missing=missing, row_mask=row_mask)
     return jax.value_and_grad(lambda u: potential_energy(gmm_model, (xs,), kwargs, u))(z)

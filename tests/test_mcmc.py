@@ -433,14 +433,14 @@ def test_nuts_starts_from_numpyros_potential_and_gradient_and_holds_the_gradient
     _fit(faithful, 2, seed=3, num_warmup=10, num_samples=10)
     assert len(programs) == 1  # the chains' program (the starts' is the fixture fits')
     assert programs[0].count("func.func private @_potential_and_grad") == 1
-    (xs, row_mask, prior_arrays, *_), info = starts[0]
+    (xs, row_mask, prior_arrays, *_), (z, potential, z_grad) = starts[0]  # ParamInfo's fields
     kwargs = model_kwargs(2, prior_arrays, "full", row_mask=row_mask)
     reference = jax.jit(jax.value_and_grad(lambda z: potential_energy(gmm_model, (xs,), kwargs, z)))
     for chain in range(NUM_CHAINS):
-        energy, grad = reference(jax.tree_util.tree_map(lambda a, c=chain: a[c], info.z))
-        np.testing.assert_allclose(info.potential_energy[chain], energy, rtol=1e-5)
+        energy, grad = reference(jax.tree_util.tree_map(lambda a, c=chain: a[c], z))
+        np.testing.assert_allclose(potential[chain], energy, rtol=1e-5)
         for site in grad:
-            np.testing.assert_allclose(info.z_grad[site][chain], grad[site], rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(z_grad[site][chain], grad[site], rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.slow  # fast variant: tests/test_gibbs.py's progress-bar test
