@@ -218,7 +218,7 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
     GMMParams
         Standardised scale; a seeding with a non-finite objective is never chosen unless all are.
     """
-    from . import model  # NumPyro's distributions: imported when a program is traced (see the module docstring)
+    from . import model  # NumPyro's distributions: imported when a program is traced, not on import
 
     k = num_components
     d = xs.shape[1]
