@@ -670,25 +670,48 @@ def configure_default_cache() -> pathlib.Path | None:
 _BARS: dict = {}
 
 
-def tick_interval(total: int) -> int:
-    """Steps between two ticks: about 100 updates of the bar per run."""
-    return max(int(total) // 100, 1)
+def tick_interval(total):
+    """Steps between two ticks: about 100 updates of the bar per run (``total`` an int, or a
+    traced integer inside a program whose loop length is traced)."""
+    if isinstance(total, (int, np.integer)):
+        return max(int(total) // 100, 1)
+    return jax.numpy.maximum(total // 100, 1)
 
 
-def tick_every(name: str, step, every: int) -> None:
+def tick_every(name: str, step, every) -> None:
     """Inside traced code: advance the progress bar ``name`` by ``every`` when ``step + 1`` is a
-    multiple of ``every`` (a ``jax.debug.callback``; values computed are unchanged).
+    multiple of ``every`` (a ``jax.debug.callback``; values computed are unchanged). ``every``
+    may be traced (:func:`tick_interval` of a traced length).
 
     ``step`` must not depend on batched (``vmap``-ped) values, so that the condition stays a
     real branch and the bar moves once per loop step, not once per chain.
     """
 
-    def advance(_):
+    def advance(size):
         bar = _BARS.get(name)
         if bar is not None:
-            bar.advance(every)
+            bar.advance(int(size))
 
-    jax.lax.cond((step + 1) % every == 0, lambda: jax.debug.callback(advance, step), lambda: None)
+    jax.lax.cond((step + 1) % every == 0, lambda: jax.debug.callback(advance, every), lambda: None)
+
+
+def length_bucket(length: int, minimum: int = 64) -> int:
+    """Static length of a buffer for ``length`` loop steps: the power of two that holds it, at
+    least ``minimum``. A program whose loop runs a traced number of steps into such a buffer
+    serves every length in the bucket: a sampler's new ``num_samples`` or SVI's new
+    ``num_steps`` then reuses it instead of compiling (at most twice the buffer's memory)."""
+    return max(int(minimum), 1 << max(int(length) - 1, 0).bit_length())
+
+
+def write_step(buffers, index, values):
+    """``buffers`` (a pytree of arrays with a leading step axis) with ``values`` written at
+    ``index`` (traced): the body of a loop that fills a :func:`length_bucket` buffer."""
+    return jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, index, 0), buffers, values)
+
+
+def step_buffers(values, length: int):
+    """Zero buffers of ``length`` steps shaped as one step's ``values`` (arrays or shapes)."""
+    return jax.tree_util.tree_map(lambda v: jax.numpy.zeros((length,) + tuple(v.shape), v.dtype), values)
 
 
 class progress:

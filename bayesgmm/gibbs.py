@@ -50,7 +50,16 @@ from jax.scipy.linalg import solve_triangular
 from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
 from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
-from ._compile import CompiledProgram, progress, small_rows_once, tick_every, tick_interval
+from ._compile import (
+    CompiledProgram,
+    length_bucket,
+    progress,
+    small_rows_once,
+    step_buffers,
+    tick_every,
+    tick_interval,
+    write_step,
+)
 from ._sharding import RowSharding, pad_observed, sampler_row_bucket, shard_rows
 from .params import (
     GMMParams,
@@ -309,8 +318,7 @@ class _Config(NamedTuple):
 
     num_components: int
     covariance_type: str
-    num_warmup: int
-    num_samples: int
+    sample_len: int  # the draws' buffer (_compile.length_bucket); num_warmup and num_samples are traced
     num_chains: int
     progress_bar: bool
     chains_per_run: int | None = None  # chains of one run (runs go on threads, _chains.run_chain_groups); None: all
@@ -345,25 +353,37 @@ def _start_shapes(xs, row_weight, prior, key, use_user_init, user_init, *, confi
 
 
 @shared.without_validation
-def _chains_program(xs, row_weight, prior, key, observed, starts, first_chain, *, config: _Config):
+def _chains_program(xs, row_weight, prior, key, observed, num_warmup, num_samples, starts, first_chain, *,
+                    config: _Config):
     """Every chain's sweeps (``vmap``-ed) from ``starts`` (:func:`_start_program`'s); with
     ``config.chains_per_run`` only the chains from ``first_chain`` (traced) on, with the starts and
-    keys of the run of every chain."""
+    keys of the run of every chain.
+
+    ``num_warmup`` and ``num_samples`` are traced: one loop runs every sweep (sweep ``i`` draws
+    with the chain's key folded with ``i``) and writes the kept ones to buffers of
+    ``config.sample_len`` draws (the first ``num_samples`` are the draws), so that other lengths
+    in the bucket reuse the program."""
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
-    total = config.num_warmup + config.num_samples
+    total = num_warmup + num_samples
+    every = tick_interval(total)
     key_chains = jax.random.split(key)[1]
 
-    def one_chain(chain_key, params0):
-        def step(state, inputs):
-            i, step_key = inputs
-            state, out = gibbs_sweep(step_key, state, xs, prior, k, ct, row_weight, observed)
-            if config.progress_bar:
-                tick_every("gibbs", i, tick_interval(total))
-            return state, out
+    def sweep(step_key, state, xs, prior, row_weight, observed):
+        return gibbs_sweep(step_key, state, xs, prior, k, ct, row_weight, observed)
 
-        steps = (jnp.arange(total), jax.random.split(chain_key, total))
-        _, out = jax.lax.scan(step, start_state(xs, params0, ct, observed), steps)
-        return jax.tree_util.tree_map(lambda a: a[config.num_warmup:], out)
+    def one_chain(chain_key, params0):
+        state = start_state(xs, params0, ct, observed)
+        shapes = jax.eval_shape(lambda *a: sweep(*a)[1], chain_key, state, xs, prior, row_weight, observed)
+
+        def step(i, carry):
+            state, draws = carry
+            state, out = sweep(jax.random.fold_in(chain_key, i), state, xs, prior, row_weight, observed)
+            if config.progress_bar:
+                tick_every("gibbs", i, every)
+            # a warmup sweep writes the first slot, which the first kept sweep overwrites
+            return state, write_step(draws, jnp.maximum(i - num_warmup, 0), out)
+
+        return jax.lax.fori_loop(0, total, step, (state, step_buffers(shapes, config.sample_len)))[1]
 
     chain_keys = jax.random.split(key_chains, c)
     if config.chains_per_run is not None:  # this run's chains
@@ -412,6 +432,8 @@ def fit_gibbs(
     num_warmup, num_samples : int
         Sweeps discarded as burn-in and sweeps kept, per chain. A sweep is cheap (one pass over
         the rows) but its draws are more autocorrelated than NUTS's; check ``min_ess_bulk``.
+        Both are traced: other lengths (``num_samples`` up to the same power of two) reuse the
+        compiled program, and sweep ``i`` of a chain is the same sweep whatever the lengths.
     num_chains : int
         Chains, run ``vmap``-ed in one program.
     init : "map", GMMParams or sequence of GMMParams
@@ -476,7 +498,8 @@ def fit_gibbs(
         user_init = chain_starts(init, k, d, num_chains, covariance_type, std.shift, std.sd, std.dtype)
     # runs of chains at once, one thread each (one run where LAPACK calls could wait on each other)
     runs = concurrent_runs(num_chains, lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum())))
-    config = _Config(k, covariance_type, num_warmup, num_samples, num_chains, bool(progress_bar),
+    # the lengths are traced (the draws fill a buffer of their bucket): other lengths reuse the program
+    config = _Config(k, covariance_type, length_bucket(num_samples), num_chains, bool(progress_bar),
                      num_chains // runs if runs > 1 else None)
     steps = num_warmup + num_samples
     # each run's vmapped chains tick once per sweep
@@ -490,8 +513,11 @@ def fit_gibbs(
         key = seed_to_key(seed)
         start = (START_PROGRAM, (xs, row_weight, std.prior_arrays, key, np.bool_(not isinstance(init, str)), user_init),
                  _StartConfig(k, covariance_type))
-        timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, key, observed), config, runs, start=start)
-    pivot_std, draws_std, lp, nonempty = timed.outputs
+        lengths = (np.int32(num_warmup), np.int32(num_samples))
+        timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, key, observed, *lengths), config, runs,
+                                 start=start)
+    pivot_std, *chains = timed.outputs
+    draws_std, lp, nonempty = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)
     stats = {"lp": done.log_posterior, "num_nonempty": np.asarray(nonempty, np.int64)}

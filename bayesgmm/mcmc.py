@@ -59,7 +59,17 @@ from jax.flatten_util import ravel_pytree
 from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
-from ._compile import CompiledProgram, progress, small_rows, small_rows_once, tick_every, tick_interval
+from ._compile import (
+    CompiledProgram,
+    length_bucket,
+    progress,
+    small_rows,
+    small_rows_once,
+    step_buffers,
+    tick_every,
+    tick_interval,
+    write_step,
+)
 from ._threads import usable_cores
 from .kmeans import num_trials
 from .params import (
@@ -88,8 +98,8 @@ class _Config(NamedTuple):
 
     num_components: int
     covariance_type: str
-    num_warmup: int
-    num_samples: int
+    num_warmup: int  # static: NumPyro's adaptation schedule is built from it
+    sample_len: int  # the draws' buffer (_compile.length_bucket); num_samples itself is traced
     num_chains: int
     chain_method: str
     target_accept_prob: float
@@ -100,11 +110,12 @@ class _Config(NamedTuple):
     chains_per_run: int | None = None  # "sequential": chains of one run (runs go on threads); None: all
 
 
-def _run_chains(chain_keys, starts, xs, row_mask, prior, *, config: _Config):
+def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, *, config: _Config):
     """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
     Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
-    leading axes (chains, num_samples), and each chain's leapfrog steps during warmup (chains,).
+    leading axes (chains, config.sample_len) of which the first ``num_samples`` (traced) are the
+    draws, and each chain's leapfrog steps during warmup (chains,).
     """
     from numpyro.infer import NUTS
     from numpyro.infer.util import ParamInfo
@@ -117,13 +128,10 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, *, config: _Config):
 
     def one_chain(chain_key, start):  # start: (z, potential, gradient), as NumPyro's ParamInfo
         state = kernel.init(chain_key, config.num_warmup, init_params=ParamInfo(*start))
+        total = config.num_warmup + num_samples
+        every = tick_interval(total)
 
-        total = config.num_warmup + config.num_samples
-
-        def step(s, i):  # one NUTS body for warmup and sampling: it is compiled once
-            s = kernel.sample(s, (), {})
-            if config.progress_bar:
-                tick_every("mcmc", i, tick_interval(total))
+        def kept(s):  # what each step keeps: the draw and its statistics
             stats = {
                 "diverging": s.diverging,
                 "num_steps": s.num_steps,
@@ -132,11 +140,20 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, *, config: _Config):
                 "energy": s.energy,
                 "potential_energy": s.potential_energy,
             }
-            return s, (s.z, stats)
+            return s.z, stats
 
-        out = jax.lax.scan(step, state, jnp.arange(total))[1]
-        warmup_steps = jnp.sum(out[1]["num_steps"][: config.num_warmup])  # leapfrog steps spent warming up
-        return jax.tree_util.tree_map(lambda a: a[config.num_warmup :], out) + (warmup_steps,)
+        def step(i, carry):  # one NUTS body for warmup and sampling: it is compiled once
+            s, draws, warmup_steps = carry
+            s = kernel.sample(s, (), {})
+            if config.progress_bar:
+                tick_every("mcmc", i, every)
+            warmup_steps += jnp.where(i < config.num_warmup, s.num_steps, 0)  # leapfrog steps spent warming up
+            # a warmup step writes the first slot, which the first draw overwrites
+            return s, write_step(draws, jnp.maximum(i - config.num_warmup, 0), kept(s)), warmup_steps
+
+        carry = (state, step_buffers(kept(state), config.sample_len), jnp.zeros((), state.num_steps.dtype))
+        _, draws, warmup_steps = jax.lax.fori_loop(0, total, step, carry)
+        return draws + (warmup_steps,)
 
     if config.chain_method == "sequential":
         return jax.lax.map(lambda a: one_chain(*a), (chain_keys, starts))
@@ -253,11 +270,14 @@ def _start_shapes(xs, row_mask, prior, key, init_code, user_init, *, config: _St
 
 
 @shared.without_validation
-def _chains_program(xs, row_mask, prior, key, starts, first_chain, *, config: _Config):
+def _chains_program(xs, row_mask, prior, key, num_samples, starts, first_chain, *, config: _Config):
     """Warmup, sampling and the draws' log posterior (steps 3 and 4 of the module docstring) from
     ``starts`` (:func:`_start_program`'s ``(z, energy, grad)``). With ``config.chains_per_run`` it runs
     that many chains from ``first_chain`` (a traced int) on: each chain's start and key are those
-    of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws."""
+    of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws.
+    ``num_samples`` is traced: the outputs hold ``config.sample_len`` draws per chain, of which
+    the first ``num_samples`` are the run's, so that another number of draws in the bucket reuses
+    the program."""
     from numpyro.infer.util import constrain_fn
 
     from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
@@ -282,14 +302,14 @@ def _chains_program(xs, row_mask, prior, key, starts, first_chain, *, config: _C
         run_chains = jax.shard_map(
             run_chains,
             mesh=mesh,
-            in_specs=(chains, chains, replicated, replicated, replicated),
+            in_specs=(chains, chains, replicated, replicated, replicated, replicated),
             out_specs=chains,
             check_vma=False,
         )
-    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior)
+    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
-    weights = sites["weights"] if k > 1 else jnp.ones((c, config.num_samples, 1), xs.dtype)
+    weights = sites["weights"] if k > 1 else jnp.ones((c, config.sample_len, 1), xs.dtype)
     draws = GMMParams(weights, sites["means"], sites["covariances"])
 
     def log_post(w, m, cov):
@@ -379,7 +399,10 @@ def fit_mcmc(
     prior : Prior, optional
         Defaults to ``Prior.default(x, K)`` (mclust's weak conjugate prior).
     num_warmup, num_samples : int
-        Warmup (adaptation) iterations and kept draws per chain.
+        Warmup (adaptation) iterations and kept draws per chain. ``num_samples`` is traced:
+        another number of draws (up to the same power of two) reuses the compiled program, and
+        fewer draws are the first draws of a longer run with the same seed; ``num_warmup`` fixes
+        the program (NumPyro's adaptation windows are built from it).
     num_chains : int
         Independent chains (R-hat needs at least 2).
     chain_method : {"auto", "vectorized", "sequential", "parallel"}
@@ -507,7 +530,7 @@ def fit_mcmc(
     lapack_flops = lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum()))
     runs = concurrent_runs(num_chains, lapack_flops) if run_method == "sequential" else 1
     config = _Config(
-        k, covariance_type, num_warmup, num_samples, num_chains, run_method,
+        k, covariance_type, num_warmup, length_bucket(num_samples), num_chains, run_method,
         float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),
         num_chains // runs if runs > 1 else None,
     )
@@ -518,8 +541,11 @@ def fit_mcmc(
         xs_padded, row_mask = shared.pad_rows(xs)
         start = (START_PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init),
                  _StartConfig(k, covariance_type, num_chains, config.missing))
-        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key), config, runs, start=start)
-    pivot_std, draws_std, stats, lp, warmup_steps = timed.outputs
+        # num_samples is traced (the draws fill a buffer of its bucket): another number reuses the program
+        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, np.int32(num_samples)), config,
+                                 runs, start=start)
+    pivot_std, *chains, warmup_steps = timed.outputs
+    draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
     done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)
     stats = {name: np.asarray(v) for name, v in stats.items()}

@@ -77,7 +77,17 @@ from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal
 from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import LAPACK_SPLIT_FLOPS
-from ._compile import CompiledProgram, compile_together, progress, small_rows, small_rows_once, tick_every, tick_interval
+from ._compile import (
+    CompiledProgram,
+    compile_together,
+    length_bucket,
+    progress,
+    small_rows,
+    small_rows_once,
+    tick_every,
+    tick_interval,
+    write_step,
+)
 from .labels import align_draws
 from .model import gmm_model, model_kwargs
 from .params import (
@@ -104,13 +114,18 @@ INIT_METHODS = ("map", "uniform")
 
 
 
+#: The shortest loss trace (8 KiB): every ``num_steps`` up to it shares one program, and above it
+#: every ``num_steps`` up to the next power of two.
+MIN_TRACE = 1024
+
+
 class _Config(NamedTuple):
     """Static choices of one SVI program (hashable: the jit cache key)."""
 
     num_components: int
     covariance_type: str
     guide: Any
-    num_steps: int
+    trace_len: int  # the loss trace's buffer (_compile.length_bucket): num_steps itself is traced
     num_draws: int
     subsample_size: int | None
     init_mode: str
@@ -186,9 +201,11 @@ def _start_shapes(xs, row_mask, prior, key, *, config: _StartConfig):
 
 
 @shared.without_validation
-def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config):
+def _program(xs, row_mask, prior, key, learning_rate, num_steps, start, *, config: _Config):
     """SVI from ``start`` (the MAP start or the user's), guide draws and final ELBO estimate: one
-    function (jitted by the caller).
+    function (jitted by the caller). ``num_steps`` is traced: the loss trace is a buffer of
+    ``config.trace_len`` steps, of which the first ``num_steps`` are written, so that a new
+    number of steps in the bucket reuses the program.
 
     Without minibatches ``xs`` is padded to its row bucket and ``row_mask`` marks the data rows
     (the padding is masked out of the model); with them ``row_mask`` is None."""
@@ -203,7 +220,7 @@ def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config)
     kwargs = model_kwargs(k, prior, cov_type, subsample_size=config.subsample_size, missing=config.missing,
                           row_mask=row_mask)
     svi = SVI(gmm_model, guide, optimizer, loss=_elbo())
-    params, losses = _optimise(svi, key_svi, config.num_steps, xs, kwargs, progress_bar=config.progress_bar)
+    params, losses = _optimise(svi, key_svi, num_steps, config.trace_len, xs, kwargs, progress_bar=config.progress_bar)
 
     sites = ["weights", "means", "covariances"]
     draws = Predictive(gmm_model, guide=guide, params=params, num_samples=config.num_draws, return_sites=sites)(
@@ -233,19 +250,22 @@ def _program(xs, row_mask, prior, key, learning_rate, start, *, config: _Config)
     return start, median, draws, -losses, elbo_final
 
 
-def _optimise(svi, key, num_steps: int, xs, kwargs, *, progress_bar: bool):
-    """``num_steps`` of ``SVI.update`` in a ``lax.scan`` (what ``SVI.run`` does without a bar),
-    ticking the host-side progress bar from inside when asked. Returns ``(params, losses)``."""
+def _optimise(svi, key, num_steps, trace_len: int, xs, kwargs, *, progress_bar: bool):
+    """``num_steps`` (traced) of ``SVI.update`` in a loop (what ``SVI.run`` does without a bar),
+    each step's loss written to a buffer of ``trace_len``, ticking the host-side progress bar
+    from inside when asked. Returns ``(params, losses)``; losses past ``num_steps`` are NaN."""
     state = svi.init(key, xs, **kwargs)
     every = tick_interval(num_steps)
 
-    def step(state, i):
+    def step(i, carry):
+        state, losses = carry
         state, loss = svi.update(state, xs, **kwargs)
         if progress_bar:
             tick_every("svi", i, every)
-        return state, loss
+        return state, write_step(losses, i, loss)
 
-    state, losses = jax.lax.scan(step, state, jnp.arange(num_steps))
+    losses = jnp.full((trace_len,), jnp.nan, xs.dtype)
+    state, losses = jax.lax.fori_loop(0, num_steps, step, (state, losses))
     return svi.get_params(state), losses
 
 
@@ -339,7 +359,9 @@ def fit_svi(
         ``guide(x, *, num_components, prior, covariance_type, subsample_size, ...)`` sampling
         ``weights`` (when K > 1), ``covariances`` and ``means`` on the *standardised* scale.
     num_steps : int
-        Optimisation steps (static: changing it recompiles).
+        Optimisation steps. Traced: another number of steps (up to 1024, or the same power of
+        two above it) reuses the compiled program, and the first steps' losses are those of a
+        longer run with the same seed.
     learning_rate : float
         Step size of the default optimizer, ``numpyro.optim.Adam(learning_rate)``.
     optimizer : numpyro optimizer or optax GradientTransformation, optional
@@ -453,8 +475,9 @@ def fit_svi(
         user_init = _user_init(init, k, d, covariance_type, shift, sd, np_dtype)
     key = seed_to_key(seed)
     # a point mass: every draw and every ELBO particle is the same, so the program makes one of each
-    config = _Config(k, covariance_type, guide, num_steps, 1 if is_delta else num_draws, subsample_size, init_mode,
-                     optimizer, bool(progress_bar), bool(np.isnan(arr).any()))
+    # num_steps is traced (a buffer of its bucket): another number of steps reuses the program
+    config = _Config(k, covariance_type, guide, length_bucket(num_steps, MIN_TRACE), 1 if is_delta else num_draws,
+                     subsample_size, init_mode, optimizer, bool(progress_bar), bool(np.isnan(arr).any()))
     try:
         hash(config)
         cacheable = True
@@ -464,7 +487,7 @@ def fit_svi(
     # full batches: padded to the row bucket, so a new N in the bucket reuses the program (a
     # minibatch plate draws its indices from all N rows, so minibatched data are not padded)
     xs, row_mask = shared.pad_rows(xs) if subsample_size is None else (xs, None)
-    args = (xs, row_mask, prior_arrays, key, lr)
+    args = (xs, row_mask, prior_arrays, key, lr, np.int32(num_steps))
     program, static = PROGRAM, {"config": config}
     if not cacheable:  # an unhashable guide or optimizer: compiled for this call only
         program, static = CompiledProgram(functools.partial(_program, config=config), static_argnames=(),
@@ -488,7 +511,7 @@ def fit_svi(
     # ---- back to the original scale (NumPy float64)
     ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
     shift_obj = ll_shift + (prior_shift if is_delta else 0.0)
-    trace = np.asarray(elbo_std, np.float64) + shift_obj
+    trace = np.asarray(elbo_std, np.float64)[:num_steps] + shift_obj
     elbo_final = np.asarray(elbo_final, np.float64) + shift_obj
     if not np.isfinite(trace[-1]) or not all(np.all(np.isfinite(np.asarray(a))) for a in draws_std):
         raise ValueError(

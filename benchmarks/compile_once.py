@@ -2,12 +2,14 @@
 
 For EM and VB: a first fit on N=999 rows (compilation included), then six fits on N in
 1100-2000 with ``max_iter`` in 37-250 (default options otherwise, K=3, D=2, full); for the Gibbs
-sampler the same sizes with its default settings (its number of sweeps fixes the program, so it
-is not varied). Prints each time, the number of XLA compilations, and the ratio (six fits) /
-(first fit) (target <= 0.5).
+sampler the same sizes with ``num_warmup`` in 250-500 and ``num_samples`` in 600-1000 (its
+lengths are traced, the draws filling a buffer of ``num_samples``' power-of-two bucket). Prints
+each time, the number of XLA compilations, and the ratio (six fits) / (first fit) (target <= 0.5).
 
 For NUTS and full-batch SVI (default settings, K=2, full): a first fit on Old Faithful's 272 rows,
-then one on its first 250 rows; the ratio second / first (target <= 0.35 for NUTS).
+then one on its first 250 rows; the ratio second / first (target <= 0.35 for NUTS); then a fit of
+another length on the 272 rows (NUTS ``num_samples=600``, SVI ``num_steps=3000``: traced, as EM's
+``max_iter``), with its time and compilations.
 
 Starting values (EM and VB, after their default fits): ``n_init`` of 1, 3 and 10 and given
 starting values (EM: means only, and all three pieces) on N=1500; each line gives the time and
@@ -45,6 +47,8 @@ jax.monitoring.register_event_duration_secs_listener(
 
 SIZES = [1100, 1300, 1500, 1700, 1850, 2000]
 MAX_ITERS = [37, 60, 100, 150, 200, 250]
+GIBBS_LENGTHS = [(500, 600), (250, 1000), (400, 700), (300, 900), (450, 800), (350, 1000)]
+LENGTHS = {"fit_mcmc": {"num_samples": 600}, "fit_svi": {"num_steps": 3000}}
 
 
 def data(n: int, seed: int) -> np.ndarray:
@@ -59,10 +63,11 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f}; K=3, D=2, full, float64")
     for name, fit in (("fit_em", bg.fit_em), ("fit_vb", bg.fit_vb), ("fit_gibbs", bg.fit_gibbs)):
         first, first_compiles = timed(fit, data(999, 0))
-        options = [{"max_iter": m} if fit is not bg.fit_gibbs else {} for m in MAX_ITERS]
+        options = ([{"max_iter": m} for m in MAX_ITERS] if fit is not bg.fit_gibbs
+                   else [{"num_warmup": w, "num_samples": s} for w, s in GIBBS_LENGTHS])
         rest = [timed(fit, data(n, i + 1), **kw) for i, (n, kw) in enumerate(zip(SIZES, options))]
         total = sum(t for t, _ in rest)
-        varied = "max_iter 37-250" if fit is not bg.fit_gibbs else "default sweeps"
+        varied = "max_iter 37-250" if fit is not bg.fit_gibbs else "num_warmup 250-500, num_samples 600-1000"
         print(f"{name}: first fit (N=999) {first:.2f} s, {first_compiles} compilations; six fits (N 1100-2000, "
               f"{varied}) {total:.2f} s, {sum(c for _, c in rest)} compilations "
               f"[{', '.join(f'{t:.2f}' for t, _ in rest)}]; ratio {total / first:.2f}")
@@ -89,9 +94,11 @@ def main() -> None:
     for name, fit in (("fit_mcmc", bg.fit_mcmc), ("fit_svi", bg.fit_svi)):
         first, first_compiles = timed_k(fit, faithful, 2)
         second, second_compiles = timed_k(fit, faithful[:250], 2)
+        (option, value), = LENGTHS[name].items()
+        third, third_compiles = timed_k(fit, faithful, 2, **LENGTHS[name])
         print(f"{name}: first fit (Old Faithful, N=272) {first:.2f} s, {first_compiles} compilations; a fit on "
-              f"N=250 {second:.2f} s, {second_compiles} compilations; ratio {second / first:.2f}  "
-              f"(load {os.getloadavg()[0]:.2f})")
+              f"N=250 {second:.2f} s, {second_compiles} compilations; ratio {second / first:.2f}; "
+              f"{option}={value} {third:.2f} s, {third_compiles} compilations  (load {os.getloadavg()[0]:.2f})")
 
 
 def timed_k(fit, x, k, **kw):

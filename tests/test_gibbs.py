@@ -118,6 +118,17 @@ def test_same_seed_same_draws_one_program(faithful_gibbs, faithful):
     np.testing.assert_array_equal(again.raw_draws["means"], faithful_gibbs.raw_draws["means"])
     other = bg.fit_gibbs(faithful, 2, seed=1, **SETTINGS)
     assert not np.array_equal(other.raw_draws["means"], faithful_gibbs.raw_draws["means"])
+    # other lengths (traced; the draws fill a buffer of num_samples' bucket): the same program, and
+    # sweep i draws with the chain's key folded with i, so the chains are the same sweeps
+    settings = dict(SETTINGS, num_samples=SETTINGS["num_samples"] - 100)
+    fewer_draws = bg.fit_gibbs(faithful, 2, seed=0, **settings)
+    settings["num_warmup"] -= 50
+    less_warmup = _quiet(bg.fit_gibbs, faithful, 2, seed=0, **settings)
+    assert fewer_draws.info["compile_seconds"] == less_warmup.info["compile_seconds"] == 0.0
+    draws = faithful_gibbs.raw_draws["means"]
+    np.testing.assert_array_equal(fewer_draws.raw_draws["means"], draws[:, :-100])
+    np.testing.assert_array_equal(less_warmup.raw_draws["means"][:, 50:], draws[:, :-150])
+    np.testing.assert_array_equal(fewer_draws.sample_stats["lp"], faithful_gibbs.sample_stats["lp"][:, :-100])
     # another N in the same row bucket (up to 512 rows): the same program, padding rows count for nothing
     fewer = _quiet(bg.fit_gibbs, faithful[:250], 2, seed=0, **SETTINGS)
     assert fewer.info["compile_seconds"] == 0.0 and fewer.num_obs == 250

@@ -393,6 +393,20 @@ def test_same_seed_same_draws_and_one_compile(full_fits):
     assert not np.array_equal(a.raw_draws["means"], full_fits["permuted"][0].raw_draws["means"])
 
 
+def test_fewer_draws_reuse_the_program_and_are_the_first_draws(full_fits, faithful):
+    """``num_samples`` is traced (the draws fill a buffer of its bucket; ``num_warmup`` stays
+    static, NumPyro's adaptation schedule is built from it): fewer draws compile nothing, and they
+    are the first draws of the longer run, with their statistics, bit for bit; warmup is the same."""
+    (full, _) = full_fits["map"]
+    fewer, _ = _fit(faithful, 2, seed=0, **dict(SETTINGS, num_samples=NUM_SAMPLES - 200), align=False)
+    assert fewer.info["compile_seconds"] == 0.0 and fewer.raw_draws["means"].shape[1] == NUM_SAMPLES - 200
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(fewer.raw_draws[name], full.raw_draws[name][:, :-200])
+    for name in ("energy", "lp", "diverging", "num_steps"):
+        np.testing.assert_array_equal(fewer.sample_stats[name], full.sample_stats[name][:, :-200])
+    assert fewer.info["warmup_leapfrog_steps"] == full.info["warmup_leapfrog_steps"]
+
+
 def test_timing_facts(full_fits):
     (first, _), (again, _) = full_fits["map"], full_fits["again"]
     for result in (first, again):

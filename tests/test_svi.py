@@ -230,6 +230,16 @@ def test_timing_facts_and_ahead_of_time_compile(fit_normal, sim3):
     assert info["fit_seconds"] == info["compile_seconds"] + info["run_seconds"]
 
 
+def test_another_number_of_steps_reuses_the_program_and_is_a_prefix(fit_normal, sim3):
+    """``num_steps`` is traced (the losses fill a buffer of its bucket): fewer steps compile
+    nothing, and their loss trace is the first steps of the longer run's, bit for bit (the same
+    key drives the same updates)."""
+    shorter = fit_svi(sim3.x, 3, guide="normal", num_steps=1100, num_draws=300, seed=0)
+    assert shorter.info["compile_seconds"] == 0.0 and shorter.n_iter == 1100 and len(shorter.trace) == 1100
+    np.testing.assert_array_equal(shorter.trace, fit_normal.trace[:1100])
+    assert not np.array_equal(shorter.means, fit_normal.means)  # the parameters after 1100 steps, not 1500
+
+
 def test_same_seed_same_result(fit_normal, sim3):
     again = fit_svi(sim3.x, 3, guide="normal", num_steps=1500, num_draws=300, seed=0)
     np.testing.assert_array_equal(again.trace, fit_normal.trace)
