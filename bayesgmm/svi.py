@@ -114,9 +114,10 @@ INIT_METHODS = ("map", "uniform")
 
 
 
-#: The shortest loss trace (8 KiB): every ``num_steps`` up to it shares one program, and above it
-#: every ``num_steps`` up to the next power of two.
-MIN_TRACE = 1024
+#: The shortest loss trace (512 KiB in float64): every ``num_steps`` up to it shares one program,
+#: and above it every ``num_steps`` up to the next power of two. The losses are the only buffer
+#: that grows with the steps, so the bucket is wide.
+MIN_TRACE = 2**16
 
 
 class _Config(NamedTuple):
@@ -359,8 +360,8 @@ def fit_svi(
         ``guide(x, *, num_components, prior, covariance_type, subsample_size, ...)`` sampling
         ``weights`` (when K > 1), ``covariances`` and ``means`` on the *standardised* scale.
     num_steps : int
-        Optimisation steps. Traced: another number of steps (up to 1024, or the same power of
-        two above it) reuses the compiled program, and the first steps' losses are those of a
+        Optimisation steps. Traced: another number of steps (up to 65536, or up to the same power
+        of two above it) reuses the compiled program, and the first steps' losses are those of a
         longer run with the same seed.
     learning_rate : float
         Step size of the default optimizer, ``numpyro.optim.Adam(learning_rate)``.
