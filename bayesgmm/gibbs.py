@@ -25,7 +25,9 @@ Two compiled programs per row bucket (the data padded with rows of weight 0, as 
 a new N in the bucket reuses them; the samplers' buckets are
 :func:`bayesgmm._sharding.sampler_row_bucket`), D, K, structure and sampler settings: the MAP
 start (k-means and MAP-EM, as NUTS) with the chains' starts, and every chain's sweeps as one
-``lax.scan`` over a pure step function, the chains ``vmap``-ed. As for NUTS, the starts'
+``lax.fori_loop`` over a pure step function (``num_warmup`` and ``num_samples`` traced, the draws
+written to a buffer of ``num_samples``' power-of-two bucket, so other lengths reuse the program),
+the chains ``vmap``-ed. As for NUTS, the starts'
 program compiles on a second thread while the chains' program is traced and compiled (a first fit
 on Old Faithful takes about a second less); on a machine with several cores, disjoint sets of
 chains run on as many threads at once (:func:`bayesgmm._chains.run_chain_groups`, the same draws

@@ -27,8 +27,10 @@ reuse it; ``learning_rate``, the data, the prior and the seed are traced argumen
    posterior kept. The guide is centred there (``init_to_value``); without it the ELBO
    optimisation can settle in poor local optima (merged or empty components). The start also
    fixes which component is which;
-2. a ``lax.scan`` over ``SVI.update`` (what ``SVI.run`` does), ticking a tqdm bar from inside
-   the program when ``progress_bar=True`` (a host callback; the fit is the same);
+2. a ``lax.fori_loop`` of ``num_steps`` (traced) ``SVI.update`` steps (what ``SVI.run`` does),
+   each loss written to a buffer of at least 65536 steps (so another ``num_steps`` reuses the
+   program), ticking a tqdm bar from inside the program when ``progress_bar=True`` (a host
+   callback; the fit is the same);
 3. ``num_draws`` draws from the fitted guide (``Predictive``), the guide's median, and an
    unbiased estimate of the ELBO at the final parameters with ``num_draws`` particles.
 
