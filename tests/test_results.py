@@ -140,6 +140,20 @@ def test_integer_seeds_of_every_kind_agree(two_blobs):
     assert z1.dtype == np.int64 and x1.dtype == np.float64
 
 
+def test_integer_seeds_are_jax_random_keys_in_both_precisions():
+    """Seeds below 2**31 are keyed on the host (no program to compile); every integer seed gives
+    ``jax.random.key``'s key, with and without x64."""
+    from bayesgmm.params import seed_to_key
+
+    seeds = [0, 1, 12345, 2**31 - 1, 2**31, 2**32 - 1, 2**32 + 5, -1, -(2**31), 2**63 - 1, -(2**63)]
+    for x64 in (True, False):
+        with jax.enable_x64(x64):
+            for seed in seeds:
+                ours, theirs = seed_to_key(seed), jax.random.key(seed)
+                assert jax.random.key_impl(ours) == jax.random.key_impl(theirs)
+                np.testing.assert_array_equal(jax.random.key_data(ours), jax.random.key_data(theirs), err_msg=str(seed))
+
+
 def test_priors_are_values(two_blobs):
     a, b = bg.Prior.default(two_blobs, 2), bg.Prior.default(two_blobs, 2)
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
