@@ -957,7 +957,7 @@ def seed_to_key(seed):
         value = int(seed)
         if not -(2**63) <= value < 2**64:
             raise ValueError(f"seed must fit in 64 bits, got {value}; use a smaller integer.")
-        if 0 <= value < 2**31 and jax.config.jax_default_prng_impl == "threefry2x32":
+        if 0 <= value < 2**31 and getattr(jax.config, "jax_default_prng_impl", None) == "threefry2x32":
             # jax.random.key's bits for such seeds, with and without x64, made on the host: its
             # first call compiles a small program (about 80 ms of a script's first fit)
             return jax.random.wrap_key_data(np.array([0, value], np.uint32))
