@@ -114,8 +114,6 @@ __all__ = ["GUIDES", "fit_svi"]
 GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "delta": AutoDelta}
 INIT_METHODS = ("map", "uniform")
 
-
-
 #: The shortest loss trace (512 KiB in float64): every ``num_steps`` up to it shares one program,
 #: and above it every ``num_steps`` up to the next power of two. The losses are the only buffer
 #: that grows with the steps, so the bucket is wide.
