@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _numerics
+from ._compile import length_bucket
 
 #: The precision floor of an objective ``sum_n l_n`` is ``FLOOR_ULPS * eps * sum_n |l_n|``: the
 #: rounding of one change of EM's float32 objective measured at most 2.8 ulps of it, with medians of
@@ -609,9 +610,10 @@ MIN_TRACE = 1024
 
 
 def trace_length(max_iter: int) -> int:
-    """Static length of the objective trace: :data:`MIN_TRACE`, or the power of two above a
-    larger ``max_iter``, so that ``max_iter`` itself is traced and changing it does not compile."""
-    return max(MIN_TRACE, 2 ** math.ceil(math.log2(int(max_iter) + 1)))
+    """Static length of the objective trace (``max_iter + 1`` entries): :data:`MIN_TRACE`, or the
+    power of two that holds a longer one (:func:`bayesgmm._compile.length_bucket`), so that
+    ``max_iter`` itself is traced and changing it does not compile."""
+    return length_bucket(int(max_iter) + 1, MIN_TRACE)
 
 
 def best_first(objective, degenerate, excluded=None):
