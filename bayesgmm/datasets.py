@@ -127,6 +127,7 @@ def make_mixture(
     """
     import jax
 
+    from ._sharding import row_bucket
     from .model import simulate
 
     check_covariance_type(covariance_type)
@@ -162,5 +163,8 @@ def make_mixture(
     else:
         cov = rng.uniform(0.5, 1.5, size=k)
     params = GMMParams(weights, means, cov)
-    x, z = simulate(jax.random.key(seed), params, int(num_obs), covariance_type)
-    return MixtureData(np.asarray(x, dtype=np.float64), np.asarray(z), params)
+    # drawn in the row bucket of num_obs (one compiled simulation serves every N in it; JAX draws
+    # by position, so the first num_obs rows are the rows a draw of exactly num_obs gives)
+    n = int(num_obs)
+    x, z = simulate(jax.random.key(seed), params, row_bucket(n), covariance_type)
+    return MixtureData(np.asarray(x, dtype=np.float64)[:n], np.asarray(z)[:n], params)

@@ -47,6 +47,7 @@ import numpy as np
 from . import _numerics
 from ._compile import jit
 from ._files import jsonable
+from ._sharding import row_bucket
 from .params import GMMParams, PriorArrays, check_data, seed_to_key
 
 __all__ = ["ess_bulk", "rhat", "to_inference_data"]
@@ -262,7 +263,8 @@ def log_prior_draws(weights, means, covariances, prior_arrays, covariance_type):
 
 @functools.partial(jit, static_argnames=("num_obs", "covariance_type"))
 def _simulate_draws(keys, weights, means, covariances, num_obs, covariance_type):
-    """One simulated data set (num_obs, D) per draw: the model run forward, vmapped over draws."""
+    """One simulated data set (num_obs, D) per draw: the model run forward, vmapped over draws.
+    JAX draws by position, so the first n rows of a larger ``num_obs`` are the data set of n."""
     from .model import simulate
 
     def one(key, w, m, c):
@@ -518,10 +520,10 @@ def _posterior_predictive(result, post, num_obs, num_predictive, seed, dataset):
         jnp.asarray(_flat(sel["weights"])),
         jnp.asarray(np.asarray(_flat(sel["means"]), np.float64) - origin),
         jnp.asarray(_flat(sel["covariances"])),
-        num_obs=int(num_obs),
+        num_obs=row_bucket(int(num_obs)),  # one program for every N of the bucket: its first rows kept
         covariance_type=result.covariance_type,
     )
-    sims = np.asarray(sims, np.float64).reshape(chains, m, num_obs, result.num_features) + origin
+    sims = np.asarray(sims, np.float64)[:, :num_obs].reshape(chains, m, num_obs, result.num_features) + origin
     draw_coord = idx if draws > 1 else np.arange(m)
     return dataset(
         {"x": sims},

@@ -1,7 +1,9 @@
 r"""Standard errors and intervals for EM estimates: bootstrap and observed information.
 
-:func:`bootstrap` refits EM on resampled data. All replicates run as **one** compiled, vmapped
-call of the EM program (:data:`bayesgmm._em_core.PROGRAM`):
+:func:`bootstrap` refits EM on resampled data, the replicates vmapped in calls of **one** compiled
+EM program (:data:`bayesgmm._em_core.PROGRAM`) of up to 64 replicates each, on the rows padded to
+their size bucket, so that another number of replicates or another data set of a similar size
+compiles nothing:
 
 * ``kind="nonparametric"``: resampling rows with replacement is the same as refitting with
   multinomial counts as row weights, so every replicate keeps the data's shape and only the
@@ -34,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _covariance_models, _em_core, _em_host, _missing, _numerics
-from ._compile import jit
+from . import _covariance_models, _em_core, _em_host, _missing, _numerics, _sharding
+from ._compile import jit, length_bucket
 from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .labels import align_draws
 from .params import (
@@ -54,6 +56,12 @@ from .results import FitResult
 __all__ = ["ParameterUncertainty", "bootstrap", "observed_information"]
 
 KINDS = ("nonparametric", "parametric")
+
+#: Most replicates of one call of the EM program by default (:func:`bootstrap`'s ``batch_size``):
+#: fewer replicates run in the power of two that holds them (at least :data:`MIN_BATCH`), more in
+#: calls of this many, so that every ``num_replicates`` shares one of four programs.
+MAX_BATCH = 64
+MIN_BATCH = 8
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -148,10 +156,14 @@ def bootstrap(
     max_iter, tol : int, float
         EM settings of each refit (started at the original estimate).
     batch_size : int, optional
-        Replicates per compiled call (default: all at once). Lower it for large N: a batch holds
-        B x N responsibilities (and B x N x D simulated data for ``parametric``). The same seed
-        resamples the same rows whatever the batch; in float64 the replicates are bit-identical,
-        in float32 they can differ in rounding.
+        Replicates per call of the compiled EM program. The default runs the power of two that
+        holds ``num_replicates`` (at least 8) or, above 64, calls of 64: every number of
+        replicates then shares one of four programs, which compile once per data shape (a second
+        bootstrap with another ``num_replicates``, or on other data of a similar size, compiles
+        nothing). The last call is filled with further replicates, which are dropped. Lower it for
+        large N: a call holds ``batch_size`` x N responsibilities (and as many simulated rows
+        for ``parametric``). The same seed resamples the same rows whatever the batch; in
+        float64 the replicates are bit-identical, in float32 they can differ in rounding.
     seed : int or jax key
         Seed of the resampling (and of the parametric bootstrap's simulations).
 
@@ -176,7 +188,7 @@ def bootstrap(
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
     check_nonnegative(tol=tol)
-    batch = num_replicates if batch_size is None else check_int("batch_size", batch_size)
+    batch = default_batch(num_replicates) if batch_size is None else check_int("batch_size", batch_size)
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
     reg_covar = float(fit.info.get("reg_covar", 1e-10))
@@ -193,24 +205,36 @@ def bootstrap(
     # one key per replicate, whatever the batching: batch_size changes memory, not the resampled rows (in float64
     # the replicates are bit-identical; in float32 programs of other shapes round differently: standard errors
     # moved by about 1e-4 relative in a review)
-    resample_keys = jax.random.split(key_resample, num_batches * batch).reshape(num_batches, batch)
-    run_keys = jax.random.split(key_runs, num_batches * batch).reshape(num_batches, batch)
+    batch_indices = np.arange(batch, dtype=np.uint32)
+    resample_keys = [_replicate_keys(key_resample, b * batch + batch_indices) for b in range(num_batches)]
+    run_keys = [_replicate_keys(key_runs, np.uint32(b * batch)) for b in range(num_batches)]
+
+    # the rows padded to their bucket with zero rows of weight 0: another N in the bucket (and
+    # another num_replicates, see default_batch) reuses the program
+    rows = _sharding.resolve(None, n)
+    padded = rows.num_padded
+    data, real_rows = _sharding.shard_rows(rows, prep.xs, None)
+    if real_rows is None:  # no padding
+        real_rows = np.ones(n, prep.dtype)
+    observed = _sharding.pad_observed(prep.observed, padded)
 
     def batch_data(b):
         """Replicates b*batch ... (b+1)*batch - 1, generated only when their turn comes."""
         if kind == "nonparametric":
-            return prep.xs, np.asarray(_resample_counts(resample_keys[b], n), prep.dtype)
+            return data, np.asarray(_resample_counts(resample_keys[b], np.int32(n), num_padded=padded), prep.dtype)
         # simulated on the standardised scale (the fit's parameters mapped there in float64), so
         # that data far from zero keep their precision in float32
-        return np.asarray(_simulate_replicates(resample_keys[b], GMMParams(*user_init), n, ct), prep.dtype), None
+        simulated = _simulate_replicates(resample_keys[b], GMMParams(*user_init), np.int32(n), num_padded=padded,
+                                         covariance_type=ct)
+        return np.asarray(simulated, prep.dtype), real_rows
 
     outs, compile_seconds, run_seconds = [], 0.0, 0.0
     for b in range(num_batches):
         xs, weights = batch_data(b)
         found = _em_host.run_search(
-            prep, run_keys[b][0], user_init, prep.prior_arrays, tol=tol, reg_covar=reg_covar,
+            prep, run_keys[b], user_init, prep.prior_arrays, tol=tol, reg_covar=reg_covar,
             sample_weight=weights, active=None, max_iter=int(max_iter), config=config, init_method="given",
-            num_groups=batch, num_starts=1, num_kept=1, data=xs,
+            num_groups=batch, num_starts=1, num_kept=1, data=xs, observed=observed,
         )
         compile_seconds += found.compile_seconds
         run_seconds += found.run_seconds
@@ -282,13 +306,16 @@ def from_unconstrained(theta, k: int, d: int, covariance_type: str) -> GMMParams
     return GMMParams(w, m, c)
 
 
-def _objective(theta, xs, prior, k, d, covariance_type, observed=None):
+def _objective(theta, xs, row_weight, prior, k, d, covariance_type, observed=None):
+    """The log-likelihood (log posterior with ``prior``) at unconstrained ``theta``: rows ``xs``
+    weighted by ``row_weight`` (1, or 0 for the padding rows of a row bucket)."""
     params = from_unconstrained(theta, k, d, covariance_type)
     if observed is None:
-        total = jnp.sum(_numerics.mixture_log_density(xs, *params, covariance_type))
+        per_row = _numerics.mixture_log_density(xs, *params, covariance_type)
     else:  # the observed-data likelihood: each row's density over its observed columns
         log_joint = _missing.observed_log_density(xs, observed, params, covariance_type) + jnp.log(params.weights)
-        total = jnp.sum(jax.scipy.special.logsumexp(log_joint, axis=-1))
+        per_row = jax.scipy.special.logsumexp(log_joint, axis=-1)
+    total = per_row @ row_weight
     if prior is not None:
         from .model import log_prior  # NumPyro's densities: imported by MAP fits only
 
@@ -296,27 +323,47 @@ def _objective(theta, xs, prior, k, d, covariance_type, observed=None):
     return total
 
 
-@functools.partial(jit, static_argnames=("num_obs",))
-def _resample_counts(keys, num_obs: int):
-    """A nonparametric bootstrap's row weights: per key, how often each of the rows is drawn in
-    ``num_obs`` draws with replacement (one compiled program per batch shape)."""
-    rows = jax.vmap(lambda key: jax.random.randint(key, (num_obs,), 0, num_obs))(keys)
-    return jax.vmap(lambda r: jnp.bincount(r, length=num_obs))(rows)
+@jit
+def _replicate_keys(key, indices):
+    """The keys of replicates ``indices`` (one program per shape, whatever ``num_replicates``):
+    ``fold_in(key, i)``, which under JAX's default (partitionable threefry) keys is
+    ``jax.random.split(key, n)[i]`` for every n > i."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices) if np.ndim(indices) else jax.random.fold_in(key, indices)
 
 
-@functools.partial(jit, static_argnames=("num_obs", "covariance_type"))
-def _simulate_replicates(keys, params: GMMParams, num_obs: int, covariance_type: str):
-    """A parametric bootstrap's data sets, one per key, from the model at ``params``."""
+def default_batch(num_replicates: int) -> int:
+    """:func:`bootstrap`'s replicates per call when ``batch_size`` is not given: the power of two
+    that holds ``num_replicates``, at least :data:`MIN_BATCH` and at most :data:`MAX_BATCH`."""
+    return min(MAX_BATCH, length_bucket(int(num_replicates), MIN_BATCH))
+
+
+@functools.partial(jit, static_argnames=("num_padded",))
+def _resample_counts(keys, num_obs, *, num_padded: int):
+    """A nonparametric bootstrap's row weights (B, ``num_padded``): per key, how often each of the
+    first ``num_obs`` (traced) rows is drawn in ``num_obs`` draws with replacement, 0 for the
+    padding rows. The first ``num_obs`` of the ``num_padded`` draws are the draws an unpadded
+    call makes (JAX's threefry draws by position), so padding does not change the resample."""
+    real = (jnp.arange(num_padded) < num_obs).astype(jnp.int32)
+    rows = jax.vmap(lambda key: jax.random.randint(key, (num_padded,), 0, num_obs))(keys)
+    return jax.vmap(lambda r: jnp.bincount(r, weights=real, length=num_padded))(rows)
+
+
+@functools.partial(jit, static_argnames=("num_padded", "covariance_type"))
+def _simulate_replicates(keys, params: GMMParams, num_obs, *, num_padded: int, covariance_type: str):
+    """A parametric bootstrap's data sets (B, ``num_padded``, D), one per key, from the model at
+    ``params``: ``num_obs`` (traced) simulated rows, then zeros (padding, of weight 0)."""
     from .model import simulate
 
-    return jax.vmap(lambda key: simulate(key, params, num_obs, covariance_type)[0])(keys)
+    real = (jnp.arange(num_padded) < num_obs)[:, None]
+    return jax.vmap(lambda key: jnp.where(real, simulate(key, params, num_padded, covariance_type)[0], 0.0))(keys)
 
 
-@functools.partial(jit, static_argnums=(3, 4, 5))
-def _objective_hessian(theta, xs, prior, k, d, covariance_type, observed=None):
+@functools.partial(jit, static_argnums=(4, 5, 6))
+def _objective_hessian(theta, xs, row_weight, prior, k, d, covariance_type, observed=None):
     """The Hessian of :func:`_objective` in the unconstrained parameters, compiled once per shape
-    (``observed``: the mask of observed entries, or None when nothing is missing)."""
-    return jax.hessian(_objective)(theta, xs, prior, k, d, covariance_type, observed)
+    (rows padded to their bucket: once per bucket; ``observed``: the mask of observed entries, or
+    None when nothing is missing)."""
+    return jax.hessian(_objective)(theta, xs, row_weight, prior, k, d, covariance_type, observed)
 
 
 @functools.partial(jit, static_argnums=(3, 4, 5))
@@ -383,14 +430,19 @@ def observed_information(fit: FitResult, x, *, level: float = 0.95) -> Parameter
     shift, sd = standardisation(arr.astype(np.float64), ct)  # NaN entries left out of the statistics
     dtype = jnp.asarray(arr[:1]).dtype
     missing = np.isnan(arr)
-    observed = jnp.asarray(~missing) if missing.any() else None  # missing values: the observed-data likelihood
-    xs = jnp.asarray(np.where(missing, 0.0, (arr - shift) / sd), dtype)
+    # the rows padded to their bucket (zero rows of weight 0): data of another size in the bucket
+    # reuse the compiled Hessian
+    rows = _sharding.resolve(None, arr.shape[0])
+    xs, row_weight = _sharding.shard_rows(rows, np.where(missing, 0.0, (arr - shift) / sd).astype(dtype), None)
+    row_weight = np.ones(arr.shape[0], dtype) if row_weight is None else row_weight
+    # missing values: the observed-data likelihood
+    observed = jnp.asarray(_sharding.pad_observed(~missing, rows.num_padded)) if missing.any() else None
     std = GMMParams(*(jnp.asarray(p, dtype) for p in params_to_standard(fit.params, shift, sd, ct)))
     prior = None
     if fit.prior is not None:
         prior = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), fit.prior.standardised(shift, sd).arrays(k, ct))
     theta = to_unconstrained(std, ct)
-    hessian = _objective_hessian(theta, xs, prior, k, d, ct, observed)
+    hessian = _objective_hessian(theta, xs, row_weight, prior, k, d, ct, observed)
     neg_h = -np.asarray(hessian, np.float64)
     neg_h = (neg_h + neg_h.T) / 2
     eig = np.linalg.eigvalsh(neg_h)

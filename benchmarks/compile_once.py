@@ -17,6 +17,10 @@ the number of compilations (0: the default fit's program was reused). The sample
 pad the rows to a bucket and mask the padding out of the model, so the second fit reuses the
 first one's program.
 
+Bootstrap (:func:`bayesgmm.bootstrap`, nonparametric, of a default EM fit on N=999): a first
+call of 200 replicates, then 100 and 150 replicates, and 200 on N=1300 (its own fit): replicates
+run in batches of a power of two up to 64 on rows padded to their bucket, so none compiles.
+
 Usage: ``python benchmarks/compile_once.py`` (float64; BLAS threads pinned to 1).
 """
 
@@ -89,6 +93,18 @@ def main() -> None:
             seconds, compiles = timed(fit, data(1500, 7), **kw)
             cells.append(f"{label}: {seconds:.2f} s, {compiles} compilations")
         print(f"{fit_name} (N=1500) after its default fit: " + "; ".join(cells))
+
+    bootstrap_lines = []
+    for label, n, replicates in (("first, 200 replicates (N=999)", 999, 200), ("100 replicates", 999, 100),
+                                 ("150 replicates", 999, 150), ("200 replicates on N=1300", 1300, 200)):
+        x = data(n, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = bg.fit_em(x, 3, seed=0)
+        before, start = COMPILES[0], time.perf_counter()
+        bg.bootstrap(fitted, x, num_replicates=replicates, seed=0)
+        bootstrap_lines.append(f"{label} {time.perf_counter() - start:.2f} s, {COMPILES[0] - before} compilations")
+    print("bootstrap: " + "; ".join(bootstrap_lines))
 
     faithful = bg.datasets.load_faithful()
     for name, fit in (("fit_mcmc", bg.fit_mcmc), ("fit_svi", bg.fit_svi)):

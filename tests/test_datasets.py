@@ -34,3 +34,17 @@ def test_make_mixture_draws_from_the_stated_parameters(covariance_type):
         np.testing.assert_allclose(np.cov(xk.T), full[k], atol=6 * np.sqrt(2 / len(xk)) * full[k].diagonal().max())
     again = bg.datasets.make_mixture(20000, 3, 2, covariance_type=covariance_type, seed=4)
     assert np.array_equal(again.x, data.x)
+
+
+def test_make_mixture_of_another_size_compiles_nothing_and_draws_the_same_first_rows():
+    """Simulation studies over N: every N in a row bucket shares one compiled simulation, and a
+    smaller N draws the first rows of a larger one (the same seed: the same parameters)."""
+    from conftest import CompileCounter
+
+    larger = bg.datasets.make_mixture(1500, 3, 2, seed=11)
+    with CompileCounter() as counter:
+        smaller = bg.datasets.make_mixture(1100, 3, 2, seed=11)
+    assert counter.compiles == 0
+    assert smaller.x.shape == (1100, 2) and smaller.labels.shape == (1100,)
+    np.testing.assert_array_equal(smaller.x, larger.x[:1100])
+    np.testing.assert_array_equal(smaller.labels, larger.labels[:1100])

@@ -333,6 +333,21 @@ def test_posterior_predictive_dims_and_determinism(mc_fit, df):
     assert thin.posterior_predictive["x"].shape == (2, 5, mc_fit.num_obs, 2)
 
 
+def test_inference_data_of_a_fit_on_other_rows_compiles_nothing(em_fit, em_idata, x):
+    """Simulation studies convert a fit per data set: a fit on 250 rows after one on 272 converts
+    (log-likelihood, posterior predictive) with the programs already compiled; the posterior
+    predictive keeps exactly the fit's rows."""
+    from conftest import CompileCounter
+
+    diagnostics.to_inference_data(em_fit, x, posterior_predictive=True, seed=3)
+    fit = bg.fit_em(x[:250], 2, seed=0)
+    with CompileCounter() as counter:
+        idata = diagnostics.to_inference_data(fit, x[:250], posterior_predictive=True, seed=3)
+    assert counter.compiles == 0
+    assert idata.posterior_predictive["x"].shape == (1, 1, 250, 2)
+    assert idata.log_likelihood["x"].shape == (1, 1, 250)
+
+
 def test_posterior_predictive_matches_mixture_moments(em_fit):
     """Replicates from the point estimate: pooled mean and covariance match the mixture's."""
     idata = diagnostics.to_inference_data(em_fit, posterior_predictive=True, num_predictive=40, seed=0)

@@ -145,6 +145,29 @@ def test_bootstrap_refits_compile_once_and_are_reproducible(faithful):
     np.testing.assert_allclose(c.table["se"], a.table["se"], rtol=1e-9)
 
 
+def test_another_number_of_replicates_or_rows_compiles_nothing(faithful):
+    """Fewer replicates, or a data set of another size in the same row bucket, reuse the program
+    of a first bootstrap (the replicates run in batches of a power of two, the rows padded with
+    rows of weight 0); the first replicates are the same resamples, refitted the same way."""
+    from conftest import CompileCounter
+
+    fit = bg.fit_em(faithful, 2, seed=0, tol=1e-8, max_iter=500)
+    first = {kind: bootstrap(fit, faithful, num_replicates=50, seed=3, kind=kind) for kind in ("nonparametric", "parametric")}
+    subset = faithful[:250]
+    fit_subset = bg.fit_em(subset, 2, seed=0, tol=1e-8, max_iter=500)
+    for kind in ("nonparametric", "parametric"):
+        with CompileCounter() as counter:
+            fewer = bootstrap(fit, faithful, num_replicates=37, seed=3, kind=kind)
+            other_rows = bootstrap(fit_subset, subset, num_replicates=50, seed=3, kind=kind)
+        assert counter.compiles == 0, (kind, counter.compiles)
+        assert fewer.info["compile_seconds"] == other_rows.info["compile_seconds"] == 0.0
+        for name in ("weights", "means", "covariances"):
+            np.testing.assert_array_equal(fewer.draws[name], first[kind].draws[name][:, :37])
+        assert other_rows.draws["means"].shape == (1, 50, 2, 2)
+        # the subset's refits are its own: centred on its own estimate, not on the full data's
+        np.testing.assert_allclose(other_rows.draws["means"].mean(1)[0], fit_subset.means, rtol=0.02)
+
+
 def test_map_fit_uses_the_log_posterior(faithful):
     prior = bg.Prior.default(faithful, 2)
     fit = bg.fit_em(faithful, 2, prior=prior, seed=0, tol=1e-8, max_iter=500)
@@ -188,3 +211,26 @@ def test_weighted_fits_are_refused_not_misread(faithful):
     for call in (lambda: bg.bootstrap(fit, faithful, num_replicates=4), lambda: bg.observed_information(fit, faithful)):
         with pytest.raises(ValueError, match="made with sample_weight"):
             call()
+
+
+def test_observed_information_on_another_number_of_rows_compiles_nothing(faithful):
+    """The Hessian is compiled for the rows' bucket (padding rows of weight 0): the standard
+    errors of a fit on 250 rows after one on 272 compile nothing, and the means' equal central
+    differences of an independent log-likelihood of the 250 rows alone."""
+    import jax
+    from conftest import CompileCounter
+
+    subset = np.asarray(faithful[:250])
+    fits = [bg.fit_em(x, 2, seed=0, tol=1e-10, max_iter=1000) for x in (faithful, subset)]
+    observed_information(fits[0], faithful)
+    with CompileCounter() as counter:
+        got = observed_information(fits[1], subset).standard_errors()
+    assert counter.compiles == 0
+    theta0 = np.asarray(to_unconstrained(bg.GMMParams(*map(np.asarray, fits[1].params)), "full"), np.float64)
+
+    def loglik(t):
+        w, m, c = (np.asarray(a, np.float64) for a in from_unconstrained(jax.numpy.asarray(t), 2, 2, "full"))
+        return mixture_log_density(subset, w, m, c, "full").sum()
+
+    cov = np.linalg.inv(-_central_hessian(loglik, theta0))  # (logit, means (2x2), log-Cholesky (2x3))
+    np.testing.assert_allclose(got.means, np.sqrt(np.diag(cov)[1:5]).reshape(2, 2), rtol=2e-3)
