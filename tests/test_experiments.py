@@ -112,6 +112,14 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
                              bootstrap_replicates=30, progress_bar=False, seed=1)
     assert len(study) == 2 * 3 * 2
     assert set(study["separation"]) == {2.0, 6.0}
+    # a study over other N of the row bucket (fits, bootstrap intervals, simulated data, test
+    # densities) compiles nothing: engines compile once per structure, not per size
+    from conftest import CompileCounter
+
+    with CompileCounter() as counter:
+        other_sizes = simulation_study(1, num_obs=(170, 230), separation=(2.0,), methods=("em", "vb"), test_size=100,
+                                       bootstrap_replicates=30, progress_bar=False, seed=1)
+    assert counter.compiles == 0 and sorted(set(other_sizes["num_obs"])) == [170, 230]
     summary = summarise_study(study)
     assert len(summary) == 4 and (summary["num_datasets"] == 3).all()
     by_sep = summary.set_index(["method", "separation"])
