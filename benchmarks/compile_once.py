@@ -20,6 +20,8 @@ first one's program.
 Bootstrap (:func:`bayesgmm.bootstrap`, nonparametric, of a default EM fit on N=999): a first
 call of 200 replicates, then 100 and 150 replicates, and 200 on N=1300 (its own fit): replicates
 run in batches of a power of two up to 64 on rows padded to their bucket, so none compiles.
+A simulation study (:func:`bayesgmm.simulation_study`, EM and VB, 3 data sets per N, EM's
+bootstrap intervals): first over N=300, then over N in 330-400 (the same row bucket).
 
 Usage: ``python benchmarks/compile_once.py`` (float64; BLAS threads pinned to 1).
 """
@@ -105,6 +107,15 @@ def main() -> None:
         bg.bootstrap(fitted, x, num_replicates=replicates, seed=0)
         bootstrap_lines.append(f"{label} {time.perf_counter() - start:.2f} s, {COMPILES[0] - before} compilations")
     print("bootstrap: " + "; ".join(bootstrap_lines))
+    study_cells = []
+    for sizes in ((300,), (330, 360, 400)):
+        before, start = COMPILES[0], time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bg.simulation_study(3, num_obs=sizes, methods=("em", "vb"), progress_bar=False, seed=0)
+        study_cells.append(f"N={'/'.join(map(str, sizes))} {time.perf_counter() - start:.2f} s, "
+                           f"{COMPILES[0] - before} compilations")
+    print("simulation_study (em, vb; 3 data sets per N): " + "; ".join(study_cells))
 
     faithful = bg.datasets.load_faithful()
     for name, fit in (("fit_mcmc", bg.fit_mcmc), ("fit_svi", bg.fit_svi)):
