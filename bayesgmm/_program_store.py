@@ -130,6 +130,22 @@ def _prepare_runtime() -> None:
     lapack._lapack.initialize()
 
 
+_RUNTIME_THREAD: list = []
+_RUNTIME_LOCK = threading.Lock()
+
+
+def _runtime_prepared_in_background() -> threading.Thread:
+    """:func:`_prepare_runtime` on a thread of its own, started once: jaxlib finds the LAPACK
+    kernels in SciPy (``scipy.linalg.cython_lapack``), whose import takes about 0.3 s, while the
+    first stored program is read and deserialised (neither needs them; only running does)."""
+    with _RUNTIME_LOCK:
+        if not _RUNTIME_THREAD:
+            thread = threading.Thread(target=_prepare_runtime, name="bayesgmm-lapack", daemon=True)
+            thread.start()
+            _RUNTIME_THREAD.append(thread)
+    return _RUNTIME_THREAD[0]
+
+
 def _cpu() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -202,17 +218,23 @@ def load(text: str):
         data = path.read_bytes()
     except OSError:
         return None
+    runtime = _runtime_prepared_in_background()
     try:
         from jax.experimental import serialize_executable
 
         layout, stored_text, payload, in_tree, out_tree = pickle.loads(zlib.decompress(data))
         if layout != FORMAT or stored_text != text:
             return None
-        _prepare_runtime()
         # the programs stored run on one device: the default one (JAX's own choice is every device)
         executable = serialize_executable.deserialize_and_load(payload, in_tree, out_tree,
                                                                execution_devices=jax.devices()[:1])
     except Exception:  # noqa: BLE001 (a damaged or foreign file: compile instead)
+        return None
+    finally:
+        runtime.join()  # before anything can run
+    try:
+        _prepare_runtime()  # a no-op once the thread has run it (where it failed, it fails here again)
+    except Exception:  # noqa: BLE001 (compile instead, as for a damaged file)
         return None
     try:
         os.utime(path)  # most recently used
