@@ -71,6 +71,7 @@ from ._compile import (
     write_step,
 )
 from ._threads import usable_cores
+from ._warmup import traced_warmup
 from .kmeans import num_trials
 from .params import (
     ConvergenceWarning,
@@ -98,8 +99,7 @@ class _Config(NamedTuple):
 
     num_components: int
     covariance_type: str
-    num_warmup: int  # static: NumPyro's adaptation schedule is built from it
-    sample_len: int  # the draws' buffer (_compile.length_bucket); num_samples itself is traced
+    sample_len: int  # the draws' buffer (_compile.length_bucket); num_samples and num_warmup are traced
     num_chains: int
     chain_method: str
     target_accept_prob: float
@@ -110,12 +110,14 @@ class _Config(NamedTuple):
     chains_per_run: int | None = None  # "sequential": chains of one run (runs go on threads); None: all
 
 
-def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, *, config: _Config):
+def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup, *, config: _Config):
     """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
     Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
     leading axes (chains, config.sample_len) of which the first ``num_samples`` (traced) are the
-    draws, and each chain's leapfrog steps during warmup (chains,).
+    draws, and each chain's leapfrog steps during warmup (chains,). ``num_warmup`` is traced too:
+    the kernel adapts with :func:`bayesgmm._warmup.warmup_adapter` (NumPyro's windows, built in
+    the program).
     """
     from numpyro.infer import NUTS
     from numpyro.infer.util import ParamInfo
@@ -127,8 +129,9 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, *, config:
     )
 
     def one_chain(chain_key, start):  # start: (z, potential, gradient), as NumPyro's ParamInfo
-        state = kernel.init(chain_key, config.num_warmup, init_params=ParamInfo(*start))
-        total = config.num_warmup + num_samples
+        with traced_warmup():
+            state = kernel.init(chain_key, num_warmup, init_params=ParamInfo(*start))
+        total = num_warmup + num_samples
         every = tick_interval(total)
 
         def kept(s):  # what each step keeps: the draw and its statistics
@@ -147,9 +150,9 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, *, config:
             s = kernel.sample(s, (), {})
             if config.progress_bar:
                 tick_every("mcmc", i, every)
-            warmup_steps += jnp.where(i < config.num_warmup, s.num_steps, 0)  # leapfrog steps spent warming up
+            warmup_steps += jnp.where(i < num_warmup, s.num_steps, 0)  # leapfrog steps spent warming up
             # a warmup step writes the first slot, which the first draw overwrites
-            return s, write_step(draws, jnp.maximum(i - config.num_warmup, 0), kept(s)), warmup_steps
+            return s, write_step(draws, jnp.maximum(i - num_warmup, 0), kept(s)), warmup_steps
 
         carry = (state, step_buffers(kept(state), config.sample_len), jnp.zeros((), state.num_steps.dtype))
         _, draws, warmup_steps = jax.lax.fori_loop(0, total, step, carry)
@@ -270,14 +273,14 @@ def _start_shapes(xs, row_mask, prior, key, init_code, user_init, *, config: _St
 
 
 @shared.without_validation
-def _chains_program(xs, row_mask, prior, key, num_samples, starts, first_chain, *, config: _Config):
+def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, starts, first_chain, *, config: _Config):
     """Warmup, sampling and the draws' log posterior (steps 3 and 4 of the module docstring) from
     ``starts`` (:func:`_start_program`'s ``(z, energy, grad)``). With ``config.chains_per_run`` it runs
     that many chains from ``first_chain`` (a traced int) on: each chain's start and key are those
     of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws.
     ``num_samples`` is traced: the outputs hold ``config.sample_len`` draws per chain, of which
     the first ``num_samples`` are the run's, so that another number of draws in the bucket reuses
-    the program."""
+    the program; so is ``num_warmup``."""
     from numpyro.infer.util import constrain_fn
 
     from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
@@ -302,11 +305,11 @@ def _chains_program(xs, row_mask, prior, key, num_samples, starts, first_chain, 
         run_chains = jax.shard_map(
             run_chains,
             mesh=mesh,
-            in_specs=(chains, chains, replicated, replicated, replicated, replicated),
+            in_specs=(chains, chains, replicated, replicated, replicated, replicated, replicated),
             out_specs=chains,
             check_vma=False,
         )
-    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples)
+    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.sample_len, 1), xs.dtype)
@@ -399,10 +402,9 @@ def fit_mcmc(
     prior : Prior, optional
         Defaults to ``Prior.default(x, K)`` (mclust's weak conjugate prior).
     num_warmup, num_samples : int
-        Warmup (adaptation) iterations and kept draws per chain. ``num_samples`` is traced:
-        another number of draws (up to the same power of two) reuses the compiled program, and
-        fewer draws are the first draws of a longer run with the same seed; ``num_warmup`` fixes
-        the program (NumPyro's adaptation windows are built from it).
+        Warmup (adaptation) iterations and kept draws per chain. Both are traced: another
+        number of warmup steps, or of draws up to the same power of two, reuses the compiled
+        program, and fewer draws are the first draws of a longer run with the same seed.
     num_chains : int
         Independent chains (R-hat needs at least 2).
     chain_method : {"auto", "vectorized", "sequential", "parallel"}
@@ -530,7 +532,7 @@ def fit_mcmc(
     lapack_flops = lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum()))
     runs = concurrent_runs(num_chains, lapack_flops) if run_method == "sequential" else 1
     config = _Config(
-        k, covariance_type, num_warmup, length_bucket(num_samples), num_chains, run_method,
+        k, covariance_type, length_bucket(num_samples), num_chains, run_method,
         float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),
         num_chains // runs if runs > 1 else None,
     )
@@ -541,8 +543,10 @@ def fit_mcmc(
         xs_padded, row_mask = shared.pad_rows(xs)
         start = (START_PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init),
                  _StartConfig(k, covariance_type, num_chains, config.missing))
-        # num_samples is traced (the draws fill a buffer of its bucket): another number reuses the program
-        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, np.int32(num_samples)), config,
+        # num_samples and num_warmup are traced (the draws fill a buffer of num_samples' bucket):
+        # other numbers reuse the program
+        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, np.int32(num_samples),
+                                           np.int32(num_warmup)), config,
                                  runs, start=start)
     pivot_std, *chains, warmup_steps = timed.outputs
     draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)

@@ -5,6 +5,7 @@ sampler program compiles once: one for full covariances (reused by five fits: Ol
 simulated data of the same shape) and one for diag. The multi-device test runs in a subprocess.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -394,9 +395,9 @@ def test_same_seed_same_draws_and_one_compile(full_fits):
 
 
 def test_fewer_draws_reuse_the_program_and_are_the_first_draws(full_fits, faithful):
-    """``num_samples`` is traced (the draws fill a buffer of its bucket; ``num_warmup`` stays
-    static, NumPyro's adaptation schedule is built from it): fewer draws compile nothing, and they
-    are the first draws of the longer run, with their statistics, bit for bit; warmup is the same."""
+    """``num_samples`` is traced (the draws fill a buffer of its bucket): fewer draws compile
+    nothing, and they are the first draws of the longer run, with their statistics, bit for bit;
+    warmup is the same. ``num_warmup`` is traced too: less warmup compiles nothing either."""
     (full, _) = full_fits["map"]
     fewer, _ = _fit(faithful, 2, seed=0, **dict(SETTINGS, num_samples=NUM_SAMPLES - 200), align=False)
     assert fewer.info["compile_seconds"] == 0.0 and fewer.raw_draws["means"].shape[1] == NUM_SAMPLES - 200
@@ -405,6 +406,46 @@ def test_fewer_draws_reuse_the_program_and_are_the_first_draws(full_fits, faithf
     for name in ("energy", "lp", "diverging", "num_steps"):
         np.testing.assert_array_equal(fewer.sample_stats[name], full.sample_stats[name][:, :-200])
     assert fewer.info["warmup_leapfrog_steps"] == full.info["warmup_leapfrog_steps"]
+    shorter, _ = _fit(faithful, 2, seed=0, **dict(SETTINGS, num_warmup=NUM_WARMUP - 100), align=False)
+    assert shorter.info["compile_seconds"] == 0.0 and shorter.info["num_warmup"] == NUM_WARMUP - 100
+    assert shorter.info["warmup_leapfrog_steps"] != full.info["warmup_leapfrog_steps"]
+    assert not np.array_equal(shorter.raw_draws["means"], full.raw_draws["means"])
+
+
+@pytest.mark.parametrize("dense_mass", [False, True])
+def test_traced_warmup_adapts_as_numpyros_adapter(dense_mass):
+    """The warmup adapter of a traced ``num_warmup`` (bayesgmm._warmup) against NumPyro's own for
+    the concrete count: driven by the same acceptance probabilities and positions for every count
+    from Stan's small and shrunk schedules to its full one, the step size, mass matrix, window
+    index and Welford state agree bit for bit at the end of warmup (one compiled program for all
+    counts)."""
+    from numpyro.infer import hmc_util
+    from numpyro.infer.hmc_util import IntegratorState
+
+    from bayesgmm import _warmup
+
+    dim, max_steps = 3, 420
+    rng = np.random.default_rng(0)
+    accept = jnp.asarray(rng.uniform(0.3, 1.0, max_steps))
+    z = jnp.asarray(rng.normal(size=(max_steps, dim)) * np.array([1.0, 3.0, 0.2]))
+
+    def run(adapter, num_steps):
+        init_fn, update_fn = adapter(num_steps, dense_mass=dense_mass)
+        state = init_fn(IntegratorState(z[0], None, None, None), jax.random.key(1), 0.5,
+                        mass_matrix_size=dim)
+
+        def step(t, state):
+            return update_fn(t, accept[t], IntegratorState(z[t], None, None, None), state)
+
+        return jax.lax.fori_loop(0, num_steps, step, state)
+
+    traced = jax.jit(lambda n: run(_warmup.warmup_adapter, n))
+    for n in (0, 7, 19, 20, 60, 149, 150, 151, 230, 400):
+        ours, ref = traced(jnp.int32(n)), jax.jit(functools.partial(run, hmc_util.warmup_adapter, n))()
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"num_warmup={n}")
 
 
 def test_timing_facts(full_fits):
