@@ -102,7 +102,6 @@ class _Config(NamedTuple):
     sample_len: int  # the draws' buffer (_compile.length_bucket); num_samples and num_warmup are traced
     num_chains: int
     chain_method: str
-    target_accept_prob: float
     max_tree_depth: int
     num_devices: int  # devices the chains are spread over ("parallel"), else 1
     progress_bar: bool  # tick a host-side bar from inside the program (values unchanged)
@@ -110,21 +109,22 @@ class _Config(NamedTuple):
     chains_per_run: int | None = None  # "sequential": chains of one run (runs go on threads); None: all
 
 
-def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup, *, config: _Config):
+def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup, target_accept_prob, *,
+                config: _Config):
     """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
 
     Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
     leading axes (chains, config.sample_len) of which the first ``num_samples`` (traced) are the
-    draws, and each chain's leapfrog steps during warmup (chains,). ``num_warmup`` is traced too:
-    the kernel adapts with :func:`bayesgmm._warmup.warmup_adapter` (NumPyro's windows, built in
-    the program).
+    draws, and each chain's leapfrog steps during warmup (chains,). ``num_warmup`` and
+    ``target_accept_prob`` are traced too: the kernel adapts with
+    :func:`bayesgmm._warmup.warmup_adapter` (NumPyro's windows, built in the program).
     """
     from numpyro.infer import NUTS
     from numpyro.infer.util import ParamInfo
 
     kernel = NUTS(
         potential_fn=potential_fn(xs, row_mask, prior, config.num_components, config.covariance_type, config.missing),
-        target_accept_prob=config.target_accept_prob,
+        target_accept_prob=target_accept_prob,
         max_tree_depth=config.max_tree_depth,
     )
 
@@ -273,14 +273,15 @@ def _start_shapes(xs, row_mask, prior, key, init_code, user_init, *, config: _St
 
 
 @shared.without_validation
-def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, starts, first_chain, *, config: _Config):
+def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, target_accept_prob, starts, first_chain, *,
+                    config: _Config):
     """Warmup, sampling and the draws' log posterior (steps 3 and 4 of the module docstring) from
     ``starts`` (:func:`_start_program`'s ``(z, energy, grad)``). With ``config.chains_per_run`` it runs
     that many chains from ``first_chain`` (a traced int) on: each chain's start and key are those
     of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws.
     ``num_samples`` is traced: the outputs hold ``config.sample_len`` draws per chain, of which
     the first ``num_samples`` are the run's, so that another number of draws in the bucket reuses
-    the program; so is ``num_warmup``."""
+    the program; so are ``num_warmup`` and ``target_accept_prob`` (in the data's dtype)."""
     from numpyro.infer.util import constrain_fn
 
     from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
@@ -305,11 +306,12 @@ def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, starts, f
         run_chains = jax.shard_map(
             run_chains,
             mesh=mesh,
-            in_specs=(chains, chains, replicated, replicated, replicated, replicated, replicated),
+            in_specs=(chains, chains, replicated, replicated, replicated, replicated, replicated, replicated),
             out_specs=chains,
             check_vma=False,
         )
-    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup)
+    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup,
+                                         target_accept_prob)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.sample_len, 1), xs.dtype)
@@ -425,7 +427,8 @@ def fit_mcmc(
         ``"vectorized"`` program (the same draws, bit for bit). See Notes for how its draws
         compare on several devices.
     target_accept_prob : float in (0, 1)
-        Step-size adaptation target; raise it (e.g. 0.95) when there are divergences.
+        Step-size adaptation target; raise it (e.g. 0.95) when there are divergences (a traced
+        value: another target reuses the compiled program).
     max_tree_depth : int
         NUTS maximum tree depth.
     init : {"map", "uniform"}, GMMParams or sequence of GMMParams
@@ -533,7 +536,7 @@ def fit_mcmc(
     runs = concurrent_runs(num_chains, lapack_flops) if run_method == "sequential" else 1
     config = _Config(
         k, covariance_type, length_bucket(num_samples), num_chains, run_method,
-        float(target_accept_prob), max_tree_depth, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),
+        max_tree_depth, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),
         num_chains // runs if runs > 1 else None,
     )
     steps = num_warmup + num_samples
@@ -543,10 +546,10 @@ def fit_mcmc(
         xs_padded, row_mask = shared.pad_rows(xs)
         start = (START_PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init),
                  _StartConfig(k, covariance_type, num_chains, config.missing))
-        # num_samples and num_warmup are traced (the draws fill a buffer of num_samples' bucket):
-        # other numbers reuse the program
-        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, np.int32(num_samples),
-                                           np.int32(num_warmup)), config,
+        # num_samples, num_warmup and target_accept_prob are traced (the draws fill a buffer of
+        # num_samples' bucket): other values reuse the program
+        traced = (np.int32(num_samples), np.int32(num_warmup), np.asarray(target_accept_prob, xs_padded.dtype))
+        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, *traced), config,
                                  runs, start=start)
     pivot_std, *chains, warmup_steps = timed.outputs
     draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)

@@ -397,7 +397,8 @@ def test_same_seed_same_draws_and_one_compile(full_fits):
 def test_fewer_draws_reuse_the_program_and_are_the_first_draws(full_fits, faithful):
     """``num_samples`` is traced (the draws fill a buffer of its bucket): fewer draws compile
     nothing, and they are the first draws of the longer run, with their statistics, bit for bit;
-    warmup is the same. ``num_warmup`` is traced too: less warmup compiles nothing either."""
+    warmup is the same. ``num_warmup`` and ``target_accept_prob`` are traced too: less warmup, or
+    a higher target (the advice after divergences), compiles nothing either."""
     (full, _) = full_fits["map"]
     fewer, _ = _fit(faithful, 2, seed=0, **dict(SETTINGS, num_samples=NUM_SAMPLES - 200), align=False)
     assert fewer.info["compile_seconds"] == 0.0 and fewer.raw_draws["means"].shape[1] == NUM_SAMPLES - 200
@@ -410,6 +411,11 @@ def test_fewer_draws_reuse_the_program_and_are_the_first_draws(full_fits, faithf
     assert shorter.info["compile_seconds"] == 0.0 and shorter.info["num_warmup"] == NUM_WARMUP - 100
     assert shorter.info["warmup_leapfrog_steps"] != full.info["warmup_leapfrog_steps"]
     assert not np.array_equal(shorter.raw_draws["means"], full.raw_draws["means"])
+    careful, _ = _fit(faithful, 2, seed=0, **dict(SETTINGS, num_samples=600), target_accept_prob=0.95, align=False)
+    assert careful.info["compile_seconds"] == 0.0 and careful.info["target_accept_prob"] == 0.95
+    # a higher target adapts smaller steps: more leapfrog steps per draw
+    assert careful.sample_stats["step_size"].mean() < full.sample_stats["step_size"].mean()
+    assert careful.sample_stats["num_steps"].mean() > full.sample_stats["num_steps"].mean()
 
 
 @pytest.mark.parametrize("dense_mass", [False, True])
