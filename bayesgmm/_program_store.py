@@ -134,13 +134,20 @@ _RUNTIME_THREAD: list = []
 _RUNTIME_LOCK = threading.Lock()
 
 
+def _prepare_quietly() -> None:
+    """:func:`_prepare_runtime`, its failure left to the caller's own call (:func:`load`), which
+    repeats it, rather than printed from the thread."""
+    with contextlib.suppress(Exception):
+        _prepare_runtime()
+
+
 def _runtime_prepared_in_background() -> threading.Thread:
     """:func:`_prepare_runtime` on a thread of its own, started once: jaxlib finds the LAPACK
     kernels in SciPy (``scipy.linalg.cython_lapack``), whose import takes about 0.3 s, while the
     first stored program is read and deserialised (neither needs them; only running does)."""
     with _RUNTIME_LOCK:
         if not _RUNTIME_THREAD:
-            thread = threading.Thread(target=_prepare_runtime, name="bayesgmm-lapack", daemon=True)
+            thread = threading.Thread(target=_prepare_quietly, name="bayesgmm-lapack", daemon=True)
             thread.start()
             _RUNTIME_THREAD.append(thread)
     return _RUNTIME_THREAD[0]
