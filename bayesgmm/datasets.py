@@ -127,8 +127,7 @@ def make_mixture(
     """
     import jax
 
-    from ._sharding import row_bucket
-    from .model import simulate
+    from .model import simulate_rows
 
     check_covariance_type(covariance_type)
     k = check_num_components(num_components)
@@ -163,8 +162,5 @@ def make_mixture(
     else:
         cov = rng.uniform(0.5, 1.5, size=k)
     params = GMMParams(weights, means, cov)
-    # drawn in the row bucket of num_obs (one compiled simulation serves every N in it; JAX draws
-    # by position, so the first num_obs rows are the rows a draw of exactly num_obs gives)
-    n = int(num_obs)
-    x, z = simulate(jax.random.key(seed), params, row_bucket(n), covariance_type)
-    return MixtureData(np.asarray(x, dtype=np.float64)[:n], np.asarray(z)[:n], params)
+    x, z = simulate_rows(jax.random.key(seed), params, num_obs, covariance_type)  # one program per row bucket
+    return MixtureData(x, z, params)

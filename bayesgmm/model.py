@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import gammaln
@@ -555,6 +556,18 @@ def simulate(key, params: GMMParams, num_obs: int, covariance_type: str = "full"
             None, **model_kwargs(k, dummy, covariance_type, num_obs=num_obs, marginalize=False)
         )
     return tr["x"]["value"], tr["z"]["value"]
+
+
+def simulate_rows(key, params: GMMParams, num_obs: int, covariance_type: str = "full"):
+    """:func:`simulate` on the host: ``(x, z)`` as NumPy arrays (x float64) of ``num_obs`` rows,
+    drawn in the row bucket of ``num_obs`` (:func:`bayesgmm._sharding.row_bucket`) and cut to it,
+    so that one compiled simulation serves every N of the bucket. JAX draws by position: the
+    rows are those a draw of exactly ``num_obs`` gives."""
+    from ._sharding import row_bucket
+
+    n = int(num_obs)
+    x, z = simulate(key, params, row_bucket(n), covariance_type)
+    return np.asarray(x, np.float64)[:n], np.asarray(z)[:n]
 
 
 def _placeholder_prior(k: int, d: int, covariance_type: str) -> PriorArrays:

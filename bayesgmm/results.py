@@ -645,8 +645,7 @@ class FitResult:
             Component label of each observation.
         """
 
-        from ._sharding import row_bucket
-        from .model import simulate
+        from .model import simulate_rows
         from .params import check_positive_integers, seed_to_key
 
         check_positive_integers(n=n)
@@ -654,9 +653,8 @@ class FitResult:
         # the story run forward in the mixture's own frame (unit scale, any precision), mapped back in float64
         frame = self._frame()
         w, m, c, ct = _numerics.to_frame(frame, *self.params, self.covariance_type)
-        # drawn for the row bucket of n and cut to n, so a new n reuses the compiled draws
-        x, z = simulate(key, GMMParams(w, m, c), row_bucket(int(n)), ct)  # compiled once per bucket and shapes
-        x, z = np.asarray(x, np.float64)[:n], np.asarray(z, np.int64)[:n]
+        x, z = simulate_rows(key, GMMParams(w, m, c), n, ct)  # compiled once per row bucket and shapes
+        z = z.astype(np.int64)
         return x * frame.scale + frame.shift, z
 
     # ------------------------------------------------------------------ conversion

@@ -207,7 +207,7 @@ def bootstrap(
     # moved by about 1e-4 relative in a review)
     batch_indices = np.arange(batch, dtype=np.uint32)
     resample_keys = [_replicate_keys(key_resample, b * batch + batch_indices) for b in range(num_batches)]
-    run_keys = [_replicate_keys(key_runs, np.uint32(b * batch)) for b in range(num_batches)]
+    run_keys = [jax.random.fold_in(key_runs, b * batch) for b in range(num_batches)]  # each batch's first replicate
 
     # the rows padded to their bucket with zero rows of weight 0: another N in the bucket (and
     # another num_replicates, see default_batch) reuses the program
@@ -328,7 +328,7 @@ def _replicate_keys(key, indices):
     """The keys of replicates ``indices`` (one program per shape, whatever ``num_replicates``):
     ``fold_in(key, i)``, which under JAX's default (partitionable threefry) keys is
     ``jax.random.split(key, n)[i]`` for every n > i."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices) if np.ndim(indices) else jax.random.fold_in(key, indices)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
 def default_batch(num_replicates: int) -> int:
