@@ -119,6 +119,10 @@ INIT_METHODS = ("map", "uniform")
 #: that grows with the steps, so the bucket is wide.
 MIN_TRACE = 2**16
 
+#: The smallest buffer of guide draws and final ELBO particles: every ``num_draws`` up to it shares
+#: one program, and above it every ``num_draws`` up to the next power of two.
+MIN_DRAWS = 64
+
 
 class _Config(NamedTuple):
     """Static choices of one SVI program (hashable: the jit cache key)."""
@@ -127,7 +131,7 @@ class _Config(NamedTuple):
     covariance_type: str
     guide: Any
     trace_len: int  # the loss trace's buffer (_compile.length_bucket): num_steps itself is traced
-    num_draws: int
+    draw_len: int  # the guide draws' and final ELBO particles' buffer: num_draws itself is traced
     subsample_size: int | None
     init_mode: str
     optimizer: Any
@@ -202,11 +206,14 @@ def _start_shapes(xs, row_mask, prior, key, *, config: _StartConfig):
 
 
 @shared.without_validation
-def _program(xs, row_mask, prior, key, learning_rate, num_steps, start, *, config: _Config):
+def _program(xs, row_mask, prior, key, learning_rate, num_steps, num_draws, start, *, config: _Config):
     """SVI from ``start`` (the MAP start or the user's), guide draws and final ELBO estimate: one
     function (jitted by the caller). ``num_steps`` is traced: the loss trace is a buffer of
     ``config.trace_len`` steps, of which the first ``num_steps`` are written, so that a new
-    number of steps in the bucket reuses the program.
+    number of steps in the bucket reuses the program. ``num_draws`` likewise: the guide draws
+    fill ``config.draw_len`` (the caller keeps the first ``num_draws``; draw ``i`` comes from
+    ``split(key, n)[i]``, the same key for every ``n`` under JAX's partitionable threefry), and
+    the final ELBO's particles are ``num_draws`` (traced) of a buffer of that length.
 
     Without minibatches ``xs`` is padded to its row bucket and ``row_mask`` marks the data rows
     (the padding is masked out of the model); with them ``row_mask`` is None."""
@@ -224,7 +231,7 @@ def _program(xs, row_mask, prior, key, learning_rate, num_steps, start, *, confi
     params, losses = _optimise(svi, key_svi, num_steps, config.trace_len, xs, kwargs, progress_bar=config.progress_bar)
 
     sites = ["weights", "means", "covariances"]
-    draws = Predictive(gmm_model, guide=guide, params=params, num_samples=config.num_draws, return_sites=sites)(
+    draws = Predictive(gmm_model, guide=guide, params=params, num_samples=config.draw_len, return_sites=sites)(
         key_draws, xs, **kwargs
     )
     draws = GMMParams(*(draws[s] for s in sites))
@@ -241,13 +248,20 @@ def _program(xs, row_mask, prior, key, learning_rate, num_steps, start, *, confi
     # draws) and took 0.9 s longer to compile, of a fit's 6 s; and jaxlib 0.10 splits a batched
     # LAPACK call of more than LAPACK_SPLIT_FLOPS over XLA's thread pool, where two at once hung on
     # two cores (D = K = 16, 400 rows; _numerics.in_turn). Elsewhere in groups below that size,
-    # the keys padded to whole groups (a remainder group is a second copy of the ELBO to compile).
+    # the keys padded to whole groups. A loop over the traced number of groups; the buffer's
+    # entries past num_draws stay NaN (the caller keeps the first num_draws).
     one_elbo = lambda kk: -_elbo().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
     per_draw = k * xs.shape[1] ** 2 * max(xs.shape[0], xs.shape[1])
-    group = 1 if jax.default_backend() == "cpu" else int(min(config.num_draws, max(1, LAPACK_SPLIT_FLOPS // per_draw)))
-    keys = jax.random.split(key_elbo, config.num_draws)
-    keys = jnp.concatenate([keys, keys[: -config.num_draws % group]])
-    elbo_final = jax.lax.map(one_elbo, keys, batch_size=group if group > 1 else None)[: config.num_draws]
+    group = 1 if jax.default_backend() == "cpu" else int(min(config.draw_len, max(1, LAPACK_SPLIT_FLOPS // per_draw)))
+    keys = jax.random.split(key_elbo, config.draw_len)
+    keys = jnp.concatenate([keys, keys[: -config.draw_len % group]])
+
+    def elbo_group(g, buffer):
+        values = jax.vmap(one_elbo)(jax.lax.dynamic_slice_in_dim(keys, g * group, group))
+        return jax.lax.dynamic_update_slice_in_dim(buffer, values, g * group, 0)
+
+    elbo_final = jax.lax.fori_loop(0, (num_draws + group - 1) // group, elbo_group,
+                                   jnp.full((keys.shape[0],), jnp.nan, xs.dtype))
     return start, median, draws, -losses, elbo_final
 
 
@@ -476,9 +490,11 @@ def fit_svi(
         user_init = _user_init(init, k, d, covariance_type, shift, sd, np_dtype)
     key = seed_to_key(seed)
     # a point mass: every draw and every ELBO particle is the same, so the program makes one of each
-    # num_steps is traced (a buffer of its bucket): another number of steps reuses the program
-    config = _Config(k, covariance_type, guide, length_bucket(num_steps, MIN_TRACE), 1 if is_delta else num_draws,
-                     subsample_size, init_mode, optimizer, bool(progress_bar), bool(np.isnan(arr).any()))
+    # num_steps and num_draws are traced (buffers of their buckets): other numbers reuse the program
+    num_program_draws = 1 if is_delta else num_draws
+    draw_len = 1 if is_delta else length_bucket(num_draws, MIN_DRAWS)
+    config = _Config(k, covariance_type, guide, length_bucket(num_steps, MIN_TRACE), draw_len, subsample_size,
+                     init_mode, optimizer, bool(progress_bar), bool(np.isnan(arr).any()))
     try:
         hash(config)
         cacheable = True
@@ -488,7 +504,7 @@ def fit_svi(
     # full batches: padded to the row bucket, so a new N in the bucket reuses the program (a
     # minibatch plate draws its indices from all N rows, so minibatched data are not padded)
     xs, row_mask = shared.pad_rows(xs) if subsample_size is None else (xs, None)
-    args = (xs, row_mask, prior_arrays, key, lr, np.int32(num_steps))
+    args = (xs, row_mask, prior_arrays, key, lr, np.int32(num_steps), np.int32(num_program_draws))
     program, static = PROGRAM, {"config": config}
     if not cacheable:  # an unhashable guide or optimizer: compiled for this call only
         program, static = CompiledProgram(functools.partial(_program, config=config), static_argnames=(),
@@ -507,6 +523,8 @@ def fit_svi(
             start, run_seconds = started.outputs, started.run_seconds
         timed = program(*args, start, **static)
     start_std, median_std, draws_std, elbo_std, elbo_final = timed.outputs
+    draws_std = tuple(np.asarray(a)[:num_program_draws] for a in draws_std)
+    elbo_final = np.asarray(elbo_final)[:num_program_draws]
     compile_seconds, run_seconds = compile_seconds + timed.compile_seconds, run_seconds + timed.run_seconds
 
     # ---- back to the original scale (NumPy float64)

@@ -9,7 +9,7 @@ each time, the number of XLA compilations, and the ratio (six fits) / (first fit
 For NUTS and full-batch SVI (default settings, K=2, full): a first fit on Old Faithful's 272 rows,
 then one on its first 250 rows; the ratio second / first (target <= 0.35 for NUTS); then fits of
 other lengths on the 272 rows (NUTS ``num_samples=600`` and ``num_warmup=500``, SVI
-``num_steps=20000``: traced, as EM's ``max_iter``) and NUTS with ``target_accept_prob=0.95`` (traced
+``num_steps=20000`` and ``num_draws=300``: traced, as EM's ``max_iter``) and NUTS with ``target_accept_prob=0.95`` (traced
 too), with their times and compilations.
 
 Starting values (EM and VB, after their default fits): ``n_init`` of 1, 3 and 10 and given
@@ -56,7 +56,7 @@ SIZES = [1100, 1300, 1500, 1700, 1850, 2000]
 MAX_ITERS = [37, 60, 100, 150, 200, 250]
 GIBBS_LENGTHS = [(500, 600), (250, 1000), (400, 700), (300, 900), (450, 800), (350, 1000)]
 LENGTHS = {"fit_mcmc": [{"num_samples": 600}, {"num_warmup": 500}, {"target_accept_prob": 0.95}],
-           "fit_svi": [{"num_steps": 20000}]}
+           "fit_svi": [{"num_steps": 20000}, {"num_draws": 300}]}
 
 
 def data(n: int, seed: int) -> np.ndarray:

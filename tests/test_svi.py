@@ -240,6 +240,20 @@ def test_another_number_of_steps_reuses_the_program_and_is_a_prefix(fit_normal, 
     assert not np.array_equal(shorter.means, fit_normal.means)  # the parameters after 1100 steps, not 1500
 
 
+def test_another_number_of_draws_reuses_the_program_and_draws_the_same_first_draws(fit_normal, sim3):
+    """``num_draws`` is traced too (the draws and the final ELBO's particles fill a buffer of its
+    bucket): fewer draws compile nothing and are the first draws of the larger fit, bit for bit;
+    the final ELBO is the mean of fewer particles of the same estimator."""
+    fewer = fit_svi(sim3.x, 3, guide="normal", num_steps=1500, num_draws=260, seed=0)
+    assert fewer.info["compile_seconds"] == 0.0 and fewer.info["num_draws"] == 260
+    for name in ("weights", "means", "covariances"):
+        assert fewer.raw_draws[name].shape[:2] == (1, 260)
+        np.testing.assert_array_equal(fewer.raw_draws[name], fit_normal.raw_draws[name][:, :260])
+    np.testing.assert_array_equal(fewer.trace, fit_normal.trace)
+    gap = abs(fewer.info["elbo_final"] - fit_normal.info["elbo_final"])
+    assert 0 < gap < 4 * fewer.info["elbo_final_se"]
+
+
 def test_same_seed_same_result(fit_normal, sim3):
     again = fit_svi(sim3.x, 3, guide="normal", num_steps=1500, num_draws=300, seed=0)
     np.testing.assert_array_equal(again.trace, fit_normal.trace)
