@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _sharding
 from ._compile import jit
 from .params import (
     check_data,
@@ -186,11 +187,15 @@ def lloyd(x, centers, max_iter: int, tol, *, sample_weight=None, active=None):
     return c, labels, inertia, n_iter, shift <= tol
 
 
-@functools.partial(jit, static_argnames=("num_components", "max_iter"))
-def _kmeans_restarts(u, x, tol, *, num_components, max_iter):
+@functools.partial(jit, static_argnames=("num_components",))
+def _kmeans_restarts(u, x, row_weight, tol, max_iter, *, num_components):
+    """One k-means++ seeding and Lloyd run per row of ``u`` (vmapped). ``x`` holds the data's
+    rows padded to their bucket (:func:`bayesgmm._sharding.row_bucket`) and ``row_weight`` is 1
+    on the data's rows and 0 on the padding, so with ``max_iter`` traced one program serves
+    every N of the bucket and every ``max_iter``."""
     def one(u_one):
-        centers, _ = kmeans_plusplus(u_one, x, num_components)
-        return lloyd(x, centers, max_iter, tol)
+        centers, _ = kmeans_plusplus(u_one, x, num_components, sample_weight=row_weight)
+        return lloyd(x, centers, max_iter, tol, sample_weight=row_weight)
 
     return jax.vmap(one)(u)
 
@@ -402,13 +407,17 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     # centred and scaled in float64 first (as EM does): in float32 data far from zero, or on a
     # tiny or huge scale, would lose the distances to cancellation, underflow or overflow
     shift, scale = _centre_and_scale(arr.astype(np.float64))
-    xj = jnp.asarray(((arr.astype(np.float64) - shift) / scale).astype(compute_dtype()))
-    tol_abs = tol * float(np.mean(np.var(arr.astype(np.float64), 0))) / scale**2
-    centers, labels, inertia, n_iter, converged = _kmeans_restarts(
-        jnp.asarray(u, xj.dtype), xj, tol_abs, num_components=k, max_iter=max_iter
-    )
-    best = int(jnp.argmin(inertia))
-    found = np.unique(np.asarray(labels[best])).size
+    xs = ((arr.astype(np.float64) - shift) / scale).astype(compute_dtype())
+    # rows padded to their bucket with weight 0: data of another N in the bucket reuse the program
+    num_rows = arr.shape[0]
+    xj, row_weight = _sharding.shard_rows(_sharding.resolve(None, num_rows), xs, np.ones(num_rows, xs.dtype))
+    tol_abs = np.asarray(tol * float(np.mean(np.var(arr.astype(np.float64), 0))) / scale**2, xs.dtype)
+    centers, labels, inertia, n_iter, converged = jax.device_get(_kmeans_restarts(
+        u.astype(xs.dtype), xj, row_weight, tol_abs, np.int32(max_iter), num_components=k
+    ))
+    best = int(np.argmin(inertia))
+    labels = labels[:, :num_rows]
+    found = np.unique(labels[best]).size
     if found < k:  # as scikit-learn: say so when some clusters are left empty
         import warnings
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _references import enumerated_log_likelihood, log_prior, mixture_log_density
-from conftest import grid, precision, rough_start_and_optimum, separated_clusters
+from conftest import CompileCounter, grid, precision, rough_start_and_optimum, separated_clusters
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
@@ -226,7 +226,6 @@ def test_every_initialisation_reaches_the_two_cluster_optimum(init, faithful):
 
 
 def test_second_fit_with_same_shapes_does_not_retrace(faithful):
-    from conftest import CompileCounter
 
     first = bg.fit_em(faithful, 2, seed=0)
     with CompileCounter() as counter:
@@ -554,6 +553,24 @@ def test_kmeans_matches_sklearn(sim3):
     assert km.converged
 
 
+def test_kmeans_on_another_number_of_rows_or_iterations_compiles_nothing(sim3):
+    """The rows are padded to their bucket with weight 0 and ``max_iter`` and ``tol`` are traced:
+    k-means on a subset, or with fewer iterations, reuses the program, and its answer is
+    scikit-learn's on that subset (padding rows are never chosen as centres nor counted)."""
+    from sklearn.cluster import KMeans
+
+    bg.kmeans(sim3.x, 3, n_init=5, seed=0)
+    subset = sim3.x[: len(sim3.x) - 37]
+    with CompileCounter() as counter:
+        km = bg.kmeans(subset, 3, n_init=5, seed=0)
+        short = bg.kmeans(subset, 3, n_init=5, seed=0, max_iter=2, tol=1e-3)
+    assert counter.compiles == 0
+    ref = KMeans(3, n_init=5, random_state=0).fit(subset)
+    assert km.labels.shape == (len(subset),) and km.converged
+    np.testing.assert_allclose(km.inertia, ref.inertia_, rtol=1e-6)
+    assert short.n_iter <= 2 and short.inertia >= km.inertia
+
+
 def test_kmeans_refuses_nan_without_naming_an_option_it_lacks():
     x = np.array([[0.0, 1.0], [1.0, 0.0], [np.nan, 2.0], [3.0, 3.0]])
     with pytest.raises(ValueError, match=r"k-means takes complete rows only.*fit_em\(x, K, missing='marginalize'\)"):
@@ -698,7 +715,6 @@ def test_new_row_counts_and_max_iter_compile_nothing(faithful):
     """Rows are padded to a bucket (weight-0 rows) and max_iter is traced: a new N or max_iter
     reuses the program, and the padded fit is the fit of the data alone (scikit-learn from the
     same start)."""
-    from conftest import CompileCounter
 
     bg.fit_em(faithful[:150], 2, n_init=2, seed=0)
     with CompileCounter() as counter:
@@ -1155,7 +1171,6 @@ def test_the_models_distributions_skip_numpyros_argument_checks():
     distributions skip them: built from constant prior arrays of a new shape, what compiles is
     the arrays' placement, the Cholesky factorisation and the Inverse-Wishart's reshapes (7 for
     full covariances; 48 with NumPyro's checks)."""
-    from conftest import CompileCounter
 
     d, k = 7, 3  # shapes no other test uses, so nothing is compiled already
     prior = bg.Prior.default(np.random.default_rng(0).normal(size=(50, d)), k)
