@@ -28,31 +28,36 @@ SCRIPT = textwrap.dedent(
         return dict(ll=[value(one), value(many)], n_iter=[one.n_iter, many.n_iter],
                     means=float(np.abs(one.means - many.means).max()), devices=many.info["num_devices"])
 
+    # a loose tolerance throughout: these overlapping clusters take EM and VB 300-500 iterations at
+    # the default, each a collective on devices emulated on two cores (3-7 s a case); 20-odd decide
+    # as much about the sharding (the fits must still agree bit for bit in their iterations)
+    loose = dict(tol=1e-3)
+
     def em_case(ct):
         def run():
-            one = bg.fit_em(data.x, 3, covariance_type=ct, n_init=3, seed=0)
-            four = bg.fit_em(data.x, 3, covariance_type=ct, n_init=3, seed=0, devices="all")
+            one = bg.fit_em(data.x, 3, covariance_type=ct, n_init=3, seed=0, **loose)
+            four = bg.fit_em(data.x, 3, covariance_type=ct, n_init=3, seed=0, devices="all", **loose)
             return facts(one, four, lambda r: r.log_likelihood)
         return run
 
     def vb_case(ct):
         def run():
-            one = bg.fit_vb(data.x, 3, covariance_type=ct, seed=0, n_init=2)
-            four = bg.fit_vb(data.x, 3, covariance_type=ct, seed=0, n_init=2, devices=jax.devices())
+            one = bg.fit_vb(data.x, 3, covariance_type=ct, seed=0, n_init=2, **loose)
+            four = bg.fit_vb(data.x, 3, covariance_type=ct, seed=0, n_init=2, devices=jax.devices(), **loose)
             return facts(one, four, lambda r: r.info["elbo"])
         return run
 
     def map_case():
         prior = bg.Prior.default(data.x, 3)
-        one = bg.fit_em(data.x, 3, prior=prior, seed=0, n_init=4)
-        two = bg.fit_em(data.x, 3, prior=prior, seed=0, n_init=4, devices=2)
+        one = bg.fit_em(data.x, 3, prior=prior, seed=0, n_init=4, **loose)
+        two = bg.fit_em(data.x, 3, prior=prior, seed=0, n_init=4, devices=2, **loose)
         return facts(one, two, lambda r: r.log_likelihood)
 
     def random_case(fit, value):
         def run():  # one-hot starts on random rows: the padded, weighted draw must pick the same rows
             # (8 starts: the default 256 run a lane at a time on these emulated devices, 5 s)
-            one = fit(data.x, 3, init_params="random_from_data", seed=1, n_init=8)
-            four = fit(data.x, 3, init_params="random_from_data", seed=1, n_init=8, devices=4)
+            one = fit(data.x, 3, init_params="random_from_data", seed=1, n_init=8, **loose)
+            four = fit(data.x, 3, init_params="random_from_data", seed=1, n_init=8, devices=4, **loose)
             return facts(one, four, value)
         return run
 
