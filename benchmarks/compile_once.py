@@ -12,6 +12,8 @@ other lengths on the 272 rows (NUTS ``num_samples=600`` and ``num_warmup=500``, 
 ``num_steps=20000`` and ``num_draws=300``: traced, as EM's ``max_iter``) and NUTS with ``target_accept_prob=0.95`` (traced
 too), with their times and compilations.
 
+``kmeans`` on N=999, then 1300 and 2000 (``max_iter=50``): its rows are padded to their bucket too.
+
 Starting values (EM and VB, after their default fits): ``n_init`` of 1, 3 and 10 and given
 starting values (EM: means only, and all three pieces) on N=1500; each line gives the time and
 the number of compilations (0: the default fit's program was reused). The samplers
@@ -118,6 +120,11 @@ def main() -> None:
         study_cells.append(f"N={'/'.join(map(str, sizes))} {time.perf_counter() - start:.2f} s, "
                            f"{COMPILES[0] - before} compilations")
     print("simulation_study (em, vb; 3 data sets per N): " + "; ".join(study_cells))
+    kmeans_cells = []
+    for label, n, kw in (("first (N=999)", 999, {}), ("N=1300", 1300, {}), ("N=2000, max_iter=50", 2000, {"max_iter": 50})):
+        seconds, compiles = timed(bg.kmeans, data(n, 3), **kw)
+        kmeans_cells.append(f"{label} {seconds:.2f} s, {compiles} compilations")
+    print("kmeans (K=3): " + "; ".join(kmeans_cells))
 
     faithful = bg.datasets.load_faithful()
     for name, fit in (("fit_mcmc", bg.fit_mcmc), ("fit_svi", bg.fit_svi)):
