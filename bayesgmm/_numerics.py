@@ -420,45 +420,6 @@ def logsumexp(a, axis):
         return np.squeeze(np.log(np.sum(shifted, axis=axis, keepdims=True)) + top, axis=axis)
 
 
-#: Acklam's rational approximation of the standard normal quantile (relative error below 1.2e-9
-#: before refinement): coefficients of the central region and of the tails.
-_ACKLAM_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
-             -3.066479806614716e01, 2.506628277459239e00)
-_ACKLAM_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
-             -1.328068155288572e01)
-_ACKLAM_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
-             4.374664141464968e00, 2.938163982698783e00)
-_ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-
-
-def _horner(coefficients, x):
-    out = np.full_like(x, coefficients[0])
-    for c in coefficients[1:]:
-        out = out * x + c
-    return out
-
-
-def normal_quantile(p) -> np.ndarray:
-    """The standard normal quantile ``Phi^-1(p)`` (as ``scipy.special.ndtri``) for ``p`` in (0, 1),
-    NaN kept: Acklam's rational approximation, then one Halley step on ``math.erfc``, which brings
-    it to the last few bits of ``ndtri`` (tested). Written out so that a sampler's diagnostics do
-    not import ``scipy.special`` (0.2 s of a NUTS process whose programs come from the cache)."""
-    p = np.asarray(p, np.float64)
-    q = np.minimum(p, 1.0 - p)  # the lower tail; 1 - p is exact for p >= 1/2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.sqrt(-2.0 * np.log(q))
-        tail = _horner(_ACKLAM_C, r) / (_horner(_ACKLAM_D, r) * r + 1.0)
-        u = q - 0.5
-        t = u * u
-        central = u * _horner(_ACKLAM_A, t) / (_horner(_ACKLAM_B, t) * t + 1.0)
-        x = np.where(q < 0.02425, tail, central)  # x <= 0: the quantile of q
-        # Halley's step on Phi(x) - q, with Phi(x) = erfc(-x / sqrt 2) / 2 accurate in the lower tail
-        phi = 0.5 * np.asarray(np.frompyfunc(math.erfc, 1, 1)(-x / math.sqrt(2.0)), np.float64)
-        e = (phi - q) * math.sqrt(2.0 * math.pi) * np.exp(0.5 * x * x)
-        x = x - e / (1.0 + 0.5 * x * e)
-    return np.where(p > 0.5, -x, x)
-
-
 def mixture_log_density(x, weights, means, covariances, covariance_type: str):
     """Per-row marginal log density ``log sum_k pi_k N(x_n | mu_k, Sigma_k)``, shape (..., N)."""
     return logsumexp(log_joint_components(x, weights, means, covariances, covariance_type), axis=-1)

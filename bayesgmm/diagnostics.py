@@ -121,9 +121,11 @@ def average_ranks(a: np.ndarray) -> np.ndarray:
 
 def _z_scale(a: np.ndarray) -> np.ndarray:
     """Rank normalisation per scalar over all chains and draws (average ranks for ties)."""
+    from scipy.special import ndtri
+
     c, s, p = a.shape
     ranks = average_ranks(a.reshape(c * s, p)).reshape(c, s, p)
-    return _numerics.normal_quantile((ranks - 0.375) / (c * s + 0.25))
+    return ndtri((ranks - 0.375) / (c * s + 0.25))
 
 
 def _autocovariance(a: np.ndarray) -> np.ndarray:
