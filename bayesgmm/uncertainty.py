@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _covariance_models, _em_core, _em_host, _missing, _numerics, _sharding
+from . import _covariance_models, _em_core, _em_host, _iterate, _missing, _numerics, _sharding
 from ._compile import jit, length_bucket
 from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .labels import align_draws
@@ -57,9 +57,10 @@ __all__ = ["ParameterUncertainty", "bootstrap", "observed_information"]
 
 KINDS = ("nonparametric", "parametric")
 
-#: Most replicates of one call of the EM program by default (:func:`bootstrap`'s ``batch_size``):
-#: fewer replicates run in the power of two that holds them (at least :data:`MIN_BATCH`), more in
-#: calls of this many, so that every ``num_replicates`` shares one of four programs.
+#: Most replicates of one call of the EM program by default (:func:`bootstrap`'s ``batch_size``),
+#: and every call's on small data: elsewhere fewer replicates run in the power of two that holds
+#: them (at least :data:`MIN_BATCH`), more in calls of this many, so that every ``num_replicates``
+#: shares one of four programs (on small data one).
 MAX_BATCH = 64
 MIN_BATCH = 8
 
@@ -156,11 +157,14 @@ def bootstrap(
     max_iter, tol : int, float
         EM settings of each refit (started at the original estimate).
     batch_size : int, optional
-        Replicates per call of the compiled EM program. The default runs the power of two that
-        holds ``num_replicates`` (at least 8) or, above 64, calls of 64: every number of
-        replicates then shares one of four programs, which compile once per data shape (a second
-        bootstrap with another ``num_replicates``, or on other data of a similar size, compiles
-        nothing). The last call is filled with further replicates, which are dropped. Lower it for
+        Replicates per call of the compiled EM program. The default runs calls of 64 on small
+        data (N x K x p up to about 39,000, where EM's own search pads its lanes too: a lane
+        costs microseconds there against seconds of compiling), so that every number of
+        replicates shares one program; on larger data the power of two that holds
+        ``num_replicates`` (at least 8) or, above 64, calls of 64: one of four programs. They
+        compile once per data shape (a second bootstrap with another ``num_replicates``, or on
+        other data of a similar size, compiles nothing). The last call is filled with further
+        replicates, which are dropped. Lower it for
         large N: a call holds ``batch_size`` x N responsibilities (and as many simulated rows
         for ``parametric``). The same seed resamples the same rows whatever the batch; in
         float64 the replicates are bit-identical, in float32 they can differ in rounding.
@@ -188,9 +192,10 @@ def bootstrap(
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
     check_nonnegative(tol=tol)
-    batch = default_batch(num_replicates) if batch_size is None else check_int("batch_size", batch_size)
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
+    small = _iterate.pooled(n, k, d, ct)
+    batch = default_batch(num_replicates, small=small) if batch_size is None else check_int("batch_size", batch_size)
     reg_covar = float(fit.info.get("reg_covar", 1e-10))
     if kind == "parametric" and np.isnan(arr).any():
         raise ValueError("a parametric bootstrap simulates complete data sets; with missing values use "
@@ -331,9 +336,12 @@ def _replicate_keys(key, indices):
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
-def default_batch(num_replicates: int) -> int:
-    """:func:`bootstrap`'s replicates per call when ``batch_size`` is not given: the power of two
-    that holds ``num_replicates``, at least :data:`MIN_BATCH` and at most :data:`MAX_BATCH`."""
+def default_batch(num_replicates: int, *, small: bool = False) -> int:
+    """:func:`bootstrap`'s replicates per call when ``batch_size`` is not given: :data:`MAX_BATCH`
+    on ``small`` data (:func:`bayesgmm._iterate.pooled`), elsewhere the power of two that holds
+    ``num_replicates``, at least :data:`MIN_BATCH` and at most :data:`MAX_BATCH`."""
+    if small:
+        return MAX_BATCH
     return min(MAX_BATCH, length_bucket(int(num_replicates), MIN_BATCH))
 
 

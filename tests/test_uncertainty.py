@@ -147,8 +147,9 @@ def test_bootstrap_refits_compile_once_and_are_reproducible(faithful):
 
 def test_another_number_of_replicates_or_rows_compiles_nothing(faithful):
     """Fewer replicates, or a data set of another size in the same row bucket, reuse the program
-    of a first bootstrap (the replicates run in batches of a power of two, the rows padded with
-    rows of weight 0); the first replicates are the same resamples, refitted the same way."""
+    of a first bootstrap (on small data such as these the replicates run in calls of 64 lanes
+    whatever their number, the rows padded with rows of weight 0); the first replicates are the
+    same resamples, refitted the same way."""
     from conftest import CompileCounter
 
     fit = bg.fit_em(faithful, 2, seed=0, tol=1e-8, max_iter=500)
@@ -158,11 +159,13 @@ def test_another_number_of_replicates_or_rows_compiles_nothing(faithful):
     for kind in ("nonparametric", "parametric"):
         with CompileCounter() as counter:
             fewer = bootstrap(fit, faithful, num_replicates=37, seed=3, kind=kind)
+            few = bootstrap(fit, faithful, num_replicates=12, seed=3, kind=kind)  # a 16-lane program before
             other_rows = bootstrap(fit_subset, subset, num_replicates=50, seed=3, kind=kind)
         assert counter.compiles == 0, (kind, counter.compiles)
-        assert fewer.info["compile_seconds"] == other_rows.info["compile_seconds"] == 0.0
+        assert fewer.info["compile_seconds"] == few.info["compile_seconds"] == other_rows.info["compile_seconds"] == 0.0
         for name in ("weights", "means", "covariances"):
             np.testing.assert_array_equal(fewer.draws[name], first[kind].draws[name][:, :37])
+            np.testing.assert_array_equal(few.draws[name], first[kind].draws[name][:, :12])
         assert other_rows.draws["means"].shape == (1, 50, 2, 2)
         # the subset's refits are its own: centred on its own estimate, not on the full data's
         np.testing.assert_allclose(other_rows.draws["means"].mean(1)[0], fit_subset.means, rtol=0.02)
