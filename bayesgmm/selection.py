@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from . import _covariance_models, _em_core, _em_host, _iterate, _sharding
+from . import _covariance_models, _em_core, _em_host, _sharding
 from ._covariance_models import MODELS
 from ._executors import recorded_warnings
 from ._numerics import num_free_parameters
@@ -292,32 +292,25 @@ def select(
     rows, fits, failed, compile_seconds = [], {}, {}, {}
     start = time.perf_counter()
     for ct in types:
+        active = np.arange(k_max)[None] < np.asarray(ks)[:, None]
         shared_prior = prior if isinstance(prior, Prior) else None
         prep = _em_host.prepare(arr, k_max, ct, shared_prior, max_components=k_max, missing=missing)
         layout = prep.covariance_type
         starts, kept = _em_core.resolve_starts(n_init, _em_host.search_rows(prep), k_max, d, layout)
-        # on small data a grid of several K runs K_max groups whatever K values it holds, the
-        # missing ones repeating its largest K (dropped): any such grid up to the same K_max
-        # reuses the program (each group's starts are its own split of the key, so the groups
-        # asked for start as without the extra ones); a group's lanes cost microseconds there,
-        # its compile seconds. A single K keeps fit_em's one-group search.
-        small = len(ks) > 1 and _iterate.pooled(_em_host.search_rows(prep), k_max, d, layout)
-        ks_run = ks + [k_max] * (k_max - len(ks)) if small else ks
-        active = np.arange(k_max)[None] < np.asarray(ks_run)[:, None]
-        prior_arrays = _grid_prior(prior, arr, ks_run, k_max, layout, prep)
+        prior_arrays = _grid_prior(prior, arr, ks, k_max, layout, prep)
         config = _em_core.EMConfig(k_max, d, layout, False, prior is not None, covariance_model=prep.covariance_model)
         # rows padded to fit_em's bucket (weight 0): grids on other N of the bucket reuse the program
         xs, row_weight = _sharding.shard_rows(_sharding.resolve(None, n), prep.xs, None)
         found = _em_host.run_search(
             prep, seed_to_key(seed), (None, None, None), prior_arrays, tol=tol, reg_covar=reg_covar,
             sample_weight=row_weight, active=active, max_iter=max_iter, config=config, init_method=init_params,
-            num_groups=len(ks_run), num_starts=starts, num_kept=kept, allow_degenerate=allow_degenerate,
+            num_groups=len(ks), num_starts=starts, num_kept=kept, allow_degenerate=allow_degenerate,
             data=xs, observed=_sharding.pad_observed(prep.observed, xs.shape[0]),
         )
         compile_seconds[ct] = found.compile_seconds
         out = found.output
-        objective = np.asarray(out.lanes.objective, np.float64).reshape(len(ks_run), kept)[: len(ks)]
-        degenerate = np.asarray(out.degenerate).reshape(len(ks_run), kept, k_max)[: len(ks)]
+        objective = np.asarray(out.lanes.objective, np.float64).reshape(len(ks), kept)
+        degenerate = np.asarray(out.degenerate).reshape(len(ks), kept, k_max)
         for j, k in enumerate(ks):
             best = _em_host.choose_run(objective[j], degenerate[j], allow_degenerate=allow_degenerate)
             index = j * kept + max(best, 0)
