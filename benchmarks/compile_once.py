@@ -21,8 +21,9 @@ pad the rows to a bucket and mask the padding out of the model, so the second fi
 first one's program.
 
 Bootstrap (:func:`bayesgmm.bootstrap`, nonparametric, of a default EM fit on N=999): a first
-call of 200 replicates, then 100 and 150 replicates, and 200 on N=1300 (its own fit): replicates
-run in batches of a power of two up to 64 on rows padded to their bucket, so none compiles.
+call of 200 replicates, then 100, 150 and 30 replicates, and 200 on N=1300 (its own fit):
+replicates run in batches of 64 on such small data (elsewhere a power of two up to 64) on rows
+padded to their bucket, so none compiles.
 A simulation study (:func:`bayesgmm.simulation_study`, EM and VB, 3 data sets per N, EM's
 bootstrap intervals): first over N=300, then over N in 330-400 (the same row bucket).
 
@@ -102,7 +103,8 @@ def main() -> None:
 
     bootstrap_lines = []
     for label, n, replicates in (("first, 200 replicates (N=999)", 999, 200), ("100 replicates", 999, 100),
-                                 ("150 replicates", 999, 150), ("200 replicates on N=1300", 1300, 200)):
+                                 ("150 replicates", 999, 150), ("30 replicates", 999, 30),
+                                 ("200 replicates on N=1300", 1300, 200)):
         x = data(n, 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
