@@ -194,14 +194,15 @@ def bootstrap(
     check_nonnegative(tol=tol)
     n, d = arr.shape
     k, ct = fit.num_components, fit.covariance_type
-    small = _iterate.pooled(n, k, d, ct)
-    batch = default_batch(num_replicates, small=small) if batch_size is None else check_int("batch_size", batch_size)
+    batch = None if batch_size is None else check_int("batch_size", batch_size)
     reg_covar = float(fit.info.get("reg_covar", 1e-10))
     if kind == "parametric" and np.isnan(arr).any():
         raise ValueError("a parametric bootstrap simulates complete data sets; with missing values use "
                          "kind='nonparametric' (rows resampled with their missing entries).")
     prep = _em_host.prepare(arr, k, fit.covariance_model, fit.prior,  # refits keep the fit's mclust model
                             missing=fit.info.get("missing", "error"))
+    if batch is None:  # small data as EM's own search judges it (rows with missing values count 4 D times)
+        batch = default_batch(num_replicates, small=_iterate.pooled(_em_host.search_rows(prep), k, d, ct))
     start = params_to_standard(fit.params, prep.shift, prep.sd, ct)
     user_init = tuple(jnp.asarray(p, prep.dtype) for p in start)
     config = _em_core.EMConfig(k, d, ct, False, fit.prior is not None, covariance_model=fit.covariance_model)
