@@ -148,6 +148,9 @@ COMPILE_MODE_ENV = "BAYESGMM_COMPILE_MODE"
 COMPILE_MODES = ("auto", "fast-compile", "fastest-compile", "fast-run")
 #: Set when this JAX's XLA does not know the options (they are then never passed again).
 _OPTIONS_UNSUPPORTED = False
+#: Set when this JAX's XLA does not know a program's own ``cpu_options`` (experimental XLA flags
+#: that a later jaxlib may rename): they are then left out, the compile mode's options kept.
+_CPU_OPTIONS_UNSUPPORTED = False
 
 
 def compile_mode() -> str:
@@ -158,14 +161,19 @@ def compile_mode() -> str:
     return mode
 
 
-def compiler_options(fast_compile: bool | int) -> dict | None:
+def compiler_options(fast_compile: bool | int, cpu_options: dict | None = None) -> dict | None:
     """The XLA compile options for a program (None: XLA's defaults); see the module docstring.
-    ``fast_compile``: False, True or :data:`FASTEST`."""
+    ``fast_compile``: False, True or :data:`FASTEST`. ``cpu_options``: the program's own options
+    for this signature (a :class:`CompiledProgram`'s ``cpu_options``), added whatever the compile
+    mode, unless this XLA refused them once (:data:`_CPU_OPTIONS_UNSUPPORTED`)."""
     mode = compile_mode()
     wanted = mode in ("fast-compile", "fastest-compile") or (mode == "auto" and fast_compile)
-    if not wanted or _OPTIONS_UNSUPPORTED or jax.default_backend() != "cpu":
+    if _OPTIONS_UNSUPPORTED or jax.default_backend() != "cpu":
         return None
-    return dict(FASTEST_COMPILE_OPTIONS if fast_compile == FASTEST else FAST_COMPILE_OPTIONS)
+    options = dict(FASTEST_COMPILE_OPTIONS if fast_compile == FASTEST else FAST_COMPILE_OPTIONS) if wanted else {}
+    if cpu_options and not _CPU_OPTIONS_UNSUPPORTED:
+        options.update(cpu_options)
+    return options or None
 
 
 def resolve_fast_compile(setting, *args) -> bool | int:
@@ -212,16 +220,20 @@ def _unknown_option(err: Exception) -> bool:
     return "No such compile option" in str(err)
 
 
-def compile_lowered(lowered, fast_compile: bool | int):
-    """``lowered.compile()`` with :func:`compiler_options`; an XLA without them compiles as usual."""
-    global _OPTIONS_UNSUPPORTED
-    options = compiler_options(fast_compile)
+def compile_lowered(lowered, fast_compile: bool | int, cpu_options: dict | None = None):
+    """``lowered.compile()`` with :func:`compiler_options`; an XLA without them compiles as usual
+    (without the program's ``cpu_options`` first, then without any)."""
+    global _OPTIONS_UNSUPPORTED, _CPU_OPTIONS_UNSUPPORTED
+    options = compiler_options(fast_compile, cpu_options)
     if options:
         try:
             return lowered.compile(compiler_options=options)
         except jax.errors.JaxRuntimeError as err:
             if not _unknown_option(err):
                 raise
+            if cpu_options and not _CPU_OPTIONS_UNSUPPORTED:
+                _CPU_OPTIONS_UNSUPPORTED = True
+                return compile_lowered(lowered, fast_compile)
             _OPTIONS_UNSUPPORTED = True
     return lowered.compile()
 
@@ -300,15 +312,19 @@ class CompiledProgram:
         ``out_shapes(*args, **static)``: the outputs' ``jax.ShapeDtypeStruct`` found without
         tracing ``fn`` (which may take half a second), so that a program taking them can be
         traced and compiled first (:func:`compile_together`).
+    cpu_options : callable or None
+        ``cpu_options(*args, **static)``: XLA options of this signature on the CPU beyond the
+        compile mode's (a dict; e.g. :func:`bayesgmm._stats.library_kernels`), whatever the mode.
     """
 
     def __init__(self, fn: Callable, static_argnames: tuple[str, ...], *, max_entries: int = 16,
                  fast_compile: bool | int | Callable[..., bool | int] = True, memory_advice: str | None = None,
-                 out_shapes: Callable | None = None):
+                 out_shapes: Callable | None = None, cpu_options: Callable[..., dict] | None = None):
         self._jitted = jax.jit(fn, static_argnames=static_argnames)
         self.out_shapes = out_shapes
         self._stored_name = _program_store.storable(fn)
         self._fast_compile = fast_compile
+        self._cpu_options = cpu_options
         self._memory_advice = memory_advice
         self._memory: dict = {}
         self._static_argnames = tuple(static_argnames)
@@ -337,7 +353,7 @@ class CompiledProgram:
         key = self._key(args, static)
         if key in self._cache:
             return True
-        exe = self._from_store(key, args)[2]
+        exe = self._from_store(key, args, static)[-1]
         if exe is not None:
             self._keep(key, exe)
         return exe is not None
@@ -362,14 +378,14 @@ class CompiledProgram:
         if exe is not None:
             self._cache.move_to_end(key)
         else:
-            fast, stored, exe = self._from_store(key, args)
+            fast, own, stored, exe = self._from_store(key, args, static)
             if exe is None:
                 with TRACE_LOCK, traced_precisely():
                     traced = self._jitted.trace(*args, **static)
                     lowered = traced.lower()
 
                 def compile_and_keep() -> float:
-                    compiled = self._compile_and_store(lowered, fast, stored, start)
+                    compiled = self._compile_and_store(lowered, fast, own, stored, start)
                     self._keep(key, compiled)
                     return time.perf_counter() - start
 
@@ -387,28 +403,31 @@ class CompiledProgram:
         static = tuple(sorted(static.items())) + ((_PRECISION_KEY, matmul_precision()),)
         return (static, treedef, tuple(_leaf_signature(a) for a in leaves))
 
-    def _from_store(self, key, args):
-        """For a signature not compiled in this process: ``(fast, stored, executable)``, whether
-        it compiles with :func:`compiler_options`, what it is filed under in
-        :mod:`bayesgmm._program_store` (None: not stored), and the executable found there (or None)."""
+    def _from_store(self, key, args, static):
+        """For a signature not compiled in this process: ``(fast, own, stored, executable)``,
+        whether it compiles with :func:`compiler_options`, the program's own ``cpu_options`` for
+        it, what it is filed under in :mod:`bayesgmm._program_store` (None: not stored), and the
+        executable found there (or None)."""
         fast = resolve_fast_compile(self._fast_compile, *args)
+        own = self._cpu_options(*args, **static) if self._cpu_options is not None else None
         if self._stored_name is None or _program_store.folder() is None:
-            return fast, None, None
-        static, treedef, leaves = key
-        stored = _program_store.signature(self._stored_name, dict(static), treedef, leaves, compiler_options(fast))
-        return fast, stored, _program_store.load(stored) if stored is not None else None
+            return fast, own, None, None
+        static_key, treedef, leaves = key
+        stored = _program_store.signature(self._stored_name, dict(static_key), treedef, leaves,
+                                          compiler_options(fast, own))
+        return fast, own, stored, _program_store.load(stored) if stored is not None else None
 
     @staticmethod
-    def _compile_and_store(lowered, fast: bool, stored: str | None, start: float):
+    def _compile_and_store(lowered, fast: bool, own: dict | None, stored: str | None, start: float):
         """XLA's executable, kept in the program store when it was compiled here (not taken
         from JAX's cache: a storable program is looked up there under a key of its own,
         :func:`bayesgmm._program_store.keyed_apart`) and took at least
         :data:`CACHE_MIN_COMPILE_SECONDS`."""
         if stored is None:
-            return compile_lowered(lowered, fast)
+            return compile_lowered(lowered, fast, own)
         hits = _program_store.jax_cache_hits()
         with _program_store.keyed_apart():
-            exe = compile_lowered(lowered, fast)
+            exe = compile_lowered(lowered, fast, own)
         if time.perf_counter() - start >= CACHE_MIN_COMPILE_SECONDS and _program_store.jax_cache_hits() == hits:
             _program_store.save(stored, exe)
         return exe
@@ -424,11 +443,11 @@ class CompiledProgram:
         exe = self._cache.get(key)
         if exe is None:
             start = time.perf_counter()
-            fast, stored, exe = self._from_store(key, args)
+            fast, own, stored, exe = self._from_store(key, args, static)
             if exe is None:
                 with TRACE_LOCK, traced_precisely():
                     lowered = self._jitted.lower(*args, **static)
-                exe = self._compile_and_store(lowered, fast, stored, start)
+                exe = self._compile_and_store(lowered, fast, own, stored, start)
             compile_seconds = time.perf_counter() - start
             self._keep(key, exe)
         else:

@@ -420,6 +420,7 @@ PROGRAM = CompiledProgram(
     _run, static_argnames=("config", "init_method", "num_groups", "trace_len", "adaptive", "lanes_apart", "pool_lanes"),
     memory_advice="Fit out of core with bayesgmm.fit_em_stream(x, K) (command line: bayesgmm fit --stream "
                   "on a .npy or Parquet file), or fit a subsample.",
+    cpu_options=lambda *args, config, **static: _stats.library_kernels(config.covariance_type, "em"),
 )
 
 

@@ -593,6 +593,32 @@ def block_rows_for(xs, num_features: int, covariance_type: str, num_components: 
                       num_components=num_components)
 
 
+#: XLA:CPU's option naming the operations it hands to YNNPACK's kernels (jaxlib 0.10: each
+#: matrix product and reduction); the empty value hands none, XLA's own code and Eigen's
+#: products then run them.
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def library_kernels(covariance_type: str, engine: str = "em") -> dict:
+    """XLA:CPU options of an EM (``engine="em"``) or VB (``"vb"``) program for covariances of
+    ``covariance_type`` (their layout): YNNPACK's kernels off, except for tied covariances and
+    for VB's full ones, where they were faster (:class:`bayesgmm._compile.CompiledProgram`'s
+    ``cpu_options``).
+
+    The E-step's products are long and thin (rows by K or by the p features, p = 18 to 153 at
+    D = 16), which YNNPACK ran slower than XLA's own loops and Eigen's products. Compiled
+    program of whole 8-iteration ``fit_em`` calls at N = 1e5, D = K = 16, the same program
+    compiled both ways and called alternately in one process (medians of 9, two cores;
+    without / with YNNPACK): spherical 0.42-0.43 times as long (float64 and float32), diagonal
+    0.64-0.82 (float32) and 0.89-0.93 (float64), full 0.74-0.81 (float32) and 0.94-1.07
+    (float64); full at N = 1e6, D = 2, K = 3 0.88-0.89; Old Faithful's default search 0.92-0.94;
+    tied 1.08 (float64) and 1.55-1.59 (float32). VB, 20 iterations: diagonal 0.89-0.96,
+    full 1.01 (float32) and 1.08-1.11 (float64).
+    """
+    keep = covariance_type == "tied" or (engine == "vb" and covariance_type == "full")
+    return {} if keep else {YNN_FUSION_OPTION: ""}
+
+
 def e_step_totals(z, x, sample_weight, params: GMMParams, covariance_type: str, precise, *, active=None,
                   const_shift=None, hard: bool = False, block_rows: RowBlocks | int | None = None,
                   together: bool = False):

@@ -394,6 +394,7 @@ PROGRAM = CompiledProgram(
     _run, static_argnames=("config", "init_method", "trace_len", "adaptive", "lanes_apart", "pool_lanes"),
     memory_advice="Fit a subsample by VB, or fit the whole data by EM out of core with "
                   "bayesgmm.fit_em_stream(x, K).",
+    cpu_options=lambda *args, config, **static: _stats.library_kernels(config.covariance_type, "vb"),
 )
 
 

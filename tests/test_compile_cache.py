@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled_afresh
 
 import bayesgmm as bg
 from bayesgmm import _compile
@@ -109,7 +110,7 @@ def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, m
 
     compiled = []
     compile_lowered = _compile.compile_lowered
-    monkeypatch.setattr(_compile, "compile_lowered", lambda lowered, fast: compiled.append(1) or compile_lowered(lowered, fast))
+    monkeypatch.setattr(_compile, "compile_lowered", lambda lowered, *options: compiled.append(1) or compile_lowered(lowered, *options))
     monkeypatch.setattr(_compile, "CACHE_MIN_COMPILE_SECONDS", 0.0)
     monkeypatch.setattr(_program_store, "ENABLED", True)
     before = jax.config.jax_compilation_cache_dir
@@ -247,6 +248,65 @@ def test_the_options_reach_xla_and_an_xla_without_them_still_compiles(monkeypatc
     assert _compile._OPTIONS_UNSUPPORTED
 
 
+def test_a_programs_own_cpu_options_reach_xla_in_every_mode_and_an_unknown_one_is_dropped(monkeypatch):
+    """``cpu_options`` are added to the compile mode's options (also under ``fast-run``, where
+    there are none): a product handed to YNNPACK by default is compiled without it; an option
+    this XLA does not know is dropped alone, the mode's options still passed."""
+    import jax.numpy as jnp
+
+    from bayesgmm import _stats
+
+    off = {_stats.YNN_FUSION_OPTION: ""}
+    rng = np.random.default_rng(0)
+    a, b = jnp.asarray(rng.normal(size=(256, 16))), jnp.asarray(rng.normal(size=(16, 16)))
+
+    def fn(u, v):
+        return jnp.sum(jnp.exp(u @ v), axis=1)
+
+    monkeypatch.setattr(_compile, "_CPU_OPTIONS_UNSUPPORTED", False)
+    for mode in ("auto", "fast-run"):
+        monkeypatch.setenv(_compile.COMPILE_MODE_ENV, mode)
+        plain = _compile.CompiledProgram(fn, static_argnames=())
+        without = _compile.CompiledProgram(fn, static_argnames=(), cpu_options=lambda u, v: off)
+        texts = [p._executable((a, b), {})[1].as_text() for p in (plain, without)]
+        assert '"__ynn_fusion"' in texts[0] and '"__ynn_fusion"' not in texts[1], mode
+        np.testing.assert_allclose(np.asarray(without(a, b).outputs), np.asarray(fn(a, b)), rtol=1e-12)
+    assert _compile.compiler_options(False, off) == off and _compile.compiler_options(False) is None
+
+    monkeypatch.setenv(_compile.COMPILE_MODE_ENV, "fast-compile")
+    unknown = _compile.CompiledProgram(lambda u: jnp.sin(u) * 3.0, static_argnames=(),
+                                       cpu_options=lambda u: {"xla_cpu_no_such_option_in_any_xla": ""})
+    assert float(unknown(jnp.asarray(0.5)).outputs) == pytest.approx(3 * np.sin(0.5))
+    assert _compile._CPU_OPTIONS_UNSUPPORTED and not _compile._OPTIONS_UNSUPPORTED
+    assert _compile.compiler_options(True, off) == _compile.FAST_COMPILE_OPTIONS
+
+
+def test_em_and_vb_programs_use_ynnpack_only_where_it_was_faster(faithful):
+    """EM's program hands no product or reduction to YNNPACK except for tied covariances, VB's
+    except for full and tied ones (``_stats.library_kernels``; ``benchmarks/library_kernels.py``
+    measures the rule), and the fits are those of XLA's defaults to round-off."""
+    from bayesgmm import _em_core, _stats, vb
+
+    def compiled_text(program, fit, covariance_type):  # the executable the fit ran
+        fit(faithful, 2, covariance_type=covariance_type, n_init=2, seed=0)
+        return list(program._cache.values())[-1].as_text()  # the most recently used
+
+    for engine, program, fit, layouts in (("em", _em_core.PROGRAM, bg.fit_em, ("full", "diag", "spherical", "tied")),
+                                          ("vb", vb.PROGRAM, bg.fit_vb, ("full", "diag"))):
+        for ct in layouts:
+            uses_ynn = '"__ynn_fusion"' in compiled_text(program, fit, ct)
+            assert uses_ynn == (ct == "tied" or (engine, ct) == ("vb", "full")), (engine, ct)
+            assert uses_ynn == (_stats.library_kernels(ct, engine) == {})
+    # the same fit with XLA's defaults (YNNPACK on): equal to round-off
+    em_diag = bg.fit_em(faithful, 2, covariance_type="diag", n_init=2, seed=0)
+    with pytest.MonkeyPatch.context() as patch, compiled_afresh():
+        patch.setattr(_stats, "library_kernels", lambda *args, **kwargs: {})
+        default = bg.fit_em(faithful, 2, covariance_type="diag", n_init=2, seed=0)
+    assert default.n_iter == em_diag.n_iter
+    assert default.log_likelihood == pytest.approx(em_diag.log_likelihood, rel=1e-12)
+    np.testing.assert_allclose(default.means, em_diag.means, rtol=1e-9)
+
+
 def test_both_compile_modes_give_the_same_fit(monkeypatch):
     """The emitters and LLVM's optimisation change the machine code, not the computation: EM's
     fit agrees to round-off."""
@@ -270,7 +330,7 @@ def test_compile_together_with_known_output_shapes_compiles_the_second_first(gue
     order = []
     compile_lowered = _compile.compile_lowered
     monkeypatch.setattr(_compile, "compile_lowered",
-                        lambda lowered, fast: order.append(lowered.as_text().count("sqrt")) or compile_lowered(lowered, fast))
+                        lambda lowered, *options: order.append(lowered.as_text().count("sqrt")) or compile_lowered(lowered, *options))
     rows = 2 if guess == "right" else 3
     first = _compile.CompiledProgram(lambda x: x * 2.0, static_argnames=(),
                                      out_shapes=lambda x: jax.ShapeDtypeStruct((rows, 3), x.dtype))
@@ -325,7 +385,7 @@ def test_compile_together_compiles_both_once_and_their_runs_reuse_them(monkeypat
     ``compile_together`` compiles nothing."""
     compiled = []
     compile_lowered = _compile.compile_lowered
-    monkeypatch.setattr(_compile, "compile_lowered", lambda lowered, fast: compiled.append(1) or compile_lowered(lowered, fast))
+    monkeypatch.setattr(_compile, "compile_lowered", lambda lowered, *options: compiled.append(1) or compile_lowered(lowered, *options))
     first = _compile.CompiledProgram(lambda x, *, scale: {"y": x * scale, "n": x.sum()}, static_argnames=("scale",))
     second = _compile.CompiledProgram(lambda x, outputs, *, power: outputs["y"] ** power + outputs["n"] - x,
                                       static_argnames=("power",))

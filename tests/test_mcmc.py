@@ -478,9 +478,9 @@ def test_nuts_starts_from_numpyros_potential_and_gradient_and_holds_the_gradient
     programs, starts = [], []
     compile_lowered, call = _compile.compile_lowered, type(mcmc.START_PROGRAM).__call__
 
-    def recorded(lowered, fast):
+    def recorded(lowered, *options):
         programs.append(lowered.as_text())
-        return compile_lowered(lowered, fast)
+        return compile_lowered(lowered, *options)
 
     def spied(self, *args, **static):
         timed = call(self, *args, **static)
