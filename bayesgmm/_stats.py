@@ -608,12 +608,12 @@ def library_kernels(covariance_type: str, engine: str = "em") -> dict:
     The E-step's products are long and thin (rows by K or by the p features, p = 18 to 153 at
     D = 16), which YNNPACK ran slower than XLA's own loops and Eigen's products. Compiled
     program of whole 8-iteration ``fit_em`` calls at N = 1e5, D = K = 16, the same program
-    compiled both ways and called alternately in one process (medians of 9, two cores;
-    without / with YNNPACK): spherical 0.42-0.43 times as long (float64 and float32), diagonal
-    0.64-0.82 (float32) and 0.89-0.93 (float64), full 0.74-0.81 (float32) and 0.94-1.07
-    (float64); full at N = 1e6, D = 2, K = 3 0.88-0.89; Old Faithful's default search 0.92-0.94;
-    tied 1.08 (float64) and 1.55-1.59 (float32). VB, 20 iterations: diagonal 0.89-0.96,
-    full 1.01 (float32) and 1.08-1.11 (float64).
+    compiled both ways and called alternately in one process (``benchmarks/library_kernels.py``
+    and its first drafts; medians of 9, two cores; without / with YNNPACK): spherical 0.38-0.52
+    times as long, diagonal 0.64-0.82 (float32) and 0.86-0.93 (float64), full 0.71-0.81
+    (float32) and 0.94-1.07 (float64: no difference); full at N = 1e6, D = 2, K = 3 0.88-0.95;
+    Old Faithful's default search 0.92-1.02; tied 1.00-1.08 (float64) and 1.54-1.59 (float32).
+    VB, 20 iterations: diagonal 0.88-0.96, full 1.01-1.17.
     """
     keep = covariance_type == "tied" or (engine == "vb" and covariance_type == "full")
     return {} if keep else {YNN_FUSION_OPTION: ""}
