@@ -26,7 +26,10 @@ fit for at most 0.1 s more run time. ``$BAYESGMM_COMPILE_MODE`` overrides the ch
 (short scripts; the starts keep ``FASTEST``), ``fastest-compile`` as that with ``FASTEST`` for
 the programs that ask for fast compiles outright (EM, VB, k-means, streaming, the helpers; on
 small data, as in the test suite, they compile in about two thirds of the time and run several
-times slower), ``fast-run`` for none, ``auto`` (the default) as above.
+times slower), ``fast-run`` for none, ``auto`` (the default) as above. Whatever the mode, a program may add
+XLA options of its own per signature on the CPU (``cpu_options``): EM's and VB's leave
+YNNPACK's kernels out where XLA's own code runs their products faster
+(:func:`bayesgmm._stats.library_kernels`).
 """
 
 from __future__ import annotations
