@@ -612,8 +612,9 @@ def library_kernels(covariance_type: str, engine: str = "em") -> dict:
     and its first drafts; medians of 9, two cores; without / with YNNPACK): spherical 0.38-0.52
     times as long, diagonal 0.64-0.82 (float32) and 0.86-0.93 (float64), full 0.71-0.81
     (float32) and 0.94-1.07 (float64: no difference); full at N = 1e6, D = 2, K = 3 0.88-0.95;
-    Old Faithful's default search 0.92-1.02; tied 1.00-1.08 (float64) and 1.54-1.59 (float32).
-    VB, 20 iterations: diagonal 0.88-0.96, full 1.01-1.17.
+    Old Faithful's default search 0.92-1.02; tied 1.00-1.08 (float64) and 1.54-1.59 (float32);
+    mclust's models at N = 1e5, D = K = 8 (float64, 7 calls) VEV 0.88-0.89, EVI 0.82-0.84, VII
+    0.49-0.52. VB, 20 iterations: diagonal 0.88-0.96, full 1.01-1.17.
     """
     keep = covariance_type == "tied" or (engine == "vb" and covariance_type == "full")
     return {} if keep else {YNN_FUSION_OPTION: ""}
