@@ -269,7 +269,10 @@ def test_a_programs_own_cpu_options_reach_xla_in_every_mode_and_an_unknown_one_i
         plain = _compile.CompiledProgram(fn, static_argnames=())
         without = _compile.CompiledProgram(fn, static_argnames=(), cpu_options=lambda u, v: off)
         texts = [p._executable((a, b), {})[1].as_text() for p in (plain, without)]
-        assert '"__ynn_fusion"' in texts[0] and '"__ynn_fusion"' not in texts[1], mode
+        # XLA's default (jaxlib 0.10) hands this product to YNNPACK; the option takes it back
+        assert '"__ynn_fusion"' not in texts[1], mode
+        if jax.__version_info__[:2] == (0, 10):
+            assert '"__ynn_fusion"' in texts[0], mode
         np.testing.assert_allclose(np.asarray(without(a, b).outputs), np.asarray(fn(a, b)), rtol=1e-12)
     assert _compile.compiler_options(False, off) == off and _compile.compiler_options(False) is None
 
@@ -295,8 +298,12 @@ def test_em_and_vb_programs_use_ynnpack_only_where_it_was_faster(faithful):
                                           ("vb", vb.PROGRAM, bg.fit_vb, ("full", "diag"))):
         for ct in layouts:
             uses_ynn = '"__ynn_fusion"' in compiled_text(program, fit, ct)
-            assert uses_ynn == (ct == "tied" or (engine, ct) == ("vb", "full")), (engine, ct)
-            assert uses_ynn == (_stats.library_kernels(ct, engine) == {})
+            kept = ct == "tied" or (engine, ct) == ("vb", "full")
+            assert kept == (_stats.library_kernels(ct, engine) == {})
+            if not kept:
+                assert not uses_ynn, (engine, ct)
+            elif jax.__version_info__[:2] == (0, 10):  # XLA's default there: YNNPACK's kernels
+                assert uses_ynn, (engine, ct)
     # the same fit with XLA's defaults (YNNPACK on): equal to round-off
     em_diag = bg.fit_em(faithful, 2, covariance_type="diag", n_init=2, seed=0)
     with pytest.MonkeyPatch.context() as patch, compiled_afresh():
