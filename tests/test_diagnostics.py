@@ -505,10 +505,31 @@ def test_average_ranks_equal_scipy_with_ties_and_nan():
     for a in (rng.normal(size=(1000, 5)), ties, np.repeat(rng.normal(size=(20, 2)), 3, axis=0), np.ones((10, 2)),
               with_nan, rng.normal(size=(1, 3))):
         np.testing.assert_array_equal(average_ranks(a), rankdata(a, method="average", axis=0))
-    code = ("import sys, numpy as np, bayesgmm.diagnostics as d; d.rhat(np.random.default_rng(0).normal(size=(4, 50))); "
-            "print('scipy.stats' in sys.modules)")
+    code = ("import sys, numpy as np, bayesgmm.diagnostics as d; x = np.random.default_rng(0).normal(size=(4, 50)); "
+            "d.rhat(x); d.ess_bulk(x); print('scipy.stats' in sys.modules, 'scipy.special' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False"]
+    assert out.split() == ["False", "False"]
+
+
+def test_normal_quantile_equals_scipy_in_every_range_and_at_the_ends():
+    """The rank normalisation's normal quantile (NumPy, Wichura's AS 241, so that a sampler fit
+    does not import scipy.special) against scipy.special.ndtri: the central range, both
+    intermediate ranges and the far tails down to the smallest float64, the ranges' boundaries,
+    0 and 1 (infinite), NaN and probabilities outside [0, 1] (NaN), any shape."""
+    from scipy.special import ndtri
+
+    from bayesgmm.diagnostics import normal_quantile
+
+    p = np.concatenate([np.linspace(0.0, 1.0, 20001), np.logspace(-323, -1, 2000), 1.0 - np.logspace(-16, -1, 500),
+                        [0.075, 0.925, 0.5 - 0.425, 0.5 + 0.425, np.exp(-25.0), 1.0 - np.exp(-25.0), 5e-324],
+                        [np.nan, -0.1, 1.1, -np.inf, np.inf]])
+    got, want = normal_quantile(p), ndtri(p)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    finite = np.isfinite(want)
+    assert np.isinf(want).sum() == 2 and finite.sum() > 22000
+    np.testing.assert_allclose(got[finite], want[finite], rtol=4e-15, atol=1e-300)
+    assert normal_quantile(0.975).shape == () and normal_quantile(np.full((2, 3), 0.5)).shape == (2, 3)
 
 
 def test_rhat_sees_a_stuck_chain_and_constants_are_nan():
