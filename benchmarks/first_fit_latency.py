@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+from _fresh_process import bytecode_note, child_env
+
 SCRIPT = """
 import sys, time, warnings
 t0 = time.perf_counter()
@@ -81,14 +83,14 @@ def run_numpyro() -> tuple[float, float, float]:
     import bayesgmm.datasets as datasets
 
     csv = os.path.join(os.path.dirname(datasets.__file__), "data", "faithful.csv")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    env = child_env(OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", PLAIN_NUMPYRO, csv], capture_output=True, text=True, env=env,
                          check=True)
     return tuple(float(v) for v in out.stdout.split())
 
 
 def run(engine: str, cache: str | None, *flags: str) -> tuple[float, float, float]:
-    env = dict(os.environ, BAYESGMM_COMPILE_CACHE=cache or "0", OPENBLAS_NUM_THREADS="1")
+    env = child_env(BAYESGMM_COMPILE_CACHE=cache or "0", OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", SCRIPT, engine, *flags], capture_output=True, text=True, env=env,
                          check=True)
     wall, compile_s, run_s = (float(v) for v in out.stdout.split())
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--numpyro", action="store_true", help="also: first NUTS fit against plain NumPyro")
     args = ap.parse_args()
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; cores: {os.cpu_count()}")
+    print(bytecode_note())
     print(f"{'engine':<6} {'setting':<12} {'wall s':>7} {'compile s':>9} {'run s':>7}")
     with tempfile.TemporaryDirectory() as folder:
         for engine in args.engines:

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from _fresh_process import bytecode_note, child_env
+
 FIT = """
 import time, warnings
 t0 = time.perf_counter()
@@ -40,7 +42,7 @@ while True:
 
 
 def fit() -> tuple[float, float, float]:
-    env = dict(os.environ, BAYESGMM_COMPILE_CACHE="0", OPENBLAS_NUM_THREADS="1")
+    env = child_env(BAYESGMM_COMPILE_CACHE="0", OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", FIT], capture_output=True, text=True, env=env, check=True)
     return tuple(float(v) for v in out.stdout.split())
 
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=2)
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; load average before {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(bytecode_note())
     rows = {"quiet": [], f"beside {args.busy} busy": []}
     for _ in range(args.reps):  # interleaved
         rows["quiet"].append(fit())
