@@ -148,9 +148,10 @@ def _rational(coefficients, r):
 
 def normal_quantile(p) -> np.ndarray:
     """The standard normal quantile (``scipy.special.ndtri``) of probabilities ``p`` in (0, 1), in
-    NumPy (Wichura's AS 241): the rank normalisation of every sampler fit's diagnostics needs
-    it, and importing ``scipy.special`` took 0.1 s of a second NUTS process. 0 and 1 give -inf
-    and inf, NaN and values outside [0, 1] NaN."""
+    NumPy (Wichura's AS 241, within about 1e-15 of it relative): the rank normalisation of every
+    sampler fit's diagnostics needs it, and importing ``scipy.special`` for it cost a second NUTS
+    process about 0.04 s (0.14 s against 0.10 s outside compiling and sampling, medians of 5).
+    0 and 1 give -inf and inf, NaN and values outside [0, 1] NaN."""
     p = np.asarray(p, np.float64)
     q = p - 0.5
     with np.errstate(divide="ignore", invalid="ignore"):
