@@ -264,6 +264,10 @@ def _folder_lock(folder: Path):
         os.close(fd)  # releases the lock
 
 
+#: Name, inside the staging folder, of an earlier run's checkpoint until this run commits.
+_EARLIER_CHECKPOINT = ".earlier-checkpoint"
+
+
 class OutputFolder:
     """The ``--out`` folder of one command: one run's files, complete, or nothing.
 
@@ -422,9 +426,31 @@ class OutputFolder:
                     shutil.rmtree(stale, ignore_errors=True)
             self.discard()
 
+    def replace_checkpoint(self) -> None:
+        """Start the command's checkpoint afresh (``--overwrite`` without ``--resume``), keeping the
+        earlier run's in the staging folder until this run's files are committed: an error or an
+        interruption before then puts it back (:meth:`discard`), so its finished data sets are never
+        lost to a run that did not finish."""
+        if self.checkpoint is not None and self.checkpoint.is_dir():
+            os.replace(self.checkpoint, self.stage / _EARLIER_CHECKPOINT)
+
+    def _restore_checkpoint(self) -> None:
+        """Put the earlier run's checkpoint back (:meth:`replace_checkpoint`) in place of this
+        run's, whose data sets were never written out; nothing to do when none was set aside."""
+        earlier = self.stage / _EARLIER_CHECKPOINT
+        if self.checkpoint is None or self.committed or not earlier.is_dir():
+            return
+        for attempt in range(3):  # the main thread may be creating this run's checkpoint meanwhile
+            with contextlib.suppress(OSError):
+                if self.checkpoint.exists():
+                    os.replace(self.checkpoint, self.stage / f".unfinished-checkpoint-{attempt}")
+                os.replace(earlier, self.checkpoint)
+                return
+
     def kept_note(self) -> str | None:
         """The line an interrupted command prints about the tasks its checkpoint keeps (None
         when it keeps none)."""
+        self._restore_checkpoint()  # an earlier run's, set aside by --overwrite, is what is kept
         if self.checkpoint is None or not self.checkpoint.is_dir():
             return None
         done = sum(1 for p in self.checkpoint.iterdir() if p.name.startswith("task-"))
@@ -435,7 +461,11 @@ class OutputFolder:
 
     def discard(self) -> None:
         """Delete the staging folder (and the folders this command created for ``--out``, if
-        nothing else is in them)."""
+        nothing else is in them), having put back an earlier run's checkpoint set aside by
+        :meth:`replace_checkpoint` unless this run committed."""
+        self._restore_checkpoint()
+        if (self.stage / _EARLIER_CHECKPOINT).exists() and not self.committed:
+            return  # could not be put back: kept in the staging folder rather than deleted
         shutil.rmtree(self.stage, ignore_errors=True)
         if not self.committed:
             for folder in reversed(self.created):  # innermost first

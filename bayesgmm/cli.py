@@ -607,8 +607,8 @@ def _run(args) -> int:
             out.discard()
             raise UsageError(f"{str(checkpoint)!r} is not a bayesgmm checkpoint, and {command} keeps its finished data "
                              "sets there; move it, or give another --out folder.")
-        if ours and not opts["resume"]:  # --overwrite without --resume: start afresh
-            shutil.rmtree(checkpoint)
+        if ours and not opts["resume"]:  # --overwrite without --resume: start afresh (the earlier one kept until commit)
+            out.replace_checkpoint()
     opts["checkpoint"] = checkpoint if resumable else None
     _ACTIVE.append(out)
     try:

@@ -494,6 +494,20 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
     kept = pd.concat([pd.read_parquet(out / "checkpoint" / f"task-00000{i}.parquet") for i in (0, 1)])
     assert cli.main(study) == 2
     assert "--resume continues it" in capsys.readouterr().err
+    # --overwrite starts afresh, but the earlier run's data sets stay until the new run's files are
+    # written: an error or Ctrl-C before then leaves them as they were
+    checkpointed = {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()}
+
+    def failing(*args, **kwargs):
+        raise ValueError("this data set cannot be fitted")
+
+    for broken, code, said in ((failing, 2, "cannot be fitted"), (at_once, 130, "the 2 data set(s) finished are kept")):
+        monkeypatch.setattr(experiments, "compare", broken)
+        assert cli.main(study + ["--overwrite"]) == code
+        assert said in capsys.readouterr().err
+        assert sorted(_listing(out)) == ["checkpoint"]
+        assert {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()} == checkpointed
+    monkeypatch.setattr(experiments, "compare", stopping)
     assert cli.main(study + ["--resume", "--seed", "1"]) == 2  # another study's data sets are never mixed in
     assert "differs in seed); give a new --out folder, or --overwrite without --resume" in capsys.readouterr().err
     calls.clear()
