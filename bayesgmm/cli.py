@@ -567,6 +567,13 @@ _FLAGS = (
      "give a new --out folder, or --overwrite without --resume to start again"),
     (None, "pass columns=[...] with numeric columns only",
      "choose numeric columns with --columns (columns in a TOML file's [data] table)"),
+    # the library's argument checks, by the command's flags
+    (None, "num_components must", "-k/--num-components must"),
+    ("select", "k_range must", "-k must"),
+    ("sbc", "num_replications must", "--replications must"),
+    (None, "batch_size must", "--batch-size must"),
+    (None, "test_fraction must", "--test-fraction must"),
+    (None, "seed must", "--seed must"),
 )
 
 

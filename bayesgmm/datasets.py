@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .params import GMMParams, check_covariance_type, check_num_components
+from .params import GMMParams, check_covariance_type, check_data_seed, check_num_components, seed_to_key
 
 __all__ = ["MixtureData", "load_faithful", "load_galaxies", "make_mixture"]
 
@@ -123,10 +123,8 @@ def make_mixture(
         Mixing weights; default a Dirichlet(10) draw (roughly balanced).
     seed : int
         Seeds both the parameters (weights, means, covariances) and the data drawn from them:
-        the same seed gives the same data.
+        the same seed gives the same data. An integer in ``[0, 2**64)``.
     """
-    import jax
-
     from .model import simulate_rows
 
     check_covariance_type(covariance_type)
@@ -138,6 +136,7 @@ def make_mixture(
         np.isfinite(separation) and separation >= 0
     ):
         raise ValueError(f"separation must be a finite number >= 0 (the spread of the component means), got {separation!r}.")
+    seed = check_data_seed(seed)
     rng = np.random.default_rng(seed)
     if weights is None:
         weights = rng.dirichlet(np.full(k, 10.0))
@@ -162,5 +161,5 @@ def make_mixture(
     else:
         cov = rng.uniform(0.5, 1.5, size=k)
     params = GMMParams(weights, means, cov)
-    x, z = simulate_rows(jax.random.key(seed), params, num_obs, covariance_type)  # one program per row bucket
+    x, z = simulate_rows(seed_to_key(seed), params, num_obs, covariance_type)  # one program per row bucket
     return MixtureData(x, z, params)

@@ -542,8 +542,9 @@ def simulation_study(
     for value in np.atleast_1d(separation).tolist():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
             raise ValueError(f"separation must hold non-negative numbers, got {value!r}.")
-    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed <= 2**44):
+        # data set i is seeded by seed * 1_000_003 + i, which must stay below 2**64
+        raise ValueError(f"seed must be an integer in [0, 2**44], got {seed!r}.")
     check_executor(executor)
     grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]
     settings = dict(num_features=num_features, methods=tuple(methods), covariance_type=covariance_type,

@@ -940,6 +940,14 @@ def compute_dtype() -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
+def check_data_seed(seed) -> int:
+    """A seed for NumPy's generator as well as JAX's (simulated data, studies): an integer in
+    ``[0, 2**64)``, else a ValueError naming it."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
+    return int(seed)
+
+
 def seed_to_key(seed):
     """A JAX PRNG key from an integer seed (Python or NumPy integer, or a 0-d integer array), or a
     JAX key (typed, or a legacy uint32 key of shape (2,)) returned as is."""
@@ -957,10 +965,13 @@ def seed_to_key(seed):
         value = int(seed)
         if not -(2**63) <= value < 2**64:
             raise ValueError(f"seed must fit in 64 bits, got {value}; use a smaller integer.")
-        if 0 <= value < 2**31 and getattr(jax.config, "jax_default_prng_impl", None) == "threefry2x32":
-            # jax.random.key's bits for such seeds, with and without x64, made on the host: its
-            # first call compiles a small program (about 80 ms of a script's first fit)
-            return jax.random.wrap_key_data(np.array([0, value], np.uint32))
+        if getattr(jax.config, "jax_default_prng_impl", None) == "threefry2x32":
+            # jax.random.key's bits with x64 (the seed's 64-bit two's complement, high word first),
+            # made on the host: its first call compiles a small program (about 80 ms of a script's
+            # first fit), and without x64 it would keep the low 32 bits only, so that seeds 5 and
+            # 2**32 + 5 gave the same fit (the same bits for 0 <= seed < 2**32 either way)
+            bits = value % 2**64
+            return jax.random.wrap_key_data(np.array([bits >> 32, bits & 0xFFFFFFFF], np.uint32))
         return jax.random.key(value if value < 2**63 else value - 2**64)
     raise ValueError(
         f"seed must be an integer or a jax.random key (jax.random.key(n)), got {seed!r} of type {type(seed).__name__}."

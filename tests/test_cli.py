@@ -112,6 +112,17 @@ def test_errors_and_warnings_give_the_flags_not_python_arguments(tmp_path, capsy
                        str(tmp_path / "o4")])
     err = capsys.readouterr().err
     assert "fit MAP-EM (--method map-em)" in err and "Prior.default" not in err, (rc, err)
+    csv = str(tmp_path / "tiny.csv")
+    for args, said in ((["sbc", "--replications", "0"], "--replications must be an integer >= 2"),
+                       (["select", csv, "-k", "0", "1"], "-k must hold positive integers"),
+                       (["fit", csv, "-k", "0"], "-k/--num-components must be at least 1"),
+                       (["compare", csv, "-k", "2", "--methods", "em", "--test-fraction", "1"], "--test-fraction must be in"),
+                       (["simulate", "--seed", "-1"], "--seed must be an integer in [0, 2**64)"),
+                       (["simulate", "--seed", str(10**23)], "--seed must be an integer in [0, 2**64)"),
+                       (["study", "--num-datasets", "1", "--seed", str(10**23)], "--seed must be an integer in [0, 2**44]")):
+        err = _usage_error(args + ["--out", str(tmp_path / "o5")], capsys)
+        assert said in err, (args, err)
+        assert not (tmp_path / "o5").exists()
 
 
 def test_compare_with_labels_and_held_out_data(csv, tmp_path):

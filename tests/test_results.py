@@ -141,17 +141,30 @@ def test_integer_seeds_of_every_kind_agree(two_blobs):
 
 
 def test_integer_seeds_are_jax_random_keys_in_both_precisions():
-    """Seeds below 2**31 are keyed on the host (no program to compile); every integer seed gives
-    ``jax.random.key``'s key, with and without x64."""
-    from bayesgmm.params import seed_to_key
+    """Integer seeds are keyed on the host (no program to compile) as ``jax.random.key`` keys them
+    with x64, in both precisions: without x64 ``jax.random.key`` keeps a seed's low 32 bits, so
+    that 5 and 2**32 + 5 (or -1 and 2**32 - 1) would give the same fit. Seeds in [0, 2**32) get
+    ``jax.random.key``'s bits in either precision."""
+    from bayesgmm.params import check_data_seed, seed_to_key
 
-    seeds = [0, 1, 12345, 2**31 - 1, 2**31, 2**32 - 1, 2**32 + 5, -1, -(2**31), 2**63 - 1, -(2**63)]
+    seeds = [0, 1, 12345, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, -1, -(2**31), 2**63 - 1, -(2**63), 2**64 - 1]
+    with jax.enable_x64(True):
+        reference = [jax.random.key_data(jax.random.key(s if s < 2**63 else s - 2**64)) for s in seeds]
     for x64 in (True, False):
         with jax.enable_x64(x64):
-            for seed in seeds:
-                ours, theirs = seed_to_key(seed), jax.random.key(seed)
-                assert jax.random.key_impl(ours) == jax.random.key_impl(theirs)
-                np.testing.assert_array_equal(jax.random.key_data(ours), jax.random.key_data(theirs), err_msg=str(seed))
+            keys = [seed_to_key(seed) for seed in seeds]
+            for seed, ours, theirs in zip(seeds, keys, reference):
+                assert jax.random.key_impl(ours) == jax.random.key_impl(jax.random.key(0))
+                np.testing.assert_array_equal(jax.random.key_data(ours), theirs, err_msg=str(seed))
+                if 0 <= seed < 2**32:
+                    np.testing.assert_array_equal(jax.random.key_data(ours), jax.random.key_data(jax.random.key(seed)))
+            assert len({tuple(np.asarray(jax.random.key_data(k)).tolist()) for k in keys[:-1]}) == len(seeds) - 1  # -1 is 2**64 - 1
+    for bad in (-1, 2**64, 1.0, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+            check_data_seed(bad)
+    with jax.enable_x64(False):  # simulated data: another seed, other data, whatever the precision
+        a, b = (bg.datasets.make_mixture(20, 2, 2, seed=s).x for s in (5, 2**32 + 5))
+        assert not np.array_equal(a, b)
 
 
 def test_priors_are_values(two_blobs):
