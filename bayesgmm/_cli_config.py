@@ -64,8 +64,8 @@ def _data_args(p, *, labels=False):
                         "name the numeric ones if the file has others)")
     if labels:
         p.add_argument("--label-column",
-                       help="column of true labels: not a feature, used only to score the clustering (ARI/NMI) "
-                            "(default: none)")
+                       help="column of true labels (e.g. simulate's 'component'): not a feature, used only to score "
+                            "the clustering (ARI) (default: none)")
 
 
 def _plot_args(p):
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_args(demo)
 
     fit = command("fit", help="fit one engine to a data file")
-    _data_args(fit)
+    _data_args(fit, labels=True)
     fit.add_argument("-k", "--num-components", type=int, required=True, help=_K_HELP + " (required)")
     fit.add_argument("--method", choices=ENGINES, default="em",
                      help="engine: em (maximum likelihood), map-em (MAP-EM, default prior unless prior= is given), "

@@ -170,14 +170,14 @@ def run_fit(opts, out: OutputFolder) -> int:
     method = opts["method"]
     stem = f"{method}_k{opts['num_components']}"
     if opts.get("stream"):
-        x = None
+        x = labels = None
         result = _fit_stream(opts)
         stem = f"{result.method}_k{opts['num_components']}_stream"  # online-em when asked for
     else:
         if opts.get("batch_size") is not None:
             raise UsageError("--batch-size sets the rows per chunk of a streamed fit; add --stream, or leave it out "
                              "(batch_size in a TOML file).")
-        x, _ = load_data(opts["data"])
+        x, labels = load_data(opts["data"])
         print_features(x, opts["data"].get("label_column"))
         kw = _engine_kwargs(opts, method)
         if method in ("svi", "mcmc", "gibbs") and opts.get("progress", False):
@@ -187,6 +187,11 @@ def run_fit(opts, out: OutputFolder) -> int:
         kw = _resolve_prior(kw, method, x, opts["num_components"])
         result = fit(x, opts["num_components"], method, covariance_type=opts["covariance_type"], seed=opts["seed"], **kw)
     print_fit(result)
+    if x is not None and labels is not None:
+        from .experiments import adjusted_rand_index
+
+        print(f"adjusted Rand index against {opts['data']['label_column']!r}: "
+              f"{adjusted_rand_index(labels, result.predict(x)):.3f}")
     result.to_json(out.path(f"{stem}.json"))
     save_result(result, out.path(f"{stem}.nc"), x=x)
     if opts["plot"]:  # a streamed fit has no data in memory to draw: its objective's trace

@@ -148,7 +148,7 @@ def test_select_writes_the_table_and_the_best_model(tmp_path, capsys):
     assert (tmp_path / "selection_bic.png").exists()
 
 
-def test_simulate_then_fit_recovers_the_truth(tmp_path):
+def test_simulate_then_fit_recovers_the_truth(tmp_path, capsys):
     assert cli.main(["simulate", "-n", "400", "-k", "2", "--separation", "6", "--seed", "3", "--out", str(tmp_path)]) == 0
     data = pd.read_csv(tmp_path / "data.csv")
     truth = json.loads((tmp_path / "truth.json").read_text())
@@ -156,6 +156,16 @@ def test_simulate_then_fit_recovers_the_truth(tmp_path):
     ref = bg.datasets.make_mixture(400, 2, 2, separation=6.0, seed=3)
     np.testing.assert_allclose(data[["x0", "x1"]].to_numpy(), ref.x)
     np.testing.assert_allclose(truth["means"], ref.params.means)
+    # fit takes the label column out of the features (it was fitted as a third feature), and scores against it
+    capsys.readouterr()
+    assert cli.main(["fit", str(tmp_path / "data.csv"), "-k", "2", "--label-column", "component", "--no-plot",
+                     "--no-progress", "--out", str(tmp_path / "fit")]) == 0
+    said = capsys.readouterr().out
+    assert "features (2): x0, x1; label column 'component' (not a feature)" in said
+    assert float(said.split("adjusted Rand index against 'component': ")[1].split()[0]) > 0.99
+    fitted = bg.load_result(tmp_path / "fit" / "em_k2.json")
+    order = np.argsort(fitted.means[:, 0])
+    np.testing.assert_allclose(fitted.means[order], ref.params.means[np.argsort(ref.params.means[:, 0])], atol=0.3)
 
 
 def test_study_and_sbc_commands(tmp_path):

@@ -194,7 +194,8 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
     # the design as run: num_obs=-5 simulated 45 rows and reported -5; 100.7 was cut to 100
     for bad, match in ((dict(num_obs=-5), "num_obs must be a positive integer"), (dict(num_obs=100.7), "num_obs must be"),
                        (dict(num_components=[2, 0]), "num_components must be"), (dict(test_size=-1), "test_size must be"),
-                       (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*44\]"), (dict(seed=2**45), r"seed must be an integer in \[0, 2\*\*44\]")):
+                       (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*44\]"),
+                       (dict(seed=2**45), r"seed must be an integer in \[0, 2\*\*44\]")):
         with pytest.raises(ValueError, match=match):
             simulation_study(1, progress_bar=False, **bad)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['method'"):  # was KeyError: 'method'
