@@ -458,18 +458,16 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
 
     groups = {"posterior": dataset(post, dims)}
 
-    # Compute in the data's precision (float32 unless jax_enable_x64 is on); never flip the config.
-    # Data, means and the prior mean are centred on the mixture mean in float64 first: densities
-    # are translation invariant, and data far from zero keep their precision.
+    # Reported totals in float64 (the log-likelihood on the host, the prior's part with x64 on for
+    # that call). Data, means and the prior mean are centred on the mixture mean in float64 first:
+    # densities are translation invariant, and data far from zero keep their precision.
     frame = result._frame()
     origin = frame.shift
     arr = None
     if x is not None:
         arr, _ = check_data(x, num_features=d, allow_constant=True, feature_names=result.feature_names,
                         missing="marginalize")  # NaN: missing values, each row scored on its observed columns
-    dtype = jax.dtypes.canonicalize_dtype(arr.dtype if arr is not None else np.float64)
     centred_means = np.asarray(_flat(post["means"]), np.float64) - origin
-    flat = [jnp.asarray(a, dtype) for a in (_flat(post["weights"]), centred_means, _flat(post["covariances"]))]
 
     stats, stats_map = _sample_stats_arrays(result, chains, draws)
     loglik = None
@@ -491,9 +489,15 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
             total = np.full((1, 1), float(result.log_likelihood))
         if total is not None:
             if result.prior is not None:
+                # in float64, as every reported total: in float32 weights below its smallest normal
+                # (a sparse Dirichlet's draws hold weights of 1e-234) were floored at 1.2e-38, tens
+                # to hundreds of nats off the prior density of the draws
                 pa = result.prior.arrays(k, ct)
-                pa = PriorArrays(*(np.asarray(a, dtype) for a in pa._replace(mean=pa.mean - origin)))
-                total = total + np.asarray(log_prior_draws(*flat, pa, covariance_type=ct)).reshape(chains, draws)
+                pa = PriorArrays(*(np.asarray(a, np.float64) for a in pa._replace(mean=pa.mean - origin)))
+                draws64 = (_flat(post["weights"]), centred_means, _flat(post["covariances"]))
+                with jax.enable_x64(True):
+                    prior_part = log_prior_draws(*(np.asarray(a, np.float64) for a in draws64), pa, covariance_type=ct)
+                    total = total + np.asarray(prior_part, np.float64).reshape(chains, draws)
             stats["lp"] = total
     if stats:
         groups["sample_stats"] = dataset(stats, None)

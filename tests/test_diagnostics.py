@@ -237,6 +237,24 @@ def test_lp_with_prior_is_log_joint(df, x):
     np.testing.assert_allclose(lp_point, fit.log_likelihood + log_prior(fit.params, prior, "full"), rtol=1e-10)
 
 
+def test_lp_prior_part_is_float64_with_float32_data(df, x):
+    """The prior's part of ``lp`` is computed in float64 whatever the data's precision: a sparse
+    Dirichlet's draws hold weights far below float32's smallest normal (1.2e-38), which float32
+    floored there (tens to hundreds of nats off at concentration 0.01)."""
+    import jax
+
+    fit = bg.fit_em(df, 2, prior=bg.Prior.default(x, 2), seed=0)
+    sparse = dataclasses.replace(bg.Prior.default(x, 2), weight_concentration=0.01)
+    draws = jittered_draws(fit, 1, 2, seed=9)
+    draws["weights"][0, 0] = [1.0 - 1e-234, 1e-234]
+    result = dataclasses.replace(fit, draws=draws, method="mcmc", prior=sparse)
+    with jax.enable_x64(False):
+        lp = diagnostics.to_inference_data(result, x.astype(np.float32)).sample_stats["lp"].values
+    for j in range(2):
+        expected = log_joint(x.astype(np.float32).astype(np.float64), [draws[n][0, j] for n in PARAMS], sparse, "full")
+        np.testing.assert_allclose(lp[0, j], expected, rtol=1e-10)
+
+
 # ----------------------------------------------------------------------------------------------
 # ArviZ functions work on the result
 # ----------------------------------------------------------------------------------------------
