@@ -406,6 +406,8 @@ HANDLERS = {"demo": run_demo, "fit": run_fit, "compare": run_compare, "select": 
 
 #: Output folders of the commands in progress (the Ctrl-C watcher leaves a committing one alone).
 _ACTIVE: list = []
+#: Set once the command has written its files, or has returned: a signal after that changes nothing.
+_DONE = threading.Event()
 
 
 def _set_compile_cache(path) -> None:
@@ -572,7 +574,10 @@ _FLAGS = (
      "give a new --out folder, or --overwrite without --resume to start again"),
     (None, "pass columns=[...] with numeric columns only",
      "choose numeric columns with --columns (columns in a TOML file's [data] table)"),
-    # the library's argument checks, by the command's flags
+)
+#: The library's argument checks, by the command's flags (not in a TOML file's errors, whose keys
+#: are the arguments' own names).
+_ARGUMENT_FLAGS = (
     (None, "num_components must", "-k/--num-components must"),
     ("select", "k_range must", "-k must"),
     ("sbc", "num_replications must", "--replications must"),
@@ -584,7 +589,8 @@ _FLAGS = (
 
 def _for_the_command_line(message: str, command: str) -> str:
     """A library message as the command line's user acts on it: its options by their flags."""
-    for where, python, flag in _FLAGS:
+    flags = _FLAGS if message.startswith("config file") else _FLAGS + _ARGUMENT_FLAGS
+    for where, python, flag in flags:
         if where is None or where == command:
             message = message.replace(python, flag)
     return message
@@ -629,6 +635,7 @@ def _run(args) -> int:
             rc = HANDLERS[command](opts, out)
             if rc == 0:
                 out.commit()
+                _DONE.set()
                 if resumable:  # the command's files hold every data set now
                     shutil.rmtree(checkpoint, ignore_errors=True)
                 wrote(out.files)
@@ -684,7 +691,7 @@ def _watch_interrupts(read_fd: int) -> None:
             break
     with COMMIT_LOCK:
         active = list(_ACTIVE)
-        if any(out.committed for out in active):
+        if _DONE.is_set() or any(out.committed for out in active):
             return
         for out in active:
             for _ in range(3):  # the main thread may still be creating files in the staging folder
@@ -723,14 +730,23 @@ def console_main() -> int:
     """The ``bayesgmm`` executable and ``python -m bayesgmm``: :func:`main`, with Ctrl-C handled
     by a watcher thread that exits at once (status 130, one line, no partial files) and skips
     interpreter shutdown, which could otherwise crash (SIGSEGV) while XLA threads are still
-    compiling or running."""
+    compiling or running. Every other ending skips it too: once the command has written its
+    files it has succeeded, and a Ctrl-C or SIGTERM arriving during the second or so of shutdown
+    (which puts the default handlers back) would have made it die of the signal, status 130 or
+    143, which means no files were written."""
+    watched = True
     try:
         _install_interrupt_watcher()
     except (OSError, ValueError):  # no pipe, or not the main thread: KeyboardInterrupt as in main()
-        pass
+        watched = False
     rc = main()
-    if rc == 130:
-        _exit_now(130)
+    if rc != 130:
+        _DONE.set()
+    if rc == 130 or watched:
+        from ._compile import cache_writes_finished
+
+        with cache_writes_finished():  # another thread's write of JAX's cache is never cut short
+            _exit_now(rc)
     return rc
 
 

@@ -218,7 +218,7 @@ n_init = 2
          "engine option(s) ['n_iters'] are not options of method 'em'"),
         (["fit", "{csv}", "--dataset", "faithful", "-k", "2"], "exactly one data source"),
         (["compare", "{csv}", "-k", "2", "--label-column", "zzz"], "column(s) ['zzz'] not in"),
-        (["compare", "{csv}", "-k", "2", "--test-fraction", "1.5", "--columns", "eruptions"], "test_fraction must be in"),
+        (["compare", "{csv}", "-k", "2", "--test-fraction", "1.5", "--columns", "eruptions"], "--test-fraction must be in"),
         (["compare", "{csv}", "-k", "2", "--test-fraction", "0.001", "--columns", "eruptions"],
          "--test-fraction 0.001 of 272 rows holds out 0 row(s)"),
         (["fit", "{csv}", "-k", "2", "--columns", "eruptions", "--batch-size", "100"], "add --stream"),
@@ -592,6 +592,35 @@ def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp
         assert stderr.splitlines() == ["bayesgmm: terminated (SIGTERM); no files were written."]
     assert "wrote" not in stdout
     assert _listing(out) == before
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_files_are_written_leaves_a_successful_run(tmp_path, signame):
+    """Once the files are in place the command has succeeded: Ctrl-C or SIGTERM then must not turn
+    it into status 130/143 (which means "no files were written"). Python's shutdown, a second or
+    so after the last line, used to put the default handlers back and die of the signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    assert cli.main(["simulate", "-n", "60", "-k", "2", "--out", str(tmp_path / "data")]) == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bayesgmm", "fit", str(tmp_path / "data" / "data.csv"), "-k", "2", "--label-column",
+         "component", "--no-plot", "--no-progress", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    lines = []
+    while not (lines and lines[-1].startswith("wrote")):
+        lines.append(proc.stdout.readline())
+        assert lines[-1], "".join(lines) + proc.stderr.read()
+    proc.send_signal(getattr(signal, signame))
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (proc.returncode, stderr[-3000:])
+    assert stderr == ""
+    assert sorted(_listing(out)) == sorted([cli.MANIFEST, "em_k2.json", "em_k2.nc"])
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5])
