@@ -399,7 +399,20 @@ def check_data(
                 f"{name} has constant column(s) {names}: their variance is zero, so no covariance "
                 "is defined. Drop them before fitting."
             )
+        vast = np.flatnonzero(~(np.asarray(span, np.float64) <= MAX_COLUMN_SPAN))
+        if vast.size:
+            names = [feature_names[j] for j in vast]
+            raise ValueError(
+                f"{name} has column(s) {names} whose values span more than {MAX_COLUMN_SPAN:g}: their variance "
+                "overflows float64, so no covariance in these units can be reported. Rescale them before "
+                f"fitting (e.g. divide by {MAX_COLUMN_SPAN:g})."
+            )
     return arr, feature_names
+
+
+#: Widest span (max - min) of a column that a fit takes: a variance must stay finite in float64
+#: (about 1.8e308), with room for the sums of squares of many rows.
+MAX_COLUMN_SPAN = 1e150
 
 
 #: :func:`column_extremes` folds rows into rows of about this many values: a reduction over the

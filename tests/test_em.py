@@ -321,6 +321,8 @@ def test_map_prior_prevents_collapse_on_tied_points(faithful):
     [
         (np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 1.0]]), 2, "NaN values in 1 row.*missing='marginalize'"),
         (np.array([[0.0, 1.0], [np.inf, 2.0], [3.0, 1.0]]), 2, "infinite values in 1 row"),
+        # finite, but their variance overflows float64 (it was reported as a -inf log-likelihood)
+        (np.array([[1e300, 2.0], [-1e300, 3.0], [3e300, 5.0], [2e300, 1.0]]), 1, r"column\(s\) \['x0'\] whose values span"),
         (np.zeros((3, 2, 2)), 2, "2-D array"),
         (np.random.default_rng(0).normal(size=(3, 2)), 4, "at least as many observations"),
         (np.random.default_rng(0).normal(size=(10, 2)), 0, "at least 1"),
