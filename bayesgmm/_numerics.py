@@ -792,12 +792,32 @@ def degenerate_message(components, counts, covariances, covariance_type: str, re
                               num_features)
     empty = [i for i in components if counts[i] < 1.0]
     collapsed = [i for i in components if counts[i] >= 1.0 and on_floor[i]]
-    spurious = [i for i in components if i not in empty and i not in collapsed]
+    # float64: many points with a spread of their own near the floor (their variance 1% or more
+    # above it; duplicated points have none): a cluster tighter than the floor allows (some 1e4
+    # times narrower than the data's spread at the default), not a spurious maximiser. (In float32
+    # the fast form's rounding lifts duplicated points above the floor too.)
+    cov64 = np.asarray(covariances, np.float64)
+    k = len(counts)
+    base = max(float(reg_covar), 100.0 * eps**2)
+    if covariance_type in ("full", "tied"):
+        trace = np.trace(expand_covariances(cov64, covariance_type, k, num_features), axis1=-2, axis2=-1)
+        base = np.maximum(base, ROUNDOFF_ULPS * eps * trace / num_features)
+    own_spread = smallest_variances(cov64, covariance_type, k, num_features) > 1.01 * np.broadcast_to(base, (k,))
+    tight = [i for i in collapsed if eps < 1e-10 and reg_covar > 0 and counts[i] >= 2 * (num_features + 1)
+             and own_spread[i]]
+    collapsed = [i for i in collapsed if i not in tight]
+    spurious = [i for i in components if i not in empty and i not in collapsed and i not in tight]
     parts = []
     if empty:
         parts.append(f"component(s) {empty} hold less than one observation (the data support fewer than K components)")
     if collapsed:
         parts.append(f"component(s) {collapsed} have a covariance collapsed onto the regularisation floor")
+    if tight:
+        held = ", ".join(f"{counts[i]:.1f}" for i in tight)
+        parts.append(
+            f"component(s) {tight} on {held} observation(s) have a variance within 10 times the regularisation "
+            "floor (reg_covar times each feature's robust variance): clusters that tight are widened by it, so pass a "
+            "smaller reg_covar (e.g. 1e-14, or 0) if they are real")
     if spurious:
         held = ", ".join(f"{counts[i]:.1f}" for i in spurious)
         parts.append(
@@ -810,8 +830,12 @@ def degenerate_message(components, counts, covariances, covariance_type: str, re
         fixes.append("fit MAP-EM with prior=bayesgmm.Prior.default(x, K)")
     if collapsed and not map_fit:
         fixes.append("increase reg_covar")
+    coarse = ""
+    if eps >= 1e-10 and any(counts[i] >= 2 * (num_features + 1) for i in collapsed):
+        coarse = (" If they are real clusters far narrower than the data's spread, fit in float64 "
+                  "(jax.config.update('jax_enable_x64', True)) with a smaller reg_covar (e.g. 1e-14, or 0).")
     return f"{engine} " + "; ".join(parts) + ". If unintended, " + ", ".join(fixes[:-1]) + (
-        " or " if len(fixes) > 1 else "") + fixes[-1] + "."
+        " or " if len(fixes) > 1 else "") + fixes[-1] + "." + coarse
 
 
 __all__ = [
