@@ -168,6 +168,9 @@ def load_data(spec: dict):
     else:
         df = _read_table(spec["path"])
         source = repr(str(spec["path"]))
+    if spec.get("columns") is not None and len(as_names(spec["columns"], "columns")) == 0:
+        raise UsageError("columns = [] names no feature; list the feature columns, or leave columns out for every "
+                         "column except the label column.")
     columns = as_names(spec["columns"], "columns") if spec.get("columns") else None
     label = spec.get("label_column") or None
     if label is not None and columns and label in columns:

@@ -302,6 +302,9 @@ def test_toml_values_are_type_checked_and_a_single_column_is_accepted(tmp_path, 
     assert cli.options_from_toml(config)["prior"] == "default"
     config.write_text('command = "fit"\nnum_components = 2.0\n[data]\ndataset = "faithful"\n')
     assert "num_components must be an integer, got 2.0" in _usage_error(["run", str(config)], capsys)
+    # an empty list of columns is an error, not "every column" (a label column was fitted as a feature)
+    config.write_text('command = "fit"\nnum_components = 2\n[data]\ndataset = "faithful"\ncolumns = []\n')
+    assert "columns = [] names no feature" in _usage_error(["run", str(config), "--out", str(tmp_path / "o2")], capsys)
 
 
 @pytest.mark.parametrize(
