@@ -712,11 +712,22 @@ def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_compon
     xp, _ = array_namespace(covariances)
     k, d = num_components, num_features
     smallest = smallest_variances(covariances, covariance_type, k, d)
-    floor = xp.maximum(10.0 * reg_covar, 100.0 * eps**2)
-    if covariance_type in ("full", "tied"):
-        trace = xp.trace(expand_covariances(covariances, covariance_type, k, d), axis1=-2, axis2=-1)
-        floor = xp.maximum(floor, 4.0 * ROUNDOFF_ULPS * eps * trace / d)
+    resolution, roundoff = _variance_floors(covariances, covariance_type, eps, k, d)
+    floor = xp.maximum(10.0 * reg_covar, resolution)
+    if roundoff is not None:
+        floor = xp.maximum(floor, 4.0 * roundoff)
     return smallest <= floor
+
+
+def _variance_floors(covariances, covariance_type: str, eps, num_components: int, num_features: int):
+    """The floors under a component's variances besides ``reg_covar``: the resolution ``100
+    eps^2``, and for full and tied covariances the M-step's round-off floor ``ROUNDOFF_ULPS eps
+    tr(Sigma) / D`` (..., K) (None otherwise). NumPy or JAX."""
+    if covariance_type not in ("full", "tied"):
+        return 100.0 * eps**2, None
+    xp, _ = array_namespace(covariances)
+    trace = xp.trace(expand_covariances(covariances, covariance_type, num_components, num_features), axis1=-2, axis2=-1)
+    return 100.0 * eps**2, ROUNDOFF_ULPS * eps * trace / num_features
 
 
 def fast_form_error(means, covariances, covariance_type: str, eps, inv_trace=None):
@@ -798,10 +809,8 @@ def degenerate_message(components, counts, covariances, covariance_type: str, re
     # the fast form's rounding lifts duplicated points above the floor too.)
     cov64 = np.asarray(covariances, np.float64)
     k = len(counts)
-    base = max(float(reg_covar), 100.0 * eps**2)
-    if covariance_type in ("full", "tied"):
-        trace = np.trace(expand_covariances(cov64, covariance_type, k, num_features), axis1=-2, axis2=-1)
-        base = np.maximum(base, ROUNDOFF_ULPS * eps * trace / num_features)
+    resolution, roundoff = _variance_floors(cov64, covariance_type, eps, k, num_features)
+    base = np.maximum(max(float(reg_covar), resolution), 0.0 if roundoff is None else roundoff)
     own_spread = smallest_variances(cov64, covariance_type, k, num_features) > 1.01 * np.broadcast_to(base, (k,))
     tight = [i for i in collapsed if eps < 1e-10 and reg_covar > 0 and counts[i] >= 2 * (num_features + 1)
              and own_spread[i]]

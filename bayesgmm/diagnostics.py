@@ -494,9 +494,9 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
                 # to hundreds of nats off the prior density of the draws
                 pa = result.prior.arrays(k, ct)
                 pa = PriorArrays(*(np.asarray(a, np.float64) for a in pa._replace(mean=pa.mean - origin)))
-                draws64 = (_flat(post["weights"]), centred_means, _flat(post["covariances"]))
-                with jax.enable_x64(True):
-                    prior_part = log_prior_draws(*(np.asarray(a, np.float64) for a in draws64), pa, covariance_type=ct)
+                with jax.enable_x64(True):  # the draws are float64 already (_posterior_arrays)
+                    prior_part = log_prior_draws(_flat(post["weights"]), centred_means, _flat(post["covariances"]), pa,
+                                                 covariance_type=ct)
                     total = total + np.asarray(prior_part, np.float64).reshape(chains, draws)
             stats["lp"] = total
     if stats:
