@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from . import _numerics
+from . import _numerics, _sticks
 from ._compile import CompiledProgram, Timed, compile_together
 from ._numpyro_common import standard_init
 from ._threads import usable_cores
@@ -151,11 +151,13 @@ class FinishedDraws(NamedTuple):
 
 
 def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: int, covariance_type: str,
-                 align: bool) -> FinishedDraws:
+                 align: bool, concentration) -> FinishedDraws:
     """Map a sampler's standardised output to the original scale and undo label switching.
 
     ``align`` relabels every draw to the pivot (:func:`bayesgmm.labels.align_draws`); with
-    False (or K = 1) the aligned draws are the raw ones.
+    False (or K = 1) the aligned draws are the raw ones. ``log_posterior`` is that of the aligned
+    draws: under a weight prior that is not exchangeable (``concentration``: uneven Dirichlet or
+    stick-breaking) a relabelled draw has another prior density than the draw the chain visited.
     """
     pivot = params_to_original(GMMParams(*(np.asarray(a) for a in pivot_std)), shift, sd, covariance_type)
     raw = params_to_original(GMMParams(*(np.asarray(a) for a in draws_std)), shift, sd, covariance_type)
@@ -166,6 +168,8 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
     if align and k > 1:
         draws, perms = align_draws(raw_draws, pivot, covariance_type)
         switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
+        if switched and not _sticks.is_exchangeable(concentration):
+            lp = lp + _sticks.relabelling_shift(raw_draws["weights"], draws["weights"], concentration)
     else:
         draws, switched = dict(raw_draws), 0.0
     point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))

@@ -19,6 +19,8 @@ Every function takes NumPy or JAX arrays alike.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _numerics
 
 
@@ -111,3 +113,34 @@ def log_density(weights, sticks):
         (a - 1.0) * log_w + (b - 1.0) * log_r[..., 1:] - (a + b - 1.0) * log_r[..., :-1] - sp.special.betaln(a, b),
         axis=-1,
     )
+
+
+def is_exchangeable(concentration) -> bool:
+    """True when the weight prior is the same under every relabelling of the components: a
+    Dirichlet with equal concentrations (sticks are ordered by construction)."""
+    if is_sticks(concentration):
+        return concentration.shape[0] == 0
+    flat = np.ravel(np.asarray(concentration))
+    return bool(np.all(flat == flat[:1]))
+
+
+def weights_log_density(weights, concentration):
+    """The weight prior's log density of weights (..., K): Dirichlet for a (K,) concentration,
+    stick-breaking (:func:`log_density`) for (K - 1, 2) sticks; 0 when K = 1 (the weight is 1)."""
+    xp, sp = _numerics.array_namespace(weights, concentration)
+    if weights.shape[-1] == 1:
+        return xp.zeros(weights.shape[:-1], weights.dtype)
+    if is_sticks(concentration):
+        return log_density(weights, concentration)
+    gammaln = sp.special.gammaln
+    concentration = xp.broadcast_to(concentration, weights.shape[-1:])
+    return (gammaln(xp.sum(concentration)) - xp.sum(gammaln(concentration))
+            + xp.sum((concentration - 1.0) * xp.log(weights), axis=-1))
+
+
+def relabelling_shift(weights, relabelled, concentration):
+    """``log p(relabelled) - log p(weights)`` under the weight prior, in float64 on the host:
+    what relabelling draws (..., K) adds to their log posterior (zero when exchangeable)."""
+    concentration = np.asarray(concentration, np.float64)
+    before = weights_log_density(np.asarray(weights, np.float64), concentration)
+    return weights_log_density(np.asarray(relabelled, np.float64), concentration) - before

@@ -460,7 +460,8 @@ def fit_gibbs(
         ``method="gibbs"``, shaped as NUTS's: ``draws`` (aligned) and ``raw_draws`` with axes
         (chains, draws); the point estimate is the posterior mean of the aligned draws and
         ``log_likelihood`` the training log-likelihood there; ``trace`` is ``log p(x, theta)``
-        of every draw (``objective="log_posterior"``). ``sample_stats``: ``lp`` and
+        of every draw (``objective="log_posterior"``). ``sample_stats``: ``lp`` (as NUTS's: that of
+        the aligned draw) and
         ``num_nonempty`` (components the sampled labels occupy). ``converged`` is True when the
         max R-hat is below 1.01. ``info``: ``min_ess_bulk``, ``max_rhat``,
         ``label_switch_fraction``, ``compile_seconds``, ``run_seconds``, ``fit_seconds`` and
@@ -521,7 +522,8 @@ def fit_gibbs(
     pivot_std, *chains = timed.outputs
     draws_std, lp, nonempty = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
-    done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align)
+    done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align,
+                        std.prior_arrays.concentration)
     stats = {"lp": done.log_posterior, "num_nonempty": np.asarray(nonempty, np.int64)}
     return sampler_result(
         "gibbs", "Gibbs", arr=arr, feature_names=names, prior=prior, covariance_type=covariance_type, done=done,

@@ -461,7 +461,8 @@ def fit_mcmc(
         (original scale) of every draw, chains concatenated (``objective="log_posterior"``).
         ``sample_stats`` (C, S) arrays: ``diverging``, ``num_steps``, ``tree_depth``,
         ``accept_prob``, ``step_size``, ``energy``, ``potential_energy`` (NumPyro's, standardised
-        unconstrained space) and ``lp`` (``log p(x, theta)``, original scale). ``converged`` is
+        unconstrained space) and ``lp`` (``log p(x, theta)`` of the aligned draw, original scale: under
+        an uneven Dirichlet or stick-breaking weights a relabelled draw's own prior density). ``converged`` is
         True when the maximum R-hat over all aligned parameters is below 1.01;
         ``n_iter = num_samples``. ``info``: ``num_divergences``, ``min_ess_bulk``, ``max_rhat``,
         ``seed``, ``label_switch_fraction`` (draws whose best permutation is not the
@@ -554,7 +555,7 @@ def fit_mcmc(
     pivot_std, *chains, warmup_steps = timed.outputs
     draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
-    done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align)
+    done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align, prior_arrays.concentration)
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
     stats["lp"] = done.log_posterior

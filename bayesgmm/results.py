@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _covariance_models, _numerics
+from . import _covariance_models, _numerics, _sticks
 from ._files import jsonable
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
@@ -664,10 +664,11 @@ class FitResult:
 
         Permuted together: the point estimate, the aligned ``draws``, the closed-form
         ``predictive``, ``degenerate_components`` and the per-component entries of ``info``
-        (``expected_counts``, VB's variational parameters, ``empty_components``). ``raw_draws``
-        (before any alignment) and ``sample_stats`` are kept as they are. Stick-breaking
-        parameters (a Dirichlet-process prior) are ordered by definition, so they are dropped from
-        ``info`` by a non-trivial reordering. ``info["order"]`` records the composed reordering
+        (``expected_counts``, VB's variational parameters, ``empty_components``) and a prior's
+        per-component Dirichlet concentrations. ``raw_draws`` (before any alignment) and
+        ``sample_stats`` are kept as they are, except that under stick-breaking weights (a
+        Dirichlet-process prior, ordered by definition) ``sample_stats["lp"]`` becomes the log
+        density of the reordered draws, and the sticks are dropped from ``info``. ``info["order"]`` records the composed reordering
         relative to the fitted order.
 
         Parameters
@@ -717,9 +718,19 @@ class FitResult:
         if "empty_components" in info:
             info["empty_components"] = sorted(int(inverse[i]) for i in info["empty_components"])
         info["order"] = np.asarray(info.get("order", np.arange(k)))[perm].tolist()
+        prior, stats = self.prior, self.sample_stats
+        if prior is not None and np.ndim(prior.weight_concentration):
+            # an uneven Dirichlet's concentrations are per component: renamed with them
+            prior = dataclasses.replace(prior, weight_concentration=np.asarray(prior.weight_concentration)[perm])
+        elif prior is not None and prior.weight_prior != "dirichlet" and draws is not None and stats and "lp" in stats:
+            # sticks are ordered: the renamed draws have another prior density (lp is log p(x, theta)
+            # of the draws under this prior)
+            sticks = prior.arrays(k, ct).concentration
+            stats = dict(stats, lp=np.asarray(stats["lp"]) + _sticks.relabelling_shift(
+                self.draws["weights"], draws["weights"], sticks))
         return dataclasses.replace(
             self, weights=point["weights"], means=point["means"], covariances=point["covariances"], draws=draws,
-            predictive=predictive, info=info,
+            predictive=predictive, info=info, prior=prior, sample_stats=stats,
             degenerate_components=tuple(sorted(int(inverse[i]) for i in self.degenerate_components)),
         )
 

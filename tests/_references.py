@@ -86,8 +86,8 @@ def enumerated_log_likelihood(x, weights, means, covariances, covariance_type="f
 # The conjugate prior and the log joint (scipy)
 # ----------------------------------------------------------------------------------------------
 def log_prior(params, prior, covariance_type="full"):
-    """``log p(theta)`` under ``prior`` (a bayesgmm.Prior), from scipy's densities: Dirichlet weights
-    (none for K = 1); inverse-Wishart(nu0, Psi0) covariances with N(m0, Sigma_k / kappa0) means
+    """``log p(theta)`` under ``prior`` (a bayesgmm.Prior), from scipy's densities: Dirichlet or
+    stick-breaking Beta(1, gamma) weights (none for K = 1); inverse-Wishart(nu0, Psi0) covariances with N(m0, Sigma_k / kappa0) means
     (full: one per component; tied: one shared matrix); inverse-gamma(nu0 / 2, psi / 2)
     variances with N(m0_j, sigma2 / kappa0) coordinates (diag: psi = diag(Psi0); spherical:
     psi = tr(Psi0) / D, one variance per component)."""
@@ -95,7 +95,16 @@ def log_prior(params, prior, covariance_type="full"):
     k, d = m.shape
     m0, k0, nu0 = np.asarray(prior.mean, np.float64), float(prior.mean_precision), float(prior.degrees_of_freedom)
     psi0 = np.asarray(prior.scale, np.float64)
-    lp = float(stats.dirichlet(prior.concentration(k)).logpdf(w)) if k > 1 else 0.0
+    if k == 1:
+        lp = 0.0
+    elif prior.weight_prior == "dirichlet_process":
+        # v_k = w_k / (w_k + ... + w_K) ~ Beta(1, gamma), k < K; the Jacobian of v -> w is triangular
+        # with diagonal prod_{j<k} (1 - v_j) = w_k + ... + w_K (the tail sums)
+        tails = np.cumsum(w[::-1])[::-1]
+        v = w[:-1] / tails[:-1]
+        lp = float(stats.beta(1.0, prior.weight_concentration).logpdf(v).sum() - np.log(tails[:-1]).sum())
+    else:
+        lp = float(stats.dirichlet(prior.concentration(k)).logpdf(w))
     if covariance_type in ("full", "tied"):
         wishart = stats.invwishart(df=nu0, scale=psi0)
         lp += sum(wishart.logpdf(s) for s in (c if covariance_type == "full" else [c]))

@@ -5,6 +5,7 @@ sampled here) is in test_mcmc.py, beside the NUTS fit it uses.
 
 Tolerances are Monte Carlo errors: 4.5 standard errors from the draws' own ESS."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -138,6 +139,40 @@ def test_same_seed_same_draws_one_program(faithful_gibbs, faithful):
     permuted = bg.fit_gibbs(faithful, 2, seed=0, init=[p, swapped, p, swapped], **SETTINGS)
     assert permuted.info["compile_seconds"] == 0.0
     np.testing.assert_allclose(permuted.means, faithful_gibbs.means, rtol=0.02)
+
+
+@pytest.mark.parametrize("weight_prior", ["uneven dirichlet", "dirichlet_process"])
+def test_lp_is_that_of_the_aligned_draws_under_a_weight_prior_with_an_order(faithful_gibbs, faithful, weight_prior):
+    """Under a weight prior that is not exchangeable a relabelled draw has another prior density
+    than the draw the chain visited: ``lp`` (sample_stats and ArviZ's) is scipy's log joint of the
+    posterior group's (aligned) draws, and stays so through :meth:`FitResult.relabel`."""
+    from _references import log_joint
+
+    if weight_prior == "dirichlet_process":
+        prior = Prior.default(faithful, 2, weight_prior="dirichlet_process", weight_concentration=0.5)
+    else:
+        prior = dataclasses.replace(Prior.default(faithful, 2), weight_concentration=np.array([1.0, 3.0]))
+    p = faithful_gibbs.params
+    swapped = GMMParams(p.weights[::-1], p.means[::-1], p.covariances[::-1])
+    res = _quiet(bg.fit_gibbs, faithful, 2, seed=0, prior=prior, init=[p, swapped, p, swapped], **SETTINGS)
+    assert res.info["label_switch_fraction"] == pytest.approx(0.5)  # two chains relabelled throughout
+    names = ("weights", "means", "covariances")
+    lp = res.to_inference_data(faithful).sample_stats["lp"].values
+    np.testing.assert_array_equal(lp, res.sample_stats["lp"])
+    moved = 0
+    for c, s in [(0, 3), (1, 3), (2, 500), (3, 999)]:
+        aligned = GMMParams(*(res.draws[n][c, s] for n in names))
+        np.testing.assert_allclose(lp[c, s], log_joint(faithful, aligned, prior), rtol=1e-9)
+        raw = GMMParams(*(res.raw_draws[n][c, s] for n in names))
+        moved += abs(lp[c, s] - log_joint(faithful, raw, prior)) > 0.2  # the raw draw's lp is another
+    assert moved == 2
+    flipped = res.relabel([1, 0])
+    for c, s in [(0, 3), (1, 3)]:
+        draw = GMMParams(*(flipped.draws[n][c, s] for n in names))
+        np.testing.assert_allclose(flipped.sample_stats["lp"][c, s], log_joint(faithful, draw, flipped.prior), rtol=1e-9)
+    # a Dirichlet's concentrations are renamed with their components; the sticks keep their order
+    expected = np.array([3.0, 1.0]) if weight_prior != "dirichlet_process" else 0.5
+    np.testing.assert_array_equal(flipped.prior.weight_concentration, expected)
 
 
 def test_chains_on_threads_are_the_draws_of_one_run(faithful_gibbs, faithful, monkeypatch):
