@@ -183,8 +183,9 @@ def load_data(spec: dict):
     if label is not None:
         empty = df[label].isna().to_numpy()
         if empty.any():
-            first = int(np.flatnonzero(empty)[0]) + 2  # the file's line: the header is line 1
-            where = f" (first: line {first} of the file)" if spec.get("path") else ""
+            first = int(np.flatnonzero(empty)[0])  # as the library counts rows (from 0)
+            where = f" (first: row {first}, counting from 0"
+            where += f"; line {first + 2} of the file)" if spec.get("path") else ")"  # the header is line 1
             raise UsageError(f"label column {label!r} has {int(empty.sum())} empty cell(s){where}; the labels score "
                              "the clusters (ARI/NMI), so every row needs one: fill or drop those rows.")
         labels = df[label].to_numpy()

@@ -365,7 +365,9 @@ class GaussianMixture(_DensityMixin, _Base):
     feature_names_in_ : ndarray of str
         Only when ``X`` was a DataFrame with string column names.
     result_ : bayesgmm.FitResult
-        The engine's full result (draws, diagnostics, ``to_inference_data()``).
+        The engine's full result (draws, diagnostics, ``to_inference_data()``). ``predict``,
+        ``predict_proba``, ``score_samples``, ``score``, ``bic``, ``aic`` and ``sample`` all read
+        it; the parameter attributes above are copies (editing one changes none of them).
     seed_ : int
         The integer seed the engine received.
 
@@ -837,9 +839,10 @@ class GaussianMixture(_DensityMixin, _Base):
         key = jax.random.fold_in(jax.random.key(seed_from_random_state(self.random_state)), 1)
         # the story run forward in the mixture's own frame (as FitResult.sample), compiled once per
         # power-of-two bucket of sizes: the first n_samples rows of a bucket's i.i.d. draws
-        layout = self.result_.covariance_type
-        frame = _numerics.mixture_frame(self.weights_, self.means_, self.covariances_, layout)
-        w, m, c, ct = _numerics.to_frame(frame, self.weights_, self.means_, self.covariances_, layout)
+        fitted = self.result_  # what predict and score read too (the attributes are copies of it)
+        layout = fitted.covariance_type
+        frame = _numerics.mixture_frame(fitted.weights, fitted.means, fitted.covariances, layout)
+        w, m, c, ct = _numerics.to_frame(frame, fitted.weights, fitted.means, fitted.covariances, layout)
         x, z = _simulate(key, GMMParams(w, m, c), _bucket(n_samples), ct)
         x = np.asarray(x, np.float64)[:n_samples] * frame.scale + frame.shift
         return x, np.asarray(z, dtype=np.int64)[:n_samples]

@@ -249,12 +249,12 @@ def missing_error(name: str, rows, what: str = "NaN", *, takes_missing: bool = T
     (``takes_missing``), or, for a caller without one (k-means), where missing values are fitted."""
     if not takes_missing:
         return ValueError(
-            f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}); k-means takes complete rows "
+            f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}, counting from 0); k-means takes complete rows "
             "only: remove or impute them (bayesgmm.fit_em(x, K, missing='marginalize') fits a mixture to data with "
             "missing values)."
         )
     return ValueError(
-        f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}). To treat NaN entries as "
+        f"{name} contains {what} values in {rows.size} row(s) (first: row {rows[0]}, counting from 0). To treat NaN entries as "
         "missing at random, pass missing='marginalize' (every row's likelihood is then the mixture of the "
         "Gaussians' marginals over its observed columns); otherwise remove or impute them."
     )
@@ -373,13 +373,13 @@ def check_data(
         if infinite.any():
             rows = np.flatnonzero(infinite.any(axis=1))
             treat = ", or set them to NaN to treat them as missing (missing='marginalize')" if takes_missing else ""
-            raise ValueError(f"{name} contains infinite values in {rows.size} row(s) (first: row {rows[0]}); "
+            raise ValueError(f"{name} contains infinite values in {rows.size} row(s) (first: row {rows[0]}, counting from 0); "
                              f"remove them{treat}.")
         if missing != "marginalize":
             raise missing_error(name, np.flatnonzero(~finite.all(axis=1)), takes_missing=takes_missing)
         empty = np.flatnonzero(~finite.any(axis=1))
         if empty.size:
-            raise ValueError(f"{name} has {empty.size} row(s) with no observed value (first: row {empty[0]}); "
+            raise ValueError(f"{name} has {empty.size} row(s) with no observed value (first: row {empty[0]}, counting from 0); "
                              "they carry no information about the mixture: drop them.")
     if feature_names is None:
         feature_names = tuple(f"x{j}" for j in range(d))

@@ -678,7 +678,14 @@ def test_labels_with_empty_cells_and_a_config_path_that_is_no_string_are_usage_e
     table.to_csv(path, index=False)
     err = _usage_error(["compare", str(path), "-k", "2", "--label-column", "species", "--methods", "em",
                         "--out", str(tmp_path / "o")], capsys)
-    assert "label column 'species' has 1 empty cell(s) (first: line 5 of the file)" in err
+    assert "label column 'species' has 1 empty cell(s) (first: row 3, counting from 0; line 5 of the file)" in err
+    # a NaN feature in the same row is counted the same way (the library's rows)
+    table.loc[3, "species"] = "a"
+    table.loc[3, table.columns[0]] = None
+    table.to_csv(path, index=False)
+    err = _usage_error(["fit", str(path), "-k", "2", "--label-column", "species", "--columns", "eruptions", "waiting",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert "NaN values in 1 row(s) (first: row 3, counting from 0)" in err
     config = tmp_path / "c.toml"
     config.write_text('command = "fit"\nnum_components = 2\n[data]\npath = 5\n')
     assert "data option 'path' must be a string, got 5" in _usage_error(["run", str(config), "--out",

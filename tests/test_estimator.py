@@ -193,6 +193,11 @@ def test_sample_follows_the_fitted_mixture(faithful):
     np.testing.assert_array_equal(ys, ys2)
     with pytest.raises(ValueError, match="n_samples"):
         m.sample(0)
+    # sample reads the fit, as predict and score do: an edited attribute changes none of them
+    before = m.predict(faithful)
+    m.means_ = m.means_ + 100.0
+    np.testing.assert_array_equal(m.sample(n)[0], xs)
+    np.testing.assert_array_equal(m.predict(faithful), before)
 
 
 # ------------------------------------------------------------------ attributes and inputs
