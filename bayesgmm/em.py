@@ -153,6 +153,11 @@ def fit_em(
     sample_weight : array (N,), optional
         Non-negative row weights (frequency weights, bootstrap counts): row ``n`` counts
         ``sample_weight[n]`` times in every sum. The log-likelihood reported is the weighted one.
+        Weights are counts of observations, not probabilities: a component holding less than
+        one observation's worth is flagged as empty, and counts as small as about 1e-5 (weights
+        normalised to sum to 1 on small data) are biased in float32 by the M-step's floor of 10
+        machine epsilons on every count (scikit-learn's); rescale such weights to a mean of 1
+        for a maximum-likelihood fit (which does not depend on their scale).
     devices : None, "all", int, list of jax.Device or jax.sharding.Mesh
         Shard the rows over these devices (data parallelism; see :mod:`bayesgmm._sharding`).
         None: no sharding. The result equals the single-device fit up to floating-point
