@@ -224,6 +224,13 @@ def objective_shift(prep: Prepared, num_components: int, sample_weight=None) -> 
     return ll_shift + (prior_shift if prep.prior is not None else 0.0)
 
 
+def data_info(prep: Prepared, missing: str, sample_weight=None) -> dict:
+    """The ``info`` entries every EM fit records about its data (what :mod:`bayesgmm.uncertainty`
+    reads back to refit it): ``sample_weighted``, ``missing`` and ``num_missing``."""
+    return {"sample_weighted": sample_weight is not None, "missing": missing,
+            "num_missing": 0 if prep.observed is None else int((~prep.observed).sum())}
+
+
 def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard: bool = False):
     """Float64 totals at ``params`` (original scale): ``(log_likelihood, objective, totals, counts)``
     (:class:`bayesgmm._numerics.Totals`).

@@ -29,6 +29,7 @@ from ._em_host import (
     DEFAULT_TOL,
     check_em_options,
     choose_run,
+    data_info,
     objective_shift,
     package,
     prepare,
@@ -261,9 +262,7 @@ def fit_em(
         "run_seconds": found.run_seconds,
         "fit_seconds": found.compile_seconds + found.run_seconds,
         "num_devices": rows.num_devices,
-        "sample_weighted": weight is not None,
-        "missing": missing,
-        "num_missing": 0 if prep.observed is None else int((~prep.observed).sum()),
+        **data_info(prep, missing, weight),
     }
     return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter,
                    tol=tol, tol_explicit=tol_explicit)

@@ -16,8 +16,9 @@ Sign convention (scikit-learn's): **lower is better** for every criterion here,
   cost more. The ``entropy`` column is the responsibilities' entropy ``-sum_n sum_k r_nk log r_nk``
   (McLachlan & Peel's ICL-BIC is ``bic + 2 * entropy``).
 
-(mclust reports ``-bic`` and ``-icl``, higher better.) ``p`` counts free parameters as
-scikit-learn does (:func:`bayesgmm._stats.num_free_parameters`).
+(mclust reports ``-bic`` and ``-icl``, higher better.) ``p`` counts free parameters
+(:func:`bayesgmm._numerics.num_free_parameters`): as scikit-learn does for its four structures,
+and for mclust's models as mclust does (its ``nVarParams`` plus the means and weights).
 
 :func:`select_bayesian` compares K for the Bayesian engines by PSIS-LOO and WAIC (ArviZ,
 from the per-observation marginal log-likelihood of each posterior draw) and reports the
@@ -189,7 +190,7 @@ def _precisions_init(fit: FitResult, layout: str) -> np.ndarray:
     return 1.0 / (variances if layout == "diag" else variances[:, 0])
 
 
-def _climb_nested(x, fits, failed, types, ks, **options) -> None:
+def _climb_nested(x, fits, failed, types, ks, allow_degenerate: bool, **options) -> None:
     """Where a model's fit is worse than that of a model nested in it (whose optimum is a point of
     the larger model), refit the larger from the smaller's fit, a feasible start, so that EM can
     only climb from there: the table then orders nested models' likelihoods as their optima do."""
@@ -209,7 +210,8 @@ def _climb_nested(x, fits, failed, types, ks, **options) -> None:
                     refit = fit_em(x, k, covariance_type=names[large], weights_init=start.weights,
                                    means_init=start.means, precisions_init=_precisions_init(start, layout), n_init=1,
                                    **options)
-                if refit.log_likelihood > fits[b].log_likelihood:
+                usable = allow_degenerate or not refit.degenerate_components  # a flagged refit does not replace a fit
+                if refit.log_likelihood > fits[b].log_likelihood and usable:
                     info = {**refit.info, "selection_grid": True, "started_from": f"{small}, K={k}"}
                     fits[b] = dataclasses.replace(refit, info=info)
                     failed[b] = False
@@ -322,13 +324,14 @@ def select(
                 max_iter=max_iter, tol=tol,
                 info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
                       "num_kept": int(kept), "init_params": init_params, "best_restart": best,
-                      "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True},
+                      "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True,
+                      **_em_host.data_info(prep, missing)},
             )
             fits[(ct, k)] = fit
             failed[(ct, k)] = best < 0
     if prior is None:
-        _climb_nested(x, fits, failed, types, ks, tol=tol, max_iter=max_iter, reg_covar=reg_covar, seed=seed,
-                      missing=missing)
+        _climb_nested(x, fits, failed, types, ks, allow_degenerate, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
+                      seed=seed, missing=missing)
     for ct in types:
         for k in ks:
             fit = fits[(ct, k)]

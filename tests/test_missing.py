@@ -357,6 +357,13 @@ def test_bootstrap_of_a_fit_with_missing_values(em_fits, faithful_missing):
     # the bootstrap's spread (20 replicates: an sd to about 16%)
     info = bg.observed_information(fit, faithful_missing).standard_errors()
     np.testing.assert_allclose(sd, info.means, rtol=0.6)
+    # a model-selection grid's fit records how it treated the NaN entries, as fit_em's does, so
+    # the uncertainty of the chosen fit follows from it the same way
+    chosen = bg.select(faithful_missing, [2], covariance_types="full", missing="marginalize", seed=0).best()
+    assert {key: chosen.info[key] for key in ("missing", "num_missing", "sample_weighted")} == {
+        "missing": "marginalize", "num_missing": int(np.isnan(faithful_missing).sum()), "sample_weighted": False}
+    grid_info = bg.observed_information(chosen, faithful_missing).standard_errors()
+    np.testing.assert_allclose(grid_info.means, info.means, rtol=1e-3)
 
 
 def test_estimator_and_command_line(em_fits, faithful_missing, tmp_path):
