@@ -151,19 +151,21 @@ class FinishedDraws(NamedTuple):
 
 
 def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: int, covariance_type: str,
-                 align: bool, concentration) -> FinishedDraws:
+                 align: bool, concentration, observed_counts=None) -> FinishedDraws:
     """Map a sampler's standardised output to the original scale and undo label switching.
 
     ``align`` relabels every draw to the pivot (:func:`bayesgmm.labels.align_draws`); with
     False (or K = 1) the aligned draws are the raw ones. ``log_posterior`` is that of the aligned
     draws: under a weight prior that is not exchangeable (``concentration``: uneven Dirichlet or
     stick-breaking) a relabelled draw has another prior density than the draw the chain visited.
+    ``observed_counts``: with missing values, each feature's observed entries
+    (:func:`bayesgmm.params.observed_entry_counts`; the data's log-Jacobian counts those).
     """
     pivot = params_to_original(GMMParams(*(np.asarray(a) for a in pivot_std)), shift, sd, covariance_type)
     raw = params_to_original(GMMParams(*(np.asarray(a) for a in draws_std)), shift, sd, covariance_type)
     raw_draws = {"weights": raw.weights, "means": raw.means, "covariances": raw.covariances}
     k = raw.means.shape[-2]
-    ll_shift, prior_shift = log_jacobians(sd, num_obs, k, covariance_type)
+    ll_shift, prior_shift = log_jacobians(sd, num_obs, k, covariance_type, observed_counts)
     lp = np.asarray(log_posterior_std, np.float64) + ll_shift + prior_shift
     if align and k > 1:
         draws, perms = align_draws(raw_draws, pivot, covariance_type)

@@ -83,6 +83,7 @@ from .params import (
     check_int,
     check_num_components,
     check_prior,
+    observed_entry_counts,
     seed_to_key,
 )
 from .results import FitResult
@@ -555,7 +556,8 @@ def fit_mcmc(
     pivot_std, *chains, warmup_steps = timed.outputs
     draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
-    done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align, prior_arrays.concentration)
+    done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align, prior_arrays.concentration,
+                        observed_entry_counts(arr))
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
     stats["lp"] = done.log_posterior

@@ -1313,6 +1313,13 @@ def params_to_original(params: GMMParams, shift, sd, covariance_type) -> GMMPara
     return GMMParams(w, m, c)
 
 
+def observed_entry_counts(arr) -> np.ndarray | None:
+    """Per feature, the observed (non-NaN) entries of ``arr`` (N, D); None when nothing is missing
+    (what :func:`log_jacobians` takes as ``observed_counts``)."""
+    missing = np.isnan(arr)
+    return (~missing).sum(axis=0) if missing.any() else None
+
+
 def log_jacobians(sd, num_obs, num_components, covariance_type, observed_counts=None):
     """Additive changes ``(log-likelihood, log prior density)`` from standardised to original units.
 

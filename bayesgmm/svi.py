@@ -103,6 +103,7 @@ from .params import (
     check_num_components,
     check_prior,
     log_jacobians,
+    observed_entry_counts,
     params_to_original,
     seed_to_key,
 )
@@ -528,7 +529,7 @@ def fit_svi(
     compile_seconds, run_seconds = compile_seconds + timed.compile_seconds, run_seconds + timed.run_seconds
 
     # ---- back to the original scale (NumPy float64)
-    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type)
+    ll_shift, prior_shift = log_jacobians(sd, n, k, covariance_type, observed_entry_counts(arr))
     shift_obj = ll_shift + (prior_shift if is_delta else 0.0)
     trace = np.asarray(elbo_std, np.float64)[:num_steps] + shift_obj
     elbo_final = np.asarray(elbo_final, np.float64) + shift_obj

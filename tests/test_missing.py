@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _references import log_prior
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
@@ -175,6 +176,22 @@ def test_vb_with_missing_values(faithful_missing, faithful):
     sd_gibbs = gibbs.align_to(vb).draws["means"].reshape(-1, 2, 2).std(axis=0)
     sd_vb = vb.draws["means"].reshape(-1, 2, 2).std(axis=0)
     assert np.all(sd_gibbs > 0.5 * sd_vb) and np.all(sd_gibbs < 2.0 * sd_vb)
+    # Gibbs's lp is log p(x_obs, theta) in the data's units (the observed entries' log-Jacobian)
+    theta = tuple(gibbs.draws[name][1, 7] for name in ("weights", "means", "covariances"))
+    direct = _observed_log_likelihood(faithful_missing, *theta).sum() + log_prior(theta, gibbs.prior)
+    np.testing.assert_allclose(gibbs.sample_stats["lp"][1, 7], direct, rtol=1e-9)
+
+
+def test_svi_map_log_posterior_with_missing_values(faithful_missing):
+    """SVI's delta guide reports the log posterior at its point exactly: with NaN entries the
+    observed-data density plus the prior, in the data's units."""
+    x = faithful_missing[:60]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bg.fit_svi(x, 2, guide="delta", missing="marginalize", num_steps=300, seed=0)
+    theta = (fit.weights, fit.means, fit.covariances)
+    direct = _observed_log_likelihood(x, *theta).sum() + log_prior(theta, fit.prior)
+    np.testing.assert_allclose(fit.info["elbo_final"], direct, rtol=1e-5)
 
 
 def _nuts_log_likelihood_group_is_observed_data_density(x, num):
@@ -190,6 +207,9 @@ def _nuts_log_likelihood_group_is_observed_data_density(x, num):
             for name in ("weights", "means", "covariances")}
     expected = _observed_log_likelihood(x, draw["weights"], draw["means"], draw["covariances"])
     np.testing.assert_allclose(ll[0], expected, rtol=1e-8)
+    # lp in the data's units: the log-Jacobian of the standardisation counts the observed entries
+    theta = (draw["weights"], draw["means"], draw["covariances"])
+    np.testing.assert_allclose(nuts.sample_stats["lp"][0, 0], expected.sum() + log_prior(theta, nuts.prior), rtol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto-k notes on short runs
         assert np.isfinite(az.loo(idata).elpd_loo)
