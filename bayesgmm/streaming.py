@@ -8,8 +8,10 @@ Passes over the data:
 
 1. **Moments** (host, float64): N, each feature's mean and standard deviation (Chan et al.'s
    pairwise update), a check for NaN/inf naming the chunk and row, and a random subsample of
-   ``num_init_rows`` rows drawn reproducibly from the seed.
-2. **Initialisation** in memory on the subsample, standardised with the full-data moments: the
+   ``num_init_rows`` rows drawn reproducibly from the seed (with a given start, the rows
+   :func:`bayesgmm.fit_em` standardises by: every row up to 32,768, evenly spaced ones beyond).
+2. **Initialisation** in memory on the subsample, standardised as :func:`bayesgmm.fit_em`
+   standardises (each feature's median and robust standard deviation, here the subsample's): the
    same k-means start and ``n_init`` vmapped restarts as :func:`bayesgmm.fit_em`, EM to ``tol``.
 3. **EM**, on standardised chunks, by one of two methods:
 
@@ -40,10 +42,10 @@ are in flight, so memory is bounded by the chunk size, not by N.
 
 Everything is reported on the original scale, as by :func:`bayesgmm.fit_em`.
 
-Float policy: float32 data are fitted in float32 and float64 data in float64 when
-``jax_enable_x64`` is on (float32 otherwise); other dtypes (integers, float16) are standardised
-on the host in float64 and fitted in JAX's default float type. Statistics are accumulated over
-chunks in that dtype.
+Float policy: the package's (:func:`bayesgmm.params.compute_dtype`): every fit runs in JAX's
+default float type, float64 with ``jax_enable_x64`` on and float32 otherwise, whatever the
+storage type; chunks stored in another type (float32 under x64, integers, float16) are
+standardised on the host in float64. Statistics are accumulated over chunks in that dtype.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
 from .params import (
     MISSING_POLICIES,
+    STANDARDISATION_ROWS,
+    STANDARDISATION_SAMPLE,
     ConvergenceWarning,
     DegenerateComponentWarning,
     GMMParams,
@@ -788,10 +792,11 @@ def fit_em_stream(
         progress = _Progress(progress_bar, src.num_chunks(batch_size), max_iter + 2)
 
         # pass 1: moments, NaN check, initialisation subsample
-        sample_rows = None
         if isinstance(init_params, str):
             m = min(int(num_init_rows), n)
             sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
+        else:  # a given start: the rows fit_em's robust standardisation reads (every row, or evenly spaced)
+            sample_rows = np.arange(0, n, 1 if n <= STANDARDISATION_ROWS else -(-n // STANDARDISATION_SAMPLE))
         start = time.perf_counter()
         moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior, missing=missing == "marginalize")
         moments_seconds = time.perf_counter() - start
@@ -802,25 +807,23 @@ def fit_em_stream(
                 f"{src.name} has constant column(s) {[src.feature_names[j] for j in const]}: their variance is "
                 "zero, so no covariance is defined. Drop them before fitting (columns=...)."
             )
-        # the robust standardisation of fit_em, from the subsample (all rows when N <= num_init_rows);
-        # without one (a given start), the float64 moments of the first pass
-        if moments.subsample is not None:
-            unseen = np.all(np.isnan(moments.subsample), axis=0)  # observed only outside the subsample
-            if unseen.any():  # there, the first pass's mean and standard deviation
+        # the robust standardisation of fit_em, from the subsample (all rows when N <= num_init_rows),
+        # or for a given start from fit_em's own rows (reg_covar is relative to the robust variances)
+        unseen = np.all(np.isnan(moments.subsample), axis=0)  # observed only outside the rows read
+        if unseen.any():  # there, the first pass's mean and standard deviation
+            if isinstance(init_params, str):
                 names = [src.feature_names[j] for j in np.flatnonzero(unseen)]
                 warnings.warn(
                     f"column(s) {names} have no observed value among the {len(moments.subsample)} rows of the "
                     "initialisation subsample, so the start knows nothing of them and the fit may end at a poorer "
                     f"optimum; raise num_init_rows (up to {n}, every row) so that the subsample observes them.",
                     UserWarning, stacklevel=2)
-                filled = np.where(unseen, moments.mean, moments.subsample)
-                shift, sd = standardisation(filled, "full")
-                shift, sd = np.where(unseen, moments.mean, shift), np.where(unseen, moments.sd, sd)
-            else:
-                shift, sd = standardisation(moments.subsample, covariance_type)
-            sd = np.where(sd > 0, sd, moments.sd)
+            filled = np.where(unseen, moments.mean, moments.subsample)
+            shift, sd = standardisation(filled, "full")
+            shift, sd = np.where(unseen, moments.mean, shift), np.where(unseen, moments.sd, sd)
         else:
-            shift, sd = moments.mean, moments.sd
+            shift, sd = standardisation(moments.subsample, covariance_type)
+        sd = np.where(sd > 0, sd, moments.sd)
         if covariance_type == "spherical":
             sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
         if default_prior:  # Prior.default of the full data, from the first pass

@@ -87,6 +87,20 @@ def test_batch_equals_fit_em_from_the_same_start(covariance_type, use_prior, mix
     assert got.info["num_chunks"] == 5 and got.info["num_passes"] == got.n_iter + 3
 
 
+def test_reg_covar_is_in_fit_ems_units_from_a_given_start(mix):
+    """``reg_covar`` is relative to each feature's robust variance, as fit_em's, from a given start
+    too: with a large one the streamed fit is fit_em's (it was relative to the moments' standard
+    deviations there, which clusters far apart make larger)."""
+    start = _start(mix, 3, "full")
+    kw = dict(reg_covar=1e-3, tol=1e-6, max_iter=1000)
+    ref = bg.fit_em(mix, 3, weights_init=start.weights, means_init=start.means,
+                    precisions_init=_precisions(start, "full"), **kw)
+    got = fit_em_stream(mix, 3, init_params=start, batch_size=250, **kw)
+    assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-9)
+    np.testing.assert_allclose(got.covariances, ref.covariances, rtol=1e-7)
+    assert got.n_iter == ref.n_iter
+
+
 def test_initialisation_on_every_row_is_fit_em(mix):
     """With num_init_rows >= N the subsample is the data: the initialisation is fit_em's run
     (same restarts, same key) and the streaming passes then stop at once."""
