@@ -305,9 +305,12 @@ def _npy_path_of_memmap(arr) -> str | None:
     """The ``.npy`` file behind a whole-array ``np.memmap`` (``np.load(path, mmap_mode="r")``).
 
     Reading that file with ``readinto`` keeps RSS bounded, where touching the mapping would count
-    every page read towards it.
+    every page read towards it. Not for a copy-on-write mapping (``mmap_mode="c"``), whose
+    changes in memory are not in the file.
     """
     path = getattr(arr, "filename", None)
+    if getattr(arr, "mode", None) not in ("r", "r+", "w+"):  # "c": the file lacks the changes made in memory
+        return None
     if not path or not str(path).endswith(".npy") or not arr.flags.c_contiguous:
         return None
     try:

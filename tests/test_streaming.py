@@ -158,6 +158,12 @@ def test_every_source_reads_the_same_rows(mix, files, tmp_path):
         np.testing.assert_allclose(got.means, ref.means, rtol=1e-11, err_msg=name)
         assert got.n_iter == ref.n_iter, name
     assert isinstance(open_source(sources["memmap of .npy"]), NpySource)  # bounded RSS path
+    # a copy-on-write mapping holds changes the file lacks: its own values are read
+    changed = np.load(files["npy"], mmap_mode="c")
+    changed[:, 0] *= 1000.0
+    source = open_source(changed)
+    assert not isinstance(source, NpySource)
+    np.testing.assert_array_equal(next(iter(source.chunks(2000, [0])))[2][:, 0], mix[:, 0] * 1000.0)
     assert fit_em_stream(sources["DataFrame"], 3, **kw).feature_names == ("a", "b", "c")
 
 
