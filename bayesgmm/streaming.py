@@ -473,10 +473,12 @@ class _Feeder:
 
     def chunks(self, order, desc):
         """Yield ``(rows, x, weight)`` on the device(s), in ``order`` (file order if not random access)."""
-        for _, _, chunk in self.progress.chunks(self.src.chunks(self.batch_size, order), desc):
+        for _, first_row, chunk in self.progress.chunks(self.src.chunks(self.batch_size, order), desc):
             m = chunk.shape[0]
             if self.host_standardise:
-                self.buffer[:m] = (chunk - self.shift) / self.sd
+                with np.errstate(over="ignore"):  # beyond the compute type's range: named here
+                    self.buffer[:m] = (chunk - self.shift) / self.sd
+                refuse_out_of_range(self.buffer[:m], chunk, self.shift, self.sd, self.src.name, first_row)
                 host = self.buffer
             elif m == self.padded and chunk.dtype == self.dtype and chunk.flags.c_contiguous:
                 host = chunk  # straight from the read buffer (or the user's array); _put copies it
@@ -552,11 +554,13 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
         if prior is not None:
             lp = _numerics.log_prior(jax.device_get(params), prior, ct)
             total, magnitude = total + lp, magnitude + abs(lp)
+        _refuse_non_finite(total, f"iteration {t + 1}")
         step = total - objective
         trace.append(total)
-        close, converged = _iterate.convergence(
-            np.float64(delta), np.float64(step), t, tol_total, FLOOR_ULPS * eps * magnitude, close,
-            trace=np.asarray(trace, np.float64), coarse_precision=_iterate.coarse(feeder.dtype))
+        with np.errstate(invalid="ignore", over="ignore"):  # the first pass's infinite previous change
+            close, converged = _iterate.convergence(
+                np.float64(delta), np.float64(step), t, tol_total, FLOOR_ULPS * eps * magnitude, close,
+                trace=np.asarray(trace, np.float64), coarse_precision=_iterate.coarse(feeder.dtype))
         close, converged = int(close), bool(converged)
         evaluated, objective, delta = params, total, step
         seconds.append(time.perf_counter() - start)
@@ -566,6 +570,18 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
         params, _ = batch_update(stats, prior, as_dtype(reg_covar), config=feeder.config)
     floor = FLOOR_ULPS * eps * magnitude / num_obs
     return _Passes(evaluated, trace, len(trace) - 1, converged, len(trace), seconds, floor)
+
+
+def _refuse_non_finite(objective, when: str) -> None:
+    """A pass whose objective is not finite ends the fit with an error, not a warning that more
+    iterations would help (its chunks' values are named where they are the reason, when read)."""
+    if not np.isfinite(objective):
+        raise ValueError(
+            f"the objective of streaming EM's {when} is not finite ({objective}): a covariance became singular "
+            "(use a larger reg_covar, fewer components, or prior='default'), or an entry of the data is so far "
+            "from its column's median that its density underflows in the compute type (fit in float64: "
+            "jax.config.update('jax_enable_x64', True), or remove the outlier)."
+        )
 
 
 def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_obs, step_exponent, rng, shuffle) -> _Passes:
@@ -593,11 +609,10 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
             t += 1
         if prior is not None:
             running += _numerics.log_prior(jax.device_get(params), prior, config.covariance_type)
+        _refuse_non_finite(running, f"pass {it + 1}")
         trace.append(running)
         seconds.append(time.perf_counter() - start)
         feeder.progress.pass_done(objective_per_obs=trace[-1] / num_obs)
-        if not np.isfinite(trace[-1]):
-            break
         if abs(trace[-1] / num_obs - previous) < tol:
             converged = True
             break

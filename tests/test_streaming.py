@@ -110,6 +110,14 @@ def test_initialisation_on_every_row_is_fit_em(mix):
     assert got.info["init_objective_per_obs"] == pytest.approx(ref.log_likelihood / len(mix), rel=1e-12)
     assert got.log_likelihood == pytest.approx(ref.log_likelihood, abs=1e-6 * len(mix))
     assert got.n_iter <= 3
+    # in float32 the first passes from such a start often repeat the objective exactly: no
+    # RuntimeWarning from the convergence test's first (infinite) change (warnings are errors here)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (500, 2)), rng.normal(4, 1, (500, 2))])
+    with precision(np.float32):
+        first = fit_em_stream(x, 2, batch_size=300, seed=0)
+        again = fit_em_stream(x, 2, batch_size=300, init_params=first, seed=0)  # from where it stopped
+    assert again.converged and again.trace[1] == again.trace[0]
 
 
 def test_chunk_program_is_compiled_once(mix):
@@ -569,3 +577,15 @@ def test_a_value_beyond_float32_is_named_not_singular(tmp_path, faithful):
     np.save(path, np.r_[faithful, [[1e39, 70.0]]])
     with precision(np.float32), pytest.raises(ValueError, match=r"\[272, 0\] = 1e\+39 .* beyond the range of float32"):
         bg.fit_em_stream(path, 2)
+    # outside the initialisation subsample it is named too, in its chunk (row counted in the file)
+    rows = np.r_[np.tile(faithful, (4, 1)), [[1e39, 70.0]], faithful]
+    np.save(path, rows)
+    with precision(np.float32), pytest.raises(ValueError, match=r"\[1088, 0\] = 1e\+39 .* beyond the range of float32"):
+        bg.fit_em_stream(path, 2, num_init_rows=200, batch_size=500, seed=0)
+    # a value whose square, not itself, overflows: the pass's objective is not finite, an error
+    rows[1088, 0] = 1e37
+    np.save(path, rows)
+    with precision(np.float32), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way, no ConvergenceWarning instead
+        with pytest.raises(ValueError, match="objective of streaming EM's iteration 1 is not finite"):
+            bg.fit_em_stream(path, 2, num_init_rows=200, batch_size=500, seed=0)
