@@ -35,13 +35,16 @@ def _conditionals(x_rows, cols, miss, weights, means, covariances):
     gain = np.linalg.solve(s_oo, np.swapaxes(s_mo, -1, -2))  # Sigma_oo^-1 Sigma_om: (K, |o|, |m|)
     cond_means = means[:, None, miss] + diff @ gain  # (K, n, |m|)
     cond_cov = s_mm - s_mo @ gain
-    log_joint = _numerics.log_joint_components(x_rows, weights, means[:, cols], s_oo, "full")  # (n, K)
-    resp = np.exp(log_joint - _numerics.logsumexp(log_joint, axis=-1)[:, None])
+    if len(cols):
+        log_joint = _numerics.log_joint_components(x_rows, weights, means[:, cols], s_oo, "full")  # (n, K)
+        resp = np.exp(log_joint - _numerics.logsumexp(log_joint, axis=-1)[:, None])
+    else:  # nothing observed: the components' probabilities are the weights
+        resp = np.broadcast_to(weights, (x_rows.shape[0], weights.shape[0]))
     chol = np.linalg.cholesky(0.5 * (cond_cov + np.swapaxes(cond_cov, -1, -2)))
     return resp, np.swapaxes(cond_means, 0, 1), chol
 
 
-def impute(result, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
+def impute(result, x, *, num_draws: int | None = None, seed=0):
     """Fill the NaN entries of ``x`` from a fitted mixture (see the module docstring).
 
     Parameters
@@ -51,7 +54,8 @@ def impute(result, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
         averages over, or draws from, its draws of the parameters.
     x : array-like (N, D)
         Rows with the features the result was fitted on (a DataFrame's columns are matched by
-        name), NaN where a value is missing.
+        name), NaN where a value is missing. A row with nothing observed is filled from the
+        mixture itself (its mean, or draws from it).
     num_draws : int, optional
 
         None: the conditional means, shape (N, D). An int ``m``: ``m`` imputations drawn from
@@ -62,10 +66,23 @@ def impute(result, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray
-        ``x`` with its missing entries filled (observed entries unchanged).
+    np.ndarray or pandas.DataFrame
+        ``x`` with its missing entries filled (observed entries unchanged), its columns in
+        ``x``'s order: a DataFrame (same index and columns) for a DataFrame ``x`` and
+        ``num_draws=None``, an array otherwise.
     """
-    arr = result._check(x)
+    filled = _impute(result, result._check(x, allow_empty_rows=True), num_draws, seed)
+    columns = getattr(x, "columns", None)
+    if columns is not None and list(map(str, columns)) != list(result.feature_names):
+        # a DataFrame in another column order than the fit's: back to its own
+        filled = filled[..., [result.feature_names.index(str(c)) for c in columns]]
+    if columns is not None and num_draws is None:
+        return type(x)(filled, index=x.index, columns=columns)
+    return filled
+
+
+def _impute(result, arr, num_draws, seed) -> np.ndarray:
+    """:func:`impute` on validated rows in the fit's feature order."""
     if num_draws is not None and (isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer))
                                   or num_draws < 1):
         raise ValueError(f"num_draws must be None or a positive integer, got {num_draws!r}.")

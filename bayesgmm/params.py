@@ -262,7 +262,7 @@ def missing_error(name: str, rows, what: str = "NaN", *, takes_missing: bool = T
 
 def check_data(
     x, *, name: str = "x", num_features: int | None = None, allow_constant: bool = False, feature_names=None,
-    missing: str = "error", takes_missing: bool = True,
+    missing: str = "error", takes_missing: bool = True, allow_empty_rows: bool = False,
 ):
     """Validate a data matrix and return it as a float array with its column names.
 
@@ -298,6 +298,8 @@ def check_data(
     takes_missing : bool
         Whether the caller has the ``missing`` option for the error to name (k-means does not:
         its error says where missing values are fitted instead).
+    allow_empty_rows : bool
+        Let rows with no observed value through (imputation fills them from the mixture itself).
 
     Returns
     -------
@@ -378,7 +380,7 @@ def check_data(
         if missing != "marginalize":
             raise missing_error(name, np.flatnonzero(~finite.all(axis=1)), takes_missing=takes_missing)
         empty = np.flatnonzero(~finite.any(axis=1))
-        if empty.size:
+        if empty.size and not allow_empty_rows:
             raise ValueError(f"{name} has {empty.size} row(s) with no observed value (first: row {empty[0]}, counting from 0); "
                              "they carry no information about the mixture: drop them.")
     if feature_names is None:

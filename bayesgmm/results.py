@@ -367,11 +367,11 @@ class FitResult:
             return w * (self.num_obs + alpha.sum()) - alpha
         return w * self.num_obs
 
-    def _check(self, x) -> np.ndarray:
+    def _check(self, x, allow_empty_rows: bool = False) -> np.ndarray:
         """Validated data (columns matched by name for DataFrames). NaN entries are missing
         values: every density and probability then uses the row's observed columns."""
         arr, _ = check_data(x, num_features=self.num_features, allow_constant=True, feature_names=self.feature_names,
-                            missing="marginalize")
+                            missing="marginalize", allow_empty_rows=allow_empty_rows)
         return arr
 
     def _frame(self) -> _numerics.Frame:
@@ -499,7 +499,7 @@ class FitResult:
         rows = _numerics.score_rows(arr, *self.params, self.covariance_type, responsibilities=True, frame=self._frame())
         return np.exp(rows.log_resp)
 
-    def impute(self, x, *, num_draws: int | None = None, seed=0) -> np.ndarray:
+    def impute(self, x, *, num_draws: int | None = None, seed=0):
         """``x`` with its NaN entries filled from the fitted mixture (:mod:`bayesgmm.imputation`).
 
         ``num_draws=None``: the conditional means ``E[x_m | x_o]`` (N, D), averaged over
@@ -520,6 +520,8 @@ class FitResult:
         Returns
         -------
         numpy.ndarray (N, D), or (num_draws, N, D)
+            Columns in ``x``'s order; for a DataFrame ``x`` the conditional means are a
+            DataFrame with its index and columns.
         """
         from .imputation import impute
 

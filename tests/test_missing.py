@@ -256,6 +256,21 @@ def test_impute_conditional_means_and_multiple_imputations(em_fits, faithful_mis
     filled = fit.impute(rows)
     assert not np.isnan(filled).any()
     np.testing.assert_array_equal(filled[~np.isnan(rows)], rows[~np.isnan(rows)])
+    # a DataFrame in another column order comes back as itself, filled (columns matched by name)
+    pd = pytest.importorskip("pandas")
+    names = list(fit.feature_names)[::-1]
+    frame = pd.DataFrame(rows[:, ::-1], columns=names, index=np.arange(10) * 7)
+    out = fit.impute(frame)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == names and list(out.index) == list(frame.index)
+    np.testing.assert_array_equal(out.to_numpy(), filled[:, ::-1])
+    np.testing.assert_array_equal(fit.impute(frame, num_draws=3, seed=1), fit.impute(rows, num_draws=3, seed=1)[..., ::-1])
+    # a row with nothing observed: the mixture's mean, and draws from the mixture itself
+    blank = np.full((1, 2), np.nan)
+    np.testing.assert_allclose(fit.impute(blank)[0], fit.weights @ fit.means, rtol=1e-12)
+    spread = fit.impute(blank, num_draws=4000, seed=3)[:, 0]
+    second = np.einsum("k,kij->ij", fit.weights, fit.full_covariances + np.einsum("ki,kj->kij", fit.means, fit.means))
+    mixture_sd = np.sqrt(np.diag(second) - (fit.weights @ fit.means) ** 2)
+    np.testing.assert_allclose(spread.std(axis=0), mixture_sd, rtol=0.05)  # sd to about 1.1% x 4
     draws = fit.impute(rows, num_draws=4000, seed=2)
     assert draws.shape == (4000,) + rows.shape
     for i, row in enumerate(rows):
