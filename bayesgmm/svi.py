@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_value
-from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoLaplaceApproximation, AutoMultivariateNormal, AutoNormal
 
 from . import _numerics
 from . import _numpyro_common as shared
@@ -313,6 +313,14 @@ def _check_guide(guide):
     for name, cls in GUIDES.items():
         if guide is cls:
             return name
+    if (isinstance(guide, type) and issubclass(guide, AutoLaplaceApproximation)) or isinstance(guide, AutoLaplaceApproximation):
+        # trained as a point mass (its loss is the log joint in unconstrained coordinates, not an
+        # ELBO), its draws here would all be the mode, passing for a posterior
+        raise ValueError(
+            "guide AutoLaplaceApproximation is not supported: it is fitted as a point mass, so its draws would all be "
+            "the mode and its loss is no evidence bound. Use guide='delta' for the MAP estimate, 'mvn' for a Gaussian "
+            "approximation of the posterior, or bayesgmm.fit_mcmc for the posterior itself."
+        )
     if isinstance(guide, str):
         if guide not in GUIDES:
             raise ValueError(
@@ -369,7 +377,8 @@ def fit_svi(
         (AutoDelta: MAP by gradient). The classes ``AutoNormal``, ``AutoMultivariateNormal``
         and ``AutoDelta`` themselves are the same fits as their names. Also accepted: an
         ``AutoGuide`` subclass (built here as
-        ``cls(gmm_model, init_loc_fn=<MAP start>)``, e.g. ``AutoLowRankMultivariateNormal``); an
+        ``cls(gmm_model, init_loc_fn=<MAP start>)``, e.g. ``AutoLowRankMultivariateNormal``;
+        not ``AutoLaplaceApproximation``, which is trained as a point mass); an
         unused ``AutoGuide`` instance built on :func:`bayesgmm.model.gmm_model` (copied, used as
         is, with its own ``init_loc_fn``); or a guide function with the model's signature
         ``guide(x, *, num_components, prior, covariance_type, subsample_size, ...)`` sampling
@@ -455,9 +464,11 @@ def fit_svi(
             )
         if subsample_size == n:
             subsample_size = None
-    numeric = isinstance(learning_rate, (int, float, np.floating)) and not isinstance(learning_rate, bool)
+    numeric = (isinstance(learning_rate, (int, float, np.integer, np.floating, np.ndarray)) and np.ndim(learning_rate) == 0
+               and not isinstance(learning_rate, (bool, np.bool_)) and np.asarray(learning_rate).dtype.kind in "iuf")
     if not (numeric and np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
+    learning_rate = float(learning_rate)
     if optimizer is not None and not (isinstance(optimizer, numpyro.optim._NumPyroOptim) or hasattr(optimizer, "update")):
         raise ValueError(
             "optimizer must be a numpyro.optim optimizer or an optax GradientTransformation, "

@@ -17,7 +17,7 @@ import numpy as np
 import numpyro
 import pytest
 from _references import log_evidence_nig_diag, log_evidence_niw
-from numpyro.infer.autoguide import AutoDelta, AutoDiagonalNormal
+from numpyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoLaplaceApproximation
 from scipy.optimize import linear_sum_assignment
 
 import bayesgmm as bg
@@ -303,6 +303,9 @@ def test_minibatch_agrees_with_full_batch():
     [
         (dict(guide="laplace"), "guide must be one of"),
         (dict(guide=3), "guide must be"),
+        (dict(guide=AutoLaplaceApproximation), "AutoLaplaceApproximation is not supported"),
+        (dict(learning_rate=np.array([0.1])), "learning_rate must be a positive number"),
+        (dict(learning_rate=True), "learning_rate must be a positive number"),
         (dict(subsample_size=1000), "subsample_size=1000 exceeds"),
         (dict(subsample_size=0), "subsample_size must be a positive integer"),
         (dict(num_steps=0), "num_steps must be a positive integer"),
