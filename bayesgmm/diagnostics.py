@@ -559,16 +559,18 @@ def _posterior_predictive(result, post, num_obs, num_predictive, seed, dataset):
     sel = {n: v[:, idx] for n, v in post.items()}
     m = idx.shape[0]
     keys = jax.random.split(seed_to_key(seed), chains * m)
-    origin = result._frame().shift  # simulate around 0, shift back in float64 (see to_inference_data)
+    # simulated in the mixture's own frame (centred, each feature on its own scale: data in any
+    # units stay within the compute type's range), mapped back in float64
+    frame = result._frame()
+    w, mu, cov, frame_ct = _numerics.to_frame(frame, *(_flat(sel[name]) for name in ("weights", "means", "covariances")),
+                                              result.covariance_type)
     sims = _simulate_draws(
-        keys,
-        jnp.asarray(_flat(sel["weights"])),
-        jnp.asarray(np.asarray(_flat(sel["means"]), np.float64) - origin),
-        jnp.asarray(_flat(sel["covariances"])),
+        keys, jnp.asarray(w), jnp.asarray(mu), jnp.asarray(cov),
         num_obs=row_bucket(int(num_obs)),  # one program for every N of the bucket: its first rows kept
-        covariance_type=result.covariance_type,
+        covariance_type=frame_ct,
     )
-    sims = np.asarray(sims, np.float64)[:, :num_obs].reshape(chains, m, num_obs, result.num_features) + origin
+    sims = np.asarray(sims, np.float64)[:, :num_obs] * frame.scale + frame.shift
+    sims = sims.reshape(chains, m, num_obs, result.num_features)
     draw_coord = idx if draws > 1 else np.arange(m)
     return dataset(
         {"x": sims},

@@ -351,6 +351,20 @@ def test_posterior_predictive_dims_and_determinism(mc_fit, df):
     assert thin.posterior_predictive["x"].shape == (2, 5, mc_fit.num_obs, 2)
 
 
+def test_posterior_predictive_in_any_units(x):
+    """The replicated data are simulated in the mixture's own frame: data in units of 1e25 or
+    1e-25 give the same replicates in those units (their variances overflowed or underflowed
+    the compute type, NaN or wrong values, while the fit itself was right). In float32, the default."""
+    from conftest import precision
+
+    with precision(np.float32):
+        fits = [bg.fit_vb(np.asarray(x) * s, 2, num_draws=10, seed=0) for s in (1.0, 1e25, 1e-25)]
+        pps = [diagnostics.to_inference_data(f, None, posterior_predictive=True, seed=3).posterior_predictive["x"].values
+               for f in fits]
+    for s, pp in zip((1e25, 1e-25), pps[1:]):
+        np.testing.assert_allclose(pp / s, pps[0], rtol=1e-4)
+
+
 def test_inference_data_of_a_fit_on_other_rows_compiles_nothing(em_fit, em_idata, x):
     """Simulation studies convert a fit per data set: a fit on 250 rows after one on 272 converts
     (log-likelihood, posterior predictive) with the programs already compiled; the posterior
