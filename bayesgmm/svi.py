@@ -251,7 +251,10 @@ def _program(xs, row_mask, prior, key, learning_rate, num_steps, num_draws, star
     # two cores (D = K = 16, 400 rows; _numerics.in_turn). Elsewhere in groups below that size,
     # the keys padded to whole groups. A loop over the traced number of groups; the buffer's
     # entries past num_draws stay NaN (the caller keeps the first num_draws).
-    one_elbo = lambda kk: -_elbo().loss(kk, params, gmm_model, guide, xs, **kwargs)  # noqa: E731
+    # A point mass's objective is the log joint at it, exact on every row (with minibatches too);
+    # other guides' particles each take their own minibatch, whose noise their spread includes
+    final_kwargs = dict(kwargs, subsample_size=None) if _is_delta(config.guide) else kwargs
+    one_elbo = lambda kk: -_elbo().loss(kk, params, gmm_model, guide, xs, **final_kwargs)  # noqa: E731
     per_draw = k * xs.shape[1] ** 2 * max(xs.shape[0], xs.shape[1])
     group = 1 if jax.default_backend() == "cpu" else int(min(config.draw_len, max(1, LAPACK_SPLIT_FLOPS // per_draw)))
     keys = jax.random.split(key_elbo, config.draw_len)
@@ -427,8 +430,9 @@ def fit_svi(
         (:func:`bayesgmm._numpyro_common.elbo_convergence`), is below 1e-3 nats per observation
         after allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
-        guide parameters from ``num_draws`` particles; for ``"delta"`` the log posterior density
-        there, exactly, with ``elbo_final_se`` 0 and ``num_draws`` None), ``elbo_drift_per_obs``,
+        guide parameters from ``num_draws`` particles, each on its own minibatch with
+        ``subsample_size``; for ``"delta"`` the log posterior density there, exactly, on every
+        row, with ``elbo_final_se`` 0 and ``num_draws`` None), ``elbo_drift_per_obs``,
         ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, the settings, and
         timings: ``compile_seconds`` (tracing and compiling the program; 0.0 when a program
         compiled for the same shapes and settings was reused), ``run_seconds`` (running it:
