@@ -48,6 +48,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -153,8 +154,12 @@ def _fit_stream(opts):
         kw.setdefault("prior", "default")  # the default prior, from the stream's first pass
     kw = _resolve_prior(kw, opts["method"], None, opts["num_components"])
     columns = as_names(spec["columns"], "columns") if spec.get("columns") else None
-    if columns and Path(spec["path"]).suffix.lower() == ".npy" and all(str(c).isdigit() for c in columns):
-        columns = [int(c) for c in columns]  # a .npy file's columns are numbered (Parquet's are named)
+    if columns and Path(spec["path"]).suffix.lower() == ".npy":
+        # a .npy file's columns are numbered (Parquet's are named): 0, -1, or the names the fit
+        # gives them (x0, x1, ...)
+        numbered = [str(c)[1:] if re.fullmatch(r"x\d+", str(c)) else str(c) for c in columns]
+        if all(re.fullmatch(r"-?\d+", c) for c in numbered):
+            columns = [int(c) for c in numbered]
     if opts.get("missing", "error") != "error":
         kw["missing"] = opts["missing"]
     return fit_em_stream(spec["path"], opts["num_components"], covariance_type=opts["covariance_type"],
@@ -584,6 +589,8 @@ _ARGUMENT_FLAGS = (
     (None, "batch_size must", "--batch-size must"),
     (None, "test_fraction must", "--test-fraction must"),
     (None, "seed must", "--seed must"),
+    ("fit", "columns for an array or .npy source must", "--columns of a .npy file must"),
+    ("fit", "columns for a Parquet source must", "--columns of a Parquet file must"),
 )
 
 

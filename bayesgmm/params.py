@@ -95,7 +95,7 @@ def check_covariance_type(covariance_type: str) -> str:
     return covariance_type
 
 
-def check_num_components(num_components, num_obs: int | None = None) -> int:
+def check_num_components(num_components, num_obs: int | None = None, name: str = "x") -> int:
     if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)):
         raise ValueError(
             f"num_components must be a positive integer, got {num_components!r}."
@@ -105,7 +105,7 @@ def check_num_components(num_components, num_obs: int | None = None) -> int:
         raise ValueError(f"num_components must be at least 1, got {k}.")
     if num_obs is not None and num_obs < k:
         raise ValueError(
-            f"x has {num_obs} observations but num_components={k}: a mixture needs at least "
+            f"{name} has {num_obs} observations but num_components={k}: a mixture needs at least "
             "as many observations as components. Use fewer components or more data."
         )
     return k

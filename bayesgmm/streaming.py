@@ -793,7 +793,7 @@ def fit_em_stream(
         n, d = src.num_rows, src.num_features
         if n == 0 or d == 0:
             raise ValueError(f"{src.name} is empty (shape ({n}, {d})); pass at least one observation and one feature.")
-        k = check_num_components(num_components, n)
+        k = check_num_components(num_components, n, src.name)
         if n < 2:
             raise ValueError(f"{src.name} has a single observation; at least two are needed to fit a mixture.")
         default_prior = isinstance(prior, str) and prior == "default"

@@ -87,6 +87,18 @@ def test_fit_streams_a_npy_file_out_of_core(tmp_path, capsys):
     assert (tmp_path / "o" / "em_k3_stream_trace.png").exists()  # the figure of a fit without data in memory
     rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "3", "--stream", "--method", "vb", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "needs the data in memory" in capsys.readouterr().err
+    # a .npy file's columns by number (negative ones too) or by the names a fit gives them
+    for columns in (["-1", "0"], ["x1", "x0"]):
+        rc = cli.main(["fit", str(tmp_path / "big.npy"), "-k", "2", "--stream", "--columns", *columns, "--no-progress",
+                       "--out", str(tmp_path / "o3"), "--overwrite", "--engine-option", "max_iter=3"])
+        assert rc == 0, capsys.readouterr().err
+        assert bg.FitResult.from_json(tmp_path / "o3" / "em_k2_stream.json").feature_names == ("x1", "x0")
+    err = _usage_error(["fit", str(tmp_path / "big.npy"), "-k", "2", "--stream", "--columns", "a", "--out",
+                        str(tmp_path / "o4")], capsys)
+    assert "--columns of a .npy file must" in err
+    np.save(tmp_path / "two.npy", data.x[:2])
+    err = _usage_error(["fit", str(tmp_path / "two.npy"), "-k", "3", "--stream", "--out", str(tmp_path / "o5")], capsys)
+    assert "two.npy' has 2 observations but" in err
 
 
 def test_errors_and_warnings_give_the_flags_not_python_arguments(tmp_path, capsys):
