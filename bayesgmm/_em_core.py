@@ -364,8 +364,9 @@ def _run(xs, noise, given, state, prior, tol, reg_covar, sample_weight, active, 
     eps = jnp.finfo(xs.dtype).eps
 
     def degenerate(s):  # (L, K) at the lanes' evaluated parameters, from their expected counts
-        def mask(counts, cov, act):
-            return _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act)
+        def mask(counts, cov, act):  # mclust's constrained models: their round-off floor is per feature
+            return _numerics.degenerate_mask(counts, cov, ct, reg_covar, eps, config.num_features, act,
+                                             per_feature=config.constrained)
 
         if lanes_apart:  # one component at a time: an eigendecomposition per LAPACK call
             counts, cov = s.aux.reshape(-1, 1), s.params.covariances

@@ -291,14 +291,16 @@ def package(
     trace = pick(lanes.trace).astype(np.float64)[: n_iter + 1] + obj_shift
     trace[-1] = objective  # the float64 value at the returned parameters
     eps = float(np.finfo(prep.dtype).eps)
+    per_feature = prep.covariance_model not in _covariance_models.NATIVE  # its round-off floor (_constrained)
     degenerate_mask = _numerics.degenerate_mask(
-        counts, np.asarray(params_std.covariances, np.float64), ct, reg_covar, eps, prep.arr.shape[1])
+        counts, np.asarray(params_std.covariances, np.float64), ct, reg_covar, eps, prep.arr.shape[1],
+        per_feature=per_feature)
     degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
     floor = float(pick(lanes.floor)) / n_eff
     if warn and degenerate and max_iter > 0:  # an initialisation (max_iter=0) is expected to be rough
         warnings.warn(
             _numerics.degenerate_message(degenerate, counts, params_std.covariances, ct, reg_covar, eps, prep.arr.shape[1],
-                                         map_fit=prep.prior is not None),
+                                         map_fit=prep.prior is not None, per_feature=per_feature),
             DegenerateComponentWarning,
             stacklevel=3,
         )

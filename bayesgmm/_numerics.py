@@ -705,29 +705,45 @@ SPURIOUS_FEW_POINTS = 5
 ROUNDOFF_ULPS = 16.0
 
 
-def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_components: int, num_features: int):
+def collapsed_mask(covariances, covariance_type: str, reg_covar, eps, num_components: int, num_features: int, *,
+                   per_feature: bool = False):
     """Components whose smallest variance sits on a floor, ``(..., K)`` (standardised scale): the
     regularisation ``10 reg_covar``, the resolution ``100 eps^2``, or for full and tied
-    covariances 4 times the M-step's round-off floor ``ROUNDOFF_ULPS eps tr(Sigma) / D``."""
+    covariances 4 times the M-step's round-off floor (:func:`on_roundoff_floor`; ``per_feature``
+    for mclust's constrained models, whose floor is relative to each feature's own variance)."""
     xp, _ = array_namespace(covariances)
     k, d = num_components, num_features
     smallest = smallest_variances(covariances, covariance_type, k, d)
-    resolution, roundoff = _variance_floors(covariances, covariance_type, eps, k, d)
-    floor = xp.maximum(10.0 * reg_covar, resolution)
-    if roundoff is not None:
-        floor = xp.maximum(floor, 4.0 * roundoff)
-    return smallest <= floor
+    flagged = smallest <= xp.maximum(10.0 * reg_covar, RESOLUTION_ULPS2 * eps**2)
+    if covariance_type in ("full", "tied"):
+        flagged = flagged | on_roundoff_floor(covariances, covariance_type, eps, k, d, 4.0, per_feature=per_feature,
+                                              smallest=smallest)
+    return flagged
 
 
-def _variance_floors(covariances, covariance_type: str, eps, num_components: int, num_features: int):
-    """The floors under a component's variances besides ``reg_covar``: the resolution ``100
-    eps^2``, and for full and tied covariances the M-step's round-off floor ``ROUNDOFF_ULPS eps
-    tr(Sigma) / D`` (..., K) (None otherwise). NumPy or JAX."""
-    if covariance_type not in ("full", "tied"):
-        return 100.0 * eps**2, None
+#: The resolution under every variance, in squared ulps of the standardised scale.
+RESOLUTION_ULPS2 = 100.0
+
+
+def on_roundoff_floor(covariances, covariance_type: str, eps, num_components: int, num_features: int, factor: float, *,
+                      per_feature: bool = False, smallest=None):
+    """(..., K) bool: full or tied covariances whose smallest variance is within ``factor`` times
+    the round-off floor the M-step adds: ``ROUNDOFF_ULPS eps tr(Sigma) / D`` along every direction
+    (:func:`bayesgmm._stats.m_step`), or with ``per_feature`` that many ulps of each feature's own
+    variance (mclust's constrained models, :mod:`bayesgmm._constrained`: on data of one common
+    scale a floor relative to the mean variance would swamp the features of small spread), i.e.
+    the smallest eigenvalue of the correlation form ``S^-1/2 Sigma S^-1/2`` (``S`` its diagonal)
+    within ``factor ROUNDOFF_ULPS eps``. ``smallest``: the covariances' smallest eigenvalues, when
+    the caller has them. NumPy or JAX."""
     xp, _ = array_namespace(covariances)
-    trace = xp.trace(expand_covariances(covariances, covariance_type, num_components, num_features), axis1=-2, axis2=-1)
-    return 100.0 * eps**2, ROUNDOFF_ULPS * eps * trace / num_features
+    dense = expand_covariances(covariances, covariance_type, num_components, num_features)
+    if per_feature:
+        scale = xp.sqrt(xp.diagonal(dense, axis1=-2, axis2=-1))
+        correlation = dense / (scale[..., :, None] * scale[..., None, :])
+        return xp.linalg.eigvalsh(correlation)[..., 0] <= factor * ROUNDOFF_ULPS * eps
+    trace = xp.trace(dense, axis1=-2, axis2=-1)
+    smallest = xp.linalg.eigvalsh(dense)[..., 0] if smallest is None else smallest
+    return smallest <= factor * ROUNDOFF_ULPS * eps * trace / num_features
 
 
 def fast_form_error(means, covariances, covariance_type: str, eps, inv_trace=None):
@@ -766,7 +782,8 @@ def unresolved_mask(means, covariances, covariance_type: str, eps) -> np.ndarray
     return ~(factor < UNRESOLVED_FACTOR)
 
 
-def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, num_features: int, active=None):
+def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, num_features: int, active=None, *,
+                    per_feature: bool = False):
     """Which components are degenerate, on the standardised scale (data variance 1 per feature).
 
     A component is degenerate when it is
@@ -786,7 +803,7 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
     k, d = counts.shape[-1], num_features
     smallest = smallest_variances(covariances, covariance_type, k, d)
     empty = counts < 1.0
-    flagged = empty | collapsed_mask(covariances, covariance_type, reg_covar, eps, k, d)
+    flagged = empty | collapsed_mask(covariances, covariance_type, reg_covar, eps, k, d, per_feature=per_feature)
     if covariance_type != "tied":
         flagged = flagged | ((counts < 2.0 * (d + 1)) & (smallest < SPURIOUS_VARIANCE_RATIO))
         flagged = flagged | ((counts < SPURIOUS_FEW_POINTS * (d + 1)) & (smallest < SPURIOUS_FLAT_RATIO))
@@ -796,11 +813,12 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
 
 
 def degenerate_message(components, counts, covariances, covariance_type: str, reg_covar: float, eps: float,
-                       num_features: int, engine: str = "EM", map_fit: bool = False) -> str:
-    """The warning for degenerate components (standardised covariances): which, why, and what to do."""
+                       num_features: int, engine: str = "EM", map_fit: bool = False, per_feature: bool = False) -> str:
+    """The warning for degenerate components (standardised covariances): which, why, and what to do
+    (``per_feature`` as :func:`collapsed_mask`'s)."""
     counts = np.asarray(counts, np.float64)
     on_floor = collapsed_mask(np.asarray(covariances, np.float64), covariance_type, reg_covar, eps, len(counts),
-                              num_features)
+                              num_features, per_feature=per_feature)
     empty = [i for i in components if counts[i] < 1.0]
     collapsed = [i for i in components if counts[i] >= 1.0 and on_floor[i]]
     # float64: many points with a spread of their own near the floor (their variance 1% or more
@@ -809,9 +827,11 @@ def degenerate_message(components, counts, covariances, covariance_type: str, re
     # the fast form's rounding lifts duplicated points above the floor too.)
     cov64 = np.asarray(covariances, np.float64)
     k = len(counts)
-    resolution, roundoff = _variance_floors(cov64, covariance_type, eps, k, num_features)
-    base = np.maximum(max(float(reg_covar), resolution), 0.0 if roundoff is None else roundoff)
-    own_spread = smallest_variances(cov64, covariance_type, k, num_features) > 1.01 * np.broadcast_to(base, (k,))
+    smallest = smallest_variances(cov64, covariance_type, k, num_features)
+    own_spread = smallest > 1.01 * max(float(reg_covar), RESOLUTION_ULPS2 * eps**2)
+    if covariance_type in ("full", "tied"):
+        own_spread = own_spread & ~on_roundoff_floor(cov64, covariance_type, eps, k, num_features, 1.01,
+                                                     per_feature=per_feature, smallest=smallest)
     tight = [i for i in collapsed if eps < 1e-10 and reg_covar > 0 and counts[i] >= 2 * (num_features + 1)
              and own_spread[i]]
     collapsed = [i for i in collapsed if i not in tight]

@@ -631,7 +631,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         weight = check_sample_weight(sample_weight, n)
         prior = check_prior(prior, d, k, default_from=arr, default_weight=weight)  # the default: of the weighted rows
         if resp_init is not None and resp_init.shape != (n, k):
-            raise ValueError(f"resp must have shape ({n}, {k}), got {resp_init.shape}.")
+            raise ValueError(f"resp_init must have shape ({n}, {k}), got {resp_init.shape}.")
         rows = _sharding.resolve(devices, n)
         if resp_init is not None and rows.mesh is not None:
             raise ValueError("starting responsibilities cannot be combined with devices=; shard without them.")

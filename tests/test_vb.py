@@ -444,6 +444,7 @@ def test_arviz_summary_of_draws(faithful):
         ({"init_params": "magic"}, "init_params must be one of"),
         ({"prior": bg.Prior(1.0, [0.0], 1.0, 3.0, [[1.0]])}, "prior is for 1 feature"),
         ({"prior": "default"}, "prior must be a bayesgmm.Prior"),
+        ({"resp_init": np.full((272, 3), 1 / 3)}, r"resp_init must have shape \(272, 2\)"),
     ],
 )
 def test_bad_input_errors(faithful, kwargs, match):
