@@ -740,6 +740,8 @@ def on_roundoff_floor(covariances, covariance_type: str, eps, num_components: in
     if per_feature:
         scale = xp.sqrt(xp.diagonal(dense, axis1=-2, axis2=-1))
         correlation = dense / (scale[..., :, None] * scale[..., None, :])
+        if smallest is not None:  # after the caller's eigenvalues: one batched LAPACK call at a time
+            correlation = in_turn(smallest, correlation)
         return xp.linalg.eigvalsh(correlation)[..., 0] <= factor * ROUNDOFF_ULPS * eps
     trace = xp.trace(dense, axis1=-2, axis2=-1)
     smallest = xp.linalg.eigvalsh(dense)[..., 0] if smallest is None else smallest
