@@ -175,7 +175,16 @@ def convergence(delta_prev, delta, step_index, tol, floor, close_before, *, trac
     xp, _ = _numerics.array_namespace(delta_prev, delta, tol, floor, trace)  # NumPy on the host (streaming EM), else JAX
     threshold = xp.maximum(tol, floor)
     # a decrease: only rounding or reg_covar; a gain after a decrease: that gain is what remains
-    close = (step_index >= 2) & (_projected(delta_prev, delta, xp, including_last=True) <= threshold)
+    # coarse precision: gains that do not shrink, within the floor, are rounding where the objective
+    # has not risen by more than the floor over the last SETTLE_WINDOW updates (float32 VB at its
+    # fixed point cycled +1, +1, -2 units in its last place for 800 sweeps: two equal gains every
+    # third projected an infinite gain, so no run of close evaluations reached the count); a
+    # steady climb of equal gains rises by more, and keeps its infinite projection
+    rounding = False
+    if coarse_precision:
+        risen = _at(trace, step_index, xp) - _at(trace, step_index - SETTLE_WINDOW, xp)
+        rounding = (step_index - SETTLE_WINDOW >= since) & (risen <= floor)
+    close = (step_index >= 2) & (_projected(delta_prev, delta, xp, floor, rounding, including_last=True) <= threshold)
     # only where the floor hides the tolerance: a steady climb of changes under a floor below tol
     # is progress the Aitken test measures (float32, 2000 rows: stopped with 30x tol left)
     # a two-cycle of rounding: one change undone by the next, within the floor, both small
@@ -192,7 +201,7 @@ def convergence(delta_prev, delta, step_index, tol, floor, close_before, *, trac
         persist = COARSE_PERSIST
         for m in COARSE_STRIDES:
             recent, earlier, available = windows(m)
-            close = close & (~available | (_projected(earlier, recent, xp, including_last=False) <= threshold))
+            close = close & (~available | (_projected(earlier, recent, xp, floor, rounding, including_last=False) <= threshold))
         quarter = xp.maximum(xp.asarray(step_index) // 4, 1).astype(float)
         window = xp.maximum(SETTLE_WINDOW, xp.exp2(xp.floor(xp.log2(quarter)))).astype(np.int32)
         recent, earlier, available = windows(window)
@@ -201,16 +210,19 @@ def convergence(delta_prev, delta, step_index, tol, floor, close_before, *, trac
     return close_count, ((close_count >= persist) | settled) & (tol >= 0)
 
 
-def _projected(earlier, recent, xp, *, including_last: bool):
+def _projected(earlier, recent, xp, floor, rounding=False, *, including_last: bool):
     """The Aitken projection of the remaining gain from two successive changes ``earlier`` and
     ``recent`` of the objective (of one update each, or of windows of updates): ``recent * r /
     (1 - r)`` with the rate ``r = recent / earlier`` (``recent / (1 - r)`` with
     ``including_last``, the gain ``recent`` counted too); a decrease projects its size, a gain
-    after a decrease the gain; infinite where the changes do not shrink."""
+    after a decrease the gain; infinite where the changes do not shrink, unless ``rounding`` (the
+    caller's judgement that such changes are the objective's rounding) and both are within the
+    precision ``floor``: the gain itself is then what remains."""
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = recent / earlier
         ahead = recent / (1 - rate) if including_last else recent * rate / (1 - rate)
-        projected = xp.where((recent > 0) & (earlier > 0) & (rate < 1), ahead, np.inf)
+        noise = rounding & (recent <= floor) & (earlier <= floor)
+        projected = xp.where((recent > 0) & (earlier > 0) & (rate < 1), ahead, xp.where(noise, recent, np.inf))
     projected = xp.where((recent > 0) & (earlier <= 0), recent, projected)
     return xp.where(recent <= 0, -recent, projected)
 

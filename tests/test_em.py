@@ -571,6 +571,34 @@ def test_convergence_rule_at_a_fixed_point_and_on_a_climb():
     assert run(-470.0 + np.cumsum([0.0, wide, -wide, wide, -wide]), tol=1e-9, floor=floor) is None
 
 
+def test_coarse_convergence_takes_a_cycle_of_rounding_below_tol_not_a_steady_climb():
+    """Float32 (the windowed test): VB at its fixed point cycled +1, +1, -2 units in the last
+    place of its ELBO for 800 sweeps, a floor below tol; two equal gains every third projected an
+    infinite gain, so it never converged (ConvergenceWarning after max_iter). Gains that do not
+    shrink, within the floor, where the objective has not risen by more than the floor over
+    SETTLE_WINDOW updates, are rounding: it converges. A steady climb of equal gains of the same
+    size (progress, rising a floor a step) still does not."""
+    from bayesgmm import _iterate
+
+    def run(steps, tol, floor):
+        trace = -1183.0 + np.cumsum(np.r_[0.0, steps])
+        close = 0
+        for t in range(2, len(trace)):
+            close, converged = _iterate.convergence(
+                np.array([trace[t - 1] - trace[t - 2]]), np.array([trace[t] - trace[t - 1]]), np.array([t]),
+                np.float64(tol), np.float64(floor), np.array([close]), trace=trace[None, :], coarse_precision=True)
+            close = int(close[0])
+            if bool(converged[0]):
+                return t
+        return None
+
+    ulp, floor, tol = 6.1e-5, 1.25e-4, 2.72e-3
+    cycle = [1.0, 0.6, 0.3, 0.1] + [ulp, ulp, -2 * ulp] * 40  # the approach, then the rounding's cycle
+    at = run(cycle, tol, floor)
+    assert at is not None and at < 40
+    assert run([ulp] * 120, tol, floor) is None  # 120 equal gains: a climb, 7e-3 in all and on
+
+
 def test_kmeans_matches_sklearn(sim3):
     from sklearn.cluster import KMeans
 
