@@ -69,7 +69,7 @@ from ._checkpoint import category_name, describe, json_codec, open_checkpoint, w
 from ._compile import jit
 from ._executors import check_executor, recorded_warnings, run_tasks
 from ._files import jsonable
-from .engines import engine_names, get_engine
+from .engines import check_engine_options, engine_names, get_engine
 from .labels import invariant_summaries
 from .model import sample_prior, simulate
 from .params import (
@@ -205,6 +205,7 @@ def _engine(method, covariance_type: str, num_ranks: int, engine_kwargs):
     engine.check_covariance_type(covariance_type)
     kwargs = {**engine.options, **_ENGINE_DEFAULTS.get(method, {}), **engine_kwargs}
     fit = engine.load()
+    check_engine_options(fit, method, engine_kwargs)  # before any replication runs
     if method in ("vb", "svi"):
         kwargs.setdefault("num_draws", num_ranks)
         available, what = kwargs["num_draws"], "num_draws"

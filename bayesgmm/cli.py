@@ -363,6 +363,8 @@ def sbc_prior(num_features: int, overrides: dict | None = None):
     from .params import Prior
 
     d = num_features
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise UsageError(f"-d/--num-features must be a positive integer, got {d!r}.")
     spec = dict(weight_concentration=5.0, mean=np.zeros(d), mean_precision=0.2, degrees_of_freedom=d + 4.0,
                 scale=(d + 3.0) * np.eye(d))
     unknown = set(overrides or {}) - set(spec)
@@ -589,6 +591,12 @@ _ARGUMENT_FLAGS = (
     (None, "batch_size must", "--batch-size must"),
     (None, "test_fraction must", "--test-fraction must"),
     (None, "seed must", "--seed must"),
+    ("sbc", "num_ranks must", "--num-ranks must"),
+    ("sbc", "num_obs must", "-n/--num-obs must"),
+    ("sbc", "fewer than num_ranks=", "fewer than --num-ranks="),
+    ("sbc", "engine_kwargs give", "--engine-option gives"),
+    ("sbc", "or lower num_ranks", "or lower --num-ranks"),
+    ("study", "num_obs must", "-n/--num-obs must"),
     ("fit", "columns for an array or .npy source must", "--columns of a .npy file must"),
     ("fit", "columns for a Parquet source must", "--columns of a Parquet file must"),
 )

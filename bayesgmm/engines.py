@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 from ._covariance_models import ALIASES
 from .params import COVARIANCE_MODELS, COVARIANCE_TYPES
 
-__all__ = ["ENGINES", "Engine", "get_engine", "engine_names"]
+__all__ = ["ENGINES", "SET_BY_CALLER", "Engine", "check_engine_options", "get_engine", "engine_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,3 +146,31 @@ def get_engine(name: str, *, draws: bool | None = None, purpose: str = "") -> En
             why = f" (method {name!r} gives a point estimate, not posterior draws)"
         raise ValueError(f"method must be one of {allowed}{' ' + purpose if purpose else ''}, got {name!r}{why}.")
     return ENGINES[name]
+
+
+#: keyword arguments the callers of an engine set themselves (not engine options)
+SET_BY_CALLER = ("x", "num_components", "covariance_type", "seed", "prior")
+
+
+def check_engine_options(engine: Callable, method: str, kwargs: Mapping) -> None:
+    """Engine options the engine takes, or a ValueError naming the others and listing the valid ones.
+
+    Parameters
+    ----------
+    engine : callable
+        The fit function (e.g. ``get_engine(method).load()``).
+    method : str
+        Its name, for the message.
+    kwargs : mapping
+        The options to check.
+    """
+    import inspect
+
+    params = inspect.signature(engine).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        options = sorted(set(params) - set(SET_BY_CALLER) - {"source"})
+        raise ValueError(f"engine option(s) {unknown} are not options of method {method!r} ({engine.__name__}); "
+                         f"its options are {options}.")

@@ -37,7 +37,7 @@ import numpy as np
 from . import _sharding
 from ._checkpoint import frame_codec, open_checkpoint
 from ._executors import check_executor, recorded_warnings, run_tasks
-from .engines import engine_names, get_engine
+from .engines import SET_BY_CALLER, check_engine_options, engine_names, get_engine
 from .labels import align_draws
 from .params import GMMParams, Prior, check_data, check_int, check_num_components, prepare_data
 from .results import FitResult
@@ -179,7 +179,7 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     """
     spec = get_engine(method)
     engine = spec.load()
-    _check_engine_kwargs(engine, method, kwargs)
+    check_engine_options(engine, method, kwargs)
     kw = {**spec.options, **kwargs}
     if isinstance(prior, str):
         if prior != "default":
@@ -193,24 +193,6 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     elif spec.prior != "none":
         kw["prior"] = prior
     return engine(x, num_components, covariance_type=covariance_type, seed=seed, **kw)
-
-
-#: keyword arguments the callers of an engine set themselves (not engine options)
-_SET_BY_CALLER = ("x", "num_components", "covariance_type", "seed", "prior")
-
-
-def _check_engine_kwargs(engine, method: str, kwargs: Mapping) -> None:
-    """Engine options the engine takes, or a ValueError naming the others and listing the valid ones."""
-    import inspect
-
-    params = inspect.signature(engine).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        options = sorted(set(params) - set(_SET_BY_CALLER) - {"source"})
-        raise ValueError(f"engine option(s) {unknown} are not options of method {method!r} ({engine.__name__}); "
-                         f"its options are {options}.")
 
 
 def _align_to(draws: Mapping, truth: GMMParams, covariance_type: str) -> dict:
@@ -250,6 +232,9 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
         flat = np.asarray(draws[name]).reshape((-1,) + getattr(truth, name).shape)
         lo, hi = np.quantile(flat, alpha, axis=0), np.quantile(flat, 1 - alpha, axis=0)
         value = getattr(truth, name)
+        if name == "covariances" and ct in ("full", "tied"):  # each distinct scalar once (a symmetric matrix)
+            upper = np.triu_indices(value.shape[-1])
+            lo, hi, value = lo[..., upper[0], upper[1]], hi[..., upper[0], upper[1]], value[..., upper[0], upper[1]]
         out[f"coverage_{name}"] = float(np.mean((lo <= value) & (value <= hi)))
         out[f"width_{name}"] = float(np.mean(hi - lo))
     return out
@@ -392,7 +377,7 @@ def compare(
         for method, kw in engine_kwargs.items():  # every engine's options checked before anything runs
             if not isinstance(kw, Mapping):
                 raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
-            own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(_SET_BY_CALLER)))
+            own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(SET_BY_CALLER)))
             if own:
                 raise ValueError(f"engine_kwargs[{method!r}] sets {own}, which compare sets itself (its own arguments "
                                  "x, num_components, covariance_type, prior, seed); pass them to compare.")
@@ -400,7 +385,7 @@ def compare(
                 from .kmeans import kmeans as engine
             else:
                 engine = get_engine(method).load()
-            _check_engine_kwargs(engine, method, kw)
+            check_engine_options(engine, method, kw)
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (arr.shape[0],):
@@ -546,8 +531,28 @@ def simulation_study(
         # data set i is seeded by seed * 1_000_003 + i, which must stay below 2**64
         raise ValueError(f"seed must be an integer in [0, 2**44], got {seed!r}.")
     check_executor(executor)
+    methods = _check_methods(methods)  # one name, or several; the engines' options too, before any work
+    if engine_kwargs is not None:
+        if not isinstance(engine_kwargs, Mapping):
+            raise ValueError(f"engine_kwargs must be a dict of {{method: dict of options}}, got {engine_kwargs!r}.")
+        unknown = set(engine_kwargs) - set(METHODS)
+        if unknown:
+            raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
+        for method, kw in engine_kwargs.items():
+            if not isinstance(kw, Mapping):
+                raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
+    if not (isinstance(bootstrap_replicates, (int, np.integer)) and not isinstance(bootstrap_replicates, bool)
+            and (bootstrap_replicates == 0 or bootstrap_replicates >= 2)):
+        raise ValueError(f"bootstrap_replicates must be 0 (no intervals for EM) or an integer >= 2, got "
+                         f"{bootstrap_replicates!r}.")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < 1:
+        raise ValueError(f"interval must be a number in (0, 1), got {interval!r}.")
     grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]
-    settings = dict(num_features=num_features, methods=tuple(methods), covariance_type=covariance_type,
+    small = sorted({(int(n), int(k)) for n, _, k in grid if n < max(2, k)})
+    if small:
+        raise ValueError(f"num_obs must be at least num_components (and 2): the grid has (num_obs, num_components) = "
+                         f"{small}.")
+    settings = dict(num_features=num_features, methods=methods, covariance_type=covariance_type,
                     test_size=test_size, interval=interval, bootstrap_replicates=bootstrap_replicates,
                     engine_kwargs=None if engine_kwargs is None else {m: dict(v) for m, v in engine_kwargs.items()},
                     x64=bool(jax.config.jax_enable_x64))  # a worker computes in this process's precision
@@ -596,8 +601,8 @@ def summarise_study(study, *, exclude_flagged: bool = False):
     Every numeric column is averaged over the cell's data sets (a coverage column becomes the
     empirical coverage of the nominal intervals, beside ``width_*``, the intervals' mean width) and
     gets a ``<column>_mcse`` beside it: the standard deviation over the data sets divided by the
-    square root of their number (data sets are independent; the scalars within one are not, so
-    they are never counted separately). Fits that did not converge or raised a warning are
+    square root of their number (those where the column is defined: data sets are independent;
+    the scalars within one are not, so they are never counted separately). Fits that did not converge or raised a warning are
     counted per cell (``num_flagged``, ``flagged_share``, out of ``num_fits``) and, with
     ``exclude_flagged=True``, left out of the averages (``num_datasets`` counts what was averaged).
 
@@ -630,10 +635,11 @@ def summarise_study(study, *, exclude_flagged: bool = False):
                if c not in keys + ["dataset", "warnings"] and pd.api.types.is_numeric_dtype(study[c])]
     grouped = kept.assign(**{c: kept[c].astype(float) for c in numeric}).groupby(keys, sort=False)
     means, sds, sizes = grouped[numeric].mean(), grouped[numeric].std(ddof=1), grouped.size()
+    observed = grouped[numeric].count()  # a column's values in the cell (NaN where not defined)
     out = pd.DataFrame(index=counts.index)
     for c in numeric:
         out[c] = means[c]
-        out[f"{c}_mcse"] = sds[c] / np.sqrt(sizes)
+        out[f"{c}_mcse"] = sds[c] / np.sqrt(observed[c])
     out["num_datasets"] = sizes.reindex(counts.index).fillna(0).astype(int)
     out["num_fits"] = counts["size"].astype(int)
     out["num_flagged"] = counts["sum"].astype(int)

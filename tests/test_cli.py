@@ -131,7 +131,12 @@ def test_errors_and_warnings_give_the_flags_not_python_arguments(tmp_path, capsy
                        (["compare", csv, "-k", "2", "--methods", "em", "--test-fraction", "1"], "--test-fraction must be in"),
                        (["simulate", "--seed", "-1"], "--seed must be an integer in [0, 2**64)"),
                        (["simulate", "--seed", str(10**23)], "--seed must be an integer in [0, 2**64)"),
-                       (["study", "--num-datasets", "1", "--seed", str(10**23)], "--seed must be an integer in [0, 2**44]")):
+                       (["study", "--num-datasets", "1", "--seed", str(10**23)], "--seed must be an integer in [0, 2**44]"),
+                       (["sbc", "--num-ranks", "0"], "--num-ranks must be a positive integer"),
+                       (["sbc", "-n", "1"], "-n/--num-obs must be an integer >= 2"),
+                       (["sbc", "-d", "0"], "-d/--num-features must be a positive integer"),
+                       (["sbc", "--engine-option", "num_draws=5"], "fewer than --num-ranks=99"),
+                       (["sbc", "--engine-option", "bogus=1"], "engine option(s) ['bogus'] are not options of method 'vb'")):
         err = _usage_error(args + ["--out", str(tmp_path / "o5")], capsys)
         assert said in err, (args, err)
         assert not (tmp_path / "o5").exists()

@@ -82,6 +82,13 @@ def test_coverage_is_the_share_of_true_values_inside_the_intervals(sim):
     lo, hi = np.quantile(draws["means"][0], [0.25, 0.75], axis=0)
     expected = np.mean((lo <= truth.means) & (truth.means <= hi))
     assert table["coverage_means"].iloc[0] == pytest.approx(expected)
+    # a covariance matrix's distinct scalars, each once (K D (D + 1) / 2): the upper triangles
+    lo, hi = np.quantile(draws["covariances"][0], [0.25, 0.75], axis=0)
+    i, j = np.triu_indices(truth.means.shape[1])
+    value = truth.covariances[:, i, j]
+    inside = (lo[:, i, j] <= value) & (value <= hi[:, i, j])
+    assert table["coverage_covariances"].iloc[0] == pytest.approx(inside.mean())
+    assert table["width_covariances"].iloc[0] == pytest.approx((hi - lo)[:, i, j].mean())
 
 
 def test_mcmc_row_reports_ess_and_divergences(sim):
@@ -195,9 +202,22 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
     for bad, match in ((dict(num_obs=-5), "num_obs must be a positive integer"), (dict(num_obs=100.7), "num_obs must be"),
                        (dict(num_components=[2, 0]), "num_components must be"), (dict(test_size=-1), "test_size must be"),
                        (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*44\]"),
-                       (dict(seed=2**45), r"seed must be an integer in \[0, 2\*\*44\]")):
+                       (dict(seed=2**45), r"seed must be an integer in \[0, 2\*\*44\]"),
+                       # refused before any data set is simulated (one name was split into letters;
+                       # the others failed inside the first data set, naming other arguments)
+                       (dict(methods="metropolis"), r"got \['metropolis'\]"),
+                       (dict(engine_kwargs={"em": 5}), r"engine_kwargs\['em'\] must be a dict"),
+                       (dict(bootstrap_replicates=-5), "bootstrap_replicates must be 0"),
+                       (dict(interval=1.5), r"interval must be a number in \(0, 1\)"),
+                       (dict(num_obs=1), "num_obs must be at least num_components")):
         with pytest.raises(ValueError, match=match):
             simulation_study(1, progress_bar=False, **bad)
+    # a column defined for some data sets of a cell only: its standard error counts those
+    partial = study.assign(test_lpd=np.where(np.arange(len(study)) % 3 == 0, np.nan, study["test_lpd"]))
+    part = summarise_study(partial)
+    cells = partial.groupby(["method", "separation"], sort=False)["test_lpd"]
+    expected = (cells.std(ddof=1) / np.sqrt(cells.count())).to_numpy()
+    np.testing.assert_allclose(part["test_lpd_mcse"].to_numpy(), expected, rtol=1e-12)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['method'"):  # was KeyError: 'method'
         summarise_study(pd.DataFrame())
 
