@@ -171,7 +171,8 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
         draws, perms = align_draws(raw_draws, pivot, covariance_type)
         switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
         if switched and not _sticks.is_exchangeable(concentration):
-            lp = lp + _sticks.relabelling_shift(raw_draws["weights"], draws["weights"], concentration)
+            underflow = float(np.finfo(np.asarray(log_posterior_std).dtype).tiny)  # the compute type's
+            lp = lp + _sticks.relabelling_shift(raw_draws["weights"], draws["weights"], concentration, underflow)
     else:
         draws, switched = dict(raw_draws), 0.0
     point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))

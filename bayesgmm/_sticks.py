@@ -94,7 +94,7 @@ def log_density(weights, sticks):
     r"""Stick-breaking log density of the weights (K,), with respect to Lebesgue measure on the
     first K - 1 coordinates of the simplex (as NumPyro's Dirichlet).
 
-    With tail sums :math:`r_k = \sum_{j \ge k} \pi_k`, :math:`v_k = \pi_k / r_k` and
+    With tail sums :math:`r_k = \sum_{j \ge k} \pi_j`, :math:`v_k = \pi_k / r_k` and
     :math:`1 - v_k = r_{k+1} / r_k`; the map :math:`v \mapsto \pi` is triangular with diagonal
     :math:`r_k`, so
 
@@ -138,9 +138,16 @@ def weights_log_density(weights, concentration):
             + xp.sum((concentration - 1.0) * xp.log(weights), axis=-1))
 
 
-def relabelling_shift(weights, relabelled, concentration):
+def relabelling_shift(weights, relabelled, concentration, underflow: float = np.finfo(np.float64).tiny):
     """``log p(relabelled) - log p(weights)`` under the weight prior, in float64 on the host:
-    what relabelling draws (..., K) adds to their log posterior (zero when exchangeable)."""
+    what relabelling draws (..., K) adds to their log posterior (zero when exchangeable).
+    Weights that underflowed to 0 count as ``underflow`` (the compute type's smallest normal
+    number, as the samplers floor them for their log posterior: ``log 0`` would make it NaN)."""
     concentration = np.asarray(concentration, np.float64)
-    before = weights_log_density(np.asarray(weights, np.float64), concentration)
-    return weights_log_density(np.asarray(relabelled, np.float64), concentration) - before
+
+    def floored(w):
+        w = np.asarray(w, np.float64)
+        return np.where(w > 0, w, underflow)
+
+    before = weights_log_density(floored(weights), concentration)
+    return weights_log_density(floored(relabelled), concentration) - before

@@ -131,6 +131,10 @@ def permute_draws(draws, permutations, covariance_type: str) -> dict:
     perm = np.asarray(permutations)
     if perm.shape != w.shape:
         raise ValueError(f"permutations must have shape {w.shape} (one permutation per draw), got {perm.shape}.")
+    k = w.shape[-1]
+    if perm.dtype.kind not in "iu" or not np.array_equal(np.sort(perm, axis=-1), np.broadcast_to(np.arange(k), perm.shape)):
+        raise ValueError(f"permutations must hold a permutation of 0 .. {k - 1} for every draw (component k of the "
+                         "result is component permutations[..., k]); some do not.")
     out = dict(draws)
     out["weights"] = np.take_along_axis(w, perm, axis=-1)
     out["means"] = np.take_along_axis(m, perm[..., None], axis=-2)
@@ -257,14 +261,18 @@ def sort_components(draws, covariance_type: str, *, by: str = "means", feature: 
     """
     w, m, _ = _check_draws(draws, covariance_type)
     if by == "means":
-        if not -m.shape[-1] <= feature < m.shape[-1]:
-            raise ValueError(f"feature must index one of the {m.shape[-1]} features, got {feature}.")
+        _check_feature(feature, m.shape[-1])
         key = m[..., feature]
     elif by == "weights":
         key = w
     else:
         raise ValueError(f"by must be 'means' or 'weights', got {by!r}.")
     return permute_draws(draws, np.argsort(key, axis=-1, kind="stable"), covariance_type)
+
+
+def _check_feature(feature, num_features: int) -> None:
+    if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not -num_features <= feature < num_features:
+        raise ValueError(f"feature must index one of the {num_features} features, got {feature!r}.")
 
 
 def mixture_moments(draws, covariance_type: str):
@@ -315,6 +323,7 @@ def invariant_summaries(draws, covariance_type: str, *, feature: int = 0) -> dic
         ``mixture_cov`` (..., D, D); ``max_weight`` (...).
     """
     w, m, _ = _check_draws(draws, covariance_type)
+    _check_feature(feature, m.shape[-1])
     mean, cov = mixture_moments(draws, covariance_type)
     return {
         "sorted_weights": np.sort(w, axis=-1),

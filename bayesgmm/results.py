@@ -221,7 +221,8 @@ class FitResult:
         Total log-likelihood of the training data at the point estimate (z summed out).
     converged : bool
         Whether the fit met its convergence criterion: the tolerance (EM, VB), a small drift of
-        the ELBO over the last steps (SVI), or R-hat and bulk ESS (the samplers).
+        the ELBO over the last steps (SVI), or the largest split R-hat below 1.01 (the samplers,
+        which warn too when the smallest bulk ESS is below 100 per chain: ``info["min_ess_bulk"]``).
     n_iter : int
         Iterations (EM, VB; passes for streamed EM), optimisation steps (SVI) or draws per chain
         (the samplers).
@@ -670,7 +671,8 @@ class FitResult:
         per-component Dirichlet concentrations. ``raw_draws`` (before any alignment) and
         ``sample_stats`` are kept as they are, except that under stick-breaking weights (a
         Dirichlet-process prior, ordered by definition) ``sample_stats["lp"]`` becomes the log
-        density of the reordered draws, and the sticks are dropped from ``info``. ``info["order"]`` records the composed reordering
+        density of the reordered draws (and the ``trace``, which holds it), and the sticks are
+        dropped from ``info``. ``info["order"]`` records the composed reordering
         relative to the fitted order.
 
         Parameters
@@ -720,7 +722,7 @@ class FitResult:
         if "empty_components" in info:
             info["empty_components"] = sorted(int(inverse[i]) for i in info["empty_components"])
         info["order"] = np.asarray(info.get("order", np.arange(k)))[perm].tolist()
-        prior, stats = self.prior, self.sample_stats
+        prior, stats, trace = self.prior, self.sample_stats, self.trace
         if prior is not None and np.ndim(prior.weight_concentration):
             # an uneven Dirichlet's concentrations are per component: renamed with them
             prior = dataclasses.replace(prior, weight_concentration=np.asarray(prior.weight_concentration)[perm])
@@ -728,11 +730,14 @@ class FitResult:
             # sticks are ordered: the renamed draws have another prior density (lp is log p(x, theta)
             # of the draws under this prior)
             sticks = prior.arrays(k, ct).concentration
-            stats = dict(stats, lp=np.asarray(stats["lp"]) + _sticks.relabelling_shift(
-                self.draws["weights"], draws["weights"], sticks))
+            underflow = float(np.finfo(np.dtype(self.info.get("dtype", "float64"))).tiny)  # as the sampler floored them
+            shift = _sticks.relabelling_shift(self.draws["weights"], draws["weights"], sticks, underflow)
+            stats = dict(stats, lp=np.asarray(stats["lp"]) + shift)
+            if np.shape(trace) == (shift.size,):  # a sampler's trace: lp of every draw, chains concatenated
+                trace = np.asarray(trace) + shift.reshape(-1)
         return dataclasses.replace(
             self, weights=point["weights"], means=point["means"], covariances=point["covariances"], draws=draws,
-            predictive=predictive, info=info, prior=prior, sample_stats=stats,
+            predictive=predictive, info=info, prior=prior, sample_stats=stats, trace=trace,
             degenerate_components=tuple(sorted(int(inverse[i]) for i in self.degenerate_components)),
         )
 

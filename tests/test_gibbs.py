@@ -173,6 +173,22 @@ def test_lp_is_that_of_the_aligned_draws_under_a_weight_prior_with_an_order(fait
     # a Dirichlet's concentrations are renamed with their components; the sticks keep their order
     expected = np.array([3.0, 1.0]) if weight_prior != "dirichlet_process" else 0.5
     np.testing.assert_array_equal(flipped.prior.weight_concentration, expected)
+    np.testing.assert_array_equal(flipped.trace, flipped.sample_stats["lp"].reshape(-1))  # the trace is lp
+
+
+def test_relabelled_lp_stays_finite_where_float32_weights_underflow(faithful):
+    """Sparse stick-breaking weights (gamma = 0.01, K = 5) underflow to exactly 0 in float32; the
+    sweep floors them for its lp, and so must relabelling (log 0 - log 0 made lp NaN)."""
+    from conftest import precision
+
+    prior = Prior.default(faithful, 5, weight_prior="dirichlet_process", weight_concentration=0.01)
+    with precision(np.float32):
+        res = _quiet(bg.fit_gibbs, faithful, 5, prior=prior, num_warmup=100, num_samples=100, num_chains=2, seed=0)
+    assert (np.asarray(res.raw_draws["weights"]) == 0).any() and res.info["label_switch_fraction"] > 0
+    assert np.isfinite(res.sample_stats["lp"]).all() and np.isfinite(res.trace).all()
+    again = res.relabel([4, 3, 2, 1, 0])
+    assert np.isfinite(again.sample_stats["lp"]).all()
+    np.testing.assert_array_equal(again.trace, again.sample_stats["lp"].reshape(-1))
 
 
 def test_chains_on_threads_are_the_draws_of_one_run(faithful_gibbs, faithful, monkeypatch):

@@ -150,3 +150,8 @@ def test_bad_inputs_raise():
         assignment_costs(draws, pivot, "diag", cost="euclid")
     with pytest.raises(ValueError, match="permutations"):
         permute_draws({**draws, "covariances": np.ones((1, 2, 3, 2))}, np.zeros((1, 2)), "diag")
+    # not a permutation (component 0 three times): refused, not duplicated silently
+    with pytest.raises(ValueError, match="permutations must hold a permutation of 0 .. 2"):
+        permute_draws({**draws, "covariances": np.ones((1, 2, 3, 2))}, np.zeros((1, 2, 3), int), "diag")
+    with pytest.raises(ValueError, match="feature must index one of the 2 features, got 5"):  # an IndexError
+        invariant_summaries({**draws, "covariances": np.ones((1, 2, 3, 2))}, "diag", feature=5)
