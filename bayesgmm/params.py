@@ -1271,17 +1271,25 @@ def standardise(arr: np.ndarray, covariance_type: str, sample_weight=None, *, dt
 
 
 def refuse_out_of_range(xs: np.ndarray, arr: np.ndarray, shift, sd, name: str = "x", row_offset: int = 0) -> None:
-    """Raise where the standardised data ``xs`` (the compute type) overflowed: an entry of
-    ``arr`` so far from its column's median that it is beyond the compute type's range there
-    (float32: about 3.4e38 robust standard deviations), which every fit would otherwise meet as a
-    singular covariance. ``row_offset``: the row of ``arr``'s first in the data (a chunk's)."""
-    if xs.dtype == np.float64 or not np.isinf(xs).any():
+    """Raise where the standardised data ``xs`` (the compute type) overflowed, or will in the
+    E-step: an entry of ``arr`` so far from its column's median that it, or its square, is beyond
+    the compute type's range there (float32: about 3.4e38, or 1.8e19, robust standard
+    deviations), which every fit would otherwise meet as a singular covariance. ``row_offset``:
+    the row of ``arr``'s first in the data (a chunk's). (Float64's limits are beyond what
+    :func:`check_data`'s span check lets through.)"""
+    if xs.dtype == np.float64:
         return
-    row, col = (int(i[0]) for i in np.nonzero(np.isinf(xs)))
+    limit = np.sqrt(np.finfo(xs.dtype).max) / 4  # a square (and a few of them summed) stays finite
+    with np.errstate(invalid="ignore"):  # NaN: missing values, not out of range
+        far = np.abs(xs) > limit
+    if not far.any():
+        return
+    row, col = (int(i[0]) for i in np.nonzero(far))
     value = float(arr[row, col])
+    where = "beyond the range" if np.isinf(xs[row, col]) else "its square beyond the range"
     raise ValueError(
         f"{name}[{row + row_offset}, {col}] = {value:g} lies {abs(value - shift[col]) / sd[col]:.3g} robust standard deviations from "
-        f"its column's median, beyond the range of {np.dtype(xs.dtype).name}, the compute type: an extreme outlier or a "
+        f"its column's median, {where} of {np.dtype(xs.dtype).name}, the compute type: an extreme outlier or a "
         "sentinel value. Remove it (or set it to NaN and pass missing='marginalize'), or fit in float64 "
         "(jax.config.update('jax_enable_x64', True)).")
 

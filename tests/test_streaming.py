@@ -582,10 +582,13 @@ def test_a_value_beyond_float32_is_named_not_singular(tmp_path, faithful):
     np.save(path, rows)
     with precision(np.float32), pytest.raises(ValueError, match=r"\[1088, 0\] = 1e\+39 .* beyond the range of float32"):
         bg.fit_em_stream(path, 2, num_init_rows=200, batch_size=500, seed=0)
-    # a value whose square, not itself, overflows: the pass's objective is not finite, an error
+    # a value whose square, not itself, overflows: named too (the passes' objective was NaN, and
+    # the fit returned its start with "increase max_iter"); fit_em says the same
     rows[1088, 0] = 1e37
     np.save(path, rows)
     with precision(np.float32), warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning on the way, no ConvergenceWarning instead
-        with pytest.raises(ValueError, match="objective of streaming EM's iteration 1 is not finite"):
+        with pytest.raises(ValueError, match=r"\[1088, 0\] = 1e\+37 .* its square beyond the range of float32"):
             bg.fit_em_stream(path, 2, num_init_rows=200, batch_size=500, seed=0)
+        with pytest.raises(ValueError, match=r"x\[1088, 0\] = 1e\+37 .* its square beyond the range of float32"):
+            bg.fit_em(rows, 2)
