@@ -305,9 +305,14 @@ def package(
             stacklevel=3,
         )
     if warn and not converged and max_iter > 0:  # max_iter=0 asks for the initialisation itself
+        wander = ""
+        recent = np.diff(trace[-max(10, n_iter // 10) - 1:-1])  # the program's own values (not the float64 last)
+        if eps > 1e-10 and n_iter >= 20 and (recent < 0).any():  # float32 going up and down: its rounding
+            wander = (" Its float32 objective went up and down over the last iterations, rounding that float64 "
+                      "resolves: fit in float64 (jax.config.update('jax_enable_x64', True)).")
         warnings.warn(
             f"EM did not converge in max_iter={max_iter} iterations (tol={tol:g} per observation); increase "
-            "max_iter or tol, or check the initialisation.",
+            "max_iter or tol, or check the initialisation." + wander,
             ConvergenceWarning,
             stacklevel=3,
         )
