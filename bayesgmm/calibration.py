@@ -343,6 +343,9 @@ def _replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
             raise
         fact["error"] = f"{type(err).__name__}: {err}"
         return _ReplicationOutcome(theta, fact, caught_messages, None, None)
+    except Exception as err:  # not recorded (e.g. a fit function's own error): raised, saying where
+        err.add_note(f"(in SBC replication {r} of {task.num_replications}, method {method_name!r})")
+        raise
     ranks = _ranks(post, at_truth, np.random.default_rng(_key_data(tie_key).tolist()))
     return _ReplicationOutcome(theta, fact, caught_messages, ranks, at_truth)
 

@@ -295,6 +295,13 @@ def test_failed_fits_are_recorded_or_raised():
     assert list(res.ranks.index) == list(res.replications.index[~failed])
     assert (res.prior_draws["means"][failed.to_numpy(), 0, 0] > -np.inf).all()  # prior draws of every replication
 
+    def broken(x, num_components, **kwargs):  # an error sbc does not record: raised, saying where too
+        raise RuntimeError("broken engine")
+
+    with pytest.raises(RuntimeError, match="broken engine") as info:
+        sbc(1, N, **dict(kw, method=broken), on_error="record")
+    assert any("SBC replication 0 of 12" in note for note in info.value.__notes__)
+
 
 # ----------------------------------------------------------------------------------------------
 # Uniformity tests and bands
