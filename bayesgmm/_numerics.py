@@ -643,6 +643,16 @@ def _log_inverse_gamma(v, shape, rate):
     return shape * np.log(rate) - gammaln(shape) - (shape + 1) * np.log(v) - rate / v
 
 
+def dirichlet_log_density(weights, concentration):
+    """``log Dirichlet(weights | concentration)`` over the last axis (NumPy, float64); a zero weight
+    gives -inf (or +inf under a concentration below 1), without a warning."""
+    from scipy.special import gammaln
+
+    a = np.broadcast_to(np.asarray(concentration, np.float64), np.shape(weights)[-1:])
+    with np.errstate(divide="ignore"):
+        return gammaln(a.sum()) - gammaln(a).sum() + np.sum((a - 1.0) * np.log(weights), axis=-1)
+
+
 def log_prior(params, prior, covariance_type: str, active=None) -> float:
     """``log p(pi) + sum_k log p(mu_k, Sigma_k)`` in float64 (the prior terms of the model).
 
@@ -650,8 +660,6 @@ def log_prior(params, prior, covariance_type: str, active=None) -> float:
     ``active`` (K,) bool restricts the prior to the sub-model of the active components (as
     :func:`bayesgmm.model.log_prior`). The same density as the NumPyro model's (tested).
     """
-    from scipy.special import gammaln
-
     w, m, c = (np.asarray(a, np.float64) for a in params)
     alpha, m0, kappa0, nu0, psi = (np.asarray(a, np.float64) for a in prior)
     k, d = m.shape
@@ -659,9 +667,7 @@ def log_prior(params, prior, covariance_type: str, active=None) -> float:
     alpha = np.broadcast_to(alpha, (k,))
     lp = 0.0
     if act.sum() > 1:
-        a = alpha[act]
-        with np.errstate(divide="ignore"):
-            lp += gammaln(a.sum()) - gammaln(a).sum() + np.sum((a - 1.0) * np.log(w[act]))
+        lp += dirichlet_log_density(w[act], alpha[act])
     if covariance_type in ("full", "tied"):
         if covariance_type == "full":
             lp += float(np.sum(_log_inverse_wishart(c[act], nu0, psi)))

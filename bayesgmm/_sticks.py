@@ -125,17 +125,14 @@ def is_exchangeable(concentration) -> bool:
 
 
 def weights_log_density(weights, concentration):
-    """The weight prior's log density of weights (..., K): Dirichlet for a (K,) concentration,
-    stick-breaking (:func:`log_density`) for (K - 1, 2) sticks; 0 when K = 1 (the weight is 1)."""
-    xp, sp = _numerics.array_namespace(weights, concentration)
+    """The weight prior's log density of weights (..., K), NumPy: Dirichlet for a (K,)
+    concentration (:func:`bayesgmm._numerics.dirichlet_log_density`), stick-breaking
+    (:func:`log_density`) for (K - 1, 2) sticks; 0 when K = 1 (the weight is 1)."""
     if weights.shape[-1] == 1:
-        return xp.zeros(weights.shape[:-1], weights.dtype)
+        return np.zeros(weights.shape[:-1], weights.dtype)
     if is_sticks(concentration):
         return log_density(weights, concentration)
-    gammaln = sp.special.gammaln
-    concentration = xp.broadcast_to(concentration, weights.shape[-1:])
-    return (gammaln(xp.sum(concentration)) - xp.sum(gammaln(concentration))
-            + xp.sum((concentration - 1.0) * xp.log(weights), axis=-1))
+    return _numerics.dirichlet_log_density(weights, concentration)
 
 
 def relabelling_shift(weights, relabelled, concentration, underflow: float = np.finfo(np.float64).tiny):

@@ -195,6 +195,28 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     return engine(x, num_components, covariance_type=covariance_type, seed=seed, **kw)
 
 
+def _check_engine_kwargs_table(engine_kwargs) -> None:
+    """:func:`compare`'s ``engine_kwargs`` (``{method: {option: value}}``), every engine's options
+    checked before anything runs (:func:`bayesgmm.engines.check_engine_options`)."""
+    if not isinstance(engine_kwargs, Mapping):
+        raise ValueError(f"engine_kwargs must be a dict of {{method: dict of options}}, got {engine_kwargs!r}.")
+    unknown = set(engine_kwargs) - set(METHODS)
+    if unknown:
+        raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
+    for method, kw in engine_kwargs.items():
+        if not isinstance(kw, Mapping):
+            raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
+        own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(SET_BY_CALLER)))
+        if own:
+            raise ValueError(f"engine_kwargs[{method!r}] sets {own}, which compare sets itself (its own arguments "
+                             "x, num_components, covariance_type, prior, seed); pass them to compare.")
+        if method == "kmeans":
+            from .kmeans import kmeans as engine
+        else:
+            engine = get_engine(method).load()
+        check_engine_options(engine, method, kw)
+
+
 def _align_to(draws: Mapping, truth: GMMParams, covariance_type: str) -> dict:
     if truth.means.shape[0] == 1:
         return dict(draws)
@@ -371,21 +393,7 @@ def compare(
         arr = data.values
         k = check_num_components(num_components, arr.shape[0])
         methods = _check_methods(methods)
-        unknown = set(engine_kwargs) - set(METHODS)
-        if unknown:
-            raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
-        for method, kw in engine_kwargs.items():  # every engine's options checked before anything runs
-            if not isinstance(kw, Mapping):
-                raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
-            own = sorted(set(kw) & ({"x", "num_components", "seed"} if method == "kmeans" else set(SET_BY_CALLER)))
-            if own:
-                raise ValueError(f"engine_kwargs[{method!r}] sets {own}, which compare sets itself (its own arguments "
-                                 "x, num_components, covariance_type, prior, seed); pass them to compare.")
-            if method == "kmeans":
-                from .kmeans import kmeans as engine
-            else:
-                engine = get_engine(method).load()
-            check_engine_options(engine, method, kw)
+        _check_engine_kwargs_table(engine_kwargs)
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (arr.shape[0],):
@@ -533,14 +541,7 @@ def simulation_study(
     check_executor(executor)
     methods = _check_methods(methods)  # one name, or several; the engines' options too, before any work
     if engine_kwargs is not None:
-        if not isinstance(engine_kwargs, Mapping):
-            raise ValueError(f"engine_kwargs must be a dict of {{method: dict of options}}, got {engine_kwargs!r}.")
-        unknown = set(engine_kwargs) - set(METHODS)
-        if unknown:
-            raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
-        for method, kw in engine_kwargs.items():
-            if not isinstance(kw, Mapping):
-                raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
+        _check_engine_kwargs_table(engine_kwargs)
     if not (isinstance(bootstrap_replicates, (int, np.integer)) and not isinstance(bootstrap_replicates, bool)
             and (bootstrap_replicates == 0 or bootstrap_replicates >= 2)):
         raise ValueError(f"bootstrap_replicates must be 0 (no intervals for EM) or an integer >= 2, got "

@@ -1168,6 +1168,12 @@ STANDARDISATION_ROWS = 2**15
 STANDARDISATION_SAMPLE = 2**13
 
 
+def standardisation_step(num_rows: int) -> int:
+    """The stride of the rows :func:`standardisation` reads of unweighted complete data: every
+    row up to :data:`STANDARDISATION_ROWS`, every ``ceil(N / STANDARDISATION_SAMPLE)``-th beyond."""
+    return 1 if num_rows <= STANDARDISATION_ROWS else -(-num_rows // STANDARDISATION_SAMPLE)
+
+
 def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     """Shift and scale that standardise the data: ``(x - shift) / scale`` (float64).
 
@@ -1192,9 +1198,7 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     if not np.isnan(arr).any():  # one float64 copy, feature by feature: an unweighted first median
-        rows = arr
-        if sample_weight is None and arr.shape[0] > STANDARDISATION_ROWS:
-            rows = arr[:: -(-arr.shape[0] // STANDARDISATION_SAMPLE)]
+        rows = arr if sample_weight is not None else arr[:: standardisation_step(arr.shape[0])]
         columns = columns_float64(rows)  # reorders it, which the second does not mind
         shift = _column_medians(columns, sample_weight)
         columns -= shift[:, None]

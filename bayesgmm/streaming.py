@@ -67,8 +67,6 @@ from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
 from .kmeans import INIT_METHODS
 from .params import (
     MISSING_POLICIES,
-    STANDARDISATION_ROWS,
-    STANDARDISATION_SAMPLE,
     ConvergenceWarning,
     DegenerateComponentWarning,
     GMMParams,
@@ -88,6 +86,7 @@ from .params import (
     refuse_out_of_range,
     seed_to_key,
     standardisation,
+    standardisation_step,
 )
 from .results import FitResult
 from .sources import Source, open_source
@@ -565,7 +564,7 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
         evaluated, objective, delta = params, total, step
         seconds.append(time.perf_counter() - start)
         feeder.progress.pass_done(objective_per_obs=total / num_obs)
-        if converged or not np.isfinite(total) or t == max_iter:
+        if converged or t == max_iter:  # a total that is not finite was refused above
             break
         params, _ = batch_update(stats, prior, as_dtype(reg_covar), config=feeder.config)
     floor = FLOOR_ULPS * eps * magnitude / num_obs
@@ -811,7 +810,7 @@ def fit_em_stream(
             m = min(int(num_init_rows), n)
             sample_rows = np.arange(n) if m == n else np.sort(_numpy_rng(key_rows).choice(n, m, replace=False))
         else:  # a given start: the rows fit_em's robust standardisation reads (every row, or evenly spaced)
-            sample_rows = np.arange(0, n, 1 if n <= STANDARDISATION_ROWS else -(-n // STANDARDISATION_SAMPLE))
+            sample_rows = np.arange(0, n, standardisation_step(n))
         start = time.perf_counter()
         moments = _scan(src, batch_size, sample_rows, progress, covariance=default_prior, missing=missing == "marginalize")
         moments_seconds = time.perf_counter() - start
