@@ -1256,6 +1256,7 @@ print("done")
 """
 
 
+@pytest.mark.slow  # the compiled programs' order: test_em_vb_map_and_mclust_order_their_large_lapack_calls
 def test_large_batches_of_lapack_calls_do_not_deadlock():
     """Two large batched LAPACK calls that XLA may run at once (the degenerate check's eigenvalues
     beside the E-step's Cholesky factors, VB's triangular solves of the divergence beside the
@@ -1346,12 +1347,15 @@ def test_unordered_batched_lapack_calls_are_found_and_in_turn_orders_them():
         assert unordered_lapack_calls(texts[False], min_flops=flops + 1) == []
 
 
-def test_map_and_mclust_em_order_their_large_lapack_calls():
-    """MAP-EM's log prior factored the lanes' covariances beside the E-step's factors, and an
-    mclust M-step (VEV: the eigenvalues of the scatter and of the previous covariances) beside
-    itself and the degenerate check's eigenvalues, each batch past jaxlib's split (10 lanes of 5
-    matrices 17 x 17, as D=K=16 fits): ordered now (2 unordered pairs in each program before)."""
-    from _lapack_order import unordered_lapack_calls
+def test_em_vb_map_and_mclust_order_their_large_lapack_calls():
+    """No two LAPACK calls that jaxlib splits over XLA's thread pool can run at once in EM's and
+    VB's programs (10 and 16 lanes of 5 matrices 17 x 17, as D=K=16 fits; the fast variant of
+    ``test_large_batches_of_lapack_calls_do_not_deadlock``, which runs such fits): the degenerate
+    check's eigenvalues beside the E-step's factors, VB's triangular solves beside the expected
+    components, MAP-EM's log prior beside the E-step, and an mclust M-step (VEV: the eigenvalues
+    of the scatter and of the previous covariances) beside itself (2 unordered pairs in each of
+    the last two programs before ``_numerics.in_turn``)."""
+    from _lapack_order import parse, unordered_lapack_calls
 
     from bayesgmm import _compile
     from bayesgmm._chains import LAPACK_SPLIT_FLOPS
@@ -1362,14 +1366,19 @@ def test_map_and_mclust_em_order_their_large_lapack_calls():
         return {id(e): e for r in _compile._PROGRAMS if (p := r()) is not None and p._jitted.__name__ == "_run"
                 for e in p._cache.values()}
 
-    for kw in (dict(prior=bg.Prior.default(x, 5)), dict(covariance_type="VEV")):
+    cases = ((bg.fit_em, dict(n_init=10)), (bg.fit_vb, dict(n_init=16)),
+             (bg.fit_em, dict(n_init=10, prior=bg.Prior.default(x, 5))), (bg.fit_em, dict(n_init=10, covariance_type="VEV")))
+    for fit, kw in cases:
         before = programs()
         with pytest.warns(bg.ConvergenceWarning):  # two iterations: only the program matters here
-            bg.fit_em(x, 5, n_init=10, max_iter=2, tol=0.0, **kw)
+            fit(x, 5, max_iter=2, tol=0.0, **kw)
         new = [e for key, e in programs().items() if key not in before]
         assert new, kw
         for executable in new:
-            assert unordered_lapack_calls(executable.as_text(), LAPACK_SPLIT_FLOPS) == [], kw
+            text = executable.as_text()
+            large = [i for c in parse(text).values() for i in c.values() if i.flops >= LAPACK_SPLIT_FLOPS]
+            assert len(large) >= 2, kw  # calls the order matters for
+            assert unordered_lapack_calls(text, LAPACK_SPLIT_FLOPS) == [], kw
 
 
 def test_host_pieces_share_one_pool_keep_their_order_and_may_nest():

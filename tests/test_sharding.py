@@ -131,12 +131,12 @@ def _run(cases):
 
 @pytest.fixture(scope="module")
 def sharded_results():
-    return _run(FAST + ["errors", "large_lapack", "float32_tight", "missing"])
+    return _run(FAST + ["errors", "float32_tight", "missing"])
 
 
 @pytest.fixture(scope="module")
 def sharded_results_slow():
-    return _run(SLOW)
+    return _run(SLOW + ["large_lapack"])
 
 
 def _check(r, case):
@@ -201,13 +201,14 @@ def test_row_buckets_hold_the_rows_with_bounded_padding():
     assert sampler_row_bucket(250) == sampler_row_bucket(272)  # NUTS on a subset of Old Faithful
 
 
-def test_large_lapack_batches_on_cpu_devices_finish(sharded_results):
+@pytest.mark.slow  # 9 s; the one-device programs' order: test_em.py::test_em_vb_map_and_mclust_order_their_large_lapack_calls
+def test_large_lapack_batches_on_cpu_devices_finish(sharded_results_slow):
     """Four CPU devices on this machine's cores, each running the replicated M-step: with ten and
     sixteen lanes of sixteen 16 x 16 covariances, jaxlib's LAPACK kernels split their batches
     over the shared thread pool and every device waited there forever (N=2e4, two devices, two
     cores). The sharded programs now factor one lane, and decompose one component, at a time;
     the fits equal the one-device ones."""
-    r = sharded_results["large_lapack"]
+    r = sharded_results_slow["large_lapack"]
     for one, many in (r["em"], r["vb"]):
         assert abs(one - many) <= 1e-8 * abs(one)
 
