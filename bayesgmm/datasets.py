@@ -27,8 +27,10 @@ def _frame_or_array(values, header, as_frame):
     return values
 
 
-#: Axis labels with units for the bundled data sets' columns (figures use them; a DataFrame of
-#: your own carries units in its column names, e.g. ``"waiting (min)"``).
+#: Axis labels with units for the bundled data sets' columns. Figures use them for a fit whose
+#: features are exactly a bundled data set's columns (``("eruptions", "waiting")``,
+#: ``("velocity_km_s",)``), not for a column of your own that shares a name; a DataFrame of your
+#: own carries units in its column names, e.g. ``"waiting (min)"``.
 AXIS_LABELS = {"eruptions": "eruptions (min)", "waiting": "waiting (min)", "velocity_km_s": "velocity (km/s)"}
 
 

@@ -223,7 +223,7 @@ def match_result(result, reference, *, cost: str = "kl"):
     Parameters
     ----------
     result, reference : FitResult
-        Fits with the same number of components and features and the same covariance type.
+        Fits with the same number of components and features, of any covariance structures.
     cost : {"kl", "mahalanobis"}
 
     Returns

@@ -6,12 +6,14 @@ import it explicitly (``from bayesgmm import plotting``) when figures are wanted
 Conventions shared by every function:
 
 - Component ``k`` has the same colour in every figure (:func:`component_colors`), so panels of
-  different engines or iterations can be compared by eye.
+  different engines or iterations can be compared by eye. Components and chains are numbered
+  from 0, as :meth:`~bayesgmm.FitResult.predict`, the fits' tables and the InferenceData
+  coordinates number them.
 - Each function takes an optional ``ax`` (or ``axes``); when omitted it creates a figure with
   constrained layout. Single-panel functions return the ``Axes`` (its figure is ``ax.figure``);
   multi-panel functions return ``(figure, axes)``; figures only draw (the fits they show are given).
-- Axis labels are the result's ``feature_names``, with units for the bundled data sets' columns
-  (:data:`bayesgmm.datasets.AXIS_LABELS`: ``"waiting (min)"``, ``"velocity (km/s)"``); fit on a
+- Axis labels are the result's ``feature_names``, with units where they are a bundled data set's
+  columns (:data:`bayesgmm.datasets.AXIS_LABELS`: ``"waiting (min)"``, ``"velocity (km/s)"``); fit on a
   pandas DataFrame whose column names carry units to get units on the axes of your own data.
 - The density and ellipses drawn are those of the point estimate (MLE/MAP, or the posterior
   mean for Bayesian engines); :func:`plot_posterior_ellipses` shows the posterior spread.
@@ -205,11 +207,11 @@ def legend_handles(num_components: int, kind: str = "clusters", n_std=(1.0, 2.0)
         from matplotlib.patches import Patch
 
         handles = [Patch(facecolor="0.8", edgecolor="white", label="data")]
-        handles += [Line2D([], [], color=colors[j], lw=1.3, label=f"component {j + 1}") for j in range(num_components)]
+        handles += [Line2D([], [], color=colors[j], lw=1.3, label=f"component {j}") for j in range(num_components)]
         return handles + [Line2D([], [], color="black", lw=1.6, ls=(0, (4, 1.5)), label="mixture density")]
     if kind == "clusters":
         styles = ("-", "--", ":", "-.")
-        handles = [Line2D([], [], color=colors[j], marker="o", ls="none", ms=6, label=f"component {j + 1}") for j in range(num_components)]
+        handles = [Line2D([], [], color=colors[j], marker="o", ls="none", ms=6, label=f"component {j}") for j in range(num_components)]
         handles.append(Line2D([], [], color="0.5", mec="black", marker="X", ls="none", ms=8, label="mean"))
         return handles + [Line2D([], [], color="0.3", ls=styles[q % 4], label=f"{s:g} sd") for q, s in enumerate(n_std)]
     raise ValueError(f"kind must be 'density' or 'clusters', got {kind!r}.")
@@ -298,11 +300,11 @@ def plot_density_1d(
     if components:
         for j in range(k):
             ax.fill_between(grid, comp[j], color=colors[j], alpha=0.18, lw=0)
-            ax.plot(grid, comp[j], color=colors[j], lw=1.3, label=f"component {j + 1} ($\\pi$ = {result.weights[j]:.2f})")
+            ax.plot(grid, comp[j], color=colors[j], lw=1.3, label=f"component {j} ($\\pi$ = {result.weights[j]:.2f})")
     ax.plot(grid, comp.sum(0), color="black", lw=1.6, ls=(0, (4, 1.5)), label="mixture density")
     ax.set_xlim(lo, hi)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(_axis_label(result.feature_names[feature]))
+    ax.set_xlabel(_axis_label(result, feature))
     ax.set_ylabel("density")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     _style(ax)
@@ -389,12 +391,12 @@ def plot_clusters_2d(
     xlim, ylim = limits if limits is not None else (_padded_limits(arr[:, i]), _padded_limits(arr[:, j]))
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_xlabel(_axis_label(result.feature_names[i]))
-    ax.set_ylabel(_axis_label(result.feature_names[j]))
+    ax.set_xlabel(_axis_label(result, i))
+    ax.set_ylabel(_axis_label(result, j))
     _style(ax)
     if legend:
         handles = [
-            Line2D([], [], color=colors[c], marker="o", ls="none", ms=6, label=f"component {c + 1} ($\\pi$ = {result.weights[c]:.2f})")
+            Line2D([], [], color=colors[c], marker="o", ls="none", ms=6, label=f"component {c} ($\\pi$ = {result.weights[c]:.2f})")
             for c in range(k)
         ]
         styles = ("-", "--", ":", "-.")
@@ -455,6 +457,8 @@ def plot_em_iterations(
     if not one_d:
         f = _check_features(features, first.num_features)
     arr = _data(x, first, (0,) if one_d else f)
+    if labels is not None and len(labels) != len(its):  # before a figure is made, which would be left open
+        raise ValueError(f"labels must hold one title per iteration ({len(its)}), got {len(labels)}.")
     own_figure = axes is None
     if own_figure:
         fig, axes = plt.subplots(1, len(its), figsize=(3.2 * len(its), 3.3), layout="constrained", squeeze=False)
@@ -464,8 +468,6 @@ def plot_em_iterations(
         if axes.size != len(its):
             raise ValueError(f"axes must hold one Axes per iteration ({len(its)}), got {axes.size}.")
         fig = axes[0].figure
-    if labels is not None and len(labels) != len(its):
-        raise ValueError(f"labels must hold one title per iteration ({len(its)}), got {len(labels)}.")
     if one_d:
         xlim = _padded_limits(arr[:, 0], 0.15)
         edges = np.histogram_bin_edges(arr[:, 0], bins=bins, range=xlim)
@@ -552,9 +554,10 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
     else:
         ax.plot(steps[finite], trace[finite], color="black", marker=marker, ms=3, lw=1.4)
         ax.set_ylabel(label)
-    ax.set_xlabel("optimisation step" if result.method == "svi" else "iteration")
+    unit = "step" if result.method == "svi" else "iteration"
+    ax.set_xlabel("optimisation step" if unit == "step" else unit)
     status = "converged" if result.converged else "not converged"
-    ax.set_title(f"{display_name(result.method)}: {status} after {result.n_iter} iterations", fontsize="medium")
+    ax.set_title(f"{display_name(result.method)}: {status} after {result.n_iter} {unit}s", fontsize="medium")
     ax.xaxis.get_major_locator().set_params(integer=True)
     _style(ax)
     return ax
@@ -572,7 +575,7 @@ def _plot_chains(result: FitResult, trace, ax, first: int):
     colors = plt.get_cmap("tab10")(np.arange(chains) % 10)
     for c in range(chains):
         ax.plot(steps, trace[c, first:], color=colors[c] if chains > 1 else "black", lw=0.9, alpha=0.85,
-                label=f"chain {c + 1}")
+                label=f"chain {c}")
     ax.set_xlabel("draw (after warm-up)")
     ax.set_ylabel(label)
     ax.set_title(f"{display_name(result.method)}: {chains} chain{'s' if chains > 1 else ''} of {length} draws",
@@ -700,11 +703,11 @@ def plot_posterior_ellipses(
     ax.scatter(m[:, :, i].ravel(), m[:, :, j].ravel(), s=3, c=np.tile(colors, (len(w), 1)), lw=0, alpha=min(1.0, 3 * alpha), zorder=3)
     ax.set_xlim(*_padded_limits(arr[:, i]))
     ax.set_ylim(*_padded_limits(arr[:, j]))
-    ax.set_xlabel(_axis_label(result.feature_names[i]))
-    ax.set_ylabel(_axis_label(result.feature_names[j]))
+    ax.set_xlabel(_axis_label(result, i))
+    ax.set_ylabel(_axis_label(result, j))
     _style(ax)
     if legend:
-        handles = [Line2D([], [], color=colors[q], lw=1.2, label=f"component {q + 1}: draws") for q in range(k)]
+        handles = [Line2D([], [], color=colors[q], lw=1.2, label=f"component {q}: draws") for q in range(k)]
         handles.append(Line2D([], [], color="black", lw=1.6, label="point estimate"))
         ax.legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small", loc="best")
     ax.set_title(f"{len(w)} posterior draws, {n_std:g}-sd contours", fontsize="medium")
@@ -1020,11 +1023,17 @@ def plot_sbc_ranks(
 # Model selection
 # ----------------------------------------------------------------------------------------------
 _CRITERIA = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
-def _axis_label(name: str) -> str:
-    """A feature's axis label: with its unit for the bundled data sets' columns."""
+#: The bundled data sets' columns (:mod:`bayesgmm.datasets`), whose axes get units.
+_BUNDLED_FEATURES = {("eruptions", "waiting"), ("velocity_km_s",)}
+
+
+def _axis_label(result: FitResult, feature: int) -> str:
+    """A feature's axis label: with its unit where the fit's features are a bundled data set's
+    columns (a column of one's own named ``waiting`` may be in days)."""
     from .datasets import AXIS_LABELS
 
-    return AXIS_LABELS.get(str(name), str(name))
+    names = tuple(str(n) for n in result.feature_names)
+    return AXIS_LABELS.get(names[feature], names[feature]) if names in _BUNDLED_FEATURES else names[feature]
 
 
 _TYPE_STYLE = {"full": (0, "o"), "diag": (1, "s"), "spherical": (2, "^"), "tied": (3, "D")}

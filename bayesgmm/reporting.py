@@ -11,6 +11,7 @@ arbitrarily, so every fit is first relabelled to one canonical order (:meth:`Fit
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -87,23 +88,10 @@ class _Truth:
         self.params, self.covariance_type = params, covariance_type
 
 
-def _order_by_means(fit: FitResult, reference_means) -> np.ndarray:
-    """The permutation matching ``fit``'s means to ``reference_means`` (Hungarian algorithm on the
-    squared distance in units of the reference's spread): used across covariance structures."""
-    from scipy.optimize import linear_sum_assignment
-
-    scale = np.std(reference_means, axis=0) + 1e-300
-    cost = np.sum(((reference_means[:, None] - fit.means[None]) / scale) ** 2, axis=-1)
-    rows, cols = linear_sum_assignment(cost)
-    order = np.empty(len(rows), int)
-    order[rows] = cols
-    return order
-
-
 def _canonical(named: dict, truth: _Truth | None, cost: str) -> dict:
     """Every fit relabelled to one order: the truth's, or else the first fit's sorted by the mean of
-    the first feature. Fits of the reference's structure are matched by :meth:`FitResult.align_to`,
-    others by their means."""
+    the first feature, each matched by :meth:`FitResult.align_to` (fits of another covariance
+    structure as full covariances)."""
     import dataclasses
 
     first = next(iter(named.values()))
@@ -114,13 +102,7 @@ def _canonical(named: dict, truth: _Truth | None, cost: str) -> dict:
                                         weights=truth.params.weights,
                                         means=truth.params.means, covariances=truth.params.covariances, draws=None,
                                         raw_draws=None, predictive=None)
-    out = {}
-    for name, fit in named.items():
-        if fit.covariance_type == reference.covariance_type:
-            out[name] = fit.align_to(reference, cost=cost)
-        else:
-            out[name] = fit.relabel(_order_by_means(fit, reference.means))
-    return out
+    return {name: fit.align_to(reference, cost=cost) for name, fit in named.items()}
 
 
 def _posterior_columns(fit: FitResult, level: float):
@@ -155,8 +137,8 @@ def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_interval
     seed : int
         Seed of the bootstrap.
     cost : {"kl", "mahalanobis"}
-        How components are matched across fits of one structure (:meth:`FitResult.align_to`);
-        fits of another structure than the first are matched by their means.
+        How components are matched across fits (:meth:`FitResult.align_to`; fits of another
+        structure than the first with their covariances written out in full).
     truth_covariance_type : {"full", "diag", "spherical", "tied"}, optional
         The layout of a GMMParams ``truth``'s covariances. By default read from their shape, the
         first fit's structure preferred; where K = D a (D, D) array may be diag or tied
@@ -172,7 +154,11 @@ def parameter_table(fits, x=None, *, truth=None, level: float = 0.9, em_interval
         the posterior mean of the aligned draws), ``se`` (standard error, or posterior sd),
         ``lower``, ``upper``, ``interval`` ("posterior", "observed-information", "bootstrap" or
         "none"), ``level``, and with ``truth`` also ``truth`` and ``error``. Components are in the
-        truth's order, or else in the order of the first fit's means of the first feature.
+        truth's order, or else in the order of the first fit's means of the first feature,
+        numbered from 0. A figure numbers a fit's components as the fit holds them (from 0, as
+        :meth:`FitResult.predict` does): to draw the table's component ``k`` as the figures'
+        component ``k``, give the plots ``fit.relabel(np.argsort(fit.means[:, 0], kind="stable"))``
+        (or ``other.align_to(truth)``) for the first fit, and the other fits aligned to it.
 
     Raises
     ------
@@ -249,9 +235,11 @@ def _cell(value, digits: int) -> str:
         v = float(value)
         if math.isnan(v):
             return ""
-        if v != 0.0 and (abs(v) >= 10 ** (digits + 2) or abs(v) < 10 ** -(digits - 1)):
+        if v != 0.0 and abs(v) < 10 ** -(digits - 1):  # would show as 0.000x: significant digits
             return f"{v:.{digits}g}"
-        return f"{v:.{digits}f}"
+        if abs(v) >= 1e15:  # beyond float64's decimals: every digit it holds
+            return repr(v)
+        return f"{v:.{digits}f}"  # large values too: criteria 1e4-1e7 apart by a few units stay apart
     if value is None or type(value).__name__ == "NAType":  # None and pandas' pd.NA: blank, as NaN
         return ""
     return " ".join(str(value).splitlines())  # a line break would end a table's row
@@ -268,6 +256,10 @@ def _cells(table, digits: int):
     return header, rows, numeric
 
 
+#: Characters Markdown would read as markup inside a table cell (emphasis, code, links, HTML, cell ends).
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*_\[\]|<>]")
+
+
 def to_markdown(table, *, digits: int = 4) -> str:
     """A DataFrame as a GitHub-flavoured Markdown table (numbers right-aligned, NaN blank).
 
@@ -277,10 +269,12 @@ def to_markdown(table, *, digits: int = 4) -> str:
         Any of the package's tables (``compare``, ``parameter_table``, ``summarise_study``,
         ``select(...).table``); the index is not written (``reset_index()`` first to keep it).
     digits : int
-        Digits after the decimal point (significant digits for very large or small numbers).
+        Digits after the decimal point, whatever the size of the number (a BIC of 2.6e7 keeps
+        its units and decimals); numbers below ``10**-(digits - 1)`` in magnitude are written
+        with ``digits`` significant digits, and those of 1e15 or more in full.
     """
     header, rows, numeric = _cells(table, digits)
-    escape = lambda s: s.replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")  # noqa: E731 (no HTML)
+    escape = lambda s: _MARKDOWN_SPECIAL.sub(r"\\\g<0>", s)  # noqa: E731 (a name x_1*x_2 stays literal, no HTML)
     lines = ["| " + " | ".join(escape(h) for h in header) + " |",
              "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]

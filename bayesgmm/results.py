@@ -748,11 +748,13 @@ class FitResult:
         The point estimates are matched by the Hungarian algorithm on
         :func:`bayesgmm.labels.assignment_costs` (``cost="kl"``: the KL divergence between the
         Gaussians; ``"mahalanobis"``: the means' distance); see :meth:`relabel` for what moves.
+        A reference of another covariance structure (EM full beside EM diagonal) is matched with
+        both fits' covariances written out as full matrices.
 
         Parameters
         ----------
         reference : FitResult
-            The same number of components and features and the same covariance type.
+            The same number of components and features; any covariance structure.
         cost : {"kl", "mahalanobis"}
             The assignment cost: the KL divergence between the Gaussians (default), or the
             squared Mahalanobis distance of the means.
@@ -765,14 +767,17 @@ class FitResult:
 
         if not isinstance(reference, FitResult):
             raise ValueError(f"reference must be a FitResult, got {type(reference).__name__}.")
-        if self.means.shape != reference.means.shape or self.covariance_type != reference.covariance_type:
+        if self.means.shape != reference.means.shape:
             raise ValueError(
-                f"cannot match components: {self.covariance_type!r} means of shape {self.means.shape} and "
-                f"{reference.covariance_type!r} means of shape {reference.means.shape}; compare fits with the "
-                "same number of components and features and the same covariance type."
+                f"cannot match components: means of shape {self.means.shape} and of shape "
+                f"{reference.means.shape}; compare fits with the same number of components and features."
             )
-        point = {"weights": self.weights[None], "means": self.means[None], "covariances": self.covariances[None]}
-        _, perms = align_draws(point, reference.params, self.covariance_type, cost=cost)
+        ct, pivot, covariances = self.covariance_type, reference.params, self.covariances
+        if ct != reference.covariance_type:  # compare the Gaussians themselves: full matrices on both sides
+            ct, covariances = "full", self.full_covariances
+            pivot = GMMParams(reference.weights, reference.means, reference.full_covariances)
+        point = {"weights": self.weights[None], "means": self.means[None], "covariances": np.asarray(covariances)[None]}
+        _, perms = align_draws(point, pivot, ct, cost=cost)
         return self.relabel(perms[0])
 
     def to_inference_data(self, x=None, **kwargs):

@@ -193,6 +193,9 @@ def test_clusters_2d_ellipses_colours_and_labels(em2, faithful_frame, tmp_path):
     expected = em2.predict_proba(x) @ plotting.component_colors(2)
     np.testing.assert_allclose(ax.collections[0].get_facecolors()[:, :3], expected, atol=1e-6)
     assert ax.get_xlabel() == "eruptions (min)" and ax.get_ylabel() == "waiting (min)"
+    # numbered from 0, as predict() and the fit's tables number them (the figures counted from 1)
+    assert [t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()][:2] == ["component 0", "component 1"]
+    assert list(em2.summary().index) == [0, 1]
     with pytest.raises(ValueError, match="features"):
         plotting.plot_clusters_2d(em2, x, features=(0, 0))
 
@@ -242,6 +245,14 @@ def test_em_iterations_1d_share_axes(feet_panels, tmp_path):
     assert len(fig.legends) == 1
 
 
+def test_em_iterations_refuse_wrong_labels_without_leaving_a_figure(feet_panels, feet):
+    fits = feet_panels[2]
+    before = plt.get_fignums()
+    with pytest.raises(ValueError, match="one title per iteration"):
+        plotting.plot_em_iterations(feet, fits, labels=["start"])
+    assert plt.get_fignums() == before
+
+
 def test_trace_plots_the_objective(em2, tmp_path):
     ax = plotting.plot_trace(em2)
     _saved(ax.figure, tmp_path / "trace.png")
@@ -262,7 +273,7 @@ def test_trace_of_a_sampler_is_one_line_per_chain(em2):
                                info={**em2.info, "num_chains": 2})
     ax = plotting.plot_trace(fake)
     lines = ax.get_lines()
-    assert len(lines) == 2 and [ln.get_label() for ln in lines] == ["chain 1", "chain 2"]
+    assert len(lines) == 2 and [ln.get_label() for ln in lines] == ["chain 0", "chain 1"]
     for c, ln in enumerate(lines):
         np.testing.assert_array_equal(ln.get_xdata(), np.arange(30))
         np.testing.assert_array_equal(ln.get_ydata(), lp[30 * c: 30 * (c + 1)])
@@ -341,6 +352,23 @@ def test_engines_align_component_colours(em2, faithful_frame):
     assert colour_at[0] == colour_at[1]  # the same component has the same colour in both panels
     with pytest.raises(ValueError, match="same number of components"):
         match_result(em2, dataclasses.replace(em2, means=em2.means[:1]))
+
+
+def test_engines_of_other_covariance_structures_align(em2, faithful_frame):
+    """Fits of another structure (a diagonal fit beside a full one) are matched with their
+    covariances written out in full, so the default ``plot_engines(align=True)`` draws them
+    (it raised "cannot match components" before) with one colour per component."""
+    x = faithful_frame.to_numpy()
+    rev = np.array([1, 0])
+    diag = dataclasses.replace(em2, covariance_type="diag", covariance_model=None,
+                               covariances=np.einsum("kii->ki", em2.covariances))
+    swapped = diag.relabel(rev)
+    back = match_result(swapped, em2)
+    np.testing.assert_array_equal(back.means, em2.means)
+    np.testing.assert_array_equal(back.covariances, diag.covariances)
+    fig, axes = plotting.plot_engines({"full": em2, "diag": swapped}, x, num_draws=0)
+    colour_at = [{tuple(np.round(e.center, 6)): e.get_edgecolor() for e in _ellipses(ax)} for ax in axes]
+    assert colour_at[0] == colour_at[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,3 +549,16 @@ def test_bundled_data_get_units_on_the_axes():
     fit = bg.fit_em(galaxies, 2)
     assert plotting.plot_density_1d(fit, galaxies).get_xlabel() == "velocity (km/s)"
     assert bg.datasets.AXIS_LABELS["waiting"] == "waiting (min)"
+
+
+def test_units_only_for_the_bundled_data_sets_columns(em2, faithful_frame):
+    """A fit on Old Faithful's own columns gets minutes on its axes; a column of one's own that is
+    also named ``waiting`` (in days, say) does not (it was labelled "waiting (min)")."""
+    x = faithful_frame.to_numpy()
+    faithful = dataclasses.replace(em2, feature_names=("eruptions", "waiting"))
+    ax = plotting.plot_clusters_2d(faithful, x)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("eruptions (min)", "waiting (min)")
+    own = dataclasses.replace(em2, feature_names=("waiting", "eruptions_per_day"))
+    ax = plotting.plot_clusters_2d(own, x)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("waiting", "eruptions_per_day")
+    assert plotting.plot_density_1d(own, x, feature=0).get_xlabel() == "waiting"

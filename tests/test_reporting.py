@@ -138,11 +138,16 @@ def test_markdown_and_latex_writers():
     md = to_markdown(table, digits=3)
     lines = md.strip().splitlines()
     assert lines[0] == "| method | value | n | ok |" and lines[1] == "| --- | ---: | ---: | --- |"
-    assert lines[2] == "| EM | 1.235 | 3 | True |" and lines[3] == "| a_b & c |  | 4 | False |"
+    assert lines[2] == "| EM | 1.235 | 3 | True |" and lines[3] == "| a\\_b & c |  | 4 | False |"  # _ is emphasis
     tex = to_latex(table, digits=2, caption="Fits of x_1", label="tab:fits")
     assert r"\begin{tabular}{lrrl}" in tex and r"a\_b \& c &  & 4 & False \\" in tex
     assert r"\caption{Fits of x\_1}" in tex and r"\label{tab:fits}" in tex and "1.23" in tex
-    assert to_markdown(pd.DataFrame({"x": [1e-9, 123456789.0]})).splitlines()[2:] == ["| 1e-09 |", "| 1.235e+08 |"]
+    assert to_markdown(pd.DataFrame({"x": [1e-9, 123456789.0, 2.5e16]})).splitlines()[2:] == [
+        "| 1e-09 |", "| 123456789.0000 |", "| 2.5e+16 |"]
+    # large numbers keep their digits before the point: BICs 48 apart printed as 2.6e+04 alike
+    bic = pd.DataFrame({"bic": [26363.98, 26411.57], "x1*x2 [`a`]": ["*c*", "__init__"]})
+    assert to_markdown(bic, digits=2).splitlines() == [
+        "| bic | x1\\*x2 \\[\\`a\\`\\] |", "| ---: | --- |", "| 26363.98 | \\*c\\* |", "| 26411.57 | \\_\\_init\\_\\_ |"]
     with pytest.raises(ValueError, match="DataFrame"):
         to_markdown([[1, 2]])
     # a line break (a third-party warning's text in compare's warnings column) split the row;
