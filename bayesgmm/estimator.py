@@ -266,6 +266,20 @@ def precisions_from_cholesky(prec_chol, covariance_type: str) -> np.ndarray:
     return prec_chol**2
 
 
+def _data_key(x, sample_weight) -> str:
+    """A digest of the rows and their weights: a warm start's objective history spans fits of one data set."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for a in (x, sample_weight):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            digest.update(repr((a.shape, a.dtype.str)).encode())
+            digest.update(a.data)
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
 class GaussianMixture(_DensityMixin, _Base):
     """Gaussian mixture fitted by EM, variational Bayes, SVI or NUTS, as a scikit-learn estimator.
 
@@ -318,10 +332,11 @@ class GaussianMixture(_DensityMixin, _Base):
         fresh seed from NumPy's global state at each ``fit`` (scikit-learn's convention), kept
         as ``seed_`` so the fit can be repeated exactly.
     warm_start : bool, default=False
-        EM: a second ``fit`` continues from the parameters of the first (one start, the
-        ``*_init`` parameters and ``n_init`` are not used). Convergence is judged on the
+        EM: a second ``fit`` continues from the parameters of an earlier EM fit (one start, the
+        ``*_init`` parameters and ``n_init`` are not used); after another method's fit it starts
+        afresh. While the data and weights stay the same, convergence is judged on the
         objective's history over the successive fits, so fits of ``max_iter=1`` each converge
-        too.
+        too; a fit on other data is judged on its own iterations.
     verbose : int, default=0
         1: one line per fit (initialisation, iterations, converged or not); 2 and more: also the
         objective's change every ``verbose_interval`` iterations. Printed after the compiled
@@ -442,6 +457,12 @@ class GaussianMixture(_DensityMixin, _Base):
         self.verbose_interval = verbose_interval
         self.engine_kwargs = engine_kwargs
         self.missing = missing
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: NaN entries are allowed with ``missing="marginalize"``."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.missing == "marginalize"
+        return tags
 
     # ------------------------------------------------------------------ validation
     def _validate_X(self, X, *, reset: bool):
@@ -578,6 +599,10 @@ class GaussianMixture(_DensityMixin, _Base):
 
         devices = self.engine_kwargs.get("devices") if isinstance(self.engine_kwargs, dict) else None
         with ProcessCall(devices, "GaussianMixture.fit"):  # across processes, one process's error stops all
+            # a warm start continues an EM fit (another method's fit leaves none to continue: a cold start)
+            warm = self.method == "em" and self.warm_start and getattr(self, "_objective_history", None) is not None
+            if warm:
+                self._check_warm_start(X)  # before validate_data replaces n_features_in_ and the names
             X = self._validate_X(X, reset=True)
             sample_weight = check_sample_weight(sample_weight, X.shape[0])  # before the default prior looks at X
             fit_fn, k, kwargs = self._engine_call(X, sample_weight)
@@ -587,14 +612,8 @@ class GaussianMixture(_DensityMixin, _Base):
                     raise ValueError(f"method={self.method!r} does not take sample_weight; the methods that do: {takes}.")
                 kwargs["sample_weight"] = sample_weight
             seed = seed_from_random_state(self.random_state)
-            warm = self.method == "em" and self.warm_start and hasattr(self, "result_")
+            data_key = _data_key(X, sample_weight)
             if warm:  # one start: the fitted parameters
-                if (self.result_.covariance_model != _covariance_models.resolve(self.covariance_type)[1]
-                        or self.means_.shape != (k, X.shape[1])):
-                    raise ValueError(
-                        "warm_start=True continues the previous fit, which had a different n_components, "
-                        "covariance_type or number of features; set warm_start=False to start afresh."
-                    )
                 kwargs.update(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_,
                               n_init=1)
         caught = []
@@ -607,8 +626,10 @@ class GaussianMixture(_DensityMixin, _Base):
             raise
         if hasattr(self, "feature_names_in_"):
             result = dataclasses.replace(result, feature_names=tuple(str(c) for c in self.feature_names_in_))
-        history = self._objective_history if warm else None
+        # convergence over the successive fits' objectives only while they are those of one data set
+        history = self._objective_history if warm and data_key == getattr(self, "_history_data", None) else None
         self._set_fitted(result, seed, history, None if sample_weight is None else float(np.sum(sample_weight)))
+        self._history_data = data_key
         # a warm start is judged over the fits' joint history: one that converged there does not
         # also warn that its last max_iter iterations did not
         with WARNINGS_LOCK:  # the caller's filters, not another thread's recording block
@@ -616,6 +637,18 @@ class GaussianMixture(_DensityMixin, _Base):
         if self.verbose:
             self._print_verbose(result, self._total_weight)
         return self
+
+    def _check_warm_start(self, X):
+        """A warm start needs the fitted structure: the same K, covariance model and features."""
+        if np.ndim(X) != 2:  # validate_data's error names the shape
+            return
+        num_features = np.shape(X)[1]
+        if (self.result_.covariance_model != _covariance_models.resolve(self.covariance_type)[1]
+                or self.means_.shape != (self.n_components, num_features)):
+            raise ValueError(
+                "warm_start=True continues the previous fit, which had a different n_components, "
+                "covariance_type or number of features; set warm_start=False to start afresh."
+            )
 
     def _reemit(self, caught, converged: bool = False):
         """Re-issue the engine's warnings; non-convergence as this module's ConvergenceWarning,
@@ -660,6 +693,7 @@ class GaussianMixture(_DensityMixin, _Base):
                                                     float(info.get("precision_floor_per_obs") or 0.0) * n,
                                                     np.dtype(info.get("dtype", "float64")))
             return
+        self._objective_history = None  # nothing for an EM warm start to continue
         finite = trace[np.isfinite(trace)]
         self.lower_bounds_ = finite / n
         if result.sample_stats or not finite.size:  # a sampler's trace is per draw, not per iteration

@@ -337,6 +337,37 @@ def test_warm_start_continues_the_previous_fit(faithful_std):
     np.testing.assert_allclose(fits + 2, full.n_iter_, atol=3)  # about as many updates as in one fit
 
 
+def test_warm_start_after_another_method_starts_afresh_and_a_refused_one_changes_nothing(faithful_std):
+    """An EM warm start after a VB fit raised AttributeError (no EM history to continue): it is a
+    cold start, the fit a new estimator makes. A warm start refused for a changed number of
+    features left ``n_features_in_`` at the new data's, so the fitted model refused its own data."""
+    x = np.asarray(faithful_std)
+    h = GaussianMixture(2, method="vb", random_state=0).fit(x)
+    h.set_params(method="em", warm_start=True).fit(x)
+    cold = GaussianMixture(2, random_state=0).fit(x)
+    np.testing.assert_array_equal(h.means_, cold.means_)
+    assert h.n_iter_ == cold.n_iter_
+    with pytest.raises(ValueError, match="warm_start=True continues the previous fit"):
+        h.fit(np.column_stack([x, x[:, :1]]))
+    assert h.n_features_in_ == 2
+    np.testing.assert_array_equal(h.predict(x), cold.predict(x))
+
+
+def test_missing_values_are_declared_in_the_tags():
+    """scikit-learn's tags say NaN is allowed exactly when ``missing="marginalize"`` takes it (a
+    meta-estimator, and scikit-learn's suite, read them)."""
+    assert GaussianMixture(missing="marginalize").__sklearn_tags__().input_tags.allow_nan
+    assert not GaussianMixture().__sklearn_tags__().input_tags.allow_nan
+
+
+@pytest.mark.slow
+@parametrize_with_checks([GaussianMixture(missing="marginalize", random_state=0)],
+                         expected_failed_checks=_expected_failed_checks)
+def test_sklearn_estimator_checks_with_missing_values(estimator, check):
+    """The suite for the configuration that takes NaN (its NaN checks follow the tags)."""
+    check(estimator)
+
+
 def test_warm_started_float32_fits_stay_converged_without_warning(faithful):
     """float32 warm starts of one iteration: at the fixed point the float64 history moves by
     rounding (1e-8 up and down, under a precision floor of 1e-4), which once flipped
