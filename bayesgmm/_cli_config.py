@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="engine: em (maximum likelihood), map-em (MAP-EM, default prior unless prior= is given), "
                           "vb, svi, mcmc or gibbs (default: %(default)s)")
     fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES + MODELS, default="full", metavar="TYPE",
-                     help="covariance structure: full, diag, spherical, tied, or with --method em one of mclust's "
+                     help="covariance structure: full, diag, spherical, tied, or with --method em or map-em one of mclust's "
                           "models EII ... VVV (default: %(default)s)")
     _engine_option_args(fit, one_engine=True)
     fit.add_argument("--missing", choices=("error", "marginalize"), default="error",

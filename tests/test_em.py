@@ -447,9 +447,9 @@ def test_duplicated_points_collapse_is_flagged_or_raises():
 
 def test_clusters_far_tighter_than_the_spread_are_told_to_lower_reg_covar():
     """reg_covar is relative to each feature's robust variance, which clusters far apart make
-    large: three clusters of standard deviation 0.1 around 0, 5000 and 10000 came out 12-18% wider
-    and flagged with the advice to *increase* reg_covar (at 0.03 a float32 fit could fail with the
-    same advice). The warning and the error now say to lower it, and reg_covar=0 fits them exactly."""
+    large: three clusters of standard deviation 0.1 around 0, 5000 and 10000 came out with
+    variances 11-16% larger and flagged with the advice to *increase* reg_covar (at 0.03 a float32
+    fit fails with the same advice). The warning and the error now say to lower it, and reg_covar=0 fits them exactly."""
     rng = np.random.default_rng(0)
     centres, sizes = (0.0, 1e4, 5e3), (200, 100, 100)
     data = {sd: [rng.normal(c, sd, m) for c, m in zip(centres, sizes)] for sd in (0.1, 0.03)}
