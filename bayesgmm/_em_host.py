@@ -326,7 +326,10 @@ def package(
             stacklevel=3,
         )
     method = "hard-em" if hard else ("map-em" if prep.prior is not None else "em")
-    objective_name = "classification_log_likelihood" if hard else ("log_posterior" if prep.prior is not None else "log_likelihood")
+    if hard:  # with a prior its log density is part of the objective too
+        objective_name = "classification_log_posterior" if prep.prior is not None else "classification_log_likelihood"
+    else:
+        objective_name = "log_posterior" if prep.prior is not None else "log_likelihood"
     return FitResult(
         method=method,
         covariance_type=ct,

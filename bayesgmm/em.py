@@ -145,8 +145,9 @@ def fit_em(
         1.5% wider; of 0.1: 15%, and flagged). For such clusters pass a smaller ``reg_covar``
         (e.g. 1e-14, or 0).
     hard : bool
-        Classification EM: hard assignments in the E-step (the classification likelihood is
-        the objective).
+        Classification EM: hard assignments in the E-step (the classification log-likelihood
+        ``sum_n max_k log pi_k N(x_n | mu_k, Sigma_k)`` is the objective; with a ``prior``, that
+        plus the log prior density, ``objective="classification_log_posterior"``).
     allow_degenerate : bool
         Keep the run of highest objective even when it is degenerate (an empty, collapsed or
         spurious component; :func:`bayesgmm._numerics.degenerate_mask`). By default the best

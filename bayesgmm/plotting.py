@@ -61,6 +61,7 @@ _OBJECTIVE_LABELS = {
     "log_likelihood": "log-likelihood",
     "log_posterior": "log posterior (unnormalised)",
     "classification_log_likelihood": "classification log-likelihood",
+    "classification_log_posterior": "classification log posterior (unnormalised)",
     "elbo": "ELBO",
 }
 

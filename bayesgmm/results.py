@@ -230,7 +230,8 @@ class FitResult:
         The objective per iteration (see ``objective``), on the original data scale.
     objective : str
         What ``trace`` holds: ``"log_likelihood"``, ``"log_posterior"``,
-        ``"classification_log_likelihood"`` or ``"elbo"``.
+        ``"classification_log_likelihood"`` (hard EM), ``"classification_log_posterior"`` (hard
+        EM under a prior: plus the log prior density) or ``"elbo"``.
     feature_names : tuple of str
         One name per feature: a DataFrame's column names, else ``x0``, ``x1``, ...
     num_obs : int
@@ -967,7 +968,7 @@ class FitResult:
 #: every ``method`` an engine reports
 _METHODS = ("em", "map-em", "hard-em", "online-em", "online-map-em", "vb", "svi", "mcmc", "gibbs")
 _BAYESIAN_METHODS = ("vb", "svi", "mcmc", "gibbs")
-_OBJECTIVES = ("log_likelihood", "log_posterior", "classification_log_likelihood", "elbo")
+_OBJECTIVES = ("log_likelihood", "log_posterior", "classification_log_likelihood", "classification_log_posterior", "elbo")
 _REQUIRED = ("method", "covariance_type", "weights", "means", "covariances", "log_likelihood", "converged", "n_iter",
              "trace", "objective", "feature_names", "num_obs")
 #: tolerance on the sum of the weights (float32 fits round to ~1e-7)
