@@ -206,6 +206,14 @@ def _differences(found, record) -> list[str]:
     return names + [name for name in sorted(set(settings) | set(mine)) if not _same(settings.get(name), mine.get(name))]
 
 
+def finished_task_indices(folder) -> list[int]:
+    """The indices of the task files in a checkpoint folder (any experiment, any codec), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _TASK.match(p.name)))
+
+
 def open_checkpoint(folder, experiment: str, settings: Mapping, num_tasks: int, codec: Codec, *,
                     extendable: bool = False) -> Checkpoint | None:
     """A :class:`Checkpoint`, or None when ``folder`` is None (no checkpoint)."""

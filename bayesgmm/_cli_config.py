@@ -54,10 +54,10 @@ def _common(p, *, out_default):
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same results (default: %(default)s)")
 
 
-def _data_args(p, *, labels=False):
+def _data_args(p, *, labels=False, stream=False):
     p.add_argument("input", nargs="?",
-                   help="CSV, TSV or Parquet file with a header row of column names, or with --stream a .npy or "
-                        "Parquet file (default: none; or use --dataset)")
+                   help="CSV, TSV or Parquet file with a header row of column names" +
+                        (", or with --stream a .npy or Parquet file" if stream else "") + " (default: none; or use --dataset)")
     p.add_argument("--dataset", choices=DATASETS, help="a bundled data set instead of a file (default: none)")
     p.add_argument("--columns", nargs="+",
                    help="feature columns, all numeric (default: every column except the label column; "
@@ -68,9 +68,10 @@ def _data_args(p, *, labels=False):
                             "the clustering (ARI) (default: none)")
 
 
-def _plot_args(p):
+def _plot_args(p, *, stream=False):
     p.add_argument("--no-plot", dest="plot", action="store_false",
-                   help="do not write figures (default: write them; a --stream fit's is its objective trace)")
+                   help="do not write figures (default: write them" + ("; a --stream fit's is its objective trace" if stream else "")
+                        + ")")
 
 
 def _progress_args(p):
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_args(demo)
 
     fit = command("fit", help="fit one engine to a data file")
-    _data_args(fit, labels=True)
+    _data_args(fit, labels=True, stream=True)
     fit.add_argument("-k", "--num-components", type=int, required=True, help=_K_HELP + " (required)")
     fit.add_argument("--method", choices=ENGINES, default="em",
                      help="engine: em (maximum likelihood), map-em (MAP-EM, default prior unless prior= is given), "
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"rows per chunk with --stream, and only there (default: {STREAM_BATCH_SIZE})")
     _progress_args(fit)
     _common(fit, out_default="bayesgmm_out")
-    _plot_args(fit)
+    _plot_args(fit, stream=True)
 
     cmp_ = command("compare", help="several engines on the same data: one table")
     _data_args(cmp_, labels=True)
@@ -379,6 +380,14 @@ def _toml_value(where, key, value, kind, typ, choices):
         raise bad("a non-empty list")
     checked = []
     for item in items:
+        if typ not in _TYPE_NAMES:  # the option's own parser (--n-init: "auto" or a positive integer)
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise bad("a string or an integer as on the command line")
+            try:
+                checked.append(typ(str(item)))
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise UsageError(f"{where}: {key} must be {str(err).removeprefix('expected ')}.") from None
+            continue
         ok = (isinstance(item, str) if typ is str else
               isinstance(item, int) and not isinstance(item, bool) if typ is int else
               isinstance(item, (int, float)) and not isinstance(item, bool))

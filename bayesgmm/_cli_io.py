@@ -103,11 +103,20 @@ def _is_number(text: str) -> bool:
 
 def _check_header(path: Path, name: str, sep: str) -> None:
     """A CSV/TSV file's first line must name the columns: a first line of numbers is a data row,
-    which would otherwise silently become the column names (one observation lost)."""
+    which would otherwise silently become the column names (one observation lost). Every row must
+    hold as many fields as the header names: with one more in every row pandas takes the first
+    column for the rows' index (a column lost, the others renamed), and a short row is filled with
+    NaN (a truncated row read as missing values)."""
     import csv
 
     with open(path, encoding="utf-8-sig", newline="") as f:  # a byte-order mark (Excel's "CSV UTF-8") is no name
-        first = next(csv.reader(f, delimiter=sep), [])
+        reader = csv.reader(f, delimiter=sep)
+        first = next(reader, [])
+        for row in reader:
+            if row and len(row) != len(first):
+                _refuse_row_length(name, sep, first, row, reader.line_num)
+    if len(first) == 1 and any(c in first[0] for c in ";\t,"):  # another separator: every row one field
+        _refuse_row_length(name, sep, first, None, 1)
     fields = [field.strip() for field in first]
     # numbers, or empty cells (a missing value in the first row), with at least one number
     if any(fields) and all(not field or _is_number(field) for field in fields):
@@ -120,6 +129,24 @@ def _check_header(path: Path, name: str, sep: str) -> None:
     repeated = sorted({field for field in named if named.count(field) > 1})
     if repeated:  # pandas would rename them (a, a.1) behind the user's back
         raise UsageError(f"input file {name} names column(s) {repeated} more than once; give every column its own name.")
+
+
+def _refuse_row_length(name: str, sep: str, header: list, row: list | None, line: int):
+    """A row of another length than the header (``row`` None: a one-field header holding another separator)."""
+    shown = {",": "commas", "\t": "tabs"}[sep]
+    used = [what for c, what in ((";", "semicolons"), ("\t", "tabs"), (",", "commas"))
+            if c != sep and len(header) == 1 and c in header[0]]
+    hint = ""
+    if used:
+        hint = (f"holding {used[0]}: this reader splits {shown}" +
+                (" (give a .tsv file for tabs)" if used[0] == "tabs" else
+                 "; write the file with commas between fields and points as decimal marks" if used[0] == "semicolons"
+                 else "") + ".")
+    if row is None:
+        raise UsageError(f"input file {name}: its header {header[0][:80]!r} is one field {hint}")
+    raise UsageError(f"input file {name}: line {line} has {len(row)} field(s) where the header names {len(header)} "
+                     f"({sep.join(header)[:80]}); every row needs one field per column (an empty field for a missing "
+                     f"value)." + (f" Its header is one field {hint}" if hint else ""))
 
 
 def first_line(err) -> str:
@@ -222,20 +249,26 @@ def _host_tag() -> str:
 
 
 def _staging_owner(folder: Path):
-    """``(host tag, pid)`` of the run a staging folder belongs to, None for an older name."""
-    parts = folder.name[len(_STAGING_PREFIX):].split("-")
-    if len(parts) >= 3 and parts[1].isdigit():
-        return parts[0], int(parts[1])
-    return None
+    """``(host tag, pid)`` of the run a staging folder belongs to (``<prefix><host>-<pid>-<suffix>``,
+    as :class:`OutputFolder` names them), None for any other name: a folder of the user's that
+    shares the prefix is never taken for a staging folder, nor deleted."""
+    import re
+
+    match = re.fullmatch(r"([0-9a-f]{8})-(\d+)-\w+", folder.name[len(_STAGING_PREFIX):], flags=re.ASCII)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _is_staging(path: Path) -> bool:
+    return path.name.startswith(_STAGING_PREFIX) and path.is_dir() and _staging_owner(path) is not None
 
 
 def _stale(folder: Path) -> bool:
     """Whether a staging folder was left by a run that is gone (killed before it could clean up):
     its process no longer runs on this machine. A folder of a run on another machine is taken
-    as live; one named by an earlier version of bayesgmm (no owner in its name), as stale."""
+    as live."""
     owner = _staging_owner(folder)
     if owner is None:
-        return True
+        return False
     host, pid = owner
     if host != _host_tag():
         return False
@@ -248,6 +281,12 @@ def _stale(folder: Path) -> bool:
     except OSError:  # e.g. another user's process: alive
         return False
     return False
+
+
+def _removable(folder: Path) -> bool:
+    """A killed run's staging folder that holds nothing of an earlier run's: one that set aside
+    an earlier run's checkpoint (``--overwrite``) keeps it until it is put back."""
+    return _is_staging(folder) and _stale(folder) and not (folder / _EARLIER_CHECKPOINT).exists()
 
 
 @contextlib.contextmanager
@@ -270,6 +309,19 @@ def _folder_lock(folder: Path):
 
 #: Name, inside the staging folder, of an earlier run's checkpoint until this run commits.
 _EARLIER_CHECKPOINT = ".earlier-checkpoint"
+
+
+def _restore_earlier_checkpoint(out: Path, checkpoint: Path) -> None:
+    """Put back the checkpoint that a killed ``--overwrite`` run set aside in its staging folder
+    (``kill -9``, the OOM killer: no clean-up ran), where no checkpoint has taken its place: the
+    earlier run's finished data sets are never lost to a run that did not finish. With a
+    checkpoint in place (the killed run's own) the set-aside one stays where it is, and the
+    folder counts as not empty."""
+    for folder in out.iterdir():
+        earlier = folder / _EARLIER_CHECKPOINT
+        if _is_staging(folder) and _stale(folder) and earlier.is_dir() and not checkpoint.exists():
+            os.replace(earlier, checkpoint)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class OutputFolder:
@@ -298,22 +350,35 @@ class OutputFolder:
         out = Path(path)
         if out.exists() and not out.is_dir():
             raise UsageError(f"output folder {str(path)!r} exists and is not a folder; give a folder with --out.")
-        missing = [p for p in (out, *out.parents) if not p.exists()]
-        self.created = missing[::-1]  # the folders this command creates, outermost first
+        self.created = []  # the folders this command creates, outermost first
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            made = Path(out.anchor)
+            for part in out.parts[len(out.anchor) > 0:]:  # one at a time ("a/../b" makes a and b)
+                made = made / part
+                if not made.exists():
+                    made.mkdir()
+                    self.created.append(made)
         except OSError as err:
+            self.created, created = [], self.created
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise UsageError(f"cannot create output folder {str(path)!r}: {err.strerror or err}.") from None
         if not os.access(out, os.W_OK | os.X_OK):
             raise UsageError(f"output folder {str(path)!r} is not writable.")
-        entries = sorted(p.name for p in out.iterdir()
-                         if not (p.name.startswith(_STAGING_PREFIX) and p.is_dir() and _stale(p))
-                         and not (resume and p.name == checkpoint))
+        if checkpoint is not None:
+            _restore_earlier_checkpoint(out, out / checkpoint)
+        entries = sorted(p.name for p in out.iterdir() if not _removable(p) and not (resume and p.name == checkpoint))
         if entries and not overwrite:
-            running = [n for n in entries if n.startswith(_STAGING_PREFIX)]
+            running = [n for n in entries if _is_staging(out / n) and not _stale(out / n)]
+            kept = [n for n in entries if _is_staging(out / n) and _stale(out / n)]
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
             also = (f"; {running[0]} is the staging folder of another bayesgmm run still writing there"
                     if running else "")
+            if kept:
+                also += (f"; {kept[0]} holds, in {_EARLIER_CHECKPOINT}, the data sets of an earlier interrupted run "
+                         "that a killed --overwrite run set aside: move it back to the checkpoint folder to --resume "
+                         "that run, or delete it")
             if checkpoint in entries and not resume and (out / checkpoint / CHECKPOINT_RECORD).is_file():
                 also += (f"; {checkpoint} holds the data sets of an interrupted run: --resume continues it, "
                          "--overwrite starts afresh")
@@ -426,7 +491,7 @@ class OutputFolder:
                                  "nothing was changed there.") from None
             self.committed = True
             for stale in self.out.iterdir():  # staging folders of killed runs
-                if stale.name.startswith(_STAGING_PREFIX) and stale != self.stage and stale.is_dir() and _stale(stale):
+                if stale != self.stage and _removable(stale):
                     shutil.rmtree(stale, ignore_errors=True)
             self.discard()
 

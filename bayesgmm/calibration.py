@@ -535,7 +535,7 @@ def sbc(
         method=method if isinstance(method, str) else describe(method),
         num_components=k, num_obs=n, covariance_type=covariance_type, prior=prior.to_dict(),
         engine_kwargs=dict(engine_kwargs or {}), num_ranks=num_ranks, quantities=quantities, feature=int(feature),
-        on_error=on_error, key=np.asarray(_key_data(k_reps)), x64=task.x64), r_total, _OUTCOME_CODEC, extendable=True)
+        on_error=on_error, seed=np.asarray(_key_data(k_reps)), x64=task.x64), r_total, _OUTCOME_CODEC, extendable=True)
     # each replication is seeded by its index: on an executor, or loaded from the checkpoint, the same outcomes
     outcomes = run_tasks(_run_replication, range(r_total), (task,), executor,
                          (f"SBC ({method_name})", "fit") if progress_bar else None, saved)

@@ -58,6 +58,7 @@ import warnings
 from pathlib import Path
 
 from ._checkpoint import RECORD as CHECKPOINT_RECORD
+from ._checkpoint import finished_task_indices
 from ._cli_config import CHECKPOINT_FOLDER, STREAM_BATCH_SIZE, build_parser, check_engine_options, options_from_args, options_from_toml
 from ._cli_io import (
     COMMIT_LOCK,
@@ -602,9 +603,18 @@ _ARGUMENT_FLAGS = (
 )
 
 
+#: The library's arguments by a TOML file's keys, where they differ (``run``).
+_TOML_KEYS = (
+    (None, "k_range must", "k must"),
+    (None, "num_replications must", "replications must"),
+)
+
+
 def _for_the_command_line(message: str, command: str) -> str:
-    """A library message as the command line's user acts on it: its options by their flags."""
-    flags = _FLAGS if message.startswith("config file") else _FLAGS + _ARGUMENT_FLAGS
+    """A library message as the command line's user acts on it: its options by their flags, or
+    in a TOML file's run (``command`` "run") by the file's keys."""
+    flags = (_FLAGS if message.startswith("config file") else
+             _FLAGS + _TOML_KEYS if command == "run" else _FLAGS + _ARGUMENT_FLAGS)
     for where, python, flag in flags:
         if where is None or where == command:
             message = message.replace(python, flag)
@@ -642,6 +652,13 @@ def _run(args) -> int:
                              "sets there; move it, or give another --out folder.")
         if ours and not opts["resume"]:  # --overwrite without --resume: start afresh (the earlier one kept until commit)
             out.replace_checkpoint()
+        beyond = [i for i in finished_task_indices(checkpoint) if i >= opts.get("replications", float("inf"))]
+        if ours and opts["resume"] and beyond:  # sbc: fewer replications would drop finished ones at the end
+            out.discard()
+            raise UsageError(f"--resume with --replications {opts['replications']}: the interrupted run in "
+                             f"{str(checkpoint)!r} has finished replications up to {beyond[-1]}, which this run "
+                             f"would discard; resume with --replications {beyond[-1] + 1} or more (its options "
+                             "otherwise the same), or --overwrite without --resume to start again.")
     opts["checkpoint"] = checkpoint if resumable else None
     _ACTIVE.append(out)
     try:

@@ -513,5 +513,5 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
     kept = [0, 1, 3, 4, 5]
     np.testing.assert_array_equal(seconds.loc[kept], first.replications["fit_seconds"].loc[kept])  # loaded
     assert seconds.loc[2] != first.replications["fit_seconds"].loc[2]  # computed again
-    with pytest.raises(ValueError, match="differs in key"):
+    with pytest.raises(ValueError, match="differs in seed"):
         sbc(1, N, num_replications=9, checkpoint=folder, **dict(kw, seed=6))

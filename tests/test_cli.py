@@ -311,12 +311,22 @@ def test_toml_values_are_type_checked_and_a_single_column_is_accepted(tmp_path, 
     base = 'command = "select"\n[data]\ndataset = "faithful"\n'
     for line, message in [('plot = "no"', "plot must be true or false"), ("seed = 1.5", "seed must be an integer"),
                           ('k = [1, "2"]', "k must be an integer or a list of them"),
-                          ('prior = "flat"', "prior must be one of 'none', 'default'")]:
+                          ('prior = "flat"', "prior must be one of 'none', 'default'"),
+                          # n_init takes what --n-init takes: "auto" (refused) or a positive integer
+                          # (0 ended in a traceback, 2.5 was cut to 2)
+                          ("n_init = 0", "n_init must be 'auto' or a positive integer, got '0'"),
+                          ("n_init = 2.5", "n_init must be a string or an integer as on the command line")]:
         config.write_text(line + "\n" + base)
         err = _usage_error(["run", str(config)], capsys)
         assert f"config file {str(config)!r}: {message}" in err
     config.write_text('prior = "default"\n' + base)  # select's prior option is not sbc's [prior] table
     assert cli.options_from_toml(config)["prior"] == "default"
+    # the library's errors name the file's keys, not the flags nor the Python arguments
+    config.write_text("k = [0, 2]\n" + base)
+    assert "bayesgmm: error: k must hold positive integers" in _usage_error(["run", str(config), "--out", str(tmp_path / "k")], capsys)
+    for value, expected in (('"auto"', "auto"), ("3", 3), ('"4"', 4)):
+        config.write_text(f"n_init = {value}\n" + base)
+        assert cli.options_from_toml(config)["n_init"] == expected
     config.write_text('command = "fit"\nnum_components = 2.0\n[data]\ndataset = "faithful"\n')
     assert "num_components must be an integer, got 2.0" in _usage_error(["run", str(config)], capsys)
     # an empty list of columns is an error, not "every column" (a label column was fitted as a feature)
@@ -575,6 +585,23 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
         assert sorted(_listing(mine)) == ["checkpoint"] and (mine / "checkpoint" / "notes.txt").read_text() == "mine"
 
 
+def test_sbc_resume_with_fewer_replications_is_refused(tmp_path, capsys):
+    """``sbc --resume`` with fewer --replications than the interrupted run finished ran, and the
+    checkpoint's removal after the commit threw the finished replications beyond the new count
+    away (the library's own checkpoint keeps them; the command line deletes its folder)."""
+    from bayesgmm._checkpoint import RECORD
+
+    out = tmp_path / "o"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / RECORD).write_text("{}")
+    for i in (0, 1, 5):
+        (out / "checkpoint" / f"task-{i:06d}.json").write_text("{}")
+    before = _listing(out / "checkpoint")
+    err = _usage_error(["sbc", "--replications", "3", "--resume", "--no-progress", "--out", str(out)], capsys)
+    assert "has finished replications up to 5, which this run would discard; resume with --replications 6 or more" in err
+    assert _listing(out / "checkpoint") == before and sorted(_listing(out)) == ["checkpoint"]
+
+
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_in_a_subprocess_exits_130_with_one_line_and_no_partial_files(tmp_path, signame):
     """SIGINT while NUTS is being compiled or run (a long XLA call): exit 130 at once, one line on
@@ -707,6 +734,24 @@ def test_labels_with_empty_cells_and_a_config_path_that_is_no_string_are_usage_e
     config.write_text('command = "fit"\nnum_components = 2\n[data]\npath = 5\n')
     assert "data option 'path' must be a string, got 5" in _usage_error(["run", str(config), "--out",
                                                                          str(tmp_path / "o")], capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_rows_of_another_length_than_the_header_are_refused(tmp_path, capsys):
+    """One field more in every row made pandas take the first column as the rows' index: a
+    column lost and the others renamed, fitted without a word (exit 0); a semicolon file with
+    decimal commas was fitted as one column of fragments; a short row became missing values."""
+    def error(text, suffix=".csv"):
+        path = tmp_path / f"data{suffix}"
+        path.write_text(text)
+        return _usage_error(["fit", str(path), "-k", "1", "--out", str(tmp_path / "o")], capsys)
+
+    assert "line 2 has 3 field(s) where the header names 2 (a,b)" in error("a,b\n1,2,3\n4,5,6\n7,8,9\n")
+    assert "line 3 has 1 field(s) where the header names 2" in error("a,b\n1,2\n3\n4,5\n")
+    err = error("a;b\n1,5;2,25\n3,5;4,5\n5;6\n")
+    assert "line 2 has 3 field(s)" in err and "one field holding semicolons: this reader splits commas" in err
+    assert "its header 'a;b' is one field holding semicolons" in error("a;b\n1;2\n3;4\n5;6\n")
+    assert "holding tabs: this reader splits commas (give a .tsv file" in error("a\tb\n1\t2\n3\t4\n", ".txt")
     assert not (tmp_path / "o").exists()
 
 

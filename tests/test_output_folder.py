@@ -121,8 +121,45 @@ def test_runs_into_one_folder_leave_each_others_staging_alone_and_never_mix(tmp_
     assert set(_listing(out)) == {"three.json", MANIFEST}
 
 
+def test_a_folder_of_the_users_named_like_a_staging_folder_is_kept(tmp_path):
+    """A folder of the user's whose name starts with the staging prefix was taken for an older
+    version's staging folder: ignored when --out was checked for being empty, and deleted, with
+    its files, at the commit of a run without --overwrite."""
+    out = tmp_path / "o"
+    notes = out / f"{_cli_io._STAGING_PREFIX}notes"
+    notes.mkdir(parents=True)
+    (notes / "thesis.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not empty"):
+        OutputFolder(out, command="test")
+    _run(out, {"a.json": "1"}, overwrite=True)
+    assert (notes / "thesis.txt").read_text() == "mine"
+
+
+def test_a_checkpoint_set_aside_by_a_killed_overwrite_run_is_never_lost(tmp_path):
+    """--overwrite sets the earlier run's checkpoint aside in its staging folder until it commits;
+    a run killed outright (kill -9, the OOM killer) cleaned nothing up, and the next commit into
+    the folder deleted its staging folder, the earlier run's finished data sets with it. They are
+    put back where no checkpoint has taken their place, else kept and named."""
+    out = tmp_path / "o"
+    killed = out / _staging_of(_dead_pid())
+    (killed / _cli_io._EARLIER_CHECKPOINT).mkdir(parents=True)
+    (killed / _cli_io._EARLIER_CHECKPOINT / "task-0.json").write_text("finished data set")
+    (out / "checkpoint").mkdir()  # the killed run's own checkpoint: the earlier one stays aside
+    with pytest.raises(UsageError, match=r"holds, in \.earlier-checkpoint, the data sets of an earlier interrupted run"):
+        OutputFolder(out, command="test", checkpoint="checkpoint")
+    _run(out, {"a.json": "1"}, overwrite=True, checkpoint="checkpoint")
+    assert (killed / _cli_io._EARLIER_CHECKPOINT / "task-0.json").is_file()  # not deleted at the commit
+    (out / "checkpoint").rmdir()  # none in its place: the next run puts it back
+    folder = OutputFolder(out, command="test", overwrite=True, checkpoint="checkpoint")
+    assert (out / "checkpoint" / "task-0.json").read_text() == "finished data set" and not killed.exists()
+    folder.discard()
+
+
 def test_a_failed_run_removes_every_folder_it_created(tmp_path):
     folder = OutputFolder(tmp_path / "a" / "b" / "c", command="test")
     folder.path("x.json").write_text("never committed")
+    folder.discard()
+    assert list(tmp_path.iterdir()) == []
+    folder = OutputFolder(tmp_path / "zz" / ".." / "yy", command="test")  # makes zz and yy (zz was left)
     folder.discard()
     assert list(tmp_path.iterdir()) == []
