@@ -428,7 +428,9 @@ def fit_svi(
         ``log_likelihood`` the training log-likelihood there. ``converged``: the drift of the
         ELBO over the last 10% of steps, and at least the last 200
         (:func:`bayesgmm._numpyro_common.elbo_convergence`), is below 1e-3 nats per observation
-        after allowing for its Monte Carlo noise. ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
+        after allowing for its Monte Carlo noise, and that noise (``elbo_noise_per_obs``, twice
+        the standard error per observation) is at most 1e-2: a noisier ELBO could hide a climb.
+        ``n_iter = num_steps``. ``info``: ``elbo`` (mean of
         the last 10% of ``trace``), ``elbo_final`` and ``elbo_final_se`` (ELBO at the final
         guide parameters from ``num_draws`` particles, each on its own minibatch with
         ``subsample_size``; for ``"delta"`` the log posterior density there, exactly, on every
@@ -572,20 +574,24 @@ def fit_svi(
         point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
     arr64 = arr.astype(np.float64)
     log_lik = _numerics.totals(arr64, *point, covariance_type).log_likelihood
-    converged, drift = shared.elbo_convergence(trace, n)
+    converged, drift, noise = shared.elbo_convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
 
     if not converged:
         window = min(num_steps, max(num_steps // 10, shared.ELBO_DRIFT_MIN_WINDOW))
-        why = (f"the ELBO drifted by {drift:.2e} nats per observation over the last {window} of {num_steps} steps "
-               f"(threshold {shared.ELBO_DRIFT_TOL:g})" if np.isfinite(drift) else f"{num_steps} steps are too few to judge")
-        warnings.warn(
-            f"SVI may not have converged: {why}. Increase num_steps or learning_rate, or use an optimizer "
-            "with a decaying step size.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        if not np.isfinite(drift):
+            why, advice = f"{num_steps} steps are too few to judge", "Increase num_steps"
+        elif drift >= shared.ELBO_DRIFT_TOL:
+            why = (f"the ELBO drifted by {drift:.2e} nats per observation over the last {window} of {num_steps} steps "
+                   f"(threshold {shared.ELBO_DRIFT_TOL:g})")
+            advice = "Increase num_steps or learning_rate, or use an optimizer with a decaying step size"
+        else:
+            why = (f"the ELBO's step-to-step noise over the last {window} of {num_steps} steps could hide a drift of "
+                   f"{noise:.2e} nats per observation (judged up to {shared.ELBO_NOISE_MAX:g})")
+            advice = ("Increase num_steps (the window grows with the run), or use a guide nearer the posterior "
+                      "(e.g. 'mvn'; on strongly correlated features fit_vb's closed form)")
+        warnings.warn(f"SVI may not have converged: {why}. {advice}.", ConvergenceWarning, stacklevel=2)
     if degenerate:
         warnings.warn(
             f"SVI component(s) {list(degenerate)} hold less than one observation's weight; use fewer "
@@ -617,6 +623,7 @@ def fit_svi(
             "elbo_final": float(np.mean(elbo_final)),
             "elbo_final_se": float(np.std(elbo_final) / np.sqrt(elbo_final.size)),
             "elbo_drift_per_obs": drift,
+            "elbo_noise_per_obs": noise,
             "num_steps": num_steps,
             "learning_rate": float(learning_rate) if optimizer is None else None,
             "subsample_size": subsample_size,
