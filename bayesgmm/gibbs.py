@@ -36,7 +36,7 @@ give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in N
 original scale, relabelling to the MAP pivot
 (:func:`bayesgmm.labels.align_draws`) and R-hat/ESS.
 
-Precision: float32 unless ``jax_enable_x64`` is on and ``x`` is float64; results are NumPy
+Precision: float32 unless ``jax_enable_x64`` is on, whatever ``x``'s dtype; results are NumPy
 float64 on the original scale.
 """
 

@@ -40,7 +40,7 @@ The data are standardised internally and every draw is mapped back to the origin
 Label alignment (:func:`bayesgmm.labels.align_draws`, pivot = the MAP start) and the ESS/R-hat
 diagnostics (ArviZ) run afterwards in NumPy.
 
-Precision: float32 unless ``jax_enable_x64`` is on and ``x`` is float64 (library code never
+Precision: float32 unless ``jax_enable_x64`` is on, whatever ``x``'s dtype (library code never
 changes JAX's configuration). Results are NumPy float64 on the original scale.
 """
 
@@ -84,6 +84,7 @@ from .params import (
     check_num_components,
     check_prior,
     observed_entry_counts,
+    real_scalar,
     seed_to_key,
 )
 from .results import FitResult
@@ -515,8 +516,10 @@ def fit_mcmc(
     if chain_method == "auto":
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
     num_devices = parallel_devices(num_chains, chain_method, covariance_type)
-    if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
+    accept = real_scalar(target_accept_prob)  # NumPy's and JAX's float32 scalars too
+    if accept is None or not 0 < accept < 1:
         raise ValueError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
+    target_accept_prob = accept
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}.")
     prior = check_prior(prior, d, k, default_from=arr)

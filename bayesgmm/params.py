@@ -134,6 +134,20 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def real_scalar(value) -> float | None:
+    """``value`` as a float when it is one real number (a Python or NumPy number, or a 0-d NumPy
+    or JAX array of an integer or float type; not a bool nor a string), else None."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return None
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if a.ndim != 0 or a.dtype.kind not in "iuf":
+        return None
+    return float(a)
+
+
 def check_positive_integers(**values) -> None:
     """Raise a ValueError naming the first argument that is not a positive integer."""
     for name, v in values.items():

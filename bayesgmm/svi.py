@@ -105,6 +105,7 @@ from .params import (
     log_jacobians,
     observed_entry_counts,
     params_to_original,
+    real_scalar,
     seed_to_key,
 )
 from .results import FitResult
@@ -470,11 +471,10 @@ def fit_svi(
             )
         if subsample_size == n:
             subsample_size = None
-    numeric = (isinstance(learning_rate, (int, float, np.integer, np.floating, np.ndarray)) and np.ndim(learning_rate) == 0
-               and not isinstance(learning_rate, (bool, np.bool_)) and np.asarray(learning_rate).dtype.kind in "iuf")
-    if not (numeric and np.isfinite(learning_rate) and learning_rate > 0):
+    rate = real_scalar(learning_rate)  # 0-d NumPy and JAX arrays too
+    if rate is None or not (np.isfinite(rate) and rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
-    learning_rate = float(learning_rate)
+    learning_rate = rate
     if optimizer is not None and not (isinstance(optimizer, numpyro.optim._NumPyroOptim) or hasattr(optimizer, "update")):
         raise ValueError(
             "optimizer must be a numpyro.optim optimizer or an optax GradientTransformation, "

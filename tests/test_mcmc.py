@@ -684,6 +684,21 @@ def test_bad_arguments_raise(kwargs, match, faithful):
         mcmc.fit_mcmc(faithful, 2, **kwargs)
 
 
+def test_target_accept_prob_takes_any_real_scalar(faithful):
+    """NumPy's and JAX's float32 scalars were refused as "not a number in (0, 1)" (np.float64, a
+    subclass of float, passed); the probability is recorded as a float."""
+    import jax.numpy as jnp
+
+    from bayesgmm.params import real_scalar
+
+    for value in (np.float32(0.9), jnp.float32(0.9), np.array(0.9), 0.9):
+        assert real_scalar(value) == pytest.approx(0.9, rel=1e-7)
+    for value in (True, "0.9", np.array([0.9]), None, 1 + 0.5j):
+        assert real_scalar(value) is None
+    with pytest.raises(ValueError, match="target_accept_prob must be a number in"):
+        mcmc.fit_mcmc(faithful, 2, target_accept_prob=np.float32(1.2))
+
+
 def test_bad_data_raise(faithful):
     bad = faithful.copy()
     bad[3, 1] = np.nan
