@@ -362,6 +362,8 @@ def open_source(source, columns=None, *, missing: str = "error") -> Source:
         if not os.path.isfile(path):
             raise ValueError(f"source file {path!r} does not exist.")
         return NpySource(path, columns) if suffix == ".npy" else ParquetSource(path, columns)
+    if isinstance(source, np.ma.MaskedArray):  # masked entries are missing values (NaN), never their fill values
+        source = np.ma.filled(np.ma.asarray(source, np.float64), np.nan) if np.ma.is_masked(source) else np.ma.getdata(source)
     if isinstance(source, np.memmap):
         path = _npy_path_of_memmap(source)
         if path is not None:

@@ -173,6 +173,16 @@ def test_every_source_reads_the_same_rows(mix, files, tmp_path):
     assert not isinstance(source, NpySource)
     np.testing.assert_array_equal(next(iter(source.chunks(2000, [0])))[2][:, 0], mix[:, 0] * 1000.0)
     assert fit_em_stream(sources["DataFrame"], 3, **kw).feature_names == ("a", "b", "c")
+    # a masked array's masked entries are missing values, as in memory (their fill values were fitted)
+    masked = np.ma.masked_array(np.array(mix), np.zeros(mix.shape, bool))
+    masked[::7, 1] = np.ma.masked
+    masked.data[::7, 1] = -999.0
+    with pytest.raises(ValueError, match="NaN values"):
+        fit_em_stream(masked, 3, **kw)
+    nan = np.array(mix)
+    nan[::7, 1] = np.nan
+    got, want = (fit_em_stream(a, 3, **kw, missing="marginalize") for a in (masked, nan))
+    assert got.log_likelihood == want.log_likelihood
 
 
 def _has_pyarrow():
