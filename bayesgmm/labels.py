@@ -98,13 +98,20 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
     if pm.shape != (k, d):
         raise ValueError(f"pivot.means must have shape ({k}, {d}) like the draws, got {pm.shape}.")
     pc = expand_covariances(pivot.covariances, covariance_type, k, d, dtype=np.float64)
+    # in units of the pivot's spread per feature, which leaves both costs unchanged: data of scale
+    # 1e-160 have precisions of 1e320, beyond float64 (every cost inf, every draw left as it was)
+    scale = np.sqrt(np.mean(np.einsum("kaa->ka", pc), axis=0))
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    per_pair = np.outer(scale, scale)
+    pc, pm, m = pc / per_pair, pm / scale, m / scale
     chol = np.linalg.cholesky(pc)  # raises LinAlgError for a non-PD pivot
     chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(d), pc.shape))
     prec = np.swapaxes(chol_inv, -1, -2) @ chol_inv  # (K, D, D)
     diff = m[..., :, None, :] - pm  # (..., j, k, D)
     out = np.einsum("...jka,kab,...jkb->...jk", diff, prec, diff)
     if cost == "kl" and covariance_type != "tied":
-        out = out + np.einsum("kab,...jba->...jk", prec, expand_covariances(c, covariance_type, k, d, dtype=np.float64))
+        draw_covariances = expand_covariances(c, covariance_type, k, d, dtype=np.float64) / per_pair
+        out = out + np.einsum("kab,...jba->...jk", prec, draw_covariances)
     return out
 
 

@@ -62,6 +62,32 @@ def test_alignment_recovers_the_identity_labelling(covariance_type, rng):
         np.testing.assert_array_equal(aligned["covariances"], scrambled["covariances"])
 
 
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_alignment_and_costs_do_not_depend_on_the_data_units(covariance_type, rng):
+    """Both costs are invariant to each feature's units; data of scale 1e-156 (variances of
+    1e-312, precisions beyond float64) made every cost infinite and left every draw as it was, so
+    the posterior means averaged swapped labels (a sampler reported no switching)."""
+    pivot = _pivot(covariance_type)
+    draws = _draws_near(pivot, covariance_type, rng)
+    perms = _random_perms(rng, (3, 40), 3)
+    scrambled = permute_draws(draws, perms, covariance_type)
+    units = np.array([1e-156, 2e-157])  # variances subnormal: rounded to about 1e-10
+    per_pair = {"full": np.outer(units, units), "tied": np.outer(units, units), "diag": units**2,
+                "spherical": units[0] ** 2}[covariance_type]
+
+    def rescaled(p):
+        return {**p, "means": p["means"] * units, "covariances": np.asarray(p["covariances"]) * per_pair}
+
+    if covariance_type == "spherical":  # one variance per component: both features in one unit
+        units = np.array([1e-156, 1e-156])
+    small_pivot = GMMParams(pivot.weights, pivot.means * units, np.asarray(pivot.covariances) * per_pair)
+    for cost in ("kl", "mahalanobis"):
+        np.testing.assert_allclose(assignment_costs(rescaled(scrambled), small_pivot, covariance_type, cost=cost),
+                                   assignment_costs(scrambled, pivot, covariance_type, cost=cost), rtol=1e-6)
+    _, found = align_draws(rescaled(scrambled), small_pivot, covariance_type)
+    np.testing.assert_array_equal(np.take_along_axis(perms, found, -1), np.broadcast_to(np.arange(3), perms.shape))
+
+
 @pytest.mark.parametrize("cost", ["kl", "mahalanobis"])
 @pytest.mark.parametrize("k", [4, labels.ENUMERATE_MAX_K + 1])  # all K! tried at once; Hungarian per draw
 def test_alignment_finds_the_cheapest_of_all_permutations(cost, k, rng):
