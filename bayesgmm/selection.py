@@ -319,14 +319,21 @@ def select(
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
             shift = _em_host.objective_shift(prep_k, k)  # the runs' objectives in the data's units, as fit_em's
-            fit = _em_host.package(
-                prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
-                max_iter=max_iter, tol=tol,
-                info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
-                      "num_kept": int(kept), "init_params": init_params, "best_restart": best,
-                      "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True,
-                      **_em_host.data_info(prep, missing)},
-            )
+            try:
+                fit = _em_host.package(
+                    prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
+                    max_iter=max_iter, tol=tol,
+                    info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
+                          "num_kept": int(kept), "init_params": init_params, "best_restart": best,
+                          "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True,
+                          **_em_host.data_info(prep, missing)},
+                )
+            except np.linalg.LinAlgError:  # every run of this cell ended on a singular covariance
+                raise ValueError(
+                    f"select: EM failed for covariance_type={ct!r}, K={k}: a covariance became singular in every "
+                    "run (duplicated points, or a component on too few points). Leave this K out of k_range, "
+                    "increase reg_covar, or use prior='default' (MAP-EM)."
+                ) from None
             fits[(ct, k)] = fit
             failed[(ct, k)] = best < 0
     if prior is None:

@@ -113,6 +113,18 @@ def test_bad_arguments(kwargs, match, faithful):
         select(faithful, **{"k_range": [1, 2], **kwargs})
 
 
+def test_a_cell_whose_every_run_is_singular_is_a_clear_error():
+    """Three distinct points, each repeated 20 times, at K = 3: every run ends on a singular
+    covariance in float32, and the grid raised numpy's LinAlgError from deep inside (float64
+    keeps the fit, flagged degenerate)."""
+    from conftest import precision
+
+    dup = np.repeat(np.random.default_rng(0).normal(size=(3, 2)), 20, axis=0)
+    with precision(np.float32), pytest.raises(ValueError, match="select: EM failed for covariance_type='full', K=3: a "
+                                                                "covariance became singular"):
+        bg.select(dup, [3], covariance_types=("full",))
+
+
 def test_best_rejects_unknown_criterion(faithful_grid):
     with pytest.raises(ValueError, match="criterion must be one of"):
         faithful_grid.best("dic")
