@@ -33,7 +33,7 @@ def atomic_path(path):
     Parameters
     ----------
     path : str or os.PathLike
-        The destination. Its folder must exist.
+        The destination. Its folder must exist (else a ValueError, as for a folder's path).
 
     Yields
     ------
@@ -42,6 +42,10 @@ def atomic_path(path):
         without an exception; otherwise it is deleted and ``path`` is untouched.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; give the path of a file to write.")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: its folder {str(path.parent)!r} does not exist; create it first.")
     tmp = temporary_name(path)
     try:
         yield tmp

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _numerics
+from .params import check_data_seed
 
 __all__ = ["impute"]
 
@@ -62,7 +63,7 @@ def impute(result, x, *, num_draws: int | None = None, seed=0):
         the (posterior) predictive of the missing entries given the observed ones, shape
         (m, N, D). For a point estimate (EM) the draws ignore the parameters' uncertainty.
     seed : int
-        Seeds the draws (the same seed gives the same imputations).
+        Seeds the draws, an integer in [0, 2**64) (the same seed gives the same imputations).
 
     Returns
     -------
@@ -86,6 +87,7 @@ def _impute(result, arr, num_draws, seed) -> np.ndarray:
     if num_draws is not None and (isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer))
                                   or num_draws < 1):
         raise ValueError(f"num_draws must be None or a positive integer, got {num_draws!r}.")
+    seed = check_data_seed(seed)  # NumPy's generator: None would not repeat, a string fails inside NumPy
     k, d = result.num_components, result.num_features
     if result._has_draws():
         flat = result._flat_draws(200 if num_draws is None else 10**9)  # every draw for imputations

@@ -516,8 +516,8 @@ class FitResult:
             Data with NaN entries to fill.
         num_draws : int, optional
             Number of multiple imputations; the conditional means when omitted.
-        seed : int or jax key
-            Seed of the multiple imputations.
+        seed : int
+            Seed of the multiple imputations, an integer in [0, 2**64).
 
         Returns
         -------

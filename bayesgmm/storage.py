@@ -133,6 +133,8 @@ def save_result(result, path, x=None, **kwargs):
 
     from ._files import atomic_path
 
+    if not isinstance(result, FitResult):
+        raise ValueError(f"result must be a FitResult (a fit of any engine), got {type(result).__name__}.")
     if Path(path).suffix.lower() == ".json":
         raise ValueError(f"save_result writes NetCDF, not JSON: give a path ending in .nc, not {str(path)!r} "
                          "(the JSON summary, without posterior draws, is result.to_json(path)).")
@@ -159,6 +161,8 @@ def load_result(path):
     """
     from pathlib import Path
 
+    if not isinstance(result, FitResult):
+        raise ValueError(f"result must be a FitResult (a fit of any engine), got {type(result).__name__}.")
     if Path(path).suffix.lower() == ".json":
         return FitResult.from_json(Path(path))
     if Path(path).is_dir():

@@ -211,6 +211,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["fit.json"]
 
 
+def test_a_destination_that_cannot_be_a_file_is_named(x, tmp_path):
+    """A folder's path, or a file in a folder that does not exist, raised IsADirectoryError or
+    h5py's FileNotFoundError naming the hidden temporary file; a result of another type failed
+    deep inside ArviZ's conversion."""
+    fit = bg.fit_em(x, 2, n_init=1, seed=0)
+    with pytest.raises(ValueError, match="is a folder; give the path of a file"):
+        bg.save_result(fit, tmp_path)
+    for write in (lambda p: bg.save_result(fit, p), fit.to_json):
+        with pytest.raises(ValueError, match="its folder .*nowhere.* does not exist; create it first"):
+            write(tmp_path / "nowhere" / "fit.nc")
+    with pytest.raises(ValueError, match="result must be a FitResult"):
+        bg.save_result("fit", tmp_path / "fit.nc")
+    assert os.listdir(tmp_path) == []
+
+
 def test_to_json_is_atomic(x, tmp_path, monkeypatch):
     fit = bg.fit_em(x, 2, n_init=1, seed=0)
     path = tmp_path / "fit.json"

@@ -264,6 +264,9 @@ def test_impute_conditional_means_and_multiple_imputations(em_fits, faithful_mis
     assert isinstance(out, pd.DataFrame) and list(out.columns) == names and list(out.index) == list(frame.index)
     np.testing.assert_array_equal(out.to_numpy(), filled[:, ::-1])
     np.testing.assert_array_equal(fit.impute(frame, num_draws=3, seed=1), fit.impute(rows, num_draws=3, seed=1)[..., ::-1])
+    for seed in (None, -1, 1.5, "a"):  # None drew unrepeatable imputations; the others failed inside NumPy
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+            fit.impute(rows, num_draws=2, seed=seed)
     # a row with nothing observed: the mixture's mean, and draws from the mixture itself
     blank = np.full((1, 2), np.nan)
     np.testing.assert_allclose(fit.impute(blank)[0], fit.weights @ fit.means, rtol=1e-12)
