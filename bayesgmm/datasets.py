@@ -7,7 +7,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .params import GMMParams, check_covariance_type, check_data_seed, check_num_components, seed_to_key
+from .params import (
+    GMMParams,
+    check_covariance_type,
+    check_data_seed,
+    check_int,
+    check_num_components,
+    compute_dtype,
+    seed_to_key,
+)
 
 __all__ = ["MixtureData", "load_faithful", "load_galaxies", "make_mixture"]
 
@@ -131,9 +139,7 @@ def make_mixture(
 
     check_covariance_type(covariance_type)
     k = check_num_components(num_components)
-    d = int(num_features)
-    if d < 1 or num_obs < 1:
-        raise ValueError("num_obs and num_features must be positive.")
+    num_obs, d = check_int("num_obs", num_obs), check_int("num_features", num_features)
     if isinstance(separation, bool) or not isinstance(separation, (int, float, np.integer, np.floating)) or not (
         np.isfinite(separation) and separation >= 0
     ):
@@ -146,6 +152,9 @@ def make_mixture(
     if weights.shape != (k,) or np.any(weights < 0) or not np.isclose(weights.sum(), 1):
         raise ValueError(f"weights must be a probability vector of shape ({k},).")
     means = rng.normal(0.0, separation, size=(k, d))
+    if not np.all(np.abs(means) < np.finfo(compute_dtype()).max / 4):  # the rows are drawn in JAX's default float
+        raise ValueError(f"separation={separation!r} puts the component means beyond what {np.dtype(compute_dtype()).name} "
+                         f"(JAX's default float, which draws the rows) holds; use a smaller separation.")
 
     def random_cov():
         # a random orientation with eigenvalues in [0.5, 1.5]: anisotropic, never near-singular

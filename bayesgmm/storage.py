@@ -161,8 +161,6 @@ def load_result(path):
     """
     from pathlib import Path
 
-    if not isinstance(result, FitResult):
-        raise ValueError(f"result must be a FitResult (a fit of any engine), got {type(result).__name__}.")
     if Path(path).suffix.lower() == ".json":
         return FitResult.from_json(Path(path))
     if Path(path).is_dir():

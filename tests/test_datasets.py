@@ -36,6 +36,20 @@ def test_make_mixture_draws_from_the_stated_parameters(covariance_type):
     assert np.array_equal(again.x, data.x)
 
 
+def test_make_mixture_refuses_sizes_and_a_separation_it_cannot_draw():
+    """A separation of 1e300 returned rows of +-inf (float32 draws; float64 ones too beyond 1e308)
+    with only a cast warning; a float num_obs was taken."""
+    from conftest import precision
+
+    with precision(np.float32), pytest.raises(ValueError, match="separation=1e\\+300 puts the component means beyond "
+                                                                "what float32"):
+        bg.datasets.make_mixture(50, 2, 2, separation=1e300)
+    for kw, match in ((dict(num_obs=10.0), "num_obs must be a positive integer"),
+                      (dict(num_features=0), "num_features must be a positive integer")):
+        with pytest.raises(ValueError, match=match):
+            bg.datasets.make_mixture(**{"num_obs": 50, **kw})
+
+
 def test_make_mixture_of_another_size_compiles_nothing_and_draws_the_same_first_rows():
     """Simulation studies over N: every N in a row bucket shares one compiled simulation, and a
     smaller N draws the first rows of a larger one (the same seed: the same parameters)."""
