@@ -397,11 +397,12 @@ def run_sbc(opts, out: OutputFolder) -> int:
 
 
 def run_demo(opts, out: OutputFolder) -> int:
-    engines = {m: dict(v) for m, v in DEMO_ENGINES.items()}
+    methods = ("kmeans",) + tuple(opts["methods"])
+    engines = {m: dict(v) for m, v in DEMO_ENGINES.items() if m in methods}  # the demo's settings of the engines run
     for method, kw in opts.get("engines", {}).items():
         engines.setdefault(method, {}).update(kw)
     demo = {
-        "data": {"dataset": "faithful"}, "num_components": 2, "methods": ("kmeans",) + tuple(opts["methods"]),
+        "data": {"dataset": "faithful"}, "num_components": 2, "methods": methods,
         "covariance_type": "full", "test_fraction": 0.25, "seed": opts["seed"], "out": opts["out"],
         "engines": engines, "plot": True, "progress": opts["progress"],
     }

@@ -195,14 +195,19 @@ def fit(x, num_components: int, method: str, *, covariance_type: str = "full", p
     return engine(x, num_components, covariance_type=covariance_type, seed=seed, **kw)
 
 
-def _check_engine_kwargs_table(engine_kwargs) -> None:
+def _check_engine_kwargs_table(engine_kwargs, methods: tuple) -> None:
     """:func:`compare`'s ``engine_kwargs`` (``{method: {option: value}}``), every engine's options
-    checked before anything runs (:func:`bayesgmm.engines.check_engine_options`)."""
+    checked before anything runs (:func:`bayesgmm.engines.check_engine_options`); options for a
+    method not in ``methods`` are an error, not dropped."""
     if not isinstance(engine_kwargs, Mapping):
         raise ValueError(f"engine_kwargs must be a dict of {{method: dict of options}}, got {engine_kwargs!r}.")
     unknown = set(engine_kwargs) - set(METHODS)
     if unknown:
         raise ValueError(f"engine_kwargs has keys {sorted(unknown)} that are not methods of {METHODS}.")
+    unused = [m for m in engine_kwargs if m not in methods]
+    if unused:
+        raise ValueError(f"engine_kwargs has options for {unused}, which are not among the methods run "
+                         f"({list(methods)}); add them to methods, or drop their options.")
     for method, kw in engine_kwargs.items():
         if not isinstance(kw, Mapping):
             raise ValueError(f"engine_kwargs[{method!r}] must be a dict of engine options, got {kw!r}.")
@@ -393,7 +398,7 @@ def compare(
         arr = data.values
         k = check_num_components(num_components, arr.shape[0])
         methods = _check_methods(methods)
-        _check_engine_kwargs_table(engine_kwargs)
+        _check_engine_kwargs_table(engine_kwargs, methods)
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (arr.shape[0],):
@@ -404,7 +409,10 @@ def compare(
                                  f"{int(np.flatnonzero(empty)[0])}); every row needs a label to score the clusters "
                                  "(ARI/NMI): fill them, or drop those rows from x and labels.")
         if truth is not None:
-            truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
+            if not isinstance(truth, (GMMParams, FitResult)):
+                raise ValueError(f"truth must be a GMMParams (weights, means, covariances), e.g. make_mixture(...).params, "
+                                 f"got {type(truth).__name__}.")
+            truth = GMMParams(*(np.asarray(a, np.float64) for a in (truth.params if isinstance(truth, FitResult) else truth)))
             if truth.means.shape != (k, arr.shape[1]):
                 raise ValueError(f"truth.means must have shape ({k}, {arr.shape[1]}), got {truth.means.shape}.")
         if x_test is not None:
@@ -541,7 +549,7 @@ def simulation_study(
     check_executor(executor)
     methods = _check_methods(methods)  # one name, or several; the engines' options too, before any work
     if engine_kwargs is not None:
-        _check_engine_kwargs_table(engine_kwargs)
+        _check_engine_kwargs_table(engine_kwargs, methods)
     if not (isinstance(bootstrap_replicates, (int, np.integer)) and not isinstance(bootstrap_replicates, bool)
             and (bootstrap_replicates == 0 or bootstrap_replicates >= 2)):
         raise ValueError(f"bootstrap_replicates must be 0 (no intervals for EM) or an integer >= 2, got "

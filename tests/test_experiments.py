@@ -230,6 +230,9 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
         (dict(engine_kwargs={"nuts": {}}), "not methods of"),
         (dict(interval=1.5), "interval must be in"),
         (dict(truth=GMMParams(np.ones(3) / 3, np.zeros((3, 2)), np.tile(np.eye(2), (3, 1, 1)))), r"truth.means must have shape \(2, 2\)"),
+        # options for a method not run were dropped; a string truth failed as "could not convert"
+        (dict(engine_kwargs={"vb": {"max_iter": 5}}), r"options for \['vb'\], which are not among the methods run"),
+        (dict(truth="x"), "truth must be a GMMParams"),
     ],
 )
 def test_bad_arguments(kwargs, match, faithful):
