@@ -310,7 +310,10 @@ def gibbs_sweep(key, state: SweepState, xs, prior: PriorArrays, num_components: 
     floored = params._replace(weights=_numerics.floored_weights(params.weights))
     lp = log_lik + model.log_prior(_numerics.in_turn(log_lik, floored), prior, covariance_type)
     num_nonempty = jnp.sum(jnp.bincount(z, weights=row_weight, length=num_components) > 0)
-    return SweepState(params, log_joint), (params, lp, num_nonempty)
+    # the draw recorded with those floored weights (as NUTS records them), so that its lp and the lp
+    # ArviZ's conversion computes from it agree (the conversion floors at float64's tiny: 620 nats
+    # apart per empty component); the chain itself goes on from the weights drawn
+    return SweepState(params, log_joint), (floored, lp, num_nonempty)
 
 
 # ----------------------------------------------------------------------------------------------
