@@ -437,6 +437,10 @@ def select_bayesian(
     for k in ks:
         fit = fit_fn(data, k, covariance_type=covariance_type, prior=prior if prior is not None else Prior.default(arr, k),
                      seed=seed, **engine_kwargs)
+        if fit.draws is None:  # a point mass (SVI's guide="delta"): LOO and WAIC need posterior draws
+            raise ValueError(f"select_bayesian compares posterior draws by PSIS-LOO, and method={method!r} with "
+                             f"{engine_kwargs or 'its defaults'} returned a point estimate (no draws); use a guide "
+                             "with spread (guide='normal' or 'mvn'), or bayesgmm.select for point fits (BIC/ICL).")
         fits[k] = fit
         idatas[f"K={k}"] = fit.to_inference_data(arr)
     with recorded_warnings("ignore", UserWarning):  # ArviZ's Pareto-k / WAIC variance notes

@@ -144,3 +144,6 @@ def test_bayesian_comparison_by_loo_and_effective_k():
     assert effective["effective_components"] == 2
     with pytest.raises(ValueError, match="method must be one of"):
         select_bayesian(data.x, [1, 2], method="em")
+    # SVI's point-mass guide: refused after its first fit (ArviZ's compare failed with an IndexError)
+    with pytest.raises(ValueError, match="returned a point estimate \\(no draws\\); use a guide with spread"):
+        select_bayesian(data.x[:120], [1, 2], method="svi", guide="delta", num_steps=100)
