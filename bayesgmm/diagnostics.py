@@ -428,10 +428,27 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
 
     Notes
     -----
-    ``sample_stats.lp``: the engine's value under ArviZ's name (``lp = -potential_energy`` for
-    NumPyro, in the engine's own parameterisation) when present; otherwise, when computable,
-    ``log p(x | theta) + log p(theta)`` on the original scale (the log prior only when the result
-    has a prior; without ``x`` only for a point estimate, from ``result.log_likelihood``).
+    ``sample_stats.lp``: the engine's value under ArviZ's name when present (NUTS and Gibbs:
+    ``log p(x, theta)`` of the aligned draw on the original scale; NUTS's
+    ``potential_energy`` in its unconstrained parameterisation is kept beside it); otherwise,
+    when computable, ``log p(x | theta) + log p(theta)`` on the original scale (the log prior
+    only when the result has a prior; without ``x`` only for a point estimate, from
+    ``result.log_likelihood``).
+
+    What ArviZ takes and what it needs told:
+
+    * ``observed_data`` and ``posterior_predictive`` hold rows of D features (dims ``obs``,
+      ``feature``) while ``log_likelihood`` has one value per row (z and the features summed
+      out), so ``az.loo_pit`` and ``az.plot_loo_pit`` need one feature given as arrays:
+      ``az.loo_pit(idata, y=idata.observed_data.x.sel(feature=f).values,
+      y_hat=idata.posterior_predictive.x.sel(feature=f).stack(s=("chain", "draw")).values)``;
+      ``az.plot_ppc`` pools the features into one curve unless given ``flatten=["obs"]``.
+    * The ``point_estimate`` and ``fit_trace`` groups (and VB's ``predictive``) have no chain
+      and draw: ``az.concat`` over chains or draws needs them dropped first (keep the
+      standard groups: ``az.InferenceData(**{g: idata[g] for g in ("posterior",
+      "sample_stats", "log_likelihood", "observed_data")})``).
+    * A point estimate's ``az.waic`` has no penalty: ``az.compare(..., ic="waic")`` ranks such
+      fits first by construction. Compare point fits by BIC, and posterior fits by LOO.
     """
     az = import_arviz()
 

@@ -612,3 +612,17 @@ def test_arviz_import_survives_another_process_writing_its_day_stamp(tmp_path):
     proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "InferenceData", proc.stderr[-2000:]
+
+
+def test_the_documented_loo_pit_and_concat_recipes_work(mc_fit, df):
+    """to_inference_data's notes: ``az.loo_pit`` one feature at a time, and ``az.concat`` over
+    chains of the standard groups (the extra groups have no chain or draw)."""
+    az = diagnostics.import_arviz()
+    idata = diagnostics.to_inference_data(mc_fit, df, posterior_predictive=True)
+    feature = idata.observed_data.x.coords["feature"].values[0]
+    pit = az.loo_pit(idata, y=idata.observed_data.x.sel(feature=feature).values,
+                     y_hat=idata.posterior_predictive.x.sel(feature=feature).stack(s=("chain", "draw")).values)
+    assert pit.shape == (len(df),) and 0.3 < float(np.mean(pit)) < 0.7
+    standard = az.InferenceData(**{g: idata[g] for g in ("posterior", "sample_stats", "log_likelihood", "observed_data")})
+    both = az.concat(standard, standard, dim="chain")
+    assert both.posterior.sizes["chain"] == 2 * idata.posterior.sizes["chain"]
