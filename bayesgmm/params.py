@@ -767,6 +767,14 @@ class Prior:
         cov = np.atleast_2d(np.asarray(cov, np.float64))
         k = int(num_components)
         d = mean.shape[0]
+        scale = cov / k ** (2.0 / d)
+        variances = np.diag(scale)
+        if not (np.all(np.isfinite(scale)) and np.all(variances >= np.finfo(np.float64).tiny)):
+            raise ValueError(
+                f"the data's variances ({np.array2string(np.diag(cov), precision=3)}) do not give a default "
+                "prior scale float64 can hold (cov(x) / K^(2/D) is zero, underflows or overflows): drop constant "
+                "columns, rescale the others (e.g. divide each by its standard deviation), or pass an explicit prior."
+            )
         if linearly_dependent(cov):
             raise ValueError(
                 "x has linearly dependent columns (one column is a linear combination of the others), so "
@@ -774,14 +782,17 @@ class Prior:
                 "definite. Drop the redundant column(s), or pass an explicit prior such as "
                 "Prior(1.0, x.mean(0), 0.01, D + 2, np.diag(x.var(0)))."
             )
-        return cls(
+        prior = cls(
             weight_concentration=weight_concentration,
             mean=mean,
             mean_precision=0.01,
             degrees_of_freedom=d + 2.0,
-            scale=cov / k ** (2.0 / d),
+            scale=scale,
             weight_prior=weight_prior,
         )
+        if prior.weight_prior == "dirichlet":
+            prior.concentration(k)  # a vector of concentrations must have K entries: said now, not at the fit
+        return prior
 
     def concentration(self, num_components: int) -> np.ndarray:
         """The Dirichlet concentration as a vector of length ``num_components`` (a Dirichlet

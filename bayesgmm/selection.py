@@ -45,6 +45,7 @@ from .params import (
     COVARIANCE_TYPES,
     DegenerateComponentWarning,
     Prior,
+    check_bool,
     check_data,
     prepare_data,
     seed_to_key,
@@ -289,6 +290,7 @@ def select(
         raise ValueError(f"prior must be None, 'default' or a bayesgmm.Prior, got {prior!r}.")
     tol = _em_host.DEFAULT_TOL if tol is None else tol
     _em_host.check_em_options(init_params, n_init, max_iter, tol, reg_covar)
+    allow_degenerate = check_bool("allow_degenerate", allow_degenerate)  # "no" would be taken as true
     k_max = ks[-1]
     d = arr.shape[1]
     rows, fits, failed, compile_seconds = [], {}, {}, {}

@@ -64,8 +64,13 @@ def _select_columns(columns, num_all: int, name: str):
         )
     bad = [int(c) for c in cols if not -num_all <= c < num_all]
     if bad:
-        raise ValueError(f"{name} has {num_all} column(s) (0 to {num_all - 1}); unknown column(s) {bad}.")
-    return np.asarray([int(c) % num_all for c in cols])
+        raise ValueError(f"{name} has {num_all} column(s) (0 to {num_all - 1}, or -{num_all} to -1 from the end); "
+                         f"unknown column(s) {bad}.")
+    picked = [int(c) % num_all for c in cols]
+    twice = sorted({c for c in picked if picked.count(c) > 1})
+    if twice:  # a feature fitted twice: its two copies make every covariance singular
+        raise ValueError(f"columns names column(s) {twice} of {name} more than once; give each column once.")
+    return np.asarray(picked)
 
 
 def _storage_dtype(dtype, name: str) -> np.dtype:

@@ -72,6 +72,7 @@ from .params import (
     GMMParams,
     PrecisionWarning,
     Prior,
+    check_bool,
     check_covariance_type,
     check_nonnegative,
     check_num_components,
@@ -784,6 +785,7 @@ def fit_em_stream(
         check_covariance_type(covariance_type)
         if missing not in MISSING_POLICIES:
             raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}.")
+        shuffle = check_bool("shuffle", shuffle)  # "no" would be taken as true
         _check_options(method, batch_size, n_init, max_iter, tol, reg_covar, step_exponent, num_init_rows, init_params)
         check_num_components(num_components)  # its type, before any comparison
         if isinstance(init_params, str) and num_init_rows < num_components:

@@ -175,6 +175,18 @@ def test_priors_are_values(two_blobs):
     assert (a == "prior") is False
 
 
+def test_default_prior_names_variances_float64_cannot_scale_and_a_wrong_number_of_concentrations(two_blobs):
+    """Data of scale 1e-300 (variances underflow) gave "Prior scale must be a finite positive
+    definite matrix", a prior the user never passed; a vector of K + 1 concentrations was taken
+    and refused only at the fit."""
+    with pytest.raises(ValueError, match=r"do not give a default prior scale float64 can hold .* rescale the others"):
+        bg.Prior.default(two_blobs * 1e-300, 2)
+    with pytest.raises(ValueError, match="weight_concentration has 3 entries but num_components=2"):
+        bg.Prior.default(two_blobs, 2, weight_concentration=[1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(bg.Prior.default(two_blobs, 2, weight_concentration=[1.0, 2.0]).weight_concentration,
+                                  [1.0, 2.0])
+
+
 def test_collinear_columns_get_a_clear_error_and_a_way_out():
     rng = np.random.default_rng(0)
     a = rng.normal(size=200)

@@ -106,6 +106,7 @@ def test_degenerate_fits_are_flagged_not_hidden():
         (dict(covariance_types=("ful",)), "covariance_type must be one of"),
         (dict(prior="mclust"), "prior must be None, 'default' or a bayesgmm.Prior"),
         (dict(n_init=0), "n_init must be a positive integer"),
+        (dict(allow_degenerate="no"), "allow_degenerate must be True or False"),  # was taken as true
     ],
 )
 def test_bad_arguments(kwargs, match, faithful):

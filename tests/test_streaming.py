@@ -571,6 +571,10 @@ def test_data_errors_name_the_chunk_and_row(mix, tmp_path):
         (dict(covariance_type="banded"), "covariance_type must be one of"),
         (dict(prior=bg.Prior.default(np.random.default_rng(0).normal(size=(10, 2)), 3)), "prior is for 2 feature"),
         (dict(devices=9), "devices=9 but"),
+        # "no" was taken as true; a column given twice was fitted, and only flagged degenerate
+        (dict(shuffle="no"), "shuffle must be True or False"),
+        (dict(columns=[0, 0]), r"columns names column\(s\) \[0\] of source more than once"),
+        (dict(columns=[0, 2, -1]), r"columns names column\(s\) \[2\]"),
     ],
 )
 def test_bad_options_raise_clear_error(kwargs, match, mix):
