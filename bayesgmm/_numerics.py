@@ -514,8 +514,9 @@ def score_rows(x, weights, means, covariances, covariance_type: str, *, responsi
             with np.errstate(invalid="ignore"):
                 resp[start : start + len(ll)] = lj - ll[:, None]
             for row in np.flatnonzero(np.isneginf(ll)):  # rare: no pass over the block otherwise
-                if np.all(np.isfinite(x[start + row])):
-                    resp[start + row] = _far_row_log_resp(x[start + row], frame, w, m, c, ct)
+                values = np.asarray(x[start + row], np.float64)
+                if np.all(np.isfinite(values[~np.isnan(values)])) and not np.all(np.isnan(values)):
+                    resp[start + row] = _far_row_log_resp(values, frame, w, m, c, ct)
 
     map_pieces(block, range(0, n, HOST_BLOCK_ROWS))
     return RowScores(dens, resp)
@@ -528,6 +529,11 @@ def _far_row_log_resp(row, frame: Frame, w, m, c, ct) -> np.ndarray:
     relative to the row's size (``q_k / s^2``, ``s`` the row's largest standardised entry, is
     finite where ``q_k`` is not)."""
     xs = (np.asarray(row, np.float64) - frame.shift) / frame.scale
+    seen = ~np.isnan(xs)
+    if not seen.all():  # a row with missing entries: the limit on its observed columns (their marginal)
+        o = np.flatnonzero(seen)
+        xs, m = xs[o], m[:, o]
+        c = {"full": lambda: c[:, o][:, :, o], "tied": lambda: c[o][:, o], "diag": lambda: c[:, o]}.get(ct, lambda: c)()
     size = float(np.max(np.abs(xs)))
     zero = np.zeros((1, xs.shape[0]))
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):

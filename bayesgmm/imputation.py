@@ -36,9 +36,8 @@ def _conditionals(x_rows, cols, miss, weights, means, covariances):
     gain = np.linalg.solve(s_oo, np.swapaxes(s_mo, -1, -2))  # Sigma_oo^-1 Sigma_om: (K, |o|, |m|)
     cond_means = means[:, None, miss] + diff @ gain  # (K, n, |m|)
     cond_cov = s_mm - s_mo @ gain
-    if len(cols):
-        log_joint = _numerics.log_joint_components(x_rows, weights, means[:, cols], s_oo, "full")  # (n, K)
-        resp = np.exp(log_joint - _numerics.logsumexp(log_joint, axis=-1)[:, None])
+    if len(cols):  # in the mixture's frame, with the limit for rows too far for float64 (score_rows)
+        resp = np.exp(_numerics.score_rows(x_rows, weights, means[:, cols], s_oo, "full", responsibilities=True).log_resp)
     else:  # nothing observed: the components' probabilities are the weights
         resp = np.broadcast_to(weights, (x_rows.shape[0], weights.shape[0]))
     chol = np.linalg.cholesky(0.5 * (cond_cov + np.swapaxes(cond_cov, -1, -2)))

@@ -139,8 +139,16 @@ def _student_t_log_density(x, mix: StudentTMixture, frame: _numerics.Frame):
         xs = (np.asarray(x[start : start + _numerics.HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
         diff = xs[None] - loc[:, None]  # (K, n, D)
         y = np.linalg.solve(chol, np.swapaxes(diff, -1, -2))
-        maha = np.sum(y**2, -2)  # (K, n)
-        logp = const[:, None] - 0.5 * (df[:, None] + d) * np.log1p(maha / df[:, None]) + log_w[:, None]
+        with np.errstate(over="ignore"):
+            maha = np.sum(y**2, -2)  # (K, n)
+        log_term = np.log1p(maha / df[:, None])
+        far = ~np.isfinite(maha)  # beyond float64's squares: log(maha / df) from the scaled rows (finite tails)
+        if far.any():
+            size = np.max(np.abs(y), axis=-2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scaled = np.sum((y / size[:, None, :]) ** 2, -2)
+                log_term = np.where(far, 2 * np.log(size) + np.log(scaled) - np.log(df[:, None]), log_term)
+        logp = const[:, None] - 0.5 * (df[:, None] + d) * log_term + log_w[:, None]
         out[start : start + len(xs)] = _numerics.logsumexp(logp, axis=0)
     return out - np.sum(np.log(frame.scale))
 

@@ -82,6 +82,26 @@ def test_rows_too_far_for_float64_get_the_limit_not_nan(em_fit, two_blobs):
     reachable = em_fit.predict_proba(centre + np.outer([1e6, -1e6], direction))  # finite densities
     np.testing.assert_array_equal(proba[:2], np.repeat(np.round(reachable[:1]), 2, axis=0))
     np.testing.assert_array_equal(proba[2], np.round(reachable[1]))
+    # with a missing entry too: the limit on the observed column (it was NaN, and impute NaN)
+    missing = np.column_stack([far[:, 0], np.full(3, np.nan)])
+    proba = em_fit.predict_proba(missing)
+    assert np.all(np.isfinite(proba)) and np.allclose(proba.sum(1), 1.0)
+    filled = em_fit.impute(missing)
+    assert np.all(np.isfinite(filled)) and np.array_equal(filled[:, 0], missing[:, 0])
+
+
+def test_a_bayesian_fits_student_t_density_of_far_rows_is_finite(two_blobs):
+    """The predictive Student-t mixture has polynomial tails: a row of 1e155 standard deviations
+    has a finite log density, which overflowed to -inf (squared distances beyond float64); the log
+    density falls by the same amount per decade there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        vb = bg.fit_vb(two_blobs, 2, seed=0, max_iter=50)
+    centre = two_blobs.mean(0)
+    scores = vb.score_samples(centre + np.outer([1e145, 1e150, 1e155, 1e160], [1.0, 0.3]))
+    assert np.all(np.isfinite(scores))
+    steps = np.diff(scores)
+    np.testing.assert_allclose(steps[1:], steps[0], rtol=1e-6)
 
 
 def test_dataframe_columns_are_matched_by_name(em_fit, two_blobs):
