@@ -498,6 +498,12 @@ def check_sample_weight(sample_weight, num_obs: int):
         raise ValueError("sample_weight must be finite and non-negative with a positive sum.")
     if w.sum() <= 0:
         raise ValueError("sample_weight is zero for every row: give at least one row a positive weight.")
+    dtype = compute_dtype()
+    limit = float(np.finfo(dtype).max) / (4.0 * max(num_obs, 1))  # their sums, times a few, must stay finite
+    if w.max() > limit:
+        raise ValueError(f"sample_weight holds {w.max():.3g}, beyond what {np.dtype(dtype).name} (JAX's default float) "
+                         f"can sum over {num_obs} rows (about {limit:.3g}): rescale the weights (maximum likelihood does "
+                         "not depend on their scale; MAP and the Bayesian engines read them as counts).")
     return w
 
 

@@ -703,8 +703,10 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     finals = np.asarray(lanes.objective, dtype=np.float64)
     if not np.isfinite(finals).any():
         raise ValueError(
-            "VB failed: the ELBO is not finite in any start (a variational scale matrix became "
-            "singular). Increase reg_covar or the prior scale, or use fewer components."
+            "VB failed: the ELBO is not finite in any start. Either a variational scale matrix became "
+            "singular (increase reg_covar or the prior scale, or use fewer components), or a value overflowed: "
+            "a prior, reg_covar, sample_weight or concentration far from the data's scale (Prior.default(x, K) "
+            "sets the prior from the data; a weight of 1e300 or a concentration of 1e-300 cannot be summed)."
         )
     best = int(_iterate.best_first(finals, out.degenerate)[0])
     q = VBParams(*(np.asarray(p[best], np.float64) for p in lanes.params))
