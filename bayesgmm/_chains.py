@@ -207,12 +207,14 @@ def warn_if_unconverged(sampler: str, rhat_max: float, ess_min: float, num_chain
     as :func:`warnings.warn`'s, counted from this function (3: the caller of the caller)."""
     converged = bool(rhat_max < RHAT_MAX) if np.isfinite(rhat_max) else False
     if not converged or not ess_min >= ESS_PER_CHAIN * num_chains:
-        warnings.warn(
-            f"{sampler} chains may not have converged: max R-hat {rhat_max:.4f} (want < {RHAT_MAX}), "
-            f"min bulk ESS {ess_min:.0f} (want >= {ESS_PER_CHAIN * num_chains}). {advice}",
-            ConvergenceWarning,
-            stacklevel=stacklevel,
-        )
+        if np.isfinite(rhat_max) and np.isfinite(ess_min):
+            facts = (f"max R-hat {rhat_max:.4f} (want < {RHAT_MAX}), min bulk ESS {ess_min:.0f} "
+                     f"(want >= {ESS_PER_CHAIN * num_chains})")
+        else:  # no draw moved (every transition divergent, a prior that pins the parameters), or too few draws
+            facts = ("R-hat and the bulk ESS are undefined (the draws do not vary, or there are fewer than 4 per "
+                     "chain)")
+        warnings.warn(f"{sampler} chains may not have converged: {facts}. {advice}", ConvergenceWarning,
+                      stacklevel=stacklevel)
     return converged
 
 

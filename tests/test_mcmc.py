@@ -699,6 +699,16 @@ def test_target_accept_prob_takes_any_real_scalar(faithful):
         mcmc.fit_mcmc(faithful, 2, target_accept_prob=np.float32(1.2))
 
 
+def test_draws_that_never_move_say_so_not_nan(faithful):
+    """Without warmup every transition diverges and no draw moves: the warning printed "max R-hat
+    nan ... min bulk ESS nan"; it says the diagnostics are undefined, and why."""
+    with pytest.warns(bg.ConvergenceWarning) as caught:
+        fit = mcmc.fit_mcmc(faithful, 2, num_warmup=0, num_samples=20, num_chains=1)
+    messages = [str(w.message) for w in caught]
+    assert any("R-hat and the bulk ESS are undefined (the draws do not vary" in m for m in messages), messages
+    assert not any("nan" in m for m in messages) and not fit.converged
+
+
 def test_bad_data_raise(faithful):
     bad = faithful.copy()
     bad[3, 1] = np.nan
