@@ -619,8 +619,13 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     with _sharding.ProcessCall(devices, "fit_vb") as call:  # an error here stops every process
         if resp_init is not None:
             resp_init = np.asarray(resp_init, dtype=np.float64)
-            if resp_init.ndim != 2 or np.any(resp_init < 0) or not np.allclose(resp_init.sum(1), 1.0):
-                raise ValueError("resp_init must be an (N, K) array of non-negative rows summing to 1.")
+            if resp_init.ndim != 2:
+                raise ValueError(f"resp_init must be an (N, K) array of responsibilities, got shape {resp_init.shape}.")
+            if not np.all(np.isfinite(resp_init)) or np.any(resp_init < 0) or not np.allclose(resp_init.sum(1), 1.0):
+                bad = int(np.flatnonzero(~(np.isfinite(resp_init).all(1) & (resp_init >= 0).all(1)
+                                           & np.isclose(resp_init.sum(1), 1.0)))[0])
+                raise ValueError(f"resp_init must have non-negative rows summing to 1; row {bad} (counting from 0) is "
+                                 f"{resp_init[bad].tolist()}.")
             n_init, init_params = 1, "random"  # one start: the given responsibilities
         arr, names = check_data(x, missing=missing)
         n, d = arr.shape

@@ -445,6 +445,9 @@ def test_arviz_summary_of_draws(faithful):
         ({"prior": bg.Prior(1.0, [0.0], 1.0, 3.0, [[1.0]])}, "prior is for 1 feature"),
         ({"prior": "default"}, "prior must be a bayesgmm.Prior"),
         ({"resp_init": np.full((272, 3), 1 / 3)}, r"resp_init must have shape \(272, 2\)"),
+        ({"resp_init": np.full(272, 0.5)}, r"resp_init must be an \(N, K\) array of responsibilities, got shape \(272,\)"),
+        ({"resp_init": np.r_[np.full((3, 2), 0.5), [[0.7, 0.7]], np.full((268, 2), 0.5)]},
+         r"row 3 \(counting from 0\) is \[0.7, 0.7\]"),
     ],
 )
 def test_bad_input_errors(faithful, kwargs, match):
