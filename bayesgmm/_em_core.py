@@ -470,7 +470,7 @@ def _placeholder_state(num_lanes, num_components, num_features, covariance_type,
 def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_iter, init_iter, config: EMConfig,
            init_method: str, num_groups: int, num_starts: int, num_kept: int, trace_len: int,
            avoid_degenerate: bool = True, adaptive: bool = True, num_rows: int | None = None,
-           observed=None) -> SearchResult:
+           observed=None, host_rows=None, host_weight=None) -> SearchResult:
     """The em-EM search of every group (:func:`bayesgmm._iterate.search`) with :data:`PROGRAM`.
 
     ``key`` seeds every start's uniform numbers; group g's starts use its own split. With
@@ -482,7 +482,9 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     and given starts reuse the default fit's program; on small data (:func:`_iterate.pooled`)
     that many lanes are the pool through which every call queues its lanes
     (:func:`_iterate.queued_lanes`): one call for all the short runs, and one program for every
-    call of the search.
+    call of the search. ``host_rows`` and ``host_weight``: the real rows (and their weights) on the
+    host, from which screened starts are drawn (:func:`bayesgmm.kmeans.screened_starts`), so that
+    rows sharded over devices, or over processes, screen the same starts as one device.
     """
     dtype = np.dtype(xs.dtype)
     n = xs.shape[-2]
@@ -507,19 +509,24 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     # seedings by their potential on a subsample of rows, so that a seeding that leaves a cluster
     # without a centre is rarely among them (kmeans.screened_seedings)
     # (every group: a model-selection grid's K each, its first K components active)
-    screened = (len(xs.sharding.device_set) == 1 and observed is None
-                and not _iterate.pooled(rows, k, d, config.covariance_type)
-                and (sample_weight is None or np.ndim(sample_weight) == 1)
-                and screens(init_method, num_starts, num_kept))
     real = num_rows or n
+    if host_rows is None and xs.is_fully_addressable:
+        host_rows = np.asarray(xs)[:real]
+    if host_weight is None and sample_weight is not None and np.ndim(sample_weight) == 1 and (
+            not isinstance(sample_weight, jax.Array) or sample_weight.is_fully_addressable):
+        host_weight = np.asarray(sample_weight)[:real]
+    screened = (host_rows is not None and observed is None
+                and not _iterate.pooled(rows, k, d, config.covariance_type)
+                and (sample_weight is None or (np.ndim(sample_weight) == 1 and host_weight is not None))
+                and screens(init_method, num_starts, num_kept))
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
     elif screened:
         # one set of seedings for every group: a group's first m components active (a grid's K)
         # are scored by the first m centres
         seeded = [k] * num_groups if active is None else np.broadcast_to(np.asarray(active), (num_groups, k)).sum(1)
-        noise = screened_starts(jax.random.split(key, 1)[0], np.asarray(xs)[:real], num_starts, k, seeded,
-                                sample_weight=None if sample_weight is None else np.asarray(sample_weight)[:real])
+        noise = screened_starts(jax.random.split(key, 1)[0], host_rows, num_starts, k, seeded,
+                                sample_weight=None if sample_weight is None else host_weight)
         init_method = "centres"  # (G, R, K, D)
     else:
         keys = jax.random.split(key, num_groups)

@@ -172,15 +172,18 @@ def prepare(x, num_components, covariance_type: str, prior: Prior | None, *, max
 def run_search(prep: Prepared, key, user_init, prior_arrays, *, tol, reg_covar, sample_weight, active, max_iter,
                config: EMConfig, init_method: str, num_groups: int, num_starts: int, num_kept: int,
                init_iter: int = INIT_ITER, data=None,
-               allow_degenerate: bool = False, sharded: bool = False, observed=None):
+               allow_degenerate: bool = False, sharded: bool = False, observed=None, host_weight=None):
     """:func:`bayesgmm._em_core.search` with host arguments in the compute dtype (``observed``:
-    the missing-value mask of ``data`` when it is padded, else ``prep.observed``)."""
+    the missing-value mask of ``data`` when it is padded, else ``prep.observed``; ``host_weight``:
+    the row weights on the host when ``sample_weight`` is placed on devices). Starts are screened
+    on ``prep.xs``, whatever the devices ``data`` lies on."""
     return search(
         prep.xs if data is None else data, key, user_init, prior_arrays, tol=tol, reg_covar=reg_covar,
         sample_weight=sample_weight, active=active, max_iter=int(max_iter), init_iter=int(init_iter), config=config,
         init_method=init_method, num_groups=num_groups, num_starts=num_starts, num_kept=num_kept,
         trace_len=trace_length(max_iter), avoid_degenerate=not allow_degenerate, adaptive=not sharded,
         num_rows=prep.num_obs, observed=prep.observed if observed is None else observed,
+        host_rows=prep.xs, host_weight=host_weight,
     )
 
 

@@ -676,7 +676,8 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     lanes_run = _iterate.lane_bucket(kept, n, k, d, covariance_type) if rows.mesh is None else kept
     pooled = rows.mesh is None and _iterate.pooled(n, k, d, covariance_type)
     init_method = init_params
-    if resp_init is None and rows.mesh is None and observed is None and not pooled and screens(init_params, starts, kept):
+    if (resp_init is None and observed is None and not _iterate.pooled(n, k, d, covariance_type)
+            and screens(init_params, starts, kept)):  # from the host rows, sharded or not: the same starts
         # few starts (larger data), as EM's search: each start's seeding of its first components
         # (occupancy) the best of the screened ones
         noise = screened_starts(init_key, xs, 1, k, seeded[0].sum(1), sample_weight=weight)[:, 0][None]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from bayesgmm._sharding import CPU_COLLECTIVE_FLAG
@@ -98,6 +99,18 @@ SCRIPT = textwrap.dedent(
         four = bg.fit_vb(x, 3, covariance_type="diag", **kw, devices="all")
         return dict(em=em, vb=facts(one, four, lambda r: r.info["elbo"]))
 
+    def screened():  # few em-EM starts on larger data: k-means++ seedings screened on the host rows (they
+        # were screened on one device only, so sharded fits started elsewhere and ended elsewhere)
+        rng = np.random.default_rng(5)
+        x = rng.normal(0, 3, (4, 4))[rng.integers(0, 4, 3000)] + rng.normal(0, 1.5, (3000, 4))
+        kw = dict(seed=0, n_init=8, init_iter=5, tol=1e-3)
+        out = {}
+        for name, fit, value in (("em", bg.fit_em, lambda r: r.log_likelihood), ("vb", bg.fit_vb, lambda r: r.info["elbo"])):
+            one, four = fit(x, 4, **kw), fit(x, 4, **kw, devices=4)
+            out[name] = dict(facts(one, four, value), starts=[one.info["start_objectives" if name == "em" else "start_elbos"],
+                                                              four.info["start_objectives" if name == "em" else "start_elbos"]])
+        return out
+
     def errors():
         out = {}
         for name, devices in (("error", 8), ("error_bool", True)):
@@ -109,7 +122,7 @@ SCRIPT = textwrap.dedent(
 
     cases = {"em_" + ct: em_case(ct) for ct in ("full", "diag", "spherical", "tied")}
     cases.update({"vb_" + ct: vb_case(ct) for ct in ("full", "diag")}, map=map_case, errors=errors, large_lapack=large_lapack,
-                 float32_tight=float32_tight, missing=missing,
+                 float32_tight=float32_tight, missing=missing, screened=screened,
                  em_random_from_data=random_case(bg.fit_em, lambda r: r.log_likelihood),
                  vb_random_from_data=random_case(bg.fit_vb, lambda r: r.info["elbo"]))
     print(json.dumps({name: cases[name]() for name in sys.argv[1:]}))
@@ -131,7 +144,7 @@ def _run(cases):
 
 @pytest.fixture(scope="module")
 def sharded_results():
-    return _run(FAST + ["errors", "float32_tight", "missing"])
+    return _run(FAST + ["errors", "float32_tight", "missing", "screened"])
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +186,16 @@ def test_sharded_fits_take_missing_values(sharded_results):
     one-device fits (devices= with missing='marginalize' was refused)."""
     for engine in ("em", "vb"):
         _check(sharded_results["missing"][engine], engine)
+
+
+def test_sharded_fits_screen_the_same_starts(sharded_results):
+    """Few em-EM starts on larger data (n_init=8, init_iter=5; the default on much data) are
+    screened k-means++ seedings; sharded fits drew plain seedings instead, so EM and VB started
+    and ended elsewhere (means 1.67 apart on these data)."""
+    for engine in ("em", "vb"):
+        r = sharded_results["screened"][engine]
+        _check(r, engine)
+        np.testing.assert_allclose(r["starts"][1], r["starts"][0], rtol=1e-9)
 
 
 def test_too_many_devices_is_a_clear_error(sharded_results):
