@@ -21,7 +21,7 @@ from . import _startup
 if _startup.launched_as_command_line():  # before the seconds of importing JAX: Ctrl-C exits 130 at once
     _startup.exit_on_interrupt_while_starting()
 
-from . import datasets  # noqa: E402
+from . import _program_store, datasets  # noqa: E402
 from ._compile import InsufficientMemoryError, configure_default_cache, set_compilation_cache
 from ._sharding import initialize_distributed
 from .em import fit_em
@@ -39,6 +39,7 @@ from .vb import fit_vb
 __version__ = "0.1.0"
 
 configure_default_cache()
+_program_store.snapshot_constants()  # the modules' constants as imported (the store refuses changed ones)
 
 __all__ = [
     "ConvergenceWarning",

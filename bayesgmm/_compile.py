@@ -401,10 +401,12 @@ class CompiledProgram:
 
     def _key(self, args, static):
         """The signature an executable is kept under: the static arguments, the product
-        precision it is traced with (:func:`matmul_precision`), the tree and its leaves'."""
+        precision it is traced with (:func:`matmul_precision`), the tree and its leaves', and
+        JAX's tracing settings now (:func:`bayesgmm._program_store.tracing_settings`: one changed
+        between two fits, such as the PRNG implementation, gives another program)."""
         leaves, treedef = jax.tree_util.tree_flatten(args)
         static = tuple(sorted(static.items())) + ((_PRECISION_KEY, matmul_precision()),)
-        return (static, treedef, tuple(_leaf_signature(a) for a in leaves))
+        return (static, treedef, tuple(_leaf_signature(a) for a in leaves), _program_store.tracing_settings())
 
     def _from_store(self, key, args, static):
         """For a signature not compiled in this process: ``(fast, own, stored, executable)``,
@@ -415,7 +417,7 @@ class CompiledProgram:
         own = self._cpu_options(*args, **static) if self._cpu_options is not None else None
         if self._stored_name is None or _program_store.folder() is None:
             return fast, own, None, None
-        static_key, treedef, leaves = key
+        static_key, treedef, leaves, _ = key  # the tracing settings: in the store's fingerprint
         stored = _program_store.signature(self._stored_name, dict(static_key), treedef, leaves,
                                           compiler_options(fast, own))
         return fast, own, stored, _program_store.load(stored) if stored is not None else None

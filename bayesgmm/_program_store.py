@@ -32,10 +32,13 @@ What is stored, and when:
   programs, :data:`MAX_BYTES` of them.
 
 A file that cannot be read, or was written for another signature, is ignored (and the program
-compiled again). Module constants the programs read while they are traced count as source: a
-process that changes one at run time (a test's ``monkeypatch``) must turn the store off
-(:data:`ENABLED`), or it loads the program traced with the constant as written. Like JAX's
-cache, the folder is trusted: a file in it is code this process runs.
+compiled again). JAX's tracing settings are read at every lookup (a process may change them
+between fits). Module constants the programs read while they are traced count as source: while
+any of the package's constants differs from its value at import (a test's ``monkeypatch``, a
+user's experiment), or any of its files differs from the one imported (an editable install
+edited in a live session), the store is off for this process (:func:`folder`), so that it
+neither files programs the files do not describe nor loads the files' programs into changed
+code. Like JAX's cache, the folder is trusted: a file in it is code this process runs.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ def storable(fn) -> str | None:
 
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
+#: Modules whose constants set the store's and the compiler's policy (sizes, thresholds, options
+#: in the signature), not what a program computes: changing them does not turn the store off.
+_POLICY_MODULES = (__name__, __package__ + "._compile")
+#: Module constants as first seen (:func:`_constants_as_imported`).
+_CONSTANTS: dict = {}
 
 
 def _package_code(fn, depth: int = 0) -> bool:
@@ -117,7 +125,58 @@ def folder() -> pathlib.Path | None:
     if (not ENABLED or not base or jax.default_backend() != "cpu" or jax.config.jax_default_device is not None
             or jax.process_count() > 1):
         return None
+    if not _source_as_imported() or not _constants_as_imported():
+        return None  # this process's programs are not those of the package's files
     return pathlib.Path(base) / SUBDIR
+
+
+def _source_state():
+    """The package's source files now: ``(digest of their contents, {path: (mtime_ns, size)})``."""
+    digest, stats = hashlib.sha256(), {}
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(_PACKAGE).as_posix().encode())
+        digest.update(path.read_bytes())
+        info = path.stat()
+        stats[path] = (info.st_mtime_ns, info.st_size)
+    return digest.hexdigest(), stats
+
+
+def _source_as_imported() -> bool:
+    """Whether the package's files are still those read when it was imported (an editable
+    install edited since, in a live session: programs traced from the old code in memory must not
+    be filed under the new files' digest, nor the new files' programs loaded into the old code)."""
+    try:
+        return all(path.stat().st_mtime_ns == mtime and path.stat().st_size == size
+                   for path, (mtime, size) in _SOURCE[1].items())
+    except OSError:
+        return False
+
+
+def _module_constants(module) -> dict:
+    return {name: value for name, value in vars(module).items()
+            if name.isupper() and not name.startswith("_") and _plain(value)}
+
+
+def _constants_as_imported() -> bool:
+    """Whether every module constant of the package (a plain upper-case value) still has the
+    value it had when the module was first seen here (at the package's import, or at the first
+    use of the store after a later import): a process that changes one at run time (a test's
+    monkeypatch, a user's experiment) traces other programs than the files say, and must neither
+    file them for every later process nor load the files' programs."""
+    changed = False
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == __package__ or name.startswith(__package__ + ".")) or name in _POLICY_MODULES:
+            continue
+        now = _module_constants(module)
+        before = _CONSTANTS.setdefault(name, now)
+        changed = changed or before != now
+    return not changed
+
+
+def snapshot_constants() -> None:
+    """Record the constants of the package's modules imported so far (called at the end of the
+    package's import, before any user code can change them)."""
+    _constants_as_imported()
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,26 +221,34 @@ def _cpu() -> str:
         return platform.processor()
 
 
-@functools.lru_cache(maxsize=1)
-def fingerprint() -> str:
-    """What besides the signature shapes a program, as one digest (computed once per process)."""
-    source = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        source.update(path.relative_to(_PACKAGE).as_posix().encode())
-        source.update(path.read_bytes())
+def tracing_settings() -> tuple:
+    """JAX's settings that change what tracing produces (x64, the default product precision,
+    the PRNG implementation, ...), read now: a process may change them between two fits."""
     try:
         from jax._src.config import trace_context
 
-        tracing = tuple(v for v in trace_context() if _plain(v) or isinstance(v, enum.Enum))
+        return tuple(v for v in trace_context() if _plain(v) or isinstance(v, enum.Enum))
     except Exception:  # noqa: BLE001 (a JAX without it: the public switches that change tracing)
-        tracing = (jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)
+        return (jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)
+
+
+@functools.lru_cache(maxsize=1)
+def _process_fingerprint() -> str:
+    """What this process fixes once: the package's source (as imported), the versions, the
+    devices and the CPU."""
     parts = (
-        source.hexdigest(), sys.version_info[:2], np.__version__, jax.__version__,
-        _jaxlib_version(),
-        _numpyro_version(), repr(tracing), os.environ.get("XLA_FLAGS", ""),
+        _SOURCE[0], sys.version_info[:2], np.__version__, jax.__version__, _jaxlib_version(),
+        _numpyro_version(), os.environ.get("XLA_FLAGS", ""),
         tuple((d.platform, d.device_kind) for d in jax.devices()), jax.process_count(), platform.machine(), _cpu(),
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def fingerprint() -> str:
+    """What besides the signature shapes a program, as one digest: :func:`_process_fingerprint`
+    and JAX's tracing settings now (they were read once per process, so a setting changed
+    between two fits filed the later programs under the earlier settings)."""
+    return hashlib.sha256(repr((_process_fingerprint(), repr(tracing_settings()))).encode()).hexdigest()
 
 
 def _numpyro_version() -> str | None:
@@ -386,3 +453,7 @@ def _new_generation(where: pathlib.Path) -> str:
     except OSError:
         pass
     return token
+
+
+#: The package's source when it was imported: (digest, {path: (mtime_ns, size)}).
+_SOURCE = _source_state()

@@ -478,3 +478,37 @@ def test_the_store_s_cache_key_salt_is_this_thread_s_only(tmp_path, monkeypatch)
     assert _program_store.generation(where) == second
     (where / _program_store.GENERATION_FILE).unlink()
     assert _program_store.generation(where) not in (first, second)
+
+
+def test_the_store_follows_tracing_settings_and_refuses_changed_code_or_constants(monkeypatch):
+    """Programs were filed under the tracing settings read at a process's first fit, so a setting
+    changed later (the PRNG implementation) filed, and loaded, programs under the wrong key, and
+    the in-memory cache ignored the change; a package constant changed at run time, or a source
+    file edited after the import, had the store file the process's programs for every later one."""
+    from bayesgmm import _program_store, _stats
+
+    monkeypatch.setattr(_program_store, "ENABLED", True)
+    before_fp = _program_store.fingerprint()
+    program = _compile.CompiledProgram(_stats.suff_features, static_argnames=("covariance_type",))
+    x = np.ones((5, 2))
+    key = program._key((x,), {"covariance_type": "full"})
+    partitionable = jax.config.jax_threefry_partitionable
+    try:
+        jax.config.update("jax_threefry_partitionable", not partitionable)
+        assert _program_store.fingerprint() != before_fp
+        assert program._key((x,), {"covariance_type": "full"}) != key
+    finally:
+        jax.config.update("jax_threefry_partitionable", partitionable)
+    assert _program_store.fingerprint() == before_fp
+    if jax.config.jax_compilation_cache_dir is None:
+        return  # the store is off altogether here; the checks below need it on
+    assert _program_store.folder() is not None
+    monkeypatch.setattr(_stats, "PRECISE_THRESHOLD", 1e-2)
+    assert _program_store.folder() is None  # a constant as the files do not say
+    monkeypatch.undo()
+    monkeypatch.setattr(_program_store, "ENABLED", True)
+    assert _program_store.folder() is not None
+    path = next(iter(_program_store._SOURCE[1]))
+    mtime, size = _program_store._SOURCE[1][path]
+    monkeypatch.setitem(_program_store._SOURCE[1], path, (mtime - 1, size))  # as if edited since the import
+    assert _program_store.folder() is None
