@@ -510,14 +510,14 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     # without a centre is rarely among them (kmeans.screened_seedings)
     # (every group: a model-selection grid's K each, its first K components active)
     real = num_rows or n
-    if host_rows is None and xs.is_fully_addressable:
-        host_rows = np.asarray(xs)[:real]
-    if host_weight is None and sample_weight is not None and np.ndim(sample_weight) == 1 and (
-            not isinstance(sample_weight, jax.Array) or sample_weight.is_fully_addressable):
-        host_weight = np.asarray(sample_weight)[:real]
-    screened = (host_rows is not None and observed is None
+
+    def on_host(a):  # readable here: a host array, or a device array this process holds whole
+        return not isinstance(a, jax.Array) or a.is_fully_addressable
+
+    screened = ((host_rows is not None or on_host(xs)) and observed is None
                 and not _iterate.pooled(rows, k, d, config.covariance_type)
-                and (sample_weight is None or (np.ndim(sample_weight) == 1 and host_weight is not None))
+                and (sample_weight is None or (np.ndim(sample_weight) == 1
+                                               and (host_weight is not None or on_host(sample_weight))))
                 and screens(init_method, num_starts, num_kept))
     if init_method == "given":
         noise = np.zeros((num_groups, num_starts, 1), dtype)
@@ -525,8 +525,10 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
         # one set of seedings for every group: a group's first m components active (a grid's K)
         # are scored by the first m centres
         seeded = [k] * num_groups if active is None else np.broadcast_to(np.asarray(active), (num_groups, k)).sum(1)
-        noise = screened_starts(jax.random.split(key, 1)[0], host_rows, num_starts, k, seeded,
-                                sample_weight=None if sample_weight is None else host_weight)
+        rows_here = np.asarray(xs)[:real] if host_rows is None else host_rows  # copied only where screened
+        weight_here = None if sample_weight is None else (
+            np.asarray(sample_weight)[:real] if host_weight is None else host_weight)
+        noise = screened_starts(jax.random.split(key, 1)[0], rows_here, num_starts, k, seeded, sample_weight=weight_here)
         init_method = "centres"  # (G, R, K, D)
     else:
         keys = jax.random.split(key, num_groups)

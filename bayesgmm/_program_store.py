@@ -146,7 +146,7 @@ def _source_as_imported() -> bool:
     install edited since, in a live session: programs traced from the old code in memory must not
     be filed under the new files' digest, nor the new files' programs loaded into the old code)."""
     try:
-        return all(path.stat().st_mtime_ns == mtime and path.stat().st_size == size
+        return all((info := path.stat()).st_mtime_ns == mtime and info.st_size == size
                    for path, (mtime, size) in _SOURCE[1].items())
     except OSError:
         return False

@@ -235,7 +235,7 @@ def fit_em(
         prep, key, given, prep.prior_arrays, tol=tol, reg_covar=reg_covar, sample_weight=weight_dev, active=None,
         max_iter=max_iter, config=config, init_method=init_params, num_groups=1, num_starts=starts, num_kept=kept,
         init_iter=short_iter, data=xs, allow_degenerate=allow_degenerate, sharded=rows.mesh is not None, observed=observed,
-        host_weight=None if weight is None else weight.astype(prep.xs.dtype),
+        host_weight=weight,
     )
     out = found.output
     finals = np.asarray(out.lanes.objective, dtype=np.float64)

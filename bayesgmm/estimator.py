@@ -612,7 +612,8 @@ class GaussianMixture(_DensityMixin, _Base):
                     raise ValueError(f"method={self.method!r} does not take sample_weight; the methods that do: {takes}.")
                 kwargs["sample_weight"] = sample_weight
             seed = seed_from_random_state(self.random_state)
-            data_key = _data_key(X, sample_weight)
+            # the data's digest only where a later warm start may read it (a pass over X)
+            data_key = _data_key(X, sample_weight) if self.warm_start and self.method == "em" else None
             if warm:  # one start: the fitted parameters
                 kwargs.update(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_,
                               n_init=1)
