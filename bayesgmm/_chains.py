@@ -130,7 +130,10 @@ class FinishedDraws(NamedTuple):
     Attributes
     ----------
     pivot : GMMParams
-        The MAP start the draws are aligned to.
+        The MAP start (:func:`bayesgmm._numpyro_common.map_start`).
+    reference : GMMParams
+        What the draws are aligned to: the pivot, or under a weight prior that empties components
+        or is not exchangeable the draw of highest log posterior (:func:`aligns_to_best_draw`).
     raw_draws, draws : dict
         ``weights``/``means``/``covariances`` with leading axes (chains, draws), before and after
         relabelling.
@@ -143,6 +146,7 @@ class FinishedDraws(NamedTuple):
     """
 
     pivot: GMMParams
+    reference: GMMParams
     raw_draws: dict
     draws: dict
     point: GMMParams
@@ -150,12 +154,30 @@ class FinishedDraws(NamedTuple):
     label_switch_fraction: float
 
 
+def aligns_to_best_draw(concentration) -> bool:
+    """Whether a sampler's draws are aligned to its draw of highest log posterior instead of the
+    MAP start: under stick-breaking weights, an uneven Dirichlet or a Dirichlet concentration
+    below 1.
+
+    The MAP start floors the concentration at 1 (stick-breaking weights start from the uniform
+    Dirichlet's), so under such a prior it can fill components that the posterior leaves empty.
+    Draws holding fewer clusters than that pivot were then matched to it arbitrarily: under a
+    Dirichlet process of concentration 1e6 on two clusters, every draw held one component and the
+    relabelled draws spread it over all four labels (a point estimate of four components, 25 nats
+    below the one-component fit). A draw of the posterior holds the posterior's clusters (Marin,
+    Mengersen & Robert 2005 relabel to the draw of highest posterior density)."""
+    if not _sticks.is_exchangeable(concentration):
+        return True
+    return not _sticks.is_sticks(concentration) and float(np.min(np.asarray(concentration))) < 1.0
+
+
 def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: int, covariance_type: str,
                  align: bool, concentration, observed_counts=None) -> FinishedDraws:
     """Map a sampler's standardised output to the original scale and undo label switching.
 
-    ``align`` relabels every draw to the pivot (:func:`bayesgmm.labels.align_draws`); with
-    False (or K = 1) the aligned draws are the raw ones. ``log_posterior`` is that of the aligned
+    ``align`` relabels every draw to the pivot (:func:`bayesgmm.labels.align_draws`), or to the
+    draw of highest log posterior where :func:`aligns_to_best_draw`; with False (or K = 1) the
+    aligned draws are the raw ones. ``log_posterior`` is that of the aligned
     draws: under a weight prior that is not exchangeable (``concentration``: uneven Dirichlet or
     stick-breaking) a relabelled draw has another prior density than the draw the chain visited.
     ``observed_counts``: with missing values, each feature's observed entries
@@ -167,8 +189,13 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
     k = raw.means.shape[-2]
     ll_shift, prior_shift = log_jacobians(sd, num_obs, k, covariance_type, observed_counts)
     lp = np.asarray(log_posterior_std, np.float64) + ll_shift + prior_shift
+    reference = pivot
+    if align and k > 1 and aligns_to_best_draw(concentration) and np.isfinite(lp).any():
+        best = np.unravel_index(np.argmax(np.where(np.isfinite(lp), lp, -np.inf)), lp.shape)
+        reference = GMMParams(*(raw_draws[name][best] for name in ("weights", "means", "covariances")))
     if align and k > 1:
-        draws, perms = align_draws(raw_draws, pivot, covariance_type)
+        cost = "kl" if reference is pivot else "joint_kl"
+        draws, perms = align_draws(raw_draws, reference, covariance_type, cost=cost)
         switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
         if switched and not _sticks.is_exchangeable(concentration):
             underflow = float(np.finfo(np.asarray(log_posterior_std).dtype).tiny)  # the compute type's
@@ -176,7 +203,7 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
     else:
         draws, switched = dict(raw_draws), 0.0
     point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
-    return FinishedDraws(pivot, raw_draws, draws, point, lp, switched)
+    return FinishedDraws(pivot, reference, raw_draws, draws, point, lp, switched)
 
 
 def chain_diagnostics(draws: dict) -> tuple[float, float]:
@@ -268,6 +295,7 @@ def sampler_result(method: str, sampler: str, *, arr, feature_names, prior, cova
             "warmup_seconds": timed.run_seconds * warmup_share,
             "sampling_seconds": timed.run_seconds * (1.0 - warmup_share),
             "label_switch_fraction": done.label_switch_fraction,
+            "aligned_to": "map" if done.reference is done.pivot else "best draw",
             "num_warmup": num_warmup,
             "num_samples": num_samples,
             "num_chains": num_chains,

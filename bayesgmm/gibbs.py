@@ -456,7 +456,9 @@ def fit_gibbs(
         labels (data augmentation), then the parameters: the chain's stationary distribution is
         the posterior of the observed-data likelihood. The default refuses NaN.
     align : bool
-        Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`).
+        Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`), or to the
+        draw of highest log posterior under stick-breaking weights, an uneven Dirichlet or a
+        concentration below 1, as :func:`bayesgmm.fit_mcmc` (``info["aligned_to"]``).
 
     Returns
     -------
@@ -468,7 +470,7 @@ def fit_gibbs(
         the aligned draw) and
         ``num_nonempty`` (components the sampled labels occupy). ``converged`` is True when the
         max R-hat is below 1.01. ``info``: ``min_ess_bulk``, ``max_rhat``,
-        ``label_switch_fraction``, ``compile_seconds``, ``run_seconds``, ``fit_seconds`` and
+        ``label_switch_fraction``, ``aligned_to``, ``compile_seconds``, ``run_seconds``, ``fit_seconds`` and
         the settings.
 
     Warns

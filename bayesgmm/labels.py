@@ -22,7 +22,16 @@ each ``j`` and each ``k`` appears once, so they are dropped.) Why this cost:
 * it needs only the K pivot precisions, computed once; everything else is one batched ``einsum``
   over all draws.
 
-``cost="mahalanobis"`` keeps the first term only. Tied covariances are shared by all components:
+``cost="mahalanobis"`` keeps the first term only. ``cost="joint_kl"`` weighs each component by
+its weight: the KL divergence between the joint distributions of label and point, ``sum_j w_j
+(log(w_j / w_k^*) + KL(N_j || N_k^*))``, up to terms that are the same for every permutation::
+
+    cost[j, k] = w_j (cost_kl[j, k] / 2 + log|Sigma_k^*| / 2 - log w_k^*)
+
+An empty component of a draw (weight near 0; its parameters are draws from the prior) then costs
+nothing wherever it goes, and a filled one is kept from an empty label of the pivot: the samplers
+use it where components may be empty (sparse or stick-breaking weight priors), aligning to their
+draw of highest log posterior. Tied covariances are shared by all components:
 they are never permuted, and the trace term is the same for every assignment.
 
 Everything here is plain NumPy/SciPy on arrays with leading (chain, draw) dimensions.
@@ -44,7 +53,7 @@ __all__ = [
     "sort_components",
 ]
 
-_COSTS = ("kl", "mahalanobis")
+_COSTS = ("kl", "mahalanobis", "joint_kl")
 
 
 def _check_draws(draws, covariance_type: str):
@@ -81,7 +90,7 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
         The reference labelling (one parameter set, no leading dimensions).
     covariance_type : {"full", "diag", "spherical", "tied"}
         The layout of the draws' and the pivot's covariances.
-    cost : {"kl", "mahalanobis"}
+    cost : {"kl", "mahalanobis", "joint_kl"}
         See the module docstring.
 
     Returns
@@ -92,7 +101,7 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
     check_covariance_type(covariance_type)
     if cost not in _COSTS:
         raise ValueError(f"cost must be one of {_COSTS}, got {cost!r}.")
-    _, m, c = _check_draws(draws, covariance_type)
+    w, m, c = _check_draws(draws, covariance_type)
     k, d = m.shape[-2:]
     pm = np.asarray(pivot.means, dtype=np.float64)
     if pm.shape != (k, d):
@@ -109,9 +118,13 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
     prec = np.swapaxes(chol_inv, -1, -2) @ chol_inv  # (K, D, D)
     diff = m[..., :, None, :] - pm  # (..., j, k, D)
     out = np.einsum("...jka,kab,...jkb->...jk", diff, prec, diff)
-    if cost == "kl" and covariance_type != "tied":
+    if cost in ("kl", "joint_kl") and covariance_type != "tied":
         draw_covariances = expand_covariances(c, covariance_type, k, d, dtype=np.float64) / per_pair
         out = out + np.einsum("kab,...jba->...jk", prec, draw_covariances)
+    if cost == "joint_kl":
+        log_det = 2.0 * np.sum(np.log(np.einsum("kaa->ka", chol)), axis=-1)  # log|Sigma_k^*| in the scaled units
+        log_w = np.log(np.maximum(np.asarray(pivot.weights, np.float64), np.finfo(np.float64).tiny))
+        out = w[..., :, None] * (0.5 * out + 0.5 * log_det - log_w)
     return out
 
 
@@ -169,10 +182,11 @@ def align_draws(draws, pivot: GMMParams, covariance_type: str, *, cost: str = "k
         Reference labelling, e.g. the MAP solution, on the same scale as the draws.
     covariance_type : {"full", "diag", "spherical", "tied"}
         The layout of the draws' and the pivot's covariances.
-    cost : {"kl", "mahalanobis"}
+    cost : {"kl", "mahalanobis", "joint_kl"}
         Assignment cost (module docstring): the KL divergence from each draw component to each
-        pivot component up to permutation-invariant terms (default), or the squared Mahalanobis
-        distance of the means in the pivot's metric.
+        pivot component up to permutation-invariant terms (default), the squared Mahalanobis
+        distance of the means in the pivot's metric, or the weighted KL divergence of the joint
+        distributions of label and point (for draws with empty components).
 
     Returns
     -------

@@ -451,8 +451,11 @@ def fit_mcmc(
         that of its observed columns), and the ``log_likelihood`` group holds each row's
         observed-data density. The default refuses NaN.
     align : bool
-        Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`). False keeps
-        ``draws`` equal to ``raw_draws`` (not recommended for K > 1).
+        Relabel every draw to the MAP pivot (:func:`bayesgmm.labels.align_draws`), or under
+        stick-breaking weights, an uneven Dirichlet or a concentration below 1 to the draw of
+        highest log posterior (the MAP start fills components such posteriors leave empty;
+        ``info["aligned_to"]``). False keeps ``draws`` equal to ``raw_draws`` (not recommended
+        for K > 1).
 
     Returns
     -------
@@ -468,7 +471,7 @@ def fit_mcmc(
         True when the maximum R-hat over all aligned parameters is below 1.01;
         ``n_iter = num_samples``. ``info``: ``num_divergences``, ``min_ess_bulk``, ``max_rhat``,
         ``seed``, ``label_switch_fraction`` (draws whose best permutation is not the
-        identity), ``num_devices`` (devices the chains ran on) and the settings. Timings:
+        identity), ``aligned_to`` (``"map"`` or ``"best draw"``), ``num_devices`` (devices the chains ran on) and the settings. Timings:
         ``compile_seconds`` (tracing and compiling the sampler
         program; 0.0 when a program compiled for the same shapes and settings was reused) and
         ``run_seconds`` (running it: MAP start, warmup and sampling, without compilation and

@@ -916,6 +916,18 @@ class Prior:
             psi = np.diag(self.scale).copy()
         else:
             psi = np.asarray(np.trace(self.scale) / self.num_features)
+        info = np.finfo(np.dtype(dtype))
+        positive = {"weight_concentration": self.weight_parameters(num_components),
+                    "mean_precision": self.mean_precision, "degrees_of_freedom": self.degrees_of_freedom}
+        for name, value in positive.items():  # a stick's or Dirichlet's 1e-40 became 0 in float32 (lp -inf)
+            value = np.asarray(value, np.float64)
+            outside = value[(value > info.max) | (value < info.tiny)]
+            if outside.size:
+                raise ValueError(
+                    f"Prior {name} {outside.flat[0]:.3g} is beyond what {info.dtype} holds (normal numbers from "
+                    f"{info.tiny:.3g} to {info.max:.3g}), the compute type of this fit: fit in float64 "
+                    "(jax.config.update('jax_enable_x64', True)) or choose a value in that range."
+                )
         return PriorArrays(
             concentration=np.asarray(self.weight_parameters(num_components), dtype=dtype),
             mean=np.asarray(self.mean, dtype=dtype),

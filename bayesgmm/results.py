@@ -392,12 +392,14 @@ class FitResult:
     def _has_draws(self) -> bool:
         return self.draws is not None
 
-    def _flat_draws(self, max_draws: int = 200):
-        """Up to ``max_draws`` evenly spaced draws, flattened over chains (float64)."""
+    def _flat_draws(self, max_draws: int = 200, *, at_most: bool = False):
+        """Evenly spaced draws, flattened over chains (float64): every ``S // max_draws``-th of the
+        S draws (from ``max_draws`` up to ``2 max_draws - 1`` of them), or with ``at_most`` every
+        ``ceil(S / max_draws)``-th (at most ``max_draws``)."""
         w, m, c = (np.asarray(self.draws[k], np.float64) for k in ("weights", "means", "covariances"))
         lead = w.shape[0] * w.shape[1]
         w, m, c = w.reshape(lead, *w.shape[2:]), m.reshape(lead, *m.shape[2:]), c.reshape(lead, *c.shape[2:])
-        step = max(1, lead // max_draws)
+        step = max(1, -(-lead // max_draws) if at_most else lead // max_draws)
         return w[::step], m[::step], c[::step]
 
     def _draws_log_density_and_proba(self, arr):
@@ -470,7 +472,7 @@ class FitResult:
         else:
             arr = self._check(x)
             frame = self._frame()
-            w, m, c, ct = _numerics.to_frame(frame, *self._flat_draws(max_draws), self.covariance_type)
+            w, m, c, ct = _numerics.to_frame(frame, *self._flat_draws(max_draws, at_most=True), self.covariance_type)
             xs = (np.asarray(arr, np.float64) - frame.shift) / frame.scale
             u = np.random.default_rng(seed).uniform(size=(w.shape[0], len(arr), 1))
             counts = np.empty(w.shape[0], np.int64)

@@ -153,6 +153,26 @@ def test_gibbs_weights_conditional_is_the_sticks_beta_posterior():
     assert w[:, 0].var() == pytest.approx(a * b / ((a + b) ** 2 * (a + b + 1)), rel=0.05)
 
 
+def test_samplers_align_draws_that_empty_components_to_their_best_draw(faithful):
+    """Under a Dirichlet process of concentration 1e6 every draw puts all the weight on one
+    component (the last stick). Aligned to the MAP start, which fills all three, the draws spread
+    that component over every label: a point estimate of three components with invented means,
+    49 nats below the one-component fit, and effective_components 3, with no warning. Aligned to
+    the draw of highest log posterior with the weight-aware cost, the point estimate is the
+    one-component fit."""
+    prior = Prior.default(faithful, 3, weight_concentration=1e6, weight_prior="dirichlet_process")
+    short = dict(num_warmup=100, num_samples=200, num_chains=2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the empty components' prior draws mix poorly
+        r = bg.fit_gibbs(faithful, 3, prior=prior, **short)
+        plain = bg.fit_gibbs(faithful, 2, **short)
+    assert r.num_components_posterior()[1] == 1.0
+    assert r.weights.max() > 0.999 and r.effective_components == 1
+    assert abs(r.log_likelihood - bg.fit_em(faithful, 1).log_likelihood) < 0.1
+    assert r.info["aligned_to"] == "best draw"
+    assert plain.info["aligned_to"] == "map"  # an exchangeable prior of concentration >= 1: the MAP start
+
+
 @pytest.mark.slow  # fast variant: tests/test_gibbs.py::test_sbc_is_calibrated_fast, and this file's Dirichlet-process Gibbs tests
 def test_gibbs_sbc_under_a_dirichlet_process_prior():
     """K = 3, D = 1 under DP(2) weights: ranks of label-invariant quantities are uniform (few
@@ -207,6 +227,20 @@ def test_nuts_and_gibbs_agree_under_a_dirichlet_process_prior(faithful):
 
     (mg, sg), (mn, sn) = sorted_weights(gibbs), sorted_weights(nuts)
     assert np.all(np.abs(mg - mn) < 4.5 * np.hypot(sg, sn) + 2e-3), (mg, mn)
+
+
+def test_hyperparameters_beyond_the_compute_type_are_refused(faithful):
+    """A concentration of 1e-40 became 0 in float32 (every draw's lp -inf; the true density is
+    finite) and 1e39 became inf (Gibbs then failed with a ZeroDivisionError deep inside)."""
+    for gamma in (1e-40, 1e39):
+        prior = Prior.default(faithful, 3, weight_concentration=gamma, weight_prior="dirichlet_process")
+        assert prior.arrays(3, "full", np.float64).concentration[0, 1] == gamma  # float64 holds both
+        with pytest.raises(ValueError, match="weight_concentration .* beyond what float32 holds"):
+            prior.arrays(3, "full", np.float32)
+        with jax.enable_x64(False), pytest.raises(ValueError, match="fit in float64"):
+            bg.fit_gibbs(faithful, 3, prior=prior, num_warmup=10, num_samples=10, num_chains=1, seed=0)
+    with pytest.raises(ValueError, match="mean_precision 1e-45 is beyond"):
+        dataclasses.replace(Prior.default(faithful, 2), mean_precision=1e-45).arrays(2, "diag", np.float32)
 
 
 def test_dirichlet_process_prior_checks_and_round_trip(faithful, tmp_path):

@@ -322,6 +322,9 @@ def test_drawn_labels_give_the_exact_occupancy_probabilities(faithful_gibbs):
     post = fit.num_components_posterior(x, seed=3)
     assert abs(post.loc[1] - exact_one) < 4.5 * np.sqrt(exact_one * (1 - exact_one) / s)
     assert post.loc[1] + post.loc[2] == pytest.approx(1.0)
+    # max_draws is a bound: 1500 of 4000 draws take every third, 1334 (every second, 2000, before)
+    thinned = fit.num_components_posterior(x, max_draws=1500, seed=3).to_numpy() * 1334
+    np.testing.assert_allclose(thinned, np.round(thinned), atol=1e-9)
     with pytest.raises(ValueError, match="point estimate"):
         bg.fit_em(x, 1).num_components_posterior(x)
 

@@ -181,3 +181,24 @@ def test_bad_inputs_raise():
         permute_draws({**draws, "covariances": np.ones((1, 2, 3, 2))}, np.zeros((1, 2, 3), int), "diag")
     with pytest.raises(ValueError, match="feature must index one of the 2 features, got 5"):  # an IndexError
         invariant_summaries({**draws, "covariances": np.ones((1, 2, 3, 2))}, "diag", feature=5)
+
+
+def test_joint_kl_cost_keeps_filled_components_on_filled_labels():
+    """Draws holding one filled component (weight 1) and empty ones (weight 0, parameters drawn
+    far away, as a wide prior draws them): the weight-aware cost puts the filled component on the
+    pivot's filled label whatever the empty ones look like; the plain KL cost, which ignores the
+    weights, matches the far empty components first and moves the filled one off it."""
+    pivot = GMMParams(np.array([1.0, 0.0, 0.0]), np.array([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]]),
+                      np.array([np.eye(2), np.eye(2), np.eye(2)]))
+    draws = {"weights": np.array([[0.0, 1.0, 0.0]]),
+             "means": np.array([[[6.0, 6.0], [0.2, -0.1], [40.0, -30.0]]]),
+             "covariances": np.array([[np.eye(2) * 9.0, np.eye(2) * 1.1, np.eye(2) * 50.0]])}
+    joint, perms = align_draws(draws, pivot, "full", cost="joint_kl")
+    assert joint["weights"][0, 0] == 1.0 and perms[0, 0] == 1
+    plain, _ = align_draws(draws, pivot, "full", cost="kl")
+    assert plain["weights"][0, 0] == 0.0
+    # in other units the same permutation (the log-determinant term is the same for every assignment then)
+    scaled = {"weights": draws["weights"], "means": draws["means"] * 1e3, "covariances": draws["covariances"] * 1e6}
+    pivot_scaled = GMMParams(pivot.weights, pivot.means * 1e3, pivot.covariances * 1e6)
+    np.testing.assert_array_equal(align_draws(scaled, pivot_scaled, "full", cost="joint_kl")[1], perms)
+
