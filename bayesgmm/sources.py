@@ -7,6 +7,7 @@ memory maps included) and Parquet files (by row batches).
 
 from __future__ import annotations
 
+import collections.abc
 import os
 
 import numpy as np
@@ -234,7 +235,8 @@ class ParquetSource(Source):
     path : str or path-like
         A Parquet file (needs ``pyarrow``).
     columns : str, list of str or None
-        Names of the numeric columns to read; None: every column (all must then be numeric).
+        Names of the numeric columns to read; None: every column (all must then be numeric) except
+        the row labels of a DataFrame that pandas stored (which pandas reads back as the index).
         float32 when every column read is float32, float64 otherwise.
     """
 
@@ -252,7 +254,13 @@ class ParquetSource(Source):
         schema = self.file.schema_arrow
         names = list(schema.names)
         if columns is None:
-            cols = names
+            # a DataFrame's row labels that pandas stored as columns (``__index_level_0__`` or the
+            # index's name; a RangeIndex is stored as metadata only): pandas reads them back as
+            # the index, not as data, and so do we
+            index = [c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+            cols = [c for c in names if c not in index]
+            if not cols:
+                raise ValueError(f"{self.name} holds no column besides its pandas index {index}.")
         else:
             cols = [columns] if isinstance(columns, str) else list(columns)
             if not cols or not all(isinstance(c, str) for c in cols):
@@ -260,6 +268,9 @@ class ParquetSource(Source):
             unknown = [c for c in cols if c not in names]
             if unknown:
                 raise ValueError(f"{self.name} has no column(s) {unknown}; its columns are {names}.")
+            repeated = sorted({c for c in cols if cols.count(c) > 1})
+            if repeated:
+                raise ValueError(f"columns names column(s) {repeated} of {self.name} more than once; give each column once.")
         types = {c: schema.field(c).type for c in cols}
         # as a DataFrame's columns in memory (check_data): booleans are not numbers to fit a Gaussian to
         bad = [c for c, t in types.items() if not (pa.types.is_integer(t) or pa.types.is_floating(t))]
@@ -385,6 +396,12 @@ def open_source(source, columns=None, *, missing: str = "error") -> Source:
             source = source[cols]
         arr, names = check_data(source, name="source", allow_constant=True, missing=missing)
         return ArraySource(arr, None, feature_names=names)
+    if isinstance(source, collections.abc.Iterator):  # read once, so no second pass: not a source
+        raise ValueError(
+            f"source is a {type(source).__name__} (an iterator of chunks), which streaming EM cannot read again on "
+            "every pass; save the chunks to a .npy file (np.lib.format.open_memmap) or a Parquet file and pass its path, "
+            "or pass an array."
+        )
     arr, names = check_data(source, name="source", allow_constant=True, missing=missing)
     return ArraySource(arr, columns)
 

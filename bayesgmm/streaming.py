@@ -536,6 +536,9 @@ class _Passes(NamedTuple):
     num_updates: int
     pass_seconds: list
     floor_per_obs: float
+    #: batch EM: the largest fall of the objective from one pass to the next beyond its rounding
+    #: (EM never lowers it: the streamed statistics lost precision); 0.0 when none
+    largest_fall: float = 0.0
 
 
 def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_obs) -> _Passes:
@@ -547,7 +550,7 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
     eps = float(np.finfo(feeder.dtype).eps)
     tol_total = tol * num_obs if tol > 0 else -1.0
     evaluated, objective, delta, close = params, -np.inf, np.inf, 0
-    trace, seconds, converged, magnitude = [], [], False, 0.0
+    trace, seconds, converged, magnitude, fall = [], [], False, 0.0, 0.0
     for t in range(max_iter + 1):
         start = time.perf_counter()
         stats, total, magnitude = feeder.full_pass(feeder.state_of(params), f"iteration {t + 1}")
@@ -556,6 +559,8 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
             total, magnitude = total + lp, magnitude + abs(lp)
         _refuse_non_finite(total, f"iteration {t + 1}")
         step = total - objective
+        if step < -FLOOR_ULPS * eps * magnitude:
+            fall = max(fall, -step)
         trace.append(total)
         with np.errstate(invalid="ignore", over="ignore"):  # the first pass's infinite previous change
             close, converged = _iterate.convergence(
@@ -569,7 +574,7 @@ def _batch_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num_
             break
         params, _ = batch_update(stats, prior, as_dtype(reg_covar), config=feeder.config)
     floor = FLOOR_ULPS * eps * magnitude / num_obs
-    return _Passes(evaluated, trace, len(trace) - 1, converged, len(trace), seconds, floor)
+    return _Passes(evaluated, trace, len(trace) - 1, converged, len(trace), seconds, floor, fall)
 
 
 def _refuse_non_finite(objective, when: str) -> None:
@@ -904,14 +909,25 @@ def fit_em_stream(
             DegenerateComponentWarning,
             stacklevel=2,
         )
+    in_float64 = np.dtype(dtype) == np.float64
+    precise_advice = ("Fit in memory with fit_em, whose precise form resolves it" + (
+        ", or keep reg_covar at or above its default (1e-10), which floors such variances." if in_float64 else
+        ", or fit in float64 (jax.config.update('jax_enable_x64', True))."))
     if unresolved.any():
         warnings.warn(
             f"Streaming EM component(s) {np.flatnonzero(unresolved).tolist()} have a variance that "
             f"{np.dtype(dtype).name} streamed statistics cannot resolve (their rounding is over "
-            f"{_numerics.UNRESOLVED_FACTOR:g} of it): typically a component collapsed on repeated values. Fit in "
-            "float64 (jax.config.update('jax_enable_x64', True)), or in memory with fit_em, whose precise form "
-            "resolves it.",
+            f"{_numerics.UNRESOLVED_FACTOR:g} of it): typically a component collapsed on repeated values, or a "
+            f"cluster far narrower than its distance from the data's centre. {precise_advice}",
             DegenerateComponentWarning,
+            stacklevel=2,
+        )
+    if passes.largest_fall > 0:
+        warnings.warn(
+            f"Streaming EM's objective fell by {passes.largest_fall:.3g} from one pass to the next, beyond its rounding "
+            "(EM never lowers it): the streamed moment statistics lost precision on a component far narrower than its "
+            f"distance from the data's centre, so the passes no longer follow EM. {precise_advice}",
+            PrecisionWarning,
             stacklevel=2,
         )
     if method == "batch":  # the last pass evaluated the returned parameters: its entry becomes exact
@@ -922,7 +938,8 @@ def fit_em_stream(
     if not passes.converged:
         warnings.warn(
             f"Streaming EM ({method}) did not converge in max_iter={max_iter} passes (tol={tol:g} per observation); "
-            "increase max_iter or tol.",
+            + ("more passes will not help while its statistics lose precision (the PrecisionWarning)."
+               if passes.largest_fall > 0 else "increase max_iter or tol."),
             ConvergenceWarning,
             stacklevel=2,
         )
