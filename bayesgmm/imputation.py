@@ -99,6 +99,10 @@ def _impute(result, arr, num_draws, seed) -> np.ndarray:
     out = np.repeat(np.asarray(arr, np.float64)[None], draws, axis=0)
     observed = ~np.isnan(arr)
     patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+    # one parameter draw per imputed data set, for every row: drawn per pattern of missing entries,
+    # rows of other patterns got independent draws, and the between-imputation variance of a
+    # statistic over them (Rubin's rules) came out too small (0.75 of the right one, 15 patterns)
+    which = rng.integers(len(params), size=draws) if len(params) > 1 else np.zeros(draws, int)
     for p, pattern in enumerate(patterns):
         if pattern.all():
             continue
@@ -112,7 +116,6 @@ def _impute(result, arr, num_draws, seed) -> np.ndarray:
                 total += np.einsum("nk,nkj->nj", resp, cond_means)
             out[0][np.ix_(rows, miss)] = total / len(params)
             continue
-        which = rng.integers(len(params), size=draws) if len(params) > 1 else np.zeros(draws, int)
         for j in range(draws):
             resp, cond_means, chol = _conditionals(x_rows, cols, miss, *params[which[j]])
             u = rng.uniform(size=(len(rows), 1))
