@@ -818,8 +818,13 @@ def test_gibbs_with_a_partial_prior_table_reports_the_number_of_components(tmp_p
     argv = ["fit", "--dataset", "galaxies", "-k", "10", "--method", "gibbs", "--engine-option", "num_warmup=500",
             "--engine-option", "num_samples=1000", "--engine-option", "prior={weight_concentration=0.01}",
             "--no-progress", "--no-plot", "--out", str(out)]
-    assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    with warnings.catch_warnings():
+        # so short a run has not mixed over K+ (its chains disagree: docs/workflow.md runs 5000 + 20000)
+        warnings.simplefilter("default", bg.ConvergenceWarning)
+        assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "Gibbs chains may not have converged" in captured.err
     fit = bg.load_result(out / "gibbs_k10.nc")
     x = bg.datasets.load_galaxies()
     expected = dataclasses.replace(bg.Prior.default(x, 10), weight_concentration=0.01)
