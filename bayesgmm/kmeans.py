@@ -18,6 +18,7 @@ from .params import (
     check_num_components,
     check_positive_integers,
     compute_dtype,
+    refuse_vast_columns,
     seed_to_key,
     standardisation,
 )
@@ -128,6 +129,7 @@ def kmeans_plusplus(u, x, num_components: int, *, sample_weight=None, active=Non
         cdf_w = jnp.cumsum(sample_weight)
         first = jnp.searchsorted(cdf_w, u[0, 0] * cdf_w[-1], side="right", method="compare_all")
         first = jnp.minimum(first, n - 1).astype(jnp.int32)
+    last_counted = n - 1 if sample_weight is None else n - 1 - jnp.argmax(sample_weight[::-1] > 0)
     closest = jnp.sum((x - x[first]) ** 2, 1)
     centers = jnp.zeros((k, d), x.dtype).at[0].set(x[first])
     indices = jnp.zeros((k,), first.dtype).at[0].set(first)
@@ -137,7 +139,9 @@ def kmeans_plusplus(u, x, num_components: int, *, sample_weight=None, active=Non
         # inverse-CDF draws of the candidates with probability proportional to w * `closest`
         cdf = jnp.cumsum(closest if sample_weight is None else closest * sample_weight)
         cand = jnp.searchsorted(cdf, u[c] * cdf[-1], side="right", method="compare_all")
-        cand = jnp.minimum(cand, n - 1).astype(first.dtype)
+        # every distance 0 (K above the distinct points): the last counted row, as scikit-learn
+        # takes its last row; the last row itself may be padding (a centre at the data's medians)
+        cand = jnp.minimum(cand, last_counted).astype(first.dtype)
         d_cand = jnp.minimum(sq_distances(x, x[cand]).T, closest[None])  # (trials, N)
         best = jnp.argmin(jnp.sum(d_cand, 1) if sample_weight is None else d_cand @ sample_weight)
         new = (centers.at[c].set(x[cand[best]]), indices.at[c].set(cand[best]), d_cand[best])
@@ -150,7 +154,10 @@ def kmeans_plusplus(u, x, num_components: int, *, sample_weight=None, active=Non
 
 
 def lloyd(x, centers, max_iter: int, tol, *, sample_weight=None, active=None):
-    """Lloyd iterations until the squared centre shift is at most ``tol``.
+    """Lloyd iterations until the squared centre shift is at most ``tol`` or no (weighted) row
+    changes its label (scikit-learn's strict convergence: the centres are then a fixed point; at
+    ``tol=0`` the shift test alone never stopped, the compiled shift of a fixed point being
+    about 1e-32, not 0).
 
     ``sample_weight`` (N,) weights the rows; ``active`` (K,) masks out centres (see
     :func:`kmeans_plusplus`). Returns ``(centers, labels, inertia, n_iter, converged)``.
@@ -171,20 +178,30 @@ def lloyd(x, centers, max_iter: int, tol, *, sample_weight=None, active=None):
         new = (onehot.T @ x) / jnp.maximum(counts, jnp.finfo(x.dtype).tiny)[:, None]
         return jnp.where(counts[:, None] > 0, new, c)  # an empty cluster keeps its centre
 
+    counted = None if sample_weight is None else sample_weight > 0
+
+    def settled(state):  # the shift is small enough, or the last step moved no counted row
+        _, _, _, shift, moved = state
+        return (shift <= tol) | ~moved
+
     def cond(state):
-        _, it, shift = state
-        return (it < max_iter) & (shift > tol)
+        return (state[2] < max_iter) & ~settled(state)
 
     def body(state):
-        c, it, _ = state
+        c, previous, it, _, _ = state
         labels, _ = assign(c)
+        labels = labels.astype(jnp.int32)
+        changed = labels != previous
+        moved = jnp.any(changed if counted is None else changed & counted)
         new = update(c, labels)
-        return new, it + 1, jnp.sum((new - c) ** 2)
+        return new, labels, it + 1, jnp.sum((new - c) ** 2), moved
 
-    c, n_iter, shift = jax.lax.while_loop(cond, body, (centers, jnp.int32(0), jnp.asarray(jnp.inf, x.dtype)))
+    start = (centers, jnp.full((x.shape[0],), -1, jnp.int32), jnp.int32(0), jnp.asarray(jnp.inf, x.dtype), jnp.bool_(True))
+    final = jax.lax.while_loop(cond, body, start)
+    c, n_iter = final[0], final[2]
     labels, d2 = assign(c)
     inertia = jnp.sum(d2) if sample_weight is None else d2 @ sample_weight
-    return c, labels, inertia, n_iter, shift <= tol
+    return c, labels, inertia, n_iter, settled(final)
 
 
 @functools.partial(jit, static_argnames=("num_components",))
@@ -399,7 +416,8 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     -------
     KMeansResult
     """
-    arr, _ = check_data(x, allow_constant=True, takes_missing=False)
+    arr, names = check_data(x, allow_constant=True, takes_missing=False)
+    refuse_vast_columns(np.ptp(arr.astype(np.float64), axis=0), names)  # distances beyond float64 (NaN centres)
     k = check_num_components(num_components, arr.shape[0])
     check_positive_integers(n_init=n_init, max_iter=max_iter)
     check_nonnegative(tol=tol)
@@ -407,11 +425,12 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     # centred and scaled in float64 first (as EM does): in float32 data far from zero, or on a
     # tiny or huge scale, would lose the distances to cancellation, underflow or overflow
     shift, scale = _centre_and_scale(arr.astype(np.float64))
-    xs = ((arr.astype(np.float64) - shift) / scale).astype(compute_dtype())
+    xs64 = (arr.astype(np.float64) - shift) / scale
+    xs = xs64.astype(compute_dtype())
     # rows padded to their bucket with weight 0: data of another N in the bucket reuse the program
     num_rows = arr.shape[0]
     xj, row_weight = _sharding.shard_rows(_sharding.resolve(None, num_rows), xs, np.ones(num_rows, xs.dtype))
-    tol_abs = np.asarray(tol * float(np.mean(np.var(arr.astype(np.float64), 0))) / scale**2, xs.dtype)
+    tol_abs = np.asarray(tol * float(np.mean(np.var(xs64, 0))), xs.dtype)  # in the scaled units (no under/overflow)
     centers, labels, inertia, n_iter, converged = jax.device_get(_kmeans_restarts(
         u.astype(xs.dtype), xj, row_weight, tol_abs, np.int32(max_iter), num_components=k
     ))

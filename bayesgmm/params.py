@@ -415,15 +415,20 @@ def check_data(
                 f"{name} has constant column(s) {names}: their variance is zero, so no covariance "
                 "is defined. Drop them before fitting."
             )
-        vast = np.flatnonzero(~(np.asarray(span, np.float64) <= MAX_COLUMN_SPAN))
-        if vast.size:
-            names = [feature_names[j] for j in vast]
-            raise ValueError(
-                f"{name} has column(s) {names} whose values span more than {MAX_COLUMN_SPAN:g}: their variance "
-                "overflows float64, so no covariance in these units can be reported. Rescale them before "
-                f"fitting (e.g. divide by {MAX_COLUMN_SPAN:g})."
-            )
+        refuse_vast_columns(span, feature_names, name)
     return arr, feature_names
+
+
+def refuse_vast_columns(span, feature_names, name: str = "x") -> None:
+    """Raise where a column's ``span`` (max - min, per column) exceeds :data:`MAX_COLUMN_SPAN`."""
+    vast = np.flatnonzero(~(np.asarray(span, np.float64) <= MAX_COLUMN_SPAN))
+    if vast.size:
+        names = [feature_names[j] for j in vast]
+        raise ValueError(
+            f"{name} has column(s) {names} whose values span more than {MAX_COLUMN_SPAN:g}: their variance "
+            "overflows float64, so no covariance in these units can be reported. Rescale them before "
+            f"fitting (e.g. divide by {MAX_COLUMN_SPAN:g})."
+        )
 
 
 #: Widest span (max - min) of a column that a fit takes: a variance must stay finite in float64
@@ -1261,8 +1266,11 @@ def standardisation(arr: np.ndarray, covariance_type: str, sample_weight=None):
         w = None if sample_weight is None else np.asarray(sample_weight)[keep]
         mean = np.average(column[keep], weights=w)
         scale[j] = np.sqrt(np.average((column[keep] - mean) ** 2, weights=w))
-    if covariance_type == "spherical":
-        scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
+    if covariance_type == "spherical":  # the root mean square, in units of the largest scale: squares of
+        # scales beyond 1e154 overflowed (centres 0 * inf = NaN) and below 1e-154 underflowed to 0
+        top = np.max(scale)
+        rms = top * np.sqrt(np.mean((scale / top) ** 2)) if np.isfinite(top) and top > 0 else np.sqrt(np.mean(scale**2))
+        scale = np.full_like(scale, rms)
     return shift, scale
 
 

@@ -657,6 +657,44 @@ def test_kmeans_says_when_clusters_are_left_empty():
     with pytest.warns(UserWarning, match="found 3 non-empty cluster.*only 3 distinct point"):
         km = bg.kmeans(x, 4, seed=0)
     assert np.bincount(km.labels, minlength=4).tolist().count(0) == 1
+    # the spare centre is a data point, as scikit-learn's: it was a zero-weight padding row of the
+    # row bucket, at the data's medians (1, 0 here; (1, 1) for predict, which sent rows there)
+    assert all(np.abs(x - c).max(axis=1).min() < 1e-12 for c in km.centers), km.centers
+
+
+def test_kmeans_stops_at_a_fixed_point_also_at_tol_zero():
+    """At tol=0 the compiled shift of a fixed point is about 1e-32, not 0, so k-means ran every
+    max_iter step and said converged=False; it stops as scikit-learn does when no row changes
+    its label, with the centres of the fixed point (scikit-learn from them moves nothing)."""
+    from sklearn.cluster import KMeans
+
+    from bayesgmm.kmeans import lloyd
+
+    x = np.random.default_rng(0).normal(size=(1000, 2))
+    km = bg.kmeans(x, 5, n_init=1, tol=0.0, max_iter=300, seed=0)
+    assert km.converged and km.n_iter < 30
+    loose = bg.kmeans(x, 5, n_init=1, tol=1e-12, max_iter=300, seed=0)
+    np.testing.assert_array_equal(km.centers, loose.centers)
+    again = KMeans(5, init=km.centers, n_init=1, tol=0.0, algorithm="lloyd").fit(x)
+    np.testing.assert_allclose(again.cluster_centers_, km.centers, atol=1e-12)
+    # the runs as kmeans compiles them for a user (vmapped over starts, XLA's optimisation on; the
+    # suite's unoptimised programs happened to give a shift of exactly 0), from k-means++-like starts
+    starts = jnp.asarray(np.stack([x[:5], x[5:10]]))
+    runs = jax.jit(jax.vmap(lambda c: lloyd(jnp.asarray(x), c, 300, 0.0)),
+                   compiler_options={"xla_cpu_use_fusion_emitters": False})(starts)
+    assert np.all(np.asarray(runs[4])) and np.all(np.asarray(runs[3]) < 100), runs[3]
+
+
+def test_kmeans_on_the_extreme_scales_float64_holds():
+    """Units of 1e-200 (squares underflow) give the unscaled clusters; units whose squares overflow
+    are refused as by the fits (they gave NaN centres and one cluster)."""
+    x = bg.datasets.make_mixture(300, 3, 2, separation=5.0, seed=3).x
+    ref = bg.kmeans(x, 3, seed=0)
+    tiny = bg.kmeans(x * 1e-200, 3, seed=0)
+    assert adjusted_rand(tiny.labels, ref.labels) == 1.0
+    np.testing.assert_allclose(tiny.centers * 1e200, ref.centers, rtol=1e-9)
+    with pytest.raises(ValueError, match="span more than 1e\\+150"):
+        bg.kmeans(x * 1e155, 3, seed=0)
 
 
 @pytest.mark.parametrize("offset,scale", [(1e5, 1.0), (0.0, 1e-20), (0.0, 1e20)])
