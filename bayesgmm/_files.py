@@ -17,13 +17,44 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_path", "jsonable", "write_text"]
+__all__ = ["atomic_path", "jsonable", "unjsonable_keys", "write_text"]
+
+
+#: Longest file name most file systems take (bytes); a temporary name stays within it.
+MAX_NAME_BYTES = 255
 
 
 def temporary_name(path) -> Path:
-    """A hidden, unused name beside ``path`` with the same suffix: ``.NAME.tmp-XXXXXXXX.SUFFIX``."""
+    """A hidden, unused name beside ``path`` with the same suffix: ``.NAME.tmp-XXXXXXXX.SUFFIX``,
+    the stem shortened where the whole would exceed :data:`MAX_NAME_BYTES` (a valid 248-byte
+    name could not be written)."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    tail = f".tmp-{secrets.token_hex(4)}{path.suffix}"
+    stem = path.stem
+    while stem and len(f".{stem}{tail}".encode()) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return path.with_name(f".{stem}{tail}")
+
+
+def _flush_to_disk(path: Path) -> None:
+    """Force ``path``'s bytes to the disk (before it is renamed over the destination: a rename may
+    reach the disk before the data, leaving an empty file after a power loss or an OS crash)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _flush_folder(folder: Path) -> None:
+    """Force a folder's entries (a rename into it) to the disk, where the OS allows it."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -39,17 +70,26 @@ def atomic_path(path):
     ------
     pathlib.Path
         Where to write. Whatever was written there becomes ``path`` when the block ends
-        without an exception; otherwise it is deleted and ``path`` is untouched.
+        without an exception (flushed to the disk first; an overwritten file keeps its
+        permissions, and a symbolic link the file it names); otherwise it is deleted and
+        ``path`` is untouched.
     """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a folder; give the path of a file to write.")
     if not path.parent.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: its folder {str(path.parent)!r} does not exist; create it first.")
+    if path.is_symlink():  # write the file the link names (replacing the link left that file as it was)
+        path = Path(os.path.realpath(path))
+    mode = path.stat().st_mode & 0o7777 if path.exists() else None
     tmp = temporary_name(path)
     try:
         yield tmp
+        if mode is not None:  # an overwritten file keeps its permissions (a private 0600 file became 0644)
+            os.chmod(tmp, mode)
+        _flush_to_disk(tmp)
         os.replace(tmp, path)
+        _flush_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -79,3 +119,18 @@ def jsonable(value, *, default=None):
     if isinstance(value, Mapping):
         return {str(k): jsonable(a, default=default) for k, a in value.items()}
     return value if default is None else default(value)
+
+
+def unjsonable_keys(mapping: Mapping) -> list:
+    """The keys of ``mapping`` whose values JSON cannot hold even after :func:`jsonable` (sets,
+    complex numbers, bytes, arbitrary objects)."""
+    import json
+
+    bad = []
+    for key, value in mapping.items():
+        try:
+            json.dumps(jsonable(value))
+        except (TypeError, ValueError):
+            bad.append(key)
+    return bad
+

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,7 @@ import numpy as np
 
 from . import _numerics
 from ._compile import jit
-from ._files import jsonable
+from ._files import jsonable, unjsonable_keys
 from ._sharding import row_bucket
 from .params import GMMParams, PriorArrays, check_data, seed_to_key
 
@@ -383,6 +384,10 @@ def _metadata(result, sample_stats_map, raw_mode) -> str:
         "sample_stats_map": sample_stats_map,
         "has_predictive": result.predictive is not None,
     }
+    bad = unjsonable_keys(result.info)
+    if bad:  # kept as text rather than failing the whole file; said, not silent
+        warnings.warn(f"info entries {bad} hold values JSON cannot store; they are stored as their repr() text.",
+                      UserWarning, stacklevel=4)
     return json.dumps(meta, default=repr)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -20,10 +21,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _covariance_models, _numerics, _sticks
-from ._files import jsonable
+from ._files import jsonable, unjsonable_keys
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
 __all__ = ["FitDiagnostics", "FitResult", "StudentTMixture"]
+
+#: Version of :meth:`FitResult.to_dict`'s layout (``"format_version"``; files without it are
+#: version 0, which reads the same). :meth:`FitResult.from_json` refuses newer versions.
+JSON_FORMAT_VERSION = 1
 
 
 class StudentTMixture(NamedTuple):
@@ -850,6 +855,7 @@ class FitResult:
             What :meth:`to_json` writes.
         """
         return {
+            "format_version": JSON_FORMAT_VERSION,
             "method": self.method,
             "covariance_type": self.covariance_type,
             "covariance_model": self.covariance_model,
@@ -890,6 +896,12 @@ class FitResult:
         str
             The JSON text.
         """
+        bad = unjsonable_keys(self.info)
+        if bad:
+            kinds = ", ".join(sorted({type(self.info[k]).__name__ for k in bad}))
+            raise ValueError(f"info entries {bad} hold values JSON cannot store ({kinds}); "
+                             "make them lists, numbers, strings or dicts of these (dataclasses.replace(result, info=...)), "
+                             "or save with bayesgmm.save_result, which stores their repr().")
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             from ._files import write_text
@@ -932,12 +944,16 @@ class FitResult:
         OSError
             The file cannot be read.
         """
-        if isinstance(source, str) and source.lstrip().startswith("{"):
+        if isinstance(source, str) and source.lstrip().startswith("{") and not os.path.exists(source):
             text, where = source, "FitResult JSON text"
         else:
             where = f"FitResult JSON file {str(source)!r}"
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
+            try:
+                with open(source, encoding="utf-8") as f:
+                    text = f.read()
+            except UnicodeDecodeError:
+                raise ValueError(f"{where} holds binary data, not JSON text (a NetCDF file? read it with "
+                                 "bayesgmm.load_result and a .nc name).") from None
         try:
             d = json.loads(text)
         except json.JSONDecodeError as err:
@@ -981,6 +997,9 @@ _BAYESIAN_METHODS = ("vb", "svi", "mcmc", "gibbs")
 _OBJECTIVES = ("log_likelihood", "log_posterior", "classification_log_likelihood", "classification_log_posterior", "elbo")
 _REQUIRED = ("method", "covariance_type", "weights", "means", "covariances", "log_likelihood", "converged", "n_iter",
              "trace", "objective", "feature_names", "num_obs")
+#: the fields :meth:`FitResult.to_dict` writes beside the required ones
+_OPTIONAL = {"format_version", "covariance_model", "num_components", "degenerate_components", "prior", "info",
+             "posterior_omitted"}
 #: tolerance on the sum of the weights (float32 fits round to ~1e-7)
 _WEIGHT_SUM_TOL = 1e-5
 
@@ -1027,6 +1046,16 @@ def _validated_summary(d, where: str) -> dict:
     """
     if not isinstance(d, dict):
         raise ValueError(f"{where} must hold a JSON object (as FitResult.to_json writes), got {type(d).__name__}.")
+    version = d.get("format_version", 0)  # files before version 1 have none
+    if not _is_int(version):
+        raise ValueError(f"{where}: field 'format_version' must be an integer; got {_short(version)}.")
+    if version > JSON_FORMAT_VERSION:
+        raise ValueError(f"{where} uses bayesgmm's JSON result format {version}, newer than this version reads "
+                         f"({JSON_FORMAT_VERSION}); upgrade bayesgmm to load it.")
+    unknown = sorted(set(d) - set(_REQUIRED) - _OPTIONAL)
+    if unknown:  # a newer writer's field would be lost without a word
+        warnings.warn(f"{where} has field(s) {unknown} that this version of bayesgmm does not know; they are ignored.",
+                      UserWarning, stacklevel=4)
     missing = [key for key in _REQUIRED if key not in d]
     if missing:
         raise ValueError(f"{where} lacks the field(s) {missing}; a FitResult JSON has {list(_REQUIRED)} "

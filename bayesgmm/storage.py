@@ -60,7 +60,11 @@ def from_inference_data(idata):
             "written by bayesgmm.save_result, can be turned back into a FitResult."
         )
     meta = json.loads(attrs[META_KEY])
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"This file's bayesgmm result format version is {version!r}, not an integer: it was not "
+                         "written by bayesgmm.save_result (or was edited); write it again with save_result.")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"This file uses bayesgmm result format {meta['format_version']}, newer than this version "
             f"reads ({FORMAT_VERSION}); upgrade bayesgmm to load it."
@@ -138,6 +142,10 @@ def save_result(result, path, x=None, **kwargs):
     if Path(path).suffix.lower() == ".json":
         raise ValueError(f"save_result writes NetCDF, not JSON: give a path ending in .nc, not {str(path)!r} "
                          "(the JSON summary, without posterior draws, is result.to_json(path)).")
+    nul = [name for name in result.feature_names if "\x00" in name]
+    if nul:  # HDF5's strings end at a NUL (h5py: "VLEN strings do not support embedded NULLs")
+        raise ValueError(f"feature name(s) {nul} hold a NUL character, which NetCDF cannot store; rename them "
+                         "(dataclasses.replace(result, feature_names=...)) or save with result.to_json.")
     idata = to_inference_data(result, x, **kwargs)
     with atomic_path(path) as tmp:
         idata.to_netcdf(str(tmp))
@@ -168,10 +176,17 @@ def load_result(path):
                          "written by FitResult.to_json.")
     with open(path, "rb") as f:  # a missing file: FileNotFoundError, as open() says it
         signature = f.read(8)
-    if not (signature.startswith(b"CDF") or signature.startswith(b"\x89HDF\r\n\x1a\n")):
+    if signature.startswith(b"CDF"):  # classic NetCDF (3): save_result writes NetCDF-4, which is HDF5
+        raise ValueError(f"{str(path)!r} is a classic (version 3) NetCDF file; bayesgmm.save_result writes NetCDF-4 "
+                         "files, and only those are read back as results.")
+    if not signature.startswith(b"\x89HDF\r\n\x1a\n"):
         raise ValueError(f"{str(path)!r} is not a NetCDF file (nor .json); give a file written by bayesgmm.save_result "
                          "(NetCDF) or FitResult.to_json (.json).")
     az = import_arviz()
-    with az.rc_context({"data.load": "eager"}):
-        idata = az.from_netcdf(str(path))
+    try:
+        with az.rc_context({"data.load": "eager"}):
+            idata = az.from_netcdf(str(path))
+    except OSError as err:  # h5py's "truncated file: eof = ..." and the like, without the path
+        raise ValueError(f"{str(path)!r} could not be read as NetCDF ({err}); is the file truncated or damaged? "
+                         "Write it again with bayesgmm.save_result.") from None
     return from_inference_data(idata)

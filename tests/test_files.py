@@ -239,3 +239,79 @@ def test_to_json_is_atomic(x, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         bg.fit_em(x, 3, n_init=1, seed=0).to_json(path)
     assert path.read_text() == before and os.listdir(tmp_path) == ["fit.json"]
+
+
+def test_json_files_carry_their_format_version(summary, tmp_path):
+    """JSON files had no version, and fields a newer writer adds were dropped without a word."""
+    assert summary["format_version"] == 1
+    with pytest.raises(ValueError, match="JSON result format 2, newer than this version reads"):
+        _load({**summary, "format_version": 2})
+    with pytest.raises(ValueError, match="'format_version' must be an integer"):
+        _load({**summary, "format_version": "1"})
+    with pytest.warns(UserWarning, match=r"field\(s\) \['mixture_shape'\] that this version"):
+        _load({**summary, "mixture_shape": "skewed"})
+    older = {k: v for k, v in summary.items() if k != "format_version"}  # files before the version: read as before
+    assert _load(older).to_dict() == _load(summary).to_dict()
+    folder = tmp_path / "{run}"  # a path that starts with "{" is a path, not JSON text
+    folder.mkdir()
+    (folder / "fit.json").write_text(json.dumps(summary))
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert bg.FitResult.from_json("{run}/fit.json").to_dict() == _load(summary).to_dict()
+    finally:
+        os.chdir(cwd)
+
+
+def test_damaged_or_foreign_netcdf_files_are_named(x, tmp_path):
+    """A truncated file gave h5py's OSError without the path, a NetCDF file named .json a
+    UnicodeDecodeError, a classic NetCDF-3 file 'file signature not found', a feature name with
+    a NUL an error from inside h5py, and a hand-edited version a TypeError."""
+    fit = bg.fit_em(x, 2, n_init=1, seed=0)
+    path = tmp_path / "fit.nc"
+    bg.save_result(fit, path)
+    whole = path.read_bytes()
+    (tmp_path / "cut.nc").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="cut.nc' could not be read as NetCDF .* truncated or damaged"):
+        bg.load_result(tmp_path / "cut.nc")
+    (tmp_path / "fit.json").write_bytes(whole)
+    with pytest.raises(ValueError, match="holds binary data, not JSON text"):
+        bg.load_result(tmp_path / "fit.json")
+    (tmp_path / "old.nc").write_bytes(b"CDF\x01" + bytes(60))
+    with pytest.raises(ValueError, match="classic \\(version 3\\) NetCDF file"):
+        bg.load_result(tmp_path / "old.nc")
+    with pytest.raises(ValueError, match="hold a NUL character"):
+        bg.save_result(dataclasses.replace(fit, feature_names=("a\x00b", "c")), tmp_path / "nul.nc")
+    assert not (tmp_path / "nul.nc").exists()
+
+
+def test_an_overwrite_keeps_permissions_and_symbolic_links_and_long_names_fit(x, tmp_path):
+    """Overwriting replaced the file: a private 0600 file became 0644 and a symbolic link became a
+    plain file (the file it named kept the old result); and a 248-byte name, which the file
+    system takes, failed (the temporary name added 14 characters)."""
+    one, two = bg.fit_em(x, 1, seed=0), bg.fit_em(x, 2, n_init=1, seed=0)
+    private = tmp_path / "private.json"
+    one.to_json(private)
+    os.chmod(private, 0o600)
+    two.to_json(private)
+    assert os.stat(private).st_mode & 0o777 == 0o600
+    real, link = tmp_path / "real.nc", tmp_path / "link.nc"
+    bg.save_result(one, real)
+    link.symlink_to(real)
+    bg.save_result(two, link)
+    assert link.is_symlink() and bg.load_result(real).num_components == 2
+    long = tmp_path / ("r" * 243 + ".json")  # 248 bytes
+    two.to_json(long)
+    assert bg.FitResult.from_json(long).num_components == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([long.name, "link.nc", "private.json", "real.nc"])
+
+
+def test_info_entries_json_cannot_hold_are_named(x, tmp_path):
+    """A hand-made info entry JSON cannot hold (a set, a complex number): to_json raised a bare
+    TypeError naming no entry, and save_result stored its repr() without a word."""
+    fit = dataclasses.replace(bg.fit_em(x, 2, n_init=1, seed=0), info={"tags": frozenset({"a"}), "z": 1 + 2j, "ok": 1})
+    with pytest.raises(ValueError, match=r"info entries \['tags', 'z'\] hold values JSON cannot store \(complex, frozenset\)"):
+        fit.to_json(tmp_path / "fit.json")
+    with pytest.warns(UserWarning, match=r"info entries \['tags', 'z'\] .* stored as their repr"):
+        bg.save_result(fit, tmp_path / "fit.nc")
+    assert bg.load_result(tmp_path / "fit.nc").info["z"] == "(1+2j)"
