@@ -42,6 +42,26 @@ NESTED = (
 )
 
 
+def nested_pairs(models) -> list:
+    """Every ``(small, large)`` of ``models`` with ``small`` nested in ``large`` through
+    :data:`NESTED`'s chains (its transitive closure), smaller models first: spherical (VII) is
+    nested in diag (VVI) and tied (EEE) in full (VVV) though no direct pair links them."""
+    below = {m: set() for m in MODELS}
+    for small, large in NESTED:
+        below[large].add(small)
+    changed = True
+    while changed:
+        changed = False
+        for large in MODELS:
+            reach = set().union(*(below[m] for m in below[large])) - below[large]
+            if reach:
+                below[large] |= reach
+                changed = True
+    present = [m for m in MODELS if m in set(models)]
+    depth = {m: len(below[m]) for m in MODELS}
+    return sorted(((s, big) for big in present for s in present if s in below[big]), key=lambda p: (depth[p[0]], depth[p[1]]))
+
+
 def _model(name: str) -> str:
     if name in ALIASES:
         return ALIASES[name]

@@ -248,8 +248,8 @@ def rank_bins(num_ranks: int, num_replications: int, num_bins: int | None = None
     n_values = int(num_ranks) + 1
     if num_bins is None:
         target = int(np.clip(min(20, int(num_replications) // 10), 2, n_values))
-        divisors = [b for b in range(1, target + 1) if n_values % b == 0]
-        num_bins = divisors[-1] if divisors[-1] * 2 >= target else target
+        divisors = [b for b in range(2, target + 1) if n_values % b == 0]  # one bin tests nothing (df 0, p NaN)
+        num_bins = divisors[-1] if divisors and divisors[-1] * 2 >= target else target
     num_bins = int(num_bins)
     if not 1 <= num_bins <= n_values:
         raise ValueError(f"num_bins must be between 1 and L + 1 = {n_values}, got {num_bins}.")

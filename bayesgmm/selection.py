@@ -198,9 +198,7 @@ def _climb_nested(x, fits, failed, types, ks, allow_degenerate: bool, **options)
     names = {_covariance_models.resolve(t)[1]: t for t in types}
     for _ in range(3):  # a few passes: an improved fit can lift the models above it in turn
         changed = False
-        for small, large in _covariance_models.NESTED:
-            if small not in names or large not in names:
-                continue
+        for small, large in _covariance_models.nested_pairs(names):  # chains too: spherical in diag, tied in full
             for k in ks:
                 a, b = (names[small], k), (names[large], k)
                 if failed[a] or fits[b].log_likelihood >= fits[a].log_likelihood - 1e-9 * abs(fits[a].log_likelihood):
@@ -429,7 +427,8 @@ def select_bayesian(
 
     az = import_arviz()
     with _sharding.ProcessCall(engine_kwargs.get("devices"), "select_bayesian"):  # one process's error stops all
-        data = prepare_data(x)  # validated once for every K
+        missing = engine_kwargs.get("missing", "error")
+        data = prepare_data(x, missing=missing)  # validated once for every K (missing= reached it too late)
         arr = data.values
         ks = _check_k_range(k_range, arr.shape[0])
         engine = get_engine(method, draws=True, purpose="for Bayesian model comparison")
@@ -459,6 +458,6 @@ def select_bayesian(
     k_over = overfit_components or ks[-1] + 2
     sparse_prior = Prior.default(arr, k_over, weight_concentration=sparse_concentration)
     sparse = fit_vb(data, k_over, covariance_type="diag" if covariance_type == "diag" else "full",
-                    prior=sparse_prior, seed=seed)
+                    prior=sparse_prior, seed=seed, missing=missing)
     effective = {"effective_components": sparse.effective_components, "weights": sparse.weights, "fit": sparse}
     return comparison, fits, effective

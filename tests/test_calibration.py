@@ -335,6 +335,11 @@ def test_rank_bins():
     edges = rank_bins(100, 200)  # 101 values (prime): no equal-width split, widths differ by <= 1
     assert edges[0] == 0 and edges[-1] == 101 and len(edges) == 21 and set(np.diff(edges)) <= {5, 6}
     assert len(rank_bins(9, 5)) == 3  # at least 2 bins
+    # an odd number of rank values (L + 1 = 101, 7) and few replications: 2 bins of widths that differ
+    # by one (the only divisor up to 2 was 1, so one bin, a chi-square of 0 degrees of freedom, p NaN)
+    for num_ranks, r in ((100, 25), (6, 20), (98, 29)):
+        edges = rank_bins(num_ranks, r)
+        assert len(edges) == 3 and edges[-1] == num_ranks + 1 and abs(np.diff(edges)[0] - np.diff(edges)[1]) <= 1
 
 
 def test_simultaneous_ecdf_band_has_its_coverage():
