@@ -28,10 +28,15 @@ its weight: the KL divergence between the joint distributions of label and point
 
     cost[j, k] = w_j (cost_kl[j, k] / 2 + log|Sigma_k^*| / 2 - log w_k^*)
 
-An empty component of a draw (weight near 0; its parameters are draws from the prior) then costs
-nothing wherever it goes, and a filled one is kept from an empty label of the pivot: the samplers
-use it where components may be empty (sparse or stick-breaking weight priors), aligning to their
-draw of highest log posterior. Tied covariances are shared by all components:
+A component's cost scales with its weight, so an empty component of a draw (its parameters are
+draws from the prior) costs little wherever it goes, and a filled one is kept from an empty label
+of the pivot (a weight of exactly 0 counts as ``exp(-1e5)``: a filled component goes there only
+when it must). Little is not nothing: a component of weight ``w`` a Mahalanobis distance ``d``
+from a label costs about ``w d^2 / 2``, so a prior draw far from the data (weight 1e-3, tens of
+units away) can outweigh moving a filled cluster to another label; a review found that in 0-5% of
+the draws of overfitted fits (29 of 600 on the galaxies). The samplers use this cost where
+components may be empty (sparse or stick-breaking weight priors), aligning to their draw of
+highest log posterior. Tied covariances are shared by all components:
 they are never permuted, and the trace term is the same for every assignment.
 
 Everything here is plain NumPy/SciPy on arrays with leading (chain, draw) dimensions.
@@ -123,7 +128,8 @@ def assignment_costs(draws, pivot: GMMParams, covariance_type: str, *, cost: str
         out = out + np.einsum("kab,...jba->...jk", prec, draw_covariances)
     if cost == "joint_kl":
         log_det = 2.0 * np.sum(np.log(np.einsum("kaa->ka", chol)), axis=-1)  # log|Sigma_k^*| in the scaled units
-        log_w = np.log(np.maximum(np.asarray(pivot.weights, np.float64), np.finfo(np.float64).tiny))
+        pivot_w = np.asarray(pivot.weights, np.float64)
+        log_w = np.where(pivot_w > 0, np.log(np.where(pivot_w > 0, pivot_w, 1.0)), -1e5)  # finite: Hungarian needs it
         out = w[..., :, None] * (0.5 * out + 0.5 * log_det - log_w)
     return out
 

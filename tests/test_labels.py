@@ -202,3 +202,13 @@ def test_joint_kl_cost_keeps_filled_components_on_filled_labels():
     pivot_scaled = GMMParams(pivot.weights, pivot.means * 1e3, pivot.covariances * 1e6)
     np.testing.assert_array_equal(align_draws(scaled, pivot_scaled, "full", cost="joint_kl")[1], perms)
 
+
+
+def test_joint_kl_keeps_a_filled_component_off_a_label_of_weight_zero():
+    """A pivot weight of exactly 0 was floored at float64's tiny (log -708), so a filled component
+    went to that label (an infinite objective) wherever a finite placement cost more than 708."""
+    pivot = GMMParams(np.array([1.0, 0.0]), np.array([[0.0], [40.0]]), np.array([[[1.0]], [[1.0]]]))
+    draws = {"weights": np.array([[1.0, 0.0]]), "means": np.array([[[40.0], [0.0]]]),
+             "covariances": np.array([[[[1.0]], [[1.0]]]])}
+    aligned, perms = align_draws(draws, pivot, "full", cost="joint_kl")
+    assert perms.tolist() == [[0, 1]] and aligned["weights"][0, 0] == 1.0
