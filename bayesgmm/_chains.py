@@ -194,8 +194,10 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
         best = np.unravel_index(np.argmax(np.where(np.isfinite(lp), lp, -np.inf)), lp.shape)
         reference = GMMParams(*(raw_draws[name][best] for name in ("weights", "means", "covariances")))
     if align and k > 1:
-        cost = "kl" if reference is pivot else "joint_kl"
-        draws, perms = align_draws(raw_draws, reference, covariance_type, cost=cost)
+        if reference is pivot:
+            draws, perms = align_draws(raw_draws, reference, covariance_type)
+        else:  # components of expected count below one row are prior draws: free wherever they go
+            draws, perms = align_draws(raw_draws, reference, covariance_type, cost="joint_kl", num_obs=num_obs)
         switched = float(np.mean(np.any(perms != np.arange(k), axis=-1)))
         if switched and not _sticks.is_exchangeable(concentration):
             underflow = float(np.finfo(np.asarray(log_posterior_std).dtype).tiny)  # the compute type's

@@ -212,3 +212,20 @@ def test_joint_kl_keeps_a_filled_component_off_a_label_of_weight_zero():
              "covariances": np.array([[[[1.0]], [[1.0]]]])}
     aligned, perms = align_draws(draws, pivot, "full", cost="joint_kl")
     assert perms.tolist() == [[0, 1]] and aligned["weights"][0, 0] == 1.0
+
+
+def test_joint_kl_lets_components_of_less_than_one_observation_go_anywhere():
+    """A real Gibbs draw (two clusters merged in a stuck chain) whose empty component, weight 0.0022,
+    is a prior draw far from the data: weighted by its weight it still cost more on its own label
+    than moving cluster A off label 0, so label 0 received the empty component. With N = 300 rows
+    its expected count, 0.66, is below one observation: it costs nothing anywhere, and A stays."""
+    eye = np.eye(2)
+    best = GMMParams(np.array([0.397, 0.300, 0.303]), np.array([[0.0, 0.0], [12.0, 0.0], [12.0, 5.0]]),
+                     np.stack([eye, 0.25 * eye, 0.25 * eye]))
+    draw = {"weights": np.array([[0.0022, 0.4209, 0.5769]]),  # empty, cluster A, clusters B and C merged
+            "means": np.array([[[443.7, -315.1], [-0.2, 0.1], [12.0, 2.6]]]),
+            "covariances": np.array([[0.5 * eye, eye, np.diag([0.25, 6.5])]])}
+    unweighted = align_draws(draw, best, "full", cost="joint_kl")[1]
+    assert unweighted[0, 0] == 0  # label 0 took the empty component
+    perms = align_draws(draw, best, "full", cost="joint_kl", num_obs=300)[1]
+    assert perms[0, 0] == 1  # cluster A keeps label 0
