@@ -109,8 +109,9 @@ def make_mixture(
 ) -> MixtureData:
     """Draw data from a Gaussian mixture with known parameters and labels.
 
-    Component covariances have average variance 1 (for ``full`` and ``tied``: a random
-    orientation with eigenvalues drawn from [0.5, 1.5] before scaling, so never near-singular);
+    Component variances are drawn from [0.5, 1.5]: for ``diag`` and ``spherical`` as they are
+    (average 1 in expectation), for ``full`` and ``tied`` as eigenvalues of a random orientation,
+    then scaled to an average variance of exactly 1 (so never near-singular);
     means are drawn with standard deviation ``separation`` per coordinate, so larger values give
     better separated clusters. The data are produced by running
     :func:`bayesgmm.model.gmm_model` forward at these parameters.

@@ -34,12 +34,12 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from . import _sharding
+from . import _covariance_models, _sharding
 from ._checkpoint import frame_codec, open_checkpoint
 from ._executors import check_executor, recorded_warnings, run_tasks
 from .engines import SET_BY_CALLER, check_engine_options, engine_names, get_engine
-from .labels import align_draws
-from .params import GMMParams, Prior, check_data, check_int, check_num_components, prepare_data
+from .labels import align_draws, permute_draws
+from .params import GMMParams, Prior, check_data, check_int, check_num_components, check_params, prepare_data
 from .results import FitResult
 
 __all__ = [
@@ -222,10 +222,21 @@ def _check_engine_kwargs_table(engine_kwargs, methods: tuple) -> None:
         check_engine_options(engine, method, kw)
 
 
-def _align_to(draws: Mapping, truth: GMMParams, covariance_type: str) -> dict:
+def _check_interval_and_replicates(interval, bootstrap_replicates) -> None:
+    """The coverage settings of :func:`compare` and :func:`simulation_study`."""
+    if not (isinstance(bootstrap_replicates, (int, np.integer)) and not isinstance(bootstrap_replicates, bool)
+            and (bootstrap_replicates == 0 or bootstrap_replicates >= 2)):
+        raise ValueError(f"bootstrap_replicates must be 0 (no intervals for EM) or an integer >= 2, got "
+                         f"{bootstrap_replicates!r}.")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float, np.floating)) or not 0 < interval < 1:
+        raise ValueError(f"interval must be a number in (0, 1), got {interval!r}.")
+
+
+def _align_to(draws: Mapping, truth: GMMParams, covariance_type: str) -> tuple[dict, np.ndarray | None]:
+    """``draws`` relabelled to the truth and the permutations used (None for K = 1)."""
     if truth.means.shape[0] == 1:
-        return dict(draws)
-    return align_draws(draws, truth, covariance_type)[0]
+        return dict(draws), None
+    return align_draws(draws, truth, covariance_type)
 
 
 def _point_draws(result: FitResult) -> dict:
@@ -237,20 +248,26 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
     """Errors of the aligned point estimate and coverage of the central intervals."""
     ct = result.covariance_type
     truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
-    point = _align_to(_point_draws(result), truth, ct)
+    point, perm = _align_to(_point_draws(result), truth, ct)
     out = {}
     for name in ("weights", "means", "covariances"):
         diff = np.asarray(point[name][0, 0]) - getattr(truth, name)
         out[f"{name}_error"] = float(np.sqrt(np.mean(diff**2)))
     draws = None
     if result.draws is not None:
-        draws = _align_to(result.draws, truth, ct)
+        draws = result.draws
     elif result.method in ("em", "map-em") and bootstrap_replicates:
         from .uncertainty import bootstrap
 
         with recorded_warnings("ignore"):
             draws = bootstrap(result, x, num_replicates=bootstrap_replicates, seed=seed).draws
-        draws = _align_to(draws, truth, ct)
+    if draws is not None and perm is not None:
+        # the draws are in the fit's own labels (aligned to its pivot, or the bootstrap's to the fit):
+        # the point estimate's one matching to the truth carries them over. Matching every draw to
+        # the truth on its own pooled draws of different components into one label, so intervals
+        # widened until they covered the truth (coverage 1.0 where the posterior's own covered none)
+        lead = np.shape(draws["weights"])[:-1]
+        draws = permute_draws(draws, np.broadcast_to(perm[0, 0], lead + perm.shape[-1:]), ct)
     alpha = (1 - interval) / 2
     for name in ("weights", "means", "covariances"):
         if draws is None:
@@ -358,7 +375,10 @@ def compare(
     labels : array-like (N,), optional
         True components of ``x``, for ``ari`` and ``nmi``.
     truth : GMMParams, optional
-        True parameters (simulated data), for errors and interval coverage after label alignment.
+        True parameters (simulated data), for errors and interval coverage: the point estimate
+        is matched to the truth's labels once, and its draws carried over with it. Covariances
+        in the layout of ``covariance_type`` (checked, except that with K = D a diagonal truth
+        and a tied one have the same shape).
     interval : float
         Level of the central intervals whose coverage is reported (0.9: 5%-95%).
     bootstrap_replicates : int
@@ -415,10 +435,17 @@ def compare(
             truth = GMMParams(*(np.asarray(a, np.float64) for a in (truth.params if isinstance(truth, FitResult) else truth)))
             if truth.means.shape != (k, arr.shape[1]):
                 raise ValueError(f"truth.means must have shape ({k}, {arr.shape[1]}), got {truth.means.shape}.")
+            # weights on the simplex, covariances in the fits' layout (one component's for K was
+            # broadcast, a diagonal truth read as a matrix where K = D: errors of nothing)
+            layout = _covariance_models.storage(covariance_type)
+            try:
+                truth = check_params(truth, layout, name="truth")
+            except ValueError as err:
+                raise ValueError(f"truth: {err} Give the truth in the fits' layout (covariance_type={covariance_type!r}: "
+                                 f"{layout}), e.g. make_mixture(..., covariance_type={layout!r}).params.") from None
         if x_test is not None:
             x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True)
-        if not 0 < interval < 1:
-            raise ValueError(f"interval must be in (0, 1), got {interval!r}.")
+        _check_interval_and_replicates(interval, bootstrap_replicates)
         prior = prior if prior is not None else Prior.default(arr, k)
     settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,
                     truth=truth, interval=interval, bootstrap_replicates=bootstrap_replicates, seed=seed,
@@ -550,12 +577,7 @@ def simulation_study(
     methods = _check_methods(methods)  # one name, or several; the engines' options too, before any work
     if engine_kwargs is not None:
         _check_engine_kwargs_table(engine_kwargs, methods)
-    if not (isinstance(bootstrap_replicates, (int, np.integer)) and not isinstance(bootstrap_replicates, bool)
-            and (bootstrap_replicates == 0 or bootstrap_replicates >= 2)):
-        raise ValueError(f"bootstrap_replicates must be 0 (no intervals for EM) or an integer >= 2, got "
-                         f"{bootstrap_replicates!r}.")
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < 1:
-        raise ValueError(f"interval must be a number in (0, 1), got {interval!r}.")
+    _check_interval_and_replicates(interval, bootstrap_replicates)
     grid = [(n, s, k) for n in np.atleast_1d(num_obs) for s in np.atleast_1d(separation) for k in np.atleast_1d(num_components)]
     small = sorted({(int(n), int(k)) for n, _, k in grid if n < max(2, k)})
     if small:
