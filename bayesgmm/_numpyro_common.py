@@ -346,6 +346,12 @@ def elbo_convergence(trace, num_obs):
     varied by 475 nats from step to step, its 2 se of 85 nats swallowed a climb of 83 nats per 250
     steps, and a default fit said converged 2,600 nats below the ELBO a longer run reached.
 
+    A steady climb too slow for the halves to show beside the noise (a small learning rate: 1-3
+    nats per 500 steps on 300 rows, converged=True 13 nats below the optimum) is caught by the
+    slope of a least-squares line through the last quarter of the steps (at least twice the
+    window), less twice its standard error, times the window's length: the drift is the larger
+    of the two estimates.
+
     Returns
     -------
     converged : bool
@@ -363,5 +369,12 @@ def elbo_convergence(trace, num_obs):
         return False, float("nan"), float("nan")
     se = np.sqrt(np.var(a) / len(a) + np.var(b) / len(b))
     drift = max(abs(b.mean() - a.mean()) - 2 * se, 0.0) / num_obs
+    span = np.asarray(trace[-min(len(trace), max(len(trace) // 2, 2 * w)):], np.float64)
+    if np.all(np.isfinite(span)):
+        t = np.arange(span.size, dtype=np.float64) - (span.size - 1) / 2
+        slope = (t @ (span - span.mean())) / (t @ t)
+        resid = span - span.mean() - slope * t
+        slope_se = np.sqrt((resid @ resid) / max(span.size - 2, 1) / (t @ t))
+        drift = max(drift, max(abs(slope) - 2 * slope_se, 0.0) * w / num_obs)
     noise = 2 * se / num_obs
     return bool(drift < ELBO_DRIFT_TOL and noise <= ELBO_NOISE_MAX), float(drift), float(noise)
