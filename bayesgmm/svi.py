@@ -332,6 +332,9 @@ def _check_guide(guide):
                 f"function with the model's signature; got {guide!r}."
             )
         return guide
+    if isinstance(guide, type) and not issubclass(guide, AutoGuide):  # a class is callable, but builds no guide
+        raise ValueError(f"guide must be one of {tuple(GUIDES)}, a numpyro AutoGuide class or instance, or a guide "
+                         f"function with the model's signature; got the class {guide.__name__}, not an AutoGuide.")
     if callable(guide):
         return guide
     raise ValueError(f"guide must be a string in {tuple(GUIDES)} or a callable numpyro guide, got {guide!r}.")

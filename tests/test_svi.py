@@ -335,6 +335,7 @@ def test_minibatch_agrees_with_full_batch():
         (dict(guide="laplace"), "guide must be one of"),
         (dict(guide=3), "guide must be"),
         (dict(guide=AutoLaplaceApproximation), "AutoLaplaceApproximation is not supported"),
+        (dict(guide=object), "got the class object, not an AutoGuide"),  # was a TypeError inside NumPyro
         (dict(learning_rate=np.array([0.1])), "learning_rate must be a positive number"),
         (dict(learning_rate=True), "learning_rate must be a positive number"),
         (dict(subsample_size=1000), "subsample_size=1000 exceeds"),
