@@ -36,21 +36,12 @@ def temporary_name(path) -> Path:
     return path.with_name(f".{stem}{tail}")
 
 
-def _flush_to_disk(path: Path) -> None:
-    """Force ``path``'s bytes to the disk (before it is renamed over the destination: a rename may
-    reach the disk before the data, leaving an empty file after a power loss or an OS crash)."""
+def _flush(path: Path) -> None:
+    """Force a file's bytes, or a folder's entries, to the disk where the OS allows it: the
+    temporary file before it is renamed over the destination (a rename may reach the disk before
+    the data, leaving an empty file after a power loss or an OS crash), its folder after."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _flush_folder(folder: Path) -> None:
-    """Force a folder's entries (a rename into it) to the disk, where the OS allows it."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -87,9 +78,9 @@ def atomic_path(path):
         yield tmp
         if mode is not None:  # an overwritten file keeps its permissions (a private 0600 file became 0644)
             os.chmod(tmp, mode)
-        _flush_to_disk(tmp)
+        _flush(tmp)
         os.replace(tmp, path)
-        _flush_folder(path.parent)
+        _flush(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -133,4 +124,3 @@ def unjsonable_keys(mapping: Mapping) -> list:
         except (TypeError, ValueError):
             bad.append(key)
     return bad
-
