@@ -172,7 +172,7 @@ def aligns_to_best_draw(concentration) -> bool:
 
 
 def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: int, covariance_type: str,
-                 align: bool, concentration, observed_counts=None) -> FinishedDraws:
+                 align: bool, concentration, observed_counts=None, *, data=None, prior=None) -> FinishedDraws:
     """Map a sampler's standardised output to the original scale and undo label switching.
 
     ``align`` relabels every draw to the pivot (:func:`bayesgmm.labels.align_draws`), or to the
@@ -182,6 +182,9 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
     stick-breaking) a relabelled draw has another prior density than the draw the chain visited.
     ``observed_counts``: with missing values, each feature's observed entries
     (:func:`bayesgmm.params.observed_entry_counts`; the data's log-Jacobian counts those).
+    Where the program computed in less than float64, ``log_posterior`` is recomputed in float64
+    from the aligned draws, the ``data`` (original units) and the ``prior``
+    (:func:`exact_log_posterior`): every reported number is a float64 one.
     """
     pivot = params_to_original(GMMParams(*(np.asarray(a) for a in pivot_std)), shift, sd, covariance_type)
     raw = params_to_original(GMMParams(*(np.asarray(a) for a in draws_std)), shift, sd, covariance_type)
@@ -204,8 +207,26 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
             lp = lp + _sticks.relabelling_shift(raw_draws["weights"], draws["weights"], concentration, underflow)
     else:
         draws, switched = dict(raw_draws), 0.0
+    if data is not None and np.asarray(log_posterior_std).dtype != np.float64:
+        lp = exact_log_posterior(data, draws, prior, covariance_type)
     point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
     return FinishedDraws(pivot, reference, raw_draws, draws, point, lp, switched)
+
+
+def exact_log_posterior(data, draws: dict, prior, covariance_type: str) -> np.ndarray:
+    """``log p(x, theta)`` of every draw, (chains, draws), in float64 on the host: the data's
+    log-likelihood (rows with missing values on their observed columns) plus the log prior
+    (:func:`bayesgmm._numerics.draws_log_prior`; ``prior`` a :class:`~bayesgmm.Prior`, original
+    units). Weights that underflowed to 0 count as float64's smallest normal number, as
+    :meth:`bayesgmm.FitResult.to_inference_data` counts them."""
+    names = ("weights", "means", "covariances")
+    c, s, k = np.shape(draws["weights"])
+    flat = [np.asarray(draws[name], np.float64).reshape((c * s,) + np.shape(draws[name])[2:]) for name in names]
+    total = _numerics.draws_log_likelihood(data, *flat, covariance_type)
+    prior_arrays = prior.arrays(k, covariance_type)
+    total = total + _numerics.draws_log_prior(_numerics.floored_weights(flat[0]), flat[1], flat[2], prior_arrays,
+                                              covariance_type)
+    return total.reshape(c, s)
 
 
 def chain_diagnostics(draws: dict) -> tuple[float, float]:

@@ -609,21 +609,38 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     return Totals(float(log_lik), float(max(entropy, 0.0)), counts, float(max(labels, 0.0)))
 
 
-def draws_log_density(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
-    """Float64 ``log p(x_n | theta_s)`` for S parameter sets (leading axis), shape (S, N)."""
+def _draws_row_blocks(x, weights, means, covariances, covariance_type: str, frame: Frame | None, each):
+    """``[each(start, block) ...]`` over row blocks of ``x``, ``block`` the (S, rows) float64
+    ``log p(x_n | theta_s)`` of S parameter sets (leading axis), on threads, in row order."""
     x = np.asarray(x)
     frame = frame or mixture_frame(weights, means, covariances, covariance_type)
     w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
-    s, n = w.shape[0], x.shape[0]
-    out = np.empty((s, n))
-    block = max(1, HOST_BLOCK_ROWS // max(1, s))
+    rows = max(1, HOST_BLOCK_ROWS // max(1, w.shape[0]))
 
-    def rows(start):  # each block writes its own columns (blocks run on threads)
-        xs = (np.asarray(x[start : start + block], np.float64) - frame.shift) / frame.scale
-        out[:, start : start + len(xs)] = mixture_log_density(xs, w, m, c, ct) + observed_log_jacobian(xs, frame.scale)
+    def one(start):
+        xs = (np.asarray(x[start : start + rows], np.float64) - frame.shift) / frame.scale
+        return each(start, mixture_log_density(xs, w, m, c, ct) + observed_log_jacobian(xs, frame.scale))
 
-    map_pieces(rows, range(0, n, block))
+    return map_pieces(one, range(0, x.shape[0], rows))
+
+
+def draws_log_density(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
+    """Float64 ``log p(x_n | theta_s)`` for S parameter sets (leading axis), shape (S, N)."""
+    out = np.empty((np.shape(weights)[0], np.shape(x)[0]))
+
+    def write(start, block):  # each block writes its own columns (blocks run on threads)
+        out[:, start : start + block.shape[1]] = block
+
+    _draws_row_blocks(x, weights, means, covariances, covariance_type, frame, write)
     return out
+
+
+def draws_log_likelihood(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
+    """Float64 ``sum_n log p(x_n | theta_s)`` for S parameter sets (leading axis), shape (S,):
+    :func:`draws_log_density`'s rows summed, block by block (memory of one block, whatever N)."""
+    sums = _draws_row_blocks(x, weights, means, covariances, covariance_type, frame,
+                             lambda start, block: block.sum(axis=1))
+    return np.sum(sums, axis=0) if sums else np.zeros(np.shape(weights)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -666,32 +683,45 @@ def log_prior(params, prior, covariance_type: str, active=None) -> float:
     ``active`` (K,) bool restricts the prior to the sub-model of the active components (as
     :func:`bayesgmm.model.log_prior`). The same density as the NumPyro model's (tested).
     """
-    w, m, c = (np.asarray(a, np.float64) for a in params)
+    w, m, c = (np.asarray(a, np.float64)[None] for a in params)
+    return float(draws_log_prior(w, m, c, prior, covariance_type, active=active)[0])
+
+
+def draws_log_prior(weights, means, covariances, prior, covariance_type: str, active=None) -> np.ndarray:
+    """:func:`log_prior` of S parameter sets (leading axis of each array), shape (S,), float64.
+
+    The weights' term is the Dirichlet's, or the stick-breaking prior's for a (K - 1, 2)
+    concentration (:func:`bayesgmm._sticks.weights_log_density`); with ``active``, the Dirichlet's
+    of the active weights (Dirichlet weights only, as :func:`bayesgmm.model.log_prior`).
+    """
+    from ._sticks import weights_log_density
+
+    w, m, c = (np.asarray(a, np.float64) for a in (weights, means, covariances))
     alpha, m0, kappa0, nu0, psi = (np.asarray(a, np.float64) for a in prior)
-    k, d = m.shape
+    k, d = m.shape[-2:]
     act = np.ones(k, bool) if active is None else np.asarray(active, bool)
-    alpha = np.broadcast_to(alpha, (k,))
-    lp = 0.0
-    if act.sum() > 1:
-        lp += dirichlet_log_density(w[act], alpha[act])
+    if active is None:
+        lp = weights_log_density(w, alpha)
+    elif act.sum() > 1:
+        lp = dirichlet_log_density(w[:, act], np.broadcast_to(alpha, (k,))[act])
+    else:
+        lp = np.zeros(w.shape[0])
     if covariance_type in ("full", "tied"):
         if covariance_type == "full":
-            lp += float(np.sum(_log_inverse_wishart(c[act], nu0, psi)))
+            lp = lp + np.sum(_log_inverse_wishart(c[:, act], nu0, psi), axis=-1)
         else:
-            lp += float(_log_inverse_wishart(c, nu0, psi))
-        covs = expand_covariances(c, covariance_type, k, d)[act] / kappa0
+            lp = lp + _log_inverse_wishart(c, nu0, psi)
+        covs = expand_covariances(c, covariance_type, k, d)[:, act] / kappa0
         chol = np.linalg.cholesky(covs)
-        y = np.linalg.solve(chol, (m[act] - m0)[..., None])[..., 0]
+        y = np.linalg.solve(chol, (m[:, act] - m0)[..., None])[..., 0]
         logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), -1)
-        lp += float(np.sum(-0.5 * (np.sum(y**2, -1) + logdet + d * LOG_2PI)))
-    else:
-        var = diagonal_variances(c, covariance_type, k, d)[act]
-        rate = 0.5 * np.broadcast_to(psi, (d,)) if covariance_type == "diag" else 0.5 * float(psi)
-        ig = _log_inverse_gamma(var if covariance_type == "diag" else var[:, 0], 0.5 * nu0, rate)
-        lp += float(np.sum(ig))
-        mvar = var / kappa0
-        lp += float(np.sum(-0.5 * ((m[act] - m0) ** 2 / mvar + np.log(mvar) + LOG_2PI)))
-    return float(lp)
+        return lp + np.sum(-0.5 * (np.sum(y**2, -1) + logdet + d * LOG_2PI), axis=-1)
+    var = diagonal_variances(c, covariance_type, k, d)[:, act]
+    rate = 0.5 * np.broadcast_to(psi, (d,)) if covariance_type == "diag" else 0.5 * float(psi)
+    ig = _log_inverse_gamma(var if covariance_type == "diag" else var[..., 0], 0.5 * nu0, rate)
+    lp = lp + np.sum(ig, axis=tuple(range(1, ig.ndim)))
+    mvar = var / kappa0
+    return lp + np.sum(-0.5 * ((m[:, act] - m0) ** 2 / mvar + np.log(mvar) + LOG_2PI), axis=(-2, -1))
 
 
 # ----------------------------------------------------------------------------------------------

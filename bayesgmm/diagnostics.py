@@ -260,8 +260,8 @@ def rhat(draws) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.sqrt(((s - 1.0) / s * within + between / s) / within)
 
-    split = _split_chains(a)
-    folded = _split_chains(np.abs(a - np.median(a, axis=(0, 1), keepdims=True)))
+    split = _split_chains(a)  # an odd draw count drops the middle draw; the fold's median is of these, as ArviZ's
+    folded = np.abs(split - np.median(split, axis=(0, 1), keepdims=True))
     bulk, tail = gelman_rubin(_z_scale(split)), gelman_rubin(_z_scale(folded))
     constant = np.ptp(a.reshape(-1, a.shape[2]), axis=0) == 0
     return np.where(constant, np.nan, np.maximum(bulk, tail))

@@ -189,7 +189,8 @@ def fit_em(
         when the compiled program was reused), ``run_seconds``, ``n_init`` (starts) and
         ``num_kept``, ``init_iter`` (the short runs' length; None when every start ran to
         convergence), the final objective of every kept run (``restart_objectives``) and of
-        every start after its short run (``start_objectives``).
+        every start after its short run (``start_objectives``), which rank the runs in the compute
+        precision, as the earlier ``trace`` entries.
 
     Raises
     ------

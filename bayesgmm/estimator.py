@@ -368,7 +368,8 @@ class GaussianMixture(_DensityMixin, _Base):
         EM, as scikit-learn defines it: the objective per training observation (mean
         log-likelihood, or log posterior for MAP) computed in the last E-step, i.e. at the
         parameters *before* the last M-step (the returned parameters score at least as well;
-        their exact value is ``result_.log_likelihood``); ``-inf`` when ``max_iter=0``. VB: the
+        their float64 value is ``result_.log_likelihood``; this one is the compiled program's, in
+        the compute precision); ``-inf`` when ``max_iter=0``. VB: the
         ELBO per observation at the returned parameters. MCMC (no iterations to bound): the
         mean training log-likelihood at the point estimate. SVI: the last one-particle ELBO.
     lower_bounds_ : ndarray

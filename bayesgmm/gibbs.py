@@ -529,7 +529,7 @@ def fit_gibbs(
     draws_std, lp, nonempty = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
     done = finish_draws(pivot_std, draws_std, lp, std.shift, std.sd, n, covariance_type, align,
-                        std.prior_arrays.concentration, observed_entry_counts(arr))
+                        std.prior_arrays.concentration, observed_entry_counts(arr), data=arr, prior=prior)
     stats = {"lp": done.log_posterior, "num_nonempty": np.asarray(nonempty, np.int64)}
     return sampler_result(
         "gibbs", "Gibbs", arr=arr, feature_names=names, prior=prior, covariance_type=covariance_type, done=done,

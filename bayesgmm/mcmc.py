@@ -564,7 +564,7 @@ def fit_mcmc(
     draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
     done = finish_draws(pivot_std, draws_std, lp, shift, sd, n, covariance_type, align, prior_arrays.concentration,
-                        observed_entry_counts(arr))
+                        observed_entry_counts(arr), data=arr, prior=prior)
     stats = {name: np.asarray(v) for name, v in stats.items()}
     stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["num_steps"], 1))) + 1).astype(np.int64)
     stats["lp"] = done.log_posterior

@@ -577,6 +577,10 @@ def fit_svi(
         point = GMMParams(*(np.mean(draws[name], axis=(0, 1)) for name in ("weights", "means", "covariances")))
     arr64 = arr.astype(np.float64)
     log_lik = _numerics.totals(arr64, *point, covariance_type).log_likelihood
+    if is_delta:  # the log posterior density at the MAP, recomputed in float64 (the program's is the compute type's)
+        prior_arrays = prior.arrays(k, covariance_type)
+        floored = point._replace(weights=_numerics.floored_weights(np.asarray(point.weights, np.float64)))
+        elbo_final = np.array([log_lik + _numerics.log_prior(floored, prior_arrays, covariance_type)])
     converged, drift, noise = shared.elbo_convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))

@@ -175,13 +175,17 @@ def bootstrap(
     ------
     ValueError
         For a fit made with ``sample_weight`` (the rows would be resampled as if unweighted), for
-        a non-EM fit, or when fewer than two refits end with finite covariances.
+        a non-EM fit, or when fewer than two refits end without a singular covariance or a
+        degenerate component.
 
     Returns
     -------
     ParameterUncertainty
         ``draws`` holds the aligned replicates; ``info["converged_fraction"]`` the share of refits
-        that met ``tol`` (the rest are kept, at ``max_iter``).
+        that met ``tol`` (the rest are kept, at ``max_iter``). Refits that ended with a singular
+        covariance (``info["num_singular"]``) or a degenerate component (``info["num_degenerate"]``:
+        collapsed, or spurious as :func:`bayesgmm.fit_em` flags them) are dropped with a
+        ``ConvergenceWarning``; ``info["num_used"]`` counts the rest.
     """
     arr = _check_fit(fit, x)
     if kind not in KINDS:
@@ -248,16 +252,26 @@ def bootstrap(
     params = [np.concatenate([np.asarray(getattr(o.lanes.params, f)) for o in outs])[:num_replicates] for f in GMMParams._fields]
     converged = np.concatenate([np.asarray(o.lanes.converged) for o in outs])[:num_replicates]
     objective = np.concatenate([np.asarray(o.lanes.objective) for o in outs])[:num_replicates]
-    ok = np.isfinite(objective)
+    # a component that collapsed (or rests on a few points nearly on a line) keeps a finite
+    # objective through reg_covar: such refits are dropped as the singular ones (their
+    # covariances sit on the regularisation floor, and would set the intervals' lower ends)
+    degenerate = np.concatenate([np.asarray(o.degenerate).reshape(len(o.lanes.objective), -1)
+                                 for o in outs])[:num_replicates].any(axis=-1)
+    singular = ~np.isfinite(objective)
+    ok = ~singular & ~degenerate
+    dropped = (f"{int(singular.sum())} of {num_replicates} bootstrap refits ended with a singular covariance and "
+               f"{int((degenerate & ~singular).sum())} with a degenerate component (collapsed, or resting on a few "
+               "points with a tiny variance)")
     if ok.sum() < 2:
         raise ValueError(
-            f"{int((~ok).sum())} of {num_replicates} bootstrap refits ended with a singular covariance, leaving "
-            "fewer than two to estimate a spread. Fit MAP-EM (prior=Prior.default(x, K)) or fewer components."
+            f"{dropped}, leaving fewer than two to estimate a spread. Fit MAP-EM (prior=Prior.default(x, K)) or "
+            "fewer components."
         )
     if not ok.all():
         warnings.warn(
-            f"{int((~ok).sum())} of {num_replicates} bootstrap refits ended with a singular covariance and were "
-            "dropped; the standard errors use the rest. Consider MAP-EM (prior=Prior.default(x, K)).",
+            f"{dropped}; they were dropped and the standard errors and intervals use the other {int(ok.sum())}, "
+            "which understates the uncertainty when many were dropped. Consider MAP-EM "
+            "(prior=Prior.default(x, K)) or fewer components.",
             ConvergenceWarning,
             stacklevel=2,
         )
@@ -271,6 +285,7 @@ def bootstrap(
                             np.quantile(flat, 1 - alpha, 0))
     info = {
         "kind": kind, "num_replicates": int(num_replicates), "num_used": int(ok.sum()),
+        "num_singular": int(singular.sum()), "num_degenerate": int((degenerate & ~singular).sum()),
         "converged_fraction": float(converged[ok].mean()) if ok.any() else 0.0,
         "compile_seconds": compile_seconds, "run_seconds": run_seconds, "batch_size": batch,
         "shapes": {"weights": fit.weights.shape, "means": fit.means.shape, "covariances": fit.covariances.shape},

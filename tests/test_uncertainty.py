@@ -237,3 +237,23 @@ def test_observed_information_on_another_number_of_rows_compiles_nothing(faithfu
 
     cov = np.linalg.inv(-_central_hessian(loglik, theta0))  # (logit, means (2x2), log-Cholesky (2x3))
     np.testing.assert_allclose(got.means, np.sqrt(np.diag(cov)[1:5]).reshape(2, 2), rtol=2e-3)
+
+
+def test_bootstrap_drops_refits_with_a_degenerate_component():
+    """A cluster of four points: in most resamples it holds one to three distinct points, and the
+    refit's component collapses onto them. ``reg_covar`` kept such refits' objectives finite, so
+    they were kept without a word, and the interval of that component's variance reached down to
+    the regularisation floor (1e-10, around an estimate of 0.5). They are now dropped, counted
+    and warned about, as refits with a singular covariance were."""
+    rng = np.random.default_rng(2)
+    x = np.vstack([rng.normal(0, 1, (268, 2)), rng.normal([8, 8], 0.5, (4, 2))])  # Old Faithful's size
+    fit = bg.fit_em(x, 2, seed=0)
+    assert fit.degenerate_components == ()
+    with pytest.warns(bg.ConvergenceWarning, match="with a degenerate component"):
+        boot = bootstrap(fit, x, num_replicates=64, seed=0)
+    info = boot.info
+    assert info["num_degenerate"] > 10 and info["num_used"] == 64 - info["num_degenerate"] - info["num_singular"]
+    small = int(np.argmin(fit.weights))
+    variances = np.linalg.eigvalsh(boot.draws["covariances"][0][:, small])
+    assert variances.min() > 1e-3 * np.linalg.eigvalsh(fit.covariances[small]).min()
+    assert len(boot.draws["weights"][0]) == info["num_used"]
