@@ -16,6 +16,7 @@ seed, grid, engine option or version) is refused, so runs are never mixed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -182,17 +183,35 @@ class Checkpoint:
 
     def finished(self) -> dict[int, Any]:
         """The finished tasks' results, by task index."""
-        return {index: self.codec.read(path) for index, path in sorted(self._task_files())}
+        found = {}
+        for index, path in sorted(self._task_files()):
+            try:
+                found[index] = self.codec.read(path)
+            except (ValueError, OSError, KeyError, TypeError) as err:  # a damaged file: name it, whatever the codec
+                raise ValueError(f"checkpoint file {str(path)!r} cannot be read ({' '.join(str(err).split())}); delete "
+                                 "it to run that task again.") from err
+        return found
 
     def save(self, index: int, value) -> None:
         """Write task ``index``'s result (whole or not at all); the folder and its record are
         written with the first task, so a run stopped before any task finished leaves nothing."""
-        if not self.recorded:
+        first = not self.recorded
+        if first:
+            created = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
             write_text(self.folder / RECORD, json.dumps(self.record, indent=2, allow_nan=True))
             self.recorded = True
-        with atomic_path(self.folder / f"task-{index:06d}{self.codec.suffix}") as tmp:
-            self.codec.write(value, tmp)
+        try:
+            with atomic_path(self.folder / f"task-{index:06d}{self.codec.suffix}") as tmp:
+                self.codec.write(value, tmp)
+        except BaseException:
+            if first and not finished_task_indices(self.folder):  # (a full disk): a record of nothing is not left
+                self.recorded = False
+                (self.folder / RECORD).unlink(missing_ok=True)
+                if created:
+                    with contextlib.suppress(OSError):
+                        self.folder.rmdir()
+            raise
 
 
 def _differences(found, record) -> list[str]:

@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     sel.add_argument("--n-init", type=n_init, default="auto",
                      help="starts per model: 'auto' (the default search of fit_em) or an integer (default: %(default)s)")
+    sel.add_argument("--missing", choices=("error", "marginalize"), default="error",
+                     help="NaN cells (empty CSV cells): refuse them, or treat them as missing at random and compare "
+                          "the models' observed-data likelihoods (default: %(default)s)")
     _common(sel, out_default="bayesgmm_select")
     _plot_args(sel)
 
@@ -267,7 +270,7 @@ _OPTIONS = {
             "progress", "missing"),
     "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "overwrite", "seed", "plot",
                 "progress"),
-    "select": ("k", "covariance_types", "prior", "n_init", "out", "overwrite", "seed", "plot"),
+    "select": ("k", "covariance_types", "prior", "n_init", "out", "overwrite", "seed", "plot", "missing"),
     "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "overwrite",
                  "seed"),
     "study": ("num_datasets", "num_obs", "separation", "num_components", "num_features", "methods", "covariance_type",

@@ -498,8 +498,9 @@ class OutputFolder:
     def replace_checkpoint(self) -> None:
         """Start the command's checkpoint afresh (``--overwrite`` without ``--resume``), keeping the
         earlier run's in the staging folder until this run's files are committed: an error or an
-        interruption before then puts it back (:meth:`discard`), so its finished data sets are never
-        lost to a run that did not finish."""
+        interruption before then puts it back (:meth:`discard`) unless this run has finished a data
+        set of its own, so the earlier data sets are never lost to a run that finished nothing, and
+        a run that did is kept for ``--resume`` (the earlier one is what ``--overwrite`` replaces)."""
         if self.checkpoint is not None and self.checkpoint.is_dir():
             os.replace(self.checkpoint, self.stage / _EARLIER_CHECKPOINT)
 
@@ -508,6 +509,9 @@ class OutputFolder:
         run's, whose data sets were never written out; nothing to do when none was set aside."""
         earlier = self.stage / _EARLIER_CHECKPOINT
         if self.checkpoint is None or self.committed or not earlier.is_dir():
+            return
+        if _finished_tasks(self.checkpoint):  # this run's own progress replaces the earlier run's
+            shutil.rmtree(earlier, ignore_errors=True)
             return
         for attempt in range(3):  # the main thread may be creating this run's checkpoint meanwhile
             with contextlib.suppress(OSError):
@@ -522,7 +526,7 @@ class OutputFolder:
         self._restore_checkpoint()  # an earlier run's, set aside by --overwrite, is what is kept
         if self.checkpoint is None or not self.checkpoint.is_dir():
             return None
-        done = sum(1 for p in self.checkpoint.iterdir() if p.name.startswith("task-"))
+        done = _finished_tasks(self.checkpoint)
         if not done:
             return None
         return (f"bayesgmm: the {done} data set(s) finished are kept in {str(self.checkpoint)!r}; run the same "
@@ -542,6 +546,13 @@ class OutputFolder:
                     folder.rmdir()
                 except OSError:
                     break
+
+
+def _finished_tasks(checkpoint) -> int:
+    """The data sets a checkpoint folder holds (0 when it does not exist)."""
+    with contextlib.suppress(OSError):
+        return sum(1 for p in Path(checkpoint).iterdir() if p.name.startswith("task-"))
+    return 0
 
 
 #: held while an output folder is committed: the interrupt watcher of :func:`console_main` waits for it
@@ -601,6 +612,23 @@ def write_table(table, out: "OutputFolder", stem: str) -> None:
     table.to_csv(out.path(f"{stem}.csv"), index=False)
     out.path(f"{stem}.md").write_text(to_markdown(table))
     out.path(f"{stem}.tex").write_text(to_latex(table, caption=stem.replace("_", " "), label=f"tab:{stem}"))
+
+
+def table_json(table) -> str:
+    """The table as JSON records, every float exactly (Python's shortest round-trip repr; pandas'
+    ``to_json`` keeps 10 significant digits), NaN and infinities as null (as pandas writes them)."""
+    import json
+    import math
+
+    import numpy as np
+
+    def plain(value):
+        if isinstance(value, np.generic):
+            value = value.item()
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    records = [{str(name): plain(value) for name, value in row.items()} for row in table.to_dict(orient="records")]
+    return json.dumps(records, indent=2, default=str)
 
 
 def print_table(table, columns, out=None):

@@ -45,6 +45,7 @@ environment variable ``BAYESGMM_COMPILE_CACHE``) moves it, ``--compile-cache off
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -75,6 +76,7 @@ from ._cli_io import (
     print_features,
     print_fit,
     print_table,
+    table_json,
     write_table,
     wrote,
 )
@@ -249,9 +251,9 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     print_table(table, COMPARE_COLUMNS)
     for row in table.itertuples():
         if row.warnings:
-            print(f"  {row.method}: {row.warnings}", file=sys.stderr)
+            print(f"  {row.method}: {_for_the_command_line(row.warnings, 'compare')}", file=sys.stderr)
     write_table(table, out, "comparison")
-    out.path("comparison.json").write_text(table.to_json(orient="records", indent=2))
+    out.path("comparison.json").write_text(table_json(table))
     for method, result in fits.items():
         if hasattr(result, "to_json"):
             result.to_json(out.path(f"{method}.json"))
@@ -301,7 +303,8 @@ def run_select(opts, out: OutputFolder) -> int:
         raise UsageError(f"prior must be 'none' or 'default', got {opts['prior']!r}.")
     types = opts["covariance_types"]
     types = "all" if "all" in ([types] if isinstance(types, str) else types) else types
-    result = select(x, ks, covariance_types=types, prior=prior, n_init=opts["n_init"], seed=opts["seed"])
+    result = select(x, ks, covariance_types=types, prior=prior, n_init=opts["n_init"], seed=opts["seed"],
+                    missing=opts.get("missing", "error"))
     print_table(result.table, ("covariance_type", "num_components", "log_likelihood", "num_parameters", "bic", "aic",
                                 "icl", "converged", "degenerate"))
     best = result.best("bic")
@@ -559,11 +562,29 @@ def _main(argv) -> int:
         if err.filename is not None:  # a file-system problem with a path the user gave
             print(f"bayesgmm: error: {err.strerror or err}: {err.filename!r}.", file=sys.stderr)
             return 2
+        if err.errno in _STORAGE_ERRNOS:  # raised by a writer that does not name the file (pandas, pyarrow)
+            print(f"bayesgmm: error: {err.strerror or os.strerror(err.errno)} while writing the results; no files were "
+                  "written. Free space (or quota) and run the command again.", file=sys.stderr)
+            return 2
         traceback.print_exc()
         return 1
-    except Exception:  # noqa: BLE001 - report, with the traceback, as an internal error
+    except Exception as err:  # noqa: BLE001 - report, with the traceback, as an internal error
+        said = str(err)
+        storage = [os.strerror(code) for code in _STORAGE_ERRNOS if os.strerror(code) in said]
+        if storage:  # h5py (NetCDF files) raises a RuntimeError naming the system's error
+            print(f"bayesgmm: error: {storage[0]} while writing the results; no files were written. Free space "
+                  "(or quota) and run the command again.", file=sys.stderr)
+            return 2
         traceback.print_exc()
         return 1
+    finally:  # a study's or sbc's finished data sets, kept after an error (an interruption printed them)
+        for note in _KEPT_NOTES:
+            print(note, file=sys.stderr)
+        _KEPT_NOTES.clear()
+
+
+#: Errors of a full or over-quota file system: the machine's state, not bayesgmm's (exit code 2).
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _one_line(err) -> str:
@@ -577,6 +598,12 @@ _FLAGS = (
     ("compare", "pass missing='marginalize'", "pass --engine-option METHOD.missing=marginalize for each method"),
     ("compare", "(missing='marginalize')", "(--engine-option METHOD.missing=marginalize)"),
     ("fit", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "fit MAP-EM (--method map-em)"),
+    ("compare", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "compare MAP-EM (--methods map-em)"),
+    ("select", "pass missing='marginalize'", "pass --missing marginalize (missing = \"marginalize\" in a TOML file)"),
+    ("select", "(missing='marginalize')", "(--missing marginalize)"),
+    ("select", "pass allow_degenerate=True or use prior='default'", "use --prior default (MAP-EM)"),
+    ("select", "use prior='default' (MAP-EM)", "use --prior default (MAP-EM)"),
+    ("select", "Use prior='default' (MAP-EM)", "Use --prior default (MAP-EM)"),
     ("study", "give a new folder, or delete this one to start again",
      "give a new --out folder, or --overwrite without --resume to start again"),
     ("sbc", "give a new folder, or delete this one to start again",
@@ -675,7 +702,7 @@ def _run(args) -> int:
             stdout.flush()  # here, so that a closed pipe is not reported at exit
         finally:
             sys.stdout = stdout.stream
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception):  # after the error's line: the data sets kept for --resume
         note = out.kept_note()
         if note:
             _KEPT_NOTES.append(note)

@@ -140,6 +140,9 @@ def _check_methods(methods) -> tuple:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty selection of {METHODS}; got {list(methods)!r}.")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:  # a second fit of the same engine would count as another data set's in the summaries
+        raise ValueError(f"methods names {repeated} more than once; give each method once.")
     return methods
 
 

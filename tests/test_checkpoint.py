@@ -73,6 +73,27 @@ def test_a_record_is_written_with_the_first_task_and_compared_exactly(tmp_path):
         Checkpoint(folder, "study", settings, 4, CODEC)
 
 
+def test_a_failed_first_write_leaves_no_record_and_a_damaged_task_file_is_named(tmp_path):
+    """A first task that could not be written (a full disk) left a record of nothing, which a
+    rerun took for an interrupted run; a damaged JSON task file gave JSON's own error without
+    the file's name."""
+    import errno
+
+    def no_space(value, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    folder = tmp_path / "ck"
+    full = Checkpoint(folder, "sbc", {}, 2, Codec(".json", no_space, CODEC.read))
+    with pytest.raises(OSError, match="No space"):
+        full.save(0, {"x": 1.0})
+    assert not folder.exists()
+    ok = Checkpoint(folder, "sbc", {}, 2, CODEC)
+    ok.save(0, {"x": 1.0})
+    (folder / "task-000000.json").write_text('{"x": 1.0')  # cut short
+    with pytest.raises(ValueError, match=r"checkpoint file '.*task-000000\.json' cannot be read \(Expecting"):
+        Checkpoint(folder, "sbc", {}, 2, CODEC).finished()
+
+
 def test_on_an_executor_a_failure_keeps_what_finished_and_raises_the_first_by_position(tmp_path):
     """Tasks already running when another fails are waited for and saved (they were dropped); the
     error raised is that of the lowest failing position, as in the serial loop."""

@@ -124,6 +124,15 @@ def test_errors_and_warnings_give_the_flags_not_python_arguments(tmp_path, capsy
                        str(tmp_path / "o4")])
     err = capsys.readouterr().err
     assert "fit MAP-EM (--method map-em)" in err and "Prior.default" not in err, (rc, err)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rc = cli.main(["compare", str(tmp_path / "tiny.csv"), "-k", "3", "--methods", "em", "--no-plot", "--no-progress",
+                       "--out", str(tmp_path / "o6")])
+    err = capsys.readouterr().err
+    assert "compare MAP-EM (--methods map-em)" in err and "Prior.default" not in err, (rc, err)
+    # select takes --missing too (its advice named missing='marginalize', an argument it lacked)
+    err = _usage_error(["select", str(tmp_path / "inf.csv"), "-k", "1", "2", "--out", str(tmp_path / "o7")], capsys)
+    assert "(--missing marginalize)" in err and "missing='marginalize'" not in err
     csv = str(tmp_path / "tiny.csv")
     for args, said in ((["sbc", "--replications", "0"], "--replications must be an integer >= 2"),
                        (["select", csv, "-k", "0", "1"], "-k must hold positive integers"),
@@ -151,6 +160,10 @@ def test_compare_with_labels_and_held_out_data(csv, tmp_path):
     assert np.isfinite(table["test_lpd"]).all()
     records = json.loads((tmp_path / "comparison.json").read_text())
     assert records[0]["method"] == "em"
+    # every number as the CSV holds it (pandas' to_json kept 10 significant digits)
+    exact = pd.read_csv(tmp_path / "comparison.csv")
+    for column in ("log_likelihood", "test_lpd", "ari", "fit_seconds"):
+        assert [r[column] for r in records] == exact[column].tolist(), column
 
 
 def test_select_writes_the_table_and_the_best_model(tmp_path, capsys):
@@ -583,6 +596,73 @@ def test_an_interrupted_study_keeps_its_finished_data_sets_for_resume(tmp_path, 
         assert cli.main(study[:-1] + [str(mine)] + extra) == 2
         assert "is not a bayesgmm checkpoint" in capsys.readouterr().err
         assert sorted(_listing(mine)) == ["checkpoint"] and (mine / "checkpoint" / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_overwrite_run_keeps_its_own_finished_data_sets(tmp_path, capsys, monkeypatch):
+    """``--overwrite`` sets the earlier run's checkpoint aside. Stopped after finishing data sets of
+    its own, the new run put the earlier one back and deleted its own, while its note said its data
+    sets were kept and to ``--resume`` (which then refused: another seed). It now keeps its own."""
+    from bayesgmm import experiments
+
+    out = tmp_path / "o"
+    study = ["study", "--num-datasets", "3", "-n", "60", "--methods", "em", "--engine-option", "em.n_init=1",
+             "--no-progress", "--out", str(out)]
+    compare, calls = experiments.compare, []
+
+    def stopping_at(n):
+        def stopping(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return compare(*args, **kwargs)
+        return stopping
+
+    monkeypatch.setattr(experiments, "compare", stopping_at(2))  # seed 0: one data set finished
+    assert cli.main(study) == 130
+    calls.clear()
+    monkeypatch.setattr(experiments, "compare", stopping_at(3))  # seed 1 over it: two finished
+    assert cli.main(study + ["--overwrite", "--seed", "1"]) == 130
+    assert "the 2 data set(s) finished are kept" in capsys.readouterr().err
+    assert len([p for p in (out / "checkpoint").iterdir() if p.name.startswith("task-")]) == 2
+    assert sorted(_listing(out)) == ["checkpoint"]  # no staging folder left
+    calls.clear()
+    monkeypatch.setattr(experiments, "compare", stopping_at(99))
+    assert cli.main(study + ["--resume", "--seed", "1"]) == 0
+    assert len(calls) == 1  # only the seed-1 run's third data set
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_checkpoint_of_nothing(tmp_path, capsys, monkeypatch):
+    """Writers that do not name the file (pandas, pyarrow) or raise a RuntimeError (h5py) on a full
+    disk gave a traceback and exit code 1, the code of an internal error; and a study whose first
+    data set could not be written left ``OUT/checkpoint`` holding a record of nothing, which the
+    rerun refused as an interrupted run's."""
+    import errno
+    import os
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def no_space(*args, **kwargs):
+        raise full
+
+    out = tmp_path / "o"
+    study = ["study", "--num-datasets", "2", "-n", "60", "--methods", "em", "--engine-option", "em.n_init=1",
+             "--no-progress", "--out", str(out)]
+    with monkeypatch.context() as patched:
+        patched.setattr(pd.DataFrame, "to_parquet", no_space)
+        assert cli.main(study) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"bayesgmm: error: {os.strerror(errno.ENOSPC)} while writing the results; no files were "
+                                "written. Free space (or quota) and run the command again."], err
+    assert not out.exists()
+    with monkeypatch.context() as patched:  # as h5py says it
+        patched.setattr(pd.DataFrame, "to_csv", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError(f"Can't write data (file write failed: errno = 28, error message = '{os.strerror(errno.ENOSPC)}')")))
+        assert cli.main(study) == 2
+    err = capsys.readouterr().err.splitlines()  # the data sets finished before are kept, and it says so
+    assert "while writing the results; no files were written" in err[0]
+    assert err[1:] == [f"bayesgmm: the 2 data set(s) finished are kept in {str(out / 'checkpoint')!r}; run the same "
+                       "command with --resume to continue."]
+    assert cli.main(study + ["--resume"]) == 0  # space again
 
 
 def test_sbc_resume_with_fewer_replications_is_refused(tmp_path, capsys):

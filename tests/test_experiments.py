@@ -238,6 +238,8 @@ def test_simulation_study_and_compare_stack_summarise_and_run_on_a_pool():
     "kwargs, match",
     [
         (dict(methods=("em", "metropolis")), "methods must be a non-empty selection"),
+        # a repeat was fitted twice: a study counted each data set twice, and its MCSEs fell by sqrt(2)
+        (dict(methods=("em", "vb", "em")), r"methods names \['em'\] more than once"),
         (dict(labels=np.zeros(5)), r"labels must have shape \(272,\)"),
         (dict(engine_kwargs={"nuts": {}}), "not methods of"),
         (dict(interval=1.5), "interval must be a number in"),
