@@ -9,11 +9,12 @@ import numpy as np
 
 from .params import (
     GMMParams,
+    check_bool,
     check_covariance_type,
     check_data_seed,
     check_int,
     check_num_components,
-    compute_dtype,
+    real_scalar,
     seed_to_key,
 )
 
@@ -28,7 +29,7 @@ def _read_csv(name: str):
 
 
 def _frame_or_array(values, header, as_frame):
-    if as_frame:
+    if check_bool("as_frame", as_frame):
         import pandas as pd
 
         return pd.DataFrame(values, columns=header)
@@ -134,28 +135,32 @@ def make_mixture(
         Mixing weights; default a Dirichlet(10) draw (roughly balanced).
     seed : int
         Seeds both the parameters (weights, means, covariances) and the data drawn from them:
-        the same seed gives the same data. An integer in ``[0, 2**64)``.
+        the same seed gives the same data, whatever JAX's default float (the rows are drawn in
+        float64). An integer in ``[0, 2**64)``.
     """
     from .model import simulate_rows
 
     check_covariance_type(covariance_type)
     k = check_num_components(num_components)
     num_obs, d = check_int("num_obs", num_obs), check_int("num_features", num_features)
-    if isinstance(separation, bool) or not isinstance(separation, (int, float, np.integer, np.floating)) or not (
-        np.isfinite(separation) and separation >= 0
-    ):
+    spread = real_scalar(separation)
+    if spread is None or not (np.isfinite(spread) and spread >= 0):
         raise ValueError(f"separation must be a finite number >= 0 (the spread of the component means), got {separation!r}.")
     seed = check_data_seed(seed)
     rng = np.random.default_rng(seed)
     if weights is None:
         weights = rng.dirichlet(np.full(k, 10.0))
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != (k,) or np.any(weights < 0) or not np.isclose(weights.sum(), 1):
-        raise ValueError(f"weights must be a probability vector of shape ({k},).")
-    means = rng.normal(0.0, separation, size=(k, d))
-    if not np.all(np.abs(means) < np.finfo(compute_dtype()).max / 4):  # the rows are drawn in JAX's default float
-        raise ValueError(f"separation={separation!r} puts the component means beyond what {np.dtype(compute_dtype()).name} "
-                         f"(JAX's default float, which draws the rows) holds; use a smaller separation.")
+    try:
+        weights = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        weights = np.full(0, np.nan)
+    if weights.shape != (k,) or not np.all(weights >= 0) or not np.isclose(weights.sum(), 1):
+        raise ValueError(f"weights must be a probability vector of shape ({k},), got {weights!r}.")
+    weights = weights / weights.sum()  # the truth's weights sum to 1 exactly (within isclose they did not)
+    means = rng.normal(0.0, spread, size=(k, d))
+    if not np.all(np.abs(means) < np.finfo(np.float64).max / 4):  # the rows are drawn in float64
+        raise ValueError(f"separation={separation!r} puts the component means beyond what float64 holds; use a "
+                         "smaller separation.")
 
     def random_cov():
         # a random orientation with eigenvalues in [0.5, 1.5]: anisotropic, never near-singular

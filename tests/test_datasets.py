@@ -38,16 +38,40 @@ def test_make_mixture_draws_from_the_stated_parameters(covariance_type):
 
 def test_make_mixture_refuses_sizes_and_a_separation_it_cannot_draw():
     """A separation of 1e300 returned rows of +-inf (float32 draws; float64 ones too beyond 1e308)
-    with only a cast warning; a float num_obs was taken."""
-    from conftest import precision
-
-    with precision(np.float32), pytest.raises(ValueError, match="separation=1e\\+300 puts the component means beyond "
-                                                                "what float32"):
-        bg.datasets.make_mixture(50, 2, 2, separation=1e300)
+    with only a cast warning; a float num_obs was taken. Weights within rounding of a sum of 1
+    are stored normalised; a loader's ``as_frame="no"`` returned a DataFrame."""
+    with pytest.raises(ValueError, match="separation=1e\\+308 puts the component means beyond what float64"):
+        bg.datasets.make_mixture(50, 2, 2, separation=1e308)
     for kw, match in ((dict(num_obs=10.0), "num_obs must be a positive integer"),
-                      (dict(num_features=0), "num_features must be a positive integer")):
+                      (dict(num_features=0), "num_features must be a positive integer"),
+                      (dict(weights="abc"), r"weights must be a probability vector of shape \(3,\)"),
+                      (dict(separation="2"), "separation must be a finite number")):
         with pytest.raises(ValueError, match=match):
             bg.datasets.make_mixture(**{"num_obs": 50, **kw})
+    assert bg.datasets.make_mixture(5, separation=np.array(2.0)).x.shape == (5, 2)  # a 0-d array is a number
+    nearly = bg.datasets.make_mixture(5, weights=[0.3, 0.3, 0.400009]).params.weights
+    assert nearly.sum() == 1.0 and nearly[0] == pytest.approx(0.3 / 1.000009, rel=1e-15)
+    with pytest.raises(ValueError, match="as_frame must be True or False, got 'no'"):
+        bg.datasets.load_faithful(as_frame="no")
+
+
+def test_make_mixture_draws_the_same_rows_whatever_jaxs_default_float():
+    """The rows were drawn in JAX's default float: a seed gave other data with x64 off (as users run)
+    than on (as the suite runs; a third of the labels agreed at N = 2000), and in float32 means of
+    1e8 left three distinct values among 10,000 draws of unit spread (variance 0.07 for 1.4)."""
+    from conftest import precision
+
+    with precision(np.float32):
+        off = bg.datasets.make_mixture(2000, 3, 2, seed=0)
+        far = bg.datasets.make_mixture(20000, 2, 2, covariance_type="spherical", separation=1e8, seed=0)
+    on = bg.datasets.make_mixture(2000, 3, 2, seed=0)
+    np.testing.assert_array_equal(off.x, on.x)
+    np.testing.assert_array_equal(off.labels, on.labels)
+    for k in range(2):
+        rows = far.x[far.labels == k]
+        assert len(np.unique(rows[:, 0])) > 0.99 * len(rows)  # float32: three distinct values
+        spread = np.var(rows, axis=0, ddof=1) / far.params.covariances[k]
+        assert np.all(np.abs(spread - 1) < 5 * np.sqrt(2 / len(rows)))  # the variance within Monte Carlo error
 
 
 def test_make_mixture_of_another_size_compiles_nothing_and_draws_the_same_first_rows():
