@@ -104,7 +104,7 @@ def _engine_option_args(p, *, one_engine: bool, prior: bool = True):
 
 
 _COMPILE_CACHE_HELP = ("folder for JAX's persistent compilation cache, or 'off' "
-                       "(default: $BAYESGMM_COMPILE_CACHE, else ~/.cache/bayesgmm/xla)")
+                       "(default: $BAYESGMM_COMPILE_CACHE, else ~/.cache/bayesgmm/xla/jax-<version>)")
 _K_HELP = "number of mixture components K"
 
 

@@ -27,6 +27,7 @@ jaxlib's LAPACK kernels wait.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from typing import NamedTuple
@@ -229,6 +230,15 @@ def resolve(devices, num_rows: int) -> RowSharding:
                 raise ValueError(f"devices lists a device more than once ({chosen}); each shard of the rows needs a "
                                  "device of its own.")
         mesh = Mesh(np.array(chosen), (AXIS,))
+    if spans_processes(mesh):  # every process reaches the same verdict from the same global list: none waits
+        per_process = collections.Counter(d.process_index for d in mesh.devices.flat)
+        if len(set(per_process.values())) > 1:
+            counts = ", ".join(f"process {p}: {n}" for p, n in sorted(per_process.items()))
+            raise ValueError(
+                f"devices: a multi-process fit needs the same number of devices from every process; these hold "
+                f"{counts}. Pass devices as a list with as many of each process's devices (e.g. "
+                "[next(d for d in jax.devices() if d.process_index == p) for p in range(jax.process_count())], one "
+                "each), or give every process as many devices (XLA_FLAGS on CPU).")
     size = mesh.devices.size
     return RowSharding(mesh, num_rows, -(-num_rows // size) * size)
 
@@ -297,12 +307,22 @@ def agree_across_processes(rows: RowSharding, what: str, **facts) -> None:
     if not spans_processes(rows.mesh):
         return
     _gather_refusals(what, refused=False)
-    from jax.experimental import multihost_utils
-
+    # x64 on in one process only: its data and options were "different", which they were not
+    facts = {**facts, "precision (jax_enable_x64)": str(jax.dtypes.canonicalize_dtype(np.float64))}
     names = sorted(facts)
-    mine = np.frombuffer(b"".join(_digest(facts[name]) for name in names), np.uint8).reshape(len(names), 8)
-    every = np.asarray(multihost_utils.process_allgather(mine))  # (processes, facts, 8)
-    differ = [name for i, name in enumerate(names) if not (every[:, i] == every[:1, i]).all()]
+    if len(names) > MAX_FACTS:
+        raise RuntimeError(f"{len(names)} facts to compare across processes; at most {MAX_FACTS}")
+    # one shape whatever the call: the function and the facts' names first, then each fact (a
+    # call of another function, with other facts, compared a gather of another shape: gloo aborted)
+    digests = [_digest((what, names))] + [_digest(facts[name]) for name in names]
+    digests += [bytes(8)] * (MAX_FACTS + 1 - len(digests))
+    every = _allgather(np.frombuffer(b"".join(digests), np.uint8).reshape(MAX_FACTS + 1, 8))  # (processes, 1 + facts, 8)
+    if not (every[:, 0] == every[:1, 0]).all():
+        raise ValueError(
+            f"the processes of this multi-process {what} (process {jax.process_index()} of {jax.process_count()}) "
+            "were not all running it: another process called another function (or another engine). Every process "
+            "must run the same call with the same data, options and seed.")
+    differ = [name for i, name in enumerate(names, start=1) if not (every[:, i] == every[:1, i]).all()]
     if differ:
         raise ValueError(
             f"the processes of this multi-process {what} were called with different {', '.join(differ)} "
@@ -310,12 +330,38 @@ def agree_across_processes(rows: RowSharding, what: str, **facts) -> None:
             "with the same data, options and seed (it places its own rows from the full data).")
 
 
+#: The most facts :func:`agree_across_processes` compares (its gather has one shape for every call).
+MAX_FACTS = 24
+
+
+def _allgather(mine: np.ndarray) -> np.ndarray:
+    """Every process's ``mine`` (the same shape and dtype in each), stacked in process order:
+    ``(processes, *mine.shape)``. Gathered over one device of each process (its first), so any
+    numbers of local devices (``multihost_utils.process_allgather`` lays out ``jax.devices()`` as
+    processes x local devices: with 2 devices in one process and 1 in another it failed)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    firsts = [min((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+              for p in range(jax.process_count())]
+    mesh = Mesh(np.array(firsts), ("process",))
+    local = jax.device_put(mine[None], firsts[jax.process_index()])
+    spread = jax.make_array_from_single_device_arrays((len(firsts),) + mine.shape,
+                                                      NamedSharding(mesh, PartitionSpec("process")), [local])
+    every = _REPLICATE(spread, NamedSharding(mesh, PartitionSpec()))
+    return np.asarray(every.addressable_data(0))
+
+
+def _replicate(a, sharding):
+    return jax.lax.with_sharding_constraint(a, sharding)
+
+
+_REPLICATE = jax.jit(_replicate, static_argnums=1)
+
+
 def _gather_refusals(what: str, *, refused: bool) -> None:
     """Every process's word on whether its own checks let the call through (one byte each);
     raises in a process whose checks passed where another's did not."""
-    from jax.experimental import multihost_utils
-
-    every = np.asarray(multihost_utils.process_allgather(np.array([refused], np.uint8))).reshape(-1)
+    every = _allgather(np.array([refused], np.uint8)).reshape(-1)
     others = [int(i) for i in np.flatnonzero(every) if i != jax.process_index()]
     if others and not refused:
         raise ValueError(

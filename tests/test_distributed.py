@@ -41,6 +41,11 @@ SCRIPT = textwrap.dedent(
                     facts["mismatch_" + name] = "fitted"
                 except ValueError as err:
                     facts["mismatch_" + name] = str(err)
+            try:  # another function in each process: a gather of another shape aborted in gloo
+                (bg.fit_em, bg.fit_vb)[rank](data.x, 3, n_init=2, max_iter=50, seed=0, devices=devices)
+                facts["mismatch_function"] = "fitted"
+            except ValueError as err:
+                facts["mismatch_function"] = str(err)
             continue
         if case == "refused" and num_processes == 1:  # five default fits (20 s) that show nothing here
             continue
@@ -142,6 +147,8 @@ def test_processes_called_differently_are_refused(runs):
     for rank in ("rank0", "rank1"):
         assert "called with different key" in runs[rank]["mismatch_seed"], runs[rank]["mismatch_seed"]
         assert "called with different options" in runs[rank]["mismatch_reg_covar"]
+        # fit_em in one process, fit_vb in the other: gloo aborted one process (SIGABRT), the other hung
+        assert "were not all running it: another process called another function" in runs[rank]["mismatch_function"]
     assert runs["alone"]["mismatch_seed"] == runs["alone"]["mismatch_reg_covar"] == "fitted"
 
 
