@@ -8,7 +8,8 @@ rest of its kernel compares the step index with ``num_warmup`` in traced code on
 
 :func:`adaptation_ends` builds the same windows from a traced count, as the ends of at most
 :data:`MAX_WINDOWS` windows; :func:`warmup_adapter` is NumPyro's adapter with that schedule
-(its step-size and mass-matrix updates are NumPyro's own functions), and
+(its step-size and mass-matrix updates are NumPyro's own functions; a dense mass matrix's
+estimate is first shrunk towards its diagonal, :func:`shrunk_to_diagonal`), and
 :func:`traced_warmup` lets NumPyro's kernel use it while a sampler program is traced. For a
 concrete count the adapter is NumPyro's, so the two agree step for step.
 """
@@ -81,6 +82,8 @@ def warmup_adapter(num_adapt_steps, find_reasonable_step_size=None, adapt_step_s
     def at_window_end(z_info, rng_key_ss, state):  # a slow window's end: new mass matrix, step size found again
         step_size, inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv, ss_state, mm_state, *rest = state
         if adapt_mass_matrix:
+            if dense_mass:
+                mm_state = shrunk_to_diagonal(mm_state)
             inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv = mm_final(mm_state, regularize=regularize_mass_matrix)
             size = ({k: v.shape for k, v in inverse_mass_matrix.items()} if isinstance(inverse_mass_matrix, dict)
                     else inverse_mass_matrix.shape[-1])
@@ -112,6 +115,18 @@ def warmup_adapter(num_adapt_steps, find_reasonable_step_size=None, adapt_step_s
         return jax.lax.cond(window_end & middle, lambda s: at_window_end(z_info, rng_key_ss, s), lambda s: s, state)
 
     return init_fn, update_fn
+
+
+def shrunk_to_diagonal(state):
+    """A dense Welford state ``(mean, m2, n)`` whose scatter matrix ``m2`` (p x p) is shrunk
+    towards its diagonal by ``p / (n + p)``: a window of few draws (``n`` not much above ``p``)
+    estimates p (p + 1) / 2 covariances, and the raw estimate is nearly singular (Stan's
+    regularisation, applied after, only adds 1e-3 5 / (n + 5) to the diagonal). The diagonal is
+    kept: with many draws the estimate is the sample covariance, with few the diagonal one."""
+    mean, m2, n = state
+    p = m2.shape[-1]
+    weight = (n / (n + p)).astype(m2.dtype)
+    return mean, weight * m2 + (1 - weight) * jnp.diag(jnp.diagonal(m2)), n
 
 
 _PATCH_LOCK = threading.RLock()

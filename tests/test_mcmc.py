@@ -424,7 +424,8 @@ def test_traced_warmup_adapts_as_numpyros_adapter(dense_mass):
     the concrete count: driven by the same acceptance probabilities and positions for every count
     from Stan's small and shrunk schedules to its full one, the step size, mass matrix, window
     index and Welford state agree bit for bit at the end of warmup (one compiled program for all
-    counts)."""
+    counts). A dense mass matrix's estimate is shrunk towards its diagonal first
+    (``_warmup.shrunk_to_diagonal``): the reference is NumPyro's adapter with that step."""
     from numpyro.infer import hmc_util
     from numpyro.infer.hmc_util import IntegratorState
 
@@ -445,10 +446,21 @@ def test_traced_warmup_adapts_as_numpyros_adapter(dense_mass):
 
         return jax.lax.fori_loop(0, num_steps, step, state)
 
+    counts = (0, 7, 19, 20, 60, 149, 150, 151, 230, 400)
     traced = jax.jit(lambda n: run(_warmup.warmup_adapter, n))
-    for n in (0, 7, 19, 20, 60, 149, 150, 151, 230, 400):
-        ours, ref = traced(jnp.int32(n)), jax.jit(functools.partial(run, hmc_util.warmup_adapter, n))()
-        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+    ours = [traced(jnp.int32(n)) for n in counts]
+    with pytest.MonkeyPatch.context() as patched:
+        if dense_mass:  # the reference: NumPyro's adapter, its Welford estimate shrunk as ours
+            welford = hmc_util.welford_covariance
+
+            def shrinking_welford(diagonal=True):
+                init, update, final = welford(diagonal)
+                return init, update, lambda state, regularize=False: final(_warmup.shrunk_to_diagonal(state), regularize)
+
+            patched.setattr(hmc_util, "welford_covariance", shrinking_welford)
+        refs = [jax.jit(functools.partial(run, hmc_util.warmup_adapter, n))() for n in counts]
+    for n, mine, ref in zip(counts, ours, refs):
+        for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ref)):
             if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
                 a, b = jax.random.key_data(a), jax.random.key_data(b)
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"num_warmup={n}")
@@ -736,3 +748,35 @@ def test_gibbs_agrees_with_nuts_on_the_same_model_and_prior(faithful_gibbs, full
         assert np.all(diff < 4.5 * se), (name, diff / se)
         # posterior sds: relative standard error about 1 / sqrt(2 ESS) each
         np.testing.assert_allclose(sd_a, sd_b, rtol=4.5 * np.sqrt(1 / (2 * ess_a) + 1 / (2 * ess_b)).max())
+
+
+def test_a_dense_mass_matrix_follows_correlated_features():
+    """The posterior of a cluster's mean is as correlated as its features. With a diagonal mass
+    matrix, clusters whose features correlate at 0.999 took three times the leapfrog steps a
+    draw of a dense one at the same ESS (at 0.9999 and 600 rows: 684 steps and R-hat 1.012,
+    against 187 and 1.00). ``dense_mass="auto"`` is dense for small models, and the count of
+    unconstrained parameters it judges by is the model's own."""
+    from numpyro.infer.util import initialize_model
+
+    from bayesgmm.mcmc import DENSE_MASS_MAX_PARAMETERS, num_unconstrained
+    from bayesgmm.model import gmm_model, model_kwargs
+
+    for ct in ("full", "diag", "spherical", "tied"):
+        k, d = 3, 2
+        x = np.random.default_rng(0).normal(size=(20, d))
+        prior = bg.Prior.default(x, k).arrays(k, ct)
+        info = initialize_model(jax.random.key(0), gmm_model, model_args=(jnp.asarray(x),),
+                                model_kwargs=model_kwargs(k, prior, ct))[0]
+        size = sum(np.size(v) for v in info.z.values())
+        assert num_unconstrained(k, d, ct) == size, ct
+    assert num_unconstrained(16, 16, "full") > DENSE_MASS_MAX_PARAMETERS >= num_unconstrained(4, 8, "full")
+    rng = np.random.default_rng(1)
+    cov = np.array([[1, 0.999], [0.999, 1]])
+    x = np.vstack([rng.multivariate_normal([0, 0], cov, 100), rng.multivariate_normal([3, 3], cov, 100)])
+    kw = dict(num_warmup=300, num_samples=300, num_chains=2, seed=0)
+    dense, diagonal = bg.fit_mcmc(x, 2, **kw), bg.fit_mcmc(x, 2, dense_mass=False, **kw)
+    assert dense.info["dense_mass"] and not diagonal.info["dense_mass"]
+    assert dense.sample_stats["num_steps"].mean() < 0.5 * diagonal.sample_stats["num_steps"].mean()
+    assert dense.info["max_rhat"] < 1.02 and dense.info["min_ess_bulk"] > 200
+    with pytest.raises(ValueError, match="dense_mass must be 'auto', True or False"):
+        bg.fit_mcmc(x, 2, dense_mass="yes", **kw)
