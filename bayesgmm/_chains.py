@@ -21,11 +21,12 @@ import warnings
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _numerics, _sticks
 from ._compile import CompiledProgram, Timed, compile_together
-from ._numpyro_common import standard_init
+from ._numpyro_common import labelling_order, standard_init
 from ._threads import usable_cores
 from .labels import align_draws
 from .params import ConvergenceWarning, GMMParams, log_jacobians, params_to_original
@@ -195,7 +196,12 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
     reference = pivot
     if align and k > 1 and aligns_to_best_draw(concentration) and np.isfinite(lp).any():
         best = np.unravel_index(np.argmax(np.where(np.isfinite(lp), lp, -np.inf)), lp.shape)
-        reference = GMMParams(*(raw_draws[name][best] for name in ("weights", "means", "covariances")))
+        # in the labelling the weight prior finds most probable: a sampler that moves between
+        # labelled modes (Gibbs, through nearly empty components) may have its best draw in another
+        order = np.asarray(labelling_order(jnp.asarray(raw_draws["weights"][best]), jnp.asarray(concentration)))
+        reference = GMMParams(raw_draws["weights"][best][order], raw_draws["means"][best][order],
+                              raw_draws["covariances"][best] if covariance_type == "tied"
+                              else raw_draws["covariances"][best][order])
     if align and k > 1:
         if reference is pivot:
             draws, perms = align_draws(raw_draws, reference, covariance_type)
