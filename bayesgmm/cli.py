@@ -595,6 +595,8 @@ def _one_line(err) -> str:
 _FLAGS = (
     ("fit", "pass missing='marginalize'", "pass --missing marginalize (missing = \"marginalize\" in a TOML file)"),
     ("fit", "(missing='marginalize')", "(--missing marginalize)"),
+    ("compare", "pass engine_kwargs={method: {'missing': 'marginalize'}} for each method",
+     "pass --engine-option METHOD.missing=marginalize for each method"),
     ("compare", "pass missing='marginalize'", "pass --engine-option METHOD.missing=marginalize for each method"),
     ("compare", "(missing='marginalize')", "(--engine-option METHOD.missing=marginalize)"),
     ("fit", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "fit MAP-EM (--method map-em)"),

@@ -280,6 +280,10 @@ def _data_key(x, sample_weight) -> str:
     return digest.hexdigest()
 
 
+def _as_names(names):
+    return None if names is None else tuple(str(n) for n in names)
+
+
 class GaussianMixture(_DensityMixin, _Base):
     """Gaussian mixture fitted by EM, variational Bayes, SVI or NUTS, as a scikit-learn estimator.
 
@@ -487,7 +491,9 @@ class GaussianMixture(_DensityMixin, _Base):
             elif hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             return arr
-        arr, _ = check_data(X, name="X", num_features=self.n_features_in_, allow_constant=True, missing=self.missing)
+        # without scikit-learn's own check, a DataFrame's columns are matched by name here (they were taken by position)
+        arr, _ = check_data(X, name="X", num_features=self.n_features_in_, allow_constant=True, missing=self.missing,
+                            feature_names=None if HAVE_SKLEARN else _as_names(getattr(self, "feature_names_in_", None)))
         return arr
 
     def _check_fitted(self):

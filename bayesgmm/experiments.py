@@ -28,6 +28,7 @@ intervals for EM).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Mapping
 
@@ -135,6 +136,22 @@ def normalized_mutual_info(labels_true, labels_pred) -> float:
 # ----------------------------------------------------------------------------------------------
 # One engine call
 # ----------------------------------------------------------------------------------------------
+#: compare's way to the option the engines' missing-value advice names (compare has no ``missing``)
+COMPARE_MISSING_ADVICE = "pass engine_kwargs={method: {'missing': 'marginalize'}} for each method"
+
+
+@contextlib.contextmanager
+def _compare_advice():
+    """The data checks' errors with compare's own way to treat NaN as missing values."""
+    try:
+        yield
+    except ValueError as err:
+        said = str(err)
+        if "pass missing='marginalize'" not in said:
+            raise
+        raise ValueError(said.replace("pass missing='marginalize'", COMPARE_MISSING_ADVICE)) from None
+
+
 def _check_methods(methods) -> tuple:
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     bad = [m for m in methods if m not in METHODS]
@@ -417,7 +434,8 @@ def compare(
         # validated once; every engine takes the record and skips the checks (NaN let through where an
         # engine is told missing="marginalize"; the others then refuse them with their own message)
         marginalize = any(isinstance(kw, Mapping) and kw.get("missing") == "marginalize" for kw in engine_kwargs.values())
-        data = prepare_data(x, missing="marginalize" if marginalize else "error")
+        with _compare_advice():
+            data = prepare_data(x, missing="marginalize" if marginalize else "error")
         arr = data.values
         k = check_num_components(num_components, arr.shape[0])
         methods = _check_methods(methods)
@@ -446,8 +464,10 @@ def compare(
             except ValueError as err:
                 raise ValueError(f"truth: {err} Give the truth in the fits' layout (covariance_type={covariance_type!r}: "
                                  f"{layout}), e.g. make_mixture(..., covariance_type={layout!r}).params.") from None
-        if x_test is not None:
-            x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True)
+        if x_test is not None:  # its columns matched by name (a reordered DataFrame was scored by position)
+            with _compare_advice():
+                x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True,
+                                       feature_names=data.feature_names, missing="marginalize" if marginalize else "error")
         _check_interval_and_replicates(interval, bootstrap_replicates)
         prior = prior if prior is not None else Prior.default(arr, k)
     settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,

@@ -42,6 +42,9 @@ class KMeansResult(NamedTuple):
     converged : bool
         Whether the best run's centres stopped moving (squared shift below the tolerance)
         within ``max_iter`` iterations.
+    feature_names : tuple of str, optional
+        The training data's column names (a DataFrame's, else ``x0``, ``x1``, ...): :meth:`predict`
+        matches a DataFrame's columns to them by name.
     """
 
     centers: np.ndarray
@@ -49,6 +52,7 @@ class KMeansResult(NamedTuple):
     inertia: float
     n_iter: int
     converged: bool
+    feature_names: tuple | None = None
 
     def predict(self, x) -> np.ndarray:
         """Index of the nearest centre for each row of ``x``, shape (N,).
@@ -57,14 +61,16 @@ class KMeansResult(NamedTuple):
         ----------
         x : array-like (N, D)
             Rows to assign, with the features (and units) of the data the centres were fitted
-            on.
+            on; a DataFrame's columns are matched to :attr:`feature_names` by name (reordered; other
+            names are an error).
 
         Returns
         -------
         np.ndarray (N,)
             Index into ``centers`` of each row's nearest centre (Euclidean distance).
         """
-        arr, _ = check_data(x, num_features=self.centers.shape[1], allow_constant=True, takes_missing=False)
+        arr, _ = check_data(x, num_features=self.centers.shape[1], allow_constant=True, takes_missing=False,
+                            feature_names=self.feature_names)
         shift, scale = _centre_and_scale(np.asarray(self.centers, np.float64))
         xs = ((arr.astype(np.float64) - shift) / scale).astype(compute_dtype())
         centers = ((np.asarray(self.centers, np.float64) - shift) / scale).astype(compute_dtype())
@@ -454,4 +460,5 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
         inertia_64,
         int(n_iter[best]),
         bool(converged[best]),
+        tuple(names),
     )

@@ -134,12 +134,18 @@ def _without_empty_rows(x):
     return arr[~empty]
 
 
-def _check_features(features, d: int) -> tuple[int, int]:
+def _check_features(features, d: int, names=None) -> tuple[int, int]:
+    """Two column indices from ``features``: indices, or names among the fit's ``names``."""
     if d < 2:
         raise ValueError("this plot needs at least 2 features; for 1-D data use plot_density_1d.")
-    f = tuple(int(i) for i in features)
+    names = list(names or [])
+    try:
+        f = tuple(names.index(i) if isinstance(i, str) and i in names else int(i) for i in features)
+    except (TypeError, ValueError):
+        f = ()
     if len(f) != 2 or f[0] == f[1] or min(f) < 0 or max(f) >= d:
-        raise ValueError(f"features must be two different column indices in [0, {d}), got {features!r}.")
+        raise ValueError(f"features must be two different column indices in [0, {d}) or names among {names}, got "
+                         f"{features!r}.")
     return f
 
 
@@ -360,8 +366,8 @@ def plot_clusters_2d(
         Data to plot (normally the training data), with the fit's features.
     ax : matplotlib Axes, optional
         Axes to draw in; default a new figure.
-    features : (int, int)
-        Columns on the x and y axes.
+    features : (int, int) or (str, str)
+        Columns on the x and y axes: indices, or names (the fit's ``feature_names``).
     n_std : sequence of float
         Contour levels in standard deviations (solid, dashed, ...).
     legend : bool
@@ -376,7 +382,7 @@ def plot_clusters_2d(
     -------
     matplotlib Axes
     """
-    i, j = _check_features(features, result.num_features)
+    i, j = _check_features(features, result.num_features, result.feature_names)
     arr = _data(x, result, (i, j))  # colours from every column observed (predict_proba marginalises the rest)
     ax = _new_axes(ax, figsize=(4.6, 4.0))
     k = result.num_components
@@ -433,8 +439,8 @@ def plot_em_iterations(
         a missing value (NaN) in a column drawn are left out.
     fits : dict int -> FitResult
         The fit after each number of iterations, e.g. :func:`bayesgmm.em.fit_em_path`'s.
-    features : (int, int)
-        Columns shown for D >= 2.
+    features : (int, int) or (str, str)
+        Columns shown for D >= 2: indices, or names (the fit's ``feature_names``).
     axes : sequence of Axes, optional
         One per iteration; default a new row of panels.
     bins : int, sequence or str
@@ -456,7 +462,7 @@ def plot_em_iterations(
     first = fits[its[0]]
     one_d = first.num_features == 1
     if not one_d:
-        f = _check_features(features, first.num_features)
+        f = _check_features(features, first.num_features, first.feature_names)
     arr = _data(x, first, (0,) if one_d else f)
     if labels is not None and len(labels) != len(its):  # before a figure is made, which would be left open
         raise ValueError(f"labels must hold one title per iteration ({len(its)}), got {len(labels)}.")
@@ -665,8 +671,8 @@ def plot_posterior_ellipses(
         Number of draws shown (evenly thinned; all of them when there are fewer).
     ax : matplotlib Axes, optional
         Axes to draw in; default a new figure.
-    features : (int, int)
-        Columns on the x and y axes (D >= 2).
+    features : (int, int) or (str, str)
+        Columns on the x and y axes (D >= 2): indices, or names (the fit's ``feature_names``).
     n_std : float
         The contour drawn, in standard deviations.
     legend : bool
@@ -677,7 +683,7 @@ def plot_posterior_ellipses(
     matplotlib Axes
     """
     k, d = result.num_components, result.num_features
-    drawn = (0,) if d == 1 else _check_features(features, d)
+    drawn = (0,) if d == 1 else _check_features(features, d, result.feature_names)
     arr = _data(x, result, drawn)
     w, m, c = _flat_draws(result, num_draws)
     colors = component_colors(k)
@@ -732,8 +738,8 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
         Panel title -> fit; all fitted on the same features.
     x : array (N, D)
         Data drawn in every panel (normally the training data).
-    features : (int, int)
-        Columns on the x and y axes (D >= 2).
+    features : (int, int) or (str, str)
+        Columns on the x and y axes (D >= 2): indices, or names (the fit's ``feature_names``).
     num_draws : int
         Posterior draws shown per Bayesian panel (0 to show none).
     align : bool
@@ -754,7 +760,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
     first = next(iter(results.values()))
     one_d = first.num_features == 1
     if not one_d:
-        f = _check_features(features, first.num_features)
+        f = _check_features(features, first.num_features, first.feature_names)
     arr = _data(x, first, (0,) if one_d else f)
     if align:
         ks = {r.num_components for r in results.values()}

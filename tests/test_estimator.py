@@ -547,6 +547,16 @@ def test_works_without_sklearn():
                 assert message in str(err), str(err)
             else:
                 raise AssertionError("expected ValueError: " + message)
+        # a DataFrame's columns by name, as FitResult matches them (they were taken by position)
+        frame = bg.datasets.load_faithful(as_frame=True)
+        named = e.GaussianMixture(2, random_state=0).fit(frame)
+        assert np.array_equal(named.predict(frame[["waiting", "eruptions"]]), named.predict(frame))
+        try:
+            named.predict(frame.rename(columns={"waiting": "wait"}))
+        except ValueError as err:
+            assert "wait" in str(err), str(err)
+        else:
+            raise AssertionError("expected ValueError: an unknown column")
         assert "sklearn" not in [k for k, v in sys.modules.items() if v is not None]
         print("ok")
         """

@@ -301,3 +301,31 @@ def test_a_truth_of_another_layout_or_bad_settings_are_refused_before_any_fit(si
         compare(x, 3, methods=("em",), truth=truth, interval="0.9")
     with pytest.raises(ValueError, match="bootstrap_replicates must be 0"):
         compare(x, 3, methods=("em",), truth=truth, bootstrap_replicates=1)
+
+
+def test_held_out_data_are_matched_by_column_name_and_may_hold_missing_values():
+    """``x_test`` as a DataFrame with its columns in another order was scored by position
+    (test_lpd -111930 for -4.40), one of another name was taken; with every engine told
+    missing="marginalize", NaN in ``x_test`` was still refused, with advice naming an argument
+    compare does not have."""
+    frame = bg.datasets.load_faithful(as_frame=True)
+    train, test = frame.iloc[:200], frame.iloc[200:].copy()
+    kw = dict(methods=("em",), bootstrap_replicates=0)
+    same = compare(train, 2, x_test=test, **kw)["test_lpd"].iloc[0]
+    assert compare(train, 2, x_test=test[["waiting", "eruptions"]], **kw)["test_lpd"].iloc[0] == same
+    with pytest.raises(ValueError, match="wait"):
+        compare(train, 2, x_test=test.rename(columns={"waiting": "wait"}), **kw)
+    test.iloc[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"pass engine_kwargs=\{method: \{'missing': 'marginalize'\}\} for each method"):
+        compare(train, 2, x_test=test, **kw)
+    scored = compare(train, 2, x_test=test, engine_kwargs={"em": {"missing": "marginalize"}}, **kw)["test_lpd"].iloc[0]
+    assert np.isfinite(scored) and abs(scored - same) < 0.1
+
+
+def test_kmeans_predicts_a_dataframe_by_column_name():
+    frame = bg.datasets.load_faithful(as_frame=True)
+    km = bg.kmeans(frame, 2, seed=0)
+    assert km.feature_names == ("eruptions", "waiting")
+    np.testing.assert_array_equal(km.predict(frame[["waiting", "eruptions"]]), km.labels)
+    with pytest.raises(ValueError, match="wait"):
+        km.predict(frame.rename(columns={"waiting": "wait"}))

@@ -141,6 +141,11 @@ def test_a_frame_is_read_by_column_name(em2, faithful_frame):
     fits = {0: em2}
     fig, axes = plotting.plot_em_iterations(swapped, fits, legend=False)
     np.testing.assert_array_equal(axes[0].collections[0].get_offsets(), ours.collections[0].get_offsets())
+    # the axes' features by name too (as plot_density_1d's feature; a bare int() error before)
+    named = plotting.plot_clusters_2d(em2, faithful_frame, features=("waiting (min)", "eruptions (min)"))
+    np.testing.assert_array_equal(named.collections[0].get_offsets()[0], faithful_frame.to_numpy()[0, ::-1])
+    with pytest.raises(ValueError, match=r"names among \['eruptions \(min\)', 'waiting \(min\)'\]"):
+        plotting.plot_clusters_2d(em2, faithful_frame, features=("waiting", "eruptions (min)"))
 
 
 def test_density_histogram_is_the_data_density_in_any_window(em2, faithful_frame):
