@@ -47,6 +47,7 @@ from .params import (
     Prior,
     check_bool,
     check_data,
+    check_num_components,
     prepare_data,
     seed_to_key,
 )
@@ -405,7 +406,7 @@ def select_bayesian(
         One prior for every K (its concentration must be a scalar); default per-K ``Prior.default``.
     overfit_components : int, optional
         Components of the overfitted mixture whose effective K is reported; default
-        ``max(k_range) + 2``.
+        ``max(k_range) + 2``, at most N (a number above N is an error, raised before any fit).
     sparse_concentration : float
         Dirichlet concentration of the overfitted mixture's sparse prior.
     seed : int
@@ -431,6 +432,9 @@ def select_bayesian(
         data = prepare_data(x, missing=missing)  # validated once for every K (missing= reached it too late)
         arr = data.values
         ks = _check_k_range(k_range, arr.shape[0])
+        # the overfitted VB fit's K, checked before any fit (it failed after all of them when above N)
+        k_over = min(ks[-1] + 2, arr.shape[0]) if overfit_components is None else check_num_components(
+            overfit_components, arr.shape[0])
         engine = get_engine(method, draws=True, purpose="for Bayesian model comparison")
         engine.check_covariance_type(covariance_type)
         fit_fn = engine.load()
@@ -455,7 +459,6 @@ def select_bayesian(
         comparison["elbo"] = [fits[int(i.split("=")[1])].diagnostics.elbo for i in comparison.index]
     from .vb import fit_vb
 
-    k_over = overfit_components or ks[-1] + 2
     sparse_prior = Prior.default(arr, k_over, weight_concentration=sparse_concentration)
     sparse = fit_vb(data, k_over, covariance_type="diag" if covariance_type == "diag" else "full",
                     prior=sparse_prior, seed=seed, missing=missing)

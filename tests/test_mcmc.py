@@ -782,3 +782,4 @@ def test_a_dense_mass_matrix_follows_correlated_features():
     assert dense.info["max_rhat"] < 1.03 and dense.info["min_ess_bulk"] > 150
     with pytest.raises(ValueError, match="dense_mass must be 'auto', True or False"):
         bg.fit_mcmc(x, 2, dense_mass="yes", **kw)
+

@@ -162,6 +162,11 @@ def test_bayesian_comparison_by_loo_and_effective_k():
     assert effective["effective_components"] == 2
     with pytest.raises(ValueError, match="method must be one of"):
         select_bayesian(data.x, [1, 2], method="em")
+    # the overfitted fit's K checked before any fit (K = N - 1 fitted every K, then failed on K + 2)
+    six = data.x[:6]
+    with pytest.raises(ValueError, match="num_components=9"):
+        select_bayesian(six, [1, 2], method="vb", overfit_components=9)
+    assert select_bayesian(six, range(1, 6), method="vb", num_draws=20, seed=0)[2]["fit"].num_components == 6
     # missing values: missing= reaches the data's check (it refused them, asking for missing=)
     holed = data.x.copy()
     holed[::7, 1] = np.nan
