@@ -16,6 +16,7 @@ to the package; its names may change without notice.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import time
 import warnings
 from typing import NamedTuple
@@ -50,6 +51,15 @@ def lapack_flops_per_chain(num_components: int, num_features: int, rows_with_mis
     """An upper bound on the flops of one batched LAPACK call (Cholesky factor, triangular solve)
     of one chain's step: K matrices of D x D, and one per row and component with missing values."""
     return float((num_components + rows_with_missing * num_components) * num_features**3)
+
+
+def lapack_batch(lapack_flops: float) -> int:
+    """How many draws' batched LAPACK calls (``lapack_flops`` each, :func:`lapack_flops_per_chain`)
+    fit in one call that jaxlib does not split over XLA's thread pool (below
+    :data:`LAPACK_SPLIT_FLOPS`): a power of two, at least 1, at most 1024 (static: a program per
+    value)."""
+    fits = int(LAPACK_SPLIT_FLOPS // max(lapack_flops, 1.0))
+    return int(min(1024, 2 ** max(0, math.floor(math.log2(max(fits - 1, 1))))))
 
 
 def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:

@@ -269,8 +269,9 @@ def best_labelling(params: GMMParams, concentration, covariance_type: str) -> GM
     clusters), neither the most probable. The likelihood and the means' and covariances' prior
     do not depend on the order, so the order of highest weight-prior density is that of highest
     posterior density: every order is tried for up to :data:`LABELLINGS_TRIED_UP_TO` components;
-    above, the weights are sorted (decreasing for sticks, which makes every tail sum smallest;
-    in the order of the concentrations for a Dirichlet, which maximises ``sum (a_k - 1) log w_k``).
+    above, for sticks each weight is tried last with the others in decreasing order (exact for
+    Beta(1, gamma) sticks, a Dirichlet process's), and for a Dirichlet the weights are put in the
+    order of the concentrations (which maximises ``sum (a_k - 1) log w_k``).
     Under an exchangeable Dirichlet (every concentration equal) ``params`` is returned as is.
     """
     if params.weights.shape[0] == 1:
@@ -296,8 +297,12 @@ def labelling_order(weights, concentration):
 
         orders = jnp.asarray(np.array(list(itertools.permutations(range(k))), np.int32))
         order = orders[jnp.argmax(jax.vmap(weight_log_density)(orders))]  # the identity first: kept on ties
-    elif sticks:
-        order = jnp.argsort(-weights)
+    elif sticks:  # each weight tried last, the others decreasing: exact for Beta(1, gamma) sticks,
+        # whose density rewards small tail sums and, for gamma > 1, a large last weight (decreasing
+        # alone fell 17.5 nats short at K = 8, gamma = 5)
+        idx = jnp.arange(k)
+        candidates = jax.vmap(lambda j: jnp.argsort(jnp.where(idx == j, jnp.inf, -weights)))(idx)
+        order = candidates[jnp.argmax(jax.vmap(weight_log_density)(candidates))]
     else:  # the k-th smallest weight goes where the k-th smallest concentration is
         order = jnp.zeros(k, jnp.int32).at[jnp.argsort(concentration)].set(jnp.argsort(weights).astype(jnp.int32))
     if not sticks:

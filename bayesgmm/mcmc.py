@@ -58,7 +58,15 @@ from jax.flatten_util import ravel_pytree
 
 from . import _numerics
 from . import _numpyro_common as shared
-from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
+from ._chains import (
+    chain_starts,
+    concurrent_runs,
+    finish_draws,
+    lapack_batch,
+    lapack_flops_per_chain,
+    run_chain_groups,
+    sampler_result,
+)
 from ._compile import (
     CompiledProgram,
     length_bucket,
@@ -112,6 +120,7 @@ class _Config(NamedTuple):
     progress_bar: bool  # tick a host-side bar from inside the program (values unchanged)
     missing: bool = False  # NaN entries of the data are missing values (the model's MarginalMixture)
     chains_per_run: int | None = None  # "sequential": chains of one run (runs go on threads); None: all
+    lp_batch: int = 1024  # draws whose log posterior is computed at once (_chains.lapack_batch)
 
 
 #: ``dense_mass="auto"``'s largest model for a dense mass matrix, in unconstrained parameters
@@ -361,8 +370,12 @@ def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, target_ac
         # chain and draw, each batch is split over XLA's thread pool, and two at once hung
         return total + log_prior(_numerics.in_turn(total, p), prior, ct)
 
-    lp = jax.vmap(jax.vmap(log_post))(*draws)
-    return draws, stats, lp, warmup_steps
+    # in batches of draws whose LAPACK calls are not split over XLA's thread pool: every draw at
+    # once (chains x draws x K factorisations) was, and two runs of chains on two threads each
+    # waited there for pieces queued behind the other's (D = 5, K = 3: a hang)
+    flat = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), draws)
+    lp = jax.lax.map(lambda p: log_post(*p), flat, batch_size=min(config.lp_batch, c * config.sample_len))
+    return draws, stats, lp.reshape(c, config.sample_len), warmup_steps
 
 
 @functools.partial(jax.jit, static_argnames=("k", "covariance_type", "missing"))
@@ -597,7 +610,7 @@ def fit_mcmc(
     config = _Config(
         k, covariance_type, length_bucket(num_samples), num_chains, run_method,
         max_tree_depth, dense, num_devices, bool(progress_bar), bool(np.isnan(arr).any()),
-        num_chains // runs if runs > 1 else None,
+        num_chains // runs if runs > 1 else None, lapack_batch(lapack_flops),
     )
     steps = num_warmup + num_samples
     # vectorized chains step together (one tick per step); sequential chains and devices each tick

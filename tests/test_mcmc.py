@@ -783,3 +783,17 @@ def test_a_dense_mass_matrix_follows_correlated_features():
     with pytest.raises(ValueError, match="dense_mass must be 'auto', True or False"):
         bg.fit_mcmc(x, 2, dense_mass="yes", **kw)
 
+
+
+def test_the_draws_log_posterior_is_computed_in_batches_jaxlib_does_not_split():
+    """Every draw's log posterior at once (chains x draws x K factorisations) was one batched
+    LAPACK call that jaxlib splits over XLA's thread pool; two runs of chains on two threads
+    (the CPU default) each waited there for the other's pieces: NUTS hung on D = 5, K = 3,
+    N = 600. The draws now go in batches whose calls stay below the split."""
+    from bayesgmm._chains import LAPACK_SPLIT_FLOPS, concurrent_runs, lapack_batch, lapack_flops_per_chain
+
+    for k, d, missing in ((2, 2, 0), (3, 5, 0), (3, 5, 40), (16, 16, 0), (1, 1, 0)):
+        flops = lapack_flops_per_chain(k, d, missing)
+        batch = lapack_batch(flops)
+        assert 1 <= batch <= 1024 and (batch & (batch - 1)) == 0
+        assert batch * flops < LAPACK_SPLIT_FLOPS or (batch == 1 and concurrent_runs(4, flops) == 1), (k, d, missing)
