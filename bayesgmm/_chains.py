@@ -232,16 +232,17 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
 def exact_log_posterior(data, draws: dict, prior, covariance_type: str) -> np.ndarray:
     """``log p(x, theta)`` of every draw, (chains, draws), in float64 on the host: the data's
     log-likelihood (rows with missing values on their observed columns) plus the log prior
-    (:func:`bayesgmm._numerics.draws_log_prior`; ``prior`` a :class:`~bayesgmm.Prior`, original
-    units). Weights that underflowed to 0 count as float64's smallest normal number, as
+    (:func:`bayesgmm._sticks.weights_log_density` and :func:`bayesgmm._numerics.draws_log_prior`;
+    ``prior`` a :class:`~bayesgmm.Prior`, original units). Weights that underflowed to 0 count as float64's smallest normal number, as
     :meth:`bayesgmm.FitResult.to_inference_data` counts them."""
     names = ("weights", "means", "covariances")
     c, s, k = np.shape(draws["weights"])
     flat = [np.asarray(draws[name], np.float64).reshape((c * s,) + np.shape(draws[name])[2:]) for name in names]
     total = _numerics.draws_log_likelihood(data, *flat, covariance_type)
     prior_arrays = prior.arrays(k, covariance_type)
-    total = total + _numerics.draws_log_prior(_numerics.floored_weights(flat[0]), flat[1], flat[2], prior_arrays,
-                                              covariance_type)
+    weights = _numerics.floored_weights(flat[0])
+    total = (total + _sticks.weights_log_density(weights, np.asarray(prior_arrays.concentration, np.float64))
+             + _numerics.draws_log_prior(weights, flat[1], flat[2], prior_arrays, covariance_type, with_weights=False))
     return total.reshape(c, s)
 
 

@@ -693,22 +693,19 @@ def log_prior(params, prior, covariance_type: str, active=None) -> float:
     return float(draws_log_prior(w, m, c, prior, covariance_type, active=active)[0])
 
 
-def draws_log_prior(weights, means, covariances, prior, covariance_type: str, active=None) -> np.ndarray:
+def draws_log_prior(weights, means, covariances, prior, covariance_type: str, active=None, *,
+                    with_weights: bool = True) -> np.ndarray:
     """:func:`log_prior` of S parameter sets (leading axis of each array), shape (S,), float64.
 
-    The weights' term is the Dirichlet's, or the stick-breaking prior's for a (K - 1, 2)
-    concentration (:func:`bayesgmm._sticks.weights_log_density`); with ``active``, the Dirichlet's
-    of the active weights (Dirichlet weights only, as :func:`bayesgmm.model.log_prior`).
+    The weights' term is the Dirichlet's (of the active weights with ``active``); without it
+    (``with_weights=False``) the means' and covariances' terms alone, for a caller that adds
+    another weight prior's (stick-breaking: :func:`bayesgmm._sticks.weights_log_density`).
     """
-    from ._sticks import weights_log_density
-
     w, m, c = (np.asarray(a, np.float64) for a in (weights, means, covariances))
     alpha, m0, kappa0, nu0, psi = (np.asarray(a, np.float64) for a in prior)
     k, d = m.shape[-2:]
     act = np.ones(k, bool) if active is None else np.asarray(active, bool)
-    if active is None:
-        lp = weights_log_density(w, alpha)
-    elif act.sum() > 1:
+    if with_weights and act.sum() > 1:
         lp = dirichlet_log_density(w[:, act], np.broadcast_to(alpha, (k,))[act])
     else:
         lp = np.zeros(w.shape[0])

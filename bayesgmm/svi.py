@@ -76,7 +76,7 @@ import numpyro
 from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoLaplaceApproximation, AutoMultivariateNormal, AutoNormal
 
-from . import _numerics
+from . import _numerics, _sticks
 from . import _numpyro_common as shared
 from ._chains import LAPACK_SPLIT_FLOPS
 from ._compile import (
@@ -579,8 +579,11 @@ def fit_svi(
     log_lik = _numerics.totals(arr64, *point, covariance_type).log_likelihood
     if is_delta:  # the log posterior density at the MAP, recomputed in float64 (the program's is the compute type's)
         prior_arrays = prior.arrays(k, covariance_type)
-        floored = point._replace(weights=_numerics.floored_weights(np.asarray(point.weights, np.float64)))
-        elbo_final = np.array([log_lik + _numerics.log_prior(floored, prior_arrays, covariance_type)])
+        w = _numerics.floored_weights(np.asarray(point.weights, np.float64))
+        log_prior = (_sticks.weights_log_density(w, np.asarray(prior_arrays.concentration, np.float64))
+                     + _numerics.draws_log_prior(w[None], point.means[None], point.covariances[None], prior_arrays,
+                                                 covariance_type, with_weights=False)[0])
+        elbo_final = np.array([log_lik + log_prior])
     converged, drift, noise = shared.elbo_convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]
     degenerate = tuple(int(i) for i in np.flatnonzero(point.weights * n < 1.0))
