@@ -238,12 +238,18 @@ def exact_log_posterior(data, draws: dict, prior, covariance_type: str) -> np.nd
     names = ("weights", "means", "covariances")
     c, s, k = np.shape(draws["weights"])
     flat = [np.asarray(draws[name], np.float64).reshape((c * s,) + np.shape(draws[name])[2:]) for name in names]
+    finite = np.all([np.isfinite(a.reshape(c * s, -1)).all(axis=1) for a in flat], axis=0)
+    out = np.full(c * s, np.nan)  # a non-finite draw's is NaN (its rows would have set the frame's centre to NaN)
+    if not finite.any():
+        return out.reshape(c, s)
+    flat = [a[finite] for a in flat]
     total = _numerics.draws_log_likelihood(data, *flat, covariance_type)
     prior_arrays = prior.arrays(k, covariance_type)
     weights = _numerics.floored_weights(flat[0])
     total = (total + _sticks.weights_log_density(weights, np.asarray(prior_arrays.concentration, np.float64))
              + _numerics.draws_log_prior(weights, flat[1], flat[2], prior_arrays, covariance_type, with_weights=False))
-    return total.reshape(c, s)
+    out[finite] = total
+    return out.reshape(c, s)
 
 
 def chain_diagnostics(draws: dict) -> tuple[float, float]:

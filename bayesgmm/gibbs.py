@@ -127,14 +127,15 @@ def _inverse_wishart(log_gamma, key, scale):
 
     With ``W = A A^T ~ Wishart(df, I)`` (A lower triangular, ``A_ii^2 ~ chi2(df - i)``,
     ``A_ij ~ N(0, 1)`` below the diagonal), ``W^-1 ~ IW(df, I)`` and for ``scale = C C^T``,
-    ``C W^-1 C^T = M^T M ~ IW(df, scale)`` with ``M = A^-1 C^T``.
+    ``C W^-1 C^T = M^T M ~ IW(df, scale)`` with ``M = A^-1 C^T``. Returns the draw and ``M``
+    (a square root of it: ``M^T u``, u standard normal, has the draw as its covariance).
     """
     d = scale.shape[-1]
     a = jnp.tril(jax.random.normal(key, scale.shape, dtype=scale.dtype), -1)
     a = a + jnp.sqrt(2.0 * jnp.exp(log_gamma))[..., None] * jnp.eye(d, dtype=scale.dtype)
     c = jnp.linalg.cholesky(scale)
     m = solve_triangular(a, jnp.swapaxes(c, -1, -2), lower=True)
-    return _stats.symmetrise(jnp.swapaxes(m, -1, -2) @ m)
+    return _stats.symmetrise(jnp.swapaxes(m, -1, -2) @ m), m
 
 
 def _half_dfs(df, d: int, dtype):
@@ -204,13 +205,16 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
         weights = jax.nn.softmax(log_w[0])  # a Dirichlet draw
     if ct in ("full", "tied"):
         spread = scatter + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :]
+        # the means through the draw's own square root M (cov = M^T M): a Cholesky factor of the
+        # drawn covariance was NaN in float32 where it was nearly singular (features correlated at
+        # 0.9999: non-finite draws, and a crash in the float64 recomputation of their lp)
         if ct == "full":
-            cov = _inverse_wishart(log_g, key_lower, psi[None] + spread)
-            chol = jnp.linalg.cholesky(cov / kappa_n[:, None, None])
+            cov, root = _inverse_wishart(log_g, key_lower, psi[None] + spread)
         else:
-            cov = _inverse_wishart(log_g[0], key_lower, psi + jnp.sum(spread, axis=0))
-            chol = jnp.linalg.cholesky(cov[None] / kappa_n[:, None, None])
-        means = centre + jnp.einsum("kij,kj->ki", chol, jax.random.normal(key_mu, xbar.shape, dtype))
+            cov, root = _inverse_wishart(log_g[0], key_lower, psi + jnp.sum(spread, axis=0))
+            root = jnp.broadcast_to(root, (k, d, d))
+        noise = jax.random.normal(key_mu, xbar.shape, dtype) / jnp.sqrt(kappa_n)[:, None]
+        means = centre + jnp.einsum("kji,kj->ki", root, noise)
         return GMMParams(weights, means, cov)
     if ct == "diag":
         cov = 0.5 * (psi[None] + scatter + shrink[:, None] * dev**2) * jnp.exp(-log_g)  # inverse gamma
