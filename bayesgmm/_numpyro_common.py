@@ -188,7 +188,8 @@ def map_start_noise(key, num_components: int, dtype):
         jax.random.split(key, MAP_STARTS))
 
 
-def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: str, row_weight=None) -> GMMParams:
+def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: str, row_weight=None, *,
+              reorder: bool = True) -> GMMParams:
     """A MAP solution: k-means seedings, each refined by closed-form MAP-EM; the best log posterior.
 
     Traced inside the engines' compiled programs (the seedings are ``vmap``-ed, the
@@ -212,6 +213,10 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
         Covariance structure (static).
     row_weight : array (N,), optional
         1 for the data's rows, 0 for padding rows (a program built for a row bucket).
+    reorder : bool
+        Put the start in the labelling of highest weight-prior density (:func:`best_labelling`;
+        static). False under an exchangeable weight prior (:func:`weights_ordered`), where every
+        labelling is as probable: the program then holds no reordering step.
 
     Returns
     -------
@@ -251,7 +256,15 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
 
     params, obj = jax.vmap(one)(u.astype(xs.dtype))
     best = jnp.argmax(obj)
-    return best_labelling(jax.tree_util.tree_map(lambda a: a[best], params), prior.concentration, covariance_type)
+    chosen = jax.tree_util.tree_map(lambda a: a[best], params)
+    return best_labelling(chosen, prior.concentration, covariance_type) if reorder else chosen
+
+
+def weights_ordered(concentration) -> bool:
+    """Whether a weight prior (a :class:`~bayesgmm.params.PriorArrays` concentration, host
+    values) tells the labellings apart: stick-breaking weights or an uneven Dirichlet
+    (:func:`map_start`'s ``reorder``)."""
+    return not _sticks.is_exchangeable(np.asarray(concentration))
 
 
 #: :func:`best_labelling` tries every order of up to this many components (5040 at 7).

@@ -339,6 +339,7 @@ class _StartConfig(NamedTuple):
 
     num_components: int
     covariance_type: str
+    reorder: bool = True  # the start to the weight prior's most probable labelling (shared.weights_ordered)
 
 
 @shared.without_validation
@@ -348,7 +349,8 @@ def _start_program(xs, row_weight, prior, key, use_user_init, user_init, *, conf
     (:func:`bayesgmm._chains.run_chain_groups`)."""
     k, ct = config.num_components, config.covariance_type
     key_map = jax.random.split(key)[0]
-    pivot = shared.map_start(shared.map_start_noise(key_map, k, xs.dtype), xs, prior, k, ct, row_weight)
+    pivot = shared.map_start(shared.map_start_noise(key_map, k, xs.dtype), xs, prior, k, ct, row_weight,
+                             reorder=config.reorder)
     starts = jax.tree_util.tree_map(
         lambda p, u: jnp.where(use_user_init, u, jnp.broadcast_to(p, u.shape)), pivot, user_init
     )
@@ -525,7 +527,7 @@ def fit_gibbs(
         observed = pad_observed(observed, xs.shape[0])
         key = seed_to_key(seed)
         start = (START_PROGRAM, (xs, row_weight, std.prior_arrays, key, np.bool_(not isinstance(init, str)), user_init),
-                 _StartConfig(k, covariance_type))
+                 _StartConfig(k, covariance_type, shared.weights_ordered(std.prior_arrays.concentration)))
         lengths = (np.int32(num_warmup), np.int32(num_samples))
         timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, key, observed, *lengths), config, runs,
                                  start=start)

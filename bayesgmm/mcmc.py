@@ -233,6 +233,7 @@ class _StartConfig(NamedTuple):
     covariance_type: str
     num_chains: int
     missing: bool = False
+    reorder: bool = True  # the start to the weight prior's most probable labelling (shared.weights_ordered)
 
 
 def _split_keys(key, num_chains: int):
@@ -267,7 +268,8 @@ def _start_program(xs, row_mask, prior, key, init_code, user_init, *, config: _S
     # "map", user-given and "uniform" starts share one compiled program.
     num_user = c * ravel_pytree(jax.eval_shape(unconstrain, jax.tree_util.tree_map(lambda a: a[0], user_init)))[0].size
     noise = jax.random.uniform(key_noise, (num_map + 2 * num_user,), xs.dtype)
-    pivot = shared.map_start(noise[:num_map].reshape(map_shape), filled, prior, k, ct, row_weight=row_mask)
+    pivot = shared.map_start(noise[:num_map].reshape(map_shape), filled, prior, k, ct, row_weight=row_mask,
+                             reorder=config.reorder)
     # Batched LAPACK calls one after another (_numerics.in_turn): the chains' transforms after the
     # MAP search's, and the chains' gradients one chain at a time below. jaxlib 0.10 splits a
     # batch of chains x K factorisations over XLA's thread pool and waits there; two such calls
@@ -618,7 +620,8 @@ def fit_mcmc(
     with progress("mcmc", ticks, enabled=bool(progress_bar), desc=f"NUTS {num_chains} chain(s) x {steps} steps"):
         xs_padded, row_mask = shared.pad_rows(xs)
         start = (START_PROGRAM, (xs_padded, row_mask, prior_arrays, key, init_code, user_init),
-                 _StartConfig(k, covariance_type, num_chains, config.missing))
+                 _StartConfig(k, covariance_type, num_chains, config.missing,
+                              shared.weights_ordered(prior_arrays.concentration)))
         # num_samples, num_warmup and target_accept_prob are traced (the draws fill a buffer of
         # num_samples' bucket): other values reuse the program
         traced = (np.int32(num_samples), np.int32(num_warmup), np.asarray(target_accept_prob, xs_padded.dtype))

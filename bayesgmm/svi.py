@@ -187,6 +187,7 @@ class _StartConfig(NamedTuple):
     num_components: int
     covariance_type: str
     missing: bool
+    reorder: bool = True  # the start to the weight prior's most probable labelling (shared.weights_ordered)
 
 
 @shared.without_validation
@@ -197,7 +198,7 @@ def _start_program(xs, row_mask, prior, key, *, config: _StartConfig):
     key_start = jax.random.split(key, 4)[0]
     filled = jnp.where(jnp.isnan(xs), 0.0, xs) if config.missing else xs  # the start: missing entries at the median
     return shared.map_start(shared.map_start_noise(key_start, config.num_components, filled.dtype), filled, prior,
-                            config.num_components, config.covariance_type, row_weight=row_mask)
+                            config.num_components, config.covariance_type, row_weight=row_mask, reorder=config.reorder)
 
 
 def _start_shapes(xs, row_mask, prior, key, *, config: _StartConfig):
@@ -536,8 +537,8 @@ def fit_svi(
         if init_mode == "user":
             start = user_init
         else:  # the MAP start's program compiles beside the SVI program, then runs
-            start_args, start_static = (xs, row_mask, prior_arrays, key), {"config": _StartConfig(k, covariance_type,
-                                                                                                  config.missing)}
+            start_config = _StartConfig(k, covariance_type, config.missing, shared.weights_ordered(prior_arrays.concentration))
+            start_args, start_static = (xs, row_mask, prior_arrays, key), {"config": start_config}
             compile_seconds = compile_together(START_PROGRAM, start_args, start_static, program,
                                                lambda outputs: (*args, outputs), static)
             started = START_PROGRAM(*start_args, **start_static)
