@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _numerics, _sticks
-from ._compile import CompiledProgram, Timed, compile_together
+from ._compile import RUN_LOCK, CompiledProgram, Timed, compile_together, run_as_group
 from ._numpyro_common import labelling_order, standard_init
 from ._threads import usable_cores
 from .labels import align_draws
@@ -46,11 +46,20 @@ ESS_PER_CHAIN = 100
 #: pool, and the call waits there for its pieces (``jaxlib/cpu/lapack_kernels.cc``).
 LAPACK_SPLIT_FLOPS = 2e5
 
+#: The bound the samplers size their calls to: half the split, for the calls that the estimate of
+#: :func:`lapack_flops_per_chain` does not see (the gradient's, the row padding's); a NUTS fit
+#: whose estimate was 194,400 flops per chain hung.
+LAPACK_SAFE_FLOPS = LAPACK_SPLIT_FLOPS / 2
 
-def lapack_flops_per_chain(num_components: int, num_features: int, rows_with_missing: int = 0) -> float:
+
+def lapack_flops_per_chain(num_components: int, num_features: int, rows_factored: int = 0) -> float:
     """An upper bound on the flops of one batched LAPACK call (Cholesky factor, triangular solve)
-    of one chain's step: K matrices of D x D, and one per row and component with missing values."""
-    return float((num_components + rows_with_missing * num_components) * num_features**3)
+    of one chain's step: K matrices of D x D, and one per row and component of ``rows_factored``.
+    With missing values that is every row of the program's row bucket, not only the rows with a
+    missing value: above D = 4 the masked factorisations run for every row
+    (``bayesgmm._missing._masked``), and counting 8 rows of 400 started two runs of
+    chains whose calls of 345,600 flops hung on two cores."""
+    return float((num_components + rows_factored * num_components) * num_features**3)
 
 
 def lapack_batch(lapack_flops: float) -> int:
@@ -58,7 +67,7 @@ def lapack_batch(lapack_flops: float) -> int:
     fit in one call that jaxlib does not split over XLA's thread pool (below
     :data:`LAPACK_SPLIT_FLOPS`): a power of two, at least 1, at most 1024 (static: a program per
     value)."""
-    fits = int(LAPACK_SPLIT_FLOPS // max(lapack_flops, 1.0))
+    fits = int(LAPACK_SAFE_FLOPS // max(lapack_flops, 1.0))
     return int(min(1024, 2 ** max(0, math.floor(math.log2(max(fits - 1, 1))))))
 
 
@@ -72,7 +81,7 @@ def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:
     be split over XLA's thread pool (:data:`LAPACK_SPLIT_FLOPS`), one run: two programs, each
     waiting in such a call for pieces queued behind the other's, would hold both threads of a
     two-core machine forever (a Gibbs sampler with missing values did)."""
-    if num_chains * lapack_flops >= LAPACK_SPLIT_FLOPS:
+    if num_chains * lapack_flops >= LAPACK_SAFE_FLOPS:
         return 1
     return max(r for r in range(1, min(num_chains, usable_cores()) + 1) if num_chains % r == 0)
 
@@ -97,12 +106,14 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
     start_program, start_args, start_config = start
     compile_seconds = compile_together(start_program, start_args, {"config": start_config}, program,
                                        lambda outputs: (*args, *outputs[1:], np.int32(0)), {"config": config})
-    started = start_program(*start_args, config=start_config)
-    pivot, *starts = started.outputs
-    m = config.chains_per_run if runs > 1 else 0
-    began = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(runs) as pool:
-        timed = list(pool.map(lambda r: program(*args, *starts, np.int32(r * m), config=config), range(runs)))
+    with RUN_LOCK:  # no other program runs beside these runs of chains (_compile.RUN_LOCK)
+        started = start_program(*start_args, config=start_config)
+        pivot, *starts = started.outputs
+        m = config.chains_per_run if runs > 1 else 0
+        began = time.perf_counter()
+        run = run_as_group(lambda r: program(*args, *starts, np.int32(r * m), config=config))
+        with concurrent.futures.ThreadPoolExecutor(runs) as pool:
+            timed = list(pool.map(run, range(runs)))
     parts = [t.outputs for t in timed]
     chains = parts[0] if runs == 1 else jax.tree_util.tree_map(
         lambda *a: np.concatenate([np.asarray(b) for b in a]), *parts)

@@ -218,6 +218,42 @@ def traced_precisely():
 #: running stay concurrent.
 TRACE_LOCK = threading.RLock()
 
+#: Held while a compiled program of the package runs (re-entrant; :func:`running`). jaxlib splits
+#: a large batched LAPACK call (a Cholesky factor, a triangular solve) over XLA's thread pool and
+#: waits there for its pieces: two programs running such calls at once, on a user's two threads,
+#: each waited for pieces queued behind the other's and held both threads of a two-core machine
+#: forever (fit_em beside fit_vb with missing values, two fit_gibbs). Programs run one at a time,
+#: each on every core (XLA's own threads); a sampler's runs of chains on threads of its own, sized
+#: to stay below the split (:func:`bayesgmm._chains.concurrent_runs`), run under the lock their
+#: caller holds (:func:`run_as_group`).
+RUN_LOCK = threading.RLock()
+_GROUP = threading.local()
+
+
+@contextlib.contextmanager
+def running():
+    """Hold :data:`RUN_LOCK` while a program runs (not in a thread of a group its holder runs)."""
+    if getattr(_GROUP, "member", False):
+        yield
+        return
+    with RUN_LOCK:
+        yield
+
+
+def run_as_group(fn: Callable) -> Callable:
+    """``fn`` for a thread of a group of runs whose caller holds :data:`RUN_LOCK`: its programs run
+    without taking the lock (the group's sizes keep their LAPACK calls below jaxlib's split)."""
+
+    @functools.wraps(fn)
+    def member(*args, **kwargs):
+        _GROUP.member = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _GROUP.member = False
+
+    return member
+
 
 def _unknown_option(err: Exception) -> bool:
     return "No such compile option" in str(err)
@@ -465,8 +501,9 @@ class CompiledProgram:
         leaves = jax.tree_util.tree_leaves(args)
         if self._memory_advice is not None:
             self._check_memory(key, exe, leaves)
-        start = time.perf_counter()
-        outputs = jax.block_until_ready(exe(*args))
+        with running():
+            start = time.perf_counter()
+            outputs = jax.block_until_ready(exe(*args))
         return Timed(outputs, compile_seconds, time.perf_counter() - start)
 
     def _check_memory(self, key, exe, leaves) -> None:

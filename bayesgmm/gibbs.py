@@ -512,7 +512,9 @@ def fit_gibbs(
     else:
         user_init = chain_starts(init, k, d, num_chains, covariance_type, std.shift, std.sd, std.dtype)
     # runs of chains at once, one thread each (one run where LAPACK calls could wait on each other)
-    runs = concurrent_runs(num_chains, lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum())))
+    # with missing values, every row of the bucket is factored (not only those with a missing value)
+    runs = concurrent_runs(num_chains, lapack_flops_per_chain(
+        k, d, sampler_row_bucket(n, coarse=True) if np.isnan(arr).any() else 0))
     # the lengths are traced (the draws fill a buffer of their bucket): other lengths reuse the program
     config = _Config(k, covariance_type, length_bucket(num_samples), num_chains, bool(progress_bar),
                      num_chains // runs if runs > 1 else None)

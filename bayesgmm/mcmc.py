@@ -607,7 +607,8 @@ def fit_mcmc(
     key = seed_to_key(seed)
     # "parallel" on one device is the "vectorized" program (the same compiled program and draws)
     run_method = "vectorized" if chain_method == "parallel" and num_devices == 1 else chain_method
-    lapack_flops = lapack_flops_per_chain(k, d, int(np.isnan(arr).any(axis=1).sum()))
+    # with missing values, every row of the bucket is factored (not only those with a missing value)
+    lapack_flops = lapack_flops_per_chain(k, d, shared.pad_rows(xs)[0].shape[0] if np.isnan(arr).any() else 0)
     runs = concurrent_runs(num_chains, lapack_flops) if run_method == "sequential" else 1
     config = _Config(
         k, covariance_type, length_bucket(num_samples), num_chains, run_method,

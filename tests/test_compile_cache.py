@@ -512,3 +512,20 @@ def test_the_store_follows_tracing_settings_and_refuses_changed_code_or_constant
     mtime, size = _program_store._SOURCE[1][path]
     monkeypatch.setitem(_program_store._SOURCE[1], path, (mtime - 1, size))  # as if edited since the import
     assert _program_store.folder() is None
+
+
+def test_compiled_programs_run_one_at_a_time_across_threads(faithful):
+    """jaxlib splits large batched LAPACK calls over XLA's thread pool and waits there for the
+    pieces: fit_em beside fit_vb (missing values, D = 6) or two fit_gibbs on a user's two threads
+    each waited for pieces queued behind the other's, forever, on two cores. A program now runs
+    only while it holds ``_compile.RUN_LOCK``: a fit on another thread waits for it."""
+    import threading
+
+    bg.fit_em(faithful, 2, seed=0)  # compiled (or loaded) first: the thread below only runs
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (bg.fit_em(faithful, 2, seed=0), done.set()))
+    with _compile.RUN_LOCK:
+        worker.start()
+        assert not done.wait(1.0)  # its program waits for the lock
+    worker.join(120)
+    assert done.is_set()

@@ -1470,8 +1470,10 @@ def test_chains_share_threads_only_when_their_lapack_calls_cannot_wait_on_each_o
 
     on_threads = max(r for r in range(1, min(4, _threads.usable_cores()) + 1) if 4 % r == 0)
     assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(2, 2)) == on_threads  # Old Faithful: as before
-    assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(8, 16, rows_with_missing=200)) == 1
+    assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(8, 16, rows_factored=200)) == 1
     assert _chains.concurrent_runs(4, _chains.lapack_flops_per_chain(16, 32)) == 1
+    # with missing values every row of the bucket is factored (D > 4): 8 rows of 400 counted hung
+    assert _chains.concurrent_runs(2, _chains.lapack_flops_per_chain(4, 6, rows_factored=512)) == 1
 
 
 def test_one_component_runs_one_start_and_is_the_sample_moments(faithful):
