@@ -120,7 +120,7 @@ def _log_gamma_draws(key, shapes):
     return out
 
 
-def _inverse_wishart(log_gamma, key, scale):
+def inverse_wishart_draw(log_gamma, key, scale):
     """``IW(df, scale)`` draws by Bartlett's decomposition, ``scale`` (..., D, D), given
     ``log_gamma`` (..., D): ``log Gamma((df - i)/2)`` draws, i = 0..D-1 (so ``2 exp(.)`` are the
     chi-square variates ``A_ii^2``).
@@ -209,9 +209,9 @@ def sample_parameters(key, xs, z, prior: PriorArrays, num_components: int, covar
         # drawn covariance was NaN in float32 where it was nearly singular (features correlated at
         # 0.9999: non-finite draws, and a crash in the float64 recomputation of their lp)
         if ct == "full":
-            cov, root = _inverse_wishart(log_g, key_lower, psi[None] + spread)
+            cov, root = inverse_wishart_draw(log_g, key_lower, psi[None] + spread)
         else:
-            cov, root = _inverse_wishart(log_g[0], key_lower, psi + jnp.sum(spread, axis=0))
+            cov, root = inverse_wishart_draw(log_g[0], key_lower, psi + jnp.sum(spread, axis=0))
             root = jnp.broadcast_to(root, (k, d, d))
         noise = jax.random.normal(key_mu, xbar.shape, dtype) / jnp.sqrt(kappa_n)[:, None]
         means = centre + jnp.einsum("kji,kj->ki", root, noise)

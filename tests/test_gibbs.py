@@ -354,7 +354,7 @@ def test_means_are_drawn_through_the_covariance_draws_own_root_and_nan_draws_do_
     scale = jnp.asarray(((1 - rho) * np.eye(d) + rho * np.ones((d, d))) * 300, jnp.float32)
     keys = jax.random.split(jax.random.key(0), 2000)
     log_g = jnp.log(0.5 * (310.0 - jnp.arange(d, dtype=jnp.float32)))
-    cov, root = jax.vmap(lambda key: gibbs._inverse_wishart(log_g, key, scale))(keys)
+    cov, root = jax.vmap(lambda key: gibbs.inverse_wishart_draw(log_g, key, scale))(keys)
     assert np.isfinite(np.asarray(root)).all()
     np.testing.assert_allclose(np.swapaxes(root, -1, -2) @ root, cov, rtol=1e-3, atol=1e-6 * float(jnp.max(cov)))
     x = bg.datasets.load_faithful()
