@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _numerics, _sticks
 from ._compile import RUN_LOCK, CompiledProgram, Timed, compile_together, run_as_group
-from ._numpyro_common import labelling_order, standard_init
+from ._numpyro_common import best_labelling, standard_init
 from ._threads import usable_cores
 from .labels import align_draws
 from .params import ConvergenceWarning, GMMParams, log_jacobians, params_to_original
@@ -65,7 +65,7 @@ def lapack_flops_per_chain(num_components: int, num_features: int, rows_factored
 def lapack_batch(lapack_flops: float) -> int:
     """How many draws' batched LAPACK calls (``lapack_flops`` each, :func:`lapack_flops_per_chain`)
     fit in one call that jaxlib does not split over XLA's thread pool (below
-    :data:`LAPACK_SPLIT_FLOPS`): a power of two, at least 1, at most 1024 (static: a program per
+    :data:`LAPACK_SAFE_FLOPS`, with its margin): a power of two, at least 1, at most 1024 (static: a program per
     value)."""
     fits = int(LAPACK_SAFE_FLOPS // max(lapack_flops, 1.0))
     return int(min(1024, 2 ** max(0, math.floor(math.log2(max(fits - 1, 1))))))
@@ -219,10 +219,9 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
         best = np.unravel_index(np.argmax(np.where(np.isfinite(lp), lp, -np.inf)), lp.shape)
         # in the labelling the weight prior finds most probable: a sampler that moves between
         # labelled modes (Gibbs, through nearly empty components) may have its best draw in another
-        order = np.asarray(labelling_order(jnp.asarray(raw_draws["weights"][best]), jnp.asarray(concentration)))
-        reference = GMMParams(raw_draws["weights"][best][order], raw_draws["means"][best][order],
-                              raw_draws["covariances"][best] if covariance_type == "tied"
-                              else raw_draws["covariances"][best][order])
+        best_draw = GMMParams(*(raw_draws[name][best] for name in ("weights", "means", "covariances")))
+        reference = GMMParams(*(np.asarray(a, np.float64) for a in best_labelling(
+            best_draw, jnp.asarray(concentration), covariance_type)))
     if align and k > 1:
         if reference is pivot:
             draws, perms = align_draws(raw_draws, reference, covariance_type)
@@ -243,8 +242,8 @@ def finish_draws(pivot_std, draws_std, log_posterior_std, shift, sd, num_obs: in
 def exact_log_posterior(data, draws: dict, prior, covariance_type: str) -> np.ndarray:
     """``log p(x, theta)`` of every draw, (chains, draws), in float64 on the host: the data's
     log-likelihood (rows with missing values on their observed columns) plus the log prior
-    (:func:`bayesgmm._sticks.weights_log_density` and :func:`bayesgmm._numerics.draws_log_prior`;
-    ``prior`` a :class:`~bayesgmm.Prior`, original units). Weights that underflowed to 0 count as float64's smallest normal number, as
+    (:func:`bayesgmm._sticks.draws_log_prior`; ``prior`` a :class:`~bayesgmm.Prior`, original
+    units). Weights that underflowed to 0 count as float64's smallest normal number, as
     :meth:`bayesgmm.FitResult.to_inference_data` counts them."""
     names = ("weights", "means", "covariances")
     c, s, k = np.shape(draws["weights"])
@@ -255,11 +254,9 @@ def exact_log_posterior(data, draws: dict, prior, covariance_type: str) -> np.nd
         return out.reshape(c, s)
     flat = [a[finite] for a in flat]
     total = _numerics.draws_log_likelihood(data, *flat, covariance_type)
-    prior_arrays = prior.arrays(k, covariance_type)
     weights = _numerics.floored_weights(flat[0])
-    total = (total + _sticks.weights_log_density(weights, np.asarray(prior_arrays.concentration, np.float64))
-             + _numerics.draws_log_prior(weights, flat[1], flat[2], prior_arrays, covariance_type, with_weights=False))
-    out[finite] = total
+    out[finite] = total + _sticks.draws_log_prior(weights, flat[1], flat[2], prior.arrays(k, covariance_type),
+                                                  covariance_type)
     return out.reshape(c, s)
 
 

@@ -19,6 +19,7 @@ Everything here is private to the package; its names may change without notice.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -306,8 +307,6 @@ def labelling_order(weights, concentration):
         return jnp.sum((concentration - 1.0) * log_w[order])
 
     if k <= LABELLINGS_TRIED_UP_TO:
-        import itertools
-
         orders = jnp.asarray(np.array(list(itertools.permutations(range(k))), np.int32))
         order = orders[jnp.argmax(jax.vmap(weight_log_density)(orders))]  # the identity first: kept on ties
     elif sticks:  # each weight tried last, the others decreasing: exact for Beta(1, gamma) sticks,

@@ -135,6 +135,16 @@ def weights_log_density(weights, concentration):
     return _numerics.dirichlet_log_density(weights, concentration)
 
 
+def draws_log_prior(weights, means, covariances, prior, covariance_type: str):
+    """The model's log prior of S parameter sets (leading axis), float64 on the host: the weight
+    prior's term (:func:`weights_log_density`: Dirichlet or sticks) plus the means' and
+    covariances' (:func:`bayesgmm._numerics.draws_log_prior`); ``prior`` a ``PriorArrays`` in the
+    parameters' units."""
+    concentration = np.asarray(prior.concentration, np.float64)
+    return weights_log_density(np.asarray(weights, np.float64), concentration) + _numerics.draws_log_prior(
+        weights, means, covariances, prior, covariance_type, with_weights=False)
+
+
 def relabelling_shift(weights, relabelled, concentration, underflow: float = np.finfo(np.float64).tiny):
     """``log p(relabelled) - log p(weights)`` under the weight prior, in float64 on the host:
     what relabelling draws (..., K) adds to their log posterior (zero when exchangeable).

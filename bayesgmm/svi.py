@@ -581,9 +581,8 @@ def fit_svi(
     if is_delta:  # the log posterior density at the MAP, recomputed in float64 (the program's is the compute type's)
         prior_arrays = prior.arrays(k, covariance_type)
         w = _numerics.floored_weights(np.asarray(point.weights, np.float64))
-        log_prior = (_sticks.weights_log_density(w, np.asarray(prior_arrays.concentration, np.float64))
-                     + _numerics.draws_log_prior(w[None], point.means[None], point.covariances[None], prior_arrays,
-                                                 covariance_type, with_weights=False)[0])
+        log_prior = _sticks.draws_log_prior(w[None], point.means[None], point.covariances[None], prior_arrays,
+                                            covariance_type)[0]
         elbo_final = np.array([log_lik + log_prior])
     converged, drift, noise = shared.elbo_convergence(trace, n)
     tail = trace[-max(num_steps // 10, 1):]

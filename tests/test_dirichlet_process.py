@@ -227,10 +227,13 @@ def test_nuts_and_gibbs_agree_under_a_dirichlet_process_prior(faithful):
 
     (mg, sg), (mn, sn) = sorted_weights(gibbs), sorted_weights(nuts)
     assert np.all(np.abs(mg - mn) < 4.5 * np.hypot(sg, sn) + 2e-3), (mg, mn)
-    # and component by component: both start in the labelling of highest posterior density
-    # (under sticks the labels are part of the model; each sampler stayed in its k-means order)
+    # and the first component itself: both start in the labelling of highest posterior density
+    # (under sticks the labels are part of the model; each sampler stayed in its k-means order).
+    # Under DP(1) at K = 3 the density depends on the first weight alone (-log(pi_2 + pi_3)), so
+    # the other two components' order is a tie and only the first is compared.
     for name in ("weights", "means"):
-        a, b = (np.asarray(r.draws[name], np.float64).reshape((-1,) + r.draws[name].shape[2:]) for r in (gibbs, nuts))
+        a, b = (np.asarray(r.draws[name], np.float64)[:, :, 0].reshape((-1,) + r.draws[name].shape[3:])
+                for r in (gibbs, nuts))
         se = np.hypot(a.std(0) / np.sqrt(gibbs.info["min_ess_bulk"]), b.std(0) / np.sqrt(nuts.info["min_ess_bulk"]))
         assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4.5 * se + 2e-3), (name, a.mean(0), b.mean(0))
 
