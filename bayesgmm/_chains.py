@@ -112,13 +112,36 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
         m = config.chains_per_run if runs > 1 else 0
         began = time.perf_counter()
         run = run_as_group(lambda r: program(*args, *starts, np.int32(r * m), config=config))
-        with concurrent.futures.ThreadPoolExecutor(runs) as pool:
-            timed = list(pool.map(run, range(runs)))
+        timed = run_every(run, runs)
     parts = [t.outputs for t in timed]
     chains = parts[0] if runs == 1 else jax.tree_util.tree_map(
         lambda *a: np.concatenate([np.asarray(b) for b in a]), *parts)
     compile_seconds += started.compile_seconds + max(t.compile_seconds for t in timed)  # 0.0 unless the shapes differed
     return Timed((pivot, *chains), compile_seconds, started.run_seconds + time.perf_counter() - began)
+
+
+def run_every(run, runs: int) -> list:
+    """``[run(r) for r in range(runs)]``, on ``runs`` threads at once when ``runs > 1``.
+
+    The caller holds :data:`bayesgmm._compile.RUN_LOCK` for these runs (their threads run
+    without it), so it must not return before every run has ended: an interrupt (Ctrl-C, a
+    second one too) waits for the runs still going before it propagates, or the caller's lock
+    would let another program run beside them (the hang :data:`RUN_LOCK` prevents).
+    """
+    if runs == 1:
+        return [run(0)]
+    pool = concurrent.futures.ThreadPoolExecutor(runs)
+    futures = [pool.submit(run, r) for r in range(runs)]
+    try:
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=False)
+        while True:  # every run ended, however this frame is left (a KeyboardInterrupt may arrive again)
+            try:
+                concurrent.futures.wait(futures)
+                break
+            except BaseException:  # noqa: BLE001 -- a further interrupt: keep waiting, the first one propagates
+                continue
 
 
 def chain_starts(init, k: int, d: int, num_chains: int, covariance_type: str, shift, sd, dtype) -> GMMParams:

@@ -549,7 +549,8 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
         The wall seconds, 0.0 when both programs were compiled before.
     """
     began = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(1) as compiler:
+    compiler = concurrent.futures.ThreadPoolExecutor(1)
+    try:
         if first.out_shapes is not None and not first.is_compiled(*first_args, **first_static):
             # the second program's compilation starts first, before the first is even traced:
             # the first (a start, of short compile) is traced, lowered and compiled meanwhile
@@ -565,6 +566,8 @@ def compile_together(first: CompiledProgram, first_args: tuple, first_static: di
             out_info, first_compiled = first.compile_in_background(compiler, *first_args, **first_static)
             second_compiled = second.compile(*second_args(out_info), **second_static)
             compiled = first_compiled.result() or second_compiled
+    finally:  # an interrupt propagates at once: a compilation left running keeps its program, harmlessly
+        compiler.shutdown(wait=False)
     return time.perf_counter() - began if compiled else 0.0
 
 

@@ -403,12 +403,13 @@ def save(text: str, executable) -> bool:
         # zlib at level 1: a fifth of the size, for about 15 ms per program (7 ms to read)
         data = zlib.compress(pickle.dumps((FORMAT, text, payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL), 1)
         where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as tmp:
-            tmp.write(data)
-        try:
-            os.replace(tmp.name, _path(where, text))
+        handle, name = tempfile.mkstemp(dir=where, suffix=".tmp")
+        try:  # the temporary file goes on any exit, an interrupt between the write and the rename too
+            with os.fdopen(handle, "wb") as tmp:
+                tmp.write(data)
+            os.replace(name, _path(where, text))
         finally:
-            pathlib.Path(tmp.name).unlink(missing_ok=True)
+            pathlib.Path(name).unlink(missing_ok=True)
     except Exception:  # noqa: BLE001 (a program XLA cannot serialise, a full or read-only disk)
         return False
     _evict(where)

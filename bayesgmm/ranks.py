@@ -15,6 +15,8 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from ._files import write_text
+
 __all__ = ["ECDFBand", "SBCResult", "chi_square_test", "ecdf_band", "rank_bins", "uniformity_tests"]
 
 #: Evaluation points of the ECDF test and band: at most this many.
@@ -138,8 +140,7 @@ class SBCResult:
         }
         text = json.dumps(doc, indent=1)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            write_text(path, text)  # atomically: an interrupted write keeps the earlier file
         return text
 
     @classmethod

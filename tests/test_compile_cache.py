@@ -160,6 +160,11 @@ def test_the_program_store_loads_what_it_stored_and_only_what_it_may(tmp_path, m
         assert _program_store.signature("p", {}, "T", (((7, 3), "float32", "a sharding"),), None) is None
         ticking = jax.jit(lambda a: jax.debug.callback(lambda v: None, a) or a * 2).lower(x).compile()
         assert not _program_store.save("a progress bar's program", ticking)  # its callback lives in this process
+        doubling = jax.jit(lambda a: a * 2).lower(x).compile()
+        with monkeypatch.context() as patch:
+            patch.setattr(_program_store.zlib, "compress", lambda *args: object())  # the file's write fails
+            assert not _program_store.save("a program whose write fails", doubling)
+        assert not list((tmp_path / "cache" / "programs").glob("*.tmp"))  # no temporary file left behind
         bg.set_compilation_cache(None)  # off with the persistent cache
         assert _program_store.folder() is None
     finally:
@@ -529,3 +534,59 @@ def test_compiled_programs_run_one_at_a_time_across_threads(faithful):
         assert not done.wait(1.0)  # its program waits for the lock
     worker.join(120)
     assert done.is_set()
+
+
+INTERRUPTED_RUNS_SCRIPT = r"""
+import os, signal, threading, time
+from bayesgmm import _chains
+
+ended = []
+
+def run(r):
+    time.sleep(1.5)
+    ended.append(time.monotonic())
+    return r
+
+def press_ctrl_c_twice():
+    for _ in range(2):
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=press_ctrl_c_twice).start()
+try:
+    _chains.run_every(run, 2)
+except KeyboardInterrupt:
+    caught = time.monotonic()
+    print(len(ended), all(e <= caught for e in ended))
+"""
+
+
+def test_an_interrupt_waits_for_the_chain_runs_the_lock_covers():
+    """A sampler's caller holds ``RUN_LOCK`` while its runs of chains run on threads without it.
+    Ctrl-C pressed twice used to break the wait for them: the lock was released with the chains
+    still running, and the user's next fit ran beside them (the hang the lock prevents). Every
+    run ends before the interrupt propagates now (in a subprocess: the signal goes to its main
+    thread)."""
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_RUNS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "True"], proc.stdout + proc.stderr
+
+
+def test_an_error_while_compiling_together_propagates_without_waiting_for_the_other_compilation():
+    """Ctrl-C during a sampler's first call (its two programs compile at once) waited for the
+    background compilation to end, seconds later; the error propagates at once now."""
+    import time
+
+    class Background:  # the first program: its compilation takes 3 s on the other thread
+        out_shapes = None
+
+        def compile_in_background(self, executor, *args, **static):
+            return None, executor.submit(time.sleep, 3.0)
+
+    class Failing:  # the second: interrupted while it compiles here
+        def compile(self, *args, **static):
+            raise KeyboardInterrupt
+
+    began = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        _compile.compile_together(Background(), (), {}, Failing(), lambda outputs: (), {})
+    assert time.perf_counter() - began < 1.5
