@@ -20,7 +20,10 @@ group                       content
 ``point_estimate``          the result's ``weights``, ``means``, ``covariances`` (exact round trip).
 ``fit_trace``               ``objective`` (iteration): the engine's objective trace (see ``attrs``).
 ``raw_posterior``           ``raw_draws`` before label alignment, when they differ from ``draws``.
-``predictive``              the closed-form Student-t mixture predictive (VB), when present.
+``predictive``              the closed-form predictive (VB), when present: ``weights``, ``loc``,
+                            ``scale`` and ``df`` of a Student-t mixture (``scale`` (component,
+                            feature, feature_bis)), or for diagonal covariances of a mixture of
+                            products of univariate t's (``scale`` (component, feature)).
 ==========================  ============================================================================
 
 ``covariances`` dims: ``(component, feature, feature_bis)`` full, ``(component, feature)`` diag,
@@ -553,7 +556,7 @@ def to_inference_data(result, x=None, *, posterior_predictive: bool = False, num
             {
                 "weights": ["component"],
                 "loc": ["component", "feature"],
-                "scale": ["component", "feature", "feature_bis"],
+                "scale": ["component", "feature", "feature_bis"] if scale.ndim == 3 else ["component", "feature"],
                 "df": ["component"],
             },
             default_dims=[],

@@ -24,7 +24,7 @@ from . import _covariance_models, _numerics, _sticks
 from ._files import jsonable, unjsonable_keys
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
-__all__ = ["FitDiagnostics", "FitResult", "StudentTMixture"]
+__all__ = ["FitDiagnostics", "FitResult", "IndependentStudentTMixture", "StudentTMixture"]
 
 #: Version of :meth:`FitResult.to_dict`'s layout (``"format_version"``; files without it are
 #: version 0, which reads the same). :meth:`FitResult.from_json` refuses newer versions.
@@ -51,6 +51,46 @@ class StudentTMixture(NamedTuple):
     loc: Any
     scale: Any
     df: Any
+
+
+class IndependentStudentTMixture(NamedTuple):
+    """A mixture of products of univariate Student-t densities (the VB posterior predictive for
+    diagonal covariances).
+
+    Component k's density is ``prod_d t(x_d | df_k, loc_kd, scale_kd)``: the features are
+    independent given the component, each a univariate Student-t with the component's degrees of
+    freedom. (A multivariate t with a diagonal scale matrix is not this density: its features
+    share one scale draw.)
+
+    Attributes
+    ----------
+    weights : array (K,)
+        Mixing weights, summing to one.
+    loc : array (K, D)
+        Location of each component's features.
+    scale : array (K, D)
+        Squared scale of each component's features: the density falls with
+        ``(x_d - loc_kd)^2 / scale_kd``.
+    df : array (K,)
+        Degrees of freedom of each component.
+    """
+
+    weights: Any
+    loc: Any
+    scale: Any
+    df: Any
+
+
+#: The closed-form predictives a :class:`FitResult` may hold (``predictive``).
+PREDICTIVES = (StudentTMixture, IndependentStudentTMixture)
+
+
+def predictive_from_arrays(weights, loc, scale, df):
+    """The closed-form predictive stored as these four arrays: a
+    :class:`IndependentStudentTMixture` when ``scale`` is (K, D), a :class:`StudentTMixture`
+    when it is (K, D, D)."""
+    kind = IndependentStudentTMixture if np.ndim(scale) == 2 else StudentTMixture
+    return kind(weights, loc, scale, df)
 
 
 class FrozenMapping(Mapping):
@@ -116,11 +156,42 @@ def _frozen(value):
     return value
 
 
+def _independent_t_log_density(x, mix: IndependentStudentTMixture, frame: _numerics.Frame):
+    """log of the mixture of products of univariate t densities of every row of ``x`` (float64,
+    evaluated in ``frame``); a row's NaN entries are left out (the marginal of the observed ones)."""
+    from scipy.special import gammaln
+
+    w, loc, scale, df = (np.asarray(a, np.float64) for a in mix)
+    loc = (loc - frame.shift) / frame.scale
+    sd = np.sqrt(scale) / frame.scale  # (K, D)
+    const = gammaln((df + 1) / 2) - gammaln(df / 2) - 0.5 * np.log(df * np.pi)  # (K,) per feature
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)
+    out = np.empty(len(x))
+    for start in range(0, len(x), _numerics.HOST_BLOCK_ROWS):
+        xs = (np.asarray(x[start : start + _numerics.HOST_BLOCK_ROWS], np.float64) - frame.shift) / frame.scale
+        observed = ~np.isnan(xs)  # (n, D)
+        y = (np.where(observed, xs, 0.0)[None] - loc[:, None]) / sd[:, None]  # (K, n, D)
+        with np.errstate(over="ignore"):
+            log_term = np.log1p(y**2 / df[:, None, None])
+        far = ~np.isfinite(log_term)  # beyond float64's squares: log(y^2 / df)
+        if far.any():
+            with np.errstate(divide="ignore"):
+                log_term = np.where(far, 2 * np.log(np.abs(y)) - np.log(df)[:, None, None], log_term)
+        per_feature = (const[:, None, None] - np.log(sd)[:, None, :]
+                       - 0.5 * (df[:, None, None] + 1) * log_term)  # (K, n, D)
+        logp = np.sum(np.where(observed[None], per_feature, 0.0), axis=-1) + log_w[:, None]
+        out[start : start + len(xs)] = _numerics.logsumexp(logp, axis=0) - observed @ np.log(frame.scale)
+    return out
+
+
 def _student_t_log_density(x, mix: StudentTMixture, frame: _numerics.Frame):
     """log of the Student-t mixture density of every row of ``x`` (float64, evaluated in ``frame``);
     a row with NaN entries gets the density of its observed columns (the marginal Student-t)."""
     from scipy.special import gammaln
 
+    if isinstance(mix, IndependentStudentTMixture):
+        return _independent_t_log_density(x, mix, frame)
     w, loc, scale, df = (np.asarray(a, np.float64) for a in mix)
     if np.isnan(x).any():
         patterns, inverse = np.unique(~np.isnan(x), axis=0, return_inverse=True)
@@ -260,8 +331,9 @@ class FitResult:
         The same before label alignment.
     sample_stats : mapping or None
         Per-draw sampler statistics, arrays of shape (C, S).
-    predictive : StudentTMixture or None
-        Closed-form posterior predictive (VB); otherwise the predictive averages over ``draws``.
+    predictive : StudentTMixture, IndependentStudentTMixture or None
+        Closed-form posterior predictive (VB: full covariances a Student-t mixture, diagonal ones
+        a mixture of products of univariate t's); otherwise the predictive averages over ``draws``.
     info : mapping
         Engine-specific scalars (ELBO, divergences, compile time, seed, ...).
     covariance_model : str
@@ -315,7 +387,10 @@ class FitResult:
             if value is not None:
                 object.__setattr__(self, name, _frozen(value))
         if self.predictive is not None:
-            object.__setattr__(self, "predictive", StudentTMixture(*(_frozen_array(a) for a in self.predictive)))
+            if not isinstance(self.predictive, PREDICTIVES):
+                raise ValueError(f"predictive must be a StudentTMixture or an IndependentStudentTMixture, got "
+                                 f"{type(self.predictive).__name__}.")
+            object.__setattr__(self, "predictive", type(self.predictive)(*(_frozen_array(a) for a in self.predictive)))
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
         object.__setattr__(self, "degenerate_components", tuple(self.degenerate_components))
 
@@ -562,7 +637,8 @@ class FitResult:
     def score_samples(self, x) -> np.ndarray:
         """Log predictive density of each row of ``x``, shape (N,), float64.
 
-        EM: the plug-in mixture density. VB: the closed-form Student-t mixture. SVI / MCMC /
+        EM: the plug-in mixture density. VB: the closed-form predictive (a Student-t mixture;
+        for diagonal covariances a mixture of products of univariate t's). SVI / MCMC /
         Gibbs: the posterior predictive, log of the density averaged over the stored draws thinned
         evenly to about 200 (as :meth:`predict_proba`).
 
@@ -725,7 +801,7 @@ class FitResult:
         if self.draws is not None:
             lead = np.asarray(self.draws["weights"]).shape[:-1]
             draws = permute_draws(self.draws, np.broadcast_to(perm, lead + (k,)), ct)
-        predictive = None if self.predictive is None else StudentTMixture(*(np.asarray(a)[perm] for a in self.predictive))
+        predictive = None if self.predictive is None else type(self.predictive)(*(np.asarray(a)[perm] for a in self.predictive))
         info = dict(self.info)
         for key in ("expected_counts", "beta", "m", "nu", "psi", "covariance_estimate", "alpha", "alpha0"):
             if key not in info:

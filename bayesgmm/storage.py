@@ -15,7 +15,7 @@ import numpy as np
 
 from .diagnostics import FORMAT_VERSION, META_KEY, import_arviz, to_inference_data
 from .params import Prior
-from .results import FitResult, StudentTMixture
+from .results import FitResult, predictive_from_arrays
 
 __all__ = ["from_inference_data", "load_result", "save_result"]
 
@@ -87,7 +87,7 @@ def from_inference_data(idata):
     predictive = None
     if meta["has_predictive"]:
         p = idata["predictive"]
-        predictive = StudentTMixture(*(np.asarray(p[n].values) for n in ("weights", "loc", "scale", "df")))
+        predictive = predictive_from_arrays(*(np.asarray(p[n].values) for n in ("weights", "loc", "scale", "df")))
     return FitResult(
         method=meta["method"],
         covariance_type=meta["covariance_type"],

@@ -91,7 +91,7 @@ from .params import (
     seed_to_key,
     standardise,
 )
-from .results import FitResult, StudentTMixture
+from .results import FitResult, IndependentStudentTMixture, StudentTMixture
 
 __all__ = ["VB_COVARIANCE_TYPES", "fit_vb"]
 
@@ -564,12 +564,12 @@ def fit_vb(
         ``covariances = E[Sigma_k] = Psi_k / (nu_k - D - 1)`` (diag: ``Psi_k / (nu_k - 2)``)
         when that mean exists, else ``Psi_k / nu_k = E[Sigma_k^{-1}]^{-1}`` (listed in
         ``info["covariance_estimate"]``). ``log_likelihood`` is the training log-likelihood
-        at that point (float64). ``predictive`` is the exact posterior predictive, a Student-t
-        mixture (PRML 10.81) for ``full``; for ``diag`` the exact predictive is a product of
-        univariate t's per coordinate, which ``StudentTMixture`` cannot express, so
-        ``predictive=None`` and ``score_samples`` averages the Gaussian mixture density over
-        ``draws``. ``info`` holds ``elbo``, ``expected_counts`` (``N_k = alpha_k - alpha0_k``; under
-        a Dirichlet process ``alpha`` and ``alpha0`` are the (K - 1, 2) Beta parameters of the sticks),
+        at that point (float64). ``predictive`` is the exact posterior predictive, which
+        ``score_samples`` evaluates: a Student-t mixture (PRML 10.81) for ``full``; for ``diag`` a
+        mixture of products of univariate t's, one per feature (``IndependentStudentTMixture``: each
+        feature's posterior is normal-inverse-gamma, ``nu_k`` degrees of freedom). ``info`` holds
+        ``elbo``, ``expected_counts`` (``N_k = alpha_k - alpha0_k``; under a Dirichlet process
+        ``alpha`` and ``alpha0`` are the (K - 1, 2) Beta parameters of the sticks),
         ``effective_components`` (``N_k >= 1``), ``empty_components`` (``N_k < 1``) and the
         variational parameters ``alpha``, ``beta``, ``m``, ``nu``, ``psi`` (original scale;
         ``W_k = inv(psi_k)``). ``restart_elbos`` (each kept run's final ELBO) and
@@ -741,11 +741,13 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     draws_orig = params_to_original(GMMParams(w_d, m_d, c_d), shift, sd, covariance_type)
     draws = {"weights": draws_orig.weights[None], "means": draws_orig.means[None], "covariances": draws_orig.covariances[None]}
 
-    predictive = None
-    if covariance_type == "full":
+    if covariance_type == "full":  # PRML 10.81
         df = nu + 1.0 - d
         t_scale = psi * ((1.0 + beta) / (beta * df))[:, None, None]
         predictive = StudentTMixture(params.weights, params.means, t_scale, df)
+    else:  # each feature's normal-inverse-gamma posterior: a univariate t, independent given k
+        t_scale = psi * ((1.0 + beta) / (beta * nu))[:, None]
+        predictive = IndependentStudentTMixture(params.weights, params.means, t_scale, nu)
 
     # ---- diagnostics
     alpha0 = prior.weight_parameters(k)
