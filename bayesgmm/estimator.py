@@ -225,18 +225,6 @@ def _aitken_converged(history, tol_total: float, floor_total: float, dtype) -> b
     return converged
 
 
-def _bucket(n: int) -> int:
-    """Sample sizes are drawn in buckets: 1024, then powers of two (one compiled sampler each)."""
-    return max(1024, 1 << max(int(n) - 1, 0).bit_length())
-
-
-def _simulate(key, params, num_obs: int, covariance_type: str):
-    """:func:`bayesgmm.model.simulate` (compiled once per bucket size, structure, K and D)."""
-    from .model import simulate
-
-    return simulate(key, params, num_obs, covariance_type)
-
-
 def precision_cholesky(covariances, covariance_type: str) -> np.ndarray:
     """scikit-learn's ``precisions_cholesky_`` from covariances (as ``_compute_precision_cholesky``).
 
@@ -366,6 +354,9 @@ class GaussianMixture(_DensityMixin, _Base):
     precisions_cholesky_ : ndarray
         Cholesky factors of the precisions (scikit-learn's convention, upper triangular).
     converged_ : bool
+        EM and VB: the tolerance was met. SVI: the ELBO's drift over the last steps was within its
+        noise. NUTS and Gibbs: every quantity's split R-hat is below 1.01 (with one chain, over
+        its two halves); a ``ConvergenceWarning`` says which check failed.
     n_iter_ : int
         EM: the updates that led to the returned parameters (scikit-learn's meaning).
     lower_bound_ : float
@@ -416,6 +407,15 @@ class GaussianMixture(_DensityMixin, _Base):
       runs n independent restarts, as scikit-learn, but the default's search is usually better
       than a small n. The run kept is the best by the objective at the returned parameters
       (scikit-learn: by ``lower_bound_``, the objective one M-step earlier).
+    * **Singular data.** Data whose covariance is singular (a constant column; for full and tied
+      covariances, linearly dependent columns; fewer distinct points than components) are
+      refused with a ValueError naming the problem, whatever ``reg_covar``, where scikit-learn
+      fits them on ``reg_covar`` alone (a covariance of that size, no longer the data's).
+    * **Output precision.** Fitted attributes and scores are float64, float32 input included
+      (scikit-learn returns float32 for float32 input); the engines compute in JAX's default
+      float and report float64 recomputations.
+    * **Sample weights.** ``fit(X, sample_weight=w)`` for EM and VB; SVI, NUTS and Gibbs refuse
+      weights with a ValueError.
     * **Messages.** Errors and warnings have bayesgmm's wording (they name the fix); the checks
       of ``*_init`` and the convergence warning begin as scikit-learn's.
     * **Private API.** scikit-learn's private methods (``_initialize``, ``_set_parameters``,
@@ -852,9 +852,10 @@ class GaussianMixture(_DensityMixin, _Base):
 
         The randomness comes from ``random_state`` as at ``fit`` (an int gives the same
         draws at every call, as scikit-learn), folded so it differs from the fit's stream.
-        The draws are i.i.d. in random order (scikit-learn's are grouped by component); the
-        sampler is compiled once per bucket of ``n_samples`` (up to 1024, then powers of two), so calls with many
-        different sizes stay fast.
+        The draws are i.i.d. in random order (scikit-learn's are grouped by component), made in
+        float64 whatever JAX's default float (the same ``random_state`` gives the same draws with
+        x64 on or off; :meth:`bayesgmm.FitResult.sample`); the sampler is compiled once per
+        bucket of ``n_samples``, so calls with many different sizes stay fast.
 
         Parameters
         ----------
@@ -875,19 +876,10 @@ class GaussianMixture(_DensityMixin, _Base):
             )
         import jax
 
-        from . import _numerics
-        from .params import GMMParams
+        from .params import seed_to_key
 
-        key = jax.random.fold_in(jax.random.key(seed_from_random_state(self.random_state)), 1)
-        # the story run forward in the mixture's own frame (as FitResult.sample), compiled once per
-        # power-of-two bucket of sizes: the first n_samples rows of a bucket's i.i.d. draws
-        fitted = self.result_  # what predict and score read too (the attributes are copies of it)
-        layout = fitted.covariance_type
-        frame = _numerics.mixture_frame(fitted.weights, fitted.means, fitted.covariances, layout)
-        w, m, c, ct = _numerics.to_frame(frame, fitted.weights, fitted.means, fitted.covariances, layout)
-        x, z = _simulate(key, GMMParams(w, m, c), _bucket(n_samples), ct)
-        x = np.asarray(x, np.float64)[:n_samples] * frame.scale + frame.shift
-        return x, np.asarray(z, dtype=np.int64)[:n_samples]
+        key = jax.random.fold_in(seed_to_key(seed_from_random_state(self.random_state)), 1)
+        return self.result_.sample(n_samples, seed=key)  # what predict and score read too (the attributes are copies)
 
     def _transform_input(self, X):
         self._check_fitted()

@@ -27,16 +27,22 @@ from bayesgmm import estimator as est_mod  # noqa: E402
 from bayesgmm.estimator import GaussianMixture  # noqa: E402
 
 
-def _expected_failed_checks(estimator):
-    """One check of scikit-learn 1.9's suite is expected to fail.
+#: The checks that fit with ``sample_weight``: scikit-learn sees it in ``fit``'s signature, which
+#: every method shares; SVI, NUTS and Gibbs refuse it with a ValueError naming EM and VB.
+SAMPLE_WEIGHT_CHECKS = ("check_sample_weights_pandas_series", "check_sample_weights_not_an_array",
+                        "check_sample_weights_list", "check_sample_weights_shape",
+                        "check_sample_weights_not_overwritten")
 
-    ``check_sample_weight_equivalence_on_dense_data`` fits 15 rows of 30 features (full
-    covariances: bayesgmm refuses such data, whose columns are linearly dependent, with a
-    ValueError, where scikit-learn's GaussianMixture, which takes no sample_weight, would fit
-    them on ``reg_covar`` alone); and it asks a weighted fit to equal the fit of the repeated
-    rows exactly, random initialisation included, which k-means++ seeding on weighted rows
-    does not promise (it draws from the same distribution, not the same numbers).
-    ``test_sample_weight_counts_rows`` checks the equivalence from the same start instead.
+
+def _expected_failed_checks(estimator):
+    """The checks of scikit-learn 1.9's suite expected to fail.
+
+    ``check_sample_weight_equivalence_on_dense_data`` fits 15 rows of 30 features: with full
+    covariances bayesgmm refuses such data, whose columns are linearly dependent, with a
+    ValueError (whatever ``reg_covar``), where scikit-learn's GaussianMixture, which takes no
+    sample_weight, would fit them on ``reg_covar`` alone (diagonal covariances pass it).
+    ``test_sample_weight_counts_rows`` checks the equivalence from the same start. The methods
+    that take no ``sample_weight`` (SVI, NUTS, Gibbs) fail :data:`SAMPLE_WEIGHT_CHECKS` too.
 
     Notes on the ones that could have failed: ``check_array_api_input`` skips itself unless
     ``SCIPY_ARRAY_API=1`` (bayesgmm computes in JAX and declares no array-API support, so it
@@ -44,8 +50,12 @@ def _expected_failed_checks(estimator):
     rejects with a ValueError (its covariance would be singular) where scikit-learn's
     GaussianMixture fits them on ``reg_covar`` alone.
     """
-    return {"check_sample_weight_equivalence_on_dense_data":
-            "15 rows of 30 features (refused for full covariances) and an exactly equal random start"}
+    expected = {"check_sample_weight_equivalence_on_dense_data":
+                "15 rows of 30 features: linearly dependent columns, refused for full covariances"}
+    if estimator.method in ("svi", "mcmc", "gibbs"):
+        reason = f"method={estimator.method!r} takes no sample_weight (fit refuses it, naming the methods that do)"
+        expected.update(dict.fromkeys(SAMPLE_WEIGHT_CHECKS, reason))
+    return expected
 
 
 # ------------------------------------------------------------------ scikit-learn's check suite
@@ -62,6 +72,22 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_sklearn_estimator_checks_map_diag(estimator, check):
     """The same suite for a K=2 MAP-EM configuration (a second set of compiled shapes)."""
     check(estimator)
+
+
+@pytest.mark.slow
+@parametrize_with_checks(
+    [GaussianMixture(method="vb", random_state=0),
+     GaussianMixture(method="svi", random_state=0, engine_kwargs={"num_steps": 300}),
+     GaussianMixture(method="mcmc", random_state=0, engine_kwargs={"num_warmup": 50, "num_samples": 50, "num_chains": 1}),
+     GaussianMixture(method="gibbs", random_state=0, engine_kwargs={"num_warmup": 50, "num_samples": 50, "num_chains": 1})],
+    expected_failed_checks=_expected_failed_checks,
+)
+def test_sklearn_estimator_checks_of_the_bayesian_methods(estimator, check):
+    """The suite for VB, SVI, NUTS and Gibbs (short runs): only what the expected failures name
+    fails (the sample-weight checks for the methods that take no weights)."""
+    with warnings.catch_warnings():  # short runs: their convergence warnings are not under test
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        check(estimator)
 
 
 # ------------------------------------------------------------------ scikit-learn as an oracle
@@ -446,6 +472,12 @@ def test_sample_sizes_share_one_compiled_sampler(faithful):
         shapes = [m.sample(n)[0].shape for n in range(1, 60)]
     assert shapes == [(n, 2) for n in range(1, 60)]
     assert counter.compiles == 0
+    from conftest import precision
+
+    with precision(np.float32):  # drawn in float64 either way: a random_state gives the same rows
+        rows32 = m.sample(5)
+    for a, b in zip(rows32, m.sample(5)):
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------ dispatch to the engines
