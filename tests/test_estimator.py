@@ -26,7 +26,6 @@ import bayesgmm as bg  # noqa: E402
 from bayesgmm import estimator as est_mod  # noqa: E402
 from bayesgmm.estimator import GaussianMixture  # noqa: E402
 
-
 #: The checks that fit with ``sample_weight``: scikit-learn sees it in ``fit``'s signature, which
 #: every method shares; SVI, NUTS and Gibbs refuse it with a ValueError naming EM and VB.
 SAMPLE_WEIGHT_CHECKS = ("check_sample_weights_pandas_series", "check_sample_weights_not_an_array",
