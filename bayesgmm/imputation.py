@@ -25,23 +25,37 @@ from .params import check_data_seed
 __all__ = ["impute"]
 
 
-def _conditionals(x_rows, cols, miss, weights, means, covariances):
+def _square_roots(cov):
+    """Factors ``F`` with ``F F^T = cov`` of symmetric (K, m, m) covariances: their Cholesky
+    factors, or where rounding left one not positive definite (a nearly singular component),
+    ``V sqrt(max(lambda, 0))`` from its eigenvalues."""
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(cov)
+        return vectors * np.sqrt(np.maximum(values, 0.0))[..., None, :]
+
+
+def _conditionals(x_rows, cols, miss, weights, means, covariances, *, factors: bool = False):
     """For rows of one pattern (observed ``cols``, missing ``miss``) and one parameter set (full
-    covariances (K, D, D)): responsibilities (n, K), conditional means (n, K, |m|) and the
-    Cholesky factors of the conditional covariances (K, |m|, |m|)."""
+    covariances (K, D, D)): responsibilities (n, K), conditional means (n, K, |m|) and, with
+    ``factors``, square roots of the conditional covariances (K, |m|, |m|; :func:`_square_roots`)."""
     s_oo = covariances[:, cols][:, :, cols]
     s_mo = covariances[:, miss][:, :, cols]
     s_mm = covariances[:, miss][:, :, miss]
     diff = x_rows[None] - means[:, None, cols]  # (K, n, |o|)
-    gain = np.linalg.solve(s_oo, np.swapaxes(s_mo, -1, -2))  # Sigma_oo^-1 Sigma_om: (K, |o|, |m|)
+    try:  # Sigma_oo^-1 Sigma_om: (K, |o|, |m|); a numerically singular Sigma_oo by its pseudo-inverse
+        gain = np.linalg.solve(s_oo, np.swapaxes(s_mo, -1, -2))
+    except np.linalg.LinAlgError:
+        gain = np.linalg.pinv(s_oo, hermitian=True) @ np.swapaxes(s_mo, -1, -2)
     cond_means = means[:, None, miss] + diff @ gain  # (K, n, |m|)
     cond_cov = s_mm - s_mo @ gain
     if len(cols):  # in the mixture's frame, with the limit for rows too far for float64 (score_rows)
         resp = np.exp(_numerics.score_rows(x_rows, weights, means[:, cols], s_oo, "full", responsibilities=True).log_resp)
     else:  # nothing observed: the components' probabilities are the weights
         resp = np.broadcast_to(weights, (x_rows.shape[0], weights.shape[0]))
-    chol = np.linalg.cholesky(0.5 * (cond_cov + np.swapaxes(cond_cov, -1, -2)))
-    return resp, np.swapaxes(cond_means, 0, 1), chol
+    return resp, np.swapaxes(cond_means, 0, 1), _square_roots(cond_cov) if factors else None
 
 
 def impute(result, x, *, num_draws: int | None = None, seed=0):
@@ -117,7 +131,7 @@ def _impute(result, arr, num_draws, seed) -> np.ndarray:
             out[0][np.ix_(rows, miss)] = total / len(params)
             continue
         for j in range(draws):
-            resp, cond_means, chol = _conditionals(x_rows, cols, miss, *params[which[j]])
+            resp, cond_means, chol = _conditionals(x_rows, cols, miss, *params[which[j]], factors=True)
             u = rng.uniform(size=(len(rows), 1))
             z = np.minimum((np.cumsum(resp, axis=1) < u).sum(axis=1), k - 1)
             noise = rng.standard_normal((len(rows), len(miss)))

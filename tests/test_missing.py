@@ -293,6 +293,27 @@ def test_impute_conditional_means_and_multiple_imputations(em_fits, faithful_mis
         assert abs(sample.var() / total_var - 1) < 5 * np.sqrt(2 / len(sample))
 
 
+def test_imputing_from_a_nearly_singular_component_stays_finite():
+    """A component of rank one plus 1e-10 (parameters given, not fitted): the conditional
+    covariance of its missing entries came out not positive definite by rounding, and impute
+    raised LinAlgError, for the conditional means too, which need no factor."""
+    from scipy.stats import norm
+
+    v = np.array([1304.0000451301373, 947.0809631292421, -703.7352358069926])
+    covariances = np.stack([np.outer(v, v) + 1e-10 * np.eye(3), np.eye(3)])
+    fit = bg.FitResult(method="em", covariance_type="full", weights=np.array([0.5, 0.5]), means=np.zeros((2, 3)),
+                       covariances=covariances, log_likelihood=0.0, converged=True, n_iter=1, trace=np.zeros(1),
+                       objective="log_likelihood", feature_names=("a", "b", "c"), num_obs=100)
+    rows = np.array([[v[0] / 1e3, np.nan, np.nan], [np.nan, v[1] / 1e3, v[2] / 1e3]])
+    filled, drawn = fit.impute(rows), fit.impute(rows, num_draws=3, seed=0)
+    assert np.isfinite(filled).all() and np.isfinite(drawn).all()
+    a = rows[0, 0]  # one observed entry: E[x_m | x_a] = sum_k p(k | x_a) S_k,ma / S_k,aa x_a
+    resp = np.array([norm.pdf(a, 0, np.sqrt(c[0, 0])) for c in covariances])
+    resp /= resp.sum()
+    expected = sum(r * c[1:, 0] / c[0, 0] * a for r, c in zip(resp, covariances))
+    np.testing.assert_allclose(filled[0, 1:], expected, rtol=1e-9)
+
+
 def test_bayesian_imputations_carry_parameter_uncertainty(faithful_missing):
     vb = bg.fit_vb(faithful_missing, 2, missing="marginalize")
     rows = faithful_missing[np.isnan(faithful_missing).any(axis=1)][:5]
