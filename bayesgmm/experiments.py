@@ -391,7 +391,9 @@ def compare(
         The prior of the Bayesian engines and of "map-em"; default ``Prior.default(x, K)``,
         the same for all of them, so they are compared on one model.
     x_test : array-like, optional
-        Held-out data for ``test_lpd``.
+        Held-out data for ``test_lpd``; NaN entries are missing values, whatever the engines'
+        ``missing``: a row is scored on its observed entries (their marginal density, as
+        ``score_samples`` scores them).
     labels : array-like (N,), optional
         True components of ``x``, for ``ari`` and ``nmi``.
     truth : GMMParams, optional
@@ -467,7 +469,7 @@ def compare(
         if x_test is not None:  # its columns matched by name (a reordered DataFrame was scored by position)
             with _compare_advice():
                 x_test, _ = check_data(x_test, name="x_test", num_features=arr.shape[1], allow_constant=True,
-                                       feature_names=data.feature_names, missing="marginalize" if marginalize else "error")
+                                       feature_names=data.feature_names, missing="marginalize")
         _check_interval_and_replicates(interval, bootstrap_replicates)
         prior = prior if prior is not None else Prior.default(arr, k)
     settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,
