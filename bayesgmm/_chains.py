@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _numerics, _sticks
-from ._compile import RUN_LOCK, CompiledProgram, Timed, compile_together, run_as_group
+from ._compile import CompiledProgram, Timed, compile_together, run_as_group, running
 from ._numpyro_common import best_labelling, standard_init
 from ._threads import usable_cores
 from .labels import align_draws
@@ -106,7 +106,7 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
     start_program, start_args, start_config = start
     compile_seconds = compile_together(start_program, start_args, {"config": start_config}, program,
                                        lambda outputs: (*args, *outputs[1:], np.int32(0)), {"config": config})
-    with RUN_LOCK:  # no other program runs beside these runs of chains (_compile.RUN_LOCK)
+    with running():  # no other program runs beside these runs of chains (_compile.RUN_LOCK)
         started = start_program(*start_args, config=start_config)
         pivot, *starts = started.outputs
         m = config.chains_per_run if runs > 1 else 0

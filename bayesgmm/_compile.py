@@ -228,16 +228,38 @@ TRACE_LOCK = threading.RLock()
 #: caller holds (:func:`run_as_group`).
 RUN_LOCK = threading.RLock()
 _GROUP = threading.local()
+_HELD = threading.local()
+#: The thread holding :data:`RUN_LOCK` through :func:`running` (None when none): the fit whose
+#: programs run now, whose progress bar their ticks advance (:func:`tick_every`).
+_OWNER: int | None = None
 
 
 @contextlib.contextmanager
 def running():
-    """Hold :data:`RUN_LOCK` while a program runs (not in a thread of a group its holder runs)."""
+    """Hold :data:`RUN_LOCK` while a program runs (not in a thread of a group its holder runs).
+
+    A scope of several programs (a streaming pass) may hold it around them all: their calls
+    inside it then only dispatch (:func:`jit`), and the scope waits for their outputs before it
+    ends."""
     if getattr(_GROUP, "member", False):
         yield
         return
+    global _OWNER
     with RUN_LOCK:
-        yield
+        _HELD.depth = getattr(_HELD, "depth", 0) + 1
+        _OWNER = threading.get_ident()
+        try:
+            yield
+        finally:
+            _HELD.depth -= 1
+            if _HELD.depth == 0:
+                _OWNER = None
+
+
+def holding() -> bool:
+    """Whether this thread runs programs under :data:`RUN_LOCK` already (inside :func:`running`,
+    or a thread of a group its holder runs)."""
+    return getattr(_HELD, "depth", 0) > 0 or getattr(_GROUP, "member", False)
 
 
 def run_as_group(fn: Callable) -> Callable:
@@ -280,7 +302,11 @@ def compile_lowered(lowered, fast_compile: bool | int, cpu_options: dict | None 
 def jit(fn: Callable | None = None, *, fast_compile: bool = True, **jit_kwargs):
     """``jax.jit`` whose compilations use :func:`compiler_options` (usable as a decorator, with or
     without keyword arguments). The options are read at the first call; a call inside another
-    program (traced arguments) is the plain ``jax.jit`` function, inlined there."""
+    program (traced arguments) is the plain ``jax.jit`` function, inlined there.
+
+    A call runs under :data:`RUN_LOCK` and returns when its outputs are ready (two programs at
+    once may hang in jaxlib's split LAPACK calls: two streaming fits with missing values on two
+    threads did), or inside a scope that holds the lock only dispatches (:func:`running`)."""
     if fn is None:
         return lambda f: jit(f, fast_compile=fast_compile, **jit_kwargs)
     plain = jax.jit(fn, **jit_kwargs)
@@ -294,9 +320,15 @@ def jit(fn: Callable | None = None, *, fast_compile: bool = True, **jit_kwargs):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        global _OPTIONS_UNSUPPORTED
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))):
             return plain(*args, **kwargs)  # inside another program: inlined there (options only at the top)
+        if holding():  # inside a scope that holds RUN_LOCK: dispatched, the scope waits for the outputs
+            return dispatch(*args, **kwargs)
+        with running():  # one program at a time (RUN_LOCK): run to the end before the lock goes
+            return jax.block_until_ready(dispatch(*args, **kwargs))
+
+    def dispatch(*args, **kwargs):
+        global _OPTIONS_UNSUPPORTED
         with TRACE_LOCK, traced_precisely():  # a first call traces (NumPyro's model: one thread at a time)
             try:
                 return jitted()(*args, **kwargs)
@@ -729,8 +761,10 @@ def configure_default_cache() -> pathlib.Path | None:
 # ----------------------------------------------------------------------------------------------
 # Progress bars for compiled loops
 # ----------------------------------------------------------------------------------------------
-#: The bars of the runs in progress, by name. A compiled program is cached and reused, so its
-#: host callback cannot capture a bar object; it looks the bar up here at run time instead.
+#: The bars of the runs in progress, by name and the thread of their fit. A compiled program is
+#: cached and reused, so its host callback cannot capture a bar object; it looks the bar up here
+#: at run time instead: that of the fit whose thread holds :data:`RUN_LOCK` (programs run one at
+#: a time), so that two fits with bars on two threads each advance their own.
 _BARS: dict = {}
 
 
@@ -752,7 +786,7 @@ def tick_every(name: str, step, every) -> None:
     """
 
     def advance(size):
-        bar = _BARS.get(name)
+        bar = _BARS.get((name, _OWNER))
         if bar is not None:
             bar.advance(int(size))
 
@@ -797,23 +831,29 @@ class progress:
     def __init__(self, name: str, total: int, *, enabled: bool, desc: str):
         self.name, self.total, self.enabled, self.desc = name, total, enabled, desc
         self._bar = None
+        self._key = None
+        self._lock = threading.Lock()  # ticks come from the chains' threads at once
 
     def advance(self, steps: int) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
+        with self._lock:
+            if self._bar is None:
+                from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=self.desc, unit="step")
-        self._bar.update(steps)
+                self._bar = tqdm(total=self.total, desc=self.desc, unit="step")
+            self._bar.update(steps)
 
     def __enter__(self):
         if self.enabled:
-            _BARS[self.name] = self
+            self._key = (self.name, threading.get_ident())
+            _BARS[self._key] = self
         return self
 
     def __exit__(self, *exc):
-        _BARS.pop(self.name, None)
-        if self._bar is not None:
-            if exc[0] is None:
-                self._bar.update(self.total - self._bar.n)
-            self._bar.close()
+        if self._key is not None:
+            _BARS.pop(self._key, None)
+        with self._lock:
+            if self._bar is not None:
+                if exc[0] is None:
+                    self._bar.update(self.total - self._bar.n)
+                self._bar.close()
         return False

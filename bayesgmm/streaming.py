@@ -51,6 +51,7 @@ standardised on the host in float64. Statistics are accumulated over chunks in t
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import warnings
 from typing import NamedTuple
@@ -60,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _iterate, _missing, _numerics, _sharding, _stats
-from ._compile import jit
+from ._compile import jit, running
 from ._em_core import EMConfig, search
 from ._em_host import choose_run
 from ._iterate import FLOOR_ULPS, INIT_ITER, resolve_starts, trace_length
@@ -414,8 +415,12 @@ def _put(x, sharding):
     return _sharding.put_rows(np.array(x, copy=True), sharding)
 
 
+_OPEN_BARS = threading.local()
+
+
 class _Progress:
-    """tqdm bars over passes and over the chunks of a pass; does nothing when disabled."""
+    """tqdm bars over passes and over the chunks of a pass; does nothing when disabled. A bar a
+    fit leaves open by raising is closed by :func:`_closing_bars`."""
 
     def __init__(self, enabled: bool, num_chunks: int, max_passes: int):
         self.enabled, self.num_chunks = enabled, num_chunks
@@ -424,6 +429,7 @@ class _Progress:
 
             self._tqdm = tqdm
             self.outer = tqdm(total=max_passes, desc="streaming EM", unit="pass")
+            _OPEN_BARS.__dict__.setdefault("bars", []).append(self)
 
     def chunks(self, iterable, desc: str):
         if not self.enabled:
@@ -435,9 +441,33 @@ class _Progress:
             self.outer.update(1)
             self.outer.set_postfix(postfix, refresh=False)
 
-    def close(self):
-        if self.enabled:
+    def close(self, *, finished: bool = True):
+        """Close the bar; a finished fit's passes are all it had (it stopped before ``max_iter``)."""
+        if self.enabled and not self.outer.disable:
+            if finished:
+                self.outer.total = self.outer.n
+                self.outer.refresh()
             self.outer.close()
+            bars = _OPEN_BARS.__dict__.get("bars", [])
+            if self in bars:
+                bars.remove(self)
+
+
+def _closing_bars(fit):
+    """``fit`` closing the bars it opened and left open by raising (an error, an interrupt)."""
+
+    @functools.wraps(fit)
+    def closing(*args, **kwargs):
+        bars = _OPEN_BARS.__dict__.setdefault("bars", [])
+        before = len(bars)
+        try:
+            return fit(*args, **kwargs)
+        finally:
+            for bar in bars[before:]:
+                bar.close(finished=False)
+            del bars[before:]
+
+    return closing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,16 +535,18 @@ class _Feeder:
         acc = _zero_stats(self.config, self.dtype)
         log_lik = magnitude = 0.0
         previous = None
-        for _, x, weight in self.chunks(range(self.num_chunks), desc):
-            out = self.stats(acc, x, weight, theta)
-            if previous is not None:
-                # At most two chunks in flight: the next read overlaps this chunk's computation, and
-                # memory stays bounded however fast the reads outpace the device.
-                log_lik += float(previous.log_lik)
-                magnitude += float(previous.magnitude)
-            acc, previous = out.stats, out
-        log_lik += float(previous.log_lik)
-        magnitude += float(previous.magnitude)
+        with running():  # the pass's programs one after another, none of another thread's between
+            for _, x, weight in self.chunks(range(self.num_chunks), desc):
+                out = self.stats(acc, x, weight, theta)
+                if previous is not None:
+                    # At most two chunks in flight: the next read overlaps this chunk's computation, and
+                    # memory stays bounded however fast the reads outpace the device.
+                    log_lik += float(previous.log_lik)
+                    magnitude += float(previous.magnitude)
+                acc, previous = out.stats, out
+            log_lik += float(previous.log_lik)
+            magnitude += float(previous.magnitude)
+            jax.block_until_ready(acc)
         return acc, log_lik, magnitude
 
     def exact_totals(self, params: GMMParams):
@@ -612,21 +644,23 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
     for it in range(max_iter):
         start = time.perf_counter()
         order = rng.permutation(feeder.num_chunks) if (shuffle and src.random_access) else range(feeder.num_chunks)
-        running = 0.0
-        for m, x, weight in feeder.chunks(order, f"pass {it + 1}"):
-            acc = feeder.stats(_zero_stats(config, feeder.dtype), x, weight, theta)
-            gamma = (t + 2.0) ** -step_exponent * (m / feeder.batch_size)
-            s, params, theta = online_update(
-                s, acc.stats, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
-            )
-            if config.missing:
-                theta = params
-            running += float(acc.log_lik)  # also keeps at most two chunks in flight (see _Feeder.full_pass)
-            t += 1
+        objective = 0.0
+        with running():  # the pass's programs one after another, none of another thread's between
+            for m, x, weight in feeder.chunks(order, f"pass {it + 1}"):
+                acc = feeder.stats(_zero_stats(config, feeder.dtype), x, weight, theta)
+                gamma = (t + 2.0) ** -step_exponent * (m / feeder.batch_size)
+                s, params, theta = online_update(
+                    s, acc.stats, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
+                )
+                if config.missing:
+                    theta = params
+                objective += float(acc.log_lik)  # also keeps at most two chunks in flight (see _Feeder.full_pass)
+                t += 1
+            jax.block_until_ready((s, params, theta))
         if prior is not None:
-            running += _numerics.log_prior(jax.device_get(params), prior, config.covariance_type)
-        _refuse_non_finite(running, f"pass {it + 1}")
-        trace.append(running)
+            objective += _numerics.log_prior(jax.device_get(params), prior, config.covariance_type)
+        _refuse_non_finite(objective, f"pass {it + 1}")
+        trace.append(objective)
         seconds.append(time.perf_counter() - start)
         feeder.progress.pass_done(objective_per_obs=trace[-1] / num_obs)
         if abs(trace[-1] / num_obs - previous) < tol:
@@ -674,6 +708,7 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
+@_closing_bars
 def fit_em_stream(
     source,
     num_components: int,

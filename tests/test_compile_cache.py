@@ -590,3 +590,28 @@ def test_an_error_while_compiling_together_propagates_without_waiting_for_the_ot
     with pytest.raises(KeyboardInterrupt):
         _compile.compile_together(Background(), (), {}, Failing(), lambda outputs: (), {})
     assert time.perf_counter() - began < 1.5
+
+
+def test_jitted_helpers_run_one_at_a_time_across_threads():
+    """``_compile.jit`` programs (the streaming fits', the observed information's) only took the
+    tracing lock and returned before running: two streaming fits with missing values (D = 6) on a
+    user's two threads hung in jaxlib's split LAPACK calls, as the samplers had. A call now runs
+    under ``RUN_LOCK`` to its end; inside a scope holding the lock (a streaming pass) it only
+    dispatches, and the scope waits."""
+    import threading
+
+    doubled = _compile.jit(lambda a: a * 2.0)
+    x = jnp.arange(3.0)
+    np.testing.assert_array_equal(doubled(x), 2 * x)  # compiled here first: the thread below only runs
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (doubled(x), done.set()))
+    with _compile.RUN_LOCK:
+        worker.start()
+        assert not done.wait(1.0)  # its program waits for the lock
+    worker.join(60)
+    assert done.is_set()
+    assert not _compile.holding()
+    with _compile.running():
+        assert _compile.holding()
+        np.testing.assert_array_equal(doubled(x), 2 * x)
+    assert not _compile.holding()

@@ -342,6 +342,40 @@ def test_progress_bar_gives_the_same_draws(one_gaussian, capsys):
     assert "Gibbs 2 chain(s) x 220 sweeps" in capsys.readouterr().err
 
 
+def test_two_fits_on_two_threads_advance_their_own_bars(one_gaussian, monkeypatch):
+    """The bars were looked up by engine name: two fit_gibbs with bars on a user's two threads
+    advanced one bar by both fits' ticks (3000 of 1000) and left the other unshown, or made a bar
+    twice (the chains' ticks racing to create it) and left one open. Each fit's ticks go to its
+    own bar now (that of the fit whose thread holds the run lock), and every bar is closed."""
+    import concurrent.futures
+
+    import tqdm.auto
+
+    bars = []
+
+    class Recorded:
+        def __init__(self, total, desc, unit):
+            self.total, self.desc, self.n, self.ticks, self.closed = total, desc, 0, 0, False
+            bars.append(self)
+
+        def update(self, steps):
+            self.n += steps
+            self.ticks += 1
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    x, prior = one_gaussian
+    settings = [dict(prior=prior, seed=4, num_warmup=20, num_samples=n, num_chains=2, progress_bar=True) for n in (300, 900)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        fits = list(pool.map(lambda kw: _quiet(bg.fit_gibbs, x, 1, **kw), settings))
+    assert sorted(bar.desc for bar in bars) == ["Gibbs 2 chain(s) x 320 sweeps", "Gibbs 2 chain(s) x 920 sweeps"]
+    for bar in bars:
+        assert bar.closed and bar.n == bar.total and bar.ticks > 1  # ticked along, then completed once
+    assert [f.raw_draws["covariances"].shape[1] for f in fits] == [300, 900]
+
+
 def test_means_are_drawn_through_the_covariance_draws_own_root_and_nan_draws_do_not_crash():
     """In float32 a Cholesky factor of a nearly singular inverse-Wishart draw (features correlated
     at 0.9999, D = 4) was NaN now and then: 20 non-finite mean entries in 20,000 draws, and the

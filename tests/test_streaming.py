@@ -493,6 +493,45 @@ def test_progress_bar_shows_passes_and_chunks(mix, capsys):
     assert shown.log_likelihood == quiet.log_likelihood
 
 
+def test_the_pass_bar_ends_complete_and_closes_on_an_error(mix, monkeypatch):
+    """The pass bar's total is max_iter + 2: a fit converged in 13 passes closed at 13/502; and a
+    fit that raised (a constant column found in the first pass, a file cut short) left it open."""
+    import tqdm.auto
+
+    bars = []
+
+    class Recorded:
+        def __init__(self, iterable=None, total=None, desc=None, unit=None, leave=True):
+            self.iterable, self.total, self.desc, self.n, self.closed, self.disable = iterable, total, desc, 0, False, False
+            bars.append(self)
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def update(self, steps=1):
+            self.n += steps
+
+        def set_postfix(self, *args, **kwargs):
+            pass
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    fit_em_stream(mix, 3, batch_size=250, tol=1e-6, num_init_rows=500, seed=1, progress_bar=True)
+    (outer,) = [bar for bar in bars if bar.desc == "streaming EM"]
+    assert outer.closed and outer.n == outer.total < 502
+    bars.clear()
+    constant = np.array(mix, dtype=np.float64)
+    constant[:, 0] = 1.0
+    with pytest.raises(ValueError, match="constant"):
+        fit_em_stream(constant, 3, batch_size=250, num_init_rows=500, progress_bar=True)
+    assert [bar.closed for bar in bars if bar.desc == "streaming EM"] == [True]
+
+
 def test_not_converged_warns_and_is_flagged(mix):
     with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=2 passes"):
         r = fit_em_stream(mix, 3, batch_size=250, tol=0.0, max_iter=2, num_init_rows=500)
