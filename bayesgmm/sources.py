@@ -140,6 +140,20 @@ class ArraySource(Source):
             yield int(i), start, rows if self.cols is None else rows[:, self.cols]
 
 
+def _identity(stat: os.stat_result) -> tuple:
+    """What tells a file's contents changed: its inode (a file put in its place), size and
+    modification time (one written over in place)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _check_unchanged(name: str, identity: tuple, stat: os.stat_result) -> None:
+    if _identity(stat) != identity:
+        raise ValueError(
+            f"{name} changed while fitting (another file in its place, or written over since the fit opened it): "
+            "the passes would mix two data sets. Fit a copy that nothing writes to."
+        )
+
+
 class NpySource(Source):
     """A ``.npy`` file: header parsed with ``np.lib.format``, rows read with seek + ``readinto``.
 
@@ -155,6 +169,7 @@ class NpySource(Source):
         self.path = path
         self.name = repr(str(path))
         with open(path, "rb") as f:
+            self.identity = _identity(os.fstat(f.fileno()))
             try:
                 version = np.lib.format.read_magic(f)
                 reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -205,6 +220,7 @@ class NpySource(Source):
         raw = np.empty((batch_size, self.shape[1]), self.dtype)
         flat = raw.reshape(-1).view(np.uint8)
         with open(self.path, "rb", buffering=0) as f:
+            _check_unchanged(self.name, self.identity, os.fstat(f.fileno()))
             for i in order:
                 start = int(i) * batch_size
                 m = min(batch_size, self.num_rows - start)
@@ -215,6 +231,7 @@ class NpySource(Source):
                     raise ValueError(f"{self.name}: short read at row {start} (the file changed while fitting?).")
                 rows = raw[:m]
                 yield int(i), start, rows if self.cols is None else rows[:, self.cols]
+            _check_unchanged(self.name, self.identity, os.fstat(f.fileno()))  # written over during the pass
 
 
 def _import_parquet():
@@ -248,6 +265,7 @@ class ParquetSource(Source):
         self.path = path
         self.name = repr(str(path))
         try:
+            self.identity = _identity(os.stat(path))
             self.file = pq.ParquetFile(path)
         except Exception as err:  # pyarrow raises its own ArrowInvalid
             raise ValueError(f"{self.name} is not a readable Parquet file ({err}).") from None
@@ -302,7 +320,16 @@ class ParquetSource(Source):
         del order  # Parquet is read in file order
         buf = np.empty((batch_size, self.num_features), self.dtype)
         fill = start = index = 0
-        for batch in self.file.iter_batches(batch_size=batch_size, columns=self.cols):
+        _check_unchanged(self.name, self.identity, os.stat(self.path))
+        batches = self.file.iter_batches(batch_size=batch_size, columns=self.cols)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as err:  # pyarrow's own errors (a file cut short: OSError, ArrowInvalid)
+                _check_unchanged(self.name, self.identity, os.stat(self.path))
+                raise ValueError(f"{self.name} could not be read at row {start + fill} ({err}).") from None
+            if batch is None:
+                break
             arrays = [batch.column(j).to_numpy(zero_copy_only=False) for j in range(self.num_features)]
             n, pos = batch.num_rows, 0
             while pos < n:
@@ -315,6 +342,7 @@ class ParquetSource(Source):
                     index, start, fill = index + 1, start + batch_size, 0
         if fill:
             yield index, start, buf[:fill]
+        _check_unchanged(self.name, self.identity, os.stat(self.path))  # written over during the pass
 
 
 def _npy_path_of_memmap(arr) -> str | None:

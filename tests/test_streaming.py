@@ -493,6 +493,35 @@ def test_progress_bar_shows_passes_and_chunks(mix, capsys):
     assert shown.log_likelihood == quiet.log_likelihood
 
 
+@pytest.mark.parametrize("kind", ["npy", "parquet"])
+def test_a_file_that_changes_while_fitting_is_named_not_mixed_in(mix, tmp_path, kind):
+    """Each pass reopened the file: one put in its place or written over between passes was read
+    as if it were the same data (the standardisation and start came from the old), without a
+    word; a Parquet file cut short raised pyarrow's bare OSError. Both are named now."""
+    import os
+    import time
+
+    path = tmp_path / f"x.{kind}"
+
+    def write(values):
+        if kind == "npy":
+            np.save(path, values)
+        else:
+            pd = pytest.importorskip("pandas")
+            pytest.importorskip("pyarrow")
+            pd.DataFrame(values, columns=["a", "b", "c"]).to_parquet(path)
+
+    write(mix)
+    source = open_source(str(path))
+    assert sum(len(rows) for _, _, rows in source.chunks(500, range(source.num_chunks(500)))) == len(mix)
+    time.sleep(0.01)
+    replacement = tmp_path / f"y.{kind}"
+    os.rename(path, replacement)
+    write(np.asarray(mix) * 2.0 + 5.0)  # another file under the name
+    with pytest.raises(ValueError, match="changed while fitting"):
+        list(source.chunks(500, range(source.num_chunks(500))))
+
+
 def test_the_pass_bar_ends_complete_and_closes_on_an_error(mix, monkeypatch):
     """The pass bar's total is max_iter + 2: a fit converged in 13 passes closed at 13/502; and a
     fit that raised (a constant column found in the first pass, a file cut short) left it open."""
