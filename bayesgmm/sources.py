@@ -146,7 +146,12 @@ def _identity(stat: os.stat_result) -> tuple:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _check_unchanged(name: str, identity: tuple, stat: os.stat_result) -> None:
+def _check_unchanged(name: str, identity: tuple, stat: os.stat_result, *, held_open: bool = False) -> None:
+    """Refuse a file whose identity changed since it was opened; ``held_open``: the source reads
+    through a handle it keeps, so another file put in its place is never read (only the same
+    file written over counts)."""
+    if held_open and (stat.st_dev, stat.st_ino) != identity[:2]:
+        return
     if _identity(stat) != identity:
         raise ValueError(
             f"{name} changed while fitting (another file in its place, or written over since the fit opened it): "
@@ -320,13 +325,13 @@ class ParquetSource(Source):
         del order  # Parquet is read in file order
         buf = np.empty((batch_size, self.num_features), self.dtype)
         fill = start = index = 0
-        _check_unchanged(self.name, self.identity, os.stat(self.path))
+        _check_unchanged(self.name, self.identity, os.stat(self.path), held_open=True)
         batches = self.file.iter_batches(batch_size=batch_size, columns=self.cols)
         while True:
             try:
                 batch = next(batches, None)
             except Exception as err:  # pyarrow's own errors (a file cut short: OSError, ArrowInvalid)
-                _check_unchanged(self.name, self.identity, os.stat(self.path))
+                _check_unchanged(self.name, self.identity, os.stat(self.path), held_open=True)
                 raise ValueError(f"{self.name} could not be read at row {start + fill} ({err}).") from None
             if batch is None:
                 break
@@ -342,7 +347,7 @@ class ParquetSource(Source):
                     index, start, fill = index + 1, start + batch_size, 0
         if fill:
             yield index, start, buf[:fill]
-        _check_unchanged(self.name, self.identity, os.stat(self.path))  # written over during the pass
+        _check_unchanged(self.name, self.identity, os.stat(self.path), held_open=True)  # written over during the pass
 
 
 def _npy_path_of_memmap(arr) -> str | None:

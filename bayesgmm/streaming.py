@@ -473,6 +473,16 @@ def _closing_bars(fit):
 # ----------------------------------------------------------------------------------------------
 # The passes: a feeder puts standardisable chunks on the device(s); two loops drive them
 # ----------------------------------------------------------------------------------------------
+def _wait_for(outputs) -> None:
+    """Wait until ``outputs`` (programs dispatched inside a :func:`bayesgmm._compile.running`
+    scope) are computed, before the scope releases the run lock; a failed program's error is
+    left to whoever reads its output."""
+    try:
+        jax.block_until_ready(outputs)
+    except Exception:  # noqa: BLE001 -- the error that ended the pass is the one to report
+        pass
+
+
 class _Feeder:
     """Reads chunks from a source and places them, padded, on the device(s).
 
@@ -536,17 +546,19 @@ class _Feeder:
         log_lik = magnitude = 0.0
         previous = None
         with running():  # the pass's programs one after another, none of another thread's between
-            for _, x, weight in self.chunks(range(self.num_chunks), desc):
-                out = self.stats(acc, x, weight, theta)
-                if previous is not None:
-                    # At most two chunks in flight: the next read overlaps this chunk's computation, and
-                    # memory stays bounded however fast the reads outpace the device.
-                    log_lik += float(previous.log_lik)
-                    magnitude += float(previous.magnitude)
-                acc, previous = out.stats, out
-            log_lik += float(previous.log_lik)
-            magnitude += float(previous.magnitude)
-            jax.block_until_ready(acc)
+            try:
+                for _, x, weight in self.chunks(range(self.num_chunks), desc):
+                    out = self.stats(acc, x, weight, theta)
+                    if previous is not None:
+                        # At most two chunks in flight: the next read overlaps this chunk's computation, and
+                        # memory stays bounded however fast the reads outpace the device.
+                        log_lik += float(previous.log_lik)
+                        magnitude += float(previous.magnitude)
+                    acc, previous = out.stats, out
+                log_lik += float(previous.log_lik)
+                magnitude += float(previous.magnitude)
+            finally:  # however the pass ends (an error, an interrupt), nothing of it runs once the lock goes
+                _wait_for((acc, previous))
         return acc, log_lik, magnitude
 
     def exact_totals(self, params: GMMParams):
@@ -644,19 +656,21 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
     for it in range(max_iter):
         start = time.perf_counter()
         order = rng.permutation(feeder.num_chunks) if (shuffle and src.random_access) else range(feeder.num_chunks)
-        objective = 0.0
+        objective, acc = 0.0, None
         with running():  # the pass's programs one after another, none of another thread's between
-            for m, x, weight in feeder.chunks(order, f"pass {it + 1}"):
-                acc = feeder.stats(_zero_stats(config, feeder.dtype), x, weight, theta)
-                gamma = (t + 2.0) ** -step_exponent * (m / feeder.batch_size)
-                s, params, theta = online_update(
-                    s, acc.stats, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
-                )
-                if config.missing:
-                    theta = params
-                objective += float(acc.log_lik)  # also keeps at most two chunks in flight (see _Feeder.full_pass)
-                t += 1
-            jax.block_until_ready((s, params, theta))
+            try:
+                for m, x, weight in feeder.chunks(order, f"pass {it + 1}"):
+                    acc = feeder.stats(_zero_stats(config, feeder.dtype), x, weight, theta)
+                    gamma = (t + 2.0) ** -step_exponent * (m / feeder.batch_size)
+                    s, params, theta = online_update(
+                        s, acc.stats, as_dtype(gamma), as_dtype(m), as_dtype(num_obs), prior, as_dtype(reg_covar), config=config
+                    )
+                    if config.missing:
+                        theta = params
+                    objective += float(acc.log_lik)  # also keeps at most two chunks in flight (see _Feeder.full_pass)
+                    t += 1
+            finally:  # however the pass ends (an error, an interrupt), nothing of it runs once the lock goes
+                _wait_for((acc, s, params, theta))
         if prior is not None:
             objective += _numerics.log_prior(jax.device_get(params), prior, config.covariance_type)
         _refuse_non_finite(objective, f"pass {it + 1}")

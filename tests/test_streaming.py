@@ -511,15 +511,71 @@ def test_a_file_that_changes_while_fitting_is_named_not_mixed_in(mix, tmp_path, 
             pytest.importorskip("pyarrow")
             pd.DataFrame(values, columns=["a", "b", "c"]).to_parquet(path)
 
+    def first_values():
+        return np.concatenate([rows[:, 0].copy() for _, _, rows in source.chunks(500, range(source.num_chunks(500)))])
+
     write(mix)
     source = open_source(str(path))
-    assert sum(len(rows) for _, _, rows in source.chunks(500, range(source.num_chunks(500)))) == len(mix)
+    np.testing.assert_array_equal(first_values(), np.asarray(mix)[:, 0])
     time.sleep(0.01)
-    replacement = tmp_path / f"y.{kind}"
-    os.rename(path, replacement)
+    os.rename(path, tmp_path / f"y.{kind}")
     write(np.asarray(mix) * 2.0 + 5.0)  # another file under the name
+    if kind == "npy":  # reopened at every pass: it would be read
+        with pytest.raises(ValueError, match="changed while fitting"):
+            first_values()
+        return
+    np.testing.assert_array_equal(first_values(), np.asarray(mix)[:, 0])  # Parquet reads through its open handle
+    source = open_source(str(path))
+    time.sleep(0.01)
+    write(np.asarray(mix)[:700])  # the same file written over
     with pytest.raises(ValueError, match="changed while fitting"):
-        list(source.chunks(500, range(source.num_chunks(500))))
+        first_values()
+
+
+def test_a_pass_that_raises_holds_the_run_lock_until_its_programs_end(tmp_path, monkeypatch):
+    """A pass dispatches its chunks' programs under the run lock and waited for them only when it
+    ended normally: one left by an error (a file changed, a short read, Ctrl-C) released the lock
+    with its last program still running, which another thread's program could then run beside
+    (the hang the lock prevents). Every output is ready when the lock goes now."""
+    import contextlib
+
+    from bayesgmm import _compile, sources
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200_000, 8))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    dispatched, ready_at_release = [], []
+    stats = streaming.chunk_stats
+
+    def recorded(*args, **kwargs):
+        out = stats(*args, **kwargs)
+        dispatched.append(out)
+        return out
+
+    @contextlib.contextmanager
+    def checked_running():
+        with _compile.running():
+            try:
+                yield
+            finally:
+                leaves = [a for a in jax.tree_util.tree_leaves(dispatched) if hasattr(a, "is_ready")]
+                ready_at_release.append(all(a.is_ready() for a in leaves))
+
+    chunks = sources.NpySource.chunks
+
+    def failing_at_the_second_pass(self, batch_size, order):
+        yield from chunks(self, batch_size, order)
+        if len(dispatched) > 1:
+            raise ValueError("the file changed (simulated)")
+
+    monkeypatch.setattr(streaming, "chunk_stats", recorded)
+    monkeypatch.setattr(streaming, "running", checked_running)
+    monkeypatch.setattr(sources.NpySource, "chunks", failing_at_the_second_pass)
+    with pytest.raises(ValueError, match="simulated"):
+        fit_em_stream(str(path), 2, covariance_type="diag", batch_size=100_000, missing="marginalize", max_iter=3, seed=0)
+    assert ready_at_release and all(ready_at_release)
 
 
 def test_the_pass_bar_ends_complete_and_closes_on_an_error(mix, monkeypatch):
