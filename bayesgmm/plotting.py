@@ -488,7 +488,7 @@ def plot_em_iterations(
             ymax = max(ymax, ax.get_ylim()[1])
         else:
             plot_clusters_2d(r, arr, ax=ax, features=f, legend=False, limits=limits)
-        title = labels[n] if labels is not None else ("start" if t == 0 else f"iteration {t}")
+        title = _plain(labels[n]) if labels is not None else ("start" if t == 0 else f"iteration {t}")
         ax.set_title(title, fontsize="medium")
         weights = ", ".join(f"{w:.2f}" for w in r.weights)
         ax.text(
@@ -797,7 +797,7 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
                 entry = Line2D([], [], color="0.45", lw=0.8, alpha=0.6, label=f"{len(w)} posterior draws (2 sd)")
                 ax.legend(handles=[entry], frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small",
                           loc="lower right")
-        ax.set_title(f"{display_name(name)}\nlog L = {r.log_likelihood:.1f}", fontsize="medium")
+        ax.set_title(f"{_plain(display_name(name))}\nlog L = {r.log_likelihood:.1f}", fontsize="medium")
         if q > 0:
             ax.set_ylabel("")
     return fig, axes
@@ -851,8 +851,10 @@ def _sbc_title(results: dict) -> str:
         if values:
             parts.append(f"{label} = {'/'.join(str(v) for v in values)}")
     reps = sorted({st.get("num_replications") for st in settings if st.get("num_replications") is not None})
-    if reps:
-        parts.append(f"{'/'.join(str(v) for v in reps)} replications")
+    ranked = sorted({len(res.ranks) for res in results.values()})
+    if reps:  # the ranks drawn: replications that failed (on_error="record") have none
+        done = "" if ranked == reps else f"{'/'.join(str(v) for v in ranked)} of "
+        parts.append(f"{done}{'/'.join(str(v) for v in reps)} replications")
     return f"SBC of {engines}: " + ", ".join(parts)
 
 
@@ -1007,12 +1009,12 @@ def plot_sbc_ranks(
             else:
                 _sbc_ecdf_panel(ax, ranks, num_ranks, band, prob, float(p.loc[q, "ecdf"]), color)
                 ax.set_xlabel("fractional rank")
-            ax.set_title(q, fontsize="medium")
+            ax.set_title(_plain(q), fontsize="medium")
             ax.tick_params(labelsize="small")
             _style(ax)
             first_in_row = col == 0 if (nr > 1 or axes.ndim == 1) else col % axes.shape[1] == 0
             if first_in_row:
-                ax.set_ylabel(what if name is None else f"{name}\n{what}")
+                ax.set_ylabel(what if name is None else f"{_plain(name)}\n{what}")
     for ax in flat[nq * nr:]:
         ax.set_visible(False)
     if own_figure:
@@ -1034,13 +1036,19 @@ _CRITERIA = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
 _BUNDLED_FEATURES = {("eruptions", "waiting"), ("velocity_km_s",)}
 
 
+def _plain(text) -> str:
+    """A user's string (a column or engine name) drawn as written: matplotlib reads text between
+    two ``$`` as a formula (``price ($) per unit ($)`` came out as ``price ()perunit()``)."""
+    return str(text).replace("$", r"\$")
+
+
 def _axis_label(result: FitResult, feature: int) -> str:
     """A feature's axis label: with its unit where the fit's features are a bundled data set's
     columns (a column of one's own named ``waiting`` may be in days)."""
     from .datasets import AXIS_LABELS
 
     names = tuple(str(n) for n in result.feature_names)
-    return AXIS_LABELS.get(names[feature], names[feature]) if names in _BUNDLED_FEATURES else names[feature]
+    return _plain(AXIS_LABELS.get(names[feature], names[feature]) if names in _BUNDLED_FEATURES else names[feature])
 
 
 _TYPE_STYLE = {"full": (0, "o"), "diag": (1, "s"), "spherical": (2, "^"), "tied": (3, "D")}

@@ -250,6 +250,10 @@ def _cells(table, digits: int):
 
     if not isinstance(table, pd.DataFrame):
         raise ValueError(f"table must be a pandas DataFrame, got {type(table).__name__}.")
+    index = table.index
+    default = isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+    if any(name is not None for name in index.names) or not default:
+        table = table.reset_index()  # the table's key (a summary's component, a BIC table's K)
     header = [" ".join(str(c).splitlines()) for c in table.columns]
     rows = [[_cell(v, digits) for v in row] for row in table.itertuples(index=False, name=None)]
     numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) for c in table.columns]
@@ -267,7 +271,8 @@ def to_markdown(table, *, digits: int = 4) -> str:
     ----------
     table : pandas.DataFrame
         Any of the package's tables (``compare``, ``parameter_table``, ``summarise_study``,
-        ``select(...).table``); the index is not written (``reset_index()`` first to keep it).
+        ``select(...).table``); the index is written as the first column(s) when it is named
+        or not the default ``0 .. n - 1`` (a summary's components, a criterion table's K).
     digits : int
         Digits after the decimal point, whatever the size of the number (a BIC of 2.6e7 keeps
         its units and decimals); numbers below ``10**-(digits - 1)`` in magnitude are written
@@ -293,8 +298,7 @@ def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str |
     Parameters
     ----------
     table : pandas.DataFrame
-        Any of the package's tables, as :func:`to_markdown` takes them; the index is not
-        written.
+        Any of the package's tables, as :func:`to_markdown` takes them (the index likewise).
     digits : int
         As :func:`to_markdown`.
     caption, label : str, optional

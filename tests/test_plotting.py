@@ -148,6 +148,19 @@ def test_a_frame_is_read_by_column_name(em2, faithful_frame):
         plotting.plot_clusters_2d(em2, faithful_frame, features=("waiting", "eruptions (min)"))
 
 
+def test_names_with_dollar_signs_are_drawn_as_written(em2, faithful_frame, sbc_fake):
+    """matplotlib reads text between two $ as a formula: a column "price ($) per unit ($)" was
+    labelled "price ()perunit()"; axis labels, panel titles and SBC titles show names as written."""
+    frame = faithful_frame.set_axis(["price ($) per unit ($)", "cost_$x$"], axis=1)
+    fit = dataclasses.replace(em2, feature_names=tuple(frame.columns))
+    ax = plotting.plot_clusters_2d(fit, frame)
+    fig = ax.figure
+    fig.canvas.draw()  # mathtext parses at drawing
+    assert ax.xaxis.label.get_text() == r"price (\$) per unit (\$)" and ax.yaxis.label.get_text() == r"cost_\$x\$"
+    fig, axes = plotting.plot_sbc_ranks(_fake_sbc({"mean[$]": sbc_fake.ranks["uniform"].to_numpy()}, sbc_fake.num_ranks))
+    assert axes.flat[0].get_title() == r"mean[\$]"
+
+
 def test_density_histogram_is_the_data_density_in_any_window(em2, faithful_frame):
     """A window narrower than the data once rescaled the bars to the rows inside it (1.17 times
     the data's density on the galaxies) while the curve kept the whole mixture's scale."""
@@ -417,6 +430,8 @@ def test_sbc_rank_histograms(sbc_fake, tmp_path):
     _saved(fig, tmp_path / "sbc_hist.png")
     assert axes.shape == (2, 2) and not axes[1, 1].get_visible()  # 3 panels on a 2 x 2 grid
     assert fig.get_suptitle() == "SBC of fake: K = 2, D = 1, N = 10, 200 replications"
+    failed = dataclasses.replace(sbc_fake, ranks=sbc_fake.ranks.iloc[:180])  # 20 replications without ranks
+    assert plotting.plot_sbc_ranks(failed)[0].get_suptitle() == "SBC of fake: K = 2, D = 1, N = 10, 180 of 200 replications"
     edges = sbc_fake.bin_edges
     assert len(edges) == 21  # 20 bins of 5 rank values (R = 200)
     r = len(sbc_fake.ranks)

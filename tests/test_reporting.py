@@ -150,6 +150,11 @@ def test_markdown_and_latex_writers():
         "| bic | x1\\*x2 \\[\\`a\\`\\] |", "| ---: | --- |", "| 26363.98 | \\*c\\* |", "| 26411.57 | \\_\\_init\\_\\_ |"]
     with pytest.raises(ValueError, match="DataFrame"):
         to_markdown([[1, 2]])
+    # a named or non-default index is the table's key (a criterion table's K): written, not dropped
+    keyed = pd.DataFrame({"full": [2607.6, 2322.2]}, index=pd.Index([1, 2], name="num_components"))
+    assert to_markdown(keyed, digits=1).splitlines() == [
+        "| num\\_components | full |", "| ---: | ---: |", "| 1 | 2607.6 |", "| 2 | 2322.2 |"]
+    assert r"num\_components & full \\" in to_latex(keyed)
     # a line break (a third-party warning's text in compare's warnings column) split the row;
     # None and pd.NA are blank as NaN is; LaTeX's < and > printed as other glyphs
     odd = pd.DataFrame({"warnings": ["first line\nsecond <x>", None, pd.NA]})
