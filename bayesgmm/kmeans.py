@@ -40,8 +40,8 @@ class KMeansResult(NamedTuple):
     n_iter : int
         Lloyd iterations of the best run (the run kept).
     converged : bool
-        Whether the best run's centres stopped moving (squared shift below the tolerance)
-        within ``max_iter`` iterations.
+        Whether the best run's centres stopped moving (squared shift below the tolerance, or no
+        row changed its cluster) within ``max_iter`` iterations.
     feature_names : tuple of str, optional
         The training data's column names (a DataFrame's, else ``x0``, ``x1``, ...): :meth:`predict`
         matches a DataFrame's columns to them by name.
@@ -320,7 +320,8 @@ def kmeans_labels(u, x, num_components: int, max_iter: int = 300, tol: float = 1
     return lloyd(x, centers, max_iter, tol_abs, sample_weight=sample_weight, active=active)[1]
 
 
-#: Starting-centre methods of :func:`kmeans` (and of EM's starts).
+#: Starting-centre methods of EM's and VB's starts (``init_params``); :func:`kmeans` itself seeds
+#: by k-means++ only.
 INIT_METHODS = ("k-means++", "kmeans", "random", "random_from_data")
 
 
@@ -402,6 +403,9 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
     """k-means clustering: ``n_init`` k-means++ seedings refined by Lloyd's algorithm, run as one
     vmapped compiled call; the run of lowest inertia is kept.
 
+    A cluster that loses every row keeps its centre (scikit-learn moves it to the farthest rows)
+    and is warned about; k-means++ seedings rarely leave one.
+
     Parameters
     ----------
     x : array (N, D)
@@ -414,7 +418,7 @@ def kmeans(x, num_components: int, *, n_init: int = 10, max_iter: int = 300, tol
         Lloyd iterations per run.
     tol : float
         Convergence when the squared centre shift is below ``tol`` times the mean feature
-        variance (scikit-learn's convention).
+        variance (scikit-learn's convention), or when no row changes its cluster.
     seed : int or jax key
         Same seed, same result, bit for bit.
 
