@@ -220,7 +220,7 @@ def legend_handles(num_components: int, kind: str = "clusters", n_std=(1.0, 2.0)
         styles = ("-", "--", ":", "-.")
         handles = [Line2D([], [], color=colors[j], marker="o", ls="none", ms=6, label=f"component {j}") for j in range(num_components)]
         handles.append(Line2D([], [], color="0.5", mec="black", marker="X", ls="none", ms=8, label="mean"))
-        return handles + [Line2D([], [], color="0.3", ls=styles[q % 4], label=f"{s:g} sd") for q, s in enumerate(n_std)]
+        return handles + [Line2D([], [], color="0.3", ls=styles[q % 4], label=_contour_label(s)) for q, s in enumerate(n_std)]
     raise ValueError(f"kind must be 'density' or 'clusters', got {kind!r}.")
 
 
@@ -395,6 +395,7 @@ def plot_clusters_2d(
     means = result.means[:, [i, j]]
     _draw_ellipses(ax, means, covs, colors, tuple(n_std), halo=True)
     ax.scatter(means[:, 0], means[:, 1], marker="X", s=110, c=colors, edgecolors="black", linewidths=0.8, zorder=6)
+    _number_components(ax, means)
     xlim, ylim = limits if limits is not None else (_padded_limits(arr[:, i]), _padded_limits(arr[:, j]))
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
@@ -407,7 +408,7 @@ def plot_clusters_2d(
             for c in range(k)
         ]
         styles = ("-", "--", ":", "-.")
-        handles += [Line2D([], [], color="0.3", ls=styles[q % 4], label=f"{s:g} sd") for q, s in enumerate(n_std)]
+        handles += [Line2D([], [], color="0.3", ls=styles[q % 4], label=_contour_label(s)) for q, s in enumerate(n_std)]
         ax.legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small", loc="best")
     return ax
 
@@ -1034,6 +1035,23 @@ def plot_sbc_ranks(
 _CRITERIA = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
 #: The bundled data sets' columns (:mod:`bayesgmm.datasets`), whose axes get units.
 _BUNDLED_FEATURES = {("eruptions", "waiting"), ("velocity_km_s",)}
+
+
+def _contour_label(n_std: float) -> str:
+    """A 2-D contour's legend entry with the probability it encloses: ``n`` standard deviations
+    of a bivariate normal hold ``1 - exp(-n^2 / 2)`` (39% at 1 sd, 86% at 2, not 68% and 95%)."""
+    return f"{n_std:g} sd ({-np.expm1(-0.5 * n_std**2):.0%})"
+
+
+def _number_components(ax, means) -> None:
+    """Each component's number beside its mean, so that a figure printed in grey (where several
+    of the palette's colours look alike) still tells the components apart."""
+    from matplotlib import patheffects
+
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    for c, (mx, my) in enumerate(np.asarray(means, np.float64)):
+        ax.annotate(str(c), (mx, my), xytext=(6, 6), textcoords="offset points", fontsize="small", fontweight="bold",
+                    color="black", zorder=7, path_effects=halo, gid="component number")
 
 
 def _plain(text) -> str:

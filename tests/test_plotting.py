@@ -148,6 +148,17 @@ def test_a_frame_is_read_by_column_name(em2, faithful_frame):
         plotting.plot_clusters_2d(em2, faithful_frame, features=("waiting", "eruptions (min)"))
 
 
+def test_components_are_numbered_beside_their_means(em2, faithful_frame):
+    """In grey several of the palette's colours look alike (luminances 0.33-0.38 for components
+    0, 1, 2 and 6) and every component had the same markers: each mean is numbered now."""
+    ax = plotting.plot_clusters_2d(em2, faithful_frame)
+    numbers = [t for t in ax.texts if t.get_gid() == "component number"]
+    assert [t.get_text() for t in numbers] == [str(c) for c in range(em2.num_components)]
+    np.testing.assert_allclose([t.xy for t in numbers], em2.means[:, :2])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]  # the mass a 2-D contour holds, not 68%/95%
+    assert labels[-2:] == ["1 sd (39%)", "2 sd (86%)"]
+
+
 def test_names_with_dollar_signs_are_drawn_as_written(em2, faithful_frame, sbc_fake):
     """matplotlib reads text between two $ as a formula: a column "price ($) per unit ($)" was
     labelled "price ()perunit()"; axis labels, panel titles and SBC titles show names as written."""
