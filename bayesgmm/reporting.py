@@ -235,6 +235,7 @@ def _cell(value, digits: int) -> str:
         v = float(value)
         if math.isnan(v):
             return ""
+        v = v + 0.0  # -0.0 (an entropy of one component) printed as -0.0000
         if v != 0.0 and abs(v) < 10 ** -(digits - 1):  # would show as 0.000x: significant digits
             return f"{v:.{digits}g}"
         if abs(v) >= 1e15:  # beyond float64's decimals: every digit it holds
@@ -243,6 +244,16 @@ def _cell(value, digits: int) -> str:
     if value is None or type(value).__name__ == "NAType":  # None and pandas' pd.NA: blank, as NaN
         return ""
     return " ".join(str(value).splitlines())  # a line break would end a table's row
+
+
+def _whole_numbers(column) -> bool:
+    """Whether a float column holds whole numbers only, besides NaN: counts that a missing value
+    made float (``divergences``, ``effective_components``), written as integers, not ``2.0000``."""
+    values = column.to_numpy()
+    if values.dtype.kind != "f":
+        return False
+    finite = values[np.isfinite(values)]
+    return finite.size > 0 and not np.isinf(values).any() and bool(np.all((finite == np.round(finite)) & (np.abs(finite) < 2**53)))
 
 
 def _cells(table, digits: int):
@@ -255,7 +266,9 @@ def _cells(table, digits: int):
     if any(name is not None for name in index.names) or not default:
         table = table.reset_index()  # the table's key (a summary's component, a BIC table's K)
     header = [" ".join(str(c).splitlines()) for c in table.columns]
-    rows = [[_cell(v, digits) for v in row] for row in table.itertuples(index=False, name=None)]
+    whole = [_whole_numbers(table[c]) for c in table.columns]
+    rows = [[_cell(int(v) if w and v == v else v, digits) for v, w in zip(row, whole)]
+            for row in table.itertuples(index=False, name=None)]
     numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) for c in table.columns]
     return header, rows, numeric
 

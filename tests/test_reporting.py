@@ -150,6 +150,9 @@ def test_markdown_and_latex_writers():
         "| bic | x1\\*x2 \\[\\`a\\`\\] |", "| ---: | --- |", "| 26363.98 | \\*c\\* |", "| 26411.57 | \\_\\_init\\_\\_ |"]
     with pytest.raises(ValueError, match="DataFrame"):
         to_markdown([[1, 2]])
+    # counts a missing value made float print as integers; -0.0 (one component's entropy) as 0
+    counts = pd.DataFrame({"divergences": [0.0, np.nan, 2.0], "entropy": [-0.0, 1.5, 0.25]})
+    assert to_markdown(counts, digits=2).splitlines()[2:] == ["| 0 | 0.00 |", "|  | 1.50 |", "| 2 | 0.25 |"]
     # a named or non-default index is the table's key (a criterion table's K): written, not dropped
     keyed = pd.DataFrame({"full": [2607.6, 2322.2]}, index=pd.Index([1, 2], name="num_components"))
     assert to_markdown(keyed, digits=1).splitlines() == [
