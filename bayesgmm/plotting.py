@@ -526,8 +526,8 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
         Axes to draw in; default a new figure.
     gap : bool
         Plot ``final - objective`` on a log axis instead, which shows the convergence rate
-        (linear convergence is a straight line); non-positive gaps are left out. Optimisers
-        only (a sampler's draws do not converge to a final value).
+        (linear convergence is a straight line); non-positive gaps are left out. EM and VB
+        only (a sampler's draws do not converge to a final value; SVI's ELBO is noisy).
     first : int
         First iteration (draw, for a sampler) shown (e.g. 1 to leave out a poor starting point
         that would squash the scale).
@@ -549,6 +549,9 @@ def plot_trace(result: FitResult, ax=None, *, gap: bool = False, first: int = 0)
             raise ValueError("gap=True plots an optimiser's distance to its final objective; a sampler's draws have "
                              "none (plot gap=False).")
         return _plot_chains(result, trace.reshape(chains, length), _new_axes(ax, figsize=(4.6, 3.2)), int(first))
+    if gap and result.method == "svi":  # its one-particle ELBO's noise: the gap to the last value is noise too
+        raise ValueError("gap=True plots the distance to a final objective; SVI's trace is a noisy one-particle "
+                         "ELBO whose last value is no final objective (plot gap=False).")
     ax = _new_axes(ax, figsize=(4.6, 3.2))
     steps = np.arange(trace.size)
     finite = finite & (steps >= int(first))
@@ -677,7 +680,7 @@ def plot_posterior_ellipses(
     n_std : float
         The contour drawn, in standard deviations.
     legend : bool
-        Add a legend (components' draws, point estimate); D >= 2.
+        Add a legend (components' draws, point estimate; for D = 1 the density's draws).
 
     Returns
     -------
@@ -696,9 +699,13 @@ def plot_posterior_ellipses(
         grid = np.linspace(lo, hi, 512)
         ax.hist(arr[:, 0], bins="auto", range=(lo, hi), density=True, color="0.82", edgecolor="white", linewidth=0.5)
         dens = np.sum(w[:, :, None] * _normal_pdf(grid, m[:, :, 0, None], covs[:, :, 0, 0, None]), axis=1)
-        ax.plot(grid, dens.T, color=colors[0], lw=0.8, alpha=alpha)
+        ax.plot(grid, dens.T, color=_DRAWS_COLOR, lw=0.8, alpha=alpha)  # the mixture's, no component's colour
         plot_density_1d(result, arr, ax=ax, components=False, legend=False, xlim=(lo, hi), hist=False)
         ax.set_title(f"{len(w)} posterior draws of the density", fontsize="medium")
+        if legend:
+            handles = [Line2D([], [], color=_DRAWS_COLOR, lw=1.0, label="posterior draws"),
+                       Line2D([], [], color="black", lw=1.6, ls=(0, (4, 1.5)), label="point estimate")]
+            ax.legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small", loc="best")
         return ax
     i, j = drawn
     ax = _new_axes(ax, figsize=(4.6, 4.0))
@@ -1052,6 +1059,10 @@ def _number_components(ax, means) -> None:
     for c, (mx, my) in enumerate(np.asarray(means, np.float64)):
         ax.annotate(str(c), (mx, my), xytext=(6, 6), textcoords="offset points", fontsize="small", fontweight="bold",
                     color="black", zorder=7, path_effects=halo, gid="component number")
+
+
+#: The colour of the mixture density's posterior draws (1-D), apart from every component's.
+_DRAWS_COLOR = "0.55"
 
 
 def _plain(text) -> str:

@@ -292,6 +292,10 @@ def test_trace_plots_the_objective(em2, tmp_path):
     ax = plotting.plot_trace(em2, gap=True)
     assert ax.get_yscale() == "log"
     assert np.all(ax.get_lines()[0].get_ydata() > 0)
+    svi_like = dataclasses.replace(em2, method="svi", objective="elbo")  # a noisy one-particle ELBO: no final value
+    with pytest.raises(ValueError, match="SVI's trace is a noisy one-particle ELBO"):
+        plotting.plot_trace(svi_like, gap=True)
+    assert plotting.plot_trace(svi_like).get_xlabel() == "optimisation step"
 
 
 def test_trace_of_a_sampler_is_one_line_per_chain(em2):
@@ -345,6 +349,10 @@ def test_posterior_draws_1d_are_densities(em1d, feet):
     assert len(curves) == 12
     for c in curves:
         assert abs(np.trapezoid(c.get_ydata(), c.get_xdata()) - 1.0) < 5e-3
+    # the draws were drawn in component 0's colour, with no legend: read as that component's
+    component0 = matplotlib.colors.to_rgba(plotting.component_colors(2)[0])
+    assert all(matplotlib.colors.to_rgba(c.get_color())[:3] != component0[:3] for c in curves)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["posterior draws", "point estimate"]
 
 
 def test_engines_side_by_side(em2, faithful_frame, tmp_path):
