@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -399,6 +400,8 @@ def check_data(
                              "they carry no information about the mixture: drop them.")
     if feature_names is None:
         feature_names = tuple(f"x{j}" for j in range(d))
+    if arr.dtype == np.float32:
+        warn_if_quantised(arr, lowest, highest, all_finite, feature_names, name)
     if not all_finite and not allow_constant:
         sparse = np.flatnonzero(finite.sum(axis=0) < 2)
         if sparse.size:
@@ -417,6 +420,36 @@ def check_data(
             )
         refuse_vast_columns(span, feature_names, name)
     return arr, feature_names
+
+
+#: A float32 column whose values, at their magnitude, are spaced more than this share of the
+#: column's range apart was quantised before any fit saw it (:func:`warn_if_quantised`).
+QUANTISED_SHARE = 2.0**-12
+
+
+def warn_if_quantised(arr, lowest, highest, all_finite: bool, feature_names, name: str = "x") -> None:
+    """Warn where float32 data far from zero hold few distinct values across their range: at
+    1e6, float32's values are 0.0625 apart, so Old Faithful's eruption lengths plus 1e6 keep 49
+    distinct values. The fit cannot restore the digits the input lost (it standardises in float64)."""
+    if not all_finite:
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only: refused elsewhere
+            lowest, highest = np.nanmin(arr, axis=0), np.nanmax(arr, axis=0)
+    lowest, highest = np.asarray(lowest, np.float64), np.asarray(highest, np.float64)
+    span = highest - lowest
+    step = np.spacing(np.maximum(np.abs(lowest), np.abs(highest)).astype(np.float32)).astype(np.float64)
+    coarse = np.flatnonzero((span > 0) & (step > QUANTISED_SHARE * span))
+    if coarse.size:
+        j = int(coarse[0])
+        warnings.warn(
+            f"{name} is float32 and its column(s) {[feature_names[c] for c in coarse]} are far from zero for their "
+            f"spread: {feature_names[j]!r} reaches {max(abs(lowest[j]), abs(highest[j])):.3g}, where float32's values "
+            f"are {step[j]:.3g} apart, {step[j] / span[j]:.1%} of its range ({span[j]:.3g}). Its values were rounded "
+            "before bayesgmm saw them; pass float64 data (convert before any float32 arithmetic), or subtract a "
+            "reference value in float64 first.",
+            PrecisionWarning,
+            stacklevel=3,
+        )
 
 
 def refuse_vast_columns(span, feature_names, name: str = "x") -> None:

@@ -29,6 +29,19 @@ def em_fit(two_blobs):
     return bg.fit_em(pd.DataFrame(two_blobs, columns=["a", "b"]), 2, seed=0)
 
 
+def test_float32_input_far_from_zero_for_its_spread_is_warned_about(faithful):
+    """float32 data at 1e6 hold values 0.0625 apart: Old Faithful's eruption lengths plus 1e6 keep
+    49 distinct values, and the fit ran on them without a word (a review of invariance to units).
+    A PrecisionWarning names the columns; float64 data, and float32 data near zero, fit quietly."""
+    far = (faithful + np.array([1e6, 0.0])).astype(np.float32)
+    with pytest.warns(bg.PrecisionWarning, match=r"column\(s\) \['x0'\] are far from zero .* 0.0625 apart"):
+        bg.fit_em(far, 2, n_init=1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bg.fit_em(faithful + np.array([1e6, 0.0]), 2, n_init=1, seed=0)  # float64: its digits kept
+        bg.fit_em(faithful.astype(np.float32), 2, n_init=1, seed=0)
+
+
 def test_data_far_from_zero_keep_their_precision_in_float32():
     """In JAX's default float32, an offset of 1e8 once cost 30+ nats in score_samples and half of
     the predicted labels, while the fit itself (standardised in float64) was right. Run in a fresh
