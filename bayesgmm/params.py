@@ -424,7 +424,7 @@ def check_data(
 
 #: A float32 column whose values, at their magnitude, are spaced more than this share of the
 #: column's range apart was quantised before any fit saw it (:func:`warn_if_quantised`).
-QUANTISED_SHARE = 2.0**-12
+QUANTISED_SHARE = 2.0**-10
 
 
 def warn_if_quantised(arr, lowest, highest, all_finite: bool, feature_names, name: str = "x") -> None:
