@@ -171,6 +171,22 @@ def _is_numeric_dtype(t) -> bool:
     return np.issubdtype(t, np.number) and t != np.bool_
 
 
+def _object_numbers(column) -> np.ndarray | None:
+    """An object column (pandas keeps floats with ``None`` so) as float64 with NaN where a value
+    is missing (``None``, NaN, ``pd.NA``), when every value is a real number; None otherwise
+    (strings, booleans, mixed content stay refused)."""
+    values = column.to_numpy(dtype=object)
+    out = np.empty(values.size, np.float64)
+    for n, v in enumerate(values):
+        if v is None or type(v).__name__ == "NAType":
+            out[n] = np.nan
+        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            out[n] = float(v)
+        else:
+            return None
+    return out
+
+
 def _is_default_names(names) -> bool:
     return tuple(names) == tuple(f"x{j}" for j in range(len(names)))
 
@@ -339,6 +355,12 @@ def check_data(
     fitted_names, feature_names = feature_names, None
     if hasattr(x, "columns") and hasattr(x, "dtypes"):  # pandas DataFrame, without importing pandas
         x = _columns_as_fitted(x, name, fitted_names)
+        numbers = {c: _object_numbers(x[c]) for c, t in zip(x.columns, x.dtypes) if getattr(t, "kind", None) == "O"}
+        numbers = {c: v for c, v in numbers.items() if v is not None}
+        if numbers:  # floats with None in an object column: numbers, None missing
+            x = x.copy()
+            for c, v in numbers.items():
+                x[c] = v
         bad = [str(c) for c, t in zip(x.columns, x.dtypes) if not _is_numeric_dtype(t)]
         if bad:
             raise ValueError(

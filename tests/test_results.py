@@ -142,6 +142,19 @@ def test_nullable_pandas_columns_are_numeric(two_blobs):
     df.loc[3, "a"] = pd.NA
     with pytest.raises(ValueError, match="NaN values in 1 row"):
         bg.fit_em(df, 2)
+    # floats with None, which pandas keeps in an object column, were refused as non-numeric
+    objects = pd.DataFrame(two_blobs, columns=["a", "b"]).astype(object)
+    np.testing.assert_array_equal(bg.fit_em(objects, 2, seed=0).means, bg.fit_em(pd.DataFrame(two_blobs, columns=["a", "b"]), 2, seed=0).means)
+    objects.loc[3, "a"] = None
+    with pytest.raises(ValueError, match="NaN values in 1 row"):
+        bg.fit_em(objects, 2)
+    nan = pd.DataFrame(two_blobs, columns=["a", "b"])
+    nan.loc[3, "a"] = np.nan
+    np.testing.assert_array_equal(bg.fit_em(objects, 2, missing="marginalize", seed=0).means,
+                                  bg.fit_em(nan, 2, missing="marginalize", seed=0).means)
+    objects.loc[4, "b"] = "1.5"  # a string stays refused
+    with pytest.raises(ValueError, match=r"non-numeric column\(s\) \['b'\]"):
+        bg.fit_em(objects, 2)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2.5, "3", True])
