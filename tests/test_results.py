@@ -144,7 +144,8 @@ def test_nullable_pandas_columns_are_numeric(two_blobs):
         bg.fit_em(df, 2)
     # floats with None, which pandas keeps in an object column, were refused as non-numeric
     objects = pd.DataFrame(two_blobs, columns=["a", "b"]).astype(object)
-    np.testing.assert_array_equal(bg.fit_em(objects, 2, seed=0).means, bg.fit_em(pd.DataFrame(two_blobs, columns=["a", "b"]), 2, seed=0).means)
+    plain = pd.DataFrame(two_blobs, columns=["a", "b"])
+    np.testing.assert_array_equal(bg.fit_em(objects, 2, seed=0).means, bg.fit_em(plain, 2, seed=0).means)
     objects.loc[3, "a"] = None
     with pytest.raises(ValueError, match="NaN values in 1 row"):
         bg.fit_em(objects, 2)
