@@ -354,9 +354,10 @@ class GaussianMixture(_DensityMixin, _Base):
     precisions_cholesky_ : ndarray
         Cholesky factors of the precisions (scikit-learn's convention, upper triangular).
     converged_ : bool
-        EM and VB: the tolerance was met. SVI: the ELBO's drift over the last steps was within its
-        noise. NUTS and Gibbs: every quantity's split R-hat is below 1.01 (with one chain, over
-        its two halves); a ``ConvergenceWarning`` says which check failed.
+        EM and VB: the tolerance was met. SVI: the ELBO's drift over the last steps, and its
+        steady climb over the last half of the run, were within its noise. NUTS and Gibbs: every
+        quantity's split R-hat is below 1.01 (with one chain, over its two halves); a
+        ``ConvergenceWarning`` says which check failed.
     n_iter_ : int
         EM: the updates that led to the returned parameters (scikit-learn's meaning).
     lower_bound_ : float

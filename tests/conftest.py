@@ -74,6 +74,23 @@ def precision(dtype):
     return jax.enable_x64(np.dtype(dtype) == np.float64)
 
 
+def assert_a_failed_write_keeps_the_file(path, write_first, write_second, monkeypatch):
+    """``write_first(path)``, then ``write_second(path)`` on a disk that fails at the rename (a
+    full disk, an interrupt): the first file stays whole and no temporary file is left."""
+    import os
+
+    write_first(path)
+    before = path.read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_second(path)
+    assert path.read_text() == before and os.listdir(path.parent) == [path.name]
+
+
 def separated_clusters(num_obs: int, num_components: int, num_features: int, seed: int = 1):
     """Unit-variance clusters around centres drawn N(0, 3^2) per feature (float64), the data of
     ``benchmarks/float32_floor.py`` and ``em_per_fit.py``."""

@@ -459,19 +459,10 @@ def test_json_round_trip(exact_run, tmp_path):
 
 def test_to_json_keeps_the_earlier_file_when_the_write_fails(exact_run, tmp_path, monkeypatch):
     """to_json opened the final name for writing: an interrupt or a full disk left a truncated file."""
-    import os
+    from conftest import assert_a_failed_write_keeps_the_file
 
-    path = tmp_path / "sbc.json"
-    exact_run.to_json(path)
-    before = path.read_text()
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        dataclasses.replace(exact_run, settings={**exact_run.settings, "note": "second"}).to_json(path)
-    assert path.read_text() == before and os.listdir(tmp_path) == ["sbc.json"]
+    second = dataclasses.replace(exact_run, settings={**exact_run.settings, "note": "second"})
+    assert_a_failed_write_keeps_the_file(tmp_path / "sbc.json", exact_run.to_json, second.to_json, monkeypatch)
 
 
 def test_module_import_is_light():

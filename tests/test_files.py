@@ -227,18 +227,10 @@ def test_a_destination_that_cannot_be_a_file_is_named(x, tmp_path):
 
 
 def test_to_json_is_atomic(x, tmp_path, monkeypatch):
-    fit = bg.fit_em(x, 2, n_init=1, seed=0)
-    path = tmp_path / "fit.json"
-    fit.to_json(path)
-    before = path.read_text()
+    from conftest import assert_a_failed_write_keeps_the_file
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        bg.fit_em(x, 3, n_init=1, seed=0).to_json(path)
-    assert path.read_text() == before and os.listdir(tmp_path) == ["fit.json"]
+    first, second = (bg.fit_em(x, k, n_init=1, seed=0) for k in (2, 3))
+    assert_a_failed_write_keeps_the_file(tmp_path / "fit.json", first.to_json, second.to_json, monkeypatch)
 
 
 def test_json_files_carry_their_format_version(summary, tmp_path):
