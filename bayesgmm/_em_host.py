@@ -212,10 +212,12 @@ def refuse_dependent_columns(prep: Prepared) -> None:
     cov = np.cov(np.asarray(prep.arr, np.float64), rowvar=False)
     # float32 data: their rounding (relative eps) is the least that dependent columns show
     if linearly_dependent(cov, max(1e-12, 100 * float(np.finfo(prep.arr.dtype).eps) ** 2)):
+        model = prep.covariance_type if prep.covariance_model in _covariance_models.NATIVE else (
+            f"{prep.covariance_model} (a {prep.covariance_type} layout)")
         raise ValueError(
             f"x has linearly dependent columns (one is a linear combination of the others), so every "
-            f"{prep.covariance_type} covariance fitted to them is singular. Drop the redundant column(s), or use "
-            "covariance_type='diag'.")
+            f"{model} covariance fitted to them is singular. Drop the redundant column(s), or use "
+            "covariance_type='diag' (or a diagonal mclust model: 'EEI', 'VEI', 'EVI', 'VVI').")
 
 
 def objective_shift(prep: Prepared, num_components: int, sample_weight=None) -> float:

@@ -357,6 +357,16 @@ def test_bad_input_raises_clear_error(x, k, match):
         bg.fit_em(x, k)
 
 
+def test_dependent_columns_are_refused_in_the_model_the_user_named():
+    """An mclust model is named as the user passed it (with its layout), and the diagonal models
+    are offered; the native name stays plain."""
+    x = np.c_[np.arange(12.0) % 5, 2 * (np.arange(12.0) % 5) + 1]
+    with pytest.raises(ValueError, match=r"every EEV \(a full layout\) covariance .* 'VVI'"):
+        bg.fit_em(x, 2, covariance_type="EEV")
+    with pytest.raises(ValueError, match=r"every tied covariance"):
+        bg.fit_em(x, 2, covariance_type="tied")
+
+
 def test_a_value_beyond_the_compute_types_range_is_named():
     """Finite, but beyond float32 (the compute type) once standardised: the value is named,
     where the fit used to fail with "a covariance became singular in every run"."""
