@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from ._checkpoint import RECORD as CHECKPOINT_RECORD
+from ._covariance_models import ALIASES
 from .engines import engine_names
 
 #: The engines the command line runs (``--method``), from the registry.
@@ -415,11 +416,12 @@ class OutputFolder:
                 found.append(path)
         return found + [manifest]
 
-    def _conflicts(self, previous: list[Path]) -> list[str]:
-        """The new files that would replace something that is not the earlier run's file."""
+    def _conflicts(self, previous: list[Path], names=None) -> list[str]:
+        """The new files (``names``, default those written) that would replace something that is
+        not the earlier run's file."""
         ours = {p.name for p in previous}
         found = []
-        for name in self.names:
+        for name in self.names if names is None else names:
             dest = self.out / name
             if not (dest.exists() or dest.is_symlink()):
                 continue
@@ -430,6 +432,24 @@ class OutputFolder:
             elif name not in ours:
                 found.append(f"{name} (not written by the earlier bayesgmm run there)")
         return found
+
+    def refuse_conflicts_now(self, names) -> None:
+        """Stop before the command's work when files it will certainly write (``names``) would
+        replace something :meth:`commit` would refuse to replace (a file bayesgmm did not write,
+        the command's input, a folder): said after minutes of fitting, nothing was lost but the
+        time. :meth:`commit` checks again (the folder may change meanwhile).
+
+        Raises
+        ------
+        UsageError
+            Naming those files.
+        """
+        with _folder_lock(self.out):
+            conflicts = self._conflicts(self._previous_files(), names)
+        if conflicts:
+            raise UsageError(
+                f"output folder {str(self.out)!r}: the results would replace {', '.join(conflicts)}; nothing was "
+                "computed or written. Move or rename those, or give another folder with --out.")
 
     def path(self, name: str) -> Path:
         """Where to write the output file ``name`` (inside the staging folder)."""
@@ -582,7 +602,9 @@ def figure(fig, path):
 def print_fit(result, out=None):
     out = sys.stdout if out is None else out
     names = result.feature_names
-    print(f"{result.method} fit, K={result.num_components}, covariance_type={result.covariance_type}: "
+    layout, model = result.covariance_type, getattr(result, "covariance_model", None)
+    shown = layout if model in (None, ALIASES.get(layout)) else f"{model} (a {layout} layout)"
+    print(f"{result.method} fit, K={result.num_components}, covariance_type={shown}: "
           f"log-likelihood {result.log_likelihood:.3f}, converged={result.converged} after {result.n_iter} iterations",
           file=out)
     for k in range(result.num_components):
@@ -604,14 +626,25 @@ def fit_figure(result, x):
     return ax.figure
 
 
-def write_table(table, out: "OutputFolder", stem: str) -> None:
+#: The extensions :func:`write_table` writes.
+TABLE_FORMATS = ("csv", "md", "tex")
+
+
+def table_files(stem: str) -> list[str]:
+    """The files :func:`write_table` writes for ``stem``."""
+    return [f"{stem}.{ext}" for ext in TABLE_FORMATS]
+
+
+def write_table(table, out: "OutputFolder", stem: str, *, note: str | None = None) -> None:
     """``stem.csv`` (every column, full precision) and, for papers, ``stem.md`` and ``stem.tex``
-    (:func:`bayesgmm.reporting.to_markdown` / :func:`~bayesgmm.reporting.to_latex`)."""
+    (:func:`bayesgmm.reporting.to_markdown` / :func:`~bayesgmm.reporting.to_latex`). ``note``
+    (e.g. a criterion's sign convention) follows the Markdown table and ends the LaTeX caption."""
     from .reporting import to_latex, to_markdown
 
     table.to_csv(out.path(f"{stem}.csv"), index=False)
-    out.path(f"{stem}.md").write_text(to_markdown(table))
-    out.path(f"{stem}.tex").write_text(to_latex(table, caption=stem.replace("_", " "), label=f"tab:{stem}"))
+    out.path(f"{stem}.md").write_text(to_markdown(table) + (f"\n{note}\n" if note else ""))
+    caption = stem.replace("_", " ") + (f". {note}" if note else "")
+    out.path(f"{stem}.tex").write_text(to_latex(table, caption=caption, label=f"tab:{stem}"))
 
 
 def table_json(table) -> str:

@@ -76,11 +76,11 @@ from ._cli_io import (
     print_features,
     print_fit,
     print_table,
+    table_files,
     table_json,
     write_table,
     wrote,
 )
-from ._covariance_models import ALIASES
 from ._startup import INTERRUPTED
 
 __all__ = ["ENGINES", "MANIFEST", "UsageError", "build_parser", "console_main", "main"]
@@ -185,6 +185,7 @@ def run_fit(opts, out: OutputFolder) -> int:
         if opts.get("batch_size") is not None:
             raise UsageError("--batch-size sets the rows per chunk of a streamed fit; add --stream, or leave it out "
                              "(batch_size in a TOML file).")
+        out.refuse_conflicts_now([f"{stem}.json", f"{stem}.nc"] + ([f"{stem}.png"] if opts["plot"] else []))
         x, labels = load_data(opts["data"])
         print_features(x, opts["data"].get("label_column"))
         kw = _engine_kwargs(opts, method)
@@ -222,6 +223,7 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     from .experiments import compare
     from .storage import save_result
 
+    out.refuse_conflicts_now(table_files("comparison") + ["comparison.json"])
     x, labels = load_data(opts["data"])
     if title:
         print(title)
@@ -292,9 +294,16 @@ def _parameters(fits: dict, x):
         return parameter_table(results, x, em_intervals=None)
 
 
+#: What the selection tables' criteria mean, written beside them (mclust prints the negatives).
+CRITERIA_NOTE = ("BIC = -2 log L + p log N, AIC = -2 log L + 2 p, ICL = BIC - 2 sum_n log max_k r_nk: lower is better "
+                 "(mclust prints -BIC and -ICL, higher better).")
+
+
 def run_select(opts, out: OutputFolder) -> int:
     from .selection import select
 
+    out.refuse_conflicts_now(table_files("selection") + table_files("bic_table") + ["best_bic.json"]
+                             + (["selection_bic.png"] if opts["plot"] else []))
     x, labels = load_data(opts["data"])
     print_features(x, opts["data"].get("label_column"))
     ks = opts["k"]
@@ -314,11 +323,12 @@ def run_select(opts, out: OutputFolder) -> int:
 
         ari = adjusted_rand_index(labels, best.predict(x))
         agreement = f"; adjusted Rand index against {opts['data']['label_column']!r}: {ari:.3f}"
-    name = best.covariance_type if best.covariance_model == ALIASES.get(best.covariance_type) else best.covariance_model
+    name = next(label for (label, _), fit in result.fits.items() if fit is best)  # as the table names it
     print(f"best by BIC (lower is better): {name}, K={best.num_components}{agreement}  "
           f"({result.info['seconds']:.2f} s for {len(result.table)} fits)")
-    write_table(result.table, out, "selection")
-    write_table(result.criterion_table("bic").reset_index(), out, "bic_table")  # mclust's layout: K by structure
+    write_table(result.table, out, "selection", note=CRITERIA_NOTE)
+    # mclust's layout, K by structure, in this package's sign
+    write_table(result.criterion_table("bic").reset_index(), out, "bic_table", note=CRITERIA_NOTE)
     best.to_json(out.path("best_bic.json"))
     if opts["plot"]:
         figure(result.plot("bic").figure, out.path("selection_bic.png"))

@@ -167,15 +167,43 @@ def test_compare_with_labels_and_held_out_data(csv, tmp_path):
 
 
 def test_select_writes_the_table_and_the_best_model(tmp_path, capsys):
-    rc = cli.main(["select", "--dataset", "faithful", "-k", "1", "2", "3", "--covariance-types", "full", "tied",
+    """The best model is named as the table names it (mclust's EEE, not its layout "tied"), and
+    the tables written for papers say which way the criteria point."""
+    rc = cli.main(["select", "--dataset", "faithful", "-k", "1", "2", "3", "--covariance-types", "VVV", "EEE",
                    "--n-init", "3", "--out", str(tmp_path)])
     assert rc == 0
-    assert "best by BIC" in capsys.readouterr().out
+    said = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "selection.csv")
     assert len(table) == 6
+    row = table.loc[table["bic"].idxmin()]
+    assert f"best by BIC (lower is better): {row['covariance_type']}, K={row['num_components']}" in said
+    assert row["covariance_type"] == "EEE"  # on Old Faithful (mclust's choice too)
     best = bg.FitResult.from_json(tmp_path / "best_bic.json")
-    assert best.num_components == int(table.loc[table["bic"].idxmin(), "num_components"])
+    assert best.num_components == int(row["num_components"])
     assert (tmp_path / "selection_bic.png").exists()
+    for stem in ("selection", "bic_table"):
+        assert "lower is better (mclust prints -BIC" in (tmp_path / f"{stem}.md").read_text()
+        assert r"\caption{" + stem.replace("_", " ") + ". BIC = -2 log L" in (tmp_path / f"{stem}.tex").read_text()
+
+
+def test_a_file_in_the_way_is_refused_before_the_fits(tmp_path, capsys):
+    """select's and compare's files are known before they fit: one the user wrote there stops the
+    command at once (it was said after the whole grid was fitted)."""
+    for command, name in ((["select", "-k", "1", "2", "3", "4", "5", "6", "--covariance-types", "all"], "selection.csv"),
+                          (["compare", "-k", "2"], "comparison.tex"),
+                          (["fit", "-k", "2", "--method", "vb"], "vb_k2.nc")):
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).write_text("mine\n")
+        err = _usage_error(command + ["--dataset", "galaxies", "--overwrite", "--out", str(out)], capsys)
+        assert f"would replace {name} (not written by the earlier bayesgmm run there); nothing was computed" in err
+        assert _listing(out) == {name: b"mine\n"}
+
+
+def test_fit_names_the_mclust_model_it_fitted(tmp_path, capsys):
+    assert cli.main(["fit", "--dataset", "faithful", "-k", "2", "--covariance-type", "EEV", "--no-plot",
+                     "--out", str(tmp_path)]) == 0
+    assert "em fit, K=2, covariance_type=EEV (a full layout): log-likelihood" in capsys.readouterr().out
 
 
 def test_simulate_then_fit_recovers_the_truth(tmp_path, capsys):
