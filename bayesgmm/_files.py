@@ -112,6 +112,40 @@ def jsonable(value, *, default=None):
     return value if default is None else default(value)
 
 
+#: How :func:`strict_json` writes the floats JSON has no number for; :func:`from_strict_json`
+#: reads them back. (Python's ``json`` writes the bare tokens ``NaN`` and ``Infinity``, which
+#: strict readers, such as jq, JavaScript and R's jsonlite, refuse.)
+NONFINITE_TEXT = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def strict_json(value):
+    """``value`` (JSON's types, e.g. from :func:`jsonable`) with every NaN or infinite float
+    replaced by the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, recursively: what
+    ``json.dumps(..., allow_nan=False)`` accepts."""
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, list | tuple):
+        return [strict_json(a) for a in value]
+    if isinstance(value, Mapping):
+        return {k: strict_json(a) for k, a in value.items()}
+    return value
+
+
+def from_strict_json(value):
+    """The inverse of :func:`strict_json`: the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` back to floats, recursively (any such string, so a text value that was
+    literally "NaN" comes back as a float)."""
+    if isinstance(value, str):
+        return NONFINITE_TEXT.get(value, value)
+    if isinstance(value, list):
+        return [from_strict_json(a) for a in value]
+    if isinstance(value, dict):
+        return {k: from_strict_json(a) for k, a in value.items()}
+    return value
+
+
 def unjsonable_keys(mapping: Mapping) -> list:
     """The keys of ``mapping`` whose values JSON cannot hold even after :func:`jsonable` (sets,
     complex numbers, bytes, arbitrary objects)."""

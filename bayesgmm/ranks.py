@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from ._files import write_text
+from ._files import from_strict_json, strict_json, write_text
 
 __all__ = ["ECDFBand", "SBCResult", "chi_square_test", "ecdf_band", "rank_bins", "uniformity_tests"]
 
@@ -138,7 +138,7 @@ class SBCResult:
             "prior_draws": {k: np.asarray(v).tolist() for k, v in self.prior_draws.items()},
             "settings": dict(self.settings),
         }
-        text = json.dumps(doc, indent=1)
+        text = json.dumps(strict_json(doc), indent=1, allow_nan=False)  # NaN (a failed fit's row) as "NaN"
         if path is not None:
             write_text(path, text)  # atomically: an interrupted write keeps the earlier file
         return text
@@ -167,8 +167,8 @@ class SBCResult:
         if not str(source).lstrip().startswith("{"):
             with open(source) as f:
                 text = f.read()
-        doc = json.loads(text)
-        if doc.get("format") != "bayesgmm.SBCResult/1":
+        doc = from_strict_json(json.loads(text))
+        if not isinstance(doc, dict) or doc.get("format") != "bayesgmm.SBCResult/1":
             raise ValueError("not an SBCResult JSON document (missing format 'bayesgmm.SBCResult/1').")
         return cls(
             ranks=_frame_from_dict(doc["ranks"]),

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _covariance_models, _numerics, _sticks
-from ._files import jsonable, unjsonable_keys
+from ._files import from_strict_json, jsonable, strict_json, unjsonable_keys
 from .params import COVARIANCE_TYPES, GMMParams, Prior, check_data
 
 __all__ = ["FitDiagnostics", "FitResult", "IndependentStudentTMixture", "StudentTMixture"]
@@ -978,7 +978,8 @@ class FitResult:
             raise ValueError(f"info entries {bad} hold values JSON cannot store ({kinds}); "
                              "make them lists, numbers, strings or dicts of these (dataclasses.replace(result, info=...)), "
                              "or save with bayesgmm.save_result, which stores their repr().")
-        text = json.dumps(self.to_dict(), indent=2)
+        # standard JSON: a NaN or infinity (an undefined R-hat in info, a trace of -inf) as a string
+        text = json.dumps(strict_json(self.to_dict()), indent=2, allow_nan=False)
         if path is not None:
             from ._files import write_text
 
@@ -1035,6 +1036,8 @@ class FitResult:
         except json.JSONDecodeError as err:
             raise ValueError(f"{where} is not valid JSON ({err}); is the file truncated? Write it again with "
                              "FitResult.to_json.") from None
+        if isinstance(d, dict):  # the numbers strict JSON has none for, as to_json writes them
+            d.update({name: from_strict_json(d[name]) for name in ("trace", "info") if name in d})
         fields = _validated_summary(d, where)
         # files name what they left out; files without the field: every Bayesian result had draws
         omitted = d["posterior_omitted"] is True if "posterior_omitted" in d else fields["method"] in _BAYESIAN_METHODS

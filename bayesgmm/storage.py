@@ -15,17 +15,77 @@ import numpy as np
 
 from .diagnostics import FORMAT_VERSION, META_KEY, import_arviz, to_inference_data
 from .params import Prior
-from .results import FitResult, predictive_from_arrays
+from .results import FitResult, _validated_summary, predictive_from_arrays
 
 __all__ = ["from_inference_data", "load_result", "save_result"]
+
+#: The metadata fields checked as a JSON result's (:meth:`bayesgmm.FitResult.from_json`), and
+#: those of them that may be absent.
+_SUMMARY_FIELDS = ("method", "covariance_type", "covariance_model", "log_likelihood", "converged", "n_iter",
+                   "objective", "feature_names", "num_obs", "degenerate_components", "prior", "info")
+_SUMMARY_OPTIONAL = ("covariance_model", "degenerate_components", "prior", "info")
 
 
 # ----------------------------------------------------------------------------------------------
 # InferenceData -> FitResult, NetCDF
 # ----------------------------------------------------------------------------------------------
 def _group_arrays(idata, group, names):
+    """The variables ``names`` of ``group`` as arrays; a ValueError names a group or variable missing."""
+    if group not in idata.groups():
+        raise ValueError(f"This InferenceData lacks the '{group}' group that its bayesgmm metadata says it holds "
+                         "(was the file edited?); write it again with bayesgmm.save_result.")
     ds = idata[group]
+    missing = [n for n in names if n not in ds]
+    if missing:
+        raise ValueError(f"This InferenceData's '{group}' group lacks the variable(s) {missing} bayesgmm wrote there "
+                         "(was the file edited?); write it again with bayesgmm.save_result.")
     return {n: np.asarray(ds[n].values) for n in names}
+
+
+#: The metadata fields of the groups beside the point estimate, and what each must be.
+_GROUP_FIELDS = {"has_draws": "true or false", "raw_draws": "'none', 'same' or 'stored'",
+                 "sample_stats_map": "a list of [name, stored name, sign] triples", "has_predictive": "true or false"}
+
+
+def _checked_metadata(text) -> dict:
+    """bayesgmm's metadata attribute, parsed and checked field by field: a ValueError names the
+    first problem (not JSON, a field missing or of the wrong kind), where an edited file or one
+    of another writer raised a bare KeyError or loaded without a word."""
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"This InferenceData's '{META_KEY}' attribute is not bayesgmm's metadata (not JSON: {err}); "
+                         "write the file again with bayesgmm.save_result.") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"This InferenceData's '{META_KEY}' attribute must hold a JSON object, got "
+                         f"{type(meta).__name__}; write the file again with bayesgmm.save_result.")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"This file's bayesgmm result format version is {version!r}, not an integer: it was not "
+                         "written by bayesgmm.save_result (or was edited); write it again with save_result.")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"This file uses bayesgmm result format {meta['format_version']}, newer than this version "
+            f"reads ({FORMAT_VERSION}); upgrade bayesgmm to load it."
+        )
+    missing = [name for name in _GROUP_FIELDS if name not in meta]
+    if missing:
+        raise ValueError(f"This file's bayesgmm metadata lacks the field(s) {missing} (written by an early development "
+                         "version, or edited); write it again with bayesgmm.save_result.")
+    stats_map = meta["sample_stats_map"]
+    kinds = {"has_draws": isinstance(meta["has_draws"], bool), "has_predictive": isinstance(meta["has_predictive"], bool),
+             "raw_draws": meta["raw_draws"] in ("none", "same", "stored"),
+             "sample_stats_map": isinstance(stats_map, list) and all(
+                 isinstance(t, list) and len(t) == 3 and all(isinstance(n, str) for n in t[:2])
+                 and isinstance(t[2], int | float) and t[2] in (-1, 1) for t in stats_map)}
+    for name, ok in kinds.items():
+        if not ok:
+            raise ValueError(f"This file's bayesgmm metadata field {name!r} must be {_GROUP_FIELDS[name]}, got "
+                             f"{meta[name]!r:.80}; write the file again with bayesgmm.save_result.")
+    if meta["raw_draws"] == "same" and not meta["has_draws"]:
+        raise ValueError("This file's bayesgmm metadata says its raw draws are its draws, but it has no draws; write "
+                         "the file again with bayesgmm.save_result.")
+    return meta
 
 
 def from_inference_data(idata):
@@ -59,18 +119,19 @@ def from_inference_data(idata):
             f"'{META_KEY}' attribute or the 'point_estimate' group); only such objects, or files "
             "written by bayesgmm.save_result, can be turned back into a FitResult."
         )
-    meta = json.loads(attrs[META_KEY])
-    version = meta.get("format_version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"This file's bayesgmm result format version is {version!r}, not an integer: it was not "
-                         "written by bayesgmm.save_result (or was edited); write it again with save_result.")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"This file uses bayesgmm result format {meta['format_version']}, newer than this version "
-            f"reads ({FORMAT_VERSION}); upgrade bayesgmm to load it."
-        )
+    meta = _checked_metadata(attrs[META_KEY])
     pnames = ("weights", "means", "covariances")
     point = _group_arrays(idata, "point_estimate", pnames)
+    trace = _group_arrays(idata, "fit_trace", ("objective",))["objective"]
+    # the point estimate and the fit's facts pass the checks a JSON file's do (shapes, weights
+    # summing to 1, positive definite covariances, a known method, ...), in the same words
+    summary = {name: meta[name] for name in _SUMMARY_FIELDS if name in meta}
+    missing = [name for name in _SUMMARY_FIELDS if name not in meta and name not in _SUMMARY_OPTIONAL]
+    if missing:
+        raise ValueError(f"This file's bayesgmm metadata lacks the field(s) {missing}; write it again with "
+                         "bayesgmm.save_result.")
+    summary.update({name: point[name].tolist() for name in pnames}, trace=trace.tolist())
+    _validated_summary(summary, "This file's bayesgmm metadata and point estimate")
     draws = _group_arrays(idata, "posterior", pnames) if meta["has_draws"] else None
     raw = None
     if meta["raw_draws"] == "same":
@@ -79,15 +140,13 @@ def from_inference_data(idata):
         raw = _group_arrays(idata, "raw_posterior", pnames)
     sample_stats = None
     if meta["sample_stats_map"]:
-        ss = idata["sample_stats"]
+        stored = _group_arrays(idata, "sample_stats", [name for _, name, _ in meta["sample_stats_map"]])
         sample_stats = {}
-        for original, stored, sign in meta["sample_stats_map"]:
-            v = np.asarray(ss[stored].values)
-            sample_stats[original] = -v if sign < 0 else v
+        for original, name, sign in meta["sample_stats_map"]:
+            sample_stats[original] = -stored[name] if sign < 0 else stored[name]
     predictive = None
     if meta["has_predictive"]:
-        p = idata["predictive"]
-        predictive = predictive_from_arrays(*(np.asarray(p[n].values) for n in ("weights", "loc", "scale", "df")))
+        predictive = predictive_from_arrays(*_group_arrays(idata, "predictive", ("weights", "loc", "scale", "df")).values())
     return FitResult(
         method=meta["method"],
         covariance_type=meta["covariance_type"],
@@ -98,7 +157,7 @@ def from_inference_data(idata):
         log_likelihood=float(meta["log_likelihood"]),
         converged=bool(meta["converged"]),
         n_iter=int(meta["n_iter"]),
-        trace=np.asarray(idata["fit_trace"]["objective"].values),
+        trace=trace,
         objective=meta["objective"],
         feature_names=tuple(meta["feature_names"]),
         num_obs=int(meta["num_obs"]),

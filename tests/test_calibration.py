@@ -444,8 +444,21 @@ def test_engine_without_draws_is_rejected():
 
 
 def test_json_round_trip(exact_run, tmp_path):
+    """Every table back exactly, a NaN too (a failed replication's row), written as standard JSON
+    (the bare token NaN, which strict readers refuse, is the string "NaN")."""
+    import dataclasses
+    import json
+
+    tests = exact_run.tests.copy()
+    tests.iloc[0, tests.columns.get_indexer(tests.select_dtypes("number").columns)[:1]] = np.nan
+    exact_run = dataclasses.replace(exact_run, tests=tests)
     path = tmp_path / "sbc.json"
-    exact_run.to_json(path)
+    text = exact_run.to_json(path)
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    assert '"NaN"' in text and json.loads(text, parse_constant=refuse)
     back = SBCResult.from_json(path)
     for name in ("ranks", "tests", "replications", "true_values"):
         pd.testing.assert_frame_equal(getattr(back, name), getattr(exact_run, name))

@@ -307,3 +307,68 @@ def test_info_entries_json_cannot_hold_are_named(x, tmp_path):
     with pytest.warns(UserWarning, match=r"info entries \['tags', 'z'\] .* stored as their repr"):
         bg.save_result(fit, tmp_path / "fit.nc")
     assert bg.load_result(tmp_path / "fit.nc").info["z"] == "(1+2j)"
+
+
+def _edited_copy(path, tmp_path, edit_meta=None, drop_group=None):
+    """The NetCDF result at ``path`` with its bayesgmm metadata changed by ``edit_meta`` (a
+    function of the parsed dict, or of the text when it returns a string) or a group dropped."""
+    import arviz as az
+
+    from bayesgmm.diagnostics import META_KEY
+
+    idata = az.from_netcdf(str(path))
+    idata.load()
+    if edit_meta is not None:
+        meta = json.loads(idata.attrs[META_KEY])
+        edited = edit_meta(meta)
+        idata.attrs[META_KEY] = edited if isinstance(edited, str) else json.dumps(meta)
+    if drop_group is not None:
+        del idata[drop_group]
+    out = tmp_path / f"edited{len(list(tmp_path.iterdir()))}.nc"
+    idata.to_netcdf(str(out))
+    return out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("has_draws"), r"metadata lacks the field\(s\) \['has_draws'\]"),
+    (lambda m: m.update(sample_stats_map="all"), "field 'sample_stats_map' must be a list of"),
+    (lambda m: '{"format_version": 1, "method": "vb", "weig', "attribute is not bayesgmm's metadata \\(not JSON"),
+    (lambda m: m.update(method="bogus"), "field 'method' must be one of 'em'"),
+    (lambda m: m.update(feature_names=["a"]), "field 'feature_names' must name the D=2 features"),
+    (lambda m: m.pop("log_likelihood"), r"metadata lacks the field\(s\) \['log_likelihood'\]"),
+])
+def test_an_edited_netcdf_result_is_refused_with_the_field_named(x, vb_fit, tmp_path, edit, message):
+    """An edited (or early) file's metadata raised a bare KeyError, or loaded an unknown method
+    without a word: its fields pass the checks a JSON result's do."""
+    path = tmp_path / "vb.nc"
+    bg.save_result(vb_fit, path, x=x)
+    with pytest.raises(ValueError, match=message):
+        bg.load_result(_edited_copy(path, tmp_path, edit_meta=edit))
+
+
+@pytest.mark.parametrize("group", ["fit_trace", "posterior", "predictive"])
+def test_a_netcdf_result_missing_a_group_names_it(x, vb_fit, tmp_path, group):
+    path = tmp_path / "vb.nc"
+    bg.save_result(vb_fit, path, x=x)
+    with pytest.raises(ValueError, match=f"lacks the '{group}' group that its bayesgmm metadata says it holds"):
+        bg.load_result(_edited_copy(path, tmp_path, drop_group=group))
+
+
+def test_nan_and_infinities_are_written_as_standard_json(x, tmp_path):
+    """An undefined number in info or the trace was written as the bare token NaN / Infinity,
+    which strict JSON readers (jq, JavaScript, R's jsonlite) refuse; they are strings now, read
+    back as the floats they were."""
+    fit = bg.fit_em(x, 2, n_init=1, seed=0)
+    odd = dataclasses.replace(fit, info={**fit.info, "max_rhat": float("nan"), "bounds": [float("-inf"), 1.5]},
+                              trace=np.r_[-np.inf, np.asarray(fit.trace)[1:]])
+    text = odd.to_json(tmp_path / "odd.json")
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    doc = json.loads(text, parse_constant=refuse)  # a strict reader
+    assert doc["info"]["max_rhat"] == "NaN" and doc["info"]["bounds"][0] == "-Infinity" and doc["trace"][0] == "-Infinity"
+    back = bg.FitResult.from_json(tmp_path / "odd.json")
+    assert np.isnan(back.info["max_rhat"]) and list(back.info["bounds"]) == [-np.inf, 1.5]
+    np.testing.assert_array_equal(back.trace, odd.trace)
+    assert back.to_dict()["weights"] == fit.to_dict()["weights"]
