@@ -1038,7 +1038,7 @@ class FitResult:
                              "FitResult.to_json.") from None
         if isinstance(d, dict):  # the numbers strict JSON has none for, as to_json writes them
             d.update({name: from_strict_json(d[name]) for name in ("trace", "info") if name in d})
-        fields = _validated_summary(d, where)
+        fields = validated_summary(d, where)
         # files name what they left out; files without the field: every Bayesian result had draws
         omitted = d["posterior_omitted"] is True if "posterior_omitted" in d else fields["method"] in _BAYESIAN_METHODS
         if omitted:
@@ -1118,10 +1118,11 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _validated_summary(d, where: str) -> dict:
-    """The :class:`FitResult` fields of a :meth:`FitResult.summary` dict, every one checked.
+def validated_summary(d, where: str) -> dict:
+    """The :class:`FitResult` fields of a :meth:`FitResult.to_dict` dict, every one checked (for
+    :meth:`FitResult.from_json`, and :func:`bayesgmm.storage.from_inference_data`'s metadata).
 
-    Raises a ValueError naming the first bad field.
+    Raises a ValueError, its message starting with ``where``, naming the first bad field.
     """
     if not isinstance(d, dict):
         raise ValueError(f"{where} must hold a JSON object (as FitResult.to_json writes), got {type(d).__name__}.")

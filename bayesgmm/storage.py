@@ -15,7 +15,7 @@ import numpy as np
 
 from .diagnostics import FORMAT_VERSION, META_KEY, import_arviz, to_inference_data
 from .params import Prior
-from .results import FitResult, _validated_summary, predictive_from_arrays
+from .results import FitResult, predictive_from_arrays, validated_summary
 
 __all__ = ["from_inference_data", "load_result", "save_result"]
 
@@ -131,7 +131,7 @@ def from_inference_data(idata):
         raise ValueError(f"This file's bayesgmm metadata lacks the field(s) {missing}; write it again with "
                          "bayesgmm.save_result.")
     summary.update({name: point[name].tolist() for name in pnames}, trace=trace.tolist())
-    _validated_summary(summary, "This file's bayesgmm metadata and point estimate")
+    validated_summary(summary, "This file's bayesgmm metadata and point estimate")
     draws = _group_arrays(idata, "posterior", pnames) if meta["has_draws"] else None
     raw = None
     if meta["raw_draws"] == "same":
