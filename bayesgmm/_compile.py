@@ -62,6 +62,15 @@ class InsufficientMemoryError(ValueError, MemoryError):
 MEMORY_CHECK_MIN = 2**28
 
 
+def memory_size(num_bytes: float) -> str:
+    """``num_bytes`` as people read it: GiB with one decimal from 1 GiB up, MiB below (a refusal
+    on a small machine said "needs about 0.0 GiB ... only 0.0 GiB are free")."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if num_bytes >= size:
+            return f"{num_bytes / size:.1f} {unit}"
+    return f"{num_bytes / 2**10:.1f} KiB"
+
+
 def available_memory(device) -> int | None:
     """Bytes free for a program on ``device``: the accelerator's limit less what is in use, or on
     the CPU the host's available memory (``MemAvailable``); None when unknown."""
@@ -550,10 +559,11 @@ class CompiledProgram:
         free = available_memory(devices[0])
         if free is None or need <= free:
             return
+        inputs = sum(getattr(a, "nbytes", 0) for a in leaves)
         raise InsufficientMemoryError(
-            f"This fit needs about {need / 2**30:.1f} GiB of memory on {devices[0].platform.upper()} "
-            f"({sum(getattr(a, 'nbytes', 0) for a in leaves) / 2**30:.1f} GiB of it for the inputs), "
-            f"but only {free / 2**30:.1f} GiB are free. {self._memory_advice}"
+            f"This fit needs about {memory_size(need)} of memory on {devices[0].platform.upper()} "
+            f"({memory_size(inputs)} of it for the inputs), but only {memory_size(free)} are free. "
+            f"{self._memory_advice}"
         )
 
     def clear(self) -> None:

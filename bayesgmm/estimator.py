@@ -358,6 +358,10 @@ class GaussianMixture(_DensityMixin, _Base):
         steady climb over the last half of the run, were within its noise. NUTS and Gibbs: every
         quantity's split R-hat is below 1.01 (with one chain, over its two halves); a
         ``ConvergenceWarning`` says which check failed.
+    degenerate_components_ : tuple of int
+        Components the fit flags as degenerate (empty, collapsed onto the regularisation floor,
+        or resting on a few points: ``result_.degenerate_components``); a
+        ``DegenerateComponentWarning`` named them. Empty for a regular fit.
     n_iter_ : int
         EM: the updates that led to the returned parameters (scikit-learn's meaning).
     lower_bound_ : float
@@ -686,6 +690,7 @@ class GaussianMixture(_DensityMixin, _Base):
         self.precisions_cholesky_ = precision_cholesky(self.covariances_, cov_type)
         self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, cov_type)
         self.converged_ = bool(result.converged)
+        self.degenerate_components_ = tuple(int(j) for j in result.degenerate_components)
         self.n_iter_ = int(result.n_iter)
         self._total_weight = total_weight
         n = max(int(result.num_obs), 1) if total_weight is None else total_weight
@@ -696,7 +701,8 @@ class GaussianMixture(_DensityMixin, _Base):
             self.lower_bounds_ = trace[: self.n_iter_] / n
             self.lower_bound_ = float(self.lower_bounds_[-1]) if self.n_iter_ else -np.inf
             self._objective_history = trace if history is None else np.concatenate([history, trace[1:]])
-            if history is not None and not self.converged_ and self.n_iter_ > 0:
+            stalled = "float64_step_gain" in result.info  # float32 rounding stopped it short: not a slow climb
+            if history is not None and not self.converged_ and self.n_iter_ > 0 and not stalled:
                 info = result.info
                 self.converged_ = _aitken_converged(self._objective_history, float(info["tol"]) * n,
                                                     float(info.get("precision_floor_per_obs") or 0.0) * n,

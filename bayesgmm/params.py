@@ -480,8 +480,9 @@ def refuse_vast_columns(span, feature_names, name: str = "x") -> None:
     if vast.size:
         names = [feature_names[j] for j in vast]
         raise ValueError(
-            f"{name} has column(s) {names} whose values span more than {MAX_COLUMN_SPAN:g}: their variance "
-            "overflows float64, so no covariance in these units can be reported. Rescale them before "
+            f"{name} has column(s) {names} whose values span more than {MAX_COLUMN_SPAN:g}: their variance, up "
+            "to the span squared, leaves float64 (at most about 1.8e308) no room for the sums of squares of many "
+            "rows, so no covariance in these units can be reported. Rescale them before "
             f"fitting (e.g. divide by {MAX_COLUMN_SPAN:g})."
         )
 

@@ -690,7 +690,19 @@ class FitResult:
         """
         return float(np.mean(self.score_samples(x)))
 
-    def bic(self, x) -> float:
+    def _weighted_log_likelihood(self, x, sample_weight):
+        """``(sum_n w_n log p(x_n), sum_n w_n)`` at the point estimate (all weights 1 when None)."""
+        ll = self.log_likelihood_samples(x)
+        if sample_weight is None:
+            return float(np.sum(ll)), float(ll.shape[0])
+        w = np.asarray(sample_weight, np.float64)
+        if w.shape != ll.shape or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.sum(w) > 0:
+            raise ValueError(f"sample_weight must hold {ll.shape[0]} finite, non-negative weights (one per row of x) "
+                             f"with a positive sum; got shape {w.shape}.")
+        keep = w > 0  # a row of weight 0 counts for nothing, whatever its density
+        return float(w[keep] @ ll[keep]), float(np.sum(w))
+
+    def bic(self, x, sample_weight=None) -> float:
         """Bayesian information criterion at the point estimate; lower is better.
 
         Parameters
@@ -698,16 +710,20 @@ class FitResult:
         x : array-like (N, D) or (N,)
             Rows to score, in the units of the training data; NaN entries are missing values
             (each row is scored on its observed columns), whatever the fit's ``missing``.
+        sample_weight : array-like (N,), optional
+            Row weights, as a weighted fit took them (integer weights count a row that many
+            times): ``log L`` is the weighted sum and ``N`` the weights' sum. Without them every
+            row counts once, whatever the fit was given.
 
         Returns
         -------
         float
             ``-2 log L + p log N``, ``p`` counted as :attr:`num_parameters`.
         """
-        ll = self.log_likelihood_samples(x)
-        return float(-2 * np.sum(ll) + self.num_parameters * np.log(ll.shape[0]))
+        total, n = self._weighted_log_likelihood(x, sample_weight)
+        return float(-2 * total + self.num_parameters * np.log(n))
 
-    def aic(self, x) -> float:
+    def aic(self, x, sample_weight=None) -> float:
         """Akaike information criterion at the point estimate; lower is better.
 
         Parameters
@@ -715,13 +731,15 @@ class FitResult:
         x : array-like (N, D) or (N,)
             Rows to score, in the units of the training data; NaN entries are missing values
             (each row is scored on its observed columns), whatever the fit's ``missing``.
+        sample_weight : array-like (N,), optional
+            Row weights, as for :meth:`bic`.
 
         Returns
         -------
         float
             ``-2 log L + 2 p``.
         """
-        return float(-2 * np.sum(self.log_likelihood_samples(x)) + 2 * self.num_parameters)
+        return float(-2 * self._weighted_log_likelihood(x, sample_weight)[0] + 2 * self.num_parameters)
 
     def sample(self, n: int, *, seed=0):
         """Draw ``n`` new observations from the fitted mixture (the generative story run forward).

@@ -763,6 +763,12 @@ def test_integer_weights_equal_repeated_rows(covariance_type, use_prior, sim3):
     np.testing.assert_allclose(b.means, a.means, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(b.covariances, a.covariances, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(b.weights, a.weights, rtol=1e-6)
+    # the criteria of the weighted rows are the repeated rows' (bic(x) alone counted each row once)
+    np.testing.assert_allclose(b.bic(x, sample_weight=counts), a.bic(repeated), rtol=1e-9)
+    np.testing.assert_allclose(b.aic(x, sample_weight=counts), a.aic(repeated), rtol=1e-9)
+    assert b.bic(x) != b.bic(x, sample_weight=counts)
+    with pytest.raises(ValueError, match="sample_weight must hold 200 finite, non-negative weights"):
+        b.bic(x, sample_weight=counts[:-1])
 
 
 def test_zero_weight_rows_are_absent_from_the_kmeans_start(faithful):

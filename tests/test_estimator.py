@@ -248,6 +248,16 @@ def test_prior_default_is_map_em(faithful):
     np.testing.assert_allclose(m.lower_bound_, r.trace[-2] / len(faithful))  # scikit-learn's: before the last M-step
 
 
+def test_degenerate_components_are_an_attribute(faithful):
+    """The flag was only in the warning and ``result_``: ties that collapse a component (100 rows
+    of four distinct values, K = 3) show in ``degenerate_components_``; a regular fit's is empty."""
+    ties = np.repeat([1.0, 2.0, 3.0, 5.0], 25).reshape(-1, 1)
+    with pytest.warns(bg.DegenerateComponentWarning):
+        est = GaussianMixture(n_components=3, random_state=0).fit(ties)
+    assert est.degenerate_components_ and est.degenerate_components_ == est.result_.degenerate_components
+    assert GaussianMixture(n_components=2, random_state=0).fit(faithful).degenerate_components_ == ()
+
+
 def test_errors_name_the_problem(faithful):
     m = GaussianMixture(2, random_state=0)
     with pytest.raises(NotFittedError):
