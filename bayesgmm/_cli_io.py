@@ -622,8 +622,11 @@ def fit_figure(result, x):
     from . import plotting
 
     arr = x.to_numpy(dtype=float) if hasattr(x, "to_numpy") else x
-    ax = plotting.plot_density_1d(result, arr) if arr.shape[1] == 1 else plotting.plot_clusters_2d(result, arr)
-    return ax.figure
+    if arr.shape[1] == 1:
+        return plotting.plot_density_1d(result, arr).figure
+    if arr.shape[1] == 2:
+        return plotting.plot_clusters_2d(result, arr).figure
+    return plotting.plot_pairs(result, arr)[0]  # every pair of features, not a projection on the first two
 
 
 #: The extensions :func:`write_table` writes.

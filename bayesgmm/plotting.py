@@ -47,6 +47,7 @@ __all__ = [
     "plot_em_iterations",
     "plot_engines",
     "plot_num_components",
+    "plot_pairs",
     "plot_posterior_ellipses",
     "plot_sbc_ranks",
     "plot_selection",
@@ -411,6 +412,81 @@ def plot_clusters_2d(
         handles += [Line2D([], [], color="0.3", ls=styles[q % 4], label=_contour_label(s)) for q, s in enumerate(n_std)]
         ax.legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small", loc="best")
     return ax
+
+
+#: :func:`plot_pairs`'s default: at most this many features (their pairs: 15 panels).
+PAIRS_MAX_FEATURES = 6
+
+
+def plot_pairs(result: FitResult, x, *, features=None, n_std=(1.0, 2.0), point_size: float | None = None):
+    """Every pair of features: :func:`plot_clusters_2d`'s panels in the lower triangle of a grid
+    (a scatter-plot matrix, as mclust's classification plot), with one legend.
+
+    For data of more than two features, where one panel of two shows only a projection.
+
+    Parameters
+    ----------
+    result : FitResult
+        The fit (at least 2 features).
+    x : array (N, D)
+        Data to plot (normally the training data), with the fit's features.
+    features : sequence of int or str, optional
+        The features drawn, in order (indices, or names among ``feature_names``); default every
+        feature up to :data:`PAIRS_MAX_FEATURES` (the first ones, the title saying so beyond).
+    n_std : sequence of float
+        Contour levels in standard deviations.
+    point_size : float, optional
+        Marker area of the points; default smaller than a single panel's.
+
+    Returns
+    -------
+    (Figure, ndarray of Axes)
+        Axes ``(m - 1, m - 1)`` for ``m`` features: panel ``[r, c]`` plots feature ``c`` across and
+        ``r + 1`` up; the panels above the diagonal are hidden.
+    """
+    d = result.num_features
+    if d < 2:
+        raise ValueError("plot_pairs needs at least 2 features; for 1-D data use plot_density_1d.")
+    names = list(result.feature_names)
+    if features is None:
+        chosen = list(range(min(d, PAIRS_MAX_FEATURES)))
+    else:
+        chosen = [names.index(f) if isinstance(f, str) and f in names else f for f in features]
+        if (len(chosen) < 2 or len(set(chosen)) != len(chosen)
+                or not all(isinstance(f, int | np.integer) and 0 <= f < d for f in chosen)):
+            raise ValueError(f"features must be at least two different column indices in [0, {d}) or names among "
+                             f"{names}, got {features!r}.")
+    m = len(chosen)
+    size = point_size if point_size is not None else float(np.clip(1000.0 / max(len(np.asarray(x)), 1), 2.0, 12.0))
+    fig, axes = plt.subplots(m - 1, m - 1, figsize=(0.6 + 2.5 * (m - 1), 0.6 + 2.3 * (m - 1)), layout="constrained",
+                             squeeze=False)
+    for r in range(m - 1):
+        for c in range(m - 1):
+            ax = axes[r, c]
+            if c > r:
+                ax.set_visible(False)
+                continue
+            plot_clusters_2d(result, x, ax=ax, features=(chosen[c], chosen[r + 1]), n_std=n_std, legend=False,
+                             point_size=size)
+            if c > 0:
+                ax.set_ylabel("")
+            if r < m - 2:
+                ax.set_xlabel("")
+    k = result.num_components
+    handles = legend_handles(k, "clusters", n_std)
+    for j in range(k):  # the components' weights, as a single panel's legend gives them
+        handles[j].set_label(f"component {j} ($\\pi$ = {result.weights[j]:.2f})")
+    where = axes[0, m - 2] if m > 2 else None
+    if where is not None:  # the empty upper corner holds the legend
+        where.set_visible(True)
+        where.axis("off")
+        where.legend(handles=handles, loc="upper right", frameon=False, fontsize="small")
+    else:
+        axes[0, 0].legend(handles=handles, frameon=True, framealpha=0.85, edgecolor="none", fontsize="x-small")
+    if features is None and d > PAIRS_MAX_FEATURES:
+        fig.suptitle(f"the first {PAIRS_MAX_FEATURES} of {d} features (plot_pairs(features=...) draws others)",
+                     fontsize="small")
+    return fig, axes
 
 
 # ----------------------------------------------------------------------------------------------

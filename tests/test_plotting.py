@@ -229,6 +229,38 @@ def test_clusters_2d_ellipses_colours_and_labels(em2, faithful_frame, tmp_path):
         plotting.plot_clusters_2d(em2, x, features=(0, 0))
 
 
+def test_pairs_draw_every_pair_of_features_on_its_own_contours(tmp_path):
+    """More than two features: one panel per pair (a projection on the first two hid the rest);
+    each panel's points and 1/2-sd ellipses are those of its two features' marginal."""
+    data = bg.datasets.make_mixture(200, 2, 4, seed=3, separation=4)
+    fit = bg.fit_em(data.x, 2, seed=0)
+    fig, axes = plotting.plot_pairs(fit, data.x)
+    _saved(fig, tmp_path / "pairs.png")
+    assert axes.shape == (3, 3)
+    for r in range(3):
+        for c in range(3):
+            ax = axes[r, c]
+            if c > r:  # the upper triangle: hidden, but for the legend in its corner
+                assert not ax.get_visible() or (not ax.axison and (r, c) == (0, 2))
+                continue
+            i, j = c, r + 1
+            np.testing.assert_array_equal(ax.collections[0].get_offsets(), data.x[:, [i, j]])
+            for e in _ellipses(ax):
+                marginals = [(m[[i, j]], cv[np.ix_([i, j], [i, j])]) for m, cv in zip(fit.means, fit.covariances)]
+                dists = [_mahalanobis_of_outline(e, m, cv) for m, cv in marginals]
+                assert min(np.ptp(d) for d in dists) < 1e-8
+            assert ax.get_xlabel() == (f"x{i}" if r == 2 else "") and ax.get_ylabel() == (f"x{j}" if c == 0 else "")
+    labels = [t.get_text() for t in axes[0, 2].get_legend().get_texts()]
+    assert labels[0].startswith("component 0 ($\\pi$ = ") and "1 sd (39%)" in labels
+    fig, axes = plotting.plot_pairs(fit, data.x, features=("x3", 1))
+    assert axes.shape == (1, 1) and axes[0, 0].get_xlabel() == "x3" and axes[0, 0].get_ylabel() == "x1"
+    with pytest.raises(ValueError, match="at least two different column indices"):
+        plotting.plot_pairs(fit, data.x, features=(1, 1))
+    from bayesgmm._cli_io import fit_figure  # the command line's figure of a fit: every pair too
+
+    assert sum(ax.get_visible() and ax.axison for ax in fit_figure(fit, data.x).axes) == 6
+
+
 def _numpy_em(x, weights, means, covs, num_steps):
     """Plain NumPy/SciPy EM (reference): ``num_steps`` E- and M-steps for full covariances."""
     for _ in range(num_steps):
