@@ -884,6 +884,10 @@ def plot_engines(results: dict, x, *, features=(0, 1), num_draws: int = 30, alig
         ax.set_title(f"{_plain(display_name(name))}\nlog L = {r.log_likelihood:.1f}", fontsize="medium")
         if q > 0:
             ax.set_ylabel("")
+    if not one_d and first.num_features > 2:  # a projection: say which, and how to see the rest
+        names = [_plain(first.feature_names[i]) for i in f]
+        fig.suptitle(f"features {names[0]} and {names[1]} of {first.num_features} (plot_pairs draws every pair)",
+                     fontsize="small")
     return fig, axes
 
 

@@ -259,6 +259,8 @@ def test_pairs_draw_every_pair_of_features_on_its_own_contours(tmp_path):
     from bayesgmm._cli_io import fit_figure  # the command line's figure of a fit: every pair too
 
     assert sum(ax.get_visible() and ax.axison for ax in fit_figure(fit, data.x).axes) == 6
+    fig, _ = plotting.plot_engines({"em": fit}, data.x, features=(2, 0))  # one pair: said so
+    assert fig._suptitle.get_text() == "features x2 and x0 of 4 (plot_pairs draws every pair)"
 
 
 def _numpy_em(x, weights, means, covs, num_steps):
