@@ -640,11 +640,14 @@ def table_files(stem: str) -> list[str]:
 
 def write_table(table, out: "OutputFolder", stem: str, *, note: str | None = None) -> None:
     """``stem.csv`` (every column, full precision) and, for papers, ``stem.md`` and ``stem.tex``
-    (:func:`bayesgmm.reporting.to_markdown` / :func:`~bayesgmm.reporting.to_latex`). ``note``
+    (:func:`bayesgmm.reporting.to_markdown` / :func:`~bayesgmm.reporting.to_latex`; a ``method``
+    column there names the engines as the figures do, "NUTS" for ``mcmc``). ``note``
     (e.g. a criterion's sign convention) follows the Markdown table and ends the LaTeX caption."""
-    from .reporting import to_latex, to_markdown
+    from .reporting import DISPLAY_NAMES, to_latex, to_markdown
 
     table.to_csv(out.path(f"{stem}.csv"), index=False)
+    if "method" in table.columns:  # for papers the engines as the figures name them (NUTS, not mcmc)
+        table = table.assign(method=[DISPLAY_NAMES.get(m, m) for m in table["method"]])
     out.path(f"{stem}.md").write_text(to_markdown(table) + (f"\n{note}\n" if note else ""))
     caption = stem.replace("_", " ") + (f". {note}" if note else "")
     out.path(f"{stem}.tex").write_text(to_latex(table, caption=caption, label=f"tab:{stem}"))

@@ -1079,3 +1079,8 @@ def test_every_file_written_is_listed(csv, tmp_path, capsys):
     assert {"comparison.csv", "comparison.md", "comparison.tex", "comparison.json", "em.json", "em.nc", "engines.png",
             "em_clusters.png", "parameters.csv", "parameters.md", "parameters.tex",
             cli.MANIFEST} == {p.name for p in tmp_path.iterdir()}
+    # the CSV keeps the API's names (compare(methods=...) takes them); the tables for papers name
+    # the engines as the figures do
+    assert list(pd.read_csv(tmp_path / "comparison.csv")["method"]) == ["kmeans", "em"]
+    assert "| k-means |" in (tmp_path / "comparison.md").read_text()
+    assert "\nEM & " in (tmp_path / "parameters.tex").read_text()
