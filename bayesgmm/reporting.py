@@ -22,7 +22,7 @@ from ._tables import flatten_draws, flatten_parameters, parameter_frame
 from .params import GMMParams
 from .results import FitResult
 
-__all__ = ["DISPLAY_NAMES", "parameter_table", "to_latex", "to_markdown"]
+__all__ = ["DISPLAY_NAMES", "LATEX_LINE_CHARACTERS", "parameter_table", "to_latex", "to_markdown"]
 
 #: How the engines are named in tables and figures.
 DISPLAY_NAMES = {
@@ -304,9 +304,16 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
-def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str | None = None) -> str:
+#: Characters of a row (cells plus two of padding each) that fit a page's text width in a
+#: ``table`` float at 10 pt (about 6.5 in): :func:`to_latex` scales wider tables down to it.
+LATEX_LINE_CHARACTERS = 90
+
+
+def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str | None = None,
+             fit_width: bool | None = None) -> str:
     """A DataFrame as a LaTeX ``tabular`` in a ``table`` float (booktabs rules; special characters
-    escaped; numbers right-aligned; NaN blank). Needs ``\\usepackage{booktabs}``.
+    escaped; numbers right-aligned; NaN blank). Needs ``\\usepackage{booktabs}``, and
+    ``\\usepackage{graphicx}`` for a table scaled to the text width.
 
     Parameters
     ----------
@@ -316,8 +323,15 @@ def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str |
         As :func:`to_markdown`.
     caption, label : str, optional
         ``\\caption`` and ``\\label`` of the float.
+    fit_width : bool, optional
+        Scale the tabular to the text width (``\\resizebox{\\linewidth}{!}{...}``). Default: when
+        its widest row holds more than :data:`LATEX_LINE_CHARACTERS` characters (an engine
+        comparison's 17 columns ran off the page); select columns for a readable table.
     """
     header, rows, numeric = _cells(table, digits)
+    widths = [max([len(h)] + [len(r[j]) for r in rows]) + 2 for j, h in enumerate(header)]
+    if fit_width is None:
+        fit_width = sum(widths) > LATEX_LINE_CHARACTERS
 
     def escape(text):
         return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
@@ -327,8 +341,10 @@ def to_latex(table, *, digits: int = 4, caption: str | None = None, label: str |
         lines.append(r"\caption{" + escape(caption) + "}")
     if label:
         lines.append(r"\label{" + label + "}")
+    if fit_width:
+        lines.append(r"\resizebox{\linewidth}{!}{%")
     lines += [r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", r"\toprule",
               " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(escape(c) for c in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if fit_width else ""), r"\end{table}"]
     return "\n".join(lines) + "\n"

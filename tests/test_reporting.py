@@ -165,6 +165,24 @@ def test_markdown_and_latex_writers():
     assert r"first line second \textless{}x\textgreater{} \\" in to_latex(odd)
 
 
+def test_a_latex_table_wider_than_the_page_is_scaled_to_it():
+    """An engine comparison's 17 columns ran off the page: a table whose widest row passes
+    ``LATEX_LINE_CHARACTERS`` is scaled to the line width (graphicx), a narrow one is not, and
+    ``fit_width`` decides when given."""
+    from bayesgmm.reporting import LATEX_LINE_CHARACTERS
+
+    wide = pd.DataFrame({f"column_{j}": [1234.5678, 2.0] for j in range(17)})
+    narrow = pd.DataFrame({"method": ["EM"], "bic": [2322.1]})
+    tex = to_latex(wide).splitlines()
+    begin = next(i for i, line in enumerate(tex) if line.startswith(r"\begin{tabular}"))
+    assert tex[begin - 1] == r"\resizebox{\linewidth}{!}{%" and r"\end{tabular}}" in tex
+    assert "resizebox" not in to_latex(narrow) and "resizebox" not in to_latex(wide, fit_width=False)
+    assert "resizebox" in to_latex(narrow, fit_width=True)
+    # the rule: cells plus two characters each, against the line
+    edge = pd.DataFrame({"a" * (LATEX_LINE_CHARACTERS - 2): [1]})
+    assert "resizebox" not in to_latex(edge) and "resizebox" in to_latex(edge.rename(columns=lambda c: c + "b"))
+
+
 def test_parameter_table_leaves_mclust_models_intervals_blank_and_keeps_the_others(faithful):
     """An mclust constrained model's fit has no observed information: one such fit made the whole
     table raise (and the command line then dropped every EM fit's intervals); now it warns and its
