@@ -123,15 +123,23 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
 def run_every(run, runs: int) -> list:
     """``[run(r) for r in range(runs)]``, on ``runs`` threads at once when ``runs > 1``.
 
-    The caller holds :data:`bayesgmm._compile.RUN_LOCK` for these runs (their threads run
+    Each run computes in the caller's precision (``jax.enable_x64`` as a context holds for its
+    own thread only: inside ``with jax.enable_x64(True):`` runs of several chains failed with a
+    type error). The caller holds :data:`bayesgmm._compile.RUN_LOCK` for these runs (their threads run
     without it), so it must not return before every run has ended: an interrupt (Ctrl-C, a
     second one too) waits for the runs still going before it propagates, or the caller's lock
     would let another program run beside them (the hang :data:`RUN_LOCK` prevents).
     """
     if runs == 1:
         return [run(0)]
+    x64 = bool(jax.config.jax_enable_x64)  # jax.enable_x64(...) holds for the thread that entered it
+
+    def in_callers_precision(r):  # a run traced or looked up in the other precision failed or mixed types
+        with jax.enable_x64(x64):
+            return run(r)
+
     pool = concurrent.futures.ThreadPoolExecutor(runs)
-    futures = [pool.submit(run, r) for r in range(runs)]
+    futures = [pool.submit(in_callers_precision, r) for r in range(runs)]
     try:
         return [f.result() for f in futures]
     finally:

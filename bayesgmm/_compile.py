@@ -65,10 +65,10 @@ MEMORY_CHECK_MIN = 2**28
 def memory_size(num_bytes: float) -> str:
     """``num_bytes`` as people read it: GiB with one decimal from 1 GiB up, MiB below (a refusal
     on a small machine said "needs about 0.0 GiB ... only 0.0 GiB are free")."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
-        if num_bytes >= size:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if round(num_bytes / size, 1) >= 1:  # after rounding: 2**20 - 1 bytes is 1.0 MiB, not 1024.0 KiB
             return f"{num_bytes / size:.1f} {unit}"
-    return f"{num_bytes / 2**10:.1f} KiB"
+    return f"{int(num_bytes)} bytes"
 
 
 def available_memory(device) -> int | None:

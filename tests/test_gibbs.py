@@ -342,6 +342,30 @@ def test_progress_bar_gives_the_same_draws(one_gaussian, capsys):
     assert "Gibbs 2 chain(s) x 220 sweeps" in capsys.readouterr().err
 
 
+def test_runs_of_chains_compute_in_the_callers_precision():
+    """``jax.enable_x64`` as a context holds for its own thread: runs of chains on worker threads
+    looked their program up, and traced it, in the process's precision. With x64 off (JAX's
+    default), ``with jax.enable_x64(True): fit_gibbs(..., num_chains=2)`` failed with a type error
+    (float64 traced as float32), as NUTS did. A fresh process, since this suite runs with x64 on."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, jax
+        import bayesgmm as bg
+        from bayesgmm import _chains
+        _chains.usable_cores = lambda: 2  # two runs of one chain each, on two threads
+        x = np.random.default_rng(0).normal(size=(60, 2))
+        with jax.enable_x64(True):
+            fit = bg.fit_gibbs(x, 1, seed=1, num_warmup=10, num_samples=20, num_chains=2)
+        print(fit.info["dtype"], jax.config.jax_enable_x64)
+    """)
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["float64", "False"]
+
+
 def test_two_fits_on_two_threads_advance_their_own_bars(one_gaussian, monkeypatch):
     """The bars were looked up by engine name: two fit_gibbs with bars on a user's two threads
     advanced one bar by both fits' ticks (3000 of 1000) and left the other unshown, or made a bar
