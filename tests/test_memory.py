@@ -180,7 +180,7 @@ def test_fit_larger_than_free_memory_is_refused(data, monkeypatch):
         bg.fit_em(x, 2, n_init=1)
     assert isinstance(info.value, ValueError) and isinstance(info.value, MemoryError)
     # sizes in units that show them (small ones were "0.0 GiB")
-    assert re.search(r"needs about \d+\.\d (KiB|MiB) of memory .* but only 1\\.0 KiB are free", str(info.value))
+    assert re.search(r"needs about \d+\.\d (KiB|MiB) of memory .* but only 1\.0 KiB are free", str(info.value))
     assert [_compile.memory_size(n) for n in (2**20 - 1, 2**30 - 1, 1536, 0)] == ["1.0 MiB", "1.0 GiB", "1.5 KiB", "0 bytes"]
     monkeypatch.setattr(_compile, "MEMORY_CHECK_MIN", 2**28)
     assert np.isfinite(bg.fit_em(x, 2, n_init=1).log_likelihood)  # under the minimum: run
