@@ -260,13 +260,13 @@ def exact_objective(prep: Prepared, params: GMMParams, sample_weight=None, hard:
 
 
 #: A fit computed in less than float64 is checked by one float64 EM step from its answer
-#: (:func:`float64_step_gain`) when a covariance's condition number times the compute type's
+#: (:func:`float64_step`) when a covariance's condition number times the compute type's
 #: epsilon exceeds this: its Mahalanobis distances are then accurate to about that fraction, and
 #: EM stops where those errors hide its progress (float32 at D = 50 with condition numbers of
 #: 1e6 stopped, "converged", 49 nats below the optimum).
 ILL_CONDITIONED = 1e-4
 
-#: Rows per block of :func:`float64_step_gain`'s pass.
+#: Rows per block of :func:`float64_step`'s pass.
 _STEP_BLOCK_ROWS = 32768
 
 
@@ -285,59 +285,117 @@ def condition_numbers(covariances, covariance_type: str) -> np.ndarray:
             np.where(values.min(-1) > 0, values.max(-1) / values.min(-1), np.inf))
 
 
-def float64_step_gain(prep: Prepared, params_std: GMMParams, objective: float, reg_covar: float,
-                      sample_weight=None) -> float:
-    """How much one EM step in float64 from ``params_std`` (standardised) raises the objective
-    (``objective``: its float64 value there): the package's own M-step
-    (:func:`bayesgmm._stats.m_step`, any layout, mclust model and prior) run eagerly in float64
-    on the data's float64 centred statistics, gathered in row blocks on the host. For fits in
-    less than float64 whose rounding may have stopped EM short (:data:`ILL_CONDITIONED`); not
-    for hard EM or missing values."""
+class Float64Step(NamedTuple):
+    """One float64 EM step from a fit's answer (:func:`float64_step`): the objective's ``gain``,
+    and the expected ``counts`` (K,) and ``covariances`` (standardised) it computed in float64."""
+
+    gain: float
+    counts: np.ndarray
+    covariances: np.ndarray
+
+
+def block_moments(arr, weight, params64: GMMParams, shift, sd, covariance_type: str, hard: bool = False):
+    """Float64 ``(N_k, sum r (x - mu_k), second moments about mu_k)`` of the rows ``arr``
+    (original units; NaN entries missing) at ``params64`` (standardised, float64): soft or
+    (``hard``) one-hot responsibilities times the row weights ``weight`` (None: 1); rows with
+    missing values through the observed-data E-step's completed rows and conditional covariances
+    (:func:`bayesgmm._missing.e_step_stats`, run eagerly in float64). Blocks add up."""
+    import jax
+
+    from . import _missing
+
+    ct, mu = covariance_type, params64.means
+    xs = (np.asarray(arr, np.float64) - shift) / sd
+    weight = None if weight is None else np.asarray(weight, np.float64)
+    observed = ~np.isnan(xs)
+    if not observed.all():
+        with jax.enable_x64(True):
+            _, (nk, xbar, scatter) = _missing.e_step_stats(np.where(observed, xs, 0.0), observed, weight, params64, ct,
+                                                           hard=hard)
+            nk, xbar, scatter = (np.asarray(a, np.float64) for a in (nk, xbar, scatter))
+        offset = xbar - mu  # the block's centred statistics, moved to moments about mu
+        first = nk[:, None] * offset
+        if ct in ("full", "tied"):
+            second = scatter + nk[:, None, None] * offset[:, :, None] * offset[:, None, :]
+        elif ct == "diag":
+            second = scatter + nk[:, None] * offset**2
+        else:
+            second = scatter + nk * np.sum(offset**2, axis=1)
+        return nk, first, second
+    log_resp = _numerics.score_rows(xs, *params64, ct, responsibilities=True).log_resp
+    if hard:
+        resp = np.zeros_like(log_resp)
+        resp[np.arange(len(resp)), np.argmax(log_resp, axis=1)] = 1.0
+    else:
+        resp = np.exp(log_resp)
+    if weight is not None:
+        resp *= weight[:, None]
+    k, d = mu.shape
+    first = np.zeros((k, d))
+    second = np.zeros({"full": (k, d, d), "tied": (k, d, d), "diag": (k, d), "spherical": (k,)}[ct])
+    for j in range(k):  # about the current means: no cancellation
+        dev = xs - mu[j]
+        first[j] = resp[:, j] @ dev
+        if ct in ("full", "tied"):
+            second[j] = (dev * resp[:, j, None]).T @ dev
+        elif ct == "diag":
+            second[j] = resp[:, j] @ dev**2
+        else:
+            second[j] = resp[:, j] @ np.sum(dev**2, axis=1)
+    return resp.sum(0), first, second
+
+
+def float64_m_step(moments, params64: GMMParams, covariance_type: str, reg_covar: float, prior=None,
+                   covariance_model: str | None = None) -> GMMParams:
+    """The package's M-step (:func:`bayesgmm._stats.m_step`: any layout, mclust model and prior)
+    run eagerly in float64 on summed :func:`block_moments` about ``params64``'s means;
+    ``prior`` a standardised :class:`~bayesgmm.params.PriorArrays` in float64, or None."""
     import jax
 
     from . import _stats
 
-    k, ct = params_std.means.shape[0], prep.covariance_type
-    params64 = GMMParams(*(np.asarray(a, np.float64) for a in params_std))
-    mu = params64.means
-    n, d = prep.arr.shape
-    nk, first = np.zeros(k), np.zeros((k, d))
-    second = np.zeros({"full": (k, d, d), "tied": (k, d, d), "diag": (k, d), "spherical": (k,)}[ct])
-    for start in range(0, n, _STEP_BLOCK_ROWS):
-        xs = (np.asarray(prep.arr[start:start + _STEP_BLOCK_ROWS], np.float64) - prep.shift) / prep.sd
-        resp = np.exp(_numerics.score_rows(xs, *params64, ct, responsibilities=True).log_resp)
-        if sample_weight is not None:
-            resp *= np.asarray(sample_weight[start:start + _STEP_BLOCK_ROWS], np.float64)[:, None]
-        nk += resp.sum(0)
-        for j in range(k):  # about the current means, corrected to the new ones below: no cancellation
-            dev = xs - mu[j]
-            first[j] += resp[:, j] @ dev
-            if ct in ("full", "tied"):
-                second[j] += (dev * resp[:, j, None]).T @ dev
-            elif ct == "diag":
-                second[j] += resp[:, j] @ dev**2
-            else:
-                second[j] += resp[:, j] @ np.sum(dev**2, axis=1)
+    ct = covariance_type
+    nk, first, second = moments
     safe = np.maximum(nk, np.finfo(np.float64).tiny)
-    shift = first / safe[:, None]  # xbar_k - mu_k
-    xbar = mu + shift
+    offset = first / safe[:, None]  # xbar_k - mu_k
+    xbar = params64.means + offset
     if ct in ("full", "tied"):
-        scatter = second - safe[:, None, None] * shift[:, :, None] * shift[:, None, :]
+        scatter = second - safe[:, None, None] * offset[:, :, None] * offset[:, None, :]
     elif ct == "diag":
-        scatter = second - safe[:, None] * shift**2
+        scatter = second - safe[:, None] * offset**2
     else:
-        scatter = second - safe * np.sum(shift**2, axis=1)
-    model = prep.covariance_model
+        scatter = second - safe * np.sum(offset**2, axis=1)
+    model = covariance_model or _covariance_models.ALIASES[ct]
     constrained = model not in _covariance_models.NATIVE
-    prior = None if prep.prior is None else prep.prior.standardised(prep.shift, prep.sd).arrays(k, ct, dtype=np.float64)
     with jax.enable_x64(True):
         new = _stats.m_step(nk + 10 * np.finfo(np.float64).eps, xbar, scatter, ct, np.float64(reg_covar), prior,
                             constrained=constrained,
                             model_index=_covariance_models.constrained_models(ct).index(model) if constrained else 0,
                             previous=params64.covariances)
-        new = GMMParams(*(np.asarray(a, np.float64) for a in new))
+        return GMMParams(*(np.asarray(a, np.float64) for a in new))
+
+
+def float64_step(prep: Prepared, params_std: GMMParams, objective: float, reg_covar: float, sample_weight=None,
+                 hard: bool = False) -> Float64Step:
+    """One EM step in float64 from ``params_std`` (standardised), whose float64 objective is
+    ``objective``: :func:`float64_m_step` on the data's float64 :func:`block_moments`, gathered in
+    row blocks on the host (soft or hard, with missing values or not; mclust's iterated models may
+    lose a little). For fits in less than float64 whose rounding may have stopped EM short and
+    made well-filled components look collapsed (:data:`ILL_CONDITIONED`)."""
+    k, ct = params_std.means.shape[0], prep.covariance_type
+    params64 = GMMParams(*(np.asarray(a, np.float64) for a in params_std))
+    n = prep.arr.shape[0]
+    rows = _STEP_BLOCK_ROWS if prep.observed is None else _STEP_BLOCK_ROWS // 8  # (rows, K, D, D) conditionals
+    moments = (0.0, 0.0, 0.0)
+    for start in range(0, n, rows):
+        block = block_moments(prep.arr[start:start + rows], None if sample_weight is None else sample_weight[start:start + rows],
+                              params64, prep.shift, prep.sd, ct, hard)
+        moments = tuple(a + b for a, b in zip(moments, block))
+    prior = None if prep.prior is None else prep.prior.standardised(prep.shift, prep.sd).arrays(k, ct, dtype=np.float64)
+    new = float64_m_step(moments, params64, ct, reg_covar, prior, prep.covariance_model)
     stepped = params_to_original(new, prep.shift, prep.sd, ct)
-    return exact_objective(prep, stepped, sample_weight)[1] - objective
+    gain = exact_objective(prep, stepped, sample_weight, hard)[1] - objective
+    return Float64Step(gain, np.asarray(moments[0], np.float64), new.covariances)
 
 
 def package(
@@ -378,32 +436,35 @@ def package(
     trace[-1] = objective  # the float64 value at the returned parameters
     eps = float(np.finfo(prep.dtype).eps)
     per_feature = prep.covariance_model not in _covariance_models.NATIVE  # its round-off floor (_constrained)
-    degenerate_mask = _numerics.degenerate_mask(
-        counts, np.asarray(params_std.covariances, np.float64), ct, reg_covar, eps, prep.arr.shape[1],
-        per_feature=per_feature)
-    degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
     floor = float(pick(lanes.floor)) / n_eff
+    judged = (counts, np.asarray(params_std.covariances, np.float64), eps)  # what the degeneracy flags read
     step_gain, stalled = None, False
-    eps_compute = float(np.finfo(prep.dtype).eps)
-    if (converged and max_iter > 0 and not hard and prep.observed is None and eps_compute > 1e-10
-            and float(np.max(condition_numbers(params_std.covariances, ct))) * eps_compute > ILL_CONDITIONED):
-        step_gain = float64_step_gain(prep, params_std, objective, reg_covar, sample_weight)
-        if step_gain > max(tol * n_eff, 2.0 * floor * n_eff):
+    condition = float(np.max(condition_numbers(params_std.covariances, ct)))
+    if max_iter > 0 and eps > 1e-10 and condition * eps > ILL_CONDITIONED:
+        # below float64 with covariances it cannot resolve: one float64 step says whether EM is
+        # done, and its float64 statistics whether a component collapsed (float32's own round-off
+        # floor made well-filled, nearly flat clusters look collapsed, and select then dropped them)
+        step = float64_step(prep, params_std, objective, reg_covar, sample_weight, hard)
+        step_gain = step.gain
+        judged = (step.counts, step.covariances, float(np.finfo(np.float64).eps))
+        if converged and step_gain > max(tol * n_eff, 2.0 * floor * n_eff):
             converged, stalled = False, True
             if warn:
                 warnings.warn(
                     f"EM stopped where {np.dtype(prep.dtype).name} no longer resolved its progress, but one float64 "
                     f"EM step from its answer still raises the objective by {step_gain:.3g} (tol x N = "
-                    f"{tol * n_eff:.3g}): covariance condition numbers up to "
-                    f"{float(np.max(condition_numbers(params_std.covariances, ct))):.2g} are beyond what "
+                    f"{tol * n_eff:.3g}): covariance condition numbers up to {condition:.2g} are beyond what "
                     f"{np.dtype(prep.dtype).name} resolves, so converged is False. Fit in float64 "
                     "(jax.config.update('jax_enable_x64', True)).",
                     ConvergenceWarning,
                     stacklevel=3,
                 )
+    degenerate_mask = _numerics.degenerate_mask(judged[0], judged[1], ct, reg_covar, judged[2], prep.arr.shape[1],
+                                                per_feature=per_feature)
+    degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
     if warn and degenerate and max_iter > 0:  # an initialisation (max_iter=0) is expected to be rough
         warnings.warn(
-            _numerics.degenerate_message(degenerate, counts, params_std.covariances, ct, reg_covar, eps, prep.arr.shape[1],
+            _numerics.degenerate_message(degenerate, judged[0], judged[1], ct, reg_covar, judged[2], prep.arr.shape[1],
                                          map_fit=prep.prior is not None, per_feature=per_feature),
             DegenerateComponentWarning,
             stacklevel=3,

@@ -43,6 +43,7 @@ from .em import fit_em
 from .engines import get_engine
 from .params import (
     COVARIANCE_TYPES,
+    ConvergenceWarning,
     DegenerateComponentWarning,
     Prior,
     check_bool,
@@ -362,6 +363,17 @@ def select(
             f"degenerate fits in the grid ({cases}): every run left a component empty, collapsed or resting on a "
             "handful of points, so their criteria are unreliable. Use prior='default' (MAP-EM) or fewer components.",
             DegenerateComponentWarning,
+            stacklevel=2,
+        )
+    stalled = [key for key, fit in fits.items()  # float32 rounding stopped EM short (a float64 step still gains)
+               if float(fit.info.get("float64_step_gain") or 0.0) > float(fit.info["tol"]) * n]
+    if stalled:
+        cases = ", ".join(f"{ct} K={k}" for ct, k in stalled)
+        warnings.warn(
+            f"fits in the grid stopped short in {np.dtype(prep.dtype).name} ({cases}): their covariances are beyond "
+            "what it resolves, so their criteria are a little off and they are not converged. Fit in float64 "
+            "(jax.config.update('jax_enable_x64', True)).",
+            ConvergenceWarning,
             stacklevel=2,
         )
     info = {"seconds": seconds, "compile_seconds": compile_seconds, "n_init": n_init, "k_range": ks,

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _missing, _numerics, _sharding, _stats
+from . import _em_host, _iterate, _missing, _numerics, _sharding, _stats
 from ._compile import jit, running
 from ._em_core import EMConfig, search
 from ._em_host import choose_run
@@ -956,15 +956,46 @@ def fit_em_stream(
     obj_shift = ll_shift + (prior_shift if prior is not None else 0.0)
     eps = float(np.finfo(dtype).eps)
     cov_std = np.asarray(params_std.covariances, np.float64)
-    flagged = _numerics.degenerate_mask(counts, cov_std, covariance_type, reg_covar, eps, d)
+    judged = (counts, cov_std, eps)  # what the degeneracy flags read
+    converged, step_gain = passes.converged, None
+    condition = float(np.max(_em_host.condition_numbers(cov_std, covariance_type)))
+    if method == "batch" and eps > 1e-10 and condition * eps > _em_host.ILL_CONDITIONED:
+        # covariances float32 cannot resolve: one float64 EM step over the stream (two more passes)
+        # says whether EM is done and, from float64 statistics, whether a component collapsed
+        step_start = time.perf_counter()
+        sums = (0.0, 0.0, 0.0)
+        for _, _, chunk in src.chunks(batch_size, range(feeder.num_chunks)):
+            sums = tuple(a + b for a, b in zip(sums, _em_host.block_moments(chunk, None, params_std, shift, sd,
+                                                                           covariance_type)))
+        prior64 = None if prior is None else prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np.float64)
+        stepped_std = _em_host.float64_m_step(sums, params_std, covariance_type, reg_covar, prior64)
+        stepped = params_to_original(stepped_std, shift, sd, covariance_type)
+        stepped_objective = sum(_numerics.totals(chunk, *stepped, covariance_type).log_likelihood
+                                for _, _, chunk in src.chunks(batch_size, range(feeder.num_chunks)))
+        if prior is not None:
+            stepped_objective += _numerics.log_prior(stepped, prior.arrays(k, covariance_type), covariance_type)
+        step_gain = float(stepped_objective - final_objective)
+        judged = (np.asarray(sums[0], np.float64), stepped_std.covariances, float(np.finfo(np.float64).eps))
+        final_seconds += time.perf_counter() - step_start
+        if converged and step_gain > max(tol * n, 2.0 * passes.floor_per_obs * n):
+            converged = False
+            warnings.warn(
+                f"Streaming EM stopped where {np.dtype(dtype).name} no longer resolved its progress, but one float64 "
+                f"EM step from its answer still raises the objective by {step_gain:.3g} (tol x N = {tol * n:.3g}): "
+                f"covariance condition numbers up to {condition:.2g} are beyond what {np.dtype(dtype).name} "
+                "resolves, so converged is False. Fit in float64 (jax.config.update('jax_enable_x64', True)).",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+    flagged = _numerics.degenerate_mask(judged[0], judged[1], covariance_type, reg_covar, judged[2], d)
     # the stream's statistics are the fast (moment) form's: a variance within their rounding is
     # not resolved (in float32, a component on repeated values stays about eps |mu|^2 above zero)
-    unresolved = _numerics.unresolved_mask(params_std.means, cov_std, covariance_type, eps) & ~flagged
+    unresolved = _numerics.unresolved_mask(params_std.means, judged[1], covariance_type, judged[2]) & ~flagged
     degenerate = tuple(int(i) for i in np.flatnonzero(flagged | unresolved))
     if flagged.any():
         warnings.warn(
-            _numerics.degenerate_message(tuple(int(i) for i in np.flatnonzero(flagged)), counts, cov_std,
-                                         covariance_type, reg_covar, eps, d, engine="Streaming EM",
+            _numerics.degenerate_message(tuple(int(i) for i in np.flatnonzero(flagged)), judged[0], judged[1],
+                                         covariance_type, reg_covar, judged[2], d, engine="Streaming EM",
                                          map_fit=prior is not None),
             DegenerateComponentWarning,
             stacklevel=2,
@@ -1002,7 +1033,7 @@ def fit_em_stream(
         trace[-1] = final_objective
     else:  # online: the running estimate of every pass, then the exact value at the final parameters
         trace = np.r_[np.asarray(passes.trace, np.float64) + obj_shift, final_objective]
-    if not passes.converged:
+    if not passes.converged:  # (one a float64 step stopped was said above)
         warnings.warn(
             f"Streaming EM ({method}) did not converge in max_iter={max_iter} passes (tol={tol:g} per observation); "
             + ("more passes will not help while its statistics lose precision (the PrecisionWarning)."
@@ -1044,6 +1075,7 @@ def fit_em_stream(
         "dtype": str(dtype),
         "reg_covar": float(reg_covar),
         "tol": float(tol),
+        **({} if step_gain is None else {"float64_step_gain": step_gain}),
     }
     if method == "online":
         info["step_exponent"] = float(step_exponent)
@@ -1054,7 +1086,7 @@ def fit_em_stream(
         means=original.means,
         covariances=original.covariances,
         log_likelihood=log_lik,
-        converged=passes.converged,
+        converged=converged,
         n_iter=passes.n_iter,
         trace=trace,
         objective="log_posterior" if prior is not None else "log_likelihood",

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _references import log_prior, mixture_log_density
+from _references import ill_conditioned_clusters, log_prior, mixture_log_density, one_float64_em_step_gain
 from conftest import grid, precision, rough_start_and_optimum, separated_clusters
 
 import bayesgmm as bg
@@ -232,45 +232,32 @@ def test_float32_default_fit_is_converged_on_a_slow_climb():
     assert (best - fit.log_likelihood) / len(x) <= 1e-5, (fit.n_iter, (best - fit.log_likelihood) / len(x))
 
 
-def _ill_conditioned(n=600, d=4, smallest=1e-6, seed=0):
-    """Two clusters whose covariances have eigenvalues from 1 down to ``smallest`` (condition
-    number 1e6): beyond what float32's Mahalanobis distances resolve."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(2, size=n)
-    centres = rng.normal(0, 2, (2, d))
-    roots = [np.linalg.qr(rng.normal(size=(d, d)))[0] * np.sqrt(np.geomspace(1, smallest, d)) for _ in range(2)]
-    return centres[labels] + np.einsum("nij,nj->ni", np.stack(roots)[labels], rng.normal(size=(n, d)))
-
-
-def _one_float64_em_step_gain(x, fit):
-    """The log-likelihood gained by one plain float64 EM step (full covariances) from ``fit``'s
-    parameters, with SciPy's densities: the reference for ``info["float64_step_gain"]``."""
-    from scipy.special import logsumexp
-    from scipy.stats import multivariate_normal
-
-    def log_joint(w, m, c):
-        return np.stack([np.log(w[j]) + multivariate_normal(m[j], c[j]).logpdf(x) for j in range(len(w))], 1)
-
-    lj = log_joint(fit.weights, fit.means, fit.covariances)
-    resp = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
-    nk = resp.sum(0)
-    means = resp.T @ x / nk[:, None]
-    covs = np.stack([((x - means[j]) * resp[:, j, None]).T @ (x - means[j]) / nk[j] for j in range(len(nk))])
-    return logsumexp(log_joint(nk / len(x), means, covs), axis=1).sum() - logsumexp(lj, axis=1).sum()
-
-
 def test_a_float32_fit_that_rounding_stopped_short_is_not_converged():
     """Covariances of condition number 1e6 (a review found them at D = 50): float32 EM stopped
     where its rounding hid its progress and said converged, 102 nats below where one float64
-    step leads. One float64 EM step from its answer (a SciPy recomputation agrees) decides;
-    float64 fits and well-conditioned float32 fits are not checked."""
-    x = _ill_conditioned()
-    with (precision(np.float32), pytest.warns(bg.ConvergenceWarning, match="one float64 EM step from its answer"),
-          pytest.warns(bg.DegenerateComponentWarning, match="fit in float64")):  # its float32 floor says so too
+    step leads, and flagged its well-filled, nearly flat clusters as collapsed onto the floor
+    (float32's own round-off floor), so that select dropped the right model for a far worse one.
+    One float64 EM step from the answer (a SciPy recomputation agrees) decides both, for soft and
+    hard EM, with missing values and in select; float64 fits and well-conditioned float32 fits
+    are not checked."""
+    x = ill_conditioned_clusters()
+    with precision(np.float32), pytest.warns(bg.ConvergenceWarning, match="one float64 EM step from its answer"):
         fit = bg.fit_em(x, 2)
     gain = fit.info["float64_step_gain"]
-    assert not fit.converged and gain > 1e-5 * len(x)
-    np.testing.assert_allclose(gain, _one_float64_em_step_gain(x, fit), rtol=1e-6)
+    assert not fit.converged and gain > 1e-5 * len(x) and fit.degenerate_components == ()
+    np.testing.assert_allclose(gain, one_float64_em_step_gain(x, fit), rtol=1e-6)
+    with precision(np.float32), pytest.warns(bg.ConvergenceWarning, match="one float64 EM step from its answer"):
+        hard = bg.fit_em(x, 2, hard=True)
+    assert not hard.converged and hard.degenerate_components == ()
+    np.testing.assert_allclose(hard.info["float64_step_gain"], one_float64_em_step_gain(x, hard, hard=True), rtol=1e-6)
+    gaps = x.copy()
+    gaps[np.arange(0, 600, 50), np.arange(12) % 4] = np.nan
+    with precision(np.float32), pytest.warns(bg.ConvergenceWarning, match="float64"):
+        missing = bg.fit_em(gaps, 2, missing="marginalize")
+    assert not missing.converged and missing.degenerate_components == () and missing.info["float64_step_gain"] > 1.0
+    with precision(np.float32), pytest.warns(bg.ConvergenceWarning, match=r"stopped short in float32 \(full K=2\)"):
+        grid = bg.select(x, [1, 2], covariance_types="full")
+    assert grid.best().num_components == 2 and not grid.table["degenerate"].any()
     with precision(np.float64):
         exact = bg.fit_em(x, 2)
     assert exact.converged and "float64_step_gain" not in exact.info and exact.log_likelihood > fit.log_likelihood

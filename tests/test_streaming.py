@@ -11,6 +11,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from _references import ill_conditioned_clusters, one_float64_em_step_gain
 from conftest import compile_mode, precision
 from scipy.optimize import linear_sum_assignment
 
@@ -765,3 +766,18 @@ def test_passes_that_lose_precision_say_so_in_float64():
     assert "more passes will not help" in found[ConvergenceWarning] and not fit.converged
     assert not any("float64 (jax" in m for m in found.values())  # it is float64 already
     assert np.diff(fit.trace).min() < -1.0
+
+
+def test_a_float32_stream_that_rounding_stopped_short_is_not_converged(tmp_path):
+    """Batch streaming EM in float32 on covariances of condition number 1e6 said converged 94
+    nats short of where one float64 step leads, and flagged its well-filled clusters collapsed.
+    One float64 EM step over the stream (two more passes) decides, as fit_em's does; its gain is
+    SciPy's step from the returned parameters."""
+    x = ill_conditioned_clusters()
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    with (precision(np.float32), pytest.warns(ConvergenceWarning, match="one float64 EM step from its answer"),
+          pytest.warns(bg.PrecisionWarning, match="streamed objective")):  # its moment form's loss, said too
+        fit = fit_em_stream(path, 2, batch_size=256)
+    assert not fit.converged and fit.degenerate_components == ()
+    np.testing.assert_allclose(fit.info["float64_step_gain"], one_float64_em_step_gain(x, fit), rtol=1e-6)
