@@ -95,7 +95,8 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
     ``program(*args, *starts, first_chain, config=config)`` runs every chain: with ``runs > 1``
     for ``runs`` disjoint sets of ``config.chains_per_run`` chains on as many threads at once, its
     outputs (chain axis first) joined along the chains, so that the result is that of one run of
-    every chain, bit for bit.
+    every chain, bit for bit where each run holds two or more chains (a run of one chain is a
+    batch of one, which XLA may vectorise otherwise: Gibbs's draws then differ in the last bit).
 
     Returns
     -------

@@ -272,7 +272,8 @@ _STEP_BLOCK_ROWS = 32768
 
 def condition_numbers(covariances, covariance_type: str) -> np.ndarray:
     """Each component's covariance condition number (largest over smallest eigenvalue or
-    variance; one for tied, 1 for spherical)."""
+    variance; one for tied, 1 for spherical); infinite for a covariance that is not positive
+    definite."""
     cov = np.asarray(covariances, np.float64)
     if covariance_type in ("full", "tied"):
         values = np.linalg.eigvalsh(cov.reshape((-1,) + cov.shape[-2:]))
@@ -393,6 +394,8 @@ def float64_step(prep: Prepared, params_std: GMMParams, objective: float, reg_co
         moments = tuple(a + b for a, b in zip(moments, block))
     prior = None if prep.prior is None else prep.prior.standardised(prep.shift, prep.sd).arrays(k, ct, dtype=np.float64)
     new = float64_m_step(moments, params64, ct, reg_covar, prior, prep.covariance_model)
+    if not all(np.all(np.isfinite(a)) for a in new):  # a step that failed: no gain to report
+        return Float64Step(float("nan"), np.asarray(moments[0], np.float64), new.covariances)
     stepped = params_to_original(new, prep.shift, prep.sd, ct)
     gain = exact_objective(prep, stepped, sample_weight, hard)[1] - objective
     return Float64Step(gain, np.asarray(moments[0], np.float64), new.covariances)
@@ -440,14 +443,16 @@ def package(
     judged = (counts, np.asarray(params_std.covariances, np.float64), eps)  # what the degeneracy flags read
     step_gain, stalled = None, False
     condition = float(np.max(condition_numbers(params_std.covariances, ct)))
-    if max_iter > 0 and eps > 1e-10 and condition * eps > ILL_CONDITIONED:
+    if max_iter > 0 and eps > 1e-10 and np.isfinite(condition) and condition * eps > ILL_CONDITIONED:
         # below float64 with covariances it cannot resolve: one float64 step says whether EM is
         # done, and its float64 statistics whether a component collapsed (float32's own round-off
-        # floor made well-filled, nearly flat clusters look collapsed, and select then dropped them)
+        # floor made well-filled, nearly flat clusters look collapsed, and select then dropped them).
+        # Not from covariances that are not positive definite (a failed run: its step has no meaning)
         step = float64_step(prep, params_std, objective, reg_covar, sample_weight, hard)
-        step_gain = step.gain
-        judged = (step.counts, step.covariances, float(np.finfo(np.float64).eps))
-        if converged and step_gain > max(tol * n_eff, 2.0 * floor * n_eff):
+        if all(np.all(np.isfinite(a)) for a in (step.gain, step.counts, step.covariances)):
+            step_gain = step.gain
+            judged = (step.counts, step.covariances, float(np.finfo(np.float64).eps))
+        if step_gain is not None and converged and step_gain > max(tol * n_eff, 2.0 * floor * n_eff):
             converged, stalled = False, True
             if warn:
                 warnings.warn(

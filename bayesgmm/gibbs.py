@@ -31,7 +31,8 @@ the chains ``vmap``-ed. As for NUTS, the starts'
 program compiles on a second thread while the chains' program is traced and compiled (a first fit
 on Old Faithful takes about a second less); on a machine with several cores, disjoint sets of
 chains run on as many threads at once (:func:`bayesgmm._chains.run_chain_groups`, the same draws
-bit for bit). Each sweep evaluates the mixture density once: the component log densities that
+bit for bit when each thread runs two or more chains; with one chain a thread, within a unit in
+the last place). Each sweep evaluates the mixture density once: the component log densities that
 give the next labels also give this draw's ``log p(x, theta)``. Afterwards, in NumPy: back to the
 original scale, relabelling to the MAP pivot
 (:func:`bayesgmm.labels.align_draws`) and R-hat/ESS.

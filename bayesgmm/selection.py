@@ -27,6 +27,7 @@ effective number of components of an overfitted sparse mixture.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -321,15 +322,19 @@ def select(
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
             shift = _em_host.objective_shift(prep_k, k)  # the runs' objectives in the data's units, as fit_em's
+            # a cell whose every run failed (best < 0) is packaged from a run whose covariance is not
+            # positive definite: its totals are NaN (the table says degenerate, BIC inf), not a warning
+            quiet = np.errstate(invalid="ignore", divide="ignore") if best < 0 else contextlib.nullcontext()
             try:
-                fit = _em_host.package(
-                    prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
-                    max_iter=max_iter, tol=tol,
-                    info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
-                          "num_kept": int(kept), "init_params": init_params, "best_restart": best,
-                          "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True,
-                          **_em_host.data_info(prep, missing)},
-                )
+                with quiet:
+                    fit = _em_host.package(
+                        prep_k, out, index, hard=False, reg_covar=reg_covar, num_components=k, warn=False,
+                        max_iter=max_iter, tol=tol,
+                        info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
+                              "num_kept": int(kept), "init_params": init_params, "best_restart": best,
+                              "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True,
+                              **_em_host.data_info(prep, missing)},
+                    )
             except np.linalg.LinAlgError:  # every run of this cell ended on a singular covariance
                 raise ValueError(
                     f"select: EM failed for covariance_type={ct!r}, K={k}: a covariance became singular in every "

@@ -959,7 +959,7 @@ def fit_em_stream(
     judged = (counts, cov_std, eps)  # what the degeneracy flags read
     converged, step_gain = passes.converged, None
     condition = float(np.max(_em_host.condition_numbers(cov_std, covariance_type)))
-    if method == "batch" and eps > 1e-10 and condition * eps > _em_host.ILL_CONDITIONED:
+    if method == "batch" and eps > 1e-10 and np.isfinite(condition) and condition * eps > _em_host.ILL_CONDITIONED:
         # covariances float32 cannot resolve: one float64 EM step over the stream (two more passes)
         # says whether EM is done and, from float64 statistics, whether a component collapsed
         step_start = time.perf_counter()
@@ -969,15 +969,17 @@ def fit_em_stream(
                                                                            covariance_type)))
         prior64 = None if prior is None else prior.standardised(shift, sd).arrays(k, covariance_type, dtype=np.float64)
         stepped_std = _em_host.float64_m_step(sums, params_std, covariance_type, reg_covar, prior64)
-        stepped = params_to_original(stepped_std, shift, sd, covariance_type)
-        stepped_objective = sum(_numerics.totals(chunk, *stepped, covariance_type).log_likelihood
-                                for _, _, chunk in src.chunks(batch_size, range(feeder.num_chunks)))
-        if prior is not None:
-            stepped_objective += _numerics.log_prior(stepped, prior.arrays(k, covariance_type), covariance_type)
-        step_gain = float(stepped_objective - final_objective)
-        judged = (np.asarray(sums[0], np.float64), stepped_std.covariances, float(np.finfo(np.float64).eps))
+        if all(np.all(np.isfinite(a)) for a in stepped_std):  # else a failed step: float32's judgement stands
+            stepped = params_to_original(stepped_std, shift, sd, covariance_type)
+            stepped_objective = sum(_numerics.totals(chunk, *stepped, covariance_type).log_likelihood
+                                    for _, _, chunk in src.chunks(batch_size, range(feeder.num_chunks)))
+            if prior is not None:
+                stepped_objective += _numerics.log_prior(stepped, prior.arrays(k, covariance_type), covariance_type)
+            if np.isfinite(stepped_objective):
+                step_gain = float(stepped_objective - final_objective)
+                judged = (np.asarray(sums[0], np.float64), stepped_std.covariances, float(np.finfo(np.float64).eps))
         final_seconds += time.perf_counter() - step_start
-        if converged and step_gain > max(tol * n, 2.0 * passes.floor_per_obs * n):
+        if step_gain is not None and converged and step_gain > max(tol * n, 2.0 * passes.floor_per_obs * n):
             converged = False
             warnings.warn(
                 f"Streaming EM stopped where {np.dtype(dtype).name} no longer resolved its progress, but one float64 "

@@ -261,6 +261,19 @@ def test_a_float32_fit_that_rounding_stopped_short_is_not_converged():
     assert plain.converged and "float64_step_gain" not in plain.info
 
 
+def test_a_float32_grid_cell_whose_runs_all_failed_is_flagged_without_a_float64_step():
+    """A float32 diag fit on the same data with 30 duplicated far rows ends with negative
+    variances in every run: the float64 step ran on them (their condition number is infinite)
+    and select crashed (ZeroDivisionError); numpy's "invalid value in log" leaked too. The cell
+    is flagged degenerate with an infinite BIC, as before the check."""
+    x = ill_conditioned_clusters()
+    data = np.r_[x, np.tile(x.mean(0) + 8 * x.std(0), (30, 1))]
+    with precision(np.float32), pytest.warns(bg.DegenerateComponentWarning, match="diag K=3"):
+        grid = bg.select(data, [3], covariance_types="diag")
+    row = grid.table.iloc[0]
+    assert row["degenerate"] and row["bic"] == np.inf and "float64_step_gain" not in grid.fits[("diag", 3)].info
+
+
 @pytest.mark.slow
 def test_a_float32_fit_with_missing_values_that_rounding_stopped_short_is_not_converged():
     """The check above with missing values: the float64 step's statistics are the observed-data
