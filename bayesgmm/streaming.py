@@ -981,15 +981,19 @@ def fit_em_stream(
         final_seconds += time.perf_counter() - step_start
         if step_gain is not None and converged and step_gain > max(tol * n, 2.0 * passes.floor_per_obs * n):
             converged = False
-            warnings.warn(
-                f"Streaming EM stopped where {np.dtype(dtype).name} no longer resolved its progress, but one float64 "
-                f"EM step from its answer still raises the objective by {step_gain:.3g} (tol x N = {tol * n:.3g}): "
-                f"covariance condition numbers up to {condition:.2g} are beyond what {np.dtype(dtype).name} "
-                "resolves, so converged is False. Fit in float64 (jax.config.update('jax_enable_x64', True)).",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
     flagged = _numerics.degenerate_mask(judged[0], judged[1], covariance_type, reg_covar, judged[2], d)
+    if not converged and passes.converged:  # the float64 step stopped it (as fit_em's, _em_host.package)
+        advice = (f"Its component(s) {np.flatnonzero(flagged).tolist()} are degenerate, and the step gains by narrowing "
+                  "them further: use fewer components, a prior or a larger reg_covar; float64 would collapse them "
+                  "further." if flagged.any() else "Fit in float64 (jax.config.update('jax_enable_x64', True)).")
+        warnings.warn(
+            f"Streaming EM stopped where {np.dtype(dtype).name} no longer resolved its progress, but one float64 "
+            f"EM step from its answer still raises the objective by {step_gain:.3g} (tol x N = {tol * n:.3g}): "
+            f"covariance condition numbers up to {condition:.2g} are beyond what {np.dtype(dtype).name} "
+            f"resolves, so converged is False. {advice}",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     # the stream's statistics are the fast (moment) form's: a variance within their rounding is
     # not resolved (in float32, a component on repeated values stays about eps |mu|^2 above zero)
     unresolved = _numerics.unresolved_mask(params_std.means, judged[1], covariance_type, judged[2]) & ~flagged

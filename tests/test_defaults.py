@@ -274,6 +274,22 @@ def test_a_float32_grid_cell_whose_runs_all_failed_is_flagged_without_a_float64_
     assert row["degenerate"] and row["bic"] == np.inf and "float64_step_gain" not in grid.fits[("diag", 3)].info
 
 
+def test_a_float32_fit_stopped_short_by_collapsing_components_is_not_told_to_use_float64():
+    """Standardised wine at K = 6 in float32: the float64 step gains 666 nats by narrowing three
+    degenerate components further, and the warning advised float64, which collapses them more (a
+    review). It names the components and advises fewer components or a prior instead."""
+    from sklearn.datasets import load_wine
+
+    x = load_wine().data
+    x = (x - x.mean(0)) / x.std(0)
+    with (precision(np.float32), pytest.warns(bg.DegenerateComponentWarning),
+          pytest.warns(bg.ConvergenceWarning, match=r"are degenerate, and the step gains by narrowing them further: use "
+                                                    r"fewer components, a prior") as caught):
+        fit = bg.fit_em(x, 6)
+    assert not fit.converged and fit.degenerate_components and fit.info["float64_step_gain"] > 1.0
+    assert not any("Fit in float64" in str(w.message) for w in caught)
+
+
 @pytest.mark.slow
 def test_a_float32_fit_with_missing_values_that_rounding_stopped_short_is_not_converged():
     """The check above with missing values: the float64 step's statistics are the observed-data
