@@ -286,6 +286,42 @@ def condition_numbers(covariances, covariance_type: str) -> np.ndarray:
             np.where(values.min(-1) > 0, values.max(-1) / values.min(-1), np.inf))
 
 
+def float64_step_needed(covariances, covariance_type: str, dtype) -> tuple[bool, float]:
+    """``(whether, condition)``: whether a fit computed in ``dtype`` with these (standardised)
+    covariances takes the float64 step (:data:`ILL_CONDITIONED`; never from float64, nor from
+    covariances that are not positive definite, whose condition number is infinite), and their
+    largest condition number."""
+    eps = float(np.finfo(dtype).eps)
+    condition = float(np.max(condition_numbers(covariances, covariance_type)))
+    return eps > 1e-10 and np.isfinite(condition) and condition * eps > ILL_CONDITIONED, condition
+
+
+def stopped_short(gain, tol: float, floor_per_obs, num_obs: float) -> bool:
+    """Whether a float64 step's ``gain`` says EM stopped short: above the tolerance and twice the
+    compute type's precision floor, both per observation times ``num_obs``."""
+    return gain is not None and gain > max(tol * num_obs, 2.0 * float(floor_per_obs or 0.0) * num_obs)
+
+
+def stopped_short_info(info, num_obs: float) -> bool:
+    """:func:`stopped_short` from a result's ``info`` (``float64_step_gain``, ``tol``,
+    ``precision_floor_per_obs``): what made a converged fit unconverged."""
+    return stopped_short(info.get("float64_step_gain"), float(info["tol"]), info.get("precision_floor_per_obs"), num_obs)
+
+
+def stopped_short_message(engine: str, dtype, gain: float, tol_n: float, condition: float, degenerate) -> str:
+    """The ``ConvergenceWarning`` of a fit :func:`stopped_short`. With ``degenerate`` components
+    the float64 step gains by collapsing them further, so float64 would not help (a review: wine at
+    K = 6 gained 666 nats so), fewer components would."""
+    name = np.dtype(dtype).name
+    advice = (f"Its component(s) {list(degenerate)} are degenerate, and the step gains by narrowing them further: "
+              "use fewer components, a prior (prior=bayesgmm.Prior.default(x, K)) or a larger reg_covar; float64 "
+              "would collapse them further." if len(degenerate) else
+              "Fit in float64 (jax.config.update('jax_enable_x64', True)).")
+    return (f"{engine} stopped where {name} no longer resolved its progress, but one float64 EM step from its "
+            f"answer still raises the objective by {gain:.3g} (tol x N = {tol_n:.3g}): covariance condition "
+            f"numbers up to {condition:.2g} are beyond what {name} resolves, so converged is False. {advice}")
+
+
 class Float64Step(NamedTuple):
     """One float64 EM step from a fit's answer (:func:`float64_step`): the objective's ``gain``,
     and the expected ``counts`` (K,) and ``covariances`` (standardised) it computed in float64."""
@@ -442,8 +478,8 @@ def package(
     floor = float(pick(lanes.floor)) / n_eff
     judged = (counts, np.asarray(params_std.covariances, np.float64), eps)  # what the degeneracy flags read
     step_gain, stalled = None, False
-    condition = float(np.max(condition_numbers(params_std.covariances, ct)))
-    if max_iter > 0 and eps > 1e-10 and np.isfinite(condition) and condition * eps > ILL_CONDITIONED:
+    needed, condition = float64_step_needed(params_std.covariances, ct, prep.dtype)
+    if max_iter > 0 and needed:
         # below float64 with covariances it cannot resolve: one float64 step says whether EM is
         # done, and its float64 statistics whether a component collapsed (float32's own round-off
         # floor made well-filled, nearly flat clusters look collapsed, and select then dropped them).
@@ -452,26 +488,14 @@ def package(
         if all(np.all(np.isfinite(a)) for a in (step.gain, step.counts, step.covariances)):
             step_gain = step.gain
             judged = (step.counts, step.covariances, float(np.finfo(np.float64).eps))
-        if step_gain is not None and converged and step_gain > max(tol * n_eff, 2.0 * floor * n_eff):
+        if converged and stopped_short(step_gain, tol, floor, n_eff):
             converged, stalled = False, True
     degenerate_mask = _numerics.degenerate_mask(judged[0], judged[1], ct, reg_covar, judged[2], prep.arr.shape[1],
                                                 per_feature=per_feature)
     degenerate = tuple(int(i) for i in np.flatnonzero(degenerate_mask))
     if warn and stalled:
-        name = np.dtype(prep.dtype).name
-        # with degenerate components the float64 step gains by collapsing them further: float64
-        # would not help (a review: wine at K = 6 gained 666 nats so), fewer components would
-        advice = (f"Its component(s) {list(degenerate)} are degenerate, and the step gains by narrowing them "
-                  "further: use fewer components, a prior (prior=bayesgmm.Prior.default(x, K)) or a larger "
-                  "reg_covar; float64 would collapse them further." if degenerate else
-                  "Fit in float64 (jax.config.update('jax_enable_x64', True)).")
-        warnings.warn(
-            f"EM stopped where {name} no longer resolved its progress, but one float64 EM step from its answer "
-            f"still raises the objective by {step_gain:.3g} (tol x N = {tol * n_eff:.3g}): covariance condition "
-            f"numbers up to {condition:.2g} are beyond what {name} resolves, so converged is False. {advice}",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+        warnings.warn(stopped_short_message("EM", prep.dtype, step_gain, tol * n_eff, condition, degenerate),
+                      ConvergenceWarning, stacklevel=3)
     if warn and degenerate and max_iter > 0:  # an initialisation (max_iter=0) is expected to be rough
         warnings.warn(
             _numerics.degenerate_message(degenerate, judged[0], judged[1], ct, reg_covar, judged[2], prep.arr.shape[1],

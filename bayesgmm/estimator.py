@@ -702,7 +702,9 @@ class GaussianMixture(_DensityMixin, _Base):
             self.lower_bound_ = float(self.lower_bounds_[-1]) if self.n_iter_ else -np.inf
             self._objective_history = trace if history is None else np.concatenate([history, trace[1:]])
             # float32 rounding stopped it short (a float64 step still gains): not a slow climb to extrapolate
-            stalled = float(result.info.get("float64_step_gain") or 0.0) > float(result.info["tol"]) * n
+            from ._em_host import stopped_short_info
+
+            stalled = stopped_short_info(result.info, n)
             if history is not None and not self.converged_ and self.n_iter_ > 0 and not stalled:
                 info = result.info
                 self.converged_ = _aitken_converged(self._objective_history, float(info["tol"]) * n,

@@ -371,7 +371,7 @@ def select(
             stacklevel=2,
         )
     stalled = [key for key, fit in fits.items()  # float32 rounding stopped EM short (a float64 step still gains)
-               if float(fit.info.get("float64_step_gain") or 0.0) > float(fit.info["tol"]) * n]
+               if _em_host.stopped_short_info(fit.info, n)]
     if stalled:
         cases = ", ".join(f"{ct} K={k}" for ct, k in stalled)
         warnings.warn(

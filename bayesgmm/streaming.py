@@ -958,8 +958,8 @@ def fit_em_stream(
     cov_std = np.asarray(params_std.covariances, np.float64)
     judged = (counts, cov_std, eps)  # what the degeneracy flags read
     converged, step_gain = passes.converged, None
-    condition = float(np.max(_em_host.condition_numbers(cov_std, covariance_type)))
-    if method == "batch" and eps > 1e-10 and np.isfinite(condition) and condition * eps > _em_host.ILL_CONDITIONED:
+    needed, condition = _em_host.float64_step_needed(cov_std, covariance_type, dtype)
+    if method == "batch" and needed:
         # covariances float32 cannot resolve: one float64 EM step over the stream (two more passes)
         # says whether EM is done and, from float64 statistics, whether a component collapsed
         step_start = time.perf_counter()
@@ -979,21 +979,12 @@ def fit_em_stream(
                 step_gain = float(stepped_objective - final_objective)
                 judged = (np.asarray(sums[0], np.float64), stepped_std.covariances, float(np.finfo(np.float64).eps))
         final_seconds += time.perf_counter() - step_start
-        if step_gain is not None and converged and step_gain > max(tol * n, 2.0 * passes.floor_per_obs * n):
+        if converged and _em_host.stopped_short(step_gain, tol, passes.floor_per_obs, n):
             converged = False
     flagged = _numerics.degenerate_mask(judged[0], judged[1], covariance_type, reg_covar, judged[2], d)
     if not converged and passes.converged:  # the float64 step stopped it (as fit_em's, _em_host.package)
-        advice = (f"Its component(s) {np.flatnonzero(flagged).tolist()} are degenerate, and the step gains by narrowing "
-                  "them further: use fewer components, a prior or a larger reg_covar; float64 would collapse them "
-                  "further." if flagged.any() else "Fit in float64 (jax.config.update('jax_enable_x64', True)).")
-        warnings.warn(
-            f"Streaming EM stopped where {np.dtype(dtype).name} no longer resolved its progress, but one float64 "
-            f"EM step from its answer still raises the objective by {step_gain:.3g} (tol x N = {tol * n:.3g}): "
-            f"covariance condition numbers up to {condition:.2g} are beyond what {np.dtype(dtype).name} "
-            f"resolves, so converged is False. {advice}",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        warnings.warn(_em_host.stopped_short_message("Streaming EM", dtype, step_gain, tol * n, condition,
+                                                     np.flatnonzero(flagged).tolist()), ConvergenceWarning, stacklevel=2)
     # the stream's statistics are the fast (moment) form's: a variance within their rounding is
     # not resolved (in float32, a component on repeated values stays about eps |mu|^2 above zero)
     unresolved = _numerics.unresolved_mask(params_std.means, judged[1], covariance_type, judged[2]) & ~flagged
