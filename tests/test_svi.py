@@ -239,11 +239,12 @@ def test_timing_facts_and_ahead_of_time_compile(fit_normal, sim3):
 
 def test_another_number_of_steps_reuses_the_program_and_is_a_prefix(fit_normal, sim3):
     """``num_steps`` is traced (the losses fill a buffer of its bucket): fewer steps compile
-    nothing, and their loss trace is the first steps of the longer run's, bit for bit (the same
-    key drives the same updates)."""
+    nothing, and the first three quarters of their loss trace, at the full step size, are the longer run's,
+    bit for bit (the same key drives the same updates); then its step decays sooner."""
     shorter = fit_svi(sim3.x, 3, guide="normal", num_steps=1100, num_draws=300, seed=0)
     assert shorter.info["compile_seconds"] == 0.0 and shorter.n_iter == 1100 and len(shorter.trace) == 1100
-    np.testing.assert_array_equal(shorter.trace, fit_normal.trace[:1100])
+    np.testing.assert_array_equal(shorter.trace[:826], fit_normal.trace[:826])  # 3/4 of 1100 held, and one more step
+    assert not np.array_equal(shorter.trace[826:], fit_normal.trace[826:1100])
     assert not np.array_equal(shorter.means, fit_normal.means)  # the parameters after 1100 steps, not 1500
 
 
@@ -425,5 +426,22 @@ def test_a_slow_steady_climb_is_not_judged_converged():
         slow = fit_svi(x, 2, guide="normal", num_steps=2500, learning_rate=5e-4, num_draws=50, seed=0)
     assert not slow.converged and slow.info["elbo_drift_per_obs"] > 1e-3
     done = fit_svi(x, 2, guide="normal", num_steps=2500, num_draws=50, seed=0)  # the default rate: flat, converged
-    assert done.converged and done.info["elbo"] > slow.info["elbo"] + 5
+    # 3.4 nats below at the end, measured (13 nats from NumPyro's initial guide scale of 0.1; a rate
+    # of 1e-4 ends 7 nats short with a climb too slow to show beside the noise: docs, weak spots)
+    assert done.converged and done.info["elbo_final"] > slow.info["elbo_final"] + 2
+
+
+def test_the_default_fit_ends_at_the_optimum_not_where_a_constant_step_leaves_it(faithful):
+    """At a constant step Adam's iterates keep jittering about the optimum by about the step, and the
+    default fit on Old Faithful ended 0.15-0.36 posterior sds from the closed-form VB means (0.3-1.1
+    nats of ELBO short) while saying converged; the default's step now decays over the last quarter
+    of the steps (0.03-0.12 sds, measured over 4 seeds in each precision)."""
+    vb = bg.fit_vb(faithful, 2, seed=0)
+    order = lambda r: np.argsort(r.means[:, 0])  # noqa: E731
+    vb_means, vb_sd = vb.means[order(vb)], vb.draws["means"][:, :, order(vb)].reshape(-1, 2, 2).std(axis=0)
+    for seed in (0, 2):
+        r = fit_svi(faithful, 2, seed=seed)
+        assert r.converged
+        z = np.abs(r.means[order(r)] - vb_means) / vb_sd
+        assert z.max() < 0.2, (seed, z)
 
