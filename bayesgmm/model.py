@@ -322,6 +322,22 @@ def component_distribution(params: GMMParams, covariance_type: str, factors=None
     return FactoredMultivariateNormal(mu, scale_tril=factors, **UNCHECKED)
 
 
+def _minibatch_indices(num_obs: int, subsample_size: int | None):
+    """A handler that gives the ``obs`` plate its minibatch: ``subsample_size`` rows drawn
+    uniformly *with* replacement from the seed handler's key (the likelihood's rescaled sum stays
+    unbiased). NumPyro draws a plate's subsample without replacement by a Fisher-Yates shuffle,
+    on the CPU a sequential loop of ``subsample_size`` steps over an array of all N indices: on
+    20,000 rows it took 0.65 s per 1000 SVI steps for batches of 256 and 14.5 s for 4096, where
+    a full-batch step of 4096 rows took 0.78 s. No minibatch, or no key (outside a seed handler):
+    NumPyro's own plate."""
+    if subsample_size is None or subsample_size >= num_obs:
+        return contextlib.nullcontext()
+    key = numpyro.prng_key()
+    if key is None:
+        return contextlib.nullcontext()
+    return handlers.substitute(data={"obs": jax.random.randint(key, (subsample_size,), 0, num_obs)})
+
+
 def gmm_model(
     x=None,
     *,
@@ -378,7 +394,7 @@ def gmm_model(
     if n is None:
         raise ValueError("gmm_model needs data x or num_obs to simulate.")
     padded = contextlib.nullcontext() if row_mask is None else handlers.mask(mask=row_mask)
-    with numpyro.plate("obs", n, subsample_size=subsample_size) as idx, padded:
+    with _minibatch_indices(n, subsample_size), numpyro.plate("obs", n, subsample_size=subsample_size) as idx, padded:
         x_batch = None if x is None else x[idx] if subsample_size is not None else x
         if missing:
             if not marginalize:

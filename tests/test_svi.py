@@ -317,6 +317,36 @@ def test_minibatch_agrees_with_full_batch_fast(fit_normal, sim3):
     _assert_agree(mini, fit_normal, {"weights": 0.75, "means": 1.0, "covariances": 1.5})
 
 
+def test_a_minibatch_is_drawn_without_a_sequential_loop_and_estimates_the_whole_likelihood(sim3):
+    """The ``obs`` plate's minibatch: NumPyro's own draw is a Fisher-Yates shuffle, on the CPU a
+    sequential loop of ``subsample_size`` steps over all N indices (14.5 s per 1000 SVI steps for
+    4096 of 20,000 rows, against 0.78 s for a full-batch step of 4096 rows); the model draws it
+    with replacement instead, one vectorised draw, and the rescaled batch log-likelihood stays an
+    unbiased estimate of the whole data's."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro import handlers
+
+    from bayesgmm.model import gmm_model
+
+    x = jnp.asarray(sim3.x)
+    truth = sim3.params
+    prior = bg.Prior.default(sim3.x, 3).arrays(3, "full")
+    values = {"weights": truth.weights, "means": truth.means, "covariances": truth.covariances}
+
+    def log_likelihood(key, subsample_size):
+        model = handlers.seed(handlers.substitute(gmm_model, data=values), key)
+        site = handlers.trace(model).get_trace(x, num_components=3, prior=prior, covariance_type="full",
+                                               subsample_size=subsample_size)["x"]
+        return jnp.sum(site["fn"].log_prob(site["value"])) * (1.0 if site["scale"] is None else site["scale"])
+
+    program = str(jax.make_jaxpr(lambda key: log_likelihood(key, 50))(jax.random.key(0)))
+    assert "scan" not in program and "while" not in program
+    batches = np.asarray(jax.vmap(lambda key: log_likelihood(key, 50))(jax.random.split(jax.random.key(1), 4000)))
+    whole = float(log_likelihood(jax.random.key(2), None))
+    assert abs(batches.mean() - whole) < 4 * batches.std() / math.sqrt(batches.size), (batches.mean(), whole)
+
+
 @pytest.mark.slow
 def test_minibatch_agrees_with_full_batch():
     data = bg.datasets.make_mixture(2000, 2, 2, separation=3.0, seed=2)
