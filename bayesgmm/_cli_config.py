@@ -74,6 +74,12 @@ def _plot_args(p, *, stream=False):
                         + ")")
 
 
+def _on_error_args(parser, what: str) -> None:
+    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
+                        help=f"when {what} fails: stop, naming it (raise), or record it in the table and go on "
+                             "(record) (default: %(default)s)")
+
+
 def _progress_args(p):
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide progress bars (default: show them)")
@@ -221,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
                        help="covariance structure (default: %(default)s)")
     _engine_option_args(study, one_engine=False)
+    _on_error_args(study, "a fit")
     _progress_args(study)
     _common(study, out_default="bayesgmm_study")
     _resume_args(study)
@@ -239,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--num-ranks", type=int, default=99,
                     help="posterior draws each rank is computed from (default: %(default)s)")
     _engine_option_args(sb, one_engine=True, prior=False)
+    _on_error_args(sb, "a replication's fit")
     _progress_args(sb)
     _common(sb, out_default="bayesgmm_sbc")
     _resume_args(sb)
@@ -274,9 +282,9 @@ _OPTIONS = {
     "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "overwrite",
                  "seed"),
     "study": ("num_datasets", "num_obs", "separation", "num_components", "num_features", "methods", "covariance_type",
-              "out", "overwrite", "seed", "progress", "resume"),
+              "out", "overwrite", "seed", "progress", "resume", "on_error"),
     "sbc": ("num_components", "num_obs", "num_features", "method", "covariance_type", "replications", "num_ranks",
-            "out", "overwrite", "seed", "plot", "progress", "resume"),
+            "out", "overwrite", "seed", "plot", "progress", "resume", "on_error"),
 }
 #: The commands (their functions are in :mod:`bayesgmm.cli`).
 COMMANDS = ("demo", "fit", "compare", "select", "simulate", "study", "sbc")

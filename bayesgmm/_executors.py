@@ -28,6 +28,12 @@ import functools
 import threading
 import warnings
 
+import numpy as np
+
+#: A fit's failures that an experiment can record instead of raising (``on_error="record"``): the
+#: package's refusals and numerical failures; any other exception is a bug and is raised.
+FIT_ERRORS = (ValueError, FloatingPointError, np.linalg.LinAlgError)
+
 #: Held while a task records (or silences) warnings: the warnings module's state is process-wide.
 WARNINGS_LOCK = threading.RLock()
 #: How many :func:`recorded_warnings` blocks this thread is inside.

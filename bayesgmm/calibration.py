@@ -67,7 +67,7 @@ import numpy as np
 from . import _numerics
 from ._checkpoint import category_name, describe, json_codec, open_checkpoint, warning_category
 from ._compile import jit
-from ._executors import check_executor, recorded_warnings, run_tasks
+from ._executors import FIT_ERRORS, check_executor, recorded_warnings, run_tasks
 from ._files import jsonable
 from .engines import check_engine_options, engine_names, get_engine
 from .labels import invariant_summaries
@@ -106,8 +106,6 @@ _ENGINE_DEFAULTS = {
 }
 _RESERVED = ("x", "num_components", "prior", "covariance_type", "seed")
 _INFO_FACTS = ("num_divergences", "max_rhat", "min_ess_bulk", "elbo", "label_switch_fraction")
-_RECORDED_ERRORS = (ValueError, FloatingPointError, np.linalg.LinAlgError)
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,7 +335,7 @@ def _replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
         at_truth = _test_quantities(x64, *(a[None] for a in theta), ct, task.quantities, task.feature)[0]
         if not (np.all(np.isfinite(post)) and np.all(np.isfinite(at_truth))):
             raise ValueError("a test quantity is not finite (a posterior draw with a singular covariance?).")
-    except _RECORDED_ERRORS as err:
+    except FIT_ERRORS as err:
         if task.on_error == "raise":
             err.add_note(f"(in SBC replication {r} of {task.num_replications}, method {method_name!r})")
             raise
@@ -348,6 +346,22 @@ def _replication(task: _ReplicationTask, r: int) -> _ReplicationOutcome:
         raise
     ranks = _ranks(post, at_truth, np.random.default_rng(_key_data(tie_key).tolist()))
     return _ReplicationOutcome(theta, fact, caught_messages, ranks, at_truth)
+
+
+def _check_picklable_for(executor, fit, name: str) -> None:
+    """Refuse, before any replication, a fit function that a process pool cannot send to its
+    workers (a lambda, a function defined inside another): pickle's own error named neither the
+    argument nor the fix."""
+    import concurrent.futures
+    import pickle
+
+    if not isinstance(executor, concurrent.futures.ProcessPoolExecutor):
+        return
+    try:
+        pickle.dumps(fit)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:
+        raise ValueError(f"method {name!r} cannot be sent to the process pool's workers ({err}); define it at the top "
+                         "level of a module they can import, or run on a ThreadPoolExecutor.") from None
 
 
 def sbc(
@@ -392,11 +406,13 @@ def sbc(
             Prior(weight_concentration=5.0, mean=np.zeros(D), mean_precision=0.2,
                   degrees_of_freedom=D + 4.0, scale=(D + 3.0) * np.eye(D))
 
-        (Dirichlet concentration of 5: no near-empty components; ``E[Sigma_k] = I``; the means
+        (Dirichlet concentration of 5: no near-empty components; ``E[Sigma_k] = (D + 3) / 3 I``,
+        the inverse Wishart's mean ``scale / (degrees_of_freedom - D - 1)``, 5/3 I in 2-D; the means
         spread about 2.2 standard deviations of a component, so components overlap moderately.)
         The number of features D is that of the prior.
     method : {"vb", "svi", "mcmc", "gibbs"} or callable
-        Engine: :func:`bayesgmm.fit_vb`, :func:`bayesgmm.fit_svi` or :func:`bayesgmm.fit_mcmc`.
+        Engine: :func:`bayesgmm.fit_vb`, :func:`bayesgmm.fit_svi`, :func:`bayesgmm.fit_mcmc` or
+        :func:`bayesgmm.fit_gibbs`.
         A callable ``fit(x, num_components, *, covariance_type, prior, seed, **engine_kwargs)``
         returning a :class:`~bayesgmm.FitResult` with ``draws`` calibrates any other engine
         (or a deliberately broken one).
@@ -416,8 +432,9 @@ def sbc(
         Extra keyword arguments of the engine, e.g. ``{"reg_covar": 0.0}`` (VB) or
         ``{"num_warmup": 1000, "num_samples": 1000, "num_chains": 4}`` (MCMC). Defaults here:
         ``num_draws = num_ranks`` (VB, SVI); ``num_warmup=500, num_samples=500, num_chains=2``
-        (MCMC). ``x``, ``num_components``, ``prior``, ``covariance_type`` and ``seed`` are set
-        by sbc and may not appear.
+        (MCMC); ``num_warmup=200, num_samples=500, num_chains=2`` (Gibbs). ``x``,
+        ``num_components``, ``prior``, ``covariance_type`` and ``seed`` are set by sbc and may
+        not appear.
     seed : int or jax key
         Same seed, same ranks, bit for bit. Replication r's prior draw, data, fit and tie-breaking
         use keys split from ``fold_in(key, r)``, so the first replications of a longer run are
@@ -519,6 +536,7 @@ def sbc(
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}.")
     fit, kwargs, method_name = _engine(method, covariance_type, num_ranks, engine_kwargs)
     check_executor(executor)
+    _check_picklable_for(executor, fit, method_name)
 
     # ---- keys: replication r (prior draw, data, fit, ties) from fold_in(k_reps, r); the ECDF null
     k_reps, k_null = jax.random.split(seed_to_key(seed))

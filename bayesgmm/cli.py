@@ -360,11 +360,12 @@ def run_study(opts, out: OutputFolder) -> int:
         opts["num_datasets"], num_obs=opts["num_obs"], separation=opts["separation"],
         num_components=opts["num_components"], num_features=opts["num_features"], methods=opts["methods"],
         covariance_type=opts["covariance_type"], engine_kwargs=dict(opts.get("engines", {})), seed=opts["seed"],
-        progress_bar=opts["progress"], checkpoint=opts.get("checkpoint"),
+        progress_bar=opts["progress"], checkpoint=opts.get("checkpoint"), on_error=opts["on_error"],
     )
     summary = summarise_study(study)
     print_table(summary, ("method", "num_obs", "separation", "num_components", "ari", "means_error",
-                           "coverage_weights", "coverage_means", "coverage_covariances", "fit_seconds", "num_datasets"))
+                           "coverage_weights", "coverage_means", "coverage_covariances", "fit_seconds", "num_datasets",
+                           "num_failed"))
     study.to_csv(out.path("study.csv"), index=False)
     write_table(summary, out, "summary")
     return 0
@@ -395,7 +396,7 @@ def run_sbc(opts, out: OutputFolder) -> int:
     result = sbc(opts["num_components"], opts["num_obs"], prior=prior, method=opts["method"],
                  covariance_type=opts["covariance_type"], num_replications=opts["replications"],
                  num_ranks=opts["num_ranks"], engine_kwargs=_engine_kwargs(opts, opts["method"]), seed=opts["seed"],
-                 progress_bar=opts["progress"], checkpoint=opts.get("checkpoint"))
+                 progress_bar=opts["progress"], checkpoint=opts.get("checkpoint"), on_error=opts["on_error"])
     print(result.summary())
     result.ranks.to_csv(out.path("sbc_ranks.csv"), index=False)
     result.to_json(out.path("sbc.json"))
@@ -598,7 +599,8 @@ _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _one_line(err) -> str:
-    return " ".join(str(err).split())
+    """The error's message and its notes (where in a study or SBC run it happened), one line."""
+    return " ".join(" ".join([str(err), *getattr(err, "__notes__", ())]).split())
 
 
 #: Library advice (Python arguments) as the command line's flags, per command; ``None``: every command.

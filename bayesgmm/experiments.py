@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Mapping
 
 import jax
@@ -37,7 +38,7 @@ import numpy as np
 
 from . import _covariance_models, _sharding
 from ._checkpoint import frame_codec, open_checkpoint
-from ._executors import check_executor, recorded_warnings, run_tasks
+from ._executors import FIT_ERRORS, check_executor, recorded_warnings, run_tasks
 from .engines import SET_BY_CALLER, check_engine_options, engine_names, get_engine
 from .labels import align_draws, permute_draws
 from .params import GMMParams, Prior, check_data, check_int, check_num_components, check_params, prepare_data
@@ -279,8 +280,11 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
     elif result.method in ("em", "map-em") and bootstrap_replicates:
         from .uncertainty import bootstrap
 
-        with recorded_warnings("ignore"):
-            draws = bootstrap(result, x, num_replicates=bootstrap_replicates, seed=seed).draws
+        try:
+            with recorded_warnings("ignore"):
+                draws = bootstrap(result, x, num_replicates=bootstrap_replicates, seed=seed).draws
+        except FIT_ERRORS as err:  # too few usable refits (small data): the fit stands, its intervals do not
+            warnings.warn(f"no bootstrap intervals for EM (coverage and width NaN): {err}", UserWarning, stacklevel=2)
     if draws is not None and perm is not None:
         # the draws are in the fit's own labels (aligned to its pivot, or the bootstrap's to the fit):
         # the point estimate's one matching to the truth carries them over. Matching every draw to
@@ -338,6 +342,11 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
     return row
 
 
+def _check_on_error(on_error) -> None:
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}.")
+
+
 def _sharded_devices(methods, engine_kwargs: Mapping):
     """The ``devices`` the first of ``methods`` given any in ``engine_kwargs`` shards over (None:
     none): where they span processes, a process whose own checks refuse the call must tell the
@@ -367,6 +376,7 @@ def compare(
     progress_bar: bool = False,
     return_fits: bool = False,
     executor=None,
+    on_error: str = "raise",
 ):
     """Fit the same data with several engines; one tidy row per engine.
 
@@ -419,6 +429,12 @@ def compare(
         spawn (a forking one is refused: forked workers of a process that has run JAX wait
         forever); on threads (a ``ThreadPoolExecutor``, Dask's threaded workers) the tasks run one
         at a time, since each records its warnings in the process-wide warnings module.
+    on_error : {"raise", "record"}
+        An engine that fails (a ValueError such as "a covariance became singular in every run",
+        a numerical failure) stops the comparison, its error naming the engine (``"raise"``), or
+        gives a row with ``converged=False``, NaN numbers and the message in an ``error`` column
+        (``"record"``). EM's bootstrap intervals failing (too few usable refits on small data)
+        never stops it: their coverage and width are NaN, with a warning in the row.
 
     Returns
     -------
@@ -429,6 +445,7 @@ def compare(
     import pandas as pd
 
     check_executor(executor)
+    _check_on_error(on_error)
     engine_kwargs = dict(engine_kwargs or {})
     if not isinstance(methods, str) and hasattr(methods, "__iter__"):
         methods = tuple(methods)  # a generator or an array read once, by both uses below
@@ -474,7 +491,8 @@ def compare(
         prior = prior if prior is not None else Prior.default(arr, k)
     settings = dict(num_components=k, covariance_type=covariance_type, prior=prior, x_test=x_test, labels=labels,
                     truth=truth, interval=interval, bootstrap_replicates=bootstrap_replicates, seed=seed,
-                    engine_kwargs=engine_kwargs, return_fit=return_fits, x64=bool(jax.config.jax_enable_x64))
+                    engine_kwargs=engine_kwargs, return_fit=return_fits, on_error=on_error,
+                    x64=bool(jax.config.jax_enable_x64))
     # every engine is seeded by `seed` alone: on an executor, the same rows as the serial run, in its order
     outcomes = run_tasks(_compare_task, methods, (data, settings), executor,
                          ("compare", "engine") if progress_bar else None)
@@ -493,18 +511,26 @@ def _compare_task(method, data, settings):
         arr = data.values
         with recorded_warnings() as caught:  # one task at a time on threads (_executors)
             start = time.perf_counter()
-            if method == "kmeans":
-                from .kmeans import kmeans
+            try:
+                if method == "kmeans":
+                    from .kmeans import kmeans
 
-                kw = {"n_init": 10, **engine_kwargs.get("kmeans", {})}
-                result = kmeans(data, k, seed=seed, **kw)
-            else:
-                result = fit(data, k, method, covariance_type=settings["covariance_type"],
-                             prior=None if method == "em" else settings["prior"], seed=seed,
-                             **engine_kwargs.get(method, {}))
-            seconds = time.perf_counter() - start
-            row = _row(method, result, seconds, settings["x_test"], settings["labels"], arr, settings["truth"],
-                       settings["interval"], seed, settings["bootstrap_replicates"])
+                    kw = {"n_init": 10, **engine_kwargs.get("kmeans", {})}
+                    result = kmeans(data, k, seed=seed, **kw)
+                else:
+                    result = fit(data, k, method, covariance_type=settings["covariance_type"],
+                                 prior=None if method == "em" else settings["prior"], seed=seed,
+                                 **engine_kwargs.get(method, {}))
+                seconds = time.perf_counter() - start
+                row = _row(method, result, seconds, settings["x_test"], settings["labels"], arr, settings["truth"],
+                           settings["interval"], seed, settings["bootstrap_replicates"])
+            except FIT_ERRORS as err:
+                if settings["on_error"] == "raise":
+                    err.add_note(f"(in compare, method {method!r})")
+                    raise
+                result = None
+                row = {"method": method, "fit_seconds": time.perf_counter() - start, "converged": False,
+                       "error": f"{type(err).__name__}: {err}"}
         row["warnings"] = "; ".join(sorted({f"{w.category.__name__}: {w.message}" for w in caught}))
         return row, (result if settings["return_fit"] else None)
 
@@ -526,6 +552,7 @@ def simulation_study(
     progress_bar: bool = True,
     executor=None,
     checkpoint=None,
+    on_error: str = "raise",
 ):
     """Run :func:`compare` on many simulated data sets with known truth; rows stacked.
 
@@ -577,6 +604,13 @@ def simulation_study(
         only the others: its table equals the uninterrupted run's (the timing columns are those
         of the run that computed each row). A folder holding another study's data sets (another
         seed, grid, engine option, precision or bayesgmm version) is refused.
+    on_error : {"raise", "record"}
+        As :func:`compare`'s: a failing fit stops the study, its error naming the data set, its
+        grid cell, its seed and the engine (``"raise"``), or is a row with ``converged=False``
+        and its message in the ``error`` column (``"record"``; :func:`summarise_study` counts it
+        in ``num_failed`` and ``num_flagged``, and its numbers are missing from the averages,
+        which biases them where failures depend on the data: small ``num_obs``, say). EM's
+        bootstrap intervals failing never stops the study (NaN coverage, a warning in the row).
 
     Returns
     -------
@@ -599,6 +633,7 @@ def simulation_study(
         # data set i is seeded by seed * 1_000_003 + i, which must stay below 2**64
         raise ValueError(f"seed must be an integer in [0, 2**44], got {seed!r}.")
     check_executor(executor)
+    _check_on_error(on_error)
     methods = _check_methods(methods)  # one name, or several; the engines' options too, before any work
     if engine_kwargs is not None:
         _check_engine_kwargs_table(engine_kwargs, methods)
@@ -611,7 +646,7 @@ def simulation_study(
     settings = dict(num_features=num_features, methods=methods, covariance_type=covariance_type,
                     test_size=test_size, interval=interval, bootstrap_replicates=bootstrap_replicates,
                     engine_kwargs=None if engine_kwargs is None else {m: dict(v) for m, v in engine_kwargs.items()},
-                    x64=bool(jax.config.jax_enable_x64))  # a worker computes in this process's precision
+                    on_error=on_error, x64=bool(jax.config.jax_enable_x64))  # a worker computes in this process's precision
     tasks = [(index, (int(n), float(s), int(k)), r, seed * 1_000_003 + index)
              for index, ((n, s, k), r) in enumerate((cell, r) for cell in grid for r in range(num_datasets))]
     # each data set is independent and seeded by its index: on an executor, the same rows as the serial run
@@ -638,11 +673,17 @@ def _study_data_set(task, settings, make_mixture):
     data = make_mixture(n + test_size, k, settings["num_features"], covariance_type=settings["covariance_type"],
                         separation=s, seed=data_seed)
     x, x_test, labels = data.x[:n], data.x[n:], data.labels[:n]
-    table = compare(
-        x, k, methods=settings["methods"], covariance_type=settings["covariance_type"], x_test=x_test if test_size else None,
-        labels=labels, truth=data.params, interval=settings["interval"], bootstrap_replicates=settings["bootstrap_replicates"],
-        engine_kwargs=settings["engine_kwargs"], seed=data_seed,
-    )
+    try:
+        table = compare(
+            x, k, methods=settings["methods"], covariance_type=settings["covariance_type"],
+            x_test=x_test if test_size else None, labels=labels, truth=data.params, interval=settings["interval"],
+            bootstrap_replicates=settings["bootstrap_replicates"], engine_kwargs=settings["engine_kwargs"], seed=data_seed,
+            on_error=settings["on_error"],
+        )
+    except Exception as err:
+        err.add_note(f"(in simulation_study data set {r} of the cell num_obs={n}, separation={s:g}, num_components={k}; "
+                     f"data seed {data_seed})")
+        raise
     table.insert(0, "dataset", r)
     table.insert(1, "num_obs", n)
     table.insert(2, "separation", s)
@@ -661,6 +702,7 @@ def summarise_study(study, *, exclude_flagged: bool = False):
     the scalars within one are not, so they are never counted separately). Fits that did not converge or raised a warning are
     counted per cell (``num_flagged``, ``flagged_share``, out of ``num_fits``) and, with
     ``exclude_flagged=True``, left out of the averages (``num_datasets`` counts what was averaged).
+    Fits that failed (``on_error="record"``) are flagged too, and counted in ``num_failed``.
 
     Parameters
     ----------
@@ -699,5 +741,7 @@ def summarise_study(study, *, exclude_flagged: bool = False):
     out["num_datasets"] = sizes.reindex(counts.index).fillna(0).astype(int)
     out["num_fits"] = counts["size"].astype(int)
     out["num_flagged"] = counts["sum"].astype(int)
+    failed = study["error"].notna() if "error" in study else pd.Series(False, index=study.index)
+    out["num_failed"] = study.assign(_failed=failed).groupby(keys, sort=False)["_failed"].sum().astype(int)
     out["flagged_share"] = counts["sum"] / counts["size"]
     return out.reset_index()

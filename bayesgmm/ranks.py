@@ -397,6 +397,25 @@ def ecdf_band(
     return ECDFBand(z, lo / r, hi / r, gamma, coverage(gamma), bool(simultaneous))
 
 
+def _checked_ranks(values, num_ranks: int) -> np.ndarray:
+    """``values`` as int64 ranks, refused unless every one is an integer in ``0..num_ranks``."""
+    values = np.asarray(values)
+    numeric = values.dtype.kind in "iuf" and values.size > 0
+    if not numeric or not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or values.min() < 0 \
+            or values.max() > num_ranks:
+        raise ValueError(f"ranks must be integers in 0..num_ranks={num_ranks}.")
+    return values.astype(np.int64)
+
+
+def _checked_bin_edges(bin_edges, num_ranks: int) -> np.ndarray:
+    """``bin_edges`` as int64, refused unless integers increasing strictly from 0 to L + 1."""
+    edges = np.asarray(bin_edges)
+    if (edges.ndim != 1 or edges.size < 2 or edges.dtype.kind not in "iuf" or np.any(edges != np.round(edges))
+            or edges[0] != 0 or edges[-1] != num_ranks + 1 or np.any(np.diff(edges) <= 0)):
+        raise ValueError(f"bin_edges must be integers increasing strictly from 0 to L + 1 = {num_ranks + 1}.")
+    return edges.astype(np.int64)
+
+
 def chi_square_test(ranks, num_ranks: int, bin_edges) -> tuple[float, int, float]:
     """The chi-square test of uniformity of ranks over given bins.
 
@@ -416,8 +435,9 @@ def chi_square_test(ranks, num_ranks: int, bin_edges) -> tuple[float, int, float
     """
     from scipy import stats
 
-    edges = np.asarray(bin_edges, dtype=np.int64)
-    ranks = np.asarray(ranks, dtype=np.int64)
+    num_ranks = int(num_ranks)
+    ranks = _checked_ranks(np.ravel(np.asarray(ranks)), num_ranks)
+    edges = _checked_bin_edges(bin_edges, num_ranks)
     expected = ranks.size * np.diff(edges) / (num_ranks + 1.0)
     observed = np.bincount(np.searchsorted(edges, ranks, side="right") - 1, minlength=edges.size - 1)
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
@@ -454,13 +474,9 @@ def uniformity_tests(ranks, num_ranks: int, *, bin_edges=None, num_simulations: 
     num_ranks = int(num_ranks)
     if values.ndim != 2 or values.shape[0] < 1:
         raise ValueError(f"ranks must be a 2-D table (replications, quantities), got shape {values.shape}.")
-    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or values.min() < 0 or values.max() > num_ranks:
-        raise ValueError(f"ranks must be integers in 0..num_ranks={num_ranks}.")
-    values = values.astype(np.int64)
+    values = _checked_ranks(values, num_ranks)
     r = values.shape[0]
-    edges = rank_bins(num_ranks, r) if bin_edges is None else np.asarray(bin_edges, dtype=np.int64)
-    if edges[0] != 0 or edges[-1] != num_ranks + 1 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bin_edges must increase strictly from 0 to L + 1 = {num_ranks + 1}.")
+    edges = rank_bins(num_ranks, r) if bin_edges is None else _checked_bin_edges(bin_edges, num_ranks)
     j = _ecdf_points(num_ranks)
     null = _null_gamma(r, num_ranks, num_simulations, seed)
     rows = []

@@ -13,7 +13,7 @@ per data set, 200 replications, L = 99 draws per fit, under the conjugate prior
 
     Prior(weight_concentration=5, mean=0, mean_precision=0.2, degrees_of_freedom=D + 4, scale=(D + 3) I)
 
-(no near-empty components; E[Sigma_k] = I; component means about 2.2 component standard
+(no near-empty components; E[Sigma_k] = (D + 3) I / 3, 5/3 I here; component means about 2.2 component standard
 deviations apart, so the components overlap moderately). Two engines fit every data set:
 
 - NUTS (``fit_mcmc``; 4 chains of 500 warmup and 500 kept draws, thinned to L): asymptotically

@@ -327,6 +327,15 @@ def test_chi_square_matches_scipy_and_ecdf_test_has_power():
     assert 0.06 < np.mean(np.asarray(p) < 0.1) < 0.15 and stats.kstest(p, "uniform").pvalue > 1e-3
     with pytest.raises(ValueError, match="integers in 0..num_ranks"):
         uniformity_tests(np.array([[0], [100]]), 99, seed=0)
+    # the public chi-square test checks its ranks and bins as uniformity_tests does (out-of-range ranks
+    # were a broadcasting error or bincount's, fractional ones truncated without a word)
+    from bayesgmm.ranks import chi_square_test
+
+    for bad in ([0, 5, 10], [-1, 3], [0.5, 2]):
+        with pytest.raises(ValueError, match="integers in 0..num_ranks=9"):
+            chi_square_test(bad, 9, rank_bins(9, 30))
+    with pytest.raises(ValueError, match="bin_edges must be integers increasing strictly from 0 to L"):
+        chi_square_test([0, 3], 9, [0, 5, 5, 10])
 
 
 def test_rank_bins():
@@ -433,6 +442,19 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
     k, n = args.pop("num_components"), args.pop("num_obs")
     with pytest.raises(ValueError, match=match):
         sbc(k, n, **args)
+
+
+def test_a_fit_function_a_process_pool_cannot_send_is_refused_first():
+    """A lambda on a spawning pool ended in pickle's AttributeError from the pool's internals."""
+    import concurrent.futures
+    import multiprocessing
+
+    def local_fit(x, num_components, **kwargs):  # defined inside: not picklable
+        return bg.fit_vb(x, num_components, **kwargs)
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(ValueError, match="cannot be sent to the process pool's workers"):
+            sbc(1, N, prior=PRIOR, method=local_fit, num_ranks=L, num_replications=3, executor=pool)
 
 
 def test_engine_without_draws_is_rejected():

@@ -240,6 +240,20 @@ def test_study_and_sbc_commands(tmp_path):
     assert (tmp_path / "c" / "sbc_ranks.png").exists()
 
 
+def test_a_study_records_failing_fits_when_told(tmp_path, capsys):
+    """``--on-error record``: fits that fail (EM without regularisation on 4 points, K = 3) are
+    rows of the study with their error, counted in the summary, instead of ending the batch job."""
+    study = ["study", "--num-datasets", "2", "-n", "4", "-k", "3", "--separation", "0", "--methods", "em",
+             "--engine-option", "em.reg_covar=0.0", "--no-progress"]
+    assert cli.main(study + ["--out", str(tmp_path / "stop")]) == 2
+    error = capsys.readouterr().err
+    assert "singular in every run" in error and "(in simulation_study data set 0 of the cell num_obs=4" in error
+    assert cli.main(study + ["--on-error", "record", "--out", str(tmp_path / "s")]) == 0
+    rows, summary = pd.read_csv(tmp_path / "s" / "study.csv"), pd.read_csv(tmp_path / "s" / "summary.csv")
+    assert rows["error"].str.contains("singular in every run").all() and summary["num_failed"].tolist() == [2]
+    assert "num_failed" in capsys.readouterr().out
+
+
 def test_run_a_toml_experiment(tmp_path, csv):
     config = tmp_path / "study.toml"
     config.write_text(f"""
