@@ -744,6 +744,17 @@ SPURIOUS_VARIANCE_RATIO = 1e-2
 SPURIOUS_FLAT_RATIO = 1e-3
 SPURIOUS_FEW_POINTS = 5
 
+#: Both ratios are of the data's variance, or of this many times the median smallest variance of
+#: the well-supported components (on at least ``SPURIOUS_FEW_POINTS (D + 1)`` observations) where
+#: that is smaller: with many clusters spread far apart every cluster is narrow against the data
+#: (64 unit-variance clusters at least 5 sd apart in D = 4: about 1e-3 of the data's variance), and
+#: genuine clusters of 20-22 points were flagged as spurious in every fit from the truth, which the
+#: search then avoided and ``select`` dropped (review of large K). A component then counts as
+#: spurious where its smallest variance is below the typical component's (first rule) or a tenth
+#: of it (second rule); on Old Faithful's and the two-cluster examples above the data's variance
+#: is still the smaller reference.
+SPURIOUS_LOCAL_SCALE = 100.0
+
 
 #: Round-off floor of full and tied covariances, in ulps of their mean variance: the M-step adds
 #: it (:func:`bayesgmm._stats.m_step`), and a smallest variance within a few times of it is collapsed.
@@ -829,6 +840,22 @@ def unresolved_mask(means, covariances, covariance_type: str, eps) -> np.ndarray
     return ~(factor < UNRESOLVED_FACTOR)
 
 
+def spurious_reference(counts, smallest, num_features: int, active=None):
+    """The variance the spurious rules compare with, ``(...)``: 1 (the data's, standardised) or
+    :data:`SPURIOUS_LOCAL_SCALE` times the median smallest variance of the components on at least
+    ``SPURIOUS_FEW_POINTS (D + 1)`` observations, whichever is smaller (1 where there are none).
+    NumPy or JAX; no NaN arithmetic (the median by sorting)."""
+    xp, _ = array_namespace(counts, smallest)
+    supported = counts >= SPURIOUS_FEW_POINTS * (num_features + 1)
+    if active is not None:
+        supported = supported & active
+    ordered = xp.sort(xp.where(supported, smallest, xp.inf), axis=-1)
+    num = xp.sum(supported, axis=-1)[..., None]
+    low = xp.take_along_axis(ordered, xp.maximum((num - 1) // 2, 0), axis=-1)[..., 0]
+    high = xp.take_along_axis(ordered, num // 2, axis=-1)[..., 0]
+    return xp.minimum(1.0, SPURIOUS_LOCAL_SCALE * (0.5 * low + 0.5 * high))
+
+
 def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, num_features: int, active=None, *,
                     per_feature: bool = False):
     """Which components are degenerate, on the standardised scale (data variance 1 per feature).
@@ -840,7 +867,8 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
     * **spurious**: it rests on fewer than ``2 (D + 1)`` observations (twice what a full covariance
       needs) with a smallest variance below :data:`SPURIOUS_VARIANCE_RATIO` of the data's, or on
       fewer than ``5 (D + 1)`` with one below :data:`SPURIOUS_FLAT_RATIO` (a few points nearly on
-      a line or a plane): the classic spurious local maximiser of the mixture likelihood (a
+      a line or a plane; both of the typical component's variance where that is far below the
+      data's, :func:`spurious_reference`): the classic spurious local maximiser of the mixture likelihood (a
       component fitted to a handful of nearby points; McLachlan & Peel 2000, section 3.10). Not
       applied to ``tied``, whose covariance is shared.
 
@@ -852,8 +880,9 @@ def degenerate_mask(counts, covariances, covariance_type: str, reg_covar, eps, n
     empty = counts < 1.0
     flagged = empty | collapsed_mask(covariances, covariance_type, reg_covar, eps, k, d, per_feature=per_feature)
     if covariance_type != "tied":
-        flagged = flagged | ((counts < 2.0 * (d + 1)) & (smallest < SPURIOUS_VARIANCE_RATIO))
-        flagged = flagged | ((counts < SPURIOUS_FEW_POINTS * (d + 1)) & (smallest < SPURIOUS_FLAT_RATIO))
+        scale = spurious_reference(counts, smallest, d, active)[..., None]
+        flagged = flagged | ((counts < 2.0 * (d + 1)) & (smallest < SPURIOUS_VARIANCE_RATIO * scale))
+        flagged = flagged | ((counts < SPURIOUS_FEW_POINTS * (d + 1)) & (smallest < SPURIOUS_FLAT_RATIO * scale))
     if active is not None:
         flagged = flagged & active
     return flagged
@@ -899,7 +928,8 @@ def degenerate_message(components, counts, covariances, covariance_type: str, re
         parts.append(
             f"component(s) {spurious} rest on {held} observation(s) with a variance below "
             f"{SPURIOUS_VARIANCE_RATIO:g} of the data's, or on a few more nearly on a line or plane (a variance below "
-            f"{SPURIOUS_FLAT_RATIO:g} of the data's): a spurious maximiser"
+            f"{SPURIOUS_FLAT_RATIO:g} of the data's; of {SPURIOUS_LOCAL_SCALE:g} times the typical component's where that "
+            "is smaller): a spurious maximiser"
         )
     fixes = ["use fewer components"]
     if not map_fit:

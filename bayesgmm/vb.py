@@ -316,9 +316,17 @@ class VBOutput(NamedTuple):
 
 
 def occupancy(num_starts: int, num_components: int) -> np.ndarray:
-    """Components each start seeds, (R, K) bool: start j seeds the first ``K - floor(j K / R)``
-    (all K for the first start, down to one), the others start empty (q = prior)."""
-    seeded = num_components - (np.arange(num_starts) * num_components) // num_starts
+    """Components each start seeds, (R, K) bool: the first ``max(1, R // 2)`` starts seed all K,
+    the other ``R'`` start j of them the first ``K - floor(j K / (R' + 1))`` (j = 1..R', down to
+    about K / R'); the others start empty (q = prior), so that a sparse prior can also be reached
+    from fewer components. With one start seeding all K (the counts spread from K down to one), the
+    default search on 32 separated clusters ended 23-60 nats below the optimum with a component
+    empty and two clusters merged, in 3 data sets of 3 (review of large K); with a quarter of the
+    starts seeding all K in 1 of 3, with half in none of 5."""
+    full = max(1, num_starts // 2)
+    rest = num_starts - full
+    spread = num_components - (np.arange(1, rest + 1) * num_components) // (rest + 1)
+    seeded = np.concatenate([np.full(full, num_components), np.maximum(spread, 1)])
     return np.arange(num_components)[None] < seeded[:, None]
 
 
