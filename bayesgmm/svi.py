@@ -500,7 +500,10 @@ def fit_svi(
         guide parameters from ``num_draws`` particles, each on its own minibatch with
         ``subsample_size``; for ``"delta"`` the log posterior density there, exactly, on every
         row, with ``elbo_final_se`` 0 and ``num_draws`` None), ``elbo_drift_per_obs``,
-        ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction``, the settings, and
+        ``map_log_likelihood`` (at the MAP start), ``label_switch_fraction`` (the share of draws
+        relabelled to match the guide's median; a guide without a median, such as
+        ``AutoIAFNormal``, is matched to the MAP start instead, and a flow that learned the
+        components in another order shows 1.0 without any switching among its draws), the settings, and
         timings: ``compile_seconds`` (tracing and compiling the program; 0.0 when a program
         compiled for the same shapes and settings was reused), ``run_seconds`` (running it:
         MAP start, optimisation, guide draws and final ELBO, without compilation and without
