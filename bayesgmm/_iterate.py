@@ -484,17 +484,19 @@ MIN_STARTS, MAX_STARTS = 4, 256
 START_BUDGET = 2e8
 
 
-#: Above this many components the default search runs at least :data:`LARGE_K_MAX_STARTS` or 2K
-#: starts (the power of two at or above), as far as :data:`LARGE_K_BUDGET` allows. On well-separated
-#: unit-variance clusters (centres at least 5 sd apart, every cluster on at least 25 of 80 K rows,
-#: D = 4, full, 8-16 data sets each) the budget's 4-8 starts missed the optimum by merging two
-#: clusters and splitting a third, 16-145 nats short and saying converged, in 3 of 16 data sets at
-#: K = 40, 7 of 16 at 48 and 8 of 16 at 64 (2 of 8 at K = 64 in D = 2), and never up to K = 32
-#: (not even with 4 starts); 2K starts missed in none at K = 40 and 48 and in 1 of 16 at 64 (4K:
-#: none), at about 10 times the time (8 s against 0.7 s at K = 64, N = 5120, two cores).
+#: Above this many components the default search runs at least ``8 (K - 32)`` starts (the power of
+#: two at or above, up to :data:`LARGE_K_MAX_STARTS`: 8 at K = 33, 64 at K = 40, 128 from K = 48),
+#: as far as :data:`LARGE_K_BUDGET` allows. On well-separated unit-variance clusters (centres at
+#: least 5 sd apart, every cluster on at least 25 of 80 K rows, D = 4, full, 8-16 data sets each)
+#: the budget's 4-8 starts missed the optimum by merging two clusters and splitting a third, 16-145
+#: nats short and saying converged, in 3 of 16 data sets at K = 40, 7 of 16 at 48 and 8 of 16 at
+#: 64 (2 of 8 at K = 64 in D = 2), and never up to K = 32 (not even with 4 starts); with 64 starts
+#: at K = 40 and 128 at 48 none missed, with 128 at K = 64 1 of 16 (256: none). Warm fits with
+#: those starts took 0.8, 3.6 and 8.1 s (N = 3200, 3840, 5120; two shared cores) against 0.3-0.7 s.
 LARGE_K = 32
 LARGE_K_MAX_STARTS = 128
-#: The short runs' work (as :data:`START_BUDGET`) the large-K floor may spend: about 8 s on two cores.
+#: The short runs' work (as :data:`START_BUDGET`) the large-K floor may spend (128 starts at K = 64,
+#: D = 4 on 5120 rows: 8 s warm on two shared cores, the continued runs included).
 LARGE_K_BUDGET = 64 * START_BUDGET
 
 
@@ -504,8 +506,8 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
 
     As many k-means++ starts as fit in :data:`START_BUDGET` (a power of two between 4 and 256:
     256 on Old Faithful, 4 for N=1e5, D=16, K=16), and one kept run per 16 starts (at least one,
-    at most 16). Above :data:`LARGE_K` components at least 2K starts (up to 128) as far as
-    :data:`LARGE_K_BUDGET` allows (at K = 64, D = 4, full: 128 up to N = 5200, 64 up to 10,400). One component has one
+    at most 16). Above :data:`LARGE_K` components at least ``8 (K - 32)`` starts (up to 128) as
+    far as :data:`LARGE_K_BUDGET` allows (at K = 64, D = 4, full: 128 up to N = 5200, 64 up to 10,400). One component has one
     fit from every start (each row's responsibility is 1): one start, ``(1, 1)``.
     """
     from ._stats import num_suff_features
@@ -516,7 +518,7 @@ def auto_starts(num_obs: int, num_components: int, num_features: int, covariance
     fit = max(START_BUDGET / cost, 1.0)
     starts = int(min(MAX_STARTS, max(MIN_STARTS, 2 ** math.floor(math.log2(fit)))))
     if num_components > LARGE_K:
-        wanted = min(LARGE_K_MAX_STARTS, 2 ** math.ceil(math.log2(2 * num_components)))
+        wanted = min(LARGE_K_MAX_STARTS, 2 ** math.ceil(math.log2(8 * (num_components - LARGE_K))))
         affordable = 2 ** math.floor(math.log2(max(LARGE_K_BUDGET / cost, 1.0)))
         starts = max(starts, min(wanted, affordable))
     return starts, kept_runs(starts)

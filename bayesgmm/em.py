@@ -101,7 +101,7 @@ def fit_em(
     n_init : "auto" or int
         ``"auto"``: the em-EM search, as many starts as the data size makes cheap
         (:func:`auto_starts`: 256 on data of a few hundred rows, 4 for N=1e5, D=16, K=16, one
-        for K = 1, where every start gives the same fit; above 32 components 2K up to 128 where
+        for K = 1, where every start gives the same fit; above 32 components 8 (K - 32) up to 128 where
         affordable: fewer missed well-separated clusters, merging two and splitting a third), of
         which the best short runs (``init_iter`` iterations) continue. Where one run continues
         (16 starts or fewer: larger data), the k-means++ starts are the best of 32 seedings by

@@ -342,6 +342,26 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
     return row
 
 
+def _failed_row(method, settings, error: str) -> dict:
+    """The row of an engine that failed (``on_error="record"``): the columns a fit's row has
+    (:func:`_row`), missing, so that a table's columns never depend on which fits failed."""
+    nan = float("nan")
+    names = ["fit_seconds"]
+    if method != "kmeans":
+        names += ["run_seconds", "compile_seconds", "warmup_seconds", "sampling_seconds", "log_likelihood"]
+        names += ["test_lpd"] if settings["x_test"] is not None else []
+    names += ["ari", "nmi"] if settings["labels"] is not None else []
+    if method != "kmeans":
+        names += ["min_ess_bulk", "ess_per_second", "divergences", "max_rhat", "label_switch_fraction", "elbo",
+                  "effective_components"]
+    row = {"method": method, **dict.fromkeys(names, nan), "converged": False}
+    if method != "kmeans" and settings["truth"] is not None:
+        row.update({f"{name}_error": nan for name in ("weights", "means", "covariances")})
+        row.update({f"{kind}_{name}": nan for name in ("weights", "means", "covariances") for kind in ("coverage", "width")})
+    row["error"] = error
+    return row
+
+
 def _check_on_error(on_error) -> None:
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}.")
@@ -529,8 +549,7 @@ def _compare_task(method, data, settings):
                     err.add_note(f"(in compare, method {method!r})")
                     raise
                 result = None
-                row = {"method": method, "fit_seconds": time.perf_counter() - start, "converged": False,
-                       "error": f"{type(err).__name__}: {err}"}
+                row = _failed_row(method, settings, f"{type(err).__name__}: {err}")
         row["warnings"] = "; ".join(sorted({f"{w.category.__name__}: {w.message}" for w in caught}))
         return row, (result if settings["return_fit"] else None)
 
@@ -702,7 +721,8 @@ def summarise_study(study, *, exclude_flagged: bool = False):
     the scalars within one are not, so they are never counted separately). Fits that did not converge or raised a warning are
     counted per cell (``num_flagged``, ``flagged_share``, out of ``num_fits``) and, with
     ``exclude_flagged=True``, left out of the averages (``num_datasets`` counts what was averaged).
-    Fits that failed (``on_error="record"``) are flagged too, and counted in ``num_failed``.
+    Fits that failed (``on_error="record"``) are flagged too, counted in ``num_failed`` and never
+    averaged.
 
     Parameters
     ----------
@@ -726,9 +746,10 @@ def summarise_study(study, *, exclude_flagged: bool = False):
         raise ValueError(f"study must be a table from simulation_study; it is {what}.")
     converged = study["converged"].astype(bool) if "converged" in study else pd.Series(True, index=study.index)
     warned = study["warnings"].fillna("").astype(str) != "" if "warnings" in study else False
-    flagged = ~converged | warned
+    failed = study["error"].notna() if "error" in study else pd.Series(False, index=study.index)
+    flagged = ~converged | warned | failed
     counts = study.assign(_flagged=flagged).groupby(keys, sort=False)["_flagged"].agg(["size", "sum"])
-    kept = study[~flagged] if exclude_flagged else study
+    kept = study[~flagged] if exclude_flagged else study[~failed]  # a failed fit has nothing to average
     numeric = [c for c in study.columns
                if c not in keys + ["dataset", "warnings"] and pd.api.types.is_numeric_dtype(study[c])]
     grouped = kept.assign(**{c: kept[c].astype(float) for c in numeric}).groupby(keys, sort=False)
@@ -741,7 +762,6 @@ def summarise_study(study, *, exclude_flagged: bool = False):
     out["num_datasets"] = sizes.reindex(counts.index).fillna(0).astype(int)
     out["num_fits"] = counts["size"].astype(int)
     out["num_flagged"] = counts["sum"].astype(int)
-    failed = study["error"].notna() if "error" in study else pd.Series(False, index=study.index)
     out["num_failed"] = study.assign(_failed=failed).groupby(keys, sort=False)["_failed"].sum().astype(int)
     out["flagged_share"] = counts["sum"] / counts["size"]
     return out.reset_index()

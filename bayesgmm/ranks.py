@@ -435,6 +435,8 @@ def chi_square_test(ranks, num_ranks: int, bin_edges) -> tuple[float, int, float
     """
     from scipy import stats
 
+    if isinstance(num_ranks, bool) or not isinstance(num_ranks, (int, np.integer)) or num_ranks < 1:
+        raise ValueError(f"num_ranks must be a positive integer (L), got {num_ranks!r}.")
     num_ranks = int(num_ranks)
     ranks = _checked_ranks(np.ravel(np.asarray(ranks)), num_ranks)
     edges = _checked_bin_edges(bin_edges, num_ranks)

@@ -226,10 +226,13 @@ def converged_steps(num_steps: int, decayed: bool) -> int:
 
 
 def held_steps(num_steps):
-    """Steps at the full step size before the default optimizer's decay, three quarters of
-    ``num_steps`` (which may be traced): the decay needs few steps, the scales of a large data
-    set's posterior many at the full step."""
-    return (num_steps * 3) // 4
+    """The step up to which the default optimizer holds the full step size: ``num_steps`` less a
+    quarter of them, and less at least two, so that with two or more steps the last is taken at
+    the decayed size (:func:`step_schedule`); ``num_steps`` may be traced. The decay needs few
+    steps, the scales of a large data set's posterior many at the full step."""
+    if isinstance(num_steps, (int, np.integer)):
+        return max(int(num_steps) - max(int(num_steps) // 4, 2), 0)
+    return jnp.maximum(num_steps - jnp.maximum(num_steps // 4, 2), 0)
 
 
 class _StartConfig(NamedTuple):

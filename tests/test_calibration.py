@@ -336,6 +336,8 @@ def test_chi_square_matches_scipy_and_ecdf_test_has_power():
             chi_square_test(bad, 9, rank_bins(9, 30))
     with pytest.raises(ValueError, match="bin_edges must be integers increasing strictly from 0 to L"):
         chi_square_test([0, 3], 9, [0, 5, 5, 10])
+    with pytest.raises(ValueError, match="num_ranks must be a positive integer"):
+        chi_square_test([0, 3], 3.7, [0, 2, 4])
 
 
 def test_rank_bins():

@@ -685,11 +685,11 @@ def test_a_small_genuine_cluster_among_many_far_apart_is_not_spurious():
 
 
 def test_the_default_search_at_large_k_asks_for_more_starts():
-    """The default's starts (the fast variant of the next test): 2K up to 128 above 32 components,
-    as far as 64 times the ordinary budget allows; the ordinary budget below."""
+    """The default's starts (the fast variant of the next test): 8 (K - 32) up to 128 above 32
+    components, as far as 64 times the ordinary budget allows; the ordinary budget below."""
     from bayesgmm._iterate import auto_starts
 
-    assert auto_starts(3200, 40, 4, "full") == (128, 8) and auto_starts(5120, 64, 4, "full") == (128, 8)
+    assert auto_starts(3200, 40, 4, "full") == (64, 4) and auto_starts(5120, 64, 4, "full") == (128, 8)
     assert auto_starts(2560, 32, 4, "full") == (8, 1)  # up to 32 components: the budget's
     assert auto_starts(100_000, 64, 16, "full") == (4, 1)  # beyond the large-K budget: the ordinary search
 
@@ -699,7 +699,7 @@ def test_the_default_search_at_large_k_asks_for_more_starts():
 def test_the_default_search_reaches_the_optimum_among_forty_separated_clusters(seed):
     """40 unit-variance clusters at least 5 sd apart in D = 4 (80 rows a cluster on average): the
     budget's 4 starts merged two clusters and split a third, 25-43 nats short and converged, in
-    these 3 of 16 data sets (review of large K); with 128 starts none of 16 missed. Reference: EM
+    these 3 of 16 data sets (review of large K); with 64 starts none of 16 missed. Reference: EM
     from the true parameters (scikit-learn's, to tol 1e-8)."""
     from sklearn.mixture import GaussianMixture
 

@@ -363,5 +363,10 @@ def test_a_failing_fit_or_bootstrap_does_not_lose_the_study():
     summary = summarise_study(recorded)
     assert recorded["error"].str.contains("singular in every run").all()
     assert summary["num_failed"].item() == 2 and summary["num_flagged"].item() == 2 and summary["num_fits"].item() == 2
+    # every fit failed: the table keeps a fit's columns (missing), and nothing is averaged
+    succeeded = simulation_study(1, **{**options, "engine_kwargs": None})
+    assert [c for c in recorded.columns if c != "error"] == list(succeeded.columns)
+    assert recorded[["fit_seconds", "log_likelihood", "means_error", "coverage_means"]].isna().all().all()
+    assert summary["num_datasets"].item() == 0 and np.isnan(summary["fit_seconds"].item())
     with pytest.raises(ValueError, match="on_error must be 'raise' or 'record'"):
         simulation_study(2, on_error="skip", **options)
