@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--test-fraction", type=float, default=0.0,
                       help="share of rows held out to score the held-out log predictive density (default: %(default)s)")
     _engine_option_args(cmp_, one_engine=False)
+    _on_error_args(cmp_, "an engine")
     _progress_args(cmp_)
     _common(cmp_, out_default="bayesgmm_compare")
     _plot_args(cmp_)
@@ -277,7 +278,7 @@ _OPTIONS = {
     "fit": ("num_components", "method", "covariance_type", "out", "overwrite", "seed", "plot", "stream", "batch_size",
             "progress", "missing"),
     "compare": ("num_components", "methods", "covariance_type", "test_fraction", "out", "overwrite", "seed", "plot",
-                "progress"),
+                "progress", "on_error"),
     "select": ("k", "covariance_types", "prior", "n_init", "out", "overwrite", "seed", "plot", "missing"),
     "simulate": ("num_obs", "num_components", "num_features", "separation", "covariance_type", "out", "overwrite",
                  "seed"),

@@ -248,12 +248,16 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
     table, fits = compare(
         x_train, opts["num_components"], methods=opts["methods"], covariance_type=opts["covariance_type"],
         x_test=x_test, labels=lab_train, engine_kwargs=engines, seed=opts["seed"], progress_bar=opts["progress"],
-        return_fits=True,
+        return_fits=True, on_error=opts.get("on_error", "raise"),
     )
     print_table(table, COMPARE_COLUMNS)
+    failed = [m for m, r in fits.items() if r is None]
+    fits = {m: r for m, r in fits.items() if r is not None}  # an engine that failed (--on-error record) has no fit
     for row in table.itertuples():
         if row.warnings:
             print(f"  {row.method}: {_for_the_command_line(row.warnings, 'compare')}", file=sys.stderr)
+        if row.method in failed:
+            print(f"  {row.method} failed: {_for_the_command_line(_one_line(row.error), 'compare')}", file=sys.stderr)
     write_table(table, out, "comparison")
     out.path("comparison.json").write_text(table_json(table))
     for method, result in fits.items():
@@ -269,6 +273,8 @@ def run_compare(opts, out: OutputFolder, *, title=None) -> int:
         panels = {m: r for m, r in fits.items() if hasattr(r, "to_json")}
         if panels:
             fig, _ = plotting.plot_engines(panels, x_train.to_numpy(dtype=float))
+            if failed:  # said on the figure, not left out without a word
+                fig.text(0.5, 0.005, f"failed, not shown: {', '.join(failed)}", ha="center", va="bottom", fontsize=8)
             figure(fig, out.path("engines.png"))
         if "em" in fits:
             figure(fit_figure(fits["em"], x_train), out.path("em_clusters.png"))
@@ -366,6 +372,10 @@ def run_study(opts, out: OutputFolder) -> int:
     print_table(summary, ("method", "num_obs", "separation", "num_components", "ari", "means_error",
                            "coverage_weights", "coverage_means", "coverage_covariances", "fit_seconds", "num_datasets",
                            "num_failed"))
+    if "error" in study and study["error"].notna().any():
+        errors = study["error"].dropna()
+        print(f"  {len(errors)} fit(s) failed (the error column of study.csv); the first: "
+              f"{_for_the_command_line(_one_line(errors.iloc[0]), 'study')}", file=sys.stderr)
     study.to_csv(out.path("study.csv"), index=False)
     write_table(summary, out, "summary")
     return 0
@@ -613,6 +623,7 @@ _FLAGS = (
     ("compare", "(missing='marginalize')", "(--engine-option METHOD.missing=marginalize)"),
     ("fit", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "fit MAP-EM (--method map-em)"),
     ("compare", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "compare MAP-EM (--methods map-em)"),
+    ("study", "fit MAP-EM with prior=bayesgmm.Prior.default(x, K)", "study MAP-EM (--methods map-em)"),
     ("select", "pass missing='marginalize'", "pass --missing marginalize (missing = \"marginalize\" in a TOML file)"),
     ("select", "(missing='marginalize')", "(--missing marginalize)"),
     ("select", "pass allow_degenerate=True or use prior='default'", "use --prior default (MAP-EM)"),

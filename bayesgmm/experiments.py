@@ -443,7 +443,7 @@ def compare(
         Show a tqdm bar over the methods.
     return_fits : bool
         Also return ``{method: FitResult}`` (fitted in the workers and sent back when an
-        ``executor`` runs them).
+        ``executor`` runs them); an engine that failed under ``on_error="record"`` maps to None.
     executor : concurrent.futures.Executor, optional
         Runs the engines in parallel (see above); serial when omitted. A process pool must
         spawn (a forking one is refused: forked workers of a process that has run JAX wait
@@ -550,6 +550,8 @@ def _compare_task(method, data, settings):
                     raise
                 result = None
                 row = _failed_row(method, settings, f"{type(err).__name__}: {err}")
+        if settings["on_error"] == "record":
+            row.setdefault("error", None)  # the column is there whether or not a fit failed
         row["warnings"] = "; ".join(sorted({f"{w.category.__name__}: {w.message}" for w in caught}))
         return row, (result if settings["return_fit"] else None)
 

@@ -209,6 +209,7 @@ def step_schedule(learning_rate, num_steps):
     """The default optimizer's step size at step ``i`` (:data:`STEP_DECAY`): ``learning_rate``
     for the first :func:`held_steps`, then geometrically down to ``STEP_DECAY * learning_rate`` at the
     last step. Both arguments may be traced."""
+    learning_rate = jnp.asarray(learning_rate)
     hold = held_steps(num_steps)
 
     def step_size(i):

@@ -248,10 +248,27 @@ def test_a_study_records_failing_fits_when_told(tmp_path, capsys):
     assert cli.main(study + ["--out", str(tmp_path / "stop")]) == 2
     error = capsys.readouterr().err
     assert "singular in every run" in error and "(in simulation_study data set 0 of the cell num_obs=4" in error
+    assert "study MAP-EM (--methods map-em)" in error and "prior=bayesgmm" not in error
     assert cli.main(study + ["--on-error", "record", "--out", str(tmp_path / "s")]) == 0
     rows, summary = pd.read_csv(tmp_path / "s" / "study.csv"), pd.read_csv(tmp_path / "s" / "summary.csv")
     assert rows["error"].str.contains("singular in every run").all() and summary["num_failed"].tolist() == [2]
     assert "num_failed" in capsys.readouterr().out
+
+
+def test_compare_records_a_failing_engine_and_keeps_the_others(tmp_path, capsys):
+    """``compare --on-error record``: EM without regularisation fails on tied values (K = 3); VB's
+    results are written, EM's failure is said on stderr and on the figure (it lost all before)."""
+    data = tmp_path / "ties.csv"
+    pd.DataFrame({"x": np.repeat([1.0, 2.0, 3.0, 5.0], [30, 30, 30, 10])}).to_csv(data, index=False)
+    args = ["compare", str(data), "-k", "3", "--methods", "em", "vb", "--engine-option", "em.reg_covar=0.0",
+            "--no-progress", "--out", str(tmp_path / "c")]
+    assert cli.main(args + ["--on-error", "record"]) == 0
+    err = capsys.readouterr().err
+    assert "em failed: ValueError: EM failed: a covariance became singular in every run" in err
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv")
+    assert table["error"].isna().tolist() == [False, True] and table["converged"].tolist() == [False, True]
+    assert (tmp_path / "c" / "vb.json").exists() and not (tmp_path / "c" / "em.json").exists()
+    assert (tmp_path / "c" / "engines.png").exists() and not (tmp_path / "c" / "em_clusters.png").exists()
 
 
 def test_run_a_toml_experiment(tmp_path, csv):

@@ -352,6 +352,10 @@ def test_a_failing_fit_or_bootstrap_does_not_lose_the_study():
     with pytest.raises(ValueError, match="singular in every run") as raised:
         compare(ties, 3, **options)
     assert "(in compare, method 'em')" in raised.value.__notes__
+    table, fits = compare(ties, 3, on_error="record", return_fits=True, **options)
+    assert fits["em"] is None and isinstance(fits["vb"], bg.FitResult)
+    nothing_failed = compare(ties, 3, methods=("vb",), on_error="record")  # the column is there all the same
+    assert "error" in nothing_failed and nothing_failed["error"].isna().all()
 
     options = dict(num_obs=(4,), num_components=(3,), separation=(0.0,), methods=("em",), test_size=0,
                    bootstrap_replicates=0, progress_bar=False, engine_kwargs={"em": {"reg_covar": 0.0}})
