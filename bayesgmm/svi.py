@@ -117,11 +117,13 @@ GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "delta": AutoDelt
 INIT_METHODS = ("map", "uniform")
 
 #: The default optimizer's schedule: Adam at ``learning_rate`` for the first three quarters of the
-#: steps (:func:`held_steps`), then a geometric decay to ``STEP_DECAY`` times it at the last step. At a constant step Adam's
+#: steps (:func:`held_steps`), then a geometric decay to ``STEP_DECAY`` times it at the last step.
+#: At a constant step Adam's
 #: iterates keep jittering by about the step (in standardised units) around the optimum, which
 #: does not shrink with N while the posterior does: the default fit ended 0.15-0.36 posterior sds
 #: from fit_vb's means on Old Faithful (0.6-1.1 nats of ELBO short) and 1.6-2.0 sds on 20,000 rows,
-#: each saying converged; with the decay 0.04-0.08 and 0.06-0.17 (``tests/test_svi.py``).
+#: each saying converged; with the decay (and :data:`MAX_INIT_SCALE`) 0.03-0.12 (4 seeds in each
+#: precision) and 0.08-0.17 (``tests/test_svi.py``).
 STEP_DECAY = 1e-3
 #: Largest initial scale of the built-in mean-field and multivariate-normal guides (NumPyro's
 #: default); below it ``1 / sqrt(rows)``, about the posterior's own scale in standardised units.
