@@ -638,6 +638,10 @@ def table_files(stem: str) -> list[str]:
     return [f"{stem}.{ext}" for ext in TABLE_FORMATS]
 
 
+#: Characters of a failed fit's message in the Markdown and LaTeX tables (the .csv keeps it whole).
+ERROR_CELL_CHARS = 60
+
+
 def write_table(table, out: "OutputFolder", stem: str, *, note: str | None = None) -> None:
     """``stem.csv`` (every column, full precision) and, for papers, ``stem.md`` and ``stem.tex``
     (:func:`bayesgmm.reporting.to_markdown` / :func:`~bayesgmm.reporting.to_latex`; a ``method``
@@ -648,6 +652,9 @@ def write_table(table, out: "OutputFolder", stem: str, *, note: str | None = Non
     table.to_csv(out.path(f"{stem}.csv"), index=False)
     if "method" in table.columns:  # for papers the engines as the figures name them (NUTS, not mcmc)
         table = table.assign(method=[DISPLAY_NAMES.get(m, m) for m in table["method"]])
+    if "error" in table.columns:  # a failed fit's message, whole in the .csv; a page-wide cell shrank the .tex to nothing
+        table = table.assign(error=[e[: ERROR_CELL_CHARS - 3].rstrip() + "..." if isinstance(e, str) and len(e) > ERROR_CELL_CHARS
+                                    else e for e in table["error"]])
     out.path(f"{stem}.md").write_text(to_markdown(table) + (f"\n{note}\n" if note else ""))
     caption = stem.replace("_", " ") + (f". {note}" if note else "")
     out.path(f"{stem}.tex").write_text(to_latex(table, caption=caption, label=f"tab:{stem}"))

@@ -269,6 +269,9 @@ def test_compare_records_a_failing_engine_and_keeps_the_others(tmp_path, capsys)
     assert table["error"].isna().tolist() == [False, True] and table["converged"].tolist() == [False, True]
     assert (tmp_path / "c" / "vb.json").exists() and not (tmp_path / "c" / "em.json").exists()
     assert (tmp_path / "c" / "engines.png").exists() and not (tmp_path / "c" / "em_clusters.png").exists()
+    # the whole message in the .csv, its start in the paper tables (a page-wide cell shrank the .tex to nothing)
+    assert len(table["error"][0]) > 150
+    assert "| ValueError: EM failed: a covariance became singular in ev... |" in (tmp_path / "c" / "comparison.md").read_text()
 
 
 def test_run_a_toml_experiment(tmp_path, csv):
