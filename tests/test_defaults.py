@@ -713,11 +713,26 @@ def test_the_default_search_reaches_the_optimum_among_forty_separated_clusters(s
 
 
 def test_half_of_vbs_starts_seed_every_component():
-    """The fast variant of the next test: VB's starts (the others spread the seeded counts down)."""
+    """The fast variant of the next test: VB's starts (the others spread the seeded counts down);
+    under a sparse weight prior every count from K down, one start each (a review of the change
+    found the split cost sparse priors their low counts: 10-28 nats, an extra component kept)."""
     from bayesgmm.vb import occupancy
 
     assert occupancy(8, 32).sum(axis=1).tolist() == [32, 32, 32, 32, 26, 20, 13, 7]
     assert occupancy(1, 3).sum(axis=1).tolist() == [3] and occupancy(2, 2).sum(axis=1).tolist() == [2, 1]
+    assert occupancy(8, 32, sparse=True).sum(axis=1).tolist() == [32, 28, 24, 20, 16, 12, 8, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight_prior", ["dirichlet", "dirichlet_process"])
+def test_a_sparse_vb_search_keeps_its_starts_on_few_components(weight_prior):
+    """3 separated clusters, K = 30 under a sparse weight prior (32 starts on 1000 rows): with half
+    the starts seeding all 30 components the default kept 4, 12 nats below the 3 that the even
+    spread of seeded counts reaches (a review of the large-K change)."""
+    data = bg.datasets.make_mixture(1000, 3, 2, separation=10.0, seed=0)
+    prior = bg.Prior.default(data.x, 30, weight_concentration=1e-3, weight_prior=weight_prior)
+    fit = bg.fit_vb(data.x, 30, prior=prior)
+    assert fit.info["effective_components"] == 3
 
 
 @pytest.mark.slow
