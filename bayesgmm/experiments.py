@@ -265,13 +265,17 @@ def _point_draws(result: FitResult) -> dict:
             "covariances": result.covariances[None, None]}
 
 
+#: The parameters whose errors, coverage and interval widths a row with a truth reports.
+_PARAMETER_NAMES = ("weights", "means", "covariances")
+
+
 def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed, bootstrap_replicates: int) -> dict:
     """Errors of the aligned point estimate and coverage of the central intervals."""
     ct = result.covariance_type
     truth = GMMParams(*(np.asarray(a, np.float64) for a in truth))
     point, perm = _align_to(_point_draws(result), truth, ct)
     out = {}
-    for name in ("weights", "means", "covariances"):
+    for name in _PARAMETER_NAMES:
         diff = np.asarray(point[name][0, 0]) - getattr(truth, name)
         out[f"{name}_error"] = float(np.sqrt(np.mean(diff**2)))
     draws = None
@@ -293,7 +297,7 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
         lead = np.shape(draws["weights"])[:-1]
         draws = permute_draws(draws, np.broadcast_to(perm[0, 0], lead + perm.shape[-1:]), ct)
     alpha = (1 - interval) / 2
-    for name in ("weights", "means", "covariances"):
+    for name in _PARAMETER_NAMES:
         if draws is None:
             out[f"coverage_{name}"] = out[f"width_{name}"] = np.nan
             continue
@@ -308,20 +312,25 @@ def _truth_columns(result: FitResult, x, truth: GMMParams, interval: float, seed
     return out
 
 
+#: A fit's timings (its ``diagnostics`` fields of those names); k-means is not timed apart.
+_TIMING_COLUMNS = ("run_seconds", "compile_seconds", "warmup_seconds", "sampling_seconds")
+_KMEANS_TIMING_COLUMNS = ("run_seconds", "compile_seconds")
+#: Column -> ``diagnostics`` field, the same typed facts for every engine (NaN where not applicable).
+_FACT_COLUMNS = {"min_ess_bulk": "min_ess_bulk", "ess_per_second": "ess_per_second", "divergences": "num_divergences",
+                 "max_rhat": "max_rhat", "label_switch_fraction": "label_switch_fraction", "elbo": "elbo"}
+
+
 def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, bootstrap_replicates) -> dict:
     row = {"method": method, "fit_seconds": seconds}
     if not isinstance(result, FitResult):  # k-means
-        row.update(run_seconds=np.nan, compile_seconds=np.nan)  # not timed apart
+        row.update(dict.fromkeys(_KMEANS_TIMING_COLUMNS, np.nan))  # not timed apart
         if labels is not None:
             row["ari"] = adjusted_rand_index(labels, result.labels)
             row["nmi"] = normalized_mutual_info(labels, result.labels)
         row["converged"] = bool(result.converged)
         return row
-    facts = result.diagnostics  # the same typed facts for every engine, NaN where not applicable
-    row["run_seconds"] = facts.run_seconds
-    row["compile_seconds"] = facts.compile_seconds
-    row["warmup_seconds"] = facts.warmup_seconds
-    row["sampling_seconds"] = facts.sampling_seconds
+    facts = result.diagnostics
+    row.update({column: getattr(facts, column) for column in _TIMING_COLUMNS})
     row["log_likelihood"] = result.log_likelihood
     if x_test is not None:
         row["test_lpd"] = result.score(x_test)
@@ -329,12 +338,7 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
         pred = result.predict(x)
         row["ari"] = adjusted_rand_index(labels, pred)
         row["nmi"] = normalized_mutual_info(labels, pred)
-    row["min_ess_bulk"] = facts.min_ess_bulk
-    row["ess_per_second"] = facts.ess_per_second
-    row["divergences"] = facts.num_divergences
-    row["max_rhat"] = facts.max_rhat
-    row["label_switch_fraction"] = facts.label_switch_fraction
-    row["elbo"] = facts.elbo
+    row.update({column: getattr(facts, field) for column, field in _FACT_COLUMNS.items()})
     row["effective_components"] = result.effective_components
     row["converged"] = bool(result.converged)
     if truth is not None:
@@ -343,21 +347,24 @@ def _row(method, result, seconds, x_test, labels, x, truth, interval, seed, boot
 
 
 def _failed_row(method, settings, error: str) -> dict:
-    """The row of an engine that failed (``on_error="record"``): the columns a fit's row has
-    (:func:`_row`), missing, so that a table's columns never depend on which fits failed."""
+    """The row of an engine that failed (``on_error="record"``): :func:`_row`'s columns, in its
+    order, missing, so that a table's columns never depend on which fits failed."""
     nan = float("nan")
-    names = ["fit_seconds"]
-    if method != "kmeans":
-        names += ["run_seconds", "compile_seconds", "warmup_seconds", "sampling_seconds", "log_likelihood"]
-        names += ["test_lpd"] if settings["x_test"] is not None else []
-    names += ["ari", "nmi"] if settings["labels"] is not None else []
-    if method != "kmeans":
-        names += ["min_ess_bulk", "ess_per_second", "divergences", "max_rhat", "label_switch_fraction", "elbo",
-                  "effective_components"]
-    row = {"method": method, **dict.fromkeys(names, nan), "converged": False}
-    if method != "kmeans" and settings["truth"] is not None:
-        row.update({f"{name}_error": nan for name in ("weights", "means", "covariances")})
-        row.update({f"{kind}_{name}": nan for name in ("weights", "means", "covariances") for kind in ("coverage", "width")})
+    kmeans = method == "kmeans"
+    row = {"method": method, "fit_seconds": nan}
+    row.update(dict.fromkeys(_KMEANS_TIMING_COLUMNS if kmeans else _TIMING_COLUMNS, nan))
+    if not kmeans:
+        row["log_likelihood"] = nan
+        if settings["x_test"] is not None:
+            row["test_lpd"] = nan
+    if settings["labels"] is not None:
+        row.update(ari=nan, nmi=nan)
+    if not kmeans:
+        row.update(dict.fromkeys(_FACT_COLUMNS, nan), effective_components=nan)
+    row["converged"] = False
+    if not kmeans and settings["truth"] is not None:
+        row.update({f"{name}_error": nan for name in _PARAMETER_NAMES})
+        row.update({f"{kind}_{name}": nan for name in _PARAMETER_NAMES for kind in ("coverage", "width")})
     row["error"] = error
     return row
 
