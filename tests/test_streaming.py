@@ -468,11 +468,16 @@ def _write_npy(path, n, d, seed):
 
 
 def test_peak_memory_does_not_grow_with_the_file(tmp_path):
-    """2e6 x 8 float32 (64 MB) streamed in 16384-row chunks: peak RSS grows by a small fraction
-    of the file (one chunk, its features and allocator slack), while loading it grows by all of it."""
+    """4e6 x 8 float32 (128 MB) streamed in 16384-row chunks: peak RSS grows by a small fraction
+    of the file (one chunk, its features and allocator slack), while loading it grows by all of it.
+
+    The slack is a fixed amount, not a share of the file: here 7-19 MB for this file and for one
+    half its size, retained by the allocator after the fit and not grown by further fits (5 fits
+    in one process: +9, +4, +1, 0, 0 MB); one CI machine saw 23 MB on the half-size file, so the
+    file is large enough that a fixed slack stays well inside the bound."""
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
-    n, d = 2_000_000, 8
+    n, d = 4_000_000, 8
     big = _write_npy(tmp_path / "big.npy", n, d, 0)
     small = _write_npy(tmp_path / "small.npy", 50_000, d, 1)
     size = os.path.getsize(big)
