@@ -28,6 +28,7 @@ lanes per group every start runs to convergence (independent restarts, scikit-le
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -433,12 +434,16 @@ class SearchResult(NamedTuple):
 
     ``start_objective`` (G, R) is each start's objective after its short run (after its full run
     when every start is kept); ``compile_seconds`` / ``run_seconds`` sum over the calls.
+    ``run_from(start)`` (one group) runs one more run to convergence from ``start``
+    (:class:`GMMParams`, standardised, in the data's dtype) with the search's own compiled program,
+    and returns it as a :class:`SearchResult` of one lane (its own seconds).
     """
 
     output: EMOutput
     start_objective: np.ndarray
     compile_seconds: float
     run_seconds: float
+    run_from: Callable[[GMMParams], "SearchResult"] | None = None
 
 
 def given_start(given, num_components, num_features, covariance_type, dtype):
@@ -540,13 +545,14 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
                   lanes_apart=_sharding.on_shared_cpu_threads(xs), pool_lanes=lanes_run if pooled else None)
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
+    starting = {"given": given}  # run_from's calls start from their own given start
 
     def call(noise_block, state, limit, fresh, abandon_after, num_queued=None):
         # the search's fresh calls short of max_iter are em-EM short runs, and its continuing calls
         # continue them: those short runs take the looser precision guard (see _run)
         loose = limit < max_iter if fresh else init_iter < max_iter
         num_queued = noise_block.shape[1] if num_queued is None else num_queued
-        timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), given, state, *common,
+        timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), starting["given"], state, *common,
                         np.asarray(limit, np.int32), np.asarray(fresh), np.asarray(abandon_after, np.int32),
                         np.asarray(loose), model_index, observed, np.asarray(num_queued, np.int32), **static)
         seconds[0] += timed.compile_seconds
@@ -560,4 +566,18 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     out, start_objective = _iterate.search(call, noise, placeholder, num_groups=num_groups, num_starts=num_starts,
                                            num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,
                                            avoid_degenerate=avoid_degenerate, short_lanes=short_lanes)
-    return SearchResult(out, start_objective, seconds[0], seconds[1])
+
+    def run_from(start: GMMParams) -> SearchResult:
+        # a fresh call of one lane whose every piece is given: the first start's noise block (the
+        # program's shapes and static arguments, never read) and a placeholder state
+        before = list(seconds)
+        starting["given"] = given_start(tuple(start), k, d, config.covariance_type, dtype)
+        try:
+            one = call(noise[:, :1], _iterate.take(placeholder, np.arange(1) % lanes_per_call), max_iter, True,
+                       _iterate.NEVER)
+        finally:
+            starting["given"] = given
+        objective = np.asarray(one.lanes.objective, np.float64).reshape(1, 1)
+        return SearchResult(one, objective, seconds[0] - before[0], seconds[1] - before[1])
+
+    return SearchResult(out, start_objective, seconds[0], seconds[1], run_from if num_groups == 1 else None)

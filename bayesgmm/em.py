@@ -8,8 +8,11 @@ host side: validation, units, the default search, and packaging the result.
 the data grow, see :func:`auto_starts`) each run :data:`INIT_ITER` iterations, and the best few
 continue until the Aitken-projected remaining gain of the objective is below ``tol`` per
 observation (:mod:`bayesgmm._iterate`). The fit kept is the best *non-degenerate* one
-(:func:`bayesgmm._numerics.degenerate_mask`). Every reported total is recomputed in float64 from
-the returned parameters (:mod:`bayesgmm._numerics`), whatever the compute precision.
+(:func:`bayesgmm._numerics.degenerate_mask`). Above :data:`SPLIT_MERGE_ABOVE` components
+split-and-merge moves (:mod:`bayesgmm._split_merge`) follow the search: merge two components
+on one cluster, split one on two, keep what raises the objective. Every reported total is
+recomputed in float64 from the returned parameters (:mod:`bayesgmm._numerics`), whatever the
+compute precision.
 
 **Compile once.** K, D, the covariance structure, the number of starts and the trace's size
 bucket are static; ``max_iter``, ``tol``, ``reg_covar``, the data values, the starting values
@@ -21,9 +24,11 @@ the fit does not depend on the units; everything reported is on the original sca
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from . import _numerics, _sharding
+from . import _covariance_models, _numerics, _sharding, _split_merge
 from ._em_core import INIT_ITER, EMConfig, auto_starts, resolve_starts, short_run_length  # noqa: F401 (auto_starts: the docs)
 from ._em_host import (
     DEFAULT_TOL,
@@ -41,6 +46,7 @@ from ._em_host import (
 from ._executors import recorded_warnings
 from .params import (
     ConvergenceWarning,
+    GMMParams,
     Prior,
     check_bool,
     check_int,
@@ -103,7 +109,9 @@ def fit_em(
         (:func:`auto_starts`: 256 on data of a few hundred rows, 4 for N=1e5, D=16, K=16, one
         for K = 1, where every start gives the same fit; above 32 components 8 (K - 32) up to 128 where
         affordable: fewer missed well-separated clusters, merging two and splitting a third), of
-        which the best short runs (``init_iter`` iterations) continue. Where one run continues
+        which the best short runs (``init_iter`` iterations) continue; above
+        :data:`SPLIT_MERGE_ABOVE` components, split-and-merge moves follow
+        (:func:`split_and_merge`: where large data leave few starts). Where one run continues
         (16 starts or fewer: larger data), the k-means++ starts are the best of 32 seedings by
         their k-means potential on 8192 rows (:func:`bayesgmm.kmeans.screened_seedings`), so
         that few starts still give every cluster a centre. An int: that many
@@ -191,7 +199,9 @@ def fit_em(
         ``num_kept``, ``init_iter`` (the short runs' length; None when every start ran to
         convergence), the final objective of every kept run (``restart_objectives``) and of
         every start after its short run (``start_objectives``), which rank the runs in the compute
-        precision, as the earlier ``trace`` entries.
+        precision, as the earlier ``trace`` entries; after split-and-merge moves,
+        ``split_merge`` (:func:`split_and_merge`'s record), and then ``n_iter`` and ``trace``
+        are the last kept move's run (from its start).
 
     Raises
     ------
@@ -242,6 +252,11 @@ def fit_em(
     out = found.output
     finals = np.asarray(out.lanes.objective, dtype=np.float64)
     best = choose_run(finals, out.degenerate, allow_degenerate=allow_degenerate)
+    moves = None
+    if splits_and_merges(n_init, prep, given, hard, max_iter, found) and best >= 0:
+        out, best, moves = split_and_merge(prep, found, best, weight, tol=tol, reg_covar=reg_covar,
+                                           allow_degenerate=allow_degenerate)
+        finals = np.asarray(out.lanes.objective, dtype=np.float64)
     unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
         np.asarray(out.lanes.params.covariances[best], np.float64), layout, 0.0,
         float(np.finfo(prep.dtype).eps), k, d)))  # without regularisation the likelihood has no maximum there
@@ -266,14 +281,71 @@ def fit_em(
         "restart_objectives": (finals + obj_shift).tolist(),
         "restart_degenerate": np.asarray(out.degenerate).any(axis=-1).tolist(),
         "start_objectives": (found.start_objective[0] + obj_shift).tolist(),
-        "compile_seconds": found.compile_seconds,
-        "run_seconds": found.run_seconds,
-        "fit_seconds": found.compile_seconds + found.run_seconds,
+        "compile_seconds": found.compile_seconds + (moves["compile_seconds"] if moves else 0.0),
+        "run_seconds": found.run_seconds + (moves["run_seconds"] + moves["host_seconds"] if moves else 0.0),
+        "fit_seconds": found.compile_seconds + found.run_seconds + (moves["seconds"] if moves else 0.0),
+        **({} if moves is None else {"split_merge": moves}),
         "num_devices": rows.num_devices,
         **data_info(prep, missing, weight),
     }
     return package(prep, out, best, hard=hard, reg_covar=reg_covar, sample_weight=weight, info=info, max_iter=max_iter,
                    tol=tol, tol_explicit=tol_explicit)
+
+
+#: Fits of more components than this take split-and-merge moves after the default search
+#: (:func:`split_and_merge`).
+SPLIT_MERGE_ABOVE = 16
+#: Full EM runs per round of moves: the best moves by their partial EM's gain.
+SPLIT_MERGE_FULL_RUNS = 2
+
+
+def splits_and_merges(n_init, prep, given, hard: bool, max_iter: int, found) -> bool:
+    """Whether :func:`fit_em` follows its search with :func:`split_and_merge`: the default
+    search (``n_init="auto"``, no given start) of more than :data:`SPLIT_MERGE_ABOVE` components,
+    soft EM, complete data, one of the four covariance structures (not mclust's constrained models)."""
+    return (isinstance(n_init, str) and prep.num_components > SPLIT_MERGE_ABOVE and not hard and max_iter > 0
+            and prep.observed is None and all(g is None for g in given) and found.run_from is not None
+            and prep.covariance_model in _covariance_models.NATIVE)
+
+
+def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_covar: float, allow_degenerate: bool):
+    """Split-and-merge moves (:mod:`bayesgmm._split_merge`) from the search's best run, each
+    round's best :data:`SPLIT_MERGE_FULL_RUNS` moves by their partial EM run as full EM with the
+    search's program; a run is kept when its objective beats the fit's by more than ``tol`` per
+    observation (converged, non-degenerate unless ``allow_degenerate``); rounds go on until none
+    is. Returns ``(output, index, record)``: the output holding the fit kept, its lane, and a
+    record of the moves kept (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k``
+    split; the objective's gain in the compute precision), the partial and full runs and their
+    seconds."""
+    start = time.perf_counter()
+    out, index = found.output, best
+    n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
+    threshold = max(tol, 1e-7) * n_eff
+    record = {"moves": [], "partial_runs": 0, "full_runs": 0, "compile_seconds": 0.0, "run_seconds": 0.0}
+    for _ in range(prep.num_components):  # every move kept raises the objective: few rounds
+        current = float(out.lanes.objective[index])
+        params = GMMParams(*(np.asarray(a[index], np.float64) for a in out.lanes.params))
+        moves, tried = _split_merge.candidates(prep.xs, sample_weight, params, prep.covariance_type, reg_covar)
+        record["partial_runs"] += tried
+        kept = None
+        for move in moves[:SPLIT_MERGE_FULL_RUNS]:
+            run = found.run_from(GMMParams(*(np.asarray(a, prep.dtype) for a in move.params)))
+            record["full_runs"] += 1
+            record["compile_seconds"] += run.compile_seconds
+            record["run_seconds"] += run.run_seconds
+            lanes = run.output.lanes
+            gain = float(lanes.objective[0]) - current
+            if (gain > threshold and (bool(lanes.converged[0]) or not bool(out.lanes.converged[index]))
+                    and (allow_degenerate or not np.asarray(run.output.degenerate[0]).any())):
+                kept = (run.output, [*move.merge, move.split, gain])
+                break
+        if kept is None:
+            break
+        out, index = kept[0], 0
+        record["moves"].append(kept[1])
+    record["seconds"] = time.perf_counter() - start
+    record["host_seconds"] = record["seconds"] - record["compile_seconds"] - record["run_seconds"]
+    return out, index, record
 
 
 def fit_em_path(x, num_components: int, iterations, **options) -> dict:
