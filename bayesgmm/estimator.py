@@ -365,16 +365,17 @@ class GaussianMixture(_DensityMixin, _Base):
     n_iter_ : int
         EM: the updates that led to the returned parameters (scikit-learn's meaning).
     lower_bound_ : float
-        EM, as scikit-learn defines it: the objective per training observation (mean
-        log-likelihood, or log posterior for MAP) computed in the last E-step, i.e. at the
-        parameters *before* the last M-step (the returned parameters score at least as well;
-        their float64 value is ``result_.log_likelihood``; this one is the compiled program's, in
-        the compute precision); ``-inf`` when ``max_iter=0``. VB: the
+        EM: the objective per training observation (mean log-likelihood, or log posterior for
+        MAP) at the returned parameters, computed in float64 whatever the compute precision
+        (``score(X)`` for a maximum-likelihood fit); ``-inf`` when ``max_iter=0``. (scikit-learn
+        reports the objective of its last E-step, at the parameters before the last M-step, at
+        most that update's gain lower: a value no one can recompute from the fitted parameters,
+        and in float32 rounded by more than a converged fit's last gain.) VB: the
         ELBO per observation at the returned parameters. MCMC (no iterations to bound): the
         mean training log-likelihood at the point estimate. SVI: the last one-particle ELBO.
     lower_bounds_ : ndarray
-        EM: the objective per observation after each iteration of this ``fit`` (scikit-learn's
-        ``lower_bounds_``, ending with ``lower_bound_``). Otherwise ``result_.trace`` per
+        EM: the objective per observation after each update of this ``fit``, ending with
+        ``lower_bound_`` (the earlier entries in the compute precision). Otherwise ``result_.trace`` per
         observation: the objective per iteration (VB, SVI), or the log posterior of each draw
         (MCMC).
     n_features_in_ : int
@@ -696,9 +697,9 @@ class GaussianMixture(_DensityMixin, _Base):
         n = max(int(result.num_obs), 1) if total_weight is None else total_weight
         trace = np.asarray(result.trace, dtype=np.float64).ravel()
         if self.method == "em":
-            # scikit-learn: the objective of the last E-step, i.e. at the parameters before the last
-            # M-step; trace[t] is the objective at the parameters after t updates
-            self.lower_bounds_ = trace[: self.n_iter_] / n
+            # trace[t] is the objective at the parameters after t updates, its last entry the float64
+            # value at the returned parameters (scikit-learn's is one E-step earlier)
+            self.lower_bounds_ = trace[1 : self.n_iter_ + 1] / n
             self.lower_bound_ = float(self.lower_bounds_[-1]) if self.n_iter_ else -np.inf
             self._objective_history = trace if history is None else np.concatenate([history, trace[1:]])
             # float32 rounding stopped it short (a float64 step still gains): not a slow climb to extrapolate
