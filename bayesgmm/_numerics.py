@@ -236,7 +236,30 @@ def solve_lower(chol, rhs):
     return sp.linalg.solve_triangular(chol, rhs, lower=True)
 
 
-def component_log_density(x, means, covariances, covariance_type: str):
+def density_factors(covariances, covariance_type: str, num_components: int, num_features: int):
+    """``(logdet, factor)`` of :func:`component_log_density`: each covariance's log determinant
+    (..., K) and its factor, the variances (..., K, D) (diagonal and spherical) or ``L^-T``
+    (..., K, D, D) of ``Sigma = L L^T`` (full and tied), made once for any number of row blocks."""
+    xp, _ = array_namespace(covariances)
+    k, d = num_components, num_features
+    if covariance_type in ("diag", "spherical"):
+        var = diagonal_variances(covariances, covariance_type, k, d)  # (..., K, D)
+        return xp.sum(xp.log(var), axis=-1), var
+    chol = xp.linalg.cholesky(expand_covariances(covariances, covariance_type, k, d))  # (..., K, D, D)
+    logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    if xp is np:
+        # SciPy's solve_triangular loops over a batch in Python (minutes for thousands of
+        # draws); NumPy inverts a batch of triangles in compiled code, then one matmul in the
+        # rows' own (N, D) layout (3.5x faster than through a (D, N) transpose at D = 16)
+        return logdet, np.swapaxes(np.linalg.inv(chol), -1, -2)
+    # L^-1 (D x D, per component), then one matrix product over the rows in (N, D) layout:
+    # XLA:CPU's triangular solve with N right-hand sides, and any (D, N) layout, run 20-40
+    # times slower (the precise E-step of float32 EM spent 0.7 s per iteration there at
+    # N=1e5, D=K=16); the rows stay centred on each mean, so nothing cancels
+    return logdet, xp.swapaxes(inverse_cholesky(chol), -1, -2)
+
+
+def component_log_density(x, means, covariances, covariance_type: str, *, factors=None):
     """``log N(x_n | mu_k, Sigma_k)`` for every row and component.
 
     Parameters
@@ -245,6 +268,9 @@ def component_log_density(x, means, covariances, covariance_type: str):
     means : array (..., K, D)
     covariances : array, stored for ``covariance_type`` with the same leading axes as ``means``
     covariance_type : str
+    factors : tuple, optional
+        :func:`density_factors` of ``covariances``, made once by a caller that evaluates many
+        row blocks (ignored where ``x`` has missing values).
 
     Returns
     -------
@@ -256,24 +282,7 @@ def component_log_density(x, means, covariances, covariance_type: str):
     if xp is np and np.isnan(x).any():
         return observed_log_density(x, means, covariances, covariance_type)
     k, d = means.shape[-2:]
-    if covariance_type in ("diag", "spherical"):
-        var = diagonal_variances(covariances, covariance_type, k, d)  # (..., K, D)
-        logdet = xp.sum(xp.log(var), axis=-1)
-        factor = var
-    else:
-        chol = xp.linalg.cholesky(expand_covariances(covariances, covariance_type, k, d))  # (..., K, D, D)
-        logdet = 2.0 * xp.sum(xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        if xp is np:
-            # SciPy's solve_triangular loops over a batch in Python (minutes for thousands of
-            # draws); NumPy inverts a batch of triangles in compiled code, then one matmul in the
-            # rows' own (N, D) layout (3.5x faster than through a (D, N) transpose at D = 16)
-            factor = np.swapaxes(np.linalg.inv(chol), -1, -2)
-        else:
-            # L^-1 (D x D, per component), then one matrix product over the rows in (N, D) layout:
-            # XLA:CPU's triangular solve with N right-hand sides, and any (D, N) layout, run 20-40
-            # times slower (the precise E-step of float32 EM spent 0.7 s per iteration there at
-            # N=1e5, D=K=16); the rows stay centred on each mean, so nothing cancels
-            factor = xp.swapaxes(inverse_cholesky(chol), -1, -2)
+    logdet, factor = density_factors(covariances, covariance_type, k, d) if factors is None else factors
 
     def mahalanobis(rows):  # (..., K, rows) from rows (..., B, D), centred on each mean
         diff = rows[..., None, :, :] - means[..., :, None, :]  # (..., K, B, D)
@@ -395,12 +404,13 @@ def observed_log_jacobian(x, scale) -> np.ndarray | float:
     return -float(np.sum(log_scale)) if observed.all() else -(observed @ log_scale)
 
 
-def log_joint_components(x, weights, means, covariances, covariance_type: str):
-    """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape (..., N, K); empty components give -inf."""
+def log_joint_components(x, weights, means, covariances, covariance_type: str, *, factors=None):
+    """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape (..., N, K); empty components give -inf
+    (``factors``: :func:`component_log_density`'s)."""
     xp, _ = array_namespace(x, weights, means, covariances)
     with np.errstate(divide="ignore"):
         log_w = xp.log(weights)
-    return component_log_density(x, means, covariances, covariance_type) + log_w[..., None, :]
+    return component_log_density(x, means, covariances, covariance_type, factors=factors) + log_w[..., None, :]
 
 
 def finite_max(a, axis, keepdims=False):
@@ -423,9 +433,10 @@ def logsumexp(a, axis):
         return np.squeeze(np.log(np.sum(shifted, axis=axis, keepdims=True)) + top, axis=axis)
 
 
-def mixture_log_density(x, weights, means, covariances, covariance_type: str):
-    """Per-row marginal log density ``log sum_k pi_k N(x_n | mu_k, Sigma_k)``, shape (..., N)."""
-    return logsumexp(log_joint_components(x, weights, means, covariances, covariance_type), axis=-1)
+def mixture_log_density(x, weights, means, covariances, covariance_type: str, *, factors=None):
+    """Per-row marginal log density ``log sum_k pi_k N(x_n | mu_k, Sigma_k)``, shape (..., N)
+    (``factors``: :func:`component_log_density`'s)."""
+    return logsumexp(log_joint_components(x, weights, means, covariances, covariance_type, factors=factors), axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,41 +623,55 @@ def totals(x, weights, means, covariances, covariance_type: str, sample_weight=N
     return Totals(float(log_lik), float(max(entropy, 0.0)), counts, float(max(labels, 0.0)))
 
 
-def _draws_row_blocks(x, weights, means, covariances, covariance_type: str, frame: Frame | None, each):
-    """``[each(start, block) ...]`` over row blocks of ``x``, ``block`` the (S, rows) float64
-    ``log p(x_n | theta_s)`` of S parameter sets (leading axis), on threads, in row order."""
+def _draws_blocks(x, weights, means, covariances, covariance_type: str, frame: Frame | None, each):
+    """``[each(draws, start, block) ...]`` over blocks of S parameter sets (leading axis) and rows
+    of ``x``, row block by row block, ``block`` the (draws, rows) float64 ``log p(x_n | theta_s)``
+    of the draws ``draws`` (a slice), on threads, in that order.
+
+    The covariances are factorised once (:func:`density_factors`); the blocks hold up to
+    :data:`HOST_BLOCK_ROWS` rows and as many draws as keep the (draws, K, rows, D) temporaries
+    near :data:`DRAWS_BLOCK_ELEMENTS`. Row blocks over all draws at once made 6-row blocks at
+    S = 4000, K = 20, D = 8, each refactorising all 80,000 covariances: 43 s at N = 2000, and
+    about 430 s of a Gibbs fit's bookkeeping at N = 20,000 (review of Gibbs at scale)."""
     x = np.asarray(x)
     frame = frame or mixture_frame(weights, means, covariances, covariance_type)
     w, m, c, ct = to_frame(frame, weights, means, covariances, covariance_type)
-    # rows per block: about DRAWS_BLOCK_ELEMENTS of (S, K, rows, D) temporaries (HOST_BLOCK_ROWS // S
-    # made 4-row blocks of 4000 draws: 12,500 blocks, 95 s and 1 GiB for 50,000 rows)
     s, k, d = w.shape[0], m.shape[-2], m.shape[-1]
-    rows = max(1, min(HOST_BLOCK_ROWS, DRAWS_BLOCK_ELEMENTS // max(1, s * k * d)))
+    n = x.shape[0]
+    rows = max(1, min(n, HOST_BLOCK_ROWS, DRAWS_BLOCK_ELEMENTS // max(1, k * d)))
+    draws = max(1, min(s, DRAWS_BLOCK_ELEMENTS // max(1, k * rows * d)))
+    logdet, factor = density_factors(c, ct, k, d)  # tied: (S, K, D, D), expanded to every component
 
-    def one(start):
+    def one(piece):
+        first, start = piece
+        taken = slice(first, first + draws)
         xs = (np.asarray(x[start : start + rows], np.float64) - frame.shift) / frame.scale
-        return each(start, mixture_log_density(xs, w, m, c, ct) + observed_log_jacobian(xs, frame.scale))
+        log_p = mixture_log_density(xs, w[taken], m[taken], c[taken], ct, factors=(logdet[taken], factor[taken]))
+        return each(taken, start, log_p + observed_log_jacobian(xs, frame.scale))
 
-    return map_pieces(one, range(0, x.shape[0], rows))
+    return map_pieces(one, [(first, start) for start in range(0, n, rows) for first in range(0, s, draws)])
 
 
 def draws_log_density(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
     """Float64 ``log p(x_n | theta_s)`` for S parameter sets (leading axis), shape (S, N)."""
     out = np.empty((np.shape(weights)[0], np.shape(x)[0]))
 
-    def write(start, block):  # each block writes its own columns (blocks run on threads)
-        out[:, start : start + block.shape[1]] = block
+    def write(taken, start, block):  # each block writes its own entries (blocks run on threads)
+        out[taken, start : start + block.shape[1]] = block
 
-    _draws_row_blocks(x, weights, means, covariances, covariance_type, frame, write)
+    _draws_blocks(x, weights, means, covariances, covariance_type, frame, write)
     return out
 
 
 def draws_log_likelihood(x, weights, means, covariances, covariance_type: str, *, frame: Frame | None = None):
     """Float64 ``sum_n log p(x_n | theta_s)`` for S parameter sets (leading axis), shape (S,):
-    :func:`draws_log_density`'s rows summed, block by block (memory of one block, whatever N)."""
-    sums = _draws_row_blocks(x, weights, means, covariances, covariance_type, frame,
-                             lambda start, block: block.sum(axis=1))
-    return np.sum(sums, axis=0) if sums else np.zeros(np.shape(weights)[0])
+    :func:`draws_log_density`'s rows summed, block by block (memory of one block, whatever N),
+    the row blocks added in row order."""
+    total = np.zeros(np.shape(weights)[0])
+    for taken, row_sums in _draws_blocks(x, weights, means, covariances, covariance_type, frame,
+                                         lambda taken, start, block: (taken, block.sum(axis=1))):
+        total[taken] += row_sums
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
