@@ -316,10 +316,12 @@ def chain_diagnostics(draws: dict) -> tuple[float, float]:
 def warn_if_unconverged(sampler: str, rhat_max: float, ess_min: float, num_chains: int, advice: str,
                         stacklevel: int = 3) -> bool:
     """Warn (``ConvergenceWarning``) when max R-hat >= :data:`RHAT_MAX` or the min bulk ESS is
-    below :data:`ESS_PER_CHAIN` per chain; return whether R-hat says converged. ``stacklevel``
-    as :func:`warnings.warn`'s, counted from this function (3: the caller of the caller)."""
-    converged = bool(rhat_max < RHAT_MAX) if np.isfinite(rhat_max) else False
-    if not converged or not ess_min >= ESS_PER_CHAIN * num_chains:
+    below :data:`ESS_PER_CHAIN` per chain; return whether neither is (``converged``: what is
+    warned about is not called converged; R-hat alone is unreliable on few effective draws,
+    Vehtari et al. 2021). ``stacklevel`` as :func:`warnings.warn`'s, counted from this function
+    (3: the caller of the caller)."""
+    converged = bool(rhat_max < RHAT_MAX and ess_min >= ESS_PER_CHAIN * num_chains)
+    if not converged:
         if np.isfinite(rhat_max) and np.isfinite(ess_min):
             facts = (f"max R-hat {rhat_max:.4f} (want < {RHAT_MAX}), min bulk ESS {ess_min:.0f} "
                      f"(want >= {ESS_PER_CHAIN * num_chains})")

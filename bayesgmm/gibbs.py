@@ -476,7 +476,8 @@ def fit_gibbs(
         of every draw (``objective="log_posterior"``). ``sample_stats``: ``lp`` (as NUTS's: that of
         the aligned draw) and
         ``num_nonempty`` (components the sampled labels occupy). ``converged`` is True when the
-        max R-hat is below 1.01. ``info``: ``min_ess_bulk``, ``max_rhat``,
+        max R-hat is below 1.01 and the min bulk ESS at least 100 per chain (else a
+        ``ConvergenceWarning`` says which). ``info``: ``min_ess_bulk``, ``max_rhat``,
         ``label_switch_fraction``, ``aligned_to``, ``compile_seconds``, ``run_seconds``, ``fit_seconds`` and
         the settings.
 

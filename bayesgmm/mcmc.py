@@ -530,7 +530,8 @@ def fit_mcmc(
         ``accept_prob``, ``step_size``, ``energy``, ``potential_energy`` (NumPyro's, standardised
         unconstrained space) and ``lp`` (``log p(x, theta)`` of the aligned draw, original scale: under
         an uneven Dirichlet or stick-breaking weights a relabelled draw's own prior density). ``converged`` is
-        True when the maximum R-hat over all aligned parameters is below 1.01;
+        True when the maximum R-hat over all aligned parameters is below 1.01 and their minimum
+        bulk ESS at least 100 per chain (else a ``ConvergenceWarning`` says which);
         ``n_iter = num_samples``. ``info``: ``num_divergences``, ``min_ess_bulk``, ``max_rhat``,
         ``seed``, ``label_switch_fraction`` (draws whose best permutation is not the
         identity), ``aligned_to`` (``"map"`` or ``"best draw"``), ``num_devices`` (devices the chains ran on) and the settings. Timings:

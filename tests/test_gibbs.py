@@ -452,3 +452,17 @@ def test_draws_log_likelihood_factorises_each_covariance_once(covariance_type, m
     reference = np.array([mixture_log_density(x, w[i], m[i], cov[i], covariance_type) for i in range(s)])
     np.testing.assert_allclose(per_row, reference, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(total, reference.sum(1), rtol=1e-12)
+
+
+def test_a_sampler_warned_about_is_not_called_converged():
+    """R-hat 1.008 with a bulk ESS of 213 from 4 chains (a K = 15 Gibbs fit in a review) warned
+    and said ``converged=True``: converged now needs both, as the warning does."""
+    from bayesgmm import _chains
+
+    with pytest.warns(ConvergenceWarning, match="min bulk ESS 213"):
+        assert _chains.warn_if_unconverged("Gibbs", 1.008, 213.0, 4, "advice") is False
+    with pytest.warns(ConvergenceWarning, match="max R-hat 1.0200"):
+        assert _chains.warn_if_unconverged("Gibbs", 1.02, 5000.0, 4, "advice") is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _chains.warn_if_unconverged("Gibbs", 1.008, 400.0, 4, "advice") is True
