@@ -356,6 +356,11 @@ def sampler_result(method: str, sampler: str, *, arr, feature_names, prior, cova
         sampler, rhat_max, ess_min, num_chains,
         "Run more num_warmup/num_samples or chains, and check the number of components.", stacklevel=4,
     )
+    if prior is not None and prior.weight_prior == "dirichlet_process":
+        draws_weights = np.asarray(done.draws["weights"], np.float64)
+        filled = _sticks.truncation_filled(arr.shape[0] * float(np.mean(np.min(draws_weights, axis=-1))),
+                                           draws_weights.shape[-1])
+        info = {**info, "truncation_filled": filled}
     return FitResult(
         method=method,
         covariance_type=covariance_type,

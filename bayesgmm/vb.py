@@ -586,8 +586,9 @@ def fit_vb(
         feature's posterior is normal-inverse-gamma, ``nu_k`` degrees of freedom). ``info`` holds
         ``elbo``, ``expected_counts`` (``N_k = alpha_k - alpha0_k``; under a Dirichlet process
         ``alpha`` and ``alpha0`` are the (K - 1, 2) Beta parameters of the sticks),
-        ``effective_components`` (``N_k >= 1``), ``empty_components`` (``N_k < 1``) and the
-        variational parameters ``alpha``, ``beta``, ``m``, ``nu``, ``psi`` (original scale;
+        ``effective_components`` (``N_k >= 1``), ``empty_components`` (``N_k < 1``), under a
+        Dirichlet process ``truncation_filled`` (no component empty: the truncation may hide
+        clusters; refit with more components) and the variational parameters ``alpha``, ``beta``, ``m``, ``nu``, ``psi`` (original scale;
         ``W_k = inv(psi_k)``). ``restart_elbos`` (each kept run's final ELBO) and
         ``start_elbos`` (each start's after its short run) rank the runs: they are the compiled
         program's values, in the compute precision (in float32 a few hundredths of a nat from
@@ -780,6 +781,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     degenerate = tuple(int(i) for i in np.flatnonzero(_numerics.degenerate_mask(
         np.full(k, np.inf), np.asarray(params_std.covariances, np.float64), covariance_type, reg_covar, eps, d)))
     floor = float(lanes.floor[best]) / n_eff
+    filled = prior.weight_prior == "dirichlet_process" and _sticks.truncation_filled(np.min(n_expected), k)
     if degenerate:
         warnings.warn(
             f"VB component(s) {list(degenerate)} have a covariance collapsed onto the regularisation "
@@ -822,6 +824,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         predictive=predictive,
         info={
             "elbo": elbo,
+            **({"truncation_filled": filled} if prior.weight_prior == "dirichlet_process" else {}),
             "effective_components": effective,
             "empty_components": list(empty),
             "expected_counts": n_expected.tolist(),

@@ -321,3 +321,21 @@ def test_dirichlet_process_prior_checks_and_round_trip(faithful, tmp_path):
     with pytest.warns(UserWarning, match="point estimate"):
         loaded = bg.FitResult.from_json(r.to_json())
     assert loaded.prior == prior and loaded.prior.weight_prior == "dirichlet_process"
+
+
+def test_a_truncation_every_component_fills_is_flagged():
+    """Six clusters fitted under Dirichlet-process weights truncated at K = 3: VB and Gibbs both
+    said converged, weights about 0.51, 0.17, 0.32, and nothing else (review of the DP prior).
+    Both say ``truncation_filled`` now; a generous truncation (K = 10) leaves components empty."""
+    rng = np.random.default_rng(0)
+    centres = 10.0 * np.array([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1]])
+    x = np.concatenate([c + rng.normal(size=(150, 2)) for c in centres])
+    short = Prior.default(x, 3, weight_prior="dirichlet_process")
+    assert bg.fit_vb(x, 3, prior=short).info["truncation_filled"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # (its chains may be said unconverged too)
+        gibbs = bg.fit_gibbs(x, 3, prior=short, num_warmup=100, num_samples=200, num_chains=2, seed=0)
+    assert gibbs.info["truncation_filled"] is True
+    generous = bg.fit_vb(x, 10, prior=Prior.default(x, 10, weight_prior="dirichlet_process"))
+    assert generous.info["truncation_filled"] is False and generous.info["effective_components"] == 6
+    assert "truncation_filled" not in bg.fit_vb(x, 3).info  # a Dirichlet prior has no truncation
