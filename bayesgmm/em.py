@@ -254,8 +254,7 @@ def fit_em(
     best = choose_run(finals, out.degenerate, allow_degenerate=allow_degenerate)
     moves = None
     if splits_and_merges(n_init, prep, given, hard, max_iter, found) and best >= 0:
-        out, best, moves = split_and_merge(prep, found, best, weight, tol=tol, reg_covar=reg_covar,
-                                           allow_degenerate=allow_degenerate)
+        out, best, moves = split_and_merge(prep, found, best, weight, tol=tol, reg_covar=reg_covar)
         finals = np.asarray(out.lanes.objective, dtype=np.float64)
     unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
         np.asarray(out.lanes.params.covariances[best], np.float64), layout, 0.0,
@@ -294,7 +293,7 @@ def fit_em(
 
 #: Fits of more components than this take split-and-merge moves after the default search
 #: (:func:`split_and_merge`).
-SPLIT_MERGE_ABOVE = 16
+SPLIT_MERGE_ABOVE = 4
 #: Full EM runs per round of moves: the best moves by their partial EM's gain.
 SPLIT_MERGE_FULL_RUNS = 2
 
@@ -308,12 +307,13 @@ def splits_and_merges(n_init, prep, given, hard: bool, max_iter: int, found) -> 
             and prep.covariance_model in _covariance_models.NATIVE)
 
 
-def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_covar: float, allow_degenerate: bool):
+def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_covar: float):
     """Split-and-merge moves (:mod:`bayesgmm._split_merge`) from the search's best run, each
     round's best :data:`SPLIT_MERGE_FULL_RUNS` moves by their partial EM run as full EM with the
     search's program; a run is kept when its objective beats the fit's by more than ``tol`` per
-    observation (converged, non-degenerate unless ``allow_degenerate``); rounds go on until none
-    is. Returns ``(output, index, record)``: the output holding the fit kept, its lane, and a
+    observation, converged and non-degenerate (the moves look for regular optima: with
+    ``allow_degenerate`` a split onto two points of galaxies, K = 5, emptied three components for
+    a higher likelihood); rounds go on until none is. Returns ``(output, index, record)``: the output holding the fit kept, its lane, and a
     record of the moves kept (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k``
     split; the objective's gain in the compute precision), the partial and full runs and their
     seconds."""
@@ -336,7 +336,7 @@ def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_co
             lanes = run.output.lanes
             gain = float(lanes.objective[0]) - current
             if (gain > threshold and (bool(lanes.converged[0]) or not bool(out.lanes.converged[index]))
-                    and (allow_degenerate or not np.asarray(run.output.degenerate[0]).any())):
+                    and not np.asarray(run.output.degenerate[0]).any()):
                 kept = (run.output, [*move.merge, move.split, gain])
                 break
         if kept is None:

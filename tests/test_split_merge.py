@@ -120,7 +120,7 @@ def test_moves_are_left_to_searches_they_do_not_serve(monkeypatch):
     user's restarts, scikit-learn's meaning), hard EM or missing values."""
     x, centres = _twenty_clusters()
     monkeypatch.setattr(em, "resolve_starts", lambda *args, **kwargs: (1, 1))
-    assert "split_merge" not in bg.fit_em(x, 16, seed=0).info
+    assert "split_merge" not in bg.fit_em(x, em.SPLIT_MERGE_ABOVE, seed=0).info
     assert "split_merge" not in bg.fit_em(x, 20, n_init=1, seed=0).info
     assert "split_merge" not in bg.fit_em(x, 20, means_init=centres, seed=0).info
     with warnings.catch_warnings():
@@ -165,3 +165,19 @@ def test_the_default_fit_reaches_the_optimum_among_sixty_four_clusters_on_large_
     fit = bg.fit_em(x, k)
     assert fit.info["n_init"] <= 16 and fit.info["split_merge"]["moves"]
     assert fit.log_likelihood > truth.log_likelihood - 1.0
+
+
+def test_the_moves_leave_a_poor_optimum_of_the_digits(monkeypatch):
+    """scikit-learn's handwritten digits on their first 5 principal components, K = 5 diagonal:
+    the default search ended 47.6 nats below the best of 250 restarts in 6 seeds of 10 (72.0 in
+    one); with the moves 4.6, and at it (seed 7). Seed 0 here: one move, and 43 nats gained."""
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    x = PCA(5, random_state=0).fit_transform(load_digits().data)
+    fit = bg.fit_em(x, 5, covariance_type="diag", seed=0)
+    assert len(fit.info["split_merge"]["moves"]) == 1
+    monkeypatch.setattr(em, "SPLIT_MERGE_ABOVE", 1000)  # the same search without the moves
+    alone = bg.fit_em(x, 5, covariance_type="diag", seed=0)
+    assert fit.log_likelihood > alone.log_likelihood + 40.0
+    assert fit.converged and not fit.degenerate_components
