@@ -567,16 +567,23 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
                                            num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,
                                            avoid_degenerate=avoid_degenerate, short_lanes=short_lanes)
 
+    # run_from's call: as many lanes as the search's continuing calls, so that it runs their
+    # program (a call of one lane would compile another, on whichever later fit first needed it);
+    # a pool or padded lanes take any number, and one is then enough
+    from_lanes = 1 if pooled or lanes_run > lanes_per_call else lanes_per_call
+
     def run_from(start: GMMParams) -> SearchResult:
-        # a fresh call of one lane whose every piece is given: the first start's noise block (the
-        # program's shapes and static arguments, never read) and a placeholder state
+        # a fresh call whose every piece is given (each lane runs the same start; lane 0 is kept):
+        # the first starts' noise block (the program's shapes and static arguments, never read)
+        # and a placeholder state
         before = list(seconds)
         starting["given"] = given_start(tuple(start), k, d, config.covariance_type, dtype)
         try:
-            one = call(noise[:, :1], _iterate.take(placeholder, np.arange(1) % lanes_per_call), max_iter, True,
-                       _iterate.NEVER)
+            runs = call(noise[:, :from_lanes], _iterate.take(placeholder, np.arange(from_lanes) % lanes_per_call),
+                        max_iter, True, _iterate.NEVER)
         finally:
             starting["given"] = given
+        one = _iterate.take(runs, slice(0, 1))
         objective = np.asarray(one.lanes.objective, np.float64).reshape(1, 1)
         return SearchResult(one, objective, seconds[0] - before[0], seconds[1] - before[1])
 

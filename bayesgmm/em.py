@@ -252,10 +252,10 @@ def fit_em(
     out = found.output
     finals = np.asarray(out.lanes.objective, dtype=np.float64)
     best = choose_run(finals, out.degenerate, allow_degenerate=allow_degenerate)
+    search_best, search_degenerate = best, np.asarray(out.degenerate).any(axis=-1)
     moves = None
     if splits_and_merges(n_init, prep, given, hard, max_iter, found) and best >= 0:
         out, best, moves = split_and_merge(prep, found, best, weight, tol=tol, reg_covar=reg_covar)
-        finals = np.asarray(out.lanes.objective, dtype=np.float64)
     unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
         np.asarray(out.lanes.params.covariances[best], np.float64), layout, 0.0,
         float(np.finfo(prep.dtype).eps), k, d)))  # without regularisation the likelihood has no maximum there
@@ -276,9 +276,9 @@ def fit_em(
         "num_kept": int(kept),
         "init_iter": min(short_iter, max_iter) if kept < starts else None,
         "init_params": init_params,
-        "best_restart": best,
+        "best_restart": search_best,  # the search's runs (split-and-merge moves may follow)
         "restart_objectives": (finals + obj_shift).tolist(),
-        "restart_degenerate": np.asarray(out.degenerate).any(axis=-1).tolist(),
+        "restart_degenerate": search_degenerate.tolist(),
         "start_objectives": (found.start_objective[0] + obj_shift).tolist(),
         "compile_seconds": found.compile_seconds + (moves["compile_seconds"] if moves else 0.0),
         "run_seconds": found.run_seconds + (moves["run_seconds"] + moves["host_seconds"] if moves else 0.0),
@@ -310,8 +310,9 @@ def splits_and_merges(n_init, prep, given, hard: bool, max_iter: int, found) -> 
 def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_covar: float):
     """Split-and-merge moves (:mod:`bayesgmm._split_merge`) from the search's best run, each
     round's best :data:`SPLIT_MERGE_FULL_RUNS` moves by their partial EM run as full EM with the
-    search's program; a run is kept when its objective beats the fit's by more than ``tol`` per
-    observation, converged and non-degenerate (the moves look for regular optima: with
+    search's program; a converged fit only (a run stopped by ``max_iter`` is left as it is, so
+    that ``max_iter`` bounds the work); a run is kept when its objective beats the fit's by more
+    than ``tol`` per observation, converged and non-degenerate (the moves look for regular optima: with
     ``allow_degenerate`` a split onto two points of galaxies, K = 5, emptied three components for
     a higher likelihood); rounds go on until none is. Returns ``(output, index, record)``: the output holding the fit kept, its lane, and a
     record of the moves kept (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k``
@@ -323,6 +324,8 @@ def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_co
     threshold = max(tol, 1e-7) * n_eff
     record = {"moves": [], "partial_runs": 0, "full_runs": 0, "compile_seconds": 0.0, "run_seconds": 0.0}
     for _ in range(prep.num_components):  # every move kept raises the objective: few rounds
+        if not bool(out.lanes.converged[index]):  # the moves leave optima: a run short of one is left as it is
+            break
         current = float(out.lanes.objective[index])
         params = GMMParams(*(np.asarray(a[index], np.float64) for a in out.lanes.params))
         moves, tried = _split_merge.candidates(prep.xs, sample_weight, params, prep.covariance_type, reg_covar)
@@ -335,8 +338,7 @@ def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_co
             record["run_seconds"] += run.run_seconds
             lanes = run.output.lanes
             gain = float(lanes.objective[0]) - current
-            if (gain > threshold and (bool(lanes.converged[0]) or not bool(out.lanes.converged[index]))
-                    and not np.asarray(run.output.degenerate[0]).any()):
+            if gain > threshold and bool(lanes.converged[0]) and not np.asarray(run.output.degenerate[0]).any():
                 kept = (run.output, [*move.merge, move.split, gain])
                 break
         if kept is None:

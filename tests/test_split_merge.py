@@ -181,3 +181,49 @@ def test_the_moves_leave_a_poor_optimum_of_the_digits(monkeypatch):
     alone = bg.fit_em(x, 5, covariance_type="diag", seed=0)
     assert fit.log_likelihood > alone.log_likelihood + 40.0
     assert fit.converged and not fit.degenerate_components
+
+
+def _nine_clusters(num_rows=3000, seed=1):
+    """Nine clusters 6 apart on a 3 x 3 grid in 2-D, of unequal spreads (a review's data)."""
+    rng = np.random.default_rng(seed)
+    centres = 6.0 * np.stack(np.meshgrid(np.arange(3), np.arange(3)), -1).reshape(-1, 2)
+    return centres[rng.integers(0, 9, num_rows)] + rng.normal(size=(num_rows, 2)) * rng.uniform(0.5, 1.5, (num_rows, 1))
+
+
+def test_a_move_runs_the_searchs_own_program_and_keeps_its_record():
+    """A move's full run took a call of one lane, another program than the search's four-lane
+    one: it compiled (2 s) on whichever later fit of the shape first ran a move (a review). It
+    runs the search's continuing program now: nothing compiles for it, on the first fit too. The
+    search's record stays the search's (it shrank to the move's one run)."""
+    x = _nine_clusters()
+    fit = bg.fit_em(x, 7, seed=0)
+    record = fit.info["split_merge"]
+    assert record["full_runs"] >= 1 and record["moves"] and fit.info["num_kept"] > 1
+    assert record["compile_seconds"] == 0.0
+    assert len(fit.info["restart_objectives"]) == fit.info["num_kept"] == len(fit.info["restart_degenerate"])
+    assert fit.info["restart_objectives"][fit.info["best_restart"]] < fit.log_likelihood - 1.0
+    again = bg.fit_em(x, 7, seed=0)
+    assert again.info["compile_seconds"] == 0.0 and again.log_likelihood == fit.log_likelihood
+
+
+def test_a_fit_stopped_by_max_iter_takes_no_move():
+    """``max_iter=1`` kept a move (up to 30 partial and a full run's iterations, reported as
+    ``n_iter=1``, 14.8 nats above the one-step fit; a review): moves leave converged fits only,
+    so ``max_iter`` bounds the work."""
+    x = _nine_clusters(600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bg.ConvergenceWarning)
+        fit = bg.fit_em(x, 7, seed=0, max_iter=1)
+    assert fit.n_iter == 1 and not fit.converged
+    assert len(fit.info["split_merge"]["moves"]) == 0 and fit.info["split_merge"]["full_runs"] == 0
+
+
+def test_the_candidates_do_not_depend_on_the_row_weights_scale():
+    """Responsibilities below the floor are left out by their own size, not times the row
+    weights: weights of 1e-7 left no candidate (a review); every gain scales with the weights."""
+    x, fits = _four_clusters(seed=1)
+    params = fits["full"]
+    ones, _ = _split_merge.candidates(x, np.ones(len(x)), params, "full", 1e-10)
+    tiny, _ = _split_merge.candidates(x, np.full(len(x), 1e-7), params, "full", 1e-10)
+    assert [(m.merge, m.split) for m in tiny] == [(m.merge, m.split) for m in ones] and ones
+    np.testing.assert_allclose([m.gain for m in tiny], [1e-7 * m.gain for m in ones], rtol=1e-9)
