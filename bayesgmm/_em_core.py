@@ -434,16 +434,18 @@ class SearchResult(NamedTuple):
 
     ``start_objective`` (G, R) is each start's objective after its short run (after its full run
     when every start is kept); ``compile_seconds`` / ``run_seconds`` sum over the calls.
-    ``run_from(start)`` (one group) runs one more run to convergence from ``start``
-    (:class:`GMMParams`, standardised, in the data's dtype) with the search's own compiled program,
-    and returns it as a :class:`SearchResult` of one lane (its own seconds).
+    ``run_from(starts)`` (one group) runs more runs to convergence, one from each of ``starts``
+    (:class:`GMMParams`, standardised; ``run_width`` of them a call) with the search's own
+    compiled program, and returns them as a :class:`SearchResult` of those lanes (its own
+    seconds); ``run_width`` is as many as one call runs for the cost of one run or less.
     """
 
     output: EMOutput
     start_objective: np.ndarray
     compile_seconds: float
     run_seconds: float
-    run_from: Callable[[GMMParams], "SearchResult"] | None = None
+    run_from: Callable[[list], "SearchResult"] | None = None
+    run_width: int = 1
 
 
 def given_start(given, num_components, num_features, covariance_type, dtype):
@@ -545,14 +547,13 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
                   lanes_apart=_sharding.on_shared_cpu_threads(xs), pool_lanes=lanes_run if pooled else None)
     common = (prior, np.asarray(tol, dtype), np.asarray(reg_covar, dtype), sample_weight, active)
     seconds = [0.0, 0.0]
-    starting = {"given": given}  # run_from's calls start from their own given start
 
     def call(noise_block, state, limit, fresh, abandon_after, num_queued=None):
         # the search's fresh calls short of max_iter are em-EM short runs, and its continuing calls
         # continue them: those short runs take the looser precision guard (see _run)
         loose = limit < max_iter if fresh else init_iter < max_iter
         num_queued = noise_block.shape[1] if num_queued is None else num_queued
-        timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), starting["given"], state, *common,
+        timed = PROGRAM(xs, noise_block.reshape((-1,) + noise_block.shape[2:]), given, state, *common,
                         np.asarray(limit, np.int32), np.asarray(fresh), np.asarray(abandon_after, np.int32),
                         np.asarray(loose), model_index, observed, np.asarray(num_queued, np.int32), **static)
         seconds[0] += timed.compile_seconds
@@ -567,24 +568,27 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
                                            num_kept=num_kept, init_iter=init_iter, max_iter=max_iter,
                                            avoid_degenerate=avoid_degenerate, short_lanes=short_lanes)
 
-    # run_from's call: as many lanes as the search's continuing calls, so that it runs their
-    # program (a call of one lane would compile another, on whichever later fit first needed it);
-    # a pool or padded lanes take any number, and one is then enough
-    from_lanes = 1 if pooled or lanes_run > lanes_per_call else lanes_per_call
+    # run_from's calls continue the search's program from a state that starts each lane at one
+    # of the given starts (as a fresh lane would start): as many lanes as its continuing calls
+    # (a call of another width would compile another program, on whichever later fit first
+    # needed it); a pool or padded lanes take any number up to their width
+    wrapped = pooled or lanes_run > lanes_per_call
+    width = lanes_run if wrapped else lanes_per_call
 
-    def run_from(start: GMMParams) -> SearchResult:
-        # a fresh call whose every piece is given (each lane runs the same start; lane 0 is kept):
-        # the first starts' noise block (the program's shapes and static arguments, never read)
-        # and a placeholder state
+    def run_from(starts: list[GMMParams]) -> SearchResult:
         before = list(seconds)
-        starting["given"] = given_start(tuple(start), k, d, config.covariance_type, dtype)
-        try:
-            runs = call(noise[:, :from_lanes], _iterate.take(placeholder, np.arange(from_lanes) % lanes_per_call),
-                        max_iter, True, _iterate.NEVER)
-        finally:
-            starting["given"] = given
-        one = _iterate.take(runs, slice(0, 1))
-        objective = np.asarray(one.lanes.objective, np.float64).reshape(1, 1)
-        return SearchResult(one, objective, seconds[0] - before[0], seconds[1] - before[1])
+        outputs = []
+        for first in range(0, len(starts), width):  # calls of at most width lanes
+            lanes = min(width, len(starts) - first)
+            index = first + np.arange(lanes if wrapped else width) % lanes  # unwrapped: padded with repeats
+            params = GMMParams(*(np.stack([np.asarray(getattr(starts[i], f), dtype) for i in index])
+                                 for f in GMMParams._fields))
+            state = _iterate.start(params, np.zeros((index.size, k), dtype), index.size, trace_len, dtype)
+            runs = call(noise[:, np.arange(index.size) % num_starts], jax.device_get(state), max_iter, False,
+                        _iterate.NEVER)
+            outputs.append(_iterate.take(runs, slice(0, lanes)))
+        out = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *outputs)
+        objective = np.asarray(out.lanes.objective, np.float64).reshape(1, len(starts))
+        return SearchResult(out, objective, seconds[0] - before[0], seconds[1] - before[1])
 
-    return SearchResult(out, start_objective, seconds[0], seconds[1], run_from if num_groups == 1 else None)
+    return SearchResult(out, start_objective, seconds[0], seconds[1], run_from if num_groups == 1 else None, width)

@@ -294,7 +294,8 @@ def fit_em(
 #: Fits of more components than this take split-and-merge moves after the default search
 #: (:func:`split_and_merge`).
 SPLIT_MERGE_ABOVE = 4
-#: Full EM runs per round of moves: the best moves by their partial EM's gain.
+#: Full EM runs per round of moves, at least: the best moves by their partial EM's gain (as many
+#: more as the search's program runs in one call for the same cost).
 SPLIT_MERGE_FULL_RUNS = 2
 
 
@@ -308,16 +309,18 @@ def splits_and_merges(n_init, prep, given, hard: bool, max_iter: int, found) -> 
 
 
 def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_covar: float):
-    """Split-and-merge moves (:mod:`bayesgmm._split_merge`) from the search's best run, each
-    round's best :data:`SPLIT_MERGE_FULL_RUNS` moves by their partial EM run as full EM with the
-    search's program; a converged fit only (a run stopped by ``max_iter`` is left as it is, so
-    that ``max_iter`` bounds the work); a run is kept when its objective beats the fit's by more
-    than ``tol`` per observation, converged and non-degenerate (the moves look for regular optima: with
-    ``allow_degenerate`` a split onto two points of galaxies, K = 5, emptied three components for
-    a higher likelihood); rounds go on until none is. Returns ``(output, index, record)``: the output holding the fit kept, its lane, and a
-    record of the moves kept (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k``
-    split; the objective's gain in the compute precision), the partial and full runs and their
-    seconds."""
+    """Split-and-merge moves (:mod:`bayesgmm._split_merge`) from the search's best run.
+
+    Each round's best moves by their partial EM (:data:`SPLIT_MERGE_FULL_RUNS`, or as many as one
+    call of the search's program runs at that cost) run as full EM in one such call. Moves leave
+    converged fits only (a run stopped by ``max_iter`` is left as it is, so that ``max_iter``
+    bounds the work); the best run is kept when its objective beats the fit's by more than
+    ``tol`` per observation, converged and non-degenerate (the moves look for regular optima:
+    with ``allow_degenerate`` a split onto two points of galaxies, K = 5, emptied three
+    components for a higher likelihood); rounds go on until none is. Returns ``(output, index,
+    record)``: the output holding the fit kept, its lane, and a record of the moves kept
+    (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k`` split; the objective's gain in
+    the compute precision), the partial and full runs and their seconds."""
     start = time.perf_counter()
     out, index = found.output, best
     n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
@@ -331,20 +334,23 @@ def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_co
         moves, tried = _split_merge.candidates(prep.xs, sample_weight, params, prep.covariance_type, reg_covar)
         record["partial_runs"] += tried
         kept = None
-        for move in moves[:SPLIT_MERGE_FULL_RUNS]:
-            run = found.run_from(GMMParams(*(np.asarray(a, prep.dtype) for a in move.params)))
-            record["full_runs"] += 1
+        tried = moves[: max(SPLIT_MERGE_FULL_RUNS, found.run_width)]
+        if tried:  # one call: every lane a move (as many as the call runs at the cost of one run)
+            run = found.run_from([GMMParams(*move.params) for move in tried])
+            record["full_runs"] += len(tried)
             record["compile_seconds"] += run.compile_seconds
             record["run_seconds"] += run.run_seconds
             lanes = run.output.lanes
-            gain = float(lanes.objective[0]) - current
-            if gain > threshold and bool(lanes.converged[0]) and not np.asarray(run.output.degenerate[0]).any():
-                kept = (run.output, [*move.merge, move.split, gain])
-                break
+            gains = np.asarray(lanes.objective, np.float64) - current
+            usable = (gains > threshold) & np.asarray(lanes.converged) & ~np.asarray(run.output.degenerate).any(axis=-1)
+            if usable.any():
+                lane = int(np.argmax(np.where(usable, gains, -np.inf)))
+                move = tried[lane]
+                kept = (run.output, lane, [*move.merge, move.split, float(gains[lane])])
         if kept is None:
             break
-        out, index = kept[0], 0
-        record["moves"].append(kept[1])
+        out, index = kept[0], kept[1]
+        record["moves"].append(kept[2])
     record["seconds"] = time.perf_counter() - start
     record["host_seconds"] = record["seconds"] - record["compile_seconds"] - record["run_seconds"]
     return out, index, record
