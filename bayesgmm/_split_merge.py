@@ -26,6 +26,7 @@ kept raises the objective, so the caller's loop ends.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -262,3 +263,65 @@ def candidates(x, sample_weight, params: GMMParams, covariance_type: str, reg_co
         if np.isfinite(gain) and gain > 0:
             moves.append(Move(merge, split, moved, gain))
     return sorted(moves, key=lambda m: -m.gain), len(ranked)
+
+
+#: Fits of more components than this take split-and-merge moves after the default search
+#: (:func:`improve`; :func:`bayesgmm.fit_em`, and :func:`bayesgmm.streaming.fit_em_stream`'s start).
+SPLIT_MERGE_ABOVE = 4
+#: Full EM runs per round of moves, at least: the best moves by their partial EM's gain (as many
+#: more as the search's program runs in one call for the same cost).
+SPLIT_MERGE_FULL_RUNS = 2
+
+
+def applies(num_components: int) -> bool:
+    """Whether a default search of ``num_components`` takes the moves (above :data:`SPLIT_MERGE_ABOVE`)."""
+    return num_components > SPLIT_MERGE_ABOVE
+
+
+def improve(xs, sample_weight, found, best: int, covariance_type: str, *, tol: float, reg_covar: float):
+    """Split-and-merge moves from a search's best run ``best`` (``found``, a
+    :class:`bayesgmm._em_core.SearchResult` with ``run_from``) on the standardised rows ``xs``.
+
+    Each round's best moves by their partial EM (:data:`SPLIT_MERGE_FULL_RUNS`, or as many as one
+    call of the search's program runs at that cost) run as full EM in one such call. Moves leave
+    converged fits only (a run stopped by ``max_iter`` is left as it is, so that ``max_iter``
+    bounds the work); the best run is kept when its objective beats the fit's by more than
+    ``tol`` per observation, converged and non-degenerate (the moves look for regular optima:
+    with ``allow_degenerate`` a split onto two points of galaxies, K = 5, emptied three
+    components for a higher likelihood); rounds go on until none is. Returns ``(output, index,
+    record)``: the output holding the fit kept, its lane, and a record of the moves kept
+    (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k`` split; the objective's gain in
+    the compute precision), the partial and full runs and their seconds."""
+    start = time.perf_counter()
+    out, index = found.output, best
+    n_eff = xs.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+    threshold = max(tol, 1e-7) * n_eff
+    record = {"moves": [], "partial_runs": 0, "full_runs": 0, "compile_seconds": 0.0, "run_seconds": 0.0}
+    for _ in range(np.shape(out.lanes.params.means)[-2]):  # every move kept raises the objective: few rounds
+        if not bool(out.lanes.converged[index]):  # the moves leave optima: a run short of one is left as it is
+            break
+        current = float(out.lanes.objective[index])
+        params = GMMParams(*(np.asarray(a[index], np.float64) for a in out.lanes.params))
+        moves, num_partial = candidates(xs, sample_weight, params, covariance_type, reg_covar)
+        record["partial_runs"] += num_partial
+        kept = None
+        tried = moves[: max(SPLIT_MERGE_FULL_RUNS, found.run_width)]
+        if tried:  # one call: every lane a move (as many as the call runs at the cost of one run)
+            run = found.run_from([GMMParams(*move.params) for move in tried])
+            record["full_runs"] += len(tried)
+            record["compile_seconds"] += run.compile_seconds
+            record["run_seconds"] += run.run_seconds
+            lanes = run.output.lanes
+            gains = np.asarray(lanes.objective, np.float64) - current
+            usable = (gains > threshold) & np.asarray(lanes.converged) & ~np.asarray(run.output.degenerate).any(axis=-1)
+            if usable.any():
+                lane = int(np.argmax(np.where(usable, gains, -np.inf)))
+                move = tried[lane]
+                kept = (run.output, lane, [*move.merge, move.split, float(gains[lane])])
+        if kept is None:
+            break
+        out, index = kept[0], kept[1]
+        record["moves"].append(kept[2])
+    record["seconds"] = time.perf_counter() - start
+    record["host_seconds"] = record["seconds"] - record["compile_seconds"] - record["run_seconds"]
+    return out, index, record

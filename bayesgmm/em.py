@@ -8,8 +8,8 @@ host side: validation, units, the default search, and packaging the result.
 the data grow, see :func:`auto_starts`) each run :data:`INIT_ITER` iterations, and the best few
 continue until the Aitken-projected remaining gain of the objective is below ``tol`` per
 observation (:mod:`bayesgmm._iterate`). The fit kept is the best *non-degenerate* one
-(:func:`bayesgmm._numerics.degenerate_mask`). Above :data:`SPLIT_MERGE_ABOVE` components
-split-and-merge moves (:mod:`bayesgmm._split_merge`) follow the search: merge two components
+(:func:`bayesgmm._numerics.degenerate_mask`). Above :data:`bayesgmm._split_merge.SPLIT_MERGE_ABOVE`
+components split-and-merge moves (:mod:`bayesgmm._split_merge`) follow the search: merge two components
 on one cluster, split one on two, keep what raises the objective. Every reported total is
 recomputed in float64 from the returned parameters (:mod:`bayesgmm._numerics`), whatever the
 compute precision.
@@ -23,8 +23,6 @@ the fit does not depend on the units; everything reported is on the original sca
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 
@@ -46,7 +44,6 @@ from ._em_host import (
 from ._executors import recorded_warnings
 from .params import (
     ConvergenceWarning,
-    GMMParams,
     Prior,
     check_bool,
     check_int,
@@ -110,8 +107,8 @@ def fit_em(
         for K = 1, where every start gives the same fit; above 32 components 8 (K - 32) up to 128 where
         affordable: fewer missed well-separated clusters, merging two and splitting a third), of
         which the best short runs (``init_iter`` iterations) continue; above
-        :data:`SPLIT_MERGE_ABOVE` components, split-and-merge moves follow
-        (:func:`split_and_merge`: where large data leave few starts). Where one run continues
+        :data:`bayesgmm._split_merge.SPLIT_MERGE_ABOVE` components, split-and-merge moves follow
+        (:func:`bayesgmm._split_merge.improve`: where large data leave few starts). Where one run continues
         (16 starts or fewer: larger data), the k-means++ starts are the best of 32 seedings by
         their k-means potential on 8192 rows (:func:`bayesgmm.kmeans.screened_seedings`), so
         that few starts still give every cluster a centre. An int: that many
@@ -200,7 +197,7 @@ def fit_em(
         convergence), the final objective of every kept run (``restart_objectives``) and of
         every start after its short run (``start_objectives``), which rank the runs in the compute
         precision, as the earlier ``trace`` entries; after split-and-merge moves,
-        ``split_merge`` (:func:`split_and_merge`'s record), and then ``n_iter`` and ``trace``
+        ``split_merge`` (:func:`bayesgmm._split_merge.improve`'s record), and then ``n_iter`` and ``trace``
         are the last kept move's run (from its start).
 
     Raises
@@ -255,7 +252,8 @@ def fit_em(
     search_best, search_degenerate = best, np.asarray(out.degenerate).any(axis=-1)
     moves = None
     if splits_and_merges(n_init, prep, given, hard, max_iter, found) and best >= 0:
-        out, best, moves = split_and_merge(prep, found, best, weight, tol=tol, reg_covar=reg_covar)
+        out, best, moves = _split_merge.improve(prep.xs, weight, found, best, prep.covariance_type, tol=tol,
+                                                reg_covar=reg_covar)
     unbounded = best >= 0 and reg_covar == 0 and bool(np.any(_numerics.collapsed_mask(
         np.asarray(out.lanes.params.covariances[best], np.float64), layout, 0.0,
         float(np.finfo(prep.dtype).eps), k, d)))  # without regularisation the likelihood has no maximum there
@@ -291,69 +289,14 @@ def fit_em(
                    tol=tol, tol_explicit=tol_explicit)
 
 
-#: Fits of more components than this take split-and-merge moves after the default search
-#: (:func:`split_and_merge`).
-SPLIT_MERGE_ABOVE = 4
-#: Full EM runs per round of moves, at least: the best moves by their partial EM's gain (as many
-#: more as the search's program runs in one call for the same cost).
-SPLIT_MERGE_FULL_RUNS = 2
-
-
 def splits_and_merges(n_init, prep, given, hard: bool, max_iter: int, found) -> bool:
-    """Whether :func:`fit_em` follows its search with :func:`split_and_merge`: the default
-    search (``n_init="auto"``, no given start) of more than :data:`SPLIT_MERGE_ABOVE` components,
-    soft EM, complete data, one of the four covariance structures (not mclust's constrained models)."""
-    return (isinstance(n_init, str) and prep.num_components > SPLIT_MERGE_ABOVE and not hard and max_iter > 0
+    """Whether :func:`fit_em` follows its search with split-and-merge moves
+    (:func:`bayesgmm._split_merge.improve`): the default search (``n_init="auto"``, no given
+    start) of more than :data:`bayesgmm._split_merge.SPLIT_MERGE_ABOVE` components, soft EM,
+    complete data, one of the four covariance structures (not mclust's constrained models)."""
+    return (isinstance(n_init, str) and _split_merge.applies(prep.num_components) and not hard and max_iter > 0
             and prep.observed is None and all(g is None for g in given) and found.run_from is not None
             and prep.covariance_model in _covariance_models.NATIVE)
-
-
-def split_and_merge(prep, found, best: int, sample_weight, *, tol: float, reg_covar: float):
-    """Split-and-merge moves (:mod:`bayesgmm._split_merge`) from the search's best run.
-
-    Each round's best moves by their partial EM (:data:`SPLIT_MERGE_FULL_RUNS`, or as many as one
-    call of the search's program runs at that cost) run as full EM in one such call. Moves leave
-    converged fits only (a run stopped by ``max_iter`` is left as it is, so that ``max_iter``
-    bounds the work); the best run is kept when its objective beats the fit's by more than
-    ``tol`` per observation, converged and non-degenerate (the moves look for regular optima:
-    with ``allow_degenerate`` a split onto two points of galaxies, K = 5, emptied three
-    components for a higher likelihood); rounds go on until none is. Returns ``(output, index,
-    record)``: the output holding the fit kept, its lane, and a record of the moves kept
-    (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k`` split; the objective's gain in
-    the compute precision), the partial and full runs and their seconds."""
-    start = time.perf_counter()
-    out, index = found.output, best
-    n_eff = prep.num_obs if sample_weight is None else float(np.sum(sample_weight))
-    threshold = max(tol, 1e-7) * n_eff
-    record = {"moves": [], "partial_runs": 0, "full_runs": 0, "compile_seconds": 0.0, "run_seconds": 0.0}
-    for _ in range(prep.num_components):  # every move kept raises the objective: few rounds
-        if not bool(out.lanes.converged[index]):  # the moves leave optima: a run short of one is left as it is
-            break
-        current = float(out.lanes.objective[index])
-        params = GMMParams(*(np.asarray(a[index], np.float64) for a in out.lanes.params))
-        moves, tried = _split_merge.candidates(prep.xs, sample_weight, params, prep.covariance_type, reg_covar)
-        record["partial_runs"] += tried
-        kept = None
-        tried = moves[: max(SPLIT_MERGE_FULL_RUNS, found.run_width)]
-        if tried:  # one call: every lane a move (as many as the call runs at the cost of one run)
-            run = found.run_from([GMMParams(*move.params) for move in tried])
-            record["full_runs"] += len(tried)
-            record["compile_seconds"] += run.compile_seconds
-            record["run_seconds"] += run.run_seconds
-            lanes = run.output.lanes
-            gains = np.asarray(lanes.objective, np.float64) - current
-            usable = (gains > threshold) & np.asarray(lanes.converged) & ~np.asarray(run.output.degenerate).any(axis=-1)
-            if usable.any():
-                lane = int(np.argmax(np.where(usable, gains, -np.inf)))
-                move = tried[lane]
-                kept = (run.output, lane, [*move.merge, move.split, float(gains[lane])])
-        if kept is None:
-            break
-        out, index = kept[0], kept[1]
-        record["moves"].append(kept[2])
-    record["seconds"] = time.perf_counter() - start
-    record["host_seconds"] = record["seconds"] - record["compile_seconds"] - record["run_seconds"]
-    return out, index, record
 
 
 def fit_em_path(x, num_components: int, iterations, **options) -> dict:

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _em_host, _iterate, _missing, _numerics, _sharding, _stats
+from . import _em_host, _iterate, _missing, _numerics, _sharding, _split_merge, _stats
 from ._compile import jit, running
 from ._em_core import EMConfig, search
 from ._em_host import choose_run
@@ -685,11 +685,12 @@ def _online_passes(feeder: _Feeder, params, prior, tol, reg_covar, max_iter, num
 
 
 def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init, tol, reg_covar, max_iter, dtype):
-    """Standardised starting parameters, ``compile_seconds`` and the initial objective per row."""
+    """Standardised starting parameters, ``compile_seconds``, the initial objective per row and
+    the record of split-and-merge moves after the subsample's default search (None without)."""
     k, d, ct = config.num_components, config.num_features, config.covariance_type
     if not isinstance(init_params, str):
         params = _given_start(init_params, k, d, ct, shift, sd)
-        return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None
+        return GMMParams(*(jnp.asarray(p, dtype) for p in params)), 0.0, None, None
     with np.errstate(over="ignore"):  # beyond the compute type: named below
         xs = ((moments.subsample - shift) / sd).astype(dtype)
     refuse_out_of_range(xs, moments.subsample, shift, sd, name="the initialisation subsample")
@@ -715,8 +716,13 @@ def _initial_params(init_params, moments, shift, sd, key, config, prior, n_init,
             "Increase reg_covar or num_init_rows, use fewer components, or pass prior=bayesgmm.Prior.default(...)."
         )
     best = choose_run(finals, out.degenerate)  # as fit_em: the best run that is not degenerate, if any
+    moves = None
+    if (isinstance(n_init, str) and _split_merge.applies(k) and observed is None and best >= 0
+            and found.run_from is not None):  # as fit_em's default: the moves after the search
+        out, best, moves = _split_merge.improve(xs, None, found, best, ct, tol=tol, reg_covar=reg_covar)
+        params_all, finals = out.lanes.params, np.asarray(out.lanes.objective, np.float64)
     params = GMMParams(*(jnp.asarray(p[best]) for p in params_all))
-    return params, found.compile_seconds, float(finals[best]) / num_rows - float(np.sum(np.log(sd)))
+    return params, found.compile_seconds, float(finals[best]) / num_rows - float(np.sum(np.log(sd))), moves
 
 
 # ----------------------------------------------------------------------------------------------
@@ -832,7 +838,9 @@ def fit_em_stream(
         each chunk at the parameters in force when it was read), then the exact final value.
         ``n_iter`` counts EM passes. ``info`` holds ``pass_seconds``, ``num_chunks``,
         ``batch_size``, ``num_updates``, ``init_objective_per_obs`` (of the initialisation, on the
-        subsample) and the usual timing keys.
+        subsample), ``init_split_merge`` (the split-and-merge moves that followed the subsample's
+        default search above 4 components, as :func:`bayesgmm.fit_em`'s ``split_merge``) and the
+        usual timing keys.
 
     Raises
     ------
@@ -915,7 +923,7 @@ def fit_em_stream(
         if prior is not None:
             prior_arrays = jax.device_put(prior.standardised(shift, sd).arrays(k, covariance_type, dtype=dtype))
 
-        params, compile_seconds, init_objective = _initial_params(
+        params, compile_seconds, init_objective, init_moves = _initial_params(
             init_params, moments, shift, sd, key_init, config, prior_arrays, n_init, tol, reg_covar, max_iter, dtype
         )
         feeder = _Feeder(src, batch_size, config, dtype, shift, sd, devices, progress)
@@ -1061,6 +1069,7 @@ def fit_em_stream(
         "init_params": init_params if isinstance(init_params, str) else "given",
         "num_init_rows": 0 if sample_rows is None else len(sample_rows),
         "init_objective_per_obs": init_objective,
+        **({} if init_moves is None else {"init_split_merge": init_moves}),
         "compile_seconds": compile_seconds,
         "run_seconds": run_seconds,
         "fit_seconds": compile_seconds + run_seconds,

@@ -109,7 +109,7 @@ def test_the_default_fit_leaves_the_optimum_a_single_start_missed(monkeypatch):
     assert len(record["moves"]) >= 1 and record["compile_seconds"] == 0.0
     assert fit.log_likelihood == pytest.approx(_log_likelihood(x, GMMParams(fit.weights, fit.means, fit.covariances),
                                                                "full"), rel=1e-12)
-    monkeypatch.setattr(em, "SPLIT_MERGE_ABOVE", 1000)
+    monkeypatch.setattr(_split_merge, "SPLIT_MERGE_ABOVE", 1000)
     alone = bg.fit_em(x, 20, seed=0)
     assert "split_merge" not in alone.info
     assert alone.log_likelihood < truth.log_likelihood - 50.0
@@ -120,7 +120,7 @@ def test_moves_are_left_to_searches_they_do_not_serve(monkeypatch):
     user's restarts, scikit-learn's meaning), hard EM or missing values."""
     x, centres = _twenty_clusters()
     monkeypatch.setattr(em, "resolve_starts", lambda *args, **kwargs: (1, 1))
-    assert "split_merge" not in bg.fit_em(x, em.SPLIT_MERGE_ABOVE, seed=0).info
+    assert "split_merge" not in bg.fit_em(x, _split_merge.SPLIT_MERGE_ABOVE, seed=0).info
     assert "split_merge" not in bg.fit_em(x, 20, n_init=1, seed=0).info
     assert "split_merge" not in bg.fit_em(x, 20, means_init=centres, seed=0).info
     with warnings.catch_warnings():
@@ -177,7 +177,7 @@ def test_the_moves_leave_a_poor_optimum_of_the_digits(monkeypatch):
     x = PCA(5, random_state=0).fit_transform(load_digits().data)
     fit = bg.fit_em(x, 5, covariance_type="diag", seed=0)
     assert len(fit.info["split_merge"]["moves"]) == 1
-    monkeypatch.setattr(em, "SPLIT_MERGE_ABOVE", 1000)  # the same search without the moves
+    monkeypatch.setattr(_split_merge, "SPLIT_MERGE_ABOVE", 1000)  # the same search without the moves
     alone = bg.fit_em(x, 5, covariance_type="diag", seed=0)
     assert fit.log_likelihood > alone.log_likelihood + 40.0
     assert fit.converged and not fit.degenerate_components
@@ -227,3 +227,21 @@ def test_the_candidates_do_not_depend_on_the_row_weights_scale():
     tiny, _ = _split_merge.candidates(x, np.full(len(x), 1e-7), params, "full", 1e-10)
     assert [(m.merge, m.split) for m in tiny] == [(m.merge, m.split) for m in ones] and ones
     np.testing.assert_allclose([m.gain for m in tiny], [1e-7 * m.gain for m in ones], rtol=1e-9)
+
+
+def test_a_streamed_fit_starts_from_the_moves_too(monkeypatch):
+    """``fit_em_stream``'s start is the default search on a subsample: cut to one start, it
+    missed as ``fit_em`` did, and the moves that follow it there reach the optimum (the streamed
+    passes keep it)."""
+    from bayesgmm import streaming
+
+    x, centres = _twenty_clusters()
+    truth = bg.fit_em(x, 20, weights_init=np.full(20, 0.05), means_init=centres,
+                      precisions_init=np.tile(np.eye(2), (20, 1, 1)))
+    monkeypatch.setattr(streaming, "resolve_starts", lambda *args, **kwargs: (1, 1))
+    fit = streaming.fit_em_stream(x, 20, batch_size=512, seed=0)
+    assert fit.info["init_split_merge"]["moves"]
+    assert fit.log_likelihood == pytest.approx(truth.log_likelihood, abs=1e-4 * len(x))
+    monkeypatch.setattr(_split_merge, "SPLIT_MERGE_ABOVE", 1000)
+    alone = streaming.fit_em_stream(x, 20, batch_size=512, seed=0)
+    assert "init_split_merge" not in alone.info and alone.log_likelihood < truth.log_likelihood - 50.0
