@@ -8,7 +8,8 @@ K = 64 separated clusters on 40,000 rows in D = 4 ended 344-371 nats short, conv
 sets of 4 with the 16 starts the budget allows). A *move* merges two components ``i`` and ``j``
 into slot ``i`` and splits a third, ``k``, into slots ``j`` and ``k``; EM then runs from there.
 
-Everything here is host NumPy in float64 on the standardised data, at a converged fit:
+Everything here but the full runs is host NumPy in float64 on the standardised data, at a
+converged fit:
 
 * candidates (:func:`candidates`): merges ranked by the cosine of the two components'
   responsibility vectors (Ueda's merge criterion, normalised), splits by the log-likelihood a
@@ -17,11 +18,14 @@ Everything here is host NumPy in float64 on the standardised data, at a converge
 * each move is first run as a *partial EM* (:func:`partial_em`): only its three components
   updated, sharing their rows' present responsibility, the others fixed, which costs a few
   passes over its rows (about 3 N / K, at most :data:`PARTIAL_ROWS` of them); its exact
-  log-likelihood gain over all rows (:func:`move_gain`) decides which moves the caller runs as
-  full EM (compiled, every component free), where the final objective decides.
+  log-likelihood gain over all rows (:func:`move_gain`) decides which moves run as full EM;
+* :func:`improve` runs them, every component free, in one call of the search's own compiled
+  program (``SearchResult.run_from``), keeps the best if it raises the objective, and goes on
+  from there: :func:`bayesgmm.fit_em` after its default search, :func:`bayesgmm.streaming.fit_em_stream`
+  after its subsample's.
 
 A fit already at its optimum pays the candidates' partial runs only (no full run); every move
-kept raises the objective, so the caller's loop ends.
+kept raises the objective, so the loop ends.
 """
 
 from __future__ import annotations
