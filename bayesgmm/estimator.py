@@ -484,9 +484,17 @@ class GaussianMixture(_DensityMixin, _Base):
                     ensure_all_finite="allow-nan" if self.missing == "marginalize" else True,
                 )
             except ValueError as err:
-                if "NaN" not in str(err) or self.missing == "marginalize":
+                message = str(err)
+                if "infinity" in message:  # scikit-learn's words first (its checks match them), then the fix
+                    raise ValueError(f"{message} Remove the rows with infinite values, or set those entries to NaN "
+                                     "to treat them as missing (missing='marginalize').") from None
+                if "could not convert" in message and hasattr(X, "columns"):  # name the columns
+                    names = [str(c) for c in X.columns if np.asarray(X[c]).dtype.kind not in "biuf"]
+                    raise ValueError(f"{message}: X has non-numeric column(s) {names}; select numeric columns "
+                                     "only, or encode them as numbers.") from None
+                if "NaN" not in message or self.missing == "marginalize":
                     raise
-                first = str(err).split(".")[0]  # "Input X contains NaN" (scikit-learn's own advice is not ours)
+                first = message.split(".")[0]  # "Input X contains NaN" (scikit-learn's own advice is not ours)
                 raise ValueError(f"{first}. To treat NaN entries as missing at random, pass missing='marginalize'; "
                                  "otherwise remove or impute them.") from None
         if reset:
