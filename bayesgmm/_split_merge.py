@@ -146,14 +146,8 @@ def _merged(params: GMMParams, i: int, j: int, covariance_type: str):
     mean = (w[i] * m[i] + w[j] * m[j]) / weight
     if covariance_type == "tied":
         return weight, mean, c
-    spread = [np.outer(m[a] - mean, m[a] - mean) for a in (i, j)]
-    if covariance_type == "full":
-        cov = (w[i] * (c[i] + spread[0]) + w[j] * (c[j] + spread[1])) / weight
-    elif covariance_type == "diag":
-        cov = (w[i] * (c[i] + np.diagonal(spread[0])) + w[j] * (c[j] + np.diagonal(spread[1]))) / weight
-    else:
-        cov = (w[i] * (c[i] + np.mean(np.diagonal(spread[0]))) + w[j] * (c[j] + np.mean(np.diagonal(spread[1])))) / weight
-    return weight, mean, cov
+    spread = [_layout_covariance(np.outer(m[a] - mean, m[a] - mean), covariance_type, None) for a in (i, j)]
+    return weight, mean, (w[i] * (c[i] + spread[0]) + w[j] * (c[j] + spread[1])) / weight
 
 
 def _with_components(params: GMMParams, slots, weights, means, covs, covariance_type: str) -> GMMParams:

@@ -781,7 +781,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     degenerate = tuple(int(i) for i in np.flatnonzero(_numerics.degenerate_mask(
         np.full(k, np.inf), np.asarray(params_std.covariances, np.float64), covariance_type, reg_covar, eps, d)))
     floor = float(lanes.floor[best]) / n_eff
-    filled = prior.weight_prior == "dirichlet_process" and _sticks.truncation_filled(np.min(n_expected), k)
+    filled = _sticks.truncation_filled(np.min(n_expected), k) if prior.weight_prior == "dirichlet_process" else None
     if degenerate:
         warnings.warn(
             f"VB component(s) {list(degenerate)} have a covariance collapsed onto the regularisation "
@@ -824,7 +824,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
         predictive=predictive,
         info={
             "elbo": elbo,
-            **({"truncation_filled": filled} if prior.weight_prior == "dirichlet_process" else {}),
+            **({} if filled is None else {"truncation_filled": filled}),
             "effective_components": effective,
             "empty_components": list(empty),
             "expected_counts": n_expected.tolist(),

@@ -73,7 +73,6 @@ def test_a_moves_gain_with_row_weights_is_the_weighted_log_likelihood_difference
 
 def test_a_fit_at_its_optimum_offers_no_move():
     """From the true clusters' parameters no partial EM gains: nothing for the full runs."""
-    x, fits = _four_clusters()
     rng = np.random.default_rng(3)
     centres = np.array([[0.0, 0.0], [20.0, 0.0], [20.0, 8.0], [0.0, 20.0]])
     x = np.concatenate([c + rng.normal(size=(200, 2)) for c in centres])
