@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _stats, _sticks
+from . import _numerics, _stats, _sticks
 from .kmeans import kmeans_labels, num_trials
 from .params import GMMParams, Prior, PriorArrays, check_params, compute_dtype, params_to_standard
 from .params import standardise as params_standardise
@@ -38,6 +38,7 @@ __all__ = [
     "map_start",
     "map_start_noise",
     "placeholder_init",
+    "pruned_start",
     "site_values",
     "standard_init",
     "standardise",
@@ -259,6 +260,68 @@ def map_start(u, xs, prior: PriorArrays, num_components: int, covariance_type: s
     best = jnp.argmax(obj)
     chosen = jax.tree_util.tree_map(lambda a: a[best], params)
     return best_labelling(chosen, prior.concentration, covariance_type) if reorder else chosen
+
+
+#: MAP-EM iterations after each component :func:`pruned_start` removes.
+PRUNE_ITERS = 20
+
+
+def pruned_start(params: GMMParams, xs, prior: PriorArrays, covariance_type: str, row_weight=None) -> GMMParams:
+    """A start that occupies only the components the data support: from a MAP solution of K
+    components (:func:`map_start`), the component of smallest weight is removed and the others
+    refitted by :data:`PRUNE_ITERS` MAP-EM iterations, K - 1 times (Figueiredo & Jain 2002's
+    annihilation of the smallest component), and the solution of highest BIC along the way is
+    kept, its removed components at weight 0 (traced; a static loop of K - 1 rounds).
+
+    For samplers under Dirichlet-process weights: a blocked Gibbs sweep rarely empties an
+    occupied component, so a chain started with every component occupied (several on each
+    cluster) stays with too many (4 clusters 10 apart in 2-D, 3000 rows, K = 20: R-hat 1.39-1.82
+    and a posterior on the occupied components spread over 5-14, almost none at 4). The removed
+    components are empty in the first sweep and are drawn from the prior there.
+    """
+    k, d = params.means.shape
+    z = _stats.suff_features(xs, covariance_type)
+    w = jnp.ones(xs.shape[0], xs.dtype) if row_weight is None else row_weight.astype(xs.dtype)
+    prior_map = prior._replace(concentration=jnp.ones(k, xs.dtype))  # the floored start's (map_start)
+    log_n = jnp.log(jnp.sum(w))
+    # free parameters grow by the same number with every component, for each structure (tied: its
+    # one covariance counted once)
+    first = _numerics.num_free_parameters(1, d, covariance_type)
+    each = _numerics.num_free_parameters(2, d, covariance_type) - first
+
+    def e_step(p, active):
+        theta = _stats.mask_components(_stats.natural_params(p, covariance_type), active)
+        return _stats.e_step(z, theta)
+
+    def refit(p, active):
+        def em(_, carry):
+            resp, _per_row, _p = carry
+            q = _stats.m_step(*_stats.stats_fast(resp * w[None], z, d, covariance_type), covariance_type, 1e-6,
+                              prior_map, active)
+            return *e_step(q, active), q
+
+        resp, per_row = e_step(p, active)
+        _, per_row, p = jax.lax.fori_loop(0, PRUNE_ITERS, em, (resp, per_row, p))
+        return p, e_step(p, active)[1]
+
+    def bic(per_row, active):
+        log_lik = jnp.sum(w * per_row)
+        return jnp.where(jnp.isfinite(log_lik), 2.0 * log_lik - (first + each * (jnp.sum(active) - 1)) * log_n, -jnp.inf)
+
+    def remove_smallest(_, carry):
+        p, active, best, best_bic = carry
+        smallest = jnp.argmin(jnp.where(active, p.weights, jnp.inf))
+        active = active.at[smallest].set(False)
+        p, per_row = refit(p._replace(weights=jnp.where(active, p.weights, 0.0)), active)
+        score = bic(per_row, active)
+        better = score > best_bic
+        best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), p, best)
+        return p, active, best, jnp.maximum(score, best_bic)
+
+    active = jnp.ones(k, bool)
+    start_bic = bic(e_step(params, active)[1], active)
+    _, _, best, _ = jax.lax.fori_loop(0, k - 1, remove_smallest, (params, active, params, start_bic))
+    return best
 
 
 def weights_ordered(concentration) -> bool:

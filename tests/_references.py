@@ -26,6 +26,7 @@ __all__ = [
     "log_prior",
     "mixture_log_density",
     "niw_posterior",
+    "occupied_components_collapsed",
     "responsibilities",
 ]
 
@@ -194,6 +195,55 @@ def enumerated_log_evidence_terms(x, k, alpha0, m0, k0, nu0, psi0):
                       + np.sum(gammaln(alpha0 + counts) - gammaln(alpha0)))
         terms.append(log_pz + sum(log_evidence_niw(x[z == j], m0, k0, nu0, psi0) for j in range(k)))
     return np.array(terms)
+
+
+def occupied_components_collapsed(x, k, gamma, m0, k0, nu0, psi0, sweeps, seed=0):
+    """Posterior of the number of occupied components under truncated stick-breaking weights
+    (K sticks Beta(1, gamma), ``v_K = 1``) and NIW clusters, by a collapsed sampler: every row's
+    label drawn in turn given the others', weights and clusters integrated out (the stick
+    product of Beta functions as :func:`enumerated_log_evidence_terms` writes it, and each
+    cluster's multivariate-t posterior predictive, Murphy 2007 eq. 232). Single-row moves empty
+    and fill components freely, unlike a blocked sampler. Starts from every row in component 0;
+    the first quarter of the sweeps is dropped. Returns probabilities (K,) of 1..K occupied."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    m0, psi0 = np.asarray(m0, np.float64), np.asarray(psi0, np.float64)
+    rng = np.random.default_rng(seed)
+    z = np.zeros(n, int)
+    counts = np.zeros(k)
+    sums, outer = np.zeros((k, d)), np.zeros((k, d, d))
+    np.add.at(counts, z, 1.0)
+    np.add.at(sums, z, x)
+    np.add.at(outer, z, x[:, :, None] * x[:, None, :])
+    base = k0 * np.outer(m0, m0)
+    occupied = []
+    for sweep in range(sweeps):
+        for i in rng.permutation(n):
+            xi = x[i]
+            counts[z[i]] -= 1
+            sums[z[i]] -= xi
+            outer[z[i]] -= np.outer(xi, xi)
+            kn, nun = k0 + counts, nu0 + counts
+            mn = (k0 * m0 + sums) / kn[:, None]
+            psin = psi0 + outer + base - kn[:, None, None] * mn[:, :, None] * mn[:, None, :]
+            df = nun - d + 1
+            scale = psin * ((kn + 1) / (kn * df))[:, None, None]
+            diff = xi - mn
+            maha = np.einsum("ki,ki->k", diff, np.linalg.solve(scale, diff[:, :, None])[..., 0])
+            log_t = (gammaln((df + d) / 2) - gammaln(df / 2) - d / 2 * np.log(df * np.pi)
+                     - 0.5 * np.linalg.slogdet(scale)[1] - (df + d) / 2 * np.log1p(maha / df))
+            with_row = counts[None, :] + np.eye(k)  # candidate j: row i in component j
+            later = np.cumsum(with_row[:, ::-1], axis=1)[:, ::-1] - with_row
+            log_pz = np.sum(betaln(1.0 + with_row[:, :-1], gamma + later[:, :-1]), axis=1)
+            logp = log_pz + log_t
+            prob = np.exp(logp - logp.max())
+            z[i] = rng.choice(k, p=prob / prob.sum())
+            counts[z[i]] += 1
+            sums[z[i]] += xi
+            outer[z[i]] += np.outer(xi, xi)
+        if sweep >= sweeps // 4:
+            occupied.append(int(np.sum(counts > 0.5)))
+    return np.bincount(occupied, minlength=k + 1)[1:] / len(occupied)
 
 
 def ill_conditioned_clusters(n=600, d=4, smallest=1e-6, seed=0):

@@ -8,6 +8,8 @@
   complete VB ELBO equals the log joint of the captured labelling.
 * The Gibbs conditional of the weights against the sticks' Beta posteriors (Monte Carlo error),
   and simulation-based calibration of the Gibbs sampler under a DP prior.
+* The posterior of the number of occupied components against a collapsed sampler of the same
+  truncated model (single-row label moves, weights and clusters integrated out).
 * scikit-learn's ``BayesianGaussianMixture(weight_concentration_prior_type="dirichlet_process")``
   from the same start is in test_vb.py (the oracle fixture runs both weight priors).
 """
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from _references import enumerated_log_evidence_terms
+from _references import enumerated_log_evidence_terms, occupied_components_collapsed
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -339,3 +341,62 @@ def test_a_truncation_every_component_fills_is_flagged():
     generous = bg.fit_vb(x, 10, prior=Prior.default(x, 10, weight_prior="dirichlet_process"))
     assert generous.info["truncation_filled"] is False and generous.info["effective_components"] == 6
     assert "truncation_filled" not in bg.fit_vb(x, 3).info  # a Dirichlet prior has no truncation
+
+
+def _four_clusters(n=400, seed=1):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    return centres[rng.permutation(np.arange(n) % 4)] + rng.normal(size=(n, 2)), centres
+
+
+def test_the_pruned_start_occupies_only_the_clusters():
+    """From a MAP start that spreads K = 8 components over 4 clusters (several on each), the
+    pruned start keeps one component per cluster, at its centre; on one Gaussian, one."""
+    from bayesgmm import _numpyro_common as shared
+
+    for x, centres in (_four_clusters(), (np.random.default_rng(0).normal(size=(300, 2)), np.zeros((1, 2)))):
+        xs = (x - x.mean(0)) / x.std(0)
+        prior = Prior.default(xs, 8, weight_prior="dirichlet_process").arrays(8, "full")
+        pivot = shared.map_start(shared.map_start_noise(jax.random.PRNGKey(0), 8, xs.dtype), jnp.asarray(xs), prior, 8,
+                                 "full")
+        assert np.sum(np.asarray(pivot.weights) > 0.01) > len(centres)  # the MAP start occupies more
+        start = shared.pruned_start(pivot, jnp.asarray(xs), prior, "full")
+        kept = np.asarray(start.weights) > 0
+        assert kept.sum() == len(centres)
+        means = np.asarray(start.means)[kept] * x.std(0) + x.mean(0)
+        assert np.max(np.min(np.linalg.norm(means[:, None] - centres[None], axis=-1), axis=1)) < 0.5
+
+
+def _occupied_mean(probabilities):
+    return float(np.arange(1, len(probabilities) + 1) @ np.asarray(probabilities))
+
+
+#: The mean number of occupied components on ``_four_clusters()`` under
+#: ``Prior.default(x, 8, weight_prior="dirichlet_process")`` by :func:`occupied_components_collapsed`
+#: (1500 sweeps; recomputed by the slow test below): probabilities 0.437, 0.416, 0.129, 0.018 of
+#: 4-7 components.
+COLLAPSED_OCCUPIED_MEAN = 4.73
+
+
+def test_dirichlet_process_gibbs_finds_the_number_of_components_of_a_collapsed_sampler():
+    """A blocked Gibbs sweep rarely empties an occupied component: started with all K = 8
+    components occupied (the MAP start, two on some clusters), the chains stayed with too many
+    (mean 6.72 occupied, P(4) = 0, against the collapsed sampler's 4.73 and 0.44). Started from
+    the pruned start, 2 chains x (200 + 300) sweeps give 4.62-5.16 over sampler seeds 0-5."""
+    x, _ = _four_clusters()
+    prior = Prior.default(x, 8, weight_prior="dirichlet_process")
+    fit = _quiet(bg.fit_gibbs, x, 8, prior=prior, num_warmup=200, num_samples=300, num_chains=2, seed=0)
+    occupied = fit.num_components_posterior()
+    assert abs(_occupied_mean(occupied.values) - COLLAPSED_OCCUPIED_MEAN) < 0.6
+    assert occupied.get(4, 0.0) > 0.1
+
+
+@pytest.mark.slow  # fast variant: the test above, against the recorded reference
+def test_the_collapsed_reference_of_the_number_of_components():
+    x, _ = _four_clusters()
+    prior = Prior.default(x, 8, weight_prior="dirichlet_process")
+    reference = occupied_components_collapsed(x, 8, float(prior.weight_concentration), prior.mean, prior.mean_precision,
+                                              prior.degrees_of_freedom, prior.scale, sweeps=1500, seed=0)
+    assert abs(_occupied_mean(reference) - COLLAPSED_OCCUPIED_MEAN) < 0.1
+    fit = _quiet(bg.fit_gibbs, x, 8, prior=prior, num_warmup=1000, num_samples=2000, num_chains=4, seed=0)
+    assert abs(_occupied_mean(fit.num_components_posterior().values) - _occupied_mean(reference)) < 0.4

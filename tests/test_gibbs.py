@@ -185,8 +185,18 @@ def test_relabelled_lp_stays_finite_where_float32_weights_underflow(faithful):
     from conftest import precision
 
     prior = Prior.default(faithful, 5, weight_prior="dirichlet_process", weight_concentration=0.01)
+    # the smaller cluster started first and the larger third: a labelling the sticks find less
+    # probable than the larger first, so the draws are relabelled (the default start takes that one);
+    # the spare components start far from the data, empty
+    two = bg.fit_em(faithful, 2, seed=0).params
+    small, large = np.argsort(two.weights)
+    far = np.mean(faithful, 0) + 100 * np.std(faithful, 0)
+    order = [small, 0, large, 0, 0]
+    init = GMMParams(np.where([1, 0, 1, 0, 0], two.weights[order], 1e-6),
+                     np.where(np.c_[[1, 0, 1, 0, 0]], two.means[order], far), two.covariances[order])
     with precision(np.float32):
-        res = _quiet(bg.fit_gibbs, faithful, 5, prior=prior, num_warmup=100, num_samples=100, num_chains=2, seed=0)
+        res = _quiet(bg.fit_gibbs, faithful, 5, prior=prior, num_warmup=100, num_samples=100, num_chains=2, seed=0,
+                     init=init)
     assert (np.asarray(res.raw_draws["weights"]) < 1e-37).any() and res.info["label_switch_fraction"] > 0
     assert np.isfinite(res.sample_stats["lp"]).all() and np.isfinite(res.trace).all()
     again = res.relabel([4, 3, 2, 1, 0])
