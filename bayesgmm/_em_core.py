@@ -434,10 +434,12 @@ class SearchResult(NamedTuple):
 
     ``start_objective`` (G, R) is each start's objective after its short run (after its full run
     when every start is kept); ``compile_seconds`` / ``run_seconds`` sum over the calls.
-    ``run_from(starts)`` (one group) runs more runs to convergence, one from each of ``starts``
-    (:class:`GMMParams`, standardised; ``run_width`` of them a call) with the search's own
-    compiled program, and returns them as a :class:`SearchResult` of those lanes (its own
-    seconds); ``run_width`` is as many as one call runs for the cost of one run or less.
+    ``run_from(starts, groups=None)`` runs more runs to convergence, one from each of ``starts``
+    (:class:`GMMParams`, standardised, of the program's K components) with the search's own
+    compiled program, and returns them as a :class:`SearchResult` of those lanes in the order of
+    ``starts`` (its own seconds). ``run_width`` is as many as one call runs for the cost of one
+    run or less: for several groups (a model-selection grid), as many per group, and ``groups``
+    names each start's group (whose active components it runs with).
     """
 
     output: EMOutput
@@ -575,20 +577,43 @@ def search(xs, key, given, prior, *, tol, reg_covar, sample_weight, active, max_
     wrapped = pooled or lanes_run > lanes_per_call
     width = lanes_run if wrapped else lanes_per_call
 
-    def run_from(starts: list[GMMParams]) -> SearchResult:
-        before = list(seconds)
-        outputs = []
-        for first in range(0, len(starts), width):  # calls of at most width lanes
-            lanes = min(width, len(starts) - first)
-            index = first + np.arange(lanes if wrapped else width) % lanes  # unwrapped: padded with repeats
-            params = GMMParams(*(np.stack([np.asarray(getattr(starts[i], f), dtype) for i in index])
-                                 for f in GMMParams._fields))
-            state = _iterate.start(params, np.zeros((index.size, k), dtype), index.size, trace_len, dtype)
-            runs = call(noise[:, np.arange(index.size) % num_starts], jax.device_get(state), max_iter, False,
-                        _iterate.NEVER)
-            outputs.append(_iterate.take(runs, slice(0, lanes)))
-        out = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *outputs)
-        objective = np.asarray(out.lanes.objective, np.float64).reshape(1, len(starts))
-        return SearchResult(out, objective, seconds[0] - before[0], seconds[1] - before[1])
+    def continued(params_list: list[GMMParams]):  # one continuing call, a lane from each of params_list
+        params = GMMParams(*(np.stack([np.asarray(getattr(p, f), dtype) for p in params_list]) for f in GMMParams._fields))
+        lanes = len(params_list)
+        state = _iterate.start(params, np.zeros((lanes, k), dtype), lanes, trace_len, dtype)
+        per_group = lanes // num_groups
+        return call(noise[:, np.arange(per_group) % num_starts], jax.device_get(state), max_iter, False, _iterate.NEVER)
 
-    return SearchResult(out, start_objective, seconds[0], seconds[1], run_from if num_groups == 1 else None, width)
+    def run_from(starts: list[GMMParams], groups=None) -> SearchResult:
+        before = list(seconds)
+        if num_groups == 1:
+            outputs = []
+            for first in range(0, len(starts), width):  # calls of at most width lanes
+                lanes = min(width, len(starts) - first)
+                index = first + np.arange(lanes if wrapped else width) % lanes  # unwrapped: padded with repeats
+                outputs.append(_iterate.take(continued([starts[i] for i in index]), slice(0, lanes)))
+        else:  # each call: up to num_kept starts of every group in its lanes; a group with none
+            # left repeats its own kept run (converged: a few iterations), a valid start for its components
+            queues = [[i for i, g in enumerate(groups) if g == group] for group in range(num_groups)]
+            taken = {}
+            while any(queues):
+                lane_starts, owners = [], []
+                for group, queue in enumerate(queues):
+                    mine, queues[group] = queue[:num_kept], queue[num_kept:]
+                    for slot in range(num_kept):
+                        if mine:
+                            lane_starts.append(starts[mine[slot % len(mine)]])
+                            owners.append(mine[slot] if slot < len(mine) else None)
+                        else:
+                            lane_starts.append(GMMParams(*(np.asarray(a[group * num_kept]) for a in out.lanes.params)))
+                            owners.append(None)
+                runs = continued(lane_starts)
+                for lane, owner in enumerate(owners):
+                    if owner is not None:
+                        taken[owner] = _iterate.take(runs, slice(lane, lane + 1))
+            outputs = [taken[i] for i in range(len(starts))]
+        done = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *outputs)
+        objective = np.asarray(done.lanes.objective, np.float64).reshape(1, len(starts))
+        return SearchResult(done, objective, seconds[0] - before[0], seconds[1] - before[1])
+
+    return SearchResult(out, start_objective, seconds[0], seconds[1], run_from, width if num_groups == 1 else num_kept)

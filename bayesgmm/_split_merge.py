@@ -290,36 +290,84 @@ def improve(xs, sample_weight, found, best: int, covariance_type: str, *, tol: f
     record)``: the output holding the fit kept, its lane, and a record of the moves kept
     (``[i, j, k, gain]``: components ``i`` and ``j`` merged, ``k`` split; the objective's gain in
     the compute precision), the partial and full runs and their seconds."""
+    k = np.shape(found.output.lanes.params.means)[-2]
+    return improve_cells(xs, sample_weight, found, [(0, best, k)], covariance_type, tol=tol, reg_covar=reg_covar)[0]
+
+
+def _first_components(params: GMMParams, k: int, covariance_type: str) -> GMMParams:
+    cov = params.covariances if covariance_type == "tied" else params.covariances[:k]
+    return GMMParams(params.weights[:k], params.means[:k], cov)
+
+
+def _padded(params: GMMParams, k_max: int, covariance_type: str) -> GMMParams:
+    """``params`` of k components as a program of ``k_max`` takes them: the others inactive, as
+    its M-step leaves them (weight 0, mean 0, unit covariance)."""
+    k, d = params.means.shape
+    extra = k_max - k
+    if extra == 0:
+        return params
+    unit = {"full": np.tile(np.eye(d), (extra, 1, 1)), "diag": np.ones((extra, d)), "spherical": np.ones(extra)}
+    cov = params.covariances if covariance_type == "tied" else np.concatenate([params.covariances,
+                                                                                 unit[covariance_type]])
+    return GMMParams(np.r_[params.weights, np.zeros(extra)], np.r_[params.means, np.zeros((extra, d))], cov)
+
+
+def improve_cells(xs, sample_weight, found, cells, covariance_type: str, *, tol: float, reg_covar: float):
+    """:func:`improve` for several fits of one search at once: ``cells`` lists ``(group, lane, k)``,
+    a group's run at ``lane`` of ``found.output`` fitting its first ``k`` components (a
+    model-selection grid: every K a group of one program, :func:`bayesgmm.selection.select`).
+    Every round gathers each cell's moves and runs them all in the same calls of the search's
+    program (``run_from`` with the cells' groups), so the grid compiles nothing more. Returns
+    :func:`improve`'s ``(output, index, record)`` for every cell, in order."""
     start = time.perf_counter()
-    out, index = found.output, best
+    k_max = np.shape(found.output.lanes.params.means)[-2]
     n_eff = xs.shape[0] if sample_weight is None else float(np.sum(sample_weight))
     threshold = max(tol, 1e-7) * n_eff
-    record = {"moves": [], "partial_runs": 0, "full_runs": 0, "compile_seconds": 0.0, "run_seconds": 0.0}
-    for _ in range(np.shape(out.lanes.params.means)[-2]):  # every move kept raises the objective: few rounds
-        if not bool(out.lanes.converged[index]):  # the moves leave optima: a run short of one is left as it is
+    state = [(found.output, lane) for _, lane, _ in cells]
+    records = [{"moves": [], "partial_runs": 0, "full_runs": 0, "compile_seconds": 0.0, "run_seconds": 0.0}
+               for _ in cells]
+    live = list(range(len(cells)))
+    width = max(SPLIT_MERGE_FULL_RUNS, found.run_width)
+    for _ in range(k_max):  # every move kept raises the objective: few rounds
+        tried, owners = [], []
+        for c in live:
+            out, index = state[c]
+            if not bool(out.lanes.converged[index]):  # the moves leave optima: a run short of one is left as it is
+                continue
+            group, _, k = cells[c]
+            params = _first_components(GMMParams(*(np.asarray(a[index], np.float64) for a in out.lanes.params)), k,
+                                       covariance_type)
+            moves, num_partial = candidates(xs, sample_weight, params, covariance_type, reg_covar)
+            records[c]["partial_runs"] += num_partial
+            tried += moves[:width]
+            owners += [c] * len(moves[:width])
+        if not tried:
             break
-        current = float(out.lanes.objective[index])
-        params = GMMParams(*(np.asarray(a[index], np.float64) for a in out.lanes.params))
-        moves, num_partial = candidates(xs, sample_weight, params, covariance_type, reg_covar)
-        record["partial_runs"] += num_partial
-        kept = None
-        tried = moves[: max(SPLIT_MERGE_FULL_RUNS, found.run_width)]
-        if tried:  # one call: every lane a move (as many as the call runs at the cost of one run)
-            run = found.run_from([GMMParams(*move.params) for move in tried])
-            record["full_runs"] += len(tried)
-            record["compile_seconds"] += run.compile_seconds
-            record["run_seconds"] += run.run_seconds
-            lanes = run.output.lanes
-            gains = np.asarray(lanes.objective, np.float64) - current
-            usable = (gains > threshold) & np.asarray(lanes.converged) & ~np.asarray(run.output.degenerate).any(axis=-1)
-            if usable.any():
-                lane = int(np.argmax(np.where(usable, gains, -np.inf)))
-                move = tried[lane]
-                kept = (run.output, lane, [*move.merge, move.split, float(gains[lane])])
-        if kept is None:
+        # one call a round where one group's moves fit its lanes (fit_em); every cell's moves together
+        run = found.run_from([_padded(GMMParams(*move.params), k_max, covariance_type) for move in tried],
+                             [cells[c][0] for c in owners])
+        lanes = run.output.lanes
+        usable = np.asarray(lanes.converged) & ~np.asarray(run.output.degenerate).any(axis=-1)
+        kept_any = []
+        for c in dict.fromkeys(owners):
+            mine = [i for i, owner in enumerate(owners) if owner == c]
+            records[c]["full_runs"] += len(mine)
+            records[c]["compile_seconds"] += run.compile_seconds / len(set(owners))
+            records[c]["run_seconds"] += run.run_seconds / len(set(owners))
+            out, index = state[c]
+            gains = np.asarray(lanes.objective, np.float64)[mine] - float(out.lanes.objective[index])
+            good = usable[mine] & (gains > threshold)
+            if good.any():
+                best = int(np.argmax(np.where(good, gains, -np.inf)))
+                move = tried[mine[best]]
+                state[c] = (run.output, mine[best])
+                records[c]["moves"].append([*move.merge, move.split, float(gains[best])])
+                kept_any.append(c)
+        live = kept_any
+        if not live:
             break
-        out, index = kept[0], kept[1]
-        record["moves"].append(kept[2])
-    record["seconds"] = time.perf_counter() - start
-    record["host_seconds"] = record["seconds"] - record["compile_seconds"] - record["run_seconds"]
-    return out, index, record
+    seconds = time.perf_counter() - start
+    for record in records:  # the host's share: the cells' candidates, and the calls' outside their programs
+        record["seconds"] = seconds / len(cells)
+        record["host_seconds"] = record["seconds"] - record["compile_seconds"] - record["run_seconds"]
+    return [(out, index, record) for (out, index), record in zip(state, records)]

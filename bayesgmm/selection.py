@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from . import _covariance_models, _em_core, _em_host, _sharding
+from . import _covariance_models, _em_core, _em_host, _sharding, _split_merge
 from ._covariance_models import MODELS
 from ._executors import recorded_warnings
 from ._numerics import num_free_parameters
@@ -240,8 +240,9 @@ def select(
     """BIC, AIC and ICL of EM fits over a grid of K and covariance structures.
 
     Every (K, structure) is fitted by :func:`bayesgmm.fit_em`'s search with the same options
-    (the default em-EM search, the best non-degenerate run kept), and its criteria are computed
-    in float64 from the returned parameters. Its starts are its own (each K a split of the seed's
+    (the default em-EM search, the best non-degenerate run kept, then above 4 components its
+    split-and-merge moves, :func:`bayesgmm._split_merge.improve_cells`), and its criteria are
+    computed in float64 from the returned parameters. Its starts are its own (each K a split of the seed's
     key, as many as the grid's largest K takes), not those of ``fit_em(x, K, seed=seed)``: where
     a K has several optima of nearly equal likelihood, the grid and ``fit_em`` may return
     different ones, and a grid of other K's may too.
@@ -313,12 +314,24 @@ def select(
             data=xs, observed=_sharding.pad_observed(prep.observed, xs.shape[0]),
         )
         compile_seconds[ct] = found.compile_seconds
-        out = found.output
-        objective = np.asarray(out.lanes.objective, np.float64).reshape(len(ks), kept)
-        degenerate = np.asarray(out.degenerate).reshape(len(ks), kept, k_max)
+        objective = np.asarray(found.output.lanes.objective, np.float64).reshape(len(ks), kept)
+        degenerate = np.asarray(found.output.degenerate).reshape(len(ks), kept, k_max)
+        bests = [_em_host.choose_run(objective[j], degenerate[j], allow_degenerate=allow_degenerate)
+                 for j in range(len(ks))]
+        # split-and-merge moves, as fit_em's default search takes them, for every cell of more than
+        # SPLIT_MERGE_ABOVE components, all in the grid's own program (_split_merge.improve_cells)
+        moved = [j for j, k in enumerate(ks) if bests[j] >= 0 and _split_merge.applies(k)] if (
+            isinstance(n_init, str) and max_iter > 0 and prep.observed is None
+            and prep.covariance_model in _covariance_models.NATIVE) else []
+        improved = dict(zip(moved, _split_merge.improve_cells(
+            prep.xs, None, found, [(j, j * kept + bests[j], ks[j]) for j in moved], layout, tol=tol,
+            reg_covar=reg_covar))) if moved else {}
         for j, k in enumerate(ks):
-            best = _em_host.choose_run(objective[j], degenerate[j], allow_degenerate=allow_degenerate)
-            index = j * kept + max(best, 0)
+            best = bests[j]
+            out, index = found.output, j * kept + max(best, 0)
+            moves = None
+            if j in improved:
+                out, index, moves = improved[j]
             k_prior = Prior.default(arr, k) if prior == "default" else shared_prior
             prep_k = prep._replace(num_components=k, prior=k_prior, feature_names=names)
             shift = _em_host.objective_shift(prep_k, k)  # the runs' objectives in the data's units, as fit_em's
@@ -333,6 +346,7 @@ def select(
                         info={"seed": seed if isinstance(seed, (int, np.integer)) else None, "n_init": int(starts),
                               "num_kept": int(kept), "init_params": init_params, "best_restart": best,
                               "restart_objectives": (objective[j] + shift).tolist(), "selection_grid": True,
+                              **({} if moves is None else {"split_merge": moves}),
                               **_em_host.data_info(prep, missing)},
                     )
             except np.linalg.LinAlgError:  # every run of this cell ended on a singular covariance
