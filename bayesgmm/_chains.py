@@ -19,7 +19,7 @@ import concurrent.futures
 import math
 import time
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,34 @@ def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:
     return max(r for r in range(1, min(num_chains, usable_cores()) + 1) if num_chains % r == 0)
 
 
-def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, start: tuple) -> Timed:
+#: A sampler run in calls (:func:`run_chain_groups` with ``steps``) takes this many steps in its
+#: first call, then as many as about :data:`SEGMENT_SECONDS` of running (at most 8 times the last).
+FIRST_SEGMENT_STEPS = 8
+SEGMENT_SECONDS = 1.0
+
+
+def in_segments(call: Callable, carry, steps: int) -> Timed:
+    """``call(carry, begin, end)`` (a program's :class:`Timed`, outputs ``(carry, *results)``) over
+    steps 0 to ``steps`` in segments, each call's carry (on the host) the next one's; returns the
+    last call's results with the calls' seconds summed. Each call lasts about
+    :data:`SEGMENT_SECONDS`: while two programs run at once, XLA:CPU holds memory for every
+    iteration of a loop of unknown length until the call ends (NUTS on 3000 rows, 4 chains in two
+    runs: 10 GB after two minutes in one call)."""
+    begin, length, compiled, ran = 0, min(FIRST_SEGMENT_STEPS, steps), 0.0, 0.0
+    while True:
+        end = min(steps, begin + length)
+        timed = call(carry, np.int32(begin), np.int32(end))
+        compiled, ran = compiled + timed.compile_seconds, ran + timed.run_seconds
+        carry, *results = timed.outputs
+        if end >= steps:
+            return Timed(tuple(results), compiled, ran)
+        carry = jax.device_get(carry)  # host arrays: the next call's signature is the placeholder's
+        length = int(np.clip(length * SEGMENT_SECONDS / max(timed.run_seconds, 1e-3), 1, 8 * length))
+        begin = end
+
+
+def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, start: tuple, *,
+                     steps: int | None = None, carry_shapes: Callable | None = None) -> Timed:
     """Compile and run a sampler's two programs: its starts, then its chains.
 
     ``start = (start_program, start_args, start_config)``: a program returning the MAP pivot and
@@ -103,16 +130,31 @@ def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, s
     Timed
         ``(pivot, *program's outputs)``; ``compile_seconds`` is the wall time of compiling both
         (0.0 when both were compiled before), ``run_seconds`` that of running them.
+
+    With ``steps`` the program takes the chains' carry and the steps to run after the first chain,
+    and returns the carry first (a run of ``steps`` steps in calls, :func:`in_segments`);
+    ``carry_shapes(starts)`` gives the carry's shapes for the starts' program's outputs.
     """
     start_program, start_args, start_config = start
+
+    def bounds(starts):  # a segmented program's carry and steps (a placeholder: its first call starts afresh)
+        return () if steps is None else (carry_shapes(starts), np.int32(0), np.int32(0))
+
     compile_seconds = compile_together(start_program, start_args, {"config": start_config}, program,
-                                       lambda outputs: (*args, *outputs[1:], np.int32(0)), {"config": config})
+                                       lambda outputs: (*args, *outputs[1:], np.int32(0), *bounds(outputs[1:])),
+                                       {"config": config})
     with running():  # no other program runs beside these runs of chains (_compile.RUN_LOCK)
         started = start_program(*start_args, config=start_config)
         pivot, *starts = started.outputs
         m = config.chains_per_run if runs > 1 else 0
         began = time.perf_counter()
-        run = run_as_group(lambda r: program(*args, *starts, np.int32(r * m), config=config))
+        if steps is None:
+            run = run_as_group(lambda r: program(*args, *starts, np.int32(r * m), config=config))
+        else:
+            placeholder = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), carry_shapes(starts))
+            run = run_as_group(lambda r: in_segments(
+                lambda carry, begin, end: program(*args, *starts, np.int32(r * m), carry, begin, end, config=config),
+                placeholder, steps))
         timed = run_every(run, runs)
     parts = [t.outputs for t in timed]
     chains = parts[0] if runs == 1 else jax.tree_util.tree_map(

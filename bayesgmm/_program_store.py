@@ -49,6 +49,7 @@ import functools
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import pathlib
 import pickle
@@ -414,6 +415,42 @@ def save(text: str, executable) -> bool:
         return False
     _evict(where)
     return True
+
+
+def save_shapes(text: str, shapes) -> bool:
+    """Store arrays' shapes and dtypes (a sequence of ``jax.ShapeDtypeStruct``) under ``text``, as
+    :func:`save` does a program: what a program's caller would otherwise trace to learn."""
+    where = folder()
+    if where is None:
+        return False
+    data = json.dumps({"format": FORMAT, "text": text, "fingerprint": fingerprint(),
+                       "shapes": [[list(a.shape), str(a.dtype)] for a in shapes]})
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=where, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as tmp:
+                tmp.write(data)
+            os.replace(name, _path(where, text).with_suffix(".json"))
+        finally:
+            pathlib.Path(name).unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 (a full or read-only disk)
+        return False
+    return True
+
+
+def load_shapes(text: str):
+    """:func:`save_shapes`'s shapes stored under ``text`` for this package and JAX, or None."""
+    where = folder()
+    if where is None:
+        return None
+    try:
+        record = json.loads(_path(where, text).with_suffix(".json").read_text())
+        if record["format"] != FORMAT or record["text"] != text or record["fingerprint"] != fingerprint():
+            return None
+        return tuple(jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype)) for shape, dtype in record["shapes"])
+    except Exception:  # noqa: BLE001 (none stored, or a damaged file: trace instead)
+        return None
 
 
 def _evict(where: pathlib.Path) -> None:

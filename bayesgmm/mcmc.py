@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _numerics
+from . import _numerics, _program_store
 from . import _numpyro_common as shared
 from ._chains import (
     chain_starts,
@@ -140,42 +140,109 @@ def num_unconstrained(num_components: int, num_features: int, covariance_type: s
     return (k - 1) + k * d + cov
 
 
-def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup, target_accept_prob, *,
-                config: _Config):
-    """Warmup and sampling of a batch of chains, ``vmap``-ed or (``"sequential"``) one after another.
-
-    Returns the post-warmup unconstrained draws and the per-draw sampler statistics, each with
-    leading axes (chains, config.sample_len) of which the first ``num_samples`` (traced) are the
-    draws, and each chain's leapfrog steps during warmup (chains,). ``num_warmup`` and
-    ``target_accept_prob`` are traced too: the kernel adapts with
-    :func:`bayesgmm._warmup.warmup_adapter` (NumPyro's windows, built in the program).
-    """
+def _kernel(xs, row_mask, prior, target_accept_prob, config: _Config):
     from numpyro.infer import NUTS
-    from numpyro.infer.util import ParamInfo
 
-    kernel = NUTS(
+    return NUTS(
         potential_fn=potential_fn(xs, row_mask, prior, config.num_components, config.covariance_type, config.missing),
         target_accept_prob=target_accept_prob,
         max_tree_depth=config.max_tree_depth,
         dense_mass=config.dense_mass,
     )
 
-    def one_chain(chain_key, start):  # start: (z, potential, gradient), as NumPyro's ParamInfo
-        with traced_warmup():
-            state = kernel.init(chain_key, num_warmup, init_params=ParamInfo(*start))
-        total = num_warmup + num_samples
-        every = tick_interval(total)
 
-        def kept(s):  # what each step keeps: the draw and its statistics
-            stats = {
-                "diverging": s.diverging,
-                "num_steps": s.num_steps,
-                "accept_prob": s.accept_prob,
-                "step_size": s.adapt_state.step_size,
-                "energy": s.energy,
-                "potential_energy": s.potential_energy,
-            }
-            return s.z, stats
+def _kept(s):
+    """What each step keeps: the draw and its statistics."""
+    stats = {
+        "diverging": s.diverging,
+        "num_steps": s.num_steps,
+        "accept_prob": s.accept_prob,
+        "step_size": s.adapt_state.step_size,
+        "energy": s.energy,
+        "potential_energy": s.potential_energy,
+    }
+    return s.z, stats
+
+
+def _fresh_chain(kernel, chain_key, start, num_warmup, sample_len: int):
+    """A chain's carry before its first step: NUTS's state from ``start`` (``(z, potential,
+    gradient)``, as NumPyro's ``ParamInfo``), empty draw buffers, no warmup steps."""
+    from numpyro.infer.util import ParamInfo
+
+    with traced_warmup():
+        state = kernel.init(chain_key, num_warmup, init_params=ParamInfo(*start))
+    return state, step_buffers(_kept(state), sample_len), jnp.zeros((), state.num_steps.dtype)
+
+
+def _raw_key(key):
+    """A chain's key as its raw data (uint32), the form NUTS's state then carries: a plain array
+    that the host passes from one call to the next (the same random numbers as the typed key)."""
+    return jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def _each_chain(fn, args, config: _Config):
+    """``fn`` of every chain (the leading axis of ``args``): one after another (``"sequential"``)
+    or ``vmap``-ed."""
+    if config.chain_method == "sequential":
+        return jax.lax.map(lambda a: fn(*a), args)
+    return jax.vmap(fn)(*args)
+
+
+#: :func:`_carry_shapes` of the programs of this process, by their arguments' shapes and config.
+_CARRY_SHAPES: dict = {}
+
+
+def _carry_shapes(xs, row_mask, prior, key, num_samples, num_warmup, target_accept_prob, starts, *, config: _Config):
+    """The shapes of the chains' carry (:func:`_run_chains`) for a run of ``config``'s chains from
+    ``starts`` (shapes suffice), from a trace of NUTS's initialisation alone (once per shapes)."""
+    leaves = jax.tree_util.tree_leaves((xs, row_mask, prior, key, num_warmup, target_accept_prob, starts))
+    signature = repr(("nuts carry", config, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)))
+    if signature not in _CARRY_SHAPES:  # this process's, the store's (no trace: NumPyro not imported), or traced
+        shapes = _program_store.load_shapes(signature)
+        if shapes is None:
+            shapes = _traced_carry_shapes(xs, row_mask, prior, key, num_warmup, target_accept_prob, starts, config=config)
+            _program_store.save_shapes(signature, shapes)
+        _CARRY_SHAPES[signature] = tuple(shapes)
+    return _CARRY_SHAPES[signature]
+
+
+def _traced_carry_shapes(xs, row_mask, prior, key, num_warmup, target_accept_prob, starts, *, config: _Config):
+    c = config.chains_per_run or config.num_chains
+    starts = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((c,) + tuple(a.shape[1:]), a.dtype), starts)
+
+    def fresh(key, starts, xs, row_mask, prior, num_warmup, target_accept_prob):
+        keys = _split_keys(key, config.num_chains)[1][:c]  # as _chains_program's (their type too)
+        kernel = _kernel(xs, row_mask, prior, target_accept_prob, config)
+        return _each_chain(lambda k, s: tuple(jax.tree_util.tree_leaves(
+            _fresh_chain(kernel, _raw_key(k), s, num_warmup, config.sample_len))), (keys, starts), config)
+
+    return jax.eval_shape(fresh, key, starts, xs, row_mask, prior, num_warmup, target_accept_prob)
+
+
+def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup, target_accept_prob, carry, begin, end,
+                *, config: _Config):
+    """Steps ``begin`` to ``end`` (traced) of warmup and sampling of a batch of chains, ``vmap``-ed
+    or (``"sequential"``) one after another, from their ``carry`` (a run's first call, ``begin``
+    0, starts them afresh from ``starts``; its ``carry`` is a placeholder of
+    :func:`carry_shapes`). Returns the carry after step ``end``: NUTS's state, the post-warmup
+    unconstrained draws and the per-draw sampler statistics, each with leading axes (chains,
+    config.sample_len) of which the first ``num_samples`` (traced) are the draws, and each chain's
+    leapfrog steps during warmup (chains,). ``num_warmup`` and ``target_accept_prob`` are traced
+    too: the kernel adapts with :func:`bayesgmm._warmup.warmup_adapter` (NumPyro's windows, built
+    in the program). A run in several calls makes the same draws as a run in one, bit for bit.
+    """
+    kernel = _kernel(xs, row_mask, prior, target_accept_prob, config)
+    total = num_warmup + num_samples
+    every = tick_interval(total)
+
+    def one_chain(chain_key, start, carry):
+        # the fresh state is computed at every call (a few gradients: NUTS's step-size search) and
+        # taken at the first: in a lax.cond its constants became arguments that the compiled
+        # program then missed
+        fresh = _fresh_chain(kernel, _raw_key(chain_key), start, num_warmup, config.sample_len)
+        treedef = jax.tree_util.tree_structure(fresh)  # the carry passes the program's boundary as its leaves
+        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(begin == 0, a, b), fresh,
+                                       jax.tree_util.tree_unflatten(treedef, carry))
 
         def step(i, carry):  # one NUTS body for warmup and sampling: it is compiled once
             s, draws, warmup_steps = carry
@@ -184,15 +251,12 @@ def _run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup
                 tick_every("mcmc", i, every)
             warmup_steps += jnp.where(i < num_warmup, s.num_steps, 0)  # leapfrog steps spent warming up
             # a warmup step writes the first slot, which the first draw overwrites
-            return s, write_step(draws, jnp.maximum(i - num_warmup, 0), kept(s)), warmup_steps
+            return s, write_step(draws, jnp.maximum(i - num_warmup, 0), _kept(s)), warmup_steps
 
-        carry = (state, step_buffers(kept(state), config.sample_len), jnp.zeros((), state.num_steps.dtype))
-        _, draws, warmup_steps = jax.lax.fori_loop(0, total, step, carry)
-        return draws + (warmup_steps,)
+        carry = jax.lax.fori_loop(begin, end, step, carry)
+        return tuple(jax.tree_util.tree_leaves(carry)), carry[1:]
 
-    if config.chain_method == "sequential":
-        return jax.lax.map(lambda a: one_chain(*a), (chain_keys, starts))
-    return jax.vmap(one_chain)(chain_keys, starts)
+    return _each_chain(one_chain, (chain_keys, starts, carry), config)
 
 
 def parallel_devices(num_chains: int, chain_method: str, covariance_type: str) -> int:
@@ -320,22 +384,26 @@ def _start_shapes(xs, row_mask, prior, key, init_code, user_init, *, config: _St
 
 
 @shared.without_validation
-def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, target_accept_prob, starts, first_chain, *,
-                    config: _Config):
+def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, target_accept_prob, starts, first_chain, carry,
+                    begin, end, *, config: _Config):
     """Warmup, sampling and the draws' log posterior (steps 3 and 4 of the module docstring) from
     ``starts`` (:func:`_start_program`'s ``(z, energy, grad)``). With ``config.chains_per_run`` it runs
     that many chains from ``first_chain`` (a traced int) on: each chain's start and key are those
     of the run of every chain, so runs of disjoint chains, concatenated, are that run's draws.
     ``num_samples`` is traced: the outputs hold ``config.sample_len`` draws per chain, of which
     the first ``num_samples`` are the run's, so that another number of draws in the bucket reuses
-    the program; so are ``num_warmup`` and ``target_accept_prob`` (in the data's dtype)."""
-    from numpyro.infer.util import constrain_fn
+    the program; so are ``num_warmup`` and ``target_accept_prob`` (in the data's dtype).
 
-    from .model import gmm_model, log_prior, model_kwargs, observed_mixture_log_density
+    A run goes in calls of steps ``begin`` to ``end`` (:func:`_run_chains`; its ``carry``
+    passes from one call to the next, :func:`bayesgmm._chains.run_chain_groups`): XLA:CPU keeps
+    memory for every iteration of a loop of unknown length (NUTS's trees) until the call ends
+    when two calls run at once, about 100 MB a second of NUTS on 3000 rows (10 GB in a run of
+    two minutes). Returns the carry, and after the last step (``end`` the run's length) the
+    draws, their statistics and log posterior and the warmup's leapfrog steps (zeros before)."""
+    from .model import model_kwargs
 
     k, ct, c = config.num_components, config.covariance_type, config.num_chains
     kwargs = model_kwargs(k, prior, ct, missing=config.missing, row_mask=row_mask)
-    args = (xs,)
     chain_keys = _split_keys(key, c)[1]
     if config.chains_per_run is not None:  # this run's chains
         c = config.chains_per_run
@@ -353,12 +421,34 @@ def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, target_ac
         run_chains = jax.shard_map(
             run_chains,
             mesh=mesh,
-            in_specs=(chains, chains, replicated, replicated, replicated, replicated, replicated, replicated),
-            out_specs=chains,
+            in_specs=(chains, chains, replicated, replicated, replicated, replicated, replicated, replicated, chains,
+                      replicated, replicated),
+            out_specs=(chains, chains),
             check_vma=False,
         )
-    zs, stats, warmup_steps = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup,
-                                         target_accept_prob)
+    carry, recorded = run_chains(chain_keys, starts, xs, row_mask, prior, num_samples, num_warmup, target_accept_prob,
+                                 carry, begin, end)
+
+    def finish(r):
+        return _finish(r, xs, row_mask, prior, kwargs, config)
+
+    shapes = jax.eval_shape(finish, recorded)
+    finished = jax.lax.cond(end == num_warmup + num_samples, finish,
+                            lambda _: jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), recorded)
+    return (carry, *finished)
+
+
+def _finish(recorded, xs, row_mask, prior, kwargs, config: _Config):
+    """The draws (constrained), their statistics and log posterior, and the warmup's leapfrog
+    steps, from what the chains recorded (their draw buffers and warmup steps)."""
+    from numpyro.infer.util import constrain_fn
+
+    from .model import gmm_model, log_prior, observed_mixture_log_density
+
+    k, ct = config.num_components, config.covariance_type
+    (zs, stats), warmup_steps = recorded
+    c = warmup_steps.shape[0]
+    args = (xs,)
 
     sites = constrain_fn(gmm_model, args, kwargs, zs, return_deterministic=True, batch_ndims=2)
     weights = sites["weights"] if k > 1 else jnp.ones((c, config.sample_len, 1), xs.dtype)
@@ -627,8 +717,9 @@ def fit_mcmc(
         # num_samples, num_warmup and target_accept_prob are traced (the draws fill a buffer of
         # num_samples' bucket): other values reuse the program
         traced = (np.int32(num_samples), np.int32(num_warmup), np.asarray(target_accept_prob, xs_padded.dtype))
-        timed = run_chain_groups(PROGRAM, (xs_padded, row_mask, prior_arrays, key, *traced), config,
-                                 runs, start=start)
+        program_args = (xs_padded, row_mask, prior_arrays, key, *traced)
+        timed = run_chain_groups(PROGRAM, program_args, config, runs, start=start, steps=steps,
+                                 carry_shapes=lambda starts: _carry_shapes(*program_args, *starts, config=config))
     pivot_std, *chains, warmup_steps = timed.outputs
     draws_std, stats, lp = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 
