@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _numerics, _sticks
+from . import _numerics, _program_store, _sticks
 from ._compile import CompiledProgram, Timed, compile_together, run_as_group, running
 from ._numpyro_common import best_labelling, standard_init
 from ._threads import usable_cores
@@ -110,6 +110,27 @@ def in_segments(call: Callable, carry, steps: int) -> Timed:
         carry = jax.device_get(carry)  # host arrays: the next call's signature is the placeholder's
         length = int(np.clip(length * SEGMENT_SECONDS / max(timed.run_seconds, 1e-3), 1, 8 * length))
         begin = end
+
+
+#: :func:`carry_shapes` of this process, by sampler, config and arguments' shapes.
+_CARRY_SHAPES: dict = {}
+
+
+def carry_shapes(sampler: str, config, args, trace: Callable) -> tuple:
+    """The shapes of a sampler's carry (a tuple of arrays with a leading chain axis, the leaves of
+    its chains' state between two calls) for a program of ``config`` on ``args`` (arrays or
+    shapes): ``trace()``'s (a trace of the sampler's initialisation, which imports NumPyro) the
+    first time, then this process's or the program store's, so that a process whose programs the
+    store holds traces nothing (:mod:`bayesgmm._program_store`)."""
+    leaves = jax.tree_util.tree_leaves(args)
+    signature = repr((sampler + " carry", config, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)))
+    if signature not in _CARRY_SHAPES:
+        shapes = _program_store.load_shapes(signature)
+        if shapes is None:
+            shapes = trace()
+            _program_store.save_shapes(signature, shapes)
+        _CARRY_SHAPES[signature] = tuple(shapes)
+    return _CARRY_SHAPES[signature]
 
 
 def run_chain_groups(program: CompiledProgram, args: tuple, config, runs: int, start: tuple, *,

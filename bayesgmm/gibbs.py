@@ -52,7 +52,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import _missing, _numerics, _stats, _sticks
 from . import _numpyro_common as shared
-from ._chains import chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
+from ._chains import carry_shapes, chain_starts, concurrent_runs, finish_draws, lapack_flops_per_chain, run_chain_groups, sampler_result
 from ._compile import (
     CompiledProgram,
     length_bucket,
@@ -369,44 +369,76 @@ def _start_shapes(xs, row_weight, prior, key, use_user_init, user_init, *, confi
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), starts), starts
 
 
+def _fresh_chain(chain_key, params0, xs, prior, row_weight, observed, config: _Config):
+    """A chain's carry before its first sweep: its state at ``params0`` and empty draw buffers."""
+    state = start_state(xs, params0, config.covariance_type, observed)
+    shapes = jax.eval_shape(lambda: gibbs_sweep(chain_key, state, xs, prior, config.num_components,
+                                                config.covariance_type, row_weight, observed)[1])
+    return state, step_buffers(shapes, config.sample_len)
+
+
+def _chain_keys(key, config: _Config):
+    return jax.random.split(jax.random.split(key)[1], config.num_chains)
+
+
+def _carry_shapes(xs, row_weight, prior, key, observed, num_warmup, num_samples, starts, *, config: _Config):
+    """The shapes of a run's carry (:func:`_chains_program`), from a trace of a chain's start once
+    (:func:`bayesgmm._chains.carry_shapes`)."""
+    c = config.chains_per_run or config.num_chains
+
+    def trace():
+        def fresh(key, starts, xs, prior, row_weight, observed):
+            keys = _chain_keys(key, config)[:c]
+            return jax.vmap(lambda k, p: tuple(jax.tree_util.tree_leaves(
+                _fresh_chain(k, p, xs, prior, row_weight, observed, config))))(keys, starts)
+
+        each = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((c,) + tuple(a.shape[1:]), a.dtype), starts)
+        return jax.eval_shape(fresh, key, each, xs, prior, row_weight, observed)
+
+    return carry_shapes("gibbs", config, (xs, row_weight, prior, key, observed, num_warmup, starts), trace)
+
+
 @shared.without_validation
-def _chains_program(xs, row_weight, prior, key, observed, num_warmup, num_samples, starts, first_chain, *,
-                    config: _Config):
-    """Every chain's sweeps (``vmap``-ed) from ``starts`` (:func:`_start_program`'s); with
+def _chains_program(xs, row_weight, prior, key, observed, num_warmup, num_samples, starts, first_chain, carry, begin,
+                    end, *, config: _Config):
+    """Sweeps ``begin`` to ``end`` (traced) of every chain (``vmap``-ed) from its ``carry`` (the
+    first call, ``begin`` 0, starts afresh from ``starts``, :func:`_start_program`'s); with
     ``config.chains_per_run`` only the chains from ``first_chain`` (traced) on, with the starts and
-    keys of the run of every chain.
+    keys of the run of every chain. Returns the carry (its leaves) and the draw buffers: a run
+    goes in calls of about a second (:func:`bayesgmm._chains.in_segments`), with the same draws
+    as in one call, as NUTS's.
 
     ``num_warmup`` and ``num_samples`` are traced: one loop runs every sweep (sweep ``i`` draws
     with the chain's key folded with ``i``) and writes the kept ones to buffers of
     ``config.sample_len`` draws (the first ``num_samples`` are the draws), so that other lengths
     in the bucket reuse the program."""
-    k, ct, c = config.num_components, config.covariance_type, config.num_chains
     total = num_warmup + num_samples
     every = tick_interval(total)
-    key_chains = jax.random.split(key)[1]
 
-    def sweep(step_key, state, xs, prior, row_weight, observed):
-        return gibbs_sweep(step_key, state, xs, prior, k, ct, row_weight, observed)
-
-    def one_chain(chain_key, params0):
-        state = start_state(xs, params0, ct, observed)
-        shapes = jax.eval_shape(lambda *a: sweep(*a)[1], chain_key, state, xs, prior, row_weight, observed)
+    def one_chain(chain_key, params0, carry):
+        fresh = _fresh_chain(chain_key, params0, xs, prior, row_weight, observed, config)
+        treedef = jax.tree_util.tree_structure(fresh)  # the carry passes the program's boundary as its leaves
+        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(begin == 0, a, b), fresh,
+                                       jax.tree_util.tree_unflatten(treedef, carry))
 
         def step(i, carry):
             state, draws = carry
-            state, out = sweep(jax.random.fold_in(chain_key, i), state, xs, prior, row_weight, observed)
+            state, out = gibbs_sweep(jax.random.fold_in(chain_key, i), state, xs, prior, config.num_components,
+                                     config.covariance_type, row_weight, observed)
             if config.progress_bar:
                 tick_every("gibbs", i, every)
             # a warmup sweep writes the first slot, which the first kept sweep overwrites
             return state, write_step(draws, jnp.maximum(i - num_warmup, 0), out)
 
-        return jax.lax.fori_loop(0, total, step, (state, step_buffers(shapes, config.sample_len)))[1]
+        carry = jax.lax.fori_loop(begin, end, step, carry)
+        return tuple(jax.tree_util.tree_leaves(carry)), carry[1]
 
-    chain_keys = jax.random.split(key_chains, c)
+    chain_keys = _chain_keys(key, config)
     if config.chains_per_run is not None:  # this run's chains
         starts, chain_keys = jax.tree_util.tree_map(
             lambda a: jax.lax.dynamic_slice_in_dim(a, first_chain, config.chains_per_run), (starts, chain_keys))
-    return jax.vmap(one_chain)(chain_keys, starts)
+    carry, draws = jax.vmap(one_chain)(chain_keys, starts, carry)
+    return (carry, *draws)
 
 
 #: The starts and the sampler, each compiled ahead of time once per data shape, dtype and settings.
@@ -541,8 +573,9 @@ def fit_gibbs(
                  _StartConfig(k, covariance_type, shared.weights_ordered(std.prior_arrays.concentration),
                               prune=_sticks.is_sticks(std.prior_arrays.concentration)))
         lengths = (np.int32(num_warmup), np.int32(num_samples))
-        timed = run_chain_groups(PROGRAM, (xs, row_weight, std.prior_arrays, key, observed, *lengths), config, runs,
-                                 start=start)
+        program_args = (xs, row_weight, std.prior_arrays, key, observed, *lengths)
+        timed = run_chain_groups(PROGRAM, program_args, config, runs, start=start, steps=steps,
+                                 carry_shapes=lambda starts: _carry_shapes(*program_args, *starts, config=config))
     pivot_std, *chains = timed.outputs
     draws_std, lp, nonempty = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :num_samples], chains)
 

@@ -56,9 +56,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _numerics, _program_store
+from . import _numerics
 from . import _numpyro_common as shared
 from ._chains import (
+    carry_shapes,
     chain_starts,
     concurrent_runs,
     finish_draws,
@@ -188,22 +189,12 @@ def _each_chain(fn, args, config: _Config):
     return jax.vmap(fn)(*args)
 
 
-#: :func:`_carry_shapes` of the programs of this process, by their arguments' shapes and config.
-_CARRY_SHAPES: dict = {}
-
-
 def _carry_shapes(xs, row_mask, prior, key, num_samples, num_warmup, target_accept_prob, starts, *, config: _Config):
     """The shapes of the chains' carry (:func:`_run_chains`) for a run of ``config``'s chains from
-    ``starts`` (shapes suffice), from a trace of NUTS's initialisation alone (once per shapes)."""
-    leaves = jax.tree_util.tree_leaves((xs, row_mask, prior, key, num_warmup, target_accept_prob, starts))
-    signature = repr(("nuts carry", config, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)))
-    if signature not in _CARRY_SHAPES:  # this process's, the store's (no trace: NumPyro not imported), or traced
-        shapes = _program_store.load_shapes(signature)
-        if shapes is None:
-            shapes = _traced_carry_shapes(xs, row_mask, prior, key, num_warmup, target_accept_prob, starts, config=config)
-            _program_store.save_shapes(signature, shapes)
-        _CARRY_SHAPES[signature] = tuple(shapes)
-    return _CARRY_SHAPES[signature]
+    ``starts`` (shapes suffice): from a trace of NUTS's initialisation alone, once
+    (:func:`bayesgmm._chains.carry_shapes`)."""
+    args = (xs, row_mask, prior, key, num_warmup, target_accept_prob, starts)
+    return carry_shapes("nuts", config, args, lambda: _traced_carry_shapes(*args, config=config))
 
 
 def _traced_carry_shapes(xs, row_mask, prior, key, num_warmup, target_accept_prob, starts, *, config: _Config):
