@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import threading
 import time
 import warnings
 from typing import Callable, NamedTuple
@@ -86,6 +87,10 @@ def concurrent_runs(num_chains: int, lapack_flops: float = 0.0) -> int:
     return max(r for r in range(1, min(num_chains, usable_cores()) + 1) if num_chains % r == 0)
 
 
+#: Set while the runs of :func:`run_every` are to stop (an interrupt, or a run that failed): their
+#: calls of :func:`in_segments` stop between two calls instead of running to the end.
+_STOPPING = threading.Event()
+
 #: A sampler run in calls (:func:`run_chain_groups` with ``steps``) takes this many steps in its
 #: first call, then as many as about :data:`SEGMENT_SECONDS` of running (at most 8 times the last).
 FIRST_SEGMENT_STEPS = 8
@@ -101,6 +106,8 @@ def in_segments(call: Callable, carry, steps: int) -> Timed:
     runs: 10 GB after two minutes in one call)."""
     begin, length, compiled, ran = 0, min(FIRST_SEGMENT_STEPS, steps), 0.0, 0.0
     while True:
+        if _STOPPING.is_set():  # the caller was interrupted (or a run beside failed): stop at this call's end
+            raise KeyboardInterrupt("the sampler's run was interrupted")
         end = min(steps, begin + length)
         timed = call(carry, np.int32(begin), np.int32(end))
         compiled, ran = compiled + timed.compile_seconds, ran + timed.run_seconds
@@ -192,8 +199,10 @@ def run_every(run, runs: int) -> list:
     type error). The caller holds :data:`bayesgmm._compile.RUN_LOCK` for these runs (their threads run
     without it), so it must not return before every run has ended: an interrupt (Ctrl-C, a
     second one too) waits for the runs still going before it propagates, or the caller's lock
-    would let another program run beside them (the hang :data:`RUN_LOCK` prevents).
+    would let another program run beside them (the hang :data:`RUN_LOCK` prevents); runs in
+    calls (:func:`in_segments`) stop at the end of their present call.
     """
+    _STOPPING.clear()  # one group of runs at a time (the caller holds RUN_LOCK)
     if runs == 1:
         return [run(0)]
     x64 = bool(jax.config.jax_enable_x64)  # jax.enable_x64(...) holds for the thread that entered it
@@ -206,6 +215,9 @@ def run_every(run, runs: int) -> list:
     futures = [pool.submit(in_callers_precision, r) for r in range(runs)]
     try:
         return [f.result() for f in futures]
+    except BaseException:
+        _STOPPING.set()  # the other runs stop at the end of their present call (about a second)
+        raise
     finally:
         pool.shutdown(wait=False)
         while True:  # every run ended, however this frame is left (a KeyboardInterrupt may arrive again)

@@ -821,3 +821,36 @@ def test_a_run_in_many_calls_makes_the_draws_of_one_call(full_fits, faithful, mo
     for name in ("weights", "means", "covariances"):
         np.testing.assert_array_equal(again.raw_draws[name], reference.raw_draws[name])
     np.testing.assert_array_equal(again.sample_stats["lp"], reference.sample_stats["lp"])
+
+
+def test_an_interrupted_run_stops_the_runs_beside_it_between_their_calls(full_fits, faithful, monkeypatch):
+    """An interrupt (or an error) in one run of chains used to wait for the runs beside it to
+    finish all their steps; runs in calls now stop at the end of their present call. One run
+    raises KeyboardInterrupt at its second call; the other, in calls of one step, stops long
+    before its 1300 steps, and the interrupt reaches the caller."""
+    from bayesgmm import _chains
+
+    calls = {}
+    original = _chains.in_segments
+
+    def interrupted_in_one_run(call, carry, steps):
+        run = len(calls)
+        calls[run] = 0
+
+        def counted(*a):
+            calls[run] += 1
+            if run == 0 and calls[run] == 2:
+                raise KeyboardInterrupt
+            return call(*a)
+
+        return original(counted, carry, steps)
+
+    monkeypatch.setattr(_chains, "FIRST_SEGMENT_STEPS", 1)
+    monkeypatch.setattr(_chains, "SEGMENT_SECONDS", 1e-6)
+    monkeypatch.setattr(_chains, "in_segments", interrupted_in_one_run)
+    monkeypatch.setattr(_chains, "usable_cores", lambda: 2)  # two runs of two chains, on threads
+    with pytest.raises(KeyboardInterrupt):
+        _fit(faithful, 2, seed=0, **SETTINGS)
+    assert len(calls) == 2 and calls[1] < NUM_WARMUP + NUM_SAMPLES
+    after, _ = _fit(faithful, 2, seed=0, num_warmup=5, num_samples=5, num_chains=4)  # later fits run to their end
+    assert after.raw_draws["means"].shape[:2] == (4, 5)
