@@ -92,6 +92,7 @@ from .params import (
     check_int,
     check_num_components,
     check_prior,
+    covariance_shape,
     observed_entry_counts,
     real_scalar,
     seed_to_key,
@@ -429,9 +430,15 @@ def _chains_program(xs, row_mask, prior, key, num_samples, num_warmup, target_ac
     def finish(r):
         return _finish(r, xs, row_mask, prior, kwargs, config)
 
-    shapes = jax.eval_shape(finish, recorded)
-    finished = jax.lax.cond(end == num_warmup + num_samples, finish,
-                            lambda _: jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), recorded)
+    def nothing_yet(r):  # finish's outputs' shapes, as zeros (written out: a second trace of the model cost time)
+        (_, stats), warmup_steps = r
+        c, length, dtype = warmup_steps.shape[0], config.sample_len, xs.dtype
+        d = xs.shape[1]
+        draws = GMMParams(jnp.zeros((c, length, k), dtype), jnp.zeros((c, length, k, d), dtype),
+                          jnp.zeros((c, length) + covariance_shape(k, d, ct), dtype))
+        return draws, jax.tree_util.tree_map(jnp.zeros_like, stats), jnp.zeros((c, length), dtype), warmup_steps
+
+    finished = jax.lax.cond(end == num_warmup + num_samples, finish, nothing_yet, recorded)
     return (carry, *finished)
 
 
