@@ -563,7 +563,10 @@ def fit_mcmc(
         twice as fast on N=2000, D=4, K=3 (38 s against 73-87 s). Sequential chains run on as many
         threads at once as the process has cores (``_chains.concurrent_runs``: 4 chains on 2 cores run
         as two threads of two, the same draws bit for bit), which halves a default fit's sampling
-        time on two cores (Old Faithful, 4 x 2000 steps: 3.5 s instead of 6.0 s).
+        time on two cores (Old Faithful, 4 x 2000 steps: 3.5 s instead of 6.0 s). Every method
+        runs its steps in calls of about a second (``_chains.in_segments``; the same draws bit for
+        bit), which bounds memory (two long calls at once grew XLA:CPU's by about 100 MB a second)
+        and lets Ctrl-C stop the chains within a second.
         Otherwise: chains ``vmap``-ed in one program, run one after another (``lax.map``), or spread over
         the local JAX devices (``jax.shard_map``, still one compiled program; e.g. several GPUs,
         or CPU devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` set before
