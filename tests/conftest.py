@@ -220,6 +220,23 @@ def sim3():
     return bg.datasets.make_mixture(600, 3, 2, separation=5.0, seed=3)
 
 
+def calls_of_one_step(monkeypatch) -> list:
+    """Samplers' runs in calls of one step each after a first of three (``_chains.in_segments``),
+    every call recorded in the list returned (its ``(begin, end)``)."""
+    from bayesgmm import _chains
+
+    calls = []
+    original = _chains.in_segments
+
+    def counted(call, carry, steps):
+        return original(lambda *a: calls.append(a[1:]) or call(*a), carry, steps)
+
+    monkeypatch.setattr(_chains, "FIRST_SEGMENT_STEPS", 3)
+    monkeypatch.setattr(_chains, "SEGMENT_SECONDS", 1e-6)  # every later call a step
+    monkeypatch.setattr(_chains, "in_segments", counted)
+    return calls
+
+
 #: Gibbs settings of the session's Old Faithful fit (test_gibbs.py, and test_mcmc.py against NUTS).
 GIBBS_SETTINGS = dict(num_warmup=200, num_samples=1000, num_chains=4)
 

@@ -481,17 +481,9 @@ def test_a_sampler_warned_about_is_not_called_converged():
 def test_a_run_in_many_calls_makes_the_draws_of_one_call(faithful_gibbs, faithful, monkeypatch):
     """Gibbs's chains run in calls of about a second each, as NUTS's (``_chains.in_segments``):
     calls of a few sweeps each give the draws of the fixture's, bit for bit, and nothing compiles."""
-    from bayesgmm import _chains
+    from conftest import calls_of_one_step
 
-    calls = []
-    original = _chains.in_segments
-
-    def counted(call, carry, steps):
-        return original(lambda *a: calls.append(a[1:]) or call(*a), carry, steps)
-
-    monkeypatch.setattr(_chains, "FIRST_SEGMENT_STEPS", 3)
-    monkeypatch.setattr(_chains, "SEGMENT_SECONDS", 1e-6)  # every later call a sweep
-    monkeypatch.setattr(_chains, "in_segments", counted)
+    calls = calls_of_one_step(monkeypatch)
     again = bg.fit_gibbs(faithful, 2, seed=0, **SETTINGS)
     assert len(calls) > 100 and again.info["compile_seconds"] == 0.0
     for name in ("weights", "means", "covariances"):

@@ -804,17 +804,9 @@ def test_a_run_in_many_calls_makes_the_draws_of_one_call(full_fits, faithful, mo
     programs run at once XLA:CPU kept memory for every iteration of NUTS's trees until the call
     ended (10 GB after two minutes on 3000 rows). Calls of a few steps each give the draws of the
     fixture's calls, bit for bit, and nothing compiles."""
-    from bayesgmm import _chains
+    from conftest import calls_of_one_step
 
-    calls = []
-    original = _chains.in_segments
-
-    def counted(call, carry, steps):
-        return original(lambda *a: calls.append(a[1:]) or call(*a), carry, steps)
-
-    monkeypatch.setattr(_chains, "FIRST_SEGMENT_STEPS", 3)
-    monkeypatch.setattr(_chains, "SEGMENT_SECONDS", 1e-6)  # every later call a step
-    monkeypatch.setattr(_chains, "in_segments", counted)
+    calls = calls_of_one_step(monkeypatch)
     again, _ = _fit(faithful, 2, seed=0, **SETTINGS)
     assert len(calls) > 100 and again.info["compile_seconds"] == 0.0
     reference = full_fits["map"][0]
