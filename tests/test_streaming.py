@@ -245,6 +245,17 @@ def test_float32_and_integer_storage(mix, files, tmp_path):
         fine = fit_em_stream(files["f32"], 3, **{**kw, "tol": 1e-10})  # said plainly, and met at that floor
     assert fine.converged and fine.info["precision_floor_per_obs"] > 1e-10
     assert fine.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+    # far from zero for their spread: the device's float32 standardisation and the way back to
+    # the data's units must use one shift (they differed by its rounding, 3e-5 in the first
+    # feature here: its every mean was off by it, found by a review; the two fits' stopping points
+    # differ by up to 3.3e-6)
+    far = (mix * 0.01 + 1000.0).astype(np.float32)
+    with precision(np.float32):
+        stored32 = fit_em_stream(far, 3, **kw)
+        stored64 = fit_em_stream(far.astype(np.float64), 3, **kw)  # the same numbers, standardised on the host
+    order32, order64 = np.argsort(stored32.means[:, 0]), np.argsort(stored64.means[:, 0])
+    assert np.max(np.abs(stored32.means[order32] - stored64.means[order64])) < 1e-5
+    assert stored32.log_likelihood == pytest.approx(stored64.log_likelihood, abs=1e-6 * len(far))
     ints = np.round(mix * 1000).astype(np.int32)
     path = _saved(tmp_path / "ints.npy", ints)
     got = fit_em_stream(path, 3, **kw)
