@@ -408,9 +408,21 @@ def open_source(source, columns=None, *, missing: str = "error") -> Source:
             )
         if suffix in PARQUET_SUFFIXES:
             _import_parquet()  # the missing-dependency message comes before the missing-file one
+        if os.path.isdir(path):  # a partitioned data set (Spark, pyarrow.dataset): one folder of files
+            raise ValueError(
+                f"source {path!r} is a folder, not a file: a source is one .npy or .parquet file. Combine a "
+                "partitioned data set into one file (pandas.read_parquet(folder).to_parquet(file)), or fit "
+                "its files' rows as one array."
+            )
         if not os.path.isfile(path):
             raise ValueError(f"source file {path!r} does not exist.")
         return NpySource(path, columns) if suffix == ".npy" else ParquetSource(path, columns)
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, os.PathLike)) for s in source):
+        raise ValueError(
+            f"source is a list of {len(source)} paths; a source is one .npy or .parquet file (or an array). "
+            "Combine the files into one (np.save of their rows stacked, or one DataFrame.to_parquet), or "
+            "fit their rows as one array."
+        )
     if isinstance(source, np.ma.MaskedArray):  # masked entries are missing values (NaN), never their fill values
         source = np.ma.filled(np.ma.asarray(source, np.float64), np.nan) if np.ma.is_masked(source) else np.ma.getdata(source)
     if isinstance(source, np.memmap):

@@ -19,7 +19,8 @@ Passes over the data:
      sufficient statistic, :mod:`bayesgmm._stats`) and the log-likelihood chunk by chunk, then the
      closed-form M-step. From the same starting point it is the same algorithm as
      :func:`bayesgmm.fit_em` (same tolerance test on the mean objective per observation, same
-     ``n_iter``, ``trace`` and ``converged``) and equals it up to floating-point summation order,
+     ``n_iter``, ``trace`` and ``converged`` for the same ``max_iter``: the default here is 500
+     passes, ``fit_em``'s 1000 iterations) and equals it up to floating-point summation order,
      with one exception: the chunks take the fast E-step throughout, where ``fit_em`` switches
      to its centred form for a component too tight for it, so in float32 such a component (a
      cluster of standard deviation 3e-4 of the data's) ends worse, flagged by a

@@ -650,6 +650,11 @@ def _bad_npy(tmp_path, name, arr, **kw):
 def test_file_errors_are_clear(tmp_path, files):
     with pytest.raises(ValueError, match="does not exist"):
         fit_em_stream(tmp_path / "nope.npy", 2)
+    (tmp_path / "parts.parquet").mkdir()  # a partitioned data set's folder: named as one, not as missing
+    with pytest.raises(ValueError, match="is a folder, not a file"):
+        fit_em_stream(tmp_path / "parts.parquet", 2)
+    with pytest.raises(ValueError, match="a list of 2 paths; a source is one"):  # not "must be numeric"
+        fit_em_stream([files["npy"], str(files["f32"])], 2)
     (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(ValueError, match=r"must be a \.npy or \.parquet file"):
         fit_em_stream(tmp_path / "x.csv", 2)
