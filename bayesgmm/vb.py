@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _iterate, _missing, _numerics, _sharding, _stats, _sticks
+from . import _iterate, _missing, _numerics, _sharding, _stats, _sticks, _vb_moves
 from ._compile import CompiledProgram
 from ._iterate import resolve_starts, short_run_length, trace_length
 from .kmeans import INIT_METHODS, init_noise, initial_responsibilities, screened_starts, screens
@@ -747,10 +747,34 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
             "sets the prior from the data; a weight of 1e300 or a concentration of 1e-300 cannot be summed)."
         )
     best = int(_iterate.best_first(finals, out.degenerate)[0])
-    q = VBParams(*(np.asarray(p[best], np.float64) for p in lanes.params))
-    n_iter = int(lanes.n_iter[best])
-    converged = bool(lanes.converged[best])
+    picked, moves = best, None  # the lane reported: the search's best, or the run of the last kept move
     n_eff = n if weight is None else float(weight.sum())
+    if (resp_init is None and observed is None and rows.mesh is None and tol > 0
+            and _vb_moves.applies(k, prior)):
+        alpha0_std = np.asarray(prior_arrays.concentration, np.float64)
+
+        def continued(q_list):  # continuing calls of the search's program, a lane from each q
+            outputs = []
+            for first in range(0, len(q_list), lanes_run):
+                chunk = q_list[first:first + lanes_run]
+                qs = VBParams(*(np.stack([np.asarray(q[f], dtype) for q in chunk]) for f in range(len(VBParams._fields))))
+                state = _iterate.start(qs, np.zeros((len(chunk), k), dtype), len(chunk), trace_len, dtype)
+                lanes_of = np.arange(len(chunk)) % noise.shape[1]
+                outputs.append(call((noise[:, lanes_of], seeded[:, lanes_of]), jax.device_get(state), int(max_iter),
+                                    False, _iterate.NEVER))
+            return jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a], axis=0), *outputs)
+
+        moved, _, moves = _vb_moves.improve(
+            _iterate.take(out, slice(best, best + 1)), float(finals[best]),
+            np.asarray(lanes.params[0][best], np.float64) - alpha0_std, continued=continued, prior=prior_arrays,
+            reg_covar=float(reg_covar), covariance_type=covariance_type,
+            tol_total=max(float(tol) * n_eff, float(lanes.floor[best])), m_step=vb_m_step, point_estimate=point_estimate,
+            counts_of=lambda o: np.asarray(o.lanes.params[0][0], np.float64) - alpha0_std)
+        if moves["moves"]:
+            lanes, picked = moved.lanes, 0
+    q = VBParams(*(np.asarray(p[picked], np.float64) for p in lanes.params))
+    n_iter = int(lanes.n_iter[picked])
+    converged = bool(lanes.converged[picked])
     counts = None if observed is None else (observed[:n] if weight is None else observed[:n] * weight[:, None]).sum(0)
     ll_shift, _ = log_jacobians(sd, n_eff, k, covariance_type, counts)
 
@@ -763,7 +787,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     prior_orig = prior.arrays(k, covariance_type)
     elbo = exact_elbo(arr, q_orig, prior_orig, covariance_type, weight)
     totals = _numerics.totals(arr, *params, covariance_type, weight)
-    trace = np.asarray(lanes.trace[best], np.float64)[: n_iter + 1] + ll_shift
+    trace = np.asarray(lanes.trace[picked], np.float64)[: n_iter + 1] + ll_shift
     trace[-1] = elbo
     draw_rng = np.random.default_rng(np.asarray(jax.random.key_data(draw_key)).ravel().tolist())
     w_d, m_d, c_d = sample_q(draw_rng, q, covariance_type, int(num_draws))
@@ -786,7 +810,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     eps = float(np.finfo(dtype).eps)
     degenerate = tuple(int(i) for i in np.flatnonzero(_numerics.degenerate_mask(
         np.full(k, np.inf), np.asarray(params_std.covariances, np.float64), covariance_type, reg_covar, eps, d)))
-    floor = float(lanes.floor[best]) / n_eff
+    floor = float(lanes.floor[picked]) / n_eff
     filled = _sticks.truncation_filled(np.min(n_expected), k) if prior.weight_prior == "dirichlet_process" else None
     if degenerate:
         warnings.warn(
@@ -848,6 +872,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
             "init_params": "given" if resp_init is not None else init_params,
             "best_restart": best,
             "restart_elbos": (finals + ll_shift).tolist(),
+            **({} if moves is None else {"merge_moves": moves}),
             "start_elbos": (start_elbos[0] + ll_shift).tolist(),
             "tol": float(tol),
             "precision_floor_per_obs": floor,
