@@ -23,6 +23,10 @@ import numpy as np
 
 #: Merges run per round (the closest pairs of occupied components), as lanes of one call.
 NUM_CANDIDATES = 4
+#: Stray components (expected count at least STRAY_COUNT, below 1) merged into their closest
+#: occupied component, the smallest first, per round.
+NUM_STRAYS = 2
+STRAY_COUNT = 0.01
 #: Rounds of moves at most; each kept move empties a component, so few are needed.
 MAX_ROUNDS = 8
 #: Components above this many take the moves (as EM's split-and-merge, :mod:`bayesgmm._split_merge`).
@@ -88,18 +92,28 @@ def _bhattacharyya(means, covs, covariance_type: str, i: int, j: int) -> float:
 
 
 def candidates(q, counts, covariance_type: str, point_estimate: Callable) -> list[tuple[int, int]]:
-    """The :data:`NUM_CANDIDATES` closest pairs ``(i, j)`` of occupied components (expected count at
-    least 1) by the Bhattacharyya distance of their point estimates; ``j`` the smaller."""
+    """Merges ``(i, j)`` (``j`` into ``i``): the :data:`NUM_CANDIDATES` closest pairs of occupied
+    components (expected count at least 1) by the Bhattacharyya distance of their point
+    estimates, ``j`` the smaller; then each of the :data:`NUM_STRAYS` smallest stray components
+    (a count between :data:`STRAY_COUNT` and 1: a few rows' worth that a cluster's edge keeps,
+    2.7-5.4 nats below the optimum in a review's data) into its closest occupied one."""
     params, _ = point_estimate(tuple(np.asarray(a, np.float64) for a in q), covariance_type)
-    occupied = np.flatnonzero(np.asarray(counts) >= 1.0)
+    means, covs = np.asarray(params.means), np.asarray(params.covariances)
+    counts = np.asarray(counts)
+    occupied = np.flatnonzero(counts >= 1.0)
     pairs = []
     for a, i in enumerate(occupied):
         for j in occupied[a + 1:]:
-            distance = _bhattacharyya(np.asarray(params.means), np.asarray(params.covariances), covariance_type, i, j)
             big, small = (i, j) if counts[i] >= counts[j] else (j, i)
-            pairs.append((distance, int(big), int(small)))
+            pairs.append((_bhattacharyya(means, covs, covariance_type, i, j), int(big), int(small)))
     pairs.sort()
-    return [(i, j) for _, i, j in pairs[:NUM_CANDIDATES]]
+    chosen = [(i, j) for _, i, j in pairs[:NUM_CANDIDATES]]
+    strays = [j for j in np.argsort(counts) if STRAY_COUNT <= counts[j] < 1.0][:NUM_STRAYS]
+    for j in strays:
+        if occupied.size:
+            nearest = min(occupied, key=lambda i: _bhattacharyya(means, covs, covariance_type, i, j))
+            chosen.append((int(nearest), int(j)))
+    return chosen
 
 
 def improve(best, objective: float, counts, *, continued: Callable, prior, reg_covar: float, covariance_type: str,

@@ -508,7 +508,12 @@ def fit_vb(
     every number of components from K down to one each run :data:`bayesgmm.em.INIT_ITER` sweeps,
     and the best continue to convergence (see the module docstring). An overfitted mixture under
     a sparse Dirichlet (``Prior.default(x, K, weight_concentration=1e-3)``) thus keeps the
-    components the data support, not those its start happened to seed.
+    components the data support, not those its start happened to seed. Under Dirichlet weights
+    of concentration 1 or more (the default prior's), with more than 4 components, the best run
+    then takes merge moves (:mod:`bayesgmm._vb_moves`): two components that share a cluster
+    merged into one and the other emptied, CAVI run on from there, the move kept where the ELBO
+    rises by more than ``tol`` (``info["merge_moves"]``); CAVI alone empties such a component
+    only after thousands of sweeps, on a plateau its convergence test cannot see.
 
     Parameters
     ----------
@@ -546,11 +551,12 @@ def fit_vb(
         ``BayesianGaussianMixture``, which tests the last change of the total, stops. A plateau
         on which they shrink fast and later grow again is not seen: with many more components
         than clusters under the default Dirichlet(1) weights, a cluster held by two components
-        can take thousands of sweeps to empty one of them, and the fit stops before (converged,
+        can take thousands of sweeps to empty one of them, and the fit stopped before (converged,
         3.5-40 nats below the optimum, on 11 of 72 simulated data sets with K twice the clusters;
-        a review). A sparse weight prior (``Prior.default(x, K, weight_concentration=1e-3)``)
-        empties them within the fit (the documentation's guide to choosing). ``tol=0`` runs
-        exactly ``max_iter`` sweeps.
+        a review); the default search's merge moves (above) now leave that plateau. A sparse
+        weight prior (``Prior.default(x, K, weight_concentration=1e-3)``) empties such
+        components within the fit (the documentation's guide to choosing). ``tol=0`` runs
+        exactly ``max_iter`` sweeps, without moves.
     max_iter : int
         Maximum CAVI sweeps per start (short runs included).
     reg_covar : float
@@ -749,7 +755,7 @@ def _fit_vb(x, num_components, *, covariance_type, prior, n_init, init_iter, ini
     best = int(_iterate.best_first(finals, out.degenerate)[0])
     picked, moves = best, None  # the lane reported: the search's best, or the run of the last kept move
     n_eff = n if weight is None else float(weight.sum())
-    if (resp_init is None and observed is None and rows.mesh is None and tol > 0
+    if (resp_init is None and observed is None and rows.mesh is None and tol > 0 and isinstance(n_init, str)
             and _vb_moves.applies(k, prior)):
         alpha0_std = np.asarray(prior_arrays.concentration, np.float64)
 
