@@ -367,6 +367,39 @@ def test_sparse_dirichlet_finds_true_number_of_components(covariance_type):
     assert np.all(np.isfinite(r.draws["weights"])) and np.allclose(r.draws["weights"].sum(-1), 1.0)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_a_merge_is_the_conjugate_update_of_both_components_rows(covariance_type):
+    """bayesgmm._vb_moves inverts the conjugate update (q -> the statistics behind it) and a
+    merge of components 0 and 1 equals the update from their rows' pooled statistics with
+    component 1 empty, statistics taken here from the rows directly."""
+    from bayesgmm import _vb_moves
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)) * [1.0, 2.0, 0.5] + np.repeat(rng.normal(size=(4, 3)) * 3, 15, axis=0)
+    labels = np.repeat([0, 1, 2, 3], 15)
+    prior = bg.Prior.default(x, 4).arrays(4, covariance_type)
+    m0 = np.asarray(prior[1], np.float64)
+
+    def update(groups):  # the conjugate update from the rows of each group of labels
+        nk, xbar, s = [], [], []
+        for g in groups:
+            rows = x[np.isin(labels, g)]
+            nk.append(len(rows))
+            xbar.append(rows.mean(0) if len(rows) else m0)
+            dev = rows - xbar[-1]
+            s.append(dev.T @ dev if covariance_type == "full" else np.sum(dev**2, 0))
+        return vb.vb_m_step(np.array(nk, float), np.array(xbar), np.array(s), prior, 1e-6, covariance_type)
+
+    q = update([[0], [1], [2], [3]])
+    nk, xbar, s = _vb_moves.statistics(q, prior, 1e-6, covariance_type)
+    np.testing.assert_allclose(nk, [15, 15, 15, 15], rtol=1e-12)
+    np.testing.assert_allclose(xbar, [x[labels == k].mean(0) for k in range(4)], rtol=1e-10, atol=1e-12)
+    merged = _vb_moves.merged(q, 0, 1, prior, 1e-6, covariance_type, vb.vb_m_step)
+    expected = update([[0, 1], [], [2], [3]])
+    for got, want in zip(merged, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_merge_moves_empty_a_component_that_shares_a_cluster():
     """K = 32 under the default Dirichlet(1) weights on 16 separated clusters (2-D, 2000 rows, a
     review's data set): the search's best run holds one cluster on two components, a plateau
