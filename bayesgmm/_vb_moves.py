@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import jax
 import numpy as np
+
+from . import _iterate
 
 #: Merges run per round (the closest pairs of occupied components), as lanes of one call.
 NUM_CANDIDATES = 4
@@ -139,13 +140,8 @@ def improve(best, objective: float, counts, *, continued: Callable, prior, reg_c
         if not finals[lane] > objective + tol_total:
             break
         moves.append({"merged": list(pairs[lane]), "gain": float(finals[lane] - objective)})
-        best = type(out)(*(_lane(field, lane) for field in out))
+        best = _iterate.take(out, slice(lane, lane + 1))
         objective = float(finals[lane])
         counts = counts_of(best)
     info = {"moves": moves, "runs": runs, "seconds": time.perf_counter() - start}
     return best, objective, info
-
-
-def _lane(tree, lane: int):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a)[lane:lane + 1], tree)
-
